@@ -1,0 +1,170 @@
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// A key algorithm keyhaven manages.
+///
+/// ECDSA keys hash messages with the curve's own hash (P-256 with SHA-256, P-384 with SHA-384).
+/// X25519 keys do key agreement only and never sign.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Algorithm {
+    /// ECDSA over NIST P-384 with SHA-384 (JOSE `ES384`). The default.
+    #[default]
+    EcdsaP384,
+    /// ECDSA over NIST P-256 with SHA-256 (JOSE `ES256`).
+    EcdsaP256,
+    /// Ed25519 signatures (RFC 8032, JOSE `EdDSA`).
+    Ed25519,
+    /// X25519 Diffie-Hellman key agreement (RFC 7748). Cannot sign.
+    X25519,
+}
+
+impl Algorithm {
+    /// Every algorithm, in a stable order.
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::EcdsaP384,
+        Algorithm::EcdsaP256,
+        Algorithm::Ed25519,
+        Algorithm::X25519,
+    ];
+
+    /// The short name used on the command line and in files (`p384`, `p256`, `ed25519`, `x25519`).
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Algorithm::EcdsaP384 => "p384",
+            Algorithm::EcdsaP256 => "p256",
+            Algorithm::Ed25519 => "ed25519",
+            Algorithm::X25519 => "x25519",
+        }
+    }
+
+    /// The JOSE / COSE algorithm name: `ES384`, `ES256`, `EdDSA`; `ECDH-ES` for X25519.
+    pub fn jose_name(self) -> &'static str {
+        match self {
+            Algorithm::EcdsaP384 => "ES384",
+            Algorithm::EcdsaP256 => "ES256",
+            Algorithm::Ed25519 => "EdDSA",
+            Algorithm::X25519 => "ECDH-ES",
+        }
+    }
+
+    /// Whether keys of this algorithm make signatures.
+    pub fn can_sign(self) -> bool {
+        !matches!(self, Algorithm::X25519)
+    }
+
+    /// Whether keys of this algorithm do key agreement.
+    pub fn can_agree(self) -> bool {
+        matches!(self, Algorithm::X25519)
+    }
+
+    /// The length of the digest a prehashed signature takes (ECDSA only), in bytes.
+    pub fn digest_len(self) -> Option<usize> {
+        match self {
+            Algorithm::EcdsaP384 => Some(48),
+            Algorithm::EcdsaP256 => Some(32),
+            Algorithm::Ed25519 | Algorithm::X25519 => None,
+        }
+    }
+
+    /// The name of the hash applied to messages before signing (ECDSA only).
+    pub fn hash_name(self) -> Option<&'static str> {
+        match self {
+            Algorithm::EcdsaP384 => Some("sha384"),
+            Algorithm::EcdsaP256 => Some("sha256"),
+            Algorithm::Ed25519 | Algorithm::X25519 => None,
+        }
+    }
+
+    /// The length of a signature in its fixed-size form (`r || s`, or Ed25519's 64 bytes).
+    pub fn raw_signature_len(self) -> Option<usize> {
+        match self {
+            Algorithm::EcdsaP384 => Some(96),
+            Algorithm::EcdsaP256 => Some(64),
+            Algorithm::Ed25519 => Some(64),
+            Algorithm::X25519 => None,
+        }
+    }
+
+    /// Checks that `digest` has the length this algorithm's prehashed signature needs.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for algorithms without prehashed signing, [`Error::InvalidInput`]
+    /// when the length is wrong.
+    pub fn check_digest(self, digest: &[u8]) -> Result<(), Error> {
+        match self.digest_len() {
+            None => Err(Error::Unsupported {
+                operation: "sign a prehashed digest",
+                reason: format!("{} keys sign whole messages only", self.jose_name()),
+            }),
+            Some(n) if n == digest.len() => Ok(()),
+            Some(n) => Err(Error::InvalidInput(format!(
+                "digest is {} bytes but {} needs a {}-byte {} digest",
+                digest.len(),
+                self.jose_name(),
+                n,
+                self.hash_name().unwrap_or("hash"),
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Algorithm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.short_name())
+    }
+}
+
+impl FromStr for Algorithm {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let lower = s.to_ascii_lowercase();
+        Ok(match lower.as_str() {
+            "p384" | "p-384" | "es384" | "ecdsa-p384" | "secp384r1" => Algorithm::EcdsaP384,
+            "p256" | "p-256" | "es256" | "ecdsa-p256" | "prime256v1" | "secp256r1" => {
+                Algorithm::EcdsaP256
+            }
+            "ed25519" | "eddsa" => Algorithm::Ed25519,
+            "x25519" => Algorithm::X25519,
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "unknown algorithm '{s}': use p384, p256, ed25519 or x25519"
+                )));
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for alg in Algorithm::ALL {
+            assert_eq!(alg.short_name().parse::<Algorithm>().unwrap(), alg);
+            assert_eq!(alg.to_string().parse::<Algorithm>().unwrap(), alg);
+        }
+        assert_eq!("ES384".parse::<Algorithm>().unwrap(), Algorithm::EcdsaP384);
+        assert!("rsa".parse::<Algorithm>().is_err());
+    }
+
+    #[test]
+    fn digest_checks() {
+        assert!(Algorithm::EcdsaP384.check_digest(&[0; 48]).is_ok());
+        assert!(matches!(
+            Algorithm::EcdsaP384.check_digest(&[0; 32]),
+            Err(Error::InvalidInput(_))
+        ));
+        assert!(matches!(
+            Algorithm::Ed25519.check_digest(&[0; 64]),
+            Err(Error::Unsupported { .. })
+        ));
+    }
+}

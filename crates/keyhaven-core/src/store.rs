@@ -1,0 +1,203 @@
+use crate::{
+    Algorithm, Error, KeyId, KeyInfo, Protection, PublicKey, Result, SecretBytes, Signature,
+};
+
+/// What a backend is, for listings and diagnostics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackendInfo {
+    /// The backend kind: `pem`, `encrypted`, `memory`, `pkcs11`, `tpm`, ...
+    pub kind: &'static str,
+    /// The protection of keys it generates.
+    pub protection: Protection,
+    /// Where the keys are (a directory, a token, ...), for humans.
+    pub location: String,
+}
+
+impl BackendInfo {
+    /// Builds a backend description.
+    pub fn new(kind: &'static str, protection: Protection, location: impl Into<String>) -> Self {
+        BackendInfo {
+            kind,
+            protection,
+            location: location.into(),
+        }
+    }
+}
+
+/// A place that keeps keys and performs operations with them: the trait every backend implements.
+///
+/// The contract (checked for every backend by `keyhaven-testkit`):
+/// - keys are generated inside the backend; ids are stable, unique and never reused after delete;
+///   labels are unique within the backend;
+/// - ECDSA signs messages with the curve's hash and prehashed digests of exactly that hash's
+///   length; Ed25519 signs messages; X25519 only agrees;
+/// - signatures come back in fixed-size form ([`Signature`]) and verify with the public key alone;
+/// - an operation the backend cannot do is [`Error::Unsupported`], never a panic or a fallback.
+///
+/// The trait is object safe: use it as `Box<dyn KeyStore>` or `Arc<dyn KeyStore>`.
+pub trait KeyStore: Send + Sync + 'static {
+    /// What this backend is.
+    fn info(&self) -> BackendInfo;
+
+    /// Generates a key pair inside the backend.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyExists`] if the label is taken, [`Error::InvalidInput`] for a bad label,
+    /// [`Error::Unsupported`] if the backend lacks the algorithm, or a storage error.
+    fn generate(&self, algorithm: Algorithm, label: &str) -> Result<KeyInfo>;
+
+    /// Every key in the backend, sorted by id.
+    ///
+    /// # Errors
+    /// A storage or device error.
+    fn list(&self) -> Result<Vec<KeyInfo>>;
+
+    /// One key by id.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no such key.
+    fn get(&self, id: &KeyId) -> Result<KeyInfo>;
+
+    /// One key by label.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if no key has that label.
+    fn find_by_label(&self, label: &str) -> Result<KeyInfo> {
+        self.list()?
+            .into_iter()
+            .find(|k| k.label == label)
+            .ok_or_else(|| Error::key_not_found(label))
+    }
+
+    /// A key by id, or else by label.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if neither matches.
+    fn resolve(&self, id_or_label: &str) -> Result<KeyInfo> {
+        if let Ok(id) = id_or_label.parse::<KeyId>() {
+            match self.get(&id) {
+                Err(Error::NotFound(_)) => {}
+                other => return other,
+            }
+        }
+        self.find_by_label(id_or_label)
+    }
+
+    /// A key's public key.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no such key.
+    fn public_key(&self, id: &KeyId) -> Result<PublicKey> {
+        Ok(self.get(id)?.public_key)
+    }
+
+    /// Signs a message (ECDSA hashes it with the curve's hash first).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], [`Error::Unsupported`] for X25519 keys, or a backend error.
+    fn sign(&self, id: &KeyId, message: &[u8]) -> Result<Signature>;
+
+    /// Signs a prehashed digest (ECDSA only; the length must be the curve hash's).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a wrong digest length, [`Error::Unsupported`] for keys that
+    /// cannot sign digests, [`Error::NotFound`], or a backend error.
+    fn sign_digest(&self, id: &KeyId, digest: &[u8]) -> Result<Signature>;
+
+    /// X25519 key agreement with a peer's public key; the shared secret is zeroized on drop.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for signing keys, [`Error::InvalidInput`] for a peer key of another
+    /// algorithm or a low-order point, [`Error::NotFound`].
+    fn agree(&self, id: &KeyId, peer: &PublicKey) -> Result<SecretBytes>;
+
+    /// Deletes a key. Its id is never reused.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no such key, or a storage error.
+    fn delete(&self, id: &KeyId) -> Result<()>;
+
+    /// Imports a private key from PKCS#8 DER.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] by default (hardware backends), [`Error::InvalidInput`] for a
+    /// malformed key, [`Error::AlreadyExists`] for a taken label.
+    fn import_pkcs8(&self, label: &str, pkcs8_der: &SecretBytes) -> Result<KeyInfo> {
+        let _ = (label, pkcs8_der);
+        Err(Error::Unsupported {
+            operation: "import a private key",
+            reason: format!("the {} backend does not import keys", self.info().kind),
+        })
+    }
+
+    /// Exports a private key as PKCS#8 DER. Hazardous: the caller must protect the result.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] by default and always for non-extractable (hardware) keys.
+    fn export_pkcs8(&self, id: &KeyId) -> Result<SecretBytes> {
+        let _ = id;
+        Err(Error::Unsupported {
+            operation: "export a private key",
+            reason: format!(
+                "keys in the {} backend are not extractable",
+                self.info().kind
+            ),
+        })
+    }
+}
+
+/// Stores behind shared pointers are stores too, so decorators can wrap `Arc<dyn KeyStore>`.
+impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
+    fn info(&self) -> BackendInfo {
+        (**self).info()
+    }
+    fn generate(&self, algorithm: Algorithm, label: &str) -> Result<KeyInfo> {
+        (**self).generate(algorithm, label)
+    }
+    fn list(&self) -> Result<Vec<KeyInfo>> {
+        (**self).list()
+    }
+    fn get(&self, id: &KeyId) -> Result<KeyInfo> {
+        (**self).get(id)
+    }
+    fn find_by_label(&self, label: &str) -> Result<KeyInfo> {
+        (**self).find_by_label(label)
+    }
+    fn resolve(&self, id_or_label: &str) -> Result<KeyInfo> {
+        (**self).resolve(id_or_label)
+    }
+    fn public_key(&self, id: &KeyId) -> Result<PublicKey> {
+        (**self).public_key(id)
+    }
+    fn sign(&self, id: &KeyId, message: &[u8]) -> Result<Signature> {
+        (**self).sign(id, message)
+    }
+    fn sign_digest(&self, id: &KeyId, digest: &[u8]) -> Result<Signature> {
+        (**self).sign_digest(id, digest)
+    }
+    fn agree(&self, id: &KeyId, peer: &PublicKey) -> Result<SecretBytes> {
+        (**self).agree(id, peer)
+    }
+    fn delete(&self, id: &KeyId) -> Result<()> {
+        (**self).delete(id)
+    }
+    fn import_pkcs8(&self, label: &str, pkcs8_der: &SecretBytes) -> Result<KeyInfo> {
+        (**self).import_pkcs8(label, pkcs8_der)
+    }
+    fn export_pkcs8(&self, id: &KeyId) -> Result<SecretBytes> {
+        (**self).export_pkcs8(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn _object_safe(_: &dyn KeyStore) {}
+    fn _send_sync<T: Send + Sync + 'static>() {}
+    #[allow(dead_code)]
+    fn _check() {
+        _send_sync::<Box<dyn KeyStore>>();
+    }
+}
