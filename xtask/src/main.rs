@@ -1,1 +1,427 @@
-fn main() {}
+//! `cargo xtask`: keyhaven's task runner.
+//!
+//! One binary with hand-parsed subcommands (see [`USAGE`]). It finds the workspace root from its
+//! own manifest directory, calls cargo through `$CARGO` (falling back to `cargo`), installs missing
+//! Debian packages when it runs as root, and installs the cargo plugins it needs (`cargo-deny`,
+//! `cargo-fuzz`) with `cargo install --locked` when they are missing.
+
+#![forbid(unsafe_code)]
+
+mod cmd;
+mod layers;
+mod sys;
+mod tally;
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd::{cargo, run, run_step};
+
+/// The help text printed for `help`, for no subcommand, and for an unknown one.
+const USAGE: &str = "\
+usage: cargo xtask <SUBCOMMAND> [ARGS]
+
+subcommands:
+  test [ARGS]                 install missing system tools (openssl, ...) when root, then
+                              `cargo test --workspace --all-features --no-fail-fast [ARGS]`
+                              with KEYHAVEN_INTEROP=1 and RUST_BACKTRACE=1
+  lint                        cargo fmt --check, cargo clippy -D warnings,
+                              cargo deny check licenses bans sources
+  check-layers                check that dependencies between workspace crates point down
+  bench [ARGS]                cargo bench --workspace [ARGS]
+  fuzz TARGET [--seconds N] [-- LIBFUZZER_ARGS]
+                              run one cargo-fuzz target for N seconds (default 60)
+  fuzz --list                 list the cargo-fuzz targets
+  ci                          lint, then check-layers, then test (what .ci/run runs)
+  help                        print this text
+";
+
+/// Default run time of `cargo xtask fuzz`, in seconds.
+const DEFAULT_FUZZ_SECONDS: u64 = 60;
+
+/// A command-line mistake: reported with the usage text and exit status 2.
+#[derive(Debug)]
+struct UsageError(String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Entry point: dispatches the subcommand and maps errors to exit statuses (1 for a failed task,
+/// 2 for a usage mistake).
+fn main() -> ExitCode {
+    match real_main() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            if let Some(usage) = err.downcast_ref::<UsageError>() {
+                eprintln!("xtask: {usage}\n");
+                eprint!("{USAGE}");
+                ExitCode::from(2)
+            } else {
+                eprintln!("xtask: error: {err:#}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Parses the command line and runs the chosen subcommand.
+///
+/// # Errors
+///
+/// A [`UsageError`] for a bad command line, any other error when the task fails.
+fn real_main() -> Result<()> {
+    let args = std::env::args_os()
+        .skip(1)
+        .map(OsString::into_string)
+        .collect::<Result<Vec<String>, OsString>>()
+        .map_err(|arg| UsageError(format!("argument {arg:?} is not valid UTF-8")))?;
+    let Some((subcommand, rest)) = args.split_first() else {
+        return Err(UsageError("no subcommand given".to_owned()).into());
+    };
+    let root = workspace_root()?;
+    match subcommand.as_str() {
+        "test" => test(&root, rest),
+        "lint" => no_args("lint", rest).and_then(|()| lint(&root)),
+        "check-layers" => no_args("check-layers", rest).and_then(|()| layers::check(&root)),
+        "bench" => bench(&root, rest),
+        "fuzz" => fuzz(&root, rest),
+        "ci" => no_args("ci", rest).and_then(|()| ci(&root)),
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(UsageError(format!("unknown subcommand `{other}`")).into()),
+    }
+}
+
+/// Rejects arguments given to a subcommand that takes none.
+///
+/// # Errors
+///
+/// A [`UsageError`] when `rest` is not empty.
+fn no_args(subcommand: &str, rest: &[String]) -> Result<()> {
+    if rest.is_empty() {
+        Ok(())
+    } else {
+        Err(UsageError(format!("`{subcommand}` takes no arguments, got {rest:?}")).into())
+    }
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+///
+/// # Errors
+///
+/// Fails if the manifest directory has no parent (it always has one in this repository).
+fn workspace_root() -> Result<PathBuf> {
+    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest_dir
+        .parent()
+        .map(Path::to_path_buf)
+        .with_context(|| format!("{} has no parent directory", manifest_dir.display()))
+}
+
+/// `cargo xtask test`: makes sure the system tools the tests need are present, then runs the whole
+/// workspace's tests with all features, forwarding `extra` to `cargo test`.
+///
+/// # Errors
+///
+/// Fails when a tool is missing and cannot be installed, or when any test fails.
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    sys::ensure_tools(sys::TEST_TOOLS)?;
+
+    let mut command = cargo(root);
+    command.arg("test");
+    // `--workspace` and `-p` do not mix: when the caller picks packages, let them.
+    let picks_packages = extra
+        .iter()
+        .take_while(|arg| *arg != "--")
+        .any(|arg| arg.starts_with("-p") || arg == "--package" || arg.starts_with("--package="));
+    if !picks_packages {
+        command.arg("--workspace");
+    }
+    command
+        .args(["--all-features", "--no-fail-fast"])
+        .args(extra)
+        .env("KEYHAVEN_INTEROP", "1")
+        .env("RUST_BACKTRACE", "1");
+
+    let (status, tally) = tally::run_tallied(&mut command)?;
+    // The plain closing line: "tests: N passed, N failed, N skipped".
+    println!("{tally}");
+    if !status.success() {
+        bail!(
+            "cargo test failed ({status}): {} test(s) failed",
+            tally.failed
+        );
+    }
+    Ok(())
+}
+
+/// `cargo xtask lint`: rustfmt, clippy and cargo-deny, stopping at the first failing step.
+///
+/// # Errors
+///
+/// Fails naming the first step that failed.
+fn lint(root: &Path) -> Result<()> {
+    run_step(
+        "lint 1/3: rustfmt",
+        cargo(root).args(["fmt", "--all", "--", "--check"]),
+    )?;
+    run_step(
+        "lint 2/3: clippy",
+        cargo(root).args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    ensure_cargo_plugin(root, "deny", "cargo-deny", "`cargo xtask lint`")?;
+    // Never `advisories`: the advisory database cannot be fetched from this network.
+    run_step(
+        "lint 3/3: cargo-deny",
+        cargo(root).args(["deny", "check", "licenses", "bans", "sources"]),
+    )?;
+    println!("xtask lint: all 3 steps passed");
+    Ok(())
+}
+
+/// `cargo xtask bench`: `cargo bench --workspace`, forwarding `extra`.
+///
+/// # Errors
+///
+/// Fails when the benchmarks fail to build or run.
+fn bench(root: &Path, extra: &[String]) -> Result<()> {
+    run(cargo(root).args(["bench", "--workspace"]).args(extra))
+}
+
+/// `cargo xtask fuzz`: lists the cargo-fuzz targets, or runs one for a bounded time.
+///
+/// # Errors
+///
+/// A [`UsageError`] for a bad command line; otherwise fails when cargo-fuzz cannot be installed or
+/// the fuzz run fails (a crash found is a failure).
+fn fuzz(root: &Path, args: &[String]) -> Result<()> {
+    let request = parse_fuzz_args(args)?;
+    let fuzz_dir = root.join("fuzz");
+    if !fuzz_dir.join("Cargo.toml").is_file() {
+        bail!(
+            "{} has no Cargo.toml: there are no fuzz targets yet",
+            fuzz_dir.display()
+        );
+    }
+    ensure_cargo_plugin(root, "fuzz", "cargo-fuzz", "`cargo xtask fuzz`")?;
+    let mut command = cargo(&fuzz_dir);
+    // The toolchain is stable; cargo-fuzz passes nightly-only flags (-Zsanitizer, ...).
+    command.env("RUSTC_BOOTSTRAP", "1");
+    match request {
+        FuzzRequest::List => command.args(["fuzz", "list"]),
+        FuzzRequest::Run {
+            target,
+            seconds,
+            libfuzzer_args,
+        } => command
+            .args(["fuzz", "run", &target, "--"])
+            .arg(format!("-max_total_time={seconds}"))
+            .args(libfuzzer_args),
+    };
+    run(&mut command)
+}
+
+/// What `cargo xtask fuzz` was asked to do.
+#[derive(Debug, PartialEq, Eq)]
+enum FuzzRequest {
+    /// `--list`: print the targets.
+    List,
+    /// Run one target.
+    Run {
+        /// The cargo-fuzz target name.
+        target: String,
+        /// libFuzzer's `-max_total_time`.
+        seconds: u64,
+        /// Extra libFuzzer arguments (everything after `--`).
+        libfuzzer_args: Vec<String>,
+    },
+}
+
+/// Parses `TARGET [--seconds N] [-- ARGS]` or `--list`.
+///
+/// # Errors
+///
+/// A [`UsageError`] when the target is missing, a flag is unknown, or N is not a positive integer.
+fn parse_fuzz_args(args: &[String]) -> Result<FuzzRequest> {
+    let mut target = None;
+    let mut seconds = DEFAULT_FUZZ_SECONDS;
+    let mut list = false;
+    let mut iter = args.iter();
+    let mut libfuzzer_args = Vec::new();
+    while let Some(arg) = iter.next() {
+        if arg == "--seconds" {
+            let value = iter
+                .next()
+                .ok_or_else(|| UsageError("--seconds needs a value".to_owned()))?;
+            seconds = parse_seconds(value)?;
+        } else if let Some(value) = arg.strip_prefix("--seconds=") {
+            seconds = parse_seconds(value)?;
+        } else if arg == "--list" {
+            list = true;
+        } else if arg == "--" {
+            libfuzzer_args.extend(iter.by_ref().cloned());
+        } else if arg.starts_with('-') {
+            return Err(UsageError(format!("unknown fuzz option `{arg}`")).into());
+        } else if target.is_none() {
+            target = Some(arg.clone());
+        } else {
+            return Err(UsageError(format!("fuzz takes one TARGET, got a second: `{arg}`")).into());
+        }
+    }
+    match (list, target) {
+        (true, None) => Ok(FuzzRequest::List),
+        (true, Some(_)) => {
+            Err(UsageError("fuzz: give either --list or a TARGET".to_owned()).into())
+        }
+        (false, None) => Err(UsageError("fuzz needs a TARGET (or --list)".to_owned()).into()),
+        (false, Some(target)) => Ok(FuzzRequest::Run {
+            target,
+            seconds,
+            libfuzzer_args,
+        }),
+    }
+}
+
+/// Parses the value of `--seconds`: a positive integer.
+///
+/// # Errors
+///
+/// A [`UsageError`] for anything else.
+fn parse_seconds(value: &str) -> Result<u64> {
+    match value.parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(UsageError(format!("--seconds wants a positive integer, got `{value}`")).into()),
+    }
+}
+
+/// `cargo xtask ci`: lint, check-layers and test, in that order (what `.ci/run` runs).
+///
+/// # Errors
+///
+/// Fails at the first failing stage.
+fn ci(root: &Path) -> Result<()> {
+    println!("xtask ci: == lint ==");
+    lint(root).context("ci stage `lint` failed")?;
+    println!("xtask ci: == check-layers ==");
+    layers::check(root).context("ci stage `check-layers` failed")?;
+    println!("xtask ci: == test ==");
+    test(root, &[]).context("ci stage `test` failed")
+}
+
+/// Makes sure the cargo plugin `cargo-<subcommand>` runs, installing crate `krate` with
+/// `cargo install --locked` (from crates.io) when it does not.
+///
+/// # Errors
+///
+/// Fails when the installation fails.
+fn ensure_cargo_plugin(root: &Path, subcommand: &str, krate: &str, needed_by: &str) -> Result<()> {
+    if cmd::succeeds_quietly(cargo(root).args([subcommand, "--version"])) {
+        return Ok(());
+    }
+    println!(
+        "xtask: installing {krate} (needed by {needed_by}) with `cargo install --locked {krate}`; \
+         this takes a few minutes..."
+    );
+    run(cargo(root).args(["install", "--locked", krate]))
+        .with_context(|| format!("installing {krate} failed"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn is_usage_error(result: Result<FuzzRequest>) -> bool {
+        result.is_err_and(|err| err.downcast_ref::<UsageError>().is_some())
+    }
+
+    #[test]
+    fn fuzz_defaults_to_sixty_seconds() {
+        let request = parse_fuzz_args(&strings(&["parse_pem"])).unwrap();
+        assert_eq!(
+            request,
+            FuzzRequest::Run {
+                target: "parse_pem".to_owned(),
+                seconds: 60,
+                libfuzzer_args: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn fuzz_parses_seconds_both_ways_and_extra_args() {
+        for args in [
+            &["t", "--seconds", "5", "--", "-jobs=2"][..],
+            &["--seconds=5", "t", "--", "-jobs=2"],
+        ] {
+            let request = parse_fuzz_args(&strings(args)).unwrap();
+            assert_eq!(
+                request,
+                FuzzRequest::Run {
+                    target: "t".to_owned(),
+                    seconds: 5,
+                    libfuzzer_args: strings(&["-jobs=2"])
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn fuzz_list() {
+        assert_eq!(
+            parse_fuzz_args(&strings(&["--list"])).unwrap(),
+            FuzzRequest::List
+        );
+    }
+
+    #[test]
+    fn fuzz_rejects_bad_command_lines() {
+        assert!(is_usage_error(parse_fuzz_args(&[])));
+        assert!(is_usage_error(parse_fuzz_args(&strings(&[
+            "t",
+            "--seconds"
+        ]))));
+        assert!(is_usage_error(parse_fuzz_args(&strings(&[
+            "t",
+            "--seconds",
+            "0"
+        ]))));
+        assert!(is_usage_error(parse_fuzz_args(&strings(&[
+            "t",
+            "--seconds",
+            "x"
+        ]))));
+        assert!(is_usage_error(parse_fuzz_args(&strings(&["t", "u"]))));
+        assert!(is_usage_error(parse_fuzz_args(&strings(&["t", "--bogus"]))));
+        assert!(is_usage_error(parse_fuzz_args(&strings(&["t", "--list"]))));
+    }
+
+    #[test]
+    fn workspace_root_holds_the_workspace_manifest() {
+        let root = workspace_root().unwrap();
+        assert!(root.join("Cargo.toml").is_file());
+        assert!(root.join("xtask").is_dir());
+    }
+}

@@ -1,0 +1,152 @@
+//! Encodings of public values: PEM armour, signature formats (DER / raw), JWK.
+
+use base64ct::{Base64UrlUnpadded, Encoding};
+use keyhaven_core::{Algorithm, Error, PublicKey, Signature, SignatureFormat};
+use zeroize::Zeroizing;
+
+/// Decodes one PEM block whose label is one of `labels`; returns the label and the DER.
+///
+/// Text around the block (comments, a trailing newline) is ignored; the DER is held in a
+/// zeroizing buffer because private keys pass through here too.
+///
+/// # Errors
+/// [`Error::InvalidInput`] if there is no well-formed PEM block or its label is not accepted.
+pub fn pem_decode(text: &str, labels: &[&str]) -> Result<(String, Zeroizing<Vec<u8>>), Error> {
+    let begin = text.find("-----BEGIN ").ok_or_else(|| {
+        Error::InvalidInput("no PEM block found (expected a -----BEGIN ...----- line)".into())
+    })?;
+    let block = &text[begin..];
+    let end_marker = block
+        .find("-----END ")
+        .and_then(|i| block[i + 9..].find("-----").map(|j| i + 9 + j + 5))
+        .ok_or_else(|| {
+            Error::InvalidInput("PEM block is not terminated (no -----END line)".into())
+        })?;
+    let (label, der) = pem_rfc7468::decode_vec(block[..end_marker].as_bytes())
+        .map_err(|e| Error::InvalidInput(format!("malformed PEM: {e}")))?;
+    let der = Zeroizing::new(der);
+    if !labels.contains(&label) {
+        return Err(Error::InvalidInput(format!(
+            "PEM block is '{label}', expected {}",
+            labels.join(" or ")
+        )));
+    }
+    Ok((label.to_owned(), der))
+}
+
+/// Encodes a signature in `format`.
+///
+/// ECDSA in [`SignatureFormat::Der`] is an ASN.1 `ECDSA-Sig-Value` (what `openssl dgst` reads);
+/// Ed25519 has one form, its 64 bytes, whatever the format.
+///
+/// # Errors
+/// [`Error::InvalidInput`] if the signature bytes are not a valid signature of its algorithm.
+pub fn encode_signature(signature: &Signature, format: SignatureFormat) -> Result<Vec<u8>, Error> {
+    let raw = signature.as_raw();
+    let bad = || Error::InvalidInput("signature bytes are out of range".into());
+    Ok(match (signature.algorithm(), format) {
+        (_, SignatureFormat::Raw) | (Algorithm::Ed25519, _) => raw.to_vec(),
+        (Algorithm::EcdsaP384, SignatureFormat::Der) => p384::ecdsa::Signature::from_slice(raw)
+            .map_err(|_| bad())?
+            .to_der()
+            .as_bytes()
+            .to_vec(),
+        (Algorithm::EcdsaP256, SignatureFormat::Der) => p256::ecdsa::Signature::from_slice(raw)
+            .map_err(|_| bad())?
+            .to_der()
+            .as_bytes()
+            .to_vec(),
+        (alg, _) => {
+            return Err(Error::InvalidInput(format!(
+                "{} keys do not make signatures",
+                alg.jose_name()
+            )));
+        }
+    })
+}
+
+/// Decodes a signature of `algorithm` from `format`.
+///
+/// # Errors
+/// [`Error::InvalidInput`] naming the expected shape when the bytes do not fit.
+pub fn decode_signature(
+    algorithm: Algorithm,
+    bytes: &[u8],
+    format: SignatureFormat,
+) -> Result<Signature, Error> {
+    let bad_der = || {
+        Error::InvalidInput(format!(
+            "not a DER {} signature (try --signature-format raw?)",
+            algorithm.jose_name()
+        ))
+    };
+    match (algorithm, format) {
+        (_, SignatureFormat::Raw) | (Algorithm::Ed25519, _) => {
+            Signature::from_raw(algorithm, bytes.to_vec())
+        }
+        (Algorithm::EcdsaP384, SignatureFormat::Der) => {
+            let sig = p384::ecdsa::Signature::from_der(bytes).map_err(|_| bad_der())?;
+            Signature::from_raw(algorithm, sig.to_bytes().to_vec())
+        }
+        (Algorithm::EcdsaP256, SignatureFormat::Der) => {
+            let sig = p256::ecdsa::Signature::from_der(bytes).map_err(|_| bad_der())?;
+            Signature::from_raw(algorithm, sig.to_bytes().to_vec())
+        }
+        (alg, _) => Err(Error::InvalidInput(format!(
+            "{} keys do not make signatures",
+            alg.jose_name()
+        ))),
+    }
+}
+
+/// The public key as a JSON Web Key (RFC 7517 / 7518 / 8037), with `kid` set to its
+/// fingerprint and `alg` to its JOSE algorithm.
+///
+/// # Errors
+/// [`Error::InvalidInput`] if the public key is malformed.
+pub fn public_key_jwk(public_key: &PublicKey) -> Result<serde_json::Value, Error> {
+    let b64 = Base64UrlUnpadded::encode_string;
+    let bad = || Error::InvalidInput("malformed public key".into());
+    let kid = public_key.fingerprint().to_hex();
+    let alg = public_key.algorithm();
+    let mut jwk = match alg {
+        Algorithm::EcdsaP384 | Algorithm::EcdsaP256 => {
+            // Uncompressed SEC1 point: 0x04 || x || y.
+            let (crv, point) = match alg {
+                Algorithm::EcdsaP384 => {
+                    use pkcs8::DecodePublicKey;
+                    let pk = p384::PublicKey::from_public_key_der(public_key.spki_der())
+                        .map_err(|_| bad())?;
+                    ("P-384", pk.to_sec1_bytes().to_vec())
+                }
+                _ => {
+                    use pkcs8::DecodePublicKey;
+                    let pk = p256::PublicKey::from_public_key_der(public_key.spki_der())
+                        .map_err(|_| bad())?;
+                    ("P-256", pk.to_sec1_bytes().to_vec())
+                }
+            };
+            let coords = point.get(1..).ok_or_else(bad)?;
+            let (x, y) = coords.split_at(coords.len() / 2);
+            serde_json::json!({ "kty": "EC", "crv": crv, "x": b64(x), "y": b64(y) })
+        }
+        Algorithm::Ed25519 | Algorithm::X25519 => {
+            let info = <spki::SubjectPublicKeyInfoRef<'_> as der::Decode<'_>>::from_der(
+                public_key.spki_der(),
+            )
+            .map_err(|_| bad())?;
+            let x = info.subject_public_key.as_bytes().ok_or_else(bad)?;
+            let crv = if alg == Algorithm::Ed25519 {
+                "Ed25519"
+            } else {
+                "X25519"
+            };
+            serde_json::json!({ "kty": "OKP", "crv": crv, "x": b64(x) })
+        }
+        _ => return Err(bad()),
+    };
+    jwk["kid"] = kid.into();
+    jwk["alg"] = alg.jose_name().into();
+    jwk["use"] = if alg.can_sign() { "sig" } else { "enc" }.into();
+    Ok(jwk)
+}

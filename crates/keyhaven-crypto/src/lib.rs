@@ -1,0 +1,37 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod ecdsa_impl;
+mod eddsa;
+pub mod encoding;
+pub mod hazmat;
+mod provider;
+mod rng;
+mod x25519;
+
+pub use provider::{CryptoProvider, KeyAlgorithm, PrivateKey, default_provider};
+pub use rng::fill_random;
+
+use keyhaven_core::{Error, PublicKey, Signature};
+
+/// Verifies a signature over a message with the default provider.
+///
+/// # Errors
+/// [`Error::BadSignature`] when the signature does not verify, [`Error::InvalidInput`] for a
+/// malformed public key or a signature of another algorithm.
+pub fn verify(public_key: &PublicKey, message: &[u8], signature: &Signature) -> Result<(), Error> {
+    default_provider().verify(public_key, message, signature)
+}
+
+/// Verifies a signature over a prehashed digest (ECDSA) with the default provider.
+///
+/// # Errors
+/// As [`verify`], plus [`Error::InvalidInput`] for a digest of the wrong length and
+/// [`Error::Unsupported`] for Ed25519 keys.
+pub fn verify_digest(
+    public_key: &PublicKey,
+    digest: &[u8],
+    signature: &Signature,
+) -> Result<(), Error> {
+    default_provider().verify_digest(public_key, digest, signature)
+}

@@ -1,0 +1,181 @@
+//! System tools the test harness needs, and installing the missing ones from Debian's packages.
+//!
+//! Only Debian packages are ever installed, and only when xtask runs as root; otherwise xtask stops
+//! and says which packages to install.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::cmd::{output, run};
+
+/// A program the tests need on `PATH`, the Debian package that ships it, and why it is needed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SystemTool {
+    /// The executable looked up on `PATH`.
+    pub(crate) binary: &'static str,
+    /// The Debian package that provides [`Self::binary`].
+    pub(crate) package: &'static str,
+    /// What needs it, for the messages ("needed by ...").
+    pub(crate) why: &'static str,
+}
+
+/// The tools `cargo xtask test` makes sure of before running the tests.
+pub(crate) const TEST_TOOLS: &[SystemTool] = &[
+    SystemTool {
+        binary: "openssl",
+        package: "openssl",
+        why: "interop tests",
+    },
+    // Device backends add their tools here as they land, e.g.:
+    // SystemTool { binary: "softhsm2-util", package: "softhsm2", why: "PKCS#11 tests (SoftHSM)" },
+    // SystemTool { binary: "pkcs11-tool", package: "opensc", why: "PKCS#11 interop tests" },
+    // SystemTool { binary: "swtpm", package: "swtpm", why: "TPM tests (software TPM)" },
+    // SystemTool { binary: "swtpm_setup", package: "swtpm-tools", why: "TPM tests (swtpm setup)" },
+    // SystemTool { binary: "tpm2_readpublic", package: "tpm2-tools", why: "TPM interop tests" },
+];
+
+/// Makes sure every tool in `tools` is on `PATH`. Missing ones are installed with
+/// `apt-get update` (once) and `apt-get install -y --no-install-recommends` when running as root.
+///
+/// # Errors
+///
+/// Fails when a tool is missing and we are not root (naming the packages to install), or when the
+/// installation fails or does not provide the tool.
+pub(crate) fn ensure_tools(tools: &[SystemTool]) -> Result<()> {
+    let missing = missing_tools(tools);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let packages = packages_of(&missing);
+    let reasons = missing
+        .iter()
+        .map(|tool| format!("{} (needed by {})", tool.package, tool.why))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !is_root() {
+        let binaries = missing
+            .iter()
+            .map(|tool| tool.binary)
+            .collect::<Vec<_>>()
+            .join(", ");
+        bail!(
+            "missing system tools: {binaries}. Install them (as root) with: \
+             apt-get install -y --no-install-recommends {}   [{reasons}]",
+            packages.join(" ")
+        );
+    }
+    println!("xtask: installing {reasons}...");
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    let still_missing = missing_tools(tools);
+    if !still_missing.is_empty() {
+        let binaries = still_missing
+            .iter()
+            .map(|tool| tool.binary)
+            .collect::<Vec<_>>();
+        bail!(
+            "installed {} but still cannot find {binaries:?} on PATH",
+            packages.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// The tools of `tools` not found on `PATH`.
+fn missing_tools(tools: &[SystemTool]) -> Vec<SystemTool> {
+    tools
+        .iter()
+        .copied()
+        .filter(|tool| !on_path(tool.binary))
+        .collect()
+}
+
+/// The distinct Debian packages that provide `tools`, in table order.
+fn packages_of(tools: &[SystemTool]) -> Vec<&'static str> {
+    let mut seen = BTreeSet::new();
+    tools
+        .iter()
+        .map(|tool| tool.package)
+        .filter(|package| seen.insert(*package))
+        .collect()
+}
+
+/// Whether an executable file called `binary` is in one of `PATH`'s directories.
+fn on_path(binary: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|dir| is_executable(&dir.join(binary)))
+    })
+}
+
+/// Whether `path` is a regular file with an execute bit set (any file, off Unix).
+fn is_executable(path: &Path) -> bool {
+    let Ok(metadata) = path.metadata() else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        metadata.is_file() && metadata.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        metadata.is_file()
+    }
+}
+
+/// Whether we run as root, by `id -u` printing `0`.
+fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).is_ok_and(|uid| uid.trim() == "0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_sh_but_not_a_made_up_binary() {
+        assert!(on_path("sh"));
+        assert!(!on_path("keyhaven-no-such-binary-xyz"));
+    }
+
+    #[test]
+    fn packages_are_deduplicated_in_order() {
+        let tools = [
+            SystemTool {
+                binary: "swtpm",
+                package: "swtpm",
+                why: "a",
+            },
+            SystemTool {
+                binary: "swtpm_setup",
+                package: "swtpm-tools",
+                why: "b",
+            },
+            SystemTool {
+                binary: "swtpm_ioctl",
+                package: "swtpm-tools",
+                why: "c",
+            },
+        ];
+        assert_eq!(packages_of(&tools), ["swtpm", "swtpm-tools"]);
+    }
+
+    #[test]
+    fn nothing_missing_means_nothing_to_do() {
+        let tools = [SystemTool {
+            binary: "sh",
+            package: "dash",
+            why: "test",
+        }];
+        assert!(missing_tools(&tools).is_empty());
+        assert!(ensure_tools(&tools).is_ok());
+    }
+}
