@@ -154,7 +154,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         .env("KEYHAVEN_INTEROP", "1")
         .env("RUST_BACKTRACE", "1");
 
-    let (status, tally) = tally::run_tallied(&mut command)?;
+    let (status, tally) = tally::run_tallied(&mut command, &mut std::io::stdout().lock())?;
     // The plain closing line: "tests: N passed, N failed, N skipped".
     println!("{tally}");
     if !status.success() {

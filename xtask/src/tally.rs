@@ -63,14 +63,17 @@ impl fmt::Display for Tally {
     }
 }
 
-/// Echoes and runs `command` (a `cargo test`), copying its standard output through line by line
-/// while tallying the `test result:` lines. Standard error is inherited untouched.
+/// Echoes and runs `command` (a `cargo test`), copying its standard output through to `out` line
+/// by line while tallying the `test result:` lines. Standard error is inherited untouched.
 ///
 /// # Errors
 ///
 /// Fails only when the process cannot be started or its output cannot be read; a failing test run
 /// is reported through the returned exit status.
-pub(crate) fn run_tallied(command: &mut Command) -> Result<(ExitStatus, Tally)> {
+pub(crate) fn run_tallied(
+    command: &mut Command,
+    out: &mut dyn Write,
+) -> Result<(ExitStatus, Tally)> {
     let line = describe(command);
     println!("xtask: $ {line}");
     let mut child = command
@@ -81,7 +84,6 @@ pub(crate) fn run_tallied(command: &mut Command) -> Result<(ExitStatus, Tally)> 
     if let Some(stdout) = child.stdout.take() {
         let mut reader = BufReader::new(stdout);
         let mut buffer = Vec::new();
-        let mut out = std::io::stdout().lock();
         loop {
             buffer.clear();
             let read = reader
@@ -138,7 +140,13 @@ mod tests {
             "-c",
             "echo 'test result: ok. 4 passed; 1 failed; 0 ignored; 0 measured; 0 filtered out'; exit 3",
         ]);
-        let (status, tally) = run_tallied(&mut command).unwrap();
+        let mut echoed = Vec::new();
+        let (status, tally) = run_tallied(&mut command, &mut echoed).unwrap();
+        assert!(
+            String::from_utf8(echoed)
+                .unwrap()
+                .starts_with("test result: ok. 4 passed")
+        );
         assert_eq!(status.code(), Some(3));
         assert_eq!((tally.passed, tally.failed), (4, 1));
     }

@@ -118,6 +118,16 @@ pub trait KeyStore: Send + Sync + 'static {
     /// [`Error::NotFound`] if there is no such key, or a storage error.
     fn delete(&self, id: &KeyId) -> Result<()>;
 
+    /// Problems found in the backend's storage that do not stop it from working: each damaged
+    /// record, named, as an [`Error::Corrupt`] (or [`Error::PermissionDenied`]). Keys in damaged
+    /// records are left out of [`KeyStore::list`]; everything else stays usable.
+    ///
+    /// # Errors
+    /// Only if the backend cannot be examined at all.
+    fn check(&self) -> Result<Vec<Error>> {
+        Ok(Vec::new())
+    }
+
     /// Imports a private key from PKCS#8 DER.
     ///
     /// # Errors
@@ -181,6 +191,9 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
     }
     fn delete(&self, id: &KeyId) -> Result<()> {
         (**self).delete(id)
+    }
+    fn check(&self) -> Result<Vec<Error>> {
+        (**self).check()
     }
     fn import_pkcs8(&self, label: &str, pkcs8_der: &SecretBytes) -> Result<KeyInfo> {
         (**self).import_pkcs8(label, pkcs8_der)

@@ -1,0 +1,184 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use keyhaven_core::{
+    Algorithm, BackendInfo, Error, KeyId, KeyInfo, KeyStore, Protection, PublicKey, Result,
+    SecretBytes, Signature, unix_now, validate_label,
+};
+use keyhaven_crypto::{CryptoProvider, PrivateKey, default_provider, fill_random};
+use zeroize::Zeroizing;
+
+struct Entry {
+    info: KeyInfo,
+    nonce: [u8; 12],
+    sealed: Vec<u8>,
+}
+
+/// An in-memory key store whose key material is sealed under a per-store random key.
+pub struct MemoryStore {
+    provider: &'static CryptoProvider,
+    cipher: Aes256Gcm,
+    keys: RwLock<BTreeMap<KeyId, Entry>>,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("keys", &self.keys.read().map(|k| k.len()).unwrap_or(0))
+            .finish_non_exhaustive()
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Unavailable {
+        backend: "memory".into(),
+        reason: "a thread panicked while holding the store lock".into(),
+    }
+}
+
+impl MemoryStore {
+    /// A new empty store with the default crypto provider.
+    ///
+    /// # Errors
+    /// [`Error::Crypto`] if the OS cannot supply the sealing key.
+    pub fn new() -> Result<Self> {
+        Self::with_provider(default_provider())
+    }
+
+    /// A new empty store with a given crypto provider.
+    ///
+    /// # Errors
+    /// [`Error::Crypto`] if the OS cannot supply the sealing key.
+    pub fn with_provider(provider: &'static CryptoProvider) -> Result<Self> {
+        let mut key = Zeroizing::new([0u8; 32]);
+        fill_random(key.as_mut())?;
+        let cipher = Aes256Gcm::new_from_slice(key.as_ref()).map_err(|_| Error::Crypto)?;
+        Ok(MemoryStore {
+            provider,
+            cipher,
+            keys: RwLock::new(BTreeMap::new()),
+        })
+    }
+
+    fn seal(&self, id: &KeyId, key: &dyn PrivateKey) -> Result<([u8; 12], Vec<u8>)> {
+        let pkcs8 = key.to_pkcs8_der()?;
+        let mut nonce = [0u8; 12];
+        fill_random(&mut nonce)?;
+        let sealed = self
+            .cipher
+            .encrypt(
+                &Nonce::from(nonce),
+                Payload {
+                    msg: pkcs8.expose_secret(),
+                    aad: id.as_str().as_bytes(),
+                },
+            )
+            .map_err(|_| Error::Crypto)?;
+        Ok((nonce, sealed))
+    }
+
+    /// Opens a key's seal for one operation; the returned key zeroizes itself on drop.
+    fn open(&self, id: &KeyId) -> Result<Box<dyn PrivateKey>> {
+        let keys = self.keys.read().map_err(|_| poisoned())?;
+        let entry = keys.get(id).ok_or_else(|| Error::key_not_found(id))?;
+        let pkcs8 = Zeroizing::new(
+            self.cipher
+                .decrypt(
+                    &Nonce::from(entry.nonce),
+                    Payload {
+                        msg: &entry.sealed,
+                        aad: id.as_str().as_bytes(),
+                    },
+                )
+                .map_err(|_| Error::corrupt(format!("memory key {id}"), "seal does not open"))?,
+        );
+        drop(keys);
+        self.provider.load_pkcs8(&pkcs8)
+    }
+
+    fn insert(&self, label: &str, key: &dyn PrivateKey) -> Result<KeyInfo> {
+        validate_label(label)?;
+        let id = KeyId::generate()?;
+        let (nonce, sealed) = self.seal(&id, key)?;
+        let info = KeyInfo::new(
+            id.clone(),
+            label.to_owned(),
+            Protection::SoftwareEncrypted,
+            key.public_key().clone(),
+            unix_now(),
+        );
+        let mut keys = self.keys.write().map_err(|_| poisoned())?;
+        if keys.values().any(|e| e.info.label == label) {
+            return Err(Error::AlreadyExists(format!("a key labelled '{label}'")));
+        }
+        keys.insert(
+            id,
+            Entry {
+                info: info.clone(),
+                nonce,
+                sealed,
+            },
+        );
+        Ok(info)
+    }
+}
+
+impl KeyStore for MemoryStore {
+    fn info(&self) -> BackendInfo {
+        BackendInfo::new("memory", Protection::SoftwareEncrypted, "process memory")
+    }
+
+    fn generate(&self, algorithm: Algorithm, label: &str) -> Result<KeyInfo> {
+        validate_label(label)?;
+        let key = self.provider.generate(algorithm)?;
+        self.insert(label, key.as_ref())
+    }
+
+    fn list(&self) -> Result<Vec<KeyInfo>> {
+        let keys = self.keys.read().map_err(|_| poisoned())?;
+        Ok(keys.values().map(|e| e.info.clone()).collect())
+    }
+
+    fn get(&self, id: &KeyId) -> Result<KeyInfo> {
+        let keys = self.keys.read().map_err(|_| poisoned())?;
+        keys.get(id)
+            .map(|e| e.info.clone())
+            .ok_or_else(|| Error::key_not_found(id))
+    }
+
+    fn sign(&self, id: &KeyId, message: &[u8]) -> Result<Signature> {
+        self.open(id)?.sign(message)
+    }
+
+    fn sign_digest(&self, id: &KeyId, digest: &[u8]) -> Result<Signature> {
+        let algorithm = self.get(id)?.algorithm;
+        algorithm.check_digest(digest)?;
+        self.open(id)?.sign_digest(digest)
+    }
+
+    fn agree(&self, id: &KeyId, peer: &PublicKey) -> Result<SecretBytes> {
+        self.open(id)?.agree(peer)
+    }
+
+    fn delete(&self, id: &KeyId) -> Result<()> {
+        let mut keys = self.keys.write().map_err(|_| poisoned())?;
+        keys.remove(id)
+            .map(|_| ())
+            .ok_or_else(|| Error::key_not_found(id))
+    }
+
+    fn import_pkcs8(&self, label: &str, pkcs8_der: &SecretBytes) -> Result<KeyInfo> {
+        validate_label(label)?;
+        let key = self.provider.load_pkcs8(pkcs8_der.expose_secret())?;
+        self.insert(label, key.as_ref())
+    }
+
+    fn export_pkcs8(&self, id: &KeyId) -> Result<SecretBytes> {
+        self.open(id)?.to_pkcs8_der()
+    }
+}

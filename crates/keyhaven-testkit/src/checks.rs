@@ -1,0 +1,418 @@
+//! The conformance checks. Each takes a fixture factory and the backend's capabilities and
+//! panics, naming the broken rule, when the backend breaks the `KeyStore` contract.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use keyhaven_core::{Algorithm, Error, KeyId, KeyInfo, KeyStore};
+use keyhaven_crypto::default_provider;
+use sha2::{Digest, Sha256, Sha384};
+
+use crate::{Capabilities, Fixture};
+
+/// A factory of fresh, empty stores.
+pub type Factory = dyn Fn() -> Fixture;
+
+fn signers(caps: &Capabilities) -> impl Iterator<Item = Algorithm> + '_ {
+    caps.algorithms.iter().copied().filter(|a| a.can_sign())
+}
+
+fn label(prefix: &str) -> String {
+    format!("{prefix}-{}", KeyId::generate().unwrap())
+}
+
+/// The digest a prehashed ECDSA signature of `message` takes.
+fn digest_of(alg: Algorithm, message: &[u8]) -> Vec<u8> {
+    match alg {
+        Algorithm::EcdsaP384 => Sha384::digest(message).to_vec(),
+        Algorithm::EcdsaP256 => Sha256::digest(message).to_vec(),
+        _ => panic!("{alg} has no prehashed form"),
+    }
+}
+
+fn expect_not_found<T: std::fmt::Debug>(what: &str, r: Result<T, Error>) {
+    match r {
+        Err(Error::NotFound(_)) => {}
+        other => panic!("{what}: expected NotFound, got {other:?}"),
+    }
+}
+
+/// Every supported algorithm generates, with consistent info and an SPKI fingerprint.
+pub fn generates_every_supported_algorithm(factory: &Factory, caps: &Capabilities) {
+    let fx = factory();
+    for &alg in &caps.algorithms {
+        let l = label(alg.short_name());
+        let info = fx.store.generate(alg, &l).unwrap();
+        assert_eq!(info.algorithm, alg);
+        assert_eq!(info.label, l);
+        assert_eq!(
+            info.protection, caps.protection,
+            "protection level of {alg}"
+        );
+        // the public key parses independently and has the right algorithm
+        let parsed = default_provider()
+            .parse_public_key_der(info.public_key.spki_der())
+            .unwrap();
+        assert_eq!(parsed.algorithm(), alg);
+        // fingerprint: SHA-256 over the SPKI DER, lowercase hex
+        assert_eq!(
+            info.fingerprint().to_hex(),
+            hex::encode(Sha256::digest(info.public_key.spki_der()))
+        );
+        let pem = info.public_key.to_pem().unwrap();
+        assert_eq!(
+            default_provider().parse_public_key_pem(&pem).unwrap(),
+            info.public_key
+        );
+        assert_eq!(fx.store.get(&info.id).unwrap(), info);
+        assert_eq!(fx.store.public_key(&info.id).unwrap(), info.public_key);
+        assert!(
+            info.created_at > 1_600_000_000,
+            "created_at is a plausible Unix time"
+        );
+    }
+}
+
+/// Algorithms the backend lacks are `Unsupported`, and nothing is created.
+pub fn refuses_unsupported_algorithms(factory: &Factory, caps: &Capabilities) {
+    let fx = factory();
+    for alg in Algorithm::ALL {
+        if caps.algorithms.contains(&alg) {
+            continue;
+        }
+        match fx.store.generate(alg, &label("unsupported")) {
+            Err(Error::Unsupported { .. }) => {}
+            other => panic!("generating {alg}: expected Unsupported, got {other:?}"),
+        }
+    }
+    assert!(
+        fx.store.list().unwrap().is_empty(),
+        "a refused generate left a key"
+    );
+}
+
+/// Message signatures verify with the public key alone, and fail on any change.
+pub fn signs_and_verifies_by_public_key_alone(factory: &Factory, caps: &Capabilities) {
+    let fx = factory();
+    for alg in signers(caps) {
+        let info = fx.store.generate(alg, &label("sign")).unwrap();
+        for msg in [&b""[..], b"hello", &[0xa5; 10_000]] {
+            let sig = fx.store.sign(&info.id, msg).unwrap();
+            assert_eq!(sig.algorithm(), alg);
+            assert_eq!(Some(sig.as_raw().len()), alg.raw_signature_len());
+            // a verifier that has only the PEM
+            let pk = default_provider()
+                .parse_public_key_pem(&info.public_key.to_pem().unwrap())
+                .unwrap();
+            keyhaven_crypto::verify(&pk, msg, &sig).unwrap();
+            let mut other = msg.to_vec();
+            other.push(0);
+            assert!(matches!(
+                keyhaven_crypto::verify(&pk, &other, &sig),
+                Err(Error::BadSignature)
+            ));
+        }
+    }
+}
+
+/// `openssl` (code nobody here wrote) verifies the backend's signatures.
+pub fn openssl_verifies_signatures(factory: &Factory, caps: &Capabilities) {
+    let fx = factory();
+    for alg in signers(caps) {
+        let info = fx.store.generate(alg, &label("openssl")).unwrap();
+        let msg = b"verified by openssl";
+        let sig = fx.store.sign(&info.id, msg).unwrap();
+        assert!(
+            crate::openssl::verify(&info.public_key, msg, &sig),
+            "openssl rejected a {alg} signature"
+        );
+        assert!(
+            !crate::openssl::verify(&info.public_key, b"something else", &sig),
+            "openssl accepted a {alg} signature over other data"
+        );
+        if alg.digest_len().is_some() {
+            let sig = fx
+                .store
+                .sign_digest(&info.id, &digest_of(alg, msg))
+                .unwrap();
+            assert!(crate::openssl::verify(&info.public_key, msg, &sig));
+        }
+    }
+}
+
+/// ECDSA prehashed digests sign, and verify as signatures over the message.
+pub fn signs_prehashed_digests(factory: &Factory, caps: &Capabilities) {
+    let fx = factory();
+    for alg in signers(caps).filter(|a| a.digest_len().is_some()) {
+        let info = fx.store.generate(alg, &label("digest")).unwrap();
+        let digest = digest_of(alg, b"artifact");
+        let sig = fx.store.sign_digest(&info.id, &digest).unwrap();
+        keyhaven_crypto::verify(&info.public_key, b"artifact", &sig).unwrap();
+        keyhaven_crypto::verify_digest(&info.public_key, &digest, &sig).unwrap();
+    }
+}
+
+/// A digest of the wrong length is a clear `InvalidInput`; Ed25519 digests are `Unsupported`.
+pub fn rejects_wrong_digest_lengths(factory: &Factory, caps: &Capabilities) {
+    let fx = factory();
+    for alg in signers(caps) {
+        let info = fx.store.generate(alg, &label("badlen")).unwrap();
+        match alg.digest_len() {
+            Some(n) => {
+                for len in [0, 20, n - 1, n + 1, 64] {
+                    match fx.store.sign_digest(&info.id, &vec![7; len]) {
+                        Err(Error::InvalidInput(msg)) => {
+                            assert!(
+                                msg.contains(&n.to_string()),
+                                "message names the length: {msg}"
+                            )
+                        }
+                        other => panic!("{alg} digest of {len} bytes: got {other:?}"),
+                    }
+                }
+            }
+            None => match fx.store.sign_digest(&info.id, &[7; 64]) {
+                Err(Error::Unsupported { .. }) => {}
+                other => panic!("{alg} digest: expected Unsupported, got {other:?}"),
+            },
+        }
+    }
+}
+
+/// X25519 keys agree (both sides get the same secret) and refuse to sign; signing keys refuse
+/// to agree.
+pub fn x25519_agrees_and_never_signs(factory: &Factory, caps: &Capabilities) {
+    let fx = factory();
+    if !caps.algorithms.contains(&Algorithm::X25519) {
+        return;
+    }
+    let a = fx.store.generate(Algorithm::X25519, &label("x-a")).unwrap();
+    let b = fx.store.generate(Algorithm::X25519, &label("x-b")).unwrap();
+    let ab = fx.store.agree(&a.id, &b.public_key).unwrap();
+    let ba = fx.store.agree(&b.id, &a.public_key).unwrap();
+    assert_eq!(ab, ba, "both sides derive the same secret");
+    assert_eq!(ab.len(), 32);
+    // an outside party agrees with the store's key
+    let outside = default_provider().generate(Algorithm::X25519).unwrap();
+    assert_eq!(
+        fx.store.agree(&a.id, outside.public_key()).unwrap(),
+        outside.agree(&a.public_key).unwrap()
+    );
+    assert!(matches!(
+        fx.store.sign(&a.id, b"x"),
+        Err(Error::Unsupported { .. })
+    ));
+    assert!(matches!(
+        fx.store.sign_digest(&a.id, &[0; 48]),
+        Err(Error::Unsupported { .. })
+    ));
+    if let Some(alg) = signers(caps).next() {
+        let s = fx.store.generate(alg, &label("signer")).unwrap();
+        assert!(matches!(
+            fx.store.agree(&s.id, &a.public_key),
+            Err(Error::Unsupported { .. })
+        ));
+        assert!(matches!(
+            fx.store.agree(&a.id, &s.public_key),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+}
+
+/// Every operation on an unknown id is `NotFound`.
+pub fn unknown_ids_are_not_found(factory: &Factory, _caps: &Capabilities) {
+    let fx = factory();
+    let id = KeyId::generate().unwrap();
+    expect_not_found("get", fx.store.get(&id));
+    expect_not_found("public_key", fx.store.public_key(&id));
+    expect_not_found("sign", fx.store.sign(&id, b"x"));
+    expect_not_found("sign_digest", fx.store.sign_digest(&id, &[0; 48]));
+    let peer = default_provider().generate(Algorithm::X25519).unwrap();
+    expect_not_found("agree", fx.store.agree(&id, peer.public_key()));
+    expect_not_found("delete", fx.store.delete(&id));
+    expect_not_found("find_by_label", fx.store.find_by_label("no such label"));
+    expect_not_found("resolve", fx.store.resolve("no-such-key"));
+}
+
+/// A label already in use is `AlreadyExists` and the store is unchanged.
+pub fn duplicate_labels_are_refused(factory: &Factory, caps: &Capabilities) {
+    let fx = factory();
+    let alg = caps.algorithms[0];
+    let l = label("dup");
+    let first = fx.store.generate(alg, &l).unwrap();
+    for other in &caps.algorithms {
+        match fx.store.generate(*other, &l) {
+            Err(Error::AlreadyExists(_)) => {}
+            r => panic!("duplicate label with {other}: expected AlreadyExists, got {r:?}"),
+        }
+    }
+    assert_eq!(fx.store.list().unwrap(), vec![first]);
+}
+
+/// Empty, over-long and control-character labels are `InvalidInput`.
+pub fn invalid_labels_are_refused(factory: &Factory, caps: &Capabilities) {
+    let fx = factory();
+    for bad in ["", " padded ", "line\nbreak", &"x".repeat(129)] {
+        match fx.store.generate(caps.algorithms[0], bad) {
+            Err(Error::InvalidInput(_)) => {}
+            r => panic!("label {bad:?}: expected InvalidInput, got {r:?}"),
+        }
+    }
+    assert!(fx.store.list().unwrap().is_empty());
+}
+
+/// `list` returns every key sorted by id; `get`, `find_by_label` and `resolve` find each.
+pub fn lists_and_looks_up_keys(factory: &Factory, caps: &Capabilities) {
+    let fx = factory();
+    let mut made: Vec<KeyInfo> = caps
+        .algorithms
+        .iter()
+        .map(|&alg| fx.store.generate(alg, &label("list")).unwrap())
+        .collect();
+    made.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(fx.store.list().unwrap(), made);
+    for k in &made {
+        assert_eq!(&fx.store.get(&k.id).unwrap(), k);
+        assert_eq!(&fx.store.find_by_label(&k.label).unwrap(), k);
+        assert_eq!(&fx.store.resolve(k.id.as_str()).unwrap(), k);
+        assert_eq!(&fx.store.resolve(&k.label).unwrap(), k);
+    }
+}
+
+/// After delete the key is gone for every operation, and its label is free again.
+pub fn delete_then_use_fails(factory: &Factory, caps: &Capabilities) {
+    let fx = factory();
+    for &alg in &caps.algorithms {
+        let l = label("del");
+        let keep = fx.store.generate(alg, &label("keep")).unwrap();
+        let info = fx.store.generate(alg, &l).unwrap();
+        fx.store.delete(&info.id).unwrap();
+        expect_not_found("get after delete", fx.store.get(&info.id));
+        expect_not_found("sign after delete", fx.store.sign(&info.id, b"x"));
+        expect_not_found("second delete", fx.store.delete(&info.id));
+        expect_not_found("label after delete", fx.store.find_by_label(&l));
+        assert!(fx.store.list().unwrap().iter().all(|k| k.id != info.id));
+        // other keys are untouched
+        assert_eq!(fx.store.get(&keep.id).unwrap(), keep);
+        let again = fx.store.generate(alg, &l).unwrap();
+        assert_ne!(again.id, info.id, "ids are never reused");
+        fx.store.delete(&again.id).unwrap();
+        fx.store.delete(&keep.id).unwrap();
+    }
+    assert!(fx.store.list().unwrap().is_empty());
+}
+
+/// Ids are distinct across many generations and deletions.
+pub fn ids_are_unique_and_never_reused(factory: &Factory, caps: &Capabilities) {
+    let fx = factory();
+    let alg = caps.algorithms[0];
+    let mut seen = BTreeSet::new();
+    for i in 0..20 {
+        let info = fx.store.generate(alg, &format!("unique-{i}")).unwrap();
+        assert!(seen.insert(info.id.clone()), "id {} reused", info.id);
+        if i % 2 == 0 {
+            fx.store.delete(&info.id).unwrap();
+        }
+    }
+    assert_eq!(fx.store.list().unwrap().len(), 10);
+}
+
+/// Many threads sign with the same keys at once; every signature verifies.
+pub fn concurrent_signing(factory: &Factory, caps: &Capabilities) {
+    let fx = factory();
+    let keys: Vec<KeyInfo> = signers(caps)
+        .map(|alg| fx.store.generate(alg, &label("conc")).unwrap())
+        .collect();
+    let keys = Arc::new(keys);
+    let handles: Vec<_> = (0..caps.threads)
+        .map(|t| {
+            let store = Arc::clone(&fx.store);
+            let keys = Arc::clone(&keys);
+            std::thread::spawn(move || {
+                for i in 0..10 {
+                    for k in keys.iter() {
+                        let msg = format!("thread {t} message {i}");
+                        let sig = store.sign(&k.id, msg.as_bytes()).unwrap();
+                        keyhaven_crypto::verify(&k.public_key, msg.as_bytes(), &sig).unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("a signing thread panicked");
+    }
+}
+
+/// Many threads generate at once; none is lost and every id is distinct.
+pub fn concurrent_generation(factory: &Factory, caps: &Capabilities) {
+    let fx = factory();
+    let alg = caps.algorithms[0];
+    let per_thread = 5;
+    let handles: Vec<_> = (0..caps.threads)
+        .map(|t| {
+            let store = Arc::clone(&fx.store);
+            std::thread::spawn(move || {
+                (0..per_thread)
+                    .map(|i| store.generate(alg, &format!("gen-{t}-{i}")).unwrap().id)
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut ids = BTreeSet::new();
+    for h in handles {
+        ids.extend(h.join().expect("a generating thread panicked"));
+    }
+    assert_eq!(ids.len(), caps.threads * per_thread);
+    let listed: BTreeSet<KeyId> = fx.store.list().unwrap().into_iter().map(|k| k.id).collect();
+    assert_eq!(listed, ids);
+}
+
+/// Software stores import PKCS#8 and export it back; others refuse with `Unsupported`.
+pub fn import_and_export(factory: &Factory, caps: &Capabilities) {
+    let fx = factory();
+    for &alg in &caps.algorithms {
+        let outside = default_provider().generate(alg).unwrap();
+        let der = outside.to_pkcs8_der().unwrap();
+        let imported = fx.store.import_pkcs8(&label("imported"), &der);
+        if !caps.import {
+            assert!(
+                matches!(imported, Err(Error::Unsupported { .. })),
+                "{imported:?}"
+            );
+            continue;
+        }
+        let info = imported.unwrap();
+        assert_eq!(&info.public_key, outside.public_key());
+        assert_eq!(info.protection, caps.protection);
+        if alg.can_sign() {
+            let sig = fx.store.sign(&info.id, b"imported").unwrap();
+            keyhaven_crypto::verify(outside.public_key(), b"imported", &sig).unwrap();
+        }
+        // a malformed key is refused and leaves nothing behind
+        let before = fx.store.list().unwrap();
+        assert!(matches!(
+            fx.store.import_pkcs8(
+                &label("bad"),
+                &keyhaven_core::SecretBytes::copy_from(b"\x30\x03junk")
+            ),
+            Err(Error::InvalidInput(_))
+        ));
+        assert_eq!(fx.store.list().unwrap(), before);
+    }
+    for &alg in &caps.algorithms {
+        let info = fx.store.generate(alg, &label("export")).unwrap();
+        let exported = fx.store.export_pkcs8(&info.id);
+        if caps.export {
+            let key = default_provider()
+                .load_pkcs8(exported.unwrap().expose_secret())
+                .unwrap();
+            assert_eq!(key.public_key(), &info.public_key);
+        } else {
+            assert!(
+                matches!(exported, Err(Error::Unsupported { .. })),
+                "{exported:?}"
+            );
+        }
+    }
+}
