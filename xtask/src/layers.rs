@@ -2,8 +2,10 @@
 //!
 //! The rules (see `shared/architecture.md`, "Rules of direction"):
 //!
-//! - normal and build dependencies go to a strictly lower layer;
-//! - dev-dependencies go to a strictly lower layer or to `keyhaven-testkit`;
+//! - normal and build dependencies go to a strictly lower layer (bar the few named, with their
+//!   reasons, in [`EXCEPTIONS`]);
+//! - dev-dependencies go to a strictly lower layer or to `keyhaven-testkit`, and the testkit is
+//!   used only as a dev-dependency;
 //! - no backend depends on another backend;
 //! - lifecycle crates (L3) see backends only through the `keyhaven-core` traits, never by name:
 //!   only the facade `keyhaven` names concrete backends (`keyhaven-audit` is not a backend);
@@ -54,6 +56,15 @@ const FACADE: &str = "keyhaven";
 
 /// The command-line crate, which may depend on the facade only.
 const CLI: &str = "keyhaven-cli";
+
+/// Same-layer dependencies allowed by name, each with its reason: `(from, to, reason)`. Keep this
+/// short; every entry is a deliberate exception to "dependencies point strictly down".
+const EXCEPTIONS: &[(&str, &str, &str)] = &[(
+    "keyhaven-testkit",
+    "keyhaven-crypto",
+    "the conformance suite checks backend output (signatures, SPKI, agreement) against the \
+     software implementation; nothing depends on the testkit outside dev-dependencies",
+)];
 
 /// Workspace members outside the layering (developer tooling); nothing may depend on them.
 const TOOLING: &[&str] = &["xtask"];
@@ -164,6 +175,11 @@ fn edge_violation(from: &str, from_layer: u8, to: &str, kind: DepKind) -> Option
              use lower layers or {TESTKIT}"
         ));
     }
+    if to == TESTKIT {
+        return Some(format!(
+            "{from} -> {to} ({section}): {TESTKIT} is for tests only: use it as a dev-dependency"
+        ));
+    }
     if from == CLI && to != FACADE {
         return Some(format!(
             "{from} -> {to} ({section}): {CLI} depends on the facade `{FACADE}` only; use what \
@@ -175,7 +191,10 @@ fn edge_violation(from: &str, from_layer: u8, to: &str, kind: DepKind) -> Option
             "{from} -> {to} ({section}): a backend may not depend on another backend"
         ));
     }
-    if to_layer >= from_layer {
+    let excepted = EXCEPTIONS
+        .iter()
+        .any(|&(f, t, _reason)| f == from && t == to);
+    if to_layer >= from_layer && !excepted {
         return Some(format!(
             "{from} (L{from_layer}) -> {to} (L{to_layer}) ({section}): dependencies must point to \
              a strictly lower layer"
@@ -294,7 +313,10 @@ mod tests {
                 "keyhaven-crypto",
                 &[("keyhaven-core", Normal), ("keyhaven-testkit", Dev)],
             ),
-            package("keyhaven-testkit", &[("keyhaven-core", Normal)]),
+            package(
+                "keyhaven-testkit",
+                &[("keyhaven-core", Normal), ("keyhaven-crypto", Normal)],
+            ),
             package(
                 "keyhaven-store-file",
                 &[("keyhaven-crypto", Normal), ("keyhaven-testkit", Dev)],
@@ -366,7 +388,7 @@ mod tests {
             "strictly lower"
         ));
         assert!(caught(
-            &with_edge("keyhaven-crypto", "keyhaven-testkit", Normal),
+            &with_edge("keyhaven-crypto", "keyhaven-store-memory", Normal),
             "strictly lower"
         ));
         assert!(caught(
@@ -377,6 +399,18 @@ mod tests {
             &with_edge("keyhaven-backup", "keyhaven-rotation", Normal),
             "strictly lower"
         ));
+    }
+
+    #[test]
+    fn exceptions_are_one_way_and_by_name() {
+        // testkit -> crypto is in EXCEPTIONS (and in the good graph); the reverse is not.
+        let found = with_edge("keyhaven-crypto", "keyhaven-testkit", Normal);
+        assert!(caught(&found, "tests only"), "{found:?}");
+        let found = with_edge("keyhaven-testkit", "keyhaven-store-file", Normal);
+        assert!(caught(&found, "strictly lower"), "{found:?}");
+        // ...and the testkit itself is for tests only.
+        let found = with_edge("keyhaven-rotation", "keyhaven-testkit", Normal);
+        assert!(caught(&found, "dev-dependency"), "{found:?}");
     }
 
     #[test]

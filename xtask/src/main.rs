@@ -158,6 +158,12 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     // The plain closing line: "tests: N passed, N failed, N skipped".
     println!("{tally}");
     if !status.success() {
+        if tally.binaries == 0 {
+            bail!(
+                "cargo test failed ({status}) before any test binary reported: \
+                 see the build errors above"
+            );
+        }
         bail!(
             "cargo test failed ({status}): {} test(s) failed",
             tally.failed
@@ -222,6 +228,7 @@ fn fuzz(root: &Path, args: &[String]) -> Result<()> {
             fuzz_dir.display()
         );
     }
+    sys::ensure_tools(sys::FUZZ_TOOLS)?;
     ensure_cargo_plugin(root, "fuzz", "cargo-fuzz", "`cargo xtask fuzz`")?;
     let mut command = cargo(&fuzz_dir);
     // The toolchain is stable; cargo-fuzz passes nightly-only flags (-Zsanitizer, ...).

@@ -30,12 +30,19 @@ pub(crate) const TEST_TOOLS: &[SystemTool] = &[
         why: "interop tests",
     },
     // Device backends add their tools here as they land, e.g.:
-    // SystemTool { binary: "softhsm2-util", package: "softhsm2", why: "PKCS#11 tests (SoftHSM)" },
+    // SystemTool { binary: "softhsm2-util", package: "softhsm2", why: "PKCS#11 tests" },
     // SystemTool { binary: "pkcs11-tool", package: "opensc", why: "PKCS#11 interop tests" },
-    // SystemTool { binary: "swtpm", package: "swtpm", why: "TPM tests (software TPM)" },
-    // SystemTool { binary: "swtpm_setup", package: "swtpm-tools", why: "TPM tests (swtpm setup)" },
+    // SystemTool { binary: "swtpm", package: "swtpm", why: "TPM tests" },
+    // SystemTool { binary: "swtpm_setup", package: "swtpm-tools", why: "TPM tests" },
     // SystemTool { binary: "tpm2_readpublic", package: "tpm2-tools", why: "TPM interop tests" },
 ];
+
+/// The tools `cargo xtask fuzz` makes sure of: libfuzzer-sys compiles libFuzzer, which is C++.
+pub(crate) const FUZZ_TOOLS: &[SystemTool] = &[SystemTool {
+    binary: "c++",
+    package: "g++",
+    why: "cargo xtask fuzz: libfuzzer-sys builds libFuzzer",
+}];
 
 /// Makes sure every tool in `tools` is on `PATH`. Missing ones are installed with
 /// `apt-get update` (once) and `apt-get install -y --no-install-recommends` when running as root.
@@ -58,14 +65,19 @@ pub(crate) fn ensure_tools(tools: &[SystemTool]) -> Result<()> {
         .collect::<Vec<_>>()
         .join(", ");
     if !is_root() {
-        let binaries = missing
+        let details = missing
             .iter()
-            .map(|tool| tool.binary)
+            .map(|tool| {
+                format!(
+                    "{} (Debian package {}, needed by {})",
+                    tool.binary, tool.package, tool.why
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
         bail!(
-            "missing system tools: {binaries}. Install them (as root) with: \
-             apt-get install -y --no-install-recommends {}   [{reasons}]",
+            "missing system tools: {details}. Install them as root with \
+             `apt-get install -y --no-install-recommends {}`, or run this as root",
             packages.join(" ")
         );
     }

@@ -117,7 +117,7 @@ macro_rules! ecdsa_curve {
                 ))?))
             }
 
-            fn from_pkcs8_der(&self, der: &[u8]) -> Result<Box<dyn PrivateKey>, Error> {
+            fn load_pkcs8_der(&self, der: &[u8]) -> Result<Box<dyn PrivateKey>, Error> {
                 use pkcs8::DecodePrivateKey;
                 let secret = $krate::SecretKey::from_pkcs8_der(der).map_err(|_| {
                     Error::InvalidInput(format!(

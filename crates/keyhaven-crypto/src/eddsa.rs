@@ -5,6 +5,11 @@ use keyhaven_core::{Algorithm, Error, PublicKey, SecretBytes, Signature};
 
 use crate::provider::{KeyAlgorithm, PrivateKey};
 
+/// PKCS#8 v1 DER up to the 32-byte seed: version 0, id-Ed25519, OCTET STRING { OCTET STRING }.
+const PKCS8_V1_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
 fn no_prehash() -> Error {
     Error::Unsupported {
         operation: "sign or verify a prehashed digest",
@@ -61,10 +66,14 @@ impl PrivateKey for Ed25519Key {
         })
     }
 
+    /// PKCS#8 v1 (RFC 8410), as OpenSSL writes it. `ed25519-dalek` writes v2 (with the public
+    /// key), which OpenSSL 3.0 refuses to load; v1 is read everywhere.
     fn to_pkcs8_der(&self) -> Result<SecretBytes, Error> {
-        use pkcs8::EncodePrivateKey;
-        let doc = self.signing.to_pkcs8_der().map_err(|_| Error::Crypto)?;
-        Ok(SecretBytes::copy_from(doc.as_bytes()))
+        let seed = zeroize::Zeroizing::new(self.signing.to_bytes());
+        let mut der = Vec::with_capacity(PKCS8_V1_PREFIX.len() + 32);
+        der.extend_from_slice(&PKCS8_V1_PREFIX);
+        der.extend_from_slice(seed.as_ref());
+        Ok(SecretBytes::new(der))
     }
 }
 
@@ -92,7 +101,7 @@ impl KeyAlgorithm for Ed25519 {
         )?))
     }
 
-    fn from_pkcs8_der(&self, der: &[u8]) -> Result<Box<dyn PrivateKey>, Error> {
+    fn load_pkcs8_der(&self, der: &[u8]) -> Result<Box<dyn PrivateKey>, Error> {
         use pkcs8::DecodePrivateKey;
         let signing = ed25519_dalek::SigningKey::from_pkcs8_der(der)
             .map_err(|_| Error::InvalidInput("not a valid Ed25519 PKCS#8 private key".into()))?;

@@ -22,7 +22,7 @@ pub fn pem_decode(text: &str, labels: &[&str]) -> Result<(String, Zeroizing<Vec<
         .ok_or_else(|| {
             Error::InvalidInput("PEM block is not terminated (no -----END line)".into())
         })?;
-    let (label, der) = pem_rfc7468::decode_vec(block[..end_marker].as_bytes())
+    let (label, der) = pem_rfc7468::decode_vec(&block.as_bytes()[..end_marker])
         .map_err(|e| Error::InvalidInput(format!("malformed PEM: {e}")))?;
     let der = Zeroizing::new(der);
     if !labels.contains(&label) {

@@ -69,7 +69,7 @@ pub trait KeyAlgorithm: Send + Sync + fmt::Debug {
     ///
     /// # Errors
     /// [`Error::InvalidInput`] if the DER is malformed or of another algorithm.
-    fn from_pkcs8_der(&self, der: &[u8]) -> Result<Box<dyn PrivateKey>, Error>;
+    fn load_pkcs8_der(&self, der: &[u8]) -> Result<Box<dyn PrivateKey>, Error>;
 
     /// Checks SPKI DER is a valid public key of this algorithm (on the curve, right length).
     ///
@@ -146,7 +146,7 @@ impl CryptoProvider {
         let info = pkcs8::PrivateKeyInfoRef::try_from(der)
             .map_err(|_| Error::InvalidInput("not a PKCS#8 private key".into()))?;
         let alg = self.identify(&info.algorithm)?;
-        alg.from_pkcs8_der(der)
+        alg.load_pkcs8_der(der)
     }
 
     /// Parses and validates SPKI DER into a [`PublicKey`] (algorithm detected from its OID).

@@ -118,7 +118,7 @@ impl KeyAlgorithm for X25519 {
         )))
     }
 
-    fn from_pkcs8_der(&self, der: &[u8]) -> Result<Box<dyn PrivateKey>, Error> {
+    fn load_pkcs8_der(&self, der: &[u8]) -> Result<Box<dyn PrivateKey>, Error> {
         let bad = || Error::InvalidInput("not a valid X25519 PKCS#8 private key".into());
         let info = pkcs8::PrivateKeyInfoRef::from_der(der).map_err(|_| bad())?;
         if info.algorithm.oid != ID_X25519 || info.algorithm.parameters.is_some() {

@@ -1,4 +1,5 @@
 //! Integration tests of keyhaven-core's public types.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 use keyhaven_core::{Algorithm, Error, KeyId, Signature, SignatureFormat};
 

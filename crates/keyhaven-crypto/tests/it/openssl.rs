@@ -8,14 +8,13 @@ use keyhaven_core::{Algorithm, SignatureFormat};
 use keyhaven_crypto::{default_provider, encoding, hazmat, verify};
 
 fn openssl(args: &[&str], dir: &Path) -> std::process::Output {
-    let out = Command::new("openssl")
+    Command::new("openssl")
         .args(args)
         .current_dir(dir)
         .output()
         .unwrap_or_else(|e| {
             panic!("cannot run `openssl` ({e}): install it (apt-get install openssl) or run the suite with `cargo xtask test`, which installs it")
-        });
-    out
+        })
 }
 
 fn ok(args: &[&str], dir: &Path) -> Vec<u8> {
@@ -79,6 +78,37 @@ fn openssl_verifies_our_ecdsa_signatures_and_reads_our_keys() {
             )
             .status
             .success()
+        );
+    }
+}
+
+#[test]
+fn openssl_reads_our_private_keys_of_every_algorithm() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for alg in Algorithm::ALL {
+        let key = default_provider().generate(alg).unwrap();
+        let der = key.to_pkcs8_der().unwrap();
+        std::fs::write(
+            d.join("k.pem"),
+            hazmat::pkcs8_to_pem(&der).unwrap().as_bytes(),
+        )
+        .unwrap();
+        let derived = ok(&["pkey", "-in", "k.pem", "-pubout"], d);
+        assert_eq!(
+            String::from_utf8(derived).unwrap(),
+            key.public_key().to_pem().unwrap(),
+            "{alg}"
+        );
+        // and OpenSSL's re-encoding of our key loads back as the same key
+        let reencoded = String::from_utf8(ok(&["pkey", "-in", "k.pem"], d)).unwrap();
+        let back = hazmat::private_key_pem_to_pkcs8(&reencoded, None).unwrap();
+        assert_eq!(
+            default_provider()
+                .load_pkcs8(back.expose_secret())
+                .unwrap()
+                .public_key(),
+            key.public_key()
         );
     }
 }

@@ -1,4 +1,5 @@
 //! The memory store runs the whole conformance suite.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 use keyhaven_core::{Algorithm, KeyStore, Protection};
 use keyhaven_store_memory::MemoryStore;

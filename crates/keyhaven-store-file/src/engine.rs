@@ -1,0 +1,315 @@
+//! The store logic both file stores share, parameterized by how a key's record is written and
+//! read ([`Format`]): label uniqueness, crash-safe ordering, listing that isolates damaged
+//! records, and a cache of loaded keys validated against each record's file stamp.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use keyhaven_core::{
+    Algorithm, Error, KeyId, KeyInfo, PublicKey, Result, SecretBytes, Signature, unix_now,
+    validate_label,
+};
+use keyhaven_crypto::{CryptoProvider, PrivateKey};
+
+use crate::dir::{RECORD_EXT, StoreDir};
+use crate::fsutil::FileStamp;
+
+/// How one kind of store writes and reads a key.
+pub(crate) trait Format: Send + Sync + 'static {
+    /// Suffixes of files a key has besides its record (removed on delete).
+    const EXTRA_FILES: &'static [&'static str];
+
+    /// Writes any files besides the record and returns the record's bytes (written last, as the
+    /// commit point).
+    fn write_key(&self, dir: &StoreDir, info: &KeyInfo, key: &dyn PrivateKey) -> Result<Vec<u8>>;
+
+    /// Parses (and where possible authenticates) a record's public part.
+    fn parse_info(&self, id: &KeyId, record: &[u8]) -> Result<KeyInfo, String>;
+
+    /// Loads a key's private part.
+    fn load_private(
+        &self,
+        dir: &StoreDir,
+        info: &KeyInfo,
+        record: &[u8],
+    ) -> Result<SecretBytes, Error>;
+}
+
+struct Cached {
+    stamp: FileStamp,
+    info: KeyInfo,
+    key: Box<dyn PrivateKey>,
+}
+
+/// A file store over a [`Format`].
+pub(crate) struct Engine<F: Format> {
+    pub(crate) dir: StoreDir,
+    pub(crate) format: F,
+    provider: &'static CryptoProvider,
+    cache: RwLock<HashMap<KeyId, Arc<Cached>>>,
+}
+
+fn poisoned() -> Error {
+    Error::Unavailable {
+        backend: "file".into(),
+        reason: "a thread panicked while holding the key cache".into(),
+    }
+}
+
+impl<F: Format> Engine<F> {
+    pub(crate) fn new(dir: StoreDir, format: F, provider: &'static CryptoProvider) -> Self {
+        Engine {
+            dir,
+            format,
+            provider,
+            cache: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn corrupt(&self, id: &KeyId, reason: impl Into<String>) -> Error {
+        Error::corrupt(self.dir.record_path(id).display().to_string(), reason)
+    }
+
+    pub(crate) fn get(&self, id: &KeyId) -> Result<KeyInfo> {
+        let (bytes, _) = self
+            .dir
+            .read_record(id)?
+            .ok_or_else(|| Error::key_not_found(id))?;
+        self.format
+            .parse_info(id, &bytes)
+            .map_err(|r| self.corrupt(id, r))
+    }
+
+    pub(crate) fn list(&self) -> Result<Vec<KeyInfo>> {
+        let mut out = Vec::new();
+        for id in self.dir.record_ids()? {
+            match self.get(&id) {
+                Ok(info) => out.push(info),
+                // damaged records are reported by check(); deleted meanwhile is fine
+                Err(Error::Corrupt { .. } | Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn check(&self) -> Result<Vec<Error>> {
+        let mut problems = Vec::new();
+        for id in self.dir.record_ids()? {
+            match self.get(&id) {
+                Ok(_) | Err(Error::NotFound(_)) => {}
+                Err(e) => problems.push(e),
+            }
+        }
+        Ok(problems)
+    }
+
+    pub(crate) fn find_by_label(&self, label: &str) -> Result<KeyInfo> {
+        match self.dir.label_owner(label)? {
+            Some(id) => self.get(&id),
+            None => Err(Error::key_not_found(label)),
+        }
+    }
+
+    /// The loaded key for `id`, from the cache while its record is unchanged on disk.
+    fn loaded(&self, id: &KeyId) -> Result<Arc<Cached>> {
+        let Some(stamp) = self.dir.record_stamp(id)? else {
+            self.evict(id);
+            return Err(Error::key_not_found(id));
+        };
+        if let Some(hit) = self.cache.read().map_err(|_| poisoned())?.get(id)
+            && hit.stamp == stamp
+        {
+            return Ok(Arc::clone(hit));
+        }
+        let (bytes, stamp) = self
+            .dir
+            .read_record(id)?
+            .ok_or_else(|| Error::key_not_found(id))?;
+        let info = self
+            .format
+            .parse_info(id, &bytes)
+            .map_err(|r| self.corrupt(id, r))?;
+        let pkcs8 = self.format.load_private(&self.dir, &info, &bytes)?;
+        let key = self
+            .provider
+            .load_pkcs8(pkcs8.expose_secret())
+            .map_err(|_| self.corrupt(id, "the private key does not parse"))?;
+        if key.public_key() != &info.public_key {
+            return Err(self.corrupt(id, "the private key does not match the recorded public key"));
+        }
+        let cached = Arc::new(Cached { stamp, info, key });
+        self.cache
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(id.clone(), Arc::clone(&cached));
+        Ok(cached)
+    }
+
+    fn evict(&self, id: &KeyId) {
+        if let Ok(mut cache) = self.cache.write() {
+            cache.remove(id);
+        }
+    }
+
+    pub(crate) fn generate(
+        &self,
+        algorithm: Algorithm,
+        label: &str,
+        protection: keyhaven_core::Protection,
+    ) -> Result<KeyInfo> {
+        validate_label(label)?;
+        let key = self.provider.generate(algorithm)?;
+        self.insert(label, key.as_ref(), protection)
+    }
+
+    pub(crate) fn import(
+        &self,
+        label: &str,
+        pkcs8: &SecretBytes,
+        protection: keyhaven_core::Protection,
+    ) -> Result<KeyInfo> {
+        validate_label(label)?;
+        let key = self.provider.load_pkcs8(pkcs8.expose_secret())?;
+        self.insert(label, key.as_ref(), protection)
+    }
+
+    fn insert(
+        &self,
+        label: &str,
+        key: &dyn PrivateKey,
+        protection: keyhaven_core::Protection,
+    ) -> Result<KeyInfo> {
+        let id = KeyId::generate()?;
+        let info = KeyInfo::new(
+            id.clone(),
+            label.to_owned(),
+            protection,
+            key.public_key().clone(),
+            unix_now(),
+        );
+        let lock = self.dir.lock()?;
+        // Claim the label first: a crash after this leaves a stale claim (no record), which
+        // the next writer reuses; a crash before the record is written leaves no listed key.
+        self.dir.claim_label(&lock, label, &id)?;
+        let written = self
+            .format
+            .write_key(&self.dir, &info, key)
+            .and_then(|record| self.dir.write_key_file(&id, RECORD_EXT, &record));
+        if let Err(e) = written {
+            let _ = self.dir.remove_key(&lock, &id, F::EXTRA_FILES);
+            let _ = self.dir.release_label(&lock, label, &id);
+            return Err(e);
+        }
+        Ok(info)
+    }
+
+    pub(crate) fn delete(&self, id: &KeyId) -> Result<()> {
+        let lock = self.dir.lock()?;
+        let label = match self.get(id) {
+            Ok(info) => Some(info.label),
+            // a damaged record can still be deleted; its label claim then goes stale
+            Err(Error::Corrupt { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        self.dir.remove_key(&lock, id, F::EXTRA_FILES)?;
+        if let Some(label) = label {
+            self.dir.release_label(&lock, &label, id)?;
+        }
+        self.evict(id);
+        Ok(())
+    }
+
+    pub(crate) fn sign(&self, id: &KeyId, message: &[u8]) -> Result<Signature> {
+        self.loaded(id)?.key.sign(message)
+    }
+
+    pub(crate) fn sign_digest(&self, id: &KeyId, digest: &[u8]) -> Result<Signature> {
+        let cached = self.loaded(id)?;
+        cached.info.algorithm.check_digest(digest)?;
+        cached.key.sign_digest(digest)
+    }
+
+    pub(crate) fn agree(&self, id: &KeyId, peer: &PublicKey) -> Result<SecretBytes> {
+        self.loaded(id)?.key.agree(peer)
+    }
+
+    pub(crate) fn export(&self, id: &KeyId) -> Result<SecretBytes> {
+        self.loaded(id)?.key.to_pkcs8_der()
+    }
+}
+
+/// Implements `KeyStore` for a wrapper struct with an `engine` field and a `PROTECTION` const.
+macro_rules! delegate_keystore {
+    ($ty:ty, $kind:literal) => {
+        impl keyhaven_core::KeyStore for $ty {
+            fn info(&self) -> keyhaven_core::BackendInfo {
+                keyhaven_core::BackendInfo::new(
+                    $kind,
+                    Self::PROTECTION,
+                    self.engine.dir.root().display().to_string(),
+                )
+            }
+            fn generate(
+                &self,
+                algorithm: keyhaven_core::Algorithm,
+                label: &str,
+            ) -> keyhaven_core::Result<keyhaven_core::KeyInfo> {
+                self.engine.generate(algorithm, label, Self::PROTECTION)
+            }
+            fn list(&self) -> keyhaven_core::Result<Vec<keyhaven_core::KeyInfo>> {
+                self.engine.list()
+            }
+            fn get(
+                &self,
+                id: &keyhaven_core::KeyId,
+            ) -> keyhaven_core::Result<keyhaven_core::KeyInfo> {
+                self.engine.get(id)
+            }
+            fn find_by_label(&self, label: &str) -> keyhaven_core::Result<keyhaven_core::KeyInfo> {
+                self.engine.find_by_label(label)
+            }
+            fn sign(
+                &self,
+                id: &keyhaven_core::KeyId,
+                message: &[u8],
+            ) -> keyhaven_core::Result<keyhaven_core::Signature> {
+                self.engine.sign(id, message)
+            }
+            fn sign_digest(
+                &self,
+                id: &keyhaven_core::KeyId,
+                digest: &[u8],
+            ) -> keyhaven_core::Result<keyhaven_core::Signature> {
+                self.engine.sign_digest(id, digest)
+            }
+            fn agree(
+                &self,
+                id: &keyhaven_core::KeyId,
+                peer: &keyhaven_core::PublicKey,
+            ) -> keyhaven_core::Result<keyhaven_core::SecretBytes> {
+                self.engine.agree(id, peer)
+            }
+            fn delete(&self, id: &keyhaven_core::KeyId) -> keyhaven_core::Result<()> {
+                self.engine.delete(id)
+            }
+            fn check(&self) -> keyhaven_core::Result<Vec<keyhaven_core::Error>> {
+                self.engine.check()
+            }
+            fn import_pkcs8(
+                &self,
+                label: &str,
+                pkcs8_der: &keyhaven_core::SecretBytes,
+            ) -> keyhaven_core::Result<keyhaven_core::KeyInfo> {
+                self.engine.import(label, pkcs8_der, Self::PROTECTION)
+            }
+            fn export_pkcs8(
+                &self,
+                id: &keyhaven_core::KeyId,
+            ) -> keyhaven_core::Result<keyhaven_core::SecretBytes> {
+                self.engine.export(id)
+            }
+        }
+    };
+}
+pub(crate) use delegate_keystore;

@@ -1,0 +1,225 @@
+//! Durable, private file operations: atomic writes, permission checks, advisory locks.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// A failure of a file operation, naming the file and the operation.
+#[derive(Debug, Error)]
+pub(crate) enum FsError {
+    /// An I/O call failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// A file or directory is readable or writable by others.
+    #[error(
+        "{} has mode {mode:04o}, which lets other users {}; keyhaven refuses to use it. Fix: chmod {want:o} {}",
+        path.display(),
+        if mode & 0o044 != 0 { "read it" } else { "modify it" },
+        path.display()
+    )]
+    LoosePermissions { path: PathBuf, mode: u32, want: u32 },
+    /// A path that should be a directory is not (or vice versa).
+    #[error("{} is not a {expected}", path.display())]
+    WrongType {
+        path: PathBuf,
+        expected: &'static str,
+    },
+}
+
+impl From<FsError> for keyhaven_core::Error {
+    fn from(e: FsError) -> Self {
+        use keyhaven_core::Error;
+        match e {
+            FsError::Io { op, path, source } => {
+                let context = format!("{op} {}", path.display());
+                if source.kind() == io::ErrorKind::PermissionDenied {
+                    Error::PermissionDenied(format!("{context}: {source}"))
+                } else {
+                    Error::Io { context, source }
+                }
+            }
+            FsError::LoosePermissions { .. } => Error::PermissionDenied(e.to_string()),
+            FsError::WrongType { .. } => Error::InvalidInput(e.to_string()),
+        }
+    }
+}
+
+pub(crate) fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FsError + use<> {
+    let path = path.to_owned();
+    move |source| FsError::Io { op, path, source }
+}
+
+/// Creates `path` as a 0700 directory (and missing parents, also 0700) if it is absent.
+pub(crate) fn create_private_dir(path: &Path) -> Result<(), FsError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(io_err("create directory", path))?;
+    // An existing directory keeps its mode: check it rather than silently changing it.
+    check_private(path, true).map(|_| ())
+}
+
+/// Refuses a file or directory that other users can read or write.
+pub(crate) fn check_private(path: &Path, dir: bool) -> Result<fs::Metadata, FsError> {
+    let meta = fs::symlink_metadata(path).map_err(io_err("inspect", path))?;
+    check_meta(path, &meta, dir)?;
+    Ok(meta)
+}
+
+pub(crate) fn check_meta(path: &Path, meta: &fs::Metadata, dir: bool) -> Result<(), FsError> {
+    if meta.is_dir() != dir || meta.file_type().is_symlink() {
+        return Err(FsError::WrongType {
+            path: path.to_owned(),
+            expected: if dir { "directory" } else { "regular file" },
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(FsError::LoosePermissions {
+            path: path.to_owned(),
+            mode,
+            want: if dir { 0o700 } else { 0o600 },
+        });
+    }
+    Ok(())
+}
+
+/// Reads a private file (refusing loose permissions).
+pub(crate) fn read_private(path: &Path) -> Result<Vec<u8>, FsError> {
+    let mut file = File::open(path).map_err(io_err("open", path))?;
+    let meta = file.metadata().map_err(io_err("inspect", path))?;
+    check_meta(path, &meta, false)?;
+    let mut buf = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    io::Read::read_to_end(&mut file, &mut buf).map_err(io_err("read", path))?;
+    Ok(buf)
+}
+
+/// Flushes a directory's entries to disk (after a rename or unlink inside it).
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), FsError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync directory", dir))
+}
+
+/// Writes `bytes` to `dir/name` atomically and durably: a 0600 temporary file in the same
+/// directory, fsync, rename over the target, fsync the directory. On any failure (a full disk,
+/// say) the temporary file is removed and the target is exactly as it was.
+pub(crate) fn atomic_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), FsError> {
+    let mut suffix = [0u8; 8];
+    keyhaven_crypto::fill_random(&mut suffix).map_err(|_| FsError::Io {
+        op: "draw a temporary file name for",
+        path: dir.join(name),
+        source: io::Error::other("no randomness"),
+    })?;
+    let tmp = dir.join(format!(".tmp-{}-{}", name, hex::encode(suffix)));
+    let target = dir.join(name);
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io_err("create", &tmp))?;
+        file.write_all(bytes).map_err(io_err("write", &tmp))?;
+        file.sync_all().map_err(io_err("sync", &tmp))?;
+        fs::rename(&tmp, &target).map_err(io_err("rename into place", &target))
+    })();
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    sync_dir(dir)
+}
+
+/// Removes `path` and syncs its directory. A missing file is not an error.
+pub(crate) fn remove_durable(path: &Path) -> Result<(), FsError> {
+    match fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("remove", path)(e)),
+    }
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+/// A held exclusive advisory lock (`flock`) on a store's lock file; released on drop.
+pub(crate) struct LockGuard {
+    _file: File,
+}
+
+/// Takes the store's exclusive lock, waiting for other processes and threads to release it.
+pub(crate) fn lock_exclusive(lock_path: &Path) -> Result<LockGuard, FsError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(lock_path)
+        .map_err(io_err("open lock file", lock_path))?;
+    file.lock().map_err(io_err("lock", lock_path))?;
+    Ok(LockGuard { _file: file })
+}
+
+/// What identifies a version of a file: if any of these change, the file was replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileStamp {
+    pub(crate) fn of(meta: &fs::Metadata) -> Self {
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_write_replaces_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().unwrap();
+        atomic_write(dir.path(), "f", b"one").unwrap();
+        atomic_write(dir.path(), "f", b"two").unwrap();
+        assert_eq!(fs::read(dir.path().join("f")).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1);
+        let mode = fs::metadata(dir.path().join("f"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn loose_permissions_are_refused_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("k");
+        fs::write(&f, b"x").unwrap();
+        fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_private(&f).unwrap_err().to_string();
+        assert!(err.contains("0644") && err.contains("chmod 600"), "{err}");
+    }
+}
