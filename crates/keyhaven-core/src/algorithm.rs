@@ -98,6 +98,10 @@ impl Algorithm {
     /// when the length is wrong.
     pub fn check_digest(self, digest: &[u8]) -> Result<(), Error> {
         match self.digest_len() {
+            None if !self.can_sign() => Err(Error::Unsupported {
+                operation: "sign a prehashed digest",
+                reason: format!("{self} keys do key agreement only and never sign"),
+            }),
             None => Err(Error::Unsupported {
                 operation: "sign a prehashed digest",
                 reason: format!("{} keys sign whole messages only", self.jose_name()),

@@ -1,0 +1,326 @@
+//! The command line, declared with clap's derive API.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use keyhaven::{Algorithm, BackendKind, SignatureFormat};
+
+const AFTER_HELP: &str = "\
+Exit codes:
+   0  success (for verify: the signature is valid)
+   1  verification failed: the signature is invalid
+   2  usage error (bad arguments, or a confirmation needed without a terminal)
+   3  not found (key, backend, file, no default key)
+   4  wrong passphrase, or locked (no passphrase available)
+   5  unsupported (e.g. signing with an X25519 key, exporting a hardware key)
+   6  permission denied, including unsafe file permissions on a store
+   7  corrupt data (a damaged or truncated record)
+   8  already exists
+   9  invalid input (malformed PEM, wrong digest length, bad config, ambiguous reference)
+  10  backend unavailable
+  11  I/O error
+  12  key revoked
+  70  internal error
+
+Environment:
+  KEYHAVEN_HOME        the keyhaven home (default: the platform data directory + /keyhaven)
+  KEYHAVEN_PASSPHRASE  the passphrase of encrypted backends (else --passphrase-file, else a prompt)
+
+Start with `keyhaven quickstart`.";
+
+/// keyhaven: keys kept anywhere, behind one interface.
+#[derive(Debug, Parser)]
+#[command(name = "keyhaven", version, about, after_help = AFTER_HELP)]
+pub(crate) struct Cli {
+    /// The keyhaven home: keyhaven.toml and the default backends' stores.
+    #[arg(long, global = true, env = "KEYHAVEN_HOME", value_name = "DIR")]
+    pub(crate) home: Option<PathBuf>,
+
+    /// Read the passphrase of encrypted backends from this file (first line). Else
+    /// KEYHAVEN_PASSPHRASE, else an interactive prompt.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) passphrase_file: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Manage keys: generate, list, show, set-default, delete, public, import, export.
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Sign a digest, a file or standard input (with the default key unless --key is given).
+    Sign(SignArgs),
+    /// Verify a signature; exit 0 if valid, 1 if invalid.
+    Verify(VerifyArgs),
+    /// Declare backends in keyhaven.toml: list, add, remove, fallback.
+    #[command(subcommand)]
+    Backend(BackendCommand),
+    /// Show which backends are configured and reachable, and how well their keys are protected.
+    Doctor {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Set up a home with an encrypted backend and a default P-384 key, then sign and verify a
+    /// sample.
+    Quickstart,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Generate a key pair inside a backend; prints its id.
+    Generate {
+        /// The backend (default: the default backend).
+        #[arg(long, value_name = "NAME")]
+        backend: Option<String>,
+        /// The algorithm.
+        #[arg(long, value_enum, default_value_t = AlgorithmArg::P384)]
+        algorithm: AlgorithmArg,
+        /// A label, unique in the backend.
+        #[arg(long)]
+        label: String,
+        /// Print the key's details as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the keys of every backend.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key.
+    Show {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a key the default for `keyhaven sign`.
+    SetDefault {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+    },
+    /// Delete a key (asks for confirmation unless --yes).
+    Delete {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// Do not ask. Required when standard input is not a terminal.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Print or write a key's public key.
+    Public {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// pem (SPKI), der (SPKI) or jwk.
+        #[arg(long, value_enum, default_value_t = PublicFormat::Pem)]
+        format: PublicFormat,
+        /// Write to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Import a private key: PKCS#8 PEM, encrypted PKCS#8 PEM, or SEC1 EC PEM.
+    Import {
+        /// The backend (default: the default backend).
+        #[arg(long, value_name = "NAME")]
+        backend: Option<String>,
+        /// A label, unique in the backend.
+        #[arg(long)]
+        label: String,
+        /// The passphrase of an encrypted PKCS#8 file (else a prompt).
+        #[arg(long, value_name = "FILE")]
+        key_passphrase_file: Option<PathBuf>,
+        /// Print the key's details as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The PEM file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Export a software private key: encrypted PKCS#8 PEM unless --insecure-plaintext.
+    Export {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID")]
+        key: String,
+        /// The file to write (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The export passphrase, from this file (else a prompt, asked twice).
+        #[arg(long, value_name = "FILE")]
+        export_passphrase_file: Option<PathBuf>,
+        /// Write the private key UNENCRYPTED (PKCS#8 PEM). Anyone who reads the file has the key.
+        #[arg(long)]
+        insecure_plaintext: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["digest", "message_file", "stdin"])))]
+pub(crate) struct SignArgs {
+    /// The key (default: the default key).
+    #[arg(long, value_name = "ID|LABEL")]
+    pub(crate) key: Option<String>,
+    /// Sign this prehashed digest (hex; ECDSA: 48 bytes for P-384, 32 for P-256).
+    #[arg(long, value_name = "HEX")]
+    pub(crate) digest: Option<String>,
+    /// Sign the contents of this file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) message_file: Option<PathBuf>,
+    /// `-`: sign standard input.
+    #[arg(value_name = "-", value_parser = dash)]
+    pub(crate) stdin: Option<String>,
+    /// der (ASN.1, what openssl reads) or raw (r||s). Ed25519 signatures are always raw.
+    #[arg(long, value_enum, default_value_t = FormatArg::Der)]
+    pub(crate) signature_format: FormatArg,
+    /// Write the signature here (default: standard output; base64 if that is a terminal).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+    /// Also write a JSON assertion (key, backend, protection, fingerprint, time) here.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) assertion: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("who").required(true).args(["key", "public_key"])))]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["digest", "message_file"])))]
+pub(crate) struct VerifyArgs {
+    /// A key in a backend.
+    #[arg(long, value_name = "ID|LABEL")]
+    pub(crate) key: Option<String>,
+    /// A public key PEM file (SPKI). Needs no home and no passphrase.
+    #[arg(long, value_name = "PEM_FILE")]
+    pub(crate) public_key: Option<PathBuf>,
+    /// The prehashed digest that was signed (hex).
+    #[arg(long, value_name = "HEX")]
+    pub(crate) digest: Option<String>,
+    /// The file that was signed.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) message_file: Option<PathBuf>,
+    /// The signature file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) signature: PathBuf,
+    /// der or raw.
+    #[arg(long, value_enum, default_value_t = FormatArg::Der)]
+    pub(crate) signature_format: FormatArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BackendCommand {
+    /// List the configured backends (opens none of them).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Declare a backend and create its store.
+    Add {
+        /// A name: letters, digits, '_' and '-'.
+        name: String,
+        /// The backend type: encrypted (recommended), pem (plain files openssl reads: the
+        /// weakest protection), memory (keys vanish when the command exits).
+        #[arg(long = "type", value_name = "TYPE", value_parser = kind_parser())]
+        kind: BackendKind,
+        /// The store directory (file backends; default: HOME/backends/NAME). A relative path is
+        /// taken from the current directory.
+        #[arg(long, value_name = "DIR")]
+        path: Option<PathBuf>,
+        /// Make it the default backend.
+        #[arg(long)]
+        default: bool,
+    },
+    /// Remove a backend from keyhaven.toml (its files are left in place).
+    Remove {
+        /// The backend's name.
+        name: String,
+    },
+    /// Set the fallback rule: which file backend stands in for an unavailable one.
+    Fallback {
+        /// The file backend to fall back to.
+        #[arg(value_name = "NAME", required_unless_present = "off")]
+        name: Option<String>,
+        /// Allow falling back (protection may be lower; a warning is printed each time).
+        #[arg(long)]
+        allow: bool,
+        /// Turn the fallback off.
+        #[arg(long, conflicts_with_all = ["name", "allow"])]
+        off: bool,
+    },
+}
+
+/// Key algorithms on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum AlgorithmArg {
+    /// ECDSA P-384 with SHA-384 (ES384).
+    P384,
+    /// ECDSA P-256 with SHA-256 (ES256).
+    P256,
+    /// Ed25519 (EdDSA).
+    Ed25519,
+    /// X25519 key agreement (cannot sign).
+    X25519,
+}
+
+impl From<AlgorithmArg> for Algorithm {
+    fn from(a: AlgorithmArg) -> Self {
+        match a {
+            AlgorithmArg::P384 => Algorithm::EcdsaP384,
+            AlgorithmArg::P256 => Algorithm::EcdsaP256,
+            AlgorithmArg::Ed25519 => Algorithm::Ed25519,
+            AlgorithmArg::X25519 => Algorithm::X25519,
+        }
+    }
+}
+
+/// Signature encodings on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum FormatArg {
+    /// ASN.1 DER (ECDSA); Ed25519's 64 bytes.
+    Der,
+    /// Fixed-size r||s; Ed25519's 64 bytes.
+    Raw,
+}
+
+impl From<FormatArg> for SignatureFormat {
+    fn from(f: FormatArg) -> Self {
+        match f {
+            FormatArg::Der => SignatureFormat::Der,
+            FormatArg::Raw => SignatureFormat::Raw,
+        }
+    }
+}
+
+/// Public key encodings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum PublicFormat {
+    /// SubjectPublicKeyInfo PEM.
+    Pem,
+    /// SubjectPublicKeyInfo DER (binary).
+    Der,
+    /// JSON Web Key.
+    Jwk,
+}
+
+/// Backend types: every type this build of the facade knows (one list, in the facade).
+fn kind_parser() -> impl clap::builder::TypedValueParser<Value = BackendKind> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(BackendKind::ALL.iter().map(|k| k.name()))
+        .try_map(|s| s.parse::<BackendKind>())
+}
+
+fn dash(s: &str) -> Result<String, String> {
+    if s == "-" {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "'{s}' is not '-': use --message-file FILE to sign a file, or - for standard input"
+        ))
+    }
+}

@@ -1,0 +1,38 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod args;
+mod backend;
+mod ctx;
+pub mod exit;
+mod key;
+mod output;
+mod quickstart;
+mod sign;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Command};
+use crate::ctx::Ctx;
+
+/// Runs the `keyhaven` command line with the process's arguments and returns its exit code
+/// (see [`exit`]). Errors are printed on standard error as one line:
+/// `error: <what>. <what to do>`.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let ctx = Ctx::new(cli.home, cli.passphrase_file);
+    let outcome = match cli.command {
+        Command::Key(cmd) => key::run(&ctx, cmd),
+        Command::Sign(args) => sign::sign(&ctx, args),
+        Command::Verify(args) => sign::verify(&ctx, args),
+        Command::Backend(cmd) => backend::run(&ctx, cmd),
+        Command::Doctor { json } => backend::doctor(&ctx, json),
+        Command::Quickstart => quickstart::run(&ctx),
+    };
+    ExitCode::from(match outcome {
+        Ok(code) => code,
+        Err(e) => exit::report(&e),
+    })
+}

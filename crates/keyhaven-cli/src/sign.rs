@@ -1,0 +1,147 @@
+//! `keyhaven sign` and `keyhaven verify`.
+
+use std::io::{IsTerminal, Read};
+
+use anyhow::{Context, Result};
+use keyhaven::{
+    Assertion, CoreError, PublicKey, SignInput, SignatureFormat, default_provider, encoding,
+};
+
+use crate::args::{SignArgs, VerifyArgs};
+use crate::ctx::{Ctx, print_warnings};
+use crate::exit::{OK, VERIFY_FAILED};
+use crate::output::{read_file, write_file, write_stdout};
+
+/// Parses a hex digest (white space and a `0x` prefix are ignored).
+pub(crate) fn parse_hex(text: &str) -> Result<Vec<u8>, CoreError> {
+    let cleaned: String = text.chars().filter(|c| !c.is_whitespace()).collect();
+    let cleaned = cleaned.strip_prefix("0x").unwrap_or(&cleaned);
+    hex::decode(cleaned)
+        .map_err(|_| CoreError::InvalidInput(format!("--digest '{text}' is not hexadecimal")))
+}
+
+enum Input {
+    Message(Vec<u8>),
+    Digest(Vec<u8>),
+}
+
+impl Input {
+    fn as_sign_input(&self) -> SignInput<'_> {
+        match self {
+            Input::Message(m) => SignInput::Message(m),
+            Input::Digest(d) => SignInput::Digest(d),
+        }
+    }
+}
+
+pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
+    // Read the input before anything else: a bad path fails fast, before any passphrase.
+    let input = if let Some(d) = &args.digest {
+        Input::Digest(parse_hex(d)?)
+    } else if let Some(f) = &args.message_file {
+        Input::Message(read_file(f, "message file")?)
+    } else {
+        let mut buf = Vec::new();
+        std::io::stdin()
+            .lock()
+            .read_to_end(&mut buf)
+            .context("read the message from standard input")?;
+        Input::Message(buf)
+    };
+    let format: SignatureFormat = args.signature_format.into();
+    let m = ctx.manager()?;
+    let result = (|| {
+        let key = match &args.key {
+            Some(r) => m.resolve(r)?,
+            None => m.default_key()?,
+        };
+        let sig = m.sign_input(&key, input.as_sign_input())?;
+        let bytes = encoding::encode_signature(&sig, format)?;
+        if let Some(path) = &args.assertion {
+            let assertion = Assertion::new(&key, input.as_sign_input(), &sig, format)?;
+            let mut json = assertion.to_json()?;
+            json.push('\n');
+            write_file(path, json.as_bytes())?;
+        }
+        match &args.out {
+            Some(path) => write_file(path, &bytes)?,
+            None if std::io::stdout().is_terminal() => {
+                use base64ct::{Base64, Encoding};
+                println!("{}", Base64::encode_string(&bytes));
+            }
+            None => write_stdout(&bytes)?,
+        }
+        Ok(OK)
+    })();
+    print_warnings(&m);
+    result
+}
+
+pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
+    let input = if let Some(d) = &args.digest {
+        Input::Digest(parse_hex(d)?)
+    } else if let Some(f) = &args.message_file {
+        Input::Message(read_file(f, "message file")?)
+    } else {
+        return Err(CoreError::InvalidInput("give --digest or --message-file".into()).into());
+    };
+    let sig_bytes = read_file(&args.signature, "signature file")?;
+    // With --public-key, nothing of the home is touched: no configuration, no passphrase.
+    let public_key: PublicKey = match (&args.public_key, &args.key) {
+        (Some(path), _) => {
+            let text = read_file(path, "public key file")?;
+            let text = String::from_utf8(text).map_err(|_| {
+                CoreError::InvalidInput(format!("{} is not a PEM file", path.display()))
+            })?;
+            default_provider()
+                .parse_public_key_pem(&text)
+                .with_context(|| format!("read public key {}", path.display()))?
+        }
+        (None, Some(reference)) => {
+            let m = ctx.manager()?;
+            let key = m.resolve(reference);
+            print_warnings(&m);
+            key?.info.public_key
+        }
+        (None, None) => {
+            return Err(CoreError::InvalidInput("give --key or --public-key".into()).into());
+        }
+    };
+    let alg = public_key.algorithm();
+    if !alg.can_sign() {
+        return Err(CoreError::Unsupported {
+            operation: "verify a signature",
+            reason: format!("{} keys do not make signatures", alg.jose_name()),
+        }
+        .into());
+    }
+    if let Input::Digest(d) = &input {
+        alg.check_digest(d)?;
+    }
+    let sig = match encoding::decode_signature(alg, &sig_bytes, args.signature_format.into()) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("invalid");
+            eprintln!(
+                "the signature is not a well-formed {} signature: {e}",
+                alg.jose_name()
+            );
+            return Ok(VERIFY_FAILED);
+        }
+    };
+    let outcome = match &input {
+        Input::Message(m) => keyhaven::verify(&public_key, m, &sig),
+        Input::Digest(d) => keyhaven::verify_digest(&public_key, d, &sig),
+    };
+    match outcome {
+        Ok(()) => {
+            println!("valid");
+            Ok(OK)
+        }
+        Err(CoreError::BadSignature) => {
+            println!("invalid");
+            Ok(VERIFY_FAILED)
+        }
+        Err(e) => Err(e.into()),
+    }
+}

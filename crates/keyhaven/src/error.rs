@@ -1,0 +1,191 @@
+//! The facade's error type.
+
+use std::io;
+
+use serde::Serialize;
+
+use crate::CoreError;
+
+/// A result with the facade's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong in the facade: configuration, key resolution, or a backend (with its name).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An error not tied to one backend (crypto, encodings, input checks).
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    /// An error from one backend.
+    #[error("backend '{backend}': {source}")]
+    Backend {
+        /// The backend's configured name.
+        backend: String,
+        /// What the backend reported.
+        #[source]
+        source: CoreError,
+    },
+    /// The configuration file is malformed or inconsistent.
+    #[error("{origin}: {message}")]
+    Config {
+        /// Where the configuration came from (a file path, or a description).
+        origin: String,
+        /// What is wrong, naming the field or backend.
+        message: String,
+    },
+    /// No backend has that name.
+    #[error("no backend named '{name}' is configured (configured: {known})")]
+    UnknownBackend {
+        /// The name asked for.
+        name: String,
+        /// The configured names, comma-separated (or `none`).
+        known: String,
+    },
+    /// No backend was named and there is no default to use.
+    #[error("no backend given and no default backend is configured")]
+    NoBackend,
+    /// A key reference matches more than one key.
+    #[error("'{reference}' matches {} keys: {}", candidates.len(), candidates.join(", "))]
+    Ambiguous {
+        /// The reference as given.
+        reference: String,
+        /// Each matching key as `BACKEND:ID (LABEL)`.
+        candidates: Vec<String>,
+    },
+    /// No default key is configured, or it no longer exists.
+    #[error("{0}")]
+    NoDefaultKey(String),
+    /// A configured backend cannot be reached and no fallback may replace it.
+    #[error("backend '{backend}' is unavailable: {source}{hint}")]
+    Unavailable {
+        /// The backend's configured name.
+        backend: String,
+        /// Why it is unavailable.
+        #[source]
+        source: CoreError,
+        /// Why no fallback was used (may be empty).
+        hint: String,
+    },
+    /// An I/O error of the facade itself (configuration file, home directory).
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn backend(backend: &str, source: CoreError) -> Self {
+        Error::Backend {
+            backend: backend.to_owned(),
+            source,
+        }
+    }
+
+    /// The meaning of this error, for callers that map errors to exit codes or HTTP statuses.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Core(e) | Error::Backend { source: e, .. } => ErrorKind::of_core(e),
+            Error::Config { .. } | Error::Ambiguous { .. } => ErrorKind::InvalidInput,
+            Error::UnknownBackend { .. } | Error::NoDefaultKey(_) => ErrorKind::NotFound,
+            Error::NoBackend => ErrorKind::InvalidInput,
+            Error::Unavailable { .. } => ErrorKind::Unavailable,
+            Error::Io { source, .. } => ErrorKind::of_io(source),
+        }
+    }
+
+    /// The core error inside, if this error came from a key store or the crypto layer.
+    pub fn core(&self) -> Option<&CoreError> {
+        match self {
+            Error::Core(e)
+            | Error::Backend { source: e, .. }
+            | Error::Unavailable { source: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The meaning of an error, independent of where it came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// A key, backend or file was not found.
+    NotFound,
+    /// Something with that name already exists.
+    AlreadyExists,
+    /// The backend or key cannot do this operation.
+    Unsupported,
+    /// Malformed input, configuration, or an ambiguous reference.
+    InvalidInput,
+    /// Not allowed, or file permissions are unsafe.
+    PermissionDenied,
+    /// Wrong passphrase or PIN.
+    BadPassphrase,
+    /// Locked: no passphrase available, or held by another process.
+    Locked,
+    /// Stored data is damaged.
+    Corrupt,
+    /// The key is revoked.
+    Revoked,
+    /// A signature does not verify.
+    BadSignature,
+    /// A backend cannot be reached.
+    Unavailable,
+    /// An I/O error.
+    Io,
+    /// A failure that should not happen (a cryptographic or internal error).
+    Internal,
+}
+
+impl ErrorKind {
+    /// The kind of a core error.
+    pub fn of_core(e: &CoreError) -> Self {
+        match e {
+            CoreError::NotFound(_) => ErrorKind::NotFound,
+            CoreError::AlreadyExists(_) => ErrorKind::AlreadyExists,
+            CoreError::Unsupported { .. } => ErrorKind::Unsupported,
+            CoreError::InvalidInput(_) => ErrorKind::InvalidInput,
+            CoreError::PermissionDenied(_) => ErrorKind::PermissionDenied,
+            CoreError::BadPassphrase(_) => ErrorKind::BadPassphrase,
+            CoreError::Locked(_) => ErrorKind::Locked,
+            CoreError::Corrupt { .. } => ErrorKind::Corrupt,
+            CoreError::Revoked(_) => ErrorKind::Revoked,
+            CoreError::BadSignature => ErrorKind::BadSignature,
+            CoreError::Unavailable { .. } => ErrorKind::Unavailable,
+            CoreError::Io { source, .. } => ErrorKind::of_io(source),
+            _ => ErrorKind::Internal,
+        }
+    }
+
+    /// The kind of an I/O error: permission problems are [`ErrorKind::PermissionDenied`],
+    /// missing files [`ErrorKind::NotFound`], the rest [`ErrorKind::Io`].
+    pub fn of_io(e: &io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+            io::ErrorKind::NotFound => ErrorKind::NotFound,
+            io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
+            _ => ErrorKind::Io,
+        }
+    }
+}
+
+/// Whether a core error means "this backend cannot be reached", the case where the fallback
+/// rule applies (as opposed to a wrong passphrase or unsafe permissions, which never fall back).
+pub(crate) fn is_unavailable(e: &CoreError) -> bool {
+    match e {
+        CoreError::Unavailable { .. } => true,
+        CoreError::Io { source, .. } => source.kind() == io::ErrorKind::NotFound,
+        _ => false,
+    }
+}

@@ -1,0 +1,45 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod assertion;
+mod backend;
+pub mod config;
+mod doctor;
+mod error;
+mod fsutil;
+mod manager;
+mod passphrase;
+
+pub use assertion::{ASSERTION_VERSION, Assertion, rfc3339};
+pub use backend::{Backend, BackendKind};
+pub use config::{BackendConfig, CONFIG_FILE, Config, DefaultKey, FallbackConfig};
+pub use doctor::{BackendReport, DoctorReport};
+pub use error::{Error, ErrorKind, Result};
+pub use manager::{KeyManager, ManagedKey, SignInput, Warning};
+pub use passphrase::{
+    FixedPassphrase, NoPassphrase, PassphraseProvider, PassphrasePurpose, PassphraseRequest,
+};
+
+pub use keyhaven_core::{
+    Algorithm, BackendInfo, Error as CoreError, Fingerprint, KeyId, KeyInfo, KeyStore, Protection,
+    PublicKey, SecretBytes, Signature, SignatureFormat, validate_label,
+};
+pub use keyhaven_crypto::{CryptoProvider, default_provider, encoding, verify, verify_digest};
+/// `secrecy`, re-exported: passphrases are [`secrecy::SecretString`]s.
+pub use secrecy;
+
+/// **Hazardous material**: private keys in the clear (PEM/PKCS#8 conversion, PKCS#8
+/// encryption). Use it only to move keys into a store or to write them encrypted; see
+/// [`keyhaven_crypto::hazmat`].
+pub mod hazmat {
+    pub use keyhaven_crypto::hazmat::*;
+}
+
+/// The concrete stores compiled into this build, for callers that want one without a
+/// configuration file. Most callers go through [`KeyManager`].
+pub mod stores {
+    #[cfg(feature = "file")]
+    pub use keyhaven_store_file::{EncryptedStore, KdfParams, PemStore, StoreKind, detect};
+    #[cfg(feature = "memory")]
+    pub use keyhaven_store_memory::MemoryStore;
+}

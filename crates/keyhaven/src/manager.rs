@@ -1,0 +1,832 @@
+//! [`KeyManager`]: one interface over keys kept anywhere.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
+
+use crate::backend::{Backend, BackendKind, OpenMode, OpenRequest, open_store};
+use crate::config::{BackendConfig, CONFIG_FILE, Config, DefaultKey, validate_backend_name};
+use crate::error::is_unavailable;
+use crate::fsutil::{FileLock, create_private_dir_all};
+use crate::passphrase::PassphraseProvider;
+use crate::{
+    Algorithm, CoreError, Error, KeyId, KeyInfo, Protection, PublicKey, Result, SecretBytes,
+    Signature,
+};
+
+/// Name of the lock file that serializes configuration updates between processes.
+const CONFIG_LOCK: &str = ".keyhaven.toml.lock";
+
+/// A key, with the backend that holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ManagedKey {
+    /// The configured name of the backend that holds the key.
+    pub backend: String,
+    /// That backend's type.
+    pub backend_kind: BackendKind,
+    /// What the backend knows of the key.
+    pub info: KeyInfo,
+}
+
+impl ManagedKey {
+    /// The key's id.
+    pub fn id(&self) -> &KeyId {
+        &self.info.id
+    }
+
+    /// The key's label.
+    pub fn label(&self) -> &str {
+        &self.info.label
+    }
+
+    /// The key's algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.info.algorithm
+    }
+
+    /// The key's protection level.
+    pub fn protection(&self) -> Protection {
+        self.info.protection
+    }
+
+    /// The public key.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.info.public_key
+    }
+
+    /// The fully qualified reference `BACKEND:ID`, which always resolves to this key.
+    pub fn reference(&self) -> String {
+        format!("{}:{}", self.backend, self.info.id)
+    }
+}
+
+impl fmt::Display for ManagedKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{} ({})", self.backend, self.info.id, self.info.label)
+    }
+}
+
+/// Something the caller should tell the user, though the operation went ahead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Warning {
+    /// A configured backend was unavailable and the fallback file backend stood in for it.
+    Fallback {
+        /// The unavailable backend.
+        backend: String,
+        /// Why it was unavailable.
+        reason: String,
+        /// The backend used instead.
+        fallback: String,
+        /// The protection the unavailable backend would have given.
+        expected: Protection,
+        /// The (lower) protection of the fallback.
+        actual: Protection,
+    },
+    /// A backend could not be reached, so its keys were left out of a listing or search.
+    Unreachable {
+        /// The backend.
+        backend: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Warning::Fallback {
+                backend,
+                reason,
+                fallback,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "backend '{backend}' is unavailable ({reason}); using the fallback file backend \
+                 '{fallback}' instead: keys there are {actual}, LOWER protection than \
+                 '{backend}' ({expected})"
+            ),
+            Warning::Unreachable { backend, reason } => write!(
+                f,
+                "backend '{backend}' is unavailable ({reason}); its keys are not included"
+            ),
+        }
+    }
+}
+
+/// What [`KeyManager::sign_input`] signs.
+#[derive(Debug, Clone, Copy)]
+pub enum SignInput<'a> {
+    /// A whole message (ECDSA hashes it with the curve's hash).
+    Message(&'a [u8]),
+    /// A prehashed digest (ECDSA only; the length must be the curve hash's).
+    Digest(&'a [u8]),
+}
+
+/// One interface over keys kept in every configured backend.
+///
+/// Built from a keyhaven home (the directory holding `keyhaven.toml` and, by default, the
+/// backends' stores). Backends are opened lazily, the first time an operation needs them; an
+/// encrypted backend asks the [`PassphraseProvider`] then, and only then.
+///
+/// Keys are named by references: `ID`, `LABEL`, or `BACKEND:ID|LABEL`. An unqualified reference
+/// is looked up in every backend; an exact id match wins over label matches, and a reference
+/// that matches keys in several backends is [`Error::Ambiguous`].
+///
+/// A backend of type `memory` is ephemeral: its keys live as long as this manager.
+pub struct KeyManager {
+    home: PathBuf,
+    config_path: Option<PathBuf>,
+    config: RwLock<Config>,
+    passphrases: Box<dyn PassphraseProvider>,
+    backends: Mutex<BTreeMap<String, Backend>>,
+    warnings: Mutex<Vec<Warning>>,
+}
+
+impl fmt::Debug for KeyManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyManager")
+            .field("home", &self.home)
+            .field("config_path", &self.config_path)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl KeyManager {
+    /// A manager over the home directory `home`, configured by `home/keyhaven.toml` (a missing
+    /// file is an empty configuration; the home itself is created only when something is
+    /// written).
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the configuration is invalid, [`Error::Io`] if it cannot be read.
+    pub fn open(
+        home: impl Into<PathBuf>,
+        passphrases: impl PassphraseProvider + 'static,
+    ) -> Result<Self> {
+        let home = home.into();
+        let config_path = home.join(CONFIG_FILE);
+        let config = Config::load(&config_path)?;
+        Ok(KeyManager {
+            home,
+            config_path: Some(config_path),
+            config: RwLock::new(config),
+            passphrases: Box::new(passphrases),
+            backends: Mutex::new(BTreeMap::new()),
+            warnings: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A manager over a configuration held only in memory: changes (default key, backends) are
+    /// not written anywhere. Relative backend paths resolve against `home`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if the configuration is invalid.
+    pub fn with_config(
+        home: impl Into<PathBuf>,
+        config: Config,
+        passphrases: impl PassphraseProvider + 'static,
+    ) -> Result<Self> {
+        config.validate()?;
+        Ok(KeyManager {
+            home: home.into(),
+            config_path: None,
+            config: RwLock::new(config),
+            passphrases: Box::new(passphrases),
+            backends: Mutex::new(BTreeMap::new()),
+            warnings: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The keyhaven home.
+    pub fn home(&self) -> &Path {
+        &self.home
+    }
+
+    /// The configuration file, unless the configuration is held in memory only.
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
+    }
+
+    /// A copy of the current configuration.
+    pub fn config(&self) -> Config {
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Warnings recorded so far (fallbacks used, backends skipped), oldest first.
+    pub fn warnings(&self) -> Vec<Warning> {
+        lock(&self.warnings).clone()
+    }
+
+    /// Returns and forgets the warnings recorded so far.
+    pub fn take_warnings(&self) -> Vec<Warning> {
+        std::mem::take(&mut *lock(&self.warnings))
+    }
+
+    fn warn(&self, w: Warning) {
+        let mut warnings = lock(&self.warnings);
+        if !warnings.contains(&w) {
+            warnings.push(w);
+        }
+    }
+
+    /// The directory of a file backend (its `path` resolved against the home).
+    pub fn backend_path(&self, name: &str) -> Option<PathBuf> {
+        self.config().backend_path(&self.home, name)
+    }
+
+    fn backend_config(&self, name: &str) -> Result<BackendConfig> {
+        let config = self.config();
+        config
+            .backends
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownBackend {
+                name: name.to_owned(),
+                known: known_names(&config),
+            })
+    }
+
+    /// Opens `name` without the fallback rule. `Ok(None)` if its store does not exist yet and
+    /// `mode` is `Existing`.
+    fn open_direct(
+        &self,
+        opened: &mut BTreeMap<String, Backend>,
+        name: &str,
+        mode: OpenMode,
+    ) -> Result<Option<Backend>> {
+        if let Some(b) = opened.get(name)
+            && b.name() == name
+        {
+            return Ok(Some(b.clone()));
+        }
+        let config = self.backend_config(name)?;
+        let path = self.backend_path(name);
+        let backend = open_store(&OpenRequest {
+            name,
+            kind: config.kind,
+            path: path.as_deref(),
+            home: &self.home,
+            mode,
+            passphrases: self.passphrases.as_ref(),
+        })?;
+        if let Some(b) = &backend {
+            opened.insert(name.to_owned(), b.clone());
+        }
+        Ok(backend)
+    }
+
+    /// Opens `name`, applying the fallback rule when it is unavailable.
+    fn open_backend(
+        &self,
+        opened: &mut BTreeMap<String, Backend>,
+        name: &str,
+        mode: OpenMode,
+    ) -> Result<Option<Backend>> {
+        if let Some(b) = opened.get(name) {
+            return Ok(Some(b.clone()));
+        }
+        let source = match self.open_direct(opened, name, mode) {
+            Err(Error::Backend { source, .. }) if is_unavailable(&source) => source,
+            other => return other,
+        };
+        let config = self.config();
+        let fallback = config.fallback.backend.clone().filter(|f| f != name);
+        let Some(fallback) = fallback.filter(|_| config.fallback.allow) else {
+            let hint = match &config.fallback.backend {
+                Some(f) if f != name => format!(
+                    ". Falling back to the file backend '{f}' is not allowed ([fallback] allow = \
+                     false in keyhaven.toml)"
+                ),
+                _ => String::new(),
+            };
+            return Err(Error::Unavailable {
+                backend: name.to_owned(),
+                source,
+                hint,
+            });
+        };
+        let stand_in = self
+            .open_direct(opened, &fallback, OpenMode::Create)?
+            .ok_or_else(|| Error::NoBackend)?;
+        let expected = self.backend_config(name)?.kind.protection();
+        self.warn(Warning::Fallback {
+            backend: name.to_owned(),
+            reason: unavailable_reason(&source),
+            fallback: fallback.clone(),
+            expected,
+            actual: stand_in.kind().protection(),
+        });
+        opened.insert(name.to_owned(), stand_in.clone());
+        Ok(Some(stand_in))
+    }
+
+    /// The backend `name`, opened (created if its store does not exist yet), or the fallback
+    /// standing in for it. [`Backend::name`] tells which one it is.
+    ///
+    /// # Errors
+    /// [`Error::UnknownBackend`], [`Error::Unavailable`] when it cannot be reached and no
+    /// fallback is allowed, or the backend's error (wrong passphrase, unsafe permissions, ...).
+    pub fn backend(&self, name: &str) -> Result<Backend> {
+        let mut opened = lock(&self.backends);
+        self.open_backend(&mut opened, name, OpenMode::Create)?
+            .ok_or(Error::NoBackend)
+    }
+
+    /// Opens `name` itself (no fallback, no creation), for diagnostics.
+    pub(crate) fn probe(&self, name: &str) -> Result<Option<Backend>> {
+        let mut opened = lock(&self.backends);
+        self.open_direct(&mut opened, name, OpenMode::Existing)
+    }
+
+    fn existing_backend(&self, name: &str) -> Result<Option<Backend>> {
+        let mut opened = lock(&self.backends);
+        self.open_backend(&mut opened, name, OpenMode::Existing)
+    }
+
+    /// The backend new keys go to when none is named: `default_backend`, else the only backend.
+    ///
+    /// # Errors
+    /// [`Error::NoBackend`] if there is no such backend.
+    pub fn default_backend_name(&self) -> Result<String> {
+        let config = self.config();
+        if let Some(d) = config.default_backend {
+            return Ok(d);
+        }
+        let mut names = config.backends.keys();
+        match (names.next(), names.next()) {
+            (Some(only), None) => Ok(only.clone()),
+            _ => Err(Error::NoBackend),
+        }
+    }
+
+    /// Every backend that can be reached, each once (a fallback standing in for an unavailable
+    /// backend is listed under its own name). Unavailable backends are recorded as warnings.
+    fn reachable_backends(&self) -> Result<Vec<Backend>> {
+        let mut seen = BTreeSet::new();
+        let mut out = Vec::new();
+        for name in self.config().backend_names() {
+            match self.existing_backend(&name) {
+                Ok(Some(b)) => {
+                    if seen.insert(b.name().to_owned()) {
+                        out.push(b);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) if e.kind() == crate::ErrorKind::Unavailable => {
+                    self.warn(Warning::Unreachable {
+                        backend: name.clone(),
+                        reason: e
+                            .core()
+                            .map(unavailable_reason)
+                            .unwrap_or_else(|| e.to_string()),
+                    });
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every key of every reachable backend, sorted by backend name then label.
+    ///
+    /// # Errors
+    /// A backend's error other than being unavailable (wrong passphrase, unsafe permissions,
+    /// damaged store header); unavailable backends are skipped with a [`Warning::Unreachable`].
+    pub fn list_keys(&self) -> Result<Vec<ManagedKey>> {
+        let mut keys = Vec::new();
+        for b in self.reachable_backends()? {
+            let listed = b.store().list().map_err(|e| Error::backend(b.name(), e))?;
+            keys.extend(listed.into_iter().map(|info| managed(&b, info)));
+        }
+        keys.sort_by(|a, b| (&a.backend, &a.info.label).cmp(&(&b.backend, &b.info.label)));
+        Ok(keys)
+    }
+
+    /// Damaged records and other problems each reachable backend reports
+    /// ([`crate::KeyStore::check`]), with the backend's name.
+    ///
+    /// # Errors
+    /// As [`KeyManager::list_keys`].
+    pub fn problems(&self) -> Result<Vec<(String, CoreError)>> {
+        let mut out = Vec::new();
+        for b in self.reachable_backends()? {
+            let found = b.store().check().map_err(|e| Error::backend(b.name(), e))?;
+            out.extend(found.into_iter().map(|e| (b.name().to_owned(), e)));
+        }
+        Ok(out)
+    }
+
+    /// Finds a key by reference: `ID`, `LABEL`, or `BACKEND:ID|LABEL`.
+    ///
+    /// # Errors
+    /// [`CoreError::NotFound`] (as [`Error::Core`]) if nothing matches, [`Error::Ambiguous`]
+    /// listing the candidates if several keys match, or a backend's error (for example
+    /// [`CoreError::Corrupt`] for a damaged record).
+    pub fn resolve(&self, reference: &str) -> Result<ManagedKey> {
+        if reference.is_empty() {
+            return Err(CoreError::InvalidInput("an empty key reference".into()).into());
+        }
+        let config = self.config();
+        if let Some((backend, rest)) = reference.split_once(':')
+            && config.backends.contains_key(backend)
+        {
+            let b = self
+                .existing_backend(backend)?
+                .ok_or_else(|| CoreError::key_not_found(reference))?;
+            let info = b
+                .store()
+                .resolve(rest)
+                .map_err(|e| Error::backend(b.name(), e))?;
+            return Ok(managed(&b, info));
+        }
+        let id = reference.parse::<KeyId>().ok();
+        let mut by_id = Vec::new();
+        let mut by_label = Vec::new();
+        for b in self.reachable_backends()? {
+            if let Some(id) = &id {
+                match b.store().get(id) {
+                    Ok(info) => by_id.push(managed(&b, info)),
+                    Err(CoreError::NotFound(_)) => {}
+                    Err(e) => return Err(Error::backend(b.name(), e)),
+                }
+            }
+            match b.store().find_by_label(reference) {
+                Ok(info) => by_label.push(managed(&b, info)),
+                Err(CoreError::NotFound(_)) => {}
+                Err(e) => return Err(Error::backend(b.name(), e)),
+            }
+        }
+        let mut candidates = if by_id.is_empty() { by_label } else { by_id };
+        candidates.dedup_by(|a, b| a.backend == b.backend && a.info.id == b.info.id);
+        match candidates.len() {
+            0 => Err(CoreError::key_not_found(reference).into()),
+            1 => Ok(candidates.remove(0)),
+            _ => Err(Error::Ambiguous {
+                reference: reference.to_owned(),
+                candidates: candidates.iter().map(ToString::to_string).collect(),
+            }),
+        }
+    }
+
+    /// Generates a key in `backend` (or the default backend). If no default key is set yet,
+    /// the new key becomes the default.
+    ///
+    /// # Errors
+    /// [`Error::NoBackend`] without a backend to use; the backend's errors
+    /// ([`CoreError::AlreadyExists`] for a taken label, ...).
+    pub fn generate(
+        &self,
+        backend: Option<&str>,
+        algorithm: Algorithm,
+        label: &str,
+    ) -> Result<ManagedKey> {
+        let name = match backend {
+            Some(b) => b.to_owned(),
+            None => self.default_backend_name()?,
+        };
+        let b = self.backend(&name)?;
+        let info = b
+            .store()
+            .generate(algorithm, label)
+            .map_err(|e| Error::backend(b.name(), e))?;
+        let key = managed(&b, info);
+        self.default_if_none(&key)?;
+        Ok(key)
+    }
+
+    /// Imports a PKCS#8 DER private key into `backend` (or the default backend). If no default
+    /// key is set yet, the imported key becomes the default.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidInput`] for a malformed key, [`CoreError::Unsupported`] for backends
+    /// that do not import, [`CoreError::AlreadyExists`] for a taken label.
+    pub fn import_pkcs8(
+        &self,
+        backend: Option<&str>,
+        label: &str,
+        pkcs8_der: &SecretBytes,
+    ) -> Result<ManagedKey> {
+        let name = match backend {
+            Some(b) => b.to_owned(),
+            None => self.default_backend_name()?,
+        };
+        let b = self.backend(&name)?;
+        let info = b
+            .store()
+            .import_pkcs8(label, pkcs8_der)
+            .map_err(|e| Error::backend(b.name(), e))?;
+        let key = managed(&b, info);
+        self.default_if_none(&key)?;
+        Ok(key)
+    }
+
+    /// Exports a private key as PKCS#8 DER. Hazardous: protect the result (encrypt it with
+    /// [`crate::hazmat::pkcs8_encrypt_pem`]).
+    ///
+    /// # Errors
+    /// [`CoreError::Unsupported`] for keys that cannot leave their backend (hardware).
+    pub fn export_pkcs8(&self, key: &ManagedKey) -> Result<SecretBytes> {
+        let b = self.backend(&key.backend)?;
+        b.store()
+            .export_pkcs8(&key.info.id)
+            .map_err(|e| Error::backend(b.name(), e))
+    }
+
+    /// Signs a message (ECDSA hashes it with the curve's hash first).
+    ///
+    /// # Errors
+    /// [`CoreError::Unsupported`] for X25519 keys, or the backend's error.
+    pub fn sign(&self, key: &ManagedKey, message: &[u8]) -> Result<Signature> {
+        self.sign_input(key, SignInput::Message(message))
+    }
+
+    /// Signs a prehashed digest (ECDSA only).
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidInput`] for a digest of the wrong length, [`CoreError::Unsupported`]
+    /// for keys that cannot sign digests.
+    pub fn sign_digest(&self, key: &ManagedKey, digest: &[u8]) -> Result<Signature> {
+        self.sign_input(key, SignInput::Digest(digest))
+    }
+
+    /// Signs a message or a digest.
+    ///
+    /// # Errors
+    /// As [`KeyManager::sign`] and [`KeyManager::sign_digest`].
+    pub fn sign_input(&self, key: &ManagedKey, input: SignInput<'_>) -> Result<Signature> {
+        let alg = key.algorithm();
+        if !alg.can_sign() {
+            return Err(Error::backend(
+                &key.backend,
+                CoreError::Unsupported {
+                    operation: "sign",
+                    reason: format!(
+                        "{} keys do key agreement only; use an ECDSA or Ed25519 key to sign",
+                        alg.short_name().to_uppercase()
+                    ),
+                },
+            ));
+        }
+        let b = self.backend(&key.backend)?;
+        let id = &key.info.id;
+        match input {
+            SignInput::Message(m) => b.store().sign(id, m),
+            SignInput::Digest(d) => b.store().sign_digest(id, d),
+        }
+        .map_err(|e| Error::backend(b.name(), e))
+    }
+
+    /// Verifies a signature with the key's public key (the backend is not involved).
+    ///
+    /// # Errors
+    /// [`CoreError::BadSignature`] if it does not verify.
+    pub fn verify(
+        &self,
+        key: &ManagedKey,
+        input: SignInput<'_>,
+        signature: &Signature,
+    ) -> Result<()> {
+        let pk = &key.info.public_key;
+        match input {
+            SignInput::Message(m) => crate::verify(pk, m, signature),
+            SignInput::Digest(d) => crate::verify_digest(pk, d, signature),
+        }
+        .map_err(Error::from)
+    }
+
+    /// X25519 key agreement with a peer's public key.
+    ///
+    /// # Errors
+    /// [`CoreError::Unsupported`] for signing keys, [`CoreError::InvalidInput`] for a bad peer.
+    pub fn agree(&self, key: &ManagedKey, peer: &PublicKey) -> Result<SecretBytes> {
+        let b = self.backend(&key.backend)?;
+        b.store()
+            .agree(&key.info.id, peer)
+            .map_err(|e| Error::backend(b.name(), e))
+    }
+
+    /// A key's public key, from its backend.
+    ///
+    /// # Errors
+    /// [`CoreError::NotFound`] if the key is gone.
+    pub fn public_key(&self, key: &ManagedKey) -> Result<PublicKey> {
+        let b = self.backend(&key.backend)?;
+        b.store()
+            .public_key(&key.info.id)
+            .map_err(|e| Error::backend(b.name(), e))
+    }
+
+    /// Deletes a key; if it was the default key, there is no default key afterwards.
+    ///
+    /// # Errors
+    /// [`CoreError::NotFound`] if it is gone already, or a storage error.
+    pub fn delete(&self, key: &ManagedKey) -> Result<()> {
+        let b = self.backend(&key.backend)?;
+        b.store()
+            .delete(&key.info.id)
+            .map_err(|e| Error::backend(b.name(), e))?;
+        self.update_config(|c| {
+            if c.default_key
+                .as_ref()
+                .is_some_and(|d| d.backend == key.backend && d.id == key.info.id)
+            {
+                c.default_key = None;
+            }
+            Ok(())
+        })
+    }
+
+    /// The default key.
+    ///
+    /// # Errors
+    /// [`Error::NoDefaultKey`] if none is set or it no longer exists; the backend's errors.
+    pub fn default_key(&self) -> Result<ManagedKey> {
+        let Some(d) = self.config().default_key else {
+            return Err(Error::NoDefaultKey("no default key is set".into()));
+        };
+        let gone = || {
+            Error::NoDefaultKey(format!(
+                "the default key {}:{} no longer exists",
+                d.backend, d.id
+            ))
+        };
+        let b = self.existing_backend(&d.backend)?.ok_or_else(gone)?;
+        match b.store().get(&d.id) {
+            Ok(info) => Ok(managed(&b, info)),
+            Err(CoreError::NotFound(_)) => Err(gone()),
+            Err(e) => Err(Error::backend(b.name(), e)),
+        }
+    }
+
+    /// Makes `key` the default key (saved in `keyhaven.toml`).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the configuration cannot be written.
+    pub fn set_default_key(&self, key: &ManagedKey) -> Result<()> {
+        self.update_config(|c| {
+            c.default_key = Some(DefaultKey::new(key.backend.clone(), key.info.id.clone()));
+            Ok(())
+        })
+    }
+
+    fn default_if_none(&self, key: &ManagedKey) -> Result<()> {
+        if self.config().default_key.is_some() {
+            return Ok(());
+        }
+        self.update_config(|c| {
+            if c.default_key.is_none() {
+                c.default_key = Some(DefaultKey::new(key.backend.clone(), key.info.id.clone()));
+            }
+            Ok(())
+        })
+    }
+
+    /// Declares a backend and opens it once, creating its store if there is none (an encrypted
+    /// store asks for a new passphrase). The first backend declared becomes the default
+    /// backend.
+    ///
+    /// # Errors
+    /// [`CoreError::AlreadyExists`] if the name is taken, [`Error::Config`] for a bad name or
+    /// declaration, or the backend's error when it cannot be opened (nothing is saved then).
+    pub fn add_backend(&self, name: &str, backend: BackendConfig) -> Result<Backend> {
+        validate_backend_name(name)?;
+        let mut candidate = self.config();
+        if candidate.backends.contains_key(name) {
+            return Err(CoreError::AlreadyExists(format!("a backend named '{name}'")).into());
+        }
+        candidate.backends.insert(name.to_owned(), backend.clone());
+        candidate.validate()?;
+        let path = candidate.backend_path(&self.home, name);
+        if path.as_deref().is_some_and(|p| p.starts_with(&self.home)) || path.is_none() {
+            create_private_dir_all(&self.home)?;
+        }
+        let opened = open_store(&OpenRequest {
+            name,
+            kind: backend.kind,
+            path: path.as_deref(),
+            home: &self.home,
+            mode: OpenMode::Create,
+            passphrases: self.passphrases.as_ref(),
+        })?
+        .ok_or(Error::NoBackend)?;
+        self.update_config(|c| {
+            if c.backends.contains_key(name) {
+                return Err(CoreError::AlreadyExists(format!("a backend named '{name}'")).into());
+            }
+            c.backends.insert(name.to_owned(), backend.clone());
+            if c.default_backend.is_none() {
+                c.default_backend = Some(name.to_owned());
+            }
+            Ok(())
+        })?;
+        lock(&self.backends).insert(name.to_owned(), opened.clone());
+        Ok(opened)
+    }
+
+    /// Removes a backend from the configuration. Its store (files) is left where it is. The
+    /// default backend and default key are unset if they pointed at it.
+    ///
+    /// # Errors
+    /// [`Error::UnknownBackend`]; [`Error::Config`] if it is the fallback backend.
+    pub fn remove_backend(&self, name: &str) -> Result<BackendConfig> {
+        let mut removed = None;
+        self.update_config(|c| {
+            let Some(b) = c.backends.remove(name) else {
+                return Err(Error::UnknownBackend {
+                    name: name.to_owned(),
+                    known: known_names(c),
+                });
+            };
+            if c.fallback.backend.as_deref() == Some(name) {
+                return Err(Error::Config {
+                    origin: "keyhaven.toml".into(),
+                    message: format!(
+                        "'{name}' is the fallback backend: change or remove [fallback] first"
+                    ),
+                });
+            }
+            if c.default_backend.as_deref() == Some(name) {
+                c.default_backend = None;
+            }
+            if c.default_key.as_ref().is_some_and(|d| d.backend == name) {
+                c.default_key = None;
+            }
+            removed = Some(b);
+            Ok(())
+        })?;
+        let mut opened = lock(&self.backends);
+        opened.retain(|k, b| k != name && b.name() != name);
+        removed.ok_or(Error::NoBackend)
+    }
+
+    /// Sets (or clears) the default backend.
+    ///
+    /// # Errors
+    /// [`Error::Config`] if no backend has that name.
+    pub fn set_default_backend(&self, name: Option<&str>) -> Result<()> {
+        self.update_config(|c| {
+            c.default_backend = name.map(str::to_owned);
+            Ok(())
+        })
+    }
+
+    /// Changes the configuration under the configuration lock: re-reads the file, applies
+    /// `change`, validates, and writes it atomically (0600).
+    ///
+    /// # Errors
+    /// What `change` returns, [`Error::Config`] if the result is invalid, [`Error::Io`].
+    pub fn update_config(&self, change: impl FnOnce(&mut Config) -> Result<()>) -> Result<()> {
+        let mut guard = self.config.write().unwrap_or_else(PoisonError::into_inner);
+        let Some(path) = &self.config_path else {
+            let mut next = guard.clone();
+            change(&mut next)?;
+            next.validate()?;
+            *guard = next;
+            return Ok(());
+        };
+        create_private_dir_all(&self.home)?;
+        let _lock = FileLock::acquire(&self.home.join(CONFIG_LOCK))?;
+        let mut next = Config::load(path)?;
+        let before = next.clone();
+        change(&mut next)?;
+        if next != before {
+            next.save(path)?;
+        }
+        *guard = next;
+        Ok(())
+    }
+}
+
+fn managed(b: &Backend, info: KeyInfo) -> ManagedKey {
+    ManagedKey {
+        backend: b.name().to_owned(),
+        backend_kind: b.kind(),
+        info,
+    }
+}
+
+fn known_names(config: &Config) -> String {
+    let names = config.backend_names();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(", ")
+    }
+}
+
+pub(crate) fn unavailable_reason(e: &CoreError) -> String {
+    match e {
+        CoreError::Unavailable { reason, .. } => reason.clone(),
+        other => other.to_string(),
+    }
+}

@@ -1,0 +1,216 @@
+//! Parsing and validating keyhaven.toml.
+
+use std::path::Path;
+
+use keyhaven::{BackendConfig, BackendKind, Config, Error, ErrorKind, FallbackConfig};
+
+const FULL: &str = r#"
+default_backend = "default"
+
+[default_key]
+backend = "default"
+id = "3f1c0e5b9a7d4c2e8f6a1b3c5d7e9f01"
+
+[fallback]
+allow = true
+backend = "local"
+
+[backends.default]
+type = "encrypted"
+path = "backends/default"
+
+[backends.local]
+type = "pem"
+path = "/srv/keys/local"
+
+[backends.scratch]
+type = "memory"
+"#;
+
+fn config_error(text: &str) -> String {
+    match Config::from_toml_str(text, "keyhaven.toml") {
+        Err(e @ Error::Config { .. }) => {
+            assert_eq!(e.kind(), ErrorKind::InvalidInput);
+            e.to_string()
+        }
+        other => panic!("expected a config error for {text:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn parses_the_full_example_and_round_trips() {
+    let c = Config::from_toml_str(FULL, "keyhaven.toml").unwrap();
+    assert_eq!(c.default_backend.as_deref(), Some("default"));
+    assert_eq!(c.backends.len(), 3);
+    assert_eq!(c.backends["default"].kind, BackendKind::Encrypted);
+    assert_eq!(c.backends["scratch"].kind, BackendKind::Memory);
+    assert!(c.fallback.allow);
+    assert_eq!(
+        c.default_key.as_ref().unwrap().id.as_str(),
+        "3f1c0e5b9a7d4c2e8f6a1b3c5d7e9f01"
+    );
+    let text = c.to_toml_string().unwrap();
+    assert_eq!(Config::from_toml_str(&text, "again").unwrap(), c);
+}
+
+#[test]
+fn empty_text_is_the_empty_config() {
+    let c = Config::from_toml_str("", "keyhaven.toml").unwrap();
+    assert_eq!(c, Config::default());
+    assert!(!c.fallback.allow, "fallback is off by default");
+}
+
+#[test]
+fn unknown_fields_are_refused_with_their_line() {
+    let e = config_error("default_backend = \"a\"\ncolour = 1\n[backends.a]\ntype = \"memory\"\n");
+    assert!(e.contains("keyhaven.toml line 2"), "{e}");
+    assert!(e.contains("colour"), "{e}");
+
+    let e = config_error("[backends.a]\ntype = \"pem\"\npaht = \"x\"\n");
+    assert!(e.contains("line 3"), "{e}");
+    assert!(e.contains("paht"), "{e}");
+
+    let e = config_error("[fallback]\nallow = true\nbackend = \"a\"\nretries = 3\n");
+    assert!(e.contains("retries"), "{e}");
+}
+
+#[test]
+fn unknown_backend_types_name_the_known_ones() {
+    let e = config_error("[backends.hsm]\ntype = \"pkcs12\"\n");
+    assert!(e.contains("unknown backend type 'pkcs12'"), "{e}");
+    assert!(e.contains("encrypted, pem, memory"), "{e}");
+    assert!(e.contains("line 2"), "{e}");
+}
+
+#[test]
+fn missing_type_is_refused() {
+    let e = config_error("[backends.a]\npath = \"x\"\n");
+    assert!(e.contains("type"), "{e}");
+}
+
+#[test]
+fn references_must_name_configured_backends() {
+    let e = config_error("default_backend = \"nope\"\n[backends.a]\ntype = \"memory\"\n");
+    assert!(e.contains("default_backend"), "{e}");
+    assert!(e.contains("'nope'") && e.contains("configured: a"), "{e}");
+
+    let e = config_error(
+        "[default_key]\nbackend = \"gone\"\nid = \"abc\"\n[backends.a]\ntype = \"memory\"\n",
+    );
+    assert!(e.contains("default_key.backend"), "{e}");
+
+    let e = config_error("[fallback]\nallow = true\nbackend = \"gone\"\n");
+    assert!(
+        e.contains("fallback.backend") && e.contains("configured: none"),
+        "{e}"
+    );
+}
+
+#[test]
+fn fallback_rules() {
+    let e = config_error("[fallback]\nallow = true\n");
+    assert!(e.contains("fallback: `allow = true` needs `backend"), "{e}");
+
+    let e = config_error(
+        "[fallback]\nallow = true\nbackend = \"m\"\n[backends.m]\ntype = \"memory\"\n",
+    );
+    assert!(
+        e.contains("fallback.backend") && e.contains("memory"),
+        "{e}"
+    );
+
+    // Naming a fallback without allowing it is valid (and means: do not fall back).
+    let c = Config::from_toml_str(
+        "[fallback]\nbackend = \"p\"\n[backends.p]\ntype = \"pem\"\n",
+        "keyhaven.toml",
+    )
+    .unwrap();
+    assert_eq!(c.fallback, FallbackConfig::new(false, Some("p".into())));
+}
+
+#[test]
+fn per_backend_field_checks_name_the_backend() {
+    let e = config_error("[backends.scratch]\ntype = \"memory\"\npath = \"x\"\n");
+    assert!(e.contains("backends.scratch.path"), "{e}");
+
+    let e = config_error("[backends.a]\ntype = \"pem\"\npath = \"\"\n");
+    assert!(e.contains("backends.a.path"), "{e}");
+
+    let e = config_error("[backends.\"a:b\"]\ntype = \"pem\"\n");
+    assert!(
+        e.contains("backends.a:b") && e.contains("not a valid backend name"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_key_ids_are_refused() {
+    let e = config_error(
+        "[default_key]\nbackend = \"a\"\nid = \"../etc\"\n[backends.a]\ntype = \"memory\"\n",
+    );
+    assert!(e.contains("not a key id"), "{e}");
+}
+
+#[test]
+fn backend_paths_resolve_against_the_home() {
+    let c = Config::from_toml_str(FULL, "keyhaven.toml").unwrap();
+    let home = Path::new("/home/u/.local/share/keyhaven");
+    assert_eq!(
+        c.backend_path(home, "default").unwrap(),
+        home.join("backends/default")
+    );
+    assert_eq!(
+        c.backend_path(home, "local").unwrap(),
+        Path::new("/srv/keys/local")
+    );
+    assert_eq!(c.backend_path(home, "scratch"), None);
+    let mut c = c;
+    c.backends
+        .insert("plain".into(), BackendConfig::new(BackendKind::Pem, None));
+    assert_eq!(
+        c.backend_path(home, "plain").unwrap(),
+        home.join("backends/plain")
+    );
+}
+
+#[test]
+fn save_is_atomic_private_and_loads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyhaven.toml");
+    assert_eq!(
+        Config::load(&path).unwrap(),
+        Config::default(),
+        "missing file = empty config"
+    );
+    let c = Config::from_toml_str(FULL, "x").unwrap();
+    c.save(&path).unwrap();
+    c.save(&path).unwrap();
+    assert_eq!(Config::load(&path).unwrap(), c);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != "keyhaven.toml")
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    // an invalid configuration is never written
+    let mut bad = c.clone();
+    bad.default_backend = Some("nope".into());
+    assert!(bad.save(&path).is_err());
+    assert_eq!(Config::load(&path).unwrap(), c);
+}
+
+#[test]
+fn a_damaged_file_is_reported_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyhaven.toml");
+    std::fs::write(&path, "[backends.a\ntype = ").unwrap();
+    let e = Config::load(&path).unwrap_err().to_string();
+    assert!(e.contains("keyhaven.toml line 1"), "{e}");
+}

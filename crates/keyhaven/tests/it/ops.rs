@@ -1,0 +1,349 @@
+//! Operations through the manager, on the memory backend and (with `file`) both file backends.
+
+use keyhaven::{
+    Algorithm, Assertion, BackendConfig, BackendKind, Config, Error, ErrorKind, FixedPassphrase,
+    KeyManager, SignInput, SignatureFormat, encoding,
+};
+use sha2::{Digest, Sha256, Sha384};
+
+/// Managers over each compiled backend type, each with one backend named `b`.
+fn managers() -> Vec<(BackendKind, KeyManager, tempfile::TempDir)> {
+    let mut out = Vec::new();
+    for &kind in BackendKind::ALL {
+        if !kind.is_compiled() {
+            continue;
+        }
+        let home = tempfile::tempdir().unwrap();
+        let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+        m.add_backend("b", BackendConfig::new(kind, None)).unwrap();
+        out.push((kind, m, home));
+    }
+    out
+}
+
+fn digest(alg: Algorithm, msg: &[u8]) -> Vec<u8> {
+    match alg {
+        Algorithm::EcdsaP384 => Sha384::digest(msg).to_vec(),
+        _ => Sha256::digest(msg).to_vec(),
+    }
+}
+
+#[test]
+fn every_algorithm_on_every_backend() {
+    for (kind, m, _home) in managers() {
+        for alg in Algorithm::ALL {
+            let key = m.generate(None, alg, &format!("k-{alg}")).unwrap();
+            assert_eq!(key.backend, "b");
+            assert_eq!(key.backend_kind, kind);
+            assert_eq!(key.algorithm(), alg);
+            assert_eq!(key.protection(), kind.protection(), "{kind}");
+            assert_eq!(m.public_key(&key).unwrap(), *key.public_key());
+            if !alg.can_sign() {
+                let e = m.sign(&key, b"m").unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Unsupported, "{kind} {alg}: {e}");
+                continue;
+            }
+            let sig = m.sign(&key, b"message").unwrap();
+            m.verify(&key, SignInput::Message(b"message"), &sig)
+                .unwrap();
+            keyhaven::verify(key.public_key(), b"message", &sig).unwrap();
+            let e = m
+                .verify(&key, SignInput::Message(b"messagE"), &sig)
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::BadSignature);
+            if alg.digest_len().is_some() {
+                let d = digest(alg, b"message");
+                let sig = m.sign_digest(&key, &d).unwrap();
+                keyhaven::verify(key.public_key(), b"message", &sig).unwrap();
+                let e = m.sign_digest(&key, &d[1..]).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+            } else {
+                let e = m.sign_digest(&key, &[0; 32]).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+            }
+        }
+        assert_eq!(m.list_keys().unwrap().len(), Algorithm::ALL.len());
+    }
+}
+
+#[test]
+fn x25519_agreement() {
+    for (_, m, _home) in managers() {
+        let a = m.generate(None, Algorithm::X25519, "a").unwrap();
+        let b = m.generate(None, Algorithm::X25519, "b").unwrap();
+        let ab = m.agree(&a, b.public_key()).unwrap();
+        let ba = m.agree(&b, a.public_key()).unwrap();
+        assert_eq!(ab, ba);
+        let s = m.generate(None, Algorithm::Ed25519, "s").unwrap();
+        assert_eq!(
+            m.agree(&s, a.public_key()).unwrap_err().kind(),
+            ErrorKind::Unsupported
+        );
+    }
+}
+
+#[test]
+fn default_key_lifecycle() {
+    for (_, m, _home) in managers() {
+        assert!(matches!(m.default_key(), Err(Error::NoDefaultKey(_))));
+        let first = m.generate(None, Algorithm::EcdsaP384, "first").unwrap();
+        assert_eq!(
+            m.default_key().unwrap(),
+            first,
+            "the first key becomes the default"
+        );
+        let second = m.generate(None, Algorithm::Ed25519, "second").unwrap();
+        assert_eq!(m.default_key().unwrap(), first, "later keys do not");
+        m.set_default_key(&second).unwrap();
+        assert_eq!(m.default_key().unwrap(), second);
+        m.delete(&second).unwrap();
+        assert!(matches!(m.default_key(), Err(Error::NoDefaultKey(_))));
+        assert_eq!(m.resolve("second").unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(m.delete(&second).unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(m.list_keys().unwrap(), vec![first]);
+    }
+}
+
+#[test]
+fn duplicate_labels_in_one_backend_are_refused() {
+    for (_, m, _home) in managers() {
+        m.generate(None, Algorithm::Ed25519, "same").unwrap();
+        let e = m.generate(None, Algorithm::Ed25519, "same").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+        let e = m.generate(None, Algorithm::Ed25519, " bad").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    }
+}
+
+#[test]
+fn export_then_import_moves_a_key() {
+    let all = managers();
+    let (_, src, _h) = &all[0];
+    let key = src.generate(None, Algorithm::EcdsaP384, "mover").unwrap();
+    let der = src.export_pkcs8(&key).unwrap();
+    for (kind, dst, _home) in &all {
+        let imported = dst.import_pkcs8(None, "moved", &der).unwrap();
+        assert_eq!(imported.public_key(), key.public_key(), "{kind}");
+        assert_eq!(imported.protection(), kind.protection());
+        let sig = dst.sign(&imported, b"x").unwrap();
+        keyhaven::verify(key.public_key(), b"x", &sig).unwrap();
+        // through PEM and encrypted PKCS#8 too
+        let pem = keyhaven::hazmat::pkcs8_encrypt_pem(&der, b"export pw").unwrap();
+        let back = keyhaven::hazmat::private_key_pem_to_pkcs8(&pem, Some(b"export pw")).unwrap();
+        let again = dst.import_pkcs8(None, "moved-again", &back).unwrap();
+        assert_eq!(again.public_key(), key.public_key());
+    }
+    let e = all[0]
+        .1
+        .import_pkcs8(None, "junk", &keyhaven::SecretBytes::from(vec![1, 2, 3]))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+}
+
+#[test]
+fn assertions() {
+    for (kind, m, _home) in managers() {
+        let key = m.generate(None, Algorithm::EcdsaP384, "a").unwrap();
+        let sig = m.sign(&key, b"artifact").unwrap();
+        let a = Assertion::new(
+            &key,
+            SignInput::Message(b"artifact"),
+            &sig,
+            SignatureFormat::Der,
+        )
+        .unwrap();
+        assert_eq!(a.version, keyhaven::ASSERTION_VERSION);
+        assert_eq!(a.algorithm, "ES384");
+        assert_eq!(a.key_id, key.id().as_str());
+        assert_eq!(a.key_label, "a");
+        assert_eq!(a.backend, "b");
+        assert_eq!(a.backend_type, kind.name());
+        assert_eq!(a.protection, kind.protection().as_str());
+        assert_eq!(a.fingerprint, key.info.fingerprint().to_hex());
+        assert_eq!(
+            a.message_sha256.as_deref(),
+            Some(hex::encode(Sha256::digest(b"artifact")).as_str())
+        );
+        assert!(
+            a.created_at.ends_with('Z') && a.created_at.contains('T'),
+            "{}",
+            a.created_at
+        );
+        let json = a.to_json().unwrap();
+        let back = Assertion::from_json(&json).unwrap();
+        assert_eq!(back, a);
+        back.verify(Some(b"artifact")).unwrap();
+        assert_eq!(
+            back.verify(Some(b"artifacT")).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+        assert!(back.verify(None).is_err());
+
+        // a digest assertion, raw format
+        let d = Sha384::digest(b"artifact").to_vec();
+        let sig = m.sign_digest(&key, &d).unwrap();
+        let a = Assertion::new(&key, SignInput::Digest(&d), &sig, SignatureFormat::Raw).unwrap();
+        assert_eq!(a.signed_digest.as_deref(), Some(hex::encode(&d).as_str()));
+        a.verify(None).unwrap();
+        let mut tampered = a.clone();
+        tampered.signed_digest = Some(hex::encode(Sha384::digest(b"other")));
+        assert_eq!(
+            tampered.verify(None).unwrap_err().kind(),
+            ErrorKind::BadSignature
+        );
+        let mut swapped = a.clone();
+        swapped.fingerprint = "00".repeat(32);
+        assert!(swapped.verify(None).is_err());
+        let raw = encoding::encode_signature(&sig, SignatureFormat::Raw).unwrap();
+        assert_eq!(raw.len(), 96);
+    }
+}
+
+#[test]
+fn backends_are_declared_and_removed() {
+    let home = tempfile::tempdir().unwrap();
+    let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+    m.add_backend("scratch", BackendConfig::new(BackendKind::Memory, None))
+        .unwrap();
+    assert_eq!(m.config().default_backend.as_deref(), Some("scratch"));
+    let e = m
+        .add_backend("scratch", BackendConfig::new(BackendKind::Memory, None))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists);
+    let e = m
+        .add_backend("bad:name", BackendConfig::new(BackendKind::Memory, None))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    let k = m.generate(None, Algorithm::Ed25519, "k").unwrap();
+    assert_eq!(m.default_key().unwrap(), k);
+    m.remove_backend("scratch").unwrap();
+    let c = m.config();
+    assert!(c.backends.is_empty() && c.default_backend.is_none() && c.default_key.is_none());
+    assert!(matches!(
+        m.remove_backend("scratch"),
+        Err(Error::UnknownBackend { .. })
+    ));
+    // the file on disk says the same
+    let on_disk = Config::load(&home.path().join(keyhaven::CONFIG_FILE)).unwrap();
+    assert_eq!(on_disk, c);
+}
+
+#[test]
+fn a_memory_backend_is_ephemeral() {
+    let home = tempfile::tempdir().unwrap();
+    let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+    m.add_backend("mem", BackendConfig::new(BackendKind::Memory, None))
+        .unwrap();
+    m.generate(None, Algorithm::Ed25519, "gone-soon").unwrap();
+    assert_eq!(m.list_keys().unwrap().len(), 1);
+    let again = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+    assert!(again.list_keys().unwrap().is_empty());
+    assert!(again.doctor().backends[0].ephemeral);
+}
+
+#[cfg(feature = "file")]
+mod file {
+    use super::*;
+    use keyhaven::{CoreError, Protection};
+
+    #[test]
+    fn keys_persist_across_managers() {
+        let home = tempfile::tempdir().unwrap();
+        let (enc, pem) = {
+            let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+            m.add_backend("vault", BackendConfig::new(BackendKind::Encrypted, None))
+                .unwrap();
+            m.add_backend("plain", BackendConfig::new(BackendKind::Pem, None))
+                .unwrap();
+            (
+                m.generate(Some("vault"), Algorithm::EcdsaP384, "enc")
+                    .unwrap(),
+                m.generate(Some("plain"), Algorithm::Ed25519, "pem")
+                    .unwrap(),
+            )
+        };
+        let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+        assert_eq!(m.resolve("enc").unwrap(), enc);
+        assert_eq!(m.resolve("pem").unwrap(), pem);
+        assert_eq!(m.default_key().unwrap(), enc);
+        assert_eq!(pem.protection(), Protection::SoftwarePlain);
+        assert_eq!(enc.protection(), Protection::SoftwareEncrypted);
+        // the PEM backend names each key's file for openssl
+        let plain = m.backend("plain").unwrap();
+        let file = plain.private_key_file(pem.id()).unwrap();
+        assert!(file.exists(), "{}", file.display());
+        assert!(
+            m.backend("vault")
+                .unwrap()
+                .private_key_file(enc.id())
+                .is_none()
+        );
+        // stores live where the config says
+        assert!(home.path().join("backends/vault").is_dir());
+        let report = m.doctor();
+        assert!(report.healthy(), "{report:?}");
+        assert_eq!(report.backends.len(), 2);
+        assert!(report.backends.iter().all(|b| b.keys == Some(1)));
+    }
+
+    #[test]
+    fn listing_does_not_create_stores_and_needs_no_passphrase_for_absent_ones() {
+        let home = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.backends.insert(
+            "vault".into(),
+            BackendConfig::new(BackendKind::Encrypted, None),
+        );
+        c.save(&home.path().join(keyhaven::CONFIG_FILE)).unwrap();
+        let m = KeyManager::open(home.path(), keyhaven::NoPassphrase).unwrap();
+        assert!(m.list_keys().unwrap().is_empty());
+        assert!(!home.path().join("backends").exists());
+        let e = m.generate(None, Algorithm::Ed25519, "k").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
+    }
+
+    #[test]
+    fn the_passphrase_provider_is_asked_only_when_needed() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let home = tempfile::tempdir().unwrap();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&asked);
+        let provider = move |req: &keyhaven::PassphraseRequest| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(req.backend, "vault");
+            Ok::<_, CoreError>(keyhaven::secrecy::SecretString::from("pw"))
+        };
+        let m = KeyManager::open(home.path(), provider).unwrap();
+        m.add_backend("plain", BackendConfig::new(BackendKind::Pem, None))
+            .unwrap();
+        m.add_backend("vault", BackendConfig::new(BackendKind::Encrypted, None))
+            .unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 1, "once, to create the store");
+        m.generate(Some("plain"), Algorithm::Ed25519, "p").unwrap();
+        m.generate(Some("vault"), Algorithm::Ed25519, "v").unwrap();
+        m.list_keys().unwrap();
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            1,
+            "the opened store is reused"
+        );
+    }
+
+    #[test]
+    fn a_type_mismatch_is_reported() {
+        let home = tempfile::tempdir().unwrap();
+        let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+        m.add_backend("p", BackendConfig::new(BackendKind::Pem, None))
+            .unwrap();
+        let mut c = m.config();
+        c.backends.insert(
+            "q".into(),
+            BackendConfig::new(BackendKind::Encrypted, Some(home.path().join("backends/p"))),
+        );
+        let m = KeyManager::with_config(home.path(), c, FixedPassphrase::new("pw")).unwrap();
+        let e = m.backend("q").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+        assert!(e.to_string().contains("holds a pem store"), "{e}");
+    }
+}
