@@ -9,6 +9,7 @@
 
 mod cmd;
 mod layers;
+mod softhsm;
 mod sys;
 mod tally;
 
@@ -26,13 +27,16 @@ const USAGE: &str = "\
 usage: cargo xtask <SUBCOMMAND> [ARGS]
 
 subcommands:
-  test [ARGS]                 install missing system tools (openssl, ...) when root, then
-                              `cargo test --workspace --all-features --no-fail-fast [ARGS]`
-                              with KEYHAVEN_INTEROP=1 and RUST_BACKTRACE=1
+  test [ARGS]                 install missing system tools (openssl, softhsm2, opensc) when
+                              root, then `cargo test --workspace --all-features --no-fail-fast
+                              [ARGS]` with KEYHAVEN_INTEROP=1, RUST_BACKTRACE=1,
+                              KEYHAVEN_PKCS11_MODULE (SoftHSM2's module) and SOFTHSM2_CONF (a
+                              scratch token directory for this run, removed afterwards)
   lint                        cargo fmt --check, cargo clippy -D warnings,
                               cargo deny check licenses bans sources
   check-layers                check that dependencies between workspace crates point down
-  bench [ARGS]                cargo bench --workspace [ARGS]
+  bench [ARGS]                install softhsm2 when missing (root), then
+                              `cargo bench --workspace [ARGS]` with KEYHAVEN_PKCS11_MODULE
   fuzz TARGET [--seconds N] [-- LIBFUZZER_ARGS]
                               run one cargo-fuzz target for N seconds (default 60)
   fuzz --list                 list the cargo-fuzz targets
@@ -130,13 +134,17 @@ fn workspace_root() -> Result<PathBuf> {
 }
 
 /// `cargo xtask test`: makes sure the system tools the tests need are present, then runs the whole
-/// workspace's tests with all features, forwarding `extra` to `cargo test`.
+/// workspace's tests with all features, forwarding `extra` to `cargo test`. The PKCS#11 tests get
+/// SoftHSM2's module and a scratch token directory for this run ([`softhsm::Scratch`]).
 ///
 /// # Errors
 ///
 /// Fails when a tool is missing and cannot be installed, or when any test fails.
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     sys::ensure_tools(sys::TEST_TOOLS)?;
+    let pkcs11_module = softhsm::module()?;
+    // Lives until the tests are done, then removes the run's tokens.
+    let scratch = softhsm::Scratch::create()?;
 
     let mut command = cargo(root);
     command.arg("test");
@@ -153,8 +161,10 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         .args(extra)
         .env("KEYHAVEN_INTEROP", "1")
         .env("RUST_BACKTRACE", "1");
+    scratch.apply(&mut command, &pkcs11_module);
 
     let (status, tally) = tally::run_tallied(&mut command, &mut std::io::stdout().lock())?;
+    drop(scratch);
     // The plain closing line: "tests: N passed, N failed, N skipped".
     println!("{tally}");
     if !status.success() {
@@ -172,18 +182,19 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// `cargo xtask lint`: rustfmt, clippy and cargo-deny, stopping at the first failing step.
+/// `cargo xtask lint`: rustfmt, clippy, cargo-deny and a compile check of the fuzz targets,
+/// stopping at the first failing step.
 ///
 /// # Errors
 ///
 /// Fails naming the first step that failed.
 fn lint(root: &Path) -> Result<()> {
     run_step(
-        "lint 1/3: rustfmt",
+        "lint 1/4: rustfmt",
         cargo(root).args(["fmt", "--all", "--", "--check"]),
     )?;
     run_step(
-        "lint 2/3: clippy",
+        "lint 2/4: clippy",
         cargo(root).args([
             "clippy",
             "--workspace",
@@ -197,20 +208,38 @@ fn lint(root: &Path) -> Result<()> {
     ensure_cargo_plugin(root, "deny", "cargo-deny", "`cargo xtask lint`")?;
     // Never `advisories`: the advisory database cannot be fetched from this network.
     run_step(
-        "lint 3/3: cargo-deny",
+        "lint 3/4: cargo-deny",
         cargo(root).args(["deny", "check", "licenses", "bans", "sources"]),
     )?;
-    println!("xtask lint: all 3 steps passed");
+    // The fuzz crate is its own workspace, so the steps above never see it: make sure the
+    // targets still compile (a plain check; `cargo xtask fuzz` builds them instrumented).
+    sys::ensure_tools(sys::FUZZ_TOOLS)?;
+    run_step(
+        "lint 4/4: fuzz targets compile",
+        cargo(root).args([
+            "check",
+            "--manifest-path",
+            "fuzz/Cargo.toml",
+            "--bins",
+        ]),
+    )?;
+    println!("xtask lint: all 4 steps passed");
     Ok(())
 }
 
-/// `cargo xtask bench`: `cargo bench --workspace`, forwarding `extra`.
+/// `cargo xtask bench`: `cargo bench --workspace`, forwarding `extra`, with SoftHSM2 installed
+/// for the PKCS#11 benchmarks.
 ///
 /// # Errors
 ///
 /// Fails when the benchmarks fail to build or run.
 fn bench(root: &Path, extra: &[String]) -> Result<()> {
-    run(cargo(root).args(["bench", "--workspace"]).args(extra))
+    sys::ensure_tools(sys::BENCH_TOOLS)?;
+    // The PKCS#11 bench makes its own scratch token; it only needs the module.
+    run(cargo(root)
+        .args(["bench", "--workspace"])
+        .args(extra)
+        .env("KEYHAVEN_PKCS11_MODULE", softhsm::module()?))
 }
 
 /// `cargo xtask fuzz`: lists the cargo-fuzz targets, or runs one for a bounded time.
