@@ -29,13 +29,28 @@ pub(crate) const TEST_TOOLS: &[SystemTool] = &[
         package: "openssl",
         why: "interop tests",
     },
+    SOFTHSM,
+    SystemTool {
+        binary: "pkcs11-tool",
+        package: "opensc",
+        why: "PKCS#11 interop tests",
+    },
     // Device backends add their tools here as they land, e.g.:
-    // SystemTool { binary: "softhsm2-util", package: "softhsm2", why: "PKCS#11 tests" },
-    // SystemTool { binary: "pkcs11-tool", package: "opensc", why: "PKCS#11 interop tests" },
     // SystemTool { binary: "swtpm", package: "swtpm", why: "TPM tests" },
     // SystemTool { binary: "swtpm_setup", package: "swtpm-tools", why: "TPM tests" },
     // SystemTool { binary: "tpm2_readpublic", package: "tpm2-tools", why: "TPM interop tests" },
 ];
+
+/// SoftHSM2: the PKCS#11 token the tests and benchmarks use (`libsofthsm2.so`, and
+/// `softhsm2-util` to make tokens).
+pub(crate) const SOFTHSM: SystemTool = SystemTool {
+    binary: "softhsm2-util",
+    package: "softhsm2",
+    why: "PKCS#11 tests and benchmarks",
+};
+
+/// The tools `cargo xtask bench` makes sure of.
+pub(crate) const BENCH_TOOLS: &[SystemTool] = &[SOFTHSM];
 
 /// The tools `cargo xtask fuzz` makes sure of: libfuzzer-sys compiles libFuzzer, which is C++.
 pub(crate) const FUZZ_TOOLS: &[SystemTool] = &[SystemTool {
