@@ -36,8 +36,8 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "KEYHAVEN_HOME", value_name = "DIR")]
     pub(crate) home: Option<PathBuf>,
 
-    /// Read the passphrase of encrypted backends from this file (first line). Else
-    /// KEYHAVEN_PASSPHRASE, else an interactive prompt.
+    /// Read the passphrase of encrypted backends from this file (first line; the file must be
+    /// mode 0600). Else KEYHAVEN_PASSPHRASE, else an interactive prompt.
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) passphrase_file: Option<PathBuf>,
 
@@ -135,7 +135,8 @@ pub(crate) enum KeyCommand {
         /// A label, unique in the backend.
         #[arg(long)]
         label: String,
-        /// The passphrase of an encrypted PKCS#8 file (else a prompt).
+        /// The passphrase of an encrypted PKCS#8 file, from the first line of this file (mode
+        /// 0600; else a prompt).
         #[arg(long, value_name = "FILE")]
         key_passphrase_file: Option<PathBuf>,
         /// Print the key's details as JSON.
@@ -153,8 +154,9 @@ pub(crate) enum KeyCommand {
         /// The file to write (never overwritten).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// The export passphrase, from this file (else a prompt, asked twice).
-        #[arg(long, value_name = "FILE")]
+        /// The export passphrase, from the first line of this file (mode 0600; else a prompt,
+        /// asked twice).
+        #[arg(long, value_name = "FILE", conflicts_with = "insecure_plaintext")]
         export_passphrase_file: Option<PathBuf>,
         /// Write the private key UNENCRYPTED (PKCS#8 PEM). Anyone who reads the file has the key.
         #[arg(long)]
@@ -180,10 +182,12 @@ pub(crate) struct SignArgs {
     /// der (ASN.1, what openssl reads) or raw (r||s). Ed25519 signatures are always raw.
     #[arg(long, value_enum, default_value_t = FormatArg::Der)]
     pub(crate) signature_format: FormatArg,
-    /// Write the signature here (default: standard output; base64 if that is a terminal).
+    /// Write the signature here (0600, atomically; default: standard output, base64 if that is
+    /// a terminal).
     #[arg(long, value_name = "FILE")]
     pub(crate) out: Option<PathBuf>,
-    /// Also write a JSON assertion (key, backend, protection, fingerprint, time) here.
+    /// Also write a JSON assertion (key, backend, protection, fingerprint, time) here, after
+    /// the signature.
     #[arg(long, value_name = "FILE")]
     pub(crate) assertion: Option<PathBuf>,
 }
@@ -241,7 +245,8 @@ pub(crate) enum BackendCommand {
         /// The backend's name.
         name: String,
     },
-    /// Set the fallback rule: which file backend stands in for an unavailable one.
+    /// Set the fallback rule: which file backend takes the new keys meant for an unavailable
+    /// one (existing keys are never looked up there).
     Fallback {
         /// The file backend to fall back to.
         #[arg(value_name = "NAME", required_unless_present = "off")]

@@ -1,13 +1,13 @@
 //! `keyhaven backend ...` and `keyhaven doctor`.
 
 use anyhow::{Context, Result};
-use keyhaven::{BackendConfig, Error as KhError, KeyManager, Protection};
+use keyhaven::{BackendConfig, KeyManager, Protection};
 use serde_json::json;
 
 use crate::args::BackendCommand;
 use crate::ctx::{Ctx, print_warnings};
 use crate::exit::{CORRUPT, NOT_FOUND, OK, code_of_kind};
-use crate::output::{print_json, print_table, warn_plain};
+use crate::output::{errln, outln, print_json, print_table, warn_plain};
 
 pub(crate) fn run(ctx: &Ctx, cmd: BackendCommand) -> Result<u8> {
     let m = ctx.manager()?;
@@ -61,7 +61,7 @@ fn dispatch(m: &KeyManager, cmd: BackendCommand) -> Result<u8> {
                     "fallback_allowed": config.fallback.allow,
                 }))?;
             } else if rows.is_empty() {
-                eprintln!(
+                errln!(
                     "No backends. Run `keyhaven quickstart`, or `keyhaven backend add NAME --type \
                      encrypted`."
                 );
@@ -78,7 +78,7 @@ fn dispatch(m: &KeyManager, cmd: BackendCommand) -> Result<u8> {
                         ]
                     })
                     .collect();
-                print_table(&["NAME", "TYPE", "PROTECTION", "LOCATION", ""], &table);
+                print_table(&["NAME", "TYPE", "PROTECTION", "LOCATION", ""], &table)?;
             }
             Ok(OK)
         }
@@ -94,21 +94,14 @@ fn dispatch(m: &KeyManager, cmd: BackendCommand) -> Result<u8> {
                 ),
                 other => other,
             };
-            if path.is_some() && !kind.is_file() {
-                return Err(KhError::Config {
-                    origin: "--path".into(),
-                    message: format!("a {kind} backend has no directory"),
-                }
-                .into());
-            }
             let backend = m.add_backend(&name, BackendConfig::new(kind, path))?;
             if default {
                 m.set_default_backend(Some(&name))?;
             }
-            println!("added backend '{name}' ({kind}) at {}", backend.location());
+            outln!("added backend '{name}' ({kind}) at {}", backend.location())?;
             match kind.protection() {
                 Protection::SoftwarePlain => warn_plain(&[name]),
-                _ if kind.is_ephemeral() => eprintln!(
+                _ if kind.is_ephemeral() => errln!(
                     "note: a memory backend is ephemeral: its keys vanish when each keyhaven \
                      command exits."
                 ),
@@ -119,9 +112,9 @@ fn dispatch(m: &KeyManager, cmd: BackendCommand) -> Result<u8> {
         BackendCommand::Remove { name } => {
             let path = m.backend_path(&name);
             m.remove_backend(&name)?;
-            println!("removed backend '{name}' from keyhaven.toml");
+            outln!("removed backend '{name}' from keyhaven.toml")?;
             if let Some(p) = path {
-                eprintln!(
+                errln!(
                     "Its store at {} was left in place; delete it yourself if you mean to.",
                     p.display()
                 );
@@ -139,13 +132,13 @@ fn dispatch(m: &KeyManager, cmd: BackendCommand) -> Result<u8> {
             })?;
             let f = m.config().fallback;
             match (&f.backend, f.allow) {
-                (Some(b), true) => println!(
-                    "fallback: an unavailable backend is replaced by '{b}', with a warning"
-                ),
+                (Some(b), true) => outln!(
+                    "fallback: new keys for an unavailable backend go to '{b}', with a warning"
+                )?,
                 (Some(b), false) => {
-                    println!("fallback: '{b}' is named but not allowed (pass --allow to allow it)")
+                    outln!("fallback: '{b}' is named but not allowed (pass --allow to allow it)")?
                 }
-                (None, _) => println!("fallback: off"),
+                (None, _) => outln!("fallback: off")?,
             }
             Ok(OK)
         }
@@ -158,7 +151,7 @@ pub(crate) fn doctor(ctx: &Ctx, json: bool) -> Result<u8> {
     if json {
         print_json(&serde_json::to_value(&report)?)?;
     } else {
-        println!(
+        outln!(
             "home:        {} ({})",
             report.home.display(),
             if report.config_exists {
@@ -166,7 +159,7 @@ pub(crate) fn doctor(ctx: &Ctx, json: bool) -> Result<u8> {
             } else {
                 "no keyhaven.toml yet: run `keyhaven quickstart`"
             }
-        );
+        )?;
         for b in &report.backends {
             let mut marks = Vec::new();
             if b.default {
@@ -196,37 +189,40 @@ pub(crate) fn doctor(ctx: &Ctx, json: bool) -> Result<u8> {
             } else {
                 ""
             };
-            println!(
+            outln!(
                 "backend {} ({}) at {}: {state}; protection {}{weak}{marks}",
-                b.name, b.kind, b.location, b.protection
-            );
+                b.name,
+                b.kind,
+                b.location,
+                b.protection
+            )?;
             for d in &b.damaged {
-                println!("  damaged: {d}");
+                outln!("  damaged: {d}")?;
             }
         }
         if report.backends.is_empty() {
-            println!("backends:    none configured");
+            outln!("backends:    none configured")?;
         }
         match (&report.default_key, &report.default_key_error) {
-            (None, _) => println!("default key: none"),
-            (Some(k), None) => println!("default key: {k} (ok)"),
-            (Some(k), Some(e)) => println!("default key: {k} (PROBLEM: {e})"),
+            (None, _) => outln!("default key: none")?,
+            (Some(k), None) => outln!("default key: {k} (ok)")?,
+            (Some(k), Some(e)) => outln!("default key: {k} (PROBLEM: {e})")?,
         }
         match (&report.fallback, report.fallback_allowed) {
-            (Some(f), true) => {
-                println!("fallback:    allowed, to '{f}' (with a warning each time)")
-            }
-            (Some(f), false) => println!("fallback:    '{f}' named but not allowed"),
-            (None, _) => println!("fallback:    off"),
+            (Some(f), true) => outln!(
+                "fallback:    allowed: new keys for an unavailable backend go to '{f}', with a warning"
+            )?,
+            (Some(f), false) => outln!("fallback:    '{f}' named but not allowed")?,
+            (None, _) => outln!("fallback:    off")?,
         }
-        println!(
+        outln!(
             "result:      {}",
             if report.healthy() {
                 "healthy"
             } else {
                 "problems found"
             }
-        );
+        )?;
     }
     print_warnings(&m);
     // Exit with the code of the first problem, so scripts can tell.

@@ -5,9 +5,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use keyhaven::secrecy::{ExposeSecret, SecretString};
+use keyhaven::zeroize::Zeroizing;
 use keyhaven::{
-    CoreError, KeyManager, PassphraseProvider, PassphrasePurpose, PassphraseRequest, Warning,
+    CoreError, KeyManager, PassphraseProvider, PassphrasePurpose, PassphraseRequest, SecretBytes,
+    Warning,
 };
+
+use crate::output::errln;
 
 /// The environment variable holding the passphrase of encrypted backends.
 pub(crate) const PASSPHRASE_ENV: &str = "KEYHAVEN_PASSPHRASE";
@@ -57,8 +61,8 @@ impl Ctx {
 pub(crate) fn print_warnings(manager: &KeyManager) {
     for w in manager.take_warnings() {
         match w {
-            Warning::Fallback { .. } => eprintln!("WARNING: {w}"),
-            _ => eprintln!("warning: {w}"),
+            Warning::Fallback { .. } => errln!("WARNING: {w}"),
+            _ => errln!("warning: {w}"),
         }
     }
 }
@@ -69,7 +73,7 @@ pub(crate) fn interactive() -> bool {
 }
 
 /// Passphrases for encrypted backends: `--passphrase-file`, else `KEYHAVEN_PASSPHRASE`, else a
-/// prompt on the terminal (twice, compared, for a new store).
+/// prompt on the terminal naming the backend (twice, compared, for a new store).
 pub(crate) struct CliPassphrases {
     file: Option<PathBuf>,
 }
@@ -80,7 +84,9 @@ impl PassphraseProvider for CliPassphrases {
         let given = if let Some(f) = &self.file {
             Some(read_secret_file(f)?)
         } else {
-            std::env::var(PASSPHRASE_ENV).ok().map(SecretString::from)
+            std::env::var(PASSPHRASE_ENV)
+                .ok()
+                .map(|v| secret_string(&Zeroizing::new(v)))
         };
         if let Some(p) = given {
             if new && p.expose_secret().is_empty() {
@@ -95,6 +101,12 @@ impl PassphraseProvider for CliPassphrases {
             request.backend,
             request.location.display()
         );
+        if !interactive() {
+            // The hint (exit.rs) says how to give it.
+            return Err(CoreError::Locked(format!(
+                "{what} needs a passphrase and standard input is not a terminal"
+            )));
+        }
         if new {
             prompt_new(&format!("New passphrase for {what}"))
         } else {
@@ -103,37 +115,45 @@ impl PassphraseProvider for CliPassphrases {
     }
 }
 
-fn no_terminal() -> CoreError {
-    CoreError::Locked(format!(
-        "a passphrase is needed and standard input is not a terminal: set {PASSPHRASE_ENV} or \
-         pass --passphrase-file FILE"
-    ))
+/// A `SecretString` holding a copy of `s` in an allocation of exactly its length (so no
+/// reallocation leaves a copy behind); the caller zeroizes `s`.
+fn secret_string(s: &str) -> SecretString {
+    SecretString::from(Box::<str>::from(s))
 }
 
-/// Reads a secret from the first line of a file (a trailing newline is not part of it).
+/// Reads a secret from the first line of a file (the line ending is not part of it). The file
+/// must be private (mode 0600 or stricter); its contents are held in zeroizing buffers only.
 pub(crate) fn read_secret_file(path: &Path) -> Result<SecretString, CoreError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CoreError::io(format!("read passphrase file {}", path.display()), e))?;
-    let secret = SecretString::from(text);
-    let line = secret
-        .expose_secret()
-        .split(['\n', '\r'])
-        .next()
-        .unwrap_or_default();
-    Ok(SecretString::from(line))
+    let bytes = keyhaven::fs::read_private(path)?;
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'\n' || b == b'\r')
+        .unwrap_or(bytes.len());
+    let line = std::str::from_utf8(&bytes[..end]).map_err(|_| {
+        CoreError::InvalidInput(format!(
+            "the first line of {} is not UTF-8 text",
+            path.display()
+        ))
+    })?;
+    Ok(secret_string(line))
 }
 
 /// Asks once, without echo.
 pub(crate) fn prompt(message: &str) -> Result<SecretString, CoreError> {
     if !interactive() {
-        return Err(no_terminal());
+        return Err(CoreError::Locked(
+            "a passphrase is needed and standard input is not a terminal".into(),
+        ));
     }
-    rpassword::prompt_password(message)
-        .map(SecretString::from)
-        .map_err(|e| CoreError::io("read the passphrase from the terminal", e))
+    let typed = Zeroizing::new(
+        rpassword::prompt_password(message)
+            .map_err(|e| CoreError::io("read the passphrase from the terminal", e))?,
+    );
+    Ok(secret_string(&typed))
 }
 
-/// Asks twice for a new secret and checks both entries match and are not empty.
+/// Asks twice for a new secret and checks both entries match (in constant time) and are not
+/// empty.
 pub(crate) fn prompt_new(what: &str) -> Result<SecretString, CoreError> {
     let first = prompt(&format!("{what}: "))?;
     if first.expose_secret().is_empty() {
@@ -142,7 +162,9 @@ pub(crate) fn prompt_new(what: &str) -> Result<SecretString, CoreError> {
         ));
     }
     let second = prompt("Repeat it: ")?;
-    if first.expose_secret() != second.expose_secret() {
+    let same = SecretBytes::copy_from(first.expose_secret().as_bytes())
+        == SecretBytes::copy_from(second.expose_secret().as_bytes());
+    if !same {
         return Err(CoreError::InvalidInput("the two passphrases differ".into()));
     }
     Ok(first)
@@ -150,8 +172,11 @@ pub(crate) fn prompt_new(what: &str) -> Result<SecretString, CoreError> {
 
 /// Asks a yes/no question on the terminal; anything but y/yes is no.
 pub(crate) fn confirm(question: &str) -> Result<bool> {
-    eprint!("{question} [y/N] ");
-    std::io::stderr().flush().context("write to the terminal")?;
+    let mut err = std::io::stderr().lock();
+    write!(err, "{question} [y/N] ")
+        .and_then(|()| err.flush())
+        .context("write to the terminal")?;
+    drop(err);
     let mut answer = String::new();
     std::io::stdin()
         .lock()

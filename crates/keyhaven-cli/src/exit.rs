@@ -2,6 +2,8 @@
 
 use keyhaven::{CoreError, Error as KhError, ErrorKind};
 
+use crate::output::errln;
+
 /// Success (for `verify`: the signature is valid).
 pub const OK: u8 = 0;
 /// `verify`: the signature is invalid.
@@ -22,7 +24,8 @@ pub const CORRUPT: u8 = 7;
 pub const ALREADY_EXISTS: u8 = 8;
 /// Malformed input: PEM, hex, digest length, configuration, an ambiguous reference.
 pub const INVALID_INPUT: u8 = 9;
-/// A backend cannot be reached (and no fallback is allowed).
+/// A backend cannot be reached (its keys cannot be used; new keys go to the fallback only if
+/// one is allowed).
 pub const UNAVAILABLE: u8 = 10;
 /// An I/O error.
 pub const IO: u8 = 11;
@@ -30,6 +33,41 @@ pub const IO: u8 = 11;
 pub const REVOKED: u8 = 12;
 /// An internal error (a bug).
 pub const INTERNAL: u8 = 70;
+
+/// A problem with a passphrase other than the backends' (the passphrase of a key file being
+/// imported, or of an export), with the option that supplies it, so the hint names that option
+/// rather than `KEYHAVEN_PASSPHRASE`.
+#[derive(Debug)]
+pub(crate) struct OtherPassphrase {
+    /// The command-line option that gives this passphrase, e.g. `--key-passphrase-file`.
+    pub(crate) option: &'static str,
+    pub(crate) source: CoreError,
+}
+
+impl OtherPassphrase {
+    /// Wraps passphrase errors (wrong, or none available) of `option`'s passphrase; other errors
+    /// pass through unchanged.
+    pub(crate) fn wrap(option: &'static str, e: CoreError) -> anyhow::Error {
+        match e {
+            CoreError::BadPassphrase(_) | CoreError::Locked(_) => {
+                OtherPassphrase { option, source: e }.into()
+            }
+            other => other.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for OtherPassphrase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.source.fmt(f)
+    }
+}
+
+impl std::error::Error for OtherPassphrase {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.source)
+    }
+}
 
 /// A usage problem found after parsing (exit code [`USAGE`]).
 #[derive(Debug)]
@@ -43,8 +81,10 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// The exit code for an error kind.
-pub(crate) fn code_of_kind(kind: ErrorKind) -> u8 {
+/// The exit code for an error kind. [`ErrorKind::BadSignature`] is [`INTERNAL`]: `verify`
+/// reports an invalid signature itself ([`VERIFY_FAILED`]); anywhere else (the quickstart's
+/// self-check) a signature that does not verify is a bug.
+pub fn code_of_kind(kind: ErrorKind) -> u8 {
     match kind {
         ErrorKind::NotFound => NOT_FOUND,
         ErrorKind::AlreadyExists => ALREADY_EXISTS,
@@ -54,7 +94,6 @@ pub(crate) fn code_of_kind(kind: ErrorKind) -> u8 {
         ErrorKind::BadPassphrase | ErrorKind::Locked => BAD_PASSPHRASE,
         ErrorKind::Corrupt => CORRUPT,
         ErrorKind::Revoked => REVOKED,
-        ErrorKind::BadSignature => VERIFY_FAILED,
         ErrorKind::Unavailable => UNAVAILABLE,
         ErrorKind::Io => IO,
         _ => INTERNAL,
@@ -80,25 +119,40 @@ fn hint_of_kind(kind: ErrorKind) -> &'static str {
         ErrorKind::BadPassphrase => {
             "Check KEYHAVEN_PASSPHRASE or the --passphrase-file; nothing was changed"
         }
-        ErrorKind::Locked => "Set KEYHAVEN_PASSPHRASE or pass --passphrase-file",
+        ErrorKind::Locked => "Set KEYHAVEN_PASSPHRASE or pass --passphrase-file FILE",
         ErrorKind::Corrupt => {
             "Restore the named file from a backup or delete that key; the other keys remain usable"
         }
         ErrorKind::Revoked => "Use another key",
-        ErrorKind::BadSignature => "The signature does not match",
         ErrorKind::Unavailable => "Run `keyhaven doctor` to see which backends are reachable",
         ErrorKind::Io => "Check the path, the permissions and the free disk space",
         _ => "This is a bug in keyhaven: please report it",
     }
 }
 
+/// The exit code for an error, as `keyhaven` exits with it.
+pub fn code_of(err: &anyhow::Error) -> u8 {
+    classify(err).0
+}
+
 /// The exit code and the `what to do` sentence for an error: the first error in the chain
 /// that keyhaven knows decides.
 pub(crate) fn classify(err: &anyhow::Error) -> (u8, String) {
     for cause in err.chain() {
-        if let Some(u) = cause.downcast_ref::<UsageError>() {
-            let _ = u;
+        if cause.is::<UsageError>() {
             return (USAGE, "See `keyhaven --help`".into());
+        }
+        if let Some(p) = cause.downcast_ref::<OtherPassphrase>() {
+            let kind = ErrorKind::of_core(&p.source);
+            let hint = match kind {
+                ErrorKind::BadPassphrase => format!(
+                    "Check the passphrase given with {} (or at the prompt); nothing was changed",
+                    p.option
+                ),
+                ErrorKind::Locked => format!("Pass {} FILE", p.option),
+                _ => hint_of_kind(kind).to_owned(),
+            };
+            return (code_of_kind(kind), hint);
         }
         if let Some(e) = cause.downcast_ref::<KhError>() {
             let kind = e.kind();
@@ -121,13 +175,13 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, String) {
                 KhError::Config { .. } => {
                     "Fix keyhaven.toml (or use `keyhaven backend add/remove`)".to_owned()
                 }
-                _ => hint_for(kind, e.core()),
+                _ => hint_of_kind(kind).to_owned(),
             };
             return (code_of_kind(kind), hint);
         }
         if let Some(e) = cause.downcast_ref::<CoreError>() {
             let kind = ErrorKind::of_core(e);
-            return (code_of_kind(kind), hint_for(kind, Some(e)));
+            return (code_of_kind(kind), hint_of_kind(kind).to_owned());
         }
         if let Some(e) = cause.downcast_ref::<std::io::Error>() {
             let kind = ErrorKind::of_io(e);
@@ -135,16 +189,6 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, String) {
         }
     }
     (INTERNAL, hint_of_kind(ErrorKind::Internal).to_owned())
-}
-
-fn hint_for(kind: ErrorKind, core: Option<&CoreError>) -> String {
-    // Locked errors from the passphrase source already say what to do.
-    if let Some(CoreError::Locked(m)) = core
-        && m.contains("KEYHAVEN_PASSPHRASE")
-    {
-        return String::new();
-    }
-    hint_of_kind(kind).to_owned()
 }
 
 /// The error as one line: each cause once, joined by `: `.
@@ -172,9 +216,9 @@ pub(crate) fn report(err: &anyhow::Error) -> u8 {
         what.pop();
     }
     if hint.is_empty() {
-        eprintln!("error: {what}.");
+        errln!("error: {what}.");
     } else {
-        eprintln!("error: {what}. {hint}.");
+        errln!("error: {what}. {hint}.");
     }
     code
 }

@@ -9,11 +9,8 @@ use serde_json::json;
 
 use crate::args::{KeyCommand, PublicFormat};
 use crate::ctx::{Ctx, confirm, interactive, print_warnings, prompt, prompt_new, read_secret_file};
-use crate::exit::{OK, UsageError};
-use crate::output::{
-    key_json, print_json, print_table, read_file, warn_plain, write_file, write_new_file,
-    write_stdout,
-};
+use crate::exit::{OK, OtherPassphrase, UsageError};
+use crate::output::{errln, key_json, outln, print_json, print_table, warn_plain, write_stdout};
 
 fn is_default(m: &KeyManager, key: &ManagedKey) -> bool {
     m.config()
@@ -42,13 +39,13 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
             if json {
                 print_json(&key_json(&key, is_default(m, &key))?)?;
             } else {
-                println!("{}", key.id());
+                outln!("{}", key.id())?;
             }
             if key.protection() == Protection::SoftwarePlain {
                 warn_plain(std::slice::from_ref(&key.backend));
             }
             if !had_default && is_default(m, &key) {
-                eprintln!("{} is now the default key.", key);
+                errln!("{} is now the default key.", key);
             }
             Ok(OK)
         }
@@ -57,7 +54,7 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
         KeyCommand::SetDefault { key } => {
             let key = m.resolve(&key)?;
             m.set_default_key(&key)?;
-            println!("default key: {key}");
+            outln!("default key: {key}")?;
             Ok(OK)
         }
         KeyCommand::Delete { key, yes } => {
@@ -71,12 +68,12 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
                     .into());
                 }
                 if !confirm(&format!("Delete key {key}? This cannot be undone."))? {
-                    eprintln!("Not deleted.");
+                    errln!("Not deleted.");
                     return Ok(OK);
                 }
             }
             m.delete(&key)?;
-            println!("deleted {key}");
+            outln!("deleted {key}")?;
             Ok(OK)
         }
         KeyCommand::Public { key, format, out } => {
@@ -92,7 +89,7 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
                 }
             };
             match out {
-                Some(path) => write_file(&path, &bytes)?,
+                Some(path) => keyhaven::fs::atomic_write(&path, &bytes)?,
                 None => write_stdout(&bytes)?,
             }
             Ok(OK)
@@ -104,23 +101,26 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
             json,
             file,
         } => {
-            let bytes = read_file(&file, "key file")?;
+            const OPTION: &str = "--key-passphrase-file";
+            // The private key, in the clear: held only in zeroizing buffers.
+            let bytes = keyhaven::fs::read_secret(&file)?;
             let text = std::str::from_utf8(&bytes).map_err(|_| {
                 CoreError::InvalidInput(format!("{} is not a PEM text file", file.display()))
             })?;
             let passphrase = if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
                 Some(match &key_passphrase_file {
-                    Some(f) => read_secret_file(f)?,
+                    Some(f) => read_secret_file(f).map_err(|e| OtherPassphrase::wrap(OPTION, e))?,
                     None if interactive() => {
                         prompt(&format!("Passphrase of {}: ", file.display()))?
                     }
                     None => {
-                        return Err(CoreError::Locked(format!(
-                            "{} is encrypted and standard input is not a terminal: pass \
-                             --key-passphrase-file FILE",
-                            file.display()
-                        ))
-                        .into());
+                        return Err(OtherPassphrase::wrap(
+                            OPTION,
+                            CoreError::Locked(format!(
+                                "{} is encrypted and standard input is not a terminal",
+                                file.display()
+                            )),
+                        ));
                     }
                 })
             } else {
@@ -130,12 +130,13 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
                 text,
                 passphrase.as_ref().map(|p| p.expose_secret().as_bytes()),
             )
+            .map_err(|e| OtherPassphrase::wrap(OPTION, e))
             .with_context(|| format!("import {}", file.display()))?;
             let key = m.import_pkcs8(backend.as_deref(), &label, &der)?;
             if json {
                 print_json(&key_json(&key, is_default(m, &key))?)?;
             } else {
-                println!("{}", key.id());
+                outln!("{}", key.id())?;
             }
             if key.protection() == Protection::SoftwarePlain {
                 warn_plain(std::slice::from_ref(&key.backend));
@@ -148,8 +149,10 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
             export_passphrase_file,
             insecure_plaintext,
         } => {
+            const OPTION: &str = "--export-passphrase-file";
             let key = m.resolve(&key)?;
-            if out.exists() {
+            // Checked early to ask for nothing in vain; the write itself never overwrites.
+            if out.symlink_metadata().is_ok() {
                 return Err(CoreError::AlreadyExists(format!(
                     "file {} (refusing to overwrite it)",
                     out.display()
@@ -158,7 +161,7 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
             }
             let der = m.export_pkcs8(&key)?;
             let pem = if insecure_plaintext {
-                eprintln!(
+                errln!(
                     "WARNING: writing the private key of {key} UNENCRYPTED to {}. Anyone who \
                      reads that file has the key.",
                     out.display()
@@ -166,18 +169,20 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
                 hazmat::pkcs8_to_pem(&der)?
             } else {
                 let pass = match &export_passphrase_file {
-                    Some(f) => read_secret_file(f)?,
+                    Some(f) => read_secret_file(f).map_err(|e| OtherPassphrase::wrap(OPTION, e))?,
                     None if interactive() => {
                         prompt_new(&format!("Passphrase to encrypt {}", out.display()))?
                     }
                     None => {
-                        return Err(CoreError::Locked(
-                            "an export passphrase is needed and standard input is not a \
-                             terminal: pass --export-passphrase-file FILE (or \
-                             --insecure-plaintext)"
-                                .into(),
-                        )
-                        .into());
+                        return Err(OtherPassphrase::wrap(
+                            OPTION,
+                            CoreError::Locked(
+                                "an export passphrase is needed and standard input is not a \
+                                 terminal (or pass --insecure-plaintext to write the key \
+                                 unencrypted)"
+                                    .into(),
+                            ),
+                        ));
                     }
                 };
                 if pass.expose_secret().is_empty() {
@@ -188,8 +193,8 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
                 }
                 hazmat::pkcs8_encrypt_pem(&der, pass.expose_secret().as_bytes())?
             };
-            write_new_file(&out, pem.as_bytes(), true)?;
-            eprintln!(
+            keyhaven::fs::atomic_write_new(&out, pem.as_bytes())?;
+            errln!(
                 "exported {key} to {} ({})",
                 out.display(),
                 if insecure_plaintext {
@@ -204,8 +209,7 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
 }
 
 fn list(m: &KeyManager, json: bool) -> Result<u8> {
-    let keys = m.list_keys()?;
-    let problems = m.problems()?;
+    let keyhaven::Inventory { keys, problems, .. } = m.inventory()?;
     let default = m.config().default_key;
     let is_def = |k: &ManagedKey| {
         default
@@ -219,13 +223,13 @@ fn list(m: &KeyManager, json: bool) -> Result<u8> {
             .collect::<Result<Vec<_>>>()?;
         print_json(&serde_json::Value::Array(items))?;
     } else if m.config().backends.is_empty() {
-        eprintln!(
+        errln!(
             "No backends are configured in {}. Run `keyhaven quickstart`, or `keyhaven backend \
              add NAME --type encrypted`.",
             m.home().display()
         );
     } else if keys.is_empty() {
-        eprintln!("No keys. Create one with `keyhaven key generate --label NAME`.");
+        errln!("No keys. Create one with `keyhaven key generate --label NAME`.");
     } else {
         let rows: Vec<Vec<String>> = keys
             .iter()
@@ -252,12 +256,10 @@ fn list(m: &KeyManager, json: bool) -> Result<u8> {
                 "FINGERPRINT",
             ],
             &rows,
-        );
+        )?;
     }
     for (backend, problem) in &problems {
-        eprintln!(
-            "warning: backend '{backend}': {problem} (not listed; the other keys are usable)"
-        );
+        errln!("warning: backend '{backend}': {problem} (not listed; the other keys are usable)");
     }
     let plain: BTreeSet<String> = keys
         .iter()
@@ -282,19 +284,19 @@ fn show(m: &KeyManager, reference: &str, json: bool) -> Result<u8> {
         print_json(&v)?;
     } else {
         let alg = key.algorithm();
-        println!("id:           {}", key.id());
-        println!("label:        {}", key.label());
-        println!("backend:      {} ({})", key.backend, key.backend_kind);
-        println!("location:     {}", backend.location());
-        println!("algorithm:    {} ({})", alg.short_name(), alg.jose_name());
-        println!("protection:   {}", key.protection());
-        println!("fingerprint:  {}", key.info.fingerprint());
-        println!("created:      {}", rfc3339(key.info.created_at));
-        println!("default:      {}", if default { "yes" } else { "no" });
+        outln!("id:           {}", key.id())?;
+        outln!("label:        {}", key.label())?;
+        outln!("backend:      {} ({})", key.backend, key.backend_kind)?;
+        outln!("location:     {}", backend.location())?;
+        outln!("algorithm:    {} ({})", alg.short_name(), alg.jose_name())?;
+        outln!("protection:   {}", key.protection())?;
+        outln!("fingerprint:  {}", key.info.fingerprint())?;
+        outln!("created:      {}", rfc3339(key.info.created_at))?;
+        outln!("default:      {}", if default { "yes" } else { "no" })?;
         if let Some(f) = &private_file {
-            println!("private key:  {}", f.display());
+            outln!("private key:  {}", f.display())?;
         }
-        print!("{}", key.public_key().to_pem()?);
+        write_stdout(key.public_key().to_pem()?.as_bytes())?;
     }
     if key.protection() == Protection::SoftwarePlain {
         warn_plain(std::slice::from_ref(&key.backend));

@@ -19,7 +19,8 @@ use crate::ctx::Ctx;
 
 /// Runs the `keyhaven` command line with the process's arguments and returns its exit code
 /// (see [`exit`]). Errors are printed on standard error as one line:
-/// `error: <what>. <what to do>`.
+/// `error: <what>. <what to do>`. Standard output closed by its reader ends the command
+/// quietly, successfully.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let ctx = Ctx::new(cli.home, cli.passphrase_file);
@@ -31,8 +32,20 @@ pub fn main() -> ExitCode {
         Command::Doctor { json } => backend::doctor(&ctx, json),
         Command::Quickstart => quickstart::run(&ctx),
     };
+    // Output is flushed before a success is reported, so a write error is never lost; a
+    // failure code (`verify`: invalid) stands whatever happens to the output.
+    let outcome = outcome.and_then(|code| {
+        let flushed = output::flush_stdout();
+        if code == exit::OK {
+            flushed.map(|()| code)
+        } else {
+            Ok(code)
+        }
+    });
     ExitCode::from(match outcome {
         Ok(code) => code,
+        // The reader of standard output stopped reading (`keyhaven key list | head -1`).
+        Err(e) if output::is_stdout_closed(&e) => exit::OK,
         Err(e) => exit::report(&e),
     })
 }

@@ -2,15 +2,16 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use keyhaven::fs::{atomic_write, create_private_dir};
 use keyhaven::{
-    Algorithm, Assertion, BackendConfig, BackendKind, Error as KhError, KeyManager, ManagedKey,
-    SignInput, SignatureFormat, encoding,
+    Algorithm, Assertion, BackendConfig, BackendKind, DefaultKey, Error as KhError, KeyManager,
+    ManagedKey, SignInput, SignatureFormat, encoding,
 };
 
 use crate::ctx::{Ctx, print_warnings};
 use crate::exit::OK;
-use crate::output::write_file;
+use crate::output::outln;
 
 const BACKEND: &str = "default";
 const LABEL: &str = "default";
@@ -26,33 +27,33 @@ pub(crate) fn run(ctx: &Ctx) -> Result<u8> {
 }
 
 fn steps(m: &KeyManager, home: &Path, created_home: bool) -> Result<u8> {
-    println!(
+    outln!(
         "keyhaven home: {}{}",
         home.display(),
         if created_home { " (created)" } else { "" }
-    );
+    )?;
 
     if m.config().backends.contains_key(BACKEND) {
-        println!("backend '{BACKEND}': already configured");
+        outln!("backend '{BACKEND}': already configured")?;
     } else {
         let b = m.add_backend(BACKEND, BackendConfig::new(BackendKind::Encrypted, None))?;
-        println!(
+        outln!(
             "backend '{BACKEND}': created an encrypted store at {} (Argon2id + AES-256-GCM)",
             b.location()
-        );
+        )?;
     }
     if m.config().default_backend.is_none() {
         m.set_default_backend(Some(BACKEND))?;
     }
 
     let key = default_key(m)?;
-    println!(
+    outln!(
         "default key: {} ({}, {}, fingerprint {})",
         key,
         key.algorithm().jose_name(),
         key.protection(),
         key.info.fingerprint().short()
-    );
+    )?;
     if !key.algorithm().can_sign() {
         anyhow::bail!(keyhaven::CoreError::Unsupported {
             operation: "sign the quickstart sample",
@@ -84,52 +85,53 @@ fn steps(m: &KeyManager, home: &Path, created_home: bool) -> Result<u8> {
     let sig_path = dir.join("message.sig");
     let pub_path = dir.join("public.pem");
     let assertion_path = dir.join("assertion.json");
-    write_file(&msg_path, message.as_bytes())?;
-    write_file(&sig_path, &der)?;
-    write_file(&pub_path, key.public_key().to_pem()?.as_bytes())?;
+    // The signature before the assertion that describes it.
+    atomic_write(&msg_path, message.as_bytes())?;
+    atomic_write(&sig_path, &der)?;
+    atomic_write(&pub_path, key.public_key().to_pem()?.as_bytes())?;
     let mut json = assertion.to_json()?;
     json.push('\n');
-    write_file(&assertion_path, json.as_bytes())?;
-    println!(
+    atomic_write(&assertion_path, json.as_bytes())?;
+    outln!(
         "signed:      {} -> {}",
         msg_path.display(),
         sig_path.display()
-    );
-    println!("verified:    the signature is valid (checked with the public key alone)");
-    println!("assertion:   {}", assertion_path.display());
-    println!("public key:  {}", pub_path.display());
+    )?;
+    outln!("verified:    the signature is valid (checked with the public key alone)")?;
+    outln!("assertion:   {}", assertion_path.display())?;
+    outln!("public key:  {}", pub_path.display())?;
 
     let hash = match key.algorithm() {
         Algorithm::EcdsaP256 => Some("-sha256"),
         Algorithm::EcdsaP384 => Some("-sha384"),
         _ => None,
     };
-    println!();
-    println!("Next, try:");
-    println!("  keyhaven key list");
-    println!("  keyhaven key show {LABEL}");
-    println!("  keyhaven sign --message-file FILE --out FILE.sig --assertion FILE.json");
-    println!(
+    outln!()?;
+    outln!("Next, try:")?;
+    outln!("  keyhaven key list")?;
+    outln!("  keyhaven key show {LABEL}")?;
+    outln!("  keyhaven sign --message-file FILE --out FILE.sig --assertion FILE.json")?;
+    outln!(
         "  keyhaven verify --public-key {} --message-file {} --signature {}",
         pub_path.display(),
         msg_path.display(),
         sig_path.display()
-    );
+    )?;
     if let Some(h) = hash {
-        println!(
+        outln!(
             "  openssl dgst {h} -verify {} -signature {} {}",
             pub_path.display(),
             sig_path.display(),
             msg_path.display()
-        );
+        )?;
     }
-    println!("  keyhaven key generate --algorithm ed25519 --label my-key");
-    println!("  keyhaven doctor");
+    outln!("  keyhaven key generate --algorithm ed25519 --label my-key")?;
+    outln!("  keyhaven doctor")?;
     if std::env::var_os("KEYHAVEN_HOME").is_none() {
-        println!(
+        outln!(
             "(if this is not your default home, add --home {} or set KEYHAVEN_HOME)",
             home.display()
-        );
+        )?;
     }
     Ok(OK)
 }
@@ -153,27 +155,15 @@ fn default_key(m: &KeyManager) -> Result<ManagedKey> {
         Ok(k) => k,
         Err(e) if e.kind() == keyhaven::ErrorKind::NotFound => {
             let k = m.generate(Some(BACKEND), Algorithm::EcdsaP384, LABEL)?;
-            println!("generated:   a P-384 key labelled '{LABEL}'");
+            outln!("generated:   a P-384 key labelled '{LABEL}'")?;
             k
         }
         Err(e) => return Err(e.into()),
     };
-    m.set_default_key(&key)?;
+    // `generate` made it the default if there was none; write the configuration only if not.
+    let wanted = DefaultKey::new(key.backend.clone(), key.id().clone());
+    if m.config().default_key.as_ref() != Some(&wanted) {
+        m.set_default_key(&key)?;
+    }
     Ok(key)
-}
-
-fn create_private_dir(dir: &Path) -> Result<()> {
-    if dir.is_dir() {
-        return Ok(());
-    }
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder
-        .create(dir)
-        .with_context(|| format!("create directory {}", dir.display()))
 }

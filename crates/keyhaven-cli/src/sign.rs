@@ -10,7 +10,7 @@ use keyhaven::{
 use crate::args::{SignArgs, VerifyArgs};
 use crate::ctx::{Ctx, print_warnings};
 use crate::exit::{OK, VERIFY_FAILED};
-use crate::output::{read_file, write_file, write_stdout};
+use crate::output::{errln, outln, read_file, write_stdout};
 
 /// Parses a hex digest (white space and a `0x` prefix are ignored).
 pub(crate) fn parse_hex(text: &str) -> Result<Vec<u8>, CoreError> {
@@ -57,19 +57,26 @@ pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
         };
         let sig = m.sign_input(&key, input.as_sign_input())?;
         let bytes = encoding::encode_signature(&sig, format)?;
-        if let Some(path) = &args.assertion {
-            let assertion = Assertion::new(&key, input.as_sign_input(), &sig, format)?;
-            let mut json = assertion.to_json()?;
-            json.push('\n');
-            write_file(path, json.as_bytes())?;
-        }
+        let assertion = match &args.assertion {
+            Some(_) => {
+                let mut json =
+                    Assertion::new(&key, input.as_sign_input(), &sig, format)?.to_json()?;
+                json.push('\n');
+                Some(json)
+            }
+            None => None,
+        };
+        // The signature first: an assertion never describes a signature that was not written.
         match &args.out {
-            Some(path) => write_file(path, &bytes)?,
+            Some(path) => keyhaven::fs::atomic_write(path, &bytes)?,
             None if std::io::stdout().is_terminal() => {
                 use base64ct::{Base64, Encoding};
-                println!("{}", Base64::encode_string(&bytes));
+                outln!("{}", Base64::encode_string(&bytes))?;
             }
             None => write_stdout(&bytes)?,
+        }
+        if let (Some(path), Some(json)) = (&args.assertion, &assertion) {
+            keyhaven::fs::atomic_write(path, json.as_bytes())?;
         }
         Ok(OK)
     })();
@@ -121,8 +128,8 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
     let sig = match encoding::decode_signature(alg, &sig_bytes, args.signature_format.into()) {
         Ok(s) => s,
         Err(e) => {
-            println!("invalid");
-            eprintln!(
+            verdict("invalid");
+            errln!(
                 "the signature is not a well-formed {} signature: {e}",
                 alg.jose_name()
             );
@@ -135,13 +142,19 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
     };
     match outcome {
         Ok(()) => {
-            println!("valid");
+            verdict("valid");
             Ok(OK)
         }
         Err(CoreError::BadSignature) => {
-            println!("invalid");
+            verdict("invalid");
             Ok(VERIFY_FAILED)
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Prints the verdict. The exit code is the answer, so a closed standard output must not turn
+/// "invalid" into a successful exit: a failure to print is ignored here.
+fn verdict(word: &str) {
+    let _ = outln!("{word}");
 }

@@ -121,9 +121,6 @@ impl From<BackendKind> for String {
     }
 }
 
-/// Maps a key id to the file holding its private key (PEM store).
-type KeyFiles = Arc<dyn Fn(&crate::KeyId) -> PathBuf + Send + Sync>;
-
 /// An opened backend: its configured name and type, where it is, and the store itself.
 #[derive(Clone)]
 pub struct Backend {
@@ -131,7 +128,9 @@ pub struct Backend {
     kind: BackendKind,
     location: String,
     store: Arc<dyn KeyStore>,
-    key_files: Option<KeyFiles>,
+    /// The same store when it is a PEM store, which names each key's file.
+    #[cfg(feature = "file")]
+    pem: Option<Arc<keyhaven_store_file::PemStore>>,
 }
 
 impl fmt::Debug for Backend {
@@ -157,7 +156,8 @@ impl Backend {
             kind,
             location: location.into(),
             store,
-            key_files: None,
+            #[cfg(feature = "file")]
+            pem: None,
         }
     }
 
@@ -184,72 +184,90 @@ impl Backend {
     /// For backends that keep each private key in a file `openssl` reads (the PEM store): that
     /// file's path.
     pub fn private_key_file(&self, id: &crate::KeyId) -> Option<PathBuf> {
-        self.key_files.as_ref().map(|f| f(id))
+        #[cfg(feature = "file")]
+        {
+            self.pem.as_ref().map(|store| store.private_key_path(id))
+        }
+        #[cfg(not(feature = "file"))]
+        {
+            let _ = id;
+            None
+        }
     }
 }
 
-/// Whether to create a missing store or report it as absent.
+/// The backend types that keep their keys in a directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum OpenMode {
-    /// Open only a store that exists (listing, lookups): a missing store is `None`.
-    Existing,
-    /// Create the store if it is missing (generate, import, backend add).
-    Create,
+enum FileKind {
+    Pem,
+    Encrypted,
 }
 
-/// What [`open_store`] needs to know.
+/// What opening a backend needs to know.
 pub(crate) struct OpenRequest<'a> {
     pub(crate) name: &'a str,
     pub(crate) kind: BackendKind,
     /// The store directory, for file backends.
     pub(crate) path: Option<&'a Path>,
     pub(crate) home: &'a Path,
-    pub(crate) mode: OpenMode,
     pub(crate) passphrases: &'a dyn PassphraseProvider,
 }
 
-/// Opens (or creates) one backend. `Ok(None)` when the store does not exist and `mode` is
-/// [`OpenMode::Existing`].
-pub(crate) fn open_store(req: &OpenRequest<'_>) -> Result<Option<Backend>> {
-    let name = req.name;
-    if !req.kind.is_compiled() {
-        return Err(Error::backend(
-            name,
-            CoreError::Unavailable {
-                backend: name.to_owned(),
-                reason: format!(
-                    "this keyhaven was built without {} backends (enable the '{}' feature)",
-                    req.kind,
-                    req.kind.feature()
-                ),
-            },
-        ));
+/// The error for a backend type this build does not include.
+#[cfg(not(all(feature = "file", feature = "memory")))]
+fn not_compiled(req: &OpenRequest<'_>) -> Error {
+    Error::backend(
+        req.name,
+        CoreError::Unavailable {
+            backend: req.name.to_owned(),
+            reason: format!(
+                "this keyhaven was built without {} backends (enable the '{}' feature)",
+                req.kind,
+                req.kind.feature()
+            ),
+        },
+    )
+}
+
+/// Opens a backend's existing store, creating nothing: `Ok(None)` when a file backend's store
+/// does not exist yet. For lookups and every operation on existing keys.
+pub(crate) fn open_existing(req: &OpenRequest<'_>) -> Result<Option<Backend>> {
+    match req.kind {
+        BackendKind::Memory => open_memory(req).map(Some),
+        BackendKind::Pem => open_file(req, FileKind::Pem),
+        BackendKind::Encrypted => open_file(req, FileKind::Encrypted),
     }
+}
+
+/// Opens a backend's store, creating it if it does not exist yet (an encrypted store asks for a
+/// new passphrase). For new keys and `backend add` only.
+pub(crate) fn open_or_create(req: &OpenRequest<'_>) -> Result<Backend> {
     match req.kind {
         BackendKind::Memory => open_memory(req),
-        BackendKind::Pem | BackendKind::Encrypted => open_file(req),
+        BackendKind::Pem => create_file(req, FileKind::Pem),
+        BackendKind::Encrypted => create_file(req, FileKind::Encrypted),
     }
 }
 
 #[cfg(feature = "memory")]
-fn open_memory(req: &OpenRequest<'_>) -> Result<Option<Backend>> {
+fn open_memory(req: &OpenRequest<'_>) -> Result<Backend> {
     let store =
         keyhaven_store_memory::MemoryStore::new().map_err(|e| Error::backend(req.name, e))?;
-    Ok(Some(Backend::new(
+    Ok(Backend::new(
         req.name,
         BackendKind::Memory,
         "process memory (ephemeral)",
         Arc::new(store),
-    )))
+    ))
 }
 
 #[cfg(not(feature = "memory"))]
-fn open_memory(_req: &OpenRequest<'_>) -> Result<Option<Backend>> {
-    Err(Error::NoBackend)
+fn open_memory(req: &OpenRequest<'_>) -> Result<Backend> {
+    Err(not_compiled(req))
 }
 
 #[cfg(feature = "file")]
-use file::open_file;
+use file::{create_file, open_file};
 
 #[cfg(feature = "file")]
 mod file {
@@ -258,18 +276,14 @@ mod file {
 
     use keyhaven_store_file::{EncryptedStore, KdfParams, PemStore, StoreKind};
 
-    use super::{Backend, BackendKind, OpenMode, OpenRequest};
+    use super::{Backend, BackendKind, FileKind, OpenRequest};
     use crate::passphrase::{PassphrasePurpose, PassphraseRequest};
     use crate::{CoreError, Error, Result};
 
-    /// Whether the store directory may be created: inside the home we create what is missing; a
-    /// directory elsewhere whose parent is missing (an unmounted drive) makes the backend
-    /// unavailable instead.
-    fn may_create(name: &str, dir: &Path, home: &Path) -> Result<()> {
-        if dir.starts_with(home) {
-            if let Some(parent) = dir.parent() {
-                crate::fsutil::create_private_dir_all(parent)?;
-            }
+    /// A store directory outside the home whose parent is missing (an unmounted drive) makes
+    /// the backend unavailable.
+    fn check_mounted(name: &str, dir: &Path, home: &Path) -> Result<()> {
+        if dir.starts_with(home) || dir.exists() {
             return Ok(());
         }
         match dir.parent() {
@@ -289,17 +303,30 @@ mod file {
         }
     }
 
-    pub(super) fn open_file(req: &OpenRequest<'_>) -> Result<Option<Backend>> {
+    fn store_dir<'a>(req: &OpenRequest<'a>) -> Result<&'a Path> {
+        req.path.ok_or_else(|| Error::Config {
+            origin: "configuration".into(),
+            message: format!("backends.{}: a {} backend needs a path", req.name, req.kind),
+        })
+    }
+
+    fn request(req: &OpenRequest<'_>, dir: &Path, purpose: PassphrasePurpose) -> PassphraseRequest {
+        PassphraseRequest {
+            backend: req.name.to_owned(),
+            location: dir.to_owned(),
+            purpose,
+        }
+    }
+
+    pub(super) fn open_file(req: &OpenRequest<'_>, want: FileKind) -> Result<Option<Backend>> {
         let name = req.name;
         let err = |e| Error::backend(name, e);
-        let Some(dir) = req.path else {
-            return Err(Error::Config {
-                origin: "configuration".into(),
-                message: format!("backends.{name}: a {} backend needs a path", req.kind),
-            });
+        let dir = store_dir(req)?;
+        check_mounted(name, dir, req.home)?;
+        let Some(found) = keyhaven_store_file::detect(dir).map_err(err)? else {
+            return Ok(None);
         };
         let location = dir.display().to_string();
-        let found = keyhaven_store_file::detect(dir).map_err(err)?;
         let mismatch = |found: &str| {
             Err(Error::backend(
                 name,
@@ -311,20 +338,15 @@ mod file {
                 )),
             ))
         };
-        let request = |purpose| PassphraseRequest {
-            backend: name.to_owned(),
-            location: dir.to_owned(),
-            purpose,
-        };
-        match (req.kind, found) {
-            (BackendKind::Pem, Some(StoreKind::Pem)) => {
+        match (want, found) {
+            (FileKind::Pem, StoreKind::Pem) => {
                 let store = Arc::new(PemStore::open(dir).map_err(err)?);
                 Ok(Some(pem_backend(name, location, store)))
             }
-            (BackendKind::Encrypted, Some(StoreKind::Encrypted)) => {
+            (FileKind::Encrypted, StoreKind::Encrypted) => {
                 let pass = req
                     .passphrases
-                    .passphrase(&request(PassphrasePurpose::Unlock))
+                    .passphrase(&request(req, dir, PassphrasePurpose::Unlock))
                     .map_err(err)?;
                 let store = EncryptedStore::open(dir, &pass).map_err(err)?;
                 Ok(Some(Backend::new(
@@ -334,24 +356,34 @@ mod file {
                     Arc::new(store),
                 )))
             }
-            (BackendKind::Pem, Some(StoreKind::Encrypted)) => mismatch("encrypted"),
-            (BackendKind::Encrypted, Some(StoreKind::Pem)) => mismatch("pem"),
-            (_, None) => {
-                if !dir.exists() && !dir.starts_with(req.home) {
-                    // A directory outside the home that is gone: unavailable, whatever the mode.
-                    may_create(name, dir, req.home)?;
-                }
-                if req.mode == OpenMode::Existing {
-                    return Ok(None);
-                }
-                may_create(name, dir, req.home)?;
-                if req.kind == BackendKind::Pem {
-                    let store = Arc::new(PemStore::open_or_create(dir).map_err(err)?);
-                    return Ok(Some(pem_backend(name, location, store)));
-                }
+            (FileKind::Pem, StoreKind::Encrypted) => mismatch("encrypted"),
+            (FileKind::Encrypted, StoreKind::Pem) => mismatch("pem"),
+        }
+    }
+
+    pub(super) fn create_file(req: &OpenRequest<'_>, want: FileKind) -> Result<Backend> {
+        if let Some(b) = open_file(req, want)? {
+            return Ok(b);
+        }
+        let name = req.name;
+        let err = |e| Error::backend(name, e);
+        let dir = store_dir(req)?;
+        // Inside the home we create what is missing, privately.
+        if dir.starts_with(req.home)
+            && let Some(parent) = dir.parent()
+        {
+            crate::fs::create_private_dir(parent)?;
+        }
+        let location = dir.display().to_string();
+        match want {
+            FileKind::Pem => {
+                let store = Arc::new(PemStore::open_or_create(dir).map_err(err)?);
+                Ok(pem_backend(name, location, store))
+            }
+            FileKind::Encrypted => {
                 let pass = req
                     .passphrases
-                    .passphrase(&request(PassphrasePurpose::Create))
+                    .passphrase(&request(req, dir, PassphrasePurpose::Create))
                     .map_err(err)?;
                 let store = match EncryptedStore::create(dir, &pass, KdfParams::default()) {
                     // Another process created it meanwhile: open it with the same passphrase.
@@ -359,31 +391,30 @@ mod file {
                     other => other,
                 }
                 .map_err(err)?;
-                Ok(Some(Backend::new(
+                Ok(Backend::new(
                     name,
                     BackendKind::Encrypted,
                     location,
                     Arc::new(store),
-                )))
+                ))
             }
-            (BackendKind::Memory, _) => Err(Error::NoBackend),
         }
     }
 
-    fn pem_backend(
-        name: &str,
-        location: String,
-        store: Arc<keyhaven_store_file::PemStore>,
-    ) -> Backend {
-        let files = Arc::clone(&store);
-        let mut backend = Backend::new(name, BackendKind::Pem, location, store);
-        backend.key_files = Some(Arc::new(move |id| files.private_key_path(id)));
+    fn pem_backend(name: &str, location: String, store: Arc<PemStore>) -> Backend {
+        let mut backend = Backend::new(name, BackendKind::Pem, location, Arc::clone(&store) as _);
+        backend.pem = Some(store);
         backend
     }
 }
 
 #[cfg(not(feature = "file"))]
-fn open_file(req: &OpenRequest<'_>) -> Result<Option<Backend>> {
-    let _ = (req.path, req.home, req.mode, req.passphrases);
-    Err(Error::NoBackend)
+fn open_file(req: &OpenRequest<'_>, _want: FileKind) -> Result<Option<Backend>> {
+    let _ = (req.path, req.home, req.passphrases);
+    Err(not_compiled(req))
+}
+
+#[cfg(not(feature = "file"))]
+fn create_file(req: &OpenRequest<'_>, _want: FileKind) -> Result<Backend> {
+    Err(not_compiled(req))
 }

@@ -100,9 +100,12 @@ impl DefaultKey {
 /// The fallback rule (seed 000 section 7): `[fallback] allow = false`, `backend = "NAME"`.
 ///
 /// When a configured backend is unavailable (its device is missing, its directory's drive is not
-/// mounted, its support is not compiled in), operations on it use the `backend` file store
-/// instead, **only** if `allow` is true, and the manager records a [`crate::Warning`] saying
-/// that protection is lower. A wrong passphrase or unsafe permissions never fall back.
+/// mounted, its support is not compiled in), **new** keys meant for it (generate, import) go to
+/// the `backend` file store instead, **only** if `allow` is true, and the manager records a
+/// [`crate::Warning`] saying that protection is lower. Existing keys are never looked up in the
+/// fallback: using a key of an unavailable backend (sign, export, delete, look up) fails with
+/// [`crate::Error::Unavailable`]. A wrong passphrase, unsafe permissions or a damaged store
+/// never fall back either.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -192,14 +195,26 @@ impl Config {
 
     /// Reads and validates a configuration file; a missing file is the empty configuration.
     ///
+    /// The file decides where keys are kept and whether to fall back, so it must be private: a
+    /// file other users may read or write (mode `& 0o077 != 0`) is refused.
+    ///
     /// # Errors
-    /// [`Error::Io`] if it cannot be read, [`Error::Config`] if it is invalid.
+    /// [`Error::Io`] if it cannot be read, [`CoreError::PermissionDenied`](crate::CoreError)
+    /// (naming the `chmod 600` fix) if others may read or write it, [`Error::Config`] if it is
+    /// invalid.
     pub fn load(path: &Path) -> Result<Self> {
-        match std::fs::read_to_string(path) {
-            Ok(text) => Config::from_toml_str(&text, &path.display().to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-            Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
-        }
+        use std::io::Read;
+        let read_err = |e| Error::io(format!("read {}", path.display()), e);
+        let mut file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(read_err(e)),
+        };
+        let meta = file.metadata().map_err(read_err)?;
+        crate::fs::check_meta(path, &meta)?;
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(read_err)?;
+        Config::from_toml_str(&text, &path.display().to_string())
     }
 
     /// Validates, then writes the configuration atomically (temporary file, fsync, rename,
@@ -214,7 +229,7 @@ impl Config {
              comments are not kept.\n",
         );
         text.push_str(&self.to_toml_string()?);
-        crate::fsutil::atomic_write(path, text.as_bytes())
+        Ok(crate::fs::atomic_write(path, text.as_bytes())?)
     }
 
     /// Checks references between sections and each backend's fields.

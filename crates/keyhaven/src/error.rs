@@ -180,12 +180,11 @@ impl ErrorKind {
     }
 }
 
-/// Whether a core error means "this backend cannot be reached", the case where the fallback
-/// rule applies (as opposed to a wrong passphrase or unsafe permissions, which never fall back).
+/// Whether a core error means "this backend cannot be reached": only [`CoreError::Unavailable`]
+/// (a device that is missing, support that is not compiled in, or a store directory outside the
+/// home whose parent is missing, which the facade reports as unavailable itself). Everything else,
+/// a wrong passphrase, unsafe permissions, a damaged store (its `keys/` directory gone, say), is
+/// the backend's own error and is reported, never replaced by the fallback.
 pub(crate) fn is_unavailable(e: &CoreError) -> bool {
-    match e {
-        CoreError::Unavailable { .. } => true,
-        CoreError::Io { source, .. } => source.kind() == io::ErrorKind::NotFound,
-        _ => false,
-    }
+    matches!(e, CoreError::Unavailable { .. })
 }

@@ -6,7 +6,7 @@ mod backend;
 pub mod config;
 mod doctor;
 mod error;
-mod fsutil;
+pub mod fs;
 mod manager;
 mod passphrase;
 
@@ -15,7 +15,7 @@ pub use backend::{Backend, BackendKind};
 pub use config::{BackendConfig, CONFIG_FILE, Config, DefaultKey, FallbackConfig};
 pub use doctor::{BackendReport, DoctorReport};
 pub use error::{Error, ErrorKind, Result};
-pub use manager::{KeyManager, ManagedKey, SignInput, Warning};
+pub use manager::{Inventory, KeyManager, ManagedKey, SignInput, Warning};
 pub use passphrase::{
     FixedPassphrase, NoPassphrase, PassphraseProvider, PassphrasePurpose, PassphraseRequest,
 };
@@ -27,6 +27,9 @@ pub use keyhaven_core::{
 pub use keyhaven_crypto::{CryptoProvider, default_provider, encoding, verify, verify_digest};
 /// `secrecy`, re-exported: passphrases are [`secrecy::SecretString`]s.
 pub use secrecy;
+/// `zeroize`, re-exported: secret buffers (such as [`fs::read_secret`]'s) are
+/// [`zeroize::Zeroizing`].
+pub use zeroize;
 
 /// **Hazardous material**: private keys in the clear (PEM/PKCS#8 conversion, PKCS#8
 /// encryption). Use it only to move keys into a store or to write them encrypted; see

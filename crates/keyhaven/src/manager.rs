@@ -1,19 +1,22 @@
 //! [`KeyManager`]: one interface over keys kept anywhere.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError, RwLock};
 
-use crate::backend::{Backend, BackendKind, OpenMode, OpenRequest, open_store};
+use crate::backend::{Backend, BackendKind, OpenRequest, open_existing, open_or_create};
 use crate::config::{BackendConfig, CONFIG_FILE, Config, DefaultKey, validate_backend_name};
 use crate::error::is_unavailable;
-use crate::fsutil::{FileLock, create_private_dir_all};
+use crate::fs::{FileLock, check_private, create_private_dir};
 use crate::passphrase::PassphraseProvider;
 use crate::{
     Algorithm, CoreError, Error, KeyId, KeyInfo, Protection, PublicKey, Result, SecretBytes,
     Signature,
 };
+
+/// Backends that cannot be reached, by name, with why.
+type Unreachable = Vec<(String, CoreError)>;
 
 /// Name of the lock file that serializes configuration updates between processes.
 const CONFIG_LOCK: &str = ".keyhaven.toml.lock";
@@ -72,7 +75,8 @@ impl fmt::Display for ManagedKey {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Warning {
-    /// A configured backend was unavailable and the fallback file backend stood in for it.
+    /// A configured backend was unavailable, so a new key meant for it went to the fallback
+    /// file backend.
     Fallback {
         /// The unavailable backend.
         backend: String,
@@ -105,9 +109,9 @@ impl fmt::Display for Warning {
                 actual,
             } => write!(
                 f,
-                "backend '{backend}' is unavailable ({reason}); using the fallback file backend \
-                 '{fallback}' instead: keys there are {actual}, LOWER protection than \
-                 '{backend}' ({expected})"
+                "backend '{backend}' is unavailable ({reason}); the new key went to the fallback \
+                 file backend '{fallback}' instead: keys there are {actual}, LOWER protection \
+                 than '{backend}' ({expected})"
             ),
             Warning::Unreachable { backend, reason } => write!(
                 f,
@@ -115,6 +119,17 @@ impl fmt::Display for Warning {
             ),
         }
     }
+}
+
+/// Every key of every reachable backend, and the problems the backends report.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Inventory {
+    /// The keys, sorted by backend name then label.
+    pub keys: Vec<ManagedKey>,
+    /// Damaged records and other problems, with the name of the backend reporting each
+    /// ([`crate::KeyStore::check`]); their keys are not in `keys`.
+    pub problems: Vec<(String, CoreError)>,
 }
 
 /// What [`KeyManager::sign_input`] signs.
@@ -136,7 +151,13 @@ pub enum SignInput<'a> {
 /// is looked up in every backend; an exact id match wins over label matches, and a reference
 /// that matches keys in several backends is [`Error::Ambiguous`].
 ///
-/// A backend of type `memory` is ephemeral: its keys live as long as this manager.
+/// A backend of type `memory` is ephemeral: its keys live as long as this manager, so neither
+/// it nor its keys ever become the default backend or key on their own.
+///
+/// The fallback rule (`[fallback]` in `keyhaven.toml`) applies only to new keys: when the backend
+/// a key is generated or imported into is unavailable, the key goes to the fallback file backend
+/// (if allowed) with a [`Warning::Fallback`]. Keys of an unavailable backend are never looked up
+/// elsewhere: using them fails with [`Error::Unavailable`].
 pub struct KeyManager {
     home: PathBuf,
     config_path: Option<PathBuf>,
@@ -161,16 +182,33 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl KeyManager {
     /// A manager over the home directory `home`, configured by `home/keyhaven.toml` (a missing
-    /// file is an empty configuration; the home itself is created only when something is
+    /// file is an empty configuration; the home itself is created, 0700, only when something is
     /// written).
     ///
+    /// The home and the configuration decide where keys are kept, so both must be private: an
+    /// existing home or `keyhaven.toml` that other users may read or write is refused.
+    ///
     /// # Errors
-    /// [`Error::Config`] if the configuration is invalid, [`Error::Io`] if it cannot be read.
+    /// [`Error::Config`] if the configuration is invalid, [`Error::Io`] if it cannot be read,
+    /// [`CoreError::PermissionDenied`] (naming the `chmod` that fixes it) if the home or the
+    /// configuration file is open to other users.
     pub fn open(
         home: impl Into<PathBuf>,
         passphrases: impl PassphraseProvider + 'static,
     ) -> Result<Self> {
         let home = home.into();
+        match check_private(&home) {
+            Ok(meta) if !meta.is_dir() => {
+                return Err(CoreError::InvalidInput(format!(
+                    "the keyhaven home {} is not a directory",
+                    home.display()
+                ))
+                .into());
+            }
+            Ok(_) => {}
+            Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
         let config_path = home.join(CONFIG_FILE);
         let config = Config::load(&config_path)?;
         Ok(KeyManager {
@@ -256,46 +294,58 @@ impl KeyManager {
             })
     }
 
-    /// Opens `name` without the fallback rule. `Ok(None)` if its store does not exist yet and
-    /// `mode` is `Existing`.
+    fn open_request<'a>(
+        &'a self,
+        name: &'a str,
+        config: &BackendConfig,
+        path: Option<&'a Path>,
+    ) -> OpenRequest<'a> {
+        OpenRequest {
+            name,
+            kind: config.kind,
+            path,
+            home: &self.home,
+            passphrases: self.passphrases.as_ref(),
+        }
+    }
+
+    /// Opens `name`'s existing store (no fallback, nothing created): `Ok(None)` if it has none
+    /// yet.
     fn open_direct(
         &self,
         opened: &mut BTreeMap<String, Backend>,
         name: &str,
-        mode: OpenMode,
     ) -> Result<Option<Backend>> {
-        if let Some(b) = opened.get(name)
-            && b.name() == name
-        {
+        if let Some(b) = opened.get(name) {
             return Ok(Some(b.clone()));
         }
         let config = self.backend_config(name)?;
         let path = self.backend_path(name);
-        let backend = open_store(&OpenRequest {
-            name,
-            kind: config.kind,
-            path: path.as_deref(),
-            home: &self.home,
-            mode,
-            passphrases: self.passphrases.as_ref(),
-        })?;
+        let backend = open_existing(&self.open_request(name, &config, path.as_deref()))?;
         if let Some(b) = &backend {
             opened.insert(name.to_owned(), b.clone());
         }
         Ok(backend)
     }
 
-    /// Opens `name`, applying the fallback rule when it is unavailable.
-    fn open_backend(
-        &self,
-        opened: &mut BTreeMap<String, Backend>,
-        name: &str,
-        mode: OpenMode,
-    ) -> Result<Option<Backend>> {
+    /// Opens `name`'s store, creating it if it has none yet (no fallback).
+    fn create_direct(&self, opened: &mut BTreeMap<String, Backend>, name: &str) -> Result<Backend> {
         if let Some(b) = opened.get(name) {
-            return Ok(Some(b.clone()));
+            return Ok(b.clone());
         }
-        let source = match self.open_direct(opened, name, mode) {
+        let config = self.backend_config(name)?;
+        let path = self.backend_path(name);
+        let backend = open_or_create(&self.open_request(name, &config, path.as_deref()))?;
+        opened.insert(name.to_owned(), backend.clone());
+        Ok(backend)
+    }
+
+    /// The backend a new key goes to: `name`, its store created if needed, or, when `name` is
+    /// unavailable and the fallback is allowed, the fallback file backend (with a
+    /// [`Warning::Fallback`]). The only place the fallback rule applies.
+    fn backend_for_new_key(&self, name: &str) -> Result<Backend> {
+        let mut opened = lock(&self.backends);
+        let source = match self.create_direct(&mut opened, name) {
             Err(Error::Backend { source, .. }) if is_unavailable(&source) => source,
             other => return other,
         };
@@ -307,7 +357,7 @@ impl KeyManager {
                     ". Falling back to the file backend '{f}' is not allowed ([fallback] allow = \
                      false in keyhaven.toml)"
                 ),
-                _ => String::new(),
+                _ => ". Reconnect it (or mount its drive), or choose another backend".into(),
             };
             return Err(Error::Unavailable {
                 backend: name.to_owned(),
@@ -315,42 +365,81 @@ impl KeyManager {
                 hint,
             });
         };
-        let stand_in = self
-            .open_direct(opened, &fallback, OpenMode::Create)?
-            .ok_or_else(|| Error::NoBackend)?;
+        let stand_in = self.create_direct(&mut opened, &fallback)?;
         let expected = self.backend_config(name)?.kind.protection();
         self.warn(Warning::Fallback {
             backend: name.to_owned(),
             reason: unavailable_reason(&source),
-            fallback: fallback.clone(),
+            fallback,
             expected,
             actual: stand_in.kind().protection(),
         });
-        opened.insert(name.to_owned(), stand_in.clone());
-        Ok(Some(stand_in))
+        Ok(stand_in)
     }
 
-    /// The backend `name`, opened (created if its store does not exist yet), or the fallback
-    /// standing in for it. [`Backend::name`] tells which one it is.
+    /// The error for using the existing keys of `name`, which is unavailable: never the fallback.
+    fn unavailable(&self, name: &str, source: CoreError) -> Error {
+        let config = self.config();
+        let mut hint = String::from(
+            ". Its keys can be used only through it: reconnect it (or mount its drive) and try \
+             again",
+        );
+        if let Some(f) = config
+            .fallback
+            .backend
+            .filter(|f| f != name && config.fallback.allow)
+        {
+            hint.push_str(&format!(
+                " (the fallback backend '{f}' takes new keys only; it never stands in for '{name}' \
+                 when existing keys are used)"
+            ));
+        }
+        Error::Unavailable {
+            backend: name.to_owned(),
+            source,
+            hint,
+        }
+    }
+
+    /// The backend `name`, opened (no fallback, nothing created).
     ///
     /// # Errors
-    /// [`Error::UnknownBackend`], [`Error::Unavailable`] when it cannot be reached and no
-    /// fallback is allowed, or the backend's error (wrong passphrase, unsafe permissions, ...).
+    /// [`Error::UnknownBackend`]; [`Error::Unavailable`] when it cannot be reached;
+    /// [`CoreError::NotFound`] if its store has not been created yet; or the backend's error
+    /// (wrong passphrase, unsafe permissions, ...).
     pub fn backend(&self, name: &str) -> Result<Backend> {
-        let mut opened = lock(&self.backends);
-        self.open_backend(&mut opened, name, OpenMode::Create)?
-            .ok_or(Error::NoBackend)
+        self.existing_backend(name)?.ok_or_else(|| {
+            Error::backend(
+                name,
+                CoreError::NotFound(format!(
+                    "the store of backend '{name}' (it is created with its first key)"
+                )),
+            )
+        })
     }
 
-    /// Opens `name` itself (no fallback, no creation), for diagnostics.
+    /// Opens `name` itself (no fallback, no creation, errors as the backend reports them), for
+    /// diagnostics.
     pub(crate) fn probe(&self, name: &str) -> Result<Option<Backend>> {
         let mut opened = lock(&self.backends);
-        self.open_direct(&mut opened, name, OpenMode::Existing)
+        self.open_direct(&mut opened, name)
     }
 
+    /// Opens `name`'s existing store, for lookups and operations on existing keys: `Ok(None)`
+    /// if it has none yet, [`Error::Unavailable`] if it cannot be reached.
     fn existing_backend(&self, name: &str) -> Result<Option<Backend>> {
-        let mut opened = lock(&self.backends);
-        self.open_backend(&mut opened, name, OpenMode::Existing)
+        match self.probe(name) {
+            Err(Error::Backend { source, .. }) if is_unavailable(&source) => {
+                Err(self.unavailable(name, source))
+            }
+            other => other,
+        }
+    }
+
+    /// The opened backend holding `key`.
+    fn key_backend(&self, key: &ManagedKey) -> Result<Backend> {
+        self.existing_backend(&key.backend)?
+            .ok_or_else(|| Error::backend(&key.backend, CoreError::key_not_found(key.id())))
     }
 
     /// The backend new keys go to when none is named: `default_backend`, else the only backend.
@@ -369,32 +458,37 @@ impl KeyManager {
         }
     }
 
-    /// Every backend that can be reached, each once (a fallback standing in for an unavailable
-    /// backend is listed under its own name). Unavailable backends are recorded as warnings.
-    fn reachable_backends(&self) -> Result<Vec<Backend>> {
-        let mut seen = BTreeSet::new();
-        let mut out = Vec::new();
+    /// Every backend whose store exists and can be opened, and the unavailable ones with why.
+    fn scan_backends(&self) -> Result<(Vec<Backend>, Unreachable)> {
+        let mut reachable = Vec::new();
+        let mut unreachable = Vec::new();
         for name in self.config().backend_names() {
             match self.existing_backend(&name) {
-                Ok(Some(b)) => {
-                    if seen.insert(b.name().to_owned()) {
-                        out.push(b);
-                    }
-                }
+                Ok(Some(b)) => reachable.push(b),
                 Ok(None) => {}
-                Err(e) if e.kind() == crate::ErrorKind::Unavailable => {
-                    self.warn(Warning::Unreachable {
-                        backend: name.clone(),
-                        reason: e
-                            .core()
-                            .map(unavailable_reason)
-                            .unwrap_or_else(|| e.to_string()),
-                    });
-                }
+                Err(Error::Unavailable {
+                    backend, source, ..
+                }) => unreachable.push((backend, source)),
                 Err(e) => return Err(e),
             }
         }
-        Ok(out)
+        Ok((reachable, unreachable))
+    }
+
+    fn warn_unreachable(&self, unreachable: Unreachable) {
+        for (backend, source) in unreachable {
+            self.warn(Warning::Unreachable {
+                backend,
+                reason: unavailable_reason(&source),
+            });
+        }
+    }
+
+    /// Every backend that can be reached; unavailable backends are recorded as warnings.
+    fn reachable_backends(&self) -> Result<Vec<Backend>> {
+        let (reachable, unreachable) = self.scan_backends()?;
+        self.warn_unreachable(unreachable);
+        Ok(reachable)
     }
 
     /// Every key of every reachable backend, sorted by backend name then label.
@@ -408,30 +502,43 @@ impl KeyManager {
             let listed = b.store().list().map_err(|e| Error::backend(b.name(), e))?;
             keys.extend(listed.into_iter().map(|info| managed(&b, info)));
         }
-        keys.sort_by(|a, b| (&a.backend, &a.info.label).cmp(&(&b.backend, &b.info.label)));
+        sort_keys(&mut keys);
         Ok(keys)
     }
 
-    /// Damaged records and other problems each reachable backend reports
-    /// ([`crate::KeyStore::check`]), with the backend's name.
+    /// [`KeyManager::list_keys`] and the problems each reachable backend reports
+    /// ([`crate::KeyStore::check`]: damaged records), opening each backend once.
     ///
     /// # Errors
     /// As [`KeyManager::list_keys`].
-    pub fn problems(&self) -> Result<Vec<(String, CoreError)>> {
-        let mut out = Vec::new();
+    pub fn inventory(&self) -> Result<Inventory> {
+        let mut inventory = Inventory::default();
         for b in self.reachable_backends()? {
-            let found = b.store().check().map_err(|e| Error::backend(b.name(), e))?;
-            out.extend(found.into_iter().map(|e| (b.name().to_owned(), e)));
+            let err = |e| Error::backend(b.name(), e);
+            let listed = b.store().list().map_err(err)?;
+            let found = b.store().check().map_err(err)?;
+            inventory
+                .keys
+                .extend(listed.into_iter().map(|info| managed(&b, info)));
+            inventory
+                .problems
+                .extend(found.into_iter().map(|e| (b.name().to_owned(), e)));
         }
-        Ok(out)
+        sort_keys(&mut inventory.keys);
+        Ok(inventory)
     }
 
     /// Finds a key by reference: `ID`, `LABEL`, or `BACKEND:ID|LABEL`.
     ///
+    /// An unqualified reference is looked up in every backend. While a backend is unavailable,
+    /// only an exact id match resolves: a label could also name a key in the unavailable
+    /// backend, so it is refused rather than resolved to a possibly different key.
+    ///
     /// # Errors
     /// [`CoreError::NotFound`] (as [`Error::Core`]) if nothing matches, [`Error::Ambiguous`]
-    /// listing the candidates if several keys match, or a backend's error (for example
-    /// [`CoreError::Corrupt`] for a damaged record).
+    /// listing the candidates if several keys match, [`Error::Unavailable`] if the backend
+    /// named (or, for an unqualified reference not matched by id, any backend) is unavailable,
+    /// or a backend's error (for example [`CoreError::Corrupt`] for a damaged record).
     pub fn resolve(&self, reference: &str) -> Result<ManagedKey> {
         if reference.is_empty() {
             return Err(CoreError::InvalidInput("an empty key reference".into()).into());
@@ -452,7 +559,8 @@ impl KeyManager {
         let id = reference.parse::<KeyId>().ok();
         let mut by_id = Vec::new();
         let mut by_label = Vec::new();
-        for b in self.reachable_backends()? {
+        let (reachable, unreachable) = self.scan_backends()?;
+        for b in reachable {
             if let Some(id) = &id {
                 match b.store().get(id) {
                     Ok(info) => by_id.push(managed(&b, info)),
@@ -466,6 +574,21 @@ impl KeyManager {
                 Err(e) => return Err(Error::backend(b.name(), e)),
             }
         }
+        let mut unreachable = unreachable.into_iter();
+        if by_id.is_empty()
+            && let Some((backend, source)) = unreachable.next()
+        {
+            let hint = format!(
+                ". It may hold a key '{reference}' too, so '{reference}' is not looked up \
+                 elsewhere: name the key as BACKEND:LABEL or BACKEND:ID, or reconnect '{backend}'"
+            );
+            return Err(Error::Unavailable {
+                backend,
+                source,
+                hint,
+            });
+        }
+        self.warn_unreachable(unreachable.collect());
         let mut candidates = if by_id.is_empty() { by_label } else { by_id };
         candidates.dedup_by(|a, b| a.backend == b.backend && a.info.id == b.info.id);
         match candidates.len() {
@@ -478,12 +601,15 @@ impl KeyManager {
         }
     }
 
-    /// Generates a key in `backend` (or the default backend). If no default key is set yet,
-    /// the new key becomes the default.
+    /// Generates a key in `backend` (or the default backend), creating its store if needed. If
+    /// that backend is unavailable, the fallback rule applies (see [`KeyManager`]). If no
+    /// default key is set yet, the new key becomes the default (unless its backend is
+    /// ephemeral).
     ///
     /// # Errors
-    /// [`Error::NoBackend`] without a backend to use; the backend's errors
-    /// ([`CoreError::AlreadyExists`] for a taken label, ...).
+    /// [`Error::NoBackend`] without a backend to use; [`Error::Unavailable`] if it cannot be
+    /// reached and no fallback is allowed; the backend's errors ([`CoreError::AlreadyExists`]
+    /// for a taken label, ...).
     pub fn generate(
         &self,
         backend: Option<&str>,
@@ -494,7 +620,7 @@ impl KeyManager {
             Some(b) => b.to_owned(),
             None => self.default_backend_name()?,
         };
-        let b = self.backend(&name)?;
+        let b = self.backend_for_new_key(&name)?;
         let info = b
             .store()
             .generate(algorithm, label)
@@ -504,8 +630,8 @@ impl KeyManager {
         Ok(key)
     }
 
-    /// Imports a PKCS#8 DER private key into `backend` (or the default backend). If no default
-    /// key is set yet, the imported key becomes the default.
+    /// Imports a PKCS#8 DER private key into `backend` (or the default backend), with the
+    /// fallback rule and default key as for [`KeyManager::generate`].
     ///
     /// # Errors
     /// [`CoreError::InvalidInput`] for a malformed key, [`CoreError::Unsupported`] for backends
@@ -520,7 +646,7 @@ impl KeyManager {
             Some(b) => b.to_owned(),
             None => self.default_backend_name()?,
         };
-        let b = self.backend(&name)?;
+        let b = self.backend_for_new_key(&name)?;
         let info = b
             .store()
             .import_pkcs8(label, pkcs8_der)
@@ -536,7 +662,7 @@ impl KeyManager {
     /// # Errors
     /// [`CoreError::Unsupported`] for keys that cannot leave their backend (hardware).
     pub fn export_pkcs8(&self, key: &ManagedKey) -> Result<SecretBytes> {
-        let b = self.backend(&key.backend)?;
+        let b = self.key_backend(key)?;
         b.store()
             .export_pkcs8(&key.info.id)
             .map_err(|e| Error::backend(b.name(), e))
@@ -577,7 +703,7 @@ impl KeyManager {
                 },
             ));
         }
-        let b = self.backend(&key.backend)?;
+        let b = self.key_backend(key)?;
         let id = &key.info.id;
         match input {
             SignInput::Message(m) => b.store().sign(id, m),
@@ -609,7 +735,7 @@ impl KeyManager {
     /// # Errors
     /// [`CoreError::Unsupported`] for signing keys, [`CoreError::InvalidInput`] for a bad peer.
     pub fn agree(&self, key: &ManagedKey, peer: &PublicKey) -> Result<SecretBytes> {
-        let b = self.backend(&key.backend)?;
+        let b = self.key_backend(key)?;
         b.store()
             .agree(&key.info.id, peer)
             .map_err(|e| Error::backend(b.name(), e))
@@ -620,7 +746,7 @@ impl KeyManager {
     /// # Errors
     /// [`CoreError::NotFound`] if the key is gone.
     pub fn public_key(&self, key: &ManagedKey) -> Result<PublicKey> {
-        let b = self.backend(&key.backend)?;
+        let b = self.key_backend(key)?;
         b.store()
             .public_key(&key.info.id)
             .map_err(|e| Error::backend(b.name(), e))
@@ -631,7 +757,7 @@ impl KeyManager {
     /// # Errors
     /// [`CoreError::NotFound`] if it is gone already, or a storage error.
     pub fn delete(&self, key: &ManagedKey) -> Result<()> {
-        let b = self.backend(&key.backend)?;
+        let b = self.key_backend(key)?;
         b.store()
             .delete(&key.info.id)
             .map_err(|e| Error::backend(b.name(), e))?;
@@ -671,16 +797,27 @@ impl KeyManager {
     /// Makes `key` the default key (saved in `keyhaven.toml`).
     ///
     /// # Errors
+    /// [`CoreError::InvalidInput`] for a key of an ephemeral (`memory`) backend when the
+    /// configuration is saved to a file (the key would be gone when it is next read);
     /// [`Error::Io`] if the configuration cannot be written.
     pub fn set_default_key(&self, key: &ManagedKey) -> Result<()> {
+        if key.backend_kind.is_ephemeral() && self.config_path.is_some() {
+            return Err(CoreError::InvalidInput(format!(
+                "{key} is in the ephemeral {} backend '{}' and vanishes when this process \
+                 exits; it cannot be the default key saved in keyhaven.toml",
+                key.backend_kind, key.backend
+            ))
+            .into());
+        }
         self.update_config(|c| {
             c.default_key = Some(DefaultKey::new(key.backend.clone(), key.info.id.clone()));
             Ok(())
         })
     }
 
+    /// Makes `key` the default key if there is none, unless it is ephemeral.
     fn default_if_none(&self, key: &ManagedKey) -> Result<()> {
-        if self.config().default_key.is_some() {
+        if key.backend_kind.is_ephemeral() || self.config().default_key.is_some() {
             return Ok(());
         }
         self.update_config(|c| {
@@ -693,7 +830,7 @@ impl KeyManager {
 
     /// Declares a backend and opens it once, creating its store if there is none (an encrypted
     /// store asks for a new passphrase). The first backend declared becomes the default
-    /// backend.
+    /// backend, unless it is ephemeral (`memory`).
     ///
     /// # Errors
     /// [`CoreError::AlreadyExists`] if the name is taken, [`Error::Config`] for a bad name or
@@ -708,23 +845,15 @@ impl KeyManager {
         candidate.validate()?;
         let path = candidate.backend_path(&self.home, name);
         if path.as_deref().is_some_and(|p| p.starts_with(&self.home)) || path.is_none() {
-            create_private_dir_all(&self.home)?;
+            create_private_dir(&self.home)?;
         }
-        let opened = open_store(&OpenRequest {
-            name,
-            kind: backend.kind,
-            path: path.as_deref(),
-            home: &self.home,
-            mode: OpenMode::Create,
-            passphrases: self.passphrases.as_ref(),
-        })?
-        .ok_or(Error::NoBackend)?;
+        let opened = open_or_create(&self.open_request(name, &backend, path.as_deref()))?;
         self.update_config(|c| {
             if c.backends.contains_key(name) {
                 return Err(CoreError::AlreadyExists(format!("a backend named '{name}'")).into());
             }
             c.backends.insert(name.to_owned(), backend.clone());
-            if c.default_backend.is_none() {
+            if c.default_backend.is_none() && !backend.kind.is_ephemeral() {
                 c.default_backend = Some(name.to_owned());
             }
             Ok(())
@@ -739,8 +868,7 @@ impl KeyManager {
     /// # Errors
     /// [`Error::UnknownBackend`]; [`Error::Config`] if it is the fallback backend.
     pub fn remove_backend(&self, name: &str) -> Result<BackendConfig> {
-        let mut removed = None;
-        self.update_config(|c| {
+        let removed = self.update_config(|c| {
             let Some(b) = c.backends.remove(name) else {
                 return Err(Error::UnknownBackend {
                     name: name.to_owned(),
@@ -761,12 +889,10 @@ impl KeyManager {
             if c.default_key.as_ref().is_some_and(|d| d.backend == name) {
                 c.default_key = None;
             }
-            removed = Some(b);
-            Ok(())
+            Ok(b)
         })?;
-        let mut opened = lock(&self.backends);
-        opened.retain(|k, b| k != name && b.name() != name);
-        removed.ok_or(Error::NoBackend)
+        lock(&self.backends).remove(name);
+        Ok(removed)
     }
 
     /// Sets (or clears) the default backend.
@@ -781,29 +907,30 @@ impl KeyManager {
     }
 
     /// Changes the configuration under the configuration lock: re-reads the file, applies
-    /// `change`, validates, and writes it atomically (0600).
+    /// `change`, validates, and writes it atomically (0600) if it changed. Returns what
+    /// `change` returns.
     ///
     /// # Errors
     /// What `change` returns, [`Error::Config`] if the result is invalid, [`Error::Io`].
-    pub fn update_config(&self, change: impl FnOnce(&mut Config) -> Result<()>) -> Result<()> {
+    pub fn update_config<T>(&self, change: impl FnOnce(&mut Config) -> Result<T>) -> Result<T> {
         let mut guard = self.config.write().unwrap_or_else(PoisonError::into_inner);
         let Some(path) = &self.config_path else {
             let mut next = guard.clone();
-            change(&mut next)?;
+            let out = change(&mut next)?;
             next.validate()?;
             *guard = next;
-            return Ok(());
+            return Ok(out);
         };
-        create_private_dir_all(&self.home)?;
+        create_private_dir(&self.home)?;
         let _lock = FileLock::acquire(&self.home.join(CONFIG_LOCK))?;
         let mut next = Config::load(path)?;
         let before = next.clone();
-        change(&mut next)?;
+        let out = change(&mut next)?;
         if next != before {
             next.save(path)?;
         }
         *guard = next;
-        Ok(())
+        Ok(out)
     }
 }
 
@@ -813,6 +940,10 @@ fn managed(b: &Backend, info: KeyInfo) -> ManagedKey {
         backend_kind: b.kind(),
         info,
     }
+}
+
+fn sort_keys(keys: &mut [ManagedKey]) {
+    keys.sort_by(|a, b| (&a.backend, &a.info.label).cmp(&(&b.backend, &b.info.label)));
 }
 
 fn known_names(config: &Config) -> String {

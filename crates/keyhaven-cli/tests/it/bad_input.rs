@@ -346,3 +346,101 @@ fn a_bad_config_exits_9_naming_the_field() {
     let err = refused(&h, &["key", "list"], 9);
     assert!(err.contains("colour"), "{err}");
 }
+
+#[test]
+fn a_home_or_config_open_to_other_users_exits_6() {
+    use std::os::unix::fs::PermissionsExt;
+    let (h, id, _) = home_with_keys();
+    let home = h.path();
+    let config = home.join("keyhaven.toml");
+    for (path, loose, fix) in [
+        (&home, 0o755, "chmod 700"),
+        (&home, 0o770, "chmod 700"),
+        (&config, 0o644, "chmod 600"),
+        (&config, 0o602, "chmod 600"),
+    ] {
+        let good = if path == &home { 0o700 } else { 0o600 };
+        fs::set_permissions(path, fs::Permissions::from_mode(loose)).unwrap();
+        for args in [
+            vec!["key", "list"],
+            vec!["sign", "--key", "signer", "--digest", &"00".repeat(48)],
+            vec!["key", "generate", "--label", "new"],
+            vec!["quickstart"],
+        ] {
+            let err = refused(&h, &args, 6);
+            assert!(
+                err.contains(&format!("{fix} {}", path.display())),
+                "names the path and the fix: {err}"
+            );
+        }
+        fs::set_permissions(path, fs::Permissions::from_mode(good)).unwrap();
+        h.ok(&["key", "show", &id]);
+    }
+}
+
+#[test]
+fn passphrase_files_open_to_other_users_exit_6() {
+    use std::os::unix::fs::PermissionsExt;
+    let (h, _, _) = home_with_keys();
+    let s = h.scratch();
+    let pf = s.join("pass");
+    fs::write(&pf, format!("{}\n", crate::PASSPHRASE)).unwrap();
+    fs::set_permissions(&pf, fs::Permissions::from_mode(0o644)).unwrap();
+    let pf_arg = pf.to_str().unwrap();
+    let err = refused(&h, &["--passphrase-file", pf_arg, "key", "list"], 6);
+    assert!(
+        err.contains(&format!("chmod 600 {}", pf.display())),
+        "{err}"
+    );
+    let out = s.join("exported.pem");
+    refused(
+        &h,
+        &[
+            "key",
+            "export",
+            "signer",
+            "--out",
+            out.to_str().unwrap(),
+            "--export-passphrase-file",
+            pf_arg,
+        ],
+        6,
+    );
+    assert!(!out.exists());
+    // an encrypted key file to import, with a loose passphrase file
+    fs::set_permissions(&pf, fs::Permissions::from_mode(0o600)).unwrap();
+    h.ok(&[
+        "key",
+        "export",
+        "signer",
+        "--out",
+        out.to_str().unwrap(),
+        "--export-passphrase-file",
+        pf_arg,
+    ]);
+    fs::set_permissions(&pf, fs::Permissions::from_mode(0o640)).unwrap();
+    let err = refused(
+        &h,
+        &[
+            "key",
+            "import",
+            "--label",
+            "again",
+            "--key-passphrase-file",
+            pf_arg,
+            out.to_str().unwrap(),
+        ],
+        6,
+    );
+    assert!(err.contains("chmod 600"), "{err}");
+    fs::set_permissions(&pf, fs::Permissions::from_mode(0o600)).unwrap();
+    h.ok(&[
+        "key",
+        "import",
+        "--label",
+        "again",
+        "--key-passphrase-file",
+        pf_arg,
+        out.to_str().unwrap(),
+    ]);
+}

@@ -5,7 +5,7 @@ use std::process::Stdio;
 
 use sha2::{Digest, Sha256, Sha384};
 
-use crate::{Home, PASSPHRASE, assert_success, expect_code};
+use crate::{Home, PASSPHRASE, assert_success, expect_code, mode, write_private};
 
 #[test]
 fn quickstart_end_to_end() {
@@ -17,7 +17,10 @@ fn quickstart_end_to_end() {
     let q = h.path().join("quickstart");
     for f in ["message.txt", "message.sig", "assertion.json", "public.pem"] {
         assert!(q.join(f).is_file(), "{f} missing");
+        assert_eq!(mode(&q.join(f)), 0o600, "{f}");
     }
+    assert_eq!(mode(&q), 0o700);
+    assert_eq!(mode(&h.path()), 0o700);
     // config and default key
     let config = fs::read_to_string(h.path().join("keyhaven.toml")).unwrap();
     assert!(config.contains("[backends.default]") && config.contains("type = \"encrypted\""));
@@ -534,7 +537,7 @@ fn passphrase_sources() {
     let s = h.scratch();
     // --passphrase-file wins over the environment
     let pf = s.join("pass");
-    fs::write(&pf, format!("{PASSPHRASE}\n")).unwrap();
+    write_private(&pf, format!("{PASSPHRASE}\n"));
     let out = h
         .cmd([
             "--passphrase-file".as_ref(),
@@ -557,6 +560,23 @@ fn passphrase_sources() {
         err.contains("KEYHAVEN_PASSPHRASE") && err.contains("--passphrase-file"),
         "{err}"
     );
+    assert!(
+        err.contains("backend 'default'"),
+        "names the backend: {err}"
+    );
+    // only the first line counts, whatever its line ending
+    write_private(&pf, format!("{PASSPHRASE}\r\nsomething else\n"));
+    let out = h
+        .cmd([
+            "--passphrase-file".as_ref(),
+            pf.as_os_str(),
+            "key".as_ref(),
+            "list".as_ref(),
+        ])
+        .env_remove("KEYHAVEN_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert_success(&out, &["--passphrase-file (CRLF)"]);
     // the passphrase is never printed
     for args in [vec!["key", "list"], vec!["doctor"]] {
         let out = h.run(&args);
@@ -593,4 +613,376 @@ fn help_documents_the_exit_codes() {
     assert_eq!(out.status.code(), Some(2), "clap usage errors exit 2");
     let out = h.run(&["sign", "--digest", "00", "--message-file", "x"]);
     assert_eq!(out.status.code(), Some(2), "one input only");
+}
+
+/// A home where `usb` (encrypted, on a "drive" in the scratch directory) and `local` (PEM, the
+/// allowed fallback) each hold a key labelled `release`, the usb one being the default key;
+/// then the drive is unplugged. Returns the id of local's `release`.
+fn unplugged_usb(h: &Home) -> String {
+    let drive = h.scratch().join("usb-drive");
+    fs::create_dir(&drive).unwrap();
+    let usb_path = drive.join("keys");
+    h.ok(&[
+        "backend".as_ref(),
+        "add".as_ref(),
+        "usb".as_ref(),
+        "--type".as_ref(),
+        "encrypted".as_ref(),
+        "--path".as_ref(),
+        usb_path.as_os_str(),
+    ]);
+    h.ok(&["backend", "add", "local", "--type", "pem"]);
+    h.generate("p384", "release", &["--backend", "usb"]);
+    let local = h.generate("p384", "release", &["--backend", "local"]);
+    h.ok(&["backend", "fallback", "local", "--allow"]);
+    fs::rename(&drive, h.scratch().join("unplugged")).unwrap();
+    local
+}
+
+#[test]
+fn the_fallback_never_stands_in_for_existing_keys() {
+    let h = Home::new();
+    let local = unplugged_usb(&h);
+    let s = h.scratch();
+    let digest = "ab".repeat(48);
+    let sig = s.join("sig");
+    // signing with usb's key must not sign with local's `release`, a different key
+    for args in [
+        vec!["sign", "--key", "usb:release", "--digest", &digest],
+        vec!["sign", "--key", "release", "--digest", &digest],
+        vec!["sign", "--digest", &digest],
+        vec!["key", "show", "usb:release"],
+        vec!["key", "delete", "usb:release", "--yes"],
+        vec!["key", "public", "usb:release"],
+    ] {
+        let out = h.run(&args);
+        let err = expect_code(&out, 10, &args);
+        assert!(out.stdout.is_empty(), "{args:?} printed something");
+        assert!(
+            err.contains("backend 'usb' is unavailable") && err.contains("reconnect"),
+            "names the backend and what to do: {err}"
+        );
+        assert!(!err.contains("WARNING"), "no fallback was used: {err}");
+    }
+    let out = h.run(&[
+        "key",
+        "export",
+        "usb:release",
+        "--out",
+        s.join("x.pem").to_str().unwrap(),
+        "--insecure-plaintext",
+    ]);
+    expect_code(&out, 10, &["key export usb:release"]);
+    assert!(!s.join("x.pem").exists());
+    fs::write(&sig, [0u8; 8]).unwrap();
+    let verify = [
+        "verify",
+        "--key",
+        "usb:release",
+        "--digest",
+        &digest,
+        "--signature",
+        sig.to_str().unwrap(),
+    ];
+    expect_code(&h.run(&verify), 10, &verify);
+    // local's key is used when named, and new keys for usb go to local, with the warning
+    let out = h.ok(&["key", "show", "local:release", "--json"]);
+    assert!(out.contains(&local), "{out}");
+    h.ok(&[
+        "sign",
+        "--key",
+        &local,
+        "--digest",
+        &digest,
+        "--out",
+        "/dev/null",
+    ]);
+    let out = h.run(&["key", "generate", "--backend", "usb", "--label", "new"]);
+    assert_success(&out, &["key generate --backend usb"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("LOWER protection"));
+    h.ok(&["key", "show", "local:new"]);
+}
+
+#[test]
+fn read_only_commands_never_create_the_fallback_store_nor_ask_for_its_passphrase() {
+    let h = Home::new();
+    let home = h.path();
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new().mode(0o700).create(&home).unwrap();
+    }
+    let gone = h.scratch().join("not-mounted/keys");
+    write_private(
+        &home.join("keyhaven.toml"),
+        format!(
+            "default_backend = \"usb\"\n\n[fallback]\nallow = true\nbackend = \"safe\"\n\n\
+             [backends.usb]\ntype = \"encrypted\"\npath = \"{}\"\n\n\
+             [backends.safe]\ntype = \"encrypted\"\n",
+            gone.display()
+        ),
+    );
+    let s = h.scratch();
+    let sig = s.join("sig");
+    fs::write(&sig, [0u8; 8]).unwrap();
+    let digest = "00".repeat(48);
+    for (args, code) in [
+        (vec!["key", "list"], 0),
+        (vec!["key", "list", "--json"], 0),
+        (vec!["key", "show", "k"], 10),
+        (vec!["sign", "--key", "usb:k", "--digest", &digest], 10),
+        (
+            vec![
+                "verify",
+                "--key",
+                "usb:k",
+                "--digest",
+                &digest,
+                "--signature",
+                sig.to_str().unwrap(),
+            ],
+            10,
+        ),
+        (vec!["backend", "list"], 0),
+    ] {
+        // no passphrase available: asking for one would fail with exit 4
+        let out = h
+            .cmd(&args)
+            .env_remove("KEYHAVEN_PASSPHRASE")
+            .output()
+            .unwrap();
+        expect_code(&out, code, &args);
+        assert!(
+            !home.join("backends").exists(),
+            "`keyhaven {}` created a store",
+            args.join(" ")
+        );
+    }
+    let out = h
+        .cmd(["doctor"])
+        .env_remove("KEYHAVEN_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(10),
+        "doctor reports usb unreachable"
+    );
+    assert!(!home.join("backends").exists(), "doctor created a store");
+    // creating a key is what creates it
+    let out = h.run(&["key", "generate", "--label", "k"]);
+    assert_success(&out, &["key generate"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WARNING"));
+    assert!(home.join("backends/safe").is_dir());
+}
+
+#[test]
+fn memory_backends_and_their_keys_never_become_saved_defaults() {
+    let h = Home::new();
+    let out = h.run(&["backend", "add", "scratch", "--type", "memory"]);
+    assert_success(&out, &["backend add scratch"]);
+    let config = || fs::read_to_string(h.path().join("keyhaven.toml")).unwrap();
+    assert!(!config().contains("default_backend"), "{}", config());
+    let out = h.run(&["key", "generate", "--backend", "scratch", "--label", "k"]);
+    assert_success(&out, &["key generate --backend scratch"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("default key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!config().contains("default_key"), "{}", config());
+    // the next run has no dangling default key
+    let err = h.fails(&["sign", "--digest", &"00".repeat(48)], 3);
+    assert!(err.contains("no default key is set"), "{err}");
+    // a persistent backend added later takes the defaults
+    h.ok(&["backend", "add", "vault", "--type", "encrypted"]);
+    assert!(
+        config().contains("default_backend = \"vault\""),
+        "{}",
+        config()
+    );
+    let id = h.generate("p384", "kept", &[]);
+    let shown = h.json(&["key", "show", &id, "--json"]);
+    assert_eq!(shown["backend"], "vault");
+    assert_eq!(shown["default"], true);
+}
+
+#[test]
+fn every_output_file_is_written_atomically_and_privately() {
+    let h = Home::with_encrypted();
+    let id = h.generate("p384", "k", &[]);
+    let s = h.scratch();
+    let msg = s.join("m");
+    fs::write(&msg, b"artifact").unwrap();
+    let out_dir = s.join("out");
+    fs::create_dir(&out_dir).unwrap();
+    let sig = out_dir.join("m.sig");
+    let assertion = out_dir.join("m.json");
+    // an existing file open to others is replaced by a private one
+    fs::write(&sig, b"old").unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&sig, fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    h.ok(&[
+        "sign".as_ref(),
+        "--message-file".as_ref(),
+        msg.as_os_str(),
+        "--out".as_ref(),
+        sig.as_os_str(),
+        "--assertion".as_ref(),
+        assertion.as_os_str(),
+    ]);
+    let public = out_dir.join("k.pem");
+    h.ok(&[
+        "key".as_ref(),
+        "public".as_ref(),
+        "k".as_ref(),
+        "--out".as_ref(),
+        public.as_os_str(),
+    ]);
+    for f in [&sig, &assertion, &public] {
+        assert_eq!(mode(f), 0o600, "{}", f.display());
+    }
+    let mut names: Vec<_> = fs::read_dir(&out_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["k.pem", "m.json", "m.sig"],
+        "no temporary files left"
+    );
+    let check = [
+        "verify".as_ref(),
+        "--key".as_ref(),
+        id.as_ref(),
+        "--message-file".as_ref(),
+        msg.as_os_str(),
+        "--signature".as_ref(),
+        sig.as_os_str(),
+    ];
+    assert_eq!(h.ok(&check).trim(), "valid");
+
+    // the signature is written before the assertion: if the assertion cannot be written, the
+    // signature is there all the same (never an assertion without its signature)
+    fs::remove_file(&sig).unwrap();
+    let unwritable = s.join("missing-dir/m.json");
+    let args = [
+        "sign".as_ref(),
+        "--message-file".as_ref(),
+        msg.as_os_str(),
+        "--out".as_ref(),
+        sig.as_os_str(),
+        "--assertion".as_ref(),
+        unwritable.as_os_str(),
+    ];
+    let err = expect_code(&h.run(&args), 3, &args);
+    assert!(err.contains("missing-dir"), "{err}");
+    assert_eq!(h.ok(&check).trim(), "valid");
+
+    // /dev/null is written to, never replaced
+    h.ok(&[
+        "sign",
+        "--key",
+        "k",
+        "--message-file",
+        "/dev/null",
+        "--out",
+        "/dev/null",
+    ]);
+    {
+        use std::os::unix::fs::FileTypeExt;
+        assert!(
+            fs::metadata("/dev/null")
+                .unwrap()
+                .file_type()
+                .is_char_device()
+        );
+    }
+
+    // an export never replaces anything, not even a dangling link
+    let link = out_dir.join("link.pem");
+    std::os::unix::fs::symlink(out_dir.join("target.pem"), &link).unwrap();
+    let err = h.fails(
+        &[
+            "key",
+            "export",
+            "k",
+            "--out",
+            link.to_str().unwrap(),
+            "--insecure-plaintext",
+        ],
+        8,
+    );
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    assert!(!out_dir.join("target.pem").exists());
+}
+
+#[test]
+fn a_closed_standard_output_ends_quietly_and_successfully() {
+    let h = Home::with_encrypted();
+    for i in 0..3 {
+        h.generate("ed25519", &format!("k{i}"), &[]);
+    }
+    for args in [
+        vec!["key", "list"],
+        vec!["key", "list", "--json"],
+        vec!["key", "show", "k0"],
+        vec!["key", "public", "k0"],
+        vec!["backend", "list"],
+        vec!["sign", "--key", "k0", "--message-file", "/dev/null"],
+    ] {
+        let mut child = h
+            .cmd(&args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before keyhaven writes (it first reads its configuration and
+        // derives the store key), so every write meets a closed pipe.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("error"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // verify keeps its answer even so: an invalid signature is exit 1
+    let s = h.scratch();
+    let bad = s.join("bad.sig");
+    fs::write(&bad, [0u8; 64]).unwrap();
+    let mut child = h
+        .cmd([
+            "verify",
+            "--key",
+            "k0",
+            "--message-file",
+            "/dev/null",
+            "--signature",
+            bad.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+}
+
+#[test]
+fn a_bad_signature_outside_verify_is_an_internal_error() {
+    use keyhaven::CoreError;
+    use keyhaven_cli::exit;
+    let e = anyhow::Error::from(CoreError::BadSignature).context("quickstart self-check");
+    assert_eq!(exit::code_of(&e), exit::INTERNAL);
+    assert_eq!(
+        exit::code_of_kind(keyhaven::ErrorKind::BadSignature),
+        exit::INTERNAL
+    );
+    assert_eq!(
+        exit::code_of(&anyhow::Error::from(CoreError::BadPassphrase("x".into()))),
+        exit::BAD_PASSPHRASE
+    );
 }

@@ -167,6 +167,19 @@ pub(crate) fn expect_code<S: AsRef<OsStr>>(out: &Output, code: i32, args: &[S]) 
     stderr
 }
 
+/// Writes a file only its owner may read (passphrase files must be private).
+pub(crate) fn write_private(path: &Path, contents: impl AsRef<[u8]>) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, contents).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+}
+
+/// A file's permission bits.
+pub(crate) fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
 /// Runs `openssl`, panicking with instructions if it is not installed.
 pub(crate) fn openssl(dir: &Path, args: &[&str]) -> Output {
     Command::new("openssl")

@@ -2,7 +2,7 @@
 
 use std::fs;
 
-use crate::{Home, PASSPHRASE, openssl, openssl_ok};
+use crate::{Home, PASSPHRASE, openssl, openssl_ok, write_private};
 
 #[test]
 fn keyhaven_signatures_verify_in_openssl() {
@@ -251,7 +251,7 @@ fn pem_backend_key_files_load_in_openssl() {
 fn exported_keys_load_in_openssl() {
     let h = Home::with_encrypted();
     let s = h.scratch();
-    fs::write(s.join("export-pass"), "export secret\n").unwrap();
+    write_private(&s.join("export-pass"), "export secret\n");
     for alg in ["p384", "p256", "ed25519", "x25519"] {
         h.generate(alg, alg, &[]);
         let public = h.ok(&["key", "public", alg]);
@@ -335,6 +335,23 @@ fn exported_keys_load_in_openssl() {
         4,
     );
     assert!(err.contains("--export-passphrase-file"), "{err}");
+    assert!(
+        !err.contains("KEYHAVEN_PASSPHRASE"),
+        "the hint names the export's option, not the backends': {err}"
+    );
+    assert!(!s.join("new.pem").exists());
+    // a passphrase file and --insecure-plaintext contradict each other (clap: exit 2)
+    let out = h.run(&[
+        "key",
+        "export",
+        "p384",
+        "--out",
+        s.join("new.pem").to_str().unwrap(),
+        "--export-passphrase-file",
+        s.join("export-pass").to_str().unwrap(),
+        "--insecure-plaintext",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
     assert!(!s.join("new.pem").exists());
 }
 
@@ -383,7 +400,7 @@ fn openssl_keys_import() {
             "enc.pem",
         ],
     );
-    fs::write(s.join("imp-pass"), "imp0rt\n").unwrap();
+    write_private(&s.join("imp-pass"), "imp0rt\n");
     for (file, label, extra) in [
         ("ed.pem", "ed", None),
         ("sec1-384.pem", "sec1-384", None),
@@ -424,8 +441,9 @@ fn openssl_keys_import() {
         4,
     );
     assert!(err.contains("--key-passphrase-file"), "{err}");
-    fs::write(s.join("wrong-pass"), "wrong\n").unwrap();
-    h.fails(
+    assert!(!err.contains("KEYHAVEN_PASSPHRASE"), "{err}");
+    write_private(&s.join("wrong-pass"), "wrong\n");
+    let err = h.fails(
         &[
             "key",
             "import",
@@ -437,6 +455,11 @@ fn openssl_keys_import() {
         ],
         4,
     );
+    assert!(
+        err.contains("wrong passphrase") && err.contains("--key-passphrase-file"),
+        "the hint names the import's option: {err}"
+    );
+    assert!(!err.contains("KEYHAVEN_PASSPHRASE"), "{err}");
     // the store passphrase is not the import passphrase
     assert_ne!(PASSPHRASE, "imp0rt");
 }

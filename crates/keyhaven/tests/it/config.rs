@@ -211,6 +211,50 @@ fn a_damaged_file_is_reported_with_its_path() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keyhaven.toml");
     std::fs::write(&path, "[backends.a\ntype = ").unwrap();
+    set_mode(&path, 0o600);
     let e = Config::load(&path).unwrap_err().to_string();
     assert!(e.contains("keyhaven.toml line 1"), "{e}");
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_home_or_config_open_to_other_users_is_refused() {
+    use keyhaven::{FixedPassphrase, KeyManager};
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    keyhaven::fs::create_private_dir(&home).unwrap();
+    let config = home.join(keyhaven::CONFIG_FILE);
+    Config::default().save(&config).unwrap();
+    for (path, mode, fix) in [
+        (&home, 0o755, "chmod 700"),
+        (&home, 0o730, "chmod 700"),
+        (&config, 0o644, "chmod 600"),
+        (&config, 0o620, "chmod 600"),
+    ] {
+        let good = if path == &home { 0o700 } else { 0o600 };
+        set_mode(path, mode);
+        let e = KeyManager::open(&home, FixedPassphrase::new("pw")).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{mode:o}: {e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&path.display().to_string()) && msg.contains(fix),
+            "names the path and the fix: {msg}"
+        );
+        if path == &config {
+            let e = Config::load(&config).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+        }
+        set_mode(path, good);
+        KeyManager::open(&home, FixedPassphrase::new("pw")).unwrap();
+    }
+    // a manager opened while the home was private refuses to write once it is not
+    let m = KeyManager::open(&home, FixedPassphrase::new("pw")).unwrap();
+    set_mode(&home, 0o777);
+    let e = m.set_default_backend(None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+    set_mode(&home, 0o700);
 }

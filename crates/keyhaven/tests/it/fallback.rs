@@ -36,7 +36,7 @@ fn manager(home: &Path, fallback: FallbackConfig) -> KeyManager {
 
 #[test]
 fn refused_when_not_allowed() {
-    let home = tempfile::tempdir().unwrap();
+    let home = crate::private_tempdir();
     let m = manager(
         home.path(),
         FallbackConfig::new(false, Some("local".into())),
@@ -59,7 +59,7 @@ fn refused_when_not_allowed() {
 
 #[test]
 fn refused_without_any_fallback() {
-    let home = tempfile::tempdir().unwrap();
+    let home = crate::private_tempdir();
     let m = manager(home.path(), FallbackConfig::default());
     let e = m.generate(None, Algorithm::EcdsaP384, "k").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
@@ -68,7 +68,7 @@ fn refused_without_any_fallback() {
 
 #[test]
 fn used_with_a_warning_when_allowed() {
-    let home = tempfile::tempdir().unwrap();
+    let home = crate::private_tempdir();
     let m = manager(home.path(), FallbackConfig::new(true, Some("local".into())));
     let key = m.generate(None, Algorithm::EcdsaP256, "k").unwrap();
     assert_eq!(key.backend, "local", "the key went to the fallback");
@@ -91,17 +91,174 @@ fn used_with_a_warning_when_allowed() {
         other => panic!("unexpected warning {other:?}"),
     }
     assert!(warnings[0].to_string().contains("LOWER protection"));
-    // references through the unavailable backend's name reach the fallback
-    assert_eq!(m.resolve("usb:k").unwrap().id(), key.id());
+    // the new key lives in the fallback, under the fallback's name, and is used there
+    assert_eq!(m.resolve("local:k").unwrap(), key);
     let sig = m.sign(&key, b"msg").unwrap();
     keyhaven::verify(key.public_key(), b"msg", &sig).unwrap();
-    // the fallback's keys are listed once
-    assert_eq!(m.list_keys().unwrap().len(), 1);
+    // references through the unavailable backend's name never reach the fallback
+    let e = m.resolve("usb:k").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    let msg = e.to_string();
+    assert!(msg.contains("backend 'usb' is unavailable"), "{msg}");
+    assert!(msg.contains("reconnect"), "says what to do: {msg}");
+    assert!(msg.contains("takes new keys only"), "{msg}");
+    // the fallback's keys are listed once, under its own name
+    let keys = m.list_keys().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].backend, "local");
+}
+
+/// A home where `usb` (encrypted, on a "drive" outside the home) and `local` (PEM, the allowed
+/// fallback) each hold a key labelled `release`; then the drive is unplugged. Returns the
+/// manager (opened after unplugging) and the `local` key.
+fn unplugged_usb_with_keys(home: &Path, drive_parent: &Path) -> (KeyManager, keyhaven::ManagedKey) {
+    let drive = drive_parent.join("drive");
+    std::fs::create_dir(&drive).unwrap();
+    let local = {
+        let m = KeyManager::open(home, FixedPassphrase::new("pw")).unwrap();
+        m.add_backend(
+            "usb",
+            BackendConfig::new(BackendKind::Encrypted, Some(drive.join("keys"))),
+        )
+        .unwrap();
+        m.add_backend("local", BackendConfig::new(BackendKind::Pem, None))
+            .unwrap();
+        m.update_config(|c| {
+            c.fallback = FallbackConfig::new(true, Some("local".into()));
+            Ok(())
+        })
+        .unwrap();
+        m.generate(Some("usb"), Algorithm::EcdsaP384, "release")
+            .unwrap();
+        m.generate(Some("local"), Algorithm::EcdsaP384, "release")
+            .unwrap()
+    };
+    std::fs::rename(&drive, drive_parent.join("unplugged")).unwrap();
+    (
+        KeyManager::open(home, FixedPassphrase::new("pw")).unwrap(),
+        local,
+    )
+}
+
+#[test]
+fn existing_keys_of_an_unavailable_backend_are_never_looked_up_in_the_fallback() {
+    let home = crate::private_tempdir();
+    let outside = tempfile::tempdir().unwrap();
+    let (m, local) = unplugged_usb_with_keys(home.path(), outside.path());
+    // `usb:release` must not resolve to `local:release`, a different key
+    for reference in ["usb:release", "release"] {
+        let e = m.resolve(reference).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{reference}: {e}");
+        assert!(e.to_string().contains("'usb'"), "{e}");
+    }
+    // the default key (the first, in usb) is unavailable too, not replaced
+    let e = m.default_key().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+    // by id, and qualified, the fallback's own key is still usable
+    assert_eq!(m.resolve(local.id().as_str()).unwrap(), local);
+    assert_eq!(m.resolve("local:release").unwrap(), local);
+    m.sign(&local, b"x").unwrap();
+    assert!(
+        !m.warnings()
+            .iter()
+            .any(|w| matches!(w, Warning::Fallback { .. })),
+        "no lookup used the fallback: {:?}",
+        m.warnings()
+    );
+}
+
+#[test]
+fn read_only_operations_never_create_the_fallback_store() {
+    use std::sync::{Arc, Mutex};
+    let home = crate::private_tempdir();
+    let mut c = config(FallbackConfig::default());
+    c.backends.insert(
+        "safe".into(),
+        BackendConfig::new(BackendKind::Encrypted, None),
+    );
+    c.fallback = FallbackConfig::new(true, Some("safe".into()));
+    c.save(&home.path().join(keyhaven::CONFIG_FILE)).unwrap();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&asked);
+    let provider = move |req: &keyhaven::PassphraseRequest| {
+        log.lock().unwrap().push((req.backend.clone(), req.purpose));
+        Ok::<_, keyhaven::CoreError>(keyhaven::secrecy::SecretString::from("pw"))
+    };
+    let m = KeyManager::open(home.path(), provider).unwrap();
+    assert!(m.list_keys().unwrap().is_empty());
+    assert!(m.inventory().unwrap().keys.is_empty());
+    assert_eq!(
+        m.resolve("usb:k").unwrap_err().kind(),
+        ErrorKind::Unavailable
+    );
+    assert_eq!(m.resolve("k").unwrap_err().kind(), ErrorKind::Unavailable);
+    assert!(m.default_key().is_err());
+    assert_eq!(m.backend("safe").unwrap_err().kind(), ErrorKind::NotFound);
+    let _ = m.doctor();
+    assert!(
+        !home.path().join("backends").exists(),
+        "a read-only operation created a store"
+    );
+    assert!(
+        asked.lock().unwrap().is_empty(),
+        "{:?}",
+        asked.lock().unwrap()
+    );
+    // creating a key is what creates the fallback store (asking for a new passphrase)
+    let key = m.generate(Some("usb"), Algorithm::Ed25519, "k").unwrap();
+    assert_eq!(key.backend, "safe");
+    assert!(home.path().join("backends/safe").is_dir());
+    assert_eq!(
+        *asked.lock().unwrap(),
+        [("safe".to_owned(), keyhaven::PassphrasePurpose::Create)]
+    );
+}
+
+#[test]
+fn a_damaged_store_is_reported_never_replaced_by_the_fallback() {
+    let home = crate::private_tempdir();
+    {
+        let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+        m.add_backend("vault", BackendConfig::new(BackendKind::Encrypted, None))
+            .unwrap();
+        m.add_backend("local", BackendConfig::new(BackendKind::Pem, None))
+            .unwrap();
+        m.update_config(|c| {
+            c.fallback = FallbackConfig::new(true, Some("local".into()));
+            Ok(())
+        })
+        .unwrap();
+        m.generate(Some("vault"), Algorithm::Ed25519, "k").unwrap();
+    }
+    // the store's keys/ directory is gone: damage, not an unplugged device
+    std::fs::remove_dir_all(home.path().join("backends/vault/keys")).unwrap();
+    let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+    let e = m
+        .generate(Some("vault"), Algorithm::Ed25519, "k2")
+        .unwrap_err();
+    assert_ne!(e.kind(), ErrorKind::Unavailable, "{e}");
+    assert!(e.to_string().contains("backend 'vault'"), "{e}");
+    assert!(e.to_string().contains("keys"), "names what is missing: {e}");
+    let e = m.list_keys().unwrap_err();
+    assert!(e.to_string().contains("backend 'vault'"), "{e}");
+    assert!(m.resolve("vault:k").is_err());
+    assert!(m.warnings().is_empty(), "{:?}", m.warnings());
+    // nothing went to the fallback
+    let local = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+    assert!(
+        local
+            .backend("local")
+            .unwrap()
+            .store()
+            .list()
+            .unwrap()
+            .is_empty()
+    );
 }
 
 #[test]
 fn a_wrong_passphrase_never_falls_back() {
-    let home = tempfile::tempdir().unwrap();
+    let home = crate::private_tempdir();
     {
         let m = KeyManager::open(home.path(), FixedPassphrase::new("right")).unwrap();
         m.add_backend("vault", BackendConfig::new(BackendKind::Encrypted, None))
@@ -127,7 +284,7 @@ fn a_wrong_passphrase_never_falls_back() {
 
 #[test]
 fn listing_skips_unreachable_backends_with_a_warning() {
-    let home = tempfile::tempdir().unwrap();
+    let home = crate::private_tempdir();
     let m = manager(home.path(), FallbackConfig::default());
     let k = m
         .generate(Some("local"), Algorithm::EcdsaP384, "k")

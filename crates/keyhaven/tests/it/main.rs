@@ -1,12 +1,23 @@
-//! Integration tests of the keyhaven facade: configuration, fallback, key resolution and
-//! operations through the manager on every compiled backend.
+//! Integration tests of the keyhaven facade: configuration, fallback, key resolution,
+//! operations through the manager on every compiled backend, and the file helpers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod config;
 #[cfg(feature = "file")]
 mod fallback;
+mod fs;
 #[cfg(feature = "memory")]
 mod ops;
 #[cfg(feature = "memory")]
 mod resolve;
+
+/// A temporary directory only its owner may use (`tempfile` creates them 0755 under the usual
+/// umask): a keyhaven home must be private.
+#[cfg(any(feature = "file", feature = "memory"))]
+pub(crate) fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
+}

@@ -13,7 +13,7 @@ fn managers() -> Vec<(BackendKind, KeyManager, tempfile::TempDir)> {
         if !kind.is_compiled() {
             continue;
         }
-        let home = tempfile::tempdir().unwrap();
+        let home = crate::private_tempdir();
         let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
         m.add_backend("b", BackendConfig::new(kind, None)).unwrap();
         out.push((kind, m, home));
@@ -84,8 +84,18 @@ fn x25519_agreement() {
 
 #[test]
 fn default_key_lifecycle() {
-    for (_, m, _home) in managers() {
+    for (kind, m, _home) in managers() {
         assert!(matches!(m.default_key(), Err(Error::NoDefaultKey(_))));
+        if kind.is_ephemeral() {
+            // keys that vanish with the process never become the saved default
+            let k = m.generate(None, Algorithm::EcdsaP384, "first").unwrap();
+            assert!(matches!(m.default_key(), Err(Error::NoDefaultKey(_))));
+            let e = m.set_default_key(&k).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+            assert!(e.to_string().contains("ephemeral"), "{e}");
+            assert_eq!(m.config().default_key, None);
+            continue;
+        }
         let first = m.generate(None, Algorithm::EcdsaP384, "first").unwrap();
         assert_eq!(
             m.default_key().unwrap(),
@@ -201,11 +211,15 @@ fn assertions() {
 
 #[test]
 fn backends_are_declared_and_removed() {
-    let home = tempfile::tempdir().unwrap();
+    let home = crate::private_tempdir();
     let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
     m.add_backend("scratch", BackendConfig::new(BackendKind::Memory, None))
         .unwrap();
-    assert_eq!(m.config().default_backend.as_deref(), Some("scratch"));
+    assert_eq!(
+        m.config().default_backend,
+        None,
+        "an ephemeral backend never becomes the default on its own"
+    );
     let e = m
         .add_backend("scratch", BackendConfig::new(BackendKind::Memory, None))
         .unwrap_err();
@@ -214,8 +228,12 @@ fn backends_are_declared_and_removed() {
         .add_backend("bad:name", BackendConfig::new(BackendKind::Memory, None))
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    // the only backend is still where new keys go; its keys are not saved as the default
     let k = m.generate(None, Algorithm::Ed25519, "k").unwrap();
-    assert_eq!(m.default_key().unwrap(), k);
+    assert_eq!(k.backend, "scratch");
+    assert!(matches!(m.default_key(), Err(Error::NoDefaultKey(_))));
+    // asked for explicitly, it is the default backend
+    m.set_default_backend(Some("scratch")).unwrap();
     m.remove_backend("scratch").unwrap();
     let c = m.config();
     assert!(c.backends.is_empty() && c.default_backend.is_none() && c.default_key.is_none());
@@ -230,7 +248,7 @@ fn backends_are_declared_and_removed() {
 
 #[test]
 fn a_memory_backend_is_ephemeral() {
-    let home = tempfile::tempdir().unwrap();
+    let home = crate::private_tempdir();
     let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
     m.add_backend("mem", BackendConfig::new(BackendKind::Memory, None))
         .unwrap();
@@ -239,6 +257,28 @@ fn a_memory_backend_is_ephemeral() {
     let again = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
     assert!(again.list_keys().unwrap().is_empty());
     assert!(again.doctor().backends[0].ephemeral);
+    // keyhaven.toml names neither the memory backend nor its key as a default
+    let saved = Config::load(&home.path().join(keyhaven::CONFIG_FILE)).unwrap();
+    assert_eq!(saved.default_backend, None);
+    assert_eq!(saved.default_key, None);
+    assert!(again.doctor().healthy());
+}
+
+#[cfg(feature = "file")]
+#[test]
+fn an_ephemeral_backend_does_not_take_the_defaults_from_a_file_backend() {
+    let home = crate::private_tempdir();
+    let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+    m.add_backend("mem", BackendConfig::new(BackendKind::Memory, None))
+        .unwrap();
+    m.add_backend("vault", BackendConfig::new(BackendKind::Encrypted, None))
+        .unwrap();
+    assert_eq!(m.config().default_backend.as_deref(), Some("vault"));
+    m.generate(Some("mem"), Algorithm::Ed25519, "scratch")
+        .unwrap();
+    let kept = m.generate(None, Algorithm::Ed25519, "kept").unwrap();
+    assert_eq!(kept.backend, "vault");
+    assert_eq!(m.default_key().unwrap(), kept);
 }
 
 #[cfg(feature = "file")]
@@ -248,7 +288,7 @@ mod file {
 
     #[test]
     fn keys_persist_across_managers() {
-        let home = tempfile::tempdir().unwrap();
+        let home = crate::private_tempdir();
         let (enc, pem) = {
             let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
             m.add_backend("vault", BackendConfig::new(BackendKind::Encrypted, None))
@@ -288,7 +328,7 @@ mod file {
 
     #[test]
     fn listing_does_not_create_stores_and_needs_no_passphrase_for_absent_ones() {
-        let home = tempfile::tempdir().unwrap();
+        let home = crate::private_tempdir();
         let mut c = Config::default();
         c.backends.insert(
             "vault".into(),
@@ -306,7 +346,7 @@ mod file {
     fn the_passphrase_provider_is_asked_only_when_needed() {
         use std::sync::Arc;
         use std::sync::atomic::{AtomicUsize, Ordering};
-        let home = tempfile::tempdir().unwrap();
+        let home = crate::private_tempdir();
         let asked = Arc::new(AtomicUsize::new(0));
         let counter = Arc::clone(&asked);
         let provider = move |req: &keyhaven::PassphraseRequest| {
@@ -332,7 +372,7 @@ mod file {
 
     #[test]
     fn a_type_mismatch_is_reported() {
-        let home = tempfile::tempdir().unwrap();
+        let home = crate::private_tempdir();
         let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
         m.add_backend("p", BackendConfig::new(BackendKind::Pem, None))
             .unwrap();

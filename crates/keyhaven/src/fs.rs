@@ -1,0 +1,306 @@
+//! Private, durable files: the one implementation keyhaven's facade and command line use for
+//! everything they write (the configuration, signatures, assertions, exported keys).
+//!
+//! - [`atomic_write`] replaces a file atomically: a 0600 temporary file in the target's
+//!   directory, written, fsynced, renamed over the target, then the directory fsynced. A reader
+//!   sees the old contents or the new, never a mix, and a crash leaves no half-written file.
+//! - [`atomic_write_new`] does the same but refuses to replace an existing file.
+//! - [`create_private_dir`] makes a 0700 directory, and refuses an existing one that other users
+//!   can read or write.
+//! - [`check_private`] refuses a file or directory that other users can read or write.
+//! - [`read_secret`] and [`read_private`] read a (small) secret file into a zeroizing buffer.
+//! - [`FileLock`] serializes updates between processes.
+//!
+//! Errors are [`CoreError`]s: [`CoreError::PermissionDenied`] for unsafe permissions (naming the
+//! path and the `chmod` that fixes it), [`CoreError::AlreadyExists`] when
+//! [`atomic_write_new`] finds the file, [`CoreError::Io`] naming the path otherwise.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+
+use zeroize::Zeroizing;
+
+use crate::CoreError;
+
+/// The largest file [`read_secret`] reads: passphrase files and private key PEM files are far
+/// smaller.
+pub const MAX_SECRET_FILE: usize = 1 << 20;
+
+fn io_err(what: &str, path: &Path) -> impl FnOnce(io::Error) -> CoreError + use<> {
+    let context = format!("{what} {}", path.display());
+    move |e| CoreError::io(context, e)
+}
+
+/// Refuses `meta` (of `path`) if other users may read or write it.
+pub(crate) fn check_meta(path: &Path, meta: &fs::Metadata) -> Result<(), CoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o077 != 0 {
+            let (what, fix) = if meta.is_dir() {
+                ("directory", "700")
+            } else {
+                ("file", "600")
+            };
+            return Err(CoreError::PermissionDenied(format!(
+                "{what} {} has mode {mode:04o}, which lets other users {} it; keyhaven refuses \
+                 to use it. Fix: chmod {fix} {}",
+                path.display(),
+                if mode & 0o044 != 0 { "read" } else { "modify" },
+                path.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, meta);
+    Ok(())
+}
+
+/// Refuses a file or directory (symbolic links are followed) that users other than its owner
+/// may read or write, that is whose mode has any of the bits `0o077`.
+///
+/// # Errors
+/// [`CoreError::PermissionDenied`] naming the path and the fix (`chmod 700` for a directory,
+/// `chmod 600` for a file); [`CoreError::Io`] if it cannot be examined (`NotFound` if absent).
+pub fn check_private(path: &Path) -> Result<fs::Metadata, CoreError> {
+    let meta = fs::metadata(path).map_err(io_err("inspect", path))?;
+    check_meta(path, &meta)?;
+    Ok(meta)
+}
+
+/// Creates `dir` and its missing parents with mode 0700; an existing `dir` must already be
+/// private (see [`check_private`]): its mode is checked, never changed.
+///
+/// # Errors
+/// [`CoreError::PermissionDenied`] for an existing directory others can use,
+/// [`CoreError::InvalidInput`] if `dir` exists and is not a directory, [`CoreError::Io`].
+pub fn create_private_dir(dir: &Path) -> Result<(), CoreError> {
+    match fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => return check_meta(dir, &meta),
+        Ok(_) => {
+            return Err(CoreError::InvalidInput(format!(
+                "{} exists and is not a directory",
+                dir.display()
+            )));
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("inspect", dir)(e)),
+    }
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir).map_err(io_err("create directory", dir))
+}
+
+/// Reads a whole file (at most [`MAX_SECRET_FILE`] bytes) into a buffer that is zeroized when
+/// dropped, without leaving copies behind in freed memory. For private key files and
+/// passphrase files. Works on pipes too (`/dev/stdin`, `<(...)`).
+///
+/// # Errors
+/// [`CoreError::Io`] naming the file; [`CoreError::InvalidInput`] if it is too large.
+pub fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, CoreError> {
+    let mut file = File::open(path).map_err(io_err("read", path))?;
+    read_all(&mut file, path)
+}
+
+/// [`read_secret`], for a file that must be private: refuses a file that other users may read
+/// or write ([`check_private`], checked on the opened file).
+///
+/// # Errors
+/// As [`read_secret`] and [`check_private`].
+pub fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, CoreError> {
+    let mut file = File::open(path).map_err(io_err("read", path))?;
+    let meta = file.metadata().map_err(io_err("inspect", path))?;
+    check_meta(path, &meta)?;
+    read_all(&mut file, path)
+}
+
+fn read_all(file: &mut File, path: &Path) -> Result<Zeroizing<Vec<u8>>, CoreError> {
+    let limit = MAX_SECRET_FILE + 1;
+    let hint = file
+        .metadata()
+        .ok()
+        .and_then(|m| usize::try_from(m.len()).ok())
+        .unwrap_or(0);
+    // Grown by hand: each buffer is zeroized when replaced, so no copy is left unzeroized.
+    let mut buf = Zeroizing::new(vec![0u8; hint.saturating_add(1).clamp(256, limit)]);
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            if buf.len() >= limit {
+                return Err(CoreError::InvalidInput(format!(
+                    "{} is larger than {MAX_SECRET_FILE} bytes",
+                    path.display()
+                )));
+            }
+            let mut bigger = Zeroizing::new(vec![0u8; (buf.len() * 2).min(limit)]);
+            bigger[..filled].copy_from_slice(&buf[..filled]);
+            buf = bigger;
+        }
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io_err("read", path)(e)),
+        }
+    }
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+fn parent_dir(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."))
+}
+
+/// A 0600 temporary file in `dir` holding `contents`, written and fsynced.
+fn write_temp(
+    dir: &Path,
+    target: &Path,
+    contents: &[u8],
+) -> Result<tempfile::NamedTempFile, CoreError> {
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".keyhaven-tmp-")
+        .tempfile_in(dir)
+        .map_err(io_err("create a temporary file for", target))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io_err(
+                "set the permissions of the temporary file for",
+                target,
+            ))?;
+    }
+    tmp.write_all(contents).map_err(io_err("write", target))?;
+    tmp.as_file().sync_all().map_err(io_err("sync", target))?;
+    Ok(tmp)
+}
+
+/// Follows a symbolic link at `path` to the file it names, so replacing the file keeps the
+/// link.
+fn through_link(path: &Path) -> PathBuf {
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => {
+            fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
+        }
+        _ => path.to_owned(),
+    }
+}
+
+/// Writes `contents` to `path`, replacing it atomically and durably: a 0600 temporary file in
+/// the same directory, fsync, rename over `path`, fsync of the directory. The result has mode
+/// 0600. A symbolic link at `path` is followed (the file it names is replaced). A target that
+/// exists and is not a regular file (`/dev/null`, a named pipe) is written in place instead,
+/// since it cannot be replaced.
+///
+/// # Errors
+/// [`CoreError::Io`] naming the file (a missing directory is `NotFound`); on failure `path` is
+/// unchanged and no temporary file is left.
+pub fn atomic_write(path: &Path, contents: &[u8]) -> Result<(), CoreError> {
+    let target = through_link(path);
+    match fs::metadata(&target) {
+        Ok(m) if m.is_dir() => {
+            return Err(CoreError::InvalidInput(format!(
+                "{} is a directory",
+                target.display()
+            )));
+        }
+        Ok(m) if !m.is_file() => {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .open(&target)
+                .map_err(io_err("open", &target))?;
+            return f
+                .write_all(contents)
+                .and_then(|()| f.flush())
+                .map_err(io_err("write", &target));
+        }
+        _ => {}
+    }
+    let dir = parent_dir(&target);
+    let tmp = write_temp(dir, &target, contents)?;
+    tmp.persist(&target)
+        .map_err(|e| io_err("replace", &target)(e.error))?;
+    sync_dir(dir)
+}
+
+/// Writes a new file at `path` atomically and durably like [`atomic_write`] (0600, fsync,
+/// directory fsync), but never replaces anything: if `path` exists (even as a dangling
+/// symbolic link) when the file is put in place, nothing is written.
+///
+/// # Errors
+/// [`CoreError::AlreadyExists`] if `path` exists; [`CoreError::Io`] naming the file.
+pub fn atomic_write_new(path: &Path, contents: &[u8]) -> Result<(), CoreError> {
+    let exists = || {
+        CoreError::AlreadyExists(format!(
+            "file {} (refusing to overwrite it)",
+            path.display()
+        ))
+    };
+    if fs::symlink_metadata(path).is_ok() {
+        return Err(exists());
+    }
+    let dir = parent_dir(path);
+    let tmp = write_temp(dir, path, contents)?;
+    tmp.persist_noclobber(path).map_err(|e| {
+        if e.error.kind() == io::ErrorKind::AlreadyExists {
+            exists()
+        } else {
+            io_err("create", path)(e.error)
+        }
+    })?;
+    sync_dir(dir)
+}
+
+fn sync_dir(dir: &Path) -> Result<(), CoreError> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("sync directory", dir))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
+}
+
+/// An exclusive advisory lock on a file, released on drop.
+#[derive(Debug)]
+pub struct FileLock {
+    file: File,
+}
+
+impl FileLock {
+    /// Blocks until the lock on `path` (created 0600 if missing) is held.
+    ///
+    /// # Errors
+    /// [`CoreError::Io`] if the lock file cannot be opened or locked.
+    pub fn acquire(path: &Path) -> Result<Self, CoreError> {
+        let mut options = fs::OpenOptions::new();
+        options.read(true).write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(path).map_err(io_err("open lock file", path))?;
+        file.lock().map_err(io_err("lock", path))?;
+        Ok(FileLock { file })
+    }
+}
+
+impl Drop for FileLock {
+    fn drop(&mut self) {
+        let _ = self.file.unlock();
+    }
+}
