@@ -10,7 +10,10 @@ fuzz_target!(|data: &[u8]| {
         assert_eq!(parsed.dek.ciphertext.len(), 48);
         assert!(parsed.private_key.ciphertext.len() >= 48);
         let again = serde_json::to_vec(&parsed.record).expect("serializable");
-        assert_eq!(Record::parse(&again).expect("round trip").record, parsed.record);
+        assert_eq!(
+            Record::parse(&again).expect("round trip").record,
+            parsed.record
+        );
         let _ = parsed.record.aad("00");
     }
 });

@@ -216,12 +216,7 @@ fn lint(root: &Path) -> Result<()> {
     sys::ensure_tools(sys::FUZZ_TOOLS)?;
     run_step(
         "lint 4/4: fuzz targets compile",
-        cargo(root).args([
-            "check",
-            "--manifest-path",
-            "fuzz/Cargo.toml",
-            "--bins",
-        ]),
+        cargo(root).args(["check", "--manifest-path", "fuzz/Cargo.toml", "--bins"]),
     )?;
     println!("xtask lint: all 4 steps passed");
     Ok(())

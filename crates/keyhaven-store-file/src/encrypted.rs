@@ -296,11 +296,12 @@ impl EncryptedStore {
                 sd.root().display()
             ))
         })?;
-        let kek: [u8; 32] = kek
-            .as_slice()
-            .try_into()
-            .map_err(|_| Error::corrupt(what, "KEK has the wrong length"))?;
-        Self::from_parts(sd, parsed.header.store_id, Zeroizing::new(kek))
+        if kek.len() != 32 {
+            return Err(Error::corrupt(what, "KEK has the wrong length"));
+        }
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(&kek);
+        Self::from_parts(sd, parsed.header.store_id, key)
     }
 
     /// Changes the passphrase (keeping the KDF parameters); no key record is rewritten.
