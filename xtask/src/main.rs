@@ -27,16 +27,18 @@ const USAGE: &str = "\
 usage: cargo xtask <SUBCOMMAND> [ARGS]
 
 subcommands:
-  test [ARGS]                 install missing system tools (openssl, softhsm2, opensc) when
-                              root, then `cargo test --workspace --all-features --no-fail-fast
+  test [ARGS]                 install missing system tools (openssl, softhsm2, opensc, swtpm,
+                              swtpm-tools, tpm2-tools, pkg-config, libtss2-dev) when root,
+                              then `cargo test --workspace --all-features --no-fail-fast
                               [ARGS]` with KEYHAVEN_INTEROP=1, RUST_BACKTRACE=1,
                               KEYHAVEN_PKCS11_MODULE (SoftHSM2's module) and SOFTHSM2_CONF (a
                               scratch token directory for this run, removed afterwards)
   lint                        cargo fmt --check, cargo clippy -D warnings,
                               cargo deny check licenses bans sources
   check-layers                check that dependencies between workspace crates point down
-  bench [ARGS]                install softhsm2 when missing (root), then
-                              `cargo bench --workspace [ARGS]` with KEYHAVEN_PKCS11_MODULE
+  bench [ARGS]                install softhsm2, swtpm, tpm2-tools, libtss2-dev when missing
+                              (root), then `cargo bench --workspace [ARGS]` with
+                              KEYHAVEN_PKCS11_MODULE
   fuzz TARGET [--seconds N] [-- LIBFUZZER_ARGS]
                               run one cargo-fuzz target for N seconds (default 60)
   fuzz --list                 list the cargo-fuzz targets
@@ -142,6 +144,7 @@ fn workspace_root() -> Result<PathBuf> {
 /// Fails when a tool is missing and cannot be installed, or when any test fails.
 fn test(root: &Path, extra: &[String]) -> Result<()> {
     sys::ensure_tools(sys::TEST_TOOLS)?;
+    sys::ensure_libraries(sys::TPM_LIBRARIES)?;
     let pkcs11_module = softhsm::module()?;
     // Lives until the tests are done, then removes the run's tokens.
     let scratch = softhsm::Scratch::create()?;
@@ -230,6 +233,7 @@ fn lint(root: &Path) -> Result<()> {
 /// Fails when the benchmarks fail to build or run.
 fn bench(root: &Path, extra: &[String]) -> Result<()> {
     sys::ensure_tools(sys::BENCH_TOOLS)?;
+    sys::ensure_libraries(sys::TPM_LIBRARIES)?;
     // The PKCS#11 bench makes its own scratch token; it only needs the module.
     run(cargo(root)
         .args(["bench", "--workspace"])

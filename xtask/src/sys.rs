@@ -35,11 +35,57 @@ pub(crate) const TEST_TOOLS: &[SystemTool] = &[
         package: "opensc",
         why: "PKCS#11 interop tests",
     },
-    // Device backends add their tools here as they land, e.g.:
-    // SystemTool { binary: "swtpm", package: "swtpm", why: "TPM tests" },
-    // SystemTool { binary: "swtpm_setup", package: "swtpm-tools", why: "TPM tests" },
-    // SystemTool { binary: "tpm2_readpublic", package: "tpm2-tools", why: "TPM interop tests" },
+    // keyhaven-hsm-tpm: one swtpm per test, tpm2-tools for interop, pkg-config to build
+    SWTPM,
+    SystemTool {
+        binary: "swtpm_setup",
+        package: "swtpm-tools",
+        why: "TPM tests",
+    },
+    TPM2_TOOLS,
+    PKG_CONFIG,
+    // Device backends add their tools here as they land.
 ];
+
+/// swtpm: the TPM 2.0 simulator each TPM test and the TPM benchmark start.
+pub(crate) const SWTPM: SystemTool = SystemTool {
+    binary: "swtpm",
+    package: "swtpm",
+    why: "TPM tests and benchmarks",
+};
+
+/// tpm2-tools: `tpm2_readpublic`, `tpm2_sign`, ... for TPM interop tests and the benchmark.
+pub(crate) const TPM2_TOOLS: SystemTool = SystemTool {
+    binary: "tpm2_readpublic",
+    package: "tpm2-tools",
+    why: "TPM interop tests and benchmarks",
+};
+
+/// pkg-config: how tss-esapi's build finds libtss2 (see [`TPM_LIBRARIES`]).
+pub(crate) const PKG_CONFIG: SystemTool = SystemTool {
+    binary: "pkg-config",
+    package: "pkg-config",
+    why: "building keyhaven-hsm-tpm",
+};
+
+/// A C library a crate links at build time: its pkg-config name and the Debian package with
+/// its headers and `.pc` file. There is no binary to look for, so pkg-config finds it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SystemLibrary {
+    /// The pkg-config module, e.g. `tss2-esys`.
+    pub(crate) pkg_config: &'static str,
+    /// The Debian package that provides it.
+    pub(crate) package: &'static str,
+    /// What needs it.
+    pub(crate) why: &'static str,
+}
+
+/// The libraries `cargo xtask test` and `bench` make sure of (after [`PKG_CONFIG`]).
+pub(crate) const TPM_LIBRARIES: &[SystemLibrary] = &[SystemLibrary {
+    pkg_config: "tss2-esys",
+    package: "libtss2-dev",
+    why: "building keyhaven-hsm-tpm (tss-esapi links tpm2-tss)",
+}];
 
 /// SoftHSM2: the PKCS#11 token the tests and benchmarks use (`libsofthsm2.so`, and
 /// `softhsm2-util` to make tokens).
@@ -50,7 +96,7 @@ pub(crate) const SOFTHSM: SystemTool = SystemTool {
 };
 
 /// The tools `cargo xtask bench` makes sure of.
-pub(crate) const BENCH_TOOLS: &[SystemTool] = &[SOFTHSM];
+pub(crate) const BENCH_TOOLS: &[SystemTool] = &[SOFTHSM, SWTPM, TPM2_TOOLS, PKG_CONFIG];
 
 /// The tools `cargo xtask fuzz` makes sure of: libfuzzer-sys compiles libFuzzer, which is C++.
 pub(crate) const FUZZ_TOOLS: &[SystemTool] = &[SystemTool {
@@ -114,6 +160,69 @@ pub(crate) fn ensure_tools(tools: &[SystemTool]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Makes sure every library in `libs` is known to pkg-config, installing the missing packages
+/// with `apt-get` when running as root (like [`ensure_tools`]). Needs pkg-config itself.
+///
+/// # Errors
+///
+/// Fails when a library is missing and we are not root (naming the packages), or when the
+/// installation fails or does not provide it.
+pub(crate) fn ensure_libraries(libs: &[SystemLibrary]) -> Result<()> {
+    let missing = missing_libraries(libs);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut packages: Vec<&str> = missing.iter().map(|lib| lib.package).collect();
+    packages.dedup();
+    let details = missing
+        .iter()
+        .map(|lib| {
+            format!(
+                "{} (pkg-config {}, needed for {})",
+                lib.package, lib.pkg_config, lib.why
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !is_root() {
+        bail!(
+            "missing system libraries: {details}. Install them as root with \
+             `apt-get install -y --no-install-recommends {}`, or run this as root",
+            packages.join(" ")
+        );
+    }
+    println!("xtask: installing {details}...");
+    run(Command::new("apt-get").arg("update"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "--no-install-recommends"])
+        .args(&packages)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    let still_missing = missing_libraries(libs);
+    if !still_missing.is_empty() {
+        let names = still_missing
+            .iter()
+            .map(|lib| lib.pkg_config)
+            .collect::<Vec<_>>();
+        bail!(
+            "installed {} but pkg-config still cannot find {names:?}",
+            packages.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// The libraries of `libs` that `pkg-config --exists` does not find.
+fn missing_libraries(libs: &[SystemLibrary]) -> Vec<SystemLibrary> {
+    libs.iter()
+        .copied()
+        .filter(|lib| {
+            !crate::cmd::succeeds_quietly(
+                Command::new("pkg-config").args(["--exists", lib.pkg_config]),
+            )
+        })
+        .collect()
 }
 
 /// The tools of `tools` not found on `PATH`.
@@ -193,6 +302,17 @@ mod tests {
             },
         ];
         assert_eq!(packages_of(&tools), ["swtpm", "swtpm-tools"]);
+    }
+
+    #[test]
+    fn libraries_are_probed_with_pkg_config() {
+        let made_up = SystemLibrary {
+            pkg_config: "keyhaven-no-such-library-xyz",
+            package: "none",
+            why: "test",
+        };
+        assert_eq!(missing_libraries(&[made_up]).len(), 1);
+        assert!(ensure_libraries(&[]).is_ok());
     }
 
     #[test]

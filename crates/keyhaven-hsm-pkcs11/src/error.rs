@@ -1,0 +1,345 @@
+//! The backend's own error: which PKCS#11 call failed, with its `CKR_` code, on which token.
+
+use std::path::PathBuf;
+
+use cryptoki::context::Function;
+use cryptoki::error::{Error as CkError, RvError};
+use keyhaven_core::Error;
+
+/// What went wrong talking to a PKCS#11 module or token.
+///
+/// Converted into [`keyhaven_core::Error`] by meaning (see the `From` impl); the original stays
+/// available as the source of [`Error::Backend`] where no meaning-level variant fits.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Pkcs11Error {
+    /// The module file does not exist.
+    #[error(
+        "PKCS#11 module {} does not exist: install the token's PKCS#11 library (for SoftHSM: \
+         `apt-get install softhsm2`, module /usr/lib/softhsm/libsofthsm2.so) or fix the module path",
+        module.display()
+    )]
+    ModuleMissing {
+        /// The path given.
+        module: PathBuf,
+    },
+    /// The file exists but is not a loadable PKCS#11 module.
+    #[error(
+        "{} is not a PKCS#11 module ({reason}): point the module path at the token vendor's \
+         PKCS#11 library (a shared object exporting C_GetFunctionList)",
+        module.display()
+    )]
+    NotAModule {
+        /// The path given.
+        module: PathBuf,
+        /// What the loader said.
+        reason: String,
+    },
+    /// No slot holds a token matching the selector.
+    #[error(
+        "no token {selector} in PKCS#11 module {}; tokens present: {present}. Check the token \
+         label (`pkcs11-tool --module {} --list-token-slots`) or initialize the token",
+        module.display(),
+        module.display()
+    )]
+    TokenNotFound {
+        /// The module searched.
+        module: PathBuf,
+        /// The selector, for humans (`labelled 'x'`, `in slot 3`, `with serial 'y'`).
+        selector: String,
+        /// The tokens that are there, for humans.
+        present: String,
+    },
+    /// A PKCS#11 function returned an error.
+    #[error("{function} failed with {} on {token}", ckr_name(*rv))]
+    Call {
+        /// The PKCS#11 function, e.g. `C_Sign`.
+        function: String,
+        /// Its return value.
+        rv: RvError,
+        /// Which token, for humans (`token 'x' (slot 3) of /path/module.so`).
+        token: String,
+    },
+    /// The wrong user PIN. The login was tried exactly once and not retried.
+    #[error(
+        "wrong user PIN for {token} (C_Login returned {}); keyhaven tried once and did not retry, \
+         so the token's retry counter moved by one only{}",
+        ckr_name(*rv),
+        if *count_low { " (the token now reports a low PIN retry count)" } else { "" }
+    )]
+    WrongPin {
+        /// Which token.
+        token: String,
+        /// `CKR_PIN_INCORRECT` or `CKR_PIN_LEN_RANGE`.
+        rv: RvError,
+        /// Whether the token reports few retries left.
+        count_low: bool,
+    },
+    /// The user PIN is locked on the token.
+    #[error(
+        "the user PIN of {token} is locked after too many wrong attempts; unlock it with the \
+         security officer PIN (e.g. `pkcs11-tool --login --login-type so --init-pin`)"
+    )]
+    PinLocked {
+        /// Which token.
+        token: String,
+    },
+    /// The token has no room for new objects.
+    #[error(
+        "{token} is full ({function} returned {}): delete unused keys (`pkcs11-tool \
+         --list-objects`, `--delete-object`) or use another token",
+        ckr_name(*rv)
+    )]
+    TokenFull {
+        /// The PKCS#11 function.
+        function: String,
+        /// `CKR_DEVICE_MEMORY`.
+        rv: RvError,
+        /// Which token.
+        token: String,
+    },
+    /// The token stopped answering (removed, or its storage vanished).
+    #[error("{token} is gone: {detail}. Reinsert or restore the token and open the store again")]
+    TokenGone {
+        /// Which token.
+        token: String,
+        /// What showed it.
+        detail: String,
+    },
+    /// The token returned data keyhaven cannot interpret.
+    #[error("{token} returned an unusable {what}: {reason}")]
+    BadObject {
+        /// Which token.
+        token: String,
+        /// Which attribute or object.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A failure inside the cryptoki wrapper that is not a PKCS#11 return value.
+    #[error("cryptoki error on {token}: {source}")]
+    Cryptoki {
+        /// Which token (or module).
+        token: String,
+        /// The wrapper's error.
+        #[source]
+        source: CkError,
+    },
+}
+
+/// The `CKR_...` name of a PKCS#11 return value, from cryptoki's variant name.
+pub(crate) fn ckr_name(rv: RvError) -> String {
+    match rv {
+        RvError::VendorDefined(code) => format!("CKR_VENDOR_DEFINED({code:#x})"),
+        RvError::UnknownErrorCode(code) => format!("CKR_{code:#x}"),
+        other => {
+            let camel = format!("{other:?}");
+            let mut out = String::from("CKR");
+            for c in camel.chars() {
+                if c.is_ascii_uppercase() {
+                    out.push('_');
+                }
+                out.push(c.to_ascii_uppercase());
+            }
+            out
+        }
+    }
+}
+
+/// `C_Sign` for cryptoki's `Function::Sign`.
+pub(crate) fn function_name(f: Function) -> String {
+    format!("C_{f:?}")
+}
+
+impl Pkcs11Error {
+    /// Wraps a cryptoki error from an operation on `token`.
+    pub(crate) fn from_cryptoki(token: &str, err: CkError) -> Self {
+        match err {
+            CkError::Pkcs11(RvError::DeviceMemory, f) => Pkcs11Error::TokenFull {
+                function: function_name(f),
+                rv: RvError::DeviceMemory,
+                token: token.to_owned(),
+            },
+            CkError::Pkcs11(rv, f) => Pkcs11Error::Call {
+                function: function_name(f),
+                rv,
+                token: token.to_owned(),
+            },
+            other => Pkcs11Error::Cryptoki {
+                token: token.to_owned(),
+                source: other,
+            },
+        }
+    }
+
+    /// The PKCS#11 return value, if this is a failed call.
+    pub fn rv(&self) -> Option<RvError> {
+        match self {
+            Pkcs11Error::Call { rv, .. }
+            | Pkcs11Error::WrongPin { rv, .. }
+            | Pkcs11Error::TokenFull { rv, .. } => Some(*rv),
+            Pkcs11Error::Cryptoki {
+                source: CkError::Pkcs11(rv, _),
+                ..
+            } => Some(*rv),
+            _ => None,
+        }
+    }
+
+    /// Whether the session (or login) was lost, so that re-opening and logging in again may help.
+    pub(crate) fn session_lost(&self) -> bool {
+        matches!(
+            self.rv(),
+            Some(
+                RvError::SessionHandleInvalid
+                    | RvError::SessionClosed
+                    | RvError::UserNotLoggedIn
+                    | RvError::DeviceRemoved
+                    | RvError::TokenNotPresent
+                    | RvError::TokenNotRecognized
+                    | RvError::DeviceError
+            )
+        )
+    }
+
+    /// Whether an object handle went stale (object destroyed, possibly by another program).
+    pub(crate) fn stale_handle(&self) -> bool {
+        matches!(
+            self.rv(),
+            Some(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid)
+        )
+    }
+}
+
+impl From<Pkcs11Error> for Error {
+    fn from(e: Pkcs11Error) -> Self {
+        let backend = |e: &Pkcs11Error| match e {
+            Pkcs11Error::ModuleMissing { module } | Pkcs11Error::NotAModule { module, .. } => {
+                format!("pkcs11 ({})", module.display())
+            }
+            Pkcs11Error::TokenNotFound {
+                module, selector, ..
+            } => format!("pkcs11 (token {selector} of {})", module.display()),
+            Pkcs11Error::Call { token, .. }
+            | Pkcs11Error::WrongPin { token, .. }
+            | Pkcs11Error::PinLocked { token }
+            | Pkcs11Error::TokenFull { token, .. }
+            | Pkcs11Error::TokenGone { token, .. }
+            | Pkcs11Error::BadObject { token, .. }
+            | Pkcs11Error::Cryptoki { token, .. } => format!("pkcs11 ({token})"),
+        };
+        match &e {
+            Pkcs11Error::ModuleMissing { .. }
+            | Pkcs11Error::NotAModule { .. }
+            | Pkcs11Error::TokenNotFound { .. }
+            | Pkcs11Error::TokenGone { .. } => Error::Unavailable {
+                backend: backend(&e),
+                reason: e.to_string(),
+            },
+            Pkcs11Error::WrongPin { .. } => Error::BadPassphrase(e.to_string()),
+            Pkcs11Error::PinLocked { .. } => Error::Locked(e.to_string()),
+            Pkcs11Error::Call { rv, function, .. } => match rv {
+                RvError::PinIncorrect | RvError::PinLenRange => Error::BadPassphrase(e.to_string()),
+                RvError::PinLocked => Error::Locked(e.to_string()),
+                RvError::MechanismInvalid
+                | RvError::MechanismParamInvalid
+                | RvError::CurveNotSupported
+                | RvError::DomainParamsInvalid
+                | RvError::FunctionNotSupported
+                | RvError::KeyFunctionNotPermitted
+                | RvError::KeyTypeInconsistent => Error::Unsupported {
+                    operation: "use the PKCS#11 token",
+                    reason: format!("{e} (the token does not support this for {function})"),
+                },
+                RvError::DeviceRemoved
+                | RvError::TokenNotPresent
+                | RvError::TokenNotRecognized
+                | RvError::SlotIdInvalid => Error::Unavailable {
+                    backend: backend(&e),
+                    reason: format!("{e}: is the token inserted and the module configured?"),
+                },
+                RvError::UserPinNotInitialized => Error::Locked(format!(
+                    "{e}: the token has no user PIN yet; set one with the security officer PIN \
+                     (pkcs11-tool --login --login-type so --init-pin)"
+                )),
+                RvError::UserAnotherAlreadyLoggedIn => Error::Locked(format!(
+                    "{e}: the security officer is logged in to the token in this process; log \
+                     the SO out first"
+                )),
+                RvError::SessionCount => Error::Unavailable {
+                    backend: backend(&e),
+                    reason: format!(
+                        "{e}: the token allows no more sessions; lower max_sessions or close \
+                         other applications using it"
+                    ),
+                },
+                RvError::TokenWriteProtected => {
+                    Error::PermissionDenied(format!("{e}: the token is write-protected"))
+                }
+                _ => Error::Backend {
+                    backend: "pkcs11",
+                    source: Box::new(e),
+                },
+            },
+            Pkcs11Error::TokenFull { .. }
+            | Pkcs11Error::BadObject { .. }
+            | Pkcs11Error::Cryptoki { .. } => Error::Backend {
+                backend: "pkcs11",
+                source: Box::new(e),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ckr_names() {
+        assert_eq!(ckr_name(RvError::PinIncorrect), "CKR_PIN_INCORRECT");
+        assert_eq!(
+            ckr_name(RvError::CryptokiAlreadyInitialized),
+            "CKR_CRYPTOKI_ALREADY_INITIALIZED"
+        );
+        assert_eq!(ckr_name(RvError::DeviceMemory), "CKR_DEVICE_MEMORY");
+        assert_eq!(function_name(Function::Sign), "C_Sign");
+    }
+
+    fn call(rv: RvError) -> Error {
+        Pkcs11Error::from_cryptoki("token 't'", CkError::Pkcs11(rv, Function::Sign)).into()
+    }
+
+    #[test]
+    fn meanings() {
+        assert!(matches!(
+            call(RvError::MechanismInvalid),
+            Error::Unsupported { .. }
+        ));
+        assert!(matches!(call(RvError::PinLocked), Error::Locked(_)));
+        assert!(matches!(
+            call(RvError::TokenNotPresent),
+            Error::Unavailable { .. }
+        ));
+        let full = call(RvError::DeviceMemory);
+        assert!(full.to_string().contains("is full"), "{full}");
+        assert!(full.to_string().contains("CKR_DEVICE_MEMORY"), "{full}");
+        let other = call(RvError::GeneralError);
+        assert!(other.to_string().contains("C_Sign"), "{other}");
+        assert!(
+            std::error::Error::source(&other)
+                .is_some_and(|s| s.to_string().contains("CKR_GENERAL_ERROR"))
+        );
+    }
+
+    #[test]
+    fn wrong_pin_says_no_retry() {
+        let e: Error = Pkcs11Error::WrongPin {
+            token: "token 't'".into(),
+            rv: RvError::PinIncorrect,
+            count_low: true,
+        }
+        .into();
+        assert!(matches!(&e, Error::BadPassphrase(m) if m.contains("did not retry")));
+    }
+}

@@ -1,0 +1,700 @@
+//! [`TpmStore`]: the `KeyStore` over a TPM and its metadata directory.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use keyhaven_core::{
+    Algorithm, BackendInfo, Error, KeyId, KeyInfo, KeyStore, Protection, PublicKey, Result,
+    SecretBytes, Signature, unix_now, validate_label,
+};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256, Sha384};
+use tss_esapi::structures::{Private, Public};
+use tss_esapi::traits::{Marshall, UnMarshall};
+use zeroize::Zeroizing;
+
+use crate::config::{PcrPolicy, PersistentHandle, TpmConfig};
+use crate::device::{Device, PolicyInfo, SignRequest, curve_of, left_pad};
+use crate::error::TpmError;
+use crate::files::{FileStamp, KeyDir, PRIVATE, PUBLIC, RECORD};
+use crate::report::TpmReport;
+
+/// The `format` of a key record.
+const RECORD_FORMAT: &str = "keyhaven-tpm-key";
+
+/// A key's record (`keys/ID.json`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    format: String,
+    version: u32,
+    id: KeyId,
+    label: String,
+    algorithm: Algorithm,
+    created_at: u64,
+    /// SubjectPublicKeyInfo DER, hex.
+    public_key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    persistent_handle: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pcr_policy: Option<PolicyRecord>,
+    /// Whether the key has a passphrase.
+    #[serde(default)]
+    auth: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyRecord {
+    /// `sha256:0,7`.
+    selection: String,
+    /// SHA-256 over the PCR values at creation, hex.
+    pcr_digest: String,
+    /// The PCR values at creation, hex, in selection order.
+    values: Vec<String>,
+}
+
+/// A parsed record.
+#[derive(Debug)]
+struct Key {
+    info: KeyInfo,
+    persistent: Option<PersistentHandle>,
+    policy: Option<PolicyInfo>,
+    auth: bool,
+}
+
+impl Key {
+    fn parse(id: &KeyId, bytes: &[u8]) -> Result<Key, String> {
+        let r: Record = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+        if r.format != RECORD_FORMAT || r.version != 1 {
+            return Err(format!(
+                "unknown record format '{}' version {}",
+                r.format, r.version
+            ));
+        }
+        if &r.id != id {
+            return Err(format!("the record is for key {}, not {id}", r.id));
+        }
+        validate_label(&r.label).map_err(|e| e.to_string())?;
+        let der = hex::decode(&r.public_key).map_err(|e| format!("public_key: {e}"))?;
+        let public_key = keyhaven_crypto::default_provider()
+            .parse_public_key_der(&der)
+            .map_err(|e| format!("public_key: {e}"))?;
+        if public_key.algorithm() != r.algorithm {
+            return Err(format!(
+                "the public key is {} but the record says {}",
+                public_key.algorithm(),
+                r.algorithm
+            ));
+        }
+        let persistent = r
+            .persistent_handle
+            .as_deref()
+            .map(str::parse::<PersistentHandle>)
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        let policy = match r.pcr_policy {
+            None => None,
+            Some(p) => {
+                let selection: PcrPolicy = p.selection.parse().map_err(|e: Error| e.to_string())?;
+                let values = p
+                    .values
+                    .iter()
+                    .map(hex::decode)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("pcr_policy.values: {e}"))?;
+                if values.len() != selection.pcrs().len() {
+                    return Err("pcr_policy: one value per PCR expected".into());
+                }
+                Some(PolicyInfo {
+                    bank: selection.bank(),
+                    pcrs: selection.pcrs().to_vec(),
+                    pcr_digest: hex::decode(&p.pcr_digest)
+                        .map_err(|e| format!("pcr_policy.pcr_digest: {e}"))?,
+                    values,
+                    text: selection.to_string(),
+                })
+            }
+        };
+        Ok(Key {
+            info: KeyInfo::new(
+                id.clone(),
+                r.label,
+                Protection::Hardware,
+                public_key,
+                r.created_at,
+            ),
+            persistent,
+            policy,
+            auth: r.auth,
+        })
+    }
+}
+
+/// SubjectPublicKeyInfo DER prefixes (everything before `04 || x || y`).
+const SPKI_P256: &[u8] = &[
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+const SPKI_P384: &[u8] = &[
+    0x30, 0x76, 0x30, 0x10, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x05, 0x2b,
+    0x81, 0x04, 0x00, 0x22, 0x03, 0x62, 0x00,
+];
+
+/// The public key of a TPM public area, as SPKI DER (uncompressed point, coordinates padded to
+/// the curve size), checked to be a point on the curve.
+fn spki_of(alg: Algorithm, public: &Public) -> Result<PublicKey, String> {
+    let curve = curve_of(alg).map_err(|e| e.to_string())?;
+    let Public::Ecc {
+        unique, parameters, ..
+    } = public
+    else {
+        return Err("not an ECC key".into());
+    };
+    if parameters.ecc_curve() != curve.curve {
+        return Err(format!(
+            "the key is on {:?}, not {alg}",
+            parameters.ecc_curve()
+        ));
+    }
+    let mut der = match alg {
+        Algorithm::EcdsaP256 => SPKI_P256.to_vec(),
+        _ => SPKI_P384.to_vec(),
+    };
+    der.push(0x04);
+    for coordinate in [unique.x().value(), unique.y().value()] {
+        der.extend_from_slice(&left_pad(coordinate, curve.size).map_err(|e| e.to_string())?);
+    }
+    let key = keyhaven_crypto::default_provider()
+        .parse_public_key_der(&der)
+        .map_err(|e| format!("the public point is not valid: {e}"))?;
+    if key.algorithm() != alg {
+        return Err(format!("the public key is {}, not {alg}", key.algorithm()));
+    }
+    Ok(key)
+}
+
+/// `bytes` as a TPM2B (a big-endian 16-bit size, then the bytes): the form `tpm2_create -u/-r`
+/// writes and `tpm2_load -u/-r` reads.
+fn tpm2b(bytes: &[u8]) -> Result<Vec<u8>> {
+    let len = u16::try_from(bytes.len()).map_err(|_| {
+        Error::from(TpmError::BadResponse {
+            what: "TPM2B buffer",
+            reason: format!("{} bytes do not fit a TPM2B", bytes.len()),
+        })
+    })?;
+    let mut out = Vec::with_capacity(bytes.len() + 2);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(bytes);
+    Ok(out)
+}
+
+/// The contents of a TPM2B, checking its size field.
+fn untpm2b(bytes: &[u8]) -> Result<&[u8], String> {
+    let [hi, lo, rest @ ..] = bytes else {
+        return Err("shorter than its size field".into());
+    };
+    let len = usize::from(u16::from_be_bytes([*hi, *lo]));
+    if len != rest.len() {
+        return Err(format!(
+            "its size field says {len} bytes but {} follow",
+            rest.len()
+        ));
+    }
+    Ok(rest)
+}
+
+/// The authorization value a passphrase gives: its SHA-256 (so any length fits the TPM's
+/// 32-byte limit for SHA-256 keys).
+fn auth_value(passphrase: &SecretString) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(Sha256::digest(passphrase.expose_secret().as_bytes()).to_vec())
+}
+
+/// What the store knows about a key beyond [`KeyInfo`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TpmKeyDetails {
+    /// The persistent handle it is also stored at, if any.
+    pub persistent: Option<PersistentHandle>,
+    /// The PCR policy it is bound to, if any.
+    pub pcr_policy: Option<PcrPolicy>,
+    /// Whether it needs a passphrase.
+    pub needs_auth: bool,
+    /// The file holding its TPM-wrapped private part.
+    pub blob_file: std::path::PathBuf,
+}
+
+/// How many keys are loaded in the TPM now, and how many may be at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoadedKeys {
+    /// Keys loaded now.
+    pub loaded: usize,
+    /// The limit (least recently used keys are flushed beyond it).
+    pub capacity: usize,
+    /// How many times the store reconnected after losing the TPM.
+    pub reconnects: u64,
+}
+
+/// A key store in a TPM 2.0: keys are created inside the TPM under a storage primary key and
+/// never leave it; keyhaven keeps each key's TPM-wrapped private blob, public area and metadata
+/// in a directory. See the crate documentation.
+pub struct TpmStore {
+    dir: KeyDir,
+    device: Mutex<Device>,
+    records: Mutex<HashMap<KeyId, (FileStamp, Arc<Key>)>>,
+    auth: Mutex<HashMap<KeyId, Zeroizing<Vec<u8>>>>,
+}
+
+fn poisoned<T>(_: T) -> Error {
+    TpmError::Poisoned.into()
+}
+
+impl TpmStore {
+    /// Opens (creating if needed) the metadata directory and connects to the TPM: creates the
+    /// storage primary key, so a TPM that cannot be reached fails here, clearly.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the TPM cannot be reached, [`Error::PermissionDenied`] for a
+    /// directory others may read or write, [`Error::Corrupt`] for a foreign directory.
+    pub fn open(config: TpmConfig) -> Result<Self> {
+        let dir = KeyDir::open_or_create(&config.dir)?;
+        let mut device = Device::new(config.tcti, config.storage_key, config.max_loaded_keys);
+        device.with_context(|_| Ok(()))?;
+        Ok(TpmStore {
+            dir,
+            device: Mutex::new(device),
+            records: Mutex::new(HashMap::new()),
+            auth: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The metadata directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.root()
+    }
+
+    /// The TCTI the store uses.
+    ///
+    /// # Errors
+    /// Only if a thread panicked while using the TPM.
+    pub fn tcti(&self) -> Result<String> {
+        Ok(self.device()?.tcti().to_string())
+    }
+
+    fn device(&self) -> Result<MutexGuard<'_, Device>> {
+        self.device.lock().map_err(poisoned)
+    }
+
+    /// Gives the passphrase of a key made with [`KeyOptions::auth`](crate::KeyOptions), for this
+    /// store's later signatures (kept in memory, zeroized on drop). It is checked by the TPM at
+    /// the next signature: a wrong one is [`Error::BadPassphrase`] then.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] for an unknown key.
+    pub fn set_key_auth(&self, id: &KeyId, passphrase: &SecretString) -> Result<()> {
+        self.key(id)?;
+        self.auth
+            .lock()
+            .map_err(poisoned)?
+            .insert(id.clone(), auth_value(passphrase));
+        Ok(())
+    }
+
+    /// Forgets a key's passphrase.
+    ///
+    /// # Errors
+    /// Only if a thread panicked while holding the passphrases.
+    pub fn forget_key_auth(&self, id: &KeyId) -> Result<()> {
+        self.auth.lock().map_err(poisoned)?.remove(id);
+        Ok(())
+    }
+
+    /// Generates a key with options: a passphrase, a PCR policy, a persistent handle.
+    ///
+    /// # Errors
+    /// As [`KeyStore::generate`]; [`Error::AlreadyExists`] for a persistent handle in use.
+    pub fn generate_with(
+        &self,
+        algorithm: Algorithm,
+        label: &str,
+        options: crate::KeyOptions,
+    ) -> Result<KeyInfo> {
+        validate_label(label)?;
+        curve_of(algorithm)?;
+        let auth = options.auth.as_ref().map(auth_value);
+        let id = KeyId::generate()?;
+        let lock = self.dir.lock()?;
+        self.dir.claim_label(&lock, label, &id)?;
+        let mut persisted = None;
+        let result = (|| {
+            let policy_text = options.pcr_policy.as_ref().map(ToString::to_string);
+            let created = {
+                let mut device = self.device()?;
+                let policy = options
+                    .pcr_policy
+                    .as_ref()
+                    .zip(policy_text.as_deref())
+                    .map(|(p, t)| (p.bank(), p.pcrs(), t));
+                device.create_key(algorithm, auth.as_deref().map(Vec::as_slice), policy)?
+            };
+            let public_key = spki_of(algorithm, &created.public).map_err(|reason| {
+                Error::from(TpmError::BadResponse {
+                    what: "public area",
+                    reason,
+                })
+            })?;
+            if let Some(handle) = options.persistent {
+                self.device()?
+                    .persist(&id, &created.private, &created.public, handle.value())?;
+                persisted = Some(handle);
+            }
+            let public_bytes = created.public.marshall().map_err(|e| TpmError::Wrapper {
+                command: "marshalling the public area",
+                source: e,
+            })?;
+            self.dir
+                .write_key_file(&id, PRIVATE, &tpm2b(created.private.value())?)?;
+            self.dir
+                .write_key_file(&id, PUBLIC, &tpm2b(&public_bytes)?)?;
+            let info = KeyInfo::new(
+                id.clone(),
+                label.to_owned(),
+                Protection::Hardware,
+                public_key,
+                unix_now(),
+            );
+            let record = Record {
+                format: RECORD_FORMAT.into(),
+                version: 1,
+                id: id.clone(),
+                label: label.to_owned(),
+                algorithm,
+                created_at: info.created_at,
+                public_key: hex::encode(info.public_key.spki_der()),
+                persistent_handle: options.persistent.map(|h| h.to_string()),
+                pcr_policy: created.policy.as_ref().map(|p| PolicyRecord {
+                    selection: p.text.clone(),
+                    pcr_digest: hex::encode(&p.pcr_digest),
+                    values: p.values.iter().map(hex::encode).collect(),
+                }),
+                auth: auth.is_some(),
+            };
+            let mut json = serde_json::to_vec_pretty(&record)
+                .map_err(|e| Error::InvalidInput(format!("cannot encode the record: {e}")))?;
+            json.push(b'\n');
+            self.dir.write_key_file(&id, RECORD, &json)?;
+            Ok(info)
+        })();
+        match result {
+            Ok(info) => {
+                if let Some(auth) = auth {
+                    self.auth.lock().map_err(poisoned)?.insert(id, auth);
+                }
+                Ok(info)
+            }
+            Err(e) => {
+                if let Some(handle) = persisted
+                    && let Ok(mut device) = self.device()
+                {
+                    let _ = device.unpersist(&id, handle.value());
+                }
+                let _ = self.dir.remove_key(&lock, &id);
+                let _ = self.dir.release_label(&lock, label, &id);
+                Err(e)
+            }
+        }
+    }
+
+    /// A key's TPM-specific details.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`], or [`Error::Corrupt`] for a damaged record.
+    pub fn key_details(&self, id: &KeyId) -> Result<TpmKeyDetails> {
+        let key = self.key(id)?;
+        Ok(TpmKeyDetails {
+            persistent: key.persistent,
+            pcr_policy: key
+                .policy
+                .as_ref()
+                .and_then(|p| p.text.parse::<PcrPolicy>().ok()),
+            needs_auth: key.auth,
+            blob_file: self.dir.key_file(id, PRIVATE),
+        })
+    }
+
+    /// The TPM's identity and capabilities.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] if the TPM cannot be reached.
+    pub fn report(&self) -> Result<TpmReport> {
+        let mut device = self.device()?;
+        let tcti = device.tcti().to_string();
+        let mut report = device.with_context(crate::device::read_report)?;
+        report.tcti = tcti;
+        Ok(report)
+    }
+
+    /// How many keys are loaded in the TPM (the LRU), for diagnostics.
+    ///
+    /// # Errors
+    /// Only if a thread panicked while using the TPM.
+    pub fn loaded_keys(&self) -> Result<LoadedKeys> {
+        let device = self.device()?;
+        let (loaded, capacity) = device.loaded();
+        Ok(LoadedKeys {
+            loaded,
+            capacity,
+            reconnects: device.reconnects(),
+        })
+    }
+
+    /// A key's parsed record, cached while its file is unchanged.
+    fn key(&self, id: &KeyId) -> Result<Arc<Key>> {
+        let Some(stamp) = self.dir.record_stamp(id)? else {
+            self.records.lock().map_err(poisoned)?.remove(id);
+            return Err(Error::key_not_found(id));
+        };
+        if let Some((s, key)) = self.records.lock().map_err(poisoned)?.get(id)
+            && *s == stamp
+        {
+            return Ok(Arc::clone(key));
+        }
+        let bytes = self
+            .dir
+            .read_key_file(id, RECORD)?
+            .ok_or_else(|| Error::key_not_found(id))?;
+        let key = Key::parse(id, &bytes).map_err(|reason| {
+            Error::corrupt(self.dir.key_file(id, RECORD).display().to_string(), reason)
+        })?;
+        let key = Arc::new(key);
+        self.records
+            .lock()
+            .map_err(poisoned)?
+            .insert(id.clone(), (stamp, Arc::clone(&key)));
+        Ok(key)
+    }
+
+    /// Reads and checks a key's wrapped private part and public area.
+    fn blobs(&self, key: &Key) -> Result<(Private, Public)> {
+        let id = &key.info.id;
+        let corrupt = |suffix: &str, reason: String| {
+            Error::corrupt(self.dir.key_file(id, suffix).display().to_string(), reason)
+        };
+        let private = self
+            .dir
+            .read_key_file(id, PRIVATE)?
+            .ok_or_else(|| corrupt(PRIVATE, "the wrapped private key file is missing".into()))?;
+        let private = untpm2b(&private)
+            .and_then(|p| Private::try_from(p).map_err(|e| e.to_string()))
+            .map_err(|e| corrupt(PRIVATE, format!("not a TPM2B_PRIVATE blob: {e}")))?;
+        let public = self
+            .dir
+            .read_key_file(id, PUBLIC)?
+            .ok_or_else(|| corrupt(PUBLIC, "the public area file is missing".into()))?;
+        let public = untpm2b(&public)
+            .and_then(|p| Public::unmarshall(p).map_err(|e| e.to_string()))
+            .map_err(|e| corrupt(PUBLIC, format!("not a TPM2B_PUBLIC area: {e}")))?;
+        let attrs = public.object_attributes();
+        if !attrs.fixed_tpm() || !attrs.sign_encrypt() || attrs.decrypt() || attrs.restricted() {
+            return Err(corrupt(
+                PUBLIC,
+                "the public area is not a fixedTPM, unrestricted, sign-only key".into(),
+            ));
+        }
+        match spki_of(key.info.algorithm, &public) {
+            Ok(pk) if pk == key.info.public_key => Ok((private, public)),
+            Ok(_) => Err(corrupt(
+                PUBLIC,
+                "the public area does not match the recorded public key".into(),
+            )),
+            Err(reason) => Err(corrupt(PUBLIC, reason)),
+        }
+    }
+
+    fn sign_prehashed(&self, key: &Key, digest: &[u8]) -> Result<Signature> {
+        let id = &key.info.id;
+        let auth = if key.auth {
+            let held = self.auth.lock().map_err(poisoned)?.get(id).cloned();
+            Some(held.ok_or_else(|| TpmError::AuthNeeded {
+                key: id.to_string(),
+            })?)
+        } else {
+            None
+        };
+        let blobs = || self.blobs(key);
+        let request = SignRequest {
+            id,
+            alg: key.info.algorithm,
+            digest,
+            persistent: key.persistent.map(PersistentHandle::value),
+            auth: auth.as_deref().map(Vec::as_slice),
+            policy: key.policy.as_ref(),
+            blob_file: self.dir.key_file(id, PRIVATE),
+            blobs: &blobs,
+        };
+        let raw = self.device()?.sign(&request)?;
+        Signature::from_raw(key.info.algorithm, raw)
+    }
+}
+
+impl std::fmt::Debug for TpmStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TpmStore")
+            .field("dir", &self.dir.root())
+            .finish_non_exhaustive()
+    }
+}
+
+impl KeyStore for TpmStore {
+    fn info(&self) -> BackendInfo {
+        let tcti = self.tcti().unwrap_or_else(|_| "?".into());
+        BackendInfo::new(
+            "tpm",
+            Protection::Hardware,
+            format!("{} (TCTI {tcti})", self.dir.root().display()),
+        )
+    }
+
+    fn generate(&self, algorithm: Algorithm, label: &str) -> Result<KeyInfo> {
+        self.generate_with(algorithm, label, crate::KeyOptions::default())
+    }
+
+    fn list(&self) -> Result<Vec<KeyInfo>> {
+        let mut out = Vec::new();
+        for id in self.dir.record_ids()? {
+            match self.key(&id) {
+                Ok(key) => out.push(key.info.clone()),
+                // damaged records are reported by check(); deleted meanwhile is fine
+                Err(Error::Corrupt { .. } | Error::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    fn get(&self, id: &KeyId) -> Result<KeyInfo> {
+        Ok(self.key(id)?.info.clone())
+    }
+
+    fn find_by_label(&self, label: &str) -> Result<KeyInfo> {
+        match self.dir.label_owner(label)? {
+            Some(id) => self.get(&id),
+            None => Err(Error::key_not_found(label)),
+        }
+    }
+
+    fn sign(&self, id: &KeyId, message: &[u8]) -> Result<Signature> {
+        let key = self.key(id)?;
+        let digest = match key.info.algorithm {
+            Algorithm::EcdsaP384 => Sha384::digest(message).to_vec(),
+            _ => Sha256::digest(message).to_vec(),
+        };
+        self.sign_prehashed(&key, &digest)
+    }
+
+    fn sign_digest(&self, id: &KeyId, digest: &[u8]) -> Result<Signature> {
+        let key = self.key(id)?;
+        key.info.algorithm.check_digest(digest)?;
+        self.sign_prehashed(&key, digest)
+    }
+
+    fn agree(&self, id: &KeyId, _peer: &PublicKey) -> Result<SecretBytes> {
+        let key = self.key(id)?;
+        Err(Error::Unsupported {
+            operation: "key agreement",
+            reason: format!(
+                "{} is a {} signing key; TPM keys here only sign (X25519 is not available on \
+                 TPM 2.0 devices or swtpm)",
+                key.info.id, key.info.algorithm
+            ),
+        })
+    }
+
+    fn delete(&self, id: &KeyId) -> Result<()> {
+        let lock = self.dir.lock()?;
+        let key = match self.key(id) {
+            Ok(key) => Some(key),
+            // a damaged record can still be deleted; its label claim then goes stale
+            Err(Error::Corrupt { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        {
+            let mut device = self.device()?;
+            if let Some(handle) = key.as_ref().and_then(|k| k.persistent) {
+                device.unpersist(id, handle.value())?;
+            }
+            device.unload(id);
+        }
+        self.dir.remove_key(&lock, id)?;
+        if let Some(key) = &key {
+            self.dir.release_label(&lock, &key.info.label, id)?;
+        }
+        self.records.lock().map_err(poisoned)?.remove(id);
+        self.auth.lock().map_err(poisoned)?.remove(id);
+        Ok(())
+    }
+
+    fn check(&self) -> Result<Vec<Error>> {
+        let mut problems = Vec::new();
+        for id in self.dir.record_ids()? {
+            match self.key(&id) {
+                Ok(key) => {
+                    if let Err(e) = self.blobs(&key) {
+                        problems.push(e);
+                    }
+                }
+                Err(Error::NotFound(_)) => {}
+                Err(e) => problems.push(e),
+            }
+        }
+        Ok(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tpm2b_framing() {
+        assert_eq!(tpm2b(b"abc").unwrap(), b"\x00\x03abc");
+        assert_eq!(untpm2b(b"\x00\x03abc").unwrap(), b"abc");
+        assert!(untpm2b(b"\x00\x04abc").is_err());
+        assert!(untpm2b(b"\x00").is_err());
+    }
+
+    #[test]
+    fn records_round_trip_and_reject_damage() {
+        let provider = keyhaven_crypto::default_provider();
+        let key = provider.generate(Algorithm::EcdsaP256).unwrap();
+        let id = KeyId::generate().unwrap();
+        let record = Record {
+            format: RECORD_FORMAT.into(),
+            version: 1,
+            id: id.clone(),
+            label: "l".into(),
+            algorithm: Algorithm::EcdsaP256,
+            created_at: 1_700_000_000,
+            public_key: hex::encode(key.public_key().spki_der()),
+            persistent_handle: Some("0x81000010".into()),
+            pcr_policy: Some(PolicyRecord {
+                selection: "sha256:0,7".into(),
+                pcr_digest: "00".repeat(32),
+                values: vec!["00".repeat(32), "11".repeat(32)],
+            }),
+            auth: true,
+        };
+        let json = serde_json::to_vec(&record).unwrap();
+        let parsed = Key::parse(&id, &json).unwrap();
+        assert_eq!(&parsed.info.public_key, key.public_key());
+        assert_eq!(parsed.persistent.unwrap().value(), 0x8100_0010);
+        assert_eq!(parsed.policy.unwrap().pcrs, vec![0, 7]);
+        assert!(parsed.auth);
+        let other = KeyId::generate().unwrap();
+        assert!(Key::parse(&other, &json).unwrap_err().contains("not"));
+        assert!(Key::parse(&id, b"{").is_err());
+    }
+}
