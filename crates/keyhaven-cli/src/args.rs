@@ -11,20 +11,22 @@ Exit codes:
    1  verification failed: the signature is invalid
    2  usage error (bad arguments, or a confirmation needed without a terminal)
    3  not found (key, backend, file, no default key)
-   4  wrong passphrase, or locked (no passphrase available)
+   4  wrong passphrase or PIN, or locked (no passphrase or PIN available)
    5  unsupported (e.g. signing with an X25519 key, exporting a hardware key)
    6  permission denied, including unsafe file permissions on a store
    7  corrupt data (a damaged or truncated record)
    8  already exists
    9  invalid input (malformed PEM, wrong digest length, bad config, ambiguous reference)
-  10  backend unavailable
+  10  backend unavailable (token or TPM not reachable, drive not mounted)
   11  I/O error
   12  key revoked
   70  internal error
 
 Environment:
   KEYHAVEN_HOME        the keyhaven home (default: the platform data directory + /keyhaven)
-  KEYHAVEN_PASSPHRASE  the passphrase of encrypted backends (else --passphrase-file, else a prompt)
+  KEYHAVEN_PASSPHRASE  the passphrase of encrypted backends (else --passphrase-file, else a prompt);
+                       never used as a token PIN (a pkcs11 backend names its own --pin-env or
+                       --pin-file, else the PIN is asked on the terminal)
 
 Start with `keyhaven quickstart`.";
 
@@ -84,6 +86,8 @@ pub(crate) enum KeyCommand {
         /// Print the key's details as JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tpm: TpmKeyArgs,
     },
     /// List the keys of every backend.
     List {
@@ -190,6 +194,80 @@ pub(crate) struct SignArgs {
     /// the signature.
     #[arg(long, value_name = "FILE")]
     pub(crate) assertion: Option<PathBuf>,
+    /// The passphrase of a TPM key made with `key generate --key-auth-file`: the first line of
+    /// this file (mode 0600). Without it, such a key's passphrase is asked on the terminal.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key_auth_file: Option<PathBuf>,
+}
+
+/// Options of `key generate` that only a TPM backend takes.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "TPM key options (tpm backends only)")]
+pub(crate) struct TpmKeyArgs {
+    /// Also make the key persistent at this handle (0x81000000 to 0x817fffff), where
+    /// `tpm2_readpublic -c HANDLE` finds it.
+    #[arg(long, value_name = "HANDLE")]
+    pub(crate) persistent: Option<String>,
+    /// Bind the key to the current values of these PCRs: it signs only while they are
+    /// unchanged (BANK:PCR[,PCR...], e.g. sha256:0,7).
+    #[arg(long, value_name = "BANK:PCRS")]
+    pub(crate) pcr_policy: Option<String>,
+    /// Protect the key with a passphrase of its own, from the first line of this file (mode
+    /// 0600); `keyhaven sign` then needs it (--key-auth-file, or the terminal).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key_auth_file: Option<PathBuf>,
+}
+
+/// Options of `backend add --type pkcs11`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "PKCS#11 tokens (--type pkcs11)")]
+pub(crate) struct Pkcs11Args {
+    /// The token's PKCS#11 module (shared library), e.g. /usr/lib/softhsm/libsofthsm2.so.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) module: Option<PathBuf>,
+    /// The token, by label.
+    #[arg(long, value_name = "LABEL", conflicts_with_all = ["slot", "serial"])]
+    pub(crate) token: Option<String>,
+    /// The token, by slot id.
+    #[arg(long, value_name = "ID", conflicts_with = "serial")]
+    pub(crate) slot: Option<u64>,
+    /// The token, by serial number.
+    #[arg(long, value_name = "SERIAL")]
+    pub(crate) serial: Option<String>,
+    /// Read the user PIN from this environment variable (its name is saved, never the PIN).
+    /// Without --pin-env or --pin-file, the PIN is asked on the terminal each time.
+    #[arg(long, value_name = "VAR", conflicts_with = "pin_file")]
+    pub(crate) pin_env: Option<String>,
+    /// Read the user PIN from the first line of this file (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) pin_file: Option<PathBuf>,
+}
+
+impl Pkcs11Args {
+    /// The options given, by their flag.
+    fn given(&self) -> Vec<&'static str> {
+        [
+            ("--module", self.module.is_some()),
+            ("--token", self.token.is_some()),
+            ("--slot", self.slot.is_some()),
+            ("--serial", self.serial.is_some()),
+            ("--pin-env", self.pin_env.is_some()),
+            ("--pin-file", self.pin_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(flag, set)| set.then_some(flag))
+        .collect()
+    }
+}
+
+/// Options of `backend add --type tpm`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "TPM (--type tpm)")]
+pub(crate) struct TpmArgs {
+    /// How to reach the TPM: device:/dev/tpmrm0, swtpm:host=H,port=P, mssim:host=H,port=P or
+    /// tabrmd.
+    #[arg(long, value_name = "TCTI")]
+    pub(crate) tcti: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -229,16 +307,22 @@ pub(crate) enum BackendCommand {
         /// A name: letters, digits, '_' and '-'.
         name: String,
         /// The backend type: encrypted (recommended), pem (plain files openssl reads: the
-        /// weakest protection), memory (keys vanish when the command exits).
+        /// weakest protection), memory (keys vanish when the command exits), pkcs11 (a token:
+        /// needs --module and --token), tpm (needs --tcti).
         #[arg(long = "type", value_name = "TYPE", value_parser = kind_parser())]
         kind: BackendKind,
-        /// The store directory (file backends; default: HOME/backends/NAME). A relative path is
-        /// taken from the current directory.
+        /// The store directory of a file backend, or the metadata directory (TPM-wrapped key
+        /// blobs) of a tpm backend (default: HOME/backends/NAME). A relative path is taken from
+        /// the current directory.
         #[arg(long, value_name = "DIR")]
         path: Option<PathBuf>,
         /// Make it the default backend.
         #[arg(long)]
         default: bool,
+        #[command(flatten)]
+        pkcs11: Pkcs11Args,
+        #[command(flatten)]
+        tpm: TpmArgs,
     },
     /// Remove a backend from keyhaven.toml (its files are left in place).
     Remove {
@@ -327,5 +411,77 @@ fn dash(s: &str) -> Result<String, String> {
         Err(format!(
             "'{s}' is not '-': use --message-file FILE to sign a file, or - for standard input"
         ))
+    }
+}
+
+/// Checks what clap's declarations cannot: the device options of `backend add` belong to their
+/// type, and a device type has what it needs. A problem is a clap usage error (exit code 2).
+///
+/// # Errors
+/// The usage error, ready to be printed.
+pub(crate) fn check(cli: &Cli) -> Result<(), clap::Error> {
+    use clap::CommandFactory;
+    use clap::error::ErrorKind;
+
+    let Command::Backend(BackendCommand::Add {
+        kind,
+        path,
+        pkcs11,
+        tpm,
+        ..
+    }) = &cli.command
+    else {
+        return Ok(());
+    };
+    let usage_error = |kind: ErrorKind, message: String| {
+        let mut cmd = Cli::command();
+        cmd.build();
+        match cmd
+            .find_subcommand_mut("backend")
+            .and_then(|b| b.find_subcommand_mut("add"))
+        {
+            Some(add) => add.error(kind, message),
+            None => cmd.error(kind, message),
+        }
+    };
+    let pkcs11_given = pkcs11.given();
+    if *kind != BackendKind::Pkcs11
+        && let Some(flag) = pkcs11_given.first()
+    {
+        return Err(usage_error(
+            ErrorKind::ArgumentConflict,
+            format!("{flag} is for --type pkcs11 only (this backend is --type {kind})"),
+        ));
+    }
+    if *kind != BackendKind::Tpm && tpm.tcti.is_some() {
+        return Err(usage_error(
+            ErrorKind::ArgumentConflict,
+            format!("--tcti is for --type tpm only (this backend is --type {kind})"),
+        ));
+    }
+    if path.is_some() && !kind.has_path() {
+        return Err(usage_error(
+            ErrorKind::ArgumentConflict,
+            format!("--path is not for --type {kind}: it has no directory"),
+        ));
+    }
+    match kind {
+        BackendKind::Pkcs11 if pkcs11.module.is_none() => Err(usage_error(
+            ErrorKind::MissingRequiredArgument,
+            "--type pkcs11 needs --module PATH, the token's PKCS#11 library".into(),
+        )),
+        BackendKind::Pkcs11
+            if pkcs11.token.is_none() && pkcs11.slot.is_none() && pkcs11.serial.is_none() =>
+        {
+            Err(usage_error(
+                ErrorKind::MissingRequiredArgument,
+                "--type pkcs11 needs the token: --token LABEL (or --slot ID, or --serial S)".into(),
+            ))
+        }
+        BackendKind::Tpm if tpm.tcti.is_none() => Err(usage_error(
+            ErrorKind::MissingRequiredArgument,
+            "--type tpm needs --tcti TCTI (device:/dev/tpmrm0, swtpm:host=H,port=P, tabrmd)".into(),
+        )),
+        _ => Ok(()),
     }
 }

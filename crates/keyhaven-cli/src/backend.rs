@@ -1,12 +1,14 @@
 //! `keyhaven backend ...` and `keyhaven doctor`.
 
+use std::path::{Path, PathBuf};
+
 use anyhow::{Context, Result};
-use keyhaven::{BackendConfig, KeyManager, Protection};
+use keyhaven::{BackendConfig, BackendKind, KeyManager, Protection, TokenRef};
 use serde_json::json;
 
-use crate::args::BackendCommand;
+use crate::args::{BackendCommand, Pkcs11Args, TpmArgs};
 use crate::ctx::{Ctx, print_warnings};
-use crate::exit::{CORRUPT, NOT_FOUND, OK, code_of_kind};
+use crate::exit::{CORRUPT, NOT_FOUND, OK, UNSUPPORTED, code_of_kind};
 use crate::output::{errln, outln, print_json, print_table, warn_plain};
 
 pub(crate) fn run(ctx: &Ctx, cmd: BackendCommand) -> Result<u8> {
@@ -24,10 +26,7 @@ fn dispatch(m: &KeyManager, cmd: BackendCommand) -> Result<u8> {
                 .backends
                 .iter()
                 .map(|(name, b)| {
-                    let location = m
-                        .backend_path(name)
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_else(|| "process memory (ephemeral)".into());
+                    let location = config.backend_location(m.home(), name).unwrap_or_default();
                     let mut marks = Vec::new();
                     if config.default_backend.as_deref() == Some(name.as_str()) {
                         marks.push("default");
@@ -87,14 +86,12 @@ fn dispatch(m: &KeyManager, cmd: BackendCommand) -> Result<u8> {
             kind,
             path,
             default,
+            pkcs11,
+            tpm,
         } => {
-            let path = match path {
-                Some(p) if p.is_relative() => Some(
-                    std::path::absolute(&p).with_context(|| format!("resolve {}", p.display()))?,
-                ),
-                other => other,
-            };
-            let backend = m.add_backend(&name, BackendConfig::new(kind, path))?;
+            let path = path.map(|p| absolute(&p)).transpose()?;
+            let config = declaration(kind, path, pkcs11, tpm)?;
+            let backend = m.add_backend(&name, config)?;
             if default {
                 m.set_default_backend(Some(&name))?;
             }
@@ -143,6 +140,48 @@ fn dispatch(m: &KeyManager, cmd: BackendCommand) -> Result<u8> {
             Ok(OK)
         }
     }
+}
+
+/// A path as given on the command line, made absolute (keyhaven.toml resolves relative paths
+/// against the home, not the current directory).
+fn absolute(p: &Path) -> Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p.to_owned());
+    }
+    std::path::absolute(p).with_context(|| format!("resolve {}", p.display()))
+}
+
+/// The `[backends.NAME]` declaration of `backend add` (its options were checked against the type
+/// by `args::check`).
+fn declaration(
+    kind: BackendKind,
+    path: Option<PathBuf>,
+    pkcs11: Pkcs11Args,
+    tpm: TpmArgs,
+) -> Result<BackendConfig> {
+    Ok(match kind {
+        BackendKind::Pkcs11 => {
+            let module = pkcs11
+                .module
+                .as_deref()
+                .map(absolute)
+                .transpose()?
+                .unwrap_or_default();
+            let token = match (pkcs11.token, pkcs11.slot, pkcs11.serial) {
+                (_, Some(slot), _) => TokenRef::Slot(slot),
+                (_, _, Some(serial)) => TokenRef::Serial(serial),
+                (label, _, _) => TokenRef::Label(label.unwrap_or_default()),
+            };
+            let config = BackendConfig::pkcs11(module, token);
+            match (pkcs11.pin_env, pkcs11.pin_file) {
+                (Some(var), _) => config.with_pin_env(var),
+                (None, Some(file)) => config.with_pin_file(absolute(&file)?),
+                (None, None) => config,
+            }
+        }
+        BackendKind::Tpm => BackendConfig::tpm(tpm.tcti.unwrap_or_default(), path),
+        _ => BackendConfig::new(kind, path),
+    })
 }
 
 pub(crate) fn doctor(ctx: &Ctx, json: bool) -> Result<u8> {
@@ -199,6 +238,12 @@ pub(crate) fn doctor(ctx: &Ctx, json: bool) -> Result<u8> {
             for d in &b.damaged {
                 outln!("  damaged: {d}")?;
             }
+            if let Some(t) = &b.token {
+                print_token(t)?;
+            }
+            if let Some(t) = &b.tpm {
+                print_tpm(t)?;
+            }
         }
         if report.backends.is_empty() {
             outln!("backends:    none configured")?;
@@ -233,9 +278,66 @@ pub(crate) fn doctor(ctx: &Ctx, json: bool) -> Result<u8> {
         if !b.damaged.is_empty() {
             return Ok(CORRUPT);
         }
+        let token_lacks = b.token.as_ref().is_some_and(|t| !t.missing.is_empty());
+        let tpm_lacks = b.tpm.as_ref().is_some_and(|t| !t.missing_curves.is_empty());
+        if token_lacks || tpm_lacks {
+            return Ok(UNSUPPORTED);
+        }
     }
     if report.default_key_error.is_some() {
         return Ok(NOT_FOUND);
     }
     Ok(OK)
+}
+
+/// The token of a `pkcs11` backend, under its line in `keyhaven doctor`.
+fn print_token(t: &keyhaven::TokenDiagnosis) -> Result<()> {
+    outln!("  token:        '{}' in slot {}", t.label, t.slot_id)?;
+    outln!("  manufacturer: {}", t.manufacturer)?;
+    outln!("  model:        {}", t.model)?;
+    outln!("  serial:       {}", t.serial)?;
+    outln!(
+        "  versions:     hardware {}, firmware {}",
+        t.hardware_version,
+        t.firmware_version
+    )?;
+    outln!("  module:       {} ({})", t.module.display(), t.library)?;
+    outln!("  slots:        {} free of {}", t.free_slots, t.total_slots)?;
+    outln!("  user PIN:     {}", t.user_pin)?;
+    outln!("  mechanisms:")?;
+    for m in &t.mechanisms {
+        outln!(
+            "    {:<31} {:<8} {}",
+            m.name,
+            if m.present { "present" } else { "MISSING" },
+            m.needed_for
+        )?;
+    }
+    if !t.missing.is_empty() {
+        outln!(
+            "  PROBLEM: the token lacks {}: keys that need them cannot be used there",
+            t.missing.join(", ")
+        )?;
+    }
+    Ok(())
+}
+
+/// The TPM of a `tpm` backend, under its line in `keyhaven doctor`.
+fn print_tpm(t: &keyhaven::TpmDiagnosis) -> Result<()> {
+    outln!("  TPM:          via {}", t.tcti)?;
+    outln!("  manufacturer: {} ({})", t.manufacturer, t.vendor)?;
+    outln!("  firmware:     {}", t.firmware_version)?;
+    outln!("  spec:         revision {}", t.spec_revision)?;
+    outln!("  curves:       {}", t.ecc_curves.join(", "))?;
+    outln!(
+        "  loaded keys:  at most {} objects at once",
+        t.transient_slots
+    )?;
+    if !t.missing_curves.is_empty() {
+        outln!(
+            "  PROBLEM: the TPM lacks {}: keys on those curves cannot be made there",
+            t.missing_curves.join(", ")
+        )?;
+    }
+    Ok(())
 }

@@ -73,13 +73,25 @@ pub(crate) fn interactive() -> bool {
 }
 
 /// Passphrases for encrypted backends: `--passphrase-file`, else `KEYHAVEN_PASSPHRASE`, else a
-/// prompt on the terminal naming the backend (twice, compared, for a new store).
+/// prompt on the terminal naming the backend (twice, compared, for a new store). Token PINs (of
+/// `pkcs11` backends without `pin_env` or `pin_file`): a prompt on the terminal only.
 pub(crate) struct CliPassphrases {
     file: Option<PathBuf>,
 }
 
 impl PassphraseProvider for CliPassphrases {
     fn passphrase(&self, request: &PassphraseRequest) -> Result<SecretString, CoreError> {
+        if request.purpose == PassphrasePurpose::TokenPin {
+            // Never the store passphrase (KEYHAVEN_PASSPHRASE, --passphrase-file): each wrong PIN
+            // costs one of the token's tries. The backend's pin_env / pin_file, or the terminal.
+            let what = request.describe();
+            if !interactive() {
+                return Err(CoreError::Locked(format!(
+                    "{what} is needed and standard input is not a terminal"
+                )));
+            }
+            return prompt(&format!("{}: ", capitalized(&what)));
+        }
         let new = request.purpose == PassphrasePurpose::Create;
         let given = if let Some(f) = &self.file {
             Some(read_secret_file(f)?)
@@ -113,6 +125,14 @@ impl PassphraseProvider for CliPassphrases {
             prompt(&format!("Passphrase for {what}: "))
         }
     }
+}
+
+/// `s` with its first letter in upper case.
+fn capitalized(s: &str) -> String {
+    let mut chars = s.chars();
+    chars.next().map_or_else(String::new, |c| {
+        c.to_uppercase().chain(chars).collect::<String>()
+    })
 }
 
 /// A `SecretString` holding a copy of `s` in an allocation of exactly its length (so no

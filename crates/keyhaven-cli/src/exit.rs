@@ -175,6 +175,16 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, String) {
                 KhError::Config { .. } => {
                     "Fix keyhaven.toml (or use `keyhaven backend add/remove`)".to_owned()
                 }
+                KhError::Pin { backend, .. } if kind == ErrorKind::BadPassphrase => format!(
+                    "Check the user PIN of backend '{backend}' (pin_env or pin_file under \
+                     [backends.{backend}] in keyhaven.toml, or the prompt); it was tried once \
+                     and nothing was changed"
+                ),
+                KhError::Pin { backend, .. } => format!(
+                    "Give the token's user PIN: set the variable its pin_env names, or fix its \
+                     pin_file (under [backends.{backend}] in keyhaven.toml), or run keyhaven on a \
+                     terminal to be asked; a locked PIN is reset with the security officer PIN"
+                ),
                 _ => hint_of_kind(kind).to_owned(),
             };
             return (code_of_kind(kind), hint);

@@ -4,10 +4,12 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
 use keyhaven::secrecy::ExposeSecret;
-use keyhaven::{CoreError, KeyManager, ManagedKey, Protection, encoding, hazmat, rfc3339};
+use keyhaven::{
+    CoreError, GenerateOptions, KeyManager, ManagedKey, Protection, encoding, hazmat, rfc3339,
+};
 use serde_json::json;
 
-use crate::args::{KeyCommand, PublicFormat};
+use crate::args::{KeyCommand, PublicFormat, TpmKeyArgs};
 use crate::ctx::{Ctx, confirm, interactive, print_warnings, prompt, prompt_new, read_secret_file};
 use crate::exit::{OK, OtherPassphrase, UsageError};
 use crate::output::{errln, key_json, outln, print_json, print_table, warn_plain, write_stdout};
@@ -32,9 +34,11 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
             algorithm,
             label,
             json,
+            tpm,
         } => {
             let had_default = m.config().default_key.is_some();
-            let key = m.generate(backend.as_deref(), algorithm.into(), &label)?;
+            let options = tpm_options(tpm)?;
+            let key = m.generate_with(backend.as_deref(), algorithm.into(), &label, &options)?;
             print_warnings(m);
             if json {
                 print_json(&key_json(&key, is_default(m, &key))?)?;
@@ -208,6 +212,30 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
     }
 }
 
+/// The TPM options of `key generate`.
+fn tpm_options(args: TpmKeyArgs) -> Result<GenerateOptions> {
+    const OPTION: &str = "--key-auth-file";
+    let mut options = GenerateOptions::new();
+    if let Some(handle) = args.persistent {
+        options = options.persistent(handle);
+    }
+    if let Some(policy) = args.pcr_policy {
+        options = options.pcr_policy(policy);
+    }
+    if let Some(file) = &args.key_auth_file {
+        let pass = read_secret_file(file).map_err(|e| OtherPassphrase::wrap(OPTION, e))?;
+        if pass.expose_secret().is_empty() {
+            return Err(CoreError::InvalidInput(format!(
+                "the key passphrase in {} is empty",
+                file.display()
+            ))
+            .into());
+        }
+        options = options.auth(pass);
+    }
+    Ok(options)
+}
+
 fn list(m: &KeyManager, json: bool) -> Result<u8> {
     let keyhaven::Inventory { keys, problems, .. } = m.inventory()?;
     let default = m.config().default_key;
@@ -275,11 +303,15 @@ fn show(m: &KeyManager, reference: &str, json: bool) -> Result<u8> {
     let backend = m.backend(&key.backend)?;
     let private_file = backend.private_key_file(key.id());
     let default = is_default(m, &key);
+    let hardware = m.hardware_details(&key)?;
     if json {
         let mut v = key_json(&key, default)?;
         v["location"] = json!(backend.location());
         if let Some(f) = &private_file {
             v["private_key_file"] = json!(f.display().to_string());
+        }
+        if let Some(d) = &hardware {
+            v["hardware"] = serde_json::to_value(d)?;
         }
         print_json(&v)?;
     } else {
@@ -295,6 +327,21 @@ fn show(m: &KeyManager, reference: &str, json: bool) -> Result<u8> {
         outln!("default:      {}", if default { "yes" } else { "no" })?;
         if let Some(f) = &private_file {
             outln!("private key:  {}", f.display())?;
+        }
+        if let Some(d) = &hardware {
+            outln!("private key:  inside the device; it cannot be exported")?;
+            if let Some(t) = &d.token {
+                outln!("token:        {t}")?;
+            }
+            if let Some(h) = &d.persistent_handle {
+                outln!("persistent:   {h}")?;
+            }
+            if let Some(p) = &d.pcr_policy {
+                outln!("PCR policy:   {p}")?;
+            }
+            if d.needs_auth {
+                outln!("passphrase:   needed to sign (--key-auth-file)")?;
+            }
         }
         write_stdout(key.public_key().to_pem()?.as_bytes())?;
     }

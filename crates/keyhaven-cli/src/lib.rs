@@ -23,6 +23,9 @@ use crate::ctx::Ctx;
 /// quietly, successfully.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Err(e) = args::check(&cli) {
+        e.exit();
+    }
     let ctx = Ctx::new(cli.home, cli.passphrase_file);
     let outcome = match cli.command {
         Command::Key(cmd) => key::run(&ctx, cmd),

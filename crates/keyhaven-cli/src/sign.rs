@@ -8,8 +8,8 @@ use keyhaven::{
 };
 
 use crate::args::{SignArgs, VerifyArgs};
-use crate::ctx::{Ctx, print_warnings};
-use crate::exit::{OK, VERIFY_FAILED};
+use crate::ctx::{Ctx, interactive, print_warnings, prompt, read_secret_file};
+use crate::exit::{OK, OtherPassphrase, VERIFY_FAILED};
 use crate::output::{errln, outln, read_file, write_stdout};
 
 /// Parses a hex digest (white space and a `0x` prefix are ignored).
@@ -55,7 +55,17 @@ pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
             Some(r) => m.resolve(r)?,
             None => m.default_key()?,
         };
-        let sig = m.sign_input(&key, input.as_sign_input())?;
+        let needs_auth = give_key_auth(&m, &key, args.key_auth_file.as_deref())?;
+        let sig = m
+            .sign_input(&key, input.as_sign_input())
+            .map_err(|e| match e {
+                // the key's own passphrase was wrong or missing: say how to give it
+                keyhaven::Error::Backend {
+                    source: source @ (CoreError::BadPassphrase(_) | CoreError::Locked(_)),
+                    ..
+                } if needs_auth => OtherPassphrase::wrap(KEY_AUTH_OPTION, source),
+                other => other.into(),
+            })?;
         let bytes = encoding::encode_signature(&sig, format)?;
         let assertion = match &args.assertion {
             Some(_) => {
@@ -82,6 +92,38 @@ pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
     })();
     print_warnings(&m);
     result
+}
+
+/// The option that gives a TPM key's own passphrase.
+const KEY_AUTH_OPTION: &str = "--key-auth-file";
+
+/// Gives the manager the passphrase of `key` if it has one of its own (a TPM key made with
+/// `--key-auth-file`): from `file`, else from the terminal. Returns whether the key needs one.
+fn give_key_auth(
+    m: &keyhaven::KeyManager,
+    key: &keyhaven::ManagedKey,
+    file: Option<&std::path::Path>,
+) -> Result<bool> {
+    if let Some(f) = file {
+        let pass = read_secret_file(f).map_err(|e| OtherPassphrase::wrap(KEY_AUTH_OPTION, e))?;
+        m.set_key_auth(key, &pass)?;
+        return Ok(true);
+    }
+    let needs = m.hardware_details(key)?.is_some_and(|d| d.needs_auth);
+    if needs {
+        if !interactive() {
+            return Err(OtherPassphrase::wrap(
+                KEY_AUTH_OPTION,
+                CoreError::Locked(format!(
+                    "key {key} has a passphrase of its own and standard input is not a terminal"
+                )),
+            ));
+        }
+        let pass = prompt(&format!("Passphrase of key {key}: "))
+            .map_err(|e| OtherPassphrase::wrap(KEY_AUTH_OPTION, e))?;
+        m.set_key_auth(key, &pass)?;
+    }
+    Ok(needs)
 }
 
 pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {

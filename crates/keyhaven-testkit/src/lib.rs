@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 pub mod checks;
+pub mod devices;
 pub mod openssl;
 
 use std::any::Any;

@@ -25,6 +25,12 @@ pub enum BackendKind {
     Pem,
     /// The in-memory store: ephemeral, its keys vanish when the process exits.
     Memory,
+    /// A PKCS#11 token (an HSM, a smart card, SoftHSM2): keys are generated on the token and
+    /// never leave it.
+    Pkcs11,
+    /// A TPM 2.0 (or swtpm): keys are created inside the TPM and never leave it; keyhaven keeps
+    /// their TPM-wrapped blobs in a directory.
+    Tpm,
 }
 
 impl BackendKind {
@@ -33,6 +39,8 @@ impl BackendKind {
         BackendKind::Encrypted,
         BackendKind::Pem,
         BackendKind::Memory,
+        BackendKind::Pkcs11,
+        BackendKind::Tpm,
     ];
 
     /// The name used in `keyhaven.toml` and on the command line.
@@ -41,6 +49,8 @@ impl BackendKind {
             BackendKind::Encrypted => "encrypted",
             BackendKind::Pem => "pem",
             BackendKind::Memory => "memory",
+            BackendKind::Pkcs11 => "pkcs11",
+            BackendKind::Tpm => "tpm",
         }
     }
 
@@ -49,6 +59,8 @@ impl BackendKind {
         match self {
             BackendKind::Encrypted | BackendKind::Pem => "file",
             BackendKind::Memory => "memory",
+            BackendKind::Pkcs11 => "pkcs11",
+            BackendKind::Tpm => "tpm",
         }
     }
 
@@ -57,6 +69,8 @@ impl BackendKind {
         match self {
             BackendKind::Encrypted | BackendKind::Pem => cfg!(feature = "file"),
             BackendKind::Memory => cfg!(feature = "memory"),
+            BackendKind::Pkcs11 => cfg!(feature = "pkcs11"),
+            BackendKind::Tpm => cfg!(feature = "tpm"),
         }
     }
 
@@ -65,13 +79,29 @@ impl BackendKind {
         match self {
             BackendKind::Encrypted | BackendKind::Memory => Protection::SoftwareEncrypted,
             BackendKind::Pem => Protection::SoftwarePlain,
+            BackendKind::Pkcs11 | BackendKind::Tpm => Protection::Hardware,
         }
     }
 
-    /// Whether the backend keeps its keys in a directory (`path = ...`). Only such file
-    /// backends can serve as the fallback.
+    /// Whether the backend keeps its keys in files in a directory (`path = ...`). Only such
+    /// file backends can serve as the fallback.
     pub fn is_file(self) -> bool {
         matches!(self, BackendKind::Encrypted | BackendKind::Pem)
+    }
+
+    /// Whether the backend takes a directory (`path = ...`): the file backends' stores and the
+    /// TPM backend's metadata (its TPM-wrapped key blobs).
+    pub fn has_path(self) -> bool {
+        matches!(
+            self,
+            BackendKind::Encrypted | BackendKind::Pem | BackendKind::Tpm
+        )
+    }
+
+    /// Whether the backend is a device keeping its keys inside it (`pkcs11`, `tpm`): its keys
+    /// cannot be exported, and it needs device settings to be declared.
+    pub fn is_hardware(self) -> bool {
+        matches!(self, BackendKind::Pkcs11 | BackendKind::Tpm)
     }
 
     /// Whether the backend forgets its keys when the process exits.
@@ -131,6 +161,12 @@ pub struct Backend {
     /// The same store when it is a PEM store, which names each key's file.
     #[cfg(feature = "file")]
     pem: Option<Arc<keyhaven_store_file::PemStore>>,
+    /// The same store when it is a PKCS#11 token, which reports on the token.
+    #[cfg(feature = "pkcs11")]
+    pkcs11: Option<Arc<keyhaven_hsm_pkcs11::Pkcs11Store>>,
+    /// The same store when it is a TPM, which takes key options and key passphrases.
+    #[cfg(feature = "tpm")]
+    tpm: Option<Arc<keyhaven_hsm_tpm::TpmStore>>,
 }
 
 impl fmt::Debug for Backend {
@@ -158,6 +194,10 @@ impl Backend {
             store,
             #[cfg(feature = "file")]
             pem: None,
+            #[cfg(feature = "pkcs11")]
+            pkcs11: None,
+            #[cfg(feature = "tpm")]
+            tpm: None,
         }
     }
 
@@ -194,6 +234,18 @@ impl Backend {
             None
         }
     }
+
+    /// The PKCS#11 store, when this is a `pkcs11` backend.
+    #[cfg(feature = "pkcs11")]
+    pub(crate) fn pkcs11_store(&self) -> Option<&Arc<keyhaven_hsm_pkcs11::Pkcs11Store>> {
+        self.pkcs11.as_ref()
+    }
+
+    /// The TPM store, when this is a `tpm` backend.
+    #[cfg(feature = "tpm")]
+    pub(crate) fn tpm_store(&self) -> Option<&Arc<keyhaven_hsm_tpm::TpmStore>> {
+        self.tpm.as_ref()
+    }
 }
 
 /// The backend types that keep their keys in a directory.
@@ -207,14 +259,22 @@ enum FileKind {
 pub(crate) struct OpenRequest<'a> {
     pub(crate) name: &'a str,
     pub(crate) kind: BackendKind,
-    /// The store directory, for file backends.
+    /// The whole declaration (device settings).
+    #[cfg_attr(not(any(feature = "pkcs11", feature = "tpm")), allow(dead_code))]
+    pub(crate) config: &'a crate::BackendConfig,
+    /// The directory, for file and TPM backends.
     pub(crate) path: Option<&'a Path>,
     pub(crate) home: &'a Path,
     pub(crate) passphrases: &'a dyn PassphraseProvider,
 }
 
 /// The error for a backend type this build does not include.
-#[cfg(not(all(feature = "file", feature = "memory")))]
+#[cfg(not(all(
+    feature = "file",
+    feature = "memory",
+    feature = "pkcs11",
+    feature = "tpm"
+)))]
 fn not_compiled(req: &OpenRequest<'_>) -> Error {
     Error::backend(
         req.name,
@@ -229,23 +289,64 @@ fn not_compiled(req: &OpenRequest<'_>) -> Error {
     )
 }
 
-/// Opens a backend's existing store, creating nothing: `Ok(None)` when a file backend's store
-/// does not exist yet. For lookups and every operation on existing keys.
+/// Opens a backend's existing store, creating nothing: `Ok(None)` when a file (or TPM)
+/// backend's directory does not exist yet. For lookups and every operation on existing keys.
 pub(crate) fn open_existing(req: &OpenRequest<'_>) -> Result<Option<Backend>> {
     match req.kind {
         BackendKind::Memory => open_memory(req).map(Some),
         BackendKind::Pem => open_file(req, FileKind::Pem),
         BackendKind::Encrypted => open_file(req, FileKind::Encrypted),
+        BackendKind::Pkcs11 => open_pkcs11(req).map(Some),
+        BackendKind::Tpm => open_tpm(req, false),
     }
 }
 
 /// Opens a backend's store, creating it if it does not exist yet (an encrypted store asks for a
-/// new passphrase). For new keys and `backend add` only.
+/// new passphrase; a TPM backend gets its metadata directory). For new keys and `backend add`
+/// only.
 pub(crate) fn open_or_create(req: &OpenRequest<'_>) -> Result<Backend> {
     match req.kind {
         BackendKind::Memory => open_memory(req),
         BackendKind::Pem => create_file(req, FileKind::Pem),
         BackendKind::Encrypted => create_file(req, FileKind::Encrypted),
+        BackendKind::Pkcs11 => open_pkcs11(req),
+        BackendKind::Tpm => open_tpm(req, true)?.ok_or_else(|| {
+            Error::backend(
+                req.name,
+                CoreError::NotFound(format!("the metadata directory of backend '{}'", req.name)),
+            )
+        }),
+    }
+}
+
+/// The directory of a backend that needs one.
+#[cfg(any(feature = "file", feature = "tpm"))]
+fn store_dir<'a>(req: &OpenRequest<'a>) -> Result<&'a Path> {
+    req.path.ok_or_else(|| Error::Config {
+        origin: "configuration".into(),
+        message: format!("backends.{}: a {} backend needs a path", req.name, req.kind),
+    })
+}
+
+/// A directory outside the home whose parent is missing (an unmounted drive) makes the backend
+/// unavailable.
+#[cfg(any(feature = "file", feature = "tpm"))]
+fn check_mounted(name: &str, dir: &Path, home: &Path) -> Result<()> {
+    if dir.starts_with(home) || dir.exists() {
+        return Ok(());
+    }
+    match dir.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() && !parent.is_dir() => Err(Error::backend(
+            name,
+            CoreError::Unavailable {
+                backend: name.to_owned(),
+                reason: format!(
+                    "directory {} does not exist (is the drive mounted?)",
+                    parent.display()
+                ),
+            },
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -276,46 +377,12 @@ mod file {
 
     use keyhaven_store_file::{EncryptedStore, KdfParams, PemStore, StoreKind};
 
-    use super::{Backend, BackendKind, FileKind, OpenRequest};
+    use super::{Backend, BackendKind, FileKind, OpenRequest, check_mounted, store_dir};
     use crate::passphrase::{PassphrasePurpose, PassphraseRequest};
     use crate::{CoreError, Error, Result};
 
-    /// A store directory outside the home whose parent is missing (an unmounted drive) makes
-    /// the backend unavailable.
-    fn check_mounted(name: &str, dir: &Path, home: &Path) -> Result<()> {
-        if dir.starts_with(home) || dir.exists() {
-            return Ok(());
-        }
-        match dir.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() && !parent.is_dir() => {
-                Err(Error::backend(
-                    name,
-                    CoreError::Unavailable {
-                        backend: name.to_owned(),
-                        reason: format!(
-                            "directory {} does not exist (is the drive mounted?)",
-                            parent.display()
-                        ),
-                    },
-                ))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn store_dir<'a>(req: &OpenRequest<'a>) -> Result<&'a Path> {
-        req.path.ok_or_else(|| Error::Config {
-            origin: "configuration".into(),
-            message: format!("backends.{}: a {} backend needs a path", req.name, req.kind),
-        })
-    }
-
     fn request(req: &OpenRequest<'_>, dir: &Path, purpose: PassphrasePurpose) -> PassphraseRequest {
-        PassphraseRequest {
-            backend: req.name.to_owned(),
-            location: dir.to_owned(),
-            purpose,
-        }
+        PassphraseRequest::new(req.name, dir, purpose)
     }
 
     pub(super) fn open_file(req: &OpenRequest<'_>, want: FileKind) -> Result<Option<Backend>> {
@@ -416,5 +483,147 @@ fn open_file(req: &OpenRequest<'_>, _want: FileKind) -> Result<Option<Backend>> 
 
 #[cfg(not(feature = "file"))]
 fn create_file(req: &OpenRequest<'_>, _want: FileKind) -> Result<Backend> {
+    Err(not_compiled(req))
+}
+
+#[cfg(feature = "pkcs11")]
+pub(crate) use pkcs11::{open_pkcs11, target as pkcs11_target};
+
+#[cfg(feature = "pkcs11")]
+mod pkcs11 {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use keyhaven_hsm_pkcs11::{
+        Pkcs11Config, Pkcs11Store, TokenReport, TokenSelector, pin_from_env, pin_from_file,
+    };
+
+    use super::{Backend, BackendKind, OpenRequest};
+    use crate::config::{TokenRef, resolve_path};
+    use crate::passphrase::PassphraseRequest;
+    use crate::{BackendConfig, CoreError, Error, Result};
+
+    /// The module (resolved against the home) and the token selector of a `pkcs11` backend.
+    pub(crate) fn target(
+        name: &str,
+        config: &BackendConfig,
+        home: &std::path::Path,
+    ) -> Result<(PathBuf, TokenSelector)> {
+        let missing = |field: &str| Error::Config {
+            origin: "configuration".into(),
+            message: format!("backends.{name}.{field}: missing (a pkcs11 backend needs it)"),
+        };
+        let module = config.module.as_deref().ok_or_else(|| missing("module"))?;
+        let selector = match config.token_ref().ok_or_else(|| missing("token"))? {
+            TokenRef::Label(l) => TokenSelector::Label(l),
+            TokenRef::Slot(s) => TokenSelector::SlotId(s),
+            TokenRef::Serial(s) => TokenSelector::Serial(s),
+        };
+        Ok((resolve_path(home, module), selector))
+    }
+
+    /// Opens the token: first reached without a PIN (a missing module or token is
+    /// `Unavailable`, so the fallback rule applies and nobody is asked for a PIN in vain), then
+    /// logged in to with the PIN from `pin_env`, `pin_file`, or the passphrase provider. The PIN
+    /// is held as a `SecretString` only, and never logged or written.
+    pub(crate) fn open_pkcs11(req: &OpenRequest<'_>) -> Result<Backend> {
+        let name = req.name;
+        let c = req.config;
+        let (module, selector) = target(name, c, req.home)?;
+        let report = TokenReport::probe(&module, &selector).map_err(|e| Error::backend(name, e))?;
+        let (pin, origin) = if let Some(var) = &c.pin_env {
+            (pin_from_env(var), format!("the environment variable {var}"))
+        } else if let Some(file) = &c.pin_file {
+            let file = resolve_path(req.home, file);
+            (
+                pin_from_file(&file),
+                format!("the PIN file {}", file.display()),
+            )
+        } else {
+            let request = PassphraseRequest::token_pin(name, &module, &report.label);
+            (
+                req.passphrases.passphrase(&request),
+                "the PIN prompt".to_owned(),
+            )
+        };
+        let pin_error = |source: CoreError| match source {
+            CoreError::BadPassphrase(_) | CoreError::Locked(_) => Error::Pin {
+                backend: name.to_owned(),
+                origin: origin.clone(),
+                source,
+            },
+            other => Error::backend(name, other),
+        };
+        let pin = pin.map_err(pin_error)?;
+        let store =
+            Pkcs11Store::open(Pkcs11Config::new(&module, selector, pin)).map_err(pin_error)?;
+        let location = format!(
+            "token '{}' (slot {}) of {}",
+            report.label,
+            report.slot_id,
+            module.display()
+        );
+        let store = Arc::new(store);
+        let mut backend =
+            Backend::new(name, BackendKind::Pkcs11, location, Arc::clone(&store) as _);
+        backend.pkcs11 = Some(store);
+        Ok(backend)
+    }
+}
+
+#[cfg(not(feature = "pkcs11"))]
+fn open_pkcs11(req: &OpenRequest<'_>) -> Result<Backend> {
+    Err(not_compiled(req))
+}
+
+#[cfg(feature = "tpm")]
+use tpm::open_tpm;
+
+#[cfg(feature = "tpm")]
+mod tpm {
+    use std::sync::Arc;
+
+    use keyhaven_hsm_tpm::{TpmConfig, TpmReport, TpmStore};
+
+    use super::{Backend, BackendKind, OpenRequest, check_mounted, store_dir};
+    use crate::{Error, Result};
+
+    /// Opens a TPM backend: its metadata directory and a connection to the TPM (which creates
+    /// the storage key, so an unreachable TPM is `Unavailable` here). Without `create`, a
+    /// missing directory is `Ok(None)`; with it, the TPM is reached before anything is created.
+    pub(in crate::backend) fn open_tpm(
+        req: &OpenRequest<'_>,
+        create: bool,
+    ) -> Result<Option<Backend>> {
+        let name = req.name;
+        let err = |e| Error::backend(name, e);
+        let dir = store_dir(req)?;
+        let tcti = req.config.tcti.as_deref().ok_or_else(|| Error::Config {
+            origin: "configuration".into(),
+            message: format!("backends.{name}.tcti: missing (a tpm backend needs it)"),
+        })?;
+        check_mounted(name, dir, req.home)?;
+        if !dir.exists() {
+            if !create {
+                return Ok(None);
+            }
+            TpmReport::probe(tcti).map_err(err)?;
+            if dir.starts_with(req.home)
+                && let Some(parent) = dir.parent()
+            {
+                crate::fs::create_private_dir(parent)?;
+            }
+        }
+        let config = TpmConfig::new(tcti, dir).map_err(err)?;
+        let store = Arc::new(TpmStore::open(config).map_err(err)?);
+        let location = format!("{} (TCTI {tcti})", dir.display());
+        let mut backend = Backend::new(name, BackendKind::Tpm, location, Arc::clone(&store) as _);
+        backend.tpm = Some(store);
+        Ok(Some(backend))
+    }
+}
+
+#[cfg(not(feature = "tpm"))]
+fn open_tpm(req: &OpenRequest<'_>, _create: bool) -> Result<Option<Backend>> {
     Err(not_compiled(req))
 }

@@ -12,12 +12,25 @@
 //! backend = "local"
 //!
 //! [backends.default]
-//! type = "encrypted"          # encrypted | pem | memory
+//! type = "encrypted"          # encrypted | pem | memory | pkcs11 | tpm
 //! path = "backends/default"   # relative paths resolve against the keyhaven home
 //!
 //! [backends.local]
 //! type = "pem"
+//!
+//! [backends.hsm]                # a PKCS#11 token (feature `pkcs11`)
+//! type = "pkcs11"
+//! module = "/usr/lib/softhsm/libsofthsm2.so"
+//! token = "keyhaven"          # or slot = 3, or serial = "..."
+//! pin_env = "KEYHAVEN_HSM_PIN"  # or pin_file = "/etc/keyhaven/hsm.pin"; else a prompt
+//!
+//! [backends.tpm]                # a TPM 2.0 (feature `tpm`)
+//! type = "tpm"
+//! tcti = "device:/dev/tpmrm0"   # or "swtpm:host=127.0.0.1,port=2321", "tabrmd"
+//! path = "backends/tpm"         # the wrapped key blobs and metadata (this is the default)
 //! ```
+//!
+//! The PIN of a token is never written here: only where to read it from.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -56,23 +69,272 @@ pub struct Config {
 }
 
 /// One backend's declaration: `[backends.NAME]`.
+///
+/// Which fields a type takes (others are refused, naming the field):
+///
+/// | type | fields |
+/// |---|---|
+/// | `encrypted`, `pem` | `path` (the store directory) |
+/// | `memory` | none |
+/// | `pkcs11` | `module` (required); one of `token` (label), `slot`, `serial`; at most one of `pin_env`, `pin_file` (neither: the PIN is asked for) |
+/// | `tpm` | `tcti` (required); `path` (the metadata directory) |
+///
+/// Relative paths (`path`, `module`, `pin_file`) resolve against the keyhaven home.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
 pub struct BackendConfig {
-    /// The backend type (`type = "encrypted" | "pem" | "memory"`).
+    /// The backend type (`type = "encrypted" | "pem" | "memory" | "pkcs11" | "tpm"`).
     #[serde(rename = "type")]
     pub kind: BackendKind,
-    /// The store directory of file backends; relative paths resolve against the home. Defaults
-    /// to `backends/NAME`. Not allowed for other types.
+    /// The store directory of file backends, or the metadata directory (wrapped key blobs) of a
+    /// TPM backend. Defaults to `backends/NAME`. Not allowed for other types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
+    /// `pkcs11`: the PKCS#11 module (shared library) of the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<PathBuf>,
+    /// `pkcs11`: the token, by label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// `pkcs11`: the token, by slot id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u64>,
+    /// `pkcs11`: the token, by serial number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// `pkcs11`: the environment variable holding the user PIN (its name, never the PIN).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_env: Option<String>,
+    /// `pkcs11`: a file (mode 0600) whose first line is the user PIN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_file: Option<PathBuf>,
+    /// `tpm`: how to reach the TPM: `device:/dev/tpmrm0`, `swtpm:host=H,port=P`,
+    /// `mssim:host=H,port=P` or `tabrmd`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcti: Option<String>,
+}
+
+/// Which token of a PKCS#11 module a `pkcs11` backend uses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TokenRef {
+    /// By label (`token = "..."`): the usual choice, as slot ids may change.
+    Label(String),
+    /// By slot id (`slot = N`).
+    Slot(u64),
+    /// By serial number (`serial = \"...\"`).
+    Serial(String),
+}
+
+impl std::fmt::Display for TokenRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenRef::Label(l) => write!(f, "token '{l}'"),
+            TokenRef::Slot(s) => write!(f, "the token in slot {s}"),
+            TokenRef::Serial(s) => write!(f, "the token with serial '{s}'"),
+        }
+    }
 }
 
 impl BackendConfig {
-    /// A backend of `kind`, with an optional directory.
+    /// A backend of `kind`, with an optional directory (for `encrypted`, `pem`, `memory`; see
+    /// [`BackendConfig::pkcs11`] and [`BackendConfig::tpm`] for the hardware types).
     pub fn new(kind: BackendKind, path: Option<PathBuf>) -> Self {
-        BackendConfig { kind, path }
+        BackendConfig {
+            kind,
+            path,
+            module: None,
+            token: None,
+            slot: None,
+            serial: None,
+            pin_env: None,
+            pin_file: None,
+            tcti: None,
+        }
+    }
+
+    /// A `pkcs11` backend: the token `token` of the PKCS#11 module `module`. Without
+    /// [`BackendConfig::with_pin_env`] or [`BackendConfig::with_pin_file`], the user PIN is
+    /// asked of the [`crate::PassphraseProvider`] each time the backend is opened.
+    pub fn pkcs11(module: impl Into<PathBuf>, token: TokenRef) -> Self {
+        let mut c = BackendConfig::new(BackendKind::Pkcs11, None);
+        c.module = Some(module.into());
+        match token {
+            TokenRef::Label(l) => c.token = Some(l),
+            TokenRef::Slot(s) => c.slot = Some(s),
+            TokenRef::Serial(s) => c.serial = Some(s),
+        }
+        c
+    }
+
+    /// Reads the user PIN from the environment variable `var` (only its name is kept).
+    pub fn with_pin_env(mut self, var: impl Into<String>) -> Self {
+        self.pin_env = Some(var.into());
+        self.pin_file = None;
+        self
+    }
+
+    /// Reads the user PIN from the first line of `file` (which must be mode 0600 or stricter).
+    pub fn with_pin_file(mut self, file: impl Into<PathBuf>) -> Self {
+        self.pin_file = Some(file.into());
+        self.pin_env = None;
+        self
+    }
+
+    /// A `tpm` backend reached through `tcti`, keeping its wrapped key blobs and metadata in
+    /// `path` (default: `backends/NAME` in the home).
+    pub fn tpm(tcti: impl Into<String>, path: Option<PathBuf>) -> Self {
+        let mut c = BackendConfig::new(BackendKind::Tpm, path);
+        c.tcti = Some(tcti.into());
+        c
+    }
+
+    /// The token a `pkcs11` backend names, if exactly one way of naming it is set.
+    pub fn token_ref(&self) -> Option<TokenRef> {
+        match (&self.token, self.slot, &self.serial) {
+            (Some(l), None, None) => Some(TokenRef::Label(l.clone())),
+            (None, Some(s), None) => Some(TokenRef::Slot(s)),
+            (None, None, Some(s)) => Some(TokenRef::Serial(s.clone())),
+            _ => None,
+        }
+    }
+
+    /// Checks the fields against the type; the message names the field (`backends.NAME.FIELD`).
+    fn check(&self, name: &str) -> std::result::Result<(), String> {
+        let kind = self.kind;
+        let field = |f: &str| format!("backends.{name}.{f}");
+        if let Some(p) = &self.path {
+            if !kind.has_path() {
+                return Err(format!(
+                    "{}: a {kind} backend has no directory; remove `path`",
+                    field("path")
+                ));
+            }
+            if p.as_os_str().is_empty() {
+                return Err(format!("{}: may not be empty", field("path")));
+            }
+        }
+        let pkcs11_fields = [
+            ("module", self.module.is_some()),
+            ("token", self.token.is_some()),
+            ("slot", self.slot.is_some()),
+            ("serial", self.serial.is_some()),
+            ("pin_env", self.pin_env.is_some()),
+            ("pin_file", self.pin_file.is_some()),
+        ];
+        if kind != BackendKind::Pkcs11
+            && let Some((f, _)) = pkcs11_fields.iter().find(|(_, set)| *set)
+        {
+            return Err(format!(
+                "{}: only pkcs11 backends take `{f}` (this is a {kind} backend); remove it",
+                field(f)
+            ));
+        }
+        if kind != BackendKind::Tpm && self.tcti.is_some() {
+            return Err(format!(
+                "{}: only tpm backends take `tcti` (this is a {kind} backend); remove it",
+                field("tcti")
+            ));
+        }
+        match kind {
+            BackendKind::Pkcs11 => self.check_pkcs11(&field),
+            BackendKind::Tpm => self.check_tpm(&field),
+            _ => Ok(()),
+        }
+    }
+
+    fn check_pkcs11(&self, field: &dyn Fn(&str) -> String) -> std::result::Result<(), String> {
+        match &self.module {
+            None => {
+                return Err(format!(
+                    "{}: a pkcs11 backend needs `module`, the path of the token's PKCS#11 \
+                     library (SoftHSM2: /usr/lib/softhsm/libsofthsm2.so)",
+                    field("module")
+                ));
+            }
+            Some(m) if m.as_os_str().is_empty() => {
+                return Err(format!("{}: may not be empty", field("module")));
+            }
+            Some(_) => {}
+        }
+        let named = [
+            self.token.is_some(),
+            self.slot.is_some(),
+            self.serial.is_some(),
+        ];
+        match named.iter().filter(|n| **n).count() {
+            0 => {
+                return Err(format!(
+                    "{}: a pkcs11 backend needs the token: `token = \"LABEL\"` (or `slot = N`, \
+                     or `serial = \"...\"`)",
+                    field("token")
+                ));
+            }
+            1 => {}
+            _ => {
+                return Err(format!(
+                    "{}: give only one of `token`, `slot` and `serial`",
+                    field("token")
+                ));
+            }
+        }
+        for (f, v) in [("token", &self.token), ("serial", &self.serial)] {
+            if v.as_deref().is_some_and(str::is_empty) {
+                return Err(format!("{}: may not be empty", field(f)));
+            }
+        }
+        if self.pin_env.is_some() && self.pin_file.is_some() {
+            return Err(format!(
+                "{}: give only one of `pin_env` and `pin_file`",
+                field("pin_env")
+            ));
+        }
+        if let Some(var) = &self.pin_env {
+            let ok = !var.is_empty()
+                && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !var.starts_with(|c: char| c.is_ascii_digit());
+            if !ok {
+                return Err(format!(
+                    "{}: '{}' is not an environment variable name (A-Z a-z 0-9 _, not starting \
+                     with a digit); give the variable's NAME, never the PIN itself",
+                    field("pin_env"),
+                    var.escape_debug()
+                ));
+            }
+        }
+        if self
+            .pin_file
+            .as_ref()
+            .is_some_and(|p| p.as_os_str().is_empty())
+        {
+            return Err(format!("{}: may not be empty", field("pin_file")));
+        }
+        Ok(())
+    }
+
+    fn check_tpm(&self, field: &dyn Fn(&str) -> String) -> std::result::Result<(), String> {
+        let Some(tcti) = &self.tcti else {
+            return Err(format!(
+                "{}: a tpm backend needs `tcti`: device:/dev/tpmrm0, swtpm:host=H,port=P, \
+                 mssim:host=H,port=P or tabrmd",
+                field("tcti")
+            ));
+        };
+        let interface = tcti.split_once(':').map_or(tcti.as_str(), |(i, _)| i);
+        if !["device", "swtpm", "mssim", "tabrmd"].contains(&interface) {
+            return Err(format!(
+                "{}: '{}' is not a TCTI: use device:/dev/tpmrm0, swtpm:host=H,port=P, \
+                 mssim:host=H,port=P or tabrmd",
+                field("tcti"),
+                tcti.escape_debug()
+            ));
+        }
+        #[cfg(feature = "tpm")]
+        if let Err(e) = tcti.parse::<keyhaven_hsm_tpm::Tcti>() {
+            return Err(format!("{}: {e}", field("tcti")));
+        }
+        Ok(())
     }
 }
 
@@ -248,16 +510,8 @@ impl Config {
             if let Err(Error::Config { message, .. }) = validate_backend_name(name) {
                 return bad(format!("backends.{name}: {message}"));
             }
-            if !backend.kind.is_file() && backend.path.is_some() {
-                return bad(format!(
-                    "backends.{name}.path: a {} backend has no directory; remove `path`",
-                    backend.kind
-                ));
-            }
-            if let Some(p) = &backend.path
-                && p.as_os_str().is_empty()
-            {
-                return bad(format!("backends.{name}.path: may not be empty"));
+            if let Err(message) = backend.check(name) {
+                return bad(message);
             }
         }
         if let Some(d) = &self.default_backend
@@ -311,18 +565,54 @@ impl Config {
         self.backends.keys().cloned().collect()
     }
 
-    /// The directory of a file backend: its `path` resolved against `home`, or
-    /// `HOME/backends/NAME`. `None` for backends without a directory or unknown names.
+    /// The directory of a backend that has one (a file backend's store, a TPM backend's
+    /// metadata): its `path` resolved against `home`, or `HOME/backends/NAME`. `None` for
+    /// backends without a directory or unknown names.
     pub fn backend_path(&self, home: &Path, name: &str) -> Option<PathBuf> {
         let backend = self.backends.get(name)?;
-        if !backend.kind.is_file() {
+        if !backend.kind.has_path() {
             return None;
         }
         Some(match &backend.path {
-            Some(p) if p.is_absolute() => p.clone(),
-            Some(p) => home.join(p),
+            Some(p) => resolve_path(home, p),
             None => home.join(BACKENDS_DIR).join(name),
         })
+    }
+
+    /// Where a backend's keys are, for humans: its directory, "process memory (ephemeral)",
+    /// `token 'L' of MODULE`, or `DIR (TCTI T)`. `None` for unknown names.
+    pub fn backend_location(&self, home: &Path, name: &str) -> Option<String> {
+        let backend = self.backends.get(name)?;
+        let dir = self.backend_path(home, name);
+        Some(match backend.kind {
+            BackendKind::Memory => "process memory (ephemeral)".to_owned(),
+            BackendKind::Pkcs11 => {
+                let token = backend
+                    .token_ref()
+                    .map_or_else(|| "a token".to_owned(), |t| t.to_string());
+                let module = backend
+                    .module
+                    .as_deref()
+                    .map(|m| resolve_path(home, m).display().to_string())
+                    .unwrap_or_default();
+                format!("{token} of {module}")
+            }
+            BackendKind::Tpm => format!(
+                "{} (TCTI {})",
+                dir.map(|d| d.display().to_string()).unwrap_or_default(),
+                backend.tcti.as_deref().unwrap_or("?")
+            ),
+            _ => dir.map(|d| d.display().to_string()).unwrap_or_default(),
+        })
+    }
+}
+
+/// A configured path: absolute as given, relative against the home.
+pub(crate) fn resolve_path(home: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        home.join(p)
     }
 }
 

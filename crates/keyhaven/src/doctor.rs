@@ -4,8 +4,9 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::backend::Backend;
 use crate::manager::KeyManager;
-use crate::{ErrorKind, Protection};
+use crate::{BackendConfig, ErrorKind, Protection, Result};
 
 /// The state of one configured backend.
 #[derive(Debug, Clone, Serialize)]
@@ -41,6 +42,148 @@ pub struct BackendReport {
     pub fallback: bool,
     /// Whether its keys vanish when the process exits (`memory`).
     pub ephemeral: bool,
+    /// For `pkcs11` backends: the token, read without a PIN (also when the backend cannot be
+    /// opened for another reason, such as a missing PIN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenDiagnosis>,
+    /// For `tpm` backends (in builds with the `tpm` feature): the TPM.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tpm: Option<TpmDiagnosis>,
+}
+
+/// A PKCS#11 token, as `keyhaven doctor` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct TokenDiagnosis {
+    /// The PKCS#11 module.
+    pub module: PathBuf,
+    /// The module's description and version.
+    pub library: String,
+    /// The slot holding the token.
+    pub slot_id: u64,
+    /// The token's label.
+    pub label: String,
+    /// The token's manufacturer.
+    pub manufacturer: String,
+    /// The token's model.
+    pub model: String,
+    /// The token's serial number.
+    pub serial: String,
+    /// The token's hardware version.
+    pub hardware_version: String,
+    /// The token's firmware version.
+    pub firmware_version: String,
+    /// Slots of the module with no initialized token.
+    pub free_slots: usize,
+    /// Slots the module has.
+    pub total_slots: usize,
+    /// The user PIN's state: `set`, `not set`, `LOCKED`, `set, one try left`, ...
+    pub user_pin: String,
+    /// The mechanisms keyhaven uses, and whether the token has each.
+    pub mechanisms: Vec<MechanismDiagnosis>,
+    /// The needed mechanisms it lacks (empty when all are there).
+    pub missing: Vec<String>,
+}
+
+/// One PKCS#11 mechanism keyhaven uses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct MechanismDiagnosis {
+    /// Its name, e.g. `CKM_ECDSA`.
+    pub name: String,
+    /// What keyhaven needs it for.
+    pub needed_for: String,
+    /// Whether the token has it.
+    pub present: bool,
+}
+
+/// A TPM, as `keyhaven doctor` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct TpmDiagnosis {
+    /// The TCTI it was reached through.
+    pub tcti: String,
+    /// The manufacturer's id, e.g. `IBM` for swtpm.
+    pub manufacturer: String,
+    /// The vendor strings.
+    pub vendor: String,
+    /// The firmware version.
+    pub firmware_version: String,
+    /// The TPM 2.0 specification revision.
+    pub spec_revision: String,
+    /// How many objects it can hold loaded at once.
+    pub transient_slots: u32,
+    /// The ECC curves it implements.
+    pub ecc_curves: Vec<String>,
+    /// The curves of keyhaven's TPM keys (P-384, P-256) it lacks.
+    pub missing_curves: Vec<String>,
+}
+
+#[cfg(feature = "pkcs11")]
+impl From<keyhaven_hsm_pkcs11::TokenReport> for TokenDiagnosis {
+    fn from(r: keyhaven_hsm_pkcs11::TokenReport) -> Self {
+        let user_pin = if r.user_pin_locked {
+            "LOCKED"
+        } else if !r.user_pin_initialized {
+            "not set"
+        } else if r.user_pin_final_try {
+            "set, one try left"
+        } else if r.user_pin_count_low {
+            "set, a wrong PIN was given recently"
+        } else {
+            "set"
+        };
+        TokenDiagnosis {
+            missing: r.missing().iter().map(|m| m.name.to_owned()).collect(),
+            library: format!(
+                "{} {} {}",
+                r.library_manufacturer, r.library, r.library_version
+            ),
+            module: r.module,
+            slot_id: r.slot_id,
+            label: r.label,
+            manufacturer: r.manufacturer,
+            model: r.model,
+            serial: r.serial,
+            hardware_version: r.hardware_version,
+            firmware_version: r.firmware_version,
+            free_slots: r.free_slots,
+            total_slots: r.total_slots,
+            user_pin: user_pin.to_owned(),
+            mechanisms: r
+                .mechanisms
+                .into_iter()
+                .map(|m| MechanismDiagnosis {
+                    name: m.name.to_owned(),
+                    needed_for: m.needed_for.to_owned(),
+                    present: m.present,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(feature = "tpm")]
+impl From<keyhaven_hsm_tpm::TpmReport> for TpmDiagnosis {
+    fn from(r: keyhaven_hsm_tpm::TpmReport) -> Self {
+        let mut missing_curves = Vec::new();
+        if !r.supports_p384() {
+            missing_curves.push("NIST P-384".to_owned());
+        }
+        if !r.supports_p256() {
+            missing_curves.push("NIST P-256".to_owned());
+        }
+        TpmDiagnosis {
+            tcti: r.tcti,
+            manufacturer: r.manufacturer,
+            vendor: r.vendor,
+            firmware_version: r.firmware_version,
+            spec_revision: r.spec_revision,
+            transient_slots: r.transient_slots,
+            ecc_curves: r.ecc_curves,
+            missing_curves,
+        }
+    }
 }
 
 /// The whole diagnosis.
@@ -70,13 +213,16 @@ pub struct DoctorReport {
 }
 
 impl DoctorReport {
-    /// Whether everything configured is reachable and undamaged.
+    /// Whether everything configured is reachable and undamaged, and every token and TPM has
+    /// what keyhaven needs.
     pub fn healthy(&self) -> bool {
         self.default_key_error.is_none()
-            && self
-                .backends
-                .iter()
-                .all(|b| b.reachable && b.damaged.is_empty())
+            && self.backends.iter().all(|b| {
+                b.reachable
+                    && b.damaged.is_empty()
+                    && b.token.as_ref().is_none_or(|t| t.missing.is_empty())
+                    && b.tpm.as_ref().is_none_or(|t| t.missing_curves.is_empty())
+            })
     }
 }
 
@@ -87,10 +233,9 @@ impl KeyManager {
         let config = self.config();
         let mut backends = Vec::new();
         for (name, bc) in &config.backends {
-            let location = self
-                .backend_path(name)
-                .map(|p| p.display().to_string())
-                .unwrap_or_else(|| "process memory (ephemeral)".into());
+            let location = config
+                .backend_location(self.home(), name)
+                .unwrap_or_default();
             let mut report = BackendReport {
                 name: name.clone(),
                 kind: bc.kind.name().to_owned(),
@@ -105,9 +250,13 @@ impl KeyManager {
                 default: config.default_backend.as_deref() == Some(name.as_str()),
                 fallback: config.fallback.backend.as_deref() == Some(name.as_str()),
                 ephemeral: bc.kind.is_ephemeral(),
+                token: None,
+                tpm: None,
             };
-            match self.probe(name) {
+            let probed = self.probe(name);
+            match &probed {
                 Ok(Some(b)) => {
+                    report.location = b.location().to_owned();
                     report.reachable = true;
                     report.initialized = true;
                     report.protection = b.store().info().protection;
@@ -134,6 +283,7 @@ impl KeyManager {
                     report.error = Some(e.to_string());
                 }
             }
+            self.diagnose_device(name, bc, &probed, &mut report);
             backends.push(report);
         }
         let (default_key, default_key_error) = match &config.default_key {
@@ -158,6 +308,56 @@ impl KeyManager {
             default_key_error,
             fallback: config.fallback.backend.clone(),
             fallback_allowed: config.fallback.allow,
+        }
+    }
+}
+
+impl KeyManager {
+    /// Adds the token's or the TPM's own report to a hardware backend's report. A token is read
+    /// without a PIN; a TPM that cannot be reached makes the backend unreachable.
+    fn diagnose_device(
+        &self,
+        name: &str,
+        config: &BackendConfig,
+        probed: &Result<Option<Backend>>,
+        report: &mut BackendReport,
+    ) {
+        let opened = probed.as_ref().ok().and_then(Option::as_ref);
+        match config.kind {
+            #[cfg(feature = "pkcs11")]
+            crate::BackendKind::Pkcs11 => {
+                let token = match opened.and_then(Backend::pkcs11_store) {
+                    Some(store) => store.report().ok(),
+                    None => crate::backend::pkcs11_target(name, config, self.home())
+                        .ok()
+                        .and_then(|(module, selector)| {
+                            keyhaven_hsm_pkcs11::TokenReport::probe(&module, &selector).ok()
+                        }),
+                };
+                report.token = token.map(TokenDiagnosis::from);
+            }
+            #[cfg(feature = "tpm")]
+            crate::BackendKind::Tpm => {
+                let tpm = match opened.and_then(Backend::tpm_store) {
+                    Some(store) => store.report(),
+                    None => match (&config.tcti, probed) {
+                        (Some(tcti), Ok(None)) => keyhaven_hsm_tpm::TpmReport::probe(tcti),
+                        // Not opened because of an error, which the report already carries.
+                        _ => return,
+                    },
+                };
+                match tpm {
+                    Ok(t) => report.tpm = Some(t.into()),
+                    Err(e) => {
+                        report.reachable = false;
+                        report.error_kind = Some(ErrorKind::of_core(&e));
+                        report.error = Some(e.to_string());
+                    }
+                }
+            }
+            _ => {
+                let _ = (name, opened, report);
+            }
         }
     }
 }

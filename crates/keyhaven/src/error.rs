@@ -25,6 +25,19 @@ pub enum Error {
         #[source]
         source: CoreError,
     },
+    /// The user PIN of a token backend is wrong, locked, or could not be obtained. Kept apart
+    /// from [`Error::Backend`] so callers can say where the PIN came from and how to give it.
+    #[error("backend '{backend}': {source} (PIN source: {origin})")]
+    Pin {
+        /// The backend's configured name.
+        backend: String,
+        /// Where the PIN came from: `environment variable V`, `PIN file F`, or `the prompt`.
+        origin: String,
+        /// [`CoreError::BadPassphrase`] (wrong PIN) or [`CoreError::Locked`] (none available,
+        /// or the token's PIN is locked).
+        #[source]
+        source: CoreError,
+    },
     /// The configuration file is malformed or inconsistent.
     #[error("{origin}: {message}")]
     Config {
@@ -95,7 +108,9 @@ impl Error {
     /// The meaning of this error, for callers that map errors to exit codes or HTTP statuses.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Core(e) | Error::Backend { source: e, .. } => ErrorKind::of_core(e),
+            Error::Core(e) | Error::Backend { source: e, .. } | Error::Pin { source: e, .. } => {
+                ErrorKind::of_core(e)
+            }
             Error::Config { .. } | Error::Ambiguous { .. } => ErrorKind::InvalidInput,
             Error::UnknownBackend { .. } | Error::NoDefaultKey(_) => ErrorKind::NotFound,
             Error::NoBackend => ErrorKind::InvalidInput,
@@ -109,6 +124,7 @@ impl Error {
         match self {
             Error::Core(e)
             | Error::Backend { source: e, .. }
+            | Error::Pin { source: e, .. }
             | Error::Unavailable { source: e, .. } => Some(e),
             _ => None,
         }

@@ -7,14 +7,16 @@ pub mod config;
 mod doctor;
 mod error;
 pub mod fs;
+mod hardware;
 mod manager;
 mod passphrase;
 
 pub use assertion::{ASSERTION_VERSION, Assertion, rfc3339};
 pub use backend::{Backend, BackendKind};
-pub use config::{BackendConfig, CONFIG_FILE, Config, DefaultKey, FallbackConfig};
-pub use doctor::{BackendReport, DoctorReport};
+pub use config::{BackendConfig, CONFIG_FILE, Config, DefaultKey, FallbackConfig, TokenRef};
+pub use doctor::{BackendReport, DoctorReport, MechanismDiagnosis, TokenDiagnosis, TpmDiagnosis};
 pub use error::{Error, ErrorKind, Result};
+pub use hardware::{GenerateOptions, HardwareKeyDetails};
 pub use manager::{Inventory, KeyManager, ManagedKey, SignInput, Warning};
 pub use passphrase::{
     FixedPassphrase, NoPassphrase, PassphraseProvider, PassphrasePurpose, PassphraseRequest,
@@ -41,6 +43,12 @@ pub mod hazmat {
 /// The concrete stores compiled into this build, for callers that want one without a
 /// configuration file. Most callers go through [`KeyManager`].
 pub mod stores {
+    #[cfg(feature = "pkcs11")]
+    pub use keyhaven_hsm_pkcs11::{
+        Pkcs11Config, Pkcs11Store, TokenReport, TokenSelector, pin_from_env, pin_from_file,
+    };
+    #[cfg(feature = "tpm")]
+    pub use keyhaven_hsm_tpm::{KeyOptions, TpmConfig, TpmReport, TpmStore};
     #[cfg(feature = "file")]
     pub use keyhaven_store_file::{EncryptedStore, KdfParams, PemStore, StoreKind, detect};
     #[cfg(feature = "memory")]

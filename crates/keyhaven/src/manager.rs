@@ -282,7 +282,7 @@ impl KeyManager {
         self.config().backend_path(&self.home, name)
     }
 
-    fn backend_config(&self, name: &str) -> Result<BackendConfig> {
+    pub(crate) fn backend_config(&self, name: &str) -> Result<BackendConfig> {
         let config = self.config();
         config
             .backends
@@ -297,12 +297,13 @@ impl KeyManager {
     fn open_request<'a>(
         &'a self,
         name: &'a str,
-        config: &BackendConfig,
+        config: &'a BackendConfig,
         path: Option<&'a Path>,
     ) -> OpenRequest<'a> {
         OpenRequest {
             name,
             kind: config.kind,
+            config,
             path,
             home: &self.home,
             passphrases: self.passphrases.as_ref(),
@@ -343,12 +344,29 @@ impl KeyManager {
     /// The backend a new key goes to: `name`, its store created if needed, or, when `name` is
     /// unavailable and the fallback is allowed, the fallback file backend (with a
     /// [`Warning::Fallback`]). The only place the fallback rule applies.
-    fn backend_for_new_key(&self, name: &str) -> Result<Backend> {
+    ///
+    /// `device_options` names the options of the new key that only `name`'s device can honour
+    /// (TPM key options); with them, the fallback is never used.
+    pub(crate) fn backend_for_new_key(
+        &self,
+        name: &str,
+        device_options: Option<&str>,
+    ) -> Result<Backend> {
         let mut opened = lock(&self.backends);
         let source = match self.create_direct(&mut opened, name) {
             Err(Error::Backend { source, .. }) if is_unavailable(&source) => source,
             other => return other,
         };
+        if let Some(options) = device_options {
+            return Err(Error::Unavailable {
+                backend: name.to_owned(),
+                source,
+                hint: format!(
+                    ". The new key asks for {options}, which only '{name}' can provide, so no \
+                     fallback is used: reconnect it and try again"
+                ),
+            });
+        }
         let config = self.config();
         let fallback = config.fallback.backend.clone().filter(|f| f != name);
         let Some(fallback) = fallback.filter(|_| config.fallback.allow) else {
@@ -437,7 +455,7 @@ impl KeyManager {
     }
 
     /// The opened backend holding `key`.
-    fn key_backend(&self, key: &ManagedKey) -> Result<Backend> {
+    pub(crate) fn key_backend(&self, key: &ManagedKey) -> Result<Backend> {
         self.existing_backend(&key.backend)?
             .ok_or_else(|| Error::backend(&key.backend, CoreError::key_not_found(key.id())))
     }
@@ -620,7 +638,7 @@ impl KeyManager {
             Some(b) => b.to_owned(),
             None => self.default_backend_name()?,
         };
-        let b = self.backend_for_new_key(&name)?;
+        let b = self.backend_for_new_key(&name, None)?;
         let info = b
             .store()
             .generate(algorithm, label)
@@ -646,7 +664,7 @@ impl KeyManager {
             Some(b) => b.to_owned(),
             None => self.default_backend_name()?,
         };
-        let b = self.backend_for_new_key(&name)?;
+        let b = self.backend_for_new_key(&name, None)?;
         let info = b
             .store()
             .import_pkcs8(label, pkcs8_der)
@@ -816,7 +834,7 @@ impl KeyManager {
     }
 
     /// Makes `key` the default key if there is none, unless it is ephemeral.
-    fn default_if_none(&self, key: &ManagedKey) -> Result<()> {
+    pub(crate) fn default_if_none(&self, key: &ManagedKey) -> Result<()> {
         if key.backend_kind.is_ephemeral() || self.config().default_key.is_some() {
             return Ok(());
         }
@@ -934,7 +952,7 @@ impl KeyManager {
     }
 }
 
-fn managed(b: &Backend, info: KeyInfo) -> ManagedKey {
+pub(crate) fn managed(b: &Backend, info: KeyInfo) -> ManagedKey {
     ManagedKey {
         backend: b.name().to_owned(),
         backend_kind: b.kind(),

@@ -1,14 +1,20 @@
 //! End-to-end tests of the `keyhaven` binary: each test has its own temporary home and runs the
-//! built binary with `KEYHAVEN_PASSPHRASE` set and standard input closed (no terminal).
+//! built binary with `KEYHAVEN_PASSPHRASE` set and standard input closed (no terminal). Device
+//! tests (`pkcs11.rs`, `tpm.rs` with the `tpm` feature) also have their own SoftHSM2 token or
+//! swtpm, from `keyhaven_testkit::devices`; run them with `cargo xtask test`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod bad_input;
 mod commands;
 mod openssl;
+#[cfg(feature = "pkcs11")]
+mod pkcs11;
+#[cfg(feature = "tpm")]
+mod tpm;
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
@@ -19,13 +25,24 @@ pub(crate) const PASSPHRASE: &str = "correct horse battery staple";
 /// A temporary keyhaven home and a way to run the binary against it.
 pub(crate) struct Home {
     dir: tempfile::TempDir,
+    /// Extra environment of every command (a device's configuration, a PIN variable).
+    env: Vec<(OsString, OsString)>,
 }
 
 impl Home {
     pub(crate) fn new() -> Self {
         Home {
             dir: tempfile::tempdir().unwrap(),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets an environment variable for every command run against this home.
+    #[cfg_attr(not(any(feature = "pkcs11", feature = "tpm")), allow(dead_code))]
+    pub(crate) fn env(mut self, key: impl AsRef<OsStr>, value: impl AsRef<OsStr>) -> Self {
+        self.env
+            .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
+        self
     }
 
     /// A fresh home with an encrypted backend `default` (via quickstart's little brother).
@@ -57,6 +74,7 @@ impl Home {
             .args(args)
             .env("KEYHAVEN_PASSPHRASE", PASSPHRASE)
             .env_remove("KEYHAVEN_HOME")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         c
     }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use keyhaven::{BackendConfig, BackendKind, Config, Error, ErrorKind, FallbackConfig};
+use keyhaven::{BackendConfig, BackendKind, Config, Error, ErrorKind, FallbackConfig, TokenRef};
 
 const FULL: &str = r#"
 default_backend = "default"
@@ -78,7 +78,7 @@ fn unknown_fields_are_refused_with_their_line() {
 fn unknown_backend_types_name_the_known_ones() {
     let e = config_error("[backends.hsm]\ntype = \"pkcs12\"\n");
     assert!(e.contains("unknown backend type 'pkcs12'"), "{e}");
-    assert!(e.contains("encrypted, pem, memory"), "{e}");
+    assert!(e.contains("encrypted, pem, memory, pkcs11, tpm"), "{e}");
     assert!(e.contains("line 2"), "{e}");
 }
 
@@ -257,4 +257,170 @@ fn a_home_or_config_open_to_other_users_is_refused() {
     let e = m.set_default_backend(None).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
     set_mode(&home, 0o700);
+}
+
+const HARDWARE: &str = r#"
+[backends.hsm]
+type = "pkcs11"
+module = "/usr/lib/softhsm/libsofthsm2.so"
+token = "keyhaven"
+pin_env = "KEYHAVEN_HSM_PIN"
+
+[backends.card]
+type = "pkcs11"
+module = "lib/opensc-pkcs11.so"
+serial = "0123abcd"
+pin_file = "card.pin"
+
+[backends.slot]
+type = "pkcs11"
+module = "/m.so"
+slot = 7
+
+[backends.tpm]
+type = "tpm"
+tcti = "swtpm:host=127.0.0.1,port=2321"
+
+[backends.tpm2]
+type = "tpm"
+tcti = "device:/dev/tpmrm0"
+path = "/var/lib/keyhaven/tpm"
+"#;
+
+#[test]
+fn hardware_declarations_parse_round_trip_and_resolve() {
+    let c = Config::from_toml_str(HARDWARE, "keyhaven.toml").unwrap();
+    let home = Path::new("/h");
+    let hsm = &c.backends["hsm"];
+    assert_eq!(hsm.kind, BackendKind::Pkcs11);
+    assert_eq!(hsm.token_ref(), Some(TokenRef::Label("keyhaven".into())));
+    assert_eq!(hsm.pin_env.as_deref(), Some("KEYHAVEN_HSM_PIN"));
+    assert_eq!(
+        c.backends["card"].token_ref(),
+        Some(TokenRef::Serial("0123abcd".into()))
+    );
+    assert_eq!(c.backends["slot"].token_ref(), Some(TokenRef::Slot(7)));
+    assert_eq!(
+        c.backend_path(home, "hsm"),
+        None,
+        "a token has no directory"
+    );
+    assert_eq!(
+        c.backend_path(home, "tpm").unwrap(),
+        home.join("backends/tpm")
+    );
+    assert_eq!(
+        c.backend_path(home, "tpm2").unwrap(),
+        Path::new("/var/lib/keyhaven/tpm")
+    );
+    let loc = c.backend_location(home, "card").unwrap();
+    assert!(
+        loc.contains("serial '0123abcd'") && loc.contains("/h/lib/opensc-pkcs11.so"),
+        "relative module paths resolve against the home: {loc}"
+    );
+    let loc = c.backend_location(home, "tpm").unwrap();
+    assert!(loc.contains("TCTI swtpm:host=127.0.0.1,port=2321"), "{loc}");
+    for kind in [BackendKind::Pkcs11, BackendKind::Tpm] {
+        assert!(kind.is_hardware() && !kind.is_file() && !kind.is_ephemeral());
+        assert_eq!(kind.protection(), keyhaven::Protection::Hardware);
+    }
+    let text = c.to_toml_string().unwrap();
+    assert_eq!(Config::from_toml_str(&text, "again").unwrap(), c);
+    assert!(!text.contains("slot = 7\nserial"), "{text}");
+
+    // the builders make the same declarations
+    let built = BackendConfig::pkcs11(
+        "/usr/lib/softhsm/libsofthsm2.so",
+        TokenRef::Label("keyhaven".into()),
+    )
+    .with_pin_env("KEYHAVEN_HSM_PIN");
+    assert_eq!(&built, hsm);
+    let built = BackendConfig::tpm("swtpm:host=127.0.0.1,port=2321", None);
+    assert_eq!(&built, &c.backends["tpm"]);
+}
+
+#[test]
+fn hardware_fields_are_checked_naming_the_field() {
+    let cases: &[(&str, &str)] = &[
+        // pkcs11 needs a module and one token selector
+        (
+            "[backends.h]\ntype = \"pkcs11\"\ntoken = \"t\"\n",
+            "backends.h.module",
+        ),
+        (
+            "[backends.h]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\n",
+            "backends.h.token",
+        ),
+        (
+            "[backends.h]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken = \"t\"\nslot = 1\n",
+            "only one of `token`, `slot` and `serial`",
+        ),
+        (
+            "[backends.h]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken = \"\"\n",
+            "backends.h.token: may not be empty",
+        ),
+        (
+            "[backends.h]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken = \"t\"\npin_env = \"A\"\npin_file = \"f\"\n",
+            "only one of `pin_env` and `pin_file`",
+        ),
+        // pin_env is a variable's name, never the PIN
+        (
+            "[backends.h]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken = \"t\"\npin_env = \"1234 56\"\n",
+            "backends.h.pin_env",
+        ),
+        // no directory for a token
+        (
+            "[backends.h]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken = \"t\"\npath = \"d\"\n",
+            "backends.h.path",
+        ),
+        // device fields belong to their type only
+        (
+            "[backends.p]\ntype = \"pem\"\nmodule = \"/m.so\"\n",
+            "backends.p.module",
+        ),
+        (
+            "[backends.p]\ntype = \"encrypted\"\npin_env = \"V\"\n",
+            "backends.p.pin_env",
+        ),
+        (
+            "[backends.p]\ntype = \"memory\"\ntcti = \"tabrmd\"\n",
+            "backends.p.tcti",
+        ),
+        (
+            "[backends.t]\ntype = \"tpm\"\ntoken = \"x\"\ntcti = \"tabrmd\"\n",
+            "backends.t.token",
+        ),
+        // tpm needs a TCTI keyhaven can use
+        ("[backends.t]\ntype = \"tpm\"\n", "backends.t.tcti"),
+        (
+            "[backends.t]\ntype = \"tpm\"\ntcti = \"serial:/dev/ttyS0\"\n",
+            "backends.t.tcti",
+        ),
+        // a TPM is no fallback
+        (
+            "[fallback]\nallow = true\nbackend = \"t\"\n[backends.t]\ntype = \"tpm\"\ntcti = \"tabrmd\"\n",
+            "fallback.backend",
+        ),
+    ];
+    for (text, needle) in cases {
+        let e = config_error(text);
+        assert!(e.contains(needle), "{text:?}: {e}");
+    }
+    // the PIN itself is not a field at all
+    let e = config_error(
+        "[backends.h]\ntype = \"pkcs11\"\nmodule = \"/m.so\"\ntoken = \"t\"\npin = \"1234\"\n",
+    );
+    assert!(e.contains("pin") && e.contains("line 5"), "{e}");
+}
+
+#[test]
+#[cfg(feature = "tpm")]
+fn tcti_strings_are_parsed_when_tpm_support_is_built_in() {
+    let e = config_error("[backends.t]\ntype = \"tpm\"\ntcti = \"swtpm:path=/run/swtpm.sock\"\n");
+    assert!(
+        e.contains("backends.t.tcti") && e.contains("type=tcp"),
+        "{e}"
+    );
+    let e = config_error("[backends.t]\ntype = \"tpm\"\ntcti = \"swtpm:colour=blue\"\n");
+    assert!(e.contains("backends.t.tcti") && e.contains("colour"), "{e}");
 }

@@ -1,5 +1,6 @@
 //! Integration tests of the keyhaven facade: configuration, fallback, key resolution,
-//! operations through the manager on every compiled backend, and the file helpers.
+//! operations through the manager on every compiled backend (hardware ones on SoftHSM2 and
+//! swtpm), and the file helpers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -7,6 +8,8 @@ mod config;
 #[cfg(feature = "file")]
 mod fallback;
 mod fs;
+#[cfg(any(feature = "pkcs11", feature = "tpm"))]
+mod hardware;
 #[cfg(feature = "memory")]
 mod ops;
 #[cfg(feature = "memory")]
@@ -14,7 +17,12 @@ mod resolve;
 
 /// A temporary directory only its owner may use (`tempfile` creates them 0755 under the usual
 /// umask): a keyhaven home must be private.
-#[cfg(any(feature = "file", feature = "memory"))]
+#[cfg(any(
+    feature = "file",
+    feature = "memory",
+    feature = "pkcs11",
+    feature = "tpm"
+))]
 pub(crate) fn private_tempdir() -> tempfile::TempDir {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();

@@ -1,4 +1,5 @@
-//! Operations through the manager, on the memory backend and (with `file`) both file backends.
+//! Operations through the manager, on the memory backend and (with `file`) both file backends;
+//! hardware backends are in `hardware.rs`.
 
 use keyhaven::{
     Algorithm, Assertion, BackendConfig, BackendKind, Config, Error, ErrorKind, FixedPassphrase,
@@ -10,7 +11,8 @@ use sha2::{Digest, Sha256, Sha384};
 fn managers() -> Vec<(BackendKind, KeyManager, tempfile::TempDir)> {
     let mut out = Vec::new();
     for &kind in BackendKind::ALL {
-        if !kind.is_compiled() {
+        // Hardware backends need a device: tests/it/hardware.rs.
+        if !kind.is_compiled() || kind.is_hardware() {
             continue;
         }
         let home = crate::private_tempdir();

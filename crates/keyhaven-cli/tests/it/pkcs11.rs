@@ -1,0 +1,548 @@
+//! `pkcs11` backends on real SoftHSM2 tokens: each test has its own SoftHSM configuration and
+//! token directory (handed to every `keyhaven` and `pkcs11-tool` process through
+//! `SOFTHSM2_CONF`), and checks the token with `pkcs11-tool` and signatures with `openssl`.
+
+use std::process::Stdio;
+
+use keyhaven_testkit::devices::{SoftHsm, USER_PIN};
+
+use crate::{Home, expect_code, openssl_ok, write_private};
+
+/// The token of every test (in its own token directory). Fixed width: `pkcs11-tool
+/// --token-label` matches a prefix.
+const TOKEN: &str = "kh-cli-token-00";
+/// The variable the backends read the PIN from.
+const PIN_VAR: &str = "KEYHAVEN_TEST_HSM_PIN";
+
+/// A token of this test's own, and a home that reaches it (the PIN in `PIN_VAR`).
+fn token_home() -> (SoftHsm, Home) {
+    let hsm = SoftHsm::new();
+    hsm.init_token(TOKEN, USER_PIN);
+    let home = Home::new()
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .env(PIN_VAR, USER_PIN);
+    (hsm, home)
+}
+
+/// ... with a backend `hsm` declared on it.
+fn hsm_backend() -> (SoftHsm, Home) {
+    let (hsm, h) = token_home();
+    h.ok(&add_args(&hsm, &["--pin-env", PIN_VAR]));
+    (hsm, h)
+}
+
+fn add_args(hsm: &SoftHsm, extra: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = ["backend", "add", "hsm", "--type", "pkcs11", "--module"]
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    args.push(hsm.module().display().to_string());
+    args.extend(["--token".into(), TOKEN.into()]);
+    args.extend(extra.iter().map(ToString::to_string));
+    args
+}
+
+/// The objects `pkcs11-tool --list-objects` shows: (kind line, label, ID, access).
+fn token_objects(hsm: &SoftHsm) -> Vec<(String, String, String, String)> {
+    let text = hsm.pkcs11_tool(TOKEN, USER_PIN, &["--list-objects"]);
+    let mut objects = Vec::new();
+    for block in text
+        .split('\n')
+        .fold(Vec::<Vec<&str>>::new(), |mut acc, line| {
+            if !line.starts_with(' ') && !line.is_empty() {
+                acc.push(vec![line]);
+            } else if let Some(last) = acc.last_mut() {
+                last.push(line);
+            }
+            acc
+        })
+    {
+        let field = |name: &str| {
+            block
+                .iter()
+                .find_map(|l| l.trim().strip_prefix(name))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_default()
+        };
+        objects.push((
+            block[0].to_owned(),
+            field("label:"),
+            field("ID:"),
+            field("Access:"),
+        ));
+    }
+    objects
+}
+
+fn verify_p384(dir: &std::path::Path, public: &str, sig: &str, msg: &str) {
+    let out = openssl_ok(
+        dir,
+        &["dgst", "-sha384", "-verify", public, "-signature", sig, msg],
+    );
+    assert!(String::from_utf8_lossy(&out).contains("Verified OK"));
+}
+
+#[test]
+fn keys_made_by_keyhaven_are_on_the_token_with_our_label_and_paired_ids() {
+    let (hsm, h) = hsm_backend();
+    let config = std::fs::read_to_string(h.path().join("keyhaven.toml")).unwrap();
+    assert!(
+        config.contains("type = \"pkcs11\"") && config.contains(PIN_VAR),
+        "{config}"
+    );
+    assert!(
+        !config.contains(USER_PIN),
+        "the PIN is never written: {config}"
+    );
+
+    let key = h.json(&[
+        "key",
+        "generate",
+        "--backend",
+        "hsm",
+        "--algorithm",
+        "p384",
+        "--label",
+        "release",
+        "--json",
+    ]);
+    assert_eq!(key["protection"], "hardware");
+    assert_eq!(key["backend_type"], "pkcs11");
+    let id = key["id"].as_str().unwrap().to_owned();
+
+    let objects = token_objects(&hsm);
+    let ours: Vec<_> = objects.iter().filter(|o| o.1 == "release").collect();
+    assert_eq!(ours.len(), 2, "a private and a public object: {objects:?}");
+    let private = ours
+        .iter()
+        .find(|o| o.0.starts_with("Private Key Object; EC"))
+        .unwrap_or_else(|| panic!("no private key object: {objects:?}"));
+    let public = ours
+        .iter()
+        .find(|o| o.0.starts_with("Public Key Object; EC"))
+        .unwrap_or_else(|| panic!("no public key object: {objects:?}"));
+    assert_eq!(private.2, id, "the key id is the hex of CKA_ID");
+    assert_eq!(public.2, id, "public and private objects pair up by CKA_ID");
+    assert!(
+        private.3.contains("sensitive") && private.3.contains("never extractable"),
+        "{private:?}"
+    );
+
+    let list = h.json(&["key", "list", "--json"]);
+    let listed = list.as_array().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["protection"], "hardware");
+    let text = h.ok(&["key", "list"]);
+    assert!(
+        text.contains("hardware") && text.contains("release"),
+        "{text}"
+    );
+    let show = h.ok(&["key", "show", "hsm:release"]);
+    assert!(show.contains("protection:   hardware"), "{show}");
+    assert!(show.contains(&format!("token:        {TOKEN}")), "{show}");
+
+    // sign a message and a digest; openssl verifies both
+    let s = h.scratch();
+    std::fs::write(s.join("msg"), b"signed on the token\n").unwrap();
+    let p = |f: &str| s.join(f).to_str().unwrap().to_owned();
+    h.ok(&["key", "public", "release", "--out", &p("pub.pem")]);
+    h.ok(&[
+        "sign",
+        "--key",
+        "hsm:release",
+        "--message-file",
+        &p("msg"),
+        "--out",
+        &p("msg.sig"),
+    ]);
+    verify_p384(&s, "pub.pem", "msg.sig", "msg");
+    let digest = openssl_ok(&s, &["dgst", "-sha384", "-binary", "msg"]);
+    h.ok(&[
+        "sign",
+        "--key",
+        &id,
+        "--digest",
+        &hex::encode(&digest),
+        "--out",
+        &p("digest.sig"),
+    ]);
+    verify_p384(&s, "pub.pem", "digest.sig", "msg");
+    h.ok(&[
+        "verify",
+        "--key",
+        "release",
+        "--message-file",
+        &p("msg"),
+        "--signature",
+        &p("digest.sig"),
+    ]);
+}
+
+#[test]
+fn a_key_made_by_pkcs11_tool_is_listed_and_signs() {
+    let (hsm, h) = hsm_backend();
+    hsm.pkcs11_tool(
+        TOKEN,
+        USER_PIN,
+        &[
+            "--keypairgen",
+            "--key-type",
+            "EC:secp384r1",
+            "--label",
+            "tool-made",
+            "--id",
+            "0a0b0c0d",
+        ],
+    );
+    let list = h.json(&["key", "list", "--json"]);
+    let found = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["label"] == "tool-made")
+        .unwrap_or_else(|| panic!("not listed: {list}"));
+    assert_eq!(found["id"], "0a0b0c0d");
+    assert_eq!(found["backend"], "hsm");
+    assert_eq!(found["algorithm"], "p384");
+    assert_eq!(found["protection"], "hardware");
+
+    let s = h.scratch();
+    std::fs::write(s.join("msg"), b"made by pkcs11-tool, used by keyhaven\n").unwrap();
+    let p = |f: &str| s.join(f).to_str().unwrap().to_owned();
+    h.ok(&[
+        "sign",
+        "--key",
+        "hsm:tool-made",
+        "--message-file",
+        &p("msg"),
+        "--out",
+        &p("sig"),
+    ]);
+    h.ok(&["key", "public", "hsm:0a0b0c0d", "--out", &p("pub.pem")]);
+    verify_p384(&s, "pub.pem", "sig", "msg");
+}
+
+#[test]
+fn exporting_a_token_key_is_refused_with_exit_5() {
+    let (_hsm, h) = hsm_backend();
+    h.generate("p384", "kept", &["--backend", "hsm"]);
+    let out = h.scratch().join("key.pem");
+    for extra in [&["--insecure-plaintext"][..], &[]] {
+        let mut args = vec!["key", "export", "hsm:kept", "--out", out.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let err = h.fails(&args, 5);
+        assert!(err.contains("non-extractable"), "{err}");
+        assert!(!out.exists(), "nothing is written");
+    }
+}
+
+#[test]
+fn a_token_directory_removed_mid_run_is_an_error_not_a_panic() {
+    let (hsm, h) = hsm_backend();
+    let s = h.scratch();
+    std::fs::write(s.join("msg"), b"m").unwrap();
+    let msg = s.join("msg");
+    h.generate("p384", "doomed", &["--backend", "hsm"]);
+    let tokendir = hsm.token_directory(TOKEN);
+
+    // signers in flight while the token's directory disappears
+    let signers: Vec<_> = (0..6)
+        .map(|i| {
+            let mut c = h.cmd([
+                "sign",
+                "--key",
+                "hsm:doomed",
+                "--message-file",
+                msg.to_str().unwrap(),
+                "--out",
+                s.join(format!("sig{i}")).to_str().unwrap(),
+            ]);
+            c.stdout(Stdio::piped()).stderr(Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    // SoftHSM may create a lock file in it meanwhile ("directory not empty"): try again
+    for attempt in 0.. {
+        match std::fs::remove_dir_all(&tokendir) {
+            Ok(()) => break,
+            Err(e) if attempt < 50 => {
+                let _ = e;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("cannot remove {}: {e}", tokendir.display()),
+        }
+    }
+    for child in signers {
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let code = out.status.code();
+        assert!(
+            code.is_some_and(|c| c != 70 && c != 101),
+            "a clean exit, not a crash or a panic: {:?}: {stderr}",
+            out.status
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        if code != Some(0) {
+            assert_eq!(
+                stderr.lines().filter(|l| l.starts_with("error: ")).count(),
+                1,
+                "{stderr}"
+            );
+        }
+    }
+
+    // afterwards: the token is gone, and every command says so cleanly
+    let err = h.fails(
+        &[
+            "sign",
+            "--key",
+            "hsm:doomed",
+            "--message-file",
+            msg.to_str().unwrap(),
+        ],
+        10,
+    );
+    assert!(
+        err.contains("no token labelled") && err.contains(TOKEN),
+        "{err}"
+    );
+    h.fails(
+        &["key", "generate", "--backend", "hsm", "--label", "again"],
+        10,
+    );
+    let out = h.run(&["key", "list"]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("backend 'hsm' is unavailable"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = h.run(&["doctor"]);
+    assert_eq!(out.status.code(), Some(10));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("UNREACHABLE"));
+}
+
+#[test]
+fn a_wrong_or_missing_pin_exits_4_and_changes_nothing() {
+    let (hsm, h) = token_home();
+    // declaring the backend logs in once: a wrong PIN is refused, and nothing is saved
+    let h = h.env("KEYHAVEN_TEST_WRONG_PIN", "00000000");
+    let err = h.fails(
+        &add_args(&hsm, &["--pin-env", "KEYHAVEN_TEST_WRONG_PIN"]),
+        4,
+    );
+    assert!(err.contains("wrong user PIN"), "{err}");
+    assert!(err.contains("KEYHAVEN_TEST_WRONG_PIN"), "{err}");
+    assert!(!err.contains("00000000"), "the PIN is never shown: {err}");
+    assert!(!h.path().join("keyhaven.toml").exists());
+
+    // without a PIN source and without a terminal: locked, with how to give one
+    let err = h.fails(&add_args(&hsm, &[]), 4);
+    assert!(
+        err.contains(&format!("user PIN of token '{TOKEN}'")) && err.contains("not a terminal"),
+        "{err}"
+    );
+    assert!(err.contains("pin_env"), "{err}");
+
+    h.ok(&add_args(&hsm, &["--pin-env", PIN_VAR]));
+    h.generate("p384", "k", &["--backend", "hsm"]);
+    let before = h.snapshot();
+    // the variable holds a wrong PIN
+    let mut c = h.cmd(["sign", "--key", "hsm:k", "--digest", &"ab".repeat(48)]);
+    c.env(PIN_VAR, "11111111");
+    let out = c.output().unwrap();
+    let err = expect_code(&out, 4, &["sign"]);
+    assert!(
+        err.contains("wrong user PIN") && err.contains(PIN_VAR),
+        "{err}"
+    );
+    // the variable is unset
+    let mut c = h.cmd(["sign", "--key", "hsm:k", "--digest", &"ab".repeat(48)]);
+    c.env_remove(PIN_VAR);
+    let out = c.output().unwrap();
+    let err = expect_code(&out, 4, &["sign"]);
+    assert!(err.contains(PIN_VAR) && err.contains("unset"), "{err}");
+    assert_eq!(h.snapshot(), before, "nothing changed");
+    // the token still takes the right PIN
+    let out = h.run(&["sign", "--key", "hsm:k", "--digest", &"ab".repeat(48)]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn a_pin_file_must_be_private() {
+    let (hsm, h) = token_home();
+    let pin = h.scratch().join("hsm.pin");
+    write_private(&pin, format!("{USER_PIN}\n"));
+    h.ok(&add_args(&hsm, &["--pin-file", pin.to_str().unwrap()]));
+    h.generate("p256", "k", &["--backend", "hsm"]);
+    let config = std::fs::read_to_string(h.path().join("keyhaven.toml")).unwrap();
+    assert!(
+        config.contains(&format!("pin_file = \"{}\"", pin.display())),
+        "{config}"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = h.fails(&["sign", "--key", "hsm:k", "--digest", &"ab".repeat(32)], 6);
+    assert!(err.contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn doctor_reports_the_token_and_its_mechanisms() {
+    let (_hsm, h) = hsm_backend();
+    h.generate("p384", "k", &["--backend", "hsm"]);
+    let text = h.ok(&["doctor"]);
+    for needle in [
+        &format!("token:        '{TOKEN}'"),
+        "manufacturer: SoftHSM project",
+        "model:        SoftHSM v2",
+        "serial:       ",
+        "free of",
+        "user PIN:     set",
+        "CKM_EC_KEY_PAIR_GEN",
+        "CKM_ECDSA ",
+        "CKM_EDDSA",
+        "present",
+        "reachable, 1 key; protection hardware",
+        "result:      healthy",
+    ] {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+    }
+    let report = h.json(&["doctor", "--json"]);
+    let b = &report["backends"][0];
+    assert_eq!(b["type"], "pkcs11");
+    assert_eq!(b["protection"], "hardware");
+    let token = &b["token"];
+    assert_eq!(token["label"], TOKEN);
+    assert_eq!(token["manufacturer"], "SoftHSM project");
+    assert!(token["free_slots"].as_u64().unwrap() >= 1, "{token}");
+    assert!(!token["serial"].as_str().unwrap().is_empty());
+    assert_eq!(token["missing"].as_array().unwrap().len(), 0);
+    let mechanisms = token["mechanisms"].as_array().unwrap();
+    for name in [
+        "CKM_EC_KEY_PAIR_GEN",
+        "CKM_ECDSA",
+        "CKM_EC_EDWARDS_KEY_PAIR_GEN",
+        "CKM_EDDSA",
+    ] {
+        assert!(
+            mechanisms
+                .iter()
+                .any(|m| m["name"] == name && m["present"] == true),
+            "{name}: {token}"
+        );
+    }
+    // the backend listing shows where the keys are, and opens nothing
+    let list = h.json(&["backend", "list", "--json"]);
+    assert_eq!(list["backends"][0]["protection"], "hardware");
+    assert!(
+        list["backends"][0]["location"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("token '{TOKEN}'")),
+        "{list}"
+    );
+}
+
+#[test]
+fn device_options_belong_to_their_backend_type() {
+    let (hsm, h) = hsm_backend();
+    let module = hsm.module().to_str().unwrap().to_owned();
+    for args in [
+        vec!["backend", "add", "x", "--type", "pem", "--module", &module],
+        vec!["backend", "add", "x", "--type", "encrypted", "--token", "t"],
+        vec!["backend", "add", "x", "--type", "memory", "--pin-env", "V"],
+        vec!["backend", "add", "x", "--type", "pem", "--tcti", "tabrmd"],
+        vec!["backend", "add", "x", "--type", "pkcs11", "--token", "t"],
+        vec![
+            "backend", "add", "x", "--type", "pkcs11", "--module", &module,
+        ],
+        vec![
+            "backend", "add", "x", "--type", "pkcs11", "--module", &module, "--token", "t",
+            "--path", "/tmp",
+        ],
+        vec![
+            "backend",
+            "add",
+            "x",
+            "--type",
+            "pkcs11",
+            "--module",
+            &module,
+            "--token",
+            "t",
+            "--pin-env",
+            "A",
+            "--pin-file",
+            "f",
+        ],
+        vec!["backend", "add", "x", "--type", "tpm"],
+        vec!["backend", "add", "x", "--type", "pkcs12"],
+    ] {
+        let out = h.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    // the types come from the facade's list
+    let help = h.run(&["backend", "add", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("pkcs11") && help.contains("tpm"), "{help}");
+    let out = h.run(&["backend", "add", "x", "--type", "nope"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("encrypted, pem, memory, pkcs11, tpm"), "{err}");
+
+    // TPM key options on a token: unsupported
+    h.generate("p384", "k", &["--backend", "hsm"]);
+    let err = h.fails(
+        &[
+            "key",
+            "generate",
+            "--backend",
+            "hsm",
+            "--label",
+            "p",
+            "--persistent",
+            "0x81000010",
+        ],
+        5,
+    );
+    assert!(err.contains("tpm backend"), "{err}");
+    let auth = h.scratch().join("auth");
+    write_private(&auth, "pw\n");
+    let err = h.fails(
+        &[
+            "sign",
+            "--key",
+            "hsm:k",
+            "--digest",
+            &"ab".repeat(48),
+            "--key-auth-file",
+            auth.to_str().unwrap(),
+        ],
+        5,
+    );
+    assert!(err.contains("only TPM keys"), "{err}");
+}
+
+#[test]
+#[cfg(feature = "file")]
+fn new_keys_for_an_unreachable_token_may_fall_back_with_a_warning() {
+    let (hsm, h) = hsm_backend();
+    h.ok(&["backend", "add", "local", "--type", "encrypted"]);
+    h.ok(&["backend", "fallback", "local", "--allow"]);
+    std::fs::remove_dir_all(hsm.token_directory(TOKEN)).unwrap();
+    let out = h.run(&["key", "generate", "--backend", "hsm", "--label", "n"]);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARNING") && err.contains("LOWER protection") && err.contains("hardware"),
+        "{err}"
+    );
+    let k = h.json(&["key", "show", "local:n", "--json"]);
+    assert_eq!(k["protection"], "software-encrypted");
+    // the token's own keys are never looked up there
+    h.fails(
+        &["sign", "--key", "hsm:n", "--digest", &"ab".repeat(48)],
+        10,
+    );
+}

@@ -1,0 +1,329 @@
+//! `tpm` backends on real swtpm instances (one per test), checked with `tpm2-tools` and
+//! `openssl`. Built only with the `tpm` feature (`cargo xtask test` turns on every feature).
+
+use keyhaven_testkit::devices::Swtpm;
+
+use crate::{Home, openssl_ok, write_private};
+
+/// A swtpm of this test's own and a home with a backend `tpm` on it.
+fn tpm_home() -> (Swtpm, Home) {
+    let tpm = Swtpm::start();
+    // tpm2-tss logs its own warnings on stderr (e.g. while the store probes a handle): keep the
+    // one-line errors readable.
+    let h = Home::new().env("TSS2_LOG", "all+NONE");
+    let out = h.ok(&[
+        "backend",
+        "add",
+        "tpm",
+        "--type",
+        "tpm",
+        "--tcti",
+        &tpm.tcti(),
+    ]);
+    assert!(out.contains("added backend 'tpm' (tpm)"), "{out}");
+    (tpm, h)
+}
+
+fn p(h: &Home, name: &str) -> String {
+    h.scratch().join(name).to_str().unwrap().to_owned()
+}
+
+/// Signs `msg` in the scratch directory with `key` and checks the signature with `openssl`.
+fn sign_and_verify_p384(h: &Home, key: &str, extra: &[&str]) {
+    let s = h.scratch();
+    std::fs::write(s.join("msg"), b"signed inside the TPM\n").unwrap();
+    h.ok(&["key", "public", key, "--out", &p(h, "pub.pem")]);
+    let msg = p(h, "msg");
+    let sig = p(h, "msg.sig");
+    let mut args = vec!["sign", "--key", key, "--message-file", &msg, "--out", &sig];
+    args.extend_from_slice(extra);
+    h.ok(&args);
+    let out = openssl_ok(
+        &s,
+        &[
+            "dgst",
+            "-sha384",
+            "-verify",
+            "pub.pem",
+            "-signature",
+            "msg.sig",
+            "msg",
+        ],
+    );
+    assert!(String::from_utf8_lossy(&out).contains("Verified OK"));
+}
+
+#[test]
+fn a_p384_key_made_in_the_tpm_signs_and_openssl_verifies() {
+    let (_tpm, h) = tpm_home();
+    let key = h.json(&[
+        "key",
+        "generate",
+        "--backend",
+        "tpm",
+        "--algorithm",
+        "p384",
+        "--label",
+        "release",
+        "--json",
+    ]);
+    assert_eq!(key["protection"], "hardware");
+    assert_eq!(key["backend_type"], "tpm");
+    let list = h.ok(&["key", "list"]);
+    assert!(
+        list.contains("release") && list.contains("hardware"),
+        "{list}"
+    );
+    sign_and_verify_p384(&h, "tpm:release", &[]);
+
+    // a digest too, and verify through keyhaven
+    let digest = openssl_ok(&h.scratch(), &["dgst", "-sha384", "-binary", "msg"]);
+    h.ok(&[
+        "sign",
+        "--key",
+        "release",
+        "--digest",
+        &hex::encode(digest),
+        "--out",
+        &p(&h, "d.sig"),
+    ]);
+    h.ok(&[
+        "verify",
+        "--public-key",
+        &p(&h, "pub.pem"),
+        "--message-file",
+        &p(&h, "msg"),
+        "--signature",
+        &p(&h, "d.sig"),
+    ]);
+
+    // never leaves the TPM: export is refused, Ed25519 is not a TPM algorithm
+    let err = h.fails(&["key", "export", "release", "--out", &p(&h, "k.pem")], 5);
+    assert!(!h.scratch().join("k.pem").exists(), "{err}");
+    h.fails(
+        &[
+            "key",
+            "generate",
+            "--backend",
+            "tpm",
+            "--algorithm",
+            "ed25519",
+            "--label",
+            "ed",
+        ],
+        5,
+    );
+    // the private part is only in the TPM-wrapped blob: no private key file anywhere
+    for (path, _) in h.snapshot() {
+        let full = h.path().join(&path);
+        if full.is_file() {
+            let bytes = std::fs::read(&full).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains("PRIVATE KEY"),
+                "{}",
+                path.display()
+            );
+        }
+    }
+    let show = h.json(&["key", "show", "release", "--json"]);
+    assert!(show["hardware"]["needs_auth"] == false, "{show}");
+}
+
+#[test]
+fn a_persistent_key_reads_back_with_tpm2_readpublic() {
+    let (tpm, h) = tpm_home();
+    h.ok(&[
+        "key",
+        "generate",
+        "--backend",
+        "tpm",
+        "--algorithm",
+        "p384",
+        "--label",
+        "persisted",
+        "--persistent",
+        "0x81000010",
+    ]);
+    let ours = p(&h, "ours.pem");
+    let theirs = p(&h, "theirs.pem");
+    h.ok(&["key", "public", "persisted", "--out", &ours]);
+    tpm.run(
+        "tpm2_readpublic",
+        &["-c", "0x81000010", "-f", "pem", "-o", &theirs],
+    );
+    assert_eq!(
+        std::fs::read_to_string(&theirs).unwrap(),
+        std::fs::read_to_string(&ours).unwrap(),
+        "tpm2_readpublic -c 0x81000010 gives keyhaven's public key"
+    );
+    let show = h.ok(&["key", "show", "persisted"]);
+    assert!(show.contains("persistent:   0x81000010"), "{show}");
+    sign_and_verify_p384(&h, "persisted", &[]);
+
+    // the handle is taken now
+    h.fails(
+        &[
+            "key",
+            "generate",
+            "--backend",
+            "tpm",
+            "--label",
+            "second",
+            "--persistent",
+            "0x81000010",
+        ],
+        8,
+    );
+    // a malformed handle is bad input
+    h.fails(
+        &[
+            "key",
+            "generate",
+            "--backend",
+            "tpm",
+            "--label",
+            "third",
+            "--persistent",
+            "81000010",
+        ],
+        9,
+    );
+    // deleting the key evicts it from its handle
+    h.ok(&["key", "delete", "persisted", "--yes"]);
+    let handles = tpm.run("tpm2_getcap", &["handles-persistent"]);
+    assert!(!handles.contains("0x81000010"), "{handles}");
+}
+
+#[test]
+fn keys_survive_a_swtpm_restart() {
+    let (mut tpm, h) = tpm_home();
+    h.generate("p384", "before", &["--backend", "tpm"]);
+    h.generate(
+        "p256",
+        "persisted",
+        &["--backend", "tpm", "--persistent", "0x81000011"],
+    );
+    sign_and_verify_p384(&h, "before", &[]);
+
+    // while swtpm is down: unavailable, cleanly
+    tpm.kill();
+    let err = h.fails(
+        &["sign", "--key", "tpm:before", "--digest", &"ab".repeat(48)],
+        10,
+    );
+    assert!(err.contains("backend 'tpm' is unavailable"), "{err}");
+    let out = h.run(&["key", "list"]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("backend 'tpm' is unavailable"));
+    assert_eq!(h.run(&["doctor"]).status.code(), Some(10));
+
+    tpm.start_again();
+    sign_and_verify_p384(&h, "before", &[]);
+    h.ok(&[
+        "sign",
+        "--key",
+        "persisted",
+        "--digest",
+        &"cd".repeat(32),
+        "--out",
+        &p(&h, "p.sig"),
+    ]);
+    let list = h.json(&["key", "list", "--json"]);
+    assert_eq!(list.as_array().unwrap().len(), 2, "{list}");
+
+    tpm.restart();
+    sign_and_verify_p384(&h, "tpm:before", &[]);
+}
+
+#[test]
+fn doctor_reports_the_tpm() {
+    let (tpm, h) = tpm_home();
+    h.generate("p384", "k", &["--backend", "tpm"]);
+    let text = h.ok(&["doctor"]);
+    for needle in [
+        &format!("TPM:          via {}", tpm.tcti()),
+        "manufacturer: IBM",
+        "firmware:     ",
+        "NIST P-384",
+        "NIST P-256",
+        "reachable, 1 key; protection hardware",
+        "result:      healthy",
+    ] {
+        assert!(text.contains(needle), "no {needle:?} in:\n{text}");
+    }
+    let report = h.json(&["doctor", "--json"]);
+    let t = &report["backends"][0]["tpm"];
+    assert_eq!(t["tcti"], tpm.tcti().as_str());
+    assert_eq!(t["manufacturer"], "IBM");
+    assert!(!t["firmware_version"].as_str().unwrap().is_empty());
+    let curves = t["ecc_curves"].as_array().unwrap();
+    assert!(curves.iter().any(|c| c == "NIST P-384"), "{t}");
+    assert_eq!(t["missing_curves"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn key_passphrases_and_pcr_policies() {
+    let (tpm, h) = tpm_home();
+    let auth = h.scratch().join("auth");
+    write_private(&auth, "key passphrase\n");
+    let wrong = h.scratch().join("wrong");
+    write_private(&wrong, "not it\n");
+    h.generate(
+        "p384",
+        "sealed",
+        &[
+            "--backend",
+            "tpm",
+            "--key-auth-file",
+            auth.to_str().unwrap(),
+            "--pcr-policy",
+            "sha256:0,7",
+        ],
+    );
+    let show = h.ok(&["key", "show", "sealed"]);
+    assert!(
+        show.contains("PCR policy:   sha256:0,7") && show.contains("passphrase:   needed"),
+        "{show}"
+    );
+    let digest = "ab".repeat(48);
+    let sign = ["sign", "--key", "sealed", "--digest", &digest];
+    // without its passphrase (and without a terminal): locked, naming the option
+    let err = h.fails(&sign, 4);
+    assert!(err.contains("--key-auth-file"), "{err}");
+    let with = |f: &std::path::Path| {
+        let mut a: Vec<String> = sign.iter().map(ToString::to_string).collect();
+        a.extend(["--key-auth-file".into(), f.to_str().unwrap().to_owned()]);
+        a
+    };
+    let err = h.fails(&with(&wrong), 4);
+    assert!(err.contains("--key-auth-file"), "{err}");
+    sign_and_verify_p384(&h, "sealed", &["--key-auth-file", auth.to_str().unwrap()]);
+
+    // PCR 7 changes: the key no longer signs
+    tpm.run(
+        "tpm2_pcrextend",
+        &[&format!("7:sha256={}", "11".repeat(32))],
+    );
+    let err = h.fails(&with(&auth), 6);
+    assert!(err.contains("PCR"), "{err}");
+}
+
+#[test]
+#[cfg(feature = "file")]
+fn tpm_options_need_a_tpm_backend() {
+    let (_tpm, h) = tpm_home();
+    h.ok(&["backend", "add", "soft", "--type", "encrypted"]);
+    for extra in [
+        &["--persistent", "0x81000012"][..],
+        &["--pcr-policy", "sha256:0"],
+    ] {
+        let mut args = vec!["key", "generate", "--backend", "soft", "--label", "x"];
+        args.extend_from_slice(extra);
+        let err = h.fails(&args, 5);
+        assert!(err.contains("tpm backend"), "{err}");
+    }
+    let out = h.run(&[
+        "backend", "add", "x", "--type", "tpm", "--tcti", "tabrmd", "--module", "/m.so",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+}

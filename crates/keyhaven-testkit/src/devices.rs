@@ -1,0 +1,480 @@
+//! Test devices, run as real processes: SoftHSM2 tokens and swtpm instances.
+//!
+//! Every backend and front end that talks to a device uses these, so tests of the facade and the
+//! command line need nothing from the backend crates' own test code (and this crate needs
+//! neither `cryptoki` nor `tss-esapi`: it only runs programs).
+//!
+//! # SoftHSM2
+//!
+//! SoftHSM reads `SOFTHSM2_CONF` once, in `C_Initialize`, and builds its slot list then: a token
+//! another process creates afterwards stays invisible to a process that has already initialized
+//! the module. So:
+//! - [`SoftHsm::new`] makes a configuration and token directory of its own, in a temporary
+//!   directory. Hand its [`SoftHsm::conf`] to **child processes** (the `keyhaven` binary,
+//!   `pkcs11-tool`) through [`SoftHsm::command`]: each test then has its own tokens, invisible to
+//!   every other test, and the tests run in parallel;
+//! - [`SoftHsm::from_env`] uses the harness's `SOFTHSM2_CONF` (set by `cargo xtask test` for the
+//!   whole run), for tests that load the module **in their own process**: make every token they
+//!   need with [`SoftHsm::init_token`] before the process first initializes the module (in a
+//!   `OnceLock`, say), then give each test its own token by label.
+//!
+//! Tokens are made with `softhsm2-util --init-token --free --label L --so-pin S --pin P`. Labels
+//! should have a fixed width: `pkcs11-tool --token-label` matches a prefix, so `kh-1` would also
+//! pick `kh-10`.
+//!
+//! # swtpm
+//!
+//! [`Swtpm::start`] runs `swtpm socket --tpm2` in a fresh state directory, on TCP loopback ports
+//! (tss-esapi 7.x can only hand the TCTI loader `swtpm:host=H,port=P`, never a socket path): the
+//! data channel on `P`, the control channel on `P + 1`. Ports come from a per-process range
+//! below the kernel's ephemeral range (32768 and up), so they never collide with the short-lived
+//! client connections the swtpm TCTI makes, and a pair found taken is skipped. It waits until
+//! both ports answer, and kills swtpm by its pid (SIGKILL, then waits for the pid to be gone) when
+//! dropped: swtpm takes about 2 s to exit after SIGTERM, and keeps its state on disk as it
+//! changes, so nothing is lost. [`Swtpm::restart`] starts it again on the same state directory
+//! and ports.
+//!
+//! A missing tool fails the test with a message saying how to run the tests (`cargo xtask
+//! test`, which installs softhsm2, opensc, swtpm, swtpm-tools and tpm2-tools); a device test
+//! never passes silently.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+/// How to get the devices: the message of every failure to find one.
+pub const HOW_TO_RUN: &str = "run the tests with `cargo xtask test` (it installs softhsm2, \
+     opensc, swtpm, swtpm-tools, tpm2-tools and libtss2-dev when missing, and sets \
+     KEYHAVEN_PKCS11_MODULE and SOFTHSM2_CONF)";
+
+/// Where Debian and Ubuntu install SoftHSM2's PKCS#11 module (`apt-get install softhsm2`).
+pub const SOFTHSM_MODULE_PATHS: &[&str] = &[
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+];
+
+/// The security officer PIN [`SoftHsm::init_token`] gives test tokens by default.
+pub const SO_PIN: &str = "87654321";
+/// The user PIN [`SoftHsm::init_token`] gives test tokens by default.
+pub const USER_PIN: &str = "12345678";
+
+/// The PKCS#11 module for tests: `KEYHAVEN_PKCS11_MODULE` if set, else SoftHSM2's module at one
+/// of [`SOFTHSM_MODULE_PATHS`].
+///
+/// # Panics
+/// If there is none, saying how to run the tests.
+pub fn pkcs11_module() -> PathBuf {
+    if let Some(m) = std::env::var_os("KEYHAVEN_PKCS11_MODULE") {
+        let m = PathBuf::from(m);
+        assert!(
+            m.is_file(),
+            "KEYHAVEN_PKCS11_MODULE={} does not exist: {HOW_TO_RUN}",
+            m.display()
+        );
+        return m;
+    }
+    SOFTHSM_MODULE_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "KEYHAVEN_PKCS11_MODULE is not set and SoftHSM2's libsofthsm2.so is not \
+                 installed: {HOW_TO_RUN}"
+            )
+        })
+}
+
+/// Panics, saying how to run the tests, if `tool` is not on the `PATH`.
+pub fn require(tool: &str) {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()));
+    assert!(found, "`{tool}` is not installed: {HOW_TO_RUN}");
+}
+
+/// Runs a command, panicking with its output if it cannot start or fails.
+fn run_ok(command: &mut Command, what: &str) -> Output {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what} ({e}): {HOW_TO_RUN}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A SoftHSM2 configuration and its token directory (see the [module documentation](self)).
+pub struct SoftHsm {
+    /// Removed on drop, for configurations of our own.
+    _dir: Option<tempfile::TempDir>,
+    conf: PathBuf,
+    tokendir: PathBuf,
+    module: PathBuf,
+}
+
+impl std::fmt::Debug for SoftHsm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SoftHsm")
+            .field("conf", &self.conf)
+            .field("tokendir", &self.tokendir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SoftHsm {
+    /// A configuration of its own (`softhsm2.conf` and `tokens/` in a temporary directory,
+    /// removed on drop), with no tokens yet. For child processes: see [`SoftHsm::command`].
+    ///
+    /// # Panics
+    /// If SoftHSM2 is not installed.
+    // Not `Default`: this creates files and needs SoftHSM2 installed.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> SoftHsm {
+        let module = pkcs11_module();
+        require("softhsm2-util");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let tokendir = dir.path().join("tokens");
+        std::fs::create_dir(&tokendir).expect("token directory");
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "# a SoftHSM2 configuration of one test\n\
+                 directories.tokendir = {}\n\
+                 objectstore.backend = file\n\
+                 log.level = ERROR\n",
+                tokendir.display()
+            ),
+        )
+        .expect("write softhsm2.conf");
+        SoftHsm {
+            _dir: Some(dir),
+            conf,
+            tokendir,
+            module,
+        }
+    }
+
+    /// The harness's configuration (`SOFTHSM2_CONF`, which `cargo xtask test` sets for the whole
+    /// run), for tests that load the module in their own process. Nothing is removed on drop.
+    ///
+    /// # Panics
+    /// If `SOFTHSM2_CONF` is unset, unreadable, or names no existing token directory.
+    pub fn from_env() -> SoftHsm {
+        let module = pkcs11_module();
+        let conf = std::env::var_os("SOFTHSM2_CONF")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| panic!("SOFTHSM2_CONF is not set: {HOW_TO_RUN}"));
+        let text = std::fs::read_to_string(&conf).unwrap_or_else(|e| {
+            panic!(
+                "cannot read SOFTHSM2_CONF={} ({e}): {HOW_TO_RUN}",
+                conf.display()
+            )
+        });
+        let tokendir = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("directories.tokendir"))
+            .filter_map(|rest| rest.trim().strip_prefix('='))
+            .map(|v| PathBuf::from(v.trim()))
+            .next()
+            .unwrap_or_else(|| {
+                panic!(
+                    "{} sets no directories.tokendir: {HOW_TO_RUN}",
+                    conf.display()
+                )
+            });
+        assert!(
+            tokendir.is_dir(),
+            "the token directory {} of {} does not exist: {HOW_TO_RUN}",
+            tokendir.display(),
+            conf.display()
+        );
+        SoftHsm {
+            _dir: None,
+            conf,
+            tokendir,
+            module,
+        }
+    }
+
+    /// The configuration file: the `SOFTHSM2_CONF` of processes that should see these tokens.
+    pub fn conf(&self) -> &Path {
+        &self.conf
+    }
+
+    /// The token directory.
+    pub fn tokendir(&self) -> &Path {
+        &self.tokendir
+    }
+
+    /// The PKCS#11 module (`libsofthsm2.so`).
+    pub fn module(&self) -> &Path {
+        &self.module
+    }
+
+    /// A command for `program` with `SOFTHSM2_CONF` set to this configuration.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env("SOFTHSM2_CONF", &self.conf);
+        c
+    }
+
+    /// Makes a token labelled `label` in a free slot, with the security officer PIN [`SO_PIN`]
+    /// and the user PIN `user_pin`.
+    ///
+    /// # Panics
+    /// If `softhsm2-util` fails.
+    pub fn init_token(&self, label: &str, user_pin: &str) {
+        require("softhsm2-util");
+        run_ok(
+            self.command("softhsm2-util").args([
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--so-pin",
+                SO_PIN,
+                "--pin",
+                user_pin,
+            ]),
+            &format!("softhsm2-util --init-token --label {label}"),
+        );
+    }
+
+    /// The directory of the token labelled `label` (SoftHSM names it by a UUID; the label, padded
+    /// with blanks to 32 bytes, is in its `token.object`).
+    ///
+    /// # Panics
+    /// If no token has that label.
+    pub fn token_directory(&self, label: &str) -> PathBuf {
+        let mut padded = label.as_bytes().to_vec();
+        padded.resize(32.max(padded.len()), b' ');
+        for entry in std::fs::read_dir(&self.tokendir).expect("read the token directory") {
+            let dir = entry.expect("token directory entry").path();
+            let Ok(bytes) = std::fs::read(dir.join("token.object")) else {
+                continue;
+            };
+            if bytes.windows(padded.len()).any(|w| w == padded.as_slice()) {
+                return dir;
+            }
+        }
+        panic!("no token labelled {label} in {}", self.tokendir.display())
+    }
+
+    /// `pkcs11-tool --module M --token-label L --login --pin PIN ARGS` with this configuration;
+    /// returns its standard output and error.
+    ///
+    /// # Panics
+    /// If `pkcs11-tool` is missing or fails.
+    pub fn pkcs11_tool(&self, label: &str, pin: &str, args: &[&str]) -> String {
+        require("pkcs11-tool");
+        let out = run_ok(
+            self.command("pkcs11-tool")
+                .arg("--module")
+                .arg(&self.module)
+                .args(["--token-label", label, "--login", "--pin", pin])
+                .args(args),
+            &format!("pkcs11-tool {}", args.join(" ")),
+        );
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+}
+
+/// The next port pair to try: per-process blocks of 200 ports in 20000..32000.
+fn next_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let block = u16::try_from(std::process::id() % 60).expect("below 60");
+    let n = NEXT.fetch_add(2, Ordering::Relaxed) % 200;
+    20_000 + block * 200 + n
+}
+
+fn port_free(port: u16) -> bool {
+    TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+fn answers(port: u16) -> bool {
+    TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
+}
+
+/// A running swtpm, killed by its pid on drop (see the [module documentation](self)).
+pub struct Swtpm {
+    state: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl std::fmt::Debug for Swtpm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Swtpm")
+            .field("state", &self.state.path())
+            .field("port", &self.port)
+            .field("pid", &self.child.as_ref().map(Child::id))
+            .finish()
+    }
+}
+
+impl Swtpm {
+    /// Starts a swtpm with a fresh state directory on a free pair of loopback ports, and waits
+    /// until it answers.
+    ///
+    /// # Panics
+    /// If swtpm is not installed or does not start.
+    pub fn start() -> Swtpm {
+        require("swtpm");
+        let mut tpm = Swtpm {
+            state: tempfile::tempdir().expect("temporary directory"),
+            port: 0,
+            child: None,
+        };
+        for _ in 0..50 {
+            let port = next_port();
+            if !port_free(port) || !port_free(port + 1) {
+                continue;
+            }
+            tpm.port = port;
+            if tpm.launch() {
+                return tpm;
+            }
+        }
+        panic!("could not start swtpm on any free port pair in 50 tries");
+    }
+
+    /// Starts swtpm on `self.port`; false if it exited at once (its port was taken meanwhile).
+    fn launch(&mut self) -> bool {
+        let dir = self.state.path();
+        let log = dir.join("swtpm.log");
+        let mut child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", dir.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", self.port))
+            .arg("--ctrl")
+            .arg(format!(
+                "type=tcp,port={},bindaddr=127.0.0.1",
+                self.port + 1
+            ))
+            .args(["--flags", "not-need-init,startup-clear"])
+            .arg("--log")
+            .arg(format!("file={},level=1", log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run swtpm ({e}): {HOW_TO_RUN}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if answers(self.port) && answers(self.port + 1) {
+                self.child = Some(child);
+                return true;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "swtpm did not answer on port {} within 10 s; its log: {}",
+                    self.port,
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The TCTI that reaches it: `swtpm:host=127.0.0.1,port=P`.
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// Its data port (the control channel is on the next one).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Its state directory.
+    pub fn state_dir(&self) -> &Path {
+        self.state.path()
+    }
+
+    /// Its pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Kills it (SIGKILL, by pid) and waits for the pid to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills it and starts it again on the same state directory and ports.
+    ///
+    /// # Panics
+    /// If it does not come back.
+    pub fn restart(&mut self) {
+        self.kill();
+        for _ in 0..50 {
+            if self.launch() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("swtpm did not restart on port {}", self.port);
+    }
+
+    /// Starts it again after [`Swtpm::kill`].
+    ///
+    /// # Panics
+    /// If it is still running, or does not come back.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "swtpm is still running");
+        self.restart();
+    }
+
+    /// A tpm2-tools command aimed at this swtpm (`TPM2TOOLS_TCTI` set, tpm2-tss's own logging
+    /// off).
+    ///
+    /// # Panics
+    /// If `program` is not installed.
+    pub fn tool(&self, program: &str) -> Command {
+        require(program);
+        let mut c = Command::new(program);
+        c.env("TPM2TOOLS_TCTI", self.tcti())
+            .env("TSS2_LOG", "all+NONE");
+        c
+    }
+
+    /// Runs a tpm2-tools command and returns its standard output.
+    ///
+    /// # Panics
+    /// If it fails, with its standard error.
+    pub fn run(&self, program: &str, args: &[&str]) -> String {
+        let out = run_ok(
+            self.tool(program).args(args),
+            &format!("{program} {}", args.join(" ")),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

@@ -1,0 +1,439 @@
+//! Hardware backends through the manager: PKCS#11 on real SoftHSM2 tokens, TPM on real swtpm
+//! instances (devices from `keyhaven_testkit::devices`; run with `cargo xtask test`).
+
+#[cfg(feature = "pkcs11")]
+mod pkcs11 {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use keyhaven::secrecy::SecretString;
+    use keyhaven::{
+        Algorithm, BackendConfig, BackendKind, Error, ErrorKind, FixedPassphrase, KeyManager,
+        PassphrasePurpose, PassphraseRequest, Protection, TokenRef,
+    };
+    use keyhaven_testkit::devices::{SoftHsm, USER_PIN};
+
+    /// Tokens for this process's tests, made with `softhsm2-util` in the harness's token
+    /// directory before this process first loads SoftHSM (which sees only the tokens that exist
+    /// when it is initialized). Every test that loads the module takes a token first.
+    struct Tokens {
+        hsm: SoftHsm,
+        labels: Vec<String>,
+        next: AtomicUsize,
+    }
+
+    const POOL: usize = 6;
+
+    fn tokens() -> &'static Tokens {
+        static TOKENS: OnceLock<Tokens> = OnceLock::new();
+        TOKENS.get_or_init(|| {
+            let hsm = SoftHsm::from_env();
+            let labels: Vec<String> = (0..POOL)
+                .map(|n| format!("khf-{}-{n:02}", std::process::id()))
+                .collect();
+            for l in &labels {
+                hsm.init_token(l, USER_PIN);
+            }
+            Tokens {
+                hsm,
+                labels,
+                next: AtomicUsize::new(0),
+            }
+        })
+    }
+
+    /// A token of this test's own: (module, label).
+    fn token() -> (std::path::PathBuf, String) {
+        let t = tokens();
+        let n = t.next.fetch_add(1, Ordering::SeqCst);
+        let label = t
+            .labels
+            .get(n)
+            .unwrap_or_else(|| panic!("all {POOL} tokens are taken: raise POOL"))
+            .clone();
+        (t.hsm.module().to_owned(), label)
+    }
+
+    /// The requests a provider was asked.
+    type Asked = Arc<Mutex<Vec<PassphraseRequest>>>;
+
+    /// A provider that answers token PIN requests with `pin`, and records every request.
+    fn pin_provider(pin: &'static str) -> (impl keyhaven::PassphraseProvider + 'static, Asked) {
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&asked);
+        let provider = move |r: &PassphraseRequest| {
+            log.lock().unwrap().push(r.clone());
+            match r.purpose {
+                PassphrasePurpose::TokenPin => Ok(SecretString::from(pin)),
+                _ => Ok(SecretString::from("store passphrase")),
+            }
+        };
+        (provider, asked)
+    }
+
+    fn write_private(path: &Path, text: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, text).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+
+    #[test]
+    fn keys_are_made_and_used_on_the_token_with_the_pin_asked_for() {
+        let (module, label) = token();
+        let home = crate::private_tempdir();
+        let (provider, asked) = pin_provider(USER_PIN);
+        let m = KeyManager::open(home.path(), provider).unwrap();
+        let b = m
+            .add_backend(
+                "hsm",
+                BackendConfig::pkcs11(&module, TokenRef::Label(label.clone())),
+            )
+            .unwrap();
+        assert!(b.location().contains(&label), "{}", b.location());
+        {
+            let asked = asked.lock().unwrap();
+            assert_eq!(asked.len(), 1, "asked once: {asked:?}");
+            assert_eq!(asked[0].purpose, PassphrasePurpose::TokenPin);
+            assert_eq!(asked[0].token.as_deref(), Some(label.as_str()));
+            assert_eq!(asked[0].backend, "hsm");
+            assert!(
+                asked[0]
+                    .describe()
+                    .contains(&format!("user PIN of token '{label}'"))
+            );
+        }
+        // the PIN is not in the configuration, only the token
+        let text = std::fs::read_to_string(home.path().join(keyhaven::CONFIG_FILE)).unwrap();
+        assert!(!text.contains(USER_PIN) && text.contains(&label), "{text}");
+        assert_eq!(m.config().default_backend.as_deref(), Some("hsm"));
+
+        for alg in [
+            Algorithm::EcdsaP384,
+            Algorithm::EcdsaP256,
+            Algorithm::Ed25519,
+        ] {
+            let key = m.generate(None, alg, &format!("k-{alg}")).unwrap();
+            assert_eq!(key.backend_kind, BackendKind::Pkcs11);
+            assert_eq!(key.protection(), Protection::Hardware);
+            let sig = m.sign(&key, b"on the token").unwrap();
+            keyhaven::verify(key.public_key(), b"on the token", &sig).unwrap();
+            let e = m.export_pkcs8(&key).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+            let d = m.hardware_details(&key).unwrap().unwrap();
+            assert_eq!(d.token.as_deref(), Some(label.as_str()));
+            assert!(!d.needs_auth);
+        }
+        // TPM options are refused on a token
+        let e = m
+            .generate_with(
+                Some("hsm"),
+                Algorithm::EcdsaP384,
+                "p",
+                &keyhaven::GenerateOptions::new().persistent("0x81000010"),
+            )
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        assert!(e.to_string().contains("tpm backend"), "{e}");
+
+        let report = m.doctor();
+        assert!(report.healthy(), "{report:?}");
+        let hsm = &report.backends[0];
+        assert_eq!(hsm.keys, Some(3));
+        assert_eq!(hsm.protection, Protection::Hardware);
+        let t = hsm.token.as_ref().expect("the token's report");
+        assert_eq!(t.label, label);
+        assert!(t.manufacturer.contains("SoftHSM"), "{t:?}");
+        assert!(!t.serial.is_empty() && t.free_slots >= 1, "{t:?}");
+        assert!(t.missing.is_empty(), "{t:?}");
+        assert!(
+            t.mechanisms
+                .iter()
+                .any(|m| m.name == "CKM_ECDSA" && m.present),
+            "{t:?}"
+        );
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["backends"][0]["token"]["label"], label.as_str());
+
+        // a new manager (a new command) asks again, and finds the keys
+        let (provider, asked) = pin_provider(USER_PIN);
+        let m = KeyManager::open(home.path(), provider).unwrap();
+        assert!(asked.lock().unwrap().is_empty(), "nothing opened yet");
+        assert_eq!(m.list_keys().unwrap().len(), 3);
+        assert_eq!(asked.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn pins_come_from_a_file_and_wrong_or_missing_pins_are_pin_errors() {
+        let (module, label) = token();
+        let home = crate::private_tempdir();
+        let pin_file = home.path().join("hsm.pin");
+        write_private(&pin_file, &format!("{USER_PIN}\n"));
+
+        // a wrong PIN: a PIN error, and nothing is saved
+        let (provider, _) = pin_provider("00000000");
+        let m = KeyManager::open(home.path(), provider).unwrap();
+        let cfg = BackendConfig::pkcs11(&module, TokenRef::Label(label.clone()));
+        let e = m.add_backend("hsm", cfg.clone()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BadPassphrase, "{e}");
+        assert!(
+            matches!(&e, Error::Pin { origin, .. } if origin.contains("prompt")),
+            "{e:?}"
+        );
+        assert!(m.config().backends.is_empty());
+
+        // a store passphrase is never tried as a PIN
+        let m = KeyManager::open(home.path(), FixedPassphrase::new(USER_PIN)).unwrap();
+        let e = m.add_backend("hsm", cfg.clone()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
+        assert!(matches!(e, Error::Pin { .. }), "{e:?}");
+
+        // a declared PIN file is used, and no one is asked
+        let (provider, asked) = pin_provider("00000000");
+        let m = KeyManager::open(home.path(), provider).unwrap();
+        m.add_backend("hsm", cfg.clone().with_pin_file(&pin_file))
+            .unwrap();
+        let key = m.generate(None, Algorithm::EcdsaP384, "filed").unwrap();
+        m.sign(&key, b"m").unwrap();
+        assert!(asked.lock().unwrap().is_empty());
+
+        // ... and must be private
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let m = KeyManager::open(home.path(), FixedPassphrase::new("x")).unwrap();
+        let e = m.resolve("hsm:filed").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+
+        // a PIN variable that is not set
+        let m = KeyManager::open(home.path(), FixedPassphrase::new("x")).unwrap();
+        m.update_config(|c| {
+            c.backends.insert(
+                "hsm".into(),
+                cfg.clone().with_pin_env("KEYHAVEN_TEST_UNSET_PIN_VARIABLE"),
+            );
+            Ok(())
+        })
+        .unwrap();
+        let e = m.resolve("hsm:filed").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
+        assert!(
+            e.to_string()
+                .contains("environment variable KEYHAVEN_TEST_UNSET_PIN_VARIABLE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    #[cfg(feature = "file")]
+    fn an_unreachable_token_is_unavailable_and_new_keys_may_fall_back() {
+        use keyhaven::{Config, FallbackConfig, Warning};
+        let (module, _label) = token();
+        let home = crate::private_tempdir();
+        let mut c = Config::default();
+        c.backends.insert(
+            "gone".into(),
+            BackendConfig::pkcs11("/nonexistent/libpkcs11.so", TokenRef::Label("t".into())),
+        );
+        c.backends.insert(
+            "other".into(),
+            BackendConfig::pkcs11(&module, TokenRef::Label("no-such-token".into())),
+        );
+        c.backends
+            .insert("local".into(), BackendConfig::new(BackendKind::Pem, None));
+        c.fallback = FallbackConfig::new(true, Some("local".into()));
+        c.save(&home.path().join(keyhaven::CONFIG_FILE)).unwrap();
+        let (provider, asked) = pin_provider(USER_PIN);
+        let m = KeyManager::open(home.path(), provider).unwrap();
+        for backend in ["gone", "other"] {
+            let key = m
+                .generate(Some(backend), Algorithm::EcdsaP384, backend)
+                .unwrap();
+            assert_eq!(key.backend, "local");
+            let w = m.take_warnings();
+            assert!(
+                matches!(
+                    &w[..],
+                    [Warning::Fallback { backend: b, expected: Protection::Hardware, actual: Protection::SoftwarePlain, .. }] if b == backend
+                ),
+                "{w:?}"
+            );
+            let e = m.resolve(&format!("{backend}:k")).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        }
+        assert!(
+            asked.lock().unwrap().is_empty(),
+            "no PIN is asked for a token that is not there"
+        );
+        let report = m.doctor();
+        let gone = report.backends.iter().find(|b| b.name == "gone").unwrap();
+        assert!(!gone.reachable && gone.token.is_none(), "{gone:?}");
+        assert_eq!(gone.error_kind, Some(ErrorKind::Unavailable));
+    }
+}
+
+#[cfg(feature = "tpm")]
+mod tpm {
+    use keyhaven::secrecy::SecretString;
+    use keyhaven::{
+        Algorithm, BackendConfig, BackendKind, ErrorKind, GenerateOptions, KeyManager,
+        NoPassphrase, Protection,
+    };
+    use keyhaven_testkit::devices::Swtpm;
+
+    #[test]
+    fn keys_are_made_and_used_in_the_tpm() {
+        let tpm = Swtpm::start();
+        let home = crate::private_tempdir();
+        let m = KeyManager::open(home.path(), NoPassphrase).unwrap();
+        let b = m
+            .add_backend("tpm", BackendConfig::tpm(tpm.tcti(), None))
+            .unwrap();
+        assert!(b.location().contains(&tpm.tcti()), "{}", b.location());
+        assert!(home.path().join("backends/tpm").is_dir());
+        for alg in [Algorithm::EcdsaP384, Algorithm::EcdsaP256] {
+            let key = m.generate(None, alg, &format!("k-{alg}")).unwrap();
+            assert_eq!(key.backend_kind, BackendKind::Tpm);
+            assert_eq!(key.protection(), Protection::Hardware);
+            let sig = m.sign(&key, b"in the TPM").unwrap();
+            keyhaven::verify(key.public_key(), b"in the TPM", &sig).unwrap();
+            let e = m.export_pkcs8(&key).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+        }
+        let e = m.generate(None, Algorithm::Ed25519, "ed").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+
+        let report = m.doctor();
+        assert!(report.healthy(), "{report:?}");
+        let t = report.backends[0].tpm.as_ref().expect("the TPM's report");
+        assert_eq!(t.tcti, tpm.tcti());
+        assert!(!t.manufacturer.is_empty() && !t.firmware_version.is_empty());
+        assert!(t.ecc_curves.iter().any(|c| c == "NIST P-384"), "{t:?}");
+        assert!(t.missing_curves.is_empty());
+    }
+
+    #[test]
+    fn key_options_and_key_passphrases() {
+        let tpm = Swtpm::start();
+        let home = crate::private_tempdir();
+        let m = KeyManager::open(home.path(), NoPassphrase).unwrap();
+        m.add_backend("tpm", BackendConfig::tpm(tpm.tcti(), None))
+            .unwrap();
+        let options = GenerateOptions::new()
+            .persistent("0x81000010")
+            .pcr_policy("sha256:0,7")
+            .auth(SecretString::from("key pass"));
+        assert!(!format!("{options:?}").contains("key pass"));
+        let key = m
+            .generate_with(None, Algorithm::EcdsaP384, "sealed", &options)
+            .unwrap();
+        let d = m.hardware_details(&key).unwrap().unwrap();
+        assert_eq!(d.persistent_handle.as_deref(), Some("0x81000010"));
+        assert_eq!(d.pcr_policy.as_deref(), Some("sha256:0,7"));
+        assert!(d.needs_auth);
+        m.sign(&key, b"m").unwrap();
+
+        // a new manager needs the key's passphrase. (swtpm holds three loaded objects and has no
+        // resource manager: the first manager's go when it is dropped, as at a command's end.)
+        drop(m);
+        let m = KeyManager::open(home.path(), NoPassphrase).unwrap();
+        let key = m.resolve("sealed").unwrap();
+        let e = m.sign(&key, b"m").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
+        m.set_key_auth(&key, &SecretString::from("wrong")).unwrap();
+        let e = m.sign(&key, b"m").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BadPassphrase, "{e}");
+        m.set_key_auth(&key, &SecretString::from("key pass"))
+            .unwrap();
+        let sig = m.sign(&key, b"m").unwrap();
+        keyhaven::verify(key.public_key(), b"m", &sig).unwrap();
+
+        // bad options are input errors; a taken handle is AlreadyExists
+        for (options, kind) in [
+            (
+                GenerateOptions::new().persistent("81000010"),
+                ErrorKind::InvalidInput,
+            ),
+            (
+                GenerateOptions::new().persistent("0x01000010"),
+                ErrorKind::InvalidInput,
+            ),
+            (
+                GenerateOptions::new().pcr_policy("sha256:99"),
+                ErrorKind::InvalidInput,
+            ),
+            (
+                GenerateOptions::new().persistent("0x81000010"),
+                ErrorKind::AlreadyExists,
+            ),
+        ] {
+            let e = m
+                .generate_with(None, Algorithm::EcdsaP256, "bad", &options)
+                .unwrap_err();
+            assert_eq!(e.kind(), kind, "{options:?}: {e}");
+        }
+    }
+
+    #[test]
+    #[cfg(feature = "file")]
+    fn an_unreachable_tpm_is_unavailable_and_options_never_fall_back() {
+        use keyhaven::{Config, FallbackConfig, FixedPassphrase, Warning};
+        let mut tpm = Swtpm::start();
+        let home = crate::private_tempdir();
+        let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+        m.add_backend("tpm", BackendConfig::tpm(tpm.tcti(), None))
+            .unwrap();
+        m.generate(None, Algorithm::EcdsaP384, "k").unwrap();
+        m.add_backend("local", BackendConfig::new(BackendKind::Pem, None))
+            .unwrap();
+        m.update_config(|c| {
+            c.fallback = FallbackConfig::new(true, Some("local".into()));
+            Ok(())
+        })
+        .unwrap();
+        drop(m);
+        tpm.kill();
+
+        let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+        let e = m.resolve("tpm:k").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        assert!(m.list_keys().unwrap().is_empty());
+        assert!(
+            matches!(&m.take_warnings()[..], [Warning::Unreachable { backend, .. }] if backend == "tpm")
+        );
+        let e = m
+            .generate_with(
+                Some("tpm"),
+                Algorithm::EcdsaP384,
+                "p",
+                &GenerateOptions::new().persistent("0x81000011"),
+            )
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        assert!(e.to_string().contains("no fallback is used"), "{e}");
+        let key = m.generate(Some("tpm"), Algorithm::EcdsaP384, "p").unwrap();
+        assert_eq!(key.backend, "local");
+        let report = m.doctor();
+        let t = report.backends.iter().find(|b| b.name == "tpm").unwrap();
+        assert!(!t.reachable && t.tpm.is_none(), "{t:?}");
+
+        // a tpm backend cannot be added while its TPM is away, and nothing is created
+        let e = m
+            .add_backend("tpm2", BackendConfig::tpm(tpm.tcti(), None))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
+        assert!(!home.path().join("backends/tpm2").exists());
+        assert!(
+            !Config::load(&home.path().join(keyhaven::CONFIG_FILE))
+                .unwrap()
+                .backends
+                .contains_key("tpm2")
+        );
+
+        // back again: the keys are there
+        drop(m);
+        tpm.start_again();
+        let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+        let key = m.resolve("tpm:k").unwrap();
+        m.sign(&key, b"after the restart").unwrap();
+    }
+}
