@@ -192,6 +192,9 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
 ///
 /// Fails naming the first step that failed.
 fn lint(root: &Path) -> Result<()> {
+    // clippy runs with --all-features, which builds the TPM backend: it links libtss2.
+    sys::ensure_tools(&[sys::PKG_CONFIG])?;
+    sys::ensure_libraries(sys::TPM_LIBRARIES)?;
     run_step(
         "lint 1/4: rustfmt",
         cargo(root).args(["fmt", "--all", "--", "--check"]),

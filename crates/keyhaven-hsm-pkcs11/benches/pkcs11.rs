@@ -5,7 +5,8 @@
 //! - `interleaved_p384`, `interleaved_ed25519` (printed): the same two calls alternating, as a
 //!   ratio that background load cannot skew;
 //! - `throughput_p384`, `throughput_ed25519`: signatures per second from 1, 2 and 4 threads
-//!   sharing one store (its session pool), against the same threads each on a raw session.
+//!   sharing one store (its session pool), against the same threads each on a raw session of
+//!   its own, opened (and the key's handle found) before the clock starts.
 //!
 //! The module is `KEYHAVEN_PKCS11_MODULE` or SoftHSM's Debian path. The bench makes its own
 //! token: SoftHSM reads `SOFTHSM2_CONF` when the module initializes, so the process first
@@ -147,13 +148,19 @@ fn latency(c: &mut Criterion, store: &Pkcs11Store, raw: &Raw, alg: Algorithm, id
     g.finish();
 }
 
-/// Runs `total` signatures split over `threads` threads; returns the wall time.
-fn timed_threads(threads: usize, total: u64, work: impl Fn(u64) + Send + Sync) -> Duration {
-    let per = total.div_ceil(threads as u64);
+/// Runs `total` signatures split over one thread per element of `states` (each thread gets its
+/// own, e.g. a raw session); returns the wall time.
+fn timed_threads<S: Send>(
+    states: &mut [S],
+    total: u64,
+    work: impl Fn(&mut S, u64) + Send + Sync,
+) -> Duration {
+    let per = total.div_ceil(states.len() as u64);
+    let work = &work;
     let start = Instant::now();
     std::thread::scope(|s| {
-        for _ in 0..threads {
-            s.spawn(|| work(per));
+        for state in states.iter_mut() {
+            s.spawn(move || work(state, per));
         }
     });
     start.elapsed()
@@ -168,23 +175,26 @@ fn throughput(c: &mut Criterion, store: &Arc<Pkcs11Store>, raw: &Raw, alg: Algor
         let batch = 8 * threads as u64;
         g.throughput(Throughput::Elements(batch));
         g.bench_with_input(BenchmarkId::new("keyhaven", threads), &threads, |b, &t| {
+            let mut workers = vec![(); t];
             b.iter_custom(|iters| {
-                timed_threads(t, iters * batch, |n| {
+                timed_threads(&mut workers, iters * batch, |(), n| {
                     for _ in 0..n {
                         store_sign(store, alg, id, &data);
                     }
                 })
             })
         });
+        // one logged-in session and key handle per thread, made before any timing
+        let mut sessions: Vec<(Session, ObjectHandle)> =
+            (0..threads).map(|_| raw.session(id)).collect();
         g.bench_with_input(
             BenchmarkId::new("raw_cryptoki", threads),
             &threads,
-            |b, &t| {
+            |b, _| {
                 b.iter_custom(|iters| {
-                    timed_threads(t, iters * batch, |n| {
-                        let (session, handle) = raw.session(id);
+                    timed_threads(&mut sessions, iters * batch, |(session, handle), n| {
                         for _ in 0..n {
-                            black_box(session.sign(&mechanism(alg), handle, &data).unwrap());
+                            black_box(session.sign(&mechanism(alg), *handle, &data).unwrap());
                         }
                     })
                 })

@@ -46,7 +46,7 @@ pub struct Pkcs11Config {
     /// The user PIN.
     pub user_pin: SecretString,
     /// The most sessions the store opens at once (threads beyond that wait for a free one).
-    /// Clamped to the token's own limit.
+    /// Clamped to the token's own limit; 0 counts as 1.
     pub max_sessions: usize,
 }
 

@@ -6,6 +6,34 @@ use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
 use keyhaven_core::Error;
 
+/// A PKCS#11 return value (`CKR_...`), as keyhaven reports it.
+///
+/// keyhaven keeps the `cryptoki` crate out of its public API: this names the code
+/// (`CKR_PIN_INCORRECT`) without exposing cryptoki's own error type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ckr(RvError);
+
+impl Ckr {
+    /// The code's `CKR_...` name, e.g. `CKR_PIN_INCORRECT`.
+    pub fn name(self) -> String {
+        ckr_name(self.0)
+    }
+
+    pub(crate) fn new(rv: RvError) -> Self {
+        Ckr(rv)
+    }
+
+    pub(crate) fn rv(self) -> RvError {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Ckr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
 /// What went wrong talking to a PKCS#11 module or token.
 ///
 /// Converted into [`keyhaven_core::Error`] by meaning (see the `From` impl); the original stays
@@ -50,28 +78,44 @@ pub enum Pkcs11Error {
         /// The tokens that are there, for humans.
         present: String,
     },
+    /// Several tokens match the selector, so keyhaven cannot tell which one is meant.
+    #[error(
+        "{count} tokens {selector} in PKCS#11 module {}: {matches}. keyhaven will not pick one \
+         at random: select the token by serial or slot id instead, or relabel one of them",
+        module.display()
+    )]
+    AmbiguousToken {
+        /// The module searched.
+        module: PathBuf,
+        /// The selector, for humans.
+        selector: String,
+        /// How many tokens match.
+        count: usize,
+        /// The matching tokens (slot and serial), for humans.
+        matches: String,
+    },
     /// A PKCS#11 function returned an error.
-    #[error("{function} failed with {} on {token}", ckr_name(*rv))]
+    #[error("{function} failed with {rv} on {token}")]
     Call {
         /// The PKCS#11 function, e.g. `C_Sign`.
         function: String,
         /// Its return value.
-        rv: RvError,
+        rv: Ckr,
         /// Which token, for humans (`token 'x' (slot 3) of /path/module.so`).
         token: String,
     },
     /// The wrong user PIN. The login was tried exactly once and not retried.
     #[error(
-        "wrong user PIN for {token} (C_Login returned {}); keyhaven tried once and did not retry, \
-         so the token's retry counter moved by one only{}",
-        ckr_name(*rv),
+        "wrong user PIN for {token} (C_Login returned {rv}); keyhaven tried once and did not \
+         retry, so the token's retry counter moved by one only{}. This store will not try that \
+         PIN again: open the store again with the right PIN",
         if *count_low { " (the token now reports a low PIN retry count)" } else { "" }
     )]
     WrongPin {
         /// Which token.
         token: String,
         /// `CKR_PIN_INCORRECT` or `CKR_PIN_LEN_RANGE`.
-        rv: RvError,
+        rv: Ckr,
         /// Whether the token reports few retries left.
         count_low: bool,
     },
@@ -86,15 +130,14 @@ pub enum Pkcs11Error {
     },
     /// The token has no room for new objects.
     #[error(
-        "{token} is full ({function} returned {}): delete unused keys (`pkcs11-tool \
-         --list-objects`, `--delete-object`) or use another token",
-        ckr_name(*rv)
+        "{token} is full ({function} returned {rv}): delete unused keys (`pkcs11-tool \
+         --list-objects`, `--delete-object`) or use another token"
     )]
     TokenFull {
         /// The PKCS#11 function.
         function: String,
         /// `CKR_DEVICE_MEMORY`.
-        rv: RvError,
+        rv: Ckr,
         /// Which token.
         token: String,
     },
@@ -105,6 +148,24 @@ pub enum Pkcs11Error {
         token: String,
         /// What showed it.
         detail: String,
+    },
+    /// A key on the token (made by another tool) is less protected than the keys keyhaven
+    /// makes: readable in plaintext, extractable, or either in the past. Reported by
+    /// [`keyhaven_core::KeyStore::check`]; the key stays usable.
+    #[error(
+        "{token} key {key} '{label}' is weaker than keyhaven's own keys: {reasons}. Its private \
+         part may exist outside the token; replace it with a key keyhaven generates if that \
+         matters"
+    )]
+    WeakKey {
+        /// Which token.
+        token: String,
+        /// The key id.
+        key: String,
+        /// The key's label.
+        label: String,
+        /// Which attributes make it weak.
+        reasons: String,
     },
     /// The token returned data keyhaven cannot interpret.
     #[error("{token} returned an unusable {what}: {reason}")]
@@ -123,7 +184,7 @@ pub enum Pkcs11Error {
         token: String,
         /// The wrapper's error.
         #[source]
-        source: CkError,
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 }
 
@@ -157,31 +218,29 @@ impl Pkcs11Error {
         match err {
             CkError::Pkcs11(RvError::DeviceMemory, f) => Pkcs11Error::TokenFull {
                 function: function_name(f),
-                rv: RvError::DeviceMemory,
+                rv: Ckr(RvError::DeviceMemory),
                 token: token.to_owned(),
             },
             CkError::Pkcs11(rv, f) => Pkcs11Error::Call {
                 function: function_name(f),
-                rv,
+                rv: Ckr(rv),
                 token: token.to_owned(),
             },
+            // Every PKCS#11 return value is a `Call` (or `TokenFull`) above: what is left are
+            // the wrapper's own failures (conversions, library loading).
             other => Pkcs11Error::Cryptoki {
                 token: token.to_owned(),
-                source: other,
+                source: Box::new(other),
             },
         }
     }
 
     /// The PKCS#11 return value, if this is a failed call.
-    pub fn rv(&self) -> Option<RvError> {
+    pub fn rv(&self) -> Option<Ckr> {
         match self {
             Pkcs11Error::Call { rv, .. }
             | Pkcs11Error::WrongPin { rv, .. }
             | Pkcs11Error::TokenFull { rv, .. } => Some(*rv),
-            Pkcs11Error::Cryptoki {
-                source: CkError::Pkcs11(rv, _),
-                ..
-            } => Some(*rv),
             _ => None,
         }
     }
@@ -189,7 +248,7 @@ impl Pkcs11Error {
     /// Whether the session (or login) was lost, so that re-opening and logging in again may help.
     pub(crate) fn session_lost(&self) -> bool {
         matches!(
-            self.rv(),
+            self.rv().map(Ckr::rv),
             Some(
                 RvError::SessionHandleInvalid
                     | RvError::SessionClosed
@@ -205,7 +264,7 @@ impl Pkcs11Error {
     /// Whether an object handle went stale (object destroyed, possibly by another program).
     pub(crate) fn stale_handle(&self) -> bool {
         matches!(
-            self.rv(),
+            self.rv().map(Ckr::rv),
             Some(RvError::ObjectHandleInvalid | RvError::KeyHandleInvalid)
         )
     }
@@ -219,6 +278,9 @@ impl From<Pkcs11Error> for Error {
             }
             Pkcs11Error::TokenNotFound {
                 module, selector, ..
+            }
+            | Pkcs11Error::AmbiguousToken {
+                module, selector, ..
             } => format!("pkcs11 (token {selector} of {})", module.display()),
             Pkcs11Error::Call { token, .. }
             | Pkcs11Error::WrongPin { token, .. }
@@ -226,6 +288,7 @@ impl From<Pkcs11Error> for Error {
             | Pkcs11Error::TokenFull { token, .. }
             | Pkcs11Error::TokenGone { token, .. }
             | Pkcs11Error::BadObject { token, .. }
+            | Pkcs11Error::WeakKey { token, .. }
             | Pkcs11Error::Cryptoki { token, .. } => format!("pkcs11 ({token})"),
         };
         match &e {
@@ -236,9 +299,10 @@ impl From<Pkcs11Error> for Error {
                 backend: backend(&e),
                 reason: e.to_string(),
             },
+            Pkcs11Error::AmbiguousToken { .. } => Error::InvalidInput(e.to_string()),
             Pkcs11Error::WrongPin { .. } => Error::BadPassphrase(e.to_string()),
             Pkcs11Error::PinLocked { .. } => Error::Locked(e.to_string()),
-            Pkcs11Error::Call { rv, function, .. } => match rv {
+            Pkcs11Error::Call { rv, function, .. } => match rv.rv() {
                 RvError::PinIncorrect | RvError::PinLenRange => Error::BadPassphrase(e.to_string()),
                 RvError::PinLocked => Error::Locked(e.to_string()),
                 RvError::MechanismInvalid
@@ -283,6 +347,7 @@ impl From<Pkcs11Error> for Error {
             },
             Pkcs11Error::TokenFull { .. }
             | Pkcs11Error::BadObject { .. }
+            | Pkcs11Error::WeakKey { .. }
             | Pkcs11Error::Cryptoki { .. } => Error::Backend {
                 backend: "pkcs11",
                 source: Box::new(e),
@@ -333,10 +398,47 @@ mod tests {
     }
 
     #[test]
+    fn return_values_are_named_without_cryptoki_types() {
+        let e = Pkcs11Error::from_cryptoki(
+            "token 't'",
+            CkError::Pkcs11(RvError::PinLocked, Function::Login),
+        );
+        let rv = e.rv().unwrap();
+        assert_eq!(rv.name(), "CKR_PIN_LOCKED");
+        assert_eq!(rv.to_string(), "CKR_PIN_LOCKED");
+        assert_eq!(
+            e.to_string(),
+            "C_Login failed with CKR_PIN_LOCKED on token 't'"
+        );
+        // the wrapper's own failures carry no return value
+        let other = Pkcs11Error::from_cryptoki("token 't'", CkError::NullFunctionPointer);
+        assert!(other.rv().is_none());
+        assert!(matches!(other, Pkcs11Error::Cryptoki { .. }));
+    }
+
+    #[test]
+    fn ambiguous_token_is_invalid_input_listing_the_slots() {
+        let e: Error = Pkcs11Error::AmbiguousToken {
+            module: "/m.so".into(),
+            selector: "labelled 'x'".into(),
+            count: 2,
+            matches: "'x' (slot 1, serial a), 'x' (slot 2, serial b)".into(),
+        }
+        .into();
+        match e {
+            Error::InvalidInput(m) => {
+                assert!(m.contains("slot 1") && m.contains("slot 2"), "{m}");
+                assert!(m.contains("serial or slot id"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn wrong_pin_says_no_retry() {
         let e: Error = Pkcs11Error::WrongPin {
             token: "token 't'".into(),
-            rv: RvError::PinIncorrect,
+            rv: Ckr(RvError::PinIncorrect),
             count_low: true,
         }
         .into();

@@ -12,8 +12,7 @@ mod store;
 use std::path::PathBuf;
 
 pub use config::{DEFAULT_MAX_SESSIONS, Pkcs11Config, TokenSelector, pin_from_env, pin_from_file};
-pub use cryptoki::error::RvError;
-pub use error::Pkcs11Error;
+pub use error::{Ckr, Pkcs11Error};
 pub use report::{MechanismCheck, TokenReport};
 pub use store::Pkcs11Store;
 

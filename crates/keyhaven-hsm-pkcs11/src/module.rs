@@ -71,6 +71,9 @@ pub(crate) fn trim(s: &str) -> &str {
 }
 
 /// Finds the slot holding the token `selector` names, with its token info.
+///
+/// Several tokens matching (two tokens with the same label, say) is an error listing them: which
+/// token holds the keys must never depend on slot order.
 pub(crate) fn find_token(
     pkcs11: &Pkcs11,
     module: &Path,
@@ -80,7 +83,16 @@ pub(crate) fn find_token(
     let slots = pkcs11
         .get_slots_with_token()
         .map_err(|e| Pkcs11Error::from_cryptoki(&module_name, e))?;
+    let describe = |slot: Slot, info: &TokenInfo| {
+        format!(
+            "'{}' (slot {}, serial {})",
+            trim(info.label()),
+            slot.id(),
+            trim(info.serial_number())
+        )
+    };
     let mut present = Vec::new();
+    let mut found = Vec::new();
     for slot in slots {
         // A slot whose token cannot be read is skipped: it cannot be the one asked for.
         let Ok(info) = pkcs11.get_token_info(slot) else {
@@ -92,24 +104,31 @@ pub(crate) fn find_token(
             TokenSelector::Serial(s) => trim(info.serial_number()) == s,
         };
         if matches {
-            return Ok((slot, info));
-        }
-        if info.token_initialized() {
-            present.push(format!(
-                "'{}' (slot {}, serial {})",
-                trim(info.label()),
-                slot.id(),
-                trim(info.serial_number())
-            ));
+            found.push((slot, info));
+        } else if info.token_initialized() {
+            present.push(describe(slot, &info));
         }
     }
-    Err(Pkcs11Error::TokenNotFound {
-        module: module.to_owned(),
-        selector: selector.to_string(),
-        present: if present.is_empty() {
-            "none".into()
-        } else {
-            present.join(", ")
-        },
-    })
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(Pkcs11Error::TokenNotFound {
+            module: module.to_owned(),
+            selector: selector.to_string(),
+            present: if present.is_empty() {
+                "none".into()
+            } else {
+                present.join(", ")
+            },
+        }),
+        count => Err(Pkcs11Error::AmbiguousToken {
+            module: module.to_owned(),
+            selector: selector.to_string(),
+            count,
+            matches: found
+                .iter()
+                .map(|(slot, info)| describe(*slot, info))
+                .collect::<Vec<_>>()
+                .join(", "),
+        }),
+    }
 }

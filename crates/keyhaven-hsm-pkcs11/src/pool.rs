@@ -12,8 +12,18 @@
 //! its selector (its slot may have changed), opens a fresh session, logs in once, starts a new
 //! pool *epoch* (older sessions are closed as they come back) and retries the call once. A
 //! second failure is reported, never looped on.
+//!
+//! Recoveries are one at a time (their own mutex), and the epoch is their generation counter:
+//! a thread whose session failed recovers only if no other thread has recovered since that
+//! session was leased, so many threads hitting a lost login together cause one `C_Login`, not
+//! one each. And once `C_Login` has said the stored PIN is wrong (`CKR_PIN_INCORRECT`,
+//! `CKR_PIN_LEN_RANGE`) or locked (`CKR_PIN_LOCKED`) — say the PIN was changed behind the
+//! store's back — the store remembers it and returns that error without calling `C_Login`
+//! again until it is reopened: a stored PIN is never retried, so the token's retry counter
+//! cannot be run down by a busy store.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use cryptoki::context::Pkcs11;
@@ -24,7 +34,7 @@ use cryptoki::slot::{Limit, Slot, TokenInfo};
 use secrecy::SecretString;
 
 use crate::config::{Pkcs11Config, TokenSelector, pin_is_empty};
-use crate::error::Pkcs11Error;
+use crate::error::{Ckr, Pkcs11Error};
 use crate::module::{self, trim};
 
 struct Idle {
@@ -40,6 +50,33 @@ struct PoolState {
     epoch: u64,
 }
 
+/// Why `C_Login` refused the stored PIN; once set, the store never calls `C_Login` again.
+#[derive(Debug, Clone, Copy)]
+enum PinRefused {
+    /// `CKR_PIN_INCORRECT` or `CKR_PIN_LEN_RANGE`.
+    Wrong { rv: Ckr, count_low: bool },
+    /// `CKR_PIN_LOCKED`.
+    Locked,
+}
+
+/// What recoveries share (behind [`Token::recovery`]).
+#[derive(Debug, Default)]
+struct Recovery {
+    pin_refused: Option<PinRefused>,
+}
+
+/// The number of sessions a store may open: the configured cap (0 counts as 1), no more than the
+/// token's own limit where it states one.
+fn session_cap(token_limit: Limit, configured: usize) -> usize {
+    let configured = configured.max(1);
+    match token_limit {
+        Limit::Max(n) => usize::try_from(n)
+            .unwrap_or(usize::MAX)
+            .clamp(1, configured),
+        Limit::Unavailable | Limit::Infinite => configured,
+    }
+}
+
 /// A logged-in token with its session pool.
 pub(crate) struct Token {
     pub(crate) pkcs11: Pkcs11,
@@ -53,6 +90,10 @@ pub(crate) struct Token {
     max_sessions: usize,
     state: Mutex<PoolState>,
     freed: Condvar,
+    /// Held for the whole of a recovery, so that recoveries happen one at a time.
+    recovery: Mutex<Recovery>,
+    /// `C_Login` calls made (diagnostics and tests).
+    logins: AtomicU64,
 }
 
 /// A session leased from the pool; goes back on drop (unless from an older epoch).
@@ -114,12 +155,7 @@ impl Token {
         let mechanisms = pkcs11
             .get_mechanism_list(slot)
             .map_err(|e| Pkcs11Error::from_cryptoki(&name, e))?;
-        let max_sessions = match info.max_rw_session_count() {
-            Limit::Max(n) => usize::try_from(n)
-                .unwrap_or(usize::MAX)
-                .clamp(1, config.max_sessions),
-            Limit::Unavailable | Limit::Infinite => config.max_sessions,
-        };
+        let max_sessions = session_cap(info.max_rw_session_count(), config.max_sessions);
         let session = pkcs11
             .open_rw_session(slot)
             .map_err(|e| Pkcs11Error::from_cryptoki(&name, e))?;
@@ -139,6 +175,8 @@ impl Token {
                 epoch: 0,
             }),
             freed: Condvar::new(),
+            recovery: Mutex::new(Recovery::default()),
+            logins: AtomicU64::new(0),
         };
         token.login(&session, &info)?;
         token.give_back(session, 0);
@@ -156,6 +194,11 @@ impl Token {
         self.state().slot
     }
 
+    /// `C_Login` calls this store has made, successful or not.
+    pub(crate) fn logins(&self) -> u64 {
+        self.logins.load(Ordering::SeqCst)
+    }
+
     /// Logs the user in through `session`: one `C_Login`, never retried.
     fn login(&self, session: &Session, info: &TokenInfo) -> Result<(), Pkcs11Error> {
         let pin = if pin_is_empty(&self.pin) && info.protected_authentication_path() {
@@ -163,6 +206,7 @@ impl Token {
         } else {
             Some(&self.pin)
         };
+        self.logins.fetch_add(1, Ordering::SeqCst);
         match session.login(UserType::User, pin) {
             Ok(()) | Err(CkError::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
             Err(CkError::Pkcs11(rv @ (RvError::PinIncorrect | RvError::PinLenRange), _)) => {
@@ -172,7 +216,7 @@ impl Token {
                     .is_ok_and(|i| i.user_pin_count_low() || i.user_pin_final_try());
                 Err(Pkcs11Error::WrongPin {
                     token: self.name.clone(),
-                    rv,
+                    rv: Ckr::new(rv),
                     count_low,
                 })
             }
@@ -241,9 +285,35 @@ impl Token {
         self.freed.notify_one();
     }
 
+    /// The error a refused PIN is reported with (again, without calling `C_Login`).
+    fn refused(&self, why: PinRefused) -> Pkcs11Error {
+        match why {
+            PinRefused::Wrong { rv, count_low } => Pkcs11Error::WrongPin {
+                token: self.name.clone(),
+                rv,
+                count_low,
+            },
+            PinRefused::Locked => Pkcs11Error::PinLocked {
+                token: self.name.clone(),
+            },
+        }
+    }
+
     /// Re-finds the token, opens a fresh session, logs in, and starts a new epoch so that every
-    /// older session is closed. Called after `cause` showed the session or login was lost.
-    fn recover(&self, cause: &Pkcs11Error) -> Result<(), Pkcs11Error> {
+    /// older session is closed. Called after `cause` showed that the session or login was lost
+    /// on a session leased in epoch `seen`.
+    ///
+    /// One recovery at a time: if another thread recovered since epoch `seen`, there is nothing
+    /// left to do (its fresh sessions are logged in). If `C_Login` ever refused the PIN, that
+    /// error comes back at once and `C_Login` is not called again.
+    fn recover(&self, cause: &Pkcs11Error, seen: u64) -> Result<(), Pkcs11Error> {
+        let mut recovery = self.recovery.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(why) = recovery.pin_refused {
+            return Err(self.refused(why));
+        }
+        if self.state().epoch != seen {
+            return Ok(()); // recovered meanwhile by another thread
+        }
         let gone = |detail: String| Pkcs11Error::TokenGone {
             token: self.name.clone(),
             detail,
@@ -255,7 +325,20 @@ impl Token {
             .open_rw_session(slot)
             .map_err(|e| gone(format!("{cause}, and re-opening a session failed: {e}")))?;
         // Log in before the old sessions close, so that the login never lapses in between.
-        self.login(&session, &info)?;
+        match self.login(&session, &info) {
+            Ok(()) => {}
+            Err(e) => {
+                recovery.pin_refused = match &e {
+                    Pkcs11Error::WrongPin { rv, count_low, .. } => Some(PinRefused::Wrong {
+                        rv: *rv,
+                        count_low: *count_low,
+                    }),
+                    Pkcs11Error::PinLocked { .. } => Some(PinRefused::Locked),
+                    _ => None,
+                };
+                return Err(e);
+            }
+        }
         let stale = {
             let mut state = self.state();
             state.slot = slot;
@@ -267,6 +350,7 @@ impl Token {
             stale
         };
         drop(stale);
+        drop(recovery);
         self.freed.notify_all();
         Ok(())
     }
@@ -280,8 +364,9 @@ impl Token {
         let first = f(&lease).map_err(|e| Pkcs11Error::from_cryptoki(&self.name, e));
         match first {
             Err(e) if e.session_lost() => {
+                let seen = lease.epoch;
                 lease.discard();
-                self.recover(&e)?;
+                self.recover(&e, seen)?;
                 let lease = self.lease()?;
                 let second = f(&lease).map_err(|e| Pkcs11Error::from_cryptoki(&self.name, e));
                 if let Err(e2) = &second
@@ -299,11 +384,15 @@ impl Token {
         }
     }
 
-    /// Makes sure the user is still logged in (another part of the process may have logged out,
-    /// or closed every session). Returns whether it had to recover: then private objects that
-    /// seemed missing may be visible again.
-    pub(crate) fn ensure_login(&self) -> Result<bool, Pkcs11Error> {
+    /// Makes sure the user is logged in now (another part of the process may have logged out,
+    /// or closed every session), recovering if not.
+    ///
+    /// A lookup that found nothing before this call may have run while the login was lost —
+    /// and another thread may have recovered in between, so whether *this* call recovered says
+    /// nothing: callers look once more after it.
+    pub(crate) fn ensure_login(&self) -> Result<(), Pkcs11Error> {
         let lease = self.lease()?;
+        let seen = lease.epoch;
         let state = match lease.get_session_info() {
             Ok(info) => Some(info.session_state()),
             Err(e) => {
@@ -312,21 +401,19 @@ impl Token {
                     return Err(e);
                 }
                 lease.discard();
-                self.recover(&e)?;
-                return Ok(true);
+                return self.recover(&e, seen);
             }
         };
         if matches!(state, Some(SessionState::RwUser | SessionState::RoUser)) {
-            return Ok(false);
+            return Ok(());
         }
         drop(lease);
         let cause = Pkcs11Error::Call {
             function: "C_GetSessionInfo".into(),
-            rv: RvError::UserNotLoggedIn,
+            rv: Ckr::new(RvError::UserNotLoggedIn),
             token: self.name.clone(),
         };
-        self.recover(&cause)?;
-        Ok(true)
+        self.recover(&cause, seen)
     }
 
     /// Whether the token still answers `C_GetTokenInfo`; the error says why not.
@@ -367,5 +454,22 @@ impl Token {
     /// Sessions open now (idle and leased), for tests and reports.
     pub(crate) fn open_sessions(&self) -> usize {
         self.state().open
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_cap_is_at_least_one() {
+        // 0 is a public field's value away: it must not panic (clamp(1, 0) would) nor deadlock
+        assert_eq!(session_cap(Limit::Max(4), 0), 1);
+        assert_eq!(session_cap(Limit::Infinite, 0), 1);
+        assert_eq!(session_cap(Limit::Unavailable, 0), 1);
+        assert_eq!(session_cap(Limit::Max(0), 8), 1);
+        assert_eq!(session_cap(Limit::Max(4), 8), 4);
+        assert_eq!(session_cap(Limit::Max(40), 8), 8);
+        assert_eq!(session_cap(Limit::Infinite, 8), 8);
     }
 }

@@ -24,6 +24,14 @@ use crate::report::TokenReport;
 /// The bytes of the random `CKA_ID` given to generated keys (their [`KeyId`] is its hex).
 const GENERATED_ID_LEN: usize = 16;
 
+/// The private-key attributes that say whether the key can leave the token.
+const GUARD_ATTRIBUTES: [AttributeType; 4] = [
+    AttributeType::Sensitive,
+    AttributeType::Extractable,
+    AttributeType::AlwaysSensitive,
+    AttributeType::NeverExtractable,
+];
+
 /// A key's private object, as cached for signing.
 #[derive(Clone, Copy)]
 struct Signer {
@@ -43,6 +51,51 @@ struct Object {
     params: Option<Vec<u8>>,
     point: Option<Vec<u8>>,
     start: Option<u64>,
+    /// For private objects: how well the token guards the key.
+    guard: Guard,
+}
+
+/// The attributes that say whether a private key can leave the token (each `None` when the token
+/// does not say).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Guard {
+    /// `CKA_SENSITIVE`: the value cannot be read in plaintext.
+    sensitive: Option<bool>,
+    /// `CKA_EXTRACTABLE`: the key can be wrapped (exported) under another key.
+    extractable: Option<bool>,
+    /// `CKA_ALWAYS_SENSITIVE`: it has been sensitive since it was made.
+    always_sensitive: Option<bool>,
+    /// `CKA_NEVER_EXTRACTABLE`: it has never been extractable.
+    never_extractable: Option<bool>,
+}
+
+impl Guard {
+    /// The attributes that make a key weaker than keyhaven's own, as reasons for humans; empty
+    /// for a key that is sensitive, not extractable, and has always been so (as far as the
+    /// token says).
+    fn weaknesses(self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self.sensitive == Some(false) {
+            out.push(
+                "CKA_SENSITIVE is false: its private value can be read off the token in plaintext",
+            );
+        }
+        if self.extractable == Some(true) {
+            out.push("CKA_EXTRACTABLE is true: it can be exported (wrapped under another key)");
+        }
+        if self.sensitive != Some(false) && self.always_sensitive == Some(false) {
+            out.push("CKA_ALWAYS_SENSITIVE is false: it was readable in the past");
+        }
+        if self.extractable != Some(true) && self.never_extractable == Some(false) {
+            out.push("CKA_NEVER_EXTRACTABLE is false: it was extractable in the past");
+        }
+        out
+    }
+
+    /// Whether the token confirms what keyhaven's template asks for a new key.
+    fn as_generated(self) -> bool {
+        self.sensitive == Some(true) && self.extractable == Some(false)
+    }
 }
 
 /// A PKCS#11 token as a key store: keys are generated on the token, marked sensitive and
@@ -84,6 +137,15 @@ fn mechanism(algorithm: Algorithm) -> Mechanism<'static> {
     match algorithm {
         Algorithm::Ed25519 => Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure)),
         _ => Mechanism::Ecdsa,
+    }
+}
+
+/// A boolean attribute for messages: `true`, `false` or `not reported`.
+fn shown(value: Option<bool>) -> &'static str {
+    match value {
+        Some(true) => "true",
+        Some(false) => "false",
+        None => "not reported",
     }
 }
 
@@ -139,6 +201,12 @@ impl Pkcs11Store {
         self.token.open_sessions()
     }
 
+    /// How many times this store has called `C_Login` (diagnostics): once when it opened, and
+    /// once per recovery from a lost login. A PIN the token refused is never tried again.
+    pub fn login_attempts(&self) -> u64 {
+        self.token.logins()
+    }
+
     fn bad(&self, what: impl Into<String>, reason: impl Into<String>) -> Pkcs11Error {
         Pkcs11Error::BadObject {
             token: self.token.name.clone(),
@@ -147,10 +215,18 @@ impl Pkcs11Store {
         }
     }
 
-    /// `NotFound` for `id` — unless the token itself is gone, which is said instead.
+    /// `NotFound` for `key`, naming the token and how to see what it holds — unless the token
+    /// itself is gone, which is said instead.
     fn not_found(&self, key: impl std::fmt::Display) -> Error {
         match self.token.check_present() {
-            Ok(_) => Error::key_not_found(key),
+            Ok(_) => Error::NotFound(format!(
+                "key '{key}' on {} (list the token's keys with `pkcs11-tool --module {} \
+                 --token-label '{}' --login --list-objects`; a key another program deleted is \
+                 gone for good)",
+                self.token.name,
+                self.token.module().display(),
+                self.token.label
+            )),
             Err(e) => e.into(),
         }
     }
@@ -166,6 +242,9 @@ impl Pkcs11Store {
             AttributeType::KeyType,
             AttributeType::EcParams,
         ];
+        if !public {
+            wanted.extend(GUARD_ATTRIBUTES);
+        }
         if public {
             // Only public objects: SoftHSM 2.6.1 fails C_GetAttributeValue with
             // CKR_GENERAL_ERROR for CKA_START_DATE on a private key (its attributes are
@@ -180,9 +259,14 @@ impl Pkcs11Store {
             params: None,
             point: None,
             start: None,
+            guard: Guard::default(),
         };
         for attr in session.get_attributes(handle, &wanted)? {
             match attr {
+                Attribute::Sensitive(b) => obj.guard.sensitive = Some(b),
+                Attribute::Extractable(b) => obj.guard.extractable = Some(b),
+                Attribute::AlwaysSensitive(b) => obj.guard.always_sensitive = Some(b),
+                Attribute::NeverExtractable(b) => obj.guard.never_extractable = Some(b),
                 Attribute::Id(v) => obj.id = v,
                 Attribute::Label(v) => obj.label = String::from_utf8_lossy(&v).into_owned(),
                 Attribute::KeyType(t) => obj.key_type = Some(t),
@@ -315,6 +399,25 @@ impl Pkcs11Store {
         }
     }
 
+    /// How the token guards the private key of `id` (which must exist: `NotFound` otherwise).
+    fn guard(&self, id: &KeyId) -> Result<Guard> {
+        self.get(id)?;
+        let Some(cka_id) = keys::cka_id_of(id) else {
+            return Err(self.not_found(id));
+        };
+        let privs = self.token.run(|s| {
+            Self::find(
+                s,
+                ObjectClass::PRIVATE_KEY,
+                vec![Attribute::Id(cka_id.clone())],
+            )
+        })?;
+        match privs.as_slice() {
+            [p] => Ok(p.guard),
+            _ => Err(self.not_found(id)),
+        }
+    }
+
     /// The private object to sign with, from the cache or the token.
     fn signer(&self, id: &KeyId) -> Result<Signer> {
         if let Some(s) = self
@@ -331,7 +434,7 @@ impl Pkcs11Store {
             .unwrap_or_else(PoisonError::into_inner)
             .get(id)
             .copied()
-            .ok_or_else(|| Error::key_not_found(id))
+            .ok_or_else(|| self.not_found(id))
     }
 
     /// Signs `data` (a digest for ECDSA, the message for Ed25519) with the key's private object;
@@ -346,7 +449,7 @@ impl Pkcs11Store {
                 self.forget(id);
                 let fresh = self.signer(id)?;
                 if fresh.algorithm != signer.algorithm {
-                    return Err(Error::key_not_found(id));
+                    return Err(self.not_found(id));
                 }
                 run(fresh).map_err(|e| {
                     if e.stale_handle() {
@@ -415,7 +518,21 @@ impl Pkcs11Store {
             }
             match (ps.as_slice(), qs.as_slice()) {
                 ([p], [q]) => match self.info_of(p, q) {
-                    Ok(info) => keys.push((info, p.handle)),
+                    Ok(info) => {
+                        let weak = p.guard.weaknesses();
+                        if !weak.is_empty() {
+                            problems.push(
+                                Pkcs11Error::WeakKey {
+                                    token: self.token.name.clone(),
+                                    key: info.id.to_string(),
+                                    label: info.label.clone(),
+                                    reasons: weak.join("; "),
+                                }
+                                .into(),
+                            );
+                        }
+                        keys.push((info, p.handle));
+                    }
                     Err(reason) => problems.push(Error::corrupt(what("key", p), reason)),
                 },
                 ([p], []) => problems.push(Error::corrupt(
@@ -595,6 +712,21 @@ impl KeyStore for Pkcs11Store {
             ))
         });
         let info = read.map_err(Error::from).and_then(|(p, q)| {
+            if !p.guard.as_generated() {
+                // The token ignored the template: this key is not what keyhaven promises.
+                return Err(Error::Unsupported {
+                    operation: "generate a non-extractable key on the PKCS#11 token",
+                    reason: format!(
+                        "{} ignored keyhaven's template (CKA_SENSITIVE true, CKA_EXTRACTABLE \
+                         false): the new key reads back with CKA_SENSITIVE {} and \
+                         CKA_EXTRACTABLE {}, so its private part could leave the token. The key \
+                         was deleted",
+                        self.token.name,
+                        shown(p.guard.sensitive),
+                        shown(p.guard.extractable)
+                    ),
+                });
+            }
             self.info_of(&p, &q)
                 .map_err(|r| self.bad("new key", r).into())
         });
@@ -629,13 +761,14 @@ impl KeyStore for Pkcs11Store {
         if let Some(info) = self.lookup(id)? {
             return Ok(info);
         }
-        // Private objects are invisible without a login: if the login was lost, log in again
-        // and look once more before saying the key does not exist.
-        if keys::cka_id_of(id).is_some()
-            && self.token.ensure_login()?
-            && let Some(info) = self.lookup(id)?
-        {
-            return Ok(info);
+        // Private objects are invisible without a login: make sure of the login (recovering it
+        // if it was lost, here or meanwhile in another thread) and look once more before saying
+        // the key does not exist.
+        if keys::cka_id_of(id).is_some() {
+            self.token.ensure_login()?;
+            if let Some(info) = self.lookup(id)? {
+                return Ok(info);
+            }
         }
         Err(self.not_found(id))
     }
@@ -644,9 +777,8 @@ impl KeyStore for Pkcs11Store {
         if let Some(info) = self.lookup_label(label)? {
             return Ok(info);
         }
-        if self.token.ensure_login()?
-            && let Some(info) = self.lookup_label(label)?
-        {
+        self.token.ensure_login()?;
+        if let Some(info) = self.lookup_label(label)? {
             return Ok(info);
         }
         Err(self.not_found(label))
@@ -732,14 +864,84 @@ impl KeyStore for Pkcs11Store {
     }
 
     fn export_pkcs8(&self, id: &KeyId) -> Result<SecretBytes> {
-        self.signer(id)?;
+        let guard = self.guard(id)?;
+        let token = &self.token.name;
+        let weak = guard.weaknesses();
+        let reason = if guard.sensitive == Some(true) && guard.extractable == Some(false) {
+            if weak.is_empty() {
+                format!(
+                    "key {id} is non-extractable on {token} (CKA_SENSITIVE true, \
+                     CKA_EXTRACTABLE false{}): its private part does not leave the token. Back up \
+                     its public key and metadata only",
+                    if guard.always_sensitive == Some(true) && guard.never_extractable == Some(true)
+                    {
+                        ", and it never was extractable"
+                    } else {
+                        ""
+                    }
+                )
+            } else {
+                format!(
+                    "key {id} is non-extractable on {token} now (CKA_SENSITIVE true, \
+                     CKA_EXTRACTABLE false), so the token refuses to let it out; but {}, so \
+                     copies may exist elsewhere. Back up its public key and metadata only",
+                    weak.join("; ")
+                )
+            }
+        } else if weak.is_empty() {
+            format!(
+                "keyhaven does not export private keys from PKCS#11 tokens; {token} does not say \
+                 whether key {id} is extractable (CKA_SENSITIVE {}, CKA_EXTRACTABLE {})",
+                shown(guard.sensitive),
+                shown(guard.extractable)
+            )
+        } else {
+            format!(
+                "keyhaven does not export private keys from PKCS#11 tokens, but key {id} on \
+                 {token} is not protected like keyhaven's own keys: {}. Another tool could take \
+                 it off the token, so treat it as possibly known outside the token",
+                weak.join("; ")
+            )
+        };
         Err(Error::Unsupported {
             operation: "export a private key",
-            reason: format!(
-                "key {id} is non-extractable on {} (CKA_SENSITIVE, no CKA_EXTRACTABLE): its \
-                 private part never leaves the token. Back up its public key and metadata only",
-                self.token.name
-            ),
+            reason,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn guard(s: bool, e: bool, always: bool, never: bool) -> Guard {
+        Guard {
+            sensitive: Some(s),
+            extractable: Some(e),
+            always_sensitive: Some(always),
+            never_extractable: Some(never),
+        }
+    }
+
+    #[test]
+    fn weak_keys_are_named_by_attribute() {
+        assert!(guard(true, false, true, true).weaknesses().is_empty());
+        assert!(guard(true, false, true, true).as_generated());
+        // what `pkcs11-tool --keypairgen --extractable` makes on SoftHSM
+        let extractable = guard(true, true, true, false).weaknesses();
+        assert_eq!(extractable.len(), 1, "{extractable:?}");
+        assert!(extractable[0].contains("CKA_EXTRACTABLE is true"));
+        let plain = guard(false, true, false, false).weaknesses();
+        assert!(plain.iter().any(|w| w.contains("CKA_SENSITIVE is false")));
+        assert!(plain.iter().any(|w| w.contains("CKA_EXTRACTABLE is true")));
+        assert_eq!(plain.len(), 2, "no double counting: {plain:?}");
+        // locked down later: sensitive and non-extractable now, but not always
+        let history = guard(true, false, false, false).weaknesses();
+        assert_eq!(history.len(), 2, "{history:?}");
+        // a token that ignored the template, or says nothing, is not taken for a good key
+        assert!(!guard(false, false, true, true).as_generated());
+        assert!(!guard(true, true, true, true).as_generated());
+        assert!(!Guard::default().as_generated());
+        assert!(Guard::default().weaknesses().is_empty());
     }
 }

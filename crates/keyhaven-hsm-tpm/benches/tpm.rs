@@ -13,11 +13,14 @@
 #![allow(
     missing_docs,
     unreachable_pub,
-    dead_code,
     clippy::unwrap_used,
     clippy::expect_used
 )]
 
+#[allow(
+    dead_code,
+    reason = "the tests' swtpm harness, all of which the tests use; the bench needs only part"
+)]
 #[path = "../tests/it/swtpm.rs"]
 mod swtpm;
 

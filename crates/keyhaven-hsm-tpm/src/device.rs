@@ -24,6 +24,7 @@ use tss_esapi::structures::{
     Public, PublicBuilder, PublicEccParametersBuilder, Signature as TpmSignature, SignatureScheme,
     SymmetricDefinition, SymmetricDefinitionObject,
 };
+use tss_esapi::traits::Marshall;
 use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 
 use crate::config::{PcrBank, StorageKey, Tcti};
@@ -34,6 +35,21 @@ use crate::error::{TpmError, TpmRc, raw_rc, rc};
 pub(crate) enum Fail {
     Tpm(TpmError),
     Other(Error),
+    /// The storage key our handle names is gone and another object took its handle number (a
+    /// program without a resource manager flushed it and made its own): reconnect, re-create
+    /// the storage key and retry once; the error is what to report if that does not help.
+    StaleParent(TpmError),
+}
+
+impl Fail {
+    /// Whether reconnecting (a fresh context and storage key, nothing loaded) may help.
+    fn lost(&self) -> bool {
+        match self {
+            Fail::Tpm(e) => e.lost_tpm(),
+            Fail::StaleParent(_) => true,
+            Fail::Other(_) => false,
+        }
+    }
 }
 
 impl From<TpmError> for Fail {
@@ -51,7 +67,7 @@ impl From<Error> for Fail {
 impl From<Fail> for Error {
     fn from(f: Fail) -> Self {
         match f {
-            Fail::Tpm(e) => e.into(),
+            Fail::Tpm(e) | Fail::StaleParent(e) => e.into(),
             Fail::Other(e) => e,
         }
     }
@@ -93,6 +109,30 @@ pub(crate) fn curve_of(alg: Algorithm) -> Result<Curve, Error> {
             reason: format!("{alg} is not supported by the TPM backend"),
         }),
     }
+}
+
+/// The TPM Name of an object with this public area: its name algorithm's identifier, then that
+/// hash of the marshalled `TPMT_PUBLIC` (TPM 2.0 Part 1, "Names"). Two objects with the same Name
+/// have the same key, attributes and policy.
+pub(crate) fn name_of(public: &Public) -> Result<Vec<u8>, TpmError> {
+    use sha2::{Digest as _, Sha256, Sha384};
+    let bytes = public.marshall().map_err(|e| TpmError::Wrapper {
+        command: "computing a Name",
+        source: e,
+    })?;
+    let (alg, digest): (u16, Vec<u8>) = match public.name_hashing_algorithm() {
+        HashingAlgorithm::Sha256 => (0x000B, Sha256::digest(&bytes).to_vec()),
+        HashingAlgorithm::Sha384 => (0x000C, Sha384::digest(&bytes).to_vec()),
+        other => {
+            return Err(TpmError::BadResponse {
+                what: "public area",
+                reason: format!("its name algorithm {other:?} is not SHA-256 or SHA-384"),
+            });
+        }
+    };
+    let mut name = alg.to_be_bytes().to_vec();
+    name.extend_from_slice(&digest);
+    Ok(name)
 }
 
 /// The storage primary key's template: ECC P-256, AES-128-CFB, restricted decryption, from the
@@ -206,14 +246,18 @@ pub(crate) struct Created {
 struct Conn {
     ctx: Context,
     primary: KeyHandle,
+    /// The storage key's Name, to tell it from another object at the same handle number later.
+    primary_name: Vec<u8>,
     /// Whether `primary` is a transient object we created (and must flush).
     primary_transient: bool,
     /// Loaded keys, least recently used first.
     loaded: Vec<(KeyId, KeyHandle)>,
-    /// ESAPI handles of persistent keys, by TPM handle.
-    persistent: HashMap<u32, ObjectHandle>,
+    /// ESAPI handles of persistent keys, by TPM handle, with the key each was checked to be.
+    persistent: HashMap<u32, (KeyId, ObjectHandle)>,
     /// How many keys may be loaded at once.
     capacity: usize,
+    /// `TPM2_Load` calls on this connection.
+    loads: u64,
 }
 
 /// The TPM, as one store uses it.
@@ -224,6 +268,8 @@ pub(crate) struct Device {
     conn: Option<Conn>,
     /// How many times the context was re-established after losing the TPM (for tests/doctor).
     reconnects: u64,
+    /// `TPM2_Load` calls on connections that are gone.
+    loads_before: u64,
 }
 
 fn wrap_call(command: &'static str, key: Option<&KeyId>) -> impl Fn(tss_esapi::Error) -> TpmError {
@@ -238,15 +284,17 @@ impl Device {
             max_loaded_keys,
             conn: None,
             reconnects: 0,
+            loads_before: 0,
         }
-    }
-
-    pub(crate) fn tcti(&self) -> &Tcti {
-        &self.tcti
     }
 
     pub(crate) fn reconnects(&self) -> u64 {
         self.reconnects
+    }
+
+    /// `TPM2_Load` calls over the store's life (for tests and diagnostics).
+    pub(crate) fn loads(&self) -> u64 {
+        self.loads_before + self.conn.as_ref().map_or(0, |c| c.loads)
     }
 
     /// Opens an ESAPI context on the TCTI.
@@ -273,6 +321,11 @@ impl Device {
                 (KeyHandle::from(obj), false)
             }
         };
+        let primary_name = ctx
+            .tr_get_name(primary.into())
+            .map_err(wrap_call("TPM2_ReadPublic (storage key)", None))?
+            .value()
+            .to_vec();
         let capacity = match self.max_loaded_keys {
             Some(n) => n,
             None => {
@@ -289,10 +342,12 @@ impl Device {
         Ok(Conn {
             ctx,
             primary,
+            primary_name,
             primary_transient,
             loaded: Vec::new(),
             persistent: HashMap::new(),
             capacity,
+            loads: 0,
         })
     }
 
@@ -300,12 +355,13 @@ impl Device {
     /// name nothing (or, worse, another client's objects), so they are closed locally only.
     fn forget(&mut self) {
         if let Some(mut conn) = self.conn.take() {
+            self.loads_before += conn.loads;
             let mut handles: Vec<ObjectHandle> = conn
                 .loaded
                 .drain(..)
                 .map(|(_, h)| ObjectHandle::from(h))
                 .collect();
-            handles.extend(conn.persistent.drain().map(|(_, h)| h));
+            handles.extend(conn.persistent.drain().map(|(_, (_, h))| h));
             handles.push(ObjectHandle::from(conn.primary));
             for mut h in handles {
                 // Errors only mean the wrapper tracked it as "to flush"; it is untracked anyway.
@@ -327,14 +383,14 @@ impl Device {
                 continue;
             };
             match op(conn) {
-                Err(Fail::Tpm(e)) if e.lost_tpm() && !retried => {
+                Err(f) if f.lost() && !retried => {
                     retried = true;
                     self.reconnects += 1;
                     self.forget();
                 }
-                Err(Fail::Tpm(e)) if e.lost_tpm() => {
+                Err(f) if f.lost() => {
                     self.forget();
-                    return Err(Fail::Tpm(e));
+                    return Err(f);
                 }
                 other => return other,
             }
@@ -363,6 +419,15 @@ impl Device {
                 .transpose()
                 .map_err(wrap_call("TPM2_Create", None))?;
             conn.make_room(1 + usize::from(!conn.primary_transient))?;
+            // TPM2_Create under another program's storage key (which took our storage key's
+            // handle number after flushing it) would succeed, and the blob would load under
+            // that key only: make sure the parent is ours first.
+            if !conn.primary_is_ours() {
+                return Err(Fail::StaleParent(TpmError::BadResponse {
+                    what: "storage key",
+                    reason: "its handle holds another object, even after re-creating it".into(),
+                }));
+            }
             let primary = conn.primary;
             let created = conn
                 .ctx
@@ -379,6 +444,9 @@ impl Device {
     }
 
     /// Makes a just-created key persistent at `handle`.
+    ///
+    /// If the handle is taken by this very key (same Name) — the reply to an earlier
+    /// `TPM2_EvictControl` was lost and [`Device::run`] retried — that is success.
     pub(crate) fn persist(
         &mut self,
         id: &KeyId,
@@ -386,12 +454,13 @@ impl Device {
         public: &Public,
         handle: u32,
     ) -> DevResult<()> {
+        let name = name_of(public)?;
         self.run(|conn| {
             let key = conn.load(id, private.clone(), public.clone(), None)?;
             conn.make_room(1)?;
             let tpm_handle = PersistentTpmHandle::new(handle)
                 .map_err(wrap_call("TPM2_EvictControl", Some(id)))?;
-            let persistent = conn
+            let result = conn
                 .ctx
                 .execute_with_session(Some(AuthSession::Password), |c| {
                     c.evict_control(
@@ -399,29 +468,47 @@ impl Device {
                         key.into(),
                         Persistent::Persistent(tpm_handle),
                     )
-                })
-                .map_err(|e| match raw_rc(&e) {
+                });
+            match result {
+                Ok(persistent) => {
+                    conn.persistent.insert(handle, (id.clone(), persistent));
+                    Ok(())
+                }
+                Err(e) => match raw_rc(&e) {
                     Some(code) if code.from_tpm() && code.base() == rc::NV_DEFINED => {
-                        TpmError::HandleInUse { handle, rc: code }
+                        match conn.persistent_handle(handle, id, &|| Ok(name.clone())) {
+                            Ok(_) => Ok(()), // ours already: an earlier attempt got through
+                            Err(Fail::Tpm(TpmError::ForeignPersistent { .. })) => {
+                                Err(TpmError::HandleInUse { handle, rc: code }.into())
+                            }
+                            Err(other) => Err(other),
+                        }
                     }
-                    _ => TpmError::call("TPM2_EvictControl", Some(id.as_str()), e),
-                })?;
-            conn.persistent.insert(handle, persistent);
-            Ok(())
+                    _ => Err(TpmError::call("TPM2_EvictControl", Some(id.as_str()), e).into()),
+                },
+            }
         })
     }
 
-    /// Removes the persistent copy of a key at `handle` (absent is fine).
-    pub(crate) fn unpersist(&mut self, id: &KeyId, handle: u32) -> DevResult<()> {
+    /// Removes the persistent copy of a key at `handle`. Absent is fine, and so is another
+    /// object there (its Name is not `expected()`, the Name of the key's public area): that one
+    /// is not ours and is left alone.
+    pub(crate) fn unpersist(
+        &mut self,
+        id: &KeyId,
+        handle: u32,
+        expected: &dyn Fn() -> DevResult<Vec<u8>>,
+    ) -> DevResult<()> {
         self.run(|conn| {
             conn.make_room(1)?;
-            let obj = match conn.persistent_handle(handle) {
+            let obj = match conn.persistent_handle(handle, id, expected) {
                 Ok(obj) => obj,
                 Err(Fail::Tpm(TpmError::Command { rc: code, .. }))
                     if code.from_tpm() && code.base() == rc::HANDLE =>
                 {
                     return Ok(());
                 }
+                Err(Fail::Tpm(TpmError::ForeignPersistent { .. })) => return Ok(()),
                 Err(e) => return Err(e),
             };
             let tpm_handle = PersistentTpmHandle::new(handle)
@@ -630,19 +717,64 @@ impl Conn {
         }
     }
 
-    /// The ESAPI handle of a persistent object, cached.
-    fn persistent_handle(&mut self, handle: u32) -> DevResult<ObjectHandle> {
-        if let Some(h) = self.persistent.get(&handle) {
+    /// The ESAPI handle of the persistent object at `handle` that is key `id`, cached.
+    ///
+    /// The first time, the object's Name (which ESAPI reads from the TPM with `TPM2_ReadPublic`)
+    /// must be `expected()`, the Name of the key's own public area: another program may have
+    /// evicted the key and persisted another object at the same handle, and keyhaven never uses
+    /// that one ([`TpmError::ForeignPersistent`]).
+    fn persistent_handle(
+        &mut self,
+        handle: u32,
+        id: &KeyId,
+        expected: &dyn Fn() -> DevResult<Vec<u8>>,
+    ) -> DevResult<ObjectHandle> {
+        if let Some((key, h)) = self.persistent.get(&handle)
+            && key == id
+        {
             return Ok(*h);
         }
         let tpm_handle =
-            PersistentTpmHandle::new(handle).map_err(wrap_call("TPM2_ReadPublic", None))?;
-        let obj = self
+            PersistentTpmHandle::new(handle).map_err(wrap_call("TPM2_ReadPublic", Some(id)))?;
+        let mut obj = self
             .ctx
             .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::Persistent(tpm_handle)))
-            .map_err(wrap_call("TPM2_ReadPublic", None))?;
-        self.persistent.insert(handle, obj);
-        Ok(obj)
+            .map_err(wrap_call("TPM2_ReadPublic", Some(id)))?;
+        let checked = self
+            .ctx
+            .tr_get_name(obj)
+            .map_err(|e| Fail::from(TpmError::call("TPM2_ReadPublic", Some(id.as_str()), e)))
+            .and_then(|name| Ok(name.value() == expected()?.as_slice()));
+        match checked {
+            Ok(true) => {
+                if let Some((_, mut old)) = self.persistent.insert(handle, (id.clone(), obj)) {
+                    let _ = self.ctx.tr_close(&mut old);
+                }
+                Ok(obj)
+            }
+            other => {
+                // Untracked locally only: closing a persistent object's ESAPI handle leaves the
+                // object in the TPM.
+                let _ = self.ctx.tr_close(&mut obj);
+                match other {
+                    Err(e) => Err(e),
+                    _ => Err(TpmError::ForeignPersistent {
+                        handle,
+                        key: id.to_string(),
+                    }
+                    .into()),
+                }
+            }
+        }
+    }
+
+    /// Whether `primary` still names our storage key: without a resource manager, another
+    /// program may have flushed it and made an object that got the same handle number.
+    fn primary_is_ours(&mut self) -> bool {
+        let primary = self.primary;
+        self.ctx
+            .execute_without_session(|c| c.read_public(primary))
+            .is_ok_and(|(_, name, _)| name.value() == self.primary_name.as_slice())
     }
 
     /// Loads a key (making room in the LRU first), or returns its handle if loaded; marks it
@@ -664,6 +796,7 @@ impl Conn {
         self.make_room(1 + usize::from(!self.primary_transient))?;
         let primary = self.primary;
         loop {
+            self.loads += 1;
             let result = self
                 .ctx
                 .execute_with_session(Some(AuthSession::Password), |c| {
@@ -692,15 +825,29 @@ impl Conn {
                             && !code.stale_handle()
                             && matches!(
                                 code.base(),
-                                rc::INTEGRITY | 0x095 | 0x09A | 0x09C | 0x0A5 | 0x081 | 0x082
+                                rc::INTEGRITY
+                                    | rc::SIZE
+                                    | rc::INSUFFICIENT
+                                    | rc::KEY
+                                    | rc::BINDING
+                                    | rc::ASYMMETRIC
+                                    | rc::ATTRIBUTES
                             ) =>
                     {
-                        return Err(TpmError::ForeignBlob {
+                        let refused = TpmError::ForeignBlob {
                             key: id.to_string(),
                             file: blob_file.cloned().unwrap_or_default(),
                             rc: code,
-                        }
-                        .into());
+                        };
+                        // The parent may be the problem rather than the blob: with no resource
+                        // manager another program can flush our storage key and get its handle
+                        // number for an object of its own. Then reconnect (a fresh storage key)
+                        // and try once more before blaming the blob.
+                        return Err(if self.primary_is_ours() {
+                            refused.into()
+                        } else {
+                            Fail::StaleParent(refused)
+                        });
                     }
                     _ => return Err(TpmError::call("TPM2_Load", Some(id.as_str()), e).into()),
                 },
@@ -712,7 +859,11 @@ impl Conn {
     /// blob if it was evicted behind our back), else the loaded blob.
     fn key_handle(&mut self, req: &SignRequest<'_>) -> DevResult<KeyHandle> {
         if let Some(handle) = req.persistent {
-            match self.persistent_handle(handle) {
+            let expected = || -> DevResult<Vec<u8>> {
+                let (_, public) = (req.blobs)()?;
+                Ok(name_of(&public)?)
+            };
+            match self.persistent_handle(handle, req.id, &expected) {
                 Ok(obj) => {
                     self.make_room(1)?;
                     return Ok(KeyHandle::from(obj));

@@ -22,13 +22,25 @@ pub(crate) mod rc {
     pub(crate) const INITIALIZE: u32 = 0x100;
     pub(crate) const NV_DEFINED: u32 = 0x14C;
     pub(crate) const AUTH_MISSING: u32 = 0x125;
+    pub(crate) const ASYMMETRIC: u32 = 0x081;
+    pub(crate) const ATTRIBUTES: u32 = 0x082;
     pub(crate) const VALUE: u32 = 0x084;
     pub(crate) const HANDLE: u32 = 0x08B;
     pub(crate) const AUTH_FAIL: u32 = 0x08E;
+    pub(crate) const SIZE: u32 = 0x095;
+    pub(crate) const INSUFFICIENT: u32 = 0x09A;
+    pub(crate) const KEY: u32 = 0x09C;
     pub(crate) const POLICY_FAIL: u32 = 0x09D;
     pub(crate) const INTEGRITY: u32 = 0x09F;
     pub(crate) const BAD_AUTH: u32 = 0x0A2;
+    pub(crate) const BINDING: u32 = 0x0A5;
     pub(crate) const OBJECT_MEMORY: u32 = 0x902;
+    /// `TPM_RC_REFERENCE_H0` ..= `_H6`: a handle of the command names no loaded object.
+    pub(crate) const REFERENCE_H0: u32 = 0x910;
+    pub(crate) const REFERENCE_H6: u32 = 0x916;
+    /// `TPM_RC_REFERENCE_S0` ..= `_S6`: a session handle names no loaded session.
+    pub(crate) const REFERENCE_S0: u32 = 0x918;
+    pub(crate) const REFERENCE_S6: u32 = 0x91E;
     pub(crate) const LOCKOUT: u32 = 0x921;
     /// TCTI: I/O error (the TPM or simulator cannot be reached).
     pub(crate) const TCTI_IO_ERROR: u32 = 0x000A_000A;
@@ -112,6 +124,7 @@ impl TpmRc {
             0x09D => "TPM_RC_POLICY_FAIL",
             0x09F => "TPM_RC_INTEGRITY",
             0x0A2 => "TPM_RC_BAD_AUTH",
+            0x0A5 => "TPM_RC_BINDING",
             0x0A6 => "TPM_RC_CURVE",
             0x902 => "TPM_RC_OBJECT_MEMORY",
             0x903 => "TPM_RC_SESSION_MEMORY",
@@ -131,7 +144,13 @@ impl TpmRc {
     /// TPM that restarted (losing its volatile state) answers.
     pub(crate) fn stale_handle(self) -> bool {
         self.from_tpm()
-            && matches!(self.base(), rc::HANDLE | 0x910..=0x916 | 0x918..=0x91E | rc::INITIALIZE)
+            && matches!(
+                self.base(),
+                rc::HANDLE
+                    | rc::REFERENCE_H0..=rc::REFERENCE_H6
+                    | rc::REFERENCE_S0..=rc::REFERENCE_S6
+                    | rc::INITIALIZE
+            )
     }
 }
 
@@ -299,6 +318,21 @@ pub enum TpmError {
         /// What `TPM2_CreatePrimary` returned.
         rc: TpmRc,
     },
+    /// A key's persistent handle holds another object than the key (its Name differs from the
+    /// key's public area): another program evicted the key and persisted something else there.
+    #[error(
+        "persistent handle {handle:#010x} no longer holds key {key}: the object there has another \
+         Name than the key's public area, so another program replaced it. keyhaven will not use \
+         it. Look at it with `tpm2_readpublic -c {handle:#010x}`; if it is not needed, evict it \
+         (`tpm2_evictcontrol -C o -c {handle:#010x}`) and keyhaven signs with the key's wrapped \
+         blob instead"
+    )]
+    ForeignPersistent {
+        /// The handle.
+        handle: u32,
+        /// The key the store expected there.
+        key: String,
+    },
     /// A persistent handle is already taken.
     #[error("persistent handle {handle:#010x} is already in use on the TPM ({rc})")]
     HandleInUse {
@@ -378,6 +412,10 @@ impl From<TpmError> for Error {
                 reason: e.to_string(),
             },
             TpmError::HandleInUse { .. } => Error::AlreadyExists(e.to_string()),
+            TpmError::ForeignPersistent { handle, key } => Error::Corrupt {
+                what: format!("persistent handle {handle:#010x} of key {key}"),
+                reason: e.to_string(),
+            },
             TpmError::Command { rc, .. } if rc.unreachable() => Error::Unavailable {
                 backend: "tpm".into(),
                 reason: e.to_string(),

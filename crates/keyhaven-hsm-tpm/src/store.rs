@@ -16,7 +16,7 @@ use tss_esapi::traits::{Marshall, UnMarshall};
 use zeroize::Zeroizing;
 
 use crate::config::{PcrPolicy, PersistentHandle, TpmConfig};
-use crate::device::{Device, PolicyInfo, SignRequest, curve_of, left_pad};
+use crate::device::{Device, Fail, PolicyInfo, SignRequest, curve_of, left_pad, name_of};
 use crate::error::TpmError;
 use crate::files::{FileStamp, KeyDir, PRIVATE, PUBLIC, RECORD};
 use crate::report::TpmReport;
@@ -212,6 +212,11 @@ fn auth_value(passphrase: &SecretString) -> Zeroizing<Vec<u8>> {
     Zeroizing::new(Sha256::digest(passphrase.expose_secret().as_bytes()).to_vec())
 }
 
+/// Whether two authorization values are equal, in time independent of where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 /// What the store knows about a key beyond [`KeyInfo`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -236,6 +241,9 @@ pub struct LoadedKeys {
     pub capacity: usize,
     /// How many times the store reconnected after losing the TPM.
     pub reconnects: u64,
+    /// How many times the store loaded a key into the TPM (`TPM2_Load`) since it opened: a key
+    /// signing again while it is loaded adds nothing.
+    pub loads: u64,
 }
 
 /// A key store in a TPM 2.0: keys are created inside the TPM under a storage primary key and
@@ -243,6 +251,9 @@ pub struct LoadedKeys {
 /// in a directory. See the crate documentation.
 pub struct TpmStore {
     dir: KeyDir,
+    /// The TCTI, for messages and [`KeyStore::info`] (kept out of the device's mutex, which a
+    /// slow TPM command may hold).
+    tcti: String,
     device: Mutex<Device>,
     records: Mutex<HashMap<KeyId, (FileStamp, Arc<Key>)>>,
     auth: Mutex<HashMap<KeyId, Zeroizing<Vec<u8>>>>,
@@ -261,10 +272,12 @@ impl TpmStore {
     /// directory others may read or write, [`Error::Corrupt`] for a foreign directory.
     pub fn open(config: TpmConfig) -> Result<Self> {
         let dir = KeyDir::open_or_create(&config.dir)?;
+        let tcti = config.tcti.to_string();
         let mut device = Device::new(config.tcti, config.storage_key, config.max_loaded_keys);
         device.with_context(|_| Ok(()))?;
         Ok(TpmStore {
             dir,
+            tcti,
             device: Mutex::new(device),
             records: Mutex::new(HashMap::new()),
             auth: Mutex::new(HashMap::new()),
@@ -277,11 +290,8 @@ impl TpmStore {
     }
 
     /// The TCTI the store uses.
-    ///
-    /// # Errors
-    /// Only if a thread panicked while using the TPM.
-    pub fn tcti(&self) -> Result<String> {
-        Ok(self.device()?.tcti().to_string())
+    pub fn tcti(&self) -> &str {
+        &self.tcti
     }
 
     fn device(&self) -> Result<MutexGuard<'_, Device>> {
@@ -347,9 +357,10 @@ impl TpmStore {
                 })
             })?;
             if let Some(handle) = options.persistent {
+                let name = name_of(&created.public)?;
                 self.device()?
                     .persist(&id, &created.private, &created.public, handle.value())?;
-                persisted = Some(handle);
+                persisted = Some((handle, name));
             }
             let public_bytes = created.public.marshall().map_err(|e| TpmError::Wrapper {
                 command: "marshalling the public area",
@@ -396,10 +407,10 @@ impl TpmStore {
                 Ok(info)
             }
             Err(e) => {
-                if let Some(handle) = persisted
+                if let Some((handle, name)) = persisted
                     && let Ok(mut device) = self.device()
                 {
-                    let _ = device.unpersist(&id, handle.value());
+                    let _ = device.unpersist(&id, handle.value(), &|| Ok(name.clone()));
                 }
                 let _ = self.dir.remove_key(&lock, &id);
                 let _ = self.dir.release_label(&lock, label, &id);
@@ -430,10 +441,8 @@ impl TpmStore {
     /// # Errors
     /// [`Error::Unavailable`] if the TPM cannot be reached.
     pub fn report(&self) -> Result<TpmReport> {
-        let mut device = self.device()?;
-        let tcti = device.tcti().to_string();
-        let mut report = device.with_context(crate::device::read_report)?;
-        report.tcti = tcti;
+        let mut report = self.device()?.with_context(crate::device::read_report)?;
+        report.tcti.clone_from(&self.tcti);
         Ok(report)
     }
 
@@ -448,6 +457,7 @@ impl TpmStore {
             loaded,
             capacity,
             reconnects: device.reconnects(),
+            loads: device.loads(),
         })
     }
 
@@ -535,7 +545,24 @@ impl TpmStore {
             blob_file: self.dir.key_file(id, PRIVATE),
             blobs: &blobs,
         };
-        let raw = self.device()?.sign(&request)?;
+        let result = self.device()?.sign(&request);
+        let raw = match result {
+            Ok(raw) => raw,
+            Err(Fail::Tpm(e @ TpmError::AuthFail { .. })) => {
+                // A wrong passphrase stays wrong: forget it, so that the next signature asks
+                // for one (Locked) instead of sending it again and again, each time counting
+                // toward the TPM's dictionary-attack lockout. (Unless another thread has set a
+                // new one meanwhile.)
+                let mut held = self.auth.lock().map_err(poisoned)?;
+                if let (Some(used), Some(now)) = (&auth, held.get(id))
+                    && same_secret(used, now)
+                {
+                    held.remove(id);
+                }
+                return Err(e.into());
+            }
+            Err(e) => return Err(e.into()),
+        };
         Signature::from_raw(key.info.algorithm, raw)
     }
 }
@@ -550,11 +577,10 @@ impl std::fmt::Debug for TpmStore {
 
 impl KeyStore for TpmStore {
     fn info(&self) -> BackendInfo {
-        let tcti = self.tcti().unwrap_or_else(|_| "?".into());
         BackendInfo::new(
             "tpm",
             Protection::Hardware,
-            format!("{} (TCTI {tcti})", self.dir.root().display()),
+            format!("{} (TCTI {})", self.dir.root().display(), self.tcti),
         )
     }
 
@@ -623,8 +649,26 @@ impl KeyStore for TpmStore {
         };
         {
             let mut device = self.device()?;
-            if let Some(handle) = key.as_ref().and_then(|k| k.persistent) {
-                device.unpersist(id, handle.value())?;
+            if let Some(key) = &key
+                && let Some(handle) = key.persistent
+            {
+                // Evict only the key itself: the object at the handle must have the Name of
+                // the key's public area (another program may have put its own there).
+                let expected = || -> Result<Vec<u8>, Fail> {
+                    let (_, public) = self.blobs(key).map_err(|e| {
+                        Error::corrupt(
+                            self.dir.key_file(id, PUBLIC).display().to_string(),
+                            format!(
+                                "{e}; so keyhaven cannot tell whether persistent handle {handle} \
+                                 still holds key {id}, and does not evict it. Look with \
+                                 `tpm2_readpublic -c {handle}`, evict it with `tpm2_evictcontrol \
+                                 -C o -c {handle}` if it is this key, then delete the key again"
+                            ),
+                        )
+                    })?;
+                    Ok(name_of(&public)?)
+                };
+                device.unpersist(id, handle.value(), &expected)?;
             }
             device.unload(id);
         }
@@ -635,6 +679,30 @@ impl KeyStore for TpmStore {
         self.records.lock().map_err(poisoned)?.remove(id);
         self.auth.lock().map_err(poisoned)?.remove(id);
         Ok(())
+    }
+
+    fn import_pkcs8(&self, label: &str, pkcs8_der: &SecretBytes) -> Result<KeyInfo> {
+        let _ = (label, pkcs8_der);
+        Err(Error::Unsupported {
+            operation: "import a private key",
+            reason: "keys in the TPM backend are created inside the TPM, which never held a \
+                     copy elsewhere; keyhaven does not import keys into it"
+                .into(),
+        })
+    }
+
+    fn export_pkcs8(&self, id: &KeyId) -> Result<SecretBytes> {
+        let key = self.key(id)?; // an unknown id is NotFound, not Unsupported
+        Err(Error::Unsupported {
+            operation: "export a private key",
+            reason: format!(
+                "key {} was created inside the TPM (fixedTPM, fixedParent): its private part \
+                 exists outside it only as the blob in {}, which only this TPM can load. Back \
+                 up its public key and metadata only",
+                key.info.id,
+                self.dir.key_file(id, PRIVATE).display()
+            ),
+        })
     }
 
     fn check(&self) -> Result<Vec<Error>> {
@@ -657,6 +725,14 @@ impl KeyStore for TpmStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secrets_compare() {
+        assert!(same_secret(b"abc", b"abc"));
+        assert!(!same_secret(b"abc", b"abd"));
+        assert!(!same_secret(b"abc", b"ab"));
+        assert!(same_secret(b"", b""));
+    }
 
     #[test]
     fn tpm2b_framing() {

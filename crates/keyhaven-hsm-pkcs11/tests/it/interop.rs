@@ -254,6 +254,24 @@ fn keys_without_cka_id_are_skipped_and_reported() {
     ));
 }
 
+/// Whether `openssl` accepts `encoded` (DER for ECDSA, raw for Ed25519) over `msg`.
+fn openssl_verifies_bytes(key: &KeyInfo, msg: &[u8], encoded: &[u8]) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    std::fs::write(path("pub.pem"), key.public_key.to_pem().unwrap()).unwrap();
+    std::fs::write(path("msg"), msg).unwrap();
+    std::fs::write(path("sig"), encoded).unwrap();
+    let (pem, m, sig) = (path("pub.pem"), path("msg"), path("sig"));
+    let args: Vec<&str> = match key.algorithm {
+        Algorithm::EcdsaP384 => vec!["dgst", "-sha384", "-verify", &pem, "-signature", &sig, &m],
+        Algorithm::EcdsaP256 => vec!["dgst", "-sha256", "-verify", &pem, "-signature", &sig, &m],
+        _ => vec![
+            "pkeyutl", "-verify", "-pubin", "-inkey", &pem, "-rawin", "-in", &m, "-sigfile", &sig,
+        ],
+    };
+    tool("openssl", &args).status.success()
+}
+
 #[test]
 fn openssl_verifies_message_and_digest_signatures() {
     let token = TestToken::new();
@@ -266,10 +284,18 @@ fn openssl_verifies_message_and_digest_signatures() {
     ] {
         let key = store.generate(alg, alg.short_name()).unwrap();
         let sig = store.sign(&key.id, msg).unwrap();
-        // DER for ECDSA (what `openssl dgst -verify` reads), raw for Ed25519 (`pkeyutl -rawin`)
+        // DER for ECDSA (what `openssl dgst -verify` reads), raw for Ed25519 (`pkeyutl -rawin`):
+        // these very bytes go to openssl, and a changed message must fail
         let encoded =
             keyhaven_crypto::encoding::encode_signature(&sig, SignatureFormat::Der).unwrap();
-        assert!(!encoded.is_empty());
+        if alg != Algorithm::Ed25519 {
+            assert_eq!(encoded[0], 0x30, "a DER SEQUENCE");
+        }
+        assert!(openssl_verifies_bytes(&key, msg, &encoded), "{alg}");
+        assert!(
+            !openssl_verifies_bytes(&key, b"another message", &encoded),
+            "{alg}"
+        );
         assert!(keyhaven_testkit::openssl::verify(
             &key.public_key,
             msg,

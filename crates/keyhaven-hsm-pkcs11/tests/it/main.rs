@@ -8,5 +8,6 @@
 mod bad_input;
 mod conformance;
 mod interop;
+mod review_fixes;
 mod sessions;
 mod token;

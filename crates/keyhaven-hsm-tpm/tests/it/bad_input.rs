@@ -267,7 +267,19 @@ fn many_keys_share_three_object_slots_through_the_lru() {
     );
     let transient = tpm.swtpm.run("tpm2_getcap", &["handles-transient"]);
     assert_eq!(transient.lines().count(), 3, "{transient}");
+    // six keys round-robin through two slots: every signature above needed a load
+    let loads = store.loaded_keys().unwrap().loads;
+    assert_eq!(loads, 18, "one load per signature through a 2-key LRU");
     // a hot key stays loaded: signing it again needs no load
+    let hot = &keys[keys.len() - 1];
+    for _ in 0..5 {
+        store.sign(&hot.id, b"hot").unwrap();
+    }
+    assert_eq!(
+        store.loaded_keys().unwrap().loads,
+        loads,
+        "no reload per sign"
+    );
     drop(store);
     let transient = tpm.swtpm.run("tpm2_getcap", &["handles-transient"]);
     assert!(

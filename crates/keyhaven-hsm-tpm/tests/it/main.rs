@@ -3,10 +3,11 @@
 //!
 //! Each test starts its own swtpm (see `swtpm.rs`); run them with
 //! `cargo xtask test -p keyhaven-hsm-tpm`.
-#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub, dead_code)]
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 mod bad_input;
 mod conformance;
 mod interop;
 mod lifecycle;
+mod review_fixes;
 mod swtpm;

@@ -21,7 +21,7 @@
 //! swtpm, swtpm-tools, tpm2-tools and libtss2-dev. They never pass silently.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
@@ -131,11 +131,6 @@ impl Swtpm {
     /// The TCTI that reaches it.
     pub fn tcti(&self) -> String {
         format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-
-    /// Its state directory.
-    pub fn state_dir(&self) -> &Path {
-        self.state.path()
     }
 
     /// Kills it (SIGKILL, by pid) and waits for the pid to be gone.
