@@ -1,0 +1,92 @@
+//! The crate's error, converted into [`keyhaven_core::Error`].
+
+use std::io;
+use std::path::PathBuf;
+
+/// A failure of the audit log.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuditError {
+    /// An I/O call failed.
+    #[error("audit log: {op} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file or directory is readable or writable by other users.
+    #[error("audit log: {} has mode {mode:04o}; refusing it. Fix: chmod {want:o} {}", path.display(), path.display())]
+    LoosePermissions {
+        /// The path.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+        /// The mode wanted.
+        want: u32,
+    },
+    /// A path has the wrong type (a file where a directory is needed, a symlink, ...).
+    #[error("audit log: {} is not a {expected}", path.display())]
+    WrongType {
+        /// The path.
+        path: PathBuf,
+        /// What it should be.
+        expected: &'static str,
+    },
+    /// The log's existing content cannot be continued (a bad last record or header).
+    #[error("audit log: {} is damaged: {reason}", path.display())]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// An event field is not acceptable (e.g. a digest that is not 64 hex characters).
+    #[error("audit log: invalid event: {0}")]
+    InvalidEvent(String),
+    /// Signing a checkpoint failed.
+    #[error("audit log: signing a checkpoint failed: {0}")]
+    Sign(#[source] keyhaven_core::Error),
+    /// A previous write in the same group commit failed; this append shares its fate.
+    #[error("audit log: group commit failed: {0}")]
+    Batch(String),
+}
+
+pub(crate) fn io_err(
+    op: &'static str,
+    path: &std::path::Path,
+) -> impl FnOnce(io::Error) -> AuditError + use<> {
+    let path = path.to_owned();
+    move |source| AuditError::Io { op, path, source }
+}
+
+impl From<AuditError> for keyhaven_core::Error {
+    fn from(e: AuditError) -> Self {
+        use keyhaven_core::Error;
+        match e {
+            AuditError::Io { op, path, source } => {
+                let context = format!("audit log: {op} {}", path.display());
+                if source.kind() == io::ErrorKind::PermissionDenied {
+                    Error::PermissionDenied(format!("{context}: {source}"))
+                } else {
+                    Error::Io { context, source }
+                }
+            }
+            AuditError::LoosePermissions { .. } => Error::PermissionDenied(e.to_string()),
+            AuditError::WrongType { .. } | AuditError::InvalidEvent(_) => {
+                Error::InvalidInput(e.to_string())
+            }
+            AuditError::Damaged { path, reason } => {
+                Error::corrupt(path.display().to_string(), reason)
+            }
+            AuditError::Sign(inner) => inner,
+            AuditError::Batch(_) => Error::Backend {
+                backend: "audit",
+                source: Box::new(e),
+            },
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Private files and directories (0700/0600, refusing looser), as in keyhaven-store-file.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use crate::error::{AuditError, io_err};
+
+pub(crate) fn create_private_dir(path: &Path) -> Result<(), AuditError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(io_err("create directory", path))?;
+    check_private(path, true)
+}
+
+pub(crate) fn check_private(path: &Path, dir: bool) -> Result<(), AuditError> {
+    let meta = fs::symlink_metadata(path).map_err(io_err("inspect", path))?;
+    check_meta(path, &meta, dir)
+}
+
+pub(crate) fn check_meta(path: &Path, meta: &fs::Metadata, dir: bool) -> Result<(), AuditError> {
+    if meta.is_dir() != dir || meta.file_type().is_symlink() {
+        return Err(AuditError::WrongType {
+            path: path.to_owned(),
+            expected: if dir { "directory" } else { "regular file" },
+        });
+    }
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(AuditError::LoosePermissions {
+            path: path.to_owned(),
+            mode,
+            want: if dir { 0o700 } else { 0o600 },
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn sync_dir(dir: &Path) -> Result<(), AuditError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync directory", dir))
+}
+
+/// Opens a log file for reading and appending (O_APPEND), checking its permissions.
+pub(crate) fn open_append(path: &Path, create_new: bool) -> Result<File, AuditError> {
+    let mut o = OpenOptions::new();
+    o.read(true).append(true).mode(0o600);
+    if create_new {
+        o.create_new(true);
+    }
+    let f = o.open(path).map_err(io_err("open", path))?;
+    let meta = f.metadata().map_err(io_err("inspect", path))?;
+    check_meta(path, &meta, false)?;
+    Ok(f)
+}
+
+/// Opens a log file for reading, checking its permissions.
+pub(crate) fn open_read(path: &Path) -> Result<File, AuditError> {
+    let f = File::open(path).map_err(io_err("open", path))?;
+    let meta = f.metadata().map_err(io_err("inspect", path))?;
+    check_meta(path, &meta, false)?;
+    Ok(f)
+}
+
+/// Exclusive `flock` on the log's lock file, released on drop.
+pub(crate) struct LockGuard {
+    _file: File,
+}
+
+pub(crate) fn lock_exclusive(lock_path: &Path) -> Result<LockGuard, AuditError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(lock_path)
+        .map_err(io_err("open lock file", lock_path))?;
+    file.lock().map_err(io_err("lock", lock_path))?;
+    Ok(LockGuard { _file: file })
+}
