@@ -1,13 +1,21 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+mod access;
+mod audited;
+mod context;
 mod error;
 mod fsutil;
 mod log;
+mod policy;
 mod record;
 mod verify;
 
+pub use access::AccessControlledStore;
+pub use audited::AuditedStore;
+pub use context::CallerContext;
 pub use error::AuditError;
 pub use log::{AuditLog, AuditOptions, AuditSigner, Filter, export_json, log_files, search, tail};
+pub use policy::{Grant, KeyRef, KeyRule, Operation, Permissions, Policy};
 pub use record::{Body, Event, FORMAT_VERSION, Outcome, Record, hostname};
 pub use verify::{Problem, ProblemKind, VerifyReport, verify, verify_dir};

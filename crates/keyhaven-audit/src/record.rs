@@ -16,6 +16,10 @@ pub enum Outcome {
     Denied,
     /// The operation was allowed but failed.
     Failed,
+    /// Written before a private-key operation runs (write-ahead): the operation is about to be
+    /// attempted, and its outcome record (allowed, denied or failed) follows. An intent with no
+    /// outcome after it means the process stopped mid-operation: treat the key as possibly used.
+    Intent,
 }
 
 /// One audited key operation: what the caller supplies to [`crate::AuditLog::append`].

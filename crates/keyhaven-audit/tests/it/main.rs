@@ -7,8 +7,10 @@
     missing_docs
 )]
 
+mod decorators;
 mod processes;
 mod signer;
+mod simple;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
