@@ -9,7 +9,9 @@ use keyhaven_core::{Algorithm, KeyStore, SignatureFormat};
 use keyhaven_crypto::encoding::encode_signature;
 use keyhaven_hsm_tpm::{KeyOptions, PersistentHandle};
 
-use crate::swtpm::{TestTpm, require};
+use keyhaven_testkit::devices::require;
+
+use crate::swtpm::TestTpm;
 
 /// The TCG SRK template's attributes, for `tpm2_createprimary -a`.
 pub const SRK_ATTRS: &str =
