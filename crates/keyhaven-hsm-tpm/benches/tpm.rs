@@ -33,17 +33,14 @@ use keyhaven_core::{Algorithm, KeyStore};
 use keyhaven_hsm_tpm::{KeyOptions, PersistentHandle, TpmStore};
 use sha2::{Digest as _, Sha384};
 use tss_esapi::Context;
-use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::tss::{TPM2_RH_NULL, TPM2_ST_HASHCHECK};
 use tss_esapi::handles::{KeyHandle, PersistentTpmHandle};
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::interface_types::dynamic_handles::Persistent;
-use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
 use tss_esapi::interface_types::session_handles::AuthSession;
 use tss_esapi::structures::{
-    Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket, KeyDerivationFunctionScheme, Private,
-    Public, PublicBuilder, PublicEccParametersBuilder, SignatureScheme, SymmetricDefinitionObject,
+    Digest, HashScheme, HashcheckTicket, Private, Public, SignatureScheme,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::UnMarshall;
@@ -51,35 +48,7 @@ use tss_esapi::tss2_esys::TPMT_TK_HASHCHECK;
 
 /// The TCG SRK template, as the store uses it.
 fn srk() -> Public {
-    let attributes = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_sensitive_data_origin(true)
-        .with_user_with_auth(true)
-        .with_no_da(true)
-        .with_restricted(true)
-        .with_decrypt(true)
-        .build()
-        .unwrap();
-    PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::Ecc)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attributes)
-        .with_ecc_parameters(
-            PublicEccParametersBuilder::new()
-                .with_symmetric(SymmetricDefinitionObject::AES_128_CFB)
-                .with_ecc_scheme(EccScheme::Null)
-                .with_curve(EccCurve::NistP256)
-                .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
-                .with_is_signing_key(false)
-                .with_is_decryption_key(true)
-                .with_restricted(true)
-                .build()
-                .unwrap(),
-        )
-        .with_ecc_unique_identifier(EccPoint::default())
-        .build()
-        .unwrap()
+    keyhaven_hsm_tpm::srk_template().unwrap()
 }
 
 /// A bare tss-esapi signer: the store's key blob loaded once under a persistent copy of the

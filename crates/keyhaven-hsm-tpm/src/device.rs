@@ -139,7 +139,10 @@ pub(crate) fn name_of(public: &Public) -> Result<Vec<u8>, TpmError> {
 /// TCG "TPM v2.0 Provisioning Guidance" SRK template (empty unique field, no policy), which is
 /// also what `tpm2_createprimary -C o -g sha256 -G ecc256:null:aes128cfb` makes. The same
 /// template under the same owner seed always gives the same key.
-pub(crate) fn srk_template() -> tss_esapi::Result<Public> {
+///
+/// # Errors
+/// Only if tss-esapi rejects the (constant) template, which would be a bug.
+pub fn srk_template() -> tss_esapi::Result<Public> {
     let attributes = ObjectAttributesBuilder::new()
         .with_fixed_tpm(true)
         .with_fixed_parent(true)

@@ -48,7 +48,7 @@ use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
-use keyhaven_hsm_pkcs11::{Pkcs11Config, Pkcs11Store, TokenSelector, softhsm_module};
+use keyhaven_hsm_pkcs11::{Pkcs11Config, Pkcs11Store, TokenSelector};
 use secrecy::SecretString;
 
 /// The security officer PIN of every test token.
@@ -112,47 +112,11 @@ fn make_tokens(p: &Pkcs11) -> Vec<String> {
 pub(crate) fn env() -> &'static Env {
     static ENV: OnceLock<Env> = OnceLock::new();
     ENV.get_or_init(|| {
-        let module = std::env::var_os("KEYHAVEN_PKCS11_MODULE")
-            .map(PathBuf::from)
-            .or_else(softhsm_module)
-            .unwrap_or_else(|| {
-                panic!(
-                    "KEYHAVEN_PKCS11_MODULE is not set and SoftHSM2's libsofthsm2.so is not \
-                     installed: {HOW_TO_RUN}"
-                )
-            });
-        assert!(
-            module.is_file(),
-            "KEYHAVEN_PKCS11_MODULE={} does not exist: {HOW_TO_RUN}",
-            module.display()
-        );
-        let conf = std::env::var_os("SOFTHSM2_CONF")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| panic!("SOFTHSM2_CONF is not set: {HOW_TO_RUN}"));
-        let text = std::fs::read_to_string(&conf).unwrap_or_else(|e| {
-            panic!(
-                "cannot read SOFTHSM2_CONF={} ({e}): {HOW_TO_RUN}",
-                conf.display()
-            )
-        });
-        let tokendir = text
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("directories.tokendir"))
-            .filter_map(|rest| rest.trim().strip_prefix('='))
-            .map(|v| PathBuf::from(v.trim()))
-            .next()
-            .unwrap_or_else(|| {
-                panic!(
-                    "{} sets no directories.tokendir: {HOW_TO_RUN}",
-                    conf.display()
-                )
-            });
-        assert!(
-            tokendir.is_dir(),
-            "the token directory {} of {} does not exist: {HOW_TO_RUN}",
-            tokendir.display(),
-            conf.display()
-        );
+        // Module and SOFTHSM2_CONF discovery (failing with how to run the tests) is shared with
+        // the facade's and the CLI's tests.
+        let softhsm = keyhaven_testkit::devices::SoftHsm::from_env();
+        let module = softhsm.module().to_path_buf();
+        let tokendir = softhsm.tokendir().to_path_buf();
         let pkcs11 = Pkcs11::new(&module).unwrap();
         match pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
