@@ -1,84 +1,29 @@
 //! Durable append throughput (single thread, 8 threads with group commit) against a raw
 //! `write + fsync` per line, and `verify` over one million records.
-#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    unreachable_pub
+)]
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use keyhaven_audit::{AuditLog, AuditOptions, AuditSigner, Event, Outcome, verify_dir};
-use keyhaven_core::{
-    Algorithm, BackendInfo, Error, KeyId, KeyInfo, KeyStore, Protection, PublicKey, Result,
-    SecretBytes, Signature,
-};
-use keyhaven_crypto::{PrivateKey, default_provider};
+use keyhaven_core::{Algorithm, KeyInfo, KeyStore, PublicKey};
+use keyhaven_crypto::default_provider;
 
 /// A one-key software store for the audit key.
-#[derive(Default)]
-struct OneKeyStore {
-    key: Mutex<Option<(KeyInfo, Arc<dyn PrivateKey>)>>,
-}
-
-impl OneKeyStore {
-    fn key(&self, id: &KeyId) -> Result<Arc<dyn PrivateKey>> {
-        match &*self.key.lock().unwrap() {
-            Some((info, k)) if &info.id == id => Ok(k.clone()),
-            _ => Err(Error::key_not_found(id)),
-        }
-    }
-}
-
-impl KeyStore for OneKeyStore {
-    fn info(&self) -> BackendInfo {
-        BackendInfo::new("bench", Protection::SoftwarePlain, "memory")
-    }
-    fn generate(&self, algorithm: Algorithm, label: &str) -> Result<KeyInfo> {
-        let k: Arc<dyn PrivateKey> = default_provider().generate(algorithm)?.into();
-        let info = KeyInfo::new(
-            KeyId::generate()?,
-            label.to_owned(),
-            Protection::SoftwarePlain,
-            k.public_key().clone(),
-            0,
-        );
-        *self.key.lock().unwrap() = Some((info.clone(), k));
-        Ok(info)
-    }
-    fn list(&self) -> Result<Vec<KeyInfo>> {
-        Ok(self
-            .key
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|(i, _)| i.clone())
-            .collect())
-    }
-    fn get(&self, id: &KeyId) -> Result<KeyInfo> {
-        self.list()?
-            .into_iter()
-            .find(|i| &i.id == id)
-            .ok_or_else(|| Error::key_not_found(id))
-    }
-    fn sign(&self, id: &KeyId, message: &[u8]) -> Result<Signature> {
-        self.key(id)?.sign(message)
-    }
-    fn sign_digest(&self, id: &KeyId, digest: &[u8]) -> Result<Signature> {
-        self.key(id)?.sign_digest(digest)
-    }
-    fn agree(&self, id: &KeyId, peer: &PublicKey) -> Result<SecretBytes> {
-        self.key(id)?.agree(peer)
-    }
-    fn delete(&self, _id: &KeyId) -> Result<()> {
-        Err(Error::Unsupported {
-            operation: "delete",
-            reason: "bench store".into(),
-        })
-    }
-}
+/// The tests' one-key software store for the audit key.
+#[path = "../tests/it/signer.rs"]
+mod signer;
+use signer::OneKeyStore;
 
 fn signer() -> (AuditSigner, KeyInfo) {
     let store: Arc<dyn KeyStore> = Arc::new(OneKeyStore::default());
