@@ -27,6 +27,7 @@ use crate::cmd::{cargo, output};
 const LAYERS: &[(&str, u8)] = &[
     ("keyhaven-core", 0),
     ("keyhaven-crypto", 1),
+    ("keyhaven-fs", 1),
     ("keyhaven-testkit", 1),
     ("keyhaven-store-file", 2),
     ("keyhaven-store-memory", 2),

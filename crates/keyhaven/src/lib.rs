@@ -6,7 +6,6 @@ mod backend;
 pub mod config;
 mod doctor;
 mod error;
-pub mod fs;
 mod hardware;
 mod manager;
 mod passphrase;
@@ -27,6 +26,8 @@ pub use keyhaven_core::{
     PublicKey, SecretBytes, Signature, SignatureFormat, validate_label,
 };
 pub use keyhaven_crypto::{CryptoProvider, default_provider, encoding, verify, verify_digest};
+/// Private, durable files (atomic writes, 0600/0700 checks, locks): see [`keyhaven_fs`].
+pub use keyhaven_fs as fs;
 /// `secrecy`, re-exported: passphrases are [`secrecy::SecretString`]s.
 pub use secrecy;
 /// `zeroize`, re-exported: secret buffers (such as [`fs::read_secret`]'s) are

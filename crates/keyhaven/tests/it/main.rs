@@ -1,13 +1,12 @@
 //! Integration tests of the keyhaven facade: configuration, fallback, key resolution,
 //! operations through the manager on every compiled backend (hardware ones on SoftHSM2 and
-//! swtpm), and the file helpers.
+//! swtpm).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod config;
 #[cfg(feature = "file")]
 mod fallback;
-mod fs;
 #[cfg(any(feature = "pkcs11", feature = "tpm"))]
 mod hardware;
 #[cfg(feature = "memory")]

@@ -1,11 +1,12 @@
-//! `keyhaven::fs`: the one file writer of the facade and the command line.
+//! `keyhaven-fs`: the one private-file writer.
+#![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 
-use keyhaven::ErrorKind;
-use keyhaven::fs::{
+use keyhaven_core::Error;
+use keyhaven_fs::{
     MAX_SECRET_FILE, atomic_write, atomic_write_new, check_private, create_private_dir,
     read_private, read_secret,
 };
@@ -42,11 +43,14 @@ fn atomic_write_replaces_privately_and_leaves_nothing_behind() {
     assert_eq!(names(dir.path()), ["out.sig"], "no temporary file is left");
     // a missing directory fails, naming the file, and creates nothing
     let e = atomic_write(&dir.path().join("missing/out"), b"x").unwrap_err();
-    assert_eq!(ErrorKind::of_core(&e), ErrorKind::NotFound, "{e}");
+    assert!(
+        matches!(&e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+        "{e}"
+    );
     assert!(e.to_string().contains("missing/out"), "{e}");
     // a directory is not replaced
     let e = atomic_write(dir.path(), b"x").unwrap_err();
-    assert_eq!(ErrorKind::of_core(&e), ErrorKind::InvalidInput, "{e}");
+    assert!(matches!(e, Error::InvalidInput(..)), "{e}");
 }
 
 #[test]
@@ -81,14 +85,14 @@ fn atomic_write_new_never_overwrites() {
     atomic_write_new(&path, b"secret").unwrap();
     assert_eq!(mode(&path), 0o600);
     let e = atomic_write_new(&path, b"other").unwrap_err();
-    assert_eq!(ErrorKind::of_core(&e), ErrorKind::AlreadyExists, "{e}");
+    assert!(matches!(e, Error::AlreadyExists(..)), "{e}");
     assert!(e.to_string().contains("refusing to overwrite"), "{e}");
     assert_eq!(fs::read(&path).unwrap(), b"secret");
     // not even through a dangling link
     let dangling = dir.path().join("dangling");
     std::os::unix::fs::symlink(dir.path().join("nowhere"), &dangling).unwrap();
     let e = atomic_write_new(&dangling, b"x").unwrap_err();
-    assert_eq!(ErrorKind::of_core(&e), ErrorKind::AlreadyExists, "{e}");
+    assert!(matches!(e, Error::AlreadyExists(..)), "{e}");
     assert!(!dir.path().join("nowhere").exists());
     assert_eq!(names(dir.path()), ["dangling", "key.pem"]);
 }
@@ -103,7 +107,7 @@ fn private_directories_are_created_0700_and_checked() {
     create_private_dir(&nested).unwrap();
     set_mode(&nested, 0o755);
     let e = create_private_dir(&nested).unwrap_err();
-    assert_eq!(ErrorKind::of_core(&e), ErrorKind::PermissionDenied, "{e}");
+    assert!(matches!(e, Error::PermissionDenied(..)), "{e}");
     let msg = e.to_string();
     assert!(
         msg.contains(&format!("chmod 700 {}", nested.display())),
@@ -111,14 +115,14 @@ fn private_directories_are_created_0700_and_checked() {
     );
     assert_eq!(mode(&nested), 0o755, "checked, never changed");
     let e = check_private(&nested).unwrap_err();
-    assert_eq!(ErrorKind::of_core(&e), ErrorKind::PermissionDenied);
+    assert!(matches!(e, Error::PermissionDenied(..)));
     // a file where the directory should be
     let file = dir.path().join("file");
     fs::write(&file, b"").unwrap();
-    assert_eq!(
-        ErrorKind::of_core(&create_private_dir(&file).unwrap_err()),
-        ErrorKind::InvalidInput
-    );
+    assert!(matches!(
+        create_private_dir(&file).unwrap_err(),
+        Error::InvalidInput(..)
+    ));
 }
 
 #[test]
@@ -128,7 +132,7 @@ fn secrets_are_read_whole_and_private_ones_checked() {
     fs::write(&path, b"first line\nsecond\n").unwrap();
     set_mode(&path, 0o640);
     let e = read_private(&path).unwrap_err();
-    assert_eq!(ErrorKind::of_core(&e), ErrorKind::PermissionDenied, "{e}");
+    assert!(matches!(e, Error::PermissionDenied(..)), "{e}");
     assert!(
         e.to_string()
             .contains(&format!("chmod 600 {}", path.display())),
@@ -145,7 +149,7 @@ fn secrets_are_read_whole_and_private_ones_checked() {
     assert_eq!(read_secret(&path).unwrap().len(), MAX_SECRET_FILE);
     fs::write(&path, vec![b'x'; MAX_SECRET_FILE + 1]).unwrap();
     let e = read_secret(&path).unwrap_err();
-    assert_eq!(ErrorKind::of_core(&e), ErrorKind::InvalidInput, "{e}");
+    assert!(matches!(e, Error::InvalidInput(..)), "{e}");
     fs::write(&path, b"").unwrap();
     assert!(read_secret(&path).unwrap().is_empty());
 }

@@ -1,19 +1,5 @@
-//! Private, durable files: the one implementation keyhaven's facade and command line use for
-//! everything they write (the configuration, signatures, assertions, exported keys).
-//!
-//! - [`atomic_write`] replaces a file atomically: a 0600 temporary file in the target's
-//!   directory, written, fsynced, renamed over the target, then the directory fsynced. A reader
-//!   sees the old contents or the new, never a mix, and a crash leaves no half-written file.
-//! - [`atomic_write_new`] does the same but refuses to replace an existing file.
-//! - [`create_private_dir`] makes a 0700 directory, and refuses an existing one that other users
-//!   can read or write.
-//! - [`check_private`] refuses a file or directory that other users can read or write.
-//! - [`read_secret`] and [`read_private`] read a (small) secret file into a zeroizing buffer.
-//! - [`FileLock`] serializes updates between processes.
-//!
-//! Errors are [`CoreError`]s: [`CoreError::PermissionDenied`] for unsafe permissions (naming the
-//! path and the `chmod` that fixes it), [`CoreError::AlreadyExists`] when
-//! [`atomic_write_new`] finds the file, [`CoreError::Io`] naming the path otherwise.
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -21,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use zeroize::Zeroizing;
 
-use crate::CoreError;
+use keyhaven_core::Error as CoreError;
 
 /// The largest file [`read_secret`] reads: passphrase files and private key PEM files are far
 /// smaller.
@@ -33,7 +19,7 @@ fn io_err(what: &str, path: &Path) -> impl FnOnce(io::Error) -> CoreError + use<
 }
 
 /// Refuses `meta` (of `path`) if other users may read or write it.
-pub(crate) fn check_meta(path: &Path, meta: &fs::Metadata) -> Result<(), CoreError> {
+pub fn check_meta(path: &Path, meta: &fs::Metadata) -> Result<(), CoreError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
