@@ -19,6 +19,9 @@ fn io_err(what: &str, path: &Path) -> impl FnOnce(io::Error) -> CoreError + use<
 }
 
 /// Refuses `meta` (of `path`) if other users may read or write it.
+///
+/// # Errors
+/// [`CoreError::PermissionDenied`] naming the path and the `chmod` that fixes it.
 pub fn check_meta(path: &Path, meta: &fs::Metadata) -> Result<(), CoreError> {
     #[cfg(unix)]
     {

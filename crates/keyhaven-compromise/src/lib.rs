@@ -1,0 +1,23 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod detect;
+mod duration;
+mod error;
+mod report;
+mod respond;
+mod revocation;
+
+pub use detect::{Finding, KeyStates, Thresholds, scan};
+pub use error::{CompromiseError, Result};
+pub use report::{
+    ActionTaken, CompromiseReport, CompromiseType, DetectionMethod, Evidence, ReportStore,
+    Severity, Status,
+};
+pub use respond::{
+    NotifyConfig, Procedure, Responder, ResponseConfig, ResponseOutcome, Rotator, Step, notify,
+};
+pub use revocation::{
+    Authority, Issuer, LIST_FORMAT, MAX_LIST_BYTES, REVOCATION_VERSION, Revocation,
+    RevocationCheckedStore, RevocationList, Revocations, VerifiedRevocations,
+};

@@ -1,0 +1,542 @@
+//! Response procedures: revoke, emergency rotation, lookback over the audit log, notification.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use keyhaven_audit::{Body, Filter, Record};
+use keyhaven_core::{KeyInfo, PublicKey};
+use serde::{Deserialize, Serialize};
+
+use crate::detect::Thresholds;
+use crate::error::{CompromiseError, Result};
+use crate::report::{ActionTaken, CompromiseReport, Evidence, ReportStore, Status};
+use crate::revocation::{Authority, Revocation, Revocations};
+
+/// One step of a response procedure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Step {
+    /// Sign a revocation statement and record it: every process refuses the key from then on.
+    Revoke,
+    /// Rotate to a new version at once (when a rotation engine is available).
+    Rotate,
+    /// List the operations made with the key in the lookback window before detection.
+    Lookback,
+    /// Run the notification hooks with the report as JSON.
+    Notify,
+}
+
+/// The procedure for keys of one role (`role` unset: every role without its own).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Procedure {
+    /// The key role this procedure is for (`identity`, `signing`, ...); unset for the default.
+    #[serde(default)]
+    pub role: Option<String>,
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+    /// How far before the detection the lookback step looks (humantime in TOML; default 7 days).
+    #[serde(default = "default_lookback", with = "crate::duration")]
+    pub lookback: u64,
+}
+
+fn default_lookback() -> u64 {
+    7 * 86_400
+}
+
+impl Default for Procedure {
+    fn default() -> Self {
+        Procedure {
+            role: None,
+            steps: vec![Step::Revoke, Step::Rotate, Step::Lookback, Step::Notify],
+            lookback: default_lookback(),
+        }
+    }
+}
+
+/// Notification hooks: a command (argv; the report JSON on its standard input) and/or a
+/// webhook (`http://host[:port]/path`, the report JSON POSTed), each bounded by `timeout`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// The command to run, as argv.
+    pub command: Option<Vec<String>>,
+    /// The webhook URL (plain `http://`; for HTTPS use a command such as `curl`).
+    pub webhook: Option<String>,
+    /// The longest a hook may take before it is killed (default 10 s).
+    #[serde(with = "crate::duration")]
+    pub timeout: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            command: None,
+            webhook: None,
+            timeout: 10,
+        }
+    }
+}
+
+/// The `[compromise]` configuration: detection thresholds, procedures, notification.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ResponseConfig {
+    /// Detection thresholds.
+    pub thresholds: Thresholds,
+    /// Procedures per role (`[[compromise.procedure]]`).
+    #[serde(rename = "procedure")]
+    pub procedures: Vec<Procedure>,
+    /// Notification hooks.
+    pub notify: NotifyConfig,
+}
+
+impl ResponseConfig {
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    /// [`CompromiseError::Invalid`] naming the field.
+    pub fn validate(&self) -> Result<()> {
+        self.thresholds
+            .validate()
+            .map_err(CompromiseError::Invalid)?;
+        let mut roles = std::collections::BTreeSet::new();
+        for p in &self.procedures {
+            if !roles.insert(p.role.clone()) {
+                return Err(CompromiseError::Invalid(format!(
+                    "compromise.procedure: two procedures for role {}",
+                    p.role.as_deref().unwrap_or("(default)")
+                )));
+            }
+            if p.steps.is_empty() {
+                return Err(CompromiseError::Invalid(format!(
+                    "compromise.procedure for role {}: steps is empty",
+                    p.role.as_deref().unwrap_or("(default)")
+                )));
+            }
+        }
+        if let Some(cmd) = &self.notify.command
+            && cmd.first().is_none_or(String::is_empty)
+        {
+            return Err(CompromiseError::Invalid(
+                "compromise.notify.command must name a program".into(),
+            ));
+        }
+        if let Some(url) = &self.notify.webhook {
+            parse_http_url(url)?;
+        }
+        if self.notify.timeout == 0 {
+            return Err(CompromiseError::Invalid(
+                "compromise.notify.timeout must be above zero".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The procedure for a key of `role`: the role's own, else the configured default, else
+    /// revoke, rotate, lookback, notify.
+    pub fn procedure_for(&self, role: Option<&str>) -> Procedure {
+        self.procedures
+            .iter()
+            .find(|p| role.is_some() && p.role.as_deref() == role)
+            .or_else(|| self.procedures.iter().find(|p| p.role.is_none()))
+            .cloned()
+            .unwrap_or_default()
+    }
+}
+
+/// Rotation to a new version, provided by whoever knows versions (the facade's rotation
+/// engine); this crate does not depend on it.
+pub trait Rotator {
+    /// Rotates `key_id` at once; returns a description of the new version.
+    ///
+    /// # Errors
+    /// Whatever prevented the rotation.
+    fn emergency_rotate(&self, key_id: &str, reason: &str) -> keyhaven_core::Result<String>;
+}
+
+/// Everything a response needs.
+pub struct Responder<'a> {
+    /// The reports.
+    pub reports: &'a ReportStore,
+    /// The revocation registry.
+    pub revocations: &'a Revocations,
+    /// The revocation authority.
+    pub authority: &'a Authority,
+    /// The audit log directory, for the lookback step.
+    pub audit_dir: Option<&'a Path>,
+    /// Emergency rotation, if available.
+    pub rotator: Option<&'a dyn Rotator>,
+    /// The configuration.
+    pub config: &'a ResponseConfig,
+}
+
+impl std::fmt::Debug for Responder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("reports", &self.reports)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a response did.
+#[derive(Debug, Clone)]
+pub struct ResponseOutcome {
+    /// The report after the response (status and actions updated).
+    pub report: CompromiseReport,
+    /// The operations found by the lookback step.
+    pub lookback: Vec<Record>,
+}
+
+impl Responder<'_> {
+    /// Runs the procedure for the report's key role on the report's key (`key` must be that
+    /// key). Each step is recorded in the report as it completes, so a crash part-way leaves
+    /// an accurate record; a failing step is recorded and the next steps still run (a failed
+    /// notification must not undo a revocation). Responding again re-runs the procedure;
+    /// revocation is idempotent.
+    ///
+    /// # Errors
+    /// The report cannot be read or written, or `key` is not the report's key.
+    pub fn respond(&self, report_id: &str, key: &KeyInfo, now: u64) -> Result<ResponseOutcome> {
+        let report = self.reports.get(report_id)?;
+        if report.key_id != key.id.as_str() {
+            return Err(CompromiseError::Invalid(format!(
+                "report {report_id} is about key {}, not {}",
+                report.key_id, key.id
+            )));
+        }
+        let procedure = self.config.procedure_for(report.role.as_deref());
+        let mut lookback = Vec::new();
+        let mut failed = false;
+        for step in &procedure.steps {
+            let (action, result) = match step {
+                Step::Revoke => ("revoke", self.revoke(&report, key, now)),
+                Step::Rotate => ("rotate", self.rotate(&report)),
+                Step::Lookback => (
+                    "lookback",
+                    self.lookback(&report, procedure.lookback).map(|(d, recs)| {
+                        lookback = recs;
+                        d
+                    }),
+                ),
+                Step::Notify => {
+                    // Notify with the report as it stands, including the actions so far.
+                    let current = self.reports.get(report_id)?;
+                    let results = notify(&self.config.notify, &current);
+                    if results.is_empty() {
+                        (
+                            "notify",
+                            Ok("skipped: no notification hook is configured".into()),
+                        )
+                    } else {
+                        for (name, r) in results {
+                            failed |= r.is_err();
+                            self.record(report_id, name, now, r, &[])?;
+                        }
+                        continue;
+                    }
+                }
+            };
+            failed |= result.is_err();
+            let seqs: Vec<u64> = if *step == Step::Lookback {
+                lookback.iter().map(|r| r.seq).collect()
+            } else {
+                Vec::new()
+            };
+            self.record(report_id, action, now, result, &seqs)?;
+        }
+        let report = self.reports.update(report_id, |r| {
+            r.status = if failed {
+                Status::Incomplete
+            } else {
+                Status::Responded
+            };
+            Ok(r.clone())
+        })?;
+        Ok(ResponseOutcome { report, lookback })
+    }
+
+    fn record(
+        &self,
+        id: &str,
+        action: &str,
+        now: u64,
+        result: Result<String>,
+        seqs: &[u64],
+    ) -> Result<()> {
+        self.reports.update(id, |r| {
+            let (ok, detail) = match result {
+                Ok(d) => (true, d),
+                Err(e) => (false, e.to_string()),
+            };
+            if !seqs.is_empty() {
+                r.evidence.push(Evidence {
+                    description: format!(
+                        "operations with the key in the lookback window ({detail})"
+                    ),
+                    audit_seqs: seqs.iter().copied().take(1000).collect(),
+                });
+            }
+            r.actions.push(ActionTaken {
+                at: now,
+                action: action.to_owned(),
+                ok,
+                detail,
+            });
+            Ok(())
+        })
+    }
+
+    /// The authority's public key.
+    fn authority_key(&self) -> Result<PublicKey> {
+        Ok(self.authority.store.public_key(&self.authority.key)?)
+    }
+
+    fn revoke(&self, report: &CompromiseReport, key: &KeyInfo, now: u64) -> Result<String> {
+        let reason = format!(
+            "{} compromise ({}), report {}",
+            match report.kind {
+                crate::CompromiseType::Suspected => "suspected",
+                crate::CompromiseType::Confirmed => "confirmed",
+            },
+            report.detection.as_str(),
+            report.id
+        );
+        let statement =
+            Revocation::issue(self.authority, key, now, &reason, true, Some(&report.id))?;
+        let recorded = self.revocations.record(statement, &self.authority_key()?)?;
+        Ok(format!(
+            "revoked {} from {}",
+            recorded.key_id,
+            recorded.revoked_at_rfc3339()
+        ))
+    }
+
+    fn rotate(&self, report: &CompromiseReport) -> Result<String> {
+        match self.rotator {
+            None => Ok("skipped: no rotation engine is available for this key".into()),
+            Some(r) => Ok(r.emergency_rotate(
+                &report.key_id,
+                &format!("emergency rotation for compromise report {}", report.id),
+            )?),
+        }
+    }
+
+    fn lookback(&self, report: &CompromiseReport, window: u64) -> Result<(String, Vec<Record>)> {
+        let Some(dir) = self.audit_dir else {
+            return Ok(("skipped: no audit log is configured".into(), Vec::new()));
+        };
+        let since = report.discovered_at.saturating_sub(window);
+        let filter = Filter {
+            key_id: Some(report.key_id.clone()),
+            since_nanos: Some(since.saturating_mul(1_000_000_000)),
+            ..Filter::default()
+        };
+        let records: Vec<Record> = keyhaven_audit::search(dir, &filter)?
+            .into_iter()
+            .filter(|r| matches!(&r.body, Body::Event(e) if e.outcome != keyhaven_audit::Outcome::Intent))
+            .collect();
+        let mut ops = std::collections::BTreeMap::<&str, usize>::new();
+        for r in &records {
+            if let Body::Event(e) = &r.body {
+                *ops.entry(e.operation.as_str()).or_default() += 1;
+            }
+        }
+        let summary: Vec<String> = ops.iter().map(|(op, n)| format!("{op} x{n}")).collect();
+        let detail = format!(
+            "{} operation(s) with the key since {}{}{}",
+            records.len(),
+            crate::revocation::rfc3339(since),
+            if summary.is_empty() { "" } else { ": " },
+            summary.join(", ")
+        );
+        Ok((detail, records))
+    }
+}
+
+/// Runs the configured notification hooks with `report`; returns each hook's action name and
+/// result (empty if none is configured).
+pub fn notify(
+    config: &NotifyConfig,
+    report: &CompromiseReport,
+) -> Vec<(&'static str, Result<String>)> {
+    let timeout = Duration::from_secs(config.timeout);
+    let json = report.to_json();
+    let mut out = Vec::new();
+    if let Some(argv) = &config.command {
+        out.push(("notify-command", run_command(argv, &json, report, timeout)));
+    }
+    if let Some(url) = &config.webhook {
+        out.push(("notify-webhook", post_webhook(url, &json, timeout)));
+    }
+    out
+}
+
+fn run_command(
+    argv: &[String],
+    json: &str,
+    report: &CompromiseReport,
+    timeout: Duration,
+) -> Result<String> {
+    let hook = format!("command {}", argv.first().map_or("", String::as_str));
+    let fail = |reason: String| CompromiseError::Hook {
+        hook: hook.clone(),
+        reason,
+    };
+    let (prog, args) = argv
+        .split_first()
+        .ok_or_else(|| fail("no program given".into()))?;
+    let mut child = Command::new(prog)
+        .args(args)
+        .env("KEYHAVEN_REPORT_ID", &report.id)
+        .env("KEYHAVEN_KEY_ID", &report.key_id)
+        .env(
+            "KEYHAVEN_SEVERITY",
+            format!("{:?}", report.severity).to_lowercase(),
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot start it: {e}")))?;
+    // Feed stdin and drain stderr on threads so a hook that does neither cannot block us.
+    let stdin = child.stdin.take();
+    let payload = json.as_bytes().to_vec();
+    let writer = std::thread::spawn(move || {
+        if let Some(mut s) = stdin {
+            let _ = s.write_all(&payload);
+        }
+    });
+    let stderr = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(mut s) = stderr {
+            let _ = s.by_ref().take(64 * 1024).read_to_end(&mut buf);
+        }
+        buf
+    });
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = writer.join();
+                return Err(fail(format!(
+                    "timed out after {}s and was killed",
+                    timeout.as_secs()
+                )));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
+            Err(e) => return Err(fail(format!("cannot wait for it: {e}"))),
+        }
+    };
+    let _ = writer.join();
+    let err = reader.join().unwrap_or_default();
+    let last = String::from_utf8_lossy(&err)
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    if status.success() {
+        Ok(format!("{hook} succeeded"))
+    } else {
+        Err(fail(format!(
+            "exited with {status}{}{last}",
+            if last.is_empty() { "" } else { ": " }
+        )))
+    }
+}
+
+/// `(host, port, path)` of a plain `http://` URL.
+fn parse_http_url(url: &str) -> Result<(String, u16, String)> {
+    let bad = |why: &str| CompromiseError::Invalid(format!("webhook URL '{url}': {why}"));
+    let rest = if let Some(r) = url.strip_prefix("http://") {
+        r
+    } else if url.starts_with("https://") {
+        return Err(bad(
+            "https is not supported by the built-in client; use a command hook (e.g. curl) for TLS",
+        ));
+    } else {
+        return Err(bad("must start with http://"));
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
+        None => (authority, 80),
+    };
+    if host.is_empty() || host.contains(['@', ' ']) || path.contains([' ', '\r', '\n']) {
+        return Err(bad("malformed host or path"));
+    }
+    Ok((host.to_owned(), port, path.to_owned()))
+}
+
+fn post_webhook(url: &str, json: &str, timeout: Duration) -> Result<String> {
+    let (host, port, path) = parse_http_url(url)?;
+    let fail = |reason: String| CompromiseError::Hook {
+        hook: format!("webhook {url}"),
+        reason,
+    };
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| fail(format!("cannot resolve {host}: {e}")))?
+        .next()
+        .ok_or_else(|| fail(format!("{host} has no address")))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .map_err(|e| fail(format!("cannot connect: {e}")))?;
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| fail(e.to_string()))?;
+    let request = format!(
+        "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: keyhaven\r\nContent-Type: \
+         application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
+        json.len()
+    );
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| fail(format!("cannot send: {e}")))?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 512];
+    let deadline = Instant::now() + timeout;
+    while !head.windows(2).any(|w| w == b"\r\n") {
+        if Instant::now() >= deadline || head.len() > 8192 {
+            return Err(fail("no HTTP status line in time".into()));
+        }
+        let n = stream.read(&mut buf).map_err(|e| {
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) {
+                fail(format!("timed out after {}s", timeout.as_secs()))
+            } else {
+                fail(format!("cannot read the answer: {e}"))
+            }
+        })?;
+        if n == 0 {
+            return Err(fail("connection closed before an answer".into()));
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
+    let status_line = line.lines().next().unwrap_or("");
+    let code: u16 = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| fail(format!("not an HTTP answer: {status_line}")))?;
+    if (200..300).contains(&code) {
+        Ok(format!("webhook answered {code}"))
+    } else {
+        Err(fail(format!("answered {status_line}")))
+    }
+}

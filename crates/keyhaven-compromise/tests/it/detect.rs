@@ -1,0 +1,259 @@
+//! Detection: each signal from synthetic audit records, no false alarm on normal use.
+
+use keyhaven_audit::{Body, Event, Outcome, Record};
+use keyhaven_compromise::{DetectionMethod, KeyStates, Severity, Thresholds, scan};
+use proptest::prelude::*;
+
+const T0: u64 = 1_700_000_000;
+
+/// A log being built: one event per call, times in seconds from `T0`.
+#[derive(Default)]
+pub struct Log {
+    pub records: Vec<Record>,
+}
+
+impl Log {
+    pub fn ev(&mut self, at: u64, who: &str, op: &str, key: &str, outcome: Outcome) -> &mut Event {
+        let mut e = Event::new(who, op, "memory", outcome).key(key, None);
+        e.host = "host-a".into();
+        let seq = self.records.len() as u64;
+        self.records.push(Record {
+            v: 1,
+            seq,
+            prev: String::new(),
+            time: String::new(),
+            unix_nanos: (T0 + at) * 1_000_000_000,
+            body: Body::Event(e),
+        });
+        match &mut self.records.last_mut().unwrap().body {
+            Body::Event(e) => e,
+            _ => unreachable!(),
+        }
+    }
+
+    /// Normal use: `per_hour` signatures by alice each hour for `hours` hours, from `start`.
+    pub fn steady(&mut self, key: &str, start: u64, hours: u64, per_hour: u64) {
+        for h in 0..hours {
+            for i in 0..per_hour {
+                let at = start + h * 3600 + i * (3600 / per_hour.max(1));
+                self.ev(at, "alice", "sign", key, Outcome::Intent);
+                self.ev(at, "alice", "sign", key, Outcome::Allowed);
+            }
+        }
+    }
+}
+
+fn methods(f: &[keyhaven_compromise::Finding]) -> Vec<DetectionMethod> {
+    f.iter().map(|f| f.method).collect()
+}
+
+#[test]
+fn normal_use_raises_nothing() {
+    let mut log = Log::default();
+    log.steady("k1", 0, 24, 20);
+    log.steady("k2", 0, 24, 3);
+    let f = scan(&log.records, &KeyStates::default(), &Thresholds::default());
+    assert!(f.is_empty(), "{f:#?}");
+}
+
+#[test]
+fn use_of_a_revoked_key_is_critical_when_it_succeeded() {
+    let mut log = Log::default();
+    log.steady("k1", 0, 2, 5);
+    log.ev(3 * 3600, "mallory", "sign", "k1", Outcome::Denied);
+    let mut states = KeyStates::default();
+    states.revoked.insert("k1".into(), T0 + 3 * 3600 - 10);
+    let f = scan(&log.records, &states, &Thresholds::default());
+    let r: Vec<_> = f
+        .iter()
+        .filter(|f| f.method == DetectionMethod::RevokedKeyUse)
+        .collect();
+    assert_eq!(r.len(), 1, "{f:#?}");
+    assert_eq!(r[0].severity, Severity::High, "attempt only");
+    assert_eq!(r[0].key_id.as_deref(), Some("k1"));
+    // A use that succeeded (e.g. a process without the revocation check) is critical.
+    log.ev(3 * 3600 + 5, "mallory", "sign", "k1", Outcome::Allowed);
+    let f = scan(&log.records, &states, &Thresholds::default());
+    let r = f
+        .iter()
+        .find(|f| f.method == DetectionMethod::RevokedKeyUse)
+        .unwrap();
+    assert_eq!(r.severity, Severity::Critical);
+    assert_eq!(r.audit_seqs.len(), 2, "both records are evidence");
+    // Retired versions are flagged at medium.
+    let mut states = KeyStates::default();
+    states.retired.insert("k1".into(), T0);
+    let f = scan(&log.records, &states, &Thresholds::default());
+    assert!(
+        methods(&f).contains(&DetectionMethod::RetiredKeyUse),
+        "{f:#?}"
+    );
+}
+
+#[test]
+fn a_signing_rate_far_above_the_keys_baseline_is_flagged() {
+    let mut log = Log::default();
+    log.steady("k1", 0, 5, 10);
+    // Hour 6: 500 signatures (50x).
+    for i in 0..500 {
+        log.ev(6 * 3600 + i, "alice", "sign", "k1", Outcome::Allowed);
+    }
+    let f = scan(&log.records, &KeyStates::default(), &Thresholds::default());
+    let r: Vec<_> = f
+        .iter()
+        .filter(|f| f.method == DetectionMethod::RateAnomaly)
+        .collect();
+    assert_eq!(r.len(), 1, "{f:#?}");
+    assert!(r[0].summary.contains("500 signatures"), "{}", r[0].summary);
+    assert_eq!(r[0].audit_seqs.len(), 50, "evidence is capped");
+    // Without enough history there is no baseline to judge against.
+    let mut young = Log::default();
+    for i in 0..500 {
+        young.ev(i, "alice", "sign", "k1", Outcome::Allowed);
+    }
+    assert!(
+        scan(
+            &young.records,
+            &KeyStates::default(),
+            &Thresholds::default()
+        )
+        .is_empty()
+    );
+    // A higher factor tolerates it.
+    let t = Thresholds {
+        rate_factor: 100.0,
+        ..Thresholds::default()
+    };
+    assert!(scan(&log.records, &KeyStates::default(), &t).is_empty());
+}
+
+#[test]
+fn a_new_principal_or_host_is_flagged_once() {
+    let mut log = Log::default();
+    log.steady("k1", 0, 3, 10);
+    log.ev(4 * 3600, "mallory", "sign", "k1", Outcome::Allowed);
+    log.ev(4 * 3600 + 1, "mallory", "sign", "k1", Outcome::Allowed);
+    log.ev(4 * 3600 + 2, "alice", "sign", "k1", Outcome::Allowed)
+        .host = "evil-host".into();
+    let f = scan(&log.records, &KeyStates::default(), &Thresholds::default());
+    assert_eq!(
+        methods(&f),
+        [DetectionMethod::NewPrincipal, DetectionMethod::NewHost],
+        "{f:#?}"
+    );
+    assert!(f[0].summary.contains("mallory"));
+    assert!(f[1].summary.contains("evil-host"));
+    let t = Thresholds {
+        learning_events: 0,
+        ..Thresholds::default()
+    };
+    assert!(scan(&log.records, &KeyStates::default(), &t).is_empty());
+}
+
+#[test]
+fn bursts_of_failures_and_denials_are_flagged() {
+    let mut log = Log::default();
+    for i in 0..10 {
+        log.ev(i * 10, "alice", "sign", "k1", Outcome::Failed);
+    }
+    for i in 0..5 {
+        log.ev(200 + i, "eve", "export_pkcs8", "k2", Outcome::Denied);
+    }
+    let f = scan(&log.records, &KeyStates::default(), &Thresholds::default());
+    assert_eq!(
+        methods(&f),
+        [DetectionMethod::FailureBurst, DetectionMethod::DeniedBurst],
+        "{f:#?}"
+    );
+    assert_eq!(f[1].key_id.as_deref(), Some("k2"));
+    assert!(f[1].summary.contains("eve"));
+    // Spread out beyond the window, the same failures are not a burst.
+    let mut slow = Log::default();
+    for i in 0..10 {
+        slow.ev(i * 400, "alice", "sign", "k1", Outcome::Failed);
+    }
+    assert!(scan(&slow.records, &KeyStates::default(), &Thresholds::default()).is_empty());
+}
+
+#[test]
+fn a_replayed_request_id_is_flagged() {
+    let mut log = Log::default();
+    log.ev(1, "alice", "sign", "k1", Outcome::Allowed)
+        .request_id = Some("msg-1".into());
+    log.ev(2, "alice", "sign", "k1", Outcome::Allowed)
+        .request_id = Some("msg-2".into());
+    log.ev(3, "alice", "sign", "k1", Outcome::Allowed)
+        .request_id = Some("msg-1".into());
+    let f = scan(&log.records, &KeyStates::default(), &Thresholds::default());
+    assert_eq!(methods(&f), [DetectionMethod::Replay]);
+    assert_eq!(f[0].audit_seqs, [0, 2]);
+    let t = Thresholds {
+        replay: false,
+        ..Thresholds::default()
+    };
+    assert!(scan(&log.records, &KeyStates::default(), &t).is_empty());
+}
+
+#[test]
+fn finding_ids_are_stable_across_rescans_of_a_growing_log() {
+    let mut log = Log::default();
+    log.ev(1, "a", "sign", "k", Outcome::Allowed).request_id = Some("r".into());
+    log.ev(2, "a", "sign", "k", Outcome::Allowed).request_id = Some("r".into());
+    let first = scan(&log.records, &KeyStates::default(), &Thresholds::default());
+    log.steady("k", 10, 1, 5);
+    let second = scan(&log.records, &KeyStates::default(), &Thresholds::default());
+    assert_eq!(first[0].id, second[0].id);
+}
+
+#[test]
+fn thresholds_are_validated_and_read_from_toml() {
+    let t: Thresholds = serde_json::from_str(r#"{"rate_window":"30m","burst_window":60}"#).unwrap();
+    assert_eq!((t.rate_window, t.burst_window), (1800, 60));
+    t.validate().unwrap();
+    let bad = Thresholds {
+        rate_factor: 0.5,
+        ..Thresholds::default()
+    };
+    assert!(bad.validate().unwrap_err().contains("rate_factor"));
+    let bad = Thresholds {
+        burst_window: 0,
+        ..Thresholds::default()
+    };
+    assert!(bad.validate().unwrap_err().contains("burst_window"));
+    assert!(serde_json::from_str::<Thresholds>(r#"{"rate_windw":"1h"}"#).is_err());
+    assert!(serde_json::from_str::<Thresholds>(r#"{"rate_window":"soon"}"#).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+    /// Whatever the records, scanning terminates, is deterministic, and every finding's
+    /// evidence points at records that exist, in order.
+    #[test]
+    fn scan_is_total_and_deterministic(
+        evs in proptest::collection::vec(
+            (0u64..20_000, 0usize..3, 0usize..4, 0usize..3, 0usize..4, proptest::option::of(0u8..5)),
+            0..300,
+        )
+    ) {
+        let mut log = Log::default();
+        let mut at = 0;
+        for (dt, who, op, key, outcome, rid) in evs {
+            at += dt / 10;
+            let outcome = [Outcome::Allowed, Outcome::Denied, Outcome::Failed, Outcome::Intent][outcome];
+            let e = log.ev(at, ["a", "b", "c"][who], ["sign", "agree", "delete", "verify"][op], ["k1", "k2", "k3"][key], outcome);
+            e.request_id = rid.map(|r| r.to_string());
+        }
+        let t = Thresholds { learning_events: 3, baseline_windows: 1, rate_min_events: 2, failure_burst: 2, denied_burst: 2, ..Thresholds::default() };
+        let mut states = KeyStates::default();
+        states.revoked.insert("k2".into(), T0 + 100);
+        let a = scan(&log.records, &states, &t);
+        let b = scan(&log.records, &states, &t);
+        prop_assert_eq!(&a, &b);
+        for f in &a {
+            prop_assert!(!f.audit_seqs.is_empty());
+            prop_assert!(f.audit_seqs.windows(2).all(|w| w[0] < w[1]));
+            prop_assert!(f.audit_seqs.iter().all(|s| (*s as usize) < log.records.len()));
+            prop_assert!(f.first_nanos <= f.last_nanos);
+        }
+    }
+}

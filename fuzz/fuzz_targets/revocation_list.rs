@@ -1,0 +1,18 @@
+//! The revocation list parser (`keyhaven verify --revocations FILE` reads lists from anywhere):
+//! never panics; an accepted list re-serializes to the same list; verifying it against the key
+//! it carries never panics either.
+#![no_main]
+
+use keyhaven_compromise::RevocationList;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(list) = RevocationList::parse(data) {
+        let again = RevocationList::parse(list.to_json().as_bytes()).expect("round trip");
+        assert_eq!(again, list);
+        if let Ok(key) = list.issuer_key() {
+            let _ = list.verify(&key);
+        }
+        let _ = list.verify_pinned("0123456789abcdef");
+    }
+});
