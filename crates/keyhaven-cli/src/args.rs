@@ -68,6 +68,133 @@ pub(crate) enum Command {
     /// Set up a home with an encrypted backend and a default P-384 key, then sign and verify a
     /// sample.
     Quickstart,
+    /// The audit log: verify it is whole and untouched, tail, search, export.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Compromise reports: report, list, show, scan the audit log, respond.
+    #[command(subcommand)]
+    Compromise(CompromiseCommand),
+    /// Signed revocation statements: list them, export the list verifiers load.
+    #[command(subcommand)]
+    Revocations(RevocationsCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the hash chain and the signed checkpoints; exit 7 naming the first bad record.
+    Verify {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The last records.
+    Tail {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        /// One JSON record per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Records matching every filter given.
+    Search {
+        /// Only this key id.
+        #[arg(long, value_name = "ID")]
+        key: Option<String>,
+        /// Only this principal.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only this operation (sign, generate, delete, revoke, ...).
+        #[arg(long)]
+        operation: Option<String>,
+        /// Only this outcome: allowed, denied, failed, intent.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only records this recent (a duration such as 1h or 7d).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// One JSON record per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every record as one JSON array.
+    Export {
+        /// JSON (the only format).
+        #[arg(long, required = true)]
+        json: bool,
+        /// Write to this file (0600, atomically) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CompromiseCommand {
+    /// File a report for a key.
+    Report {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// suspected or confirmed.
+        #[arg(long = "type", value_name = "TYPE", default_value = "suspected", value_parser = ["suspected", "confirmed"])]
+        kind: String,
+        /// low, medium, high or critical.
+        #[arg(long, default_value = "high", value_parser = ["low", "medium", "high", "critical"])]
+        severity: String,
+        /// What shows it (repeatable).
+        #[arg(long)]
+        evidence: Vec<String>,
+        /// The key's role, which selects the response procedure.
+        #[arg(long)]
+        role: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the reports.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one report.
+    Show {
+        /// The report id (CR-...).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Scan the audit log for suspicious use and file a suspected report per new finding.
+    Scan {
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the response procedure of a report (revoke, rotate, lookback, notify).
+    Respond {
+        /// The report id (CR-...).
+        id: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RevocationsCommand {
+    /// List the revoked keys.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the signed list that verifiers load (`keyhaven verify --revocations`).
+    Export {
+        /// Write to this file (atomically) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -109,6 +236,19 @@ pub(crate) enum KeyCommand {
         /// ID, LABEL or BACKEND:ID|LABEL.
         #[arg(value_name = "ID|LABEL")]
         key: String,
+    },
+    /// Revoke a key: it refuses every private operation from now on, in every process, and a
+    /// signed revocation statement is recorded (`keyhaven revocations export`).
+    Revoke {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// Why (recorded in the signed statement).
+        #[arg(long)]
+        reason: String,
+        /// The key is (or may be) compromised: also files a confirmed compromise report.
+        #[arg(long)]
+        compromised: bool,
     },
     /// Delete a key (asks for confirmation unless --yes).
     Delete {
@@ -292,6 +432,18 @@ pub(crate) struct VerifyArgs {
     /// der or raw.
     #[arg(long, value_enum, default_value_t = FormatArg::Der)]
     pub(crate) signature_format: FormatArg,
+    /// The assertion written with the signature (`keyhaven sign --assertion`): its time decides
+    /// whether a revocation applies (signatures asserted before it still verify).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) assertion: Option<PathBuf>,
+    /// A revocation list (`keyhaven revocations export`) to check the key against; needs
+    /// --authority. With --key, the home's own revocations are always checked.
+    #[arg(long, value_name = "FILE", requires = "authority")]
+    pub(crate) revocations: Option<PathBuf>,
+    /// The fingerprint (hex, at least 16 characters) of the authority that must have signed
+    /// the revocation list.
+    #[arg(long, value_name = "FINGERPRINT", requires = "revocations")]
+    pub(crate) authority: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -61,6 +61,11 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
             outln!("default key: {key}")?;
             Ok(OK)
         }
+        KeyCommand::Revoke {
+            key,
+            reason,
+            compromised,
+        } => crate::lifecycle::revoke(m, &key, &reason, compromised),
         KeyCommand::Delete { key, yes } => {
             let key = m.resolve(&key)?;
             if !yes {

@@ -6,6 +6,7 @@ mod backend;
 mod ctx;
 pub mod exit;
 mod key;
+mod lifecycle;
 mod output;
 mod quickstart;
 mod sign;
@@ -34,6 +35,9 @@ pub fn main() -> ExitCode {
         Command::Backend(cmd) => backend::run(&ctx, cmd),
         Command::Doctor { json } => backend::doctor(&ctx, json),
         Command::Quickstart => quickstart::run(&ctx),
+        Command::Audit(cmd) => lifecycle::audit(&ctx, cmd),
+        Command::Compromise(cmd) => lifecycle::compromise(&ctx, cmd),
+        Command::Revocations(cmd) => lifecycle::revocations(&ctx, cmd),
     };
     // Output is flushed before a success is reported, so a write error is never lost; a
     // failure code (`verify`: invalid) stands whatever happens to the output.

@@ -3,8 +3,10 @@
 use std::io::{IsTerminal, Read};
 
 use anyhow::{Context, Result};
+use keyhaven::compromise::RevocationList;
 use keyhaven::{
     Assertion, CoreError, PublicKey, SignInput, SignatureFormat, default_provider, encoding,
+    rfc3339,
 };
 
 use crate::args::{SignArgs, VerifyArgs};
@@ -136,6 +138,7 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
     };
     let sig_bytes = read_file(&args.signature, "signature file")?;
     // With --public-key, nothing of the home is touched: no configuration, no passphrase.
+    let mut local_revocation = None;
     let public_key: PublicKey = match (&args.public_key, &args.key) {
         (Some(path), _) => {
             let text = read_file(path, "public key file")?;
@@ -150,7 +153,9 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
             let m = ctx.manager()?;
             let key = m.resolve(reference);
             print_warnings(&m);
-            key?.info.public_key
+            let key = key?;
+            local_revocation = m.revocation_of(&key)?;
+            key.info.public_key
         }
         (None, None) => {
             return Err(CoreError::InvalidInput("give --key or --public-key".into()).into());
@@ -184,6 +189,34 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
     };
     match outcome {
         Ok(()) => {
+            let asserted = match &args.assertion {
+                Some(path) => Some(assertion_time(path, &public_key)?),
+                None => None,
+            };
+            let listed = match (&args.revocations, &args.authority) {
+                (Some(path), Some(authority)) => {
+                    let list = RevocationList::parse(&read_file(path, "revocation list")?)
+                        .map_err(CoreError::from)?;
+                    let verified = list.verify_pinned(authority).map_err(CoreError::from)?;
+                    verified.refuses(&public_key, asserted).cloned()
+                }
+                _ => None,
+            };
+            let local = local_revocation.filter(|r| asserted.is_none_or(|t| t >= r.revoked_at));
+            if let Some(r) = local.or(listed) {
+                verdict("revoked");
+                return Err(CoreError::Revoked(format!(
+                    "the signature is mathematically valid, but its key {} was revoked at {}                      ({}){}; signatures made after that are not accepted",
+                    r.key_id,
+                    rfc3339(r.revoked_at),
+                    r.reason,
+                    match asserted {
+                        Some(t) => format!(" and the assertion says it was made at {}", rfc3339(t)),
+                        None => " and no --assertion gives the signing time".into(),
+                    }
+                ))
+                .into());
+            }
             verdict("valid");
             Ok(OK)
         }
@@ -193,6 +226,36 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// The signing time an assertion states, after checking it is about `key`.
+fn assertion_time(path: &std::path::Path, key: &PublicKey) -> Result<u64> {
+    let bytes = read_file(path, "assertion")?;
+    let a: Assertion = serde_json::from_slice(&bytes).map_err(|e| {
+        CoreError::InvalidInput(format!(
+            "{} is not a keyhaven assertion: {e}",
+            path.display()
+        ))
+    })?;
+    if a.fingerprint != key.fingerprint().to_hex() {
+        return Err(CoreError::InvalidInput(format!(
+            "assertion {} is about key {}, not the verifying key {}",
+            path.display(),
+            a.fingerprint,
+            key.fingerprint().to_hex()
+        ))
+        .into());
+    }
+    let t = humantime::parse_rfc3339(&a.created_at).map_err(|_| {
+        CoreError::InvalidInput(format!(
+            "assertion {}: created_at '{}' is not an RFC 3339 time",
+            path.display(),
+            a.created_at
+        ))
+    })?;
+    Ok(t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0))
 }
 
 /// Prints the verdict. The exit code is the answer, so a closed standard output must not turn

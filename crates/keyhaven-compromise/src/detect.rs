@@ -10,16 +10,18 @@ use crate::report::{DetectionMethod, Severity};
 
 /// Operations that use a private key.
 const PRIVATE_OPS: &[&str] = &["sign", "sign_digest", "agree", "export_pkcs8"];
+/// Operations whose failures count towards a failure burst: uses of a key, private or public.
+const USE_OPS: &[&str] = &["sign", "sign_digest", "agree", "export_pkcs8", "verify"];
 /// At most this many audit sequence numbers are kept as evidence of one finding.
 const MAX_EVIDENCE: usize = 50;
 
 /// Detection thresholds (the `[compromise.thresholds]` table of the configuration). Every field
 /// has a default; durations are humantime strings in TOML (`"1h"`, `"5m"`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Thresholds {
     /// A key signing more than `rate_factor` times its own baseline in one window is flagged.
-    pub rate_factor: f64,
+    pub rate_factor: u32,
     /// The rate window.
     #[serde(with = "crate::duration")]
     pub rate_window: u64,
@@ -35,8 +37,8 @@ pub struct Thresholds {
     /// The window for failure and denial bursts.
     #[serde(with = "crate::duration")]
     pub burst_window: u64,
-    /// A key's first this-many events teach its usual principals and hosts; later newcomers are
-    /// flagged (0 disables the principal and host checks).
+    /// A key's first this-many uses (private-key operations) teach its usual principals and
+    /// hosts; later newcomers are flagged (0 disables the principal and host checks).
     pub learning_events: usize,
     /// Flag a request or message id seen twice (replay).
     pub replay: bool,
@@ -45,7 +47,7 @@ pub struct Thresholds {
 impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
-            rate_factor: 10.0,
+            rate_factor: 10,
             rate_window: 3600,
             rate_min_events: 50,
             baseline_windows: 3,
@@ -64,8 +66,8 @@ impl Thresholds {
     /// # Errors
     /// A message naming the field.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.rate_factor.is_finite() && self.rate_factor > 1.0) {
-            return Err("compromise.thresholds.rate_factor must be a number above 1".into());
+        if self.rate_factor < 2 {
+            return Err("compromise.thresholds.rate_factor must be at least 2".into());
         }
         for (name, v) in [
             ("rate_window", self.rate_window),
@@ -74,6 +76,16 @@ impl Thresholds {
         ] {
             if v == 0 {
                 return Err(format!("compromise.thresholds.{name} must be above zero"));
+            }
+        }
+        for (name, v) in [
+            ("rate_window", self.rate_window),
+            ("burst_window", self.burst_window),
+        ] {
+            if v > crate::duration::MAX_SECS {
+                return Err(format!(
+                    "compromise.thresholds.{name} must be at most 10 years"
+                ));
             }
         }
         for (name, v) in [
@@ -277,7 +289,7 @@ fn rate(events: &[Ev<'_>], t: &Thresholds, out: &mut Vec<Finding>) {
                 let baseline = total as f64 / seen as f64;
                 #[allow(clippy::cast_precision_loss)]
                 let rate = n as f64;
-                if n >= t.rate_min_events && rate > t.rate_factor * baseline.max(1.0) {
+                if n >= t.rate_min_events && rate > f64::from(t.rate_factor) * baseline.max(1.0) {
                     out.push(finding(
                         DetectionMethod::RateAnomaly,
                         Severity::High,
@@ -315,7 +327,9 @@ fn newcomers(events: &[Ev<'_>], t: &Thresholds, out: &mut Vec<Finding>) {
     }
     let mut keys: BTreeMap<&str, Known<'_>> = BTreeMap::new();
     for ev in events {
-        if ev.e.outcome == Outcome::Intent {
+        // Only uses of the key count: lookups (which may name a label that is no key at all)
+        // and write-ahead intents do not.
+        if ev.e.outcome == Outcome::Intent || !PRIVATE_OPS.contains(&ev.e.operation.as_str()) {
             continue;
         }
         let Some(key) = ev.e.key_id.as_deref() else {
@@ -365,6 +379,7 @@ fn bursts(events: &[Ev<'_>], t: &Thresholds, out: &mut Vec<Finding>) {
     let mut reported: BTreeSet<(bool, &str)> = BTreeSet::new();
     for ev in events {
         let (map, who, limit, is_failure) = match ev.e.outcome {
+            Outcome::Failed if !USE_OPS.contains(&ev.e.operation.as_str()) => continue,
             Outcome::Failed => match ev.e.key_id.as_deref() {
                 Some(k) => (&mut failures, k, t.failure_burst, true),
                 None => continue,

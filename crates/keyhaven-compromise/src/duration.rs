@@ -2,6 +2,9 @@
 
 use serde::{Deserialize, Deserializer, Serializer, de::Error};
 
+/// The longest duration a setting takes (10 years): beyond it, nothing is meaningful.
+pub(crate) const MAX_SECS: u64 = 10 * 366 * 86_400;
+
 pub(crate) fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&humantime::format_duration(std::time::Duration::from_secs(*v)).to_string())
 }

@@ -77,7 +77,10 @@ impl From<CompromiseError> for keyhaven_core::Error {
             CompromiseError::Corrupt { path, reason } => {
                 Error::corrupt(path.display().to_string(), reason)
             }
-            CompromiseError::Forged { .. } => Error::BadSignature,
+            CompromiseError::Forged { key_id, reason } => Error::corrupt(
+                format!("revocation statement for key '{key_id}'"),
+                format!("not genuine: {reason}"),
+            ),
             CompromiseError::Revoked { .. } => Error::Revoked(e.to_string()),
             CompromiseError::Hook { .. } => Error::Unavailable {
                 backend: "notify".into(),

@@ -82,7 +82,7 @@ impl Default for NotifyConfig {
 }
 
 /// The `[compromise]` configuration: detection thresholds, procedures, notification.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ResponseConfig {
     /// Detection thresholds.
@@ -111,6 +111,12 @@ impl ResponseConfig {
                     p.role.as_deref().unwrap_or("(default)")
                 )));
             }
+            if p.lookback > crate::duration::MAX_SECS {
+                return Err(CompromiseError::Invalid(format!(
+                    "compromise.procedure for role {}: lookback must be at most 10 years",
+                    p.role.as_deref().unwrap_or("(default)")
+                )));
+            }
             if p.steps.is_empty() {
                 return Err(CompromiseError::Invalid(format!(
                     "compromise.procedure for role {}: steps is empty",
@@ -128,9 +134,9 @@ impl ResponseConfig {
         if let Some(url) = &self.notify.webhook {
             parse_http_url(url)?;
         }
-        if self.notify.timeout == 0 {
+        if self.notify.timeout == 0 || self.notify.timeout > 3600 {
             return Err(CompromiseError::Invalid(
-                "compromise.notify.timeout must be above zero".into(),
+                "compromise.notify.timeout must be between 1 second and 1 hour".into(),
             ));
         }
         Ok(())

@@ -158,6 +158,8 @@ pub struct Backend {
     kind: BackendKind,
     location: String,
     store: Arc<dyn KeyStore>,
+    /// The store without the facade's decorators (audit, access control, revocation).
+    raw: Arc<dyn KeyStore>,
     /// The same store when it is a PEM store, which names each key's file.
     #[cfg(feature = "file")]
     pem: Option<Arc<keyhaven_store_file::PemStore>>,
@@ -191,6 +193,7 @@ impl Backend {
             name: name.into(),
             kind,
             location: location.into(),
+            raw: store.clone(),
             store,
             #[cfg(feature = "file")]
             pem: None,
@@ -216,9 +219,21 @@ impl Backend {
         &self.location
     }
 
-    /// The store, to use through the [`KeyStore`] trait.
+    /// The store, to use through the [`KeyStore`] trait: with the facade's decorators (audit,
+    /// access control, revocation checks) when it came from a [`crate::KeyManager`].
     pub fn store(&self) -> &Arc<dyn KeyStore> {
         &self.store
+    }
+
+    /// The store without the facade's decorators.
+    pub(crate) fn store_raw(&self) -> &Arc<dyn KeyStore> {
+        &self.raw
+    }
+
+    /// The same backend with `store` (the decorated stack over this one) in front.
+    pub(crate) fn with_store(mut self, store: Arc<dyn KeyStore>) -> Self {
+        self.store = store;
+        self
     }
 
     /// For backends that keep each private key in a file `openssl` reads (the PEM store): that

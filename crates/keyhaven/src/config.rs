@@ -66,6 +66,24 @@ pub struct Config {
     /// The backends, by name.
     #[serde(default)]
     pub backends: BTreeMap<String, BackendConfig>,
+    /// The audit log (`[audit]`): on by default for a home on disk.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::lifecycle::AuditConfig::is_default"
+    )]
+    pub audit: crate::lifecycle::AuditConfig,
+    /// Access control (`[access]`): off unless a policy file is named.
+    #[serde(
+        default,
+        skip_serializing_if = "crate::lifecycle::AccessConfig::is_default"
+    )]
+    pub access: crate::lifecycle::AccessConfig,
+    /// Compromise detection and response (`[compromise]`).
+    #[serde(
+        default,
+        skip_serializing_if = "crate::lifecycle::is_default_compromise"
+    )]
+    pub compromise: keyhaven_compromise::ResponseConfig,
 }
 
 /// One backend's declaration: `[backends.NAME]`.
@@ -505,6 +523,9 @@ impl Config {
                 message,
             })
         };
+        if let Err(message) = crate::lifecycle::validate(self) {
+            return bad(message);
+        }
         let known = || self.backend_names().join(", ");
         for (name, backend) in &self.backends {
             if let Err(Error::Config { message, .. }) = validate_backend_name(name) {

@@ -7,6 +7,7 @@ pub mod config;
 mod doctor;
 mod error;
 mod hardware;
+pub mod lifecycle;
 mod manager;
 mod passphrase;
 
@@ -16,6 +17,11 @@ pub use config::{BackendConfig, CONFIG_FILE, Config, DefaultKey, FallbackConfig,
 pub use doctor::{BackendReport, DoctorReport, MechanismDiagnosis, TokenDiagnosis, TpmDiagnosis};
 pub use error::{Error, ErrorKind, Result};
 pub use hardware::{GenerateOptions, HardwareKeyDetails};
+/// The audit log and the access-control and audit decorators (keyhaven-audit).
+pub use keyhaven_audit as audit;
+/// Compromise reports, detection, revocation and response (keyhaven-compromise).
+pub use keyhaven_compromise as compromise;
+pub use lifecycle::{AccessConfig, AuditConfig, ScanOutcome};
 pub use manager::{Inventory, KeyManager, ManagedKey, SignInput, Warning};
 pub use passphrase::{
     FixedPassphrase, NoPassphrase, PassphraseProvider, PassphrasePurpose, PassphraseRequest,

@@ -165,6 +165,8 @@ pub struct KeyManager {
     passphrases: Box<dyn PassphraseProvider>,
     backends: Mutex<BTreeMap<String, Backend>>,
     warnings: Mutex<Vec<Warning>>,
+    caller: keyhaven_audit::CallerContext,
+    lifecycle: crate::lifecycle::State,
 }
 
 impl fmt::Debug for KeyManager {
@@ -174,6 +176,12 @@ impl fmt::Debug for KeyManager {
             .field("config_path", &self.config_path)
             .finish_non_exhaustive()
     }
+}
+
+/// The OS user running this process, or `unknown` when the environment names none.
+fn default_caller() -> keyhaven_audit::CallerContext {
+    keyhaven_audit::CallerContext::current_os_user()
+        .unwrap_or_else(|_| keyhaven_audit::CallerContext::new("unknown"))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -218,6 +226,8 @@ impl KeyManager {
             passphrases: Box::new(passphrases),
             backends: Mutex::new(BTreeMap::new()),
             warnings: Mutex::new(Vec::new()),
+            caller: default_caller(),
+            lifecycle: crate::lifecycle::State::default(),
         })
     }
 
@@ -239,7 +249,27 @@ impl KeyManager {
             passphrases: Box::new(passphrases),
             backends: Mutex::new(BTreeMap::new()),
             warnings: Mutex::new(Vec::new()),
+            caller: default_caller(),
+            lifecycle: crate::lifecycle::State::default(),
         })
+    }
+
+    /// The same manager acting for `caller`: the principal written into audit records and
+    /// checked by access rules (default: the OS user running the process). Set it before the
+    /// first operation: backends opened earlier keep the caller they were opened for.
+    #[must_use]
+    pub fn with_caller(mut self, caller: keyhaven_audit::CallerContext) -> Self {
+        self.caller = caller;
+        self
+    }
+
+    /// Who this manager acts for.
+    pub fn caller(&self) -> keyhaven_audit::CallerContext {
+        self.caller.clone()
+    }
+
+    pub(crate) fn lifecycle(&self) -> &crate::lifecycle::State {
+        &self.lifecycle
     }
 
     /// The keyhaven home.
@@ -322,7 +352,9 @@ impl KeyManager {
         }
         let config = self.backend_config(name)?;
         let path = self.backend_path(name);
-        let backend = open_existing(&self.open_request(name, &config, path.as_deref()))?;
+        let backend = open_existing(&self.open_request(name, &config, path.as_deref()))?
+            .map(|b| self.decorate(b))
+            .transpose()?;
         if let Some(b) = &backend {
             opened.insert(name.to_owned(), b.clone());
         }
@@ -336,7 +368,11 @@ impl KeyManager {
         }
         let config = self.backend_config(name)?;
         let path = self.backend_path(name);
-        let backend = open_or_create(&self.open_request(name, &config, path.as_deref()))?;
+        let backend = self.decorate(open_or_create(&self.open_request(
+            name,
+            &config,
+            path.as_deref(),
+        ))?)?;
         opened.insert(name.to_owned(), backend.clone());
         Ok(backend)
     }

@@ -121,7 +121,7 @@ fn a_signing_rate_far_above_the_keys_baseline_is_flagged() {
     );
     // A higher factor tolerates it.
     let t = Thresholds {
-        rate_factor: 100.0,
+        rate_factor: 100,
         ..Thresholds::default()
     };
     assert!(scan(&log.records, &KeyStates::default(), &t).is_empty());
@@ -211,7 +211,7 @@ fn thresholds_are_validated_and_read_from_toml() {
     assert_eq!((t.rate_window, t.burst_window), (1800, 60));
     t.validate().unwrap();
     let bad = Thresholds {
-        rate_factor: 0.5,
+        rate_factor: 1,
         ..Thresholds::default()
     };
     assert!(bad.validate().unwrap_err().contains("rate_factor"));

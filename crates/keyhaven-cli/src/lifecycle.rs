@@ -1,0 +1,418 @@
+//! `keyhaven audit`, `keyhaven compromise`, `keyhaven revocations` and `keyhaven key revoke`.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use keyhaven::audit::{Body, Filter, Outcome, Record};
+use keyhaven::compromise::{CompromiseReport, CompromiseType, Severity};
+use keyhaven::{CoreError, KeyManager, rfc3339};
+use serde_json::json;
+
+use crate::args::{AuditCommand, CompromiseCommand, RevocationsCommand};
+use crate::ctx::{Ctx, print_warnings};
+use crate::exit::{CORRUPT, OK};
+use crate::output::{errln, outln, print_json, print_table};
+
+fn record_line(r: &Record) -> String {
+    match &r.body {
+        Body::Event(e) => format!(
+            "{} #{} {}@{} {} {} {}{}",
+            r.time,
+            r.seq,
+            e.principal,
+            e.host,
+            e.operation,
+            e.key_id.as_deref().unwrap_or("-"),
+            serde_json::to_value(e.outcome)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            e.reason
+                .as_deref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
+        ),
+        Body::Checkpoint { count, .. } => {
+            format!("{} #{} checkpoint of {count} records", r.time, r.seq)
+        }
+        Body::Header { file, .. } => format!("{} #{} start of file {file}", r.time, r.seq),
+        Body::Recovery {
+            truncated_bytes, ..
+        } => format!(
+            "{} #{} recovery: a torn last line of {truncated_bytes} bytes was cut off",
+            r.time, r.seq
+        ),
+    }
+}
+
+fn print_records(records: &[Record], json: bool) -> Result<()> {
+    for r in records {
+        if json {
+            outln!("{}", serde_json::to_string(r)?)?;
+        } else {
+            outln!("{}", record_line(r))?;
+        }
+    }
+    Ok(())
+}
+
+fn parse_outcome(s: &str) -> Result<Outcome> {
+    serde_json::from_value(json!(s)).map_err(|_| {
+        CoreError::InvalidInput(format!(
+            "--outcome '{s}': use allowed, denied, failed or intent"
+        ))
+        .into()
+    })
+}
+
+pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
+    let m = ctx.manager()?;
+    let dir = m.audit_dir();
+    match cmd {
+        AuditCommand::Verify { json } => {
+            let report = m.verify_audit()?;
+            if json {
+                print_json(&json!({
+                    "ok": report.is_ok(),
+                    "files": report.files,
+                    "records": report.records,
+                    "events": report.events,
+                    "checkpoints": report.checkpoints,
+                    "last_checkpoint": report.last_checkpoint,
+                    "unsealed": report.unsealed,
+                    "head": report.head,
+                    "problem": report.problem.as_ref().map(|p| json!({
+                        "file": p.file, "line": p.line, "kind": p.kind.to_string(), "detail": p.detail,
+                    })),
+                }))?;
+            } else if report.is_ok() {
+                outln!(
+                    "audit log intact: {} records in {} file(s) ({} events, {} signed \
+                     checkpoints; {} records after the last checkpoint)",
+                    report.records,
+                    report.files,
+                    report.events,
+                    report.checkpoints,
+                    report.unsealed
+                )?;
+            }
+            match &report.problem {
+                None => Ok(OK),
+                Some(p) => {
+                    errln!(
+                        "error: the audit log is damaged or tampered with: first bad record at \
+                         {p} ({} records before it verify). Keep the files as evidence and \
+                         investigate.",
+                        report.records
+                    );
+                    Ok(CORRUPT)
+                }
+            }
+        }
+        AuditCommand::Tail { lines, json } => {
+            print_records(
+                &keyhaven::audit::tail(&dir, lines).map_err(CoreError::from)?,
+                json,
+            )?;
+            Ok(OK)
+        }
+        AuditCommand::Search {
+            key,
+            principal,
+            operation,
+            outcome,
+            since,
+            json,
+        } => {
+            let since_nanos = match since {
+                None => None,
+                Some(s) => {
+                    let d: Duration = humantime_parse(&s)?;
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default();
+                    Some(u64::try_from(now.saturating_sub(d).as_nanos()).unwrap_or(u64::MAX))
+                }
+            };
+            let filter = Filter {
+                key_id: key,
+                principal,
+                operation,
+                outcome: outcome.as_deref().map(parse_outcome).transpose()?,
+                since_nanos,
+                until_nanos: None,
+            };
+            let found = keyhaven::audit::search(&dir, &filter).map_err(CoreError::from)?;
+            print_records(&found, json)?;
+            if !json {
+                errln!("{} record(s)", found.len());
+            }
+            Ok(OK)
+        }
+        AuditCommand::Export { json: _, out } => {
+            let mut buf = Vec::new();
+            keyhaven::audit::export_json(&dir, &mut buf).map_err(CoreError::from)?;
+            buf.push(b'\n');
+            match out {
+                Some(path) => keyhaven::fs::atomic_write(&path, &buf)?,
+                None => crate::output::write_stdout(&buf)?,
+            }
+            Ok(OK)
+        }
+    }
+}
+
+fn humantime_parse(s: &str) -> Result<Duration> {
+    humantime::parse_duration(s).map_err(|e| {
+        CoreError::InvalidInput(format!(
+            "'{s}' is not a duration ({e}); use e.g. 90s, 15m, 1h, 7d"
+        ))
+        .into()
+    })
+}
+
+fn report_json(r: &CompromiseReport) -> Result<serde_json::Value> {
+    Ok(serde_json::to_value(r)?)
+}
+
+fn print_report(r: &CompromiseReport) -> Result<()> {
+    outln!("report     {}", r.id)?;
+    outln!(
+        "key        {}{}",
+        r.backend
+            .as_deref()
+            .map(|b| format!("{b}:"))
+            .unwrap_or_default(),
+        r.key_id
+    )?;
+    outln!("type       {}", json!(r.kind).as_str().unwrap_or(""))?;
+    outln!("severity   {}", json!(r.severity).as_str().unwrap_or(""))?;
+    outln!("detection  {}", r.detection.as_str())?;
+    outln!("found      {} by {}", rfc3339(r.discovered_at), r.reporter)?;
+    outln!("status     {}", json!(r.status).as_str().unwrap_or(""))?;
+    for e in &r.evidence {
+        let seqs = if e.audit_seqs.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " [audit records {}]",
+                e.audit_seqs
+                    .iter()
+                    .take(10)
+                    .map(u64::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        outln!("evidence   {}{seqs}", e.description)?;
+    }
+    for a in &r.actions {
+        outln!(
+            "action     {} {} {}: {}",
+            rfc3339(a.at),
+            a.action,
+            if a.ok { "ok" } else { "FAILED" },
+            a.detail
+        )?;
+    }
+    Ok(())
+}
+
+pub(crate) fn compromise(ctx: &Ctx, cmd: CompromiseCommand) -> Result<u8> {
+    let m = ctx.manager()?;
+    let result = compromise_in(&m, cmd);
+    print_warnings(&m);
+    result
+}
+
+fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
+    match cmd {
+        CompromiseCommand::Report {
+            key,
+            kind,
+            severity,
+            evidence,
+            role,
+            json,
+        } => {
+            let key = m.resolve(&key)?;
+            let kind = if kind == "confirmed" {
+                CompromiseType::Confirmed
+            } else {
+                CompromiseType::Suspected
+            };
+            let severity: Severity = severity.parse().map_err(CoreError::from)?;
+            let r = m.report_compromise(&key, kind, severity, &evidence, role.as_deref())?;
+            if json {
+                print_json(&report_json(&r)?)?;
+            } else {
+                outln!("{}", r.id)?;
+                errln!(
+                    "Filed. Respond with `keyhaven compromise respond {}` (revokes the key, \
+                     rotates it where possible, notifies).",
+                    r.id
+                );
+            }
+            Ok(OK)
+        }
+        CompromiseCommand::List { json } => {
+            let reports = m.reports()?.list().map_err(CoreError::from)?;
+            if json {
+                let v: Vec<_> = reports.iter().map(report_json).collect::<Result<_>>()?;
+                print_json(&json!(v))?;
+            } else {
+                let rows: Vec<Vec<String>> = reports
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.id.clone(),
+                            r.key_id.clone(),
+                            json!(r.kind).as_str().unwrap_or("").to_owned(),
+                            json!(r.severity).as_str().unwrap_or("").to_owned(),
+                            r.detection.as_str().to_owned(),
+                            json!(r.status).as_str().unwrap_or("").to_owned(),
+                            rfc3339(r.discovered_at),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "REPORT",
+                        "KEY",
+                        "TYPE",
+                        "SEVERITY",
+                        "DETECTION",
+                        "STATUS",
+                        "FOUND",
+                    ],
+                    &rows,
+                )?;
+            }
+            Ok(OK)
+        }
+        CompromiseCommand::Show { id, json } => {
+            let r = m.reports()?.get(&id).map_err(CoreError::from)?;
+            if json {
+                print_json(&report_json(&r)?)?;
+            } else {
+                print_report(&r)?;
+            }
+            Ok(OK)
+        }
+        CompromiseCommand::Scan { json } => {
+            let outcome = m.scan_for_compromise(&[])?;
+            if json {
+                print_json(&json!({
+                    "findings": outcome.findings,
+                    "filed": outcome.filed.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                for f in &outcome.findings {
+                    outln!(
+                        "{} {}: {}",
+                        json!(f.severity).as_str().unwrap_or(""),
+                        f.method.as_str(),
+                        f.summary
+                    )?;
+                }
+                for r in &outcome.filed {
+                    errln!(
+                        "filed {} for key {} ({})",
+                        r.id,
+                        r.key_id,
+                        r.detection.as_str()
+                    );
+                }
+                errln!(
+                    "{} finding(s), {} new report(s)",
+                    outcome.findings.len(),
+                    outcome.filed.len()
+                );
+            }
+            Ok(OK)
+        }
+        CompromiseCommand::Respond { id, json } => {
+            let outcome = m.respond_to_compromise(&id, None)?;
+            if json {
+                print_json(&report_json(&outcome.report)?)?;
+            } else {
+                print_report(&outcome.report)?;
+            }
+            let failed = outcome.report.actions.iter().any(|a| !a.ok);
+            if failed {
+                errln!(
+                    "warning: a response step failed (see the actions above); fix it and run \
+                     `keyhaven compromise respond {id}` again (revocation is never repeated)"
+                );
+            }
+            Ok(OK)
+        }
+    }
+}
+
+pub(crate) fn revocations(ctx: &Ctx, cmd: RevocationsCommand) -> Result<u8> {
+    let m = ctx.manager()?;
+    match cmd {
+        RevocationsCommand::List { json } => {
+            let all = m.revocations()?.all().map_err(CoreError::from)?;
+            if json {
+                print_json(&serde_json::to_value(&all)?)?;
+            } else {
+                let rows: Vec<Vec<String>> = all
+                    .iter()
+                    .map(|r| {
+                        vec![
+                            r.key_id.clone(),
+                            rfc3339(r.revoked_at),
+                            if r.compromised { "yes" } else { "no" }.to_owned(),
+                            r.reason.clone(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["KEY", "REVOKED", "COMPROMISED", "REASON"], &rows)?;
+            }
+        }
+        RevocationsCommand::Export { out } => {
+            let list = m.export_revocations()?;
+            let text = format!("{}\n", list.to_json());
+            match out {
+                Some(path) => keyhaven::fs::atomic_write(&path, text.as_bytes())?,
+                None => crate::output::write_stdout(text.as_bytes())?,
+            }
+            errln!(
+                "authority fingerprint: {} (verifiers pin it: keyhaven verify --revocations FILE \
+                 --authority {})",
+                list.issuer.fingerprint,
+                &list.issuer.fingerprint[..16.min(list.issuer.fingerprint.len())]
+            );
+        }
+    }
+    Ok(OK)
+}
+
+pub(crate) fn revoke(
+    m: &KeyManager,
+    reference: &str,
+    reason: &str,
+    compromised: bool,
+) -> Result<u8> {
+    let key = m.resolve(reference)?;
+    let statement = m.revoke(&key, reason, compromised, None)?;
+    outln!("revoked {} from {}", key, rfc3339(statement.revoked_at))?;
+    if compromised {
+        let r = m.report_compromise(
+            &key,
+            CompromiseType::Confirmed,
+            Severity::Critical,
+            &[format!("revoked by {}: {reason}", m.caller().principal)],
+            None,
+        )?;
+        errln!(
+            "Filed compromise report {}. Run `keyhaven compromise respond {}` to rotate, look \
+             back over the key's use and notify.",
+            r.id,
+            r.id
+        );
+    }
+    Ok(OK)
+}

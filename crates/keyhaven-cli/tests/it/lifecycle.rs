@@ -1,0 +1,353 @@
+//! Audit, revocation and compromise response end to end (issue 7's scenario): normal use, an
+//! anomaly, scan, respond (revoke, notify), the revoked key refused in another process, the
+//! audit log verified, then one edited byte found and named.
+
+use std::fs;
+
+use crate::Home;
+
+fn append_config(h: &Home, text: &str) {
+    let path = h.path().join("keyhaven.toml");
+    let mut config = fs::read_to_string(&path).unwrap();
+    config.push_str(text);
+    fs::write(&path, config).unwrap();
+}
+
+#[test]
+fn anomaly_scan_respond_revoke_and_a_tampered_log() {
+    let h = Home::with_encrypted();
+    let notified = h.scratch().join("notified.json");
+    append_config(
+        &h,
+        &format!(
+            "\n[compromise.thresholds]\nlearning_events = 3\n\n[compromise.notify]\ncommand = \
+             [\"sh\", \"-c\", \"cat > {}\"]\ntimeout = \"5s\"\n",
+            notified.display()
+        ),
+    );
+    let id = h.generate("p256", "api", &[]);
+    let digest = "ab".repeat(32);
+    // Normal use by the usual principal.
+    for _ in 0..4 {
+        h.cmd(["sign", "--key", "api", "--digest", &digest])
+            .env("USER", "alice")
+            .output()
+            .unwrap();
+    }
+    assert_eq!(
+        h.ok(&["compromise", "scan"]).trim(),
+        "",
+        "no finding on normal use"
+    );
+    // The anomaly: someone else uses the key.
+    let out = h
+        .cmd(["sign", "--key", "api", "--digest", &digest])
+        .env("USER", "mallory")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let scan = h.json(&["compromise", "scan", "--json"]);
+    let filed = scan["filed"].as_array().unwrap();
+    assert_eq!(filed.len(), 1, "{scan}");
+    let report = filed[0].as_str().unwrap().to_owned();
+    let shown = h.json(&["compromise", "show", &report, "--json"]);
+    assert_eq!(shown["detection"], "new-principal");
+    assert_eq!(shown["key_id"], id.as_str());
+    assert!(
+        shown["evidence"][0]["description"]
+            .as_str()
+            .unwrap()
+            .contains("mallory")
+    );
+    // A second scan files nothing new.
+    assert!(
+        h.json(&["compromise", "scan", "--json"])["filed"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // Respond: revoke, (rotate: skipped until versions exist), look back, notify.
+    let responded = h.json(&["compromise", "respond", &report, "--json"]);
+    let actions: Vec<(String, bool)> = responded["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["action"].as_str().unwrap().to_owned(),
+                a["ok"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(actions.contains(&("revoke".into(), true)), "{actions:?}");
+    assert!(
+        actions.contains(&("notify-command".into(), true)),
+        "{actions:?}"
+    );
+    let notification: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&notified).unwrap()).unwrap();
+    assert_eq!(notification["id"], report.as_str());
+
+    // The key is revoked: signing in another process is refused with exit 12.
+    let err = h.fails(&["sign", "--key", "api", "--digest", &digest], 12);
+    assert!(err.contains("revoked"), "{err}");
+    assert_eq!(
+        h.json(&["compromise", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    // The refusal is in the audit log.
+    let failed = h.ok(&[
+        "audit",
+        "search",
+        "--key",
+        &id,
+        "--operation",
+        "sign_digest",
+        "--outcome",
+        "failed",
+    ]);
+    assert!(failed.contains("revoked"), "{failed}");
+
+    // The log is whole; then one edited byte is found and named.
+    let verified = h.ok(&["audit", "verify"]);
+    assert!(verified.starts_with("audit log intact"), "{verified}");
+    let log = h.path().join("audit").join("audit.1.log");
+    let mut bytes = fs::read(&log).unwrap();
+    let pos = bytes.windows(7).position(|w| w == b"mallory").unwrap();
+    bytes[pos] = b'M';
+    fs::write(&log, bytes).unwrap();
+    let line = fs::read_to_string(&log).unwrap()[..pos]
+        .matches('\n')
+        .count()
+        + 1;
+    let err = h.fails(&["audit", "verify"], 7);
+    assert!(
+        err.contains(&format!("audit.1.log:{line}"))
+            || err.contains(&format!("audit.1.log:{}", line + 1)),
+        "{err}"
+    );
+    assert!(err.contains("edited"), "{err}");
+}
+
+#[test]
+fn revoked_keys_are_refused_by_verify_after_the_revocation_time_only() {
+    let h = Home::with_encrypted();
+    h.generate("ed25519", "doc", &[]);
+    let s = h.scratch();
+    let msg = s.join("msg");
+    fs::write(&msg, b"contract v1").unwrap();
+    let (sig, assertion) = (s.join("sig"), s.join("assertion.json"));
+    h.ok(&[
+        "sign",
+        "--key",
+        "doc",
+        "--message-file",
+        msg.to_str().unwrap(),
+        "--out",
+        sig.to_str().unwrap(),
+        "--assertion",
+        assertion.to_str().unwrap(),
+    ]);
+    let pubkey = s.join("doc.pem");
+    h.ok(&["key", "public", "doc", "--out", pubkey.to_str().unwrap()]);
+    let verify = |extra: &[&str], key: &[&str]| {
+        let mut args = vec![
+            "verify",
+            "--message-file",
+            msg.to_str().unwrap(),
+            "--signature",
+            sig.to_str().unwrap(),
+        ];
+        args.extend_from_slice(key);
+        args.extend_from_slice(extra);
+        args.iter().map(|s| s.to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(h.ok(&verify(&[], &["--key", "doc"])).trim(), "valid");
+
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    h.ok(&["key", "revoke", "doc", "--reason", "laptop stolen"]);
+    // Without a signing time, a revoked key's signature is refused (exit 12).
+    let err = h.fails(&verify(&[], &["--key", "doc"]), 12);
+    assert!(err.contains("laptop stolen"), "{err}");
+    // The assertion shows it was made before the revocation: still valid.
+    assert_eq!(
+        h.ok(&verify(
+            &["--assertion", assertion.to_str().unwrap()],
+            &["--key", "doc"]
+        ))
+        .trim(),
+        "valid"
+    );
+
+    // Verifiers outside the home load the exported list, pinning the authority.
+    let list = s.join("revocations.json");
+    h.ok(&["revocations", "export", "--out", list.to_str().unwrap()]);
+    let fp: serde_json::Value = serde_json::from_str(&fs::read_to_string(&list).unwrap()).unwrap();
+    let fp = fp["issuer"]["fingerprint"].as_str().unwrap().to_owned();
+    let outside = [
+        "--revocations",
+        list.to_str().unwrap(),
+        "--authority",
+        &fp[..16],
+    ];
+    let err = h.fails(
+        &verify(&outside, &["--public-key", pubkey.to_str().unwrap()]),
+        12,
+    );
+    assert!(err.contains("revoked"), "{err}");
+    let mut with_time = outside.to_vec();
+    with_time.extend_from_slice(&["--assertion", assertion.to_str().unwrap()]);
+    assert_eq!(
+        h.ok(&verify(
+            &with_time,
+            &["--public-key", pubkey.to_str().unwrap()]
+        ))
+        .trim(),
+        "valid"
+    );
+    // A forged list (an edited statement) is refused.
+    let text = fs::read_to_string(&list)
+        .unwrap()
+        .replace("laptop stolen", "laptop found!");
+    fs::write(&list, text).unwrap();
+    let err = h.fails(
+        &verify(&outside, &["--public-key", pubkey.to_str().unwrap()]),
+        7,
+    );
+    assert!(err.contains("not genuine"), "{err}");
+    // The wrong pinned authority is refused.
+    let wrong = [
+        "--revocations",
+        list.to_str().unwrap(),
+        "--authority",
+        "00000000000000000000",
+    ];
+    h.fails(
+        &verify(&wrong, &["--public-key", pubkey.to_str().unwrap()]),
+        7,
+    );
+}
+
+#[test]
+fn a_compromise_report_for_an_unknown_key_is_refused() {
+    let h = Home::with_encrypted();
+    h.generate("p384", "k", &[]);
+    h.fails(
+        &["compromise", "report", "no-such-key", "--evidence", "x"],
+        3,
+    );
+    h.fails(&["compromise", "show", "CR-20260101-00000000"], 3);
+    h.fails(&["compromise", "respond", "CR-20260101-00000000"], 3);
+    assert!(
+        h.json(&["compromise", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn key_revoke_with_compromised_files_a_confirmed_report() {
+    let h = Home::with_encrypted();
+    let id = h.generate("p384", "k", &[]);
+    h.ok(&[
+        "key",
+        "revoke",
+        "k",
+        "--reason",
+        "key leaked",
+        "--compromised",
+    ]);
+    let list = h.json(&["compromise", "list", "--json"]);
+    assert_eq!(list[0]["key_id"], id.as_str());
+    assert_eq!(list[0]["type"], "confirmed");
+    let revs = h.json(&["revocations", "list", "--json"]);
+    assert_eq!(revs[0]["compromised"], true);
+    // Revoking again keeps the first statement.
+    h.ok(&["key", "revoke", "k", "--reason", "again"]);
+    assert_eq!(
+        h.json(&["revocations", "list", "--json"])[0]["reason"],
+        "key leaked"
+    );
+    let tail = h.ok(&["audit", "tail", "-n", "50"]);
+    assert!(tail.contains(" revoke "), "{tail}");
+}
+
+#[test]
+fn access_rules_deny_by_principal_and_denials_are_audited() {
+    let h = Home::with_encrypted();
+    crate::write_private(
+        &h.path().join("access.toml"),
+        "[default]\ngenerate = { principals = [\"alice\"] }\nsign = { principals = \
+         [\"alice\"] }\n\n[[keys]]\nlabel = \"release\"\nallow.sign = { principals = [\"ci\"] \
+         }\n",
+    );
+    append_config(&h, "\n[access]\npolicy = \"access.toml\"\n");
+    let as_user = |user: &str, args: &[&str]| h.cmd(args).env("USER", user).output().unwrap();
+    let gen_args = [
+        "key",
+        "generate",
+        "--label",
+        "release",
+        "--algorithm",
+        "p256",
+    ];
+    let out = as_user("mallory", &gen_args);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(as_user("alice", &gen_args).status.success());
+    let sign = ["sign", "--key", "release", "--digest", &"cd".repeat(32)];
+    let out = as_user("alice", &sign);
+    assert_eq!(out.status.code(), Some(6), "only ci may sign with release");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission"));
+    assert!(as_user("ci", &sign).status.success());
+    let denied = h.ok(&["audit", "search", "--outcome", "denied"]);
+    assert!(
+        denied.contains("mallory@") && denied.contains(" generate "),
+        "{denied}"
+    );
+    assert!(
+        denied.contains("alice@") && denied.contains(" sign_digest "),
+        "{denied}"
+    );
+    assert!(h.ok(&["audit", "verify"]).starts_with("audit log intact"));
+}
+
+#[test]
+fn an_unwritable_audit_log_refuses_operations() {
+    use std::os::unix::fs::PermissionsExt;
+    let h = Home::with_encrypted();
+    h.generate("p256", "k", &[]);
+    let digest = "ab".repeat(32);
+    assert!(h.run(&["sign", "--key", "k", "--digest", &digest]).status.success());
+    let log = h.path().join("audit").join("audit.1.log");
+    if nix_is_root() {
+        // root ignores file modes: replace the log with a directory instead.
+        fs::remove_file(&log).unwrap();
+        fs::create_dir(&log).unwrap();
+    } else {
+        fs::set_permissions(&log, fs::Permissions::from_mode(0o400)).unwrap();
+    }
+    // Refused (fail closed): unavailable when an append fails, an I/O error when the log
+    // cannot even be opened; either way no signature is written.
+    let out = h.run(&["sign", "--key", "k", "--digest", &digest]);
+    assert!(matches!(out.status.code(), Some(10 | 11)), "{out:?}");
+    assert!(out.stdout.is_empty(), "no signature without its audit record");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("audit"));
+}
+
+fn nix_is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}

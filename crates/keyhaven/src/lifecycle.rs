@@ -1,0 +1,491 @@
+//! The decorator stack and the lifecycle services of a keyhaven home: the audit log, access
+//! control, revocation, compromise reports and response.
+//!
+//! Every backend's store is wrapped, outermost first, as
+//! `AuditedStore<AccessControlledStore<RevocationCheckedStore<S>>>`:
+//!
+//! - **audit** (`[audit]`, on by default for a home on disk): every operation, allowed or
+//!   denied, is appended to the hash-chained log in `HOME/audit`, whose checkpoints are signed
+//!   by the home's *authority key*. A log that cannot be written makes the operation fail.
+//! - **access control** (`[access] policy = "access.toml"`): deny-by-default rules per key and
+//!   operation for the caller ([`KeyManager::with_caller`]; the OS user by default).
+//! - **revocation** (always): a key revoked in `HOME/revocations` refuses private operations in
+//!   every process at once.
+//!
+//! The *authority key* signs audit checkpoints and revocation statements. By default it is a
+//! P-384 key labelled `keyhaven-authority` in a PEM store of its own (`HOME/authority`, 0600
+//! files in a 0700 directory); `[audit] authority = "BACKEND:ID|LABEL"` puts it in a configured
+//! backend instead (an HSM, say). Verifiers pin its public key
+//! (`keyhaven revocations export` prints it with the list).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use keyhaven_audit::{
+    AccessControlledStore, AuditLog, AuditOptions, AuditSigner, AuditedStore, Event, Outcome,
+    Policy, VerifyReport,
+};
+use keyhaven_compromise::{
+    Authority, CompromiseReport, CompromiseType, DetectionMethod, Evidence, Finding, KeyStates,
+    ReportStore, Responder, ResponseConfig, ResponseOutcome, Revocation, RevocationCheckedStore,
+    RevocationList, Revocations, Rotator, Severity,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Backend;
+use crate::config::Config;
+use crate::manager::{KeyManager, ManagedKey};
+use crate::{Algorithm, CoreError, KeyStore, PublicKey, Result};
+
+/// The audit log directory inside the home.
+pub const AUDIT_DIR: &str = "audit";
+/// The authority key's store inside the home.
+pub const AUTHORITY_DIR: &str = "authority";
+/// The authority key's label.
+pub const AUTHORITY_LABEL: &str = "keyhaven-authority";
+/// The revocation registry inside the home.
+pub const REVOCATIONS_DIR: &str = "revocations";
+/// The compromise reports inside the home.
+pub const REPORTS_DIR: &str = "compromise";
+
+/// `[audit]` in `keyhaven.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AuditConfig {
+    /// Whether operations are audited (default: yes for a home on disk, no for a configuration
+    /// held in memory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// The log directory (default `HOME/audit`; relative paths resolve against the home).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// A signed checkpoint every this many records (default 1000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_every: Option<u64>,
+    /// The authority key, as `BACKEND:ID|LABEL` (default: a key of its own in `HOME/authority`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+}
+
+impl AuditConfig {
+    /// Whether nothing is set.
+    pub fn is_default(&self) -> bool {
+        *self == AuditConfig::default()
+    }
+}
+
+/// `[access]` in `keyhaven.toml`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct AccessConfig {
+    /// The policy file (TOML, see `keyhaven_audit::Policy`); relative to the home. Unset: no
+    /// access control (every caller may do everything the backends allow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PathBuf>,
+}
+
+impl AccessConfig {
+    /// Whether nothing is set.
+    pub fn is_default(&self) -> bool {
+        *self == AccessConfig::default()
+    }
+}
+
+pub(crate) fn is_default_compromise(c: &ResponseConfig) -> bool {
+    *c == ResponseConfig::default()
+}
+
+pub(crate) fn validate(config: &Config) -> std::result::Result<(), String> {
+    if config.audit.checkpoint_every == Some(0) {
+        return Err("audit.checkpoint_every must be above zero".into());
+    }
+    if let Some(a) = &config.audit.authority
+        && a.trim().is_empty()
+    {
+        return Err("audit.authority must name a key (BACKEND:ID|LABEL)".into());
+    }
+    config.compromise.validate().map_err(|e| e.to_string())
+}
+
+fn resolve(home: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_owned()
+    } else {
+        home.join(p)
+    }
+}
+
+/// The lifecycle services of one manager, opened on first use.
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) authority: std::sync::OnceLock<Authority>,
+    pub(crate) audit: std::sync::OnceLock<Arc<AuditLog>>,
+    pub(crate) revocations: std::sync::OnceLock<Arc<Revocations>>,
+}
+
+/// What a scan found and filed.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ScanOutcome {
+    /// Every finding, including those filed by earlier scans.
+    pub findings: Vec<Finding>,
+    /// The reports filed by this scan (new findings only).
+    pub filed: Vec<CompromiseReport>,
+}
+
+impl KeyManager {
+    /// Whether operations are audited (see [`AuditConfig::enabled`]).
+    pub fn audit_enabled(&self) -> bool {
+        self.config()
+            .audit
+            .enabled
+            .unwrap_or(self.config_path().is_some())
+    }
+
+    /// The audit log directory.
+    pub fn audit_dir(&self) -> PathBuf {
+        match &self.config().audit.dir {
+            Some(d) => resolve(self.home(), d),
+            None => self.home().join(AUDIT_DIR),
+        }
+    }
+
+    /// The revocation authority (which also signs audit checkpoints), created in
+    /// `HOME/authority` the first time it is needed unless `[audit] authority` names a key.
+    ///
+    /// # Errors
+    /// The configured key cannot be found, or the default store cannot be created.
+    pub fn authority(&self) -> Result<Authority> {
+        if let Some(slot) = self.lifecycle().authority.get() {
+            return Ok(slot.clone());
+        }
+        let authority = match self.config().audit.authority {
+            Some(reference) => {
+                let key = self.resolve(&reference)?;
+                Authority {
+                    store: self.key_backend(&key)?.store_raw().clone(),
+                    key: key.info.id,
+                }
+            }
+            None => {
+                keyhaven_fs::create_private_dir(self.home())?;
+                let dir = self.home().join(AUTHORITY_DIR);
+                let store = keyhaven_store_pem_open(&dir)?;
+                let key = match store.find_by_label(AUTHORITY_LABEL) {
+                    Ok(k) => k,
+                    Err(CoreError::NotFound(_)) => {
+                        store.generate(Algorithm::EcdsaP384, AUTHORITY_LABEL)?
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                Authority { store, key: key.id }
+            }
+        };
+        Ok(self.lifecycle().authority.get_or_init(|| authority).clone())
+    }
+
+    /// The authority key's public key: what verifiers of revocation lists and audit logs pin.
+    ///
+    /// # Errors
+    /// As [`KeyManager::authority`].
+    pub fn authority_public_key(&self) -> Result<PublicKey> {
+        let a = self.authority()?;
+        Ok(a.store.public_key(&a.key)?)
+    }
+
+    /// The audit log, opened on first use; `None` when auditing is off.
+    ///
+    /// # Errors
+    /// The log or the authority key cannot be opened (operations then fail: fail closed).
+    pub fn audit_log(&self) -> Result<Option<Arc<AuditLog>>> {
+        if !self.audit_enabled() {
+            return Ok(None);
+        }
+        if let Some(log) = self.lifecycle().audit.get() {
+            return Ok(Some(log.clone()));
+        }
+        let authority = self.authority()?;
+        let every = self.config().audit.checkpoint_every.unwrap_or(1000);
+        let log = AuditLog::open(
+            &self.audit_dir(),
+            AuditSigner {
+                store: authority.store,
+                key: authority.key,
+            },
+            AuditOptions::checkpoint_every(every),
+        )
+        .map_err(CoreError::from)?;
+        Ok(Some(
+            self.lifecycle().audit.get_or_init(|| Arc::new(log)).clone(),
+        ))
+    }
+
+    /// Verifies the audit log against the authority key.
+    ///
+    /// # Errors
+    /// A log file cannot be read (a tampered log is not an error: see the report).
+    pub fn verify_audit(&self) -> Result<VerifyReport> {
+        let pk = self.authority_public_key()?;
+        Ok(keyhaven_audit::verify_dir(&self.audit_dir(), &pk).map_err(CoreError::from)?)
+    }
+
+    /// The revocation registry (`HOME/revocations`).
+    ///
+    /// # Errors
+    /// It cannot be created or has loose permissions.
+    pub fn revocations(&self) -> Result<Arc<Revocations>> {
+        if let Some(r) = self.lifecycle().revocations.get() {
+            return Ok(r.clone());
+        }
+        keyhaven_fs::create_private_dir(self.home())?;
+        let r = Revocations::open(&self.home().join(REVOCATIONS_DIR)).map_err(CoreError::from)?;
+        Ok(self
+            .lifecycle()
+            .revocations
+            .get_or_init(|| Arc::new(r))
+            .clone())
+    }
+
+    /// Wraps a freshly opened backend's store in the decorator stack.
+    pub(crate) fn decorate(&self, backend: Backend) -> Result<Backend> {
+        let raw = backend.store().clone();
+        let mut store: Arc<dyn KeyStore> =
+            Arc::new(RevocationCheckedStore::new(raw, self.revocations()?));
+        let caller = self.caller();
+        if let Some(policy) = self.config().access.policy {
+            let policy = Policy::load(&resolve(self.home(), &policy))?;
+            store = Arc::new(AccessControlledStore::new(store, policy, caller.clone()));
+        }
+        if let Some(log) = self.audit_log()? {
+            store = Arc::new(AuditedStore::new(store, log, caller));
+        }
+        Ok(backend.with_store(store))
+    }
+
+    /// Appends an event for an operation the facade performs itself (revoke, rotate, report).
+    fn audit_event(
+        &self,
+        op: &str,
+        key: Option<&ManagedKey>,
+        outcome: Outcome,
+        reason: &str,
+    ) -> Result<()> {
+        if let Some(log) = self.audit_log()? {
+            let caller = self.caller();
+            let mut e = Event::new(
+                caller.principal.clone(),
+                op,
+                key.map_or("", |k| k.backend_kind.name()),
+                outcome,
+            );
+            e.host.clone_from(&caller.host);
+            if let Some(k) = key {
+                e = e.key(k.id().to_string(), None);
+            }
+            if !reason.is_empty() {
+                e = e.reason(reason);
+            }
+            log.append(e).map_err(CoreError::from)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the access policy (if any) for an operation the facade performs itself.
+    fn authorize(&self, op: keyhaven_audit::Operation, key: &ManagedKey) -> Result<()> {
+        if let Some(policy) = self.config().access.policy {
+            let policy = Policy::load(&resolve(self.home(), &policy))?;
+            let store = AccessControlledStore::new(key_store_of(self, key)?, policy, self.caller());
+            if let Err(e) = store.authorize(op, key.id()) {
+                self.audit_event(op.as_str(), Some(key), Outcome::Denied, &e.to_string())?;
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Revokes `key`: signs a revocation statement with the authority key and records it; from
+    /// then on every process refuses the key's private operations. Revoking twice keeps the
+    /// first statement. Audited, and checked against the access policy (`revoke`).
+    ///
+    /// # Errors
+    /// Access denied, the authority cannot sign, the registry cannot be written.
+    pub fn revoke(
+        &self,
+        key: &ManagedKey,
+        reason: &str,
+        compromised: bool,
+        report: Option<&str>,
+    ) -> Result<Revocation> {
+        self.authorize(keyhaven_audit::Operation::Revoke, key)?;
+        let authority = self.authority()?;
+        let at = keyhaven_core::unix_now();
+        let statement = Revocation::issue(&authority, &key.info, at, reason, compromised, report)
+            .map_err(CoreError::from)?;
+        self.audit_event("revoke", Some(key), Outcome::Intent, reason)?;
+        let pk = authority.store.public_key(&authority.key)?;
+        let recorded = self
+            .revocations()?
+            .record(statement, &pk)
+            .map_err(CoreError::from)?;
+        self.audit_event("revoke", Some(key), Outcome::Allowed, reason)?;
+        Ok(recorded)
+    }
+
+    /// The revocation of `key`, if it is revoked.
+    ///
+    /// # Errors
+    /// The registry cannot be read.
+    pub fn revocation_of(&self, key: &ManagedKey) -> Result<Option<Revocation>> {
+        Ok(self
+            .revocations()?
+            .check(key.id().as_str())
+            .map_err(CoreError::from)?)
+    }
+
+    /// Every revocation, as the signed list verifiers load.
+    ///
+    /// # Errors
+    /// The registry cannot be read or the authority key opened.
+    pub fn export_revocations(&self) -> Result<RevocationList> {
+        let pk = self.authority_public_key()?;
+        Ok(self.revocations()?.export(&pk).map_err(CoreError::from)?)
+    }
+
+    /// The compromise reports (`HOME/compromise`).
+    ///
+    /// # Errors
+    /// The directory cannot be created or has loose permissions.
+    pub fn reports(&self) -> Result<ReportStore> {
+        keyhaven_fs::create_private_dir(self.home())?;
+        Ok(ReportStore::open(&self.home().join(REPORTS_DIR)).map_err(CoreError::from)?)
+    }
+
+    /// Files a compromise report for `key` (by a person: detection `manual`).
+    ///
+    /// # Errors
+    /// The report cannot be written.
+    pub fn report_compromise(
+        &self,
+        key: &ManagedKey,
+        kind: CompromiseType,
+        severity: Severity,
+        evidence: &[String],
+        role: Option<&str>,
+    ) -> Result<CompromiseReport> {
+        let mut r = CompromiseReport::new(
+            key.id().as_str(),
+            kind,
+            severity,
+            DetectionMethod::Manual,
+            self.caller().principal,
+            keyhaven_core::unix_now(),
+        );
+        r.backend = Some(key.backend.clone());
+        r.role = role.map(str::to_owned);
+        r.evidence = evidence
+            .iter()
+            .map(|d| Evidence {
+                description: d.clone(),
+                audit_seqs: Vec::new(),
+            })
+            .collect();
+        self.reports()?.file(&r).map_err(CoreError::from)?;
+        self.audit_event("compromise-report", Some(key), Outcome::Allowed, &r.id)?;
+        Ok(r)
+    }
+
+    /// Scans the audit log for suspicious use and files a suspected report for each new
+    /// finding. `retired` lists key ids whose versions are retired, with since when.
+    ///
+    /// # Errors
+    /// The log or the reports cannot be read or written.
+    pub fn scan_for_compromise(&self, retired: &[(String, u64)]) -> Result<ScanOutcome> {
+        let dir = self.audit_dir();
+        let records = if dir.exists() {
+            keyhaven_audit::search(&dir, &keyhaven_audit::Filter::default())
+                .map_err(CoreError::from)?
+        } else {
+            Vec::new()
+        };
+        let mut states = KeyStates::default();
+        for r in self.revocations()?.all().map_err(CoreError::from)? {
+            states.revoked.insert(r.key_id, r.revoked_at);
+        }
+        states.retired.extend(retired.iter().cloned());
+        let findings =
+            keyhaven_compromise::scan(&records, &states, &self.config().compromise.thresholds);
+        let filed = self
+            .reports()?
+            .file_findings(&findings, keyhaven_core::unix_now())
+            .map_err(CoreError::from)?;
+        Ok(ScanOutcome { findings, filed })
+    }
+
+    /// Runs the response procedure of a report (revoke, rotate through `rotator`, lookback,
+    /// notify, as configured for the key's role).
+    ///
+    /// # Errors
+    /// The report or its key cannot be found, or the report cannot be written.
+    pub fn respond_to_compromise(
+        &self,
+        report_id: &str,
+        rotator: Option<&dyn Rotator>,
+    ) -> Result<ResponseOutcome> {
+        let reports = self.reports()?;
+        let report = reports.get(report_id).map_err(CoreError::from)?;
+        let reference = match &report.backend {
+            Some(b) => format!("{b}:{}", report.key_id),
+            None => report.key_id.clone(),
+        };
+        let key = self.resolve(&reference)?;
+        self.authorize(keyhaven_audit::Operation::Revoke, &key)?;
+        let revocations = self.revocations()?;
+        let authority = self.authority()?;
+        let config = self.config().compromise;
+        let audit_dir = self.audit_dir();
+        let responder = Responder {
+            reports: &reports,
+            revocations: &revocations,
+            authority: &authority,
+            audit_dir: audit_dir.exists().then_some(audit_dir.as_path()),
+            rotator,
+            config: &config,
+        };
+        self.audit_event("compromise-respond", Some(&key), Outcome::Intent, report_id)?;
+        let outcome = responder
+            .respond(report_id, &key.info, keyhaven_core::unix_now())
+            .map_err(CoreError::from)?;
+        self.audit_event(
+            "compromise-respond",
+            Some(&key),
+            Outcome::Allowed,
+            report_id,
+        )?;
+        Ok(outcome)
+    }
+}
+
+fn key_store_of(m: &KeyManager, key: &ManagedKey) -> Result<Arc<dyn KeyStore>> {
+    Ok(m.key_backend(key)?.store_raw().clone())
+}
+
+fn keyhaven_store_pem_open(dir: &Path) -> Result<Arc<dyn KeyStore>> {
+    #[cfg(feature = "file")]
+    {
+        Ok(Arc::new(keyhaven_store_file::PemStore::open_or_create(
+            dir,
+        )?))
+    }
+    #[cfg(not(feature = "file"))]
+    {
+        let _ = dir;
+        Err(CoreError::Unsupported {
+            operation: "create the authority key",
+            reason: "this build has no file backend: set [audit] authority = \"BACKEND:LABEL\""
+                .into(),
+        }
+        .into())
+    }
+}
