@@ -327,7 +327,11 @@ fn an_unwritable_audit_log_refuses_operations() {
     let h = Home::with_encrypted();
     h.generate("p256", "k", &[]);
     let digest = "ab".repeat(32);
-    assert!(h.run(&["sign", "--key", "k", "--digest", &digest]).status.success());
+    assert!(
+        h.run(&["sign", "--key", "k", "--digest", &digest])
+            .status
+            .success()
+    );
     let log = h.path().join("audit").join("audit.1.log");
     if nix_is_root() {
         // root ignores file modes: replace the log with a directory instead.
@@ -340,7 +344,10 @@ fn an_unwritable_audit_log_refuses_operations() {
     // cannot even be opened; either way no signature is written.
     let out = h.run(&["sign", "--key", "k", "--digest", &digest]);
     assert!(matches!(out.status.code(), Some(10 | 11)), "{out:?}");
-    assert!(out.stdout.is_empty(), "no signature without its audit record");
+    assert!(
+        out.stdout.is_empty(),
+        "no signature without its audit record"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("audit"));
 }
 
