@@ -1,0 +1,28 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod actions;
+mod clock;
+mod continuity;
+mod engine;
+mod error;
+mod meter;
+mod policy;
+mod prekeys;
+mod registry;
+mod state;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use continuity::{ContinuityProof, verify_chain, verify_continuity};
+pub use engine::{Due, DueAction, DueOutcome, DueReason, RotationEngine, RotationOutcome};
+pub use error::{Result, RotationError};
+pub use meter::{DEFAULT_BATCH, DEFAULT_GROWTH, MeteredStore, UsageMeter};
+pub use policy::{
+    Candidate, DEFAULT_ACTION_TIMEOUT, DEFAULT_MIGRATION_WINDOW, Explanation, Policy, PolicySet,
+    PrekeySettings, RuleSource, Rules, default_policy_path, parse_duration,
+};
+pub use prekeys::{OneTimePrekey, PoolStatus, PrekeyPool, SignedPrekey};
+pub use registry::Registry;
+pub use state::{
+    EventKind, HistoryEntry, KeyVersion, LogicalKey, PendingRotation, Role, VersionState,
+};

@@ -1,0 +1,648 @@
+//! Rotation policies: TOML, validated on load, matched by role, algorithm and protection.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use keyhaven_core::{Algorithm, Error as CoreError, Protection};
+
+use crate::error::{Result, RotationError};
+use crate::state::{LogicalKey, Role};
+
+/// The migration window used when no policy sets one: 7 days (seed 002).
+pub const DEFAULT_MIGRATION_WINDOW: Duration = Duration::from_secs(7 * 86_400);
+/// How long a pre- or post-rotation action may run when no policy says: 30 seconds.
+pub const DEFAULT_ACTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What a policy (or a role default) asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rules {
+    /// Rotate when the primary version is this old.
+    pub max_age: Option<Duration>,
+    /// Rotate when the primary version made this many signatures.
+    pub max_usage: Option<u64>,
+    /// How long the old version keeps verifying after a rotation
+    /// ([`DEFAULT_MIGRATION_WINDOW`] if unset).
+    pub migration_window: Option<Duration>,
+    /// How long after its window ends a retired version may be destroyed (never if unset).
+    pub retire_after: Option<Duration>,
+    /// Command (argv) run before a rotation; a failure cancels the rotation.
+    pub pre_rotate: Option<Vec<String>>,
+    /// Command (argv) run after a rotation; a failure is reported, the rotation stands.
+    pub post_rotate: Option<Vec<String>>,
+    /// How long an action may run ([`DEFAULT_ACTION_TIMEOUT`] if unset).
+    pub action_timeout: Option<Duration>,
+}
+
+impl Rules {
+    /// The migration window, or the default.
+    pub fn migration_window(&self) -> Duration {
+        self.migration_window.unwrap_or(DEFAULT_MIGRATION_WINDOW)
+    }
+
+    /// The action timeout, or the default.
+    pub fn action_timeout(&self) -> Duration {
+        self.action_timeout.unwrap_or(DEFAULT_ACTION_TIMEOUT)
+    }
+}
+
+/// A named policy: matchers and rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Policy {
+    /// The policy's name (unique in the file).
+    pub name: String,
+    /// Matches keys of this role, if set.
+    pub role: Option<Role>,
+    /// Matches keys of this algorithm, if set.
+    pub algorithm: Option<Algorithm>,
+    /// Matches keys of this protection, if set.
+    pub protection: Option<Protection>,
+    /// What it asks for.
+    pub rules: Rules,
+}
+
+impl Policy {
+    /// How many matchers are set (0 to 3): more is more specific.
+    pub fn specificity(&self) -> u8 {
+        u8::from(self.role.is_some())
+            + u8::from(self.algorithm.is_some())
+            + u8::from(self.protection.is_some())
+    }
+
+    /// Why the policy does not match a key, one reason per failing matcher (empty: it matches).
+    fn mismatches(&self, role: Role, algorithm: Algorithm, protection: Protection) -> Vec<String> {
+        let mut why = Vec::new();
+        if let Some(r) = self.role
+            && r != role
+        {
+            why.push(format!("role is {role}, the policy wants {r}"));
+        }
+        if let Some(a) = self.algorithm
+            && a != algorithm
+        {
+            why.push(format!("algorithm is {algorithm}, the policy wants {a}"));
+        }
+        if let Some(p) = self.protection
+            && p != protection
+        {
+            why.push(format!("protection is {protection}, the policy wants {p}"));
+        }
+        why
+    }
+
+    /// Whether the policy matches a key of this role, algorithm and protection.
+    pub fn matches(&self, role: Role, algorithm: Algorithm, protection: Protection) -> bool {
+        self.role.is_none_or(|r| r == role)
+            && self.algorithm.is_none_or(|a| a == algorithm)
+            && self.protection.is_none_or(|p| p == protection)
+    }
+
+    /// Whether some key could match both policies (each matcher set in both agrees).
+    fn overlaps(&self, other: &Policy) -> bool {
+        fn agree<T: PartialEq>(a: Option<T>, b: Option<T>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => a == b,
+                _ => true,
+            }
+        }
+        agree(self.role, other.role)
+            && agree(self.algorithm, other.algorithm)
+            && agree(self.protection, other.protection)
+    }
+}
+
+/// Prekey pool settings (`[prekeys]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PrekeySettings {
+    /// Replenish when fewer one-time prekeys than this are available (default 10).
+    pub low_water: u32,
+    /// Replenish up to this many available one-time prekeys (default 100).
+    pub refill_to: u32,
+    /// Rotate the signed prekey when it is this old (default 30 days).
+    pub signed_prekey_max_age: Duration,
+}
+
+impl Default for PrekeySettings {
+    fn default() -> Self {
+        PrekeySettings {
+            low_water: 10,
+            refill_to: 100,
+            signed_prekey_max_age: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
+/// Where a key's rules come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleSource {
+    /// The named policy won.
+    Policy(String),
+    /// No named policy matched; the role's default applies.
+    RoleDefault(Role),
+    /// Nothing applies: the key is never due (except by hand).
+    None,
+}
+
+impl fmt::Display for RuleSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleSource::Policy(n) => write!(f, "policy '{n}'"),
+            RuleSource::RoleDefault(r) => write!(f, "[defaults.{r}]"),
+            RuleSource::None => f.write_str("no policy"),
+        }
+    }
+}
+
+/// One policy considered for a key, by [`PolicySet::explain`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Candidate {
+    /// The policy's name.
+    pub name: String,
+    /// Its specificity (number of matchers set).
+    pub specificity: u8,
+    /// Whether it matches the key.
+    pub matched: bool,
+    /// Why it matches or does not.
+    pub reasons: Vec<String>,
+}
+
+/// Which policy applies to a key, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Explanation {
+    /// The key's role.
+    pub role: Role,
+    /// The key's algorithm.
+    pub algorithm: Algorithm,
+    /// The key's protection.
+    pub protection: Protection,
+    /// Where the rules come from.
+    pub source: RuleSource,
+    /// The rules that apply (empty when [`RuleSource::None`]).
+    pub rules: Rules,
+    /// Every named policy, most specific first, with why it matched or not.
+    pub candidates: Vec<Candidate>,
+}
+
+fn show(d: Option<Duration>) -> String {
+    d.map(|d| humantime::format_duration(d).to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+impl fmt::Display for Explanation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "key: role {}, algorithm {}, protection {}",
+            self.role, self.algorithm, self.protection
+        )?;
+        writeln!(f, "applies: {}", self.source)?;
+        let r = &self.rules;
+        writeln!(
+            f,
+            "rules: max_age {}, max_usage {}, migration_window {}, retire_after {}",
+            show(r.max_age),
+            r.max_usage.map_or_else(|| "-".into(), |u| u.to_string()),
+            humantime::format_duration(r.migration_window()),
+            show(r.retire_after)
+        )?;
+        for c in &self.candidates {
+            writeln!(
+                f,
+                "  {} '{}' (specificity {}): {}",
+                if c.matched { "matches " } else { "no match" },
+                c.name,
+                c.specificity,
+                c.reasons.join("; ")
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// A validated set of policies, role defaults and prekey settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicySet {
+    policies: Vec<Policy>,
+    defaults: BTreeMap<Role, Rules>,
+    prekeys: PrekeySettings,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileToml {
+    #[serde(default)]
+    policy: Vec<PolicyToml>,
+    #[serde(default)]
+    defaults: BTreeMap<String, RulesToml>,
+    #[serde(default)]
+    prekeys: Option<PrekeysToml>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyToml {
+    name: String,
+    role: Option<String>,
+    algorithm: Option<String>,
+    protection: Option<String>,
+    max_age: Option<String>,
+    max_usage: Option<i64>,
+    migration_window: Option<String>,
+    retire_after: Option<String>,
+    pre_rotate: Option<Vec<String>>,
+    post_rotate: Option<Vec<String>>,
+    action_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesToml {
+    max_age: Option<String>,
+    max_usage: Option<i64>,
+    migration_window: Option<String>,
+    retire_after: Option<String>,
+    pre_rotate: Option<Vec<String>>,
+    post_rotate: Option<Vec<String>>,
+    action_timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrekeysToml {
+    low_water: Option<i64>,
+    refill_to: Option<i64>,
+    signed_prekey_max_age: Option<String>,
+}
+
+/// Parses a positive duration such as `90d`, `12h`, `30m`, `1y 2d`.
+///
+/// # Errors
+/// [`RotationError::Policy`] naming `field` for anything else (zero, negative, malformed).
+pub fn parse_duration(field: &str, text: &str) -> Result<Duration> {
+    let bad = |why: &str| {
+        RotationError::policy(
+            field,
+            format!("'{text}' {why}: use a positive duration such as 90d, 12h, 30m or 1y"),
+        )
+    };
+    if text.trim_start().starts_with('-') {
+        return Err(bad("is negative"));
+    }
+    let d = humantime::parse_duration(text.trim()).map_err(|_| bad("is not a duration"))?;
+    if d.is_zero() {
+        return Err(bad("is zero"));
+    }
+    Ok(d)
+}
+
+fn positive_count(field: &str, n: i64) -> Result<u64> {
+    u64::try_from(n)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| RotationError::policy(field, format!("{n} must be a positive count")))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn rules(
+    at: &str,
+    max_age: Option<String>,
+    max_usage: Option<i64>,
+    migration_window: Option<String>,
+    retire_after: Option<String>,
+    pre_rotate: Option<Vec<String>>,
+    post_rotate: Option<Vec<String>>,
+    action_timeout: Option<String>,
+) -> Result<Rules> {
+    let dur = |name: &str, v: Option<String>| {
+        v.map(|t| parse_duration(&format!("{at}.{name}"), &t))
+            .transpose()
+    };
+    let argv = |name: &str, v: Option<Vec<String>>| -> Result<Option<Vec<String>>> {
+        match v {
+            Some(a) if a.is_empty() || a[0].trim().is_empty() => Err(RotationError::policy(
+                format!("{at}.{name}"),
+                "the command is empty: give its argv, e.g. [\"/usr/local/bin/notify\", \"--rotated\"]",
+            )),
+            other => Ok(other),
+        }
+    };
+    let r = Rules {
+        max_age: dur("max_age", max_age)?,
+        max_usage: max_usage
+            .map(|n| positive_count(&format!("{at}.max_usage"), n))
+            .transpose()?,
+        migration_window: dur("migration_window", migration_window)?,
+        retire_after: dur("retire_after", retire_after)?,
+        pre_rotate: argv("pre_rotate", pre_rotate)?,
+        post_rotate: argv("post_rotate", post_rotate)?,
+        action_timeout: dur("action_timeout", action_timeout)?,
+    };
+    if let (Some(w), Some(a)) = (r.migration_window, r.max_age)
+        && w > a
+    {
+        return Err(RotationError::policy(
+            at,
+            format!(
+                "migration_window ({}) is longer than max_age ({}): old versions would pile up \
+                 verifying; shorten the window or lengthen max_age",
+                humantime::format_duration(w),
+                humantime::format_duration(a)
+            ),
+        ));
+    }
+    Ok(r)
+}
+
+impl PolicySet {
+    /// No policies: nothing is ever due except by hand; default prekey settings.
+    pub fn new() -> Self {
+        PolicySet::default()
+    }
+
+    /// Reads and validates a policy file.
+    ///
+    /// # Errors
+    /// [`keyhaven_core::Error::Io`] if it cannot be read; [`RotationError::Policy`] naming the
+    /// file and the problem (unknown field, bad duration, ...).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| CoreError::io(format!("read policy file {}", path.display()), e))?;
+        Self::from_toml_str(&text).map_err(|e| match e {
+            RotationError::Policy { where_, message } => RotationError::Policy {
+                where_: format!("{} ({where_})", path.display()),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// [`PolicySet::load`] if `path` exists, else [`PolicySet::new`].
+    ///
+    /// # Errors
+    /// As [`PolicySet::load`].
+    pub fn load_or_default(path: &Path) -> Result<Self> {
+        if path.exists() {
+            Self::load(path)
+        } else {
+            Ok(Self::new())
+        }
+    }
+
+    /// Parses and validates policy TOML.
+    ///
+    /// # Errors
+    /// [`RotationError::Policy`] naming the policy or field: unknown fields, unknown role,
+    /// algorithm or protection names, zero or negative durations or counts, a migration window
+    /// longer than max_age, an empty command, duplicate names, or two equally specific policies
+    /// that could match the same key.
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let file: FileToml = toml::from_str(text)
+            .map_err(|e| RotationError::policy("file", e.to_string().trim_end().to_owned()))?;
+        let mut policies: Vec<Policy> = Vec::new();
+        for p in file.policy {
+            let at = format!("policy '{}'", p.name);
+            if p.name.trim().is_empty() {
+                return Err(RotationError::policy("[[policy]]", "a policy needs a name"));
+            }
+            if policies.iter().any(|q| q.name == p.name) {
+                return Err(RotationError::policy(at, "two policies have this name"));
+            }
+            let role = p
+                .role
+                .map(|r| r.parse::<Role>())
+                .transpose()
+                .map_err(|e| RotationError::policy(format!("{at}.role"), message(e)))?;
+            let algorithm = p
+                .algorithm
+                .map(|a| a.parse::<Algorithm>())
+                .transpose()
+                .map_err(|e| RotationError::policy(format!("{at}.algorithm"), e.to_string()))?;
+            let protection = p
+                .protection
+                .map(|s| parse_protection(&s))
+                .transpose()
+                .map_err(|e| RotationError::policy(format!("{at}.protection"), e))?;
+            let rules = rules(
+                &at,
+                p.max_age,
+                p.max_usage,
+                p.migration_window,
+                p.retire_after,
+                p.pre_rotate,
+                p.post_rotate,
+                p.action_timeout,
+            )?;
+            policies.push(Policy {
+                name: p.name,
+                role,
+                algorithm,
+                protection,
+                rules,
+            });
+        }
+        for (i, a) in policies.iter().enumerate() {
+            for b in &policies[i + 1..] {
+                if a.specificity() == b.specificity() && a.overlaps(b) {
+                    return Err(RotationError::policy(
+                        format!("policies '{}' and '{}'", a.name, b.name),
+                        "they are equally specific and can match the same key, so neither \
+                         would win: add a matcher (role, algorithm, protection) to one of them",
+                    ));
+                }
+            }
+        }
+        let mut defaults = BTreeMap::new();
+        for (name, r) in file.defaults {
+            let role: Role = name.parse().map_err(|e: RotationError| {
+                RotationError::policy(format!("[defaults.{name}]"), message(e))
+            })?;
+            let at = format!("[defaults.{name}]");
+            let r = rules(
+                &at,
+                r.max_age,
+                r.max_usage,
+                r.migration_window,
+                r.retire_after,
+                r.pre_rotate,
+                r.post_rotate,
+                r.action_timeout,
+            )?;
+            defaults.insert(role, r);
+        }
+        let mut prekeys = PrekeySettings::default();
+        if let Some(p) = file.prekeys {
+            if let Some(n) = p.low_water {
+                prekeys.low_water = u32::try_from(positive_count("[prekeys].low_water", n)?)
+                    .map_err(|_| RotationError::policy("[prekeys].low_water", "too large"))?;
+            }
+            if let Some(n) = p.refill_to {
+                prekeys.refill_to = u32::try_from(positive_count("[prekeys].refill_to", n)?)
+                    .map_err(|_| RotationError::policy("[prekeys].refill_to", "too large"))?;
+            }
+            if let Some(d) = p.signed_prekey_max_age {
+                prekeys.signed_prekey_max_age =
+                    parse_duration("[prekeys].signed_prekey_max_age", &d)?;
+            }
+            if prekeys.refill_to < prekeys.low_water {
+                return Err(RotationError::policy(
+                    "[prekeys]",
+                    format!(
+                        "refill_to ({}) is below low_water ({}): the pool would never fill",
+                        prekeys.refill_to, prekeys.low_water
+                    ),
+                ));
+            }
+        }
+        Ok(PolicySet {
+            policies,
+            defaults,
+            prekeys,
+        })
+    }
+
+    /// Adds a role default (for programs that build policies in code).
+    pub fn with_default(mut self, role: Role, rules: Rules) -> Self {
+        self.defaults.insert(role, rules);
+        self
+    }
+
+    /// The named policies, in file order.
+    pub fn policies(&self) -> &[Policy] {
+        &self.policies
+    }
+
+    /// The default rules of a role, if set.
+    pub fn role_default(&self, role: Role) -> Option<&Rules> {
+        self.defaults.get(&role)
+    }
+
+    /// The prekey settings.
+    pub fn prekeys(&self) -> PrekeySettings {
+        self.prekeys
+    }
+
+    /// The rules for a key of this role, algorithm and protection, and where they come from:
+    /// the most specific matching policy, else the role's default.
+    pub fn rules_for(
+        &self,
+        role: Role,
+        algorithm: Algorithm,
+        protection: Protection,
+    ) -> (Option<&Rules>, RuleSource) {
+        let winner = self
+            .policies
+            .iter()
+            .filter(|p| p.matches(role, algorithm, protection))
+            .max_by_key(|p| p.specificity());
+        match winner {
+            Some(p) => (Some(&p.rules), RuleSource::Policy(p.name.clone())),
+            None => match self.defaults.get(&role) {
+                Some(r) => (Some(r), RuleSource::RoleDefault(role)),
+                None => (None, RuleSource::None),
+            },
+        }
+    }
+
+    /// Which rules apply to `key` and why.
+    pub fn explain(&self, key: &LogicalKey) -> Explanation {
+        self.explain_for(key.role(), key.algorithm(), key.protection())
+    }
+
+    /// Which rules apply to a key of this role, algorithm and protection, and why: every policy
+    /// with why it matches or not, most specific first.
+    pub fn explain_for(
+        &self,
+        role: Role,
+        algorithm: Algorithm,
+        protection: Protection,
+    ) -> Explanation {
+        let (rules, source) = self.rules_for(role, algorithm, protection);
+        let mut candidates: Vec<Candidate> = self
+            .policies
+            .iter()
+            .map(|p| {
+                let why = p.mismatches(role, algorithm, protection);
+                let matched = why.is_empty();
+                let reasons = if matched {
+                    let mut set = Vec::new();
+                    if let Some(r) = p.role {
+                        set.push(format!("role {r}"));
+                    }
+                    if let Some(a) = p.algorithm {
+                        set.push(format!("algorithm {a}"));
+                    }
+                    if let Some(x) = p.protection {
+                        set.push(format!("protection {x}"));
+                    }
+                    let won = source == RuleSource::Policy(p.name.clone());
+                    vec![format!(
+                        "{} ({}){}",
+                        if set.is_empty() {
+                            "matches every key".to_owned()
+                        } else {
+                            format!("matches {}", set.join(", "))
+                        },
+                        if won { "wins" } else { "less specific" },
+                        if won && p.specificity() > 0 {
+                            ": most matchers set"
+                        } else {
+                            ""
+                        }
+                    )]
+                } else {
+                    why
+                };
+                Candidate {
+                    name: p.name.clone(),
+                    specificity: p.specificity(),
+                    matched,
+                    reasons,
+                }
+            })
+            .collect();
+        candidates.sort_by(|a, b| {
+            b.matched
+                .cmp(&a.matched)
+                .then(b.specificity.cmp(&a.specificity))
+        });
+        Explanation {
+            role,
+            algorithm,
+            protection,
+            source,
+            rules: rules.cloned().unwrap_or_default(),
+            candidates,
+        }
+    }
+}
+
+fn message(e: RotationError) -> String {
+    match e {
+        RotationError::Policy { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
+fn parse_protection(s: &str) -> std::result::Result<Protection, String> {
+    match s {
+        "software-plain" => Ok(Protection::SoftwarePlain),
+        "software-encrypted" => Ok(Protection::SoftwareEncrypted),
+        "hardware" => Ok(Protection::Hardware),
+        _ => Err(format!(
+            "unknown protection '{s}': use software-plain, software-encrypted or hardware"
+        )),
+    }
+}
+
+/// The conventional policy file name in the keyhaven home: `rotation.toml`.
+pub fn default_policy_path(home: &Path) -> PathBuf {
+    home.join("rotation.toml")
+}

@@ -1,0 +1,209 @@
+//! The registry of logical keys: one JSON file per logical key in a private directory.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use keyhaven_core::{Error as CoreError, KeyId, KeyInfo};
+use keyhaven_fs::{FileLock, atomic_write, create_private_dir, read_private};
+
+use crate::error::{Result, RotationError};
+use crate::state::{LogicalKey, Role};
+
+const KEYS: &str = "keys";
+const LOCK: &str = "registry.lock";
+pub(crate) const ROTATE_LOCK: &str = "rotate.lock";
+
+/// Logical keys and their versions, kept as `DIR/keys/<logical id>.json` (0600 files in 0700
+/// directories, written atomically and durably). Every change is a read-modify-write under an
+/// exclusive lock on `DIR/registry.lock`, so processes sharing the directory never lose an
+/// update. Keys never adopted are not in the registry ("unversioned": show them as v1 primary).
+#[derive(Debug, Clone)]
+pub struct Registry {
+    dir: PathBuf,
+}
+
+impl Registry {
+    /// Opens the registry at `dir`, creating it (0700) if missing.
+    ///
+    /// # Errors
+    /// [`keyhaven_core::Error::PermissionDenied`] if the directory is open to other users;
+    /// I/O errors.
+    pub fn open(dir: &Path) -> Result<Self> {
+        create_private_dir(dir)?;
+        create_private_dir(&dir.join(KEYS))?;
+        Ok(Registry {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// The registry's directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn lock(&self) -> Result<FileLock> {
+        Ok(FileLock::acquire(&self.dir.join(LOCK))?)
+    }
+
+    fn file(&self, id: &KeyId) -> PathBuf {
+        self.dir.join(KEYS).join(format!("{id}.json"))
+    }
+
+    fn read(&self, path: &Path) -> Result<LogicalKey> {
+        let bytes = read_private(path)?;
+        let key: LogicalKey = serde_json::from_slice(&bytes).map_err(|e| {
+            RotationError::corrupt(
+                path.display().to_string(),
+                format!("not a keyhaven registry entry: {e}"),
+            )
+        })?;
+        key.check_invariants()
+            .map_err(|e| RotationError::corrupt(path.display().to_string(), e.to_string()))?;
+        if path.file_stem().and_then(|s| s.to_str()) != Some(key.id()) {
+            return Err(RotationError::corrupt(
+                path.display().to_string(),
+                format!("the file holds key {}, not the one its name says", key.id()),
+            ));
+        }
+        Ok(key)
+    }
+
+    fn write(&self, key: &LogicalKey) -> Result<()> {
+        let id: KeyId = key.id().parse()?;
+        let json = serde_json::to_vec_pretty(key)
+            .map_err(|e| CoreError::InvalidInput(format!("cannot encode key {id}: {e}")))?;
+        atomic_write(&self.file(&id), &json)?;
+        Ok(())
+    }
+
+    /// Registers the existing key `info` of `backend` as version 1 (primary) of a new logical
+    /// key whose id is `info.id`. Idempotent: adopting a key already registered (as any
+    /// version) returns its logical key unchanged.
+    ///
+    /// # Errors
+    /// [`keyhaven_core::Error::AlreadyExists`] if the id is registered for another backend;
+    /// storage errors.
+    pub fn adopt(&self, backend: &str, info: &KeyInfo, role: Role, now: u64) -> Result<LogicalKey> {
+        let _lock = self.lock()?;
+        for key in self.list_unlocked()?.0 {
+            if key.version_by_key_id(&info.id).is_some() && key.backend() == backend {
+                return Ok(key);
+            }
+        }
+        let path = self.file(&info.id);
+        if path.exists() {
+            return Err(CoreError::AlreadyExists(format!(
+                "logical key {} (registered for another backend, or its registry file is damaged: \
+                 {})",
+                info.id,
+                path.display()
+            ))
+            .into());
+        }
+        let key = LogicalKey::adopt(backend, info, role, now);
+        self.write(&key)?;
+        Ok(key)
+    }
+
+    /// The logical key with id `id`.
+    ///
+    /// # Errors
+    /// [`RotationError::NotFound`]; [`RotationError::Corrupt`] naming a damaged file.
+    pub fn get(&self, id: &str) -> Result<LogicalKey> {
+        let not_found = || RotationError::NotFound(format!("logical key '{id}'"));
+        let id: KeyId = id.parse().map_err(|_| not_found())?;
+        let path = self.file(&id);
+        match fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(not_found()),
+            _ => self.read(&path),
+        }
+    }
+
+    /// A logical key by its id, by the backend id of any of its versions, or by the label of
+    /// the key or of any version.
+    ///
+    /// # Errors
+    /// [`RotationError::NotFound`]; [`keyhaven_core::Error::InvalidInput`] if a label matches
+    /// several keys; [`RotationError::Corrupt`] if the key's own file is damaged.
+    pub fn find(&self, reference: &str) -> Result<LogicalKey> {
+        match self.get(reference) {
+            Err(RotationError::NotFound(_)) => {}
+            other => return other,
+        }
+        let keys = self.list()?;
+        if let Some(k) = keys.iter().find(|k| {
+            k.versions()
+                .iter()
+                .any(|v| v.key_id().as_str() == reference)
+        }) {
+            return Ok(k.clone());
+        }
+        let mut by_label = keys.into_iter().filter(|k| {
+            k.label() == reference || k.versions().iter().any(|v| v.label() == reference)
+        });
+        match (by_label.next(), by_label.next()) {
+            (Some(k), None) => Ok(k),
+            (Some(_), Some(_)) => Err(CoreError::InvalidInput(format!(
+                "label '{reference}' matches several logical keys; use a key id"
+            ))
+            .into()),
+            (None, _) => Err(RotationError::NotFound(format!(
+                "logical key '{reference}'"
+            ))),
+        }
+    }
+
+    fn list_unlocked(&self) -> Result<(Vec<LogicalKey>, Vec<RotationError>)> {
+        let dir = self.dir.join(KEYS);
+        let entries = fs::read_dir(&dir)
+            .map_err(|e| CoreError::io(format!("read directory {}", dir.display()), e))?;
+        let mut keys = Vec::new();
+        let mut problems = Vec::new();
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| CoreError::io(format!("read directory {}", dir.display()), e))?;
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            match self.read(&path) {
+                Ok(k) => keys.push(k),
+                Err(e) => problems.push(e),
+            }
+        }
+        keys.sort_by(|a, b| a.id().cmp(b.id()));
+        Ok((keys, problems))
+    }
+
+    /// Every readable logical key, sorted by id. Damaged files are left out (see
+    /// [`Registry::check`]); they never hide the others.
+    ///
+    /// # Errors
+    /// Only if the directory cannot be read.
+    pub fn list(&self) -> Result<Vec<LogicalKey>> {
+        Ok(self.list_unlocked()?.0)
+    }
+
+    /// Every damaged registry file, each as a [`RotationError::Corrupt`] naming it.
+    ///
+    /// # Errors
+    /// Only if the directory cannot be read.
+    pub fn check(&self) -> Result<Vec<RotationError>> {
+        Ok(self.list_unlocked()?.1)
+    }
+
+    /// Reads logical key `id`, lets `f` change it, and writes it back, all under the registry
+    /// lock. If `f` fails nothing is written.
+    ///
+    /// # Errors
+    /// As [`Registry::get`], `f`'s error, or a storage error.
+    pub fn update<T>(&self, id: &str, f: impl FnOnce(&mut LogicalKey) -> Result<T>) -> Result<T> {
+        let _lock = self.lock()?;
+        let mut key = self.get(id)?;
+        let out = f(&mut key)?;
+        key.check_invariants()?;
+        self.write(&key)?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,168 @@
+//! Policy files: validation with clear errors, specificity, role defaults, explain.
+
+use std::time::Duration;
+
+use keyhaven_core::{Algorithm, Protection};
+use keyhaven_rotation::{PolicySet, Role, RuleSource};
+
+const GOOD: &str = r#"
+[[policy]]
+name = "identity-yearly"
+role = "identity"
+max_age = "365d"
+migration_window = "30d"
+retire_after = "90d"
+
+[[policy]]
+name = "hsm-identity"
+role = "identity"
+protection = "hardware"
+max_age = "2y"
+
+[[policy]]
+name = "all-p384"
+role = "signing"
+algorithm = "ES384"
+max_usage = 1000000
+pre_rotate = ["/bin/true", "--fast"]
+action_timeout = "5s"
+
+[defaults.signing]
+max_age = "90d"
+
+[prekeys]
+low_water = 5
+refill_to = 50
+signed_prekey_max_age = "7d"
+"#;
+
+fn err(toml: &str) -> String {
+    PolicySet::from_toml_str(toml).unwrap_err().to_string()
+}
+
+#[test]
+fn a_good_file_loads_and_the_most_specific_policy_wins() {
+    let p = PolicySet::from_toml_str(GOOD).unwrap();
+    assert_eq!(p.policies().len(), 3);
+    assert_eq!(p.prekeys().low_water, 5);
+    assert_eq!(
+        p.prekeys().signed_prekey_max_age,
+        Duration::from_secs(7 * 86_400)
+    );
+    let (r, src) = p.rules_for(Role::Identity, Algorithm::Ed25519, Protection::Hardware);
+    assert_eq!(src, RuleSource::Policy("hsm-identity".into()));
+    assert_eq!(
+        r.unwrap().max_age,
+        Some(Duration::from_secs(2 * 31_557_600))
+    );
+    let (_, src) = p.rules_for(
+        Role::Identity,
+        Algorithm::Ed25519,
+        Protection::SoftwarePlain,
+    );
+    assert_eq!(src, RuleSource::Policy("identity-yearly".into()));
+    let (r, src) = p.rules_for(
+        Role::Signing,
+        Algorithm::EcdsaP384,
+        Protection::SoftwarePlain,
+    );
+    assert_eq!(src, RuleSource::Policy("all-p384".into()));
+    assert_eq!(r.unwrap().max_usage, Some(1_000_000));
+    let (r, src) = p.rules_for(Role::Signing, Algorithm::Ed25519, Protection::SoftwarePlain);
+    assert_eq!(src, RuleSource::RoleDefault(Role::Signing));
+    assert_eq!(r.unwrap().max_age, Some(Duration::from_secs(90 * 86_400)));
+    let (r, src) = p.rules_for(
+        Role::Encryption,
+        Algorithm::X25519,
+        Protection::SoftwarePlain,
+    );
+    assert_eq!((r, src), (None, RuleSource::None));
+}
+
+#[test]
+fn explain_names_the_winner_and_why_others_lost() {
+    let p = PolicySet::from_toml_str(GOOD).unwrap();
+    let e = p.explain_for(Role::Identity, Algorithm::Ed25519, Protection::Hardware);
+    assert_eq!(e.source, RuleSource::Policy("hsm-identity".into()));
+    assert_eq!(e.candidates[0].name, "hsm-identity");
+    assert!(e.candidates[0].matched);
+    assert!(e.candidates[1].matched && e.candidates[1].name == "identity-yearly");
+    let p384 = e.candidates.iter().find(|c| c.name == "all-p384").unwrap();
+    assert!(!p384.matched);
+    assert!(
+        p384.reasons
+            .iter()
+            .any(|r| r.contains("algorithm is ed25519")),
+        "{:?}",
+        p384.reasons
+    );
+    let text = e.to_string();
+    assert!(text.contains("applies: policy 'hsm-identity'"), "{text}");
+    assert!(text.contains("wins"), "{text}");
+}
+
+#[test]
+fn bad_files_are_refused_with_the_field_named() {
+    let typo = err("[[policy]]\nname = \"a\"\nmax_agee = \"1d\"\n");
+    assert!(typo.contains("max_agee"), "{typo}");
+    let top = err("[polcy]\n");
+    assert!(top.contains("polcy"), "{top}");
+    let neg = err("[[policy]]\nname = \"a\"\nmax_age = \"-5d\"\n");
+    assert!(neg.contains("max_age") && neg.contains("negative"), "{neg}");
+    let zero = err("[[policy]]\nname = \"a\"\nmigration_window = \"0s\"\n");
+    assert!(
+        zero.contains("migration_window") && zero.contains("zero"),
+        "{zero}"
+    );
+    let junk = err("[[policy]]\nname = \"a\"\nretire_after = \"soon\"\n");
+    assert!(junk.contains("retire_after"), "{junk}");
+    let long = err("[[policy]]\nname = \"a\"\nmax_age = \"7d\"\nmigration_window = \"30d\"\n");
+    assert!(
+        long.contains("migration_window") && long.contains("longer than max_age"),
+        "{long}"
+    );
+    let usage = err("[[policy]]\nname = \"a\"\nmax_usage = 0\n");
+    assert!(usage.contains("max_usage"), "{usage}");
+    let role = err("[[policy]]\nname = \"a\"\nrole = \"idnetity\"\n");
+    assert!(role.contains("unknown role 'idnetity'"), "{role}");
+    let alg = err("[[policy]]\nname = \"a\"\nalgorithm = \"rsa\"\n");
+    assert!(alg.contains("algorithm") && alg.contains("rsa"), "{alg}");
+    let prot = err("[[policy]]\nname = \"a\"\nprotection = \"tpm\"\n");
+    assert!(prot.contains("protection"), "{prot}");
+    let argv = err("[[policy]]\nname = \"a\"\npre_rotate = []\n");
+    assert!(
+        argv.contains("pre_rotate") && argv.contains("empty"),
+        "{argv}"
+    );
+    let dup = err("[[policy]]\nname = \"a\"\n[[policy]]\nname = \"a\"\nrole = \"identity\"\n");
+    assert!(dup.contains("two policies"), "{dup}");
+    let tie = err(
+        "[[policy]]\nname = \"a\"\nrole = \"identity\"\n[[policy]]\nname = \"b\"\nalgorithm = \"ed25519\"\n",
+    );
+    assert!(
+        tie.contains("'a' and 'b'") && tie.contains("equally specific"),
+        "{tie}"
+    );
+    let def = err("[defaults.signer]\nmax_age = \"1d\"\n");
+    assert!(def.contains("defaults.signer"), "{def}");
+    let pk = err("[prekeys]\nlow_water = 50\nrefill_to = 10\n");
+    assert!(pk.contains("refill_to"), "{pk}");
+    // equally specific but disjoint policies are fine
+    PolicySet::from_toml_str(
+        "[[policy]]\nname = \"a\"\nrole = \"identity\"\n[[policy]]\nname = \"b\"\nrole = \"signing\"\n",
+    )
+    .unwrap();
+}
+
+#[test]
+fn load_names_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("rotation.toml");
+    std::fs::write(&path, "[[policy]]\nname = \"x\"\nmax_age = \"0d\"\n").unwrap();
+    let e = PolicySet::load(&path).unwrap_err().to_string();
+    assert!(e.contains("rotation.toml") && e.contains("max_age"), "{e}");
+    assert_eq!(
+        PolicySet::load_or_default(&tmp.path().join("none.toml")).unwrap(),
+        PolicySet::new()
+    );
+}
