@@ -1,0 +1,321 @@
+//! Round trips, inspection without the secret, wrong secrets, newer versions, moved records.
+
+use keyhaven_backup::{
+    BackupError, BackupProtection, BackupSecret, Custodian, Format, KdfParams, convert, inspect,
+    open, verify, write, write_shamir,
+};
+use keyhaven_core::{Algorithm, KeyStore};
+use keyhaven_store_memory::MemoryStore;
+use proptest::prelude::*;
+use secrecy::SecretString;
+use sha2::{Digest, Sha256};
+
+use crate::{FORMATS, backup, entries_of, pass, secret, store_with_keys};
+
+#[test]
+fn round_trip_keeps_every_field_in_both_formats() {
+    let (store, keys) = store_with_keys();
+    let mut entries = entries_of(&store);
+    entries[0].metadata.insert("version".into(), "3".into());
+    entries[0]
+        .metadata
+        .insert("state".into(), "active ünïcode".into());
+    for format in FORMATS {
+        let file = backup(&entries, format);
+        assert_eq!(Format::detect(&file), Some(format));
+        let back = open(&file, &secret()).unwrap();
+        assert_eq!(back.len(), keys.len());
+        for (a, b) in entries.iter().zip(&back) {
+            assert_eq!(a.id, b.id);
+            assert_eq!(a.label, b.label);
+            assert_eq!(a.algorithm, b.algorithm);
+            assert_eq!(a.protection, b.protection);
+            assert_eq!(a.public_key, b.public_key);
+            assert_eq!(a.created_at, b.created_at);
+            assert_eq!(a.backend, b.backend);
+            assert_eq!(a.metadata, b.metadata);
+            assert_eq!(a.private, b.private);
+            assert!(!b.hardware);
+        }
+    }
+}
+
+#[test]
+fn header_is_readable_without_the_secret() {
+    let (store, keys) = store_with_keys();
+    let file = backup(&entries_of(&store), Format::Text);
+    let h = inspect(&file).unwrap();
+    assert_eq!(h.format, 1);
+    assert_eq!(h.key_count, keys.len());
+    assert_eq!(h.backup_id.len(), 32);
+    for (k, info) in h.keys.iter().zip(&keys) {
+        assert_eq!(k.id, info.id);
+        assert_eq!(k.label, info.label);
+        assert_eq!(k.fingerprint, info.fingerprint().to_hex());
+        assert!(!k.hardware);
+    }
+    match &h.protection {
+        BackupProtection::Passphrase { kdf, params, .. } => {
+            assert_eq!(kdf, "argon2id-v19");
+            assert_eq!(*params, KdfParams::insecure_for_tests());
+        }
+        other => panic!("{other:?}"),
+    }
+    let fp = &h.fingerprint;
+    assert_eq!(fp.len(), 14, "{fp}");
+    assert_eq!(&fp[4..5], "-");
+    // The text header is a plain JSON line a human can read.
+    let text = String::from_utf8(file).unwrap();
+    assert!(
+        text.lines()
+            .nth(1)
+            .unwrap()
+            .contains(",\"label\":\"p384 key\",")
+    );
+    assert!(!text.contains("PRIVATE"));
+}
+
+#[test]
+fn wrong_passphrase_and_wrong_secret_kind_are_clear() {
+    let (store, _) = store_with_keys();
+    for format in FORMATS {
+        let file = backup(&entries_of(&store), format);
+        let err = open(&file, &BackupSecret::Passphrase(SecretString::from("nope"))).unwrap_err();
+        assert!(matches!(err, BackupError::BadPassphrase), "{err}");
+        assert!(matches!(
+            keyhaven_core::Error::from(err),
+            keyhaven_core::Error::BadPassphrase(_)
+        ));
+        let err = open(
+            &file,
+            &BackupSecret::MasterKey(keyhaven_core::SecretBytes::new(vec![1; 32])),
+        )
+        .unwrap_err();
+        assert!(matches!(err, BackupError::WrongSecretKind(_)), "{err}");
+    }
+    let (file, _) = write_shamir(
+        &entries_of(&store),
+        2,
+        &["a", "b"].map(Custodian::named),
+        Format::Text,
+    )
+    .unwrap();
+    let err = open(&file, &secret()).unwrap_err();
+    assert!(err.to_string().contains("Shamir shares (2 of 2)"), "{err}");
+}
+
+#[test]
+fn empty_passphrase_is_refused() {
+    let (store, _) = store_with_keys();
+    let err = write(
+        &entries_of(&store),
+        &SecretString::from(""),
+        KdfParams::insecure_for_tests(),
+        Format::Text,
+    )
+    .unwrap_err();
+    assert!(matches!(err, BackupError::InvalidInput(_)), "{err}");
+}
+
+/// Rewrites the version and recomputes the integrity digest, as a newer keyhaven would write.
+fn with_version(file: &[u8], format: Format, version: u8) -> Vec<u8> {
+    let mut out = match format {
+        Format::Text => {
+            let text = String::from_utf8(file.to_vec()).unwrap();
+            let body: Vec<&str> = text.lines().collect();
+            let mut s = format!("keyhaven-backup {version}\n");
+            for l in &body[1..body.len() - 1] {
+                s.push_str(l);
+                s.push('\n');
+            }
+            let d = hex::encode(Sha256::digest(s.as_bytes()));
+            s.push_str(&format!("sha256 {d}\n"));
+            return s.into_bytes();
+        }
+        Format::Binary => file[..file.len() - 32].to_vec(),
+    };
+    out[4] = version;
+    let d = Sha256::digest(&out);
+    out.extend_from_slice(&d);
+    out
+}
+
+#[test]
+fn newer_format_asks_for_an_upgrade_but_a_damaged_version_is_damage() {
+    let (store, _) = store_with_keys();
+    for format in FORMATS {
+        let file = backup(&entries_of(&store), format);
+        let newer = with_version(&file, format, 2);
+        let err = inspect(&newer).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                BackupError::NewerFormat {
+                    found: 2,
+                    supported: 1
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("upgrade"), "{err}");
+        // The same change without a matching digest is damage, not a newer version.
+        let mut flipped = file.clone();
+        match format {
+            Format::Text => flipped[16] = b'2',
+            Format::Binary => flipped[4] = 2,
+        }
+        let err = inspect(&flipped).unwrap_err();
+        assert!(matches!(err, BackupError::Damaged { .. }), "{err}");
+    }
+}
+
+#[test]
+fn convert_between_formats_without_the_secret() {
+    let (store, _) = store_with_keys();
+    let text = backup(&entries_of(&store), Format::Text);
+    let bin = convert(&text, Format::Binary).unwrap();
+    assert!(bin.len() < text.len());
+    assert_eq!(open(&bin, &secret()).unwrap().len(), 4);
+    assert_eq!(convert(&bin, Format::Text).unwrap(), text);
+}
+
+#[test]
+fn verify_with_and_without_the_secret() {
+    let (store, _) = store_with_keys();
+    let file = backup(&entries_of(&store), Format::Binary);
+    let r = verify(&file, None).unwrap();
+    assert!(r.integrity_ok && !r.authenticated);
+    assert_eq!(r.format, Format::Binary);
+    let r = verify(&file, Some(&secret())).unwrap();
+    assert!(r.authenticated);
+    assert_eq!(r.private_keys_checked, 4);
+    assert_eq!(r.hardware_keys, 0);
+}
+
+fn text_lines(file: &[u8]) -> Vec<String> {
+    String::from_utf8(file.to_vec())
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn reassemble(lines: &[String]) -> Vec<u8> {
+    let mut s = String::new();
+    for l in lines {
+        s.push_str(l);
+        s.push('\n');
+    }
+    let d = hex::encode(Sha256::digest(s.as_bytes()));
+    s.push_str(&format!("sha256 {d}\n"));
+    s.into_bytes()
+}
+
+#[test]
+fn records_cannot_be_swapped_or_moved_between_backups() {
+    let (store, _) = store_with_keys();
+    let entries = entries_of(&store);
+    let file = backup(&entries, Format::Text);
+    let mut lines = text_lines(&file);
+    lines.pop();
+    // Swap records 0 and 1 and fix the digest: the digest passes, authentication does not.
+    lines.swap(3, 4);
+    let swapped = reassemble(&lines);
+    verify(&swapped, None).unwrap();
+    let err = open(&swapped, &secret()).unwrap_err();
+    assert!(
+        matches!(err, BackupError::RecordAuth { index: 0, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains(entries[0].id.as_str()), "{err}");
+
+    // A record from another backup with the same passphrase and the same key list.
+    let other = backup(&entries, Format::Text);
+    let mut lines = text_lines(&file);
+    lines.pop();
+    lines[5] = text_lines(&other)[5].clone();
+    let err = open(&reassemble(&lines), &secret()).unwrap_err();
+    assert!(
+        matches!(err, BackupError::RecordAuth { index: 2, .. }),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_edited_header_with_a_fixed_digest_fails_authentication() {
+    let (store, _) = store_with_keys();
+    let file = backup(&entries_of(&store), Format::Text);
+    let mut lines = text_lines(&file);
+    lines.pop();
+    lines[1] = lines[1].replace("\"p384 key\"", "\"evil key\"");
+    let edited = reassemble(&lines);
+    // Without the secret the edit is invisible (the digest was recomputed) ...
+    assert!(
+        inspect(&edited)
+            .unwrap()
+            .keys
+            .iter()
+            .any(|k| k.label == "evil key")
+    );
+    // ... with it, the header tag fails.
+    assert!(matches!(
+        verify(&edited, Some(&secret())).unwrap_err(),
+        BackupError::BadPassphrase
+    ));
+}
+
+#[test]
+fn hardware_keys_are_public_only() {
+    let store = crate::faults::NoExport(MemoryStore::new().unwrap());
+    store.generate(Algorithm::EcdsaP256, "hsm key").unwrap();
+    let entries = entries_of(&store);
+    assert!(entries[0].hardware && entries[0].private.is_none());
+    let file = backup(&entries, Format::Binary);
+    assert!(inspect(&file).unwrap().keys[0].hardware);
+    let back = open(&file, &secret()).unwrap();
+    assert!(back[0].hardware && back[0].private.is_none());
+    assert_eq!(verify(&file, Some(&secret())).unwrap().hardware_keys, 1);
+}
+
+#[test]
+fn empty_backup_still_authenticates_its_header() {
+    for format in FORMATS {
+        let file = backup(&[], format);
+        assert_eq!(inspect(&file).unwrap().key_count, 0);
+        assert!(open(&file, &secret()).unwrap().is_empty());
+        assert!(matches!(
+            open(&file, &BackupSecret::Passphrase(SecretString::from("x"))),
+            Err(BackupError::BadPassphrase)
+        ));
+    }
+}
+
+#[test]
+fn not_a_backup() {
+    assert!(matches!(
+        inspect(b"hello world\n"),
+        Err(BackupError::NotABackup(_))
+    ));
+    assert!(inspect(b"").is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+    #[test]
+    fn labels_and_metadata_round_trip(
+        label in "[a-zA-Z0-9][a-zA-Z0-9 ._é-]{0,40}[a-z]",
+        meta in proptest::collection::btree_map("[a-z\"\\\\]{1,8}", "\\PC{0,20}", 0..4),
+        binary in any::<bool>(),
+    ) {
+        let store = MemoryStore::new().unwrap();
+        store.generate(Algorithm::Ed25519, &label).unwrap();
+        let mut entries = entries_of(&store);
+        entries[0].metadata = meta.clone();
+        let format = if binary { Format::Binary } else { Format::Text };
+        let file = write(&entries, &pass(), KdfParams::insecure_for_tests(), format).unwrap();
+        let back = open(&file, &secret()).unwrap();
+        prop_assert_eq!(&back[0].label, &label);
+        prop_assert_eq!(&back[0].metadata, &meta);
+        prop_assert_eq!(inspect(&file).unwrap().keys[0].label.clone(), label);
+    }
+}
