@@ -68,6 +68,41 @@ pub(crate) enum Command {
     /// Set up a home with an encrypted backend and a default P-384 key, then sign and verify a
     /// sample.
     Quickstart,
+    /// Rotate every key that is due by policy (HOME/rotation.toml); safe to run from cron.
+    Rotate {
+        /// Act on what is due (the only mode).
+        #[arg(long, required = true)]
+        due: bool,
+        /// Only list what is due.
+        #[arg(long)]
+        dry_run: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rotation policies: check the file, explain which applies to a key.
+    #[command(subcommand)]
+    Policy(crate::rotation::PolicyCommand),
+    /// Verify an identity's continuity proofs (old key signs the new, new countersigns); exit 0
+    /// if the chain is valid.
+    VerifyContinuity {
+        /// The proof file (one or more proofs, oldest first). With --key and no file, the
+        /// proofs stored in the home.
+        #[arg(value_name = "PROOF")]
+        proof: Option<PathBuf>,
+        /// The first identity's public key (PEM): anyone holding it can check the chain.
+        #[arg(long, value_name = "PEM_FILE", conflicts_with = "key")]
+        old_public_key: Option<PathBuf>,
+        /// A versioned key of this home (its version 1 starts the chain).
+        #[arg(long, value_name = "ID|LABEL")]
+        key: Option<String>,
+    },
+    /// One-time prekeys and the signed prekey of an identity key.
+    #[command(subcommand)]
+    Prekeys(crate::rotation::PrekeysCommand),
+    /// Encrypted backups: create, inspect, verify, restore; Shamir custodian shares.
+    #[command(subcommand)]
+    Backup(crate::backup::BackupCommand),
     /// The audit log: verify it is whole and untouched, tail, search, export.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -210,6 +245,10 @@ pub(crate) enum KeyCommand {
         /// A label, unique in the backend.
         #[arg(long)]
         label: String,
+        /// The key's role, which selects its rotation policy: identity, signing, encryption,
+        /// signed-prekey, one-time-prekey (default: signing; encryption for X25519).
+        #[arg(long)]
+        role: Option<String>,
         /// Print the key's details as JSON.
         #[arg(long)]
         json: bool,
@@ -236,6 +275,31 @@ pub(crate) enum KeyCommand {
         /// ID, LABEL or BACKEND:ID|LABEL.
         #[arg(value_name = "ID|LABEL")]
         key: String,
+    },
+    /// Rotate a key to a new version in the same backend (the old one verifies during its
+    /// migration window); prints the new version's id.
+    Rotate {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// Why (recorded in the key's history).
+        #[arg(long, default_value = "manual rotation")]
+        reason: String,
+        /// Write the continuity proof (identity keys) here.
+        #[arg(long, value_name = "FILE")]
+        proof_out: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A key's versions (with their states) and its history.
+    History {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Revoke a key: it refuses every private operation from now on, in every process, and a
     /// signed revocation statement is recorded (`keyhaven revocations export`).
@@ -305,6 +369,14 @@ pub(crate) enum KeyCommand {
         /// Write the private key UNENCRYPTED (PKCS#8 PEM). Anyone who reads the file has the key.
         #[arg(long)]
         insecure_plaintext: bool,
+        /// pkcs8-encrypted (PEM that `openssl pkey` reads), or a one-key keyhaven backup file:
+        /// keyhaven (text) or binary (`keyhaven backup restore` reads both).
+        #[arg(long, value_enum, default_value_t = crate::backup::ExportFormat::Pkcs8Encrypted)]
+        format: crate::backup::ExportFormat,
+        /// pkcs8-encrypted only: derive the key with PBKDF2-SHA256 (600 000 iterations) instead
+        /// of scrypt, for readers without scrypt.
+        #[arg(long, conflicts_with = "insecure_plaintext")]
+        pbkdf2: bool,
     },
 }
 
@@ -432,6 +504,10 @@ pub(crate) struct VerifyArgs {
     /// der or raw.
     #[arg(long, value_enum, default_value_t = FormatArg::Der)]
     pub(crate) signature_format: FormatArg,
+    /// With --key: also accept retired versions of the key (revoked, compromised and
+    /// destroyed versions never verify).
+    #[arg(long, requires = "key")]
+    pub(crate) allow_retired: bool,
     /// The assertion written with the signature (`keyhaven sign --assertion`): its time decides
     /// whether a revocation applies (signatures asserted before it still verify).
     #[arg(long, value_name = "FILE")]

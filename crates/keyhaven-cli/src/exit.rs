@@ -130,6 +130,24 @@ fn hint_of_kind(kind: ErrorKind) -> &'static str {
     }
 }
 
+/// A hint more precise than the kind's, for damaged data that is not a key store's record.
+fn hint_of_core(e: &CoreError) -> Option<String> {
+    let CoreError::Corrupt { what, .. } = e else {
+        return None;
+    };
+    if what.starts_with("backup") || what.starts_with("share") {
+        Some(
+            "Use an intact copy of the backup or share (`keyhaven backup verify FILE` checks a \
+             backup without its secret); nothing was restored"
+                .into(),
+        )
+    } else if what.starts_with("revocation statement") {
+        Some("Get the revocation list again from its issuer; this one was not used".into())
+    } else {
+        None
+    }
+}
+
 /// The exit code for an error, as `keyhaven` exits with it.
 pub fn code_of(err: &anyhow::Error) -> u8 {
     classify(err).0
@@ -191,7 +209,10 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, String) {
         }
         if let Some(e) = cause.downcast_ref::<CoreError>() {
             let kind = ErrorKind::of_core(e);
-            return (code_of_kind(kind), hint_of_kind(kind).to_owned());
+            return (
+                code_of_kind(kind),
+                hint_of_core(e).unwrap_or_else(|| hint_of_kind(kind).to_owned()),
+            );
         }
         if let Some(e) = cause.downcast_ref::<std::io::Error>() {
             let kind = ErrorKind::of_io(e);

@@ -33,12 +33,20 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
             backend,
             algorithm,
             label,
+            role,
             json,
             tpm,
         } => {
             let had_default = m.config().default_key.is_some();
             let options = tpm_options(tpm)?;
+            let role = role
+                .map(|r| r.parse::<keyhaven::versions::Role>())
+                .transpose()
+                .map_err(keyhaven::CoreError::from)?;
             let key = m.generate_with(backend.as_deref(), algorithm.into(), &label, &options)?;
+            if role.is_some() {
+                m.adopt_key(&key, role)?;
+            }
             print_warnings(m);
             if json {
                 print_json(&key_json(&key, is_default(m, &key))?)?;
@@ -61,6 +69,13 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
             outln!("default key: {key}")?;
             Ok(OK)
         }
+        KeyCommand::Rotate {
+            key,
+            reason,
+            proof_out,
+            json,
+        } => crate::rotation::rotate_key(m, &key, &reason, json, proof_out.as_deref()),
+        KeyCommand::History { key, json } => crate::rotation::history(m, &key, json),
         KeyCommand::Revoke {
             key,
             reason,
@@ -157,8 +172,18 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
             out,
             export_passphrase_file,
             insecure_plaintext,
+            format,
+            pbkdf2,
         } => {
             const OPTION: &str = "--export-passphrase-file";
+            let backup_format = format.backup_format();
+            if backup_format.is_some() && (insecure_plaintext || pbkdf2) {
+                return Err(UsageError(
+                    "--insecure-plaintext and --pbkdf2 are for --format pkcs8-encrypted only"
+                        .into(),
+                )
+                .into());
+            }
             let key = m.resolve(&key)?;
             // Checked early to ask for nothing in vain; the write itself never overwrites.
             if out.symlink_metadata().is_ok() {
@@ -167,6 +192,15 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
                     out.display()
                 ))
                 .into());
+            }
+            if let Some(f) = backup_format {
+                return crate::backup::export_key(
+                    m,
+                    &key,
+                    &out,
+                    f,
+                    export_passphrase_file.as_deref(),
+                );
             }
             let der = m.export_pkcs8(&key)?;
             let pem = if insecure_plaintext {
@@ -200,7 +234,11 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
                     )
                     .into());
                 }
-                hazmat::pkcs8_encrypt_pem(&der, pass.expose_secret().as_bytes())?
+                if pbkdf2 {
+                    crate::backup::pkcs8_pbkdf2(&der, &pass)?
+                } else {
+                    hazmat::pkcs8_encrypt_pem(&der, pass.expose_secret().as_bytes())?
+                }
             };
             keyhaven::fs::atomic_write_new(&out, pem.as_bytes())?;
             errln!(
@@ -252,7 +290,14 @@ fn list(m: &KeyManager, json: bool) -> Result<u8> {
     if json {
         let items = keys
             .iter()
-            .map(|k| key_json(k, is_def(k)))
+            .map(|k| {
+                let mut v = key_json(k, is_def(k))?;
+                let info = m.version_info(k)?;
+                v["version"] = info.version.into();
+                v["state"] = info.state.into();
+                v["logical_key"] = info.logical.into();
+                Ok(v)
+            })
             .collect::<Result<Vec<_>>>()?;
         print_json(&serde_json::Value::Array(items))?;
     } else if m.config().backends.is_empty() {
@@ -267,23 +312,28 @@ fn list(m: &KeyManager, json: bool) -> Result<u8> {
         let rows: Vec<Vec<String>> = keys
             .iter()
             .map(|k| {
-                vec![
+                let info = m.version_info(k)?;
+                Ok(vec![
                     if is_def(k) { "*".into() } else { String::new() },
                     k.backend.clone(),
                     k.id().to_string(),
                     k.label().to_owned(),
+                    format!("v{}", info.version),
+                    info.state,
                     k.algorithm().short_name().to_owned(),
                     k.protection().to_string(),
                     k.info.fingerprint().short(),
-                ]
+                ])
             })
-            .collect();
+            .collect::<Result<_>>()?;
         print_table(
             &[
                 "",
                 "BACKEND",
                 "ID",
                 "LABEL",
+                "VERSION",
+                "STATE",
                 "ALGORITHM",
                 "PROTECTION",
                 "FINGERPRINT",

@@ -3,12 +3,14 @@
 
 mod args;
 mod backend;
+mod backup;
 mod ctx;
 pub mod exit;
 mod key;
 mod lifecycle;
 mod output;
 mod quickstart;
+mod rotation;
 mod sign;
 
 use std::process::ExitCode;
@@ -33,8 +35,21 @@ pub fn main() -> ExitCode {
         Command::Sign(args) => sign::sign(&ctx, args),
         Command::Verify(args) => sign::verify(&ctx, args),
         Command::Backend(cmd) => backend::run(&ctx, cmd),
+        Command::Backup(cmd) => backup::run(&ctx, cmd),
         Command::Doctor { json } => backend::doctor(&ctx, json),
         Command::Quickstart => quickstart::run(&ctx),
+        Command::Rotate {
+            due: _,
+            dry_run,
+            json,
+        } => rotation::rotate_due(&ctx, dry_run, json),
+        Command::Policy(cmd) => rotation::policy(&ctx, cmd),
+        Command::VerifyContinuity {
+            proof,
+            old_public_key,
+            key,
+        } => rotation::verify_continuity(&ctx, proof, old_public_key, key),
+        Command::Prekeys(cmd) => rotation::prekeys(&ctx, cmd),
         Command::Audit(cmd) => lifecycle::audit(&ctx, cmd),
         Command::Compromise(cmd) => lifecycle::compromise(&ctx, cmd),
         Command::Revocations(cmd) => lifecycle::revocations(&ctx, cmd),

@@ -57,6 +57,8 @@ pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
             Some(r) => m.resolve(r)?,
             None => m.default_key()?,
         };
+        // A logical key signs with its primary version: name that one in the assertion.
+        let key = m.signing_target(&key)?;
         let needs_auth = give_key_auth(&m, &key, args.key_auth_file.as_deref())?;
         let sig = m
             .sign_input(&key, input.as_sign_input())
@@ -139,6 +141,7 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
     let sig_bytes = read_file(&args.signature, "signature file")?;
     // With --public-key, nothing of the home is touched: no configuration, no passphrase.
     let mut local_revocation = None;
+    let mut home_key = None;
     let public_key: PublicKey = match (&args.public_key, &args.key) {
         (Some(path), _) => {
             let text = read_file(path, "public key file")?;
@@ -155,7 +158,9 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
             print_warnings(&m);
             let key = key?;
             local_revocation = m.revocation_of(&key)?;
-            key.info.public_key
+            let pk = key.info.public_key.clone();
+            home_key = Some((m, key));
+            pk
         }
         (None, None) => {
             return Err(CoreError::InvalidInput("give --key or --public-key".into()).into());
@@ -183,9 +188,23 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
             return Ok(VERIFY_FAILED);
         }
     };
-    let outcome = match &input {
-        Input::Message(m) => keyhaven::verify(&public_key, m, &sig),
-        Input::Digest(d) => keyhaven::verify_digest(&public_key, d, &sig),
+    // A versioned key verifies with any version its state allows (the one that matched is
+    // reported); a key never rotated with its own public key.
+    let mut matched_version = None;
+    let outcome = match &home_key {
+        Some((m, key)) => {
+            match m.verify_versions(key, input.as_sign_input(), &sig, args.allow_retired) {
+                Ok(Some((n, version_key))) => {
+                    local_revocation = m.revocation_of(&version_key)?;
+                    matched_version = Some(n);
+                    Ok(())
+                }
+                Ok(None) => verify_plain(&public_key, &input, &sig),
+                Err(keyhaven::Error::Core(CoreError::BadSignature)) => Err(CoreError::BadSignature),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        None => verify_plain(&public_key, &input, &sig),
     };
     match outcome {
         Ok(()) => {
@@ -217,7 +236,10 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
                 ))
                 .into());
             }
-            verdict("valid");
+            match matched_version {
+                Some(n) => verdict(&format!("valid (version {n})")),
+                None => verdict("valid"),
+            }
             Ok(OK)
         }
         Err(CoreError::BadSignature) => {
@@ -225,6 +247,17 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
             Ok(VERIFY_FAILED)
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+fn verify_plain(
+    key: &PublicKey,
+    input: &Input,
+    sig: &keyhaven::Signature,
+) -> Result<(), CoreError> {
+    match input {
+        Input::Message(m) => keyhaven::verify(key, m, sig),
+        Input::Digest(d) => keyhaven::verify_digest(key, d, sig),
     }
 }
 

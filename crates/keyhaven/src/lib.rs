@@ -3,6 +3,7 @@
 
 mod assertion;
 mod backend;
+pub mod backup;
 pub mod config;
 mod doctor;
 mod error;
@@ -10,6 +11,7 @@ mod hardware;
 pub mod lifecycle;
 mod manager;
 mod passphrase;
+pub mod rotation;
 
 pub use assertion::{ASSERTION_VERSION, Assertion, rfc3339};
 pub use backend::{Backend, BackendKind};
@@ -21,11 +23,14 @@ pub use hardware::{GenerateOptions, HardwareKeyDetails};
 pub use keyhaven_audit as audit;
 /// Compromise reports, detection, revocation and response (keyhaven-compromise).
 pub use keyhaven_compromise as compromise;
+/// Key versions, rotation policies, continuity proofs and prekeys (keyhaven-rotation).
+pub use keyhaven_rotation as versions;
 pub use lifecycle::{AccessConfig, AuditConfig, ScanOutcome};
 pub use manager::{Inventory, KeyManager, ManagedKey, SignInput, Warning};
 pub use passphrase::{
     FixedPassphrase, NoPassphrase, PassphraseProvider, PassphrasePurpose, PassphraseRequest,
 };
+pub use rotation::VersionInfo;
 
 pub use keyhaven_core::{
     Algorithm, BackendInfo, Error as CoreError, Fingerprint, KeyId, KeyInfo, KeyStore, Protection,

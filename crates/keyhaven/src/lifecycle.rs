@@ -123,6 +123,7 @@ pub(crate) struct State {
     pub(crate) authority: std::sync::OnceLock<Authority>,
     pub(crate) audit: std::sync::OnceLock<Arc<AuditLog>>,
     pub(crate) revocations: std::sync::OnceLock<Arc<Revocations>>,
+    pub(crate) meter: std::sync::OnceLock<Arc<keyhaven_rotation::UsageMeter>>,
 }
 
 /// What a scan found and filed.
@@ -251,8 +252,9 @@ impl KeyManager {
     /// Wraps a freshly opened backend's store in the decorator stack.
     pub(crate) fn decorate(&self, backend: Backend) -> Result<Backend> {
         let raw = backend.store().clone();
+        let metered = keyhaven_rotation::MeteredStore::new(raw, self.usage_meter()?);
         let mut store: Arc<dyn KeyStore> =
-            Arc::new(RevocationCheckedStore::new(raw, self.revocations()?));
+            Arc::new(RevocationCheckedStore::new(metered, self.revocations()?));
         let caller = self.caller();
         if let Some(policy) = self.config().access.policy {
             let policy = Policy::load(&resolve(self.home(), &policy))?;
@@ -265,7 +267,7 @@ impl KeyManager {
     }
 
     /// Appends an event for an operation the facade performs itself (revoke, rotate, report).
-    fn audit_event(
+    pub(crate) fn audit_event(
         &self,
         op: &str,
         key: Option<&ManagedKey>,
@@ -293,7 +295,7 @@ impl KeyManager {
     }
 
     /// Checks the access policy (if any) for an operation the facade performs itself.
-    fn authorize(&self, op: keyhaven_audit::Operation, key: &ManagedKey) -> Result<()> {
+    pub(crate) fn authorize(&self, op: keyhaven_audit::Operation, key: &ManagedKey) -> Result<()> {
         if let Some(policy) = self.config().access.policy {
             let policy = Policy::load(&resolve(self.home(), &policy))?;
             let store = AccessControlledStore::new(key_store_of(self, key)?, policy, self.caller());
@@ -329,6 +331,7 @@ impl KeyManager {
             .revocations()?
             .record(statement, &pk)
             .map_err(CoreError::from)?;
+        self.revoke_version(key, compromised, reason)?;
         self.audit_event("revoke", Some(key), Outcome::Allowed, reason)?;
         Ok(recorded)
     }
@@ -414,6 +417,7 @@ impl KeyManager {
             states.revoked.insert(r.key_id, r.revoked_at);
         }
         states.retired.extend(retired.iter().cloned());
+        states.retired.extend(self.retired_versions()?);
         let findings =
             keyhaven_compromise::scan(&records, &states, &self.config().compromise.thresholds);
         let filed = self
@@ -450,7 +454,7 @@ impl KeyManager {
             revocations: &revocations,
             authority: &authority,
             audit_dir: audit_dir.exists().then_some(audit_dir.as_path()),
-            rotator,
+            rotator: rotator.or(Some(self)),
             config: &config,
         };
         self.audit_event("compromise-respond", Some(&key), Outcome::Intent, report_id)?;

@@ -538,6 +538,11 @@ impl KeyManager {
         }
     }
 
+    /// Every backend that can be reached (for the rotation engine).
+    pub(crate) fn reachable_backends_for_rotation(&self) -> Result<Vec<Backend>> {
+        self.reachable_backends()
+    }
+
     /// Every backend that can be reached; unavailable backends are recorded as warnings.
     fn reachable_backends(&self) -> Result<Vec<Backend>> {
         let (reachable, unreachable) = self.scan_backends()?;
@@ -757,6 +762,7 @@ impl KeyManager {
                 },
             ));
         }
+        let key = &self.signing_target(key)?;
         let b = self.key_backend(key)?;
         let id = &key.info.id;
         match input {

@@ -89,9 +89,53 @@ fn anomaly_scan_respond_revoke_and_a_tampered_log() {
         serde_json::from_str(&fs::read_to_string(&notified).unwrap()).unwrap();
     assert_eq!(notification["id"], report.as_str());
 
-    // The key is revoked: signing in another process is refused with exit 12.
-    let err = h.fails(&["sign", "--key", "api", "--digest", &digest], 12);
-    assert!(err.contains("revoked"), "{err}");
+    assert!(actions.contains(&("rotate".into(), true)), "{actions:?}");
+    // The compromised version is revoked; the logical key goes on with a new primary version,
+    // so `api` signs again, with a new key.
+    let keys = h.json(&["key", "list", "--json"]);
+    let state_of = |id: &str| {
+        keys.as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id)
+            .unwrap()["state"]
+            .clone()
+    };
+    assert_eq!(state_of(&id), "compromised", "{keys}");
+    let v2 = keys
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["label"] == "api.v2")
+        .unwrap();
+    assert_eq!(
+        (v2["version"].as_u64(), v2["state"].as_str()),
+        (Some(2), Some("primary"))
+    );
+    let assertion = h.scratch().join("after.json");
+    let out = h
+        .cmd([
+            "sign",
+            "--key",
+            "api",
+            "--digest",
+            &digest,
+            "--assertion",
+            assertion.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let a: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&assertion).unwrap()).unwrap();
+    assert_eq!(
+        a["key_id"], v2["id"],
+        "signed by the new version, never the revoked one"
+    );
     assert_eq!(
         h.json(&["compromise", "list", "--json"])
             .as_array()
@@ -99,18 +143,11 @@ fn anomaly_scan_respond_revoke_and_a_tampered_log() {
             .len(),
         1
     );
-    // The refusal is in the audit log.
-    let failed = h.ok(&[
-        "audit",
-        "search",
-        "--key",
-        &id,
-        "--operation",
-        "sign_digest",
-        "--outcome",
-        "failed",
-    ]);
-    assert!(failed.contains("revoked"), "{failed}");
+    // The response is in the audit log: the emergency rotation and the response itself.
+    let rotated = h.ok(&["audit", "search", "--key", &id, "--operation", "rotate"]);
+    assert!(rotated.contains(" allowed"), "{rotated}");
+    let responded = h.ok(&["audit", "search", "--operation", "compromise-respond"]);
+    assert!(responded.contains(&report), "{responded}");
 
     // The log is whole; then one edited byte is found and named.
     let verified = h.ok(&["audit", "verify"]);

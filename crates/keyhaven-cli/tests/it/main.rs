@@ -5,12 +5,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod backup;
 mod bad_input;
 mod commands;
 mod lifecycle;
 mod openssl;
 #[cfg(feature = "pkcs11")]
 mod pkcs11;
+mod rotation;
 #[cfg(feature = "tpm")]
 mod tpm;
 
@@ -118,11 +120,15 @@ impl Home {
 
     /// Every file and directory under the home: path -> (mode, SHA-256 of the contents).
     /// Every file and directory of the home with its mode and content hash, except the audit
-    /// log's files: the log grows with every operation, refused ones included, by design.
+    /// log's files and the usage counters: the log grows with every operation, refused ones
+    /// included, and a counter is reserved before a signature is attempted, by design.
     pub(crate) fn snapshot(&self) -> BTreeMap<PathBuf, (u32, String)> {
         let mut out = BTreeMap::new();
         walk(&self.path(), &self.path(), &mut out);
-        out.retain(|p, _| !p.starts_with("audit") || p == Path::new("audit"));
+        out.retain(|p, _| {
+            (!p.starts_with("audit") || p == Path::new("audit"))
+                && (!p.starts_with("rotation/usage") || p == Path::new("rotation/usage"))
+        });
         out
     }
 }

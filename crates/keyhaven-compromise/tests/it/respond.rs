@@ -149,7 +149,8 @@ fn a_failing_step_is_recorded_and_the_others_still_run() {
     let auth = authority();
     let revs = Revocations::open(&sub(dir.path(), "rev")).unwrap();
     let reports = ReportStore::open(&sub(dir.path(), "reports")).unwrap();
-    let key = MemoryStore::new().unwrap()
+    let key = MemoryStore::new()
+        .unwrap()
         .generate(Algorithm::Ed25519, "k")
         .unwrap();
     let report = CompromiseReport::new(
@@ -221,7 +222,8 @@ fn a_failing_step_is_recorded_and_the_others_still_run() {
     responder.respond(&report.id, &key, 1_700_000_500).unwrap();
     assert_eq!(revs.all().unwrap().len(), 1);
     // The wrong key for a report is refused.
-    let other = MemoryStore::new().unwrap()
+    let other = MemoryStore::new()
+        .unwrap()
         .generate(Algorithm::Ed25519, "o")
         .unwrap();
     assert!(responder.respond(&report.id, &other, 1).is_err());

@@ -68,7 +68,8 @@ fn an_x25519_authority_is_refused() {
         store: auth.store.clone(),
         key: x.id,
     };
-    let k = MemoryStore::new().unwrap()
+    let k = MemoryStore::new()
+        .unwrap()
         .generate(Algorithm::Ed25519, "k")
         .unwrap();
     let e = Revocation::issue(&bad, &k, 1, "r", false, None).unwrap_err();

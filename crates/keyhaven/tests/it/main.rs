@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(feature = "memory")]
+mod backup;
 mod config;
 #[cfg(feature = "file")]
 mod fallback;

@@ -1,0 +1,474 @@
+//! `keyhaven key rotate|history`, `keyhaven rotate --due`, `keyhaven policy check|explain`,
+//! `keyhaven verify-continuity` and `keyhaven prekeys status|replenish|take`.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Subcommand;
+use keyhaven::versions::{ContinuityProof, DueAction, LogicalKey, RotationOutcome, verify_chain};
+use keyhaven::{CoreError, KeyManager, default_provider, rfc3339};
+use serde_json::json;
+
+use crate::ctx::{Ctx, print_warnings};
+use crate::exit::OK;
+use crate::output::{errln, outln, print_json, print_table, read_file};
+
+/// `keyhaven policy ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum PolicyCommand {
+    /// Load and validate the rotation policies (HOME/rotation.toml); exit 9 naming the field.
+    Check,
+    /// Which policy applies to a key, and why.
+    Explain {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+    },
+}
+
+/// `keyhaven prekeys ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum PrekeysCommand {
+    /// The one-time prekey pool and the signed prekey of an identity key.
+    Status {
+        /// The identity key (default: the default key).
+        #[arg(long, value_name = "ID|LABEL")]
+        identity: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refill the pool when it is below its low-water mark (policy `[prekeys]`; defaults: below
+    /// 10, refill to 100), and make a signed prekey if there is none.
+    Replenish {
+        /// The identity key (default: the default key).
+        #[arg(long, value_name = "ID|LABEL")]
+        identity: Option<String>,
+    },
+    /// Hand out one one-time prekey (never the same one twice, even to concurrent processes).
+    Take {
+        /// The identity key (default: the default key).
+        #[arg(long, value_name = "ID|LABEL")]
+        identity: Option<String>,
+        /// Print JSON (id, public key PEM, the signed prekey and its signature).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn outcome_json(o: &RotationOutcome) -> serde_json::Value {
+    json!({
+        "logical_key": o.key,
+        "old_version": o.old_version,
+        "new_version": o.new_version,
+        "new_key_id": o.new_key.id.as_str(),
+        "new_label": o.new_key.label,
+        "new_fingerprint": o.new_key.fingerprint().to_hex(),
+        "migration_end": rfc3339(o.migration_end),
+        "continuity_proof": o.proof.as_ref().map(ContinuityProof::to_text),
+        "post_action_error": o.post_action_error,
+    })
+}
+
+pub(crate) fn rotate_key(
+    m: &KeyManager,
+    reference: &str,
+    reason: &str,
+    json: bool,
+    proof_out: Option<&std::path::Path>,
+) -> Result<u8> {
+    let key = m.resolve(reference)?;
+    let o = m.rotate_key(&key, reason)?;
+    if let (Some(path), Some(proof)) = (proof_out, &o.proof) {
+        keyhaven::fs::atomic_write(path, proof.to_text().as_bytes())?;
+    }
+    if json {
+        print_json(&outcome_json(&o))?;
+    } else {
+        outln!("{}", o.new_key.id)?;
+        errln!(
+            "{} is now at version {} ({}, fingerprint {}); {}",
+            key.label(),
+            o.new_version,
+            o.new_key.label,
+            o.new_key.fingerprint().short(),
+            match o.old_version {
+                Some(v) => format!("v{v} verifies until {}", rfc3339(o.migration_end)),
+                None => "no earlier version verifies".into(),
+            }
+        );
+        if o.proof.is_some() && proof_out.is_none() {
+            errln!(
+                "A continuity proof was made (identity key): `keyhaven key history {} --json` \
+                 shows it, or pass --proof-out FILE.",
+                key.label()
+            );
+        }
+    }
+    if let Some(e) = &o.post_action_error {
+        errln!("warning: the post-rotation action failed (the rotation stands): {e}");
+    }
+    Ok(OK)
+}
+
+fn history_json(l: &LogicalKey) -> serde_json::Value {
+    json!({
+        "logical_key": l.id(),
+        "label": l.label(),
+        "backend": l.backend(),
+        "role": l.role().as_str(),
+        "algorithm": l.algorithm().short_name(),
+        "versions": l.versions().iter().map(|v| json!({
+            "version": v.number(),
+            "key_id": v.key_id().as_str(),
+            "label": v.label(),
+            "fingerprint": v.fingerprint(),
+            "state": v.state().name(),
+            "since": rfc3339(v.state_since()),
+            "created_at": rfc3339(v.created_at()),
+            "continuity_proof": v.continuity_proof(),
+        })).collect::<Vec<_>>(),
+        "history": l.history().iter().map(|h| json!({
+            "at": rfc3339(h.at),
+            "version": h.version,
+            "event": h.kind.as_str(),
+            "from": h.from,
+            "to": h.to,
+            "detail": h.detail,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub(crate) fn history(m: &KeyManager, reference: &str, json: bool) -> Result<u8> {
+    let key = m.resolve(reference)?;
+    let Some(l) = m.logical_key(&key)? else {
+        if json {
+            print_json(
+                &json!({"logical_key": null, "versions": [{"version": 1, "key_id": key.id().as_str(), "state": m.version_info(&key)?.state}], "history": []}),
+            )?;
+        } else {
+            outln!(
+                "{key}: version 1, {}; never rotated",
+                m.version_info(&key)?.state
+            )?;
+        }
+        return Ok(OK);
+    };
+    if json {
+        print_json(&history_json(&l))?;
+        return Ok(OK);
+    }
+    outln!(
+        "{} ({}, role {}, backend {})",
+        l.label(),
+        l.id(),
+        l.role().as_str(),
+        l.backend()
+    )?;
+    let rows: Vec<Vec<String>> = l
+        .versions()
+        .iter()
+        .map(|v| {
+            vec![
+                format!("v{}", v.number()),
+                v.key_id().to_string(),
+                v.state().name().to_owned(),
+                rfc3339(v.state_since()),
+                v.fingerprint().get(..16).unwrap_or("").to_owned(),
+            ]
+        })
+        .collect();
+    print_table(
+        &["VERSION", "KEY ID", "STATE", "SINCE", "FINGERPRINT"],
+        &rows,
+    )?;
+    outln!()?;
+    for h in l.history() {
+        outln!(
+            "{} v{} {}{}{}",
+            rfc3339(h.at),
+            h.version,
+            h.kind.as_str(),
+            match (&h.from, &h.to) {
+                (Some(f), Some(t)) => format!(" {f} -> {t}"),
+                _ => String::new(),
+            },
+            if h.detail.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", h.detail)
+            }
+        )?;
+    }
+    Ok(OK)
+}
+
+pub(crate) fn rotate_due(ctx: &Ctx, dry_run: bool, json: bool) -> Result<u8> {
+    let m = ctx.manager()?;
+    if dry_run {
+        let due = m.due_now();
+        print_warnings(&m);
+        let due = due?;
+        if json {
+            let items: Vec<_> = due
+                .iter()
+                .map(|d| json!({"key": d.key, "label": d.label, "reason": d.reason.to_string(), "action": "would act"}))
+                .collect();
+            print_json(&json!(items))?;
+        } else if due.is_empty() {
+            errln!("Nothing is due.");
+        } else {
+            for d in &due {
+                outln!("{} ({}): {} -> would act", d.label, d.key, d.reason)?;
+            }
+        }
+        return Ok(OK);
+    }
+    let outcomes = m.rotate_due();
+    print_warnings(&m);
+    let outcomes = outcomes?;
+    let mut failed = 0;
+    let mut items = Vec::new();
+    for o in &outcomes {
+        let action = match &o.action {
+            DueAction::WouldAct => "would act".to_owned(),
+            DueAction::Rotated(r) => format!("rotated to v{} ({})", r.new_version, r.new_key.id),
+            DueAction::Retired(v) => format!(
+                "retired {}",
+                v.iter()
+                    .map(|n| format!("v{n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            DueAction::RolledBack => "interrupted rotation rolled back".into(),
+            DueAction::Replenished(n) => format!("{n} prekeys added"),
+            DueAction::SignedPrekeyRotated => "new signed prekey".into(),
+            DueAction::Skipped(why) => format!("skipped: {why}"),
+            DueAction::Failed(e) => {
+                failed += 1;
+                format!("FAILED: {e}")
+            }
+            _ => "done".into(),
+        };
+        if json {
+            items.push(json!({"key": o.due.key, "label": o.due.label, "reason": o.due.reason.to_string(), "action": action}));
+        } else {
+            outln!(
+                "{} ({}): {} -> {action}",
+                o.due.label,
+                o.due.key,
+                o.due.reason
+            )?;
+        }
+    }
+    if json {
+        print_json(&json!(items))?;
+    } else if outcomes.is_empty() {
+        errln!("Nothing is due.");
+    }
+    if failed > 0 {
+        return Err(CoreError::Unavailable {
+            backend: "rotation".into(),
+            reason: format!(
+                "{failed} due item(s) failed (see above); the others were done, and the failed \
+                 keys keep their current version: fix the cause and run `keyhaven rotate --due` \
+                 again"
+            ),
+        }
+        .into());
+    }
+    Ok(OK)
+}
+
+pub(crate) fn policy(ctx: &Ctx, cmd: PolicyCommand) -> Result<u8> {
+    let m = ctx.manager()?;
+    match cmd {
+        PolicyCommand::Check => {
+            let path = m.rotation_policy_path();
+            let set = m.rotation_policies()?;
+            if path.exists() {
+                outln!(
+                    "{}: {} policies, defaults for {} role(s): valid",
+                    path.display(),
+                    set.policies().len(),
+                    [
+                        "identity",
+                        "signing",
+                        "encryption",
+                        "signed-prekey",
+                        "one-time-prekey"
+                    ]
+                    .iter()
+                    .filter(|r| r.parse().ok().and_then(|r| set.role_default(r)).is_some())
+                    .count()
+                )?;
+            } else {
+                outln!(
+                    "{} does not exist: no key is ever due for rotation",
+                    path.display()
+                )?;
+            }
+        }
+        PolicyCommand::Explain { key } => {
+            let key = m.resolve(&key)?;
+            let e = m.explain_policy(&key)?;
+            outln!("{key}")?;
+            outln!("{e}")?;
+            print_warnings(&m);
+        }
+    }
+    Ok(OK)
+}
+
+pub(crate) fn verify_continuity(
+    ctx: &Ctx,
+    proof: Option<PathBuf>,
+    old_public_key: Option<PathBuf>,
+    key: Option<String>,
+) -> Result<u8> {
+    let (first, proofs) = match (&old_public_key, &key) {
+        (Some(pem), _) => {
+            let path = proof.as_ref().ok_or_else(|| {
+                CoreError::InvalidInput("give the proof file (PROOF) with --old-public-key".into())
+            })?;
+            let text = String::from_utf8(read_file(pem, "public key file")?).map_err(|_| {
+                CoreError::InvalidInput(format!("{} is not a PEM file", pem.display()))
+            })?;
+            let first = default_provider().parse_public_key_pem(&text)?;
+            let chain = String::from_utf8(read_file(path, "continuity proof")?).map_err(|_| {
+                CoreError::InvalidInput(format!("{} is not a text file", path.display()))
+            })?;
+            (
+                first,
+                ContinuityProof::parse_chain(&chain).map_err(CoreError::from)?,
+            )
+        }
+        (None, Some(reference)) => {
+            let m = ctx.manager()?;
+            let k = m.resolve(reference)?;
+            let l = m.logical_key(&k)?.ok_or_else(|| {
+                CoreError::NotFound(format!("continuity proofs for {k}: it was never rotated"))
+            })?;
+            let v1 = l
+                .version(1)
+                .ok_or_else(|| CoreError::corrupt(l.id(), "no version 1"))?;
+            let first = v1.public_key(l.algorithm()).map_err(CoreError::from)?;
+            let proofs = match &proof {
+                Some(path) => {
+                    let chain =
+                        String::from_utf8(read_file(path, "continuity proof")?).map_err(|_| {
+                            CoreError::InvalidInput(format!(
+                                "{} is not a text file",
+                                path.display()
+                            ))
+                        })?;
+                    ContinuityProof::parse_chain(&chain).map_err(CoreError::from)?
+                }
+                None => m.continuity_chain(&k)?,
+            };
+            (first, proofs)
+        }
+        (None, None) => {
+            return Err(CoreError::InvalidInput(
+                "give --old-public-key PEM (the first identity's public key) or --key REF".into(),
+            )
+            .into());
+        }
+    };
+    let last = verify_chain(&first, &proofs).map_err(CoreError::from)?;
+    outln!("valid")?;
+    errln!(
+        "{} link(s) from {} to {}",
+        proofs.len(),
+        first.fingerprint().short(),
+        last.fingerprint().short()
+    );
+    Ok(OK)
+}
+
+fn identity(m: &KeyManager, reference: Option<&str>) -> Result<keyhaven::ManagedKey> {
+    Ok(match reference {
+        Some(r) => m.resolve(r)?,
+        None => m.default_key()?,
+    })
+}
+
+pub(crate) fn prekeys(ctx: &Ctx, cmd: PrekeysCommand) -> Result<u8> {
+    let m = ctx.manager()?;
+    let result = prekeys_in(&m, cmd);
+    print_warnings(&m);
+    result
+}
+
+fn prekeys_in(m: &KeyManager, cmd: PrekeysCommand) -> Result<u8> {
+    let settings = m.rotation_policies()?.prekeys();
+    let map = |e: keyhaven::versions::RotationError| anyhow::Error::from(CoreError::from(e));
+    match cmd {
+        PrekeysCommand::Status { identity: id, json } => {
+            let key = identity(m, id.as_deref())?;
+            let pool = m.prekey_pool(&key)?;
+            let s = pool.status().map_err(map)?;
+            if json {
+                print_json(&json!({
+                    "identity": key.id().as_str(),
+                    "available": s.available,
+                    "taken": s.taken,
+                    "consumed": s.consumed,
+                    "signed_prekey_age_seconds": s.signed_prekey_age,
+                    "low_water": settings.low_water,
+                    "refill_to": settings.refill_to,
+                }))?;
+            } else {
+                outln!(
+                    "one-time prekeys: {} available, {} taken, {} consumed (refill below {} to {})",
+                    s.available,
+                    s.taken,
+                    s.consumed,
+                    settings.low_water,
+                    settings.refill_to
+                )?;
+                outln!(
+                    "signed prekey: {}",
+                    match s.signed_prekey_age {
+                        Some(a) => format!("{a} s old"),
+                        None => "none yet".into(),
+                    }
+                )?;
+            }
+        }
+        PrekeysCommand::Replenish { identity: id } => {
+            let key = identity(m, id.as_deref())?;
+            let pool = m.prekey_pool(&key)?;
+            let added = pool
+                .replenish(settings.low_water, settings.refill_to)
+                .map_err(map)?;
+            if pool.signed_prekey().map_err(map)?.is_none() {
+                pool.rotate_signed_prekey().map_err(map)?;
+                errln!("made a signed prekey");
+            }
+            outln!("{added} one-time prekey(s) added")?;
+        }
+        PrekeysCommand::Take { identity: id, json } => {
+            let key = identity(m, id.as_deref())?;
+            let pool = m.prekey_pool(&key)?;
+            let otpk = pool.take().map_err(map)?;
+            let spk = pool.signed_prekey().map_err(map)?;
+            if json {
+                print_json(&json!({
+                    "one_time_prekey": {"id": otpk.id.as_str(), "public_key_pem": otpk.public.to_pem()?},
+                    "signed_prekey": spk.as_ref().map(|s| json!({
+                        "id": s.key_id.as_str(),
+                        "public_key_pem": s.key.to_pem().unwrap_or_default(),
+                        "created_at": rfc3339(s.created_at),
+                        "signature": keyhaven::encoding::encode_signature(&s.signature, keyhaven::SignatureFormat::Raw).map(hex::encode).unwrap_or_default(),
+                    })),
+                    "identity_public_key_pem": key.public_key().to_pem()?,
+                }))?;
+            } else {
+                outln!("{}", otpk.id)?;
+                outln!("{}", otpk.public.to_pem()?.trim_end())?;
+            }
+        }
+    }
+    Ok(OK)
+}

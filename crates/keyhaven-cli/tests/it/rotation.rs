@@ -1,0 +1,251 @@
+//! Key versions and rotation end to end: manual and due rotation, verification across versions,
+//! identity continuity proofs checked from the first public key alone, policies, prekeys.
+
+use std::fs;
+
+use crate::Home;
+
+fn key_by_label(h: &Home, label: &str) -> serde_json::Value {
+    let keys = h.json(&["key", "list", "--json"]);
+    keys.as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["label"] == label)
+        .unwrap_or_else(|| panic!("no key {label} in {keys}"))
+        .clone()
+}
+
+#[test]
+fn rotation_keeps_old_signatures_verifying_and_signs_with_the_new_version() {
+    let h = Home::with_encrypted();
+    let v1 = h.generate("p256", "api", &[]);
+    let s = h.scratch();
+    let msg = s.join("msg");
+    fs::write(&msg, b"release 1.0").unwrap();
+    let sign = |out: &str| {
+        h.ok(&[
+            "sign",
+            "--key",
+            "api",
+            "--message-file",
+            msg.to_str().unwrap(),
+            "--out",
+            s.join(out).to_str().unwrap(),
+        ]);
+    };
+    let verify = |sig: &str| {
+        h.ok(&[
+            "verify",
+            "--key",
+            "api",
+            "--message-file",
+            msg.to_str().unwrap(),
+            "--signature",
+            s.join(sig).to_str().unwrap(),
+        ])
+    };
+    sign("old.sig");
+    let v2 = h
+        .ok(&["key", "rotate", "api", "--reason", "yearly"])
+        .trim()
+        .to_owned();
+    assert_ne!(v1, v2);
+    let old = key_by_label(&h, "api");
+    assert_eq!(
+        (old["version"].as_u64(), old["state"].as_str()),
+        (Some(1), Some("verify-only"))
+    );
+    let new = key_by_label(&h, "api.v2");
+    assert_eq!(
+        (new["version"].as_u64(), new["state"].as_str()),
+        (Some(2), Some("primary"))
+    );
+    assert_eq!(new["algorithm"], "p256");
+    // `api` now signs with version 2; both signatures verify through the logical key.
+    sign("new.sig");
+    assert_eq!(verify("old.sig").trim(), "valid (version 1)");
+    assert_eq!(verify("new.sig").trim(), "valid (version 2)");
+    // The new signature is version 2's: openssl checks it with v2's public key.
+    let pem = s.join("v2.pem");
+    h.ok(&["key", "public", &v2, "--out", pem.to_str().unwrap()]);
+    let o = std::process::Command::new("openssl")
+        .args(["dgst", "-sha256", "-verify"])
+        .arg(&pem)
+        .arg("-signature")
+        .arg(s.join("new.sig"))
+        .arg(&msg)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // An old version never signs, even named by its own id once it is not the logical key.
+    h.ok(&["key", "rotate", "api"]);
+    let err = h.fails(&["sign", "--key", &v2, "--digest", &"00".repeat(32)], 5);
+    assert!(err.contains("only the primary version (v3) signs"), "{err}");
+    // History shows every version and event.
+    let hist = h.json(&["key", "history", "api", "--json"]);
+    let states: Vec<_> = hist["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states, ["verify-only", "verify-only", "primary"]);
+    assert!(
+        hist["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["detail"].as_str().unwrap_or("").contains("yearly"))
+    );
+    // A tampered signature is invalid against every version.
+    let mut bad = fs::read(s.join("old.sig")).unwrap();
+    let n = bad.len();
+    bad[n - 3] ^= 1;
+    fs::write(s.join("bad.sig"), bad).unwrap();
+    let out = h.run(&[
+        "verify",
+        "--key",
+        "api",
+        "--message-file",
+        msg.to_str().unwrap(),
+        "--signature",
+        s.join("bad.sig").to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn identity_rotations_are_proven_by_a_continuity_chain_anyone_can_check() {
+    let h = Home::with_encrypted();
+    h.generate("ed25519", "me", &["--role", "identity"]);
+    let s = h.scratch();
+    let first = s.join("first.pem");
+    h.ok(&["key", "public", "me", "--out", first.to_str().unwrap()]);
+    let (p1, p2) = (s.join("p1.txt"), s.join("p2.txt"));
+    h.ok(&["key", "rotate", "me", "--proof-out", p1.to_str().unwrap()]);
+    h.ok(&["key", "rotate", "me", "--proof-out", p2.to_str().unwrap()]);
+    let chain = s.join("chain.txt");
+    fs::write(
+        &chain,
+        fs::read_to_string(&p1).unwrap() + &fs::read_to_string(&p2).unwrap(),
+    )
+    .unwrap();
+    let check = |proof: &std::path::Path| {
+        h.run(&[
+            "verify-continuity",
+            proof.to_str().unwrap(),
+            "--old-public-key",
+            first.to_str().unwrap(),
+        ])
+    };
+    assert!(check(&chain).status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&check(&chain).stdout).trim(),
+        "valid"
+    );
+    assert!(
+        h.run(&["verify-continuity", "--key", "me"])
+            .status
+            .success(),
+        "from the home's stored proofs"
+    );
+    // A broken chain (the second link alone) and a tampered proof are refused.
+    assert!(!check(&p2).status.success());
+    let text = fs::read_to_string(&p1).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("issued-at") || l.contains("issued"))
+        .unwrap_or("")
+        .to_owned();
+    assert!(!line.is_empty(), "{text}");
+    let tampered = s.join("tampered.txt");
+    let edited = line.replace(|c: char| c.is_ascii_digit(), "7");
+    fs::write(&tampered, text.replacen(&line, &edited, 1)).unwrap();
+    let out = check(&tampered);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn keys_rotate_when_due_by_usage_once_even_when_run_twice() {
+    let h = Home::with_encrypted();
+    h.generate("p384", "busy", &[]);
+    h.generate("p384", "quiet", &[]);
+    crate::write_private(
+        &h.path().join("rotation.toml"),
+        "[defaults.signing]\nmax_usage = 3\nmigration_window = \"1h\"\n",
+    );
+    assert!(h.ok(&["policy", "check"]).contains("valid"));
+    let explain = h.ok(&["policy", "explain", "busy"]);
+    assert!(explain.contains("max_usage"), "{explain}");
+    for _ in 0..3 {
+        assert!(
+            h.run(&["sign", "--key", "busy", "--digest", &"ab".repeat(48)])
+                .status
+                .success()
+        );
+    }
+    let dry = h.ok(&["rotate", "--due", "--dry-run"]);
+    assert!(dry.contains("busy") && dry.contains("would act"), "{dry}");
+    assert!(!dry.contains("quiet"), "{dry}");
+    assert!(
+        h.ok(&["key", "list"]).contains("busy"),
+        "a dry run changes nothing"
+    );
+    assert_eq!(key_by_label(&h, "busy")["version"], 1);
+    let done = h.ok(&["rotate", "--due"]);
+    assert!(done.contains("rotated to v2"), "{done}");
+    let again = h.run(&["rotate", "--due"]);
+    assert!(again.status.success());
+    assert!(
+        !String::from_utf8_lossy(&again.stdout).contains("rotated"),
+        "rotates once"
+    );
+    assert_eq!(key_by_label(&h, "busy.v2")["state"], "primary");
+    // A policy file with a typo is refused, naming the field.
+    crate::write_private(
+        &h.path().join("rotation.toml"),
+        "[defaults.signing]\nmax_usge = 3\n",
+    );
+    let err = h.fails(&["policy", "check"], 9);
+    assert!(err.contains("max_usge"), "{err}");
+    crate::write_private(
+        &h.path().join("rotation.toml"),
+        "[defaults.signing]\nmax_age = \"1d\"\nmigration_window = \"2d\"\n",
+    );
+    let err = h.fails(&["rotate", "--due"], 9);
+    assert!(err.contains("migration_window"), "{err}");
+}
+
+#[test]
+fn prekeys_are_replenished_and_each_handed_out_once() {
+    let h = Home::with_encrypted();
+    h.generate("ed25519", "me", &["--role", "identity"]);
+    crate::write_private(
+        &h.path().join("rotation.toml"),
+        "[prekeys]\nlow_water = 2\nrefill_to = 4\n",
+    );
+    assert!(
+        h.ok(&["prekeys", "replenish", "--identity", "me"])
+            .contains("4 one-time")
+    );
+    let status = h.json(&["prekeys", "status", "--identity", "me", "--json"]);
+    assert_eq!(status["available"], 4);
+    assert!(status["signed_prekey_age_seconds"].is_number());
+    let mut ids = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let t = h.json(&["prekeys", "take", "--identity", "me", "--json"]);
+        assert!(t["signed_prekey"]["signature"].is_string());
+        assert!(ids.insert(t["one_time_prekey"]["id"].as_str().unwrap().to_owned()));
+    }
+    // The pool is empty: taking fails clearly until it is replenished.
+    let out = h.run(&["prekeys", "take", "--identity", "me"]);
+    assert!(!out.status.success());
+    assert!(
+        h.ok(&["prekeys", "replenish", "--identity", "me"])
+            .contains("4 one-time")
+    );
+}

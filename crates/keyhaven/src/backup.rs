@@ -1,0 +1,262 @@
+//! Encrypted backups of the manager's keys, and restore into a backend (keyhaven-backup).
+//!
+//! The API of `keyhaven-backup` is re-exported here: the backup file formats ([`write()`],
+//! [`write_shamir`], [`inspect`], [`verify`], [`open`], [`open_with_shares`], [`convert`]),
+//! encrypted PKCS#8 exports ([`export_pkcs8_pem`]), restore with recovery verification
+//! ([`restore`], [`OnConflict`], [`RestoreReport`]) and Shamir custodian shares ([`shamir`]).
+//! On top of them, [`KeyManager`] gathers keys by reference from every backend
+//! ([`KeyManager::collect_backup`]), restores into a configured backend
+//! ([`KeyManager::restore_backup`]) and decrypts a custodian's share with a key it manages
+//! ([`KeyManager::decrypt_share`]). Backends are used through their decorated stores, so every
+//! export and import is checked by access control and written to the audit log.
+
+use std::collections::BTreeSet;
+
+pub use keyhaven_backup::{
+    BackupEntry, BackupError, BackupHeader, BackupProtection, BackupSecret, Custodian,
+    FORMAT_VERSION, Format, HeaderKey, KdfParams, MasterKey, OnConflict, Outcome, Pbes2,
+    RestoreReport, RestoredKey, Share, ShareCheck, VerifyReport, collect, combine, convert,
+    decrypt_share, export_pkcs8_pem, inspect, open, open_with_shares, recovery_verify, restore,
+    save, shamir, split, verify, verify_share, write, write_shamir,
+};
+
+use crate::manager::managed;
+use crate::{Backend, CoreError, Error, KeyManager, ManagedKey, Result};
+
+impl KeyManager {
+    /// Gathers backup entries: the keys named by `refs` (any reference
+    /// [`KeyManager::resolve`] takes; a key named twice is backed up once), or every key of
+    /// every reachable backend. Software keys carry their private key; hardware keys their
+    /// public key and metadata only. Each entry's `backend` is the configured backend name, and
+    /// its metadata records the key's version and state (and, for a versioned key, its logical
+    /// key and role).
+    ///
+    /// # Errors
+    /// [`KeyManager::resolve`]'s errors for a reference; the backend's error for a failing
+    /// export ([`CoreError::PermissionDenied`] when access control forbids it, ...).
+    pub fn collect_backup(&self, refs: Option<&[String]>) -> Result<Vec<BackupEntry>> {
+        let keys = match refs {
+            None => self.list_keys()?,
+            Some(refs) => {
+                let mut seen = BTreeSet::new();
+                let mut keys = Vec::with_capacity(refs.len());
+                for r in refs {
+                    let key = self.resolve(r)?;
+                    if seen.insert((key.backend.clone(), key.info.id.clone())) {
+                        keys.push(key);
+                    }
+                }
+                keys
+            }
+        };
+        let mut entries = Vec::with_capacity(keys.len());
+        for run in keys.chunk_by(|a, b| a.backend == b.backend) {
+            let Some(first) = run.first() else { continue };
+            let b = self.key_backend(first)?;
+            let ids: Vec<_> = run.iter().map(|k| k.info.id.clone()).collect();
+            let mut collected = keyhaven_backup::collect(b.store().as_ref(), b.name(), Some(&ids))
+                .map_err(|e| Error::backend(b.name(), e.into()))?;
+            // The key's place in its logical key (version, state, role), for the record.
+            for entry in &mut collected {
+                if let Some(key) = run.iter().find(|k| k.info.id == entry.id) {
+                    let v = self.version_info(key)?;
+                    entry
+                        .metadata
+                        .insert("version".into(), v.version.to_string());
+                    entry.metadata.insert("state".into(), v.state);
+                    if let Some(l) = self.logical_key(key)? {
+                        entry
+                            .metadata
+                            .insert("logical_key".into(), l.id().to_owned());
+                        entry
+                            .metadata
+                            .insert("role".into(), l.role().as_str().to_owned());
+                    }
+                }
+            }
+            entries.extend(collected);
+        }
+        Ok(entries)
+    }
+
+    /// Restores backup entries into the backend `into` (default: the default backend), its
+    /// store created if needed and the fallback rule applied as for
+    /// [`KeyManager::generate`]. Every restored key signs a challenge checked against the public
+    /// key recorded in the backup before it counts (see [`restore`]); hardware entries are
+    /// reported as public-only. The default key keeps pointing at the same key: a replaced
+    /// default key is followed to its replacement, a default key that no longer exists (a wiped
+    /// store) to its restored copy; without a default key, the first restored key becomes it
+    /// (unless the backend is ephemeral).
+    ///
+    /// Under [`OnConflict::Fail`], a backed-up key whose label is taken by a different key
+    /// refuses the whole restore before anything is changed.
+    ///
+    /// # Errors
+    /// [`CoreError::AlreadyExists`] listing the taken labels under [`OnConflict::Fail`];
+    /// [`Error::NoBackend`], [`Error::Unavailable`] as for [`KeyManager::generate`]; the
+    /// failing step's error (of its own kind: a store refusing the import, a key failing
+    /// recovery verification as [`CoreError::Corrupt`], ...) after everything this restore
+    /// created was removed again.
+    pub fn restore_backup(
+        &self,
+        entries: &[BackupEntry],
+        into: Option<&str>,
+        on_conflict: OnConflict,
+    ) -> Result<RestoreReport> {
+        let name = match into {
+            Some(b) => b.to_owned(),
+            None => self.default_backend_name()?,
+        };
+        let b = self.backend_for_new_key(&name, None)?;
+        let store = b.store().as_ref();
+        if on_conflict == OnConflict::Fail {
+            let taken = label_conflicts(store, entries).map_err(|e| Error::backend(b.name(), e))?;
+            if !taken.is_empty() {
+                let what = if taken.len() == 1 {
+                    format!("a different key labelled {}", taken.join(""))
+                } else {
+                    format!("different keys labelled {}", taken.join(", "))
+                };
+                return Err(Error::backend(
+                    b.name(),
+                    CoreError::AlreadyExists(format!("{what} (nothing was restored)")),
+                ));
+            }
+        }
+        let report = keyhaven_backup::restore(store, entries, on_conflict)
+            .map_err(|e| Error::backend(b.name(), restore_error(e)))?;
+        self.follow_default(&b, &report)?;
+        Ok(report)
+    }
+
+    /// Keeps the default key pointing at the same key after a restore: a replaced default key
+    /// is followed to its replacement, and a default key that no longer exists (a wiped store)
+    /// to the restored copy of it. Without a default key, the first restored key becomes it.
+    fn follow_default(&self, b: &Backend, report: &RestoreReport) -> Result<()> {
+        let current = self.config().default_key;
+        let mut replacement = None;
+        let mut restored_copy = None;
+        let mut first = None;
+        for k in &report.keys {
+            match &k.outcome {
+                Outcome::Replaced { new_id, old_id } => {
+                    if current
+                        .as_ref()
+                        .is_some_and(|d| d.backend == b.name() && &d.id == old_id)
+                    {
+                        replacement = Some(new_id);
+                    }
+                    first = first.or(Some(new_id));
+                }
+                Outcome::Restored { new_id } | Outcome::Renamed { new_id, .. } => {
+                    if current.as_ref().is_some_and(|d| d.id == k.original_id) {
+                        restored_copy = Some(new_id);
+                    }
+                    first = first.or(Some(new_id));
+                }
+                _ => {}
+            }
+        }
+        // Only a default key that is gone is moved to its restored copy.
+        let gone = || matches!(self.default_key(), Err(Error::NoDefaultKey(_)));
+        let target = match (replacement, restored_copy) {
+            (Some(id), _) => Some(id),
+            (None, Some(id)) if gone() => Some(id),
+            _ => None,
+        };
+        let info = |id| b.store().get(id).map_err(|e| Error::backend(b.name(), e));
+        if let Some(id) = target {
+            if !b.kind().is_ephemeral() {
+                self.set_default_key(&managed(b, info(id)?))?;
+            }
+        } else if current.is_none()
+            && let Some(id) = first
+        {
+            self.default_if_none(&managed(b, info(id)?))?;
+        }
+        Ok(())
+    }
+
+    /// Decrypts a Shamir share encrypted to `key` (an X25519 key this manager holds); the key
+    /// agreement happens in the key's backend, so its private key never leaves it. Returns the
+    /// share in the clear, checked against its Feldman commitments.
+    ///
+    /// # Errors
+    /// [`CoreError::Corrupt`] naming the share if it is not encrypted, is encrypted to another
+    /// key, or does not decrypt; the backend's error for a failing agreement.
+    pub fn decrypt_share(&self, share: &Share, key: &ManagedKey) -> Result<Share> {
+        let b = self.key_backend(key)?;
+        keyhaven_backup::decrypt_share(share, b.store().as_ref(), &key.info.id)
+            .map_err(|e| Error::backend(b.name(), e.into()))
+    }
+}
+
+/// The labels (quoted) of backed-up software keys that are not in `store` yet but whose label a
+/// key of `store` (or an earlier entry) already has: what [`restore`] refuses under
+/// [`OnConflict::Fail`].
+fn label_conflicts(
+    store: &dyn crate::KeyStore,
+    entries: &[BackupEntry],
+) -> std::result::Result<Vec<String>, CoreError> {
+    let existing = store.list()?;
+    let present: BTreeSet<String> = existing.iter().map(|k| k.fingerprint().to_hex()).collect();
+    let mut taken: BTreeSet<&str> = existing.iter().map(|k| k.label.as_str()).collect();
+    let mut conflicts = Vec::new();
+    for e in entries {
+        if e.hardware || present.contains(&e.fingerprint().to_hex()) {
+            continue;
+        }
+        if !taken.insert(e.label.as_str()) {
+            conflicts.push(format!("'{}'", e.label));
+        }
+    }
+    Ok(conflicts)
+}
+
+/// A failed restore as a core error of the failing step's own kind (so a caller maps it to the
+/// right exit code), its message saying which key and step failed and what the rollback did.
+fn restore_error(e: BackupError) -> CoreError {
+    let BackupError::Restore {
+        key,
+        stage,
+        source,
+        rollback,
+    } = e
+    else {
+        return e.into();
+    };
+    let note = format!(
+        "while restoring key '{key}' ({stage}); everything this restore created was \
+         removed{rollback}"
+    );
+    let with = |s: String| format!("{s} ({note})");
+    match source {
+        CoreError::NotFound(s) => CoreError::NotFound(with(s)),
+        CoreError::AlreadyExists(s) => CoreError::AlreadyExists(with(s)),
+        CoreError::InvalidInput(s) => CoreError::InvalidInput(with(s)),
+        CoreError::PermissionDenied(s) => CoreError::PermissionDenied(with(s)),
+        CoreError::BadPassphrase(s) => CoreError::BadPassphrase(with(s)),
+        CoreError::Locked(s) => CoreError::Locked(with(s)),
+        CoreError::Revoked(s) => CoreError::Revoked(with(s)),
+        CoreError::Corrupt { what, reason } => CoreError::Corrupt {
+            what,
+            reason: with(reason),
+        },
+        CoreError::Unsupported { operation, reason } => CoreError::Unsupported {
+            operation,
+            reason: with(reason),
+        },
+        CoreError::Unavailable { backend, reason } => CoreError::Unavailable {
+            backend,
+            reason: with(reason),
+        },
+        CoreError::Io { context, source } => CoreError::Io {
+            context: with(context),
+            source,
+        },
+        other => CoreError::Backend {
+            backend: "backup restore",
+            source: format!("{other} ({note})").into(),
+        },
+    }
+}

@@ -1,0 +1,481 @@
+//! Key versions and rotation for a keyhaven home (keyhaven-rotation behind the manager).
+//!
+//! - `HOME/rotation.toml`: the rotation policies (no file: nothing is ever due).
+//! - `HOME/rotation/registry`: one file per logical key (its versions and history).
+//! - `HOME/rotation/usage`: the durable signature counters (the metering decorator).
+//! - `HOME/rotation/prekeys/<identity id>`: prekey pools.
+//!
+//! A key becomes a *logical key* (version 1) when it is first rotated, given a role, or seen by
+//! `rotate --due`. Its logical id is its version 1's key id, and that id and label keep naming
+//! the logical key: signing through them uses the **primary** version. Older versions verify
+//! during their migration window ([`KeyManager::verify_versions`]) and never sign.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use keyhaven_compromise::Rotator;
+use keyhaven_rotation::{
+    ContinuityProof, Due, DueOutcome, Explanation, LogicalKey, PolicySet, PrekeyPool, Registry,
+    Role, RotationEngine, RotationError, RotationOutcome, SystemClock, UsageMeter, VersionState,
+};
+
+use crate::manager::{KeyManager, ManagedKey, SignInput};
+use crate::{CoreError, Error, Result, Signature};
+
+/// The rotation directory inside the home.
+pub const ROTATION_DIR: &str = "rotation";
+
+/// Labels of the keys a prekey pool keeps in its identity's backend (never logical keys).
+const PREKEY_LABEL_PREFIXES: &[&str] = &["otpk-", "spk-"];
+
+fn core(e: RotationError) -> Error {
+    Error::Core(e.into())
+}
+
+/// A key's version and state, for listings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct VersionInfo {
+    /// The logical key (its version 1's id), when the key is versioned.
+    pub logical: Option<String>,
+    /// The version number (1 for a key never rotated).
+    pub version: u32,
+    /// `primary`, `verify-only`, `retired`, `destroyed`, `revoked`, `compromised`.
+    pub state: String,
+}
+
+impl KeyManager {
+    /// `HOME/rotation`.
+    pub fn rotation_dir(&self) -> PathBuf {
+        self.home().join(ROTATION_DIR)
+    }
+
+    /// The rotation policy file, `HOME/rotation.toml`.
+    pub fn rotation_policy_path(&self) -> PathBuf {
+        keyhaven_rotation::default_policy_path(self.home())
+    }
+
+    /// The rotation policies (none if the file does not exist).
+    ///
+    /// # Errors
+    /// The file is invalid (the error names the field).
+    pub fn rotation_policies(&self) -> Result<PolicySet> {
+        PolicySet::load_or_default(&self.rotation_policy_path()).map_err(core)
+    }
+
+    /// The usage meter shared by every backend of this manager (`HOME/rotation/usage`).
+    pub(crate) fn usage_meter(&self) -> Result<Arc<UsageMeter>> {
+        if let Some(m) = self.lifecycle().meter.get() {
+            return Ok(m.clone());
+        }
+        keyhaven_fs::create_private_dir(self.home())?;
+        keyhaven_fs::create_private_dir(&self.rotation_dir())?;
+        let meter = UsageMeter::open_default(&self.rotation_dir().join("usage")).map_err(core)?;
+        Ok(self
+            .lifecycle()
+            .meter
+            .get_or_init(|| Arc::new(meter))
+            .clone())
+    }
+
+    /// The registry of logical keys (created if missing).
+    ///
+    /// # Errors
+    /// It cannot be created or read.
+    pub fn rotation_registry(&self) -> Result<Registry> {
+        keyhaven_fs::create_private_dir(self.home())?;
+        keyhaven_fs::create_private_dir(&self.rotation_dir())?;
+        Registry::open(&self.rotation_dir().join("registry")).map_err(core)
+    }
+
+    fn registry_if_exists(&self) -> Result<Option<Registry>> {
+        if self.rotation_dir().join("registry").is_dir() {
+            Ok(Some(self.rotation_registry()?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The logical key `key` is a version of, if it is versioned.
+    ///
+    /// # Errors
+    /// The registry cannot be read.
+    pub fn logical_key(&self, key: &ManagedKey) -> Result<Option<LogicalKey>> {
+        let Some(registry) = self.registry_if_exists()? else {
+            return Ok(None);
+        };
+        match registry.find(key.id().as_str()) {
+            Ok(k) if k.backend() == key.backend => Ok(Some(k)),
+            Ok(_) | Err(RotationError::NotFound(_)) => Ok(None),
+            Err(e) => Err(core(e)),
+        }
+    }
+
+    /// `key`'s version and state (a key never rotated is version 1, primary; a revoked one is
+    /// `revoked` whatever its version).
+    ///
+    /// # Errors
+    /// The registry or the revocations cannot be read.
+    pub fn version_info(&self, key: &ManagedKey) -> Result<VersionInfo> {
+        let logical = self.logical_key(key)?;
+        let (version, mut state, logical) = match &logical {
+            Some(l) => match l.version_by_key_id(key.id()) {
+                Some(v) => (
+                    v.number(),
+                    v.state().name().to_owned(),
+                    Some(l.id().to_owned()),
+                ),
+                None => (1, "primary".to_owned(), None),
+            },
+            None => (1, "primary".to_owned(), None),
+        };
+        if self.revocation_of(key)?.is_some() && state != "compromised" {
+            state = "revoked".into();
+        }
+        Ok(VersionInfo {
+            logical,
+            version,
+            state,
+        })
+    }
+
+    /// A rotation engine over every reachable backend, with this manager's usage meter and the
+    /// system clock.
+    ///
+    /// # Errors
+    /// The policies are invalid, or a backend fails other than by being unavailable.
+    pub fn rotation_engine(&self) -> Result<RotationEngine> {
+        let mut engine = RotationEngine::new(
+            self.rotation_registry()?,
+            self.rotation_policies()?,
+            Arc::new(SystemClock),
+        )
+        .with_meter(self.usage_meter()?);
+        for b in self.reachable_backends_for_rotation()? {
+            engine = engine.with_store(b.name().to_owned(), b.store().clone());
+        }
+        Ok(engine)
+    }
+
+    /// Registers `key` as version 1 of a logical key with `role` (default: by algorithm).
+    /// Idempotent: an already versioned key is returned as it is.
+    ///
+    /// # Errors
+    /// The registry cannot be written.
+    pub fn adopt_key(&self, key: &ManagedKey, role: Option<Role>) -> Result<LogicalKey> {
+        if let Some(l) = self.logical_key(key)? {
+            return Ok(l);
+        }
+        let role = role.unwrap_or_else(|| Role::default_for(key.algorithm()));
+        self.rotation_registry()?
+            .adopt(&key.backend, &key.info, role, keyhaven_core::unix_now())
+            .map_err(core)
+    }
+
+    /// Rotates `key` (any version of a logical key, or a key never rotated) to a new version in
+    /// the same backend: the new version becomes primary, the old one verify-only for its
+    /// migration window. Checked against the access policy (`rotate`) and audited.
+    ///
+    /// # Errors
+    /// Access denied; the backend failed (the old version stays primary); a pre-rotation action
+    /// failed (the new key is deleted).
+    pub fn rotate_key(&self, key: &ManagedKey, reason: &str) -> Result<RotationOutcome> {
+        self.authorize(keyhaven_audit::Operation::Rotate, key)?;
+        let logical = self.adopt_key(key, None)?;
+        self.audit_event("rotate", Some(key), keyhaven_audit::Outcome::Intent, reason)?;
+        let result = self.rotation_engine()?.rotate(logical.id(), reason);
+        let (outcome, detail) = match &result {
+            Ok(o) => (
+                keyhaven_audit::Outcome::Allowed,
+                format!("{reason}: now v{}", o.new_version),
+            ),
+            Err(e) => (keyhaven_audit::Outcome::Failed, e.to_string()),
+        };
+        self.audit_event("rotate", Some(key), outcome, &detail)?;
+        result.map_err(core)
+    }
+
+    fn rotatable_keys(&self) -> Result<Vec<ManagedKey>> {
+        Ok(self
+            .list_keys()?
+            .into_iter()
+            .filter(|k| {
+                !PREKEY_LABEL_PREFIXES
+                    .iter()
+                    .any(|p| k.label().starts_with(p))
+            })
+            .collect())
+    }
+
+    /// What is due now, changing nothing (`rotate --due --dry-run`): keys never rotated are
+    /// judged as version 1 with their role's default.
+    ///
+    /// # Errors
+    /// The registry, the policies or a backend cannot be used.
+    pub fn due_now(&self) -> Result<Vec<Due>> {
+        let engine = self.rotation_engine()?;
+        let mut keys = engine.registry().list().map_err(core)?;
+        let now = keyhaven_core::unix_now();
+        for key in self.rotatable_keys()? {
+            if self.logical_key(&key)?.is_none() {
+                let role = Role::default_for(key.algorithm());
+                keys.push(LogicalKey::adopt(&key.backend, &key.info, role, now));
+            }
+        }
+        engine.evaluate_keys(&keys).map_err(core)
+    }
+
+    /// Adopts every key of every reachable backend not yet versioned (except prekeys), then
+    /// acts on everything due. Safe to run from cron: concurrent runs act once.
+    ///
+    /// # Errors
+    /// The registry or a backend cannot be used at all.
+    pub fn rotate_due(&self) -> Result<Vec<DueOutcome>> {
+        for key in self.rotatable_keys()? {
+            self.adopt_key(&key, None)?;
+        }
+        let outcomes = self.rotation_engine()?.rotate_due(false).map_err(core)?;
+        for o in &outcomes {
+            if let keyhaven_rotation::DueAction::Rotated(r) = &o.action {
+                let detail = format!("due: {}: now v{}", o.due.reason, r.new_version);
+                if let Ok(k) = self.resolve(&r.key) {
+                    self.audit_event(
+                        "rotate",
+                        Some(&k),
+                        keyhaven_audit::Outcome::Allowed,
+                        &detail,
+                    )?;
+                }
+            }
+        }
+        Ok(outcomes)
+    }
+
+    /// Which policy applies to `key` and why.
+    ///
+    /// # Errors
+    /// The policies are invalid.
+    pub fn explain_policy(&self, key: &ManagedKey) -> Result<Explanation> {
+        let policies = self.rotation_policies()?;
+        Ok(match self.logical_key(key)? {
+            Some(l) => policies.explain(&l),
+            None => policies.explain_for(
+                Role::default_for(key.algorithm()),
+                key.algorithm(),
+                key.protection(),
+            ),
+        })
+    }
+
+    /// The continuity proofs of `key`'s logical key, oldest first.
+    ///
+    /// # Errors
+    /// A stored proof is damaged.
+    pub fn continuity_chain(&self, key: &ManagedKey) -> Result<Vec<ContinuityProof>> {
+        let Some(l) = self.logical_key(key)? else {
+            return Ok(Vec::new());
+        };
+        l.versions()
+            .iter()
+            .filter_map(|v| v.continuity_proof())
+            .map(ContinuityProof::parse)
+            .collect::<keyhaven_rotation::Result<_>>()
+            .map_err(core)
+    }
+
+    /// The prekey pool of the identity key `identity` (`HOME/rotation/prekeys/<id>`), whose
+    /// prekeys live in the identity's backend.
+    ///
+    /// # Errors
+    /// The identity cannot sign, or the pool cannot be opened.
+    pub fn prekey_pool(&self, identity: &ManagedKey) -> Result<PrekeyPool> {
+        if !identity.algorithm().can_sign() {
+            return Err(CoreError::InvalidInput(format!(
+                "{identity} is an X25519 key: a prekey pool needs a signing identity key"
+            ))
+            .into());
+        }
+        let identity = self.signing_target(identity)?;
+        let b = self.key_backend(&identity)?;
+        keyhaven_fs::create_private_dir(self.home())?;
+        keyhaven_fs::create_private_dir(&self.rotation_dir())?;
+        keyhaven_fs::create_private_dir(&self.rotation_dir().join("prekeys"))?;
+        PrekeyPool::open(
+            &self
+                .rotation_dir()
+                .join("prekeys")
+                .join(identity.id().as_str()),
+            b.store().clone(),
+            identity.id().clone(),
+        )
+        .map_err(core)
+    }
+
+    /// The key that actually signs for `key`: the primary version when `key` names a logical
+    /// key (its version 1 id or label), `key` itself otherwise. A later version that is no
+    /// longer primary is refused: only the primary signs. [`KeyManager::sign_input`] applies it
+    /// itself; callers that describe the signing key (assertions) call it first.
+    ///
+    /// # Errors
+    /// [`CoreError::Revoked`] if the logical key has no primary version or the named version
+    /// is revoked; [`CoreError::Unsupported`] for a verify-only or retired version.
+    pub fn signing_target(&self, key: &ManagedKey) -> Result<ManagedKey> {
+        let Some(l) = self.logical_key(key)? else {
+            return Ok(key.clone());
+        };
+        let named = l.version_by_key_id(key.id()).map(|v| v.number());
+        let Some(primary) = l.primary() else {
+            return Err(CoreError::Revoked(format!(
+                "logical key {} ({}) has no primary version (its versions are {}); rotate it \
+                 to make a new one",
+                l.label(),
+                l.id(),
+                l.versions()
+                    .iter()
+                    .map(|v| format!("v{} {}", v.number(), v.state().name()))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        };
+        if primary.key_id() == key.id() {
+            return Ok(key.clone());
+        }
+        if l.id() == key.id().as_str() {
+            return self.resolve(&format!("{}:{}", l.backend(), primary.key_id()));
+        }
+        let state = named
+            .and_then(|n| l.version(n))
+            .map(|v| v.state())
+            .unwrap_or(VersionState::Retired);
+        let msg = format!(
+            "{key} is version {} of logical key '{}', which is {}: only the primary version \
+             (v{}) signs. Sign with '{}' (the logical key) instead",
+            named.unwrap_or(0),
+            l.label(),
+            state.name(),
+            primary.number(),
+            l.label()
+        );
+        Err(if state.is_terminal() {
+            CoreError::Revoked(msg)
+        } else {
+            CoreError::Unsupported {
+                operation: "sign with a non-primary version",
+                reason: msg,
+            }
+        }
+        .into())
+    }
+
+    /// Verifies `signature` with every version of `key`'s logical key whose state allows it
+    /// now (retired versions only with `allow_retired`); returns the version that matched, or
+    /// `None` when `key` is not versioned (verify with its own public key then).
+    ///
+    /// # Errors
+    /// [`CoreError::BadSignature`] if no allowed version verifies it.
+    pub fn verify_versions(
+        &self,
+        key: &ManagedKey,
+        input: SignInput<'_>,
+        signature: &Signature,
+        allow_retired: bool,
+    ) -> Result<Option<(u32, ManagedKey)>> {
+        let Some(l) = self.logical_key(key)? else {
+            return Ok(None);
+        };
+        let now = keyhaven_core::unix_now();
+        for v in l.versions().iter().rev() {
+            if !l.can_verify(v.number(), now, allow_retired)
+                || signature.algorithm() != l.algorithm()
+            {
+                continue;
+            }
+            let pk = v.public_key(l.algorithm()).map_err(core)?;
+            let ok = match input {
+                SignInput::Message(m) => crate::verify(&pk, m, signature),
+                SignInput::Digest(d) => crate::verify_digest(&pk, d, signature),
+            };
+            if ok.is_ok() {
+                let version_key = self.resolve(&format!("{}:{}", l.backend(), v.key_id()))?;
+                return Ok(Some((v.number(), version_key)));
+            }
+        }
+        Err(CoreError::BadSignature.into())
+    }
+
+    /// Marks `key`'s version revoked (or compromised) in the rotation registry, if versioned.
+    pub(crate) fn revoke_version(
+        &self,
+        key: &ManagedKey,
+        compromised: bool,
+        reason: &str,
+    ) -> Result<()> {
+        let Some(l) = self.logical_key(key)? else {
+            return Ok(());
+        };
+        let Some(n) = l.version_by_key_id(key.id()).map(|v| v.number()) else {
+            return Ok(());
+        };
+        let now = keyhaven_core::unix_now();
+        let result = self.rotation_registry()?.update(l.id(), |k| {
+            if compromised {
+                k.compromise(n, now, reason)
+            } else {
+                k.revoke(n, now, reason)
+            }
+        });
+        match result {
+            // Already terminal: the first statement stands.
+            Ok(()) | Err(RotationError::InvalidTransition { .. }) => Ok(()),
+            Err(e) => Err(core(e)),
+        }
+    }
+
+    /// Retired key versions with since when, for compromise detection.
+    pub(crate) fn retired_versions(&self) -> Result<Vec<(String, u64)>> {
+        let Some(registry) = self.registry_if_exists()? else {
+            return Ok(Vec::new());
+        };
+        Ok(registry
+            .list()
+            .map_err(core)?
+            .iter()
+            .flat_map(|l| {
+                l.versions()
+                    .iter()
+                    .filter(|v| v.state() == VersionState::Retired)
+                    .map(|v| (v.key_id().to_string(), v.state_since()))
+                    .collect::<Vec<_>>()
+            })
+            .collect())
+    }
+}
+
+impl Rotator for KeyManager {
+    fn emergency_rotate(&self, key_id: &str, reason: &str) -> keyhaven_core::Result<String> {
+        let key = self.resolve(key_id).map_err(into_core)?;
+        // A revoked version never goes back to verify-only: mark it in the registry first, so
+        // the rotation starts from a logical key with no primary.
+        if let Some(r) = self.revocation_of(&key).map_err(into_core)? {
+            self.adopt_key(&key, None).map_err(into_core)?;
+            self.revoke_version(&key, r.compromised, &r.reason)
+                .map_err(into_core)?;
+        }
+        let o = self.rotate_key(&key, reason).map_err(into_core)?;
+        Ok(format!(
+            "{} rotated to v{} (new key {}, fingerprint {})",
+            key.label(),
+            o.new_version,
+            o.new_key.id,
+            o.new_key.fingerprint().short()
+        ))
+    }
+}
+
+fn into_core(e: Error) -> CoreError {
+    match e {
+        Error::Core(c) | Error::Backend { source: c, .. } => c,
+        other => CoreError::InvalidInput(other.to_string()),
+    }
+}

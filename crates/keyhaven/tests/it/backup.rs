@@ -1,0 +1,77 @@
+//! Backups through the manager: keys collected by reference from a backend, restored into
+//! another with recovery verification, conflicts refused before anything changes.
+
+use keyhaven::backup::{OnConflict, Outcome};
+use keyhaven::{Algorithm, BackendConfig, BackendKind, ErrorKind, FixedPassphrase, KeyManager};
+
+fn manager() -> (KeyManager, tempfile::TempDir) {
+    let home = crate::private_tempdir();
+    let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+    for name in ["a", "b", "c"] {
+        m.add_backend(name, BackendConfig::new(BackendKind::Memory, None))
+            .unwrap();
+    }
+    (m, home)
+}
+
+#[test]
+fn collect_by_reference_and_restore_into_another_backend() {
+    let (m, _home) = manager();
+    let x = m.generate(Some("a"), Algorithm::EcdsaP384, "x").unwrap();
+    let y = m.generate(Some("a"), Algorithm::X25519, "y").unwrap();
+
+    // A key named twice (by label and by BACKEND:ID) is collected once.
+    let refs = ["x".to_owned(), x.reference()];
+    let one = m.collect_backup(Some(&refs)).unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!((one[0].backend.as_str(), &one[0].id), ("a", x.id()));
+    assert!(one[0].private.is_some() && !one[0].hardware);
+
+    let all = m.collect_backup(None).unwrap();
+    assert_eq!(all.len(), 2);
+    let report = m.restore_backup(&all, Some("b"), OnConflict::Fail).unwrap();
+    assert_eq!(report.restored(), 2);
+    let map = report.id_map();
+    for key in [&x, &y] {
+        let restored = m.resolve(&format!("b:{}", key.label())).unwrap();
+        assert_eq!(restored.info.fingerprint(), key.info.fingerprint());
+        assert_eq!(map[key.id()], *restored.id());
+    }
+    let sig = m
+        .sign(&m.resolve("b:x").unwrap(), b"after restore")
+        .unwrap();
+    keyhaven::verify(x.public_key(), b"after restore", &sig).unwrap();
+
+    // Again: the very same keys are already there, nothing is duplicated.
+    let again = m.restore_backup(&all, Some("b"), OnConflict::Fail).unwrap();
+    assert_eq!(again.restored(), 0);
+    assert!(
+        again
+            .keys
+            .iter()
+            .all(|k| matches!(k.outcome, Outcome::AlreadyPresent { .. }))
+    );
+
+    // A different key holding the label: refused (AlreadyExists) and nothing changes, unless
+    // the caller chooses.
+    m.generate(Some("c"), Algorithm::EcdsaP384, "x").unwrap();
+    let e = m
+        .restore_backup(&all, Some("c"), OnConflict::Fail)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
+    assert!(e.to_string().contains("'x'"), "{e}");
+    let listed = |m: &KeyManager| {
+        m.list_keys()
+            .unwrap()
+            .into_iter()
+            .filter(|k| k.backend == "c")
+            .count()
+    };
+    assert_eq!(listed(&m), 1);
+    let renamed = m
+        .restore_backup(&all, Some("c"), OnConflict::Rename)
+        .unwrap();
+    assert_eq!(renamed.restored(), 2);
+    assert_eq!(listed(&m), 3);
+    assert!(m.resolve("c:x (restored)").is_ok());
+}
