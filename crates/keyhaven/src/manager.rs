@@ -918,6 +918,8 @@ impl KeyManager {
             }
             Ok(())
         })?;
+        // Used from now on through the same decorator stack as every other backend.
+        let opened = self.decorate(opened)?;
         lock(&self.backends).insert(name.to_owned(), opened.clone());
         Ok(opened)
     }

@@ -129,8 +129,10 @@ impl KeyManager {
             },
             None => (1, "primary".to_owned(), None),
         };
-        if self.revocation_of(key)?.is_some() && state != "compromised" {
-            state = "revoked".into();
+        if let Some(r) = self.revocation_of(key)?
+            && state != "compromised"
+        {
+            state = if r.compromised { "compromised" } else { "revoked" }.into();
         }
         Ok(VersionInfo {
             logical,

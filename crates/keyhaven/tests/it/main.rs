@@ -11,6 +11,8 @@ mod config;
 mod fallback;
 #[cfg(any(feature = "pkcs11", feature = "tpm"))]
 mod hardware;
+#[cfg(feature = "file")]
+mod lifecycle;
 #[cfg(feature = "memory")]
 mod ops;
 #[cfg(feature = "memory")]
