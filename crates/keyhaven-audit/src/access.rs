@@ -88,6 +88,15 @@ impl<S: KeyStore> AccessControlledStore<S> {
         self.check_key(op, id)
     }
 
+    /// Checks that this caller may create a key labelled `label` (for key creation outside the
+    /// `KeyStore` trait, such as a device's generation with options).
+    ///
+    /// # Errors
+    /// [`Error::PermissionDenied`] if the policy does not allow it.
+    pub fn authorize_new(&self, label: &str) -> Result<()> {
+        self.check_new(label)
+    }
+
     fn check_key(&self, op: Operation, id: &KeyId) -> Result<()> {
         // Labels are looked up only when some rule selects keys by label.
         let label = if self.policy.uses_labels() {

@@ -40,13 +40,19 @@ impl CallerContext {
         self
     }
 
-    /// The OS user running this process (`$USER`, else `$LOGNAME`), with no roles; the host is
-    /// read from `/proc/sys/kernel/hostname`, `/etc/hostname` or `$HOSTNAME`.
+    /// The OS account running this process: the name of its **effective uid** (from
+    /// `/proc/self/status` and `/etc/passwd`; `uid:N` when the account has no name), with no
+    /// roles. Environment variables such as `$USER` are not believed: anyone can set them.
+    /// Only where `/proc` cannot be read does it fall back to `$USER`, then `$LOGNAME`. The
+    /// host is read from `/proc/sys/kernel/hostname`, `/etc/hostname` or `$HOSTNAME`.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] if neither variable holds a non-empty name.
+    /// [`Error::InvalidInput`] if the account cannot be told at all.
     pub fn current_os_user() -> Result<Self> {
-        Self::from_env_vars(std::env::var("USER").ok(), std::env::var("LOGNAME").ok())
+        match effective_uid() {
+            Some(uid) => Ok(CallerContext::new(account_name(uid))),
+            None => Self::from_env_vars(std::env::var("USER").ok(), std::env::var("LOGNAME").ok()),
+        }
     }
 
     fn from_env_vars(user: Option<String>, logname: Option<String>) -> Result<Self> {
@@ -58,15 +64,61 @@ impl CallerContext {
             .map(CallerContext::new)
             .ok_or_else(|| {
                 Error::InvalidInput(
-                    "cannot tell who the caller is: neither $USER nor $LOGNAME is set".into(),
+                    "cannot tell who the caller is: /proc/self/status is unreadable and neither \
+                     $USER nor $LOGNAME is set"
+                        .into(),
                 )
             })
     }
 }
 
+/// The effective uid of this process, from `/proc/self/status` (`Uid: real effective ...`).
+pub fn effective_uid() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_effective_uid(&status)
+}
+
+fn parse_effective_uid(status: &str) -> Option<u32> {
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// The account name of `uid` in `/etc/passwd`, or `uid:N`.
+fn account_name(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| name_in_passwd(&p, uid))
+        .unwrap_or_else(|| format!("uid:{uid}"))
+}
+
+fn name_in_passwd(passwd: &str, uid: u32) -> Option<String> {
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        let _password = fields.next()?;
+        let id: u32 = fields.next()?.parse().ok()?;
+        (id == uid && !name.is_empty()).then(|| name.to_owned())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_effective_uid_names_the_account() {
+        let status = "Name:\tkeyhaven\nUid:\t1000\t0\t0\t0\nGid:\t1000\t0\t0\t0\n";
+        assert_eq!(parse_effective_uid(status), Some(0));
+        assert_eq!(parse_effective_uid("Name: x\n"), None);
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000::/home/alice:/bin/sh\n";
+        assert_eq!(name_in_passwd(passwd, 1000).as_deref(), Some("alice"));
+        assert_eq!(name_in_passwd(passwd, 7), None);
+        // This process: the account of its effective uid, whatever $USER says.
+        let me = CallerContext::current_os_user().unwrap_or_else(|_| CallerContext::new("?"));
+        if let Some(uid) = effective_uid() {
+            assert_eq!(me.principal, account_name(uid));
+        }
+    }
 
     #[test]
     fn user_then_logname() {

@@ -13,7 +13,7 @@ mod verify;
 
 pub use access::AccessControlledStore;
 pub use audited::AuditedStore;
-pub use context::CallerContext;
+pub use context::{CallerContext, effective_uid};
 pub use error::AuditError;
 pub use log::{AuditLog, AuditOptions, AuditSigner, Filter, export_json, log_files, search, tail};
 pub use policy::{Grant, KeyRef, KeyRule, Operation, Permissions, Policy};

@@ -28,6 +28,9 @@ Environment:
                        never used as a token PIN (a pkcs11 backend names its own --pin-env or
                        --pin-file, else the PIN is asked on the terminal)
 
+  KEYHAVEN_PRINCIPAL   for root only: the principal root acts for (audit records, access rules);
+                       everyone else is their OS account, whatever $USER says
+
 Start with `keyhaven quickstart`.";
 
 /// keyhaven: keys kept anywhere, behind one interface.

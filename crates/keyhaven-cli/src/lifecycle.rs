@@ -338,12 +338,24 @@ fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
             } else {
                 print_report(&outcome.report)?;
             }
-            let failed = outcome.report.actions.iter().any(|a| !a.ok);
-            if failed {
-                errln!(
-                    "warning: a response step failed (see the actions above); fix it and run \
-                     `keyhaven compromise respond {id}` again (revocation is never repeated)"
-                );
+            let failed: Vec<&str> = outcome
+                .report
+                .actions
+                .iter()
+                .filter(|a| !a.ok)
+                .map(|a| a.action.as_str())
+                .collect();
+            if !failed.is_empty() {
+                return Err(CoreError::Unavailable {
+                    backend: "compromise response".into(),
+                    reason: format!(
+                        "step(s) {} of report {id} failed (see the actions above; the others \
+                         were done); fix the cause and run `keyhaven compromise respond {id}` \
+                         again: revocation and rotation are not repeated",
+                        failed.join(", ")
+                    ),
+                }
+                .into());
             }
             Ok(OK)
         }
@@ -398,7 +410,17 @@ pub(crate) fn revoke(
 ) -> Result<u8> {
     let key = m.resolve(reference)?;
     let statement = m.revoke(&key, reason, compromised, None)?;
-    outln!("revoked {} from {}", key, rfc3339(statement.revoked_at))?;
+    if statement.key_id == key.id().as_str() {
+        outln!("revoked {} from {}", key, rfc3339(statement.revoked_at))?;
+    } else {
+        outln!(
+            "revoked {}:{} (the primary version of {}) from {}",
+            key.backend,
+            statement.key_id,
+            key.label(),
+            rfc3339(statement.revoked_at)
+        )?;
+    }
     if compromised {
         let r = m.report_compromise(
             &key,

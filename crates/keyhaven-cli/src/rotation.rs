@@ -375,7 +375,19 @@ pub(crate) fn verify_continuity(
             .into());
         }
     };
-    let last = verify_chain(&first, &proofs).map_err(CoreError::from)?;
+    let last = match verify_chain(&first, &proofs) {
+        Ok(last) => last,
+        // A bad signature or a broken chain is a verdict, like `keyhaven verify`'s: exit 1.
+        Err(
+            e @ (keyhaven::versions::RotationError::ContinuitySignature { .. }
+            | keyhaven::versions::RotationError::Continuity { .. }),
+        ) => {
+            let _ = outln!("invalid");
+            errln!("{e}");
+            return Ok(crate::exit::VERIFY_FAILED);
+        }
+        Err(e) => return Err(CoreError::from(e).into()),
+    };
     outln!("valid")?;
     errln!(
         "{} link(s) from {} to {}",
@@ -462,7 +474,7 @@ fn prekeys_in(m: &KeyManager, cmd: PrekeysCommand) -> Result<u8> {
                         "created_at": rfc3339(s.created_at),
                         "signature": keyhaven::encoding::encode_signature(&s.signature, keyhaven::SignatureFormat::Raw).map(hex::encode).unwrap_or_default(),
                     })),
-                    "identity_public_key_pem": key.public_key().to_pem()?,
+                    "identity_public_key_pem": m.signing_target(&key)?.public_key().to_pem()?,
                 }))?;
             } else {
                 outln!("{}", otpk.id)?;

@@ -196,7 +196,7 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
             match m.verify_versions(key, input.as_sign_input(), &sig, args.allow_retired) {
                 Ok(Some((n, version_key))) => {
                     local_revocation = m.revocation_of(&version_key)?;
-                    matched_version = Some(n);
+                    matched_version = Some((n, version_key.info.public_key.clone()));
                     Ok(())
                 }
                 Ok(None) => verify_plain(&public_key, &input, &sig),
@@ -205,6 +205,11 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
             }
         }
         None => verify_plain(&public_key, &input, &sig),
+    };
+    // The key that made the signature: the version that matched, when one did.
+    let (public_key, matched_version) = match matched_version {
+        Some((n, pk)) => (pk, Some(n)),
+        None => (public_key, None),
     };
     match outcome {
         Ok(()) => {
@@ -221,17 +226,26 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
                 }
                 _ => None,
             };
-            let local = local_revocation.filter(|r| asserted.is_none_or(|t| t >= r.revoked_at));
+            // A compromised key's holder can backdate an assertion: its time counts only for
+            // ordinary revocations.
+            let local = local_revocation
+                .filter(|r| r.compromised || asserted.is_none_or(|t| t >= r.revoked_at));
             if let Some(r) = local.or(listed) {
                 verdict("revoked");
                 return Err(CoreError::Revoked(format!(
-                    "the signature is mathematically valid, but its key {} was revoked at {}                      ({}){}; signatures made after that are not accepted",
+                    "the signature is mathematically valid, but its key {} was revoked at {} \
+                     ({}){}; {}",
                     r.key_id,
                     rfc3339(r.revoked_at),
                     r.reason,
                     match asserted {
                         Some(t) => format!(" and the assertion says it was made at {}", rfc3339(t)),
                         None => " and no --assertion gives the signing time".into(),
+                    },
+                    if r.compromised {
+                        "a compromised key's signatures are not accepted whatever time they claim"
+                    } else {
+                        "signatures made after that are not accepted"
                     }
                 ))
                 .into());

@@ -341,10 +341,11 @@ impl VerifiedRevocations {
     }
 
     /// Whether a signature by `key` asserting time `at` (seconds) must be refused: the key is
-    /// revoked and `at` is at or after the revocation (or unknown).
+    /// revoked and `at` is at or after the revocation (or unknown). A key revoked as
+    /// **compromised** is refused whatever time is asserted: whoever holds it can backdate.
     pub fn refuses(&self, key: &PublicKey, at: Option<u64>) -> Option<&Revocation> {
         self.for_key(key)
-            .filter(|r| at.is_none_or(|t| t >= r.revoked_at))
+            .filter(|r| r.compromised || at.is_none_or(|t| t >= r.revoked_at))
     }
 
     /// How many keys are revoked.

@@ -103,7 +103,16 @@ impl TokenReport {
     pub fn probe(module: &Path, selector: &TokenSelector) -> Result<Self> {
         let pkcs11 = module::load(module)?;
         let (slot, _) = module::find_token(&pkcs11, module, selector)?;
-        Ok(Self::of_slot(&pkcs11, module, slot)?)
+        // The token was just found: a call failing now means it went away (SoftHSM answers
+        // CKR_GENERAL_ERROR when its token directory is removed), not a bug.
+        Self::of_slot(&pkcs11, module, slot).map_err(|e| match e {
+            Pkcs11Error::Call { ref token, .. } => Pkcs11Error::TokenGone {
+                token: token.clone(),
+                detail: e.to_string(),
+            }
+            .into(),
+            other => other.into(),
+        })
     }
 
     pub(crate) fn of_slot(

@@ -156,9 +156,21 @@ impl From<RotationError> for CoreError {
             RotationError::Corrupt { what, reason } => CoreError::Corrupt { what, reason },
             RotationError::RotationFailed { ref source, .. } => {
                 let message = e.to_string();
+                // The backend's own kind of failure, with the rotation's message (which says
+                // the old version stays primary).
                 match &**source {
                     CoreError::Unavailable { backend, .. } => CoreError::Unavailable {
                         backend: backend.clone(),
+                        reason: message,
+                    },
+                    CoreError::PermissionDenied(_) => CoreError::PermissionDenied(message),
+                    CoreError::Revoked(_) => CoreError::Revoked(message),
+                    CoreError::Locked(_) => CoreError::Locked(message),
+                    CoreError::BadPassphrase(_) => CoreError::BadPassphrase(message),
+                    CoreError::AlreadyExists(_) => CoreError::AlreadyExists(message),
+                    CoreError::InvalidInput(_) => CoreError::InvalidInput(message),
+                    CoreError::Unsupported { operation, .. } => CoreError::Unsupported {
+                        operation,
                         reason: message,
                     },
                     _ => CoreError::Backend {
@@ -167,7 +179,11 @@ impl From<RotationError> for CoreError {
                     },
                 }
             }
-            RotationError::PreActionFailed { .. } => CoreError::PermissionDenied(e.to_string()),
+            // The operator's hook refused the rotation: not a permissions problem on a file.
+            RotationError::PreActionFailed { .. } => CoreError::Unavailable {
+                backend: "pre-rotation action".into(),
+                reason: e.to_string(),
+            },
             RotationError::Continuity { .. } => CoreError::InvalidInput(e.to_string()),
             RotationError::ContinuitySignature { .. } => CoreError::BadSignature,
             RotationError::PrekeyUsed { .. } => CoreError::Revoked(e.to_string()),

@@ -26,7 +26,7 @@ use crate::{Backend, CoreError, Error, KeyManager, ManagedKey, Result};
 impl KeyManager {
     /// Gathers backup entries: the keys named by `refs` (any reference
     /// [`KeyManager::resolve`] takes; a key named twice is backed up once), or every key of
-    /// every reachable backend. Software keys carry their private key; hardware keys their
+    /// every reachable backend but the revoked keys. Software keys carry their private key; hardware keys their
     /// public key and metadata only. Each entry's `backend` is the configured backend name, and
     /// its metadata records the key's version and state (and, for a versioned key, its logical
     /// key and role).
@@ -36,7 +36,17 @@ impl KeyManager {
     /// export ([`CoreError::PermissionDenied`] when access control forbids it, ...).
     pub fn collect_backup(&self, refs: Option<&[String]>) -> Result<Vec<BackupEntry>> {
         let keys = match refs {
-            None => self.list_keys()?,
+            // Revoked keys refuse to be exported and must never be restored: a whole-home
+            // backup leaves them out (naming one explicitly is refused with `Revoked`).
+            None => {
+                let mut keys = Vec::new();
+                for k in self.list_keys()? {
+                    if self.revocation_of(&k)?.is_none() {
+                        keys.push(k);
+                    }
+                }
+                keys
+            }
             Some(refs) => {
                 let mut seen = BTreeSet::new();
                 let mut keys = Vec::with_capacity(refs.len());
@@ -107,6 +117,10 @@ impl KeyManager {
             Some(b) => b.to_owned(),
             None => self.default_backend_name()?,
         };
+        // Revoked key material never comes back under a new id.
+        for e in entries {
+            self.refuse_revoked_material(&e.public_key, &e.label)?;
+        }
         let b = self.backend_for_new_key(&name, None)?;
         let store = b.store().as_ref();
         if on_conflict == OnConflict::Fail {

@@ -131,7 +131,37 @@ impl KeyManager {
             ));
         }
         let b = self.backend_for_new_key(&name, Some(&options.describe()))?;
-        let info = tpm_generate(&b, algorithm, label, options)?;
+        // The device's own generation call is outside the KeyStore trait, so the facade checks
+        // access and writes the audit records the decorators would.
+        self.authorize_new_key(&b, label)?;
+        self.audit_new_key(
+            "generate",
+            b.kind().name(),
+            None,
+            keyhaven_audit::Outcome::Intent,
+            label,
+        )?;
+        let info = match tpm_generate(&b, algorithm, label, options) {
+            Ok(info) => info,
+            Err(e) => {
+                let reason = e.to_string();
+                self.audit_new_key(
+                    "generate",
+                    b.kind().name(),
+                    None,
+                    keyhaven_audit::Outcome::Failed,
+                    &reason,
+                )?;
+                return Err(e);
+            }
+        };
+        self.audit_new_key(
+            "generate",
+            b.kind().name(),
+            Some(info.id.as_str()),
+            keyhaven_audit::Outcome::Allowed,
+            label,
+        )?;
         let key = managed(&b, info);
         self.default_if_none(&key)?;
         Ok(key)

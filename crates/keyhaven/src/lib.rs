@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 mod assertion;
+#[cfg(feature = "file")]
+mod authority;
 mod backend;
 pub mod backup;
 pub mod config;
@@ -26,7 +28,7 @@ pub use keyhaven_compromise as compromise;
 /// Key versions, rotation policies, continuity proofs and prekeys (keyhaven-rotation).
 pub use keyhaven_rotation as versions;
 pub use lifecycle::{AccessConfig, AuditConfig, ScanOutcome};
-pub use manager::{Inventory, KeyManager, ManagedKey, SignInput, Warning};
+pub use manager::{Inventory, KeyManager, ManagedKey, PRINCIPAL_ENV, SignInput, Warning};
 pub use passphrase::{
     FixedPassphrase, NoPassphrase, PassphraseProvider, PassphrasePurpose, PassphraseRequest,
 };

@@ -13,10 +13,14 @@
 //!   every process at once.
 //!
 //! The *authority key* signs audit checkpoints and revocation statements. By default it is a
-//! P-384 key labelled `keyhaven-authority` in a PEM store of its own (`HOME/authority`, 0600
-//! files in a 0700 directory); `[audit] authority = "BACKEND:ID|LABEL"` puts it in a configured
-//! backend instead (an HSM, say). Verifiers pin its public key
-//! (`keyhaven revocations export` prints it with the list).
+//! P-384 key labelled `keyhaven-authority` in an **encrypted** store of its own
+//! (`HOME/authority/store`, under the passphrase of the home's encrypted backends: the
+//! [`crate::PassphraseProvider`] is asked for backend `authority`), created and opened only
+//! when the key must sign or its public key is first wanted; its public key is then kept in
+//! `HOME/authority/authority.json`, so verifying needs no passphrase. A periodic checkpoint
+//! that cannot be signed (no passphrase at hand) is skipped, never fatal. `[audit] authority = "BACKEND:ID|LABEL"` puts it in a configured backend
+//! instead (an HSM, say). Verifiers pin its public key (`keyhaven revocations export` prints it
+//! with the list).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::Backend;
 use crate::config::Config;
 use crate::manager::{KeyManager, ManagedKey};
-use crate::{Algorithm, CoreError, KeyStore, PublicKey, Result};
+use crate::{CoreError, Error, KeyStore, PublicKey, Result};
 
 /// The audit log directory inside the home.
 pub const AUDIT_DIR: &str = "audit";
@@ -163,25 +167,24 @@ impl KeyManager {
             return Ok(slot.clone());
         }
         let authority = match self.config().audit.authority {
+            // Opened apart from the manager's backends (which are decorated, and whose audit
+            // layer needs this very key): the authority signs through its bare store.
             Some(reference) => {
-                let key = self.resolve(&reference)?;
-                Authority {
-                    store: self.key_backend(&key)?.store_raw().clone(),
-                    key: key.info.id,
-                }
+                let (name, key_ref) = reference.split_once(':').ok_or_else(|| Error::Config {
+                    origin: "configuration".into(),
+                    message: format!(
+                        "audit.authority = \"{reference}\": name the key as BACKEND:ID|LABEL"
+                    ),
+                })?;
+                let store = self.open_undecorated(name)?;
+                let key = store
+                    .resolve(key_ref)
+                    .map_err(|e| Error::backend(name, e))?;
+                Authority { store, key: key.id }
             }
             None => {
                 keyhaven_fs::create_private_dir(self.home())?;
-                let dir = self.home().join(AUTHORITY_DIR);
-                let store = keyhaven_store_pem_open(&dir)?;
-                let key = match store.find_by_label(AUTHORITY_LABEL) {
-                    Ok(k) => k,
-                    Err(CoreError::NotFound(_)) => {
-                        store.generate(Algorithm::EcdsaP384, AUTHORITY_LABEL)?
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                Authority { store, key: key.id }
+                open_authority(&self.home().join(AUTHORITY_DIR), self)?
             }
         };
         Ok(self.lifecycle().authority.get_or_init(|| authority).clone())
@@ -294,6 +297,51 @@ impl KeyManager {
         Ok(())
     }
 
+    /// Checks the access policy (if any) for a key the facade creates itself.
+    pub(crate) fn authorize_new_key(&self, backend: &Backend, label: &str) -> Result<()> {
+        if let Some(policy) = self.config().access.policy {
+            let policy = Policy::load(&resolve(self.home(), &policy))?;
+            let store =
+                AccessControlledStore::new(backend.store_raw().clone(), policy, self.caller());
+            if let Err(e) = store.authorize_new(label) {
+                let reason = e.to_string();
+                self.audit_new_key(
+                    "generate",
+                    backend.kind().name(),
+                    None,
+                    Outcome::Denied,
+                    &reason,
+                )?;
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends an event about a key being created by the facade itself.
+    pub(crate) fn audit_new_key(
+        &self,
+        op: &str,
+        backend: &str,
+        key_id: Option<&str>,
+        outcome: Outcome,
+        reason: &str,
+    ) -> Result<()> {
+        if let Some(log) = self.audit_log()? {
+            let caller = self.caller();
+            let mut e = Event::new(caller.principal.clone(), op, backend, outcome);
+            e.host.clone_from(&caller.host);
+            if let Some(id) = key_id {
+                e = e.key(id, None);
+            }
+            if !reason.is_empty() {
+                e = e.reason(reason);
+            }
+            log.append(e).map_err(CoreError::from)?;
+        }
+        Ok(())
+    }
+
     /// Checks the access policy (if any) for an operation the facade performs itself.
     pub(crate) fn authorize(&self, op: keyhaven_audit::Operation, key: &ManagedKey) -> Result<()> {
         if let Some(policy) = self.config().access.policy {
@@ -307,8 +355,9 @@ impl KeyManager {
         Ok(())
     }
 
-    /// Revokes `key`: signs a revocation statement with the authority key and records it; from
-    /// then on every process refuses the key's private operations. Revoking twice keeps the
+    /// Revokes `key` (when `key` names a rotated logical key, its primary version: the key in
+    /// use): signs a revocation statement with the authority key and records it; from then on
+    /// every process refuses the key's private operations. Revoking twice keeps the
     /// first statement. Audited, and checked against the access policy (`revoke`).
     ///
     /// # Errors
@@ -320,6 +369,7 @@ impl KeyManager {
         compromised: bool,
         report: Option<&str>,
     ) -> Result<Revocation> {
+        let key = &self.current_version(key)?;
         self.authorize(keyhaven_audit::Operation::Revoke, key)?;
         let authority = self.authority()?;
         let at = keyhaven_core::unix_now();
@@ -334,6 +384,28 @@ impl KeyManager {
         self.revoke_version(key, compromised, reason)?;
         self.audit_event("revoke", Some(key), Outcome::Allowed, reason)?;
         Ok(recorded)
+    }
+
+    /// Refuses key material (by its public key) that was revoked, whatever id it had: a revoked
+    /// key must not come back through an import or a restore.
+    ///
+    /// # Errors
+    /// [`CoreError::Revoked`] naming the key; the registry cannot be read.
+    pub fn refuse_revoked_material(&self, public_key: &PublicKey, label: &str) -> Result<()> {
+        let fp = public_key.fingerprint().to_hex();
+        let revoked = self.revocations()?.all().map_err(CoreError::from)?;
+        if let Some(r) = revoked.iter().find(|r| r.fingerprint == fp) {
+            return Err(CoreError::Revoked(format!(
+                "key '{label}' (fingerprint {}) was revoked at {} as key {} ({}); it cannot be \
+                 imported or restored again",
+                public_key.fingerprint().short(),
+                crate::rfc3339(r.revoked_at),
+                r.key_id,
+                r.reason
+            ))
+            .into());
+        }
+        Ok(())
     }
 
     /// The revocation of `key`, if it is revoked.
@@ -365,7 +437,8 @@ impl KeyManager {
         Ok(ReportStore::open(&self.home().join(REPORTS_DIR)).map_err(CoreError::from)?)
     }
 
-    /// Files a compromise report for `key` (by a person: detection `manual`).
+    /// Files a compromise report for `key` (by a person: detection `manual`); for a rotated
+    /// logical key, about its primary version.
     ///
     /// # Errors
     /// The report cannot be written.
@@ -377,6 +450,7 @@ impl KeyManager {
         evidence: &[String],
         role: Option<&str>,
     ) -> Result<CompromiseReport> {
+        let key = &self.current_version(key)?;
         let mut r = CompromiseReport::new(
             key.id().as_str(),
             kind,
@@ -424,6 +498,18 @@ impl KeyManager {
             .reports()?
             .file_findings(&findings, keyhaven_core::unix_now())
             .map_err(CoreError::from)?;
+        let ids: Vec<&str> = filed.iter().map(|r| r.id.as_str()).collect();
+        self.audit_new_key(
+            "compromise-scan",
+            "",
+            None,
+            Outcome::Allowed,
+            &format!(
+                "{} finding(s); new reports: {}",
+                findings.len(),
+                ids.join(", ")
+            ),
+        )?;
         Ok(ScanOutcome { findings, filed })
     }
 
@@ -458,9 +544,15 @@ impl KeyManager {
             config: &config,
         };
         self.audit_event("compromise-respond", Some(&key), Outcome::Intent, report_id)?;
-        let outcome = responder
-            .respond(report_id, &key.info, keyhaven_core::unix_now())
-            .map_err(CoreError::from)?;
+        let outcome = match responder.respond(report_id, &key.info, keyhaven_core::unix_now()) {
+            Ok(o) => o,
+            Err(e) => {
+                let e = CoreError::from(e);
+                let reason = format!("{report_id}: {e}");
+                self.audit_event("compromise-respond", Some(&key), Outcome::Failed, &reason)?;
+                return Err(e.into());
+            }
+        };
         self.audit_event(
             "compromise-respond",
             Some(&key),
@@ -475,16 +567,22 @@ fn key_store_of(m: &KeyManager, key: &ManagedKey) -> Result<Arc<dyn KeyStore>> {
     Ok(m.key_backend(key)?.store_raw().clone())
 }
 
-fn keyhaven_store_pem_open(dir: &Path) -> Result<Arc<dyn KeyStore>> {
+fn open_authority(dir: &Path, m: &KeyManager) -> Result<Authority> {
     #[cfg(feature = "file")]
     {
-        Ok(Arc::new(keyhaven_store_file::PemStore::open_or_create(
-            dir,
-        )?))
+        let store =
+            crate::authority::AuthorityStore::new(dir, AUTHORITY_LABEL, m.passphrase_provider());
+        let key = crate::authority::AUTHORITY_KEY_ID
+            .parse()
+            .map_err(|_| CoreError::InvalidInput("authority key id".into()))?;
+        Ok(Authority {
+            store: Arc::new(store),
+            key,
+        })
     }
     #[cfg(not(feature = "file"))]
     {
-        let _ = dir;
+        let _ = (dir, m);
         Err(CoreError::Unsupported {
             operation: "create the authority key",
             reason: "this build has no file backend: set [audit] authority = \"BACKEND:LABEL\""

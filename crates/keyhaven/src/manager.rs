@@ -162,7 +162,7 @@ pub struct KeyManager {
     home: PathBuf,
     config_path: Option<PathBuf>,
     config: RwLock<Config>,
-    passphrases: Box<dyn PassphraseProvider>,
+    passphrases: std::sync::Arc<dyn PassphraseProvider>,
     backends: Mutex<BTreeMap<String, Backend>>,
     warnings: Mutex<Vec<Warning>>,
     caller: keyhaven_audit::CallerContext,
@@ -178,8 +178,20 @@ impl fmt::Debug for KeyManager {
     }
 }
 
-/// The OS user running this process, or `unknown` when the environment names none.
+/// The environment variable through which **root** (only) names the principal it acts for, as
+/// `sudo -u` would: root can read every key file anyway, so this grants nothing, and it lets
+/// one administrative account act, and be audited, on others' behalf.
+pub const PRINCIPAL_ENV: &str = "KEYHAVEN_PRINCIPAL";
+
+/// The OS account running this process (its effective uid's name), or, for root, the
+/// principal named by [`PRINCIPAL_ENV`]; `unknown` when the account cannot be told.
 fn default_caller() -> keyhaven_audit::CallerContext {
+    if keyhaven_audit::effective_uid() == Some(0)
+        && let Ok(p) = std::env::var(PRINCIPAL_ENV)
+        && !p.trim().is_empty()
+    {
+        return keyhaven_audit::CallerContext::new(p.trim());
+    }
     keyhaven_audit::CallerContext::current_os_user()
         .unwrap_or_else(|_| keyhaven_audit::CallerContext::new("unknown"))
 }
@@ -223,7 +235,7 @@ impl KeyManager {
             home,
             config_path: Some(config_path),
             config: RwLock::new(config),
-            passphrases: Box::new(passphrases),
+            passphrases: std::sync::Arc::new(passphrases),
             backends: Mutex::new(BTreeMap::new()),
             warnings: Mutex::new(Vec::new()),
             caller: default_caller(),
@@ -246,7 +258,7 @@ impl KeyManager {
             home: home.into(),
             config_path: None,
             config: RwLock::new(config),
-            passphrases: Box::new(passphrases),
+            passphrases: std::sync::Arc::new(passphrases),
             backends: Mutex::new(BTreeMap::new()),
             warnings: Mutex::new(Vec::new()),
             caller: default_caller(),
@@ -266,6 +278,11 @@ impl KeyManager {
     /// Who this manager acts for.
     pub fn caller(&self) -> keyhaven_audit::CallerContext {
         self.caller.clone()
+    }
+
+    #[cfg_attr(not(feature = "file"), allow(dead_code))]
+    pub(crate) fn passphrase_provider(&self) -> std::sync::Arc<dyn PassphraseProvider> {
+        self.passphrases.clone()
     }
 
     pub(crate) fn lifecycle(&self) -> &crate::lifecycle::State {
@@ -337,6 +354,23 @@ impl KeyManager {
             path,
             home: &self.home,
             passphrases: self.passphrases.as_ref(),
+        }
+    }
+
+    /// `name`'s existing store without the decorator stack and outside the manager's set of
+    /// opened backends (for the authority key, which the audit layer itself needs).
+    pub(crate) fn open_undecorated(
+        &self,
+        name: &str,
+    ) -> Result<std::sync::Arc<dyn crate::KeyStore>> {
+        let config = self.backend_config(name)?;
+        let path = self.backend_path(name);
+        match open_existing(&self.open_request(name, &config, path.as_deref()))? {
+            Some(b) => Ok(b.store_raw().clone()),
+            None => Err(Error::backend(
+                name,
+                CoreError::NotFound(format!("the store of backend '{name}'")),
+            )),
         }
     }
 
@@ -701,6 +735,10 @@ impl KeyManager {
         label: &str,
         pkcs8_der: &SecretBytes,
     ) -> Result<ManagedKey> {
+        // Revoked key material never comes back under a new id.
+        if let Ok(k) = crate::default_provider().load_pkcs8(pkcs8_der.expose_secret()) {
+            self.refuse_revoked_material(k.public_key(), label)?;
+        }
         let name = match backend {
             Some(b) => b.to_owned(),
             None => self.default_backend_name()?,

@@ -132,7 +132,12 @@ impl KeyManager {
         if let Some(r) = self.revocation_of(key)?
             && state != "compromised"
         {
-            state = if r.compromised { "compromised" } else { "revoked" }.into();
+            state = if r.compromised {
+                "compromised"
+            } else {
+                "revoked"
+            }
+            .into();
         }
         Ok(VersionInfo {
             logical,
@@ -169,9 +174,18 @@ impl KeyManager {
             return Ok(l);
         }
         let role = role.unwrap_or_else(|| Role::default_for(key.algorithm()));
-        self.rotation_registry()?
+        let adopted = self
+            .rotation_registry()?
             .adopt(&key.backend, &key.info, role, keyhaven_core::unix_now())
-            .map_err(core)
+            .map_err(core)?;
+        // A key revoked before it was versioned is not a primary version.
+        match self.revocation_of(key)? {
+            Some(r) => {
+                self.revoke_version(key, r.compromised, &r.reason)?;
+                Ok(self.logical_key(key)?.unwrap_or(adopted))
+            }
+            None => Ok(adopted),
+        }
     }
 
     /// Rotates `key` (any version of a logical key, or a key never rotated) to a new version in
@@ -237,18 +251,28 @@ impl KeyManager {
             self.adopt_key(&key, None)?;
         }
         let outcomes = self.rotation_engine()?.rotate_due(false).map_err(core)?;
+        // Every action taken (or failed) is audited under the logical key's id, which stays
+        // valid when older versions are destroyed.
         for o in &outcomes {
-            if let keyhaven_rotation::DueAction::Rotated(r) = &o.action {
-                let detail = format!("due: {}: now v{}", o.due.reason, r.new_version);
-                if let Ok(k) = self.resolve(&r.key) {
-                    self.audit_event(
-                        "rotate",
-                        Some(&k),
-                        keyhaven_audit::Outcome::Allowed,
-                        &detail,
-                    )?;
-                }
-            }
+            use keyhaven_audit::Outcome;
+            use keyhaven_rotation::DueAction;
+            let (outcome, detail) = match &o.action {
+                DueAction::Rotated(r) => (
+                    Outcome::Allowed,
+                    format!(
+                        "due: {}: now v{} ({})",
+                        o.due.reason, r.new_version, r.new_key.id
+                    ),
+                ),
+                DueAction::Retired(v) => (Outcome::Allowed, format!("retired {v:?}")),
+                DueAction::RolledBack => (
+                    Outcome::Allowed,
+                    "interrupted rotation rolled back".to_owned(),
+                ),
+                DueAction::Failed(e) => (Outcome::Failed, format!("due: {}: {e}", o.due.reason)),
+                _ => continue,
+            };
+            self.audit_new_key("rotate", "", Some(&o.due.key), outcome, &detail)?;
         }
         Ok(outcomes)
     }
@@ -285,8 +309,8 @@ impl KeyManager {
             .map_err(core)
     }
 
-    /// The prekey pool of the identity key `identity` (`HOME/rotation/prekeys/<id>`), whose
-    /// prekeys live in the identity's backend.
+    /// The prekey pool of the identity key `identity` (`HOME/rotation/prekeys/<logical id>`),
+    /// whose prekeys live in the identity's backend and are signed by its primary version.
     ///
     /// # Errors
     /// The identity cannot sign, or the pool cannot be opened.
@@ -297,20 +321,41 @@ impl KeyManager {
             ))
             .into());
         }
+        // The pool belongs to the logical identity (it survives identity rotations); its signed
+        // prekeys are signed by the identity's primary version.
+        let pool_name = match self.logical_key(identity)? {
+            Some(l) => l.id().to_owned(),
+            None => identity.id().to_string(),
+        };
         let identity = self.signing_target(identity)?;
         let b = self.key_backend(&identity)?;
         keyhaven_fs::create_private_dir(self.home())?;
         keyhaven_fs::create_private_dir(&self.rotation_dir())?;
         keyhaven_fs::create_private_dir(&self.rotation_dir().join("prekeys"))?;
         PrekeyPool::open(
-            &self
-                .rotation_dir()
-                .join("prekeys")
-                .join(identity.id().as_str()),
+            &self.rotation_dir().join("prekeys").join(pool_name),
             b.store().clone(),
             identity.id().clone(),
         )
         .map_err(core)
+    }
+
+    /// The version a statement about `key` concerns (a revocation, a compromise report): when
+    /// `key` names a logical key (its version 1 id or label) whose primary is another version,
+    /// that primary, the key in use; otherwise `key` itself.
+    ///
+    /// # Errors
+    /// The registry cannot be read, or the primary version cannot be found.
+    pub fn current_version(&self, key: &ManagedKey) -> Result<ManagedKey> {
+        let Some(l) = self.logical_key(key)? else {
+            return Ok(key.clone());
+        };
+        match l.primary() {
+            Some(p) if l.id() == key.id().as_str() && p.key_id() != key.id() => {
+                self.resolve(&format!("{}:{}", l.backend(), p.key_id()))
+            }
+            _ => Ok(key.clone()),
+        }
     }
 
     /// The key that actually signs for `key`: the primary version when `key` names a logical
@@ -457,6 +502,22 @@ impl KeyManager {
 impl Rotator for KeyManager {
     fn emergency_rotate(&self, key_id: &str, reason: &str) -> keyhaven_core::Result<String> {
         let key = self.resolve(key_id).map_err(into_core)?;
+        // Responding again (after a failed step, or from two processes) must not rotate the
+        // replacement too: a terminal version with a newer primary was already dealt with.
+        if let Some(l) = self.logical_key(&key).map_err(into_core)?
+            && let Some(v) = l.version_by_key_id(key.id())
+            && v.state().is_terminal()
+            && let Some(p) = l.primary()
+            && p.number() > v.number()
+        {
+            return Ok(format!(
+                "already rotated: {} is v{}, and v{} ({}) is primary",
+                key.label(),
+                v.number(),
+                p.number(),
+                p.key_id()
+            ));
+        }
         // A revoked version never goes back to verify-only: mark it in the registry first, so
         // the rotation starts from a logical key with no primary.
         if let Some(r) = self.revocation_of(&key).map_err(into_core)? {

@@ -458,3 +458,37 @@ proptest! {
         prop_assert_eq!(r.events, events);
     }
 }
+
+/// A periodic checkpoint the audit key cannot sign (its store is locked) is skipped, not
+/// fatal: the events are written and chained, an explicit checkpoint fails clearly, and the
+/// next periodic checkpoint that can be signed seals everything before it.
+#[test]
+fn an_unsignable_periodic_checkpoint_is_skipped_not_fatal() {
+    let f = Fixture::new();
+    let locked = AuditSigner {
+        store: f.store.clone(),
+        key: "not-the-audit-key".parse().unwrap(),
+    };
+    let log = AuditLog::open(&f.dir, locked, AuditOptions::checkpoint_every(3)).unwrap();
+    for i in 0..7 {
+        log.append(event("alice", i)).unwrap();
+    }
+    assert!(
+        log.checkpoint().is_err(),
+        "an explicit checkpoint says it failed"
+    );
+    drop(log);
+    let report = f.verify();
+    assert!(report.is_ok(), "{:?}", report.problem);
+    assert_eq!((report.events, report.checkpoints), (7, 0));
+    // With the key back, the next periodic checkpoint seals all of it.
+    let log = f.open(3);
+    for i in 7..10 {
+        log.append(event("alice", i)).unwrap();
+    }
+    drop(log);
+    let report = f.verify();
+    assert!(report.is_ok(), "{:?}", report.problem);
+    assert!(report.checkpoints >= 1);
+    assert_eq!(report.events, 10);
+}

@@ -15,6 +15,10 @@ fn append_config(h: &Home, text: &str) {
 
 #[test]
 fn anomaly_scan_respond_revoke_and_a_tampered_log() {
+    if !nix_is_root() {
+        eprintln!("skipped: acting for another principal (KEYHAVEN_PRINCIPAL) needs root");
+        return;
+    }
     let h = Home::with_encrypted();
     let notified = h.scratch().join("notified.json");
     append_config(
@@ -30,7 +34,7 @@ fn anomaly_scan_respond_revoke_and_a_tampered_log() {
     // Normal use by the usual principal.
     for _ in 0..4 {
         h.cmd(["sign", "--key", "api", "--digest", &digest])
-            .env("USER", "alice")
+            .env("KEYHAVEN_PRINCIPAL", "alice")
             .output()
             .unwrap();
     }
@@ -42,7 +46,7 @@ fn anomaly_scan_respond_revoke_and_a_tampered_log() {
     // The anomaly: someone else uses the key.
     let out = h
         .cmd(["sign", "--key", "api", "--digest", &digest])
-        .env("USER", "mallory")
+        .env("KEYHAVEN_PRINCIPAL", "mallory")
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -316,6 +320,10 @@ fn key_revoke_with_compromised_files_a_confirmed_report() {
 
 #[test]
 fn access_rules_deny_by_principal_and_denials_are_audited() {
+    if !nix_is_root() {
+        eprintln!("skipped: acting for another principal (KEYHAVEN_PRINCIPAL) needs root");
+        return;
+    }
     let h = Home::with_encrypted();
     crate::write_private(
         &h.path().join("access.toml"),
@@ -324,7 +332,12 @@ fn access_rules_deny_by_principal_and_denials_are_audited() {
          }\n",
     );
     append_config(&h, "\n[access]\npolicy = \"access.toml\"\n");
-    let as_user = |user: &str, args: &[&str]| h.cmd(args).env("USER", user).output().unwrap();
+    let as_user = |user: &str, args: &[&str]| {
+        h.cmd(args)
+            .env("KEYHAVEN_PRINCIPAL", user)
+            .output()
+            .unwrap()
+    };
     let gen_args = [
         "key",
         "generate",
@@ -394,4 +407,38 @@ fn nix_is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+#[test]
+fn the_principal_is_the_os_account_not_what_user_says() {
+    let h = Home::with_encrypted();
+    h.generate("p256", "k", &[]);
+    let out = h
+        .cmd(["sign", "--key", "k", "--digest", &"ab".repeat(32)])
+        .env("USER", "someone-else")
+        .env("LOGNAME", "someone-else")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let signs = h.ok(&[
+        "audit",
+        "search",
+        "--operation",
+        "sign_digest",
+        "--outcome",
+        "allowed",
+    ]);
+    assert!(!signs.is_empty());
+    assert!(!signs.contains("someone-else"), "{signs}");
+    if !nix_is_root() {
+        // Only root may name the principal it acts for.
+        let out = h
+            .cmd(["sign", "--key", "k", "--digest", &"ab".repeat(32)])
+            .env("KEYHAVEN_PRINCIPAL", "mallory")
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let signs = h.ok(&["audit", "search", "--principal", "mallory"]);
+        assert!(signs.trim().is_empty(), "{signs}");
+    }
 }
