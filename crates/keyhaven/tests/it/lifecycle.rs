@@ -159,3 +159,45 @@ fn access_rules_apply_to_the_callers_of_the_manager() {
     .unwrap();
     assert_eq!(denied.len(), 1);
 }
+
+#[test]
+fn a_configured_authority_signs_from_its_own_backend_and_revoked_keys_stay_out() {
+    let home = crate::private_tempdir();
+    let m = manager(home.path(), "ops");
+    m.add_backend("b", BackendConfig::new(BackendKind::Encrypted, None))
+        .unwrap();
+    let auth = m.generate(None, Algorithm::EcdsaP384, "auth").unwrap();
+    let mut config = m.config();
+    config.audit.authority = Some("b:auth".into());
+    config.audit.checkpoint_every = Some(2);
+    std::fs::write(
+        home.path().join("keyhaven.toml"),
+        config.to_toml_string().unwrap(),
+    )
+    .unwrap();
+    drop(m);
+    // A fresh manager: its backend's audit layer needs the authority, which lives in that very
+    // backend (opened apart, so nothing waits on itself).
+    let m = manager(home.path(), "ops");
+    let key = m.generate(None, Algorithm::Ed25519, "k").unwrap();
+    for _ in 0..4 {
+        m.sign(&key, b"x").unwrap();
+    }
+    assert_eq!(m.authority_public_key().unwrap(), auth.info.public_key);
+    let report = m.verify_audit().unwrap();
+    assert!(report.is_ok(), "{:?}", report.problem);
+    assert!(report.checkpoints >= 2, "{report:?}");
+
+    // Revoked key material never comes back: not in a whole-home backup, not by restore.
+    let before = m.collect_backup(Some(&["k".to_owned()])).unwrap();
+    m.revoke(&key, "lost", true, None).unwrap();
+    let all = m.collect_backup(None).unwrap();
+    assert!(
+        all.iter().all(|e| e.id != *key.id()),
+        "revoked keys are left out"
+    );
+    let e = m
+        .restore_backup(&before, None, keyhaven::backup::OnConflict::Rename)
+        .unwrap_err();
+    assert!(matches!(&e, Error::Core(CoreError::Revoked(_))), "{e}");
+}
