@@ -18,4 +18,6 @@ pub use error::AuditError;
 pub use log::{AuditLog, AuditOptions, AuditSigner, Filter, export_json, log_files, search, tail};
 pub use policy::{Grant, KeyRef, KeyRule, Operation, Permissions, Policy};
 pub use record::{Body, Event, FORMAT_VERSION, Outcome, Record, hostname};
-pub use verify::{Problem, ProblemKind, VerifyReport, verify, verify_dir};
+pub use verify::{
+    Expectation, Problem, ProblemKind, VerifyReport, verify, verify_dir, verify_dir_expecting,
+};

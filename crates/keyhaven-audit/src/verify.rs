@@ -110,6 +110,100 @@ pub fn verify_dir(dir: &Path, audit_public_key: &PublicKey) -> Result<VerifyRepo
     verify(&log_files(dir)?, audit_public_key)
 }
 
+/// What an auditor recorded from an earlier verification (`records` and `head` of its
+/// [`VerifyReport`]), so that records removed from the end of the log since then (or the whole
+/// log replaced) are found even after the last signed checkpoint.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Expectation {
+    /// The log had at least this many records.
+    pub records: u64,
+    /// The hash of its last line then (the report's `head`), if recorded.
+    pub head: Option<String>,
+}
+
+/// Verifies the log in `dir` (see [`verify`]) and checks it still holds what an earlier
+/// verification saw: at least `expect.records` records, the one at that position hashing to
+/// `expect.head`. A shortfall is [`ProblemKind::Deleted`] (records removed from the end, or the
+/// log replaced by a shorter one); a different line there is [`ProblemKind::Edited`].
+///
+/// # Errors
+/// As [`verify`].
+pub fn verify_dir_expecting(
+    dir: &Path,
+    audit_public_key: &PublicKey,
+    expect: &Expectation,
+) -> Result<VerifyReport, AuditError> {
+    let files = log_files(dir)?;
+    let mut report = verify(&files, audit_public_key)?;
+    if report.problem.is_some() || expect.records == 0 {
+        return Ok(report);
+    }
+    let last_file = files
+        .last()
+        .cloned()
+        .unwrap_or_else(|| dir.join("audit.1.log"));
+    // The first missing record would be the line after the last one.
+    let end_line = std::fs::read(&last_file)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count() as u64 + 1)
+        .unwrap_or(1);
+    if report.records < expect.records {
+        report.problem = Some(problem(
+            &last_file,
+            end_line,
+            ProblemKind::Deleted,
+            format!(
+                "the log holds {} records but an earlier verification saw {}: records were \
+                 removed from its end, or the log was replaced",
+                report.records, expect.records
+            ),
+        ));
+        return Ok(report);
+    }
+    if let Some(want) = &expect.head {
+        let seq = expect.records - 1;
+        let mut found = None;
+        for path in &files {
+            let file = fsutil::open_read(path)?;
+            for (n, line) in BufReader::new(file).split(b'\n').enumerate() {
+                let line = line.map_err(io_err("read", path))?;
+                if let Ok(r) = serde_json::from_slice::<Record>(&line)
+                    && r.seq == seq
+                {
+                    found = Some((path.clone(), n as u64 + 1, line_hash(&line)));
+                    break;
+                }
+            }
+            if found.is_some() {
+                break;
+            }
+        }
+        match found {
+            Some((_, _, hash)) if hash == *want => {}
+            Some((path, line, _)) => {
+                report.problem = Some(problem(
+                    &path,
+                    line,
+                    ProblemKind::Edited,
+                    format!(
+                        "record {seq} is not the one an earlier verification saw (head {}): the \
+                         log was rewritten from here or replaced",
+                        want.get(..16).unwrap_or(want)
+                    ),
+                ));
+            }
+            None => {
+                report.problem = Some(problem(
+                    &last_file,
+                    end_line,
+                    ProblemKind::Deleted,
+                    format!("record {seq}, seen by an earlier verification, is missing"),
+                ));
+            }
+        }
+    }
+    Ok(report)
+}
+
 struct State<'a> {
     pk: &'a PublicKey,
     report: VerifyReport,

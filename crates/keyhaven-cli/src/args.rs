@@ -124,6 +124,14 @@ pub(crate) enum AuditCommand {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// The record count an earlier verification printed: fewer now means records were
+        /// removed from the end (or the log replaced), even after the last checkpoint.
+        #[arg(long, value_name = "N")]
+        expect_records: Option<u64>,
+        /// The head an earlier verification printed (with --expect-records): the record at that
+        /// position must still hash to it.
+        #[arg(long, value_name = "HEX", requires = "expect_records")]
+        expect_head: Option<String>,
     },
     /// The last records.
     Tail {

@@ -69,8 +69,18 @@ pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
     let m = ctx.manager()?;
     let dir = m.audit_dir();
     match cmd {
-        AuditCommand::Verify { json } => {
-            let report = m.verify_audit()?;
+        AuditCommand::Verify {
+            json,
+            expect_records,
+            expect_head,
+        } => {
+            let report = match expect_records {
+                Some(records) => m.verify_audit_expecting(&keyhaven::audit::Expectation {
+                    records,
+                    head: expect_head,
+                })?,
+                None => m.verify_audit()?,
+            };
             if json {
                 print_json(&json!({
                     "ok": report.is_ok(),
@@ -95,6 +105,13 @@ pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
                     report.checkpoints,
                     report.unsealed
                 )?;
+                if let Some(head) = &report.head {
+                    errln!(
+                        "Keep `--expect-records {} --expect-head {head}` to check later that \
+                         nothing was removed from its end.",
+                        report.records
+                    );
+                }
             }
             match &report.problem {
                 None => Ok(OK),

@@ -235,6 +235,23 @@ impl KeyManager {
         Ok(keyhaven_audit::verify_dir(&self.audit_dir(), &pk).map_err(CoreError::from)?)
     }
 
+    /// Verifies the audit log and checks it still holds what an earlier verification saw
+    /// (its record count and head): records removed from the end since then, or a replaced
+    /// log, are reported even after the last signed checkpoint.
+    ///
+    /// # Errors
+    /// A log file cannot be read.
+    pub fn verify_audit_expecting(
+        &self,
+        expect: &keyhaven_audit::Expectation,
+    ) -> Result<VerifyReport> {
+        let pk = self.authority_public_key()?;
+        Ok(
+            keyhaven_audit::verify_dir_expecting(&self.audit_dir(), &pk, expect)
+                .map_err(CoreError::from)?,
+        )
+    }
+
     /// The revocation registry (`HOME/revocations`).
     ///
     /// # Errors

@@ -492,3 +492,43 @@ fn an_unsignable_periodic_checkpoint_is_skipped_not_fatal() {
     assert!(report.checkpoints >= 1);
     assert_eq!(report.events, 10);
 }
+
+/// Records removed from the end after the last checkpoint pass a plain verification (only the
+/// chain protects them), but not one that checks what an earlier verification saw; nor does a
+/// log replaced by a fresh one.
+#[test]
+fn an_expectation_from_an_earlier_verification_catches_removal_at_the_end() {
+    let f = Fixture::new();
+    let log = f.open(4);
+    for i in 0..10 {
+        log.append(event("alice", i)).unwrap();
+    }
+    drop(log);
+    let seen = f.verify();
+    let expect = keyhaven_audit::Expectation {
+        records: seen.records,
+        head: seen.head.clone(),
+    };
+    let check =
+        || keyhaven_audit::verify_dir_expecting(&f.dir, &f.key.public_key, &expect).unwrap();
+    assert!(check().is_ok());
+    // Cut the last two lines (after the last checkpoint).
+    let path = f.file(1);
+    let text = fs::read_to_string(&path).unwrap();
+    let kept: Vec<&str> = text.lines().collect();
+    let cut = kept[..kept.len() - 2].join("\n") + "\n";
+    fs::write(&path, cut).unwrap();
+    assert!(f.verify().is_ok(), "the chain alone cannot see it");
+    let p = check().problem.expect("found");
+    assert_eq!(p.kind, ProblemKind::Deleted, "{p}");
+    assert_eq!(p.line, kept.len() as u64 - 1, "{p}");
+    // A whole new log in its place: a different record at that position.
+    fs::remove_dir_all(&f.dir).unwrap();
+    let log = f.open(4);
+    for i in 0..12 {
+        log.append(event("mallory", i)).unwrap();
+    }
+    drop(log);
+    assert!(f.verify().is_ok());
+    assert_eq!(check().problem.expect("found").kind, ProblemKind::Edited);
+}

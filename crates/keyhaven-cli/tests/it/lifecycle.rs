@@ -442,3 +442,44 @@ fn the_principal_is_the_os_account_not_what_user_says() {
         assert!(signs.trim().is_empty(), "{signs}");
     }
 }
+
+#[test]
+fn records_cut_from_the_end_are_found_against_an_earlier_verification() {
+    let h = Home::with_encrypted();
+    h.generate("p256", "k", &[]);
+    for _ in 0..2 {
+        assert!(
+            h.run(&["sign", "--key", "k", "--digest", &"ab".repeat(32)])
+                .status
+                .success()
+        );
+    }
+    let seen = h.json(&["audit", "verify", "--json"]);
+    let (records, head) = (
+        seen["records"].to_string(),
+        seen["head"].as_str().unwrap().to_owned(),
+    );
+    let expect = [
+        "audit",
+        "verify",
+        "--expect-records",
+        &records,
+        "--expect-head",
+        &head,
+    ];
+    assert!(h.ok(&expect).starts_with("audit log intact"));
+    // Someone removes the last records (no checkpoint covers them yet).
+    let log = h.path().join("audit").join("audit.1.log");
+    let text = fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    fs::write(&log, lines[..lines.len() - 3].join("\n") + "\n").unwrap();
+    assert!(
+        h.ok(&["audit", "verify"]).starts_with("audit log intact"),
+        "the chain alone cannot tell"
+    );
+    let err = h.fails(&expect, 7);
+    assert!(
+        err.contains("deleted") && err.contains("audit.1.log:"),
+        "{err}"
+    );
+}
