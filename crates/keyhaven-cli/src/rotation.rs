@@ -140,7 +140,18 @@ fn history_json(l: &LogicalKey) -> serde_json::Value {
 }
 
 pub(crate) fn history(m: &KeyManager, reference: &str, json: bool) -> Result<u8> {
-    let key = m.resolve(reference)?;
+    let key = match m.resolve(reference) {
+        Ok(k) => k,
+        // The backend is away: the history is in the registry, which needs no backend.
+        Err(e @ keyhaven::Error::Unavailable { .. }) => match m.find_logical_key(reference)? {
+            Some(l) => {
+                errln!("warning: {e}; showing the history kept in the home");
+                return print_history(&l, json);
+            }
+            None => return Err(e.into()),
+        },
+        Err(e) => return Err(e.into()),
+    };
     let Some(l) = m.logical_key(&key)? else {
         if json {
             print_json(
@@ -154,8 +165,12 @@ pub(crate) fn history(m: &KeyManager, reference: &str, json: bool) -> Result<u8>
         }
         return Ok(OK);
     };
+    print_history(&l, json)
+}
+
+fn print_history(l: &LogicalKey, json: bool) -> Result<u8> {
     if json {
-        print_json(&history_json(&l))?;
+        print_json(&history_json(l))?;
         return Ok(OK);
     }
     outln!(

@@ -111,6 +111,23 @@ impl KeyManager {
         }
     }
 
+    /// The logical key a reference names (a logical id, any version's key id, or a label),
+    /// read from the registry alone: its history stays readable while its backend is away.
+    ///
+    /// # Errors
+    /// The registry cannot be read.
+    pub fn find_logical_key(&self, reference: &str) -> Result<Option<LogicalKey>> {
+        let Some(registry) = self.registry_if_exists()? else {
+            return Ok(None);
+        };
+        let reference = reference.split_once(':').map_or(reference, |(_, r)| r);
+        match registry.find(reference) {
+            Ok(k) => Ok(Some(k)),
+            Err(RotationError::NotFound(_)) => Ok(None),
+            Err(e) => Err(core(e)),
+        }
+    }
+
     /// `key`'s version and state (a key never rotated is version 1, primary; a revoked one is
     /// `revoked` whatever its version).
     ///

@@ -238,6 +238,34 @@ fn exporting_a_token_key_is_refused_with_exit_5() {
 }
 
 #[test]
+fn token_keys_rotate_on_the_token_and_a_gone_token_leaves_the_old_version_primary() {
+    let (hsm, h) = hsm_backend();
+    let v1 = h.generate("p384", "rot", &["--backend", "hsm"]);
+    let v2 = h.ok(&["key", "rotate", "hsm:rot"]).trim().to_owned();
+    // Both versions are keys on the token, where pkcs11-tool sees them.
+    let labels: Vec<String> = token_objects(&hsm).into_iter().map(|o| o.1).collect();
+    assert!(
+        labels.iter().any(|l| l == "rot") && labels.iter().any(|l| l == "rot.v2"),
+        "{labels:?}"
+    );
+    let hist = h.json(&["key", "history", "hsm:rot", "--json"]);
+    assert_eq!(hist["versions"][1]["key_id"], v2.as_str());
+    assert_eq!(hist["versions"][0]["key_id"], v1.as_str());
+    // The token goes away: rotating fails as unavailable, and v2 stays primary.
+    std::fs::remove_dir_all(hsm.token_directory(TOKEN)).unwrap();
+    let err = h.fails(&["key", "rotate", &v1], 10);
+    assert!(err.contains("hsm") || err.contains("token"), "{err}");
+    let hist = h.json(&["key", "history", &v1, "--json"]);
+    let states: Vec<_> = hist["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states, ["verify-only", "primary"], "{hist}");
+}
+
+#[test]
 fn a_token_directory_removed_mid_run_is_an_error_not_a_panic() {
     let (hsm, h) = hsm_backend();
     let s = h.scratch();
