@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use keyhaven_core::{
-    Algorithm, BackendInfo, Error, KeyId, KeyInfo, KeyStore, Protection, PublicKey, Result,
-    SecretBytes, Signature,
+    Algorithm, Error, KeyId, KeyInfo, KeyStore, Protection, PublicKey, Result, SecretBytes,
+    Signature,
 };
 
 use crate::CallerContext;
@@ -121,27 +121,13 @@ impl<S: KeyStore> AccessControlledStore<S> {
 }
 
 impl<S: KeyStore> KeyStore for AccessControlledStore<S> {
-    fn info(&self) -> BackendInfo {
-        self.inner.info()
-    }
+    // Reading keys and their public parts needs no permission (verification is public).
+    keyhaven_core::forward_key_store!(inner; info, list, get, find_by_label, resolve, public_key,
+        check);
+
     fn generate(&self, algorithm: Algorithm, label: &str) -> Result<KeyInfo> {
         self.check_new(label)?;
         self.inner.generate(algorithm, label)
-    }
-    fn list(&self) -> Result<Vec<KeyInfo>> {
-        self.inner.list()
-    }
-    fn get(&self, id: &KeyId) -> Result<KeyInfo> {
-        self.inner.get(id)
-    }
-    fn find_by_label(&self, label: &str) -> Result<KeyInfo> {
-        self.inner.find_by_label(label)
-    }
-    fn resolve(&self, id_or_label: &str) -> Result<KeyInfo> {
-        self.inner.resolve(id_or_label)
-    }
-    fn public_key(&self, id: &KeyId) -> Result<PublicKey> {
-        self.inner.public_key(id)
     }
     fn sign(&self, id: &KeyId, message: &[u8]) -> Result<Signature> {
         self.check_key(Operation::Sign, id)?;
@@ -158,9 +144,6 @@ impl<S: KeyStore> KeyStore for AccessControlledStore<S> {
     fn delete(&self, id: &KeyId) -> Result<()> {
         self.check_key(Operation::Delete, id)?;
         self.inner.delete(id)
-    }
-    fn check(&self) -> Result<Vec<Error>> {
-        self.inner.check()
     }
     fn import_pkcs8(&self, label: &str, pkcs8_der: &SecretBytes) -> Result<KeyInfo> {
         self.check_new(label)?;

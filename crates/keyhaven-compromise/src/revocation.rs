@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use base64ct::{Base64, Encoding};
-use keyhaven_core::{
-    Algorithm, BackendInfo, Error, KeyId, KeyInfo, KeyStore, PublicKey, SecretBytes, Signature,
-};
+use keyhaven_core::{Error, KeyId, KeyInfo, KeyStore, PublicKey, SecretBytes, Signature};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CompromiseError, Result};
@@ -546,27 +544,9 @@ impl<S: KeyStore> RevocationCheckedStore<S> {
 }
 
 impl<S: KeyStore> KeyStore for RevocationCheckedStore<S> {
-    fn info(&self) -> BackendInfo {
-        self.inner.info()
-    }
-    fn generate(&self, algorithm: Algorithm, label: &str) -> keyhaven_core::Result<KeyInfo> {
-        self.inner.generate(algorithm, label)
-    }
-    fn list(&self) -> keyhaven_core::Result<Vec<KeyInfo>> {
-        self.inner.list()
-    }
-    fn get(&self, id: &KeyId) -> keyhaven_core::Result<KeyInfo> {
-        self.inner.get(id)
-    }
-    fn find_by_label(&self, label: &str) -> keyhaven_core::Result<KeyInfo> {
-        self.inner.find_by_label(label)
-    }
-    fn resolve(&self, id_or_label: &str) -> keyhaven_core::Result<KeyInfo> {
-        self.inner.resolve(id_or_label)
-    }
-    fn public_key(&self, id: &KeyId) -> keyhaven_core::Result<PublicKey> {
-        self.inner.public_key(id)
-    }
+    keyhaven_core::forward_key_store!(inner; info, generate, list, get, find_by_label, resolve,
+        public_key, delete, check, import_pkcs8);
+
     fn sign(&self, id: &KeyId, message: &[u8]) -> keyhaven_core::Result<Signature> {
         self.ensure_usable(id)?;
         self.inner.sign(id, message)
@@ -578,15 +558,6 @@ impl<S: KeyStore> KeyStore for RevocationCheckedStore<S> {
     fn agree(&self, id: &KeyId, peer: &PublicKey) -> keyhaven_core::Result<SecretBytes> {
         self.ensure_usable(id)?;
         self.inner.agree(id, peer)
-    }
-    fn delete(&self, id: &KeyId) -> keyhaven_core::Result<()> {
-        self.inner.delete(id)
-    }
-    fn check(&self) -> keyhaven_core::Result<Vec<Error>> {
-        self.inner.check()
-    }
-    fn import_pkcs8(&self, label: &str, pkcs8_der: &SecretBytes) -> keyhaven_core::Result<KeyInfo> {
-        self.inner.import_pkcs8(label, pkcs8_der)
     }
     fn export_pkcs8(&self, id: &KeyId) -> keyhaven_core::Result<SecretBytes> {
         self.ensure_usable(id)?;

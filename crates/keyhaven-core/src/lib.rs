@@ -3,6 +3,7 @@
 
 mod algorithm;
 mod error;
+mod forward;
 mod id;
 mod key;
 mod secret;

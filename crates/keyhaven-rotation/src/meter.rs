@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use keyhaven_core::{
-    Algorithm, BackendInfo, Error as CoreError, KeyId, KeyInfo, KeyStore, PublicKey, SecretBytes,
-    Signature,
-};
+use keyhaven_core::{Error as CoreError, KeyId, KeyStore, Signature};
 use keyhaven_fs::{FileLock, atomic_write, create_private_dir, read_private};
 
 use crate::error::{Result, RotationError};
@@ -260,46 +257,13 @@ impl<S: KeyStore> MeteredStore<S> {
 }
 
 impl<S: KeyStore> KeyStore for MeteredStore<S> {
-    fn info(&self) -> BackendInfo {
-        self.inner.info()
-    }
-    fn generate(&self, algorithm: Algorithm, label: &str) -> keyhaven_core::Result<KeyInfo> {
-        self.inner.generate(algorithm, label)
-    }
-    fn list(&self) -> keyhaven_core::Result<Vec<KeyInfo>> {
-        self.inner.list()
-    }
-    fn get(&self, id: &KeyId) -> keyhaven_core::Result<KeyInfo> {
-        self.inner.get(id)
-    }
-    fn find_by_label(&self, label: &str) -> keyhaven_core::Result<KeyInfo> {
-        self.inner.find_by_label(label)
-    }
-    fn resolve(&self, id_or_label: &str) -> keyhaven_core::Result<KeyInfo> {
-        self.inner.resolve(id_or_label)
-    }
-    fn public_key(&self, id: &KeyId) -> keyhaven_core::Result<PublicKey> {
-        self.inner.public_key(id)
-    }
+    keyhaven_core::forward_key_store!(inner; info, generate, list, get, find_by_label, resolve,
+        public_key, agree, delete, check, import_pkcs8, export_pkcs8);
+
     fn sign(&self, id: &KeyId, message: &[u8]) -> keyhaven_core::Result<Signature> {
         self.counted(id, || self.inner.sign(id, message))
     }
     fn sign_digest(&self, id: &KeyId, digest: &[u8]) -> keyhaven_core::Result<Signature> {
         self.counted(id, || self.inner.sign_digest(id, digest))
-    }
-    fn agree(&self, id: &KeyId, peer: &PublicKey) -> keyhaven_core::Result<SecretBytes> {
-        self.inner.agree(id, peer)
-    }
-    fn delete(&self, id: &KeyId) -> keyhaven_core::Result<()> {
-        self.inner.delete(id)
-    }
-    fn check(&self) -> keyhaven_core::Result<Vec<CoreError>> {
-        self.inner.check()
-    }
-    fn import_pkcs8(&self, label: &str, pkcs8_der: &SecretBytes) -> keyhaven_core::Result<KeyInfo> {
-        self.inner.import_pkcs8(label, pkcs8_der)
-    }
-    fn export_pkcs8(&self, id: &KeyId) -> keyhaven_core::Result<SecretBytes> {
-        self.inner.export_pkcs8(id)
     }
 }
