@@ -1,10 +1,8 @@
 //! Key derivation and sealing: Argon2id (one call per backup), HKDF from a Shamir master key,
 //! AES-256-GCM with random nonces.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use keyhaven_core::{Error, SecretBytes};
-use keyhaven_crypto::fill_random;
+use keyhaven_crypto::aead::Sealer;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -12,10 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::error::{BackupError, Result};
 
-/// AES-GCM nonce length.
-pub(crate) const NONCE_LEN: usize = 12;
-/// AES-GCM tag length.
-pub(crate) const TAG_LEN: usize = 16;
+pub(crate) use keyhaven_crypto::aead::{NONCE_LEN, TAG_LEN};
 
 /// Argon2id cost parameters for a passphrase-protected backup, recorded in its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,14 +67,13 @@ pub(crate) fn derive_passphrase(
     salt: &[u8],
 ) -> Result<Zeroizing<[u8; 32]>> {
     params.check()?;
-    let p = argon2::Params::new(params.m_cost_kib, params.t_cost, params.p_cost, Some(32))
-        .map_err(|e| BackupError::InvalidInput(format!("Argon2id parameters: {e}")))?;
-    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, p);
-    let mut out = Zeroizing::new([0u8; 32]);
-    argon
-        .hash_password_into(passphrase.expose_secret().as_bytes(), salt, out.as_mut())
-        .map_err(|_| Error::Crypto)?;
-    Ok(out)
+    Ok(keyhaven_crypto::aead::argon2id(
+        passphrase.expose_secret().as_bytes(),
+        salt,
+        params.m_cost_kib,
+        params.t_cost,
+        params.p_cost,
+    )?)
 }
 
 /// HKDF-SHA256(master, salt = backup id) -> 32-byte key-encryption key.
@@ -101,38 +95,15 @@ pub(crate) fn hkdf_32(ikm: &[u8], salt: &[u8], info: &[u8]) -> Result<Zeroizing<
 
 /// AES-256-GCM under a key, with a fresh random nonce: returns `nonce || ciphertext || tag`.
 pub(crate) fn seal(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>> {
-    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| Error::Crypto)?;
-    let mut nonce = [0u8; NONCE_LEN];
-    fill_random(&mut nonce)?;
-    let ct = cipher
-        .encrypt(
-            &Nonce::from(nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .map_err(|_| Error::Crypto)?;
-    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
-    out.extend_from_slice(&nonce);
-    out.extend_from_slice(&ct);
-    Ok(out)
+    Ok(Sealer::new(key)?.seal_joined(plaintext, aad)?)
 }
 
 /// Opens `nonce || ciphertext || tag`; `None` if it does not authenticate.
-pub(crate) fn open(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
-    if sealed.len() < NONCE_LEN + TAG_LEN {
-        return None;
-    }
-    let (nonce, ct) = sealed.split_at(NONCE_LEN);
-    let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
-    cipher
-        .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad })
-        .ok()
-        .map(Zeroizing::new)
+pub(crate) fn open(cipher: &Sealer, sealed: &[u8], aad: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    cipher.open_joined(sealed, aad)
 }
 
-/// An AES-256-GCM cipher for a key.
-pub(crate) fn cipher(key: &[u8; 32]) -> Result<Aes256Gcm> {
-    Ok(Aes256Gcm::new_from_slice(key).map_err(|_| Error::Crypto)?)
+/// An AES-256-GCM sealer for a key.
+pub(crate) fn cipher(key: &[u8; 32]) -> Result<Sealer> {
+    Ok(Sealer::new(key)?)
 }

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+pub mod aead;
 mod ecdsa_impl;
 mod eddsa;
 pub mod encoding;

@@ -2,10 +2,9 @@
 
 use std::path::Path;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use base64ct::{Base64, Encoding};
 use keyhaven_core::{Error, KeyId, KeyInfo, Protection, Result, SecretBytes};
+use keyhaven_crypto::aead::Sealer;
 use keyhaven_crypto::{CryptoProvider, PrivateKey, default_provider, fill_random};
 use secrecy::{ExposeSecret, SecretString};
 use zeroize::Zeroizing;
@@ -51,47 +50,26 @@ impl KdfParams {
 }
 
 fn derive(passphrase: &SecretString, kdf: &KdfHeader, salt: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
-    let params = argon2::Params::new(kdf.m_cost_kib, kdf.t_cost, kdf.p_cost, Some(32))
-        .map_err(|e| Error::InvalidInput(format!("Argon2id parameters: {e}")))?;
-    let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
-    let mut out = Zeroizing::new([0u8; 32]);
-    argon
-        .hash_password_into(passphrase.expose_secret().as_bytes(), salt, out.as_mut())
-        .map_err(|_| Error::Crypto)?;
-    Ok(out)
+    keyhaven_crypto::aead::argon2id(
+        passphrase.expose_secret().as_bytes(),
+        salt,
+        kdf.m_cost_kib,
+        kdf.t_cost,
+        kdf.p_cost,
+    )
 }
 
 fn seal(key: &[u8], plaintext: &[u8], aad: &[u8]) -> Result<Sealed> {
-    let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| Error::Crypto)?;
-    let mut nonce = [0u8; 12];
-    fill_random(&mut nonce)?;
-    let ct = cipher
-        .encrypt(
-            &Nonce::from(nonce),
-            Payload {
-                msg: plaintext,
-                aad,
-            },
-        )
-        .map_err(|_| Error::Crypto)?;
+    let (nonce, ct) = Sealer::new(key)?.seal(plaintext, aad)?;
     Ok(Sealed::new(&nonce, &ct))
 }
 
 fn open_sealed(
-    cipher: &Aes256Gcm,
+    cipher: &Sealer,
     sealed: &format::SealedBytes,
     aad: &[u8],
 ) -> Option<Zeroizing<Vec<u8>>> {
-    cipher
-        .decrypt(
-            &Nonce::from(sealed.nonce),
-            Payload {
-                msg: &sealed.ciphertext,
-                aad,
-            },
-        )
-        .ok()
-        .map(Zeroizing::new)
+    cipher.open(&sealed.nonce, &sealed.ciphertext, aad)
 }
 
 /// Builds a fresh header sealing `kek` under `passphrase`.
@@ -132,7 +110,7 @@ pub(crate) struct EncryptedFormat {
     provider: &'static CryptoProvider,
     store_id: String,
     kek: Zeroizing<[u8; 32]>,
-    cipher: Aes256Gcm,
+    cipher: Sealer,
 }
 
 impl EncryptedFormat {
@@ -208,7 +186,7 @@ impl Format for EncryptedFormat {
         let what = || dir.record_path(&info.id).display().to_string();
         let parsed = Record::parse(bytes).map_err(|r| Error::corrupt(what(), r))?;
         let dek = self.dek(&parsed).map_err(|r| Error::corrupt(what(), r))?;
-        let cipher = Aes256Gcm::new_from_slice(&dek).map_err(|_| Error::Crypto)?;
+        let cipher = Sealer::new(&dek)?;
         let pkcs8 = open_sealed(
             &cipher,
             &parsed.private_key,
@@ -242,7 +220,7 @@ impl EncryptedStore {
     const PROTECTION: Protection = Protection::SoftwareEncrypted;
 
     fn from_parts(dir: StoreDir, store_id: String, kek: Zeroizing<[u8; 32]>) -> Result<Self> {
-        let cipher = Aes256Gcm::new_from_slice(kek.as_ref()).map_err(|_| Error::Crypto)?;
+        let cipher = Sealer::new(kek.as_ref())?;
         let provider = default_provider();
         let format = EncryptedFormat {
             provider,
@@ -289,7 +267,7 @@ impl EncryptedStore {
             },
         })?;
         let pk = derive(passphrase, &parsed.header.kdf, &parsed.salt)?;
-        let cipher = Aes256Gcm::new_from_slice(pk.as_ref()).map_err(|_| Error::Crypto)?;
+        let cipher = Sealer::new(pk.as_ref())?;
         let kek = open_sealed(&cipher, &parsed.kek, &parsed.header.kek_aad()).ok_or_else(|| {
             Error::BadPassphrase(format!(
                 "the passphrase does not open {} (or its header was altered)",

@@ -4,12 +4,11 @@
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
 use keyhaven_core::{
     Algorithm, BackendInfo, Error, KeyId, KeyInfo, KeyStore, Protection, PublicKey, Result,
     SecretBytes, Signature, unix_now, validate_label,
 };
+use keyhaven_crypto::aead::Sealer;
 use keyhaven_crypto::{CryptoProvider, PrivateKey, default_provider, fill_random};
 use zeroize::Zeroizing;
 
@@ -22,7 +21,7 @@ struct Entry {
 /// An in-memory key store whose key material is sealed under a per-store random key.
 pub struct MemoryStore {
     provider: &'static CryptoProvider,
-    cipher: Aes256Gcm,
+    cipher: Sealer,
     keys: RwLock<BTreeMap<KeyId, Entry>>,
 }
 
@@ -57,7 +56,7 @@ impl MemoryStore {
     pub fn with_provider(provider: &'static CryptoProvider) -> Result<Self> {
         let mut key = Zeroizing::new([0u8; 32]);
         fill_random(key.as_mut())?;
-        let cipher = Aes256Gcm::new_from_slice(key.as_ref()).map_err(|_| Error::Crypto)?;
+        let cipher = Sealer::new(key.as_ref())?;
         Ok(MemoryStore {
             provider,
             cipher,
@@ -67,36 +66,18 @@ impl MemoryStore {
 
     fn seal(&self, id: &KeyId, key: &dyn PrivateKey) -> Result<([u8; 12], Vec<u8>)> {
         let pkcs8 = key.to_pkcs8_der()?;
-        let mut nonce = [0u8; 12];
-        fill_random(&mut nonce)?;
-        let sealed = self
-            .cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: pkcs8.expose_secret(),
-                    aad: id.as_str().as_bytes(),
-                },
-            )
-            .map_err(|_| Error::Crypto)?;
-        Ok((nonce, sealed))
+        self.cipher
+            .seal(pkcs8.expose_secret(), id.as_str().as_bytes())
     }
 
     /// Opens a key's seal for one operation; the returned key zeroizes itself on drop.
     fn open(&self, id: &KeyId) -> Result<Box<dyn PrivateKey>> {
         let keys = self.keys.read().map_err(|_| poisoned())?;
         let entry = keys.get(id).ok_or_else(|| Error::key_not_found(id))?;
-        let pkcs8 = Zeroizing::new(
-            self.cipher
-                .decrypt(
-                    &Nonce::from(entry.nonce),
-                    Payload {
-                        msg: &entry.sealed,
-                        aad: id.as_str().as_bytes(),
-                    },
-                )
-                .map_err(|_| Error::corrupt(format!("memory key {id}"), "seal does not open"))?,
-        );
+        let pkcs8 = self
+            .cipher
+            .open(&entry.nonce, &entry.sealed, id.as_str().as_bytes())
+            .ok_or_else(|| Error::corrupt(format!("memory key {id}"), "seal does not open"))?;
         drop(keys);
         self.provider.load_pkcs8(&pkcs8)
     }
