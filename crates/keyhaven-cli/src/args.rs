@@ -163,6 +163,11 @@ pub(crate) enum AuditCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Seal the current log file with a signed checkpoint and start the next one (the chain
+    /// runs on across files); prints the new file.
+    Rotate,
+    /// Write a signed checkpoint of the chain head now.
+    Checkpoint,
     /// Every record as one JSON array.
     Export {
         /// JSON (the only format).

@@ -166,6 +166,20 @@ pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
             }
             Ok(OK)
         }
+        AuditCommand::Rotate | AuditCommand::Checkpoint => {
+            let log = m.audit_log()?.ok_or_else(|| CoreError::Unsupported {
+                operation: "rotate or checkpoint the audit log",
+                reason: "auditing is off in this home ([audit] enabled = false)".into(),
+            })?;
+            if matches!(cmd, AuditCommand::Rotate) {
+                let path = log.rotate().map_err(CoreError::from)?;
+                outln!("{}", path.display())?;
+            } else {
+                let seq = log.checkpoint().map_err(CoreError::from)?;
+                outln!("checkpoint at record {seq}")?;
+            }
+            Ok(OK)
+        }
         AuditCommand::Export { json: _, out } => {
             let mut buf = Vec::new();
             keyhaven::audit::export_json(&dir, &mut buf).map_err(CoreError::from)?;

@@ -232,7 +232,34 @@ impl KeyManager {
     /// A log file cannot be read (a tampered log is not an error: see the report).
     pub fn verify_audit(&self) -> Result<VerifyReport> {
         let pk = self.authority_public_key()?;
-        Ok(keyhaven_audit::verify_dir(&self.audit_dir(), &pk).map_err(CoreError::from)?)
+        let report = keyhaven_audit::verify_dir(&self.audit_dir(), &pk).map_err(CoreError::from)?;
+        self.require_first_file(report)
+    }
+
+    /// keyhaven never deletes log files, so a home's log starts at `audit.1.log`: a set that
+    /// starts later (which the library accepts, anchored at its first header) lost its first
+    /// files.
+    fn require_first_file(&self, mut report: VerifyReport) -> Result<VerifyReport> {
+        if report.problem.is_some() {
+            return Ok(report);
+        }
+        let files = keyhaven_audit::log_files(&self.audit_dir()).map_err(CoreError::from)?;
+        let first = self.audit_dir().join("audit.1.log");
+        if let Some(start) = files.first()
+            && *start != first
+        {
+            report.problem = Some(keyhaven_audit::Problem {
+                file: start.clone(),
+                line: 1,
+                kind: keyhaven_audit::ProblemKind::MissingFile,
+                detail: format!(
+                    "the log starts here, but {} (and any file before this one) is missing: \
+                     keyhaven never removes log files",
+                    first.display()
+                ),
+            });
+        }
+        Ok(report)
     }
 
     /// Verifies the audit log and checks it still holds what an earlier verification saw
@@ -246,10 +273,9 @@ impl KeyManager {
         expect: &keyhaven_audit::Expectation,
     ) -> Result<VerifyReport> {
         let pk = self.authority_public_key()?;
-        Ok(
-            keyhaven_audit::verify_dir_expecting(&self.audit_dir(), &pk, expect)
-                .map_err(CoreError::from)?,
-        )
+        let report = keyhaven_audit::verify_dir_expecting(&self.audit_dir(), &pk, expect)
+            .map_err(CoreError::from)?;
+        self.require_first_file(report)
     }
 
     /// The revocation registry (`HOME/revocations`).

@@ -483,3 +483,33 @@ fn records_cut_from_the_end_are_found_against_an_earlier_verification() {
         "{err}"
     );
 }
+
+#[test]
+fn the_log_rotates_and_checkpoints_keeping_one_chain() {
+    let h = Home::with_encrypted();
+    h.generate("p256", "k", &[]);
+    assert!(
+        h.run(&["sign", "--key", "k", "--digest", &"ab".repeat(32)])
+            .status
+            .success()
+    );
+    assert!(
+        h.ok(&["audit", "checkpoint"])
+            .starts_with("checkpoint at record")
+    );
+    let next = h.ok(&["audit", "rotate"]);
+    assert!(next.trim().ends_with("audit.2.log"), "{next}");
+    assert!(
+        h.run(&["sign", "--key", "k", "--digest", &"cd".repeat(32)])
+            .status
+            .success()
+    );
+    let verified = h.json(&["audit", "verify", "--json"]);
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(verified["files"], 2);
+    assert!(verified["checkpoints"].as_u64().unwrap() >= 2, "{verified}");
+    // Removing the first file breaks the chain, and verify says which.
+    fs::remove_file(h.path().join("audit").join("audit.1.log")).unwrap();
+    let err = h.fails(&["audit", "verify"], 7);
+    assert!(err.contains("audit.2.log"), "{err}");
+}
