@@ -11,6 +11,9 @@ use crate::error::{Result, RotationError};
 use crate::state::{LogicalKey, Role};
 
 const KEYS: &str = "keys";
+/// `versions/<version key id>` holds the id of the logical key the version belongs to, so a key
+/// is looked up with two file checks however many logical keys there are.
+const VERSIONS: &str = "versions";
 const LOCK: &str = "registry.lock";
 pub(crate) const ROTATE_LOCK: &str = "rotate.lock";
 
@@ -32,6 +35,7 @@ impl Registry {
     pub fn open(dir: &Path) -> Result<Self> {
         create_private_dir(dir)?;
         create_private_dir(&dir.join(KEYS))?;
+        create_private_dir(&dir.join(VERSIONS))?;
         Ok(Registry {
             dir: dir.to_owned(),
         })
@@ -69,12 +73,54 @@ impl Registry {
         Ok(key)
     }
 
+    fn alias(&self, version: &KeyId) -> PathBuf {
+        self.dir.join(VERSIONS).join(version.as_str())
+    }
+
     fn write(&self, key: &LogicalKey) -> Result<()> {
         let id: KeyId = key.id().parse()?;
         let json = serde_json::to_vec_pretty(key)
             .map_err(|e| CoreError::InvalidInput(format!("cannot encode key {id}: {e}")))?;
+        // The version index first: an entry naming a logical key that does not list the
+        // version (yet) is ignored by `find_by_key_id`, so a crash between the two writes
+        // loses nothing, and the next write completes the index.
+        for v in key.versions() {
+            let alias = self.alias(v.key_id());
+            if v.key_id() != &id
+                && read_private(&alias).ok().as_deref().map(Vec::as_slice)
+                    != Some(id.as_str().as_bytes())
+            {
+                atomic_write(&alias, id.as_str().as_bytes())?;
+            }
+        }
         atomic_write(&self.file(&id), &json)?;
         Ok(())
+    }
+
+    /// The logical key that has `id` as one of its versions (its own id for version 1), or
+    /// `None` for a key never adopted. Two file checks, whatever the registry's size: this is
+    /// on the signing path.
+    ///
+    /// # Errors
+    /// [`RotationError::Corrupt`] naming a damaged file; I/O errors.
+    pub fn find_by_key_id(&self, id: &KeyId) -> Result<Option<LogicalKey>> {
+        match self.get(id.as_str()) {
+            Ok(k) => return Ok(Some(k)),
+            Err(RotationError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let logical = match read_private(&self.alias(id)) {
+            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            Err(CoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match self.get(&logical) {
+            Ok(k) if k.version_by_key_id(id).is_some() => Ok(Some(k)),
+            Ok(_) | Err(RotationError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Registers the existing key `info` of `backend` as version 1 (primary) of a new logical
@@ -86,10 +132,10 @@ impl Registry {
     /// storage errors.
     pub fn adopt(&self, backend: &str, info: &KeyInfo, role: Role, now: u64) -> Result<LogicalKey> {
         let _lock = self.lock()?;
-        for key in self.list_unlocked()?.0 {
-            if key.version_by_key_id(&info.id).is_some() && key.backend() == backend {
-                return Ok(key);
-            }
+        if let Some(key) = self.find_by_key_id(&info.id)?
+            && key.backend() == backend
+        {
+            return Ok(key);
         }
         let path = self.file(&info.id);
         if path.exists() {
@@ -131,14 +177,12 @@ impl Registry {
             Err(RotationError::NotFound(_)) => {}
             other => return other,
         }
-        let keys = self.list()?;
-        if let Some(k) = keys.iter().find(|k| {
-            k.versions()
-                .iter()
-                .any(|v| v.key_id().as_str() == reference)
-        }) {
-            return Ok(k.clone());
+        if let Ok(id) = reference.parse::<KeyId>()
+            && let Some(k) = self.find_by_key_id(&id)?
+        {
+            return Ok(k);
         }
+        let keys = self.list()?;
         let mut by_label = keys.into_iter().filter(|k| {
             k.label() == reference || k.versions().iter().any(|v| v.label() == reference)
         });

@@ -104,11 +104,11 @@ impl KeyManager {
         let Some(registry) = self.registry_if_exists()? else {
             return Ok(None);
         };
-        match registry.find(key.id().as_str()) {
-            Ok(k) if k.backend() == key.backend => Ok(Some(k)),
-            Ok(_) | Err(RotationError::NotFound(_)) => Ok(None),
-            Err(e) => Err(core(e)),
-        }
+        // On every signature: the registry's version index, not a scan.
+        Ok(registry
+            .find_by_key_id(key.id())
+            .map_err(core)?
+            .filter(|k| k.backend() == key.backend))
     }
 
     /// The logical key a reference names (a logical id, any version's key id, or a label),
