@@ -169,16 +169,22 @@ impl KeyManager {
     /// # Errors
     /// The policies are invalid, or a backend fails other than by being unavailable.
     pub fn rotation_engine(&self) -> Result<RotationEngine> {
-        let mut engine = RotationEngine::new(
-            self.rotation_registry()?,
-            self.rotation_policies()?,
-            Arc::new(SystemClock),
-        )
-        .with_meter(self.usage_meter()?);
+        let mut engine = self.bare_rotation_engine()?;
         for b in self.reachable_backends_for_rotation()? {
             engine = engine.with_store(b.name().to_owned(), b.store().clone());
         }
         Ok(engine)
+    }
+
+    /// The engine without any backend yet (callers add the ones they need: opening a backend
+    /// may cost a passphrase derivation or a token login).
+    fn bare_rotation_engine(&self) -> Result<RotationEngine> {
+        Ok(RotationEngine::new(
+            self.rotation_registry()?,
+            self.rotation_policies()?,
+            Arc::new(SystemClock),
+        )
+        .with_meter(self.usage_meter()?))
     }
 
     /// Registers `key` as version 1 of a logical key with `role` (default: by algorithm).
@@ -216,7 +222,25 @@ impl KeyManager {
         self.authorize(keyhaven_audit::Operation::Rotate, key)?;
         let logical = self.adopt_key(key, None)?;
         self.audit_event("rotate", Some(key), keyhaven_audit::Outcome::Intent, reason)?;
-        let result = self.rotation_engine()?.rotate(logical.id(), reason);
+        // Only the key's own backend is needed (the others are not opened). If it cannot be
+        // reached, nothing changes: the current version stays primary.
+        let backend = match self.key_backend(key) {
+            Ok(b) => b,
+            Err(e) => {
+                let detail = format!("{e}; the current version stays primary");
+                self.audit_event(
+                    "rotate",
+                    Some(key),
+                    keyhaven_audit::Outcome::Failed,
+                    &detail,
+                )?;
+                return Err(e);
+            }
+        };
+        let engine = self
+            .bare_rotation_engine()?
+            .with_store(key.backend.clone(), backend.store().clone());
+        let result = engine.rotate(logical.id(), reason);
         let (outcome, detail) = match &result {
             Ok(o) => (
                 keyhaven_audit::Outcome::Allowed,
