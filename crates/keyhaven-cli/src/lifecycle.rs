@@ -417,7 +417,7 @@ pub(crate) fn revocations(ctx: &Ctx, cmd: RevocationsCommand) -> Result<u8> {
         }
         RevocationsCommand::Export { out } => {
             let list = m.export_revocations()?;
-            let text = format!("{}\n", list.to_json());
+            let text = format!("{}\n", list.to_json().map_err(CoreError::from)?);
             match out {
                 Some(path) => keyhaven::fs::atomic_write(&path, text.as_bytes())?,
                 None => crate::output::write_stdout(text.as_bytes())?,

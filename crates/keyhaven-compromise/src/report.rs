@@ -212,8 +212,13 @@ impl CompromiseReport {
     }
 
     /// The report as pretty JSON (what notifications carry).
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_default()
+    ///
+    /// # Errors
+    /// [`CompromiseError::Invalid`] if it cannot be encoded (kept so that a report file or a
+    /// notification is never written empty).
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self)
+            .map_err(|e| CompromiseError::Invalid(format!("cannot encode report {}: {e}", self.id)))
     }
 }
 
@@ -266,7 +271,7 @@ impl ReportStore {
 
     fn write(&self, report: &CompromiseReport, new: bool) -> Result<()> {
         let path = self.path(&report.id)?;
-        let json = report.to_json();
+        let json = report.to_json()?;
         if new {
             keyhaven_fs::atomic_write_new(&path, json.as_bytes())?;
         } else {

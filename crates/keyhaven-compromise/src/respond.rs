@@ -371,12 +371,22 @@ pub fn notify(
 ) -> Vec<(&'static str, Result<String>)> {
     let timeout = Duration::from_secs(config.timeout);
     let json = report.to_json();
+    let json = || {
+        json.as_deref()
+            .map_err(|e| CompromiseError::Invalid(e.to_string()))
+    };
     let mut out = Vec::new();
     if let Some(argv) = &config.command {
-        out.push(("notify-command", run_command(argv, &json, report, timeout)));
+        out.push((
+            "notify-command",
+            json().and_then(|j| run_command(argv, j, report, timeout)),
+        ));
     }
     if let Some(url) = &config.webhook {
-        out.push(("notify-webhook", post_webhook(url, &json, timeout)));
+        out.push((
+            "notify-webhook",
+            json().and_then(|j| post_webhook(url, j, timeout)),
+        ));
     }
     out
 }

@@ -70,20 +70,21 @@ impl Revocation {
     /// The exact bytes the authority signs: a domain-separation line, then the fields as a JSON
     /// array (deterministic: strings and integers only).
     pub fn signed_bytes(&self) -> Vec<u8> {
-        let fields = (
+        // A JSON array built as a value: its text form cannot fail (unlike serializing an
+        // arbitrary type), so the signed bytes are never silently short.
+        let fields = serde_json::json!([
             self.v,
-            &self.key_id,
-            &self.fingerprint,
+            self.key_id,
+            self.fingerprint,
             self.revoked_at,
-            &self.reason,
+            self.reason,
             self.compromised,
-            &self.report,
-            &self.issuer,
-            &self.algorithm,
-        );
+            self.report,
+            self.issuer,
+            self.algorithm,
+        ]);
         let mut out = b"keyhaven-revocation/v1\n".to_vec();
-        // Serializing a tuple of strings, integers and bools cannot fail.
-        out.extend(serde_json::to_vec(&fields).unwrap_or_default());
+        out.extend(fields.to_string().into_bytes());
         out
     }
 
@@ -300,8 +301,13 @@ impl RevocationList {
     }
 
     /// The list as pretty JSON.
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_default()
+    ///
+    /// # Errors
+    /// [`CompromiseError::Invalid`] if it cannot be encoded (never for a list of statements;
+    /// the error is kept so nothing is ever written empty).
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self)
+            .map_err(|e| CompromiseError::Invalid(format!("cannot encode the list: {e}")))
     }
 }
 

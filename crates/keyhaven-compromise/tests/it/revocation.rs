@@ -156,7 +156,7 @@ fn an_exported_list_is_verified_against_a_pinned_authority() {
         &pk,
     )
     .unwrap();
-    let json = revs.export(&pk).unwrap().to_json();
+    let json = revs.export(&pk).unwrap().to_json().unwrap();
 
     let list = RevocationList::parse(json.as_bytes()).unwrap();
     let v = list.verify(&pk).unwrap();
