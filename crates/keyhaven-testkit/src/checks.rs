@@ -18,7 +18,7 @@ fn signers(caps: &Capabilities) -> impl Iterator<Item = Algorithm> + '_ {
 }
 
 fn label(prefix: &str) -> String {
-    format!("{prefix}-{}", KeyId::generate().unwrap())
+    format!("{prefix}-{}", KeyId::generate().unwrap()) // ok: test assertion
 }
 
 /// The digest a prehashed ECDSA signature of `message` takes.
@@ -42,7 +42,7 @@ pub fn generates_every_supported_algorithm(factory: &Factory, caps: &Capabilitie
     let fx = factory();
     for &alg in &caps.algorithms {
         let l = label(alg.short_name());
-        let info = fx.store.generate(alg, &l).unwrap();
+        let info = fx.store.generate(alg, &l).unwrap(); // ok: test assertion
         assert_eq!(info.algorithm, alg);
         assert_eq!(info.label, l);
         assert_eq!(
@@ -52,20 +52,20 @@ pub fn generates_every_supported_algorithm(factory: &Factory, caps: &Capabilitie
         // the public key parses independently and has the right algorithm
         let parsed = default_provider()
             .parse_public_key_der(info.public_key.spki_der())
-            .unwrap();
+            .unwrap(); // ok: test assertion
         assert_eq!(parsed.algorithm(), alg);
         // fingerprint: SHA-256 over the SPKI DER, lowercase hex
         assert_eq!(
             info.fingerprint().to_hex(),
             hex::encode(Sha256::digest(info.public_key.spki_der()))
         );
-        let pem = info.public_key.to_pem().unwrap();
+        let pem = info.public_key.to_pem().unwrap(); // ok: test assertion
         assert_eq!(
-            default_provider().parse_public_key_pem(&pem).unwrap(),
+            default_provider().parse_public_key_pem(&pem).unwrap(), // ok: test assertion
             info.public_key
         );
-        assert_eq!(fx.store.get(&info.id).unwrap(), info);
-        assert_eq!(fx.store.public_key(&info.id).unwrap(), info.public_key);
+        assert_eq!(fx.store.get(&info.id).unwrap(), info); // ok: test assertion
+        assert_eq!(fx.store.public_key(&info.id).unwrap(), info.public_key); // ok: test assertion
         assert!(
             info.created_at > 1_600_000_000,
             "created_at is a plausible Unix time"
@@ -86,7 +86,7 @@ pub fn refuses_unsupported_algorithms(factory: &Factory, caps: &Capabilities) {
         }
     }
     assert!(
-        fx.store.list().unwrap().is_empty(),
+        fx.store.list().unwrap().is_empty(), // ok: test assertion
         "a refused generate left a key"
     );
 }
@@ -95,16 +95,16 @@ pub fn refuses_unsupported_algorithms(factory: &Factory, caps: &Capabilities) {
 pub fn signs_and_verifies_by_public_key_alone(factory: &Factory, caps: &Capabilities) {
     let fx = factory();
     for alg in signers(caps) {
-        let info = fx.store.generate(alg, &label("sign")).unwrap();
+        let info = fx.store.generate(alg, &label("sign")).unwrap(); // ok: test assertion
         for msg in [&b""[..], b"hello", &[0xa5; 10_000]] {
-            let sig = fx.store.sign(&info.id, msg).unwrap();
+            let sig = fx.store.sign(&info.id, msg).unwrap(); // ok: test assertion
             assert_eq!(sig.algorithm(), alg);
             assert_eq!(Some(sig.as_raw().len()), alg.raw_signature_len());
             // a verifier that has only the PEM
             let pk = default_provider()
-                .parse_public_key_pem(&info.public_key.to_pem().unwrap())
-                .unwrap();
-            keyhaven_crypto::verify(&pk, msg, &sig).unwrap();
+                .parse_public_key_pem(&info.public_key.to_pem().unwrap()) // ok: test assertion
+                .unwrap(); // ok: test assertion
+            keyhaven_crypto::verify(&pk, msg, &sig).unwrap(); // ok: test assertion
             let mut other = msg.to_vec();
             other.push(0);
             assert!(matches!(
@@ -119,9 +119,9 @@ pub fn signs_and_verifies_by_public_key_alone(factory: &Factory, caps: &Capabili
 pub fn openssl_verifies_signatures(factory: &Factory, caps: &Capabilities) {
     let fx = factory();
     for alg in signers(caps) {
-        let info = fx.store.generate(alg, &label("openssl")).unwrap();
+        let info = fx.store.generate(alg, &label("openssl")).unwrap(); // ok: test assertion
         let msg = b"verified by openssl";
-        let sig = fx.store.sign(&info.id, msg).unwrap();
+        let sig = fx.store.sign(&info.id, msg).unwrap(); // ok: test assertion
         assert!(
             crate::openssl::verify(&info.public_key, msg, &sig),
             "openssl rejected a {alg} signature"
@@ -134,7 +134,7 @@ pub fn openssl_verifies_signatures(factory: &Factory, caps: &Capabilities) {
             let sig = fx
                 .store
                 .sign_digest(&info.id, &digest_of(alg, msg))
-                .unwrap();
+                .unwrap(); // ok: test assertion
             assert!(crate::openssl::verify(&info.public_key, msg, &sig));
         }
     }
@@ -144,11 +144,11 @@ pub fn openssl_verifies_signatures(factory: &Factory, caps: &Capabilities) {
 pub fn signs_prehashed_digests(factory: &Factory, caps: &Capabilities) {
     let fx = factory();
     for alg in signers(caps).filter(|a| a.digest_len().is_some()) {
-        let info = fx.store.generate(alg, &label("digest")).unwrap();
+        let info = fx.store.generate(alg, &label("digest")).unwrap(); // ok: test assertion
         let digest = digest_of(alg, b"artifact");
-        let sig = fx.store.sign_digest(&info.id, &digest).unwrap();
-        keyhaven_crypto::verify(&info.public_key, b"artifact", &sig).unwrap();
-        keyhaven_crypto::verify_digest(&info.public_key, &digest, &sig).unwrap();
+        let sig = fx.store.sign_digest(&info.id, &digest).unwrap(); // ok: test assertion
+        keyhaven_crypto::verify(&info.public_key, b"artifact", &sig).unwrap(); // ok: test assertion
+        keyhaven_crypto::verify_digest(&info.public_key, &digest, &sig).unwrap(); // ok: test assertion
     }
 }
 
@@ -156,7 +156,7 @@ pub fn signs_prehashed_digests(factory: &Factory, caps: &Capabilities) {
 pub fn rejects_wrong_digest_lengths(factory: &Factory, caps: &Capabilities) {
     let fx = factory();
     for alg in signers(caps) {
-        let info = fx.store.generate(alg, &label("badlen")).unwrap();
+        let info = fx.store.generate(alg, &label("badlen")).unwrap(); // ok: test assertion
         match alg.digest_len() {
             Some(n) => {
                 for len in [0, 20, n - 1, n + 1, 64] {
@@ -186,17 +186,17 @@ pub fn x25519_agrees_and_never_signs(factory: &Factory, caps: &Capabilities) {
     if !caps.algorithms.contains(&Algorithm::X25519) {
         return;
     }
-    let a = fx.store.generate(Algorithm::X25519, &label("x-a")).unwrap();
-    let b = fx.store.generate(Algorithm::X25519, &label("x-b")).unwrap();
-    let ab = fx.store.agree(&a.id, &b.public_key).unwrap();
-    let ba = fx.store.agree(&b.id, &a.public_key).unwrap();
+    let a = fx.store.generate(Algorithm::X25519, &label("x-a")).unwrap(); // ok: test assertion
+    let b = fx.store.generate(Algorithm::X25519, &label("x-b")).unwrap(); // ok: test assertion
+    let ab = fx.store.agree(&a.id, &b.public_key).unwrap(); // ok: test assertion
+    let ba = fx.store.agree(&b.id, &a.public_key).unwrap(); // ok: test assertion
     assert_eq!(ab, ba, "both sides derive the same secret");
     assert_eq!(ab.len(), 32);
     // an outside party agrees with the store's key
-    let outside = default_provider().generate(Algorithm::X25519).unwrap();
+    let outside = default_provider().generate(Algorithm::X25519).unwrap(); // ok: test assertion
     assert_eq!(
-        fx.store.agree(&a.id, outside.public_key()).unwrap(),
-        outside.agree(&a.public_key).unwrap()
+        fx.store.agree(&a.id, outside.public_key()).unwrap(), // ok: test assertion
+        outside.agree(&a.public_key).unwrap()                 // ok: test assertion
     );
     assert!(matches!(
         fx.store.sign(&a.id, b"x"),
@@ -207,7 +207,7 @@ pub fn x25519_agrees_and_never_signs(factory: &Factory, caps: &Capabilities) {
         Err(Error::Unsupported { .. })
     ));
     if let Some(alg) = signers(caps).next() {
-        let s = fx.store.generate(alg, &label("signer")).unwrap();
+        let s = fx.store.generate(alg, &label("signer")).unwrap(); // ok: test assertion
         assert!(matches!(
             fx.store.agree(&s.id, &a.public_key),
             Err(Error::Unsupported { .. })
@@ -222,12 +222,12 @@ pub fn x25519_agrees_and_never_signs(factory: &Factory, caps: &Capabilities) {
 /// Every operation on an unknown id is `NotFound`.
 pub fn unknown_ids_are_not_found(factory: &Factory, _caps: &Capabilities) {
     let fx = factory();
-    let id = KeyId::generate().unwrap();
+    let id = KeyId::generate().unwrap(); // ok: test assertion
     expect_not_found("get", fx.store.get(&id));
     expect_not_found("public_key", fx.store.public_key(&id));
     expect_not_found("sign", fx.store.sign(&id, b"x"));
     expect_not_found("sign_digest", fx.store.sign_digest(&id, &[0; 48]));
-    let peer = default_provider().generate(Algorithm::X25519).unwrap();
+    let peer = default_provider().generate(Algorithm::X25519).unwrap(); // ok: test assertion
     expect_not_found("agree", fx.store.agree(&id, peer.public_key()));
     expect_not_found("delete", fx.store.delete(&id));
     expect_not_found("find_by_label", fx.store.find_by_label("no such label"));
@@ -239,14 +239,14 @@ pub fn duplicate_labels_are_refused(factory: &Factory, caps: &Capabilities) {
     let fx = factory();
     let alg = caps.algorithms[0];
     let l = label("dup");
-    let first = fx.store.generate(alg, &l).unwrap();
+    let first = fx.store.generate(alg, &l).unwrap(); // ok: test assertion
     for other in &caps.algorithms {
         match fx.store.generate(*other, &l) {
             Err(Error::AlreadyExists(_)) => {}
             r => panic!("duplicate label with {other}: expected AlreadyExists, got {r:?}"),
         }
     }
-    assert_eq!(fx.store.list().unwrap(), vec![first]);
+    assert_eq!(fx.store.list().unwrap(), vec![first]); // ok: test assertion
 }
 
 /// Empty, over-long and control-character labels are `InvalidInput`.
@@ -258,7 +258,7 @@ pub fn invalid_labels_are_refused(factory: &Factory, caps: &Capabilities) {
             r => panic!("label {bad:?}: expected InvalidInput, got {r:?}"),
         }
     }
-    assert!(fx.store.list().unwrap().is_empty());
+    assert!(fx.store.list().unwrap().is_empty()); // ok: test assertion
 }
 
 /// `list` returns every key sorted by id; `get`, `find_by_label` and `resolve` find each.
@@ -267,15 +267,15 @@ pub fn lists_and_looks_up_keys(factory: &Factory, caps: &Capabilities) {
     let mut made: Vec<KeyInfo> = caps
         .algorithms
         .iter()
-        .map(|&alg| fx.store.generate(alg, &label("list")).unwrap())
+        .map(|&alg| fx.store.generate(alg, &label("list")).unwrap()) // ok: test assertion
         .collect();
     made.sort_by(|a, b| a.id.cmp(&b.id));
-    assert_eq!(fx.store.list().unwrap(), made);
+    assert_eq!(fx.store.list().unwrap(), made); // ok: test assertion
     for k in &made {
-        assert_eq!(&fx.store.get(&k.id).unwrap(), k);
-        assert_eq!(&fx.store.find_by_label(&k.label).unwrap(), k);
-        assert_eq!(&fx.store.resolve(k.id.as_str()).unwrap(), k);
-        assert_eq!(&fx.store.resolve(&k.label).unwrap(), k);
+        assert_eq!(&fx.store.get(&k.id).unwrap(), k); // ok: test assertion
+        assert_eq!(&fx.store.find_by_label(&k.label).unwrap(), k); // ok: test assertion
+        assert_eq!(&fx.store.resolve(k.id.as_str()).unwrap(), k); // ok: test assertion
+        assert_eq!(&fx.store.resolve(&k.label).unwrap(), k); // ok: test assertion
     }
 }
 
@@ -284,22 +284,22 @@ pub fn delete_then_use_fails(factory: &Factory, caps: &Capabilities) {
     let fx = factory();
     for &alg in &caps.algorithms {
         let l = label("del");
-        let keep = fx.store.generate(alg, &label("keep")).unwrap();
-        let info = fx.store.generate(alg, &l).unwrap();
-        fx.store.delete(&info.id).unwrap();
+        let keep = fx.store.generate(alg, &label("keep")).unwrap(); // ok: test assertion
+        let info = fx.store.generate(alg, &l).unwrap(); // ok: test assertion
+        fx.store.delete(&info.id).unwrap(); // ok: test assertion
         expect_not_found("get after delete", fx.store.get(&info.id));
         expect_not_found("sign after delete", fx.store.sign(&info.id, b"x"));
         expect_not_found("second delete", fx.store.delete(&info.id));
         expect_not_found("label after delete", fx.store.find_by_label(&l));
-        assert!(fx.store.list().unwrap().iter().all(|k| k.id != info.id));
+        assert!(fx.store.list().unwrap().iter().all(|k| k.id != info.id)); // ok: test assertion
         // other keys are untouched
-        assert_eq!(fx.store.get(&keep.id).unwrap(), keep);
-        let again = fx.store.generate(alg, &l).unwrap();
+        assert_eq!(fx.store.get(&keep.id).unwrap(), keep); // ok: test assertion
+        let again = fx.store.generate(alg, &l).unwrap(); // ok: test assertion
         assert_ne!(again.id, info.id, "ids are never reused");
-        fx.store.delete(&again.id).unwrap();
-        fx.store.delete(&keep.id).unwrap();
+        fx.store.delete(&again.id).unwrap(); // ok: test assertion
+        fx.store.delete(&keep.id).unwrap(); // ok: test assertion
     }
-    assert!(fx.store.list().unwrap().is_empty());
+    assert!(fx.store.list().unwrap().is_empty()); // ok: test assertion
 }
 
 /// Ids are distinct across many generations and deletions.
@@ -308,20 +308,20 @@ pub fn ids_are_unique_and_never_reused(factory: &Factory, caps: &Capabilities) {
     let alg = caps.algorithms[0];
     let mut seen = BTreeSet::new();
     for i in 0..20 {
-        let info = fx.store.generate(alg, &format!("unique-{i}")).unwrap();
+        let info = fx.store.generate(alg, &format!("unique-{i}")).unwrap(); // ok: test assertion
         assert!(seen.insert(info.id.clone()), "id {} reused", info.id);
         if i % 2 == 0 {
-            fx.store.delete(&info.id).unwrap();
+            fx.store.delete(&info.id).unwrap(); // ok: test assertion
         }
     }
-    assert_eq!(fx.store.list().unwrap().len(), 10);
+    assert_eq!(fx.store.list().unwrap().len(), 10); // ok: test assertion
 }
 
 /// Many threads sign with the same keys at once; every signature verifies.
 pub fn concurrent_signing(factory: &Factory, caps: &Capabilities) {
     let fx = factory();
     let keys: Vec<KeyInfo> = signers(caps)
-        .map(|alg| fx.store.generate(alg, &label("conc")).unwrap())
+        .map(|alg| fx.store.generate(alg, &label("conc")).unwrap()) // ok: test assertion
         .collect();
     let keys = Arc::new(keys);
     let handles: Vec<_> = (0..caps.threads)
@@ -332,15 +332,15 @@ pub fn concurrent_signing(factory: &Factory, caps: &Capabilities) {
                 for i in 0..10 {
                     for k in keys.iter() {
                         let msg = format!("thread {t} message {i}");
-                        let sig = store.sign(&k.id, msg.as_bytes()).unwrap();
-                        keyhaven_crypto::verify(&k.public_key, msg.as_bytes(), &sig).unwrap();
+                        let sig = store.sign(&k.id, msg.as_bytes()).unwrap(); // ok: test assertion
+                        keyhaven_crypto::verify(&k.public_key, msg.as_bytes(), &sig).unwrap(); // ok: test assertion
                     }
                 }
             })
         })
         .collect();
     for h in handles {
-        h.join().expect("a signing thread panicked");
+        h.join().expect("a signing thread panicked"); // ok: test assertion
     }
 }
 
@@ -354,17 +354,17 @@ pub fn concurrent_generation(factory: &Factory, caps: &Capabilities) {
             let store = Arc::clone(&fx.store);
             std::thread::spawn(move || {
                 (0..per_thread)
-                    .map(|i| store.generate(alg, &format!("gen-{t}-{i}")).unwrap().id)
+                    .map(|i| store.generate(alg, &format!("gen-{t}-{i}")).unwrap().id) // ok: test assertion
                     .collect::<Vec<_>>()
             })
         })
         .collect();
     let mut ids = BTreeSet::new();
     for h in handles {
-        ids.extend(h.join().expect("a generating thread panicked"));
+        ids.extend(h.join().expect("a generating thread panicked")); // ok: test assertion
     }
     assert_eq!(ids.len(), caps.threads * per_thread);
-    let listed: BTreeSet<KeyId> = fx.store.list().unwrap().into_iter().map(|k| k.id).collect();
+    let listed: BTreeSet<KeyId> = fx.store.list().unwrap().into_iter().map(|k| k.id).collect(); // ok: test assertion
     assert_eq!(listed, ids);
 }
 
@@ -372,8 +372,8 @@ pub fn concurrent_generation(factory: &Factory, caps: &Capabilities) {
 pub fn import_and_export(factory: &Factory, caps: &Capabilities) {
     let fx = factory();
     for &alg in &caps.algorithms {
-        let outside = default_provider().generate(alg).unwrap();
-        let der = outside.to_pkcs8_der().unwrap();
+        let outside = default_provider().generate(alg).unwrap(); // ok: test assertion
+        let der = outside.to_pkcs8_der().unwrap(); // ok: test assertion
         let imported = fx.store.import_pkcs8(&label("imported"), &der);
         if !caps.import {
             assert!(
@@ -382,15 +382,15 @@ pub fn import_and_export(factory: &Factory, caps: &Capabilities) {
             );
             continue;
         }
-        let info = imported.unwrap();
+        let info = imported.unwrap(); // ok: test assertion
         assert_eq!(&info.public_key, outside.public_key());
         assert_eq!(info.protection, caps.protection);
         if alg.can_sign() {
-            let sig = fx.store.sign(&info.id, b"imported").unwrap();
-            keyhaven_crypto::verify(outside.public_key(), b"imported", &sig).unwrap();
+            let sig = fx.store.sign(&info.id, b"imported").unwrap(); // ok: test assertion
+            keyhaven_crypto::verify(outside.public_key(), b"imported", &sig).unwrap(); // ok: test assertion
         }
         // a malformed key is refused and leaves nothing behind
-        let before = fx.store.list().unwrap();
+        let before = fx.store.list().unwrap(); // ok: test assertion
         assert!(matches!(
             fx.store.import_pkcs8(
                 &label("bad"),
@@ -398,15 +398,15 @@ pub fn import_and_export(factory: &Factory, caps: &Capabilities) {
             ),
             Err(Error::InvalidInput(_))
         ));
-        assert_eq!(fx.store.list().unwrap(), before);
+        assert_eq!(fx.store.list().unwrap(), before); // ok: test assertion
     }
     for &alg in &caps.algorithms {
-        let info = fx.store.generate(alg, &label("export")).unwrap();
+        let info = fx.store.generate(alg, &label("export")).unwrap(); // ok: test assertion
         let exported = fx.store.export_pkcs8(&info.id);
         if caps.export {
             let key = default_provider()
-                .load_pkcs8(exported.unwrap().expose_secret())
-                .unwrap();
+                .load_pkcs8(exported.unwrap().expose_secret()) // ok: test assertion
+                .unwrap(); // ok: test assertion
             assert_eq!(key.public_key(), &info.public_key);
         } else {
             assert!(

@@ -140,9 +140,9 @@ impl SoftHsm {
     pub fn new() -> SoftHsm {
         let module = pkcs11_module();
         require("softhsm2-util");
-        let dir = tempfile::tempdir().expect("temporary directory");
+        let dir = tempfile::tempdir().expect("temporary directory"); // ok: test assertion
         let tokendir = dir.path().join("tokens");
-        std::fs::create_dir(&tokendir).expect("token directory");
+        std::fs::create_dir(&tokendir).expect("token directory"); // ok: test assertion
         let conf = dir.path().join("softhsm2.conf");
         std::fs::write(
             &conf,
@@ -154,7 +154,7 @@ impl SoftHsm {
                 tokendir.display()
             ),
         )
-        .expect("write softhsm2.conf");
+        .expect("write softhsm2.conf"); // ok: test assertion
         SoftHsm {
             _dir: Some(dir),
             conf,
@@ -258,7 +258,8 @@ impl SoftHsm {
         let mut padded = label.as_bytes().to_vec();
         padded.resize(32.max(padded.len()), b' ');
         for entry in std::fs::read_dir(&self.tokendir).expect("read the token directory") {
-            let dir = entry.expect("token directory entry").path();
+            // ok: test assertion
+            let dir = entry.expect("token directory entry").path(); // ok: test assertion
             let Ok(bytes) = std::fs::read(dir.join("token.object")) else {
                 continue;
             };
@@ -295,7 +296,7 @@ impl SoftHsm {
 /// The next port pair to try: per-process blocks of 200 ports in 20000..32000.
 fn next_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let block = u16::try_from(std::process::id() % 60).expect("below 60");
+    let block = u16::try_from(std::process::id() % 60).expect("below 60"); // ok: test assertion
     let n = NEXT.fetch_add(2, Ordering::Relaxed) % 200;
     20_000 + block * 200 + n
 }
@@ -334,7 +335,7 @@ impl Swtpm {
     pub fn start() -> Swtpm {
         require("swtpm");
         let mut tpm = Swtpm {
-            state: tempfile::tempdir().expect("temporary directory"),
+            state: tempfile::tempdir().expect("temporary directory"), // ok: test assertion
             port: 0,
             child: None,
         };

@@ -1,5 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
+// ok: this crate is test code only (publish = false, a dev-dependency of the backends' tests):
+// its `unwrap`/`expect` calls are assertions, and a panic is how a conformance check fails. No
+// user, file or device input reaches it outside a test run.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
 
 pub mod checks;
