@@ -128,6 +128,7 @@ pub(crate) struct State {
     pub(crate) audit: std::sync::OnceLock<Arc<AuditLog>>,
     pub(crate) revocations: std::sync::OnceLock<Arc<Revocations>>,
     pub(crate) meter: std::sync::OnceLock<Arc<keyhaven_rotation::UsageMeter>>,
+    pub(crate) registry: std::sync::OnceLock<keyhaven_rotation::Registry>,
 }
 
 /// What a scan found and filed.

@@ -83,12 +83,21 @@ impl KeyManager {
     /// # Errors
     /// It cannot be created or read.
     pub fn rotation_registry(&self) -> Result<Registry> {
+        if let Some(r) = self.lifecycle().registry.get() {
+            return Ok(r.clone());
+        }
         keyhaven_fs::create_private_dir(self.home())?;
         keyhaven_fs::create_private_dir(&self.rotation_dir())?;
-        Registry::open(&self.rotation_dir().join("registry")).map_err(core)
+        let r = Registry::open(&self.rotation_dir().join("registry")).map_err(core)?;
+        Ok(self.lifecycle().registry.get_or_init(|| r).clone())
     }
 
+    /// The registry if the home has one (opened once per manager: it is consulted on every
+    /// signature).
     fn registry_if_exists(&self) -> Result<Option<Registry>> {
+        if let Some(r) = self.lifecycle().registry.get() {
+            return Ok(Some(r.clone()));
+        }
         if self.rotation_dir().join("registry").is_dir() {
             Ok(Some(self.rotation_registry()?))
         } else {
