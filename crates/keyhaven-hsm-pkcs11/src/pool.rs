@@ -223,7 +223,36 @@ impl Token {
             Err(CkError::Pkcs11(RvError::PinLocked, _)) => Err(Pkcs11Error::PinLocked {
                 token: self.name.clone(),
             }),
-            Err(e) => Err(Pkcs11Error::from_cryptoki(&self.name, e)),
+            Err(e) => Err(self.unless_gone(Pkcs11Error::from_cryptoki(&self.name, e))),
+        }
+    }
+
+    /// A call that failed without a meaning of its own (`CKR_GENERAL_ERROR`, a device error, a
+    /// handle gone invalid) is often the token disappearing mid-call (SoftHSM answers so when
+    /// its token directory is removed): if the token no longer answers, say that it is gone,
+    /// not that keyhaven has a bug.
+    pub(crate) fn unless_gone(&self, e: Pkcs11Error) -> Pkcs11Error {
+        let vague = matches!(
+            e.rv().map(Ckr::rv),
+            Some(
+                RvError::GeneralError
+                    | RvError::DeviceError
+                    | RvError::DeviceMemory
+                    | RvError::FunctionFailed
+                    | RvError::ObjectHandleInvalid
+                    | RvError::KeyHandleInvalid
+            )
+        );
+        if !vague {
+            return e;
+        }
+        match self.check_present() {
+            Ok(_) => e,
+            Err(Pkcs11Error::TokenGone { token, detail }) => Pkcs11Error::TokenGone {
+                token,
+                detail: format!("{e}; then {detail}"),
+            },
+            Err(other) => other,
         }
     }
 
@@ -378,9 +407,9 @@ impl Token {
                         detail: format!("{e2}, again after re-opening the session and logging in"),
                     });
                 }
-                second
+                second.map_err(|e| self.unless_gone(e))
             }
-            other => other,
+            other => other.map_err(|e| self.unless_gone(e)),
         }
     }
 
