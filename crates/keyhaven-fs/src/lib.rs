@@ -9,6 +9,9 @@ use zeroize::Zeroizing;
 
 use keyhaven_core::Error as CoreError;
 
+pub mod state;
+pub use state::{PlainState, SealedState, StateFiles, StateKey};
+
 /// The largest file [`read_secret`] reads: passphrase files and private key PEM files are far
 /// smaller.
 pub const MAX_SECRET_FILE: usize = 1 << 20;
@@ -18,11 +21,13 @@ fn io_err(what: &str, path: &Path) -> impl FnOnce(io::Error) -> CoreError + use<
     move |e| CoreError::io(context, e)
 }
 
-/// Refuses `meta` (of `path`) if other users may read or write it.
+/// Refuses `meta` (of `path`) if other users may read or write it, or if it belongs to another
+/// user ([`check_owner`]).
 ///
 /// # Errors
-/// [`CoreError::PermissionDenied`] naming the path and the `chmod` that fixes it.
+/// [`CoreError::PermissionDenied`] naming the path and the `chmod` (or `chown`) that fixes it.
 pub fn check_meta(path: &Path, meta: &fs::Metadata) -> Result<(), CoreError> {
+    check_owner(path, meta)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
@@ -44,6 +49,83 @@ pub fn check_meta(path: &Path, meta: &fs::Metadata) -> Result<(), CoreError> {
     }
     #[cfg(not(unix))]
     let _ = (path, meta);
+    Ok(())
+}
+
+/// The effective user id of this process (the owner keyhaven expects of its files).
+#[cfg(unix)]
+pub fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Refuses `meta` (of `path`) unless it belongs to the effective user or to root, as OpenSSH's
+/// `StrictModes` does: a file someone else owns can be changed by them, so keyhaven neither
+/// trusts it nor writes secrets next to it. Root running keyhaven over another user's home is
+/// refused too (run it as that user).
+///
+/// # Errors
+/// [`CoreError::PermissionDenied`] naming the path, its owner and the fix.
+pub fn check_owner(path: &Path, meta: &fs::Metadata) -> Result<(), CoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let me = effective_uid();
+        let owner = meta.uid();
+        if owner != me && owner != 0 {
+            return Err(CoreError::PermissionDenied(format!(
+                "{} belongs to uid {owner}, not to the user running keyhaven (uid {me}); \
+                 keyhaven refuses files another user can change. Fix: run keyhaven as the \
+                 owner of {}, or, if the file is yours, chown {me} {}",
+                path.display(),
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, meta);
+    Ok(())
+}
+
+/// Refuses `path` if it or any directory above it could be changed by a user other than the
+/// effective user and root: each must belong to one of them, and a directory writable by its
+/// group or by everyone is refused unless it has the sticky bit (like `/tmp`, where others
+/// cannot rename or remove what is not theirs). Symbolic links along the way are judged by
+/// the directory they lead to. Like OpenSSH's `StrictModes` over a path.
+///
+/// # Errors
+/// [`CoreError::PermissionDenied`] naming the first unsafe directory and the fix;
+/// [`CoreError::Io`] if one cannot be examined.
+pub fn check_ancestors(path: &Path) -> Result<(), CoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let absolute = match fs::canonicalize(path) {
+            Ok(p) => p,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => return check_ancestors(parent),
+                _ => return Ok(()),
+            },
+            Err(e) => return Err(io_err("inspect", path)(e)),
+        };
+        for dir in absolute.ancestors() {
+            let meta = fs::metadata(dir).map_err(io_err("inspect", dir))?;
+            check_owner(dir, &meta)?;
+            let mode = meta.permissions().mode();
+            if meta.is_dir() && mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                return Err(CoreError::PermissionDenied(format!(
+                    "directory {} has mode {:04o}: other users can replace what it holds; \
+                     keyhaven refuses to keep keys below it. Fix: chmod go-w {} (or keep the \
+                     keyhaven home elsewhere)",
+                    dir.display(),
+                    mode & 0o7777,
+                    dir.display()
+                )));
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
     Ok(())
 }
 
@@ -99,15 +181,49 @@ pub fn read_secret(path: &Path) -> Result<Zeroizing<Vec<u8>>, CoreError> {
 }
 
 /// [`read_secret`], for a file that must be private: refuses a file that other users may read
-/// or write ([`check_private`], checked on the opened file).
+/// or write or that another user owns ([`check_private`], checked on the opened file), and a
+/// symbolic link in its place (never followed: a link could lead a read out of the home).
 ///
 /// # Errors
 /// As [`read_secret`] and [`check_private`].
 pub fn read_private(path: &Path) -> Result<Zeroizing<Vec<u8>>, CoreError> {
-    let mut file = File::open(path).map_err(io_err("read", path))?;
+    let mut file = open_nofollow(path)?;
     let meta = file.metadata().map_err(io_err("inspect", path))?;
     check_meta(path, &meta)?;
     read_all(&mut file, path)
+}
+
+/// Opens `path` for reading without following a symbolic link in its place.
+///
+/// # Errors
+/// [`CoreError::PermissionDenied`] for a symbolic link (naming it and the fix),
+/// [`CoreError::Io`] otherwise (`NotFound` if absent).
+pub fn open_nofollow(path: &Path) -> Result<File, CoreError> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+    }
+    match options.open(path) {
+        Ok(f) => Ok(f),
+        Err(e) if is_symlink(path) => Err(symlink_refused(path, e)),
+        Err(e) => Err(io_err("read", path)(e)),
+    }
+}
+
+fn is_symlink(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+fn symlink_refused(path: &Path, _e: io::Error) -> CoreError {
+    CoreError::PermissionDenied(format!(
+        "{} is a symbolic link; keyhaven never follows links inside a home (one could lead a \
+         read or a write elsewhere). Fix: remove the link and put the file itself there \
+         (restore it from a backup)",
+        path.display()
+    ))
 }
 
 fn read_all(file: &mut File, path: &Path) -> Result<Zeroizing<Vec<u8>>, CoreError> {
@@ -249,6 +365,71 @@ pub fn atomic_write_new(path: &Path, contents: &[u8]) -> Result<(), CoreError> {
         }
     })?;
     sync_dir(dir)
+}
+
+/// Replaces `path` atomically and durably like [`atomic_write`], but never through a symbolic
+/// link: a link in its place is itself replaced by the new file, so a planted link cannot
+/// redirect the write. For the files keyhaven keeps inside a home.
+///
+/// # Errors
+/// [`CoreError::InvalidInput`] if `path` is a directory; [`CoreError::Io`] naming the file.
+pub fn replace_file(path: &Path, contents: &[u8]) -> Result<(), CoreError> {
+    if fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+        return Err(CoreError::InvalidInput(format!(
+            "{} is a directory",
+            path.display()
+        )));
+    }
+    let dir = parent_dir(path);
+    let tmp = write_temp(dir, path, contents)?;
+    tmp.persist(path)
+        .map_err(|e| io_err("replace", path)(e.error))?;
+    sync_dir(dir)
+}
+
+/// Removes the file `path` (a symbolic link there is removed, not followed) and fsyncs its
+/// directory. A missing file is not an error.
+///
+/// # Errors
+/// [`CoreError::Io`] naming the file.
+pub fn remove_durable(path: &Path) -> Result<(), CoreError> {
+    match fs::remove_file(path) {
+        Ok(()) => sync_dir(parent_dir(path)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("remove", path)(e)),
+    }
+}
+
+/// Removes the temporary files (`.keyhaven-tmp-*`) that a process killed in the middle of a
+/// write left in `dir`, if they are older than `min_age` (so a write going on right now in
+/// another process is left alone). Returns how many were removed.
+///
+/// # Errors
+/// [`CoreError::Io`] if `dir` cannot be read.
+pub fn sweep_temp_files(dir: &Path, min_age: std::time::Duration) -> Result<usize, CoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io_err("read directory", dir)(e)),
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !name.to_string_lossy().starts_with(".keyhaven-tmp-") {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .ok()
+            .filter(fs::Metadata::is_file)
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= min_age);
+        if old && fs::remove_file(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 fn sync_dir(dir: &Path) -> Result<(), CoreError> {

@@ -1,0 +1,832 @@
+//! State files a home trusts, read and written through one interface: [`StateFiles`].
+//!
+//! Two implementations:
+//!
+//! - [`PlainState`]: private files (0600 in 0700, owned by the user, never through a symbolic
+//!   link), written atomically. What a library user gets without a home key.
+//! - [`SealedState`]: the same files, plus an **integrity manifest** at the root of the home
+//!   (`integrity.manifest`) that records the SHA-256 of every state file and is authenticated
+//!   with HMAC-SHA256 under a [`StateKey`] that only someone who can unlock the home holds.
+//!   Every read checks the file against the manifest, so a file that was edited, replaced,
+//!   swapped with another, rolled back to an earlier version, removed, or planted is reported
+//!   as [`CoreError::Corrupt`] naming it, and only reads of that file fail. Editing, rolling
+//!   back or removing the manifest itself is reported too.
+//!
+//! What the manifest cannot see on its own: the *whole* home (manifest and files together)
+//! copied back from an earlier moment. That needs a counter kept outside the home (a TPM NV
+//! counter); [`SealedState::generation`] is the number such a counter pins.
+//!
+//! Crash safety: a write records the new hash as pending in the manifest, replaces the file,
+//! then commits the hash. A crash between the steps leaves a file that matches either the old
+//! or the new hash, and both are accepted until the next open settles the entry.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use hmac::{Hmac, KeyInit, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
+
+use keyhaven_core::Error as CoreError;
+
+use crate::{FileLock, read_private, remove_durable, replace_file};
+
+/// The manifest's file name, at the root of a sealed home.
+pub const MANIFEST: &str = "integrity.manifest";
+const LOCK: &str = ".integrity.lock";
+const MAGIC: &str = "keyhaven-integrity-manifest v1";
+const FORMAT: u32 = 1;
+/// The hash recorded for "no file" (a creation or removal in progress).
+const ABSENT: &str = "-";
+
+/// Reads and writes the files a home trusts (registry entries, counters, revocations, the
+/// configuration). Paths are absolute paths inside the home.
+pub trait StateFiles: Send + Sync + fmt::Debug {
+    /// The contents of `path`, or `None` if there is no such file (and, when authenticated,
+    /// none is recorded).
+    ///
+    /// # Errors
+    /// [`CoreError::Corrupt`] naming the file when it does not match what keyhaven wrote;
+    /// [`CoreError::PermissionDenied`] for a file that is not private, not the user's, or a
+    /// symbolic link; [`CoreError::Io`].
+    fn read(&self, path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, CoreError>;
+
+    /// Replaces `path` with `contents`, atomically and durably (0600).
+    ///
+    /// # Errors
+    /// [`CoreError::Io`] naming the file; [`CoreError::Corrupt`] if the manifest does not
+    /// authenticate.
+    fn write(&self, path: &Path, contents: &[u8]) -> Result<(), CoreError>;
+
+    /// Removes `path` (a missing file is not an error).
+    ///
+    /// # Errors
+    /// As [`StateFiles::write`].
+    fn remove(&self, path: &Path) -> Result<(), CoreError>;
+
+    /// The files directly in `dir` (no dot-files), sorted; authenticated state adds the files
+    /// the manifest records there, so a removed one is listed (and its read fails).
+    ///
+    /// # Errors
+    /// [`CoreError::Io`] if the directory cannot be read.
+    fn list(&self, dir: &Path) -> Result<Vec<PathBuf>, CoreError>;
+
+    /// Whether reads are checked against an authenticated manifest.
+    fn is_authenticated(&self) -> bool;
+}
+
+/// Unauthenticated state: private files, atomically written, never through symbolic links.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlainState;
+
+fn read_optional(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, CoreError> {
+    match read_private(path) {
+        Ok(b) => Ok(Some(b)),
+        Err(CoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, CoreError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(CoreError::io(
+                format!("read directory {}", dir.display()),
+                e,
+            ));
+        }
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry =
+            entry.map_err(|e| CoreError::io(format!("read directory {}", dir.display()), e))?;
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        out.push(entry.path());
+    }
+    out.sort();
+    Ok(out)
+}
+
+impl StateFiles for PlainState {
+    fn read(&self, path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, CoreError> {
+        read_optional(path)
+    }
+
+    fn write(&self, path: &Path, contents: &[u8]) -> Result<(), CoreError> {
+        replace_file(path, contents)
+    }
+
+    fn remove(&self, path: &Path) -> Result<(), CoreError> {
+        remove_durable(path)
+    }
+
+    fn list(&self, dir: &Path) -> Result<Vec<PathBuf>, CoreError> {
+        list_dir(dir)
+    }
+
+    fn is_authenticated(&self) -> bool {
+        false
+    }
+}
+
+/// The key that authenticates a home's manifest (HMAC-SHA256). 32 bytes, zeroized on drop,
+/// never printed.
+pub struct StateKey(Zeroizing<[u8; 32]>);
+
+impl StateKey {
+    /// Wraps 32 secret bytes (derived by the backend that anchors the home).
+    pub fn new(bytes: Zeroizing<[u8; 32]>) -> Self {
+        StateKey(bytes)
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length: this cannot fail for 32 bytes.
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.0.as_ref())
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+        mac.update(MAGIC.as_bytes());
+        mac.update(b"\0");
+        mac
+    }
+}
+
+impl fmt::Debug for StateKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StateKey(<redacted>)")
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    sha256: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+impl Entry {
+    fn accepts(&self, hash: &str) -> bool {
+        self.sha256 == hash || self.next.as_deref() == Some(hash)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Body {
+    format: u32,
+    anchor: String,
+    generation: u64,
+    entries: BTreeMap<String, Entry>,
+}
+
+/// What identifies one version of a file on disk: if none of it changed, neither did the file
+/// (`ctime` cannot be set back by a user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    #[cfg(unix)]
+    fn of(meta: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Authenticated state: every read is checked against the home's integrity manifest.
+pub struct SealedState {
+    root: PathBuf,
+    key: StateKey,
+    anchor: String,
+    cache: Mutex<Option<(Stamp, Arc<Body>)>>,
+}
+
+impl fmt::Debug for SealedState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedState")
+            .field("root", &self.root)
+            .field("anchor", &self.anchor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SealedState {
+    /// The manifest of the home at `root`.
+    pub fn manifest_path(root: &Path) -> PathBuf {
+        root.join(MANIFEST)
+    }
+
+    /// Whether the home at `root` has a manifest (or something in its place).
+    pub fn exists(root: &Path) -> bool {
+        fs::symlink_metadata(Self::manifest_path(root)).is_ok()
+    }
+
+    /// Seals the home at `root`: writes a new manifest recording the files in `adopt` that
+    /// exist, as they are now. `anchor` names what holds the key (checked on every open).
+    ///
+    /// # Errors
+    /// [`CoreError::AlreadyExists`] if the home has a manifest; I/O errors.
+    pub fn create(
+        root: &Path,
+        key: StateKey,
+        anchor: &str,
+        adopt: &[PathBuf],
+    ) -> Result<Self, CoreError> {
+        let state = SealedState {
+            root: root.to_owned(),
+            key,
+            anchor: anchor.to_owned(),
+            cache: Mutex::new(None),
+        };
+        let _lock = state.lock()?;
+        if Self::exists(root) {
+            return Err(CoreError::AlreadyExists(format!(
+                "the integrity manifest {}",
+                Self::manifest_path(root).display()
+            )));
+        }
+        let mut entries = BTreeMap::new();
+        for path in adopt {
+            if let Some(bytes) = read_optional(path)? {
+                entries.insert(
+                    state.rel(path)?,
+                    Entry {
+                        sha256: sha256_hex(&bytes),
+                        next: None,
+                    },
+                );
+            }
+        }
+        state.store(&Body {
+            format: FORMAT,
+            anchor: anchor.to_owned(),
+            generation: 1,
+            entries,
+        })?;
+        Ok(state)
+    }
+
+    /// Opens the sealed home at `root`: the manifest must authenticate under `key` and name
+    /// `anchor`. Entries a crash left half-written are settled.
+    ///
+    /// # Errors
+    /// [`CoreError::Corrupt`] naming the manifest if it is missing, altered, or sealed by
+    /// another key or anchor; [`CoreError::PermissionDenied`]; I/O errors.
+    pub fn open(root: &Path, key: StateKey, anchor: &str) -> Result<Self, CoreError> {
+        let state = SealedState {
+            root: root.to_owned(),
+            key,
+            anchor: anchor.to_owned(),
+            cache: Mutex::new(None),
+        };
+        state.load()?;
+        state.settle()?;
+        Ok(state)
+    }
+
+    /// The home's root.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// How many changes the manifest has recorded (it only grows).
+    ///
+    /// # Errors
+    /// As [`SealedState::open`].
+    pub fn generation(&self) -> Result<u64, CoreError> {
+        Ok(self.load()?.generation)
+    }
+
+    /// The files the manifest records, as absolute paths.
+    ///
+    /// # Errors
+    /// As [`SealedState::open`].
+    pub fn recorded(&self) -> Result<Vec<PathBuf>, CoreError> {
+        Ok(self
+            .load()?
+            .entries
+            .iter()
+            .filter(|(_, e)| e.sha256 != ABSENT || e.next.is_some())
+            .map(|(rel, _)| self.root.join(rel))
+            .collect())
+    }
+
+    /// Checks every recorded file against the manifest; returns one error per file that does
+    /// not match (edited, removed, replaced).
+    ///
+    /// # Errors
+    /// Only if the manifest itself does not authenticate.
+    pub fn verify_all(&self) -> Result<Vec<CoreError>, CoreError> {
+        let mut problems = Vec::new();
+        for path in self.recorded()? {
+            if let Err(e) = self.read(&path) {
+                problems.push(e);
+            }
+        }
+        Ok(problems)
+    }
+
+    /// Records `path` as it is now (for a file the user changed on purpose, such as a
+    /// hand-edited configuration). Whoever calls this has unlocked the home.
+    ///
+    /// # Errors
+    /// I/O errors; [`CoreError::Corrupt`] if the manifest does not authenticate.
+    pub fn accept(&self, path: &Path) -> Result<(), CoreError> {
+        let rel = self.rel(path)?;
+        let _lock = self.lock()?;
+        let mut body = (*self.load()?).clone();
+        match read_optional(path)? {
+            Some(bytes) => {
+                body.entries.insert(
+                    rel,
+                    Entry {
+                        sha256: sha256_hex(&bytes),
+                        next: None,
+                    },
+                );
+            }
+            None => {
+                body.entries.remove(&rel);
+            }
+        }
+        body.generation += 1;
+        self.store(&body)
+    }
+
+    fn lock(&self) -> Result<FileLock, CoreError> {
+        FileLock::acquire(&self.root.join(LOCK))
+    }
+
+    fn manifest(&self) -> PathBuf {
+        Self::manifest_path(&self.root)
+    }
+
+    fn corrupt_manifest(&self, reason: impl Into<String>) -> CoreError {
+        CoreError::corrupt(self.manifest().display().to_string(), reason)
+    }
+
+    /// The manifest's path-independent name of `path` (`a/b/c`), refusing paths outside the
+    /// home.
+    fn rel(&self, path: &Path) -> Result<String, CoreError> {
+        let rel = path.strip_prefix(&self.root).map_err(|_| {
+            CoreError::InvalidInput(format!(
+                "{} is outside the home {}",
+                path.display(),
+                self.root.display()
+            ))
+        })?;
+        let mut parts = Vec::new();
+        for c in rel.components() {
+            match c {
+                Component::Normal(p) => parts.push(p.to_str().ok_or_else(|| {
+                    CoreError::InvalidInput(format!("{} is not UTF-8", path.display()))
+                })?),
+                _ => {
+                    return Err(CoreError::InvalidInput(format!(
+                        "{} is not a plain path inside the home",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        if parts.is_empty() {
+            return Err(CoreError::InvalidInput(format!(
+                "{} is the home itself",
+                path.display()
+            )));
+        }
+        Ok(parts.join("/"))
+    }
+
+    /// The manifest, checked (re-read only when the file changed).
+    fn load(&self) -> Result<Arc<Body>, CoreError> {
+        let path = self.manifest();
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(self.corrupt_manifest(
+                    "the home's integrity manifest is missing: it was removed outside keyhaven. \
+                     Every state file of the home is untrusted until it is restored from a \
+                     backup (or the home is sealed anew, accepting its present state)",
+                ));
+            }
+            Err(e) => return Err(CoreError::io(format!("inspect {}", path.display()), e)),
+        };
+        let stamp = Stamp::of(&meta);
+        {
+            let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((s, body)) = cache.as_ref()
+                && *s == stamp
+            {
+                return Ok(body.clone());
+            }
+        }
+        let bytes = read_private(&path)?;
+        let body = Arc::new(self.parse(&bytes)?);
+        *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = Some((stamp, body.clone()));
+        Ok(body)
+    }
+
+    fn parse(&self, bytes: &[u8]) -> Result<Body, CoreError> {
+        let not_ours = || {
+            self.corrupt_manifest(
+                "it does not authenticate: it was changed outside keyhaven (or the home was \
+                 unlocked with a different anchor store)",
+            )
+        };
+        let newline = bytes
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(not_ours)?;
+        let (head, rest) = bytes.split_at(newline);
+        let body_bytes = &rest[1..];
+        let head = std::str::from_utf8(head).map_err(|_| not_ours())?;
+        let tag = head
+            .strip_prefix(MAGIC)
+            .and_then(|t| t.strip_prefix(' '))
+            .and_then(|t| hex::decode(t).ok())
+            .ok_or_else(not_ours)?;
+        let mut mac = self.key.mac();
+        mac.update(body_bytes);
+        mac.verify_slice(&tag).map_err(|_| not_ours())?;
+        let body: Body = serde_json::from_slice(body_bytes)
+            .map_err(|e| self.corrupt_manifest(format!("authenticated but unreadable: {e}")))?;
+        if body.format != FORMAT {
+            return Err(CoreError::Unsupported {
+                operation: "read the integrity manifest",
+                reason: format!("it has format {}; upgrade keyhaven", body.format),
+            });
+        }
+        if body.anchor != self.anchor {
+            return Err(self.corrupt_manifest(format!(
+                "it was sealed by '{}', but this home is anchored in '{}': the configuration \
+                 was changed to point elsewhere",
+                body.anchor, self.anchor
+            )));
+        }
+        Ok(body)
+    }
+
+    fn store(&self, body: &Body) -> Result<(), CoreError> {
+        let json = serde_json::to_vec(body)
+            .map_err(|e| CoreError::InvalidInput(format!("cannot encode the manifest: {e}")))?;
+        let mut mac = self.key.mac();
+        mac.update(&json);
+        let tag = hex::encode(mac.finalize().into_bytes());
+        let mut out = Vec::with_capacity(json.len() + MAGIC.len() + 66);
+        out.extend_from_slice(MAGIC.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(tag.as_bytes());
+        out.push(b'\n');
+        out.extend_from_slice(&json);
+        let path = self.manifest();
+        replace_file(&path, &out)?;
+        let stamp = fs::symlink_metadata(&path)
+            .map(|m| Stamp::of(&m))
+            .map_err(|e| CoreError::io(format!("inspect {}", path.display()), e))?;
+        *self.cache.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((stamp, Arc::new(body.clone())));
+        Ok(())
+    }
+
+    /// Resolves entries a crash left with a pending hash, by what the file holds now.
+    fn settle(&self) -> Result<(), CoreError> {
+        if self.load()?.entries.values().all(|e| e.next.is_none()) {
+            return Ok(());
+        }
+        let _lock = self.lock()?;
+        let mut body = (*self.load()?).clone();
+        let mut changed = false;
+        let pending: Vec<String> = body
+            .entries
+            .iter()
+            .filter(|(_, e)| e.next.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for rel in pending {
+            let now = match read_optional(&self.root.join(&rel)) {
+                Ok(Some(b)) => sha256_hex(&b),
+                Ok(None) => ABSENT.to_owned(),
+                Err(_) => continue,
+            };
+            let Some(entry) = body.entries.get_mut(&rel) else {
+                continue;
+            };
+            if !entry.accepts(&now) {
+                continue;
+            }
+            changed = true;
+            if now == ABSENT {
+                body.entries.remove(&rel);
+            } else {
+                *entry = Entry {
+                    sha256: now,
+                    next: None,
+                };
+            }
+        }
+        if changed {
+            body.generation += 1;
+            self.store(&body)?;
+        }
+        Ok(())
+    }
+
+    /// Changes one entry in two recorded steps around `apply` (see the module docs).
+    fn change(
+        &self,
+        path: &Path,
+        new_hash: String,
+        apply: impl FnOnce() -> Result<(), CoreError>,
+    ) -> Result<(), CoreError> {
+        let rel = self.rel(path)?;
+        let _lock = self.lock()?;
+        let mut body = (*self.load()?).clone();
+        let old = body.entries.get(&rel).cloned();
+        let entry = body.entries.entry(rel.clone()).or_insert(Entry {
+            sha256: ABSENT.to_owned(),
+            next: None,
+        });
+        entry.next = Some(new_hash.clone());
+        body.generation += 1;
+        self.store(&body)?;
+        if let Err(e) = apply() {
+            // The file is unchanged: take the pending hash back (if this fails too, the next
+            // open settles it).
+            match old {
+                Some(o) => {
+                    body.entries.insert(rel, o);
+                }
+                None => {
+                    body.entries.remove(&rel);
+                }
+            }
+            body.generation += 1;
+            let _ = self.store(&body);
+            return Err(e);
+        }
+        if new_hash == ABSENT {
+            body.entries.remove(&rel);
+        } else {
+            body.entries.insert(
+                rel,
+                Entry {
+                    sha256: new_hash,
+                    next: None,
+                },
+            );
+        }
+        body.generation += 1;
+        self.store(&body)
+    }
+}
+
+impl StateFiles for SealedState {
+    fn read(&self, path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, CoreError> {
+        let rel = self.rel(path)?;
+        let body = self.load()?;
+        let entry = body.entries.get(&rel);
+        let contents = read_optional(path)?;
+        let what = || path.display().to_string();
+        match (entry, contents) {
+            (None, None) => Ok(None),
+            (Some(e), None) if e.accepts(ABSENT) => Ok(None),
+            (Some(_), None) => Err(CoreError::corrupt(
+                what(),
+                "it was removed outside keyhaven (the home's integrity manifest records it); \
+                 restore it from a backup",
+            )),
+            (None, Some(_)) => Err(CoreError::corrupt(
+                what(),
+                "it is not recorded in the home's integrity manifest: it was put there outside \
+                 keyhaven; remove it (or restore the home from a backup)",
+            )),
+            (Some(e), Some(bytes)) => {
+                if e.accepts(&sha256_hex(&bytes)) {
+                    Ok(Some(bytes))
+                } else {
+                    Err(CoreError::corrupt(
+                        what(),
+                        "it was changed outside keyhaven: its contents are not what the home's \
+                         integrity manifest records (edited, replaced or rolled back); restore \
+                         it from a backup",
+                    ))
+                }
+            }
+        }
+    }
+
+    fn write(&self, path: &Path, contents: &[u8]) -> Result<(), CoreError> {
+        self.change(path, sha256_hex(contents), || replace_file(path, contents))
+    }
+
+    fn remove(&self, path: &Path) -> Result<(), CoreError> {
+        self.change(path, ABSENT.to_owned(), || remove_durable(path))
+    }
+
+    fn list(&self, dir: &Path) -> Result<Vec<PathBuf>, CoreError> {
+        let mut out = list_dir(dir)?;
+        let prefix = if dir == self.root {
+            Some(String::new())
+        } else {
+            self.rel(dir).ok().map(|p| format!("{p}/"))
+        };
+        if let Some(prefix) = prefix {
+            let body = self.load()?;
+            for (rel, e) in body.entries.range(prefix.clone()..) {
+                let Some(name) = rel.strip_prefix(&prefix) else {
+                    break;
+                };
+                if name.contains('/') || (e.sha256 == ABSENT && e.next.is_none()) {
+                    continue;
+                }
+                out.push(dir.join(name));
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    fn is_authenticated(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(b: u8) -> StateKey {
+        StateKey::new(Zeroizing::new([b; 32]))
+    }
+
+    fn home() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(d.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        d
+    }
+
+    fn corrupt_names(e: &CoreError, path: &Path) -> bool {
+        matches!(e, CoreError::Corrupt { what, .. } if what == &path.display().to_string())
+    }
+
+    #[test]
+    fn every_edit_of_a_recorded_file_is_named() {
+        let h = home();
+        let s = SealedState::create(h.path(), key(1), "a", &[]).unwrap();
+        let f = h.path().join("counter");
+        s.write(&f, b"41").unwrap();
+        s.write(&f, b"42").unwrap();
+        assert_eq!(&s.read(&f).unwrap().unwrap()[..], b"42");
+        // rolled back to the earlier version
+        replace_file(&f, b"41").unwrap();
+        assert!(corrupt_names(&s.read(&f).unwrap_err(), &f));
+        // removed
+        fs::remove_file(&f).unwrap();
+        assert!(corrupt_names(&s.read(&f).unwrap_err(), &f));
+        // planted
+        let g = h.path().join("other");
+        replace_file(&g, b"x").unwrap();
+        assert!(corrupt_names(&s.read(&g).unwrap_err(), &g));
+        assert!(s.list(h.path()).unwrap().contains(&f));
+    }
+
+    #[test]
+    fn the_manifest_itself_is_authenticated() {
+        let h = home();
+        let s = SealedState::create(h.path(), key(1), "a", &[]).unwrap();
+        let f = h.path().join("revocations");
+        s.write(&f, b"revoked: k1").unwrap();
+        let m = SealedState::manifest_path(h.path());
+        let saved = fs::read(&m).unwrap();
+        // another key, another anchor
+        assert!(SealedState::open(h.path(), key(2), "a").is_err());
+        assert!(SealedState::open(h.path(), key(1), "b").is_err());
+        // edited (the entry's hash swapped for that of other contents)
+        let text = String::from_utf8(saved.clone()).unwrap();
+        let forged = text.replace(&sha256_hex(b"revoked: k1"), &sha256_hex(b""));
+        replace_file(&m, forged.as_bytes()).unwrap();
+        assert!(corrupt_names(&s.read(&f).unwrap_err(), &m));
+        // removed
+        fs::remove_file(&m).unwrap();
+        assert!(corrupt_names(&s.read(&f).unwrap_err(), &m));
+        // and back
+        replace_file(&m, &saved).unwrap();
+        assert!(s.read(&f).is_ok());
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_a_state_file_is_refused() {
+        let h = home();
+        let s = SealedState::create(h.path(), key(1), "a", &[]).unwrap();
+        let f = h.path().join("f");
+        s.write(&f, b"1").unwrap();
+        let outside = h.path().join(".elsewhere");
+        fs::write(&outside, b"1").unwrap();
+        fs::remove_file(&f).unwrap();
+        std::os::unix::fs::symlink(&outside, &f).unwrap();
+        assert!(matches!(
+            s.read(&f).unwrap_err(),
+            CoreError::PermissionDenied(_)
+        ));
+        // a write replaces the link, never the file it points to
+        s.write(&f, b"2").unwrap();
+        assert_eq!(fs::read(&outside).unwrap(), b"1");
+        assert_eq!(&s.read(&f).unwrap().unwrap()[..], b"2");
+    }
+
+    #[test]
+    fn a_crash_between_the_steps_is_settled() {
+        let h = home();
+        let s = SealedState::create(h.path(), key(1), "a", &[]).unwrap();
+        let f = h.path().join("f");
+        s.write(&f, b"old").unwrap();
+        // The pending step recorded, the file never written (a crash).
+        let rel = s.rel(&f).unwrap();
+        let mut body = (*s.load().unwrap()).clone();
+        body.entries.get_mut(&rel).unwrap().next = Some(sha256_hex(b"new"));
+        s.store(&body).unwrap();
+        assert_eq!(&s.read(&f).unwrap().unwrap()[..], b"old");
+        let s = SealedState::open(h.path(), key(1), "a").unwrap();
+        assert!(s.load().unwrap().entries.values().all(|e| e.next.is_none()));
+        // "new" is no longer accepted once settled
+        replace_file(&f, b"new").unwrap();
+        assert!(s.read(&f).is_err());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write(usize, Vec<u8>),
+        Remove(usize),
+        Reopen,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..4usize, proptest::collection::vec(any::<u8>(), 0..16))
+                .prop_map(|(i, b)| Op::Write(i, b)),
+            (0..4usize).prop_map(Op::Remove),
+            Just(Op::Reopen),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// Whatever keyhaven itself writes and removes, reads return exactly that, and the
+        /// listing is exactly the files that exist.
+        #[test]
+        fn reads_return_what_was_written(ops in proptest::collection::vec(op(), 1..24)) {
+            let h = home();
+            let names = ["a", "b", "c", "d"];
+            let mut s = SealedState::create(h.path(), key(7), "x", &[]).unwrap();
+            let mut model: BTreeMap<usize, Vec<u8>> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Write(i, b) => { s.write(&h.path().join(names[i]), &b).unwrap(); model.insert(i, b); }
+                    Op::Remove(i) => { s.remove(&h.path().join(names[i])).unwrap(); model.remove(&i); }
+                    Op::Reopen => { s = SealedState::open(h.path(), key(7), "x").unwrap(); }
+                }
+                for (i, n) in names.iter().enumerate() {
+                    let got = s.read(&h.path().join(n)).unwrap().map(|b| b.to_vec());
+                    prop_assert_eq!(got, model.get(&i).cloned());
+                }
+                let listed: Vec<PathBuf> = s.list(h.path()).unwrap().into_iter()
+                    .filter(|p| p.file_name().is_some_and(|n| n != MANIFEST)).collect();
+                let expected: Vec<PathBuf> = model.keys().map(|i| h.path().join(names[*i])).collect();
+                prop_assert_eq!(listed, expected);
+            }
+        }
+    }
+}
