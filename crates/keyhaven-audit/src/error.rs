@@ -50,6 +50,9 @@ pub enum AuditError {
     /// Signing a checkpoint failed.
     #[error("audit log: signing a checkpoint failed: {0}")]
     Sign(#[source] keyhaven_core::Error),
+    /// A file the log uses is unsafe: another user's, or a symbolic link (never followed).
+    #[error("audit log: {0}")]
+    Unsafe(#[source] keyhaven_core::Error),
     /// A previous write in the same group commit failed; this append shares its fate.
     #[error("audit log: group commit failed: {0}")]
     Batch(String),
@@ -82,7 +85,7 @@ impl From<AuditError> for keyhaven_core::Error {
             AuditError::Damaged { path, reason } => {
                 Error::corrupt(path.display().to_string(), reason)
             }
-            AuditError::Sign(inner) => inner,
+            AuditError::Sign(inner) | AuditError::Unsafe(inner) => inner,
             AuditError::Batch(_) => Error::Backend {
                 backend: "audit",
                 source: Box::new(e),

@@ -21,7 +21,11 @@ pub(crate) fn check_private(path: &Path, dir: bool) -> Result<(), AuditError> {
 }
 
 pub(crate) fn check_meta(path: &Path, meta: &fs::Metadata, dir: bool) -> Result<(), AuditError> {
-    if meta.is_dir() != dir || meta.file_type().is_symlink() {
+    if meta.file_type().is_symlink() {
+        return Err(AuditError::Unsafe(keyhaven_fs::refuse_symlink(path)));
+    }
+    keyhaven_fs::check_owner(path, meta).map_err(AuditError::Unsafe)?;
+    if meta.is_dir() != dir {
         return Err(AuditError::WrongType {
             path: path.to_owned(),
             expected: if dir { "directory" } else { "regular file" },
@@ -47,11 +51,14 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), AuditError> {
 /// Opens a log file for reading and appending (O_APPEND), checking its permissions.
 pub(crate) fn open_append(path: &Path, create_new: bool) -> Result<File, AuditError> {
     let mut o = OpenOptions::new();
-    o.read(true).append(true).mode(0o600);
+    o.read(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(keyhaven_fs::O_NOFOLLOW);
     if create_new {
         o.create_new(true);
     }
-    let f = o.open(path).map_err(io_err("open", path))?;
+    let f = o.open(path).map_err(|e| nofollow_err(path, e))?;
     let meta = f.metadata().map_err(io_err("inspect", path))?;
     check_meta(path, &meta, false)?;
     Ok(f)
@@ -59,10 +66,23 @@ pub(crate) fn open_append(path: &Path, create_new: bool) -> Result<File, AuditEr
 
 /// Opens a log file for reading, checking its permissions.
 pub(crate) fn open_read(path: &Path) -> Result<File, AuditError> {
-    let f = File::open(path).map_err(io_err("open", path))?;
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(keyhaven_fs::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| nofollow_err(path, e))?;
     let meta = f.metadata().map_err(io_err("inspect", path))?;
     check_meta(path, &meta, false)?;
     Ok(f)
+}
+
+/// An open refused because a symbolic link is in the file's place, or another I/O error.
+fn nofollow_err(path: &Path, e: std::io::Error) -> AuditError {
+    if keyhaven_fs::is_symlink(path) {
+        AuditError::Unsafe(keyhaven_fs::refuse_symlink(path))
+    } else {
+        io_err("open", path)(e)
+    }
 }
 
 /// Exclusive `flock` on the log's lock file, released on drop.
@@ -77,8 +97,9 @@ pub(crate) fn lock_exclusive(lock_path: &Path) -> Result<LockGuard, AuditError> 
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(keyhaven_fs::O_NOFOLLOW)
         .open(lock_path)
-        .map_err(io_err("open lock file", lock_path))?;
+        .map_err(|e| nofollow_err(lock_path, e))?;
     file.lock().map_err(io_err("lock", lock_path))?;
     Ok(LockGuard { _file: file })
 }

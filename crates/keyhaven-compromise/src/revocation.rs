@@ -369,12 +369,17 @@ impl VerifiedRevocations {
 #[derive(Debug)]
 pub struct Revocations {
     dir: PathBuf,
+    state: Arc<dyn keyhaven_fs::StateFiles>,
     cache: Mutex<Cache>,
 }
 
+/// Device, inode, size, mtime and ctime: a file rewritten in place with its mtime set back
+/// still changes its ctime.
+type Stamp = (u64, u64, u64, (i64, i64), (i64, i64));
+
 #[derive(Debug, Default)]
 struct Cache {
-    stamp: Option<(u64, u64, i64, i64)>,
+    stamp: Option<Stamp>,
     by_key_id: Arc<BTreeMap<String, Revocation>>,
 }
 
@@ -397,8 +402,19 @@ impl Revocations {
         keyhaven_fs::create_private_dir(dir)?;
         Ok(Revocations {
             dir: dir.to_owned(),
+            state: Arc::new(keyhaven_fs::PlainState),
             cache: Mutex::new(Cache::default()),
         })
+    }
+
+    /// Reads and writes the registry through `state` (default: plain files). In a sealed home
+    /// the file is checked against the home's integrity manifest: removing it, emptying it or
+    /// putting back an older version is reported, and private operations are refused (fail
+    /// closed) until it is restored.
+    #[must_use]
+    pub fn with_state(mut self, state: Arc<dyn keyhaven_fs::StateFiles>) -> Self {
+        self.state = state;
+        self
     }
 
     /// The registry's file.
@@ -408,11 +424,9 @@ impl Revocations {
 
     fn read(&self) -> Result<Stored> {
         let path = self.path();
-        match std::fs::symlink_metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Stored::default()),
-            _ => {}
-        }
-        let bytes = keyhaven_fs::read_private(&path)?;
+        let Some(bytes) = self.state.read(&path)? else {
+            return Ok(Stored::default());
+        };
         let stored: Stored =
             serde_json::from_slice(&bytes).map_err(|e| CompromiseError::corrupt(&path, e))?;
         if stored.version != REVOCATION_VERSION {
@@ -444,7 +458,7 @@ impl Revocations {
         stored.statements.push(statement.clone());
         let json = serde_json::to_vec_pretty(&stored)
             .map_err(|e| CompromiseError::Invalid(e.to_string()))?;
-        keyhaven_fs::atomic_write(&self.path(), &json)?;
+        self.state.write(&self.path(), &json)?;
         Ok(statement)
     }
 
@@ -462,8 +476,14 @@ impl Revocations {
     /// The registry cannot be read (callers must then refuse the operation: fail closed).
     pub fn check(&self, key_id: &str) -> Result<Option<Revocation>> {
         let path = self.path();
-        let stamp = match std::fs::metadata(&path) {
-            Ok(m) => Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec())),
+        let stamp = match std::fs::symlink_metadata(&path) {
+            Ok(m) => Some((
+                m.dev(),
+                m.ino(),
+                m.size(),
+                (m.mtime(), m.mtime_nsec()),
+                (m.ctime(), m.ctime_nsec()),
+            )),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => {
                 return Err(Error::io(format!("inspect {}", path.display()), e).into());
@@ -475,7 +495,11 @@ impl Revocations {
         };
         let map = match map {
             Some(m) => m,
-            None if stamp.is_none() => return Ok(None),
+            // No file: unless the state says one was removed (then `read` fails: fail closed).
+            None if stamp.is_none() => {
+                self.read()?;
+                return Ok(None);
+            }
             None => {
                 let stored = self.read()?;
                 let map: Arc<BTreeMap<_, _>> = Arc::new(

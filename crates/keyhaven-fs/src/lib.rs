@@ -204,7 +204,7 @@ pub fn open_nofollow(path: &Path) -> Result<File, CoreError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+        options.custom_flags(O_NOFOLLOW);
     }
     match options.open(path) {
         Ok(f) => Ok(f),
@@ -213,8 +213,20 @@ pub fn open_nofollow(path: &Path) -> Result<File, CoreError> {
     }
 }
 
-fn is_symlink(path: &Path) -> bool {
+/// The `open(2)` flag that refuses a symbolic link as the last component, for
+/// `OpenOptionsExt::custom_flags` (crates with their own open calls use it, with
+/// [`is_symlink`] and [`refuse_symlink`] to say what happened).
+#[cfg(unix)]
+pub const O_NOFOLLOW: i32 = rustix::fs::OFlags::NOFOLLOW.bits() as i32;
+
+/// Whether `path` is a symbolic link (not followed).
+pub fn is_symlink(path: &Path) -> bool {
     fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink())
+}
+
+/// The error for a symbolic link found where keyhaven keeps a file of its own.
+pub fn refuse_symlink(path: &Path) -> CoreError {
+    symlink_refused(path, io::Error::other("symbolic link"))
 }
 
 fn symlink_refused(path: &Path, _e: io::Error) -> CoreError {

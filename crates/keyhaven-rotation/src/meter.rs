@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use keyhaven_core::{Error as CoreError, KeyId, KeyStore, Signature};
-use keyhaven_fs::{FileLock, atomic_write, create_private_dir, read_private};
+use keyhaven_fs::{FileLock, PlainState, StateFiles, create_private_dir};
 
 use crate::error::{Result, RotationError};
 
@@ -49,6 +49,7 @@ const LOCK: &str = "usage.lock";
 #[derive(Debug)]
 pub struct UsageMeter {
     dir: PathBuf,
+    state: Arc<dyn StateFiles>,
     batch: u64,
     max_batch: u64,
     slots: Mutex<HashMap<KeyId, Slot>>,
@@ -65,10 +66,20 @@ impl UsageMeter {
         create_private_dir(dir)?;
         Ok(UsageMeter {
             dir: dir.to_owned(),
+            state: Arc::new(PlainState),
             batch: batch.max(1),
             max_batch: batch.max(1).saturating_mul(DEFAULT_GROWTH),
             slots: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Reads and writes the counters through `state` (default: [`PlainState`]): in a sealed
+    /// home a counter edited, rolled back or removed outside keyhaven is reported, and the key
+    /// refuses to sign until it is restored.
+    #[must_use]
+    pub fn with_state(mut self, state: Arc<dyn StateFiles>) -> Self {
+        self.state = state;
+        self
     }
 
     /// Lets blocks grow up to `batch * growth` (at least `batch`) while a key signs fast.
@@ -110,10 +121,9 @@ impl UsageMeter {
 
     fn read_count(&self, id: &KeyId) -> Result<u64> {
         let path = self.file(id);
-        if !path.exists() {
+        let Some(bytes) = self.state.read(&path)? else {
             return Ok(0);
-        }
-        let bytes = read_private(&path)?;
+        };
         std::str::from_utf8(&bytes)
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
@@ -131,7 +141,8 @@ impl UsageMeter {
         let _lock = FileLock::acquire(&self.dir.join(LOCK))?;
         let now = self.read_count(id)?;
         let new = now.saturating_add(add).saturating_sub(sub);
-        atomic_write(&self.file(id), format!("{new}\n").as_bytes())?;
+        self.state
+            .write(&self.file(id), format!("{new}\n").as_bytes())?;
         Ok(new)
     }
 

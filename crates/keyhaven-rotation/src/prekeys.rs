@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use keyhaven_core::{
     Algorithm, Error as CoreError, KeyId, KeyStore, PublicKey, SecretBytes, Signature,
 };
-use keyhaven_fs::{FileLock, atomic_write, create_private_dir, read_private};
+use keyhaven_fs::{FileLock, PlainState, StateFiles, create_private_dir};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Result, RotationError};
@@ -135,6 +135,7 @@ struct PoolState {
 /// deleted at the next refill or signed prekey rotation.
 pub struct PrekeyPool {
     dir: PathBuf,
+    state: Arc<dyn StateFiles>,
     store: Arc<dyn KeyStore>,
     identity: KeyId,
     clock: Arc<dyn Clock>,
@@ -161,6 +162,20 @@ impl PrekeyPool {
     /// [`keyhaven_core::Error::InvalidInput`] if it cannot sign or the pool belongs to another
     /// identity; [`RotationError::Corrupt`] for a damaged state file.
     pub fn open(dir: &Path, store: Arc<dyn KeyStore>, identity: KeyId) -> Result<Self> {
+        Self::open_with_state(dir, store, identity, Arc::new(PlainState))
+    }
+
+    /// [`PrekeyPool::open`], reading and writing the pool's state file through `state` (in a
+    /// sealed home: checked against the home's integrity manifest).
+    ///
+    /// # Errors
+    /// As [`PrekeyPool::open`].
+    pub fn open_with_state(
+        dir: &Path,
+        store: Arc<dyn KeyStore>,
+        identity: KeyId,
+        state: Arc<dyn StateFiles>,
+    ) -> Result<Self> {
         let info = store.get(&identity)?;
         if !info.algorithm.can_sign() {
             return Err(CoreError::InvalidInput(format!(
@@ -172,6 +187,7 @@ impl PrekeyPool {
         create_private_dir(dir)?;
         let pool = PrekeyPool {
             dir: dir.to_owned(),
+            state,
             store,
             identity,
             clock: Arc::new(SystemClock),
@@ -202,15 +218,14 @@ impl PrekeyPool {
 
     fn read(&self) -> Result<PoolState> {
         let path = self.dir.join(STATE);
-        if !path.exists() {
+        let Some(bytes) = self.state.read(&path)? else {
             return Ok(PoolState {
                 format: 1,
                 identity: self.identity.clone(),
                 signed: Vec::new(),
                 one_time: Vec::new(),
             });
-        }
-        let bytes = read_private(&path)?;
+        };
         let state: PoolState = serde_json::from_slice(&bytes).map_err(|e| {
             RotationError::corrupt(
                 path.display().to_string(),
@@ -229,7 +244,7 @@ impl PrekeyPool {
     fn write(&self, state: &PoolState) -> Result<()> {
         let json = serde_json::to_vec(state)
             .map_err(|e| CoreError::InvalidInput(format!("cannot encode the prekey pool: {e}")))?;
-        atomic_write(&self.dir.join(STATE), &json)?;
+        self.state.write(&self.dir.join(STATE), &json)?;
         Ok(())
     }
 

@@ -1,11 +1,10 @@
 //! The registry of logical keys: one JSON file per logical key in a private directory.
 
-use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use keyhaven_core::{Error as CoreError, KeyId, KeyInfo};
-use keyhaven_fs::{FileLock, atomic_write, create_private_dir, read_private};
+use keyhaven_fs::{FileLock, PlainState, StateFiles, create_private_dir};
 
 use crate::error::{Result, RotationError};
 use crate::state::{LogicalKey, Role};
@@ -21,9 +20,14 @@ pub(crate) const ROTATE_LOCK: &str = "rotate.lock";
 /// directories, written atomically and durably). Every change is a read-modify-write under an
 /// exclusive lock on `DIR/registry.lock`, so processes sharing the directory never lose an
 /// update. Keys never adopted are not in the registry ("unversioned": show them as v1 primary).
+///
+/// Files are read and written through a [`StateFiles`] ([`Registry::with_state`]): in a sealed
+/// keyhaven home every entry is checked against the home's integrity manifest, so an entry
+/// edited, swapped, rolled back or removed outside keyhaven is reported (for that key only).
 #[derive(Debug, Clone)]
 pub struct Registry {
     dir: PathBuf,
+    state: Arc<dyn StateFiles>,
 }
 
 impl Registry {
@@ -38,7 +42,15 @@ impl Registry {
         create_private_dir(&dir.join(VERSIONS))?;
         Ok(Registry {
             dir: dir.to_owned(),
+            state: Arc::new(PlainState),
         })
+    }
+
+    /// Reads and writes the registry's files through `state` (default: [`PlainState`]).
+    #[must_use]
+    pub fn with_state(mut self, state: Arc<dyn StateFiles>) -> Self {
+        self.state = state;
+        self
     }
 
     /// The registry's directory.
@@ -55,7 +67,10 @@ impl Registry {
     }
 
     fn read(&self, path: &Path) -> Result<LogicalKey> {
-        let bytes = read_private(path)?;
+        let bytes = self
+            .state
+            .read(path)?
+            .ok_or_else(|| RotationError::NotFound(format!("{}", path.display())))?;
         let key: LogicalKey = serde_json::from_slice(&bytes).map_err(|e| {
             RotationError::corrupt(
                 path.display().to_string(),
@@ -87,13 +102,13 @@ impl Registry {
         for v in key.versions() {
             let alias = self.alias(v.key_id());
             if v.key_id() != &id
-                && read_private(&alias).ok().as_deref().map(Vec::as_slice)
+                && self.state.read(&alias).ok().flatten().as_deref().map(Vec::as_slice)
                     != Some(id.as_str().as_bytes())
             {
-                atomic_write(&alias, id.as_str().as_bytes())?;
+                self.state.write(&alias, id.as_str().as_bytes())?;
             }
         }
-        atomic_write(&self.file(&id), &json)?;
+        self.state.write(&self.file(&id), &json)?;
         Ok(())
     }
 
@@ -109,12 +124,9 @@ impl Registry {
             Err(RotationError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
-        let logical = match read_private(&self.alias(id)) {
-            Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
-            Err(CoreError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
+        let logical = match self.state.read(&self.alias(id))? {
+            Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+            None => return Ok(None),
         };
         match self.get(&logical) {
             Ok(k) if k.version_by_key_id(id).is_some() => Ok(Some(k)),
@@ -160,9 +172,9 @@ impl Registry {
         let not_found = || RotationError::NotFound(format!("logical key '{id}'"));
         let id: KeyId = id.parse().map_err(|_| not_found())?;
         let path = self.file(&id);
-        match fs::symlink_metadata(&path) {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(not_found()),
-            _ => self.read(&path),
+        match self.read(&path) {
+            Err(RotationError::NotFound(_)) => Err(not_found()),
+            other => other,
         }
     }
 
@@ -200,14 +212,9 @@ impl Registry {
 
     fn list_unlocked(&self) -> Result<(Vec<LogicalKey>, Vec<RotationError>)> {
         let dir = self.dir.join(KEYS);
-        let entries = fs::read_dir(&dir)
-            .map_err(|e| CoreError::io(format!("read directory {}", dir.display()), e))?;
         let mut keys = Vec::new();
         let mut problems = Vec::new();
-        for entry in entries {
-            let entry =
-                entry.map_err(|e| CoreError::io(format!("read directory {}", dir.display()), e))?;
-            let path = entry.path();
+        for path in self.state.list(&dir)? {
             if path.extension().and_then(|e| e.to_str()) != Some("json") {
                 continue;
             }

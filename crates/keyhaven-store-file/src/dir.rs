@@ -162,7 +162,7 @@ impl StoreDir {
         Ok(ids)
     }
 
-    fn claim_path(&self, label: &str) -> PathBuf {
+    pub(crate) fn claim_path(&self, label: &str) -> PathBuf {
         self.labels
             .join(hex::encode(Sha256::digest(label.as_bytes())))
     }

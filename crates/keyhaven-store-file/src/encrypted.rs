@@ -327,6 +327,32 @@ impl EncryptedStore {
     pub fn path(&self) -> &Path {
         self.engine.dir.root()
     }
+
+    /// The store's random id (recorded in its header).
+    pub fn store_id(&self) -> &str {
+        &self.engine.format.store_id
+    }
+
+    /// A 32-byte secret derived from the store's key-encryption key with HKDF-SHA256 (RFC
+    /// 5869; the store id is the salt, `purpose` the info). Only someone who can unlock the
+    /// store can compute it; different purposes give independent keys, and none reveals the
+    /// KEK. keyhaven derives the key that authenticates a home's state this way.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an empty `purpose`.
+    pub fn derive_secret(&self, purpose: &str) -> Result<Zeroizing<[u8; 32]>> {
+        if purpose.is_empty() {
+            return Err(Error::InvalidInput("an empty derivation purpose".into()));
+        }
+        let f = &self.engine.format;
+        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(f.store_id.as_bytes()), f.kek.as_ref());
+        let mut out = Zeroizing::new([0u8; 32]);
+        let mut info = b"keyhaven-store-derive v1\0".to_vec();
+        info.extend_from_slice(purpose.as_bytes());
+        hk.expand(&info, out.as_mut())
+            .map_err(|_| Error::InvalidInput("derivation length".into()))?;
+        Ok(out)
+    }
 }
 
 delegate_keystore!(EncryptedStore, "encrypted");

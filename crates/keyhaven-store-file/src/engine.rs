@@ -106,7 +106,24 @@ impl<F: Format> Engine<F> {
 
     pub(crate) fn find_by_label(&self, label: &str) -> Result<KeyInfo> {
         match self.dir.label_owner(label)? {
-            Some(id) => self.get(&id),
+            Some(id) => {
+                let info = self.get(&id)?;
+                // The claim file is only an index; the record's label is authenticated (it is
+                // associated data of the record's seal). A claim pointing at another key was
+                // written outside keyhaven: never follow it to the wrong key.
+                if info.label != label {
+                    return Err(Error::corrupt(
+                        self.dir.claim_path(label).display().to_string(),
+                        format!(
+                            "the claim for label '{label}' names key {id}, which is labelled \
+                             '{}': the claim was changed outside keyhaven; remove the file and \
+                             name the key by its id",
+                            info.label
+                        ),
+                    ));
+                }
+                Ok(info)
+            }
             None => Err(Error::key_not_found(label)),
         }
     }

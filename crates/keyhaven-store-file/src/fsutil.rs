@@ -26,6 +26,9 @@ pub(crate) enum FsError {
         path.display()
     )]
     LoosePermissions { path: PathBuf, mode: u32, want: u32 },
+    /// A file another user owns, or a symbolic link (never followed).
+    #[error("{0}")]
+    Unsafe(keyhaven_core::Error),
     /// A path that should be a directory is not (or vice versa).
     #[error("{} is not a {expected}", path.display())]
     WrongType {
@@ -48,6 +51,7 @@ impl From<FsError> for keyhaven_core::Error {
             }
             FsError::LoosePermissions { .. } => Error::PermissionDenied(e.to_string()),
             FsError::WrongType { .. } => Error::InvalidInput(e.to_string()),
+            FsError::Unsafe(inner) => inner,
         }
     }
 }
@@ -76,7 +80,11 @@ pub(crate) fn check_private(path: &Path, dir: bool) -> Result<fs::Metadata, FsEr
 }
 
 pub(crate) fn check_meta(path: &Path, meta: &fs::Metadata, dir: bool) -> Result<(), FsError> {
-    if meta.is_dir() != dir || meta.file_type().is_symlink() {
+    if meta.file_type().is_symlink() {
+        return Err(FsError::Unsafe(keyhaven_fs::refuse_symlink(path)));
+    }
+    keyhaven_fs::check_owner(path, meta).map_err(FsError::Unsafe)?;
+    if meta.is_dir() != dir {
         return Err(FsError::WrongType {
             path: path.to_owned(),
             expected: if dir { "directory" } else { "regular file" },
@@ -95,7 +103,17 @@ pub(crate) fn check_meta(path: &Path, meta: &fs::Metadata, dir: bool) -> Result<
 
 /// Reads a private file (refusing loose permissions).
 pub(crate) fn read_private(path: &Path) -> Result<Vec<u8>, FsError> {
-    let mut file = File::open(path).map_err(io_err("open", path))?;
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(keyhaven_fs::O_NOFOLLOW)
+        .open(path)
+        .map_err(|e| {
+            if keyhaven_fs::is_symlink(path) {
+                FsError::Unsafe(keyhaven_fs::refuse_symlink(path))
+            } else {
+                io_err("open", path)(e)
+            }
+        })?;
     let meta = file.metadata().map_err(io_err("inspect", path))?;
     check_meta(path, &meta, false)?;
     let mut buf = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
