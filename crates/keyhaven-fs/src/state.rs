@@ -247,6 +247,15 @@ impl SealedState {
         fs::symlink_metadata(Self::manifest_path(root)).is_ok()
     }
 
+    /// The anchor the manifest at `root` *claims* (unauthenticated: only a hint of which store
+    /// to unlock; [`SealedState::open`] then checks it). `None` without a readable manifest.
+    pub fn peek_anchor(root: &Path) -> Option<String> {
+        let bytes = read_private(&Self::manifest_path(root)).ok()?;
+        let newline = bytes.iter().position(|&b| b == b'\n')?;
+        let body: Body = serde_json::from_slice(&bytes[newline + 1..]).ok()?;
+        Some(body.anchor)
+    }
+
     /// Seals the home at `root`: writes a new manifest recording the files in `adopt` that
     /// exist, as they are now. `anchor` names what holds the key (checked on every open).
     ///

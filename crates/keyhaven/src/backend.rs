@@ -163,6 +163,8 @@ pub struct Backend {
     /// The same store when it is a PEM store, which names each key's file.
     #[cfg(feature = "file")]
     pem: Option<Arc<keyhaven_store_file::PemStore>>,
+    /// For an encrypted store: its id and the secret it derives for the home's integrity key.
+    anchor: Option<Arc<AnchorSecret>>,
     /// The same store when it is a PKCS#11 token, which reports on the token.
     #[cfg(feature = "pkcs11")]
     pkcs11: Option<Arc<keyhaven_hsm_pkcs11::Pkcs11Store>>,
@@ -197,11 +199,18 @@ impl Backend {
             store,
             #[cfg(feature = "file")]
             pem: None,
+            anchor: None,
             #[cfg(feature = "pkcs11")]
             pkcs11: None,
             #[cfg(feature = "tpm")]
             tpm: None,
         }
+    }
+
+    /// What this backend's store contributes to the home's integrity key, if it can anchor one
+    /// (encrypted stores).
+    pub(crate) fn anchor_secret(&self) -> Option<&Arc<AnchorSecret>> {
+        self.anchor.as_ref()
     }
 
     /// The configured name.
@@ -262,6 +271,24 @@ impl Backend {
         self.tpm.as_ref()
     }
 }
+
+/// A store's id and the 32-byte secret it derived for the home's integrity key (only someone
+/// who unlocked the store has it). Never printed.
+pub(crate) struct AnchorSecret {
+    pub(crate) store_id: String,
+    pub(crate) key: zeroize::Zeroizing<[u8; 32]>,
+}
+
+impl fmt::Debug for AnchorSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AnchorSecret")
+            .field("store_id", &self.store_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the encrypted store derives the integrity key for (HKDF info).
+pub(crate) const INTEGRITY_PURPOSE: &str = "keyhaven home integrity manifest v1";
 
 /// The backend types that keep their keys in a directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -431,12 +458,7 @@ mod file {
                     .passphrase(&request(req, dir, PassphrasePurpose::Unlock))
                     .map_err(err)?;
                 let store = EncryptedStore::open(dir, &pass).map_err(err)?;
-                Ok(Some(Backend::new(
-                    name,
-                    BackendKind::Encrypted,
-                    location,
-                    Arc::new(store),
-                )))
+                encrypted_backend(name, location, store).map(Some)
             }
             (FileKind::Pem, StoreKind::Encrypted) => mismatch("encrypted"),
             (FileKind::Encrypted, StoreKind::Pem) => mismatch("pem"),
@@ -473,14 +495,22 @@ mod file {
                     other => other,
                 }
                 .map_err(err)?;
-                Ok(Backend::new(
-                    name,
-                    BackendKind::Encrypted,
-                    location,
-                    Arc::new(store),
-                ))
+                encrypted_backend(name, location, store)
             }
         }
+    }
+
+    fn encrypted_backend(name: &str, location: String, store: EncryptedStore) -> Result<Backend> {
+        let key = store
+            .derive_secret(super::INTEGRITY_PURPOSE)
+            .map_err(|e| Error::backend(name, e))?;
+        let anchor = super::AnchorSecret {
+            store_id: store.store_id().to_owned(),
+            key,
+        };
+        let mut backend = Backend::new(name, BackendKind::Encrypted, location, Arc::new(store));
+        backend.anchor = Some(Arc::new(anchor));
+        Ok(backend)
     }
 
     fn pem_backend(name: &str, location: String, store: Arc<PemStore>) -> Backend {

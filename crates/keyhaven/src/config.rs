@@ -483,18 +483,23 @@ impl Config {
     /// (naming the `chmod 600` fix) if others may read or write it, [`Error::Config`] if it is
     /// invalid.
     pub fn load(path: &Path) -> Result<Self> {
-        use std::io::Read;
-        let read_err = |e| Error::io(format!("read {}", path.display()), e);
-        let mut file = match std::fs::File::open(path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
-            Err(e) => return Err(read_err(e)),
+        Self::load_from(&keyhaven_fs::PlainState, path)
+    }
+
+    /// [`Config::load`] through `state` (in a sealed home: checked against the home's
+    /// integrity manifest).
+    ///
+    /// # Errors
+    /// As [`Config::load`]; [`crate::CoreError::Corrupt`] if the file was changed outside keyhaven.
+    pub fn load_from(state: &dyn keyhaven_fs::StateFiles, path: &Path) -> Result<Self> {
+        let Some(bytes) = state.read(path)? else {
+            return Ok(Config::default());
         };
-        let meta = file.metadata().map_err(read_err)?;
-        crate::fs::check_meta(path, &meta)?;
-        let mut text = String::new();
-        file.read_to_string(&mut text).map_err(read_err)?;
-        Config::from_toml_str(&text, &path.display().to_string())
+        let text = std::str::from_utf8(&bytes).map_err(|_| Error::Config {
+            origin: path.display().to_string(),
+            message: "not UTF-8 text".into(),
+        })?;
+        Config::from_toml_str(text, &path.display().to_string())
     }
 
     /// Validates, then writes the configuration atomically (temporary file, fsync, rename,
@@ -503,13 +508,22 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] if invalid, [`Error::Io`] if it cannot be written.
     pub fn save(&self, path: &Path) -> Result<()> {
+        self.save_to(&keyhaven_fs::PlainState, path)
+    }
+
+    /// [`Config::save`] through `state` (in a sealed home: recorded in the home's integrity
+    /// manifest).
+    ///
+    /// # Errors
+    /// As [`Config::save`].
+    pub fn save_to(&self, state: &dyn keyhaven_fs::StateFiles, path: &Path) -> Result<()> {
         self.validate()?;
         let mut text = String::from(
             "# keyhaven configuration: see `keyhaven backend --help`. Written by keyhaven; \
              comments are not kept.\n",
         );
         text.push_str(&self.to_toml_string()?);
-        Ok(crate::fs::atomic_write(path, text.as_bytes())?)
+        Ok(state.write(path, text.as_bytes())?)
     }
 
     /// Checks references between sections and each backend's fields.

@@ -91,12 +91,6 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
-    }
 
     pub(crate) fn backend(backend: &str, source: CoreError) -> Self {
         Error::Backend {

@@ -10,6 +10,7 @@ pub mod config;
 mod doctor;
 mod error;
 mod hardware;
+pub mod integrity;
 pub mod lifecycle;
 mod manager;
 mod passphrase;
@@ -21,6 +22,7 @@ pub use config::{BackendConfig, CONFIG_FILE, Config, DefaultKey, FallbackConfig,
 pub use doctor::{BackendReport, DoctorReport, MechanismDiagnosis, TokenDiagnosis, TpmDiagnosis};
 pub use error::{Error, ErrorKind, Result};
 pub use hardware::{GenerateOptions, HardwareKeyDetails};
+pub use integrity::IntegrityStatus;
 /// The audit log and the access-control and audit decorators (keyhaven-audit).
 pub use keyhaven_audit as audit;
 /// Compromise reports, detection, revocation and response (keyhaven-compromise).

@@ -129,6 +129,11 @@ pub(crate) struct State {
     pub(crate) revocations: std::sync::OnceLock<Arc<Revocations>>,
     pub(crate) meter: std::sync::OnceLock<Arc<keyhaven_rotation::UsageMeter>>,
     pub(crate) registry: std::sync::OnceLock<keyhaven_rotation::Registry>,
+    /// The home's state files, plain until the home is sealed (see [`crate::integrity`]).
+    pub(crate) state: Arc<crate::integrity::StateCell>,
+    /// Encrypted backends opened without decorators (the integrity anchor among them), so
+    /// each is unlocked once per manager.
+    pub(crate) raw: std::sync::Mutex<std::collections::BTreeMap<String, Backend>>,
 }
 
 /// What a scan found and filed.
@@ -288,7 +293,10 @@ impl KeyManager {
             return Ok(r.clone());
         }
         keyhaven_fs::create_private_dir(self.home())?;
-        let r = Revocations::open(&self.home().join(REVOCATIONS_DIR)).map_err(CoreError::from)?;
+        let state = self.state()?;
+        let r = Revocations::open(&self.home().join(REVOCATIONS_DIR))
+            .map_err(CoreError::from)?
+            .with_state(state);
         Ok(self
             .lifecycle()
             .revocations
@@ -298,6 +306,8 @@ impl KeyManager {
 
     /// Wraps a freshly opened backend's store in the decorator stack.
     pub(crate) fn decorate(&self, backend: Backend) -> Result<Backend> {
+        // A home is sealed as soon as its anchor store exists (it may have just been created).
+        self.state()?;
         let raw = backend.store().clone();
         let metered = keyhaven_rotation::MeteredStore::new(raw, self.usage_meter()?);
         let mut store: Arc<dyn KeyStore> =

@@ -307,6 +307,34 @@ impl KeyManager {
             .clone()
     }
 
+    /// Puts `config` (read through the authenticated state) in place of the one in use.
+    pub(crate) fn replace_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
+    }
+
+    /// `name`'s store without decorators: an encrypted one is opened once per manager (it may
+    /// anchor the home's integrity, and each open costs an Argon2id); `create` makes a missing
+    /// store. `Ok(None)` if it has none and `create` is false.
+    pub(crate) fn raw_backend(&self, name: &str, create: bool) -> Result<Option<Backend>> {
+        if let Some(b) = lock(&self.lifecycle().raw).get(name) {
+            return Ok(Some(b.clone()));
+        }
+        let config = self.backend_config(name)?;
+        let path = self.backend_path(name);
+        let req = self.open_request(name, &config, path.as_deref());
+        let backend = if create {
+            Some(open_or_create(&req)?)
+        } else {
+            open_existing(&req)?
+        };
+        if let Some(b) = &backend
+            && b.kind() == BackendKind::Encrypted
+        {
+            lock(&self.lifecycle().raw).insert(name.to_owned(), b.clone());
+        }
+        Ok(backend)
+    }
+
     /// Warnings recorded so far (fallbacks used, backends skipped), oldest first.
     pub fn warnings(&self) -> Vec<Warning> {
         lock(&self.warnings).clone()
@@ -363,15 +391,24 @@ impl KeyManager {
         &self,
         name: &str,
     ) -> Result<std::sync::Arc<dyn crate::KeyStore>> {
-        let config = self.backend_config(name)?;
-        let path = self.backend_path(name);
-        match open_existing(&self.open_request(name, &config, path.as_deref()))? {
+        match self.raw_backend(name, false)? {
             Some(b) => Ok(b.store_raw().clone()),
             None => Err(Error::backend(
                 name,
                 CoreError::NotFound(format!("the store of backend '{name}'")),
             )),
         }
+    }
+
+    /// Before a backend other than an encrypted store is opened (a PKCS#11 backend loads the
+    /// module its declaration names): unlock the home's state, so the declaration read is the
+    /// authenticated one.
+    fn before_open(&self, name: &str) -> Result<()> {
+        let kind = self.backend_config(name)?.kind;
+        if kind != BackendKind::Encrypted {
+            self.state()?;
+        }
+        Ok(())
     }
 
     /// Opens `name`'s existing store (no fallback, nothing created): `Ok(None)` if it has none
@@ -384,9 +421,9 @@ impl KeyManager {
         if let Some(b) = opened.get(name) {
             return Ok(Some(b.clone()));
         }
-        let config = self.backend_config(name)?;
-        let path = self.backend_path(name);
-        let backend = open_existing(&self.open_request(name, &config, path.as_deref()))?
+        self.before_open(name)?;
+        let backend = self
+            .raw_backend(name, false)?
             .map(|b| self.decorate(b))
             .transpose()?;
         if let Some(b) = &backend {
@@ -400,13 +437,11 @@ impl KeyManager {
         if let Some(b) = opened.get(name) {
             return Ok(b.clone());
         }
-        let config = self.backend_config(name)?;
-        let path = self.backend_path(name);
-        let backend = self.decorate(open_or_create(&self.open_request(
-            name,
-            &config,
-            path.as_deref(),
-        ))?)?;
+        self.before_open(name)?;
+        let raw = self
+            .raw_backend(name, true)?
+            .ok_or_else(|| CoreError::NotFound(format!("the store of backend '{name}'")))?;
+        let backend = self.decorate(raw)?;
         opened.insert(name.to_owned(), backend.clone());
         Ok(backend)
     }
@@ -946,6 +981,9 @@ impl KeyManager {
             create_private_dir(&self.home)?;
         }
         let opened = open_or_create(&self.open_request(name, &backend, path.as_deref()))?;
+        if opened.kind() == BackendKind::Encrypted {
+            lock(&self.lifecycle().raw).insert(name.to_owned(), opened.clone());
+        }
         self.update_config(|c| {
             if c.backends.contains_key(name) {
                 return Err(CoreError::AlreadyExists(format!("a backend named '{name}'")).into());
@@ -956,7 +994,8 @@ impl KeyManager {
             }
             Ok(())
         })?;
-        // Used from now on through the same decorator stack as every other backend.
+        // Used from now on through the same decorator stack as every other backend (which
+        // seals the home if this backend is its first encrypted store).
         let opened = self.decorate(opened)?;
         lock(&self.backends).insert(name.to_owned(), opened.clone());
         Ok(opened)
@@ -1013,8 +1052,13 @@ impl KeyManager {
     /// # Errors
     /// What `change` returns, [`Error::Config`] if the result is invalid, [`Error::Io`].
     pub fn update_config<T>(&self, change: impl FnOnce(&mut Config) -> Result<T>) -> Result<T> {
+        // Unlocked before the configuration's own lock is taken (unlocking reads it).
+        let state = match &self.config_path {
+            Some(_) => Some(self.state()?),
+            None => None,
+        };
         let mut guard = self.config.write().unwrap_or_else(PoisonError::into_inner);
-        let Some(path) = &self.config_path else {
+        let (Some(path), Some(state)) = (&self.config_path, state) else {
             let mut next = guard.clone();
             let out = change(&mut next)?;
             next.validate()?;
@@ -1023,11 +1067,11 @@ impl KeyManager {
         };
         create_private_dir(&self.home)?;
         let _lock = FileLock::acquire(&self.home.join(CONFIG_LOCK))?;
-        let mut next = Config::load(path)?;
+        let mut next = Config::load_from(state.as_ref(), path)?;
         let before = next.clone();
         let out = change(&mut next)?;
         if next != before {
-            next.save(path)?;
+            next.save_to(state.as_ref(), path)?;
         }
         *guard = next;
         Ok(out)

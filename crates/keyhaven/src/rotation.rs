@@ -70,7 +70,10 @@ impl KeyManager {
         }
         keyhaven_fs::create_private_dir(self.home())?;
         keyhaven_fs::create_private_dir(&self.rotation_dir())?;
-        let meter = UsageMeter::open_default(&self.rotation_dir().join("usage")).map_err(core)?;
+        let state = self.state()?;
+        let meter = UsageMeter::open_default(&self.rotation_dir().join("usage"))
+            .map_err(core)?
+            .with_state(state);
         Ok(self
             .lifecycle()
             .meter
@@ -88,7 +91,10 @@ impl KeyManager {
         }
         keyhaven_fs::create_private_dir(self.home())?;
         keyhaven_fs::create_private_dir(&self.rotation_dir())?;
-        let r = Registry::open(&self.rotation_dir().join("registry")).map_err(core)?;
+        let state = self.state()?;
+        let r = Registry::open(&self.rotation_dir().join("registry"))
+            .map_err(core)?
+            .with_state(state);
         Ok(self.lifecycle().registry.get_or_init(|| r).clone())
     }
 
@@ -382,10 +388,11 @@ impl KeyManager {
         keyhaven_fs::create_private_dir(self.home())?;
         keyhaven_fs::create_private_dir(&self.rotation_dir())?;
         keyhaven_fs::create_private_dir(&self.rotation_dir().join("prekeys"))?;
-        PrekeyPool::open(
+        PrekeyPool::open_with_state(
             &self.rotation_dir().join("prekeys").join(pool_name),
             b.store().clone(),
             identity.id().clone(),
+            self.state()?,
         )
         .map_err(core)
     }

@@ -128,12 +128,10 @@ fn access_rules_apply_to_the_callers_of_the_manager() {
         let m = manager(home.path(), "admin");
         m.add_backend("b", BackendConfig::new(BackendKind::Encrypted, None))
             .unwrap();
-        let mut config = m.config();
-        config.access.policy = Some("access.toml".into());
-        std::fs::write(
-            home.path().join("keyhaven.toml"),
-            config.to_toml_string().unwrap(),
-        )
+        m.update_config(|c| {
+            c.access.policy = Some("access.toml".into());
+            Ok(())
+        })
         .unwrap();
     }
     let admin = manager(home.path(), "admin");
@@ -167,13 +165,11 @@ fn a_configured_authority_signs_from_its_own_backend_and_revoked_keys_stay_out()
     m.add_backend("b", BackendConfig::new(BackendKind::Encrypted, None))
         .unwrap();
     let auth = m.generate(None, Algorithm::EcdsaP384, "auth").unwrap();
-    let mut config = m.config();
-    config.audit.authority = Some("b:auth".into());
-    config.audit.checkpoint_every = Some(2);
-    std::fs::write(
-        home.path().join("keyhaven.toml"),
-        config.to_toml_string().unwrap(),
-    )
+    m.update_config(|c| {
+        c.audit.authority = Some("b:auth".into());
+        c.audit.checkpoint_every = Some(2);
+        Ok(())
+    })
     .unwrap();
     drop(m);
     // A fresh manager: its backend's audit layer needs the authority, which lives in that very

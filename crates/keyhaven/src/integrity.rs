@@ -1,0 +1,437 @@
+//! The home's integrity: the state files a home trusts are authenticated, so someone who can
+//! write the home's files but lacks the passphrase cannot change what keyhaven does unnoticed.
+//!
+//! - **The key.** The home's *anchor* is its default backend when that is an encrypted store
+//!   kept inside the home, else the first such backend by name. The anchor store derives a 32-byte key from its
+//!   key-encryption key (HKDF-SHA256): only someone who can unlock the store has it.
+//! - **The manifest.** `HOME/integrity.manifest` records the SHA-256 of every state file and is
+//!   authenticated with HMAC-SHA256 under that key ([`keyhaven_fs::SealedState`]). It names the
+//!   anchor (backend and store id), so pointing the configuration at another store is refused.
+//! - **What it covers.** `keyhaven.toml` (backends, the default key), the rotation registry and
+//!   its version index, the usage counters, the prekey pools, and the revocation registry.
+//!   Every read of one of them is checked: a file edited, swapped, rolled back, removed or
+//!   planted is [`crate::CoreError::Corrupt`] naming it (exit 7), and only what depends on
+//!   that file stops working.
+//! - **When.** A home is sealed when its anchor store is created. A home that holds keys or
+//!   state but has no manifest (made by an earlier keyhaven, or whose manifest was removed) is
+//!   refused until `keyhaven integrity seal` accepts its present state, on purpose.
+//! - **Not covered here.** A home without an encrypted backend (PEM, memory or hardware only)
+//!   is not sealed (`keyhaven doctor` says so). The whole home copied back from an earlier
+//!   moment (manifest included) is not detected without a counter kept outside the home.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use zeroize::Zeroizing;
+
+use keyhaven_fs::{PlainState, SealedState, StateFiles, StateKey};
+
+use crate::backend::{Backend, BackendKind};
+use crate::config::CONFIG_FILE;
+use crate::manager::KeyManager;
+use crate::{CoreError, Error, Result};
+
+/// What [`KeyManager::integrity_status`] reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum IntegrityStatus {
+    /// The home's state is authenticated.
+    Sealed {
+        /// The anchor backend.
+        anchor: String,
+        /// How many changes the manifest has recorded.
+        generation: u64,
+        /// How many files it records.
+        files: usize,
+    },
+    /// The home has no encrypted backend to anchor its integrity key: its state files are
+    /// protected by file permissions only.
+    NoAnchor,
+    /// The anchor backend has no store yet (the home is sealed when it is created).
+    NotYetSealed {
+        /// The anchor backend.
+        anchor: String,
+    },
+}
+
+/// The state every component of one manager reads and writes through: plain files until the
+/// home is sealed (possibly in the middle of this process, when its anchor store is created),
+/// then the sealed state. Components keep this one cell, so none of them keeps writing plain
+/// files after the home is sealed.
+#[derive(Debug)]
+pub(crate) struct StateCell {
+    current: RwLock<Arc<dyn StateFiles>>,
+    /// Serializes sealing.
+    sealing: Mutex<()>,
+}
+
+impl Default for StateCell {
+    fn default() -> Self {
+        StateCell {
+            current: RwLock::new(Arc::new(PlainState)),
+            sealing: Mutex::new(()),
+        }
+    }
+}
+
+impl StateCell {
+    fn current(&self) -> Arc<dyn StateFiles> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, state: Arc<dyn StateFiles>) {
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = state;
+    }
+}
+
+impl StateFiles for StateCell {
+    fn read(&self, path: &Path) -> std::result::Result<Option<Zeroizing<Vec<u8>>>, CoreError> {
+        self.current().read(path)
+    }
+
+    fn write(&self, path: &Path, contents: &[u8]) -> std::result::Result<(), CoreError> {
+        self.current().write(path, contents)
+    }
+
+    fn remove(&self, path: &Path) -> std::result::Result<(), CoreError> {
+        self.current().remove(path)
+    }
+
+    fn list(&self, dir: &Path) -> std::result::Result<Vec<PathBuf>, CoreError> {
+        self.current().list(dir)
+    }
+
+    fn is_authenticated(&self) -> bool {
+        self.current().is_authenticated()
+    }
+}
+
+/// A `keyhaven.toml` that does not match the manifest may have been edited by its owner: say
+/// how to vouch for it.
+fn config_hint(e: Error, path: &Path) -> Error {
+    match e {
+        Error::Core(CoreError::Corrupt { what, reason }) if what == path.display().to_string() => {
+            CoreError::corrupt(
+                what,
+                format!(
+                    "{reason}. If you edited it yourself, check it and run `keyhaven integrity \
+                     accept keyhaven.toml` (asks for the passphrase); keyhaven's own commands \
+                     (`keyhaven backend ...`) change it without this step"
+                ),
+            )
+            .into()
+        }
+        other => other,
+    }
+}
+
+/// The manifest's path in `home`.
+pub fn manifest_path(home: &std::path::Path) -> PathBuf {
+    SealedState::manifest_path(home)
+}
+
+impl KeyManager {
+    /// The backend that anchors the home's integrity key: the one the manifest names, or, for
+    /// a home not sealed yet, the default backend if it is an encrypted store inside the home,
+    /// else the first such backend by name. `None` for a configuration held in memory or a home without an
+    /// encrypted backend.
+    pub fn integrity_anchor(&self) -> Option<String> {
+        self.config_path()?;
+        let config = self.config();
+        if let Some(claimed) = SealedState::peek_anchor(self.home())
+            && let Some((name, _)) = claimed.split_once('/')
+            && config.backends.contains_key(name)
+        {
+            return Some(name.to_owned());
+        }
+        let encrypted = |n: &String| {
+            config
+                .backends
+                .get(n)
+                .is_some_and(|b| b.kind == BackendKind::Encrypted)
+        };
+        let in_home = |n: &String| {
+            config
+                .backend_path(self.home(), n)
+                .is_some_and(|p| p.starts_with(self.home()))
+        };
+        // The default backend, then any other, but only a store kept inside the home: the
+        // anchor must be there whenever the home is (not on a drive that may be away).
+        let candidates = || {
+            config
+                .default_backend
+                .iter()
+                .chain(config.backends.keys())
+                .filter(|n| encrypted(n))
+        };
+        candidates().find(|n| in_home(n)).cloned()
+    }
+
+    /// The state files of this home, read and written through the integrity manifest when the
+    /// home is sealed (see the [module docs](crate::integrity)). Unlocks the anchor backend
+    /// (asking for its passphrase) the first time.
+    ///
+    /// # Errors
+    /// [`CoreError::Corrupt`] naming the manifest (missing, altered, or sealed by another
+    /// store) or `keyhaven.toml` (changed outside keyhaven); the anchor's errors (a wrong
+    /// passphrase, ...).
+    pub fn state(&self) -> Result<Arc<dyn StateFiles>> {
+        let cell = self.lifecycle().state.clone();
+        if cell.is_authenticated() {
+            return Ok(cell);
+        }
+        let _sealing = cell.sealing.lock().unwrap_or_else(PoisonError::into_inner);
+        if cell.is_authenticated() {
+            return Ok(cell.clone());
+        }
+        if let Some(sealed) = self.unlock_state()? {
+            let sealed: Arc<dyn StateFiles> = Arc::new(sealed);
+            // From now on the configuration in use is the authenticated one.
+            if let Some(path) = self.config_path() {
+                let verified = crate::Config::load_from(sealed.as_ref(), path)
+                    .map_err(|e| config_hint(e, path))?;
+                self.replace_config(verified);
+            }
+            cell.set(sealed);
+        }
+        Ok(cell.clone())
+    }
+
+    /// The sealed state, sealing a fresh home whose anchor store exists; `None` while the home
+    /// has no anchor (store).
+    fn unlock_state(&self) -> Result<Option<SealedState>> {
+        let Some(anchor) = self.integrity_anchor() else {
+            if SealedState::exists(self.home()) {
+                return Err(CoreError::corrupt(
+                    manifest_path(self.home()).display().to_string(),
+                    "the home is sealed, but keyhaven.toml declares no encrypted backend to \
+                     unlock it: the configuration was changed outside keyhaven; restore it",
+                )
+                .into());
+            }
+            return Ok(None);
+        };
+        let sealed = SealedState::exists(self.home());
+        let raw = match self.raw_backend(&anchor, false) {
+            Ok(r) => r,
+            // An anchor out of reach (an unmounted drive) of a home not sealed yet.
+            Err(Error::Backend { source, .. } | Error::Core(source))
+                if !sealed && crate::error::is_unavailable(&source) =>
+            {
+                None
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(raw) = raw else {
+            if sealed {
+                return Err(CoreError::corrupt(
+                    manifest_path(self.home()).display().to_string(),
+                    format!(
+                        "the home is sealed by backend '{anchor}', whose store is missing: \
+                         restore it from a backup"
+                    ),
+                )
+                .into());
+            }
+            // Nothing to protect yet: the home is sealed when the anchor store is created.
+            return Ok(None);
+        };
+        let secret = raw.anchor_secret().ok_or_else(|| {
+            Error::backend(
+                &anchor,
+                CoreError::Unsupported {
+                    operation: "anchor the home's integrity",
+                    reason: "the backend derives no integrity key".into(),
+                },
+            )
+        })?;
+        let label = format!("{anchor}/{}", secret.store_id);
+        let key = StateKey::new(secret.key.clone());
+        if sealed {
+            Ok(Some(SealedState::open(self.home(), key, &label)?))
+        } else {
+            if !self.is_fresh(&raw)? {
+                return Err(CoreError::corrupt(
+                    manifest_path(self.home()).display().to_string(),
+                    "the home holds keys and state but no integrity manifest: it was removed \
+                     (or the home was made by a keyhaven before 0.1.1). Nothing in the home is \
+                     trusted until you restore the manifest from a backup, or accept the \
+                     home's present state with `keyhaven integrity seal`",
+                )
+                .into());
+            }
+            let key2 = StateKey::new(secret.key.clone());
+            match SealedState::create(self.home(), key, &label, &self.state_files()) {
+                // Another process sealed it meanwhile.
+                Err(CoreError::AlreadyExists(_)) => {
+                    Ok(Some(SealedState::open(self.home(), key2, &label)?))
+                }
+                other => Ok(Some(other?)),
+            }
+        }
+    }
+
+    /// Whether the home holds nothing worth protecting yet: the anchor store holds no key and
+    /// no lifecycle state file exists.
+    fn is_fresh(&self, anchor: &Backend) -> Result<bool> {
+        let no_keys = anchor
+            .store_raw()
+            .list()
+            .map_err(|e| Error::backend(anchor.name(), e))?
+            .is_empty();
+        let config = self.config_path().map(std::path::Path::to_owned);
+        let only_config = self
+            .state_files()
+            .iter()
+            .all(|p| Some(p) == config.as_ref());
+        Ok(no_keys && only_config)
+    }
+
+    /// Every state file the home holds now (what `keyhaven integrity seal` adopts).
+    pub(crate) fn state_files(&self) -> Vec<PathBuf> {
+        let mut files = Vec::new();
+        let config = self.home().join(CONFIG_FILE);
+        if config.exists() {
+            files.push(config);
+        }
+        let rotation = self.rotation_dir();
+        let mut dirs = vec![
+            rotation.join("registry").join("keys"),
+            rotation.join("registry").join("versions"),
+            rotation.join("usage"),
+            self.home().join(crate::lifecycle::REVOCATIONS_DIR),
+        ];
+        if let Ok(pools) = std::fs::read_dir(rotation.join("prekeys")) {
+            dirs.extend(pools.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        }
+        for dir in dirs {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                if name.starts_with('.') || name.ends_with(".lock") {
+                    continue;
+                }
+                if entry.file_type().is_ok_and(|t| t.is_file()) {
+                    files.push(entry.path());
+                }
+            }
+        }
+        files.sort();
+        files
+    }
+
+    /// Seals a home that has no manifest, accepting every state file as it is now: for a
+    /// home made by an earlier keyhaven, or one whose manifest was lost and whose state you
+    /// have checked. Unlocks the anchor backend.
+    ///
+    /// # Errors
+    /// [`CoreError::AlreadyExists`] if the home is sealed; [`CoreError::Unsupported`] without
+    /// an encrypted backend to anchor it; the anchor's errors.
+    pub fn seal_home(&self) -> Result<IntegrityStatus> {
+        if SealedState::exists(self.home()) {
+            return Err(CoreError::AlreadyExists(format!(
+                "the integrity manifest {} (the home is sealed)",
+                manifest_path(self.home()).display()
+            ))
+            .into());
+        }
+        let anchor = self.integrity_anchor().ok_or_else(|| CoreError::Unsupported {
+            operation: "seal the home",
+            reason: "it has no encrypted backend to hold its integrity key; add one with \
+                     `keyhaven backend add NAME --type encrypted`"
+                .into(),
+        })?;
+        let raw = self.raw_backend(&anchor, true)?.ok_or_else(|| {
+            Error::backend(
+                &anchor,
+                CoreError::NotFound(format!("the store of backend '{anchor}'")),
+            )
+        })?;
+        let secret = raw.anchor_secret().ok_or_else(|| CoreError::Unsupported {
+            operation: "seal the home",
+            reason: format!("backend '{anchor}' derives no integrity key"),
+        })?;
+        let label = format!("{anchor}/{}", secret.store_id);
+        SealedState::create(
+            self.home(),
+            StateKey::new(secret.key.clone()),
+            &label,
+            &self.state_files(),
+        )?;
+        self.integrity_status()
+    }
+
+    /// Records `file` (a state file of the home, such as a hand-edited `keyhaven.toml`) as it
+    /// is now. Unlocks the home: only someone who can may vouch for a change.
+    ///
+    /// # Errors
+    /// [`CoreError::Unsupported`] if the home is not sealed; [`CoreError::InvalidInput`] for a
+    /// file outside the home.
+    pub fn accept_state_file(&self, file: &std::path::Path) -> Result<()> {
+        let sealed = self.sealed_state()?;
+        let file = if file.is_absolute() {
+            file.to_owned()
+        } else {
+            self.home().join(file)
+        };
+        sealed.accept(&file)?;
+        Ok(())
+    }
+
+    fn sealed_state(&self) -> Result<SealedState> {
+        let anchor = self.integrity_anchor().ok_or_else(|| CoreError::Unsupported {
+            operation: "check the home's integrity",
+            reason: "the home has no encrypted backend, so it is not sealed".into(),
+        })?;
+        let raw = self.raw_backend(&anchor, false)?.ok_or_else(|| {
+            CoreError::corrupt(
+                manifest_path(self.home()).display().to_string(),
+                format!("the store of the anchor backend '{anchor}' is missing"),
+            )
+        })?;
+        let secret = raw.anchor_secret().ok_or_else(|| CoreError::Unsupported {
+            operation: "check the home's integrity",
+            reason: format!("backend '{anchor}' derives no integrity key"),
+        })?;
+        let label = format!("{anchor}/{}", secret.store_id);
+        Ok(SealedState::open(
+            self.home(),
+            StateKey::new(secret.key.clone()),
+            &label,
+        )?)
+    }
+
+    /// Whether and how the home is sealed (unlocks the anchor if it is).
+    ///
+    /// # Errors
+    /// The manifest does not authenticate; the anchor cannot be unlocked.
+    pub fn integrity_status(&self) -> Result<IntegrityStatus> {
+        let Some(anchor) = self.integrity_anchor() else {
+            return Ok(IntegrityStatus::NoAnchor);
+        };
+        if !SealedState::exists(self.home()) && self.raw_backend(&anchor, false)?.is_none() {
+            return Ok(IntegrityStatus::NotYetSealed { anchor });
+        }
+        let sealed = self.sealed_state()?;
+        Ok(IntegrityStatus::Sealed {
+            anchor,
+            generation: sealed.generation()?,
+            files: sealed.recorded()?.len(),
+        })
+    }
+
+    /// Checks every file the manifest records; returns one error per file that does not
+    /// match (empty: the home's state is intact).
+    ///
+    /// # Errors
+    /// The manifest itself does not authenticate, or the home is not sealed.
+    pub fn verify_integrity(&self) -> Result<Vec<CoreError>> {
+        Ok(self.sealed_state()?.verify_all()?)
+    }
+}
