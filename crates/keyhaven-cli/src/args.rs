@@ -115,6 +115,9 @@ pub(crate) enum Command {
     /// Signed revocation statements: list them, export the list verifiers load.
     #[command(subcommand)]
     Revocations(RevocationsCommand),
+    /// The home's authenticated state: status, verify, seal, accept a file you edited.
+    #[command(subcommand)]
+    Integrity(crate::integrity::IntegrityCommand),
 }
 
 #[derive(Debug, Subcommand)]

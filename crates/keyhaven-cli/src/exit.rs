@@ -135,7 +135,19 @@ fn hint_of_core(e: &CoreError) -> Option<String> {
     let CoreError::Corrupt { what, .. } = e else {
         return None;
     };
-    if what.starts_with("backup") || what.starts_with("share") {
+    if what.ends_with("integrity.manifest") {
+        Some(
+            "The home's integrity manifest cannot vouch for its state: restore the home from a \
+             backup (`keyhaven integrity status` says which backend anchors it)"
+                .into(),
+        )
+    } else if e.to_string().contains("integrity manifest") {
+        Some(
+            "That file was changed outside keyhaven: restore it from a backup; `keyhaven \
+             integrity verify` lists every file affected"
+                .into(),
+        )
+    } else if what.starts_with("backup") || what.starts_with("share") {
         Some(
             "Use an intact copy of the backup or share (`keyhaven backup verify FILE` checks a \
              backup without its secret); nothing was restored"

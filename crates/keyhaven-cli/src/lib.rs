@@ -5,6 +5,7 @@ mod args;
 mod backend;
 mod backup;
 mod ctx;
+mod integrity;
 pub mod exit;
 mod key;
 mod lifecycle;
@@ -53,6 +54,7 @@ pub fn main() -> ExitCode {
         Command::Audit(cmd) => lifecycle::audit(&ctx, cmd),
         Command::Compromise(cmd) => lifecycle::compromise(&ctx, cmd),
         Command::Revocations(cmd) => lifecycle::revocations(&ctx, cmd),
+        Command::Integrity(cmd) => integrity::run(&ctx, cmd),
     };
     // Output is flushed before a success is reported, so a write error is never lost; a
     // failure code (`verify`: invalid) stands whatever happens to the output.

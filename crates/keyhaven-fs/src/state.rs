@@ -578,6 +578,15 @@ impl SealedState {
         let _lock = self.lock()?;
         let mut body = (*self.load()?).clone();
         let old = body.entries.get(&rel).cloned();
+        // Already recorded as the result (rewriting the same contents, removing what was never
+        // there): the manifest stays as it is.
+        let recorded = match &old {
+            Some(e) => e.next.is_none() && e.sha256 == new_hash,
+            None => new_hash == ABSENT,
+        };
+        if recorded {
+            return apply();
+        }
         let entry = body.entries.entry(rel.clone()).or_insert(Entry {
             sha256: ABSENT.to_owned(),
             next: None,

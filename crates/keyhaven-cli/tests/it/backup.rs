@@ -110,9 +110,9 @@ fn a_wiped_home_is_restored_with_the_same_keys_and_they_sign() {
     assert_eq!(v["authenticated"], true);
     assert_eq!(v["private_keys_checked"], 3);
 
-    // Wipe the backend's store, then restore: same keys, same fingerprints, the default key
-    // follows its restored copy.
-    fs::remove_dir_all(h.path().join("backends")).unwrap();
+    // Wipe the home, then restore into a new one: same keys, same fingerprints.
+    fs::remove_dir_all(h.path()).unwrap();
+    h.ok(&["backend", "add", "default", "--type", "encrypted"]);
     let out = h.ok(&[
         "backup",
         "restore",
@@ -123,11 +123,12 @@ fn a_wiped_home_is_restored_with_the_same_keys_and_they_sign() {
     assert_eq!(out.matches("verified").count(), 3, "{out}");
     assert_eq!(fingerprints(&h), before);
 
-    // The restored key signs (as the default key), and openssl verifies with the ORIGINAL
-    // public key.
+    // The restored key signs, and openssl verifies with the ORIGINAL public key.
     fs::write(dir.join("msg"), b"signed after restore\n").unwrap();
     h.ok(&[
         "sign",
+        "--key",
+        "signer",
         "--message-file",
         s(&dir.join("msg")),
         "--out",

@@ -11,6 +11,9 @@ fn append_config(h: &Home, text: &str) {
     let mut config = fs::read_to_string(&path).unwrap();
     config.push_str(text);
     fs::write(&path, config).unwrap();
+    // A hand edit is refused until the owner vouches for it (with the passphrase).
+    h.fails(&["key", "list"], 7);
+    h.ok(&["integrity", "accept", "keyhaven.toml"]);
 }
 
 #[test]

@@ -125,9 +125,12 @@ impl Home {
     pub(crate) fn snapshot(&self) -> BTreeMap<PathBuf, (u32, String)> {
         let mut out = BTreeMap::new();
         walk(&self.path(), &self.path(), &mut out);
+        // The audit log and the usage counters record attempts too (a failed signature was
+        // metered, then given back); the integrity manifest records the counters.
         out.retain(|p, _| {
             (!p.starts_with("audit") || p == Path::new("audit"))
                 && (!p.starts_with("rotation/usage") || p == Path::new("rotation/usage"))
+                && p != Path::new("integrity.manifest")
         });
         out
     }
