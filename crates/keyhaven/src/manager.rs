@@ -22,7 +22,7 @@ type Unreachable = Vec<(String, CoreError)>;
 const CONFIG_LOCK: &str = ".keyhaven.toml.lock";
 
 /// A key, with the backend that holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ManagedKey {
     /// The configured name of the backend that holds the key.
@@ -31,7 +31,21 @@ pub struct ManagedKey {
     pub backend_kind: BackendKind,
     /// What the backend knows of the key.
     pub info: KeyInfo,
+    /// Whether it was named as a *logical* key (by its label, or as the default key) rather
+    /// than by its id: signing through a logical name uses the primary version, signing
+    /// through a version's id means exactly that version.
+    pub(crate) logical: bool,
 }
+
+impl PartialEq for ManagedKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.backend == other.backend
+            && self.backend_kind == other.backend_kind
+            && self.info == other.info
+    }
+}
+
+impl Eq for ManagedKey {}
 
 impl ManagedKey {
     /// The key's id.
@@ -682,7 +696,8 @@ impl KeyManager {
                 .store()
                 .resolve(rest)
                 .map_err(|e| Error::backend(b.name(), e))?;
-            return Ok(managed(&b, info));
+            let by_label = info.id.as_str() != rest;
+            return Ok(managed(&b, info).named_logically(by_label));
         }
         let id = reference.parse::<KeyId>().ok();
         let mut by_id = Vec::new();
@@ -697,7 +712,7 @@ impl KeyManager {
                 }
             }
             match b.store().find_by_label(reference) {
-                Ok(info) => by_label.push(managed(&b, info)),
+                Ok(info) => by_label.push(managed(&b, info).named_logically(true)),
                 Err(CoreError::NotFound(_)) => {}
                 Err(e) => return Err(Error::backend(b.name(), e)),
             }
@@ -753,7 +768,8 @@ impl KeyManager {
             .store()
             .generate(algorithm, label)
             .map_err(|e| Error::backend(b.name(), e))?;
-        let key = managed(&b, info);
+        // The handle of a new logical key: after a rotation it signs with the primary.
+        let key = managed(&b, info).named_logically(true);
         self.default_if_none(&key)?;
         Ok(key)
     }
@@ -921,7 +937,8 @@ impl KeyManager {
         };
         let b = self.existing_backend(&d.backend)?.ok_or_else(gone)?;
         match b.store().get(&d.id) {
-            Ok(info) => Ok(managed(&b, info)),
+            // The default key names a logical key: it signs with its primary version.
+            Ok(info) => Ok(managed(&b, info).named_logically(true)),
             Err(CoreError::NotFound(_)) => Err(gone()),
             Err(e) => Err(Error::backend(b.name(), e)),
         }
@@ -1083,6 +1100,14 @@ pub(crate) fn managed(b: &Backend, info: KeyInfo) -> ManagedKey {
         backend: b.name().to_owned(),
         backend_kind: b.kind(),
         info,
+        logical: false,
+    }
+}
+
+impl ManagedKey {
+    pub(crate) fn named_logically(mut self, logical: bool) -> Self {
+        self.logical = logical;
+        self
     }
 }
 

@@ -445,7 +445,9 @@ impl KeyManager {
         if primary.key_id() == key.id() {
             return Ok(key.clone());
         }
-        if l.id() == key.id().as_str() {
+        // The logical key's label (or the default key) means its primary; an id means exactly
+        // that version, never a silent redirect.
+        if l.id() == key.id().as_str() && key.logical {
             return self.resolve(&format!("{}:{}", l.backend(), primary.key_id()));
         }
         let state = named
@@ -454,12 +456,15 @@ impl KeyManager {
             .unwrap_or(VersionState::Retired);
         let msg = format!(
             "{key} is version {} of logical key '{}', which is {}: only the primary version \
-             (v{}) signs. Sign with '{}' (the logical key) instead",
+             (v{}, {}:{}) signs. Sign with '{}' (the logical key) or '{}' instead",
             named.unwrap_or(0),
             l.label(),
             state.name(),
             primary.number(),
-            l.label()
+            l.backend(),
+            primary.key_id(),
+            l.label(),
+            primary.key_id()
         );
         Err(if state.is_terminal() {
             CoreError::Revoked(msg)

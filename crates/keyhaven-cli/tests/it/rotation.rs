@@ -80,7 +80,17 @@ fn rotation_keeps_old_signatures_verifying_and_signs_with_the_new_version() {
     // An old version never signs, even named by its own id once it is not the logical key.
     h.ok(&["key", "rotate", "api"]);
     let err = h.fails(&["sign", "--key", &v2, "--digest", &"00".repeat(32)], 5);
-    assert!(err.contains("only the primary version (v3) signs"), "{err}");
+    assert!(err.contains("only the primary version (v3, "), "{err}");
+    // Nor does version 1, named by its id (which is also the logical key's id): only the
+    // label means "the logical key, whichever version is primary".
+    let v1 = h.json(&["key", "show", "api", "--json"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let err = h.fails(&["sign", "--key", &v1, "--digest", &"00".repeat(32)], 5);
+    assert!(err.contains("only the primary version (v3, "), "{err}");
+    let out = h.run(&["sign", "--key", "api", "--digest", &"00".repeat(32)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // History shows every version and event.
     let hist = h.json(&["key", "history", "api", "--json"]);
     let states: Vec<_> = hist["versions"]
