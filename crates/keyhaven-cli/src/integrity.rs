@@ -67,9 +67,9 @@ fn print_status(s: &IntegrityStatus) -> Result<()> {
             "sealed by backend '{anchor}': {files} state file(s) authenticated, {generation} \
              change(s) recorded"
         ),
-        IntegrityStatus::NotYetSealed { anchor } => outln!(
-            "not sealed yet: the home is sealed when backend '{anchor}' creates its store"
-        ),
+        IntegrityStatus::NotYetSealed { anchor } => {
+            outln!("not sealed yet: the home is sealed when backend '{anchor}' creates its store")
+        }
         IntegrityStatus::NoAnchor => outln!(
             "NOT SEALED: no encrypted backend inside the home holds an integrity key, so its \
              state files are protected by file permissions only (add one: keyhaven backend add \

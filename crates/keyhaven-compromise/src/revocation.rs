@@ -563,11 +563,21 @@ impl<S: KeyStore> RevocationCheckedStore<S> {
                 reason: r.reason,
             }
             .into()),
-            Err(e) => Err(Error::Unavailable {
-                backend: "revocations".into(),
-                reason: format!(
-                    "the revocation registry cannot be read, so the operation was refused: {e}"
-                ),
+            // Fail closed, keeping what the failure means: a registry changed outside
+            // keyhaven is corrupt (named), an unsafe file is a permission problem.
+            Err(e) => Err(match Error::from(e) {
+                Error::Corrupt { what, reason } => Error::Corrupt {
+                    what,
+                    reason: format!("{reason} (every private operation is refused until then)"),
+                },
+                e @ Error::PermissionDenied(_) => e,
+                e => Error::Unavailable {
+                    backend: "revocations".into(),
+                    reason: format!(
+                        "the revocation registry cannot be read, so the operation was refused: \
+                         {e}"
+                    ),
+                },
             }),
         }
     }

@@ -102,7 +102,13 @@ impl Registry {
         for v in key.versions() {
             let alias = self.alias(v.key_id());
             if v.key_id() != &id
-                && self.state.read(&alias).ok().flatten().as_deref().map(Vec::as_slice)
+                && self
+                    .state
+                    .read(&alias)
+                    .ok()
+                    .flatten()
+                    .as_deref()
+                    .map(Vec::as_slice)
                     != Some(id.as_str().as_bytes())
             {
                 self.state.write(&alias, id.as_str().as_bytes())?;

@@ -91,7 +91,6 @@ pub enum Error {
 }
 
 impl Error {
-
     pub(crate) fn backend(backend: &str, source: CoreError) -> Self {
         Error::Backend {
             backend: backend.to_owned(),

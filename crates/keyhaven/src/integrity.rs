@@ -341,12 +341,14 @@ impl KeyManager {
             ))
             .into());
         }
-        let anchor = self.integrity_anchor().ok_or_else(|| CoreError::Unsupported {
-            operation: "seal the home",
-            reason: "it has no encrypted backend to hold its integrity key; add one with \
+        let anchor = self
+            .integrity_anchor()
+            .ok_or_else(|| CoreError::Unsupported {
+                operation: "seal the home",
+                reason: "it has no encrypted backend to hold its integrity key; add one with \
                      `keyhaven backend add NAME --type encrypted`"
-                .into(),
-        })?;
+                    .into(),
+            })?;
         let raw = self.raw_backend(&anchor, true)?.ok_or_else(|| {
             Error::backend(
                 &anchor,
@@ -385,10 +387,12 @@ impl KeyManager {
     }
 
     fn sealed_state(&self) -> Result<SealedState> {
-        let anchor = self.integrity_anchor().ok_or_else(|| CoreError::Unsupported {
-            operation: "check the home's integrity",
-            reason: "the home has no encrypted backend, so it is not sealed".into(),
-        })?;
+        let anchor = self
+            .integrity_anchor()
+            .ok_or_else(|| CoreError::Unsupported {
+                operation: "check the home's integrity",
+                reason: "the home has no encrypted backend, so it is not sealed".into(),
+            })?;
         let raw = self.raw_backend(&anchor, false)?.ok_or_else(|| {
             CoreError::corrupt(
                 manifest_path(self.home()).display().to_string(),
@@ -432,6 +436,17 @@ impl KeyManager {
     /// # Errors
     /// The manifest itself does not authenticate, or the home is not sealed.
     pub fn verify_integrity(&self) -> Result<Vec<CoreError>> {
-        Ok(self.sealed_state()?.verify_all()?)
+        let sealed = self.sealed_state()?;
+        let mut problems = sealed.verify_all()?;
+        // Files put where state lives that the manifest does not record (planted).
+        let recorded = sealed.recorded()?;
+        for file in self.state_files() {
+            if !recorded.contains(&file)
+                && let Err(e) = sealed.read(&file)
+            {
+                problems.push(e);
+            }
+        }
+        Ok(problems)
     }
 }

@@ -8,6 +8,7 @@
 mod backup;
 mod bad_input;
 mod commands;
+mod integrity;
 mod lifecycle;
 mod openssl;
 #[cfg(feature = "pkcs11")]

@@ -90,7 +90,11 @@ fn rotation_keeps_old_signatures_verifying_and_signs_with_the_new_version() {
     let err = h.fails(&["sign", "--key", &v1, "--digest", &"00".repeat(32)], 5);
     assert!(err.contains("only the primary version (v3, "), "{err}");
     let out = h.run(&["sign", "--key", "api", "--digest", &"00".repeat(32)]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // History shows every version and event.
     let hist = h.json(&["key", "history", "api", "--json"]);
     let states: Vec<_> = hist["versions"]

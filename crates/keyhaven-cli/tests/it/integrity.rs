@@ -1,0 +1,321 @@
+//! The home's integrity, tried as an attacker who can write the home's files but does not
+//! know the passphrase: every edit, removal, rollback, swap, planted file or symbolic link is
+//! refused with exit 7 (6 for ownership and links) naming the file, and the rest keeps
+//! working. Each test is one claim of SECURITY.md.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::Home;
+
+/// A home with a rotated key (`release`: v1 verify-only, v2 primary), a plain key (`other`)
+/// that has signed, and a revoked key (`gone`). Returns the ids (release v1, other, gone).
+fn populated() -> (Home, String, String, String) {
+    let h = Home::with_encrypted();
+    let release = h.generate("ed25519", "release", &[]);
+    h.ok(&["key", "rotate", "release"]);
+    let other = h.generate("p256", "other", &[]);
+    let gone = h.generate("ed25519", "gone", &[]);
+    h.ok(&["key", "revoke", "gone", "--reason", "laptop stolen"]);
+    sign(&h, "other").expect("the plain key signs");
+    (h, release, other, gone)
+}
+
+/// Signs a message with `key`; `Err((code, stderr))` if refused.
+fn sign(h: &Home, key: &str) -> Result<(), (i32, String)> {
+    let msg = h.scratch().join("msg");
+    fs::write(&msg, b"a message").unwrap();
+    let out = h.run(&[
+        "sign",
+        "--key",
+        key,
+        "--message-file",
+        msg.to_str().unwrap(),
+    ]);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+}
+
+fn refused(h: &Home, key: &str, code: i32, names: &Path) -> String {
+    let (got, err) = sign(h, key).expect_err("must be refused");
+    assert_eq!(got, code, "{err}");
+    assert!(
+        err.contains(names.to_str().unwrap()),
+        "the error names {}: {err}",
+        names.display()
+    );
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    err
+}
+
+fn write(path: &Path, contents: impl AsRef<[u8]>) {
+    crate::write_private(path, contents);
+}
+
+#[test]
+fn a_swapped_public_key_in_the_registry_is_named_and_other_keys_still_sign() {
+    let (h, release, other, _) = populated();
+    let entry = h
+        .path()
+        .join(format!("rotation/registry/keys/{release}.json"));
+    let text = fs::read_to_string(&entry).unwrap();
+    // Put `other`'s public key (any key the attacker holds) in place of v2's.
+    let list = h.json(&["key", "list", "--json"]);
+    let keys = list.as_array().unwrap();
+    let pem_of = |id: &str| {
+        keys.iter()
+            .find(|k| k["id"] == id)
+            .unwrap()
+            .get("fingerprint")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let v2 = keys.iter().find(|k| k["label"] == "release.v2").unwrap()["fingerprint"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(text.contains(&v2), "the registry records v2's fingerprint");
+    write(&entry, text.replace(&v2, &pem_of(&other)));
+    let err = refused(&h, "release", 7, &entry);
+    assert!(err.contains("changed outside keyhaven"), "{err}");
+    // verify --key trusts the registry too
+    let msg = h.scratch().join("m");
+    fs::write(&msg, b"m").unwrap();
+    let sig = h.scratch().join("m.sig");
+    fs::write(&sig, [0u8; 64]).unwrap();
+    let e = h.fails(
+        &[
+            "verify",
+            "--key",
+            "release",
+            "--message-file",
+            msg.to_str().unwrap(),
+            "--signature",
+            sig.to_str().unwrap(),
+        ],
+        7,
+    );
+    assert!(e.contains(entry.to_str().unwrap()), "{e}");
+    // One damaged entry stays one damaged entry.
+    sign(&h, "other").expect("other keys are unaffected");
+    // Put back, it works again.
+    write(&entry, text);
+    sign(&h, "release").expect("restored");
+}
+
+#[test]
+fn a_label_claim_pointing_at_another_key_is_refused() {
+    let (h, _, other, _) = populated();
+    let claim = h.path().join(format!(
+        "backends/default/labels/{}",
+        hex::encode(Sha256::digest(b"release"))
+    ));
+    assert!(claim.exists());
+    write(&claim, &other);
+    refused(&h, "release", 7, &claim);
+}
+
+#[test]
+fn removing_or_emptying_the_revocations_never_brings_a_revoked_key_back() {
+    let (h, _, _, _) = populated();
+    let (code, err) = sign(&h, "gone").unwrap_err();
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("revoked"), "{err}");
+    let file = h.path().join("revocations/revocations.json");
+    let saved = fs::read(&file).unwrap();
+    fs::remove_file(&file).unwrap();
+    let err = refused(&h, "gone", 7, &file);
+    assert!(err.contains("removed outside keyhaven"), "{err}");
+    // Fail closed: no key signs while the revocation list cannot be trusted.
+    refused(&h, "other", 7, &file);
+    write(&file, br#"{"version":1,"statements":[]}"#);
+    refused(&h, "gone", 7, &file);
+    write(&file, &saved);
+    let (_, err) = sign(&h, "gone").unwrap_err();
+    assert!(err.contains("revoked"), "{err}");
+}
+
+#[test]
+fn a_reset_or_removed_usage_counter_is_detected() {
+    let (h, _, other, _) = populated();
+    let counter = h.path().join(format!("rotation/usage/{other}.count"));
+    let saved = fs::read(&counter).unwrap();
+    write(&counter, "0\n");
+    refused(&h, "other", 7, &counter);
+    fs::remove_file(&counter).unwrap();
+    refused(&h, "other", 7, &counter);
+    write(&counter, &saved);
+    sign(&h, "other").unwrap();
+}
+
+#[test]
+fn a_rolled_back_configuration_is_detected_and_its_owner_can_vouch_for_an_edit() {
+    let (h, _, _, _) = populated();
+    let config = h.path().join("keyhaven.toml");
+    let before = fs::read(&config).unwrap();
+    h.ok(&["key", "set-default", "other"]);
+    // Roll back to the earlier default key.
+    write(&config, &before);
+    let e = h.fails(&["key", "list"], 7);
+    assert!(e.contains(config.to_str().unwrap()), "{e}");
+    assert!(e.contains("keyhaven integrity accept"), "{e}");
+    // Without the passphrase nobody can vouch for it.
+    let out = h
+        .cmd(["integrity", "accept", "keyhaven.toml"])
+        .env("KEYHAVEN_PASSPHRASE", "not the passphrase")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    h.ok(&["integrity", "accept", "keyhaven.toml"]);
+    h.ok(&["key", "list"]);
+}
+
+#[test]
+fn a_removed_or_forged_manifest_stops_the_home_until_it_is_sealed_again() {
+    let (h, _, _, _) = populated();
+    let manifest = h.path().join("integrity.manifest");
+    let saved = fs::read(&manifest).unwrap();
+    // forged: one byte of the recorded state changed
+    let mut forged = saved.clone();
+    let last = forged.len() - 3;
+    forged[last] ^= 1;
+    write(&manifest, &forged);
+    let e = h.fails(&["key", "list"], 7);
+    assert!(e.contains(manifest.to_str().unwrap()), "{e}");
+    // removed
+    fs::remove_file(&manifest).unwrap();
+    let e = h.fails(&["key", "list"], 7);
+    assert!(e.contains("integrity seal"), "{e}");
+    // the owner accepts the home's present state on purpose
+    let out = h.ok(&["integrity", "seal"]);
+    assert!(out.contains("sealed by backend 'default'"), "{out}");
+    h.ok(&["key", "list"]);
+    let e = h.fails(&["integrity", "seal"], 8);
+    assert!(e.contains("sealed"), "{e}");
+}
+
+#[test]
+fn integrity_verify_names_every_file_changed() {
+    let (h, release, other, _) = populated();
+    let status = h.json(&["integrity", "status", "--json"]);
+    assert_eq!(status["sealed"], true, "{status}");
+    assert!(status["files"].as_u64().unwrap() >= 4, "{status}");
+    h.ok(&["integrity", "verify"]);
+    let entry = h
+        .path()
+        .join(format!("rotation/registry/keys/{release}.json"));
+    let counter = h.path().join(format!("rotation/usage/{other}.count"));
+    fs::remove_file(&entry).unwrap();
+    write(&counter, "7\n");
+    let planted = h
+        .path()
+        .join("rotation/registry/keys/00000000000000000000000000000000.json");
+    write(&planted, "{}");
+    let out = h.run(&["integrity", "verify", "--json"]);
+    assert_eq!(out.status.code(), Some(7));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems: Vec<String> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_owned())
+        .collect();
+    for f in [&entry, &counter, &planted] {
+        assert!(
+            problems.iter().any(|p| p.contains(f.to_str().unwrap())),
+            "{} in {problems:?}",
+            f.display()
+        );
+    }
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn chown(path: &Path, uid: u32) {
+    let ok = std::process::Command::new("chown")
+        .arg(uid.to_string())
+        .arg(path)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
+
+#[test]
+fn files_owned_by_another_user_are_refused_even_for_root() {
+    if !is_root() {
+        eprintln!("skipped: giving a file to another user needs root");
+        return;
+    }
+    let (h, _, _, _) = populated();
+    let config = h.path().join("keyhaven.toml");
+    chown(&config, 12345);
+    let e = h.fails(&["key", "list"], 6);
+    assert!(e.contains(config.to_str().unwrap()), "{e}");
+    assert!(e.contains("uid 12345"), "{e}");
+    chown(&config, 0);
+    h.ok(&["key", "list"]);
+    // the home itself
+    chown(&h.path(), 12345);
+    let e = h.fails(&["key", "list"], 6);
+    assert!(e.contains("uid 12345"), "{e}");
+    chown(&h.path(), 0);
+    // a registry entry
+    let entry: PathBuf = fs::read_dir(h.path().join("rotation/registry/keys"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    chown(&entry, 12345);
+    let (code, e) = sign(&h, "release").unwrap_err();
+    assert_eq!(code, 6, "{e}");
+    assert!(e.contains(entry.to_str().unwrap()), "{e}");
+}
+
+#[test]
+fn a_symlink_in_place_of_the_audit_log_is_never_followed() {
+    let (h, _, _, _) = populated();
+    let log = h.path().join("audit/audit.1.log");
+    let outside = h.scratch().join("elsewhere.log");
+    fs::copy(&log, &outside).unwrap();
+    let before = fs::read(&outside).unwrap();
+    fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink(&outside, &log).unwrap();
+    let (code, e) = sign(&h, "other").unwrap_err();
+    assert_eq!(code, 6, "{e}");
+    assert!(e.contains(log.to_str().unwrap()), "{e}");
+    assert!(e.contains("symbolic link"), "{e}");
+    assert_eq!(
+        fs::read(&outside).unwrap(),
+        before,
+        "nothing written through the link"
+    );
+}
+
+#[test]
+fn a_symlink_in_place_of_a_state_file_is_refused() {
+    let (h, _, other, _) = populated();
+    let counter = h.path().join(format!("rotation/usage/{other}.count"));
+    let outside = h.scratch().join("count");
+    fs::copy(&counter, &outside).unwrap();
+    fs::remove_file(&counter).unwrap();
+    std::os::unix::fs::symlink(&outside, &counter).unwrap();
+    refused(&h, "other", 6, &counter);
+}
