@@ -260,6 +260,10 @@ pub(crate) fn doctor(ctx: &Ctx, json: bool) -> Result<u8> {
             (Some(f), false) => outln!("fallback:    '{f}' named but not allowed")?,
             (None, _) => outln!("fallback:    off")?,
         }
+        outln!("integrity:   {}", report.integrity)?;
+        for p in &report.integrity_problems {
+            outln!("  damaged:   {p}")?;
+        }
         outln!(
             "result:      {}",
             if report.healthy() {

@@ -287,15 +287,33 @@ fn list(m: &KeyManager, json: bool) -> Result<u8> {
             .as_ref()
             .is_some_and(|d| d.backend == k.backend && d.id == k.info.id)
     };
+    // A key whose lifecycle state cannot be read (a damaged or tampered registry entry) is
+    // listed as damaged with a warning naming the file; the others are listed as usual.
+    let mut damaged: Vec<String> = Vec::new();
+    let mut version_of = |k: &ManagedKey| -> Result<(Option<u32>, String, Option<String>)> {
+        match m.version_info(k) {
+            Ok(info) => Ok((Some(info.version), info.state, info.logical)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    keyhaven::ErrorKind::Corrupt | keyhaven::ErrorKind::PermissionDenied
+                ) =>
+            {
+                damaged.push(format!("key {}: {e}", k.id()));
+                Ok((None, "damaged".into(), None))
+            }
+            Err(e) => Err(e.into()),
+        }
+    };
     if json {
         let items = keys
             .iter()
             .map(|k| {
                 let mut v = key_json(k, is_def(k))?;
-                let info = m.version_info(k)?;
-                v["version"] = info.version.into();
-                v["state"] = info.state.into();
-                v["logical_key"] = info.logical.into();
+                let (version, state, logical) = version_of(k)?;
+                v["version"] = version.into();
+                v["state"] = state.into();
+                v["logical_key"] = logical.into();
                 Ok(v)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -312,14 +330,14 @@ fn list(m: &KeyManager, json: bool) -> Result<u8> {
         let rows: Vec<Vec<String>> = keys
             .iter()
             .map(|k| {
-                let info = m.version_info(k)?;
+                let (version, state, _) = version_of(k)?;
                 Ok(vec![
                     if is_def(k) { "*".into() } else { String::new() },
                     k.backend.clone(),
                     k.id().to_string(),
                     k.label().to_owned(),
-                    format!("v{}", info.version),
-                    info.state,
+                    version.map_or_else(|| "?".into(), |v| format!("v{v}")),
+                    state,
                     k.algorithm().short_name().to_owned(),
                     k.protection().to_string(),
                     k.info.fingerprint().short(),
@@ -343,6 +361,11 @@ fn list(m: &KeyManager, json: bool) -> Result<u8> {
     }
     for (backend, problem) in &problems {
         errln!("warning: backend '{backend}': {problem} (not listed; the other keys are usable)");
+    }
+    for d in &damaged {
+        errln!(
+            "warning: {d} (the key refuses to sign until it is restored; the others are usable)"
+        );
     }
     let plain: BTreeSet<String> = keys
         .iter()

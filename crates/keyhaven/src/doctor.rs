@@ -210,6 +210,13 @@ pub struct DoctorReport {
     pub fallback: Option<String>,
     /// Whether falling back is allowed.
     pub fallback_allowed: bool,
+    /// Whether the home's state is authenticated, and by which backend (see
+    /// [`crate::integrity`]).
+    pub integrity: String,
+    /// State files changed outside keyhaven (each names its file), or why the manifest cannot
+    /// vouch for the home.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub integrity_problems: Vec<String>,
 }
 
 impl DoctorReport {
@@ -217,6 +224,7 @@ impl DoctorReport {
     /// what keyhaven needs.
     pub fn healthy(&self) -> bool {
         self.default_key_error.is_none()
+            && self.integrity_problems.is_empty()
             && self.backends.iter().all(|b| {
                 b.reachable
                     && b.damaged.is_empty()
@@ -299,7 +307,10 @@ impl KeyManager {
                 (Some(name), err)
             }
         };
+        let (integrity, integrity_problems) = self.diagnose_integrity();
         DoctorReport {
+            integrity,
+            integrity_problems,
             home: self.home().to_owned(),
             config_file: self.config_path().map(ToOwned::to_owned),
             config_exists: self.config_path().is_some_and(|p| p.exists()),
@@ -313,6 +324,40 @@ impl KeyManager {
 }
 
 impl KeyManager {
+    /// The integrity line of the report, and every problem found.
+    fn diagnose_integrity(&self) -> (String, Vec<String>) {
+        use crate::IntegrityStatus;
+        match self.integrity_status() {
+            Ok(IntegrityStatus::Sealed {
+                anchor,
+                generation,
+                files,
+            }) => {
+                let problems = match self.verify_integrity() {
+                    Ok(p) => p.iter().map(ToString::to_string).collect(),
+                    Err(e) => vec![e.to_string()],
+                };
+                (
+                    format!(
+                        "sealed by backend '{anchor}' ({files} state files, {generation} changes)"
+                    ),
+                    problems,
+                )
+            }
+            Ok(IntegrityStatus::NotYetSealed { anchor }) => (
+                format!("not sealed yet (sealed when backend '{anchor}' creates its store)"),
+                Vec::new(),
+            ),
+            Ok(_) => (
+                "NOT SEALED: no encrypted backend inside the home holds an integrity key; its \
+                 state files are protected by file permissions only"
+                    .into(),
+                Vec::new(),
+            ),
+            Err(e) => ("cannot be checked".into(), vec![e.to_string()]),
+        }
+    }
+
     /// Adds the token's or the TPM's own report to a hardware backend's report. A token is read
     /// without a PIN; a TPM that cannot be reached makes the backend unreachable.
     fn diagnose_device(

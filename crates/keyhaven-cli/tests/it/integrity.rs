@@ -106,8 +106,21 @@ fn a_swapped_public_key_in_the_registry_is_named_and_other_keys_still_sign() {
         7,
     );
     assert!(e.contains(entry.to_str().unwrap()), "{e}");
-    // One damaged entry stays one damaged entry.
+    // One damaged entry stays one damaged entry: listed as damaged with a warning naming it,
+    // reported by doctor, and every other key works.
     sign(&h, "other").expect("other keys are unaffected");
+    let out = h.run(&["key", "list"]);
+    assert!(out.status.success());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(stdout.contains("damaged"), "{stdout}");
+    assert!(stdout.contains("other"), "{stdout}");
+    assert!(stderr.contains(entry.to_str().unwrap()), "{stderr}");
+    let doctor = h.ok(&["doctor"]);
+    assert!(doctor.contains("problems found"), "{doctor}");
+    assert!(doctor.contains(entry.to_str().unwrap()), "{doctor}");
     // Put back, it works again.
     write(&entry, text);
     sign(&h, "release").expect("restored");
