@@ -463,43 +463,7 @@ impl SealedState {
     }
 
     fn parse(&self, bytes: &[u8]) -> Result<Body, CoreError> {
-        let not_ours = || {
-            self.corrupt_manifest(
-                "it does not authenticate: it was changed outside keyhaven (or the home was \
-                 unlocked with a different anchor store)",
-            )
-        };
-        let newline = bytes
-            .iter()
-            .position(|&b| b == b'\n')
-            .ok_or_else(not_ours)?;
-        let (head, rest) = bytes.split_at(newline);
-        let body_bytes = &rest[1..];
-        let head = std::str::from_utf8(head).map_err(|_| not_ours())?;
-        let tag = head
-            .strip_prefix(MAGIC)
-            .and_then(|t| t.strip_prefix(' '))
-            .and_then(|t| hex::decode(t).ok())
-            .ok_or_else(not_ours)?;
-        let mut mac = self.key.mac();
-        mac.update(body_bytes);
-        mac.verify_slice(&tag).map_err(|_| not_ours())?;
-        let body: Body = serde_json::from_slice(body_bytes)
-            .map_err(|e| self.corrupt_manifest(format!("authenticated but unreadable: {e}")))?;
-        if body.format != FORMAT {
-            return Err(CoreError::Unsupported {
-                operation: "read the integrity manifest",
-                reason: format!("it has format {}; upgrade keyhaven", body.format),
-            });
-        }
-        if body.anchor != self.anchor {
-            return Err(self.corrupt_manifest(format!(
-                "it was sealed by '{}', but this home is anchored in '{}': the configuration \
-                 was changed to point elsewhere",
-                body.anchor, self.anchor
-            )));
-        }
-        Ok(body)
+        parse_manifest(&self.key, &self.anchor, &self.manifest(), bytes)
     }
 
     fn store(&self, body: &Body) -> Result<(), CoreError> {
@@ -694,6 +658,86 @@ impl StateFiles for SealedState {
 
     fn is_authenticated(&self) -> bool {
         true
+    }
+}
+
+/// Checks and reads a manifest's bytes: the tag must authenticate under `key` and the body
+/// name `anchor`. Errors name `path`.
+fn parse_manifest(
+    key: &StateKey,
+    anchor: &str,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<Body, CoreError> {
+    let corrupt = |reason: String| CoreError::corrupt(path.display().to_string(), reason);
+    let not_ours = || {
+        corrupt(
+            "it does not authenticate: it was changed outside keyhaven (or the home was \
+             unlocked with a different anchor store)"
+                .into(),
+        )
+    };
+    let newline = bytes
+        .iter()
+        .position(|&b| b == b'\n')
+        .ok_or_else(not_ours)?;
+    let (head, rest) = bytes.split_at(newline);
+    let body_bytes = &rest[1..];
+    let head = std::str::from_utf8(head).map_err(|_| not_ours())?;
+    let tag = head
+        .strip_prefix(MAGIC)
+        .and_then(|t| t.strip_prefix(' '))
+        .and_then(|t| hex::decode(t).ok())
+        .ok_or_else(not_ours)?;
+    let mut mac = key.mac();
+    mac.update(body_bytes);
+    mac.verify_slice(&tag).map_err(|_| not_ours())?;
+    let body: Body = serde_json::from_slice(body_bytes)
+        .map_err(|e| corrupt(format!("authenticated but unreadable: {e}")))?;
+    if body.format != FORMAT {
+        return Err(CoreError::Unsupported {
+            operation: "read the integrity manifest",
+            reason: format!("it has format {}; upgrade keyhaven", body.format),
+        });
+    }
+    if body.anchor != anchor {
+        return Err(corrupt(format!(
+            "it was sealed by '{}', but this home is anchored in '{anchor}': the configuration \
+             was changed to point elsewhere",
+            body.anchor
+        )));
+    }
+    Ok(body)
+}
+
+/// Entry points for the fuzz targets (not a stable API).
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{MAGIC, StateKey, parse_manifest};
+    use hmac::Mac;
+
+    /// Parses `bytes` as a manifest sealed under `key` for `anchor`; returns its generation
+    /// and how many files it records.
+    ///
+    /// # Errors
+    /// Whatever [`super::SealedState::open`] would report for these bytes.
+    pub fn parse(
+        key: &StateKey,
+        anchor: &str,
+        bytes: &[u8],
+    ) -> Result<(u64, usize), keyhaven_core::Error> {
+        let body = parse_manifest(key, anchor, std::path::Path::new("manifest"), bytes)?;
+        Ok((body.generation, body.entries.len()))
+    }
+
+    /// `body` with a valid tag under `key`, so a fuzzer reaches the body's parser.
+    pub fn seal(key: &StateKey, body: &[u8]) -> Vec<u8> {
+        let mut mac = key.mac();
+        mac.update(body);
+        let tag = hex::encode(mac.finalize().into_bytes());
+        let mut out = format!("{MAGIC} {tag}\n").into_bytes();
+        out.extend_from_slice(body);
+        out
     }
 }
 
