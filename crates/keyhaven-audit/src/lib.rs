@@ -15,7 +15,9 @@ pub use access::AccessControlledStore;
 pub use audited::AuditedStore;
 pub use context::{CallerContext, effective_uid};
 pub use error::AuditError;
-pub use log::{AuditLog, AuditOptions, AuditSigner, Filter, export_json, log_files, search, tail};
+pub use log::{
+    AuditLog, AuditOptions, AuditSigner, Filter, Witness, export_json, log_files, search, tail,
+};
 pub use policy::{Grant, KeyRef, KeyRule, Operation, Permissions, Policy};
 pub use record::{Body, Event, FORMAT_VERSION, Outcome, Record, hostname};
 pub use verify::{

@@ -60,6 +60,20 @@ impl AuditOptions {
     }
 }
 
+/// Told how far the log has reached each time a checkpoint is written, and kept somewhere an
+/// attacker who can edit the log's directory cannot change unnoticed (a keyhaven home keeps
+/// it in its authenticated state). A later verification against what it holds
+/// ([`crate::verify_dir_expecting`]) finds whole files or records removed from the end, which
+/// the chain alone cannot show.
+pub trait Witness: Send + Sync + std::fmt::Debug {
+    /// The log now holds at least `seen.records` records, the last of which hashes to
+    /// `seen.head`.
+    ///
+    /// # Errors
+    /// The witness cannot be written (the log itself is written already).
+    fn witness(&self, seen: &crate::Expectation) -> Result<(), keyhaven_core::Error>;
+}
+
 /// What the writer knows of the chain head (re-validated under the lock before every write).
 #[derive(Debug, Clone)]
 struct Head {
@@ -87,6 +101,7 @@ pub struct AuditLog {
     dir: PathBuf,
     signer: AuditSigner,
     options: AuditOptions,
+    witness: Option<Arc<dyn Witness>>,
     batch: Mutex<Batch>,
     done: Condvar,
     writer: Mutex<Option<Head>>,
@@ -220,9 +235,21 @@ struct Builder {
     hash: String,
     next_seq: u64,
     log_id: String,
+    /// Whether a checkpoint was added (the witness is told after the write).
+    checkpointed: bool,
 }
 
 impl Builder {
+    fn new(hash: String, next_seq: u64, log_id: String) -> Self {
+        Builder {
+            buf: Vec::new(),
+            hash,
+            next_seq,
+            log_id,
+            checkpointed: false,
+        }
+    }
+
     fn push(&mut self, body: Body) -> Result<u64, AuditError> {
         let (time, unix_nanos) = now();
         let rec = Record {
@@ -248,6 +275,7 @@ impl Builder {
             .store
             .sign(&signer.key, &msg)
             .map_err(AuditError::Sign)?;
+        self.checkpointed = true;
         self.push(Body::Checkpoint {
             count: self.next_seq,
             head: self.hash.clone(),
@@ -293,6 +321,7 @@ impl AuditLog {
             dir: dir.to_owned(),
             signer,
             options,
+            witness: None,
             batch: Mutex::new(Batch::default()),
             done: Condvar::new(),
             writer: Mutex::new(None),
@@ -300,6 +329,30 @@ impl AuditLog {
         // Establish (or check) the head now, so a log that cannot be written fails at open.
         log.with_head(|_, _| Ok(()))?;
         Ok(log)
+    }
+
+    /// Tells `witness` how far the log has reached at every checkpoint (see [`Witness`]).
+    #[must_use]
+    pub fn with_witness(mut self, witness: Arc<dyn Witness>) -> Self {
+        self.witness = Some(witness);
+        self
+    }
+
+    /// Tells the witness, if any, what the log holds now. A periodic checkpoint's witness
+    /// that cannot be written is skipped (the next checkpoint tells it again); an explicit
+    /// one fails.
+    fn tell_witness(&self, records: u64, head: &str, explicit: bool) -> Result<(), AuditError> {
+        let Some(w) = &self.witness else {
+            return Ok(());
+        };
+        let seen = crate::Expectation {
+            records,
+            head: Some(head.to_owned()),
+        };
+        match w.witness(&seen) {
+            Err(e) if explicit => Err(AuditError::Unsafe(e)),
+            _ => Ok(()),
+        }
     }
 
     /// The log's directory.
@@ -393,7 +446,16 @@ impl AuditLog {
     /// # Errors
     /// The log cannot be written or the audit key cannot sign.
     pub fn checkpoint(&self) -> Result<u64, AuditError> {
-        self.with_head(|b, _| b.checkpoint(&self.signer))
+        let mut seen = None;
+        let seq = self.with_head(|b, _| {
+            let seq = b.checkpoint(&self.signer)?;
+            seen = Some((b.next_seq, b.hash.clone()));
+            Ok(seq)
+        })?;
+        if let Some((records, head)) = seen {
+            self.tell_witness(records, &head, true)?;
+        }
+        Ok(seq)
     }
 
     /// Seals the current file with a checkpoint and starts the next one (`audit.N+1.log`), whose
@@ -410,18 +472,15 @@ impl AuditLog {
         let path = self.dir.join(file_name(next));
         let file = fsutil::open_append(&path, true)?;
         fsutil::sync_dir(&self.dir)?;
-        let mut b = Builder {
-            buf: Vec::new(),
-            hash: head.hash.clone(),
-            next_seq: head.next_seq,
-            log_id: head.log_id.clone(),
-        };
+        let mut b = Builder::new(head.hash.clone(), head.next_seq, head.log_id.clone());
         b.push(Body::Header {
             log_id: head.log_id.clone(),
             file: next,
         })?;
         self.write_sync(&file, &path, 0, &b.buf)?;
         *w = None;
+        // The new file counts: removing it (the log's end) is found too.
+        self.tell_witness(b.next_seq, &b.hash, true)?;
         Ok(path)
     }
 
@@ -429,12 +488,7 @@ impl AuditLog {
         let head = self.refresh(w)?;
         let path = self.dir.join(file_name(head.file_no));
         let file = fsutil::open_append(&path, false)?;
-        let mut b = Builder {
-            buf: Vec::new(),
-            hash: head.hash.clone(),
-            next_seq: head.next_seq,
-            log_id: head.log_id.clone(),
-        };
+        let mut b = Builder::new(head.hash.clone(), head.next_seq, head.log_id.clone());
         let s = b.checkpoint(&self.signer)?;
         self.commit(w, &file, &path, head, b)?;
         Ok(s)
@@ -472,12 +526,7 @@ impl AuditLog {
         let head = self.refresh(&mut w)?;
         let path = self.dir.join(file_name(head.file_no));
         let file = fsutil::open_append(&path, false)?;
-        let mut b = Builder {
-            buf: Vec::new(),
-            hash: head.hash.clone(),
-            next_seq: head.next_seq,
-            log_id: head.log_id.clone(),
-        };
+        let mut b = Builder::new(head.hash.clone(), head.next_seq, head.log_id.clone());
         let out = f(&mut b, &head)?;
         let log_id = head.log_id.clone();
         let b = Builder {
@@ -502,6 +551,10 @@ impl AuditLog {
         }
         match self.write_sync(file, path, head.len, &b.buf) {
             Ok(()) => {
+                if b.checkpointed {
+                    // Periodic: a witness that cannot be told now is told at the next one.
+                    self.tell_witness(b.next_seq, &b.hash, false)?;
+                }
                 *w = Some(Head {
                     len: head.len + b.buf.len() as u64,
                     hash: b.hash,
@@ -625,12 +678,7 @@ impl AuditLog {
             log_id,
         };
         if let Some(body) = recovery {
-            let mut b = Builder {
-                buf: Vec::new(),
-                hash: head.hash.clone(),
-                next_seq: head.next_seq,
-                log_id: head.log_id.clone(),
-            };
+            let mut b = Builder::new(head.hash.clone(), head.next_seq, head.log_id.clone());
             b.push(body)?;
             self.write_sync(&file, &path, len, &b.buf)?;
             head.len += b.buf.len() as u64;
@@ -645,12 +693,7 @@ impl AuditLog {
         let file = fsutil::open_append(&path, true)?;
         fsutil::sync_dir(&self.dir)?;
         let log_id = random_id()?;
-        let mut b = Builder {
-            buf: Vec::new(),
-            hash: genesis(&log_id),
-            next_seq: 0,
-            log_id: log_id.clone(),
-        };
+        let mut b = Builder::new(genesis(&log_id), 0, log_id.clone());
         b.push(Body::Header {
             log_id: log_id.clone(),
             file: 1,

@@ -8,7 +8,8 @@
 //!   authenticated with HMAC-SHA256 under that key ([`keyhaven_fs::SealedState`]). It names the
 //!   anchor (backend and store id), so pointing the configuration at another store is refused.
 //! - **What it covers.** `keyhaven.toml` (backends, the default key), the rotation registry and
-//!   its version index, the usage counters, the prekey pools, and the revocation registry.
+//!   its version index, the usage counters, the prekey pools, the revocation registry, and
+//!   how far the audit log has reached at its last checkpoint (`audit.witness`).
 //!   Every read of one of them is checked: a file edited, swapped, rolled back, removed or
 //!   planted is [`crate::CoreError::Corrupt`] naming it (exit 7), and only what depends on
 //!   that file stops working.
@@ -293,9 +294,11 @@ impl KeyManager {
     /// Every state file the home holds now (what `keyhaven integrity seal` adopts).
     pub(crate) fn state_files(&self) -> Vec<PathBuf> {
         let mut files = Vec::new();
-        let config = self.home().join(CONFIG_FILE);
-        if config.exists() {
-            files.push(config);
+        for name in [CONFIG_FILE, crate::lifecycle::AUDIT_WITNESS] {
+            let file = self.home().join(name);
+            if file.exists() {
+                files.push(file);
+            }
         }
         let rotation = self.rotation_dir();
         let mut dirs = vec![

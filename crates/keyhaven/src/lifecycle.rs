@@ -51,6 +51,61 @@ pub const AUTHORITY_LABEL: &str = "keyhaven-authority";
 pub const REVOCATIONS_DIR: &str = "revocations";
 /// The compromise reports inside the home.
 pub const REPORTS_DIR: &str = "compromise";
+/// How far the audit log has reached at its last checkpoint, inside the home.
+pub const AUDIT_WITNESS: &str = "audit.witness";
+
+/// Keeps what the audit log reached at each checkpoint in the home's state (authenticated once
+/// the home is sealed), never going backwards.
+#[derive(Debug)]
+struct StateWitness {
+    state: Arc<dyn keyhaven_fs::StateFiles>,
+    path: PathBuf,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Witnessed {
+    records: u64,
+    head: String,
+}
+
+fn read_witness(
+    state: &dyn keyhaven_fs::StateFiles,
+    path: &Path,
+) -> std::result::Result<Option<keyhaven_audit::Expectation>, CoreError> {
+    let Some(bytes) = state.read(path)? else {
+        return Ok(None);
+    };
+    let w: Witnessed = serde_json::from_slice(&bytes).map_err(|e| {
+        CoreError::corrupt(
+            path.display().to_string(),
+            format!("not an audit witness: {e}"),
+        )
+    })?;
+    Ok(Some(keyhaven_audit::Expectation {
+        records: w.records,
+        head: Some(w.head),
+    }))
+}
+
+impl keyhaven_audit::Witness for StateWitness {
+    fn witness(&self, seen: &keyhaven_audit::Expectation) -> std::result::Result<(), CoreError> {
+        let lock = self.path.with_extension("lock");
+        let _lock = keyhaven_fs::FileLock::acquire(&lock)?;
+        if let Some(before) = read_witness(self.state.as_ref(), &self.path)?
+            && before.records >= seen.records
+        {
+            return Ok(());
+        }
+        let w = Witnessed {
+            records: seen.records,
+            head: seen.head.clone().unwrap_or_default(),
+        };
+        let json = serde_json::to_vec(&w)
+            .map_err(|e| CoreError::InvalidInput(format!("cannot encode the witness: {e}")))?;
+        self.state.write(&self.path, &json)
+    }
+}
 
 /// `[audit]` in `keyhaven.toml`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,6 +273,10 @@ impl KeyManager {
         }
         let authority = self.authority()?;
         let every = self.config().audit.checkpoint_every.unwrap_or(1000);
+        let witness = Arc::new(StateWitness {
+            state: self.state()?,
+            path: self.audit_witness_path(),
+        });
         let log = AuditLog::open(
             &self.audit_dir(),
             AuditSigner {
@@ -226,7 +285,8 @@ impl KeyManager {
             },
             AuditOptions::checkpoint_every(every),
         )
-        .map_err(CoreError::from)?;
+        .map_err(CoreError::from)?
+        .with_witness(witness);
         Ok(Some(
             self.lifecycle().audit.get_or_init(|| Arc::new(log)).clone(),
         ))
@@ -238,8 +298,29 @@ impl KeyManager {
     /// A log file cannot be read (a tampered log is not an error: see the report).
     pub fn verify_audit(&self) -> Result<VerifyReport> {
         let pk = self.authority_public_key()?;
-        let report = keyhaven_audit::verify_dir(&self.audit_dir(), &pk).map_err(CoreError::from)?;
+        let report = match self.audit_witnessed()? {
+            // What the log held at its last checkpoint, as the home's authenticated state
+            // recorded it: whole files or records removed from the end are found.
+            Some(seen) => keyhaven_audit::verify_dir_expecting(&self.audit_dir(), &pk, &seen),
+            None => keyhaven_audit::verify_dir(&self.audit_dir(), &pk),
+        }
+        .map_err(CoreError::from)?;
         self.require_first_file(report)
+    }
+
+    /// Where the home records how far its audit log has reached (`HOME/audit.witness`, part
+    /// of the home's authenticated state).
+    pub fn audit_witness_path(&self) -> PathBuf {
+        self.home().join(AUDIT_WITNESS)
+    }
+
+    /// What the witness recorded at the log's last checkpoint, if anything.
+    ///
+    /// # Errors
+    /// The witness was changed outside keyhaven ([`CoreError::Corrupt`]).
+    pub fn audit_witnessed(&self) -> Result<Option<keyhaven_audit::Expectation>> {
+        let path = self.audit_witness_path();
+        Ok(read_witness(self.state()?.as_ref(), &path)?)
     }
 
     /// keyhaven never deletes log files, so a home's log starts at `audit.1.log`: a set that
@@ -279,8 +360,15 @@ impl KeyManager {
         expect: &keyhaven_audit::Expectation,
     ) -> Result<VerifyReport> {
         let pk = self.authority_public_key()?;
-        let report = keyhaven_audit::verify_dir_expecting(&self.audit_dir(), &pk, expect)
+        let mut report = keyhaven_audit::verify_dir_expecting(&self.audit_dir(), &pk, expect)
             .map_err(CoreError::from)?;
+        if report.problem.is_none()
+            && let Some(seen) = self.audit_witnessed()?
+            && seen.records > expect.records
+        {
+            report = keyhaven_audit::verify_dir_expecting(&self.audit_dir(), &pk, &seen)
+                .map_err(CoreError::from)?;
+        }
         self.require_first_file(report)
     }
 

@@ -332,3 +332,25 @@ fn a_symlink_in_place_of_a_state_file_is_refused() {
     std::os::unix::fs::symlink(&outside, &counter).unwrap();
     refused(&h, "other", 6, &counter);
 }
+
+#[test]
+fn whole_audit_files_removed_are_found_against_the_witness() {
+    let (h, _, _, _) = populated();
+    h.ok(&["audit", "checkpoint"]);
+    let second = h.ok(&["audit", "rotate"]);
+    assert!(second.trim().ends_with("audit.2.log"), "{second}");
+    sign(&h, "other").unwrap();
+    h.ok(&["audit", "checkpoint"]);
+    assert!(h.ok(&["audit", "verify"]).starts_with("audit log intact"));
+    // The newest file removed: the chain that is left is whole, but shorter than the home's
+    // authenticated witness says it was.
+    let log2 = h.path().join("audit/audit.2.log");
+    fs::remove_file(&log2).unwrap();
+    let e = h.fails(&["audit", "verify"], 7);
+    assert!(e.contains("deleted") || e.contains("removed"), "{e}");
+    // And the witness itself cannot be rolled back or removed unnoticed.
+    let witness = h.path().join("audit.witness");
+    fs::remove_file(&witness).unwrap();
+    let e = h.fails(&["audit", "verify"], 7);
+    assert!(e.contains(witness.to_str().unwrap()), "{e}");
+}
