@@ -9,6 +9,7 @@
 
 mod cmd;
 mod layers;
+mod python;
 mod softhsm;
 mod sys;
 mod tally;
@@ -146,6 +147,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     sys::ensure_tools(sys::TEST_TOOLS)?;
     sys::ensure_libraries(sys::TPM_LIBRARIES)?;
     let pkcs11_module = softhsm::module()?;
+    let python = python::interop_python(root)?;
     // Lives until the tests are done, then removes the run's tokens.
     let scratch = softhsm::Scratch::create()?;
 
@@ -163,6 +165,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         .args(["--all-features", "--no-fail-fast"])
         .args(extra)
         .env("KEYHAVEN_INTEROP", "1")
+        .env("KEYHAVEN_PYTHON", &python)
         .env("RUST_BACKTRACE", "1");
     scratch.apply(&mut command, &pkcs11_module);
 

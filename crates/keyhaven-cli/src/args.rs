@@ -502,7 +502,7 @@ pub(crate) struct TpmArgs {
 }
 
 #[derive(Debug, Args)]
-#[command(group(clap::ArgGroup::new("who").required(true).args(["key", "public_key"])))]
+#[command(group(clap::ArgGroup::new("who").args(["key", "public_key"])))]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["digest", "message_file"])))]
 pub(crate) struct VerifyArgs {
     /// A key in a backend.
@@ -517,9 +517,10 @@ pub(crate) struct VerifyArgs {
     /// The file that was signed.
     #[arg(long, value_name = "FILE")]
     pub(crate) message_file: Option<PathBuf>,
-    /// The signature file.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) signature: PathBuf,
+    /// The signature file. Without it, --assertion gives the signature (and its signed
+    /// metadata is checked too).
+    #[arg(long, value_name = "FILE", required_unless_present = "assertion")]
+    pub(crate) signature: Option<PathBuf>,
     /// der or raw.
     #[arg(long, value_enum, default_value_t = FormatArg::Der)]
     pub(crate) signature_format: FormatArg,
@@ -527,8 +528,10 @@ pub(crate) struct VerifyArgs {
     /// destroyed versions never verify).
     #[arg(long, requires = "key")]
     pub(crate) allow_retired: bool,
-    /// The assertion written with the signature (`keyhaven sign --assertion`): its time decides
-    /// whether a revocation applies (signatures asserted before it still verify).
+    /// The assertion written with the signature (`keyhaven sign --assertion`): its signed
+    /// metadata is checked (an edited field makes it invalid), and its time decides whether a
+    /// revocation applies (signatures asserted before it still verify). Without --signature,
+    /// it is checked on its own (with --key or --public-key: it must be that key's).
     #[arg(long, value_name = "FILE")]
     pub(crate) assertion: Option<PathBuf>,
     /// A revocation list (`keyhaven revocations export`) to check the key against; needs

@@ -5,8 +5,8 @@ use std::path::Path;
 use anyhow::Result;
 use keyhaven::fs::{atomic_write, create_private_dir};
 use keyhaven::{
-    Algorithm, Assertion, BackendConfig, BackendKind, DefaultKey, Error as KhError, KeyManager,
-    ManagedKey, SignInput, SignatureFormat, encoding,
+    Algorithm, BackendConfig, BackendKind, DefaultKey, Error as KhError, KeyManager, ManagedKey,
+    SignInput, SignatureFormat, encoding,
 };
 
 use crate::ctx::{Ctx, print_warnings};
@@ -69,7 +69,7 @@ fn steps(m: &KeyManager, home: &Path, created_home: bool) -> Result<u8> {
     );
     let signature = m.sign(&key, message.as_bytes())?;
     let der = encoding::encode_signature(&signature, SignatureFormat::Der)?;
-    let assertion = Assertion::new(
+    let assertion = m.make_assertion(
         &key,
         SignInput::Message(message.as_bytes()),
         &signature,

@@ -11,7 +11,7 @@ use keyhaven::{
 
 use crate::args::{SignArgs, VerifyArgs};
 use crate::ctx::{Ctx, interactive, print_warnings, prompt, read_secret_file};
-use crate::exit::{OK, OtherPassphrase, VERIFY_FAILED};
+use crate::exit::{OK, OtherPassphrase, UsageError, VERIFY_FAILED};
 use crate::output::{errln, outln, read_file, write_stdout};
 
 /// Parses a hex digest (white space and a `0x` prefix are ignored).
@@ -73,8 +73,9 @@ pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
         let bytes = encoding::encode_signature(&sig, format)?;
         let assertion = match &args.assertion {
             Some(_) => {
-                let mut json =
-                    Assertion::new(&key, input.as_sign_input(), &sig, format)?.to_json()?;
+                let mut json = m
+                    .make_assertion(&key, input.as_sign_input(), &sig, format)?
+                    .to_json()?;
                 json.push('\n');
                 Some(json)
             }
@@ -138,7 +139,10 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
     } else {
         return Err(CoreError::InvalidInput("give --digest or --message-file".into()).into());
     };
-    let sig_bytes = read_file(&args.signature, "signature file")?;
+    let Some(signature_file) = &args.signature else {
+        return verify_assertion_alone(ctx, &args, &input);
+    };
+    let sig_bytes = read_file(signature_file, "signature file")?;
     // With --public-key, nothing of the home is touched: no configuration, no passphrase.
     let mut local_revocation = None;
     let mut home_key = None;
@@ -163,7 +167,10 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
             pk
         }
         (None, None) => {
-            return Err(CoreError::InvalidInput("give --key or --public-key".into()).into());
+            return Err(UsageError(
+                "give --key or --public-key (or --assertion without --signature)".into(),
+            )
+            .into());
         }
     };
     let alg = public_key.algorithm();
@@ -214,7 +221,7 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
     match outcome {
         Ok(()) => {
             let asserted = match &args.assertion {
-                Some(path) => Some(assertion_time(path, &public_key)?),
+                Some(path) => Some(assertion_time(path, &public_key, &sig)?),
                 None => None,
             };
             let listed = match (&args.revocations, &args.authority) {
@@ -275,34 +282,128 @@ fn verify_plain(
     }
 }
 
-/// The signing time an assertion states, after checking it is about `key`.
-fn assertion_time(path: &std::path::Path, key: &PublicKey) -> Result<u64> {
+/// Reads an assertion file.
+fn read_assertion(path: &std::path::Path) -> Result<Assertion> {
     let bytes = read_file(path, "assertion")?;
-    let a: Assertion = serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(&bytes).map_err(|e| {
         CoreError::InvalidInput(format!(
             "{} is not a keyhaven assertion: {e}",
             path.display()
         ))
-    })?;
+        .into()
+    })
+}
+
+/// The signing time an assertion states, after checking it: its metadata is signed by `key`
+/// and it describes `sig` (an assertion taken from another signature never lends its time).
+fn assertion_time(
+    path: &std::path::Path,
+    key: &PublicKey,
+    sig: &keyhaven::Signature,
+) -> Result<u64> {
+    let a = read_assertion(path)?;
+    let not_this = |why: &str| -> anyhow::Error {
+        CoreError::InvalidInput(format!("assertion {}: {why}", path.display())).into()
+    };
     if a.fingerprint != key.fingerprint().to_hex() {
-        return Err(CoreError::InvalidInput(format!(
-            "assertion {} is about key {}, not the verifying key {}",
-            path.display(),
+        return Err(not_this(&format!(
+            "it is about key {}, not the verifying key {}",
             a.fingerprint,
             key.fingerprint().to_hex()
-        ))
-        .into());
+        )));
     }
-    let t = humantime::parse_rfc3339(&a.created_at).map_err(|_| {
-        CoreError::InvalidInput(format!(
-            "assertion {}: created_at '{}' is not an RFC 3339 time",
-            path.display(),
-            a.created_at
-        ))
-    })?;
-    Ok(t.duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0))
+    match a.verify_metadata() {
+        Ok(_) => {}
+        Err(e) if e.kind() == keyhaven::ErrorKind::BadSignature => {
+            return Err(not_this(
+                "its signed metadata does not verify (it was changed after signing)",
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if a.signature()? != *sig {
+        return Err(not_this("it describes another signature"));
+    }
+    Ok(a.created_at_unix()?)
+}
+
+/// `keyhaven verify --assertion A --message-file M` (no --signature): the assertion carries the
+/// signature. Valid when its signed metadata and the signature both verify (and, with --key or
+/// --public-key, it is that key's).
+fn verify_assertion_alone(ctx: &Ctx, args: &VerifyArgs, input: &Input) -> Result<u8> {
+    let Some(path) = &args.assertion else {
+        return Err(CoreError::InvalidInput(
+            "give --signature FILE (or --assertion FILE, which carries the signature)".into(),
+        )
+        .into());
+    };
+    let a = read_assertion(path)?;
+    let message = match input {
+        Input::Message(m) => Some(m.as_slice()),
+        Input::Digest(d) => {
+            if a.signed_digest.as_deref() != Some(hex::encode(d).as_str()) {
+                verdict("invalid");
+                errln!("the assertion is about another digest");
+                return Ok(VERIFY_FAILED);
+            }
+            None
+        }
+    };
+    let expected: Option<PublicKey> = match (&args.public_key, &args.key) {
+        (Some(p), _) => {
+            let text = String::from_utf8(read_file(p, "public key file")?).map_err(|_| {
+                CoreError::InvalidInput(format!("{} is not a PEM file", p.display()))
+            })?;
+            Some(default_provider().parse_public_key_pem(&text)?)
+        }
+        (None, Some(r)) => Some(ctx.manager()?.resolve(r)?.info.public_key),
+        (None, None) => None,
+    };
+    match a.verify(message) {
+        Ok(()) => {}
+        Err(e) if e.kind() == keyhaven::ErrorKind::BadSignature => {
+            verdict("invalid");
+            errln!("the assertion's signature or its signed metadata does not verify");
+            return Ok(VERIFY_FAILED);
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if let Some(pk) = expected
+        && pk.fingerprint().to_hex() != a.fingerprint
+    {
+        verdict("invalid");
+        errln!(
+            "the assertion was made by key {}, not the one given",
+            a.fingerprint
+        );
+        return Ok(VERIFY_FAILED);
+    }
+    if let (Some(list), Some(authority)) = (&args.revocations, &args.authority) {
+        let list =
+            RevocationList::parse(&read_file(list, "revocation list")?).map_err(CoreError::from)?;
+        let verified = list.verify_pinned(authority).map_err(CoreError::from)?;
+        if let Some(r) = verified.refuses(&a.public_key()?, Some(a.created_at_unix()?)) {
+            verdict("revoked");
+            return Err(CoreError::Revoked(format!(
+                "the assertion is valid, but its key {} was revoked at {} ({})",
+                r.key_id,
+                rfc3339(r.revoked_at),
+                r.reason
+            ))
+            .into());
+        }
+    }
+    verdict("valid");
+    errln!(
+        "signed by {} key {} ({}) in backend '{}' ({}) at {}",
+        a.protection,
+        a.key_label,
+        a.key_id,
+        a.backend,
+        a.backend_type,
+        a.created_at
+    );
+    Ok(OK)
 }
 
 /// Prints the verdict. The exit code is the answer, so a closed standard output must not turn

@@ -1,17 +1,29 @@
 //! Signed assertions (seed 000 section 6): a signature with everything needed to judge it —
 //! which key, in which backend of which type, how well protected, and its public key.
+//!
+//! The metadata is itself signed: the assertion carries a JWS (RFC 7515, compact serialization)
+//! made by the same key, whose payload is every field of the assertion but the public key
+//! (bound by the fingerprint, and by the JWS verifying under it). `alg` is the key's JOSE name
+//! (`ES384`, `ES256`, `EdDSA`; RFC 7518 and RFC 8037), so any JOSE library checks it with the
+//! public key alone. An assertion whose readable fields differ from its signed payload (an
+//! edited `protection`, say) does not verify.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64ct::{Base64, Encoding};
+use base64ct::{Base64, Base64UrlUnpadded, Encoding};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::manager::{ManagedKey, SignInput};
-use crate::{CoreError, Error, Result, Signature, SignatureFormat, default_provider, encoding};
+use crate::manager::{KeyManager, ManagedKey, SignInput};
+use crate::{
+    CoreError, Error, PublicKey, Result, Signature, SignatureFormat, default_provider, encoding,
+};
 
-/// The assertion format version this crate writes.
-pub const ASSERTION_VERSION: u32 = 1;
+/// The assertion format version this crate writes (2: the metadata is signed, as a JWS).
+pub const ASSERTION_VERSION: u32 = 2;
+
+/// The JWS `typ` of an assertion.
+pub const ASSERTION_JWS_TYPE: &str = "keyhaven-assertion+json";
 
 /// A JSON-serializable record of one signature and the key that made it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,6 +59,79 @@ pub struct Assertion {
     pub signature_format: String,
     /// When the assertion was made, RFC 3339 UTC.
     pub created_at: String,
+    /// A JWS (compact serialization) by the same key over every field above but the public
+    /// key: what makes the metadata trustworthy.
+    #[serde(default)]
+    pub jws: String,
+}
+
+/// The signed payload of an assertion's JWS: every field of the assertion but the public key
+/// and the JWS itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Claims {
+    version: u32,
+    algorithm: String,
+    key_id: String,
+    key_label: String,
+    backend: String,
+    backend_type: String,
+    protection: String,
+    fingerprint: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    message_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    signed_digest: Option<String>,
+    signature: String,
+    signature_format: String,
+    created_at: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct JwsHeader {
+    alg: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    typ: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
+}
+
+impl KeyManager {
+    /// The signed assertion for `signature`, made by `key` over `input`, now: `key` signs the
+    /// assertion's JWS as well (a second signature, audited like the first).
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidInput`] if the signature cannot be encoded in `format`; the
+    /// backend's errors for the JWS signature.
+    pub fn make_assertion(
+        &self,
+        key: &ManagedKey,
+        input: SignInput<'_>,
+        signature: &Signature,
+        format: SignatureFormat,
+    ) -> Result<Assertion> {
+        let mut a = Assertion::unsigned(key, input, signature, format)?;
+        let header = JwsHeader {
+            alg: a.algorithm.clone(),
+            typ: Some(ASSERTION_JWS_TYPE.to_owned()),
+            kid: Some(a.fingerprint.clone()),
+        };
+        let signing_input = format!("{}.{}", b64_json(&header)?, b64_json(&a.claims())?);
+        let sig = self.sign(key, signing_input.as_bytes())?;
+        // JWS ECDSA signatures are r || s (RFC 7518 section 3.4); EdDSA has only one form.
+        a.jws = format!(
+            "{signing_input}.{}",
+            Base64UrlUnpadded::encode_string(sig.as_raw())
+        );
+        Ok(a)
+    }
+}
+
+/// A JWS part: `value` as JSON, base64url without padding.
+fn b64_json<T: Serialize>(value: &T) -> Result<String> {
+    let json = serde_json::to_vec(value)
+        .map_err(|e| CoreError::InvalidInput(format!("cannot encode a JWS part: {e}")))?;
+    Ok(Base64UrlUnpadded::encode_string(&json))
 }
 
 /// Formats seconds since the Unix epoch as RFC 3339 UTC (`2026-01-02T03:04:05Z`).
@@ -55,11 +140,8 @@ pub fn rfc3339(unix_seconds: u64) -> String {
 }
 
 impl Assertion {
-    /// The assertion for `signature`, made by `key` over `input`, now.
-    ///
-    /// # Errors
-    /// [`CoreError::InvalidInput`] if the signature cannot be encoded in `format`.
-    pub fn new(
+    /// The assertion for `signature`, without its JWS (see [`KeyManager::make_assertion`]).
+    fn unsigned(
         key: &ManagedKey,
         input: SignInput<'_>,
         signature: &Signature,
@@ -85,7 +167,111 @@ impl Assertion {
             signature: Base64::encode_string(&sig),
             signature_format: format.to_string(),
             created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            jws: String::new(),
         })
+    }
+
+    fn claims(&self) -> Claims {
+        Claims {
+            version: self.version,
+            algorithm: self.algorithm.clone(),
+            key_id: self.key_id.clone(),
+            key_label: self.key_label.clone(),
+            backend: self.backend.clone(),
+            backend_type: self.backend_type.clone(),
+            protection: self.protection.clone(),
+            fingerprint: self.fingerprint.clone(),
+            message_sha256: self.message_sha256.clone(),
+            signed_digest: self.signed_digest.clone(),
+            signature: self.signature.clone(),
+            signature_format: self.signature_format.clone(),
+            created_at: self.created_at.clone(),
+        }
+    }
+
+    /// The assertion's public key, after checking its fingerprint.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidInput`] for a malformed key; [`CoreError::BadSignature`] if the
+    /// fingerprint is not the key's.
+    pub fn public_key(&self) -> Result<PublicKey> {
+        let pk = default_provider().parse_public_key_pem(&self.public_key_pem)?;
+        if pk.fingerprint().to_hex() != self.fingerprint {
+            return Err(CoreError::BadSignature.into());
+        }
+        Ok(pk)
+    }
+
+    /// Checks the assertion's JWS: it verifies under the assertion's own public key, its
+    /// `alg` is the key's, and its payload is exactly the assertion's fields. Returns the
+    /// public key.
+    ///
+    /// # Errors
+    /// [`CoreError::BadSignature`] if the JWS does not verify or a field was changed after
+    /// signing; [`CoreError::InvalidInput`] for an assertion without a JWS (version 1) or a
+    /// malformed one.
+    pub fn verify_metadata(&self) -> Result<PublicKey> {
+        let invalid = |m: &str| Error::from(CoreError::InvalidInput(m.to_owned()));
+        if self.jws.is_empty() {
+            return Err(invalid(
+                "this assertion has no signed metadata (a version 1 assertion): its fields \
+                 cannot be trusted; sign again with this keyhaven",
+            ));
+        }
+        let pk = self.public_key()?;
+        let mut parts = self.jws.split('.');
+        let (Some(h), Some(p), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid("the assertion's JWS is not a compact JWS"));
+        };
+        let decode = |part: &str| {
+            Base64UrlUnpadded::decode_vec(part)
+                .map_err(|_| invalid("the assertion's JWS is not base64url"))
+        };
+        let header: JwsHeader = serde_json::from_slice(&decode(h)?)
+            .map_err(|_| invalid("the assertion's JWS header is not JSON"))?;
+        if header.alg != pk.algorithm().jose_name() {
+            return Err(CoreError::BadSignature.into());
+        }
+        let sig = Signature::from_raw(pk.algorithm(), decode(sig)?)
+            .map_err(|_| Error::from(CoreError::BadSignature))?;
+        crate::verify(&pk, format!("{h}.{p}").as_bytes(), &sig)?;
+        let claims: Claims = serde_json::from_slice(&decode(p)?)
+            .map_err(|_| invalid("the assertion's JWS payload is not an assertion"))?;
+        if claims != self.claims() {
+            // Signed, but not these fields: something was edited after signing.
+            return Err(CoreError::BadSignature.into());
+        }
+        Ok(pk)
+    }
+
+    /// The signature the assertion describes.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidInput`] if it is malformed.
+    pub fn signature(&self) -> Result<Signature> {
+        let pk = self.public_key()?;
+        let format: SignatureFormat = self.signature_format.parse()?;
+        let bytes = Base64::decode_vec(&self.signature).map_err(|_| {
+            CoreError::InvalidInput("the assertion's signature is not base64".into())
+        })?;
+        Ok(encoding::decode_signature(pk.algorithm(), &bytes, format)?)
+    }
+
+    /// When the assertion says it was made, in seconds since the Unix epoch (check
+    /// [`Assertion::verify_metadata`] first).
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidInput`] if `created_at` is not an RFC 3339 time.
+    pub fn created_at_unix(&self) -> Result<u64> {
+        let t = humantime::parse_rfc3339(&self.created_at).map_err(|_| {
+            CoreError::InvalidInput(format!(
+                "the assertion's created_at '{}' is not an RFC 3339 time",
+                self.created_at
+            ))
+        })?;
+        Ok(t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
     }
 
     /// The assertion as pretty-printed JSON.
@@ -106,26 +292,18 @@ impl Assertion {
             .map_err(|e| CoreError::InvalidInput(format!("not a keyhaven assertion: {e}")).into())
     }
 
-    /// Checks the assertion with its own public key: the fingerprint matches the key, and the
-    /// signature verifies over the digest it names, or over `message` (whose SHA-256 must
-    /// match) for a message signature.
+    /// Checks the assertion: its metadata ([`Assertion::verify_metadata`]), and the signature
+    /// it describes over the digest it names, or over `message` (whose SHA-256 must match) for
+    /// a message signature.
     ///
     /// # Errors
-    /// [`CoreError::BadSignature`] if the signature does not verify; [`CoreError::InvalidInput`]
-    /// for a malformed assertion, a fingerprint or message that does not match, or a message
-    /// signature checked without its message.
+    /// [`CoreError::BadSignature`] if the signature or the metadata does not verify, or
+    /// `message` is not the one signed; [`CoreError::InvalidInput`] for a malformed assertion
+    /// or a message signature checked without its message.
     pub fn verify(&self, message: Option<&[u8]>) -> Result<()> {
         let invalid = |m: &str| Error::from(CoreError::InvalidInput(m.to_owned()));
-        let pk = default_provider().parse_public_key_pem(&self.public_key_pem)?;
-        if pk.fingerprint().to_hex() != self.fingerprint {
-            return Err(invalid(
-                "the assertion's fingerprint does not match its public key",
-            ));
-        }
-        let format: SignatureFormat = self.signature_format.parse()?;
-        let bytes = Base64::decode_vec(&self.signature)
-            .map_err(|_| invalid("the assertion's signature is not base64"))?;
-        let sig = encoding::decode_signature(pk.algorithm(), &bytes, format)?;
+        let pk = self.verify_metadata()?;
+        let sig = self.signature()?;
         match (&self.signed_digest, &self.message_sha256, message) {
             (Some(d), _, _) => {
                 let digest =
@@ -134,7 +312,8 @@ impl Assertion {
             }
             (None, Some(h), Some(m)) => {
                 if hex::encode(Sha256::digest(m)) != *h {
-                    return Err(invalid("the message is not the one the assertion names"));
+                    // Another message: the signature is not over it.
+                    return Err(CoreError::BadSignature.into());
                 }
                 crate::verify(&pk, m, &sig)?;
             }

@@ -16,7 +16,7 @@ mod manager;
 mod passphrase;
 pub mod rotation;
 
-pub use assertion::{ASSERTION_VERSION, Assertion, rfc3339};
+pub use assertion::{ASSERTION_JWS_TYPE, ASSERTION_VERSION, Assertion, rfc3339};
 pub use backend::{Backend, BackendKind};
 pub use config::{BackendConfig, CONFIG_FILE, Config, DefaultKey, FallbackConfig, TokenRef};
 pub use doctor::{BackendReport, DoctorReport, MechanismDiagnosis, TokenDiagnosis, TpmDiagnosis};

@@ -157,13 +157,14 @@ fn assertions() {
     for (kind, m, _home) in managers() {
         let key = m.generate(None, Algorithm::EcdsaP384, "a").unwrap();
         let sig = m.sign(&key, b"artifact").unwrap();
-        let a = Assertion::new(
-            &key,
-            SignInput::Message(b"artifact"),
-            &sig,
-            SignatureFormat::Der,
-        )
-        .unwrap();
+        let a = m
+            .make_assertion(
+                &key,
+                SignInput::Message(b"artifact"),
+                &sig,
+                SignatureFormat::Der,
+            )
+            .unwrap();
         assert_eq!(a.version, keyhaven::ASSERTION_VERSION);
         assert_eq!(a.algorithm, "ES384");
         assert_eq!(a.key_id, key.id().as_str());
@@ -187,14 +188,16 @@ fn assertions() {
         back.verify(Some(b"artifact")).unwrap();
         assert_eq!(
             back.verify(Some(b"artifacT")).unwrap_err().kind(),
-            ErrorKind::InvalidInput
+            ErrorKind::BadSignature
         );
         assert!(back.verify(None).is_err());
 
         // a digest assertion, raw format
         let d = Sha384::digest(b"artifact").to_vec();
         let sig = m.sign_digest(&key, &d).unwrap();
-        let a = Assertion::new(&key, SignInput::Digest(&d), &sig, SignatureFormat::Raw).unwrap();
+        let a = m
+            .make_assertion(&key, SignInput::Digest(&d), &sig, SignatureFormat::Raw)
+            .unwrap();
         assert_eq!(a.signed_digest.as_deref(), Some(hex::encode(&d).as_str()));
         a.verify(None).unwrap();
         let mut tampered = a.clone();
@@ -206,6 +209,44 @@ fn assertions() {
         let mut swapped = a.clone();
         swapped.fingerprint = "00".repeat(32);
         assert!(swapped.verify(None).is_err());
+        // Every field of the metadata is signed: editing any one fails as a bad signature.
+        type Edit = fn(&mut Assertion);
+        let edits: [(&str, Edit); 6] = [
+            ("protection", |a| a.protection = "hardware".into()),
+            ("backend_type", |a| a.backend_type = "pkcs11".into()),
+            ("backend", |a| a.backend.push('x')),
+            ("key_id", |a| a.key_id = "0".repeat(32)),
+            ("key_label", |a| a.key_label.push('x')),
+            ("created_at", |a| {
+                a.created_at = "2020-01-01T00:00:00Z".into()
+            }),
+        ];
+        for (field, edit) in edits {
+            let mut edited = a.clone();
+            edit(&mut edited);
+            assert_eq!(
+                edited.verify(None).unwrap_err().kind(),
+                ErrorKind::BadSignature,
+                "{field}"
+            );
+        }
+        // A JWS from another assertion of the same key does not fit this one.
+        let other = m
+            .make_assertion(&key, SignInput::Digest(&d), &sig, SignatureFormat::Der)
+            .unwrap();
+        let mut spliced = a.clone();
+        spliced.jws = other.jws.clone();
+        assert_eq!(
+            spliced.verify(None).unwrap_err().kind(),
+            ErrorKind::BadSignature
+        );
+        // Without its JWS (a version 1 assertion) nothing in it is trusted.
+        let mut unsigned = a.clone();
+        unsigned.jws.clear();
+        assert_eq!(
+            unsigned.verify(None).unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
         let raw = encoding::encode_signature(&sig, SignatureFormat::Raw).unwrap();
         assert_eq!(raw.len(), 96);
     }
