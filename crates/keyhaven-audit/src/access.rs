@@ -149,6 +149,15 @@ impl<S: KeyStore> KeyStore for AccessControlledStore<S> {
         self.check_new(label)?;
         self.inner.import_pkcs8(label, pkcs8_der)
     }
+    fn restore_pkcs8(
+        &self,
+        original: &KeyInfo,
+        label: &str,
+        pkcs8_der: &SecretBytes,
+    ) -> Result<KeyInfo> {
+        self.check_new(label)?;
+        self.inner.restore_pkcs8(original, label, pkcs8_der)
+    }
     fn export_pkcs8(&self, id: &KeyId) -> Result<SecretBytes> {
         // Hardware keys first: no rule can make them exportable, and the message says so.
         if let Ok(info) = self.inner.get(id)

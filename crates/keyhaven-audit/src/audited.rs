@@ -239,6 +239,21 @@ impl<S: KeyStore> KeyStore for AuditedStore<S> {
             info_key,
         )
     }
+    fn restore_pkcs8(
+        &self,
+        original: &KeyInfo,
+        label: &str,
+        pkcs8_der: &SecretBytes,
+    ) -> Result<KeyInfo> {
+        let event = self
+            .event("import", Some(original.id.as_str()))
+            .reason(format!("restored key labelled '{label}'"));
+        self.guarded(
+            event,
+            || self.inner.restore_pkcs8(original, label, pkcs8_der),
+            info_key,
+        )
+    }
     fn export_pkcs8(&self, id: &KeyId) -> Result<SecretBytes> {
         let event = self.event("export", Some(id.as_str()));
         self.guarded(event, || self.inner.export_pkcs8(id), no_key)

@@ -212,7 +212,7 @@ fn temp_label(label: &str) -> Result<String> {
 #[derive(Default)]
 struct Undo {
     created: Vec<KeyId>,
-    deleted: Vec<(String, SecretBytes)>,
+    deleted: Vec<(KeyInfo, SecretBytes)>,
 }
 
 impl Undo {
@@ -223,8 +223,17 @@ impl Undo {
                 problems.push(format!("could not delete restored key {id}: {e}"));
             }
         }
-        for (label, der) in &self.deleted {
-            match store.import_pkcs8(label, der) {
+        for (old, der) in &self.deleted {
+            let (id, label) = (&old.id, &old.label);
+            // Back under its own id where the store allows it.
+            let back = match store.restore_pkcs8(old, label, der) {
+                Err(Error::Unsupported { .. } | Error::AlreadyExists(_)) => {
+                    store.import_pkcs8(label, der)
+                }
+                other => other,
+            };
+            match back {
+                Ok(info) if info.id == *id => {}
                 Ok(info) => problems.push(format!(
                     "the replaced key '{label}' was put back with new id {}",
                     info.id
@@ -268,7 +277,22 @@ fn import_verified(
         .private
         .as_ref()
         .ok_or_else(|| ("import", Error::InvalidInput("no private key".into())))?;
-    let info = store.import_pkcs8(label, der).map_err(|e| ("import", e))?;
+    // The key keeps its id where the store allows it (and the id is free), so everything that
+    // names it (versions, history, the default key) still does; otherwise it gets a new one.
+    let original = KeyInfo::new(
+        entry.id.clone(),
+        entry.label.clone(),
+        entry.protection,
+        entry.public_key.clone(),
+        entry.created_at,
+    );
+    let info = match store.restore_pkcs8(&original, label, der) {
+        Ok(info) => info,
+        Err(Error::Unsupported { .. } | Error::AlreadyExists(_)) => {
+            store.import_pkcs8(label, der).map_err(|e| ("import", e))?
+        }
+        Err(e) => return Err(("import", e)),
+    };
     undo.created.push(info.id.clone());
     recovery_verify(store, &info.id, entry).map_err(|e| ("recovery verification", e))?;
     Ok(info.id)
@@ -280,7 +304,9 @@ fn import_verified(
 /// as public-only. If anything fails, everything this restore created is deleted (and replaced
 /// keys are put back), so no partial restore is left behind.
 ///
-/// Restored keys get new ids (stores assign ids); [`RestoreReport::id_map`] maps them.
+/// Restored keys keep their ids where the store can restore under an id and the id is free
+/// ([`KeyStore::restore_pkcs8`]); otherwise they get new ones. [`RestoreReport::id_map`] maps
+/// backed-up ids to restored ones.
 ///
 /// # Errors
 /// [`BackupError::InvalidInput`] listing the conflicts under [`OnConflict::Fail`], or for a
@@ -421,10 +447,8 @@ pub fn restore(
         if let Err(e) = into.delete(&old.id) {
             return Err(fail(into, undo, &entry.label, "delete the replaced key", e));
         }
-        undo.deleted.push((
-            old.label.clone(),
-            SecretBytes::copy_from(old_der.expose_secret()),
-        ));
+        undo.deleted
+            .push((old.clone(), SecretBytes::copy_from(old_der.expose_secret())));
         let new_id = match import_verified(into, entry, &entry.label, &mut undo) {
             Ok(id) => id,
             Err((stage, e)) => return Err(fail(into, undo, &entry.label, stage, e)),

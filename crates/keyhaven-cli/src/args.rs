@@ -249,6 +249,17 @@ pub(crate) enum RevocationsCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// Record the statements of an exported list in this home (a home restored from a backup
+    /// taking in revocations made since): its keys are then refused here too.
+    Import {
+        /// The list (`keyhaven revocations export`).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The fingerprint (hex, at least 16 characters) of the authority that must have
+        /// signed it (`keyhaven revocations export` prints it).
+        #[arg(long, value_name = "FINGERPRINT")]
+        authority: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

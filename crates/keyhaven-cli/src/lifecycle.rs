@@ -415,6 +415,18 @@ pub(crate) fn revocations(ctx: &Ctx, cmd: RevocationsCommand) -> Result<u8> {
                 print_table(&["KEY", "REVOKED", "COMPROMISED", "REASON"], &rows)?;
             }
         }
+        RevocationsCommand::Import { file, authority } => {
+            let list = keyhaven::compromise::RevocationList::parse(&crate::output::read_file(
+                &file,
+                "revocation list",
+            )?)
+            .map_err(CoreError::from)?;
+            let added = m.import_revocations(&list, Some(&authority))?;
+            outln!(
+                "{added} new revocation(s) recorded ({} in the list)",
+                list.statements.len()
+            )?;
+        }
         RevocationsCommand::Export { out } => {
             let list = m.export_revocations()?;
             let text = format!("{}\n", list.to_json().map_err(CoreError::from)?);

@@ -585,7 +585,7 @@ impl<S: KeyStore> RevocationCheckedStore<S> {
 
 impl<S: KeyStore> KeyStore for RevocationCheckedStore<S> {
     keyhaven_core::forward_key_store!(inner; info, generate, list, get, find_by_label, resolve,
-        public_key, delete, check, import_pkcs8);
+        public_key, delete, check, import_pkcs8, restore_pkcs8);
 
     fn sign(&self, id: &KeyId, message: &[u8]) -> keyhaven_core::Result<Signature> {
         self.ensure_usable(id)?;

@@ -76,6 +76,12 @@ macro_rules! forward_key_store {
         fn import_pkcs8(&self, label: &str, pkcs8_der: &$crate::SecretBytes)
             -> $crate::Result<$crate::KeyInfo> { self.$f.import_pkcs8(label, pkcs8_der) }
     };
+    (@one $f:ident restore_pkcs8) => {
+        fn restore_pkcs8(&self, original: &$crate::KeyInfo, label: &str,
+            pkcs8_der: &$crate::SecretBytes) -> $crate::Result<$crate::KeyInfo> {
+            self.$f.restore_pkcs8(original, label, pkcs8_der)
+        }
+    };
     (@one $f:ident export_pkcs8) => {
         fn export_pkcs8(&self, id: &$crate::KeyId) -> $crate::Result<$crate::SecretBytes> {
             self.$f.export_pkcs8(id)

@@ -141,6 +141,29 @@ pub trait KeyStore: Send + Sync + 'static {
         })
     }
 
+    /// Imports a private key as the key `original` it was in the store it came from (a backup
+    /// being restored): it keeps `original`'s id and creation time, so references to the key,
+    /// its versions and its history keep naming it. `label` may differ from the original's (a
+    /// renamed restore). The private key must be `original`'s (its public key).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] by default (stores that assign ids themselves: use
+    /// [`KeyStore::import_pkcs8`]); [`Error::AlreadyExists`] if the id or the label is taken;
+    /// [`Error::InvalidInput`] if the private key is not `original`'s; as
+    /// [`KeyStore::import_pkcs8`] otherwise.
+    fn restore_pkcs8(
+        &self,
+        original: &KeyInfo,
+        label: &str,
+        pkcs8_der: &SecretBytes,
+    ) -> Result<KeyInfo> {
+        let _ = (original, label, pkcs8_der);
+        Err(Error::Unsupported {
+            operation: "restore a private key under its id",
+            reason: format!("the {} backend assigns key ids itself", self.info().kind),
+        })
+    }
+
     /// Exports a private key as PKCS#8 DER. Hazardous: the caller must protect the result.
     ///
     /// # Errors
@@ -197,6 +220,14 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
     }
     fn import_pkcs8(&self, label: &str, pkcs8_der: &SecretBytes) -> Result<KeyInfo> {
         (**self).import_pkcs8(label, pkcs8_der)
+    }
+    fn restore_pkcs8(
+        &self,
+        original: &KeyInfo,
+        label: &str,
+        pkcs8_der: &SecretBytes,
+    ) -> Result<KeyInfo> {
+        (**self).restore_pkcs8(original, label, pkcs8_der)
     }
     fn export_pkcs8(&self, id: &KeyId) -> Result<SecretBytes> {
         (**self).export_pkcs8(id)

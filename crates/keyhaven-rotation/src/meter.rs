@@ -176,6 +176,15 @@ impl UsageMeter {
         Ok(())
     }
 
+    /// Adds `count` signatures made elsewhere to `id`'s persisted count: a key restored from
+    /// a backup brings the usage it had (what it signs here is counted on top).
+    ///
+    /// # Errors
+    /// Storage errors; [`RotationError::Corrupt`] for a damaged counter.
+    pub fn add_restored(&self, id: &KeyId, count: u64) -> Result<u64> {
+        self.adjust(id, count, 0)
+    }
+
     /// Gives back the slot taken by [`UsageMeter::begin`] when the signature was not made.
     pub fn cancel(&self, id: &KeyId) {
         if let Ok(mut slots) = self.slots()
@@ -269,7 +278,7 @@ impl<S: KeyStore> MeteredStore<S> {
 
 impl<S: KeyStore> KeyStore for MeteredStore<S> {
     keyhaven_core::forward_key_store!(inner; info, generate, list, get, find_by_label, resolve,
-        public_key, agree, delete, check, import_pkcs8, export_pkcs8);
+        public_key, agree, delete, check, import_pkcs8, restore_pkcs8, export_pkcs8);
 
     fn sign(&self, id: &KeyId, message: &[u8]) -> keyhaven_core::Result<Signature> {
         self.counted(id, || self.inner.sign(id, message))

@@ -170,6 +170,31 @@ impl Registry {
         Ok(key)
     }
 
+    /// Registers a logical key restored from a backup ([`LogicalKey::restored`]) as it is.
+    ///
+    /// # Errors
+    /// [`keyhaven_core::Error::AlreadyExists`] if the logical key, or a key id of one of its
+    /// versions, is registered already; storage errors.
+    pub fn insert_restored(&self, key: &LogicalKey) -> Result<()> {
+        let _lock = self.lock()?;
+        key.check_invariants()?;
+        for v in key.versions() {
+            if self.find_by_key_id(v.key_id())?.is_some() {
+                return Err(CoreError::AlreadyExists(format!(
+                    "key {} in the rotation registry (logical key '{}')",
+                    v.key_id(),
+                    key.label()
+                ))
+                .into());
+            }
+        }
+        let id: KeyId = key.id().parse()?;
+        if self.state.read(&self.file(&id))?.is_some() {
+            return Err(CoreError::AlreadyExists(format!("logical key {id}")).into());
+        }
+        self.write(key)
+    }
+
     /// The logical key with id `id`.
     ///
     /// # Errors

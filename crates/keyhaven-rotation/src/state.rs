@@ -385,6 +385,32 @@ impl LogicalKey {
         }
     }
 
+    /// The same logical key, restored from a backup into `backend`, where the keys of its
+    /// versions got the ids in `ids` (backed-up id to restored id; an id not in the map was
+    /// kept). The logical id follows version 1's key. Everything else (states, history,
+    /// continuity proofs, usage) is kept.
+    ///
+    /// # Errors
+    /// [`RotationError`] if the result breaks the invariants (two versions given one id).
+    pub fn restored(
+        mut self,
+        backend: &str,
+        ids: &std::collections::BTreeMap<KeyId, KeyId>,
+    ) -> Result<Self> {
+        self.backend = backend.to_owned();
+        for v in &mut self.versions {
+            if let Some(new) = ids.get(&v.key_id) {
+                if v.number == 1 {
+                    self.id = new.to_string();
+                }
+                v.key_id = new.clone();
+            }
+        }
+        self.pending = None;
+        self.check_invariants()?;
+        Ok(self)
+    }
+
     /// The logical id (the backend id of version 1).
     pub fn id(&self) -> &str {
         &self.id

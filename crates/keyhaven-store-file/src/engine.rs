@@ -177,7 +177,7 @@ impl<F: Format> Engine<F> {
     ) -> Result<KeyInfo> {
         validate_label(label)?;
         let key = self.provider.generate(algorithm)?;
-        self.insert(label, key.as_ref(), protection)
+        self.insert(None, label, key.as_ref(), protection)
     }
 
     pub(crate) fn import(
@@ -188,24 +188,50 @@ impl<F: Format> Engine<F> {
     ) -> Result<KeyInfo> {
         validate_label(label)?;
         let key = self.provider.load_pkcs8(pkcs8.expose_secret())?;
-        self.insert(label, key.as_ref(), protection)
+        self.insert(None, label, key.as_ref(), protection)
+    }
+
+    /// [`Engine::import`] as the key `original` (a restored backup: its id and creation time).
+    pub(crate) fn restore(
+        &self,
+        original: &KeyInfo,
+        label: &str,
+        pkcs8: &SecretBytes,
+        protection: keyhaven_core::Protection,
+    ) -> Result<KeyInfo> {
+        validate_label(label)?;
+        let key = self.provider.load_pkcs8(pkcs8.expose_secret())?;
+        if *key.public_key() != original.public_key {
+            return Err(Error::InvalidInput(format!(
+                "the private key is not the one of key {}",
+                original.id
+            )));
+        }
+        self.insert(Some(original), label, key.as_ref(), protection)
     }
 
     fn insert(
         &self,
+        original: Option<&KeyInfo>,
         label: &str,
         key: &dyn PrivateKey,
         protection: keyhaven_core::Protection,
     ) -> Result<KeyInfo> {
-        let id = KeyId::generate()?;
+        let (id, created_at) = match original {
+            Some(o) => (o.id.clone(), o.created_at),
+            None => (KeyId::generate()?, unix_now()),
+        };
         let info = KeyInfo::new(
             id.clone(),
             label.to_owned(),
             protection,
             key.public_key().clone(),
-            unix_now(),
+            created_at,
         );
         let lock = self.dir.lock()?;
+        if self.dir.has_record(&id) {
+            return Err(Error::AlreadyExists(format!("a key with id {id}")));
+        }
         // Claim the label first: a crash after this leaves a stale claim (no record), which
         // the next writer reuses; a crash before the record is written leaves no listed key.
         self.dir.claim_label(&lock, label, &id)?;
@@ -319,6 +345,15 @@ macro_rules! delegate_keystore {
                 pkcs8_der: &keyhaven_core::SecretBytes,
             ) -> keyhaven_core::Result<keyhaven_core::KeyInfo> {
                 self.engine.import(label, pkcs8_der, Self::PROTECTION)
+            }
+            fn restore_pkcs8(
+                &self,
+                original: &keyhaven_core::KeyInfo,
+                label: &str,
+                pkcs8_der: &keyhaven_core::SecretBytes,
+            ) -> keyhaven_core::Result<keyhaven_core::KeyInfo> {
+                self.engine
+                    .restore(original, label, pkcs8_der, Self::PROTECTION)
             }
             fn export_pkcs8(
                 &self,

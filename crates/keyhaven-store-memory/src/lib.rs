@@ -83,19 +83,31 @@ impl MemoryStore {
     }
 
     fn insert(&self, label: &str, key: &dyn PrivateKey) -> Result<KeyInfo> {
+        self.insert_as(KeyId::generate()?, label, key, unix_now())
+    }
+
+    fn insert_as(
+        &self,
+        id: KeyId,
+        label: &str,
+        key: &dyn PrivateKey,
+        created_at: u64,
+    ) -> Result<KeyInfo> {
         validate_label(label)?;
-        let id = KeyId::generate()?;
         let (nonce, sealed) = self.seal(&id, key)?;
         let info = KeyInfo::new(
             id.clone(),
             label.to_owned(),
             Protection::SoftwareEncrypted,
             key.public_key().clone(),
-            unix_now(),
+            created_at,
         );
         let mut keys = self.keys.write().map_err(|_| poisoned())?;
         if keys.values().any(|e| e.info.label == label) {
             return Err(Error::AlreadyExists(format!("a key labelled '{label}'")));
+        }
+        if keys.contains_key(&id) {
+            return Err(Error::AlreadyExists(format!("a key with id {id}")));
         }
         keys.insert(
             id,
@@ -157,6 +169,27 @@ impl KeyStore for MemoryStore {
         validate_label(label)?;
         let key = self.provider.load_pkcs8(pkcs8_der.expose_secret())?;
         self.insert(label, key.as_ref())
+    }
+
+    fn restore_pkcs8(
+        &self,
+        original: &KeyInfo,
+        label: &str,
+        pkcs8_der: &SecretBytes,
+    ) -> Result<KeyInfo> {
+        let key = self.provider.load_pkcs8(pkcs8_der.expose_secret())?;
+        if *key.public_key() != original.public_key {
+            return Err(Error::InvalidInput(format!(
+                "the private key is not the one of key {}",
+                original.id
+            )));
+        }
+        self.insert_as(
+            original.id.clone(),
+            label,
+            key.as_ref(),
+            original.created_at,
+        )
     }
 
     fn export_pkcs8(&self, id: &KeyId) -> Result<SecretBytes> {

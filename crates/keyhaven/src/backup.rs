@@ -21,6 +21,15 @@ pub use keyhaven_backup::{
 };
 
 use crate::manager::managed;
+
+/// Backup entry metadata: the logical key's registry entry (JSON), once per logical key.
+pub const META_REGISTRY: &str = "rotation.registry";
+/// Backup entry metadata: the key's usage count.
+pub const META_USAGE: &str = "usage";
+/// Backup entry metadata: `true` on the home's default key.
+pub const META_DEFAULT: &str = "default";
+/// Backup entry metadata (first entry): the home's revocation list (JSON).
+pub const META_REVOCATIONS: &str = "home.revocations";
 use crate::{Backend, CoreError, Error, KeyManager, ManagedKey, Result};
 
 impl KeyManager {
@@ -52,8 +61,29 @@ impl KeyManager {
                 let mut keys = Vec::with_capacity(refs.len());
                 for r in refs {
                     let key = self.resolve(r)?;
-                    if seen.insert((key.backend.clone(), key.info.id.clone())) {
-                        keys.push(key);
+                    // A logical key is backed up whole: every version whose key still
+                    // exists and is not revoked, so its history restores with it.
+                    let mut named = vec![key.clone()];
+                    if let Some(l) = self.logical_key(&key)? {
+                        for v in l.versions() {
+                            if v.key_id() == key.id() || v.state().is_terminal() {
+                                continue;
+                            }
+                            match self.resolve(&format!("{}:{}", l.backend(), v.key_id())) {
+                                Ok(k) if self.revocation_of(&k)?.is_none() => named.push(k),
+                                Ok(_) | Err(Error::Core(CoreError::NotFound(_))) => {}
+                                Err(Error::Backend {
+                                    source: CoreError::NotFound(_),
+                                    ..
+                                }) => {}
+                                Err(e) => return Err(e),
+                            }
+                        }
+                    }
+                    for k in named {
+                        if seen.insert((k.backend.clone(), k.info.id.clone())) {
+                            keys.push(k);
+                        }
                     }
                 }
                 keys
@@ -86,7 +116,131 @@ impl KeyManager {
             }
             entries.extend(collected);
         }
+        self.record_lifecycle(&mut entries)?;
         Ok(entries)
+    }
+
+    /// Adds to the entries what a restore needs to bring the keys' lifecycle back: each logical
+    /// key's registry entry (versions, states, history, continuity proofs; once per logical
+    /// key), usage counts, which key is the default, and the home's revocation statements.
+    /// All of it travels inside the backup's encrypted, authenticated records.
+    fn record_lifecycle(&self, entries: &mut [BackupEntry]) -> Result<()> {
+        let meter = self.usage_meter()?;
+        let default = self.config().default_key;
+        let mut logical_seen = BTreeSet::new();
+        for e in entries.iter_mut() {
+            let usage = meter.usage(&e.id).map_err(|e| Error::Core(e.into()))?;
+            if usage > 0 {
+                e.metadata.insert(META_USAGE.into(), usage.to_string());
+            }
+            if default
+                .as_ref()
+                .is_some_and(|d| d.backend == e.backend && d.id == e.id)
+            {
+                e.metadata.insert(META_DEFAULT.into(), "true".into());
+            }
+            let Some(logical) = e.metadata.get("logical_key").cloned() else {
+                continue;
+            };
+            if logical_seen.insert(logical.clone())
+                && let Some(l) = self.find_logical_key(&logical)?
+            {
+                let json = serde_json::to_string(&l).map_err(|err| {
+                    CoreError::InvalidInput(format!("cannot encode logical key {logical}: {err}"))
+                })?;
+                e.metadata.insert(META_REGISTRY.into(), json);
+            }
+        }
+        if !self
+            .revocations()?
+            .all()
+            .map_err(CoreError::from)?
+            .is_empty()
+            && let Some(first) = entries.first_mut()
+        {
+            let list = self.export_revocations()?;
+            first.metadata.insert(
+                META_REVOCATIONS.into(),
+                list.to_json().map_err(CoreError::from)?,
+            );
+        }
+        Ok(())
+    }
+
+    /// Records the revocation statements of `list` in this home, each checked against the
+    /// list's issuer, or, with `pinned`, only if the issuer's fingerprint starts with it.
+    /// Revocations only ever take keys away, so a home accepts them from its own earlier
+    /// authority (a restored backup) as from its current one. Returns how many were new.
+    ///
+    /// # Errors
+    /// A forged statement or an issuer that is not the pinned one; the registry cannot be
+    /// written.
+    pub fn import_revocations(
+        &self,
+        list: &crate::compromise::RevocationList,
+        pinned: Option<&str>,
+    ) -> Result<usize> {
+        let issuer = list.issuer_key().map_err(CoreError::from)?;
+        match pinned {
+            Some(pin) => {
+                list.verify_pinned(pin).map_err(CoreError::from)?;
+            }
+            None => {
+                list.verify(&issuer).map_err(CoreError::from)?;
+            }
+        }
+        let registry = self.revocations()?;
+        let before = registry.all().map_err(CoreError::from)?.len();
+        for s in &list.statements {
+            registry
+                .record(s.clone(), &issuer)
+                .map_err(CoreError::from)?;
+        }
+        Ok(registry.all().map_err(CoreError::from)?.len() - before)
+    }
+
+    /// After a restore: the logical keys (with their versions' new ids), usage counts and the
+    /// default key the backup recorded. A logical key already registered is left as it is.
+    fn restore_lifecycle(
+        &self,
+        b: &Backend,
+        entries: &[BackupEntry],
+        report: &RestoreReport,
+    ) -> Result<()> {
+        let ids = report.id_map();
+        let registry = self.rotation_registry()?;
+        for e in entries {
+            let Some(json) = e.metadata.get(META_REGISTRY) else {
+                continue;
+            };
+            let logical: crate::versions::LogicalKey =
+                serde_json::from_str(json).map_err(|err| {
+                    CoreError::corrupt(
+                        format!("backup entry '{}'", e.label),
+                        format!("its rotation record is not a logical key: {err}"),
+                    )
+                })?;
+            let restored = logical
+                .restored(b.name(), &ids)
+                .map_err(|err| Error::Core(err.into()))?;
+            match registry.insert_restored(&restored) {
+                Ok(()) => {}
+                Err(crate::versions::RotationError::Core(CoreError::AlreadyExists(_))) => {}
+                Err(err) => return Err(Error::Core(err.into())),
+            }
+        }
+        let meter = self.usage_meter()?;
+        for e in entries {
+            let (Some(usage), Some(new)) = (e.metadata.get(META_USAGE), ids.get(&e.id)) else {
+                continue;
+            };
+            if let Ok(n) = usage.parse::<u64>() {
+                meter
+                    .add_restored(new, n)
+                    .map_err(|err| Error::Core(err.into()))?;
+            }
+        }
+        Ok(())
     }
 
     /// Restores backup entries into the backend `into` (default: the default backend), its
@@ -117,6 +271,15 @@ impl KeyManager {
             Some(b) => b.to_owned(),
             None => self.default_backend_name()?,
         };
+        // The revocations the backup recorded come first: a key revoked in the backup's home
+        // never comes back, here either.
+        for e in entries {
+            if let Some(json) = e.metadata.get(META_REVOCATIONS) {
+                let list = crate::compromise::RevocationList::parse(json.as_bytes())
+                    .map_err(CoreError::from)?;
+                self.import_revocations(&list, None)?;
+            }
+        }
         // Revoked key material never comes back under a new id.
         for e in entries {
             self.refuse_revoked_material(&e.public_key, &e.label)?;
@@ -139,15 +302,26 @@ impl KeyManager {
         }
         let report = keyhaven_backup::restore(store, entries, on_conflict)
             .map_err(|e| Error::backend(b.name(), restore_error(e)))?;
-        self.follow_default(&b, &report)?;
+        self.restore_lifecycle(&b, entries, &report)?;
+        self.follow_default(&b, entries, &report)?;
         Ok(report)
     }
 
     /// Keeps the default key pointing at the same key after a restore: a replaced default key
     /// is followed to its replacement, and a default key that no longer exists (a wiped store)
     /// to the restored copy of it. Without a default key, the first restored key becomes it.
-    fn follow_default(&self, b: &Backend, report: &RestoreReport) -> Result<()> {
+    fn follow_default(
+        &self,
+        b: &Backend,
+        entries: &[BackupEntry],
+        report: &RestoreReport,
+    ) -> Result<()> {
         let current = self.config().default_key;
+        // The key the backup recorded as the default, when it was restored.
+        let recorded = entries
+            .iter()
+            .find(|e| e.metadata.get(META_DEFAULT).is_some_and(|v| v == "true"))
+            .and_then(|e| report.id_map().get(&e.id).cloned());
         let mut replacement = None;
         let mut restored_copy = None;
         let mut first = None;
@@ -184,7 +358,7 @@ impl KeyManager {
                 self.set_default_key(&managed(b, info(id)?))?;
             }
         } else if current.is_none()
-            && let Some(id) = first
+            && let Some(id) = recorded.as_ref().or(first)
         {
             self.default_if_none(&managed(b, info(id)?))?;
         }

@@ -458,3 +458,136 @@ fn key_export_formats() {
         2,
     );
 }
+
+/// `key list --json` as a set of comparable rows (paths, if any, left out).
+fn listing(h: &Home) -> BTreeSet<String> {
+    let list = h.json(&["key", "list", "--json"]);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            let mut k = k.clone();
+            k.as_object_mut().unwrap().remove("private_key_file");
+            k.to_string()
+        })
+        .collect()
+}
+
+fn sign_ok(h: &Home, key: &str, msg: &Path) -> bool {
+    h.run(&["sign", "--key", key, "--message-file", s(msg)])
+        .status
+        .success()
+}
+
+#[test]
+fn a_backup_carries_the_whole_lifecycle_into_a_fresh_home() {
+    let h = Home::with_encrypted();
+    let dir = h.scratch();
+    let msg = dir.join("msg");
+    fs::write(&msg, b"lifecycle\n").unwrap();
+    // A rotated identity (v1 verify-only, v2 primary, with a continuity proof), a metered key
+    // that is the default, a key revoked before the backup and one revoked after it.
+    let id_v1 = h.generate("ed25519", "identity", &["--role", "identity"]);
+    h.ok(&["key", "rotate", "identity"]);
+    let metered = h.generate("p256", "metered", &[]);
+    for _ in 0..3 {
+        assert!(sign_ok(&h, "metered", &msg));
+    }
+    h.ok(&["key", "set-default", "metered"]);
+    h.generate("ed25519", "old", &[]);
+    h.ok(&["key", "revoke", "old", "--reason", "retired device"]);
+    let later = h.generate("p384", "later", &[]);
+    let before: BTreeSet<String> = listing(&h)
+        .into_iter()
+        .filter(|row| !row.contains("\"label\":\"old\""))
+        .collect();
+    let counted = |h: &Home| {
+        fs::read_to_string(h.path().join(format!("rotation/usage/{metered}.count")))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let usage_before = counted(&h);
+    assert!(usage_before >= 3);
+
+    let pass = passphrase_file(&dir, "backup-pass", BACKUP_PASSPHRASE);
+    let backup = dir.join("home.khb");
+    h.ok(&[
+        "backup",
+        "create",
+        "--out",
+        s(&backup),
+        "--backup-passphrase-file",
+        s(&pass),
+    ]);
+    // One logical key named by its label is backed up whole: both versions.
+    let one = dir.join("identity.khb");
+    h.ok(&[
+        "backup",
+        "create",
+        "--keys",
+        "identity",
+        "--out",
+        s(&one),
+        "--backup-passphrase-file",
+        s(&pass),
+    ]);
+    let header = h.json(&["backup", "inspect", s(&one), "--json"]);
+    assert_eq!(header["key_count"], 2, "{header}");
+
+    // Revoked after the backup was taken; its list is exported with the authority's pin.
+    h.ok(&["key", "revoke", "later", "--reason", "leaked"]);
+    let list = dir.join("revocations.json");
+    let out = h.run(&["revocations", "export", "--out", s(&list)]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let pin = stderr
+        .split("--authority ")
+        .nth(1)
+        .unwrap()
+        .trim()
+        .trim_end_matches(')')
+        .to_owned();
+
+    // Wipe, restore into a fresh home.
+    fs::remove_dir_all(h.path()).unwrap();
+    h.ok(&["backend", "add", "default", "--type", "encrypted"]);
+    h.ok(&[
+        "backup",
+        "restore",
+        s(&backup),
+        "--backup-passphrase-file",
+        s(&pass),
+    ]);
+    // Same ids, versions, states, default key: the listing matches.
+    assert_eq!(listing(&h), before);
+    assert!(counted(&h) >= usage_before, "usage counts never go down");
+    // The identity's history and continuity chain came back.
+    let hist = h.json(&["key", "history", "identity", "--json"]);
+    assert_eq!(hist["versions"].as_array().unwrap().len(), 2, "{hist}");
+    h.ok(&["verify-continuity", "--key", &id_v1]);
+    // v1 still refuses to sign; the logical key signs with v2.
+    h.fails(&["sign", "--key", &id_v1, "--message-file", s(&msg)], 5);
+    assert!(sign_ok(&h, "identity", &msg));
+    // The key revoked before the backup never came back.
+    h.fails(&["key", "show", "old"], 3);
+    // The key revoked after the backup signs until the current list is taken in.
+    assert!(sign_ok(&h, "later", &msg));
+    let out = h.ok(&["revocations", "import", s(&list), "--authority", &pin]);
+    assert!(out.contains("new revocation"), "{out}");
+    assert!(!sign_ok(&h, "later", &msg));
+    let shown = h.json(&["key", "show", &later, "--json"]);
+    assert_eq!(shown["id"], later.as_str());
+    // A list from an authority other than the pinned one is refused.
+    h.fails(
+        &[
+            "revocations",
+            "import",
+            s(&list),
+            "--authority",
+            "0123456789abcdef",
+        ],
+        7,
+    );
+}
