@@ -68,11 +68,16 @@ impl From<KeyId> for String {
     }
 }
 
-/// Checks a key label: 1 to 128 characters, no control characters, no leading or trailing spaces.
+/// Checks a key label: 1 to 128 characters in Unicode normalization form C, no control
+/// characters, no invisible formatting characters (bidirectional overrides and isolates,
+/// zero-width spaces and joiners, byte order marks: they make two labels look alike or text
+/// read in another order), no leading or trailing spaces. [`normalize_label`] brings a label
+/// typed in another form to NFC first.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] saying what is wrong with the label.
 pub fn validate_label(label: &str) -> Result<(), Error> {
+    use unicode_normalization::{IsNormalized, is_nfc_quick};
     if label.is_empty() {
         return Err(Error::InvalidInput("a key label may not be empty".into()));
     }
@@ -86,12 +91,64 @@ pub fn validate_label(label: &str) -> Result<(), Error> {
             "a key label may not contain control characters".into(),
         ));
     }
+    if let Some(c) = label.chars().find(|c| is_invisible_format(*c)) {
+        return Err(Error::InvalidInput(format!(
+            "a key label may not contain the invisible character U+{:04X} (bidirectional \
+             controls and zero-width characters make labels look like others)",
+            u32::from(c)
+        )));
+    }
     if label.trim() != label {
         return Err(Error::InvalidInput(
             "a key label may not start or end with white space".into(),
         ));
     }
+    let nfc = match is_nfc_quick(label.chars()) {
+        IsNormalized::Yes => true,
+        IsNormalized::No => false,
+        IsNormalized::Maybe => {
+            unicode_normalization::UnicodeNormalization::nfc(label).eq(label.chars())
+        }
+    };
+    if !nfc {
+        return Err(Error::InvalidInput(
+            "a key label must be in Unicode normalization form C (composed characters); \
+             keyhaven's commands normalize what you type"
+                .into(),
+        ));
+    }
     Ok(())
+}
+
+/// `label` in Unicode normalization form C, checked by [`validate_label`]: what keyhaven
+/// stores and looks labels up by, so `é` typed as one character or as `e` plus a combining
+/// accent names the same key.
+///
+/// # Errors
+/// As [`validate_label`].
+pub fn normalize_label(label: &str) -> Result<String, Error> {
+    use unicode_normalization::UnicodeNormalization;
+    let nfc: String = label.nfc().collect();
+    validate_label(&nfc)?;
+    Ok(nfc)
+}
+
+/// Characters that change how text reads or hide in it: the bidirectional embeddings,
+/// overrides, isolates and marks, zero-width spaces, (non-)joiners, word joiner, invisible
+/// operators, soft hyphen, and the byte order mark.
+fn is_invisible_format(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{2066}'..='\u{206F}'
+            | '\u{FEFF}'
+            | '\u{FFF9}'..='\u{FFFB}'
+    )
 }
 
 #[cfg(test)]
@@ -106,6 +163,27 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.as_str().len(), 32);
         assert_eq!(a.as_str().parse::<KeyId>().unwrap(), a);
+    }
+
+    #[test]
+    fn labels_are_nfc_and_visible() {
+        // composed and decomposed é name the same label; only the composed form is stored
+        let composed = "caf\u{e9}";
+        let decomposed = "cafe\u{301}";
+        assert!(validate_label(composed).is_ok());
+        assert!(validate_label(decomposed).is_err());
+        assert_eq!(normalize_label(decomposed).unwrap(), composed);
+        for bad in [
+            "release\u{202E}gpj.exe",
+            "rel\u{200B}ease",
+            "\u{FEFF}release",
+            "a\u{2066}b\u{2069}",
+            "x\u{200D}y",
+        ] {
+            let e = normalize_label(bad).unwrap_err();
+            assert!(e.to_string().contains("invisible"), "{bad:?}: {e}");
+        }
+        assert!(validate_label("日本語のラベル").is_ok());
     }
 
     #[test]

@@ -12,7 +12,7 @@ mod store;
 
 pub use algorithm::Algorithm;
 pub use error::{Error, Result};
-pub use id::{KeyId, validate_label};
+pub use id::{KeyId, normalize_label, validate_label};
 pub use key::{Fingerprint, KeyInfo, Protection, PublicKey, unix_now};
 pub use secret::SecretBytes;
 pub use signature::{Signature, SignatureFormat};

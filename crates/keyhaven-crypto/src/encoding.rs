@@ -6,25 +6,54 @@ use zeroize::Zeroizing;
 
 /// Decodes one PEM block whose label is one of `labels`; returns the label and the DER.
 ///
-/// Text around the block (comments, a trailing newline) is ignored; the DER is held in a
-/// zeroizing buffer because private keys pass through here too.
+/// Accepts what OpenSSL accepts: base64 lines of any length (64 columns as RFC 7468 writes
+/// them, 76 as MIME tools wrap them, or the whole body on one line), CRLF or LF line ends,
+/// white space around lines. Text around the block (comments, a trailing newline) is ignored;
+/// the DER, and the base64 it came from, are held in zeroizing buffers because private keys
+/// pass through here too. Legacy encrypted PEM (`Proc-Type:` headers) is refused with the
+/// command that converts it.
 ///
 /// # Errors
 /// [`Error::InvalidInput`] if there is no well-formed PEM block or its label is not accepted.
 pub fn pem_decode(text: &str, labels: &[&str]) -> Result<(String, Zeroizing<Vec<u8>>), Error> {
-    let begin = text.find("-----BEGIN ").ok_or_else(|| {
+    const BEGIN: &str = "-----BEGIN ";
+    let malformed = |why: &str| Error::InvalidInput(format!("malformed PEM: {why}"));
+    let begin = text.find(BEGIN).ok_or_else(|| {
         Error::InvalidInput("no PEM block found (expected a -----BEGIN ...----- line)".into())
     })?;
-    let block = &text[begin..];
-    let end_marker = block
-        .find("-----END ")
-        .and_then(|i| block[i + 9..].find("-----").map(|j| i + 9 + j + 5))
-        .ok_or_else(|| {
-            Error::InvalidInput("PEM block is not terminated (no -----END line)".into())
-        })?;
-    let (label, der) = pem_rfc7468::decode_vec(&block.as_bytes()[..end_marker])
-        .map_err(|e| Error::InvalidInput(format!("malformed PEM: {e}")))?;
-    let der = Zeroizing::new(der);
+    let after = &text[begin + BEGIN.len()..];
+    let label_len = after
+        .find("-----")
+        .ok_or_else(|| malformed("the BEGIN line does not end with -----"))?;
+    let label = &after[..label_len];
+    if label.contains(['\n', '\r']) {
+        return Err(malformed("the BEGIN line does not end with -----"));
+    }
+    let body_and_rest = &after[label_len + 5..];
+    let end_line = format!("-----END {label}-----");
+    let body_len = body_and_rest.find(&end_line).ok_or_else(|| {
+        Error::InvalidInput(format!("PEM block is not terminated (no {end_line} line)"))
+    })?;
+    let body = &body_and_rest[..body_len];
+    if body.contains(':') {
+        return Err(Error::InvalidInput(
+            "legacy encrypted PEM (with Proc-Type/DEK-Info headers) is not supported: convert \
+             it with `openssl pkcs8 -topk8 -in OLD.pem -out NEW.pem` (PKCS#8, encrypted or not)"
+                .into(),
+        ));
+    }
+    let mut b64 = Zeroizing::new(String::with_capacity(body.len()));
+    for c in body.chars() {
+        if !c.is_ascii_whitespace() {
+            b64.push(c);
+        }
+    }
+    let der = Zeroizing::new(
+        base64ct::Base64::decode_vec(&b64).map_err(|_| malformed("the body is not base64"))?,
+    );
+    if der.is_empty() {
+        return Err(malformed("the body is empty"));
+    }
     if !labels.contains(&label) {
         return Err(Error::InvalidInput(format!(
             "PEM block is '{label}', expected {}",

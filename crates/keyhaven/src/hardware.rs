@@ -112,6 +112,7 @@ impl KeyManager {
         if options.is_empty() {
             return self.generate(backend, algorithm, label);
         }
+        let label = &self.new_label(label)?;
         let name = match backend {
             Some(b) => b.to_owned(),
             None => self.default_backend_name()?,

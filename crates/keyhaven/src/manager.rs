@@ -685,6 +685,9 @@ impl KeyManager {
         if reference.is_empty() {
             return Err(CoreError::InvalidInput("an empty key reference".into()).into());
         }
+        // Labels are stored in NFC: look them up the same way, however they were typed.
+        let normalized = keyhaven_core::normalize_label(reference).ok();
+        let reference = normalized.as_deref().unwrap_or(reference);
         let config = self.config();
         if let Some((backend, rest)) = reference.split_once(':')
             && config.backends.contains_key(backend)
@@ -759,6 +762,7 @@ impl KeyManager {
         algorithm: Algorithm,
         label: &str,
     ) -> Result<ManagedKey> {
+        let label = &self.new_label(label)?;
         let name = match backend {
             Some(b) => b.to_owned(),
             None => self.default_backend_name()?,
@@ -774,6 +778,27 @@ impl KeyManager {
         Ok(key)
     }
 
+    /// The label a new key gets: `label` in Unicode NFC ([`keyhaven_core::normalize_label`]),
+    /// refused if it is the id of a key of a reachable backend (a reference to it would then
+    /// name two keys).
+    pub(crate) fn new_label(&self, label: &str) -> Result<String> {
+        let label = keyhaven_core::normalize_label(label)?;
+        if let Ok(id) = label.parse::<KeyId>() {
+            let (reachable, _) = self.scan_backends()?;
+            for b in reachable {
+                if b.store().get(&id).is_ok() {
+                    return Err(CoreError::InvalidInput(format!(
+                        "the label '{label}' is the id of key {}:{id}; a label equal to a key id \
+                         would make `{label}` name two keys: choose another label",
+                        b.name()
+                    ))
+                    .into());
+                }
+            }
+        }
+        Ok(label)
+    }
+
     /// Imports a PKCS#8 DER private key into `backend` (or the default backend), with the
     /// fallback rule and default key as for [`KeyManager::generate`].
     ///
@@ -786,6 +811,7 @@ impl KeyManager {
         label: &str,
         pkcs8_der: &SecretBytes,
     ) -> Result<ManagedKey> {
+        let label = &self.new_label(label)?;
         // Revoked key material never comes back under a new id.
         if let Ok(k) = crate::default_provider().load_pkcs8(pkcs8_der.expose_secret()) {
             self.refuse_revoked_material(k.public_key(), label)?;

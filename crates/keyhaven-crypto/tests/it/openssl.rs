@@ -272,3 +272,90 @@ fn we_read_openssl_keys_and_verify_openssl_signatures() {
         Algorithm::EcdsaP384
     );
 }
+
+/// Re-wraps a PEM file's base64 body at `width` columns (0: one line), CRLF line ends if asked.
+fn rewrap(pem: &str, width: usize, crlf: bool) -> String {
+    let mut lines = pem.lines();
+    let begin = lines.next().unwrap();
+    let mut body = String::new();
+    let mut end = "";
+    for line in lines {
+        if line.starts_with("-----END") {
+            end = line;
+            break;
+        }
+        body.push_str(line.trim());
+    }
+    let nl = if crlf { "\r\n" } else { "\n" };
+    let mut out = format!("{begin}{nl}");
+    if width == 0 {
+        out.push_str(&body);
+        out.push_str(nl);
+    } else {
+        for chunk in body.as_bytes().chunks(width) {
+            out.push_str(std::str::from_utf8(chunk).unwrap());
+            out.push_str(nl);
+        }
+    }
+    out.push_str(end);
+    out.push_str(nl);
+    out
+}
+
+#[test]
+fn pem_wrapped_as_openssl_accepts_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    ok(
+        &[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-out",
+            "k.pem",
+        ],
+        d,
+    );
+    ok(&["pkey", "-in", "k.pem", "-pubout", "-out", "pub.pem"], d);
+    let private = std::fs::read_to_string(d.join("k.pem")).unwrap();
+    let public = std::fs::read_to_string(d.join("pub.pem")).unwrap();
+    let expected = default_provider()
+        .parse_public_key_pem(&public)
+        .unwrap()
+        .fingerprint();
+    for (width, crlf) in [(76, false), (0, false), (64, true), (76, true), (40, false)] {
+        let p = rewrap(&private, width, crlf);
+        let q = rewrap(&public, width, crlf);
+        // OpenSSL itself reads the re-wrapped files...
+        std::fs::write(d.join("w.pem"), &p).unwrap();
+        std::fs::write(d.join("wpub.pem"), &q).unwrap();
+        ok(&["pkey", "-in", "w.pem", "-noout"], d);
+        ok(&["pkey", "-pubin", "-in", "wpub.pem", "-noout"], d);
+        // ...and so do we, to the same key.
+        let der = hazmat::private_key_pem_to_pkcs8(&p, None).unwrap();
+        let key = default_provider().load_pkcs8(der.expose_secret()).unwrap();
+        assert_eq!(key.public_key().fingerprint(), expected, "width {width}");
+        let pk = default_provider().parse_public_key_pem(&q).unwrap();
+        assert_eq!(pk.fingerprint(), expected, "width {width}");
+    }
+    // Legacy encrypted PEM is refused with the conversion command.
+    ok(
+        &[
+            "ec",
+            "-in",
+            "k.pem",
+            "-aes256",
+            "-passout",
+            "pass:pw",
+            "-out",
+            "legacy.pem",
+        ],
+        d,
+    );
+    let legacy = std::fs::read_to_string(d.join("legacy.pem")).unwrap();
+    assert!(legacy.contains("Proc-Type"), "{legacy}");
+    let e = hazmat::private_key_pem_to_pkcs8(&legacy, None).unwrap_err();
+    assert!(e.to_string().contains("openssl pkcs8 -topk8"), "{e}");
+}
