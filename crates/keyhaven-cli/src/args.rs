@@ -46,6 +46,11 @@ pub(crate) struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) passphrase_file: Option<PathBuf>,
 
+    /// Take a passphrase for a new store, backup or export even if it is short (under 12
+    /// characters) or repetitive.
+    #[arg(long, global = true, env = "KEYHAVEN_ALLOW_WEAK_PASSPHRASE")]
+    pub(crate) allow_weak_passphrase: bool,
+
     #[command(subcommand)]
     pub(crate) command: Command,
 }

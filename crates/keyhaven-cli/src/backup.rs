@@ -8,7 +8,7 @@ use keyhaven::backup::{
     self as kb, BackupHeader, BackupProtection, BackupSecret, Custodian, Format, KdfParams,
     OnConflict, Outcome, RestoreReport, Share, ShareCheck,
 };
-use keyhaven::secrecy::{ExposeSecret, SecretString};
+use keyhaven::secrecy::SecretString;
 use keyhaven::zeroize::Zeroizing;
 use keyhaven::{CoreError, ErrorKind, KeyManager, ManagedKey, PublicKey, Warning, rfc3339};
 use serde_json::json;
@@ -286,12 +286,8 @@ fn passphrase_from_env() -> Option<SecretString> {
 }
 
 fn nonempty(pass: SecretString, option: &'static str) -> Result<SecretString> {
-    if pass.expose_secret().is_empty() {
-        return Err(OtherPassphrase::wrap(
-            option,
-            CoreError::InvalidInput("the passphrase is empty".into()),
-        ));
-    }
+    crate::ctx::check_new_passphrase(&pass, "passphrase")
+        .map_err(|e| OtherPassphrase::wrap(option, e))?;
     Ok(pass)
 }
 

@@ -13,6 +13,46 @@ use keyhaven::{
 
 use crate::output::errln;
 
+/// Whether `--allow-weak-passphrase` was given (set once, at startup).
+static ALLOW_WEAK: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Records `--allow-weak-passphrase`.
+pub(crate) fn allow_weak_passphrases(allow: bool) {
+    ALLOW_WEAK.store(allow, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// The shortest passphrase keyhaven takes for something new (a store, a backup, an export)
+/// without `--allow-weak-passphrase`.
+pub(crate) const MIN_PASSPHRASE_CHARS: usize = 12;
+
+/// Refuses a passphrase for something new (`what`) that is empty, or, unless
+/// `--allow-weak-passphrase` was given, shorter than [`MIN_PASSPHRASE_CHARS`] characters or
+/// made of fewer than 5 different characters (`aaaaaaaaaaaa`, `121212121212`). Argon2id makes
+/// each guess slow, not a short passphrase long.
+pub(crate) fn check_new_passphrase(pass: &SecretString, what: &str) -> Result<(), CoreError> {
+    let p = pass.expose_secret();
+    if p.is_empty() {
+        return Err(CoreError::InvalidInput(format!("the {what} may not be empty")));
+    }
+    if ALLOW_WEAK.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(());
+    }
+    let chars = p.chars().count();
+    let distinct = p.chars().collect::<std::collections::BTreeSet<char>>().len();
+    if chars < MIN_PASSPHRASE_CHARS || distinct < 5 {
+        return Err(CoreError::InvalidInput(format!(
+            "the {what} is too weak ({}): choose at least {MIN_PASSPHRASE_CHARS} characters, \
+             a few random words for instance, or pass --allow-weak-passphrase to take it anyway",
+            if chars < MIN_PASSPHRASE_CHARS {
+                format!("{chars} characters")
+            } else {
+                format!("only {distinct} different characters")
+            }
+        )));
+    }
+    Ok(())
+}
+
 /// The environment variable holding the passphrase of encrypted backends.
 pub(crate) const PASSPHRASE_ENV: &str = "KEYHAVEN_PASSPHRASE";
 
@@ -101,10 +141,8 @@ impl PassphraseProvider for CliPassphrases {
                 .map(|v| secret_string(&Zeroizing::new(v)))
         };
         if let Some(p) = given {
-            if new && p.expose_secret().is_empty() {
-                return Err(CoreError::InvalidInput(
-                    "the passphrase for a new store may not be empty".into(),
-                ));
+            if new {
+                check_new_passphrase(&p, "passphrase for a new store")?;
             }
             return Ok(p);
         }
@@ -120,7 +158,9 @@ impl PassphraseProvider for CliPassphrases {
             )));
         }
         if new {
-            prompt_new(&format!("New passphrase for {what}"))
+            let p = prompt_new(&format!("New passphrase for {what}"))?;
+            check_new_passphrase(&p, "passphrase for a new store")?;
+            Ok(p)
         } else {
             prompt(&format!("Passphrase for {what}: "))
         }

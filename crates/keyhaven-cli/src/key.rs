@@ -228,12 +228,8 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
                         ));
                     }
                 };
-                if pass.expose_secret().is_empty() {
-                    return Err(CoreError::InvalidInput(
-                        "the export passphrase may not be empty".into(),
-                    )
-                    .into());
-                }
+                crate::ctx::check_new_passphrase(&pass, "export passphrase")
+                    .map_err(|e| OtherPassphrase::wrap(OPTION, e))?;
                 if pbkdf2 {
                     crate::backup::pkcs8_pbkdf2(&der, &pass)?
                 } else {

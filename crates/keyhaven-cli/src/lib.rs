@@ -30,6 +30,7 @@ pub fn main() -> ExitCode {
     if let Err(e) = args::check(&cli) {
         e.exit();
     }
+    ctx::allow_weak_passphrases(cli.allow_weak_passphrase);
     let ctx = Ctx::new(cli.home, cli.passphrase_file);
     let outcome = match cli.command {
         Command::Key(cmd) => key::run(&ctx, cmd),

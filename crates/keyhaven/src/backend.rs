@@ -472,6 +472,15 @@ mod file {
         let name = req.name;
         let err = |e| Error::backend(name, e);
         let dir = store_dir(req)?;
+        // The passphrase first: a refused one (too weak, mistyped twice) leaves nothing behind.
+        let pass = match want {
+            FileKind::Encrypted => Some(
+                req.passphrases
+                    .passphrase(&request(req, dir, PassphrasePurpose::Create))
+                    .map_err(err)?,
+            ),
+            FileKind::Pem => None,
+        };
         // Inside the home we create what is missing, privately.
         if dir.starts_with(req.home)
             && let Some(parent) = dir.parent()
@@ -479,16 +488,15 @@ mod file {
             crate::fs::create_private_dir(parent)?;
         }
         let location = dir.display().to_string();
-        match want {
-            FileKind::Pem => {
+        match (want, pass) {
+            (FileKind::Pem, _) => {
                 let store = Arc::new(PemStore::open_or_create(dir).map_err(err)?);
                 Ok(pem_backend(name, location, store))
             }
-            FileKind::Encrypted => {
-                let pass = req
-                    .passphrases
-                    .passphrase(&request(req, dir, PassphrasePurpose::Create))
-                    .map_err(err)?;
+            (FileKind::Encrypted, None) => Err(err(CoreError::Locked(format!(
+                "no passphrase for the new store of backend '{name}'"
+            )))),
+            (FileKind::Encrypted, Some(pass)) => {
                 let store = match EncryptedStore::create(dir, &pass, KdfParams::default()) {
                     // Another process created it meanwhile: open it with the same passphrase.
                     Err(CoreError::AlreadyExists(_)) => EncryptedStore::open(dir, &pass),

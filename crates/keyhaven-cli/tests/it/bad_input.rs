@@ -444,3 +444,51 @@ fn passphrase_files_open_to_other_users_exit_6() {
         out.to_str().unwrap(),
     ]);
 }
+
+#[test]
+fn weak_passphrases_for_new_stores_backups_and_exports_are_refused_unless_allowed() {
+    let h = Home::new().env("KEYHAVEN_PASSPHRASE", "hunter2");
+    let e = h.fails(&["backend", "add", "default", "--type", "encrypted"], 9);
+    assert!(e.contains("too weak") && e.contains("--allow-weak-passphrase"), "{e}");
+    assert!(!h.path().join("backends").exists(), "nothing was created");
+    let out = h.run(&[
+        "--allow-weak-passphrase",
+        "backend",
+        "add",
+        "default",
+        "--type",
+        "encrypted",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // An existing store opens with whatever passphrase it has.
+    h.generate("p256", "k", &[]);
+    // Exports and backups take new passphrases too.
+    let dir = h.scratch();
+    let weak = dir.join("weak");
+    crate::write_private(&weak, "aaaaaaaaaaaaaaaa\n");
+    let e = h.fails(
+        &[
+            "key",
+            "export",
+            "k",
+            "--export-passphrase-file",
+            weak.to_str().unwrap(),
+            "--out",
+            dir.join("k.pem").to_str().unwrap(),
+        ],
+        9,
+    );
+    assert!(e.contains("different characters"), "{e}");
+    let e = h.fails(
+        &[
+            "backup",
+            "create",
+            "--out",
+            dir.join("b.khb").to_str().unwrap(),
+            "--backup-passphrase-file",
+            weak.to_str().unwrap(),
+        ],
+        9,
+    );
+    assert!(e.contains("too weak"), "{e}");
+}
