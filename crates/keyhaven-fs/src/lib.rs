@@ -285,7 +285,7 @@ fn write_temp(
     contents: &[u8],
 ) -> Result<tempfile::NamedTempFile, CoreError> {
     let mut tmp = tempfile::Builder::new()
-        .prefix(".keyhaven-tmp-")
+        .prefix(TEMP_PREFIX)
         .tempfile_in(dir)
         .map_err(io_err("create a temporary file for", target))?;
     #[cfg(unix)]
@@ -412,13 +412,21 @@ pub fn remove_durable(path: &Path) -> Result<(), CoreError> {
     }
 }
 
-/// Removes the temporary files (`.keyhaven-tmp-*`) that a process killed in the middle of a
-/// write left in `dir`, if they are older than `min_age` (so a write going on right now in
-/// another process is left alone). Returns how many were removed.
+/// The prefix of the temporary files [`atomic_write`] and [`replace_file`] write.
+pub const TEMP_PREFIX: &str = ".keyhaven-tmp-";
+
+/// Removes the temporary files whose names start with one of `prefixes` (by default
+/// [`TEMP_PREFIX`]) that a process killed in the middle of a write left in `dir`, if they are
+/// older than `min_age` (so a write going on right now in another process is left alone).
+/// Returns how many were removed. Symbolic links and directories are never touched.
 ///
 /// # Errors
-/// [`CoreError::Io`] if `dir` cannot be read.
-pub fn sweep_temp_files(dir: &Path, min_age: std::time::Duration) -> Result<usize, CoreError> {
+/// [`CoreError::Io`] if `dir` cannot be read (a missing `dir` is not an error).
+pub fn sweep_temp_files(
+    dir: &Path,
+    prefixes: &[&str],
+    min_age: std::time::Duration,
+) -> Result<usize, CoreError> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -427,16 +435,18 @@ pub fn sweep_temp_files(dir: &Path, min_age: std::time::Duration) -> Result<usiz
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name();
-        if !name.to_string_lossy().starts_with(".keyhaven-tmp-") {
+        let name = name.to_string_lossy();
+        if !prefixes.iter().any(|p| name.starts_with(p)) {
             continue;
         }
-        let old = entry
-            .metadata()
-            .ok()
-            .filter(fs::Metadata::is_file)
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age >= min_age);
+        // file_type() does not follow links: a link or a directory is left alone.
+        let old = entry.file_type().is_ok_and(|t| t.is_file())
+            && entry
+                .metadata()
+                .ok()
+                .and_then(|m| m.modified().ok())
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age >= min_age);
         if old && fs::remove_file(entry.path()).is_ok() {
             removed += 1;
         }

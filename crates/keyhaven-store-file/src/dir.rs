@@ -28,6 +28,8 @@ pub(crate) const HEADER: &str = "keyhaven-store.json";
 const LOCK: &str = ".lock";
 const KEYS: &str = "keys";
 const LABELS: &str = "labels";
+/// How old a temporary file must be to count as left behind by a killed writer.
+const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Extension of each key's record (metadata, or the whole encrypted record).
 pub(crate) const RECORD_EXT: &str = ".json";
 
@@ -78,6 +80,10 @@ impl StoreDir {
         fsutil::check_private(&dir.keys, true)?;
         fsutil::check_private(&dir.labels, true)?;
         let header = fsutil::read_private(&root.join(HEADER))?;
+        // Temporary files a killed writer left (a writer going on now is far younger).
+        for d in [&dir.root, &dir.keys, &dir.labels] {
+            let _ = keyhaven_fs::sweep_temp_files(d, &[".tmp-"], LEFTOVER_AGE);
+        }
         Ok((dir, header))
     }
 

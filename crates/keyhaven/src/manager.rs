@@ -245,6 +245,7 @@ impl KeyManager {
         }
         let config_path = home.join(CONFIG_FILE);
         let config = Config::load(&config_path)?;
+        sweep_leftovers(&home);
         Ok(KeyManager {
             home,
             config_path: Some(config_path),
@@ -1118,6 +1119,26 @@ impl KeyManager {
         }
         *guard = next;
         Ok(out)
+    }
+}
+
+/// Removes the temporary files a killed keyhaven left in the home's state directories (older
+/// than a minute: a write going on now in another process is younger). Best effort.
+fn sweep_leftovers(home: &Path) {
+    let age = std::time::Duration::from_secs(60);
+    let rotation = home.join(crate::rotation::ROTATION_DIR);
+    let mut dirs = vec![
+        home.to_owned(),
+        home.join(crate::lifecycle::REVOCATIONS_DIR),
+        rotation.join("registry").join("keys"),
+        rotation.join("registry").join("versions"),
+        rotation.join("usage"),
+    ];
+    if let Ok(pools) = std::fs::read_dir(rotation.join("prekeys")) {
+        dirs.extend(pools.flatten().map(|e| e.path()));
+    }
+    for dir in dirs {
+        let _ = crate::fs::sweep_temp_files(&dir, &[crate::fs::TEMP_PREFIX], age);
     }
 }
 

@@ -492,3 +492,34 @@ fn weak_passphrases_for_new_stores_backups_and_exports_are_refused_unless_allowe
     );
     assert!(e.contains("too weak"), "{e}");
 }
+
+#[test]
+fn temporary_files_a_killed_writer_left_are_removed_on_the_next_open() {
+    let (h, _, _) = home_with_keys();
+    let age = |p: &Path| {
+        let ok = std::process::Command::new("touch")
+            .args(["-d", "2 hours ago"])
+            .arg(p)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    let left = [
+        h.path().join(".keyhaven-tmp-AbC123"),
+        h.path().join("rotation/usage/.keyhaven-tmp-x1"),
+        h.path().join("backends/default/keys/.tmp-0000.json-deadbeef"),
+    ];
+    for p in &left {
+        crate::write_private(p, "half a write");
+        age(p);
+    }
+    // One being written right now by another process stays.
+    let fresh = h.path().join(".keyhaven-tmp-now");
+    crate::write_private(&fresh, "in progress");
+    h.ok(&["key", "list"]);
+    for p in &left {
+        assert!(!p.exists(), "{} left behind", p.display());
+    }
+    assert!(fresh.exists());
+}
