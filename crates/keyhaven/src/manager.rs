@@ -245,6 +245,9 @@ impl KeyManager {
         }
         let config_path = home.join(CONFIG_FILE);
         let config = Config::load(&config_path)?;
+        if !config_path.exists() {
+            refuse_orphaned_stores(&home, &config_path)?;
+        }
         sweep_leftovers(&home);
         Ok(KeyManager {
             home,
@@ -986,7 +989,14 @@ impl KeyManager {
             ))
             .into());
         }
+        // Checked under the configuration lock: a `delete` of the key in another process either
+        // happened before (then this is refused) or clears the default after (deletes take the
+        // same lock once the key is gone), so the default never names a deleted key.
+        let b = self.key_backend(key)?;
         self.update_config(|c| {
+            b.store()
+                .get(&key.info.id)
+                .map_err(|e| Error::backend(b.name(), e))?;
             c.default_key = Some(DefaultKey::new(key.backend.clone(), key.info.id.clone()));
             Ok(())
         })
@@ -997,8 +1007,9 @@ impl KeyManager {
         if key.backend_kind.is_ephemeral() || self.config().default_key.is_some() {
             return Ok(());
         }
+        let b = self.key_backend(key)?;
         self.update_config(|c| {
-            if c.default_key.is_none() {
+            if c.default_key.is_none() && b.store().get(&key.info.id).is_ok() {
                 c.default_key = Some(DefaultKey::new(key.backend.clone(), key.info.id.clone()));
             }
             Ok(())
@@ -1120,6 +1131,36 @@ impl KeyManager {
         *guard = next;
         Ok(out)
     }
+}
+
+/// A home without `keyhaven.toml` whose stores or manifest are still there lost its
+/// configuration: say so instead of showing an empty home.
+fn refuse_orphaned_stores(home: &Path, config_path: &Path) -> Result<()> {
+    let stores: Vec<String> = std::fs::read_dir(home.join("backends"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    let sealed = crate::integrity::manifest_path(home).exists();
+    if stores.is_empty() && !sealed {
+        return Ok(());
+    }
+    Err(CoreError::corrupt(
+        config_path.display().to_string(),
+        format!(
+            "it is missing, but the home still holds {}: restore keyhaven.toml from a backup \
+             (or, to start afresh, move the home's other files aside)",
+            if stores.is_empty() {
+                "its integrity manifest".to_owned()
+            } else {
+                format!("the stores of backends {}", stores.join(", "))
+            }
+        ),
+    )
+    .into())
 }
 
 /// Removes the temporary files a killed keyhaven left in the home's state directories (older

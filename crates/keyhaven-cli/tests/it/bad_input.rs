@@ -523,3 +523,13 @@ fn temporary_files_a_killed_writer_left_are_removed_on_the_next_open() {
     }
     assert!(fresh.exists());
 }
+
+#[test]
+fn a_home_that_lost_its_configuration_says_so() {
+    let (h, _, _) = home_with_keys();
+    let config = h.path().join("keyhaven.toml");
+    fs::remove_file(&config).unwrap();
+    let e = h.fails(&["key", "list"], 7);
+    assert!(e.contains(config.to_str().unwrap()) && e.contains("missing"), "{e}");
+    assert!(e.contains("backends default"), "{e}");
+}

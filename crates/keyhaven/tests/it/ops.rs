@@ -430,3 +430,23 @@ mod file {
         assert!(e.to_string().contains("holds a pem store"), "{e}");
     }
 }
+
+#[cfg(feature = "file")]
+#[test]
+fn set_default_and_delete_in_two_processes_never_leave_a_default_on_a_deleted_key() {
+    let home = crate::private_tempdir();
+    let a = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+    a.add_backend("b", BackendConfig::new(BackendKind::Encrypted, None))
+        .unwrap();
+    let first = a.generate(None, Algorithm::Ed25519, "first").unwrap();
+    let doomed = a.generate(None, Algorithm::Ed25519, "doomed").unwrap();
+    // Process A has resolved `doomed`; process B deletes it; then A makes it the default.
+    let seen_by_a = a.resolve("doomed").unwrap();
+    let b = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+    b.delete(&b.resolve("doomed").unwrap()).unwrap();
+    let e = a.set_default_key(&seen_by_a).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
+    let again = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
+    assert_eq!(again.default_key().unwrap(), first);
+    assert_ne!(again.default_key().unwrap().id(), doomed.id());
+}
