@@ -32,13 +32,18 @@ pub(crate) const MIN_PASSPHRASE_CHARS: usize = 12;
 pub(crate) fn check_new_passphrase(pass: &SecretString, what: &str) -> Result<(), CoreError> {
     let p = pass.expose_secret();
     if p.is_empty() {
-        return Err(CoreError::InvalidInput(format!("the {what} may not be empty")));
+        return Err(CoreError::InvalidInput(format!(
+            "the {what} may not be empty"
+        )));
     }
     if ALLOW_WEAK.load(std::sync::atomic::Ordering::Relaxed) {
         return Ok(());
     }
     let chars = p.chars().count();
-    let distinct = p.chars().collect::<std::collections::BTreeSet<char>>().len();
+    let distinct = p
+        .chars()
+        .collect::<std::collections::BTreeSet<char>>()
+        .len();
     if chars < MIN_PASSPHRASE_CHARS || distinct < 5 {
         return Err(CoreError::InvalidInput(format!(
             "the {what} is too weak ({}): choose at least {MIN_PASSPHRASE_CHARS} characters, \

@@ -27,6 +27,17 @@ fn io_err(what: &str, path: &Path) -> impl FnOnce(io::Error) -> CoreError + use<
 /// # Errors
 /// [`CoreError::PermissionDenied`] naming the path and the `chmod` (or `chown`) that fixes it.
 pub fn check_meta(path: &Path, meta: &fs::Metadata) -> Result<(), CoreError> {
+    // A terminal or another device (`--passphrase-file /dev/tty`) is not a stored file: its
+    // mode says nothing about who can read a secret later, and no `chmod` on a device is ever
+    // the fix. (A named pipe is checked like a file: others could read from it first.)
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = meta.file_type();
+        if t.is_char_device() || t.is_block_device() {
+            return Ok(());
+        }
+    }
     check_owner(path, meta)?;
     #[cfg(unix)]
     {
@@ -113,13 +124,13 @@ pub fn check_ancestors(path: &Path) -> Result<(), CoreError> {
             check_owner(dir, &meta)?;
             let mode = meta.permissions().mode();
             if meta.is_dir() && mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                // Not a directory keyhaven made: changing its mode is not ours to suggest.
                 return Err(CoreError::PermissionDenied(format!(
-                    "directory {} has mode {:04o}: other users can replace what it holds; \
-                     keyhaven refuses to keep keys below it. Fix: chmod go-w {} (or keep the \
-                     keyhaven home elsewhere)",
+                    "directory {} has mode {:04o}: users other than its owner can replace what \
+                     it holds, so keyhaven refuses to keep keys below it. Keep the keyhaven home \
+                     in a directory only you (or root) can write (--home DIR)",
                     dir.display(),
-                    mode & 0o7777,
-                    dir.display()
+                    mode & 0o7777
                 )));
             }
         }

@@ -243,6 +243,10 @@ impl KeyManager {
             Err(CoreError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
+        // Nobody else may be able to swap the home (or a directory above it) for another.
+        if let Some(parent) = home.parent().filter(|p| !p.as_os_str().is_empty()) {
+            crate::fs::check_ancestors(parent)?;
+        }
         let config_path = home.join(CONFIG_FILE);
         let config = Config::load(&config_path)?;
         if !config_path.exists() {

@@ -449,7 +449,10 @@ fn passphrase_files_open_to_other_users_exit_6() {
 fn weak_passphrases_for_new_stores_backups_and_exports_are_refused_unless_allowed() {
     let h = Home::new().env("KEYHAVEN_PASSPHRASE", "hunter2");
     let e = h.fails(&["backend", "add", "default", "--type", "encrypted"], 9);
-    assert!(e.contains("too weak") && e.contains("--allow-weak-passphrase"), "{e}");
+    assert!(
+        e.contains("too weak") && e.contains("--allow-weak-passphrase"),
+        "{e}"
+    );
     assert!(!h.path().join("backends").exists(), "nothing was created");
     let out = h.run(&[
         "--allow-weak-passphrase",
@@ -459,7 +462,11 @@ fn weak_passphrases_for_new_stores_backups_and_exports_are_refused_unless_allowe
         "--type",
         "encrypted",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // An existing store opens with whatever passphrase it has.
     h.generate("p256", "k", &[]);
     // Exports and backups take new passphrases too.
@@ -508,7 +515,8 @@ fn temporary_files_a_killed_writer_left_are_removed_on_the_next_open() {
     let left = [
         h.path().join(".keyhaven-tmp-AbC123"),
         h.path().join("rotation/usage/.keyhaven-tmp-x1"),
-        h.path().join("backends/default/keys/.tmp-0000.json-deadbeef"),
+        h.path()
+            .join("backends/default/keys/.tmp-0000.json-deadbeef"),
     ];
     for p in &left {
         crate::write_private(p, "half a write");
@@ -530,6 +538,9 @@ fn a_home_that_lost_its_configuration_says_so() {
     let config = h.path().join("keyhaven.toml");
     fs::remove_file(&config).unwrap();
     let e = h.fails(&["key", "list"], 7);
-    assert!(e.contains(config.to_str().unwrap()) && e.contains("missing"), "{e}");
+    assert!(
+        e.contains(config.to_str().unwrap()) && e.contains("missing"),
+        "{e}"
+    );
     assert!(e.contains("backends default"), "{e}");
 }
