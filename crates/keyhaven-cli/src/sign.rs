@@ -5,8 +5,8 @@ use std::io::{IsTerminal, Read};
 use anyhow::{Context, Result};
 use keyhaven::compromise::RevocationList;
 use keyhaven::{
-    Assertion, CoreError, PublicKey, SignInput, SignatureFormat, default_provider, encoding,
-    rfc3339,
+    Assertion, CoreError, HashedMessage, PublicKey, SignInput, SignatureFormat, default_provider,
+    encoding, rfc3339,
 };
 
 use crate::args::{SignArgs, VerifyArgs};
@@ -25,6 +25,8 @@ pub(crate) fn parse_hex(text: &str) -> Result<Vec<u8>, CoreError> {
 enum Input {
     Message(Vec<u8>),
     Digest(Vec<u8>),
+    /// An ECDSA message hashed as it was read: a 1 GiB file costs 64 KiB of memory.
+    Hashed(HashedMessage),
 }
 
 impl Input {
@@ -32,24 +34,66 @@ impl Input {
         match self {
             Input::Message(m) => SignInput::Message(m),
             Input::Digest(d) => SignInput::Digest(d),
+            Input::Hashed(h) => SignInput::Hashed(h),
         }
     }
 }
 
-pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
-    // Read the input before anything else: a bad path fails fast, before any passphrase.
-    let input = if let Some(d) = &args.digest {
-        Input::Digest(parse_hex(d)?)
-    } else if let Some(f) = &args.message_file {
-        Input::Message(read_file(f, "message file")?)
-    } else {
+/// Where the signed bytes come from, opened before anything else so that a bad path fails
+/// before any passphrase is asked; read once the key's algorithm is known.
+enum Source {
+    Digest(Vec<u8>),
+    File(std::path::PathBuf, std::fs::File),
+    Stdin,
+}
+
+impl Source {
+    fn open(digest: Option<&str>, file: Option<&std::path::Path>) -> Result<Source> {
+        if let Some(d) = digest {
+            return Ok(Source::Digest(parse_hex(d)?));
+        }
+        match file {
+            Some(f) => {
+                let opened = std::fs::File::open(f)
+                    .map_err(|e| CoreError::io(format!("read message file {}", f.display()), e))?;
+                Ok(Source::File(f.to_owned(), opened))
+            }
+            None => Ok(Source::Stdin),
+        }
+    }
+
+    /// ECDSA messages are hashed as they are read (constant memory); Ed25519 signs whole
+    /// messages, so those are read into memory.
+    fn load(self, algorithm: keyhaven::Algorithm) -> Result<Input> {
+        let (what, reader): (String, Box<dyn Read>) = match self {
+            Source::Digest(d) => return Ok(Input::Digest(d)),
+            Source::File(path, file) => {
+                (format!("message file {}", path.display()), Box::new(file))
+            }
+            Source::Stdin => (
+                "the message from standard input".to_owned(),
+                Box::new(std::io::stdin().lock()),
+            ),
+        };
+        let mut reader = std::io::BufReader::with_capacity(64 * 1024, reader);
+        if algorithm.can_sign() && algorithm != keyhaven::Algorithm::Ed25519 {
+            let hashed = HashedMessage::read(algorithm, &mut reader)
+                .with_context(|| format!("read {what}"))?;
+            if let Some(h) = hashed {
+                return Ok(Input::Hashed(h));
+            }
+        }
         let mut buf = Vec::new();
-        std::io::stdin()
-            .lock()
+        reader
             .read_to_end(&mut buf)
-            .context("read the message from standard input")?;
-        Input::Message(buf)
-    };
+            .with_context(|| format!("read {what}"))?;
+        Ok(Input::Message(buf))
+    }
+}
+
+pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
+    // Open the input before anything else: a bad path fails fast, before any passphrase.
+    let source = Source::open(args.digest.as_deref(), args.message_file.as_deref())?;
     let format: SignatureFormat = args.signature_format.into();
     let m = ctx.manager()?;
     let result = (|| {
@@ -59,6 +103,7 @@ pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
         };
         // A logical key signs with its primary version: name that one in the assertion.
         let key = m.signing_target(&key)?;
+        let input = source.load(key.algorithm())?;
         let needs_auth = give_key_auth(&m, &key, args.key_auth_file.as_deref())?;
         let sig = m
             .sign_input(&key, input.as_sign_input())
@@ -132,15 +177,12 @@ fn give_key_auth(
 }
 
 pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
-    let input = if let Some(d) = &args.digest {
-        Input::Digest(parse_hex(d)?)
-    } else if let Some(f) = &args.message_file {
-        Input::Message(read_file(f, "message file")?)
-    } else {
+    if args.digest.is_none() && args.message_file.is_none() {
         return Err(CoreError::InvalidInput("give --digest or --message-file".into()).into());
-    };
+    }
+    let source = Source::open(args.digest.as_deref(), args.message_file.as_deref())?;
     let Some(signature_file) = &args.signature else {
-        return verify_assertion_alone(ctx, &args, &input);
+        return verify_assertion_alone(ctx, &args, source);
     };
     let sig_bytes = read_file(signature_file, "signature file")?;
     // With --public-key, nothing of the home is touched: no configuration, no passphrase.
@@ -174,6 +216,7 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
         }
     };
     let alg = public_key.algorithm();
+    let input = source.load(alg)?;
     if !alg.can_sign() {
         return Err(CoreError::Unsupported {
             operation: "verify a signature",
@@ -279,6 +322,7 @@ fn verify_plain(
     match input {
         Input::Message(m) => keyhaven::verify(key, m, sig),
         Input::Digest(d) => keyhaven::verify_digest(key, d, sig),
+        Input::Hashed(h) => keyhaven::verify_digest(key, &h.digest, sig),
     }
 }
 
@@ -330,7 +374,7 @@ fn assertion_time(
 /// `keyhaven verify --assertion A --message-file M` (no --signature): the assertion carries the
 /// signature. Valid when its signed metadata and the signature both verify (and, with --key or
 /// --public-key, it is that key's).
-fn verify_assertion_alone(ctx: &Ctx, args: &VerifyArgs, input: &Input) -> Result<u8> {
+fn verify_assertion_alone(ctx: &Ctx, args: &VerifyArgs, source: Source) -> Result<u8> {
     let Some(path) = &args.assertion else {
         return Err(CoreError::InvalidInput(
             "give --signature FILE (or --assertion FILE, which carries the signature)".into(),
@@ -338,17 +382,14 @@ fn verify_assertion_alone(ctx: &Ctx, args: &VerifyArgs, input: &Input) -> Result
         .into());
     };
     let a = read_assertion(path)?;
-    let message = match input {
-        Input::Message(m) => Some(m.as_slice()),
-        Input::Digest(d) => {
-            if a.signed_digest.as_deref() != Some(hex::encode(d).as_str()) {
-                verdict("invalid");
-                errln!("the assertion is about another digest");
-                return Ok(VERIFY_FAILED);
-            }
-            None
-        }
-    };
+    let input = source.load(a.public_key()?.algorithm())?;
+    if let Input::Digest(d) = &input
+        && a.signed_digest.as_deref() != Some(hex::encode(d).as_str())
+    {
+        verdict("invalid");
+        errln!("the assertion is about another digest");
+        return Ok(VERIFY_FAILED);
+    }
     let expected: Option<PublicKey> = match (&args.public_key, &args.key) {
         (Some(p), _) => {
             let text = String::from_utf8(read_file(p, "public key file")?).map_err(|_| {
@@ -359,7 +400,7 @@ fn verify_assertion_alone(ctx: &Ctx, args: &VerifyArgs, input: &Input) -> Result
         (None, Some(r)) => Some(ctx.manager()?.resolve(r)?.info.public_key),
         (None, None) => None,
     };
-    match a.verify(message) {
+    match a.verify_input(Some(input.as_sign_input())) {
         Ok(()) => {}
         Err(e) if e.kind() == keyhaven::ErrorKind::BadSignature => {
             verdict("invalid");

@@ -150,6 +150,7 @@ impl Assertion {
         let (message_sha256, signed_digest) = match input {
             SignInput::Message(m) => (Some(hex::encode(Sha256::digest(m))), None),
             SignInput::Digest(d) => (None, Some(hex::encode(d))),
+            SignInput::Hashed(h) => (Some(hex::encode(h.sha256)), None),
         };
         let sig = encoding::encode_signature(signature, format)?;
         Ok(Assertion {
@@ -301,21 +302,47 @@ impl Assertion {
     /// `message` is not the one signed; [`CoreError::InvalidInput`] for a malformed assertion
     /// or a message signature checked without its message.
     pub fn verify(&self, message: Option<&[u8]>) -> Result<()> {
+        self.verify_input(message.map(SignInput::Message))
+    }
+
+    /// [`Assertion::verify`] with the message given as any [`SignInput`]: a whole message, or
+    /// one hashed as it was read ([`crate::HashedMessage`], for large files); a digest input
+    /// is compared with the digest the assertion names.
+    ///
+    /// # Errors
+    /// As [`Assertion::verify`].
+    pub fn verify_input(&self, input: Option<SignInput<'_>>) -> Result<()> {
         let invalid = |m: &str| Error::from(CoreError::InvalidInput(m.to_owned()));
         let pk = self.verify_metadata()?;
         let sig = self.signature()?;
-        match (&self.signed_digest, &self.message_sha256, message) {
-            (Some(d), _, _) => {
+        match (&self.signed_digest, &self.message_sha256, input) {
+            (Some(d), _, input) => {
                 let digest =
                     hex::decode(d).map_err(|_| invalid("the assertion's digest is not hex"))?;
+                if let Some(SignInput::Digest(given)) = input
+                    && given != digest.as_slice()
+                {
+                    return Err(CoreError::BadSignature.into());
+                }
                 crate::verify_digest(&pk, &digest, &sig)?;
             }
-            (None, Some(h), Some(m)) => {
+            (None, Some(h), Some(SignInput::Message(m))) => {
                 if hex::encode(Sha256::digest(m)) != *h {
                     // Another message: the signature is not over it.
                     return Err(CoreError::BadSignature.into());
                 }
                 crate::verify(&pk, m, &sig)?;
+            }
+            (None, Some(h), Some(SignInput::Hashed(m))) => {
+                if hex::encode(m.sha256) != *h {
+                    return Err(CoreError::BadSignature.into());
+                }
+                crate::verify_digest(&pk, &m.digest, &sig)?;
+            }
+            (None, Some(_), Some(SignInput::Digest(_))) => {
+                return Err(invalid(
+                    "this assertion signs a message, not a digest: give the message",
+                ));
             }
             (None, Some(_), None) => {
                 return Err(invalid(

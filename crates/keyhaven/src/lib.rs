@@ -30,7 +30,9 @@ pub use keyhaven_compromise as compromise;
 /// Key versions, rotation policies, continuity proofs and prekeys (keyhaven-rotation).
 pub use keyhaven_rotation as versions;
 pub use lifecycle::{AccessConfig, AuditConfig, ScanOutcome};
-pub use manager::{Inventory, KeyManager, ManagedKey, PRINCIPAL_ENV, SignInput, Warning};
+pub use manager::{
+    HashedMessage, Inventory, KeyManager, ManagedKey, PRINCIPAL_ENV, SignInput, Warning,
+};
 pub use passphrase::{
     FixedPassphrase, NoPassphrase, PassphraseProvider, PassphrasePurpose, PassphraseRequest,
 };

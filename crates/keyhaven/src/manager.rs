@@ -153,6 +153,67 @@ pub enum SignInput<'a> {
     Message(&'a [u8]),
     /// A prehashed digest (ECDSA only; the length must be the curve hash's).
     Digest(&'a [u8]),
+    /// A message hashed as it was read ([`HashedMessage::read`]), so a large file is signed
+    /// in constant memory: the signature is the one [`SignInput::Message`] gives (ECDSA
+    /// only), and an assertion names the message's SHA-256.
+    Hashed(&'a HashedMessage),
+}
+
+/// A message read once, in constant memory, into its ECDSA digest and its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HashedMessage {
+    /// The curve's hash of the message (SHA-384 for P-384, SHA-256 for P-256): what ECDSA signs.
+    pub digest: Vec<u8>,
+    /// SHA-256 of the message (what assertions record).
+    pub sha256: [u8; 32],
+    /// The message's length in bytes.
+    pub len: u64,
+}
+
+impl HashedMessage {
+    /// Reads `reader` to its end, 64 KiB at a time, hashing for `algorithm`. `None` for an
+    /// algorithm that signs whole messages only (Ed25519 hashes the message twice, with its
+    /// private key between the passes).
+    ///
+    /// # Errors
+    /// [`CoreError::Io`] if reading fails.
+    pub fn read(algorithm: Algorithm, mut reader: impl std::io::Read) -> Result<Option<Self>> {
+        use sha2::Digest as _;
+        enum Curve {
+            P384(sha2::Sha384),
+            P256(sha2::Sha256),
+        }
+        let mut curve = match algorithm {
+            Algorithm::EcdsaP384 => Curve::P384(sha2::Sha384::new()),
+            Algorithm::EcdsaP256 => Curve::P256(sha2::Sha256::new()),
+            _ => return Ok(None),
+        };
+        let mut sha256 = sha2::Sha256::new();
+        let mut buf = zeroize::Zeroizing::new(vec![0u8; 64 * 1024]);
+        let mut len = 0u64;
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CoreError::io("read the message", e).into()),
+            };
+            match &mut curve {
+                Curve::P384(h) => h.update(&buf[..n]),
+                Curve::P256(h) => h.update(&buf[..n]),
+            }
+            sha256.update(&buf[..n]);
+            len += n as u64;
+        }
+        Ok(Some(HashedMessage {
+            digest: match curve {
+                Curve::P384(h) => h.finalize().to_vec(),
+                Curve::P256(h) => h.finalize().to_vec(),
+            },
+            sha256: sha256.finalize().into(),
+            len,
+        }))
+    }
 }
 
 /// One interface over keys kept in every configured backend.
@@ -891,6 +952,7 @@ impl KeyManager {
         match input {
             SignInput::Message(m) => b.store().sign(id, m),
             SignInput::Digest(d) => b.store().sign_digest(id, d),
+            SignInput::Hashed(h) => b.store().sign_digest(id, &h.digest),
         }
         .map_err(|e| Error::backend(b.name(), e))
     }
@@ -909,6 +971,7 @@ impl KeyManager {
         match input {
             SignInput::Message(m) => crate::verify(pk, m, signature),
             SignInput::Digest(d) => crate::verify_digest(pk, d, signature),
+            SignInput::Hashed(h) => crate::verify_digest(pk, &h.digest, signature),
         }
         .map_err(Error::from)
     }

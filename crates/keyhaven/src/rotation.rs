@@ -504,6 +504,7 @@ impl KeyManager {
             let ok = match input {
                 SignInput::Message(m) => crate::verify(&pk, m, signature),
                 SignInput::Digest(d) => crate::verify_digest(&pk, d, signature),
+                SignInput::Hashed(h) => crate::verify_digest(&pk, &h.digest, signature),
             };
             if ok.is_ok() {
                 let version_key = self.resolve(&format!("{}:{}", l.backend(), v.key_id()))?;

@@ -463,3 +463,75 @@ fn openssl_keys_import() {
     // the store passphrase is not the import passphrase
     assert_ne!(PASSPHRASE, "imp0rt");
 }
+
+/// ECDSA signs a large file in constant memory: under a 300 MB address-space limit, a 512 MiB
+/// file is signed (reading it whole could not be), and openssl verifies the signature.
+#[test]
+fn ecdsa_signs_a_file_larger_than_the_memory_it_may_use() {
+    let h = crate::Home::with_encrypted();
+    h.generate("p384", "big", &[]);
+    let dir = h.scratch();
+    let big = dir.join("big.bin");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(512 << 20).unwrap();
+    drop(f);
+    let sig = dir.join("big.sig");
+    let pem = dir.join("big.pem");
+    h.ok(&["key", "public", "big", "--out", pem.to_str().unwrap()]);
+    let assertion = dir.join("big.json");
+    let cmd = h.cmd(["sign"]);
+    // Re-run the same command line under `ulimit -v` through the shell.
+    let program = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let mut limited = std::process::Command::new("sh");
+    limited
+        .arg("-c")
+        .arg("ulimit -v 307200 && exec \"$@\"")
+        .arg("sh")
+        .arg(program)
+        .args(args)
+        .args(["--key", "big", "--message-file"])
+        .arg(&big)
+        .arg("--out")
+        .arg(&sig)
+        .arg("--assertion")
+        .arg(&assertion);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => limited.env(k, v),
+            None => limited.env_remove(k),
+        };
+    }
+    let out = limited.stdin(std::process::Stdio::null()).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let check = std::process::Command::new("openssl")
+        .args(["dgst", "-sha384", "-verify"])
+        .arg(&pem)
+        .arg("-signature")
+        .arg(&sig)
+        .arg(&big)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // The assertion names the file's SHA-256, and verifies against the file, streamed too.
+    let out = h.run(&[
+        "verify",
+        "--assertion",
+        assertion.to_str().unwrap(),
+        "--message-file",
+        big.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
