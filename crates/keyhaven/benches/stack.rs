@@ -25,17 +25,21 @@ fn manager(home: &std::path::Path, audit: bool, access: bool) -> KeyManager {
         .with_caller(CallerContext::new("bench").role("signer"));
     m.add_backend("b", BackendConfig::new(BackendKind::Encrypted, None))
         .unwrap();
-    let mut config = m.config();
-    config.audit.enabled = Some(audit);
     if access {
         std::fs::write(
             home.join("access.toml"),
             "[default]\ngenerate = { roles = [\"signer\"] }\nsign = { roles = [\"signer\"] }\n",
         )
         .unwrap();
-        config.access.policy = Some("access.toml".into());
     }
-    std::fs::write(home.join("keyhaven.toml"), config.to_toml_string().unwrap()).unwrap();
+    m.update_config(|c| {
+        c.audit.enabled = Some(audit);
+        if access {
+            c.access.policy = Some("access.toml".into());
+        }
+        Ok(())
+    })
+    .unwrap();
     drop(m);
     KeyManager::open(home, FixedPassphrase::new("pw"))
         .unwrap()

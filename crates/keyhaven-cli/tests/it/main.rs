@@ -9,6 +9,7 @@ mod assertion;
 mod backup;
 mod bad_input;
 mod commands;
+mod every_file;
 mod integrity;
 mod lifecycle;
 mod openssl;
