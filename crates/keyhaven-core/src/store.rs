@@ -75,13 +75,25 @@ pub trait KeyStore: Send + Sync + 'static {
     /// # Errors
     /// [`Error::NotFound`] if neither matches.
     fn resolve(&self, id_or_label: &str) -> Result<KeyInfo> {
+        let mut missing_id = None;
         if let Ok(id) = id_or_label.parse::<KeyId>() {
             match self.get(&id) {
-                Err(Error::NotFound(_)) => {}
+                Err(Error::NotFound(why)) => missing_id = Some(why),
                 other => return other,
             }
         }
-        self.find_by_label(id_or_label)
+        match self.find_by_label(id_or_label) {
+            // Neither: the more telling answer (a claim naming a missing record, else what the
+            // id lookup said).
+            Err(Error::NotFound(why)) => {
+                let label_said = why != format!("key '{id_or_label}'");
+                Err(Error::NotFound(match missing_id {
+                    Some(id_said) if !label_said => id_said,
+                    _ => why,
+                }))
+            }
+            other => other,
+        }
     }
 
     /// A key's public key.

@@ -28,6 +28,16 @@ pub(crate) const HEADER: &str = "keyhaven-store.json";
 const LOCK: &str = ".lock";
 const KEYS: &str = "keys";
 const LABELS: &str = "labels";
+/// What a label's claim file says.
+pub(crate) enum Claim {
+    /// No claim file.
+    None,
+    /// The claim names a key whose record exists.
+    Live(KeyId),
+    /// The claim is unreadable, or names a key without a record (why).
+    Broken(String),
+}
+
 /// How old a temporary file must be to count as left behind by a killed writer.
 const LEFTOVER_AGE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Extension of each key's record (metadata, or the whole encrypted record).
@@ -171,6 +181,32 @@ impl StoreDir {
     pub(crate) fn claim_path(&self, label: &str) -> PathBuf {
         self.labels
             .join(hex::encode(Sha256::digest(label.as_bytes())))
+    }
+
+    /// What the claim file of `label` says.
+    pub(crate) fn label_claim(&self, label: &str) -> Result<Claim> {
+        let path = self.claim_path(label);
+        let bytes = match fsutil::read_private(&path) {
+            Ok(b) => b,
+            Err(FsError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                return Ok(Claim::None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let Some(id) = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|s| s.trim().parse::<KeyId>().ok())
+        else {
+            return Ok(Claim::Broken("the claim does not hold a key id".into()));
+        };
+        if self.has_record(&id) {
+            Ok(Claim::Live(id))
+        } else {
+            Ok(Claim::Broken(format!(
+                "it names key {id}, whose record {} is missing",
+                self.record_path(&id).display()
+            )))
+        }
     }
 
     /// The id that holds `label`, if its claim is live (its record exists).

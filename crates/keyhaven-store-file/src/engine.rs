@@ -11,6 +11,7 @@ use keyhaven_core::{
 };
 use keyhaven_crypto::{CryptoProvider, PrivateKey};
 
+use crate::dir::Claim;
 use crate::dir::{RECORD_EXT, StoreDir};
 use crate::fsutil::FileStamp;
 
@@ -25,6 +26,11 @@ pub(crate) trait Format: Send + Sync + 'static {
 
     /// Parses (and where possible authenticates) a record's public part.
     fn parse_info(&self, id: &KeyId, record: &[u8]) -> Result<KeyInfo, String>;
+
+    /// The file that holds a key's private part (the record itself by default).
+    fn private_file(&self, dir: &StoreDir, id: &KeyId) -> std::path::PathBuf {
+        dir.record_path(id)
+    }
 
     /// Loads a key's private part.
     fn load_private(
@@ -70,11 +76,26 @@ impl<F: Format> Engine<F> {
         Error::corrupt(self.dir.record_path(id).display().to_string(), reason)
     }
 
+    fn corrupt_private(&self, id: &KeyId, reason: impl Into<String>) -> Error {
+        Error::corrupt(
+            self.format
+                .private_file(&self.dir, id)
+                .display()
+                .to_string(),
+            reason,
+        )
+    }
+
+    /// A key that is not in the store, naming the record it would have.
+    fn missing(&self, id: &KeyId) -> Error {
+        Error::NotFound(format!(
+            "key '{id}' (no record {})",
+            self.dir.record_path(id).display()
+        ))
+    }
+
     pub(crate) fn get(&self, id: &KeyId) -> Result<KeyInfo> {
-        let (bytes, _) = self
-            .dir
-            .read_record(id)?
-            .ok_or_else(|| Error::key_not_found(id))?;
+        let (bytes, _) = self.dir.read_record(id)?.ok_or_else(|| self.missing(id))?;
         self.format
             .parse_info(id, &bytes)
             .map_err(|r| self.corrupt(id, r))
@@ -105,8 +126,8 @@ impl<F: Format> Engine<F> {
     }
 
     pub(crate) fn find_by_label(&self, label: &str) -> Result<KeyInfo> {
-        match self.dir.label_owner(label)? {
-            Some(id) => {
+        match self.dir.label_claim(label)? {
+            Claim::Live(id) => {
                 let info = self.get(&id)?;
                 // The claim file is only an index; the record's label is authenticated (it is
                 // associated data of the record's seal). A claim pointing at another key was
@@ -124,7 +145,32 @@ impl<F: Format> Engine<F> {
                 }
                 Ok(info)
             }
-            None => Err(Error::key_not_found(label)),
+            // No claim: no such label here (the common answer when a reference is looked up
+            // in every backend, so it stays one file check).
+            Claim::None => Err(Error::key_not_found(label)),
+            // A claim that names nothing (damaged, or its key's record is gone): the records
+            // are what counts, and each says its own label.
+            Claim::Broken(why) => self.find_by_label_in_records(label, Some(why)),
+        }
+    }
+
+    /// Finds `label` among the records themselves (a missing or broken claim); a record gone
+    /// from under its claim is named.
+    fn find_by_label_in_records(&self, label: &str, broken: Option<String>) -> Result<KeyInfo> {
+        let mut found = self.list()?.into_iter().filter(|k| k.label == label);
+        match (found.next(), found.next()) {
+            (Some(k), None) => Ok(k),
+            (Some(_), Some(_)) => Err(Error::corrupt(
+                self.dir.claim_path(label).display().to_string(),
+                format!("two records carry the label '{label}'; name the key by its id"),
+            )),
+            (None, _) => match broken {
+                Some(why) => Err(Error::NotFound(format!(
+                    "key '{label}' ({}: {why})",
+                    self.dir.claim_path(label).display()
+                ))),
+                None => Err(Error::key_not_found(label)),
+            },
         }
     }
 
@@ -139,10 +185,7 @@ impl<F: Format> Engine<F> {
         {
             return Ok(Arc::clone(hit));
         }
-        let (bytes, stamp) = self
-            .dir
-            .read_record(id)?
-            .ok_or_else(|| Error::key_not_found(id))?;
+        let (bytes, stamp) = self.dir.read_record(id)?.ok_or_else(|| self.missing(id))?;
         let info = self
             .format
             .parse_info(id, &bytes)
@@ -151,9 +194,11 @@ impl<F: Format> Engine<F> {
         let key = self
             .provider
             .load_pkcs8(pkcs8.expose_secret())
-            .map_err(|_| self.corrupt(id, "the private key does not parse"))?;
+            .map_err(|_| self.corrupt_private(id, "the private key does not parse"))?;
         if key.public_key() != &info.public_key {
-            return Err(self.corrupt(id, "the private key does not match the recorded public key"));
+            return Err(
+                self.corrupt_private(id, "the private key does not match the recorded public key")
+            );
         }
         let cached = Arc::new(Cached { stamp, info, key });
         self.cache

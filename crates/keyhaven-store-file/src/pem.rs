@@ -103,6 +103,10 @@ impl Format for PemFormat {
         ))
     }
 
+    fn private_file(&self, dir: &StoreDir, id: &KeyId) -> std::path::PathBuf {
+        dir.key_file(id, PRIVATE_SUFFIX)
+    }
+
     fn load_private(&self, dir: &StoreDir, info: &KeyInfo, _record: &[u8]) -> Result<SecretBytes> {
         let path = dir.key_file(&info.id, PRIVATE_SUFFIX);
         let bytes = zeroize::Zeroizing::new(fsutil::read_private(&path)?);

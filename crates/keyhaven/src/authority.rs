@@ -49,16 +49,25 @@ pub(crate) struct AuthorityStore {
     dir: PathBuf,
     label: String,
     passphrases: Arc<dyn PassphraseProvider>,
+    /// The home's state: the description decides which signatures verify, so it is checked
+    /// against the integrity manifest like every state file.
+    files: Arc<dyn keyhaven_fs::StateFiles>,
     state: Mutex<Opened>,
 }
 
 impl AuthorityStore {
     /// The authority in `dir` (nothing is read or created yet).
-    pub(crate) fn new(dir: &Path, label: &str, passphrases: Arc<dyn PassphraseProvider>) -> Self {
+    pub(crate) fn new(
+        dir: &Path,
+        label: &str,
+        passphrases: Arc<dyn PassphraseProvider>,
+        files: Arc<dyn keyhaven_fs::StateFiles>,
+    ) -> Self {
         AuthorityStore {
             dir: dir.to_owned(),
             label: label.to_owned(),
             passphrases,
+            files,
             state: Mutex::new(Opened {
                 info: None,
                 store: None,
@@ -78,7 +87,26 @@ impl AuthorityStore {
         let _lock = keyhaven_fs::FileLock::acquire(&self.dir.join(".authority.lock"))?;
         let description = self.dir.join(DESCRIPTION);
         let store_dir = self.dir.join("store");
-        match keyhaven_fs::read_private(&description) {
+        let read = match self.files.read(&description)? {
+            Some(bytes) => Ok(bytes),
+            // The key exists but its description is gone: never make a second authority.
+            None if store_dir.join("keyhaven-store.json").exists() => {
+                return Err(CoreError::corrupt(
+                    description.display().to_string(),
+                    format!(
+                        "it is missing, but the authority's store {} exists: restore it from a \
+                         backup (a new authority would not verify the old checkpoints and \
+                         revocations)",
+                        store_dir.display()
+                    ),
+                ));
+            }
+            None => Err(CoreError::io(
+                format!("read {}", description.display()),
+                std::io::Error::from(std::io::ErrorKind::NotFound),
+            )),
+        };
+        match read {
             Ok(bytes) => {
                 let d: Description = serde_json::from_slice(&bytes).map_err(|e| {
                     CoreError::corrupt(description.display().to_string(), e.to_string())
@@ -116,7 +144,7 @@ impl AuthorityStore {
                 };
                 let json = serde_json::to_vec_pretty(&d)
                     .map_err(|e| CoreError::InvalidInput(e.to_string()))?;
-                keyhaven_fs::atomic_write_new(&description, &json)?;
+                self.files.write(&description, &json)?;
                 st.info = Some(info);
                 st.store = Some(Arc::new(store));
             }

@@ -433,6 +433,14 @@ mod file {
         let dir = store_dir(req)?;
         check_mounted(name, dir, req.home)?;
         let Some(found) = keyhaven_store_file::detect(dir).map_err(err)? else {
+            // A store directory that holds keys but lost its header is damage, not "no store
+            // yet" (which would let a new, empty store be made over it).
+            if dir.join("keys").is_dir() {
+                return Err(err(CoreError::corrupt(
+                    dir.join("keyhaven-store.json").display().to_string(),
+                    "it is missing, but the store's keys are there: restore it from a backup",
+                )));
+            }
             return Ok(None);
         };
         let location = dir.display().to_string();

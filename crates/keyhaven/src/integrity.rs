@@ -9,7 +9,9 @@
 //!   anchor (backend and store id), so pointing the configuration at another store is refused.
 //! - **What it covers.** `keyhaven.toml` (backends, the default key), the rotation registry and
 //!   its version index, the usage counters, the prekey pools, the revocation registry, and
-//!   how far the audit log has reached at its last checkpoint (`audit.witness`).
+//!   how far the audit log has reached at its last checkpoint (`audit.witness`), and the
+//!   authority's public description (`authority/authority.json`: which key's checkpoints and
+//!   revocations verify).
 //!   Every read of one of them is checked: a file edited, swapped, rolled back, removed or
 //!   planted is [`crate::CoreError::Corrupt`] naming it (exit 7), and only what depends on
 //!   that file stops working.
@@ -228,14 +230,7 @@ impl KeyManager {
         };
         let Some(raw) = raw else {
             if sealed {
-                return Err(CoreError::corrupt(
-                    manifest_path(self.home()).display().to_string(),
-                    format!(
-                        "the home is sealed by backend '{anchor}', whose store is missing: \
-                         restore it from a backup"
-                    ),
-                )
-                .into());
+                return Err(self.anchor_missing(&anchor));
             }
             // Nothing to protect yet: the home is sealed when the anchor store is created.
             return Ok(None);
@@ -275,6 +270,24 @@ impl KeyManager {
         }
     }
 
+    /// The error for a sealed home whose anchor store is gone, naming its header file.
+    fn anchor_missing(&self, anchor: &str) -> Error {
+        let header = self
+            .backend_path(anchor)
+            .map(|p| p.join("keyhaven-store.json"));
+        CoreError::corrupt(
+            header.as_ref().map_or_else(
+                || manifest_path(self.home()).display().to_string(),
+                |h| h.display().to_string(),
+            ),
+            format!(
+                "it is missing, but the home is sealed by backend '{anchor}', whose store it \
+                 heads: restore the store from a backup"
+            ),
+        )
+        .into()
+    }
+
     /// Whether the home holds nothing worth protecting yet: the anchor store holds no key and
     /// no lifecycle state file exists.
     fn is_fresh(&self, anchor: &Backend) -> Result<bool> {
@@ -294,8 +307,15 @@ impl KeyManager {
     /// Every state file the home holds now (what `keyhaven integrity seal` adopts).
     pub(crate) fn state_files(&self) -> Vec<PathBuf> {
         let mut files = Vec::new();
-        for name in [CONFIG_FILE, crate::lifecycle::AUDIT_WITNESS] {
-            let file = self.home().join(name);
+        let authority = self
+            .home()
+            .join(crate::lifecycle::AUTHORITY_DIR)
+            .join("authority.json");
+        for file in [
+            self.home().join(CONFIG_FILE),
+            self.home().join(crate::lifecycle::AUDIT_WITNESS),
+            authority,
+        ] {
             if file.exists() {
                 files.push(file);
             }
@@ -396,12 +416,9 @@ impl KeyManager {
                 operation: "check the home's integrity",
                 reason: "the home has no encrypted backend, so it is not sealed".into(),
             })?;
-        let raw = self.raw_backend(&anchor, false)?.ok_or_else(|| {
-            CoreError::corrupt(
-                manifest_path(self.home()).display().to_string(),
-                format!("the store of the anchor backend '{anchor}' is missing"),
-            )
-        })?;
+        let raw = self
+            .raw_backend(&anchor, false)?
+            .ok_or_else(|| self.anchor_missing(&anchor))?;
         let secret = raw.anchor_secret().ok_or_else(|| CoreError::Unsupported {
             operation: "check the home's integrity",
             reason: format!("backend '{anchor}' derives no integrity key"),

@@ -712,8 +712,12 @@ fn key_store_of(m: &KeyManager, key: &ManagedKey) -> Result<Arc<dyn KeyStore>> {
 fn open_authority(dir: &Path, m: &KeyManager) -> Result<Authority> {
     #[cfg(feature = "file")]
     {
-        let store =
-            crate::authority::AuthorityStore::new(dir, AUTHORITY_LABEL, m.passphrase_provider());
+        let store = crate::authority::AuthorityStore::new(
+            dir,
+            AUTHORITY_LABEL,
+            m.passphrase_provider(),
+            m.state()?,
+        );
         let key = crate::authority::AUTHORITY_KEY_ID
             .parse()
             .map_err(|_| CoreError::InvalidInput("authority key id".into()))?;

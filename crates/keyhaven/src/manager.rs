@@ -314,7 +314,7 @@ impl KeyManager {
             refuse_orphaned_stores(&home, &config_path)?;
         }
         sweep_leftovers(&home);
-        Ok(KeyManager {
+        let m = KeyManager {
             home,
             config_path: Some(config_path),
             config: RwLock::new(config),
@@ -323,7 +323,19 @@ impl KeyManager {
             warnings: Mutex::new(Vec::new()),
             caller: default_caller(),
             lifecycle: crate::lifecycle::State::default(),
-        })
+        };
+        // A sealed home whose configuration names no anchor was changed outside keyhaven
+        // (emptied, or its encrypted backends removed): refuse before using any of it.
+        if crate::integrity::manifest_path(&m.home).exists() && m.integrity_anchor().is_none() {
+            return Err(CoreError::corrupt(
+                m.home.join(CONFIG_FILE).display().to_string(),
+                "the home is sealed, but this configuration declares no encrypted backend inside \
+                 the home to unlock it: it was emptied or changed outside keyhaven; restore it \
+                 from a backup",
+            )
+            .into());
+        }
+        Ok(m)
     }
 
     /// A manager over a configuration held only in memory: changes (default key, backends) are
@@ -764,10 +776,10 @@ impl KeyManager {
             let b = self
                 .existing_backend(backend)?
                 .ok_or_else(|| CoreError::key_not_found(reference))?;
-            let info = b
-                .store()
-                .resolve(rest)
-                .map_err(|e| Error::backend(b.name(), e))?;
+            let info = match b.store().resolve(rest) {
+                Err(CoreError::NotFound(_)) if let Some(info) = label_in_records(&b, rest)? => info,
+                other => other.map_err(|e| Error::backend(b.name(), e))?,
+            };
             let by_label = info.id.as_str() != rest;
             return Ok(managed(&b, info).named_logically(by_label));
         }
@@ -775,6 +787,9 @@ impl KeyManager {
         let mut by_id = Vec::new();
         let mut by_label = Vec::new();
         let (reachable, unreachable) = self.scan_backends()?;
+        // A label whose claim names a key gone from its store: said, if nothing else matches.
+        let plain_miss = CoreError::key_not_found(reference).to_string();
+        let mut detail: Option<(String, CoreError)> = None;
         for b in reachable {
             if let Some(id) = &id {
                 match b.store().get(id) {
@@ -785,7 +800,11 @@ impl KeyManager {
             }
             match b.store().find_by_label(reference) {
                 Ok(info) => by_label.push(managed(&b, info).named_logically(true)),
-                Err(CoreError::NotFound(_)) => {}
+                Err(e @ CoreError::NotFound(_)) => {
+                    if e.to_string() != plain_miss && detail.is_none() {
+                        detail = Some((b.name().to_owned(), e));
+                    }
+                }
                 Err(e) => return Err(Error::backend(b.name(), e)),
             }
         }
@@ -804,10 +823,23 @@ impl KeyManager {
             });
         }
         self.warn_unreachable(unreachable.collect());
+        if by_id.is_empty() && by_label.is_empty() {
+            // The slow path, for a miss only: a label whose index entry is gone (a label
+            // claim removed) is still each record's own (authenticated) label.
+            let (reachable, _) = self.scan_backends()?;
+            for b in reachable {
+                if let Some(info) = label_in_records(&b, reference)? {
+                    by_label.push(managed(&b, info).named_logically(true));
+                }
+            }
+        }
         let mut candidates = if by_id.is_empty() { by_label } else { by_id };
         candidates.dedup_by(|a, b| a.backend == b.backend && a.info.id == b.info.id);
         match candidates.len() {
-            0 => Err(CoreError::key_not_found(reference).into()),
+            0 => Err(match detail {
+                Some((backend, e)) => Error::backend(&backend, e),
+                None => CoreError::key_not_found(reference).into(),
+            }),
             1 => Ok(candidates.remove(0)),
             _ => Err(Error::Ambiguous {
                 reference: reference.to_owned(),
@@ -1198,6 +1230,16 @@ impl KeyManager {
         *guard = next;
         Ok(out)
     }
+}
+
+/// The key of `b` whose record carries `label`, found by listing (not through the label index).
+fn label_in_records(b: &Backend, label: &str) -> Result<Option<KeyInfo>> {
+    let keys = b.store().list().map_err(|e| Error::backend(b.name(), e))?;
+    let mut found = keys.into_iter().filter(|k| k.label == label);
+    Ok(match (found.next(), found.next()) {
+        (Some(k), None) => Some(k),
+        _ => None,
+    })
 }
 
 /// A home without `keyhaven.toml` whose stores or manifest are still there lost its
