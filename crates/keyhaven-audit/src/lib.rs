@@ -9,6 +9,7 @@ mod fsutil;
 mod log;
 mod policy;
 mod record;
+mod recover;
 mod verify;
 
 pub use access::AccessControlledStore;
@@ -19,7 +20,9 @@ pub use log::{
     AuditLog, AuditOptions, AuditSigner, Filter, Witness, export_json, log_files, search, tail,
 };
 pub use policy::{Grant, KeyRef, KeyRule, Operation, Permissions, Policy};
-pub use record::{Body, Event, FORMAT_VERSION, Outcome, Record, hostname};
+pub use record::{Body, DamagedFile, Event, FORMAT_VERSION, Outcome, Record, hostname};
+pub use recover::{Recovered, recover};
 pub use verify::{
-    Expectation, Problem, ProblemKind, VerifyReport, verify, verify_dir, verify_dir_expecting,
+    Expectation, Problem, ProblemKind, RecordedBreak, VerifyReport, verify, verify_dir,
+    verify_dir_expecting,
 };

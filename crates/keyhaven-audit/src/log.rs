@@ -223,24 +223,24 @@ fn parse(path: &Path, line: &[u8]) -> Result<Record, AuditError> {
     })
 }
 
-fn random_id() -> Result<String, AuditError> {
+pub(crate) fn random_id() -> Result<String, AuditError> {
     let mut b = [0u8; 16];
     keyhaven_crypto::fill_random(&mut b).map_err(AuditError::Sign)?;
     Ok(hex::encode(b))
 }
 
 /// Lines being built for one write, continuing the chain from a head.
-struct Builder {
-    buf: Vec<u8>,
-    hash: String,
-    next_seq: u64,
-    log_id: String,
+pub(crate) struct Builder {
+    pub(crate) buf: Vec<u8>,
+    pub(crate) hash: String,
+    pub(crate) next_seq: u64,
+    pub(crate) log_id: String,
     /// Whether a checkpoint was added (the witness is told after the write).
     checkpointed: bool,
 }
 
 impl Builder {
-    fn new(hash: String, next_seq: u64, log_id: String) -> Self {
+    pub(crate) fn new(hash: String, next_seq: u64, log_id: String) -> Self {
         Builder {
             buf: Vec::new(),
             hash,
@@ -250,7 +250,7 @@ impl Builder {
         }
     }
 
-    fn push(&mut self, body: Body) -> Result<u64, AuditError> {
+    pub(crate) fn push(&mut self, body: Body) -> Result<u64, AuditError> {
         let (time, unix_nanos) = now();
         let rec = Record {
             v: FORMAT_VERSION,

@@ -153,6 +153,22 @@ pub enum Body {
         /// The raw signature, hex.
         signature: String,
     },
+    /// The log was damaged and recovered (`keyhaven audit recover`): the damaged files were set
+    /// aside, kept as evidence, and the chain goes on from the last good record. Signed by
+    /// the audit key, so only someone who can use it records a break, and verification
+    /// reports every break.
+    Break {
+        /// Where verification first failed, and why.
+        at: String,
+        /// The files set aside (renamed, never deleted).
+        damaged: Vec<DamagedFile>,
+        /// The audit key's id in its store.
+        key_id: String,
+        /// The signature algorithm (short name).
+        algorithm: String,
+        /// The raw signature over [`break_message`], hex.
+        signature: String,
+    },
     /// A torn (partial) last line, left by a crashed writer, was cut off before this record.
     Recovery {
         /// How many bytes were cut.
@@ -160,6 +176,18 @@ pub enum Body {
         /// SHA-256 of the cut bytes, hex.
         fragment_sha256: String,
     },
+}
+
+/// A log file set aside by a recovery: where it is kept and what it held.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DamagedFile {
+    /// Its file name now (in the log's directory).
+    pub kept_as: String,
+    /// SHA-256 of its bytes, hex.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub bytes: u64,
 }
 
 /// One line of the log.
@@ -193,6 +221,22 @@ pub(crate) fn genesis(log_id: &str) -> String {
 /// The bytes a checkpoint signature covers.
 pub(crate) fn checkpoint_message(log_id: &str, count: u64, head: &str) -> Vec<u8> {
     format!("keyhaven-audit/v1 checkpoint\n{log_id}\n{count}\n{head}\n").into_bytes()
+}
+
+/// The bytes a break's signature covers: the log, the break's place in the chain, where the
+/// damage was found, and every file set aside.
+pub(crate) fn break_message(
+    log_id: &str,
+    seq: u64,
+    prev: &str,
+    at: &str,
+    damaged: &[DamagedFile],
+) -> Vec<u8> {
+    let mut m = format!("keyhaven-audit/v1 break\n{log_id}\n{seq}\n{prev}\n{at}\n");
+    for d in damaged {
+        m.push_str(&format!("{} {} {}\n", d.kept_as, d.sha256, d.bytes));
+    }
+    m.into_bytes()
 }
 
 /// Now, as (RFC 3339, unix nanos).

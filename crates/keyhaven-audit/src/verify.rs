@@ -10,7 +10,10 @@ use keyhaven_core::{Algorithm, PublicKey, Signature};
 use crate::error::{AuditError, io_err};
 use crate::fsutil;
 use crate::log::log_files;
-use crate::record::{Body, FORMAT_VERSION, Record, checkpoint_message, genesis, line_hash};
+use crate::record::{
+    Body, DamagedFile, FORMAT_VERSION, Record, break_message, checkpoint_message, genesis,
+    line_hash,
+};
 
 /// What is wrong with the first bad record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +96,27 @@ pub struct VerifyReport {
     pub head: Option<String>,
     /// The first bad record, if any.
     pub problem: Option<Problem>,
+    /// Breaks a recovery recorded (signed by the audit key): damage found earlier, set aside
+    /// as evidence. The log is whole around them, but what the damaged files held after the
+    /// damage is not in the chain.
+    pub breaks: Vec<RecordedBreak>,
+}
+
+/// A break recorded by a recovery ([`crate::AuditLog::recover`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedBreak {
+    /// The log file holding the break record.
+    pub file: PathBuf,
+    /// Its line there.
+    pub line: u64,
+    /// Its sequence number.
+    pub seq: u64,
+    /// When the recovery ran (RFC 3339).
+    pub time: String,
+    /// Where verification had failed, and why.
+    pub at: String,
+    /// The files set aside as evidence.
+    pub damaged: Vec<DamagedFile>,
 }
 
 impl VerifyReport {
@@ -403,6 +427,31 @@ fn verify_file(st: &mut State<'_>, path: &Path) -> Result<Option<Problem>, Audit
             st.report.checkpoints += 1;
             st.report.last_checkpoint = Some(rec.seq);
             st.report.unsealed = 0;
+        } else if let Body::Break {
+            at,
+            damaged,
+            key_id: _,
+            algorithm,
+            signature,
+        } = &rec.body
+        {
+            if let Err(why) = check_break(st, &rec, at, damaged, algorithm, signature) {
+                return Ok(Some(problem(
+                    path,
+                    line_no,
+                    ProblemKind::BadCheckpoint,
+                    why,
+                )));
+            }
+            st.report.breaks.push(RecordedBreak {
+                file: path.to_owned(),
+                line: line_no,
+                seq: rec.seq,
+                time: rec.time.clone(),
+                at: at.clone(),
+                damaged: damaged.clone(),
+            });
+            st.report.unsealed += 1;
         } else {
             st.report.unsealed += 1;
         }
@@ -467,6 +516,36 @@ fn check_header(st: &mut State<'_>, path: &Path, rec: &Record) -> Option<Problem
     None
 }
 
+/// A break's signature is the audit key's, over its place in the chain and what it set aside.
+fn check_break(
+    st: &State<'_>,
+    rec: &Record,
+    at: &str,
+    damaged: &[DamagedFile],
+    algorithm: &str,
+    signature: &str,
+) -> Result<(), String> {
+    let sig = decode_signature(st, algorithm, signature)?;
+    let log_id = st.log_id.as_deref().unwrap_or_default();
+    let msg = break_message(log_id, rec.seq, &rec.prev, at, damaged);
+    keyhaven_crypto::verify(st.pk, &msg, &sig).map_err(|_| {
+        "a recorded break whose signature does not verify with the audit public key".to_owned()
+    })
+}
+
+fn decode_signature(st: &State<'_>, algorithm: &str, signature: &str) -> Result<Signature, String> {
+    let alg =
+        Algorithm::from_str(algorithm).map_err(|_| format!("unknown algorithm {algorithm}"))?;
+    if alg != st.pk.algorithm() {
+        return Err(format!(
+            "signed with {alg}, but the audit key is {}",
+            st.pk.algorithm()
+        ));
+    }
+    let raw = hex::decode(signature).map_err(|_| "signature is not hex".to_owned())?;
+    Signature::from_raw(alg, raw).map_err(|e| format!("bad signature encoding: {e}"))
+}
+
 fn check_checkpoint(
     st: &State<'_>,
     rec: &Record,
@@ -478,16 +557,7 @@ fn check_checkpoint(
     if count != rec.seq || head != rec.prev {
         return Err("its count or head does not match its place in the chain".into());
     }
-    let alg =
-        Algorithm::from_str(algorithm).map_err(|_| format!("unknown algorithm {algorithm}"))?;
-    if alg != st.pk.algorithm() {
-        return Err(format!(
-            "signed with {alg}, but the audit key is {}",
-            st.pk.algorithm()
-        ));
-    }
-    let raw = hex::decode(signature).map_err(|_| "signature is not hex".to_owned())?;
-    let sig = Signature::from_raw(alg, raw).map_err(|e| format!("bad signature encoding: {e}"))?;
+    let sig = decode_signature(st, algorithm, signature)?;
     let log_id = st.log_id.as_deref().unwrap_or_default();
     let msg = checkpoint_message(log_id, count, head);
     keyhaven_crypto::verify(st.pk, &msg, &sig)

@@ -176,6 +176,10 @@ pub(crate) enum AuditCommand {
     Rotate,
     /// Write a signed checkpoint of the chain head now.
     Checkpoint,
+    /// Recover a damaged log without hiding the damage: set the damaged files aside (kept as
+    /// evidence), keep the good records, and record a break signed by the authority, which
+    /// `audit verify` reports from then on.
+    Recover,
     /// Every record as one JSON array.
     Export {
         /// JSON (the only format).

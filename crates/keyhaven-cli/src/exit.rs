@@ -135,7 +135,14 @@ fn hint_of_core(e: &CoreError) -> Option<String> {
     let CoreError::Corrupt { what, .. } = e else {
         return None;
     };
-    if what.ends_with("integrity.manifest") {
+    if what.contains("/audit/audit.") || what.contains("audit log") {
+        Some(
+            "The audit log is damaged, so key operations stop (fail closed): `keyhaven audit \
+             verify` shows the first bad record, and `keyhaven audit recover` sets the damaged \
+             file aside as evidence and records a signed break"
+                .into(),
+        )
+    } else if what.ends_with("integrity.manifest") {
         Some(
             "The home's integrity manifest cannot vouch for its state: restore the home from a \
              backup (`keyhaven integrity status` says which backend anchors it)"
@@ -215,6 +222,9 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, String) {
                      pin_file (under [backends.{backend}] in keyhaven.toml), or run keyhaven on a \
                      terminal to be asked; a locked PIN is reset with the security officer PIN"
                 ),
+                KhError::Core(c) | KhError::Backend { source: c, .. } => {
+                    hint_of_core(c).unwrap_or_else(|| hint_of_kind(kind).to_owned())
+                }
                 _ => hint_of_kind(kind).to_owned(),
             };
             return (code_of_kind(kind), hint);

@@ -36,6 +36,12 @@ fn record_line(r: &Record) -> String {
             format!("{} #{} checkpoint of {count} records", r.time, r.seq)
         }
         Body::Header { file, .. } => format!("{} #{} start of file {file}", r.time, r.seq),
+        Body::Break { at, damaged, .. } => format!(
+            "{} #{} BREAK: damage at {at} recovered; {} file(s) kept as evidence",
+            r.time,
+            r.seq,
+            damaged.len()
+        ),
         Body::Recovery {
             truncated_bytes, ..
         } => format!(
@@ -94,6 +100,10 @@ pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
                     "problem": report.problem.as_ref().map(|p| json!({
                         "file": p.file, "line": p.line, "kind": p.kind.to_string(), "detail": p.detail,
                     })),
+                    "breaks": report.breaks.iter().map(|b| json!({
+                        "file": b.file, "line": b.line, "seq": b.seq, "time": b.time,
+                        "at": b.at, "damaged": b.damaged,
+                    })).collect::<Vec<_>>(),
                 }))?;
             } else if report.is_ok() {
                 outln!(
@@ -113,6 +123,23 @@ pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
                     );
                 }
             }
+            for b in &report.breaks {
+                let kept: Vec<&str> = b.damaged.iter().map(|d| d.kept_as.as_str()).collect();
+                errln!(
+                    "BREAK recorded at {} (record {}, {}:{}): the log was damaged at {}; the \
+                     damaged file(s) are kept as evidence: {}",
+                    b.time,
+                    b.seq,
+                    b.file.display(),
+                    b.line,
+                    b.at,
+                    if kept.is_empty() {
+                        "none (records were missing from the end)".to_owned()
+                    } else {
+                        kept.join(", ")
+                    }
+                );
+            }
             match &report.problem {
                 None => Ok(OK),
                 Some(p) => {
@@ -125,6 +152,20 @@ pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
                     Ok(CORRUPT)
                 }
             }
+        }
+        AuditCommand::Recover => {
+            let r = m.recover_audit()?;
+            outln!("recovered: the log was damaged at {}", r.at)?;
+            for k in &r.kept {
+                outln!("kept as evidence: {}", k.display())?;
+            }
+            outln!(
+                "the chain goes on in {} after a signed break record (record {}); `keyhaven audit \
+                 verify` reports it",
+                r.file.display(),
+                r.break_seq
+            )?;
+            Ok(OK)
         }
         AuditCommand::Tail { lines, json } => {
             print_records(

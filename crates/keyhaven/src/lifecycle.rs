@@ -308,6 +308,34 @@ impl KeyManager {
         self.require_first_file(report)
     }
 
+    /// Recovers a damaged audit log without hiding the damage ([`keyhaven_audit::recover`]):
+    /// the damaged files are set aside as evidence, the good records kept, and a break record
+    /// signed by the authority says what happened; `audit verify` then reports the break. The
+    /// home's witness follows the recovered log. Needs the authority key (the passphrase).
+    ///
+    /// # Errors
+    /// The log is whole (nothing to recover); the authority cannot sign; I/O errors.
+    pub fn recover_audit(&self) -> Result<keyhaven_audit::Recovered> {
+        let authority = self.authority()?;
+        let signer = AuditSigner {
+            store: authority.store,
+            key: authority.key,
+        };
+        let expected = self.audit_witnessed()?;
+        let recovered = keyhaven_audit::recover(&self.audit_dir(), &signer, expected.as_ref())
+            .map_err(CoreError::from)?;
+        // The witness never goes back on its own: the recovery moves it to the new head.
+        let json = serde_json::to_vec(&Witnessed {
+            records: recovered.now.records,
+            head: recovered.now.head.clone().unwrap_or_default(),
+        })
+        .map_err(|e| CoreError::InvalidInput(format!("cannot encode the witness: {e}")))?;
+        let path = self.audit_witness_path();
+        let _lock = keyhaven_fs::FileLock::acquire(&path.with_extension("lock"))?;
+        self.state()?.write(&path, &json)?;
+        Ok(recovered)
+    }
+
     /// Where the home records how far its audit log has reached (`HOME/audit.witness`, part
     /// of the home's authenticated state).
     pub fn audit_witness_path(&self) -> PathBuf {

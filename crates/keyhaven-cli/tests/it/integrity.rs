@@ -354,3 +354,86 @@ fn whole_audit_files_removed_are_found_against_the_witness() {
     let e = h.fails(&["audit", "verify"], 7);
     assert!(e.contains(witness.to_str().unwrap()), "{e}");
 }
+
+#[test]
+fn a_damaged_audit_log_stops_key_operations_until_recovered_and_the_break_is_reported() {
+    let (h, _, _, _) = populated();
+    let log = h.path().join("audit/audit.1.log");
+    let mut bytes = fs::read(&log).unwrap();
+    bytes[0] ^= 0x20;
+    write(&log, &bytes);
+    let damaged_sha = hex::encode(Sha256::digest(&bytes));
+    // Fail closed, saying what happened and how to recover.
+    let (code, e) = sign(&h, "other").unwrap_err();
+    assert_eq!(code, 7, "{e}");
+    assert!(e.contains(log.to_str().unwrap()), "{e}");
+    assert!(e.contains("keyhaven audit recover"), "{e}");
+    h.fails(&["audit", "verify"], 7);
+    // Recovery needs the passphrase (the authority signs the break).
+    let out = h
+        .cmd(["audit", "recover"])
+        .env("KEYHAVEN_PASSPHRASE", "not the passphrase")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let out = h.ok(&["audit", "recover"]);
+    assert!(out.contains("kept as evidence"), "{out}");
+    // The damaged file is kept, byte for byte.
+    let kept: Vec<PathBuf> = fs::read_dir(h.path().join("audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".damaged-"))
+        .collect();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(
+        hex::encode(Sha256::digest(fs::read(&kept[0]).unwrap())),
+        damaged_sha
+    );
+    // Verify passes and reports the break; keys work again; the break is in the JSON too.
+    let out = h.run(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("BREAK"));
+    sign(&h, "other").unwrap();
+    let report = h.json(&["audit", "verify", "--json"]);
+    assert_eq!(report["breaks"].as_array().unwrap().len(), 1, "{report}");
+    // Nothing to recover in a whole log.
+    h.fails(&["audit", "recover"], 9);
+    // A forged break (its text edited) does not verify.
+    let text = fs::read_to_string(&log).unwrap();
+    let edited = text.replacen(
+        "\"kind\":\"break\",\"at\":\"",
+        "\"kind\":\"break\",\"at\":\"x",
+        1,
+    );
+    assert_ne!(edited, text);
+    write(&log, edited);
+    h.fails(&["audit", "verify"], 7);
+}
+
+#[test]
+fn a_log_cut_short_is_recovered_with_a_break_naming_the_loss() {
+    let (h, _, _, _) = populated();
+    h.ok(&["audit", "checkpoint"]);
+    h.ok(&["audit", "rotate"]);
+    sign(&h, "other").unwrap();
+    h.ok(&["audit", "checkpoint"]);
+    fs::remove_file(h.path().join("audit/audit.2.log")).unwrap();
+    h.fails(&["audit", "verify"], 7);
+    h.ok(&["audit", "recover"]);
+    let out = h.run(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("BREAK") && stderr.contains("removed"),
+        "{stderr}"
+    );
+    sign(&h, "other").unwrap();
+}
