@@ -225,7 +225,16 @@ pub struct SealedState {
     key: StateKey,
     anchor: String,
     cache: Mutex<Option<(Stamp, Arc<Body>)>>,
+    /// Files read and found to match, by relative path: their stamp when read, their hash,
+    /// their bytes. A file whose stamp is unchanged (same inode, size, mtime and ctime: a user
+    /// cannot set ctime back) and whose hash the manifest still accepts is not read again.
+    files: Mutex<std::collections::HashMap<String, (Stamp, String, Arc<Vec<u8>>)>>,
 }
+
+/// Files larger than this are read and hashed every time rather than kept.
+const CACHE_FILE_MAX: usize = 64 * 1024;
+/// How many files are kept at most.
+const CACHE_FILES_MAX: usize = 4096;
 
 impl fmt::Debug for SealedState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -272,6 +281,7 @@ impl SealedState {
             key,
             anchor: anchor.to_owned(),
             cache: Mutex::new(None),
+            files: Mutex::new(std::collections::HashMap::new()),
         };
         let _lock = state.lock()?;
         if Self::exists(root) {
@@ -313,6 +323,7 @@ impl SealedState {
             key,
             anchor: anchor.to_owned(),
             cache: Mutex::new(None),
+            files: Mutex::new(std::collections::HashMap::new()),
         };
         state.load()?;
         state.settle()?;
@@ -590,36 +601,60 @@ impl SealedState {
 }
 
 impl StateFiles for SealedState {
+    /// A file the manifest does not record reads as absent, whatever is on disk: nothing
+    /// unauthenticated is ever used (a file planted there is ignored; the home's `integrity
+    /// verify` reports it).
     fn read(&self, path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, CoreError> {
         let rel = self.rel(path)?;
         let body = self.load()?;
-        let entry = body.entries.get(&rel);
-        let contents = read_optional(path)?;
+        let Some(entry) = body.entries.get(&rel) else {
+            return Ok(None);
+        };
         let what = || path.display().to_string();
-        match (entry, contents) {
-            (None, None) => Ok(None),
-            (Some(e), None) if e.accepts(ABSENT) => Ok(None),
-            (Some(_), None) => Err(CoreError::corrupt(
+        // Unchanged since it was last read and found good: no need to read and hash it again.
+        if let Ok(meta) = fs::symlink_metadata(path)
+            && meta.is_file()
+        {
+            let stamp = Stamp::of(&meta);
+            let hit = self
+                .files
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&rel)
+                .filter(|(s, hash, _)| *s == stamp && entry.accepts(hash))
+                .map(|(_, _, bytes)| bytes.clone());
+            if let Some(bytes) = hit {
+                crate::check_meta(path, &meta)?;
+                return Ok(Some(Zeroizing::new(bytes.as_ref().clone())));
+            }
+        }
+        match read_optional(path)? {
+            None if entry.accepts(ABSENT) => Ok(None),
+            None => Err(CoreError::corrupt(
                 what(),
                 "it was removed outside keyhaven (the home's integrity manifest records it); \
                  restore it from a backup",
             )),
-            (None, Some(_)) => Err(CoreError::corrupt(
-                what(),
-                "it is not recorded in the home's integrity manifest: it was put there outside \
-                 keyhaven; remove it (or restore the home from a backup)",
-            )),
-            (Some(e), Some(bytes)) => {
-                if e.accepts(&sha256_hex(&bytes)) {
-                    Ok(Some(bytes))
-                } else {
-                    Err(CoreError::corrupt(
+            Some(bytes) => {
+                let hash = sha256_hex(&bytes);
+                if !entry.accepts(&hash) {
+                    return Err(CoreError::corrupt(
                         what(),
                         "it was changed outside keyhaven: its contents are not what the home's \
                          integrity manifest records (edited, replaced or rolled back); restore \
                          it from a backup",
-                    ))
+                    ));
                 }
+                if bytes.len() <= CACHE_FILE_MAX
+                    && let Ok(meta) = fs::symlink_metadata(path)
+                {
+                    let mut files = self.files.lock().unwrap_or_else(PoisonError::into_inner);
+                    if files.len() >= CACHE_FILES_MAX {
+                        files.clear();
+                    }
+                    files.insert(rel, (Stamp::of(&meta), hash, Arc::new(bytes.to_vec())));
+                }
+                Ok(Some(bytes))
             }
         }
     }
@@ -632,27 +667,26 @@ impl StateFiles for SealedState {
         self.change(path, ABSENT.to_owned(), || remove_durable(path))
     }
 
+    /// The files the manifest records in `dir` (a file planted there is not listed; a
+    /// recorded one that was removed is, and its read fails).
     fn list(&self, dir: &Path) -> Result<Vec<PathBuf>, CoreError> {
-        let mut out = list_dir(dir)?;
         let prefix = if dir == self.root {
-            Some(String::new())
+            String::new()
         } else {
-            self.rel(dir).ok().map(|p| format!("{p}/"))
+            format!("{}/", self.rel(dir)?)
         };
-        if let Some(prefix) = prefix {
-            let body = self.load()?;
-            for (rel, e) in body.entries.range(prefix.clone()..) {
-                let Some(name) = rel.strip_prefix(&prefix) else {
-                    break;
-                };
-                if name.contains('/') || (e.sha256 == ABSENT && e.next.is_none()) {
-                    continue;
-                }
-                out.push(dir.join(name));
+        let body = self.load()?;
+        let mut out = Vec::new();
+        for (rel, e) in body.entries.range(prefix.clone()..) {
+            let Some(name) = rel.strip_prefix(&prefix) else {
+                break;
+            };
+            if name.contains('/') || (e.sha256 == ABSENT && e.next.is_none()) {
+                continue;
             }
+            out.push(dir.join(name));
         }
         out.sort();
-        out.dedup();
         Ok(out)
     }
 
@@ -778,11 +812,24 @@ mod tests {
         // removed
         fs::remove_file(&f).unwrap();
         assert!(corrupt_names(&s.read(&f).unwrap_err(), &f));
-        // planted
+        // planted: never used (reads as absent, not listed)
         let g = h.path().join("other");
         replace_file(&g, b"x").unwrap();
-        assert!(corrupt_names(&s.read(&g).unwrap_err(), &g));
+        assert!(s.read(&g).unwrap().is_none());
+        assert!(!s.list(h.path()).unwrap().contains(&g));
         assert!(s.list(h.path()).unwrap().contains(&f));
+        // edited in place with the same size and mtime: ctime still tells
+        s.write(&f, b"43").unwrap();
+        assert_eq!(&s.read(&f).unwrap().unwrap()[..], b"43");
+        let mtime = fs::metadata(&f).unwrap().modified().unwrap();
+        fs::write(&f, b"44").unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&f)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        assert!(corrupt_names(&s.read(&f).unwrap_err(), &f));
     }
 
     #[test]

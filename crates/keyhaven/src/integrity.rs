@@ -458,13 +458,16 @@ impl KeyManager {
     pub fn verify_integrity(&self) -> Result<Vec<CoreError>> {
         let sealed = self.sealed_state()?;
         let mut problems = sealed.verify_all()?;
-        // Files put where state lives that the manifest does not record (planted).
+        // Files put where state lives that the manifest does not record (planted): never
+        // used, but reported.
         let recorded = sealed.recorded()?;
         for file in self.state_files() {
-            if !recorded.contains(&file)
-                && let Err(e) = sealed.read(&file)
-            {
-                problems.push(e);
+            if !recorded.contains(&file) {
+                problems.push(CoreError::corrupt(
+                    file.display().to_string(),
+                    "it is not recorded in the home's integrity manifest: it was put there \
+                     outside keyhaven, and keyhaven ignores it; remove it",
+                ));
             }
         }
         Ok(problems)
