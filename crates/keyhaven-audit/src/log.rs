@@ -252,6 +252,16 @@ impl Builder {
 
     pub(crate) fn push(&mut self, body: Body) -> Result<u64, AuditError> {
         let (time, unix_nanos) = now();
+        self.push_at(body, time, unix_nanos)
+    }
+
+    /// [`Builder::push`] with a given time (a record whose signature covers its time).
+    pub(crate) fn push_at(
+        &mut self,
+        body: Body,
+        time: String,
+        unix_nanos: u64,
+    ) -> Result<u64, AuditError> {
         let rec = Record {
             v: FORMAT_VERSION,
             seq: self.next_seq,

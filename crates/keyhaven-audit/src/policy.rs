@@ -314,8 +314,7 @@ impl Policy {
     /// The file cannot be read, or [`Policy::from_toml_str`] refuses it (the message names the
     /// file).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("read access policy {}", path.display()), e))?;
+        let text = keyhaven_fs::read_config(path)?;
         Policy::from_toml_str(&text).map_err(|e| match e {
             Error::InvalidInput(m) => Error::InvalidInput(format!("{}: {m}", path.display())),
             other => other,

@@ -229,14 +229,23 @@ pub(crate) fn break_message(
     log_id: &str,
     seq: u64,
     prev: &str,
+    time: &str,
+    key_id: &str,
     at: &str,
     damaged: &[DamagedFile],
 ) -> Vec<u8> {
-    let mut m = format!("keyhaven-audit/v1 break\n{log_id}\n{seq}\n{prev}\n{at}\n");
-    for d in damaged {
-        m.push_str(&format!("{} {} {}\n", d.kept_as, d.sha256, d.bytes));
-    }
-    m.into_bytes()
+    // One JSON document (strings escaped, fields named): no two breaks sign the same bytes.
+    let doc = serde_json::json!({
+        "statement": "keyhaven-audit/v1 break",
+        "log_id": log_id,
+        "seq": seq,
+        "prev": prev,
+        "time": time,
+        "key_id": key_id,
+        "at": at,
+        "damaged": damaged,
+    });
+    doc.to_string().into_bytes()
 }
 
 /// Now, as (RFC 3339, unix nanos).

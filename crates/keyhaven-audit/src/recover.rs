@@ -157,18 +157,25 @@ pub fn recover(
         }
     };
     let seq = b.next_seq;
-    let msg = break_message(&b.log_id, seq, &b.hash, &at, &damaged);
+    let key_id = signer.key.to_string();
+    // The break's own time, the one its record carries (push takes it too: take it once).
+    let (time, unix_nanos) = crate::record::now();
+    let msg = break_message(&b.log_id, seq, &b.hash, &time, &key_id, &at, &damaged);
     let sig = signer
         .store
         .sign(&signer.key, &msg)
         .map_err(AuditError::Sign)?;
-    b.push(Body::Break {
-        at: at.clone(),
-        damaged,
-        key_id: signer.key.to_string(),
-        algorithm: sig.algorithm().short_name().to_owned(),
-        signature: hex::encode(sig.as_raw()),
-    })?;
+    b.push_at(
+        Body::Break {
+            at: at.clone(),
+            damaged,
+            key_id,
+            algorithm: sig.algorithm().short_name().to_owned(),
+            signature: hex::encode(sig.as_raw()),
+        },
+        time,
+        unix_nanos,
+    )?;
     let path = dir.join(file_name(number));
     if shortfall {
         // Append the break to the (whole) last file.

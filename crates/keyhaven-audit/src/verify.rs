@@ -430,12 +430,14 @@ fn verify_file(st: &mut State<'_>, path: &Path) -> Result<Option<Problem>, Audit
         } else if let Body::Break {
             at,
             damaged,
-            key_id: _,
+            key_id,
             algorithm,
             signature,
         } = &rec.body
         {
-            if let Err(why) = check_break(st, &rec, at, damaged, algorithm, signature) {
+            let checked = check_break(st, &rec, key_id, at, damaged, algorithm, signature)
+                .and_then(|()| check_evidence(path, damaged));
+            if let Err(why) = checked {
                 return Ok(Some(problem(
                     path,
                     line_no,
@@ -520,6 +522,7 @@ fn check_header(st: &mut State<'_>, path: &Path, rec: &Record) -> Option<Problem
 fn check_break(
     st: &State<'_>,
     rec: &Record,
+    key_id: &str,
     at: &str,
     damaged: &[DamagedFile],
     algorithm: &str,
@@ -527,10 +530,38 @@ fn check_break(
 ) -> Result<(), String> {
     let sig = decode_signature(st, algorithm, signature)?;
     let log_id = st.log_id.as_deref().unwrap_or_default();
-    let msg = break_message(log_id, rec.seq, &rec.prev, at, damaged);
+    let msg = break_message(log_id, rec.seq, &rec.prev, &rec.time, key_id, at, damaged);
     keyhaven_crypto::verify(st.pk, &msg, &sig).map_err(|_| {
         "a recorded break whose signature does not verify with the audit public key".to_owned()
     })
+}
+
+/// The evidence a break set aside is still there, byte for byte.
+fn check_evidence(log_file: &Path, damaged: &[DamagedFile]) -> Result<(), String> {
+    let dir = log_file.parent().unwrap_or_else(|| Path::new("."));
+    for d in damaged {
+        if d.kept_as.contains('/') || d.kept_as.starts_with('.') {
+            return Err(format!(
+                "a break names evidence outside the log: {}",
+                d.kept_as
+            ));
+        }
+        let path = dir.join(&d.kept_as);
+        let bytes = std::fs::read(&path).map_err(|e| {
+            format!(
+                "the evidence {} this break set aside cannot be read ({e}): it was removed",
+                path.display()
+            )
+        })?;
+        let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+        if sha != d.sha256 {
+            return Err(format!(
+                "the evidence {} this break set aside was changed",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn decode_signature(st: &State<'_>, algorithm: &str, signature: &str) -> Result<Signature, String> {

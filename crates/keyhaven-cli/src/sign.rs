@@ -390,6 +390,7 @@ fn verify_assertion_alone(ctx: &Ctx, args: &VerifyArgs, source: Source) -> Resul
         errln!("the assertion is about another digest");
         return Ok(VERIFY_FAILED);
     }
+    let mut local_revocation = None;
     let expected: Option<PublicKey> = match (&args.public_key, &args.key) {
         (Some(p), _) => {
             let text = String::from_utf8(read_file(p, "public key file")?).map_err(|_| {
@@ -397,7 +398,22 @@ fn verify_assertion_alone(ctx: &Ctx, args: &VerifyArgs, source: Source) -> Resul
             })?;
             Some(default_provider().parse_public_key_pem(&text)?)
         }
-        (None, Some(r)) => Some(ctx.manager()?.resolve(r)?.info.public_key),
+        (None, Some(r)) => {
+            let m = ctx.manager()?;
+            let key = m.resolve(r)?;
+            // The key named may be a logical key: the version that made the assertion.
+            let made_by = m
+                .logical_key(&key)?
+                .and_then(|l| {
+                    l.versions()
+                        .iter()
+                        .find(|v| v.fingerprint() == a.fingerprint)
+                        .and_then(|v| m.resolve(&format!("{}:{}", l.backend(), v.key_id())).ok())
+                })
+                .unwrap_or(key);
+            local_revocation = m.revocation_of(&made_by)?;
+            Some(made_by.info.public_key)
+        }
         (None, None) => None,
     };
     match a.verify_input(Some(input.as_sign_input())) {
@@ -419,6 +435,20 @@ fn verify_assertion_alone(ctx: &Ctx, args: &VerifyArgs, source: Source) -> Resul
         );
         return Ok(VERIFY_FAILED);
     }
+    // The home's own revocations, when the key was named in it: a compromised key's
+    // assertions are refused whatever time they claim, a revoked one's after its revocation.
+    if let Some(r) = local_revocation
+        && (r.compromised || a.created_at_unix()? >= r.revoked_at)
+    {
+        verdict("revoked");
+        return Err(CoreError::Revoked(format!(
+            "the assertion verifies, but its key {} was revoked at {} ({})",
+            r.key_id,
+            rfc3339(r.revoked_at),
+            r.reason
+        ))
+        .into());
+    }
     if let (Some(list), Some(authority)) = (&args.revocations, &args.authority) {
         let list =
             RevocationList::parse(&read_file(list, "revocation list")?).map_err(CoreError::from)?;
@@ -435,6 +465,12 @@ fn verify_assertion_alone(ctx: &Ctx, args: &VerifyArgs, source: Source) -> Resul
         }
     }
     verdict("valid");
+    if args.public_key.is_none() && args.key.is_none() {
+        errln!(
+            "note: no --key or --public-key was given, so this only shows that the assertion's \
+             own key signed it: its metadata is that key holder's claim"
+        );
+    }
     errln!(
         "signed by {} key {} ({}) in backend '{}' ({}) at {}",
         a.protection,

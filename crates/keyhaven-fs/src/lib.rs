@@ -249,6 +249,35 @@ fn symlink_refused(path: &Path, _e: io::Error) -> CoreError {
     ))
 }
 
+/// Reads a configuration file the user writes by hand (a policy): not through a symbolic
+/// link, owned by the user or root, and not writable by others (readable is fine: it holds no
+/// secret). At most [`MAX_SECRET_FILE`] bytes, as UTF-8 text.
+///
+/// # Errors
+/// [`CoreError::PermissionDenied`] naming the file and the fix; [`CoreError::InvalidInput`]
+/// if it is not UTF-8; [`CoreError::Io`] (`NotFound` if absent).
+pub fn read_config(path: &Path) -> Result<String, CoreError> {
+    let mut file = open_nofollow(path)?;
+    let meta = file.metadata().map_err(io_err("inspect", path))?;
+    check_owner(path, &meta)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o022 != 0 {
+            return Err(CoreError::PermissionDenied(format!(
+                "{} has mode {mode:04o}, which lets other users change it; keyhaven refuses \
+                 to follow it. Fix: chmod go-w {}",
+                path.display(),
+                path.display()
+            )));
+        }
+    }
+    let bytes = read_all(&mut file, path)?;
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| CoreError::InvalidInput(format!("{} is not UTF-8 text", path.display())))
+}
+
 fn read_all(file: &mut File, path: &Path) -> Result<Zeroizing<Vec<u8>>, CoreError> {
     let limit = MAX_SECRET_FILE + 1;
     let hint = file
@@ -496,7 +525,20 @@ impl FileLock {
             use std::os::unix::fs::OpenOptionsExt;
             options.mode(0o600);
         }
-        let file = options.open(path).map_err(io_err("open lock file", path))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            // A link planted at a lock's place must not make keyhaven create or lock a file
+            // elsewhere (as root, anywhere).
+            options.custom_flags(O_NOFOLLOW);
+        }
+        let file = options.open(path).map_err(|e| {
+            if is_symlink(path) {
+                refuse_symlink(path)
+            } else {
+                io_err("open lock file", path)(e)
+            }
+        })?;
         file.lock().map_err(io_err("lock", path))?;
         Ok(FileLock { file })
     }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use keyhaven_core::{Algorithm, Error as CoreError, Protection};
+use keyhaven_core::{Algorithm, Protection};
 
 use crate::error::{Result, RotationError};
 use crate::state::{LogicalKey, Role};
@@ -373,8 +373,7 @@ impl PolicySet {
     /// [`keyhaven_core::Error::Io`] if it cannot be read; [`RotationError::Policy`] naming the
     /// file and the problem (unknown field, bad duration, ...).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| CoreError::io(format!("read policy file {}", path.display()), e))?;
+        let text = keyhaven_fs::read_config(path)?;
         Self::from_toml_str(&text).map_err(|e| match e {
             RotationError::Policy { where_, message } => RotationError::Policy {
                 where_: format!("{} ({where_})", path.display()),
@@ -389,7 +388,9 @@ impl PolicySet {
     /// # Errors
     /// As [`PolicySet::load`].
     pub fn load_or_default(path: &Path) -> Result<Self> {
-        if path.exists() {
+        // Anything at the path (a dangling link too) is read, and refused if it is not a
+        // policy file: it never silently means "no policies".
+        if std::fs::symlink_metadata(path).is_ok() {
             Self::load(path)
         } else {
             Ok(Self::new())

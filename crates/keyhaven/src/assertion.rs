@@ -117,7 +117,7 @@ impl KeyManager {
             kid: Some(a.fingerprint.clone()),
         };
         let signing_input = format!("{}.{}", b64_json(&header)?, b64_json(&a.claims())?);
-        let sig = self.sign(key, signing_input.as_bytes())?;
+        let sig = self.sign_checked_input(key, SignInput::Message(signing_input.as_bytes()))?;
         // JWS ECDSA signatures are r || s (RFC 7518 section 3.4); EdDSA has only one form.
         a.jws = format!(
             "{signing_input}.{}",
@@ -319,9 +319,19 @@ impl Assertion {
             (Some(d), _, input) => {
                 let digest =
                     hex::decode(d).map_err(|_| invalid("the assertion's digest is not hex"))?;
-                if let Some(SignInput::Digest(given)) = input
-                    && given != digest.as_slice()
-                {
+                // Whatever the caller gives must be what was signed: a digest, or a message
+                // whose curve hash is that digest.
+                let given = match input {
+                    Some(SignInput::Digest(g)) => Some(g.to_vec()),
+                    Some(SignInput::Hashed(h)) => Some(h.digest.clone()),
+                    Some(SignInput::Message(m)) => Some(
+                        crate::HashedMessage::read(pk.algorithm(), m)?
+                            .map(|h| h.digest)
+                            .ok_or_else(|| invalid("this key signs messages, not digests"))?,
+                    ),
+                    None => None,
+                };
+                if given.is_some_and(|g| g != digest) {
                     return Err(CoreError::BadSignature.into());
                 }
                 crate::verify_digest(&pk, &digest, &sig)?;

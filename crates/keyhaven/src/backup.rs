@@ -30,7 +30,7 @@ pub const META_USAGE: &str = "usage";
 pub const META_DEFAULT: &str = "default";
 /// Backup entry metadata (first entry): the home's revocation list (JSON).
 pub const META_REVOCATIONS: &str = "home.revocations";
-use crate::{Backend, CoreError, Error, KeyManager, ManagedKey, Result};
+use crate::{Backend, CoreError, Error, KeyId, KeyManager, ManagedKey, Result};
 
 impl KeyManager {
     /// Gathers backup entries: the keys named by `refs` (any reference
@@ -220,6 +220,32 @@ impl KeyManager {
                         format!("its rotation record is not a logical key: {err}"),
                     )
                 })?;
+            // A backup's rotation record may only describe keys this very restore brought,
+            // each the key it says (its fingerprint), and never name a key the home already
+            // has: a crafted record could otherwise take over an existing key's label.
+            let fingerprints: std::collections::BTreeMap<&KeyId, String> = entries
+                .iter()
+                .map(|x| (&x.id, x.fingerprint().to_hex()))
+                .collect();
+            for v in logical.versions() {
+                let ok = match ids.get(v.key_id()) {
+                    Some(_) => fingerprints.get(v.key_id()) == Some(&v.fingerprint().to_owned()),
+                    // Not restored (destroyed, revoked, hardware): it must not be a key here.
+                    None => matches!(b.store().get(v.key_id()), Err(CoreError::NotFound(_))),
+                };
+                if !ok {
+                    return Err(CoreError::corrupt(
+                        format!("backup entry '{}'", e.label),
+                        format!(
+                            "its rotation record names key {} (version {}), which this restore \
+                             did not bring or which is not the key it says: not restored",
+                            v.key_id(),
+                            v.number()
+                        ),
+                    )
+                    .into());
+                }
+            }
             let restored = logical
                 .restored(b.name(), &ids)
                 .map_err(|err| Error::Core(err.into()))?;

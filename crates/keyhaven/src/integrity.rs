@@ -131,6 +131,61 @@ fn config_hint(e: Error, path: &Path) -> Error {
     }
 }
 
+/// Whether `path` is inside `home`, judged on the real paths (`..` and links resolved where
+/// they exist), so `HOME/../HOME/x` and a link out of the home are told apart.
+fn inside(home: &Path, path: &Path) -> bool {
+    let real = |p: &Path| -> Option<PathBuf> {
+        if let Ok(c) = std::fs::canonicalize(p) {
+            return Some(c);
+        }
+        // Not there yet: its nearest existing ancestor, plus the rest (without `..`).
+        let mut rest = Vec::new();
+        let mut cur = p;
+        loop {
+            if let Ok(c) = std::fs::canonicalize(cur) {
+                let mut out = c;
+                for part in rest.iter().rev() {
+                    out.push(part);
+                }
+                return Some(out);
+            }
+            let name = cur.file_name()?;
+            if name == ".." {
+                return None;
+            }
+            rest.push(name.to_owned());
+            cur = cur.parent()?;
+        }
+    };
+    if path
+        .components()
+        .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return false;
+    }
+    match (real(home), real(path)) {
+        (Some(h), Some(p)) => p != h && p.starts_with(&h),
+        _ => false,
+    }
+}
+
+/// The kind of the file store in `dir`, if there is one.
+fn keyhaven_store_file_kind(dir: &Path) -> Option<BackendKind> {
+    #[cfg(feature = "file")]
+    {
+        match keyhaven_store_file::detect(dir) {
+            Ok(Some(keyhaven_store_file::StoreKind::Encrypted)) => Some(BackendKind::Encrypted),
+            Ok(Some(_)) => Some(BackendKind::Pem),
+            _ => None,
+        }
+    }
+    #[cfg(not(feature = "file"))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
 /// The manifest's path in `home`.
 pub fn manifest_path(home: &std::path::Path) -> PathBuf {
     SealedState::manifest_path(home)
@@ -144,33 +199,69 @@ impl KeyManager {
     pub fn integrity_anchor(&self) -> Option<String> {
         self.config_path()?;
         let config = self.config();
-        if let Some(claimed) = SealedState::peek_anchor(self.home())
-            && let Some((name, _)) = claimed.split_once('/')
-            && config.backends.contains_key(name)
-        {
-            return Some(name.to_owned());
-        }
-        let encrypted = |n: &String| {
+        // Only an encrypted store kept inside the home can be the anchor, whatever the
+        // (unauthenticated) manifest or configuration claim: nothing else is ever opened before
+        // the configuration is authenticated (a PKCS#11 backend would load a module).
+        let eligible = |n: &String| {
             config
                 .backends
                 .get(n)
                 .is_some_and(|b| b.kind == BackendKind::Encrypted)
+                && config
+                    .backend_path(self.home(), n)
+                    .is_some_and(|p| inside(self.home(), &p))
         };
-        let in_home = |n: &String| {
-            config
-                .backend_path(self.home(), n)
-                .is_some_and(|p| p.starts_with(self.home()))
-        };
+        if let Some(claimed) = SealedState::peek_anchor(self.home())
+            && let Some((name, _)) = claimed.split_once('/')
+            && eligible(&name.to_owned())
+        {
+            return Some(name.to_owned());
+        }
         // The default backend, then any other, but only a store kept inside the home: the
         // anchor must be there whenever the home is (not on a drive that may be away).
-        let candidates = || {
-            config
-                .default_backend
-                .iter()
-                .chain(config.backends.keys())
-                .filter(|n| encrypted(n))
+        config
+            .default_backend
+            .iter()
+            .chain(config.backends.keys())
+            .find(|n| eligible(n))
+            .cloned()
+    }
+
+    /// A home that holds an encrypted store with keys but has no manifest was sealed once (or
+    /// made by an earlier keyhaven): whatever its configuration says now (another anchor, one
+    /// that cannot be opened, a path that leads out of the home and back), it is not run
+    /// unauthenticated.
+    fn refuse_unsealed_with_keys(&self) -> Result<()> {
+        if SealedState::exists(self.home()) {
+            return Ok(());
+        }
+        let Ok(stores) = std::fs::read_dir(self.home().join("backends")) else {
+            return Ok(());
         };
-        candidates().find(|n| in_home(n)).cloned()
+        for entry in stores.flatten() {
+            let dir = entry.path();
+            let encrypted = matches!(keyhaven_store_file_kind(&dir), Some(BackendKind::Encrypted));
+            let has_keys = std::fs::read_dir(dir.join("keys"))
+                .map(|mut rd| {
+                    rd.any(|e| e.is_ok_and(|e| !e.file_name().to_string_lossy().starts_with('.')))
+                })
+                .unwrap_or(false);
+            if encrypted && has_keys {
+                return Err(CoreError::corrupt(
+                    manifest_path(self.home()).display().to_string(),
+                    format!(
+                        "the home holds the encrypted store {} with keys but no integrity \
+                         manifest: it was removed (or the home was made by a keyhaven before \
+                         0.1.1). Nothing in the home is trusted until you restore the manifest \
+                         from a backup, or accept the home's present state with `keyhaven \
+                         integrity seal`",
+                        dir.display()
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// The state files of this home, read and written through the integrity manifest when the
@@ -207,6 +298,7 @@ impl KeyManager {
     /// has no anchor (store).
     fn unlock_state(&self) -> Result<Option<SealedState>> {
         let Some(anchor) = self.integrity_anchor() else {
+            self.refuse_unsealed_with_keys()?;
             if SealedState::exists(self.home()) {
                 return Err(CoreError::corrupt(
                     manifest_path(self.home()).display().to_string(),
@@ -232,6 +324,7 @@ impl KeyManager {
             if sealed {
                 return Err(self.anchor_missing(&anchor));
             }
+            self.refuse_unsealed_with_keys()?;
             // Nothing to protect yet: the home is sealed when the anchor store is created.
             return Ok(None);
         };

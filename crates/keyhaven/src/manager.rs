@@ -168,6 +168,9 @@ pub struct HashedMessage {
     pub sha256: [u8; 32],
     /// The message's length in bytes.
     pub len: u64,
+    /// Whether the message is a keyhaven assertion's JWS signing input (never signed as a
+    /// plain message).
+    assertion_input: bool,
 }
 
 impl HashedMessage {
@@ -191,6 +194,7 @@ impl HashedMessage {
         let mut sha256 = sha2::Sha256::new();
         let mut buf = zeroize::Zeroizing::new(vec![0u8; 64 * 1024]);
         let mut len = 0u64;
+        let mut head = Vec::new();
         loop {
             let n = match reader.read(&mut buf) {
                 Ok(0) => break,
@@ -203,6 +207,10 @@ impl HashedMessage {
                 Curve::P256(h) => h.update(&buf[..n]),
             }
             sha256.update(&buf[..n]);
+            if head.len() < 4096 {
+                let take = n.min(4096 - head.len());
+                head.extend_from_slice(&buf[..take]);
+            }
             len += n as u64;
         }
         Ok(Some(HashedMessage {
@@ -212,6 +220,7 @@ impl HashedMessage {
             },
             sha256: sha256.finalize().into(),
             len,
+            assertion_input: refuse_assertion_signing_input(&head).is_err(),
         }))
     }
 }
@@ -495,12 +504,13 @@ impl KeyManager {
         }
     }
 
-    /// Before a backend other than an encrypted store is opened (a PKCS#11 backend loads the
-    /// module its declaration names): unlock the home's state, so the declaration read is the
-    /// authenticated one.
+    /// Before a backend other than the anchor is opened (a PKCS#11 backend loads the module
+    /// its declaration names; another store's path could lead anywhere): unlock the home's
+    /// state, so the declaration used is the authenticated one.
     fn before_open(&self, name: &str) -> Result<()> {
-        let kind = self.backend_config(name)?.kind;
-        if kind != BackendKind::Encrypted {
+        // Only the anchor itself is opened from the configuration as read; every other
+        // backend from the authenticated one (its path, its module).
+        if self.integrity_anchor().as_deref() != Some(name) {
             self.state()?;
         }
         Ok(())
@@ -978,6 +988,29 @@ impl KeyManager {
                 },
             ));
         }
+        match input {
+            SignInput::Message(m) => refuse_assertion_signing_input(m)?,
+            SignInput::Hashed(h) if h.assertion_input => {
+                refuse_assertion_signing_input(b"")?;
+                return Err(CoreError::InvalidInput(
+                    "this message is a keyhaven assertion's signing input; assertions are made \
+                     with `keyhaven sign --assertion`"
+                        .into(),
+                )
+                .into());
+            }
+            _ => {}
+        }
+        self.sign_checked_input(key, input)
+    }
+
+    /// [`KeyManager::sign_input`] without the refusal of assertion signing inputs (for
+    /// [`KeyManager::make_assertion`]).
+    pub(crate) fn sign_checked_input(
+        &self,
+        key: &ManagedKey,
+        input: SignInput<'_>,
+    ) -> Result<Signature> {
         let key = &self.signing_target(key)?;
         let b = self.key_backend(key)?;
         let id = &key.info.id;
@@ -1230,6 +1263,38 @@ impl KeyManager {
         *guard = next;
         Ok(out)
     }
+}
+
+/// A message that is a keyhaven assertion's JWS signing input is only signed by
+/// [`KeyManager::make_assertion`]: signing it as an ordinary message would let whoever may sign
+/// make an assertion with any metadata (a claimed protection, a backdated time).
+fn refuse_assertion_signing_input(message: &[u8]) -> Result<()> {
+    use base64ct::{Base64UrlUnpadded, Encoding};
+    // `{"` in base64url: every JWS header starts so.
+    if !message.starts_with(b"eyJ") {
+        return Ok(());
+    }
+    let Some(dot) = message.iter().position(|&b| b == b'.') else {
+        return Ok(());
+    };
+    let Ok(header) = std::str::from_utf8(&message[..dot]) else {
+        return Ok(());
+    };
+    let Ok(json) = Base64UrlUnpadded::decode_vec(header) else {
+        return Ok(());
+    };
+    let typ = serde_json::from_slice::<serde_json::Value>(&json)
+        .ok()
+        .and_then(|v| v.get("typ").and_then(|t| t.as_str()).map(str::to_owned));
+    if typ.as_deref() == Some(crate::ASSERTION_JWS_TYPE) {
+        return Err(CoreError::InvalidInput(
+            "this message is a keyhaven assertion's signing input; assertions are made with \
+             `keyhaven sign --assertion` (the metadata is then the key's own)"
+                .into(),
+        )
+        .into());
+    }
+    Ok(())
 }
 
 /// The key of `b` whose record carries `label`, found by listing (not through the label index).

@@ -199,3 +199,41 @@ fn verify_checks_the_assertion_and_refuses_any_edited_field() {
     ]);
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn a_digest_assertion_never_vouches_for_another_message() {
+    let h = Home::with_encrypted();
+    h.generate("p256", "k", &[]);
+    let msg = h.scratch().join("a");
+    fs::write(&msg, b"document A\n").unwrap();
+    let other = h.scratch().join("b");
+    fs::write(&other, b"document B\n").unwrap();
+    // The digest of A, signed as a digest.
+    use sha2::Digest;
+    let digest = hex::encode(sha2::Sha256::digest(b"document A\n"));
+    let assertion = h.scratch().join("d.json");
+    h.ok(&[
+        "sign",
+        "--key",
+        "k",
+        "--digest",
+        &digest,
+        "--out",
+        h.scratch().join("d.sig").to_str().unwrap(),
+        "--assertion",
+        assertion.to_str().unwrap(),
+    ]);
+    let verify = |m: &Path| {
+        h.run(&[
+            "verify",
+            "--assertion",
+            assertion.to_str().unwrap(),
+            "--message-file",
+            m.to_str().unwrap(),
+        ])
+        .status
+        .code()
+    };
+    assert_eq!(verify(&msg), Some(0));
+    assert_eq!(verify(&other), Some(1));
+}

@@ -437,3 +437,120 @@ fn a_log_cut_short_is_recovered_with_a_break_naming_the_loss() {
     );
     sign(&h, "other").unwrap();
 }
+
+#[test]
+fn a_claimed_anchor_that_is_not_an_encrypted_store_in_the_home_is_never_opened() {
+    let (h, _, _, _) = populated();
+    // A "module" in the home, a pkcs11 backend naming it, and the manifest's anchor claim
+    // pointed at that backend: nothing of it may be loaded before the home is authenticated.
+    let module = h.path().join("evil.so");
+    write(&module, b"not a library");
+    let config = h.path().join("keyhaven.toml");
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[backends.hsm]\ntype = \"pkcs11\"\nmodule = \"{}\"\ntoken = \"x\"\n",
+        module.display()
+    ));
+    write(&config, text);
+    let manifest = h.path().join("integrity.manifest");
+    let m = fs::read_to_string(&manifest).unwrap();
+    let anchor_start = m.find("\"anchor\":\"").unwrap() + 10;
+    let anchor_end = anchor_start + m[anchor_start..].find('"').unwrap();
+    write(
+        &manifest,
+        format!("{}hsm/x{}", &m[..anchor_start], &m[anchor_end..]),
+    );
+    let (code, e) = sign(&h, "other").unwrap_err();
+    assert_eq!(code, 7, "{e}");
+    assert!(e.contains("integrity.manifest"), "{e}");
+    assert!(!e.to_lowercase().contains("module"), "{e}");
+}
+
+#[test]
+fn removing_the_manifest_and_steering_the_anchor_away_never_runs_the_home_unsealed() {
+    let (h, _, other, _) = populated();
+    let counter = h.path().join(format!("rotation/usage/{other}.count"));
+    let config = h.path().join("keyhaven.toml");
+    let original = fs::read_to_string(&config).unwrap();
+    fs::remove_file(h.path().join("integrity.manifest")).unwrap();
+    write(&counter, "0\n");
+    // (a) a new encrypted backend made the default (its store does not exist)
+    write(
+        &config,
+        format!(
+            "{}\n[backends.a0]\ntype = \"encrypted\"\n",
+            original.replace("default_backend = \"default\"", "default_backend = \"a0\"")
+        ),
+    );
+    let (code, e) = sign(&h, "other").unwrap_err();
+    assert_eq!(code, 7, "{e}");
+    assert!(e.contains("integrity seal"), "{e}");
+    // (b) the real store reached through a path that leaves the home and comes back
+    let home = h.path();
+    let twisted = format!(
+        "{}/../{}/backends/default",
+        home.display(),
+        home.file_name().unwrap().to_string_lossy()
+    );
+    assert!(original.contains("[backends.default]\n"), "{original}");
+    write(
+        &config,
+        original.replace(
+            "[backends.default]\n",
+            &format!("[backends.default]\npath = \"{twisted}\"\n"),
+        ),
+    );
+    let (code, e) = sign(&h, "other").unwrap_err();
+    assert_eq!(code, 7, "{e}");
+}
+
+#[test]
+fn a_removed_registry_directory_never_lets_an_old_version_sign() {
+    let (h, release, _, _) = populated();
+    fs::remove_dir_all(h.path().join("rotation/registry")).unwrap();
+    let (code, e) = sign(&h, &release).unwrap_err();
+    assert_eq!(code, 7, "{e}");
+    assert!(e.contains("rotation/registry"), "{e}");
+}
+
+#[test]
+fn an_assertion_signing_input_is_never_signed_as_a_plain_message() {
+    let (h, _, _, _) = populated();
+    let msg = h.scratch().join("artifact");
+    fs::write(&msg, b"x").unwrap();
+    let a = h.scratch().join("a.json");
+    h.ok(&[
+        "sign",
+        "--key",
+        "other",
+        "--message-file",
+        msg.to_str().unwrap(),
+        "--out",
+        h.scratch().join("a.sig").to_str().unwrap(),
+        "--assertion",
+        a.to_str().unwrap(),
+    ]);
+    let assertion: serde_json::Value = serde_json::from_slice(&fs::read(&a).unwrap()).unwrap();
+    let jws = assertion["jws"].as_str().unwrap();
+    let signing_input = &jws[..jws.rfind('.').unwrap()];
+    let crafted = h.scratch().join("crafted");
+    fs::write(&crafted, signing_input).unwrap();
+    let (code, e) = sign(&h, "other")
+        .map(|()| (0, String::new()))
+        .unwrap_or_else(|x| x);
+    assert_eq!(code, 0, "{e}");
+    let out = h.run(&[
+        "sign",
+        "--key",
+        "other",
+        "--message-file",
+        crafted.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(9),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("assertion"));
+}

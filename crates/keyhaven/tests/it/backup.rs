@@ -75,3 +75,49 @@ fn collect_by_reference_and_restore_into_another_backend() {
     assert_eq!(listed(&m), 3);
     assert!(m.resolve("c:x (restored)").is_ok());
 }
+
+/// A crafted backup whose rotation record names a key the home already has (as version 1,
+/// with the attacker's key as primary) never takes that key over.
+#[cfg(feature = "file")]
+#[test]
+fn a_crafted_rotation_record_in_a_backup_never_takes_over_an_existing_key() {
+    // The attacker's home: a rotated logical key, backed up whole.
+    let attacker_home = crate::private_tempdir();
+    let a = KeyManager::open(attacker_home.path(), FixedPassphrase::new("pw")).unwrap();
+    a.add_backend("b", BackendConfig::new(BackendKind::Encrypted, None))
+        .unwrap();
+    let ak = a.generate(None, Algorithm::Ed25519, "evil").unwrap();
+    a.rotate_key(&ak, "test").unwrap();
+    let mut entries = a.collect_backup(Some(&["evil".to_owned()])).unwrap();
+    // The victim's home holds a key "release".
+    let victim_home = crate::private_tempdir();
+    let v = KeyManager::open(victim_home.path(), FixedPassphrase::new("pw")).unwrap();
+    v.add_backend("b", BackendConfig::new(BackendKind::Encrypted, None))
+        .unwrap();
+    let victim = v.generate(None, Algorithm::Ed25519, "release").unwrap();
+    // The record is edited to say that the victim's key is version 1 of the attacker's key,
+    // and the version-1 entry itself is left out of the backup.
+    let v1 = ak.id().to_string();
+    let record = entries
+        .iter()
+        .find_map(|e| e.metadata.get(keyhaven::backup::META_REGISTRY).cloned())
+        .unwrap()
+        .replace(&v1, victim.id().as_str());
+    entries.retain(|e| e.id.as_str() != v1);
+    entries[0]
+        .metadata
+        .insert(keyhaven::backup::META_REGISTRY.into(), record);
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.metadata.contains_key(keyhaven::backup::META_REGISTRY))
+    );
+    let e = v
+        .restore_backup(&entries, None, OnConflict::Rename)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    // The victim's key is untouched: it signs as itself, unversioned.
+    let k = v.resolve("release").unwrap();
+    assert_eq!(k, victim);
+    assert!(v.logical_key(&k).unwrap().is_none());
+}
