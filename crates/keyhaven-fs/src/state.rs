@@ -228,8 +228,11 @@ pub struct SealedState {
     /// Files read and found to match, by relative path: their stamp when read, their hash,
     /// their bytes. A file whose stamp is unchanged (same inode, size, mtime and ctime: a user
     /// cannot set ctime back) and whose hash the manifest still accepts is not read again.
-    files: Mutex<std::collections::HashMap<String, (Stamp, String, Arc<Vec<u8>>)>>,
+    files: Mutex<std::collections::HashMap<String, CachedFile>>,
 }
+
+/// A file found good: its stamp when read, its hash, its bytes.
+type CachedFile = (Stamp, String, Arc<Vec<u8>>);
 
 /// Files larger than this are read and hashed every time rather than kept.
 const CACHE_FILE_MAX: usize = 64 * 1024;
