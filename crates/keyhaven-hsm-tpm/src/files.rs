@@ -49,7 +49,12 @@ fn io_error(op: &str, path: &Path, e: io::Error) -> Error {
 
 /// Refuses anything but a regular file (or directory) that only its owner may read and write.
 fn check_meta(path: &Path, meta: &fs::Metadata, dir: bool) -> Result<()> {
-    if meta.is_dir() != dir || meta.file_type().is_symlink() {
+    if meta.file_type().is_symlink() {
+        return Err(keyhaven_fs::refuse_symlink(path));
+    }
+    // Another user's file could be changed by them: the one policy of keyhaven-fs.
+    keyhaven_fs::check_owner(path, meta)?;
+    if meta.is_dir() != dir {
         return Err(Error::InvalidInput(format!(
             "{} is not a {}",
             path.display(),
@@ -90,9 +95,14 @@ fn create_private_dir(path: &Path) -> Result<()> {
 
 /// Reads a private file; `Ok(None)` if it does not exist.
 pub(crate) fn read_private(path: &Path) -> Result<Option<Vec<u8>>> {
-    let mut file = match File::open(path) {
+    let mut file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(keyhaven_fs::O_NOFOLLOW)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(_) if keyhaven_fs::is_symlink(path) => return Err(keyhaven_fs::refuse_symlink(path)),
         Err(e) => return Err(io_error("open", path, e)),
     };
     let meta = file.metadata().map_err(|e| io_error("inspect", path, e))?;
@@ -241,8 +251,15 @@ impl KeyDir {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(keyhaven_fs::O_NOFOLLOW)
             .open(&path)
-            .map_err(|e| io_error("open lock file", &path, e))?;
+            .map_err(|e| {
+                if keyhaven_fs::is_symlink(&path) {
+                    keyhaven_fs::refuse_symlink(&path)
+                } else {
+                    io_error("open lock file", &path, e)
+                }
+            })?;
         file.lock().map_err(|e| io_error("lock", &path, e))?;
         Ok(LockGuard { _file: file })
     }

@@ -184,8 +184,15 @@ pub(crate) fn lock_exclusive(lock_path: &Path) -> Result<LockGuard, FsError> {
         .create(true)
         .truncate(false)
         .mode(0o600)
+        .custom_flags(keyhaven_fs::O_NOFOLLOW)
         .open(lock_path)
-        .map_err(io_err("open lock file", lock_path))?;
+        .map_err(|e| {
+            if keyhaven_fs::is_symlink(lock_path) {
+                FsError::Unsafe(keyhaven_fs::refuse_symlink(lock_path))
+            } else {
+                io_err("open lock file", lock_path)(e)
+            }
+        })?;
     file.lock().map_err(io_err("lock", lock_path))?;
     Ok(LockGuard { _file: file })
 }

@@ -407,6 +407,7 @@ impl KeyManager {
         for file in [
             self.home().join(CONFIG_FILE),
             self.home().join(crate::lifecycle::AUDIT_WITNESS),
+            self.home().join(crate::tombstones::TOMBSTONES),
             authority,
         ] {
             if file.exists() {

@@ -15,6 +15,7 @@ pub mod lifecycle;
 mod manager;
 mod passphrase;
 pub mod rotation;
+mod tombstones;
 
 pub use assertion::{ASSERTION_JWS_TYPE, ASSERTION_VERSION, Assertion, rfc3339};
 pub use backend::{Backend, BackendKind};

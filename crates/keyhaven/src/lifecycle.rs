@@ -425,6 +425,13 @@ impl KeyManager {
         // A home is sealed as soon as its anchor store exists (it may have just been created).
         self.state()?;
         let raw = backend.store().clone();
+        // Innermost: a deleted key's record put back refuses private operations.
+        let raw: Arc<dyn KeyStore> = Arc::new(crate::tombstones::TombstoneStore::new(
+            raw,
+            backend.name(),
+            self.state()?,
+            self.home().join(crate::tombstones::TOMBSTONES),
+        ));
         let metered = keyhaven_rotation::MeteredStore::new(raw, self.usage_meter()?);
         let mut store: Arc<dyn KeyStore> =
             Arc::new(RevocationCheckedStore::new(metered, self.revocations()?));

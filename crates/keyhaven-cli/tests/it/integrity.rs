@@ -554,3 +554,26 @@ fn an_assertion_signing_input_is_never_signed_as_a_plain_message() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("assertion"));
 }
+
+#[test]
+fn a_deleted_key_put_back_from_an_old_copy_never_signs() {
+    let (h, _, _, _) = populated();
+    let id = h.generate("p256", "leaked", &[]);
+    let record = h.path().join(format!("backends/default/keys/{id}.json"));
+    let claim = h.path().join(format!(
+        "backends/default/labels/{}",
+        hex::encode(Sha256::digest(b"leaked"))
+    ));
+    let (saved_record, saved_claim) = (fs::read(&record).unwrap(), fs::read(&claim).unwrap());
+    h.ok(&["key", "delete", "leaked", "--yes"]);
+    write(&record, &saved_record);
+    write(&claim, &saved_claim);
+    let (code, e) = sign(&h, "leaked").unwrap_err();
+    assert_eq!(code, 7, "{e}");
+    assert!(
+        e.contains("deleted-keys.json") && e.contains("was deleted"),
+        "{e}"
+    );
+    // Other keys are unaffected.
+    sign(&h, "other").unwrap();
+}
