@@ -85,21 +85,14 @@ fn nofollow_err(path: &Path, e: std::io::Error) -> AuditError {
     }
 }
 
-/// Exclusive `flock` on the log's lock file, released on drop.
+/// Exclusive `flock` on the log's lock file, released on drop (the one file layer's lock:
+/// created 0600, never through a symbolic link).
 pub(crate) struct LockGuard {
-    _file: File,
+    _lock: keyhaven_fs::FileLock,
 }
 
 pub(crate) fn lock_exclusive(lock_path: &Path) -> Result<LockGuard, AuditError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(keyhaven_fs::O_NOFOLLOW)
-        .open(lock_path)
-        .map_err(|e| nofollow_err(lock_path, e))?;
-    file.lock().map_err(io_err("lock", lock_path))?;
-    Ok(LockGuard { _file: file })
+    Ok(LockGuard {
+        _lock: keyhaven_fs::FileLock::acquire(lock_path).map_err(AuditError::Unsafe)?,
+    })
 }

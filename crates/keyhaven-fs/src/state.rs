@@ -249,6 +249,16 @@ impl fmt::Debug for SealedState {
 }
 
 impl SealedState {
+    fn unopened(root: &Path, key: StateKey, anchor: &str) -> Self {
+        SealedState {
+            root: root.to_owned(),
+            key,
+            anchor: anchor.to_owned(),
+            cache: Mutex::new(None),
+            files: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
     /// The manifest of the home at `root`.
     pub fn manifest_path(root: &Path) -> PathBuf {
         root.join(MANIFEST)
@@ -279,13 +289,7 @@ impl SealedState {
         anchor: &str,
         adopt: &[PathBuf],
     ) -> Result<Self, CoreError> {
-        let state = SealedState {
-            root: root.to_owned(),
-            key,
-            anchor: anchor.to_owned(),
-            cache: Mutex::new(None),
-            files: Mutex::new(std::collections::HashMap::new()),
-        };
+        let state = Self::unopened(root, key, anchor);
         let _lock = state.lock()?;
         if Self::exists(root) {
             return Err(CoreError::AlreadyExists(format!(
@@ -321,13 +325,7 @@ impl SealedState {
     /// [`CoreError::Corrupt`] naming the manifest if it is missing, altered, or sealed by
     /// another key or anchor; [`CoreError::PermissionDenied`]; I/O errors.
     pub fn open(root: &Path, key: StateKey, anchor: &str) -> Result<Self, CoreError> {
-        let state = SealedState {
-            root: root.to_owned(),
-            key,
-            anchor: anchor.to_owned(),
-            cache: Mutex::new(None),
-            files: Mutex::new(std::collections::HashMap::new()),
-        };
+        let state = Self::unopened(root, key, anchor);
         state.load()?;
         state.settle()?;
         Ok(state)

@@ -159,7 +159,7 @@ fn remove_durable(path: &Path) -> Result<()> {
 
 /// A held exclusive advisory lock on the directory; released on drop.
 pub(crate) struct LockGuard {
-    _file: File,
+    _lock: keyhaven_fs::FileLock,
 }
 
 /// What identifies a version of a file: if any of these change, it was replaced.
@@ -244,24 +244,10 @@ impl KeyDir {
 
     /// Takes the writers' lock (waits for other threads and processes).
     pub(crate) fn lock(&self) -> Result<LockGuard> {
-        let path = self.root.join(LOCK);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(keyhaven_fs::O_NOFOLLOW)
-            .open(&path)
-            .map_err(|e| {
-                if keyhaven_fs::is_symlink(&path) {
-                    keyhaven_fs::refuse_symlink(&path)
-                } else {
-                    io_error("open lock file", &path, e)
-                }
-            })?;
-        file.lock().map_err(|e| io_error("lock", &path, e))?;
-        Ok(LockGuard { _file: file })
+        // The one file layer's lock: created 0600, never through a symbolic link.
+        Ok(LockGuard {
+            _lock: keyhaven_fs::FileLock::acquire(&self.root.join(LOCK))?,
+        })
     }
 
     /// Path of one of a key's files.

@@ -103,17 +103,10 @@ pub(crate) fn check_meta(path: &Path, meta: &fs::Metadata, dir: bool) -> Result<
 
 /// Reads a private file (refusing loose permissions).
 pub(crate) fn read_private(path: &Path) -> Result<Vec<u8>, FsError> {
-    let mut file = OpenOptions::new()
-        .read(true)
-        .custom_flags(keyhaven_fs::O_NOFOLLOW)
-        .open(path)
-        .map_err(|e| {
-            if keyhaven_fs::is_symlink(path) {
-                FsError::Unsafe(keyhaven_fs::refuse_symlink(path))
-            } else {
-                io_err("open", path)(e)
-            }
-        })?;
+    let mut file = keyhaven_fs::open_nofollow(path).map_err(|e| match e {
+        keyhaven_core::Error::Io { source, .. } => io_err("open", path)(source),
+        other => FsError::Unsafe(other),
+    })?;
     let meta = file.metadata().map_err(io_err("inspect", path))?;
     check_meta(path, &meta, false)?;
     let mut buf = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
@@ -173,28 +166,15 @@ pub(crate) fn remove_durable(path: &Path) -> Result<(), FsError> {
 
 /// A held exclusive advisory lock (`flock`) on a store's lock file; released on drop.
 pub(crate) struct LockGuard {
-    _file: File,
+    _lock: keyhaven_fs::FileLock,
 }
 
 /// Takes the store's exclusive lock, waiting for other processes and threads to release it.
 pub(crate) fn lock_exclusive(lock_path: &Path) -> Result<LockGuard, FsError> {
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .custom_flags(keyhaven_fs::O_NOFOLLOW)
-        .open(lock_path)
-        .map_err(|e| {
-            if keyhaven_fs::is_symlink(lock_path) {
-                FsError::Unsafe(keyhaven_fs::refuse_symlink(lock_path))
-            } else {
-                io_err("open lock file", lock_path)(e)
-            }
-        })?;
-    file.lock().map_err(io_err("lock", lock_path))?;
-    Ok(LockGuard { _file: file })
+    // The one file layer's lock: created 0600, never through a symbolic link.
+    Ok(LockGuard {
+        _lock: keyhaven_fs::FileLock::acquire(lock_path).map_err(FsError::Unsafe)?,
+    })
 }
 
 /// What identifies a version of a file: if any of these change, the file was replaced.

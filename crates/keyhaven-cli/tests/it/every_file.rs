@@ -54,14 +54,6 @@ fn files(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 /// The damage done to one file.
 #[derive(Debug, Clone, Copy)]
 enum Damage {
@@ -146,7 +138,7 @@ fn damage_every_file(pick: impl Fn(&Path) -> bool) -> (Vec<String>, usize) {
         Damage::Delete,
         Damage::Symlink,
     ];
-    if is_root() {
+    if crate::is_root() {
         damages.push(Damage::Chown);
     }
     let mut failures: Vec<String> = Vec::new();

@@ -252,14 +252,6 @@ fn integrity_verify_names_every_file_changed() {
     }
 }
 
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 fn chown(path: &Path, uid: u32) {
     let ok = std::process::Command::new("chown")
         .arg(uid.to_string())
@@ -272,7 +264,7 @@ fn chown(path: &Path, uid: u32) {
 
 #[test]
 fn files_owned_by_another_user_are_refused_even_for_root() {
-    if !is_root() {
+    if !crate::is_root() {
         eprintln!("skipped: giving a file to another user needs root");
         return;
     }

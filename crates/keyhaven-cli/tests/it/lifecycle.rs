@@ -18,7 +18,7 @@ fn append_config(h: &Home, text: &str) {
 
 #[test]
 fn anomaly_scan_respond_revoke_and_a_tampered_log() {
-    if !nix_is_root() {
+    if !crate::is_root() {
         eprintln!("skipped: acting for another principal (KEYHAVEN_PRINCIPAL) needs root");
         return;
     }
@@ -323,7 +323,7 @@ fn key_revoke_with_compromised_files_a_confirmed_report() {
 
 #[test]
 fn access_rules_deny_by_principal_and_denials_are_audited() {
-    if !nix_is_root() {
+    if !crate::is_root() {
         eprintln!("skipped: acting for another principal (KEYHAVEN_PRINCIPAL) needs root");
         return;
     }
@@ -386,7 +386,7 @@ fn an_unwritable_audit_log_refuses_operations() {
             .success()
     );
     let log = h.path().join("audit").join("audit.1.log");
-    if nix_is_root() {
+    if crate::is_root() {
         // root ignores file modes: replace the log with a directory instead.
         fs::remove_file(&log).unwrap();
         fs::create_dir(&log).unwrap();
@@ -402,14 +402,6 @@ fn an_unwritable_audit_log_refuses_operations() {
         "no signature without its audit record"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("audit"));
-}
-
-fn nix_is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
 }
 
 #[test]
@@ -433,7 +425,7 @@ fn the_principal_is_the_os_account_not_what_user_says() {
     ]);
     assert!(!signs.is_empty());
     assert!(!signs.contains("someone-else"), "{signs}");
-    if !nix_is_root() {
+    if !crate::is_root() {
         // Only root may name the principal it acts for.
         let out = h
             .cmd(["sign", "--key", "k", "--digest", &"ab".repeat(32)])

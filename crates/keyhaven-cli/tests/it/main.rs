@@ -238,3 +238,12 @@ pub(crate) fn openssl_ok(dir: &Path, args: &[&str]) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// Whether the tests run as root (some need to give files to another user).
+pub(crate) fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
