@@ -96,7 +96,7 @@ pub fn recover(
     // The chain head before them: the previous file's last line (or the log's genesis).
     let stamp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+        .map_or(0, |d| d.as_nanos());
     let mut kept = Vec::new();
     let mut damaged = Vec::new();
     if !shortfall {
@@ -109,6 +109,13 @@ pub fn recover(
                     .unwrap_or("audit.log")
             );
             let to = dir.join(&name);
+            // Never over earlier evidence.
+            if fs::symlink_metadata(&to).is_ok() {
+                return Err(AuditError::Damaged {
+                    path: to,
+                    reason: "evidence of that name is already kept; try again".into(),
+                });
+            }
             fs::rename(f, &to).map_err(io_err("set aside", f))?;
             damaged.push(DamagedFile {
                 kept_as: name,

@@ -547,12 +547,18 @@ fn check_evidence(log_file: &Path, damaged: &[DamagedFile]) -> Result<(), String
             ));
         }
         let path = dir.join(&d.kept_as);
-        let bytes = std::fs::read(&path).map_err(|e| {
-            format!(
-                "the evidence {} this break set aside cannot be read ({e}): it was removed",
-                path.display()
-            )
-        })?;
+        // A regular file of the recorded size (never a link, a pipe or a device), then hashed.
+        let gone =
+            |why: String| format!("the evidence {} this break set aside {why}", path.display());
+        let meta = std::fs::symlink_metadata(&path)
+            .map_err(|e| gone(format!("cannot be found ({e}): it was removed")))?;
+        if !meta.is_file() || meta.len() != d.bytes {
+            return Err(gone("was replaced or changed".into()));
+        }
+        let mut f = fsutil::open_read(&path).map_err(|e| gone(format!("cannot be read ({e})")))?;
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(&mut f, d.bytes + 1), &mut bytes)
+            .map_err(|e| gone(format!("cannot be read ({e})")))?;
         let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
         if sha != d.sha256 {
             return Err(format!(

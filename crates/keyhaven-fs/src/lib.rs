@@ -539,6 +539,14 @@ impl FileLock {
                 io_err("open lock file", path)(e)
             }
         })?;
+        let meta = file.metadata().map_err(io_err("inspect", path))?;
+        if !meta.is_file() {
+            return Err(CoreError::InvalidInput(format!(
+                "{} is not a regular file; keyhaven uses it as a lock file: remove it",
+                path.display()
+            )));
+        }
+        check_owner(path, &meta)?;
         file.lock().map_err(io_err("lock", path))?;
         Ok(FileLock { file })
     }

@@ -88,6 +88,7 @@ struct Claims {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct JwsHeader {
     alg: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,9 +231,16 @@ impl Assertion {
             Base64UrlUnpadded::decode_vec(part)
                 .map_err(|_| invalid("the assertion's JWS is not base64url"))
         };
+        if h.len() > 1024 {
+            return Err(invalid("the assertion's JWS header is too long"));
+        }
         let header: JwsHeader = serde_json::from_slice(&decode(h)?)
-            .map_err(|_| invalid("the assertion's JWS header is not JSON"))?;
-        if header.alg != pk.algorithm().jose_name() {
+            .map_err(|_| invalid("the assertion's JWS header is not a keyhaven assertion's"))?;
+        // Exactly what make_assertion writes: its alg, its type, its key.
+        if header.alg != pk.algorithm().jose_name()
+            || header.typ.as_deref() != Some(ASSERTION_JWS_TYPE)
+            || header.kid.as_deref() != Some(self.fingerprint.as_str())
+        {
             return Err(CoreError::BadSignature.into());
         }
         let sig = Signature::from_raw(pk.algorithm(), decode(sig)?)

@@ -227,11 +227,20 @@ impl KeyManager {
                 .iter()
                 .map(|x| (&x.id, x.fingerprint().to_hex()))
                 .collect();
+            // Already registered here (a home's own backup restored into it): left as it is.
+            if registry.get(logical.id()).is_ok() {
+                continue;
+            }
             for v in logical.versions() {
                 let ok = match ids.get(v.key_id()) {
                     Some(_) => fingerprints.get(v.key_id()) == Some(&v.fingerprint().to_owned()),
-                    // Not restored (destroyed, revoked, hardware): it must not be a key here.
-                    None => matches!(b.store().get(v.key_id()), Err(CoreError::NotFound(_))),
+                    // Not restored (already present, destroyed, revoked, hardware): it must not
+                    // be another key here.
+                    None => match b.store().get(v.key_id()) {
+                        Err(CoreError::NotFound(_)) => true,
+                        Ok(info) => info.fingerprint().to_hex() == v.fingerprint(),
+                        Err(_) => false,
+                    },
                 };
                 if !ok {
                     return Err(CoreError::corrupt(

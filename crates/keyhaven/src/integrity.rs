@@ -135,12 +135,13 @@ fn config_hint(e: Error, path: &Path) -> Error {
 /// they exist), so `HOME/../HOME/x` and a link out of the home are told apart.
 fn inside(home: &Path, path: &Path) -> bool {
     let real = |p: &Path| -> Option<PathBuf> {
+        let p = &std::path::absolute(p).ok()?;
         if let Ok(c) = std::fs::canonicalize(p) {
             return Some(c);
         }
         // Not there yet: its nearest existing ancestor, plus the rest (without `..`).
         let mut rest = Vec::new();
-        let mut cur = p;
+        let mut cur: &Path = p;
         loop {
             if let Ok(c) = std::fs::canonicalize(cur) {
                 let mut out = c;
@@ -157,12 +158,6 @@ fn inside(home: &Path, path: &Path) -> bool {
             cur = cur.parent()?;
         }
     };
-    if path
-        .components()
-        .any(|c| matches!(c, std::path::Component::ParentDir))
-    {
-        return false;
-    }
     match (real(home), real(path)) {
         (Some(h), Some(p)) => p != h && p.starts_with(&h),
         _ => false,
@@ -235,11 +230,19 @@ impl KeyManager {
         if SealedState::exists(self.home()) {
             return Ok(());
         }
-        let Ok(stores) = std::fs::read_dir(self.home().join("backends")) else {
-            return Ok(());
-        };
-        for entry in stores.flatten() {
-            let dir = entry.path();
+        // The default place of stores, and wherever the configuration puts one inside the home.
+        let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.home().join("backends"))
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        let config = self.config();
+        for name in config.backends.keys() {
+            if let Some(p) = config.backend_path(self.home(), name)
+                && inside(self.home(), &p)
+            {
+                dirs.push(p);
+            }
+        }
+        for dir in dirs {
             let encrypted = matches!(keyhaven_store_file_kind(&dir), Some(BackendKind::Encrypted));
             let has_keys = std::fs::read_dir(dir.join("keys"))
                 .map(|mut rd| {

@@ -124,12 +124,14 @@ impl<S: KeyStore> KeyStore for TombstoneStore<S> {
         self.inner.export_pkcs8(id)
     }
 
+    /// The tombstone is written first: if it cannot be, nothing is deleted; a tombstone for a
+    /// key whose delete then failed only fails safe (the key refuses private operations).
     fn delete(&self, id: &KeyId) -> CoreResult<()> {
-        self.inner.delete(id)?;
         let entry = self.entry(id);
         self.update(|set| {
             set.insert(entry);
-        })
+        })?;
+        self.inner.delete(id)
     }
 
     /// A backup restored by its owner brings a deleted key back on purpose.
