@@ -74,7 +74,8 @@ pub fn recover(
         && files.last() == Some(&problem.file)
         && verify(&files, &pk)?.problem.is_none();
     let (first_bad, good_lines) = if shortfall {
-        let last = files.len() - 1;
+        // `shortfall` holds only when `files` has a last file.
+        let last = files.len().saturating_sub(1);
         (last, usize::MAX)
     } else {
         let idx = files

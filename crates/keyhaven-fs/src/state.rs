@@ -154,7 +154,7 @@ impl StateKey {
     fn mac(&self) -> Hmac<Sha256> {
         // HMAC accepts keys of any length: this cannot fail for 32 bytes.
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.0.as_ref())
-            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length")); // ok: infallible for HMAC
         mac.update(MAGIC.as_bytes());
         mac.update(b"\0");
         mac

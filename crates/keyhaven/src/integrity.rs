@@ -66,6 +66,9 @@ pub(crate) struct StateCell {
     current: RwLock<Arc<dyn StateFiles>>,
     /// Serializes sealing.
     sealing: Mutex<()>,
+    /// The configuration declares no anchor: nothing to unlock until it changes (so the
+    /// question is not asked again on every signature).
+    no_anchor: std::sync::atomic::AtomicBool,
 }
 
 impl Default for StateCell {
@@ -73,6 +76,7 @@ impl Default for StateCell {
         StateCell {
             current: RwLock::new(Arc::new(PlainState)),
             sealing: Mutex::new(()),
+            no_anchor: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -83,6 +87,12 @@ impl StateCell {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The configuration changed: an anchor may have been declared.
+    pub(crate) fn config_changed(&self) {
+        self.no_anchor
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn set(&self, state: Arc<dyn StateFiles>) {
@@ -181,6 +191,38 @@ fn keyhaven_store_file_kind(dir: &Path) -> Option<BackendKind> {
     }
 }
 
+/// The directories of a home that hold state files (each file in them is one), besides the
+/// home itself: the rotation registry and its version index, the usage counters, the
+/// revocations, and each prekey pool.
+pub(crate) fn state_dirs(home: &Path) -> Vec<PathBuf> {
+    let rotation = home.join(crate::rotation::ROTATION_DIR);
+    let mut dirs = vec![
+        rotation.join("registry").join("keys"),
+        rotation.join("registry").join("versions"),
+        rotation.join("usage"),
+        home.join(crate::lifecycle::REVOCATIONS_DIR),
+    ];
+    if let Ok(pools) = std::fs::read_dir(rotation.join("prekeys")) {
+        dirs.extend(pools.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    dirs
+}
+
+/// What the anchor `raw` (backend `anchor`) gives the manifest: its label
+/// (`BACKEND/STORE_ID`, checked on every open) and the key material of its HMAC key.
+fn anchor_key(anchor: &str, raw: &Backend) -> Result<(String, Zeroizing<[u8; 32]>)> {
+    let secret = raw.anchor_secret().ok_or_else(|| {
+        Error::backend(
+            anchor,
+            CoreError::Unsupported {
+                operation: "anchor the home's integrity",
+                reason: format!("backend '{anchor}' derives no integrity key"),
+            },
+        )
+    })?;
+    Ok((format!("{anchor}/{}", secret.store_id), secret.key.clone()))
+}
+
 /// The manifest's path in `home`.
 pub fn manifest_path(home: &std::path::Path) -> PathBuf {
     SealedState::manifest_path(home)
@@ -277,7 +319,7 @@ impl KeyManager {
     /// passphrase, ...).
     pub fn state(&self) -> Result<Arc<dyn StateFiles>> {
         let cell = self.lifecycle().state.clone();
-        if cell.is_authenticated() {
+        if cell.is_authenticated() || cell.no_anchor.load(std::sync::atomic::Ordering::Relaxed) {
             return Ok(cell);
         }
         let _sealing = cell.sealing.lock().unwrap_or_else(PoisonError::into_inner);
@@ -310,6 +352,10 @@ impl KeyManager {
                 )
                 .into());
             }
+            self.lifecycle()
+                .state
+                .no_anchor
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             return Ok(None);
         };
         let sealed = SealedState::exists(self.home());
@@ -331,19 +377,13 @@ impl KeyManager {
             // Nothing to protect yet: the home is sealed when the anchor store is created.
             return Ok(None);
         };
-        let secret = raw.anchor_secret().ok_or_else(|| {
-            Error::backend(
-                &anchor,
-                CoreError::Unsupported {
-                    operation: "anchor the home's integrity",
-                    reason: "the backend derives no integrity key".into(),
-                },
-            )
-        })?;
-        let label = format!("{anchor}/{}", secret.store_id);
-        let key = StateKey::new(secret.key.clone());
+        let (label, key) = anchor_key(&anchor, &raw)?;
         if sealed {
-            Ok(Some(SealedState::open(self.home(), key, &label)?))
+            Ok(Some(SealedState::open(
+                self.home(),
+                StateKey::new(key),
+                &label,
+            )?))
         } else {
             if !self.is_fresh(&raw)? {
                 return Err(CoreError::corrupt(
@@ -355,12 +395,19 @@ impl KeyManager {
                 )
                 .into());
             }
-            let key2 = StateKey::new(secret.key.clone());
-            match SealedState::create(self.home(), key, &label, &self.state_files()) {
+            let created = SealedState::create(
+                self.home(),
+                StateKey::new(key.clone()),
+                &label,
+                &self.state_files(),
+            );
+            match created {
                 // Another process sealed it meanwhile.
-                Err(CoreError::AlreadyExists(_)) => {
-                    Ok(Some(SealedState::open(self.home(), key2, &label)?))
-                }
+                Err(CoreError::AlreadyExists(_)) => Ok(Some(SealedState::open(
+                    self.home(),
+                    StateKey::new(key),
+                    &label,
+                )?)),
                 other => Ok(Some(other?)),
             }
         }
@@ -417,17 +464,7 @@ impl KeyManager {
                 files.push(file);
             }
         }
-        let rotation = self.rotation_dir();
-        let mut dirs = vec![
-            rotation.join("registry").join("keys"),
-            rotation.join("registry").join("versions"),
-            rotation.join("usage"),
-            self.home().join(crate::lifecycle::REVOCATIONS_DIR),
-        ];
-        if let Ok(pools) = std::fs::read_dir(rotation.join("prekeys")) {
-            dirs.extend(pools.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
-        }
-        for dir in dirs {
+        for dir in state_dirs(self.home()) {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
             };
@@ -475,17 +512,8 @@ impl KeyManager {
                 CoreError::NotFound(format!("the store of backend '{anchor}'")),
             )
         })?;
-        let secret = raw.anchor_secret().ok_or_else(|| CoreError::Unsupported {
-            operation: "seal the home",
-            reason: format!("backend '{anchor}' derives no integrity key"),
-        })?;
-        let label = format!("{anchor}/{}", secret.store_id);
-        SealedState::create(
-            self.home(),
-            StateKey::new(secret.key.clone()),
-            &label,
-            &self.state_files(),
-        )?;
+        let (label, key) = anchor_key(&anchor, &raw)?;
+        SealedState::create(self.home(), StateKey::new(key), &label, &self.state_files())?;
         self.integrity_status()
     }
 
@@ -516,16 +544,8 @@ impl KeyManager {
         let raw = self
             .raw_backend(&anchor, false)?
             .ok_or_else(|| self.anchor_missing(&anchor))?;
-        let secret = raw.anchor_secret().ok_or_else(|| CoreError::Unsupported {
-            operation: "check the home's integrity",
-            reason: format!("backend '{anchor}' derives no integrity key"),
-        })?;
-        let label = format!("{anchor}/{}", secret.store_id);
-        Ok(SealedState::open(
-            self.home(),
-            StateKey::new(secret.key.clone()),
-            &label,
-        )?)
+        let (label, key) = anchor_key(&anchor, &raw)?;
+        Ok(SealedState::open(self.home(), StateKey::new(key), &label)?)
     }
 
     /// Whether and how the home is sealed (unlocks the anchor if it is).

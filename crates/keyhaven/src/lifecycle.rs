@@ -97,14 +97,23 @@ impl keyhaven_audit::Witness for StateWitness {
         {
             return Ok(());
         }
-        let w = Witnessed {
-            records: seen.records,
-            head: seen.head.clone().unwrap_or_default(),
-        };
-        let json = serde_json::to_vec(&w)
-            .map_err(|e| CoreError::InvalidInput(format!("cannot encode the witness: {e}")))?;
-        self.state.write(&self.path, &json)
+        write_witness(self.state.as_ref(), &self.path, seen)
     }
+}
+
+/// Records `seen` as what the audit log holds (the caller holds the witness's lock).
+fn write_witness(
+    state: &dyn keyhaven_fs::StateFiles,
+    path: &Path,
+    seen: &keyhaven_audit::Expectation,
+) -> std::result::Result<(), CoreError> {
+    let w = Witnessed {
+        records: seen.records,
+        head: seen.head.clone().unwrap_or_default(),
+    };
+    let json = serde_json::to_vec(&w)
+        .map_err(|e| CoreError::InvalidInput(format!("cannot encode the witness: {e}")))?;
+    state.write(path, &json)
 }
 
 /// `[audit]` in `keyhaven.toml`.
@@ -325,14 +334,9 @@ impl KeyManager {
         let recovered = keyhaven_audit::recover(&self.audit_dir(), &signer, expected.as_ref())
             .map_err(CoreError::from)?;
         // The witness never goes back on its own: the recovery moves it to the new head.
-        let json = serde_json::to_vec(&Witnessed {
-            records: recovered.now.records,
-            head: recovered.now.head.clone().unwrap_or_default(),
-        })
-        .map_err(|e| CoreError::InvalidInput(format!("cannot encode the witness: {e}")))?;
         let path = self.audit_witness_path();
         let _lock = keyhaven_fs::FileLock::acquire(&path.with_extension("lock"))?;
-        self.state()?.write(&path, &json)?;
+        write_witness(self.state()?.as_ref(), &path, &recovered.now)?;
         Ok(recovered)
     }
 

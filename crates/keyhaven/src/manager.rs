@@ -993,15 +993,7 @@ impl KeyManager {
         }
         match input {
             SignInput::Message(m) => refuse_assertion_signing_input(m)?,
-            SignInput::Hashed(h) if h.assertion_input => {
-                refuse_assertion_signing_input(b"")?;
-                return Err(CoreError::InvalidInput(
-                    "this message is a keyhaven assertion's signing input; assertions are made \
-                     with `keyhaven sign --assertion`"
-                        .into(),
-                )
-                .into());
-            }
+            SignInput::Hashed(h) if h.assertion_input => return Err(assertion_input_refused()),
             _ => {}
         }
         self.sign_checked_input(key, input)
@@ -1262,6 +1254,7 @@ impl KeyManager {
         let out = change(&mut next)?;
         if next != before {
             next.save_to(state.as_ref(), path)?;
+            self.lifecycle().state.config_changed();
         }
         *guard = next;
         Ok(out)
@@ -1290,14 +1283,18 @@ fn refuse_assertion_signing_input(message: &[u8]) -> Result<()> {
         .ok()
         .and_then(|v| v.get("typ").and_then(|t| t.as_str()).map(str::to_owned));
     if typ.as_deref() == Some(crate::ASSERTION_JWS_TYPE) {
-        return Err(CoreError::InvalidInput(
-            "this message is a keyhaven assertion's signing input; assertions are made with \
-             `keyhaven sign --assertion` (the metadata is then the key's own)"
-                .into(),
-        )
-        .into());
+        return Err(assertion_input_refused());
     }
     Ok(())
+}
+
+fn assertion_input_refused() -> Error {
+    CoreError::InvalidInput(
+        "this message is a keyhaven assertion's signing input; assertions are made with \
+         `keyhaven sign --assertion` (the metadata is then the key's own)"
+            .into(),
+    )
+    .into()
 }
 
 /// The key of `b` whose record carries `label`, found by listing (not through the label index).
@@ -1344,17 +1341,8 @@ fn refuse_orphaned_stores(home: &Path, config_path: &Path) -> Result<()> {
 /// than a minute: a write going on now in another process is younger). Best effort.
 fn sweep_leftovers(home: &Path) {
     let age = std::time::Duration::from_secs(60);
-    let rotation = home.join(crate::rotation::ROTATION_DIR);
-    let mut dirs = vec![
-        home.to_owned(),
-        home.join(crate::lifecycle::REVOCATIONS_DIR),
-        rotation.join("registry").join("keys"),
-        rotation.join("registry").join("versions"),
-        rotation.join("usage"),
-    ];
-    if let Ok(pools) = std::fs::read_dir(rotation.join("prekeys")) {
-        dirs.extend(pools.flatten().map(|e| e.path()));
-    }
+    let mut dirs = crate::integrity::state_dirs(home);
+    dirs.push(home.to_owned());
     for dir in dirs {
         let _ = crate::fs::sweep_temp_files(&dir, &[crate::fs::TEMP_PREFIX], age);
     }

@@ -107,11 +107,11 @@ impl KeyManager {
         let dir = self.rotation_dir().join("registry");
         // In a sealed home the manifest says whether there is a registry: a removed registry
         // directory is damage (its entries' reads fail, naming them), never "no rotations".
-        let recorded = {
+        let recorded = || -> Result<bool> {
             let state = self.state()?;
-            state.is_authenticated() && !state.list(&dir.join("keys"))?.is_empty()
+            Ok(state.is_authenticated() && !state.list(&dir.join("keys"))?.is_empty())
         };
-        if dir.is_dir() || recorded {
+        if dir.is_dir() || recorded()? {
             Ok(Some(self.rotation_registry()?))
         } else {
             Ok(None)
