@@ -583,6 +583,28 @@ mod pkcs11 {
         Ok((resolve_path(home, module), selector))
     }
 
+    /// Code keyhaven loads must be as trustworthy as keyhaven itself: the module (and the
+    /// directories above it) must belong to the user or root and not be writable by others.
+    /// A missing module is left to the probe (the backend is then unavailable).
+    fn check_module(module: &std::path::Path) -> std::result::Result<(), CoreError> {
+        let Ok(meta) = std::fs::metadata(module) else {
+            return Ok(());
+        };
+        keyhaven_fs::check_owner(module, &meta)?;
+        if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o022 != 0 {
+            return Err(CoreError::PermissionDenied(format!(
+                "the PKCS#11 module {} can be changed by other users; keyhaven refuses to load \
+                 it. Fix: chmod go-w {}",
+                module.display(),
+                module.display()
+            )));
+        }
+        if let Some(dir) = module.parent() {
+            keyhaven_fs::check_ancestors(dir)?;
+        }
+        Ok(())
+    }
+
     /// Opens the token: first reached without a PIN (a missing module or token is
     /// `Unavailable`, so the fallback rule applies and nobody is asked for a PIN in vain), then
     /// logged in to with the PIN from `pin_env`, `pin_file`, or the passphrase provider. The PIN
@@ -591,6 +613,7 @@ mod pkcs11 {
         let name = req.name;
         let c = req.config;
         let (module, selector) = target(name, c, req.home)?;
+        check_module(&module).map_err(|e| Error::backend(name, e))?;
         let report = TokenReport::probe(&module, &selector).map_err(|e| Error::backend(name, e))?;
         let (pin, origin) = if let Some(var) = &c.pin_env {
             (pin_from_env(var), format!("the environment variable {var}"))

@@ -574,3 +574,36 @@ fn new_keys_for_an_unreachable_token_may_fall_back_with_a_warning() {
         10,
     );
 }
+
+#[test]
+fn a_module_others_can_change_is_never_loaded() {
+    let (hsm, h) = hsm_backend();
+    let copy = h.scratch().join("module.so");
+    std::fs::copy(hsm.module(), &copy).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let out = h.run(&[
+        "backend",
+        "add",
+        "loose",
+        "--type",
+        "pkcs11",
+        "--module",
+        copy.to_str().unwrap(),
+        "--token",
+        TOKEN,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(copy.to_str().unwrap()) && err.contains("refuses to load"),
+        "{err}"
+    );
+}
