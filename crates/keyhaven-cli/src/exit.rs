@@ -132,6 +132,15 @@ fn hint_of_kind(kind: ErrorKind) -> &'static str {
 
 /// A hint more precise than the kind's, for damaged data that is not a key store's record.
 fn hint_of_core(e: &CoreError) -> Option<String> {
+    if let CoreError::PermissionDenied(m) = e
+        && m.contains("no access rule allows it")
+    {
+        return Some(
+            "The home's access policy (`[access] policy` in keyhaven.toml) does not allow this \
+             caller: ask the home's owner to add a rule"
+                .into(),
+        );
+    }
     let CoreError::Corrupt { what, .. } = e else {
         return None;
     };

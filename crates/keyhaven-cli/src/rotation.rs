@@ -300,7 +300,22 @@ pub(crate) fn policy(ctx: &Ctx, cmd: PolicyCommand) -> Result<u8> {
     match cmd {
         PolicyCommand::Check => {
             let path = m.rotation_policy_path();
-            let set = m.rotation_policies()?;
+            // The file as written (so a new one can be checked before it is accepted) ...
+            let set = keyhaven::versions::PolicySet::load_or_default(&path)
+                .map_err(keyhaven::CoreError::from)?;
+            // ... and whether the home trusts it.
+            let pending = match m.rotation_policies() {
+                Ok(_) => None,
+                Err(keyhaven::Error::Core(keyhaven::CoreError::Corrupt { .. })) => Some(format!(
+                    "not in use yet: the home's integrity manifest does not record it as it is \
+                     now; run `keyhaven integrity accept {}`",
+                    path.file_name().map_or_else(
+                        || path.display().to_string(),
+                        |n| n.to_string_lossy().into_owned()
+                    )
+                )),
+                Err(e) => return Err(e.into()),
+            };
             if path.exists() {
                 outln!(
                     "{}: {} policies, defaults for {} role(s): valid",
@@ -322,6 +337,9 @@ pub(crate) fn policy(ctx: &Ctx, cmd: PolicyCommand) -> Result<u8> {
                     "{} does not exist: no key is ever due for rotation",
                     path.display()
                 )?;
+            }
+            if let Some(note) = pending {
+                outln!("{note}")?;
             }
         }
         PolicyCommand::Explain { key } => {

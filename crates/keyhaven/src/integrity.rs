@@ -440,11 +440,79 @@ impl KeyManager {
             .map_err(|e| Error::backend(anchor.name(), e))?
             .is_empty();
         let config = self.config_path().map(std::path::Path::to_owned);
+        // The configuration and policies the user wrote before the first key are adopted.
+        let policies = self.policy_files();
         let only_config = self
             .state_files()
             .iter()
-            .all(|p| Some(p) == config.as_ref());
+            .all(|p| Some(p) == config.as_ref() || policies.contains(p));
         Ok(no_keys && only_config)
+    }
+
+    /// The policy files the home trusts that are kept inside it: the rotation policies and,
+    /// if the configuration names one there, the access policy.
+    pub(crate) fn policy_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![self.rotation_policy_path()];
+        if let Some(p) = self.access_policy_path()
+            && inside(self.home(), &p)
+        {
+            files.push(p);
+        }
+        files
+    }
+
+    /// The text of a policy file (`None`: there is none). Inside a sealed home it is read
+    /// through the manifest, so a policy loosened, removed or planted by someone without the
+    /// passphrase is refused, naming the file; a file outside the home must belong to the user
+    /// (or root) and be writable by no one else.
+    ///
+    /// # Errors
+    /// [`CoreError::Corrupt`] naming the file (changed outside keyhaven, or not recorded: run
+    /// `keyhaven integrity accept FILE` after checking it); I/O errors.
+    pub(crate) fn policy_text(&self, path: &Path) -> Result<Option<String>> {
+        let exists = std::fs::symlink_metadata(path).is_ok();
+        if !inside(self.home(), path) || self.config_path().is_none() {
+            return if exists {
+                Ok(Some(keyhaven_fs::read_config(path)?))
+            } else {
+                Ok(None)
+            };
+        }
+        let state = self.state()?;
+        if !state.is_authenticated() {
+            return if exists {
+                Ok(Some(keyhaven_fs::read_config(path)?))
+            } else {
+                Ok(None)
+            };
+        }
+        let hint = |reason: String| -> Error {
+            let rel = path.strip_prefix(self.home()).unwrap_or(path);
+            CoreError::corrupt(
+                path.display().to_string(),
+                format!(
+                    "{reason}. If you wrote it yourself, check it (`keyhaven policy check`) and \
+                     run `keyhaven integrity accept {}` (asks for the passphrase)",
+                    rel.display()
+                ),
+            )
+            .into()
+        };
+        match state.read(path) {
+            Ok(Some(bytes)) => String::from_utf8(bytes.to_vec()).map(Some).map_err(|_| {
+                CoreError::InvalidInput(format!("{} is not UTF-8 text", path.display())).into()
+            }),
+            Ok(None) if exists => Err(hint(
+                "it is not recorded in the home's integrity manifest: it was put there outside \
+                 keyhaven"
+                    .into(),
+            )),
+            Ok(None) => Ok(None),
+            Err(CoreError::Corrupt { what, reason }) if what == path.display().to_string() => {
+                Err(hint(reason))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Every state file the home holds now (what `keyhaven integrity seal` adopts).
@@ -459,7 +527,10 @@ impl KeyManager {
             self.home().join(crate::lifecycle::AUDIT_WITNESS),
             self.home().join(crate::tombstones::TOMBSTONES),
             authority,
-        ] {
+        ]
+        .into_iter()
+        .chain(self.policy_files())
+        {
             if file.exists() {
                 files.push(file);
             }
@@ -530,7 +601,27 @@ impl KeyManager {
         } else {
             self.home().join(file)
         };
+        self.validate_before_accept(&file)?;
         sealed.accept(&file)?;
+        Ok(())
+    }
+
+    /// A configuration or policy file is recorded only if keyhaven can use it: a typo is
+    /// reported now, not on the next signature.
+    fn validate_before_accept(&self, file: &Path) -> Result<()> {
+        if std::fs::symlink_metadata(file).is_err() {
+            return Ok(());
+        }
+        let text = || keyhaven_fs::read_config(file);
+        if self.config_path() == Some(file) {
+            crate::Config::from_toml_str(&text()?, &file.display().to_string())?;
+        } else if file == self.rotation_policy_path() {
+            keyhaven_rotation::PolicySet::from_toml_str(&text()?)
+                .map_err(|e| CoreError::InvalidInput(format!("{}: {e}", file.display())))?;
+        } else if self.access_policy_path().as_deref() == Some(file) {
+            keyhaven_audit::Policy::from_toml_str(&text()?)
+                .map_err(|e| CoreError::InvalidInput(format!("{}: {e}", file.display())))?;
+        }
         Ok(())
     }
 

@@ -440,8 +440,7 @@ impl KeyManager {
         let mut store: Arc<dyn KeyStore> =
             Arc::new(RevocationCheckedStore::new(metered, self.revocations()?));
         let caller = self.caller();
-        if let Some(policy) = self.config().access.policy {
-            let policy = Policy::load(&resolve(self.home(), &policy))?;
+        if let Some(policy) = self.access_policy()? {
             store = Arc::new(AccessControlledStore::new(store, policy, caller.clone()));
         }
         if let Some(log) = self.audit_log()? {
@@ -478,10 +477,41 @@ impl KeyManager {
         Ok(())
     }
 
+    /// Where the access policy is (`[access] policy`, relative to the home), if there is one.
+    pub(crate) fn access_policy_path(&self) -> Option<PathBuf> {
+        self.config()
+            .access
+            .policy
+            .map(|p| resolve(self.home(), &p))
+    }
+
+    /// The access policy, if the configuration names one: read through the home's manifest
+    /// when it is kept inside a sealed home ([`KeyManager::policy_text`]).
+    ///
+    /// # Errors
+    /// The file is missing, changed outside keyhaven, or invalid (the message names it).
+    pub(crate) fn access_policy(&self) -> Result<Option<Policy>> {
+        let Some(path) = self.access_policy_path() else {
+            return Ok(None);
+        };
+        let text = self.policy_text(&path)?.ok_or_else(|| {
+            CoreError::NotFound(format!(
+                "the access policy {} that keyhaven.toml names ([access] policy)",
+                path.display()
+            ))
+        })?;
+        let policy = Policy::from_toml_str(&text).map_err(|e| match e {
+            CoreError::InvalidInput(m) => {
+                CoreError::InvalidInput(format!("{}: {m}", path.display()))
+            }
+            other => other,
+        })?;
+        Ok(Some(policy))
+    }
+
     /// Checks the access policy (if any) for a key the facade creates itself.
     pub(crate) fn authorize_new_key(&self, backend: &Backend, label: &str) -> Result<()> {
-        if let Some(policy) = self.config().access.policy {
-            let policy = Policy::load(&resolve(self.home(), &policy))?;
+        if let Some(policy) = self.access_policy()? {
             let store =
                 AccessControlledStore::new(backend.store_raw().clone(), policy, self.caller());
             if let Err(e) = store.authorize_new(label) {
@@ -525,8 +555,7 @@ impl KeyManager {
 
     /// Checks the access policy (if any) for an operation the facade performs itself.
     pub(crate) fn authorize(&self, op: keyhaven_audit::Operation, key: &ManagedKey) -> Result<()> {
-        if let Some(policy) = self.config().access.policy {
-            let policy = Policy::load(&resolve(self.home(), &policy))?;
+        if let Some(policy) = self.access_policy()? {
             let store = AccessControlledStore::new(key_store_of(self, key)?, policy, self.caller());
             if let Err(e) = store.authorize(op, key.id()) {
                 self.audit_event(op.as_str(), Some(key), Outcome::Denied, &e.to_string())?;

@@ -1253,6 +1253,29 @@ impl KeyManager {
         let before = next.clone();
         let out = change(&mut next)?;
         if next != before {
+            // Naming an access policy inside a sealed home vouches for it as it is now (it must
+            // be valid): whoever changes the configuration has unlocked the home.
+            let policy = next
+                .access
+                .policy
+                .as_ref()
+                .filter(|p| before.access.policy.as_ref() != Some(*p))
+                .map(|p| {
+                    if p.is_absolute() {
+                        p.clone()
+                    } else {
+                        self.home.join(p)
+                    }
+                })
+                .filter(|p| state.is_authenticated() && std::fs::symlink_metadata(p).is_ok());
+            if let Some(p) = &policy {
+                let text = keyhaven_fs::read_config(p)?;
+                keyhaven_audit::Policy::from_toml_str(&text)
+                    .map_err(|e| CoreError::InvalidInput(format!("{}: {e}", p.display())))?;
+                if p.starts_with(&self.home) {
+                    state.write(p, text.as_bytes())?;
+                }
+            }
             next.save_to(state.as_ref(), path)?;
             self.lifecycle().state.config_changed();
         }

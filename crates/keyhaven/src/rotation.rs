@@ -60,7 +60,19 @@ impl KeyManager {
     /// # Errors
     /// The file is invalid (the error names the field).
     pub fn rotation_policies(&self) -> Result<PolicySet> {
-        PolicySet::load_or_default(&self.rotation_policy_path()).map_err(core)
+        let path = self.rotation_policy_path();
+        match self.policy_text(&path)? {
+            None => Ok(PolicySet::new()),
+            Some(text) => PolicySet::from_toml_str(&text)
+                .map_err(|e| match e {
+                    RotationError::Policy { where_, message } => RotationError::Policy {
+                        where_: format!("{} ({where_})", path.display()),
+                        message,
+                    },
+                    other => other,
+                })
+                .map_err(core),
+        }
     }
 
     /// The usage meter shared by every backend of this manager (`HOME/rotation/usage`).

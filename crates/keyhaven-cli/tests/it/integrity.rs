@@ -569,3 +569,58 @@ fn a_deleted_key_put_back_from_an_old_copy_never_signs() {
     // Other keys are unaffected.
     sign(&h, "other").unwrap();
 }
+
+#[test]
+fn policies_loosened_removed_or_planted_are_refused_until_their_owner_vouches() {
+    let (h, _, _, _) = populated();
+    let rotation = h.path().join("rotation.toml");
+    let strict = "[defaults.signing]\nmax_usage = 1000\n";
+    // Planted: not used until accepted with the passphrase.
+    write(&rotation, strict);
+    let e = h.fails(&["rotate", "--due"], 7);
+    assert!(e.contains(rotation.to_str().unwrap()), "{e}");
+    assert!(e.contains("integrity accept rotation.toml"), "{e}");
+    let out = h
+        .cmd(["integrity", "accept", "rotation.toml"])
+        .env("KEYHAVEN_PASSPHRASE", "not the passphrase")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    h.ok(&["integrity", "accept", "rotation.toml"]);
+    h.ok(&["rotate", "--due"]);
+    // Loosened, then removed ("nothing is ever due"): both named.
+    write(&rotation, "[defaults.signing]\nmax_usage = 100000000\n");
+    h.fails(&["rotate", "--due"], 7);
+    fs::remove_file(&rotation).unwrap();
+    let e = h.fails(&["policy", "explain", "other"], 7);
+    assert!(e.contains(rotation.to_str().unwrap()), "{e}");
+    write(&rotation, strict);
+    h.ok(&["rotate", "--due"]);
+
+    // The access policy: deny-by-default rules an attacker would like to open up.
+    let access = h.path().join("access.toml");
+    write(&access, "[default]\nsign = { principals = [\"nobody\"] }\n");
+    let config = h.path().join("keyhaven.toml");
+    let mut text = fs::read_to_string(&config).unwrap();
+    text.push_str("\n[access]\npolicy = \"access.toml\"\n");
+    write(&config, text);
+    h.ok(&["integrity", "accept", "keyhaven.toml"]);
+    h.ok(&["integrity", "accept", "access.toml"]);
+    let (code, err) = sign(&h, "other").expect_err("the policy denies signing");
+    assert_eq!(code, 6, "{err}");
+    assert!(err.contains("access policy"), "{err}");
+    write(&access, "[default]\nsign = { principals = [\"*\"] }\n");
+    refused(&h, "other", 7, &access);
+    fs::remove_file(&access).unwrap();
+    refused(&h, "other", 7, &access);
+    // `integrity verify` names it too.
+    write(&access, "[default]\nsign = { principals = [\"*\"] }\n");
+    let out = h.run(&["integrity", "verify"]);
+    assert_eq!(out.status.code(), Some(7));
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(report.contains(access.to_str().unwrap()), "{report}");
+}

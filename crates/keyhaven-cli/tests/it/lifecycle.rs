@@ -335,6 +335,9 @@ fn access_rules_deny_by_principal_and_denials_are_audited() {
          }\n",
     );
     append_config(&h, "\n[access]\npolicy = \"access.toml\"\n");
+    // The policy is in the home: it is in use once its owner vouches for it.
+    h.fails(&["key", "list"], 7);
+    h.ok(&["integrity", "accept", "access.toml"]);
     let as_user = |user: &str, args: &[&str]| {
         h.cmd(args)
             .env("KEYHAVEN_PRINCIPAL", user)

@@ -192,7 +192,13 @@ fn keys_rotate_when_due_by_usage_once_even_when_run_twice() {
         &h.path().join("rotation.toml"),
         "[defaults.signing]\nmax_usage = 3\nmigration_window = \"1h\"\n",
     );
-    assert!(h.ok(&["policy", "check"]).contains("valid"));
+    // A policy written by hand is checked, then vouched for with the passphrase.
+    let check = h.ok(&["policy", "check"]);
+    assert!(check.contains("valid"), "{check}");
+    assert!(check.contains("integrity accept rotation.toml"), "{check}");
+    h.fails(&["rotate", "--due"], 7);
+    h.ok(&["integrity", "accept", "rotation.toml"]);
+    assert!(!h.ok(&["policy", "check"]).contains("accept"));
     let explain = h.ok(&["policy", "explain", "busy"]);
     assert!(explain.contains("max_usage"), "{explain}");
     for _ in 0..3 {
@@ -230,8 +236,10 @@ fn keys_rotate_when_due_by_usage_once_even_when_run_twice() {
         &h.path().join("rotation.toml"),
         "[defaults.signing]\nmax_age = \"1d\"\nmigration_window = \"2d\"\n",
     );
-    let err = h.fails(&["rotate", "--due"], 9);
+    // An invalid policy is never recorded, so it is never in use.
+    let err = h.fails(&["integrity", "accept", "rotation.toml"], 9);
     assert!(err.contains("migration_window"), "{err}");
+    h.fails(&["rotate", "--due"], 7);
 }
 
 #[test]
@@ -242,6 +250,7 @@ fn prekeys_are_replenished_and_each_handed_out_once() {
         &h.path().join("rotation.toml"),
         "[prekeys]\nlow_water = 2\nrefill_to = 4\n",
     );
+    h.ok(&["integrity", "accept", "rotation.toml"]);
     assert!(
         h.ok(&["prekeys", "replenish", "--identity", "me"])
             .contains("4 one-time")
