@@ -7,6 +7,7 @@ mod keys;
 mod module;
 mod pool;
 mod report;
+mod secret;
 mod store;
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use std::path::PathBuf;
 pub use config::{DEFAULT_MAX_SESSIONS, Pkcs11Config, TokenSelector, pin_from_env, pin_from_file};
 pub use error::{Ckr, Pkcs11Error};
 pub use report::{MechanismCheck, TokenReport};
+pub use secret::SECRET_KEY_LABEL;
 pub use store::Pkcs11Store;
 
 /// Where Debian and Ubuntu install SoftHSM2's module (`apt-get install softhsm2`).

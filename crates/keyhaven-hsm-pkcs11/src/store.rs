@@ -207,6 +207,11 @@ impl Pkcs11Store {
         self.token.logins()
     }
 
+    /// The token and its session pool.
+    pub(crate) fn token(&self) -> &Token {
+        &self.token
+    }
+
     fn bad(&self, what: impl Into<String>, reason: impl Into<String>) -> Pkcs11Error {
         Pkcs11Error::BadObject {
             token: self.token.name.clone(),

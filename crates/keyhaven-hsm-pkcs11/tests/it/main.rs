@@ -9,5 +9,6 @@ mod bad_input;
 mod conformance;
 mod interop;
 mod review_fixes;
+mod secret;
 mod sessions;
 mod token;
