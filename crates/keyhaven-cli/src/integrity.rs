@@ -51,7 +51,7 @@ fn status_json(s: &IntegrityStatus) -> serde_json::Value {
         }
         IntegrityStatus::NoAnchor => json!({
             "sealed": false,
-            "reason": "no encrypted backend inside the home holds an integrity key"
+            "reason": keyhaven::integrity::NO_ANCHOR
         }),
         _ => json!({"sealed": false}),
     }
@@ -71,9 +71,9 @@ fn print_status(s: &IntegrityStatus) -> Result<()> {
             outln!("not sealed yet: the home is sealed when backend '{anchor}' creates its store")
         }
         IntegrityStatus::NoAnchor => outln!(
-            "NOT SEALED: no encrypted backend inside the home holds an integrity key, so its \
-             state files are protected by file permissions only (add one: keyhaven backend add \
-             vault --type encrypted)"
+            "NOT SEALED: {}, so its state files are protected by file permissions only (add \
+             one: keyhaven backend add vault --type encrypted)",
+            keyhaven::integrity::NO_ANCHOR
         ),
         _ => outln!("unknown"),
     }

@@ -331,6 +331,25 @@ impl SealedState {
         Ok(state)
     }
 
+    /// Moves the home to another anchor: the manifest, checked under the present key, is
+    /// written anew under `key`, naming `anchor`. Whoever calls this holds both keys (has
+    /// unlocked both anchors). Returns the state under the new key.
+    ///
+    /// # Errors
+    /// [`CoreError::Corrupt`] if the manifest does not authenticate under the present key;
+    /// I/O errors.
+    pub fn rekey(self, key: StateKey, anchor: &str) -> Result<Self, CoreError> {
+        let _lock = self.lock()?;
+        // Straight from the file, not the cache: what is rewritten must be what is there.
+        *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        let mut body = (*self.load()?).clone();
+        body.anchor = anchor.to_owned();
+        body.generation += 1;
+        let next = Self::unopened(&self.root, key, anchor);
+        next.store(&body)?;
+        Ok(next)
+    }
+
     /// The home's root.
     pub fn root(&self) -> &Path {
         &self.root

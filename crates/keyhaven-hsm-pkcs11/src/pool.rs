@@ -86,6 +86,8 @@ pub(crate) struct Token {
     /// For messages: `token 'label' of module /path`.
     pub(crate) name: String,
     pub(crate) label: String,
+    /// The token's serial number, as it reported when opened.
+    pub(crate) serial: String,
     pub(crate) mechanisms: Vec<MechanismType>,
     max_sessions: usize,
     state: Mutex<PoolState>,
@@ -166,6 +168,7 @@ impl Token {
             pin: config.user_pin,
             name,
             label,
+            serial: trim(info.serial_number()).to_owned(),
             mechanisms,
             max_sessions,
             state: Mutex::new(PoolState {

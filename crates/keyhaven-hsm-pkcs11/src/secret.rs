@@ -81,7 +81,10 @@ impl Pkcs11Store {
         });
         let weak = match guard {
             Ok(attrs) => attrs.iter().any(|a| {
-                matches!(a, Attribute::Sensitive(false) | Attribute::Extractable(true))
+                matches!(
+                    a,
+                    Attribute::Sensitive(false) | Attribute::Extractable(true)
+                )
             }),
             Err(e) => {
                 let _ = self.token().run(|s| s.destroy_object(handle));
@@ -177,12 +180,9 @@ impl Pkcs11Store {
         Ok(())
     }
 
-    /// The token's serial number (`CKA_SERIAL_NUMBER` of its token info), which names it in a
-    /// home's integrity manifest.
-    ///
-    /// # Errors
-    /// If the token no longer answers.
-    pub fn token_serial(&self) -> Result<String> {
-        Ok(self.report()?.serial)
+    /// The token's serial number (from its token info when the store was opened), which
+    /// names it in a home's integrity manifest.
+    pub fn token_serial(&self) -> &str {
+        &self.token().serial
     }
 }

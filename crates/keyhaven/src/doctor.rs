@@ -349,9 +349,10 @@ impl KeyManager {
                 Vec::new(),
             ),
             Ok(_) => (
-                "NOT SEALED: no encrypted backend inside the home holds an integrity key; its \
-                 state files are protected by file permissions only"
-                    .into(),
+                format!(
+                    "NOT SEALED: {}; its state files are protected by file permissions only",
+                    crate::integrity::NO_ANCHOR
+                ),
                 Vec::new(),
             ),
             Err(e) => ("cannot be checked".into(), vec![e.to_string()]),

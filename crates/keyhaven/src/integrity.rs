@@ -2,8 +2,12 @@
 //! write the home's files but lacks the passphrase cannot change what keyhaven does unnoticed.
 //!
 //! - **The key.** The home's *anchor* is its default backend when that is an encrypted store
-//!   kept inside the home, else the first such backend by name. The anchor store derives a 32-byte key from its
-//!   key-encryption key (HKDF-SHA256): only someone who can unlock the store has it.
+//!   kept inside the home, else the first such backend by name. The anchor store derives a
+//!   32-byte key from its key-encryption key (HKDF-SHA256): only someone who can unlock the
+//!   store has it. A home without one whose keys are on a PKCS#11 token reached through a
+//!   system module (root's, in root's directories) is anchored by an HMAC key made on the
+//!   token: the manifest key is the token's HMAC-SHA256 of a fixed context, so only a session
+//!   logged in with the PIN computes it. An encrypted store added later takes over.
 //! - **The manifest.** `HOME/integrity.manifest` records the SHA-256 of every state file and is
 //!   authenticated with HMAC-SHA256 under that key ([`keyhaven_fs::SealedState`]). It names the
 //!   anchor (backend and store id), so pointing the configuration at another store is refused.
@@ -11,15 +15,16 @@
 //!   its version index, the usage counters, the prekey pools, the revocation registry, and
 //!   how far the audit log has reached at its last checkpoint (`audit.witness`), and the
 //!   authority's public description (`authority/authority.json`: which key's checkpoints and
-//!   revocations verify).
+//!   revocations verify), and the policies kept in the home (`rotation.toml`, the access
+//!   policy).
 //!   Every read of one of them is checked: a file edited, swapped, rolled back, removed or
 //!   planted is [`crate::CoreError::Corrupt`] naming it (exit 7), and only what depends on
 //!   that file stops working.
 //! - **When.** A home is sealed when its anchor store is created. A home that holds keys or
 //!   state but has no manifest (made by an earlier keyhaven, or whose manifest was removed) is
 //!   refused until `keyhaven integrity seal` accepts its present state, on purpose.
-//! - **Not covered here.** A home without an encrypted backend (PEM, memory or hardware only)
-//!   is not sealed (`keyhaven doctor` says so). The whole home copied back from an earlier
+//! - **Not covered here.** A home with neither (PEM, memory or TPM only) is not sealed
+//!   (`keyhaven doctor` says so). The whole home copied back from an earlier
 //!   moment (manifest included) is not detected without a counter kept outside the home.
 
 use std::path::{Path, PathBuf};
@@ -47,7 +52,7 @@ pub enum IntegrityStatus {
         /// How many files it records.
         files: usize,
     },
-    /// The home has no encrypted backend to anchor its integrity key: its state files are
+    /// The home has nothing to anchor its integrity key ([`NO_ANCHOR`]): its state files are
     /// protected by file permissions only.
     NoAnchor,
     /// The anchor backend has no store yet (the home is sealed when it is created).
@@ -208,20 +213,121 @@ pub(crate) fn state_dirs(home: &Path) -> Vec<PathBuf> {
     dirs
 }
 
-/// What the anchor `raw` (backend `anchor`) gives the manifest: its label
-/// (`BACKEND/STORE_ID`, checked on every open) and the key material of its HMAC key.
-fn anchor_key(anchor: &str, raw: &Backend) -> Result<(String, Zeroizing<[u8; 32]>)> {
-    let secret = raw.anchor_secret().ok_or_else(|| {
-        Error::backend(
-            anchor,
-            CoreError::Unsupported {
-                operation: "anchor the home's integrity",
-                reason: format!("backend '{anchor}' derives no integrity key"),
-            },
-        )
-    })?;
-    Ok((format!("{anchor}/{}", secret.store_id), secret.key.clone()))
+/// The context a token's HMAC key authenticates a home's manifest under.
+#[cfg(feature = "pkcs11")]
+const TOKEN_CONTEXT: &[u8] = b"keyhaven home integrity manifest v1";
+
+/// The integrity key of a sealed home, from its anchor `raw` (backend `anchor`): the manifest's
+/// label (`BACKEND/STORE_ID` for an encrypted store, `BACKEND/pkcs11:SERIAL:KEY_ID` for a
+/// token; checked on every open) and the key material. `claimed` is the label the manifest
+/// claims (unauthenticated: it only says which token key to ask; a wrong one fails the MAC).
+fn anchor_key(
+    anchor: &str,
+    raw: &Backend,
+    claimed: Option<&str>,
+) -> Result<(String, Zeroizing<[u8; 32]>)> {
+    if let Some(secret) = raw.anchor_secret() {
+        return Ok((format!("{anchor}/{}", secret.store_id), secret.key.clone()));
+    }
+    #[cfg(feature = "pkcs11")]
+    if let Some(token) = raw.pkcs11_store() {
+        let manifest_error = |why: String| -> Error {
+            CoreError::corrupt("the home's integrity manifest (its anchor)", why).into()
+        };
+        let claimed = claimed.ok_or_else(|| manifest_error("it names no anchor".into()))?;
+        let rest = claimed
+            .strip_prefix(anchor)
+            .and_then(|r| r.strip_prefix("/pkcs11:"))
+            .ok_or_else(|| {
+                manifest_error(format!(
+                    "it names the anchor '{claimed}', not a key on the token of backend \
+                     '{anchor}'"
+                ))
+            })?;
+        let (serial, key_id) = rest
+            .rsplit_once(':')
+            .ok_or_else(|| manifest_error(format!("'{claimed}' is not a token key")))?;
+        let actual = token.token_serial();
+        if actual != serial {
+            return Err(manifest_error(format!(
+                "the home was sealed with the token whose serial is '{serial}', but backend \
+                 '{anchor}' is the token '{actual}': put the right token back (or restore \
+                 keyhaven.toml)"
+            )));
+        }
+        let key = token
+            .token_hmac(key_id, TOKEN_CONTEXT)
+            .map_err(|e| Error::backend(anchor, e))?;
+        return Ok((claimed.to_owned(), key));
+    }
+    let _ = claimed;
+    Err(not_an_anchor(anchor))
 }
+
+/// A new integrity key for sealing a home with `raw` (backend `anchor`): its label, key
+/// material, and (for a token) the id of the key made for it, to destroy if sealing fails.
+fn new_anchor_key(
+    anchor: &str,
+    raw: &Backend,
+) -> Result<(String, Zeroizing<[u8; 32]>, Option<String>)> {
+    if raw.anchor_secret().is_some() {
+        let (label, key) = anchor_key(anchor, raw, None)?;
+        return Ok((label, key, None));
+    }
+    #[cfg(feature = "pkcs11")]
+    if let Some(token) = raw.pkcs11_store() {
+        let err = |e| Error::backend(anchor, e);
+        let serial = token.token_serial();
+        let key_id = token.create_hmac_key().map_err(err)?;
+        let label = format!("{anchor}/pkcs11:{serial}:{key_id}");
+        let key = match token.token_hmac(&key_id, TOKEN_CONTEXT) {
+            Ok(k) => k,
+            Err(e) => {
+                let _ = token.destroy_hmac_key(&key_id);
+                return Err(err(e));
+            }
+        };
+        return Ok((label, key, Some(key_id)));
+    }
+    Err(not_an_anchor(anchor))
+}
+
+/// Destroys the token key made for a seal that did not happen.
+fn discard_anchor_key(raw: &Backend, made: Option<String>) {
+    #[cfg(feature = "pkcs11")]
+    if let (Some(token), Some(key_id)) = (raw.pkcs11_store(), made.as_deref()) {
+        let _ = token.destroy_hmac_key(key_id);
+    }
+    let _ = (raw, made);
+}
+
+fn not_an_anchor(anchor: &str) -> Error {
+    Error::backend(
+        anchor,
+        CoreError::Unsupported {
+            operation: "anchor the home's integrity",
+            reason: format!("backend '{anchor}' derives no integrity key"),
+        },
+    )
+}
+
+/// Whether the PKCS#11 module at `module` may be loaded before the home's configuration is
+/// authenticated (as a home's anchor is): it and every directory above it belong to root and
+/// are writable by no one else, so someone who can write the user's files cannot have put it
+/// there.
+fn system_module(module: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(real) = std::fs::canonicalize(module) else {
+        return false;
+    };
+    let root_only =
+        |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.uid() == 0 && m.mode() & 0o022 == 0);
+    std::fs::metadata(&real).is_ok_and(|m| m.is_file()) && real.ancestors().all(root_only)
+}
+
+/// Why a home is not sealed when it has no anchor.
+pub const NO_ANCHOR: &str = "no encrypted backend inside the home, and no PKCS#11 token \
+     reached through a module that belongs to root, holds an integrity key";
 
 /// The manifest's path in `home`.
 pub fn manifest_path(home: &std::path::Path) -> PathBuf {
@@ -231,15 +337,17 @@ pub fn manifest_path(home: &std::path::Path) -> PathBuf {
 impl KeyManager {
     /// The backend that anchors the home's integrity key: the one the manifest names, or, for
     /// a home not sealed yet, the default backend if it is an encrypted store inside the home,
-    /// else the first such backend by name. `None` for a configuration held in memory or a home without an
-    /// encrypted backend.
+    /// else the first such backend by name, else (a home whose keys are on a token) the
+    /// default or first PKCS#11 backend whose module belongs to root. `None` for a
+    /// configuration held in memory or a home with neither.
     pub fn integrity_anchor(&self) -> Option<String> {
         self.config_path()?;
         let config = self.config();
-        // Only an encrypted store kept inside the home can be the anchor, whatever the
-        // (unauthenticated) manifest or configuration claim: nothing else is ever opened before
-        // the configuration is authenticated (a PKCS#11 backend would load a module).
-        let eligible = |n: &String| {
+        // Only an encrypted store kept inside the home, or a token reached through a module
+        // only root can have put there, can be the anchor, whatever the (unauthenticated)
+        // manifest or configuration claim: nothing else is ever opened before the
+        // configuration is authenticated.
+        let encrypted = |n: &String| {
             config
                 .backends
                 .get(n)
@@ -248,19 +356,27 @@ impl KeyManager {
                     .backend_path(self.home(), n)
                     .is_some_and(|p| inside(self.home(), &p))
         };
+        let token = |n: &String| {
+            config.backends.get(n).is_some_and(|b| {
+                b.kind == BackendKind::Pkcs11
+                    && b.module.as_deref().is_some_and(|m| {
+                        system_module(&crate::config::resolve_path(self.home(), m))
+                    })
+            })
+        };
         if let Some(claimed) = SealedState::peek_anchor(self.home())
             && let Some((name, _)) = claimed.split_once('/')
-            && eligible(&name.to_owned())
+            && (encrypted(&name.to_owned()) || token(&name.to_owned()))
         {
             return Some(name.to_owned());
         }
-        // The default backend, then any other, but only a store kept inside the home: the
-        // anchor must be there whenever the home is (not on a drive that may be away).
-        config
-            .default_backend
-            .iter()
-            .chain(config.backends.keys())
-            .find(|n| eligible(n))
+        // The default backend, then any other, but only a store kept inside the home (the
+        // anchor must be there whenever the home is, not on a drive that may be away); then
+        // a token.
+        let candidates = || config.default_backend.iter().chain(config.backends.keys());
+        candidates()
+            .find(|n| encrypted(n))
+            .or_else(|| candidates().find(|n| token(n)))
             .cloned()
     }
 
@@ -347,8 +463,8 @@ impl KeyManager {
             if SealedState::exists(self.home()) {
                 return Err(CoreError::corrupt(
                     manifest_path(self.home()).display().to_string(),
-                    "the home is sealed, but keyhaven.toml declares no encrypted backend to \
-                     unlock it: the configuration was changed outside keyhaven; restore it",
+                    "the home is sealed, but keyhaven.toml declares no backend that can unlock \
+                     it: the configuration was changed outside keyhaven; restore it",
                 )
                 .into());
             }
@@ -377,8 +493,9 @@ impl KeyManager {
             // Nothing to protect yet: the home is sealed when the anchor store is created.
             return Ok(None);
         };
-        let (label, key) = anchor_key(&anchor, &raw)?;
         if sealed {
+            let claimed = SealedState::peek_anchor(self.home());
+            let (label, key) = anchor_key(&anchor, &raw, claimed.as_deref())?;
             Ok(Some(SealedState::open(
                 self.home(),
                 StateKey::new(key),
@@ -395,20 +512,26 @@ impl KeyManager {
                 )
                 .into());
             }
-            let created = SealedState::create(
-                self.home(),
-                StateKey::new(key.clone()),
-                &label,
-                &self.state_files(),
-            );
+            let (label, key, made) = new_anchor_key(&anchor, &raw)?;
+            let created =
+                SealedState::create(self.home(), StateKey::new(key), &label, &self.state_files());
             match created {
-                // Another process sealed it meanwhile.
-                Err(CoreError::AlreadyExists(_)) => Ok(Some(SealedState::open(
-                    self.home(),
-                    StateKey::new(key),
-                    &label,
-                )?)),
-                other => Ok(Some(other?)),
+                Ok(sealed) => Ok(Some(sealed)),
+                // Another process sealed it meanwhile: its key is the home's.
+                Err(CoreError::AlreadyExists(_)) => {
+                    discard_anchor_key(&raw, made);
+                    let claimed = SealedState::peek_anchor(self.home());
+                    let (label, key) = anchor_key(&anchor, &raw, claimed.as_deref())?;
+                    Ok(Some(SealedState::open(
+                        self.home(),
+                        StateKey::new(key),
+                        &label,
+                    )?))
+                }
+                Err(e) => {
+                    discard_anchor_key(&raw, made);
+                    Err(e.into())
+                }
             }
         }
     }
@@ -573,9 +696,9 @@ impl KeyManager {
             .integrity_anchor()
             .ok_or_else(|| CoreError::Unsupported {
                 operation: "seal the home",
-                reason: "it has no encrypted backend to hold its integrity key; add one with \
-                     `keyhaven backend add NAME --type encrypted`"
-                    .into(),
+                reason: format!(
+                    "{NO_ANCHOR}; add one with `keyhaven backend add NAME --type encrypted`"
+                ),
             })?;
         let raw = self.raw_backend(&anchor, true)?.ok_or_else(|| {
             Error::backend(
@@ -583,9 +706,56 @@ impl KeyManager {
                 CoreError::NotFound(format!("the store of backend '{anchor}'")),
             )
         })?;
-        let (label, key) = anchor_key(&anchor, &raw)?;
-        SealedState::create(self.home(), StateKey::new(key), &label, &self.state_files())?;
+        let (label, key, made) = new_anchor_key(&anchor, &raw)?;
+        if let Err(e) =
+            SealedState::create(self.home(), StateKey::new(key), &label, &self.state_files())
+        {
+            discard_anchor_key(&raw, made);
+            return Err(e.into());
+        }
         self.integrity_status()
+    }
+
+    /// A home anchored by a token moves to an encrypted store inside it once one is added
+    /// (`name`, opened as `raw`): the store is there whenever the home is, while a token can be
+    /// unplugged, and a home whose anchor is away is refused. The manifest is checked under
+    /// the token's key and written anew under the store's; the token's key is then destroyed.
+    ///
+    /// # Errors
+    /// The manifest does not authenticate; the token cannot be reached.
+    pub(crate) fn adopt_anchor(&self, name: &str, raw: &Backend) -> Result<()> {
+        if raw.anchor_secret().is_none()
+            || !self
+                .backend_path(name)
+                .is_some_and(|p| inside(self.home(), &p))
+        {
+            return Ok(());
+        }
+        let Some(claimed) = SealedState::peek_anchor(self.home()) else {
+            return Ok(());
+        };
+        let Some((current, rest)) = claimed.split_once('/') else {
+            return Ok(());
+        };
+        let Some(token_key) = rest
+            .strip_prefix("pkcs11:")
+            .and_then(|r| r.rsplit_once(':'))
+            .map(|(_, id)| id.to_owned())
+        else {
+            return Ok(());
+        };
+        let sealed = self.sealed_state()?;
+        let (label, key) = anchor_key(name, raw, None)?;
+        let moved = sealed.rekey(StateKey::new(key), &label)?;
+        self.lifecycle().state.set(Arc::new(moved));
+        #[cfg(feature = "pkcs11")]
+        if let Ok(Some(old)) = self.raw_backend(current, false)
+            && let Some(token) = old.pkcs11_store()
+        {
+            let _ = token.destroy_hmac_key(&token_key);
+        }
+        let _ = (current, token_key);
+        Ok(())
     }
 
     /// Records `file` (a state file of the home, such as a hand-edited `keyhaven.toml`) as it
@@ -630,12 +800,13 @@ impl KeyManager {
             .integrity_anchor()
             .ok_or_else(|| CoreError::Unsupported {
                 operation: "check the home's integrity",
-                reason: "the home has no encrypted backend, so it is not sealed".into(),
+                reason: format!("the home is not sealed: {NO_ANCHOR}"),
             })?;
         let raw = self
             .raw_backend(&anchor, false)?
             .ok_or_else(|| self.anchor_missing(&anchor))?;
-        let (label, key) = anchor_key(&anchor, &raw)?;
+        let claimed = SealedState::peek_anchor(self.home());
+        let (label, key) = anchor_key(&anchor, &raw, claimed.as_deref())?;
         Ok(SealedState::open(self.home(), StateKey::new(key), &label)?)
     }
 
@@ -679,5 +850,40 @@ impl KeyManager {
             }
         }
         Ok(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::system_module;
+
+    #[test]
+    fn only_modules_root_alone_could_have_put_there_are_system_modules() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        // A root-owned library in a root-owned directory (any Linux has libc's directory).
+        let lib = [
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+        ]
+        .iter()
+        .map(std::path::Path::new)
+        .find(|p| p.exists());
+        if let Some(lib) = lib {
+            assert!(system_module(lib), "{}", lib.display());
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let module = dir.path().join("module.so");
+        std::fs::write(&module, b"not really").unwrap();
+        std::fs::set_permissions(&module, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let by_root = std::fs::metadata(&module).unwrap().uid() == 0;
+        if by_root {
+            // Root's own file, but in a directory others can write to.
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+            assert!(!system_module(&module));
+        } else {
+            assert!(!system_module(&module), "a module the user owns");
+        }
+        assert!(!system_module(&dir.path().join("missing.so")));
+        assert!(!system_module(dir.path()), "a directory is no module");
     }
 }

@@ -341,9 +341,8 @@ impl KeyManager {
         if crate::integrity::manifest_path(&m.home).exists() && m.integrity_anchor().is_none() {
             return Err(CoreError::corrupt(
                 m.home.join(CONFIG_FILE).display().to_string(),
-                "the home is sealed, but this configuration declares no encrypted backend inside \
-                 the home to unlock it: it was emptied or changed outside keyhaven; restore it \
-                 from a backup",
+                "the home is sealed, but this configuration declares no backend that can unlock \
+                 it: it was emptied or changed outside keyhaven; restore it from a backup",
             )
             .into());
         }
@@ -434,8 +433,9 @@ impl KeyManager {
         } else {
             open_existing(&req)?
         };
+        // Opened once per manager: an encrypted store runs Argon2id, a token asks for its PIN.
         if let Some(b) = &backend
-            && b.kind() == BackendKind::Encrypted
+            && matches!(b.kind(), BackendKind::Encrypted | BackendKind::Pkcs11)
         {
             lock(&self.lifecycle().raw).insert(name.to_owned(), b.clone());
         }
@@ -1163,7 +1163,7 @@ impl KeyManager {
             create_private_dir(&self.home)?;
         }
         let opened = open_or_create(&self.open_request(name, &backend, path.as_deref()))?;
-        if opened.kind() == BackendKind::Encrypted {
+        if matches!(opened.kind(), BackendKind::Encrypted | BackendKind::Pkcs11) {
             lock(&self.lifecycle().raw).insert(name.to_owned(), opened.clone());
         }
         self.update_config(|c| {
@@ -1176,6 +1176,7 @@ impl KeyManager {
             }
             Ok(())
         })?;
+        self.adopt_anchor(name, &opened)?;
         // Used from now on through the same decorator stack as every other backend (which
         // seals the home if this backend is its first encrypted store).
         let opened = self.decorate(opened)?;
@@ -1278,6 +1279,14 @@ impl KeyManager {
             }
             next.save_to(state.as_ref(), path)?;
             self.lifecycle().state.config_changed();
+            // A backend whose configuration changed is opened anew (its PIN source, its path);
+            // one just added was opened with its new configuration.
+            for name in before.backends.keys() {
+                if before.backends.get(name) != next.backends.get(name) {
+                    lock(&self.lifecycle().raw).remove(name);
+                    lock(&self.backends).remove(name);
+                }
+            }
         }
         *guard = next;
         Ok(out)

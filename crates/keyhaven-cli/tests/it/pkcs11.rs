@@ -251,10 +251,17 @@ fn token_keys_rotate_on_the_token_and_a_gone_token_leaves_the_old_version_primar
     let hist = h.json(&["key", "history", "hsm:rot", "--json"]);
     assert_eq!(hist["versions"][1]["key_id"], v2.as_str());
     assert_eq!(hist["versions"][0]["key_id"], v1.as_str());
-    // The token goes away: rotating fails as unavailable, and v2 stays primary.
-    std::fs::remove_dir_all(hsm.token_directory(TOKEN)).unwrap();
+    // The token goes away: rotating fails as unavailable. The token anchors the home's
+    // integrity, so nothing in the home is trusted (or used) until it is back ...
+    let tokendir = hsm.token_directory(TOKEN);
+    let aside = h.scratch().join("token-aside");
+    std::fs::rename(&tokendir, &aside).unwrap();
     let err = h.fails(&["key", "rotate", &v1], 10);
     assert!(err.contains("hsm") || err.contains("token"), "{err}");
+    let err = h.fails(&["key", "history", &v1], 10);
+    assert!(err.contains("hsm"), "{err}");
+    // ... and then v2 is still primary.
+    std::fs::rename(&aside, &tokendir).unwrap();
     let hist = h.json(&["key", "history", &v1, "--json"]);
     let states: Vec<_> = hist["versions"]
         .as_array()
@@ -606,4 +613,78 @@ fn a_module_others_can_change_is_never_loaded() {
         err.contains(copy.to_str().unwrap()) && err.contains("refuses to load"),
         "{err}"
     );
+}
+
+/// The secret key objects on the token, as `pkcs11-tool` lists them.
+fn secret_keys(hsm: &SoftHsm) -> usize {
+    hsm.pkcs11_tool(TOKEN, USER_PIN, &["--list-objects", "--type", "secrkey"])
+        .matches("Secret Key Object")
+        .count()
+}
+
+#[test]
+fn a_home_whose_keys_are_on_a_token_is_sealed_by_the_token() {
+    let (hsm, h) = hsm_backend();
+    let v1 = h.generate("p384", "release", &["--backend", "hsm"]);
+    h.ok(&["key", "rotate", "hsm:release"]);
+    let status = h.json(&["integrity", "status", "--json"]);
+    assert_eq!(status["sealed"], true, "{status}");
+    assert_eq!(status["anchor"], "hsm", "{status}");
+    // The integrity key is an HMAC key on the token: never extractable.
+    assert_eq!(secret_keys(&hsm), 1);
+    let listed = hsm.pkcs11_tool(TOKEN, USER_PIN, &["--list-objects", "--type", "secrkey"]);
+    assert!(listed.contains("never extractable"), "{listed}");
+
+    // Without the PIN, a change to the home's state is detected: the registry entry of the
+    // rotated key, and the configuration.
+    let entry = h.path().join(format!("rotation/registry/keys/{v1}.json"));
+    let saved = std::fs::read(&entry).unwrap();
+    let mut edited = saved.clone();
+    let at = edited.iter().position(|&b| b == b'"').unwrap();
+    edited.insert(at, b' ');
+    write_private(&entry, &edited);
+    let err = h.fails(&["key", "history", "hsm:release"], 7);
+    assert!(err.contains(entry.to_str().unwrap()), "{err}");
+    write_private(&entry, &saved);
+    h.ok(&["key", "history", "hsm:release"]);
+    let config = h.path().join("keyhaven.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    write_private(
+        &config,
+        format!("{text}\n[backends.planted]\ntype = \"pem\"\npath = \"/tmp/planted\"\n"),
+    );
+    let err = h.fails(&["key", "list"], 7);
+    assert!(
+        err.contains("keyhaven.toml") || err.contains("manifest"),
+        "{err}"
+    );
+    write_private(&config, &text);
+    // A wrong PIN cannot vouch for an edit.
+    let out = h
+        .cmd(["integrity", "accept", "keyhaven.toml"])
+        .env(PIN_VAR, "00000000")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    h.ok(&["integrity", "verify"]);
+
+    // An encrypted store added inside the home takes over as the anchor (it is there whenever
+    // the home is; a token can be unplugged), and the token's integrity key is destroyed.
+    h.ok(&["backend", "add", "local", "--type", "encrypted"]);
+    let status = h.json(&["integrity", "status", "--json"]);
+    assert_eq!(status["anchor"], "local", "{status}");
+    assert_eq!(secret_keys(&hsm), 0);
+    h.ok(&["integrity", "verify"]);
+    h.ok(&["key", "history", "hsm:release"]);
+}
+
+#[test]
+fn a_token_home_whose_manifest_is_removed_is_not_run_unsealed() {
+    let (_hsm, h) = hsm_backend();
+    h.generate("p256", "k", &["--backend", "hsm"]);
+    std::fs::remove_file(h.path().join("integrity.manifest")).unwrap();
+    let err = h.fails(&["key", "list"], 7);
+    assert!(err.contains("integrity seal"), "{err}");
+    h.ok(&["integrity", "seal"]);
+    h.ok(&["key", "list"]);
 }

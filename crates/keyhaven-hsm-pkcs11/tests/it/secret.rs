@@ -14,7 +14,11 @@ fn an_hmac_key_stays_on_the_token_and_pkcs11_tool_computes_the_same_mac() {
     assert_eq!(id.len(), 32, "16 random bytes of CKA_ID");
     let message = b"keyhaven home integrity manifest v1";
     let mac = store.token_hmac(&id, message).unwrap();
-    assert_eq!(*mac, *store.token_hmac(&id, message).unwrap(), "deterministic");
+    assert_eq!(
+        *mac,
+        *store.token_hmac(&id, message).unwrap(),
+        "deterministic"
+    );
     assert_ne!(*mac, *store.token_hmac(&id, b"another context").unwrap());
 
     // OpenSC's tool finds the key by its id and computes the same HMAC-SHA256 on the token.

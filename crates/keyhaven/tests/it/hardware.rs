@@ -203,6 +203,8 @@ mod pkcs11 {
         let m = KeyManager::open(home.path(), FixedPassphrase::new("x")).unwrap();
         let e = m.resolve("hsm:filed").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::PermissionDenied, "{e}");
+        // (the token anchors the home: changing its configuration needs the PIN)
+        std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
 
         // a PIN variable that is not set
         let m = KeyManager::open(home.path(), FixedPassphrase::new("x")).unwrap();
