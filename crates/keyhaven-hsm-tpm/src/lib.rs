@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod config;
+mod counter;
 mod device;
 mod error;
 mod files;
@@ -14,6 +15,7 @@ mod store;
 pub use device::srk_template;
 
 pub use config::{KeyOptions, PcrBank, PcrPolicy, PersistentHandle, StorageKey, Tcti, TpmConfig};
+pub use counter::NvCounter;
 pub use error::{TpmError, TpmRc};
 pub use report::TpmReport;
 pub use store::{LoadedKeys, TpmKeyDetails, TpmStore};

@@ -298,6 +298,16 @@ impl TpmStore {
         self.device.lock().map_err(poisoned)
     }
 
+    /// The device, for the counters.
+    pub(crate) fn device_guard(&self) -> Result<MutexGuard<'_, Device>> {
+        self.device()
+    }
+
+    /// The TCTI the store talks to, for messages.
+    pub(crate) fn tcti_name(&self) -> &str {
+        &self.tcti
+    }
+
     /// Gives the passphrase of a key made with [`KeyOptions::auth`](crate::KeyOptions), for this
     /// store's later signatures (kept in memory, zeroized on drop). It is checked by the TPM at
     /// the next signature: a wrong one is [`Error::BadPassphrase`] then.

@@ -7,6 +7,7 @@
 
 mod bad_input;
 mod conformance;
+mod counter;
 mod interop;
 mod lifecycle;
 mod review_fixes;
