@@ -188,6 +188,36 @@ struct Body {
     anchor: String,
     generation: u64,
     entries: BTreeMap<String, Entry>,
+    /// The counter outside the home this manifest is bound to, and its value when this
+    /// manifest was written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    counter: Option<CounterRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CounterRecord {
+    id: String,
+    value: u64,
+}
+
+/// A counter kept outside the home that only grows (keyhaven uses a TPM NV counter). A
+/// manifest bound to one records the counter's value with each change, so a home copied back
+/// from an earlier moment (manifest and all) is told apart from the present one: its manifest
+/// records a value the counter has passed.
+pub trait RollbackCounter: Send + Sync + fmt::Debug {
+    /// What names the counter in the manifest (`BACKEND/tpm:0x01501234`).
+    fn id(&self) -> String;
+    /// Its value now.
+    ///
+    /// # Errors
+    /// It cannot be reached, or its answer is not authentic.
+    fn read(&self) -> Result<u64, CoreError>;
+    /// Adds one; returns the new value.
+    ///
+    /// # Errors
+    /// As [`RollbackCounter::read`].
+    fn increment(&self) -> Result<u64, CoreError>;
 }
 
 /// What identifies one version of a file on disk: if none of it changed, neither did the file
@@ -225,6 +255,8 @@ pub struct SealedState {
     key: StateKey,
     anchor: String,
     cache: Mutex<Option<(Stamp, Arc<Body>)>>,
+    /// The counter the manifest is bound to, once attached.
+    counter: Mutex<Option<Arc<dyn RollbackCounter>>>,
     /// Files read and found to match, by relative path: their stamp when read, their hash,
     /// their bytes. A file whose stamp is unchanged (same inode, size, mtime and ctime: a user
     /// cannot set ctime back) and whose hash the manifest still accepts is not read again.
@@ -255,6 +287,7 @@ impl SealedState {
             key,
             anchor: anchor.to_owned(),
             cache: Mutex::new(None),
+            counter: Mutex::new(None),
             files: Mutex::new(std::collections::HashMap::new()),
         }
     }
@@ -314,6 +347,7 @@ impl SealedState {
             anchor: anchor.to_owned(),
             generation: 1,
             entries,
+            counter: None,
         })?;
         Ok(state)
     }
@@ -326,8 +360,10 @@ impl SealedState {
     /// another key or anchor; [`CoreError::PermissionDenied`]; I/O errors.
     pub fn open(root: &Path, key: StateKey, anchor: &str) -> Result<Self, CoreError> {
         let state = Self::unopened(root, key, anchor);
-        state.load()?;
-        state.settle()?;
+        // A manifest bound to a counter is settled once the counter is attached.
+        if state.load()?.counter.is_none() {
+            state.settle()?;
+        }
         Ok(state)
     }
 
@@ -346,8 +382,159 @@ impl SealedState {
         body.anchor = anchor.to_owned();
         body.generation += 1;
         let next = Self::unopened(&self.root, key, anchor);
-        next.store(&body)?;
+        *next.counter.lock().unwrap_or_else(PoisonError::into_inner) = self.counter();
+        // The present manifest, checked under the present key, is what the counter vouches for.
+        let present = self.load()?;
+        self.check_counter(&present, true)?;
+        next.commit(&body)?;
         Ok(next)
+    }
+
+    /// Derives a 32-byte secret for `purpose` from the home's integrity key (HMAC-SHA256 of
+    /// the purpose): for what must belong to this home alone, such as a rollback counter's
+    /// authorization value.
+    pub fn derive_secret(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        let mut mac = self.key.mac();
+        mac.update(b"derive\0");
+        mac.update(purpose.as_bytes());
+        Zeroizing::new(mac.finalize().into_bytes().into())
+    }
+
+    /// The counter the manifest is bound to (its id and the value it recorded), if any.
+    ///
+    /// # Errors
+    /// As [`SealedState::open`].
+    pub fn bound_counter(&self) -> Result<Option<(String, u64)>, CoreError> {
+        Ok(self
+            .load()?
+            .counter
+            .as_ref()
+            .map(|c| (c.id.clone(), c.value)))
+    }
+
+    /// Binds the manifest to `counter`: from now on each change of the manifest records the
+    /// counter's next value and then increments it, and a manifest recording a value the
+    /// counter has passed is refused as rolled back.
+    ///
+    /// # Errors
+    /// [`CoreError::AlreadyExists`] if it is bound already; the counter's errors.
+    pub fn bind_counter(&self, counter: Arc<dyn RollbackCounter>) -> Result<(), CoreError> {
+        let _lock = self.lock()?;
+        let mut body = (*self.load()?).clone();
+        if let Some(c) = &body.counter {
+            return Err(CoreError::AlreadyExists(format!(
+                "a rollback counter ({}) for the home's integrity manifest",
+                c.id
+            )));
+        }
+        let value = counter.read()?;
+        body.counter = Some(CounterRecord {
+            id: counter.id(),
+            value,
+        });
+        body.generation += 1;
+        *self.counter.lock().unwrap_or_else(PoisonError::into_inner) = Some(counter);
+        self.store(&body)
+    }
+
+    /// Unbinds the manifest from its counter (attached first: the present manifest must be
+    /// the latest). The counter itself is left as it is.
+    ///
+    /// # Errors
+    /// As [`SealedState::attach_counter`] for the check; I/O errors.
+    pub fn unbind_counter(&self) -> Result<(), CoreError> {
+        let _lock = self.lock()?;
+        let mut body = (*self.load()?).clone();
+        if body.counter.is_none() {
+            return Ok(());
+        }
+        self.check_counter(&body, true)?;
+        body.counter = None;
+        body.generation += 1;
+        *self.counter.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        self.store(&body)
+    }
+
+    /// Attaches the counter the manifest is bound to (as [`SealedState::bound_counter`] names
+    /// it) and checks the manifest against it: a manifest recording a value the counter has
+    /// passed was rolled back, and is refused. Without it attached, the state can be read
+    /// (checked as far as the manifest goes) but not changed.
+    ///
+    /// # Errors
+    /// [`CoreError::Corrupt`] naming the manifest if it was rolled back or names another
+    /// counter; the counter's errors.
+    pub fn attach_counter(&self, counter: Arc<dyn RollbackCounter>) -> Result<(), CoreError> {
+        {
+            let _lock = self.lock()?;
+            *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            let body = self.load()?;
+            match &body.counter {
+                Some(c) if c.id == counter.id() => {}
+                Some(c) => {
+                    return Err(self.corrupt_manifest(format!(
+                        "it is bound to the rollback counter {}, not {}",
+                        c.id,
+                        counter.id()
+                    )));
+                }
+                None => return Ok(()),
+            }
+            *self.counter.lock().unwrap_or_else(PoisonError::into_inner) = Some(counter);
+            if let Err(e) = self.check_counter(&body, true) {
+                *self.counter.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                return Err(e);
+            }
+        }
+        // What a crash left half-written, now that changes can be counted.
+        self.settle()
+    }
+
+    /// Checks `body`'s recorded value against the attached counter: equal (the last change
+    /// completed) or one ahead (a change written but not yet counted: completed here when
+    /// `settle`, which needs the lock).
+    fn check_counter(&self, body: &Body, settle: bool) -> Result<(), CoreError> {
+        let Some(record) = &body.counter else {
+            return Ok(());
+        };
+        let Some(counter) = self.counter() else {
+            return Err(CoreError::Locked(format!(
+                "the home's integrity manifest is bound to the rollback counter {}, which is \
+                 not attached: the home's state can be read but not changed",
+                record.id
+            )));
+        };
+        let now = counter.read()?;
+        if record.value == now {
+            return Ok(());
+        }
+        if record.value == now.saturating_add(1) {
+            if settle {
+                let after = counter.increment()?;
+                if after != record.value {
+                    return Err(self.rolled_back(record, after));
+                }
+            }
+            return Ok(());
+        }
+        Err(self.rolled_back(record, now))
+    }
+
+    fn rolled_back(&self, record: &CounterRecord, now: u64) -> CoreError {
+        self.corrupt_manifest(format!(
+            "it records the value {} of the rollback counter {}, which is at {now} now: the \
+             home (manifest and all) was copied back from an earlier moment, so its keys' \
+             state (revocations, usage, versions) may be out of date. Restore the latest \
+             backup, or, if you copied it back on purpose, run `keyhaven integrity rebind` \
+             (asks for the passphrase)",
+            record.value, record.id
+        ))
+    }
+
+    fn counter(&self) -> Option<Arc<dyn RollbackCounter>> {
+        self.counter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The home's root.
@@ -489,6 +676,11 @@ impl SealedState {
         }
         let bytes = read_private(&path)?;
         let body = Arc::new(self.parse(&bytes)?);
+        // A manifest read anew is checked against the counter (without settling: that needs
+        // the lock, and another process may be between its write and its increment).
+        if body.counter.is_some() && self.counter().is_some() {
+            self.check_counter(&body, false)?;
+        }
         *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = Some((stamp, body.clone()));
         Ok(body)
     }
@@ -497,7 +689,47 @@ impl SealedState {
         parse_manifest(&self.key, &self.anchor, &self.manifest(), bytes)
     }
 
+    /// Writes `body` as the manifest (the caller holds the lock). A manifest bound to a
+    /// counter records the counter's next value, and the counter is incremented after the
+    /// write: a crash in between leaves a manifest one ahead, which the next change completes.
     fn store(&self, body: &Body) -> Result<(), CoreError> {
+        if body.counter.is_some() {
+            let current = self.load()?;
+            self.check_counter(&current, true)?;
+        }
+        self.commit(body)
+    }
+
+    /// [`SealedState::store`] once the present manifest has been checked against the counter.
+    fn commit(&self, body: &Body) -> Result<(), CoreError> {
+        let mut body = body.clone();
+        let counter = match &body.counter {
+            Some(_) => {
+                let counter = self.counter().ok_or_else(|| {
+                    CoreError::Locked("the home's rollback counter is not attached".into())
+                })?;
+                let next = counter.read()?.saturating_add(1);
+                if let Some(r) = body.counter.as_mut() {
+                    r.value = next;
+                }
+                Some((counter, next))
+            }
+            None => None,
+        };
+        self.write_manifest(&body)?;
+        if let Some((counter, next)) = counter {
+            let now = counter.increment()?;
+            if now != next {
+                return Err(CoreError::corrupt(
+                    counter.id(),
+                    format!("it went from {} to {now} while keyhaven held the home's lock", next - 1),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn write_manifest(&self, body: &Body) -> Result<(), CoreError> {
         let json = serde_json::to_vec(body)
             .map_err(|e| CoreError::InvalidInput(format!("cannot encode the manifest: {e}")))?;
         let mut mac = self.key.mac();
@@ -816,6 +1048,95 @@ mod tests {
 
     fn corrupt_names(e: &CoreError, path: &Path) -> bool {
         matches!(e, CoreError::Corrupt { what, .. } if what == &path.display().to_string())
+    }
+
+    /// A counter in memory, standing in for the TPM's in these unit tests of the manifest's
+    /// logic (the TPM's own is tested on swtpm in keyhaven-hsm-tpm and the facade).
+    #[derive(Debug, Default)]
+    struct MemCounter(std::sync::atomic::AtomicU64);
+
+    impl RollbackCounter for MemCounter {
+        fn id(&self) -> String {
+            "mem/1".into()
+        }
+        fn read(&self) -> Result<u64, CoreError> {
+            Ok(self.0.load(std::sync::atomic::Ordering::SeqCst))
+        }
+        fn increment(&self) -> Result<u64, CoreError> {
+            Ok(self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1)
+        }
+    }
+
+    #[test]
+    fn a_home_copied_back_whole_is_refused_once_bound_to_a_counter() {
+        let dir = home();
+        let file = dir.path().join("state.json");
+        let sealed = SealedState::create(dir.path(), key(1), "a", &[]).unwrap();
+        let counter = Arc::new(MemCounter::default());
+        sealed.bind_counter(counter.clone()).unwrap();
+        sealed.write(&file, b"v1").unwrap();
+        // The whole home as it is now ...
+        let manifest = SealedState::manifest_path(dir.path());
+        let old_manifest = fs::read(&manifest).unwrap();
+        sealed.write(&file, b"v2").unwrap();
+        assert_eq!(
+            sealed.bound_counter().unwrap().unwrap().1,
+            counter.read().unwrap()
+        );
+        // ... copied back later: the manifest and the file agree, but the counter moved on.
+        replace_file(&manifest, &old_manifest).unwrap();
+        replace_file(&file, b"v1").unwrap();
+        let reopened = SealedState::open(dir.path(), key(1), "a").unwrap();
+        let e = reopened.attach_counter(counter.clone()).unwrap_err();
+        assert!(corrupt_names(&e, &manifest), "{e}");
+        assert!(e.to_string().contains("copied back"), "{e}");
+        // The process that had it open notices on its next read of the manifest.
+        let e = sealed.read(&file).unwrap_err();
+        assert!(e.to_string().contains("copied back"), "{e}");
+        // Unattached, nothing can be changed.
+        let e = reopened.write(&file, b"v3").unwrap_err();
+        assert!(matches!(e, CoreError::Locked(_)), "{e}");
+    }
+
+    #[test]
+    fn a_crash_between_the_write_and_the_increment_is_completed() {
+        let dir = home();
+        let file = dir.path().join("state.json");
+        let sealed = SealedState::create(dir.path(), key(1), "a", &[]).unwrap();
+        let counter = Arc::new(MemCounter::default());
+        sealed.bind_counter(counter.clone()).unwrap();
+        sealed.write(&file, b"v1").unwrap();
+        // As if the last increment had not happened.
+        counter.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        let reopened = SealedState::open(dir.path(), key(1), "a").unwrap();
+        reopened.attach_counter(counter.clone()).unwrap();
+        assert_eq!(
+            reopened.bound_counter().unwrap().unwrap().1,
+            counter.read().unwrap()
+        );
+        assert_eq!(&**reopened.read(&file).unwrap().unwrap(), b"v1");
+        reopened.write(&file, b"v2").unwrap();
+        // Another counter, or none, is not this home's.
+        #[derive(Debug)]
+        struct Other;
+        impl RollbackCounter for Other {
+            fn id(&self) -> String {
+                "mem/2".into()
+            }
+            fn read(&self) -> Result<u64, CoreError> {
+                Ok(1_000)
+            }
+            fn increment(&self) -> Result<u64, CoreError> {
+                Ok(1_001)
+            }
+        }
+        let again = SealedState::open(dir.path(), key(1), "a").unwrap();
+        assert!(again.attach_counter(Arc::new(Other)).is_err());
+        // Unbinding needs the latest manifest; then it is a plain sealed home again.
+        again.attach_counter(counter.clone()).unwrap();
+        again.unbind_counter().unwrap();
+        assert_eq!(again.bound_counter().unwrap(), None);
+        again.write(&file, b"v3").unwrap();
     }
 
     #[test]
