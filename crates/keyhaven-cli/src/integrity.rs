@@ -37,15 +37,36 @@ pub(crate) enum IntegrityCommand {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+    /// Bind the home to a monotonic counter in a TPM backend's NV memory, so that a copy of
+    /// the whole home from an earlier moment (manifest and all) is refused. Every change of
+    /// the home's state then also reads and increments the counter, and the home needs its
+    /// TPM. Needs the passphrase.
+    BindCounter {
+        /// The TPM backend that keeps the counter.
+        #[arg(long, value_name = "NAME")]
+        backend: String,
+    },
+    /// Unbind the home from its rollback counter, and remove the counter from the TPM.
+    UnbindCounter,
+    /// Accept a home you copied back from an earlier moment on purpose (restored from a copy
+    /// you trust): its present state is recorded against the counter's present value.
+    Rebind,
 }
 
 fn status_json(s: &IntegrityStatus) -> serde_json::Value {
     match s {
         IntegrityStatus::Sealed {
             anchor,
+            counter,
             generation,
             files,
-        } => json!({"sealed": true, "anchor": anchor, "generation": generation, "files": files}),
+        } => json!({
+            "sealed": true,
+            "anchor": anchor,
+            "rollback_counter": counter,
+            "generation": generation,
+            "files": files
+        }),
         IntegrityStatus::NotYetSealed { anchor } => {
             json!({"sealed": false, "anchor": anchor, "reason": "the anchor store does not exist yet"})
         }
@@ -61,12 +82,24 @@ fn print_status(s: &IntegrityStatus) -> Result<()> {
     match s {
         IntegrityStatus::Sealed {
             anchor,
+            counter,
             generation,
             files,
-        } => outln!(
-            "sealed by backend '{anchor}': {files} state file(s) authenticated, {generation} \
-             change(s) recorded"
-        ),
+        } => {
+            outln!(
+                "sealed by backend '{anchor}': {files} state file(s) authenticated, \
+                 {generation} change(s) recorded"
+            )?;
+            match counter {
+                Some(c) => {
+                    outln!("rollback counter: {c} (a copy of the home from before is refused)")
+                }
+                None => outln!(
+                    "rollback counter: none (a copy of the whole home from before is not \
+                     detected; see `keyhaven integrity bind-counter`)"
+                ),
+            }
+        }
         IntegrityStatus::NotYetSealed { anchor } => {
             outln!("not sealed yet: the home is sealed when backend '{anchor}' creates its store")
         }
@@ -118,6 +151,25 @@ pub(crate) fn run(ctx: &Ctx, cmd: IntegrityCommand) -> Result<u8> {
         IntegrityCommand::Accept { file } => {
             m.accept_state_file(&file)?;
             outln!("recorded {} as it is now", file.display())?;
+            Ok(OK)
+        }
+        IntegrityCommand::BindCounter { backend } => {
+            let id = m.bind_rollback_counter(&backend)?;
+            outln!(
+                "bound to the rollback counter {id}: a copy of the home from before is refused"
+            )?;
+            Ok(OK)
+        }
+        IntegrityCommand::UnbindCounter => {
+            match m.unbind_rollback_counter()? {
+                Some(id) => outln!("unbound; the counter {id} was removed from the TPM")?,
+                None => outln!("the home is not bound to a rollback counter")?,
+            }
+            Ok(OK)
+        }
+        IntegrityCommand::Rebind => {
+            let id = m.rebind_rollback_counter()?;
+            outln!("the home's present state is recorded against the counter {id}")?;
             Ok(OK)
         }
     }

@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 use keyhaven_core::Error as CoreError;
 
 pub mod state;
-pub use state::{PlainState, SealedState, StateFiles, StateKey};
+pub use state::{PlainState, RollbackCounter, SealedState, StateFiles, StateKey};
 
 /// The largest file [`read_secret`] reads: passphrase files and private key PEM files are far
 /// smaller.

@@ -437,6 +437,40 @@ impl SealedState {
         self.store(&body)
     }
 
+    /// Accepts the present manifest against its counter's present value: for a home copied
+    /// back from an earlier moment on purpose (its owner restored it), which
+    /// [`SealedState::attach_counter`] refuses. The counter is attached.
+    ///
+    /// # Errors
+    /// [`CoreError::InvalidInput`] if the manifest is not bound to this counter; the counter's
+    /// errors.
+    pub fn rebind_counter(&self, counter: Arc<dyn RollbackCounter>) -> Result<(), CoreError> {
+        {
+            let _lock = self.lock()?;
+            *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            let mut body = (*self.load()?).clone();
+            match &body.counter {
+                Some(c) if c.id == counter.id() => {}
+                _ => {
+                    return Err(CoreError::InvalidInput(format!(
+                        "the home's integrity manifest is not bound to {}",
+                        counter.id()
+                    )));
+                }
+            }
+            let value = counter.read()?;
+            body.counter = Some(CounterRecord {
+                id: counter.id(),
+                value,
+            });
+            body.generation += 1;
+            *self.counter.lock().unwrap_or_else(PoisonError::into_inner) = Some(counter);
+            // Recorded as the counter is now, then counted like any change.
+            self.commit(&body)?;
+        }
+        self.settle()
+    }
+
     /// Unbinds the manifest from its counter (attached first: the present manifest must be
     /// the latest). The counter itself is left as it is.
     ///
@@ -722,7 +756,10 @@ impl SealedState {
             if now != next {
                 return Err(CoreError::corrupt(
                     counter.id(),
-                    format!("it went from {} to {now} while keyhaven held the home's lock", next - 1),
+                    format!(
+                        "it went from {} to {now} while keyhaven held the home's lock",
+                        next - 1
+                    ),
                 ));
             }
         }
@@ -1096,6 +1133,12 @@ mod tests {
         // Unattached, nothing can be changed.
         let e = reopened.write(&file, b"v3").unwrap_err();
         assert!(matches!(e, CoreError::Locked(_)), "{e}");
+        // Its owner copied it back on purpose: accepted against the counter as it is now.
+        reopened.rebind_counter(counter.clone()).unwrap();
+        reopened.write(&file, b"v3").unwrap();
+        let again = SealedState::open(dir.path(), key(1), "a").unwrap();
+        again.attach_counter(counter).unwrap();
+        assert_eq!(&**again.read(&file).unwrap().unwrap(), b"v3");
     }
 
     #[test]

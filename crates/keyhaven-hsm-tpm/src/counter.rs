@@ -118,7 +118,7 @@ impl NvCounter<'_> {
     /// not authenticated; [`Error::Unavailable`] if the TPM cannot be reached.
     pub fn read(&self) -> Result<u64> {
         let data = self.with_index("TPM2_NV_Read", |ctx, h| {
-            ctx.execute_with_nullauth_session(|ctx| ctx.nv_read(NvAuth::NvIndex(h), h, 8, 0))
+            with_hmac_session(ctx, |ctx| ctx.nv_read(NvAuth::NvIndex(h), h, 8, 0))
         })?;
         let bytes: [u8; 8] = data.value().try_into().map_err(|_| {
             Error::corrupt(
@@ -135,7 +135,7 @@ impl NvCounter<'_> {
     /// As [`NvCounter::read`].
     pub fn increment(&self) -> Result<u64> {
         self.with_index("TPM2_NV_Increment", |ctx, h| {
-            ctx.execute_with_nullauth_session(|ctx| ctx.nv_increment(NvAuth::NvIndex(h), h))
+            with_hmac_session(ctx, |ctx| ctx.nv_increment(NvAuth::NvIndex(h), h))
         })?;
         self.read()
     }
@@ -147,7 +147,7 @@ impl NvCounter<'_> {
     /// [`Error::Unavailable`] if the TPM cannot be reached; the TPM's refusal.
     pub fn undefine(&self) -> Result<()> {
         match self.with_index("TPM2_NV_UndefineSpace", |ctx, h| {
-            ctx.execute_with_nullauth_session(|ctx| ctx.nv_undefine_space(Provision::Owner, h))
+            with_hmac_session(ctx, |ctx| ctx.nv_undefine_space(Provision::Owner, h))
         }) {
             Ok(()) => Ok(()),
             Err(Error::Corrupt { reason, .. })
@@ -190,7 +190,7 @@ impl NvCounter<'_> {
         let auth = Auth::try_from(self.auth.to_vec()).map_err(fail)?;
         let mut device = self.store.device_guard().map_err(|e| Rc(0, e))?;
         let outcome = device.with_context(|ctx| {
-            let defined = ctx.execute_with_nullauth_session(|ctx| {
+            let defined = with_hmac_session(ctx, |ctx| {
                 ctx.nv_define_space(Provision::Owner, Some(auth.clone()), public.clone())
             });
             Ok(match defined {
@@ -222,19 +222,65 @@ impl NvCounter<'_> {
                 .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(tpm_handle)))
             {
                 Ok(h) => h.into(),
-                Err(e) => return Ok(Err(classify(&name, command, e))),
+                Err(e) => return Ok((Err(classify(&name, command, e)), false)),
             };
             let result = ctx
                 .tr_set_auth(handle.into(), auth.clone())
-                .and_then(|()| op(ctx, handle))
-                .map_err(|e| classify(&name, command, e));
+                .and_then(|()| op(ctx, handle));
+            let esys_failed = result
+                .as_ref()
+                .err()
+                .and_then(raw_rc)
+                .is_some_and(|rc| rc.0 & 0x00ff_0000 == ESYS_LAYER);
             let _ = ctx.tr_close(&mut ObjectHandle::from(handle));
-            Ok(result)
+            Ok((result.map_err(|e| classify(&name, command, e)), esys_failed))
         });
-        outcome.map_err(Error::from)?
+        let (result, esys_failed) = outcome.map_err(Error::from)?;
+        if esys_failed {
+            // An answer ESAPI refused leaves its context unusable: start afresh next time
+            // (with a resource manager, closing the connection also flushes what it loaded).
+            device.reset();
+        }
+        result
     }
 }
 
+/// Runs `f` in a fresh HMAC session (unsalted and unbound: its key is the authorization value
+/// of the entity `f` uses, so the TPM's answer is authenticated with it), flushing the session
+/// afterwards without letting a failed flush hide `f`'s own error.
+fn with_hmac_session<T>(
+    ctx: &mut Context,
+    f: impl FnOnce(&mut Context) -> tss_esapi::Result<T>,
+) -> tss_esapi::Result<T> {
+    use tss_esapi::attributes::SessionAttributesBuilder;
+    use tss_esapi::constants::SessionType;
+    use tss_esapi::structures::SymmetricDefinition;
+    let session = ctx
+        .start_auth_session(
+            None,
+            None,
+            None,
+            SessionType::Hmac,
+            SymmetricDefinition::AES_128_CFB,
+            HashingAlgorithm::Sha256,
+        )?
+        .ok_or(tss_esapi::Error::WrapperError(
+            tss_esapi::WrapperErrorKind::WrongValueFromTpm,
+        ))?;
+    let (attributes, mask) = SessionAttributesBuilder::new()
+        .with_decrypt(true)
+        .with_encrypt(true)
+        .build();
+    let result = ctx
+        .tr_sess_set_attributes(session, attributes, mask)
+        .and_then(|()| ctx.execute_with_session(Some(session), f));
+    let handle: ObjectHandle = tss_esapi::handles::SessionHandle::from(session).into();
+    let _ = ctx.flush_context(handle);
+    result
+}
+
+/// The layer of ESAPI's own response codes (`TSS2_ESYS_RC_*`).
+const ESYS_LAYER: u32 = 0x0007_0000;
 /// `TSS2_ESYS_RC_RSP_AUTH_FAILED`: ESAPI found the TPM's answer not authenticated.
 const ESYS_RSP_AUTH_FAILED: u32 = 0x0007_001b;
 

@@ -582,6 +582,11 @@ impl Device {
         })
     }
 
+    /// Drops the connection (nothing sent to the TPM): the next command connects afresh.
+    pub(crate) fn reset(&mut self) {
+        self.forget();
+    }
+
     /// Runs `f` on the raw context (for the report).
     pub(crate) fn with_context<T>(
         &mut self,

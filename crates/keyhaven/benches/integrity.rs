@@ -93,5 +93,32 @@ fn list(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, sign, list);
+/// What binding a sealed home to a TPM counter costs a signature that counts usage (one
+/// counter read and increment per change of the manifest), on swtpm over loopback, against the
+/// same sealed home unbound, in the same run.
+#[cfg(feature = "tpm")]
+fn rollback_counter(c: &mut Criterion) {
+    let msg = b"a message of ordinary length to be signed";
+    let tpm = keyhaven_testkit::devices::Swtpm::start();
+    let mut g = c.benchmark_group("sign_ed25519_rollback_counter");
+    g.sample_size(20);
+    for bound in [false, true] {
+        let dir = private_dir();
+        let m = home(dir.path(), true);
+        m.add_backend("tpm", BackendConfig::tpm(tpm.tcti(), None))
+            .unwrap();
+        if bound {
+            m.bind_rollback_counter("tpm").unwrap();
+        }
+        let key = m.generate(Some("b"), Algorithm::Ed25519, "k").unwrap();
+        let name = if bound { "bound" } else { "unbound" };
+        g.bench_function(name, |b| b.iter(|| black_box(m.sign(&key, msg).unwrap())));
+    }
+    g.finish();
+}
+
+#[cfg(not(feature = "tpm"))]
+fn rollback_counter(_: &mut Criterion) {}
+
+criterion_group!(benches, sign, list, rollback_counter);
 criterion_main!(benches);

@@ -330,6 +330,7 @@ impl KeyManager {
         match self.integrity_status() {
             Ok(IntegrityStatus::Sealed {
                 anchor,
+                counter,
                 generation,
                 files,
             }) => {
@@ -339,7 +340,12 @@ impl KeyManager {
                 };
                 (
                     format!(
-                        "sealed by backend '{anchor}' ({files} state files, {generation} changes)"
+                        "sealed by backend '{anchor}' ({files} state files, {generation} \
+                         changes); {}",
+                        counter.map_or_else(
+                            || "no rollback counter".to_owned(),
+                            |c| format!("bound to the rollback counter {c}")
+                        )
                     ),
                     problems,
                 )

@@ -24,8 +24,9 @@
 //!   state but has no manifest (made by an earlier keyhaven, or whose manifest was removed) is
 //!   refused until `keyhaven integrity seal` accepts its present state, on purpose.
 //! - **Not covered here.** A home with neither (PEM, memory or TPM only) is not sealed
-//!   (`keyhaven doctor` says so). The whole home copied back from an earlier
-//!   moment (manifest included) is not detected without a counter kept outside the home.
+//!   (`keyhaven doctor` says so). The whole home copied back from an earlier moment
+//!   (manifest included) is detected only once the home is bound to a TPM counter
+//!   ([`crate::rollback`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -47,6 +48,8 @@ pub enum IntegrityStatus {
     Sealed {
         /// The anchor backend.
         anchor: String,
+        /// The rollback counter the home is bound to (`BACKEND/tpm:0x015xxxxx`), if any.
+        counter: Option<String>,
         /// How many changes the manifest has recorded.
         generation: u64,
         /// How many files it records.
@@ -443,14 +446,16 @@ impl KeyManager {
             return Ok(cell.clone());
         }
         if let Some(sealed) = self.unlock_state()? {
-            let sealed: Arc<dyn StateFiles> = Arc::new(sealed);
             // From now on the configuration in use is the authenticated one.
             if let Some(path) = self.config_path() {
-                let verified = crate::Config::load_from(sealed.as_ref(), path)
-                    .map_err(|e| config_hint(e, path))?;
+                let verified =
+                    crate::Config::load_from(&sealed, path).map_err(|e| config_hint(e, path))?;
                 self.replace_config(verified);
             }
-            cell.set(sealed);
+            // A home bound to a rollback counter is checked against it (through the TPM
+            // backend the authenticated configuration names) before anything is used.
+            self.attach_bound_counter(&sealed)?;
+            cell.set(Arc::new(sealed));
         }
         Ok(cell.clone())
     }
@@ -795,7 +800,20 @@ impl KeyManager {
         Ok(())
     }
 
-    fn sealed_state(&self) -> Result<SealedState> {
+    /// The sealed state, checked against its rollback counter if it is bound to one.
+    pub(crate) fn sealed_state(&self) -> Result<SealedState> {
+        let sealed = self.sealed_state_unattached()?;
+        self.attach_bound_counter(&sealed)?;
+        Ok(sealed)
+    }
+
+    /// From now on this manager reads and writes the home's state through `sealed`.
+    pub(crate) fn use_sealed(&self, sealed: SealedState) {
+        self.lifecycle().state.set(Arc::new(sealed));
+    }
+
+    /// The sealed state, authenticated but not yet checked against a rollback counter.
+    pub(crate) fn sealed_state_unattached(&self) -> Result<SealedState> {
         let anchor = self
             .integrity_anchor()
             .ok_or_else(|| CoreError::Unsupported {
@@ -824,6 +842,7 @@ impl KeyManager {
         let sealed = self.sealed_state()?;
         Ok(IntegrityStatus::Sealed {
             anchor,
+            counter: sealed.bound_counter()?.map(|(id, _)| id),
             generation: sealed.generation()?,
             files: sealed.recorded()?.len(),
         })

@@ -14,6 +14,7 @@ pub mod integrity;
 pub mod lifecycle;
 mod manager;
 mod passphrase;
+pub mod rollback;
 pub mod rotation;
 mod tombstones;
 

@@ -435,7 +435,10 @@ impl KeyManager {
         };
         // Opened once per manager: an encrypted store runs Argon2id, a token asks for its PIN.
         if let Some(b) = &backend
-            && matches!(b.kind(), BackendKind::Encrypted | BackendKind::Pkcs11)
+            && matches!(
+                b.kind(),
+                BackendKind::Encrypted | BackendKind::Pkcs11 | BackendKind::Tpm
+            )
         {
             lock(&self.lifecycle().raw).insert(name.to_owned(), b.clone());
         }

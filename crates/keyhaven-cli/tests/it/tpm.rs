@@ -327,3 +327,119 @@ fn tpm_options_need_a_tpm_backend() {
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Copies a directory tree as it is (modes and owners kept).
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn a_home_bound_to_a_tpm_counter_copied_back_whole_is_refused() {
+    let (tpm, h) = tpm_home();
+    h.ok(&["backend", "add", "vault", "--type", "encrypted"]);
+    h.generate("ed25519", "release", &["--backend", "vault"]);
+    h.generate("ed25519", "laptop", &["--backend", "vault"]);
+    let bound = h.ok(&["integrity", "bind-counter", "--backend", "tpm"]);
+    assert!(
+        bound.contains("vault") || bound.contains("tpm/tpm:0x015"),
+        "{bound}"
+    );
+    let status = h.json(&["integrity", "status", "--json"]);
+    let id = status["rollback_counter"].as_str().unwrap().to_owned();
+    let index = id.rsplit_once("tpm:").unwrap().1.to_owned();
+    // tpm2-tools sees the counter: an NV counter that needs its authorization value.
+    let public = tpm.run("tpm2_nvreadpublic", &[&index]);
+    assert!(
+        public.contains("authread") && public.contains("nt=0x1"),
+        "{public}"
+    );
+
+    // The whole home, saved before the laptop key is revoked ...
+    let saved = h.scratch().join("saved-home");
+    copy_tree(&h.path(), &saved);
+    std::fs::write(h.scratch().join("m"), b"m").unwrap();
+    let m = h.scratch().join("m");
+    let sig = h.scratch().join("sig");
+    let sig = sig.to_str().unwrap();
+    h.ok(&[
+        "sign",
+        "--key",
+        "release",
+        "--message-file",
+        m.to_str().unwrap(),
+        "--out",
+        sig,
+    ]);
+    h.ok(&["key", "revoke", "laptop", "--reason", "stolen"]);
+    // ... and copied back: the laptop key would sign again, but the counter has moved on.
+    std::fs::remove_dir_all(h.path()).unwrap();
+    copy_tree(&saved, &h.path());
+    let out = h.run(&[
+        "sign",
+        "--key",
+        "laptop",
+        "--message-file",
+        m.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("integrity.manifest") && err.contains("copied back"),
+        "{err}"
+    );
+    h.fails(&["key", "list"], 7);
+    // Without the passphrase nobody can accept the copy.
+    let out = h
+        .cmd(["integrity", "rebind"])
+        .env("KEYHAVEN_PASSPHRASE", "not the passphrase")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    // Its owner can (on purpose, knowing the laptop key is usable again).
+    h.ok(&["integrity", "rebind"]);
+    h.ok(&[
+        "sign",
+        "--key",
+        "laptop",
+        "--message-file",
+        m.to_str().unwrap(),
+        "--out",
+        sig,
+    ]);
+    h.ok(&["integrity", "verify"]);
+
+    // Unbinding removes the counter from the TPM.
+    h.ok(&["integrity", "unbind-counter"]);
+    let gone = tpm.tool("tpm2_nvreadpublic").arg(&index).output().unwrap();
+    assert!(!gone.status.success(), "{gone:?}");
+    let status = h.json(&["integrity", "status", "--json"]);
+    assert!(status["rollback_counter"].is_null(), "{status}");
+    h.ok(&[
+        "sign",
+        "--key",
+        "release",
+        "--message-file",
+        m.to_str().unwrap(),
+        "--out",
+        sig,
+    ]);
+}
+
+#[test]
+fn a_bound_home_whose_tpm_is_away_is_refused_not_run_unchecked() {
+    let (mut tpm, h) = tpm_home();
+    h.ok(&["backend", "add", "vault", "--type", "encrypted"]);
+    h.generate("ed25519", "release", &["--backend", "vault"]);
+    h.ok(&["integrity", "bind-counter", "--backend", "tpm"]);
+    tpm.kill();
+    let err = h.fails(&["key", "list"], 10);
+    assert!(err.contains("tpm"), "{err}");
+    tpm.start_again();
+    h.ok(&["key", "list"]);
+}

@@ -93,3 +93,100 @@ fn a_counter_of_another_tpm_is_not_found_there() {
     let e = elsewhere.read().unwrap_err();
     assert!(e.to_string().contains("no counter"), "{e}");
 }
+
+/// A man in the middle between the store and swtpm (fault injection beside the real TPM):
+/// forwards both channels, and while `lie` is set changes the value in every answer to
+/// `TPM2_NV_Read` of an 8-byte counter (response tag `TPM_ST_SESSIONS`, success, 10 bytes of
+/// parameters: a `TPM2B` of 8).
+struct Liar {
+    port: u16,
+    lie: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Liar {
+    fn start(target_port: u16) -> Liar {
+        use std::net::TcpListener;
+        let lie = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Two adjacent ports, as the swtpm TCTI wants (data, then control).
+        let (data, control) = loop {
+            let data = TcpListener::bind("127.0.0.1:0").unwrap();
+            let port = data.local_addr().unwrap().port();
+            if let Ok(control) = TcpListener::bind(("127.0.0.1", port + 1)) {
+                break (data, control);
+            }
+        };
+        let port = data.local_addr().unwrap().port();
+        for (listener, to, rewrite) in
+            [(data, target_port, true), (control, target_port + 1, false)]
+        {
+            let lie = lie.clone();
+            std::thread::spawn(move || {
+                for client in listener.incoming() {
+                    let Ok(client) = client else { return };
+                    let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", to)) else {
+                        return;
+                    };
+                    let lie = lie.clone();
+                    std::thread::spawn(move || relay(client, server, rewrite, &lie));
+                }
+            });
+        }
+        Liar { port, lie }
+    }
+
+    fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+}
+
+fn relay(
+    client: std::net::TcpStream,
+    server: std::net::TcpStream,
+    rewrite: bool,
+    lie: &std::sync::atomic::AtomicBool,
+) {
+    use std::io::{Read, Write};
+    let (mut c_in, mut s_out) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c_in, &mut s_out);
+        let _ = s_out.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut s_in, mut c_out) = (server, client);
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = s_in.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let chunk = &mut buf[..n];
+        if rewrite && lie.load(std::sync::atomic::Ordering::SeqCst) {
+            let pattern = [0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x08];
+            if let Some(at) = chunk.windows(pattern.len()).position(|w| w == pattern)
+                && chunk.len() >= at + pattern.len() + 8
+                && at >= 6
+                && chunk[at - 6..at - 4] == [0x80, 0x02]
+            {
+                // A bigger counter than the TPM's: what a rolled-back home would need.
+                chunk[at + pattern.len()] ^= 0x40;
+            }
+        }
+        if c_out.write_all(chunk).is_err() {
+            break;
+        }
+    }
+}
+
+#[test]
+fn an_answer_that_did_not_come_from_the_tpm_is_refused() {
+    let tpm = TestTpm::new();
+    let liar = Liar::start(tpm.swtpm.port());
+    let config = keyhaven_hsm_tpm::TpmConfig::new(&liar.tcti(), tpm.dir()).unwrap();
+    let store = keyhaven_hsm_tpm::TpmStore::open(config).unwrap();
+    let counter = store.define_counter(&AUTH).unwrap();
+    let honest = counter.read().unwrap();
+    liar.lie.store(true, std::sync::atomic::Ordering::SeqCst);
+    let e = counter.read().unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("not authenticated"), "{e}");
+    liar.lie.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(counter.read().unwrap(), honest);
+}
