@@ -249,6 +249,40 @@ fn symlink_refused(path: &Path, _e: io::Error) -> CoreError {
     ))
 }
 
+/// Refuses `path` (below `root`) if a directory between `root` and it is a symbolic link:
+/// keyhaven does not reach its files through links inside a home (one could lead its reads
+/// and writes into another directory). `root` itself may be a link (a home kept elsewhere);
+/// directories that do not exist yet are not checked (they are made private when created).
+///
+/// # Errors
+/// [`CoreError::PermissionDenied`] naming the link and the fix.
+pub fn refuse_linked_dirs(root: &Path, path: &Path) -> Result<(), CoreError> {
+    let Ok(rel) = path.strip_prefix(root) else {
+        return Ok(());
+    };
+    let mut dir = root.to_path_buf();
+    let mut parts = rel.components().peekable();
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            break;
+        }
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_symlink() => {
+                return Err(CoreError::PermissionDenied(format!(
+                    "{} is a symbolic link to a directory; keyhaven never follows links inside a \
+                     home (one could lead its reads and writes elsewhere). Fix: replace the link \
+                     by the directory itself (restore it from a backup)",
+                    dir.display()
+                )));
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    Ok(())
+}
+
 /// Reads a configuration file the user writes by hand (a policy): not through a symbolic
 /// link, owned by the user or root, and not writable by others (readable is fine: it holds no
 /// secret). At most [`MAX_SECRET_FILE`] bytes, as UTF-8 text.

@@ -655,6 +655,7 @@ impl SealedState {
     /// The manifest's path-independent name of `path` (`a/b/c`), refusing paths outside the
     /// home.
     fn rel(&self, path: &Path) -> Result<String, CoreError> {
+        crate::refuse_linked_dirs(&self.root, path)?;
         let rel = path.strip_prefix(&self.root).map_err(|_| {
             CoreError::InvalidInput(format!(
                 "{} is outside the home {}",

@@ -87,6 +87,11 @@ impl StoreDir {
             _ => {}
         }
         fsutil::check_private(root, true)?;
+        for sub in [&dir.keys, &dir.labels] {
+            if keyhaven_fs::is_symlink(sub) {
+                return Err(keyhaven_fs::refuse_symlink(sub));
+            }
+        }
         fsutil::check_private(&dir.keys, true)?;
         fsutil::check_private(&dir.labels, true)?;
         let header = fsutil::read_private(&root.join(HEADER))?;

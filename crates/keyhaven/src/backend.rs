@@ -364,10 +364,14 @@ pub(crate) fn open_or_create(req: &OpenRequest<'_>) -> Result<Backend> {
 /// The directory of a backend that needs one.
 #[cfg(any(feature = "file", feature = "tpm"))]
 fn store_dir<'a>(req: &OpenRequest<'a>) -> Result<&'a Path> {
-    req.path.ok_or_else(|| Error::Config {
+    let dir = req.path.ok_or_else(|| Error::Config {
         origin: "configuration".into(),
         message: format!("backends.{}: a {} backend needs a path", req.name, req.kind),
-    })
+    })?;
+    // Inside the home, the store is never reached through a linked directory (nor is it one).
+    keyhaven_fs::refuse_linked_dirs(req.home, &dir.join("keyhaven-store.json"))
+        .map_err(|e| Error::backend(req.name, e))?;
+    Ok(dir)
 }
 
 /// A directory outside the home whose parent is missing (an unmounted drive) makes the backend

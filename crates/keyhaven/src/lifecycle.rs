@@ -286,6 +286,8 @@ impl KeyManager {
             state: self.state()?,
             path: self.audit_witness_path(),
         });
+        // The default log inside the home is never reached through a linked directory.
+        keyhaven_fs::refuse_linked_dirs(self.home(), &self.audit_dir().join("audit.log"))?;
         let log = AuditLog::open(
             &self.audit_dir(),
             AuditSigner {

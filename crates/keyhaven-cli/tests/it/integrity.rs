@@ -624,3 +624,33 @@ fn policies_loosened_removed_or_planted_are_refused_until_their_owner_vouches() 
     );
     assert!(report.contains(access.to_str().unwrap()), "{report}");
 }
+
+/// Moves `dir` out of the home and puts a link to it in its place.
+fn link_dir_away(h: &Home, dir: &Path) -> PathBuf {
+    let away = h.scratch().join(format!(
+        "away-{}",
+        dir.file_name().unwrap().to_string_lossy()
+    ));
+    fs::rename(dir, &away).unwrap();
+    std::os::unix::fs::symlink(&away, dir).unwrap();
+    away
+}
+
+#[test]
+fn a_directory_of_the_home_replaced_by_a_link_is_never_followed() {
+    // The usage counters' directory (state), the store's key directory, the audit log's.
+    for rel in ["rotation/usage", "backends/default/keys", "audit"] {
+        let (h, _, _, _) = populated();
+        let dir = h.path().join(rel);
+        let away = link_dir_away(&h, &dir);
+        let (code, e) = sign(&h, "other").expect_err(rel);
+        assert_eq!(code, 6, "{rel}: {e}");
+        assert!(e.contains(dir.to_str().unwrap()), "{rel}: {e}");
+        assert!(e.contains("symbolic link"), "{rel}: {e}");
+        assert_eq!(e.trim().lines().count(), 1, "one line: {e}");
+        // Put back, everything works again.
+        fs::remove_file(&dir).unwrap();
+        fs::rename(&away, &dir).unwrap();
+        sign(&h, "other").unwrap_or_else(|e| panic!("{rel}: {e:?}"));
+    }
+}
