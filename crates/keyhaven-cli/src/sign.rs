@@ -63,7 +63,11 @@ impl Source {
     }
 
     /// ECDSA messages are hashed as they are read (constant memory); Ed25519 signs whole
-    /// messages, so those are read into memory.
+    /// messages, so those are read into memory, on purpose: PureEdDSA (RFC 8032) hashes the
+    /// message twice, once for the nonce and once for the challenge, and a message that changed
+    /// between the two passes (a file mapped or read twice while someone else writes it) would
+    /// give two signatures with one nonce and different challenges, from which the private
+    /// key follows. The copy in memory is the one message both passes see.
     fn load(self, algorithm: keyhaven::Algorithm) -> Result<Input> {
         let (what, reader): (String, Box<dyn Read>) = match self {
             Source::Digest(d) => return Ok(Input::Digest(d)),
