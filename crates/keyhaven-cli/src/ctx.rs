@@ -112,6 +112,10 @@ pub(crate) fn print_warnings(manager: &KeyManager) {
     }
 }
 
+/// The environment variable a token's PIN is read from when the configuration does not say
+/// (and always for a token that anchors the home's integrity).
+pub(crate) const TOKEN_PIN_ENV: &str = "KEYHAVEN_TOKEN_PIN";
+
 /// Whether we may ask the user something.
 pub(crate) fn interactive() -> bool {
     std::io::stdin().is_terminal()
@@ -119,7 +123,8 @@ pub(crate) fn interactive() -> bool {
 
 /// Passphrases for encrypted backends: `--passphrase-file`, else `KEYHAVEN_PASSPHRASE`, else a
 /// prompt on the terminal naming the backend (twice, compared, for a new store). Token PINs (of
-/// `pkcs11` backends without `pin_env` or `pin_file`): a prompt on the terminal only.
+/// `pkcs11` backends without `pin_env` or `pin_file`, and of a token that anchors the home):
+/// `KEYHAVEN_TOKEN_PIN`, else a prompt on the terminal.
 pub(crate) struct CliPassphrases {
     file: Option<PathBuf>,
 }
@@ -130,9 +135,13 @@ impl PassphraseProvider for CliPassphrases {
             // Never the store passphrase (KEYHAVEN_PASSPHRASE, --passphrase-file): each wrong PIN
             // costs one of the token's tries. The backend's pin_env / pin_file, or the terminal.
             let what = request.describe();
+            if let Ok(pin) = std::env::var(TOKEN_PIN_ENV) {
+                return Ok(secret_string(&Zeroizing::new(pin)));
+            }
             if !interactive() {
                 return Err(CoreError::Locked(format!(
-                    "{what} is needed and standard input is not a terminal"
+                    "{what} is needed and standard input is not a terminal (set \
+                     {TOKEN_PIN_ENV})"
                 )));
             }
             return prompt(&format!("{}: ", capitalized(&what)));

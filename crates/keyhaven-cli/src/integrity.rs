@@ -47,7 +47,12 @@ pub(crate) enum IntegrityCommand {
         backend: String,
     },
     /// Unbind the home from its rollback counter, and remove the counter from the TPM.
-    UnbindCounter,
+    UnbindCounter {
+        /// The counter is gone (the TPM was cleared or replaced): unbind without asking it,
+        /// accepting the home's present state. Needs the passphrase.
+        #[arg(long)]
+        force: bool,
+    },
     /// Accept a home you copied back from an earlier moment on purpose (restored from a copy
     /// you trust): its present state is recorded against the counter's present value.
     Rebind,
@@ -160,8 +165,8 @@ pub(crate) fn run(ctx: &Ctx, cmd: IntegrityCommand) -> Result<u8> {
             )?;
             Ok(OK)
         }
-        IntegrityCommand::UnbindCounter => {
-            match m.unbind_rollback_counter()? {
+        IntegrityCommand::UnbindCounter { force } => {
+            match m.unbind_rollback_counter(force)? {
                 Some(id) => outln!("unbound; the counter {id} was removed from the TPM")?,
                 None => outln!("the home is not bound to a rollback counter")?,
             }

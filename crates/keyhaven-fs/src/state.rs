@@ -151,6 +151,15 @@ impl StateKey {
         StateKey(bytes)
     }
 
+    /// Derives a 32-byte secret for `purpose` (HMAC-SHA256 of the purpose, domain-separated
+    /// from the manifest's own MAC). See [`SealedState::derive_secret`].
+    pub fn derive_secret(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
+        let mut mac = self.mac();
+        mac.update(b"derive\0");
+        mac.update(purpose.as_bytes());
+        Zeroizing::new(mac.finalize().into_bytes().into())
+    }
+
     fn mac(&self) -> Hmac<Sha256> {
         // HMAC accepts keys of any length: this cannot fail for 32 bytes.
         let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.0.as_ref())
@@ -374,18 +383,42 @@ impl SealedState {
     /// # Errors
     /// [`CoreError::Corrupt`] if the manifest does not authenticate under the present key;
     /// I/O errors.
-    pub fn rekey(self, key: StateKey, anchor: &str) -> Result<Self, CoreError> {
+    ///
+    /// A manifest bound to a rollback counter moves to `counter`, a counter whose
+    /// authorization the new key gives (the old one's came from the old key); the old counter
+    /// is left to the caller to remove.
+    pub fn rekey(
+        self,
+        key: StateKey,
+        anchor: &str,
+        counter: Option<Arc<dyn RollbackCounter>>,
+    ) -> Result<Self, CoreError> {
         let _lock = self.lock()?;
         // Straight from the file, not the cache: what is rewritten must be what is there.
         *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = None;
         let mut body = (*self.load()?).clone();
+        // The present manifest, checked under the present key, is what the counter vouches for.
+        self.check_counter(&body, true)?;
+        let next = Self::unopened(&self.root, key, anchor);
+        match (&body.counter, counter) {
+            (None, _) => {}
+            (Some(_), Some(c)) => {
+                body.counter = Some(CounterRecord {
+                    id: c.id(),
+                    value: c.read()?,
+                });
+                *next.counter.lock().unwrap_or_else(PoisonError::into_inner) = Some(c);
+            }
+            (Some(old), None) => {
+                return Err(CoreError::InvalidInput(format!(
+                    "the manifest is bound to the rollback counter {}: moving it to another \
+                     anchor needs a counter the new anchor's key authorizes",
+                    old.id
+                )));
+            }
+        }
         body.anchor = anchor.to_owned();
         body.generation += 1;
-        let next = Self::unopened(&self.root, key, anchor);
-        *next.counter.lock().unwrap_or_else(PoisonError::into_inner) = self.counter();
-        // The present manifest, checked under the present key, is what the counter vouches for.
-        let present = self.load()?;
-        self.check_counter(&present, true)?;
         next.commit(&body)?;
         Ok(next)
     }
@@ -394,10 +427,7 @@ impl SealedState {
     /// the purpose): for what must belong to this home alone, such as a rollback counter's
     /// authorization value.
     pub fn derive_secret(&self, purpose: &str) -> Zeroizing<[u8; 32]> {
-        let mut mac = self.key.mac();
-        mac.update(b"derive\0");
-        mac.update(purpose.as_bytes());
-        Zeroizing::new(mac.finalize().into_bytes().into())
+        self.key.derive_secret(purpose)
     }
 
     /// The counter the manifest is bound to (its id and the value it recorded), if any.
@@ -466,6 +496,28 @@ impl SealedState {
             body.generation += 1;
             *self.counter.lock().unwrap_or_else(PoisonError::into_inner) = Some(counter);
             // Recorded as the counter is now, then counted like any change.
+            self.commit(&body)?;
+        }
+        self.settle()
+    }
+
+    /// Unbinds the manifest from its counter without asking the counter: for a counter that is
+    /// gone (the TPM was cleared or replaced). Whoever calls this has unlocked the home and
+    /// accepts its present state, as with [`SealedState::rebind_counter`].
+    ///
+    /// # Errors
+    /// I/O errors; [`CoreError::Corrupt`] if the manifest does not authenticate.
+    pub fn forget_counter(&self) -> Result<(), CoreError> {
+        {
+            let _lock = self.lock()?;
+            *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            let mut body = (*self.load()?).clone();
+            if body.counter.is_none() {
+                return Ok(());
+            }
+            body.counter = None;
+            body.generation += 1;
+            *self.counter.lock().unwrap_or_else(PoisonError::into_inner) = None;
             self.commit(&body)?;
         }
         self.settle()
@@ -559,7 +611,8 @@ impl SealedState {
              home (manifest and all) was copied back from an earlier moment, so its keys' \
              state (revocations, usage, versions) may be out of date. Restore the latest \
              backup, or, if you copied it back on purpose, run `keyhaven integrity rebind` \
-             (asks for the passphrase)",
+             (asks for the passphrase; `integrity unbind-counter --force` if the TPM was \
+             cleared)",
             record.value, record.id
         ))
     }
@@ -709,12 +762,20 @@ impl SealedState {
                 return Ok(body.clone());
             }
         }
+        // A manifest read anew is checked against the counter, read first: every writer
+        // writes its manifest before it increments, so the manifest read after the counter
+        // records at least the counter's value, however many writers went in between, unless
+        // it was rolled back.
+        let before = match self.counter() {
+            Some(c) => Some(c.read()?),
+            None => None,
+        };
         let bytes = read_private(&path)?;
         let body = Arc::new(self.parse(&bytes)?);
-        // A manifest read anew is checked against the counter (without settling: that needs
-        // the lock, and another process may be between its write and its increment).
-        if body.counter.is_some() && self.counter().is_some() {
-            self.check_counter(&body, false)?;
+        if let (Some(record), Some(counter_was)) = (&body.counter, before)
+            && record.value < counter_was
+        {
+            return Err(self.rolled_back(record, counter_was));
         }
         *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = Some((stamp, body.clone()));
         Ok(body)

@@ -15,8 +15,13 @@ use zeroize::Zeroizing;
 use crate::error::Pkcs11Error;
 use crate::store::Pkcs11Store;
 
-/// The `CKA_LABEL` of the HMAC keys keyhaven makes.
+/// The `CKA_LABEL` of the HMAC keys keyhaven makes (followed by a space and the caller's tag).
 pub const SECRET_KEY_LABEL: &str = "keyhaven-hmac";
+
+/// The label of a key made with `tag`.
+fn label_of(tag: &str) -> Vec<u8> {
+    format!("{SECRET_KEY_LABEL} {tag}").into_bytes()
+}
 
 /// The bytes of a secret key's random `CKA_ID`.
 const SECRET_ID_LEN: usize = 16;
@@ -26,14 +31,15 @@ const SECRET_KEY_LEN: u64 = 32;
 
 impl Pkcs11Store {
     /// Makes a new HMAC-SHA256 key on the token (a 32-byte `CKK_GENERIC_SECRET`, token object,
-    /// private, sensitive, never extractable, usable only to sign, that is, to MAC) and returns
-    /// its id (the hex of its random `CKA_ID`), by which [`Pkcs11Store::token_hmac`] finds it.
+    /// private, sensitive, never extractable, usable only to sign, that is, to MAC), labelled
+    /// `keyhaven-hmac TAG`, and returns its id (the hex of its random `CKA_ID`), by which
+    /// [`Pkcs11Store::token_hmac`] finds it.
     ///
     /// # Errors
     /// [`Error::Unsupported`] if the token lacks `CKM_GENERIC_SECRET_KEY_GEN` or
     /// `CKM_SHA256_HMAC`, or ignored keyhaven's template (the key is then destroyed); token
     /// errors.
-    pub fn create_hmac_key(&self) -> Result<String> {
+    pub fn create_hmac_key(&self, tag: &str) -> Result<String> {
         for (m, name) in [
             (
                 MechanismType::GENERIC_SECRET_KEY_GEN,
@@ -66,7 +72,7 @@ impl Pkcs11Store {
             Attribute::Derive(false),
             Attribute::ValueLen(SECRET_KEY_LEN.into()),
             Attribute::Id(cka_id.to_vec()),
-            Attribute::Label(SECRET_KEY_LABEL.as_bytes().to_vec()),
+            Attribute::Label(label_of(tag)),
         ];
         let handle = self
             .token()
@@ -106,14 +112,22 @@ impl Pkcs11Store {
     }
 
     /// HMAC-SHA256 of `message` on the token, under the key [`Pkcs11Store::create_hmac_key`]
-    /// returned as `key_id`. The result is a secret: only a session logged in with the PIN can
-    /// compute it.
+    /// returned as `key_id` for `tag`. The result is a secret: only a session logged in with
+    /// the PIN can compute it. Only a key keyhaven made counts: a private, sensitive secret key
+    /// generated on the token (`CKA_LOCAL`) that was never extractable, with keyhaven's label
+    /// (an object someone made without the PIN, or imported with a value they know, is not).
     ///
     /// # Errors
     /// [`Error::NotFound`] if the token holds no such key (another token, or it was
-    /// destroyed); [`Error::Corrupt`] if two objects claim the id or the token answers with
-    /// something other than 32 bytes; token errors.
-    pub fn token_hmac(&self, key_id: &str, message: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
+    /// destroyed); [`Error::Corrupt`] if two objects claim the id, the key is not guarded as
+    /// keyhaven made it, or the token answers with something other than 32 bytes; token
+    /// errors.
+    pub fn token_hmac(
+        &self,
+        key_id: &str,
+        tag: &str,
+        message: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>> {
         let not_found = || {
             Error::NotFound(format!(
                 "the HMAC key {key_id} ({SECRET_KEY_LABEL}) on {}",
@@ -126,14 +140,12 @@ impl Pkcs11Store {
                 Attribute::Class(ObjectClass::SECRET_KEY),
                 Attribute::KeyType(KeyType::GENERIC_SECRET),
                 Attribute::Id(cka_id.clone()),
+                Attribute::Label(label_of(tag)),
             ])
         };
-        let mut found = self.token().run(find)?;
-        if found.is_empty() {
-            // Private objects are invisible without a login, which may have been lost.
-            self.token().ensure_login()?;
-            found = self.token().run(find)?;
-        }
+        // Private objects are invisible without a login, which may have been lost.
+        self.token().ensure_login()?;
+        let found = self.token().run(find)?;
         let handle = match found.as_slice() {
             [] => return Err(not_found()),
             [one] => *one,
@@ -144,6 +156,36 @@ impl Pkcs11Store {
                 ));
             }
         };
+        let guard = self.token().run(|s| {
+            s.get_attributes(
+                handle,
+                &[
+                    AttributeType::Private,
+                    AttributeType::Sensitive,
+                    AttributeType::NeverExtractable,
+                    AttributeType::Local,
+                    AttributeType::Token,
+                ],
+            )
+        })?;
+        let guarded = guard.len() == 5
+            && guard.iter().all(|a| {
+                matches!(
+                    a,
+                    Attribute::Private(true)
+                        | Attribute::Sensitive(true)
+                        | Attribute::NeverExtractable(true)
+                        | Attribute::Local(true)
+                        | Attribute::Token(true)
+                )
+            });
+        if !guarded {
+            return Err(Error::corrupt(
+                format!("the HMAC key {key_id} on {}", self.token().name),
+                "it is not a private, sensitive, never extractable key generated on the token: \
+                 not one keyhaven made",
+            ));
+        }
         let mac = self
             .token()
             .run(|s| s.sign(&Mechanism::Sha256Hmac, handle, message))?;
@@ -158,6 +200,22 @@ impl Pkcs11Store {
         Ok(Zeroizing::new(out))
     }
 
+    /// Whether the token holds an HMAC key keyhaven made for `tag` (a private object: looked
+    /// for while logged in).
+    ///
+    /// # Errors
+    /// Token errors.
+    pub fn has_hmac_key(&self, tag: &str) -> Result<bool> {
+        self.token().ensure_login()?;
+        let found = self.token().run(|s| {
+            s.find_objects(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::Label(label_of(tag)),
+            ])
+        })?;
+        Ok(!found.is_empty())
+    }
+
     /// Destroys the HMAC key `key_id` (one [`Pkcs11Store::create_hmac_key`] made and no longer
     /// needs). A key already gone is not an error.
     ///
@@ -170,7 +228,7 @@ impl Pkcs11Store {
         self.token().run(|s| {
             for h in s.find_objects(&[
                 Attribute::Class(ObjectClass::SECRET_KEY),
-                Attribute::Label(SECRET_KEY_LABEL.as_bytes().to_vec()),
+                Attribute::KeyType(KeyType::GENERIC_SECRET),
                 Attribute::Id(cka_id.clone()),
             ])? {
                 s.destroy_object(h)?;

@@ -63,12 +63,20 @@ impl TpmStore {
     /// # Errors
     /// [`Error::Unavailable`] if the TPM cannot be reached; [`Error::Unsupported`] if it
     /// refuses to define the index (no NV space left, an owner password).
+    ///
+    /// The index is one of a few that `auth` determines ([`TpmStore::find_counter`] looks
+    /// there), else a random one.
     pub fn define_counter(&self, auth: &[u8; 32]) -> Result<NvCounter<'_>> {
         let mut tries = 0;
+        let preferred = candidate_indices(auth);
         loop {
-            let mut r = [0u8; 2];
-            keyhaven_crypto::fill_random(&mut r)?;
-            let index = INDEX_BASE + u32::from(u16::from_be_bytes(r));
+            let index = if let Some(i) = preferred.get(tries) {
+                *i
+            } else {
+                let mut r = [0u8; 2];
+                keyhaven_crypto::fill_random(&mut r)?;
+                INDEX_BASE + u32::from(u16::from_be_bytes(r))
+            };
             let counter = NvCounter {
                 store: self,
                 index,
@@ -90,6 +98,28 @@ impl TpmStore {
         }
     }
 
+    /// The counter [`TpmStore::define_counter`] made with `auth` at one of the indices `auth`
+    /// determines, if the TPM holds it: an index there that is not a counter like keyhaven's
+    /// is never tried with `auth` (another owner's index might count failures towards the
+    /// TPM's lockout), and one that does not take `auth` is someone else's.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] if the TPM cannot be reached.
+    pub fn find_counter(&self, auth: &[u8; 32]) -> Result<Option<NvCounter<'_>>> {
+        for index in candidate_indices(auth) {
+            let counter = self.counter(index, auth);
+            if !counter.looks_like_ours()? {
+                continue;
+            }
+            match counter.read() {
+                Ok(_) => return Ok(Some(counter)),
+                Err(Error::Corrupt { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
     /// The counter at `index` (as [`NvCounter::index`] gave it), read and incremented with
     /// `auth`. Nothing is sent to the TPM yet.
     pub fn counter(&self, index: u32, auth: &[u8; 32]) -> NvCounter<'_> {
@@ -99,6 +129,21 @@ impl TpmStore {
             auth: Zeroizing::new(auth.to_vec()),
         }
     }
+}
+
+/// The few indices a counter with authorization `auth` is defined at when they are free.
+fn candidate_indices(auth: &[u8; 32]) -> Vec<u32> {
+    use sha2::Digest;
+    (0u8..4)
+        .map(|i| {
+            let mut h = sha2::Sha256::new();
+            h.update(b"keyhaven tpm counter index v1\0");
+            h.update(auth);
+            h.update([i]);
+            let d = h.finalize();
+            INDEX_BASE + u32::from(u16::from_be_bytes([d[0], d[1]]))
+        })
+        .collect()
 }
 
 /// A TPM error with its response code (0 when it has none).
@@ -157,6 +202,33 @@ impl NvCounter<'_> {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Whether the TPM holds an index here with the attributes keyhaven gives its counters
+    /// (read without authorization: `TPM2_NV_ReadPublic`).
+    fn looks_like_ours(&self) -> Result<bool> {
+        let mut device = self.store.device_guard()?;
+        let outcome = device.with_context(|ctx| {
+            let Ok(tpm_handle) = NvIndexTpmHandle::new(self.index) else {
+                return Ok(false);
+            };
+            let Ok(object) = ctx
+                .execute_without_session(|c| c.tr_from_tpm_public(TpmHandle::NvIndex(tpm_handle)))
+            else {
+                return Ok(false);
+            };
+            let handle: NvIndexHandle = object.into();
+            let public = ctx.execute_without_session(|c| c.nv_read_public(handle));
+            let _ = ctx.tr_close(&mut ObjectHandle::from(handle));
+            Ok(public.is_ok_and(|(p, _)| {
+                let a = p.attributes();
+                a.index_type().is_ok_and(|t| t == NvIndexType::Counter)
+                    && a.auth_read()
+                    && a.auth_write()
+                    && a.no_da()
+            }))
+        });
+        Ok(outcome?)
     }
 
     fn name(&self) -> String {

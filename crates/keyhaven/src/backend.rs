@@ -308,6 +308,10 @@ pub(crate) struct OpenRequest<'a> {
     pub(crate) path: Option<&'a Path>,
     pub(crate) home: &'a Path,
     pub(crate) passphrases: &'a dyn PassphraseProvider,
+    /// Opened before the configuration is authenticated (the home's anchor): nothing the
+    /// configuration says about where a secret comes from is used (a PIN file or variable the
+    /// configuration names could hold a PIN someone else chose); the provider is asked.
+    pub(crate) unauthenticated: bool,
 }
 
 /// The error for a backend type this build does not include.
@@ -587,13 +591,33 @@ mod pkcs11 {
         Ok((resolve_path(home, module), selector))
     }
 
+    /// The environment variable that lets keyhaven load PKCS#11 modules the user (not root)
+    /// installed: the environment is not in reach of someone who can only write the home.
+    pub(crate) const ALLOW_USER_MODULES: &str = "KEYHAVEN_ALLOW_USER_MODULES";
+
     /// Code keyhaven loads must be as trustworthy as keyhaven itself: the module (and the
-    /// directories above it) must belong to the user or root and not be writable by others.
-    /// A missing module is left to the probe (the backend is then unavailable).
-    fn check_module(module: &std::path::Path) -> std::result::Result<(), CoreError> {
+    /// directories above it) must belong to root and be writable by no one else, since a
+    /// module the user owns is one that anyone who can write the user's files could have
+    /// replaced (`KEYHAVEN_ALLOW_USER_MODULES=1` accepts the user's own, not writable by
+    /// others). A missing module is left to the probe (the backend is then unavailable).
+    /// Returns the path to load: the module's real path, so what was checked is what loads.
+    fn check_module(module: &std::path::Path) -> std::result::Result<PathBuf, CoreError> {
         let Ok(meta) = std::fs::metadata(module) else {
-            return Ok(());
+            return Ok(module.to_owned());
         };
+        let real = std::fs::canonicalize(module)
+            .map_err(|e| CoreError::io(format!("resolve {}", module.display()), e))?;
+        let user_modules = std::env::var(ALLOW_USER_MODULES).is_ok_and(|v| v == "1");
+        if !user_modules && !crate::integrity::system_module(&real) {
+            return Err(CoreError::PermissionDenied(format!(
+                "the PKCS#11 module {} does not belong to root (it, or a directory above it, is \
+                 owned or writable by another user): someone who can write your files could \
+                 have replaced it, so keyhaven refuses to load it. Use a module installed by \
+                 the system (e.g. /usr/lib/softhsm/libsofthsm2.so), or set \
+                 {ALLOW_USER_MODULES}=1 to load your own",
+                module.display()
+            )));
+        }
         keyhaven_fs::check_owner(module, &meta)?;
         if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o022 != 0 {
             return Err(CoreError::PermissionDenied(format!(
@@ -603,10 +627,10 @@ mod pkcs11 {
                 module.display()
             )));
         }
-        if let Some(dir) = module.parent() {
+        if let Some(dir) = real.parent() {
             keyhaven_fs::check_ancestors(dir)?;
         }
-        Ok(())
+        Ok(real)
     }
 
     /// Opens the token: first reached without a PIN (a missing module or token is
@@ -617,9 +641,17 @@ mod pkcs11 {
         let name = req.name;
         let c = req.config;
         let (module, selector) = target(name, c, req.home)?;
-        check_module(&module).map_err(|e| Error::backend(name, e))?;
+        let module = check_module(&module).map_err(|e| Error::backend(name, e))?;
         let report = TokenReport::probe(&module, &selector).map_err(|e| Error::backend(name, e))?;
-        let (pin, origin) = if let Some(var) = &c.pin_env {
+        let (pin, origin) = if req.unauthenticated {
+            let request = PassphraseRequest::token_pin(name, &module, &report.label);
+            (
+                req.passphrases.passphrase(&request),
+                "the PIN prompt (or KEYHAVEN_TOKEN_PIN): the token anchors the home, so its PIN \
+                 never comes from the configuration"
+                    .to_owned(),
+            )
+        } else if let Some(var) = &c.pin_env {
             (pin_from_env(var), format!("the environment variable {var}"))
         } else if let Some(file) = &c.pin_file {
             let file = resolve_path(req.home, file);

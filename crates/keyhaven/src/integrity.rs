@@ -182,6 +182,17 @@ fn inside(home: &Path, path: &Path) -> bool {
     }
 }
 
+/// Whether `path` is inside `home` as written (without following links: a linked directory
+/// on the way is refused when the file is read through the manifest, never taken as "outside
+/// the home").
+fn lexically_inside(home: &Path, path: &Path) -> bool {
+    path != home
+        && path.starts_with(home)
+        && !path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+}
+
 /// The kind of the file store in `dir`, if there is one.
 fn keyhaven_store_file_kind(dir: &Path) -> Option<BackendKind> {
     #[cfg(feature = "file")]
@@ -228,6 +239,7 @@ fn anchor_key(
     anchor: &str,
     raw: &Backend,
     claimed: Option<&str>,
+    tag: &str,
 ) -> Result<(String, Zeroizing<[u8; 32]>)> {
     if let Some(secret) = raw.anchor_secret() {
         return Ok((format!("{anchor}/{}", secret.store_id), secret.key.clone()));
@@ -259,11 +271,11 @@ fn anchor_key(
             )));
         }
         let key = token
-            .token_hmac(key_id, TOKEN_CONTEXT)
+            .token_hmac(key_id, tag, TOKEN_CONTEXT)
             .map_err(|e| Error::backend(anchor, e))?;
         return Ok((claimed.to_owned(), key));
     }
-    let _ = claimed;
+    let _ = (claimed, tag);
     Err(not_an_anchor(anchor))
 }
 
@@ -272,18 +284,19 @@ fn anchor_key(
 fn new_anchor_key(
     anchor: &str,
     raw: &Backend,
+    tag: &str,
 ) -> Result<(String, Zeroizing<[u8; 32]>, Option<String>)> {
     if raw.anchor_secret().is_some() {
-        let (label, key) = anchor_key(anchor, raw, None)?;
+        let (label, key) = anchor_key(anchor, raw, None, tag)?;
         return Ok((label, key, None));
     }
     #[cfg(feature = "pkcs11")]
     if let Some(token) = raw.pkcs11_store() {
         let err = |e| Error::backend(anchor, e);
         let serial = token.token_serial();
-        let key_id = token.create_hmac_key().map_err(err)?;
+        let key_id = token.create_hmac_key(tag).map_err(err)?;
         let label = format!("{anchor}/pkcs11:{serial}:{key_id}");
-        let key = match token.token_hmac(&key_id, TOKEN_CONTEXT) {
+        let key = match token.token_hmac(&key_id, tag, TOKEN_CONTEXT) {
             Ok(k) => k,
             Err(e) => {
                 let _ = token.destroy_hmac_key(&key_id);
@@ -292,6 +305,7 @@ fn new_anchor_key(
         };
         return Ok((label, key, Some(key_id)));
     }
+    let _ = tag;
     Err(not_an_anchor(anchor))
 }
 
@@ -318,7 +332,7 @@ fn not_an_anchor(anchor: &str) -> Error {
 /// authenticated (as a home's anchor is): it and every directory above it belong to root and
 /// are writable by no one else, so someone who can write the user's files cannot have put it
 /// there.
-fn system_module(module: &Path) -> bool {
+pub(crate) fn system_module(module: &Path) -> bool {
     use std::os::unix::fs::MetadataExt;
     let Ok(real) = std::fs::canonicalize(module) else {
         return false;
@@ -338,6 +352,47 @@ pub fn manifest_path(home: &std::path::Path) -> PathBuf {
 }
 
 impl KeyManager {
+    /// What names this home on a token that anchors it (the label of its HMAC key there): the
+    /// first 16 hex digits of the SHA-256 of the home's real path. A token may anchor several
+    /// homes; a home without a manifest recognises its own key by it.
+    pub(crate) fn home_tag(&self) -> String {
+        use sha2::Digest;
+        let real = std::fs::canonicalize(self.home()).unwrap_or_else(|_| self.home().to_owned());
+        let digest = sha2::Sha256::digest(real.as_os_str().as_encoded_bytes());
+        hex::encode(&digest[..8])
+    }
+
+    /// A home without a manifest never uses a token that anchors it (the token holds the
+    /// home's HMAC key): its manifest was removed, and the configuration may have been steered
+    /// so that the home looks unsealed.
+    ///
+    /// # Errors
+    /// [`CoreError::Corrupt`] naming the manifest; the token's errors.
+    pub(crate) fn refuse_token_of_unsealed_home(&self, backend: &Backend) -> Result<()> {
+        #[cfg(feature = "pkcs11")]
+        if let Some(token) = backend.pkcs11_store()
+            && self.config_path().is_some()
+            && !SealedState::exists(self.home())
+            && token
+                .has_hmac_key(&self.home_tag())
+                .map_err(|e| Error::backend(backend.name(), e))?
+        {
+            return Err(CoreError::corrupt(
+                manifest_path(self.home()).display().to_string(),
+                format!(
+                    "it is missing, but the token of backend '{}' anchors this home's integrity \
+                     (it holds the home's key): the manifest was removed outside keyhaven. \
+                     Restore it from a backup, or accept the home's present state with \
+                     `keyhaven integrity seal`",
+                    backend.name()
+                ),
+            )
+            .into());
+        }
+        let _ = backend;
+        Ok(())
+    }
+
     /// The backend that anchors the home's integrity key: the one the manifest names, or, for
     /// a home not sealed yet, the default backend if it is an encrypted store inside the home,
     /// else the first such backend by name, else (a home whose keys are on a token) the
@@ -367,6 +422,10 @@ impl KeyManager {
                     })
             })
         };
+        // A claim picks among eligible backends only. A token claimed wrongly gains nothing:
+        // before the configuration is authenticated its PIN comes from the user (never from a
+        // file or variable the configuration names), so only the user's own token opens, and
+        // only a key keyhaven generated there counts.
         if let Some(claimed) = SealedState::peek_anchor(self.home())
             && let Some((name, _)) = claimed.split_once('/')
             && (encrypted(&name.to_owned()) || token(&name.to_owned()))
@@ -456,6 +515,9 @@ impl KeyManager {
             // backend the authenticated configuration names) before anything is used.
             self.attach_bound_counter(&sealed)?;
             cell.set(Arc::new(sealed));
+            // A token-anchored home given an encrypted store whose move to it did not finish
+            // (a crash after the store was added) moves now.
+            self.finish_adoption()?;
         }
         Ok(cell.clone())
     }
@@ -500,7 +562,7 @@ impl KeyManager {
         };
         if sealed {
             let claimed = SealedState::peek_anchor(self.home());
-            let (label, key) = anchor_key(&anchor, &raw, claimed.as_deref())?;
+            let (label, key) = anchor_key(&anchor, &raw, claimed.as_deref(), &self.home_tag())?;
             Ok(Some(SealedState::open(
                 self.home(),
                 StateKey::new(key),
@@ -517,7 +579,7 @@ impl KeyManager {
                 )
                 .into());
             }
-            let (label, key, made) = new_anchor_key(&anchor, &raw)?;
+            let (label, key, made) = new_anchor_key(&anchor, &raw, &self.home_tag())?;
             let created =
                 SealedState::create(self.home(), StateKey::new(key), &label, &self.state_files());
             match created {
@@ -526,7 +588,8 @@ impl KeyManager {
                 Err(CoreError::AlreadyExists(_)) => {
                     discard_anchor_key(&raw, made);
                     let claimed = SealedState::peek_anchor(self.home());
-                    let (label, key) = anchor_key(&anchor, &raw, claimed.as_deref())?;
+                    let (label, key) =
+                        anchor_key(&anchor, &raw, claimed.as_deref(), &self.home_tag())?;
                     Ok(Some(SealedState::open(
                         self.home(),
                         StateKey::new(key),
@@ -582,7 +645,7 @@ impl KeyManager {
     pub(crate) fn policy_files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.rotation_policy_path()];
         if let Some(p) = self.access_policy_path()
-            && inside(self.home(), &p)
+            && (lexically_inside(self.home(), &p) || inside(self.home(), &p))
         {
             files.push(p);
         }
@@ -599,7 +662,8 @@ impl KeyManager {
     /// `keyhaven integrity accept FILE` after checking it); I/O errors.
     pub(crate) fn policy_text(&self, path: &Path) -> Result<Option<String>> {
         let exists = std::fs::symlink_metadata(path).is_ok();
-        if !inside(self.home(), path) || self.config_path().is_none() {
+        let in_home = lexically_inside(self.home(), path) || inside(self.home(), path);
+        if !in_home || self.config_path().is_none() {
             return if exists {
                 Ok(Some(keyhaven_fs::read_config(path)?))
             } else {
@@ -711,7 +775,7 @@ impl KeyManager {
                 CoreError::NotFound(format!("the store of backend '{anchor}'")),
             )
         })?;
-        let (label, key, made) = new_anchor_key(&anchor, &raw)?;
+        let (label, key, made) = new_anchor_key(&anchor, &raw, &self.home_tag())?;
         if let Err(e) =
             SealedState::create(self.home(), StateKey::new(key), &label, &self.state_files())
         {
@@ -750,9 +814,18 @@ impl KeyManager {
             return Ok(());
         };
         let sealed = self.sealed_state()?;
-        let (label, key) = anchor_key(name, raw, None)?;
-        let moved = sealed.rekey(StateKey::new(key), &label)?;
+        let (label, key) = anchor_key(name, raw, None, &self.home_tag())?;
+        let key = StateKey::new(key);
+        // A rollback counter moves too: its authorization comes from the anchor's key.
+        let (counter, old_counter) = match self.counter_for_rekey(&sealed, &key)? {
+            Some((c, old)) => (Some(c), Some(old)),
+            None => (None, None),
+        };
+        let moved = sealed.rekey(key, &label, counter)?;
         self.lifecycle().state.set(Arc::new(moved));
+        if let Some(old) = old_counter {
+            old.remove();
+        }
         #[cfg(feature = "pkcs11")]
         if let Ok(Some(old)) = self.raw_backend(current, false)
             && let Some(token) = old.pkcs11_store()
@@ -761,6 +834,40 @@ impl KeyManager {
         }
         let _ = (current, token_key);
         Ok(())
+    }
+
+    /// Moves a token-anchored home to the encrypted store inside it, if it has one (see
+    /// [`KeyManager::adopt_anchor`]).
+    fn finish_adoption(&self) -> Result<()> {
+        let Some(claimed) = SealedState::peek_anchor(self.home()) else {
+            return Ok(());
+        };
+        if !claimed.contains("/pkcs11:") {
+            return Ok(());
+        }
+        let config = self.config();
+        let store = config
+            .default_backend
+            .iter()
+            .chain(config.backends.keys())
+            .find(|n| {
+                config
+                    .backends
+                    .get(*n)
+                    .is_some_and(|b| b.kind == BackendKind::Encrypted)
+                    && config
+                        .backend_path(self.home(), n)
+                        .is_some_and(|p| inside(self.home(), &p))
+            })
+            .cloned();
+        drop(config);
+        let Some(store) = store else {
+            return Ok(());
+        };
+        match self.raw_backend(&store, false)? {
+            Some(raw) => self.adopt_anchor(&store, &raw),
+            None => Ok(()),
+        }
     }
 
     /// Records `file` (a state file of the home, such as a hand-edited `keyhaven.toml`) as it
@@ -824,7 +931,7 @@ impl KeyManager {
             .raw_backend(&anchor, false)?
             .ok_or_else(|| self.anchor_missing(&anchor))?;
         let claimed = SealedState::peek_anchor(self.home());
-        let (label, key) = anchor_key(&anchor, &raw, claimed.as_deref())?;
+        let (label, key) = anchor_key(&anchor, &raw, claimed.as_deref(), &self.home_tag())?;
         Ok(SealedState::open(self.home(), StateKey::new(key), &label)?)
     }
 

@@ -430,6 +430,7 @@ impl KeyManager {
     pub(crate) fn decorate(&self, backend: Backend) -> Result<Backend> {
         // A home is sealed as soon as its anchor store exists (it may have just been created).
         self.state()?;
+        self.refuse_token_of_unsealed_home(&backend)?;
         let raw = backend.store().clone();
         // Innermost: a deleted key's record put back refuses private operations.
         let raw: Arc<dyn KeyStore> = Arc::new(crate::tombstones::TombstoneStore::new(

@@ -492,6 +492,9 @@ impl KeyManager {
             path,
             home: &self.home,
             passphrases: self.passphrases.as_ref(),
+            unauthenticated: config.kind == BackendKind::Pkcs11
+                && !keyhaven_fs::StateFiles::is_authenticated(self.lifecycle().state.as_ref())
+                && self.integrity_anchor().as_deref() == Some(name),
         }
     }
 

@@ -14,12 +14,9 @@
 //! included) costs a read and an increment of the counter, and a bound home is refused while
 //! its TPM is unreachable.
 
-#[cfg(feature = "tpm")]
 use std::sync::Arc;
 
-#[cfg(feature = "tpm")]
-use keyhaven_fs::RollbackCounter;
-use keyhaven_fs::SealedState;
+use keyhaven_fs::{RollbackCounter, SealedState};
 
 #[cfg(feature = "tpm")]
 use crate::Error;
@@ -71,7 +68,80 @@ fn parse_id(id: &str) -> Option<(&str, u32)> {
     Some((backend, index))
 }
 
+/// A counter a home was bound to before it moved to another anchor, to remove once the move
+/// is written.
+pub(crate) struct OldCounter {
+    #[cfg(feature = "tpm")]
+    store: Arc<keyhaven_hsm_tpm::TpmStore>,
+    #[cfg(feature = "tpm")]
+    index: u32,
+    #[cfg(feature = "tpm")]
+    auth: zeroize::Zeroizing<[u8; 32]>,
+}
+
+impl OldCounter {
+    /// Removes it from the TPM (best effort: a counter left behind is only NV space).
+    pub(crate) fn remove(self) {
+        #[cfg(feature = "tpm")]
+        {
+            let _ = self.store.counter(self.index, &self.auth).undefine();
+        }
+    }
+}
+
 impl KeyManager {
+    /// For a home bound to a rollback counter that moves to the anchor whose key is
+    /// `new_key`: a new counter on the same TPM backend, authorized by the new key, and the
+    /// old one (to remove once the move is written). `None` for a home not bound.
+    ///
+    /// # Errors
+    /// The TPM's errors; [`CoreError::Unsupported`] without TPM support.
+    pub(crate) fn counter_for_rekey(
+        &self,
+        sealed: &SealedState,
+        new_key: &keyhaven_fs::StateKey,
+    ) -> Result<Option<(Arc<dyn RollbackCounter>, OldCounter)>> {
+        let Some((id, _)) = sealed.bound_counter()? else {
+            return Ok(None);
+        };
+        let Some((backend, index)) = parse_id(&id) else {
+            return Err(CoreError::InvalidInput(format!(
+                "the home names the rollback counter '{id}', which keyhaven cannot read"
+            ))
+            .into());
+        };
+        #[cfg(feature = "tpm")]
+        {
+            let store = self.counter_store(backend)?;
+            let auth = new_key.derive_secret(COUNTER_AUTH_PURPOSE);
+            let new_index = store
+                .define_counter(&auth)
+                .map_err(|e| Error::backend(backend, e))?
+                .index();
+            let counter: Arc<dyn RollbackCounter> = Arc::new(TpmCounter {
+                backend: backend.to_owned(),
+                store: store.clone(),
+                index: new_index,
+                auth,
+            });
+            let old = OldCounter {
+                store,
+                index,
+                auth: sealed.derive_secret(COUNTER_AUTH_PURPOSE),
+            };
+            Ok(Some((counter, old)))
+        }
+        #[cfg(not(feature = "tpm"))]
+        {
+            let _ = (new_key, backend, index);
+            Err(CoreError::Unsupported {
+                operation: "move the home's rollback counter",
+                reason: "this keyhaven was built without TPM support (feature `tpm`)".into(),
+            }
+            .into())
+        }
+    }
+
     /// The TPM store of backend `name`, for a counter.
     #[cfg(feature = "tpm")]
     fn counter_store(&self, name: &str) -> Result<Arc<keyhaven_hsm_tpm::TpmStore>> {
@@ -97,7 +167,7 @@ impl KeyManager {
     /// [`CoreError::Corrupt`] naming the manifest if it was rolled back; the TPM's errors.
     pub(crate) fn attach_bound_counter(&self, sealed: &SealedState) -> Result<()> {
         let Some((id, _)) = sealed.bound_counter()? else {
-            return Ok(());
+            return self.refuse_unbound_copy(sealed);
         };
         let manifest = || {
             crate::integrity::manifest_path(self.home())
@@ -155,6 +225,60 @@ impl KeyManager {
         }
     }
 
+    /// A counter this home's key authorizes, on one of its TPM backends (the marker a binding
+    /// leaves on the TPM), with the backend's name. TPMs out of reach are skipped.
+    #[cfg(feature = "tpm")]
+    fn find_own_counter(&self, sealed: &SealedState) -> Result<Option<(String, u32)>> {
+        let auth = sealed.derive_secret(COUNTER_AUTH_PURPOSE);
+        let tpms: Vec<String> = {
+            let config = self.config();
+            config
+                .backends
+                .iter()
+                .filter(|(_, b)| b.kind == crate::BackendKind::Tpm)
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        for name in tpms {
+            let store = match self.counter_store(&name) {
+                Ok(s) => s,
+                Err(Error::Backend { source, .. }) if crate::error::is_unavailable(&source) => {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            match store.find_counter(&auth) {
+                Ok(Some(c)) => return Ok(Some((name, c.index()))),
+                Ok(None) => {}
+                Err(e) if crate::error::is_unavailable(&e) => {}
+                Err(e) => return Err(Error::backend(&name, e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// A home whose manifest is not bound to a counter, though its TPM holds one this home's
+    /// key authorizes, was bound once: the manifest was copied back from before the binding.
+    fn refuse_unbound_copy(&self, sealed: &SealedState) -> Result<()> {
+        #[cfg(feature = "tpm")]
+        if let Some((backend, index)) = self.find_own_counter(sealed)? {
+            return Err(CoreError::corrupt(
+                crate::integrity::manifest_path(self.home())
+                    .display()
+                    .to_string(),
+                format!(
+                    "it is not bound to a rollback counter, but TPM backend '{backend}' holds \
+                     this home's counter {index:#010x}: the home was copied back from before it \
+                     was bound. Restore the latest backup, or, if you copied it back on \
+                     purpose, run `keyhaven integrity rebind` (asks for the passphrase)"
+                ),
+            )
+            .into());
+        }
+        let _ = sealed;
+        Ok(())
+    }
+
     /// Binds the home's integrity manifest to a new monotonic counter on TPM backend
     /// `backend` (see the [module docs](crate::rollback)). Unlocks the home. Returns the
     /// counter's id (`BACKEND/tpm:0x015xxxxx`).
@@ -208,11 +332,20 @@ impl KeyManager {
     }
 
     /// Unbinds the home from its rollback counter and removes the counter from the TPM.
-    /// Unlocks the home; the present manifest must be the latest.
+    /// Unlocks the home; the present manifest must be the latest, unless `force` (the counter
+    /// is gone: the TPM was cleared or replaced), which accepts the home's present state
+    /// without asking the counter.
     ///
     /// # Errors
     /// As [`KeyManager::attach_bound_counter`]; the TPM's errors.
-    pub fn unbind_rollback_counter(&self) -> Result<Option<String>> {
+    pub fn unbind_rollback_counter(&self, force: bool) -> Result<Option<String>> {
+        if force {
+            let sealed = self.sealed_state_unattached()?;
+            let bound = sealed.bound_counter()?.map(|(id, _)| id);
+            sealed.forget_counter()?;
+            self.use_sealed(sealed);
+            return Ok(bound);
+        }
         let sealed = self.sealed_state()?;
         let Some((id, _)) = sealed.bound_counter()? else {
             return Ok(None);
@@ -241,6 +374,20 @@ impl KeyManager {
     pub fn rebind_rollback_counter(&self) -> Result<String> {
         let sealed = self.sealed_state_unattached()?;
         let Some((id, _)) = sealed.bound_counter()? else {
+            // Copied back from before it was bound: bound again to the counter the TPM holds.
+            #[cfg(feature = "tpm")]
+            if let Some((backend, index)) = self.find_own_counter(&sealed)? {
+                let counter = Arc::new(TpmCounter {
+                    backend: backend.clone(),
+                    store: self.counter_store(&backend)?,
+                    index,
+                    auth: sealed.derive_secret(COUNTER_AUTH_PURPOSE),
+                });
+                let id = counter.id();
+                sealed.bind_counter(counter)?;
+                self.use_sealed(sealed);
+                return Ok(id);
+            }
             return Err(CoreError::InvalidInput(
                 "the home is not bound to a rollback counter".into(),
             )

@@ -18,9 +18,25 @@ const PIN_VAR: &str = "KEYHAVEN_TEST_HSM_PIN";
 fn token_home() -> (SoftHsm, Home) {
     let hsm = SoftHsm::new();
     hsm.init_token(TOKEN, USER_PIN);
+    // The PIN of a token that anchors the home comes from KEYHAVEN_TOKEN_PIN (or the prompt),
+    // never from the configuration; other tokens' from their pin_env / pin_file.
+    let home = Home::new()
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .env(PIN_VAR, USER_PIN)
+        .env("KEYHAVEN_TOKEN_PIN", USER_PIN);
+    (hsm, home)
+}
+
+/// A token of this test's own, and a home with an encrypted store `local` (which anchors the
+/// home's integrity, so the token's PIN comes from its backend's `pin_env` / `pin_file`), and
+/// no KEYHAVEN_TOKEN_PIN.
+fn token_home_with_store() -> (SoftHsm, Home) {
+    let hsm = SoftHsm::new();
+    hsm.init_token(TOKEN, USER_PIN);
     let home = Home::new()
         .env("SOFTHSM2_CONF", hsm.conf())
         .env(PIN_VAR, USER_PIN);
+    home.ok(&["backend", "add", "local", "--type", "encrypted"]);
     (hsm, home)
 }
 
@@ -361,7 +377,7 @@ fn a_token_directory_removed_mid_run_is_an_error_not_a_panic() {
 
 #[test]
 fn a_wrong_or_missing_pin_exits_4_and_changes_nothing() {
-    let (hsm, h) = token_home();
+    let (hsm, h) = token_home_with_store();
     // declaring the backend logs in once: a wrong PIN is refused, and nothing is saved
     let h = h.env("KEYHAVEN_TEST_WRONG_PIN", "00000000");
     let err = h.fails(
@@ -371,7 +387,8 @@ fn a_wrong_or_missing_pin_exits_4_and_changes_nothing() {
     assert!(err.contains("wrong user PIN"), "{err}");
     assert!(err.contains("KEYHAVEN_TEST_WRONG_PIN"), "{err}");
     assert!(!err.contains("00000000"), "the PIN is never shown: {err}");
-    assert!(!h.path().join("keyhaven.toml").exists());
+    let config = std::fs::read_to_string(h.path().join("keyhaven.toml")).unwrap();
+    assert!(!config.contains("pkcs11"), "nothing saved: {config}");
 
     // without a PIN source and without a terminal: locked, with how to give one
     let err = h.fails(&add_args(&hsm, &[]), 4);
@@ -407,7 +424,7 @@ fn a_wrong_or_missing_pin_exits_4_and_changes_nothing() {
 
 #[test]
 fn a_pin_file_must_be_private() {
-    let (hsm, h) = token_home();
+    let (hsm, h) = token_home_with_store();
     let pin = h.scratch().join("hsm.pin");
     write_private(&pin, format!("{USER_PIN}\n"));
     h.ok(&add_args(&hsm, &["--pin-file", pin.to_str().unwrap()]));
@@ -615,6 +632,42 @@ fn a_module_others_can_change_is_never_loaded() {
     );
 }
 
+#[test]
+fn a_module_only_the_user_could_have_put_there_is_loaded_only_when_allowed() {
+    let (hsm, h) = hsm_backend();
+    // A private copy (0755 file, in the scratch directory under /tmp): fine by the user's own
+    // standards, but the kind of file anyone who can write the user's files could replace.
+    let dir = h.scratch().join("mine");
+    std::fs::create_dir(&dir).unwrap();
+    let copy = dir.join("module.so");
+    std::fs::copy(hsm.module(), &copy).unwrap();
+    let args = [
+        "backend",
+        "add",
+        "mine",
+        "--type",
+        "pkcs11",
+        "--module",
+        copy.to_str().unwrap(),
+        "--token",
+        TOKEN,
+        "--pin-env",
+        PIN_VAR,
+    ];
+    let err = h.fails(&args, 6);
+    assert!(
+        err.contains(copy.to_str().unwrap()) && err.contains("does not belong to root"),
+        "{err}"
+    );
+    assert!(err.contains("KEYHAVEN_ALLOW_USER_MODULES"), "{err}");
+    let out = h
+        .cmd(args)
+        .env("KEYHAVEN_ALLOW_USER_MODULES", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// The secret key objects on the token, as `pkcs11-tool` lists them.
 fn secret_keys(hsm: &SoftHsm) -> usize {
     hsm.pkcs11_tool(TOKEN, USER_PIN, &["--list-objects", "--type", "secrkey"])
@@ -662,10 +715,32 @@ fn a_home_whose_keys_are_on_a_token_is_sealed_by_the_token() {
     // A wrong PIN cannot vouch for an edit.
     let out = h
         .cmd(["integrity", "accept", "keyhaven.toml"])
-        .env(PIN_VAR, "00000000")
+        .env("KEYHAVEN_TOKEN_PIN", "00000000")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(4), "{out:?}");
+    // Nor can a PIN the (unauthenticated) configuration points at: the anchor's PIN comes
+    // from the user only.
+    let planted = h.scratch().join("planted.pin");
+    write_private(&planted, "00000000\n");
+    write_private(
+        &config,
+        text.replace(
+            &format!("pin_env = \"{PIN_VAR}\""),
+            &format!("pin_file = \"{}\"", planted.display()),
+        ),
+    );
+    let out = h
+        .cmd(["key", "list"])
+        .env_remove("KEYHAVEN_TOKEN_PIN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("KEYHAVEN_TOKEN_PIN"),
+        "{out:?}"
+    );
+    write_private(&config, &text);
     h.ok(&["integrity", "verify"]);
 
     // An encrypted store added inside the home takes over as the anchor (it is there whenever
@@ -687,4 +762,28 @@ fn a_token_home_whose_manifest_is_removed_is_not_run_unsealed() {
     assert!(err.contains("integrity seal"), "{err}");
     h.ok(&["integrity", "seal"]);
     h.ok(&["key", "list"]);
+}
+
+#[test]
+fn a_token_home_steered_to_look_unsealed_never_uses_the_token() {
+    let (_hsm, h) = hsm_backend();
+    h.generate("p256", "k", &["--backend", "hsm"]);
+    // The attacker removes the manifest and makes the anchor unreachable (a token that is not
+    // there), while a second backend reaches the same token.
+    std::fs::remove_file(h.path().join("integrity.manifest")).unwrap();
+    let config = h.path().join("keyhaven.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let block_start = text.find("[backends.hsm]").unwrap();
+    let block = &text[block_start..];
+    let second = block.replace("[backends.hsm]", "[backends.hsm2]");
+    let broken = text.replace(TOKEN, "no-such-token");
+    assert_ne!(broken, text, "{text}");
+    write_private(&config, format!("{broken}\n{second}"));
+    let out = h.run(&["sign", "--key", "hsm2:k", "--digest", &"ab".repeat(32)]);
+    assert_eq!(out.status.code(), Some(7), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("integrity.manifest") && err.contains("anchors this home"),
+        "{err}"
+    );
 }

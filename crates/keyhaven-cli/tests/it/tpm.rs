@@ -443,3 +443,90 @@ fn a_bound_home_whose_tpm_is_away_is_refused_not_run_unchecked() {
     tpm.start_again();
     h.ok(&["key", "list"]);
 }
+
+#[test]
+fn a_copy_from_before_the_binding_is_refused_and_a_lost_counter_can_be_let_go() {
+    let (tpm, h) = tpm_home();
+    h.ok(&["backend", "add", "vault", "--type", "encrypted"]);
+    h.generate("ed25519", "laptop", &["--backend", "vault"]);
+    let saved = h.scratch().join("before-binding");
+    copy_tree(&h.path(), &saved);
+    h.ok(&["integrity", "bind-counter", "--backend", "tpm"]);
+    h.ok(&["key", "revoke", "laptop", "--reason", "stolen"]);
+    // The copy from before the binding says nothing of a counter, but the TPM holds this
+    // home's counter.
+    std::fs::remove_dir_all(h.path()).unwrap();
+    copy_tree(&saved, &h.path());
+    let err = h.fails(&["key", "list"], 7);
+    assert!(
+        err.contains("copied back from before it was bound"),
+        "{err}"
+    );
+    h.ok(&["integrity", "rebind"]);
+    let status = h.json(&["integrity", "status", "--json"]);
+    let id = status["rollback_counter"].as_str().unwrap().to_owned();
+    h.ok(&["key", "list"]);
+
+    // The TPM is cleared (the counter is gone): refused, until its owner lets it go.
+    let index = id.rsplit_once("tpm:").unwrap().1.to_owned();
+    tpm.run("tpm2_nvundefine", &[&index, "-C", "o"]);
+    let err = h.fails(&["key", "list"], 7);
+    assert!(err.contains("no counter"), "{err}");
+    h.fails(&["integrity", "unbind-counter"], 7);
+    h.ok(&["integrity", "unbind-counter", "--force"]);
+    h.ok(&["key", "list"]);
+}
+
+#[test]
+#[cfg(feature = "pkcs11")]
+fn a_bound_token_home_moving_to_an_encrypted_store_takes_its_counter_along() {
+    use keyhaven_testkit::devices::{SoftHsm, USER_PIN};
+    let hsm = SoftHsm::new();
+    hsm.init_token("kh-moving-token", USER_PIN);
+    let tpm = Swtpm::start();
+    let h = Home::new()
+        .env("TSS2_LOG", "all+NONE")
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .env("KEYHAVEN_TOKEN_PIN", USER_PIN);
+    h.ok(&[
+        "backend",
+        "add",
+        "hsm",
+        "--type",
+        "pkcs11",
+        "--module",
+        hsm.module().to_str().unwrap(),
+        "--token",
+        "kh-moving-token",
+    ]);
+    h.generate("p256", "k", &["--backend", "hsm"]);
+    h.ok(&[
+        "backend",
+        "add",
+        "tpm",
+        "--type",
+        "tpm",
+        "--tcti",
+        &tpm.tcti(),
+    ]);
+    h.ok(&["integrity", "bind-counter", "--backend", "tpm"]);
+    let before = h.json(&["integrity", "status", "--json"]);
+    assert_eq!(before["anchor"], "hsm", "{before}");
+    let old = before["rollback_counter"].as_str().unwrap().to_owned();
+
+    h.ok(&["backend", "add", "vault", "--type", "encrypted"]);
+    let after = h.json(&["integrity", "status", "--json"]);
+    assert_eq!(after["anchor"], "vault", "{after}");
+    let new = after["rollback_counter"].as_str().unwrap().to_owned();
+    assert_ne!(new, old, "a counter the new anchor's key authorizes");
+    // The old counter is gone from the TPM; the home works, checked against the new one.
+    let old_index = old.rsplit_once("tpm:").unwrap().1.to_owned();
+    let gone = tpm
+        .tool("tpm2_nvreadpublic")
+        .arg(&old_index)
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "{gone:?}");
+    h.ok(&["key", "list"]);
+    h.ok(&["integrity", "verify"]);
+}

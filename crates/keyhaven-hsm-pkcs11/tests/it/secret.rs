@@ -10,16 +10,19 @@ use crate::token::{TestToken, pkcs11_tool};
 fn an_hmac_key_stays_on_the_token_and_pkcs11_tool_computes_the_same_mac() {
     let token = TestToken::new();
     let store = token.store();
-    let id = store.create_hmac_key().unwrap();
+    let id = store.create_hmac_key("home-a").unwrap();
     assert_eq!(id.len(), 32, "16 random bytes of CKA_ID");
     let message = b"keyhaven home integrity manifest v1";
-    let mac = store.token_hmac(&id, message).unwrap();
+    let mac = store.token_hmac(&id, "home-a", message).unwrap();
     assert_eq!(
         *mac,
-        *store.token_hmac(&id, message).unwrap(),
+        *store.token_hmac(&id, "home-a", message).unwrap(),
         "deterministic"
     );
-    assert_ne!(*mac, *store.token_hmac(&id, b"another context").unwrap());
+    assert_ne!(
+        *mac,
+        *store.token_hmac(&id, "home-a", b"another context").unwrap()
+    );
 
     // OpenSC's tool finds the key by its id and computes the same HMAC-SHA256 on the token.
     let dir = tempfile::tempdir().unwrap();
@@ -47,17 +50,24 @@ fn an_hmac_key_stays_on_the_token_and_pkcs11_tool_computes_the_same_mac() {
     assert!(listed.contains(SECRET_KEY_LABEL), "{listed}");
     assert!(listed.contains("never extractable"), "{listed}");
     assert!(store.list().unwrap().is_empty());
+    assert!(store.has_hmac_key("home-a").unwrap());
+    assert!(!store.has_hmac_key("home-b").unwrap());
+    // Another tag does not find it.
+    assert!(matches!(
+        store.token_hmac(&id, "home-b", message),
+        Err(Error::NotFound(_))
+    ));
 
     // Another key gives another secret; a destroyed or unknown key is not found.
-    let other = store.create_hmac_key().unwrap();
-    assert_ne!(*mac, *store.token_hmac(&other, message).unwrap());
+    let other = store.create_hmac_key("home-a").unwrap();
+    assert_ne!(*mac, *store.token_hmac(&other, "home-a", message).unwrap());
     store.destroy_hmac_key(&id).unwrap();
     assert!(matches!(
-        store.token_hmac(&id, message),
+        store.token_hmac(&id, "home-a", message),
         Err(Error::NotFound(_))
     ));
     assert!(matches!(
-        store.token_hmac("not hex", message),
+        store.token_hmac("not hex", "home-a", message),
         Err(Error::NotFound(_))
     ));
     store.destroy_hmac_key(&id).unwrap();
@@ -67,7 +77,7 @@ fn an_hmac_key_stays_on_the_token_and_pkcs11_tool_computes_the_same_mac() {
 fn another_session_without_the_pin_cannot_use_the_key() {
     let token = TestToken::new();
     let store = token.store();
-    let id = store.create_hmac_key().unwrap();
+    let id = store.create_hmac_key("home-a").unwrap();
     // pkcs11-tool without a login does not even see it (a private object).
     let out = crate::token::tool(
         "pkcs11-tool",
@@ -84,4 +94,32 @@ fn another_session_without_the_pin_cannot_use_the_key() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!text.contains(&id), "{text}");
     assert!(!text.contains(SECRET_KEY_LABEL), "{text}");
+}
+
+#[test]
+fn a_secret_key_someone_imported_with_a_known_value_is_not_taken_for_ours() {
+    let token = TestToken::new();
+    let store = token.store();
+    let id = "00112233445566778899aabbccddeeff";
+    // Imported (not generated on the token), with keyhaven's label and an id of the attacker's
+    // choosing: its value is known, so it must never anchor anything.
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    crate::token::create_object(
+        &token,
+        &[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::GENERIC_SECRET),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Sign(true),
+            Attribute::Value(vec![0x42; 32]),
+            Attribute::Id(hex::decode(id).unwrap()),
+            Attribute::Label(b"keyhaven-hmac home-a".to_vec()),
+        ],
+    );
+    let e = store.token_hmac(id, "home-a", b"m").unwrap_err();
+    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    assert!(e.to_string().contains("not one keyhaven made"), "{e}");
 }

@@ -291,3 +291,10 @@ pub(crate) fn private_key_attributes(token: &TestToken, cka_id: &[u8]) -> Vec<At
         )
         .unwrap()
 }
+
+/// Creates a token object from `template` in a read-write session (needs a store logged in to
+/// the token in this process): what another program with the PIN could put there.
+pub(crate) fn create_object(token: &TestToken, template: &[Attribute]) {
+    let session = env().pkcs11.open_rw_session(slot_of(token)).unwrap();
+    session.create_object(template).unwrap();
+}
