@@ -15,6 +15,7 @@ mod lifecycle;
 mod openssl;
 #[cfg(feature = "pkcs11")]
 mod pkcs11;
+mod readme;
 mod rotation;
 #[cfg(feature = "tpm")]
 mod tpm;
