@@ -13,7 +13,8 @@ use keyhaven::zeroize::Zeroizing;
 use keyhaven::{CoreError, ErrorKind, KeyManager, ManagedKey, PublicKey, Warning, rfc3339};
 use serde_json::json;
 
-use crate::ctx::{Ctx, interactive, print_warnings, prompt, prompt_new, read_secret_file};
+use crate::ctx::SecretSource;
+use crate::ctx::{Ctx, print_warnings, read_secret_file};
 use crate::exit::{OK, OtherPassphrase, UsageError};
 use crate::output::{errln, outln, print_json, read_file};
 
@@ -278,38 +279,17 @@ fn read_backup(path: &Path) -> Result<(Vec<u8>, BackupHeader)> {
     Ok((bytes, header))
 }
 
-/// `KEYHAVEN_BACKUP_PASSPHRASE`, if set.
-fn passphrase_from_env() -> Option<SecretString> {
-    std::env::var(PASSPHRASE_ENV)
-        .ok()
-        .map(|v| SecretString::from(Zeroizing::new(v).as_str()))
-}
-
-fn nonempty(pass: SecretString, option: &'static str) -> Result<SecretString> {
-    crate::ctx::check_new_passphrase(&pass, "passphrase")
-        .map_err(|e| OtherPassphrase::wrap(option, e))?;
-    Ok(pass)
-}
-
 /// The passphrase for a new backup: the file, else the variable, else a prompt asked twice.
 fn new_passphrase(file: Option<&Path>, what: &str) -> Result<SecretString> {
-    let pass = if let Some(f) = file {
-        read_secret_file(f).map_err(|e| OtherPassphrase::wrap(PASSPHRASE_OPTION, e))?
-    } else if let Some(p) = passphrase_from_env() {
-        p
-    } else if interactive() {
-        prompt_new(&format!("Passphrase for the backup {what}"))?
-    } else {
-        return Err(OtherPassphrase::wrap(
-            PASSPHRASE_OPTION,
-            CoreError::Locked(format!(
-                "the backup needs its own passphrase and standard input is not a terminal: pass \
-                 {PASSPHRASE_OPTION} FILE or set {PASSPHRASE_ENV} (the stores' passphrase is \
-                 never used for backups), or use --shamir"
-            )),
-        ));
-    };
-    nonempty(pass, PASSPHRASE_OPTION)
+    SecretSource {
+        option: PASSPHRASE_OPTION,
+        file,
+        env: Some(PASSPHRASE_ENV),
+        what: format!("passphrase for the backup {what}"),
+        new: true,
+        otherwise: " (the stores' passphrase is never used for backups), or use --shamir",
+    }
+    .get()
 }
 
 /// Reads custodian share files (each may hold several shares).
@@ -382,24 +362,19 @@ fn backup_secret(
         ))
         .into());
     }
-    if let Some(p) = passphrase_from_env() {
-        return Ok(Some(BackupSecret::Passphrase(p)));
-    }
-    if !needed {
+    if !needed && std::env::var_os(PASSPHRASE_ENV).is_none() {
         return Ok(None);
     }
-    if interactive() {
-        return Ok(Some(BackupSecret::Passphrase(prompt(
-            "Passphrase of the backup: ",
-        )?)));
+    let pass = SecretSource {
+        option: PASSPHRASE_OPTION,
+        file: None,
+        env: Some(PASSPHRASE_ENV),
+        what: "passphrase of the backup".into(),
+        new: false,
+        otherwise: "",
     }
-    Err(OtherPassphrase::wrap(
-        PASSPHRASE_OPTION,
-        CoreError::Locked(format!(
-            "the backup passphrase is needed and standard input is not a terminal: pass \
-             {PASSPHRASE_OPTION} FILE or set {PASSPHRASE_ENV}"
-        )),
-    ))
+    .get()?;
+    Ok(Some(BackupSecret::Passphrase(pass)))
 }
 
 /// A custodian's X25519 public key: a PEM file, else a key of this home.
@@ -879,19 +854,15 @@ pub(crate) fn export_key(
         }
         .into());
     }
-    let pass = match passphrase_file {
-        Some(f) => read_secret_file(f).map_err(|e| OtherPassphrase::wrap(EXPORT_OPTION, e))?,
-        None if interactive() => prompt_new(&format!("Passphrase to encrypt {}", out.display()))?,
-        None => {
-            return Err(OtherPassphrase::wrap(
-                EXPORT_OPTION,
-                CoreError::Locked(
-                    "an export passphrase is needed and standard input is not a terminal".into(),
-                ),
-            ));
-        }
-    };
-    let pass = nonempty(pass, EXPORT_OPTION)?;
+    let pass = SecretSource {
+        option: EXPORT_OPTION,
+        file: passphrase_file,
+        env: None,
+        what: format!("passphrase to encrypt {}", out.display()),
+        new: true,
+        otherwise: "",
+    }
+    .get()?;
     let bytes = kb::write(&entries, &pass, KdfParams::default(), format)
         .map_err(|e| OtherPassphrase::wrap(EXPORT_OPTION, e.into()))?;
     kb::save(out, &bytes)?;

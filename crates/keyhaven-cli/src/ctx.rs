@@ -213,6 +213,57 @@ pub(crate) fn read_secret_file(path: &Path) -> Result<SecretString, CoreError> {
 }
 
 /// Asks once, without echo.
+/// Where a secret the user gives on the command line comes from: the file an option names,
+/// else an environment variable, else the terminal (asked twice for a new secret), else
+/// [`CoreError::Locked`] saying how to give it. The one place this order is written; every
+/// secret option (backup, export, import, key passphrases) goes through it.
+pub(crate) struct SecretSource<'a> {
+    /// The option that names the file, e.g. `--backup-passphrase-file` (errors name it).
+    pub(crate) option: &'static str,
+    /// The file, if the option was given.
+    pub(crate) file: Option<&'a Path>,
+    /// The environment variable read when no file is given, if this secret has one.
+    pub(crate) env: Option<&'static str>,
+    /// What the secret is, for the prompt and the errors (`the passphrase of k.pem`).
+    pub(crate) what: String,
+    /// A new secret (to encrypt with): asked twice, and held to the minimum strength.
+    pub(crate) new: bool,
+    /// Added to the error when there is no way to ask (another way to go, say).
+    pub(crate) otherwise: &'static str,
+}
+
+impl SecretSource<'_> {
+    /// The secret.
+    ///
+    /// # Errors
+    /// The file cannot be read or is not private; a new secret too weak; no terminal to ask
+    /// (exit 4, naming the option).
+    pub(crate) fn get(&self) -> anyhow::Result<SecretString> {
+        let wrap = |e| crate::exit::OtherPassphrase::wrap(self.option, e);
+        let secret = if let Some(f) = self.file {
+            read_secret_file(f).map_err(wrap)?
+        } else if let Some(v) = self.env.and_then(|var| std::env::var(var).ok()) {
+            secret_string(&Zeroizing::new(v))
+        } else if interactive() {
+            if self.new {
+                prompt_new(&capitalized(&self.what)).map_err(wrap)?
+            } else {
+                prompt(&format!("{}: ", capitalized(&self.what))).map_err(wrap)?
+            }
+        } else {
+            let env = self.env.map(|v| format!(" or set {v}")).unwrap_or_default();
+            return Err(wrap(CoreError::Locked(format!(
+                "{} is needed and standard input is not a terminal: pass {} FILE{env}{}",
+                self.what, self.option, self.otherwise
+            ))));
+        };
+        if self.new {
+            check_new_passphrase(&secret, &self.what).map_err(wrap)?;
+        }
+        Ok(secret)
+    }
+}
+
 pub(crate) fn prompt(message: &str) -> Result<SecretString, CoreError> {
     if !interactive() {
         return Err(CoreError::Locked(

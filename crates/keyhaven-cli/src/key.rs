@@ -10,7 +10,8 @@ use keyhaven::{
 use serde_json::json;
 
 use crate::args::{KeyCommand, PublicFormat, TpmKeyArgs};
-use crate::ctx::{Ctx, confirm, interactive, print_warnings, prompt, prompt_new, read_secret_file};
+use crate::ctx::SecretSource;
+use crate::ctx::{Ctx, confirm, interactive, print_warnings, read_secret_file};
 use crate::exit::{OK, OtherPassphrase, UsageError};
 use crate::output::{errln, key_json, outln, print_json, print_table, warn_plain, write_stdout};
 
@@ -132,21 +133,17 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
                 CoreError::InvalidInput(format!("{} is not a PEM text file", file.display()))
             })?;
             let passphrase = if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
-                Some(match &key_passphrase_file {
-                    Some(f) => read_secret_file(f).map_err(|e| OtherPassphrase::wrap(OPTION, e))?,
-                    None if interactive() => {
-                        prompt(&format!("Passphrase of {}: ", file.display()))?
+                Some(
+                    SecretSource {
+                        option: OPTION,
+                        file: key_passphrase_file.as_deref(),
+                        env: None,
+                        what: format!("passphrase of {} (it is encrypted)", file.display()),
+                        new: false,
+                        otherwise: "",
                     }
-                    None => {
-                        return Err(OtherPassphrase::wrap(
-                            OPTION,
-                            CoreError::Locked(format!(
-                                "{} is encrypted and standard input is not a terminal",
-                                file.display()
-                            )),
-                        ));
-                    }
-                })
+                    .get()?,
+                )
             } else {
                 None
             };
@@ -211,23 +208,15 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
                 );
                 hazmat::pkcs8_to_pem(&der)?
             } else {
-                let pass = match &export_passphrase_file {
-                    Some(f) => read_secret_file(f).map_err(|e| OtherPassphrase::wrap(OPTION, e))?,
-                    None if interactive() => {
-                        prompt_new(&format!("Passphrase to encrypt {}", out.display()))?
-                    }
-                    None => {
-                        return Err(OtherPassphrase::wrap(
-                            OPTION,
-                            CoreError::Locked(
-                                "an export passphrase is needed and standard input is not a \
-                                 terminal (or pass --insecure-plaintext to write the key \
-                                 unencrypted)"
-                                    .into(),
-                            ),
-                        ));
-                    }
-                };
+                let pass = SecretSource {
+                    option: OPTION,
+                    file: export_passphrase_file.as_deref(),
+                    env: None,
+                    what: format!("passphrase to encrypt {}", out.display()),
+                    new: true,
+                    otherwise: " (or --insecure-plaintext to write the key unencrypted)",
+                }
+                .get()?;
                 crate::ctx::check_new_passphrase(&pass, "export passphrase")
                     .map_err(|e| OtherPassphrase::wrap(OPTION, e))?;
                 if pbkdf2 {
