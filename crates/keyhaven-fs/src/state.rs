@@ -449,22 +449,13 @@ impl SealedState {
     /// # Errors
     /// [`CoreError::AlreadyExists`] if it is bound already; the counter's errors.
     pub fn bind_counter(&self, counter: Arc<dyn RollbackCounter>) -> Result<(), CoreError> {
-        let _lock = self.lock()?;
-        let mut body = (*self.load()?).clone();
-        if let Some(c) = &body.counter {
-            return Err(CoreError::AlreadyExists(format!(
+        self.set_counter_unchecked(Some(counter), |bound| match bound {
+            Some(c) => Err(CoreError::AlreadyExists(format!(
                 "a rollback counter ({}) for the home's integrity manifest",
                 c.id
-            )));
-        }
-        let value = counter.read()?;
-        body.counter = Some(CounterRecord {
-            id: counter.id(),
-            value,
-        });
-        body.generation += 1;
-        *self.counter.lock().unwrap_or_else(PoisonError::into_inner) = Some(counter);
-        self.store(&body)
+            ))),
+            None => Ok(()),
+        })
     }
 
     /// Accepts the present manifest against its counter's present value: for a home copied
@@ -475,26 +466,40 @@ impl SealedState {
     /// [`CoreError::InvalidInput`] if the manifest is not bound to this counter; the counter's
     /// errors.
     pub fn rebind_counter(&self, counter: Arc<dyn RollbackCounter>) -> Result<(), CoreError> {
+        let id = counter.id();
+        self.set_counter_unchecked(Some(counter), |bound| match bound {
+            Some(c) if c.id == id => Ok(()),
+            _ => Err(CoreError::InvalidInput(format!(
+                "the home's integrity manifest is not bound to {id}"
+            ))),
+        })
+    }
+
+    /// Records `counter` (or none) in the manifest as it is now, without checking the manifest
+    /// against the counter it names (the caller has unlocked the home and accepts its present
+    /// state); `allowed` first sees the present binding. Then settles.
+    fn set_counter_unchecked(
+        &self,
+        counter: Option<Arc<dyn RollbackCounter>>,
+        allowed: impl FnOnce(Option<&CounterRecord>) -> Result<(), CoreError>,
+    ) -> Result<(), CoreError> {
         {
             let _lock = self.lock()?;
             *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = None;
             let mut body = (*self.load()?).clone();
-            match &body.counter {
-                Some(c) if c.id == counter.id() => {}
-                _ => {
-                    return Err(CoreError::InvalidInput(format!(
-                        "the home's integrity manifest is not bound to {}",
-                        counter.id()
-                    )));
-                }
+            allowed(body.counter.as_ref())?;
+            if body.counter.is_none() && counter.is_none() {
+                return Ok(());
             }
-            let value = counter.read()?;
-            body.counter = Some(CounterRecord {
-                id: counter.id(),
-                value,
-            });
+            body.counter = match &counter {
+                Some(c) => Some(CounterRecord {
+                    id: c.id(),
+                    value: c.read()?,
+                }),
+                None => None,
+            };
             body.generation += 1;
-            *self.counter.lock().unwrap_or_else(PoisonError::into_inner) = Some(counter);
+            *self.counter.lock().unwrap_or_else(PoisonError::into_inner) = counter;
             // Recorded as the counter is now, then counted like any change.
             self.commit(&body)?;
         }
@@ -508,19 +513,7 @@ impl SealedState {
     /// # Errors
     /// I/O errors; [`CoreError::Corrupt`] if the manifest does not authenticate.
     pub fn forget_counter(&self) -> Result<(), CoreError> {
-        {
-            let _lock = self.lock()?;
-            *self.cache.lock().unwrap_or_else(PoisonError::into_inner) = None;
-            let mut body = (*self.load()?).clone();
-            if body.counter.is_none() {
-                return Ok(());
-            }
-            body.counter = None;
-            body.generation += 1;
-            *self.counter.lock().unwrap_or_else(PoisonError::into_inner) = None;
-            self.commit(&body)?;
-        }
-        self.settle()
+        self.set_counter_unchecked(None, |_| Ok(()))
     }
 
     /// Unbinds the manifest from its counter (attached first: the present manifest must be

@@ -112,24 +112,14 @@ impl KeyManager {
         };
         #[cfg(feature = "tpm")]
         {
-            let store = self.counter_store(backend)?;
-            let auth = new_key.derive_secret(COUNTER_AUTH_PURPOSE);
-            let new_index = store
-                .define_counter(&auth)
-                .map_err(|e| Error::backend(backend, e))?
-                .index();
-            let counter: Arc<dyn RollbackCounter> = Arc::new(TpmCounter {
-                backend: backend.to_owned(),
-                store: store.clone(),
-                index: new_index,
-                auth,
-            });
+            let counter =
+                self.define_counter(backend, new_key.derive_secret(COUNTER_AUTH_PURPOSE))?;
             let old = OldCounter {
-                store,
+                store: counter.store.clone(),
                 index,
                 auth: sealed.derive_secret(COUNTER_AUTH_PURPOSE),
             };
-            Ok(Some((counter, old)))
+            Ok(Some((counter as Arc<dyn RollbackCounter>, old)))
         }
         #[cfg(not(feature = "tpm"))]
         {
@@ -140,6 +130,26 @@ impl KeyManager {
             }
             .into())
         }
+    }
+
+    /// A new counter on TPM backend `backend`, authorized by `auth`.
+    #[cfg(feature = "tpm")]
+    fn define_counter(
+        &self,
+        backend: &str,
+        auth: zeroize::Zeroizing<[u8; 32]>,
+    ) -> Result<Arc<TpmCounter>> {
+        let store = self.counter_store(backend)?;
+        let index = store
+            .define_counter(&auth)
+            .map_err(|e| Error::backend(backend, e))?
+            .index();
+        Ok(Arc::new(TpmCounter {
+            backend: backend.to_owned(),
+            store,
+            index,
+            auth,
+        }))
     }
 
     /// The TPM store of backend `name`, for a counter.
@@ -297,21 +307,14 @@ impl KeyManager {
         }
         #[cfg(feature = "tpm")]
         {
-            let store = self.counter_store(backend)?;
-            let auth = sealed.derive_secret(COUNTER_AUTH_PURPOSE);
-            let index = store
-                .define_counter(&auth)
-                .map_err(|e| Error::backend(backend, e))?
-                .index();
-            let counter = Arc::new(TpmCounter {
-                backend: backend.to_owned(),
-                store: store.clone(),
-                index,
-                auth,
-            });
+            let counter =
+                self.define_counter(backend, sealed.derive_secret(COUNTER_AUTH_PURPOSE))?;
             let id = counter.id();
             if let Err(e) = sealed.bind_counter(counter.clone()) {
-                let _ = store.counter(index, &counter.auth).undefine();
+                let _ = counter
+                    .store
+                    .counter(counter.index, &counter.auth)
+                    .undefine();
                 return Err(e.into());
             }
             self.use_sealed(sealed);
