@@ -132,6 +132,22 @@ impl KeyManager {
         }
     }
 
+    /// The counter at `index` on TPM backend `backend`, as `sealed`'s key authorizes it.
+    #[cfg(feature = "tpm")]
+    fn home_counter(
+        &self,
+        sealed: &SealedState,
+        backend: &str,
+        index: u32,
+    ) -> Result<Arc<TpmCounter>> {
+        Ok(Arc::new(TpmCounter {
+            backend: backend.to_owned(),
+            store: self.counter_store(backend)?,
+            index,
+            auth: sealed.derive_secret(COUNTER_AUTH_PURPOSE),
+        }))
+    }
+
     /// A new counter on TPM backend `backend`, authorized by `auth`.
     #[cfg(feature = "tpm")]
     fn define_counter(
@@ -194,14 +210,8 @@ impl KeyManager {
         #[cfg(feature = "tpm")]
         {
             let attach = || -> Result<()> {
-                let counter = Arc::new(TpmCounter {
-                    backend: backend.to_owned(),
-                    store: self.counter_store(backend)?,
-                    index,
-                    auth: sealed.derive_secret(COUNTER_AUTH_PURPOSE),
-                });
                 sealed
-                    .attach_counter(counter)
+                    .attach_counter(self.home_counter(sealed, backend, index)?)
                     .map_err(|e| Error::backend(backend, e))
             };
             // The TPM away is the whole home's problem, not the backend being opened: never
@@ -380,12 +390,7 @@ impl KeyManager {
             // Copied back from before it was bound: bound again to the counter the TPM holds.
             #[cfg(feature = "tpm")]
             if let Some((backend, index)) = self.find_own_counter(&sealed)? {
-                let counter = Arc::new(TpmCounter {
-                    backend: backend.clone(),
-                    store: self.counter_store(&backend)?,
-                    index,
-                    auth: sealed.derive_secret(COUNTER_AUTH_PURPOSE),
-                });
+                let counter = self.home_counter(&sealed, &backend, index)?;
                 let id = counter.id();
                 sealed.bind_counter(counter)?;
                 self.use_sealed(sealed);
@@ -404,14 +409,8 @@ impl KeyManager {
         };
         #[cfg(feature = "tpm")]
         {
-            let counter = Arc::new(TpmCounter {
-                backend: backend.to_owned(),
-                store: self.counter_store(backend)?,
-                index,
-                auth: sealed.derive_secret(COUNTER_AUTH_PURPOSE),
-            });
             sealed
-                .rebind_counter(counter)
+                .rebind_counter(self.home_counter(&sealed, backend, index)?)
                 .map_err(|e| Error::backend(backend, e))?;
             self.use_sealed(sealed);
             Ok(id)
