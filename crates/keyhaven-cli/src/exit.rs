@@ -130,8 +130,25 @@ fn hint_of_kind(kind: ErrorKind) -> &'static str {
     }
 }
 
+/// What to do about a file that could not be read or written: never the advice for a missing
+/// key (a file named on the command line is not a key).
+fn hint_of_io(e: &std::io::Error, kind: ErrorKind) -> String {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            "Check the path: that file or directory does not exist".to_owned()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "Check that you may read (or write) that file, and its directory".to_owned()
+        }
+        _ => hint_of_kind(kind).to_owned(),
+    }
+}
+
 /// A hint more precise than the kind's, for damaged data that is not a key store's record.
 fn hint_of_core(e: &CoreError) -> Option<String> {
+    if let CoreError::Io { source, .. } = e {
+        return Some(hint_of_io(source, ErrorKind::of_core(e)));
+    }
     if let CoreError::PermissionDenied(m) = e
         && m.contains("no access rule allows it")
     {
@@ -247,7 +264,7 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, String) {
         }
         if let Some(e) = cause.downcast_ref::<std::io::Error>() {
             let kind = ErrorKind::of_io(e);
-            return (code_of_kind(kind), hint_of_kind(kind).to_owned());
+            return (code_of_kind(kind), hint_of_io(e, kind));
         }
     }
     (INTERNAL, hint_of_kind(ErrorKind::Internal).to_owned())

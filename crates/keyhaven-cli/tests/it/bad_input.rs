@@ -544,3 +544,31 @@ fn a_home_that_lost_its_configuration_says_so() {
     );
     assert!(e.contains("backends default"), "{e}");
 }
+
+#[test]
+fn a_missing_file_is_advised_as_a_path_never_as_a_missing_key() {
+    let h = Home::with_encrypted();
+    h.generate("ed25519", "k", &[]);
+    let nope = h.scratch().join("nope");
+    let nope = nope.to_str().unwrap();
+    let pem = h.scratch().join("k.pem");
+    let pem = pem.to_str().unwrap();
+    h.ok(&["key", "public", "k", "--out", pem]);
+    for args in [
+        vec!["sign", "--key", "k", "--message-file", nope],
+        vec!["backup", "verify", nope],
+        vec!["verify-continuity", nope, "--old-public-key", pem],
+        vec!["key", "import", nope, "--label", "x"],
+    ] {
+        let err = h.fails(&args, 3);
+        assert!(err.contains(nope), "{args:?}: {err}");
+        assert!(err.contains("Check the path"), "{args:?}: {err}");
+        assert!(!err.contains("keyhaven key list"), "{args:?}: {err}");
+    }
+    // A key that is not there still gets the advice for keys.
+    let err = h.fails(
+        &["sign", "--key", "nokey", "--message-file", "/dev/null"],
+        3,
+    );
+    assert!(err.contains("keyhaven key list"), "{err}");
+}
