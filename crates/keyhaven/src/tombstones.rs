@@ -85,8 +85,15 @@ impl<S> TombstoneStore<S> {
         Ok(())
     }
 
-    fn ensure_live(&self, id: &KeyId) -> CoreResult<()> {
+    fn ensure_live(&self, id: &KeyId) -> CoreResult<()>
+    where
+        S: KeyStore,
+    {
         if self.read()?.contains(&self.entry(id)) {
+            // Deleted and gone: what any store says of a key it does not hold.
+            if let Err(e @ CoreError::NotFound(_)) = self.inner.get(id) {
+                return Err(e);
+            }
             return Err(CoreError::corrupt(
                 self.path.display().to_string(),
                 format!(

@@ -8,6 +8,8 @@
 mod backup;
 mod config;
 #[cfg(feature = "file")]
+mod conformance;
+#[cfg(feature = "file")]
 mod fallback;
 #[cfg(any(feature = "pkcs11", feature = "tpm"))]
 mod hardware;
