@@ -8,10 +8,12 @@ pub mod encoding;
 pub mod hazmat;
 mod provider;
 mod rng;
+pub mod signer;
 mod x25519;
 
 pub use provider::{CryptoProvider, KeyAlgorithm, PrivateKey, default_provider};
 pub use rng::fill_random;
+pub use signer::{KeySigner, SignWith, StoreKey};
 
 use keyhaven_core::{Error, PublicKey, Signature};
 

@@ -33,7 +33,8 @@ pub use keyhaven_compromise as compromise;
 pub use keyhaven_rotation as versions;
 pub use lifecycle::{AccessConfig, AuditConfig, ScanOutcome};
 pub use manager::{
-    HashedMessage, Inventory, KeyManager, ManagedKey, PRINCIPAL_ENV, SignInput, Warning,
+    HashedMessage, Inventory, KeyManager, ManagedKey, ManagedSigner, PRINCIPAL_ENV, SignInput,
+    Warning,
 };
 pub use passphrase::{
     FixedPassphrase, NoPassphrase, PassphraseProvider, PassphrasePurpose, PassphraseRequest,
@@ -44,11 +45,16 @@ pub use keyhaven_core::{
     Algorithm, BackendInfo, Error as CoreError, Fingerprint, KeyId, KeyInfo, KeyStore, Protection,
     PublicKey, SecretBytes, Signature, SignatureFormat, validate_label,
 };
-pub use keyhaven_crypto::{CryptoProvider, default_provider, encoding, verify, verify_digest};
+pub use keyhaven_crypto::{
+    CryptoProvider, KeySigner, SignWith, StoreKey, default_provider, encoding, verify,
+    verify_digest,
+};
 /// Private, durable files (atomic writes, 0600/0700 checks, locks): see [`keyhaven_fs`].
 pub use keyhaven_fs as fs;
 /// `secrecy`, re-exported: passphrases are [`secrecy::SecretString`]s.
 pub use secrecy;
+/// The RustCrypto `signature` traits [`KeyManager::signer`] implements.
+pub use signature;
 /// `zeroize`, re-exported: secret buffers (such as [`fs::read_secret`]'s) are
 /// [`zeroize::Zeroizing`].
 pub use zeroize;

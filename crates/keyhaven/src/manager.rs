@@ -970,6 +970,46 @@ impl KeyManager {
         self.sign_input(key, SignInput::Message(message))
     }
 
+    /// `key` as a RustCrypto signer ([`signature::Signer`], [`signature::Verifier`],
+    /// [`signature::Keypair`]) for keyhaven's [`Signature`] and the algorithm crates' types,
+    /// so code written against those traits signs with any keyhaven key (on a token or a TPM
+    /// too) through this manager: each signature is checked, audited and counted like
+    /// [`KeyManager::sign`]'s.
+    ///
+    /// ```
+    /// use keyhaven::signature::{Keypair, Signer, Verifier};
+    /// use keyhaven::{Algorithm, BackendConfig, BackendKind, FixedPassphrase, KeyManager};
+    ///
+    /// // Code that knows nothing of keyhaven: any P-384 signer will do.
+    /// fn sign_release<S: Signer<p384::ecdsa::Signature>>(s: &S) -> p384::ecdsa::Signature {
+    ///     s.sign(b"release 1.0")
+    /// }
+    ///
+    /// # let dir = tempfile::tempdir()?;
+    /// let manager = KeyManager::open(dir.path().join("home"), FixedPassphrase::new("pw"))?;
+    /// # #[cfg(feature = "memory")] {
+    /// manager.add_backend("scratch", BackendConfig::new(BackendKind::Memory, None))?;
+    /// let key = manager.generate(None, Algorithm::EcdsaP384, "release")?;
+    /// let signer = manager.signer(&key);
+    /// let sig = sign_release(&signer);
+    /// // RustCrypto's own verifier accepts it ...
+    /// let spki = key.public_key().spki_der();
+    /// use p384::pkcs8::DecodePublicKey;
+    /// let vk = p384::ecdsa::VerifyingKey::from_public_key_der(spki)?;
+    /// vk.verify(b"release 1.0", &sig)?;
+    /// // ... and so does the signer, as a Verifier.
+    /// signer.verify(b"release 1.0", &sig)?;
+    /// assert_eq!(&signer.verifying_key(), key.public_key());
+    /// # }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn signer(&self, key: &ManagedKey) -> keyhaven_crypto::KeySigner<ManagedSigner<'_>> {
+        keyhaven_crypto::KeySigner(ManagedSigner {
+            manager: self,
+            key: key.clone(),
+        })
+    }
+
     /// Signs a prehashed digest (ECDSA only).
     ///
     /// # Errors
@@ -1419,5 +1459,24 @@ pub(crate) fn unavailable_reason(e: &CoreError) -> String {
     match e {
         CoreError::Unavailable { reason, .. } => reason.clone(),
         other => other.to_string(),
+    }
+}
+
+/// A key of a [`KeyManager`] that signs through it (see [`KeyManager::signer`]).
+#[derive(Debug, Clone)]
+pub struct ManagedSigner<'a> {
+    manager: &'a KeyManager,
+    key: ManagedKey,
+}
+
+impl keyhaven_crypto::SignWith for ManagedSigner<'_> {
+    type Error = Error;
+
+    fn public_key(&self) -> &crate::PublicKey {
+        self.key.public_key()
+    }
+
+    fn sign_message(&self, message: &[u8]) -> Result<Signature> {
+        self.manager.sign(&self.key, message)
     }
 }

@@ -123,3 +123,40 @@ fn a_secret_key_someone_imported_with_a_known_value_is_not_taken_for_ours() {
     assert!(matches!(e, Error::Corrupt { .. }), "{e}");
     assert!(e.to_string().contains("not one keyhaven made"), "{e}");
 }
+
+#[test]
+fn a_token_key_is_a_rustcrypto_signer_whose_signatures_rustcrypto_verifies() {
+    use keyhaven_core::Algorithm;
+    use keyhaven_crypto::{KeySigner, StoreKey};
+    use signature::{Signer, Verifier};
+    let token = TestToken::new();
+    let store = std::sync::Arc::new(token.store());
+    store.generate(Algorithm::EcdsaP384, "release").unwrap();
+    store.generate(Algorithm::Ed25519, "identity").unwrap();
+
+    // Code written against the `signature` traits, signing on the token.
+    fn sign<S: Signer<T>, T>(s: &S) -> T {
+        s.sign(b"signed on the token")
+    }
+    let p384_key = KeySigner(StoreKey::resolve(store.clone(), "release").unwrap());
+    let sig: p384::ecdsa::Signature = sign(&p384_key);
+    use p384::pkcs8::DecodePublicKey;
+    let vk =
+        p384::ecdsa::VerifyingKey::from_public_key_der(p384_key.0.info().public_key.spki_der())
+            .unwrap();
+    vk.verify(b"signed on the token", &sig).unwrap();
+    p384_key.verify(b"signed on the token", &sig).unwrap();
+    assert!(p384_key.verify(b"another message", &sig).is_err());
+
+    let ed_key = KeySigner(StoreKey::resolve(store.clone(), "identity").unwrap());
+    let sig: ed25519_dalek::Signature = sign(&ed_key);
+    let raw: [u8; 32] = ed_key.0.info().public_key.spki_der()[12..]
+        .try_into()
+        .unwrap();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&raw).unwrap();
+    vk.verify_strict(b"signed on the token", &sig).unwrap();
+
+    // Asking a P-384 key for an Ed25519 signature is an error, not a panic or a wrong answer.
+    let wrong: Result<ed25519_dalek::Signature, _> = p384_key.try_sign(b"m");
+    assert!(wrong.is_err());
+}
