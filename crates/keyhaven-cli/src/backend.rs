@@ -127,7 +127,7 @@ fn dispatch(m: &KeyManager, cmd: BackendCommand) -> Result<u8> {
                 }
                 Ok(())
             })?;
-            let f = m.config().fallback;
+            let f = m.config().fallback.clone();
             match (&f.backend, f.allow) {
                 (Some(b), true) => outln!(
                     "fallback: new keys for an unavailable backend go to '{b}', with a warning"

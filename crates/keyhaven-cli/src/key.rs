@@ -18,6 +18,7 @@ use crate::output::{errln, key_json, outln, print_json, print_table, warn_plain,
 fn is_default(m: &KeyManager, key: &ManagedKey) -> bool {
     m.config()
         .default_key
+        .as_ref()
         .is_some_and(|d| d.backend == key.backend && d.id == key.info.id)
 }
 
@@ -266,7 +267,7 @@ fn tpm_options(args: TpmKeyArgs) -> Result<GenerateOptions> {
 
 fn list(m: &KeyManager, json: bool) -> Result<u8> {
     let keyhaven::Inventory { keys, problems, .. } = m.inventory()?;
-    let default = m.config().default_key;
+    let default = m.config().default_key.clone();
     let is_def = |k: &ManagedKey| {
         default
             .as_ref()

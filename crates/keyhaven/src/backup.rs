@@ -126,7 +126,7 @@ impl KeyManager {
     /// All of it travels inside the backup's encrypted, authenticated records.
     fn record_lifecycle(&self, entries: &mut [BackupEntry]) -> Result<()> {
         let meter = self.usage_meter()?;
-        let default = self.config().default_key;
+        let default = self.config().default_key.clone();
         let mut logical_seen = BTreeSet::new();
         for e in entries.iter_mut() {
             let usage = meter.usage(&e.id).map_err(|e| Error::Core(e.into()))?;
@@ -351,7 +351,7 @@ impl KeyManager {
         entries: &[BackupEntry],
         report: &RestoreReport,
     ) -> Result<()> {
-        let current = self.config().default_key;
+        let current = self.config().default_key.clone();
         // The key the backup recorded as the default, when it was restored.
         let recorded = entries
             .iter()

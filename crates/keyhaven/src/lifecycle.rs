@@ -236,7 +236,7 @@ impl KeyManager {
         if let Some(slot) = self.lifecycle().authority.get() {
             return Ok(slot.clone());
         }
-        let authority = match self.config().audit.authority {
+        let authority = match self.config().audit.authority.clone() {
             // Opened apart from the manager's backends (which are decorated, and whose audit
             // layer needs this very key): the authority signs through its bare store.
             Some(reference) => {
@@ -485,6 +485,7 @@ impl KeyManager {
         self.config()
             .access
             .policy
+            .clone()
             .map(|p| resolve(self.home(), &p))
     }
 
@@ -746,7 +747,7 @@ impl KeyManager {
         self.authorize(keyhaven_audit::Operation::Revoke, &key)?;
         let revocations = self.revocations()?;
         let authority = self.authority()?;
-        let config = self.config().compromise;
+        let config = self.config().compromise.clone();
         let audit_dir = self.audit_dir();
         let responder = Responder {
             reports: &reports,

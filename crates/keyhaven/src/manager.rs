@@ -248,7 +248,8 @@ impl HashedMessage {
 pub struct KeyManager {
     home: PathBuf,
     config_path: Option<PathBuf>,
-    config: RwLock<Config>,
+    /// Swapped whole on each change: readers share it without copying.
+    config: RwLock<std::sync::Arc<Config>>,
     passphrases: std::sync::Arc<dyn PassphraseProvider>,
     backends: Mutex<BTreeMap<String, Backend>>,
     warnings: Mutex<Vec<Warning>>,
@@ -329,7 +330,7 @@ impl KeyManager {
         let m = KeyManager {
             home,
             config_path: Some(config_path),
-            config: RwLock::new(config),
+            config: RwLock::new(std::sync::Arc::new(config)),
             passphrases: std::sync::Arc::new(passphrases),
             backends: Mutex::new(BTreeMap::new()),
             warnings: Mutex::new(Vec::new()),
@@ -363,7 +364,7 @@ impl KeyManager {
         Ok(KeyManager {
             home: home.into(),
             config_path: None,
-            config: RwLock::new(config),
+            config: RwLock::new(std::sync::Arc::new(config)),
             passphrases: std::sync::Arc::new(passphrases),
             backends: Mutex::new(BTreeMap::new()),
             warnings: Mutex::new(Vec::new()),
@@ -405,8 +406,8 @@ impl KeyManager {
         self.config_path.as_deref()
     }
 
-    /// A copy of the current configuration.
-    pub fn config(&self) -> Config {
+    /// The current configuration (shared, not copied: a change swaps in a new one).
+    pub fn config(&self) -> std::sync::Arc<Config> {
         self.config
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -415,7 +416,7 @@ impl KeyManager {
 
     /// Puts `config` (read through the authenticated state) in place of the one in use.
     pub(crate) fn replace_config(&self, config: Config) {
-        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = std::sync::Arc::new(config);
     }
 
     /// `name`'s store without decorators: an encrypted one is opened once per manager (it may
@@ -624,6 +625,7 @@ impl KeyManager {
         if let Some(f) = config
             .fallback
             .backend
+            .clone()
             .filter(|f| f != name && config.fallback.allow)
         {
             hint.push_str(&format!(
@@ -685,8 +687,8 @@ impl KeyManager {
     /// [`Error::NoBackend`] if there is no such backend.
     pub fn default_backend_name(&self) -> Result<String> {
         let config = self.config();
-        if let Some(d) = config.default_backend {
-            return Ok(d);
+        if let Some(d) = &config.default_backend {
+            return Ok(d.clone());
         }
         let mut names = config.backends.keys();
         match (names.next(), names.next()) {
@@ -1129,7 +1131,7 @@ impl KeyManager {
     /// # Errors
     /// [`Error::NoDefaultKey`] if none is set or it no longer exists; the backend's errors.
     pub fn default_key(&self) -> Result<ManagedKey> {
-        let Some(d) = self.config().default_key else {
+        let Some(d) = self.config().default_key.clone() else {
             return Err(Error::NoDefaultKey("no default key is set".into()));
         };
         let gone = || {
@@ -1198,7 +1200,7 @@ impl KeyManager {
     /// declaration, or the backend's error when it cannot be opened (nothing is saved then).
     pub fn add_backend(&self, name: &str, backend: BackendConfig) -> Result<Backend> {
         validate_backend_name(name)?;
-        let mut candidate = self.config();
+        let mut candidate = (*self.config()).clone();
         if candidate.backends.contains_key(name) {
             return Err(CoreError::AlreadyExists(format!("a backend named '{name}'")).into());
         }
@@ -1288,10 +1290,10 @@ impl KeyManager {
         };
         let mut guard = self.config.write().unwrap_or_else(PoisonError::into_inner);
         let (Some(path), Some(state)) = (&self.config_path, state) else {
-            let mut next = guard.clone();
+            let mut next = (**guard).clone();
             let out = change(&mut next)?;
             next.validate()?;
-            *guard = next;
+            *guard = std::sync::Arc::new(next);
             return Ok(out);
         };
         create_private_dir(&self.home)?;
@@ -1334,7 +1336,7 @@ impl KeyManager {
                 }
             }
         }
-        *guard = next;
+        *guard = std::sync::Arc::new(next);
         Ok(out)
     }
 }

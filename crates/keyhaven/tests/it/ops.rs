@@ -286,7 +286,7 @@ fn backends_are_declared_and_removed() {
     ));
     // the file on disk says the same
     let on_disk = Config::load(&home.path().join(keyhaven::CONFIG_FILE)).unwrap();
-    assert_eq!(on_disk, c);
+    assert_eq!(on_disk, *c);
 }
 
 #[test]
@@ -419,7 +419,7 @@ mod file {
         let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
         m.add_backend("p", BackendConfig::new(BackendKind::Pem, None))
             .unwrap();
-        let mut c = m.config();
+        let mut c = (*m.config()).clone();
         c.backends.insert(
             "q".into(),
             BackendConfig::new(BackendKind::Encrypted, Some(home.path().join("backends/p"))),
