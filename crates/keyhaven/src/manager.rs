@@ -251,7 +251,11 @@ pub struct KeyManager {
     /// Swapped whole on each change: readers share it without copying.
     config: RwLock<std::sync::Arc<Config>>,
     passphrases: std::sync::Arc<dyn PassphraseProvider>,
-    backends: Mutex<BTreeMap<String, Backend>>,
+    /// Each backend's opened, decorated store, in a slot of its own: opening one (which may
+    /// prompt, run Argon2id or log in to a token) holds only its slot, so it never waits for
+    /// another backend. Lock order: this map (held only to find or make a slot), then one
+    /// slot; never two slots at once.
+    backends: Mutex<BTreeMap<String, Slot>>,
     warnings: Mutex<Vec<Warning>>,
     caller: keyhaven_audit::CallerContext,
     lifecycle: crate::lifecycle::State,
@@ -526,14 +530,20 @@ impl KeyManager {
         Ok(())
     }
 
+    /// `name`'s slot (made empty if it has none).
+    fn slot(&self, name: &str) -> Slot {
+        lock(&self.backends)
+            .entry(name.to_owned())
+            .or_default()
+            .clone()
+    }
+
     /// Opens `name`'s existing store (no fallback, nothing created): `Ok(None)` if it has none
     /// yet.
-    fn open_direct(
-        &self,
-        opened: &mut BTreeMap<String, Backend>,
-        name: &str,
-    ) -> Result<Option<Backend>> {
-        if let Some(b) = opened.get(name) {
+    fn open_direct(&self, name: &str) -> Result<Option<Backend>> {
+        let slot = self.slot(name);
+        let mut opened = lock(&slot);
+        if let Some(b) = opened.as_ref() {
             return Ok(Some(b.clone()));
         }
         self.before_open(name)?;
@@ -541,15 +551,15 @@ impl KeyManager {
             .raw_backend(name, false)?
             .map(|b| self.decorate(b))
             .transpose()?;
-        if let Some(b) = &backend {
-            opened.insert(name.to_owned(), b.clone());
-        }
+        opened.clone_from(&backend);
         Ok(backend)
     }
 
     /// Opens `name`'s store, creating it if it has none yet (no fallback).
-    fn create_direct(&self, opened: &mut BTreeMap<String, Backend>, name: &str) -> Result<Backend> {
-        if let Some(b) = opened.get(name) {
+    fn create_direct(&self, name: &str) -> Result<Backend> {
+        let slot = self.slot(name);
+        let mut opened = lock(&slot);
+        if let Some(b) = opened.as_ref() {
             return Ok(b.clone());
         }
         self.before_open(name)?;
@@ -557,7 +567,7 @@ impl KeyManager {
             .raw_backend(name, true)?
             .ok_or_else(|| CoreError::NotFound(format!("the store of backend '{name}'")))?;
         let backend = self.decorate(raw)?;
-        opened.insert(name.to_owned(), backend.clone());
+        *opened = Some(backend.clone());
         Ok(backend)
     }
 
@@ -572,8 +582,7 @@ impl KeyManager {
         name: &str,
         device_options: Option<&str>,
     ) -> Result<Backend> {
-        let mut opened = lock(&self.backends);
-        let source = match self.create_direct(&mut opened, name) {
+        let source = match self.create_direct(name) {
             Err(Error::Backend { source, .. }) if is_unavailable(&source) => source,
             other => return other,
         };
@@ -603,7 +612,7 @@ impl KeyManager {
                 hint,
             });
         };
-        let stand_in = self.create_direct(&mut opened, &fallback)?;
+        let stand_in = self.create_direct(&fallback)?;
         let expected = self.backend_config(name)?.kind.protection();
         self.warn(Warning::Fallback {
             backend: name.to_owned(),
@@ -660,8 +669,7 @@ impl KeyManager {
     /// Opens `name` itself (no fallback, no creation, errors as the backend reports them), for
     /// diagnostics.
     pub(crate) fn probe(&self, name: &str) -> Result<Option<Backend>> {
-        let mut opened = lock(&self.backends);
-        self.open_direct(&mut opened, name)
+        self.open_direct(name)
     }
 
     /// Opens `name`'s existing store, for lookups and operations on existing keys: `Ok(None)`
@@ -1228,7 +1236,7 @@ impl KeyManager {
         // Used from now on through the same decorator stack as every other backend (which
         // seals the home if this backend is its first encrypted store).
         let opened = self.decorate(opened)?;
-        lock(&self.backends).insert(name.to_owned(), opened.clone());
+        *lock(&self.slot(name)) = Some(opened.clone());
         Ok(opened)
     }
 
@@ -1463,6 +1471,9 @@ pub(crate) fn unavailable_reason(e: &CoreError) -> String {
         other => other.to_string(),
     }
 }
+
+/// One backend's opened store (see `KeyManager::backends`).
+type Slot = std::sync::Arc<Mutex<Option<Backend>>>;
 
 /// A key of a [`KeyManager`] that signs through it (see [`KeyManager::signer`]).
 #[derive(Debug, Clone)]

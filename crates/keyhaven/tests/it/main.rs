@@ -6,6 +6,8 @@
 
 #[cfg(feature = "memory")]
 mod backup;
+#[cfg(feature = "file")]
+mod concurrency;
 mod config;
 #[cfg(feature = "file")]
 mod conformance;
