@@ -551,20 +551,14 @@ impl RotationEngine {
             .update(id, |k| k.begin_rotation(now, reason))?;
         let n = pending.new_version;
 
-        // From here on, every failure undoes what was done and clears the journal entry.
-        let fail = |kind: EventKind, detail: String, new: Option<&KeyId>| -> Result<()> {
-            if let Some(new) = new {
-                match store.delete(new) {
-                    Ok(()) | Err(CoreError::NotFound(_)) => {}
-                    // leave the journal entry: the next run deletes the orphan
-                    Err(_) => return Ok(()),
-                }
-            }
-            let now = self.now();
-            self.registry.update(id, |k| {
-                k.abort_rotation(now, kind, detail);
-                Ok(())
-            })
+        // From here on, every failure undoes what was done and clears the journal entry: the
+        // transaction does it when it is aborted, or dropped before it commits.
+        let mut txn = RotationTxn {
+            engine: self,
+            store: Arc::clone(&store),
+            id,
+            new: None,
+            done: false,
         };
         let failed = |operation: &'static str, source: CoreError| RotationError::RotationFailed {
             key: id.to_owned(),
@@ -577,14 +571,11 @@ impl RotationEngine {
         let new_info = match store.generate(key.algorithm(), &pending.new_label) {
             Ok(info) => info,
             Err(e) => {
-                fail(
-                    EventKind::RotationFailed,
-                    format!("generate failed: {e}"),
-                    None,
-                )?;
+                txn.abort(EventKind::RotationFailed, format!("generate failed: {e}"))?;
                 return Err(failed("generate the new key", e));
             }
         };
+        txn.new = Some(new_info.id.clone());
         let new_fp = new_info.fingerprint().to_hex();
         let old_fp = old
             .as_ref()
@@ -602,10 +593,9 @@ impl RotationEngine {
             && let Err(why) = actions::run(argv, &env("pre"), rules.action_timeout())
         {
             let command = argv.join(" ");
-            fail(
+            txn.abort(
                 EventKind::RotationFailed,
                 format!("pre-rotation action {command} failed: {why}"),
-                Some(&new_info.id),
             )?;
             return Err(RotationError::PreActionFailed {
                 key: id.to_owned(),
@@ -638,10 +628,9 @@ impl RotationEngine {
                 match made {
                     Ok(p) => Some(p),
                     Err(e) => {
-                        fail(
+                        txn.abort(
                             EventKind::RotationFailed,
                             format!("continuity proof failed: {e}"),
-                            Some(&new_info.id),
                         )?;
                         return Err(failed(
                             "make the continuity proof",
@@ -669,13 +658,10 @@ impl RotationEngine {
             Ok(v)
         });
         if let Err(e) = committed {
-            let _ = fail(
-                EventKind::RotationFailed,
-                format!("commit failed: {e}"),
-                Some(&new_info.id),
-            );
+            let _ = txn.abort(EventKind::RotationFailed, format!("commit failed: {e}"));
             return Err(e);
         }
+        txn.commit();
         let mut post_action_error = None;
         if let Some(argv) = &rules.post_rotate {
             let command = argv.join(" ");
@@ -880,5 +866,58 @@ impl RotationEngine {
             }
         }
         Ok(out)
+    }
+}
+
+/// A rotation under way (journal entry written): until it commits, aborting it or dropping it
+/// (an early return, a `?`, a panic in an action) deletes the new key if one was made and
+/// clears the journal entry, recording why. If the new key cannot be deleted the journal entry
+/// stays, and the next run deletes the orphan.
+struct RotationTxn<'a> {
+    engine: &'a RotationEngine,
+    store: Arc<dyn KeyStore>,
+    id: &'a str,
+    /// The new version's key, once generated.
+    new: Option<KeyId>,
+    done: bool,
+}
+
+impl RotationTxn<'_> {
+    /// Undoes the rotation, recording `kind` and `detail`.
+    fn abort(mut self, kind: EventKind, detail: String) -> Result<()> {
+        self.done = true;
+        self.undo(kind, detail)
+    }
+
+    /// The rotation is recorded: nothing is undone any more.
+    fn commit(mut self) {
+        self.done = true;
+    }
+
+    fn undo(&self, kind: EventKind, detail: String) -> Result<()> {
+        if let Some(new) = &self.new {
+            match self.store.delete(new) {
+                Ok(()) | Err(CoreError::NotFound(_)) => {}
+                // leave the journal entry: the next run deletes the orphan
+                Err(_) => return Ok(()),
+            }
+        }
+        let now = self.engine.now();
+        self.engine.registry.update(self.id, |k| {
+            k.abort_rotation(now, kind, detail);
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
+
+impl Drop for RotationTxn<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.undo(
+                EventKind::RotationFailed,
+                "the rotation was interrupted before it was recorded".into(),
+            );
+        }
     }
 }
