@@ -141,6 +141,16 @@ impl<S: KeyStore> AuditedStore<S> {
         r
     }
 
+    /// A lookup: recorded when it finds the key (or fails otherwise), not when there is no
+    /// such key. Resolving a label tries it as an id first: a miss changes nothing and uses no
+    /// key, and recording it would bury the key's real operations under "failed" lookups.
+    fn lookup(&self, event: Event, r: Result<KeyInfo>) -> Result<KeyInfo> {
+        if matches!(r, Err(Error::NotFound(_))) {
+            return r;
+        }
+        self.after(event, r, info_key)
+    }
+
     /// Intent record, the call, then the outcome record (private-key operations).
     fn guarded<T>(
         &self,
@@ -190,19 +200,16 @@ impl<S: KeyStore> KeyStore for AuditedStore<S> {
         self.after(self.event("list", None), self.inner.list(), no_key)
     }
     fn get(&self, id: &KeyId) -> Result<KeyInfo> {
-        self.after(
-            self.event("get", Some(id.as_str())),
-            self.inner.get(id),
-            no_key,
-        )
+        let r = self.inner.get(id);
+        self.lookup(self.event("get", Some(id.as_str())), r)
     }
     fn find_by_label(&self, label: &str) -> Result<KeyInfo> {
         let r = self.inner.find_by_label(label);
-        self.after(self.event("find_by_label", None), r, info_key)
+        self.lookup(self.event("find_by_label", None), r)
     }
     fn resolve(&self, id_or_label: &str) -> Result<KeyInfo> {
         let r = self.inner.resolve(id_or_label);
-        self.after(self.event("resolve", None), r, info_key)
+        self.lookup(self.event("resolve", None), r)
     }
     fn public_key(&self, id: &KeyId) -> Result<PublicKey> {
         let r = self.inner.public_key(id);

@@ -152,8 +152,8 @@ pub(crate) enum AuditCommand {
     },
     /// Records matching every filter given.
     Search {
-        /// Only this key id.
-        #[arg(long, value_name = "ID")]
+        /// Only this key: an id, a label or a logical key (every version of it).
+        #[arg(long, value_name = "ID|LABEL")]
         key: Option<String>,
         /// Only this principal.
         #[arg(long)]

@@ -1,5 +1,6 @@
 //! `keyhaven audit`, `keyhaven compromise`, `keyhaven revocations` and `keyhaven key revoke`.
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -192,15 +193,29 @@ pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
                     Some(u64::try_from(now.saturating_sub(d).as_nanos()).unwrap_or(u64::MAX))
                 }
             };
+            // A label or a logical key means every version's id; an id that names no key any
+            // more (deleted) is searched as it is.
+            let ids = match &key {
+                None => None,
+                Some(reference) => Some(key_ids_of(&m, reference)?),
+            };
             let filter = Filter {
-                key_id: key,
+                key_id: None,
                 principal,
                 operation,
                 outcome: outcome.as_deref().map(parse_outcome).transpose()?,
                 since_nanos,
                 until_nanos: None,
             };
-            let found = keyhaven::audit::search(&dir, &filter).map_err(CoreError::from)?;
+            let mut found = keyhaven::audit::search(&dir, &filter).map_err(CoreError::from)?;
+            if let Some(ids) = &ids {
+                found.retain(|r| match &r.body {
+                    keyhaven::audit::Body::Event(e) => {
+                        e.key_id.as_ref().is_some_and(|k| ids.contains(k))
+                    }
+                    _ => false,
+                });
+            }
             print_records(&found, json)?;
             if !json {
                 errln!("{} record(s)", found.len());
@@ -232,6 +247,28 @@ pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
             Ok(OK)
         }
     }
+}
+
+/// The key ids `reference` stands for in the audit log: each version's of a logical key (by
+/// label, logical id or any version's id), the key's own, or the reference itself (a key
+/// deleted since, whose id the log still holds).
+fn key_ids_of(m: &keyhaven::KeyManager, reference: &str) -> Result<BTreeSet<String>> {
+    let mut ids = BTreeSet::from([reference.to_owned()]);
+    if let Some(logical) = m.find_logical_key(reference)? {
+        ids.extend(logical.versions().iter().map(|v| v.key_id().to_string()));
+        return Ok(ids);
+    }
+    match m.resolve(reference) {
+        Ok(key) => {
+            ids.insert(key.id().to_string());
+            if let Some(logical) = m.logical_key(&key)? {
+                ids.extend(logical.versions().iter().map(|v| v.key_id().to_string()));
+            }
+        }
+        Err(e) if e.kind() == keyhaven::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    Ok(ids)
 }
 
 fn humantime_parse(s: &str) -> Result<Duration> {

@@ -821,7 +821,7 @@ impl KeyManager {
         let mut detail: Option<(String, CoreError)> = None;
         for b in reachable {
             if let Some(id) = &id {
-                match b.store().get(id) {
+                match b.store_raw().get(id) {
                     Ok(info) => by_id.push(managed(&b, info)),
                     Err(CoreError::NotFound(_)) => {}
                     Err(e) => return Err(Error::backend(b.name(), e)),
@@ -916,7 +916,7 @@ impl KeyManager {
         if let Ok(id) = label.parse::<KeyId>() {
             let (reachable, _) = self.scan_backends()?;
             for b in reachable {
-                if b.store().get(&id).is_ok() {
+                if b.store_raw().get(&id).is_ok() {
                     return Err(CoreError::InvalidInput(format!(
                         "the label '{label}' is the id of key {}:{id}; a label equal to a key id \
                          would make `{label}` name two keys: choose another label",

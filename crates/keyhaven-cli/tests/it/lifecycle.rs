@@ -511,3 +511,48 @@ fn the_log_rotates_and_checkpoints_keeping_one_chain() {
     let err = h.fails(&["audit", "verify"], 7);
     assert!(err.contains("audit.2.log"), "{err}");
 }
+
+#[test]
+fn looking_a_key_up_by_label_leaves_no_failed_records_and_search_takes_a_label() {
+    let h = Home::with_encrypted();
+    let v1 = h.generate("ed25519", "release", &[]);
+    let msg = h.scratch().join("m");
+    fs::write(&msg, b"m").unwrap();
+    let sig = h.scratch().join("sig");
+    let sign = |h: &Home| {
+        h.ok(&[
+            "sign",
+            "--key",
+            "release",
+            "--message-file",
+            msg.to_str().unwrap(),
+            "--out",
+            sig.to_str().unwrap(),
+        ]);
+    };
+    sign(&h);
+    let v2 = h.ok(&["key", "rotate", "release"]).trim().to_owned();
+    sign(&h);
+    // No lookup by label left a "get ... failed" record behind.
+    let failed = h.ok(&["audit", "search", "--outcome", "failed", "--json"]);
+    assert_eq!(failed.trim(), "", "{failed}");
+    // Searching by the label finds the signatures of both versions.
+    let found = h.ok(&["audit", "search", "--key", "release", "--json"]);
+    let records: Vec<serde_json::Value> = found
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let signed = |id: &str| {
+        records.iter().any(|r| {
+            r["body"]["key_id"] == id
+                && r["body"]["outcome"] == "allowed"
+                && r["body"]["operation"].as_str().unwrap().starts_with("sign")
+        })
+    };
+    let ids = [("v1", signed(&v1)), ("v2", signed(&v2))]
+        .iter()
+        .filter(|(_, s)| *s)
+        .map(|(v, _)| *v)
+        .collect::<Vec<_>>();
+    assert_eq!(ids, ["v1", "v2"], "{found}");
+}
