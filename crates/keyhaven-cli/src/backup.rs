@@ -227,16 +227,16 @@ pub(crate) fn run(ctx: &Ctx, cmd: BackupCommand) -> Result<u8> {
         BackupCommand::Shares(SharesCommand::Verify { shares }) => verify_shares(&shares),
         cmd => {
             let m = ctx.manager()?;
-            let result = with_manager(&m, cmd);
+            let result = with_manager(ctx, &m, cmd);
             print_warnings(&m);
             result
         }
     }
 }
 
-fn with_manager(m: &KeyManager, cmd: BackupCommand) -> Result<u8> {
+fn with_manager(ctx: &Ctx, m: &KeyManager, cmd: BackupCommand) -> Result<u8> {
     match cmd {
-        BackupCommand::Create(args) => create(m, args),
+        BackupCommand::Create(args) => create(ctx, m, args),
         BackupCommand::Restore {
             file,
             into,
@@ -428,8 +428,21 @@ enum Protect {
     },
 }
 
-fn create(m: &KeyManager, args: CreateArgs) -> Result<u8> {
+fn create(ctx: &Ctx, m: &KeyManager, args: CreateArgs) -> Result<u8> {
     refuse_existing(&args.out)?;
+    // A backup kept in the home is lost with it (seed 002: keep backups elsewhere).
+    if let (Ok(out), Ok(home)) = (
+        std::path::absolute(&args.out),
+        std::path::absolute(m.home()),
+    ) && out.starts_with(&home)
+    {
+        errln!(
+            "warning: {} is inside the home {}: a backup lost with the home is no backup; move \
+             it elsewhere",
+            args.out.display(),
+            home.display()
+        );
+    }
     let format = Format::from(args.format);
     // Everything about the protection is settled before any key is exported.
     let plan = match (&args.shamir, &args.share_dir) {
@@ -457,13 +470,36 @@ fn create(m: &KeyManager, args: CreateArgs) -> Result<u8> {
                 dir: dir.clone(),
             }
         }
-        _ => Protect::Passphrase(new_passphrase(
-            args.backup_passphrase_file.as_deref(),
-            &args.out.display().to_string(),
-        )?),
+        _ => {
+            let pass = new_passphrase(
+                args.backup_passphrase_file.as_deref(),
+                &args.out.display().to_string(),
+            )?;
+            if ctx.is_store_passphrase(&pass) {
+                return Err(CoreError::InvalidInput(
+                    "the backup's passphrase is the stores' passphrase: whoever learns one would \
+                     have both. Choose another for the backup"
+                        .into(),
+                )
+                .into());
+            }
+            Protect::Passphrase(pass)
+        }
     };
     let refs = (!args.keys.is_empty()).then_some(args.keys.as_slice());
     let entries = m.collect_backup(refs)?;
+    // (again, now that the stores were opened: a passphrase typed at their prompt counts too;
+    // nothing has been written yet)
+    if let Protect::Passphrase(pass) = &plan
+        && ctx.is_store_passphrase(pass)
+    {
+        return Err(CoreError::InvalidInput(
+            "the backup's passphrase is the stores' passphrase: whoever learns one would have \
+             both. Choose another for the backup"
+                .into(),
+        )
+        .into());
+    }
     if entries.is_empty() {
         return Err(
             CoreError::NotFound("keys to back up (no reachable backend holds any)".into()).into(),

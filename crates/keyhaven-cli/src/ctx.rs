@@ -64,14 +64,44 @@ pub(crate) const PASSPHRASE_ENV: &str = "KEYHAVEN_PASSPHRASE";
 pub(crate) struct Ctx {
     home: Option<PathBuf>,
     passphrase_file: Option<PathBuf>,
+    /// The store passphrases handed out so far (to tell a backup's passphrase apart).
+    handed: Handed,
 }
+
+/// Store passphrases handed to the manager (zeroized on drop).
+type Handed = std::sync::Arc<std::sync::Mutex<Vec<SecretString>>>;
 
 impl Ctx {
     pub(crate) fn new(home: Option<PathBuf>, passphrase_file: Option<PathBuf>) -> Self {
         Ctx {
             home,
             passphrase_file,
+            handed: Handed::default(),
         }
+    }
+
+    /// Whether `secret` is a store passphrase of this run (given with --passphrase-file or
+    /// KEYHAVEN_PASSPHRASE, or typed at a prompt): compared in constant time.
+    pub(crate) fn is_store_passphrase(&self, secret: &SecretString) -> bool {
+        use subtle::ConstantTimeEq;
+        let same = |p: &SecretString| -> bool {
+            bool::from(
+                p.expose_secret()
+                    .as_bytes()
+                    .ct_eq(secret.expose_secret().as_bytes()),
+            )
+        };
+        let given = match &self.passphrase_file {
+            Some(f) => read_secret_file(f).ok(),
+            None => std::env::var(PASSPHRASE_ENV)
+                .ok()
+                .map(|v| secret_string(&Zeroizing::new(v))),
+        };
+        let handed = self
+            .handed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        given.iter().chain(handed.iter()).any(same)
     }
 
     /// The home: `--home`, else `KEYHAVEN_HOME` (both through clap), else the platform data
@@ -93,6 +123,7 @@ impl Ctx {
     pub(crate) fn passphrases(&self) -> CliPassphrases {
         CliPassphrases {
             file: self.passphrase_file.clone(),
+            handed: self.handed.clone(),
         }
     }
 
@@ -127,10 +158,24 @@ pub(crate) fn interactive() -> bool {
 /// `KEYHAVEN_TOKEN_PIN`, else a prompt on the terminal.
 pub(crate) struct CliPassphrases {
     file: Option<PathBuf>,
+    handed: Handed,
 }
 
 impl PassphraseProvider for CliPassphrases {
     fn passphrase(&self, request: &PassphraseRequest) -> Result<SecretString, CoreError> {
+        let p = self.answer(request)?;
+        if request.purpose != PassphrasePurpose::TokenPin {
+            self.handed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .push(p.clone());
+        }
+        Ok(p)
+    }
+}
+
+impl CliPassphrases {
+    fn answer(&self, request: &PassphraseRequest) -> Result<SecretString, CoreError> {
         if request.purpose == PassphrasePurpose::TokenPin {
             // Never the store passphrase (KEYHAVEN_PASSPHRASE, --passphrase-file): each wrong PIN
             // costs one of the token's tries. The backend's pin_env / pin_file, or the terminal.

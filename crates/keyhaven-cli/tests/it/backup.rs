@@ -591,3 +591,40 @@ fn a_backup_carries_the_whole_lifecycle_into_a_fresh_home() {
         7,
     );
 }
+
+#[test]
+fn a_backup_passphrase_equal_to_the_stores_is_refused_and_a_backup_in_the_home_is_warned_about() {
+    let h = Home::with_encrypted();
+    h.generate("ed25519", "k", &[]);
+    let same = h.scratch().join("same.pass");
+    write_private(&same, format!("{PASSPHRASE}\n"));
+    let out = h.scratch().join("b.khb");
+    let err = h.fails(
+        &[
+            "backup",
+            "create",
+            "--out",
+            out.to_str().unwrap(),
+            "--backup-passphrase-file",
+            same.to_str().unwrap(),
+        ],
+        9,
+    );
+    assert!(err.contains("the stores' passphrase"), "{err}");
+    assert!(!out.exists(), "nothing written");
+
+    let other = h.scratch().join("other.pass");
+    write_private(&other, "a different backup passphrase\n");
+    let inside = h.path().join("b.khb");
+    let res = h.run(&[
+        "backup",
+        "create",
+        "--out",
+        inside.to_str().unwrap(),
+        "--backup-passphrase-file",
+        other.to_str().unwrap(),
+    ]);
+    assert!(res.status.success(), "{res:?}");
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(stderr.contains("inside the home"), "{stderr}");
+}
