@@ -320,7 +320,13 @@ fn print_report(r: &CompromiseReport) -> Result<()> {
             "action     {} {} {}: {}",
             rfc3339(a.at),
             a.action,
-            if a.ok { "ok" } else { "FAILED" },
+            if a.ok {
+                "ok"
+            } else if a.not_configured {
+                "not configured"
+            } else {
+                "FAILED"
+            },
             a.detail
         )?;
     }
@@ -451,7 +457,7 @@ fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
                 .report
                 .actions
                 .iter()
-                .filter(|a| !a.ok)
+                .filter(|a| !a.ok && !a.not_configured)
                 .map(|a| a.action.as_str())
                 .collect();
             if !failed.is_empty() {

@@ -122,8 +122,12 @@ pub struct ActionTaken {
     pub at: u64,
     /// `revoke`, `rotate`, `notify-command`, `notify-webhook`, `lookback`.
     pub action: String,
-    /// Whether it succeeded.
+    /// Whether it succeeded (false for one not done: see `not_configured`).
     pub ok: bool,
+    /// Not done because nothing is configured for it (a notification without a hook): neither
+    /// a success nor a failure of the response.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub not_configured: bool,
     /// What happened (the new key version, the hook's answer, the error, ...).
     pub detail: String,
 }

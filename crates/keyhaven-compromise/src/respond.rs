@@ -233,10 +233,19 @@ impl Responder<'_> {
                     let current = self.reports.get(report_id)?;
                     let results = notify(&self.config.notify, &current);
                     if results.is_empty() {
-                        (
-                            "notify",
-                            Ok("skipped: no notification hook is configured".into()),
-                        )
+                        self.reports.update(report_id, |r| {
+                            r.actions.push(ActionTaken {
+                                at: now,
+                                action: "notify".into(),
+                                ok: false,
+                                not_configured: true,
+                                detail: "no notification hook is configured ([compromise.notify] \
+                                         command or webhook)"
+                                    .into(),
+                            });
+                            Ok(())
+                        })?;
+                        continue;
                     } else {
                         for (name, r) in results {
                             failed |= r.is_err();
@@ -290,6 +299,7 @@ impl Responder<'_> {
                 at: now,
                 action: action.to_owned(),
                 ok,
+                not_configured: false,
                 detail,
             });
             Ok(())

@@ -556,3 +556,35 @@ fn looking_a_key_up_by_label_leaves_no_failed_records_and_search_takes_a_label()
         .collect::<Vec<_>>();
     assert_eq!(ids, ["v1", "v2"], "{found}");
 }
+
+#[test]
+fn a_notification_without_a_hook_is_reported_as_not_configured_never_ok() {
+    let h = Home::with_encrypted();
+    h.generate("ed25519", "laptop", &[]);
+    let out = h.run(&[
+        "key",
+        "revoke",
+        "laptop",
+        "--reason",
+        "stolen",
+        "--compromised",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = text
+        .split_whitespace()
+        .find(|w| w.starts_with("CR-"))
+        .map(|w| w.trim_end_matches(['.', ',']).to_owned())
+        .unwrap_or_else(|| panic!("a report id in: {text}"));
+    let shown = h.ok(&["compromise", "respond", &id]);
+    let notify = shown
+        .lines()
+        .find(|l| l.contains("notify"))
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(notify.contains("not configured"), "{notify}");
+    assert!(!notify.contains(" ok"), "{notify}");
+}
