@@ -245,11 +245,13 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
     // A versioned key verifies with any version its state allows (the one that matched is
     // reported); a key never rotated with its own public key.
     let mut matched_version = None;
+    let mut matched_key = None;
     let outcome = match &home_key {
         Some((m, key)) => {
             match m.verify_versions(key, input.as_sign_input(), &sig, args.allow_retired) {
                 Ok(Some((n, version_key))) => {
                     local_revocation = m.revocation_of(&version_key)?;
+                    matched_key = Some(version_key.clone());
                     matched_version = Some((n, version_key.info.public_key.clone()));
                     Ok(())
                 }
@@ -260,6 +262,11 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
         }
         None => verify_plain(&public_key, &input, &sig),
     };
+    // A check against a key of the home is audited, a failed one too (failure bursts are
+    // a detection signal).
+    if let Some((m, key)) = &home_key {
+        m.audit_verification(matched_key.as_ref().unwrap_or(key), outcome.is_ok())?;
+    }
     // The key that made the signature: the version that matched, when one did.
     let (public_key, matched_version) = match matched_version {
         Some((n, pk)) => (pk, Some(n)),

@@ -1084,12 +1084,31 @@ impl KeyManager {
         signature: &Signature,
     ) -> Result<()> {
         let pk = &key.info.public_key;
-        match input {
+        let verified = match input {
             SignInput::Message(m) => crate::verify(pk, m, signature),
             SignInput::Digest(d) => crate::verify_digest(pk, d, signature),
             SignInput::Hashed(h) => crate::verify_digest(pk, &h.digest, signature),
-        }
-        .map_err(Error::from)
+        };
+        self.audit_verification(key, verified.is_ok())?;
+        verified.map_err(Error::from)
+    }
+
+    /// Records in the audit log (if the home keeps one) that a signature was checked against
+    /// `key` and whether it verified: failures count towards the failure bursts `keyhaven
+    /// compromise scan` reports (someone trying forged signatures against a key).
+    ///
+    /// # Errors
+    /// The audit log cannot be written (fail closed).
+    pub fn audit_verification(&self, key: &ManagedKey, verified: bool) -> Result<()> {
+        let (outcome, reason) = if verified {
+            (keyhaven_audit::Outcome::Allowed, "")
+        } else {
+            (
+                keyhaven_audit::Outcome::Failed,
+                "the signature does not verify",
+            )
+        };
+        self.audit_event("verify", Some(key), outcome, reason)
     }
 
     /// X25519 key agreement with a peer's public key.

@@ -588,3 +588,52 @@ fn a_notification_without_a_hook_is_reported_as_not_configured_never_ok() {
     assert!(notify.contains("not configured"), "{notify}");
     assert!(!notify.contains(" ok"), "{notify}");
 }
+
+#[test]
+fn failed_verifications_against_a_key_are_audited_and_a_burst_is_a_finding() {
+    let h = Home::with_encrypted();
+    h.generate("ed25519", "api", &[]);
+    let msg = h.scratch().join("m");
+    fs::write(&msg, b"the real message").unwrap();
+    let sig = h.scratch().join("sig");
+    h.ok(&[
+        "sign",
+        "--key",
+        "api",
+        "--message-file",
+        msg.to_str().unwrap(),
+        "--out",
+        sig.to_str().unwrap(),
+    ]);
+    let forged = h.scratch().join("forged");
+    fs::write(&forged, b"a message the key never signed").unwrap();
+    for _ in 0..12 {
+        let out = h.run(&[
+            "verify",
+            "--key",
+            "api",
+            "--message-file",
+            forged.to_str().unwrap(),
+            "--signature",
+            sig.to_str().unwrap(),
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+    }
+    let failed = h.ok(&[
+        "audit",
+        "search",
+        "--key",
+        "api",
+        "--operation",
+        "verify",
+        "--outcome",
+        "failed",
+    ]);
+    assert!(
+        failed.lines().filter(|l| l.contains("verify")).count() >= 12,
+        "{failed}"
+    );
+    let scan = h.run(&["compromise", "scan", "--json"]);
+    let text = String::from_utf8_lossy(&scan.stdout);
+    assert!(text.contains("\"failure-burst\""), "{text}");
+}
