@@ -327,6 +327,10 @@ pub(crate) enum KeyCommand {
         /// Write the continuity proof (identity keys) here.
         #[arg(long, value_name = "FILE")]
         proof_out: Option<PathBuf>,
+        /// How long the old version keeps verifying, for this rotation (e.g. 14d), instead of
+        /// the policy's migration window.
+        #[arg(long, value_name = "DURATION")]
+        migration_window: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,

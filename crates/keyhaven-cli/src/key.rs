@@ -75,8 +75,17 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
             key,
             reason,
             proof_out,
+            migration_window,
             json,
-        } => crate::rotation::rotate_key(m, &key, &reason, json, proof_out.as_deref()),
+        } => {
+            let window = migration_window
+                .map(|w| {
+                    keyhaven::versions::parse_duration("--migration-window", &w)
+                        .map_err(CoreError::from)
+                })
+                .transpose()?;
+            crate::rotation::rotate_key(m, &key, &reason, json, proof_out.as_deref(), window)
+        }
         KeyCommand::History { key, json } => crate::rotation::history(m, &key, json),
         KeyCommand::Revoke {
             key,

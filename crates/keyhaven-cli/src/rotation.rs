@@ -76,9 +76,10 @@ pub(crate) fn rotate_key(
     reason: &str,
     json: bool,
     proof_out: Option<&std::path::Path>,
+    window: Option<std::time::Duration>,
 ) -> Result<u8> {
     let key = m.resolve(reference)?;
-    let o = m.rotate_key(&key, reason)?;
+    let o = m.rotate_key_with_window(&key, reason, window)?;
     if let (Some(path), Some(proof)) = (proof_out, &o.proof) {
         keyhaven::fs::atomic_write(path, proof.to_text().as_bytes())?;
     }

@@ -527,12 +527,37 @@ impl RotationEngine {
     /// [`RotationError::PreActionFailed`] if the pre-rotation action fails (the new key is
     /// deleted), [`RotationError::NotFound`], storage errors.
     pub fn rotate(&self, reference: &str, reason: &str) -> Result<RotationOutcome> {
-        let _lock = self.rotation_lock()?;
-        let key = self.registry.find(reference)?;
-        self.rotate_locked(key.id(), reason)
+        self.rotate_with_window(reference, reason, None)
     }
 
-    fn rotate_locked(&self, id: &str, reason: &str) -> Result<RotationOutcome> {
+    /// [`RotationEngine::rotate`], with this rotation's migration window (how long the old
+    /// version keeps verifying) instead of the policy's, when `window` is given.
+    ///
+    /// # Errors
+    /// As [`RotationEngine::rotate`]; [`RotationError::Policy`] for a zero window.
+    pub fn rotate_with_window(
+        &self,
+        reference: &str,
+        reason: &str,
+        window: Option<std::time::Duration>,
+    ) -> Result<RotationOutcome> {
+        if window.is_some_and(|w| w.is_zero()) {
+            return Err(RotationError::policy(
+                "--migration-window",
+                "a migration window of zero leaves no time to move to the new version",
+            ));
+        }
+        let _lock = self.rotation_lock()?;
+        let key = self.registry.find(reference)?;
+        self.rotate_locked(key.id(), reason, window)
+    }
+
+    fn rotate_locked(
+        &self,
+        id: &str,
+        reason: &str,
+        window: Option<std::time::Duration>,
+    ) -> Result<RotationOutcome> {
         let mut key = self.registry.get(id)?;
         if key.pending().is_some() {
             self.recover_key(&key)?;
@@ -604,7 +629,8 @@ impl RotationEngine {
                 old_version,
             });
         }
-        let migration_end = now.saturating_add(rules.migration_window().as_secs());
+        let migration_end =
+            now.saturating_add(window.unwrap_or_else(|| rules.migration_window()).as_secs());
         let proof = match (&old, key.role()) {
             (Some(old), Role::Identity) => {
                 let made = store
@@ -719,7 +745,7 @@ impl RotationEngine {
     fn act(&self, due: &Due) -> DueAction {
         let result = match &due.reason {
             DueReason::Age { .. } | DueReason::Usage { .. } => self
-                .rotate_locked(&due.key, &format!("due: {}", due.reason))
+                .rotate_locked(&due.key, &format!("due: {}", due.reason), None)
                 .map(|o| DueAction::Rotated(Box::new(o))),
             DueReason::WindowEnded { .. } => {
                 let now = self.now();

@@ -253,6 +253,20 @@ impl KeyManager {
     /// Access denied; the backend failed (the old version stays primary); a pre-rotation action
     /// failed (the new key is deleted).
     pub fn rotate_key(&self, key: &ManagedKey, reason: &str) -> Result<RotationOutcome> {
+        self.rotate_key_with_window(key, reason, None)
+    }
+
+    /// [`KeyManager::rotate_key`], with this rotation's migration window instead of the
+    /// policy's when `window` is given (seed 002's `migration_days` for one rotation).
+    ///
+    /// # Errors
+    /// As [`KeyManager::rotate_key`]; a zero window is invalid input.
+    pub fn rotate_key_with_window(
+        &self,
+        key: &ManagedKey,
+        reason: &str,
+        window: Option<std::time::Duration>,
+    ) -> Result<RotationOutcome> {
         self.authorize(keyhaven_audit::Operation::Rotate, key)?;
         let logical = self.adopt_key(key, None)?;
         self.audit_event("rotate", Some(key), keyhaven_audit::Outcome::Intent, reason)?;
@@ -274,7 +288,7 @@ impl KeyManager {
         let engine = self
             .bare_rotation_engine()?
             .with_store(key.backend.clone(), backend.store().clone());
-        let result = engine.rotate(logical.id(), reason);
+        let result = engine.rotate_with_window(logical.id(), reason, window);
         let (outcome, detail) = match &result {
             Ok(o) => (
                 keyhaven_audit::Outcome::Allowed,

@@ -272,3 +272,25 @@ fn prekeys_are_replenished_and_each_handed_out_once() {
             .contains("4 one-time")
     );
 }
+
+#[test]
+fn one_rotation_can_have_its_own_migration_window() {
+    let h = Home::with_encrypted();
+    h.generate("ed25519", "me", &["--role", "identity"]);
+    let out = h.json(&["key", "rotate", "me", "--migration-window", "3d", "--json"]);
+    let end = out["migration_end"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{out}"));
+    let expected = std::process::Command::new("date")
+        .args(["-u", "-d", "+3 days", "+%Y-%m-%dT%H:%M"])
+        .output()
+        .unwrap();
+    let expected = String::from_utf8_lossy(&expected.stdout).trim().to_owned();
+    // (to the minute; a minute boundary may fall in between)
+    assert!(end.starts_with(&expected[..13]), "{end} vs {expected}");
+    for bad in ["0s", "soon", "-1d"] {
+        let arg = format!("--migration-window={bad}");
+        let err = h.fails(&["key", "rotate", "me", &arg], 9);
+        assert!(err.contains("migration"), "{bad}: {err}");
+    }
+}
