@@ -118,6 +118,7 @@ impl<S: KeyStore> AuditedStore<S> {
         e.host.clone_from(&self.caller.host);
         e.pid = self.caller.pid;
         e.key_id = key.map(str::to_owned);
+        e.request_id.clone_from(&self.caller.request_id);
         e
     }
 

@@ -20,6 +20,9 @@ pub struct CallerContext {
     pub host: String,
     /// The caller's process id.
     pub pid: u32,
+    /// The caller's id for the request it makes (a message id, an RFC 9421 nonce): recorded
+    /// with each event, so the same request made twice with a key is seen (a replay).
+    pub request_id: Option<String>,
 }
 
 impl CallerContext {
@@ -30,7 +33,15 @@ impl CallerContext {
             roles: BTreeSet::new(),
             host: crate::hostname(),
             pid: std::process::id(),
+            request_id: None,
         }
+    }
+
+    /// With the caller's id for its request.
+    #[must_use]
+    pub fn with_request_id(mut self, id: impl Into<String>) -> Self {
+        self.request_id = Some(id.into());
+        self
     }
 
     /// Adds a role.

@@ -453,6 +453,10 @@ pub(crate) struct SignArgs {
     /// this file (mode 0600). Without it, such a key's passphrase is asked on the terminal.
     #[arg(long, value_name = "FILE")]
     pub(crate) key_auth_file: Option<PathBuf>,
+    /// Your id for this request (a message or job id): recorded in the audit log, so the same
+    /// request signed twice with a key shows up in `keyhaven compromise scan` as a replay.
+    #[arg(long, value_name = "ID")]
+    pub(crate) request_id: Option<String>,
 }
 
 /// Options of `key generate` that only a TPM backend takes.

@@ -99,7 +99,17 @@ pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
     // Open the input before anything else: a bad path fails fast, before any passphrase.
     let source = Source::open(args.digest.as_deref(), args.message_file.as_deref())?;
     let format: SignatureFormat = args.signature_format.into();
-    let m = ctx.manager()?;
+    let mut m = ctx.manager()?;
+    if let Some(id) = &args.request_id {
+        if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
+            return Err(CoreError::InvalidInput(
+                "--request-id: 1 to 256 printable characters".into(),
+            )
+            .into());
+        }
+        let caller = m.caller().with_request_id(id.clone());
+        m = m.with_caller(caller);
+    }
     let result = (|| {
         let key = match &args.key {
             Some(r) => m.resolve(r)?,

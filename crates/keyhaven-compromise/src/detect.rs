@@ -434,22 +434,24 @@ fn bursts(events: &[Ev<'_>], t: &Thresholds, out: &mut Vec<Finding>) {
     }
 }
 
+/// The same request id used twice for a private operation with the same key (the same id
+/// with two keys is two requests, and lookups around an operation share its id).
 fn replay(events: &[Ev<'_>], out: &mut Vec<Finding>) {
-    let mut first: HashMap<&str, &Ev<'_>> = HashMap::new();
-    let mut flagged: BTreeSet<&str> = BTreeSet::new();
+    let mut first: HashMap<(&str, &str), &Ev<'_>> = HashMap::new();
+    let mut flagged: BTreeSet<(&str, &str)> = BTreeSet::new();
     for ev in events {
-        if ev.e.outcome != Outcome::Allowed {
+        if ev.e.outcome != Outcome::Allowed || !PRIVATE_OPS.contains(&ev.e.operation.as_str()) {
             continue;
         }
-        let Some(rid) = ev.e.request_id.as_deref() else {
+        let (Some(rid), Some(key)) = (ev.e.request_id.as_deref(), ev.e.key_id.as_deref()) else {
             continue;
         };
-        match first.get(rid) {
+        match first.get(&(key, rid)) {
             None => {
-                first.insert(rid, ev);
+                first.insert((key, rid), ev);
             }
             Some(orig) => {
-                if flagged.insert(rid) {
+                if flagged.insert((key, rid)) {
                     out.push(finding(
                         DetectionMethod::Replay,
                         Severity::High,

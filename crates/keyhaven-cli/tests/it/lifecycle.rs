@@ -637,3 +637,50 @@ fn failed_verifications_against_a_key_are_audited_and_a_burst_is_a_finding() {
     let text = String::from_utf8_lossy(&scan.stdout);
     assert!(text.contains("\"failure-burst\""), "{text}");
 }
+
+#[test]
+fn the_same_request_signed_twice_with_a_key_is_a_replay_finding() {
+    let h = Home::with_encrypted();
+    h.generate("ed25519", "api", &[]);
+    let msg = h.scratch().join("m");
+    fs::write(&msg, b"transfer 100").unwrap();
+    let sig = h.scratch().join("sig");
+    let sign = |id: &str| {
+        h.ok(&[
+            "sign",
+            "--key",
+            "api",
+            "--message-file",
+            msg.to_str().unwrap(),
+            "--out",
+            sig.to_str().unwrap(),
+            "--request-id",
+            id,
+        ]);
+    };
+    sign("req-1");
+    sign("req-2");
+    let scan = h.run(&["compromise", "scan", "--json"]);
+    assert!(
+        !String::from_utf8_lossy(&scan.stdout).contains("replay"),
+        "distinct ids"
+    );
+    sign("req-1");
+    let scan = h.run(&["compromise", "scan", "--json"]);
+    let text = String::from_utf8_lossy(&scan.stdout);
+    assert!(text.contains("replay"), "{text}");
+    assert!(text.contains("req-1"), "{text}");
+    // An id that is not a printable word is refused before anything is signed.
+    h.fails(
+        &[
+            "sign",
+            "--key",
+            "api",
+            "--message-file",
+            msg.to_str().unwrap(),
+            "--request-id",
+            "",
+        ],
+        9,
+    );
+}

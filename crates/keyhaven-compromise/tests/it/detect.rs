@@ -195,6 +195,21 @@ fn a_replayed_request_id_is_flagged() {
 }
 
 #[test]
+fn a_request_id_with_two_keys_or_around_a_lookup_is_no_replay() {
+    let mut log = Log::default();
+    log.ev(1, "alice", "sign", "k1", Outcome::Allowed)
+        .request_id = Some("msg-1".into());
+    // The same id with another key: another request.
+    log.ev(2, "alice", "sign", "k2", Outcome::Allowed)
+        .request_id = Some("msg-1".into());
+    // Lookups done for the same request carry its id too.
+    log.ev(3, "alice", "resolve", "k1", Outcome::Allowed)
+        .request_id = Some("msg-1".into());
+    let f = scan(&log.records, &KeyStates::default(), &Thresholds::default());
+    assert!(!methods(&f).contains(&DetectionMethod::Replay), "{f:?}");
+}
+
+#[test]
 fn finding_ids_are_stable_across_rescans_of_a_growing_log() {
     let mut log = Log::default();
     log.ev(1, "a", "sign", "k", Outcome::Allowed).request_id = Some("r".into());
