@@ -42,6 +42,10 @@ pub struct Thresholds {
     pub learning_events: usize,
     /// Flag a request or message id seen twice (replay).
     pub replay: bool,
+    /// A key's private operations from two different hosts within this window are flagged
+    /// (the same key in use in two places at once); 0 disables the check.
+    #[serde(with = "crate::duration")]
+    pub location_window: u64,
 }
 
 impl Default for Thresholds {
@@ -56,6 +60,7 @@ impl Default for Thresholds {
             burst_window: 300,
             learning_events: 20,
             replay: true,
+            location_window: 600,
         }
     }
 }
@@ -81,6 +86,7 @@ impl Thresholds {
         for (name, v) in [
             ("rate_window", self.rate_window),
             ("burst_window", self.burst_window),
+            ("location_window", self.location_window),
         ] {
             if v > crate::duration::MAX_SECS {
                 return Err(format!(
@@ -190,6 +196,9 @@ pub fn scan<'a>(
     rate(&events, t, &mut out);
     newcomers(&events, t, &mut out);
     bursts(&events, t, &mut out);
+    if t.location_window > 0 {
+        concurrent_hosts(&events, t, &mut out);
+    }
     if t.replay {
         replay(&events, &mut out);
     }
@@ -431,6 +440,53 @@ fn bursts(events: &[Ev<'_>], t: &Thresholds, out: &mut Vec<Finding>) {
                 )
             });
         }
+    }
+}
+
+/// A key's private operations from two hosts within `location_window`: once per key and
+/// pair of hosts.
+fn concurrent_hosts(events: &[Ev<'_>], t: &Thresholds, out: &mut Vec<Finding>) {
+    let window = t.location_window.saturating_mul(1_000_000_000);
+    let mut last: HashMap<&str, HashMap<&str, &Ev<'_>>> = HashMap::new();
+    let mut flagged: BTreeSet<(&str, &str, &str)> = BTreeSet::new();
+    for ev in events {
+        if ev.e.outcome != Outcome::Allowed || !PRIVATE_OPS.contains(&ev.e.operation.as_str()) {
+            continue;
+        }
+        let Some(key) = ev.e.key_id.as_deref() else {
+            continue;
+        };
+        let host = ev.e.host.as_str();
+        let seen = last.entry(key).or_default();
+        for (other, prev) in seen.iter() {
+            if *other == host || ev.nanos.saturating_sub(prev.nanos) > window {
+                continue;
+            }
+            let (a, b) = if *other < host {
+                (*other, host)
+            } else {
+                (host, *other)
+            };
+            if flagged.insert((key, a, b)) {
+                out.push(finding(
+                    DetectionMethod::ConcurrentHosts,
+                    Severity::High,
+                    Some(key),
+                    &format!("{a}+{b}"),
+                    format!(
+                        "key {key} used from {other} and from {host} within {} (audit records \
+                         {} and {}): a copy of it may be in use elsewhere",
+                        humantime::format_duration(std::time::Duration::from_secs(
+                            t.location_window
+                        )),
+                        prev.seq,
+                        ev.seq
+                    ),
+                    &[prev, ev],
+                ));
+            }
+        }
+        seen.insert(host, ev);
     }
 }
 

@@ -47,6 +47,8 @@ pub enum DetectionMethod {
     NewPrincipal,
     /// A host never seen for the key.
     NewHost,
+    /// The key used from two hosts within a short time (a copy of it in use elsewhere).
+    ConcurrentHosts,
     /// Many failed operations on the key in a short time.
     FailureBurst,
     /// Many denied operations in a short time.
@@ -65,6 +67,7 @@ impl DetectionMethod {
             DetectionMethod::RateAnomaly => "rate-anomaly",
             DetectionMethod::NewPrincipal => "new-principal",
             DetectionMethod::NewHost => "new-host",
+            DetectionMethod::ConcurrentHosts => "concurrent-hosts",
             DetectionMethod::FailureBurst => "failure-burst",
             DetectionMethod::DeniedBurst => "denied-burst",
             DetectionMethod::Replay => "replay",

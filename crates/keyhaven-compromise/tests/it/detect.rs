@@ -136,15 +136,21 @@ fn a_new_principal_or_host_is_flagged_once() {
     log.ev(4 * 3600 + 2, "alice", "sign", "k1", Outcome::Allowed)
         .host = "evil-host".into();
     let f = scan(&log.records, &KeyStates::default(), &Thresholds::default());
+    // (evil-host signs a second after host-a did: the key is also in use in two places)
     assert_eq!(
         methods(&f),
-        [DetectionMethod::NewPrincipal, DetectionMethod::NewHost],
+        [
+            DetectionMethod::NewPrincipal,
+            DetectionMethod::NewHost,
+            DetectionMethod::ConcurrentHosts
+        ],
         "{f:#?}"
     );
     assert!(f[0].summary.contains("mallory"));
     assert!(f[1].summary.contains("evil-host"));
     let t = Thresholds {
         learning_events: 0,
+        location_window: 0,
         ..Thresholds::default()
     };
     assert!(scan(&log.records, &KeyStates::default(), &t).is_empty());
@@ -192,6 +198,49 @@ fn a_replayed_request_id_is_flagged() {
         ..Thresholds::default()
     };
     assert!(scan(&log.records, &KeyStates::default(), &t).is_empty());
+}
+
+#[test]
+fn one_key_used_from_two_hosts_at_once_is_flagged_but_not_a_move() {
+    let mut log = Log::default();
+    log.ev(1, "alice", "sign", "k1", Outcome::Allowed);
+    // Five minutes later, from another machine: a copy of the key in use elsewhere.
+    log.ev(300, "alice", "sign", "k1", Outcome::Allowed).host = "host-b".into();
+    log.ev(310, "alice", "sign", "k1", Outcome::Allowed);
+    let f = scan(&log.records, &KeyStates::default(), &Thresholds::default());
+    let concurrent: Vec<_> = f
+        .iter()
+        .filter(|f| f.method == DetectionMethod::ConcurrentHosts)
+        .collect();
+    assert_eq!(concurrent.len(), 1, "once per key and pair of hosts: {f:?}");
+    assert_eq!(concurrent[0].severity, Severity::High);
+    assert_eq!(concurrent[0].audit_seqs, [0, 1]);
+
+    // The key moved to another machine a day later: not concurrent.
+    let mut moved = Log::default();
+    moved.ev(1, "alice", "sign", "k1", Outcome::Allowed);
+    moved
+        .ev(86_400, "alice", "sign", "k1", Outcome::Allowed)
+        .host = "host-b".into();
+    let f = scan(
+        &moved.records,
+        &KeyStates::default(),
+        &Thresholds::default(),
+    );
+    assert!(
+        !methods(&f).contains(&DetectionMethod::ConcurrentHosts),
+        "{f:?}"
+    );
+    // Switched off.
+    let t = Thresholds {
+        location_window: 0,
+        ..Thresholds::default()
+    };
+    let f = scan(&log.records, &KeyStates::default(), &t);
+    assert!(
+        !methods(&f).contains(&DetectionMethod::ConcurrentHosts),
+        "{f:?}"
+    );
 }
 
 #[test]
