@@ -242,6 +242,23 @@ pub(crate) enum CompromiseCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Close a report as not a compromise (a false positive); it is not responded to until
+    /// reopened. Who and why are kept with it.
+    Dismiss {
+        /// The report id (CR-...).
+        id: String,
+        /// Why it is not a compromise.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Open a dismissed report again.
+    Reopen {
+        /// The report id (CR-...).
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

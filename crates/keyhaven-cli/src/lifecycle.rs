@@ -446,6 +446,16 @@ fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
             }
             Ok(OK)
         }
+        CompromiseCommand::Dismiss { id, reason } => {
+            let r = m.dismiss_compromise(&id, &reason)?;
+            outln!("{}: dismissed ({reason})", r.id)?;
+            Ok(OK)
+        }
+        CompromiseCommand::Reopen { id, reason } => {
+            let r = m.reopen_compromise(&id, &reason)?;
+            outln!("{}: open again ({reason})", r.id)?;
+            Ok(OK)
+        }
         CompromiseCommand::Respond { id, json } => {
             let outcome = m.respond_to_compromise(&id, None)?;
             if json {

@@ -651,6 +651,85 @@ impl KeyManager {
         Ok(ReportStore::open(&self.home().join(REPORTS_DIR)).map_err(CoreError::from)?)
     }
 
+    /// Closes report `report_id` as not a compromise (a false positive), recording who and why;
+    /// a dismissed report is not responded to until it is reopened.
+    ///
+    /// # Errors
+    /// No such report; an empty reason; the report cannot be written.
+    pub fn dismiss_compromise(
+        &self,
+        report_id: &str,
+        reason: &str,
+    ) -> Result<keyhaven_compromise::CompromiseReport> {
+        self.set_report_status(
+            report_id,
+            reason,
+            "dismiss",
+            keyhaven_compromise::Status::Dismissed,
+        )
+    }
+
+    /// Opens a dismissed (or responded) report again, recording who and why.
+    ///
+    /// # Errors
+    /// As [`KeyManager::dismiss_compromise`].
+    pub fn reopen_compromise(
+        &self,
+        report_id: &str,
+        reason: &str,
+    ) -> Result<keyhaven_compromise::CompromiseReport> {
+        self.set_report_status(
+            report_id,
+            reason,
+            "reopen",
+            keyhaven_compromise::Status::Open,
+        )
+    }
+
+    fn set_report_status(
+        &self,
+        report_id: &str,
+        reason: &str,
+        action: &str,
+        status: keyhaven_compromise::Status,
+    ) -> Result<keyhaven_compromise::CompromiseReport> {
+        if reason.trim().is_empty() {
+            return Err(CoreError::InvalidInput(format!(
+                "say why ({action} --reason WHY): it is kept with the report"
+            ))
+            .into());
+        }
+        let who = self.caller().principal;
+        let now = keyhaven_core::unix_now();
+        let report = self
+            .reports()?
+            .update(report_id, |r| {
+                if r.status == status {
+                    return Err(keyhaven_compromise::CompromiseError::Invalid(format!(
+                        "report {report_id} is {} already",
+                        format!("{status:?}").to_lowercase()
+                    )));
+                }
+                r.status = status;
+                r.actions.push(keyhaven_compromise::ActionTaken {
+                    at: now,
+                    action: action.to_owned(),
+                    ok: true,
+                    not_configured: false,
+                    detail: format!("by {who}: {reason}"),
+                });
+                Ok(r.clone())
+            })
+            .map_err(CoreError::from)?;
+        self.audit_event(
+            &format!("compromise-{action}"),
+            None,
+            Outcome::Allowed,
+            &format!("{report_id}: {reason}"),
+        )?;
+        Ok(report)
+    }
+
     /// Files a compromise report for `key` (by a person: detection `manual`); for a rotated
     /// logical key, about its primary version.
     ///
@@ -739,6 +818,19 @@ impl KeyManager {
     ) -> Result<ResponseOutcome> {
         let reports = self.reports()?;
         let report = reports.get(report_id).map_err(CoreError::from)?;
+        if report.status == keyhaven_compromise::Status::Dismissed {
+            let why = report
+                .actions
+                .iter()
+                .rev()
+                .find(|a| a.action == "dismiss")
+                .map_or_else(String::new, |a| format!(" ({})", a.detail));
+            return Err(CoreError::InvalidInput(format!(
+                "report {report_id} was dismissed{why}: reopen it first if it is a compromise \
+                 after all"
+            ))
+            .into());
+        }
         let reference = match &report.backend {
             Some(b) => format!("{b}:{}", report.key_id),
             None => report.key_id.clone(),

@@ -684,3 +684,76 @@ fn the_same_request_signed_twice_with_a_key_is_a_replay_finding() {
         9,
     );
 }
+
+#[test]
+fn a_report_can_be_dismissed_with_who_and_why_and_reopened() {
+    let h = Home::with_encrypted();
+    let v1 = h.generate("ed25519", "api", &[]);
+    let out = h.json(&[
+        "compromise",
+        "report",
+        "api",
+        "--evidence",
+        "an alert from the SIEM",
+        "--json",
+    ]);
+    let id = out["id"].as_str().unwrap().to_owned();
+    // A reason is required.
+    h.fails(&["compromise", "dismiss", &id, "--reason", " "], 9);
+    h.ok(&[
+        "compromise",
+        "dismiss",
+        &id,
+        "--reason",
+        "the SIEM rule misfired",
+    ]);
+    let shown = h.json(&["compromise", "show", &id, "--json"]);
+    assert_eq!(shown["status"], "dismissed", "{shown}");
+    let last = shown["actions"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["action"], "dismiss");
+    assert!(
+        last["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the SIEM rule misfired")
+    );
+    // A dismissed report is not responded to: nothing is revoked.
+    let err = h.fails(&["compromise", "respond", &id], 9);
+    assert!(err.contains("dismissed") && err.contains("reopen"), "{err}");
+    let msg = h.scratch().join("m");
+    fs::write(&msg, b"m").unwrap();
+    h.ok(&[
+        "sign",
+        "--key",
+        "api",
+        "--message-file",
+        msg.to_str().unwrap(),
+        "--out",
+        h.scratch().join("s").to_str().unwrap(),
+    ]);
+    // Reopened, it is.
+    h.ok(&[
+        "compromise",
+        "reopen",
+        &id,
+        "--reason",
+        "seen again on another host",
+    ]);
+    let shown = h.json(&["compromise", "show", &id, "--json"]);
+    assert_eq!(shown["status"], "open", "{shown}");
+    h.ok(&["compromise", "respond", &id]);
+    // (the response revoked the reported version and rotated the key: the old id refuses)
+    let out = h.run(&[
+        "sign",
+        "--key",
+        &v1,
+        "--message-file",
+        msg.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success(), "{out:?}");
+    let history = h.ok(&["key", "history", "api"]);
+    assert!(
+        history.contains("compromised") || history.contains("revoked"),
+        "{history}"
+    );
+}
