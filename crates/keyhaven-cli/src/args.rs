@@ -238,6 +238,10 @@ pub(crate) enum CompromiseCommand {
     Respond {
         /// The report id (CR-...).
         id: String,
+        /// `key` (the reported key) or `home` (then every key of the home is rotated too: the
+        /// whole home is compromised).
+        #[arg(long, default_value = "key", value_parser = ["key", "home"])]
+        scope: String,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,

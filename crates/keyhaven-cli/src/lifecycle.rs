@@ -456,8 +456,12 @@ fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
             outln!("{}: open again ({reason})", r.id)?;
             Ok(OK)
         }
-        CompromiseCommand::Respond { id, json } => {
-            let outcome = m.respond_to_compromise(&id, None)?;
+        CompromiseCommand::Respond { id, scope, json } => {
+            let outcome = if scope == "home" {
+                m.respond_to_home_compromise(&id)?
+            } else {
+                m.respond_to_compromise(&id, None)?
+            };
             if json {
                 print_json(&report_json(&outcome.report)?)?;
             } else {

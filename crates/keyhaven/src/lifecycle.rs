@@ -867,6 +867,72 @@ impl KeyManager {
         )?;
         Ok(outcome)
     }
+
+    /// [`KeyManager::respond_to_compromise`], then, after a compromise of the home (seed 002:
+    /// "rotate all keys"), every other key of the home is rotated too, hardware keys included
+    /// where their device can: each rotation is recorded in the report, a failure too (the
+    /// report is then incomplete; run it again: keys already rotated are not rotated twice).
+    ///
+    /// # Errors
+    /// As [`KeyManager::respond_to_compromise`].
+    pub fn respond_to_home_compromise(&self, report_id: &str) -> Result<ResponseOutcome> {
+        let mut outcome = self.respond_to_compromise(report_id, None)?;
+        let reports = self.reports()?;
+        let done: std::collections::BTreeSet<String> = outcome
+            .report
+            .actions
+            .iter()
+            .filter(|a| a.action == "rotate-home" && a.ok)
+            .filter_map(|a| a.detail.split_whitespace().next().map(str::to_owned))
+            .collect();
+        // Keys are told apart by their logical key (a rotated key's versions are one key).
+        let logical_of = |key: &ManagedKey| -> Result<String> {
+            Ok(self
+                .logical_key(key)?
+                .map_or_else(|| key.id().to_string(), |l| l.id().to_owned()))
+        };
+        let reported = match self.resolve(&outcome.report.key_id) {
+            Ok(k) => logical_of(&k)?,
+            Err(_) => outcome.report.key_id.clone(),
+        };
+        let mut failed = false;
+        for key in self.rotatable_keys()? {
+            let id = logical_of(&key)?;
+            if id == reported || done.contains(&id) {
+                continue;
+            }
+            // A retired version, or a prekey: not a key in use.
+            if self.version_info(&key)?.state != "primary" {
+                continue;
+            }
+            let reason = format!("compromise {report_id}: every key of the home is rotated");
+            let (ok, detail) = match self.rotate_key(&key, &reason) {
+                Ok(o) => (
+                    true,
+                    format!("{id} ({}) now at version {}", key.label(), o.new_version),
+                ),
+                Err(e) => (false, format!("{id} ({}): {e}", key.label())),
+            };
+            failed |= !ok;
+            let now = keyhaven_core::unix_now();
+            outcome.report = reports
+                .update(report_id, |r| {
+                    r.actions.push(keyhaven_compromise::ActionTaken {
+                        at: now,
+                        action: "rotate-home".into(),
+                        ok,
+                        not_configured: false,
+                        detail,
+                    });
+                    if failed {
+                        r.status = keyhaven_compromise::Status::Incomplete;
+                    }
+                    Ok(r.clone())
+                })
+                .map_err(CoreError::from)?;
+        }
+        Ok(outcome)
+    }
 }
 
 fn key_store_of(m: &KeyManager, key: &ManagedKey) -> Result<Arc<dyn KeyStore>> {

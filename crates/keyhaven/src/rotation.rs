@@ -300,7 +300,7 @@ impl KeyManager {
         result.map_err(core)
     }
 
-    fn rotatable_keys(&self) -> Result<Vec<ManagedKey>> {
+    pub(crate) fn rotatable_keys(&self) -> Result<Vec<ManagedKey>> {
         Ok(self
             .list_keys()?
             .into_iter()

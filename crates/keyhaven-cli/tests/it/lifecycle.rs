@@ -757,3 +757,25 @@ fn a_report_can_be_dismissed_with_who_and_why_and_reopened() {
         "{history}"
     );
 }
+
+#[test]
+fn a_compromise_of_the_home_rotates_every_key_in_it() {
+    let h = Home::with_encrypted();
+    let laptop = h.generate("ed25519", "laptop", &[]);
+    let release = h.generate("p256", "release", &[]);
+    let ci = h.generate("p384", "ci", &[]);
+    let report = h.json(&["compromise", "report", "laptop", "--json"]);
+    let id = report["id"].as_str().unwrap().to_owned();
+    let shown = h.ok(&["compromise", "respond", &id, "--scope", "home"]);
+    assert!(shown.matches("rotate-home").count() >= 2, "{shown}");
+    // Every key of the home is at version 2 now; the reported one is also revoked.
+    for (label, v1) in [("release", &release), ("ci", &ci), ("laptop", &laptop)] {
+        let history = h.ok(&["key", "history", label]);
+        assert!(history.contains("v2"), "{label}: {history}");
+        assert!(history.contains(v1.as_str()), "{label}: {history}");
+    }
+    // Run again: nothing is rotated twice.
+    let again = h.ok(&["compromise", "respond", &id, "--scope", "home"]);
+    let history = h.ok(&["key", "history", "release"]);
+    assert!(!history.contains("v3"), "{again}\n{history}");
+}
