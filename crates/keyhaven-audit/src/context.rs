@@ -37,11 +37,15 @@ impl CallerContext {
         }
     }
 
-    /// With the caller's id for its request.
-    #[must_use]
-    pub fn with_request_id(mut self, id: impl Into<String>) -> Self {
-        self.request_id = Some(id.into());
-        self
+    /// With the caller's id for its request, checked by [`check_request_id`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for an id [`check_request_id`] refuses.
+    pub fn with_request_id(mut self, id: impl Into<String>) -> Result<Self> {
+        let id = id.into();
+        check_request_id(&id)?;
+        self.request_id = Some(id);
+        Ok(self)
     }
 
     /// Adds a role.
@@ -110,6 +114,33 @@ fn name_in_passwd(passwd: &str, uid: u32) -> Option<String> {
         let id: u32 = fields.next()?.parse().ok()?;
         (id == uid && !name.is_empty()).then(|| name.to_owned())
     })
+}
+
+/// A request id that can be written into the audit log and shown in a report as it is: 1 to
+/// 256 characters, none of them a control character or an invisible one that could change how
+/// the rest of a line reads (bidirectional overrides and isolates, zero-width characters, line
+/// and paragraph separators).
+///
+/// # Errors
+/// [`Error::InvalidInput`] saying what is wrong.
+pub fn check_request_id(id: &str) -> Result<()> {
+    let n = id.chars().count();
+    if n == 0 || n > 256 {
+        return Err(Error::InvalidInput(format!(
+            "a request id has 1 to 256 characters, not {n}"
+        )));
+    }
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    };
+    if let Some(c) = id.chars().find(|&c| invisible(c)) {
+        return Err(Error::InvalidInput(format!(
+            "a request id may not contain {:?} (a control or invisible character)",
+            c
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

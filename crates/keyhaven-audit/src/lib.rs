@@ -14,7 +14,7 @@ mod verify;
 
 pub use access::AccessControlledStore;
 pub use audited::AuditedStore;
-pub use context::{CallerContext, effective_uid};
+pub use context::{CallerContext, check_request_id, effective_uid};
 pub use error::AuditError;
 pub use log::{
     AuditLog, AuditOptions, AuditSigner, Filter, Witness, export_json, log_files, search, tail,

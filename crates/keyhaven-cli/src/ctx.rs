@@ -68,8 +68,58 @@ pub(crate) struct Ctx {
     handed: Handed,
 }
 
-/// Store passphrases handed to the manager (zeroized on drop).
-type Handed = std::sync::Arc<std::sync::Mutex<Vec<SecretString>>>;
+/// The store passphrases handed to the manager, as HMAC-SHA256 digests under a random key of
+/// this process (never the passphrases themselves): enough to tell whether a backup's
+/// passphrase is one of them, in constant time, and nothing else.
+#[derive(Clone, Default)]
+struct Handed(std::sync::Arc<std::sync::Mutex<HandedInner>>);
+
+#[derive(Default)]
+struct HandedInner {
+    key: Option<Zeroizing<[u8; 32]>>,
+    digests: Vec<[u8; 32]>,
+}
+
+impl HandedInner {
+    fn digest(&mut self, secret: &SecretString) -> [u8; 32] {
+        use hmac::{KeyInit, Mac};
+        let key = self.key.get_or_insert_with(|| {
+            let mut k = Zeroizing::new([0u8; 32]);
+            // A fixed key if the system has no randomness: digests still never leave the process.
+            let _ = keyhaven::fill_random(k.as_mut());
+            k
+        });
+        let mut mac = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key.as_ref())
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length")); // ok: infallible
+        mac.update(secret.expose_secret().as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl Handed {
+    fn record(&self, secret: &SecretString) {
+        let mut inner = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let d = inner.digest(secret);
+        inner.digests.push(d);
+    }
+
+    fn contains(&self, secret: &SecretString) -> bool {
+        use subtle::ConstantTimeEq;
+        let mut inner = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let d = inner.digest(secret);
+        inner
+            .digests
+            .iter()
+            .fold(subtle::Choice::from(0), |acc, h| acc | h.ct_eq(&d))
+            .into()
+    }
+}
 
 impl Ctx {
     pub(crate) fn new(home: Option<PathBuf>, passphrase_file: Option<PathBuf>) -> Self {
@@ -83,25 +133,16 @@ impl Ctx {
     /// Whether `secret` is a store passphrase of this run (given with --passphrase-file or
     /// KEYHAVEN_PASSPHRASE, or typed at a prompt): compared in constant time.
     pub(crate) fn is_store_passphrase(&self, secret: &SecretString) -> bool {
-        use subtle::ConstantTimeEq;
-        let same = |p: &SecretString| -> bool {
-            bool::from(
-                p.expose_secret()
-                    .as_bytes()
-                    .ct_eq(secret.expose_secret().as_bytes()),
-            )
-        };
         let given = match &self.passphrase_file {
             Some(f) => read_secret_file(f).ok(),
             None => std::env::var(PASSPHRASE_ENV)
                 .ok()
                 .map(|v| secret_string(&Zeroizing::new(v))),
         };
-        let handed = self
-            .handed
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        given.iter().chain(handed.iter()).any(same)
+        if let Some(g) = &given {
+            self.handed.record(g);
+        }
+        self.handed.contains(secret)
     }
 
     /// The home: `--home`, else `KEYHAVEN_HOME` (both through clap), else the platform data
@@ -165,10 +206,7 @@ impl PassphraseProvider for CliPassphrases {
     fn passphrase(&self, request: &PassphraseRequest) -> Result<SecretString, CoreError> {
         let p = self.answer(request)?;
         if request.purpose != PassphrasePurpose::TokenPin {
-            self.handed
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .push(p.clone());
+            self.handed.record(&p);
         }
         Ok(p)
     }
@@ -257,7 +295,6 @@ pub(crate) fn read_secret_file(path: &Path) -> Result<SecretString, CoreError> {
     Ok(secret_string(line))
 }
 
-/// Asks once, without echo.
 /// Where a secret the user gives on the command line comes from: the file an option names,
 /// else an environment variable, else the terminal (asked twice for a new secret), else
 /// [`CoreError::Locked`] saying how to give it. The one place this order is written; every
@@ -309,6 +346,7 @@ impl SecretSource<'_> {
     }
 }
 
+/// Asks once, without echo.
 pub(crate) fn prompt(message: &str) -> Result<SecretString, CoreError> {
     if !interactive() {
         return Err(CoreError::Locked(

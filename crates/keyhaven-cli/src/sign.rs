@@ -101,13 +101,10 @@ pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
     let format: SignatureFormat = args.signature_format.into();
     let mut m = ctx.manager()?;
     if let Some(id) = &args.request_id {
-        if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
-            return Err(CoreError::InvalidInput(
-                "--request-id: 1 to 256 printable characters".into(),
-            )
-            .into());
-        }
-        let caller = m.caller().with_request_id(id.clone());
+        let caller = m
+            .caller()
+            .with_request_id(id.clone())
+            .map_err(|e| CoreError::InvalidInput(format!("--request-id: {e}")))?;
         m = m.with_caller(caller);
     }
     let result = (|| {
@@ -244,6 +241,9 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
     let sig = match encoding::decode_signature(alg, &sig_bytes, args.signature_format.into()) {
         Ok(s) => s,
         Err(e) => {
+            if let Some((m, key)) = &home_key {
+                m.audit_verification(key, false)?;
+            }
             verdict("invalid");
             errln!(
                 "the signature is not a well-formed {} signature: {e}",

@@ -443,11 +443,13 @@ fn bursts(events: &[Ev<'_>], t: &Thresholds, out: &mut Vec<Finding>) {
     }
 }
 
-/// A key's private operations from two hosts within `location_window`: once per key and
-/// pair of hosts.
+/// A key used from one host, then another, then the first again, all within
+/// `location_window` (interleaved use: two copies of the key in use at once); once per key and
+/// pair of hosts. A single switch of host (the key moved to another machine) is not flagged.
 fn concurrent_hosts(events: &[Ev<'_>], t: &Thresholds, out: &mut Vec<Finding>) {
     let window = t.location_window.saturating_mul(1_000_000_000);
-    let mut last: HashMap<&str, HashMap<&str, &Ev<'_>>> = HashMap::new();
+    // Per key: the last use from each host, and the host of the last use.
+    let mut last: HashMap<&str, (HashMap<&str, &Ev<'_>>, &str)> = HashMap::new();
     let mut flagged: BTreeSet<(&str, &str, &str)> = BTreeSet::new();
     for ev in events {
         if ev.e.outcome != Outcome::Allowed || !PRIVATE_OPS.contains(&ev.e.operation.as_str()) {
@@ -457,15 +459,17 @@ fn concurrent_hosts(events: &[Ev<'_>], t: &Thresholds, out: &mut Vec<Finding>) {
             continue;
         };
         let host = ev.e.host.as_str();
-        let seen = last.entry(key).or_default();
-        for (other, prev) in seen.iter() {
-            if *other == host || ev.nanos.saturating_sub(prev.nanos) > window {
-                continue;
-            }
-            let (a, b) = if *other < host {
-                (*other, host)
+        let (seen, previous) = last.entry(key).or_insert_with(|| (HashMap::new(), host));
+        let other = *previous;
+        if other != host
+            && let (Some(mine), Some(theirs)) = (seen.get(host), seen.get(other))
+            && mine.nanos <= theirs.nanos
+            && ev.nanos.saturating_sub(mine.nanos) <= window
+        {
+            let (a, b) = if other < host {
+                (other, host)
             } else {
-                (host, *other)
+                (host, other)
             };
             if flagged.insert((key, a, b)) {
                 out.push(finding(
@@ -474,19 +478,21 @@ fn concurrent_hosts(events: &[Ev<'_>], t: &Thresholds, out: &mut Vec<Finding>) {
                     Some(key),
                     &format!("{a}+{b}"),
                     format!(
-                        "key {key} used from {other} and from {host} within {} (audit records \
-                         {} and {}): a copy of it may be in use elsewhere",
+                        "key {key} used from {host:?}, then {other:?}, then {host:?} again within \
+                         {} (audit records {}, {} and {}): a copy of it is in use elsewhere",
                         humantime::format_duration(std::time::Duration::from_secs(
                             t.location_window
                         )),
-                        prev.seq,
+                        mine.seq,
+                        theirs.seq,
                         ev.seq
                     ),
-                    &[prev, ev],
+                    &[mine, theirs, ev],
                 ));
             }
         }
         seen.insert(host, ev);
+        *previous = host;
     }
 }
 
@@ -514,7 +520,7 @@ fn replay(events: &[Ev<'_>], out: &mut Vec<Finding>) {
                         ev.e.key_id.as_deref(),
                         rid,
                         format!(
-                            "request id '{rid}' used again (first at audit record {}, again at {})",
+                            "request id {rid:?} used again (first at audit record {}, again at {})",
                             orig.seq, ev.seq
                         ),
                         &[orig, ev],

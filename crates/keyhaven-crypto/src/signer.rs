@@ -25,6 +25,12 @@ pub trait SignWith {
     /// # Errors
     /// Whatever the store (or the facade) refuses.
     fn sign_message(&self, message: &[u8]) -> Result<Signature, Self::Error>;
+
+    /// Whether `signature` over `message` verifies with the key (what a holder of the public
+    /// key would say; the facade also audits the check).
+    fn verify_message(&self, message: &[u8], signature: &Signature) -> bool {
+        crate::verify(self.public_key(), message, signature).is_ok()
+    }
 }
 
 /// A key of a [`KeyStore`]: the store and the key's description.
@@ -90,8 +96,12 @@ impl<T: SignWith> KeySigner<T> {
     }
 
     fn check(&self, message: &[u8], signature: &Signature) -> Result<(), signature::Error> {
-        // Not the cause: the `signature` crate asks that verification failures carry none.
-        crate::verify(self.0.public_key(), message, signature).map_err(|_| signature::Error::new())
+        // No cause: the `signature` crate asks that verification failures carry none.
+        if self.0.verify_message(message, signature) {
+            Ok(())
+        } else {
+            Err(signature::Error::new())
+        }
     }
 }
 

@@ -541,10 +541,18 @@ impl RotationEngine {
         reason: &str,
         window: Option<std::time::Duration>,
     ) -> Result<RotationOutcome> {
-        if window.is_some_and(|w| w.is_zero()) {
+        if window.is_some_and(|w| w.as_secs() == 0) {
             return Err(RotationError::policy(
-                "--migration-window",
-                "a migration window of zero leaves no time to move to the new version",
+                "migration window",
+                "under one second leaves no time to move to the new version",
+            ));
+        }
+        // Ten years: beyond that a replaced version would verify for as long as never rotated.
+        const MAX_WINDOW: u64 = 10 * 366 * 24 * 3600;
+        if window.is_some_and(|w| w.as_secs() > MAX_WINDOW) {
+            return Err(RotationError::policy(
+                "migration window",
+                "more than ten years keeps the old version verifying as if it were never replaced",
             ));
         }
         let _lock = self.rotation_lock()?;
@@ -568,6 +576,20 @@ impl RotationEngine {
             .policies
             .rules_for(key.role(), key.algorithm(), key.protection());
         let rules = rules.cloned().unwrap_or_default();
+        // This rotation's own window obeys the policy's bound as a policy's window does.
+        if let (Some(w), Some(a)) = (window, rules.max_age)
+            && w > a
+        {
+            return Err(RotationError::policy(
+                "migration window",
+                format!(
+                    "{} is longer than the key's max_age ({}): old versions would pile up \
+                     verifying",
+                    humantime::format_duration(w),
+                    humantime::format_duration(a)
+                ),
+            ));
+        }
         let old = key.primary().cloned();
         let old_version = old.as_ref().map_or(0, |v| v.number());
         let now = self.now();

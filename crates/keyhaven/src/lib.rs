@@ -46,7 +46,7 @@ pub use keyhaven_core::{
     PublicKey, SecretBytes, Signature, SignatureFormat, validate_label,
 };
 pub use keyhaven_crypto::{
-    CryptoProvider, KeySigner, SignWith, StoreKey, default_provider, encoding, verify,
+    CryptoProvider, KeySigner, SignWith, StoreKey, default_provider, encoding, fill_random, verify,
     verify_digest,
 };
 /// Private, durable files (atomic writes, 0600/0700 checks, locks): see [`keyhaven_fs`].

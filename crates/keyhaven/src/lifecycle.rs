@@ -198,6 +198,11 @@ pub(crate) struct State {
     /// Encrypted backends opened without decorators (the integrity anchor among them), so
     /// each is unlocked once per manager.
     pub(crate) raw: std::sync::Mutex<std::collections::BTreeMap<String, Backend>>,
+    /// One lock per backend name, held while its bare store is opened: two threads never open
+    /// (prompt for, run Argon2id on, log in to) the same store at once. Taken after a backend
+    /// slot (never the other way round), and nothing is opened through a slot while it is held.
+    pub(crate) opening:
+        std::sync::Mutex<std::collections::BTreeMap<String, std::sync::Arc<std::sync::Mutex<()>>>>,
 }
 
 /// What a scan found and filed.
@@ -701,8 +706,18 @@ impl KeyManager {
         }
         let who = self.caller().principal;
         let now = keyhaven_core::unix_now();
-        let report = self
-            .reports()?
+        let reports = self.reports()?;
+        // Closing or reopening a report is as weighty as revoking its key: the same right.
+        let filed = reports.get(report_id).map_err(CoreError::from)?;
+        let reference = match &filed.backend {
+            Some(b) => format!("{b}:{}", filed.key_id),
+            None => filed.key_id.clone(),
+        };
+        let key = self.resolve(&reference).ok();
+        if let Some(k) = &key {
+            self.authorize(keyhaven_audit::Operation::Revoke, k)?;
+        }
+        let report = reports
             .update(report_id, |r| {
                 if r.status == status {
                     return Err(keyhaven_compromise::CompromiseError::Invalid(format!(
@@ -723,7 +738,7 @@ impl KeyManager {
             .map_err(CoreError::from)?;
         self.audit_event(
             &format!("compromise-{action}"),
-            None,
+            key.as_ref(),
             Outcome::Allowed,
             &format!("{report_id}: {reason}"),
         )?;
@@ -896,23 +911,49 @@ impl KeyManager {
             Err(_) => outcome.report.key_id.clone(),
         };
         let mut failed = false;
-        for key in self.rotatable_keys()? {
-            let id = logical_of(&key)?;
+        let mut steps: Vec<(bool, String)> = Vec::new();
+        let keys = self.rotatable_keys()?;
+        // A backend out of reach keeps its keys as they are: said, and the report incomplete.
+        for w in self.warnings() {
+            if let crate::Warning::Unreachable { backend, reason } = w {
+                steps.push((
+                    false,
+                    format!(
+                        "backend {backend} is out of reach ({reason}): its keys were not rotated"
+                    ),
+                ));
+            }
+        }
+        for key in keys {
+            let id = match logical_of(&key) {
+                Ok(id) => id,
+                Err(e) => {
+                    steps.push((false, format!("{} ({}): {e}", key.id(), key.label())));
+                    continue;
+                }
+            };
             if id == reported || done.contains(&id) {
                 continue;
             }
             // A retired version, or a prekey: not a key in use.
-            if self.version_info(&key)?.state != "primary" {
-                continue;
+            match self.version_info(&key) {
+                Ok(v) if v.state != "primary" => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    steps.push((false, format!("{id} ({}): {e}", key.label())));
+                    continue;
+                }
             }
             let reason = format!("compromise {report_id}: every key of the home is rotated");
-            let (ok, detail) = match self.rotate_key(&key, &reason) {
+            steps.push(match self.rotate_key(&key, &reason) {
                 Ok(o) => (
                     true,
                     format!("{id} ({}) now at version {}", key.label(), o.new_version),
                 ),
                 Err(e) => (false, format!("{id} ({}): {e}", key.label())),
-            };
+            });
+        }
+        for (ok, detail) in steps {
             failed |= !ok;
             let now = keyhaven_core::unix_now();
             outcome.report = reports

@@ -430,6 +430,15 @@ impl KeyManager {
         if let Some(b) = lock(&self.lifecycle().raw).get(name) {
             return Ok(Some(b.clone()));
         }
+        let opening = lock(&self.lifecycle().opening)
+            .entry(name.to_owned())
+            .or_default()
+            .clone();
+        let _opening = lock(&opening);
+        // Another thread may have opened it while this one waited.
+        if let Some(b) = lock(&self.lifecycle().raw).get(name) {
+            return Ok(Some(b.clone()));
+        }
         let config = self.backend_config(name)?;
         let path = self.backend_path(name);
         let req = self.open_request(name, &config, path.as_deref());
@@ -821,7 +830,7 @@ impl KeyManager {
         let mut detail: Option<(String, CoreError)> = None;
         for b in reachable {
             if let Some(id) = &id {
-                match b.store_raw().get(id) {
+                match b.store().get(id) {
                     Ok(info) => by_id.push(managed(&b, info)),
                     Err(CoreError::NotFound(_)) => {}
                     Err(e) => return Err(Error::backend(b.name(), e)),
@@ -916,7 +925,7 @@ impl KeyManager {
         if let Ok(id) = label.parse::<KeyId>() {
             let (reachable, _) = self.scan_backends()?;
             for b in reachable {
-                if b.store_raw().get(&id).is_ok() {
+                if b.store().get(&id).is_ok() {
                     return Err(CoreError::InvalidInput(format!(
                         "the label '{label}' is the id of key {}:{id}; a label equal to a key id \
                          would make `{label}` name two keys: choose another label",
@@ -1510,5 +1519,12 @@ impl keyhaven_crypto::SignWith for ManagedSigner<'_> {
 
     fn sign_message(&self, message: &[u8]) -> Result<Signature> {
         self.manager.sign(&self.key, message)
+    }
+
+    fn verify_message(&self, message: &[u8], signature: &Signature) -> bool {
+        // Audited like any check against a key of the home (a failed audit write fails it).
+        self.manager
+            .verify(&self.key, SignInput::Message(message), signature)
+            .is_ok()
     }
 }

@@ -670,7 +670,20 @@ fn the_same_request_signed_twice_with_a_key_is_a_replay_finding() {
     let text = String::from_utf8_lossy(&scan.stdout);
     assert!(text.contains("replay"), "{text}");
     assert!(text.contains("req-1"), "{text}");
-    // An id that is not a printable word is refused before anything is signed.
+    // An id that could change how a line reads (a bidi override) or is empty is refused
+    // before anything is signed.
+    h.fails(
+        &[
+            "sign",
+            "--key",
+            "api",
+            "--message-file",
+            msg.to_str().unwrap(),
+            "--request-id",
+            "req\u{202E}1",
+        ],
+        9,
+    );
     h.fails(
         &[
             "sign",

@@ -288,7 +288,7 @@ fn one_rotation_can_have_its_own_migration_window() {
     let expected = String::from_utf8_lossy(&expected.stdout).trim().to_owned();
     // (to the minute; a minute boundary may fall in between)
     assert!(end.starts_with(&expected[..13]), "{end} vs {expected}");
-    for bad in ["0s", "soon", "-1d"] {
+    for bad in ["0s", "500ms", "soon", "-1d", "100y"] {
         let arg = format!("--migration-window={bad}");
         let err = h.fails(&["key", "rotate", "me", &arg], 9);
         assert!(err.contains("migration"), "{bad}: {err}");
