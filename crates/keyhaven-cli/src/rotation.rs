@@ -335,7 +335,8 @@ pub(crate) fn policy(ctx: &Ctx, cmd: PolicyCommand) -> Result<u8> {
                 )?;
             } else {
                 outln!(
-                    "{} does not exist: no key is ever due for rotation",
+                    "{} does not exist: seed 002's built-in schedule applies (identity keys \
+                     yearly, signed prekeys monthly, one-time prekeys refilled below 10)",
                     path.display()
                 )?;
             }

@@ -145,6 +145,8 @@ pub enum RuleSource {
     Policy(String),
     /// No named policy matched; the role's default applies.
     RoleDefault(Role),
+    /// Seed 002's recommended schedule for the role (no `rotation.toml` says otherwise).
+    BuiltIn(Role),
     /// Nothing applies: the key is never due (except by hand).
     None,
 }
@@ -154,6 +156,11 @@ impl fmt::Display for RuleSource {
         match self {
             RuleSource::Policy(n) => write!(f, "policy '{n}'"),
             RuleSource::RoleDefault(r) => write!(f, "[defaults.{r}]"),
+            RuleSource::BuiltIn(r) => write!(
+                f,
+                "built-in default for {r} keys (seed 002's schedule; override it with \
+                 [defaults.{r}] in rotation.toml, or switch it off with builtin_defaults = false)"
+            ),
             RuleSource::None => f.write_str("no policy"),
         }
     }
@@ -233,11 +240,17 @@ pub struct PolicySet {
     policies: Vec<Policy>,
     defaults: BTreeMap<Role, Rules>,
     prekeys: PrekeySettings,
+    /// Seed 002's recommended schedule applies to roles nothing else covers
+    /// ([`PolicySet::builtin_rules`]).
+    builtin: bool,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileToml {
+    /// `false` switches seed 002's built-in schedule off (default: on).
+    #[serde(default)]
+    builtin_defaults: Option<bool>,
     #[serde(default)]
     policy: Vec<PolicyToml>,
     #[serde(default)]
@@ -365,6 +378,15 @@ impl PolicySet {
     /// No policies: nothing is ever due except by hand; default prekey settings.
     pub fn new() -> Self {
         PolicySet::default()
+    }
+
+    /// No policies of the user's, and seed 002's recommended schedule for the roles it gives
+    /// one ([`builtin_rules`]): what a home without `rotation.toml` follows.
+    pub fn builtin() -> Self {
+        PolicySet {
+            builtin: true,
+            ..PolicySet::default()
+        }
     }
 
     /// Reads and validates a policy file.
@@ -506,6 +528,7 @@ impl PolicySet {
             policies,
             defaults,
             prekeys,
+            builtin: file.builtin_defaults.unwrap_or(true),
         })
     }
 
@@ -547,7 +570,10 @@ impl PolicySet {
             Some(p) => (Some(&p.rules), RuleSource::Policy(p.name.clone())),
             None => match self.defaults.get(&role) {
                 Some(r) => (Some(r), RuleSource::RoleDefault(role)),
-                None => (None, RuleSource::None),
+                None => match (self.builtin, builtin_rules(role)) {
+                    (true, Some(r)) => (Some(r), RuleSource::BuiltIn(role)),
+                    _ => (None, RuleSource::None),
+                },
             },
         }
     }
@@ -646,4 +672,19 @@ fn parse_protection(s: &str) -> std::result::Result<Protection, String> {
 /// The conventional policy file name in the keyhaven home: `rotation.toml`.
 pub fn default_policy_path(home: &Path) -> PathBuf {
     home.join("rotation.toml")
+}
+
+/// Seed 002's recommended schedule, for a role no policy covers: identity keys yearly (signed
+/// and one-time prekeys follow [`PrekeySettings`]: monthly, refilled below 10). `None` for the
+/// roles it leaves to the user.
+pub fn builtin_rules(role: Role) -> Option<&'static Rules> {
+    static IDENTITY: std::sync::OnceLock<Rules> = std::sync::OnceLock::new();
+    match role {
+        Role::Identity => Some(IDENTITY.get_or_init(|| Rules {
+            // A year as humantime counts it (365.25 days): shown as "1year".
+            max_age: Some(Duration::from_secs(31_557_600)),
+            ..Rules::default()
+        })),
+        _ => None,
+    }
 }

@@ -1,6 +1,7 @@
 //! Key versions and rotation for a keyhaven home (keyhaven-rotation behind the manager).
 //!
-//! - `HOME/rotation.toml`: the rotation policies (no file: nothing is ever due).
+//! - `HOME/rotation.toml`: the rotation policies (no file: seed 002's built-in schedule,
+//!   identity keys yearly; `builtin_defaults = false` in the file switches it off).
 //! - `HOME/rotation/registry`: one file per logical key (its versions and history).
 //! - `HOME/rotation/usage`: the durable signature counters (the metering decorator).
 //! - `HOME/rotation/prekeys/<identity id>`: prekey pools.
@@ -62,7 +63,7 @@ impl KeyManager {
     pub fn rotation_policies(&self) -> Result<PolicySet> {
         let path = self.rotation_policy_path();
         match self.policy_text(&path)? {
-            None => Ok(PolicySet::new()),
+            None => Ok(PolicySet::builtin()),
             Some(text) => PolicySet::from_toml_str(&text)
                 .map_err(|e| match e {
                     RotationError::Policy { where_, message } => RotationError::Policy {

@@ -294,3 +294,16 @@ fn one_rotation_can_have_its_own_migration_window() {
         assert!(err.contains("migration"), "{bad}: {err}");
     }
 }
+
+#[test]
+fn without_a_policy_file_identity_keys_follow_the_built_in_schedule() {
+    let h = Home::with_encrypted();
+    h.generate("ed25519", "me", &["--role", "identity"]);
+    h.generate("ed25519", "plain", &[]);
+    let explain = h.ok(&["policy", "explain", "me"]);
+    assert!(explain.contains("built-in"), "{explain}");
+    assert!(explain.contains("max_age 1year"), "{explain}");
+    let explain = h.ok(&["policy", "explain", "plain"]);
+    assert!(explain.contains("no policy"), "{explain}");
+    assert!(h.ok(&["policy", "check"]).contains("built-in schedule"));
+}

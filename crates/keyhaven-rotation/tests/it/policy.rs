@@ -166,3 +166,38 @@ fn load_names_the_file() {
         PolicySet::new()
     );
 }
+
+#[test]
+fn seed_002s_schedule_is_built_in_overridable_and_switchable_off() {
+    let alg = Algorithm::Ed25519;
+    let sw = Protection::SoftwareEncrypted;
+    // No file: identity keys yearly, shown as built-in; signing keys are left to the user.
+    let builtin = PolicySet::builtin();
+    let (rules, source) = builtin.rules_for(Role::Identity, alg, sw);
+    assert_eq!(source, RuleSource::BuiltIn(Role::Identity));
+    assert_eq!(
+        rules.unwrap().max_age,
+        Some(Duration::from_secs(31_557_600))
+    );
+    assert!(source.to_string().contains("built-in"));
+    assert_eq!(
+        builtin.rules_for(Role::Signing, alg, sw).1,
+        RuleSource::None
+    );
+    assert_eq!(builtin.prekeys().low_water, 10);
+    // A file without a word on it keeps it; the file's own default overrides it.
+    let kept = PolicySet::from_toml_str("[prekeys]\nlow_water = 5\n").unwrap();
+    assert_eq!(
+        kept.rules_for(Role::Identity, alg, sw).1,
+        RuleSource::BuiltIn(Role::Identity)
+    );
+    let overridden = PolicySet::from_toml_str("[defaults.identity]\nmax_age = \"2y\"\n").unwrap();
+    let (rules, source) = overridden.rules_for(Role::Identity, alg, sw);
+    assert_eq!(source, RuleSource::RoleDefault(Role::Identity));
+    assert!(rules.unwrap().max_age > Some(Duration::from_secs(31_557_600)));
+    // Switched off: nothing is due by itself.
+    let off = PolicySet::from_toml_str("builtin_defaults = false\n").unwrap();
+    assert_eq!(off.rules_for(Role::Identity, alg, sw).1, RuleSource::None);
+    // And a typo in the switch is an error, not "on".
+    assert!(PolicySet::from_toml_str("builtin_defaults = \"no\"\n").is_err());
+}
