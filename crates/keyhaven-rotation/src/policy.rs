@@ -36,6 +36,9 @@ pub struct Rules {
     pub post_rotate: Option<Vec<String>>,
     /// How long an action may run ([`DEFAULT_ACTION_TIMEOUT`] if unset).
     pub action_timeout: Option<Duration>,
+    /// When a replaced version's migration window ends, revoke it (a signed statement) rather
+    /// than only retire it (seed 002 for identity keys).
+    pub revoke_after_migration: bool,
 }
 
 impl Rules {
@@ -273,6 +276,7 @@ struct PolicyToml {
     pre_rotate: Option<Vec<String>>,
     post_rotate: Option<Vec<String>>,
     action_timeout: Option<String>,
+    revoke_after_migration: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -285,6 +289,7 @@ struct RulesToml {
     pre_rotate: Option<Vec<String>>,
     post_rotate: Option<Vec<String>>,
     action_timeout: Option<String>,
+    revoke_after_migration: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -333,6 +338,7 @@ fn rules(
     pre_rotate: Option<Vec<String>>,
     post_rotate: Option<Vec<String>>,
     action_timeout: Option<String>,
+    revoke_after_migration: Option<bool>,
 ) -> Result<Rules> {
     let dur = |name: &str, v: Option<String>| {
         v.map(|t| parse_duration(&format!("{at}.{name}"), &t))
@@ -357,6 +363,7 @@ fn rules(
         pre_rotate: argv("pre_rotate", pre_rotate)?,
         post_rotate: argv("post_rotate", post_rotate)?,
         action_timeout: dur("action_timeout", action_timeout)?,
+        revoke_after_migration: revoke_after_migration.unwrap_or(false),
     };
     if let (Some(w), Some(a)) = (r.migration_window, r.max_age)
         && w > a
@@ -462,6 +469,7 @@ impl PolicySet {
                 p.pre_rotate,
                 p.post_rotate,
                 p.action_timeout,
+                p.revoke_after_migration,
             )?;
             policies.push(Policy {
                 name: p.name,
@@ -497,6 +505,7 @@ impl PolicySet {
                 r.pre_rotate,
                 r.post_rotate,
                 r.action_timeout,
+                r.revoke_after_migration,
             )?;
             defaults.insert(role, r);
         }

@@ -589,6 +589,17 @@ impl KeyManager {
         report: Option<&str>,
     ) -> Result<Revocation> {
         let key = &self.current_version(key)?;
+        self.revoke_exactly(key, reason, compromised, report)
+    }
+
+    /// Revokes exactly the version `key` is (never redirected to a logical key's primary).
+    pub(crate) fn revoke_exactly(
+        &self,
+        key: &ManagedKey,
+        reason: &str,
+        compromised: bool,
+        report: Option<&str>,
+    ) -> Result<Revocation> {
         self.authorize(keyhaven_audit::Operation::Revoke, key)?;
         let authority = self.authority()?;
         let at = keyhaven_core::unix_now();

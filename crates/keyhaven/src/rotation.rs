@@ -364,6 +364,39 @@ impl KeyManager {
             };
             self.audit_new_key("rotate", "", Some(&o.due.key), outcome, &detail)?;
         }
+        // Versions retired at the end of their migration window are revoked too where the
+        // policy says so (a signed statement: verifiers holding the revocation list refuse
+        // them, not only this home).
+        let policies = self.rotation_policies()?;
+        for o in &outcomes {
+            let keyhaven_rotation::DueAction::Retired(numbers) = &o.action else {
+                continue;
+            };
+            let Some(logical) = self.find_logical_key(&o.due.key)? else {
+                continue;
+            };
+            let (rules, _) =
+                policies.rules_for(logical.role(), logical.algorithm(), logical.protection());
+            if !rules.is_some_and(|r| r.revoke_after_migration) {
+                continue;
+            }
+            for n in numbers {
+                let Some(v) = logical.version(*n) else {
+                    continue;
+                };
+                let key = self.resolve(&format!("{}:{}", logical.backend(), v.key_id()))?;
+                // Exactly that version (its id may also name the logical key).
+                self.revoke_exactly(
+                    &key,
+                    &format!(
+                        "version {n} of {}: its migration window ended (revoke_after_migration)",
+                        o.due.key
+                    ),
+                    false,
+                    None,
+                )?;
+            }
+        }
         Ok(outcomes)
     }
 

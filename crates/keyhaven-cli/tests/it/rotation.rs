@@ -307,3 +307,27 @@ fn without_a_policy_file_identity_keys_follow_the_built_in_schedule() {
     assert!(explain.contains("no policy"), "{explain}");
     assert!(h.ok(&["policy", "check"]).contains("built-in schedule"));
 }
+
+#[test]
+fn a_policy_can_revoke_an_old_identity_version_when_its_window_ends() {
+    let h = Home::with_encrypted();
+    let v1 = h.generate("ed25519", "me", &["--role", "identity"]);
+    crate::write_private(
+        &h.path().join("rotation.toml"),
+        "[defaults.identity]\nrevoke_after_migration = true\n",
+    );
+    h.ok(&["integrity", "accept", "rotation.toml"]);
+    h.ok(&["key", "rotate", "me", "--migration-window", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    h.ok(&["rotate", "--due"]);
+    let history = h.json(&["key", "history", "me", "--json"]);
+    assert_eq!(history["versions"][0]["key_id"], v1.as_str(), "{history}");
+    assert_eq!(history["versions"][0]["state"], "revoked", "{history}");
+    // ... and only it: v2 (whose logical key shares v1's id) stays primary.
+    assert_eq!(history["versions"][1]["state"], "primary", "{history}");
+    // A signed statement verifiers can use, not only this home's state.
+    let list = h.scratch().join("revocations.json");
+    h.ok(&["revocations", "export", "--out", list.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&list).unwrap();
+    assert!(text.contains(&v1), "{text}");
+}
