@@ -628,3 +628,46 @@ fn a_backup_passphrase_equal_to_the_stores_is_refused_and_a_backup_in_the_home_i
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(stderr.contains("inside the home"), "{stderr}");
 }
+
+#[test]
+fn a_backup_can_be_restore_tested_without_touching_the_home() {
+    let h = Home::with_encrypted();
+    h.generate("ed25519", "release", &[]);
+    h.generate("p256", "ci", &[]);
+    h.generate("x25519", "inbox", &[]);
+    h.ok(&["key", "rotate", "release"]);
+    let pass = h.scratch().join("b.pass");
+    write_private(&pass, "a long backup passphrase\n");
+    let out = h.scratch().join("home.khb");
+    h.ok(&[
+        "backup",
+        "create",
+        "--out",
+        out.to_str().unwrap(),
+        "--backup-passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    let before = h.ok(&["key", "list", "--json"]);
+    let report = h.ok(&[
+        "backup",
+        "verify",
+        out.to_str().unwrap(),
+        "--backup-passphrase-file",
+        pass.to_str().unwrap(),
+        "--restore-test",
+    ]);
+    assert!(report.contains("restore test: 4 of 4"), "{report}");
+    assert!(report.contains("not touched"), "{report}");
+    assert_eq!(
+        h.ok(&["key", "list", "--json"]),
+        before,
+        "the home is as it was"
+    );
+    // Without the secret there is nothing to test with.
+    let out2 = h
+        .cmd(["backup", "verify", out.to_str().unwrap(), "--restore-test"])
+        .env_remove("KEYHAVEN_BACKUP_PASSPHRASE")
+        .output()
+        .unwrap();
+    assert_eq!(out2.status.code(), Some(4), "{out2:?}");
+}
