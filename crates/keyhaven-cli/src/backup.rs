@@ -706,18 +706,23 @@ fn verify(file: &Path, args: &SecretArgs, json: bool) -> Result<u8> {
     Ok(OK)
 }
 
+/// The backup's keys, decrypted with its secret (asked for if needed; dropped once used).
+fn open_entries(file: &Path, args: &SecretArgs) -> Result<Vec<kb::BackupEntry>> {
+    let (bytes, header) = read_backup(file)?;
+    let secret = backup_secret(&header, args, true)?
+        .ok_or_else(|| anyhow::anyhow!("internal: no secret to open the backup"))?;
+    let entries = kb::open(&bytes, &secret)
+        .map_err(backup_error)
+        .with_context(|| format!("backup {}", file.display()))?;
+    Ok(entries)
+}
+
 /// Restores the backup into a scratch home (a private temporary directory with a memory
 /// backend: nothing of the real home is touched), then signs a challenge with every restored
 /// key and verifies it with the public key the backup recorded.
 fn restore_test_run(file: &Path, args: &SecretArgs, json: bool) -> Result<()> {
     use keyhaven::{Algorithm, BackendConfig, BackendKind, Config, FixedPassphrase};
-    let (bytes, header) = read_backup(file)?;
-    let secret = backup_secret(&header, args, true)?
-        .ok_or_else(|| anyhow::anyhow!("internal: no secret for a restore test"))?;
-    let entries = kb::open(&bytes, &secret)
-        .map_err(backup_error)
-        .with_context(|| format!("backup {}", file.display()))?;
-    drop(secret);
+    let entries = open_entries(file, args)?;
     let mut random = [0u8; 8];
     keyhaven::fill_random(&mut random)?;
     let scratch =
@@ -786,13 +791,7 @@ fn restore(
     args: &SecretArgs,
     json: bool,
 ) -> Result<u8> {
-    let (bytes, header) = read_backup(file)?;
-    let secret = backup_secret(&header, args, true)?
-        .ok_or_else(|| anyhow::anyhow!("internal: no secret for a restore"))?;
-    let entries = kb::open(&bytes, &secret)
-        .map_err(backup_error)
-        .with_context(|| format!("backup {}", file.display()))?;
-    drop(secret);
+    let entries = open_entries(file, args)?;
     let target = match into {
         Some(b) => b.to_owned(),
         None => m.default_backend_name()?,

@@ -571,9 +571,12 @@ impl SealedState {
     /// Checks `body`'s recorded value against the attached counter: equal (the last change
     /// completed) or one ahead (a change written but not yet counted: completed here when
     /// `settle`, which needs the lock).
-    fn check_counter(&self, body: &Body, settle: bool) -> Result<(), CoreError> {
+    ///
+    /// Returns the counter's value afterwards (`None` for a manifest not bound), so a write
+    /// that follows need not ask the counter again.
+    fn check_counter(&self, body: &Body, settle: bool) -> Result<Option<u64>, CoreError> {
         let Some(record) = &body.counter else {
-            return Ok(());
+            return Ok(None);
         };
         let Some(counter) = self.counter() else {
             return Err(CoreError::Locked(format!(
@@ -584,7 +587,7 @@ impl SealedState {
         };
         let now = counter.read()?;
         if record.value == now {
-            return Ok(());
+            return Ok(Some(now));
         }
         if record.value == now.saturating_add(1) {
             if settle {
@@ -592,8 +595,9 @@ impl SealedState {
                 if after != record.value {
                     return Err(self.rolled_back(record, after));
                 }
+                return Ok(Some(after));
             }
-            return Ok(());
+            return Ok(Some(now));
         }
         Err(self.rolled_back(record, now))
     }
@@ -782,22 +786,34 @@ impl SealedState {
     /// counter records the counter's next value, and the counter is incremented after the
     /// write: a crash in between leaves a manifest one ahead, which the next change completes.
     fn store(&self, body: &Body) -> Result<(), CoreError> {
-        if body.counter.is_some() {
+        let known = if body.counter.is_some() {
             let current = self.load()?;
-            self.check_counter(&current, true)?;
-        }
-        self.commit(body)
+            self.check_counter(&current, true)?
+        } else {
+            None
+        };
+        self.commit_at(body, known)
     }
 
     /// [`SealedState::store`] once the present manifest has been checked against the counter.
     fn commit(&self, body: &Body) -> Result<(), CoreError> {
+        self.commit_at(body, None)
+    }
+
+    /// [`SealedState::commit`], with the counter's present value when the caller just read it
+    /// (one TPM round trip fewer per write).
+    fn commit_at(&self, body: &Body, known: Option<u64>) -> Result<(), CoreError> {
         let mut body = body.clone();
         let counter = match &body.counter {
             Some(_) => {
                 let counter = self.counter().ok_or_else(|| {
                     CoreError::Locked("the home's rollback counter is not attached".into())
                 })?;
-                let next = counter.read()?.saturating_add(1);
+                let now = match known {
+                    Some(v) => v,
+                    None => counter.read()?,
+                };
+                let next = now.saturating_add(1);
                 if let Some(r) = body.counter.as_mut() {
                     r.value = next;
                 }

@@ -257,8 +257,9 @@ impl SoftHsm {
     pub fn token_directory(&self, label: &str) -> PathBuf {
         let mut padded = label.as_bytes().to_vec();
         padded.resize(32.max(padded.len()), b' ');
-        for entry in std::fs::read_dir(&self.tokendir).expect("read the token directory") {
-            // ok: test assertion
+        // ok: test harness only (publish = false): a panic fails the test that set the token up
+        let entries = std::fs::read_dir(&self.tokendir).expect("read the token directory"); // ok: as above
+        for entry in entries {
             let dir = entry.expect("token directory entry").path(); // ok: test assertion
             let Ok(bytes) = std::fs::read(dir.join("token.object")) else {
                 continue;

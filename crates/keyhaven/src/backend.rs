@@ -311,6 +311,7 @@ pub(crate) struct OpenRequest<'a> {
     /// Opened before the configuration is authenticated (the home's anchor): nothing the
     /// configuration says about where a secret comes from is used (a PIN file or variable the
     /// configuration names could hold a PIN someone else chose); the provider is asked.
+    #[cfg_attr(not(feature = "pkcs11"), allow(dead_code))]
     pub(crate) unauthenticated: bool,
 }
 

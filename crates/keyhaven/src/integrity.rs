@@ -663,21 +663,15 @@ impl KeyManager {
     pub(crate) fn policy_text(&self, path: &Path) -> Result<Option<String>> {
         let exists = std::fs::symlink_metadata(path).is_ok();
         let in_home = lexically_inside(self.home(), path) || inside(self.home(), path);
-        if !in_home || self.config_path().is_none() {
-            return if exists {
-                Ok(Some(keyhaven_fs::read_config(path)?))
-            } else {
-                Ok(None)
-            };
-        }
-        let state = self.state()?;
-        if !state.is_authenticated() {
-            return if exists {
-                Ok(Some(keyhaven_fs::read_config(path)?))
-            } else {
-                Ok(None)
-            };
-        }
+        let state = if in_home && self.config_path().is_some() {
+            Some(self.state()?).filter(|s| s.is_authenticated())
+        } else {
+            None
+        };
+        // Outside the home, or in a home not sealed: the file as it is, if it is the user's.
+        let Some(state) = state else {
+            return Ok(exists.then(|| keyhaven_fs::read_config(path)).transpose()?);
+        };
         let hint = |reason: String| -> Error {
             let rel = path.strip_prefix(self.home()).unwrap_or(path);
             CoreError::corrupt(

@@ -61,6 +61,19 @@ impl RollbackCounter for TpmCounter {
     }
 }
 
+/// The error for a counter operation in a keyhaven built without TPM support.
+#[cfg(not(feature = "tpm"))]
+fn without_tpm(operation: &'static str, backend: &str) -> crate::Error {
+    CoreError::Unsupported {
+        operation,
+        reason: format!(
+            "the counter is on TPM backend '{backend}', and this keyhaven was built without TPM \
+             support (feature `tpm`)"
+        ),
+    }
+    .into()
+}
+
 /// The backend and NV index a counter id (`BACKEND/tpm:0x01501234`) names.
 fn parse_id(id: &str) -> Option<(&str, u32)> {
     let (backend, rest) = id.rsplit_once("/tpm:")?;
@@ -123,12 +136,8 @@ impl KeyManager {
         }
         #[cfg(not(feature = "tpm"))]
         {
-            let _ = (new_key, backend, index);
-            Err(CoreError::Unsupported {
-                operation: "move the home's rollback counter",
-                reason: "this keyhaven was built without TPM support (feature `tpm`)".into(),
-            }
-            .into())
+            let _ = (new_key, index);
+            Err(without_tpm("move the home's rollback counter", backend))
         }
     }
 
@@ -234,14 +243,7 @@ impl KeyManager {
         #[cfg(not(feature = "tpm"))]
         {
             let _ = index;
-            Err(CoreError::Unsupported {
-                operation: "check the home's rollback counter",
-                reason: format!(
-                    "the home is bound to a counter on TPM backend '{backend}', and this \
-                     keyhaven was built without TPM support (feature `tpm`)"
-                ),
-            }
-            .into())
+            Err(without_tpm("check the home's rollback counter", backend))
         }
     }
 
@@ -333,14 +335,7 @@ impl KeyManager {
         #[cfg(not(feature = "tpm"))]
         {
             let _ = sealed;
-            Err(CoreError::Unsupported {
-                operation: "keep a rollback counter",
-                reason: format!(
-                    "backend '{backend}': this keyhaven was built without TPM support (feature \
-                     `tpm`)"
-                ),
-            }
-            .into())
+            Err(without_tpm("keep a rollback counter", backend))
         }
     }
 
@@ -417,12 +412,8 @@ impl KeyManager {
         }
         #[cfg(not(feature = "tpm"))]
         {
-            let _ = (backend, index);
-            Err(CoreError::Unsupported {
-                operation: "check the home's rollback counter",
-                reason: "this keyhaven was built without TPM support (feature `tpm`)".into(),
-            }
-            .into())
+            let _ = index;
+            Err(without_tpm("check the home's rollback counter", backend))
         }
     }
 }
