@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use keyhaven_core::{
-    Algorithm, Error, KeyId, KeyInfo, KeyStore, Protection, PublicKey, Result, SecretBytes,
-    Signature,
+    Algorithm, Error, KeyId, KeyInfo, KeySpec, KeyStore, Protection, PublicKey, Result,
+    SecretBytes, SecretString, Signature,
 };
 
 use crate::CallerContext;
@@ -88,15 +88,6 @@ impl<S: KeyStore> AccessControlledStore<S> {
         self.check_key(op, id)
     }
 
-    /// Checks that this caller may create a key labelled `label` (for key creation outside the
-    /// `KeyStore` trait, such as a device's generation with options).
-    ///
-    /// # Errors
-    /// [`Error::PermissionDenied`] if the policy does not allow it.
-    pub fn authorize_new(&self, label: &str) -> Result<()> {
-        self.check_new(label)
-    }
-
     fn check_key(&self, op: Operation, id: &KeyId) -> Result<()> {
         // Labels are looked up only when some rule selects keys by label.
         let label = if self.policy.uses_labels() {
@@ -123,7 +114,17 @@ impl<S: KeyStore> AccessControlledStore<S> {
 impl<S: KeyStore> KeyStore for AccessControlledStore<S> {
     // Reading keys and their public parts needs no permission (verification is public).
     keyhaven_core::forward_key_store!(inner; info, list, get, find_by_label, resolve, public_key,
-        check);
+        check, details);
+
+    fn generate_with(&self, spec: &KeySpec) -> Result<KeyInfo> {
+        self.check_new(&spec.label)?;
+        self.inner.generate_with(spec)
+    }
+    // Giving a key its passphrase is a step towards using it: the caller must be allowed to.
+    fn unlock(&self, id: &KeyId, secret: &SecretString) -> Result<()> {
+        self.check_key(Operation::Sign, id)?;
+        self.inner.unlock(id, secret)
+    }
 
     fn generate(&self, algorithm: Algorithm, label: &str) -> Result<KeyInfo> {
         self.check_new(label)?;

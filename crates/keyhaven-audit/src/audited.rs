@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use keyhaven_core::{
-    Algorithm, BackendInfo, Error, KeyId, KeyInfo, KeyStore, PublicKey, Result, SecretBytes,
-    Signature,
+    Algorithm, BackendInfo, Error, ErrorKind, KeyDetails, KeyId, KeyInfo, KeySpec, KeyStore,
+    PublicKey, Result, SecretBytes, SecretString, Signature,
 };
 
 use crate::{AuditError, AuditLog, CallerContext, Event, Outcome};
@@ -53,7 +53,7 @@ impl<S: KeyStore> std::fmt::Debug for AuditedStore<S> {
 fn outcome_of<T>(r: &Result<T>) -> (Outcome, Option<String>) {
     match r {
         Ok(_) => (Outcome::Allowed, None),
-        Err(e @ Error::PermissionDenied(_)) => (Outcome::Denied, Some(e.to_string())),
+        Err(e) if e.is(ErrorKind::PermissionDenied) => (Outcome::Denied, Some(e.to_string())),
         Err(e) => (Outcome::Failed, Some(e.to_string())),
     }
 }
@@ -146,7 +146,7 @@ impl<S: KeyStore> AuditedStore<S> {
     /// such key. Resolving a label tries it as an id first: a miss changes nothing and uses no
     /// key, and recording it would bury the key's real operations under "failed" lookups.
     fn lookup(&self, event: Event, r: Result<KeyInfo>) -> Result<KeyInfo> {
-        if matches!(r, Err(Error::NotFound(_))) {
+        if matches!(&r, Err(e) if e.is(ErrorKind::NotFound)) {
             return r;
         }
         self.after(event, r, info_key)
@@ -196,6 +196,26 @@ impl<S: KeyStore> KeyStore for AuditedStore<S> {
             .event("generate", None)
             .reason(format!("{} key labelled '{label}'", algorithm.short_name()));
         self.guarded(event, || self.inner.generate(algorithm, label), info_key)
+    }
+    fn generate_with(&self, spec: &KeySpec) -> Result<KeyInfo> {
+        let mut reason = format!(
+            "{} key labelled '{}'",
+            spec.algorithm.short_name(),
+            spec.label
+        );
+        if !spec.options.is_empty() {
+            // Option names only: a value may be a secret (a key passphrase).
+            reason.push_str(&format!(" with options {}", spec.options.describe()));
+        }
+        let event = self.event("generate", None).reason(reason);
+        self.guarded(event, || self.inner.generate_with(spec), info_key)
+    }
+    fn details(&self, id: &KeyId) -> Result<KeyDetails> {
+        self.inner.details(id)
+    }
+    fn unlock(&self, id: &KeyId, secret: &SecretString) -> Result<()> {
+        let event = self.event("unlock", Some(id.as_str()));
+        self.guarded(event, || self.inner.unlock(id, secret), no_key)
     }
     fn list(&self) -> Result<Vec<KeyInfo>> {
         self.after(self.event("list", None), self.inner.list(), no_key)

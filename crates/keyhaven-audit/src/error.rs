@@ -68,28 +68,24 @@ pub(crate) fn io_err(
 
 impl From<AuditError> for keyhaven_core::Error {
     fn from(e: AuditError) -> Self {
-        use keyhaven_core::Error;
+        use keyhaven_core::{Error, ErrorKind};
         match e {
             AuditError::Io { op, path, source } => {
                 let context = format!("audit log: {op} {}", path.display());
-                if source.kind() == io::ErrorKind::PermissionDenied {
-                    Error::PermissionDenied(format!("{context}: {source}"))
-                } else {
-                    Error::Io { context, source }
-                }
+                // Its kind (permission denied, not found, ...) is the I/O error's own.
+                Error::Io { context, source }
             }
-            AuditError::LoosePermissions { .. } => Error::PermissionDenied(e.to_string()),
+            AuditError::LoosePermissions { .. } => {
+                Error::other(ErrorKind::PermissionDenied, "audit", e)
+            }
             AuditError::WrongType { .. } | AuditError::InvalidEvent(_) => {
-                Error::InvalidInput(e.to_string())
+                Error::other(ErrorKind::InvalidInput, "audit", e)
             }
             AuditError::Damaged { path, reason } => {
                 Error::corrupt(path.display().to_string(), reason)
             }
             AuditError::Sign(inner) | AuditError::Unsafe(inner) => inner,
-            AuditError::Batch(_) => Error::Backend {
-                backend: "audit",
-                source: Box::new(e),
-            },
+            AuditError::Batch(_) => Error::other(ErrorKind::Internal, "audit", e),
         }
     }
 }

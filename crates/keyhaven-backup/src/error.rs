@@ -100,18 +100,20 @@ impl BackupError {
 
 impl From<BackupError> for keyhaven_core::Error {
     fn from(e: BackupError) -> Self {
-        use keyhaven_core::Error;
+        use keyhaven_core::{Error, ErrorKind};
+        // A restore's message, with the store's own kind (a label taken, a locked store).
+        let restore_kind = match &e {
+            BackupError::Restore { source, .. } => source.kind(),
+            _ => ErrorKind::Internal,
+        };
         match e {
             BackupError::Core(inner) => inner,
-            BackupError::BadPassphrase => Error::BadPassphrase(e.to_string()),
+            BackupError::BadPassphrase => Error::other(ErrorKind::BadPassphrase, "backup", e),
             BackupError::NotABackup(_)
             | BackupError::WrongSecretKind(_)
             | BackupError::Combine(_)
-            | BackupError::InvalidInput(_) => Error::InvalidInput(e.to_string()),
-            BackupError::NewerFormat { .. } => Error::Unsupported {
-                operation: "read this backup",
-                reason: e.to_string(),
-            },
+            | BackupError::InvalidInput(_) => Error::other(ErrorKind::InvalidInput, "backup", e),
+            BackupError::NewerFormat { .. } => Error::other(ErrorKind::Unsupported, "backup", e),
             BackupError::Damaged {
                 ref part,
                 ref reason,
@@ -123,10 +125,7 @@ impl From<BackupError> for keyhaven_core::Error {
                 ref share,
                 ref reason,
             } => Error::corrupt(share.clone(), reason.clone()),
-            BackupError::Restore { .. } => Error::Backend {
-                backend: "backup restore",
-                source: Box::new(e),
-            },
+            BackupError::Restore { .. } => Error::other(restore_kind, "backup restore", e),
         }
     }
 }

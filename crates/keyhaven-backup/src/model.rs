@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use keyhaven_core::{
-    Algorithm, Error, Fingerprint, KeyId, KeyInfo, KeyStore, Protection, PublicKey, SecretBytes,
+    Algorithm, ErrorKind, Fingerprint, KeyId, KeyInfo, KeyStore, Protection, PublicKey, SecretBytes,
 };
 
 use crate::error::Result;
@@ -117,7 +117,9 @@ pub fn collect(
         }
         match store.export_pkcs8(&info.id) {
             Ok(der) => entries.push(BackupEntry::software(info, backend, der)),
-            Err(Error::Unsupported { .. }) => entries.push(BackupEntry::hardware(info, backend)),
+            Err(e) if e.is(ErrorKind::Unsupported) => {
+                entries.push(BackupEntry::hardware(info, backend))
+            }
             Err(e) => return Err(e.into()),
         }
     }

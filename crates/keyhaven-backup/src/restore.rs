@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use keyhaven_core::{Error, KeyId, KeyInfo, KeyStore, SecretBytes, validate_label};
+use keyhaven_core::{Error, ErrorKind, KeyId, KeyInfo, KeyStore, SecretBytes, validate_label};
 use keyhaven_crypto::default_provider;
 use subtle::ConstantTimeEq;
 
@@ -227,7 +227,7 @@ impl Undo {
             let (id, label) = (&old.id, &old.label);
             // Back under its own id where the store allows it.
             let back = match store.restore_pkcs8(old, label, der) {
-                Err(Error::Unsupported { .. } | Error::AlreadyExists(_)) => {
+                Err(e) if matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::AlreadyExists) => {
                     store.import_pkcs8(label, der)
                 }
                 other => other,
@@ -288,7 +288,7 @@ fn import_verified(
     );
     let info = match store.restore_pkcs8(&original, label, der) {
         Ok(info) => info,
-        Err(Error::Unsupported { .. } | Error::AlreadyExists(_)) => {
+        Err(e) if matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::AlreadyExists) => {
             store.import_pkcs8(label, der).map_err(|e| ("import", e))?
         }
         Err(e) => return Err(("import", e)),

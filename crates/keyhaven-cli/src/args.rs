@@ -496,6 +496,10 @@ pub(crate) struct TpmKeyArgs {
     /// 0600); `keyhaven sign` then needs it (--key-auth-file, or the terminal).
     #[arg(long, value_name = "FILE")]
     pub(crate) key_auth_file: Option<PathBuf>,
+    /// Any other option the backend takes, as NAME=VALUE (repeatable); the backend refuses
+    /// names it does not know.
+    #[arg(long = "option", value_name = "NAME=VALUE")]
+    pub(crate) options: Vec<String>,
 }
 
 /// Options of `backend add --type pkcs11`.

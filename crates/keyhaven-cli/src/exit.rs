@@ -48,11 +48,11 @@ impl OtherPassphrase {
     /// Wraps passphrase errors (wrong, or none available) of `option`'s passphrase; other errors
     /// pass through unchanged.
     pub(crate) fn wrap(option: &'static str, e: CoreError) -> anyhow::Error {
-        match e {
-            CoreError::BadPassphrase(_) | CoreError::Locked(_) => {
+        match e.kind() {
+            ErrorKind::BadPassphrase | ErrorKind::Locked => {
                 OtherPassphrase { option, source: e }.into()
             }
-            other => other.into(),
+            _ => e.into(),
         }
     }
 }
@@ -147,11 +147,9 @@ fn hint_of_io(e: &std::io::Error, kind: ErrorKind) -> String {
 /// A hint more precise than the kind's, for damaged data that is not a key store's record.
 fn hint_of_core(e: &CoreError) -> Option<String> {
     if let CoreError::Io { source, .. } = e {
-        return Some(hint_of_io(source, ErrorKind::of_core(e)));
+        return Some(hint_of_io(source, e.kind()));
     }
-    if let CoreError::PermissionDenied(m) = e
-        && m.contains("no access rule allows it")
-    {
+    if e.is(ErrorKind::PermissionDenied) && e.to_string().contains("no access rule allows it") {
         return Some(
             "The home's access policy (`[access] policy` in keyhaven.toml) does not allow this \
              caller: ask the home's owner to add a rule"
@@ -206,7 +204,7 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, String) {
             return (USAGE, "See `keyhaven --help`".into());
         }
         if let Some(p) = cause.downcast_ref::<OtherPassphrase>() {
-            let kind = ErrorKind::of_core(&p.source);
+            let kind = p.source.kind();
             let hint = match kind {
                 ErrorKind::BadPassphrase => format!(
                     "Check the passphrase given with {} (or at the prompt); nothing was changed",
@@ -256,7 +254,7 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, String) {
             return (code_of_kind(kind), hint);
         }
         if let Some(e) = cause.downcast_ref::<CoreError>() {
-            let kind = ErrorKind::of_core(e);
+            let kind = e.kind();
             return (
                 code_of_kind(kind),
                 hint_of_core(e).unwrap_or_else(|| hint_of_kind(kind).to_owned()),

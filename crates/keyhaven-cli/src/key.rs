@@ -4,9 +4,7 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context, Result};
 use keyhaven::secrecy::ExposeSecret;
-use keyhaven::{
-    CoreError, GenerateOptions, KeyManager, ManagedKey, Protection, encoding, hazmat, rfc3339,
-};
+use keyhaven::{CoreError, KeyManager, KeySpec, ManagedKey, Protection, encoding, hazmat, rfc3339};
 use serde_json::json;
 
 use crate::args::{KeyCommand, PublicFormat, TpmKeyArgs};
@@ -40,12 +38,12 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
             tpm,
         } => {
             let had_default = m.config().default_key.is_some();
-            let options = tpm_options(tpm)?;
+            let spec = key_spec(algorithm.into(), &label, tpm)?;
             let role = role
                 .map(|r| r.parse::<keyhaven::versions::Role>())
                 .transpose()
                 .map_err(keyhaven::CoreError::from)?;
-            let key = m.generate_with(backend.as_deref(), algorithm.into(), &label, &options)?;
+            let key = m.generate_with(backend.as_deref(), &spec)?;
             if role.is_some() {
                 m.adopt_key(&key, role)?;
             }
@@ -250,15 +248,22 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
     }
 }
 
-/// The TPM options of `key generate`.
-fn tpm_options(args: TpmKeyArgs) -> Result<GenerateOptions> {
+/// The key `key generate` asks for, with its backend options: the flags of the TPM's options,
+/// and any other as `--option NAME=VALUE` (the backend refuses names it does not know).
+fn key_spec(algorithm: keyhaven::Algorithm, label: &str, args: TpmKeyArgs) -> Result<KeySpec> {
     const OPTION: &str = "--key-auth-file";
-    let mut options = GenerateOptions::new();
+    let mut options = KeySpec::new(algorithm, label);
+    for pair in &args.options {
+        let (name, value) = pair
+            .split_once('=')
+            .ok_or_else(|| UsageError(format!("--option takes NAME=VALUE, not '{pair}'")))?;
+        options = options.option(name.trim(), value.trim());
+    }
     if let Some(handle) = args.persistent {
-        options = options.persistent(handle);
+        options = options.option("persistent", handle);
     }
     if let Some(policy) = args.pcr_policy {
-        options = options.pcr_policy(policy);
+        options = options.option("pcr-policy", policy);
     }
     if let Some(file) = &args.key_auth_file {
         let pass = read_secret_file(file).map_err(|e| OtherPassphrase::wrap(OPTION, e))?;
@@ -269,7 +274,7 @@ fn tpm_options(args: TpmKeyArgs) -> Result<GenerateOptions> {
             ))
             .into());
         }
-        options = options.auth(pass);
+        options = options.secret_option("auth", pass);
     }
     Ok(options)
 }
@@ -374,9 +379,10 @@ fn list(m: &KeyManager, json: bool) -> Result<u8> {
 fn show(m: &KeyManager, reference: &str, json: bool) -> Result<u8> {
     let key = m.resolve(reference)?;
     let backend = m.backend(&key.backend)?;
-    let private_file = backend.private_key_file(key.id());
     let default = is_default(m, &key);
-    let hardware = m.hardware_details(&key)?;
+    let details = m.details(&key)?;
+    let private_file = details.private_key_file.clone();
+    let hardware = details.in_device.then_some(&details);
     if json {
         let mut v = key_json(&key, default)?;
         v["location"] = json!(backend.location());

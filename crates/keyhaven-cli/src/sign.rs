@@ -1,5 +1,6 @@
 //! `keyhaven sign` and `keyhaven verify`.
 
+use keyhaven::ErrorKind;
 use std::io::{IsTerminal, Read};
 
 use anyhow::{Context, Result};
@@ -120,10 +121,15 @@ pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
             .sign_input(&key, input.as_sign_input())
             .map_err(|e| match e {
                 // the key's own passphrase was wrong or missing: say how to give it
-                keyhaven::Error::Backend {
-                    source: source @ (CoreError::BadPassphrase(_) | CoreError::Locked(_)),
-                    ..
-                } if needs_auth => OtherPassphrase::wrap(KEY_AUTH_OPTION, source),
+                keyhaven::Error::Backend { source, .. }
+                    if needs_auth
+                        && matches!(
+                            source.kind(),
+                            ErrorKind::BadPassphrase | ErrorKind::Locked
+                        ) =>
+                {
+                    OtherPassphrase::wrap(KEY_AUTH_OPTION, source)
+                }
                 other => other.into(),
             })?;
         let bytes = encoding::encode_signature(&sig, format)?;
@@ -167,10 +173,10 @@ fn give_key_auth(
 ) -> Result<bool> {
     if let Some(f) = file {
         let pass = read_secret_file(f).map_err(|e| OtherPassphrase::wrap(KEY_AUTH_OPTION, e))?;
-        m.set_key_auth(key, &pass)?;
+        m.unlock(key, &pass)?;
         return Ok(true);
     }
-    let needs = m.hardware_details(key)?.is_some_and(|d| d.needs_auth);
+    let needs = m.details(key)?.needs_auth;
     if needs {
         if !interactive() {
             return Err(OtherPassphrase::wrap(
@@ -182,7 +188,7 @@ fn give_key_auth(
         }
         let pass = prompt(&format!("Passphrase of key {key}: "))
             .map_err(|e| OtherPassphrase::wrap(KEY_AUTH_OPTION, e))?;
-        m.set_key_auth(key, &pass)?;
+        m.unlock(key, &pass)?;
     }
     Ok(needs)
 }

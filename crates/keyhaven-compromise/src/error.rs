@@ -68,10 +68,10 @@ impl CompromiseError {
 
 impl From<CompromiseError> for keyhaven_core::Error {
     fn from(e: CompromiseError) -> Self {
-        use keyhaven_core::Error;
+        use keyhaven_core::{Error, ErrorKind};
         match e {
             CompromiseError::ReportNotFound(_) | CompromiseError::UnknownKey(_) => {
-                Error::NotFound(e.to_string())
+                Error::other(ErrorKind::NotFound, "compromise", e)
             }
             CompromiseError::Invalid(m) => Error::InvalidInput(m),
             CompromiseError::Corrupt { path, reason } => {
@@ -81,11 +81,8 @@ impl From<CompromiseError> for keyhaven_core::Error {
                 format!("revocation statement for key '{key_id}'"),
                 format!("not genuine: {reason}"),
             ),
-            CompromiseError::Revoked { .. } => Error::Revoked(e.to_string()),
-            CompromiseError::Hook { .. } => Error::Unavailable {
-                backend: "notify".into(),
-                reason: e.to_string(),
-            },
+            CompromiseError::Revoked { .. } => Error::other(ErrorKind::Revoked, "compromise", e),
+            CompromiseError::Hook { .. } => Error::other(ErrorKind::Unavailable, "notify", e),
             CompromiseError::Core(inner) => inner,
             CompromiseError::Audit(inner) => inner.into(),
         }

@@ -570,7 +570,7 @@ impl<S: KeyStore> RevocationCheckedStore<S> {
                     what,
                     reason: format!("{reason} (every private operation is refused until then)"),
                 },
-                e @ Error::PermissionDenied(_) => e,
+                e if e.is(keyhaven_core::ErrorKind::PermissionDenied) => e,
                 e => Error::Unavailable {
                     backend: "revocations".into(),
                     reason: format!(
@@ -584,8 +584,9 @@ impl<S: KeyStore> RevocationCheckedStore<S> {
 }
 
 impl<S: KeyStore> KeyStore for RevocationCheckedStore<S> {
-    keyhaven_core::forward_key_store!(inner; info, generate, list, get, find_by_label, resolve,
-        public_key, delete, check, import_pkcs8, restore_pkcs8);
+    // Giving a revoked key its passphrase uses nothing: the private operations refuse it.
+    keyhaven_core::forward_key_store!(inner; info, generate, generate_with, details, unlock, list,
+        get, find_by_label, resolve, public_key, delete, check, import_pkcs8, restore_pkcs8);
 
     fn sign(&self, id: &KeyId, message: &[u8]) -> keyhaven_core::Result<Signature> {
         self.ensure_usable(id)?;

@@ -12,8 +12,9 @@
 /// }
 ///
 /// impl<S: KeyStore> KeyStore for Guarded<S> {
-///     keyhaven_core::forward_key_store!(inner; info, generate, list, get, find_by_label,
-///         resolve, public_key, sign_digest, agree, delete, check, import_pkcs8, export_pkcs8);
+///     keyhaven_core::forward_key_store!(inner; info, generate, generate_with, details, unlock,
+///         list, get, find_by_label, resolve, public_key, sign_digest, agree, delete, check,
+///         import_pkcs8, export_pkcs8);
 ///
 ///     fn sign(&self, id: &KeyId, message: &[u8]) -> Result<Signature> {
 ///         self.inner.sign(id, message)
@@ -31,6 +32,20 @@ macro_rules! forward_key_store {
     (@one $f:ident generate) => {
         fn generate(&self, algorithm: $crate::Algorithm, label: &str)
             -> $crate::Result<$crate::KeyInfo> { self.$f.generate(algorithm, label) }
+    };
+    (@one $f:ident generate_with) => {
+        fn generate_with(&self, spec: &$crate::KeySpec) -> $crate::Result<$crate::KeyInfo> {
+            self.$f.generate_with(spec)
+        }
+    };
+    (@one $f:ident details) => {
+        fn details(&self, id: &$crate::KeyId) -> $crate::Result<$crate::KeyDetails> {
+            self.$f.details(id)
+        }
+    };
+    (@one $f:ident unlock) => {
+        fn unlock(&self, id: &$crate::KeyId, secret: &$crate::SecretString)
+            -> $crate::Result<()> { self.$f.unlock(id, secret) }
     };
     (@one $f:ident list) => {
         fn list(&self) -> $crate::Result<::std::vec::Vec<$crate::KeyInfo>> { self.$f.list() }

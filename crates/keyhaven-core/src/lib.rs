@@ -8,12 +8,16 @@ mod id;
 mod key;
 mod secret;
 mod signature;
+mod spec;
 mod store;
 
 pub use algorithm::Algorithm;
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, OtherError, Result};
 pub use id::{KeyId, normalize_label, validate_label};
 pub use key::{Fingerprint, KeyInfo, Protection, PublicKey, unix_now};
+/// The secret string type of key passphrases ([`KeyStore::unlock`], [`KeySpec::secret_option`]).
+pub use secrecy::SecretString;
 pub use secret::SecretBytes;
 pub use signature::{Signature, SignatureFormat};
+pub use spec::{KeyDetails, KeyOptions, KeySpec};
 pub use store::{BackendInfo, KeyStore};

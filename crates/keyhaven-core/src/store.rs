@@ -1,5 +1,8 @@
+use secrecy::SecretString;
+
 use crate::{
-    Algorithm, Error, KeyId, KeyInfo, Protection, PublicKey, Result, SecretBytes, Signature,
+    Algorithm, Error, ErrorKind, KeyDetails, KeyId, KeyInfo, KeySpec, Protection, PublicKey,
+    Result, SecretBytes, Signature,
 };
 
 /// What a backend is, for listings and diagnostics.
@@ -47,6 +50,45 @@ pub trait KeyStore: Send + Sync + 'static {
     /// [`Error::Unsupported`] if the backend lacks the algorithm, or a storage error.
     fn generate(&self, algorithm: Algorithm, label: &str) -> Result<KeyInfo>;
 
+    /// Generates a key with backend options ([`KeySpec`]). Without options it is
+    /// [`KeyStore::generate`]; a backend that takes options overrides this and refuses the
+    /// names it does not know ([`crate::KeyOptions::only`]).
+    ///
+    /// # Errors
+    /// As [`KeyStore::generate`]; [`Error::Unsupported`] for options the backend does not take;
+    /// [`Error::InvalidInput`] for a malformed option value.
+    fn generate_with(&self, spec: &KeySpec) -> Result<KeyInfo> {
+        spec.options.only(self.info().kind, &[])?;
+        self.generate(spec.algorithm, &spec.label)
+    }
+
+    /// What the backend knows about a key beyond its [`KeyInfo`]: its file, its token, its TPM
+    /// policy. Empty by default.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`] if there is no such key; a device error.
+    fn details(&self, id: &KeyId) -> Result<KeyDetails> {
+        self.get(id)?;
+        Ok(KeyDetails::default())
+    }
+
+    /// Gives the passphrase of a key that has one of its own (a TPM key made with the `auth`
+    /// option), for this store's later private operations with it (kept in memory only).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] by default (keys of this backend have no passphrase of their
+    /// own); [`Error::NotFound`].
+    fn unlock(&self, id: &KeyId, secret: &SecretString) -> Result<()> {
+        let _ = secret;
+        Err(Error::Unsupported {
+            operation: "give a key passphrase",
+            reason: format!(
+                "keys of the {} backend have no passphrase of their own (key {id})",
+                self.info().kind
+            ),
+        })
+    }
+
     /// Every key in the backend, sorted by id.
     ///
     /// # Errors
@@ -78,19 +120,19 @@ pub trait KeyStore: Send + Sync + 'static {
         let mut missing_id = None;
         if let Ok(id) = id_or_label.parse::<KeyId>() {
             match self.get(&id) {
-                Err(Error::NotFound(why)) => missing_id = Some(why),
+                Err(e) if e.is(ErrorKind::NotFound) => missing_id = Some(e),
                 other => return other,
             }
         }
         match self.find_by_label(id_or_label) {
             // Neither: the more telling answer (a claim naming a missing record, else what the
             // id lookup said).
-            Err(Error::NotFound(why)) => {
-                let label_said = why != format!("key '{id_or_label}'");
-                Err(Error::NotFound(match missing_id {
+            Err(e) if e.is(ErrorKind::NotFound) => {
+                let label_said = e.to_string() != Error::key_not_found(id_or_label).to_string();
+                Err(match missing_id {
                     Some(id_said) if !label_said => id_said,
-                    _ => why,
-                }))
+                    _ => e,
+                })
             }
             other => other,
         }
@@ -199,6 +241,15 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
     }
     fn generate(&self, algorithm: Algorithm, label: &str) -> Result<KeyInfo> {
         (**self).generate(algorithm, label)
+    }
+    fn generate_with(&self, spec: &KeySpec) -> Result<KeyInfo> {
+        (**self).generate_with(spec)
+    }
+    fn details(&self, id: &KeyId) -> Result<KeyDetails> {
+        (**self).details(id)
+    }
+    fn unlock(&self, id: &KeyId, secret: &SecretString) -> Result<()> {
+        (**self).unlock(id, secret)
     }
     fn list(&self) -> Result<Vec<KeyInfo>> {
         (**self).list()

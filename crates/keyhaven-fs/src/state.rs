@@ -1138,6 +1138,7 @@ pub mod fuzzing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyhaven_core::ErrorKind;
     use proptest::prelude::*;
 
     fn key(b: u8) -> StateKey {
@@ -1203,7 +1204,7 @@ mod tests {
         assert!(e.to_string().contains("copied back"), "{e}");
         // Unattached, nothing can be changed.
         let e = reopened.write(&file, b"v3").unwrap_err();
-        assert!(matches!(e, CoreError::Locked(_)), "{e}");
+        assert!(matches!(&e, e if e.is(ErrorKind::Locked)), "{e}");
         // Its owner copied it back on purpose: accepted against the counter as it is now.
         reopened.rebind_counter(counter.clone()).unwrap();
         reopened.write(&file, b"v3").unwrap();
@@ -1323,8 +1324,7 @@ mod tests {
         std::os::unix::fs::symlink(&outside, &f).unwrap();
         assert!(matches!(
             s.read(&f).unwrap_err(),
-            CoreError::PermissionDenied(_)
-        ));
+            e if e.is(ErrorKind::PermissionDenied)));
         // a write replaces the link, never the file it points to
         s.write(&f, b"2").unwrap();
         assert_eq!(fs::read(&outside).unwrap(), b"1");

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use cryptoki::context::Function;
 use cryptoki::error::{Error as CkError, RvError};
-use keyhaven_core::Error;
+use keyhaven_core::{Error, ErrorKind};
 
 /// A PKCS#11 return value (`CKR_...`), as keyhaven reports it.
 ///
@@ -272,87 +272,77 @@ impl Pkcs11Error {
 
 impl From<Pkcs11Error> for Error {
     fn from(e: Pkcs11Error) -> Self {
-        let backend = |e: &Pkcs11Error| match e {
-            Pkcs11Error::ModuleMissing { module } | Pkcs11Error::NotAModule { module, .. } => {
-                format!("pkcs11 ({})", module.display())
-            }
-            Pkcs11Error::TokenNotFound {
-                module, selector, ..
-            }
-            | Pkcs11Error::AmbiguousToken {
-                module, selector, ..
-            } => format!("pkcs11 (token {selector} of {})", module.display()),
-            Pkcs11Error::Call { token, .. }
-            | Pkcs11Error::WrongPin { token, .. }
-            | Pkcs11Error::PinLocked { token }
-            | Pkcs11Error::TokenFull { token, .. }
-            | Pkcs11Error::TokenGone { token, .. }
-            | Pkcs11Error::BadObject { token, .. }
-            | Pkcs11Error::WeakKey { token, .. }
-            | Pkcs11Error::Cryptoki { token, .. } => format!("pkcs11 ({token})"),
-        };
-        match &e {
+        use ErrorKind as K;
+        let kind = match &e {
             Pkcs11Error::ModuleMissing { .. }
             | Pkcs11Error::NotAModule { .. }
             | Pkcs11Error::TokenNotFound { .. }
-            | Pkcs11Error::TokenGone { .. } => Error::Unavailable {
-                backend: backend(&e),
-                reason: e.to_string(),
-            },
-            Pkcs11Error::AmbiguousToken { .. } => Error::InvalidInput(e.to_string()),
-            Pkcs11Error::WrongPin { .. } => Error::BadPassphrase(e.to_string()),
-            Pkcs11Error::PinLocked { .. } => Error::Locked(e.to_string()),
-            Pkcs11Error::Call { rv, function, .. } => match rv.rv() {
-                RvError::PinIncorrect | RvError::PinLenRange => Error::BadPassphrase(e.to_string()),
-                RvError::PinLocked => Error::Locked(e.to_string()),
-                RvError::MechanismInvalid
-                | RvError::MechanismParamInvalid
-                | RvError::CurveNotSupported
-                | RvError::DomainParamsInvalid
-                | RvError::FunctionNotSupported
-                | RvError::KeyFunctionNotPermitted
-                | RvError::KeyTypeInconsistent => Error::Unsupported {
-                    operation: "use the PKCS#11 token",
-                    reason: format!("{e} (the token does not support this for {function})"),
-                },
-                RvError::DeviceRemoved
-                | RvError::TokenNotPresent
-                | RvError::TokenNotRecognized
-                | RvError::SlotIdInvalid => Error::Unavailable {
-                    backend: backend(&e),
-                    reason: format!("{e}: is the token inserted and the module configured?"),
-                },
-                RvError::UserPinNotInitialized => Error::Locked(format!(
-                    "{e}: the token has no user PIN yet; set one with the security officer PIN \
-                     (pkcs11-tool --login --login-type so --init-pin)"
-                )),
-                RvError::UserAnotherAlreadyLoggedIn => Error::Locked(format!(
-                    "{e}: the security officer is logged in to the token in this process; log \
-                     the SO out first"
-                )),
-                RvError::SessionCount => Error::Unavailable {
-                    backend: backend(&e),
-                    reason: format!(
-                        "{e}: the token allows no more sessions; lower max_sessions or close \
-                         other applications using it"
+            | Pkcs11Error::TokenGone { .. } => K::Unavailable,
+            Pkcs11Error::AmbiguousToken { .. } => K::InvalidInput,
+            Pkcs11Error::WrongPin { .. } => K::BadPassphrase,
+            Pkcs11Error::PinLocked { .. } => K::Locked,
+            Pkcs11Error::Call { rv, function, .. } => {
+                let (kind, note) = match rv.rv() {
+                    RvError::PinIncorrect | RvError::PinLenRange => (K::BadPassphrase, None),
+                    RvError::PinLocked => (K::Locked, None),
+                    RvError::MechanismInvalid
+                    | RvError::MechanismParamInvalid
+                    | RvError::CurveNotSupported
+                    | RvError::DomainParamsInvalid
+                    | RvError::FunctionNotSupported
+                    | RvError::KeyFunctionNotPermitted
+                    | RvError::KeyTypeInconsistent => (
+                        K::Unsupported,
+                        Some(format!("the token does not support this for {function}")),
                     ),
-                },
-                RvError::TokenWriteProtected => {
-                    Error::PermissionDenied(format!("{e}: the token is write-protected"))
-                }
-                _ => Error::Backend {
-                    backend: "pkcs11",
-                    source: Box::new(e),
-                },
-            },
+                    RvError::DeviceRemoved
+                    | RvError::TokenNotPresent
+                    | RvError::TokenNotRecognized
+                    | RvError::SlotIdInvalid => (
+                        K::Unavailable,
+                        Some("is the token inserted and the module configured?".to_owned()),
+                    ),
+                    RvError::UserPinNotInitialized => (
+                        K::Locked,
+                        Some(
+                            "the token has no user PIN yet; set one with the security officer \
+                             PIN (pkcs11-tool --login --login-type so --init-pin)"
+                                .to_owned(),
+                        ),
+                    ),
+                    RvError::UserAnotherAlreadyLoggedIn => (
+                        K::Locked,
+                        Some(
+                            "the security officer is logged in to the token in this process; \
+                             log the SO out first"
+                                .to_owned(),
+                        ),
+                    ),
+                    RvError::SessionCount => (
+                        K::Unavailable,
+                        Some(
+                            "the token allows no more sessions; lower max_sessions or close \
+                             other applications using it"
+                                .to_owned(),
+                        ),
+                    ),
+                    RvError::TokenWriteProtected => (
+                        K::PermissionDenied,
+                        Some("the token is write-protected".to_owned()),
+                    ),
+                    _ => (K::Internal, None),
+                };
+                return match note {
+                    Some(note) => Error::other_noted(kind, "pkcs11", e, note),
+                    None => Error::other(kind, "pkcs11", e),
+                };
+            }
             Pkcs11Error::TokenFull { .. }
             | Pkcs11Error::BadObject { .. }
             | Pkcs11Error::WeakKey { .. }
-            | Pkcs11Error::Cryptoki { .. } => Error::Backend {
-                backend: "pkcs11",
-                source: Box::new(e),
-            },
-        }
+            | Pkcs11Error::Cryptoki { .. } => K::Internal,
+        };
+        Error::other(kind, "pkcs11", e)
     }
 }
 
@@ -379,22 +369,26 @@ mod tests {
     fn meanings() {
         assert!(matches!(
             call(RvError::MechanismInvalid),
-            Error::Unsupported { .. }
-        ));
-        assert!(matches!(call(RvError::PinLocked), Error::Locked(_)));
+            e if e.is(ErrorKind::Unsupported)));
+        assert!(matches!(call(RvError::PinLocked), e if e.is(ErrorKind::Locked)));
         assert!(matches!(
             call(RvError::TokenNotPresent),
-            Error::Unavailable { .. }
-        ));
+            e if e.is(ErrorKind::Unavailable)));
         let full = call(RvError::DeviceMemory);
         assert!(full.to_string().contains("is full"), "{full}");
         assert!(full.to_string().contains("CKR_DEVICE_MEMORY"), "{full}");
         let other = call(RvError::GeneralError);
         assert!(other.to_string().contains("C_Sign"), "{other}");
-        assert!(
-            std::error::Error::source(&other)
-                .is_some_and(|s| s.to_string().contains("CKR_GENERAL_ERROR"))
-        );
+        // The error is the PKCS#11 error itself, kept whole: its message names the call and
+        // the CKR, and it can be had back as its own type.
+        assert!(other.to_string().contains("CKR_GENERAL_ERROR"), "{other}");
+        let Error::Other(o) = &other else {
+            panic!("{other:?}")
+        };
+        assert!(matches!(
+            o.downcast_ref::<Pkcs11Error>(),
+            Some(Pkcs11Error::Call { .. })
+        ));
     }
 
     #[test]
@@ -426,7 +420,8 @@ mod tests {
         }
         .into();
         match e {
-            Error::InvalidInput(m) => {
+            e if e.is(ErrorKind::InvalidInput) => {
+                let m = e.to_string();
                 assert!(m.contains("slot 1") && m.contains("slot 2"), "{m}");
                 assert!(m.contains("serial or slot id"), "{m}");
             }
@@ -442,6 +437,8 @@ mod tests {
             count_low: true,
         }
         .into();
-        assert!(matches!(&e, Error::BadPassphrase(m) if m.contains("did not retry")));
+        assert!(
+            matches!(&e, e if e.is(ErrorKind::BadPassphrase) && e.to_string().contains("did not retry"))
+        );
     }
 }

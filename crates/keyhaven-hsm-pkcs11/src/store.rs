@@ -10,8 +10,8 @@ use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHan
 use cryptoki::session::Session;
 use cryptoki::types::Date;
 use keyhaven_core::{
-    Algorithm, BackendInfo, Error, KeyId, KeyInfo, KeyStore, Protection, PublicKey, Result,
-    SecretBytes, Signature, unix_now, validate_label,
+    Algorithm, BackendInfo, Error, KeyDetails, KeyId, KeyInfo, KeyStore, Protection, PublicKey,
+    Result, SecretBytes, Signature, unix_now, validate_label,
 };
 use sha2::{Digest, Sha256, Sha384};
 
@@ -622,6 +622,14 @@ impl Pkcs11Store {
 impl KeyStore for Pkcs11Store {
     fn info(&self) -> BackendInfo {
         BackendInfo::new("pkcs11", Protection::Hardware, self.token.name.clone())
+    }
+
+    fn details(&self, id: &KeyId) -> Result<KeyDetails> {
+        self.get(id)?;
+        let mut details = KeyDetails::default();
+        details.in_device = true;
+        details.token = Some(self.token_label().to_owned());
+        Ok(details)
     }
 
     fn generate(&self, algorithm: Algorithm, label: &str) -> Result<KeyInfo> {

@@ -122,7 +122,7 @@ fn sign_latency(c: &mut Criterion) {
         let store = tpm.store();
         let key = store.generate(Algorithm::EcdsaP384, "bench").unwrap();
         store
-            .generate_with(
+            .generate_with_options(
                 Algorithm::EcdsaP384,
                 "bench-persistent",
                 KeyOptions::new().persistent(PersistentHandle::new(0x8100_0100).unwrap()),

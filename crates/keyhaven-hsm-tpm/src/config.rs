@@ -354,7 +354,10 @@ impl FromStr for PcrPolicy {
     }
 }
 
-/// Options for [`crate::TpmStore::generate_with`].
+/// Options for [`crate::TpmStore::generate_with_options`]; through the [`KeyStore`] trait
+/// they are the [`keyhaven_core::KeySpec`] options named in [`KeyOptions::NAMES`].
+///
+/// [`KeyStore`]: keyhaven_core::KeyStore
 #[derive(Debug, Default)]
 #[non_exhaustive]
 pub struct KeyOptions {
@@ -369,6 +372,31 @@ pub struct KeyOptions {
 }
 
 impl KeyOptions {
+    /// The names of the [`keyhaven_core::KeySpec`] options a TPM backend takes:
+    /// `persistent` (a handle in hex, `0x81000010`), `pcr-policy` (`BANK:PCR[,PCR...]`, e.g.
+    /// `sha256:0,7`) and `auth` (a key passphrase, given as a secret).
+    pub const NAMES: [&'static str; 3] = ["persistent", "pcr-policy", "auth"];
+
+    /// The TPM options of a [`keyhaven_core::KeySpec`], parsed.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for an option a TPM does not take; [`Error::InvalidInput`] for a
+    /// malformed handle or policy.
+    pub fn from_spec(options: &keyhaven_core::KeyOptions) -> Result<Self> {
+        options.only("tpm", &Self::NAMES)?;
+        let mut out = KeyOptions::new();
+        if let Some(h) = options.text("persistent")? {
+            out = out.persistent(h.parse()?);
+        }
+        if let Some(p) = options.text("pcr-policy")? {
+            out = out.pcr_policy(p.parse()?);
+        }
+        if let Some(a) = options.secret("auth") {
+            out = out.auth(a);
+        }
+        Ok(out)
+    }
+
     /// No passphrase, no policy, not persistent.
     pub fn new() -> Self {
         KeyOptions::default()
@@ -396,6 +424,7 @@ impl KeyOptions {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keyhaven_core::ErrorKind;
 
     #[test]
     fn tcti_forms() {
@@ -413,8 +442,7 @@ mod tests {
         }
         assert!(matches!(
             "swtpm:path=/tmp/sock".parse::<Tcti>(),
-            Err(Error::Unsupported { reason, .. }) if reason.contains("type=tcp")
-        ));
+            Err(e) if e.is(ErrorKind::Unsupported) && e.to_string().contains("type=tcp")));
         for bad in [
             "",
             "tpm",
@@ -424,7 +452,7 @@ mod tests {
             "tabrmd:bus=x",
         ] {
             assert!(
-                matches!(bad.parse::<Tcti>(), Err(Error::InvalidInput(_))),
+                matches!(bad.parse::<Tcti>(), Err(e) if e.is(ErrorKind::InvalidInput)),
                 "{bad:?} accepted"
             );
         }

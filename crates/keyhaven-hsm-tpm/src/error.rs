@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use keyhaven_core::Error;
+use keyhaven_core::{Error, ErrorKind};
 
 /// A TSS2 response code (`TSS2_RC`): the TPM's own code in the low 16 bits and, above it, the
 /// layer of the software stack that produced it (0 for the TPM, 10 for the TCTI, 7 for ESAPI).
@@ -396,42 +396,24 @@ impl TpmError {
 
 impl From<TpmError> for Error {
     fn from(e: TpmError) -> Self {
-        match &e {
-            TpmError::InvalidTcti { .. } => Error::InvalidInput(e.to_string()),
-            TpmError::Unreachable { tcti, .. } => Error::Unavailable {
-                backend: format!("tpm ({tcti})"),
-                reason: e.to_string(),
-            },
-            TpmError::AuthFail { .. } => Error::BadPassphrase(e.to_string()),
-            TpmError::AuthNeeded { .. } | TpmError::Lockout { .. } => Error::Locked(e.to_string()),
-            TpmError::PcrMismatch { .. } | TpmError::OwnerAuth { .. } => {
-                Error::PermissionDenied(e.to_string())
-            }
-            TpmError::ForeignBlob { file, .. } => Error::Corrupt {
-                what: file.display().to_string(),
-                reason: e.to_string(),
-            },
-            TpmError::HandleInUse { .. } => Error::AlreadyExists(e.to_string()),
-            TpmError::ForeignPersistent { handle, key } => Error::Corrupt {
-                what: format!("persistent handle {handle:#010x} of key {key}"),
-                reason: e.to_string(),
-            },
-            TpmError::Command { rc, .. } if rc.unreachable() => Error::Unavailable {
-                backend: "tpm".into(),
-                reason: e.to_string(),
-            },
-            TpmError::Command { rc, .. } if rc.from_tpm() && rc.base() == rc::LOCKOUT => {
-                Error::Locked(e.to_string())
-            }
+        use ErrorKind as K;
+        let kind = match &e {
+            TpmError::InvalidTcti { .. } => K::InvalidInput,
+            TpmError::Unreachable { .. } => K::Unavailable,
+            TpmError::AuthFail { .. } => K::BadPassphrase,
+            TpmError::AuthNeeded { .. } | TpmError::Lockout { .. } => K::Locked,
+            TpmError::PcrMismatch { .. } | TpmError::OwnerAuth { .. } => K::PermissionDenied,
+            TpmError::ForeignBlob { .. } | TpmError::ForeignPersistent { .. } => K::Corrupt,
+            TpmError::HandleInUse { .. } => K::AlreadyExists,
+            TpmError::Command { rc, .. } if rc.unreachable() => K::Unavailable,
+            TpmError::Command { rc, .. } if rc.from_tpm() && rc.base() == rc::LOCKOUT => K::Locked,
             TpmError::Command { .. }
             | TpmError::Wrapper { .. }
             | TpmError::ObjectMemory { .. }
             | TpmError::BadResponse { .. }
-            | TpmError::Poisoned => Error::Backend {
-                backend: "tpm",
-                source: Box::new(e),
-            },
-        }
+            | TpmError::Poisoned => K::Internal,
+        };
+        Error::other(kind, "tpm", e)
     }
 }
 
@@ -473,7 +455,9 @@ mod tests {
             rc: TpmRc(0x98E),
         }
         .into();
-        assert!(matches!(&auth, Error::BadPassphrase(m) if m.contains("k1")));
+        assert!(
+            matches!(&auth, e if e.is(ErrorKind::BadPassphrase) && e.to_string().contains("k1"))
+        );
         let pcr: Error = TpmError::PcrMismatch {
             key: "k".into(),
             policy: "sha256:0,7".into(),
@@ -481,22 +465,39 @@ mod tests {
             rc: TpmRc(0x984),
         }
         .into();
-        assert!(matches!(&pcr, Error::PermissionDenied(m) if m.contains("changed: 7")));
+        assert!(
+            matches!(&pcr, e if e.is(ErrorKind::PermissionDenied) && e.to_string().contains("changed: 7"))
+        );
         let gone: Error = TpmError::Unreachable {
             tcti: "swtpm:port=1".into(),
             rc: TpmRc(rc::TCTI_IO_ERROR),
             hint: "start it",
         }
         .into();
-        assert!(matches!(&gone, Error::Unavailable { reason, .. } if reason.contains("start it")));
+        assert!(
+            matches!(&gone, e if e.is(ErrorKind::Unavailable) && e.to_string().contains("start it"))
+        );
         let other: Error = TpmError::Command {
             command: "TPM2_Sign",
             rc: TpmRc(0x101),
             key: Some("k".into()),
         }
         .into();
-        assert!(other.to_string().contains("tpm backend error"), "{other}");
-        let source = std::error::Error::source(&other).map(ToString::to_string);
-        assert!(source.is_some_and(|s| s.contains("TPM2_Sign failed with TPM_RC_FAILURE")));
+        // Kept whole: the TPM command and its response code, and the TPM error type itself.
+        assert_eq!(other.kind(), ErrorKind::Internal);
+        assert!(
+            other
+                .to_string()
+                .contains("TPM2_Sign failed with TPM_RC_FAILURE"),
+            "{other}"
+        );
+        let Error::Other(o) = &other else {
+            panic!("{other:?}")
+        };
+        assert_eq!(o.origin(), "tpm");
+        assert!(matches!(
+            o.downcast_ref::<TpmError>(),
+            Some(TpmError::Command { .. })
+        ));
     }
 }

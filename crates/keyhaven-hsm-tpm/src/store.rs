@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use keyhaven_core::{
-    Algorithm, BackendInfo, Error, KeyId, KeyInfo, KeyStore, Protection, PublicKey, Result,
-    SecretBytes, Signature, unix_now, validate_label,
+    Algorithm, BackendInfo, Error, ErrorKind, KeyDetails, KeyId, KeyInfo, KeySpec, KeyStore,
+    Protection, PublicKey, Result, SecretBytes, Signature, unix_now, validate_label,
 };
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -336,7 +336,7 @@ impl TpmStore {
     ///
     /// # Errors
     /// As [`KeyStore::generate`]; [`Error::AlreadyExists`] for a persistent handle in use.
-    pub fn generate_with(
+    pub fn generate_with_options(
         &self,
         algorithm: Algorithm,
         label: &str,
@@ -595,7 +595,26 @@ impl KeyStore for TpmStore {
     }
 
     fn generate(&self, algorithm: Algorithm, label: &str) -> Result<KeyInfo> {
-        self.generate_with(algorithm, label, crate::KeyOptions::default())
+        self.generate_with_options(algorithm, label, crate::KeyOptions::default())
+    }
+
+    fn generate_with(&self, spec: &KeySpec) -> Result<KeyInfo> {
+        let options = crate::KeyOptions::from_spec(&spec.options)?;
+        self.generate_with_options(spec.algorithm, &spec.label, options)
+    }
+
+    fn details(&self, id: &KeyId) -> Result<KeyDetails> {
+        let d = self.key_details(id)?;
+        let mut out = KeyDetails::default();
+        out.in_device = true;
+        out.persistent_handle = d.persistent.map(|h| h.to_string());
+        out.pcr_policy = d.pcr_policy.map(|p| p.to_string());
+        out.needs_auth = d.needs_auth;
+        Ok(out)
+    }
+
+    fn unlock(&self, id: &KeyId, secret: &SecretString) -> Result<()> {
+        self.set_key_auth(id, secret)
     }
 
     fn list(&self) -> Result<Vec<KeyInfo>> {
@@ -604,7 +623,7 @@ impl KeyStore for TpmStore {
             match self.key(&id) {
                 Ok(key) => out.push(key.info.clone()),
                 // damaged records are reported by check(); deleted meanwhile is fine
-                Err(Error::Corrupt { .. } | Error::NotFound(_)) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -724,7 +743,7 @@ impl KeyStore for TpmStore {
                         problems.push(e);
                     }
                 }
-                Err(Error::NotFound(_)) => {}
+                Err(e) if e.is(ErrorKind::NotFound) => {}
                 Err(e) => problems.push(e),
             }
         }

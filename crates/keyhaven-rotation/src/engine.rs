@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keyhaven_core::{
-    Algorithm, Error as CoreError, KeyId, KeyInfo, KeyStore, Protection, Signature,
+    Algorithm, Error as CoreError, ErrorKind, KeyId, KeyInfo, KeyStore, Protection, Signature,
 };
 use keyhaven_fs::FileLock;
 
@@ -492,7 +492,8 @@ impl RotationEngine {
         let detail = match store.find_by_label(&pending.new_label) {
             Ok(orphan) if key.version_by_key_id(&orphan.id).is_none() => {
                 match store.delete(&orphan.id) {
-                    Ok(()) | Err(CoreError::NotFound(_)) => {}
+                    Ok(()) => {}
+                    Err(e) if e.is(ErrorKind::NotFound) => {}
                     Err(e) => return Err(e.into()),
                 }
                 format!(
@@ -500,10 +501,10 @@ impl RotationEngine {
                     orphan.id, pending.new_label
                 )
             }
-            Ok(_) | Err(CoreError::NotFound(_)) => {
+            Err(e) if !e.is(ErrorKind::NotFound) => return Err(e.into()),
+            Ok(_) | Err(_) => {
                 "interrupted rotation rolled back: no key had been generated".to_owned()
             }
-            Err(e) => return Err(e.into()),
         };
         let now = self.now();
         self.registry.update(key.id(), |k| {
@@ -892,7 +893,8 @@ impl RotationEngine {
         let mut trial = key.clone();
         trial.destroy(version, self.now(), reason)?;
         match self.store(key.backend())?.delete(v.key_id()) {
-            Ok(()) | Err(CoreError::NotFound(_)) => {}
+            Ok(()) => {}
+            Err(e) if e.is(ErrorKind::NotFound) => {}
             Err(e) => return Err(e.into()),
         }
         let now = self.now();
@@ -945,7 +947,8 @@ impl RotationTxn<'_> {
     fn undo(&self, kind: EventKind, detail: String) -> Result<()> {
         if let Some(new) = &self.new {
             match self.store.delete(new) {
-                Ok(()) | Err(CoreError::NotFound(_)) => {}
+                Ok(()) => {}
+                Err(e) if e.is(ErrorKind::NotFound) => {}
                 // leave the journal entry: the next run deletes the orphan
                 Err(_) => return Ok(()),
             }

@@ -1,6 +1,6 @@
 //! The crate's error, converted into [`keyhaven_core::Error`].
 
-use keyhaven_core::Error as CoreError;
+use keyhaven_core::{Error as CoreError, ErrorKind};
 
 /// A failure of rotation, versioning, policies, metering, continuity proofs or prekey pools.
 #[derive(Debug, thiserror::Error)]
@@ -144,50 +144,28 @@ impl RotationError {
 
 impl From<RotationError> for CoreError {
     fn from(e: RotationError) -> Self {
-        match e {
-            RotationError::NotFound(what) => CoreError::NotFound(what),
+        use ErrorKind as K;
+        let kind = match &e {
+            RotationError::Core(_) | RotationError::Corrupt { .. } => K::Internal,
+            RotationError::NotFound(_) => K::NotFound,
             RotationError::InvalidTransition { .. }
             | RotationError::NoPrimary(_)
-            | RotationError::Policy { .. } => CoreError::InvalidInput(e.to_string()),
-            RotationError::NotPrimary { .. } => CoreError::Unsupported {
-                operation: "use a non-primary key version",
-                reason: e.to_string(),
-            },
-            RotationError::Corrupt { what, reason } => CoreError::Corrupt { what, reason },
-            RotationError::RotationFailed { ref source, .. } => {
-                let message = e.to_string();
-                // The backend's own kind of failure, with the rotation's message (which says
-                // the old version stays primary).
-                match &**source {
-                    CoreError::Unavailable { backend, .. } => CoreError::Unavailable {
-                        backend: backend.clone(),
-                        reason: message,
-                    },
-                    CoreError::PermissionDenied(_) => CoreError::PermissionDenied(message),
-                    CoreError::Revoked(_) => CoreError::Revoked(message),
-                    CoreError::Locked(_) => CoreError::Locked(message),
-                    CoreError::BadPassphrase(_) => CoreError::BadPassphrase(message),
-                    CoreError::AlreadyExists(_) => CoreError::AlreadyExists(message),
-                    CoreError::InvalidInput(_) => CoreError::InvalidInput(message),
-                    CoreError::Unsupported { operation, .. } => CoreError::Unsupported {
-                        operation,
-                        reason: message,
-                    },
-                    _ => CoreError::Backend {
-                        backend: "rotation",
-                        source: Box::new(e),
-                    },
-                }
-            }
+            | RotationError::Policy { .. }
+            | RotationError::Continuity { .. } => K::InvalidInput,
+            RotationError::NotPrimary { .. } => K::Unsupported,
+            // The backend's own kind of failure, with the rotation's message (which says the
+            // old version stays primary) and the backend's error as its source.
+            RotationError::RotationFailed { source, .. } => source.kind(),
             // The operator's hook refused the rotation: not a permissions problem on a file.
-            RotationError::PreActionFailed { .. } => CoreError::Unavailable {
-                backend: "pre-rotation action".into(),
-                reason: e.to_string(),
-            },
-            RotationError::Continuity { .. } => CoreError::InvalidInput(e.to_string()),
-            RotationError::ContinuitySignature { .. } => CoreError::BadSignature,
-            RotationError::PrekeyUsed { .. } => CoreError::Revoked(e.to_string()),
+            RotationError::PreActionFailed { .. } => K::Unavailable,
+            RotationError::ContinuitySignature { .. } => K::BadSignature,
+            RotationError::PrekeyUsed { .. } => K::Revoked,
+        };
+        match e {
             RotationError::Core(inner) => inner,
+            RotationError::Corrupt { what, reason } => CoreError::Corrupt { what, reason },
+            RotationError::ContinuitySignature { .. } => CoreError::BadSignature,
+            other => CoreError::other(kind, "rotation", other),
         }
     }
 }

@@ -7,7 +7,7 @@ use base64ct::{Base64, Encoding};
 use serde::{Deserialize, Serialize};
 
 use keyhaven_core::{
-    Algorithm, Error as CoreError, KeyId, KeyStore, PublicKey, SecretBytes, Signature,
+    Algorithm, Error as CoreError, ErrorKind, KeyId, KeyStore, PublicKey, SecretBytes, Signature,
 };
 use keyhaven_fs::{FileLock, PlainState, StateFiles, create_private_dir};
 
@@ -267,7 +267,8 @@ impl PrekeyPool {
                 && !state.signed.iter().any(|s| s.key_id == k.id)
             {
                 match self.store.delete(&k.id) {
-                    Ok(()) | Err(CoreError::NotFound(_)) => {}
+                    Ok(()) => {}
+                    Err(e) if e.is(ErrorKind::NotFound) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
@@ -399,7 +400,8 @@ impl PrekeyPool {
         }
         let secret = self.store.agree(id, peer)?;
         match self.store.delete(id) {
-            Ok(()) | Err(CoreError::NotFound(_)) => {}
+            Ok(()) => {}
+            Err(e) if e.is(ErrorKind::NotFound) => {}
             Err(e) => return Err(e.into()),
         }
         state.one_time[i].state = OtkState::Consumed;
@@ -473,7 +475,8 @@ impl PrekeyPool {
         self.write(&state)?;
         for o in old {
             match self.store.delete(&o.key_id) {
-                Ok(()) | Err(CoreError::NotFound(_)) => {}
+                Ok(()) => {}
+                Err(e) if e.is(ErrorKind::NotFound) => {}
                 Err(e) => return Err(e.into()),
             }
         }

@@ -355,4 +355,5 @@ impl EncryptedStore {
     }
 }
 
-delegate_keystore!(EncryptedStore, "encrypted");
+// Records are sealed: no file of theirs is for other programs.
+delegate_keystore!(EncryptedStore, "encrypted", None);

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use keyhaven_core::{
-    Algorithm, Error, KeyId, KeyInfo, PublicKey, Result, SecretBytes, Signature, unix_now,
-    validate_label,
+    Algorithm, Error, ErrorKind, KeyId, KeyInfo, PublicKey, Result, SecretBytes, Signature,
+    unix_now, validate_label,
 };
 use keyhaven_crypto::{CryptoProvider, PrivateKey};
 
@@ -107,7 +107,7 @@ impl<F: Format> Engine<F> {
             match self.get(&id) {
                 Ok(info) => out.push(info),
                 // damaged records are reported by check(); deleted meanwhile is fine
-                Err(Error::Corrupt { .. } | Error::NotFound(_)) => {}
+                Err(e) if matches!(e.kind(), ErrorKind::Corrupt | ErrorKind::NotFound) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -327,9 +327,10 @@ impl<F: Format> Engine<F> {
     }
 }
 
-/// Implements `KeyStore` for a wrapper struct with an `engine` field and a `PROTECTION` const.
+/// Implements `KeyStore` for a wrapper struct with an `engine` field and a `PROTECTION` const;
+/// `details` names the private key's file when `$file` is the suffix of a file others read.
 macro_rules! delegate_keystore {
-    ($ty:ty, $kind:literal) => {
+    ($ty:ty, $kind:literal, $file:expr) => {
         impl keyhaven_core::KeyStore for $ty {
             fn info(&self) -> keyhaven_core::BackendInfo {
                 keyhaven_core::BackendInfo::new(
@@ -347,6 +348,16 @@ macro_rules! delegate_keystore {
             }
             fn list(&self) -> keyhaven_core::Result<Vec<keyhaven_core::KeyInfo>> {
                 self.engine.list()
+            }
+            fn details(
+                &self,
+                id: &keyhaven_core::KeyId,
+            ) -> keyhaven_core::Result<keyhaven_core::KeyDetails> {
+                self.engine.get(id)?;
+                let mut details = keyhaven_core::KeyDetails::default();
+                let file: Option<&str> = $file;
+                details.private_key_file = file.map(|suffix| self.engine.dir.key_file(id, suffix));
+                Ok(details)
             }
             fn get(
                 &self,

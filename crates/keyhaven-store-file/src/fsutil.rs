@@ -39,18 +39,17 @@ pub(crate) enum FsError {
 
 impl From<FsError> for keyhaven_core::Error {
     fn from(e: FsError) -> Self {
-        use keyhaven_core::Error;
+        use keyhaven_core::{Error, ErrorKind};
         match e {
             FsError::Io { op, path, source } => {
                 let context = format!("{op} {}", path.display());
-                if source.kind() == io::ErrorKind::PermissionDenied {
-                    Error::PermissionDenied(format!("{context}: {source}"))
-                } else {
-                    Error::Io { context, source }
-                }
+                // Its kind (permission denied, not found, ...) is the I/O error's own.
+                Error::Io { context, source }
             }
-            FsError::LoosePermissions { .. } => Error::PermissionDenied(e.to_string()),
-            FsError::WrongType { .. } => Error::InvalidInput(e.to_string()),
+            FsError::LoosePermissions { .. } => {
+                Error::other(ErrorKind::PermissionDenied, "file", e)
+            }
+            FsError::WrongType { .. } => Error::other(ErrorKind::InvalidInput, "file", e),
             FsError::Unsafe(inner) => inner,
         }
     }

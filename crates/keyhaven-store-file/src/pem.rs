@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use base64ct::{Base64, Encoding};
-use keyhaven_core::{Algorithm, Error, KeyId, KeyInfo, Protection, Result, SecretBytes};
+use keyhaven_core::{Algorithm, Error, ErrorKind, KeyId, KeyInfo, Protection, Result, SecretBytes};
 use keyhaven_crypto::{CryptoProvider, PrivateKey, default_provider, hazmat};
 use serde::{Deserialize, Serialize};
 
@@ -196,8 +196,8 @@ impl PemStore {
     /// As [`PemStore::open`] and [`PemStore::create`].
     pub fn open_or_create(dir: &Path) -> Result<Self> {
         match Self::open(dir) {
-            Err(Error::NotFound(_)) => match Self::create(dir) {
-                Err(Error::AlreadyExists(_)) => Self::open(dir),
+            Err(e) if e.is(ErrorKind::NotFound) => match Self::create(dir) {
+                Err(e) if e.is(ErrorKind::AlreadyExists) => Self::open(dir),
                 other => other,
             },
             other => other,
@@ -220,4 +220,5 @@ impl PemStore {
     }
 }
 
-delegate_keystore!(PemStore, "pem");
+// `openssl` reads each private key file: `key show` names it.
+delegate_keystore!(PemStore, "pem", Some(PRIVATE_SUFFIX));

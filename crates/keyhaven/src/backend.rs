@@ -5,7 +5,7 @@
 //! [`open_store`].
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -160,15 +160,15 @@ pub struct Backend {
     store: Arc<dyn KeyStore>,
     /// The store without the facade's decorators (audit, access control, revocation).
     raw: Arc<dyn KeyStore>,
-    /// The same store when it is a PEM store, which names each key's file.
-    #[cfg(feature = "file")]
-    pem: Option<Arc<keyhaven_store_file::PemStore>>,
     /// For an encrypted store: its id and the secret it derives for the home's integrity key.
     anchor: Option<Arc<AnchorSecret>>,
-    /// The same store when it is a PKCS#11 token, which reports on the token.
+    /// The same store when it is a PKCS#11 token: for what the home asks of the device itself
+    /// (the token key anchoring the home's integrity, the doctor's token report), never for key
+    /// operations, which all go through the [`KeyStore`] contract.
     #[cfg(feature = "pkcs11")]
     pkcs11: Option<Arc<keyhaven_hsm_pkcs11::Pkcs11Store>>,
-    /// The same store when it is a TPM, which takes key options and key passphrases.
+    /// The same store when it is a TPM: for the home's rollback counter and the doctor's TPM
+    /// report, never for key operations (those go through the [`KeyStore`] contract).
     #[cfg(feature = "tpm")]
     tpm: Option<Arc<keyhaven_hsm_tpm::TpmStore>>,
 }
@@ -197,8 +197,6 @@ impl Backend {
             location: location.into(),
             raw: store.clone(),
             store,
-            #[cfg(feature = "file")]
-            pem: None,
             anchor: None,
             #[cfg(feature = "pkcs11")]
             pkcs11: None,
@@ -243,20 +241,6 @@ impl Backend {
     pub(crate) fn with_store(mut self, store: Arc<dyn KeyStore>) -> Self {
         self.store = store;
         self
-    }
-
-    /// For backends that keep each private key in a file `openssl` reads (the PEM store): that
-    /// file's path.
-    pub fn private_key_file(&self, id: &crate::KeyId) -> Option<PathBuf> {
-        #[cfg(feature = "file")]
-        {
-            self.pem.as_ref().map(|store| store.private_key_path(id))
-        }
-        #[cfg(not(feature = "file"))]
-        {
-            let _ = id;
-            None
-        }
     }
 
     /// The PKCS#11 store, when this is a `pkcs11` backend.
@@ -516,7 +500,9 @@ mod file {
             (FileKind::Encrypted, Some(pass)) => {
                 let store = match EncryptedStore::create(dir, &pass, KdfParams::default()) {
                     // Another process created it meanwhile: open it with the same passphrase.
-                    Err(CoreError::AlreadyExists(_)) => EncryptedStore::open(dir, &pass),
+                    Err(e) if e.is(crate::ErrorKind::AlreadyExists) => {
+                        EncryptedStore::open(dir, &pass)
+                    }
                     other => other,
                 }
                 .map_err(err)?;
@@ -539,9 +525,7 @@ mod file {
     }
 
     fn pem_backend(name: &str, location: String, store: Arc<PemStore>) -> Backend {
-        let mut backend = Backend::new(name, BackendKind::Pem, location, Arc::clone(&store) as _);
-        backend.pem = Some(store);
-        backend
+        Backend::new(name, BackendKind::Pem, location, store as _)
     }
 }
 
@@ -667,13 +651,13 @@ mod pkcs11 {
                 "the PIN prompt".to_owned(),
             )
         };
-        let pin_error = |source: CoreError| match source {
-            CoreError::BadPassphrase(_) | CoreError::Locked(_) => Error::Pin {
+        let pin_error = |source: CoreError| match source.kind() {
+            crate::ErrorKind::BadPassphrase | crate::ErrorKind::Locked => Error::Pin {
                 backend: name.to_owned(),
                 origin: origin.clone(),
                 source,
             },
-            other => Error::backend(name, other),
+            _ => Error::backend(name, source),
         };
         let pin = pin.map_err(pin_error)?;
         let store =

@@ -30,7 +30,7 @@ pub const META_USAGE: &str = "usage";
 pub const META_DEFAULT: &str = "default";
 /// Backup entry metadata (first entry): the home's revocation list (JSON).
 pub const META_REVOCATIONS: &str = "home.revocations";
-use crate::{Backend, CoreError, Error, KeyId, KeyManager, ManagedKey, Result};
+use crate::{Backend, CoreError, Error, ErrorKind, KeyId, KeyManager, ManagedKey, Result};
 
 impl KeyManager {
     /// Gathers backup entries: the keys named by `refs` (any reference
@@ -71,11 +71,9 @@ impl KeyManager {
                             }
                             match self.resolve(&format!("{}:{}", l.backend(), v.key_id())) {
                                 Ok(k) if self.revocation_of(&k)?.is_none() => named.push(k),
-                                Ok(_) | Err(Error::Core(CoreError::NotFound(_))) => {}
-                                Err(Error::Backend {
-                                    source: CoreError::NotFound(_),
-                                    ..
-                                }) => {}
+                                Ok(_) => {}
+                                Err(e) if e.kind() == ErrorKind::NotFound && e.core().is_some() => {
+                                }
                                 Err(e) => return Err(e),
                             }
                         }
@@ -237,7 +235,7 @@ impl KeyManager {
                     // Not restored (already present, destroyed, revoked, hardware): it must not
                     // be another key here.
                     None => match b.store().get(v.key_id()) {
-                        Err(CoreError::NotFound(_)) => true,
+                        Err(e) if e.is(ErrorKind::NotFound) => true,
                         Ok(info) => info.fingerprint().to_hex() == v.fingerprint(),
                         Err(_) => false,
                     },
@@ -260,7 +258,7 @@ impl KeyManager {
                 .map_err(|err| Error::Core(err.into()))?;
             match registry.insert_restored(&restored) {
                 Ok(()) => {}
-                Err(crate::versions::RotationError::Core(CoreError::AlreadyExists(_))) => {}
+                Err(crate::versions::RotationError::Core(e)) if e.is(ErrorKind::AlreadyExists) => {}
                 Err(err) => return Err(Error::Core(err.into())),
             }
         }

@@ -271,7 +271,7 @@ impl KeyManager {
                     match b.store().list() {
                         Ok(keys) => report.keys = Some(keys.len()),
                         Err(e) => {
-                            report.error_kind = Some(ErrorKind::of_core(&e));
+                            report.error_kind = Some(e.kind());
                             report.error = Some(e.to_string());
                         }
                     }
@@ -402,7 +402,7 @@ impl KeyManager {
                     Ok(t) => report.tpm = Some(t.into()),
                     Err(e) => {
                         report.reachable = false;
-                        report.error_kind = Some(ErrorKind::of_core(&e));
+                        report.error_kind = Some(e.kind());
                         report.error = Some(e.to_string());
                     }
                 }

@@ -2,9 +2,8 @@
 
 use std::io;
 
-use serde::Serialize;
-
 use crate::CoreError;
+pub use keyhaven_core::ErrorKind;
 
 /// A result with the facade's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -102,7 +101,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Core(e) | Error::Backend { source: e, .. } | Error::Pin { source: e, .. } => {
-                ErrorKind::of_core(e)
+                e.kind()
             }
             Error::Config { .. } | Error::Ambiguous { .. } => ErrorKind::InvalidInput,
             Error::UnknownBackend { .. } | Error::NoDefaultKey(_) => ErrorKind::NotFound,
@@ -124,76 +123,11 @@ impl Error {
     }
 }
 
-/// The meaning of an error, independent of where it came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum ErrorKind {
-    /// A key, backend or file was not found.
-    NotFound,
-    /// Something with that name already exists.
-    AlreadyExists,
-    /// The backend or key cannot do this operation.
-    Unsupported,
-    /// Malformed input, configuration, or an ambiguous reference.
-    InvalidInput,
-    /// Not allowed, or file permissions are unsafe.
-    PermissionDenied,
-    /// Wrong passphrase or PIN.
-    BadPassphrase,
-    /// Locked: no passphrase available, or held by another process.
-    Locked,
-    /// Stored data is damaged.
-    Corrupt,
-    /// The key is revoked.
-    Revoked,
-    /// A signature does not verify.
-    BadSignature,
-    /// A backend cannot be reached.
-    Unavailable,
-    /// An I/O error.
-    Io,
-    /// A failure that should not happen (a cryptographic or internal error).
-    Internal,
-}
-
-impl ErrorKind {
-    /// The kind of a core error.
-    pub fn of_core(e: &CoreError) -> Self {
-        match e {
-            CoreError::NotFound(_) => ErrorKind::NotFound,
-            CoreError::AlreadyExists(_) => ErrorKind::AlreadyExists,
-            CoreError::Unsupported { .. } => ErrorKind::Unsupported,
-            CoreError::InvalidInput(_) => ErrorKind::InvalidInput,
-            CoreError::PermissionDenied(_) => ErrorKind::PermissionDenied,
-            CoreError::BadPassphrase(_) => ErrorKind::BadPassphrase,
-            CoreError::Locked(_) => ErrorKind::Locked,
-            CoreError::Corrupt { .. } => ErrorKind::Corrupt,
-            CoreError::Revoked(_) => ErrorKind::Revoked,
-            CoreError::BadSignature => ErrorKind::BadSignature,
-            CoreError::Unavailable { .. } => ErrorKind::Unavailable,
-            CoreError::Io { source, .. } => ErrorKind::of_io(source),
-            _ => ErrorKind::Internal,
-        }
-    }
-
-    /// The kind of an I/O error: permission problems are [`ErrorKind::PermissionDenied`],
-    /// missing files [`ErrorKind::NotFound`], the rest [`ErrorKind::Io`].
-    pub fn of_io(e: &io::Error) -> Self {
-        match e.kind() {
-            io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
-            io::ErrorKind::NotFound => ErrorKind::NotFound,
-            io::ErrorKind::AlreadyExists => ErrorKind::AlreadyExists,
-            _ => ErrorKind::Io,
-        }
-    }
-}
-
 /// Whether a core error means "this backend cannot be reached": only [`CoreError::Unavailable`]
 /// (a device that is missing, support that is not compiled in, or a store directory outside the
 /// home whose parent is missing, which the facade reports as unavailable itself). Everything else,
 /// a wrong passphrase, unsafe permissions, a damaged store (its `keys/` directory gone, say), is
 /// the backend's own error and is reported, never replaced by the fallback.
 pub(crate) fn is_unavailable(e: &CoreError) -> bool {
-    matches!(e, CoreError::Unavailable { .. })
+    e.is(ErrorKind::Unavailable)
 }

@@ -38,7 +38,7 @@ use keyhaven_fs::{PlainState, SealedState, StateFiles, StateKey};
 use crate::backend::{Backend, BackendKind};
 use crate::config::CONFIG_FILE;
 use crate::manager::KeyManager;
-use crate::{CoreError, Error, Result};
+use crate::{CoreError, Error, ErrorKind, Result};
 
 /// What [`KeyManager::integrity_status`] reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -585,7 +585,7 @@ impl KeyManager {
             match created {
                 Ok(sealed) => Ok(Some(sealed)),
                 // Another process sealed it meanwhile: its key is the home's.
-                Err(CoreError::AlreadyExists(_)) => {
+                Err(e) if e.is(ErrorKind::AlreadyExists) => {
                     discard_anchor_key(&raw, made);
                     let claimed = SealedState::peek_anchor(self.home());
                     let (label, key) =

@@ -23,7 +23,6 @@ pub use backend::{Backend, BackendKind};
 pub use config::{BackendConfig, CONFIG_FILE, Config, DefaultKey, FallbackConfig, TokenRef};
 pub use doctor::{BackendReport, DoctorReport, MechanismDiagnosis, TokenDiagnosis, TpmDiagnosis};
 pub use error::{Error, ErrorKind, Result};
-pub use hardware::{GenerateOptions, HardwareKeyDetails};
 pub use integrity::IntegrityStatus;
 /// The audit log and the access-control and audit decorators (keyhaven-audit).
 pub use keyhaven_audit as audit;
@@ -42,8 +41,9 @@ pub use passphrase::{
 pub use rotation::VersionInfo;
 
 pub use keyhaven_core::{
-    Algorithm, BackendInfo, Error as CoreError, Fingerprint, KeyId, KeyInfo, KeyStore, Protection,
-    PublicKey, SecretBytes, Signature, SignatureFormat, validate_label,
+    Algorithm, BackendInfo, Error as CoreError, Fingerprint, KeyDetails, KeyId, KeyInfo,
+    KeyOptions, KeySpec, KeyStore, Protection, PublicKey, SecretBytes, Signature, SignatureFormat,
+    validate_label,
 };
 pub use keyhaven_crypto::{
     CryptoProvider, KeySigner, SignWith, StoreKey, default_provider, encoding, fill_random, verify,

@@ -518,26 +518,6 @@ impl KeyManager {
         Ok(Some(policy))
     }
 
-    /// Checks the access policy (if any) for a key the facade creates itself.
-    pub(crate) fn authorize_new_key(&self, backend: &Backend, label: &str) -> Result<()> {
-        if let Some(policy) = self.access_policy()? {
-            let store =
-                AccessControlledStore::new(backend.store_raw().clone(), policy, self.caller());
-            if let Err(e) = store.authorize_new(label) {
-                let reason = e.to_string();
-                self.audit_new_key(
-                    "generate",
-                    backend.kind().name(),
-                    None,
-                    Outcome::Denied,
-                    &reason,
-                )?;
-                return Err(e.into());
-            }
-        }
-        Ok(())
-    }
-
     /// Appends an event about a key being created by the facade itself.
     pub(crate) fn audit_new_key(
         &self,

@@ -11,8 +11,8 @@ use crate::error::is_unavailable;
 use crate::fs::{FileLock, check_private, create_private_dir};
 use crate::passphrase::PassphraseProvider;
 use crate::{
-    Algorithm, CoreError, Error, KeyId, KeyInfo, Protection, PublicKey, Result, SecretBytes,
-    Signature,
+    Algorithm, CoreError, Error, ErrorKind, KeyId, KeyInfo, Protection, PublicKey, Result,
+    SecretBytes, Signature,
 };
 
 /// Backends that cannot be reached, by name, with why.
@@ -815,7 +815,12 @@ impl KeyManager {
                 .existing_backend(backend)?
                 .ok_or_else(|| CoreError::key_not_found(reference))?;
             let info = match b.store().resolve(rest) {
-                Err(CoreError::NotFound(_)) if let Some(info) = label_in_records(&b, rest)? => info,
+                Err(e)
+                    if e.is(ErrorKind::NotFound)
+                        && let Some(info) = label_in_records(&b, rest)? =>
+                {
+                    info
+                }
                 other => other.map_err(|e| Error::backend(b.name(), e))?,
             };
             let by_label = info.id.as_str() != rest;
@@ -832,13 +837,13 @@ impl KeyManager {
             if let Some(id) = &id {
                 match b.store().get(id) {
                     Ok(info) => by_id.push(managed(&b, info)),
-                    Err(CoreError::NotFound(_)) => {}
+                    Err(e) if e.is(ErrorKind::NotFound) => {}
                     Err(e) => return Err(Error::backend(b.name(), e)),
                 }
             }
             match b.store().find_by_label(reference) {
                 Ok(info) => by_label.push(managed(&b, info).named_logically(true)),
-                Err(e @ CoreError::NotFound(_)) => {
+                Err(e) if e.is(ErrorKind::NotFound) => {
                     if e.to_string() != plain_miss && detail.is_none() {
                         detail = Some((b.name().to_owned(), e));
                     }
@@ -901,20 +906,7 @@ impl KeyManager {
         algorithm: Algorithm,
         label: &str,
     ) -> Result<ManagedKey> {
-        let label = &self.new_label(label)?;
-        let name = match backend {
-            Some(b) => b.to_owned(),
-            None => self.default_backend_name()?,
-        };
-        let b = self.backend_for_new_key(&name, None)?;
-        let info = b
-            .store()
-            .generate(algorithm, label)
-            .map_err(|e| Error::backend(b.name(), e))?;
-        // The handle of a new logical key: after a rotation it signs with the primary.
-        let key = managed(&b, info).named_logically(true);
-        self.default_if_none(&key)?;
-        Ok(key)
+        self.generate_with(backend, &crate::KeySpec::new(algorithm, label))
     }
 
     /// The label a new key gets: `label` in Unicode NFC ([`keyhaven_core::normalize_label`]),
@@ -1180,7 +1172,7 @@ impl KeyManager {
         match b.store().get(&d.id) {
             // The default key names a logical key: it signs with its primary version.
             Ok(info) => Ok(managed(&b, info).named_logically(true)),
-            Err(CoreError::NotFound(_)) => Err(gone()),
+            Err(e) if e.is(ErrorKind::NotFound) => Err(gone()),
             Err(e) => Err(Error::backend(b.name(), e)),
         }
     }
@@ -1496,6 +1488,7 @@ fn known_names(config: &Config) -> String {
 pub(crate) fn unavailable_reason(e: &CoreError) -> String {
     match e {
         CoreError::Unavailable { reason, .. } => reason.clone(),
+        CoreError::Other(o) if o.kind() == ErrorKind::Unavailable => o.to_string(),
         other => other.to_string(),
     }
 }

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use keyhaven_core::{
-    Error as CoreError, KeyId, KeyInfo, KeyStore, PublicKey, Result as CoreResult, SecretBytes,
-    Signature,
+    Error as CoreError, ErrorKind, KeyId, KeyInfo, KeyStore, PublicKey, Result as CoreResult,
+    SecretBytes, Signature,
 };
 use keyhaven_fs::StateFiles;
 
@@ -91,7 +91,9 @@ impl<S> TombstoneStore<S> {
     {
         if self.read()?.contains(&self.entry(id)) {
             // Deleted and gone: what any store says of a key it does not hold.
-            if let Err(e @ CoreError::NotFound(_)) = self.inner.get(id) {
+            if let Err(e) = self.inner.get(id)
+                && e.is(ErrorKind::NotFound)
+            {
                 return Err(e);
             }
             return Err(CoreError::corrupt(
@@ -108,8 +110,13 @@ impl<S> TombstoneStore<S> {
 }
 
 impl<S: KeyStore> KeyStore for TombstoneStore<S> {
-    keyhaven_core::forward_key_store!(inner; info, generate, list, get, find_by_label, resolve,
-        public_key, check, import_pkcs8);
+    keyhaven_core::forward_key_store!(inner; info, generate, generate_with, details, list, get,
+        find_by_label, resolve, public_key, check, import_pkcs8);
+
+    fn unlock(&self, id: &KeyId, secret: &keyhaven_core::SecretString) -> CoreResult<()> {
+        self.ensure_live(id)?;
+        self.inner.unlock(id, secret)
+    }
 
     fn sign(&self, id: &KeyId, message: &[u8]) -> CoreResult<Signature> {
         self.ensure_live(id)?;

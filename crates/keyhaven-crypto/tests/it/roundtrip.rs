@@ -1,3 +1,4 @@
+use keyhaven_core::ErrorKind;
 use keyhaven_core::{Algorithm, Error, SignatureFormat};
 use keyhaven_crypto::{default_provider, encoding, hazmat, verify, verify_digest};
 use proptest::prelude::*;
@@ -48,14 +49,16 @@ fn wrong_digest_lengths_fail_clearly() {
     let p384 = default_provider().generate(Algorithm::EcdsaP384).unwrap();
     for len in [0, 32, 47, 49, 64] {
         let err = p384.sign_digest(&vec![1; len]).unwrap_err();
-        assert!(matches!(err, Error::InvalidInput(_)), "{len}: {err}");
+        assert!(
+            matches!(&err, e if e.is(ErrorKind::InvalidInput)),
+            "{len}: {err}"
+        );
         assert!(err.to_string().contains("48-byte"), "{err}");
     }
     let ed = default_provider().generate(Algorithm::Ed25519).unwrap();
     assert!(matches!(
         ed.sign_digest(&[0; 64]),
-        Err(Error::Unsupported { .. })
-    ));
+        Err(e) if e.is(ErrorKind::Unsupported)));
 }
 
 #[test]
@@ -66,16 +69,14 @@ fn x25519_agrees_and_never_signs() {
     let ba = b.agree(a.public_key()).unwrap();
     assert_eq!(ab, ba);
     assert_eq!(ab.len(), 32);
-    assert!(matches!(a.sign(b"x"), Err(Error::Unsupported { .. })));
+    assert!(matches!(a.sign(b"x"), Err(e) if e.is(ErrorKind::Unsupported)));
     let p = default_provider().generate(Algorithm::EcdsaP256).unwrap();
     assert!(matches!(
         a.agree(p.public_key()),
-        Err(Error::InvalidInput(_))
-    ));
+        Err(e) if e.is(ErrorKind::InvalidInput)));
     assert!(matches!(
         p.agree(a.public_key()),
-        Err(Error::Unsupported { .. })
-    ));
+        Err(e) if e.is(ErrorKind::Unsupported)));
 }
 
 #[test]
@@ -95,12 +96,10 @@ fn pkcs8_round_trips_keep_the_key() {
         );
         assert!(matches!(
             hazmat::private_key_pem_to_pkcs8(&enc, Some(b"wrong")),
-            Err(Error::BadPassphrase(_))
-        ));
+            Err(e) if e.is(ErrorKind::BadPassphrase)));
         assert!(matches!(
             hazmat::private_key_pem_to_pkcs8(&enc, None),
-            Err(Error::InvalidInput(_))
-        ));
+            Err(e) if e.is(ErrorKind::InvalidInput)));
     }
 }
 

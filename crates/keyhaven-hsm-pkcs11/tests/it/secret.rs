@@ -1,7 +1,8 @@
 //! HMAC keys made on the token: they never leave it, `pkcs11-tool` (OpenSC) computes the same
 //! HMAC with them, and they are not mistaken for signing keys.
 
-use keyhaven_core::{Error, KeyStore};
+use keyhaven_core::ErrorKind;
+use keyhaven_core::KeyStore;
 use keyhaven_hsm_pkcs11::SECRET_KEY_LABEL;
 
 use crate::token::{TestToken, pkcs11_tool};
@@ -55,8 +56,7 @@ fn an_hmac_key_stays_on_the_token_and_pkcs11_tool_computes_the_same_mac() {
     // Another tag does not find it.
     assert!(matches!(
         store.token_hmac(&id, "home-b", message),
-        Err(Error::NotFound(_))
-    ));
+        Err(e) if e.is(ErrorKind::NotFound)));
 
     // Another key gives another secret; a destroyed or unknown key is not found.
     let other = store.create_hmac_key("home-a").unwrap();
@@ -64,12 +64,10 @@ fn an_hmac_key_stays_on_the_token_and_pkcs11_tool_computes_the_same_mac() {
     store.destroy_hmac_key(&id).unwrap();
     assert!(matches!(
         store.token_hmac(&id, "home-a", message),
-        Err(Error::NotFound(_))
-    ));
+        Err(e) if e.is(ErrorKind::NotFound)));
     assert!(matches!(
         store.token_hmac("not hex", "home-a", message),
-        Err(Error::NotFound(_))
-    ));
+        Err(e) if e.is(ErrorKind::NotFound)));
     store.destroy_hmac_key(&id).unwrap();
 }
 
@@ -120,7 +118,7 @@ fn a_secret_key_someone_imported_with_a_known_value_is_not_taken_for_ours() {
         ],
     );
     let e = store.token_hmac(id, "home-a", b"m").unwrap_err();
-    assert!(matches!(e, Error::Corrupt { .. }), "{e}");
+    assert!(matches!(&e, e if e.is(ErrorKind::Corrupt)), "{e}");
     assert!(e.to_string().contains("not one keyhaven made"), "{e}");
 }
 

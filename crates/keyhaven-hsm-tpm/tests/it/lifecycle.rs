@@ -13,14 +13,14 @@ fn keys_still_sign_after_swtpm_restarts_under_an_open_store() {
     let store = tpm.store();
     let transient = store.generate(Algorithm::EcdsaP384, "t").unwrap();
     let persistent = store
-        .generate_with(
+        .generate_with_options(
             Algorithm::EcdsaP256,
             "p",
             KeyOptions::new().persistent(PersistentHandle::new(0x8100_0030).unwrap()),
         )
         .unwrap();
     let bound = store
-        .generate_with(
+        .generate_with_options(
             Algorithm::EcdsaP256,
             "b",
             KeyOptions::new().pcr_policy("sha256:0,7".parse().unwrap()),

@@ -120,7 +120,8 @@ mod pkcs11 {
             keyhaven::verify(key.public_key(), b"on the token", &sig).unwrap();
             let e = m.export_pkcs8(&key).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
-            let d = m.hardware_details(&key).unwrap().unwrap();
+            let d = m.details(&key).unwrap();
+            assert!(d.in_device);
             assert_eq!(d.token.as_deref(), Some(label.as_str()));
             assert!(!d.needs_auth);
         }
@@ -128,13 +129,16 @@ mod pkcs11 {
         let e = m
             .generate_with(
                 Some("hsm"),
-                Algorithm::EcdsaP384,
-                "p",
-                &keyhaven::GenerateOptions::new().persistent("0x81000010"),
+                &keyhaven::KeySpec::new(Algorithm::EcdsaP384, "p")
+                    .option("persistent", "0x81000010"),
             )
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
-        assert!(e.to_string().contains("tpm backend"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("the pkcs11 backend takes no key options ('persistent' given)"),
+            "{e}"
+        );
 
         let report = m.doctor();
         assert!(report.healthy(), "{report:?}");
@@ -288,8 +292,8 @@ mod pkcs11 {
 mod tpm {
     use keyhaven::secrecy::SecretString;
     use keyhaven::{
-        Algorithm, BackendConfig, BackendKind, ErrorKind, GenerateOptions, KeyManager,
-        NoPassphrase, Protection,
+        Algorithm, BackendConfig, BackendKind, ErrorKind, KeyManager, KeySpec, NoPassphrase,
+        Protection,
     };
     use keyhaven_testkit::devices::Swtpm;
 
@@ -331,15 +335,13 @@ mod tpm {
         let m = KeyManager::open(home.path(), NoPassphrase).unwrap();
         m.add_backend("tpm", BackendConfig::tpm(tpm.tcti(), None))
             .unwrap();
-        let options = GenerateOptions::new()
-            .persistent("0x81000010")
-            .pcr_policy("sha256:0,7")
-            .auth(SecretString::from("key pass"));
-        assert!(!format!("{options:?}").contains("key pass"));
-        let key = m
-            .generate_with(None, Algorithm::EcdsaP384, "sealed", &options)
-            .unwrap();
-        let d = m.hardware_details(&key).unwrap().unwrap();
+        let spec = KeySpec::new(Algorithm::EcdsaP384, "sealed")
+            .option("persistent", "0x81000010")
+            .option("pcr-policy", "sha256:0,7")
+            .secret_option("auth", SecretString::from("key pass"));
+        assert!(!format!("{spec:?}").contains("key pass"));
+        let key = m.generate_with(None, &spec).unwrap();
+        let d = m.details(&key).unwrap();
         assert_eq!(d.persistent_handle.as_deref(), Some("0x81000010"));
         assert_eq!(d.pcr_policy.as_deref(), Some("sha256:0,7"));
         assert!(d.needs_auth);
@@ -352,37 +354,26 @@ mod tpm {
         let key = m.resolve("sealed").unwrap();
         let e = m.sign(&key, b"m").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Locked, "{e}");
-        m.set_key_auth(&key, &SecretString::from("wrong")).unwrap();
+        m.unlock(&key, &SecretString::from("wrong")).unwrap();
         let e = m.sign(&key, b"m").unwrap_err();
         assert_eq!(e.kind(), ErrorKind::BadPassphrase, "{e}");
-        m.set_key_auth(&key, &SecretString::from("key pass"))
-            .unwrap();
+        m.unlock(&key, &SecretString::from("key pass")).unwrap();
         let sig = m.sign(&key, b"m").unwrap();
         keyhaven::verify(key.public_key(), b"m", &sig).unwrap();
 
         // bad options are input errors; a taken handle is AlreadyExists
-        for (options, kind) in [
-            (
-                GenerateOptions::new().persistent("81000010"),
-                ErrorKind::InvalidInput,
-            ),
-            (
-                GenerateOptions::new().persistent("0x01000010"),
-                ErrorKind::InvalidInput,
-            ),
-            (
-                GenerateOptions::new().pcr_policy("sha256:99"),
-                ErrorKind::InvalidInput,
-            ),
-            (
-                GenerateOptions::new().persistent("0x81000010"),
-                ErrorKind::AlreadyExists,
-            ),
+        // and an option the TPM does not take is refused, never ignored
+        let bad =
+            |name: &str, value: &str| KeySpec::new(Algorithm::EcdsaP256, "bad").option(name, value);
+        for (spec, kind) in [
+            (bad("persistent", "81000010"), ErrorKind::InvalidInput),
+            (bad("persistent", "0x01000010"), ErrorKind::InvalidInput),
+            (bad("pcr-policy", "sha256:99"), ErrorKind::InvalidInput),
+            (bad("persistent", "0x81000010"), ErrorKind::AlreadyExists),
+            (bad("persistant", "0x81000012"), ErrorKind::Unsupported),
         ] {
-            let e = m
-                .generate_with(None, Algorithm::EcdsaP256, "bad", &options)
-                .unwrap_err();
-            assert_eq!(e.kind(), kind, "{options:?}: {e}");
+            let e = m.generate_with(None, &spec).unwrap_err();
+            assert_eq!(e.kind(), kind, "{spec:?}: {e}");
         }
     }
 
@@ -416,9 +407,7 @@ mod tpm {
         let e = m
             .generate_with(
                 Some("tpm"),
-                Algorithm::EcdsaP384,
-                "p",
-                &GenerateOptions::new().persistent("0x81000011"),
+                &KeySpec::new(Algorithm::EcdsaP384, "p").option("persistent", "0x81000011"),
             )
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");

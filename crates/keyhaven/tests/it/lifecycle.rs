@@ -40,10 +40,7 @@ fn operations_are_audited_and_revocation_holds_across_managers() {
     assert!(
         matches!(
             &e,
-            Error::Backend {
-                source: CoreError::Revoked(_),
-                ..
-            }
+            Error::Backend { source, .. } if source.is(keyhaven::ErrorKind::Revoked)
         ),
         "{e}"
     );

@@ -352,15 +352,10 @@ mod file {
         assert_eq!(pem.protection(), Protection::SoftwarePlain);
         assert_eq!(enc.protection(), Protection::SoftwareEncrypted);
         // the PEM backend names each key's file for openssl
-        let plain = m.backend("plain").unwrap();
-        let file = plain.private_key_file(pem.id()).unwrap();
+        let file = m.details(&pem).unwrap().private_key_file.unwrap();
         assert!(file.exists(), "{}", file.display());
-        assert!(
-            m.backend("vault")
-                .unwrap()
-                .private_key_file(enc.id())
-                .is_none()
-        );
+        let sealed = m.details(&enc).unwrap();
+        assert!(sealed.private_key_file.is_none() && !sealed.in_device);
         // stores live where the config says
         assert!(home.path().join("backends/vault").is_dir());
         let report = m.doctor();
