@@ -502,13 +502,14 @@ pub(crate) struct TpmKeyArgs {
     pub(crate) options: Vec<String>,
 }
 
-/// Options of `backend add --type pkcs11`.
+/// Options of `backend add pkcs11`: clap requires the module and exactly one way of naming
+/// the token.
 #[derive(Debug, Args)]
-#[command(next_help_heading = "PKCS#11 tokens (--type pkcs11)")]
+#[command(group(clap::ArgGroup::new("token_ref").required(true).args(["token", "slot", "serial"])))]
 pub(crate) struct Pkcs11Args {
     /// The token's PKCS#11 module (shared library), e.g. /usr/lib/softhsm/libsofthsm2.so.
     #[arg(long, value_name = "PATH")]
-    pub(crate) module: Option<PathBuf>,
+    pub(crate) module: PathBuf,
     /// The token, by label.
     #[arg(long, value_name = "LABEL", conflicts_with_all = ["slot", "serial"])]
     pub(crate) token: Option<String>,
@@ -527,31 +528,127 @@ pub(crate) struct Pkcs11Args {
     pub(crate) pin_file: Option<PathBuf>,
 }
 
-impl Pkcs11Args {
-    /// The options given, by their flag.
-    fn given(&self) -> Vec<&'static str> {
-        [
-            ("--module", self.module.is_some()),
-            ("--token", self.token.is_some()),
-            ("--slot", self.slot.is_some()),
-            ("--serial", self.serial.is_some()),
-            ("--pin-env", self.pin_env.is_some()),
-            ("--pin-file", self.pin_file.is_some()),
-        ]
-        .into_iter()
-        .filter_map(|(flag, set)| set.then_some(flag))
-        .collect()
+/// `backend add TYPE NAME`: one subcommand per backend type, each taking only its own options
+/// (clap refuses the others and asks for what a type needs).
+#[derive(Debug, Subcommand)]
+pub(crate) enum AddCommand {
+    /// An encrypted store (recommended): keys sealed under your passphrase.
+    Encrypted(FileAdd),
+    /// Plain PEM files that openssl reads: the weakest protection.
+    Pem(FileAdd),
+    /// Keys in process memory: they vanish when each command exits.
+    Memory(NewBackend),
+    /// A PKCS#11 token (a hardware security module, or SoftHSM2).
+    Pkcs11(Pkcs11Add),
+    /// A TPM 2.0.
+    Tpm(TpmAdd),
+}
+
+impl AddCommand {
+    /// The backend type.
+    pub(crate) fn kind(&self) -> BackendKind {
+        match self {
+            AddCommand::Encrypted(_) => BackendKind::Encrypted,
+            AddCommand::Pem(_) => BackendKind::Pem,
+            AddCommand::Memory(_) => BackendKind::Memory,
+            AddCommand::Pkcs11(_) => BackendKind::Pkcs11,
+            AddCommand::Tpm(_) => BackendKind::Tpm,
+        }
+    }
+
+    /// The name and `--default` of the new backend.
+    pub(crate) fn new_backend(&self) -> &NewBackend {
+        match self {
+            AddCommand::Encrypted(a) | AddCommand::Pem(a) => &a.new,
+            AddCommand::Memory(n) => n,
+            AddCommand::Pkcs11(a) => &a.new,
+            AddCommand::Tpm(a) => &a.new,
+        }
     }
 }
 
-/// Options of `backend add --type tpm`.
+/// What every new backend has: a name, and whether it becomes the default.
 #[derive(Debug, Args)]
-#[command(next_help_heading = "TPM (--type tpm)")]
-pub(crate) struct TpmArgs {
+pub(crate) struct NewBackend {
+    /// A name: letters, digits, '_' and '-'.
+    pub(crate) name: String,
+    /// Make it the default backend.
+    #[arg(long)]
+    pub(crate) default: bool,
+}
+
+/// `backend add encrypted|pem NAME [--path DIR]`.
+#[derive(Debug, Args)]
+pub(crate) struct FileAdd {
+    #[command(flatten)]
+    pub(crate) new: NewBackend,
+    /// The store directory (default: HOME/backends/NAME). A relative path is taken from the
+    /// current directory.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) path: Option<PathBuf>,
+}
+
+/// `backend add pkcs11 NAME --module PATH --token LABEL|--slot ID|--serial S`.
+#[derive(Debug, Args)]
+pub(crate) struct Pkcs11Add {
+    #[command(flatten)]
+    pub(crate) new: NewBackend,
+    #[command(flatten)]
+    pub(crate) token: Pkcs11Args,
+}
+
+/// `backend add tpm NAME --tcti TCTI [--path DIR]`.
+#[derive(Debug, Args)]
+pub(crate) struct TpmAdd {
+    #[command(flatten)]
+    pub(crate) new: NewBackend,
     /// How to reach the TPM: device:/dev/tpmrm0, swtpm:host=H,port=P, mssim:host=H,port=P or
     /// tabrmd.
     #[arg(long, value_name = "TCTI")]
-    pub(crate) tcti: Option<String>,
+    pub(crate) tcti: String,
+    /// The metadata directory (TPM-wrapped key blobs; default: HOME/backends/NAME). A relative
+    /// path is taken from the current directory.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) path: Option<PathBuf>,
+}
+
+/// The older spelling `backend add NAME --type TYPE [...]` as `backend add TYPE NAME [...]`:
+/// the arguments with `--type TYPE` moved, and whether they were moved (to print a note).
+pub(crate) fn modernize(args: Vec<std::ffi::OsString>) -> (Vec<std::ffi::OsString>, bool) {
+    let at = args
+        .windows(2)
+        .position(|w| w[0] == "backend" && w[1] == "add")
+        .map(|i| i + 2);
+    let Some(start) = at else {
+        return (args, false);
+    };
+    let mut rest: Vec<std::ffi::OsString> = args[start..].to_vec();
+    let mut kind = None;
+    let mut i = 0;
+    while i < rest.len() {
+        let arg = rest[i].to_string_lossy().into_owned();
+        if arg == "--" {
+            break;
+        }
+        if arg == "--type" && i + 1 < rest.len() {
+            kind = Some(rest.remove(i + 1));
+            rest.remove(i);
+            break;
+        }
+        if let Some(v) = arg.strip_prefix("--type=") {
+            kind = Some(v.into());
+            rest.remove(i);
+            break;
+        }
+        i += 1;
+    }
+    let Some(kind) = kind else {
+        return (args, false);
+    };
+    let mut out = args[..start].to_vec();
+    out.push(kind);
+    out.extend(rest);
+    (out, true)
 }
 
 #[derive(Debug, Args)]
@@ -605,28 +702,10 @@ pub(crate) enum BackendCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Declare a backend and create its store.
-    Add {
-        /// A name: letters, digits, '_' and '-'.
-        name: String,
-        /// The backend type: encrypted (recommended), pem (plain files openssl reads: the
-        /// weakest protection), memory (keys vanish when the command exits), pkcs11 (a token:
-        /// needs --module and --token), tpm (needs --tcti).
-        #[arg(long = "type", value_name = "TYPE", value_parser = kind_parser())]
-        kind: BackendKind,
-        /// The store directory of a file backend, or the metadata directory (TPM-wrapped key
-        /// blobs) of a tpm backend (default: HOME/backends/NAME). A relative path is taken from
-        /// the current directory.
-        #[arg(long, value_name = "DIR")]
-        path: Option<PathBuf>,
-        /// Make it the default backend.
-        #[arg(long)]
-        default: bool,
-        #[command(flatten)]
-        pkcs11: Pkcs11Args,
-        #[command(flatten)]
-        tpm: TpmArgs,
-    },
+    /// Declare a backend and create its store: `backend add TYPE NAME [options of that type]`
+    /// (the older `backend add NAME --type TYPE` still works, with a note).
+    #[command(subcommand)]
+    Add(AddCommand),
     /// Remove a backend from keyhaven.toml (its files are left in place).
     Remove {
         /// The backend's name.
@@ -700,13 +779,6 @@ pub(crate) enum PublicFormat {
     Jwk,
 }
 
-/// Backend types: every type this build of the facade knows (one list, in the facade).
-fn kind_parser() -> impl clap::builder::TypedValueParser<Value = BackendKind> {
-    use clap::builder::TypedValueParser;
-    clap::builder::PossibleValuesParser::new(BackendKind::ALL.iter().map(|k| k.name()))
-        .try_map(|s| s.parse::<BackendKind>())
-}
-
 fn dash(s: &str) -> Result<String, String> {
     if s == "-" {
         Ok(s.to_owned())
@@ -717,74 +789,65 @@ fn dash(s: &str) -> Result<String, String> {
     }
 }
 
-/// Checks what clap's declarations cannot: the device options of `backend add` belong to their
-/// type, and a device type has what it needs. A problem is a clap usage error (exit code 2).
-///
-/// # Errors
-/// The usage error, ready to be printed.
-pub(crate) fn check(cli: &Cli) -> Result<(), clap::Error> {
-    use clap::CommandFactory;
-    use clap::error::ErrorKind;
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
 
-    let Command::Backend(BackendCommand::Add {
-        kind,
-        path,
-        pkcs11,
-        tpm,
-        ..
-    }) = &cli.command
-    else {
-        return Ok(());
-    };
-    let usage_error = |kind: ErrorKind, message: String| {
-        let mut cmd = Cli::command();
-        cmd.build();
-        match cmd
-            .find_subcommand_mut("backend")
-            .and_then(|b| b.find_subcommand_mut("add"))
-        {
-            Some(add) => add.error(kind, message),
-            None => cmd.error(kind, message),
+    use clap::Parser;
+
+    use super::*;
+
+    fn argv(s: &str) -> Vec<OsString> {
+        s.split_whitespace().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn the_older_backend_add_spelling_is_moved_to_the_new_one() {
+        for (old, new) in [
+            (
+                "keyhaven backend add hsm --type pkcs11 --module /m.so --token t",
+                "keyhaven backend add pkcs11 hsm --module /m.so --token t",
+            ),
+            (
+                "keyhaven --home h backend add v --type=encrypted --default",
+                "keyhaven --home h backend add encrypted v --default",
+            ),
+            (
+                "keyhaven backend add --type tpm t --tcti tabrmd",
+                "keyhaven backend add tpm t --tcti tabrmd",
+            ),
+        ] {
+            assert_eq!(modernize(argv(old)), (argv(new), true), "{old}");
         }
-    };
-    let pkcs11_given = pkcs11.given();
-    if *kind != BackendKind::Pkcs11
-        && let Some(flag) = pkcs11_given.first()
-    {
-        return Err(usage_error(
-            ErrorKind::ArgumentConflict,
-            format!("{flag} is for --type pkcs11 only (this backend is --type {kind})"),
-        ));
-    }
-    if *kind != BackendKind::Tpm && tpm.tcti.is_some() {
-        return Err(usage_error(
-            ErrorKind::ArgumentConflict,
-            format!("--tcti is for --type tpm only (this backend is --type {kind})"),
-        ));
-    }
-    if path.is_some() && !kind.has_path() {
-        return Err(usage_error(
-            ErrorKind::ArgumentConflict,
-            format!("--path is not for --type {kind}: it has no directory"),
-        ));
-    }
-    match kind {
-        BackendKind::Pkcs11 if pkcs11.module.is_none() => Err(usage_error(
-            ErrorKind::MissingRequiredArgument,
-            "--type pkcs11 needs --module PATH, the token's PKCS#11 library".into(),
-        )),
-        BackendKind::Pkcs11
-            if pkcs11.token.is_none() && pkcs11.slot.is_none() && pkcs11.serial.is_none() =>
-        {
-            Err(usage_error(
-                ErrorKind::MissingRequiredArgument,
-                "--type pkcs11 needs the token: --token LABEL (or --slot ID, or --serial S)".into(),
-            ))
+        // the new spelling, other commands and a `--type` after `--` are left alone
+        for same in [
+            "keyhaven backend add pem p",
+            "keyhaven key generate --label x",
+            "keyhaven backend add pem p -- --type x",
+        ] {
+            assert_eq!(modernize(argv(same)), (argv(same), false), "{same}");
         }
-        BackendKind::Tpm if tpm.tcti.is_none() => Err(usage_error(
-            ErrorKind::MissingRequiredArgument,
-            "--type tpm needs --tcti TCTI (device:/dev/tpmrm0, swtpm:host=H,port=P, tabrmd)".into(),
-        )),
-        _ => Ok(()),
+    }
+
+    #[test]
+    fn each_backend_type_takes_only_its_own_options() {
+        let parse = |s: &str| Cli::try_parse_from(argv(s));
+        let ok = parse("keyhaven backend add tpm t --tcti tabrmd --path /d").unwrap();
+        let Command::Backend(BackendCommand::Add(add)) = ok.command else {
+            panic!("not backend add")
+        };
+        assert_eq!(add.kind(), BackendKind::Tpm);
+        assert_eq!(add.new_backend().name, "t");
+        for bad in [
+            "keyhaven backend add memory m --path /d",
+            "keyhaven backend add pem p --tcti tabrmd",
+            "keyhaven backend add pkcs11 h --token t",
+            "keyhaven backend add pkcs11 h --module /m.so",
+            "keyhaven backend add pkcs11 h --module /m.so --token t --slot 1",
+            "keyhaven backend add tpm t",
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}: {e}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use anyhow::{Context, Result};
 use keyhaven::{BackendConfig, BackendKind, KeyManager, Protection, TokenRef};
 use serde_json::json;
 
-use crate::args::{BackendCommand, Pkcs11Args, TpmArgs};
+use crate::args::{AddCommand, BackendCommand, NewBackend};
 use crate::ctx::{Ctx, print_warnings};
 use crate::exit::{CORRUPT, NOT_FOUND, OK, UNSUPPORTED, code_of_kind};
 use crate::output::{errln, outln, print_json, print_table, warn_plain};
@@ -61,8 +61,8 @@ fn dispatch(m: &KeyManager, cmd: BackendCommand) -> Result<u8> {
                 }))?;
             } else if rows.is_empty() {
                 errln!(
-                    "No backends. Run `keyhaven quickstart`, or `keyhaven backend add NAME --type \
-                     encrypted`."
+                    "No backends. Run `keyhaven quickstart`, or `keyhaven backend add encrypted \
+                     NAME`."
                 );
             } else {
                 let table: Vec<Vec<String>> = rows
@@ -81,16 +81,11 @@ fn dispatch(m: &KeyManager, cmd: BackendCommand) -> Result<u8> {
             }
             Ok(OK)
         }
-        BackendCommand::Add {
-            name,
-            kind,
-            path,
-            default,
-            pkcs11,
-            tpm,
-        } => {
-            let path = path.map(|p| absolute(&p)).transpose()?;
-            let config = declaration(kind, path, pkcs11, tpm)?;
+        BackendCommand::Add(add) => {
+            let kind = add.kind();
+            let NewBackend { name, default } = add.new_backend();
+            let (name, default) = (name.clone(), *default);
+            let config = declaration(add)?;
             let backend = m.add_backend(&name, config)?;
             if default {
                 m.set_default_backend(Some(&name))?;
@@ -151,36 +146,29 @@ fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("resolve {}", p.display()))
 }
 
-/// The `[backends.NAME]` declaration of `backend add` (its options were checked against the type
-/// by `args::check`).
-fn declaration(
-    kind: BackendKind,
-    path: Option<PathBuf>,
-    pkcs11: Pkcs11Args,
-    tpm: TpmArgs,
-) -> Result<BackendConfig> {
-    Ok(match kind {
-        BackendKind::Pkcs11 => {
-            let module = pkcs11
-                .module
-                .as_deref()
-                .map(absolute)
-                .transpose()?
-                .unwrap_or_default();
-            let token = match (pkcs11.token, pkcs11.slot, pkcs11.serial) {
+/// The declaration `backend add TYPE NAME ...` makes (relative paths from the current
+/// directory made absolute).
+fn declaration(add: AddCommand) -> Result<BackendConfig> {
+    let dir = |p: Option<PathBuf>| p.map(|p| absolute(&p)).transpose();
+    Ok(match add {
+        AddCommand::Encrypted(a) => BackendConfig::new(BackendKind::Encrypted, dir(a.path)?),
+        AddCommand::Pem(a) => BackendConfig::new(BackendKind::Pem, dir(a.path)?),
+        AddCommand::Memory(_) => BackendConfig::new(BackendKind::Memory, None),
+        AddCommand::Pkcs11(a) => {
+            let t = a.token;
+            let token = match (t.token, t.slot, t.serial) {
                 (_, Some(slot), _) => TokenRef::Slot(slot),
                 (_, _, Some(serial)) => TokenRef::Serial(serial),
                 (label, _, _) => TokenRef::Label(label.unwrap_or_default()),
             };
-            let config = BackendConfig::pkcs11(module, token);
-            match (pkcs11.pin_env, pkcs11.pin_file) {
+            let config = BackendConfig::pkcs11(absolute(&t.module)?, token);
+            match (t.pin_env, t.pin_file) {
                 (Some(var), _) => config.with_pin_env(var),
                 (None, Some(file)) => config.with_pin_file(absolute(&file)?),
                 (None, None) => config,
             }
         }
-        BackendKind::Tpm => BackendConfig::tpm(tpm.tcti.unwrap_or_default(), path),
-        _ => BackendConfig::new(kind, path),
+        AddCommand::Tpm(a) => BackendConfig::tpm(a.tcti, dir(a.path)?),
     })
 }
 

@@ -224,7 +224,7 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, String) {
                 }
                 KhError::NoBackend => {
                     "Pass --backend NAME, or set one up with `keyhaven quickstart` \
-                                       or `keyhaven backend add NAME --type encrypted`"
+                                       or `keyhaven backend add encrypted NAME`"
                         .to_owned()
                 }
                 KhError::Ambiguous { .. } => {

@@ -110,7 +110,7 @@ fn print_status(s: &IntegrityStatus) -> Result<()> {
         }
         IntegrityStatus::NoAnchor => outln!(
             "NOT SEALED: {}, so its state files are protected by file permissions only (add \
-             one: keyhaven backend add vault --type encrypted)",
+             one: keyhaven backend add encrypted vault)",
             keyhaven::integrity::NO_ANCHOR
         ),
         _ => outln!("unknown"),

@@ -321,7 +321,7 @@ fn list(m: &KeyManager, json: bool) -> Result<u8> {
     } else if m.config().backends.is_empty() {
         errln!(
             "No backends are configured in {}. Run `keyhaven quickstart`, or `keyhaven backend \
-             add NAME --type encrypted`.",
+             add encrypted NAME`.",
             m.home().display()
         );
     } else if keys.is_empty() {

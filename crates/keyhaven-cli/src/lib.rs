@@ -26,9 +26,13 @@ use crate::ctx::Ctx;
 /// `error: <what>. <what to do>`. Standard output closed by its reader ends the command
 /// quietly, successfully.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
-    if let Err(e) = args::check(&cli) {
-        e.exit();
+    let (argv, modernized) = args::modernize(std::env::args_os().collect());
+    let cli = Cli::parse_from(argv);
+    if modernized {
+        output::errln!(
+            "note: `backend add NAME --type TYPE` is deprecated; write `backend add TYPE NAME` \
+             (each type then takes only its own options)"
+        );
     }
     ctx::allow_weak_passphrases(cli.allow_weak_passphrase);
     let ctx = Ctx::new(cli.home, cli.passphrase_file);

@@ -98,38 +98,34 @@ pub struct Config {
 /// | `tpm` | `tcti` (required); `path` (the metadata directory) |
 ///
 /// Relative paths (`path`, `module`, `pin_file`) resolve against the keyhaven home.
+///
+/// In the file, a declaration is read through a tagged form with one variant per type, each
+/// with only its own fields ([`BackendFile`]): serde itself refuses a field of another type
+/// (`unknown field `tcti`, expected one of `module`, `token`, ...`, with its line) and a missing
+/// required one, so no type-by-type field check is written by hand.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "BackendFile", into = "BackendFile")]
 #[non_exhaustive]
 pub struct BackendConfig {
     /// The backend type (`type = "encrypted" | "pem" | "memory" | "pkcs11" | "tpm"`).
-    #[serde(rename = "type")]
     pub kind: BackendKind,
     /// The store directory of file backends, or the metadata directory (wrapped key blobs) of a
     /// TPM backend. Defaults to `backends/NAME`. Not allowed for other types.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// `pkcs11`: the PKCS#11 module (shared library) of the token.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub module: Option<PathBuf>,
     /// `pkcs11`: the token, by label.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// `pkcs11`: the token, by slot id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slot: Option<u64>,
     /// `pkcs11`: the token, by serial number.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
     /// `pkcs11`: the environment variable holding the user PIN (its name, never the PIN).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_env: Option<String>,
     /// `pkcs11`: a file (mode 0600) whose first line is the user PIN.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pin_file: Option<PathBuf>,
     /// `tpm`: how to reach the TPM: `device:/dev/tpmrm0`, `swtpm:host=H,port=P`,
     /// `mssim:host=H,port=P` or `tabrmd`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcti: Option<String>,
 }
 
@@ -151,6 +147,122 @@ impl std::fmt::Display for TokenRef {
             TokenRef::Label(l) => write!(f, "token '{l}'"),
             TokenRef::Slot(s) => write!(f, "the token in slot {s}"),
             TokenRef::Serial(s) => write!(f, "the token with serial '{s}'"),
+        }
+    }
+}
+
+/// `[backends.NAME]` as written in keyhaven.toml: tagged by `type`, each variant with only the
+/// fields its backend takes (`deny_unknown_fields`), so serde refuses the others, names them and
+/// lists the ones allowed. [`BackendConfig`] is read and written through it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum BackendFile {
+    /// `type = "encrypted"`.
+    Encrypted(FileBackend),
+    /// `type = "pem"`.
+    Pem(FileBackend),
+    /// `type = "memory"`: no field.
+    Memory(MemoryBackend),
+    /// `type = "pkcs11"`.
+    Pkcs11(Pkcs11Backend),
+    /// `type = "tpm"`.
+    Tpm(TpmBackend),
+}
+
+/// The fields of a file backend (`encrypted`, `pem`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct FileBackend {
+    /// The store directory (default `backends/NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+/// The fields of a `memory` backend: none.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct MemoryBackend {}
+
+/// The fields of a `pkcs11` backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Pkcs11Backend {
+    /// The PKCS#11 module (required).
+    pub module: PathBuf,
+    /// The token, by label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// The token, by slot id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u64>,
+    /// The token, by serial number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
+    /// The environment variable holding the user PIN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_env: Option<String>,
+    /// A file (0600) whose first line is the user PIN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_file: Option<PathBuf>,
+}
+
+/// The fields of a `tpm` backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct TpmBackend {
+    /// How to reach the TPM (required).
+    pub tcti: String,
+    /// The metadata directory (default `backends/NAME`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+}
+
+impl From<BackendFile> for BackendConfig {
+    fn from(f: BackendFile) -> Self {
+        match f {
+            BackendFile::Encrypted(b) => BackendConfig::new(BackendKind::Encrypted, b.path),
+            BackendFile::Pem(b) => BackendConfig::new(BackendKind::Pem, b.path),
+            BackendFile::Memory(MemoryBackend {}) => BackendConfig::new(BackendKind::Memory, None),
+            BackendFile::Pkcs11(b) => {
+                let mut c = BackendConfig::new(BackendKind::Pkcs11, None);
+                c.module = Some(b.module);
+                c.token = b.token;
+                c.slot = b.slot;
+                c.serial = b.serial;
+                c.pin_env = b.pin_env;
+                c.pin_file = b.pin_file;
+                c
+            }
+            BackendFile::Tpm(b) => BackendConfig::tpm(b.tcti, b.path),
+        }
+    }
+}
+
+impl From<BackendConfig> for BackendFile {
+    /// The typed form; a field the type does not take is left out (a declaration made in code
+    /// with one is refused by [`Config::validate`], which names it).
+    fn from(c: BackendConfig) -> Self {
+        match c.kind {
+            BackendKind::Encrypted => BackendFile::Encrypted(FileBackend { path: c.path }),
+            BackendKind::Pem => BackendFile::Pem(FileBackend { path: c.path }),
+            BackendKind::Memory => BackendFile::Memory(MemoryBackend {}),
+            BackendKind::Pkcs11 => BackendFile::Pkcs11(Pkcs11Backend {
+                module: c.module.unwrap_or_default(),
+                token: c.token,
+                slot: c.slot,
+                serial: c.serial,
+                pin_env: c.pin_env,
+                pin_file: c.pin_file,
+            }),
+            BackendKind::Tpm => BackendFile::Tpm(TpmBackend {
+                tcti: c.tcti.unwrap_or_default(),
+                path: c.path,
+            }),
         }
     }
 }
@@ -219,41 +331,34 @@ impl BackendConfig {
     }
 
     /// Checks the fields against the type; the message names the field (`backends.NAME.FIELD`).
+    /// A file's declaration cannot hold a field of another type (serde refuses it, see
+    /// [`BackendFile`]); one made in code is checked by the same typed form: whatever does not
+    /// survive the round trip through it is not a field of this type.
     fn check(&self, name: &str) -> std::result::Result<(), String> {
         let kind = self.kind;
         let field = |f: &str| format!("backends.{name}.{f}");
-        if let Some(p) = &self.path {
-            if !kind.has_path() {
-                return Err(format!(
-                    "{}: a {kind} backend has no directory; remove `path`",
-                    field("path")
-                ));
-            }
-            if p.as_os_str().is_empty() {
-                return Err(format!("{}: may not be empty", field("path")));
-            }
-        }
-        let pkcs11_fields = [
-            ("module", self.module.is_some()),
-            ("token", self.token.is_some()),
-            ("slot", self.slot.is_some()),
-            ("serial", self.serial.is_some()),
-            ("pin_env", self.pin_env.is_some()),
-            ("pin_file", self.pin_file.is_some()),
+        let kept = BackendConfig::from(BackendFile::from(self.clone()));
+        let fields = [
+            ("path", self.path != kept.path),
+            (
+                "module",
+                self.module.is_some() && self.module != kept.module,
+            ),
+            ("token", self.token != kept.token),
+            ("slot", self.slot != kept.slot),
+            ("serial", self.serial != kept.serial),
+            ("pin_env", self.pin_env != kept.pin_env),
+            ("pin_file", self.pin_file != kept.pin_file),
+            ("tcti", self.tcti.is_some() && self.tcti != kept.tcti),
         ];
-        if kind != BackendKind::Pkcs11
-            && let Some((f, _)) = pkcs11_fields.iter().find(|(_, set)| *set)
-        {
+        if let Some((f, _)) = fields.iter().find(|(_, lost)| *lost) {
             return Err(format!(
-                "{}: only pkcs11 backends take `{f}` (this is a {kind} backend); remove it",
+                "{}: a {kind} backend does not take `{f}`; remove it",
                 field(f)
             ));
         }
-        if kind != BackendKind::Tpm && self.tcti.is_some() {
-            return Err(format!(
-                "{}: only tpm backends take `tcti` (this is a {kind} backend); remove it",
-                field("tcti")
-            ));
+        if self.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            return Err(format!("{}: may not be empty", field("path")));
         }
         match kind {
             BackendKind::Pkcs11 => self.check_pkcs11(&field),
@@ -356,6 +461,70 @@ impl BackendConfig {
     }
 }
 
+/// Reads each `[backends.NAME]` through its typed form ([`BackendFile`]) first, so that a
+/// field of another type, a missing one or an unknown type is reported as
+/// `backends.NAME.FIELD: ...` with the line of that field (serde's tagged enums lose positions).
+fn check_backend_sections(text: &str, origin: &str) -> Result<()> {
+    #[derive(Deserialize)]
+    struct Sections {
+        #[serde(default)]
+        backends: BTreeMap<String, toml::Spanned<toml::Value>>,
+    }
+    // Anything else wrong with the file is reported by the full parse, with its line.
+    let Ok(sections) = toml::from_str::<Sections>(text) else {
+        return Ok(());
+    };
+    for (name, section) in sections.backends {
+        let start = section.span().start.min(text.len());
+        let Err(e) = BackendFile::deserialize(section.into_inner()) else {
+            continue;
+        };
+        let message = e.to_string().trim().replace('\n', " ");
+        // `unknown field `X``, `missing field `X``, `unknown variant `X`` (the type).
+        let field = ["unknown field `", "missing field `"]
+            .iter()
+            .find_map(|p| message.split_once(p))
+            .and_then(|(_, rest)| rest.split_once('`'))
+            .map(|(f, _)| f.to_owned());
+        let key = field.clone().unwrap_or_else(|| "type".into());
+        // The line of that key in this section, else of the section itself.
+        let at = text[start..]
+            .lines()
+            .scan(start, |offset, line| {
+                let here = *offset;
+                *offset += line.len() + 1;
+                Some((here, line))
+            })
+            .take_while(|(here, line)| *here == start || !line.trim_start().starts_with('['))
+            .find(|(_, line)| {
+                line.trim_start()
+                    .strip_prefix(key.as_str())
+                    .is_some_and(|r| r.trim_start().starts_with('='))
+            })
+            .map_or(start, |(here, _)| here);
+        let line = text[..at].matches('\n').count() + 1;
+        let message = match message
+            .strip_prefix("unknown variant `")
+            .and_then(|r| r.split_once('`'))
+        {
+            Some((kind, _)) => format!(
+                "unknown backend type '{kind}' (known: {})",
+                BackendKind::ALL
+                    .iter()
+                    .map(|k| k.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => message,
+        };
+        return Err(Error::Config {
+            origin: format!("{origin} line {line}"),
+            message: format!("backends.{name}.{key}: {message}"),
+        });
+    }
+    Ok(())
+}
+
 /// The default key: `[default_key] backend = "NAME"`, `id = "ID"`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -439,6 +608,7 @@ impl Config {
     /// # Errors
     /// [`Error::Config`] with the line and the field or backend at fault.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Self> {
+        check_backend_sections(text, origin)?;
         let config: Config = toml::from_str(text).map_err(|e| {
             let line = e
                 .span()

@@ -759,9 +759,7 @@ impl KeyManager {
             .integrity_anchor()
             .ok_or_else(|| CoreError::Unsupported {
                 operation: "seal the home",
-                reason: format!(
-                    "{NO_ANCHOR}; add one with `keyhaven backend add NAME --type encrypted`"
-                ),
+                reason: format!("{NO_ANCHOR}; add one with `keyhaven backend add encrypted NAME`"),
             })?;
         let raw = self.raw_backend(&anchor, true)?.ok_or_else(|| {
             Error::backend(

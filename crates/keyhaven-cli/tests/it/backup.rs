@@ -112,7 +112,7 @@ fn a_wiped_home_is_restored_with_the_same_keys_and_they_sign() {
 
     // Wipe the home, then restore into a new one: same keys, same fingerprints.
     fs::remove_dir_all(h.path()).unwrap();
-    h.ok(&["backend", "add", "default", "--type", "encrypted"]);
+    h.ok(&["backend", "add", "encrypted", "default"]);
     let out = h.ok(&[
         "backup",
         "restore",
@@ -552,7 +552,7 @@ fn a_backup_carries_the_whole_lifecycle_into_a_fresh_home() {
 
     // Wipe, restore into a fresh home.
     fs::remove_dir_all(h.path()).unwrap();
-    h.ok(&["backend", "add", "default", "--type", "encrypted"]);
+    h.ok(&["backend", "add", "encrypted", "default"]);
     h.ok(&[
         "backup",
         "restore",

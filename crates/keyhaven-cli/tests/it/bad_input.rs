@@ -189,7 +189,7 @@ fn importing_malformed_pem_exits_9() {
 
 fn pem_home() -> (Home, String, String) {
     let h = Home::new();
-    h.ok(&["backend", "add", "plain", "--type", "pem"]);
+    h.ok(&["backend", "add", "pem", "plain"]);
     let a = h.generate("p384", "a", &["--backend", "plain"]);
     let b = h.generate("ed25519", "b", &["--backend", "plain"]);
     (h, a, b)
@@ -448,7 +448,7 @@ fn passphrase_files_open_to_other_users_exit_6() {
 #[test]
 fn weak_passphrases_for_new_stores_backups_and_exports_are_refused_unless_allowed() {
     let h = Home::new().env("KEYHAVEN_PASSPHRASE", "hunter2");
-    let e = h.fails(&["backend", "add", "default", "--type", "encrypted"], 9);
+    let e = h.fails(&["backend", "add", "encrypted", "default"], 9);
     assert!(
         e.contains("too weak") && e.contains("--allow-weak-passphrase"),
         "{e}"
@@ -458,9 +458,8 @@ fn weak_passphrases_for_new_stores_backups_and_exports_are_refused_unless_allowe
         "--allow-weak-passphrase",
         "backend",
         "add",
-        "default",
-        "--type",
         "encrypted",
+        "default",
     ]);
     assert!(
         out.status.success(),

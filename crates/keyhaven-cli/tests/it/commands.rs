@@ -330,14 +330,14 @@ fn delete_needs_confirmation_without_a_terminal() {
 #[test]
 fn backends_add_list_remove() {
     let h = Home::new();
-    h.ok(&["backend", "add", "vault", "--type", "encrypted"]);
-    let out = h.run(&["backend", "add", "plain", "--type", "pem"]);
+    h.ok(&["backend", "add", "encrypted", "vault"]);
+    let out = h.run(&["backend", "add", "pem", "plain"]);
     assert_success(&out, &["backend add plain"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("WEAKEST"), "loud warning for pem: {stderr}");
-    h.ok(&["backend", "add", "scratch", "--type", "memory"]);
-    h.fails(&["backend", "add", "plain", "--type", "pem"], 8);
-    h.fails(&["backend", "add", "bad:name", "--type", "pem"], 9);
+    h.ok(&["backend", "add", "memory", "scratch"]);
+    h.fails(&["backend", "add", "pem", "plain"], 8);
+    h.fails(&["backend", "add", "pem", "bad:name"], 9);
     let list = h.json(&["backend", "list", "--json"]);
     let names: Vec<_> = list["backends"]
         .as_array()
@@ -396,7 +396,7 @@ fn fallback_is_refused_unless_allowed() {
         "--path".as_ref(),
         usb_path.as_os_str(),
     ]);
-    h.ok(&["backend", "add", "local", "--type", "pem"]);
+    h.ok(&["backend", "add", "pem", "local"]);
     h.generate("p384", "on-usb", &["--backend", "usb"]);
     // the drive is unplugged
     fs::rename(&drive, h.scratch().join("elsewhere")).unwrap();
@@ -631,7 +631,7 @@ fn unplugged_usb(h: &Home) -> String {
         "--path".as_ref(),
         usb_path.as_os_str(),
     ]);
-    h.ok(&["backend", "add", "local", "--type", "pem"]);
+    h.ok(&["backend", "add", "pem", "local"]);
     h.generate("p384", "release", &["--backend", "usb"]);
     let local = h.generate("p384", "release", &["--backend", "local"]);
     h.ok(&["backend", "fallback", "local", "--allow"]);
@@ -778,7 +778,7 @@ fn read_only_commands_never_create_the_fallback_store_nor_ask_for_its_passphrase
 #[test]
 fn memory_backends_and_their_keys_never_become_saved_defaults() {
     let h = Home::new();
-    let out = h.run(&["backend", "add", "scratch", "--type", "memory"]);
+    let out = h.run(&["backend", "add", "memory", "scratch"]);
     assert_success(&out, &["backend add scratch"]);
     let config = || fs::read_to_string(h.path().join("keyhaven.toml")).unwrap();
     assert!(!config().contains("default_backend"), "{}", config());
@@ -794,7 +794,7 @@ fn memory_backends_and_their_keys_never_become_saved_defaults() {
     let err = h.fails(&["sign", "--digest", &"00".repeat(48)], 3);
     assert!(err.contains("no default key is set"), "{err}");
     // a persistent backend added later takes the defaults
-    h.ok(&["backend", "add", "vault", "--type", "encrypted"]);
+    h.ok(&["backend", "add", "encrypted", "vault"]);
     assert!(
         config().contains("default_backend = \"vault\""),
         "{}",

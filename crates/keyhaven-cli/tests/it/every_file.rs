@@ -111,7 +111,7 @@ fn populated() -> (Home, Vec<Vec<String>>) {
     h.generate("ed25519", "gone", &[]);
     h.ok(&["key", "revoke", "gone", "--reason", "test"]);
     h.ok(&["prekeys", "replenish", "--identity", "identity"]);
-    h.ok(&["backend", "add", "plain", "--type", "pem"]);
+    h.ok(&["backend", "add", "pem", "plain"]);
     h.generate("p256", "clear", &["--backend", "plain"]);
     let probes = probes(&msg);
     for p in &probes {

@@ -55,7 +55,7 @@ impl Home {
     /// A fresh home with an encrypted backend `default` (via quickstart's little brother).
     pub(crate) fn with_encrypted() -> Self {
         let h = Home::new();
-        h.ok(&["backend", "add", "default", "--type", "encrypted"]);
+        h.ok(&["backend", "add", "encrypted", "default"]);
         h
     }
 

@@ -205,7 +205,7 @@ fn openssl_signatures_verify_in_keyhaven_without_a_home() {
 #[test]
 fn pem_backend_key_files_load_in_openssl() {
     let h = Home::new();
-    h.ok(&["backend", "add", "plain", "--type", "pem"]);
+    h.ok(&["backend", "add", "pem", "plain"]);
     for alg in ["p384", "p256", "ed25519", "x25519"] {
         h.generate(alg, alg, &["--backend", "plain"]);
         let shown = h.json(&["key", "show", alg, "--json"]);

@@ -36,7 +36,7 @@ fn token_home_with_store() -> (SoftHsm, Home) {
     let home = Home::new()
         .env("SOFTHSM2_CONF", hsm.conf())
         .env(PIN_VAR, USER_PIN);
-    home.ok(&["backend", "add", "local", "--type", "encrypted"]);
+    home.ok(&["backend", "add", "encrypted", "local"]);
     (hsm, home)
 }
 
@@ -48,7 +48,7 @@ fn hsm_backend() -> (SoftHsm, Home) {
 }
 
 fn add_args(hsm: &SoftHsm, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["backend", "add", "hsm", "--type", "pkcs11", "--module"]
+    let mut args: Vec<String> = ["backend", "add", "pkcs11", "hsm", "--module"]
         .iter()
         .map(ToString::to_string)
         .collect();
@@ -502,24 +502,20 @@ fn device_options_belong_to_their_backend_type() {
     let (hsm, h) = hsm_backend();
     let module = hsm.module().to_str().unwrap().to_owned();
     for args in [
-        vec!["backend", "add", "x", "--type", "pem", "--module", &module],
-        vec!["backend", "add", "x", "--type", "encrypted", "--token", "t"],
-        vec!["backend", "add", "x", "--type", "memory", "--pin-env", "V"],
-        vec!["backend", "add", "x", "--type", "pem", "--tcti", "tabrmd"],
-        vec!["backend", "add", "x", "--type", "pkcs11", "--token", "t"],
+        vec!["backend", "add", "pem", "x", "--module", &module],
+        vec!["backend", "add", "encrypted", "x", "--token", "t"],
+        vec!["backend", "add", "memory", "x", "--pin-env", "V"],
+        vec!["backend", "add", "pem", "x", "--tcti", "tabrmd"],
+        vec!["backend", "add", "pkcs11", "x", "--token", "t"],
+        vec!["backend", "add", "pkcs11", "x", "--module", &module],
         vec![
-            "backend", "add", "x", "--type", "pkcs11", "--module", &module,
-        ],
-        vec![
-            "backend", "add", "x", "--type", "pkcs11", "--module", &module, "--token", "t",
-            "--path", "/tmp",
+            "backend", "add", "pkcs11", "x", "--module", &module, "--token", "t", "--path", "/tmp",
         ],
         vec![
             "backend",
             "add",
-            "x",
-            "--type",
             "pkcs11",
+            "x",
             "--module",
             &module,
             "--token",
@@ -529,8 +525,8 @@ fn device_options_belong_to_their_backend_type() {
             "--pin-file",
             "f",
         ],
-        vec!["backend", "add", "x", "--type", "tpm"],
-        vec!["backend", "add", "x", "--type", "pkcs12"],
+        vec!["backend", "add", "tpm", "x"],
+        vec!["backend", "add", "pkcs12", "x"],
     ] {
         let out = h.run(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -539,9 +535,19 @@ fn device_options_belong_to_their_backend_type() {
     let help = h.run(&["backend", "add", "--help"]);
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("pkcs11") && help.contains("tpm"), "{help}");
-    let out = h.run(&["backend", "add", "x", "--type", "nope"]);
+    let out = h.run(&["backend", "add", "nope", "x"]);
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("encrypted, pem, memory, pkcs11, tpm"), "{err}");
+    assert!(err.contains("unrecognized subcommand 'nope'"), "{err}");
+    // the older spelling still works, with a note saying the new one
+    let out = h.run(&["backend", "add", "old", "--type", "memory"]);
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("write `backend add TYPE NAME`"), "{err}");
+    // and a type's options belong to that type only: clap refuses the others
+    let out = h.run(&["backend", "add", "encrypted", "e", "--tcti", "tabrmd"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unexpected argument '--tcti'"));
 
     // TPM key options on a token: unsupported
     h.generate("p384", "k", &["--backend", "hsm"]);
@@ -583,7 +589,7 @@ fn device_options_belong_to_their_backend_type() {
 #[cfg(feature = "file")]
 fn new_keys_for_an_unreachable_token_may_fall_back_with_a_warning() {
     let (hsm, h) = hsm_backend();
-    h.ok(&["backend", "add", "local", "--type", "encrypted"]);
+    h.ok(&["backend", "add", "encrypted", "local"]);
     h.ok(&["backend", "fallback", "local", "--allow"]);
     std::fs::remove_dir_all(hsm.token_directory(TOKEN)).unwrap();
     let out = h.run(&["key", "generate", "--backend", "hsm", "--label", "n"]);
@@ -614,9 +620,8 @@ fn a_module_others_can_change_is_never_loaded() {
     let out = h.run(&[
         "backend",
         "add",
-        "loose",
-        "--type",
         "pkcs11",
+        "loose",
         "--module",
         copy.to_str().unwrap(),
         "--token",
@@ -647,9 +652,8 @@ fn a_module_only_the_user_could_have_put_there_is_loaded_only_when_allowed() {
     let args = [
         "backend",
         "add",
-        "mine",
-        "--type",
         "pkcs11",
+        "mine",
         "--module",
         copy.to_str().unwrap(),
         "--token",
@@ -748,7 +752,7 @@ fn a_home_whose_keys_are_on_a_token_is_sealed_by_the_token() {
 
     // An encrypted store added inside the home takes over as the anchor (it is there whenever
     // the home is; a token can be unplugged), and the token's integrity key is destroyed.
-    h.ok(&["backend", "add", "local", "--type", "encrypted"]);
+    h.ok(&["backend", "add", "encrypted", "local"]);
     let status = h.json(&["integrity", "status", "--json"]);
     assert_eq!(status["anchor"], "local", "{status}");
     assert_eq!(secret_keys(&hsm), 0);

@@ -11,15 +11,7 @@ fn tpm_home() -> (Swtpm, Home) {
     // tpm2-tss logs its own warnings on stderr (e.g. while the store probes a handle): keep the
     // one-line errors readable.
     let h = Home::new().env("TSS2_LOG", "all+NONE");
-    let out = h.ok(&[
-        "backend",
-        "add",
-        "tpm",
-        "--type",
-        "tpm",
-        "--tcti",
-        &tpm.tcti(),
-    ]);
+    let out = h.ok(&["backend", "add", "tpm", "tpm", "--tcti", &tpm.tcti()]);
     assert!(out.contains("added backend 'tpm' (tpm)"), "{out}");
     (tpm, h)
 }
@@ -312,7 +304,7 @@ fn key_passphrases_and_pcr_policies() {
 #[cfg(feature = "file")]
 fn tpm_options_need_a_tpm_backend() {
     let (_tpm, h) = tpm_home();
-    h.ok(&["backend", "add", "soft", "--type", "encrypted"]);
+    h.ok(&["backend", "add", "encrypted", "soft"]);
     for extra in [
         &["--persistent", "0x81000012"][..],
         &["--pcr-policy", "sha256:0"],
@@ -326,7 +318,7 @@ fn tpm_options_need_a_tpm_backend() {
         );
     }
     let out = h.run(&[
-        "backend", "add", "x", "--type", "tpm", "--tcti", "tabrmd", "--module", "/m.so",
+        "backend", "add", "tpm", "x", "--tcti", "tabrmd", "--module", "/m.so",
     ]);
     assert_eq!(out.status.code(), Some(2));
 }
@@ -345,7 +337,7 @@ fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
 #[test]
 fn a_home_bound_to_a_tpm_counter_copied_back_whole_is_refused() {
     let (tpm, h) = tpm_home();
-    h.ok(&["backend", "add", "vault", "--type", "encrypted"]);
+    h.ok(&["backend", "add", "encrypted", "vault"]);
     h.generate("ed25519", "release", &["--backend", "vault"]);
     h.generate("ed25519", "laptop", &["--backend", "vault"]);
     let bound = h.ok(&["integrity", "bind-counter", "--backend", "tpm"]);
@@ -437,7 +429,7 @@ fn a_home_bound_to_a_tpm_counter_copied_back_whole_is_refused() {
 #[test]
 fn a_bound_home_whose_tpm_is_away_is_refused_not_run_unchecked() {
     let (mut tpm, h) = tpm_home();
-    h.ok(&["backend", "add", "vault", "--type", "encrypted"]);
+    h.ok(&["backend", "add", "encrypted", "vault"]);
     h.generate("ed25519", "release", &["--backend", "vault"]);
     h.ok(&["integrity", "bind-counter", "--backend", "tpm"]);
     tpm.kill();
@@ -450,7 +442,7 @@ fn a_bound_home_whose_tpm_is_away_is_refused_not_run_unchecked() {
 #[test]
 fn a_copy_from_before_the_binding_is_refused_and_a_lost_counter_can_be_let_go() {
     let (tpm, h) = tpm_home();
-    h.ok(&["backend", "add", "vault", "--type", "encrypted"]);
+    h.ok(&["backend", "add", "encrypted", "vault"]);
     h.generate("ed25519", "laptop", &["--backend", "vault"]);
     let saved = h.scratch().join("before-binding");
     copy_tree(&h.path(), &saved);
@@ -494,30 +486,21 @@ fn a_bound_token_home_moving_to_an_encrypted_store_takes_its_counter_along() {
     h.ok(&[
         "backend",
         "add",
-        "hsm",
-        "--type",
         "pkcs11",
+        "hsm",
         "--module",
         hsm.module().to_str().unwrap(),
         "--token",
         "kh-moving-token",
     ]);
     h.generate("p256", "k", &["--backend", "hsm"]);
-    h.ok(&[
-        "backend",
-        "add",
-        "tpm",
-        "--type",
-        "tpm",
-        "--tcti",
-        &tpm.tcti(),
-    ]);
+    h.ok(&["backend", "add", "tpm", "tpm", "--tcti", &tpm.tcti()]);
     h.ok(&["integrity", "bind-counter", "--backend", "tpm"]);
     let before = h.json(&["integrity", "status", "--json"]);
     assert_eq!(before["anchor"], "hsm", "{before}");
     let old = before["rollback_counter"].as_str().unwrap().to_owned();
 
-    h.ok(&["backend", "add", "vault", "--type", "encrypted"]);
+    h.ok(&["backend", "add", "encrypted", "vault"]);
     let after = h.json(&["integrity", "status", "--json"]);
     assert_eq!(after["anchor"], "vault", "{after}");
     let new = after["rollback_counter"].as_str().unwrap().to_owned();
