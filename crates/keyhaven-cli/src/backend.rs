@@ -91,6 +91,26 @@ fn dispatch(m: &KeyManager, cmd: BackendCommand) -> Result<u8> {
                 m.set_default_backend(Some(&name))?;
             }
             outln!("added backend '{name}' ({kind}) at {}", backend.location())?;
+            // A device that lacks what keyhaven needs is named now, not at the first key.
+            if kind.is_hardware()
+                && let Ok(report) = m.doctor_backend(&name)
+            {
+                if let Some(t) = report.token.as_ref().filter(|t| !t.missing.is_empty()) {
+                    errln!(
+                        "warning: token '{}' lacks {}: keyhaven cannot make keys that need them \
+                         there (`keyhaven doctor` lists what it has)",
+                        t.label,
+                        t.missing.join(", ")
+                    );
+                }
+                if let Some(t) = report.tpm.as_ref().filter(|t| !t.missing_curves.is_empty()) {
+                    errln!(
+                        "warning: the TPM lacks the curves {}: keyhaven cannot make keys on them \
+                         there",
+                        t.missing_curves.join(", ")
+                    );
+                }
+            }
             match kind.protection() {
                 Protection::SoftwarePlain => warn_plain(&[name]),
                 _ if kind.is_ephemeral() => errln!(

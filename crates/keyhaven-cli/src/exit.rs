@@ -146,6 +146,14 @@ fn hint_of_io(e: &std::io::Error, kind: ErrorKind) -> String {
 
 /// A hint more precise than the kind's, for damaged data that is not a key store's record.
 fn hint_of_core(e: &CoreError) -> Option<String> {
+    // Advice that names a command belongs here, not in the library's message: the layer an
+    // error came from says which command helps.
+    if let CoreError::Other(o) = e
+        && o.kind() == ErrorKind::NotFound
+        && o.origin() == "compromise"
+    {
+        return Some("`keyhaven compromise list` shows the reports".into());
+    }
     if let CoreError::Io { source, .. } = e {
         return Some(hint_of_io(source, e.kind()));
     }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum CompromiseError {
     /// No report has this id.
-    #[error("no compromise report '{0}'; `keyhaven compromise list` shows the reports")]
+    #[error("no compromise report '{0}'")]
     ReportNotFound(String),
     /// A report names a key that no backend knows.
     #[error("no key '{0}' in any backend; a compromise report must name an existing key")]

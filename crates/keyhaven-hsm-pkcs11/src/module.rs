@@ -74,6 +74,16 @@ pub(crate) fn trim(s: &str) -> &str {
 ///
 /// Several tokens matching (two tokens with the same label, say) is an error listing them: which
 /// token holds the keys must never depend on slot order.
+/// Why a token's information cannot be read, for humans.
+fn unreadable(e: &cryptoki::error::Error) -> String {
+    match e {
+        cryptoki::error::Error::ParseInt(_) | cryptoki::error::Error::Utf8(_) => format!(
+            "C_GetTokenInfo answered, but the cryptoki library cannot parse the answer: {e}"
+        ),
+        other => format!("C_GetTokenInfo failed: {other}"),
+    }
+}
+
 pub(crate) fn find_token(
     pkcs11: &Pkcs11,
     module: &Path,
@@ -94,9 +104,20 @@ pub(crate) fn find_token(
     let mut present = Vec::new();
     let mut found = Vec::new();
     for slot in slots {
-        // A slot whose token cannot be read is skipped: it cannot be the one asked for.
-        let Ok(info) = pkcs11.get_token_info(slot) else {
-            continue;
+        // A slot whose token cannot be read cannot be the one asked for, but it is named with
+        // its error: a token `pkcs11-tool -L` lists must not look absent. (cryptoki 0.12 fails
+        // to parse the token information of some modules, such as opencryptoki's soft token,
+        // whose clock field is not digits: `ParseInt`.)
+        let info = match pkcs11.get_token_info(slot) {
+            Ok(info) => info,
+            Err(e) => {
+                present.push(format!(
+                    "a token in slot {} whose information cannot be read ({})",
+                    slot.id(),
+                    unreadable(&e)
+                ));
+                continue;
+            }
         };
         let matches = match selector {
             TokenSelector::Label(l) => info.token_initialized() && trim(info.label()) == l,

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::manager::KeyManager;
-use crate::{BackendConfig, ErrorKind, Protection, Result};
+use crate::{BackendConfig, Error, ErrorKind, Protection, Result};
 
 /// The state of one configured backend.
 #[derive(Debug, Clone, Serialize)]
@@ -241,58 +241,7 @@ impl KeyManager {
         let config = self.config();
         let mut backends = Vec::new();
         for (name, bc) in &config.backends {
-            let location = config
-                .backend_location(self.home(), name)
-                .unwrap_or_default();
-            let mut report = BackendReport {
-                name: name.clone(),
-                kind: bc.kind.name().to_owned(),
-                location,
-                reachable: false,
-                initialized: false,
-                error: None,
-                error_kind: None,
-                protection: bc.kind.protection(),
-                keys: None,
-                damaged: Vec::new(),
-                default: config.default_backend.as_deref() == Some(name.as_str()),
-                fallback: config.fallback.backend.as_deref() == Some(name.as_str()),
-                ephemeral: bc.kind.is_ephemeral(),
-                token: None,
-                tpm: None,
-            };
-            let probed = self.probe(name);
-            match &probed {
-                Ok(Some(b)) => {
-                    report.location = b.location().to_owned();
-                    report.reachable = true;
-                    report.initialized = true;
-                    report.protection = b.store().info().protection;
-                    match b.store().list() {
-                        Ok(keys) => report.keys = Some(keys.len()),
-                        Err(e) => {
-                            report.error_kind = Some(e.kind());
-                            report.error = Some(e.to_string());
-                        }
-                    }
-                    match b.store().check() {
-                        Ok(problems) => {
-                            report.damaged = problems.iter().map(ToString::to_string).collect();
-                        }
-                        Err(e) => report.damaged.push(e.to_string()),
-                    }
-                }
-                Ok(None) => {
-                    report.reachable = true;
-                    report.keys = Some(0);
-                }
-                Err(e) => {
-                    report.error_kind = Some(e.kind());
-                    report.error = Some(e.to_string());
-                }
-            }
-            self.diagnose_device(name, bc, &probed, &mut report);
-            backends.push(report);
+            backends.push(self.examine(&config, name, bc));
         }
         let (default_key, default_key_error) = match &config.default_key {
             None => (None, None),
@@ -320,6 +269,81 @@ impl KeyManager {
             fallback: config.fallback.backend.clone(),
             fallback_allowed: config.fallback.allow,
         }
+    }
+}
+
+impl KeyManager {
+    /// The doctor's report of one backend (see [`KeyManager::doctor`]): for `backend add` to
+    /// say at once what a new backend lacks (a token without the mechanisms keyhaven needs).
+    ///
+    /// # Errors
+    /// [`Error::UnknownBackend`] if no backend has that name.
+    pub fn doctor_backend(&self, name: &str) -> Result<BackendReport> {
+        let config = self.config();
+        let bc = config
+            .backends
+            .get(name)
+            .ok_or_else(|| Error::UnknownBackend {
+                name: name.to_owned(),
+                known: config.backend_names().join(", "),
+            })?;
+        Ok(self.examine(&config, name, bc))
+    }
+
+    /// Examines one backend without the fallback rule and without creating anything.
+    fn examine(&self, config: &crate::Config, name: &str, bc: &BackendConfig) -> BackendReport {
+        let location = config
+            .backend_location(self.home(), name)
+            .unwrap_or_default();
+        let mut report = BackendReport {
+            name: name.to_owned(),
+            kind: bc.kind.name().to_owned(),
+            location,
+            reachable: false,
+            initialized: false,
+            error: None,
+            error_kind: None,
+            protection: bc.kind.protection(),
+            keys: None,
+            damaged: Vec::new(),
+            default: config.default_backend.as_deref() == Some(name),
+            fallback: config.fallback.backend.as_deref() == Some(name),
+            ephemeral: bc.kind.is_ephemeral(),
+            token: None,
+            tpm: None,
+        };
+        let probed = self.probe(name);
+        match &probed {
+            Ok(Some(b)) => {
+                report.location = b.location().to_owned();
+                report.reachable = true;
+                report.initialized = true;
+                report.protection = b.store().info().protection;
+                match b.store().list() {
+                    Ok(keys) => report.keys = Some(keys.len()),
+                    Err(e) => {
+                        report.error_kind = Some(e.kind());
+                        report.error = Some(e.to_string());
+                    }
+                }
+                match b.store().check() {
+                    Ok(problems) => {
+                        report.damaged = problems.iter().map(ToString::to_string).collect();
+                    }
+                    Err(e) => report.damaged.push(e.to_string()),
+                }
+            }
+            Ok(None) => {
+                report.reachable = true;
+                report.keys = Some(0);
+            }
+            Err(e) => {
+                report.error_kind = Some(e.kind());
+                report.error = Some(e.to_string());
+            }
+        }
+        self.diagnose_device(name, bc, &probed, &mut report);
+        report
     }
 }
 

@@ -284,7 +284,12 @@ fn a_compromise_report_for_an_unknown_key_is_refused() {
         &["compromise", "report", "no-such-key", "--evidence", "x"],
         3,
     );
-    h.fails(&["compromise", "show", "CR-20260101-00000000"], 3);
+    let err = h.fails(&["compromise", "show", "CR-20260101-00000000"], 3);
+    // the advice naming a command is the CLI's, not the library's message
+    assert!(
+        err.contains("no compromise report 'CR-20260101-00000000'. `keyhaven compromise list` shows the reports"),
+        "{err}"
+    );
     h.fails(&["compromise", "respond", "CR-20260101-00000000"], 3);
     assert!(
         h.json(&["compromise", "list", "--json"])

@@ -45,7 +45,11 @@ fn reports_are_filed_listed_updated_and_named_when_missing_or_damaged() {
     assert_eq!(store.get(&a.id).unwrap().status, Status::Dismissed);
 
     let e = store.get("CR-nope").unwrap_err();
-    assert!(e.to_string().contains("compromise list"), "{e}");
+    assert!(e.to_string().contains("CR-nope"), "{e}");
+    assert!(matches!(
+        e,
+        keyhaven_compromise::CompromiseError::ReportNotFound(_)
+    ));
     assert!(store.get("../../etc/passwd").is_err(), "ids are not paths");
     let path = dir.path().join("reports").join(format!("{}.json", b.id));
     keyhaven_fs::atomic_write(&path, b"{").unwrap();
