@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use keyhaven_core::{Algorithm, Error, ErrorKind, KeyId, KeyInfo, KeyStore};
+use keyhaven_core::{Algorithm, Error, ErrorKind, KeyId, KeyInfo, KeySpec, KeyStore};
 use keyhaven_crypto::default_provider;
 use sha2::{Digest, Sha256, Sha384};
 
@@ -228,6 +228,57 @@ pub fn unknown_ids_are_not_found(factory: &Factory, _caps: &Capabilities) {
     expect_not_found("delete", fx.store.delete(&id));
     expect_not_found("find_by_label", fx.store.find_by_label("no such label"));
     expect_not_found("resolve", fx.store.resolve("no-such-key"));
+    expect_not_found("details", fx.store.details(&id));
+}
+
+/// A spec without options generates as `generate` does; an option the backend does not take is
+/// `Unsupported` naming it (never ignored) and leaves no key; `details` of a key is readable;
+/// `unlock` is refused (`Unsupported`) or accepted, never a panic, and signing still works.
+pub fn key_specs_and_details(factory: &Factory, caps: &Capabilities) {
+    let fx = factory();
+    let Some(alg) = signers(caps).next() else {
+        return;
+    };
+    let plain = fx
+        .store
+        .generate_with(&KeySpec::new(alg, label("spec")))
+        .unwrap(); // ok: test assertion
+    assert_eq!(
+        plain.public_key.algorithm(),
+        alg,
+        "generate_with without options makes the key asked for"
+    );
+    let details = fx.store.details(&plain.id).unwrap(); // ok: test assertion
+    assert!(
+        !details.needs_auth,
+        "a key made without a passphrase needs none"
+    );
+    let before = fx.store.list().unwrap(); // ok: test assertion
+    let odd = KeySpec::new(alg, label("odd")).option("no-such-option", "1");
+    match fx.store.generate_with(&odd) {
+        Err(e) if e.is(ErrorKind::Unsupported) => {
+            assert!(
+                e.to_string().contains("no-such-option"),
+                "names the option: {e}"
+            );
+        }
+        other => panic!("an unknown key option must be refused, got {other:?}"),
+    }
+    assert_eq!(
+        fx.store.list().unwrap(),
+        before,
+        "a refused spec leaves no key"
+    ); // ok: test assertion
+    match fx
+        .store
+        .unlock(&plain.id, &keyhaven_core::SecretString::from("pw"))
+    {
+        Ok(()) => {}
+        Err(e) if e.is(ErrorKind::Unsupported) => {}
+        other => panic!("unlock must be Ok or Unsupported, got {other:?}"),
+    }
+    let sig = fx.store.sign(&plain.id, b"after unlock").unwrap(); // ok: test assertion
+    keyhaven_crypto::verify(&plain.public_key, b"after unlock", &sig).unwrap(); // ok: test assertion
 }
 
 /// A label already in use is `AlreadyExists` and the store is unchanged.

@@ -96,6 +96,7 @@ macro_rules! conformance_suite {
                 rejects_wrong_digest_lengths,
                 x25519_agrees_and_never_signs,
                 unknown_ids_are_not_found,
+                key_specs_and_details,
                 duplicate_labels_are_refused,
                 invalid_labels_are_refused,
                 lists_and_looks_up_keys,
