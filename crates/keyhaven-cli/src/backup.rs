@@ -502,7 +502,7 @@ fn create(ctx: &Ctx, m: &KeyManager, args: CreateArgs) -> Result<u8> {
         }
     };
     let refs = (!args.keys.is_empty()).then_some(args.keys.as_slice());
-    let entries = m.collect_backup(refs)?;
+    let entries = m.backups().collect(refs)?;
     // (again, now that the stores were opened: a passphrase typed at their prompt counts too;
     // nothing has been written yet)
     if let Protect::Passphrase(pass) = &plan
@@ -737,7 +737,9 @@ fn restore_test_run(file: &Path, args: &SecretArgs, json: bool) -> Result<()> {
         config.default_backend = Some("scratch".into());
         config.audit.enabled = Some(false);
         let m = KeyManager::with_config(&scratch, config, FixedPassphrase::new("scratch"))?;
-        let report = m.restore_backup(&entries, Some("scratch"), OnConflict::Fail)?;
+        let report = m
+            .backups()
+            .restore(&entries, Some("scratch"), OnConflict::Fail)?;
         let mut signed = 0;
         for k in &report.keys {
             let id = match &k.outcome {
@@ -797,7 +799,8 @@ fn restore(
         None => m.default_backend_name()?,
     };
     let report = m
-        .restore_backup(&entries, Some(&target), on_conflict)
+        .backups()
+        .restore(&entries, Some(&target), on_conflict)
         .map_err(|e| {
             let conflict = e.kind() == ErrorKind::AlreadyExists && on_conflict == OnConflict::Fail;
             let e = anyhow::Error::from(e);
@@ -943,6 +946,7 @@ fn decrypt_share(m: &KeyManager, share: &Path, key: &str, out: &Path) -> Result<
     };
     let key = m.resolve(key)?;
     let plain = m
+        .backups()
         .decrypt_share(encrypted, &key)
         .with_context(|| format!("share file {}", share.display()))?;
     kb::save(out, plain.to_text().as_bytes())?;
@@ -964,7 +968,7 @@ pub(crate) fn export_key(
     format: Format,
     passphrase_file: Option<&Path>,
 ) -> Result<u8> {
-    let entries = m.collect_backup(Some(&[key.reference()]))?;
+    let entries = m.backups().collect(Some(&[key.reference()]))?;
     if entries.iter().any(|e| e.hardware) {
         return Err(CoreError::Unsupported {
             operation: "export a private key",

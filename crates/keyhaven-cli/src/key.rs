@@ -45,7 +45,7 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
                 .map_err(keyhaven::CoreError::from)?;
             let key = m.generate_with(backend.as_deref(), &spec)?;
             if role.is_some() {
-                m.adopt_key(&key, role)?;
+                m.rotation().adopt_key(&key, role)?;
             }
             print_warnings(m);
             if json {
@@ -291,7 +291,7 @@ fn list(m: &KeyManager, json: bool) -> Result<u8> {
     // listed as damaged with a warning naming the file; the others are listed as usual.
     let mut damaged: Vec<String> = Vec::new();
     let mut version_of = |k: &ManagedKey| -> Result<(Option<u32>, String, Option<String>)> {
-        match m.version_info(k) {
+        match m.rotation().version_info(k) {
             Ok(info) => Ok((Some(info.version), info.state, info.logical)),
             Err(e)
                 if matches!(

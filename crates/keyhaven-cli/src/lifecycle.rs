@@ -74,7 +74,7 @@ fn parse_outcome(s: &str) -> Result<Outcome> {
 
 pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
     let m = ctx.manager()?;
-    let dir = m.audit_dir();
+    let dir = m.audit().dir();
     match cmd {
         AuditCommand::Verify {
             json,
@@ -82,11 +82,11 @@ pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
             expect_head,
         } => {
             let report = match expect_records {
-                Some(records) => m.verify_audit_expecting(&keyhaven::audit::Expectation {
+                Some(records) => m.audit().verify_expecting(&keyhaven::audit::Expectation {
                     records,
                     head: expect_head,
                 })?,
-                None => m.verify_audit()?,
+                None => m.audit().verify()?,
             };
             if json {
                 print_json(&json!({
@@ -155,7 +155,7 @@ pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
             }
         }
         AuditCommand::Recover => {
-            let r = m.recover_audit()?;
+            let r = m.audit().recover()?;
             outln!("recovered: the log was damaged at {}", r.at)?;
             for k in &r.kept {
                 outln!("kept as evidence: {}", k.display())?;
@@ -223,7 +223,7 @@ pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
             Ok(OK)
         }
         AuditCommand::Rotate | AuditCommand::Checkpoint => {
-            let log = m.audit_log()?.ok_or_else(|| CoreError::Unsupported {
+            let log = m.audit().log()?.ok_or_else(|| CoreError::Unsupported {
                 operation: "rotate or checkpoint the audit log",
                 reason: "auditing is off in this home ([audit] enabled = false)".into(),
             })?;
@@ -254,14 +254,14 @@ pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
 /// deleted since, whose id the log still holds).
 fn key_ids_of(m: &keyhaven::KeyManager, reference: &str) -> Result<BTreeSet<String>> {
     let mut ids = BTreeSet::from([reference.to_owned()]);
-    if let Some(logical) = m.find_logical_key(reference)? {
+    if let Some(logical) = m.rotation().find_logical_key(reference)? {
         ids.extend(logical.versions().iter().map(|v| v.key_id().to_string()));
         return Ok(ids);
     }
     match m.resolve(reference) {
         Ok(key) => {
             ids.insert(key.id().to_string());
-            if let Some(logical) = m.logical_key(&key)? {
+            if let Some(logical) = m.rotation().logical_key(&key)? {
                 ids.extend(logical.versions().iter().map(|v| v.key_id().to_string()));
             }
         }
@@ -357,7 +357,9 @@ fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
                 CompromiseType::Suspected
             };
             let severity: Severity = severity.parse().map_err(CoreError::from)?;
-            let r = m.report_compromise(&key, kind, severity, &evidence, role.as_deref())?;
+            let r = m
+                .compromise()
+                .report(&key, kind, severity, &evidence, role.as_deref())?;
             if json {
                 print_json(&report_json(&r)?)?;
             } else {
@@ -371,7 +373,7 @@ fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
             Ok(OK)
         }
         CompromiseCommand::List { json } => {
-            let reports = m.reports()?.list().map_err(CoreError::from)?;
+            let reports = m.compromise().reports()?.list().map_err(CoreError::from)?;
             if json {
                 let v: Vec<_> = reports.iter().map(report_json).collect::<Result<_>>()?;
                 print_json(&json!(v))?;
@@ -406,7 +408,11 @@ fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
             Ok(OK)
         }
         CompromiseCommand::Show { id, json } => {
-            let r = m.reports()?.get(&id).map_err(CoreError::from)?;
+            let r = m
+                .compromise()
+                .reports()?
+                .get(&id)
+                .map_err(CoreError::from)?;
             if json {
                 print_json(&report_json(&r)?)?;
             } else {
@@ -415,7 +421,7 @@ fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
             Ok(OK)
         }
         CompromiseCommand::Scan { json } => {
-            let outcome = m.scan_for_compromise(&[])?;
+            let outcome = m.compromise().scan(&[])?;
             if json {
                 print_json(&json!({
                     "findings": outcome.findings,
@@ -447,20 +453,20 @@ fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
             Ok(OK)
         }
         CompromiseCommand::Dismiss { id, reason } => {
-            let r = m.dismiss_compromise(&id, &reason)?;
+            let r = m.compromise().dismiss(&id, &reason)?;
             outln!("{}: dismissed ({reason})", r.id)?;
             Ok(OK)
         }
         CompromiseCommand::Reopen { id, reason } => {
-            let r = m.reopen_compromise(&id, &reason)?;
+            let r = m.compromise().reopen(&id, &reason)?;
             outln!("{}: open again ({reason})", r.id)?;
             Ok(OK)
         }
         CompromiseCommand::Respond { id, scope, json } => {
             let outcome = if scope == "home" {
-                m.respond_to_home_compromise(&id)?
+                m.compromise().respond_to_home(&id)?
             } else {
-                m.respond_to_compromise(&id, None)?
+                m.compromise().respond(&id, None)?
             };
             if json {
                 print_json(&report_json(&outcome.report)?)?;
@@ -495,7 +501,7 @@ pub(crate) fn revocations(ctx: &Ctx, cmd: RevocationsCommand) -> Result<u8> {
     let m = ctx.manager()?;
     match cmd {
         RevocationsCommand::List { json } => {
-            let all = m.revocations()?.all().map_err(CoreError::from)?;
+            let all = m.revocations().registry()?.all().map_err(CoreError::from)?;
             if json {
                 print_json(&serde_json::to_value(&all)?)?;
             } else {
@@ -519,14 +525,14 @@ pub(crate) fn revocations(ctx: &Ctx, cmd: RevocationsCommand) -> Result<u8> {
                 "revocation list",
             )?)
             .map_err(CoreError::from)?;
-            let added = m.import_revocations(&list, Some(&authority))?;
+            let added = m.revocations().import(&list, Some(&authority))?;
             outln!(
                 "{added} new revocation(s) recorded ({} in the list)",
                 list.statements.len()
             )?;
         }
         RevocationsCommand::Export { out } => {
-            let list = m.export_revocations()?;
+            let list = m.revocations().export()?;
             let text = format!("{}\n", list.to_json().map_err(CoreError::from)?);
             match out {
                 Some(path) => keyhaven::fs::atomic_write(&path, text.as_bytes())?,
@@ -550,7 +556,7 @@ pub(crate) fn revoke(
     compromised: bool,
 ) -> Result<u8> {
     let key = m.resolve(reference)?;
-    let statement = m.revoke(&key, reason, compromised, None)?;
+    let statement = m.revocations().revoke(&key, reason, compromised, None)?;
     if statement.key_id == key.id().as_str() {
         outln!("revoked {} from {}", key, rfc3339(statement.revoked_at))?;
     } else {
@@ -563,7 +569,7 @@ pub(crate) fn revoke(
         )?;
     }
     if compromised {
-        let r = m.report_compromise(
+        let r = m.compromise().report(
             &key,
             CompromiseType::Confirmed,
             Severity::Critical,

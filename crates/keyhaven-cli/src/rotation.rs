@@ -79,7 +79,7 @@ pub(crate) fn rotate_key(
     window: Option<std::time::Duration>,
 ) -> Result<u8> {
     let key = m.resolve(reference)?;
-    let o = m.rotate_key_with_window(&key, reason, window)?;
+    let o = m.rotation().rotate_key_with_window(&key, reason, window)?;
     if let (Some(path), Some(proof)) = (proof_out, &o.proof) {
         keyhaven::fs::atomic_write(path, proof.to_text().as_bytes())?;
     }
@@ -144,24 +144,26 @@ pub(crate) fn history(m: &KeyManager, reference: &str, json: bool) -> Result<u8>
     let key = match m.resolve(reference) {
         Ok(k) => k,
         // The backend is away: the history is in the registry, which needs no backend.
-        Err(e @ keyhaven::Error::Unavailable { .. }) => match m.find_logical_key(reference)? {
-            Some(l) => {
-                errln!("warning: {e}; showing the history kept in the home");
-                return print_history(&l, json);
+        Err(e @ keyhaven::Error::Unavailable { .. }) => {
+            match m.rotation().find_logical_key(reference)? {
+                Some(l) => {
+                    errln!("warning: {e}; showing the history kept in the home");
+                    return print_history(&l, json);
+                }
+                None => return Err(e.into()),
             }
-            None => return Err(e.into()),
-        },
+        }
         Err(e) => return Err(e.into()),
     };
-    let Some(l) = m.logical_key(&key)? else {
+    let Some(l) = m.rotation().logical_key(&key)? else {
         if json {
             print_json(
-                &json!({"logical_key": null, "versions": [{"version": 1, "key_id": key.id().as_str(), "state": m.version_info(&key)?.state}], "history": []}),
+                &json!({"logical_key": null, "versions": [{"version": 1, "key_id": key.id().as_str(), "state": m.rotation().version_info(&key)?.state}], "history": []}),
             )?;
         } else {
             outln!(
                 "{key}: version 1, {}; never rotated",
-                m.version_info(&key)?.state
+                m.rotation().version_info(&key)?.state
             )?;
         }
         return Ok(OK);
@@ -222,7 +224,7 @@ fn print_history(l: &LogicalKey, json: bool) -> Result<u8> {
 pub(crate) fn rotate_due(ctx: &Ctx, dry_run: bool, json: bool) -> Result<u8> {
     let m = ctx.manager()?;
     if dry_run {
-        let due = m.due_now();
+        let due = m.rotation().due_now();
         print_warnings(&m);
         let due = due?;
         if json {
@@ -240,7 +242,7 @@ pub(crate) fn rotate_due(ctx: &Ctx, dry_run: bool, json: bool) -> Result<u8> {
         }
         return Ok(OK);
     }
-    let outcomes = m.rotate_due();
+    let outcomes = m.rotation().rotate_due();
     print_warnings(&m);
     let outcomes = outcomes?;
     let mut failed = 0;
@@ -300,12 +302,12 @@ pub(crate) fn policy(ctx: &Ctx, cmd: PolicyCommand) -> Result<u8> {
     let m = ctx.manager()?;
     match cmd {
         PolicyCommand::Check => {
-            let path = m.rotation_policy_path();
+            let path = m.rotation().policy_path();
             // The file as written (so a new one can be checked before it is accepted) ...
             let set = keyhaven::versions::PolicySet::load_or_default(&path)
                 .map_err(keyhaven::CoreError::from)?;
             // ... and whether the home trusts it.
-            let pending = match m.rotation_policies() {
+            let pending = match m.rotation().policies() {
                 Ok(_) => None,
                 Err(keyhaven::Error::Core(keyhaven::CoreError::Corrupt { .. })) => Some(format!(
                     "not in use yet: the home's integrity manifest does not record it as it is \
@@ -346,7 +348,7 @@ pub(crate) fn policy(ctx: &Ctx, cmd: PolicyCommand) -> Result<u8> {
         }
         PolicyCommand::Explain { key } => {
             let key = m.resolve(&key)?;
-            let e = m.explain_policy(&key)?;
+            let e = m.rotation().explain_policy(&key)?;
             outln!("{key}")?;
             outln!("{e}")?;
             print_warnings(&m);
@@ -381,7 +383,7 @@ pub(crate) fn verify_continuity(
         (None, Some(reference)) => {
             let m = ctx.manager()?;
             let k = m.resolve(reference)?;
-            let l = m.logical_key(&k)?.ok_or_else(|| {
+            let l = m.rotation().logical_key(&k)?.ok_or_else(|| {
                 CoreError::NotFound(format!("continuity proofs for {k}: it was never rotated"))
             })?;
             let v1 = l
@@ -399,7 +401,7 @@ pub(crate) fn verify_continuity(
                         })?;
                     ContinuityProof::parse_chain(&chain).map_err(CoreError::from)?
                 }
-                None => m.continuity_chain(&k)?,
+                None => m.rotation().continuity_chain(&k)?,
             };
             (first, proofs)
         }
@@ -448,12 +450,12 @@ pub(crate) fn prekeys(ctx: &Ctx, cmd: PrekeysCommand) -> Result<u8> {
 }
 
 fn prekeys_in(m: &KeyManager, cmd: PrekeysCommand) -> Result<u8> {
-    let settings = m.rotation_policies()?.prekeys();
+    let settings = m.rotation().policies()?.prekeys();
     let map = |e: keyhaven::versions::RotationError| anyhow::Error::from(CoreError::from(e));
     match cmd {
         PrekeysCommand::Status { identity: id, json } => {
             let key = identity(m, id.as_deref())?;
-            let pool = m.prekey_pool(&key)?;
+            let pool = m.rotation().prekey_pool(&key)?;
             let s = pool.status().map_err(map)?;
             if json {
                 print_json(&json!({
@@ -485,7 +487,7 @@ fn prekeys_in(m: &KeyManager, cmd: PrekeysCommand) -> Result<u8> {
         }
         PrekeysCommand::Replenish { identity: id } => {
             let key = identity(m, id.as_deref())?;
-            let pool = m.prekey_pool(&key)?;
+            let pool = m.rotation().prekey_pool(&key)?;
             let added = pool
                 .replenish(settings.low_water, settings.refill_to)
                 .map_err(map)?;
@@ -497,7 +499,7 @@ fn prekeys_in(m: &KeyManager, cmd: PrekeysCommand) -> Result<u8> {
         }
         PrekeysCommand::Take { identity: id, json } => {
             let key = identity(m, id.as_deref())?;
-            let pool = m.prekey_pool(&key)?;
+            let pool = m.rotation().prekey_pool(&key)?;
             let otpk = pool.take().map_err(map)?;
             let spk = pool.signed_prekey().map_err(map)?;
             if json {
@@ -509,7 +511,7 @@ fn prekeys_in(m: &KeyManager, cmd: PrekeysCommand) -> Result<u8> {
                         "created_at": rfc3339(s.created_at),
                         "signature": keyhaven::encoding::encode_signature(&s.signature, keyhaven::SignatureFormat::Raw).map(hex::encode).unwrap_or_default(),
                     })),
-                    "identity_public_key_pem": m.signing_target(&key)?.public_key().to_pem()?,
+                    "identity_public_key_pem": m.rotation().signing_target(&key)?.public_key().to_pem()?,
                 }))?;
             } else {
                 outln!("{}", otpk.id)?;

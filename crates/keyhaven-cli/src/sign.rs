@@ -114,7 +114,7 @@ pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
             None => m.default_key()?,
         };
         // A logical key signs with its primary version: name that one in the assertion.
-        let key = m.signing_target(&key)?;
+        let key = m.rotation().signing_target(&key)?;
         let input = source.load(key.algorithm())?;
         let needs_auth = give_key_auth(&m, &key, args.key_auth_file.as_deref())?;
         let sig = m
@@ -220,7 +220,7 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
             let key = m.resolve(reference);
             print_warnings(&m);
             let key = key?;
-            local_revocation = m.revocation_of(&key)?;
+            local_revocation = m.revocations().revocation_of(&key)?;
             let pk = key.info.public_key.clone();
             home_key = Some((m, key));
             pk
@@ -248,7 +248,7 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
         Ok(s) => s,
         Err(e) => {
             if let Some((m, key)) = &home_key {
-                m.audit_verification(key, false)?;
+                m.audit().record_verification(key, false)?;
             }
             verdict("invalid");
             errln!(
@@ -264,9 +264,12 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
     let mut matched_key = None;
     let outcome = match &home_key {
         Some((m, key)) => {
-            match m.verify_versions(key, input.as_sign_input(), &sig, args.allow_retired) {
+            match m
+                .rotation()
+                .verify_versions(key, input.as_sign_input(), &sig, args.allow_retired)
+            {
                 Ok(Some((n, version_key))) => {
-                    local_revocation = m.revocation_of(&version_key)?;
+                    local_revocation = m.revocations().revocation_of(&version_key)?;
                     matched_key = Some(version_key.clone());
                     matched_version = Some((n, version_key.info.public_key.clone()));
                     Ok(())
@@ -281,7 +284,8 @@ pub(crate) fn verify(ctx: &Ctx, args: VerifyArgs) -> Result<u8> {
     // A check against a key of the home is audited, a failed one too (failure bursts are
     // a detection signal).
     if let Some((m, key)) = &home_key {
-        m.audit_verification(matched_key.as_ref().unwrap_or(key), outcome.is_ok())?;
+        m.audit()
+            .record_verification(matched_key.as_ref().unwrap_or(key), outcome.is_ok())?;
     }
     // The key that made the signature: the version that matched, when one did.
     let (public_key, matched_version) = match matched_version {
@@ -430,6 +434,7 @@ fn verify_assertion_alone(ctx: &Ctx, args: &VerifyArgs, source: Source) -> Resul
             let key = m.resolve(r)?;
             // The key named may be a logical key: the version that made the assertion.
             let made_by = m
+                .rotation()
                 .logical_key(&key)?
                 .and_then(|l| {
                     l.versions()
@@ -438,7 +443,7 @@ fn verify_assertion_alone(ctx: &Ctx, args: &VerifyArgs, source: Source) -> Resul
                         .and_then(|v| m.resolve(&format!("{}:{}", l.backend(), v.key_id())).ok())
                 })
                 .unwrap_or(key);
-            local_revocation = m.revocation_of(&made_by)?;
+            local_revocation = m.revocations().revocation_of(&made_by)?;
             Some(made_by.info.public_key)
         }
         (None, None) => None,

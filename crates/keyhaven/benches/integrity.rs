@@ -54,7 +54,7 @@ fn sign(c: &mut Criterion) {
             let m = home(dir.path(), sealed);
             let key = m.generate(None, alg, "k").unwrap();
             // A versioned key: the registry is read on every signature.
-            m.rotate_key(&key, "bench").unwrap();
+            m.rotation().rotate_key(&key, "bench").unwrap();
             let key = m.resolve("k").unwrap();
             let name = if sealed { "sealed" } else { "unsealed" };
             g.bench_function(name, |b| b.iter(|| black_box(m.sign(&key, msg).unwrap())));
@@ -77,14 +77,14 @@ fn list(c: &mut Criterion) {
         // A hundred of them rotated, so the registry is not empty.
         for i in 0..100 {
             let k = m.resolve(&format!("key-{i}")).unwrap();
-            m.rotate_key(&k, "bench").unwrap();
+            m.rotation().rotate_key(&k, "bench").unwrap();
         }
         let name = if sealed { "sealed" } else { "unsealed" };
         g.bench_function(name, |b| {
             b.iter(|| {
                 let keys = m.list_keys().unwrap();
                 for k in &keys {
-                    black_box(m.version_info(k).unwrap());
+                    black_box(m.rotation().version_info(k).unwrap());
                 }
                 keys.len()
             })

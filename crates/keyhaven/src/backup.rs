@@ -33,17 +33,8 @@ pub const META_REVOCATIONS: &str = "home.revocations";
 use crate::{Backend, CoreError, Error, ErrorKind, KeyId, KeyManager, ManagedKey, Result};
 
 impl KeyManager {
-    /// Gathers backup entries: the keys named by `refs` (any reference
-    /// [`KeyManager::resolve`] takes; a key named twice is backed up once), or every key of
-    /// every reachable backend but the revoked keys. Software keys carry their private key; hardware keys their
-    /// public key and metadata only. Each entry's `backend` is the configured backend name, and
-    /// its metadata records the key's version and state (and, for a versioned key, its logical
-    /// key and role).
-    ///
-    /// # Errors
-    /// [`KeyManager::resolve`]'s errors for a reference; the backend's error for a failing
-    /// export ([`CoreError::PermissionDenied`] when access control forbids it, ...).
-    pub fn collect_backup(&self, refs: Option<&[String]>) -> Result<Vec<BackupEntry>> {
+    /// [`crate::BackupsView::collect`].
+    pub(crate) fn collect_backup(&self, refs: Option<&[String]>) -> Result<Vec<BackupEntry>> {
         let keys = match refs {
             // Revoked keys refuse to be exported and must never be restored: a whole-home
             // backup leaves them out (naming one explicitly is refused with `Revoked`).
@@ -150,7 +141,7 @@ impl KeyManager {
             }
         }
         if !self
-            .revocations()?
+            .revocation_registry()?
             .all()
             .map_err(CoreError::from)?
             .is_empty()
@@ -165,15 +156,8 @@ impl KeyManager {
         Ok(())
     }
 
-    /// Records the revocation statements of `list` in this home, each checked against the
-    /// list's issuer, or, with `pinned`, only if the issuer's fingerprint starts with it.
-    /// Revocations only ever take keys away, so a home accepts them from its own earlier
-    /// authority (a restored backup) as from its current one. Returns how many were new.
-    ///
-    /// # Errors
-    /// A forged statement or an issuer that is not the pinned one; the registry cannot be
-    /// written.
-    pub fn import_revocations(
+    /// [`crate::RevocationsView::import`].
+    pub(crate) fn import_revocations(
         &self,
         list: &crate::compromise::RevocationList,
         pinned: Option<&str>,
@@ -187,7 +171,7 @@ impl KeyManager {
                 list.verify(&issuer).map_err(CoreError::from)?;
             }
         }
-        let registry = self.revocations()?;
+        let registry = self.revocation_registry()?;
         let before = registry.all().map_err(CoreError::from)?.len();
         for s in &list.statements {
             registry
@@ -276,25 +260,8 @@ impl KeyManager {
         Ok(())
     }
 
-    /// Restores backup entries into the backend `into` (default: the default backend), its
-    /// store created if needed and the fallback rule applied as for
-    /// [`KeyManager::generate`]. Every restored key signs a challenge checked against the public
-    /// key recorded in the backup before it counts (see [`restore`]); hardware entries are
-    /// reported as public-only. The default key keeps pointing at the same key: a replaced
-    /// default key is followed to its replacement, a default key that no longer exists (a wiped
-    /// store) to its restored copy; without a default key, the first restored key becomes it
-    /// (unless the backend is ephemeral).
-    ///
-    /// Under [`OnConflict::Fail`], a backed-up key whose label is taken by a different key
-    /// refuses the whole restore before anything is changed.
-    ///
-    /// # Errors
-    /// [`CoreError::AlreadyExists`] listing the taken labels under [`OnConflict::Fail`];
-    /// [`Error::NoBackend`], [`Error::Unavailable`] as for [`KeyManager::generate`]; the
-    /// failing step's error (of its own kind: a store refusing the import, a key failing
-    /// recovery verification as [`CoreError::Corrupt`], ...) after everything this restore
-    /// created was removed again.
-    pub fn restore_backup(
+    /// [`crate::BackupsView::restore`].
+    pub(crate) fn restore_backup(
         &self,
         entries: &[BackupEntry],
         into: Option<&str>,
@@ -398,14 +365,8 @@ impl KeyManager {
         Ok(())
     }
 
-    /// Decrypts a Shamir share encrypted to `key` (an X25519 key this manager holds); the key
-    /// agreement happens in the key's backend, so its private key never leaves it. Returns the
-    /// share in the clear, checked against its Feldman commitments.
-    ///
-    /// # Errors
-    /// [`CoreError::Corrupt`] naming the share if it is not encrypted, is encrypted to another
-    /// key, or does not decrypt; the backend's error for a failing agreement.
-    pub fn decrypt_share(&self, share: &Share, key: &ManagedKey) -> Result<Share> {
+    /// [`crate::BackupsView::decrypt_share`].
+    pub(crate) fn decrypt_share(&self, share: &Share, key: &ManagedKey) -> Result<Share> {
         let b = self.key_backend(key)?;
         keyhaven_backup::decrypt_share(share, b.store().as_ref(), &key.info.id)
             .map_err(|e| Error::backend(b.name(), e.into()))

@@ -17,6 +17,7 @@ mod passphrase;
 pub mod rollback;
 pub mod rotation;
 mod tombstones;
+mod views;
 
 pub use assertion::{ASSERTION_JWS_TYPE, ASSERTION_VERSION, Assertion, rfc3339};
 pub use backend::{Backend, BackendKind};
@@ -39,6 +40,7 @@ pub use passphrase::{
     FixedPassphrase, NoPassphrase, PassphraseProvider, PassphrasePurpose, PassphraseRequest,
 };
 pub use rotation::VersionInfo;
+pub use views::{AuditView, BackupsView, CompromiseView, RevocationsView, RotationView};
 
 pub use keyhaven_core::{
     Algorithm, BackendInfo, Error as CoreError, Fingerprint, KeyDetails, KeyId, KeyInfo,

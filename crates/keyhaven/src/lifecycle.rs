@@ -216,28 +216,24 @@ pub struct ScanOutcome {
 }
 
 impl KeyManager {
-    /// Whether operations are audited (see [`AuditConfig::enabled`]).
-    pub fn audit_enabled(&self) -> bool {
+    /// [`crate::AuditView::enabled`].
+    pub(crate) fn audit_enabled(&self) -> bool {
         self.config()
             .audit
             .enabled
             .unwrap_or(self.config_path().is_some())
     }
 
-    /// The audit log directory.
-    pub fn audit_dir(&self) -> PathBuf {
+    /// [`crate::AuditView::dir`].
+    pub(crate) fn audit_dir(&self) -> PathBuf {
         match &self.config().audit.dir {
             Some(d) => resolve(self.home(), d),
             None => self.home().join(AUDIT_DIR),
         }
     }
 
-    /// The revocation authority (which also signs audit checkpoints), created in
-    /// `HOME/authority` the first time it is needed unless `[audit] authority` names a key.
-    ///
-    /// # Errors
-    /// The configured key cannot be found, or the default store cannot be created.
-    pub fn authority(&self) -> Result<Authority> {
+    /// [`crate::AuditView::authority`].
+    pub(crate) fn authority(&self) -> Result<Authority> {
         if let Some(slot) = self.lifecycle().authority.get() {
             return Ok(slot.clone());
         }
@@ -265,20 +261,14 @@ impl KeyManager {
         Ok(self.lifecycle().authority.get_or_init(|| authority).clone())
     }
 
-    /// The authority key's public key: what verifiers of revocation lists and audit logs pin.
-    ///
-    /// # Errors
-    /// As [`KeyManager::authority`].
-    pub fn authority_public_key(&self) -> Result<PublicKey> {
+    /// [`crate::AuditView::authority_public_key`].
+    pub(crate) fn authority_public_key(&self) -> Result<PublicKey> {
         let a = self.authority()?;
         Ok(a.store.public_key(&a.key)?)
     }
 
-    /// The audit log, opened on first use; `None` when auditing is off.
-    ///
-    /// # Errors
-    /// The log or the authority key cannot be opened (operations then fail: fail closed).
-    pub fn audit_log(&self) -> Result<Option<Arc<AuditLog>>> {
+    /// [`crate::AuditView::log`].
+    pub(crate) fn audit_log(&self) -> Result<Option<Arc<AuditLog>>> {
         if !self.audit_enabled() {
             return Ok(None);
         }
@@ -308,11 +298,8 @@ impl KeyManager {
         ))
     }
 
-    /// Verifies the audit log against the authority key.
-    ///
-    /// # Errors
-    /// A log file cannot be read (a tampered log is not an error: see the report).
-    pub fn verify_audit(&self) -> Result<VerifyReport> {
+    /// [`crate::AuditView::verify`].
+    pub(crate) fn verify_audit(&self) -> Result<VerifyReport> {
         let pk = self.authority_public_key()?;
         let report = match self.audit_witnessed()? {
             // What the log held at its last checkpoint, as the home's authenticated state
@@ -324,14 +311,8 @@ impl KeyManager {
         self.require_first_file(report)
     }
 
-    /// Recovers a damaged audit log without hiding the damage ([`keyhaven_audit::recover`]):
-    /// the damaged files are set aside as evidence, the good records kept, and a break record
-    /// signed by the authority says what happened; `audit verify` then reports the break. The
-    /// home's witness follows the recovered log. Needs the authority key (the passphrase).
-    ///
-    /// # Errors
-    /// The log is whole (nothing to recover); the authority cannot sign; I/O errors.
-    pub fn recover_audit(&self) -> Result<keyhaven_audit::Recovered> {
+    /// [`crate::AuditView::recover`].
+    pub(crate) fn recover_audit(&self) -> Result<keyhaven_audit::Recovered> {
         let authority = self.authority()?;
         let signer = AuditSigner {
             store: authority.store,
@@ -347,17 +328,13 @@ impl KeyManager {
         Ok(recovered)
     }
 
-    /// Where the home records how far its audit log has reached (`HOME/audit.witness`, part
-    /// of the home's authenticated state).
-    pub fn audit_witness_path(&self) -> PathBuf {
+    /// [`crate::AuditView::witness_path`].
+    pub(crate) fn audit_witness_path(&self) -> PathBuf {
         self.home().join(AUDIT_WITNESS)
     }
 
-    /// What the witness recorded at the log's last checkpoint, if anything.
-    ///
-    /// # Errors
-    /// The witness was changed outside keyhaven ([`CoreError::Corrupt`]).
-    pub fn audit_witnessed(&self) -> Result<Option<keyhaven_audit::Expectation>> {
+    /// [`crate::AuditView::witnessed`].
+    pub(crate) fn audit_witnessed(&self) -> Result<Option<keyhaven_audit::Expectation>> {
         let path = self.audit_witness_path();
         Ok(read_witness(self.state()?.as_ref(), &path)?)
     }
@@ -388,13 +365,8 @@ impl KeyManager {
         Ok(report)
     }
 
-    /// Verifies the audit log and checks it still holds what an earlier verification saw
-    /// (its record count and head): records removed from the end since then, or a replaced
-    /// log, are reported even after the last signed checkpoint.
-    ///
-    /// # Errors
-    /// A log file cannot be read.
-    pub fn verify_audit_expecting(
+    /// [`crate::AuditView::verify_expecting`].
+    pub(crate) fn verify_audit_expecting(
         &self,
         expect: &keyhaven_audit::Expectation,
     ) -> Result<VerifyReport> {
@@ -411,11 +383,8 @@ impl KeyManager {
         self.require_first_file(report)
     }
 
-    /// The revocation registry (`HOME/revocations`).
-    ///
-    /// # Errors
-    /// It cannot be created or has loose permissions.
-    pub fn revocations(&self) -> Result<Arc<Revocations>> {
+    /// [`crate::RevocationsView::registry`].
+    pub(crate) fn revocation_registry(&self) -> Result<Arc<Revocations>> {
         if let Some(r) = self.lifecycle().revocations.get() {
             return Ok(r.clone());
         }
@@ -445,8 +414,10 @@ impl KeyManager {
             self.home().join(crate::tombstones::TOMBSTONES),
         ));
         let metered = keyhaven_rotation::MeteredStore::new(raw, self.usage_meter()?);
-        let mut store: Arc<dyn KeyStore> =
-            Arc::new(RevocationCheckedStore::new(metered, self.revocations()?));
+        let mut store: Arc<dyn KeyStore> = Arc::new(RevocationCheckedStore::new(
+            metered,
+            self.revocation_registry()?,
+        ));
         let caller = self.caller();
         if let Some(policy) = self.access_policy()? {
             store = Arc::new(AccessControlledStore::new(store, policy, caller.clone()));
@@ -554,14 +525,8 @@ impl KeyManager {
         Ok(())
     }
 
-    /// Revokes `key` (when `key` names a rotated logical key, its primary version: the key in
-    /// use): signs a revocation statement with the authority key and records it; from then on
-    /// every process refuses the key's private operations. Revoking twice keeps the
-    /// first statement. Audited, and checked against the access policy (`revoke`).
-    ///
-    /// # Errors
-    /// Access denied, the authority cannot sign, the registry cannot be written.
-    pub fn revoke(
+    /// [`crate::RevocationsView::revoke`].
+    pub(crate) fn revoke(
         &self,
         key: &ManagedKey,
         reason: &str,
@@ -588,7 +553,7 @@ impl KeyManager {
         self.audit_event("revoke", Some(key), Outcome::Intent, reason)?;
         let pk = authority.store.public_key(&authority.key)?;
         let recorded = self
-            .revocations()?
+            .revocation_registry()?
             .record(statement, &pk)
             .map_err(CoreError::from)?;
         self.revoke_version(key, compromised, reason)?;
@@ -596,14 +561,14 @@ impl KeyManager {
         Ok(recorded)
     }
 
-    /// Refuses key material (by its public key) that was revoked, whatever id it had: a revoked
-    /// key must not come back through an import or a restore.
-    ///
-    /// # Errors
-    /// [`CoreError::Revoked`] naming the key; the registry cannot be read.
-    pub fn refuse_revoked_material(&self, public_key: &PublicKey, label: &str) -> Result<()> {
+    /// [`crate::RevocationsView::refuse_revoked_material`].
+    pub(crate) fn refuse_revoked_material(
+        &self,
+        public_key: &PublicKey,
+        label: &str,
+    ) -> Result<()> {
         let fp = public_key.fingerprint().to_hex();
-        let revoked = self.revocations()?.all().map_err(CoreError::from)?;
+        let revoked = self.revocation_registry()?.all().map_err(CoreError::from)?;
         if let Some(r) = revoked.iter().find(|r| r.fingerprint == fp) {
             return Err(CoreError::Revoked(format!(
                 "key '{label}' (fingerprint {}) was revoked at {} as key {} ({}); it cannot be \
@@ -618,41 +583,31 @@ impl KeyManager {
         Ok(())
     }
 
-    /// The revocation of `key`, if it is revoked.
-    ///
-    /// # Errors
-    /// The registry cannot be read.
-    pub fn revocation_of(&self, key: &ManagedKey) -> Result<Option<Revocation>> {
+    /// [`crate::RevocationsView::revocation_of`].
+    pub(crate) fn revocation_of(&self, key: &ManagedKey) -> Result<Option<Revocation>> {
         Ok(self
-            .revocations()?
+            .revocation_registry()?
             .check(key.id().as_str())
             .map_err(CoreError::from)?)
     }
 
-    /// Every revocation, as the signed list verifiers load.
-    ///
-    /// # Errors
-    /// The registry cannot be read or the authority key opened.
-    pub fn export_revocations(&self) -> Result<RevocationList> {
+    /// [`crate::RevocationsView::export`].
+    pub(crate) fn export_revocations(&self) -> Result<RevocationList> {
         let pk = self.authority_public_key()?;
-        Ok(self.revocations()?.export(&pk).map_err(CoreError::from)?)
+        Ok(self
+            .revocation_registry()?
+            .export(&pk)
+            .map_err(CoreError::from)?)
     }
 
-    /// The compromise reports (`HOME/compromise`).
-    ///
-    /// # Errors
-    /// The directory cannot be created or has loose permissions.
-    pub fn reports(&self) -> Result<ReportStore> {
+    /// [`crate::CompromiseView::reports`].
+    pub(crate) fn reports(&self) -> Result<ReportStore> {
         keyhaven_fs::create_private_dir(self.home())?;
         Ok(ReportStore::open(&self.home().join(REPORTS_DIR)).map_err(CoreError::from)?)
     }
 
-    /// Closes report `report_id` as not a compromise (a false positive), recording who and why;
-    /// a dismissed report is not responded to until it is reopened.
-    ///
-    /// # Errors
-    /// No such report; an empty reason; the report cannot be written.
-    pub fn dismiss_compromise(
+    /// [`crate::CompromiseView::dismiss`].
+    pub(crate) fn dismiss_compromise(
         &self,
         report_id: &str,
         reason: &str,
@@ -665,11 +620,8 @@ impl KeyManager {
         )
     }
 
-    /// Opens a dismissed (or responded) report again, recording who and why.
-    ///
-    /// # Errors
-    /// As [`KeyManager::dismiss_compromise`].
-    pub fn reopen_compromise(
+    /// [`crate::CompromiseView::reopen`].
+    pub(crate) fn reopen_compromise(
         &self,
         report_id: &str,
         reason: &str,
@@ -736,12 +688,8 @@ impl KeyManager {
         Ok(report)
     }
 
-    /// Files a compromise report for `key` (by a person: detection `manual`); for a rotated
-    /// logical key, about its primary version.
-    ///
-    /// # Errors
-    /// The report cannot be written.
-    pub fn report_compromise(
+    /// [`crate::CompromiseView::report`].
+    pub(crate) fn report_compromise(
         &self,
         key: &ManagedKey,
         kind: CompromiseType,
@@ -772,12 +720,8 @@ impl KeyManager {
         Ok(r)
     }
 
-    /// Scans the audit log for suspicious use and files a suspected report for each new
-    /// finding. `retired` lists key ids whose versions are retired, with since when.
-    ///
-    /// # Errors
-    /// The log or the reports cannot be read or written.
-    pub fn scan_for_compromise(&self, retired: &[(String, u64)]) -> Result<ScanOutcome> {
+    /// [`crate::CompromiseView::scan`].
+    pub(crate) fn scan_for_compromise(&self, retired: &[(String, u64)]) -> Result<ScanOutcome> {
         let dir = self.audit_dir();
         let records = if dir.exists() {
             keyhaven_audit::search(&dir, &keyhaven_audit::Filter::default())
@@ -786,7 +730,7 @@ impl KeyManager {
             Vec::new()
         };
         let mut states = KeyStates::default();
-        for r in self.revocations()?.all().map_err(CoreError::from)? {
+        for r in self.revocation_registry()?.all().map_err(CoreError::from)? {
             states.revoked.insert(r.key_id, r.revoked_at);
         }
         states.retired.extend(retired.iter().cloned());
@@ -812,12 +756,8 @@ impl KeyManager {
         Ok(ScanOutcome { findings, filed })
     }
 
-    /// Runs the response procedure of a report (revoke, rotate through `rotator`, lookback,
-    /// notify, as configured for the key's role).
-    ///
-    /// # Errors
-    /// The report or its key cannot be found, or the report cannot be written.
-    pub fn respond_to_compromise(
+    /// [`crate::CompromiseView::respond`].
+    pub(crate) fn respond_to_compromise(
         &self,
         report_id: &str,
         rotator: Option<&dyn Rotator>,
@@ -843,7 +783,7 @@ impl KeyManager {
         };
         let key = self.resolve(&reference)?;
         self.authorize(keyhaven_audit::Operation::Revoke, &key)?;
-        let revocations = self.revocations()?;
+        let revocations = self.revocation_registry()?;
         let authority = self.authority()?;
         let config = self.config().compromise.clone();
         let audit_dir = self.audit_dir();
@@ -874,14 +814,8 @@ impl KeyManager {
         Ok(outcome)
     }
 
-    /// [`KeyManager::respond_to_compromise`], then, after a compromise of the home (seed 002:
-    /// "rotate all keys"), every other key of the home is rotated too, hardware keys included
-    /// where their device can: each rotation is recorded in the report, a failure too (the
-    /// report is then incomplete; run it again: keys already rotated are not rotated twice).
-    ///
-    /// # Errors
-    /// As [`KeyManager::respond_to_compromise`].
-    pub fn respond_to_home_compromise(&self, report_id: &str) -> Result<ResponseOutcome> {
+    /// [`crate::CompromiseView::respond_to_home`].
+    pub(crate) fn respond_to_home_compromise(&self, report_id: &str) -> Result<ResponseOutcome> {
         let mut outcome = self.respond_to_compromise(report_id, None)?;
         let reports = self.reports()?;
         let done: std::collections::BTreeSet<String> = outcome

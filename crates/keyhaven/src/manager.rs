@@ -245,6 +245,31 @@ impl HashedMessage {
 /// a key is generated or imported into is unavailable, the key goes to the fallback file backend
 /// (if allowed) with a [`Warning::Fallback`]. Keys of an unavailable backend are never looked up
 /// elsewhere: using them fails with [`Error::Unavailable`].
+///
+/// Key operations are methods of the manager; the lifecycle areas are views of it:
+/// [`KeyManager::rotation`], [`KeyManager::audit`], [`KeyManager::revocations`],
+/// [`KeyManager::compromise`] and [`KeyManager::backups`].
+///
+/// # Locks, and the order they are taken in
+///
+/// This is the one place the order is written down; code that takes two of these takes them in
+/// this order, and never holds one while waiting for an earlier one:
+///
+/// 1. the configuration (`RwLock<Arc<Config>>`): held only to clone the `Arc` or to swap it;
+///    nothing else is ever taken while it is held;
+/// 2. the backend map: held only to find or make a backend's slot;
+/// 3. one backend's slot (its opened, decorated store): held while that backend opens, which
+///    may prompt, run Argon2id or log in to a token; never two slots at once, so opening one
+///    backend never waits for another;
+/// 4. the per-name opening lock of that backend's bare store (the map of these is held only to
+///    find the lock), then the map of bare stores opened (held only to read or insert);
+/// 5. the home's state files (`integrity::StateCell`, and the file locks `keyhaven-fs` takes
+///    for each change); a store's own file lock is taken and released inside each call to
+///    that store, so it is never held across any of the above.
+///
+/// The `OnceLock`s of the lifecycle (audit log, authority, revocations, meter, registry) are
+/// initialised without holding any of the above, and the warnings list is a leaf: it is taken
+/// alone, to push or drain.
 pub struct KeyManager {
     home: PathBuf,
     config_path: Option<PathBuf>,
@@ -1094,13 +1119,8 @@ impl KeyManager {
         verified.map_err(Error::from)
     }
 
-    /// Records in the audit log (if the home keeps one) that a signature was checked against
-    /// `key` and whether it verified: failures count towards the failure bursts `keyhaven
-    /// compromise scan` reports (someone trying forged signatures against a key).
-    ///
-    /// # Errors
-    /// The audit log cannot be written (fail closed).
-    pub fn audit_verification(&self, key: &ManagedKey, verified: bool) -> Result<()> {
+    /// [`crate::AuditView::record_verification`].
+    pub(crate) fn audit_verification(&self, key: &ManagedKey, verified: bool) -> Result<()> {
         let (outcome, reason) = if verified {
             (keyhaven_audit::Outcome::Allowed, "")
         } else {

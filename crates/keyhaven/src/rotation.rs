@@ -46,21 +46,18 @@ pub struct VersionInfo {
 }
 
 impl KeyManager {
-    /// `HOME/rotation`.
-    pub fn rotation_dir(&self) -> PathBuf {
+    /// [`crate::RotationView::dir`].
+    pub(crate) fn rotation_dir(&self) -> PathBuf {
         self.home().join(ROTATION_DIR)
     }
 
-    /// The rotation policy file, `HOME/rotation.toml`.
-    pub fn rotation_policy_path(&self) -> PathBuf {
+    /// [`crate::RotationView::policy_path`].
+    pub(crate) fn rotation_policy_path(&self) -> PathBuf {
         keyhaven_rotation::default_policy_path(self.home())
     }
 
-    /// The rotation policies (none if the file does not exist).
-    ///
-    /// # Errors
-    /// The file is invalid (the error names the field).
-    pub fn rotation_policies(&self) -> Result<PolicySet> {
+    /// [`crate::RotationView::policies`].
+    pub(crate) fn rotation_policies(&self) -> Result<PolicySet> {
         let path = self.rotation_policy_path();
         match self.policy_text(&path)? {
             None => Ok(PolicySet::builtin()),
@@ -94,11 +91,8 @@ impl KeyManager {
             .clone())
     }
 
-    /// The registry of logical keys (created if missing).
-    ///
-    /// # Errors
-    /// It cannot be created or read.
-    pub fn rotation_registry(&self) -> Result<Registry> {
+    /// [`crate::RotationView::registry`].
+    pub(crate) fn rotation_registry(&self) -> Result<Registry> {
         if let Some(r) = self.lifecycle().registry.get() {
             return Ok(r.clone());
         }
@@ -131,11 +125,8 @@ impl KeyManager {
         }
     }
 
-    /// The logical key `key` is a version of, if it is versioned.
-    ///
-    /// # Errors
-    /// The registry cannot be read.
-    pub fn logical_key(&self, key: &ManagedKey) -> Result<Option<LogicalKey>> {
+    /// [`crate::RotationView::logical_key`].
+    pub(crate) fn logical_key(&self, key: &ManagedKey) -> Result<Option<LogicalKey>> {
         let Some(registry) = self.registry_if_exists()? else {
             return Ok(None);
         };
@@ -146,12 +137,8 @@ impl KeyManager {
             .filter(|k| k.backend() == key.backend))
     }
 
-    /// The logical key a reference names (a logical id, any version's key id, or a label),
-    /// read from the registry alone: its history stays readable while its backend is away.
-    ///
-    /// # Errors
-    /// The registry cannot be read.
-    pub fn find_logical_key(&self, reference: &str) -> Result<Option<LogicalKey>> {
+    /// [`crate::RotationView::find_logical_key`].
+    pub(crate) fn find_logical_key(&self, reference: &str) -> Result<Option<LogicalKey>> {
         let Some(registry) = self.registry_if_exists()? else {
             return Ok(None);
         };
@@ -163,12 +150,8 @@ impl KeyManager {
         }
     }
 
-    /// `key`'s version and state (a key never rotated is version 1, primary; a revoked one is
-    /// `revoked` whatever its version).
-    ///
-    /// # Errors
-    /// The registry or the revocations cannot be read.
-    pub fn version_info(&self, key: &ManagedKey) -> Result<VersionInfo> {
+    /// [`crate::RotationView::version_info`].
+    pub(crate) fn version_info(&self, key: &ManagedKey) -> Result<VersionInfo> {
         let logical = self.logical_key(key)?;
         let (version, mut state, logical) = match &logical {
             Some(l) => match l.version_by_key_id(key.id()) {
@@ -198,12 +181,8 @@ impl KeyManager {
         })
     }
 
-    /// A rotation engine over every reachable backend, with this manager's usage meter and the
-    /// system clock.
-    ///
-    /// # Errors
-    /// The policies are invalid, or a backend fails other than by being unavailable.
-    pub fn rotation_engine(&self) -> Result<RotationEngine> {
+    /// [`crate::RotationView::engine`].
+    pub(crate) fn rotation_engine(&self) -> Result<RotationEngine> {
         let mut engine = self.bare_rotation_engine()?;
         for b in self.reachable_backends_for_rotation()? {
             engine = engine.with_store(b.name().to_owned(), b.store().clone());
@@ -222,12 +201,8 @@ impl KeyManager {
         .with_meter(self.usage_meter()?))
     }
 
-    /// Registers `key` as version 1 of a logical key with `role` (default: by algorithm).
-    /// Idempotent: an already versioned key is returned as it is.
-    ///
-    /// # Errors
-    /// The registry cannot be written.
-    pub fn adopt_key(&self, key: &ManagedKey, role: Option<Role>) -> Result<LogicalKey> {
+    /// [`crate::RotationView::adopt_key`].
+    pub(crate) fn adopt_key(&self, key: &ManagedKey, role: Option<Role>) -> Result<LogicalKey> {
         if let Some(l) = self.logical_key(key)? {
             return Ok(l);
         }
@@ -246,23 +221,13 @@ impl KeyManager {
         }
     }
 
-    /// Rotates `key` (any version of a logical key, or a key never rotated) to a new version in
-    /// the same backend: the new version becomes primary, the old one verify-only for its
-    /// migration window. Checked against the access policy (`rotate`) and audited.
-    ///
-    /// # Errors
-    /// Access denied; the backend failed (the old version stays primary); a pre-rotation action
-    /// failed (the new key is deleted).
-    pub fn rotate_key(&self, key: &ManagedKey, reason: &str) -> Result<RotationOutcome> {
+    /// [`crate::RotationView::rotate_key`].
+    pub(crate) fn rotate_key(&self, key: &ManagedKey, reason: &str) -> Result<RotationOutcome> {
         self.rotate_key_with_window(key, reason, None)
     }
 
-    /// [`KeyManager::rotate_key`], with this rotation's migration window instead of the
-    /// policy's when `window` is given (seed 002's `migration_days` for one rotation).
-    ///
-    /// # Errors
-    /// As [`KeyManager::rotate_key`]; a zero window is invalid input.
-    pub fn rotate_key_with_window(
+    /// [`crate::RotationView::rotate_key_with_window`].
+    pub(crate) fn rotate_key_with_window(
         &self,
         key: &ManagedKey,
         reason: &str,
@@ -313,12 +278,8 @@ impl KeyManager {
             .collect())
     }
 
-    /// What is due now, changing nothing (`rotate --due --dry-run`): keys never rotated are
-    /// judged as version 1 with their role's default.
-    ///
-    /// # Errors
-    /// The registry, the policies or a backend cannot be used.
-    pub fn due_now(&self) -> Result<Vec<Due>> {
+    /// [`crate::RotationView::due_now`].
+    pub(crate) fn due_now(&self) -> Result<Vec<Due>> {
         let engine = self.rotation_engine()?;
         let mut keys = engine.registry().list().map_err(core)?;
         let now = keyhaven_core::unix_now();
@@ -331,12 +292,8 @@ impl KeyManager {
         engine.evaluate_keys(&keys).map_err(core)
     }
 
-    /// Adopts every key of every reachable backend not yet versioned (except prekeys), then
-    /// acts on everything due. Safe to run from cron: concurrent runs act once.
-    ///
-    /// # Errors
-    /// The registry or a backend cannot be used at all.
-    pub fn rotate_due(&self) -> Result<Vec<DueOutcome>> {
+    /// [`crate::RotationView::rotate_due`].
+    pub(crate) fn rotate_due(&self) -> Result<Vec<DueOutcome>> {
         for key in self.rotatable_keys()? {
             self.adopt_key(&key, None)?;
         }
@@ -400,11 +357,8 @@ impl KeyManager {
         Ok(outcomes)
     }
 
-    /// Which policy applies to `key` and why.
-    ///
-    /// # Errors
-    /// The policies are invalid.
-    pub fn explain_policy(&self, key: &ManagedKey) -> Result<Explanation> {
+    /// [`crate::RotationView::explain_policy`].
+    pub(crate) fn explain_policy(&self, key: &ManagedKey) -> Result<Explanation> {
         let policies = self.rotation_policies()?;
         Ok(match self.logical_key(key)? {
             Some(l) => policies.explain(&l),
@@ -416,11 +370,8 @@ impl KeyManager {
         })
     }
 
-    /// The continuity proofs of `key`'s logical key, oldest first.
-    ///
-    /// # Errors
-    /// A stored proof is damaged.
-    pub fn continuity_chain(&self, key: &ManagedKey) -> Result<Vec<ContinuityProof>> {
+    /// [`crate::RotationView::continuity_chain`].
+    pub(crate) fn continuity_chain(&self, key: &ManagedKey) -> Result<Vec<ContinuityProof>> {
         let Some(l) = self.logical_key(key)? else {
             return Ok(Vec::new());
         };
@@ -432,12 +383,8 @@ impl KeyManager {
             .map_err(core)
     }
 
-    /// The prekey pool of the identity key `identity` (`HOME/rotation/prekeys/<logical id>`),
-    /// whose prekeys live in the identity's backend and are signed by its primary version.
-    ///
-    /// # Errors
-    /// The identity cannot sign, or the pool cannot be opened.
-    pub fn prekey_pool(&self, identity: &ManagedKey) -> Result<PrekeyPool> {
+    /// [`crate::RotationView::prekey_pool`].
+    pub(crate) fn prekey_pool(&self, identity: &ManagedKey) -> Result<PrekeyPool> {
         if !identity.algorithm().can_sign() {
             return Err(CoreError::InvalidInput(format!(
                 "{identity} is an X25519 key: a prekey pool needs a signing identity key"
@@ -464,13 +411,8 @@ impl KeyManager {
         .map_err(core)
     }
 
-    /// The version a statement about `key` concerns (a revocation, a compromise report): when
-    /// `key` names a logical key (its version 1 id or label) whose primary is another version,
-    /// that primary, the key in use; otherwise `key` itself.
-    ///
-    /// # Errors
-    /// The registry cannot be read, or the primary version cannot be found.
-    pub fn current_version(&self, key: &ManagedKey) -> Result<ManagedKey> {
+    /// [`crate::RotationView::current_version`].
+    pub(crate) fn current_version(&self, key: &ManagedKey) -> Result<ManagedKey> {
         let Some(l) = self.logical_key(key)? else {
             return Ok(key.clone());
         };
@@ -482,15 +424,8 @@ impl KeyManager {
         }
     }
 
-    /// The key that actually signs for `key`: the primary version when `key` names a logical
-    /// key (its version 1 id or label), `key` itself otherwise. A later version that is no
-    /// longer primary is refused: only the primary signs. [`KeyManager::sign_input`] applies it
-    /// itself; callers that describe the signing key (assertions) call it first.
-    ///
-    /// # Errors
-    /// [`CoreError::Revoked`] if the logical key has no primary version or the named version
-    /// is revoked; [`CoreError::Unsupported`] for a verify-only or retired version.
-    pub fn signing_target(&self, key: &ManagedKey) -> Result<ManagedKey> {
+    /// [`crate::RotationView::signing_target`].
+    pub(crate) fn signing_target(&self, key: &ManagedKey) -> Result<ManagedKey> {
         let Some(l) = self.logical_key(key)? else {
             return Ok(key.clone());
         };
@@ -544,13 +479,8 @@ impl KeyManager {
         .into())
     }
 
-    /// Verifies `signature` with every version of `key`'s logical key whose state allows it
-    /// now (retired versions only with `allow_retired`); returns the version that matched, or
-    /// `None` when `key` is not versioned (verify with its own public key then).
-    ///
-    /// # Errors
-    /// [`CoreError::BadSignature`] if no allowed version verifies it.
-    pub fn verify_versions(
+    /// [`crate::RotationView::verify_versions`].
+    pub(crate) fn verify_versions(
         &self,
         key: &ManagedKey,
         input: SignInput<'_>,

@@ -22,14 +22,17 @@ fn collect_by_reference_and_restore_into_another_backend() {
 
     // A key named twice (by label and by BACKEND:ID) is collected once.
     let refs = ["x".to_owned(), x.reference()];
-    let one = m.collect_backup(Some(&refs)).unwrap();
+    let one = m.backups().collect(Some(&refs)).unwrap();
     assert_eq!(one.len(), 1);
     assert_eq!((one[0].backend.as_str(), &one[0].id), ("a", x.id()));
     assert!(one[0].private.is_some() && !one[0].hardware);
 
-    let all = m.collect_backup(None).unwrap();
+    let all = m.backups().collect(None).unwrap();
     assert_eq!(all.len(), 2);
-    let report = m.restore_backup(&all, Some("b"), OnConflict::Fail).unwrap();
+    let report = m
+        .backups()
+        .restore(&all, Some("b"), OnConflict::Fail)
+        .unwrap();
     assert_eq!(report.restored(), 2);
     let map = report.id_map();
     for key in [&x, &y] {
@@ -43,7 +46,10 @@ fn collect_by_reference_and_restore_into_another_backend() {
     keyhaven::verify(x.public_key(), b"after restore", &sig).unwrap();
 
     // Again: the very same keys are already there, nothing is duplicated.
-    let again = m.restore_backup(&all, Some("b"), OnConflict::Fail).unwrap();
+    let again = m
+        .backups()
+        .restore(&all, Some("b"), OnConflict::Fail)
+        .unwrap();
     assert_eq!(again.restored(), 0);
     assert!(
         again
@@ -56,7 +62,8 @@ fn collect_by_reference_and_restore_into_another_backend() {
     // the caller chooses.
     m.generate(Some("c"), Algorithm::EcdsaP384, "x").unwrap();
     let e = m
-        .restore_backup(&all, Some("c"), OnConflict::Fail)
+        .backups()
+        .restore(&all, Some("c"), OnConflict::Fail)
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::AlreadyExists, "{e}");
     assert!(e.to_string().contains("'x'"), "{e}");
@@ -69,7 +76,8 @@ fn collect_by_reference_and_restore_into_another_backend() {
     };
     assert_eq!(listed(&m), 1);
     let renamed = m
-        .restore_backup(&all, Some("c"), OnConflict::Rename)
+        .backups()
+        .restore(&all, Some("c"), OnConflict::Rename)
         .unwrap();
     assert_eq!(renamed.restored(), 2);
     assert_eq!(listed(&m), 3);
@@ -87,8 +95,8 @@ fn a_crafted_rotation_record_in_a_backup_never_takes_over_an_existing_key() {
     a.add_backend("b", BackendConfig::new(BackendKind::Encrypted, None))
         .unwrap();
     let ak = a.generate(None, Algorithm::Ed25519, "evil").unwrap();
-    a.rotate_key(&ak, "test").unwrap();
-    let mut entries = a.collect_backup(Some(&["evil".to_owned()])).unwrap();
+    a.rotation().rotate_key(&ak, "test").unwrap();
+    let mut entries = a.backups().collect(Some(&["evil".to_owned()])).unwrap();
     // The victim's home holds a key "release".
     let victim_home = crate::private_tempdir();
     let v = KeyManager::open(victim_home.path(), FixedPassphrase::new("pw")).unwrap();
@@ -113,11 +121,12 @@ fn a_crafted_rotation_record_in_a_backup_never_takes_over_an_existing_key() {
             .any(|e| e.metadata.contains_key(keyhaven::backup::META_REGISTRY))
     );
     let e = v
-        .restore_backup(&entries, None, OnConflict::Rename)
+        .backups()
+        .restore(&entries, None, OnConflict::Rename)
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
     // The victim's key is untouched: it signs as itself, unversioned.
     let k = v.resolve("release").unwrap();
     assert_eq!(k, victim);
-    assert!(v.logical_key(&k).unwrap().is_none());
+    assert!(v.rotation().logical_key(&k).unwrap().is_none());
 }

@@ -22,7 +22,7 @@ fn operations_are_audited_and_revocation_holds_across_managers() {
         .unwrap();
     let key = m.generate(None, Algorithm::EcdsaP256, "svc").unwrap();
     m.sign(&key, b"one").unwrap();
-    let records = keyhaven::audit::search(&m.audit_dir(), &Filter::default()).unwrap();
+    let records = keyhaven::audit::search(&m.audit().dir(), &Filter::default()).unwrap();
     assert!(
         records
             .iter()
@@ -34,7 +34,10 @@ fn operations_are_audited_and_revocation_holds_across_managers() {
     // Another manager (as another process would) revokes the key: the first one refuses it.
     let other = manager(home.path(), "security");
     let k2 = other.resolve("svc").unwrap();
-    let statement = other.revoke(&k2, "key leaked", true, None).unwrap();
+    let statement = other
+        .revocations()
+        .revoke(&k2, "key leaked", true, None)
+        .unwrap();
     assert!(statement.compromised);
     let e = m.sign(&key, b"two").unwrap_err();
     assert!(
@@ -44,12 +47,17 @@ fn operations_are_audited_and_revocation_holds_across_managers() {
         ),
         "{e}"
     );
-    assert_eq!(m.version_info(&key).unwrap().state, "compromised");
+    assert_eq!(
+        m.rotation().version_info(&key).unwrap().state,
+        "compromised"
+    );
     // The list verifies against the authority key.
-    let list = m.export_revocations().unwrap();
-    let verified = list.verify(&m.authority_public_key().unwrap()).unwrap();
+    let list = m.revocations().export().unwrap();
+    let verified = list
+        .verify(&m.audit().authority_public_key().unwrap())
+        .unwrap();
     assert!(verified.refuses(key.public_key(), None).is_some());
-    assert!(m.verify_audit().unwrap().is_ok());
+    assert!(m.audit().verify().unwrap().is_ok());
 }
 
 #[test]
@@ -60,26 +68,29 @@ fn rotation_through_the_manager_keeps_one_logical_key() {
         .unwrap();
     let v1 = m.generate(None, Algorithm::Ed25519, "doc").unwrap();
     let old_sig = m.sign(&v1, b"m").unwrap();
-    let out = m.rotate_key(&v1, "test").unwrap();
+    let out = m.rotation().rotate_key(&v1, "test").unwrap();
     assert_eq!((out.old_version, out.new_version), (Some(1), 2));
     // The logical key (named by v1) signs with v2 now; both verify through it.
     let new_sig = m.sign(&v1, b"m").unwrap();
     keyhaven::verify(&out.new_key.public_key, b"m", &new_sig).unwrap();
     let (n, _) = m
+        .rotation()
         .verify_versions(&v1, SignInput::Message(b"m"), &old_sig, false)
         .unwrap()
         .unwrap();
     assert_eq!(n, 1);
     let (n, k) = m
+        .rotation()
         .verify_versions(&v1, SignInput::Message(b"m"), &new_sig, false)
         .unwrap()
         .unwrap();
     assert_eq!((n, k.id()), (2, &out.new_key.id));
-    assert_eq!(m.version_info(&v1).unwrap().state, "verify-only");
+    assert_eq!(m.rotation().version_info(&v1).unwrap().state, "verify-only");
     // An emergency response rotates again, after marking the reported version compromised.
     let v2 = m.resolve(out.new_key.id.as_str()).unwrap();
     let report = m
-        .report_compromise(
+        .compromise()
+        .report(
             &v2,
             CompromiseType::Confirmed,
             Severity::Critical,
@@ -87,7 +98,7 @@ fn rotation_through_the_manager_keeps_one_logical_key() {
             None,
         )
         .unwrap();
-    let resp = m.respond_to_compromise(&report.id, None).unwrap();
+    let resp = m.compromise().respond(&report.id, None).unwrap();
     let actions: Vec<_> = resp
         .report
         .actions
@@ -98,8 +109,8 @@ fn rotation_through_the_manager_keeps_one_logical_key() {
         actions.contains(&("revoke", true)) && actions.contains(&("rotate", true)),
         "{actions:?}"
     );
-    assert_eq!(m.version_info(&v2).unwrap().state, "compromised");
-    let history = m.logical_key(&v1).unwrap().unwrap();
+    assert_eq!(m.rotation().version_info(&v2).unwrap().state, "compromised");
+    let history = m.rotation().logical_key(&v1).unwrap().unwrap();
     let states: Vec<_> = history
         .versions()
         .iter()
@@ -108,7 +119,8 @@ fn rotation_through_the_manager_keeps_one_logical_key() {
     assert_eq!(states, ["verify-only", "compromised", "primary"]);
     // A signature by the compromised v2 no longer verifies through the logical key.
     assert!(
-        m.verify_versions(&v1, SignInput::Message(b"m"), &new_sig, true)
+        m.rotation()
+            .verify_versions(&v1, SignInput::Message(b"m"), &new_sig, true)
             .is_err()
     );
 }
@@ -145,7 +157,7 @@ fn access_rules_apply_to_the_callers_of_the_manager() {
         .with_caller(CallerContext::new("ci").role("signer"));
     signer.sign(&key, b"x").unwrap();
     let denied = keyhaven::audit::search(
-        &admin.audit_dir(),
+        &admin.audit().dir(),
         &Filter {
             outcome: Some(Outcome::Denied),
             ..Filter::default()
@@ -176,21 +188,25 @@ fn a_configured_authority_signs_from_its_own_backend_and_revoked_keys_stay_out()
     for _ in 0..4 {
         m.sign(&key, b"x").unwrap();
     }
-    assert_eq!(m.authority_public_key().unwrap(), auth.info.public_key);
-    let report = m.verify_audit().unwrap();
+    assert_eq!(
+        m.audit().authority_public_key().unwrap(),
+        auth.info.public_key
+    );
+    let report = m.audit().verify().unwrap();
     assert!(report.is_ok(), "{:?}", report.problem);
     assert!(report.checkpoints >= 2, "{report:?}");
 
     // Revoked key material never comes back: not in a whole-home backup, not by restore.
-    let before = m.collect_backup(Some(&["k".to_owned()])).unwrap();
-    m.revoke(&key, "lost", true, None).unwrap();
-    let all = m.collect_backup(None).unwrap();
+    let before = m.backups().collect(Some(&["k".to_owned()])).unwrap();
+    m.revocations().revoke(&key, "lost", true, None).unwrap();
+    let all = m.backups().collect(None).unwrap();
     assert!(
         all.iter().all(|e| e.id != *key.id()),
         "revoked keys are left out"
     );
     let e = m
-        .restore_backup(&before, None, keyhaven::backup::OnConflict::Rename)
+        .backups()
+        .restore(&before, None, keyhaven::backup::OnConflict::Rename)
         .unwrap_err();
     assert!(matches!(&e, Error::Core(CoreError::Revoked(_))), "{e}");
 }
