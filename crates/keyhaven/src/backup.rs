@@ -5,9 +5,9 @@
 //! encrypted PKCS#8 exports ([`export_pkcs8_pem`]), restore with recovery verification
 //! ([`restore`], [`OnConflict`], [`RestoreReport`]) and Shamir custodian shares ([`shamir`]).
 //! On top of them, [`KeyManager`] gathers keys by reference from every backend
-//! ([`KeyManager::collect_backup`]), restores into a configured backend
-//! ([`KeyManager::restore_backup`]) and decrypts a custodian's share with a key it manages
-//! ([`KeyManager::decrypt_share`]). Backends are used through their decorated stores, so every
+//! ([`crate::BackupsView::collect`]), restores into a configured backend
+//! ([`crate::BackupsView::restore`]) and decrypts a custodian's share with a key it manages
+//! ([`crate::BackupsView::decrypt_share`]). Backends are used through their decorated stores, so every
 //! export and import is checked by access control and written to the audit log.
 
 use std::collections::BTreeSet;
@@ -156,31 +156,6 @@ impl KeyManager {
         Ok(())
     }
 
-    /// [`crate::RevocationsView::import`].
-    pub(crate) fn import_revocations(
-        &self,
-        list: &crate::compromise::RevocationList,
-        pinned: Option<&str>,
-    ) -> Result<usize> {
-        let issuer = list.issuer_key().map_err(CoreError::from)?;
-        match pinned {
-            Some(pin) => {
-                list.verify_pinned(pin).map_err(CoreError::from)?;
-            }
-            None => {
-                list.verify(&issuer).map_err(CoreError::from)?;
-            }
-        }
-        let registry = self.revocation_registry()?;
-        let before = registry.all().map_err(CoreError::from)?.len();
-        for s in &list.statements {
-            registry
-                .record(s.clone(), &issuer)
-                .map_err(CoreError::from)?;
-        }
-        Ok(registry.all().map_err(CoreError::from)?.len() - before)
-    }
-
     /// After a restore: the logical keys (with their versions' new ids), usage counts and the
     /// default key the backup recorded. A logical key already registered is left as it is.
     fn restore_lifecycle(
@@ -258,53 +233,6 @@ impl KeyManager {
             }
         }
         Ok(())
-    }
-
-    /// [`crate::BackupsView::restore`].
-    pub(crate) fn restore_backup(
-        &self,
-        entries: &[BackupEntry],
-        into: Option<&str>,
-        on_conflict: OnConflict,
-    ) -> Result<RestoreReport> {
-        let name = match into {
-            Some(b) => b.to_owned(),
-            None => self.default_backend_name()?,
-        };
-        // The revocations the backup recorded come first: a key revoked in the backup's home
-        // never comes back, here either.
-        for e in entries {
-            if let Some(json) = e.metadata.get(META_REVOCATIONS) {
-                let list = crate::compromise::RevocationList::parse(json.as_bytes())
-                    .map_err(CoreError::from)?;
-                self.import_revocations(&list, None)?;
-            }
-        }
-        // Revoked key material never comes back under a new id.
-        for e in entries {
-            self.refuse_revoked_material(&e.public_key, &e.label)?;
-        }
-        let b = self.backend_for_new_key(&name, None)?;
-        let store = b.store().as_ref();
-        if on_conflict == OnConflict::Fail {
-            let taken = label_conflicts(store, entries).map_err(|e| Error::backend(b.name(), e))?;
-            if !taken.is_empty() {
-                let what = if taken.len() == 1 {
-                    format!("a different key labelled {}", taken.join(""))
-                } else {
-                    format!("different keys labelled {}", taken.join(", "))
-                };
-                return Err(Error::backend(
-                    b.name(),
-                    CoreError::AlreadyExists(format!("{what} (nothing was restored)")),
-                ));
-            }
-        }
-        let report = keyhaven_backup::restore(store, entries, on_conflict)
-            .map_err(|e| Error::backend(b.name(), restore_error(e)))?;
-        self.restore_lifecycle(&b, entries, &report)?;
-        self.follow_default(&b, entries, &report)?;
-        Ok(report)
     }
 
     /// Keeps the default key pointing at the same key after a restore: a replaced default key
@@ -440,5 +368,107 @@ fn restore_error(e: BackupError) -> CoreError {
             backend: "backup restore",
             source: format!("{other} ({note})").into(),
         },
+    }
+}
+
+impl crate::RevocationsView<'_> {
+    /// Records the revocation statements of `list` in this home, each checked against the
+    /// list's issuer, or, with `pinned`, only if the issuer's fingerprint starts with it.
+    /// Revocations only ever take keys away, so a home accepts them from its own earlier
+    /// authority (a restored backup) as from its current one. Returns how many were new.
+    ///
+    /// # Errors
+    /// A forged statement or an issuer that is not the pinned one; the registry cannot be
+    /// written.
+    pub fn import(
+        &self,
+        list: &crate::compromise::RevocationList,
+        pinned: Option<&str>,
+    ) -> Result<usize> {
+        let m = self.0;
+        let issuer = list.issuer_key().map_err(CoreError::from)?;
+        match pinned {
+            Some(pin) => {
+                list.verify_pinned(pin).map_err(CoreError::from)?;
+            }
+            None => {
+                list.verify(&issuer).map_err(CoreError::from)?;
+            }
+        }
+        let registry = m.revocation_registry()?;
+        let before = registry.all().map_err(CoreError::from)?.len();
+        for s in &list.statements {
+            registry
+                .record(s.clone(), &issuer)
+                .map_err(CoreError::from)?;
+        }
+        Ok(registry.all().map_err(CoreError::from)?.len() - before)
+    }
+}
+
+impl crate::BackupsView<'_> {
+    /// Restores backup entries into the backend `into` (default: the default backend), its
+    /// store created if needed and the fallback rule applied as for
+    /// [`KeyManager::generate`]. Every restored key signs a challenge checked against the public
+    /// key recorded in the backup before it counts (see [`restore`]); hardware entries are
+    /// reported as public-only. The default key keeps pointing at the same key: a replaced
+    /// default key is followed to its replacement, a default key that no longer exists (a wiped
+    /// store) to its restored copy; without a default key, the first restored key becomes it
+    /// (unless the backend is ephemeral).
+    ///
+    /// Under [`OnConflict::Fail`], a backed-up key whose label is taken by a different key
+    /// refuses the whole restore before anything is changed.
+    ///
+    /// # Errors
+    /// [`CoreError::AlreadyExists`] listing the taken labels under [`OnConflict::Fail`];
+    /// [`Error::NoBackend`], [`Error::Unavailable`] as for [`KeyManager::generate`]; the
+    /// failing step's error (of its own kind: a store refusing the import, a key failing
+    /// recovery verification as [`CoreError::Corrupt`], ...) after everything this restore
+    /// created was removed again.
+    pub fn restore(
+        &self,
+        entries: &[BackupEntry],
+        into: Option<&str>,
+        on_conflict: OnConflict,
+    ) -> Result<RestoreReport> {
+        let m = self.0;
+        let name = match into {
+            Some(b) => b.to_owned(),
+            None => m.default_backend_name()?,
+        };
+        // The revocations the backup recorded come first: a key revoked in the backup's home
+        // never comes back, here either.
+        for e in entries {
+            if let Some(json) = e.metadata.get(META_REVOCATIONS) {
+                let list = crate::compromise::RevocationList::parse(json.as_bytes())
+                    .map_err(CoreError::from)?;
+                m.revocations().import(&list, None)?;
+            }
+        }
+        // Revoked key material never comes back under a new id.
+        for e in entries {
+            m.refuse_revoked_material(&e.public_key, &e.label)?;
+        }
+        let b = m.backend_for_new_key(&name, None)?;
+        let store = b.store().as_ref();
+        if on_conflict == OnConflict::Fail {
+            let taken = label_conflicts(store, entries).map_err(|e| Error::backend(b.name(), e))?;
+            if !taken.is_empty() {
+                let what = if taken.len() == 1 {
+                    format!("a different key labelled {}", taken.join(""))
+                } else {
+                    format!("different keys labelled {}", taken.join(", "))
+                };
+                return Err(Error::backend(
+                    b.name(),
+                    CoreError::AlreadyExists(format!("{what} (nothing was restored)")),
+                ));
+            }
+        }
+        let report = keyhaven_backup::restore(store, entries, on_conflict)
+            .map_err(|e| Error::backend(b.name(), restore_error(e)))?;
+        m.restore_lifecycle(&b, entries, &report)?;
+        m.follow_default(&b, entries, &report)?;
+        Ok(report)
     }
 }

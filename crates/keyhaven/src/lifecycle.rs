@@ -525,18 +525,6 @@ impl KeyManager {
         Ok(())
     }
 
-    /// [`crate::RevocationsView::revoke`].
-    pub(crate) fn revoke(
-        &self,
-        key: &ManagedKey,
-        reason: &str,
-        compromised: bool,
-        report: Option<&str>,
-    ) -> Result<Revocation> {
-        let key = &self.current_version(key)?;
-        self.revoke_exactly(key, reason, compromised, report)
-    }
-
     /// Revokes exactly the version `key` is (never redirected to a logical key's primary).
     pub(crate) fn revoke_exactly(
         &self,
@@ -606,34 +594,6 @@ impl KeyManager {
         Ok(ReportStore::open(&self.home().join(REPORTS_DIR)).map_err(CoreError::from)?)
     }
 
-    /// [`crate::CompromiseView::dismiss`].
-    pub(crate) fn dismiss_compromise(
-        &self,
-        report_id: &str,
-        reason: &str,
-    ) -> Result<keyhaven_compromise::CompromiseReport> {
-        self.set_report_status(
-            report_id,
-            reason,
-            "dismiss",
-            keyhaven_compromise::Status::Dismissed,
-        )
-    }
-
-    /// [`crate::CompromiseView::reopen`].
-    pub(crate) fn reopen_compromise(
-        &self,
-        report_id: &str,
-        reason: &str,
-    ) -> Result<keyhaven_compromise::CompromiseReport> {
-        self.set_report_status(
-            report_id,
-            reason,
-            "reopen",
-            keyhaven_compromise::Status::Open,
-        )
-    }
-
     fn set_report_status(
         &self,
         report_id: &str,
@@ -688,38 +648,6 @@ impl KeyManager {
         Ok(report)
     }
 
-    /// [`crate::CompromiseView::report`].
-    pub(crate) fn report_compromise(
-        &self,
-        key: &ManagedKey,
-        kind: CompromiseType,
-        severity: Severity,
-        evidence: &[String],
-        role: Option<&str>,
-    ) -> Result<CompromiseReport> {
-        let key = &self.current_version(key)?;
-        let mut r = CompromiseReport::new(
-            key.id().as_str(),
-            kind,
-            severity,
-            DetectionMethod::Manual,
-            self.caller().principal,
-            keyhaven_core::unix_now(),
-        );
-        r.backend = Some(key.backend.clone());
-        r.role = role.map(str::to_owned);
-        r.evidence = evidence
-            .iter()
-            .map(|d| Evidence {
-                description: d.clone(),
-                audit_seqs: Vec::new(),
-            })
-            .collect();
-        self.reports()?.file(&r).map_err(CoreError::from)?;
-        self.audit_event("compromise-report", Some(key), Outcome::Allowed, &r.id)?;
-        Ok(r)
-    }
-
     /// [`crate::CompromiseView::scan`].
     pub(crate) fn scan_for_compromise(&self, retired: &[(String, u64)]) -> Result<ScanOutcome> {
         let dir = self.audit_dir();
@@ -756,67 +684,9 @@ impl KeyManager {
         Ok(ScanOutcome { findings, filed })
     }
 
-    /// [`crate::CompromiseView::respond`].
-    pub(crate) fn respond_to_compromise(
-        &self,
-        report_id: &str,
-        rotator: Option<&dyn Rotator>,
-    ) -> Result<ResponseOutcome> {
-        let reports = self.reports()?;
-        let report = reports.get(report_id).map_err(CoreError::from)?;
-        if report.status == keyhaven_compromise::Status::Dismissed {
-            let why = report
-                .actions
-                .iter()
-                .rev()
-                .find(|a| a.action == "dismiss")
-                .map_or_else(String::new, |a| format!(" ({})", a.detail));
-            return Err(CoreError::InvalidInput(format!(
-                "report {report_id} was dismissed{why}: reopen it first if it is a compromise \
-                 after all"
-            ))
-            .into());
-        }
-        let reference = match &report.backend {
-            Some(b) => format!("{b}:{}", report.key_id),
-            None => report.key_id.clone(),
-        };
-        let key = self.resolve(&reference)?;
-        self.authorize(keyhaven_audit::Operation::Revoke, &key)?;
-        let revocations = self.revocation_registry()?;
-        let authority = self.authority()?;
-        let config = self.config().compromise.clone();
-        let audit_dir = self.audit_dir();
-        let responder = Responder {
-            reports: &reports,
-            revocations: &revocations,
-            authority: &authority,
-            audit_dir: audit_dir.exists().then_some(audit_dir.as_path()),
-            rotator: rotator.or(Some(self)),
-            config: &config,
-        };
-        self.audit_event("compromise-respond", Some(&key), Outcome::Intent, report_id)?;
-        let outcome = match responder.respond(report_id, &key.info, keyhaven_core::unix_now()) {
-            Ok(o) => o,
-            Err(e) => {
-                let e = CoreError::from(e);
-                let reason = format!("{report_id}: {e}");
-                self.audit_event("compromise-respond", Some(&key), Outcome::Failed, &reason)?;
-                return Err(e.into());
-            }
-        };
-        self.audit_event(
-            "compromise-respond",
-            Some(&key),
-            Outcome::Allowed,
-            report_id,
-        )?;
-        Ok(outcome)
-    }
-
     /// [`crate::CompromiseView::respond_to_home`].
     pub(crate) fn respond_to_home_compromise(&self, report_id: &str) -> Result<ResponseOutcome> {
-        let mut outcome = self.respond_to_compromise(report_id, None)?;
+        let mut outcome = self.compromise().respond(report_id, None)?;
         let reports = self.reports()?;
         let done: std::collections::BTreeSet<String> = outcome
             .report
@@ -931,5 +801,165 @@ fn open_authority(dir: &Path, m: &KeyManager) -> Result<Authority> {
                 .into(),
         }
         .into())
+    }
+}
+
+impl crate::RevocationsView<'_> {
+    /// Revokes `key` (when `key` names a rotated logical key, its primary version: the key in
+    /// use): signs a revocation statement with the authority key and records it; from then on
+    /// every process refuses the key's private operations. Revoking twice keeps the
+    /// first statement. Audited, and checked against the access policy (`revoke`).
+    ///
+    /// # Errors
+    /// Access denied, the authority cannot sign, the registry cannot be written.
+    pub fn revoke(
+        &self,
+        key: &ManagedKey,
+        reason: &str,
+        compromised: bool,
+        report: Option<&str>,
+    ) -> Result<Revocation> {
+        let m = self.0;
+        let key = &m.current_version(key)?;
+        m.revoke_exactly(key, reason, compromised, report)
+    }
+}
+
+impl crate::CompromiseView<'_> {
+    /// Closes report `report_id` as not a compromise (a false positive), recording who and why;
+    /// a dismissed report is not responded to until it is reopened.
+    ///
+    /// # Errors
+    /// No such report; an empty reason; the report cannot be written.
+    pub fn dismiss(
+        &self,
+        report_id: &str,
+        reason: &str,
+    ) -> Result<keyhaven_compromise::CompromiseReport> {
+        let m = self.0;
+        m.set_report_status(
+            report_id,
+            reason,
+            "dismiss",
+            keyhaven_compromise::Status::Dismissed,
+        )
+    }
+
+    /// Opens a dismissed (or responded) report again, recording who and why.
+    ///
+    /// # Errors
+    /// As [`crate::CompromiseView::dismiss`].
+    pub fn reopen(
+        &self,
+        report_id: &str,
+        reason: &str,
+    ) -> Result<keyhaven_compromise::CompromiseReport> {
+        let m = self.0;
+        m.set_report_status(
+            report_id,
+            reason,
+            "reopen",
+            keyhaven_compromise::Status::Open,
+        )
+    }
+
+    /// Files a compromise report for `key` (by a person: detection `manual`); for a rotated
+    /// logical key, about its primary version.
+    ///
+    /// # Errors
+    /// The report cannot be written.
+    pub fn report(
+        &self,
+        key: &ManagedKey,
+        kind: CompromiseType,
+        severity: Severity,
+        evidence: &[String],
+        role: Option<&str>,
+    ) -> Result<CompromiseReport> {
+        let m = self.0;
+        let key = &m.current_version(key)?;
+        let mut r = CompromiseReport::new(
+            key.id().as_str(),
+            kind,
+            severity,
+            DetectionMethod::Manual,
+            m.caller().principal,
+            keyhaven_core::unix_now(),
+        );
+        r.backend = Some(key.backend.clone());
+        r.role = role.map(str::to_owned);
+        r.evidence = evidence
+            .iter()
+            .map(|d| Evidence {
+                description: d.clone(),
+                audit_seqs: Vec::new(),
+            })
+            .collect();
+        m.reports()?.file(&r).map_err(CoreError::from)?;
+        m.audit_event("compromise-report", Some(key), Outcome::Allowed, &r.id)?;
+        Ok(r)
+    }
+
+    /// Runs the response procedure of a report (revoke, rotate through `rotator`, lookback,
+    /// notify, as configured for the key's role).
+    ///
+    /// # Errors
+    /// The report or its key cannot be found, or the report cannot be written.
+    pub fn respond(
+        &self,
+        report_id: &str,
+        rotator: Option<&dyn Rotator>,
+    ) -> Result<ResponseOutcome> {
+        let m = self.0;
+        let reports = m.reports()?;
+        let report = reports.get(report_id).map_err(CoreError::from)?;
+        if report.status == keyhaven_compromise::Status::Dismissed {
+            let why = report
+                .actions
+                .iter()
+                .rev()
+                .find(|a| a.action == "dismiss")
+                .map_or_else(String::new, |a| format!(" ({})", a.detail));
+            return Err(CoreError::InvalidInput(format!(
+                "report {report_id} was dismissed{why}: reopen it first if it is a compromise \
+                 after all"
+            ))
+            .into());
+        }
+        let reference = match &report.backend {
+            Some(b) => format!("{b}:{}", report.key_id),
+            None => report.key_id.clone(),
+        };
+        let key = m.resolve(&reference)?;
+        m.authorize(keyhaven_audit::Operation::Revoke, &key)?;
+        let revocations = m.revocation_registry()?;
+        let authority = m.authority()?;
+        let config = m.config().compromise.clone();
+        let audit_dir = m.audit_dir();
+        let responder = Responder {
+            reports: &reports,
+            revocations: &revocations,
+            authority: &authority,
+            audit_dir: audit_dir.exists().then_some(audit_dir.as_path()),
+            rotator: rotator.or(Some(m)),
+            config: &config,
+        };
+        m.audit_event("compromise-respond", Some(&key), Outcome::Intent, report_id)?;
+        let outcome = match responder.respond(report_id, &key.info, keyhaven_core::unix_now()) {
+            Ok(o) => o,
+            Err(e) => {
+                let e = CoreError::from(e);
+                let reason = format!("{report_id}: {e}");
+                m.audit_event("compromise-respond", Some(&key), Outcome::Failed, &reason)?;
+                return Err(e.into());
+            }
+        };
+        m.audit_event(
+            "compromise-respond",
+            Some(&key),
+            Outcome::Allowed,
+            report_id,
+        )?;
+        Ok(outcome)
     }
 }

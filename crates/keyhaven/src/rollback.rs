@@ -345,7 +345,7 @@ impl KeyManager {
     /// without asking the counter.
     ///
     /// # Errors
-    /// As [`KeyManager::attach_bound_counter`]; the TPM's errors.
+    /// As attaching the bound counter; the TPM's errors.
     pub fn unbind_rollback_counter(&self, force: bool) -> Result<Option<String>> {
         if force {
             let sealed = self.sealed_state_unattached()?;

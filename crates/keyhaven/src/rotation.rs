@@ -9,7 +9,7 @@
 //! A key becomes a *logical key* (version 1) when it is first rotated, given a role, or seen by
 //! `rotate --due`. Its logical id is its version 1's key id, and that id and label keep naming
 //! the logical key: signing through them uses the **primary** version. Older versions verify
-//! during their migration window ([`KeyManager::verify_versions`]) and never sign.
+//! during their migration window ([`crate::RotationView::verify_versions`]) and never sign.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -223,47 +223,7 @@ impl KeyManager {
 
     /// [`crate::RotationView::rotate_key`].
     pub(crate) fn rotate_key(&self, key: &ManagedKey, reason: &str) -> Result<RotationOutcome> {
-        self.rotate_key_with_window(key, reason, None)
-    }
-
-    /// [`crate::RotationView::rotate_key_with_window`].
-    pub(crate) fn rotate_key_with_window(
-        &self,
-        key: &ManagedKey,
-        reason: &str,
-        window: Option<std::time::Duration>,
-    ) -> Result<RotationOutcome> {
-        self.authorize(keyhaven_audit::Operation::Rotate, key)?;
-        let logical = self.adopt_key(key, None)?;
-        self.audit_event("rotate", Some(key), keyhaven_audit::Outcome::Intent, reason)?;
-        // Only the key's own backend is needed (the others are not opened). If it cannot be
-        // reached, nothing changes: the current version stays primary.
-        let backend = match self.key_backend(key) {
-            Ok(b) => b,
-            Err(e) => {
-                let detail = format!("{e}; the current version stays primary");
-                self.audit_event(
-                    "rotate",
-                    Some(key),
-                    keyhaven_audit::Outcome::Failed,
-                    &detail,
-                )?;
-                return Err(e);
-            }
-        };
-        let engine = self
-            .bare_rotation_engine()?
-            .with_store(key.backend.clone(), backend.store().clone());
-        let result = engine.rotate_with_window(logical.id(), reason, window);
-        let (outcome, detail) = match &result {
-            Ok(o) => (
-                keyhaven_audit::Outcome::Allowed,
-                format!("{reason}: now v{}", o.new_version),
-            ),
-            Err(e) => (keyhaven_audit::Outcome::Failed, e.to_string()),
-        };
-        self.audit_event("rotate", Some(key), outcome, &detail)?;
-        result.map_err(core)
+        self.rotation().rotate_key_with_window(key, reason, None)
     }
 
     pub(crate) fn rotatable_keys(&self) -> Result<Vec<ManagedKey>> {
@@ -479,38 +439,6 @@ impl KeyManager {
         .into())
     }
 
-    /// [`crate::RotationView::verify_versions`].
-    pub(crate) fn verify_versions(
-        &self,
-        key: &ManagedKey,
-        input: SignInput<'_>,
-        signature: &Signature,
-        allow_retired: bool,
-    ) -> Result<Option<(u32, ManagedKey)>> {
-        let Some(l) = self.logical_key(key)? else {
-            return Ok(None);
-        };
-        let now = keyhaven_core::unix_now();
-        for v in l.versions().iter().rev() {
-            if !l.can_verify(v.number(), now, allow_retired)
-                || signature.algorithm() != l.algorithm()
-            {
-                continue;
-            }
-            let pk = v.public_key(l.algorithm()).map_err(core)?;
-            let ok = match input {
-                SignInput::Message(m) => crate::verify(&pk, m, signature),
-                SignInput::Digest(d) => crate::verify_digest(&pk, d, signature),
-                SignInput::Hashed(h) => crate::verify_digest(&pk, &h.digest, signature),
-            };
-            if ok.is_ok() {
-                let version_key = self.resolve(&format!("{}:{}", l.backend(), v.key_id()))?;
-                return Ok(Some((v.number(), version_key)));
-            }
-        }
-        Err(CoreError::BadSignature.into())
-    }
-
     /// Marks `key`'s version revoked (or compromised) in the rotation registry, if versioned.
     pub(crate) fn revoke_version(
         &self,
@@ -600,5 +528,90 @@ fn into_core(e: Error) -> CoreError {
     match e {
         Error::Core(c) | Error::Backend { source: c, .. } => c,
         other => CoreError::InvalidInput(other.to_string()),
+    }
+}
+
+impl crate::RotationView<'_> {
+    /// [`crate::RotationView::rotate_key`], with this rotation's migration window instead of the
+    /// policy's when `window` is given (seed 002's `migration_days` for one rotation).
+    ///
+    /// # Errors
+    /// As [`crate::RotationView::rotate_key`]; a zero window is invalid input.
+    pub fn rotate_key_with_window(
+        &self,
+        key: &ManagedKey,
+        reason: &str,
+        window: Option<std::time::Duration>,
+    ) -> Result<RotationOutcome> {
+        let m = self.0;
+        m.authorize(keyhaven_audit::Operation::Rotate, key)?;
+        let logical = m.adopt_key(key, None)?;
+        m.audit_event("rotate", Some(key), keyhaven_audit::Outcome::Intent, reason)?;
+        // Only the key's own backend is needed (the others are not opened). If it cannot be
+        // reached, nothing changes: the current version stays primary.
+        let backend = match m.key_backend(key) {
+            Ok(b) => b,
+            Err(e) => {
+                let detail = format!("{e}; the current version stays primary");
+                m.audit_event(
+                    "rotate",
+                    Some(key),
+                    keyhaven_audit::Outcome::Failed,
+                    &detail,
+                )?;
+                return Err(e);
+            }
+        };
+        let engine = m
+            .bare_rotation_engine()?
+            .with_store(key.backend.clone(), backend.store().clone());
+        let result = engine.rotate_with_window(logical.id(), reason, window);
+        let (outcome, detail) = match &result {
+            Ok(o) => (
+                keyhaven_audit::Outcome::Allowed,
+                format!("{reason}: now v{}", o.new_version),
+            ),
+            Err(e) => (keyhaven_audit::Outcome::Failed, e.to_string()),
+        };
+        m.audit_event("rotate", Some(key), outcome, &detail)?;
+        result.map_err(core)
+    }
+
+    /// Verifies `signature` with every version of `key`'s logical key whose state allows it
+    /// now (retired versions only with `allow_retired`); returns the version that matched, or
+    /// `None` when `key` is not versioned (verify with its own public key then).
+    ///
+    /// # Errors
+    /// [`CoreError::BadSignature`] if no allowed version verifies it.
+    pub fn verify_versions(
+        &self,
+        key: &ManagedKey,
+        input: SignInput<'_>,
+        signature: &Signature,
+        allow_retired: bool,
+    ) -> Result<Option<(u32, ManagedKey)>> {
+        let m = self.0;
+        let Some(l) = m.logical_key(key)? else {
+            return Ok(None);
+        };
+        let now = keyhaven_core::unix_now();
+        for v in l.versions().iter().rev() {
+            if !l.can_verify(v.number(), now, allow_retired)
+                || signature.algorithm() != l.algorithm()
+            {
+                continue;
+            }
+            let pk = v.public_key(l.algorithm()).map_err(core)?;
+            let ok = match input {
+                SignInput::Message(m) => crate::verify(&pk, m, signature),
+                SignInput::Digest(d) => crate::verify_digest(&pk, d, signature),
+                SignInput::Hashed(h) => crate::verify_digest(&pk, &h.digest, signature),
+            };
+            if ok.is_ok() {
+                let version_key = m.resolve(&format!("{}:{}", l.backend(), v.key_id()))?;
+                return Ok(Some((v.number(), version_key)));
+            }
+        }
+        Err(CoreError::BadSignature.into())
     }
 }

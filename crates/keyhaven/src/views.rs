@@ -1,23 +1,20 @@
 //! The lifecycle areas of a [`KeyManager`], each a view borrowing it: [`KeyManager::rotation`],
-//! [`KeyManager::audit`], [`KeyManager::revocations`], [`KeyManager::compromise`] and
+//! [`KeyManager::audit`], [`crate::RevocationsView::registry`], [`KeyManager::compromise`] and
 //! [`KeyManager::backups`]. [`KeyManager`] itself keeps the key operations.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use keyhaven_audit::{AuditLog, VerifyReport};
-use keyhaven_backup::{BackupEntry, OnConflict, RestoreReport, Share};
-use keyhaven_compromise::{
-    Authority, CompromiseReport, CompromiseType, ReportStore, ResponseOutcome, Revocation,
-    RevocationList, Rotator, Severity,
-};
+use keyhaven_backup::{BackupEntry, Share};
+use keyhaven_compromise::{Authority, ReportStore, ResponseOutcome, Revocation, RevocationList};
 use keyhaven_rotation::{
     ContinuityProof, Due, DueOutcome, Explanation, LogicalKey, PolicySet, PrekeyPool, Registry,
     Role, RotationEngine, RotationOutcome,
 };
 
-use crate::manager::{ManagedKey, SignInput};
-use crate::{KeyManager, PublicKey, Result, ScanOutcome, Signature, VersionInfo};
+use crate::manager::ManagedKey;
+use crate::{KeyManager, PublicKey, Result, ScanOutcome, VersionInfo};
 
 impl KeyManager {
     /// Versions, rotation policies, continuity proofs and prekeys.
@@ -48,7 +45,7 @@ impl KeyManager {
 
 /// Versions, rotation policies, continuity proofs and prekeys ([`KeyManager::rotation`]).
 #[derive(Debug, Clone, Copy)]
-pub struct RotationView<'a>(&'a KeyManager);
+pub struct RotationView<'a>(pub(crate) &'a KeyManager);
 
 impl RotationView<'_> {
     /// `HOME/rotation`.
@@ -132,20 +129,6 @@ impl RotationView<'_> {
         self.0.rotate_key(key, reason)
     }
 
-    /// [`KeyManager::rotate_key`], with this rotation's migration window instead of the
-    /// policy's when `window` is given (seed 002's `migration_days` for one rotation).
-    ///
-    /// # Errors
-    /// As [`KeyManager::rotate_key`]; a zero window is invalid input.
-    pub fn rotate_key_with_window(
-        &self,
-        key: &ManagedKey,
-        reason: &str,
-        window: Option<std::time::Duration>,
-    ) -> Result<RotationOutcome> {
-        self.0.rotate_key_with_window(key, reason, window)
-    }
-
     /// What is due now, changing nothing (`rotate --due --dry-run`): keys never rotated are
     /// judged as version 1 with their role's default.
     ///
@@ -205,35 +188,19 @@ impl RotationView<'_> {
     /// itself; callers that describe the signing key (assertions) call it first.
     ///
     /// # Errors
-    /// [`CoreError::Revoked`] if the logical key has no primary version or the named version
-    /// is revoked; [`CoreError::Unsupported`] for a verify-only or retired version.
+    /// [`crate::CoreError::Revoked`] if the logical key has no primary version or the named version
+    /// is revoked; [`crate::CoreError::Unsupported`] for a verify-only or retired version.
     pub fn signing_target(&self, key: &ManagedKey) -> Result<ManagedKey> {
         self.0.signing_target(key)
-    }
-
-    /// Verifies `signature` with every version of `key`'s logical key whose state allows it
-    /// now (retired versions only with `allow_retired`); returns the version that matched, or
-    /// `None` when `key` is not versioned (verify with its own public key then).
-    ///
-    /// # Errors
-    /// [`CoreError::BadSignature`] if no allowed version verifies it.
-    pub fn verify_versions(
-        &self,
-        key: &ManagedKey,
-        input: SignInput<'_>,
-        signature: &Signature,
-        allow_retired: bool,
-    ) -> Result<Option<(u32, ManagedKey)>> {
-        self.0.verify_versions(key, input, signature, allow_retired)
     }
 }
 
 /// The hash-chained audit log and the home's signing authority ([`KeyManager::audit`]).
 #[derive(Debug, Clone, Copy)]
-pub struct AuditView<'a>(&'a KeyManager);
+pub struct AuditView<'a>(pub(crate) &'a KeyManager);
 
 impl AuditView<'_> {
-    /// Whether operations are audited (see [`AuditConfig::enabled`]).
+    /// Whether operations are audited (see [`crate::AuditConfig::enabled`]).
     pub fn enabled(&self) -> bool {
         self.0.audit_enabled()
     }
@@ -255,7 +222,7 @@ impl AuditView<'_> {
     /// The authority key's public key: what verifiers of revocation lists and audit logs pin.
     ///
     /// # Errors
-    /// As [`KeyManager::authority`].
+    /// As [`crate::AuditView::authority`].
     pub fn authority_public_key(&self) -> Result<PublicKey> {
         self.0.authority_public_key()
     }
@@ -296,7 +263,7 @@ impl AuditView<'_> {
     /// What the witness recorded at the log's last checkpoint, if anything.
     ///
     /// # Errors
-    /// The witness was changed outside keyhaven ([`CoreError::Corrupt`]).
+    /// The witness was changed outside keyhaven ([`crate::CoreError::Corrupt`]).
     pub fn witnessed(&self) -> Result<Option<keyhaven_audit::Expectation>> {
         self.0.audit_witnessed()
     }
@@ -322,9 +289,9 @@ impl AuditView<'_> {
     }
 }
 
-/// Signed revocation: revoking keys, and the registry every process checks ([`KeyManager::revocations`]).
+/// Signed revocation: revoking keys, and the registry every process checks ([`crate::RevocationsView::registry`]).
 #[derive(Debug, Clone, Copy)]
-pub struct RevocationsView<'a>(&'a KeyManager);
+pub struct RevocationsView<'a>(pub(crate) &'a KeyManager);
 
 impl RevocationsView<'_> {
     /// The revocation registry (`HOME/revocations`).
@@ -335,28 +302,11 @@ impl RevocationsView<'_> {
         self.0.revocation_registry()
     }
 
-    /// Revokes `key` (when `key` names a rotated logical key, its primary version: the key in
-    /// use): signs a revocation statement with the authority key and records it; from then on
-    /// every process refuses the key's private operations. Revoking twice keeps the
-    /// first statement. Audited, and checked against the access policy (`revoke`).
-    ///
-    /// # Errors
-    /// Access denied, the authority cannot sign, the registry cannot be written.
-    pub fn revoke(
-        &self,
-        key: &ManagedKey,
-        reason: &str,
-        compromised: bool,
-        report: Option<&str>,
-    ) -> Result<Revocation> {
-        self.0.revoke(key, reason, compromised, report)
-    }
-
     /// Refuses key material (by its public key) that was revoked, whatever id it had: a revoked
     /// key must not come back through an import or a restore.
     ///
     /// # Errors
-    /// [`CoreError::Revoked`] naming the key; the registry cannot be read.
+    /// [`crate::CoreError::Revoked`] naming the key; the registry cannot be read.
     pub fn refuse_revoked_material(&self, public_key: &PublicKey, label: &str) -> Result<()> {
         self.0.refuse_revoked_material(public_key, label)
     }
@@ -376,27 +326,11 @@ impl RevocationsView<'_> {
     pub fn export(&self) -> Result<RevocationList> {
         self.0.export_revocations()
     }
-
-    /// Records the revocation statements of `list` in this home, each checked against the
-    /// list's issuer, or, with `pinned`, only if the issuer's fingerprint starts with it.
-    /// Revocations only ever take keys away, so a home accepts them from its own earlier
-    /// authority (a restored backup) as from its current one. Returns how many were new.
-    ///
-    /// # Errors
-    /// A forged statement or an issuer that is not the pinned one; the registry cannot be
-    /// written.
-    pub fn import(
-        &self,
-        list: &crate::compromise::RevocationList,
-        pinned: Option<&str>,
-    ) -> Result<usize> {
-        self.0.import_revocations(list, pinned)
-    }
 }
 
 /// Compromise reports, detection and response ([`KeyManager::compromise`]).
 #[derive(Debug, Clone, Copy)]
-pub struct CompromiseView<'a>(&'a KeyManager);
+pub struct CompromiseView<'a>(pub(crate) &'a KeyManager);
 
 impl CompromiseView<'_> {
     /// The compromise reports (`HOME/compromise`).
@@ -405,48 +339,6 @@ impl CompromiseView<'_> {
     /// The directory cannot be created or has loose permissions.
     pub fn reports(&self) -> Result<ReportStore> {
         self.0.reports()
-    }
-
-    /// Closes report `report_id` as not a compromise (a false positive), recording who and why;
-    /// a dismissed report is not responded to until it is reopened.
-    ///
-    /// # Errors
-    /// No such report; an empty reason; the report cannot be written.
-    pub fn dismiss(
-        &self,
-        report_id: &str,
-        reason: &str,
-    ) -> Result<keyhaven_compromise::CompromiseReport> {
-        self.0.dismiss_compromise(report_id, reason)
-    }
-
-    /// Opens a dismissed (or responded) report again, recording who and why.
-    ///
-    /// # Errors
-    /// As [`KeyManager::dismiss_compromise`].
-    pub fn reopen(
-        &self,
-        report_id: &str,
-        reason: &str,
-    ) -> Result<keyhaven_compromise::CompromiseReport> {
-        self.0.reopen_compromise(report_id, reason)
-    }
-
-    /// Files a compromise report for `key` (by a person: detection `manual`); for a rotated
-    /// logical key, about its primary version.
-    ///
-    /// # Errors
-    /// The report cannot be written.
-    pub fn report(
-        &self,
-        key: &ManagedKey,
-        kind: CompromiseType,
-        severity: Severity,
-        evidence: &[String],
-        role: Option<&str>,
-    ) -> Result<CompromiseReport> {
-        self.0
-            .report_compromise(key, kind, severity, evidence, role)
     }
 
     /// Scans the audit log for suspicious use and files a suspected report for each new
@@ -458,26 +350,13 @@ impl CompromiseView<'_> {
         self.0.scan_for_compromise(retired)
     }
 
-    /// Runs the response procedure of a report (revoke, rotate through `rotator`, lookback,
-    /// notify, as configured for the key's role).
-    ///
-    /// # Errors
-    /// The report or its key cannot be found, or the report cannot be written.
-    pub fn respond(
-        &self,
-        report_id: &str,
-        rotator: Option<&dyn Rotator>,
-    ) -> Result<ResponseOutcome> {
-        self.0.respond_to_compromise(report_id, rotator)
-    }
-
-    /// [`KeyManager::respond_to_compromise`], then, after a compromise of the home (seed 002:
+    /// [`crate::CompromiseView::respond`], then, after a compromise of the home (seed 002:
     /// "rotate all keys"), every other key of the home is rotated too, hardware keys included
     /// where their device can: each rotation is recorded in the report, a failure too (the
     /// report is then incomplete; run it again: keys already rotated are not rotated twice).
     ///
     /// # Errors
-    /// As [`KeyManager::respond_to_compromise`].
+    /// As [`crate::CompromiseView::respond`].
     pub fn respond_to_home(&self, report_id: &str) -> Result<ResponseOutcome> {
         self.0.respond_to_home_compromise(report_id)
     }
@@ -485,7 +364,7 @@ impl CompromiseView<'_> {
 
 /// Encrypted and Shamir backups ([`KeyManager::backups`]).
 #[derive(Debug, Clone, Copy)]
-pub struct BackupsView<'a>(&'a KeyManager);
+pub struct BackupsView<'a>(pub(crate) &'a KeyManager);
 
 impl BackupsView<'_> {
     /// Gathers backup entries: the keys named by `refs` (any reference
@@ -497,36 +376,9 @@ impl BackupsView<'_> {
     ///
     /// # Errors
     /// [`KeyManager::resolve`]'s errors for a reference; the backend's error for a failing
-    /// export ([`CoreError::PermissionDenied`] when access control forbids it, ...).
+    /// export ([`crate::CoreError::PermissionDenied`] when access control forbids it, ...).
     pub fn collect(&self, refs: Option<&[String]>) -> Result<Vec<BackupEntry>> {
         self.0.collect_backup(refs)
-    }
-
-    /// Restores backup entries into the backend `into` (default: the default backend), its
-    /// store created if needed and the fallback rule applied as for
-    /// [`KeyManager::generate`]. Every restored key signs a challenge checked against the public
-    /// key recorded in the backup before it counts (see [`restore`]); hardware entries are
-    /// reported as public-only. The default key keeps pointing at the same key: a replaced
-    /// default key is followed to its replacement, a default key that no longer exists (a wiped
-    /// store) to its restored copy; without a default key, the first restored key becomes it
-    /// (unless the backend is ephemeral).
-    ///
-    /// Under [`OnConflict::Fail`], a backed-up key whose label is taken by a different key
-    /// refuses the whole restore before anything is changed.
-    ///
-    /// # Errors
-    /// [`CoreError::AlreadyExists`] listing the taken labels under [`OnConflict::Fail`];
-    /// [`Error::NoBackend`], [`Error::Unavailable`] as for [`KeyManager::generate`]; the
-    /// failing step's error (of its own kind: a store refusing the import, a key failing
-    /// recovery verification as [`CoreError::Corrupt`], ...) after everything this restore
-    /// created was removed again.
-    pub fn restore(
-        &self,
-        entries: &[BackupEntry],
-        into: Option<&str>,
-        on_conflict: OnConflict,
-    ) -> Result<RestoreReport> {
-        self.0.restore_backup(entries, into, on_conflict)
     }
 
     /// Decrypts a Shamir share encrypted to `key` (an X25519 key this manager holds); the key
@@ -534,7 +386,7 @@ impl BackupsView<'_> {
     /// share in the clear, checked against its Feldman commitments.
     ///
     /// # Errors
-    /// [`CoreError::Corrupt`] naming the share if it is not encrypted, is encrypted to another
+    /// [`crate::CoreError::Corrupt`] naming the share if it is not encrypted, is encrypted to another
     /// key, or does not decrypt; the backend's error for a failing agreement.
     pub fn decrypt_share(&self, share: &Share, key: &ManagedKey) -> Result<Share> {
         self.0.decrypt_share(share, key)
