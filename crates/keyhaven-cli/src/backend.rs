@@ -6,10 +6,10 @@ use anyhow::{Context, Result};
 use keyhaven::{BackendConfig, BackendKind, KeyManager, Protection, TokenRef};
 use serde_json::json;
 
-use crate::args::{AddCommand, BackendCommand, NewBackend};
 use crate::ctx::{Ctx, print_warnings};
 use crate::exit::{CORRUPT, NOT_FOUND, OK, UNSUPPORTED, code_of_kind};
 use crate::output::{errln, outln, print_json, print_table, warn_plain};
+use clap::{Args, Subcommand};
 
 pub(crate) fn run(ctx: &Ctx, cmd: BackendCommand) -> Result<u8> {
     let m = ctx.manager()?;
@@ -352,4 +352,146 @@ fn print_tpm(t: &keyhaven::TpmDiagnosis) -> Result<()> {
         )?;
     }
     Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BackendCommand {
+    /// List the configured backends (opens none of them).
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Declare a backend and create its store: `backend add TYPE NAME [options of that type]`
+    /// (the older `backend add NAME --type TYPE` still works, with a note).
+    #[command(subcommand)]
+    Add(AddCommand),
+    /// Remove a backend from keyhaven.toml (its files are left in place).
+    Remove {
+        /// The backend's name.
+        name: String,
+    },
+    /// Set the fallback rule: which file backend takes the new keys meant for an unavailable
+    /// one (existing keys are never looked up there).
+    Fallback {
+        /// The file backend to fall back to.
+        #[arg(value_name = "NAME", required_unless_present = "off")]
+        name: Option<String>,
+        /// Allow falling back (protection may be lower; a warning is printed each time).
+        #[arg(long)]
+        allow: bool,
+        /// Turn the fallback off.
+        #[arg(long, conflicts_with_all = ["name", "allow"])]
+        off: bool,
+    },
+}
+
+/// `backend add TYPE NAME`: one subcommand per backend type, each taking only its own options
+/// (clap refuses the others and asks for what a type needs).
+#[derive(Debug, Subcommand)]
+pub(crate) enum AddCommand {
+    /// An encrypted store (recommended): keys sealed under your passphrase.
+    Encrypted(FileAdd),
+    /// Plain PEM files that openssl reads: the weakest protection.
+    Pem(FileAdd),
+    /// Keys in process memory: they vanish when each command exits.
+    Memory(NewBackend),
+    /// A PKCS#11 token (a hardware security module, or SoftHSM2).
+    Pkcs11(Pkcs11Add),
+    /// A TPM 2.0.
+    Tpm(TpmAdd),
+}
+
+impl AddCommand {
+    /// The backend type.
+    pub(crate) fn kind(&self) -> BackendKind {
+        match self {
+            AddCommand::Encrypted(_) => BackendKind::Encrypted,
+            AddCommand::Pem(_) => BackendKind::Pem,
+            AddCommand::Memory(_) => BackendKind::Memory,
+            AddCommand::Pkcs11(_) => BackendKind::Pkcs11,
+            AddCommand::Tpm(_) => BackendKind::Tpm,
+        }
+    }
+
+    /// The name and `--default` of the new backend.
+    pub(crate) fn new_backend(&self) -> &NewBackend {
+        match self {
+            AddCommand::Encrypted(a) | AddCommand::Pem(a) => &a.new,
+            AddCommand::Memory(n) => n,
+            AddCommand::Pkcs11(a) => &a.new,
+            AddCommand::Tpm(a) => &a.new,
+        }
+    }
+}
+
+/// What every new backend has: a name, and whether it becomes the default.
+#[derive(Debug, Args)]
+pub(crate) struct NewBackend {
+    /// A name: letters, digits, '_' and '-'.
+    pub(crate) name: String,
+    /// Make it the default backend.
+    #[arg(long)]
+    pub(crate) default: bool,
+}
+
+/// `backend add encrypted|pem NAME [--path DIR]`.
+#[derive(Debug, Args)]
+pub(crate) struct FileAdd {
+    #[command(flatten)]
+    pub(crate) new: NewBackend,
+    /// The store directory (default: HOME/backends/NAME). A relative path is taken from the
+    /// current directory.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) path: Option<PathBuf>,
+}
+
+/// `backend add pkcs11 NAME --module PATH --token LABEL|--slot ID|--serial S`.
+#[derive(Debug, Args)]
+pub(crate) struct Pkcs11Add {
+    #[command(flatten)]
+    pub(crate) new: NewBackend,
+    #[command(flatten)]
+    pub(crate) token: Pkcs11Args,
+}
+
+/// `backend add tpm NAME --tcti TCTI [--path DIR]`.
+#[derive(Debug, Args)]
+pub(crate) struct TpmAdd {
+    #[command(flatten)]
+    pub(crate) new: NewBackend,
+    /// How to reach the TPM: device:/dev/tpmrm0, swtpm:host=H,port=P, mssim:host=H,port=P or
+    /// tabrmd.
+    #[arg(long, value_name = "TCTI")]
+    pub(crate) tcti: String,
+    /// The metadata directory (TPM-wrapped key blobs; default: HOME/backends/NAME). A relative
+    /// path is taken from the current directory.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) path: Option<PathBuf>,
+}
+
+/// Options of `backend add pkcs11`: clap requires the module and exactly one way of naming
+/// the token.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("token_ref").required(true).args(["token", "slot", "serial"])))]
+pub(crate) struct Pkcs11Args {
+    /// The token's PKCS#11 module (shared library), e.g. /usr/lib/softhsm/libsofthsm2.so.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) module: PathBuf,
+    /// The token, by label.
+    #[arg(long, value_name = "LABEL", conflicts_with_all = ["slot", "serial"])]
+    pub(crate) token: Option<String>,
+    /// The token, by slot id.
+    #[arg(long, value_name = "ID", conflicts_with = "serial")]
+    pub(crate) slot: Option<u64>,
+    /// The token, by serial number.
+    #[arg(long, value_name = "SERIAL")]
+    pub(crate) serial: Option<String>,
+    /// Read the user PIN from this environment variable (its name is saved, never the PIN).
+    /// Without --pin-env or --pin-file, the PIN is asked on the terminal each time.
+    #[arg(long, value_name = "VAR", conflicts_with = "pin_file")]
+    pub(crate) pin_env: Option<String>,
+    /// Read the user PIN from the first line of this file (mode 0600).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) pin_file: Option<PathBuf>,
 }

@@ -1,13 +1,16 @@
 //! `keyhaven key ...`
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use keyhaven::secrecy::ExposeSecret;
 use keyhaven::{CoreError, KeyManager, KeySpec, ManagedKey, Protection, encoding, hazmat, rfc3339};
 use serde_json::json;
 
-use crate::args::{KeyCommand, PublicFormat, TpmKeyArgs};
+use clap::{Args, Subcommand};
+
+use crate::args::{AlgorithmArg, PublicFormat};
 use crate::ctx::SecretSource;
 use crate::ctx::{Ctx, confirm, interactive, print_warnings, read_secret_file};
 use crate::exit::{OK, OtherPassphrase, UsageError};
@@ -36,31 +39,7 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
             role,
             json,
             tpm,
-        } => {
-            let had_default = m.config().default_key.is_some();
-            let spec = key_spec(algorithm.into(), &label, tpm)?;
-            let role = role
-                .map(|r| r.parse::<keyhaven::versions::Role>())
-                .transpose()
-                .map_err(keyhaven::CoreError::from)?;
-            let key = m.generate_with(backend.as_deref(), &spec)?;
-            if role.is_some() {
-                m.rotation().adopt_key(&key, role)?;
-            }
-            print_warnings(m);
-            if json {
-                print_json(&key_json(&key, is_default(m, &key))?)?;
-            } else {
-                outln!("{}", key.id())?;
-            }
-            if key.protection() == Protection::SoftwarePlain {
-                warn_plain(std::slice::from_ref(&key.backend));
-            }
-            if !had_default && is_default(m, &key) {
-                errln!("{} is now the default key.", key);
-            }
-            Ok(OK)
-        }
+        } => generate(m, backend, algorithm, label, role, json, tpm),
         KeyCommand::List { json } => list(m, json),
         KeyCommand::Show { key, json } => show(m, &key, json),
         KeyCommand::SetDefault { key } => {
@@ -90,88 +69,15 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
             reason,
             compromised,
         } => crate::lifecycle::revoke(m, &key, &reason, compromised),
-        KeyCommand::Delete { key, yes } => {
-            let key = m.resolve(&key)?;
-            if !yes {
-                if !interactive() {
-                    return Err(UsageError(format!(
-                        "refusing to delete {key} without confirmation: standard input is not a \
-                         terminal. Pass --yes to delete it"
-                    ))
-                    .into());
-                }
-                if !confirm(&format!("Delete key {key}? This cannot be undone."))? {
-                    errln!("Not deleted.");
-                    return Ok(OK);
-                }
-            }
-            m.delete(&key)?;
-            outln!("deleted {key}")?;
-            Ok(OK)
-        }
-        KeyCommand::Public { key, format, out } => {
-            let key = m.resolve(&key)?;
-            let pk = m.public_key(&key)?;
-            let bytes = match format {
-                PublicFormat::Pem => pk.to_pem()?.into_bytes(),
-                PublicFormat::Der => pk.spki_der().to_vec(),
-                PublicFormat::Jwk => {
-                    let mut s = serde_json::to_string_pretty(&encoding::public_key_jwk(&pk)?)?;
-                    s.push('\n');
-                    s.into_bytes()
-                }
-            };
-            match out {
-                Some(path) => keyhaven::fs::atomic_write(&path, &bytes)?,
-                None => write_stdout(&bytes)?,
-            }
-            Ok(OK)
-        }
+        KeyCommand::Delete { key, yes } => delete(m, key, yes),
+        KeyCommand::Public { key, format, out } => public(m, key, format, out),
         KeyCommand::Import {
             backend,
             label,
             key_passphrase_file,
             json,
             file,
-        } => {
-            const OPTION: &str = "--key-passphrase-file";
-            // The private key, in the clear: held only in zeroizing buffers.
-            let bytes = keyhaven::fs::read_secret(&file)?;
-            let text = std::str::from_utf8(&bytes).map_err(|_| {
-                CoreError::InvalidInput(format!("{} is not a PEM text file", file.display()))
-            })?;
-            let passphrase = if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
-                Some(
-                    SecretSource {
-                        option: OPTION,
-                        file: key_passphrase_file.as_deref(),
-                        env: None,
-                        what: format!("passphrase of {} (it is encrypted)", file.display()),
-                        new: false,
-                        otherwise: "",
-                    }
-                    .get()?,
-                )
-            } else {
-                None
-            };
-            let der = hazmat::private_key_pem_to_pkcs8(
-                text,
-                passphrase.as_ref().map(|p| p.expose_secret().as_bytes()),
-            )
-            .map_err(|e| OtherPassphrase::wrap(OPTION, e))
-            .with_context(|| format!("import {}", file.display()))?;
-            let key = m.import_pkcs8(backend.as_deref(), &label, &der)?;
-            if json {
-                print_json(&key_json(&key, is_default(m, &key))?)?;
-            } else {
-                outln!("{}", key.id())?;
-            }
-            if key.protection() == Protection::SoftwarePlain {
-                warn_plain(std::slice::from_ref(&key.backend));
-            }
-            Ok(OK)
-        }
+        } => import(m, backend, label, key_passphrase_file, json, file),
         KeyCommand::Export {
             key,
             out,
@@ -179,73 +85,209 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
             insecure_plaintext,
             format,
             pbkdf2,
-        } => {
-            const OPTION: &str = "--export-passphrase-file";
-            let backup_format = format.backup_format();
-            if backup_format.is_some() && (insecure_plaintext || pbkdf2) {
-                return Err(UsageError(
-                    "--insecure-plaintext and --pbkdf2 are for --format pkcs8-encrypted only"
-                        .into(),
-                )
-                .into());
-            }
-            let key = m.resolve(&key)?;
-            // Checked early to ask for nothing in vain; the write itself never overwrites.
-            if out.symlink_metadata().is_ok() {
-                return Err(CoreError::AlreadyExists(format!(
-                    "file {} (refusing to overwrite it)",
-                    out.display()
-                ))
-                .into());
-            }
-            if let Some(f) = backup_format {
-                return crate::backup::export_key(
-                    m,
-                    &key,
-                    &out,
-                    f,
-                    export_passphrase_file.as_deref(),
-                );
-            }
-            let der = m.export_pkcs8(&key)?;
-            let pem = if insecure_plaintext {
-                errln!(
-                    "WARNING: writing the private key of {key} UNENCRYPTED to {}. Anyone who \
-                     reads that file has the key.",
-                    out.display()
-                );
-                hazmat::pkcs8_to_pem(&der)?
-            } else {
-                let pass = SecretSource {
-                    option: OPTION,
-                    file: export_passphrase_file.as_deref(),
-                    env: None,
-                    what: format!("passphrase to encrypt {}", out.display()),
-                    new: true,
-                    otherwise: " (or --insecure-plaintext to write the key unencrypted)",
-                }
-                .get()?;
-                crate::ctx::check_new_passphrase(&pass, "export passphrase")
-                    .map_err(|e| OtherPassphrase::wrap(OPTION, e))?;
-                if pbkdf2 {
-                    crate::backup::pkcs8_pbkdf2(&der, &pass)?
-                } else {
-                    hazmat::pkcs8_encrypt_pem(&der, pass.expose_secret().as_bytes())?
-                }
-            };
-            keyhaven::fs::atomic_write_new(&out, pem.as_bytes())?;
-            errln!(
-                "exported {key} to {} ({})",
-                out.display(),
-                if insecure_plaintext {
-                    "plain PKCS#8 PEM"
-                } else {
-                    "encrypted PKCS#8 PEM; `openssl pkey -in FILE` asks for the passphrase"
-                }
-            );
-            Ok(OK)
+        } => export(
+            m,
+            key,
+            out,
+            export_passphrase_file,
+            insecure_plaintext,
+            format,
+            pbkdf2,
+        ),
+    }
+}
+
+/// `generate`.
+fn generate(
+    m: &KeyManager,
+    backend: Option<String>,
+    algorithm: AlgorithmArg,
+    label: String,
+    role: Option<String>,
+    json: bool,
+    tpm: TpmKeyArgs,
+) -> Result<u8> {
+    let had_default = m.config().default_key.is_some();
+    let spec = key_spec(algorithm.into(), &label, tpm)?;
+    let role = role
+        .map(|r| r.parse::<keyhaven::versions::Role>())
+        .transpose()
+        .map_err(keyhaven::CoreError::from)?;
+    let key = m.generate_with(backend.as_deref(), &spec)?;
+    if role.is_some() {
+        m.rotation().adopt_key(&key, role)?;
+    }
+    print_warnings(m);
+    if json {
+        print_json(&key_json(&key, is_default(m, &key))?)?;
+    } else {
+        outln!("{}", key.id())?;
+    }
+    if key.protection() == Protection::SoftwarePlain {
+        warn_plain(std::slice::from_ref(&key.backend));
+    }
+    if !had_default && is_default(m, &key) {
+        errln!("{} is now the default key.", key);
+    }
+    Ok(OK)
+}
+
+/// `delete`.
+fn delete(m: &KeyManager, key: String, yes: bool) -> Result<u8> {
+    let key = m.resolve(&key)?;
+    if !yes {
+        if !interactive() {
+            return Err(UsageError(format!(
+                "refusing to delete {key} without confirmation: standard input is not a \
+                 terminal. Pass --yes to delete it"
+            ))
+            .into());
+        }
+        if !confirm(&format!("Delete key {key}? This cannot be undone."))? {
+            errln!("Not deleted.");
+            return Ok(OK);
         }
     }
+    m.delete(&key)?;
+    outln!("deleted {key}")?;
+    Ok(OK)
+}
+
+/// `public`.
+fn public(m: &KeyManager, key: String, format: PublicFormat, out: Option<PathBuf>) -> Result<u8> {
+    let key = m.resolve(&key)?;
+    let pk = m.public_key(&key)?;
+    let bytes = match format {
+        PublicFormat::Pem => pk.to_pem()?.into_bytes(),
+        PublicFormat::Der => pk.spki_der().to_vec(),
+        PublicFormat::Jwk => {
+            let mut s = serde_json::to_string_pretty(&encoding::public_key_jwk(&pk)?)?;
+            s.push('\n');
+            s.into_bytes()
+        }
+    };
+    match out {
+        Some(path) => keyhaven::fs::atomic_write(&path, &bytes)?,
+        None => write_stdout(&bytes)?,
+    }
+    Ok(OK)
+}
+
+/// `import`.
+fn import(
+    m: &KeyManager,
+    backend: Option<String>,
+    label: String,
+    key_passphrase_file: Option<PathBuf>,
+    json: bool,
+    file: PathBuf,
+) -> Result<u8> {
+    const OPTION: &str = "--key-passphrase-file";
+    // The private key, in the clear: held only in zeroizing buffers.
+    let bytes = keyhaven::fs::read_secret(&file)?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        CoreError::InvalidInput(format!("{} is not a PEM text file", file.display()))
+    })?;
+    let passphrase = if text.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") {
+        Some(
+            SecretSource {
+                option: OPTION,
+                file: key_passphrase_file.as_deref(),
+                env: None,
+                what: format!("passphrase of {} (it is encrypted)", file.display()),
+                new: false,
+                otherwise: "",
+            }
+            .get()?,
+        )
+    } else {
+        None
+    };
+    let der = hazmat::private_key_pem_to_pkcs8(
+        text,
+        passphrase.as_ref().map(|p| p.expose_secret().as_bytes()),
+    )
+    .map_err(|e| OtherPassphrase::wrap(OPTION, e))
+    .with_context(|| format!("import {}", file.display()))?;
+    let key = m.import_pkcs8(backend.as_deref(), &label, &der)?;
+    if json {
+        print_json(&key_json(&key, is_default(m, &key))?)?;
+    } else {
+        outln!("{}", key.id())?;
+    }
+    if key.protection() == Protection::SoftwarePlain {
+        warn_plain(std::slice::from_ref(&key.backend));
+    }
+    Ok(OK)
+}
+
+/// `export`.
+fn export(
+    m: &KeyManager,
+    key: String,
+    out: PathBuf,
+    export_passphrase_file: Option<PathBuf>,
+    insecure_plaintext: bool,
+    format: crate::backup::ExportFormat,
+    pbkdf2: bool,
+) -> Result<u8> {
+    const OPTION: &str = "--export-passphrase-file";
+    let backup_format = format.backup_format();
+    if backup_format.is_some() && (insecure_plaintext || pbkdf2) {
+        return Err(UsageError(
+            "--insecure-plaintext and --pbkdf2 are for --format pkcs8-encrypted only".into(),
+        )
+        .into());
+    }
+    let key = m.resolve(&key)?;
+    // Checked early to ask for nothing in vain; the write itself never overwrites.
+    if out.symlink_metadata().is_ok() {
+        return Err(CoreError::AlreadyExists(format!(
+            "file {} (refusing to overwrite it)",
+            out.display()
+        ))
+        .into());
+    }
+    if let Some(f) = backup_format {
+        return crate::backup::export_key(m, &key, &out, f, export_passphrase_file.as_deref());
+    }
+    let der = m.export_pkcs8(&key)?;
+    let pem = if insecure_plaintext {
+        errln!(
+            "WARNING: writing the private key of {key} UNENCRYPTED to {}. Anyone who \
+             reads that file has the key.",
+            out.display()
+        );
+        hazmat::pkcs8_to_pem(&der)?
+    } else {
+        let pass = SecretSource {
+            option: OPTION,
+            file: export_passphrase_file.as_deref(),
+            env: None,
+            what: format!("passphrase to encrypt {}", out.display()),
+            new: true,
+            otherwise: " (or --insecure-plaintext to write the key unencrypted)",
+        }
+        .get()?;
+        crate::ctx::check_new_passphrase(&pass, "export passphrase")
+            .map_err(|e| OtherPassphrase::wrap(OPTION, e))?;
+        if pbkdf2 {
+            crate::backup::pkcs8_pbkdf2(&der, &pass)?
+        } else {
+            hazmat::pkcs8_encrypt_pem(&der, pass.expose_secret().as_bytes())?
+        }
+    };
+    keyhaven::fs::atomic_write_new(&out, pem.as_bytes())?;
+    errln!(
+        "exported {key} to {} ({})",
+        out.display(),
+        if insecure_plaintext {
+            "plain PKCS#8 PEM"
+        } else {
+            "encrypted PKCS#8 PEM; `openssl pkey -in FILE` asks for the passphrase"
+        }
+    );
+    Ok(OK)
 }
 
 /// The key `key generate` asks for, with its backend options: the flags of the TPM's options,
@@ -428,4 +470,178 @@ fn show(m: &KeyManager, reference: &str, json: bool) -> Result<u8> {
         warn_plain(std::slice::from_ref(&key.backend));
     }
     Ok(OK)
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum KeyCommand {
+    /// Generate a key pair inside a backend; prints its id.
+    Generate {
+        /// The backend (default: the default backend).
+        #[arg(long, value_name = "NAME")]
+        backend: Option<String>,
+        /// The algorithm.
+        #[arg(long, value_enum, default_value_t = AlgorithmArg::P384)]
+        algorithm: AlgorithmArg,
+        /// A label, unique in the backend.
+        #[arg(long)]
+        label: String,
+        /// The key's role, which selects its rotation policy: identity, signing, encryption,
+        /// signed-prekey, one-time-prekey (default: signing; encryption for X25519).
+        #[arg(long)]
+        role: Option<String>,
+        /// Print the key's details as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        tpm: TpmKeyArgs,
+    },
+    /// List the keys of every backend.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one key.
+    Show {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a key the default for `keyhaven sign`.
+    SetDefault {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+    },
+    /// Rotate a key to a new version in the same backend (the old one verifies during its
+    /// migration window); prints the new version's id.
+    Rotate {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// Why (recorded in the key's history).
+        #[arg(long, default_value = "manual rotation")]
+        reason: String,
+        /// Write the continuity proof (identity keys) here.
+        #[arg(long, value_name = "FILE")]
+        proof_out: Option<PathBuf>,
+        /// How long the old version keeps verifying, for this rotation (e.g. 14d), instead of
+        /// the policy's migration window.
+        #[arg(long, value_name = "DURATION")]
+        migration_window: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A key's versions (with their states) and its history.
+    History {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a key: it refuses every private operation from now on, in every process, and a
+    /// signed revocation statement is recorded (`keyhaven revocations export`).
+    Revoke {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// Why (recorded in the signed statement).
+        #[arg(long)]
+        reason: String,
+        /// The key is (or may be) compromised: also files a confirmed compromise report.
+        #[arg(long)]
+        compromised: bool,
+    },
+    /// Delete a key (asks for confirmation unless --yes).
+    Delete {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// Do not ask. Required when standard input is not a terminal.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+    /// Print or write a key's public key.
+    Public {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// pem (SPKI), der (SPKI) or jwk.
+        #[arg(long, value_enum, default_value_t = PublicFormat::Pem)]
+        format: PublicFormat,
+        /// Write to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Import a private key: PKCS#8 PEM, encrypted PKCS#8 PEM, or SEC1 EC PEM.
+    Import {
+        /// The backend (default: the default backend).
+        #[arg(long, value_name = "NAME")]
+        backend: Option<String>,
+        /// A label, unique in the backend.
+        #[arg(long)]
+        label: String,
+        /// The passphrase of an encrypted PKCS#8 file, from the first line of this file (mode
+        /// 0600; else a prompt).
+        #[arg(long, value_name = "FILE")]
+        key_passphrase_file: Option<PathBuf>,
+        /// Print the key's details as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The PEM file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Export a software private key: encrypted PKCS#8 PEM unless --insecure-plaintext.
+    Export {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID")]
+        key: String,
+        /// The file to write (never overwritten).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The export passphrase, from the first line of this file (mode 0600; else a prompt,
+        /// asked twice).
+        #[arg(long, value_name = "FILE", conflicts_with = "insecure_plaintext")]
+        export_passphrase_file: Option<PathBuf>,
+        /// Write the private key UNENCRYPTED (PKCS#8 PEM). Anyone who reads the file has the key.
+        #[arg(long)]
+        insecure_plaintext: bool,
+        /// pkcs8-encrypted (PEM that `openssl pkey` reads), or a one-key keyhaven backup file:
+        /// keyhaven (text) or binary (`keyhaven backup restore` reads both).
+        #[arg(long, value_enum, default_value_t = crate::backup::ExportFormat::Pkcs8Encrypted)]
+        format: crate::backup::ExportFormat,
+        /// pkcs8-encrypted only: derive the key with PBKDF2-SHA256 (600 000 iterations) instead
+        /// of scrypt, for readers without scrypt.
+        #[arg(long, conflicts_with = "insecure_plaintext")]
+        pbkdf2: bool,
+    },
+}
+
+/// Options of `key generate` that only a TPM backend takes.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "TPM key options (tpm backends only)")]
+pub(crate) struct TpmKeyArgs {
+    /// Also make the key persistent at this handle (0x81000000 to 0x817fffff), where
+    /// `tpm2_readpublic -c HANDLE` finds it.
+    #[arg(long, value_name = "HANDLE")]
+    pub(crate) persistent: Option<String>,
+    /// Bind the key to the current values of these PCRs: it signs only while they are
+    /// unchanged (BANK:PCR[,PCR...], e.g. sha256:0,7).
+    #[arg(long, value_name = "BANK:PCRS")]
+    pub(crate) pcr_policy: Option<String>,
+    /// Protect the key with a passphrase of its own, from the first line of this file (mode
+    /// 0600); `keyhaven sign` then needs it (--key-auth-file, or the terminal).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key_auth_file: Option<PathBuf>,
+    /// Any other option the backend takes, as NAME=VALUE (repeatable); the backend refuses
+    /// names it does not know.
+    #[arg(long = "option", value_name = "NAME=VALUE")]
+    pub(crate) options: Vec<String>,
 }

@@ -1,6 +1,7 @@
 //! `keyhaven audit`, `keyhaven compromise`, `keyhaven revocations` and `keyhaven key revoke`.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -9,10 +10,10 @@ use keyhaven::compromise::{CompromiseReport, CompromiseType, Severity};
 use keyhaven::{CoreError, KeyManager, rfc3339};
 use serde_json::json;
 
-use crate::args::{AuditCommand, CompromiseCommand, RevocationsCommand};
 use crate::ctx::{Ctx, print_warnings};
 use crate::exit::{CORRUPT, OK};
 use crate::output::{errln, outln, print_json, print_table};
+use clap::Subcommand;
 
 fn record_line(r: &Record) -> String {
     match &r.body {
@@ -584,4 +585,171 @@ pub(crate) fn revoke(
         );
     }
     Ok(OK)
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// Check the hash chain and the signed checkpoints; exit 7 naming the first bad record.
+    Verify {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The record count an earlier verification printed: fewer now means records were
+        /// removed from the end (or the log replaced), even after the last checkpoint.
+        #[arg(long, value_name = "N")]
+        expect_records: Option<u64>,
+        /// The head an earlier verification printed (with --expect-records): the record at that
+        /// position must still hash to it.
+        #[arg(long, value_name = "HEX", requires = "expect_records")]
+        expect_head: Option<String>,
+    },
+    /// The last records.
+    Tail {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        /// One JSON record per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Records matching every filter given.
+    Search {
+        /// Only this key: an id, a label or a logical key (every version of it).
+        #[arg(long, value_name = "ID|LABEL")]
+        key: Option<String>,
+        /// Only this principal.
+        #[arg(long)]
+        principal: Option<String>,
+        /// Only this operation (sign, generate, delete, revoke, ...).
+        #[arg(long)]
+        operation: Option<String>,
+        /// Only this outcome: allowed, denied, failed, intent.
+        #[arg(long)]
+        outcome: Option<String>,
+        /// Only records this recent (a duration such as 1h or 7d).
+        #[arg(long, value_name = "DURATION")]
+        since: Option<String>,
+        /// One JSON record per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Seal the current log file with a signed checkpoint and start the next one (the chain
+    /// runs on across files); prints the new file.
+    Rotate,
+    /// Write a signed checkpoint of the chain head now.
+    Checkpoint,
+    /// Recover a damaged log without hiding the damage: set the damaged files aside (kept as
+    /// evidence), keep the good records, and record a break signed by the authority, which
+    /// `audit verify` reports from then on.
+    Recover,
+    /// Every record as one JSON array.
+    Export {
+        /// JSON (the only format).
+        #[arg(long, required = true)]
+        json: bool,
+        /// Write to this file (0600, atomically) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CompromiseCommand {
+    /// File a report for a key.
+    Report {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// suspected or confirmed.
+        #[arg(long = "type", value_name = "TYPE", default_value = "suspected", value_parser = ["suspected", "confirmed"])]
+        kind: String,
+        /// low, medium, high or critical.
+        #[arg(long, default_value = "high", value_parser = ["low", "medium", "high", "critical"])]
+        severity: String,
+        /// What shows it (repeatable).
+        #[arg(long)]
+        evidence: Vec<String>,
+        /// The key's role, which selects the response procedure.
+        #[arg(long)]
+        role: Option<String>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the reports.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one report.
+    Show {
+        /// The report id (CR-...).
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Scan the audit log for suspicious use and file a suspected report per new finding.
+    Scan {
+        /// Print the findings as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the response procedure of a report (revoke, rotate, lookback, notify).
+    Respond {
+        /// The report id (CR-...).
+        id: String,
+        /// `key` (the reported key) or `home` (then every key of the home is rotated too: the
+        /// whole home is compromised).
+        #[arg(long, default_value = "key", value_parser = ["key", "home"])]
+        scope: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close a report as not a compromise (a false positive); it is not responded to until
+    /// reopened. Who and why are kept with it.
+    Dismiss {
+        /// The report id (CR-...).
+        id: String,
+        /// Why it is not a compromise.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Open a dismissed report again.
+    Reopen {
+        /// The report id (CR-...).
+        id: String,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum RevocationsCommand {
+    /// List the revoked keys.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the signed list that verifiers load (`keyhaven verify --revocations`).
+    Export {
+        /// Write to this file (atomically) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Record the statements of an exported list in this home (a home restored from a backup
+    /// taking in revocations made since): its keys are then refused here too.
+    Import {
+        /// The list (`keyhaven revocations export`).
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// The fingerprint (hex, at least 16 characters) of the authority that must have
+        /// signed it (`keyhaven revocations export` prints it).
+        #[arg(long, value_name = "FINGERPRINT")]
+        authority: String,
+    },
 }

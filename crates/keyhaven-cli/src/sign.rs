@@ -2,6 +2,7 @@
 
 use keyhaven::ErrorKind;
 use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use keyhaven::compromise::RevocationList;
@@ -10,7 +11,9 @@ use keyhaven::{
     encoding, rfc3339,
 };
 
-use crate::args::{SignArgs, VerifyArgs};
+use clap::Args;
+
+use crate::args::FormatArg;
 use crate::ctx::{Ctx, interactive, print_warnings, prompt, read_secret_file};
 use crate::exit::{OK, OtherPassphrase, UsageError, VERIFY_FAILED};
 use crate::output::{errln, outln, read_file, write_stdout};
@@ -519,4 +522,94 @@ fn verify_assertion_alone(ctx: &Ctx, args: &VerifyArgs, source: Source) -> Resul
 /// "invalid" into a successful exit: a failure to print is ignored here.
 fn verdict(word: &str) {
     let _ = outln!("{word}");
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["digest", "message_file", "stdin"])))]
+pub(crate) struct SignArgs {
+    /// The key (default: the default key).
+    #[arg(long, value_name = "ID|LABEL")]
+    pub(crate) key: Option<String>,
+    /// Sign this prehashed digest (hex; ECDSA: 48 bytes for P-384, 32 for P-256).
+    #[arg(long, value_name = "HEX")]
+    pub(crate) digest: Option<String>,
+    /// Sign the contents of this file.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) message_file: Option<PathBuf>,
+    /// `-`: sign standard input.
+    #[arg(value_name = "-", value_parser = dash)]
+    pub(crate) stdin: Option<String>,
+    /// der (ASN.1, what openssl reads) or raw (r||s). Ed25519 signatures are always raw.
+    #[arg(long, value_enum, default_value_t = FormatArg::Der)]
+    pub(crate) signature_format: FormatArg,
+    /// Write the signature here (0600, atomically; default: standard output, base64 if that is
+    /// a terminal).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) out: Option<PathBuf>,
+    /// Also write a JSON assertion (key, backend, protection, fingerprint, time) here, after
+    /// the signature.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) assertion: Option<PathBuf>,
+    /// The passphrase of a TPM key made with `key generate --key-auth-file`: the first line of
+    /// this file (mode 0600). Without it, such a key's passphrase is asked on the terminal.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) key_auth_file: Option<PathBuf>,
+    /// Your id for this request (a message or job id): recorded in the audit log, so the same
+    /// request signed twice with a key shows up in `keyhaven compromise scan` as a replay.
+    #[arg(long, value_name = "ID")]
+    pub(crate) request_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("who").args(["key", "public_key"])))]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["digest", "message_file"])))]
+pub(crate) struct VerifyArgs {
+    /// A key in a backend.
+    #[arg(long, value_name = "ID|LABEL")]
+    pub(crate) key: Option<String>,
+    /// A public key PEM file (SPKI). Needs no home and no passphrase.
+    #[arg(long, value_name = "PEM_FILE")]
+    pub(crate) public_key: Option<PathBuf>,
+    /// The prehashed digest that was signed (hex).
+    #[arg(long, value_name = "HEX")]
+    pub(crate) digest: Option<String>,
+    /// The file that was signed.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) message_file: Option<PathBuf>,
+    /// The signature file. Without it, --assertion gives the signature (and its signed
+    /// metadata is checked too).
+    #[arg(long, value_name = "FILE", required_unless_present = "assertion")]
+    pub(crate) signature: Option<PathBuf>,
+    /// der or raw.
+    #[arg(long, value_enum, default_value_t = FormatArg::Der)]
+    pub(crate) signature_format: FormatArg,
+    /// With --key: also accept retired versions of the key (revoked, compromised and
+    /// destroyed versions never verify).
+    #[arg(long, requires = "key")]
+    pub(crate) allow_retired: bool,
+    /// The assertion written with the signature (`keyhaven sign --assertion`): its signed
+    /// metadata is checked (an edited field makes it invalid), and its time decides whether a
+    /// revocation applies (signatures asserted before it still verify). Without --signature,
+    /// it is checked on its own (with --key or --public-key: it must be that key's).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) assertion: Option<PathBuf>,
+    /// A revocation list (`keyhaven revocations export`) to check the key against; needs
+    /// --authority. With --key, the home's own revocations are always checked.
+    #[arg(long, value_name = "FILE", requires = "authority")]
+    pub(crate) revocations: Option<PathBuf>,
+    /// The fingerprint (hex, at least 16 characters) of the authority that must have signed
+    /// the revocation list.
+    #[arg(long, value_name = "FINGERPRINT", requires = "revocations")]
+    pub(crate) authority: Option<String>,
+}
+
+/// The only value `--message -` takes: standard input.
+fn dash(s: &str) -> Result<String, String> {
+    if s == "-" {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "'{s}' is not '-': use --message-file FILE to sign a file, or - for standard input"
+        ))
+    }
 }
