@@ -2,9 +2,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::json::{BackendJson, BackendsJson};
 use anyhow::{Context, Result};
 use keyhaven::{BackendConfig, BackendKind, KeyManager, Protection, TokenRef};
-use serde_json::json;
 
 use crate::ctx::{Ctx, print_warnings};
 use crate::exit::{CORRUPT, NOT_FOUND, OK, UNSUPPORTED, code_of_kind};
@@ -44,21 +44,19 @@ fn dispatch(m: &KeyManager, cmd: BackendCommand) -> Result<u8> {
             if json {
                 let items: Vec<_> = rows
                     .iter()
-                    .map(|(name, kind, location, _)| {
-                        json!({
-                            "name": name,
-                            "type": kind.name(),
-                            "location": location,
-                            "protection": kind.protection().as_str(),
-                            "default": config.default_backend.as_deref() == Some(name.as_str()),
-                            "fallback": config.fallback.backend.as_deref() == Some(name.as_str()),
-                        })
+                    .map(|(name, kind, location, _)| BackendJson {
+                        name: name.clone(),
+                        kind: kind.name(),
+                        location: location.clone(),
+                        protection: kind.protection().as_str(),
+                        default: config.default_backend.as_deref() == Some(name.as_str()),
+                        fallback: config.fallback.backend.as_deref() == Some(name.as_str()),
                     })
                     .collect();
-                print_json(&json!({
-                    "backends": items,
-                    "fallback_allowed": config.fallback.allow,
-                }))?;
+                print_json(&BackendsJson {
+                    backends: items,
+                    fallback_allowed: config.fallback.allow,
+                })?;
             } else if rows.is_empty() {
                 errln!(
                     "No backends. Run `keyhaven quickstart`, or `keyhaven backend add encrypted \

@@ -11,11 +11,14 @@ use keyhaven::backup::{
 use keyhaven::secrecy::SecretString;
 use keyhaven::zeroize::Zeroizing;
 use keyhaven::{CoreError, ErrorKind, KeyManager, ManagedKey, PublicKey, Warning, rfc3339};
-use serde_json::json;
 
 use crate::ctx::SecretSource;
 use crate::ctx::{Ctx, print_warnings, read_secret_file};
 use crate::exit::{OK, OtherPassphrase, UsageError};
+use crate::json::{
+    BackupHeaderJson, BackupVerifyJson, RestoreJson, RestoreTestCounts, RestoreTestJson,
+    RestoredKeyJson,
+};
 use crate::output::{errln, outln, print_json, read_file};
 
 /// The option that gives a backup's passphrase.
@@ -630,9 +633,10 @@ fn inspect(file: &Path, json: bool) -> Result<u8> {
     let (bytes, header) = read_backup(file)?;
     let format = Format::detect(&bytes).map_or("unknown".to_owned(), |f| f.to_string());
     if json {
-        let mut v = serde_json::to_value(&header)?;
-        v["encoding"] = json!(format);
-        print_json(&v)?;
+        print_json(&BackupHeaderJson {
+            header: &header,
+            encoding: format,
+        })?;
         return Ok(OK);
     }
     outln!("backup:       {}", header.backup_id)?;
@@ -666,16 +670,16 @@ fn verify(file: &Path, args: &SecretArgs, json: bool) -> Result<u8> {
         .map_err(backup_error)
         .with_context(|| format!("backup {}", file.display()))?;
     if json {
-        print_json(&json!({
-            "backup_id": report.header.backup_id,
-            "fingerprint": report.header.fingerprint,
-            "encoding": report.format.to_string(),
-            "keys": report.header.key_count,
-            "integrity_ok": report.integrity_ok,
-            "authenticated": report.authenticated,
-            "private_keys_checked": report.private_keys_checked,
-            "hardware_keys": report.hardware_keys,
-        }))?;
+        print_json(&BackupVerifyJson {
+            backup_id: report.header.backup_id.to_string(),
+            fingerprint: report.header.fingerprint.to_string(),
+            encoding: report.format.to_string(),
+            keys: report.header.key_count,
+            integrity_ok: report.integrity_ok,
+            authenticated: report.authenticated,
+            private_keys_checked: report.private_keys_checked,
+            hardware_keys: report.hardware_keys,
+        })?;
         return Ok(OK);
     }
     outln!(
@@ -775,7 +779,9 @@ fn restore_test_run(file: &Path, args: &SecretArgs, json: bool) -> Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
     let (used, total) = outcome.context("restore test")?;
     if json {
-        print_json(&json!({"restore_test": {"keys": total, "used": used}}))?;
+        print_json(&RestoreTestJson {
+            restore_test: RestoreTestCounts { keys: total, used },
+        })?;
     } else {
         outln!(
             "restore test: {used} of {total} key(s) restored into a scratch home and used \
@@ -836,31 +842,36 @@ fn print_report(backend: &str, report: &RestoreReport, json: bool) -> Result<()>
             .iter()
             .map(|k| {
                 let (outcome, new_id, detail) = match &k.outcome {
-                    Outcome::Restored { new_id } => ("restored", Some(new_id), json!(null)),
-                    Outcome::Renamed { new_id, label } => ("renamed", Some(new_id), json!(label)),
+                    Outcome::Restored { new_id } => ("restored", Some(new_id), None),
+                    Outcome::Renamed { new_id, label } => {
+                        ("renamed", Some(new_id), Some(label.clone()))
+                    }
                     Outcome::Replaced { new_id, old_id } => {
-                        ("replaced", Some(new_id), json!(old_id.to_string()))
+                        ("replaced", Some(new_id), Some(old_id.to_string()))
                     }
-                    Outcome::Skipped { existing } => ("skipped", None, json!(existing.to_string())),
+                    Outcome::Skipped { existing } => ("skipped", None, Some(existing.to_string())),
                     Outcome::AlreadyPresent { existing } => {
-                        ("already-present", None, json!(existing.to_string()))
+                        ("already-present", None, Some(existing.to_string()))
                     }
-                    Outcome::HardwarePublicOnly => ("hardware-public-only", None, json!(null)),
-                    _ => ("other", None, json!(null)),
+                    Outcome::HardwarePublicOnly => ("hardware-public-only", None, None),
+                    _ => ("other", None, None),
                 };
-                json!({
-                    "original_id": k.original_id.to_string(),
-                    "label": k.label,
-                    "fingerprint": k.fingerprint,
-                    "outcome": outcome,
-                    "backend": backend,
-                    "new_id": new_id.map(ToString::to_string),
-                    "verified": new_id.is_some(),
-                    "detail": detail,
-                })
+                RestoredKeyJson {
+                    original_id: k.original_id.to_string(),
+                    label: k.label.clone(),
+                    fingerprint: k.fingerprint.clone(),
+                    outcome,
+                    backend: backend.to_owned(),
+                    new_id: new_id.map(ToString::to_string),
+                    verified: new_id.is_some(),
+                    detail,
+                }
             })
             .collect();
-        return print_json(&json!({ "backend": backend, "keys": keys }));
+        return print_json(&RestoreJson {
+            backend: backend.to_owned(),
+            keys,
+        });
     }
     for k in &report.keys {
         let fp = short(&k.fingerprint);

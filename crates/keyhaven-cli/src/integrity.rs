@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Subcommand;
 use keyhaven::IntegrityStatus;
-use serde_json::json;
 
 use crate::ctx::Ctx;
 use crate::exit::{CORRUPT, OK};
+use crate::json::{IntegrityStatusJson, IntegrityVerifyJson};
 use crate::output::{errln, outln, print_json};
 
 /// `keyhaven integrity ...`
@@ -58,28 +58,31 @@ pub(crate) enum IntegrityCommand {
     Rebind,
 }
 
-fn status_json(s: &IntegrityStatus) -> serde_json::Value {
+fn status_json(s: &IntegrityStatus) -> IntegrityStatusJson {
     match s {
         IntegrityStatus::Sealed {
             anchor,
             counter,
             generation,
             files,
-        } => json!({
-            "sealed": true,
-            "anchor": anchor,
-            "rollback_counter": counter,
-            "generation": generation,
-            "files": files
-        }),
-        IntegrityStatus::NotYetSealed { anchor } => {
-            json!({"sealed": false, "anchor": anchor, "reason": "the anchor store does not exist yet"})
-        }
-        IntegrityStatus::NoAnchor => json!({
-            "sealed": false,
-            "reason": keyhaven::integrity::NO_ANCHOR
-        }),
-        _ => json!({"sealed": false}),
+        } => IntegrityStatusJson {
+            sealed: true,
+            anchor: Some(anchor.clone()),
+            rollback_counter: Some(counter.clone()),
+            generation: Some(*generation),
+            files: Some(*files),
+            reason: None,
+        },
+        IntegrityStatus::NotYetSealed { anchor } => IntegrityStatusJson {
+            anchor: Some(anchor.clone()),
+            reason: Some("the anchor store does not exist yet"),
+            ..IntegrityStatusJson::default()
+        },
+        IntegrityStatus::NoAnchor => IntegrityStatusJson {
+            reason: Some(keyhaven::integrity::NO_ANCHOR),
+            ..IntegrityStatusJson::default()
+        },
+        _ => IntegrityStatusJson::default(),
     }
 }
 
@@ -134,7 +137,10 @@ pub(crate) fn run(ctx: &Ctx, cmd: IntegrityCommand) -> Result<u8> {
             let problems = m.verify_integrity()?;
             if json {
                 let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                print_json(&json!({"intact": problems.is_empty(), "problems": list}))?;
+                print_json(&IntegrityVerifyJson {
+                    intact: problems.is_empty(),
+                    problems: list,
+                })?;
             } else if problems.is_empty() {
                 outln!("intact: every state file matches the home's integrity manifest")?;
             } else {

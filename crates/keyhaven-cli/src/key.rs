@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use keyhaven::secrecy::ExposeSecret;
 use keyhaven::{CoreError, KeyManager, KeySpec, ManagedKey, Protection, encoding, hazmat, rfc3339};
-use serde_json::json;
 
 use clap::{Args, Subcommand};
 
@@ -14,7 +13,8 @@ use crate::args::{AlgorithmArg, PublicFormat};
 use crate::ctx::SecretSource;
 use crate::ctx::{Ctx, confirm, interactive, print_warnings, read_secret_file};
 use crate::exit::{OK, OtherPassphrase, UsageError};
-use crate::output::{errln, key_json, outln, print_json, print_table, warn_plain, write_stdout};
+use crate::json::{KeyJson, ListedKeyJson};
+use crate::output::{errln, outln, print_json, print_table, warn_plain, write_stdout};
 
 fn is_default(m: &KeyManager, key: &ManagedKey) -> bool {
     m.config()
@@ -119,7 +119,7 @@ fn generate(
     }
     print_warnings(m);
     if json {
-        print_json(&key_json(&key, is_default(m, &key))?)?;
+        print_json(&KeyJson::of(&key, is_default(m, &key))?)?;
     } else {
         outln!("{}", key.id())?;
     }
@@ -211,7 +211,7 @@ fn import(
     .with_context(|| format!("import {}", file.display()))?;
     let key = m.import_pkcs8(backend.as_deref(), &label, &der)?;
     if json {
-        print_json(&key_json(&key, is_default(m, &key))?)?;
+        print_json(&KeyJson::of(&key, is_default(m, &key))?)?;
     } else {
         outln!("{}", key.id())?;
     }
@@ -351,15 +351,16 @@ fn list(m: &KeyManager, json: bool) -> Result<u8> {
         let items = keys
             .iter()
             .map(|k| {
-                let mut v = key_json(k, is_def(k))?;
-                let (version, state, logical) = version_of(k)?;
-                v["version"] = version.into();
-                v["state"] = state.into();
-                v["logical_key"] = logical.into();
-                Ok(v)
+                let (version, state, logical_key) = version_of(k)?;
+                Ok(ListedKeyJson {
+                    key: KeyJson::of(k, is_def(k))?,
+                    version,
+                    state,
+                    logical_key,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
-        print_json(&serde_json::Value::Array(items))?;
+        print_json(&items)?;
     } else if m.config().backends.is_empty() {
         errln!(
             "No backends are configured in {}. Run `keyhaven quickstart`, or `keyhaven backend \
@@ -426,14 +427,10 @@ fn show(m: &KeyManager, reference: &str, json: bool) -> Result<u8> {
     let private_file = details.private_key_file.clone();
     let hardware = details.in_device.then_some(&details);
     if json {
-        let mut v = key_json(&key, default)?;
-        v["location"] = json!(backend.location());
-        if let Some(f) = &private_file {
-            v["private_key_file"] = json!(f.display().to_string());
-        }
-        if let Some(d) = &hardware {
-            v["hardware"] = serde_json::to_value(d)?;
-        }
+        let mut v = KeyJson::of(&key, default)?;
+        v.location = Some(backend.location().to_owned());
+        v.private_key_file = private_file.as_ref().map(|f| f.display().to_string());
+        v.hardware = hardware.cloned();
         print_json(&v)?;
     } else {
         let alg = key.algorithm();

@@ -7,6 +7,7 @@ mod backup;
 mod ctx;
 pub mod exit;
 mod integrity;
+mod json;
 mod key;
 mod lifecycle;
 mod output;

@@ -8,10 +8,10 @@ use anyhow::Result;
 use keyhaven::audit::{Body, Filter, Outcome, Record};
 use keyhaven::compromise::{CompromiseReport, CompromiseType, Severity};
 use keyhaven::{CoreError, KeyManager, rfc3339};
-use serde_json::json;
 
 use crate::ctx::{Ctx, print_warnings};
 use crate::exit::{CORRUPT, OK};
+use crate::json::{AuditVerifyJson, ScanJson};
 use crate::output::{errln, outln, print_json, print_table};
 use clap::Subcommand;
 
@@ -65,7 +65,7 @@ fn print_records(records: &[Record], json: bool) -> Result<()> {
 }
 
 fn parse_outcome(s: &str) -> Result<Outcome> {
-    serde_json::from_value(json!(s)).map_err(|_| {
+    serde_json::from_value(serde_json::Value::from(s)).map_err(|_| {
         CoreError::InvalidInput(format!(
             "--outcome '{s}': use allowed, denied, failed or intent"
         ))
@@ -90,23 +90,7 @@ pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
                 None => m.audit().verify()?,
             };
             if json {
-                print_json(&json!({
-                    "ok": report.is_ok(),
-                    "files": report.files,
-                    "records": report.records,
-                    "events": report.events,
-                    "checkpoints": report.checkpoints,
-                    "last_checkpoint": report.last_checkpoint,
-                    "unsealed": report.unsealed,
-                    "head": report.head,
-                    "problem": report.problem.as_ref().map(|p| json!({
-                        "file": p.file, "line": p.line, "kind": p.kind.to_string(), "detail": p.detail,
-                    })),
-                    "breaks": report.breaks.iter().map(|b| json!({
-                        "file": b.file, "line": b.line, "seq": b.seq, "time": b.time,
-                        "at": b.at, "damaged": b.damaged,
-                    })).collect::<Vec<_>>(),
-                }))?;
+                print_json(&AuditVerifyJson::from(&report))?;
             } else if report.is_ok() {
                 outln!(
                     "audit log intact: {} records in {} file(s) ({} events, {} signed \
@@ -281,8 +265,14 @@ fn humantime_parse(s: &str) -> Result<Duration> {
     })
 }
 
-fn report_json(r: &CompromiseReport) -> Result<serde_json::Value> {
-    Ok(serde_json::to_value(r)?)
+/// An enum's name as it is written in JSON (`suspected`, `high`, `open`): the one spelling
+/// of a report's type, severity and status in both outputs.
+fn wire_name(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(s)) => s,
+        Ok(other) => other.to_string(),
+        Err(e) => format!("(unprintable: {e})"),
+    }
 }
 
 fn print_report(r: &CompromiseReport) -> Result<()> {
@@ -295,11 +285,11 @@ fn print_report(r: &CompromiseReport) -> Result<()> {
             .unwrap_or_default(),
         r.key_id
     )?;
-    outln!("type       {}", json!(r.kind).as_str().unwrap_or(""))?;
-    outln!("severity   {}", json!(r.severity).as_str().unwrap_or(""))?;
+    outln!("type       {}", wire_name(&r.kind))?;
+    outln!("severity   {}", wire_name(&r.severity))?;
     outln!("detection  {}", r.detection.as_str())?;
     outln!("found      {} by {}", rfc3339(r.discovered_at), r.reporter)?;
-    outln!("status     {}", json!(r.status).as_str().unwrap_or(""))?;
+    outln!("status     {}", wire_name(&r.status))?;
     for e in &r.evidence {
         let seqs = if e.audit_seqs.is_empty() {
             String::new()
@@ -362,7 +352,7 @@ fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
                 .compromise()
                 .report(&key, kind, severity, &evidence, role.as_deref())?;
             if json {
-                print_json(&report_json(&r)?)?;
+                print_json(&r)?;
             } else {
                 outln!("{}", r.id)?;
                 errln!(
@@ -376,8 +366,7 @@ fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
         CompromiseCommand::List { json } => {
             let reports = m.compromise().reports()?.list().map_err(CoreError::from)?;
             if json {
-                let v: Vec<_> = reports.iter().map(report_json).collect::<Result<_>>()?;
-                print_json(&json!(v))?;
+                print_json(&reports)?;
             } else {
                 let rows: Vec<Vec<String>> = reports
                     .iter()
@@ -385,10 +374,10 @@ fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
                         vec![
                             r.id.clone(),
                             r.key_id.clone(),
-                            json!(r.kind).as_str().unwrap_or("").to_owned(),
-                            json!(r.severity).as_str().unwrap_or("").to_owned(),
+                            wire_name(&r.kind),
+                            wire_name(&r.severity),
                             r.detection.as_str().to_owned(),
-                            json!(r.status).as_str().unwrap_or("").to_owned(),
+                            wire_name(&r.status),
                             rfc3339(r.discovered_at),
                         ]
                     })
@@ -415,7 +404,7 @@ fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
                 .get(&id)
                 .map_err(CoreError::from)?;
             if json {
-                print_json(&report_json(&r)?)?;
+                print_json(&r)?;
             } else {
                 print_report(&r)?;
             }
@@ -424,15 +413,15 @@ fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
         CompromiseCommand::Scan { json } => {
             let outcome = m.compromise().scan(&[])?;
             if json {
-                print_json(&json!({
-                    "findings": outcome.findings,
-                    "filed": outcome.filed.iter().map(|r| r.id.clone()).collect::<Vec<_>>(),
-                }))?;
+                print_json(&ScanJson {
+                    findings: &outcome.findings,
+                    filed: outcome.filed.iter().map(|r| r.id.as_str()).collect(),
+                })?;
             } else {
                 for f in &outcome.findings {
                     outln!(
                         "{} {}: {}",
-                        json!(f.severity).as_str().unwrap_or(""),
+                        wire_name(&f.severity),
                         f.method.as_str(),
                         f.summary
                     )?;
@@ -470,7 +459,7 @@ fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
                 m.compromise().respond(&id, None)?
             };
             if json {
-                print_json(&report_json(&outcome.report)?)?;
+                print_json(&outcome.report)?;
             } else {
                 print_report(&outcome.report)?;
             }

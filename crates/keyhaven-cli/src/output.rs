@@ -7,8 +7,7 @@ use std::io::{self, Write};
 use std::path::Path;
 
 use anyhow::Result;
-use keyhaven::{CoreError, ManagedKey, Protection, rfc3339};
-use serde_json::{Value, json};
+use keyhaven::{CoreError, Protection};
 
 /// Standard output was closed by its reader (`keyhaven key list | head -1`): the command stops
 /// quietly and successfully.
@@ -83,23 +82,8 @@ pub(crate) fn flush_stdout() -> Result<()> {
 }
 
 /// A key as JSON.
-pub(crate) fn key_json(key: &ManagedKey, is_default: bool) -> Result<Value> {
-    Ok(json!({
-        "backend": key.backend,
-        "backend_type": key.backend_kind.name(),
-        "id": key.id().as_str(),
-        "label": key.label(),
-        "algorithm": key.algorithm().short_name(),
-        "jose_algorithm": key.algorithm().jose_name(),
-        "protection": key.protection().as_str(),
-        "fingerprint": key.info.fingerprint().to_hex(),
-        "created_at": rfc3339(key.info.created_at),
-        "default": is_default,
-        "public_key_pem": key.public_key().to_pem()?,
-    }))
-}
-
-pub(crate) fn print_json(value: &Value) -> Result<()> {
+/// Prints a value as pretty JSON: one of the shapes in [`crate::json`].
+pub(crate) fn print_json(value: &impl serde::Serialize) -> Result<()> {
     outln!("{}", serde_json::to_string_pretty(value)?)
 }
 

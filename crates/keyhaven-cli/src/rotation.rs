@@ -5,12 +5,15 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::Subcommand;
-use keyhaven::versions::{ContinuityProof, DueAction, LogicalKey, RotationOutcome, verify_chain};
+use keyhaven::versions::{ContinuityProof, DueAction, LogicalKey, verify_chain};
 use keyhaven::{CoreError, KeyManager, default_provider, rfc3339};
-use serde_json::json;
 
 use crate::ctx::{Ctx, print_warnings};
 use crate::exit::OK;
+use crate::json::{
+    DueJson, HistoryJson, PrekeyBundleJson, PrekeyJson, PrekeyStatusJson, RotationJson,
+    SignedPrekeyJson, VersionJson,
+};
 use crate::output::{errln, outln, print_json, print_table, read_file};
 
 /// `keyhaven policy ...`.
@@ -56,20 +59,6 @@ pub(crate) enum PrekeysCommand {
     },
 }
 
-fn outcome_json(o: &RotationOutcome) -> serde_json::Value {
-    json!({
-        "logical_key": o.key,
-        "old_version": o.old_version,
-        "new_version": o.new_version,
-        "new_key_id": o.new_key.id.as_str(),
-        "new_label": o.new_key.label,
-        "new_fingerprint": o.new_key.fingerprint().to_hex(),
-        "migration_end": rfc3339(o.migration_end),
-        "continuity_proof": o.proof.as_ref().map(ContinuityProof::to_text),
-        "post_action_error": o.post_action_error,
-    })
-}
-
 pub(crate) fn rotate_key(
     m: &KeyManager,
     reference: &str,
@@ -84,7 +73,7 @@ pub(crate) fn rotate_key(
         keyhaven::fs::atomic_write(path, proof.to_text().as_bytes())?;
     }
     if json {
-        print_json(&outcome_json(&o))?;
+        print_json(&RotationJson::from(&o))?;
     } else {
         outln!("{}", o.new_key.id)?;
         errln!(
@@ -112,34 +101,6 @@ pub(crate) fn rotate_key(
     Ok(OK)
 }
 
-fn history_json(l: &LogicalKey) -> serde_json::Value {
-    json!({
-        "logical_key": l.id(),
-        "label": l.label(),
-        "backend": l.backend(),
-        "role": l.role().as_str(),
-        "algorithm": l.algorithm().short_name(),
-        "versions": l.versions().iter().map(|v| json!({
-            "version": v.number(),
-            "key_id": v.key_id().as_str(),
-            "label": v.label(),
-            "fingerprint": v.fingerprint(),
-            "state": v.state().name(),
-            "since": rfc3339(v.state_since()),
-            "created_at": rfc3339(v.created_at()),
-            "continuity_proof": v.continuity_proof(),
-        })).collect::<Vec<_>>(),
-        "history": l.history().iter().map(|h| json!({
-            "at": rfc3339(h.at),
-            "version": h.version,
-            "event": h.kind.as_str(),
-            "from": h.from,
-            "to": h.to,
-            "detail": h.detail,
-        })).collect::<Vec<_>>(),
-    })
-}
-
 pub(crate) fn history(m: &KeyManager, reference: &str, json: bool) -> Result<u8> {
     let key = match m.resolve(reference) {
         Ok(k) => k,
@@ -157,9 +118,24 @@ pub(crate) fn history(m: &KeyManager, reference: &str, json: bool) -> Result<u8>
     };
     let Some(l) = m.rotation().logical_key(&key)? else {
         if json {
-            print_json(
-                &json!({"logical_key": null, "versions": [{"version": 1, "key_id": key.id().as_str(), "state": m.rotation().version_info(&key)?.state}], "history": []}),
-            )?;
+            print_json(&HistoryJson {
+                logical_key: None,
+                label: None,
+                backend: None,
+                role: None,
+                algorithm: None,
+                versions: vec![VersionJson {
+                    version: 1,
+                    key_id: key.id().as_str().to_owned(),
+                    state: m.rotation().version_info(&key)?.state,
+                    label: None,
+                    fingerprint: None,
+                    since: None,
+                    created_at: None,
+                    continuity_proof: None,
+                }],
+                history: Vec::new(),
+            })?;
         } else {
             outln!(
                 "{key}: version 1, {}; never rotated",
@@ -173,7 +149,7 @@ pub(crate) fn history(m: &KeyManager, reference: &str, json: bool) -> Result<u8>
 
 fn print_history(l: &LogicalKey, json: bool) -> Result<u8> {
     if json {
-        print_json(&history_json(l))?;
+        print_json(&HistoryJson::from(l))?;
         return Ok(OK);
     }
     outln!(
@@ -230,9 +206,14 @@ pub(crate) fn rotate_due(ctx: &Ctx, dry_run: bool, json: bool) -> Result<u8> {
         if json {
             let items: Vec<_> = due
                 .iter()
-                .map(|d| json!({"key": d.key, "label": d.label, "reason": d.reason.to_string(), "action": "would act"}))
+                .map(|d| DueJson {
+                    key: d.key.clone(),
+                    label: d.label.clone(),
+                    reason: d.reason.to_string(),
+                    action: "would act".into(),
+                })
                 .collect();
-            print_json(&json!(items))?;
+            print_json(&items)?;
         } else if due.is_empty() {
             errln!("Nothing is due.");
         } else {
@@ -269,7 +250,12 @@ pub(crate) fn rotate_due(ctx: &Ctx, dry_run: bool, json: bool) -> Result<u8> {
             _ => "done".into(),
         };
         if json {
-            items.push(json!({"key": o.due.key, "label": o.due.label, "reason": o.due.reason.to_string(), "action": action}));
+            items.push(DueJson {
+                key: o.due.key.clone(),
+                label: o.due.label.clone(),
+                reason: o.due.reason.to_string(),
+                action: action.to_string(),
+            });
         } else {
             outln!(
                 "{} ({}): {} -> {action}",
@@ -280,7 +266,7 @@ pub(crate) fn rotate_due(ctx: &Ctx, dry_run: bool, json: bool) -> Result<u8> {
         }
     }
     if json {
-        print_json(&json!(items))?;
+        print_json(&items)?;
     } else if outcomes.is_empty() {
         errln!("Nothing is due.");
     }
@@ -458,15 +444,15 @@ fn prekeys_in(m: &KeyManager, cmd: PrekeysCommand) -> Result<u8> {
             let pool = m.rotation().prekey_pool(&key)?;
             let s = pool.status().map_err(map)?;
             if json {
-                print_json(&json!({
-                    "identity": key.id().as_str(),
-                    "available": s.available,
-                    "taken": s.taken,
-                    "consumed": s.consumed,
-                    "signed_prekey_age_seconds": s.signed_prekey_age,
-                    "low_water": settings.low_water,
-                    "refill_to": settings.refill_to,
-                }))?;
+                print_json(&PrekeyStatusJson {
+                    identity: key.id().as_str().to_owned(),
+                    available: s.available,
+                    taken: s.taken,
+                    consumed: s.consumed,
+                    signed_prekey_age_seconds: s.signed_prekey_age,
+                    low_water: settings.low_water,
+                    refill_to: settings.refill_to,
+                })?;
             } else {
                 outln!(
                     "one-time prekeys: {} available, {} taken, {} consumed (refill below {} to {})",
@@ -503,16 +489,32 @@ fn prekeys_in(m: &KeyManager, cmd: PrekeysCommand) -> Result<u8> {
             let otpk = pool.take().map_err(map)?;
             let spk = pool.signed_prekey().map_err(map)?;
             if json {
-                print_json(&json!({
-                    "one_time_prekey": {"id": otpk.id.as_str(), "public_key_pem": otpk.public.to_pem()?},
-                    "signed_prekey": spk.as_ref().map(|s| json!({
-                        "id": s.key_id.as_str(),
-                        "public_key_pem": s.key.to_pem().unwrap_or_default(),
-                        "created_at": rfc3339(s.created_at),
-                        "signature": keyhaven::encoding::encode_signature(&s.signature, keyhaven::SignatureFormat::Raw).map(hex::encode).unwrap_or_default(),
-                    })),
-                    "identity_public_key_pem": m.rotation().signing_target(&key)?.public_key().to_pem()?,
-                }))?;
+                // A public key or signature that cannot be encoded is an error, never an
+                // empty string in the bundle.
+                let signed_prekey = match &spk {
+                    Some(s) => Some(SignedPrekeyJson {
+                        id: s.key_id.as_str().to_owned(),
+                        public_key_pem: s.key.to_pem()?,
+                        created_at: rfc3339(s.created_at),
+                        signature: hex::encode(keyhaven::encoding::encode_signature(
+                            &s.signature,
+                            keyhaven::SignatureFormat::Raw,
+                        )?),
+                    }),
+                    None => None,
+                };
+                print_json(&PrekeyBundleJson {
+                    one_time_prekey: PrekeyJson {
+                        id: otpk.id.as_str().to_owned(),
+                        public_key_pem: otpk.public.to_pem()?,
+                    },
+                    signed_prekey,
+                    identity_public_key_pem: m
+                        .rotation()
+                        .signing_target(&key)?
+                        .public_key()
+                        .to_pem()?,
+                })?;
             } else {
                 outln!("{}", otpk.id)?;
                 outln!("{}", otpk.public.to_pem()?.trim_end())?;

@@ -11,6 +11,7 @@ mod bad_input;
 mod commands;
 mod every_file;
 mod integrity;
+mod json_shapes;
 mod lifecycle;
 mod openssl;
 #[cfg(feature = "pkcs11")]
