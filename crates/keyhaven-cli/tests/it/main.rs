@@ -8,6 +8,7 @@
 mod assertion;
 mod backup;
 mod bad_input;
+mod cmd_cases;
 mod commands;
 mod every_file;
 mod integrity;
