@@ -18,24 +18,6 @@ pub enum AuditError {
         #[source]
         source: io::Error,
     },
-    /// A file or directory is readable or writable by other users.
-    #[error("audit log: {} has mode {mode:04o}; refusing it. Fix: chmod {want:o} {}", path.display(), path.display())]
-    LoosePermissions {
-        /// The path.
-        path: PathBuf,
-        /// Its mode.
-        mode: u32,
-        /// The mode wanted.
-        want: u32,
-    },
-    /// A path has the wrong type (a file where a directory is needed, a symlink, ...).
-    #[error("audit log: {} is not a {expected}", path.display())]
-    WrongType {
-        /// The path.
-        path: PathBuf,
-        /// What it should be.
-        expected: &'static str,
-    },
     /// The log's existing content cannot be continued (a bad last record or header).
     #[error("audit log: {} is damaged: {reason}", path.display())]
     Damaged {
@@ -75,12 +57,7 @@ impl From<AuditError> for keyhaven_core::Error {
                 // Its kind (permission denied, not found, ...) is the I/O error's own.
                 Error::Io { context, source }
             }
-            AuditError::LoosePermissions { .. } => {
-                Error::other(ErrorKind::PermissionDenied, "audit", e)
-            }
-            AuditError::WrongType { .. } | AuditError::InvalidEvent(_) => {
-                Error::other(ErrorKind::InvalidInput, "audit", e)
-            }
+            AuditError::InvalidEvent(_) => Error::other(ErrorKind::InvalidInput, "audit", e),
             AuditError::Damaged { path, reason } => {
                 Error::corrupt(path.display().to_string(), reason)
             }

@@ -1,7 +1,7 @@
 //! Private files and directories (0700/0600, refusing looser), as in keyhaven-store-file.
 
 use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::error::{AuditError, io_err};
@@ -21,25 +21,7 @@ pub(crate) fn check_private(path: &Path, dir: bool) -> Result<(), AuditError> {
 }
 
 pub(crate) fn check_meta(path: &Path, meta: &fs::Metadata, dir: bool) -> Result<(), AuditError> {
-    if meta.file_type().is_symlink() {
-        return Err(AuditError::Unsafe(keyhaven_fs::refuse_symlink(path)));
-    }
-    keyhaven_fs::check_owner(path, meta).map_err(AuditError::Unsafe)?;
-    if meta.is_dir() != dir {
-        return Err(AuditError::WrongType {
-            path: path.to_owned(),
-            expected: if dir { "directory" } else { "regular file" },
-        });
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(AuditError::LoosePermissions {
-            path: path.to_owned(),
-            mode,
-            want: if dir { 0o700 } else { 0o600 },
-        });
-    }
-    Ok(())
+    keyhaven_fs::check_entry(path, meta, dir).map_err(AuditError::Unsafe)
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), AuditError> {

@@ -63,6 +63,53 @@ pub fn check_meta(path: &Path, meta: &fs::Metadata) -> Result<(), CoreError> {
     Ok(())
 }
 
+/// Refuses a store's own file or directory `path` (its metadata `meta`, read without following
+/// links) unless it is what keyhaven made: not a symbolic link, a directory if `dir` (else a
+/// regular file), owned by this user, and private ([`check_meta`]).
+///
+/// # Errors
+/// [`CoreError::PermissionDenied`] for a link, another owner or loose permissions, naming the
+/// fix; [`CoreError::InvalidInput`] for a file where a directory should be (or the reverse).
+pub fn check_entry(path: &Path, meta: &fs::Metadata, dir: bool) -> Result<(), CoreError> {
+    if meta.file_type().is_symlink() {
+        return Err(refuse_symlink(path));
+    }
+    if meta.is_dir() != dir {
+        return Err(CoreError::InvalidInput(format!(
+            "{} is not a {}",
+            path.display(),
+            if dir { "directory" } else { "regular file" }
+        )));
+    }
+    check_meta(path, meta)
+}
+
+/// What identifies one version of a file: if any of these change, it was replaced (a cache of
+/// a parsed record stays valid while its file's stamp is the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileStamp {
+    /// The stamp of a file's metadata.
+    #[cfg(unix)]
+    pub fn of(meta: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        }
+    }
+}
+
 /// The effective user id of this process (the owner keyhaven expects of its files).
 #[cfg(unix)]
 pub fn effective_uid() -> u32 {

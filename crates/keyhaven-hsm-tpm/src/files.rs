@@ -18,7 +18,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use keyhaven_core::{Error, KeyId, Result};
@@ -162,27 +162,7 @@ pub(crate) struct LockGuard {
     _lock: keyhaven_fs::FileLock,
 }
 
-/// What identifies a version of a file: if any of these change, it was replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileStamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-impl FileStamp {
-    fn of(meta: &fs::Metadata) -> Self {
-        FileStamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
-        }
-    }
-}
+pub(crate) use keyhaven_fs::FileStamp;
 
 /// An opened metadata directory.
 #[derive(Debug)]

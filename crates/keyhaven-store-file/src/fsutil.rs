@@ -2,7 +2,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
@@ -18,38 +18,21 @@ pub(crate) enum FsError {
         #[source]
         source: io::Error,
     },
-    /// A file or directory is readable or writable by others.
-    #[error(
-        "{} has mode {mode:04o}, which lets other users {}; keyhaven refuses to use it. Fix: chmod {want:o} {}",
-        path.display(),
-        if mode & 0o044 != 0 { "read it" } else { "modify it" },
-        path.display()
-    )]
-    LoosePermissions { path: PathBuf, mode: u32, want: u32 },
-    /// A file another user owns, or a symbolic link (never followed).
+    /// A file that is not what keyhaven made (a link, another owner, loose permissions, the
+    /// wrong type), as `keyhaven-fs` words it.
     #[error("{0}")]
     Unsafe(keyhaven_core::Error),
-    /// A path that should be a directory is not (or vice versa).
-    #[error("{} is not a {expected}", path.display())]
-    WrongType {
-        path: PathBuf,
-        expected: &'static str,
-    },
 }
 
 impl From<FsError> for keyhaven_core::Error {
     fn from(e: FsError) -> Self {
-        use keyhaven_core::{Error, ErrorKind};
+        use keyhaven_core::Error;
         match e {
             FsError::Io { op, path, source } => {
                 let context = format!("{op} {}", path.display());
                 // Its kind (permission denied, not found, ...) is the I/O error's own.
                 Error::Io { context, source }
             }
-            FsError::LoosePermissions { .. } => {
-                Error::other(ErrorKind::PermissionDenied, "file", e)
-            }
-            FsError::WrongType { .. } => Error::other(ErrorKind::InvalidInput, "file", e),
             FsError::Unsafe(inner) => inner,
         }
     }
@@ -79,25 +62,7 @@ pub(crate) fn check_private(path: &Path, dir: bool) -> Result<fs::Metadata, FsEr
 }
 
 pub(crate) fn check_meta(path: &Path, meta: &fs::Metadata, dir: bool) -> Result<(), FsError> {
-    if meta.file_type().is_symlink() {
-        return Err(FsError::Unsafe(keyhaven_fs::refuse_symlink(path)));
-    }
-    keyhaven_fs::check_owner(path, meta).map_err(FsError::Unsafe)?;
-    if meta.is_dir() != dir {
-        return Err(FsError::WrongType {
-            path: path.to_owned(),
-            expected: if dir { "directory" } else { "regular file" },
-        });
-    }
-    let mode = meta.permissions().mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(FsError::LoosePermissions {
-            path: path.to_owned(),
-            mode,
-            want: if dir { 0o700 } else { 0o600 },
-        });
-    }
-    Ok(())
+    keyhaven_fs::check_entry(path, meta, dir).map_err(FsError::Unsafe)
 }
 
 /// Reads a private file (refusing loose permissions).
@@ -176,30 +141,12 @@ pub(crate) fn lock_exclusive(lock_path: &Path) -> Result<LockGuard, FsError> {
     })
 }
 
-/// What identifies a version of a file: if any of these change, the file was replaced.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FileStamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-}
-
-impl FileStamp {
-    pub(crate) fn of(meta: &fs::Metadata) -> Self {
-        FileStamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
-        }
-    }
-}
+pub(crate) use keyhaven_fs::FileStamp;
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     #[test]

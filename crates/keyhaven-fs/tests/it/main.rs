@@ -153,3 +153,51 @@ fn secrets_are_read_whole_and_private_ones_checked() {
     fs::write(&path, b"").unwrap();
     assert!(read_secret(&path).unwrap().is_empty());
 }
+
+#[test]
+fn check_entry_refuses_links_wrong_types_and_loose_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("d");
+    fs::create_dir(&d).unwrap();
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o700)).unwrap();
+    let f = d.join("f");
+    fs::write(&f, b"x").unwrap();
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).unwrap();
+    let meta = |p: &Path| fs::symlink_metadata(p).unwrap();
+    keyhaven_fs::check_entry(&d, &meta(&d), true).unwrap();
+    keyhaven_fs::check_entry(&f, &meta(&f), false).unwrap();
+    // the wrong type, either way round
+    let e = keyhaven_fs::check_entry(&f, &meta(&f), true).unwrap_err();
+    assert!(e.to_string().contains("is not a directory"), "{e}");
+    let e = keyhaven_fs::check_entry(&d, &meta(&d), false).unwrap_err();
+    assert!(e.to_string().contains("is not a regular file"), "{e}");
+    // a link is never followed, even to a good file
+    let link = d.join("link");
+    std::os::unix::fs::symlink(&f, &link).unwrap();
+    let e = keyhaven_fs::check_entry(&link, &meta(&link), false).unwrap_err();
+    assert_eq!(e.kind(), keyhaven_core::ErrorKind::PermissionDenied, "{e}");
+    // loose modes name the chmod that fixes them
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o644)).unwrap();
+    let e = keyhaven_fs::check_entry(&f, &meta(&f), false).unwrap_err();
+    assert!(e.to_string().contains("chmod 600"), "{e}");
+}
+
+#[test]
+fn a_file_stamp_changes_when_the_file_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("f");
+    fs::write(&f, b"one").unwrap();
+    let first = keyhaven_fs::FileStamp::of(&fs::metadata(&f).unwrap());
+    assert_eq!(
+        first,
+        keyhaven_fs::FileStamp::of(&fs::metadata(&f).unwrap())
+    );
+    // replaced by rename, as an atomic write does: another inode
+    let tmp = dir.path().join("tmp");
+    fs::write(&tmp, b"two").unwrap();
+    fs::rename(&tmp, &f).unwrap();
+    assert_ne!(
+        first,
+        keyhaven_fs::FileStamp::of(&fs::metadata(&f).unwrap())
+    );
+}
