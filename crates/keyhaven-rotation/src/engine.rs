@@ -577,20 +577,7 @@ impl RotationEngine {
             .policies
             .rules_for(key.role(), key.algorithm(), key.protection());
         let rules = rules.cloned().unwrap_or_default();
-        // This rotation's own window obeys the policy's bound as a policy's window does.
-        if let (Some(w), Some(a)) = (window, rules.max_age)
-            && w > a
-        {
-            return Err(RotationError::policy(
-                "migration window",
-                format!(
-                    "{} is longer than the key's max_age ({}): old versions would pile up \
-                     verifying",
-                    humantime::format_duration(w),
-                    humantime::format_duration(a)
-                ),
-            ));
-        }
+        check_window(window, &rules)?;
         let old = key.primary().cloned();
         let old_version = old.as_ref().map_or(0, |v| v.number());
         let now = self.now();
@@ -656,25 +643,7 @@ impl RotationEngine {
             now.saturating_add(window.unwrap_or_else(|| rules.migration_window()).as_secs());
         let proof = match (&old, key.role()) {
             (Some(old), Role::Identity) => {
-                let made = store
-                    .get(old.key_id())
-                    .map_err(RotationError::from)
-                    .and_then(|old_info| {
-                        let previous = old
-                            .continuity_proof()
-                            .map(ContinuityProof::parse)
-                            .transpose()?;
-                        ContinuityProof::create(
-                            store.as_ref(),
-                            id,
-                            &old_info,
-                            &new_info,
-                            now,
-                            migration_end,
-                            previous.as_ref(),
-                        )
-                    });
-                match made {
+                match continuity_proof(store.as_ref(), id, old, &new_info, now, migration_end) {
                     Ok(p) => Some(p),
                     Err(e) => {
                         txn.abort(
@@ -711,26 +680,10 @@ impl RotationEngine {
             return Err(e);
         }
         txn.commit();
-        let mut post_action_error = None;
-        if let Some(argv) = &rules.post_rotate {
-            let command = argv.join(" ");
-            let (kind, detail) = match actions::run(argv, &env("post"), rules.action_timeout()) {
-                Ok(()) => (
-                    EventKind::ActionRun,
-                    format!("post-rotation action {command} succeeded"),
-                ),
-                Err(why) => {
-                    let detail = format!("post-rotation action {command} failed: {why}");
-                    post_action_error = Some(detail.clone());
-                    (EventKind::ActionFailed, detail)
-                }
-            };
-            let at = self.now();
-            self.registry.update(id, |k| {
-                k.record(at, n, kind, detail);
-                Ok(())
-            })?;
-        }
+        let post_action_error = match &rules.post_rotate {
+            Some(argv) => self.post_action(id, n, argv, &env("post"), &rules)?,
+            None => None,
+        };
         Ok(RotationOutcome {
             key: id.to_owned(),
             old_version: old.map(|v| v.number()),
@@ -740,6 +693,36 @@ impl RotationEngine {
             proof,
             post_action_error,
         })
+    }
+
+    /// Runs the post-rotation action (the rotation stands whatever it does) and records how it
+    /// went; its failure, to report.
+    fn post_action(
+        &self,
+        id: &str,
+        n: u32,
+        argv: &[String],
+        env: &ActionEnv<'_>,
+        rules: &Rules,
+    ) -> Result<Option<String>> {
+        let command = argv.join(" ");
+        let (kind, detail, failure) = match actions::run(argv, env, rules.action_timeout()) {
+            Ok(()) => (
+                EventKind::ActionRun,
+                format!("post-rotation action {command} succeeded"),
+                None,
+            ),
+            Err(why) => {
+                let detail = format!("post-rotation action {command} failed: {why}");
+                (EventKind::ActionFailed, detail.clone(), Some(detail))
+            }
+        };
+        let at = self.now();
+        self.registry.update(id, |k| {
+            k.record(at, n, kind, detail);
+            Ok(())
+        })?;
+        Ok(failure)
     }
 
     /// Acts on everything due, under the rotation lock (re-evaluated there, so concurrent runs
@@ -971,4 +954,47 @@ impl Drop for RotationTxn<'_> {
             );
         }
     }
+}
+
+/// A rotation's own migration window obeys the policy's bound as a policy's window does.
+fn check_window(window: Option<std::time::Duration>, rules: &Rules) -> Result<()> {
+    if let (Some(w), Some(a)) = (window, rules.max_age)
+        && w > a
+    {
+        return Err(RotationError::policy(
+            "migration window",
+            format!(
+                "{} is longer than the key's max_age ({}): old versions would pile up verifying",
+                humantime::format_duration(w),
+                humantime::format_duration(a)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The continuity proof of an identity key's rotation: the old version signs the new one,
+/// chained to the proof that introduced the old one.
+fn continuity_proof(
+    store: &dyn KeyStore,
+    id: &str,
+    old: &crate::state::KeyVersion,
+    new_info: &KeyInfo,
+    now: u64,
+    migration_end: u64,
+) -> Result<ContinuityProof> {
+    let old_info = store.get(old.key_id())?;
+    let previous = old
+        .continuity_proof()
+        .map(ContinuityProof::parse)
+        .transpose()?;
+    ContinuityProof::create(
+        store,
+        id,
+        &old_info,
+        new_info,
+        now,
+        migration_end,
+        previous.as_ref(),
+    )
 }
