@@ -7,7 +7,10 @@
 
 pub mod checks;
 pub mod devices;
+mod doubles;
 pub mod openssl;
+
+pub use doubles::FaultyStore;
 
 use std::any::Any;
 use std::sync::Arc;

@@ -266,7 +266,7 @@ fn an_edited_header_with_a_fixed_digest_fails_authentication() {
 
 #[test]
 fn hardware_keys_are_public_only() {
-    let store = crate::faults::NoExport(MemoryStore::new().unwrap());
+    let store = keyhaven_testkit::FaultyStore::new(MemoryStore::new().unwrap()).hardware_like();
     store.generate(Algorithm::EcdsaP256, "hsm key").unwrap();
     let entries = entries_of(&store);
     assert!(entries[0].hardware && entries[0].private.is_none());

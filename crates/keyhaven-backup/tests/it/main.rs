@@ -9,7 +9,6 @@
 )]
 
 mod corruption;
-mod faults;
 mod formats;
 mod pkcs8_openssl;
 mod restore;

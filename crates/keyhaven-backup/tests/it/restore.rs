@@ -11,8 +11,8 @@ use keyhaven_store_file::{EncryptedStore, KdfParams as StoreKdf};
 use keyhaven_store_memory::MemoryStore;
 use secrecy::SecretString;
 
-use crate::faults::{FailingImport, Lying};
 use crate::{backup, entries_of, secret, store_with_keys};
+use keyhaven_testkit::FaultyStore;
 
 /// (fingerprint, label) of every key.
 fn fingerprints(store: &dyn KeyStore) -> BTreeSet<(String, String)> {
@@ -168,7 +168,7 @@ fn a_failing_import_leaves_nothing_behind() {
     let (store, _) = store_with_keys();
     let entries = entries_of(&store);
     for fail_at in 0..4 {
-        let target = FailingImport::new(MemoryStore::new().unwrap(), fail_at);
+        let target = FaultyStore::new(MemoryStore::new().unwrap()).failing_import_at(fail_at);
         target.generate(Algorithm::Ed25519, "bystander").unwrap();
         let before = fingerprints(&target);
         let err = restore(&target, &entries, OnConflict::Fail).unwrap_err();
@@ -197,7 +197,7 @@ fn a_failing_replacement_puts_the_old_keys_back() {
     let entries = entries_of(&store);
     // 4 temporary imports succeed; the 2nd final import (index 5) fails after two old keys
     // were deleted.
-    let target = FailingImport::new(MemoryStore::new().unwrap(), 5);
+    let target = FaultyStore::new(MemoryStore::new().unwrap()).failing_import_at(5);
     for k in &keys {
         target.generate(k.algorithm, &k.label).unwrap();
     }
@@ -211,7 +211,7 @@ fn a_failing_replacement_puts_the_old_keys_back() {
 fn recovery_verification_catches_a_store_that_restores_the_wrong_key() {
     let (store, _) = store_with_keys();
     let entries = entries_of(&store);
-    let target = Lying(MemoryStore::new().unwrap());
+    let target = FaultyStore::new(MemoryStore::new().unwrap()).lying_on_import();
     let err = restore(&target, &entries, OnConflict::Fail).unwrap_err();
     assert!(
         matches!(
@@ -241,7 +241,7 @@ fn recovery_verification_catches_a_store_that_restores_the_wrong_key() {
 
 #[test]
 fn hardware_entries_are_reported_not_restored() {
-    let hw = crate::faults::NoExport(MemoryStore::new().unwrap());
+    let hw = FaultyStore::new(MemoryStore::new().unwrap()).hardware_like();
     hw.generate(Algorithm::EcdsaP384, "hsm").unwrap();
     let entries = collect(&hw, "pkcs11", None).unwrap();
     let target = MemoryStore::new().unwrap();
@@ -254,7 +254,7 @@ fn hardware_entries_are_reported_not_restored() {
 fn replace_refuses_to_drop_a_key_it_cannot_export() {
     let (store, keys) = store_with_keys();
     let entries = entries_of(&store);
-    let hw = crate::faults::NoExport(MemoryStore::new().unwrap());
+    let hw = FaultyStore::new(MemoryStore::new().unwrap()).hardware_like();
     hw.generate(keys[0].algorithm, &keys[0].label).unwrap();
     let err = restore(&hw, &entries[..1], OnConflict::Replace).unwrap_err();
     assert!(err.to_string().contains("cannot be exported"), "{err}");

@@ -3,7 +3,6 @@
 
 use keyhaven_core::ErrorKind;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use keyhaven_core::{Algorithm, Error, KeyStore};
 use keyhaven_rotation::{
@@ -11,7 +10,8 @@ use keyhaven_rotation::{
     UsageMeter, VersionState, verify_chain,
 };
 
-use crate::{DAY, Flaky, adopt, engine_at, fixture, fixture_with};
+use crate::{DAY, adopt, engine_at, fixture, fixture_with};
+use keyhaven_testkit::FaultyStore;
 
 const POLICY: &str = r#"
 [defaults.signing]
@@ -243,10 +243,12 @@ fn a_pre_action_that_hangs_is_killed_after_its_timeout() {
 
 #[test]
 fn a_backend_that_is_gone_leaves_the_old_version_primary() {
-    let flaky = Arc::new(Flaky::new());
+    let flaky = Arc::new(FaultyStore::new(
+        keyhaven_store_memory::MemoryStore::new().unwrap(),
+    ));
     let f = fixture_with(POLICY, flaky.clone());
     let id = adopt(&f, Algorithm::EcdsaP256, "hsm", Role::Signing);
-    flaky.gone.store(true, Ordering::SeqCst);
+    flaky.set_gone(true);
     let e = f.engine.rotate(&id, "manual").unwrap_err();
     assert!(
         matches!(e, RotationError::RotationFailed { old_version: 1, .. }),
@@ -265,7 +267,7 @@ fn a_backend_that_is_gone_leaves_the_old_version_primary() {
     f.clock.advance(31 * DAY);
     let out = f.engine.rotate_due(false).unwrap();
     assert!(matches!(&out[0].action, DueAction::Failed(m) if m.contains("stays primary")));
-    flaky.gone.store(false, Ordering::SeqCst);
+    flaky.set_gone(false);
     assert_eq!(f.engine.rotate(&id, "token back").unwrap().new_version, 2);
 }
 

@@ -17,81 +17,13 @@ mod state;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use keyhaven_core::{
-    Algorithm, BackendInfo, Error, KeyId, KeyInfo, KeyStore, PublicKey, Result, SecretBytes,
-    Signature,
-};
+use keyhaven_core::{Algorithm, KeyStore};
 use keyhaven_rotation::{ManualClock, PolicySet, Registry, RotationEngine};
 use keyhaven_store_memory::MemoryStore;
 
 pub const DAY: u64 = 86_400;
 pub const T0: u64 = 1_800_000_000;
-
-/// A store that can be switched off, like an HSM whose token was pulled.
-pub struct Flaky {
-    pub inner: MemoryStore,
-    pub gone: AtomicBool,
-}
-
-impl Default for Flaky {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Flaky {
-    pub fn new() -> Self {
-        Flaky {
-            inner: MemoryStore::new().unwrap(),
-            gone: AtomicBool::new(false),
-        }
-    }
-    fn up(&self) -> Result<()> {
-        if self.gone.load(Ordering::SeqCst) {
-            Err(Error::Unavailable {
-                backend: "flaky".into(),
-                reason: "token not present".into(),
-            })
-        } else {
-            Ok(())
-        }
-    }
-}
-
-impl KeyStore for Flaky {
-    fn info(&self) -> BackendInfo {
-        self.inner.info()
-    }
-    fn generate(&self, algorithm: Algorithm, label: &str) -> Result<KeyInfo> {
-        self.up()?;
-        self.inner.generate(algorithm, label)
-    }
-    fn list(&self) -> Result<Vec<KeyInfo>> {
-        self.up()?;
-        self.inner.list()
-    }
-    fn get(&self, id: &KeyId) -> Result<KeyInfo> {
-        self.inner.get(id)
-    }
-    fn sign(&self, id: &KeyId, message: &[u8]) -> Result<Signature> {
-        self.up()?;
-        self.inner.sign(id, message)
-    }
-    fn sign_digest(&self, id: &KeyId, digest: &[u8]) -> Result<Signature> {
-        self.up()?;
-        self.inner.sign_digest(id, digest)
-    }
-    fn agree(&self, id: &KeyId, peer: &PublicKey) -> Result<SecretBytes> {
-        self.up()?;
-        self.inner.agree(id, peer)
-    }
-    fn delete(&self, id: &KeyId) -> Result<()> {
-        self.up()?;
-        self.inner.delete(id)
-    }
-}
 
 pub struct Fixture {
     pub _tmp: tempfile::TempDir,
