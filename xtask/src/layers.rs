@@ -37,6 +37,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("keyhaven-rotation", 3),
     ("keyhaven-backup", 3),
     ("keyhaven-compromise", 3),
+    ("keyhaven-httpsig", 3),
     ("keyhaven", 4),
     ("keyhaven-cli", 5),
 ];

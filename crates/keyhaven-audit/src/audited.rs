@@ -211,7 +211,8 @@ impl<S: KeyStore> KeyStore for AuditedStore<S> {
         self.guarded(event, || self.inner.generate_with(spec), info_key)
     }
     fn details(&self, id: &KeyId) -> Result<KeyDetails> {
-        self.inner.details(id)
+        let event = self.event("details", Some(id.as_str()));
+        self.after(event, self.inner.details(id), no_key)
     }
     fn unlock(&self, id: &KeyId, secret: &SecretString) -> Result<()> {
         let event = self.event("unlock", Some(id.as_str()));

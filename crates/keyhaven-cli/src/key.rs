@@ -299,7 +299,16 @@ fn key_spec(algorithm: keyhaven::Algorithm, label: &str, args: TpmKeyArgs) -> Re
         let (name, value) = pair
             .split_once('=')
             .ok_or_else(|| UsageError(format!("--option takes NAME=VALUE, not '{pair}'")))?;
-        options = options.option(name.trim(), value.trim());
+        let name = name.trim();
+        if name == "auth" {
+            // A passphrase on the command line is readable by every user (ps, /proc) and
+            // stays in shell history.
+            return Err(UsageError(
+                "a key passphrase is never an --option: give it with --key-auth-file FILE".into(),
+            )
+            .into());
+        }
+        options = options.option(name, value.trim());
     }
     if let Some(handle) = args.persistent {
         options = options.option("persistent", handle);

@@ -27,14 +27,26 @@ use crate::ctx::Ctx;
 /// `error: <what>. <what to do>`. Standard output closed by its reader ends the command
 /// quietly, successfully.
 pub fn main() -> ExitCode {
-    let (argv, modernized) = args::modernize(std::env::args_os().collect());
-    let cli = Cli::parse_from(argv);
-    if modernized {
-        output::errln!(
-            "note: `backend add NAME --type TYPE` is deprecated; write `backend add TYPE NAME` \
-             (each type then takes only its own options)"
-        );
-    }
+    // The older `backend add NAME --type TYPE` is rewritten only when the command line as
+    // given does not parse, so no other command's arguments are ever touched.
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        Err(first) => match args::modernize(argv) {
+            (moved, true) => match Cli::try_parse_from(moved) {
+                Ok(cli) => {
+                    output::errln!(
+                        "note: `backend add NAME --type TYPE` is deprecated; write `backend add \
+                         TYPE NAME` (each type then takes only its own options)"
+                    );
+                    cli
+                }
+                // Not the older spelling after all: the error of what was typed.
+                Err(_) => first.exit(),
+            },
+            (_, false) => first.exit(),
+        },
+    };
     ctx::allow_weak_passphrases(cli.allow_weak_passphrase);
     let ctx = Ctx::new(cli.home, cli.passphrase_file);
     let outcome = match cli.command {

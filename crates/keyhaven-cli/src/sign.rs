@@ -179,7 +179,8 @@ fn give_key_auth(
         m.unlock(key, &pass)?;
         return Ok(true);
     }
-    let needs = m.details(key)?.needs_auth;
+    // Only keys inside a device have a passphrase of their own: no lookup for the others.
+    let needs = key.backend_kind.is_hardware() && m.details(key)?.needs_auth;
     if needs {
         if !interactive() {
             return Err(OtherPassphrase::wrap(

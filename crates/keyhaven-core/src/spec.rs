@@ -122,11 +122,21 @@ impl KeyOptions {
         }
     }
 
-    /// A secret option's value (a text value is taken as a secret too).
-    pub fn secret(&self, name: &str) -> Option<SecretString> {
-        match self.values.get(name)? {
-            OptionValue::Text(t) => Some(SecretString::from(t.clone())),
-            OptionValue::Secret(s) => Some(SecretString::from(s.expose_secret().to_owned())),
+    /// A secret option's value. A secret given as text is refused: text options are printed
+    /// by `Debug` and travel on command lines, where a passphrase must never be.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if the option was given as text.
+    pub fn secret(&self, name: &str) -> Result<Option<SecretString>> {
+        match self.values.get(name) {
+            None => Ok(None),
+            Some(OptionValue::Secret(s)) => {
+                Ok(Some(SecretString::from(s.expose_secret().to_owned())))
+            }
+            Some(OptionValue::Text(_)) => Err(Error::InvalidInput(format!(
+                "key option '{name}' is a secret: give it as one (from a file or a prompt), \
+                 never as text"
+            ))),
         }
     }
 

@@ -391,7 +391,7 @@ impl KeyOptions {
         if let Some(p) = options.text("pcr-policy")? {
             out = out.pcr_policy(p.parse()?);
         }
-        if let Some(a) = options.secret("auth") {
+        if let Some(a) = options.secret("auth")? {
             out = out.auth(a);
         }
         Ok(out)

@@ -603,7 +603,14 @@ impl RotationEngine {
             source: Box::new(source),
         };
 
-        let new_info = match store.generate(key.algorithm(), &pending.new_label) {
+        let made = successor_spec(
+            store.as_ref(),
+            old.as_ref(),
+            key.algorithm(),
+            &pending.new_label,
+        )
+        .and_then(|spec| store.generate_with(&spec));
+        let new_info = match made {
             Ok(info) => info,
             Err(e) => {
                 txn.abort(EventKind::RotationFailed, format!("generate failed: {e}"))?;
@@ -997,4 +1004,44 @@ fn continuity_proof(
         migration_end,
         previous.as_ref(),
     )
+}
+
+/// What the new version of a key is made as: the old version's device options carried over
+/// (a TPM key bound to PCRs stays bound), never silently dropped. A key with a passphrase of its
+/// own, or one held at a persistent handle, is refused: an automatic rotation can choose neither
+/// a new passphrase nor a second handle.
+fn successor_spec(
+    store: &dyn KeyStore,
+    old: Option<&crate::state::KeyVersion>,
+    algorithm: keyhaven_core::Algorithm,
+    label: &str,
+) -> std::result::Result<keyhaven_core::KeySpec, CoreError> {
+    let mut spec = keyhaven_core::KeySpec::new(algorithm, label);
+    let Some(old) = old else {
+        return Ok(spec);
+    };
+    let details = store.details(old.key_id())?;
+    if details.needs_auth {
+        return Err(CoreError::Unsupported {
+            operation: "rotate a key with a passphrase of its own",
+            reason: "its new version would need a passphrase, which an automatic rotation \
+                     cannot choose: generate the new key with its passphrase and adopt it as \
+                     the next version by hand"
+                .into(),
+        });
+    }
+    if let Some(handle) = &details.persistent_handle {
+        return Err(CoreError::Unsupported {
+            operation: "rotate a key held at a persistent handle",
+            reason: format!(
+                "the current version holds {handle} and keeps verifying during the migration \
+                 window, so the new version cannot take it: generate the new key at another \
+                 handle and adopt it as the next version by hand"
+            ),
+        });
+    }
+    if let Some(policy) = &details.pcr_policy {
+        spec = spec.option("pcr-policy", policy.clone());
+    }
+    Ok(spec)
 }

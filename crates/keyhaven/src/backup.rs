@@ -339,36 +339,8 @@ fn restore_error(e: BackupError) -> CoreError {
         "while restoring key '{key}' ({stage}); everything this restore created was \
          removed{rollback}"
     );
-    let with = |s: String| format!("{s} ({note})");
-    match source {
-        CoreError::NotFound(s) => CoreError::NotFound(with(s)),
-        CoreError::AlreadyExists(s) => CoreError::AlreadyExists(with(s)),
-        CoreError::InvalidInput(s) => CoreError::InvalidInput(with(s)),
-        CoreError::PermissionDenied(s) => CoreError::PermissionDenied(with(s)),
-        CoreError::BadPassphrase(s) => CoreError::BadPassphrase(with(s)),
-        CoreError::Locked(s) => CoreError::Locked(with(s)),
-        CoreError::Revoked(s) => CoreError::Revoked(with(s)),
-        CoreError::Corrupt { what, reason } => CoreError::Corrupt {
-            what,
-            reason: with(reason),
-        },
-        CoreError::Unsupported { operation, reason } => CoreError::Unsupported {
-            operation,
-            reason: with(reason),
-        },
-        CoreError::Unavailable { backend, reason } => CoreError::Unavailable {
-            backend,
-            reason: with(reason),
-        },
-        CoreError::Io { context, source } => CoreError::Io {
-            context: with(context),
-            source,
-        },
-        other => CoreError::Backend {
-            backend: "backup restore",
-            source: format!("{other} ({note})").into(),
-        },
-    }
+    // The failing step's own error, kept whole (its kind, its chain), with the note.
+    CoreError::other_noted(source.kind(), "backup restore", source, note)
 }
 
 impl crate::RevocationsView<'_> {

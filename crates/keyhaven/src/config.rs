@@ -486,7 +486,14 @@ fn check_backend_sections(text: &str, origin: &str) -> Result<()> {
             .find_map(|p| message.split_once(p))
             .and_then(|(_, rest)| rest.split_once('`'))
             .map(|(f, _)| f.to_owned());
-        let key = field.clone().unwrap_or_else(|| "type".into());
+        let unknown_type = message.starts_with("unknown variant `");
+        // The field at fault: the one serde names, `type` for an unknown type; for a value of
+        // the wrong type serde names none, so the section is named.
+        let key = match (&field, unknown_type) {
+            (Some(f), _) => Some(f.clone()),
+            (None, true) => Some("type".to_owned()),
+            (None, false) => None,
+        };
         // The line of that key in this section, else of the section itself.
         let at = text[start..]
             .lines()
@@ -497,9 +504,11 @@ fn check_backend_sections(text: &str, origin: &str) -> Result<()> {
             })
             .take_while(|(here, line)| *here == start || !line.trim_start().starts_with('['))
             .find(|(_, line)| {
-                line.trim_start()
-                    .strip_prefix(key.as_str())
-                    .is_some_and(|r| r.trim_start().starts_with('='))
+                key.as_deref().is_some_and(|k| {
+                    line.trim_start()
+                        .strip_prefix(k)
+                        .is_some_and(|r| r.trim_start().starts_with('='))
+                })
             })
             .map_or(start, |(here, _)| here);
         let line = text[..at].matches('\n').count() + 1;
@@ -517,9 +526,23 @@ fn check_backend_sections(text: &str, origin: &str) -> Result<()> {
             ),
             None => message,
         };
+        // What a missing required field is, as the hand-made declarations say it.
+        let hint = match (message.starts_with("missing field"), key.as_deref()) {
+            (true, Some("module")) => {
+                " (the token's PKCS#11 library, e.g. SoftHSM2: /usr/lib/softhsm/libsofthsm2.so)"
+            }
+            (true, Some("tcti")) => {
+                " (device:/dev/tpmrm0, swtpm:host=H,port=P, mssim:host=H,port=P or tabrmd)"
+            }
+            _ => "",
+        };
+        let place = match &key {
+            Some(k) => format!("backends.{name}.{k}"),
+            None => format!("backends.{name}"),
+        };
         return Err(Error::Config {
             origin: format!("{origin} line {line}"),
-            message: format!("backends.{name}.{key}: {message}"),
+            message: format!("{place}: {message}{hint}"),
         });
     }
     Ok(())

@@ -527,7 +527,8 @@ impl Rotator for KeyManager {
 fn into_core(e: Error) -> CoreError {
     match e {
         Error::Core(c) | Error::Backend { source: c, .. } => c,
-        other => CoreError::InvalidInput(other.to_string()),
+        // A facade-level error (a backend unavailable, a PIN problem) keeps its meaning.
+        other => CoreError::other(other.kind(), "keyhaven", other),
     }
 }
 

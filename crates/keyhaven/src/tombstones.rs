@@ -110,8 +110,13 @@ impl<S> TombstoneStore<S> {
 }
 
 impl<S: KeyStore> KeyStore for TombstoneStore<S> {
-    keyhaven_core::forward_key_store!(inner; info, generate, generate_with, details, list, get,
+    keyhaven_core::forward_key_store!(inner; info, generate, generate_with, list, get,
         find_by_label, resolve, public_key, check, import_pkcs8);
+
+    fn details(&self, id: &KeyId) -> CoreResult<keyhaven_core::KeyDetails> {
+        self.ensure_live(id)?;
+        self.inner.details(id)
+    }
 
     fn unlock(&self, id: &KeyId, secret: &keyhaven_core::SecretString) -> CoreResult<()> {
         self.ensure_live(id)?;

@@ -24,6 +24,9 @@ struct Case {
     stdout: Vec<String>,
     #[serde(default)]
     stderr: Vec<String>,
+    /// Texts that must not appear in standard error.
+    #[serde(default)]
+    not_stderr: Vec<String>,
 }
 
 #[test]
@@ -61,6 +64,12 @@ fn help_and_usage_cases() {
                 assert!(
                     stderr.contains(want.as_str()),
                     "stderr lacks {want:?}: {context}"
+                );
+            }
+            for unwanted in &case.not_stderr {
+                assert!(
+                    !stderr.contains(unwanted.as_str()),
+                    "stderr has {unwanted:?}: {context}"
                 );
             }
             ran += 1;

@@ -399,3 +399,69 @@ fn the_registry_finds_keys_and_reports_damaged_files_by_name() {
     assert!(Registry::open(&loose).is_err());
     let _ = ManualClock::new(0);
 }
+
+/// A store whose keys report device options (as a TPM's do), and which records the spec each
+/// new key is asked for.
+struct DeviceLike {
+    inner: keyhaven_store_memory::MemoryStore,
+    details: std::sync::Mutex<keyhaven_core::KeyDetails>,
+    asked: std::sync::Mutex<Vec<String>>,
+}
+
+impl KeyStore for DeviceLike {
+    keyhaven_core::forward_key_store!(inner; info, generate, list, get, find_by_label, resolve,
+        public_key, sign, sign_digest, agree, delete, check);
+
+    fn details(
+        &self,
+        id: &keyhaven_core::KeyId,
+    ) -> keyhaven_core::Result<keyhaven_core::KeyDetails> {
+        self.inner.get(id)?;
+        Ok(self.details.lock().unwrap().clone())
+    }
+
+    fn generate_with(
+        &self,
+        spec: &keyhaven_core::KeySpec,
+    ) -> keyhaven_core::Result<keyhaven_core::KeyInfo> {
+        self.asked.lock().unwrap().push(spec.options.describe());
+        self.inner.generate(spec.algorithm, &spec.label)
+    }
+}
+
+#[test]
+fn a_rotation_carries_device_options_over_and_refuses_what_it_cannot_choose() {
+    let store = Arc::new(DeviceLike {
+        inner: keyhaven_store_memory::MemoryStore::new().unwrap(),
+        details: std::sync::Mutex::new(keyhaven_core::KeyDetails::default()),
+        asked: std::sync::Mutex::new(Vec::new()),
+    });
+    let f = fixture_with(POLICY, store.clone());
+    let id = adopt(&f, Algorithm::EcdsaP256, "sealed", Role::Signing);
+    // bound to PCRs: the new version is asked for the same policy, not made without it
+    store.details.lock().unwrap().pcr_policy = Some("sha256:0,7".into());
+    assert_eq!(f.engine.rotate(&id, "yearly").unwrap().new_version, 2);
+    assert_eq!(store.asked.lock().unwrap().as_slice(), ["pcr-policy"]);
+    // a key with its own passphrase, or at a persistent handle: refused, v2 stays primary
+    for (needs_auth, handle) in [(true, None), (false, Some("0x81000010".to_owned()))] {
+        {
+            let mut d = store.details.lock().unwrap();
+            d.needs_auth = needs_auth;
+            d.persistent_handle = handle;
+        }
+        let e = f.engine.rotate(&id, "again").unwrap_err();
+        let core: Error = e.into();
+        assert_eq!(core.kind(), ErrorKind::Unsupported, "{core}");
+        assert!(core.to_string().contains("by hand"), "{core}");
+        assert_eq!(
+            f.engine
+                .registry()
+                .get(&id)
+                .unwrap()
+                .primary()
+                .unwrap()
+                .number(),
+            2
+        );
+    }
+}
