@@ -20,6 +20,14 @@ pub enum BackupError {
         /// The newest version this build reads.
         supported: u32,
     },
+    /// The backup's expiry has passed (its creator meant it not to be restored after).
+    #[error("backup {backup_id} expired at {}", rfc3339(*expired_at))]
+    Expired {
+        /// When it expired.
+        expired_at: u64,
+        /// Which backup.
+        backup_id: String,
+    },
     /// The backup's structure or integrity digest is wrong: truncated, altered or damaged.
     #[error("backup is damaged ({part}): {reason}")]
     Damaged {
@@ -114,6 +122,7 @@ impl From<BackupError> for keyhaven_core::Error {
             | BackupError::Combine(_)
             | BackupError::InvalidInput(_) => Error::other(ErrorKind::InvalidInput, "backup", e),
             BackupError::NewerFormat { .. } => Error::other(ErrorKind::Unsupported, "backup", e),
+            BackupError::Expired { .. } => Error::other(ErrorKind::PermissionDenied, "backup", e),
             BackupError::Damaged {
                 ref part,
                 ref reason,
@@ -132,3 +141,9 @@ impl From<BackupError> for keyhaven_core::Error {
 
 /// A result with [`BackupError`].
 pub type Result<T, E = BackupError> = std::result::Result<T, E>;
+
+/// A time for messages.
+fn rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
+}

@@ -19,7 +19,7 @@ use crate::seal::{self, KdfParams, NONCE_LEN, TAG_LEN};
 use crate::shamir::{self, Custodian, MasterKey, Share};
 
 /// The newest backup format version this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 const TEXT_MAGIC: &str = "keyhaven-backup ";
 const BIN_MAGIC: &[u8; 4] = b"KHBK";
@@ -138,6 +138,62 @@ pub struct BackupHeader {
     /// Short human-checkable fingerprint of the backup (`XXXX-XXXX-XXXX`), also printed on
     /// every Shamir share of it.
     pub fingerprint: String,
+    /// Format 2: who made it (the principal), if recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creator: Option<String>,
+    /// Format 2: what it is for, in the creator's words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Format 2: after this time (seconds since the Unix epoch) a restore refuses the backup
+    /// unless told to take an expired one ([`check_expiry`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<u64>,
+}
+
+/// What a backup records about itself besides its keys (format 2): its creator, a description
+/// and an optional expiry. All of it is in the header, authenticated with the records.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BackupMeta {
+    /// Who makes it (the principal).
+    pub creator: Option<String>,
+    /// What it is for.
+    pub description: Option<String>,
+    /// How long after its creation it expires, in seconds (recorded as the absolute
+    /// `expires_at` of the header).
+    pub valid_for: Option<u64>,
+}
+
+impl BackupMeta {
+    /// Metadata with these fields.
+    pub fn new(
+        creator: Option<String>,
+        description: Option<String>,
+        valid_for: Option<u64>,
+    ) -> Self {
+        BackupMeta {
+            creator,
+            description,
+            valid_for,
+        }
+    }
+}
+
+/// The longest description a backup takes, in bytes.
+pub const MAX_DESCRIPTION: usize = 1024;
+
+/// Refuses a backup whose expiry has passed at `now`, unless `allow_expired`.
+///
+/// # Errors
+/// [`BackupError::Expired`] naming when it expired.
+pub fn check_expiry(header: &BackupHeader, now: u64, allow_expired: bool) -> Result<()> {
+    match header.expires_at {
+        Some(at) if now >= at && !allow_expired => Err(BackupError::Expired {
+            expired_at: at,
+            backup_id: header.backup_id.clone(),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// What [`verify`] checked.
@@ -190,6 +246,19 @@ impl BackupHeader {
     fn check(&self) -> Result<()> {
         let bad = |reason: String| BackupError::damaged("header", reason);
         let id = self.backup_id_bytes()?;
+        if self.format < 2
+            && (self.creator.is_some() || self.description.is_some() || self.expires_at.is_some())
+        {
+            return Err(bad(
+                "format 1 headers carry no creator, description or expiry".into(),
+            ));
+        }
+        check_meta_text("creator", self.creator.as_deref(), 256).map_err(|e| bad(e.to_string()))?;
+        check_meta_text("description", self.description.as_deref(), MAX_DESCRIPTION)
+            .map_err(|e| bad(e.to_string()))?;
+        if self.expires_at.is_some_and(|e| e <= self.created_at) {
+            return Err(bad("it expires before it was made".into()));
+        }
         if self.key_count != self.keys.len() || self.key_count > MAX_KEYS {
             return Err(bad(format!(
                 "key_count {} does not match the {} keys listed",
@@ -398,12 +467,19 @@ fn decode_record(bytes: &[u8]) -> std::result::Result<BackupEntry, String> {
 // ---------------------------------------------------------------------------------------------
 // Encodings
 
-fn encode(format: Format, header_json: &[u8], tag: &[u8], records: &[Vec<u8>]) -> Vec<u8> {
+/// Encodes a backup of format `version` (the header's own).
+fn encode(
+    format: Format,
+    version: u32,
+    header_json: &[u8],
+    tag: &[u8],
+    records: &[Vec<u8>],
+) -> Vec<u8> {
     let mut out = Vec::new();
     match format {
         Format::Text => {
             let mut s = String::new();
-            s.push_str(&format!("{TEXT_MAGIC}{FORMAT_VERSION}\n"));
+            s.push_str(&format!("{TEXT_MAGIC}{version}\n"));
             s.push_str("header ");
             s.push_str(&String::from_utf8_lossy(header_json));
             s.push('\n');
@@ -422,7 +498,7 @@ fn encode(format: Format, header_json: &[u8], tag: &[u8], records: &[Vec<u8>]) -
         Format::Binary => {
             let mut w = Writer(&mut out);
             w.raw(BIN_MAGIC);
-            w.u8(FORMAT_VERSION as u8);
+            w.u8(u8::try_from(version).unwrap_or(u8::MAX));
             w.bytes(header_json);
             w.bytes(tag);
             w.u32(u32::try_from(records.len()).unwrap_or(u32::MAX));
@@ -434,6 +510,25 @@ fn encode(format: Format, header_json: &[u8], tag: &[u8], records: &[Vec<u8>]) -
         }
     }
     out
+}
+
+/// A creator or description: printable text (no control characters) of bounded length.
+fn check_meta_text(what: &str, text: Option<&str>, max: usize) -> Result<()> {
+    let Some(t) = text else {
+        return Ok(());
+    };
+    if t.len() > max {
+        return Err(BackupError::InvalidInput(format!(
+            "the backup's {what} is {} bytes; at most {max}",
+            t.len()
+        )));
+    }
+    if t.chars().any(char::is_control) {
+        return Err(BackupError::InvalidInput(format!(
+            "the backup's {what} holds control characters"
+        )));
+    }
+    Ok(())
 }
 
 fn check_version(found: u32) -> Result<()> {
@@ -810,7 +905,13 @@ pub fn convert(bytes: &[u8], format: Format) -> Result<Vec<u8>> {
             "the header is not in canonical form and cannot be re-encoded",
         ));
     }
-    Ok(encode(format, &json, &parsed.header_tag, &parsed.records))
+    Ok(encode(
+        format,
+        parsed.header.format,
+        &json,
+        &parsed.header_tag,
+        &parsed.records,
+    ))
 }
 
 fn check_entries(entries: &[BackupEntry]) -> Result<()> {
@@ -844,11 +945,28 @@ fn build(
     fingerprint: String,
     kek: &[u8; 32],
     format: Format,
+    meta: &BackupMeta,
 ) -> Result<Vec<u8>> {
+    let created_at = unix_now();
+    check_meta_text("creator", meta.creator.as_deref(), 256)?;
+    check_meta_text("description", meta.description.as_deref(), MAX_DESCRIPTION)?;
+    if meta.valid_for == Some(0) {
+        return Err(BackupError::InvalidInput(
+            "a backup valid for no time at all would be expired when written".into(),
+        ));
+    }
     let header = BackupHeader {
-        format: FORMAT_VERSION,
+        creator: meta.creator.clone(),
+        description: meta.description.clone(),
+        expires_at: meta.valid_for.map(|v| created_at.saturating_add(v)),
+        // Format 1 when there is no metadata, so every keyhaven that reads backups reads it.
+        format: if *meta == BackupMeta::default() {
+            1
+        } else {
+            FORMAT_VERSION
+        },
         backup_id: hex::encode(backup_id),
-        created_at: unix_now(),
+        created_at,
         key_count: entries.len(),
         protection,
         keys: entries
@@ -878,7 +996,7 @@ fn build(
             &record_aad(&header_hash, i, &e.id),
         )?);
     }
-    Ok(encode(format, &json, &tag, &records))
+    Ok(encode(format, header.format, &json, &tag, &records))
 }
 
 fn random_id() -> Result<[u8; 16]> {
@@ -897,6 +1015,21 @@ pub fn write(
     passphrase: &SecretString,
     kdf: KdfParams,
     format: Format,
+) -> Result<Vec<u8>> {
+    write_with_meta(entries, passphrase, kdf, format, &BackupMeta::default())
+}
+
+/// [`write`], recording `meta` (creator, description, expiry) in the header.
+///
+/// # Errors
+/// As [`write`]; [`BackupError::InvalidInput`] for a description too long or with control
+/// characters, or an expiry not in the future.
+pub fn write_with_meta(
+    entries: &[BackupEntry],
+    passphrase: &SecretString,
+    kdf: KdfParams,
+    format: Format,
+    meta: &BackupMeta,
 ) -> Result<Vec<u8>> {
     if passphrase.expose_secret().is_empty() {
         return Err(BackupError::InvalidInput(
@@ -919,7 +1052,15 @@ pub fn write(
         salt: Base64::encode_string(&salt),
     };
     let fingerprint = backup_fingerprint(&backup_id, &salt);
-    build(entries, backup_id, protection, fingerprint, &kek, format)
+    build(
+        entries,
+        backup_id,
+        protection,
+        fingerprint,
+        &kek,
+        format,
+        meta,
+    )
 }
 
 /// Writes a Shamir backup: the records are sealed under a key derived (HKDF-SHA256) from a
@@ -934,6 +1075,26 @@ pub fn write_shamir(
     threshold: u8,
     custodians: &[Custodian],
     format: Format,
+) -> Result<(Vec<u8>, Vec<Share>)> {
+    write_shamir_with_meta(
+        entries,
+        threshold,
+        custodians,
+        format,
+        &BackupMeta::default(),
+    )
+}
+
+/// [`write_shamir`], recording `meta` in the header.
+///
+/// # Errors
+/// As [`write_shamir`] and [`write_with_meta`].
+pub fn write_shamir_with_meta(
+    entries: &[BackupEntry],
+    threshold: u8,
+    custodians: &[Custodian],
+    format: Format,
+    meta: &BackupMeta,
 ) -> Result<(Vec<u8>, Vec<Share>)> {
     check_entries(entries)?;
     let backup_id = random_id()?;
@@ -951,6 +1112,14 @@ pub fn write_shamir(
     };
     let fingerprint = first.fingerprint().to_owned();
     let kek = seal::derive_master(master.secret(), &backup_id)?;
-    let bytes = build(entries, backup_id, protection, fingerprint, &kek, format)?;
+    let bytes = build(
+        entries,
+        backup_id,
+        protection,
+        fingerprint,
+        &kek,
+        format,
+        meta,
+    )?;
     Ok((bytes, shares))
 }

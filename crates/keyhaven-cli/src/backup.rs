@@ -70,6 +70,9 @@ pub(crate) enum BackupCommand {
         on_conflict: ConflictArg,
         #[command(flatten)]
         secret: SecretArgs,
+        /// Restore it even though its expiry has passed (its creator meant it not to be).
+        #[arg(long)]
+        allow_expired: bool,
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
@@ -106,6 +109,13 @@ pub(crate) struct CreateArgs {
     /// 0700 if missing and must be private).
     #[arg(long, value_name = "DIR", requires = "shamir")]
     share_dir: Option<PathBuf>,
+    /// What the backup is for, recorded (authenticated) in its header.
+    #[arg(long, value_name = "TEXT")]
+    description: Option<String>,
+    /// After this long (e.g. 90d, 1y) a restore refuses the backup unless given
+    /// --allow-expired.
+    #[arg(long, value_name = "DURATION")]
+    expires_in: Option<String>,
 }
 
 /// The secret that opens a backup.
@@ -260,8 +270,13 @@ fn with_manager(ctx: &Ctx, m: &KeyManager, cmd: BackupCommand) -> Result<u8> {
             into,
             on_conflict,
             secret,
+            allow_expired,
             json,
-        } => restore(m, &file, into.as_deref(), on_conflict.into(), &secret, json),
+        } => {
+            let (_, header) = read_backup(&file)?;
+            kb::check_expiry(&header, keyhaven::unix_now(), allow_expired).map_err(backup_error)?;
+            restore(m, &file, into.as_deref(), on_conflict.into(), &secret, json)
+        }
         BackupCommand::Shares(SharesCommand::Decrypt { share, key, out }) => {
             decrypt_share(m, &share, &key, &out)
         }
@@ -524,9 +539,24 @@ fn create(ctx: &Ctx, m: &KeyManager, args: CreateArgs) -> Result<u8> {
         );
     }
     let hardware = entries.iter().filter(|e| e.hardware).count();
+    let valid_for = match &args.expires_in {
+        Some(d) => {
+            let d = humantime::parse_duration(d).map_err(|e| {
+                CoreError::InvalidInput(format!("--expires-in {d:?}: {e} (e.g. 90d, 1y)"))
+            })?;
+            Some(d.as_secs().max(1))
+        }
+        None => None,
+    };
+    let meta = kb::BackupMeta::new(
+        Some(m.caller().principal.clone()),
+        args.description.clone(),
+        valid_for,
+    );
     let (bytes, shares, dir) = match plan {
         Protect::Passphrase(pass) => (
-            kb::write(&entries, &pass, KdfParams::default(), format).map_err(backup_error)?,
+            kb::write_with_meta(&entries, &pass, KdfParams::default(), format, &meta)
+                .map_err(backup_error)?,
             Vec::new(),
             None,
         ),
@@ -536,7 +566,8 @@ fn create(ctx: &Ctx, m: &KeyManager, args: CreateArgs) -> Result<u8> {
             dir,
         } => {
             let (bytes, shares) =
-                kb::write_shamir(&entries, threshold, &custodians, format).map_err(backup_error)?;
+                kb::write_shamir_with_meta(&entries, threshold, &custodians, format, &meta)
+                    .map_err(backup_error)?;
             (bytes, shares, Some(dir))
         }
     };
@@ -645,6 +676,20 @@ fn inspect(file: &Path, json: bool) -> Result<u8> {
     outln!("created:      {}", rfc3339(header.created_at))?;
     outln!("protection:   {}", protection_text(&header.protection))?;
     outln!("keys:         {}", header.key_count)?;
+    if let Some(c) = &header.creator {
+        outln!("creator:      {c}")?;
+    }
+    if let Some(d) = &header.description {
+        outln!("description:  {d}")?;
+    }
+    if let Some(at) = header.expires_at {
+        let state = if keyhaven::unix_now() >= at {
+            "EXPIRED: restore refuses it without --allow-expired"
+        } else {
+            "not yet expired"
+        };
+        outln!("expires:      {} ({state})", rfc3339(at))?;
+    }
     for k in &header.keys {
         outln!(
             "  {}  {}  {}  {}  {}{}",

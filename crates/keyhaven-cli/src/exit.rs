@@ -154,6 +154,16 @@ fn hint_of_core(e: &CoreError) -> Option<String> {
     {
         return Some("`keyhaven compromise list` shows the reports".into());
     }
+    if let CoreError::Other(o) = e
+        && let Some(keyhaven::backup::BackupError::Expired { .. }) =
+            o.downcast_ref::<keyhaven::backup::BackupError>()
+    {
+        return Some(
+            "Its creator meant it not to be restored after that time; pass --allow-expired to \
+             restore it anyway"
+                .into(),
+        );
+    }
     if let CoreError::Io { source, .. } = e {
         return Some(hint_of_io(source, e.kind()));
     }

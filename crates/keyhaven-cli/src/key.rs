@@ -118,14 +118,7 @@ fn generate(
         m.rotation().adopt_key(&key, role)?;
     }
     print_warnings(m);
-    if json {
-        print_json(&KeyJson::of(&key, is_default(m, &key))?)?;
-    } else {
-        outln!("{}", key.id())?;
-    }
-    if key.protection() == Protection::SoftwarePlain {
-        warn_plain(std::slice::from_ref(&key.backend));
-    }
+    print_new_key(m, &key, json)?;
     if !had_default && is_default(m, &key) {
         errln!("{} is now the default key.", key);
     }
@@ -210,15 +203,21 @@ fn import(
     .map_err(|e| OtherPassphrase::wrap(OPTION, e))
     .with_context(|| format!("import {}", file.display()))?;
     let key = m.import_pkcs8(backend.as_deref(), &label, &der)?;
+    print_new_key(m, &key, json)?;
+    Ok(OK)
+}
+
+/// A new key (generated or imported): its id, or its JSON; a warning if it is stored plain.
+fn print_new_key(m: &KeyManager, key: &ManagedKey, json: bool) -> Result<()> {
     if json {
-        print_json(&KeyJson::of(&key, is_default(m, &key))?)?;
+        print_json(&KeyJson::of(key, is_default(m, key))?)?;
     } else {
         outln!("{}", key.id())?;
     }
     if key.protection() == Protection::SoftwarePlain {
         warn_plain(std::slice::from_ref(&key.backend));
     }
-    Ok(OK)
+    Ok(())
 }
 
 /// `export`.

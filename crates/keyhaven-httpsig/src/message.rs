@@ -3,6 +3,29 @@
 
 use crate::error::{HttpSigError, Result};
 
+/// The field-line methods requests and responses share.
+macro_rules! field_methods {
+    () => {
+        /// Adds a field line (names are case-insensitive; repeated names are combined in
+        /// order).
+        #[must_use]
+        pub fn header(mut self, name: &str, value: &str) -> Self {
+            self.push_header(name, value);
+            self
+        }
+
+        /// Adds a field line in place.
+        pub fn push_header(&mut self, name: &str, value: &str) {
+            self.fields.push((name.to_owned(), value.to_owned()));
+        }
+
+        /// The field lines, in order.
+        pub fn fields(&self) -> &[(String, String)] {
+            &self.fields
+        }
+    };
+}
+
 /// A request: its method, its absolute target URI and its field lines, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -129,17 +152,7 @@ impl Request {
         })
     }
 
-    /// Adds a field line (names are case-insensitive; repeated names are combined in order).
-    #[must_use]
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.fields.push((name.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// Adds a field line in place.
-    pub fn push_header(&mut self, name: &str, value: &str) {
-        self.fields.push((name.to_owned(), value.to_owned()));
-    }
+    field_methods!();
 
     /// The method.
     pub fn method(&self) -> &str {
@@ -149,11 +162,6 @@ impl Request {
     /// The target URI as given.
     pub fn target_uri(&self) -> &str {
         &self.target_uri
-    }
-
-    /// The field lines, in order.
-    pub fn fields(&self) -> &[(String, String)] {
-        &self.fields
     }
 
     pub(crate) fn uri(&self) -> &Uri {
@@ -171,26 +179,11 @@ impl Response {
         }
     }
 
-    /// Adds a field line.
-    #[must_use]
-    pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.fields.push((name.to_owned(), value.to_owned()));
-        self
-    }
-
-    /// Adds a field line in place.
-    pub fn push_header(&mut self, name: &str, value: &str) {
-        self.fields.push((name.to_owned(), value.to_owned()));
-    }
+    field_methods!();
 
     /// The status code.
     pub fn status(&self) -> u16 {
         self.status
-    }
-
-    /// The field lines.
-    pub fn fields(&self) -> &[(String, String)] {
-        &self.fields
     }
 
     /// The request it answers.

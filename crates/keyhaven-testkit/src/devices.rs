@@ -480,3 +480,18 @@ impl Drop for Swtpm {
         self.kill();
     }
 }
+
+/// The interpreter of the interop virtualenv, with the pinned PyPI packages of
+/// `xtask/interop-requirements.txt` (`cargo xtask test` makes it and sets `KEYHAVEN_PYTHON`).
+///
+/// # Panics
+/// When `KEYHAVEN_PYTHON` is not set, saying how to run the tests.
+pub fn python() -> PathBuf {
+    match std::env::var_os("KEYHAVEN_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => panic!(
+            "KEYHAVEN_PYTHON is not set: run the tests with `cargo xtask test` (it makes a \
+             virtualenv with the pinned interop packages)"
+        ),
+    }
+}

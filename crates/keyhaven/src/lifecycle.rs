@@ -831,36 +831,19 @@ impl crate::CompromiseView<'_> {
     ///
     /// # Errors
     /// No such report; an empty reason; the report cannot be written.
-    pub fn dismiss(
-        &self,
-        report_id: &str,
-        reason: &str,
-    ) -> Result<keyhaven_compromise::CompromiseReport> {
-        let m = self.0;
-        m.set_report_status(
-            report_id,
-            reason,
-            "dismiss",
-            keyhaven_compromise::Status::Dismissed,
-        )
+    pub fn dismiss(&self, report_id: &str, reason: &str) -> Result<CompromiseReport> {
+        let dismissed = keyhaven_compromise::Status::Dismissed;
+        self.0
+            .set_report_status(report_id, reason, "dismiss", dismissed)
     }
 
     /// Opens a dismissed (or responded) report again, recording who and why.
     ///
     /// # Errors
     /// As [`crate::CompromiseView::dismiss`].
-    pub fn reopen(
-        &self,
-        report_id: &str,
-        reason: &str,
-    ) -> Result<keyhaven_compromise::CompromiseReport> {
-        let m = self.0;
-        m.set_report_status(
-            report_id,
-            reason,
-            "reopen",
-            keyhaven_compromise::Status::Open,
-        )
+    pub fn reopen(&self, report_id: &str, reason: &str) -> Result<CompromiseReport> {
+        let open = keyhaven_compromise::Status::Open;
+        self.0.set_report_status(report_id, reason, "reopen", open)
     }
 
     /// Files a compromise report for `key` (by a person: detection `manual`); for a rotated

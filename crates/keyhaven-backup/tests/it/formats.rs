@@ -145,14 +145,14 @@ fn newer_format_asks_for_an_upgrade_but_a_damaged_version_is_damage() {
     let (store, _) = store_with_keys();
     for format in FORMATS {
         let file = backup(&entries_of(&store), format);
-        let newer = with_version(&file, format, 2);
+        let newer = with_version(&file, format, 3);
         let err = inspect(&newer).unwrap_err();
         assert!(
             matches!(
                 err,
                 BackupError::NewerFormat {
-                    found: 2,
-                    supported: 1
+                    found: 3,
+                    supported: 2
                 }
             ),
             "{err}"
@@ -317,5 +317,83 @@ proptest! {
         prop_assert_eq!(&back[0].label, &label);
         prop_assert_eq!(&back[0].metadata, &meta);
         prop_assert_eq!(inspect(&file).unwrap().keys[0].label.clone(), label);
+    }
+}
+
+#[test]
+fn metadata_is_recorded_authenticated_and_expiry_is_enforced() {
+    use keyhaven_backup::{BackupMeta, check_expiry, write_shamir_with_meta, write_with_meta};
+    let (store, _) = store_with_keys();
+    let entries = entries_of(&store);
+    let now = keyhaven_core::unix_now();
+    let meta = BackupMeta::new(
+        Some("alice".into()),
+        Some("before the migration".into()),
+        Some(3600),
+    );
+    for format in FORMATS {
+        let file = write_with_meta(
+            &entries,
+            &pass(),
+            KdfParams::insecure_for_tests(),
+            format,
+            &meta,
+        )
+        .unwrap();
+        let h = inspect(&file).unwrap();
+        assert_eq!(h.format, 2, "metadata needs format 2");
+        assert_eq!(h.creator.as_deref(), Some("alice"));
+        assert_eq!(h.description.as_deref(), Some("before the migration"));
+        let expires = h.expires_at.unwrap();
+        assert_eq!(expires, h.created_at + 3600);
+        // authenticated: the header cannot be edited (here: the expiry pushed back) unnoticed
+        let text = String::from_utf8_lossy(&file).into_owned();
+        if format == Format::Text {
+            let later = text.replace(
+                &format!("\"expires_at\":{expires}"),
+                &format!("\"expires_at\":{}", expires + 999_999),
+            );
+            assert_ne!(later, text);
+            assert!(open(later.as_bytes(), &secret()).is_err());
+        }
+        // expiry: refused after, allowed when asked, a clear error
+        check_expiry(&h, now, false).unwrap();
+        let e = check_expiry(&h, expires, false).unwrap_err();
+        assert!(matches!(e, BackupError::Expired { .. }), "{e}");
+        assert!(e.to_string().contains("expired at"), "{e}");
+        assert_eq!(
+            keyhaven_core::Error::from(e).kind(),
+            ErrorKind::PermissionDenied
+        );
+        check_expiry(&h, expires, true).unwrap();
+        // the metadata survives a conversion between encodings
+        let other = if format == Format::Text {
+            Format::Binary
+        } else {
+            Format::Text
+        };
+        assert_eq!(inspect(&convert(&file, other).unwrap()).unwrap(), h);
+    }
+    // a Shamir backup records it too
+    let custodians = [Custodian::named("a"), Custodian::named("b")];
+    let (file, _) = write_shamir_with_meta(&entries, 2, &custodians, Format::Text, &meta).unwrap();
+    assert_eq!(inspect(&file).unwrap().creator.as_deref(), Some("alice"));
+    // no metadata: format 1, which every keyhaven reads
+    assert_eq!(inspect(&backup(&entries, Format::Text)).unwrap().format, 1);
+    // bad metadata is refused before anything is written
+    for bad in [
+        BackupMeta::new(None, Some("line\nbreak".into()), None),
+        BackupMeta::new(None, Some("x".repeat(2000)), None),
+        BackupMeta::new(None, None, Some(0)),
+    ] {
+        let e = write_with_meta(
+            &entries,
+            &pass(),
+            KdfParams::insecure_for_tests(),
+            Format::Text,
+            &bad,
+        )
+        .unwrap_err();
+        assert!(matches!(e, BackupError::InvalidInput(_)), "{bad:?}: {e}");
     }
 }

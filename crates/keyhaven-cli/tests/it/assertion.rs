@@ -8,16 +8,7 @@ use std::process::Command;
 
 use crate::Home;
 
-/// The interpreter of the interop virtualenv (`cargo xtask test` sets it up).
-fn python() -> PathBuf {
-    match std::env::var_os("KEYHAVEN_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => panic!(
-            "KEYHAVEN_PYTHON is not set: run the tests with `cargo xtask test` (it makes a \
-             virtualenv with the pinned interop packages)"
-        ),
-    }
-}
+use keyhaven_testkit::devices::python;
 
 /// Verifies `jws` with the public key in `pem` using jwcrypto; returns the payload, or the
 /// library's refusal.

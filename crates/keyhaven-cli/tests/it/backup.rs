@@ -671,3 +671,84 @@ fn a_backup_can_be_restore_tested_without_touching_the_home() {
         .unwrap();
     assert_eq!(out2.status.code(), Some(4), "{out2:?}");
 }
+
+#[test]
+fn a_backup_records_its_creator_description_and_expiry_and_an_expired_one_needs_allow_expired() {
+    let h = Home::with_encrypted();
+    let dir = h.scratch();
+    h.generate("ed25519", "ed", &[]);
+    let pass = passphrase_file(&dir, "backup-pass", BACKUP_PASSPHRASE);
+    let backup = dir.join("home.khb");
+    h.ok(&[
+        "backup",
+        "create",
+        "--out",
+        s(&backup),
+        "--backup-passphrase-file",
+        s(&pass),
+        "--description",
+        "before the migration",
+        "--expires-in",
+        "1s",
+    ]);
+    let header = h.json(&["backup", "inspect", s(&backup), "--json"]);
+    assert_eq!(header["format"], 2);
+    assert_eq!(header["description"], "before the migration");
+    assert!(
+        header["creator"].as_str().is_some_and(|c| !c.is_empty()),
+        "{header}"
+    );
+    let expires = header["expires_at"].as_u64().unwrap();
+    assert!(expires > header["created_at"].as_u64().unwrap());
+    let shown = h.ok(&["backup", "inspect", s(&backup)]);
+    assert!(
+        shown.contains("description:  before the migration"),
+        "{shown}"
+    );
+    // once expired (the expiry is a wall-clock second away), restore refuses and says how
+    while keyhaven::unix_now() < expires {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let fresh = Home::with_encrypted();
+    let before = listing(&fresh);
+    let e = fresh.fails(
+        &[
+            "backup",
+            "restore",
+            s(&backup),
+            "--backup-passphrase-file",
+            s(&pass),
+        ],
+        6,
+    );
+    assert!(
+        e.contains("expired at") && e.contains("--allow-expired"),
+        "{e}"
+    );
+    assert_eq!(listing(&fresh), before, "nothing was restored");
+    fresh.ok(&[
+        "backup",
+        "restore",
+        s(&backup),
+        "--backup-passphrase-file",
+        s(&pass),
+        "--allow-expired",
+    ]);
+    assert!(listing(&fresh).iter().any(|k| k.contains("ed")));
+    // an expiry in the past, or an unreadable duration, is refused before anything is written
+    let other = dir.join("other.khb");
+    h.fails(
+        &[
+            "backup",
+            "create",
+            "--out",
+            s(&other),
+            "--backup-passphrase-file",
+            s(&pass),
+            "--expires-in",
+            "soon",
+        ],
+        9,
+    );
+    assert!(!other.exists());
+}

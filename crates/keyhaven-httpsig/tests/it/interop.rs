@@ -2,7 +2,6 @@
 //! (installed by `cargo xtask test` into the interop virtualenv) signs requests that this crate
 //! verifies, and verifies requests this crate signs, for Ed25519, ECDSA P-256 and P-384.
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use keyhaven_core::{Algorithm, KeyStore};
@@ -11,17 +10,8 @@ use keyhaven_httpsig::{
     verify,
 };
 use keyhaven_store_memory::MemoryStore;
+use keyhaven_testkit::devices::python;
 use serde_json::Value;
-
-fn python() -> PathBuf {
-    match std::env::var_os("KEYHAVEN_PYTHON") {
-        Some(p) => PathBuf::from(p),
-        None => panic!(
-            "KEYHAVEN_PYTHON is not set: run the tests with `cargo xtask test` (it makes a \
-             virtualenv with the pinned interop packages)"
-        ),
-    }
-}
 
 const SCRIPT: &str = r#"
 import json, sys, datetime
