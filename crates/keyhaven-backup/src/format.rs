@@ -182,7 +182,11 @@ impl BackupMeta {
 /// The longest description a backup takes, in bytes.
 pub const MAX_DESCRIPTION: usize = 1024;
 
-/// Refuses a backup whose expiry has passed at `now`, unless `allow_expired`.
+/// The last time a header may name (9999-12-31T23:59:59Z): RFC 3339 has four-digit years.
+pub(crate) const LAST_TIME: u64 = 253_402_300_799;
+
+/// Refuses a backup whose expiry has passed at `now`, unless `allow_expired`. [`open`] and
+/// [`open_with_shares`] call it on the authenticated header.
 ///
 /// # Errors
 /// [`BackupError::Expired`] naming when it expired.
@@ -258,6 +262,9 @@ impl BackupHeader {
             .map_err(|e| bad(e.to_string()))?;
         if self.expires_at.is_some_and(|e| e <= self.created_at) {
             return Err(bad("it expires before it was made".into()));
+        }
+        if self.created_at > LAST_TIME || self.expires_at.is_some_and(|e| e > LAST_TIME) {
+            return Err(bad("a time beyond the year 9999".into()));
         }
         if self.key_count != self.keys.len() || self.key_count > MAX_KEYS {
             return Err(bad(format!(
@@ -523,9 +530,17 @@ fn check_meta_text(what: &str, text: Option<&str>, max: usize) -> Result<()> {
             t.len()
         )));
     }
-    if t.chars().any(char::is_control) {
+    // Control characters, and the invisible format characters that reorder or hide text on a
+    // terminal (bidirectional overrides, zero-width marks), so that what `inspect` shows is
+    // what is there.
+    let invisible = |c: char| {
+        matches!(c,
+            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+    };
+    if t.chars().any(|c| c.is_control() || invisible(c)) {
         return Err(BackupError::InvalidInput(format!(
-            "the backup's {what} holds control characters"
+            "the backup's {what} holds control or invisible formatting characters"
         )));
     }
     Ok(())
@@ -822,8 +837,25 @@ fn decrypt(parsed: &Parsed, secret: &BackupSecret) -> Result<Vec<BackupEntry>> {
 /// wrong secret, [`BackupError::WrongSecretKind`] for a passphrase given to a Shamir backup (or
 /// the reverse), and [`BackupError::RecordAuth`] naming a record that fails authentication.
 pub fn open(bytes: &[u8], secret: &BackupSecret) -> Result<Vec<BackupEntry>> {
+    open_with(bytes, secret, false)
+}
+
+/// [`open`], taking an expired backup too when `allow_expired` (the caller asked for it on
+/// purpose). The expiry checked is the authenticated header's, of these very bytes.
+///
+/// # Errors
+/// As [`open`]; [`BackupError::Expired`] for an expired backup unless `allow_expired`.
+pub fn open_with(
+    bytes: &[u8],
+    secret: &BackupSecret,
+    allow_expired: bool,
+) -> Result<Vec<BackupEntry>> {
     let parsed = parse(bytes)?;
-    decrypt(&parsed, secret)
+    // Decrypting authenticates the header (its tag and every record's associated data): the
+    // expiry is read from a header the secret vouches for, never from one an editor wrote.
+    let entries = decrypt(&parsed, secret)?;
+    check_expiry(&parsed.header, unix_now(), allow_expired)?;
+    Ok(entries)
 }
 
 /// Opens a Shamir backup with custodian shares: combines them (see [`shamir::combine`]), checks
@@ -847,7 +879,9 @@ pub fn open_with_shares(bytes: &[u8], shares: &[Share]) -> Result<Vec<BackupEntr
         )));
     }
     let master = shamir::combine(shares)?;
-    decrypt(&parsed, &BackupSecret::MasterKey(master.into_secret()))
+    let entries = decrypt(&parsed, &BackupSecret::MasterKey(master.into_secret()))?;
+    check_expiry(&parsed.header, unix_now(), false)?;
+    Ok(entries)
 }
 
 /// Checks a backup: structure, header and integrity digest without the secret; with it, also
@@ -953,6 +987,14 @@ fn build(
     if meta.valid_for == Some(0) {
         return Err(BackupError::InvalidInput(
             "a backup valid for no time at all would be expired when written".into(),
+        ));
+    }
+    if meta
+        .valid_for
+        .is_some_and(|v| created_at.saturating_add(v) > LAST_TIME)
+    {
+        return Err(BackupError::InvalidInput(
+            "a backup's expiry must be before the year 10000".into(),
         ));
     }
     let header = BackupHeader {

@@ -15,8 +15,8 @@ use std::path::Path;
 pub use error::{BackupError, Result};
 pub use format::{
     BackupHeader, BackupMeta, BackupProtection, BackupSecret, FORMAT_VERSION, Format, HeaderKey,
-    MAX_DESCRIPTION, VerifyReport, check_expiry, convert, inspect, open, open_with_shares, verify,
-    write, write_shamir, write_shamir_with_meta, write_with_meta,
+    MAX_DESCRIPTION, VerifyReport, check_expiry, convert, inspect, open, open_with,
+    open_with_shares, verify, write, write_shamir, write_shamir_with_meta, write_with_meta,
 };
 pub use model::{BackupEntry, collect};
 pub use pkcs8::{Pbes2, export_pkcs8_pem};

@@ -192,7 +192,7 @@ pub fn signature_base(message: Message<'_>, covered: &[Component], params: &str)
             });
         }
         let value = c.value(message)?;
-        if value.contains(['\n', '\r']) {
+        if value.contains(['\n', '\r', '\0']) {
             return Err(HttpSigError::Malformed {
                 what: "component value",
                 reason: format!("{} holds a line break", c.identifier()),

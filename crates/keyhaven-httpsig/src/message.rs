@@ -71,9 +71,9 @@ impl Uri {
             .split_once("://")
             .ok_or_else(|| bad("it is not an absolute URI (scheme://authority/path)"))?;
         let scheme = scheme.to_ascii_lowercase();
-        let default_port = match scheme.as_str() {
-            "https" => "443",
-            "http" => "80",
+        let default_port: u16 = match scheme.as_str() {
+            "https" => 443,
+            "http" => 80,
             _ => return Err(bad("only http and https URIs are signed")),
         };
         if rest.contains('#') {
@@ -84,7 +84,9 @@ impl Uri {
         if authority.contains('@') {
             return Err(bad("a target URI carries no user information"));
         }
-        // `[v6]:port`, `host:port`, or a host alone.
+        // `[v6]:port`, `host:port`, or a host alone; a colon in a host outside brackets, a
+        // port that is not a number in range, or characters no host has are refused, so two
+        // different URIs never give one authority.
         let (host, port) = match authority.strip_prefix('[') {
             Some(v6) => {
                 let close = v6
@@ -98,21 +100,44 @@ impl Uri {
                 };
                 (&authority[..close + 2], port)
             }
-            None => match authority.rsplit_once(':') {
+            None => match authority.split_once(':') {
+                Some((_, p)) if p.contains(':') => {
+                    return Err(bad(
+                        "a host with a colon must be an IPv6 address in brackets",
+                    ));
+                }
                 Some((h, p)) => (h, Some(p)),
                 None => (authority, None),
             },
         };
-        if port.is_some_and(|p| !p.bytes().all(|b| b.is_ascii_digit())) {
-            return Err(bad("the port is not a number"));
+        let port = match port {
+            None | Some("") => None,
+            Some(p) => Some(
+                p.parse::<u16>()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| bad("the port is not a number from 1 to 65535"))?,
+            ),
+        };
+        let host_ok = if host.starts_with('[') {
+            host.len() > 2
+                && host[1..host.len() - 1]
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        } else {
+            host.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(&b))
+        };
+        if !host_ok {
+            return Err(bad("the host holds characters no host has"));
         }
         if host.is_empty() {
             return Err(bad("it has no host"));
         }
         let mut authority = host.to_ascii_lowercase();
-        if let Some(p) = port.filter(|p| !p.is_empty() && *p != default_port) {
+        if let Some(p) = port.filter(|p| *p != default_port) {
             authority.push(':');
-            authority.push_str(p);
+            authority.push_str(&p.to_string());
         }
         let (path, query) = match path_query.split_once('?') {
             Some((p, q)) => (p, Some(q.to_owned())),
@@ -232,21 +257,32 @@ impl<'a> Message<'a> {
     }
 }
 
-/// A field line's value as a signature sees it: obsolete line folding replaced by one space,
-/// leading and trailing whitespace removed.
+/// A field line's value as a signature sees it: obsolete line folding (a line break followed
+/// by a space or tab) replaced by one space, leading and trailing whitespace removed. Any other
+/// CR, LF or NUL is left in place, so the signature base refuses the value.
 fn unfold(v: &str) -> String {
     let mut out = String::with_capacity(v.len());
-    let mut chars = v.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\r' || c == '\n' {
-            while matches!(chars.peek(), Some('\r' | '\n' | ' ' | '\t')) {
-                chars.next();
+    let mut rest = v;
+    while let Some(at) = rest.find(['\r', '\n']) {
+        let (before, after) = rest.split_at(at);
+        out.push_str(before);
+        let after_break = after
+            .strip_prefix("\r\n")
+            .or_else(|| after.strip_prefix('\n'));
+        match after_break {
+            Some(next) if next.starts_with([' ', '\t']) => {
+                out.push(' ');
+                rest = next.trim_start_matches([' ', '\t']);
             }
-            out.push(' ');
-        } else {
-            out.push(c);
+            _ => {
+                // not a fold: keep the raw character for the base to refuse
+                let c = &after[..1];
+                out.push_str(c);
+                rest = &after[1..];
+            }
         }
     }
+    out.push_str(rest);
     out.trim_matches([' ', '\t']).to_owned()
 }
 

@@ -102,6 +102,33 @@ impl SignatureSpec {
         self
     }
 
+    /// Refuses what a structured field cannot carry: strings outside printable ASCII (a line
+    /// break would split the header and the base), integers of more than 15 digits.
+    fn check(&self) -> Result<()> {
+        const MAX_INT: u64 = 999_999_999_999_999;
+        for (param, value) in [("created", self.created), ("expires", self.expires)] {
+            if value.is_some_and(|v| v > MAX_INT) {
+                return Err(HttpSigError::Parameter {
+                    param,
+                    reason: "at most 15 digits".into(),
+                });
+            }
+        }
+        for (param, value) in [
+            ("keyid", Some(&self.keyid)),
+            ("nonce", self.nonce.as_ref()),
+            ("tag", self.tag.as_ref()),
+        ] {
+            if value.is_some_and(|v| !v.bytes().all(|b| (0x20..=0x7e).contains(&b))) {
+                return Err(HttpSigError::Parameter {
+                    param,
+                    reason: "printable ASCII only".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn params(&self, alg: &'static str) -> Params {
         let mut p: Params = Vec::new();
         if let Some(c) = self.created {
@@ -157,6 +184,7 @@ pub fn sign(
         HttpSigError::Algorithm(format!("{} keys cannot sign", info.public_key.algorithm()))
     })?;
     check_label(&spec.label)?;
+    spec.check()?;
     if spec.covered.is_empty() {
         return Err(HttpSigError::Parameter {
             param: "components",
@@ -400,6 +428,12 @@ pub fn verify(
             });
         }
     };
+    if list.items.is_empty() {
+        // A signature over no component says nothing about this message.
+        return Err(HttpSigError::NotCovered(
+            "any component (the signature covers nothing)".into(),
+        ));
+    }
     let covered = list
         .items
         .iter()

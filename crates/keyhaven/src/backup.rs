@@ -16,7 +16,7 @@ pub use keyhaven_backup::{
     BackupEntry, BackupError, BackupHeader, BackupMeta, BackupProtection, BackupSecret, Custodian,
     FORMAT_VERSION, Format, HeaderKey, KdfParams, MAX_DESCRIPTION, MasterKey, OnConflict, Outcome,
     Pbes2, RestoreReport, RestoredKey, Share, ShareCheck, VerifyReport, check_expiry, collect,
-    combine, convert, decrypt_share, export_pkcs8_pem, inspect, open, open_with_shares,
+    combine, convert, decrypt_share, export_pkcs8_pem, inspect, open, open_with, open_with_shares,
     recovery_verify, restore, save, shamir, split, verify, verify_share, write, write_shamir,
     write_shamir_with_meta, write_with_meta,
 };

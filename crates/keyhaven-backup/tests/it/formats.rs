@@ -397,3 +397,46 @@ fn metadata_is_recorded_authenticated_and_expiry_is_enforced() {
         assert!(matches!(e, BackupError::InvalidInput(_)), "{bad:?}: {e}");
     }
 }
+
+#[test]
+fn an_expired_backup_is_refused_by_open_itself_and_metadata_cannot_hide_text() {
+    use keyhaven_backup::{BackupMeta, open_with, write_with_meta};
+    let (store, _) = store_with_keys();
+    let entries = entries_of(&store);
+    let meta = BackupMeta::new(None, None, Some(1));
+    let file = write_with_meta(
+        &entries,
+        &pass(),
+        KdfParams::insecure_for_tests(),
+        Format::Text,
+        &meta,
+    )
+    .unwrap();
+    let expires = inspect(&file).unwrap().expires_at.unwrap();
+    while keyhaven_core::unix_now() < expires {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // the library refuses it (not only the CLI), from the authenticated header
+    let e = open(&file, &secret()).unwrap_err();
+    assert!(matches!(e, BackupError::Expired { .. }), "{e}");
+    assert_eq!(
+        open_with(&file, &secret(), true).unwrap().len(),
+        entries.len()
+    );
+    // invisible or reordering characters, and an expiry past the year 9999, are refused
+    for bad in [
+        BackupMeta::new(Some("al\u{202e}ice".into()), None, None),
+        BackupMeta::new(None, Some("zero\u{200b}width".into()), None),
+        BackupMeta::new(None, None, Some(u64::MAX)),
+    ] {
+        let e = write_with_meta(
+            &entries,
+            &pass(),
+            KdfParams::insecure_for_tests(),
+            Format::Text,
+            &bad,
+        )
+        .unwrap_err();
+        assert!(matches!(e, BackupError::InvalidInput(_)), "{bad:?}: {e}");
+    }
+}

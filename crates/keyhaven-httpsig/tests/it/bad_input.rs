@@ -207,3 +207,73 @@ fn a_component_the_message_lacks_is_named() {
     .unwrap_err();
     assert_eq!(e.reason(), "algorithm");
 }
+
+#[test]
+fn what_a_second_reader_tried() {
+    let store = MemoryStore::new().unwrap();
+    let key = store.generate(Algorithm::Ed25519, "k").unwrap();
+    let pk = &key.public_key;
+    let r = signed(&store, &key, spec());
+    let policy = VerifyPolicy::at(NOW);
+    // a signature that covers nothing says nothing about the message
+    let empty = with(
+        &r,
+        "Signature-Input",
+        "sig1=();created=1700000000;keyid=\"k1\"",
+    );
+    assert_eq!(reason(&empty, &policy, pk), "not-covered");
+    // a bare line break in a covered value is refused, not folded into a space
+    for injected in [
+        "application/json\r\nX-Evil: 1",
+        "application/json\nX",
+        "a\0b",
+    ] {
+        let e = check(&with(&r, "Content-Type", injected), &policy, pk).unwrap_err();
+        assert_eq!(e.reason(), "malformed", "{injected:?}: {e}");
+    }
+    // obsolete line folding is still one space
+    let folded =
+        Message::Request(&with(&r, "Content-Type", "application/\r\n json")).field("content-type");
+    assert_eq!(folded.as_deref(), Some("application/ json"));
+    // the signer never writes what a structured field cannot carry
+    let mut req = Request::new("GET", "https://api.example.com/").unwrap();
+    for bad in [
+        SignatureSpec::new("sig1", "k1")
+            .covering(&["@method"])
+            .unwrap()
+            .nonce("a\r\nb"),
+        SignatureSpec::new("sig1", "k\u{e9}")
+            .covering(&["@method"])
+            .unwrap(),
+        SignatureSpec::new("sig1", "k1")
+            .covering(&["@method"])
+            .unwrap()
+            .created(1_000_000_000_000_000),
+    ] {
+        let e = sign_request(&mut req, &bad, &store, &key.id).unwrap_err();
+        assert_eq!(e.reason(), "bad-parameter", "{e}");
+    }
+    // two URIs never share an authority: a colon outside brackets, a port out of range
+    for bad in [
+        "http://a:8080:80/x",
+        "https://a:0/",
+        "https://a:65536/",
+        "https://a:x/",
+        "https://a b/",
+        "https://[zz]/",
+    ] {
+        assert!(Request::new("GET", bad).is_err(), "{bad}");
+    }
+    // and a port written with a leading zero is the number it is
+    let a = Request::new("GET", "https://Example.com:0443/p").unwrap();
+    let b = Request::new("GET", "https://example.com/p").unwrap();
+    let auth = |r: &Request| {
+        keyhaven_httpsig::signature_base(
+            Message::Request(r),
+            &[keyhaven_httpsig::Component::new("@authority").unwrap()],
+            "()",
+        )
+        .unwrap()
+    };
+    assert_eq!(auth(&a), auth(&b));
+}
