@@ -159,6 +159,16 @@ impl<S: KeyStore> KeyStore for AccessControlledStore<S> {
         self.check_new(label)?;
         self.inner.restore_pkcs8(original, label, pkcs8_der)
     }
+    // A wrapped key is a backup of a device key: the same right as exporting one, and the
+    // same as importing one to put it back.
+    fn export_wrapped(&self, id: &KeyId) -> Result<Vec<u8>> {
+        self.check_key(Operation::Export, id)?;
+        self.inner.export_wrapped(id)
+    }
+    fn restore_wrapped(&self, original: &KeyInfo, label: &str, wrapped: &[u8]) -> Result<KeyInfo> {
+        self.check_new(label)?;
+        self.inner.restore_wrapped(original, label, wrapped)
+    }
     fn export_pkcs8(&self, id: &KeyId) -> Result<SecretBytes> {
         // Hardware keys first: no rule can make them exportable, and the message says so.
         if let Ok(info) = self.inner.get(id)

@@ -287,4 +287,20 @@ impl<S: KeyStore> KeyStore for AuditedStore<S> {
         let event = self.event("export", Some(id.as_str()));
         self.guarded(event, || self.inner.export_pkcs8(id), no_key)
     }
+    fn export_wrapped(&self, id: &KeyId) -> Result<Vec<u8>> {
+        let event = self
+            .event("export", Some(id.as_str()))
+            .reason("device-wrapped (usable only by its device)");
+        self.guarded(event, || self.inner.export_wrapped(id), no_key)
+    }
+    fn restore_wrapped(&self, original: &KeyInfo, label: &str, wrapped: &[u8]) -> Result<KeyInfo> {
+        let event = self
+            .event("import", Some(original.id.as_str()))
+            .reason(format!("restored device-wrapped key labelled '{label}'"));
+        self.guarded(
+            event,
+            || self.inner.restore_wrapped(original, label, wrapped),
+            info_key,
+        )
+    }
 }

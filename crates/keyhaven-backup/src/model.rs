@@ -36,8 +36,8 @@ pub struct BackupEntry {
     pub private: Option<SecretBytes>,
     /// True for a key whose private part stayed in hardware.
     pub hardware: bool,
-    /// Reserved: a TPM-wrapped key blob, restorable on the same TPM only. The core `KeyStore`
-    /// trait has no blob export yet, so [`collect`] never fills it; the formats carry it.
+    /// A device-wrapped key ([`keyhaven_core::KeyStore::export_wrapped`]: a TPM's blob),
+    /// restorable into the same device only; `None` for keys without one.
     pub tpm_blob: Option<Vec<u8>>,
 }
 
@@ -112,7 +112,15 @@ pub fn collect(
     let mut entries = Vec::with_capacity(infos.len());
     for info in &infos {
         if info.protection == Protection::Hardware {
-            entries.push(BackupEntry::hardware(info, backend));
+            // The device's wrapped form, where it has one (a TPM's blob, usable only by that
+            // TPM): the key then survives the loss of the backend's own files.
+            let mut entry = BackupEntry::hardware(info, backend);
+            match store.export_wrapped(&info.id) {
+                Ok(blob) => entry.tpm_blob = Some(blob),
+                Err(e) if e.is(ErrorKind::Unsupported) => {}
+                Err(e) => return Err(e.into()),
+            }
+            entries.push(entry);
             continue;
         }
         match store.export_pkcs8(&info.id) {

@@ -273,10 +273,6 @@ fn import_verified(
     label: &str,
     undo: &mut Undo,
 ) -> std::result::Result<KeyId, (&'static str, Error)> {
-    let der = entry
-        .private
-        .as_ref()
-        .ok_or_else(|| ("import", Error::InvalidInput("no private key".into())))?;
     // The key keeps its id where the store allows it (and the id is free), so everything that
     // names it (versions, history, the default key) still does; otherwise it gets a new one.
     let original = KeyInfo::new(
@@ -286,6 +282,19 @@ fn import_verified(
         entry.public_key.clone(),
         entry.created_at,
     );
+    // A device-wrapped key goes back into its device, under its id, or not at all.
+    if let Some(blob) = &entry.tpm_blob {
+        let info = store
+            .restore_wrapped(&original, label, blob)
+            .map_err(|e| ("restore into the device", e))?;
+        undo.created.push(info.id.clone());
+        recovery_verify(store, &info.id, entry).map_err(|e| ("recovery verification", e))?;
+        return Ok(info.id);
+    }
+    let der = entry
+        .private
+        .as_ref()
+        .ok_or_else(|| ("import", Error::InvalidInput("no private key".into())))?;
     let info = match store.restore_pkcs8(&original, label, der) {
         Ok(info) => info,
         Err(e) if matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::AlreadyExists) => {
@@ -328,7 +337,7 @@ pub fn restore(
     let mut conflicts = Vec::new();
     let mut plans = Vec::with_capacity(entries.len());
     for entry in entries {
-        let plan = if entry.hardware {
+        let plan = if entry.hardware && entry.tpm_blob.is_none() {
             Plan::Done(Outcome::HardwarePublicOnly)
         } else if let Some(k) = by_fp.get(&entry.fingerprint().to_hex()) {
             Plan::Done(Outcome::AlreadyPresent {

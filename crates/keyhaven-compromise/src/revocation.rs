@@ -586,7 +586,8 @@ impl<S: KeyStore> RevocationCheckedStore<S> {
 impl<S: KeyStore> KeyStore for RevocationCheckedStore<S> {
     // Giving a revoked key its passphrase uses nothing: the private operations refuse it.
     keyhaven_core::forward_key_store!(inner; info, generate, generate_with, details, unlock, list,
-        get, find_by_label, resolve, public_key, delete, check, import_pkcs8, restore_pkcs8);
+        get, find_by_label, resolve, public_key, delete, check, import_pkcs8, restore_pkcs8,
+        restore_wrapped);
 
     fn sign(&self, id: &KeyId, message: &[u8]) -> keyhaven_core::Result<Signature> {
         self.ensure_usable(id)?;
@@ -603,5 +604,9 @@ impl<S: KeyStore> KeyStore for RevocationCheckedStore<S> {
     fn export_pkcs8(&self, id: &KeyId) -> keyhaven_core::Result<SecretBytes> {
         self.ensure_usable(id)?;
         self.inner.export_pkcs8(id)
+    }
+    fn export_wrapped(&self, id: &KeyId) -> keyhaven_core::Result<Vec<u8>> {
+        self.ensure_usable(id)?;
+        self.inner.export_wrapped(id)
     }
 }

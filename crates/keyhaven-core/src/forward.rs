@@ -97,6 +97,17 @@ macro_rules! forward_key_store {
             self.$f.restore_pkcs8(original, label, pkcs8_der)
         }
     };
+    (@one $f:ident export_wrapped) => {
+        fn export_wrapped(&self, id: &$crate::KeyId) -> $crate::Result<::std::vec::Vec<u8>> {
+            self.$f.export_wrapped(id)
+        }
+    };
+    (@one $f:ident restore_wrapped) => {
+        fn restore_wrapped(&self, original: &$crate::KeyInfo, label: &str, wrapped: &[u8])
+            -> $crate::Result<$crate::KeyInfo> {
+            self.$f.restore_wrapped(original, label, wrapped)
+        }
+    };
     (@one $f:ident export_pkcs8) => {
         fn export_pkcs8(&self, id: &$crate::KeyId) -> $crate::Result<$crate::SecretBytes> {
             self.$f.export_pkcs8(id)

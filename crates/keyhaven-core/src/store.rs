@@ -218,6 +218,41 @@ pub trait KeyStore: Send + Sync + 'static {
         })
     }
 
+    /// The key as its device wraps it (a TPM's blob, loadable only by the same TPM under the
+    /// same storage key), so a backup keeps a hardware key restorable on that device. Not the
+    /// private key: nothing outside the device can use it.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] by default (devices whose keys cannot leave them even wrapped).
+    fn export_wrapped(&self, id: &KeyId) -> Result<Vec<u8>> {
+        self.get(id)?;
+        Err(Error::Unsupported {
+            operation: "export a device-wrapped key",
+            reason: format!(
+                "the {} backend has no wrapped form of its keys",
+                self.info().kind
+            ),
+        })
+    }
+
+    /// Restores a key from [`KeyStore::export_wrapped`] under `original`'s id and creation
+    /// time, labelled `label`; the device checks it can use it.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] by default; [`Error::AlreadyExists`] for a taken id or label;
+    /// [`Error::InvalidInput`] for a blob that is not `original`'s; the device's refusal (a
+    /// blob of another TPM).
+    fn restore_wrapped(&self, original: &KeyInfo, label: &str, wrapped: &[u8]) -> Result<KeyInfo> {
+        let _ = (original, label, wrapped);
+        Err(Error::Unsupported {
+            operation: "restore a device-wrapped key",
+            reason: format!(
+                "the {} backend has no wrapped form of its keys",
+                self.info().kind
+            ),
+        })
+    }
+
     /// Exports a private key as PKCS#8 DER. Hazardous: the caller must protect the result.
     ///
     /// # Errors
@@ -294,6 +329,12 @@ impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
     }
     fn export_pkcs8(&self, id: &KeyId) -> Result<SecretBytes> {
         (**self).export_pkcs8(id)
+    }
+    fn export_wrapped(&self, id: &KeyId) -> Result<Vec<u8>> {
+        (**self).export_wrapped(id)
+    }
+    fn restore_wrapped(&self, original: &KeyInfo, label: &str, wrapped: &[u8]) -> Result<KeyInfo> {
+        (**self).restore_wrapped(original, label, wrapped)
     }
 }
 

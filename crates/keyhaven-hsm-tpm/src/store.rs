@@ -23,6 +23,22 @@ use crate::report::TpmReport;
 
 /// The `format` of a key record.
 const RECORD_FORMAT: &str = "keyhaven-tpm-key";
+/// The container of [`KeyStore::export_wrapped`].
+const WRAPPED_FORMAT: &str = "keyhaven-tpm-wrapped";
+
+/// A TPM key as a backup carries it: its record and the TPM2B blobs, as they are on disk.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wrapped {
+    format: String,
+    version: u32,
+    /// The record, as JSON text.
+    record: String,
+    /// The TPM2B_PRIVATE file, hex.
+    private: String,
+    /// The TPM2B_PUBLIC file, hex.
+    public: String,
+}
 
 /// A key's record (`keys/ID.json`).
 #[derive(Debug, Serialize, Deserialize)]
@@ -718,6 +734,88 @@ impl KeyStore for TpmStore {
                      copy elsewhere; keyhaven does not import keys into it"
                 .into(),
         })
+    }
+
+    /// The key's record, TPM-wrapped private part and public area, in one container: only this
+    /// TPM (under the same storage key) can load the private part.
+    fn export_wrapped(&self, id: &KeyId) -> Result<Vec<u8>> {
+        let key = self.key(id)?;
+        let file = |suffix: &str| -> Result<Vec<u8>> {
+            self.dir.read_key_file(id, suffix)?.ok_or_else(|| {
+                Error::corrupt(
+                    self.dir.key_file(id, suffix).display().to_string(),
+                    "the file is missing",
+                )
+            })
+        };
+        let wrapped = Wrapped {
+            format: WRAPPED_FORMAT.into(),
+            version: 1,
+            record: String::from_utf8(file(RECORD)?).map_err(|_| {
+                Error::corrupt(
+                    self.dir.key_file(id, RECORD).display().to_string(),
+                    "the record is not UTF-8",
+                )
+            })?,
+            private: hex::encode(file(PRIVATE)?),
+            public: hex::encode(file(PUBLIC)?),
+        };
+        let _ = key;
+        serde_json::to_vec(&wrapped)
+            .map_err(|e| Error::InvalidInput(format!("cannot encode the wrapped key: {e}")))
+    }
+
+    /// Puts a wrapped key back under its id: the record (relabelled), the blobs, then a load
+    /// into this TPM, which refuses a blob of another TPM; on any failure nothing stays.
+    fn restore_wrapped(&self, original: &KeyInfo, label: &str, wrapped: &[u8]) -> Result<KeyInfo> {
+        validate_label(label)?;
+        let bad = |why: &str| {
+            Error::InvalidInput(format!("not a TPM-wrapped key of {}: {why}", original.id))
+        };
+        let w: Wrapped = serde_json::from_slice(wrapped).map_err(|e| bad(&e.to_string()))?;
+        if w.format != WRAPPED_FORMAT || w.version != 1 {
+            return Err(bad("unknown container format"));
+        }
+        let mut record: Record =
+            serde_json::from_str(&w.record).map_err(|e| bad(&e.to_string()))?;
+        if record.id != original.id
+            || record.public_key != hex::encode(original.public_key.spki_der())
+        {
+            return Err(bad("its record is another key's"));
+        }
+        record.label = label.to_owned();
+        let private = hex::decode(&w.private).map_err(|_| bad("the private part is not hex"))?;
+        let public = hex::decode(&w.public).map_err(|_| bad("the public area is not hex"))?;
+        let mut json = serde_json::to_vec_pretty(&record)
+            .map_err(|e| Error::InvalidInput(format!("cannot encode the record: {e}")))?;
+        json.push(b'\n');
+        let id = &original.id;
+        let lock = self.dir.lock()?;
+        if self.dir.record_stamp(id)?.is_some() {
+            return Err(Error::AlreadyExists(format!("key {id} in the TPM backend")));
+        }
+        self.dir.claim_label(&lock, label, id)?;
+        let written = (|| {
+            self.dir.write_key_file(id, PRIVATE, &private)?;
+            self.dir.write_key_file(id, PUBLIC, &public)?;
+            self.dir.write_key_file(id, RECORD, &json)?;
+            let key = self.key(id)?;
+            // The TPM itself checks the blob: a foreign one is refused here, not at first use.
+            let (private, public) = self.blobs(&key)?;
+            let blob_file = self.dir.key_file(id, PRIVATE);
+            self.device()?
+                .check_loads(id, &private, &public, &blob_file)?;
+            Ok::<_, Error>(key.info.clone())
+        })();
+        match written {
+            Ok(info) => Ok(info),
+            Err(e) => {
+                let _ = self.dir.remove_key(&lock, id);
+                let _ = self.dir.release_label(&lock, label, id);
+                self.records.lock().map_err(poisoned)?.remove(id);
+                Err(e)
+            }
+        }
     }
 
     fn export_pkcs8(&self, id: &KeyId) -> Result<SecretBytes> {

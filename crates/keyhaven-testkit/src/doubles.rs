@@ -173,4 +173,12 @@ impl<S: KeyStore> KeyStore for FaultyStore<S> {
         self.refuse("export a private key")?;
         self.inner.export_pkcs8(id)
     }
+    fn export_wrapped(&self, id: &KeyId) -> Result<Vec<u8>> {
+        self.up()?;
+        self.inner.export_wrapped(id)
+    }
+    fn restore_wrapped(&self, original: &KeyInfo, label: &str, wrapped: &[u8]) -> Result<KeyInfo> {
+        self.up()?;
+        self.inner.restore_wrapped(original, label, wrapped)
+    }
 }

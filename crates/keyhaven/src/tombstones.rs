@@ -167,4 +167,24 @@ impl<S: KeyStore> KeyStore for TombstoneStore<S> {
         })?;
         Ok(info)
     }
+
+    fn export_wrapped(&self, id: &KeyId) -> CoreResult<Vec<u8>> {
+        self.ensure_live(id)?;
+        self.inner.export_wrapped(id)
+    }
+
+    /// As a restored PKCS#8 key: its owner brings it back on purpose.
+    fn restore_wrapped(
+        &self,
+        original: &KeyInfo,
+        label: &str,
+        wrapped: &[u8],
+    ) -> CoreResult<KeyInfo> {
+        let info = self.inner.restore_wrapped(original, label, wrapped)?;
+        let entry = self.entry(&info.id);
+        self.update(|set| {
+            set.remove(&entry);
+        })?;
+        Ok(info)
+    }
 }

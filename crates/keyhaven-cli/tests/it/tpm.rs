@@ -516,3 +516,59 @@ fn a_bound_token_home_moving_to_an_encrypted_store_takes_its_counter_along() {
     h.ok(&["key", "list"]);
     h.ok(&["integrity", "verify"]);
 }
+
+#[test]
+fn a_tpm_key_is_backed_up_wrapped_and_comes_back_into_the_same_tpm_only() {
+    let (_tpm, h) = tpm_home();
+    h.ok(&["key", "generate", "--backend", "tpm", "--label", "sealed"]);
+    let before = h.json(&["key", "show", "sealed", "--json"]);
+    let pass = h.scratch().join("backup-pass");
+    crate::write_private(&pass, "a long backup passphrase for the tpm test\n");
+    let backup = p(&h, "tpm.khb");
+    h.ok(&[
+        "backup",
+        "create",
+        "--out",
+        &backup,
+        "--backup-passphrase-file",
+        pass.to_str().unwrap(),
+    ]);
+    // another TPM cannot load the blob: refused, and nothing is left behind there
+    let other = Swtpm::start();
+    h.ok(&[
+        "backend",
+        "add",
+        "tpm",
+        "elsewhere",
+        "--tcti",
+        &other.tcti(),
+    ]);
+    let restore = |into: &str| {
+        vec![
+            "backup".to_owned(),
+            "restore".into(),
+            backup.clone(),
+            "--backup-passphrase-file".into(),
+            pass.to_str().unwrap().to_owned(),
+            "--into".into(),
+            into.into(),
+        ]
+    };
+    let e = h.fails(&restore("elsewhere"), 7);
+    assert!(e.contains("another TPM") || e.contains("TPM_RC"), "{e}");
+    let listed = h.json(&["key", "list", "--json"]);
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    // the backend's own files are lost: the backup brings the key back into its TPM
+    std::fs::remove_dir_all(h.path().join("backends/tpm")).unwrap();
+    assert!(
+        h.json(&["key", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    h.ok(&restore("tpm"));
+    let after = h.json(&["key", "show", "sealed", "--json"]);
+    assert_eq!(after["id"], before["id"]);
+    assert_eq!(after["fingerprint"], before["fingerprint"]);
+    sign_and_verify_p384(&h, "sealed", &[]);
+}

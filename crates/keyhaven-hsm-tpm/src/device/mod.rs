@@ -404,6 +404,21 @@ impl Device {
         })
     }
 
+    /// Loads a key's blobs (as its first signature would), so that a blob this TPM refuses, one
+    /// of another TPM or another storage key, is found now rather than at first use.
+    pub(crate) fn check_loads(
+        &mut self,
+        id: &KeyId,
+        private: &Private,
+        public: &Public,
+        blob_file: &PathBuf,
+    ) -> DevResult<()> {
+        self.run(|conn| {
+            conn.load(id, private.clone(), public.clone(), Some(blob_file))
+                .map(drop)
+        })
+    }
+
     /// Flushes a key from the LRU if it is loaded (after delete).
     pub(crate) fn unload(&mut self, id: &KeyId) {
         if let Some(conn) = self.conn.as_mut()
