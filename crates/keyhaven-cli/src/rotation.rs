@@ -243,6 +243,7 @@ pub(crate) fn rotate_due(ctx: &Ctx, dry_run: bool, json: bool) -> Result<u8> {
             DueAction::Replenished(n) => format!("{n} prekeys added"),
             DueAction::SignedPrekeyRotated => "new signed prekey".into(),
             DueAction::Skipped(why) => format!("skipped: {why}"),
+            DueAction::Notified(what) => format!("notified: {what}"),
             DueAction::Failed(e) => {
                 failed += 1;
                 format!("FAILED: {e}")

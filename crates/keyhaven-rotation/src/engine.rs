@@ -15,7 +15,7 @@ use crate::clock::Clock;
 use crate::continuity::ContinuityProof;
 use crate::error::{Result, RotationError};
 use crate::meter::UsageMeter;
-use crate::policy::{PolicySet, Rules};
+use crate::policy::{DEFAULT_ACTION_TIMEOUT, Mode, PolicySet, Rules};
 use crate::prekeys::PrekeyPool;
 use crate::registry::{ROTATE_LOCK, Registry};
 use crate::state::{EventKind, HistoryEntry, LogicalKey, Role, VersionState};
@@ -145,6 +145,9 @@ pub struct Due {
     pub label: String,
     /// Why.
     pub reason: DueReason,
+    /// The mode of the policy that made it due: in [`Mode::Notify`] a key due by age or usage
+    /// is reported, not rotated.
+    pub mode: Mode,
 }
 
 impl fmt::Display for Due {
@@ -189,6 +192,8 @@ pub enum DueAction {
     Replenished(usize),
     /// A new signed prekey was made.
     SignedPrekeyRotated,
+    /// Reported only (the policy's mode is notify), with what was recorded.
+    Notified(String),
     /// Left alone, with why.
     Skipped(String),
     /// It failed, with the error.
@@ -358,6 +363,7 @@ impl RotationEngine {
             due.push(Due {
                 key: "prekeys".into(),
                 label: "signed prekey".into(),
+                mode: Mode::Enforce,
                 reason: DueReason::SignedPrekey {
                     age: status.signed_prekey_age,
                     max_age,
@@ -368,6 +374,7 @@ impl RotationEngine {
             due.push(Due {
                 key: "prekeys".into(),
                 label: "one-time prekeys".into(),
+                mode: Mode::Enforce,
                 reason: DueReason::PoolLow {
                     available: status.available,
                     low_water: settings.low_water,
@@ -395,11 +402,13 @@ impl RotationEngine {
                         .rules_for(key.role(), key.algorithm(), key.protection())
                         .0
                 });
+            let mode = rules.map_or(Mode::Enforce, |r| r.mode);
             let mut push = |reason| {
                 out.push(Due {
                     key: key.id().to_owned(),
                     label: key.label().to_owned(),
                     reason,
+                    mode,
                 })
             };
             if let Some(p) = key.pending() {
@@ -410,7 +419,8 @@ impl RotationEngine {
             let max_age = rules
                 .and_then(|r| r.max_age)
                 .or((key.role() == Role::SignedPrekey).then_some(spk_max_age));
-            if let Some(primary) = key.primary() {
+            // A disabled policy rotates nothing (its windows still end, below).
+            if let Some(primary) = key.primary().filter(|_| mode != Mode::Disabled) {
                 let age = now.saturating_sub(primary.created_at());
                 let max_usage = rules.and_then(|r| r.max_usage);
                 if let Some(max) = max_age.map(|d| d.as_secs())
@@ -757,6 +767,9 @@ impl RotationEngine {
 
     fn act(&self, due: &Due) -> DueAction {
         let result = match &due.reason {
+            DueReason::Age { .. } | DueReason::Usage { .. } if due.mode == Mode::Notify => {
+                self.notify_due(due)
+            }
             DueReason::Age { .. } | DueReason::Usage { .. } => self
                 .rotate_locked(&due.key, &format!("due: {}", due.reason), None)
                 .map(|o| DueAction::Rotated(Box::new(o))),
@@ -790,6 +803,49 @@ impl RotationEngine {
             },
         };
         result.unwrap_or_else(|e| DueAction::Failed(e.to_string()))
+    }
+
+    /// A key due under a `notify` policy: its history records it, the post-rotation action
+    /// runs (phase `notify`, the new fingerprint empty), nothing is rotated.
+    fn notify_due(&self, due: &Due) -> Result<DueAction> {
+        let key = self.registry.get(&due.key)?;
+        let (rules, _) = self
+            .policies
+            .rules_for(key.role(), key.algorithm(), key.protection());
+        let n = key.primary().map_or(0, |v| v.number());
+        let fp = key
+            .primary()
+            .map(|v| v.fingerprint().to_owned())
+            .unwrap_or_default();
+        let mut detail = format!(
+            "due ({}), not rotated: the policy's mode is notify",
+            due.reason
+        );
+        let mut kind = EventKind::ActionRun;
+        if let Some(argv) = rules.and_then(|r| r.post_rotate.as_ref()) {
+            let env = ActionEnv {
+                phase: "notify",
+                key_id: &due.key,
+                old_fingerprint: &fp,
+                new_fingerprint: "",
+                old_version: n,
+                new_version: n,
+            };
+            let timeout = rules.map_or(DEFAULT_ACTION_TIMEOUT, Rules::action_timeout);
+            match actions::run(argv, &env, timeout) {
+                Ok(()) => detail.push_str(&format!("; action {} ran", argv.join(" "))),
+                Err(why) => {
+                    kind = EventKind::ActionFailed;
+                    detail.push_str(&format!("; action {} failed: {why}", argv.join(" ")));
+                }
+            }
+        }
+        let now = self.now();
+        self.registry.update(&due.key, |k| {
+            k.record(now, n, kind, detail.clone());
+            Ok(())
+        })?;
+        Ok(DueAction::Notified(detail))
     }
 
     /// Verifies `signature` over `message` with any version of `reference` whose state allows

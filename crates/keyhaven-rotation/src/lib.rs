@@ -18,8 +18,9 @@ pub use engine::{Due, DueAction, DueOutcome, DueReason, RotationEngine, Rotation
 pub use error::{Result, RotationError};
 pub use meter::{DEFAULT_BATCH, DEFAULT_GROWTH, MeteredStore, UsageMeter};
 pub use policy::{
-    Candidate, DEFAULT_ACTION_TIMEOUT, DEFAULT_MIGRATION_WINDOW, Explanation, Policy, PolicySet,
-    PrekeySettings, RuleSource, Rules, builtin_rules, default_policy_path, parse_duration,
+    Candidate, DEFAULT_ACTION_TIMEOUT, DEFAULT_MIGRATION_WINDOW, Explanation, Mode, Policy,
+    PolicySet, PrekeySettings, RuleSource, Rules, builtin_rules, default_policy_path,
+    parse_duration,
 };
 pub use prekeys::{OneTimePrekey, PoolStatus, PrekeyPool, SignedPrekey};
 pub use registry::Registry;

@@ -17,10 +17,49 @@ pub const DEFAULT_MIGRATION_WINDOW: Duration = Duration::from_secs(7 * 86_400);
 /// How long a pre- or post-rotation action may run when no policy says: 30 seconds.
 pub const DEFAULT_ACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How a policy applies (seed 003's application mode).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Mode {
+    /// Keys are rotated when due (the default).
+    #[default]
+    Enforce,
+    /// Keys due are reported, their history records it and the post-rotation action runs, but
+    /// nothing is rotated.
+    Notify,
+    /// The policy rotates nothing (its migration windows still end).
+    Disabled,
+}
+
+impl Mode {
+    /// Its name in `rotation.toml`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Notify => "notify",
+            Mode::Disabled => "disabled",
+        }
+    }
+
+    fn parse(at: &str, text: &str) -> Result<Self> {
+        match text {
+            "enforce" => Ok(Mode::Enforce),
+            "notify" => Ok(Mode::Notify),
+            "disabled" => Ok(Mode::Disabled),
+            other => Err(RotationError::policy(
+                format!("{at}.mode"),
+                format!("unknown mode '{other}': use enforce, notify or disabled"),
+            )),
+        }
+    }
+}
+
 /// What a policy (or a role default) asks for.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Rules {
+    /// Whether due keys are rotated, only reported, or left alone.
+    pub mode: Mode,
     /// Rotate when the primary version is this old.
     pub max_age: Option<Duration>,
     /// Rotate when the primary version made this many signatures.
@@ -59,12 +98,12 @@ impl Rules {
 pub struct Policy {
     /// The policy's name (unique in the file).
     pub name: String,
-    /// Matches keys of this role, if set.
-    pub role: Option<Role>,
-    /// Matches keys of this algorithm, if set.
-    pub algorithm: Option<Algorithm>,
-    /// Matches keys of this protection, if set.
-    pub protection: Option<Protection>,
+    /// Matches keys of these roles (empty: any role).
+    pub roles: Vec<Role>,
+    /// Matches keys of these algorithms (empty: any).
+    pub algorithms: Vec<Algorithm>,
+    /// Matches keys of these protections (empty: any).
+    pub protections: Vec<Protection>,
     /// What it asks for.
     pub rules: Rules,
 }
@@ -72,50 +111,56 @@ pub struct Policy {
 impl Policy {
     /// How many matchers are set (0 to 3): more is more specific.
     pub fn specificity(&self) -> u8 {
-        u8::from(self.role.is_some())
-            + u8::from(self.algorithm.is_some())
-            + u8::from(self.protection.is_some())
+        u8::from(!self.roles.is_empty())
+            + u8::from(!self.algorithms.is_empty())
+            + u8::from(!self.protections.is_empty())
     }
 
     /// Why the policy does not match a key, one reason per failing matcher (empty: it matches).
     fn mismatches(&self, role: Role, algorithm: Algorithm, protection: Protection) -> Vec<String> {
+        fn wanted<T: std::fmt::Display>(list: &[T]) -> String {
+            list.iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        }
         let mut why = Vec::new();
-        if let Some(r) = self.role
-            && r != role
-        {
-            why.push(format!("role is {role}, the policy wants {r}"));
+        if !matcher(&self.roles, &role) {
+            why.push(format!(
+                "role is {role}, the policy wants {}",
+                wanted(&self.roles)
+            ));
         }
-        if let Some(a) = self.algorithm
-            && a != algorithm
-        {
-            why.push(format!("algorithm is {algorithm}, the policy wants {a}"));
+        if !matcher(&self.algorithms, &algorithm) {
+            why.push(format!(
+                "algorithm is {algorithm}, the policy wants {}",
+                wanted(&self.algorithms)
+            ));
         }
-        if let Some(p) = self.protection
-            && p != protection
-        {
-            why.push(format!("protection is {protection}, the policy wants {p}"));
+        if !matcher(&self.protections, &protection) {
+            why.push(format!(
+                "protection is {protection}, the policy wants {}",
+                wanted(&self.protections)
+            ));
         }
         why
     }
 
     /// Whether the policy matches a key of this role, algorithm and protection.
     pub fn matches(&self, role: Role, algorithm: Algorithm, protection: Protection) -> bool {
-        self.role.is_none_or(|r| r == role)
-            && self.algorithm.is_none_or(|a| a == algorithm)
-            && self.protection.is_none_or(|p| p == protection)
+        matcher(&self.roles, &role)
+            && matcher(&self.algorithms, &algorithm)
+            && matcher(&self.protections, &protection)
     }
 
-    /// Whether some key could match both policies (each matcher set in both agrees).
+    /// Whether some key could match both policies (each matcher set in both shares a value).
     fn overlaps(&self, other: &Policy) -> bool {
-        fn agree<T: PartialEq>(a: Option<T>, b: Option<T>) -> bool {
-            match (a, b) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            }
+        fn agree<T: PartialEq>(a: &[T], b: &[T]) -> bool {
+            a.is_empty() || b.is_empty() || a.iter().any(|x| b.contains(x))
         }
-        agree(self.role, other.role)
-            && agree(self.algorithm, other.algorithm)
-            && agree(self.protection, other.protection)
+        agree(&self.roles, &other.roles)
+            && agree(&self.algorithms, &other.algorithms)
+            && agree(&self.protections, &other.protections)
     }
 }
 
@@ -267,8 +312,11 @@ struct FileToml {
 struct PolicyToml {
     name: String,
     role: Option<String>,
+    roles: Option<Vec<String>>,
     algorithm: Option<String>,
+    algorithms: Option<Vec<String>>,
     protection: Option<String>,
+    protections: Option<Vec<String>>,
     max_age: Option<String>,
     max_usage: Option<i64>,
     migration_window: Option<String>,
@@ -277,11 +325,13 @@ struct PolicyToml {
     post_rotate: Option<Vec<String>>,
     action_timeout: Option<String>,
     revoke_after_migration: Option<bool>,
+    mode: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RulesToml {
+    mode: Option<String>,
     max_age: Option<String>,
     max_usage: Option<i64>,
     migration_window: Option<String>,
@@ -331,6 +381,7 @@ fn positive_count(field: &str, n: i64) -> Result<u64> {
 #[allow(clippy::too_many_arguments)]
 fn rules(
     at: &str,
+    mode: Option<String>,
     max_age: Option<String>,
     max_usage: Option<i64>,
     migration_window: Option<String>,
@@ -354,6 +405,10 @@ fn rules(
         }
     };
     let r = Rules {
+        mode: mode
+            .map(|m| Mode::parse(at, &m))
+            .transpose()?
+            .unwrap_or_default(),
         max_age: dur("max_age", max_age)?,
         max_usage: max_usage
             .map(|n| positive_count(&format!("{at}.max_usage"), n))
@@ -445,23 +500,22 @@ impl PolicySet {
             if policies.iter().any(|q| q.name == p.name) {
                 return Err(RotationError::policy(at, "two policies have this name"));
             }
-            let role = p
-                .role
-                .map(|r| r.parse::<Role>())
-                .transpose()
-                .map_err(|e| RotationError::policy(format!("{at}.role"), message(e)))?;
-            let algorithm = p
-                .algorithm
-                .map(|a| a.parse::<Algorithm>())
-                .transpose()
-                .map_err(|e| RotationError::policy(format!("{at}.algorithm"), e.to_string()))?;
-            let protection = p
-                .protection
-                .map(|s| parse_protection(&s))
-                .transpose()
-                .map_err(|e| RotationError::policy(format!("{at}.protection"), e))?;
+            let roles = matcher_list(&at, "role", p.role, p.roles, |r| {
+                r.parse::<Role>().map_err(message)
+            })?;
+            let algorithms = matcher_list(&at, "algorithm", p.algorithm, p.algorithms, |a| {
+                a.parse::<Algorithm>().map_err(|e| e.to_string())
+            })?;
+            let protections = matcher_list(
+                &at,
+                "protection",
+                p.protection,
+                p.protections,
+                parse_protection,
+            )?;
             let rules = rules(
                 &at,
+                p.mode,
                 p.max_age,
                 p.max_usage,
                 p.migration_window,
@@ -473,9 +527,9 @@ impl PolicySet {
             )?;
             policies.push(Policy {
                 name: p.name,
-                role,
-                algorithm,
-                protection,
+                roles,
+                algorithms,
+                protections,
                 rules,
             });
         }
@@ -498,6 +552,7 @@ impl PolicySet {
             let at = format!("[defaults.{name}]");
             let r = rules(
                 &at,
+                r.mode,
                 r.max_age,
                 r.max_usage,
                 r.migration_window,
@@ -609,14 +664,15 @@ impl PolicySet {
                 let matched = why.is_empty();
                 let reasons = if matched {
                     let mut set = Vec::new();
-                    if let Some(r) = p.role {
-                        set.push(format!("role {r}"));
+                    // A matched matcher took the key's own value.
+                    if !p.roles.is_empty() {
+                        set.push(format!("role {role}"));
                     }
-                    if let Some(a) = p.algorithm {
-                        set.push(format!("algorithm {a}"));
+                    if !p.algorithms.is_empty() {
+                        set.push(format!("algorithm {algorithm}"));
                     }
-                    if let Some(x) = p.protection {
-                        set.push(format!("protection {x}"));
+                    if !p.protections.is_empty() {
+                        set.push(format!("protection {protection}"));
                     }
                     let won = source == RuleSource::Policy(p.name.clone());
                     vec![format!(
@@ -696,4 +752,49 @@ pub fn builtin_rules(role: Role) -> Option<&'static Rules> {
         })),
         _ => None,
     }
+}
+
+/// Whether a matcher list takes `value` (an empty list takes anything).
+fn matcher<T: PartialEq>(list: &[T], value: &T) -> bool {
+    list.is_empty() || list.contains(value)
+}
+
+/// A matcher given as one value (`role = "x"`) or a list (`roles = ["x", "y"]`), never both;
+/// an empty list would match nothing and is refused, as is a value listed twice.
+fn matcher_list<T: PartialEq>(
+    at: &str,
+    field: &str,
+    one: Option<String>,
+    many: Option<Vec<String>>,
+    parse: impl Fn(&str) -> std::result::Result<T, String>,
+) -> Result<Vec<T>> {
+    let names = match (one, many) {
+        (Some(_), Some(_)) => {
+            return Err(RotationError::policy(
+                format!("{at}.{field}"),
+                format!("give `{field}` or `{field}s`, not both"),
+            ));
+        }
+        (Some(v), None) => vec![v],
+        (None, Some(list)) if list.is_empty() => {
+            return Err(RotationError::policy(
+                format!("{at}.{field}s"),
+                "an empty list matches no key: leave the field out to match any",
+            ));
+        }
+        (None, Some(list)) => list,
+        (None, None) => Vec::new(),
+    };
+    let mut out: Vec<T> = Vec::with_capacity(names.len());
+    for n in &names {
+        let v = parse(n).map_err(|e| RotationError::policy(format!("{at}.{field}"), e))?;
+        if out.contains(&v) {
+            return Err(RotationError::policy(
+                format!("{at}.{field}s"),
+                format!("'{n}' is listed twice"),
+            ));
+        }
+        out.push(v);
+    }
+    Ok(out)
 }

@@ -277,6 +277,7 @@ impl KeyManager {
                     "interrupted rotation rolled back".to_owned(),
                 ),
                 DueAction::Failed(e) => (Outcome::Failed, format!("due: {}: {e}", o.due.reason)),
+                DueAction::Notified(what) => (Outcome::Allowed, format!("notify only: {what}")),
                 _ => continue,
             };
             self.audit_new_key("rotate", "", Some(&o.due.key), outcome, &detail)?;

@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use keyhaven_core::{Algorithm, Error, KeyStore};
 use keyhaven_rotation::{
-    DueAction, DueReason, EventKind, ManualClock, MeteredStore, Registry, Role, RotationError,
-    UsageMeter, VersionState, verify_chain,
+    DueAction, DueReason, EventKind, ManualClock, MeteredStore, PolicySet, Registry, Role,
+    RotationError, UsageMeter, VersionState, verify_chain,
 };
 
 use crate::{DAY, adopt, engine_at, fixture, fixture_with};
@@ -464,4 +464,46 @@ fn a_rotation_carries_device_options_over_and_refuses_what_it_cannot_choose() {
             2
         );
     }
+}
+
+#[test]
+fn a_notify_policy_reports_and_runs_its_action_and_a_disabled_one_rotates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("notified");
+    let notify = format!(
+        "[[policy]]\nname = \"watch\"\nroles = [\"signing\"]\nmax_age = \"30d\"\nmode = \"notify\"\npost_rotate = [\"/bin/sh\", \"-c\", \"echo $KEYHAVEN_ROTATION_PHASE >> {}\"]\n",
+        marker.display()
+    );
+    let f = fixture(&notify);
+    let id = adopt(&f, Algorithm::EcdsaP256, "watched", Role::Signing);
+    f.clock.advance(31 * DAY);
+    let out = f.engine.rotate_due(false).unwrap();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert!(
+        matches!(&out[0].action, DueAction::Notified(m) if m.contains("not rotated")),
+        "{:?}",
+        out[0].action
+    );
+    let key = f.engine.registry().get(&id).unwrap();
+    assert_eq!(key.versions().len(), 1, "nothing was rotated");
+    assert!(
+        key.history()
+            .iter()
+            .any(|h| h.detail.contains("mode is notify") && h.detail.contains("ran")),
+        "{:?}",
+        key.history()
+    );
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "notify");
+
+    let f = fixture("[[policy]]\nname = \"off\"\nmax_age = \"30d\"\nmode = \"disabled\"\n");
+    adopt(&f, Algorithm::EcdsaP256, "left", Role::Signing);
+    f.clock.advance(400 * DAY);
+    assert!(
+        f.engine.evaluate().unwrap().is_empty(),
+        "a disabled policy rotates nothing"
+    );
+    // an unknown mode is refused naming the field
+    let e =
+        PolicySet::from_toml_str("[[policy]]\nname = \"x\"\nmode = \"sometimes\"\n").unwrap_err();
+    assert!(e.to_string().contains("policy 'x'.mode"), "{e}");
 }

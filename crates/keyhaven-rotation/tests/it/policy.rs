@@ -201,3 +201,77 @@ fn seed_002s_schedule_is_built_in_overridable_and_switchable_off() {
     // And a typo in the switch is an error, not "on".
     assert!(PolicySet::from_toml_str("builtin_defaults = \"no\"\n").is_err());
 }
+
+#[test]
+fn matchers_take_lists_as_seed_003_writes_them() {
+    let set = PolicySet::from_toml_str(
+        r#"
+[[policy]]
+name = "signers"
+roles = ["signing", "identity"]
+algorithms = ["p256", "p384"]
+max_age = "90d"
+
+[[policy]]
+name = "hardware"
+protections = ["hardware"]
+max_age = "2y"
+"#,
+    )
+    .unwrap();
+    let source = |role, alg, prot| set.rules_for(role, alg, prot).1;
+    assert_eq!(
+        source(
+            Role::Identity,
+            Algorithm::EcdsaP384,
+            Protection::SoftwareEncrypted
+        ),
+        RuleSource::Policy("signers".into())
+    );
+    assert_eq!(
+        source(Role::Signing, Algorithm::EcdsaP256, Protection::Hardware),
+        RuleSource::Policy("signers".into()),
+        "two matchers set beat one"
+    );
+    assert_eq!(
+        source(Role::Signing, Algorithm::Ed25519, Protection::Hardware),
+        RuleSource::Policy("hardware".into())
+    );
+    let why = set.explain_for(
+        Role::Signing,
+        Algorithm::Ed25519,
+        Protection::SoftwareEncrypted,
+    );
+    let lost = why.candidates.iter().find(|c| c.name == "signers").unwrap();
+    assert!(
+        lost.reasons
+            .iter()
+            .any(|r| r.contains("the policy wants p256 or p384")),
+        "{:?}",
+        lost.reasons
+    );
+
+    // both spellings, an empty list, a value twice, an unknown value: refused naming the field
+    for (toml, needle) in [
+        (
+            "[[policy]]\nname = \"a\"\nrole = \"signing\"\nroles = [\"identity\"]\n",
+            "not both",
+        ),
+        ("[[policy]]\nname = \"a\"\nroles = []\n", "matches no key"),
+        (
+            "[[policy]]\nname = \"a\"\nalgorithms = [\"p256\", \"p256\"]\n",
+            "listed twice",
+        ),
+        (
+            "[[policy]]\nname = \"a\"\nprotections = [\"hardware\", \"paper\"]\n",
+            "policy 'a'.protection",
+        ),
+        (
+            "[[policy]]\nname = \"a\"\nroles = [\"signing\", \"identity\"]\n[[policy]]\nname = \"b\"\nroles = [\"identity\"]\n",
+            "equally specific",
+        ),
+    ] {
+        let e = err(toml);
+        assert!(e.contains(needle), "{toml:?}: {e}");
+    }
+}
