@@ -144,9 +144,5 @@ pub type Result<T, E = BackupError> = std::result::Result<T, E>;
 
 /// A time for messages.
 fn rfc3339(secs: u64) -> String {
-    if secs > crate::format::LAST_TIME {
-        return format!("{secs}s after 1970");
-    }
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .to_string()
+    keyhaven_core::rfc3339(secs)
 }

@@ -182,8 +182,8 @@ impl BackupMeta {
 /// The longest description a backup takes, in bytes.
 pub const MAX_DESCRIPTION: usize = 1024;
 
-/// The last time a header may name (9999-12-31T23:59:59Z): RFC 3339 has four-digit years.
-pub(crate) const LAST_TIME: u64 = 253_402_300_799;
+/// The last time a header may name: RFC 3339 has four-digit years.
+const LAST_TIME: u64 = keyhaven_core::LAST_RFC3339_TIME;
 
 /// Refuses a backup whose expiry has passed at `now`, unless `allow_expired`. [`open`] and
 /// [`open_with_shares`] call it on the authenticated header.
@@ -784,7 +784,13 @@ fn kek_for(parsed: &Parsed, secret: &BackupSecret) -> Result<Zeroizing<[u8; 32]>
 }
 
 /// Decrypts every record; the header tag first, so a wrong secret is reported as such.
-fn decrypt(parsed: &Parsed, secret: &BackupSecret) -> Result<Vec<BackupEntry>> {
+/// Decrypts every record. With `expired_at_now`, a backup whose authenticated header says it
+/// has expired is refused before any record (any private key) is decrypted.
+fn decrypt(
+    parsed: &Parsed,
+    secret: &BackupSecret,
+    expired_at_now: Option<u64>,
+) -> Result<Vec<BackupEntry>> {
     let kek = kek_for(parsed, secret)?;
     let cipher = seal::cipher(&kek)?;
     if seal::open(
@@ -798,6 +804,10 @@ fn decrypt(parsed: &Parsed, secret: &BackupSecret) -> Result<Vec<BackupEntry>> {
             BackupSecret::Passphrase(_) => BackupError::BadPassphrase,
             BackupSecret::MasterKey(_) => BackupError::WrongMasterKey,
         });
+    }
+    // The header is authenticated now: its expiry can be believed.
+    if let Some(now) = expired_at_now {
+        check_expiry(&parsed.header, now, false)?;
     }
     let mut entries = Vec::with_capacity(parsed.records.len());
     for (i, (sealed, key)) in parsed.records.iter().zip(&parsed.header.keys).enumerate() {
@@ -851,11 +861,9 @@ pub fn open_with(
     allow_expired: bool,
 ) -> Result<Vec<BackupEntry>> {
     let parsed = parse(bytes)?;
-    // Decrypting authenticates the header (its tag and every record's associated data): the
-    // expiry is read from a header the secret vouches for, never from one an editor wrote.
-    let entries = decrypt(&parsed, secret)?;
-    check_expiry(&parsed.header, unix_now(), allow_expired)?;
-    Ok(entries)
+    // The expiry is read from a header the secret vouches for (its tag), never from one an
+    // editor wrote, and checked before any private key is decrypted.
+    decrypt(&parsed, secret, (!allow_expired).then(unix_now))
 }
 
 /// Opens a Shamir backup with custodian shares: combines them (see [`shamir::combine`]), checks
@@ -879,9 +887,11 @@ pub fn open_with_shares(bytes: &[u8], shares: &[Share]) -> Result<Vec<BackupEntr
         )));
     }
     let master = shamir::combine(shares)?;
-    let entries = decrypt(&parsed, &BackupSecret::MasterKey(master.into_secret()))?;
-    check_expiry(&parsed.header, unix_now(), false)?;
-    Ok(entries)
+    decrypt(
+        &parsed,
+        &BackupSecret::MasterKey(master.into_secret()),
+        Some(unix_now()),
+    )
 }
 
 /// Checks a backup: structure, header and integrity digest without the secret; with it, also
@@ -902,7 +912,8 @@ pub fn verify(bytes: &[u8], secret: Option<&BackupSecret>) -> Result<VerifyRepor
         hardware_keys,
     };
     if let Some(secret) = secret {
-        let entries = decrypt(&parsed, secret)?;
+        // Verifying an expired backup is fine: nothing is restored.
+        let entries = decrypt(&parsed, secret, None)?;
         for (i, e) in entries.iter().enumerate() {
             if let Some(der) = &e.private {
                 let key = keyhaven_crypto::default_provider()

@@ -10,7 +10,7 @@
 //! from the backup id and the commitments) to the master key.
 
 use std::fmt;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use base64ct::{Base64, Encoding};
 use elliptic_curve::ff::{Field, PrimeField};
@@ -306,8 +306,7 @@ impl Share {
 
     /// The share as text, one per custodian file.
     pub fn to_text(&self) -> Zeroizing<String> {
-        let created =
-            humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(self.created_at));
+        let created = keyhaven_core::rfc3339(self.created_at);
         let mut lines = vec![
             format!("backup: {}", self.backup_id),
             format!(

@@ -169,8 +169,7 @@ fn short(hex: &str) -> &str {
 }
 
 pub(crate) fn rfc3339(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .to_string()
+    keyhaven_core::rfc3339(secs)
 }
 
 /// The authority's public key as carried in a list.

@@ -178,9 +178,63 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
+/// The last time [`rfc3339`] writes as a date: RFC 3339 has four-digit years.
+pub const LAST_RFC3339_TIME: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+
+/// `unix_seconds` as an RFC 3339 UTC time, `2021-04-20T02:07:53Z`: the one formatter of every
+/// crate. A time past [`LAST_RFC3339_TIME`] (a crafted file's) is written as a count of seconds,
+/// never a panic.
+pub fn rfc3339(unix_seconds: u64) -> String {
+    if unix_seconds > LAST_RFC3339_TIME {
+        return format!("{unix_seconds}s after 1970 (beyond the year 9999)");
+    }
+    let (days, secs) = (unix_seconds / 86_400, unix_seconds % 86_400);
+    // The civil date of a day count (Howard Hinnant's days-to-civil, proleptic Gregorian).
+    let z = i64::try_from(days).unwrap_or(i64::MAX) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        secs / 3_600,
+        secs % 3_600 / 60,
+        secs % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rfc3339_is_humantime_s_format_and_never_panics() {
+        for (secs, text) in [
+            (0, "1970-01-01T00:00:00Z"),
+            (951_782_400, "2000-02-29T00:00:00Z"),
+            (1_618_884_473, "2021-04-20T02:07:53Z"),
+            (4_102_444_800, "2100-01-01T00:00:00Z"),
+            (LAST_RFC3339_TIME, "9999-12-31T23:59:59Z"),
+        ] {
+            assert_eq!(rfc3339(secs), text);
+        }
+        assert!(rfc3339(u64::MAX).contains("beyond the year 9999"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn rfc3339_agrees_with_humantime(secs in 0..=LAST_RFC3339_TIME) {
+            let theirs = humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+            )
+            .to_string();
+            proptest::prop_assert_eq!(rfc3339(secs), theirs);
+        }
+    }
 
     #[test]
     fn fingerprint_is_sha256_of_der() {

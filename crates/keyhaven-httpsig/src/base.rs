@@ -22,11 +22,7 @@ impl Component {
     pub fn new(name: &str) -> Result<Self> {
         let name = name.to_ascii_lowercase();
         let body = name.strip_prefix('@').unwrap_or(&name);
-        if body.is_empty()
-            || !body
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        {
+        if body.is_empty() || !body.bytes().all(crate::message::is_tchar) {
             return Err(HttpSigError::Malformed {
                 what: "component identifier",
                 reason: format!("{name:?} is not a field name or derived component"),

@@ -159,11 +159,7 @@ impl Request {
     /// [`HttpSigError::Malformed`] for a URI that is not an absolute `http(s)` URI, or a
     /// method that is not a token.
     pub fn new(method: &str, target_uri: &str) -> Result<Self> {
-        if method.is_empty()
-            || !method
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-        {
+        if method.is_empty() || !method.bytes().all(is_tchar) {
             return Err(HttpSigError::Malformed {
                 what: "method",
                 reason: format!("{method:?} is not an HTTP method"),
@@ -255,6 +251,11 @@ impl<'a> Message<'a> {
             .map(|(_, v)| unfold(v))
             .collect()
     }
+}
+
+/// A `tchar` of RFC 9110: what methods and field names are made of.
+pub(crate) fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// A field line's value as a signature sees it: obsolete line folding (a line break followed

@@ -323,6 +323,16 @@ impl Parser<'_> {
     }
 }
 
+/// Whether `s` is a structured-field key (a dictionary member's or a parameter's name): a
+/// lowercase letter or `*`, then lowercase letters, digits, `_`, `-`, `.`, `*`.
+pub fn is_key(s: &str) -> bool {
+    let mut p = Parser {
+        s: s.as_bytes(),
+        i: 0,
+    };
+    p.key().is_ok() && p.i == s.len()
+}
+
 /// Parses a dictionary field value (the combined value of every field line).
 ///
 /// # Errors

@@ -237,14 +237,7 @@ pub fn sign_response(
 }
 
 fn check_label(label: &str) -> Result<()> {
-    let ok = label
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b == b'*')
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-.*".contains(&b));
-    if ok {
+    if sfv::is_key(label) {
         Ok(())
     } else {
         Err(HttpSigError::Parameter {

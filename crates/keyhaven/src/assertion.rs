@@ -8,7 +8,7 @@
 //! public key alone. An assertion whose readable fields differ from its signed payload (an
 //! edited `protection`, say) does not verify.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64ct::{Base64, Base64UrlUnpadded, Encoding};
 use serde::{Deserialize, Serialize};
@@ -137,13 +137,7 @@ fn b64_json<T: Serialize>(value: &T) -> Result<String> {
 
 /// Formats seconds since the Unix epoch as RFC 3339 UTC (`2026-01-02T03:04:05Z`).
 pub fn rfc3339(unix_seconds: u64) -> String {
-    // RFC 3339 has four-digit years: a later time (a crafted file's) is shown as a number,
-    // never a panic.
-    const LAST: u64 = 253_402_300_799; // 9999-12-31T23:59:59Z
-    if unix_seconds > LAST {
-        return format!("{unix_seconds}s after 1970 (beyond the year 9999)");
-    }
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_seconds)).to_string()
+    keyhaven_core::rfc3339(unix_seconds)
 }
 
 impl Assertion {
