@@ -9,7 +9,8 @@
 //! - no backend depends on another backend;
 //! - lifecycle crates (L3) see backends only through the `keyhaven-core` traits, never by name:
 //!   only the facade `keyhaven` names concrete backends (`keyhaven-audit` is not a backend);
-//! - `keyhaven-cli` depends on the facade `keyhaven` only (not even on `keyhaven-core`);
+//! - `keyhaven-cli` depends on the faces only: the facade `keyhaven`, `keyhaven-server` and
+//!   `keyhaven-client` (not even on `keyhaven-core`);
 //! - every workspace member is in [`LAYERS`] (or is tooling, [`TOOLING`]).
 //!
 //! The workspace graph comes from `cargo metadata --no-deps`, which lists each member's declared
@@ -39,7 +40,9 @@ const LAYERS: &[(&str, u8)] = &[
     ("keyhaven-compromise", 3),
     ("keyhaven-httpsig", 3),
     ("keyhaven", 4),
-    ("keyhaven-cli", 5),
+    ("keyhaven-client", 4),
+    ("keyhaven-server", 5),
+    ("keyhaven-cli", 6),
 ];
 
 /// The concrete key-store backends (L2): only the facade may name them in normal dependencies.
@@ -56,8 +59,12 @@ const TESTKIT: &str = "keyhaven-testkit";
 /// The facade crate.
 const FACADE: &str = "keyhaven";
 
-/// The command-line crate, which may depend on the facade only.
+/// The command-line crate, which may depend on the faces only: [`CLI_DEPENDS_ON`].
 const CLI: &str = "keyhaven-cli";
+
+/// What the command line may depend on: the facade (every key it touches goes through it), the
+/// server it runs (`keyhaven serve`) and the client it drives (`keyhaven client`).
+const CLI_DEPENDS_ON: &[&str] = &[FACADE, "keyhaven-client", "keyhaven-server"];
 
 /// Same-layer dependencies allowed by name, each with its reason: `(from, to, reason)`. Keep this
 /// short; every entry is a deliberate exception to "dependencies point strictly down".
@@ -182,10 +189,10 @@ fn edge_violation(from: &str, from_layer: u8, to: &str, kind: DepKind) -> Option
             "{from} -> {to} ({section}): {TESTKIT} is for tests only: use it as a dev-dependency"
         ));
     }
-    if from == CLI && to != FACADE {
+    if from == CLI && !CLI_DEPENDS_ON.contains(&to) {
         return Some(format!(
-            "{from} -> {to} ({section}): {CLI} depends on the facade `{FACADE}` only; use what \
-             {FACADE} re-exports"
+            "{from} -> {to} ({section}): {CLI} depends on the facade `{FACADE}`, the server and \
+             the client only; use what {FACADE} re-exports"
         ));
     }
     if is_backend(from) && is_backend(to) {

@@ -14,5 +14,5 @@ pub use error::{HttpSigError, Result};
 pub use message::{Message, Request, Response};
 pub use signature::{
     SignatureHeaders, SignatureSpec, Verified, VerifyPolicy, algorithm_name, sign, sign_request,
-    sign_response, verify,
+    sign_response, sign_with, verify,
 };

@@ -180,9 +180,24 @@ pub fn sign(
     key: &KeyId,
 ) -> Result<SignatureHeaders> {
     let info = store.get(key).map_err(HttpSigError::Sign)?;
-    let alg = algorithm_name(info.public_key.algorithm()).ok_or_else(|| {
-        HttpSigError::Algorithm(format!("{} keys cannot sign", info.public_key.algorithm()))
-    })?;
+    sign_with(message, spec, info.public_key.algorithm(), &mut |base| {
+        store.sign(key, base)
+    })
+}
+
+/// Signs `message` with whatever `signer` is (a key behind a facade, a remote signer): it is
+/// given the signature base and returns the key's signature over it; `algorithm` is the key's.
+///
+/// # Errors
+/// As [`sign`].
+pub fn sign_with(
+    message: Message<'_>,
+    spec: &SignatureSpec,
+    algorithm: Algorithm,
+    signer: &mut dyn FnMut(&[u8]) -> keyhaven_core::Result<keyhaven_core::Signature>,
+) -> Result<SignatureHeaders> {
+    let alg = algorithm_name(algorithm)
+        .ok_or_else(|| HttpSigError::Algorithm(format!("{algorithm} keys cannot sign")))?;
     check_label(&spec.label)?;
     spec.check()?;
     if spec.covered.is_empty() {
@@ -193,9 +208,13 @@ pub fn sign(
     }
     let params = serialize_params(&spec.covered, &spec.params(alg));
     let base = signature_base(message, &spec.covered, &params)?;
-    let signature = store
-        .sign(key, base.as_bytes())
-        .map_err(HttpSigError::Sign)?;
+    let signature = signer(base.as_bytes()).map_err(HttpSigError::Sign)?;
+    if signature.algorithm() != algorithm {
+        return Err(HttpSigError::Algorithm(format!(
+            "the signer made a {} signature for a {algorithm} key",
+            signature.algorithm()
+        )));
+    }
     let mut sig = String::new();
     sfv::write_bare(&mut sig, &BareItem::ByteSeq(signature.as_raw().to_vec()));
     Ok(SignatureHeaders {
@@ -298,6 +317,14 @@ impl VerifyPolicy {
             self.required.push(Component::new(n)?);
         }
         Ok(self)
+    }
+
+    /// Requires one component, with its parameters (a response covering
+    /// [`Component::of_request`] components of the request it answers, say).
+    #[must_use]
+    pub fn require_component(mut self, component: Component) -> Self {
+        self.required.push(component);
+        self
     }
 
     /// Requires a `nonce` (the caller then refuses a nonce seen before).

@@ -33,8 +33,8 @@ pub use keyhaven_compromise as compromise;
 pub use keyhaven_rotation as versions;
 pub use lifecycle::{AccessConfig, AuditConfig, ScanOutcome};
 pub use manager::{
-    HashedMessage, Inventory, KeyManager, ManagedKey, ManagedSigner, PRINCIPAL_ENV, SignInput,
-    Warning,
+    HashedMessage, Inventory, KeyManager, ManagedKey, ManagedSigner, PRINCIPAL_ENV, ServiceSigner,
+    SignInput, Warning,
 };
 pub use passphrase::{
     FixedPassphrase, NoPassphrase, PassphraseProvider, PassphrasePurpose, PassphraseRequest,

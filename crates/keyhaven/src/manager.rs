@@ -1046,6 +1046,42 @@ impl KeyManager {
         })
     }
 
+    /// `key` as a signer for a service that signs at a high rate (a server signing each
+    /// response): the key's revocation is checked and one audit record (`service-signer`,
+    /// with `purpose`) is written now; the signatures it then makes go to the backend directly,
+    /// unaudited one by one (a record per response would bury the decisions worth auditing).
+    /// The private key stays in its backend.
+    ///
+    /// # Errors
+    /// [`CoreError::Revoked`] for a revoked key, [`CoreError::Unsupported`] for an X25519 key,
+    /// the backend's or the audit log's error.
+    pub fn service_signer(&self, key: &ManagedKey, purpose: &str) -> Result<ServiceSigner> {
+        if !key.algorithm().can_sign() {
+            return Err(CoreError::Unsupported {
+                operation: "sign",
+                reason: format!("{} keys never sign", key.algorithm()),
+            }
+            .into());
+        }
+        self.refuse_revoked_material(key.public_key(), key.label())?;
+        let b = self.key_backend(key)?;
+        // The decorated store checks access and revocation for this key once more, by id.
+        let info = b
+            .store()
+            .get(&key.info.id)
+            .map_err(|e| Error::backend(b.name(), e))?;
+        self.audit_event(
+            "service-signer",
+            Some(key),
+            keyhaven_audit::Outcome::Allowed,
+            purpose,
+        )?;
+        Ok(ServiceSigner {
+            store: b.store_raw().clone(),
+            key: info,
+        })
+    }
+
     /// Signs a prehashed digest (ECDSA only).
     ///
     /// # Errors
@@ -1510,6 +1546,43 @@ pub(crate) fn unavailable_reason(e: &CoreError) -> String {
         CoreError::Unavailable { reason, .. } => reason.clone(),
         CoreError::Other(o) if o.kind() == ErrorKind::Unavailable => o.to_string(),
         other => other.to_string(),
+    }
+}
+
+/// A key that signs at a service's rate (see [`KeyManager::service_signer`]): owned, `Send +
+/// Sync`, one audit record when it is made rather than one per signature.
+#[derive(Clone)]
+pub struct ServiceSigner {
+    store: std::sync::Arc<dyn crate::KeyStore>,
+    key: KeyInfo,
+}
+
+impl fmt::Debug for ServiceSigner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceSigner")
+            .field("key", &self.key.id)
+            .field("fingerprint", &self.key.fingerprint().to_hex())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceSigner {
+    /// The key.
+    pub fn key(&self) -> &KeyInfo {
+        &self.key
+    }
+
+    /// The public key.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.key.public_key
+    }
+
+    /// Signs `message` in the key's backend (in the device for hardware keys).
+    ///
+    /// # Errors
+    /// The backend's error (a token removed, a TPM gone).
+    pub fn sign(&self, message: &[u8]) -> keyhaven_core::Result<Signature> {
+        self.store.sign(&self.key.id, message)
     }
 }
 

@@ -1,0 +1,533 @@
+//! The client: signs each request with its key, checks each response against the server key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64ct::{Base64, Base64UrlUnpadded, Encoding};
+use keyhaven_core::{Algorithm, PublicKey, unix_now};
+use keyhaven_httpsig::{
+    Component, DigestAlgorithm, HttpSigError, Message, Request, Response, SignatureSpec,
+    VerifyPolicy, algorithm_name, check_content_digest, content_digest, sign_with, verify,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ClientError, Result};
+use crate::signer::RequestSigner;
+use crate::wire::{
+    BulkRevocation, BulkRevoked, Challenge, ClientView, PROBLEM_JSON, Problem, Registration,
+    Rotation, SIGNATURE_LABEL, SelfRevocation, ServerInfo, Stats, WhoAmI,
+};
+
+/// The largest response body the client reads (an admin export of many clients fits).
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long a request signature stays valid (its `expires`).
+const SIGNATURE_LIFETIME: u64 = 60;
+
+/// A response whose signature verified: from the pinned server key, bound to the request sent.
+#[derive(Debug, Clone)]
+pub struct SignedResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl SignedResponse {
+    /// The body as JSON of type `T`.
+    ///
+    /// # Errors
+    /// [`ClientError::BadResponse`] if it is not.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ClientError::BadResponse(format!("the body is not the JSON expected: {e}")))
+    }
+}
+
+/// A client of one keyhaven server, signing as one key.
+///
+/// Every request carries an RFC 9421 signature (`@method`, `@target-uri`, `content-digest`
+/// for a body; `created`, `expires`, a fresh `nonce`, `keyid` = the key's fingerprint, `alg`),
+/// made where the key lives. Every response must carry the server key's signature covering its
+/// status, its body's digest and the request's own signature (RFC 9421 section 2.4): an answer
+/// that is forged, altered, or replayed from another request is refused with
+/// [`ClientError::Unauthentic`] before anything reads it.
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: reqwest::Url,
+    signer: Arc<dyn RequestSigner>,
+    server_key: PublicKey,
+    clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base.as_str())
+            .field("key", &self.signer.public_key().fingerprint().to_hex())
+            .field("server_key", &self.server_key.fingerprint().to_hex())
+            .finish()
+    }
+}
+
+fn parse_base(base: &str) -> Result<reqwest::Url> {
+    let url = reqwest::Url::parse(base)
+        .map_err(|e| ClientError::InvalidInput(format!("server URL {base:?}: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(ClientError::InvalidInput(format!(
+            "server URL {base:?} must be http(s)://host[:port]"
+        )));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(ClientError::InvalidInput(format!(
+            "server URL {base:?} must not carry a query, a fragment or credentials"
+        )));
+    }
+    Ok(url)
+}
+
+fn http_client(timeout: Duration) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| ClientError::InvalidInput(format!("cannot build the HTTP client: {e}")))
+}
+
+/// Asks `base` who it is (`GET /v1/server`, the one unsigned answer). Trust what it says only
+/// after comparing its fingerprint with the one the server's operator printed: this is how a
+/// client learns the key to pin with [`Client::new`].
+///
+/// # Errors
+/// [`ClientError::Transport`], [`ClientError::BadResponse`] (not a server key, or one whose
+/// fingerprint does not match its SPKI).
+pub async fn discover(base: &str) -> Result<(ServerInfo, PublicKey)> {
+    let url = parse_base(base)?;
+    let target = url
+        .join("v1/server")
+        .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+    let http = http_client(Duration::from_secs(30))?;
+    let response = http
+        .get(target.clone())
+        .send()
+        .await
+        .map_err(|source| ClientError::Transport {
+            url: target.to_string(),
+            source,
+        })?;
+    let body = read_limited(response, target.as_str()).await?.1;
+    let info: ServerInfo = serde_json::from_slice(&body)
+        .map_err(|e| ClientError::BadResponse(format!("not a server description: {e}")))?;
+    let algorithm: Algorithm = info
+        .algorithm
+        .parse()
+        .map_err(|e| ClientError::BadResponse(format!("server key algorithm: {e}")))?;
+    let spki = Base64::decode_vec(&info.public_key)
+        .map_err(|e| ClientError::BadResponse(format!("server key is not base64: {e}")))?;
+    let key = PublicKey::new(algorithm, spki);
+    if key.fingerprint().to_hex() != info.fingerprint {
+        return Err(ClientError::BadResponse(
+            "the server key's fingerprint does not match its public key".into(),
+        ));
+    }
+    Ok((info, key))
+}
+
+async fn read_limited(mut response: reqwest::Response, url: &str) -> Result<(reqwest::Response, Vec<u8>)> {
+    if response
+        .content_length()
+        .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
+    {
+        return Err(ClientError::BadResponse(format!(
+            "the response is larger than {MAX_RESPONSE_BYTES} bytes"
+        )));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|source| ClientError::Transport {
+            url: url.to_owned(),
+            source,
+        })?
+    {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(ClientError::BadResponse(format!(
+                "the response is larger than {MAX_RESPONSE_BYTES} bytes"
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((response, body))
+}
+
+fn fresh_nonce() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    keyhaven_crypto::fill_random(&mut bytes)
+        .map_err(|e| ClientError::Sign(HttpSigError::Sign(e)))?;
+    Ok(Base64UrlUnpadded::encode_string(&bytes))
+}
+
+impl Client {
+    /// A client of the server at `base` (`https://keys.example.com`, or a path prefix under
+    /// it), signing as `signer`, trusting responses signed by `server_key` only.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidInput`] for a base URL that is not `http(s)://host[:port][/path]`.
+    pub fn new(base: &str, signer: Arc<dyn RequestSigner>, server_key: PublicKey) -> Result<Self> {
+        let mut base = parse_base(base)?;
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        Ok(Client {
+            http: http_client(Duration::from_secs(30))?,
+            base,
+            signer,
+            server_key,
+            clock: Arc::new(unix_now),
+        })
+    }
+
+    /// The same client reading time from `clock` (seconds since the epoch) for its
+    /// signatures' `created` and for checking the server's, for tests that move time.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Fn() -> u64 + Send + Sync>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The same client with another request timeout (default 30 s).
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidInput`] if the HTTP client cannot be built.
+    pub fn with_timeout(mut self, timeout: Duration) -> Result<Self> {
+        self.http = http_client(timeout)?;
+        Ok(self)
+    }
+
+    /// The key this client signs with.
+    pub fn public_key(&self) -> &PublicKey {
+        self.signer.public_key()
+    }
+
+    /// The server key it trusts.
+    pub fn server_key(&self) -> &PublicKey {
+        &self.server_key
+    }
+
+    /// Registers this client's key under `name`: asks for a challenge, then sends it with the
+    /// public key in a request the key signs (its proof of possession).
+    ///
+    /// # Errors
+    /// [`ClientError::Problem`] if the server refuses (the key is registered already: 409), or
+    /// the transport and authenticity errors of every call.
+    pub async fn register(&self, name: &str) -> Result<ClientView> {
+        let challenge: Challenge = self.call("POST", "v1/challenge", None::<&()>).await?;
+        let key = self.signer.public_key();
+        let algorithm = algorithm_name(key.algorithm())
+            .map(|_| key.algorithm().short_name().to_owned())
+            .ok_or_else(|| {
+                ClientError::InvalidInput(format!("{} keys cannot sign", key.algorithm()))
+            })?;
+        let registration = Registration {
+            challenge: challenge.challenge,
+            name: name.to_owned(),
+            algorithm,
+            public_key: Base64::encode_string(key.spki_der()),
+        };
+        self.call("POST", "v1/clients", Some(&registration)).await
+    }
+
+    /// This client, its keys and their status.
+    ///
+    /// # Errors
+    /// As [`Client::register`]; 401 if the key is not registered, revoked or retired.
+    pub async fn status(&self) -> Result<ClientView> {
+        self.call("GET", "v1/clients/me", None::<&()>).await
+    }
+
+    /// What the server made of this client's signature.
+    ///
+    /// # Errors
+    /// As [`Client::status`].
+    pub async fn whoami(&self) -> Result<WhoAmI> {
+        self.call("GET", "v1/whoami", None::<&()>).await
+    }
+
+    /// Tells the server this client's key was rotated: `proofs` is keyhaven's continuity-proof
+    /// chain (text, oldest first) from a registered key to the new one. Sign with the old key
+    /// or the new one: the chain is the proof.
+    ///
+    /// # Errors
+    /// As [`Client::status`]; 400 for a chain that does not verify or does not start at a key
+    /// of this client.
+    pub async fn rotate(&self, proofs: &str) -> Result<ClientView> {
+        let body = Rotation {
+            proofs: proofs.to_owned(),
+        };
+        self.call("POST", "v1/clients/me/rotate", Some(&body)).await
+    }
+
+    /// Revokes `fingerprint` (one of this client's keys), or the signing key when `None`.
+    ///
+    /// # Errors
+    /// As [`Client::status`].
+    pub async fn revoke(&self, fingerprint: Option<&str>, reason: &str) -> Result<ClientView> {
+        let body = SelfRevocation {
+            fingerprint: fingerprint.map(str::to_owned),
+            reason: reason.to_owned(),
+        };
+        self.call("POST", "v1/clients/me/revoke", Some(&body)).await
+    }
+
+    /// Admin: the clients whose name, id or key fingerprint contains `query` (all when empty),
+    /// at most `limit`.
+    ///
+    /// # Errors
+    /// As [`Client::status`]; 403 unless this client is an admin.
+    pub async fn admin_clients(&self, query: &str, limit: u32) -> Result<Vec<ClientView>> {
+        let mut target = self.url("v1/admin/clients")?;
+        target
+            .query_pairs_mut()
+            .append_pair("q", query)
+            .append_pair("limit", &limit.to_string());
+        let path = target.as_str().to_owned();
+        self.call_url("GET", path, None::<&()>).await
+    }
+
+    /// Admin: every client and key.
+    ///
+    /// # Errors
+    /// As [`Client::admin_clients`].
+    pub async fn admin_export(&self) -> Result<Vec<ClientView>> {
+        self.call("GET", "v1/admin/export", None::<&()>).await
+    }
+
+    /// Admin: revokes these keys, whoever holds them.
+    ///
+    /// # Errors
+    /// As [`Client::admin_clients`].
+    pub async fn admin_revoke(&self, fingerprints: &[String], reason: &str) -> Result<BulkRevoked> {
+        let body = BulkRevocation {
+            fingerprints: fingerprints.to_vec(),
+            reason: reason.to_owned(),
+        };
+        self.call("POST", "v1/admin/revoke", Some(&body)).await
+    }
+
+    /// Admin: registration monitoring.
+    ///
+    /// # Errors
+    /// As [`Client::admin_clients`].
+    pub async fn admin_stats(&self) -> Result<Stats> {
+        self.call("GET", "v1/admin/stats", None::<&()>).await
+    }
+
+    fn url(&self, path: &str) -> Result<reqwest::Url> {
+        self.base
+            .join(path)
+            .map_err(|e| ClientError::InvalidInput(format!("path {path:?}: {e}")))
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let url = self.url(path)?.as_str().to_owned();
+        self.call_url(method, url, body).await
+    }
+
+    async fn call_url<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        url: String,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|e| ClientError::InvalidInput(format!("cannot encode the body: {e}")))?;
+        self.send(method, &url, body).await?.json()
+    }
+
+    /// Sends one signed request to `url` (under the server's base) and returns its verified
+    /// response: the way to call any endpoint, the ones this client has no method for too.
+    /// A body is sent as `application/json`. A refusal becomes [`ClientError::Problem`].
+    ///
+    /// # Errors
+    /// [`ClientError::Sign`] if the key cannot sign, [`ClientError::Transport`],
+    /// [`ClientError::Unauthentic`] for an answer the server key did not sign for this
+    /// request, [`ClientError::Problem`] for a signed refusal.
+    pub async fn send(&self, method: &str, url: &str, body: Option<Vec<u8>>) -> Result<SignedResponse> {
+        let target = reqwest::Url::parse(url)
+            .map_err(|e| ClientError::InvalidInput(format!("URL {url:?}: {e}")))?;
+        if target.origin() != self.base.origin() {
+            return Err(ClientError::InvalidInput(format!(
+                "{url} is not on the server {}",
+                self.base
+            )));
+        }
+        let method = http::Method::from_bytes(method.as_bytes())
+            .map_err(|e| ClientError::InvalidInput(format!("method {method:?}: {e}")))?;
+        let mut request = reqwest::Request::new(method, target);
+        if let Some(body) = body {
+            request.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            *request.body_mut() = Some(body.into());
+        }
+        self.execute(request).await
+    }
+
+    /// Signs `request` (any `reqwest` request to this server, its body given as bytes) and
+    /// sends it; returns the verified response. This is how code that builds its own requests
+    /// gets keyhaven's signatures without doing anything else.
+    ///
+    /// # Errors
+    /// As [`Client::send`]; [`ClientError::InvalidInput`] for a streaming body (sign bytes).
+    pub async fn execute(&self, mut request: reqwest::Request) -> Result<SignedResponse> {
+        let url = request.url().as_str().to_owned();
+        let body: Vec<u8> = match request.body() {
+            None => Vec::new(),
+            Some(b) => b
+                .as_bytes()
+                .ok_or_else(|| {
+                    ClientError::InvalidInput("a streaming body cannot be signed".into())
+                })?
+                .to_vec(),
+        };
+        let mut signed = Request::new(request.method().as_str(), &url).map_err(ClientError::Sign)?;
+        let mut covered = vec!["@method", "@target-uri"];
+        if !body.is_empty() {
+            let digest = content_digest(&body, DigestAlgorithm::Sha256);
+            signed.push_header("Content-Digest", &digest);
+            request.headers_mut().insert(
+                "content-digest",
+                http::HeaderValue::from_str(&digest)
+                    .map_err(|e| ClientError::InvalidInput(e.to_string()))?,
+            );
+            covered.push("content-digest");
+        }
+        let now = (self.clock)();
+        let spec = SignatureSpec::new(
+            SIGNATURE_LABEL,
+            &self.signer.public_key().fingerprint().to_hex(),
+        )
+        .covering(&covered)
+        .map_err(ClientError::Sign)?
+        .created(now)
+        .expires(now + SIGNATURE_LIFETIME)
+        .nonce(&fresh_nonce()?);
+        // The key may be in a token or a TPM: sign off the async threads.
+        let signer = self.signer.clone();
+        let (signed, headers) = tokio::task::spawn_blocking(move || {
+            let algorithm = signer.public_key().algorithm();
+            let headers = sign_with(Message::Request(&signed), &spec, algorithm, &mut |base| {
+                signer.sign(base)
+            });
+            (signed, headers)
+        })
+        .await
+        .map_err(|e| ClientError::InvalidInput(format!("the signing task failed: {e}")))?;
+        let headers = headers.map_err(ClientError::Sign)?;
+        let mut signed = signed;
+        signed.push_header("Signature-Input", &headers.signature_input);
+        signed.push_header("Signature", &headers.signature);
+        for (name, value) in [
+            ("signature-input", &headers.signature_input),
+            ("signature", &headers.signature),
+        ] {
+            request.headers_mut().insert(
+                name,
+                http::HeaderValue::from_str(value)
+                    .map_err(|e| ClientError::InvalidInput(e.to_string()))?,
+            );
+        }
+        let response = self
+            .http
+            .execute(request)
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
+        self.check_response(signed, response, &url).await
+    }
+
+    async fn check_response(
+        &self,
+        request: Request,
+        response: reqwest::Response,
+        url: &str,
+    ) -> Result<SignedResponse> {
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let mut checked = Response::new(status, Some(request));
+        for name in ["signature-input", "signature", "content-digest"] {
+            for value in response.headers().get_all(name) {
+                let value = value.to_str().map_err(|_| {
+                    ClientError::Unauthentic(HttpSigError::Malformed {
+                        what: "response header",
+                        reason: format!("{name} is not visible ASCII"),
+                    })
+                })?;
+                checked.push_header(name, value);
+            }
+        }
+        let (_, body) = read_limited(response, url).await?;
+        let mut policy = VerifyPolicy::at((self.clock)())
+            .require(&["@status"])
+            .map_err(ClientError::Unauthentic)?
+            .require_component(
+                Component::new("signature")
+                    .map_err(ClientError::Unauthentic)?
+                    .of_request(),
+            );
+        if !body.is_empty() {
+            policy = policy
+                .require(&["content-digest"])
+                .map_err(ClientError::Unauthentic)?;
+        }
+        let server_fp = self.server_key.fingerprint().to_hex();
+        let server_key = self.server_key.clone();
+        verify(
+            Message::Response(&checked),
+            Some(SIGNATURE_LABEL),
+            &policy,
+            &mut |keyid| Ok((keyid == server_fp).then(|| server_key.clone())),
+        )
+        .map_err(ClientError::Unauthentic)?;
+        if !body.is_empty() {
+            let digest = Message::Response(&checked)
+                .field("content-digest")
+                .unwrap_or_default();
+            check_content_digest(&digest, &body).map_err(ClientError::Unauthentic)?;
+        }
+        if !(200..300).contains(&status) {
+            let problem = if content_type.starts_with(PROBLEM_JSON) {
+                serde_json::from_slice::<Problem>(&body).ok()
+            } else {
+                None
+            };
+            return Err(ClientError::Problem(problem.unwrap_or_else(|| Problem {
+                kind: "about:blank".into(),
+                title: "HTTP error".into(),
+                status,
+                detail: String::from_utf8_lossy(&body).chars().take(500).collect(),
+            })));
+        }
+        Ok(SignedResponse { status, body })
+    }
+}

@@ -1,0 +1,11 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod client;
+mod error;
+mod signer;
+pub mod wire;
+
+pub use client::{Client, MAX_RESPONSE_BYTES, SignedResponse, discover};
+pub use error::{ClientError, Result};
+pub use signer::{RequestSigner, StoreSigner};

@@ -1,0 +1,237 @@
+//! The server's JSON documents, shared by the server (which writes them) and the client (which
+//! reads them), so the two cannot drift apart. Field names are part of the API (version 1).
+
+use serde::{Deserialize, Serialize};
+
+/// The media type of RFC 9457 problem documents.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+/// The label of the signatures keyhaven makes on requests and responses.
+pub const SIGNATURE_LABEL: &str = "keyhaven";
+
+/// `GET /v1/server`: who answers (the key that signs every response).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    /// The server key's algorithm (`ed25519`, `p256`, `p384`).
+    pub algorithm: String,
+    /// SHA-256 of the server key's SPKI DER, lowercase hex: compare it with what the operator
+    /// printed before trusting it.
+    pub fingerprint: String,
+    /// The server key's SPKI DER, base64.
+    pub public_key: String,
+    /// The API version.
+    pub api: u32,
+}
+
+/// `POST /v1/challenge`: a single-use value a registration must carry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Challenge {
+    /// The challenge (base64url, 32 random bytes).
+    pub challenge: String,
+    /// When it stops being accepted (seconds since the epoch).
+    pub expires_at: u64,
+}
+
+/// `POST /v1/clients`: the body of a registration. The request is signed (RFC 9421) by the key
+/// being registered, covering this body through `Content-Digest`: that signature is the proof
+/// of possession, bound to the challenge and to the key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registration {
+    /// A challenge from `POST /v1/challenge`.
+    pub challenge: String,
+    /// The client's name (1 to 128 printable characters).
+    pub name: String,
+    /// The key's algorithm (`ed25519`, `p256`, `p384`).
+    pub algorithm: String,
+    /// The key's SPKI DER, base64.
+    pub public_key: String,
+}
+
+/// `POST /v1/clients/me/rotate`: a continuity-proof chain from one of the caller's active keys
+/// to its successor (keyhaven's text form, oldest first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rotation {
+    /// The chain.
+    pub proofs: String,
+}
+
+/// `POST /v1/clients/me/revoke`: revoke one of the caller's keys (by default the one that signs
+/// this request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SelfRevocation {
+    /// The key to revoke; `None` for the signing key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// Why (1 to 256 printable characters).
+    pub reason: String,
+}
+
+/// `POST /v1/admin/revoke`: revoke many keys at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkRevocation {
+    /// The keys' fingerprints (1 to 1000).
+    pub fingerprints: Vec<String>,
+    /// Why.
+    pub reason: String,
+}
+
+/// The answer to a bulk revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BulkRevoked {
+    /// Keys revoked now.
+    pub revoked: Vec<String>,
+    /// Keys that were already revoked.
+    pub already: Vec<String>,
+    /// Fingerprints no client has.
+    pub unknown: Vec<String>,
+}
+
+/// A key's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    /// Accepted.
+    Active,
+    /// Superseded by a continuity proof, still accepted until `until`.
+    Rotating,
+    /// Superseded and past its migration window: refused.
+    Retired,
+    /// Revoked: refused.
+    Revoked,
+}
+
+impl KeyStatus {
+    /// Its name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Rotating => "rotating",
+            KeyStatus::Retired => "retired",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
+
+    /// Whether a request signed by a key in this status is accepted.
+    pub fn accepted(self) -> bool {
+        matches!(self, KeyStatus::Active | KeyStatus::Rotating)
+    }
+}
+
+/// A client's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// An ordinary client.
+    Client,
+    /// May list, search, export and revoke every client's keys.
+    Admin,
+}
+
+impl Role {
+    /// Its name on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// One registered key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyView {
+    /// SHA-256 of its SPKI DER, lowercase hex (the `keyid` of its signatures).
+    pub fingerprint: String,
+    /// `ed25519`, `p256` or `p384`.
+    pub algorithm: String,
+    /// Its status now.
+    pub status: KeyStatus,
+    /// When it was registered (seconds since the epoch).
+    pub added_at: u64,
+    /// For a rotating or retired key: when its migration window ends (ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<u64>,
+    /// For a revoked key: when, why and by whom (a key fingerprint, or `admin:<fingerprint>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<RevokedView>,
+    /// For a key added by rotation: the fingerprint of the key it succeeds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub successor_of: Option<String>,
+}
+
+/// How a key was revoked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokedView {
+    /// When (seconds since the epoch).
+    pub at: u64,
+    /// Why.
+    pub reason: String,
+    /// Who: `self` or `admin:<fingerprint>`.
+    pub by: String,
+}
+
+/// A client and its keys.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientView {
+    /// The server's id for it (32 hex digits).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// When it registered (seconds since the epoch).
+    pub registered_at: u64,
+    /// Its keys, oldest first.
+    pub keys: Vec<KeyView>,
+}
+
+/// `GET /v1/whoami`: what the server made of the request's signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoAmI {
+    /// The client.
+    pub client: String,
+    /// The key that signed.
+    pub key: String,
+    /// The key's status.
+    pub status: KeyStatus,
+    /// The client's role.
+    pub role: Role,
+}
+
+/// `GET /v1/admin/stats`: registration monitoring.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Clients registered.
+    pub clients: u64,
+    /// Keys by status.
+    pub active_keys: u64,
+    /// Keys in a migration window.
+    pub rotating_keys: u64,
+    /// Keys past their migration window.
+    pub retired_keys: u64,
+    /// Keys revoked.
+    pub revoked_keys: u64,
+    /// Registrations in the last hour.
+    pub registrations_last_hour: u64,
+    /// Registrations in the last day.
+    pub registrations_last_day: u64,
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// A stable URI naming the kind of failure (`urn:keyhaven:problem:<name>`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// A short summary of the kind.
+    pub title: String,
+    /// The HTTP status.
+    pub status: u16,
+    /// What went wrong with this request, and what to do.
+    pub detail: String,
+}
+
+/// The `type` URI of a problem named `name`.
+pub fn problem_type(name: &str) -> String {
+    format!("urn:keyhaven:problem:{name}")
+}

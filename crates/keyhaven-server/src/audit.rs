@@ -1,0 +1,64 @@
+//! The server's decisions in an audit trail: registrations, authentication failures,
+//! rotations, revocations. In embedded mode the trail is the keyhaven home's hash-chained audit
+//! log (verified by `keyhaven audit verify`).
+
+use std::sync::Arc;
+
+use keyhaven::audit::{AuditLog, Event, Outcome};
+
+/// One decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// `server.register`, `server.authenticate`, `server.rotate`, `server.revoke`.
+    pub operation: &'static str,
+    /// Who asked: `client:<id>`, or `key:<fingerprint>` before a client is known, or
+    /// `address:<ip>`.
+    pub principal: String,
+    /// The key concerned (a fingerprint), if any.
+    pub key: Option<String>,
+    /// Allowed or refused.
+    pub allowed: bool,
+    /// Why (the problem name and detail for a refusal).
+    pub reason: String,
+}
+
+/// Where decisions go. Called on the blocking pool.
+pub trait AuditSink: Send + Sync + 'static {
+    /// Records one decision.
+    ///
+    /// # Errors
+    /// The trail cannot be written: the server then refuses the request it was deciding.
+    fn record(&self, decision: &Decision) -> Result<(), String>;
+}
+
+/// A keyhaven audit log as the trail.
+#[derive(Debug)]
+pub struct LogSink(pub Arc<AuditLog>);
+
+impl AuditSink for LogSink {
+    fn record(&self, d: &Decision) -> Result<(), String> {
+        let outcome = if d.allowed {
+            Outcome::Allowed
+        } else {
+            Outcome::Denied
+        };
+        let mut e = Event::new(d.principal.clone(), d.operation, "server", outcome);
+        if let Some(k) = &d.key {
+            e = e.key(k.clone(), None);
+        }
+        if !d.reason.is_empty() {
+            e = e.reason(d.reason.clone());
+        }
+        self.0.append(e).map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+/// No trail (a server built without a home, for tests of other things).
+#[derive(Debug, Default)]
+pub struct NoAudit;
+
+impl AuditSink for NoAudit {
+    fn record(&self, _: &Decision) -> Result<(), String> {
+        Ok(())
+    }
+}

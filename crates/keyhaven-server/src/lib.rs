@@ -1,0 +1,21 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod audit;
+mod auth;
+mod handlers;
+mod metrics;
+mod problem;
+mod ratelimit;
+mod serve;
+mod server;
+pub mod storage;
+
+pub use audit::{AuditSink, Decision, LogSink, NoAudit};
+pub use auth::Caller;
+pub use metrics::Metrics;
+pub use problem::ApiError;
+pub use ratelimit::Rate;
+pub use serve::{Home, SERVER_KEY_LABEL, ServeError, bootstrap_admin, serve};
+pub use server::{ResponseSigner, Server, ServerConfig};
+pub use storage::{SqliteStorage, Storage, StorageError};

@@ -1,0 +1,188 @@
+//! Embedded mode: the server's state in the keyhaven home (SQLite, the home's audit log, a
+//! server key of the home), and the loop that serves it until shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keyhaven::{Algorithm, KeyManager, ManagedKey, unix_now};
+use keyhaven_client::wire::Role;
+use tokio::net::TcpListener;
+
+use crate::audit::{AuditSink, LogSink, NoAudit};
+use crate::server::{Server, ServerConfig};
+use crate::storage::{NewClient, SqliteStorage, Storage, StorageError};
+
+/// The setting naming the server key (`BACKEND:ID`).
+const SERVER_KEY: &str = "server-key";
+
+/// The label of the key `keyhaven serve init` makes.
+pub const SERVER_KEY_LABEL: &str = "keyhaven-server";
+
+/// Why the server cannot start or set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The store refused.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The home refused (a locked backend, a missing key, a revoked server key).
+    #[error(transparent)]
+    Keyhaven(#[from] keyhaven::Error),
+    /// The server is not set up, or set up differently.
+    #[error("{0}")]
+    Setup(String),
+    /// The listener failed.
+    #[error("serving failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The server's files in a keyhaven home.
+#[derive(Debug, Clone)]
+pub struct Home {
+    /// The home.
+    pub dir: PathBuf,
+}
+
+impl Home {
+    /// The server state of the home `manager` opened.
+    pub fn of(manager: &KeyManager) -> Self {
+        Home {
+            dir: manager.home().to_owned(),
+        }
+    }
+
+    /// The database (`HOME/server/server.db`).
+    pub fn database(&self) -> PathBuf {
+        self.dir.join("server").join("server.db")
+    }
+
+    /// Opens the database.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    pub fn storage(&self) -> Result<SqliteStorage, StorageError> {
+        SqliteStorage::open(&self.database())
+    }
+}
+
+/// Sets the server up in the home: makes the server key (`algorithm`, default Ed25519, in
+/// `backend` or the default backend) unless there is one, and registers `admin`, a key of the
+/// home, as the first admin client named `admin_name`. Run again, it keeps the server key and
+/// registers another admin.
+///
+/// # Errors
+/// [`ServeError::Keyhaven`] (the backend is locked, the key cannot be made),
+/// [`ServeError::Storage`] (the admin key is registered already, the database fails).
+pub fn bootstrap_admin(
+    manager: &KeyManager,
+    backend: Option<&str>,
+    algorithm: Option<Algorithm>,
+    admin: Option<(&ManagedKey, &str)>,
+) -> Result<ManagedKey, ServeError> {
+    let storage = Home::of(manager).storage()?;
+    let server_key = match storage.setting(SERVER_KEY)? {
+        Some(reference) => manager.resolve(&reference)?,
+        None => {
+            let key = manager.generate(
+                backend,
+                algorithm.unwrap_or(Algorithm::Ed25519),
+                SERVER_KEY_LABEL,
+            )?;
+            storage.set_setting(SERVER_KEY, &key.reference())?;
+            key
+        }
+    };
+    if let Some((admin, name)) = admin {
+        if !admin.algorithm().can_sign() {
+            return Err(ServeError::Setup(format!(
+                "the admin key {admin} is an {} key, which cannot sign requests",
+                admin.algorithm()
+            )));
+        }
+        let mut id = [0u8; 16];
+        keyhaven::fill_random(&mut id).map_err(keyhaven::Error::from)?;
+        let key = admin.public_key();
+        storage.register(&NewClient {
+            id: hex::encode(id),
+            name: name.to_owned(),
+            role: Role::Admin,
+            at: unix_now(),
+            key: crate::storage::NewKey {
+                fingerprint: key.fingerprint().to_hex(),
+                algorithm: key.algorithm().short_name().to_owned(),
+                spki: key.spki_der().to_vec(),
+            },
+        })?;
+    }
+    Ok(server_key)
+}
+
+impl Server {
+    /// The server of a keyhaven home set up by [`bootstrap_admin`] (`keyhaven serve init`):
+    /// its SQLite database, its server key (checked not revoked, then used for every response
+    /// without a per-response audit record), and the home's audit log for its decisions.
+    ///
+    /// # Errors
+    /// [`ServeError::Setup`] if the home has no server set up; the home's and the store's
+    /// errors.
+    pub fn from_home(manager: &KeyManager, config: ServerConfig) -> Result<Self, ServeError> {
+        let home = Home::of(manager);
+        if !home.database().exists() {
+            return Err(ServeError::Setup(format!(
+                "no server is set up in {}: run `keyhaven serve init` first",
+                manager.home().display()
+            )));
+        }
+        let storage = home.storage()?;
+        let reference = storage.setting(SERVER_KEY)?.ok_or_else(|| {
+            ServeError::Setup(format!(
+                "{} names no server key: run `keyhaven serve init`",
+                home.database().display()
+            ))
+        })?;
+        let key = manager.resolve(&reference)?;
+        let signer = manager.service_signer(&key, "sign server responses")?;
+        let audit: Arc<dyn AuditSink> = match manager.audit().log()? {
+            Some(log) => Arc::new(LogSink(log)),
+            None => Arc::new(NoAudit),
+        };
+        Ok(Server::new(config, Arc::new(storage), Arc::new(signer)).with_audit(audit))
+    }
+}
+
+/// Serves `server` on `listener` until `shutdown` completes, then lets the requests in flight
+/// finish. Expired nonces and challenges are pruned every minute.
+///
+/// # Errors
+/// [`ServeError::Io`] if the listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    server: Server,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let inner = server.inner.clone();
+    let pruner = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let i = inner.clone();
+            let now = i.now();
+            let pruned =
+                tokio::task::spawn_blocking(move || i.storage.prune(now)).await;
+            if let Ok(Err(e)) = pruned {
+                tracing::warn!(error = %e, "pruning expired nonces failed");
+            }
+        }
+    });
+    let app = server
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
+    pruner.abort();
+    served.map_err(ServeError::Io)
+}

@@ -1,0 +1,569 @@
+//! The service: configuration, shared state, the router and the one middleware every request
+//! passes (limits, authentication, response signing, metrics).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http::{HeaderValue, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use keyhaven::{PublicKey, ServiceSigner, Signature, unix_now};
+use keyhaven_client::wire::{Role, SIGNATURE_LABEL};
+use keyhaven_httpsig::{
+    Component, DigestAlgorithm, Message, Request as SignedRequest, Response as SignedResponse,
+    SignatureSpec, content_digest, sign_with,
+};
+
+use crate::audit::{AuditSink, Decision, NoAudit};
+use crate::auth::{self, Caller};
+use crate::handlers;
+use crate::metrics::{Metrics, method_label};
+use crate::problem::ApiError;
+use crate::ratelimit::{Limiter, Rate};
+use crate::storage::Storage;
+
+/// How the server behaves. [`ServerConfig::default`] is what `keyhaven serve` runs with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The scheme clients use to reach the server (`https` behind TLS), part of the
+    /// `@target-uri` they sign.
+    pub scheme: &'static str,
+    /// The largest request body (bytes).
+    pub max_body_bytes: usize,
+    /// The most header-field bytes a request may carry (names and values).
+    pub max_header_bytes: usize,
+    /// How long a request may take, body included.
+    pub request_timeout: Duration,
+    /// How old a signature's `created` may be (seconds).
+    pub max_age: u64,
+    /// How far a client's clock may be ahead (seconds).
+    pub skew: u64,
+    /// How long a registration challenge lasts (seconds).
+    pub challenge_ttl: u64,
+    /// The longest migration window a rotation may give the old key (seconds).
+    pub max_migration: u64,
+    /// Requests per key.
+    pub per_key: Rate,
+    /// Requests per client address.
+    pub per_address: Rate,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            scheme: "http",
+            max_body_bytes: 64 * 1024,
+            max_header_bytes: 16 * 1024,
+            request_timeout: Duration::from_secs(10),
+            max_age: 300,
+            skew: 60,
+            challenge_ttl: 300,
+            max_migration: 30 * 86_400,
+            per_key: Rate {
+                per_second: 500.0,
+                burst: 1000.0,
+            },
+            per_address: Rate {
+                per_second: 20_000.0,
+                burst: 40_000.0,
+            },
+        }
+    }
+}
+
+/// What signs the server's responses: a key of the keyhaven home, wherever it lives.
+pub trait ResponseSigner: Send + Sync + 'static {
+    /// The public key (its fingerprint is the responses' `keyid`).
+    fn public_key(&self) -> &PublicKey;
+    /// Signs `data`.
+    ///
+    /// # Errors
+    /// The backend's error.
+    fn sign(&self, data: &[u8]) -> Result<Signature, keyhaven::CoreError>;
+}
+
+impl ResponseSigner for ServiceSigner {
+    fn public_key(&self) -> &PublicKey {
+        ServiceSigner::public_key(self)
+    }
+    fn sign(&self, data: &[u8]) -> Result<Signature, keyhaven::CoreError> {
+        ServiceSigner::sign(self, data)
+    }
+}
+
+/// The shared state.
+pub(crate) struct Inner {
+    pub(crate) config: ServerConfig,
+    pub(crate) storage: Arc<dyn Storage>,
+    pub(crate) signer: Arc<dyn ResponseSigner>,
+    pub(crate) audit: Arc<dyn AuditSink>,
+    pub(crate) metrics: Metrics,
+    pub(crate) per_key: Limiter,
+    pub(crate) per_address: Limiter,
+    pub(crate) clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+}
+
+impl Inner {
+    pub(crate) fn now(&self) -> u64 {
+        (self.clock)()
+    }
+
+    /// Runs `f` with the store on the blocking pool, timed in the metrics.
+    pub(crate) async fn db<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&dyn Storage) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let inner = self.clone();
+        tokio::task::spawn_blocking(move || {
+            inner.metrics.db_start();
+            let t = Instant::now();
+            let out = f(inner.storage.as_ref());
+            inner.metrics.db_finish(t.elapsed());
+            out
+        })
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+    }
+
+    /// Records a decision; a trail that cannot be written refuses the request.
+    pub(crate) fn decide(&self, decision: &Decision) -> Result<(), ApiError> {
+        self.audit.record(decision).map_err(|e| {
+            tracing::error!(error = %e, "the audit trail cannot be written");
+            ApiError::unavailable("the server's audit trail cannot be written; try again later")
+        })
+    }
+}
+
+/// A keyhaven server: its state, to serve with [`Server::router`] or [`crate::serve`].
+#[derive(Clone)]
+pub struct Server {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("config", &self.inner.config)
+            .field(
+                "server_key",
+                &self.inner.signer.public_key().fingerprint().to_hex(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// A server over `storage`, signing responses with `signer`, with no audit trail yet.
+    pub fn new(
+        config: ServerConfig,
+        storage: Arc<dyn Storage>,
+        signer: Arc<dyn ResponseSigner>,
+    ) -> Self {
+        let per_key = Limiter::new(config.per_key, 100_000);
+        let per_address = Limiter::new(config.per_address, 100_000);
+        Server {
+            inner: Arc::new(Inner {
+                config,
+                storage,
+                signer,
+                audit: Arc::new(NoAudit),
+                metrics: Metrics::default(),
+                per_key,
+                per_address,
+                clock: Arc::new(unix_now),
+            }),
+        }
+    }
+
+    fn with_inner(self, change: impl FnOnce(&mut Inner)) -> Self {
+        let mut inner = match Arc::try_unwrap(self.inner) {
+            Ok(inner) => inner,
+            Err(shared) => Inner {
+                config: shared.config.clone(),
+                storage: shared.storage.clone(),
+                signer: shared.signer.clone(),
+                audit: shared.audit.clone(),
+                metrics: Metrics::default(),
+                per_key: Limiter::new(shared.config.per_key, 100_000),
+                per_address: Limiter::new(shared.config.per_address, 100_000),
+                clock: shared.clock.clone(),
+            },
+        };
+        change(&mut inner);
+        Server {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The same server recording its decisions in `audit`.
+    #[must_use]
+    pub fn with_audit(self, audit: Arc<dyn AuditSink>) -> Self {
+        self.with_inner(|i| i.audit = audit)
+    }
+
+    /// The same server reading time from `clock` (seconds since the epoch), for tests.
+    #[must_use]
+    pub fn with_clock(self, clock: Arc<dyn Fn() -> u64 + Send + Sync>) -> Self {
+        self.with_inner(|i| i.clock = clock)
+    }
+
+    /// The key that signs the responses.
+    pub fn public_key(&self) -> &PublicKey {
+        self.inner.signer.public_key()
+    }
+
+    /// The metrics in Prometheus text format (what `/metrics` serves).
+    pub fn metrics(&self) -> String {
+        self.inner.metrics.render()
+    }
+
+    /// The router: every route behind the middleware that limits, authenticates, signs and
+    /// counts.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(handlers::healthz))
+            .route("/readyz", get(handlers::readyz))
+            .route("/metrics", get(handlers::metrics))
+            .route("/v1/server", get(handlers::server_info))
+            .route("/v1/challenge", post(handlers::challenge))
+            .route("/v1/clients", post(handlers::register))
+            .route("/v1/whoami", get(handlers::whoami))
+            .route("/v1/clients/me", get(handlers::me))
+            .route("/v1/clients/me/rotate", post(handlers::rotate))
+            .route("/v1/clients/me/revoke", post(handlers::revoke))
+            .route("/v1/admin/clients", get(handlers::admin_clients))
+            .route("/v1/admin/export", get(handlers::admin_export))
+            .route("/v1/admin/revoke", post(handlers::admin_revoke))
+            .route("/v1/admin/stats", get(handlers::admin_stats))
+            .fallback(handlers::not_found)
+            .method_not_allowed_fallback(handlers::method_not_allowed)
+            .layer(axum::middleware::from_fn_with_state(
+                self.inner.clone(),
+                pipeline,
+            ))
+            .with_state(self.inner.clone())
+    }
+}
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Anyone (the response is signed all the same).
+    Open,
+    /// A registration: the handler checks the signature with the key in the body.
+    Registration,
+    /// A registered key in good standing.
+    Client,
+    /// A registered key of an admin.
+    Admin,
+}
+
+/// The route's metrics label and who may call it.
+fn classify(path: &str) -> (&'static str, Access) {
+    match path {
+        "/healthz" => ("healthz", Access::Open),
+        "/readyz" => ("readyz", Access::Open),
+        "/metrics" => ("metrics", Access::Open),
+        "/v1/server" => ("server", Access::Open),
+        "/v1/challenge" => ("challenge", Access::Open),
+        "/v1/clients" => ("register", Access::Registration),
+        "/v1/whoami" => ("whoami", Access::Client),
+        "/v1/clients/me" => ("me", Access::Client),
+        "/v1/clients/me/rotate" => ("rotate", Access::Client),
+        "/v1/clients/me/revoke" => ("revoke", Access::Client),
+        "/v1/admin/clients" => ("admin_clients", Access::Admin),
+        "/v1/admin/export" => ("admin_export", Access::Admin),
+        "/v1/admin/revoke" => ("admin_revoke", Access::Admin),
+        "/v1/admin/stats" => ("admin_stats", Access::Admin),
+        _ => ("other", Access::Open),
+    }
+}
+
+/// The request as signed: what handlers that check signatures themselves need.
+#[derive(Clone)]
+pub(crate) struct Signed(pub(crate) Arc<SignedRequest>);
+
+/// The request body, read once, within the limit.
+#[derive(Clone)]
+pub(crate) struct RawBody(pub(crate) Bytes);
+
+/// The request as RFC 9421 sees it: method, target URI (scheme, `Host`, path and query) and
+/// every header field that is visible ASCII.
+fn signed_view(
+    config: &ServerConfig,
+    parts: &http::request::Parts,
+) -> Result<SignedRequest, ApiError> {
+    let authority = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| parts.uri.authority().map(|a| a.as_str().to_owned()))
+        .ok_or_else(|| ApiError::bad_request("invalid-request", "the request has no Host"))?;
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let target = format!("{}://{authority}{path}", config.scheme);
+    let mut request = SignedRequest::new(parts.method.as_str(), &target).map_err(|e| {
+        ApiError::bad_request("invalid-request", format!("the request target: {e}"))
+    })?;
+    for (name, value) in &parts.headers {
+        if let Ok(v) = value.to_str() {
+            request.push_header(name.as_str(), v);
+        }
+    }
+    Ok(request)
+}
+
+async fn pipeline(
+    State(inner): State<Arc<Inner>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let started = Instant::now();
+    inner.metrics.start();
+    let (route, access) = classify(request.uri().path());
+    let method = method_label(request.method());
+    let address = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    let timeout = inner.config.request_timeout;
+    let (signed, response) =
+        match tokio::time::timeout(timeout, handle(&inner, request, access, address, next)).await
+        {
+            Ok(out) => out,
+            Err(_) => (
+                None,
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "timeout",
+                    format!("the request took longer than {} s", timeout.as_secs()),
+                )
+                .into_response(),
+            ),
+        };
+    let response = sign_response(&inner, signed, response).await;
+    inner
+        .metrics
+        .finish(route, method, response.status().as_u16(), started.elapsed());
+    response
+}
+
+/// Limits, reads, authenticates and runs one request; returns it as signed (when it could
+/// be read) with the handler's answer.
+async fn handle(
+    inner: &Arc<Inner>,
+    request: Request,
+    access: Access,
+    address: Option<std::net::IpAddr>,
+    next: Next,
+) -> (Option<Arc<SignedRequest>>, Response) {
+    if let Some(ip) = address {
+        if !inner.per_address.allow(&ip.to_string(), Instant::now()) {
+            inner.metrics.rate_limited();
+            return (None, rate_limited("this address"));
+        }
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len())
+        .sum();
+    if header_bytes > inner.config.max_header_bytes {
+        return (
+            None,
+            ApiError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers-too-large",
+                format!(
+                    "the header fields are {header_bytes} bytes; at most {} are read",
+                    inner.config.max_header_bytes
+                ),
+            )
+            .into_response(),
+        );
+    }
+    let (parts, body) = request.into_parts();
+    let signed = match signed_view(&inner.config, &parts) {
+        Ok(s) => Arc::new(s),
+        Err(e) => return (None, e.into_response()),
+    };
+    let max = inner.config.max_body_bytes;
+    if parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > max as u64)
+    {
+        return (Some(signed), too_large(max));
+    }
+    let body = match Limited::new(body, max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return (Some(signed), too_large(max));
+        }
+        Err(e) => {
+            return (
+                Some(signed),
+                ApiError::bad_request("invalid-request", format!("the body cannot be read: {e}"))
+                    .into_response(),
+            );
+        }
+    };
+    let caller = match access {
+        Access::Open | Access::Registration => None,
+        Access::Client | Access::Admin => {
+            let (i, s, b) = (inner.clone(), signed.clone(), body.clone());
+            let address = address.map(|a| a.to_string());
+            let outcome = tokio::task::spawn_blocking(move || {
+                auth::authenticate(&i, &s, &b, address.as_deref())
+            })
+            .await
+            .unwrap_or_else(|e| {
+                Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    e.to_string(),
+                ))
+            });
+            match outcome {
+                Ok(caller) => Some(caller),
+                Err(e) => return (Some(signed), e.into_response()),
+            }
+        }
+    };
+    if let Some(caller) = &caller {
+        if access == Access::Admin && caller.role != Role::Admin {
+            return (
+                Some(signed),
+                ApiError::forbidden("this route is for admins; your key is a client's").into_response(),
+            );
+        }
+        if !inner.per_key.allow(&caller.fingerprint, Instant::now()) {
+            inner.metrics.rate_limited();
+            return (Some(signed), rate_limited("this key"));
+        }
+    }
+    let mut request = Request::from_parts(parts, Body::from(body.clone()));
+    request.extensions_mut().insert(Signed(signed.clone()));
+    request.extensions_mut().insert(RawBody(body));
+    if let Some(caller) = caller {
+        request.extensions_mut().insert::<Caller>(caller);
+    }
+    (Some(signed), next.run(request).await)
+}
+
+fn too_large(max: usize) -> Response {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too-large",
+        format!("the body is larger than {max} bytes"),
+    )
+    .into_response()
+}
+
+fn rate_limited(what: &str) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate-limited",
+        format!("too many requests from {what}; slow down and retry"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+/// Signs `response` with the server key (RFC 9421): its status, its body's digest, and, bound
+/// to the request it answers, the request's method, target URI and signature.
+async fn sign_response(
+    inner: &Arc<Inner>,
+    request: Option<Arc<SignedRequest>>,
+    response: Response,
+) -> Response {
+    let (mut parts, body) = response.into_parts();
+    // Our own bodies: small and already in memory.
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            tracing::error!(error = %e, "a response body could not be read");
+            Bytes::new()
+        }
+    };
+    if !body.is_empty() {
+        let digest = content_digest(&body, DigestAlgorithm::Sha256);
+        if let Ok(v) = HeaderValue::from_str(&digest) {
+            parts.headers.insert("content-digest", v);
+        }
+    }
+    let now = inner.now();
+    let status = parts.status.as_u16();
+    let digest = parts
+        .headers
+        .get("content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let signer = inner.signer.clone();
+    let signed = tokio::task::spawn_blocking(move || {
+        let mut message = SignedResponse::new(status, request.as_deref().cloned());
+        let mut spec = SignatureSpec::new(SIGNATURE_LABEL, &signer.public_key().fingerprint().to_hex())
+            .created(now);
+        spec = spec.cover(Component::new("@status")?);
+        if let Some(d) = &digest {
+            message.push_header("content-digest", d);
+            spec = spec.cover(Component::new("content-digest")?);
+        }
+        if let Some(r) = &request {
+            spec = spec
+                .cover(Component::new("@method")?.of_request())
+                .cover(Component::new("@target-uri")?.of_request());
+            if Message::Request(r).field("signature").is_some() {
+                spec = spec.cover(Component::new("signature")?.of_request());
+            }
+        }
+        let algorithm = signer.public_key().algorithm();
+        sign_with(Message::Response(&message), &spec, algorithm, &mut |base| {
+            signer.sign(base)
+        })
+    })
+    .await;
+    match signed {
+        Ok(Ok(headers)) => {
+            for (name, value) in [
+                ("signature-input", headers.signature_input),
+                ("signature", headers.signature),
+            ] {
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    parts.headers.insert(name, v);
+                }
+            }
+            Response::from_parts(parts, Body::from(body))
+        }
+        other => {
+            let reason = match other {
+                Ok(Err(e)) => e.to_string(),
+                Err(e) => e.to_string(),
+                Ok(Ok(_)) => String::new(),
+            };
+            tracing::error!(error = %reason, "the server key cannot sign a response");
+            // An unsigned answer would be refused by every client: say why instead.
+            let mut r = ApiError::unavailable(
+                "the server key cannot sign responses now; the operator must check its backend",
+            )
+            .into_response();
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            r
+        }
+    }
+}

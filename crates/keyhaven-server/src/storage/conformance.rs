@@ -1,0 +1,180 @@
+//! The checks every [`Storage`] passes: the embedded store runs them in its tests, and any
+//! other implementation must too. Each takes a fresh, empty store and panics (it is test code)
+//! on the first behaviour that differs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::missing_panics_doc)]
+
+use keyhaven_client::wire::{KeyStatus, Role};
+
+use super::{KeyState, NewClient, NewKey, Revoked, Storage, StorageError, Superseded};
+
+fn key(n: u8) -> NewKey {
+    NewKey {
+        fingerprint: format!("{n:02x}").repeat(32),
+        algorithm: "ed25519".into(),
+        spki: vec![n; 44],
+    }
+}
+
+fn client(id: &str, name: &str, k: u8, at: u64) -> NewClient {
+    NewClient {
+        id: id.into(),
+        name: name.into(),
+        role: Role::Client,
+        at,
+        key: key(k),
+    }
+}
+
+/// Runs every check, each on a store `fresh` makes.
+pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
+    challenges_are_single_use_and_expire(fresh().as_ref());
+    registration_keeps_clients_and_refuses_a_known_key(fresh().as_ref());
+    nonces_are_accepted_once(fresh().as_ref());
+    rotation_supersedes_and_revocation_sticks(fresh().as_ref());
+    search_and_stats(fresh().as_ref());
+    settings_round_trip(fresh().as_ref());
+}
+
+/// A challenge is taken once, and not after it expired.
+pub fn challenges_are_single_use_and_expire(s: &dyn Storage) {
+    s.put_challenge("c1", 100).unwrap();
+    s.put_challenge("c2", 100).unwrap();
+    assert!(s.take_challenge("c1", 50).unwrap());
+    assert!(!s.take_challenge("c1", 50).unwrap(), "used twice");
+    assert!(!s.take_challenge("c2", 100).unwrap(), "taken at its expiry");
+    assert!(!s.take_challenge("c2", 50).unwrap(), "an expired take still uses it up");
+    assert!(!s.take_challenge("never", 0).unwrap());
+    s.put_challenge("c3", 10).unwrap();
+    assert!(s.prune(20).unwrap() >= 1);
+    assert!(!s.take_challenge("c3", 5).unwrap(), "pruned");
+}
+
+/// Clients and keys come back as registered; a key registers once, to one client.
+pub fn registration_keeps_clients_and_refuses_a_known_key(s: &dyn Storage) {
+    let c = s.register(&client("a1", "alpha", 1, 10)).unwrap();
+    assert_eq!((c.id.as_str(), c.name.as_str(), c.role), ("a1", "alpha", Role::Client));
+    assert_eq!(c.keys.len(), 1);
+    let k = &c.keys[0];
+    assert_eq!(k.fingerprint, key(1).fingerprint);
+    assert_eq!(k.spki, key(1).spki);
+    assert_eq!(k.state, KeyState::Active);
+    assert_eq!(k.status_at(10), KeyStatus::Active);
+    assert_eq!(s.key(&key(1).fingerprint).unwrap().unwrap(), *k);
+    assert_eq!(s.client("a1").unwrap().unwrap(), c);
+    assert!(s.client("nobody").unwrap().is_none());
+    assert!(s.key(&key(9).fingerprint).unwrap().is_none());
+    match s.register(&client("b2", "beta", 1, 11)) {
+        Err(StorageError::KeyExists(fp)) => assert_eq!(fp, key(1).fingerprint),
+        other => panic!("a known key registered again: {other:?}"),
+    }
+    assert!(s.client("b2").unwrap().is_none(), "a refused registration leaves nothing");
+    let mut admin = client("c3", "root", 3, 12);
+    admin.role = Role::Admin;
+    s.register(&admin).unwrap();
+    assert_eq!(s.key(&key(3).fingerprint).unwrap().unwrap().role, Role::Admin);
+}
+
+/// A nonce is accepted once per key; another key may use the same one; pruning forgets it.
+pub fn nonces_are_accepted_once(s: &dyn Storage) {
+    assert!(s.use_nonce("k1", "n", 100).unwrap());
+    assert!(!s.use_nonce("k1", "n", 100).unwrap(), "replayed");
+    assert!(s.use_nonce("k2", "n", 100).unwrap(), "another key's nonce");
+    s.prune(50).unwrap();
+    assert!(!s.use_nonce("k1", "n", 100).unwrap(), "kept until it expires");
+    s.prune(101).unwrap();
+    assert!(s.use_nonce("k1", "n", 200).unwrap(), "forgotten once expired");
+}
+
+/// A rotation adds the new key and gives the old one a window; revocations stick, first
+/// reason kept; a key of another client cannot be superseded.
+pub fn rotation_supersedes_and_revocation_sticks(s: &dyn Storage) {
+    s.register(&client("a1", "alpha", 1, 10)).unwrap();
+    s.register(&client("b2", "beta", 2, 10)).unwrap();
+    let steps = [Superseded {
+        old: key(1).fingerprint,
+        until: 500,
+    }];
+    let c = s.rotate("a1", &steps, &key(4), 20).unwrap();
+    assert_eq!(c.keys.len(), 2);
+    assert_eq!(c.keys[0].state, KeyState::Rotating { until: 500 });
+    assert_eq!(c.keys[0].status_at(499), KeyStatus::Rotating);
+    assert_eq!(c.keys[0].status_at(500), KeyStatus::Retired);
+    assert_eq!(c.keys[1].fingerprint, key(4).fingerprint);
+    assert_eq!(c.keys[1].successor_of, Some(key(1).fingerprint));
+    assert_eq!(c.keys[1].status_at(20), KeyStatus::Active);
+    // A later rotation never extends a window already given.
+    let again = [Superseded {
+        old: key(1).fingerprint,
+        until: 900,
+    }];
+    let c = s.rotate("a1", &again, &key(5), 30).unwrap();
+    assert_eq!(c.keys[0].state, KeyState::Rotating { until: 500 });
+    // Another client's key, or a key already registered, is refused and nothing changes.
+    let theirs = [Superseded {
+        old: key(2).fingerprint,
+        until: 500,
+    }];
+    assert!(matches!(s.rotate("a1", &theirs, &key(6), 40), Err(StorageError::NoKey(_))));
+    assert_eq!(s.key(&key(2).fingerprint).unwrap().unwrap().state, KeyState::Active);
+    assert!(s.key(&key(6).fingerprint).unwrap().is_none());
+    assert!(matches!(s.rotate("a1", &steps, &key(2), 40), Err(StorageError::KeyExists(_))));
+
+    assert_eq!(s.revoke(&key(4).fingerprint, 50, "lost", "self").unwrap(), Revoked::Now);
+    assert_eq!(s.revoke(&key(4).fingerprint, 60, "again", "admin:x").unwrap(), Revoked::Already);
+    assert_eq!(s.revoke(&key(9).fingerprint, 60, "?", "self").unwrap(), Revoked::Unknown);
+    let r = s.key(&key(4).fingerprint).unwrap().unwrap();
+    assert_eq!(
+        r.state,
+        KeyState::Revoked {
+            at: 50,
+            reason: "lost".into(),
+            by: "self".into()
+        }
+    );
+    assert_eq!(r.status_at(50), KeyStatus::Revoked);
+    // A revoked key is not brought back by a rotation naming it.
+    let revived = [Superseded {
+        old: key(4).fingerprint,
+        until: 900,
+    }];
+    s.rotate("a1", &revived, &key(7), 70).unwrap();
+    assert_eq!(s.key(&key(4).fingerprint).unwrap().unwrap().status_at(70), KeyStatus::Revoked);
+}
+
+/// Search by name, id or fingerprint; LIKE wildcards in a query are literal; counts.
+pub fn search_and_stats(s: &dyn Storage) {
+    s.register(&client("a1", "Alpha_one", 1, 1000)).unwrap();
+    s.register(&client("b2", "beta", 2, 8000)).unwrap();
+    s.register(&client("c3", "gamma", 3, 9000)).unwrap();
+    let names = |q: &str| {
+        s.search(q, 100)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(names(""), ["Alpha_one", "beta", "gamma"]);
+    assert_eq!(names("ALPHA"), ["Alpha_one"]);
+    assert_eq!(names("_"), ["Alpha_one"], "an underscore is literal");
+    assert_eq!(names("%"), Vec::<String>::new(), "a percent sign is literal");
+    assert_eq!(names("b2"), ["beta"]);
+    assert_eq!(names(&key(3).fingerprint[..20]), ["gamma"]);
+    assert_eq!(s.search("", 2).unwrap().len(), 2);
+    s.revoke(&key(2).fingerprint, 9000, "r", "self").unwrap();
+    let st = s.stats(9100).unwrap();
+    assert_eq!(st.clients, 3);
+    assert_eq!(st.active_keys, 2);
+    assert_eq!(st.revoked_keys, 1);
+    assert_eq!(st.registrations_last_hour, 2);
+    assert_eq!(st.registrations_last_day, 3);
+}
+
+/// Settings are kept and replaced.
+pub fn settings_round_trip(s: &dyn Storage) {
+    assert_eq!(s.setting("x").unwrap(), None);
+    s.set_setting("x", "1").unwrap();
+    s.set_setting("x", "2").unwrap();
+    assert_eq!(s.setting("x").unwrap().as_deref(), Some("2"));
+    s.ping().unwrap();
+}

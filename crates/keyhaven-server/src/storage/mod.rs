@@ -1,0 +1,288 @@
+//! Where the server keeps its state: one trait, an embedded SQLite implementation, and the
+//! conformance checks every implementation passes ([`conformance`]).
+//!
+//! The trait is synchronous: the server calls it on tokio's blocking pool, never on the async
+//! threads. Every method is one transaction.
+
+use keyhaven_client::wire::{ClientView, KeyStatus, KeyView, RevokedView, Role, Stats};
+
+pub mod conformance;
+mod sqlite;
+
+pub use sqlite::SqliteStorage;
+
+/// A result with [`StorageError`].
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Why the store refused or failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The key (by fingerprint) is registered already.
+    #[error("key {0} is registered already")]
+    KeyExists(String),
+    /// No client has this id.
+    #[error("no client {0}")]
+    NoClient(String),
+    /// No client has this key.
+    #[error("no registered key {0}")]
+    NoKey(String),
+    /// The database failed (I/O, corruption, a schema from a newer keyhaven).
+    #[error("the server database {path}: {reason}")]
+    Database {
+        /// The database.
+        path: String,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// A client to register, with its first key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewClient {
+    /// Its id (32 hex digits, random).
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// When (seconds since the epoch).
+    pub at: u64,
+    /// Its first key.
+    pub key: NewKey,
+}
+
+/// A key to add.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewKey {
+    /// SHA-256 of its SPKI DER, lowercase hex.
+    pub fingerprint: String,
+    /// `ed25519`, `p256` or `p384`.
+    pub algorithm: String,
+    /// Its SPKI DER.
+    pub spki: Vec<u8>,
+}
+
+/// A registered key as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    /// Its client.
+    pub client_id: String,
+    /// Its client's role.
+    pub role: Role,
+    /// Fingerprint.
+    pub fingerprint: String,
+    /// Algorithm name.
+    pub algorithm: String,
+    /// SPKI DER.
+    pub spki: Vec<u8>,
+    /// When it was added.
+    pub added_at: u64,
+    /// The stored state.
+    pub state: KeyState,
+    /// The key it succeeds, if it came by rotation.
+    pub successor_of: Option<String>,
+}
+
+/// A key's stored state: the status it has at a given time follows ([`KeyRecord::status_at`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyState {
+    /// Accepted.
+    Active,
+    /// Superseded; accepted until `until`.
+    Rotating {
+        /// The end of its migration window.
+        until: u64,
+    },
+    /// Revoked.
+    Revoked {
+        /// When.
+        at: u64,
+        /// Why.
+        reason: String,
+        /// By whom.
+        by: String,
+    },
+}
+
+impl KeyRecord {
+    /// Its status at `now`: a rotating key whose window has ended is retired.
+    pub fn status_at(&self, now: u64) -> KeyStatus {
+        match &self.state {
+            KeyState::Active => KeyStatus::Active,
+            KeyState::Rotating { until } if now < *until => KeyStatus::Rotating,
+            KeyState::Rotating { .. } => KeyStatus::Retired,
+            KeyState::Revoked { .. } => KeyStatus::Revoked,
+        }
+    }
+
+    /// Its view at `now`.
+    pub fn view(&self, now: u64) -> KeyView {
+        KeyView {
+            fingerprint: self.fingerprint.clone(),
+            algorithm: self.algorithm.clone(),
+            status: self.status_at(now),
+            added_at: self.added_at,
+            until: match &self.state {
+                KeyState::Rotating { until } => Some(*until),
+                _ => None,
+            },
+            revoked: match &self.state {
+                KeyState::Revoked { at, reason, by } => Some(RevokedView {
+                    at: *at,
+                    reason: reason.clone(),
+                    by: by.clone(),
+                }),
+                _ => None,
+            },
+            successor_of: self.successor_of.clone(),
+        }
+    }
+}
+
+/// A client as stored, with its keys (oldest first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientRecord {
+    /// Id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// When it registered.
+    pub registered_at: u64,
+    /// Its keys.
+    pub keys: Vec<KeyRecord>,
+}
+
+impl ClientRecord {
+    /// Its view at `now`.
+    pub fn view(&self, now: u64) -> ClientView {
+        ClientView {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            role: self.role,
+            registered_at: self.registered_at,
+            keys: self.keys.iter().map(|k| k.view(now)).collect(),
+        }
+    }
+}
+
+/// What a revocation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revoked {
+    /// The key is revoked now.
+    Now,
+    /// It was revoked before (its first revocation stands).
+    Already,
+    /// No client has it.
+    Unknown,
+}
+
+/// One step of a rotation: `old` is superseded (accepted until `until`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Superseded {
+    /// The old key's fingerprint.
+    pub old: String,
+    /// The end of its migration window.
+    pub until: u64,
+}
+
+/// The server's state.
+pub trait Storage: Send + Sync + 'static {
+    /// Keeps a registration challenge until `expires_at`.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn put_challenge(&self, challenge: &str, expires_at: u64) -> Result<()>;
+
+    /// Uses up a challenge: `true` if it was issued and has not expired at `now` (it is then
+    /// gone, whatever this returns).
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn take_challenge(&self, challenge: &str, now: u64) -> Result<bool>;
+
+    /// Registers a client with its first key.
+    ///
+    /// # Errors
+    /// [`StorageError::KeyExists`] if the key is registered (to anyone), or
+    /// [`StorageError::Database`].
+    fn register(&self, client: &NewClient) -> Result<ClientRecord>;
+
+    /// The key with this fingerprint.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn key(&self, fingerprint: &str) -> Result<Option<KeyRecord>>;
+
+    /// The client with this id.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn client(&self, id: &str) -> Result<Option<ClientRecord>>;
+
+    /// Adds `new` to client `client_id` as its active key, succeeding the keys in `superseded`
+    /// (each of that client; each becomes rotating until its `until`, unless revoked).
+    ///
+    /// # Errors
+    /// [`StorageError::KeyExists`] if `new` is registered, [`StorageError::NoKey`] if a
+    /// superseded key is not the client's, [`StorageError::Database`].
+    fn rotate(
+        &self,
+        client_id: &str,
+        superseded: &[Superseded],
+        new: &NewKey,
+        at: u64,
+    ) -> Result<ClientRecord>;
+
+    /// Revokes a key (a revoked key stays revoked: its first reason stands).
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn revoke(&self, fingerprint: &str, at: u64, reason: &str, by: &str) -> Result<Revoked>;
+
+    /// Clients whose name, id or a key fingerprint contains `query` (case-insensitive; all when
+    /// empty), by registration time, at most `limit`.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn search(&self, query: &str, limit: u32) -> Result<Vec<ClientRecord>>;
+
+    /// Counts for monitoring, at `now`.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn stats(&self, now: u64) -> Result<Stats>;
+
+    /// Records that `keyid` used `nonce`, kept until `expires_at`: `false` if it was used
+    /// before (a replay). Atomic across every server sharing this store.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn use_nonce(&self, keyid: &str, nonce: &str, expires_at: u64) -> Result<bool>;
+
+    /// Forgets nonces and challenges that expired before `now`; returns how many.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn prune(&self, now: u64) -> Result<u64>;
+
+    /// A setting (`server-key`, ...).
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn setting(&self, name: &str) -> Result<Option<String>>;
+
+    /// Sets a setting.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn set_setting(&self, name: &str, value: &str) -> Result<()>;
+
+    /// Whether the store answers (for `/readyz`).
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn ping(&self) -> Result<()>;
+}

@@ -1,0 +1,513 @@
+//! The embedded store: one SQLite database in the keyhaven home (WAL), needing nothing else.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use keyhaven::fs;
+use keyhaven_client::wire::{Role, Stats};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
+
+use super::{
+    ClientRecord, KeyRecord, KeyState, NewClient, NewKey, Result, Revoked, Storage, StorageError,
+    Superseded,
+};
+
+/// The schema, one migration per version; `PRAGMA user_version` says how many ran.
+const MIGRATIONS: &[&str] = &[
+    // 1: clients, their keys, challenges, nonces, settings.
+    "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+     CREATE TABLE clients (
+         id TEXT PRIMARY KEY,
+         name TEXT NOT NULL,
+         role TEXT NOT NULL CHECK (role IN ('client', 'admin')),
+         registered_at INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE keys (
+         fingerprint TEXT PRIMARY KEY,
+         client_id TEXT NOT NULL REFERENCES clients(id),
+         algorithm TEXT NOT NULL,
+         spki BLOB NOT NULL,
+         added_at INTEGER NOT NULL,
+         state TEXT NOT NULL CHECK (state IN ('active', 'rotating', 'revoked')),
+         until INTEGER,
+         revoked_at INTEGER,
+         reason TEXT,
+         revoked_by TEXT,
+         successor_of TEXT
+     );
+     CREATE INDEX keys_by_client ON keys(client_id, added_at);
+     CREATE INDEX clients_by_time ON clients(registered_at);
+     CREATE TABLE challenges (challenge TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) WITHOUT ROWID;
+     CREATE TABLE nonces (
+         keyid TEXT NOT NULL,
+         nonce TEXT NOT NULL,
+         expires_at INTEGER NOT NULL,
+         PRIMARY KEY (keyid, nonce)
+     ) WITHOUT ROWID;
+     CREATE INDEX nonces_by_expiry ON nonces(expires_at);",
+];
+
+/// The embedded store: a SQLite database (write-ahead log, `synchronous = FULL` so an
+/// acknowledged registration survives a power cut) behind one connection.
+#[derive(Debug)]
+pub struct SqliteStorage {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> StorageError + '_ {
+    move |e| StorageError::Database {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn role_of(s: &str) -> Role {
+    if s == "admin" { Role::Admin } else { Role::Client }
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+const KEY_COLUMNS: &str = "k.client_id, c.role, k.fingerprint, k.algorithm, k.spki, k.added_at, \
+     k.state, k.until, k.revoked_at, k.reason, k.revoked_by, k.successor_of";
+
+fn key_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
+    let state: String = row.get(6)?;
+    let state = match state.as_str() {
+        "rotating" => KeyState::Rotating {
+            until: u64_of(row.get::<_, Option<i64>>(7)?.unwrap_or(0)),
+        },
+        "revoked" => KeyState::Revoked {
+            at: u64_of(row.get::<_, Option<i64>>(8)?.unwrap_or(0)),
+            reason: row.get::<_, Option<String>>(9)?.unwrap_or_default(),
+            by: row.get::<_, Option<String>>(10)?.unwrap_or_default(),
+        },
+        _ => KeyState::Active,
+    };
+    Ok(KeyRecord {
+        client_id: row.get(0)?,
+        role: role_of(&row.get::<_, String>(1)?),
+        fingerprint: row.get(2)?,
+        algorithm: row.get(3)?,
+        spki: row.get(4)?,
+        added_at: u64_of(row.get(5)?),
+        state,
+        successor_of: row.get(11)?,
+    })
+}
+
+impl SqliteStorage {
+    /// Opens (creating it, 0600 in a 0700 directory, if missing) the database at `path` and
+    /// brings its schema up to date.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`] if the file is a symlink, open to other users, not a
+    /// database, or from a newer keyhaven.
+    pub fn open(path: &Path) -> Result<Self> {
+        let fs_err = |e: keyhaven::CoreError| StorageError::Database {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        };
+        if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_private_dir(dir).map_err(fs_err)?;
+        }
+        match fs::check_private(path) {
+            Ok(_) => {}
+            Err(keyhaven::CoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                // An empty file is an empty database: made 0600 by the one file layer.
+                fs::atomic_write_new(path, b"").map_err(fs_err)?;
+            }
+            Err(e) => return Err(fs_err(e)),
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(db_err(path))?;
+        conn.busy_timeout(Duration::from_secs(10))
+            .map_err(db_err(path))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err(path))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(db_err(path))?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(db_err(path))?;
+        let storage = SqliteStorage {
+            path: path.to_owned(),
+            conn: Mutex::new(conn),
+        };
+        storage.migrate()?;
+        Ok(storage)
+    }
+
+    /// Where the database is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version this build writes.
+    pub fn schema_version() -> u32 {
+        u32::try_from(MIGRATIONS.len()).unwrap_or(u32::MAX)
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn err(&self) -> impl Fn(rusqlite::Error) -> StorageError + '_ {
+        db_err(&self.path)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.conn();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(self.err())?;
+        let known = i64::from(Self::schema_version());
+        if version > known {
+            return Err(StorageError::Database {
+                path: self.path.display().to_string(),
+                reason: format!(
+                    "its schema is version {version}, newer than this keyhaven knows ({known}): \
+                     run the keyhaven that wrote it"
+                ),
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+            let tx = conn.transaction().map_err(self.err())?;
+            tx.execute_batch(sql).map_err(self.err())?;
+            tx.pragma_update(None, "user_version", i + 1)
+                .map_err(self.err())?;
+            tx.commit().map_err(self.err())?;
+        }
+        Ok(())
+    }
+
+    fn keys_of(&self, tx: &Connection, client_id: &str) -> Result<Vec<KeyRecord>> {
+        let mut stmt = tx
+            .prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM keys k JOIN clients c ON c.id = k.client_id
+                 WHERE k.client_id = ?1 ORDER BY k.added_at, k.rowid"
+            ))
+            .map_err(self.err())?;
+        let rows = stmt
+            .query_map(params![client_id], key_row)
+            .map_err(self.err())?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())
+    }
+
+    fn client_in(&self, tx: &Connection, id: &str) -> Result<Option<ClientRecord>> {
+        let head = tx
+            .prepare_cached("SELECT id, name, role, registered_at FROM clients WHERE id = ?1")
+            .map_err(self.err())?
+            .query_row(params![id], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                ))
+            })
+            .optional()
+            .map_err(self.err())?;
+        let Some((id, name, role, at)) = head else {
+            return Ok(None);
+        };
+        let keys = self.keys_of(tx, &id)?;
+        Ok(Some(ClientRecord {
+            id,
+            name,
+            role: role_of(&role),
+            registered_at: u64_of(at),
+            keys,
+        }))
+    }
+
+    fn insert_key(
+        &self,
+        tx: &Transaction<'_>,
+        client_id: &str,
+        key: &NewKey,
+        at: u64,
+        successor_of: Option<&str>,
+    ) -> Result<()> {
+        let exists = tx
+            .prepare_cached("SELECT 1 FROM keys WHERE fingerprint = ?1")
+            .map_err(self.err())?
+            .exists(params![key.fingerprint])
+            .map_err(self.err())?;
+        if exists {
+            return Err(StorageError::KeyExists(key.fingerprint.clone()));
+        }
+        tx.prepare_cached(
+            "INSERT INTO keys (fingerprint, client_id, algorithm, spki, added_at, state, successor_of)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'active', ?6)",
+        )
+        .map_err(self.err())?
+        .execute(params![
+            key.fingerprint,
+            client_id,
+            key.algorithm,
+            key.spki,
+            i64_of(at),
+            successor_of
+        ])
+        .map_err(self.err())?;
+        Ok(())
+    }
+}
+
+impl Storage for SqliteStorage {
+    fn put_challenge(&self, challenge: &str, expires_at: u64) -> Result<()> {
+        self.conn()
+            .prepare_cached("INSERT INTO challenges (challenge, expires_at) VALUES (?1, ?2)")
+            .map_err(self.err())?
+            .execute(params![challenge, i64_of(expires_at)])
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    fn take_challenge(&self, challenge: &str, now: u64) -> Result<bool> {
+        let expires: Option<i64> = self
+            .conn()
+            .prepare_cached("DELETE FROM challenges WHERE challenge = ?1 RETURNING expires_at")
+            .map_err(self.err())?
+            .query_row(params![challenge], |r| r.get(0))
+            .optional()
+            .map_err(self.err())?;
+        Ok(expires.is_some_and(|e| u64_of(e) > now))
+    }
+
+    fn register(&self, client: &NewClient) -> Result<ClientRecord> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        tx.prepare_cached(
+            "INSERT INTO clients (id, name, role, registered_at) VALUES (?1, ?2, ?3, ?4)",
+        )
+        .map_err(self.err())?
+        .execute(params![
+            client.id,
+            client.name,
+            client.role.as_str(),
+            i64_of(client.at)
+        ])
+        .map_err(self.err())?;
+        self.insert_key(&tx, &client.id, &client.key, client.at, None)?;
+        let record = self
+            .client_in(&tx, &client.id)?
+            .ok_or_else(|| StorageError::NoClient(client.id.clone()))?;
+        tx.commit().map_err(self.err())?;
+        Ok(record)
+    }
+
+    fn key(&self, fingerprint: &str) -> Result<Option<KeyRecord>> {
+        self.conn()
+            .prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM keys k JOIN clients c ON c.id = k.client_id
+                 WHERE k.fingerprint = ?1"
+            ))
+            .map_err(self.err())?
+            .query_row(params![fingerprint], key_row)
+            .optional()
+            .map_err(self.err())
+    }
+
+    fn client(&self, id: &str) -> Result<Option<ClientRecord>> {
+        let conn = self.conn();
+        self.client_in(&conn, id)
+    }
+
+    fn rotate(
+        &self,
+        client_id: &str,
+        superseded: &[Superseded],
+        new: &NewKey,
+        at: u64,
+    ) -> Result<ClientRecord> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        for s in superseded {
+            let owner: Option<String> = tx
+                .prepare_cached("SELECT client_id FROM keys WHERE fingerprint = ?1")
+                .map_err(self.err())?
+                .query_row(params![s.old], |r| r.get(0))
+                .optional()
+                .map_err(self.err())?;
+            if owner.as_deref() != Some(client_id) {
+                return Err(StorageError::NoKey(s.old.clone()));
+            }
+            // A revoked key stays revoked; an earlier, shorter window is kept.
+            tx.prepare_cached(
+                "UPDATE keys SET state = 'rotating',
+                     until = CASE WHEN state = 'rotating' THEN MIN(until, ?2) ELSE ?2 END
+                 WHERE fingerprint = ?1 AND state IN ('active', 'rotating')",
+            )
+            .map_err(self.err())?
+            .execute(params![s.old, i64_of(s.until)])
+            .map_err(self.err())?;
+        }
+        let predecessor = superseded.last().map(|s| s.old.as_str());
+        self.insert_key(&tx, client_id, new, at, predecessor)?;
+        let record = self
+            .client_in(&tx, client_id)?
+            .ok_or_else(|| StorageError::NoClient(client_id.to_owned()))?;
+        tx.commit().map_err(self.err())?;
+        Ok(record)
+    }
+
+    fn revoke(&self, fingerprint: &str, at: u64, reason: &str, by: &str) -> Result<Revoked> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        let state: Option<String> = tx
+            .prepare_cached("SELECT state FROM keys WHERE fingerprint = ?1")
+            .map_err(self.err())?
+            .query_row(params![fingerprint], |r| r.get(0))
+            .optional()
+            .map_err(self.err())?;
+        let outcome = match state.as_deref() {
+            None => Revoked::Unknown,
+            Some("revoked") => Revoked::Already,
+            Some(_) => {
+                tx.prepare_cached(
+                    "UPDATE keys SET state = 'revoked', revoked_at = ?2, reason = ?3,
+                         revoked_by = ?4
+                     WHERE fingerprint = ?1",
+                )
+                .map_err(self.err())?
+                .execute(params![fingerprint, i64_of(at), reason, by])
+                .map_err(self.err())?;
+                Revoked::Now
+            }
+        };
+        tx.commit().map_err(self.err())?;
+        Ok(outcome)
+    }
+
+    fn search(&self, query: &str, limit: u32) -> Result<Vec<ClientRecord>> {
+        let conn = self.conn();
+        let pattern = format!(
+            "%{}%",
+            query
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        let ids: Vec<String> = {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT c.id FROM clients c
+                     WHERE lower(c.name) LIKE ?1 ESCAPE '\\' OR c.id LIKE ?1 ESCAPE '\\'
+                        OR EXISTS (SELECT 1 FROM keys k WHERE k.client_id = c.id
+                                   AND k.fingerprint LIKE ?1 ESCAPE '\\')
+                     ORDER BY c.registered_at, c.id LIMIT ?2",
+                )
+                .map_err(self.err())?;
+            stmt.query_map(params![pattern, i64::from(limit)], |r| r.get(0))
+                .map_err(self.err())?
+                .collect::<rusqlite::Result<_>>()
+                .map_err(self.err())?
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(c) = self.client_in(&conn, &id)? {
+                out.push(c);
+            }
+        }
+        Ok(out)
+    }
+
+    fn stats(&self, now: u64) -> Result<Stats> {
+        let conn = self.conn();
+        let count = |sql: &str, args: &[&dyn rusqlite::ToSql]| -> Result<u64> {
+            conn.prepare_cached(sql)
+                .map_err(self.err())?
+                .query_row(args, |r| r.get::<_, i64>(0))
+                .map(u64_of)
+                .map_err(self.err())
+        };
+        let now_i = i64_of(now);
+        Ok(Stats {
+            clients: count("SELECT count(*) FROM clients", &[])?,
+            active_keys: count("SELECT count(*) FROM keys WHERE state = 'active'", &[])?,
+            rotating_keys: count(
+                "SELECT count(*) FROM keys WHERE state = 'rotating' AND until > ?1",
+                &[&now_i],
+            )?,
+            retired_keys: count(
+                "SELECT count(*) FROM keys WHERE state = 'rotating' AND until <= ?1",
+                &[&now_i],
+            )?,
+            revoked_keys: count("SELECT count(*) FROM keys WHERE state = 'revoked'", &[])?,
+            registrations_last_hour: count(
+                "SELECT count(*) FROM clients WHERE registered_at > ?1",
+                &[&now_i.saturating_sub(3600)],
+            )?,
+            registrations_last_day: count(
+                "SELECT count(*) FROM clients WHERE registered_at > ?1",
+                &[&now_i.saturating_sub(86_400)],
+            )?,
+        })
+    }
+
+    fn use_nonce(&self, keyid: &str, nonce: &str, expires_at: u64) -> Result<bool> {
+        let inserted = self
+            .conn()
+            .prepare_cached(
+                "INSERT INTO nonces (keyid, nonce, expires_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT DO NOTHING",
+            )
+            .map_err(self.err())?
+            .execute(params![keyid, nonce, i64_of(expires_at)])
+            .map_err(self.err())?;
+        Ok(inserted == 1)
+    }
+
+    fn prune(&self, now: u64) -> Result<u64> {
+        let conn = self.conn();
+        let now = i64_of(now);
+        let n = conn
+            .execute("DELETE FROM nonces WHERE expires_at < ?1", params![now])
+            .map_err(self.err())?
+            + conn
+                .execute("DELETE FROM challenges WHERE expires_at < ?1", params![now])
+                .map_err(self.err())?;
+        Ok(u64::try_from(n).unwrap_or(u64::MAX))
+    }
+
+    fn setting(&self, name: &str) -> Result<Option<String>> {
+        self.conn()
+            .prepare_cached("SELECT value FROM settings WHERE name = ?1")
+            .map_err(self.err())?
+            .query_row(params![name], |r| r.get(0))
+            .optional()
+            .map_err(self.err())
+    }
+
+    fn set_setting(&self, name: &str, value: &str) -> Result<()> {
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO settings (name, value) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            )
+            .map_err(self.err())?
+            .execute(params![name, value])
+            .map_err(self.err())?;
+        Ok(())
+    }
+
+    fn ping(&self) -> Result<()> {
+        self.conn()
+            .query_row("SELECT 1", [], |_| Ok(()))
+            .map_err(self.err())
+    }
+}

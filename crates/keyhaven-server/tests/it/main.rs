@@ -1,0 +1,9 @@
+//! keyhaven-server's tests: a real server on loopback, real clients, real SQLite.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod bad_input;
+mod flow;
+mod interop;
+mod storage;
+mod support;

@@ -1,0 +1,143 @@
+//! A server on a loopback port for one test, stopped when the handle drops.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use keyhaven::stores::MemoryStore;
+use keyhaven::{
+    Algorithm, BackendConfig, BackendKind, FixedPassphrase, KeyInfo, KeyManager, KeyStore,
+    PublicKey, unix_now,
+};
+use keyhaven_client::wire::Role;
+use keyhaven_client::{Client, StoreSigner};
+use keyhaven_server::storage::{NewClient, NewKey};
+use keyhaven_server::{Server, ServerConfig, SqliteStorage, Storage};
+use tokio::sync::oneshot;
+
+/// A running server.
+pub(crate) struct TestServer {
+    pub(crate) base: String,
+    pub(crate) server: Server,
+    pub(crate) storage: Arc<SqliteStorage>,
+    pub(crate) server_key: PublicKey,
+    /// Seconds added to the real clock (to move the server through time).
+    pub(crate) offset: Arc<AtomicU64>,
+    /// Client keys live here.
+    pub(crate) keys: Arc<dyn KeyStore>,
+    _dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+pub(crate) async fn start() -> TestServer {
+    start_with(ServerConfig::default()).await
+}
+
+pub(crate) async fn start_with(config: ServerConfig) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let manager = KeyManager::open(dir.path().join("home"), FixedPassphrase::new("pw")).unwrap();
+    manager
+        .add_backend("mem", BackendConfig::new(BackendKind::Memory, None))
+        .unwrap();
+    let key = manager
+        .generate(None, Algorithm::Ed25519, "server")
+        .unwrap();
+    let signer = manager.service_signer(&key, "test").unwrap();
+    let server_key = key.public_key().clone();
+    let storage = Arc::new(SqliteStorage::open(&dir.path().join("server").join("server.db")).unwrap());
+    let offset = Arc::new(AtomicU64::new(0));
+    let o = offset.clone();
+    let server = Server::new(config, storage.clone(), Arc::new(signer))
+        .with_clock(Arc::new(move || unix_now() + o.load(Ordering::Relaxed)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let s = server.clone();
+    let task = tokio::spawn(async move {
+        keyhaven_server::serve(listener, s, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    TestServer {
+        base,
+        server,
+        storage,
+        server_key,
+        offset,
+        keys: Arc::new(MemoryStore::new().unwrap()),
+        _dir: dir,
+        stop: Some(stop),
+        task: Some(task),
+        // The manager (and its memory backend with the server key) lives in the signer.
+    }
+}
+
+impl TestServer {
+    /// A new key of `algorithm` in the test's store.
+    pub(crate) fn key(&self, algorithm: Algorithm, label: &str) -> KeyInfo {
+        self.keys.generate(algorithm, label).unwrap()
+    }
+
+    /// A client signing with `key`.
+    pub(crate) fn client(&self, key: &KeyInfo) -> Client {
+        let signer = Arc::new(StoreSigner::new(self.keys.clone(), &key.id).unwrap());
+        let offset = self.offset.clone();
+        Client::new(&self.base, signer, self.server_key.clone())
+            .unwrap()
+            .with_clock(Arc::new(move || unix_now() + offset.load(Ordering::Relaxed)))
+    }
+
+    /// Registers `key` directly in the store as an admin's.
+    pub(crate) fn make_admin(&self, key: &KeyInfo) {
+        self.storage
+            .register(&NewClient {
+                id: format!("{:032x}", unix_now()),
+                name: "root".into(),
+                role: Role::Admin,
+                at: unix_now(),
+                key: NewKey {
+                    fingerprint: key.fingerprint().to_hex(),
+                    algorithm: key.algorithm.short_name().into(),
+                    spki: key.public_key.spki_der().to_vec(),
+                },
+            })
+            .unwrap();
+    }
+
+    /// Moves the server's clock `seconds` ahead.
+    pub(crate) fn advance(&self, seconds: u64) {
+        self.offset.fetch_add(seconds, Ordering::Relaxed);
+    }
+
+    /// The server's time.
+    pub(crate) fn now(&self) -> u64 {
+        unix_now() + self.offset.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub(crate) fn metric(&self, line_prefix: &str) -> u64 {
+        self.server
+            .metrics()
+            .lines()
+            .find(|l| l.starts_with(line_prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+}
