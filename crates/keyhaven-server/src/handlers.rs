@@ -11,7 +11,7 @@ use base64ct::{Base64, Base64UrlUnpadded, Encoding};
 use keyhaven::versions::{ContinuityProof, verify_chain};
 use keyhaven::{Algorithm, PublicKey, default_provider};
 use keyhaven_client::wire::{
-    BulkRevocation, BulkRevoked, Challenge, ClientView, Registration, Role, Rotation,
+    BulkRevocation, BulkRevoked, Challenge, ClientView, KeyStatus, Registration, Role, Rotation,
     SelfRevocation, ServerInfo, Stats, WhoAmI,
 };
 use keyhaven_httpsig::HttpSigError;
@@ -260,81 +260,148 @@ pub(crate) async fn me(
 
 pub(crate) async fn rotate(
     State(inner): State<Arc<Inner>>,
-    Extension(caller): Extension<Caller>,
+    Extension(Signed(signed)): Extension<Signed>,
     Extension(RawBody(body)): Extension<RawBody>,
 ) -> Answer<Json<ClientView>> {
     let rotation: Rotation = json(&body)?;
     let bad = |detail: String| ApiError::bad_request("bad-continuity-proof", detail);
     let proofs = ContinuityProof::parse_chain(&rotation.proofs).map_err(|e| bad(e.to_string()))?;
-    let first = proofs
-        .first()
-        .ok_or_else(|| bad("the chain holds no proof".into()))?
-        .clone();
+    if proofs.is_empty() {
+        return Err(bad("the chain holds no proof".into()));
+    }
     let i = inner.clone();
-    let record = inner
-        .db(move |s| {
-            let now = i.now();
-            let start = s
-                .key(&first.old_fingerprint)?
-                .filter(|r| r.client_id == caller.client_id)
-                .ok_or_else(|| {
-                    bad(format!(
-                        "the chain starts at key {}, which is not one of this client's keys",
-                        first.old_fingerprint
-                    ))
+    let record = tokio::task::spawn_blocking(move || {
+        let mut signer_key = None;
+        let outcome = rotate_blocking(&i, &signed, &body, &proofs, &mut signer_key);
+        match outcome {
+            Ok((record, new_fp, superseded)) => {
+                i.metrics.rotated();
+                i.decide(&Decision {
+                    operation: "server.rotate",
+                    principal: format!("client:{}", record.id),
+                    key: Some(new_fp),
+                    allowed: true,
+                    reason: format!("succeeds {}", superseded.join(", ")),
                 })?;
-            if !start.status_at(now).accepted() {
+                Ok(record)
+            }
+            Err(e) => {
+                refused(&i, "server.rotate", signer_key, None, &e)?;
+                Err(e)
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))??;
+    Ok(Json(record.view(inner.now())))
+}
+
+/// A rotation: the chain must start (at some proof) from an accepted key of a client and
+/// verify from there; the request must be signed by the chain's new key (proving possession
+/// of it) or by an accepted key of the same client. Returns the client, the new key's
+/// fingerprint and the keys it supersedes.
+fn rotate_blocking(
+    i: &Inner,
+    signed: &keyhaven_httpsig::Request,
+    body: &[u8],
+    proofs: &[ContinuityProof],
+    signer_key: &mut Option<String>,
+) -> Answer<(crate::storage::ClientRecord, String, Vec<String>)> {
+    let bad = |detail: String| ApiError::bad_request("bad-continuity-proof", detail);
+    let s = i.storage.as_ref();
+    let now = i.now();
+    // The chain is taken from its first proof whose old key is active: a key already
+    // superseded (rotating, in its window) or revoked anchors no new rotation, so someone who
+    // holds only an old key cannot rotate the client away from its owner.
+    let mut start = None;
+    let mut seen = Vec::new();
+    for (at, p) in proofs.iter().enumerate() {
+        if let Some(r) = s.key(&p.old_fingerprint)? {
+            if r.status_at(now) == KeyStatus::Active {
+                start = Some((at, r));
+                break;
+            }
+            seen.push(format!("{} is {}", r.fingerprint, r.status_at(now).as_str()));
+        }
+    }
+    let (at, start) = start.ok_or_else(|| {
+        bad(if seen.is_empty() {
+            "no key the chain rotates from is registered: the chain must start from an active \
+             key of this client"
+                .into()
+        } else {
+            format!(
+                "the chain starts from no active key ({}): rotate from the client's active key",
+                seen.join("; ")
+            )
+        })
+    })?;
+    let proofs = &proofs[at..];
+    let algorithm: Algorithm = start
+        .algorithm
+        .parse()
+        .map_err(|_| bad("the starting key's algorithm is unknown".into()))?;
+    let last = verify_chain(&PublicKey::new(algorithm, start.spki.clone()), proofs)
+        .map_err(|e| bad(e.to_string()))?;
+    let last = default_provider()
+        .parse_public_key_der(last.spki_der())
+        .map_err(|e| bad(format!("the new key: {e}")))?;
+    let last_fp = last.fingerprint().to_hex();
+
+    let mut signer = None;
+    let mut db_error = None;
+    let verified = verify_signed(i, signed, body, &mut |keyid| {
+        if keyid == last_fp {
+            return Ok(Some(last.clone()));
+        }
+        match s.key(keyid) {
+            Ok(Some(r)) => {
+                let key = r
+                    .algorithm
+                    .parse()
+                    .map(|a| PublicKey::new(a, r.spki.clone()))
+                    .map_err(|_| HttpSigError::UnknownKey(keyid.into()))?;
+                signer = Some(r);
+                Ok(Some(key))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                db_error = Some(e);
+                Ok(None)
+            }
+        }
+    });
+    if let Some(e) = db_error {
+        return Err(e.into());
+    }
+    let verified = verified?;
+    *signer_key = Some(verified.keyid.clone());
+    if let Some(r) = signer.filter(|r| r.fingerprint == verified.keyid) {
+        if r.client_id != start.client_id || !r.status_at(now).accepted() {
+            return Err(ApiError::forbidden(
+                "a rotation is signed by its new key or by an accepted key of the same client",
+            ));
+        }
+    }
+    let mut superseded = Vec::new();
+    for p in proofs {
+        match s.key(&p.old_fingerprint)? {
+            Some(r) if r.client_id == start.client_id => superseded.push(Superseded {
+                old: p.old_fingerprint.clone(),
+                until: p.migration_end.min(now + i.config.max_migration),
+            }),
+            Some(_) => {
                 return Err(bad(format!(
-                    "the chain starts at key {}, which is {}",
-                    start.fingerprint,
-                    start.status_at(now).as_str()
+                    "key {} in the chain belongs to another client",
+                    p.old_fingerprint
                 )));
             }
-            let algorithm: Algorithm = start
-                .algorithm
-                .parse()
-                .map_err(|_| bad("the starting key's algorithm is unknown".into()))?;
-            let last = verify_chain(&PublicKey::new(algorithm, start.spki.clone()), &proofs)
-                .map_err(|e| bad(e.to_string()))?;
-            let last = default_provider()
-                .parse_public_key_der(last.spki_der())
-                .map_err(|e| bad(format!("the new key: {e}")))?;
-            let mut superseded = Vec::new();
-            for p in &proofs {
-                match s.key(&p.old_fingerprint)? {
-                    Some(r) if r.client_id == caller.client_id => superseded.push(Superseded {
-                        old: p.old_fingerprint.clone(),
-                        until: p.migration_end.min(now + i.config.max_migration),
-                    }),
-                    Some(_) => {
-                        return Err(bad(format!(
-                            "key {} in the chain belongs to another client",
-                            p.old_fingerprint
-                        )));
-                    }
-                    None => {}
-                }
-            }
-            let record = s.rotate(&caller.client_id, &superseded, &new_key(&last), now)?;
-            i.metrics.rotated();
-            i.decide(&Decision {
-                operation: "server.rotate",
-                principal: format!("client:{}", caller.client_id),
-                key: Some(last.fingerprint().to_hex()),
-                allowed: true,
-                reason: format!(
-                    "succeeds {}",
-                    superseded
-                        .iter()
-                        .map(|s| s.old.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            })?;
-            Ok(record)
-        })
-        .await?;
-    Ok(Json(record.view(inner.now())))
+            None => {}
+        }
+    }
+    let record = s.rotate(&start.client_id, &superseded, &new_key(&last), now)?;
+    let olds = superseded.into_iter().map(|s| s.old).collect();
+    Ok((record, last_fp, olds))
 }
 
 pub(crate) async fn revoke(

@@ -257,8 +257,9 @@ impl Server {
 enum Access {
     /// Anyone (the response is signed all the same).
     Open,
-    /// A registration: the handler checks the signature with the key in the body.
-    Registration,
+    /// A registration or a rotation: the handler checks the signature with the key the body
+    /// brings (the key registered; a rotation's new key, or a registered key of the client).
+    SelfProving,
     /// A registered key in good standing.
     Client,
     /// A registered key of an admin.
@@ -273,10 +274,10 @@ fn classify(path: &str) -> (&'static str, Access) {
         "/metrics" => ("metrics", Access::Open),
         "/v1/server" => ("server", Access::Open),
         "/v1/challenge" => ("challenge", Access::Open),
-        "/v1/clients" => ("register", Access::Registration),
+        "/v1/clients" => ("register", Access::SelfProving),
         "/v1/whoami" => ("whoami", Access::Client),
         "/v1/clients/me" => ("me", Access::Client),
-        "/v1/clients/me/rotate" => ("rotate", Access::Client),
+        "/v1/clients/me/rotate" => ("rotate", Access::SelfProving),
         "/v1/clients/me/revoke" => ("revoke", Access::Client),
         "/v1/admin/clients" => ("admin_clients", Access::Admin),
         "/v1/admin/export" => ("admin_export", Access::Admin),
@@ -421,7 +422,7 @@ async fn handle(
         }
     };
     let caller = match access {
-        Access::Open | Access::Registration => None,
+        Access::Open | Access::SelfProving => None,
         Access::Client | Access::Admin => {
             let (i, s, b) = (inner.clone(), signed.clone(), body.clone());
             let address = address.map(|a| a.to_string());

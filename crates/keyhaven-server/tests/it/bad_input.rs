@@ -299,7 +299,11 @@ async fn a_broken_continuity_chain_is_refused() {
     // A valid proof from a key that is not this client's.
     let someone = registered(&t, "someone").await;
     let e = t.client(&someone).rotate(&text).await.unwrap_err();
-    assert_eq!(e.problem().unwrap().status, 400);
+    assert_eq!(e.problem().unwrap().status, 403, "{e}");
+    // Signed by a key that is neither the new one nor registered.
+    let stranger = t.key(Algorithm::Ed25519, "stranger");
+    let e = t.client(&stranger).rotate(&text).await.unwrap_err();
+    assert_eq!(e.problem().unwrap().kind, "urn:keyhaven:problem:unknown-key", "{e}");
     assert_eq!(t.client(&new).whoami().await.unwrap_err().problem().unwrap().status, 401);
 }
 

@@ -78,10 +78,30 @@ async fn a_chain_of_two_rotations_is_verified_whole() {
     let p2 =
         ContinuityProof::create(t.keys.as_ref(), "c", &k2, &k3, now, now + 200, Some(&p1)).unwrap();
     let chain = format!("{}{}", p1.to_text(), p2.to_text());
-    let after = t.client(&k1).rotate(&chain).await.unwrap();
+    // The new key signs its own rotation: the chain proves it succeeds k1.
+    let after = t.client(&k3).rotate(&chain).await.unwrap();
     assert_eq!(after.keys.len(), 2, "k2 was never registered, so it is not added");
     assert_eq!(after.keys[1].fingerprint, k3.fingerprint().to_hex());
     assert_eq!(t.client(&k3).whoami().await.unwrap().status, KeyStatus::Active);
+    assert_eq!(t.client(&k1).whoami().await.unwrap().status, KeyStatus::Rotating);
+    // The same chain again: its start is no longer active.
+    let e = t.client(&k3).rotate(&chain).await.unwrap_err();
+    assert_eq!(e.problem().unwrap().status, 400, "{e}");
+    // A chain whose later part starts from a registered key is taken from there.
+    let k4 = t.key(Algorithm::Ed25519, "k4");
+    let p3 =
+        ContinuityProof::create(t.keys.as_ref(), "c", &k3, &k4, now, now + 300, Some(&p2)).unwrap();
+    let longer = format!("{chain}{}", p3.to_text());
+    let after = t.client(&k4).rotate(&longer).await.unwrap();
+    assert_eq!(after.keys.len(), 3);
+    assert_eq!(after.keys[1].status, KeyStatus::Rotating);
+    // An old key in its window still signs requests, but anchors no rotation of its own.
+    let k5 = t.key(Algorithm::Ed25519, "k5");
+    let fork = ContinuityProof::create(t.keys.as_ref(), "c", &k1, &k5, now, now + 60, None).unwrap();
+    let e = t.client(&k1).rotate(&fork.to_text()).await.unwrap_err();
+    let p = e.problem().unwrap();
+    assert_eq!(p.kind, "urn:keyhaven:problem:bad-continuity-proof");
+    assert!(p.detail.contains("rotating"), "{}", p.detail);
     let e = t.client(&k2).whoami().await.unwrap_err();
     assert_eq!(e.problem().unwrap().kind, "urn:keyhaven:problem:unknown-key");
 }
