@@ -123,6 +123,10 @@ pub(crate) enum Command {
     /// The home's authenticated state: status, verify, seal, accept a file you edited.
     #[command(subcommand)]
     Integrity(crate::integrity::IntegrityCommand),
+    /// Run the key server of this home (`serve init` sets it up first).
+    Serve(crate::serve::ServeArgs),
+    /// Register a key of this home with a keyhaven server; status, rotate, revoke, admin.
+    Client(crate::client::ClientArgs),
 }
 
 /// The older spelling `backend add NAME --type TYPE [...]` as `backend add TYPE NAME [...]`:

@@ -209,6 +209,43 @@ fn hint_of_core(e: &CoreError) -> Option<String> {
     }
 }
 
+/// What to do about a failed call to a keyhaven server.
+fn hint_of_client(e: &keyhaven_client::ClientError) -> String {
+    use keyhaven_client::ClientError;
+    match e {
+        ClientError::Problem(p) => match p.kind.rsplit(':').next().unwrap_or("") {
+            "unknown-key" => "Register the key first with `keyhaven client register`".into(),
+            "key-not-accepted" => {
+                "Sign with an active key of this client (`--key`); `keyhaven client status` \
+                 with it lists them"
+                    .into()
+            }
+            "stale-signature" => "Check this machine's clock (NTP)".into(),
+            "forbidden" => {
+                "Use an admin's key (`keyhaven serve init --admin KEY` on the server's home)"
+                    .into()
+            }
+            "rate-limited" => "Wait a moment and retry".into(),
+            "key-exists" => "The key is registered already: `keyhaven client status`".into(),
+            "bad-continuity-proof" => {
+                "Rotate with `keyhaven key rotate`, then send the chain again; \
+                 `keyhaven verify-continuity --key KEY` checks it locally"
+                    .into()
+            }
+            _ => "The server's answer above says what to fix".into(),
+        },
+        ClientError::Transport { .. } => {
+            "Check --server and that `keyhaven serve` runs there".into()
+        }
+        ClientError::Unauthentic(_) | ClientError::BadResponse(_) => {
+            "Nothing from that answer was used: it is not signed by the server key this home \
+             pinned (HOME/client/servers.json); check which server answers"
+                .into()
+        }
+        _ => hint_of_kind(e.kind()).to_owned(),
+    }
+}
+
 /// The exit code for an error, as `keyhaven` exits with it.
 pub fn code_of(err: &anyhow::Error) -> u8 {
     classify(err).0
@@ -232,6 +269,28 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, String) {
                 _ => hint_of_kind(kind).to_owned(),
             };
             return (code_of_kind(kind), hint);
+        }
+        if let Some(e) = cause.downcast_ref::<keyhaven_client::ClientError>() {
+            return (code_of_kind(e.kind()), hint_of_client(e));
+        }
+        if let Some(e) = cause.downcast_ref::<keyhaven_server::ServeError>() {
+            if let keyhaven_server::ServeError::Setup(_) = e {
+                return (code_of_kind(ErrorKind::NotFound), "Run `keyhaven serve init`".into());
+            }
+        }
+        if let Some(e) = cause.downcast_ref::<keyhaven_server::StorageError>() {
+            let kind = match e {
+                keyhaven_server::StorageError::KeyExists(_) => ErrorKind::AlreadyExists,
+                keyhaven_server::StorageError::NoClient(_)
+                | keyhaven_server::StorageError::NoKey(_) => ErrorKind::NotFound,
+                _ => ErrorKind::Io,
+            };
+            return (
+                code_of_kind(kind),
+                "Check the server database named above (HOME/server/server.db); nothing was \
+                 changed"
+                    .into(),
+            );
         }
         if let Some(e) = cause.downcast_ref::<KhError>() {
             let kind = e.kind();

@@ -4,6 +4,7 @@
 mod args;
 mod backend;
 mod backup;
+mod client;
 mod ctx;
 pub mod exit;
 mod integrity;
@@ -13,6 +14,7 @@ mod lifecycle;
 mod output;
 mod quickstart;
 mod rotation;
+mod serve;
 mod sign;
 
 use std::process::ExitCode;
@@ -73,6 +75,8 @@ pub fn main() -> ExitCode {
         Command::Compromise(cmd) => lifecycle::compromise(&ctx, cmd),
         Command::Revocations(cmd) => lifecycle::revocations(&ctx, cmd),
         Command::Integrity(cmd) => integrity::run(&ctx, cmd),
+        Command::Serve(args) => serve::run(&ctx, args),
+        Command::Client(args) => client::run(&ctx, args),
     };
     // Output is flushed before a success is reported, so a write error is never lost; a
     // failure code (`verify`: invalid) stands whatever happens to the output.

@@ -43,6 +43,7 @@ impl ClientError {
     /// The meaning of this error in keyhaven's one taxonomy.
     pub fn kind(&self) -> ErrorKind {
         match self {
+            ClientError::Problem(p) if p.kind.ends_with(":key-not-accepted") => ErrorKind::Revoked,
             ClientError::Problem(p) => match p.status {
                 401 | 403 => ErrorKind::PermissionDenied,
                 404 => ErrorKind::NotFound,

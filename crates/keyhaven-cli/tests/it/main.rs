@@ -19,6 +19,7 @@ mod openssl;
 mod pkcs11;
 mod readme;
 mod rotation;
+mod server;
 #[cfg(feature = "tpm")]
 mod tpm;
 

@@ -1,0 +1,423 @@
+//! `keyhaven client`: register a key of this home with a keyhaven server, and drive it
+//! (status, rotate, revoke, admin) with requests the key signs where it lives.
+//!
+//! The server key is pinned per server in `HOME/client/servers.json` (0600): on the first
+//! registration it is checked against `--server-fingerprint`, or trusted on first use with a
+//! note; every later answer must be signed by it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use base64ct::{Base64, Encoding};
+use clap::{Args, Subcommand};
+use keyhaven::{KeyManager, ManagedKey, PublicKey};
+use keyhaven_client::wire::{ClientView, KeyView};
+use keyhaven_client::{Client, StoreSigner, discover};
+use serde::{Deserialize, Serialize};
+
+use crate::ctx::Ctx;
+use crate::exit::{OK, UsageError};
+use crate::output::{errln, outln, print_json, print_table};
+
+/// `keyhaven client`.
+#[derive(Debug, Args)]
+pub(crate) struct ClientArgs {
+    /// The server's URL (default: the one this home last registered with).
+    #[arg(long, global = true, env = "KEYHAVEN_SERVER", value_name = "URL")]
+    pub(crate) server: Option<String>,
+    /// The key of this home that signs the requests (default: the default key; a versioned
+    /// key signs with its current version).
+    #[arg(long, global = true, value_name = "ID|LABEL")]
+    pub(crate) key: Option<String>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+    #[command(subcommand)]
+    pub(crate) command: ClientCommand,
+}
+
+/// What to ask the server.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClientCommand {
+    /// Register the key with the server (proof of possession over a fresh challenge).
+    Register {
+        /// The client's name (default: the key's label).
+        #[arg(long)]
+        name: Option<String>,
+        /// The server key's fingerprint, as `keyhaven serve` printed it: checked before
+        /// anything is trusted (without it, the key is trusted on first use).
+        #[arg(long, value_name = "HEX")]
+        server_fingerprint: Option<String>,
+    },
+    /// Pin the server's key without registering (for a key registered some other way, such
+    /// as the admin `keyhaven serve init` registered).
+    Trust {
+        /// The server key's fingerprint, as `keyhaven serve` printed it.
+        #[arg(long, value_name = "HEX")]
+        server_fingerprint: String,
+    },
+    /// This client, its keys and their status on the server.
+    Status,
+    /// What the server makes of this key's signature.
+    Whoami,
+    /// Tell the server the key was rotated (`keyhaven key rotate`): sends the key's continuity
+    /// proofs, signed by its current version.
+    Rotate,
+    /// Revoke a key of this client on the server (default: the signing key).
+    Revoke {
+        /// The key to revoke (its fingerprint); default: the signing key.
+        #[arg(long, value_name = "HEX")]
+        fingerprint: Option<String>,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Admin: list, export, revoke, monitor (the key must be an admin's).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// Admin requests.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AdminCommand {
+    /// Clients whose name, id or key fingerprint contains QUERY (all without one).
+    List {
+        /// What to look for.
+        query: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// Every client and key, as JSON.
+    Export,
+    /// Revoke keys, whoever holds them.
+    Revoke {
+        /// The keys' fingerprints.
+        #[arg(required = true, value_name = "HEX")]
+        fingerprints: Vec<String>,
+        /// Why.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Registration monitoring: clients and keys by status, recent registrations.
+    Stats,
+}
+
+/// One pinned server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Pin {
+    algorithm: String,
+    fingerprint: String,
+    public_key: String,
+}
+
+/// `HOME/client/servers.json`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Pins {
+    #[serde(default)]
+    default: Option<String>,
+    #[serde(default)]
+    servers: BTreeMap<String, Pin>,
+}
+
+fn pins_path(m: &KeyManager) -> PathBuf {
+    m.home().join("client").join("servers.json")
+}
+
+fn load_pins(m: &KeyManager) -> Result<Pins> {
+    let path = pins_path(m);
+    if !path.exists() {
+        return Ok(Pins::default());
+    }
+    let bytes = keyhaven::fs::read_private(&path)?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| keyhaven::CoreError::corrupt(path.display().to_string(), e.to_string()).into())
+}
+
+fn save_pins(m: &KeyManager, pins: &Pins) -> Result<()> {
+    let path = pins_path(m);
+    if let Some(dir) = path.parent() {
+        keyhaven::fs::create_private_dir(dir)?;
+    }
+    keyhaven::fs::atomic_write(&path, &serde_json::to_vec_pretty(pins)?)?;
+    Ok(())
+}
+
+/// The server's origin, the key under which it is pinned (`http://host:port`).
+fn origin(url: &str) -> Result<String> {
+    let rest = url
+        .strip_prefix("http://")
+        .map(|r| ("http", r))
+        .or_else(|| url.strip_prefix("https://").map(|r| ("https", r)));
+    let Some((scheme, rest)) = rest else {
+        return Err(UsageError(format!("--server {url:?} must start with http:// or https://")).into());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    if authority.is_empty() {
+        return Err(UsageError(format!("--server {url:?} names no host")).into());
+    }
+    Ok(format!("{scheme}://{}", authority.to_ascii_lowercase()))
+}
+
+fn server_url(args_server: Option<&str>, pins: &Pins) -> Result<String> {
+    args_server
+        .map(str::to_owned)
+        .or_else(|| pins.default.clone())
+        .ok_or_else(|| {
+            UsageError(
+                "no server: pass --server URL (or set KEYHAVEN_SERVER); `keyhaven client \
+                 register` remembers the last one"
+                    .into(),
+            )
+            .into()
+        })
+}
+
+fn pinned_key(pin: &Pin) -> Result<PublicKey> {
+    let algorithm = pin.algorithm.parse()?;
+    let der = Base64::decode_vec(&pin.public_key)
+        .map_err(|e| anyhow::anyhow!("the pinned server key is not base64: {e}"))?;
+    let key = PublicKey::new(algorithm, der);
+    if key.fingerprint().to_hex() != pin.fingerprint {
+        return Err(keyhaven::CoreError::corrupt(
+            "client/servers.json",
+            "a pinned server key does not match its fingerprint",
+        )
+        .into());
+    }
+    Ok(key)
+}
+
+/// The key named (or the default key), as named: a logical key, or one version.
+fn named_key(m: &KeyManager, key: Option<&str>) -> Result<ManagedKey> {
+    Ok(match key {
+        Some(r) => m.resolve(r)?,
+        None => m.default_key()?,
+    })
+}
+
+/// The key that signs for it: a logical key's current version.
+fn signing_key(m: &KeyManager, key: Option<&str>) -> Result<ManagedKey> {
+    Ok(m.rotation().signing_target(&named_key(m, key)?)?)
+}
+
+fn client_for(m: &KeyManager, key: &ManagedKey, url: &str, server_key: PublicKey) -> Result<Client> {
+    let store = m.backend(&key.backend)?.store().clone();
+    let signer = StoreSigner::new(store, key.id())?;
+    Ok(Client::new(url, Arc::new(signer), server_key)?)
+}
+
+pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
+    let m = ctx.manager()?;
+    let mut pins = load_pins(&m)?;
+    let url = server_url(args.server.as_deref(), &pins)?;
+    let origin = origin(&url)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the async runtime")?;
+    let (register, expected) = match &args.command {
+        ClientCommand::Register {
+            name,
+            server_fingerprint,
+        } => (Some(name.clone()), server_fingerprint.clone()),
+        ClientCommand::Trust { server_fingerprint } => (None, Some(server_fingerprint.clone())),
+        _ => (None, None),
+    };
+    if matches!(
+        args.command,
+        ClientCommand::Register { .. } | ClientCommand::Trust { .. }
+    ) {
+        let (info, server_key) = runtime.block_on(discover(&url))?;
+        match (&expected, pins.servers.get(&origin)) {
+            (Some(fp), _) if !fp.eq_ignore_ascii_case(&info.fingerprint) => {
+                return Err(keyhaven::CoreError::PermissionDenied(format!(
+                    "the server at {url} presents key {}, not the {fp} you gave: nothing was \
+                     sent",
+                    info.fingerprint
+                ))
+                .into());
+            }
+            (None, Some(pin)) if pin.fingerprint != info.fingerprint => {
+                return Err(keyhaven::CoreError::PermissionDenied(format!(
+                    "the server at {url} presents key {}, but this home pinned {}: if the \
+                     server key really changed, pass --server-fingerprint",
+                    info.fingerprint, pin.fingerprint
+                ))
+                .into());
+            }
+            (None, None) => errln!(
+                "note: trusting the server key {} on first use; compare it with what \
+                 `keyhaven serve` printed",
+                info.fingerprint
+            ),
+            _ => {}
+        }
+        let fingerprint = info.fingerprint.clone();
+        let pin = Pin {
+            algorithm: info.algorithm,
+            fingerprint: info.fingerprint,
+            public_key: info.public_key,
+        };
+        if let Some(name) = register {
+            let key = signing_key(&m, args.key.as_deref())?;
+            let client = client_for(&m, &key, &url, server_key)?;
+            let name = name.unwrap_or_else(|| key.label().to_owned());
+            let me = runtime.block_on(client.register(&name))?;
+            pins.servers.insert(origin, pin);
+            pins.default = Some(url);
+            save_pins(&m, &pins)?;
+            print_client(&me, args.json)?;
+        } else {
+            pins.servers.insert(origin, pin);
+            pins.default = Some(url.clone());
+            save_pins(&m, &pins)?;
+            outln!("pinned the key {fingerprint} of {url}")?;
+        }
+        return Ok(OK);
+    }
+
+    let pin = pins.servers.get(&origin).ok_or_else(|| {
+        UsageError(format!(
+            "no server key is pinned for {origin}: run `keyhaven client register --server {url}` \
+             first"
+        ))
+    })?;
+    let key = signing_key(&m, args.key.as_deref())?;
+    let client = client_for(&m, &key, &url, pinned_key(pin)?)?;
+    let json = args.json;
+    match args.command {
+        // Answered above, before a pin is needed.
+        ClientCommand::Register { .. } | ClientCommand::Trust { .. } => {}
+        ClientCommand::Status => print_client(&runtime.block_on(client.status())?, json)?,
+        ClientCommand::Whoami => {
+            let who = runtime.block_on(client.whoami())?;
+            if json {
+                print_json(&who)?;
+            } else {
+                outln!(
+                    "client {} ({}), key {} ({})",
+                    who.client,
+                    who.role.as_str(),
+                    who.key,
+                    who.status.as_str()
+                )?;
+            }
+        }
+        ClientCommand::Rotate => {
+            let named = named_key(&m, args.key.as_deref())?;
+            let chain = m.rotation().continuity_chain(&named)?;
+            if chain.is_empty() {
+                return Err(UsageError(format!(
+                    "key {named} has no continuity proofs: identity keys get one at each \
+                     rotation (`keyhaven key rotate {}`); a key registered with a server should \
+                     have the identity role (`key generate --role identity`)",
+                    named.label()
+                ))
+                .into());
+            }
+            let text: String = chain.iter().map(|p| p.to_text()).collect();
+            print_client(&runtime.block_on(client.rotate(&text))?, json)?;
+        }
+        ClientCommand::Revoke {
+            fingerprint,
+            reason,
+        } => print_client(
+            &runtime.block_on(client.revoke(fingerprint.as_deref(), &reason))?,
+            json,
+        )?,
+        ClientCommand::Admin(cmd) => admin(&runtime, &client, cmd, json)?,
+    }
+    Ok(OK)
+}
+
+fn admin(runtime: &tokio::runtime::Runtime, client: &Client, cmd: AdminCommand, json: bool) -> Result<()> {
+    match cmd {
+        AdminCommand::List { query, limit } => {
+            let clients = runtime.block_on(client.admin_clients(query.as_deref().unwrap_or(""), limit))?;
+            if json {
+                return print_json(&clients);
+            }
+            let rows = clients
+                .iter()
+                .map(|c| {
+                    vec![
+                        c.id.clone(),
+                        c.name.clone(),
+                        c.role.as_str().to_owned(),
+                        keyhaven::rfc3339(c.registered_at),
+                        c.keys
+                            .iter()
+                            .map(|k| format!("{}:{}", &k.fingerprint[..16], k.status.as_str()))
+                            .collect::<Vec<_>>()
+                            .join(" "),
+                    ]
+                })
+                .collect::<Vec<_>>();
+            print_table(&["ID", "NAME", "ROLE", "REGISTERED", "KEYS"], &rows)
+        }
+        AdminCommand::Export => print_json(&runtime.block_on(client.admin_export())?),
+        AdminCommand::Revoke {
+            fingerprints,
+            reason,
+        } => {
+            let out = runtime.block_on(client.admin_revoke(&fingerprints, &reason))?;
+            if json {
+                return print_json(&out);
+            }
+            outln!(
+                "revoked {}, already revoked {}, unknown {}",
+                out.revoked.len(),
+                out.already.len(),
+                out.unknown.len()
+            )?;
+            for fp in &out.unknown {
+                errln!("warning: no client has key {fp}");
+            }
+            Ok(())
+        }
+        AdminCommand::Stats => {
+            let s = runtime.block_on(client.admin_stats())?;
+            if json {
+                return print_json(&s);
+            }
+            outln!("clients: {}", s.clients)?;
+            outln!(
+                "keys: {} active, {} rotating, {} retired, {} revoked",
+                s.active_keys,
+                s.rotating_keys,
+                s.retired_keys,
+                s.revoked_keys
+            )?;
+            outln!(
+                "registrations: {} in the last hour, {} in the last day",
+                s.registrations_last_hour,
+                s.registrations_last_day
+            )
+        }
+    }
+}
+
+fn key_line(k: &KeyView) -> String {
+    let mut line = format!("{} {} {}", k.fingerprint, k.algorithm, k.status.as_str());
+    if let Some(until) = k.until {
+        line.push_str(&format!(" until {}", keyhaven::rfc3339(until)));
+    }
+    if let Some(r) = &k.revoked {
+        line.push_str(&format!(" by {} at {}: {}", r.by, keyhaven::rfc3339(r.at), r.reason));
+    }
+    line
+}
+
+fn print_client(c: &ClientView, json: bool) -> Result<()> {
+    if json {
+        return print_json(c);
+    }
+    outln!("client {} '{}' ({})", c.id, c.name, c.role.as_str())?;
+    for k in &c.keys {
+        outln!("  {}", key_line(k))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,165 @@
+//! `keyhaven serve` and `keyhaven client`: a server process on loopback, clients whose keys
+//! live in an encrypted store and on a SoftHSM2 token, rotation, revocation, admin, SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+
+use crate::Home;
+
+/// A `keyhaven serve` process, killed on drop.
+pub(crate) struct Served {
+    child: Child,
+    pub(crate) url: String,
+    pub(crate) fingerprint: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Served {
+    pub(crate) fn start(home: &Home) -> Served {
+        let mut child = home
+            .cmd(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let url = first
+            .strip_prefix("keyhaven server listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+            .to_owned();
+        let second = lines.next().unwrap().unwrap();
+        let fingerprint = second
+            .strip_prefix("server key: ")
+            .and_then(|r| r.split(' ').next())
+            .unwrap()
+            .to_owned();
+        Served {
+            child,
+            url,
+            fingerprint,
+        }
+    }
+
+    /// SIGTERM, then the exit status and standard error.
+    pub(crate) fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = self.child.wait().unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut err).unwrap();
+        (status, err)
+    }
+}
+
+/// A server home with an admin key (`admin`, P-256) registered by `serve init`.
+pub(crate) fn server_home() -> Home {
+    let h = Home::with_encrypted();
+    h.generate("p256", "admin", &[]);
+    let out = h.ok(&["serve", "init", "--admin", "admin", "--admin-name", "ops"]);
+    assert!(out.contains("server key: "), "{out}");
+    assert!(out.contains("admin 'ops'"), "{out}");
+    h
+}
+
+#[test]
+fn serve_needs_init_and_refuses_plain_http_off_loopback() {
+    let h = Home::with_encrypted();
+    let e = h.fails(&["serve", "--listen", "127.0.0.1:0"], 3);
+    assert!(e.contains("keyhaven serve init"), "{e}");
+    let e = h.fails(&["serve", "--listen", "0.0.0.0:0"], 2);
+    assert!(e.contains("--allow-plain-http"), "{e}");
+}
+
+#[test]
+fn a_client_registers_rotates_and_revokes_a_key_of_the_encrypted_store() {
+    let s = server_home();
+    let served = Served::start(&s);
+    let c = Home::with_encrypted();
+    c.generate("ed25519", "svc", &["--role", "identity"]);
+    // A wrong fingerprint: nothing is sent, nothing pinned.
+    let e = c.fails(
+        &["client", "register", "--server", &served.url, "--key", "svc", "--server-fingerprint", &"0".repeat(64)],
+        6,
+    );
+    assert!(e.contains("presents key"), "{e}");
+    let me = c.json(&[
+        "client", "register", "--server", &served.url, "--key", "svc", "--server-fingerprint",
+        &served.fingerprint, "--json",
+    ]);
+    assert_eq!(me["name"], "svc");
+    assert_eq!(me["keys"][0]["status"], "active");
+    // The server is remembered: no --server from now on.
+    let who = c.ok(&["client", "whoami", "--key", "svc"]);
+    assert!(who.contains("(client)") && who.contains("(active)"), "{who}");
+    let e = c.fails(&["client", "register", "--key", "svc"], 8);
+    assert!(e.contains("registered already"), "{e}");
+
+    c.ok(&["key", "rotate", "svc", "--migration-window", "1h"]);
+    let after = c.json(&["client", "rotate", "--key", "svc", "--json"]);
+    assert_eq!(after["keys"][0]["status"], "rotating", "{after}");
+    assert_eq!(after["keys"][1]["status"], "active", "{after}");
+    let who = c.json(&["client", "whoami", "--key", "svc", "--json"]);
+    assert_eq!(who["key"], after["keys"][1]["fingerprint"]);
+
+    let revoked = c.json(&["client", "revoke", "--key", "svc", "--reason", "retired service", "--json"]);
+    assert_eq!(revoked["keys"][1]["status"], "revoked");
+    let e = c.fails(&["client", "whoami", "--key", "svc"], 12);
+    assert!(e.contains("revoked") && e.contains("active key"), "{e}");
+
+    // The admin sees it all.
+    s.ok(&["client", "trust", "--server", &served.url, "--server-fingerprint", &served.fingerprint]);
+    let list = s.ok(&["client", "admin", "list", "--key", "admin"]);
+    assert!(list.contains("ops") && list.contains("svc"), "{list}");
+    let stats = s.ok(&["client", "admin", "stats", "--key", "admin"]);
+    assert!(stats.contains("clients: 2"), "{stats}");
+    assert!(stats.contains("1 rotating") && stats.contains("1 revoked"), "{stats}");
+    // A client is no admin.
+    let e = c.fails(&["client", "admin", "stats", "--key", "svc"], 12);
+    assert!(e.contains("revoked"), "{e}");
+
+    // Every decision is in the server home's audit log, whose chain verifies.
+    let tail = s.ok(&["audit", "search", "--operation", "server.register"]);
+    assert!(tail.contains("server.register"), "{tail}");
+    s.ok(&["audit", "verify"]);
+
+    let (status, err) = served.terminate();
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.contains("stopped"), "{err}");
+}
+
+#[cfg(feature = "pkcs11")]
+#[test]
+fn a_client_key_on_a_softhsm_token_registers_and_signs_requests() {
+    use keyhaven_testkit::devices::SoftHsm;
+    let s = server_home();
+    let served = Served::start(&s);
+    let hsm = SoftHsm::new();
+    hsm.init_token("client", "1234");
+    let c = Home::new()
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .env("CLIENT_PIN", "1234")
+        .env("KEYHAVEN_TOKEN_PIN", "1234");
+    c.ok(&[
+        "backend", "add", "pkcs11", "hsm", "--module", &hsm.module().display().to_string(), "--token", "client", "--pin-env", "CLIENT_PIN",
+    ]);
+    c.generate("p384", "device", &[]);
+    let me = c.json(&[
+        "client", "register", "--server", &served.url, "--key", "device", "--server-fingerprint",
+        &served.fingerprint, "--json",
+    ]);
+    assert_eq!(me["keys"][0]["algorithm"], "p384");
+    let who = c.json(&["client", "whoami", "--key", "device", "--json"]);
+    assert_eq!(who["client"], me["id"]);
+    assert_eq!(who["status"], "active");
+}
