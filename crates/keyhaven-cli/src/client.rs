@@ -152,7 +152,10 @@ fn origin(url: &str) -> Result<String> {
         .map(|r| ("http", r))
         .or_else(|| url.strip_prefix("https://").map(|r| ("https", r)));
     let Some((scheme, rest)) = rest else {
-        return Err(UsageError(format!("--server {url:?} must start with http:// or https://")).into());
+        return Err(UsageError(format!(
+            "--server {url:?} must start with http:// or https://"
+        ))
+        .into());
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if authority.is_empty() {
@@ -203,7 +206,12 @@ fn signing_key(m: &KeyManager, key: Option<&str>) -> Result<ManagedKey> {
     Ok(m.rotation().signing_target(&named_key(m, key)?)?)
 }
 
-fn client_for(m: &KeyManager, key: &ManagedKey, url: &str, server_key: PublicKey) -> Result<Client> {
+fn client_for(
+    m: &KeyManager,
+    key: &ManagedKey,
+    url: &str,
+    server_key: PublicKey,
+) -> Result<Client> {
     let store = m.backend(&key.backend)?.store().clone();
     let signer = StoreSigner::new(store, key.id())?;
     Ok(Client::new(url, Arc::new(signer), server_key)?)
@@ -333,10 +341,16 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
     Ok(OK)
 }
 
-fn admin(runtime: &tokio::runtime::Runtime, client: &Client, cmd: AdminCommand, json: bool) -> Result<()> {
+fn admin(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    cmd: AdminCommand,
+    json: bool,
+) -> Result<()> {
     match cmd {
         AdminCommand::List { query, limit } => {
-            let clients = runtime.block_on(client.admin_clients(query.as_deref().unwrap_or(""), limit))?;
+            let clients =
+                runtime.block_on(client.admin_clients(query.as_deref().unwrap_or(""), limit))?;
             if json {
                 return print_json(&clients);
             }
@@ -406,7 +420,12 @@ fn key_line(k: &KeyView) -> String {
         line.push_str(&format!(" until {}", keyhaven::rfc3339(until)));
     }
     if let Some(r) = &k.revoked {
-        line.push_str(&format!(" by {} at {}: {}", r.by, keyhaven::rfc3339(r.at), r.reason));
+        line.push_str(&format!(
+            " by {} at {}: {}",
+            r.by,
+            keyhaven::rfc3339(r.at),
+            r.reason
+        ));
     }
     line
 }

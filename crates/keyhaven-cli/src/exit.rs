@@ -222,8 +222,7 @@ fn hint_of_client(e: &keyhaven_client::ClientError) -> String {
             }
             "stale-signature" => "Check this machine's clock (NTP)".into(),
             "forbidden" => {
-                "Use an admin's key (`keyhaven serve init --admin KEY` on the server's home)"
-                    .into()
+                "Use an admin's key (`keyhaven serve init --admin KEY` on the server's home)".into()
             }
             "rate-limited" => "Wait a moment and retry".into(),
             "key-exists" => "The key is registered already: `keyhaven client status`".into(),
@@ -273,10 +272,13 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, String) {
         if let Some(e) = cause.downcast_ref::<keyhaven_client::ClientError>() {
             return (code_of_kind(e.kind()), hint_of_client(e));
         }
-        if let Some(e) = cause.downcast_ref::<keyhaven_server::ServeError>() {
-            if let keyhaven_server::ServeError::Setup(_) = e {
-                return (code_of_kind(ErrorKind::NotFound), "Run `keyhaven serve init`".into());
-            }
+        if let Some(keyhaven_server::ServeError::Setup(_)) =
+            cause.downcast_ref::<keyhaven_server::ServeError>()
+        {
+            return (
+                code_of_kind(ErrorKind::NotFound),
+                "Run `keyhaven serve init`".into(),
+            );
         }
         if let Some(e) = cause.downcast_ref::<keyhaven_server::StorageError>() {
             let kind = match e {

@@ -40,8 +40,9 @@ impl SignedResponse {
     /// # Errors
     /// [`ClientError::BadResponse`] if it is not.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_slice(&self.body)
-            .map_err(|e| ClientError::BadResponse(format!("the body is not the JSON expected: {e}")))
+        serde_json::from_slice(&self.body).map_err(|e| {
+            ClientError::BadResponse(format!("the body is not the JSON expected: {e}"))
+        })
     }
 }
 
@@ -110,14 +111,14 @@ pub async fn discover(base: &str) -> Result<(ServerInfo, PublicKey)> {
         .join("v1/server")
         .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
     let http = http_client(Duration::from_secs(30))?;
-    let response = http
-        .get(target.clone())
-        .send()
-        .await
-        .map_err(|source| ClientError::Transport {
-            url: target.to_string(),
-            source,
-        })?;
+    let response =
+        http.get(target.clone())
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: target.to_string(),
+                source,
+            })?;
     let body = read_limited(response, target.as_str()).await?.1;
     let info: ServerInfo = serde_json::from_slice(&body)
         .map_err(|e| ClientError::BadResponse(format!("not a server description: {e}")))?;
@@ -136,7 +137,10 @@ pub async fn discover(base: &str) -> Result<(ServerInfo, PublicKey)> {
     Ok((info, key))
 }
 
-async fn read_limited(mut response: reqwest::Response, url: &str) -> Result<(reqwest::Response, Vec<u8>)> {
+async fn read_limited(
+    mut response: reqwest::Response,
+    url: &str,
+) -> Result<(reqwest::Response, Vec<u8>)> {
     if response
         .content_length()
         .is_some_and(|n| n > MAX_RESPONSE_BYTES as u64)
@@ -364,7 +368,12 @@ impl Client {
     /// [`ClientError::Sign`] if the key cannot sign, [`ClientError::Transport`],
     /// [`ClientError::Unauthentic`] for an answer the server key did not sign for this
     /// request, [`ClientError::Problem`] for a signed refusal.
-    pub async fn send(&self, method: &str, url: &str, body: Option<Vec<u8>>) -> Result<SignedResponse> {
+    pub async fn send(
+        &self,
+        method: &str,
+        url: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<SignedResponse> {
         let target = reqwest::Url::parse(url)
             .map_err(|e| ClientError::InvalidInput(format!("URL {url:?}: {e}")))?;
         if target.origin() != self.base.origin() {
@@ -403,7 +412,8 @@ impl Client {
                 })?
                 .to_vec(),
         };
-        let mut signed = Request::new(request.method().as_str(), &url).map_err(ClientError::Sign)?;
+        let mut signed =
+            Request::new(request.method().as_str(), &url).map_err(ClientError::Sign)?;
         let mut covered = vec!["@method", "@target-uri"];
         if !body.is_empty() {
             let digest = content_digest(&body, DigestAlgorithm::Sha256);
@@ -450,14 +460,14 @@ impl Client {
                     .map_err(|e| ClientError::InvalidInput(e.to_string()))?,
             );
         }
-        let response = self
-            .http
-            .execute(request)
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.clone(),
-                source,
-            })?;
+        let response =
+            self.http
+                .execute(request)
+                .await
+                .map_err(|source| ClientError::Transport {
+                    url: url.clone(),
+                    source,
+                })?;
         self.check_response(signed, response, &url).await
     }
 

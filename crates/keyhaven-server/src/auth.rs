@@ -78,7 +78,11 @@ fn policy(inner: &Inner, now: u64) -> Result<VerifyPolicy, ApiError> {
 
 /// Checks what the signature must cover beyond `@method`: the target (whole, or authority,
 /// path and query), and the body's digest when there is a body (which must match).
-fn check_coverage(request: &SignedRequest, verified: &Verified, body: &[u8]) -> Result<(), ApiError> {
+fn check_coverage(
+    request: &SignedRequest,
+    verified: &Verified,
+    body: &[u8],
+) -> Result<(), ApiError> {
     let covers = |c: &str| verified.covered.iter().any(|x| x == &format!("\"{c}\""));
     let has_query = request.target_uri().contains('?');
     let target_covered = covers("@target-uri")
@@ -153,11 +157,16 @@ pub(crate) fn authenticate(
 ) -> Result<Caller, ApiError> {
     let mut record: Option<KeyRecord> = None;
     let mut db_error = None;
-    let outcome = verify_signed(inner, request, body, &mut |keyid| {
-        match inner.storage.key(keyid) {
+    let outcome = verify_signed(
+        inner,
+        request,
+        body,
+        &mut |keyid| match inner.storage.key(keyid) {
             Ok(Some(r)) => {
                 let key = PublicKey::new(
-                    r.algorithm.parse().map_err(|_| HttpSigError::UnknownKey(keyid.into()))?,
+                    r.algorithm
+                        .parse()
+                        .map_err(|_| HttpSigError::UnknownKey(keyid.into()))?,
                     r.spki.clone(),
                 );
                 record = Some(r);
@@ -168,8 +177,8 @@ pub(crate) fn authenticate(
                 db_error = Some(e);
                 Ok(None)
             }
-        }
-    });
+        },
+    );
     if let Some(e) = db_error {
         return Err(e.into());
     }
@@ -197,7 +206,13 @@ pub(crate) fn authenticate(
         })
     });
     if let Err(e) = &outcome {
-        refused(inner, "server.authenticate", record.as_ref().map(|r| r.fingerprint.clone()), address, e)?;
+        refused(
+            inner,
+            "server.authenticate",
+            record.as_ref().map(|r| r.fingerprint.clone()),
+            address,
+            e,
+        )?;
     }
     outcome
 }

@@ -38,17 +38,15 @@ fn json<T: DeserializeOwned>(body: &[u8]) -> Answer<T> {
 
 fn random_b64url(n: usize) -> Answer<String> {
     let mut bytes = vec![0u8; n];
-    keyhaven::fill_random(&mut bytes).map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-    })?;
+    keyhaven::fill_random(&mut bytes)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok(Base64UrlUnpadded::encode_string(&bytes))
 }
 
 fn random_hex(n: usize) -> Answer<String> {
     let mut bytes = vec![0u8; n];
-    keyhaven::fill_random(&mut bytes).map_err(|e| {
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-    })?;
+    keyhaven::fill_random(&mut bytes)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
     Ok(hex::encode(bytes))
 }
 
@@ -132,7 +130,10 @@ pub(crate) async fn readyz(State(inner): State<Arc<Inner>>) -> Answer<&'static s
 
 pub(crate) async fn metrics(State(inner): State<Arc<Inner>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         inner.metrics.render(),
     )
         .into_response()
@@ -321,7 +322,11 @@ fn rotate_blocking(
                 start = Some((at, r));
                 break;
             }
-            seen.push(format!("{} is {}", r.fingerprint, r.status_at(now).as_str()));
+            seen.push(format!(
+                "{} is {}",
+                r.fingerprint,
+                r.status_at(now).as_str()
+            ));
         }
     }
     let (at, start) = start.ok_or_else(|| {
@@ -376,12 +381,13 @@ fn rotate_blocking(
     }
     let verified = verified?;
     *signer_key = Some(verified.keyid.clone());
-    if let Some(r) = signer.filter(|r| r.fingerprint == verified.keyid) {
-        if r.client_id != start.client_id || !r.status_at(now).accepted() {
-            return Err(ApiError::forbidden(
-                "a rotation is signed by its new key or by an accepted key of the same client",
-            ));
-        }
+    if signer.is_some_and(|r| {
+        r.fingerprint == verified.keyid
+            && (r.client_id != start.client_id || !r.status_at(now).accepted())
+    }) {
+        return Err(ApiError::forbidden(
+            "a rotation is signed by its new key or by an accepted key of the same client",
+        ));
     }
     let mut superseded = Vec::new();
     for p in proofs {
@@ -420,7 +426,9 @@ pub(crate) async fn revoke(
     let client = caller.client_id.clone();
     inner
         .db(move |s| {
-            if s.key(&fingerprint)?.is_none_or(|r| r.client_id != caller.client_id) {
+            if s.key(&fingerprint)?
+                .is_none_or(|r| r.client_id != caller.client_id)
+            {
                 return Err(ApiError::new(
                     StatusCode::NOT_FOUND,
                     "not-found",
@@ -456,16 +464,17 @@ pub(crate) async fn admin_clients(
     State(inner): State<Arc<Inner>>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Answer<Json<Vec<ClientView>>> {
-    let Query(query) = query
-        .map_err(|e| ApiError::bad_request("invalid-request", format!("the query: {e}")))?;
+    let Query(query) =
+        query.map_err(|e| ApiError::bad_request("invalid-request", format!("the query: {e}")))?;
     if query.q.chars().count() > 256 {
-        return Err(ApiError::bad_request("invalid-request", "q is longer than 256 characters"));
+        return Err(ApiError::bad_request(
+            "invalid-request",
+            "q is longer than 256 characters",
+        ));
     }
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_LIST);
     let now = inner.now();
-    let records = inner
-        .db(move |s| Ok(s.search(&query.q, limit)?))
-        .await?;
+    let records = inner.db(move |s| Ok(s.search(&query.q, limit)?)).await?;
     Ok(Json(records.iter().map(|r| r.view(now)).collect()))
 }
 
@@ -533,7 +542,10 @@ pub(crate) async fn not_found(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not-found",
-        format!("no route {}", request.uri().path().chars().take(200).collect::<String>()),
+        format!(
+            "no route {}",
+            request.uri().path().chars().take(200).collect::<String>()
+        ),
     )
 }
 

@@ -39,7 +39,11 @@ impl Histogram {
             let n = self.counts.get(i).copied().unwrap_or(0);
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {n}");
         }
-        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}", self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {}",
+            self.count
+        );
         let braces = if labels.is_empty() {
             String::new()
         } else {
@@ -93,7 +97,13 @@ impl Metrics {
     }
 
     /// A request on `route` finished with `status` after `elapsed`.
-    pub fn finish(&self, route: &'static str, method: &'static str, status: u16, elapsed: Duration) {
+    pub fn finish(
+        &self,
+        route: &'static str,
+        method: &'static str,
+        status: u16,
+        elapsed: Duration,
+    ) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
         let mut t = self.tables();
         *t.requests.entry((route, method, status)).or_default() += 1;
@@ -176,7 +186,10 @@ impl Metrics {
              # TYPE keyhaven_auth_failures_total counter\n",
         );
         for (reason, n) in &t.auth_failures {
-            let _ = writeln!(out, "keyhaven_auth_failures_total{{reason=\"{reason}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "keyhaven_auth_failures_total{{reason=\"{reason}\"}} {n}"
+            );
         }
         let _ = write!(
             out,

@@ -88,7 +88,13 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({}): {}", self.status.as_u16(), self.name, self.detail)
+        write!(
+            f,
+            "{} ({}): {}",
+            self.status.as_u16(),
+            self.name,
+            self.detail
+        )
     }
 }
 
@@ -102,9 +108,11 @@ impl From<StorageError> for ApiError {
                 "key-exists",
                 format!("key {fp} is registered already; use it, or register another key"),
             ),
-            StorageError::NoClient(id) => {
-                ApiError::new(StatusCode::NOT_FOUND, "not-found", format!("no client {id}"))
-            }
+            StorageError::NoClient(id) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no client {id}"),
+            ),
             StorageError::NoKey(fp) => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not-found",
@@ -122,10 +130,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut response = (self.status, body).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(PROBLEM_JSON),
-        );
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
         response.extensions_mut().insert(self);
         response
     }

@@ -86,7 +86,10 @@ mod tests {
         assert!(l.allow("a", t) && l.allow("a", t) && l.allow("a", t));
         assert!(!l.allow("a", t), "the burst is spent");
         assert!(l.allow("b", t), "another name has its own bucket");
-        assert!(l.allow("a", t + Duration::from_millis(100)), "one token per 100 ms");
+        assert!(
+            l.allow("a", t + Duration::from_millis(100)),
+            "one token per 100 ms"
+        );
         assert!(!l.allow("a", t + Duration::from_millis(100)));
     }
 

@@ -170,8 +170,7 @@ pub async fn serve(
             tick.tick().await;
             let i = inner.clone();
             let now = i.now();
-            let pruned =
-                tokio::task::spawn_blocking(move || i.storage.prune(now)).await;
+            let pruned = tokio::task::spawn_blocking(move || i.storage.prune(now)).await;
             if let Ok(Err(e)) = pruned {
                 tracing::warn!(error = %e, "pruning expired nonces failed");
             }

@@ -324,11 +324,7 @@ fn signed_view(
     Ok(request)
 }
 
-async fn pipeline(
-    State(inner): State<Arc<Inner>>,
-    request: Request,
-    next: Next,
-) -> Response {
+async fn pipeline(State(inner): State<Arc<Inner>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     inner.metrics.start();
     let (route, access) = classify(request.uri().path());
@@ -339,8 +335,7 @@ async fn pipeline(
         .map(|c| c.0.ip());
     let timeout = inner.config.request_timeout;
     let (signed, response) =
-        match tokio::time::timeout(timeout, handle(&inner, request, access, address, next)).await
-        {
+        match tokio::time::timeout(timeout, handle(&inner, request, access, address, next)).await {
             Ok(out) => out,
             Err(_) => (
                 None,
@@ -368,11 +363,11 @@ async fn handle(
     address: Option<std::net::IpAddr>,
     next: Next,
 ) -> (Option<Arc<SignedRequest>>, Response) {
-    if let Some(ip) = address {
-        if !inner.per_address.allow(&ip.to_string(), Instant::now()) {
-            inner.metrics.rate_limited();
-            return (None, rate_limited("this address"));
-        }
+    if let Some(ip) = address
+        && !inner.per_address.allow(&ip.to_string(), Instant::now())
+    {
+        inner.metrics.rate_limited();
+        return (None, rate_limited("this address"));
     }
     let header_bytes: usize = request
         .headers()
@@ -447,7 +442,8 @@ async fn handle(
         if access == Access::Admin && caller.role != Role::Admin {
             return (
                 Some(signed),
-                ApiError::forbidden("this route is for admins; your key is a client's").into_response(),
+                ApiError::forbidden("this route is for admins; your key is a client's")
+                    .into_response(),
             );
         }
         if !inner.per_key.allow(&caller.fingerprint, Instant::now()) {
@@ -518,8 +514,9 @@ async fn sign_response(
     let signer = inner.signer.clone();
     let signed = tokio::task::spawn_blocking(move || {
         let mut message = SignedResponse::new(status, request.as_deref().cloned());
-        let mut spec = SignatureSpec::new(SIGNATURE_LABEL, &signer.public_key().fingerprint().to_hex())
-            .created(now);
+        let mut spec =
+            SignatureSpec::new(SIGNATURE_LABEL, &signer.public_key().fingerprint().to_hex())
+                .created(now);
         spec = spec.cover(Component::new("@status")?);
         if let Some(d) = &digest {
             message.push_header("content-digest", d);

@@ -89,19 +89,38 @@ fn a_client_registers_rotates_and_revokes_a_key_of_the_encrypted_store() {
     c.generate("ed25519", "svc", &["--role", "identity"]);
     // A wrong fingerprint: nothing is sent, nothing pinned.
     let e = c.fails(
-        &["client", "register", "--server", &served.url, "--key", "svc", "--server-fingerprint", &"0".repeat(64)],
+        &[
+            "client",
+            "register",
+            "--server",
+            &served.url,
+            "--key",
+            "svc",
+            "--server-fingerprint",
+            &"0".repeat(64),
+        ],
         6,
     );
     assert!(e.contains("presents key"), "{e}");
     let me = c.json(&[
-        "client", "register", "--server", &served.url, "--key", "svc", "--server-fingerprint",
-        &served.fingerprint, "--json",
+        "client",
+        "register",
+        "--server",
+        &served.url,
+        "--key",
+        "svc",
+        "--server-fingerprint",
+        &served.fingerprint,
+        "--json",
     ]);
     assert_eq!(me["name"], "svc");
     assert_eq!(me["keys"][0]["status"], "active");
     // The server is remembered: no --server from now on.
     let who = c.ok(&["client", "whoami", "--key", "svc"]);
-    assert!(who.contains("(client)") && who.contains("(active)"), "{who}");
+    assert!(
+        who.contains("(client)") && who.contains("(active)"),
+        "{who}"
+    );
     let e = c.fails(&["client", "register", "--key", "svc"], 8);
     assert!(e.contains("registered already"), "{e}");
 
@@ -112,18 +131,36 @@ fn a_client_registers_rotates_and_revokes_a_key_of_the_encrypted_store() {
     let who = c.json(&["client", "whoami", "--key", "svc", "--json"]);
     assert_eq!(who["key"], after["keys"][1]["fingerprint"]);
 
-    let revoked = c.json(&["client", "revoke", "--key", "svc", "--reason", "retired service", "--json"]);
+    let revoked = c.json(&[
+        "client",
+        "revoke",
+        "--key",
+        "svc",
+        "--reason",
+        "retired service",
+        "--json",
+    ]);
     assert_eq!(revoked["keys"][1]["status"], "revoked");
     let e = c.fails(&["client", "whoami", "--key", "svc"], 12);
     assert!(e.contains("revoked") && e.contains("active key"), "{e}");
 
     // The admin sees it all.
-    s.ok(&["client", "trust", "--server", &served.url, "--server-fingerprint", &served.fingerprint]);
+    s.ok(&[
+        "client",
+        "trust",
+        "--server",
+        &served.url,
+        "--server-fingerprint",
+        &served.fingerprint,
+    ]);
     let list = s.ok(&["client", "admin", "list", "--key", "admin"]);
     assert!(list.contains("ops") && list.contains("svc"), "{list}");
     let stats = s.ok(&["client", "admin", "stats", "--key", "admin"]);
     assert!(stats.contains("clients: 2"), "{stats}");
-    assert!(stats.contains("1 rotating") && stats.contains("1 revoked"), "{stats}");
+    assert!(
+        stats.contains("1 rotating") && stats.contains("1 revoked"),
+        "{stats}"
+    );
     // A client is no admin.
     let e = c.fails(&["client", "admin", "stats", "--key", "svc"], 12);
     assert!(e.contains("revoked"), "{e}");
@@ -151,12 +188,28 @@ fn a_client_key_on_a_softhsm_token_registers_and_signs_requests() {
         .env("CLIENT_PIN", "1234")
         .env("KEYHAVEN_TOKEN_PIN", "1234");
     c.ok(&[
-        "backend", "add", "pkcs11", "hsm", "--module", &hsm.module().display().to_string(), "--token", "client", "--pin-env", "CLIENT_PIN",
+        "backend",
+        "add",
+        "pkcs11",
+        "hsm",
+        "--module",
+        &hsm.module().display().to_string(),
+        "--token",
+        "client",
+        "--pin-env",
+        "CLIENT_PIN",
     ]);
     c.generate("p384", "device", &[]);
     let me = c.json(&[
-        "client", "register", "--server", &served.url, "--key", "device", "--server-fingerprint",
-        &served.fingerprint, "--json",
+        "client",
+        "register",
+        "--server",
+        &served.url,
+        "--key",
+        "device",
+        "--server-fingerprint",
+        &served.fingerprint,
+        "--json",
     ]);
     assert_eq!(me["keys"][0]["algorithm"], "p384");
     let who = c.json(&["client", "whoami", "--key", "device", "--json"]);

@@ -43,7 +43,10 @@ pub fn challenges_are_single_use_and_expire(s: &dyn Storage) {
     assert!(s.take_challenge("c1", 50).unwrap());
     assert!(!s.take_challenge("c1", 50).unwrap(), "used twice");
     assert!(!s.take_challenge("c2", 100).unwrap(), "taken at its expiry");
-    assert!(!s.take_challenge("c2", 50).unwrap(), "an expired take still uses it up");
+    assert!(
+        !s.take_challenge("c2", 50).unwrap(),
+        "an expired take still uses it up"
+    );
     assert!(!s.take_challenge("never", 0).unwrap());
     s.put_challenge("c3", 10).unwrap();
     assert!(s.prune(20).unwrap() >= 1);
@@ -53,7 +56,10 @@ pub fn challenges_are_single_use_and_expire(s: &dyn Storage) {
 /// Clients and keys come back as registered; a key registers once, to one client.
 pub fn registration_keeps_clients_and_refuses_a_known_key(s: &dyn Storage) {
     let c = s.register(&client("a1", "alpha", 1, 10)).unwrap();
-    assert_eq!((c.id.as_str(), c.name.as_str(), c.role), ("a1", "alpha", Role::Client));
+    assert_eq!(
+        (c.id.as_str(), c.name.as_str(), c.role),
+        ("a1", "alpha", Role::Client)
+    );
     assert_eq!(c.keys.len(), 1);
     let k = &c.keys[0];
     assert_eq!(k.fingerprint, key(1).fingerprint);
@@ -68,11 +74,17 @@ pub fn registration_keeps_clients_and_refuses_a_known_key(s: &dyn Storage) {
         Err(StorageError::KeyExists(fp)) => assert_eq!(fp, key(1).fingerprint),
         other => panic!("a known key registered again: {other:?}"),
     }
-    assert!(s.client("b2").unwrap().is_none(), "a refused registration leaves nothing");
+    assert!(
+        s.client("b2").unwrap().is_none(),
+        "a refused registration leaves nothing"
+    );
     let mut admin = client("c3", "root", 3, 12);
     admin.role = Role::Admin;
     s.register(&admin).unwrap();
-    assert_eq!(s.key(&key(3).fingerprint).unwrap().unwrap().role, Role::Admin);
+    assert_eq!(
+        s.key(&key(3).fingerprint).unwrap().unwrap().role,
+        Role::Admin
+    );
 }
 
 /// A nonce is accepted once per key; another key may use the same one; pruning forgets it.
@@ -81,9 +93,15 @@ pub fn nonces_are_accepted_once(s: &dyn Storage) {
     assert!(!s.use_nonce("k1", "n", 100).unwrap(), "replayed");
     assert!(s.use_nonce("k2", "n", 100).unwrap(), "another key's nonce");
     s.prune(50).unwrap();
-    assert!(!s.use_nonce("k1", "n", 100).unwrap(), "kept until it expires");
+    assert!(
+        !s.use_nonce("k1", "n", 100).unwrap(),
+        "kept until it expires"
+    );
     s.prune(101).unwrap();
-    assert!(s.use_nonce("k1", "n", 200).unwrap(), "forgotten once expired");
+    assert!(
+        s.use_nonce("k1", "n", 200).unwrap(),
+        "forgotten once expired"
+    );
 }
 
 /// A rotation adds the new key and gives the old one a window; revocations stick, first
@@ -115,14 +133,33 @@ pub fn rotation_supersedes_and_revocation_sticks(s: &dyn Storage) {
         old: key(2).fingerprint,
         until: 500,
     }];
-    assert!(matches!(s.rotate("a1", &theirs, &key(6), 40), Err(StorageError::NoKey(_))));
-    assert_eq!(s.key(&key(2).fingerprint).unwrap().unwrap().state, KeyState::Active);
+    assert!(matches!(
+        s.rotate("a1", &theirs, &key(6), 40),
+        Err(StorageError::NoKey(_))
+    ));
+    assert_eq!(
+        s.key(&key(2).fingerprint).unwrap().unwrap().state,
+        KeyState::Active
+    );
     assert!(s.key(&key(6).fingerprint).unwrap().is_none());
-    assert!(matches!(s.rotate("a1", &steps, &key(2), 40), Err(StorageError::KeyExists(_))));
+    assert!(matches!(
+        s.rotate("a1", &steps, &key(2), 40),
+        Err(StorageError::KeyExists(_))
+    ));
 
-    assert_eq!(s.revoke(&key(4).fingerprint, 50, "lost", "self").unwrap(), Revoked::Now);
-    assert_eq!(s.revoke(&key(4).fingerprint, 60, "again", "admin:x").unwrap(), Revoked::Already);
-    assert_eq!(s.revoke(&key(9).fingerprint, 60, "?", "self").unwrap(), Revoked::Unknown);
+    assert_eq!(
+        s.revoke(&key(4).fingerprint, 50, "lost", "self").unwrap(),
+        Revoked::Now
+    );
+    assert_eq!(
+        s.revoke(&key(4).fingerprint, 60, "again", "admin:x")
+            .unwrap(),
+        Revoked::Already
+    );
+    assert_eq!(
+        s.revoke(&key(9).fingerprint, 60, "?", "self").unwrap(),
+        Revoked::Unknown
+    );
     let r = s.key(&key(4).fingerprint).unwrap().unwrap();
     assert_eq!(
         r.state,
@@ -139,7 +176,10 @@ pub fn rotation_supersedes_and_revocation_sticks(s: &dyn Storage) {
         until: 900,
     }];
     s.rotate("a1", &revived, &key(7), 70).unwrap();
-    assert_eq!(s.key(&key(4).fingerprint).unwrap().unwrap().status_at(70), KeyStatus::Revoked);
+    assert_eq!(
+        s.key(&key(4).fingerprint).unwrap().unwrap().status_at(70),
+        KeyStatus::Revoked
+    );
 }
 
 /// Search by name, id or fingerprint; LIKE wildcards in a query are literal; counts.
@@ -157,7 +197,11 @@ pub fn search_and_stats(s: &dyn Storage) {
     assert_eq!(names(""), ["Alpha_one", "beta", "gamma"]);
     assert_eq!(names("ALPHA"), ["Alpha_one"]);
     assert_eq!(names("_"), ["Alpha_one"], "an underscore is literal");
-    assert_eq!(names("%"), Vec::<String>::new(), "a percent sign is literal");
+    assert_eq!(
+        names("%"),
+        Vec::<String>::new(),
+        "a percent sign is literal"
+    );
     assert_eq!(names("b2"), ["beta"]);
     assert_eq!(names(&key(3).fingerprint[..20]), ["gamma"]);
     assert_eq!(s.search("", 2).unwrap().len(), 2);

@@ -64,7 +64,11 @@ fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> StorageError + '_ {
 }
 
 fn role_of(s: &str) -> Role {
-    if s == "admin" { Role::Admin } else { Role::Client }
+    if s == "admin" {
+        Role::Admin
+    } else {
+        Role::Client
+    }
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -181,7 +185,11 @@ impl SqliteStorage {
                 ),
             });
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(version).unwrap_or(0)) {
+        for (i, sql) in MIGRATIONS
+            .iter()
+            .enumerate()
+            .skip(usize::try_from(version).unwrap_or(0))
+        {
             let tx = conn.transaction().map_err(self.err())?;
             tx.execute_batch(sql).map_err(self.err())?;
             tx.pragma_update(None, "user_version", i + 1)

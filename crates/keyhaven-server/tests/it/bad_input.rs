@@ -20,7 +20,12 @@ struct Raw {
 
 impl Raw {
     fn problem(&self) -> Problem {
-        assert_eq!(self.content_type, "application/problem+json", "{}", String::from_utf8_lossy(&self.body));
+        assert_eq!(
+            self.content_type,
+            "application/problem+json",
+            "{}",
+            String::from_utf8_lossy(&self.body)
+        );
         serde_json::from_slice(&self.body).unwrap()
     }
 
@@ -28,7 +33,11 @@ impl Raw {
         let p = self.problem();
         assert_eq!(
             (self.status, p.status, p.kind.as_str()),
-            (status, status, format!("urn:keyhaven:problem:{name}").as_str()),
+            (
+                status,
+                status,
+                format!("urn:keyhaven:problem:{name}").as_str()
+            ),
             "{p:?}"
         );
         assert!(!p.detail.is_empty());
@@ -57,9 +66,12 @@ async fn send(t: &TestServer, request: &Request, body: &[u8]) -> Raw {
     let fp = t.server_key.fingerprint().to_hex();
     let key = t.server_key.clone();
     let policy = VerifyPolicy::at(t.now()).require(&["@status"]).unwrap();
-    verify(Message::Response(&checked), Some("keyhaven"), &policy, &mut |k| {
-        Ok((k == fp).then(|| key.clone()))
-    })
+    verify(
+        Message::Response(&checked),
+        Some("keyhaven"),
+        &policy,
+        &mut |k| Ok((k == fp).then(|| key.clone())),
+    )
     .expect("every answer, a refusal too, is signed by the server");
     Raw {
         status,
@@ -84,7 +96,10 @@ fn signed(
     let mut request = Request::new(method, &t.url(path)).unwrap();
     let mut covered = vec!["@method", "@target-uri"];
     if !body.is_empty() {
-        request.push_header("Content-Digest", &content_digest(body, DigestAlgorithm::Sha256));
+        request.push_header(
+            "Content-Digest",
+            &content_digest(body, DigestAlgorithm::Sha256),
+        );
         request.push_header("Content-Type", "application/json");
         covered.push("content-digest");
     }
@@ -115,13 +130,18 @@ async fn unsigned_and_malformed_signatures_are_refused() {
     let t = start().await;
     let key = registered(&t, "k").await;
     let plain = Request::new("GET", &t.url("/v1/whoami")).unwrap();
-    send(&t, &plain, b"").await.assert_problem(401, "missing-signature");
+    send(&t, &plain, b"")
+        .await
+        .assert_problem(401, "missing-signature");
 
     for (input, sig) in [
         ("keyhaven=(\"@method\";created=1", "keyhaven=:AAAA:"),
         ("keyhaven=\"@method\"", "keyhaven=:AAAA:"),
         ("keyhaven=(\"@method\");created=1", "keyhaven=AAAA"),
-        ("keyhaven=(\"@method\");created=1", "keyhaven=:AAAA:;x=\"unterminated"),
+        (
+            "keyhaven=(\"@method\");created=1",
+            "keyhaven=:AAAA:;x=\"unterminated",
+        ),
     ] {
         let r = plain
             .clone()
@@ -130,7 +150,12 @@ async fn unsigned_and_malformed_signatures_are_refused() {
         let raw = send(&t, &r, b"").await;
         assert_eq!(raw.status, 400, "{input}");
         let p = raw.problem();
-        assert!(p.kind.ends_with("malformed-signature") || p.kind.ends_with("missing-signature") || p.kind.ends_with("signature-policy"), "{p:?}");
+        assert!(
+            p.kind.ends_with("malformed-signature")
+                || p.kind.ends_with("missing-signature")
+                || p.kind.ends_with("signature-policy"),
+            "{p:?}"
+        );
     }
     let _ = key;
     assert!(t.metric("keyhaven_auth_failures_total{reason=\"missing-signature\"}") >= 1);
@@ -145,19 +170,34 @@ async fn unknown_keys_stale_or_future_signatures_and_replays_are_refused() {
     let r = signed(&t, &stranger, "GET", "/v1/whoami", b"", |s| s);
     send(&t, &r, b"").await.assert_problem(401, "unknown-key");
 
-    let old = signed(&t, &key, "GET", "/v1/whoami", b"", |s| s.created(t.now() - 400));
-    send(&t, &old, b"").await.assert_problem(401, "stale-signature");
-    let future = signed(&t, &key, "GET", "/v1/whoami", b"", |s| s.created(unix_now() + 120));
-    send(&t, &future, b"").await.assert_problem(401, "stale-signature");
+    let old = signed(&t, &key, "GET", "/v1/whoami", b"", |s| {
+        s.created(t.now() - 400)
+    });
+    send(&t, &old, b"")
+        .await
+        .assert_problem(401, "stale-signature");
+    let future = signed(&t, &key, "GET", "/v1/whoami", b"", |s| {
+        s.created(unix_now() + 120)
+    });
+    send(&t, &future, b"")
+        .await
+        .assert_problem(401, "stale-signature");
     let expired = signed(&t, &key, "GET", "/v1/whoami", b"", |s| {
         s.created(unix_now() - 200).expires(unix_now() - 100)
     });
-    send(&t, &expired, b"").await.assert_problem(401, "stale-signature");
+    send(&t, &expired, b"")
+        .await
+        .assert_problem(401, "stale-signature");
 
     let once = signed(&t, &key, "GET", "/v1/whoami", b"", |s| s);
     assert_eq!(send(&t, &once, b"").await.status, 200);
-    send(&t, &once, b"").await.assert_problem(401, "replayed-nonce");
-    assert_eq!(t.metric("keyhaven_auth_failures_total{reason=\"replayed-nonce\"}"), 1);
+    send(&t, &once, b"")
+        .await
+        .assert_problem(401, "replayed-nonce");
+    assert_eq!(
+        t.metric("keyhaven_auth_failures_total{reason=\"replayed-nonce\"}"),
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +211,9 @@ async fn signatures_that_cover_too_little_or_lie_are_refused() {
         .unwrap()
         .created(unix_now());
     sign_request(&mut r, &spec, t.keys.as_ref(), &key.id).unwrap();
-    send(&t, &r, b"").await.assert_problem(400, "signature-policy");
+    send(&t, &r, b"")
+        .await
+        .assert_problem(400, "signature-policy");
     // No target.
     let r = signed(&t, &key, "GET", "/v1/whoami", b"", |_| {
         SignatureSpec::new("keyhaven", &key.fingerprint().to_hex())
@@ -180,7 +222,9 @@ async fn signatures_that_cover_too_little_or_lie_are_refused() {
             .created(unix_now())
             .nonce("only-method")
     });
-    send(&t, &r, b"").await.assert_problem(400, "signature-policy");
+    send(&t, &r, b"")
+        .await
+        .assert_problem(400, "signature-policy");
     // A body whose digest is not signed.
     let body = br#"{"reason":"x"}"#;
     let r = signed(&t, &key, "POST", "/v1/clients/me/revoke", body, |_| {
@@ -190,17 +234,24 @@ async fn signatures_that_cover_too_little_or_lie_are_refused() {
             .created(unix_now())
             .nonce("no-digest")
     });
-    send(&t, &r, body).await.assert_problem(400, "signature-policy");
+    send(&t, &r, body)
+        .await
+        .assert_problem(400, "signature-policy");
     // A body swapped after signing: the digest no longer matches.
     let r = signed(&t, &key, "POST", "/v1/clients/me/revoke", body, |s| s);
-    send(&t, &r, br#"{"reason":"y"}"#).await.assert_problem(400, "digest-mismatch");
+    send(&t, &r, br#"{"reason":"y"}"#)
+        .await
+        .assert_problem(400, "digest-mismatch");
     // A wrong alg.
     let mut r = signed(&t, &key, "GET", "/v1/whoami", b"", |s| s);
     let input = Message::Request(&r).field("signature-input").unwrap();
     let sig = Message::Request(&r).field("signature").unwrap();
     r = Request::new("GET", &t.url("/v1/whoami"))
         .unwrap()
-        .header("Signature-Input", &input.replace("alg=\"ed25519\"", "alg=\"ecdsa-p256-sha256\""))
+        .header(
+            "Signature-Input",
+            &input.replace("alg=\"ed25519\"", "alg=\"ecdsa-p256-sha256\""),
+        )
         .header("Signature", &sig);
     let raw = send(&t, &r, b"").await;
     assert!(raw.status == 400 || raw.status == 401, "{}", raw.status);
@@ -208,9 +259,17 @@ async fn signatures_that_cover_too_little_or_lie_are_refused() {
     let r = signed(&t, &key, "GET", "/v1/clients/me", b"", |s| s);
     let moved = Request::new("GET", &t.url("/v1/whoami"))
         .unwrap()
-        .header("Signature-Input", &Message::Request(&r).field("signature-input").unwrap())
-        .header("Signature", &Message::Request(&r).field("signature").unwrap());
-    send(&t, &moved, b"").await.assert_problem(401, "bad-signature");
+        .header(
+            "Signature-Input",
+            &Message::Request(&r).field("signature-input").unwrap(),
+        )
+        .header(
+            "Signature",
+            &Message::Request(&r).field("signature").unwrap(),
+        );
+    send(&t, &moved, b"")
+        .await
+        .assert_problem(401, "bad-signature");
     // The key still works: nothing above changed its state.
     assert!(t.client(&key).whoami().await.is_ok());
 }
@@ -238,7 +297,9 @@ async fn a_registration_must_prove_possession_of_a_fresh_challenge() {
     // A challenge never issued.
     let body = registration("made-up", &spki);
     let r = signed(&t, &key, "POST", "/v1/clients", &body, |s| s);
-    send(&t, &r, &body).await.assert_problem(400, "bad-challenge");
+    send(&t, &r, &body)
+        .await
+        .assert_problem(400, "bad-challenge");
     // Signed by another key than the one registered.
     let other = t.key(Algorithm::Ed25519, "other");
     let body = registration(&challenge.challenge, &spki);
@@ -247,14 +308,18 @@ async fn a_registration_must_prove_possession_of_a_fresh_challenge() {
     // Garbage for a key.
     let body = registration(&challenge.challenge, b"not a key");
     let r = signed(&t, &key, "POST", "/v1/clients", &body, |s| s);
-    send(&t, &r, &body).await.assert_problem(400, "invalid-request");
+    send(&t, &r, &body)
+        .await
+        .assert_problem(400, "invalid-request");
     // The real thing, once.
     let body = registration(&challenge.challenge, &spki);
     let r = signed(&t, &key, "POST", "/v1/clients", &body, |s| s);
     assert_eq!(send(&t, &r, &body).await.status, 201);
     let other_body = registration(&challenge.challenge, other.public_key.spki_der());
     let r = signed(&t, &other, "POST", "/v1/clients", &other_body, |s| s);
-    send(&t, &r, &other_body).await.assert_problem(400, "bad-challenge");
+    send(&t, &r, &other_body)
+        .await
+        .assert_problem(400, "bad-challenge");
     // An expired challenge.
     let fresh: Challenge = {
         let r = signed(&t, &other, "POST", "/v1/challenge", b"", |s| s);
@@ -262,11 +327,17 @@ async fn a_registration_must_prove_possession_of_a_fresh_challenge() {
     };
     t.advance(301);
     let body = registration(&fresh.challenge, other.public_key.spki_der());
-    let r = signed(&t, &other, "POST", "/v1/clients", &body, |s| s.created(t.now()));
-    send(&t, &r, &body).await.assert_problem(400, "bad-challenge");
+    let r = signed(&t, &other, "POST", "/v1/clients", &body, |s| {
+        s.created(t.now())
+    });
+    send(&t, &r, &body)
+        .await
+        .assert_problem(400, "bad-challenge");
     // Not JSON.
     let r = signed(&t, &other, "POST", "/v1/clients", b"{", |s| s);
-    send(&t, &r, b"{").await.assert_problem(400, "invalid-request");
+    send(&t, &r, b"{")
+        .await
+        .assert_problem(400, "invalid-request");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,7 +365,11 @@ async fn a_broken_continuity_chain_is_refused() {
     ] {
         let e = client.rotate(&broken).await.unwrap_err();
         let p = e.problem().unwrap_or_else(|| panic!("{why}: {e}"));
-        assert_eq!((p.status, p.kind.as_str()), (400, "urn:keyhaven:problem:bad-continuity-proof"), "{why}: {p:?}");
+        assert_eq!(
+            (p.status, p.kind.as_str()),
+            (400, "urn:keyhaven:problem:bad-continuity-proof"),
+            "{why}: {p:?}"
+        );
     }
     // A valid proof from a key that is not this client's.
     let someone = registered(&t, "someone").await;
@@ -303,8 +378,21 @@ async fn a_broken_continuity_chain_is_refused() {
     // Signed by a key that is neither the new one nor registered.
     let stranger = t.key(Algorithm::Ed25519, "stranger");
     let e = t.client(&stranger).rotate(&text).await.unwrap_err();
-    assert_eq!(e.problem().unwrap().kind, "urn:keyhaven:problem:unknown-key", "{e}");
-    assert_eq!(t.client(&new).whoami().await.unwrap_err().problem().unwrap().status, 401);
+    assert_eq!(
+        e.problem().unwrap().kind,
+        "urn:keyhaven:problem:unknown-key",
+        "{e}"
+    );
+    assert_eq!(
+        t.client(&new)
+            .whoami()
+            .await
+            .unwrap_err()
+            .problem()
+            .unwrap()
+            .status,
+        401
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,18 +408,26 @@ async fn oversized_bodies_and_headers_unknown_routes_and_methods() {
     let r = signed(&t, &key, "POST", "/v1/clients/me/revoke", &body, |s| s);
     send(&t, &r, &body).await.assert_problem(413, "too-large");
     let r = signed(&t, &key, "GET", "/v1/whoami", b"", |s| s).header("X-Pad", &"p".repeat(4096));
-    send(&t, &r, b"").await.assert_problem(431, "headers-too-large");
+    send(&t, &r, b"")
+        .await
+        .assert_problem(431, "headers-too-large");
     let r = Request::new("GET", &t.url("/v1/nothing-here")).unwrap();
     send(&t, &r, b"").await.assert_problem(404, "not-found");
     let r = Request::new("DELETE", &t.url("/v1/challenge")).unwrap();
-    send(&t, &r, b"").await.assert_problem(405, "method-not-allowed");
+    send(&t, &r, b"")
+        .await
+        .assert_problem(405, "method-not-allowed");
     // Bad input in a signed request: a fingerprint that is none, a reason too long.
     let body = br#"{"fingerprint":"zz","reason":"x"}"#;
     let r = signed(&t, &key, "POST", "/v1/clients/me/revoke", body, |s| s);
-    send(&t, &r, body).await.assert_problem(400, "invalid-request");
+    send(&t, &r, body)
+        .await
+        .assert_problem(400, "invalid-request");
     let body = format!(r#"{{"reason":"{}"}}"#, "r".repeat(300)).into_bytes();
     let r = signed(&t, &key, "POST", "/v1/clients/me/revoke", &body, |s| s);
-    send(&t, &r, &body).await.assert_problem(400, "invalid-request");
+    send(&t, &r, &body)
+        .await
+        .assert_problem(400, "invalid-request");
     assert!(t.client(&key).whoami().await.is_ok());
 }
 

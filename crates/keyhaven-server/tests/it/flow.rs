@@ -26,7 +26,10 @@ async fn a_client_registers_each_algorithm_and_signs_requests() {
         assert_eq!(me.keys[0].algorithm, algorithm.short_name());
         assert_eq!(me.keys[0].status, KeyStatus::Active);
         let who = client.whoami().await.unwrap();
-        assert_eq!((who.client.as_str(), who.role), (me.id.as_str(), Role::Client));
+        assert_eq!(
+            (who.client.as_str(), who.role),
+            (me.id.as_str(), Role::Client)
+        );
         assert_eq!(client.status().await.unwrap(), me);
         // Registered once: a second registration of the same key is a conflict.
         let e = client.register(name).await.unwrap_err();
@@ -53,13 +56,22 @@ async fn rotation_by_continuity_proof_keeps_the_old_key_until_its_window_ends() 
     assert_eq!(after.keys[1].fingerprint, new.fingerprint().to_hex());
     assert_eq!(after.keys[1].successor_of, Some(old.fingerprint().to_hex()));
     // Both keys are accepted during the window ...
-    assert_eq!(t.client(&new).whoami().await.unwrap().status, KeyStatus::Active);
-    assert_eq!(t.client(&old).whoami().await.unwrap().status, KeyStatus::Rotating);
+    assert_eq!(
+        t.client(&new).whoami().await.unwrap().status,
+        KeyStatus::Active
+    );
+    assert_eq!(
+        t.client(&old).whoami().await.unwrap().status,
+        KeyStatus::Rotating
+    );
     // ... and only the new one after it.
     t.advance(601);
     let e = t.client(&old).whoami().await.unwrap_err();
     let p = e.problem().unwrap();
-    assert_eq!((p.status, p.kind.as_str()), (401, "urn:keyhaven:problem:key-not-accepted"));
+    assert_eq!(
+        (p.status, p.kind.as_str()),
+        (401, "urn:keyhaven:problem:key-not-accepted")
+    );
     assert!(p.detail.contains("retired"), "{}", p.detail);
     let me = t.client(&new).status().await.unwrap();
     assert_eq!(me.keys[0].status, KeyStatus::Retired);
@@ -80,10 +92,20 @@ async fn a_chain_of_two_rotations_is_verified_whole() {
     let chain = format!("{}{}", p1.to_text(), p2.to_text());
     // The new key signs its own rotation: the chain proves it succeeds k1.
     let after = t.client(&k3).rotate(&chain).await.unwrap();
-    assert_eq!(after.keys.len(), 2, "k2 was never registered, so it is not added");
+    assert_eq!(
+        after.keys.len(),
+        2,
+        "k2 was never registered, so it is not added"
+    );
     assert_eq!(after.keys[1].fingerprint, k3.fingerprint().to_hex());
-    assert_eq!(t.client(&k3).whoami().await.unwrap().status, KeyStatus::Active);
-    assert_eq!(t.client(&k1).whoami().await.unwrap().status, KeyStatus::Rotating);
+    assert_eq!(
+        t.client(&k3).whoami().await.unwrap().status,
+        KeyStatus::Active
+    );
+    assert_eq!(
+        t.client(&k1).whoami().await.unwrap().status,
+        KeyStatus::Rotating
+    );
     // The same chain again: its start is no longer active.
     let e = t.client(&k3).rotate(&chain).await.unwrap_err();
     assert_eq!(e.problem().unwrap().status, 400, "{e}");
@@ -97,13 +119,17 @@ async fn a_chain_of_two_rotations_is_verified_whole() {
     assert_eq!(after.keys[1].status, KeyStatus::Rotating);
     // An old key in its window still signs requests, but anchors no rotation of its own.
     let k5 = t.key(Algorithm::Ed25519, "k5");
-    let fork = ContinuityProof::create(t.keys.as_ref(), "c", &k1, &k5, now, now + 60, None).unwrap();
+    let fork =
+        ContinuityProof::create(t.keys.as_ref(), "c", &k1, &k5, now, now + 60, None).unwrap();
     let e = t.client(&k1).rotate(&fork.to_text()).await.unwrap_err();
     let p = e.problem().unwrap();
     assert_eq!(p.kind, "urn:keyhaven:problem:bad-continuity-proof");
     assert!(p.detail.contains("rotating"), "{}", p.detail);
     let e = t.client(&k2).whoami().await.unwrap_err();
-    assert_eq!(e.problem().unwrap().kind, "urn:keyhaven:problem:unknown-key");
+    assert_eq!(
+        e.problem().unwrap().kind,
+        "urn:keyhaven:problem:unknown-key"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,10 +141,16 @@ async fn a_key_revokes_itself_and_is_refused_from_then_on() {
     let after = client.revoke(None, "laptop stolen").await.unwrap();
     assert_eq!(after.keys[0].status, KeyStatus::Revoked);
     let r = after.keys[0].revoked.as_ref().unwrap();
-    assert_eq!((r.reason.as_str(), r.by.as_str()), ("laptop stolen", "self"));
+    assert_eq!(
+        (r.reason.as_str(), r.by.as_str()),
+        ("laptop stolen", "self")
+    );
     let e = client.whoami().await.unwrap_err();
     let p = e.problem().unwrap();
-    assert_eq!((p.status, p.kind.as_str()), (401, "urn:keyhaven:problem:key-not-accepted"));
+    assert_eq!(
+        (p.status, p.kind.as_str()),
+        (401, "urn:keyhaven:problem:key-not-accepted")
+    );
     assert!(p.detail.contains("revoked"));
     // A revoked key cannot rotate its way back in.
     let next = t.key(Algorithm::Ed25519, "next");
@@ -169,14 +201,24 @@ async fn admins_list_search_export_bulk_revoke_and_monitor() {
     assert!(t.client(&keys[0]).whoami().await.is_err());
     assert!(t.client(&keys[2]).whoami().await.is_ok());
     let revoked = &admin.admin_clients("svc-0", 1).await.unwrap()[0].keys[0];
-    assert_eq!(revoked.revoked.as_ref().unwrap().by, format!("admin:{}", admin_key.fingerprint().to_hex()));
+    assert_eq!(
+        revoked.revoked.as_ref().unwrap().by,
+        format!("admin:{}", admin_key.fingerprint().to_hex())
+    );
     assert_eq!(admin.admin_stats().await.unwrap().revoked_keys, 2);
 
     // A client is not an admin.
     let e = t.client(&keys[3]).admin_export().await.unwrap_err();
     let p = e.problem().unwrap();
-    assert_eq!((p.status, p.kind.as_str()), (403, "urn:keyhaven:problem:forbidden"));
-    let e = t.client(&keys[3]).admin_revoke(&targets[2..], "x").await.unwrap_err();
+    assert_eq!(
+        (p.status, p.kind.as_str()),
+        (403, "urn:keyhaven:problem:forbidden")
+    );
+    let e = t
+        .client(&keys[3])
+        .admin_revoke(&targets[2..], "x")
+        .await
+        .unwrap_err();
     assert_eq!(e.problem().unwrap().status, 403);
 }
 
@@ -185,7 +227,8 @@ async fn a_client_pinned_to_another_server_key_refuses_every_answer() {
     let t = start().await;
     let key = t.key(Algorithm::Ed25519, "k");
     let impostor = t.key(Algorithm::Ed25519, "not-the-server").public_key;
-    let signer = std::sync::Arc::new(keyhaven_client::StoreSigner::new(t.keys.clone(), &key.id).unwrap());
+    let signer =
+        std::sync::Arc::new(keyhaven_client::StoreSigner::new(t.keys.clone(), &key.id).unwrap());
     let client = keyhaven_client::Client::new(&t.base, signer, impostor).unwrap();
     match client.register("x").await {
         Err(ClientError::Unauthentic(e)) => assert!(e.to_string().contains("unknown key"), "{e}"),

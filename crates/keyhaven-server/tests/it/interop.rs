@@ -35,7 +35,10 @@ fn run_python(script: &str, input: &Value) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("python printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "python printed no JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
@@ -109,12 +112,21 @@ async fn python_http_message_signatures_registers_and_makes_signed_requests() {
     assert_eq!(out["challenge"], 201, "{out}");
     assert_eq!(out["register"]["status"], 201, "{out}");
     let id = out["register"]["body"]["id"].as_str().unwrap().to_owned();
-    assert_eq!(out["register"]["body"]["keys"][0]["fingerprint"], out["fingerprint"]);
+    assert_eq!(
+        out["register"]["body"]["keys"][0]["fingerprint"],
+        out["fingerprint"]
+    );
     assert_eq!(out["whoami"]["status"], 200, "{out}");
     assert_eq!(out["whoami"]["body"]["client"], id.as_str());
     assert_eq!(out["replay"]["status"], 401, "{out}");
-    assert_eq!(out["replay"]["body"]["type"], "urn:keyhaven:problem:replayed-nonce");
+    assert_eq!(
+        out["replay"]["body"]["type"],
+        "urn:keyhaven:problem:replayed-nonce"
+    );
 }
+
+/// A request as it arrived: method, path and query, header fields.
+type Seen = (String, String, Vec<(String, String)>);
 
 const PY_VERIFY: &str = r#"
 import json, sys
@@ -144,7 +156,7 @@ except Exception as e:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_verifies_what_the_keyhaven_client_signs() {
     // A bystander that records what arrives (and answers unsigned, which the client refuses).
-    let seen: Arc<Mutex<Vec<(String, String, Vec<(String, String)>)>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
     let s = seen.clone();
     let app = Router::new().fallback(move |req: axum::extract::Request| {
         let s = s.clone();
@@ -154,7 +166,9 @@ async fn python_verifies_what_the_keyhaven_client_signs() {
                 .iter()
                 .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
                 .collect();
-            s.lock().unwrap().push((req.method().to_string(), req.uri().to_string(), headers));
+            s.lock()
+                .unwrap()
+                .push((req.method().to_string(), req.uri().to_string(), headers));
             "not signed"
         }
     });
@@ -162,15 +176,26 @@ async fn python_verifies_what_the_keyhaven_client_signs() {
     let base = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
     let t = start().await;
-    for algorithm in [Algorithm::Ed25519, Algorithm::EcdsaP256, Algorithm::EcdsaP384] {
+    for algorithm in [
+        Algorithm::Ed25519,
+        Algorithm::EcdsaP256,
+        Algorithm::EcdsaP384,
+    ] {
         let key = t.key(algorithm, &format!("interop-{algorithm}"));
         let signer = Arc::new(keyhaven_client::StoreSigner::new(t.keys.clone(), &key.id).unwrap());
         let client = keyhaven_client::Client::new(&base, signer, t.server_key.clone()).unwrap();
         let e = client
-            .send("POST", &format!("{base}/v1/anything?x=1"), Some(br#"{"a":1}"#.to_vec()))
+            .send(
+                "POST",
+                &format!("{base}/v1/anything?x=1"),
+                Some(br#"{"a":1}"#.to_vec()),
+            )
             .await
             .unwrap_err();
-        assert!(matches!(e, keyhaven_client::ClientError::Unauthentic(_)), "{e}");
+        assert!(
+            matches!(e, keyhaven_client::ClientError::Unauthentic(_)),
+            "{e}"
+        );
         let (method, path, headers) = seen.lock().unwrap().pop().unwrap();
         let job = json!({
             "method": method,
@@ -214,16 +239,25 @@ async fn prometheus_client_parses_the_metrics() {
     client.whoami().await.unwrap();
     let _ = t.client(&t.key(Algorithm::Ed25519, "x")).whoami().await;
     let url = t.url("/metrics");
-    let families = tokio::task::spawn_blocking(move || run_python(PY_METRICS, &json!({ "url": url })))
-        .await
-        .unwrap();
-    assert_eq!(families["keyhaven_http_requests"]["type"], "counter", "{families}");
-    assert_eq!(families["keyhaven_http_request_duration_seconds"]["type"], "histogram");
+    let families =
+        tokio::task::spawn_blocking(move || run_python(PY_METRICS, &json!({ "url": url })))
+            .await
+            .unwrap();
+    assert_eq!(
+        families["keyhaven_http_requests"]["type"], "counter",
+        "{families}"
+    );
+    assert_eq!(
+        families["keyhaven_http_request_duration_seconds"]["type"],
+        "histogram"
+    );
     assert_eq!(families["keyhaven_auth_failures"]["type"], "counter");
-    let samples = families["keyhaven_http_requests"]["samples"].as_array().unwrap();
-    let whoami_ok = samples.iter().find(|s| {
-        s[1]["route"] == "whoami" && s[1]["status"] == "200" && s[1]["method"] == "GET"
-    });
+    let samples = families["keyhaven_http_requests"]["samples"]
+        .as_array()
+        .unwrap();
+    let whoami_ok = samples
+        .iter()
+        .find(|s| s[1]["route"] == "whoami" && s[1]["status"] == "200" && s[1]["method"] == "GET");
     assert_eq!(whoami_ok.unwrap()[2], 1.0, "{samples:?}");
     let failures = families["keyhaven_auth_failures"]["samples"].to_string();
     assert!(failures.contains("unknown-key"), "{failures}");

@@ -26,7 +26,11 @@ fn the_database_is_private_and_survives_reopening() {
     }
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let dir_mode = std::fs::metadata(path.parent().unwrap()).unwrap().permissions().mode() & 0o777;
+    let dir_mode = std::fs::metadata(path.parent().unwrap())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(dir_mode, 0o700);
     let s = SqliteStorage::open(&path).unwrap();
     assert_eq!(s.setting("k").unwrap().as_deref(), Some("v"));

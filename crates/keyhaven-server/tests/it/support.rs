@@ -55,7 +55,8 @@ pub(crate) async fn start_with(config: ServerConfig) -> TestServer {
         .unwrap();
     let signer = manager.service_signer(&key, "test").unwrap();
     let server_key = key.public_key().clone();
-    let storage = Arc::new(SqliteStorage::open(&dir.path().join("server").join("server.db")).unwrap());
+    let storage =
+        Arc::new(SqliteStorage::open(&dir.path().join("server").join("server.db")).unwrap());
     let offset = Arc::new(AtomicU64::new(0));
     let o = offset.clone();
     let server = Server::new(config, storage.clone(), Arc::new(signer))
@@ -97,7 +98,9 @@ impl TestServer {
         let offset = self.offset.clone();
         Client::new(&self.base, signer, self.server_key.clone())
             .unwrap()
-            .with_clock(Arc::new(move || unix_now() + offset.load(Ordering::Relaxed)))
+            .with_clock(Arc::new(move || {
+                unix_now() + offset.load(Ordering::Relaxed)
+            }))
     }
 
     /// Registers `key` directly in the store as an admin's.
