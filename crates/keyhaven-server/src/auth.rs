@@ -134,6 +134,13 @@ pub(crate) fn verify_signed(
     }
     .map_err(|e| problem_of(&e))?;
     check_coverage(request, &verified, body)?;
+    if verified.created.is_some_and(|c| c < inner.started) {
+        return Err(ApiError::unauthenticated(
+            "stale-signature",
+            "the signature was made before this server started (its replay protection starts \
+             then): sign the request again",
+        ));
+    }
     let nonce = verified.nonce.clone().unwrap_or_default();
     let keep_until = now + inner.config.max_age + inner.config.skew;
     if !inner

@@ -108,6 +108,9 @@ pub(crate) struct Inner {
     pub(crate) per_key: Limiter,
     pub(crate) per_address: Limiter,
     pub(crate) clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    /// When this server started: signatures created earlier are refused, so a nonce a power
+    /// cut took from the store cannot be replayed after the restart.
+    pub(crate) started: u64,
 }
 
 impl Inner {
@@ -178,6 +181,7 @@ impl Server {
                 per_key,
                 per_address,
                 clock: Arc::new(unix_now),
+                started: unix_now(),
             }),
         }
     }
@@ -194,6 +198,7 @@ impl Server {
                 per_key: Limiter::new(shared.config.per_key, 100_000),
                 per_address: Limiter::new(shared.config.per_address, 100_000),
                 clock: shared.clock.clone(),
+                started: shared.started,
             },
         };
         change(&mut inner);
@@ -211,7 +216,10 @@ impl Server {
     /// The same server reading time from `clock` (seconds since the epoch), for tests.
     #[must_use]
     pub fn with_clock(self, clock: Arc<dyn Fn() -> u64 + Send + Sync>) -> Self {
-        self.with_inner(|i| i.clock = clock)
+        self.with_inner(|i| {
+            i.started = clock();
+            i.clock = clock;
+        })
     }
 
     /// The key that signs the responses.

@@ -48,12 +48,22 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX nonces_by_expiry ON nonces(expires_at);",
 ];
 
-/// The embedded store: a SQLite database (write-ahead log, `synchronous = FULL` so an
-/// acknowledged registration survives a power cut) behind one connection.
+/// The embedded store: a SQLite database in write-ahead-log mode, behind two connections:
+///
+/// - the **state** connection (clients, keys, challenges, settings) commits with
+///   `synchronous = FULL`: an acknowledged registration, rotation or revocation survives a
+///   power cut;
+/// - the **nonce** connection commits with `synchronous = NORMAL`: a nonce is in the log
+///   before the request it guards is answered, so a crashed or killed process forgets none,
+///   but the log is not flushed to the disk at each request (that would bound the server to
+///   the disk's flush rate). A power cut can lose the last moments' nonces; the server
+///   therefore refuses signatures created before it started (see `Server::new`), so none of
+///   them can be replayed.
 #[derive(Debug)]
 pub struct SqliteStorage {
     path: PathBuf,
     conn: Mutex<Connection>,
+    nonces: Mutex<Connection>,
 }
 
 fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> StorageError + '_ {
@@ -132,21 +142,27 @@ impl SqliteStorage {
             }
             Err(e) => return Err(fs_err(e)),
         }
-        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_NOFOLLOW
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).map_err(db_err(path))?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(db_err(path))?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db_err(path))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(db_err(path))?;
-        conn.pragma_update(None, "foreign_keys", "ON")
-            .map_err(db_err(path))?;
+        let connect = |synchronous: &str| -> Result<Connection> {
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_NOFOLLOW
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+            let conn = Connection::open_with_flags(path, flags).map_err(db_err(path))?;
+            conn.busy_timeout(Duration::from_secs(10))
+                .map_err(db_err(path))?;
+            conn.pragma_update(None, "journal_mode", "WAL")
+                .map_err(db_err(path))?;
+            conn.pragma_update(None, "synchronous", synchronous)
+                .map_err(db_err(path))?;
+            conn.pragma_update(None, "foreign_keys", "ON")
+                .map_err(db_err(path))?;
+            Ok(conn)
+        };
+        let conn = connect("FULL")?;
+        let nonces = connect("NORMAL")?;
         let storage = SqliteStorage {
             path: path.to_owned(),
             conn: Mutex::new(conn),
+            nonces: Mutex::new(nonces),
         };
         storage.migrate()?;
         Ok(storage)
@@ -469,7 +485,9 @@ impl Storage for SqliteStorage {
 
     fn use_nonce(&self, keyid: &str, nonce: &str, expires_at: u64) -> Result<bool> {
         let inserted = self
-            .conn()
+            .nonces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .prepare_cached(
                 "INSERT INTO nonces (keyid, nonce, expires_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT DO NOTHING",
@@ -481,12 +499,15 @@ impl Storage for SqliteStorage {
     }
 
     fn prune(&self, now: u64) -> Result<u64> {
-        let conn = self.conn();
         let now = i64_of(now);
-        let n = conn
+        let n = self
+            .nonces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
             .execute("DELETE FROM nonces WHERE expires_at < ?1", params![now])
             .map_err(self.err())?
-            + conn
+            + self
+                .conn()
                 .execute("DELETE FROM challenges WHERE expires_at < ?1", params![now])
                 .map_err(self.err())?;
         Ok(u64::try_from(n).unwrap_or(u64::MAX))
