@@ -599,6 +599,25 @@ impl FileLock {
     /// # Errors
     /// [`CoreError::Io`] if the lock file cannot be opened or locked.
     pub fn acquire(path: &Path) -> Result<Self, CoreError> {
+        let file = Self::open(path)?;
+        file.lock().map_err(io_err("lock", path))?;
+        Ok(FileLock { file })
+    }
+
+    /// The lock on `path` if no one else holds it, `None` if someone does (without waiting).
+    ///
+    /// # Errors
+    /// [`CoreError::Io`] if the lock file cannot be opened or locked.
+    pub fn try_acquire(path: &Path) -> Result<Option<Self>, CoreError> {
+        let file = Self::open(path)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(FileLock { file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => Err(io_err("lock", path)(e)),
+        }
+    }
+
+    fn open(path: &Path) -> Result<File, CoreError> {
         let mut options = fs::OpenOptions::new();
         options.read(true).write(true).create(true).truncate(false);
         #[cfg(unix)]
@@ -628,8 +647,7 @@ impl FileLock {
             )));
         }
         check_owner(path, &meta)?;
-        file.lock().map_err(io_err("lock", path))?;
-        Ok(FileLock { file })
+        Ok(file)
     }
 }
 

@@ -105,12 +105,6 @@ fn check_coverage(
             .unwrap_or_default();
         check_content_digest(&field, body).map_err(|e| problem_of(&e))?;
     }
-    if verified.nonce.as_ref().is_some_and(|n| n.len() > MAX_NONCE) {
-        return Err(ApiError::bad_request(
-            "signature-policy",
-            format!("the nonce is longer than {MAX_NONCE} characters"),
-        ));
-    }
     Ok(())
 }
 
@@ -141,6 +135,12 @@ pub(crate) fn verify_signed(
              then): sign the request again",
         ));
     }
+    if verified.nonce.as_ref().is_some_and(|n| n.len() > MAX_NONCE) {
+        return Err(ApiError::bad_request(
+            "signature-policy",
+            format!("the nonce is longer than {MAX_NONCE} characters"),
+        ));
+    }
     let nonce = verified.nonce.clone().unwrap_or_default();
     let keep_until = now + inner.config.max_age + inner.config.skew;
     if !inner
@@ -155,20 +155,35 @@ pub(crate) fn verify_signed(
     Ok(verified)
 }
 
-/// Authenticates a request to a route for registered keys; audits a refusal.
-pub(crate) fn authenticate(
-    inner: &Arc<Inner>,
+/// Why a check did not let a request through.
+pub(crate) enum Refusal {
+    /// The key is not in the store's memory: check again on the blocking pool.
+    NeedsIo,
+    /// Refused: the problem, and the key that signed if one was found.
+    Refused(ApiError, Option<String>),
+}
+
+/// Checks a request to a route for registered keys (no audit). With `cached_only`, keys come
+/// only from the store's memory and nonces must be kept in memory too: no I/O at all, so it
+/// may run on the async threads; a key not in memory gives [`Refusal::NeedsIo`].
+pub(crate) fn check(
+    inner: &Inner,
     request: &SignedRequest,
     body: &[u8],
-    address: Option<&str>,
-) -> Result<Caller, ApiError> {
+    cached_only: bool,
+) -> Result<Caller, Refusal> {
     let mut record: Option<KeyRecord> = None;
     let mut db_error = None;
-    let outcome = verify_signed(
-        inner,
-        request,
-        body,
-        &mut |keyid| match inner.storage.key(keyid) {
+    let mut missed = false;
+    let outcome = verify_signed(inner, request, body, &mut |keyid| {
+        let found = if cached_only {
+            let hit = inner.storage.key_if_cached(keyid);
+            missed = hit.is_none();
+            Ok(hit)
+        } else {
+            inner.storage.key(keyid)
+        };
+        match found {
             Ok(Some(r)) => {
                 let key = PublicKey::new(
                     r.algorithm
@@ -184,44 +199,62 @@ pub(crate) fn authenticate(
                 db_error = Some(e);
                 Ok(None)
             }
-        },
-    );
+        }
+    });
+    if missed {
+        return Err(Refusal::NeedsIo);
+    }
+    let signer = record.as_ref().map(|r| r.fingerprint.clone());
     if let Some(e) = db_error {
-        return Err(e.into());
+        return Err(Refusal::Refused(e.into(), signer));
     }
     let now = inner.now();
-    let outcome = outcome.and_then(|v| {
-        let r = record
-            .as_ref()
-            .ok_or_else(|| ApiError::unauthenticated("unknown-key", "unknown key"))?;
-        let status = r.status_at(now);
-        if !status.accepted() {
-            return Err(ApiError::unauthenticated(
-                "key-not-accepted",
-                format!(
-                    "key {} is {}: sign with an active key of this client",
-                    v.keyid,
-                    status.as_str()
-                ),
-            ));
-        }
-        Ok(Caller {
-            client_id: r.client_id.clone(),
-            fingerprint: r.fingerprint.clone(),
-            status,
-            role: r.role,
-        })
-    });
-    if let Err(e) = &outcome {
-        refused(
-            inner,
-            "server.authenticate",
-            record.as_ref().map(|r| r.fingerprint.clone()),
-            address,
-            e,
-        )?;
-    }
     outcome
+        .and_then(|v| {
+            let r = record
+                .as_ref()
+                .ok_or_else(|| ApiError::unauthenticated("unknown-key", "unknown key"))?;
+            let status = r.status_at(now);
+            if !status.accepted() {
+                return Err(ApiError::unauthenticated(
+                    "key-not-accepted",
+                    format!(
+                        "key {} is {}: sign with an active key of this client",
+                        v.keyid,
+                        status.as_str()
+                    ),
+                ));
+            }
+            Ok(Caller {
+                client_id: r.client_id.clone(),
+                fingerprint: r.fingerprint.clone(),
+                status,
+                role: r.role,
+            })
+        })
+        .map_err(|e| Refusal::Refused(e, signer))
+}
+
+/// Authenticates a request to a route for registered keys on the blocking pool; audits a
+/// refusal.
+pub(crate) fn authenticate(
+    inner: &Arc<Inner>,
+    request: &SignedRequest,
+    body: &[u8],
+    address: Option<&str>,
+) -> Result<Caller, ApiError> {
+    match check(inner, request, body, false) {
+        Ok(caller) => Ok(caller),
+        Err(Refusal::Refused(e, key)) => {
+            refused(inner, "server.authenticate", key, address, &e)?;
+            Err(e)
+        }
+        Err(Refusal::NeedsIo) => Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "a key lookup asked for I/O it was given",
+        )),
+    }
 }
 
 /// Counts and audits a refused request; the trail's own failure wins.

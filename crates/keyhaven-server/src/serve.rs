@@ -136,6 +136,17 @@ impl Server {
                 manager.home().display()
             )));
         }
+        // One server per home: its nonces are in its memory.
+        let lock_path = home.dir.join("server").join("server.lock");
+        let lock = keyhaven::fs::FileLock::try_acquire(&lock_path)
+            .map_err(keyhaven::Error::from)?
+            .ok_or_else(|| {
+                ServeError::Setup(format!(
+                    "another keyhaven server is serving {} (it holds {}): stop it first",
+                    manager.home().display(),
+                    lock_path.display()
+                ))
+            })?;
         let storage = home.storage()?;
         let reference = storage.setting(SERVER_KEY)?.ok_or_else(|| {
             ServeError::Setup(format!(
@@ -149,7 +160,9 @@ impl Server {
             Some(log) => Arc::new(LogSink(log)),
             None => Arc::new(NoAudit),
         };
-        Ok(Server::new(config, Arc::new(storage), Arc::new(signer)).with_audit(audit))
+        let server = Server::new(config, Arc::new(storage), Arc::new(signer)).with_audit(audit);
+        let lock = Arc::new(lock);
+        Ok(server.with_inner(|i| i.lock = Some(lock)))
     }
 }
 

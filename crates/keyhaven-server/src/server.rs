@@ -111,6 +111,8 @@ pub(crate) struct Inner {
     /// When this server started: signatures created earlier are refused, so a nonce a power
     /// cut took from the store cannot be replayed after the restart.
     pub(crate) started: u64,
+    /// The home's server lock, held while this server lives (embedded mode).
+    pub(crate) lock: Option<Arc<keyhaven::fs::FileLock>>,
 }
 
 impl Inner {
@@ -182,11 +184,12 @@ impl Server {
                 per_address,
                 clock: Arc::new(unix_now),
                 started: unix_now(),
+                lock: None,
             }),
         }
     }
 
-    fn with_inner(self, change: impl FnOnce(&mut Inner)) -> Self {
+    pub(crate) fn with_inner(self, change: impl FnOnce(&mut Inner)) -> Self {
         let mut inner = match Arc::try_unwrap(self.inner) {
             Ok(inner) => inner,
             Err(shared) => Inner {
@@ -199,6 +202,7 @@ impl Server {
                 per_address: Limiter::new(shared.config.per_address, 100_000),
                 clock: shared.clock.clone(),
                 started: shared.started,
+                lock: shared.lock.clone(),
             },
         };
         change(&mut inner);
@@ -427,20 +431,7 @@ async fn handle(
     let caller = match access {
         Access::Open | Access::SelfProving => None,
         Access::Client | Access::Admin => {
-            let (i, s, b) = (inner.clone(), signed.clone(), body.clone());
-            let address = address.map(|a| a.to_string());
-            let outcome = tokio::task::spawn_blocking(move || {
-                auth::authenticate(&i, &s, &b, address.as_deref())
-            })
-            .await
-            .unwrap_or_else(|e| {
-                Err(ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    e.to_string(),
-                ))
-            });
-            match outcome {
+            match authenticate_request(inner, &signed, &body, address).await {
                 Ok(caller) => Some(caller),
                 Err(e) => return (Some(signed), e.into_response()),
             }
@@ -466,6 +457,41 @@ async fn handle(
         request.extensions_mut().insert::<Caller>(caller);
     }
     (Some(signed), next.run(request).await)
+}
+
+/// Authenticates on the async threads when the store answers from memory (a key it holds,
+/// nonces it keeps): the check is then pure computation. Otherwise, and to audit a refusal,
+/// on the blocking pool.
+async fn authenticate_request(
+    inner: &Arc<Inner>,
+    signed: &Arc<SignedRequest>,
+    body: &Bytes,
+    address: Option<std::net::IpAddr>,
+) -> Result<Caller, ApiError> {
+    let address = address.map(|a| a.to_string());
+    if inner.storage.nonces_in_memory() {
+        match auth::check(inner, signed, body, true) {
+            Ok(caller) => return Ok(caller),
+            Err(auth::Refusal::Refused(e, key)) => {
+                let i = inner.clone();
+                return tokio::task::spawn_blocking(move || {
+                    auth::refused(&i, "server.authenticate", key, address.as_deref(), &e)?;
+                    Err(e)
+                })
+                .await
+                .unwrap_or_else(|e| Err(internal(&e)));
+            }
+            Err(auth::Refusal::NeedsIo) => {}
+        }
+    }
+    let (i, s, b) = (inner.clone(), signed.clone(), body.clone());
+    tokio::task::spawn_blocking(move || auth::authenticate(&i, &s, &b, address.as_deref()))
+        .await
+        .unwrap_or_else(|e| Err(internal(&e)))
+}
+
+fn internal(e: &dyn std::fmt::Display) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }
 
 fn too_large(max: usize) -> Response {

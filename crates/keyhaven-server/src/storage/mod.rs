@@ -7,6 +7,7 @@
 use keyhaven_client::wire::{ClientView, KeyStatus, KeyView, RevokedView, Role, Stats};
 
 pub mod conformance;
+mod nonces;
 mod sqlite;
 
 pub use sqlite::SqliteStorage;
@@ -216,6 +217,18 @@ pub trait Storage: Send + Sync + 'static {
     /// [`StorageError::Database`].
     fn key(&self, fingerprint: &str) -> Result<Option<KeyRecord>>;
 
+    /// The key with this fingerprint if the store holds it in memory: an answer without
+    /// I/O, so the server may check a signature on its async threads. Only a store that keeps
+    /// such a cache coherent with every change answers (the default never does).
+    fn key_if_cached(&self, _fingerprint: &str) -> Option<KeyRecord> {
+        None
+    }
+
+    /// Whether [`Storage::use_nonce`] answers from memory, without I/O.
+    fn nonces_in_memory(&self) -> bool {
+        false
+    }
+
     /// The client with this id.
     ///
     /// # Errors
@@ -256,7 +269,8 @@ pub trait Storage: Send + Sync + 'static {
     fn stats(&self, now: u64) -> Result<Stats>;
 
     /// Records that `keyid` used `nonce`, kept until `expires_at`: `false` if it was used
-    /// before (a replay). Atomic across every server sharing this store.
+    /// before (a replay). Atomic across every server sharing this store (the embedded store
+    /// has one server).
     ///
     /// # Errors
     /// [`StorageError::Database`].

@@ -1,5 +1,6 @@
 //! The embedded store: one SQLite database in the keyhaven home (WAL), needing nothing else.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -8,6 +9,7 @@ use keyhaven::fs;
 use keyhaven_client::wire::{Role, Stats};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
 
+use super::nonces::NonceWindow;
 use super::{
     ClientRecord, KeyRecord, KeyState, NewClient, NewKey, Result, Revoked, Storage, StorageError,
     Superseded,
@@ -15,7 +17,7 @@ use super::{
 
 /// The schema, one migration per version; `PRAGMA user_version` says how many ran.
 const MIGRATIONS: &[&str] = &[
-    // 1: clients, their keys, challenges, nonces, settings.
+    // 1: clients, their keys, challenges, settings.
     "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
      CREATE TABLE clients (
          id TEXT PRIMARY KEY,
@@ -38,33 +40,29 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX keys_by_client ON keys(client_id, added_at);
      CREATE INDEX clients_by_time ON clients(registered_at);
-     CREATE TABLE challenges (challenge TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) WITHOUT ROWID;
-     CREATE TABLE nonces (
-         keyid TEXT NOT NULL,
-         nonce TEXT NOT NULL,
-         expires_at INTEGER NOT NULL,
-         PRIMARY KEY (keyid, nonce)
-     ) WITHOUT ROWID;
-     CREATE INDEX nonces_by_expiry ON nonces(expires_at);",
+     CREATE TABLE challenges (challenge TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) WITHOUT ROWID;",
 ];
 
-/// The embedded store: a SQLite database in write-ahead-log mode, behind two connections:
+/// The embedded store: a SQLite database in write-ahead-log mode (`synchronous = FULL`: an
+/// acknowledged registration, rotation or revocation survives a power cut), for **one server
+/// process** (`Server::from_home` holds the home's server lock):
 ///
-/// - the **state** connection (clients, keys, challenges, settings) commits with
-///   `synchronous = FULL`: an acknowledged registration, rotation or revocation survives a
-///   power cut;
-/// - the **nonce** connection commits with `synchronous = NORMAL`: a nonce is in the log
-///   before the request it guards is answered, so a crashed or killed process forgets none,
-///   but the log is not flushed to the disk at each request (that would bound the server to
-///   the disk's flush rate). A power cut can lose the last moments' nonces; the server
-///   therefore refuses signatures created before it started (see `Server::new`), so none of
-///   them can be replayed.
+/// - used nonces are kept in memory, in time partitions dropped whole (see
+///   [`Storage::use_nonce`]); a restart forgets them, so the server refuses signatures made
+///   before it started, and none can be replayed;
+/// - keys read are cached, and every change the process makes evicts them; a key the cache
+///   does not hold is read from the database, so keys another process registers (`keyhaven
+///   serve init` adding an admin) are seen. Only this process changes existing keys.
 #[derive(Debug)]
 pub struct SqliteStorage {
     path: PathBuf,
     conn: Mutex<Connection>,
-    nonces: Mutex<Connection>,
+    nonces: NonceWindow,
+    keys: Mutex<HashMap<String, KeyRecord>>,
 }
+
+/// The most keys cached (the cache is emptied when full).
+const KEY_CACHE: usize = 100_000;
 
 fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> StorageError + '_ {
     move |e| StorageError::Database {
@@ -157,12 +155,11 @@ impl SqliteStorage {
                 .map_err(db_err(path))?;
             Ok(conn)
         };
-        let conn = connect("FULL")?;
-        let nonces = connect("NORMAL")?;
         let storage = SqliteStorage {
             path: path.to_owned(),
-            conn: Mutex::new(conn),
-            nonces: Mutex::new(nonces),
+            conn: Mutex::new(connect("FULL")?),
+            nonces: NonceWindow::default(),
+            keys: Mutex::new(HashMap::new()),
         };
         storage.migrate()?;
         Ok(storage)
@@ -180,6 +177,18 @@ impl SqliteStorage {
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn cache(&self) -> MutexGuard<'_, HashMap<String, KeyRecord>> {
+        self.keys.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Forgets cached keys (after they changed).
+    fn evict<'a>(&self, fingerprints: impl IntoIterator<Item = &'a str>) {
+        let mut cache = self.cache();
+        for fp in fingerprints {
+            cache.remove(fp);
+        }
     }
 
     fn err(&self) -> impl Fn(rusqlite::Error) -> StorageError + '_ {
@@ -334,7 +343,13 @@ impl Storage for SqliteStorage {
     }
 
     fn key(&self, fingerprint: &str) -> Result<Option<KeyRecord>> {
-        self.conn()
+        if let Some(hit) = self.cache().get(fingerprint) {
+            return Ok(Some(hit.clone()));
+        }
+        // Read under the connection's lock, cached under it too: a change this process makes
+        // (which takes the same lock first) cannot slip between the read and the caching.
+        let conn = self.conn();
+        let record = conn
             .prepare_cached(&format!(
                 "SELECT {KEY_COLUMNS} FROM keys k JOIN clients c ON c.id = k.client_id
                  WHERE k.fingerprint = ?1"
@@ -342,7 +357,20 @@ impl Storage for SqliteStorage {
             .map_err(self.err())?
             .query_row(params![fingerprint], key_row)
             .optional()
-            .map_err(self.err())
+            .map_err(self.err())?;
+        if let Some(r) = &record {
+            let mut cache = self.cache();
+            if cache.len() >= KEY_CACHE {
+                cache.clear();
+            }
+            cache.insert(fingerprint.to_owned(), r.clone());
+        }
+        drop(conn);
+        Ok(record)
+    }
+
+    fn key_if_cached(&self, fingerprint: &str) -> Option<KeyRecord> {
+        self.cache().get(fingerprint).cloned()
     }
 
     fn client(&self, id: &str) -> Result<Option<ClientRecord>> {
@@ -384,6 +412,9 @@ impl Storage for SqliteStorage {
         let record = self
             .client_in(&tx, client_id)?
             .ok_or_else(|| StorageError::NoClient(client_id.to_owned()))?;
+        // Evicted before the commit, under the connection's lock: no reader caches the old
+        // state after the new one is visible.
+        self.evict(superseded.iter().map(|s| s.old.as_str()));
         tx.commit().map_err(self.err())?;
         Ok(record)
     }
@@ -409,6 +440,7 @@ impl Storage for SqliteStorage {
                 .map_err(self.err())?
                 .execute(params![fingerprint, i64_of(at), reason, by])
                 .map_err(self.err())?;
+                self.evict([fingerprint]);
                 Revoked::Now
             }
         };
@@ -484,33 +516,22 @@ impl Storage for SqliteStorage {
     }
 
     fn use_nonce(&self, keyid: &str, nonce: &str, expires_at: u64) -> Result<bool> {
-        let inserted = self
-            .nonces
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .prepare_cached(
-                "INSERT INTO nonces (keyid, nonce, expires_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT DO NOTHING",
-            )
-            .map_err(self.err())?
-            .execute(params![keyid, nonce, i64_of(expires_at)])
-            .map_err(self.err())?;
-        Ok(inserted == 1)
+        Ok(self.nonces.use_nonce(keyid, nonce, expires_at))
+    }
+
+    fn nonces_in_memory(&self) -> bool {
+        true
     }
 
     fn prune(&self, now: u64) -> Result<u64> {
-        let now = i64_of(now);
         let n = self
-            .nonces
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .execute("DELETE FROM nonces WHERE expires_at < ?1", params![now])
-            .map_err(self.err())?
-            + self
-                .conn()
-                .execute("DELETE FROM challenges WHERE expires_at < ?1", params![now])
-                .map_err(self.err())?;
-        Ok(u64::try_from(n).unwrap_or(u64::MAX))
+            .conn()
+            .execute(
+                "DELETE FROM challenges WHERE expires_at < ?1",
+                params![i64_of(now)],
+            )
+            .map_err(self.err())?;
+        Ok(self.nonces.prune(now) + u64::try_from(n).unwrap_or(u64::MAX))
     }
 
     fn setting(&self, name: &str) -> Result<Option<String>> {
