@@ -29,10 +29,7 @@ struct Figures {
     p99: Duration,
 }
 
-async fn fire(
-    http: &reqwest::Client,
-    jobs: Vec<Vec<(String, Vec<(String, String)>)>>,
-) -> Figures {
+async fn fire(http: &reqwest::Client, jobs: Vec<Vec<(String, Vec<(String, String)>)>>) -> Figures {
     let deadline = Instant::now() + Duration::from_secs(SECONDS);
     let started = Instant::now();
     let mut tasks = Vec::new();

@@ -87,7 +87,8 @@ pub fn registration_keeps_clients_and_refuses_a_known_key(s: &dyn Storage) {
     );
 }
 
-/// A nonce is accepted once per key; another key may use the same one; pruning forgets it.
+/// A nonce is accepted once per key; another key may use the same one; it is kept until it
+/// expires, and pruning forgets it some time after.
 pub fn nonces_are_accepted_once(s: &dyn Storage) {
     assert!(s.use_nonce("k1", "n", 100).unwrap());
     assert!(!s.use_nonce("k1", "n", 100).unwrap(), "replayed");
@@ -97,9 +98,10 @@ pub fn nonces_are_accepted_once(s: &dyn Storage) {
         !s.use_nonce("k1", "n", 100).unwrap(),
         "kept until it expires"
     );
-    s.prune(101).unwrap();
+    // A store may keep a nonce a little longer than asked (a partition), never less.
+    s.prune(1000).unwrap();
     assert!(
-        s.use_nonce("k1", "n", 200).unwrap(),
+        s.use_nonce("k1", "n", 2000).unwrap(),
         "forgotten once expired"
     );
 }

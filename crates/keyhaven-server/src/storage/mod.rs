@@ -276,7 +276,8 @@ pub trait Storage: Send + Sync + 'static {
     /// [`StorageError::Database`].
     fn use_nonce(&self, keyid: &str, nonce: &str, expires_at: u64) -> Result<bool>;
 
-    /// Forgets nonces and challenges that expired before `now`; returns how many.
+    /// Forgets nonces and challenges that expired before `now` (a store may keep them a
+    /// little longer, never shorter); returns how many went.
     ///
     /// # Errors
     /// [`StorageError::Database`].

@@ -35,7 +35,10 @@ impl NonceWindow {
     /// Records `nonce` of `keyid`, kept at least until `expires_at`: `false` if it is there.
     pub(crate) fn use_nonce(&self, keyid: &str, nonce: &str, expires_at: u64) -> bool {
         let d = digest(keyid, nonce);
-        let mut parts = self.partitions.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut parts = self
+            .partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if parts.values().any(|p| p.contains(&d)) {
             return false;
         }
@@ -46,7 +49,10 @@ impl NonceWindow {
 
     /// Drops the partitions that ended by `now`; returns how many nonces went.
     pub(crate) fn prune(&self, now: u64) -> u64 {
-        let mut parts = self.partitions.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut parts = self
+            .partitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let live = parts.split_off(&(now + 1));
         let gone = std::mem::replace(&mut *parts, live);
         gone.values().map(|p| p.len() as u64).sum()
@@ -62,7 +68,10 @@ mod tests {
         let w = NonceWindow::default();
         assert!(w.use_nonce("k", "n", 100));
         assert!(!w.use_nonce("k", "n", 100));
-        assert!(!w.use_nonce("k", "n", 500), "a later expiry does not make it new");
+        assert!(
+            !w.use_nonce("k", "n", 500),
+            "a later expiry does not make it new"
+        );
         assert!(w.use_nonce("k2", "n", 100));
         assert!(w.use_nonce("k", "n2", 100));
         // Key ids and nonces are not confused across the boundary.
