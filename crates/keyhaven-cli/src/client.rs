@@ -364,7 +364,13 @@ fn admin(
                         keyhaven::rfc3339(c.registered_at),
                         c.keys
                             .iter()
-                            .map(|k| format!("{}:{}", &k.fingerprint[..16], k.status.as_str()))
+                            .map(|k| {
+                                format!(
+                                    "{}:{}",
+                                    k.fingerprint.get(..16).unwrap_or(&k.fingerprint),
+                                    k.status.as_str()
+                                )
+                            })
                             .collect::<Vec<_>>()
                             .join(" "),
                     ]

@@ -20,6 +20,10 @@ pub(crate) struct ServeArgs {
     /// The address to listen on (`127.0.0.1:0` picks a free port, printed at start).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8421")]
     pub(crate) listen: SocketAddr,
+    /// The URL clients use to reach this server (`https://keys.example.com` behind a TLS
+    /// proxy): they sign for it, and a request naming another host is refused.
+    #[arg(long, value_name = "URL")]
+    pub(crate) public_url: Option<String>,
     /// Serve plain HTTP on an address other than loopback. Without TLS, put a TLS-terminating
     /// proxy in front: signatures protect integrity, not confidentiality.
     #[arg(long)]
@@ -67,7 +71,7 @@ pub(crate) fn run(ctx: &Ctx, args: ServeArgs) -> Result<u8> {
             algorithm,
             backend,
         }) => init(ctx, admin, &admin_name, no_admin, algorithm, backend),
-        None => serve(ctx, args.listen, args.allow_plain_http),
+        None => serve(ctx, args.listen, args.allow_plain_http, args.public_url),
     }
 }
 
@@ -113,7 +117,30 @@ fn init(
     Ok(OK)
 }
 
-fn serve(ctx: &Ctx, listen: SocketAddr, allow_plain_http: bool) -> Result<u8> {
+fn serve(
+    ctx: &Ctx,
+    listen: SocketAddr,
+    allow_plain_http: bool,
+    public_url: Option<String>,
+) -> Result<u8> {
+    let mut config = ServerConfig::default();
+    if let Some(url) = public_url {
+        let rest = url
+            .strip_prefix("https://")
+            .or_else(|| url.strip_prefix("http://"))
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "--public-url {url:?} must start with https:// or http://"
+                ))
+            })?;
+        if rest.trim_end_matches('/').is_empty() || rest.trim_end_matches('/').contains('/') {
+            return Err(UsageError(format!(
+                "--public-url {url:?} must be an origin (scheme and host, no path)"
+            ))
+            .into());
+        }
+        config.public_origin = Some(url.trim_end_matches('/').to_owned());
+    }
     if !listen.ip().is_loopback() && !allow_plain_http {
         return Err(UsageError(format!(
             "{listen} is not a loopback address and this server speaks plain HTTP: put a TLS \
@@ -122,7 +149,7 @@ fn serve(ctx: &Ctx, listen: SocketAddr, allow_plain_http: bool) -> Result<u8> {
         .into());
     }
     let m = ctx.manager()?;
-    let server = Server::from_home(&m, ServerConfig::default()).map_err(serve_error)?;
+    let server = Server::from_home(&m, config).map_err(serve_error)?;
     crate::ctx::print_warnings(&m);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

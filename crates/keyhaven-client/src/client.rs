@@ -505,11 +505,15 @@ impl Client {
                     .map_err(ClientError::Unauthentic)?
                     .of_request(),
             );
-        if !body.is_empty() {
-            policy = policy
-                .require(&["content-digest"])
-                .map_err(ClientError::Unauthentic)?;
-        }
+        // The server digests every body, an empty one too: a body cut away is a mismatch.
+        policy = policy
+            .require(&["content-digest"])
+            .map_err(ClientError::Unauthentic)?
+            .require_component(
+                Component::new("signature-input")
+                    .map_err(ClientError::Unauthentic)?
+                    .of_request(),
+            );
         let server_fp = self.server_key.fingerprint().to_hex();
         let server_key = self.server_key.clone();
         verify(
@@ -519,18 +523,24 @@ impl Client {
             &mut |keyid| Ok((keyid == server_fp).then(|| server_key.clone())),
         )
         .map_err(ClientError::Unauthentic)?;
-        if !body.is_empty() {
-            let digest = Message::Response(&checked)
-                .field("content-digest")
-                .unwrap_or_default();
-            check_content_digest(&digest, &body).map_err(ClientError::Unauthentic)?;
-        }
+        let digest = Message::Response(&checked)
+            .field("content-digest")
+            .unwrap_or_default();
+        check_content_digest(&digest, &body).map_err(ClientError::Unauthentic)?;
         if !(200..300).contains(&status) {
             let problem = if content_type.starts_with(PROBLEM_JSON) {
                 serde_json::from_slice::<Problem>(&body).ok()
             } else {
                 None
             };
+            if let Some(p) = problem
+                .as_ref()
+                .filter(|p| p.kind.ends_with(":replayed-nonce"))
+            {
+                // The server saw this very signature before: a copy of this request reached
+                // it first (someone in between replayed it), and may have been carried out.
+                return Err(ClientError::OutcomeUnknown(p.clone()));
+            }
             return Err(ClientError::Problem(problem.unwrap_or_else(|| Problem {
                 kind: "about:blank".into(),
                 title: "HTTP error".into(),

@@ -15,6 +15,13 @@ pub enum ClientError {
     /// signature verified).
     #[error("the server refused the request ({}): {}", .0.status, .0.detail)]
     Problem(Problem),
+    /// The server had already seen this request's signature: a copy of it (replayed by
+    /// someone in between) reached the server first and may have been carried out. Ask for
+    /// the state again (`status`) before retrying.
+    #[error(
+        "the server saw this request before (a copy arrived first): its outcome is unknown; check the state before retrying"
+    )]
+    OutcomeUnknown(Problem),
     /// The server could not be reached, or the connection failed.
     #[error("cannot reach {url}: {source}")]
     Transport {
@@ -51,7 +58,9 @@ impl ClientError {
                 429 | 503 => ErrorKind::Unavailable,
                 _ => ErrorKind::InvalidInput,
             },
-            ClientError::Transport { .. } => ErrorKind::Unavailable,
+            ClientError::Transport { .. } | ClientError::OutcomeUnknown(_) => {
+                ErrorKind::Unavailable
+            }
             ClientError::Unauthentic(_) | ClientError::BadResponse(_) => ErrorKind::Corrupt,
             ClientError::Sign(e) => e.kind(),
             ClientError::InvalidInput(_) => ErrorKind::InvalidInput,
@@ -61,7 +70,7 @@ impl ClientError {
     /// The problem document, when the server refused.
     pub fn problem(&self) -> Option<&Problem> {
         match self {
-            ClientError::Problem(p) => Some(p),
+            ClientError::Problem(p) | ClientError::OutcomeUnknown(p) => Some(p),
             _ => None,
         }
     }

@@ -23,13 +23,16 @@ use keyhaven_server::{Rate, Server, ServerConfig, SqliteStorage, Storage};
 const REQUESTS: usize = 20_000;
 const SECONDS: u64 = 4;
 
+/// One client's requests: each a URL and its header fields.
+type Job = Vec<(String, Vec<(String, String)>)>;
+
 struct Figures {
     per_second: f64,
     p50: Duration,
     p99: Duration,
 }
 
-async fn fire(http: &reqwest::Client, jobs: Vec<Vec<(String, Vec<(String, String)>)>>) -> Figures {
+async fn fire(http: &reqwest::Client, jobs: Vec<Job>) -> Figures {
     let deadline = Instant::now() + Duration::from_secs(SECONDS);
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -137,8 +140,7 @@ fn main() {
                 .map(|_| vec![(format!("{base}/healthz"), Vec::new()); per])
                 .collect();
             let mut signed = Vec::new();
-            for c in 0..concurrency {
-                let k = &clients[c];
+            for k in clients.iter().take(concurrency) {
                 let mut job = Vec::with_capacity(per);
                 for _ in 0..per {
                     nonce += 1;

@@ -93,13 +93,14 @@ fn check_coverage(
             "the signature must cover @target-uri (or @authority, @path and @query)",
         ));
     }
-    if !body.is_empty() {
-        if !covers("content-digest") {
-            return Err(ApiError::bad_request(
-                "signature-policy",
-                "a request with a body must send Content-Digest (RFC 9530) and sign it",
-            ));
-        }
+    if !body.is_empty() && !covers("content-digest") {
+        return Err(ApiError::bad_request(
+            "signature-policy",
+            "a request with a body must send Content-Digest (RFC 9530) and sign it",
+        ));
+    }
+    // A covered digest is checked whatever the body, an empty one too.
+    if covers("content-digest") {
         let field = Message::Request(request)
             .field("content-digest")
             .unwrap_or_default();
@@ -142,7 +143,9 @@ pub(crate) fn verify_signed(
         ));
     }
     let nonce = verified.nonce.clone().unwrap_or_default();
-    let keep_until = now + inner.config.max_age + inner.config.skew;
+    // Kept while the signature could be fresh: `created` may be ahead of `now` by the skew.
+    let created = verified.created.unwrap_or(now).max(now);
+    let keep_until = created + inner.config.max_age + inner.config.skew;
     if !inner
         .storage
         .use_nonce(&verified.keyid, &nonce, keep_until)?
@@ -153,6 +156,18 @@ pub(crate) fn verify_signed(
         ));
     }
     Ok(verified)
+}
+
+/// A stored key's public key, if the record is sound: its fingerprint must be the SHA-256 of
+/// its SPKI (a row whose key was swapped under another's fingerprint is not used).
+pub(crate) fn record_key(r: &KeyRecord) -> Option<PublicKey> {
+    let key = PublicKey::new(r.algorithm.parse().ok()?, r.spki.clone());
+    if key.fingerprint().to_hex() == r.fingerprint {
+        Some(key)
+    } else {
+        tracing::error!(key = %r.fingerprint, "a stored key does not match its fingerprint");
+        None
+    }
 }
 
 /// Why a check did not let a request through.
@@ -185,12 +200,7 @@ pub(crate) fn check(
         };
         match found {
             Ok(Some(r)) => {
-                let key = PublicKey::new(
-                    r.algorithm
-                        .parse()
-                        .map_err(|_| HttpSigError::UnknownKey(keyid.into()))?,
-                    r.spki.clone(),
-                );
+                let key = record_key(&r).ok_or_else(|| HttpSigError::UnknownKey(keyid.into()))?;
                 record = Some(r);
                 Ok(Some(key))
             }
@@ -271,11 +281,13 @@ pub(crate) fn refused(
         (None, Some(a)) => format!("address:{a}"),
         (None, None) => "unknown".into(),
     };
+    // The detail may echo what the request said: bounded, so a refusal's record stays small.
+    let detail: String = e.detail.chars().take(200).collect();
     inner.decide(&Decision {
         operation,
         principal,
         key,
         allowed: false,
-        reason: format!("{}: {}", e.name, e.detail),
+        reason: format!("{}: {detail}", e.name),
     })
 }

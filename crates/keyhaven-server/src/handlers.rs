@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 use crate::audit::Decision;
-use crate::auth::{Caller, refused, verify_signed};
+use crate::auth::{Caller, record_key, refused, verify_signed};
 use crate::problem::ApiError;
 use crate::server::{Inner, RawBody, Signed};
 use crate::storage::{NewClient, NewKey, Revoked, Superseded};
@@ -28,6 +28,8 @@ type Answer<T> = Result<T, ApiError>;
 
 /// The most keys one bulk revocation names.
 const MAX_BULK: usize = 1000;
+/// The most proofs a rotation's chain may hold.
+const MAX_CHAIN: usize = 16;
 /// The most clients one admin listing returns.
 const MAX_LIST: u32 = 1000;
 
@@ -270,6 +272,12 @@ pub(crate) async fn rotate(
     if proofs.is_empty() {
         return Err(bad("the chain holds no proof".into()));
     }
+    if proofs.len() > MAX_CHAIN {
+        return Err(bad(format!(
+            "the chain holds {} proofs; send at most {MAX_CHAIN}, from the client's active key",
+            proofs.len()
+        )));
+    }
     let i = inner.clone();
     let record = tokio::task::spawn_blocking(move || {
         let mut signer_key = None;
@@ -311,6 +319,42 @@ fn rotate_blocking(
     let bad = |detail: String| ApiError::bad_request("bad-continuity-proof", detail);
     let s = i.storage.as_ref();
     let now = i.now();
+    // Who asks comes first, before any chain is verified: the request is signed by the
+    // chain's new key or by a registered key.
+    let newest = proofs
+        .last()
+        .map(ContinuityProof::new_public_key)
+        .ok_or_else(|| bad("the chain holds no proof".into()))?;
+    let newest = default_provider()
+        .parse_public_key_der(newest.spki_der())
+        .map_err(|e| bad(format!("the new key: {e}")))?;
+    let newest_fp = newest.fingerprint().to_hex();
+    let mut signer = None;
+    let mut db_error = None;
+    let verified = verify_signed(i, signed, body, &mut |keyid| {
+        if keyid == newest_fp {
+            return Ok(Some(newest.clone()));
+        }
+        match s.key(keyid) {
+            Ok(Some(r)) => {
+                let key = record_key(&r).ok_or_else(|| HttpSigError::UnknownKey(keyid.into()))?;
+                signer = Some(r);
+                Ok(Some(key))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => {
+                db_error = Some(e);
+                Ok(None)
+            }
+        }
+    });
+    if let Some(e) = db_error {
+        return Err(e.into());
+    }
+    let verified = verified?;
+    *signer_key = Some(verified.keyid.clone());
+    let signer = signer.filter(|r| r.fingerprint == verified.keyid);
+
     // The chain is taken from its first proof whose old key is active: a key already
     // superseded (rotating, in its window) or revoked anchors no new rotation, so someone who
     // holds only an old key cannot rotate the client away from its owner.
@@ -342,53 +386,27 @@ fn rotate_blocking(
         })
     })?;
     let proofs = &proofs[at..];
-    let algorithm: Algorithm = start
-        .algorithm
-        .parse()
-        .map_err(|_| bad("the starting key's algorithm is unknown".into()))?;
-    let last = verify_chain(&PublicKey::new(algorithm, start.spki.clone()), proofs)
-        .map_err(|e| bad(e.to_string()))?;
-    let last = default_provider()
-        .parse_public_key_der(last.spki_der())
-        .map_err(|e| bad(format!("the new key: {e}")))?;
-    let last_fp = last.fingerprint().to_hex();
-
-    let mut signer = None;
-    let mut db_error = None;
-    let verified = verify_signed(i, signed, body, &mut |keyid| {
-        if keyid == last_fp {
-            return Ok(Some(last.clone()));
-        }
-        match s.key(keyid) {
-            Ok(Some(r)) => {
-                let key = r
-                    .algorithm
-                    .parse()
-                    .map(|a| PublicKey::new(a, r.spki.clone()))
-                    .map_err(|_| HttpSigError::UnknownKey(keyid.into()))?;
-                signer = Some(r);
-                Ok(Some(key))
-            }
-            Ok(None) => Ok(None),
-            Err(e) => {
-                db_error = Some(e);
-                Ok(None)
-            }
-        }
-    });
-    if let Some(e) = db_error {
-        return Err(e.into());
-    }
-    let verified = verified?;
-    *signer_key = Some(verified.keyid.clone());
-    if signer.is_some_and(|r| {
-        r.fingerprint == verified.keyid
-            && (r.client_id != start.client_id || !r.status_at(now).accepted())
-    }) {
+    if signer
+        .as_ref()
+        .is_some_and(|r| r.client_id != start.client_id || !r.status_at(now).accepted())
+    {
         return Err(ApiError::forbidden(
             "a rotation is signed by its new key or by an accepted key of the same client",
         ));
     }
+    let start_key =
+        record_key(&start).ok_or_else(|| bad("the starting key's record is unsound".into()))?;
+    let last = verify_chain(&start_key, proofs).map_err(|e| bad(e.to_string()))?;
+    let last = default_provider()
+        .parse_public_key_der(last.spki_der())
+        .map_err(|e| bad(format!("the new key: {e}")))?;
+    let last_fp = last.fingerprint().to_hex();
+    if signer.is_none() && last_fp != verified.keyid {
+        return Err(ApiError::forbidden(
+            "a rotation is signed by its new key or by an accepted key of the same client",
+        ));
+    }
+
     let mut superseded = Vec::new();
     for p in proofs {
         match s.key(&p.old_fingerprint)? {
@@ -422,6 +440,12 @@ pub(crate) async fn revoke(
         .clone()
         .unwrap_or_else(|| caller.fingerprint.clone());
     check_fingerprint(&fingerprint)?;
+    if fingerprint != caller.fingerprint && caller.status != KeyStatus::Active {
+        return Err(ApiError::forbidden(
+            "a superseded (rotating) key may revoke only itself; sign with the client's active \
+             key",
+        ));
+    }
     let i = inner.clone();
     let client = caller.client_id.clone();
     inner

@@ -64,6 +64,7 @@ impl ApiError {
             "key-exists" => "The key is registered already",
             "bad-continuity-proof" => "The continuity proof does not verify",
             "too-large" => "The request is too large",
+            "misdirected-request" => "The request was meant for another server",
             "headers-too-large" => "The request's header fields are too large",
             "rate-limited" => "Too many requests",
             "forbidden" => "Not allowed",
@@ -108,6 +109,9 @@ impl From<StorageError> for ApiError {
                 "key-exists",
                 format!("key {fp} is registered already; use it, or register another key"),
             ),
+            StorageError::NotActive(detail) => {
+                ApiError::new(StatusCode::CONFLICT, "bad-continuity-proof", detail)
+            }
             StorageError::NoClient(id) => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not-found",
@@ -118,7 +122,7 @@ impl From<StorageError> for ApiError {
                 "not-found",
                 format!("key {fp} is not one of this client's keys"),
             ),
-            e @ StorageError::Database { .. } => {
+            e @ (StorageError::Database { .. } | StorageError::Guard(_)) => {
                 tracing::error!(error = %e, "the server database failed");
                 ApiError::unavailable("the server's database failed; try again later")
             }

@@ -14,6 +14,9 @@ pub struct Rate {
     pub burst: f64,
 }
 
+/// The bucket names share when the table is full (no real name has this form).
+const OVERFLOW: &str = "\0overflow";
+
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
     tokens: f64,
@@ -21,8 +24,9 @@ struct Bucket {
 }
 
 /// Buckets by name (a key fingerprint, an address), at most `capacity` of them: when full,
-/// buckets idle long enough to be full again are dropped first; a name that still finds no
-/// room is not limited (an address flood must not lock out clients already known).
+/// buckets idle long enough to be full again are dropped first; names that still find no room
+/// share one overflow bucket (a flood of new names is limited together, and clients already
+/// known keep their own buckets).
 #[derive(Debug)]
 pub(crate) struct Limiter {
     rate: Rate,
@@ -46,11 +50,12 @@ impl Limiter {
             return true;
         }
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut name = name;
         if !buckets.contains_key(name) && buckets.len() >= self.capacity {
             let refill = Duration::from_secs_f64(self.rate.burst / self.rate.per_second);
             buckets.retain(|_, b| now.saturating_duration_since(b.last) < refill);
             if buckets.len() >= self.capacity {
-                return true;
+                name = OVERFLOW;
             }
         }
         let bucket = buckets.entry(name.to_owned()).or_insert(Bucket {
@@ -94,7 +99,7 @@ mod tests {
     }
 
     #[test]
-    fn a_full_table_drops_idle_buckets_and_never_locks_out() {
+    fn a_full_table_drops_idle_buckets_and_new_names_share_one() {
         let l = Limiter::new(
             Rate {
                 per_second: 1.0,
@@ -104,11 +109,15 @@ mod tests {
         );
         let t = Instant::now();
         assert!(l.allow("a", t) && l.allow("b", t));
-        assert!(l.allow("c", t), "no room: not limited");
-        assert!(l.allow("c", t), "still no room: still not limited");
-        // After a's and b's buckets refilled they are dropped, and c gets one.
+        // The table is full: c takes the last place ... (the overflow bucket)
+        assert!(l.allow("c", t));
+        assert!(
+            !l.allow("d", t),
+            "d shares c's overflow bucket, which is spent"
+        );
+        // After the buckets refilled they are dropped, and d gets one of its own.
         let later = t + Duration::from_secs(2);
-        assert!(l.allow("c", later));
-        assert!(!l.allow("c", later), "c is limited once it has a bucket");
+        assert!(l.allow("d", later));
+        assert!(!l.allow("d", later), "d is limited by its own bucket");
     }
 }

@@ -13,7 +13,128 @@ use tokio::net::TcpListener;
 
 use crate::audit::{AuditSink, LogSink, NoAudit};
 use crate::server::{Server, ServerConfig};
-use crate::storage::{NewClient, SqliteStorage, Storage, StorageError};
+use crate::storage::{CommitGuard, NewClient, SqliteStorage, Storage, StorageError};
+
+/// The record, in the home's authenticated state, of the server database's security state.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Recorded {
+    /// The digest of the state the database holds.
+    current: String,
+    /// The digest of a change being committed (a crash between the database's commit and
+    /// this record's update leaves the database here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pending: Option<String>,
+}
+
+/// Keeps [`Recorded`] through the home's state files: authenticated by the home's integrity
+/// key (and bound to its rollback counter when it has one), so only someone who can unlock the
+/// home can change it.
+#[derive(Debug)]
+struct StateRecord {
+    state: Arc<dyn keyhaven::fs::StateFiles>,
+    path: PathBuf,
+}
+
+impl StateRecord {
+    fn write(&self, r: &Recorded) -> Result<(), String> {
+        let bytes = serde_json::to_vec_pretty(r).map_err(|e| e.to_string())?;
+        self.state
+            .write(&self.path, &bytes)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl CommitGuard for StateRecord {
+    fn before_commit(&self, current: &str, next: &str) -> Result<(), String> {
+        self.write(&Recorded {
+            current: current.to_owned(),
+            pending: Some(next.to_owned()),
+        })
+    }
+
+    fn after_commit(&self, next: &str) -> Result<(), String> {
+        self.write(&Recorded {
+            current: next.to_owned(),
+            pending: None,
+        })
+    }
+}
+
+/// Checks the database against the home's record of it, and puts the record in charge of
+/// every later change. A database changed behind keyhaven's back is refused, naming it.
+fn guard_database(
+    manager: &KeyManager,
+    home: &Home,
+    storage: &SqliteStorage,
+) -> Result<(), ServeError> {
+    let state = manager.state()?;
+    let record = StateRecord {
+        state,
+        path: home.dir.join("server").join("state.json"),
+    };
+    let digest = storage.digest()?;
+    let db = home.database().display().to_string();
+    let tampered = |what: &str| {
+        ServeError::Keyhaven(
+            keyhaven::CoreError::corrupt(
+                db.clone(),
+                format!(
+                    "{what}: a client, key or setting was added, edited or removed, or the file \
+                     replaced by an older copy, outside keyhaven. Restore it (and the home) from \
+                     a backup"
+                ),
+            )
+            .into(),
+        )
+    };
+    match record
+        .state
+        .read(&record.path)
+        .map_err(keyhaven::Error::from)?
+    {
+        None if storage.is_empty()? => {
+            record.after_commit(&digest).map_err(ServeError::Setup)?;
+        }
+        None => {
+            return Err(tampered(
+                "the server database has no record in the home's authenticated state",
+            ));
+        }
+        Some(bytes) => {
+            let recorded: Recorded = serde_json::from_slice(&bytes)
+                .map_err(|_| tampered("the home's record of the server database is unreadable"))?;
+            if recorded.current != digest {
+                if recorded.pending.as_deref() == Some(digest.as_str()) {
+                    // The last change committed; its record's update did not happen.
+                    record.after_commit(&digest).map_err(ServeError::Setup)?;
+                } else {
+                    return Err(tampered(
+                        "the server database does not match the home's record of it",
+                    ));
+                }
+            }
+        }
+    }
+    storage.set_guard(Arc::new(record), digest);
+    Ok(())
+}
+
+/// The home's server lock: one process changes a home's server state at a time.
+fn lock_server(manager: &KeyManager, home: &Home) -> Result<keyhaven::fs::FileLock, ServeError> {
+    let dir = home.dir.join("server");
+    keyhaven::fs::create_private_dir(&dir).map_err(keyhaven::Error::from)?;
+    let lock_path = dir.join("server.lock");
+    keyhaven::fs::FileLock::try_acquire(&lock_path)
+        .map_err(keyhaven::Error::from)?
+        .ok_or_else(|| {
+            ServeError::Setup(format!(
+                "a keyhaven server is running on {} (it holds {}): stop it first",
+                manager.home().display(),
+                lock_path.display()
+            ))
+        })
+}
 
 /// The setting naming the server key (`BACKEND:ID`).
 const SERVER_KEY: &str = "server-key";
@@ -82,7 +203,10 @@ pub fn bootstrap_admin(
     algorithm: Option<Algorithm>,
     admin: Option<(&ManagedKey, &str)>,
 ) -> Result<ManagedKey, ServeError> {
-    let storage = Home::of(manager).storage()?;
+    let home = Home::of(manager);
+    let _lock = lock_server(manager, &home)?;
+    let storage = home.storage()?;
+    guard_database(manager, &home, &storage)?;
     let server_key = match storage.setting(SERVER_KEY)? {
         Some(reference) => manager.resolve(&reference)?,
         None => {
@@ -136,18 +260,12 @@ impl Server {
                 manager.home().display()
             )));
         }
-        // One server per home: its nonces are in its memory.
-        let lock_path = home.dir.join("server").join("server.lock");
-        let lock = keyhaven::fs::FileLock::try_acquire(&lock_path)
-            .map_err(keyhaven::Error::from)?
-            .ok_or_else(|| {
-                ServeError::Setup(format!(
-                    "another keyhaven server is serving {} (it holds {}): stop it first",
-                    manager.home().display(),
-                    lock_path.display()
-                ))
-            })?;
+        // One server per home: its nonces are in its memory, its keys too.
+        let lock = lock_server(manager, &home)?;
         let storage = home.storage()?;
+        guard_database(manager, &home, &storage)?;
+        // From here on, keys are answered from memory: what the file says was checked once.
+        storage.preload()?;
         let reference = storage.setting(SERVER_KEY)?.ok_or_else(|| {
             ServeError::Setup(format!(
                 "{} names no server key: run `keyhaven serve init`",

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use keyhaven::{PublicKey, ServiceSigner, Signature, unix_now};
-use keyhaven_client::wire::{Role, SIGNATURE_LABEL};
+use keyhaven_client::wire::{KeyStatus, Role, SIGNATURE_LABEL};
 use keyhaven_httpsig::{
     Component, DigestAlgorithm, Message, Request as SignedRequest, Response as SignedResponse,
     SignatureSpec, content_digest, sign_with,
@@ -33,8 +33,12 @@ use crate::storage::Storage;
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// The scheme clients use to reach the server (`https` behind TLS), part of the
-    /// `@target-uri` they sign.
+    /// `@target-uri` they sign. Ignored when [`ServerConfig::public_origin`] is set.
     pub scheme: &'static str,
+    /// The origin clients sign for (`https://keys.example.com`): when set, a request whose
+    /// `Host` names another authority is refused (421), so a request signed for another
+    /// server (staging, say) is never taken here.
+    pub public_origin: Option<String>,
     /// The largest request body (bytes).
     pub max_body_bytes: usize,
     /// The most header-field bytes a request may carry (names and values).
@@ -51,14 +55,18 @@ pub struct ServerConfig {
     pub max_migration: u64,
     /// Requests per key.
     pub per_key: Rate,
-    /// Requests per client address.
+    /// Requests per client address (IPv6 addresses by /64).
     pub per_address: Rate,
+    /// Requests per client address to the routes anyone may call that write or verify
+    /// much (challenges, registrations, rotations).
+    pub per_address_open: Rate,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             scheme: "http",
+            public_origin: None,
             max_body_bytes: 64 * 1024,
             max_header_bytes: 16 * 1024,
             request_timeout: Duration::from_secs(10),
@@ -73,6 +81,10 @@ impl Default for ServerConfig {
             per_address: Rate {
                 per_second: 20_000.0,
                 burst: 40_000.0,
+            },
+            per_address_open: Rate {
+                per_second: 20.0,
+                burst: 100.0,
             },
         }
     }
@@ -107,6 +119,7 @@ pub(crate) struct Inner {
     pub(crate) metrics: Metrics,
     pub(crate) per_key: Limiter,
     pub(crate) per_address: Limiter,
+    pub(crate) per_address_open: Limiter,
     pub(crate) clock: Arc<dyn Fn() -> u64 + Send + Sync>,
     /// When this server started: signatures created earlier are refused, so a nonce a power
     /// cut took from the store cannot be replayed after the restart.
@@ -173,6 +186,7 @@ impl Server {
     ) -> Self {
         let per_key = Limiter::new(config.per_key, 100_000);
         let per_address = Limiter::new(config.per_address, 100_000);
+        let per_address_open = Limiter::new(config.per_address_open, 100_000);
         Server {
             inner: Arc::new(Inner {
                 config,
@@ -182,6 +196,7 @@ impl Server {
                 metrics: Metrics::default(),
                 per_key,
                 per_address,
+                per_address_open,
                 clock: Arc::new(unix_now),
                 started: unix_now(),
                 lock: None,
@@ -200,6 +215,7 @@ impl Server {
                 metrics: Metrics::default(),
                 per_key: Limiter::new(shared.config.per_key, 100_000),
                 per_address: Limiter::new(shared.config.per_address, 100_000),
+                per_address_open: Limiter::new(shared.config.per_address_open, 100_000),
                 clock: shared.clock.clone(),
                 started: shared.started,
                 lock: shared.lock.clone(),
@@ -269,6 +285,8 @@ impl Server {
 enum Access {
     /// Anyone (the response is signed all the same).
     Open,
+    /// Anyone, but it writes: limited per address more tightly.
+    Costly,
     /// A registration or a rotation: the handler checks the signature with the key the body
     /// brings (the key registered; a rotation's new key, or a registered key of the client).
     SelfProving,
@@ -285,7 +303,7 @@ fn classify(path: &str) -> (&'static str, Access) {
         "/readyz" => ("readyz", Access::Open),
         "/metrics" => ("metrics", Access::Open),
         "/v1/server" => ("server", Access::Open),
-        "/v1/challenge" => ("challenge", Access::Open),
+        "/v1/challenge" => ("challenge", Access::Costly),
         "/v1/clients" => ("register", Access::SelfProving),
         "/v1/whoami" => ("whoami", Access::Client),
         "/v1/clients/me" => ("me", Access::Client),
@@ -324,7 +342,23 @@ fn signed_view(
         .uri
         .path_and_query()
         .map_or("/", http::uri::PathAndQuery::as_str);
-    let target = format!("{}://{authority}{path}", config.scheme);
+    let target = match &config.public_origin {
+        Some(origin) => {
+            let ours = origin
+                .split_once("://")
+                .map_or(origin.as_str(), |(_, a)| a)
+                .trim_end_matches('/');
+            if !authority.eq_ignore_ascii_case(ours) {
+                return Err(ApiError::new(
+                    StatusCode::MISDIRECTED_REQUEST,
+                    "misdirected-request",
+                    format!("this server answers for {origin}, not for {authority}"),
+                ));
+            }
+            format!("{}{path}", origin.trim_end_matches('/'))
+        }
+        None => format!("{}://{authority}{path}", config.scheme),
+    };
     let mut request = SignedRequest::new(parts.method.as_str(), &target).map_err(|e| {
         ApiError::bad_request("invalid-request", format!("the request target: {e}"))
     })?;
@@ -375,11 +409,16 @@ async fn handle(
     address: Option<std::net::IpAddr>,
     next: Next,
 ) -> (Option<Arc<SignedRequest>>, Response) {
-    if let Some(ip) = address
-        && !inner.per_address.allow(&ip.to_string(), Instant::now())
-    {
-        inner.metrics.rate_limited();
-        return (None, rate_limited("this address"));
+    if let Some(ip) = address {
+        let who = address_bucket(ip);
+        let now = Instant::now();
+        let costly = matches!(access, Access::Costly | Access::SelfProving);
+        if !inner.per_address.allow(&who, now)
+            || (costly && !inner.per_address_open.allow(&who, now))
+        {
+            inner.metrics.rate_limited();
+            return (None, rate_limited("this address"));
+        }
     }
     let header_bytes: usize = request
         .headers()
@@ -429,7 +468,7 @@ async fn handle(
         }
     };
     let caller = match access {
-        Access::Open | Access::SelfProving => None,
+        Access::Open | Access::Costly | Access::SelfProving => None,
         Access::Client | Access::Admin => {
             match authenticate_request(inner, &signed, &body, address).await {
                 Ok(caller) => Some(caller),
@@ -443,6 +482,15 @@ async fn handle(
                 Some(signed),
                 ApiError::forbidden("this route is for admins; your key is a client's")
                     .into_response(),
+            );
+        }
+        if access == Access::Admin && caller.status != KeyStatus::Active {
+            return (
+                Some(signed),
+                ApiError::forbidden(
+                    "admin routes take an active admin key; this one is superseded (rotating)",
+                )
+                .into_response(),
             );
         }
         if !inner.per_key.allow(&caller.fingerprint, Instant::now()) {
@@ -494,6 +542,21 @@ fn internal(e: &dyn std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
 }
 
+/// The rate-limit bucket of an address: an IPv4 address, or an IPv6 /64 (one host has a
+/// whole /64 to pick from).
+fn address_bucket(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => v4.to_string(),
+        std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => {
+                let s = v6.segments();
+                format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+            }
+        },
+    }
+}
+
 fn too_large(max: usize) -> Response {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -532,11 +595,11 @@ async fn sign_response(
             Bytes::new()
         }
     };
-    if !body.is_empty() {
-        let digest = content_digest(&body, DigestAlgorithm::Sha256);
-        if let Ok(v) = HeaderValue::from_str(&digest) {
-            parts.headers.insert("content-digest", v);
-        }
+    // Every answer carries its body's digest, an empty one too: a body cut away in transit is
+    // then a digest mismatch.
+    let digest = content_digest(&body, DigestAlgorithm::Sha256);
+    if let Ok(v) = HeaderValue::from_str(&digest) {
+        parts.headers.insert("content-digest", v);
     }
     let now = inner.now();
     let status = parts.status.as_u16();
@@ -561,7 +624,9 @@ async fn sign_response(
                 .cover(Component::new("@method")?.of_request())
                 .cover(Component::new("@target-uri")?.of_request());
             if Message::Request(r).field("signature").is_some() {
-                spec = spec.cover(Component::new("signature")?.of_request());
+                spec = spec
+                    .cover(Component::new("signature-input")?.of_request())
+                    .cover(Component::new("signature")?.of_request());
             }
         }
         let algorithm = signer.public_key().algorithm();

@@ -123,13 +123,26 @@ pub fn rotation_supersedes_and_revocation_sticks(s: &dyn Storage) {
     assert_eq!(c.keys[1].fingerprint, key(4).fingerprint);
     assert_eq!(c.keys[1].successor_of, Some(key(1).fingerprint));
     assert_eq!(c.keys[1].status_at(20), KeyStatus::Active);
-    // A later rotation never extends a window already given.
-    let again = [Superseded {
-        old: key(1).fingerprint,
-        until: 900,
-    }];
+    // A later rotation never extends a window already given; its first key anchors it.
+    let again = [
+        Superseded {
+            old: key(4).fingerprint,
+            until: 900,
+        },
+        Superseded {
+            old: key(1).fingerprint,
+            until: 900,
+        },
+    ];
     let c = s.rotate("a1", &again, &key(5), 30).unwrap();
     assert_eq!(c.keys[0].state, KeyState::Rotating { until: 500 });
+    assert_eq!(c.keys[1].state, KeyState::Rotating { until: 900 });
+    // An anchor no longer active (another rotation won) is refused.
+    assert!(matches!(
+        s.rotate("a1", &steps, &key(8), 35),
+        Err(StorageError::NotActive(_))
+    ));
+    assert!(s.key(&key(8).fingerprint).unwrap().is_none());
     // Another client's key, or a key already registered, is refused and nothing changes.
     let theirs = [Superseded {
         old: key(2).fingerprint,
@@ -144,10 +157,19 @@ pub fn rotation_supersedes_and_revocation_sticks(s: &dyn Storage) {
         KeyState::Active
     );
     assert!(s.key(&key(6).fingerprint).unwrap().is_none());
+    let from_active = [Superseded {
+        old: key(5).fingerprint,
+        until: 500,
+    }];
     assert!(matches!(
-        s.rotate("a1", &steps, &key(2), 40),
+        s.rotate("a1", &from_active, &key(2), 40),
         Err(StorageError::KeyExists(_))
     ));
+    assert_eq!(
+        s.key(&key(5).fingerprint).unwrap().unwrap().state,
+        KeyState::Active,
+        "a refused rotation changes nothing"
+    );
 
     assert_eq!(
         s.revoke(&key(4).fingerprint, 50, "lost", "self").unwrap(),
@@ -173,10 +195,16 @@ pub fn rotation_supersedes_and_revocation_sticks(s: &dyn Storage) {
     );
     assert_eq!(r.status_at(50), KeyStatus::Revoked);
     // A revoked key is not brought back by a rotation naming it.
-    let revived = [Superseded {
-        old: key(4).fingerprint,
-        until: 900,
-    }];
+    let revived = [
+        Superseded {
+            old: key(5).fingerprint,
+            until: 900,
+        },
+        Superseded {
+            old: key(4).fingerprint,
+            until: 900,
+        },
+    ];
     s.rotate("a1", &revived, &key(7), 70).unwrap();
     assert_eq!(
         s.key(&key(4).fingerprint).unwrap().unwrap().status_at(70),

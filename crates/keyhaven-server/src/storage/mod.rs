@@ -25,9 +25,16 @@ pub enum StorageError {
     /// No client has this id.
     #[error("no client {0}")]
     NoClient(String),
+    /// The key a rotation starts from is no longer active (another rotation won).
+    #[error("{0}")]
+    NotActive(String),
     /// No client has this key.
     #[error("no registered key {0}")]
     NoKey(String),
+    /// The authenticated record of the security state could not be written: the change was
+    /// not made.
+    #[error("the record of the server's state cannot be written: {0}")]
+    Guard(String),
     /// The database failed (I/O, corruption, a schema from a newer keyhaven).
     #[error("the server database {path}: {reason}")]
     Database {
@@ -189,6 +196,26 @@ pub struct Superseded {
     pub until: u64,
 }
 
+/// Told of every change to the security state (clients, keys, settings) of a store, with the
+/// digest of that state before and after: what keeps an authenticated record of it, so a
+/// change made behind the server's back (a row edited, added or removed, the file rolled back)
+/// is found. See `SqliteStorage::set_guard`.
+pub trait CommitGuard: Send + Sync + 'static {
+    /// Inside the change's transaction, before it commits: `next` is the digest the state
+    /// will have once it does. An error aborts the change.
+    ///
+    /// # Errors
+    /// The record cannot be written.
+    fn before_commit(&self, current: &str, next: &str) -> Result<(), String>;
+
+    /// After the commit.
+    ///
+    /// # Errors
+    /// The record cannot be written (the change stands; the record still names it as
+    /// pending, which the next start accepts).
+    fn after_commit(&self, next: &str) -> Result<(), String>;
+}
+
 /// The server's state.
 pub trait Storage: Send + Sync + 'static {
     /// Keeps a registration challenge until `expires_at`.
@@ -236,11 +263,14 @@ pub trait Storage: Send + Sync + 'static {
     fn client(&self, id: &str) -> Result<Option<ClientRecord>>;
 
     /// Adds `new` to client `client_id` as its active key, succeeding the keys in `superseded`
-    /// (each of that client; each becomes rotating until its `until`, unless revoked).
+    /// (each of that client; each becomes rotating until its `until`, unless revoked). The
+    /// first of them anchors the rotation and must be active, checked in the same
+    /// transaction.
     ///
     /// # Errors
     /// [`StorageError::KeyExists`] if `new` is registered, [`StorageError::NoKey`] if a
-    /// superseded key is not the client's, [`StorageError::Database`].
+    /// superseded key is not the client's, [`StorageError::NotActive`] if the anchor is not
+    /// active, [`StorageError::Database`].
     fn rotate(
         &self,
         client_id: &str,

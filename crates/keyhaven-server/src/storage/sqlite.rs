@@ -8,11 +8,12 @@ use std::time::Duration;
 use keyhaven::fs;
 use keyhaven_client::wire::{Role, Stats};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
+use sha2::{Digest, Sha256};
 
 use super::nonces::NonceWindow;
 use super::{
-    ClientRecord, KeyRecord, KeyState, NewClient, NewKey, Result, Revoked, Storage, StorageError,
-    Superseded,
+    ClientRecord, CommitGuard, KeyRecord, KeyState, NewClient, NewKey, Result, Revoked, Storage,
+    StorageError, Superseded,
 };
 
 /// The schema, one migration per version; `PRAGMA user_version` says how many ran.
@@ -59,6 +60,27 @@ pub struct SqliteStorage {
     conn: Mutex<Connection>,
     nonces: NonceWindow,
     keys: Mutex<HashMap<String, KeyRecord>>,
+    /// Set by [`SqliteStorage::preload`]: the cache holds every key, and the database is not
+    /// read for keys any more (a row added to the file behind the server's back is not seen).
+    complete: std::sync::atomic::AtomicBool,
+    guard: Mutex<Option<(std::sync::Arc<dyn CommitGuard>, String)>>,
+}
+
+impl std::fmt::Debug for dyn CommitGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommitGuard")
+    }
+}
+
+/// Appends `field` to a digest, length-prefixed (`None` as a distinct marker).
+fn digest_field(h: &mut Sha256, field: Option<&[u8]>) {
+    match field {
+        Some(b) => {
+            h.update((b.len() as u64).to_be_bytes());
+            h.update(b);
+        }
+        None => h.update(u64::MAX.to_be_bytes()),
+    }
 }
 
 /// The most keys cached (the cache is emptied when full).
@@ -160,6 +182,8 @@ impl SqliteStorage {
             conn: Mutex::new(connect("FULL")?),
             nonces: NonceWindow::default(),
             keys: Mutex::new(HashMap::new()),
+            complete: std::sync::atomic::AtomicBool::new(false),
+            guard: Mutex::new(None),
         };
         storage.migrate()?;
         Ok(storage)
@@ -177,6 +201,154 @@ impl SqliteStorage {
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The digest (SHA-256, hex) of the security state: every client, key and setting, each
+    /// field length-prefixed, in key order. Challenges are not part of it.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    pub fn digest(&self) -> Result<String> {
+        self.digest_in(&self.conn())
+    }
+
+    fn digest_in(&self, conn: &Connection) -> Result<String> {
+        let mut h = Sha256::new();
+        h.update(b"keyhaven-server state v1\0");
+        let mut keys = conn
+            .prepare_cached(
+                "SELECT k.fingerprint, k.client_id, c.name, c.role, c.registered_at, k.algorithm,
+                        k.spki, k.added_at, k.state, k.until, k.revoked_at, k.reason,
+                        k.revoked_by, k.successor_of
+                 FROM keys k JOIN clients c ON c.id = k.client_id ORDER BY k.fingerprint",
+            )
+            .map_err(self.err())?;
+        let mut rows = keys.query([]).map_err(self.err())?;
+        let mut n = 0u64;
+        while let Some(r) = rows.next().map_err(self.err())? {
+            n += 1;
+            h.update(b"K");
+            for i in 0..14 {
+                let v = r.get_ref(i).map_err(self.err())?;
+                let text;
+                let bytes: Option<&[u8]> = match v {
+                    rusqlite::types::ValueRef::Null => None,
+                    rusqlite::types::ValueRef::Integer(x) => {
+                        text = x.to_string();
+                        Some(text.as_bytes())
+                    }
+                    rusqlite::types::ValueRef::Real(x) => {
+                        text = x.to_string();
+                        Some(text.as_bytes())
+                    }
+                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                        Some(t)
+                    }
+                };
+                digest_field(&mut h, bytes);
+            }
+        }
+        drop(rows);
+        // Clients without keys, and the count, so nothing can hide between rows.
+        let orphans: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM clients c WHERE NOT EXISTS
+                     (SELECT 1 FROM keys k WHERE k.client_id = c.id)",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(self.err())?;
+        h.update(n.to_be_bytes());
+        h.update(orphans.to_be_bytes());
+        let mut settings = conn
+            .prepare_cached("SELECT name, value FROM settings ORDER BY name")
+            .map_err(self.err())?;
+        let mut rows = settings.query([]).map_err(self.err())?;
+        while let Some(r) = rows.next().map_err(self.err())? {
+            h.update(b"S");
+            let name: String = r.get(0).map_err(self.err())?;
+            let value: String = r.get(1).map_err(self.err())?;
+            digest_field(&mut h, Some(name.as_bytes()));
+            digest_field(&mut h, Some(value.as_bytes()));
+        }
+        Ok(hex::encode(h.finalize()))
+    }
+
+    /// Whether the security state is empty (no client, key or setting).
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    pub fn is_empty(&self) -> Result<bool> {
+        self.conn()
+            .query_row(
+                "SELECT (SELECT count(*) FROM clients) + (SELECT count(*) FROM keys)
+                      + (SELECT count(*) FROM settings)",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n == 0)
+            .map_err(self.err())
+    }
+
+    /// From now on, every change to the security state goes through `guard` (told the
+    /// digest before and after), starting from `current`, the digest checked at start.
+    pub fn set_guard(&self, guard: std::sync::Arc<dyn CommitGuard>, current: String) {
+        *self.guard.lock().unwrap_or_else(PoisonError::into_inner) = Some((guard, current));
+    }
+
+    /// Reads every key into memory; from then on keys are answered from memory only (what
+    /// the database file says is read once, when its digest was checked).
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    pub fn preload(&self) -> Result<usize> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM keys k JOIN clients c ON c.id = k.client_id"
+            ))
+            .map_err(self.err())?;
+        let all = stmt
+            .query_map([], key_row)
+            .map_err(self.err())?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(self.err())?;
+        let n = all.len();
+        let mut cache = self.cache();
+        cache.clear();
+        for r in all {
+            cache.insert(r.fingerprint.clone(), r);
+        }
+        self.complete
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(n)
+    }
+
+    /// Commits `tx`, telling the guard (if any) before and after.
+    fn commit_guarded(&self, tx: Transaction<'_>) -> Result<()> {
+        let mut guard = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some((g, current)) = guard.as_mut() else {
+            return tx.commit().map_err(self.err());
+        };
+        let next = self.digest_in(&tx)?;
+        g.before_commit(current, &next)
+            .map_err(StorageError::Guard)?;
+        tx.commit().map_err(self.err())?;
+        *current = next.clone();
+        g.after_commit(&next).map_err(StorageError::Guard)
+    }
+
+    /// After a change: the client's keys as they now are replace what the cache held.
+    fn remember(&self, record: &ClientRecord) {
+        let complete = self.complete.load(std::sync::atomic::Ordering::Acquire);
+        let mut cache = self.cache();
+        for k in &record.keys {
+            if complete {
+                cache.insert(k.fingerprint.clone(), k.clone());
+            } else {
+                cache.remove(&k.fingerprint);
+            }
+        }
     }
 
     fn cache(&self) -> MutexGuard<'_, HashMap<String, KeyRecord>> {
@@ -338,13 +510,17 @@ impl Storage for SqliteStorage {
         let record = self
             .client_in(&tx, &client.id)?
             .ok_or_else(|| StorageError::NoClient(client.id.clone()))?;
-        tx.commit().map_err(self.err())?;
+        self.commit_guarded(tx)?;
+        self.remember(&record);
         Ok(record)
     }
 
     fn key(&self, fingerprint: &str) -> Result<Option<KeyRecord>> {
         if let Some(hit) = self.cache().get(fingerprint) {
             return Ok(Some(hit.clone()));
+        }
+        if self.complete.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(None);
         }
         // Read under the connection's lock, cached under it too: a change this process makes
         // (which takes the same lock first) cannot slip between the read and the caching.
@@ -387,6 +563,26 @@ impl Storage for SqliteStorage {
     ) -> Result<ClientRecord> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(self.err())?;
+        // The first key superseded anchors the rotation: it must be active now, inside this
+        // transaction, so two rotations from one key cannot both succeed.
+        if let Some(anchor) = superseded.first() {
+            let state: Option<String> = tx
+                .prepare_cached("SELECT state FROM keys WHERE fingerprint = ?1 AND client_id = ?2")
+                .map_err(self.err())?
+                .query_row(params![anchor.old, client_id], |r| r.get(0))
+                .optional()
+                .map_err(self.err())?;
+            match state.as_deref() {
+                Some("active") => {}
+                Some(other) => {
+                    return Err(StorageError::NotActive(format!(
+                        "key {} is {other}: a rotation starts from an active key",
+                        anchor.old
+                    )));
+                }
+                None => return Err(StorageError::NoKey(anchor.old.clone())),
+            }
+        }
         for s in superseded {
             let owner: Option<String> = tx
                 .prepare_cached("SELECT client_id FROM keys WHERE fingerprint = ?1")
@@ -412,10 +608,9 @@ impl Storage for SqliteStorage {
         let record = self
             .client_in(&tx, client_id)?
             .ok_or_else(|| StorageError::NoClient(client_id.to_owned()))?;
-        // Evicted before the commit, under the connection's lock: no reader caches the old
-        // state after the new one is visible.
-        self.evict(superseded.iter().map(|s| s.old.as_str()));
-        tx.commit().map_err(self.err())?;
+        self.commit_guarded(tx)?;
+        // Still under the connection's lock: no reader of the database caches the old state.
+        self.remember(&record);
         Ok(record)
     }
 
@@ -440,11 +635,29 @@ impl Storage for SqliteStorage {
                 .map_err(self.err())?
                 .execute(params![fingerprint, i64_of(at), reason, by])
                 .map_err(self.err())?;
-                self.evict([fingerprint]);
                 Revoked::Now
             }
         };
-        tx.commit().map_err(self.err())?;
+        if outcome == Revoked::Now {
+            let record = tx
+                .prepare_cached(&format!(
+                    "SELECT {KEY_COLUMNS} FROM keys k JOIN clients c ON c.id = k.client_id
+                     WHERE k.fingerprint = ?1"
+                ))
+                .map_err(self.err())?
+                .query_row(params![fingerprint], key_row)
+                .optional()
+                .map_err(self.err())?;
+            self.commit_guarded(tx)?;
+            self.evict([fingerprint]);
+            if let Some(r) = record
+                && self.complete.load(std::sync::atomic::Ordering::Acquire)
+            {
+                self.cache().insert(r.fingerprint.clone(), r);
+            }
+        } else {
+            tx.commit().map_err(self.err())?;
+        }
         Ok(outcome)
     }
 
@@ -544,15 +757,16 @@ impl Storage for SqliteStorage {
     }
 
     fn set_setting(&self, name: &str, value: &str) -> Result<()> {
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO settings (name, value) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            )
-            .map_err(self.err())?
-            .execute(params![name, value])
-            .map_err(self.err())?;
-        Ok(())
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        tx.prepare_cached(
+            "INSERT INTO settings (name, value) VALUES (?1, ?2)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        )
+        .map_err(self.err())?
+        .execute(params![name, value])
+        .map_err(self.err())?;
+        self.commit_guarded(tx)
     }
 
     fn ping(&self) -> Result<()> {

@@ -450,3 +450,95 @@ async fn a_key_over_its_rate_is_told_to_slow_down() {
     assert_eq!(e.problem().unwrap().status, 429);
     assert_eq!(t.metric("keyhaven_rate_limited_total"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_key_neither_administers_nor_revokes_its_successor() {
+    let t = start().await;
+    let old = t.key(Algorithm::Ed25519, "old-admin");
+    t.make_admin(&old);
+    let new = t.key(Algorithm::Ed25519, "new-admin");
+    let now = t.now();
+    let proof = keyhaven::versions::ContinuityProof::create(
+        t.keys.as_ref(),
+        "a",
+        &old,
+        &new,
+        now,
+        now + 600,
+        None,
+    )
+    .unwrap();
+    t.client(&new).rotate(&proof.to_text()).await.unwrap();
+    // The old key still signs requests in its window ...
+    assert!(t.client(&old).whoami().await.is_ok());
+    // ... but administers nothing, and cannot revoke the key that replaced it.
+    let e = t.client(&old).admin_stats().await.unwrap_err();
+    assert_eq!(e.problem().unwrap().status, 403, "{e}");
+    let e = t
+        .client(&old)
+        .revoke(Some(&new.fingerprint().to_hex()), "hijack")
+        .await
+        .unwrap_err();
+    assert_eq!(e.problem().unwrap().status, 403, "{e}");
+    // It may revoke itself.
+    t.client(&old).revoke(None, "done with it").await.unwrap();
+    assert!(t.client(&new).admin_stats().await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_chain_is_refused_before_any_proof_is_checked() {
+    let t = start().await;
+    let old = registered(&t, "old").await;
+    let new = t.key(Algorithm::Ed25519, "new");
+    let now = t.now();
+    let proof = keyhaven::versions::ContinuityProof::create(
+        t.keys.as_ref(),
+        "x",
+        &old,
+        &new,
+        now,
+        now + 60,
+        None,
+    )
+    .unwrap();
+    let chain = proof.to_text().repeat(17);
+    let e = t.client(&old).rotate(&chain).await.unwrap_err();
+    let p = e.problem().unwrap();
+    assert_eq!(p.status, 400);
+    assert!(p.detail.contains("at most 16"), "{}", p.detail);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_meant_for_another_server_is_refused() {
+    let t = start_with(ServerConfig {
+        public_origin: Some("https://keys.example.com".into()),
+        ..ServerConfig::default()
+    })
+    .await;
+    let r = Request::new("GET", &t.url("/healthz")).unwrap();
+    send(&t, &r, b"")
+        .await
+        .assert_problem(421, "misdirected-request");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn challenges_and_registrations_are_limited_per_address() {
+    let t = start_with(ServerConfig {
+        per_address_open: keyhaven_server::Rate {
+            per_second: 0.001,
+            burst: 2.0,
+        },
+        ..ServerConfig::default()
+    })
+    .await;
+    let key = t.key(Algorithm::Ed25519, "k");
+    for _ in 0..2 {
+        let r = signed(&t, &key, "POST", "/v1/challenge", b"", |s| s);
+        assert_eq!(send(&t, &r, b"").await.status, 201);
+    }
+    let r = signed(&t, &key, "POST", "/v1/challenge", b"", |s| s);
+    send(&t, &r, b"").await.assert_problem(429, "rate-limited");
+    // Other routes are not held back.
+    let r = Request::new("GET", &t.url("/healthz")).unwrap();
+    assert_eq!(send(&t, &r, b"").await.status, 200);
+}

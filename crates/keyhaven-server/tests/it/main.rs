@@ -7,3 +7,4 @@ mod flow;
 mod interop;
 mod storage;
 mod support;
+mod tamper;

@@ -1,0 +1,137 @@
+//! Someone with write access to the server's database (but not the home's passphrase) edits,
+//! adds, removes or rolls back what it says: the server refuses to start, naming the file. And
+//! the server's other defences a second reader asked for.
+
+use std::path::PathBuf;
+
+use keyhaven::{Algorithm, BackendConfig, BackendKind, ErrorKind, FixedPassphrase, KeyManager};
+use keyhaven_server::{Home, ServeError, Server, ServerConfig, bootstrap_admin};
+
+struct World {
+    _dir: tempfile::TempDir,
+    home: PathBuf,
+}
+
+impl World {
+    /// A sealed home (an encrypted backend anchors it) with a server and an admin `ops`.
+    fn new() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("home");
+        let w = World { _dir: dir, home };
+        let m = w.manager();
+        m.add_backend("local", BackendConfig::new(BackendKind::Encrypted, None))
+            .unwrap();
+        let ops = m.generate(None, Algorithm::EcdsaP256, "ops").unwrap();
+        bootstrap_admin(&m, None, None, Some((&ops, "ops"))).unwrap();
+        w
+    }
+
+    fn manager(&self) -> KeyManager {
+        KeyManager::open(
+            &self.home,
+            FixedPassphrase::new("a long passphrase for tests"),
+        )
+        .unwrap()
+    }
+
+    fn db(&self) -> PathBuf {
+        Home {
+            dir: self.home.clone(),
+        }
+        .database()
+    }
+
+    fn start(&self) -> Result<Server, ServeError> {
+        Server::from_home(&self.manager(), ServerConfig::default())
+    }
+
+    fn sql(&self, sql: &str) {
+        let conn = rusqlite::Connection::open(self.db()).unwrap();
+        conn.execute_batch(sql).unwrap();
+    }
+
+    fn assert_refused(&self, what: &str) {
+        match self.start() {
+            Err(ServeError::Keyhaven(e)) => {
+                assert_eq!(e.kind(), ErrorKind::Corrupt, "{what}: {e}");
+                assert!(e.to_string().contains("server.db"), "{what}: {e}");
+            }
+            Err(e) => panic!("{what}: refused for another reason: {e}"),
+            Ok(_) => panic!("{what}: a server started on a database changed behind its back"),
+        }
+    }
+}
+
+#[test]
+fn an_untouched_database_serves_and_one_server_serves_a_home() {
+    let w = World::new();
+    let first = w.start().unwrap();
+    match w.start() {
+        Err(ServeError::Setup(e)) => assert!(e.contains("running"), "{e}"),
+        other => panic!("a second server on one home: {other:?}"),
+    }
+    let m = w.manager();
+    let extra = m.generate(None, Algorithm::Ed25519, "extra").unwrap();
+    assert!(
+        matches!(
+            bootstrap_admin(&m, None, None, Some((&extra, "x"))),
+            Err(ServeError::Setup(_))
+        ),
+        "serve init waits for the server to stop"
+    );
+    drop(first);
+    bootstrap_admin(&m, None, None, Some((&extra, "x"))).unwrap();
+    w.start().unwrap();
+}
+
+#[test]
+fn an_admin_added_behind_the_servers_back_is_found() {
+    let w = World::new();
+    w.sql(
+        "INSERT INTO clients VALUES ('ffff', 'mallory', 'admin', 1);
+         INSERT INTO keys (fingerprint, client_id, algorithm, spki, added_at, state)
+         VALUES ('00', 'ffff', 'ed25519', x'00', 1, 'active');",
+    );
+    w.assert_refused("an inserted admin");
+}
+
+#[test]
+fn an_edited_removed_or_unrevoked_key_is_found() {
+    for (what, sql) in [
+        ("a key swapped", "UPDATE keys SET spki = x'0102'"),
+        ("a role raised", "UPDATE clients SET role = 'client'"),
+        ("a key removed", "DELETE FROM keys"),
+        (
+            "the server key changed",
+            "UPDATE settings SET value = 'local:0000'",
+        ),
+    ] {
+        let w = World::new();
+        w.sql(sql);
+        w.assert_refused(what);
+    }
+}
+
+#[test]
+fn a_database_rolled_back_to_an_older_copy_is_found() {
+    let w = World::new();
+    let old = std::fs::read(w.db()).unwrap();
+    let m = w.manager();
+    let second = m.generate(None, Algorithm::Ed25519, "second").unwrap();
+    bootstrap_admin(&m, None, None, Some((&second, "second"))).unwrap();
+    drop(m);
+    w.start().unwrap();
+    // Back to the copy from before the second admin (the WAL is merged at close).
+    std::fs::write(w.db(), &old).unwrap();
+    w.assert_refused("an older copy");
+}
+
+#[test]
+fn the_record_of_the_database_cannot_be_removed_either() {
+    let w = World::new();
+    std::fs::remove_file(w.home.join("server").join("state.json")).unwrap();
+    match w.start() {
+        Err(ServeError::Keyhaven(e)) => assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}"),
+        other => panic!("a removed record was not noticed: {other:?}"),
+    }
+}
