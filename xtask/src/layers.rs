@@ -356,9 +356,23 @@ mod tests {
                 ],
             ),
             package(
+                "keyhaven-client",
+                &[("keyhaven-core", Normal), ("keyhaven-httpsig", Normal)],
+            ),
+            package(
+                "keyhaven-server",
+                &[
+                    ("keyhaven", Normal),
+                    ("keyhaven-client", Normal),
+                    ("keyhaven-testkit", Dev),
+                ],
+            ),
+            package(
                 "keyhaven-cli",
                 &[
                     ("keyhaven", Normal),
+                    ("keyhaven-client", Normal),
+                    ("keyhaven-server", Normal),
                     ("clap", Normal),
                     ("keyhaven-core", Dev),
                 ],
@@ -438,11 +452,15 @@ mod tests {
     }
 
     #[test]
-    fn cli_depends_on_the_facade_only() {
+    fn cli_depends_on_the_faces_only() {
+        let only = "the facade `keyhaven`, the server and the client only";
         let found = with_edge("keyhaven-cli", "keyhaven-core", Normal);
-        assert!(caught(&found, "facade `keyhaven` only"), "{found:?}");
+        assert!(caught(&found, only), "{found:?}");
         let found = with_edge("keyhaven-cli", "keyhaven-store-file", Normal);
-        assert!(caught(&found, "facade `keyhaven` only"), "{found:?}");
+        assert!(caught(&found, only), "{found:?}");
+        // The server is below the command line, never the other way round.
+        let found = with_edge("keyhaven-server", "keyhaven-cli", Normal);
+        assert!(caught(&found, "strictly lower layer"), "{found:?}");
     }
 
     #[test]

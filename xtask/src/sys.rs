@@ -44,8 +44,17 @@ pub(crate) const TEST_TOOLS: &[SystemTool] = &[
     },
     TPM2_TOOLS,
     PKG_CONFIG,
+    POSTGRES,
     // Device backends add their tools here as they land.
 ];
+
+/// PostgreSQL's server: the server's storage tests start a throwaway cluster (`initdb`,
+/// `postgres`), which Debian keeps in `/usr/lib/postgresql/VERSION/bin`, off `PATH`.
+pub(crate) const POSTGRES: SystemTool = SystemTool {
+    binary: "/usr/lib/postgresql/*/bin/initdb",
+    package: "postgresql",
+    why: "the key server's PostgreSQL tests and benchmarks",
+};
 
 /// swtpm: the TPM 2.0 simulator each TPM test and the TPM benchmark start.
 pub(crate) const SWTPM: SystemTool = SystemTool {
@@ -230,8 +239,20 @@ fn missing_tools(tools: &[SystemTool]) -> Vec<SystemTool> {
     tools
         .iter()
         .copied()
-        .filter(|tool| !on_path(tool.binary))
+        .filter(|tool| !installed(tool.binary))
         .collect()
+}
+
+/// Whether `binary` is installed: on `PATH`, or, for a path with one `*` directory
+/// (`/usr/lib/postgresql/*/bin/initdb`), in any directory the `*` stands for.
+fn installed(binary: &str) -> bool {
+    let Some((before, after)) = binary.split_once("/*/") else {
+        return on_path(binary);
+    };
+    std::fs::read_dir(before).is_ok_and(|dir| {
+        dir.filter_map(Result::ok)
+            .any(|e| e.path().join(after).is_file())
+    })
 }
 
 /// The distinct Debian packages that provide `tools`, in table order.
@@ -280,6 +301,8 @@ mod tests {
     fn finds_sh_but_not_a_made_up_binary() {
         assert!(on_path("sh"));
         assert!(!on_path("keyhaven-no-such-binary-xyz"));
+        assert!(installed("/usr/*/sh") || !std::path::Path::new("/usr/bin/sh").exists());
+        assert!(!installed("/usr/*/keyhaven-no-such-binary-xyz"));
     }
 
     #[test]

@@ -20,6 +20,16 @@ pub(crate) struct ServeArgs {
     /// The address to listen on (`127.0.0.1:0` picks a free port, printed at start).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8421")]
     pub(crate) listen: SocketAddr,
+    /// Keep the server's state in this PostgreSQL database (`postgres://user@host,host2/db`)
+    /// instead of the home's SQLite file, so several servers serve together.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYHAVEN_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub(crate) database: Option<String>,
     /// The URL clients use to reach this server (`https://keys.example.com` behind a TLS
     /// proxy): they sign for it, and a request naming another host is refused.
     #[arg(long, value_name = "URL")]
@@ -70,13 +80,28 @@ pub(crate) fn run(ctx: &Ctx, args: ServeArgs) -> Result<u8> {
             no_admin,
             algorithm,
             backend,
-        }) => init(ctx, admin, &admin_name, no_admin, algorithm, backend),
-        None => serve(ctx, args.listen, args.allow_plain_http, args.public_url),
+        }) => init(
+            ctx,
+            args.database.as_deref(),
+            admin,
+            &admin_name,
+            no_admin,
+            algorithm,
+            backend,
+        ),
+        None => serve(
+            ctx,
+            args.listen,
+            args.allow_plain_http,
+            args.public_url,
+            args.database.as_deref(),
+        ),
     }
 }
 
 fn init(
     ctx: &Ctx,
+    database: Option<&str>,
     admin: Option<String>,
     admin_name: &str,
     no_admin: bool,
@@ -93,12 +118,17 @@ fn init(
         })
     };
     let admin = admin.map(|k| m.rotation().signing_target(&k)).transpose()?;
-    let server_key = bootstrap_admin(
-        &m,
-        backend.as_deref(),
-        Some(algorithm.into()),
-        admin.as_ref().map(|k| (k, admin_name)),
-    )
+    let admin = admin.as_ref().map(|k| (k, admin_name));
+    let server_key = match database {
+        Some(url) => keyhaven_server::bootstrap_admin_postgres(
+            &m,
+            url,
+            backend.as_deref(),
+            Some(algorithm.into()),
+            admin,
+        ),
+        None => bootstrap_admin(&m, backend.as_deref(), Some(algorithm.into()), admin),
+    }
     .map_err(serve_error)?;
     outln!(
         "server key: {} ({}, {})",
@@ -106,7 +136,7 @@ fn init(
         server_key.algorithm(),
         server_key.reference()
     )?;
-    if let Some(a) = admin {
+    if let Some((a, _)) = admin {
         outln!(
             "admin '{admin_name}': key {} ({})",
             a.public_key().fingerprint().to_hex(),
@@ -122,6 +152,7 @@ fn serve(
     listen: SocketAddr,
     allow_plain_http: bool,
     public_url: Option<String>,
+    database: Option<&str>,
 ) -> Result<u8> {
     let mut config = ServerConfig::default();
     if let Some(url) = public_url {
@@ -149,7 +180,11 @@ fn serve(
         .into());
     }
     let m = ctx.manager()?;
-    let server = Server::from_home(&m, config).map_err(serve_error)?;
+    let server = match database {
+        Some(url) => Server::from_home_postgres(&m, config, url),
+        None => Server::from_home(&m, config),
+    }
+    .map_err(serve_error)?;
     crate::ctx::print_warnings(&m);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

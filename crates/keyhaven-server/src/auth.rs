@@ -143,8 +143,10 @@ pub(crate) fn verify_signed(
         ));
     }
     let nonce = verified.nonce.clone().unwrap_or_default();
-    // Kept while the signature could be fresh: `created` may be ahead of `now` by the skew.
-    let created = verified.created.unwrap_or(now).max(now);
+    // Kept while the signature could be fresh (its last moment is `created` + the maximum
+    // age, `created` being at most the skew ahead), and computed from the signature alone, so
+    // a replay at any time lands where the first use was kept.
+    let created = verified.created.unwrap_or(now);
     let keep_until = created + inner.config.max_age + inner.config.skew;
     if !inner
         .storage

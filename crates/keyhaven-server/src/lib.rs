@@ -16,6 +16,8 @@ pub use auth::Caller;
 pub use metrics::Metrics;
 pub use problem::ApiError;
 pub use ratelimit::Rate;
-pub use serve::{Home, SERVER_KEY_LABEL, ServeError, bootstrap_admin, serve};
+pub use serve::{
+    Home, SERVER_KEY_LABEL, ServeError, bootstrap_admin, bootstrap_admin_postgres, serve,
+};
 pub use server::{ResponseSigner, Server, ServerConfig};
-pub use storage::{SqliteStorage, Storage, StorageError};
+pub use storage::{PostgresStorage, SqliteStorage, Storage, StorageError};

@@ -122,7 +122,9 @@ impl From<StorageError> for ApiError {
                 "not-found",
                 format!("key {fp} is not one of this client's keys"),
             ),
-            e @ (StorageError::Database { .. } | StorageError::Guard(_)) => {
+            e @ (StorageError::Database { .. }
+            | StorageError::Guard(_)
+            | StorageError::Retry(_)) => {
                 tracing::error!(error = %e, "the server database failed");
                 ApiError::unavailable("the server's database failed; try again later")
             }

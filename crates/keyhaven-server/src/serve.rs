@@ -13,7 +13,9 @@ use tokio::net::TcpListener;
 
 use crate::audit::{AuditSink, LogSink, NoAudit};
 use crate::server::{Server, ServerConfig};
-use crate::storage::{CommitGuard, NewClient, SqliteStorage, Storage, StorageError};
+use crate::storage::{
+    CommitGuard, NewClient, PostgresStorage, SqliteStorage, Storage, StorageError,
+};
 
 /// The record, in the home's authenticated state, of the server database's security state.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -207,6 +209,17 @@ pub fn bootstrap_admin(
     let _lock = lock_server(manager, &home)?;
     let storage = home.storage()?;
     guard_database(manager, &home, &storage)?;
+    bootstrap_in(&storage, manager, backend, algorithm, admin)
+}
+
+/// What [`bootstrap_admin`] does, in any store.
+fn bootstrap_in(
+    storage: &dyn Storage,
+    manager: &KeyManager,
+    backend: Option<&str>,
+    algorithm: Option<Algorithm>,
+    admin: Option<(&ManagedKey, &str)>,
+) -> Result<ManagedKey, ServeError> {
     let server_key = match storage.setting(SERVER_KEY)? {
         Some(reference) => manager.resolve(&reference)?,
         None => {
@@ -244,6 +257,23 @@ pub fn bootstrap_admin(
     Ok(server_key)
 }
 
+/// [`bootstrap_admin`] for servers sharing a PostgreSQL database (`url`): the server key is
+/// made in this home, and every node must reach the same key under the same reference (a
+/// PKCS#11 token they share, say).
+///
+/// # Errors
+/// As [`bootstrap_admin`]; [`StorageError::Database`] if the database cannot be reached.
+pub fn bootstrap_admin_postgres(
+    manager: &KeyManager,
+    url: &str,
+    backend: Option<&str>,
+    algorithm: Option<Algorithm>,
+    admin: Option<(&ManagedKey, &str)>,
+) -> Result<ManagedKey, ServeError> {
+    let storage = PostgresStorage::connect(url, 1)?;
+    bootstrap_in(&storage, manager, backend, algorithm, admin)
+}
+
 impl Server {
     /// The server of a keyhaven home set up by [`bootstrap_admin`] (`keyhaven serve init`):
     /// its SQLite database, its server key (checked not revoked, then used for every response
@@ -272,15 +302,47 @@ impl Server {
                 home.database().display()
             ))
         })?;
-        let key = manager.resolve(&reference)?;
+        let server = Self::with_home_key(manager, config, Arc::new(storage), &reference)?;
+        let lock = Arc::new(lock);
+        Ok(server.with_inner(|i| i.lock = Some(lock)))
+    }
+
+    /// A node of servers sharing the PostgreSQL database at `url` (set up by
+    /// [`bootstrap_admin_postgres`]): nonces, registrations and revocations are the
+    /// database's, so any number of nodes serve together; decisions go to this home's audit
+    /// log. The database's rows are not authenticated by the home (its access is the
+    /// database's own).
+    ///
+    /// # Errors
+    /// [`ServeError::Setup`] if the database names no server key; the home's and the
+    /// database's errors.
+    pub fn from_home_postgres(
+        manager: &KeyManager,
+        config: ServerConfig,
+        url: &str,
+    ) -> Result<Self, ServeError> {
+        let storage = PostgresStorage::connect(url, 16)?;
+        let reference = storage.setting(SERVER_KEY)?.ok_or_else(|| {
+            ServeError::Setup(
+                "the database names no server key: run `keyhaven serve init --database URL`".into(),
+            )
+        })?;
+        Self::with_home_key(manager, config, Arc::new(storage), &reference)
+    }
+
+    fn with_home_key(
+        manager: &KeyManager,
+        config: ServerConfig,
+        storage: Arc<dyn Storage>,
+        reference: &str,
+    ) -> Result<Self, ServeError> {
+        let key = manager.resolve(reference)?;
         let signer = manager.service_signer(&key, "sign server responses")?;
         let audit: Arc<dyn AuditSink> = match manager.audit().log()? {
             Some(log) => Arc::new(LogSink(log)),
             None => Arc::new(NoAudit),
         };
-        let server = Server::new(config, Arc::new(storage), Arc::new(signer)).with_audit(audit);
-        let lock = Arc::new(lock);
-        Ok(server.with_inner(|i| i.lock = Some(lock)))
+        Ok(Server::new(config, storage, Arc::new(signer)).with_audit(audit))
     }
 }
 

@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 
 /// How to get the devices: the message of every failure to find one.
 pub const HOW_TO_RUN: &str = "run the tests with `cargo xtask test` (it installs softhsm2, \
-     opensc, swtpm, swtpm-tools, tpm2-tools and libtss2-dev when missing, and sets \
+     opensc, swtpm, swtpm-tools, tpm2-tools, libtss2-dev and postgresql when missing, and sets \
      KEYHAVEN_PKCS11_MODULE and SOFTHSM2_CONF)";
 
 /// Where Debian and Ubuntu install SoftHSM2's PKCS#11 module (`apt-get install softhsm2`).
@@ -493,5 +493,182 @@ pub fn python() -> PathBuf {
             "KEYHAVEN_PYTHON is not set: run the tests with `cargo xtask test` (it makes a \
              virtualenv with the pinned interop packages)"
         ),
+    }
+}
+
+/// A number `id ARGS` prints (a uid or gid).
+fn id(args: &[&str]) -> u32 {
+    let out = run_ok(Command::new("id").args(args), "id");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("id prints a number") // ok: test assertion
+}
+
+/// Where Debian puts PostgreSQL's server programs (`initdb`, `postgres`), newest first.
+fn postgres_bin() -> PathBuf {
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.retain(|p| p.join("initdb").is_file());
+    versions.sort();
+    versions
+        .pop()
+        .unwrap_or_else(|| panic!("PostgreSQL's server (initdb) is not installed: {HOW_TO_RUN}"))
+}
+
+/// A throwaway PostgreSQL cluster (`initdb` in a temporary directory, `postgres` on a free
+/// loopback port, no fsync), killed by its pid on drop. As root, it runs as the `postgres`
+/// user (PostgreSQL refuses root).
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl std::fmt::Debug for Postgres {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Postgres")
+            .field("dir", &self.dir.path())
+            .field("port", &self.port)
+            .field("pid", &self.child.as_ref().map(Child::id))
+            .finish()
+    }
+}
+
+impl Postgres {
+    /// Makes a cluster and starts it, waiting until it accepts connections.
+    ///
+    /// # Panics
+    /// If PostgreSQL is not installed or does not start.
+    pub fn start() -> Postgres {
+        let bin = postgres_bin();
+        let dir = tempfile::tempdir().expect("temporary directory"); // ok: test assertion
+        let data = dir.path().join("data");
+        let as_root = id(&["-u"]) == 0;
+        if as_root {
+            run_ok(
+                Command::new("chown")
+                    .args(["-R", "postgres:postgres"])
+                    .arg(dir.path()),
+                "chown",
+            );
+        }
+        let mut initdb = Self::as_owner(as_root, &bin.join("initdb"));
+        initdb.arg("-D").arg(&data).args([
+            "-A",
+            "trust",
+            "-U",
+            "keyhaven",
+            "--no-sync",
+            "-E",
+            "UTF8",
+        ]);
+        run_ok(&mut initdb, "initdb");
+        let mut pg = Postgres {
+            dir,
+            port: 0,
+            child: None,
+        };
+        for _ in 0..50 {
+            let port = next_port();
+            if !port_free(port) {
+                continue;
+            }
+            pg.port = port;
+            if pg.launch(&bin, as_root) {
+                return pg;
+            }
+        }
+        panic!("could not start PostgreSQL on any free port in 50 tries");
+    }
+
+    /// `program`, run as the `postgres` user when we are root (set before exec: the child's
+    /// pid is the program's own, so killing it kills the server).
+    fn as_owner(as_root: bool, program: &Path) -> Command {
+        let mut c = Command::new(program);
+        if as_root {
+            use std::os::unix::process::CommandExt;
+            c.uid(id(&["-u", "postgres"])).gid(id(&["-g", "postgres"]));
+        }
+        c
+    }
+
+    fn launch(&mut self, bin: &Path, as_root: bool) -> bool {
+        let data = self.dir.path().join("data");
+        let log = self.dir.path().join("postgres.log");
+        let log_file = std::fs::File::create(&log).expect("log file"); // ok: test assertion
+        if as_root {
+            let _ = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&log)
+                .status();
+        }
+        let mut child = Self::as_owner(as_root, &bin.join("postgres"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &self.port.to_string()])
+            .args(["-c", "listen_addresses=127.0.0.1"])
+            .arg("-c")
+            .arg(format!(
+                "unix_socket_directories={}",
+                self.dir.path().display()
+            ))
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off", "-c", "max_connections=200"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run postgres ({e}): {HOW_TO_RUN}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false;
+            }
+            if answers(self.port) {
+                // Accepting TCP is not yet accepting sessions: give it a moment more.
+                std::thread::sleep(Duration::from_millis(200));
+                self.child = Some(child);
+                return true;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "postgres did not answer on port {} within 30 s; its log: {}",
+                    self.port,
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A connection string for it (`postgres://keyhaven@127.0.0.1:PORT/postgres`).
+    pub fn url(&self) -> String {
+        format!("postgres://keyhaven@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills it (SIGKILL, by pid) and waits for the pid to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

@@ -216,3 +216,103 @@ fn a_client_key_on_a_softhsm_token_registers_and_signs_requests() {
     assert_eq!(who["client"], me["id"]);
     assert_eq!(who["status"], "active");
 }
+
+/// Two `keyhaven serve` processes on one PostgreSQL database: registrations made through
+/// either survive one of them being killed (SIGKILL) in the middle of the work, the other
+/// answers for every client, and a key revoked through one is refused by the other.
+#[test]
+fn two_servers_on_one_postgres_survive_one_being_killed() {
+    let pg = keyhaven_testkit::devices::Postgres::start();
+    let url = pg.url();
+    let s = Home::with_encrypted();
+    s.generate("p256", "admin", &[]);
+    s.ok(&["serve", "init", "--database", &url, "--admin", "admin"]);
+    let start = || {
+        let mut child = s
+            .cmd(["serve", "--database", &url, "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let second = lines.next().unwrap().unwrap();
+        Served {
+            child,
+            url: first
+                .strip_prefix("keyhaven server listening on ")
+                .unwrap()
+                .to_owned(),
+            fingerprint: second
+                .strip_prefix("server key: ")
+                .and_then(|r| r.split(' ').next())
+                .unwrap()
+                .to_owned(),
+        }
+    };
+    let a = start();
+    let b = start();
+    assert_eq!(
+        a.fingerprint, b.fingerprint,
+        "one server key for both nodes"
+    );
+
+    let c = Home::with_encrypted();
+    let mut registered = Vec::new();
+    for i in 0..6 {
+        let label = format!("svc{i}");
+        c.generate("ed25519", &label, &[]);
+        let node = if i % 2 == 0 { &a } else { &b };
+        c.ok(&[
+            "client",
+            "register",
+            "--server",
+            &node.url,
+            "--key",
+            &label,
+            "--server-fingerprint",
+            &node.fingerprint,
+        ]);
+        registered.push(label);
+    }
+    // a dies mid-work, without a chance to clean up.
+    let b_url = b.url.clone();
+    let fp = b.fingerprint.clone();
+    drop(a);
+    c.ok(&[
+        "client",
+        "trust",
+        "--server",
+        &b_url,
+        "--server-fingerprint",
+        &fp,
+    ]);
+    for label in &registered {
+        let who = c.json(&[
+            "client", "whoami", "--server", &b_url, "--key", label, "--json",
+        ]);
+        assert_eq!(who["status"], "active", "{label} was lost: {who}");
+    }
+    // Revoked through b; a new node started on the same database refuses it too.
+    c.ok(&[
+        "client", "revoke", "--server", &b_url, "--key", "svc0", "--reason", "gone",
+    ]);
+    let a2 = start();
+    c.ok(&[
+        "client",
+        "trust",
+        "--server",
+        &a2.url,
+        "--server-fingerprint",
+        &fp,
+    ]);
+    let e = c.fails(
+        &["client", "whoami", "--server", &a2.url, "--key", "svc0"],
+        12,
+    );
+    assert!(e.contains("revoked"), "{e}");
+    assert!(
+        c.ok(&["client", "whoami", "--server", &a2.url, "--key", "svc1"])
+            .contains("active")
+    );
+}

@@ -8,8 +8,10 @@ use keyhaven_client::wire::{ClientView, KeyStatus, KeyView, RevokedView, Role, S
 
 pub mod conformance;
 mod nonces;
+mod postgres;
 mod sqlite;
 
+pub use postgres::PostgresStorage;
 pub use sqlite::SqliteStorage;
 
 /// A result with [`StorageError`].
@@ -35,6 +37,9 @@ pub enum StorageError {
     /// not made.
     #[error("the record of the server's state cannot be written: {0}")]
     Guard(String),
+    /// A transaction failed to serialize or deadlocked; it may be tried again.
+    #[error("the transaction conflicted with another: {0}")]
+    Retry(String),
     /// The database failed (I/O, corruption, a schema from a newer keyhaven).
     #[error("the server database {path}: {reason}")]
     Database {

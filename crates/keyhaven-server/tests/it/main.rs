@@ -5,6 +5,7 @@
 mod bad_input;
 mod flow;
 mod interop;
+mod pg;
 mod storage;
 mod support;
 mod tamper;

@@ -1,0 +1,685 @@
+//! PostgreSQL, for several stateless server nodes sharing one database: whatever one node
+//! learns (a registration, a revocation, a used nonce) every other node sees at once.
+//!
+//! - **Connections**: a bounded pool; a broken connection is dropped and made again. A
+//!   connection string may name several hosts (`postgres://a,b/keyhaven?target_session_attrs=read-write`):
+//!   a connection goes to the first that answers as writable, so nodes follow a failover.
+//! - **Transactions** that fail to serialize (`40001`) or deadlock (`40P01`) are retried, the
+//!   connection released between attempts.
+//! - **Schema** migrations are versioned (`keyhaven_schema`), run under an advisory lock so
+//!   nodes starting together migrate once.
+//! - **Nonces** live in a table partitioned by the minute they may be forgotten in: the
+//!   partition is part of the key and is computed from the signature itself (its `created`), so
+//!   a replay always lands in the partition of the first use; expired partitions are dropped
+//!   whole (`DROP TABLE`), never deleted row by row. At 10 000 requests/s and a 6-minute window
+//!   that is 3.6 million rows in about 7 partitions, each written once and dropped once.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use keyhaven_client::wire::{Role, Stats};
+use postgres::error::SqlState;
+use postgres::{Client, Config, NoTls, Row, Transaction};
+
+use super::{
+    ClientRecord, KeyRecord, KeyState, NewClient, NewKey, Result, Revoked, Storage, StorageError,
+    Superseded,
+};
+
+/// Width of a nonce partition, in seconds.
+const PARTITION: u64 = 60;
+
+/// How many times a transaction that failed to serialize is tried.
+const ATTEMPTS: u32 = 6;
+
+/// The schema, one migration per version.
+const MIGRATIONS: &[&str] = &[
+    // 1
+    "CREATE TABLE settings (name text PRIMARY KEY, value text NOT NULL);
+     CREATE TABLE clients (
+         id text PRIMARY KEY,
+         name text NOT NULL,
+         role text NOT NULL CHECK (role IN ('client', 'admin')),
+         registered_at bigint NOT NULL
+     );
+     CREATE INDEX clients_by_time ON clients (registered_at);
+     CREATE TABLE keys (
+         fingerprint text PRIMARY KEY,
+         client_id text NOT NULL REFERENCES clients (id),
+         algorithm text NOT NULL,
+         spki bytea NOT NULL,
+         added_at bigint NOT NULL,
+         seq bigserial,
+         state text NOT NULL CHECK (state IN ('active', 'rotating', 'revoked')),
+         until bigint,
+         revoked_at bigint,
+         reason text,
+         revoked_by text,
+         successor_of text
+     );
+     CREATE INDEX keys_by_client ON keys (client_id, added_at, seq);
+     CREATE TABLE challenges (challenge text PRIMARY KEY, expires_at bigint NOT NULL);
+     CREATE TABLE nonces (
+         bucket bigint NOT NULL,
+         keyid text NOT NULL,
+         nonce text NOT NULL,
+         PRIMARY KEY (bucket, keyid, nonce)
+     ) PARTITION BY RANGE (bucket);",
+];
+
+const KEY_COLUMNS: &str = "k.client_id, c.role, k.fingerprint, k.algorithm, k.spki, k.added_at, \
+     k.state, k.until, k.revoked_at, k.reason, k.revoked_by, k.successor_of";
+
+/// The PostgreSQL store.
+pub struct PostgresStorage {
+    config: Config,
+    what: String,
+    pool: Vec<Mutex<Option<Client>>>,
+    next: AtomicUsize,
+}
+
+impl std::fmt::Debug for PostgresStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresStorage")
+            .field("database", &self.what)
+            .field("pool", &self.pool.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn role_of(s: &str) -> Role {
+    if s == "admin" {
+        Role::Admin
+    } else {
+        Role::Client
+    }
+}
+
+fn key_row(row: &Row) -> std::result::Result<KeyRecord, postgres::Error> {
+    let state: String = row.try_get(6)?;
+    let state = match state.as_str() {
+        "rotating" => KeyState::Rotating {
+            until: u64_of(row.try_get::<_, Option<i64>>(7)?.unwrap_or(0)),
+        },
+        "revoked" => KeyState::Revoked {
+            at: u64_of(row.try_get::<_, Option<i64>>(8)?.unwrap_or(0)),
+            reason: row.try_get::<_, Option<String>>(9)?.unwrap_or_default(),
+            by: row.try_get::<_, Option<String>>(10)?.unwrap_or_default(),
+        },
+        _ => KeyState::Active,
+    };
+    Ok(KeyRecord {
+        client_id: row.try_get(0)?,
+        role: role_of(&row.try_get::<_, String>(1)?),
+        fingerprint: row.try_get(2)?,
+        algorithm: row.try_get(3)?,
+        spki: row.try_get(4)?,
+        added_at: u64_of(row.try_get(5)?),
+        state,
+        successor_of: row.try_get(11)?,
+    })
+}
+
+impl Drop for PostgresStorage {
+    /// A connection closes by blocking on its own runtime, which must not happen on an async
+    /// thread (a server dropped at shutdown is): the connections are closed on a thread of
+    /// their own.
+    fn drop(&mut self) {
+        let clients: Vec<Client> = self
+            .pool
+            .iter_mut()
+            .filter_map(|m| m.get_mut().unwrap_or_else(PoisonError::into_inner).take())
+            .collect();
+        if !clients.is_empty() {
+            let _ = std::thread::spawn(move || drop(clients)).join();
+        }
+    }
+}
+
+/// Whether retrying the transaction may succeed.
+fn retryable(e: &StorageError) -> bool {
+    matches!(e, StorageError::Retry(_))
+}
+
+impl PostgresStorage {
+    /// Connects to `url` (a `postgres://` URL or a `key=value` connection string; several
+    /// hosts allowed) with a pool of `pool` connections, and brings the schema up to date.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`] if the string does not parse, no host answers, or the
+    /// schema is from a newer keyhaven.
+    pub fn connect(url: &str, pool: usize) -> Result<Self> {
+        let mut config: Config =
+            url.parse()
+                .map_err(|e: postgres::Error| StorageError::Database {
+                    path: "the PostgreSQL connection string".into(),
+                    reason: e.to_string(),
+                })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        let hosts = config
+            .get_hosts()
+            .iter()
+            .map(|h| match h {
+                postgres::config::Host::Tcp(h) => h.clone(),
+                postgres::config::Host::Unix(p) => p.display().to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let what = format!("postgresql://{hosts}/{}", config.get_dbname().unwrap_or(""));
+        let storage = PostgresStorage {
+            config,
+            what,
+            pool: (0..pool.max(1)).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        };
+        storage.migrate()?;
+        Ok(storage)
+    }
+
+    fn err(&self, e: &postgres::Error) -> StorageError {
+        if matches!(
+            e.code(),
+            Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED
+        ) {
+            return StorageError::Retry(e.to_string());
+        }
+        StorageError::Database {
+            path: self.what.clone(),
+            reason: e
+                .as_db_error()
+                .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
+        }
+    }
+
+    /// A connection of the pool (made, or made again, as needed).
+    fn conn(&self) -> Result<MutexGuard<'_, Option<Client>>> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.pool.len();
+        // A free one if there is one, else wait for ours.
+        let mut slot = (0..n)
+            .find_map(|i| self.pool[(start + i) % n].try_lock().ok())
+            .unwrap_or_else(|| {
+                self.pool[start % n]
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+            });
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = Some(self.config.connect(NoTls).map_err(|e| self.err(&e))?);
+        }
+        Ok(slot)
+    }
+
+    /// Runs `f` in a transaction, retrying serialization failures with the connection
+    /// released between attempts; a broken connection is dropped.
+    fn tx<T>(&self, f: impl Fn(&mut Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = {
+                let mut slot = self.conn()?;
+                let outcome = match slot.as_mut() {
+                    Some(client) => match client.transaction() {
+                        Ok(mut tx) => match f(&mut tx) {
+                            Ok(v) => tx.commit().map(|()| v).map_err(|e| self.err(&e)),
+                            Err(e) => Err(e),
+                        },
+                        Err(e) => Err(self.err(&e)),
+                    },
+                    None => Err(StorageError::Database {
+                        path: self.what.clone(),
+                        reason: "no connection".into(),
+                    }),
+                };
+                if slot.as_ref().is_some_and(Client::is_closed) {
+                    *slot = None;
+                }
+                outcome
+            };
+            match outcome {
+                Err(e) if retryable(&e) && attempt < ATTEMPTS => {
+                    std::thread::sleep(Duration::from_millis(5 << attempt));
+                }
+                Err(StorageError::Retry(reason)) => {
+                    return Err(StorageError::Database {
+                        path: self.what.clone(),
+                        reason: format!("{reason} ({ATTEMPTS} attempts)"),
+                    });
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn migrate(&self) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute("SELECT pg_advisory_xact_lock(7020880546913632625)", &[])
+                .map_err(|e| self.err(&e))?;
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS keyhaven_schema (version integer NOT NULL)",
+            )
+            .map_err(|e| self.err(&e))?;
+            let version: i32 = tx
+                .query_opt("SELECT version FROM keyhaven_schema", &[])
+                .map_err(|e| self.err(&e))?
+                .map_or(0, |r| r.get(0));
+            let known = i32::try_from(MIGRATIONS.len()).unwrap_or(i32::MAX);
+            if version > known {
+                return Err(StorageError::Database {
+                    path: self.what.clone(),
+                    reason: format!(
+                        "its schema is version {version}, newer than this keyhaven knows \
+                         ({known}): run the keyhaven that wrote it"
+                    ),
+                });
+            }
+            for sql in MIGRATIONS
+                .iter()
+                .skip(usize::try_from(version).unwrap_or(0))
+            {
+                tx.batch_execute(sql).map_err(|e| self.err(&e))?;
+            }
+            tx.execute("DELETE FROM keyhaven_schema", &[])
+                .map_err(|e| self.err(&e))?;
+            tx.execute("INSERT INTO keyhaven_schema VALUES ($1)", &[&known])
+                .map_err(|e| self.err(&e))?;
+            Ok(())
+        })
+    }
+
+    fn keys_of(&self, tx: &mut Transaction<'_>, client_id: &str) -> Result<Vec<KeyRecord>> {
+        let rows = tx
+            .query(
+                &format!(
+                    "SELECT {KEY_COLUMNS} FROM keys k JOIN clients c ON c.id = k.client_id
+                     WHERE k.client_id = $1 ORDER BY k.added_at, k.seq"
+                ),
+                &[&client_id],
+            )
+            .map_err(|e| self.err(&e))?;
+        rows.iter()
+            .map(|r| key_row(r).map_err(|e| self.err(&e)))
+            .collect()
+    }
+
+    fn client_in(&self, tx: &mut Transaction<'_>, id: &str) -> Result<Option<ClientRecord>> {
+        let Some(row) = tx
+            .query_opt(
+                "SELECT id, name, role, registered_at FROM clients WHERE id = $1",
+                &[&id],
+            )
+            .map_err(|e| self.err(&e))?
+        else {
+            return Ok(None);
+        };
+        let id: String = row.get(0);
+        let keys = self.keys_of(tx, &id)?;
+        Ok(Some(ClientRecord {
+            name: row.get(1),
+            role: role_of(&row.get::<_, String>(2)),
+            registered_at: u64_of(row.get(3)),
+            id,
+            keys,
+        }))
+    }
+
+    fn insert_key(
+        &self,
+        tx: &mut Transaction<'_>,
+        client_id: &str,
+        key: &NewKey,
+        at: u64,
+        successor_of: Option<&str>,
+    ) -> Result<()> {
+        let inserted = tx
+            .execute(
+                "INSERT INTO keys (fingerprint, client_id, algorithm, spki, added_at, state,
+                                   successor_of)
+                 VALUES ($1, $2, $3, $4, $5, 'active', $6) ON CONFLICT DO NOTHING",
+                &[
+                    &key.fingerprint,
+                    &client_id,
+                    &key.algorithm,
+                    &key.spki,
+                    &i64_of(at),
+                    &successor_of,
+                ],
+            )
+            .map_err(|e| self.err(&e))?;
+        if inserted == 0 {
+            return Err(StorageError::KeyExists(key.fingerprint.clone()));
+        }
+        Ok(())
+    }
+}
+
+impl Storage for PostgresStorage {
+    fn put_challenge(&self, challenge: &str, expires_at: u64) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO challenges (challenge, expires_at) VALUES ($1, $2)",
+                &[&challenge, &i64_of(expires_at)],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(&e))
+        })
+    }
+
+    fn take_challenge(&self, challenge: &str, now: u64) -> Result<bool> {
+        self.tx(|tx| {
+            let row = tx
+                .query_opt(
+                    "DELETE FROM challenges WHERE challenge = $1 RETURNING expires_at",
+                    &[&challenge],
+                )
+                .map_err(|e| self.err(&e))?;
+            Ok(row.is_some_and(|r| u64_of(r.get(0)) > now))
+        })
+    }
+
+    fn register(&self, client: &NewClient) -> Result<ClientRecord> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO clients (id, name, role, registered_at) VALUES ($1, $2, $3, $4)",
+                &[
+                    &client.id,
+                    &client.name,
+                    &client.role.as_str(),
+                    &i64_of(client.at),
+                ],
+            )
+            .map_err(|e| self.err(&e))?;
+            self.insert_key(tx, &client.id, &client.key, client.at, None)?;
+            self.client_in(tx, &client.id)?
+                .ok_or_else(|| StorageError::NoClient(client.id.clone()))
+        })
+    }
+
+    fn key(&self, fingerprint: &str) -> Result<Option<KeyRecord>> {
+        let mut slot = self.conn()?;
+        let Some(client) = slot.as_mut() else {
+            return Ok(None);
+        };
+        let row = client
+            .query_opt(
+                &format!(
+                    "SELECT {KEY_COLUMNS} FROM keys k JOIN clients c ON c.id = k.client_id
+                     WHERE k.fingerprint = $1"
+                ),
+                &[&fingerprint],
+            )
+            .map_err(|e| self.err(&e));
+        if client.is_closed() {
+            *slot = None;
+        }
+        row?.map(|r| key_row(&r).map_err(|e| self.err(&e)))
+            .transpose()
+    }
+
+    fn client(&self, id: &str) -> Result<Option<ClientRecord>> {
+        self.tx(|tx| self.client_in(tx, id))
+    }
+
+    fn rotate(
+        &self,
+        client_id: &str,
+        superseded: &[Superseded],
+        new: &NewKey,
+        at: u64,
+    ) -> Result<ClientRecord> {
+        self.tx(|tx| {
+            if let Some(anchor) = superseded.first() {
+                let state: Option<String> = tx
+                    .query_opt(
+                        "SELECT state FROM keys WHERE fingerprint = $1 AND client_id = $2
+                         FOR UPDATE",
+                        &[&anchor.old, &client_id],
+                    )
+                    .map_err(|e| self.err(&e))?
+                    .map(|r| r.get(0));
+                match state.as_deref() {
+                    Some("active") => {}
+                    Some(other) => {
+                        return Err(StorageError::NotActive(format!(
+                            "key {} is {other}: a rotation starts from an active key",
+                            anchor.old
+                        )));
+                    }
+                    None => return Err(StorageError::NoKey(anchor.old.clone())),
+                }
+            }
+            for s in superseded {
+                let owner: Option<String> = tx
+                    .query_opt(
+                        "SELECT client_id FROM keys WHERE fingerprint = $1 FOR UPDATE",
+                        &[&s.old],
+                    )
+                    .map_err(|e| self.err(&e))?
+                    .map(|r| r.get(0));
+                if owner.as_deref() != Some(client_id) {
+                    return Err(StorageError::NoKey(s.old.clone()));
+                }
+                tx.execute(
+                    "UPDATE keys SET state = 'rotating',
+                         until = CASE WHEN state = 'rotating' THEN LEAST(until, $2) ELSE $2 END
+                     WHERE fingerprint = $1 AND state IN ('active', 'rotating')",
+                    &[&s.old, &i64_of(s.until)],
+                )
+                .map_err(|e| self.err(&e))?;
+            }
+            let predecessor = superseded.last().map(|s| s.old.as_str());
+            self.insert_key(tx, client_id, new, at, predecessor)?;
+            self.client_in(tx, client_id)?
+                .ok_or_else(|| StorageError::NoClient(client_id.to_owned()))
+        })
+    }
+
+    fn revoke(&self, fingerprint: &str, at: u64, reason: &str, by: &str) -> Result<Revoked> {
+        self.tx(|tx| {
+            let state: Option<String> = tx
+                .query_opt(
+                    "SELECT state FROM keys WHERE fingerprint = $1 FOR UPDATE",
+                    &[&fingerprint],
+                )
+                .map_err(|e| self.err(&e))?
+                .map(|r| r.get(0));
+            Ok(match state.as_deref() {
+                None => Revoked::Unknown,
+                Some("revoked") => Revoked::Already,
+                Some(_) => {
+                    tx.execute(
+                        "UPDATE keys SET state = 'revoked', revoked_at = $2, reason = $3,
+                             revoked_by = $4
+                         WHERE fingerprint = $1",
+                        &[&fingerprint, &i64_of(at), &reason, &by],
+                    )
+                    .map_err(|e| self.err(&e))?;
+                    Revoked::Now
+                }
+            })
+        })
+    }
+
+    fn search(&self, query: &str, limit: u32) -> Result<Vec<ClientRecord>> {
+        let pattern = format!(
+            "%{}%",
+            query
+                .to_lowercase()
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_")
+        );
+        self.tx(|tx| {
+            let ids: Vec<String> = tx
+                .query(
+                    "SELECT c.id FROM clients c
+                     WHERE lower(c.name) LIKE $1 OR c.id LIKE $1
+                        OR EXISTS (SELECT 1 FROM keys k WHERE k.client_id = c.id
+                                   AND k.fingerprint LIKE $1)
+                     ORDER BY c.registered_at, c.id LIMIT $2",
+                    &[&pattern, &i64::from(limit)],
+                )
+                .map_err(|e| self.err(&e))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                if let Some(c) = self.client_in(tx, &id)? {
+                    out.push(c);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn stats(&self, now: u64) -> Result<Stats> {
+        let now = i64_of(now);
+        self.tx(|tx| {
+            let r = tx
+                .query_one(
+                    "SELECT
+                       (SELECT count(*) FROM clients),
+                       (SELECT count(*) FROM keys WHERE state = 'active'),
+                       (SELECT count(*) FROM keys WHERE state = 'rotating' AND until > $1),
+                       (SELECT count(*) FROM keys WHERE state = 'rotating' AND until <= $1),
+                       (SELECT count(*) FROM keys WHERE state = 'revoked'),
+                       (SELECT count(*) FROM clients WHERE registered_at > $1 - 3600),
+                       (SELECT count(*) FROM clients WHERE registered_at > $1 - 86400)",
+                    &[&now],
+                )
+                .map_err(|e| self.err(&e))?;
+            let n = |i: usize| u64_of(r.get::<_, i64>(i));
+            Ok(Stats {
+                clients: n(0),
+                active_keys: n(1),
+                rotating_keys: n(2),
+                retired_keys: n(3),
+                revoked_keys: n(4),
+                registrations_last_hour: n(5),
+                registrations_last_day: n(6),
+            })
+        })
+    }
+
+    fn use_nonce(&self, keyid: &str, nonce: &str, expires_at: u64) -> Result<bool> {
+        let bucket = i64_of(expires_at / PARTITION + 1);
+        for _ in 0..3 {
+            let mut slot = self.conn()?;
+            let Some(client) = slot.as_mut() else {
+                continue;
+            };
+            match client.execute(
+                "INSERT INTO nonces (bucket, keyid, nonce) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&bucket, &keyid, &nonce],
+            ) {
+                Ok(n) => return Ok(n == 1),
+                // No partition for this minute yet: make it (any node may, once).
+                Err(e) if e.code() == Some(&SqlState::CHECK_VIOLATION) => {
+                    let made = client.batch_execute(&format!(
+                        "CREATE TABLE IF NOT EXISTS nonces_{bucket} PARTITION OF nonces
+                         FOR VALUES FROM ({bucket}) TO ({})",
+                        bucket + 1
+                    ));
+                    if let Err(e) = made
+                        && e.code() != Some(&SqlState::DUPLICATE_TABLE)
+                        && e.code() != Some(&SqlState::UNIQUE_VIOLATION)
+                    {
+                        return Err(self.err(&e));
+                    }
+                }
+                Err(e) => {
+                    if client.is_closed() {
+                        *slot = None;
+                    }
+                    return Err(self.err(&e));
+                }
+            }
+        }
+        Err(StorageError::Database {
+            path: self.what.clone(),
+            reason: "the nonce partition could not be made".into(),
+        })
+    }
+
+    fn prune(&self, now: u64) -> Result<u64> {
+        let current = i64_of(now / PARTITION);
+        let gone = self.tx(|tx| {
+            let old: Vec<String> = tx
+                .query(
+                    "SELECT c.relname FROM pg_inherits i
+                     JOIN pg_class c ON c.oid = i.inhrelid
+                     JOIN pg_class p ON p.oid = i.inhparent
+                     WHERE p.relname = 'nonces'",
+                    &[],
+                )
+                .map_err(|e| self.err(&e))?
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .filter(|name| {
+                    name.strip_prefix("nonces_")
+                        .and_then(|b| b.parse::<i64>().ok())
+                        .is_some_and(|b| b <= current)
+                })
+                .collect();
+            let mut rows = 0u64;
+            for name in &old {
+                let n: i64 = tx
+                    .query_one(&format!("SELECT count(*) FROM {name}"), &[])
+                    .map_err(|e| self.err(&e))?
+                    .get(0);
+                tx.batch_execute(&format!("DROP TABLE IF EXISTS {name}"))
+                    .map_err(|e| self.err(&e))?;
+                rows += u64_of(n);
+            }
+            let challenges = tx
+                .execute(
+                    "DELETE FROM challenges WHERE expires_at < $1",
+                    &[&i64_of(now)],
+                )
+                .map_err(|e| self.err(&e))?;
+            Ok(rows + challenges)
+        })?;
+        Ok(gone)
+    }
+
+    fn setting(&self, name: &str) -> Result<Option<String>> {
+        self.tx(|tx| {
+            Ok(tx
+                .query_opt("SELECT value FROM settings WHERE name = $1", &[&name])
+                .map_err(|e| self.err(&e))?
+                .map(|r| r.get(0)))
+        })
+    }
+
+    fn set_setting(&self, name: &str, value: &str) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO settings (name, value) VALUES ($1, $2)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                &[&name, &value],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(&e))
+        })
+    }
+
+    fn ping(&self) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute("SELECT 1", &[])
+                .map(|_| ())
+                .map_err(|e| self.err(&e))
+        })
+    }
+}

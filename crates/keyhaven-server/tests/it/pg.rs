@@ -1,0 +1,154 @@
+//! PostgreSQL: the storage conformance suite on a throwaway cluster, and two server nodes
+//! sharing one database: a registration on one is known to the other, a nonce used on one is
+//! refused on the other, a revocation on one holds on the other.
+
+use std::sync::Arc;
+
+use keyhaven::stores::MemoryStore;
+use keyhaven::{Algorithm, BackendConfig, BackendKind, FixedPassphrase, KeyManager, KeyStore};
+use keyhaven_client::{Client, StoreSigner};
+use keyhaven_httpsig::{Request, SignatureSpec, sign_request};
+use keyhaven_server::storage::conformance;
+use keyhaven_server::{PostgresStorage, Server, ServerConfig};
+use keyhaven_testkit::devices::Postgres;
+use tokio::sync::oneshot;
+
+/// A database of its own on the cluster, for one check.
+fn fresh_database(pg: &Postgres, name: &str) -> String {
+    let admin = PostgresStorage::connect(&pg.url(), 1).unwrap();
+    drop(admin);
+    let mut c = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    c.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    pg.url().replace("/postgres", &format!("/{name}"))
+}
+
+#[test]
+fn postgres_passes_the_storage_conformance_suite() {
+    let pg = Postgres::start();
+    let n = std::cell::Cell::new(0);
+    conformance::run_all(&|| {
+        n.set(n.get() + 1);
+        let url = fresh_database(&pg, &format!("c{}", n.get()));
+        Box::new(PostgresStorage::connect(&url, 2).unwrap())
+    });
+}
+
+#[test]
+fn nodes_starting_together_migrate_once() {
+    let pg = Postgres::start();
+    let url = pg.url();
+    let nodes: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || PostgresStorage::connect(&url, 1).map(|_| ()))
+        })
+        .collect();
+    for n in nodes {
+        n.join().unwrap().unwrap();
+    }
+    let mut c = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+    let rows: i64 = c
+        .query_one("SELECT count(*) FROM keyhaven_schema", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(rows, 1);
+}
+
+struct Node {
+    base: String,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn node(url: &str, signer: keyhaven::ServiceSigner) -> Node {
+    // A blocking client: made off the async threads, like every call the server makes on it.
+    let u = url.to_owned();
+    let storage = tokio::task::spawn_blocking(move || PostgresStorage::connect(&u, 4))
+        .await
+        .unwrap()
+        .unwrap();
+    let storage = Arc::new(storage);
+    let server = Server::new(ServerConfig::default(), storage, Arc::new(signer));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        keyhaven_server::serve(listener, server, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Node {
+        base,
+        stop: Some(stop),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_registrations_nonces_and_revocations() {
+    let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let url = pg.url();
+    // Both nodes sign with the same server key (one home's, as a shared token would hold it).
+    let dir = tempfile::tempdir().unwrap();
+    let manager = KeyManager::open(dir.path().join("home"), FixedPassphrase::new("pw")).unwrap();
+    manager
+        .add_backend("mem", BackendConfig::new(BackendKind::Memory, None))
+        .unwrap();
+    let key = manager
+        .generate(None, Algorithm::Ed25519, "server")
+        .unwrap();
+    let server_key = key.public_key().clone();
+    let (a, b) = {
+        let u = url.clone();
+        let sa = manager.service_signer(&key, "a").unwrap();
+        let sb = manager.service_signer(&key, "b").unwrap();
+        (node(&u, sa).await, node(&u, sb).await)
+    };
+    let keys: Arc<dyn KeyStore> = Arc::new(MemoryStore::new().unwrap());
+    let k = keys.generate(Algorithm::EcdsaP384, "svc").unwrap();
+    let signer = Arc::new(StoreSigner::new(keys.clone(), &k.id).unwrap());
+    let on_a = Client::new(&a.base, signer.clone(), server_key.clone()).unwrap();
+    let on_b = Client::new(&b.base, signer, server_key.clone()).unwrap();
+
+    // Registered through a, known to b.
+    let me = on_a.register("shared").await.unwrap();
+    assert_eq!(on_b.whoami().await.unwrap().client, me.id);
+
+    // One signed request, sent to a and then replayed to b: b refuses it.
+    let mut r = Request::new("GET", &format!("{}/v1/whoami", a.base)).unwrap();
+    let spec = SignatureSpec::new("keyhaven", &k.fingerprint().to_hex())
+        .covering(&["@method", "@path", "@authority"])
+        .unwrap()
+        .created(keyhaven::unix_now())
+        .nonce("once-across-nodes");
+    sign_request(&mut r, &spec, keys.as_ref(), &k.id).unwrap();
+    let http = reqwest::Client::new();
+    let send = |base: &str| {
+        let mut req = http.get(format!("{base}/v1/whoami"));
+        for (n, v) in r.fields() {
+            req = req.header(n.as_str(), v.as_str());
+        }
+        // The same authority on both: the request was signed for a's.
+        req = req.header("host", a.base.trim_start_matches("http://"));
+        req.send()
+    };
+    assert_eq!(send(&a.base).await.unwrap().status(), 200);
+    let replay = send(&b.base).await.unwrap();
+    assert_eq!(replay.status(), 401);
+    let body = replay.text().await.unwrap();
+    assert!(body.contains("replayed-nonce"), "{body}");
+
+    // Revoked through b, refused by a.
+    on_b.revoke(None, "rotated out").await.unwrap();
+    let e = on_a.whoami().await.unwrap_err();
+    assert_eq!(e.problem().unwrap().status, 401, "{e}");
+    drop(pg);
+}
