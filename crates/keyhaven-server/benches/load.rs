@@ -18,7 +18,7 @@ use keyhaven::{Algorithm, BackendConfig, BackendKind, FixedPassphrase, KeyManage
 use keyhaven_client::wire::Role;
 use keyhaven_httpsig::{Request, SignatureSpec, sign_request};
 use keyhaven_server::storage::{NewClient, NewKey};
-use keyhaven_server::{Rate, Server, ServerConfig, SqliteStorage, Storage};
+use keyhaven_server::{PostgresStorage, Rate, Server, ServerConfig, SqliteStorage, Storage};
 
 const REQUESTS: usize = 20_000;
 const SECONDS: u64 = 4;
@@ -77,10 +77,25 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let manager =
-            KeyManager::open(dir.path().join("home"), FixedPassphrase::new("bench")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite: Arc<dyn Storage> =
+        Arc::new(SqliteStorage::open(&dir.path().join("s").join("server.db")).unwrap());
+    runtime.block_on(run("embedded SQLite store", sqlite, dir.path()));
+    // The same against PostgreSQL (a throwaway cluster on loopback, fsync off as in tests).
+    let pg = keyhaven_testkit::devices::Postgres::start();
+    let postgres: Arc<dyn Storage> = Arc::new(PostgresStorage::connect(&pg.url(), 16).unwrap());
+    runtime.block_on(run("PostgreSQL store", postgres.clone(), dir.path()));
+    // Closed off the async threads.
+    drop(postgres);
+}
+
+async fn run(what: &str, storage: Arc<dyn Storage>, dir: &std::path::Path) {
+    {
+        let manager = KeyManager::open(
+            dir.join(format!("home-{}", what.len())),
+            FixedPassphrase::new("bench"),
+        )
+        .unwrap();
         manager
             .add_backend("mem", BackendConfig::new(BackendKind::Memory, None))
             .unwrap();
@@ -88,7 +103,6 @@ fn main() {
             .generate(None, Algorithm::Ed25519, "server")
             .unwrap();
         let signer = manager.service_signer(&server_key, "bench").unwrap();
-        let storage = Arc::new(SqliteStorage::open(&dir.path().join("s").join("server.db")).unwrap());
         let unlimited = Rate {
             per_second: 0.0,
             burst: 0.0,
@@ -113,18 +127,21 @@ fn main() {
         let mut clients = Vec::new();
         for i in 0..64 {
             let k = keys.generate(Algorithm::Ed25519, &format!("c{i}")).unwrap();
-            storage
-                .register(&NewClient {
-                    id: format!("{i:032x}"),
-                    name: format!("c{i}"),
-                    role: Role::Client,
-                    at: keyhaven::unix_now(),
-                    key: NewKey {
-                        fingerprint: k.fingerprint().to_hex(),
-                        algorithm: "ed25519".into(),
-                        spki: k.public_key.spki_der().to_vec(),
-                    },
-                })
+            let s = storage.clone();
+            let client = NewClient {
+                id: format!("{i:032x}"),
+                name: format!("c{i}"),
+                role: Role::Client,
+                at: keyhaven::unix_now(),
+                key: NewKey {
+                    fingerprint: k.fingerprint().to_hex(),
+                    algorithm: "ed25519".into(),
+                    spki: k.public_key.spki_der().to_vec(),
+                },
+            };
+            tokio::task::spawn_blocking(move || s.register(&client))
+                .await
+                .unwrap()
                 .unwrap();
             clients.push(k);
         }
@@ -132,7 +149,9 @@ fn main() {
             .pool_max_idle_per_host(128)
             .build()
             .unwrap();
-        println!("keyhaven-server load, embedded SQLite store, loopback, {SECONDS} s or {REQUESTS} requests per run");
+        println!(
+            "keyhaven-server load, {what}, loopback, {SECONDS} s or {REQUESTS} requests per run"
+        );
         let mut nonce = 0u64;
         for concurrency in [1usize, 8, 64] {
             let per = REQUESTS / concurrency;
@@ -157,7 +176,11 @@ fn main() {
                 signed.push(job);
             }
             // Warm the connections.
-            let _ = fire(&http, vec![vec![(format!("{base}/healthz"), Vec::new()); 200]; concurrency]).await;
+            let _ = fire(
+                &http,
+                vec![vec![(format!("{base}/healthz"), Vec::new()); 200]; concurrency],
+            )
+            .await;
             let base_line = fire(&http, open).await;
             let checked = fire(&http, signed).await;
             println!(
@@ -173,5 +196,5 @@ fn main() {
                 base_line.per_second / checked.per_second,
             );
         }
-    });
+    }
 }
