@@ -24,7 +24,8 @@ use crate::output::{errln, outln, print_json, print_table};
 /// `keyhaven client`.
 #[derive(Debug, Args)]
 pub(crate) struct ClientArgs {
-    /// The server's URL (default: the one this home last registered with).
+    /// The server's URL (default: the one this home last registered with); several, comma
+    /// separated, for nodes of one service: a node that cannot be reached is skipped.
     #[arg(long, global = true, env = "KEYHAVEN_SERVER", value_name = "URL")]
     pub(crate) server: Option<String>,
     /// The key of this home that signs the requests (default: the default key; a versioned
@@ -220,7 +221,10 @@ fn client_for(
 pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
     let m = ctx.manager()?;
     let mut pins = load_pins(&m)?;
-    let url = server_url(args.server.as_deref(), &pins)?;
+    let urls = server_url(args.server.as_deref(), &pins)?;
+    let mut nodes = urls.split(',').map(str::trim).filter(|u| !u.is_empty());
+    let url = nodes.next().unwrap_or_default().to_owned();
+    let fallbacks: Vec<String> = nodes.map(str::to_owned).collect();
     let origin = origin(&url)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -275,12 +279,12 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
             let name = name.unwrap_or_else(|| key.label().to_owned());
             let me = runtime.block_on(client.register(&name))?;
             pins.servers.insert(origin, pin);
-            pins.default = Some(url);
+            pins.default = Some(urls);
             save_pins(&m, &pins)?;
             print_client(&me, args.json)?;
         } else {
             pins.servers.insert(origin, pin);
-            pins.default = Some(url.clone());
+            pins.default = Some(urls.clone());
             save_pins(&m, &pins)?;
             outln!("pinned the key {fingerprint} of {url}")?;
         }
@@ -294,7 +298,10 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
         ))
     })?;
     let key = signing_key(&m, args.key.as_deref())?;
-    let client = client_for(&m, &key, &url, pinned_key(pin)?)?;
+    let mut client = client_for(&m, &key, &url, pinned_key(pin)?)?;
+    for node in &fallbacks {
+        client = client.with_fallback(node)?;
+    }
     let json = args.json;
     match args.command {
         // Answered above, before a pin is needed.

@@ -58,6 +58,11 @@ impl SignedResponse {
 pub struct Client {
     http: reqwest::Client,
     base: reqwest::Url,
+    /// Other nodes serving the same state with the same key, tried when one cannot be
+    /// reached.
+    fallbacks: Vec<reqwest::Url>,
+    /// The node that answered last (0: `base`, then the fallbacks in order).
+    preferred: Arc<std::sync::atomic::AtomicUsize>,
     signer: Arc<dyn RequestSigner>,
     server_key: PublicKey,
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
@@ -87,6 +92,16 @@ fn parse_base(base: &str) -> Result<reqwest::Url> {
         )));
     }
     Ok(url)
+}
+
+/// A node's base URL, ending in `/`.
+fn node_base(base: &str) -> Result<reqwest::Url> {
+    let mut base = parse_base(base)?;
+    if !base.path().ends_with('/') {
+        let path = format!("{}/", base.path());
+        base.set_path(&path);
+    }
+    Ok(base)
 }
 
 fn http_client(timeout: Duration) -> Result<reqwest::Client> {
@@ -182,14 +197,11 @@ impl Client {
     /// # Errors
     /// [`ClientError::InvalidInput`] for a base URL that is not `http(s)://host[:port][/path]`.
     pub fn new(base: &str, signer: Arc<dyn RequestSigner>, server_key: PublicKey) -> Result<Self> {
-        let mut base = parse_base(base)?;
-        if !base.path().ends_with('/') {
-            let path = format!("{}/", base.path());
-            base.set_path(&path);
-        }
         Ok(Client {
             http: http_client(Duration::from_secs(30))?,
-            base,
+            base: node_base(base)?,
+            fallbacks: Vec::new(),
+            preferred: Arc::default(),
             signer,
             server_key,
             clock: Arc::new(unix_now),
@@ -202,6 +214,19 @@ impl Client {
     pub fn with_clock(mut self, clock: Arc<dyn Fn() -> u64 + Send + Sync>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// The same client with another node of the same service (several servers on one
+    /// database, one server key): a request that cannot reach a node (no connection) goes to
+    /// the next, signed again for it; the node that answered is tried first from then on. A
+    /// request whose connection broke after it was sent is not sent again (its outcome is
+    /// unknown): that error is returned.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidInput`] for a URL that is not `http(s)://host[:port][/path]`.
+    pub fn with_fallback(mut self, base: &str) -> Result<Self> {
+        self.fallbacks.push(node_base(base)?);
+        Ok(self)
     }
 
     /// The same client with another request timeout (default 30 s).
@@ -376,23 +401,55 @@ impl Client {
     ) -> Result<SignedResponse> {
         let target = reqwest::Url::parse(url)
             .map_err(|e| ClientError::InvalidInput(format!("URL {url:?}: {e}")))?;
-        if target.origin() != self.base.origin() {
-            return Err(ClientError::InvalidInput(format!(
-                "{url} is not on the server {}",
-                self.base
-            )));
-        }
+        let nodes: Vec<&reqwest::Url> =
+            std::iter::once(&self.base).chain(&self.fallbacks).collect();
+        // The part of the URL under the node it names.
+        let relative = nodes
+            .iter()
+            .find(|b| target.origin() == b.origin() && target.path().starts_with(b.path()))
+            .map(|b| {
+                let mut rel = target.path()[b.path().len()..].to_owned();
+                if let Some(q) = target.query() {
+                    rel.push('?');
+                    rel.push_str(q);
+                }
+                rel
+            })
+            .ok_or_else(|| {
+                ClientError::InvalidInput(format!("{url} is not on the server {}", self.base))
+            })?;
         let method = http::Method::from_bytes(method.as_bytes())
             .map_err(|e| ClientError::InvalidInput(format!("method {method:?}: {e}")))?;
-        let mut request = reqwest::Request::new(method, target);
-        if let Some(body) = body {
-            request.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/json"),
-            );
-            *request.body_mut() = Some(body.into());
+        let first = self.preferred.load(std::sync::atomic::Ordering::Relaxed) % nodes.len();
+        let mut last_error = None;
+        for i in 0..nodes.len() {
+            let n = (first + i) % nodes.len();
+            let target = nodes[n]
+                .join(&relative)
+                .map_err(|e| ClientError::InvalidInput(format!("path {relative:?}: {e}")))?;
+            let mut request = reqwest::Request::new(method.clone(), target);
+            if let Some(body) = &body {
+                request.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                *request.body_mut() = Some(body.clone().into());
+            }
+            match self.execute(request).await {
+                // Never reached the node: the next one may answer.
+                Err(ClientError::Transport { url, source }) if source.is_connect() => {
+                    last_error = Some(ClientError::Transport { url, source });
+                }
+                other => {
+                    if other.is_ok() {
+                        self.preferred
+                            .store(n, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    return other;
+                }
+            }
         }
-        self.execute(request).await
+        Err(last_error.unwrap_or_else(|| ClientError::InvalidInput("no server node".into())))
     }
 
     /// Signs `request` (any `reqwest` request to this server, its body given as bytes) and

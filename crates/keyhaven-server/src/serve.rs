@@ -118,7 +118,14 @@ fn guard_database(
             }
         }
     }
-    storage.set_guard(Arc::new(record), digest);
+    if !record.state.is_authenticated() {
+        tracing::warn!(
+            home = %manager.home().display(),
+            "the home has no integrity anchor: the record of the server database is not \
+             authenticated (add an encrypted or PKCS#11 backend to protect it)"
+        );
+    }
+    storage.set_guard(Arc::new(record), digest)?;
     Ok(())
 }
 

@@ -275,10 +275,24 @@ fn two_servers_on_one_postgres_survive_one_being_killed() {
         ]);
         registered.push(label);
     }
-    // a dies mid-work, without a chance to clean up.
+    // a dies mid-work, without a chance to clean up; a client naming both nodes goes on.
     let b_url = b.url.clone();
     let fp = b.fingerprint.clone();
+    let both = format!("{},{}", a.url, b.url);
+    c.ok(&[
+        "client",
+        "trust",
+        "--server",
+        &both,
+        "--server-fingerprint",
+        &fp,
+    ]);
     drop(a);
+    let who = c.json(&["client", "whoami", "--key", "svc2", "--json"]);
+    assert_eq!(
+        who["status"], "active",
+        "the client did not fail over: {who}"
+    );
     c.ok(&[
         "client",
         "trust",

@@ -304,7 +304,8 @@ pub trait Storage: Send + Sync + 'static {
     fn stats(&self, now: u64) -> Result<Stats>;
 
     /// Records that `keyid` used `nonce`, kept until `expires_at`: `false` if it was used
-    /// before (a replay). Atomic across every server sharing this store (the embedded store
+    /// before with the same `expires_at` (a replay: the server computes `expires_at` from
+    /// the signature's own `created`, so a replay always brings the same one). Atomic across every server sharing this store (the embedded store
     /// has one server).
     ///
     /// # Errors
@@ -312,7 +313,8 @@ pub trait Storage: Send + Sync + 'static {
     fn use_nonce(&self, keyid: &str, nonce: &str, expires_at: u64) -> Result<bool>;
 
     /// Forgets nonces and challenges that expired before `now` (a store may keep them a
-    /// little longer, never shorter); returns how many went.
+    /// little longer, never shorter); returns how many went (nonces may be counted by the
+    /// partition).
     ///
     /// # Errors
     /// [`StorageError::Database`].

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use keyhaven::fs;
 use keyhaven_client::wire::{Role, Stats};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
 use sha2::{Digest, Sha256};
 
@@ -16,7 +17,9 @@ use super::{
     StorageError, Superseded,
 };
 
-/// The schema, one migration per version; `PRAGMA user_version` says how many ran.
+/// The schema, one migration per version; `PRAGMA user_version` says how many ran. The schema
+/// is part of the digest the home records (a trigger planted in the file must show), so a
+/// later migration must record the new digest as it runs.
 const MIGRATIONS: &[&str] = &[
     // 1: clients, their keys, challenges, settings.
     "CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -51,9 +54,10 @@ const MIGRATIONS: &[&str] = &[
 /// - used nonces are kept in memory, in time partitions dropped whole (see
 ///   [`Storage::use_nonce`]); a restart forgets them, so the server refuses signatures made
 ///   before it started, and none can be replayed;
-/// - keys read are cached, and every change the process makes evicts them; a key the cache
-///   does not hold is read from the database, so keys another process registers (`keyhaven
-///   serve init` adding an admin) are seen. Only this process changes existing keys.
+/// - keys read are cached, and every change the process makes updates them; a serving
+///   process reads every key once, after checking the file against the home's record
+///   ([`SqliteStorage::preload`]), and from then on answers from memory; another program's
+///   write to the file is refused at the next change and found at the next start.
 #[derive(Debug)]
 pub struct SqliteStorage {
     path: PathBuf,
@@ -64,6 +68,8 @@ pub struct SqliteStorage {
     /// read for keys any more (a row added to the file behind the server's back is not seen).
     complete: std::sync::atomic::AtomicBool,
     guard: Mutex<Option<(std::sync::Arc<dyn CommitGuard>, String)>>,
+    /// `PRAGMA data_version` when the guard was set: another program's commit changes it.
+    data_version: std::sync::atomic::AtomicI64,
 }
 
 impl std::fmt::Debug for dyn CommitGuard {
@@ -175,6 +181,15 @@ impl SqliteStorage {
                 .map_err(db_err(path))?;
             conn.pragma_update(None, "foreign_keys", "ON")
                 .map_err(db_err(path))?;
+            // Nothing planted in the file runs: no trigger, no view, no schema function.
+            for (config, on) in [
+                (DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false),
+                (DbConfig::SQLITE_DBCONFIG_ENABLE_VIEW, false),
+                (DbConfig::SQLITE_DBCONFIG_TRUSTED_SCHEMA, false),
+                (DbConfig::SQLITE_DBCONFIG_DEFENSIVE, true),
+            ] {
+                conn.set_db_config(config, on).map_err(db_err(path))?;
+            }
             Ok(conn)
         };
         let storage = SqliteStorage {
@@ -184,6 +199,7 @@ impl SqliteStorage {
             keys: Mutex::new(HashMap::new()),
             complete: std::sync::atomic::AtomicBool::new(false),
             guard: Mutex::new(None),
+            data_version: std::sync::atomic::AtomicI64::new(0),
         };
         storage.migrate()?;
         Ok(storage)
@@ -260,6 +276,21 @@ impl SqliteStorage {
             .map_err(self.err())?;
         h.update(n.to_be_bytes());
         h.update(orphans.to_be_bytes());
+        // The schema too: a trigger or view planted in the file is a change of state.
+        let mut schema = conn
+            .prepare_cached(
+                "SELECT type, name, coalesce(sql, '') FROM sqlite_master ORDER BY type, name",
+            )
+            .map_err(self.err())?;
+        let mut rows = schema.query([]).map_err(self.err())?;
+        while let Some(r) = rows.next().map_err(self.err())? {
+            h.update(b"M");
+            for i in 0..3 {
+                let v: String = r.get(i).map_err(self.err())?;
+                digest_field(&mut h, Some(v.as_bytes()));
+            }
+        }
+        drop(rows);
         let mut settings = conn
             .prepare_cached("SELECT name, value FROM settings ORDER BY name")
             .map_err(self.err())?;
@@ -292,8 +323,25 @@ impl SqliteStorage {
 
     /// From now on, every change to the security state goes through `guard` (told the
     /// digest before and after), starting from `current`, the digest checked at start.
-    pub fn set_guard(&self, guard: std::sync::Arc<dyn CommitGuard>, current: String) {
+    ///
+    /// # Errors
+    /// [`StorageError::Database`]; [`StorageError::Guard`] if the database changed since
+    /// `current` was computed (another program wrote it in between).
+    pub fn set_guard(&self, guard: std::sync::Arc<dyn CommitGuard>, current: String) -> Result<()> {
+        let conn = self.conn();
+        let version: i64 = conn
+            .pragma_query_value(None, "data_version", |r| r.get(0))
+            .map_err(self.err())?;
+        if self.digest_in(&conn)? != current {
+            return Err(StorageError::Guard(format!(
+                "{} changed while the server was checking it",
+                self.path.display()
+            )));
+        }
+        self.data_version
+            .store(version, std::sync::atomic::Ordering::Release);
         *self.guard.lock().unwrap_or_else(PoisonError::into_inner) = Some((guard, current));
+        Ok(())
     }
 
     /// Reads every key into memory; from then on keys are answered from memory only (what
@@ -303,6 +351,14 @@ impl SqliteStorage {
     /// [`StorageError::Database`].
     pub fn preload(&self) -> Result<usize> {
         let conn = self.conn();
+        if self
+            .guard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            self.check_untouched(&conn)?;
+        }
         let mut stmt = conn
             .prepare_cached(&format!(
                 "SELECT {KEY_COLUMNS} FROM keys k JOIN clients c ON c.id = k.client_id"
@@ -325,17 +381,40 @@ impl SqliteStorage {
     }
 
     /// Commits `tx`, telling the guard (if any) before and after.
-    fn commit_guarded(&self, tx: Transaction<'_>) -> Result<()> {
+    ///
+    /// The database must not have been changed by another program since the guard was set
+    /// (`PRAGMA data_version` would tell): such a change is refused, never folded into the
+    /// record. Returns, once committed, the guard's complaint about its own record (the
+    /// change stands and the caller updates its cache before reporting it).
+    fn commit_guarded(&self, tx: Transaction<'_>) -> Result<Option<StorageError>> {
         let mut guard = self.guard.lock().unwrap_or_else(PoisonError::into_inner);
         let Some((g, current)) = guard.as_mut() else {
-            return tx.commit().map_err(self.err());
+            tx.commit().map_err(self.err())?;
+            return Ok(None);
         };
+        self.check_untouched(&tx)?;
         let next = self.digest_in(&tx)?;
         g.before_commit(current, &next)
             .map_err(StorageError::Guard)?;
         tx.commit().map_err(self.err())?;
         *current = next.clone();
-        g.after_commit(&next).map_err(StorageError::Guard)
+        Ok(g.after_commit(&next).err().map(StorageError::Guard))
+    }
+
+    /// Refuses when another connection changed the database since it was checked.
+    fn check_untouched(&self, conn: &Connection) -> Result<()> {
+        let now: i64 = conn
+            .pragma_query_value(None, "data_version", |r| r.get(0))
+            .map_err(self.err())?;
+        let seen = self.data_version.load(std::sync::atomic::Ordering::Acquire);
+        if seen != now {
+            return Err(StorageError::Guard(format!(
+                "{} was changed by another program since the server checked it: restart the \
+                 server, which checks it against the home's record",
+                self.path.display()
+            )));
+        }
+        Ok(())
     }
 
     /// After a change: the client's keys as they now are replace what the cache held.
@@ -510,9 +589,9 @@ impl Storage for SqliteStorage {
         let record = self
             .client_in(&tx, &client.id)?
             .ok_or_else(|| StorageError::NoClient(client.id.clone()))?;
-        self.commit_guarded(tx)?;
+        let complaint = self.commit_guarded(tx)?;
         self.remember(&record);
-        Ok(record)
+        complaint.map_or(Ok(record), Err)
     }
 
     fn key(&self, fingerprint: &str) -> Result<Option<KeyRecord>> {
@@ -608,10 +687,10 @@ impl Storage for SqliteStorage {
         let record = self
             .client_in(&tx, client_id)?
             .ok_or_else(|| StorageError::NoClient(client_id.to_owned()))?;
-        self.commit_guarded(tx)?;
+        let complaint = self.commit_guarded(tx)?;
         // Still under the connection's lock: no reader of the database caches the old state.
         self.remember(&record);
-        Ok(record)
+        complaint.map_or(Ok(record), Err)
     }
 
     fn revoke(&self, fingerprint: &str, at: u64, reason: &str, by: &str) -> Result<Revoked> {
@@ -638,27 +717,29 @@ impl Storage for SqliteStorage {
                 Revoked::Now
             }
         };
-        if outcome == Revoked::Now {
-            let record = tx
-                .prepare_cached(&format!(
-                    "SELECT {KEY_COLUMNS} FROM keys k JOIN clients c ON c.id = k.client_id
-                     WHERE k.fingerprint = ?1"
-                ))
-                .map_err(self.err())?
-                .query_row(params![fingerprint], key_row)
-                .optional()
-                .map_err(self.err())?;
-            self.commit_guarded(tx)?;
-            self.evict([fingerprint]);
-            if let Some(r) = record
-                && self.complete.load(std::sync::atomic::Ordering::Acquire)
-            {
-                self.cache().insert(r.fingerprint.clone(), r);
-            }
+        let record = tx
+            .prepare_cached(&format!(
+                "SELECT {KEY_COLUMNS} FROM keys k JOIN clients c ON c.id = k.client_id
+                 WHERE k.fingerprint = ?1"
+            ))
+            .map_err(self.err())?
+            .query_row(params![fingerprint], key_row)
+            .optional()
+            .map_err(self.err())?;
+        let complaint = if outcome == Revoked::Now {
+            self.commit_guarded(tx)?
         } else {
             tx.commit().map_err(self.err())?;
+            None
+        };
+        // The cache holds the key as it now is (a revocation retried after a failure too).
+        self.evict([fingerprint]);
+        if let Some(r) = record
+            && self.complete.load(std::sync::atomic::Ordering::Acquire)
+        {
+            self.cache().insert(r.fingerprint.clone(), r);
         }
-        Ok(outcome)
+        complaint.map_or(Ok(outcome), Err)
     }
 
     fn search(&self, query: &str, limit: u32) -> Result<Vec<ClientRecord>> {
@@ -766,7 +847,7 @@ impl Storage for SqliteStorage {
         .map_err(self.err())?
         .execute(params![name, value])
         .map_err(self.err())?;
-        self.commit_guarded(tx)
+        self.commit_guarded(tx)?.map_or(Ok(()), Err)
     }
 
     fn ping(&self) -> Result<()> {

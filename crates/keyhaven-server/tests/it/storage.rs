@@ -72,3 +72,34 @@ fn set_user_version(path: &std::path::Path, version: u32) {
     f.seek(SeekFrom::Start(60)).unwrap();
     f.write_all(&version.to_be_bytes()).unwrap();
 }
+
+/// A guard that keeps nothing: for the storage's own checks.
+struct Nothing;
+
+impl keyhaven_server::storage::CommitGuard for Nothing {
+    fn before_commit(&self, _: &str, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+    fn after_commit(&self, _: &str) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_change_by_another_program_is_refused_not_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s").join("server.db");
+    let s = SqliteStorage::open(&path).unwrap();
+    s.set_setting("a", "1").unwrap();
+    let digest = s.digest().unwrap();
+    s.set_guard(std::sync::Arc::new(Nothing), digest).unwrap();
+    s.set_setting("b", "2").unwrap();
+    // Someone else writes the file while the server runs.
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other
+        .execute("UPDATE settings SET value = 'evil' WHERE name = 'a'", [])
+        .unwrap();
+    let e = s.set_setting("c", "3").unwrap_err().to_string();
+    assert!(e.contains("changed by another program"), "{e}");
+    assert_eq!(s.setting("c").unwrap(), None, "nothing was written");
+}
