@@ -14,7 +14,7 @@ use base64ct::{Base64, Encoding};
 use clap::{Args, Subcommand};
 use keyhaven::{KeyManager, ManagedKey, PublicKey};
 use keyhaven_client::wire::{ClientView, KeyView};
-use keyhaven_client::{Client, StoreSigner, discover};
+use keyhaven_client::{Client, StoreSigner, discover_trusting};
 use serde::{Deserialize, Serialize};
 
 use crate::ctx::Ctx;
@@ -35,6 +35,10 @@ pub(crate) struct ClientArgs {
     /// Print JSON.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// Trust this certificate (PEM) for HTTPS besides: a development server's self-signed
+    /// one (`keyhaven serve --tls` writes it to its HOME/server/tls-cert.pem).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub(crate) tls_ca: Option<PathBuf>,
     #[command(subcommand)]
     pub(crate) command: ClientCommand,
 }
@@ -212,10 +216,15 @@ fn client_for(
     key: &ManagedKey,
     url: &str,
     server_key: PublicKey,
+    roots: &[Vec<u8>],
 ) -> Result<Client> {
     let store = m.backend(&key.backend)?.store().clone();
     let signer = StoreSigner::new(store, key.id())?;
-    Ok(Client::new(url, Arc::new(signer), server_key)?)
+    let mut client = Client::new(url, Arc::new(signer), server_key)?;
+    for root in roots {
+        client = client.trusting(root)?;
+    }
+    Ok(client)
 }
 
 pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
@@ -226,6 +235,10 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
     let url = nodes.next().unwrap_or_default().to_owned();
     let fallbacks: Vec<String> = nodes.map(str::to_owned).collect();
     let origin = origin(&url)?;
+    let roots: Vec<Vec<u8>> = match &args.tls_ca {
+        Some(path) => vec![keyhaven::fs::read_config(path)?.into_bytes()],
+        None => Vec::new(),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -242,7 +255,7 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
         args.command,
         ClientCommand::Register { .. } | ClientCommand::Trust { .. }
     ) {
-        let (info, server_key) = runtime.block_on(discover(&url))?;
+        let (info, server_key) = runtime.block_on(discover_trusting(&url, &roots))?;
         match (&expected, pins.servers.get(&origin)) {
             (Some(fp), _) if !fp.eq_ignore_ascii_case(&info.fingerprint) => {
                 return Err(keyhaven::CoreError::PermissionDenied(format!(
@@ -275,7 +288,7 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
         };
         if let Some(name) = register {
             let key = signing_key(&m, args.key.as_deref())?;
-            let client = client_for(&m, &key, &url, server_key)?;
+            let client = client_for(&m, &key, &url, server_key, &roots)?;
             let name = name.unwrap_or_else(|| key.label().to_owned());
             let me = runtime.block_on(client.register(&name))?;
             pins.servers.insert(origin, pin);
@@ -298,7 +311,7 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
         ))
     })?;
     let key = signing_key(&m, args.key.as_deref())?;
-    let mut client = client_for(&m, &key, &url, pinned_key(pin)?)?;
+    let mut client = client_for(&m, &key, &url, pinned_key(pin)?, &roots)?;
     for node in &fallbacks {
         client = client.with_fallback(node)?;
     }

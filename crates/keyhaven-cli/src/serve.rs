@@ -34,6 +34,18 @@ pub(crate) struct ServeArgs {
     /// proxy): they sign for it, and a request naming another host is refused.
     #[arg(long, value_name = "URL")]
     pub(crate) public_url: Option<String>,
+    /// Serve HTTPS. Without --tls-cert, with a self-signed certificate made by the TLS key
+    /// (development: its fingerprint is printed and it is written to HOME/server/tls-cert.pem
+    /// for clients to trust with `keyhaven client --tls-ca`).
+    #[arg(long)]
+    pub(crate) tls: bool,
+    /// The TLS certificate chain (PEM, the leaf first) for the TLS key.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub(crate) tls_cert: Option<std::path::PathBuf>,
+    /// The key of this home that proves the certificate (default: the server key). It signs
+    /// each handshake where it lives (a token, a TPM): it never leaves its backend.
+    #[arg(long, value_name = "ID|LABEL", requires = "tls")]
+    pub(crate) tls_key: Option<String>,
     /// Serve plain HTTP on an address other than loopback. Without TLS, put a TLS-terminating
     /// proxy in front: signatures protect integrity, not confidentiality.
     #[arg(long)]
@@ -89,13 +101,7 @@ pub(crate) fn run(ctx: &Ctx, args: ServeArgs) -> Result<u8> {
             algorithm,
             backend,
         ),
-        None => serve(
-            ctx,
-            args.listen,
-            args.allow_plain_http,
-            args.public_url,
-            args.database.as_deref(),
-        ),
+        None => serve(ctx, &args),
     }
 }
 
@@ -147,15 +153,10 @@ fn init(
     Ok(OK)
 }
 
-fn serve(
-    ctx: &Ctx,
-    listen: SocketAddr,
-    allow_plain_http: bool,
-    public_url: Option<String>,
-    database: Option<&str>,
-) -> Result<u8> {
+fn serve(ctx: &Ctx, args: &ServeArgs) -> Result<u8> {
+    let listen = args.listen;
     let mut config = ServerConfig::default();
-    if let Some(url) = public_url {
+    if let Some(url) = &args.public_url {
         let rest = url
             .strip_prefix("https://")
             .or_else(|| url.strip_prefix("http://"))
@@ -172,19 +173,27 @@ fn serve(
         }
         config.public_origin = Some(url.trim_end_matches('/').to_owned());
     }
-    if !listen.ip().is_loopback() && !allow_plain_http {
+    if !listen.ip().is_loopback() && !args.allow_plain_http && !args.tls {
         return Err(UsageError(format!(
-            "{listen} is not a loopback address and this server speaks plain HTTP: put a TLS \
-             proxy in front and pass --allow-plain-http, or listen on 127.0.0.1"
+            "{listen} is not a loopback address: serve HTTPS (--tls), or put a TLS proxy in \
+             front and pass --allow-plain-http, or listen on 127.0.0.1"
         ))
         .into());
     }
+    if args.tls {
+        config.scheme = "https";
+    }
     let m = ctx.manager()?;
-    let server = match database {
+    let server = match args.database.as_deref() {
         Some(url) => Server::from_home_postgres(&m, config, url),
         None => Server::from_home(&m, config),
     }
     .map_err(serve_error)?;
+    let identity = if args.tls {
+        Some(tls_identity(&m, &server, args, listen)?)
+    } else {
+        None
+    };
     crate::ctx::print_warnings(&m);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -196,19 +205,69 @@ fn serve(
             .with_context(|| format!("listen on {listen}"))?;
         let bound = listener.local_addr()?;
         let key = server.public_key();
-        outln!("keyhaven server listening on http://{bound}")?;
+        let scheme = if identity.is_some() { "https" } else { "http" };
+        outln!("keyhaven server listening on {scheme}://{bound}")?;
         outln!(
             "server key: {} ({}); clients check it with `keyhaven client register --server-fingerprint`",
             key.fingerprint().to_hex(),
             key.algorithm()
         )?;
+        if let Some(id) = &identity {
+            outln!("TLS certificate: sha256 {}", id.fingerprint())?;
+        }
         crate::output::flush_stdout()?;
-        keyhaven_server::serve(listener, server, shutdown_signal())
-            .await
-            .map_err(serve_error)?;
+        match identity {
+            Some(id) => keyhaven_server::serve_tls(listener, server, id, shutdown_signal()).await,
+            None => keyhaven_server::serve(listener, server, shutdown_signal()).await,
+        }
+        .map_err(serve_error)?;
         errln!("keyhaven server stopped");
         Ok(OK)
     })
+}
+
+/// The TLS certificate and the key of the home that proves it.
+fn tls_identity(
+    m: &keyhaven::KeyManager,
+    server: &Server,
+    args: &ServeArgs,
+    listen: SocketAddr,
+) -> Result<keyhaven_server::TlsIdentity> {
+    let key = match &args.tls_key {
+        Some(r) => m.resolve(r)?,
+        None => {
+            let fp = server.public_key().fingerprint().to_hex();
+            m.list_keys()?
+                .into_iter()
+                .find(|k| k.public_key().fingerprint().to_hex() == fp)
+                .ok_or_else(|| anyhow::anyhow!("the server key is not in this home"))?
+        }
+    };
+    let signer = m.service_signer(&key, "sign TLS handshakes")?;
+    let identity = match &args.tls_cert {
+        Some(path) => {
+            let pem = keyhaven::fs::read_config(path)?;
+            keyhaven_server::TlsIdentity::from_pem(&pem, signer)
+        }
+        None => {
+            let mut names = vec!["localhost".to_owned(), listen.ip().to_string()];
+            if let Some(origin) = &args.public_url
+                && let Some(host) = origin.split("://").nth(1)
+            {
+                let host = host.trim_end_matches('/');
+                let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                names.push(host.to_owned());
+            }
+            names.dedup();
+            keyhaven_server::TlsIdentity::self_signed(signer, &names)
+        }
+    }
+    .map_err(serve_error)?;
+    if args.tls_cert.is_none() {
+        let path = m.home().join("server").join("tls-cert.pem");
+        keyhaven::fs::atomic_write(&path, identity.certificate_pem().as_bytes())?;
+    }
+    Ok(identity)
 }
 
 /// SIGTERM or SIGINT: stop accepting, let requests in flight finish.

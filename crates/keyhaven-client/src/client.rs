@@ -66,6 +66,8 @@ pub struct Client {
     signer: Arc<dyn RequestSigner>,
     server_key: PublicKey,
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
+    timeout: Duration,
+    roots: Vec<reqwest::Certificate>,
 }
 
 impl std::fmt::Debug for Client {
@@ -94,6 +96,21 @@ fn parse_base(base: &str) -> Result<reqwest::Url> {
     Ok(url)
 }
 
+/// Certificates (PEM or DER) to trust.
+fn parse_roots(roots: &[Vec<u8>]) -> Result<Vec<reqwest::Certificate>> {
+    roots
+        .iter()
+        .map(|r| {
+            if r.starts_with(b"-----BEGIN") {
+                reqwest::Certificate::from_pem(r)
+            } else {
+                reqwest::Certificate::from_der(r)
+            }
+            .map_err(|e| ClientError::InvalidInput(format!("a trusted certificate: {e}")))
+        })
+        .collect()
+}
+
 /// A node's base URL, ending in `/`.
 fn node_base(base: &str) -> Result<reqwest::Url> {
     let mut base = parse_base(base)?;
@@ -104,8 +121,12 @@ fn node_base(base: &str) -> Result<reqwest::Url> {
     Ok(base)
 }
 
-fn http_client(timeout: Duration) -> Result<reqwest::Client> {
-    reqwest::Client::builder()
+fn http_client(timeout: Duration, roots: &[reqwest::Certificate]) -> Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder();
+    for root in roots {
+        builder = builder.add_root_certificate(root.clone());
+    }
+    builder
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .redirect(reqwest::redirect::Policy::none())
@@ -121,11 +142,21 @@ fn http_client(timeout: Duration) -> Result<reqwest::Client> {
 /// [`ClientError::Transport`], [`ClientError::BadResponse`] (not a server key, or one whose
 /// fingerprint does not match its SPKI).
 pub async fn discover(base: &str) -> Result<(ServerInfo, PublicKey)> {
+    discover_trusting(base, &[]).await
+}
+
+/// [`discover`] over TLS with a certificate of a server that no public authority signed (a
+/// development server's self-signed one, PEM or DER) trusted besides.
+///
+/// # Errors
+/// As [`discover`]; [`ClientError::InvalidInput`] for a certificate that does not parse.
+pub async fn discover_trusting(base: &str, roots: &[Vec<u8>]) -> Result<(ServerInfo, PublicKey)> {
+    let roots = parse_roots(roots)?;
     let url = parse_base(base)?;
     let target = url
         .join("v1/server")
         .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
-    let http = http_client(Duration::from_secs(30))?;
+    let http = http_client(Duration::from_secs(30), &roots)?;
     let response =
         http.get(target.clone())
             .send()
@@ -198,7 +229,9 @@ impl Client {
     /// [`ClientError::InvalidInput`] for a base URL that is not `http(s)://host[:port][/path]`.
     pub fn new(base: &str, signer: Arc<dyn RequestSigner>, server_key: PublicKey) -> Result<Self> {
         Ok(Client {
-            http: http_client(Duration::from_secs(30))?,
+            http: http_client(Duration::from_secs(30), &[])?,
+            timeout: Duration::from_secs(30),
+            roots: Vec::new(),
             base: node_base(base)?,
             fallbacks: Vec::new(),
             preferred: Arc::default(),
@@ -234,7 +267,20 @@ impl Client {
     /// # Errors
     /// [`ClientError::InvalidInput`] if the HTTP client cannot be built.
     pub fn with_timeout(mut self, timeout: Duration) -> Result<Self> {
-        self.http = http_client(timeout)?;
+        self.timeout = timeout;
+        self.http = http_client(timeout, &self.roots)?;
+        Ok(self)
+    }
+
+    /// The same client trusting `certificate` (PEM or DER) for TLS besides: a server whose
+    /// certificate no public authority signed (`keyhaven serve --tls` in development).
+    /// Responses are checked against the pinned server key whatever TLS says.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidInput`] for a certificate that does not parse.
+    pub fn trusting(mut self, certificate: &[u8]) -> Result<Self> {
+        self.roots.extend(parse_roots(&[certificate.to_vec()])?);
+        self.http = http_client(self.timeout, &self.roots)?;
         Ok(self)
     }
 

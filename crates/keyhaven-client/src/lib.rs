@@ -6,6 +6,6 @@ mod error;
 mod signer;
 pub mod wire;
 
-pub use client::{Client, MAX_RESPONSE_BYTES, SignedResponse, discover};
+pub use client::{Client, MAX_RESPONSE_BYTES, SignedResponse, discover, discover_trusting};
 pub use error::{ClientError, Result};
 pub use signer::{RequestSigner, StoreSigner};

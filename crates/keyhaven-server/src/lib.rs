@@ -10,6 +10,7 @@ mod ratelimit;
 mod serve;
 mod server;
 pub mod storage;
+mod tls;
 
 pub use audit::{AuditSink, Decision, LogSink, NoAudit};
 pub use auth::Caller;
@@ -21,3 +22,4 @@ pub use serve::{
 };
 pub use server::{ResponseSigner, Server, ServerConfig};
 pub use storage::{PostgresStorage, SqliteStorage, Storage, StorageError};
+pub use tls::{TlsIdentity, serve_tls};

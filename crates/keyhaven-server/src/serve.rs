@@ -353,18 +353,10 @@ impl Server {
     }
 }
 
-/// Serves `server` on `listener` until `shutdown` completes, then lets the requests in flight
-/// finish. Expired nonces and challenges are pruned every minute.
-///
-/// # Errors
-/// [`ServeError::Io`] if the listener fails.
-pub async fn serve(
-    listener: TcpListener,
-    server: Server,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
+/// Prunes expired nonces and challenges every minute until aborted.
+pub(crate) fn spawn_pruner(server: &Server) -> tokio::task::JoinHandle<()> {
     let inner = server.inner.clone();
-    let pruner = tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
@@ -375,7 +367,20 @@ pub async fn serve(
                 tracing::warn!(error = %e, "pruning expired nonces failed");
             }
         }
-    });
+    })
+}
+
+/// Serves `server` on `listener` until `shutdown` completes, then lets the requests in flight
+/// finish. Expired nonces and challenges are pruned every minute.
+///
+/// # Errors
+/// [`ServeError::Io`] if the listener fails.
+pub async fn serve(
+    listener: TcpListener,
+    server: Server,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let pruner = spawn_pruner(&server);
     let app = server
         .router()
         .into_make_service_with_connect_info::<SocketAddr>();

@@ -330,3 +330,108 @@ fn two_servers_on_one_postgres_survive_one_being_killed() {
             .contains("active")
     );
 }
+
+/// `keyhaven serve --tls` with the server key on a SoftHSM2 token: the TLS handshake is signed
+/// on the token (the key never leaves it), and a client trusting the printed certificate
+/// registers over HTTPS.
+#[cfg(feature = "pkcs11")]
+#[test]
+fn serve_tls_with_the_key_on_a_token() {
+    use keyhaven_testkit::devices::SoftHsm;
+    let hsm = SoftHsm::new();
+    hsm.init_token("server", "4321");
+    let s = Home::new()
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .env("SERVER_PIN", "4321")
+        .env("KEYHAVEN_TOKEN_PIN", "4321");
+    s.ok(&[
+        "backend",
+        "add",
+        "pkcs11",
+        "hsm",
+        "--module",
+        &hsm.module().display().to_string(),
+        "--token",
+        "server",
+        "--pin-env",
+        "SERVER_PIN",
+    ]);
+    s.ok(&[
+        "serve",
+        "init",
+        "--no-admin",
+        "--algorithm",
+        "p256",
+        "--backend",
+        "hsm",
+    ]);
+    let shown = s.json(&["key", "show", "keyhaven-server", "--json"]);
+    assert_eq!(shown["protection"], "hardware", "{shown}");
+    let mut child = s
+        .cmd(["serve", "--tls", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = lines.next().unwrap().unwrap();
+    let url = url
+        .strip_prefix("keyhaven server listening on ")
+        .unwrap()
+        .to_owned();
+    assert!(url.starts_with("https://"), "{url}");
+    let fp = lines.next().unwrap().unwrap();
+    let fp = fp
+        .strip_prefix("server key: ")
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_owned();
+    let cert_line = lines.next().unwrap().unwrap();
+    assert!(
+        cert_line.starts_with("TLS certificate: sha256 "),
+        "{cert_line}"
+    );
+    let served = Served {
+        child,
+        url: url.clone(),
+        fingerprint: fp.clone(),
+    };
+    let cert = s.path().join("server").join("tls-cert.pem");
+
+    let c = Home::with_encrypted();
+    c.generate("ed25519", "svc", &[]);
+    // Without the certificate, HTTPS refuses the server.
+    c.fails(
+        &[
+            "client",
+            "register",
+            "--server",
+            &url,
+            "--key",
+            "svc",
+            "--server-fingerprint",
+            &fp,
+        ],
+        10,
+    );
+    let cert = cert.display().to_string();
+    let me = c.json(&[
+        "client",
+        "register",
+        "--server",
+        &url,
+        "--key",
+        "svc",
+        "--server-fingerprint",
+        &fp,
+        "--tls-ca",
+        &cert,
+        "--json",
+    ]);
+    assert_eq!(me["keys"][0]["status"], "active");
+    let who = c.ok(&["client", "whoami", "--key", "svc", "--tls-ca", &cert]);
+    assert!(who.contains("active"), "{who}");
+    drop(served);
+}

@@ -9,3 +9,4 @@ mod pg;
 mod storage;
 mod support;
 mod tamper;
+mod tls;
