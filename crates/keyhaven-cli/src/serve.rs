@@ -52,9 +52,13 @@ pub(crate) struct ServeArgs {
     pub(crate) allow_plain_http: bool,
 }
 
-/// `keyhaven serve init`.
+/// `keyhaven serve init`, `keyhaven serve audit-verify`.
 #[derive(Debug, Subcommand)]
 pub(crate) enum ServeCommand {
+    /// Check the audit trail of servers sharing a PostgreSQL database (--database): every
+    /// chain whole, every checkpoint signed by the server key and still true; exit 7 naming
+    /// the first break.
+    AuditVerify,
     /// Set the server up in this home: make its key (unless it has one) and register a key of
     /// this home as an admin.
     Init {
@@ -86,6 +90,7 @@ pub(crate) fn serve_error(e: ServeError) -> anyhow::Error {
 
 pub(crate) fn run(ctx: &Ctx, args: ServeArgs) -> Result<u8> {
     match args.command {
+        Some(ServeCommand::AuditVerify) => audit_verify(ctx, args.database.as_deref()),
         Some(ServeCommand::Init {
             admin,
             admin_name,
@@ -103,6 +108,33 @@ pub(crate) fn run(ctx: &Ctx, args: ServeArgs) -> Result<u8> {
         ),
         None => serve(ctx, &args),
     }
+}
+
+fn audit_verify(ctx: &Ctx, database: Option<&str>) -> Result<u8> {
+    let url = database.ok_or_else(|| {
+        UsageError(
+            "the audit trail to check is a PostgreSQL database's: pass --database URL (an \
+             embedded server's decisions are in the home's log: `keyhaven audit verify`)"
+                .into(),
+        )
+    })?;
+    let m = ctx.manager()?;
+    let (storage, key) = Server::postgres_server_key(&m, url).map_err(serve_error)?;
+    let report = keyhaven_server::verify_trail(&storage, &key)?;
+    outln!(
+        "{} chains, {} records, {} signed checkpoints",
+        report.chains,
+        report.records,
+        report.checkpoints
+    )?;
+    if let Some(first) = report.problems.first() {
+        for p in &report.problems {
+            errln!("{p}");
+        }
+        return Err(keyhaven::CoreError::corrupt("the server audit trail", first.clone()).into());
+    }
+    outln!("the audit trail is whole")?;
+    Ok(OK)
 }
 
 fn init(
@@ -153,7 +185,20 @@ fn init(
     Ok(OK)
 }
 
+/// Structured logs (JSON lines on standard error), filtered by `KEYHAVEN_LOG` (default
+/// `info`: refusals, failures; `debug` adds every request).
+fn start_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEYHAVEN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn serve(ctx: &Ctx, args: &ServeArgs) -> Result<u8> {
+    start_logging();
     let listen = args.listen;
     let mut config = ServerConfig::default();
     if let Some(url) = &args.public_url {

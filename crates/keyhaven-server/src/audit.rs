@@ -29,6 +29,15 @@ pub trait AuditSink: Send + Sync + 'static {
     /// # Errors
     /// The trail cannot be written: the server then refuses the request it was deciding.
     fn record(&self, decision: &Decision) -> Result<(), String>;
+
+    /// Signs a checkpoint over the trail with the server key, if the trail takes them (the
+    /// server asks every minute). The default does nothing.
+    ///
+    /// # Errors
+    /// The checkpoint cannot be made or written.
+    fn checkpoint(&self, _signer: &dyn crate::server::ResponseSigner) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A keyhaven audit log as the trail.

@@ -11,6 +11,7 @@ mod serve;
 mod server;
 pub mod storage;
 mod tls;
+mod trail;
 
 pub use audit::{AuditSink, Decision, LogSink, NoAudit};
 pub use auth::Caller;
@@ -23,3 +24,4 @@ pub use serve::{
 pub use server::{ResponseSigner, Server, ServerConfig};
 pub use storage::{PostgresStorage, SqliteStorage, Storage, StorageError};
 pub use tls::{TlsIdentity, serve_tls};
+pub use trail::{PgTrail, TrailReport, verify_trail};

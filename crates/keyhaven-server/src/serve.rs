@@ -328,13 +328,31 @@ impl Server {
         config: ServerConfig,
         url: &str,
     ) -> Result<Self, ServeError> {
-        let storage = PostgresStorage::connect(url, 16)?;
+        let storage = Arc::new(PostgresStorage::connect(url, 16)?);
         let reference = storage.setting(SERVER_KEY)?.ok_or_else(|| {
             ServeError::Setup(
                 "the database names no server key: run `keyhaven serve init --database URL`".into(),
             )
         })?;
-        Self::with_home_key(manager, config, Arc::new(storage), &reference)
+        // Decisions go to this process's chain of the database's trail.
+        let trail = Arc::new(crate::trail::PgTrail::new(storage.clone())?);
+        Ok(Self::with_home_key(manager, config, storage, &reference)?.with_audit(trail))
+    }
+
+    /// The database at `url` and its server key (for checking its audit trail).
+    ///
+    /// # Errors
+    /// As [`Server::from_home_postgres`].
+    pub fn postgres_server_key(
+        manager: &KeyManager,
+        url: &str,
+    ) -> Result<(PostgresStorage, keyhaven::PublicKey), ServeError> {
+        let storage = PostgresStorage::connect(url, 1)?;
+        let reference = storage
+            .setting(SERVER_KEY)?
+            .ok_or_else(|| ServeError::Setup("the database names no server key".into()))?;
+        let key = manager.resolve(&reference)?;
+        Ok((storage, key.public_key().clone()))
     }
 
     fn with_home_key(
@@ -362,9 +380,14 @@ pub(crate) fn spawn_pruner(server: &Server) -> tokio::task::JoinHandle<()> {
             tick.tick().await;
             let i = inner.clone();
             let now = i.now();
-            let pruned = tokio::task::spawn_blocking(move || i.storage.prune(now)).await;
+            let pruned = tokio::task::spawn_blocking(move || {
+                let pruned = i.storage.prune(now).map_err(|e| e.to_string());
+                let checkpoint = i.audit.checkpoint(i.signer.as_ref());
+                pruned.and(checkpoint)
+            })
+            .await;
             if let Ok(Err(e)) = pruned {
-                tracing::warn!(error = %e, "pruning expired nonces failed");
+                tracing::warn!(error = %e, "pruning or the audit checkpoint failed");
             }
         }
     })

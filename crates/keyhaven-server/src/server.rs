@@ -394,9 +394,29 @@ async fn pipeline(State(inner): State<Arc<Inner>>, request: Request, next: Next)
             ),
         };
     let response = sign_response(&inner, signed, response).await;
-    inner
-        .metrics
-        .finish(route, method, response.status().as_u16(), started.elapsed());
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    inner.metrics.finish(route, method, status, elapsed);
+    // One structured line per request: bounded fields only (never a key, a path or a body).
+    let problem = response.extensions().get::<ApiError>().map(|e| e.name);
+    if status >= 400 {
+        tracing::info!(
+            route,
+            method,
+            status,
+            problem,
+            micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            "request refused"
+        );
+    } else {
+        tracing::debug!(
+            route,
+            method,
+            status,
+            micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+    }
     response
 }
 

@@ -11,7 +11,7 @@ mod nonces;
 mod postgres;
 mod sqlite;
 
-pub use postgres::PostgresStorage;
+pub use postgres::{AuditCheckpoint, AuditRow, PostgresStorage};
 pub use sqlite::SqliteStorage;
 
 /// A result with [`StorageError`].

@@ -69,6 +69,28 @@ const MIGRATIONS: &[&str] = &[
          nonce text NOT NULL,
          PRIMARY KEY (bucket, keyid, nonce)
      ) PARTITION BY RANGE (bucket);",
+    // 2: the audit trail, one hash chain per server process, and signed checkpoints.
+    "CREATE TABLE audit (
+         chain text NOT NULL,
+         seq bigint NOT NULL,
+         at bigint NOT NULL,
+         operation text NOT NULL,
+         principal text NOT NULL,
+         key text,
+         allowed boolean NOT NULL,
+         reason text NOT NULL,
+         prev text NOT NULL,
+         hash text NOT NULL,
+         PRIMARY KEY (chain, seq)
+     );
+     CREATE TABLE audit_checkpoints (
+         id bigserial PRIMARY KEY,
+         at bigint NOT NULL,
+         chain text NOT NULL,
+         statement text NOT NULL,
+         keyid text NOT NULL,
+         signature bytea NOT NULL
+     );",
 ];
 
 const KEY_COLUMNS: &str = "k.client_id, c.role, k.fingerprint, k.algorithm, k.spki, k.added_at, \
@@ -363,6 +385,197 @@ impl PostgresStorage {
             return Err(StorageError::KeyExists(key.fingerprint.clone()));
         }
         Ok(())
+    }
+}
+
+/// One record of the PostgreSQL audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    /// The chain (one per server process).
+    pub chain: String,
+    /// Its place in the chain, from 1.
+    pub seq: u64,
+    /// When (seconds since the epoch).
+    pub at: u64,
+    /// The decision.
+    pub operation: String,
+    /// Who asked.
+    pub principal: String,
+    /// The key concerned.
+    pub key: Option<String>,
+    /// Allowed or refused.
+    pub allowed: bool,
+    /// Why.
+    pub reason: String,
+    /// The previous record's hash (64 zeros for the first).
+    pub prev: String,
+    /// This record's hash: SHA-256 over `prev` and every field, length-prefixed.
+    pub hash: String,
+}
+
+impl AuditRow {
+    /// The hash this record must have.
+    pub fn computed_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(b"keyhaven-server audit v1\0");
+        let seq = self.seq.to_string();
+        let at = self.at.to_string();
+        let allowed = if self.allowed { "allowed" } else { "denied" };
+        for field in [
+            Some(self.prev.as_str()),
+            Some(self.chain.as_str()),
+            Some(seq.as_str()),
+            Some(at.as_str()),
+            Some(self.operation.as_str()),
+            Some(self.principal.as_str()),
+            self.key.as_deref(),
+            Some(allowed),
+            Some(self.reason.as_str()),
+        ] {
+            match field {
+                Some(f) => {
+                    h.update((f.len() as u64).to_be_bytes());
+                    h.update(f.as_bytes());
+                }
+                None => h.update(u64::MAX.to_be_bytes()),
+            }
+        }
+        hex::encode(h.finalize())
+    }
+}
+
+/// A signed checkpoint over every chain's head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditCheckpoint {
+    /// When.
+    pub at: u64,
+    /// The chain of the process that signed it.
+    pub chain: String,
+    /// The signed statement: `keyhaven-server audit checkpoint v1`, `at: T`, then one line
+    /// `CHAIN SEQ HASH` per chain, sorted.
+    pub statement: String,
+    /// The signing key's fingerprint.
+    pub keyid: String,
+    /// The signature (the key's raw form: Ed25519's 64 bytes, ECDSA's r || s).
+    pub signature: Vec<u8>,
+}
+
+impl PostgresStorage {
+    /// Appends a record to its chain (the caller keeps the chain's head: one writer a chain).
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    pub fn append_audit(&self, row: &AuditRow) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO audit (chain, seq, at, operation, principal, key, allowed, reason,
+                                    prev, hash)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                &[
+                    &row.chain,
+                    &i64_of(row.seq),
+                    &i64_of(row.at),
+                    &row.operation,
+                    &row.principal,
+                    &row.key,
+                    &row.allowed,
+                    &row.reason,
+                    &row.prev,
+                    &row.hash,
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(&e))
+        })
+    }
+
+    /// Every chain's head: `(chain, seq, hash)`, by chain.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    pub fn audit_heads(&self) -> Result<Vec<(String, u64, String)>> {
+        self.tx(|tx| {
+            Ok(tx
+                .query(
+                    "SELECT DISTINCT ON (chain) chain, seq, hash FROM audit
+                     ORDER BY chain, seq DESC",
+                    &[],
+                )
+                .map_err(|e| self.err(&e))?
+                .iter()
+                .map(|r| (r.get(0), u64_of(r.get(1)), r.get(2)))
+                .collect())
+        })
+    }
+
+    /// Stores a signed checkpoint.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    pub fn add_checkpoint(&self, c: &AuditCheckpoint) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO audit_checkpoints (at, chain, statement, keyid, signature)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &i64_of(c.at),
+                    &c.chain,
+                    &c.statement,
+                    &c.keyid,
+                    &c.signature,
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(&e))
+        })
+    }
+
+    /// The whole trail: every record by chain and place, and every checkpoint in order.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    pub fn audit_trail(&self) -> Result<(Vec<AuditRow>, Vec<AuditCheckpoint>)> {
+        self.tx(|tx| {
+            let rows = tx
+                .query(
+                    "SELECT chain, seq, at, operation, principal, key, allowed, reason, prev, hash
+                     FROM audit ORDER BY chain, seq",
+                    &[],
+                )
+                .map_err(|e| self.err(&e))?
+                .iter()
+                .map(|r| AuditRow {
+                    chain: r.get(0),
+                    seq: u64_of(r.get(1)),
+                    at: u64_of(r.get(2)),
+                    operation: r.get(3),
+                    principal: r.get(4),
+                    key: r.get(5),
+                    allowed: r.get(6),
+                    reason: r.get(7),
+                    prev: r.get(8),
+                    hash: r.get(9),
+                })
+                .collect();
+            let checkpoints = tx
+                .query(
+                    "SELECT at, chain, statement, keyid, signature FROM audit_checkpoints
+                     ORDER BY id",
+                    &[],
+                )
+                .map_err(|e| self.err(&e))?
+                .iter()
+                .map(|r| AuditCheckpoint {
+                    at: u64_of(r.get(0)),
+                    chain: r.get(1),
+                    statement: r.get(2),
+                    keyid: r.get(3),
+                    signature: r.get(4),
+                })
+                .collect();
+            Ok((rows, checkpoints))
+        })
     }
 }
 

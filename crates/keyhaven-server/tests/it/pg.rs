@@ -152,3 +152,93 @@ async fn two_nodes_share_registrations_nonces_and_revocations() {
     assert_eq!(e.problem().unwrap().status, 401, "{e}");
     drop(pg);
 }
+
+#[test]
+fn the_shared_audit_trail_verifies_and_shows_every_edit_and_removal() {
+    use keyhaven_server::{AuditSink, Decision, PgTrail, verify_trail};
+    let pg = Postgres::start();
+    let storage = Arc::new(PostgresStorage::connect(&pg.url(), 2).unwrap());
+    let dir = tempfile::tempdir().unwrap();
+    let manager = KeyManager::open(dir.path().join("home"), FixedPassphrase::new("pw")).unwrap();
+    manager
+        .add_backend("mem", BackendConfig::new(BackendKind::Memory, None))
+        .unwrap();
+    let key = manager
+        .generate(None, Algorithm::Ed25519, "server")
+        .unwrap();
+    let signer = manager.service_signer(&key, "audit").unwrap();
+    // Two nodes, each its own chain.
+    let a = PgTrail::new(storage.clone()).unwrap();
+    let b = PgTrail::new(storage.clone()).unwrap();
+    for i in 0..3 {
+        for node in [&a, &b] {
+            node.record(&Decision {
+                operation: "server.register",
+                principal: format!("client:{i}"),
+                key: Some(format!("{i:064x}")),
+                allowed: i != 1,
+                reason: "test".into(),
+            })
+            .unwrap();
+        }
+    }
+    a.checkpoint(&signer).unwrap();
+    let report = verify_trail(&storage, key.public_key()).unwrap();
+    assert_eq!(
+        (report.chains, report.records, report.checkpoints),
+        (2, 6, 1)
+    );
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
+
+    let mut sql = postgres::Client::connect(&pg.url(), postgres::NoTls).unwrap();
+    // An edited record.
+    sql.execute(
+        "UPDATE audit SET allowed = true WHERE chain = $1 AND seq = 2",
+        &[&b.chain()],
+    )
+    .unwrap();
+    let report = verify_trail(&storage, key.public_key()).unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.contains(b.chain()) && p.contains("record 2")),
+        "{:?}",
+        report.problems
+    );
+    sql.execute(
+        "UPDATE audit SET allowed = false WHERE chain = $1 AND seq = 2",
+        &[&b.chain()],
+    )
+    .unwrap();
+    assert!(
+        verify_trail(&storage, key.public_key())
+            .unwrap()
+            .problems
+            .is_empty()
+    );
+    // The last record of a chain removed after a checkpoint named it.
+    sql.execute(
+        "DELETE FROM audit WHERE chain = $1 AND seq = 3",
+        &[&a.chain()],
+    )
+    .unwrap();
+    let report = verify_trail(&storage, key.public_key()).unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.contains("no longer has")),
+        "{:?}",
+        report.problems
+    );
+    // A checkpoint not signed by the server key.
+    sql.execute(
+        "UPDATE audit_checkpoints SET statement = statement || 'x'",
+        &[],
+    )
+    .unwrap();
+    let report = verify_trail(&storage, key.public_key()).unwrap();
+    assert!(
+        report.problems.iter().any(|p| p.contains("not signed")),
+        "{:?}",
+        report.problems
+    );
+}
