@@ -244,3 +244,70 @@ async fn discover_returns_the_server_key() {
     assert_eq!(info.fingerprint, t.server_key.fingerprint().to_hex());
     assert_eq!(info.api, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_flight_finishes_after_shutdown_is_asked() {
+    use std::sync::Arc;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let manager = keyhaven::KeyManager::open(
+        dir.path().join("home"),
+        keyhaven::FixedPassphrase::new("pw"),
+    )
+    .unwrap();
+    manager
+        .add_backend(
+            "mem",
+            keyhaven::BackendConfig::new(keyhaven::BackendKind::Memory, None),
+        )
+        .unwrap();
+    let key = manager.generate(None, Algorithm::Ed25519, "s").unwrap();
+    let signer = manager.service_signer(&key, "t").unwrap();
+    let storage = Arc::new(
+        keyhaven_server::SqliteStorage::open(&dir.path().join("s").join("server.db")).unwrap(),
+    );
+    let server = keyhaven_server::Server::new(
+        keyhaven_server::ServerConfig::default(),
+        storage,
+        Arc::new(signer),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let served = tokio::spawn(keyhaven_server::serve(listener, server, async {
+        let _ = stopped.await;
+    }));
+    // A request whose body is still on its way ...
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    conn.write_all(
+        format!("POST /v1/challenge HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 4\r\n\r\nab")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // ... when the server is told to stop (what SIGTERM does in `keyhaven serve`).
+    stop.send(()).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !served.is_finished(),
+        "the server waits for the request in flight"
+    );
+    conn.write_all(b"cd").await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        conn.read_to_end(&mut answer),
+    )
+    .await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+    // New connections are not taken; the server has stopped.
+    tokio::time::timeout(std::time::Duration::from_secs(5), served)
+        .await
+        .expect("the server stops once the request is answered")
+        .unwrap()
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
