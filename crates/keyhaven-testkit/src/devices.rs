@@ -306,6 +306,37 @@ fn port_free(port: u16) -> bool {
     TcpListener::bind(("127.0.0.1", port)).is_ok()
 }
 
+/// Waits until `up()` (true), or `child` exits (false: its port was taken meanwhile).
+///
+/// # Panics
+/// After `seconds`, killing `child` and showing its log.
+fn wait_until_up(
+    child: &mut Child,
+    what: &str,
+    log: &Path,
+    seconds: u64,
+    up: impl Fn() -> bool,
+) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        if up() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} did not answer within {seconds} s; its log: {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn answers(port: u16) -> bool {
     TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok()
 }
@@ -375,26 +406,14 @@ impl Swtpm {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run swtpm ({e}): {HOW_TO_RUN}"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                return false;
-            }
-            if answers(self.port) && answers(self.port + 1) {
-                self.child = Some(child);
-                return true;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "swtpm did not answer on port {} within 10 s; its log: {}",
-                    self.port,
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let port = self.port;
+        let up = wait_until_up(&mut child, "swtpm", &log, 10, || {
+            answers(port) && answers(port + 1)
+        });
+        if up {
+            self.child = Some(child);
         }
+        up
     }
 
     /// The TCTI that reaches it: `swtpm:host=127.0.0.1,port=P`.
@@ -624,28 +643,14 @@ impl Postgres {
             .stderr(log_file)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run postgres ({e}): {HOW_TO_RUN}"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(_)) = child.try_wait() {
-                return false;
-            }
-            if answers(self.port) {
-                // Accepting TCP is not yet accepting sessions: give it a moment more.
-                std::thread::sleep(Duration::from_millis(200));
-                self.child = Some(child);
-                return true;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "postgres did not answer on port {} within 30 s; its log: {}",
-                    self.port,
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        let port = self.port;
+        let up = wait_until_up(&mut child, "postgres", &log, 30, || answers(port));
+        if up {
+            // Accepting TCP is not yet accepting sessions: give it a moment more.
+            std::thread::sleep(Duration::from_millis(200));
+            self.child = Some(child);
         }
+        up
     }
 
     /// A connection string for it (`postgres://keyhaven@127.0.0.1:PORT/postgres`).

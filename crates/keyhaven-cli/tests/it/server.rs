@@ -22,29 +22,38 @@ impl Drop for Served {
 
 impl Served {
     pub(crate) fn start(home: &Home) -> Served {
+        Served::start_args(home, &["serve", "--listen", "127.0.0.1:0"], 2).0
+    }
+
+    /// `keyhaven ARGS` (a `serve` command), reading the first `lines` lines it prints: the
+    /// address and the server key, then whatever else (returned).
+    pub(crate) fn start_args(home: &Home, args: &[&str], lines: usize) -> (Served, Vec<String>) {
         let mut child = home
-            .cmd(["serve", "--listen", "127.0.0.1:0"])
+            .cmd(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let url = first
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut printed: Vec<String> = (0..lines).map(|_| out.next().unwrap().unwrap()).collect();
+        let url = printed[0]
             .strip_prefix("keyhaven server listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {first}"))
+            .unwrap_or_else(|| panic!("unexpected first line: {}", printed[0]))
             .to_owned();
-        let second = lines.next().unwrap().unwrap();
-        let fingerprint = second
+        let fingerprint = printed[1]
             .strip_prefix("server key: ")
             .and_then(|r| r.split(' ').next())
             .unwrap()
             .to_owned();
-        Served {
-            child,
-            url,
-            fingerprint,
-        }
+        let rest = printed.split_off(2);
+        (
+            Served {
+                child,
+                url,
+                fingerprint,
+            },
+            rest,
+        )
     }
 
     /// SIGTERM, then the exit status and standard error.
@@ -228,27 +237,12 @@ fn two_servers_on_one_postgres_survive_one_being_killed() {
     s.generate("p256", "admin", &[]);
     s.ok(&["serve", "init", "--database", &url, "--admin", "admin"]);
     let start = || {
-        let mut child = s
-            .cmd(["serve", "--database", &url, "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let second = lines.next().unwrap().unwrap();
-        Served {
-            child,
-            url: first
-                .strip_prefix("keyhaven server listening on ")
-                .unwrap()
-                .to_owned(),
-            fingerprint: second
-                .strip_prefix("server key: ")
-                .and_then(|r| r.split(' ').next())
-                .unwrap()
-                .to_owned(),
-        }
+        Served::start_args(
+            &s,
+            &["serve", "--database", &url, "--listen", "127.0.0.1:0"],
+            2,
+        )
+        .0
     };
     let a = start();
     let b = start();
@@ -367,37 +361,14 @@ fn serve_tls_with_the_key_on_a_token() {
     ]);
     let shown = s.json(&["key", "show", "keyhaven-server", "--json"]);
     assert_eq!(shown["protection"], "hardware", "{shown}");
-    let mut child = s
-        .cmd(["serve", "--tls", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let url = lines.next().unwrap().unwrap();
-    let url = url
-        .strip_prefix("keyhaven server listening on ")
-        .unwrap()
-        .to_owned();
+    let (served, rest) = Served::start_args(&s, &["serve", "--tls", "--listen", "127.0.0.1:0"], 3);
+    let (url, fp) = (served.url.clone(), served.fingerprint.clone());
     assert!(url.starts_with("https://"), "{url}");
-    let fp = lines.next().unwrap().unwrap();
-    let fp = fp
-        .strip_prefix("server key: ")
-        .unwrap()
-        .split(' ')
-        .next()
-        .unwrap()
-        .to_owned();
-    let cert_line = lines.next().unwrap().unwrap();
     assert!(
-        cert_line.starts_with("TLS certificate: sha256 "),
-        "{cert_line}"
+        rest[0].starts_with("TLS certificate: sha256 "),
+        "{}",
+        rest[0]
     );
-    let served = Served {
-        child,
-        url: url.clone(),
-        fingerprint: fp.clone(),
-    };
     let cert = s.path().join("server").join("tls-cert.pem");
 
     let c = Home::with_encrypted();

@@ -97,6 +97,83 @@ pub struct KeyRecord {
     pub successor_of: Option<String>,
 }
 
+/// The columns of a key row, as both stores read them (`k.*` joined with its client's role).
+pub(crate) const KEY_COLUMNS: &str = "k.client_id, c.role, k.fingerprint, k.algorithm, k.spki, \
+     k.added_at, k.state, k.until, k.revoked_at, k.reason, k.revoked_by, k.successor_of";
+
+/// A key row's fields, in [`KEY_COLUMNS`] order, as the stores read them.
+pub(crate) struct KeyColumns {
+    pub(crate) client_id: String,
+    pub(crate) role: String,
+    pub(crate) fingerprint: String,
+    pub(crate) algorithm: String,
+    pub(crate) spki: Vec<u8>,
+    pub(crate) added_at: i64,
+    pub(crate) state: String,
+    pub(crate) until: Option<i64>,
+    pub(crate) revoked_at: Option<i64>,
+    pub(crate) reason: Option<String>,
+    pub(crate) revoked_by: Option<String>,
+    pub(crate) successor_of: Option<String>,
+}
+
+/// A time as the databases store it (a signed 64-bit integer).
+pub(crate) fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A stored time (a negative one, never written, reads as 0).
+pub(crate) fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A stored role.
+pub(crate) fn role_of(s: &str) -> Role {
+    if s == "admin" {
+        Role::Admin
+    } else {
+        Role::Client
+    }
+}
+
+/// A `LIKE` pattern matching `query` anywhere, its wildcards taken literally (escape `\`).
+pub(crate) fn like_pattern(query: &str) -> String {
+    format!(
+        "%{}%",
+        query
+            .to_lowercase()
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_")
+    )
+}
+
+impl From<KeyColumns> for KeyRecord {
+    fn from(c: KeyColumns) -> Self {
+        let state = match c.state.as_str() {
+            "rotating" => KeyState::Rotating {
+                until: u64_of(c.until.unwrap_or(0)),
+            },
+            "revoked" => KeyState::Revoked {
+                at: u64_of(c.revoked_at.unwrap_or(0)),
+                reason: c.reason.unwrap_or_default(),
+                by: c.revoked_by.unwrap_or_default(),
+            },
+            _ => KeyState::Active,
+        };
+        KeyRecord {
+            client_id: c.client_id,
+            role: role_of(&c.role),
+            fingerprint: c.fingerprint,
+            algorithm: c.algorithm,
+            spki: c.spki,
+            added_at: u64_of(c.added_at),
+            state,
+            successor_of: c.successor_of,
+        }
+    }
+}
+
 /// A key's stored state: the status it has at a given time follows ([`KeyRecord::status_at`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyState {

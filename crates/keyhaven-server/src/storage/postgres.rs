@@ -21,13 +21,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use keyhaven_client::wire::{Role, Stats};
+use keyhaven_client::wire::Stats;
 use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Row, Transaction};
 
 use super::{
-    ClientRecord, KeyRecord, KeyState, NewClient, NewKey, Result, Revoked, Storage, StorageError,
-    Superseded,
+    ClientRecord, KEY_COLUMNS, KeyColumns, KeyRecord, NewClient, NewKey, Result, Revoked, Storage,
+    StorageError, Superseded, i64_of, like_pattern, role_of, u64_of,
 };
 
 /// Width of a nonce partition, in seconds.
@@ -93,9 +93,6 @@ const MIGRATIONS: &[&str] = &[
      );",
 ];
 
-const KEY_COLUMNS: &str = "k.client_id, c.role, k.fingerprint, k.algorithm, k.spki, k.added_at, \
-     k.state, k.until, k.revoked_at, k.reason, k.revoked_by, k.successor_of";
-
 /// The PostgreSQL store.
 pub struct PostgresStorage {
     config: Config,
@@ -113,45 +110,22 @@ impl std::fmt::Debug for PostgresStorage {
     }
 }
 
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn u64_of(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-fn role_of(s: &str) -> Role {
-    if s == "admin" {
-        Role::Admin
-    } else {
-        Role::Client
-    }
-}
-
 fn key_row(row: &Row) -> std::result::Result<KeyRecord, postgres::Error> {
-    let state: String = row.try_get(6)?;
-    let state = match state.as_str() {
-        "rotating" => KeyState::Rotating {
-            until: u64_of(row.try_get::<_, Option<i64>>(7)?.unwrap_or(0)),
-        },
-        "revoked" => KeyState::Revoked {
-            at: u64_of(row.try_get::<_, Option<i64>>(8)?.unwrap_or(0)),
-            reason: row.try_get::<_, Option<String>>(9)?.unwrap_or_default(),
-            by: row.try_get::<_, Option<String>>(10)?.unwrap_or_default(),
-        },
-        _ => KeyState::Active,
-    };
-    Ok(KeyRecord {
+    Ok(KeyColumns {
         client_id: row.try_get(0)?,
-        role: role_of(&row.try_get::<_, String>(1)?),
+        role: row.try_get(1)?,
         fingerprint: row.try_get(2)?,
         algorithm: row.try_get(3)?,
         spki: row.try_get(4)?,
-        added_at: u64_of(row.try_get(5)?),
-        state,
+        added_at: row.try_get(5)?,
+        state: row.try_get(6)?,
+        until: row.try_get(7)?,
+        revoked_at: row.try_get(8)?,
+        reason: row.try_get(9)?,
+        revoked_by: row.try_get(10)?,
         successor_of: row.try_get(11)?,
-    })
+    }
+    .into())
 }
 
 impl Drop for PostgresStorage {
@@ -727,14 +701,7 @@ impl Storage for PostgresStorage {
     }
 
     fn search(&self, query: &str, limit: u32) -> Result<Vec<ClientRecord>> {
-        let pattern = format!(
-            "%{}%",
-            query
-                .to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
+        let pattern = like_pattern(query);
         self.tx(|tx| {
             let ids: Vec<String> = tx
                 .query(

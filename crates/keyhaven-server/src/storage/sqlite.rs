@@ -6,15 +6,15 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use keyhaven::fs;
-use keyhaven_client::wire::{Role, Stats};
+use keyhaven_client::wire::Stats;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
 use sha2::{Digest, Sha256};
 
 use super::nonces::NonceWindow;
 use super::{
-    ClientRecord, CommitGuard, KeyRecord, KeyState, NewClient, NewKey, Result, Revoked, Storage,
-    StorageError, Superseded,
+    ClientRecord, CommitGuard, KEY_COLUMNS, KeyColumns, KeyRecord, NewClient, NewKey, Result,
+    Revoked, Storage, StorageError, Superseded, i64_of, like_pattern, role_of, u64_of,
 };
 
 /// The schema, one migration per version; `PRAGMA user_version` says how many ran. The schema
@@ -99,48 +99,22 @@ fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> StorageError + '_ {
     }
 }
 
-fn role_of(s: &str) -> Role {
-    if s == "admin" {
-        Role::Admin
-    } else {
-        Role::Client
-    }
-}
-
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn u64_of(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
-const KEY_COLUMNS: &str = "k.client_id, c.role, k.fingerprint, k.algorithm, k.spki, k.added_at, \
-     k.state, k.until, k.revoked_at, k.reason, k.revoked_by, k.successor_of";
-
 fn key_row(row: &Row<'_>) -> rusqlite::Result<KeyRecord> {
-    let state: String = row.get(6)?;
-    let state = match state.as_str() {
-        "rotating" => KeyState::Rotating {
-            until: u64_of(row.get::<_, Option<i64>>(7)?.unwrap_or(0)),
-        },
-        "revoked" => KeyState::Revoked {
-            at: u64_of(row.get::<_, Option<i64>>(8)?.unwrap_or(0)),
-            reason: row.get::<_, Option<String>>(9)?.unwrap_or_default(),
-            by: row.get::<_, Option<String>>(10)?.unwrap_or_default(),
-        },
-        _ => KeyState::Active,
-    };
-    Ok(KeyRecord {
+    Ok(KeyColumns {
         client_id: row.get(0)?,
-        role: role_of(&row.get::<_, String>(1)?),
+        role: row.get(1)?,
         fingerprint: row.get(2)?,
         algorithm: row.get(3)?,
         spki: row.get(4)?,
-        added_at: u64_of(row.get(5)?),
-        state,
+        added_at: row.get(5)?,
+        state: row.get(6)?,
+        until: row.get(7)?,
+        revoked_at: row.get(8)?,
+        reason: row.get(9)?,
+        revoked_by: row.get(10)?,
         successor_of: row.get(11)?,
-    })
+    }
+    .into())
 }
 
 impl SqliteStorage {
@@ -475,6 +449,17 @@ impl SqliteStorage {
         Ok(())
     }
 
+    fn key_in(&self, conn: &Connection, fingerprint: &str) -> Result<Option<KeyRecord>> {
+        conn.prepare_cached(&format!(
+            "SELECT {KEY_COLUMNS} FROM keys k JOIN clients c ON c.id = k.client_id
+             WHERE k.fingerprint = ?1"
+        ))
+        .map_err(self.err())?
+        .query_row(params![fingerprint], key_row)
+        .optional()
+        .map_err(self.err())
+    }
+
     fn keys_of(&self, tx: &Connection, client_id: &str) -> Result<Vec<KeyRecord>> {
         let mut stmt = tx
             .prepare_cached(&format!(
@@ -604,15 +589,7 @@ impl Storage for SqliteStorage {
         // Read under the connection's lock, cached under it too: a change this process makes
         // (which takes the same lock first) cannot slip between the read and the caching.
         let conn = self.conn();
-        let record = conn
-            .prepare_cached(&format!(
-                "SELECT {KEY_COLUMNS} FROM keys k JOIN clients c ON c.id = k.client_id
-                 WHERE k.fingerprint = ?1"
-            ))
-            .map_err(self.err())?
-            .query_row(params![fingerprint], key_row)
-            .optional()
-            .map_err(self.err())?;
+        let record = self.key_in(&conn, fingerprint)?;
         if let Some(r) = &record {
             let mut cache = self.cache();
             if cache.len() >= KEY_CACHE {
@@ -717,15 +694,7 @@ impl Storage for SqliteStorage {
                 Revoked::Now
             }
         };
-        let record = tx
-            .prepare_cached(&format!(
-                "SELECT {KEY_COLUMNS} FROM keys k JOIN clients c ON c.id = k.client_id
-                 WHERE k.fingerprint = ?1"
-            ))
-            .map_err(self.err())?
-            .query_row(params![fingerprint], key_row)
-            .optional()
-            .map_err(self.err())?;
+        let record = self.key_in(&tx, fingerprint)?;
         let complaint = if outcome == Revoked::Now {
             self.commit_guarded(tx)?
         } else {
@@ -744,14 +713,7 @@ impl Storage for SqliteStorage {
 
     fn search(&self, query: &str, limit: u32) -> Result<Vec<ClientRecord>> {
         let conn = self.conn();
-        let pattern = format!(
-            "%{}%",
-            query
-                .to_lowercase()
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_")
-        );
+        let pattern = like_pattern(query);
         let ids: Vec<String> = {
             let mut stmt = conn
                 .prepare_cached(

@@ -251,19 +251,7 @@ async fn a_request_in_flight_finishes_after_shutdown_is_asked() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let dir = tempfile::tempdir().unwrap();
-    let manager = keyhaven::KeyManager::open(
-        dir.path().join("home"),
-        keyhaven::FixedPassphrase::new("pw"),
-    )
-    .unwrap();
-    manager
-        .add_backend(
-            "mem",
-            keyhaven::BackendConfig::new(keyhaven::BackendKind::Memory, None),
-        )
-        .unwrap();
-    let key = manager.generate(None, Algorithm::Ed25519, "s").unwrap();
-    let signer = manager.service_signer(&key, "t").unwrap();
+    let (_manager, _key, signer) = crate::support::server_key(dir.path(), Algorithm::Ed25519);
     let storage = Arc::new(
         keyhaven_server::SqliteStorage::open(&dir.path().join("s").join("server.db")).unwrap(),
     );

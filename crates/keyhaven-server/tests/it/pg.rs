@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use keyhaven::stores::MemoryStore;
-use keyhaven::{Algorithm, BackendConfig, BackendKind, FixedPassphrase, KeyManager, KeyStore};
+use keyhaven::{Algorithm, KeyStore};
 use keyhaven_client::{Client, StoreSigner};
 use keyhaven_httpsig::{Request, SignatureSpec, sign_request};
 use keyhaven_server::storage::conformance;
@@ -98,13 +98,7 @@ async fn two_nodes_share_registrations_nonces_and_revocations() {
     let url = pg.url();
     // Both nodes sign with the same server key (one home's, as a shared token would hold it).
     let dir = tempfile::tempdir().unwrap();
-    let manager = KeyManager::open(dir.path().join("home"), FixedPassphrase::new("pw")).unwrap();
-    manager
-        .add_backend("mem", BackendConfig::new(BackendKind::Memory, None))
-        .unwrap();
-    let key = manager
-        .generate(None, Algorithm::Ed25519, "server")
-        .unwrap();
+    let (manager, key, _) = crate::support::server_key(dir.path(), Algorithm::Ed25519);
     let server_key = key.public_key().clone();
     let (a, b) = {
         let u = url.clone();
@@ -159,14 +153,7 @@ fn the_shared_audit_trail_verifies_and_shows_every_edit_and_removal() {
     let pg = Postgres::start();
     let storage = Arc::new(PostgresStorage::connect(&pg.url(), 2).unwrap());
     let dir = tempfile::tempdir().unwrap();
-    let manager = KeyManager::open(dir.path().join("home"), FixedPassphrase::new("pw")).unwrap();
-    manager
-        .add_backend("mem", BackendConfig::new(BackendKind::Memory, None))
-        .unwrap();
-    let key = manager
-        .generate(None, Algorithm::Ed25519, "server")
-        .unwrap();
-    let signer = manager.service_signer(&key, "audit").unwrap();
+    let (_manager, key, signer) = crate::support::server_key(dir.path(), Algorithm::Ed25519);
     // Two nodes, each its own chain.
     let a = PgTrail::new(storage.clone()).unwrap();
     let b = PgTrail::new(storage.clone()).unwrap();

@@ -44,16 +44,24 @@ pub(crate) async fn start() -> TestServer {
     start_with(ServerConfig::default()).await
 }
 
-pub(crate) async fn start_with(config: ServerConfig) -> TestServer {
-    let dir = tempfile::tempdir().unwrap();
-    let manager = KeyManager::open(dir.path().join("home"), FixedPassphrase::new("pw")).unwrap();
+/// A home in `dir` with a memory backend and a server key of `algorithm`: the manager, the
+/// key, and a service signer over it.
+pub(crate) fn server_key(
+    dir: &std::path::Path,
+    algorithm: Algorithm,
+) -> (KeyManager, keyhaven::ManagedKey, keyhaven::ServiceSigner) {
+    let manager = KeyManager::open(dir.join("home"), FixedPassphrase::new("pw")).unwrap();
     manager
         .add_backend("mem", BackendConfig::new(BackendKind::Memory, None))
         .unwrap();
-    let key = manager
-        .generate(None, Algorithm::Ed25519, "server")
-        .unwrap();
+    let key = manager.generate(None, algorithm, "server").unwrap();
     let signer = manager.service_signer(&key, "test").unwrap();
+    (manager, key, signer)
+}
+
+pub(crate) async fn start_with(config: ServerConfig) -> TestServer {
+    let dir = tempfile::tempdir().unwrap();
+    let (_manager, key, signer) = server_key(dir.path(), Algorithm::Ed25519);
     let server_key = key.public_key().clone();
     let storage =
         Arc::new(SqliteStorage::open(&dir.path().join("server").join("server.db")).unwrap());

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use keyhaven::stores::MemoryStore;
-use keyhaven::{Algorithm, BackendConfig, BackendKind, FixedPassphrase, KeyManager, KeyStore};
+use keyhaven::{Algorithm, KeyStore};
 use keyhaven_client::{Client, ClientError, StoreSigner};
 use keyhaven_server::{Server, ServerConfig, SqliteStorage, TlsIdentity};
 use tokio::sync::oneshot;
@@ -29,12 +29,7 @@ impl Drop for TlsServer {
 
 async fn start(algorithm: Algorithm) -> TlsServer {
     let dir = tempfile::tempdir().unwrap();
-    let manager = KeyManager::open(dir.path().join("home"), FixedPassphrase::new("pw")).unwrap();
-    manager
-        .add_backend("mem", BackendConfig::new(BackendKind::Memory, None))
-        .unwrap();
-    let key = manager.generate(None, algorithm, "server").unwrap();
-    let signer = manager.service_signer(&key, "tls").unwrap();
+    let (_manager, key, signer) = crate::support::server_key(dir.path(), algorithm);
     let identity =
         TlsIdentity::self_signed(signer.clone(), &["localhost".into(), "127.0.0.1".into()])
             .unwrap();
