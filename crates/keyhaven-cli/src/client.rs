@@ -255,7 +255,22 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
         args.command,
         ClientCommand::Register { .. } | ClientCommand::Trust { .. }
     ) {
-        let (info, server_key) = runtime.block_on(discover_trusting(&url, &roots))?;
+        // The first node that answers says who the service is.
+        let mut discovered = None;
+        for node in std::iter::once(&url).chain(&fallbacks) {
+            match runtime.block_on(discover_trusting(node, &roots)) {
+                Ok(found) => {
+                    discovered = Some(found);
+                    break;
+                }
+                Err(e) if discovered.is_none() && node != fallbacks.last().unwrap_or(&url) => {
+                    errln!("note: {node} does not answer ({e}); trying the next node");
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let (info, server_key) =
+            discovered.ok_or_else(|| UsageError("no server node answers".into()))?;
         match (&expected, pins.servers.get(&origin)) {
             (Some(fp), _) if !fp.eq_ignore_ascii_case(&info.fingerprint) => {
                 return Err(keyhaven::CoreError::PermissionDenied(format!(
@@ -288,7 +303,10 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
         };
         if let Some(name) = register {
             let key = signing_key(&m, args.key.as_deref())?;
-            let client = client_for(&m, &key, &url, server_key, &roots)?;
+            let mut client = client_for(&m, &key, &url, server_key, &roots)?;
+            for node in &fallbacks {
+                client = client.with_fallback(node)?;
+            }
             let name = name.unwrap_or_else(|| key.label().to_owned());
             let me = runtime.block_on(client.register(&name))?;
             pins.servers.insert(origin, pin);

@@ -281,7 +281,54 @@ fn two_servers_on_one_postgres_survive_one_being_killed() {
         "--server-fingerprint",
         &fp,
     ]);
+    // Load: three clients registering new keys through either node while a is killed.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let c = std::sync::Arc::new(c);
+    let workers: Vec<_> = (0..3)
+        .map(|t| {
+            let (stop, done, c, both, fp) = (
+                stop.clone(),
+                done.clone(),
+                c.clone(),
+                both.clone(),
+                fp.clone(),
+            );
+            std::thread::spawn(move || {
+                for n in 0..40 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let label = format!("load{t}x{n}");
+                    c.generate("ed25519", &label, &[]);
+                    let out = c.run(&[
+                        "client",
+                        "register",
+                        "--server",
+                        &both,
+                        "--key",
+                        &label,
+                        "--server-fingerprint",
+                        &fp,
+                    ]);
+                    if out.status.success() {
+                        done.lock().unwrap().push(label);
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
     drop(a);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let c = std::sync::Arc::try_unwrap(c).unwrap_or_else(|_| panic!("workers are done"));
+    let loaded = done.lock().unwrap().clone();
+    assert!(loaded.len() >= 3, "the load registered little: {loaded:?}");
+    registered.extend(loaded);
     let who = c.json(&["client", "whoami", "--key", "svc2", "--json"]);
     assert_eq!(
         who["status"], "active",
