@@ -164,7 +164,7 @@ pub(crate) fn ensure_tools(tools: &[SystemTool]) -> Result<()> {
             .map(|tool| tool.binary)
             .collect::<Vec<_>>();
         bail!(
-            "installed {} but still cannot find {binaries:?} on PATH",
+            "installed {} but still cannot find {binaries:?}",
             packages.join(" ")
         );
     }
@@ -250,8 +250,11 @@ fn installed(binary: &str) -> bool {
         return on_path(binary);
     };
     std::fs::read_dir(before).is_ok_and(|dir| {
-        dir.filter_map(Result::ok)
-            .any(|e| e.path().join(after).is_file())
+        dir.filter_map(Result::ok).any(|e| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::metadata(e.path().join(after))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
     })
 }
 

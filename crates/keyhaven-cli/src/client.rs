@@ -18,7 +18,7 @@ use keyhaven_client::{Client, StoreSigner, discover_trusting};
 use serde::{Deserialize, Serialize};
 
 use crate::ctx::Ctx;
-use crate::exit::{OK, UsageError};
+use crate::exit::{OK, TrustError, UsageError};
 use crate::output::{errln, outln, print_json, print_table};
 
 /// `keyhaven client`.
@@ -233,7 +233,12 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
     let urls = server_url(args.server.as_deref(), &pins)?;
     let mut nodes = urls.split(',').map(str::trim).filter(|u| !u.is_empty());
     let url = nodes.next().unwrap_or_default().to_owned();
-    let fallbacks: Vec<String> = nodes.map(str::to_owned).collect();
+    let mut fallbacks: Vec<String> = Vec::new();
+    for node in nodes {
+        if node != url && !fallbacks.iter().any(|f| f == node) {
+            fallbacks.push(node.to_owned());
+        }
+    }
     let origin = origin(&url)?;
     let roots: Vec<Vec<u8>> = match &args.tls_ca {
         Some(path) => vec![keyhaven::fs::read_config(path)?.into_bytes()],
@@ -273,17 +278,16 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
             discovered.ok_or_else(|| UsageError("no server node answers".into()))?;
         match (&expected, pins.servers.get(&origin)) {
             (Some(fp), _) if !fp.eq_ignore_ascii_case(&info.fingerprint) => {
-                return Err(keyhaven::CoreError::PermissionDenied(format!(
-                    "the server at {url} presents key {}, not the {fp} you gave: nothing was \
-                     sent",
+                return Err(TrustError(format!(
+                    "the server at {url} presents key {}, not the {fp} you gave",
                     info.fingerprint
                 ))
                 .into());
             }
             (None, Some(pin)) if pin.fingerprint != info.fingerprint => {
-                return Err(keyhaven::CoreError::PermissionDenied(format!(
-                    "the server at {url} presents key {}, but this home pinned {}: if the \
-                     server key really changed, pass --server-fingerprint",
+                return Err(TrustError(format!(
+                    "the server at {url} presents key {}, but this home pinned {} (if the \
+                     server key really changed, pass --server-fingerprint)",
                     info.fingerprint, pin.fingerprint
                 ))
                 .into());

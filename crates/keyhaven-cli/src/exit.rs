@@ -69,6 +69,18 @@ impl std::error::Error for OtherPassphrase {
     }
 }
 
+/// A server that presents another key than the one expected (exit code 6): nothing was sent.
+#[derive(Debug)]
+pub(crate) struct TrustError(pub(crate) String);
+
+impl std::fmt::Display for TrustError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TrustError {}
+
 /// A usage problem found after parsing (exit code [`USAGE`]).
 #[derive(Debug)]
 pub(crate) struct UsageError(pub(crate) String);
@@ -236,9 +248,19 @@ fn hint_of_client(e: &keyhaven_client::ClientError) -> String {
         ClientError::Transport { .. } => {
             "Check --server and that `keyhaven serve` runs there".into()
         }
-        ClientError::Unauthentic(_) | ClientError::BadResponse(_) => {
+        ClientError::Unauthentic(_) => {
             "Nothing from that answer was used: it is not signed by the server key this home \
-             pinned (HOME/client/servers.json); check which server answers"
+             pinned (HOME/client/servers.json) for this request; check which server answers"
+                .into()
+        }
+        ClientError::BadResponse(_) => {
+            "The server answered something this keyhaven does not understand: check that \
+             client and server are of the same version"
+                .into()
+        }
+        ClientError::OutcomeUnknown(_) => {
+            "Check the state with `keyhaven client status` before retrying: the request may \
+             have been carried out"
                 .into()
         }
         _ => hint_of_kind(e.kind()).to_owned(),
@@ -272,12 +294,38 @@ pub(crate) fn classify(err: &anyhow::Error) -> (u8, String) {
         if let Some(e) = cause.downcast_ref::<keyhaven_client::ClientError>() {
             return (code_of_kind(e.kind()), hint_of_client(e));
         }
-        if let Some(keyhaven_server::ServeError::Setup(_)) =
-            cause.downcast_ref::<keyhaven_server::ServeError>()
-        {
+        if let Some(e) = cause.downcast_ref::<keyhaven_server::ServeError>() {
+            use keyhaven_server::ServeError;
+            match e {
+                ServeError::NotSetUp(_) => {
+                    return (
+                        code_of_kind(ErrorKind::NotFound),
+                        "Run `keyhaven serve init`".into(),
+                    );
+                }
+                ServeError::Busy(_) => {
+                    return (
+                        code_of_kind(ErrorKind::Unavailable),
+                        "Stop the running server first (SIGTERM lets it finish its requests)"
+                            .into(),
+                    );
+                }
+                ServeError::Setup(_) => {
+                    return (
+                        code_of_kind(ErrorKind::InvalidInput),
+                        "Change what the message names".into(),
+                    );
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = cause.downcast_ref::<TrustError>() {
+            let _ = e;
             return (
-                code_of_kind(ErrorKind::NotFound),
-                "Run `keyhaven serve init`".into(),
+                code_of_kind(ErrorKind::PermissionDenied),
+                "Compare the server key's fingerprint with what `keyhaven serve` printed; \
+                 nothing was sent"
+                    .into(),
             );
         }
         if let Some(e) = cause.downcast_ref::<keyhaven_server::StorageError>() {

@@ -84,6 +84,7 @@ pub(crate) enum ServeCommand {
 pub(crate) fn serve_error(e: ServeError) -> anyhow::Error {
     match e {
         ServeError::Keyhaven(e) => e.into(),
+        ServeError::Storage(e) => e.into(),
         other => other.into(),
     }
 }
@@ -300,7 +301,11 @@ fn tls_identity(
                 && let Some(host) = origin.split("://").nth(1)
             {
                 let host = host.trim_end_matches('/');
-                let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+                // `[::1]:8443`, `[::1]`, `keys.example.com:8443`, `keys.example.com`.
+                let host = match host.strip_prefix('[') {
+                    Some(v6) => v6.split(']').next().unwrap_or(v6),
+                    None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+                };
                 names.push(host.to_owned());
             }
             names.dedup();

@@ -55,7 +55,7 @@ impl ClientError {
                 401 | 403 => ErrorKind::PermissionDenied,
                 404 => ErrorKind::NotFound,
                 409 => ErrorKind::AlreadyExists,
-                429 | 503 => ErrorKind::Unavailable,
+                429 | 500..=599 => ErrorKind::Unavailable,
                 _ => ErrorKind::InvalidInput,
             },
             ClientError::Transport { .. } | ClientError::OutcomeUnknown(_) => {

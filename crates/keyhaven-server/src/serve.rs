@@ -137,7 +137,7 @@ fn lock_server(manager: &KeyManager, home: &Home) -> Result<keyhaven::fs::FileLo
     keyhaven::fs::FileLock::try_acquire(&lock_path)
         .map_err(keyhaven::Error::from)?
         .ok_or_else(|| {
-            ServeError::Setup(format!(
+            ServeError::Busy(format!(
                 "a keyhaven server is running on {} (it holds {}): stop it first",
                 manager.home().display(),
                 lock_path.display()
@@ -161,7 +161,14 @@ pub enum ServeError {
     /// The home refused (a locked backend, a missing key, a revoked server key).
     #[error(transparent)]
     Keyhaven(#[from] keyhaven::Error),
-    /// The server is not set up, or set up differently.
+    /// The server is not set up in this home or database (`keyhaven serve init`).
+    #[error("{0}")]
+    NotSetUp(String),
+    /// Another server holds this home's server state.
+    #[error("{0}")]
+    Busy(String),
+    /// The setup asked for cannot be made (a TLS key of the wrong type, a certificate for
+    /// another key, a record that cannot be written).
     #[error("{0}")]
     Setup(String),
     /// The listener failed.
@@ -292,7 +299,7 @@ impl Server {
     pub fn from_home(manager: &KeyManager, config: ServerConfig) -> Result<Self, ServeError> {
         let home = Home::of(manager);
         if !home.database().exists() {
-            return Err(ServeError::Setup(format!(
+            return Err(ServeError::NotSetUp(format!(
                 "no server is set up in {}: run `keyhaven serve init` first",
                 manager.home().display()
             )));
@@ -304,7 +311,7 @@ impl Server {
         // From here on, keys are answered from memory: what the file says was checked once.
         storage.preload()?;
         let reference = storage.setting(SERVER_KEY)?.ok_or_else(|| {
-            ServeError::Setup(format!(
+            ServeError::NotSetUp(format!(
                 "{} names no server key: run `keyhaven serve init`",
                 home.database().display()
             ))
@@ -330,7 +337,7 @@ impl Server {
     ) -> Result<Self, ServeError> {
         let storage = Arc::new(PostgresStorage::connect(url, 16)?);
         let reference = storage.setting(SERVER_KEY)?.ok_or_else(|| {
-            ServeError::Setup(
+            ServeError::NotSetUp(
                 "the database names no server key: run `keyhaven serve init --database URL`".into(),
             )
         })?;
@@ -350,7 +357,7 @@ impl Server {
         let storage = PostgresStorage::connect(url, 1)?;
         let reference = storage
             .setting(SERVER_KEY)?
-            .ok_or_else(|| ServeError::Setup("the database names no server key".into()))?;
+            .ok_or_else(|| ServeError::NotSetUp("the database names no server key".into()))?;
         let key = manager.resolve(&reference)?;
         Ok((storage, key.public_key().clone()))
     }

@@ -663,9 +663,20 @@ impl Postgres {
         self.port
     }
 
-    /// Kills it (SIGKILL, by pid) and waits for the pid to be gone.
+    /// Stops it at once: SIGQUIT (the postmaster ends its workers too), then SIGKILL if it is
+    /// still there after 5 s; waits for the pid to be gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-QUIT", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
         }

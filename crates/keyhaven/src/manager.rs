@@ -1047,14 +1047,18 @@ impl KeyManager {
     }
 
     /// `key` as a signer for a service that signs at a high rate (a server signing each
-    /// response): the key's revocation is checked and one audit record (`service-signer`,
-    /// with `purpose`) is written now; the signatures it then makes go to the backend directly,
-    /// unaudited one by one (a record per response would bury the decisions worth auditing).
-    /// The private key stays in its backend.
+    /// response, a TLS handshake): made after the access policy allows this caller to sign
+    /// with the key (a logical key signs with its primary version), with one audit record
+    /// (`service-signer`, with `purpose`) now rather than one per signature. Each signature
+    /// then checks the key's revocation (the registry every process reads), so a key revoked
+    /// while the service runs stops signing at once. Its signatures are **not metered** (a
+    /// `max_usage` rotation policy does not count them) and not audited one by one. The
+    /// private key stays in its backend.
     ///
     /// # Errors
-    /// [`CoreError::Revoked`] for a revoked key, [`CoreError::Unsupported`] for an X25519 key,
-    /// the backend's or the audit log's error.
+    /// [`CoreError::PermissionDenied`] when the access policy refuses, [`CoreError::Revoked`]
+    /// for a revoked key, [`CoreError::Unsupported`] for an X25519 key, the backend's or the
+    /// audit log's error.
     pub fn service_signer(&self, key: &ManagedKey, purpose: &str) -> Result<ServiceSigner> {
         if !key.algorithm().can_sign() {
             return Err(CoreError::Unsupported {
@@ -1063,13 +1067,16 @@ impl KeyManager {
             }
             .into());
         }
+        let key = &self.signing_target(key)?;
+        self.authorize(keyhaven_audit::Operation::Sign, key)?;
         self.refuse_revoked_material(key.public_key(), key.label())?;
         let b = self.key_backend(key)?;
-        // The decorated store checks access and revocation for this key once more, by id.
+        // Through the decorated stack: a deleted key whose record was put back is refused.
         let info = b
             .store()
             .get(&key.info.id)
             .map_err(|e| Error::backend(b.name(), e))?;
+        let revocations = self.revocation_registry()?;
         self.audit_event(
             "service-signer",
             Some(key),
@@ -1079,6 +1086,7 @@ impl KeyManager {
         Ok(ServiceSigner {
             store: b.store_raw().clone(),
             key: info,
+            revocations,
         })
     }
 
@@ -1555,6 +1563,7 @@ pub(crate) fn unavailable_reason(e: &CoreError) -> String {
 pub struct ServiceSigner {
     store: std::sync::Arc<dyn crate::KeyStore>,
     key: KeyInfo,
+    revocations: std::sync::Arc<keyhaven_compromise::Revocations>,
 }
 
 impl fmt::Debug for ServiceSigner {
@@ -1577,11 +1586,24 @@ impl ServiceSigner {
         &self.key.public_key
     }
 
-    /// Signs `message` in the key's backend (in the device for hardware keys).
+    /// Signs `message` in the key's backend (in the device for hardware keys), unless the
+    /// key was revoked meanwhile.
     ///
     /// # Errors
-    /// The backend's error (a token removed, a TPM gone).
+    /// [`CoreError::Revoked`]; the backend's error (a token removed, a TPM gone).
     pub fn sign(&self, message: &[u8]) -> keyhaven_core::Result<Signature> {
+        if let Some(r) = self
+            .revocations
+            .check(self.key.id.as_str())
+            .map_err(CoreError::from)?
+        {
+            return Err(CoreError::Revoked(format!(
+                "{} (revoked at {}: {})",
+                self.key.id,
+                crate::rfc3339(r.revoked_at),
+                r.reason
+            )));
+        }
         self.store.sign(&self.key.id, message)
     }
 }

@@ -67,7 +67,7 @@ fn an_untouched_database_serves_and_one_server_serves_a_home() {
     let w = World::new();
     let first = w.start().unwrap();
     match w.start() {
-        Err(ServeError::Setup(e)) => assert!(e.contains("running"), "{e}"),
+        Err(ServeError::Busy(e)) => assert!(e.contains("running"), "{e}"),
         other => panic!("a second server on one home: {other:?}"),
     }
     let m = w.manager();
@@ -75,7 +75,7 @@ fn an_untouched_database_serves_and_one_server_serves_a_home() {
     assert!(
         matches!(
             bootstrap_admin(&m, None, None, Some((&extra, "x"))),
-            Err(ServeError::Setup(_))
+            Err(ServeError::Busy(_))
         ),
         "serve init waits for the server to stop"
     );
@@ -134,4 +134,18 @@ fn the_record_of_the_database_cannot_be_removed_either() {
         Err(ServeError::Keyhaven(e)) => assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}"),
         other => panic!("a removed record was not noticed: {other:?}"),
     }
+}
+
+#[test]
+fn a_server_key_revoked_while_serving_stops_signing_at_once() {
+    let w = World::new();
+    let m = w.manager();
+    let key = m.resolve("keyhaven-server").unwrap();
+    let signer = m.service_signer(&key, "test").unwrap();
+    signer.sign(b"before").unwrap();
+    m.revocations().revoke(&key, "stolen", true, None).unwrap();
+    let e = signer.sign(b"after").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Revoked, "{e}");
+    // And no new signer is made for it.
+    assert!(m.service_signer(&key, "test").is_err());
 }
