@@ -152,21 +152,8 @@ fn save_pins(m: &KeyManager, pins: &Pins) -> Result<()> {
 
 /// The server's origin, the key under which it is pinned (`http://host:port`).
 fn origin(url: &str) -> Result<String> {
-    let rest = url
-        .strip_prefix("http://")
-        .map(|r| ("http", r))
-        .or_else(|| url.strip_prefix("https://").map(|r| ("https", r)));
-    let Some((scheme, rest)) = rest else {
-        return Err(UsageError(format!(
-            "--server {url:?} must start with http:// or https://"
-        ))
-        .into());
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    if authority.is_empty() {
-        return Err(UsageError(format!("--server {url:?} names no host")).into());
-    }
-    Ok(format!("{scheme}://{}", authority.to_ascii_lowercase()))
+    keyhaven_client::origin_of(url)
+        .map_err(|_| UsageError(format!("--server {url:?} must be http(s)://host[:port]")).into())
 }
 
 fn server_url(args_server: Option<&str>, pins: &Pins) -> Result<String> {

@@ -203,21 +203,16 @@ fn serve(ctx: &Ctx, args: &ServeArgs) -> Result<u8> {
     let listen = args.listen;
     let mut config = ServerConfig::default();
     if let Some(url) = &args.public_url {
-        let rest = url
-            .strip_prefix("https://")
-            .or_else(|| url.strip_prefix("http://"))
+        // An origin only: scheme, host and port, nothing after.
+        let origin = keyhaven_client::origin_of(url)
+            .ok()
+            .filter(|o| o.as_str() == url.trim_end_matches('/'))
             .ok_or_else(|| {
                 UsageError(format!(
-                    "--public-url {url:?} must start with https:// or http://"
+                    "--public-url {url:?} must be an origin: http(s)://host[:port], no path"
                 ))
             })?;
-        if rest.trim_end_matches('/').is_empty() || rest.trim_end_matches('/').contains('/') {
-            return Err(UsageError(format!(
-                "--public-url {url:?} must be an origin (scheme and host, no path)"
-            ))
-            .into());
-        }
-        config.public_origin = Some(url.trim_end_matches('/').to_owned());
+        config.public_origin = Some(origin);
     }
     if !listen.ip().is_loopback() && !args.allow_plain_http && !args.tls {
         return Err(UsageError(format!(
@@ -279,16 +274,13 @@ fn tls_identity(
     args: &ServeArgs,
     listen: SocketAddr,
 ) -> Result<keyhaven_server::TlsIdentity> {
-    let key = match &args.tls_key {
-        Some(r) => m.resolve(r)?,
-        None => {
-            let fp = server.public_key().fingerprint().to_hex();
-            m.list_keys()?
-                .into_iter()
-                .find(|k| k.public_key().fingerprint().to_hex() == fp)
-                .ok_or_else(|| anyhow::anyhow!("the server key is not in this home"))?
-        }
+    let reference = match &args.tls_key {
+        Some(r) => r.as_str(),
+        None => server
+            .key_reference()
+            .ok_or_else(|| anyhow::anyhow!("the server key is not a key of this home"))?,
     };
+    let key = m.resolve(reference)?;
     let signer = m.service_signer(&key, "sign TLS handshakes")?;
     let identity = match &args.tls_cert {
         Some(path) => {

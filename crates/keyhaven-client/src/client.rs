@@ -134,6 +134,15 @@ fn http_client(timeout: Duration, roots: &[reqwest::Certificate]) -> Result<reqw
         .map_err(|e| ClientError::InvalidInput(format!("cannot build the HTTP client: {e}")))
 }
 
+/// The origin of a server URL (`https://host[:port]`, lowercase, the default port dropped):
+/// what a server key is pinned under.
+///
+/// # Errors
+/// [`ClientError::InvalidInput`] for a URL that is not `http(s)://host[:port][/path]`.
+pub fn origin_of(url: &str) -> Result<String> {
+    Ok(parse_base(url)?.origin().ascii_serialization())
+}
+
 /// Asks `base` who it is (`GET /v1/server`, the one unsigned answer). Trust what it says only
 /// after comparing its fingerprint with the one the server's operator printed: this is how a
 /// client learns the key to pin with [`Client::new`].

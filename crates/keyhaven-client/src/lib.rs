@@ -6,6 +6,8 @@ mod error;
 mod signer;
 pub mod wire;
 
-pub use client::{Client, MAX_RESPONSE_BYTES, SignedResponse, discover, discover_trusting};
+pub use client::{
+    Client, MAX_RESPONSE_BYTES, SignedResponse, discover, discover_trusting, origin_of,
+};
 pub use error::{ClientError, Result};
 pub use signer::{RequestSigner, StoreSigner};

@@ -136,7 +136,7 @@ pub fn normalize_label(label: &str) -> Result<String, Error> {
 /// Characters that change how text reads or hide in it: the bidirectional embeddings,
 /// overrides, isolates and marks, zero-width spaces, (non-)joiners, word joiner, invisible
 /// operators, soft hyphen, and the byte order mark.
-fn is_invisible_format(c: char) -> bool {
+pub fn is_invisible_format(c: char) -> bool {
     matches!(
         c,
         '\u{00AD}'

@@ -13,7 +13,7 @@ mod store;
 
 pub use algorithm::Algorithm;
 pub use error::{Error, ErrorKind, OtherError, Result};
-pub use id::{KeyId, normalize_label, validate_label};
+pub use id::{KeyId, is_invisible_format, normalize_label, validate_label};
 pub use key::{Fingerprint, KeyInfo, LAST_RFC3339_TIME, Protection, PublicKey, rfc3339, unix_now};
 /// The secret string type of key passphrases ([`KeyStore::unlock`], [`KeySpec::secret_option`]).
 pub use secrecy::SecretString;

@@ -38,18 +38,25 @@ fn json<T: DeserializeOwned>(body: &[u8]) -> Answer<T> {
         .map_err(|e| ApiError::bad_request("invalid-request", format!("the JSON body: {e}")))
 }
 
-fn random_b64url(n: usize) -> Answer<String> {
+/// `n` random bytes.
+pub(crate) fn random(n: usize) -> Result<Vec<u8>, keyhaven::CoreError> {
     let mut bytes = vec![0u8; n];
-    keyhaven::fill_random(&mut bytes)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    Ok(Base64UrlUnpadded::encode_string(&bytes))
+    keyhaven::fill_random(&mut bytes)?;
+    Ok(bytes)
+}
+
+fn internal(e: keyhaven::CoreError) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+}
+
+fn random_b64url(n: usize) -> Answer<String> {
+    Ok(Base64UrlUnpadded::encode_string(
+        &random(n).map_err(internal)?,
+    ))
 }
 
 fn random_hex(n: usize) -> Answer<String> {
-    let mut bytes = vec![0u8; n];
-    keyhaven::fill_random(&mut bytes)
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
-    Ok(hex::encode(bytes))
+    Ok(hex::encode(random(n).map_err(internal)?))
 }
 
 /// Text a person wrote (a name, a reason): 1 to `max` characters, none of them control or
@@ -64,7 +71,7 @@ fn check_text(what: &str, text: &str, max: usize) -> Answer<()> {
     }
     if text
         .chars()
-        .any(|c| c.is_control() || matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}'))
+        .any(|c| c.is_control() || keyhaven::is_invisible_format(c))
     {
         return Err(ApiError::bad_request(
             "invalid-request",

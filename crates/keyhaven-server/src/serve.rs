@@ -253,8 +253,7 @@ fn bootstrap_in(
                 admin.algorithm()
             )));
         }
-        let mut id = [0u8; 16];
-        keyhaven::fill_random(&mut id).map_err(keyhaven::Error::from)?;
+        let id = crate::handlers::random(16).map_err(keyhaven::Error::from)?;
         let key = admin.public_key();
         storage.register(&NewClient {
             id: hex::encode(id),
@@ -374,7 +373,10 @@ impl Server {
             Some(log) => Arc::new(LogSink(log)),
             None => Arc::new(NoAudit),
         };
-        Ok(Server::new(config, storage, Arc::new(signer)).with_audit(audit))
+        let reference = key.reference();
+        Ok(Server::new(config, storage, Arc::new(signer))
+            .with_audit(audit)
+            .with_inner(|i| i.key_reference = Some(reference)))
     }
 }
 

@@ -126,6 +126,8 @@ pub(crate) struct Inner {
     pub(crate) started: u64,
     /// The home's server lock, held while this server lives (embedded mode).
     pub(crate) lock: Option<Arc<keyhaven::fs::FileLock>>,
+    /// The server key's reference in the home (`BACKEND:ID`), when it came from one.
+    pub(crate) key_reference: Option<String>,
 }
 
 impl Inner {
@@ -200,6 +202,7 @@ impl Server {
                 clock: Arc::new(unix_now),
                 started: unix_now(),
                 lock: None,
+                key_reference: None,
             }),
         }
     }
@@ -219,6 +222,7 @@ impl Server {
                 clock: shared.clock.clone(),
                 started: shared.started,
                 lock: shared.lock.clone(),
+                key_reference: shared.key_reference.clone(),
             },
         };
         change(&mut inner);
@@ -240,6 +244,11 @@ impl Server {
             i.started = clock();
             i.clock = clock;
         })
+    }
+
+    /// The server key's reference in its home (`BACKEND:ID`), for a server made from one.
+    pub fn key_reference(&self) -> Option<&str> {
+        self.inner.key_reference.as_deref()
     }
 
     /// The key that signs the responses.

@@ -216,7 +216,13 @@ impl TlsIdentity {
 
     /// The leaf certificate (PEM), for clients to trust.
     pub fn certificate_pem(&self) -> String {
-        pem_rfc7468_encode(self.certificate_der())
+        // Encoding a certificate's DER cannot fail but for an absurd length.
+        pem_rfc7468::encode_string(
+            "CERTIFICATE",
+            pem_rfc7468::LineEnding::LF,
+            self.certificate_der(),
+        )
+        .unwrap_or_default()
     }
 
     /// SHA-256 of the leaf certificate (hex): what `openssl x509 -fingerprint -sha256` prints.
@@ -238,18 +244,6 @@ impl TlsIdentity {
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(config)
     }
-}
-
-fn pem_rfc7468_encode(der: &[u8]) -> String {
-    use base64ct::{Base64, Encoding};
-    let b64 = Base64::encode_string(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
 }
 
 /// Serves `server` over TLS with `identity` on `listener` until `shutdown` completes, then

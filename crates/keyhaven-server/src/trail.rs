@@ -41,8 +41,7 @@ impl PgTrail {
     /// # Errors
     /// If no random name can be drawn.
     pub fn new(storage: Arc<PostgresStorage>) -> Result<Self, keyhaven::Error> {
-        let mut id = [0u8; 12];
-        keyhaven::fill_random(&mut id)?;
+        let id = crate::handlers::random(12)?;
         Ok(PgTrail {
             storage,
             chain: hex::encode(id),

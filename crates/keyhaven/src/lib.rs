@@ -45,7 +45,7 @@ pub use views::{AuditView, BackupsView, CompromiseView, RevocationsView, Rotatio
 pub use keyhaven_core::{
     Algorithm, BackendInfo, Error as CoreError, Fingerprint, KeyDetails, KeyId, KeyInfo,
     KeyOptions, KeySpec, KeyStore, Protection, PublicKey, SecretBytes, Signature, SignatureFormat,
-    unix_now, validate_label,
+    is_invisible_format, unix_now, validate_label,
 };
 pub use keyhaven_crypto::{
     CryptoProvider, KeySigner, SignWith, StoreKey, default_provider, encoding, fill_random, verify,

@@ -70,6 +70,8 @@ pub struct SqliteStorage {
     guard: Mutex<Option<(std::sync::Arc<dyn CommitGuard>, String)>>,
     /// `PRAGMA data_version` when the guard was set: another program's commit changes it.
     data_version: std::sync::atomic::AtomicI64,
+    /// The last digest [`SqliteStorage::digest`] took, with the `data_version` it saw.
+    digested: Mutex<Option<(i64, String)>>,
 }
 
 impl std::fmt::Debug for dyn CommitGuard {
@@ -174,6 +176,7 @@ impl SqliteStorage {
             complete: std::sync::atomic::AtomicBool::new(false),
             guard: Mutex::new(None),
             data_version: std::sync::atomic::AtomicI64::new(0),
+            digested: Mutex::new(None),
         };
         storage.migrate()?;
         Ok(storage)
@@ -199,7 +202,15 @@ impl SqliteStorage {
     /// # Errors
     /// [`StorageError::Database`].
     pub fn digest(&self) -> Result<String> {
-        self.digest_in(&self.conn())
+        let conn = self.conn();
+        let digest = self.digest_in(&conn)?;
+        // What the file was when this digest was taken: `set_guard` need not hash it again.
+        let version: i64 = conn
+            .pragma_query_value(None, "data_version", |r| r.get(0))
+            .map_err(self.err())?;
+        *self.digested.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((version, digest.clone()));
+        Ok(digest)
     }
 
     fn digest_in(&self, conn: &Connection) -> Result<String> {
@@ -306,7 +317,13 @@ impl SqliteStorage {
         let version: i64 = conn
             .pragma_query_value(None, "data_version", |r| r.get(0))
             .map_err(self.err())?;
-        if self.digest_in(&conn)? != current {
+        let unchanged = self
+            .digested
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .is_some_and(|(v, d)| *v == version && *d == current);
+        if !unchanged && self.digest_in(&conn)? != current {
             return Err(StorageError::Guard(format!(
                 "{} changed while the server was checking it",
                 self.path.display()
