@@ -131,12 +131,13 @@ fn pins_path(m: &KeyManager) -> PathBuf {
     m.home().join("client").join("servers.json")
 }
 
+/// The pinned server keys, read through the home's authenticated state: a pin swapped in the
+/// file by someone without the home's passphrase (or PIN) is refused, not trusted.
 fn load_pins(m: &KeyManager) -> Result<Pins> {
     let path = pins_path(m);
-    if !path.exists() {
+    let Some(bytes) = m.state()?.read(&path)? else {
         return Ok(Pins::default());
-    }
-    let bytes = keyhaven::fs::read_private(&path)?;
+    };
     serde_json::from_slice(&bytes)
         .map_err(|e| keyhaven::CoreError::corrupt(path.display().to_string(), e.to_string()).into())
 }
@@ -146,7 +147,7 @@ fn save_pins(m: &KeyManager, pins: &Pins) -> Result<()> {
     if let Some(dir) = path.parent() {
         keyhaven::fs::create_private_dir(dir)?;
     }
-    keyhaven::fs::atomic_write(&path, &serde_json::to_vec_pretty(pins)?)?;
+    m.state()?.write(&path, &serde_json::to_vec_pretty(pins)?)?;
     Ok(())
 }
 

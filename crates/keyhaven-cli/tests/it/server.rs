@@ -453,3 +453,28 @@ fn serve_tls_with_the_key_on_a_token() {
     assert!(who.contains("active"), "{who}");
     drop(served);
 }
+
+/// The pinned server key is part of the home's authenticated state: swapping it in the file
+/// (to trust an impostor) is found, and nothing is sent.
+#[test]
+fn a_pinned_server_key_swapped_in_the_file_is_refused() {
+    let s = server_home();
+    let served = Served::start(&s);
+    let c = Home::with_encrypted();
+    c.generate("ed25519", "svc", &[]);
+    c.ok(&[
+        "client",
+        "register",
+        "--server",
+        &served.url,
+        "--key",
+        "svc",
+        "--server-fingerprint",
+        &served.fingerprint,
+    ]);
+    let pins = c.path().join("client").join("servers.json");
+    let text = std::fs::read_to_string(&pins).unwrap();
+    std::fs::write(&pins, text.replace(&served.fingerprint, &"0".repeat(64))).unwrap();
+    let e = c.fails(&["client", "whoami", "--key", "svc"], 7);
+    assert!(e.contains("servers.json"), "{e}");
+}

@@ -542,3 +542,40 @@ async fn challenges_and_registrations_are_limited_per_address() {
     let r = Request::new("GET", &t.url("/healthz")).unwrap();
     assert_eq!(send(&t, &r, b"").await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_to_one_request_does_not_verify_as_the_answer_to_another() {
+    let t = start().await;
+    let key = registered(&t, "k").await;
+    let a = signed(&t, &key, "GET", "/v1/whoami", b"", |s| s);
+    let b = signed(&t, &key, "GET", "/v1/whoami", b"", |s| s);
+    // The server's genuine answer to a ...
+    let http = reqwest::Client::new();
+    let mut req = http.get(a.target_uri());
+    for (n, v) in a.fields() {
+        req = req.header(n.as_str(), v.as_str());
+    }
+    let answer = req.send().await.unwrap();
+    let status = answer.status().as_u16();
+    let headers = answer.headers().clone();
+    // ... replayed as the answer to b (same key, same route, another nonce) is refused.
+    let mut replayed = Response::new(status, Some(b.clone()));
+    for name in ["signature-input", "signature", "content-digest"] {
+        replayed.push_header(name, headers.get(name).unwrap().to_str().unwrap());
+    }
+    let fp = t.server_key.fingerprint().to_hex();
+    let server_key = t.server_key.clone();
+    let policy = VerifyPolicy::at(t.now()).require_component(
+        keyhaven_httpsig::Component::new("signature")
+            .unwrap()
+            .of_request(),
+    );
+    let e = verify(
+        Message::Response(&replayed),
+        Some("keyhaven"),
+        &policy,
+        &mut |k| Ok((k == fp).then(|| server_key.clone())),
+    )
+    .unwrap_err();
+    assert_eq!(e.reason(), "bad-signature", "{e}");
+}

@@ -135,3 +135,12 @@ async fn openssl_verifies_the_certificate_and_the_handshake() {
         assert_eq!(fp, t.identity.fingerprint());
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_another_key_is_refused() {
+    let t = start(Algorithm::EcdsaP256).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_m, _key, other) = crate::support::server_key(dir.path(), Algorithm::EcdsaP256);
+    let e = TlsIdentity::from_pem(&t.identity.certificate_pem(), other).unwrap_err();
+    assert!(e.to_string().contains("not for the TLS key"), "{e}");
+}
