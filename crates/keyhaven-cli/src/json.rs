@@ -42,6 +42,12 @@ pub(crate) struct KeyJson {
     /// `persistent_handle`, `pcr_policy`, `needs_auth`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) hardware: Option<keyhaven::KeyDetails>,
+    /// `key show`: the key's role (`identity`, `signing`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) role: Option<&'static str>,
+    /// `key show`: its security level (`standard`, `high`, `critical`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) security_level: Option<&'static str>,
 }
 
 impl KeyJson {
@@ -62,6 +68,8 @@ impl KeyJson {
             location: None,
             private_key_file: None,
             hardware: None,
+            role: None,
+            security_level: None,
         })
     }
 }

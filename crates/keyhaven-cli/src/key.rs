@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use keyhaven::secrecy::ExposeSecret;
+use keyhaven::versions::SecurityLevel;
 use keyhaven::{CoreError, KeyManager, KeySpec, ManagedKey, Protection, encoding, hazmat, rfc3339};
 
 use clap::{Args, Subcommand};
@@ -15,6 +16,11 @@ use crate::ctx::{Ctx, confirm, interactive, print_warnings, read_secret_file};
 use crate::exit::{OK, OtherPassphrase, UsageError};
 use crate::json::{KeyJson, ListedKeyJson};
 use crate::output::{errln, outln, print_json, print_table, warn_plain, write_stdout};
+
+/// A security level named on the command line.
+fn parse_level(text: &str) -> Result<SecurityLevel> {
+    Ok(text.parse::<SecurityLevel>().map_err(CoreError::from)?)
+}
 
 fn is_default(m: &KeyManager, key: &ManagedKey) -> bool {
     m.config()
@@ -36,16 +42,32 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
             backend,
             algorithm,
             label,
-            role,
+            lifecycle,
             json,
             tpm,
-        } => generate(m, backend, algorithm, label, role, json, tpm),
+        } => generate(m, backend, algorithm, label, lifecycle, json, tpm),
         KeyCommand::List { json } => list(m, json),
         KeyCommand::Show { key, json } => show(m, &key, json),
         KeyCommand::SetDefault { key } => {
             let key = m.resolve(&key)?;
             m.set_default_key(&key)?;
             outln!("default key: {key}")?;
+            Ok(OK)
+        }
+        KeyCommand::SetLevel { key, level, reason } => {
+            let level = parse_level(&level)?;
+            let key = m.resolve(&key)?;
+            let before = m.rotation().version_info(&key)?.level;
+            let logical = m.rotation().set_level(&key, level, &reason)?;
+            if before == level {
+                outln!("{key}: security level is already {level}")?;
+            } else {
+                outln!(
+                    "{key}: security level {before} -> {} (logical key {})",
+                    logical.level(),
+                    logical.id()
+                )?;
+            }
             Ok(OK)
         }
         KeyCommand::Rotate {
@@ -103,19 +125,22 @@ fn generate(
     backend: Option<String>,
     algorithm: AlgorithmArg,
     label: String,
-    role: Option<String>,
+    lifecycle: LifecycleArgs,
     json: bool,
     tpm: TpmKeyArgs,
 ) -> Result<u8> {
+    let LifecycleArgs { role, level } = lifecycle;
     let had_default = m.config().default_key.is_some();
     let spec = key_spec(algorithm.into(), &label, tpm)?;
     let role = role
         .map(|r| r.parse::<keyhaven::versions::Role>())
         .transpose()
         .map_err(keyhaven::CoreError::from)?;
+    let level = level.as_deref().map(parse_level).transpose()?;
     let key = m.generate_with(backend.as_deref(), &spec)?;
-    if role.is_some() {
-        m.rotation().adopt_key(&key, role)?;
+    if role.is_some() || level.is_some() {
+        m.rotation()
+            .adopt_key_at(&key, role, level.unwrap_or_default())?;
     }
     print_warnings(m);
     print_new_key(m, &key, json)?;
@@ -434,8 +459,11 @@ fn show(m: &KeyManager, reference: &str, json: bool) -> Result<u8> {
     let details = m.details(&key)?;
     let private_file = details.private_key_file.clone();
     let hardware = details.in_device.then_some(&details);
+    let version = m.rotation().version_info(&key)?;
     if json {
         let mut v = KeyJson::of(&key, default)?;
+        v.role = Some(version.role.as_str());
+        v.security_level = Some(version.level.as_str());
         v.location = Some(backend.location().to_owned());
         v.private_key_file = private_file.as_ref().map(|f| f.display().to_string());
         v.hardware = hardware.cloned();
@@ -448,6 +476,8 @@ fn show(m: &KeyManager, reference: &str, json: bool) -> Result<u8> {
         outln!("location:     {}", backend.location())?;
         outln!("algorithm:    {} ({})", alg.short_name(), alg.jose_name())?;
         outln!("protection:   {}", key.protection())?;
+        outln!("role:         {}", version.role)?;
+        outln!("level:        {}", version.level)?;
         outln!("fingerprint:  {}", key.info.fingerprint())?;
         outln!("created:      {}", rfc3339(key.info.created_at))?;
         outln!("default:      {}", if default { "yes" } else { "no" })?;
@@ -490,10 +520,8 @@ pub(crate) enum KeyCommand {
         /// A label, unique in the backend.
         #[arg(long)]
         label: String,
-        /// The key's role, which selects its rotation policy: identity, signing, encryption,
-        /// signed-prekey, one-time-prekey (default: signing; encryption for X25519).
-        #[arg(long)]
-        role: Option<String>,
+        #[command(flatten)]
+        lifecycle: LifecycleArgs,
         /// Print the key's details as JSON.
         #[arg(long)]
         json: bool,
@@ -520,6 +548,19 @@ pub(crate) enum KeyCommand {
         /// ID, LABEL or BACKEND:ID|LABEL.
         #[arg(value_name = "ID|LABEL")]
         key: String,
+    },
+    /// Set a key's security level (standard, high, critical), which decides the rotation
+    /// policies that match it; recorded in its history and the audit log.
+    SetLevel {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// standard, high or critical.
+        #[arg(value_name = "LEVEL")]
+        level: String,
+        /// Why (kept in the key's history and the audit log).
+        #[arg(long, default_value = "")]
+        reason: String,
     },
     /// Rotate a key to a new version in the same backend (the old one verifies during its
     /// migration window); prints the new version's id.
@@ -627,6 +668,19 @@ pub(crate) enum KeyCommand {
         #[arg(long, conflicts_with = "insecure_plaintext")]
         pbkdf2: bool,
     },
+}
+
+/// What rotation policies match a new key on.
+#[derive(Debug, Args)]
+pub(crate) struct LifecycleArgs {
+    /// The key's role, which selects its rotation policy: identity, signing, encryption,
+    /// signed-prekey, one-time-prekey (default: signing; encryption for X25519).
+    #[arg(long)]
+    role: Option<String>,
+    /// The key's security level, which rotation policies match on: standard (the default),
+    /// high, critical. Shown by `key show`; changed later with `key set-level`.
+    #[arg(long, value_name = "LEVEL")]
+    level: Option<String>,
 }
 
 /// Options of `key generate` that only a TPM backend takes.

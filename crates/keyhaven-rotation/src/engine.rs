@@ -5,9 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keyhaven_core::{
-    Algorithm, Error as CoreError, ErrorKind, KeyId, KeyInfo, KeyStore, Protection, Signature,
-};
+use keyhaven_core::{Error as CoreError, ErrorKind, KeyId, KeyInfo, KeyStore, Signature};
 use keyhaven_fs::FileLock;
 
 use crate::actions::{self, ActionEnv};
@@ -15,7 +13,7 @@ use crate::clock::Clock;
 use crate::continuity::ContinuityProof;
 use crate::error::{Result, RotationError};
 use crate::meter::UsageMeter;
-use crate::policy::{DEFAULT_ACTION_TIMEOUT, Mode, PolicySet, Rules};
+use crate::policy::{DEFAULT_ACTION_TIMEOUT, KeyTraits, Mode, PolicySet, Rules};
 use crate::prekeys::PrekeyPool;
 use crate::registry::{ROTATE_LOCK, Registry};
 use crate::state::{EventKind, HistoryEntry, LogicalKey, Role, VersionState};
@@ -391,17 +389,15 @@ impl RotationEngine {
     /// If the meter cannot read a counter.
     pub fn evaluate_keys(&self, keys: &[LogicalKey]) -> Result<Vec<Due>> {
         let now = self.clock.now();
-        let mut cache: HashMap<(Role, Algorithm, Protection), Option<&Rules>> = HashMap::new();
+        // Keyed by every trait a policy matches on.
+        let mut cache: HashMap<KeyTraits, Option<&Rules>> = HashMap::new();
         let mut out = Vec::new();
         let spk_max_age = self.policies.prekeys().signed_prekey_max_age;
         for key in keys {
+            let traits = KeyTraits::of(key);
             let rules = *cache
-                .entry((key.role(), key.algorithm(), key.protection()))
-                .or_insert_with(|| {
-                    self.policies
-                        .rules_for(key.role(), key.algorithm(), key.protection())
-                        .0
-                });
+                .entry(traits)
+                .or_insert_with(|| self.policies.rules_for(&traits).0);
             let mode = rules.map_or(Mode::Enforce, |r| r.mode);
             let mut push = |reason| {
                 out.push(Due {
@@ -583,9 +579,7 @@ impl RotationEngine {
             key = self.registry.get(id)?;
         }
         let store = Arc::clone(self.store(key.backend())?);
-        let (rules, _) = self
-            .policies
-            .rules_for(key.role(), key.algorithm(), key.protection());
+        let (rules, _) = self.policies.rules_for(&KeyTraits::of(&key));
         let rules = rules.cloned().unwrap_or_default();
         check_window(window, &rules)?;
         let old = key.primary().cloned();
@@ -809,9 +803,7 @@ impl RotationEngine {
     /// runs (phase `notify`, the new fingerprint empty), nothing is rotated.
     fn notify_due(&self, due: &Due) -> Result<DueAction> {
         let key = self.registry.get(&due.key)?;
-        let (rules, _) = self
-            .policies
-            .rules_for(key.role(), key.algorithm(), key.protection());
+        let (rules, _) = self.policies.rules_for(&KeyTraits::of(&key));
         let n = key.primary().map_or(0, |v| v.number());
         let fp = key
             .primary()

@@ -18,12 +18,13 @@ pub use engine::{Due, DueAction, DueOutcome, DueReason, RotationEngine, Rotation
 pub use error::{Result, RotationError};
 pub use meter::{DEFAULT_BATCH, DEFAULT_GROWTH, MeteredStore, UsageMeter};
 pub use policy::{
-    Candidate, DEFAULT_ACTION_TIMEOUT, DEFAULT_MIGRATION_WINDOW, Explanation, Mode, Policy,
-    PolicySet, PrekeySettings, RuleSource, Rules, builtin_rules, default_policy_path,
+    Candidate, DEFAULT_ACTION_TIMEOUT, DEFAULT_MIGRATION_WINDOW, Explanation, KeyTraits, Mode,
+    Policy, PolicySet, PrekeySettings, RuleSource, Rules, builtin_rules, default_policy_path,
     parse_duration,
 };
 pub use prekeys::{OneTimePrekey, PoolStatus, PrekeyPool, SignedPrekey};
 pub use registry::Registry;
 pub use state::{
-    EventKind, HistoryEntry, KeyVersion, LogicalKey, PendingRotation, Role, VersionState,
+    EventKind, HistoryEntry, KeyVersion, LogicalKey, PendingRotation, Role, SecurityLevel,
+    VersionState,
 };

@@ -1,4 +1,5 @@
-//! Rotation policies: TOML, validated on load, matched by role, algorithm and protection.
+//! Rotation policies: TOML, validated on load, matched by role, algorithm, protection and
+//! security level.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -10,7 +11,7 @@ use serde::Deserialize;
 use keyhaven_core::{Algorithm, Protection};
 
 use crate::error::{Result, RotationError};
-use crate::state::{LogicalKey, Role};
+use crate::state::{LogicalKey, Role, SecurityLevel};
 
 /// The migration window used when no policy sets one: 7 days (seed 002).
 pub const DEFAULT_MIGRATION_WINDOW: Duration = Duration::from_secs(7 * 86_400);
@@ -92,6 +93,44 @@ impl Rules {
     }
 }
 
+/// What policies match a key on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct KeyTraits {
+    /// The key's role.
+    pub role: Role,
+    /// Its algorithm.
+    pub algorithm: Algorithm,
+    /// Its protection.
+    pub protection: Protection,
+    /// Its security level.
+    pub level: SecurityLevel,
+}
+
+impl KeyTraits {
+    /// A key of this role, algorithm and protection, at the `standard` level.
+    pub fn new(role: Role, algorithm: Algorithm, protection: Protection) -> Self {
+        KeyTraits {
+            role,
+            algorithm,
+            protection,
+            level: SecurityLevel::Standard,
+        }
+    }
+
+    /// The same traits at security level `level`.
+    #[must_use]
+    pub fn with_level(mut self, level: SecurityLevel) -> Self {
+        self.level = level;
+        self
+    }
+
+    /// The traits of a logical key.
+    pub fn of(key: &LogicalKey) -> Self {
+        KeyTraits::new(key.role(), key.algorithm(), key.protection()).with_level(key.level())
+    }
+}
+
 /// A named policy: matchers and rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -104,20 +143,29 @@ pub struct Policy {
     pub algorithms: Vec<Algorithm>,
     /// Matches keys of these protections (empty: any).
     pub protections: Vec<Protection>,
+    /// Matches keys of these security levels (empty: any).
+    pub levels: Vec<SecurityLevel>,
     /// What it asks for.
     pub rules: Rules,
 }
 
 impl Policy {
-    /// How many matchers are set (0 to 3): more is more specific.
+    /// How many matchers are set (0 to 4): more is more specific.
     pub fn specificity(&self) -> u8 {
         u8::from(!self.roles.is_empty())
             + u8::from(!self.algorithms.is_empty())
             + u8::from(!self.protections.is_empty())
+            + u8::from(!self.levels.is_empty())
     }
 
     /// Why the policy does not match a key, one reason per failing matcher (empty: it matches).
-    fn mismatches(&self, role: Role, algorithm: Algorithm, protection: Protection) -> Vec<String> {
+    fn mismatches(&self, key: &KeyTraits) -> Vec<String> {
+        let KeyTraits {
+            role,
+            algorithm,
+            protection,
+            level,
+        } = *key;
         fn wanted<T: std::fmt::Display>(list: &[T]) -> String {
             list.iter()
                 .map(ToString::to_string)
@@ -143,14 +191,21 @@ impl Policy {
                 wanted(&self.protections)
             ));
         }
+        if !matcher(&self.levels, &level) {
+            why.push(format!(
+                "security level is {level}, the policy wants {}",
+                wanted(&self.levels)
+            ));
+        }
         why
     }
 
-    /// Whether the policy matches a key of this role, algorithm and protection.
-    pub fn matches(&self, role: Role, algorithm: Algorithm, protection: Protection) -> bool {
-        matcher(&self.roles, &role)
-            && matcher(&self.algorithms, &algorithm)
-            && matcher(&self.protections, &protection)
+    /// Whether the policy matches a key with these traits.
+    pub fn matches(&self, key: &KeyTraits) -> bool {
+        matcher(&self.roles, &key.role)
+            && matcher(&self.algorithms, &key.algorithm)
+            && matcher(&self.protections, &key.protection)
+            && matcher(&self.levels, &key.level)
     }
 
     /// Whether some key could match both policies (each matcher set in both shares a value).
@@ -161,6 +216,7 @@ impl Policy {
         agree(&self.roles, &other.roles)
             && agree(&self.algorithms, &other.algorithms)
             && agree(&self.protections, &other.protections)
+            && agree(&self.levels, &other.levels)
     }
 }
 
@@ -238,6 +294,8 @@ pub struct Explanation {
     pub algorithm: Algorithm,
     /// The key's protection.
     pub protection: Protection,
+    /// The key's security level.
+    pub level: SecurityLevel,
     /// Where the rules come from.
     pub source: RuleSource,
     /// The rules that apply (empty when [`RuleSource::None`]).
@@ -255,8 +313,8 @@ impl fmt::Display for Explanation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "key: role {}, algorithm {}, protection {}",
-            self.role, self.algorithm, self.protection
+            "key: role {}, algorithm {}, protection {}, security level {}",
+            self.role, self.algorithm, self.protection, self.level
         )?;
         writeln!(f, "applies: {}", self.source)?;
         let r = &self.rules;
@@ -317,6 +375,8 @@ struct PolicyToml {
     algorithms: Option<Vec<String>>,
     protection: Option<String>,
     protections: Option<Vec<String>>,
+    level: Option<String>,
+    levels: Option<Vec<String>>,
     max_age: Option<String>,
     max_usage: Option<i64>,
     migration_window: Option<String>,
@@ -513,6 +573,9 @@ impl PolicySet {
                 p.protections,
                 parse_protection,
             )?;
+            let levels = matcher_list(&at, "level", p.level, p.levels, |l| {
+                l.parse::<SecurityLevel>().map_err(message)
+            })?;
             let rules = rules(
                 &at,
                 p.mode,
@@ -530,6 +593,7 @@ impl PolicySet {
                 roles,
                 algorithms,
                 protections,
+                levels,
                 rules,
             });
         }
@@ -539,7 +603,8 @@ impl PolicySet {
                     return Err(RotationError::policy(
                         format!("policies '{}' and '{}'", a.name, b.name),
                         "they are equally specific and can match the same key, so neither \
-                         would win: add a matcher (role, algorithm, protection) to one of them",
+                         would win: add a matcher (role, algorithm, protection, level) to one of \
+                         them",
                     ));
                 }
             }
@@ -617,18 +682,14 @@ impl PolicySet {
         self.prekeys
     }
 
-    /// The rules for a key of this role, algorithm and protection, and where they come from:
-    /// the most specific matching policy, else the role's default.
-    pub fn rules_for(
-        &self,
-        role: Role,
-        algorithm: Algorithm,
-        protection: Protection,
-    ) -> (Option<&Rules>, RuleSource) {
+    /// The rules for a key with these traits, and where they come from: the most specific
+    /// matching policy, else the role's default, else the built-in schedule.
+    pub fn rules_for(&self, key: &KeyTraits) -> (Option<&Rules>, RuleSource) {
+        let role = key.role;
         let winner = self
             .policies
             .iter()
-            .filter(|p| p.matches(role, algorithm, protection))
+            .filter(|p| p.matches(key))
             .max_by_key(|p| p.specificity());
         match winner {
             Some(p) => (Some(&p.rules), RuleSource::Policy(p.name.clone())),
@@ -644,23 +705,24 @@ impl PolicySet {
 
     /// Which rules apply to `key` and why.
     pub fn explain(&self, key: &LogicalKey) -> Explanation {
-        self.explain_for(key.role(), key.algorithm(), key.protection())
+        self.explain_for(&KeyTraits::of(key))
     }
 
-    /// Which rules apply to a key of this role, algorithm and protection, and why: every policy
-    /// with why it matches or not, most specific first.
-    pub fn explain_for(
-        &self,
-        role: Role,
-        algorithm: Algorithm,
-        protection: Protection,
-    ) -> Explanation {
-        let (rules, source) = self.rules_for(role, algorithm, protection);
+    /// Which rules apply to a key with these traits, and why: every policy with why it matches
+    /// or not, most specific first.
+    pub fn explain_for(&self, key: &KeyTraits) -> Explanation {
+        let KeyTraits {
+            role,
+            algorithm,
+            protection,
+            level,
+        } = *key;
+        let (rules, source) = self.rules_for(key);
         let mut candidates: Vec<Candidate> = self
             .policies
             .iter()
             .map(|p| {
-                let why = p.mismatches(role, algorithm, protection);
+                let why = p.mismatches(key);
                 let matched = why.is_empty();
                 let reasons = if matched {
                     let mut set = Vec::new();
@@ -673,6 +735,9 @@ impl PolicySet {
                     }
                     if !p.protections.is_empty() {
                         set.push(format!("protection {protection}"));
+                    }
+                    if !p.levels.is_empty() {
+                        set.push(format!("security level {level}"));
                     }
                     let won = source == RuleSource::Policy(p.name.clone());
                     vec![format!(
@@ -709,6 +774,7 @@ impl PolicySet {
             role,
             algorithm,
             protection,
+            level,
             source,
             rules: rules.cloned().unwrap_or_default(),
             candidates,

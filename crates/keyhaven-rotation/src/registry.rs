@@ -7,7 +7,7 @@ use keyhaven_core::{Error as CoreError, KeyId, KeyInfo};
 use keyhaven_fs::{FileLock, PlainState, StateFiles, create_private_dir};
 
 use crate::error::{Result, RotationError};
-use crate::state::{LogicalKey, Role};
+use crate::state::{LogicalKey, Role, SecurityLevel};
 
 const KEYS: &str = "keys";
 /// `versions/<version key id>` holds the id of the logical key the version belongs to, so a key
@@ -149,6 +149,21 @@ impl Registry {
     /// [`keyhaven_core::Error::AlreadyExists`] if the id is registered for another backend;
     /// storage errors.
     pub fn adopt(&self, backend: &str, info: &KeyInfo, role: Role, now: u64) -> Result<LogicalKey> {
+        self.adopt_at_level(backend, info, role, SecurityLevel::Standard, now)
+    }
+
+    /// [`Registry::adopt`] with a security level (a key already registered keeps its own).
+    ///
+    /// # Errors
+    /// As [`Registry::adopt`].
+    pub fn adopt_at_level(
+        &self,
+        backend: &str,
+        info: &KeyInfo,
+        role: Role,
+        level: SecurityLevel,
+        now: u64,
+    ) -> Result<LogicalKey> {
         let _lock = self.lock()?;
         if let Some(key) = self.find_by_key_id(&info.id)?
             && key.backend() == backend
@@ -165,7 +180,7 @@ impl Registry {
             ))
             .into());
         }
-        let key = LogicalKey::adopt(backend, info, role, now);
+        let key = LogicalKey::adopt(backend, info, role, now).with_level(level);
         self.write(&key)?;
         Ok(key)
     }

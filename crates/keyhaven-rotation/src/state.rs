@@ -98,6 +98,69 @@ impl FromStr for Role {
     }
 }
 
+/// How much a key matters (seed 003's security level): a label set when the key is generated,
+/// shown by `key show`, and matched by rotation policies (`level = "critical"`).
+///
+/// The levels are ordered, `standard` < `high` < `critical`; a key registered without one is
+/// `standard`.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum SecurityLevel {
+    /// The default for every key.
+    #[default]
+    Standard,
+    /// Keys whose loss or misuse costs more than usual (e.g. release signing).
+    High,
+    /// Keys whose compromise is a disaster (e.g. a root or an identity anchor).
+    Critical,
+}
+
+impl SecurityLevel {
+    /// Every level, lowest first.
+    pub const ALL: [SecurityLevel; 3] = [
+        SecurityLevel::Standard,
+        SecurityLevel::High,
+        SecurityLevel::Critical,
+    ];
+
+    /// The name used in files and on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SecurityLevel::Standard => "standard",
+            SecurityLevel::High => "high",
+            SecurityLevel::Critical => "critical",
+        }
+    }
+
+    fn is_standard(&self) -> bool {
+        *self == SecurityLevel::Standard
+    }
+}
+
+impl fmt::Display for SecurityLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for SecurityLevel {
+    type Err = RotationError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        SecurityLevel::ALL
+            .into_iter()
+            .find(|l| l.as_str() == s)
+            .ok_or_else(|| {
+                RotationError::policy(
+                    "level",
+                    format!("unknown security level '{s}': use standard, high or critical"),
+                )
+            })
+    }
+}
+
 /// The state of one key version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "name", rename_all = "kebab-case", deny_unknown_fields)]
@@ -270,6 +333,8 @@ pub enum EventKind {
     ActionFailed,
     /// The key material of a revoked or compromised version was deleted.
     MaterialDestroyed,
+    /// The logical key's security level changed.
+    LevelChanged,
 }
 
 impl EventKind {
@@ -285,6 +350,7 @@ impl EventKind {
             EventKind::ActionRun => "action-run",
             EventKind::ActionFailed => "action-failed",
             EventKind::MaterialDestroyed => "material-destroyed",
+            EventKind::LevelChanged => "level-changed",
         }
     }
 }
@@ -353,6 +419,9 @@ pub struct LogicalKey {
     algorithm: Algorithm,
     protection: Protection,
     role: Role,
+    /// Absent in files written before levels existed, and for `standard` keys.
+    #[serde(default, skip_serializing_if = "SecurityLevel::is_standard")]
+    level: SecurityLevel,
     versions: Vec<KeyVersion>,
     #[serde(default)]
     history: Vec<HistoryEntry>,
@@ -372,6 +441,7 @@ impl LogicalKey {
             algorithm: info.algorithm,
             protection: info.protection,
             role,
+            level: SecurityLevel::Standard,
             versions: vec![KeyVersion::new(1, info, info.created_at)],
             history: vec![HistoryEntry {
                 at: now,
@@ -383,6 +453,20 @@ impl LogicalKey {
             }],
             pending: None,
         }
+    }
+
+    /// The same key at security level `level` (for a key being adopted: the level is part of
+    /// its registration, not a change in its history).
+    #[must_use]
+    pub fn with_level(mut self, level: SecurityLevel) -> Self {
+        self.level = level;
+        if let Some(first) = self.history.first_mut()
+            && first.kind == EventKind::Adopted
+            && level != SecurityLevel::Standard
+        {
+            first.detail.push_str(&format!(", security level {level}"));
+        }
+        self
     }
 
     /// The same logical key, restored from a backup into `backend`, where the keys of its
@@ -434,6 +518,28 @@ impl LogicalKey {
     /// The role.
     pub fn role(&self) -> Role {
         self.role
+    }
+    /// The security level.
+    pub fn level(&self) -> SecurityLevel {
+        self.level
+    }
+
+    /// Sets the security level, recording the change in the history (nothing is recorded
+    /// when the level is unchanged).
+    pub fn set_level(&mut self, level: SecurityLevel, now: u64, reason: &str) {
+        if level == self.level {
+            return;
+        }
+        let from = self.level;
+        self.level = level;
+        self.history.push(HistoryEntry {
+            at: now,
+            version: 0,
+            kind: EventKind::LevelChanged,
+            from: Some(from.as_str().into()),
+            to: Some(level.as_str().into()),
+            detail: reason.to_owned(),
+        });
     }
     /// Every version, oldest first.
     pub fn versions(&self) -> &[KeyVersion] {

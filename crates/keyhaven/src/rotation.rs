@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use keyhaven_compromise::Rotator;
 use keyhaven_rotation::{
-    ContinuityProof, Due, DueOutcome, Explanation, LogicalKey, PolicySet, PrekeyPool, Registry,
-    Role, RotationEngine, RotationError, RotationOutcome, SystemClock, UsageMeter, VersionState,
+    ContinuityProof, Due, DueOutcome, Explanation, KeyTraits, LogicalKey, PolicySet, PrekeyPool,
+    Registry, Role, RotationEngine, RotationError, RotationOutcome, SecurityLevel, SystemClock,
+    UsageMeter, VersionState,
 };
 
 use crate::manager::{KeyManager, ManagedKey, SignInput};
@@ -43,6 +44,10 @@ pub struct VersionInfo {
     pub version: u32,
     /// `primary`, `verify-only`, `retired`, `destroyed`, `revoked`, `compromised`.
     pub state: String,
+    /// The role (for a key not versioned: the one it would get, [`Role::default_for`]).
+    pub role: Role,
+    /// The security level (`standard` for a key not versioned).
+    pub level: SecurityLevel,
 }
 
 impl KeyManager {
@@ -152,8 +157,8 @@ impl KeyManager {
 
     /// [`crate::RotationView::version_info`].
     pub(crate) fn version_info(&self, key: &ManagedKey) -> Result<VersionInfo> {
-        let logical = self.logical_key(key)?;
-        let (version, mut state, logical) = match &logical {
+        let logical_key = self.logical_key(key)?;
+        let (version, mut state, logical) = match &logical_key {
             Some(l) => match l.version_by_key_id(key.id()) {
                 Some(v) => (
                     v.number(),
@@ -174,10 +179,16 @@ impl KeyManager {
             }
             .into();
         }
+        let (role, level) = match &logical_key {
+            Some(l) => (l.role(), l.level()),
+            None => (Role::default_for(key.algorithm()), SecurityLevel::Standard),
+        };
         Ok(VersionInfo {
             logical,
             version,
             state,
+            role,
+            level,
         })
     }
 
@@ -203,13 +214,29 @@ impl KeyManager {
 
     /// [`crate::RotationView::adopt_key`].
     pub(crate) fn adopt_key(&self, key: &ManagedKey, role: Option<Role>) -> Result<LogicalKey> {
+        self.adopt_key_at(key, role, SecurityLevel::Standard)
+    }
+
+    /// [`KeyManager::adopt_key`] at a security level (a key already versioned keeps its own).
+    pub(crate) fn adopt_key_at(
+        &self,
+        key: &ManagedKey,
+        role: Option<Role>,
+        level: SecurityLevel,
+    ) -> Result<LogicalKey> {
         if let Some(l) = self.logical_key(key)? {
             return Ok(l);
         }
         let role = role.unwrap_or_else(|| Role::default_for(key.algorithm()));
         let adopted = self
             .rotation_registry()?
-            .adopt(&key.backend, &key.info, role, keyhaven_core::unix_now())
+            .adopt_at_level(
+                &key.backend,
+                &key.info,
+                role,
+                level,
+                keyhaven_core::unix_now(),
+            )
             .map_err(core)?;
         // A key revoked before it was versioned is not a primary version.
         match self.revocation_of(key)? {
@@ -293,8 +320,7 @@ impl KeyManager {
             let Some(logical) = self.find_logical_key(&o.due.key)? else {
                 continue;
             };
-            let (rules, _) =
-                policies.rules_for(logical.role(), logical.algorithm(), logical.protection());
+            let (rules, _) = policies.rules_for(&KeyTraits::of(&logical));
             if !rules.is_some_and(|r| r.revoke_after_migration) {
                 continue;
             }
@@ -323,11 +349,11 @@ impl KeyManager {
         let policies = self.rotation_policies()?;
         Ok(match self.logical_key(key)? {
             Some(l) => policies.explain(&l),
-            None => policies.explain_for(
+            None => policies.explain_for(&KeyTraits::new(
                 Role::default_for(key.algorithm()),
                 key.algorithm(),
                 key.protection(),
-            ),
+            )),
         })
     }
 
@@ -534,6 +560,73 @@ fn into_core(e: Error) -> CoreError {
 }
 
 impl crate::RotationView<'_> {
+    /// Registers `key` as version 1 of a logical key with `role` (default: by algorithm) at
+    /// security `level`. A key already versioned is returned as it is: change its level with
+    /// [`crate::RotationView::set_level`].
+    ///
+    /// # Errors
+    /// The registry cannot be written.
+    pub fn adopt_key_at(
+        &self,
+        key: &ManagedKey,
+        role: Option<Role>,
+        level: SecurityLevel,
+    ) -> Result<LogicalKey> {
+        self.0.adopt_key_at(key, role, level)
+    }
+
+    /// Sets the security level of `key`'s logical key (registering it first if it is not
+    /// versioned), which decides the rotation policies that match it. Needs the right to
+    /// rotate the key; recorded in the key's history and audited (the old and new level and
+    /// `reason`). Setting the level it has changes nothing and records nothing in the history.
+    ///
+    /// # Errors
+    /// Access denied; the registry cannot be written; a revoked, compromised or destroyed key
+    /// (nothing left to protect) is [`CoreError::Revoked`].
+    pub fn set_level(
+        &self,
+        key: &ManagedKey,
+        level: SecurityLevel,
+        reason: &str,
+    ) -> Result<LogicalKey> {
+        let m = self.0;
+        m.authorize(keyhaven_audit::Operation::Rotate, key)?;
+        let logical = m.adopt_key(key, None)?;
+        if logical.primary().is_none() {
+            return Err(CoreError::Revoked(format!(
+                "logical key '{}' has no primary version left: its level no longer matters",
+                logical.label()
+            ))
+            .into());
+        }
+        let from = logical.level();
+        if from == level {
+            return Ok(logical);
+        }
+        let detail = if reason.is_empty() {
+            format!("security level {from} -> {level}")
+        } else {
+            format!("security level {from} -> {level}: {reason}")
+        };
+        m.audit_event(
+            "set-level",
+            Some(key),
+            keyhaven_audit::Outcome::Intent,
+            &detail,
+        )?;
+        let now = keyhaven_core::unix_now();
+        let result = m.rotation_registry()?.update(logical.id(), |k| {
+            k.set_level(level, now, reason);
+            Ok(k.clone())
+        });
+        let outcome = match &result {
+            Ok(_) => keyhaven_audit::Outcome::Allowed,
+            Err(_) => keyhaven_audit::Outcome::Failed,
+        };
+        m.audit_event("set-level", Some(key), outcome, &detail)?;
+        result.map_err(core)
+    }
+
     /// [`crate::RotationView::rotate_key`], with this rotation's migration window instead of the
     /// policy's when `window` is given (seed 002's `migration_days` for one rotation).
     ///

@@ -331,3 +331,72 @@ fn a_policy_can_revoke_an_old_identity_version_when_its_window_ends() {
     let text = std::fs::read_to_string(&list).unwrap();
     assert!(text.contains(&v1), "{text}");
 }
+
+#[test]
+fn policies_match_security_levels_set_at_generation_and_changed_later() {
+    let h = Home::with_encrypted();
+    h.generate("p384", "release", &["--level", "critical"]);
+    h.generate("p384", "ordinary", &[]);
+    let shown = h.ok(&["key", "show", "release"]);
+    assert!(shown.contains("level:        critical"), "{shown}");
+    assert!(shown.contains("role:         signing"), "{shown}");
+    let shown = h.json(&["key", "show", "ordinary", "--json"]);
+    assert_eq!(shown["security_level"], "standard", "{shown}");
+    assert_eq!(shown["role"], "signing", "{shown}");
+
+    crate::write_private(
+        &h.path().join("rotation.toml"),
+        "[[policy]]\nname = \"critical-by-use\"\nlevels = [\"high\", \"critical\"]\n\
+         max_usage = 1\nmigration_window = \"1h\"\n",
+    );
+    h.ok(&["integrity", "accept", "rotation.toml"]);
+    let explain = h.ok(&["policy", "explain", "release"]);
+    assert!(explain.contains("policy 'critical-by-use'"), "{explain}");
+    let explain = h.ok(&["policy", "explain", "ordinary"]);
+    assert!(
+        explain.contains("security level is standard, the policy wants high or critical"),
+        "{explain}"
+    );
+    for key in ["release", "ordinary"] {
+        let out = h.run(&["sign", "--key", key, "--digest", &"ab".repeat(48)]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let dry = h.ok(&["rotate", "--due", "--dry-run"]);
+    assert!(
+        dry.contains("release") && !dry.contains("ordinary"),
+        "{dry}"
+    );
+
+    // Raised later: the policy takes it from then on; the change is in its history.
+    let out = h.ok(&[
+        "key",
+        "set-level",
+        "ordinary",
+        "high",
+        "--reason",
+        "signs releases now",
+    ]);
+    assert!(out.contains("standard -> high"), "{out}");
+    assert!(
+        h.ok(&["key", "set-level", "ordinary", "high"])
+            .contains("already high")
+    );
+    let history = h.ok(&["key", "history", "ordinary"]);
+    assert!(history.contains("level-changed"), "{history}");
+    assert!(history.contains("signs releases now"), "{history}");
+    let dry = h.ok(&["rotate", "--due", "--dry-run"]);
+    assert!(dry.contains("ordinary"), "{dry}");
+    let audit = h.ok(&["audit", "search", "--key", "ordinary"]);
+    assert!(audit.contains("set-level"), "{audit}");
+
+    // An unknown level is refused before anything is made or changed.
+    let err = h.fails(&["key", "generate", "--label", "x", "--level", "secret"], 9);
+    assert!(err.contains("unknown security level 'secret'"), "{err}");
+    assert!(!h.ok(&["key", "list"]).contains(" x "));
+    let err = h.fails(&["key", "set-level", "ordinary", "top"], 9);
+    assert!(err.contains("use standard, high or critical"), "{err}");
+    assert!(
+        h.ok(&["key", "show", "ordinary"])
+            .contains("level:        high")
+    );
+}

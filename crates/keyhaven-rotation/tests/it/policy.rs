@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use keyhaven_core::{Algorithm, Protection};
-use keyhaven_rotation::{PolicySet, Role, RuleSource};
+use keyhaven_rotation::{KeyTraits, PolicySet, Role, RuleSource, SecurityLevel};
 
 const GOOD: &str = r#"
 [[policy]]
@@ -49,40 +49,52 @@ fn a_good_file_loads_and_the_most_specific_policy_wins() {
         p.prekeys().signed_prekey_max_age,
         Duration::from_secs(7 * 86_400)
     );
-    let (r, src) = p.rules_for(Role::Identity, Algorithm::Ed25519, Protection::Hardware);
+    let (r, src) = p.rules_for(&KeyTraits::new(
+        Role::Identity,
+        Algorithm::Ed25519,
+        Protection::Hardware,
+    ));
     assert_eq!(src, RuleSource::Policy("hsm-identity".into()));
     assert_eq!(
         r.unwrap().max_age,
         Some(Duration::from_secs(2 * 31_557_600))
     );
-    let (_, src) = p.rules_for(
+    let (_, src) = p.rules_for(&KeyTraits::new(
         Role::Identity,
         Algorithm::Ed25519,
         Protection::SoftwarePlain,
-    );
+    ));
     assert_eq!(src, RuleSource::Policy("identity-yearly".into()));
-    let (r, src) = p.rules_for(
+    let (r, src) = p.rules_for(&KeyTraits::new(
         Role::Signing,
         Algorithm::EcdsaP384,
         Protection::SoftwarePlain,
-    );
+    ));
     assert_eq!(src, RuleSource::Policy("all-p384".into()));
     assert_eq!(r.unwrap().max_usage, Some(1_000_000));
-    let (r, src) = p.rules_for(Role::Signing, Algorithm::Ed25519, Protection::SoftwarePlain);
+    let (r, src) = p.rules_for(&KeyTraits::new(
+        Role::Signing,
+        Algorithm::Ed25519,
+        Protection::SoftwarePlain,
+    ));
     assert_eq!(src, RuleSource::RoleDefault(Role::Signing));
     assert_eq!(r.unwrap().max_age, Some(Duration::from_secs(90 * 86_400)));
-    let (r, src) = p.rules_for(
+    let (r, src) = p.rules_for(&KeyTraits::new(
         Role::Encryption,
         Algorithm::X25519,
         Protection::SoftwarePlain,
-    );
+    ));
     assert_eq!((r, src), (None, RuleSource::None));
 }
 
 #[test]
 fn explain_names_the_winner_and_why_others_lost() {
     let p = PolicySet::from_toml_str(GOOD).unwrap();
-    let e = p.explain_for(Role::Identity, Algorithm::Ed25519, Protection::Hardware);
+    let e = p.explain_for(&KeyTraits::new(
+        Role::Identity,
+        Algorithm::Ed25519,
+        Protection::Hardware,
+    ));
     assert_eq!(e.source, RuleSource::Policy("hsm-identity".into()));
     assert_eq!(e.candidates[0].name, "hsm-identity");
     assert!(e.candidates[0].matched);
@@ -173,7 +185,7 @@ fn seed_002s_schedule_is_built_in_overridable_and_switchable_off() {
     let sw = Protection::SoftwareEncrypted;
     // No file: identity keys yearly, shown as built-in; signing keys are left to the user.
     let builtin = PolicySet::builtin();
-    let (rules, source) = builtin.rules_for(Role::Identity, alg, sw);
+    let (rules, source) = builtin.rules_for(&KeyTraits::new(Role::Identity, alg, sw));
     assert_eq!(source, RuleSource::BuiltIn(Role::Identity));
     assert_eq!(
         rules.unwrap().max_age,
@@ -181,23 +193,26 @@ fn seed_002s_schedule_is_built_in_overridable_and_switchable_off() {
     );
     assert!(source.to_string().contains("built-in"));
     assert_eq!(
-        builtin.rules_for(Role::Signing, alg, sw).1,
+        builtin.rules_for(&KeyTraits::new(Role::Signing, alg, sw)).1,
         RuleSource::None
     );
     assert_eq!(builtin.prekeys().low_water, 10);
     // A file without a word on it keeps it; the file's own default overrides it.
     let kept = PolicySet::from_toml_str("[prekeys]\nlow_water = 5\n").unwrap();
     assert_eq!(
-        kept.rules_for(Role::Identity, alg, sw).1,
+        kept.rules_for(&KeyTraits::new(Role::Identity, alg, sw)).1,
         RuleSource::BuiltIn(Role::Identity)
     );
     let overridden = PolicySet::from_toml_str("[defaults.identity]\nmax_age = \"2y\"\n").unwrap();
-    let (rules, source) = overridden.rules_for(Role::Identity, alg, sw);
+    let (rules, source) = overridden.rules_for(&KeyTraits::new(Role::Identity, alg, sw));
     assert_eq!(source, RuleSource::RoleDefault(Role::Identity));
     assert!(rules.unwrap().max_age > Some(Duration::from_secs(31_557_600)));
     // Switched off: nothing is due by itself.
     let off = PolicySet::from_toml_str("builtin_defaults = false\n").unwrap();
-    assert_eq!(off.rules_for(Role::Identity, alg, sw).1, RuleSource::None);
+    assert_eq!(
+        off.rules_for(&KeyTraits::new(Role::Identity, alg, sw)).1,
+        RuleSource::None
+    );
     // And a typo in the switch is an error, not "on".
     assert!(PolicySet::from_toml_str("builtin_defaults = \"no\"\n").is_err());
 }
@@ -219,7 +234,7 @@ max_age = "2y"
 "#,
     )
     .unwrap();
-    let source = |role, alg, prot| set.rules_for(role, alg, prot).1;
+    let source = |role, alg, prot| set.rules_for(&KeyTraits::new(role, alg, prot)).1;
     assert_eq!(
         source(
             Role::Identity,
@@ -237,11 +252,11 @@ max_age = "2y"
         source(Role::Signing, Algorithm::Ed25519, Protection::Hardware),
         RuleSource::Policy("hardware".into())
     );
-    let why = set.explain_for(
+    let why = set.explain_for(&KeyTraits::new(
         Role::Signing,
         Algorithm::Ed25519,
         Protection::SoftwareEncrypted,
-    );
+    ));
     let lost = why.candidates.iter().find(|c| c.name == "signers").unwrap();
     assert!(
         lost.reasons
@@ -274,4 +289,107 @@ max_age = "2y"
         let e = err(toml);
         assert!(e.contains(needle), "{toml:?}: {e}");
     }
+}
+
+#[test]
+fn security_levels_are_matched_and_explained() {
+    let set = PolicySet::from_toml_str(
+        r#"
+[[policy]]
+name = "important-signers"
+role = "signing"
+levels = ["high", "critical"]
+max_age = "30d"
+
+[[policy]]
+name = "signing"
+role = "signing"
+max_age = "1y"
+
+[[policy]]
+name = "critical-hsm-signers"
+role = "signing"
+level = "critical"
+protection = "hardware"
+max_age = "7d"
+"#,
+    )
+    .unwrap();
+    let sw = Protection::SoftwareEncrypted;
+    let at =
+        |level, prot| KeyTraits::new(Role::Signing, Algorithm::EcdsaP384, prot).with_level(level);
+    let source = |t: KeyTraits| set.rules_for(&t).1;
+    // A standard key is left to the role policy; the level policy does not match it.
+    assert_eq!(
+        source(at(SecurityLevel::Standard, sw)),
+        RuleSource::Policy("signing".into())
+    );
+    // A list of levels takes each of them; more matchers win.
+    assert_eq!(
+        source(at(SecurityLevel::High, sw)),
+        RuleSource::Policy("important-signers".into())
+    );
+    assert_eq!(
+        source(at(SecurityLevel::Critical, sw)),
+        RuleSource::Policy("important-signers".into())
+    );
+    assert_eq!(
+        source(at(SecurityLevel::Critical, Protection::Hardware)),
+        RuleSource::Policy("critical-hsm-signers".into())
+    );
+    // explain says which matcher failed, level included.
+    let why = set.explain_for(&at(SecurityLevel::High, Protection::Hardware));
+    let lost = why
+        .candidates
+        .iter()
+        .find(|c| c.name == "critical-hsm-signers")
+        .unwrap();
+    assert!(!lost.matched);
+    assert!(
+        lost.reasons
+            .iter()
+            .any(|r| r.contains("security level is high, the policy wants critical")),
+        "{:?}",
+        lost.reasons
+    );
+    assert!(why.to_string().contains("security level high"), "{why}");
+
+    // a level policy and a role policy that can match the same key at the same specificity
+    // are refused (neither would win)
+    let e = PolicySet::from_toml_str(
+        "[[policy]]\nname = \"a\"\nlevel = \"high\"\n[[policy]]\nname = \"b\"\nrole = \"signing\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("equally specific"), "{e}");
+    // unknown level, empty list, both spellings, a level twice: refused naming the field
+    for (toml, needle) in [
+        (
+            "[[policy]]\nname = \"a\"\nlevel = \"secret\"\n",
+            "unknown security level 'secret': use standard, high or critical",
+        ),
+        (
+            "[[policy]]\nname = \"a\"\nlevels = []\n",
+            "policy 'a'.levels",
+        ),
+        (
+            "[[policy]]\nname = \"a\"\nlevel = \"high\"\nlevels = [\"critical\"]\n",
+            "not both",
+        ),
+        (
+            "[[policy]]\nname = \"a\"\nlevels = [\"high\", \"high\"]\n",
+            "listed twice",
+        ),
+    ] {
+        let e = PolicySet::from_toml_str(toml).unwrap_err().to_string();
+        assert!(e.contains(needle), "{toml:?}: {e}");
+    }
+    // levels parse and order
+    assert!(SecurityLevel::Standard < SecurityLevel::High);
+    assert!(SecurityLevel::High < SecurityLevel::Critical);
+    assert_eq!(
+        "critical".parse::<SecurityLevel>().unwrap(),
+        SecurityLevel::Critical
+    );
+    assert_eq!(SecurityLevel::default(), SecurityLevel::Standard);
 }

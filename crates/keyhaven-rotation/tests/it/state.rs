@@ -1,7 +1,7 @@
 //! The version state machine: unit cases and property tests over random operation sequences.
 
 use keyhaven_core::{Algorithm, KeyId, KeyInfo, Protection, PublicKey};
-use keyhaven_rotation::{LogicalKey, Role, RotationError, VersionState};
+use keyhaven_rotation::{EventKind, LogicalKey, Role, RotationError, SecurityLevel, VersionState};
 use proptest::prelude::*;
 
 use crate::{DAY, T0};
@@ -45,6 +45,43 @@ fn rotation_demotes_the_old_primary() {
     assert_eq!(k.expire(T0 + 8 * DAY), vec![1]);
     assert_eq!(k.version(1).unwrap().state(), VersionState::Retired);
     k.check_invariants().unwrap();
+}
+
+#[test]
+fn security_levels_are_kept_recorded_and_read_from_older_files() {
+    let k = key();
+    assert_eq!(k.level(), SecurityLevel::Standard);
+    // A standard key's file says nothing of levels: files written before levels existed read
+    // the same, and a key written now is read by them.
+    let json = serde_json::to_string(&k).unwrap();
+    assert!(!json.contains("level"), "{json}");
+    assert_eq!(serde_json::from_str::<LogicalKey>(&json).unwrap(), k);
+
+    // Set at registration: part of the adoption, not a change.
+    let high = key().with_level(SecurityLevel::High);
+    assert_eq!(high.level(), SecurityLevel::High);
+    assert_eq!(high.history().len(), 1);
+    assert!(high.history()[0].detail.ends_with("security level high"));
+    let json = serde_json::to_string(&high).unwrap();
+    assert!(json.contains(r#""level":"high""#), "{json}");
+    assert_eq!(serde_json::from_str::<LogicalKey>(&json).unwrap(), high);
+
+    // Changed later: recorded with from, to and why; setting the same level records nothing.
+    let mut k = high;
+    k.set_level(SecurityLevel::High, T0 + DAY, "again");
+    assert_eq!(k.history().len(), 1);
+    k.set_level(SecurityLevel::Critical, T0 + DAY, "signs releases now");
+    let e = k.history().last().unwrap();
+    assert_eq!(e.kind, EventKind::LevelChanged);
+    assert_eq!(
+        (e.from.as_deref(), e.to.as_deref(), e.detail.as_str()),
+        (Some("high"), Some("critical"), "signs releases now")
+    );
+    // An unknown level in a file is refused, not read as standard.
+    let bad = serde_json::to_string(&k)
+        .unwrap()
+        .replace(r#""critical""#, r#""secret""#);
+    assert!(serde_json::from_str::<LogicalKey>(&bad).is_err());
 }
 
 #[test]
