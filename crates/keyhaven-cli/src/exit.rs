@@ -160,6 +160,16 @@ fn hint_of_io(e: &std::io::Error, kind: ErrorKind) -> String {
 fn hint_of_core(e: &CoreError) -> Option<String> {
     // Advice that names a command belongs here, not in the library's message: the layer an
     // error came from says which command helps.
+    if let CoreError::Unavailable { backend, .. } = e
+        && backend == "compromise response"
+    {
+        // Not a backend: a hook or a step failed, and the message names it.
+        return Some(
+            "The steps that succeeded stand; `keyhaven compromise show ID` lists each step's \
+             outcome"
+                .into(),
+        );
+    }
     if let CoreError::Other(o) = e
         && o.kind() == ErrorKind::NotFound
         && o.origin() == "compromise"

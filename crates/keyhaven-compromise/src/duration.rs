@@ -24,3 +24,24 @@ pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Err
             .map_err(|e| D::Error::custom(format!("'{t}' is not a duration ({e})"))),
     }
 }
+
+/// Durations kept to the millisecond (`"250ms"`, `"2s"`; a plain number is seconds).
+pub(crate) mod precise {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    use super::Raw;
+
+    pub(crate) fn serialize<S: Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        match Raw::deserialize(d)? {
+            Raw::Secs(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => humantime::parse_duration(&t)
+                .map_err(|e| D::Error::custom(format!("'{t}' is not a duration ({e})"))),
+        }
+    }
+}

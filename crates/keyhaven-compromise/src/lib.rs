@@ -7,6 +7,7 @@ mod error;
 mod report;
 mod respond;
 mod revocation;
+pub mod webhook;
 
 pub use detect::{Finding, KeyStates, Thresholds, scan};
 pub use error::{CompromiseError, Result};
@@ -21,3 +22,4 @@ pub use revocation::{
     Authority, Issuer, LIST_FORMAT, MAX_LIST_BYTES, REVOCATION_VERSION, Revocation,
     RevocationCheckedStore, RevocationList, Revocations, VerifiedRevocations,
 };
+pub use webhook::{Delivery, WebhookSigner};

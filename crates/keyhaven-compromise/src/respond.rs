@@ -1,7 +1,6 @@
 //! Response procedures: revoke, emergency rotation, lookback over the audit log, notification.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -14,6 +13,7 @@ use crate::detect::Thresholds;
 use crate::error::{CompromiseError, Result};
 use crate::report::{ActionTaken, CompromiseReport, Evidence, ReportStore, Status};
 use crate::revocation::{Authority, Revocation, Revocations};
+use crate::webhook::{MAX_BACKOFF, MAX_RETRIES, Target, WebhookSigner};
 
 /// One step of a response procedure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,17 +58,32 @@ impl Default for Procedure {
 }
 
 /// Notification hooks: a command (argv; the report JSON on its standard input) and/or a
-/// webhook (`http://host[:port]/path`, the report JSON POSTed), each bounded by `timeout`.
+/// webhook (`https://host[:port]/path` or `http://...`, the report JSON POSTed, signed when
+/// the caller gives a [`WebhookSigner`]). The command, and each webhook attempt, is bounded by
+/// `timeout`; a webhook is retried `retries` times on what a retry can fix, waiting `backoff`,
+/// then twice that, up to [`crate::webhook::MAX_BACKOFF`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NotifyConfig {
     /// The command to run, as argv.
     pub command: Option<Vec<String>>,
-    /// The webhook URL (plain `http://`; for HTTPS use a command such as `curl`).
+    /// The webhook URL (`https://` verified against the system's roots or `ca_file`;
+    /// `http://` for a receiver on a trusted network).
     pub webhook: Option<String>,
-    /// The longest a hook may take before it is killed (default 10 s).
+    /// PEM certificates the webhook's HTTPS server is verified against, instead of the
+    /// system's roots (relative paths are resolved by the caller: the facade resolves them
+    /// against the home).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// The longest a hook (or one webhook attempt) may take before it is given up (default
+    /// 10 s).
     #[serde(with = "crate::duration")]
     pub timeout: u64,
+    /// How many times a webhook is tried again after a failure a retry can fix (default 3,
+    /// at most [`crate::webhook::MAX_RETRIES`]).
+    pub retries: u32,
+    /// The first wait before trying a webhook again (default 1 s; doubled each time).
+    #[serde(with = "crate::duration::precise")]
+    pub backoff: Duration,
 }
 
 impl Default for NotifyConfig {
@@ -76,7 +91,10 @@ impl Default for NotifyConfig {
         NotifyConfig {
             command: None,
             webhook: None,
+            ca_file: None,
             timeout: 10,
+            retries: 3,
+            backoff: Duration::from_secs(1),
         }
     }
 }
@@ -132,7 +150,23 @@ impl ResponseConfig {
             ));
         }
         if let Some(url) = &self.notify.webhook {
-            parse_http_url(url)?;
+            Target::parse(url)?;
+        }
+        if self.notify.ca_file.is_some() && self.notify.webhook.is_none() {
+            return Err(CompromiseError::Invalid(
+                "compromise.notify.ca_file is set but there is no webhook to verify".into(),
+            ));
+        }
+        if self.notify.retries > MAX_RETRIES {
+            return Err(CompromiseError::Invalid(format!(
+                "compromise.notify.retries must be at most {MAX_RETRIES}"
+            )));
+        }
+        if self.notify.backoff < Duration::from_millis(10) || self.notify.backoff > MAX_BACKOFF {
+            return Err(CompromiseError::Invalid(format!(
+                "compromise.notify.backoff must be between 10ms and {}",
+                humantime::format_duration(MAX_BACKOFF)
+            )));
         }
         if self.notify.timeout == 0 || self.notify.timeout > 3600 {
             return Err(CompromiseError::Invalid(
@@ -178,6 +212,9 @@ pub struct Responder<'a> {
     pub rotator: Option<&'a dyn Rotator>,
     /// The configuration.
     pub config: &'a ResponseConfig,
+    /// Signs the notification webhook's deliveries (the facade: the authority key); unset,
+    /// they are sent unsigned and the report says so.
+    pub signer: Option<&'a dyn WebhookSigner>,
 }
 
 impl std::fmt::Debug for Responder<'_> {
@@ -231,7 +268,7 @@ impl Responder<'_> {
                 Step::Notify => {
                     // Notify with the report as it stands, including the actions so far.
                     let current = self.reports.get(report_id)?;
-                    let results = notify(&self.config.notify, &current);
+                    let results = notify(&self.config.notify, &current, self.signer);
                     if results.is_empty() {
                         self.reports.update(report_id, |r| {
                             r.actions.push(ActionTaken {
@@ -374,10 +411,12 @@ impl Responder<'_> {
 }
 
 /// Runs the configured notification hooks with `report`; returns each hook's action name and
-/// result (empty if none is configured).
+/// result (empty if none is configured). The webhook's POST is signed by `signer` when one is
+/// given (the report's action then says so).
 pub fn notify(
     config: &NotifyConfig,
     report: &CompromiseReport,
+    signer: Option<&dyn WebhookSigner>,
 ) -> Vec<(&'static str, Result<String>)> {
     let timeout = Duration::from_secs(config.timeout);
     let json = report.to_json();
@@ -393,12 +432,42 @@ pub fn notify(
         ));
     }
     if let Some(url) = &config.webhook {
-        out.push((
-            "notify-webhook",
-            json().and_then(|j| post_webhook(url, j, timeout)),
-        ));
+        let policy = crate::webhook::Policy {
+            timeout,
+            retries: config.retries,
+            backoff: config.backoff,
+            ca_file: config.ca_file.clone(),
+        };
+        let sent = json().and_then(|j| {
+            let id = delivery_id(&report.id)?;
+            crate::webhook::deliver(
+                url,
+                "application/json",
+                j.as_bytes(),
+                &id,
+                signer,
+                &policy,
+                &std::thread::sleep,
+            )
+            .map(|done| {
+                if signer.is_some() {
+                    format!("{done}; delivery {id}, signed")
+                } else {
+                    format!("{done}; delivery {id}, unsigned")
+                }
+            })
+        });
+        out.push(("notify-webhook", sent));
     }
     out
+}
+
+/// A delivery id: the report's id and 64 random bits (every delivery of a report differs;
+/// its retries share it).
+fn delivery_id(report: &str) -> Result<String> {
+    let mut r = [0u8; 8];
+    keyhaven_crypto::fill_random(&mut r)?;
+    Ok(format!("{report}.{}", hex::encode(r)))
 }
 
 fn run_command(
@@ -477,92 +546,5 @@ fn run_command(
             "exited with {status}{}{last}",
             if last.is_empty() { "" } else { ": " }
         )))
-    }
-}
-
-/// `(host, port, path)` of a plain `http://` URL.
-fn parse_http_url(url: &str) -> Result<(String, u16, String)> {
-    let bad = |why: &str| CompromiseError::Invalid(format!("webhook URL '{url}': {why}"));
-    let rest = if let Some(r) = url.strip_prefix("http://") {
-        r
-    } else if url.starts_with("https://") {
-        return Err(bad(
-            "https is not supported by the built-in client; use a command hook (e.g. curl) for TLS",
-        ));
-    } else {
-        return Err(bad("must start with http://"));
-    };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("bad port"))?),
-        None => (authority, 80),
-    };
-    if host.is_empty() || host.contains(['@', ' ']) || path.contains([' ', '\r', '\n']) {
-        return Err(bad("malformed host or path"));
-    }
-    Ok((host.to_owned(), port, path.to_owned()))
-}
-
-fn post_webhook(url: &str, json: &str, timeout: Duration) -> Result<String> {
-    let (host, port, path) = parse_http_url(url)?;
-    let fail = |reason: String| CompromiseError::Hook {
-        hook: format!("webhook {url}"),
-        reason,
-    };
-    let addr = (host.as_str(), port)
-        .to_socket_addrs()
-        .map_err(|e| fail(format!("cannot resolve {host}: {e}")))?
-        .next()
-        .ok_or_else(|| fail(format!("{host} has no address")))?;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .map_err(|e| fail(format!("cannot connect: {e}")))?;
-    stream
-        .set_read_timeout(Some(timeout))
-        .and_then(|()| stream.set_write_timeout(Some(timeout)))
-        .map_err(|e| fail(e.to_string()))?;
-    let request = format!(
-        "POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: keyhaven\r\nContent-Type: \
-         application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{json}",
-        json.len()
-    );
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| fail(format!("cannot send: {e}")))?;
-    let mut head = Vec::new();
-    let mut buf = [0u8; 512];
-    let deadline = Instant::now() + timeout;
-    while !head.windows(2).any(|w| w == b"\r\n") {
-        if Instant::now() >= deadline || head.len() > 8192 {
-            return Err(fail("no HTTP status line in time".into()));
-        }
-        let n = stream.read(&mut buf).map_err(|e| {
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) {
-                fail(format!("timed out after {}s", timeout.as_secs()))
-            } else {
-                fail(format!("cannot read the answer: {e}"))
-            }
-        })?;
-        if n == 0 {
-            return Err(fail("connection closed before an answer".into()));
-        }
-        head.extend_from_slice(&buf[..n]);
-    }
-    let line = String::from_utf8_lossy(&head);
-    let status_line = line.lines().next().unwrap_or("");
-    let code: u16 = status_line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| fail(format!("not an HTTP answer: {status_line}")))?;
-    if (200..300).contains(&code) {
-        Ok(format!("webhook answered {code}"))
-    } else {
-        Err(fail(format!("answered {status_line}")))
     }
 }

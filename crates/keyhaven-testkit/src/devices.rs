@@ -688,3 +688,233 @@ impl Drop for Postgres {
         self.kill();
     }
 }
+
+/// The receiver's program: Python's `http.server` (over Python's `ssl`, i.e. OpenSSL, with
+/// `--tls CERT KEY`), answering each POST with the next scripted status (0: never answer,
+/// holding the connection until the process ends; past the script: 200), and appending each
+/// request as one JSON line to the log.
+const WEBHOOK_RECEIVER: &str = r#"
+import base64, http.server, json, ssl, sys, threading, time
+log_path, statuses = sys.argv[1], [int(s) for s in sys.argv[2].split(",") if s]
+lock = threading.Lock()
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        with lock:
+            status = statuses.pop(0) if statuses else 200
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"method": self.command, "path": self.path,
+                                    "headers": [[k, v] for k, v in self.headers.items()],
+                                    "body": base64.b64encode(body).decode()}) + "\n")
+        if status == 0:
+            time.sleep(3600)
+            return
+        self.send_response(status)
+        if status in (429, 503):
+            self.send_header("Retry-After", "0")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+server.daemon_threads = True
+if len(sys.argv) > 3:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(sys.argv[3], sys.argv[4])
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+/// A webhook receiver nobody here wrote: Python's `http.server`, over TLS from Python's `ssl`
+/// (OpenSSL) with a certificate for `localhost` and `127.0.0.1` made by the `openssl` command
+/// under a CA of its own, answering scripted statuses and recording every request. Killed on
+/// drop.
+pub struct WebhookReceiver {
+    child: std::process::Child,
+    port: u16,
+    tls: bool,
+    dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for WebhookReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookReceiver")
+            .field("port", &self.port)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One request as the receiver got it.
+#[derive(Debug, Clone)]
+pub struct ReceivedRequest {
+    /// The method.
+    pub method: String,
+    /// The path and query.
+    pub path: String,
+    /// The header fields, in order, as sent.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl ReceivedRequest {
+    /// The first field named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl WebhookReceiver {
+    /// Starts a receiver answering `statuses` in turn (0: hang), over HTTPS when `tls`.
+    ///
+    /// # Panics
+    /// When `openssl` or the interop Python cannot be run.
+    pub fn start(statuses: &[u16], tls: bool) -> WebhookReceiver {
+        let dir = tempfile::tempdir().expect("temporary directory"); // ok: test setup
+        let d = dir.path();
+        let script = d.join("receiver.py");
+        std::fs::write(&script, WEBHOOK_RECEIVER).expect("write the receiver"); // ok: test setup
+        let statuses = statuses
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cmd = Command::new(python());
+        cmd.arg(&script).arg(d.join("log.jsonl")).arg(statuses);
+        if tls {
+            let openssl = |args: &[&str]| {
+                run_ok(Command::new("openssl").args(args).current_dir(d), "openssl");
+            };
+            openssl(&[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=keyhaven test webhook CA",
+            ]);
+            openssl(&[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "server.key",
+                "-out",
+                "server.csr",
+                "-subj",
+                "/CN=localhost",
+            ]);
+            std::fs::write(
+                d.join("ext.cnf"),
+                "subjectAltName = DNS:localhost, IP:127.0.0.1\n",
+            )
+            .expect("write the extensions"); // ok: test setup
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ]);
+            cmd.arg(d.join("server.pem")).arg(d.join("server.key"));
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the webhook receiver: {e}"));
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            use std::io::BufRead;
+            let _ = std::io::BufReader::new(out).read_line(&mut line);
+        }
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the webhook receiver printed no port: {line:?}"));
+        WebhookReceiver {
+            child,
+            port,
+            tls,
+            dir,
+        }
+    }
+
+    /// The URL to post to (`https://localhost:PORT/PATH` or `http://127.0.0.1:PORT/PATH`).
+    pub fn url(&self, path: &str) -> String {
+        if self.tls {
+            format!("https://localhost:{}{path}", self.port)
+        } else {
+            format!("http://127.0.0.1:{}{path}", self.port)
+        }
+    }
+
+    /// The CA certificate (PEM) that issued the receiver's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// Every request received so far, in order.
+    pub fn received(&self) -> Vec<ReceivedRequest> {
+        let text = std::fs::read_to_string(self.dir.path().join("log.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| {
+                let s = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+                use base64ct::Encoding;
+                ReceivedRequest {
+                    method: s("method"),
+                    path: s("path"),
+                    headers: v["headers"]
+                        .as_array()
+                        .map(|a| {
+                            a.iter()
+                                .map(|p| {
+                                    (
+                                        p[0].as_str().unwrap_or_default().to_owned(),
+                                        p[1].as_str().unwrap_or_default().to_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    body: base64ct::Base64::decode_vec(&s("body")).unwrap_or_default(),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

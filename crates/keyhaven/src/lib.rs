@@ -31,7 +31,9 @@ pub use keyhaven_audit as audit;
 pub use keyhaven_compromise as compromise;
 /// Key versions, rotation policies, continuity proofs and prekeys (keyhaven-rotation).
 pub use keyhaven_rotation as versions;
-pub use lifecycle::{AccessConfig, AuditConfig, ScanOutcome};
+pub use lifecycle::{
+    AccessConfig, AuditConfig, ScanOutcome, WEBHOOK_SIGNATURE_LABEL, WEBHOOK_SIGNATURE_TAG,
+};
 pub use manager::{
     HashedMessage, Inventory, KeyManager, ManagedKey, ManagedSigner, PRINCIPAL_ENV, ServiceSigner,
     SignInput, Warning,

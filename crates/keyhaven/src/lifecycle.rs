@@ -775,6 +775,65 @@ fn key_store_of(m: &KeyManager, key: &ManagedKey) -> Result<Arc<dyn KeyStore>> {
     Ok(m.key_backend(key)?.store_raw().clone())
 }
 
+/// The label of the RFC 9421 signature on a notification webhook's delivery.
+pub const WEBHOOK_SIGNATURE_LABEL: &str = "keyhaven";
+/// The `tag` parameter of that signature: it is good for a keyhaven notification only.
+pub const WEBHOOK_SIGNATURE_TAG: &str = "keyhaven-notify";
+
+/// Signs notification webhook deliveries with the home's authority key: an RFC 9421 message
+/// signature (label [`WEBHOOK_SIGNATURE_LABEL`], tag [`WEBHOOK_SIGNATURE_TAG`], `keyid` the
+/// authority's SPKI fingerprint, `nonce` the delivery id, `created`) covering `@method`,
+/// `@target-uri`, `content-type` and `content-digest` (RFC 9530, SHA-256 of the body). A
+/// receiver pins the authority's public key (`keyhaven revocations export` carries it) and
+/// checks the signature, the digest, and that the nonce is new.
+struct AuthoritySigner<'a> {
+    authority: &'a Authority,
+    algorithm: keyhaven_core::Algorithm,
+    keyid: String,
+}
+
+impl<'a> AuthoritySigner<'a> {
+    fn new(authority: &'a Authority) -> Result<Self> {
+        let public = authority.store.public_key(&authority.key)?;
+        Ok(AuthoritySigner {
+            authority,
+            algorithm: public.algorithm(),
+            keyid: public.fingerprint().to_hex(),
+        })
+    }
+}
+
+impl keyhaven_compromise::WebhookSigner for AuthoritySigner<'_> {
+    fn sign(
+        &self,
+        delivery: &keyhaven_compromise::Delivery<'_>,
+    ) -> keyhaven_core::Result<Vec<(String, String)>> {
+        use keyhaven_httpsig::{DigestAlgorithm, Message, Request, SignatureSpec};
+        let digest = keyhaven_httpsig::content_digest(delivery.body, DigestAlgorithm::Sha256);
+        let request = Request::new("POST", delivery.url)?
+            .header("Content-Type", delivery.content_type)
+            .header("Content-Digest", &digest);
+        let spec = SignatureSpec::new(WEBHOOK_SIGNATURE_LABEL, &self.keyid)
+            .covering(&["@method", "@target-uri", "content-type", "content-digest"])?
+            .created(keyhaven_core::unix_now())
+            .nonce(delivery.id)
+            .tag(WEBHOOK_SIGNATURE_TAG);
+        let store = &self.authority.store;
+        let key = &self.authority.key;
+        let headers = keyhaven_httpsig::sign_with(
+            Message::Request(&request),
+            &spec,
+            self.algorithm,
+            &mut |base| store.sign(key, base),
+        )?;
+        Ok(vec![
+            ("Content-Digest".into(), digest),
+            ("Signature-Input".into(), headers.signature_input),
+            ("Signature".into(), headers.signature),
+        ])
+    }
+}
+
 fn open_authority(dir: &Path, m: &KeyManager) -> Result<Authority> {
     #[cfg(feature = "file")]
     {
@@ -917,8 +976,12 @@ impl crate::CompromiseView<'_> {
         m.authorize(keyhaven_audit::Operation::Revoke, &key)?;
         let revocations = m.revocation_registry()?;
         let authority = m.authority()?;
-        let config = m.config().compromise.clone();
+        let mut config = m.config().compromise.clone();
+        if let Some(ca) = &config.notify.ca_file {
+            config.notify.ca_file = Some(resolve(m.home(), ca));
+        }
         let audit_dir = m.audit_dir();
+        let signer = AuthoritySigner::new(&authority)?;
         let responder = Responder {
             reports: &reports,
             revocations: &revocations,
@@ -926,6 +989,7 @@ impl crate::CompromiseView<'_> {
             audit_dir: audit_dir.exists().then_some(audit_dir.as_path()),
             rotator: rotator.or(Some(m)),
             config: &config,
+            signer: Some(&signer),
         };
         m.audit_event("compromise-respond", Some(&key), Outcome::Intent, report_id)?;
         let outcome = match responder.respond(report_id, &key.info, keyhaven_core::unix_now()) {

@@ -797,3 +797,195 @@ fn a_compromise_of_the_home_rotates_every_key_in_it() {
     let history = h.ok(&["key", "history", "release"]);
     assert!(!history.contains("v3"), "{again}\n{history}");
 }
+
+/// Checks a delivery as a receiver nobody here wrote would: PyPI's `http-message-signatures`
+/// verifies the RFC 9421 signature with the authority's pinned public key; `hashlib` checks
+/// the RFC 9530 digest against the body.
+const PY_VERIFY_WEBHOOK: &str = r#"
+import base64, hashlib, json, sys
+from cryptography.hazmat.primitives import serialization
+from http_message_signatures import HTTPMessageVerifier, HTTPSignatureKeyResolver, algorithms
+job = json.load(sys.stdin)
+public = serialization.load_der_public_key(base64.b64decode(job["spki"]))
+class Keys(HTTPSignatureKeyResolver):
+    def resolve_public_key(self, key_id):
+        assert key_id == job["fingerprint"], key_id
+        return public
+class Msg:
+    def __init__(self, method, url, headers):
+        self.method, self.url, self.headers = method, url, headers
+headers = dict(job["headers"])
+body = base64.b64decode(job["body"])
+out = {}
+try:
+    r = HTTPMessageVerifier(signature_algorithm=algorithms.ECDSA_P384_SHA384,
+                            key_resolver=Keys()).verify(Msg("POST", job["url"], headers), max_age=None)
+    out["ok"] = True
+    out["covered"] = [str(c) for c in r[0].covered_components]
+    out["params"] = {k: str(v) for k, v in r[0].parameters.items()}
+except Exception as e:
+    out["ok"] = False
+    out["error"] = f"{type(e).__name__}: {e}"
+want = "sha-256=:" + base64.b64encode(hashlib.sha256(body).digest()).decode() + ":"
+out["digest_ok"] = headers.get("Content-Digest") == want
+print(json.dumps(out))
+"#;
+
+#[test]
+fn compromise_webhooks_go_over_https_are_retried_and_signed_by_the_authority() {
+    use keyhaven_testkit::devices::{WebhookReceiver, python};
+    let h = Home::with_encrypted();
+    // The receiver (Python's http.server over OpenSSL) fails once, then takes it.
+    let receiver = WebhookReceiver::start(&[503, 200], true);
+    fs::copy(receiver.ca(), h.path().join("webhook-ca.pem")).unwrap();
+    let url = receiver.url("/hooks/keyhaven");
+    append_config(
+        &h,
+        &format!(
+            "\n[compromise.notify]\nwebhook = \"{url}\"\nca_file = \"webhook-ca.pem\"\n\
+             retries = 2\nbackoff = \"50ms\"\ntimeout = \"5s\"\n"
+        ),
+    );
+    h.generate("p256", "api", &[]);
+    let report = h.json(&[
+        "compromise",
+        "report",
+        "api",
+        "--type",
+        "confirmed",
+        "--json",
+    ]);
+    let id = report["id"].as_str().unwrap().to_owned();
+    let responded = h.json(&["compromise", "respond", &id, "--json"]);
+    let notify = responded["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["action"] == "notify-webhook")
+        .unwrap_or_else(|| panic!("{responded}"))
+        .clone();
+    assert_eq!(notify["ok"], true, "{notify}");
+    let detail = notify["detail"].as_str().unwrap();
+    assert!(detail.contains("answered 200 at attempt 2"), "{detail}");
+    assert!(
+        detail.contains("503") && detail.ends_with("signed"),
+        "{detail}"
+    );
+
+    let got = receiver.received();
+    assert_eq!(got.len(), 2, "one failed attempt, one delivered");
+    assert_eq!(got[0].header("Signature"), got[1].header("Signature"));
+    let body: serde_json::Value = serde_json::from_slice(&got[1].body).unwrap();
+    assert_eq!(body["id"], id.as_str());
+
+    // The authority, as receivers pin it.
+    let list: serde_json::Value = serde_json::from_str(&h.ok(&["revocations", "export"])).unwrap();
+    let issuer = &list["issuer"];
+    let mut job = serde_json::json!({
+        "url": url,
+        "headers": got[1].headers,
+        "body": <base64ct::Base64 as base64ct::Encoding>::encode_string(&got[1].body),
+        "spki": issuer["spki"],
+        "fingerprint": issuer["fingerprint"],
+    });
+    let verify = |job: &serde_json::Value| -> serde_json::Value {
+        let mut child = std::process::Command::new(python())
+            .args(["-c", PY_VERIFY_WEBHOOK])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(&mut child.stdin.take().unwrap(), job.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    };
+    let out = verify(&job);
+    assert_eq!(
+        (&out["ok"], &out["digest_ok"]),
+        (&true.into(), &true.into()),
+        "{out}"
+    );
+    let covered = out["covered"].to_string();
+    for c in ["@method", "@target-uri", "content-type", "content-digest"] {
+        assert!(covered.contains(c), "{covered}");
+    }
+    assert_eq!(out["params"]["tag"], "keyhaven-notify", "{out}");
+    let delivery = got[1].header("Keyhaven-Delivery").unwrap();
+    assert_eq!(out["params"]["nonce"], delivery, "{out}");
+
+    // An attacker on the path who changes the body (and fixes up the digest) or sends it to
+    // another URL is caught by the signature.
+    let tampered = br#"{"id":"CR-forged"}"#.to_vec();
+    let forged_digest = {
+        use sha2::Digest;
+        format!(
+            "sha-256=:{}:",
+            <base64ct::Base64 as base64ct::Encoding>::encode_string(
+                &sha2::Sha256::digest(&tampered)[..]
+            )
+        )
+    };
+    let headers: Vec<(String, String)> = got[1]
+        .headers
+        .iter()
+        .map(|(n, v)| {
+            if n.eq_ignore_ascii_case("content-digest") {
+                (n.clone(), forged_digest.clone())
+            } else {
+                (n.clone(), v.clone())
+            }
+        })
+        .collect();
+    job["headers"] = serde_json::json!(headers);
+    job["body"] = <base64ct::Base64 as base64ct::Encoding>::encode_string(&tampered).into();
+    assert_eq!(verify(&job)["ok"], false);
+    job["headers"] = serde_json::json!(got[1].headers);
+    job["url"] = receiver.url("/elsewhere").into();
+    assert_eq!(verify(&job)["ok"], false);
+}
+
+#[test]
+fn an_unreachable_webhook_is_recorded_as_failed_and_the_revocation_stands() {
+    let h = Home::with_encrypted();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    append_config(
+        &h,
+        &format!(
+            "\n[compromise.notify]\nwebhook = \"https://127.0.0.1:{port}/x\"\nretries = 1\n\
+             backoff = \"10ms\"\ntimeout = \"2s\"\n"
+        ),
+    );
+    let key = h.generate("p256", "api", &[]);
+    let report = h.json(&["compromise", "report", "api", "--json"]);
+    let id = report["id"].as_str().unwrap().to_owned();
+    let err = h.fails(&["compromise", "respond", &id], 10);
+    assert!(err.contains("notify-webhook"), "{err}");
+    assert!(err.contains("compromise show"), "{err}");
+    assert!(!err.contains("doctor"), "{err}");
+    let shown = h.json(&["compromise", "show", &id, "--json"]);
+    let actions = shown["actions"].as_array().unwrap();
+    let hook = actions
+        .iter()
+        .find(|a| a["action"] == "notify-webhook")
+        .unwrap();
+    assert_eq!(hook["ok"], false);
+    assert!(
+        hook["detail"].as_str().unwrap().contains("(2 attempts)"),
+        "{hook}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| a["action"] == "revoke" && a["ok"] == true)
+    );
+    assert!(
+        h.ok(&["revocations", "list"]).contains(&key),
+        "the revocation stands"
+    );
+}

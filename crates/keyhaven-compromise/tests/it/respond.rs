@@ -2,18 +2,19 @@
 //! (a real command, a real HTTP listener, a hanging hook killed on time).
 
 use keyhaven_core::ErrorKind;
-use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use keyhaven_audit::{AuditLog, AuditOptions, AuditSigner, AuditedStore, CallerContext};
 use keyhaven_compromise::{
-    CompromiseReport, CompromiseType, DetectionMethod, NotifyConfig, Procedure, ReportStore,
-    Responder, ResponseConfig, RevocationCheckedStore, Revocations, Rotator, Severity, Status,
-    Step,
+    CompromiseReport, CompromiseType, Delivery, DetectionMethod, NotifyConfig, Procedure,
+    ReportStore, Responder, ResponseConfig, RevocationCheckedStore, Revocations, Rotator, Severity,
+    Status, Step, WebhookSigner,
 };
 use keyhaven_core::{Algorithm, Error, KeyStore};
 use keyhaven_store_memory::MemoryStore;
+use keyhaven_testkit::devices::WebhookReceiver;
 
 use crate::{authority, private_tempdir, sub};
 
@@ -99,6 +100,7 @@ fn the_default_procedure_revokes_rotates_looks_back_and_notifies() {
         audit_dir: Some(&sub(dir.path(), "audit")),
         rotator: Some(&rotator),
         config: &config,
+        signer: None,
     };
     let outcome = responder.respond(&report.id, &key, now).unwrap();
     let r = &outcome.report;
@@ -181,6 +183,7 @@ fn a_failing_step_is_recorded_and_the_others_still_run() {
         audit_dir: None,
         rotator: Some(&broken),
         config: &config,
+        signer: None,
     };
     let r = responder
         .respond(&report.id, &key, 1_700_000_000)
@@ -241,94 +244,270 @@ fn a_hanging_hook_is_killed_at_its_timeout() {
     );
     let config = NotifyConfig {
         command: Some(vec!["sleep".into(), "30".into()]),
-        webhook: None,
         timeout: 1,
+        ..NotifyConfig::default()
     };
     let start = std::time::Instant::now();
-    let results = keyhaven_compromise::notify(&config, &report);
+    let results = keyhaven_compromise::notify(&config, &report, None);
     assert!(start.elapsed() < std::time::Duration::from_secs(10));
     let e = results[0].1.as_ref().unwrap_err().to_string();
     assert!(e.contains("timed out after 1s"), "{e}");
 }
 
-#[test]
-fn the_webhook_receives_the_report_and_its_status_is_checked() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = std::thread::spawn(move || {
-        let mut bodies = Vec::new();
-        for status in ["200 OK", "500 Internal Server Error"] {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 4096];
-            // Read headers and the body announced by Content-Length.
-            loop {
-                let n = s.read(&mut chunk).unwrap();
-                buf.extend_from_slice(&chunk[..n]);
-                let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some(i) = text.find("\r\n\r\n") {
-                    let len: usize = text
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
-                        .unwrap()
-                        .trim()
-                        .parse()
-                        .unwrap();
-                    if buf.len() >= i + 4 + len {
-                        bodies.push(text);
-                        break;
-                    }
-                }
-            }
-            write!(s, "HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").unwrap();
-        }
-        bodies
-    });
-    let report = CompromiseReport::new(
+fn webhook(url: String, retries: u32) -> NotifyConfig {
+    NotifyConfig {
+        webhook: Some(url),
+        timeout: 5,
+        retries,
+        backoff: Duration::from_millis(20),
+        ..NotifyConfig::default()
+    }
+}
+
+fn a_report() -> CompromiseReport {
+    CompromiseReport::new(
         "k9",
         CompromiseType::Confirmed,
         Severity::High,
         DetectionMethod::Manual,
         "x",
         1,
-    );
-    let config = NotifyConfig {
-        command: None,
-        webhook: Some(format!("http://127.0.0.1:{port}/hooks/keyhaven")),
-        timeout: 5,
-    };
-    let ok = keyhaven_compromise::notify(&config, &report);
-    assert_eq!(ok[0].0, "notify-webhook");
-    assert!(ok[0].1.as_ref().unwrap().contains("200"));
-    let failed = keyhaven_compromise::notify(&config, &report);
-    assert!(
-        failed[0]
-            .1
-            .as_ref()
-            .unwrap_err()
-            .to_string()
-            .contains("500")
-    );
-    let bodies = server.join().unwrap();
-    assert!(
-        bodies[0].starts_with("POST /hooks/keyhaven HTTP/1.1"),
-        "{}",
-        bodies[0]
-    );
-    assert!(bodies[0].contains("\"key_id\": \"k9\""));
-    // A webhook that accepts but never answers times out.
-    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
-    let config = NotifyConfig {
-        command: None,
-        webhook: Some(format!("http://{}/", silent.local_addr().unwrap())),
-        timeout: 1,
-    };
-    let e = keyhaven_compromise::notify(&config, &report)
+    )
+}
+
+/// Signs nothing real: says which delivery it was asked to sign, so the test sees that every
+/// retry carries the same fields.
+struct Stamp(Mutex<Vec<String>>);
+
+impl WebhookSigner for Stamp {
+    fn sign(&self, d: &Delivery<'_>) -> keyhaven_core::Result<Vec<(String, String)>> {
+        self.0.lock().unwrap().push(d.id.to_owned());
+        Ok(vec![(
+            "X-Stamp".into(),
+            format!("{}:{}", d.id, d.body.len()),
+        )])
+    }
+}
+
+#[test]
+fn the_webhook_is_retried_with_back_off_on_what_a_retry_can_fix_only() {
+    // 503 then 500 then 200: three attempts, one delivery, signed once.
+    let receiver = WebhookReceiver::start(&[503, 500, 200], false);
+    let stamp = Stamp(Mutex::default());
+    let config = webhook(receiver.url("/hooks/keyhaven?team=sec"), 3);
+    let done = keyhaven_compromise::notify(&config, &a_report(), Some(&stamp))
+        .remove(0)
+        .1
+        .unwrap();
+    assert!(done.contains("answered 200 at attempt 3"), "{done}");
+    assert!(done.contains("1: answered HTTP/1.1 503"), "{done}");
+    assert!(done.ends_with("signed"), "{done}");
+    let got = receiver.received();
+    assert_eq!(got.len(), 3);
+    assert_eq!(stamp.0.lock().unwrap().len(), 1, "signed once per delivery");
+    for r in &got {
+        assert_eq!(
+            (r.method.as_str(), r.path.as_str()),
+            ("POST", "/hooks/keyhaven?team=sec")
+        );
+        assert_eq!(r.header("X-Stamp"), got[0].header("X-Stamp"));
+        assert_eq!(
+            r.header("Keyhaven-Delivery"),
+            got[0].header("Keyhaven-Delivery")
+        );
+        assert_eq!(r.header("Content-Type"), Some("application/json"));
+        let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(body["key_id"], "k9");
+    }
+
+    // A 4xx other than 408/425/429 is the receiver saying no: not retried.
+    let receiver = WebhookReceiver::start(&[403], false);
+    let e = keyhaven_compromise::notify(&webhook(receiver.url("/"), 3), &a_report(), None)
         .remove(0)
         .1
         .unwrap_err()
         .to_string();
-    assert!(e.contains("timed out"), "{e}");
+    assert!(
+        e.contains("answered HTTP/1.1 403") && e.contains("(1 attempt)"),
+        "{e}"
+    );
+    assert_eq!(receiver.received().len(), 1);
+
+    // Retries run out: each attempt is named.
+    let receiver = WebhookReceiver::start(&[429, 502, 503], false);
+    let e = keyhaven_compromise::notify(&webhook(receiver.url("/"), 2), &a_report(), None)
+        .remove(0)
+        .1
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("(3 attempts)"), "{e}");
+    assert!(
+        e.contains("1: answered HTTP/1.1 429") && e.contains("3: answered HTTP/1.1 503"),
+        "{e}"
+    );
+
+    // Nobody listening: retried, then given up, naming the refusal.
+    let port = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let e = keyhaven_compromise::notify(
+        &webhook(format!("http://127.0.0.1:{port}/"), 1),
+        &a_report(),
+        None,
+    )
+    .remove(0)
+    .1
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("cannot connect") && e.contains("(2 attempts)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_webhook_that_hangs_times_out_at_each_attempt() {
+    let receiver = WebhookReceiver::start(&[0, 0], false);
+    let config = NotifyConfig {
+        timeout: 1,
+        ..webhook(receiver.url("/"), 1)
+    };
+    let start = std::time::Instant::now();
+    let e = keyhaven_compromise::notify(&config, &a_report(), None)
+        .remove(0)
+        .1
+        .unwrap_err()
+        .to_string();
+    assert!(start.elapsed() < Duration::from_secs(20));
+    assert!(
+        e.contains("1: timed out after 1s") && e.contains("2: timed out after 1s"),
+        "{e}"
+    );
+    assert_eq!(receiver.received().len(), 2);
+}
+
+#[test]
+fn https_webhooks_verify_the_receiver_against_the_configured_ca() {
+    let receiver = WebhookReceiver::start(&[200], true);
+    let config = NotifyConfig {
+        ca_file: Some(receiver.ca()),
+        ..webhook(receiver.url("/hook"), 0)
+    };
+    let done = keyhaven_compromise::notify(&config, &a_report(), None)
+        .remove(0)
+        .1
+        .unwrap();
+    assert!(done.contains("answered 200"), "{done}");
+    assert!(done.ends_with("unsigned"), "{done}");
+    assert_eq!(receiver.received().len(), 1);
+
+    // Another CA (here: the system's roots, or another receiver's CA) does not vouch for it:
+    // refused at the handshake, not retried, nothing delivered.
+    let other = WebhookReceiver::start(&[], true);
+    for ca in [Some(other.ca()), None] {
+        let config = NotifyConfig {
+            ca_file: ca,
+            ..webhook(receiver.url("/hook"), 3)
+        };
+        let e = keyhaven_compromise::notify(&config, &a_report(), None)
+            .remove(0)
+            .1
+            .unwrap_err()
+            .to_string();
+        // (a machine without system roots refuses before any attempt)
+        assert!(
+            (e.contains("TLS") && e.contains("(1 attempt)")) || e.contains("no system root"),
+            "{e}"
+        );
+    }
+    assert_eq!(receiver.received().len(), 1);
+
+    // The name must match the certificate: 127.0.0.1 is in it, 127.0.0.2 is not.
+    let by_ip = receiver.url("/hook").replace("localhost", "127.0.0.1");
+    let config = NotifyConfig {
+        ca_file: Some(receiver.ca()),
+        ..webhook(by_ip, 0)
+    };
+    assert!(
+        keyhaven_compromise::notify(&config, &a_report(), None)[0]
+            .1
+            .is_ok()
+    );
+
+    // A CA file that is not certificates is a configuration error naming it.
+    let dir = tempfile::tempdir().unwrap();
+    let junk = dir.path().join("ca.pem");
+    std::fs::write(&junk, "not a certificate\n").unwrap();
+    let config = NotifyConfig {
+        ca_file: Some(junk),
+        ..webhook(receiver.url("/hook"), 0)
+    };
+    let e = keyhaven_compromise::notify(&config, &a_report(), None)
+        .remove(0)
+        .1
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("ca_file") && e.contains("holds no certificate"),
+        "{e}"
+    );
+}
+
+#[test]
+fn notification_settings_are_validated() {
+    let check = |notify: NotifyConfig| {
+        ResponseConfig {
+            notify,
+            ..ResponseConfig::default()
+        }
+        .validate()
+        .map_err(|e| e.to_string())
+    };
+    let ok = webhook("https://hooks.example/x".into(), 3);
+    assert!(check(ok.clone()).is_ok());
+    for (bad, needle) in [
+        (
+            NotifyConfig {
+                retries: 11,
+                ..ok.clone()
+            },
+            "retries must be at most 10",
+        ),
+        (
+            NotifyConfig {
+                backoff: Duration::from_millis(1),
+                ..ok.clone()
+            },
+            "backoff must be between",
+        ),
+        (
+            NotifyConfig {
+                webhook: Some("ftp://x/".into()),
+                ..ok.clone()
+            },
+            "must start with http:// or https://",
+        ),
+        (
+            NotifyConfig {
+                webhook: None,
+                ca_file: Some("ca.pem".into()),
+                ..ok.clone()
+            },
+            "no webhook",
+        ),
+    ] {
+        let e = check(bad).unwrap_err();
+        assert!(e.contains(needle), "{e}");
+    }
+    // As written in keyhaven.toml: humantime durations, milliseconds kept.
+    let parsed: NotifyConfig =
+        serde_json::from_str(r#"{"webhook": "https://h/", "backoff": "250ms", "retries": 5}"#)
+            .unwrap();
+    assert_eq!(
+        (parsed.backoff, parsed.retries),
+        (Duration::from_millis(250), 5)
+    );
 }
 
 #[test]
@@ -353,7 +532,10 @@ fn procedures_are_chosen_by_role_and_validated() {
         Procedure::default()
     );
     for (bad, needle) in [
-        (r#"{"notify": {"webhook": "https://x/"}}"#, "https"),
+        (
+            r#"{"notify": {"webhook": "https://u@x/"}}"#,
+            "user information",
+        ),
         (r#"{"notify": {"webhook": "ftp://x/"}}"#, "http://"),
         (r#"{"notify": {"command": []}}"#, "command"),
         (r#"{"notify": {"timeout": 0}}"#, "timeout"),
