@@ -502,6 +502,28 @@ fn replay(events: &[Ev<'_>], out: &mut Vec<Finding>) {
     let mut first: HashMap<(&str, &str), &Ev<'_>> = HashMap::new();
     let mut flagged: BTreeSet<(&str, &str)> = BTreeSet::new();
     for ev in events {
+        // A keyhaven server refuses a request whose RFC 9421 nonce its key used before, and
+        // records the refusal: the duplicate is a finding too (someone holds a copy of a
+        // request the key signed).
+        if ev.e.outcome == Outcome::Denied
+            && ev.e.operation.starts_with("server.")
+            && let (Some(reason), Some(key)) = (ev.e.reason.as_deref(), ev.e.key_id.as_deref())
+            && let Some(detail) = reason.strip_prefix("replayed-nonce: ")
+        {
+            out.push(finding(
+                DetectionMethod::Replay,
+                Severity::High,
+                Some(key),
+                detail,
+                format!(
+                    "the server refused a replayed request signed by this key (audit record \
+                     {}): {detail}",
+                    ev.seq
+                ),
+                &[ev],
+            ));
+            continue;
+        }
         if ev.e.outcome != Outcome::Allowed || !PRIVATE_OPS.contains(&ev.e.operation.as_str()) {
             continue;
         }

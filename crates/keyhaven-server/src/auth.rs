@@ -152,9 +152,15 @@ pub(crate) fn verify_signed(
         .storage
         .use_nonce(&verified.keyid, &nonce, keep_until)?
     {
+        // The nonce is named (structured-field text: printable ASCII, bounded here) so the
+        // audit trail shows which request was replayed: `keyhaven compromise scan` reports it.
+        let shown: String = nonce.chars().take(64).collect();
         return Err(ApiError::unauthenticated(
             "replayed-nonce",
-            "this nonce was used before with this key: sign each request with a fresh nonce",
+            format!(
+                "nonce \"{shown}\" was used before with this key: sign each request with a \
+                 fresh nonce"
+            ),
         ));
     }
     Ok(verified)

@@ -196,6 +196,39 @@ fn a_replayed_request_id_is_flagged() {
 }
 
 #[test]
+fn a_replayed_nonce_the_server_refused_is_a_replay_finding() {
+    let mut log = Log::default();
+    let fpr = "ab".repeat(32);
+    log.ev(1, "key:x", "server.authenticate", &fpr, Outcome::Denied)
+        .reason = Some("stale: the signature is too old".into());
+    log.ev(2, "key:x", "server.authenticate", &fpr, Outcome::Denied)
+        .reason = Some(
+        "replayed-nonce: nonce \"n-1\" was used before with this key: sign each request with \
+         a fresh nonce"
+            .into(),
+    );
+    // The same words from something that is not the server are not its refusal.
+    log.ev(3, "alice", "sign", "k1", Outcome::Denied).reason =
+        Some("replayed-nonce: nonce \"n-1\"".into());
+    let f = scan(&log.records, &KeyStates::default(), &Thresholds::default());
+    let replays: Vec<_> = f
+        .iter()
+        .filter(|f| f.method == DetectionMethod::Replay)
+        .collect();
+    assert_eq!(replays.len(), 1, "{f:?}");
+    assert_eq!(replays[0].key_id.as_deref(), Some(fpr.as_str()));
+    assert_eq!(replays[0].audit_seqs, [1]);
+    assert!(
+        replays[0].summary.contains(r#"nonce "n-1""#),
+        "{}",
+        replays[0].summary
+    );
+    // The same refusal scanned again is the same finding (filed once).
+    let again = scan(&log.records, &KeyStates::default(), &Thresholds::default());
+    assert!(again.iter().any(|g| g.id == replays[0].id));
+}
+
+#[test]
 fn one_key_used_from_two_hosts_at_once_is_flagged_but_not_a_move() {
     let mut log = Log::default();
     log.ev(1, "alice", "sign", "k1", Outcome::Allowed);

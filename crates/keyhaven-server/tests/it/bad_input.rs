@@ -201,6 +201,39 @@ async fn unknown_keys_stale_or_future_signatures_and_replays_are_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_request_is_audited_with_its_nonce_and_compromise_scan_reports_it() {
+    let t = crate::support::start_audited().await;
+    let key = t.key(Algorithm::Ed25519, "replayed");
+    t.client(&key).register("replayed").await.unwrap();
+    let once = signed(&t, &key, "GET", "/v1/whoami", b"", |s| {
+        s.nonce("nonce-to-replay")
+    });
+    assert_eq!(send(&t, &once, b"").await.status, 200);
+    let problem = send(&t, &once, b"")
+        .await
+        .assert_problem(401, "replayed-nonce");
+    assert!(
+        problem.detail.contains("nonce-to-replay"),
+        "{}",
+        problem.detail
+    );
+    let manager = t.manager.as_ref().unwrap();
+    let scan = tokio::task::block_in_place(|| manager.compromise().scan(&[])).unwrap();
+    let fpr = key.fingerprint().to_hex();
+    let replay = scan
+        .findings
+        .iter()
+        .find(|f| f.method == keyhaven::compromise::DetectionMethod::Replay)
+        .unwrap_or_else(|| panic!("{:?}", scan.findings));
+    assert_eq!(replay.key_id.as_deref(), Some(fpr.as_str()));
+    assert!(
+        replay.summary.contains("nonce-to-replay"),
+        "{}",
+        replay.summary
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signatures_that_cover_too_little_or_lie_are_refused() {
     let t = start().await;
     let key = registered(&t, "k").await;

@@ -24,6 +24,9 @@ pub(crate) struct TestServer {
     pub(crate) offset: Arc<AtomicU64>,
     /// Client keys live here.
     pub(crate) keys: Arc<dyn KeyStore>,
+    /// The home of the server key, whose audit log is the server's trail
+    /// ([`start_audited`] only).
+    pub(crate) manager: Option<KeyManager>,
     _dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -60,15 +63,28 @@ pub(crate) fn server_key(
 }
 
 pub(crate) async fn start_with(config: ServerConfig) -> TestServer {
+    start_inner(config, false).await
+}
+
+/// A server whose decisions go to its home's audit log, as in embedded mode.
+pub(crate) async fn start_audited() -> TestServer {
+    start_inner(ServerConfig::default(), true).await
+}
+
+async fn start_inner(config: ServerConfig, audited: bool) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
-    let (_manager, key, signer) = server_key(dir.path(), Algorithm::Ed25519);
+    let (manager, key, signer) = server_key(dir.path(), Algorithm::Ed25519);
     let server_key = key.public_key().clone();
     let storage =
         Arc::new(SqliteStorage::open(&dir.path().join("server").join("server.db")).unwrap());
     let offset = Arc::new(AtomicU64::new(0));
     let o = offset.clone();
-    let server = Server::new(config, storage.clone(), Arc::new(signer))
+    let mut server = Server::new(config, storage.clone(), Arc::new(signer))
         .with_clock(Arc::new(move || unix_now() + o.load(Ordering::Relaxed)));
+    if audited {
+        let log = manager.audit().log().unwrap().expect("the home audits");
+        server = server.with_audit(Arc::new(keyhaven_server::LogSink(log)));
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -87,6 +103,7 @@ pub(crate) async fn start_with(config: ServerConfig) -> TestServer {
         server_key,
         offset,
         keys: Arc::new(MemoryStore::new().unwrap()),
+        manager: audited.then_some(manager),
         _dir: dir,
         stop: Some(stop),
         task: Some(task),
