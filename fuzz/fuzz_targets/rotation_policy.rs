@@ -3,7 +3,7 @@
 #![no_main]
 
 use keyhaven_core::{Algorithm, Protection};
-use keyhaven_rotation::{PolicySet, Role};
+use keyhaven_rotation::{KeyTraits, PolicySet, Role, SecurityLevel};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -18,8 +18,11 @@ fuzz_target!(|data: &[u8]| {
                     Protection::SoftwareEncrypted,
                     Protection::Hardware,
                 ] {
-                    let e = set.explain_for(role, alg, prot);
-                    let _ = e.to_string();
+                    for level in SecurityLevel::ALL {
+                        let traits = KeyTraits::new(role, alg, prot).with_level(level);
+                        let e = set.explain_for(&traits);
+                        let _ = e.to_string();
+                    }
                 }
             }
         }

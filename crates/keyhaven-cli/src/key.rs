@@ -138,9 +138,16 @@ fn generate(
         .map_err(keyhaven::CoreError::from)?;
     let level = level.as_deref().map(parse_level).transpose()?;
     let key = m.generate_with(backend.as_deref(), &spec)?;
-    if role.is_some() || level.is_some() {
-        m.rotation()
-            .adopt_key_at(&key, role, level.unwrap_or_default())?;
+    if (role.is_some() || level.is_some())
+        && let Err(e) = m
+            .rotation()
+            .adopt_key_at(&key, role, level.unwrap_or_default())
+    {
+        // All or nothing: a key without the role or level asked for is not left behind.
+        if let Err(d) = m.delete(&key) {
+            errln!("warning: the new key {key} could not be removed after the failure: {d}");
+        }
+        return Err(e.into());
     }
     print_warnings(m);
     print_new_key(m, &key, json)?;
@@ -459,11 +466,28 @@ fn show(m: &KeyManager, reference: &str, json: bool) -> Result<u8> {
     let details = m.details(&key)?;
     let private_file = details.private_key_file.clone();
     let hardware = details.in_device.then_some(&details);
-    let version = m.rotation().version_info(&key)?;
+    // Damaged lifecycle state (a registry entry changed outside keyhaven) does not hide the
+    // key's details: role and level are then unknown, with a warning naming the damage.
+    let version = match m.rotation().version_info(&key) {
+        Ok(v) => Some(v),
+        Err(e)
+            if matches!(
+                e.kind(),
+                keyhaven::ErrorKind::Corrupt | keyhaven::ErrorKind::PermissionDenied
+            ) =>
+        {
+            errln!(
+                "warning: key {}: {e} (its role and level are unknown)",
+                key.id()
+            );
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
     if json {
         let mut v = KeyJson::of(&key, default)?;
-        v.role = Some(version.role.as_str());
-        v.security_level = Some(version.level.as_str());
+        v.role = version.as_ref().map(|v| v.role.as_str());
+        v.security_level = version.as_ref().map(|v| v.level.as_str());
         v.location = Some(backend.location().to_owned());
         v.private_key_file = private_file.as_ref().map(|f| f.display().to_string());
         v.hardware = hardware.cloned();
@@ -476,8 +500,19 @@ fn show(m: &KeyManager, reference: &str, json: bool) -> Result<u8> {
         outln!("location:     {}", backend.location())?;
         outln!("algorithm:    {} ({})", alg.short_name(), alg.jose_name())?;
         outln!("protection:   {}", key.protection())?;
-        outln!("role:         {}", version.role)?;
-        outln!("level:        {}", version.level)?;
+        let unknown = || "unknown (damaged lifecycle state)".to_owned();
+        outln!(
+            "role:         {}",
+            version
+                .as_ref()
+                .map_or_else(unknown, |v| v.role.to_string())
+        )?;
+        outln!(
+            "level:        {}",
+            version
+                .as_ref()
+                .map_or_else(unknown, |v| v.level.to_string())
+        )?;
         outln!("fingerprint:  {}", key.info.fingerprint())?;
         outln!("created:      {}", rfc3339(key.info.created_at))?;
         outln!("default:      {}", if default { "yes" } else { "no" })?;

@@ -16,7 +16,8 @@ pub use report::{
     Severity, Status,
 };
 pub use respond::{
-    NotifyConfig, Procedure, Responder, ResponseConfig, ResponseOutcome, Rotator, Step, notify,
+    BeforeNotify, NotifyConfig, NotifyContext, Procedure, Responder, ResponseConfig,
+    ResponseOutcome, Rotator, Step, notify,
 };
 pub use revocation::{
     Authority, Issuer, LIST_FORMAT, MAX_LIST_BYTES, REVOCATION_VERSION, Revocation,

@@ -198,6 +198,10 @@ pub trait Rotator {
     fn emergency_rotate(&self, key_id: &str, reason: &str) -> keyhaven_core::Result<String>;
 }
 
+/// Work run before a response's notification, given the report id: whether all of it
+/// succeeded ([`Responder::before_notify`]).
+pub type BeforeNotify<'a> = dyn Fn(&str) -> Result<bool> + 'a;
+
 /// Everything a response needs.
 pub struct Responder<'a> {
     /// The reports.
@@ -212,9 +216,14 @@ pub struct Responder<'a> {
     pub rotator: Option<&'a dyn Rotator>,
     /// The configuration.
     pub config: &'a ResponseConfig,
-    /// Signs the notification webhook's deliveries (the facade: the authority key); unset,
-    /// they are sent unsigned and the report says so.
-    pub signer: Option<&'a dyn WebhookSigner>,
+    /// What notifying needs besides the configuration: a signer for webhook deliveries, the
+    /// CA certificates read through the caller's integrity checks.
+    pub notify: NotifyContext<'a>,
+    /// Run just before the notification step (or after the last step when the procedure has
+    /// none), given the report id: work the notification must include (the facade rotates the
+    /// rest of a compromised home here). It records its own actions in the report and says
+    /// whether all of them succeeded; a failure makes the report incomplete.
+    pub before_notify: Option<&'a BeforeNotify<'a>>,
 }
 
 impl std::fmt::Debug for Responder<'_> {
@@ -254,7 +263,13 @@ impl Responder<'_> {
         let procedure = self.config.procedure_for(report.role.as_deref());
         let mut lookback = Vec::new();
         let mut failed = false;
+        let mut hook = self.before_notify;
         for step in &procedure.steps {
+            if *step == Step::Notify
+                && let Some(before) = hook.take()
+            {
+                failed |= !before(report_id)?;
+            }
             let (action, result) = match step {
                 Step::Revoke => ("revoke", self.revoke(&report, key, now)),
                 Step::Rotate => ("rotate", self.rotate(&report)),
@@ -268,7 +283,7 @@ impl Responder<'_> {
                 Step::Notify => {
                     // Notify with the report as it stands, including the actions so far.
                     let current = self.reports.get(report_id)?;
-                    let results = notify(&self.config.notify, &current, self.signer);
+                    let results = notify(&self.config.notify, &current, &self.notify);
                     if results.is_empty() {
                         self.reports.update(report_id, |r| {
                             r.actions.push(ActionTaken {
@@ -299,6 +314,9 @@ impl Responder<'_> {
                 Vec::new()
             };
             self.record(report_id, action, now, result, &seqs)?;
+        }
+        if let Some(before) = hook {
+            failed |= !before(report_id)?;
         }
         let report = self.reports.update(report_id, |r| {
             r.status = if failed {
@@ -410,13 +428,50 @@ impl Responder<'_> {
     }
 }
 
+/// What notifying needs besides its configuration.
+#[derive(Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct NotifyContext<'a> {
+    /// Signs webhook deliveries (the facade: the home's authority key); unset, they are sent
+    /// unsigned and the report says so.
+    pub signer: Option<&'a dyn WebhookSigner>,
+    /// The text of `ca_file` as the caller read it through its own integrity checks (the
+    /// facade: the home's manifest); unset, `ca_file` is read as a plain file.
+    pub ca_pem: Option<&'a str>,
+}
+
+impl<'a> NotifyContext<'a> {
+    /// Deliveries signed by `signer`.
+    #[must_use]
+    pub fn signed_by(mut self, signer: &'a dyn WebhookSigner) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// `ca_file`'s certificates given as text.
+    #[must_use]
+    pub fn trusting(mut self, ca_pem: &'a str) -> Self {
+        self.ca_pem = Some(ca_pem);
+        self
+    }
+}
+
+impl std::fmt::Debug for NotifyContext<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NotifyContext")
+            .field("signed", &self.signer.is_some())
+            .field("ca_pem", &self.ca_pem.is_some())
+            .finish()
+    }
+}
+
 /// Runs the configured notification hooks with `report`; returns each hook's action name and
-/// result (empty if none is configured). The webhook's POST is signed by `signer` when one is
-/// given (the report's action then says so).
+/// result (empty if none is configured). The webhook's POST is signed when `context` has a
+/// signer (the report's action then says so).
 pub fn notify(
     config: &NotifyConfig,
     report: &CompromiseReport,
-    signer: Option<&dyn WebhookSigner>,
+    context: &NotifyContext<'_>,
 ) -> Vec<(&'static str, Result<String>)> {
     let timeout = Duration::from_secs(config.timeout);
     let json = report.to_json();
@@ -432,13 +487,19 @@ pub fn notify(
         ));
     }
     if let Some(url) = &config.webhook {
-        let policy = crate::webhook::Policy {
-            timeout,
-            retries: config.retries,
-            backoff: config.backoff,
-            ca_file: config.ca_file.clone(),
-        };
+        let signer = context.signer;
         let sent = json().and_then(|j| {
+            let ca = match (&config.ca_file, context.ca_pem) {
+                (Some(path), Some(text)) => Some((text.to_owned(), path.clone())),
+                (Some(path), None) => Some((keyhaven_fs::read_config(path)?, path.clone())),
+                (None, _) => None,
+            };
+            let policy = crate::webhook::Policy {
+                timeout,
+                retries: config.retries,
+                backoff: config.backoff,
+                ca,
+            };
             let id = delivery_id(&report.id)?;
             crate::webhook::deliver(
                 url,

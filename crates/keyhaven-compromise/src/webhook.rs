@@ -9,7 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -74,8 +74,13 @@ impl Target {
         } else {
             return Err(bad("must start with http:// or https://"));
         };
-        if url.chars().any(|c| c.is_control() || c == ' ') {
-            return Err(bad("contains a space or a control character"));
+        if url
+            .chars()
+            .any(|c| c.is_control() || c == ' ' || !c.is_ascii())
+        {
+            return Err(bad(
+                "contains a space, a control or a non-ASCII character (percent-encode it)",
+            ));
         }
         if url.contains('#') {
             return Err(bad("a fragment (#...) is never sent: leave it out"));
@@ -130,6 +135,17 @@ impl Target {
         })
     }
 
+    /// The URI as the request carries it (`Host` and request target): what a receiver
+    /// rebuilds, so what the signature covers.
+    pub(crate) fn uri(&self) -> String {
+        format!(
+            "{}://{}{}",
+            if self.https { "https" } else { "http" },
+            self.host_field(),
+            self.path
+        )
+    }
+
     /// The `Host` field: the host, bracketed if IPv6, with the port unless it is the default.
     fn host_field(&self) -> String {
         let host = if self.host.contains(':') {
@@ -151,8 +167,9 @@ pub(crate) struct Policy {
     pub(crate) timeout: Duration,
     pub(crate) retries: u32,
     pub(crate) backoff: Duration,
-    /// PEM certificates trusted for HTTPS instead of the system's roots.
-    pub(crate) ca_file: Option<PathBuf>,
+    /// PEM certificates trusted for HTTPS instead of the system's roots, and where they came
+    /// from (for messages).
+    pub(crate) ca: Option<(String, PathBuf)>,
 }
 
 /// Why one attempt failed, and whether another may do better.
@@ -201,14 +218,25 @@ pub(crate) fn deliver(
         reason,
     };
     let tls = if target.https {
-        Some(client_config(policy.ca_file.as_deref())?)
+        Some(client_config(policy.ca.as_ref())?)
     } else {
         None
     };
+    if delivery_id.is_empty()
+        || !delivery_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    {
+        return Err(CompromiseError::Invalid(format!(
+            "delivery id {delivery_id:?}: only letters, digits, '-', '.' and '_'"
+        )));
+    }
+    // What is signed is what is sent: the normalised URI, not the text as configured.
+    let uri = target.uri();
     let signed = match signer {
         Some(s) => s
             .sign(&Delivery {
-                url,
+                url: &uri,
                 content_type,
                 body,
                 id: delivery_id,
@@ -260,8 +288,9 @@ pub(crate) fn deliver(
                     break;
                 }
                 if let Some(after) = f.after {
-                    // The receiver's wish, within the same bound as our own back-off.
-                    wait = after.min(MAX_BACKOFF.max(policy.backoff));
+                    // The receiver's wish, within our own bounds: never sooner than the
+                    // configured back-off, never longer than the cap.
+                    wait = after.clamp(policy.backoff, MAX_BACKOFF.max(policy.backoff));
                 }
             }
         }
@@ -274,12 +303,11 @@ pub(crate) fn deliver(
     )))
 }
 
-/// The TLS client configuration: the CA file's certificates, or the system's roots.
-fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
+/// The TLS client configuration: the CA certificates given, or the system's roots.
+fn client_config(ca: Option<&(String, PathBuf)>) -> Result<Arc<rustls::ClientConfig>> {
     let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let text = keyhaven_fs::read_config(path)?;
+    match ca {
+        Some((text, path)) => {
             let mut n = 0;
             for cert in CertificateDer::pem_slice_iter(text.as_bytes()) {
                 let cert = cert.map_err(|e| {
@@ -331,7 +359,75 @@ fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>> {
     Ok(Arc::new(config))
 }
 
-/// One attempt: connect, (handshake,) send, read the status line and headers.
+/// A stream whose every read and write ends by the attempt's deadline: the socket's timeout
+/// is set to what is left before each call, so a peer trickling a byte at a time (during the
+/// TLS handshake too, where rustls loops over reads) cannot stretch an attempt.
+struct Timed {
+    tcp: TcpStream,
+    deadline: Instant,
+}
+
+impl Timed {
+    fn left(&self) -> std::io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the attempt's time is up",
+            ))
+        } else {
+            Ok(left)
+        }
+    }
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.left()?;
+        self.tcp.set_read_timeout(Some(left))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let left = self.left()?;
+        self.tcp.set_write_timeout(Some(left))?;
+        self.tcp.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
+/// Resolves `host` on a helper thread, waiting at most until `deadline` (the system resolver
+/// has no timeout of its own).
+fn resolve(
+    host: &str,
+    port: u16,
+    deadline: Instant,
+) -> std::result::Result<Vec<SocketAddr>, Failure> {
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host.to_owned();
+    std::thread::spawn(move || {
+        let _ = tx.send(
+            (name.as_str(), port)
+                .to_socket_addrs()
+                .map(Iterator::collect::<Vec<_>>),
+        );
+    });
+    match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(Ok(addrs)) => Ok(addrs),
+        Ok(Err(e)) => Err(Failure::retry(format!("cannot resolve {host}: {e}"))),
+        Err(_) => Err(Failure::retry(format!("resolving {host} timed out"))),
+    }
+}
+
+/// One attempt: resolve, connect, (handshake,) send, read the answer's head, all by one
+/// deadline.
 fn attempt_once(
     target: &Target,
     tls: Option<&Arc<rustls::ClientConfig>>,
@@ -339,18 +435,18 @@ fn attempt_once(
     timeout: Duration,
 ) -> std::result::Result<u16, Failure> {
     let deadline = Instant::now() + timeout;
-    let addrs: Vec<SocketAddr> = (target.host.as_str(), target.port)
-        .to_socket_addrs()
-        .map_err(|e| Failure::retry(format!("cannot resolve {}: {e}", target.host)))?
-        .collect();
+    let addrs = resolve(&target.host, target.port, deadline)?;
     let mut last = None;
     let mut stream = None;
-    for addr in addrs {
+    for (i, addr) in addrs.iter().enumerate() {
+        // Each address gets an equal share of what is left, so one that swallows packets
+        // does not keep the next from being tried.
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        let share = left / u32::try_from(addrs.len() - i).unwrap_or(u32::MAX);
+        if share.is_zero() {
             break;
         }
-        match TcpStream::connect_timeout(&addr, left) {
+        match TcpStream::connect_timeout(addr, share) {
             Ok(s) => {
                 stream = Some(s);
                 break;
@@ -361,26 +457,16 @@ fn attempt_once(
     let tcp = stream.ok_or_else(|| {
         Failure::retry(last.unwrap_or_else(|| format!("{} has no address", target.host)))
     })?;
-    let left = deadline
-        .saturating_duration_since(Instant::now())
-        .max(Duration::from_millis(1));
-    tcp.set_read_timeout(Some(left))
-        .and_then(|()| tcp.set_write_timeout(Some(left)))
-        .map_err(|e| Failure::retry(e.to_string()))?;
+    let timed = Timed { tcp, deadline };
     match tls {
-        None => exchange(tcp, request, deadline, timeout),
+        None => exchange(timed, request, timeout),
         Some(config) => {
             let name = ServerName::try_from(target.host.clone()).map_err(|e| {
                 Failure::fatal(format!("'{}' is not a TLS server name: {e}", target.host))
             })?;
             let conn = rustls::ClientConnection::new(Arc::clone(config), name)
                 .map_err(|e| Failure::fatal(format!("TLS: {e}")))?;
-            exchange(
-                rustls::StreamOwned::new(conn, tcp),
-                request,
-                deadline,
-                timeout,
-            )
+            exchange(rustls::StreamOwned::new(conn, timed), request, timeout)
         }
     }
 }
@@ -410,10 +496,56 @@ fn show(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
+/// The head of an HTTP/1.x answer, as far as a webhook client cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[doc(hidden)]
+pub struct AnswerHead {
+    /// The status code.
+    pub status: u16,
+    /// The status line (at most 120 characters), for messages.
+    pub line: String,
+    /// `Retry-After` in seconds, if the answer has one.
+    pub retry_after: Option<u64>,
+    /// How many bytes the head took, its blank line included.
+    pub len: usize,
+}
+
+/// Parses the head at the start of `bytes` (status line and fields, up to the blank line):
+/// `Ok(None)` if it is not all there yet. Public for the fuzz target only.
+///
+/// # Errors
+/// What is there is not an HTTP/1.x answer.
+#[doc(hidden)]
+pub fn parse_answer_head(bytes: &[u8]) -> std::result::Result<Option<AnswerHead>, String> {
+    let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&bytes[..end]);
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or("");
+    let line: String = status_line.chars().take(120).collect();
+    let status = status_line
+        .strip_prefix("HTTP/1.")
+        .and_then(|r| r.split(' ').nth(1))
+        .filter(|c| c.len() == 3 && c.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|c| c.parse::<u16>().ok())
+        .filter(|c| (100..600).contains(c))
+        .ok_or_else(|| format!("not an HTTP answer: {line:?}"))?;
+    let retry_after = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(n, _)| n.trim().eq_ignore_ascii_case("retry-after"))
+        .and_then(|(_, v)| v.trim().parse::<u64>().ok());
+    Ok(Some(AnswerHead {
+        status,
+        line,
+        retry_after,
+        len: end + 4,
+    }))
+}
+
 fn exchange(
     mut stream: impl Read + Write,
     request: &[u8],
-    deadline: Instant,
     timeout: Duration,
 ) -> std::result::Result<u16, Failure> {
     stream
@@ -422,9 +554,23 @@ fn exchange(
         .map_err(|e| io_failure("cannot send", &e, timeout))?;
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
-    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-        if Instant::now() >= deadline {
-            return Err(Failure::retry(format!("timed out after {}", show(timeout))));
+    loop {
+        match parse_answer_head(&head).map_err(Failure::fatal)? {
+            // An interim answer (100 Continue, 103 Early Hints): the final one follows.
+            Some(h) if (100..200).contains(&h.status) && h.status != 101 => {
+                head.drain(..h.len);
+                continue;
+            }
+            Some(h) if (200..300).contains(&h.status) => return Ok(h.status),
+            Some(h) => {
+                let retry = matches!(h.status, 408 | 425 | 429 | 500..=599);
+                return Err(Failure {
+                    reason: format!("answered {}", h.line),
+                    retry,
+                    after: h.retry_after.map(Duration::from_secs).filter(|_| retry),
+                });
+            }
+            None => {}
         }
         if head.len() > MAX_HEAD {
             return Err(Failure::fatal(format!(
@@ -435,48 +581,33 @@ fn exchange(
             .read(&mut buf)
             .map_err(|e| io_failure("cannot read the answer", &e, timeout))?;
         if n == 0 {
-            if head.windows(2).any(|w| w == b"\r\n") {
-                break;
-            }
             return Err(Failure::retry("connection closed before an answer".into()));
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let text = String::from_utf8_lossy(&head);
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or("");
-    let code = status_line
-        .strip_prefix("HTTP/1.")
-        .and_then(|r| r.split_whitespace().nth(1))
-        .and_then(|c| c.parse::<u16>().ok())
-        .filter(|c| (100..1000).contains(c))
-        .ok_or_else(|| {
-            Failure::fatal(format!(
-                "not an HTTP answer: {:?}",
-                status_line.chars().take(80).collect::<String>()
-            ))
-        })?;
-    if (200..300).contains(&code) {
-        return Ok(code);
-    }
-    let status = status_line.chars().take(120).collect::<String>();
-    let retry_after = lines
-        .take_while(|l| !l.is_empty())
-        .filter_map(|l| l.split_once(':'))
-        .find(|(n, _)| n.trim().eq_ignore_ascii_case("retry-after"))
-        .and_then(|(_, v)| v.trim().parse::<u64>().ok())
-        .map(Duration::from_secs);
-    let retry = matches!(code, 408 | 425 | 429 | 500..=599);
-    Err(Failure {
-        reason: format!("answered {status}"),
-        retry,
-        after: retry_after.filter(|_| retry),
-    })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Target;
+    use super::{Target, parse_answer_head};
+
+    #[test]
+    fn answer_heads_parse_strictly() {
+        let h = parse_answer_head(b"HTTP/1.1 503 Busy\r\nRetry-After: 7\r\n\r\nbody")
+            .unwrap()
+            .unwrap();
+        assert_eq!((h.status, h.retry_after, h.len), (503, Some(7), 37));
+        assert_eq!(parse_answer_head(b"HTTP/1.1 200 OK\r\n").unwrap(), None);
+        for bad in [
+            &b"SMTP 220 hi\r\n\r\n"[..],
+            b"HTTP/1.1 20 OK\r\n\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1 +20 OK\r\n\r\n",
+            b"HTTP/1.1 999 OK\r\n\r\n",
+        ] {
+            assert!(parse_answer_head(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn urls_parse_strictly() {
@@ -495,6 +626,11 @@ mod tests {
             (t.port, t.path.as_str(), t.host_field()),
             (443, "/?x", "h".into())
         );
+        assert_eq!(t.uri(), "https://h/?x");
+        assert_eq!(
+            Target::parse("https://Hooks.Example:443/a").unwrap().uri(),
+            "https://hooks.example/a"
+        );
         for bad in [
             "ftp://h/",
             "https://",
@@ -508,6 +644,7 @@ mod tests {
             "https://h/a\r\nX: y",
             "https://h/#frag",
             "https://h_h/",
+            "https://h/caf\u{e9}",
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }

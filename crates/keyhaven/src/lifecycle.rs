@@ -684,12 +684,24 @@ impl KeyManager {
         Ok(ScanOutcome { findings, filed })
     }
 
-    /// [`crate::CompromiseView::respond_to_home`].
+    /// [`crate::CompromiseView::respond_to_home`]: the reported key's procedure, with every
+    /// other key of the home rotated before the notification goes out (so receivers learn
+    /// what was done, and a slow receiver never holds the rotation back).
     pub(crate) fn respond_to_home_compromise(&self, report_id: &str) -> Result<ResponseOutcome> {
-        let mut outcome = self.compromise().respond(report_id, None)?;
+        let rotate_home = |id: &str| -> keyhaven_compromise::Result<bool> {
+            self.rotate_home(id).map_err(|e| {
+                keyhaven_compromise::CompromiseError::Core(crate::rotation::into_core(e))
+            })
+        };
+        self.respond_with(report_id, None, Some(&rotate_home))
+    }
+
+    /// Rotates every key of the home but the reported one (and those already rotated for this
+    /// report), recording each in the report; `false` if any could not be.
+    fn rotate_home(&self, report_id: &str) -> Result<bool> {
         let reports = self.reports()?;
-        let done: std::collections::BTreeSet<String> = outcome
-            .report
+        let report = reports.get(report_id).map_err(CoreError::from)?;
+        let done: std::collections::BTreeSet<String> = report
             .actions
             .iter()
             .filter(|a| a.action == "rotate-home" && a.ok)
@@ -701,11 +713,14 @@ impl KeyManager {
                 .logical_key(key)?
                 .map_or_else(|| key.id().to_string(), |l| l.id().to_owned()))
         };
-        let reported = match self.resolve(&outcome.report.key_id) {
-            Ok(k) => logical_of(&k)?,
-            Err(_) => outcome.report.key_id.clone(),
+        let reported = match &report.backend {
+            Some(b) => self.resolve(&format!("{b}:{}", report.key_id)),
+            None => self.resolve(&report.key_id),
         };
-        let mut failed = false;
+        let reported = match reported {
+            Ok(k) => logical_of(&k)?,
+            Err(_) => report.key_id.clone(),
+        };
         let mut steps: Vec<(bool, String)> = Vec::new();
         let keys = self.rotatable_keys()?;
         // A backend out of reach keeps its keys as they are: said, and the report incomplete.
@@ -748,10 +763,11 @@ impl KeyManager {
                 Err(e) => (false, format!("{id} ({}): {e}", key.label())),
             });
         }
+        let mut all_ok = true;
         for (ok, detail) in steps {
-            failed |= !ok;
+            all_ok &= ok;
             let now = keyhaven_core::unix_now();
-            outcome.report = reports
+            reports
                 .update(report_id, |r| {
                     r.actions.push(keyhaven_compromise::ActionTaken {
                         at: now,
@@ -760,14 +776,11 @@ impl KeyManager {
                         not_configured: false,
                         detail,
                     });
-                    if failed {
-                        r.status = keyhaven_compromise::Status::Incomplete;
-                    }
-                    Ok(r.clone())
+                    Ok(())
                 })
                 .map_err(CoreError::from)?;
         }
-        Ok(outcome)
+        Ok(all_ok)
     }
 }
 
@@ -952,7 +965,20 @@ impl crate::CompromiseView<'_> {
         report_id: &str,
         rotator: Option<&dyn Rotator>,
     ) -> Result<ResponseOutcome> {
-        let m = self.0;
+        self.0.respond_with(report_id, rotator, None)
+    }
+}
+
+impl KeyManager {
+    /// [`crate::CompromiseView::respond`], running `before_notify` just before the
+    /// notification (see [`Responder::before_notify`]).
+    fn respond_with(
+        &self,
+        report_id: &str,
+        rotator: Option<&dyn Rotator>,
+        before_notify: Option<&keyhaven_compromise::BeforeNotify<'_>>,
+    ) -> Result<ResponseOutcome> {
+        let m = self;
         let reports = m.reports()?;
         let report = reports.get(report_id).map_err(CoreError::from)?;
         if report.status == keyhaven_compromise::Status::Dismissed {
@@ -977,11 +1003,28 @@ impl crate::CompromiseView<'_> {
         let revocations = m.revocation_registry()?;
         let authority = m.authority()?;
         let mut config = m.config().compromise.clone();
-        if let Some(ca) = &config.notify.ca_file {
-            config.notify.ca_file = Some(resolve(m.home(), ca));
-        }
+        // The receiver's CA is trust: inside a sealed home it is read through the manifest,
+        // so a home writer cannot plant a CA of their own and take the notification.
+        let ca_pem = match &config.notify.ca_file {
+            Some(ca) => {
+                let path = resolve(m.home(), ca);
+                let text = m.policy_text(&path)?.ok_or_else(|| {
+                    CoreError::NotFound(format!(
+                        "the webhook CA file {} that [compromise.notify] ca_file names",
+                        path.display()
+                    ))
+                })?;
+                config.notify.ca_file = Some(path);
+                Some(text)
+            }
+            None => None,
+        };
         let audit_dir = m.audit_dir();
         let signer = AuthoritySigner::new(&authority)?;
+        let mut notify = keyhaven_compromise::NotifyContext::default().signed_by(&signer);
+        if let Some(text) = &ca_pem {
+            notify = notify.trusting(text);
+        }
         let responder = Responder {
             reports: &reports,
             revocations: &revocations,
@@ -989,7 +1032,8 @@ impl crate::CompromiseView<'_> {
             audit_dir: audit_dir.exists().then_some(audit_dir.as_path()),
             rotator: rotator.or(Some(m)),
             config: &config,
-            signer: Some(&signer),
+            notify,
+            before_notify,
         };
         m.audit_event("compromise-respond", Some(&key), Outcome::Intent, report_id)?;
         let outcome = match responder.respond(report_id, &key.info, keyhaven_core::unix_now()) {

@@ -551,7 +551,7 @@ impl Rotator for KeyManager {
     }
 }
 
-fn into_core(e: Error) -> CoreError {
+pub(crate) fn into_core(e: Error) -> CoreError {
     match e {
         Error::Core(c) | Error::Backend { source: c, .. } => c,
         // A facade-level error (a backend unavailable, a PIN problem) keeps its meaning.
@@ -576,9 +576,10 @@ impl crate::RotationView<'_> {
     }
 
     /// Sets the security level of `key`'s logical key (registering it first if it is not
-    /// versioned), which decides the rotation policies that match it. Needs the right to
-    /// rotate the key; recorded in the key's history and audited (the old and new level and
-    /// `reason`). Setting the level it has changes nothing and records nothing in the history.
+    /// versioned), which decides the rotation policies that match it. Raising it needs the
+    /// right to rotate the key; lowering it (which can take the key out of a stricter policy)
+    /// needs the right to revoke it as well. Recorded in the key's history and audited (the
+    /// old and new level and `reason`). Setting the level it has changes nothing.
     ///
     /// # Errors
     /// Access denied; the registry cannot be written; a revoked, compromised or destroyed key
@@ -602,6 +603,9 @@ impl crate::RotationView<'_> {
         let from = logical.level();
         if from == level {
             return Ok(logical);
+        }
+        if level < from {
+            m.authorize(keyhaven_audit::Operation::Revoke, key)?;
         }
         let detail = if reason.is_empty() {
             format!("security level {from} -> {level}")

@@ -837,7 +837,10 @@ fn compromise_webhooks_go_over_https_are_retried_and_signed_by_the_authority() {
     let h = Home::with_encrypted();
     // The receiver (Python's http.server over OpenSSL) fails once, then takes it.
     let receiver = WebhookReceiver::start(&[503, 200], true);
-    fs::copy(receiver.ca(), h.path().join("webhook-ca.pem")).unwrap();
+    crate::write_private(
+        &h.path().join("webhook-ca.pem"),
+        fs::read_to_string(receiver.ca()).unwrap(),
+    );
     let url = receiver.url("/hooks/keyhaven");
     append_config(
         &h,
@@ -856,6 +859,17 @@ fn compromise_webhooks_go_over_https_are_retried_and_signed_by_the_authority() {
         "--json",
     ]);
     let id = report["id"].as_str().unwrap().to_owned();
+    // The CA is trust: a file put in the home outside keyhaven is refused before any step,
+    // until its owner vouches for it.
+    let err = h.fails(&["compromise", "respond", &id], 7);
+    assert!(err.contains("webhook-ca.pem"), "{err}");
+    let untouched = h.json(&["compromise", "show", &id, "--json"]);
+    assert_eq!(
+        untouched["actions"].as_array().map(Vec::len),
+        Some(0),
+        "{untouched}"
+    );
+    h.ok(&["integrity", "accept", "webhook-ca.pem"]);
     let responded = h.json(&["compromise", "respond", &id, "--json"]);
     let notify = responded["actions"]
         .as_array()
@@ -987,5 +1001,57 @@ fn an_unreachable_webhook_is_recorded_as_failed_and_the_revocation_stands() {
     assert!(
         h.ok(&["revocations", "list"]).contains(&key),
         "the revocation stands"
+    );
+}
+
+#[test]
+fn lowering_a_keys_security_level_needs_the_right_to_revoke_it() {
+    if !crate::is_root() {
+        eprintln!("skipped: acting for another principal (KEYHAVEN_PRINCIPAL) needs root");
+        return;
+    }
+    let h = Home::with_encrypted();
+    h.generate("p256", "release", &["--level", "high"]);
+    crate::write_private(
+        &h.path().join("access.toml"),
+        "[default]\nrotate = { principals = [\"ops\", \"owner\"] }\nrevoke = { principals = \
+         [\"owner\"] }\n",
+    );
+    append_config(&h, "\n[access]\npolicy = \"access.toml\"\n");
+    h.ok(&["integrity", "accept", "access.toml"]);
+    let as_user = |user: &str, args: &[&str]| {
+        h.cmd(args)
+            .env("KEYHAVEN_PRINCIPAL", user)
+            .output()
+            .unwrap()
+    };
+    // Raising it only needs the right to rotate.
+    let out = as_user("ops", &["key", "set-level", "release", "critical"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Lowering it could take it out of a stricter policy: refused without the right to revoke.
+    let out = as_user("ops", &["key", "set-level", "release", "standard"]);
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        h.ok(&["key", "show", "release"])
+            .contains("level:        critical")
+    );
+    let out = as_user("owner", &["key", "set-level", "release", "standard"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        h.ok(&["key", "show", "release"])
+            .contains("level:        standard")
     );
 }

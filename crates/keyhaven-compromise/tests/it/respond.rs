@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use keyhaven_audit::{AuditLog, AuditOptions, AuditSigner, AuditedStore, CallerContext};
 use keyhaven_compromise::{
-    CompromiseReport, CompromiseType, Delivery, DetectionMethod, NotifyConfig, Procedure,
-    ReportStore, Responder, ResponseConfig, RevocationCheckedStore, Revocations, Rotator, Severity,
-    Status, Step, WebhookSigner,
+    CompromiseReport, CompromiseType, Delivery, DetectionMethod, NotifyConfig, NotifyContext,
+    Procedure, ReportStore, Responder, ResponseConfig, RevocationCheckedStore, Revocations,
+    Rotator, Severity, Status, Step, WebhookSigner,
 };
 use keyhaven_core::{Algorithm, Error, KeyStore};
 use keyhaven_store_memory::MemoryStore;
@@ -100,7 +100,8 @@ fn the_default_procedure_revokes_rotates_looks_back_and_notifies() {
         audit_dir: Some(&sub(dir.path(), "audit")),
         rotator: Some(&rotator),
         config: &config,
-        signer: None,
+        notify: NotifyContext::default(),
+        before_notify: None,
     };
     let outcome = responder.respond(&report.id, &key, now).unwrap();
     let r = &outcome.report;
@@ -183,7 +184,8 @@ fn a_failing_step_is_recorded_and_the_others_still_run() {
         audit_dir: None,
         rotator: Some(&broken),
         config: &config,
-        signer: None,
+        notify: NotifyContext::default(),
+        before_notify: None,
     };
     let r = responder
         .respond(&report.id, &key, 1_700_000_000)
@@ -248,7 +250,7 @@ fn a_hanging_hook_is_killed_at_its_timeout() {
         ..NotifyConfig::default()
     };
     let start = std::time::Instant::now();
-    let results = keyhaven_compromise::notify(&config, &report, None);
+    let results = keyhaven_compromise::notify(&config, &report, &NotifyContext::default());
     assert!(start.elapsed() < std::time::Duration::from_secs(10));
     let e = results[0].1.as_ref().unwrap_err().to_string();
     assert!(e.contains("timed out after 1s"), "{e}");
@@ -295,10 +297,14 @@ fn the_webhook_is_retried_with_back_off_on_what_a_retry_can_fix_only() {
     let receiver = WebhookReceiver::start(&[503, 500, 200], false);
     let stamp = Stamp(Mutex::default());
     let config = webhook(receiver.url("/hooks/keyhaven?team=sec"), 3);
-    let done = keyhaven_compromise::notify(&config, &a_report(), Some(&stamp))
-        .remove(0)
-        .1
-        .unwrap();
+    let done = keyhaven_compromise::notify(
+        &config,
+        &a_report(),
+        &NotifyContext::default().signed_by(&stamp),
+    )
+    .remove(0)
+    .1
+    .unwrap();
     assert!(done.contains("answered 200 at attempt 3"), "{done}");
     assert!(done.contains("1: answered HTTP/1.1 503"), "{done}");
     assert!(done.ends_with("signed"), "{done}");
@@ -322,11 +328,15 @@ fn the_webhook_is_retried_with_back_off_on_what_a_retry_can_fix_only() {
 
     // A 4xx other than 408/425/429 is the receiver saying no: not retried.
     let receiver = WebhookReceiver::start(&[403], false);
-    let e = keyhaven_compromise::notify(&webhook(receiver.url("/"), 3), &a_report(), None)
-        .remove(0)
-        .1
-        .unwrap_err()
-        .to_string();
+    let e = keyhaven_compromise::notify(
+        &webhook(receiver.url("/"), 3),
+        &a_report(),
+        &NotifyContext::default(),
+    )
+    .remove(0)
+    .1
+    .unwrap_err()
+    .to_string();
     assert!(
         e.contains("answered HTTP/1.1 403") && e.contains("(1 attempt)"),
         "{e}"
@@ -335,11 +345,15 @@ fn the_webhook_is_retried_with_back_off_on_what_a_retry_can_fix_only() {
 
     // Retries run out: each attempt is named.
     let receiver = WebhookReceiver::start(&[429, 502, 503], false);
-    let e = keyhaven_compromise::notify(&webhook(receiver.url("/"), 2), &a_report(), None)
-        .remove(0)
-        .1
-        .unwrap_err()
-        .to_string();
+    let e = keyhaven_compromise::notify(
+        &webhook(receiver.url("/"), 2),
+        &a_report(),
+        &NotifyContext::default(),
+    )
+    .remove(0)
+    .1
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("(3 attempts)"), "{e}");
     assert!(
         e.contains("1: answered HTTP/1.1 429") && e.contains("3: answered HTTP/1.1 503"),
@@ -354,7 +368,7 @@ fn the_webhook_is_retried_with_back_off_on_what_a_retry_can_fix_only() {
     let e = keyhaven_compromise::notify(
         &webhook(format!("http://127.0.0.1:{port}/"), 1),
         &a_report(),
-        None,
+        &NotifyContext::default(),
     )
     .remove(0)
     .1
@@ -374,7 +388,7 @@ fn a_webhook_that_hangs_times_out_at_each_attempt() {
         ..webhook(receiver.url("/"), 1)
     };
     let start = std::time::Instant::now();
-    let e = keyhaven_compromise::notify(&config, &a_report(), None)
+    let e = keyhaven_compromise::notify(&config, &a_report(), &NotifyContext::default())
         .remove(0)
         .1
         .unwrap_err()
@@ -394,7 +408,7 @@ fn https_webhooks_verify_the_receiver_against_the_configured_ca() {
         ca_file: Some(receiver.ca()),
         ..webhook(receiver.url("/hook"), 0)
     };
-    let done = keyhaven_compromise::notify(&config, &a_report(), None)
+    let done = keyhaven_compromise::notify(&config, &a_report(), &NotifyContext::default())
         .remove(0)
         .1
         .unwrap();
@@ -410,7 +424,7 @@ fn https_webhooks_verify_the_receiver_against_the_configured_ca() {
             ca_file: ca,
             ..webhook(receiver.url("/hook"), 3)
         };
-        let e = keyhaven_compromise::notify(&config, &a_report(), None)
+        let e = keyhaven_compromise::notify(&config, &a_report(), &NotifyContext::default())
             .remove(0)
             .1
             .unwrap_err()
@@ -430,7 +444,7 @@ fn https_webhooks_verify_the_receiver_against_the_configured_ca() {
         ..webhook(by_ip, 0)
     };
     assert!(
-        keyhaven_compromise::notify(&config, &a_report(), None)[0]
+        keyhaven_compromise::notify(&config, &a_report(), &NotifyContext::default())[0]
             .1
             .is_ok()
     );
@@ -443,7 +457,7 @@ fn https_webhooks_verify_the_receiver_against_the_configured_ca() {
         ca_file: Some(junk),
         ..webhook(receiver.url("/hook"), 0)
     };
-    let e = keyhaven_compromise::notify(&config, &a_report(), None)
+    let e = keyhaven_compromise::notify(&config, &a_report(), &NotifyContext::default())
         .remove(0)
         .1
         .unwrap_err()
@@ -554,4 +568,66 @@ fn procedures_are_chosen_by_role_and_validated() {
             .is_err()
     );
     assert!(serde_json::from_str::<ResponseConfig>(r#"{"notfy": {}}"#).is_err());
+}
+
+/// A receiver beside the real one, for faults Python's server will not make: it reads the
+/// request's head, then writes `answer` a chunk at a time with `pause` between chunks.
+fn scripted_receiver(answer: Vec<&'static [u8]>, pause: Duration) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            use std::io::{Read, Write};
+            let mut buf = [0u8; 8192];
+            let _ = s.read(&mut buf);
+            for chunk in answer {
+                if s.write_all(chunk).is_err() {
+                    return;
+                }
+                std::thread::sleep(pause);
+            }
+        }
+    });
+    url
+}
+
+#[test]
+fn a_receiver_trickling_its_answer_cannot_stretch_an_attempt() {
+    // One byte every 300 ms: each read is quick, the attempt as a whole is not.
+    let trickle: Vec<&'static [u8]> = b"HTTP/1.1 200 OK\r\n\r\n".chunks(1).collect::<Vec<_>>();
+    let url = scripted_receiver(trickle, Duration::from_millis(300));
+    let config = NotifyConfig {
+        timeout: 1,
+        ..webhook(url, 0)
+    };
+    let start = std::time::Instant::now();
+    let e = keyhaven_compromise::notify(&config, &a_report(), &NotifyContext::default())
+        .remove(0)
+        .1
+        .unwrap_err()
+        .to_string();
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(e.contains("timed out after 1s"), "{e}");
+}
+
+#[test]
+fn an_interim_answer_is_followed_by_the_final_one() {
+    let url = scripted_receiver(
+        vec![
+            b"HTTP/1.1 100 Continue\r\n\r\n",
+            b"HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\n",
+            b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n",
+        ],
+        Duration::from_millis(20),
+    );
+    let done =
+        keyhaven_compromise::notify(&webhook(url, 0), &a_report(), &NotifyContext::default())
+            .remove(0)
+            .1
+            .unwrap();
+    assert!(done.contains("answered 202"), "{done}");
 }
