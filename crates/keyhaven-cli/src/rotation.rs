@@ -329,6 +329,7 @@ pub(crate) fn policy(ctx: &Ctx, cmd: PolicyCommand) -> Result<u8> {
                     path.display()
                 )?;
             }
+            outln!("{}", prekey_line(&set))?;
             if let Some(note) = pending {
                 outln!("{note}")?;
             }
@@ -338,10 +339,30 @@ pub(crate) fn policy(ctx: &Ctx, cmd: PolicyCommand) -> Result<u8> {
             let e = m.rotation().explain_policy(&key)?;
             outln!("{key}")?;
             outln!("{e}")?;
+            // An identity key's prekeys follow the prekey schedule: say which.
+            if e.role == keyhaven::versions::Role::Identity {
+                outln!("{}", prekey_line(&m.rotation().policies()?))?;
+            }
             print_warnings(&m);
         }
     }
     Ok(OK)
+}
+
+/// The prekey schedule in one line, and where it comes from.
+fn prekey_line(set: &keyhaven::versions::PolicySet) -> String {
+    match set.prekey_schedule() {
+        Some((p, source)) => format!(
+            "prekeys: {source}: signed prekey rotated every {}, one-time prekeys refilled \
+             below {} up to {}",
+            humantime::format_duration(p.signed_prekey_max_age),
+            p.low_water,
+            p.refill_to
+        ),
+        None => "prekeys: no schedule (builtin_defaults = false and no [prekeys]): rotated and \
+                 refilled by hand only (`keyhaven prekeys replenish`)"
+            .to_owned(),
+    }
 }
 
 pub(crate) fn verify_continuity(

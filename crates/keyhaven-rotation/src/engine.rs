@@ -352,8 +352,44 @@ impl RotationEngine {
         Ok(due)
     }
 
+    /// What the prekey pool (if the engine has one) needs now, by the prekey schedule
+    /// ([`PolicySet::prekey_schedule`]): an old signed prekey, a low pool.
+    ///
+    /// # Errors
+    /// If the pool's state cannot be read.
+    pub fn evaluate_prekeys(&self) -> Result<Vec<Due>> {
+        match &self.prekeys {
+            Some(pool) => self.evaluate_pool(pool),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Acts on what [`RotationEngine::evaluate_prekeys`] finds (or, with `dry_run`, says what
+    /// it would do), under the rotation lock.
+    ///
+    /// # Errors
+    /// The lock cannot be taken or the pool's state read; a failed action is in its outcome.
+    pub fn rotate_prekeys_due(&self, dry_run: bool) -> Result<Vec<DueOutcome>> {
+        let _lock = self.rotation_lock()?;
+        Ok(self
+            .evaluate_prekeys()?
+            .into_iter()
+            .map(|due| {
+                let action = if dry_run {
+                    DueAction::WouldAct
+                } else {
+                    self.act(&due)
+                };
+                DueOutcome { due, action }
+            })
+            .collect())
+    }
+
     fn evaluate_pool(&self, pool: &PrekeyPool) -> Result<Vec<Due>> {
-        let settings = self.policies.prekeys();
+        // No schedule (the built-in one switched off, no [prekeys]): prekeys are by hand.
+        let Some((settings, _)) = self.policies.prekey_schedule() else {
+            return Ok(Vec::new());
+        };
         let status = pool.status()?;
         let mut due = Vec::new();
         let max_age = settings.signed_prekey_max_age.as_secs();

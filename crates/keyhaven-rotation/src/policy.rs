@@ -349,6 +349,8 @@ pub struct PolicySet {
     /// Seed 002's recommended schedule applies to roles nothing else covers
     /// ([`PolicySet::builtin_rules`]).
     builtin: bool,
+    /// The file has a `[prekeys]` section.
+    prekeys_set: bool,
 }
 
 #[derive(Deserialize)]
@@ -630,6 +632,7 @@ impl PolicySet {
             defaults.insert(role, r);
         }
         let mut prekeys = PrekeySettings::default();
+        let prekeys_set = file.prekeys.is_some();
         if let Some(p) = file.prekeys {
             if let Some(n) = p.low_water {
                 prekeys.low_water = u32::try_from(positive_count("[prekeys].low_water", n)?)
@@ -658,6 +661,7 @@ impl PolicySet {
             defaults,
             prekeys,
             builtin: file.builtin_defaults.unwrap_or(true),
+            prekeys_set,
         })
     }
 
@@ -677,9 +681,23 @@ impl PolicySet {
         self.defaults.get(&role)
     }
 
-    /// The prekey settings.
+    /// The prekey settings (the `[prekeys]` section, else seed 002's defaults).
     pub fn prekeys(&self) -> PrekeySettings {
         self.prekeys
+    }
+
+    /// The prekey schedule `rotate --due` follows, and where it comes from: the `[prekeys]`
+    /// section, else seed 002's built-in one (signed prekey monthly, one-time prekeys refilled
+    /// below 10), which `builtin_defaults = false` switches off (`None`: prekeys are then
+    /// rotated and refilled by hand only).
+    pub fn prekey_schedule(&self) -> Option<(PrekeySettings, &'static str)> {
+        if self.prekeys_set {
+            Some((self.prekeys, "[prekeys] in rotation.toml"))
+        } else if self.builtin {
+            Some((self.prekeys, "built-in (seed 002's schedule)"))
+        } else {
+            None
+        }
     }
 
     /// The rules for a key with these traits, and where they come from: the most specific

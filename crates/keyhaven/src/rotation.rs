@@ -276,7 +276,60 @@ impl KeyManager {
                 keys.push(LogicalKey::adopt(&key.backend, &key.info, role, now));
             }
         }
-        engine.evaluate_keys(&keys).map_err(core)
+        let mut due = engine.evaluate_keys(&keys).map_err(core)?;
+        due.extend(self.prekeys_due(true)?.into_iter().map(|o| o.due));
+        Ok(due)
+    }
+
+    /// The prekey pools of the home's identity keys (those that have one), each judged by the
+    /// prekey schedule and, unless `dry_run`, acted on: its signed prekey rotated, its
+    /// one-time prekeys refilled. A pool that cannot be opened is audited as failed; the
+    /// others go on.
+    fn prekeys_due(&self, dry_run: bool) -> Result<Vec<DueOutcome>> {
+        let Some(registry) = self.registry_if_exists()? else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for logical in registry.list().map_err(core)? {
+            if logical.role() != Role::Identity
+                || !self
+                    .rotation_dir()
+                    .join("prekeys")
+                    .join(logical.id())
+                    .is_dir()
+            {
+                continue;
+            }
+            let name = format!("prekeys of {}", logical.label());
+            let result = self
+                .resolve(&format!("{}:{}", logical.backend(), logical.id()))
+                .and_then(|identity| {
+                    let pool = Arc::new(self.prekey_pool(&identity)?);
+                    let backend = self.key_backend(&self.signing_target(&identity)?)?;
+                    self.bare_rotation_engine()?
+                        .with_store(logical.backend().to_owned(), backend.store().clone())
+                        .with_prekeys(pool)
+                        .rotate_prekeys_due(dry_run)
+                        .map_err(core)
+                });
+            match result {
+                Ok(outcomes) => out.extend(outcomes.into_iter().map(|mut o| {
+                    o.due.key = name.clone();
+                    o
+                })),
+                Err(e) => {
+                    // Recorded; the other pools and keys go on, and the next run tries again.
+                    self.audit_new_key(
+                        "rotate",
+                        logical.backend(),
+                        Some(logical.id()),
+                        keyhaven_audit::Outcome::Failed,
+                        &format!("{name}: the pool cannot be used: {e}"),
+                    )?;
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// [`crate::RotationView::rotate_due`].
@@ -284,7 +337,8 @@ impl KeyManager {
         for key in self.rotatable_keys()? {
             self.adopt_key(&key, None)?;
         }
-        let outcomes = self.rotation_engine()?.rotate_due(false).map_err(core)?;
+        let mut outcomes = self.rotation_engine()?.rotate_due(false).map_err(core)?;
+        outcomes.extend(self.prekeys_due(false)?);
         // Every action taken (or failed) is audited under the logical key's id, which stays
         // valid when older versions are destroyed.
         for o in &outcomes {
@@ -305,40 +359,65 @@ impl KeyManager {
                 ),
                 DueAction::Failed(e) => (Outcome::Failed, format!("due: {}: {e}", o.due.reason)),
                 DueAction::Notified(what) => (Outcome::Allowed, format!("notify only: {what}")),
+                DueAction::SignedPrekeyRotated => {
+                    (Outcome::Allowed, format!("due: {}: rotated", o.due.reason))
+                }
+                DueAction::Replenished(n) => (
+                    Outcome::Allowed,
+                    format!("due: {}: {n} one-time prekeys made", o.due.reason),
+                ),
                 _ => continue,
             };
             self.audit_new_key("rotate", "", Some(&o.due.key), outcome, &detail)?;
         }
         // Versions retired at the end of their migration window are revoked too where the
         // policy says so (a signed statement: verifiers holding the revocation list refuse
-        // them, not only this home).
+        // them, not only this home). Judged from the state, not from this run's outcomes: a
+        // revocation that failed once (a backend out of reach) is made by the next run.
         let policies = self.rotation_policies()?;
-        for o in &outcomes {
-            let keyhaven_rotation::DueAction::Retired(numbers) = &o.action else {
-                continue;
-            };
-            let Some(logical) = self.find_logical_key(&o.due.key)? else {
-                continue;
-            };
+        let registry = self.rotation_registry()?;
+        for logical in registry.list().map_err(core)? {
             let (rules, _) = policies.rules_for(&KeyTraits::of(&logical));
             if !rules.is_some_and(|r| r.revoke_after_migration) {
                 continue;
             }
-            for n in numbers {
-                let Some(v) = logical.version(*n) else {
+            for v in logical.versions() {
+                if v.state() != VersionState::Retired {
                     continue;
-                };
-                let key = self.resolve(&format!("{}:{}", logical.backend(), v.key_id()))?;
-                // Exactly that version (its id may also name the logical key).
-                self.revoke_exactly(
-                    &key,
-                    &format!(
-                        "version {n} of {}: its migration window ended (revoke_after_migration)",
-                        o.due.key
-                    ),
-                    false,
-                    None,
-                )?;
+                }
+                let n = v.number();
+                let reference = format!("{}:{}", logical.backend(), v.key_id());
+                let result = self.resolve(&reference).and_then(|key| {
+                    if self.revocation_of(&key)?.is_some() {
+                        return Ok(false);
+                    }
+                    // Exactly that version (its id may also name the logical key).
+                    self.revoke_exactly(
+                        &key,
+                        &format!(
+                            "version {n} of {}: its migration window ended \
+                             (revoke_after_migration)",
+                            logical.label()
+                        ),
+                        false,
+                        None,
+                    )?;
+                    Ok(true)
+                });
+                if let Err(e) = result {
+                    // Recorded, and tried again by the next run; the other keys go on.
+                    self.audit_new_key(
+                        "revoke",
+                        logical.backend(),
+                        Some(v.key_id().as_str()),
+                        keyhaven_audit::Outcome::Failed,
+                        &format!(
+                            "version {n} of {} (revoke_after_migration): {e}; the next \
+                             `rotate --due` tries again",
+                            logical.label()
+                        ),
+                    )?;
+                }
             }
         }
         Ok(outcomes)

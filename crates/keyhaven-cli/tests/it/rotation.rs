@@ -306,6 +306,41 @@ fn without_a_policy_file_identity_keys_follow_the_built_in_schedule() {
     let explain = h.ok(&["policy", "explain", "plain"]);
     assert!(explain.contains("no policy"), "{explain}");
     assert!(h.ok(&["policy", "check"]).contains("built-in schedule"));
+    // An identity's prekeys: the built-in schedule too, said by explain and check.
+    let explain = h.ok(&["policy", "explain", "me"]);
+    assert!(
+        explain.contains("prekeys: built-in (seed 002's schedule): signed prekey rotated every 30days, one-time prekeys refilled below 10"),
+        "{explain}"
+    );
+    h.ok(&["prekeys", "replenish", "--identity", "me"]);
+    // A [prekeys] section of the user's is the schedule: a higher low-water mark makes the
+    // pool due at once.
+    crate::write_private(
+        &h.path().join("rotation.toml"),
+        "[prekeys]\nlow_water = 150\nrefill_to = 200\n",
+    );
+    h.ok(&["integrity", "accept", "rotation.toml"]);
+    assert!(
+        h.ok(&["policy", "check"])
+            .contains("prekeys: [prekeys] in rotation.toml")
+    );
+    let dry = h.ok(&["rotate", "--due", "--dry-run"]);
+    assert!(dry.contains("one-time prekeys"), "{dry}");
+    // ... and `rotate --due` (from cron) refills it, without being asked about prekeys.
+    h.ok(&["rotate", "--due"]);
+    let status = h.json(&["prekeys", "status", "--identity", "me", "--json"]);
+    assert_eq!(status["available"], 200, "{status}");
+    // Switched off, with no [prekeys]: nothing about prekeys is due, and explain says so.
+    crate::write_private(
+        &h.path().join("rotation.toml"),
+        "builtin_defaults = false\n",
+    );
+    h.ok(&["integrity", "accept", "rotation.toml"]);
+    let explain = h.ok(&["policy", "explain", "me"]);
+    assert!(explain.contains("no policy"), "{explain}");
+    assert!(explain.contains("prekeys: no schedule"), "{explain}");
+    let dry = h.ok(&["rotate", "--due", "--dry-run"]);
+    assert!(!dry.contains("prekeys"), "{dry}");
 }
 
 #[test]
@@ -398,5 +433,78 @@ fn policies_match_security_levels_set_at_generation_and_changed_later() {
     assert!(
         h.ok(&["key", "show", "ordinary"])
             .contains("level:        high")
+    );
+}
+
+#[test]
+fn a_version_retired_before_its_policy_said_revoke_is_revoked_by_the_next_run() {
+    let h = Home::with_encrypted();
+    let v1 = h.generate("ed25519", "late", &["--role", "identity"]);
+    h.ok(&["key", "rotate", "late", "--migration-window", "1s"]);
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    h.ok(&["rotate", "--due"]);
+    let history = h.json(&["key", "history", "late", "--json"]);
+    assert_eq!(history["versions"][0]["state"], "retired", "{history}");
+    // The policy comes later (or the first revocation failed): the next run revokes it, once.
+    crate::write_private(
+        &h.path().join("rotation.toml"),
+        "[defaults.identity]\nrevoke_after_migration = true\n",
+    );
+    h.ok(&["integrity", "accept", "rotation.toml"]);
+    h.ok(&["rotate", "--due"]);
+    h.ok(&["rotate", "--due"]);
+    let revoked = h.json(&["revocations", "list", "--json"]);
+    let statements: Vec<_> = revoked
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["key_id"] == v1.as_str())
+        .collect();
+    assert_eq!(statements.len(), 1, "{revoked}");
+}
+
+#[test]
+fn policy_modes_notify_and_disabled_through_the_cli() {
+    let h = Home::with_encrypted();
+    h.generate("p256", "watched", &[]);
+    h.generate("p256", "frozen", &["--level", "critical"]);
+    let marker = h.scratch().join("phase.txt");
+    crate::write_private(
+        &h.path().join("rotation.toml"),
+        format!(
+            "[[policy]]\nname = \"watch\"\nroles = [\"signing\"]\nmax_usage = 1\nmode = \
+             \"notify\"\npost_rotate = [\"/bin/sh\", \"-c\", \"echo $KEYHAVEN_ROTATION_PHASE >> \
+             {}\"]\n\n[[policy]]\nname = \"frozen\"\nroles = [\"signing\"]\nlevel = \
+             \"critical\"\nmax_usage = 1\nmode = \"disabled\"\n",
+            marker.display()
+        ),
+    );
+    h.ok(&["integrity", "accept", "rotation.toml"]);
+    for key in ["watched", "frozen"] {
+        let out = h.run(&["sign", "--key", key, "--digest", &"ab".repeat(32)]);
+        assert!(out.status.success(), "{out:?}");
+    }
+    h.ok(&["rotate", "--due"]);
+    // notify: reported and its action run with phase notify, nothing rotated.
+    assert_eq!(std::fs::read_to_string(&marker).unwrap().trim(), "notify");
+    let history = h.ok(&["key", "history", "watched"]);
+    assert!(history.contains("mode is notify"), "{history}");
+    // neither key has a second version
+    let keys = h.ok(&["key", "list"]);
+    assert!(
+        !keys.contains("watched.v2") && !keys.contains("frozen.v2"),
+        "{keys}"
+    );
+    let explain = h.ok(&["policy", "explain", "frozen"]);
+    assert!(explain.contains("policy 'frozen'"), "{explain}");
+    // An unknown mode is refused naming the field: the owner cannot even vouch for it.
+    crate::write_private(
+        &h.path().join("rotation.toml"),
+        "[[policy]]\nname = \"x\"\nmode = \"sometimes\"\n",
+    );
+    let err = h.fails(&["integrity", "accept", "rotation.toml"], 9);
+    assert!(
+        err.contains("policy 'x'.mode: unknown mode 'sometimes'"),
+        "{err}"
     );
 }
