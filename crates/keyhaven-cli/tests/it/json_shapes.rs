@@ -41,7 +41,7 @@ fn every_json_output_has_exactly_its_documented_fields() {
 
     let shown = h.json(&["key", "show", "api", "--json"]);
     let mut show = set(KEY);
-    show.insert("location");
+    show.extend(["location", "role", "security_level"]);
     assert_eq!(
         fields(&shown),
         show,
