@@ -30,10 +30,12 @@ usage: cargo xtask <SUBCOMMAND> [ARGS]
 subcommands:
   test [ARGS]                 install missing system tools (openssl, softhsm2, opensc, swtpm,
                               swtpm-tools, tpm2-tools, pkg-config, libtss2-dev) when root,
-                              then `cargo test --workspace --all-features --no-fail-fast
-                              [ARGS]` with KEYHAVEN_INTEROP=1, RUST_BACKTRACE=1,
-                              KEYHAVEN_PKCS11_MODULE (SoftHSM2's module) and SOFTHSM2_CONF (a
-                              scratch token directory for this run, removed afterwards)
+                              then `cargo test --workspace --features keyhaven/full,
+                              keyhaven-cli/full --no-fail-fast [ARGS]` with
+                              KEYHAVEN_INTEROP=1, RUST_BACKTRACE=1, KEYHAVEN_PKCS11_MODULE
+                              (SoftHSM2's module) and SOFTHSM2_CONF (a scratch token directory
+                              for this run, removed afterwards); without ARGS, then the crypto
+                              and software-store suites again with the aws-lc-rs provider
   lint                        cargo fmt --check, cargo clippy -D warnings,
                               cargo deny check licenses bans sources
   check-layers                check that dependencies between workspace crates point down
@@ -136,6 +138,20 @@ fn workspace_root() -> Result<PathBuf> {
         .with_context(|| format!("{} has no parent directory", manifest_dir.display()))
 }
 
+/// Every feature of the workspace but `aws-lc-rs` (which would make AWS-LC the default
+/// provider of the whole run).
+const ALL_BUT_PROVIDER: &str = "keyhaven/full,keyhaven-cli/full";
+
+/// The packages whose suites run a second time with the aws-lc-rs provider as the default.
+const PROVIDER_PASS: &[&str] = &[
+    "-p",
+    "keyhaven-crypto",
+    "-p",
+    "keyhaven-store-memory",
+    "-p",
+    "keyhaven-store-file",
+];
+
 /// `cargo xtask test`: makes sure the system tools the tests need are present, then runs the whole
 /// workspace's tests with all features, forwarding `extra` to `cargo test`. The PKCS#11 tests get
 /// SoftHSM2's module and a scratch token directory for this run ([`softhsm::Scratch`]).
@@ -161,15 +177,34 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     if !picks_packages {
         command.arg("--workspace");
     }
+    // Every feature but the second crypto provider: the suite runs on the default build
+    // (RustCrypto); the provider pass below runs the crypto and store suites on aws-lc-rs.
     command
-        .args(["--all-features", "--no-fail-fast"])
+        .args(["--features", ALL_BUT_PROVIDER, "--no-fail-fast"])
         .args(extra)
         .env("KEYHAVEN_INTEROP", "1")
         .env("KEYHAVEN_PYTHON", &python)
         .env("RUST_BACKTRACE", "1");
     scratch.apply(&mut command, &pkcs11_module);
 
-    let (status, tally) = tally::run_tallied(&mut command, &mut std::io::stdout().lock())?;
+    let (status, mut tally) = tally::run_tallied(&mut command, &mut std::io::stdout().lock())?;
+    let mut status = status;
+    if !picks_packages && extra.is_empty() {
+        // The provider pass: Wycheproof, the provider conformance checks and the backend
+        // conformance suite of the software stores, with aws-lc-rs as the default provider.
+        println!("xtask: provider pass: the crypto and store suites with aws-lc-rs");
+        let mut second = cargo(root);
+        second
+            .arg("test")
+            .args(PROVIDER_PASS)
+            .args(["--features", "keyhaven-crypto/aws-lc-rs", "--no-fail-fast"])
+            .env("RUST_BACKTRACE", "1");
+        let (s2, t2) = tally::run_tallied(&mut second, &mut std::io::stdout().lock())?;
+        if status.success() {
+            status = s2;
+        }
+        tally.add(&t2);
+    }
     drop(scratch);
     // The plain closing line: "tests: N passed, N failed, N skipped".
     println!("{tally}");

@@ -23,6 +23,14 @@ pub(crate) struct Tally {
 }
 
 impl Tally {
+    /// Adds another run's counts to this one.
+    pub(crate) fn add(&mut self, other: &Tally) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+        self.ignored += other.ignored;
+        self.binaries += other.binaries;
+    }
+
     /// Adds one libtest summary line, e.g.
     /// `test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s`.
     /// Lines that are not such a summary are ignored.

@@ -1,7 +1,8 @@
 //! The decorators' overhead on software signing, in one run: the bare store, access control
-//! alone, and the recommended stack `AuditedStore<AccessControlledStore<S>>` (two durable,
-//! fsynced appends per sign: the intent and the outcome), single-threaded and with 8 threads
-//! (where group commit shares the fsyncs).
+//! alone, and the recommended stack `AuditedStore<AccessControlledStore<S>>`, both ways: one
+//! fsync per sign (the intent; the outcome is durable with the next one, the default) and two
+//! (`durable_outcomes`: the intent and the outcome each fsynced), single-threaded and with 8
+//! threads (where group commit shares the fsyncs).
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -37,11 +38,12 @@ fn fixtures() -> PathBuf {
     root
 }
 
-fn audit_log(dir: &Path) -> Arc<AuditLog> {
+fn audit_log(dir: &Path, durable_outcomes: bool) -> Arc<AuditLog> {
     let store: Arc<dyn KeyStore> = Arc::new(OneKeyStore::default());
     let key = store.generate(Algorithm::Ed25519, "audit").unwrap();
     let signer = AuditSigner { store, key: key.id };
-    Arc::new(AuditLog::open(dir, signer, AuditOptions::default()).unwrap())
+    let options = AuditOptions::default().with_durable_outcomes(durable_outcomes);
+    Arc::new(AuditLog::open(dir, signer, options).unwrap())
 }
 
 /// A realistic policy: signing by role, plus a few unrelated rules to search.
@@ -76,12 +78,16 @@ fn bench(c: &mut Criterion) {
         let inner = Arc::new(SimpleStore::new(Protection::SoftwarePlain));
         let key = inner.generate(alg, "bench").unwrap();
         let acl = AccessControlledStore::new(inner.clone(), policy(), caller());
-        let log = audit_log(&tmp.path().join(alg.short_name()));
-        let audited = AuditedStore::new(
-            AccessControlledStore::new(inner.clone(), policy(), caller()),
-            log,
-            caller(),
-        );
+        let audited_with = |durable: bool| {
+            let name = format!("{}-{durable}", alg.short_name());
+            AuditedStore::new(
+                AccessControlledStore::new(inner.clone(), policy(), caller()),
+                audit_log(&tmp.path().join(name), durable),
+                caller(),
+            )
+        };
+        let audited = audited_with(false);
+        let audited_two_fsyncs = audited_with(true);
         let msg = [0x5a_u8; 256];
 
         let mut g = c.benchmark_group(format!("sign_{}", alg.short_name()));
@@ -95,12 +101,18 @@ fn bench(c: &mut Criterion) {
         g.bench_function("access_controlled", |b| {
             b.iter(|| acl.sign(&key.id, &msg).unwrap());
         });
+        g.bench_function("audited_two_fsyncs", |b| {
+            b.iter(|| audited_two_fsyncs.sign(&key.id, &msg).unwrap());
+        });
         g.bench_function("audited_access_controlled", |b| {
             b.iter(|| audited.sign(&key.id, &msg).unwrap());
         });
         g.throughput(Throughput::Elements(8));
         g.bench_function("baseline_bare_store_8_threads", |b| {
             b.iter_custom(|iters| sign_8_threads(&*inner, &key.id, iters));
+        });
+        g.bench_function("audited_two_fsyncs_8_threads", |b| {
+            b.iter_custom(|iters| sign_8_threads(&audited_two_fsyncs, &key.id, iters));
         });
         g.bench_function("audited_access_controlled_8_threads", |b| {
             b.iter_custom(|iters| sign_8_threads(&audited, &key.id, iters));

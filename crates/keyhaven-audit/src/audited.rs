@@ -173,8 +173,11 @@ impl<S: KeyStore> AuditedStore<S> {
         {
             event.key_id = key_of(v);
         }
-        // On failure `r` is dropped here: no signature is released, secrets are zeroized.
-        self.log.append(event).map_err(|e| refused(&op, &e))?;
+        // On failure `r` is dropped here: no signature is released, secrets are zeroized. The
+        // outcome is durable with the next fsync (the intent had its own): one per operation.
+        self.log
+            .append_outcome(event)
+            .map_err(|e| refused(&op, &e))?;
         r
     }
 }

@@ -41,12 +41,17 @@ pub struct AuditOptions {
     /// on demand and at rotation). A periodic checkpoint the audit key cannot sign at that moment
     /// is skipped, not fatal: the records stay chained and the next checkpoint seals them.
     pub checkpoint_every: u64,
+    /// Give every outcome record its own fsync ([`AuditLog::append_outcome`]) instead of
+    /// making it durable with the next one: twice the fsyncs per audited signature, and no
+    /// "intent without outcome" after a crash. Off by default.
+    pub durable_outcomes: bool,
 }
 
 impl Default for AuditOptions {
     fn default() -> Self {
         AuditOptions {
             checkpoint_every: 1000,
+            durable_outcomes: false,
         }
     }
 }
@@ -56,7 +61,15 @@ impl AuditOptions {
     pub fn checkpoint_every(n: u64) -> Self {
         AuditOptions {
             checkpoint_every: n,
+            ..AuditOptions::default()
         }
+    }
+
+    /// The same options with [`AuditOptions::durable_outcomes`] set to `on`.
+    #[must_use]
+    pub fn with_durable_outcomes(mut self, on: bool) -> Self {
+        self.durable_outcomes = on;
+        self
     }
 }
 
@@ -87,7 +100,8 @@ struct Head {
 
 #[derive(Default)]
 struct Batch {
-    pending: Vec<(u64, Event)>,
+    /// Queued records: ticket, event, whether it needs its fsync.
+    pending: Vec<(u64, Event, bool)>,
     next_ticket: u64,
     leader: bool,
     results: HashMap<u64, Result<u64, String>>,
@@ -105,6 +119,8 @@ pub struct AuditLog {
     batch: Mutex<Batch>,
     done: Condvar,
     writer: Mutex<Option<Head>>,
+    /// Records were written without an fsync since the last one ([`AuditLog::append_outcome`]).
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -335,6 +351,7 @@ impl AuditLog {
             batch: Mutex::new(Batch::default()),
             done: Condvar::new(),
             writer: Mutex::new(None),
+            dirty: std::sync::atomic::AtomicBool::new(false),
         };
         // Establish (or check) the head now, so a log that cannot be written fails at open.
         log.with_head(|_, _| Ok(()))?;
@@ -388,11 +405,18 @@ impl AuditLog {
     /// The event is invalid, the log cannot be written or synced, or a due checkpoint cannot
     /// be signed.
     pub fn append(&self, event: Event) -> Result<u64, AuditError> {
+        self.enqueue(event, true)
+    }
+
+    /// Group commit: queue `event`; the first caller to find no leader writes everything
+    /// queued in one write, with one fsync if any of it needs one (`sync`), and hands out the
+    /// sequence numbers.
+    fn enqueue(&self, event: Event, sync: bool) -> Result<u64, AuditError> {
         validate(&event)?;
         let mut b = lock(&self.batch);
         let ticket = b.next_ticket;
         b.next_ticket += 1;
-        b.pending.push((ticket, event));
+        b.pending.push((ticket, event, sync));
         loop {
             if let Some(r) = b.results.remove(&ticket) {
                 return r.map_err(AuditError::Batch);
@@ -402,13 +426,14 @@ impl AuditLog {
                 b.leader = true;
                 let work = std::mem::take(&mut b.pending);
                 drop(b);
-                let outcome = self.write_batch(work.iter().map(|(_, e)| e));
+                let sync = work.iter().any(|(_, _, s)| *s);
+                let outcome = self.write_events(work.iter().map(|(_, e, _)| e), sync);
                 b = lock(&self.batch);
                 b.leader = false;
                 let mut mine = None;
                 match outcome {
                     Ok(seqs) => {
-                        for ((t, _), s) in work.iter().zip(seqs) {
+                        for ((t, _, _), s) in work.iter().zip(seqs) {
                             if *t == ticket {
                                 mine = Some(Ok(s));
                             } else {
@@ -418,7 +443,7 @@ impl AuditLog {
                     }
                     Err(e) => {
                         let msg = e.to_string();
-                        for (t, _) in &work {
+                        for (t, _, _) in &work {
                             if *t != ticket {
                                 b.results.insert(*t, Err(msg.clone()));
                             }
@@ -437,6 +462,48 @@ impl AuditLog {
                 .wait(b)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
         }
+    }
+
+    /// Appends the outcome record of an operation whose intent record is already durable
+    /// (its [`AuditLog::append`] returned), and returns its sequence number.
+    ///
+    /// The record is written, in order and chained, at once, but made durable by the next
+    /// fsynced append of any process (the next operation's intent, a checkpoint, a rotation),
+    /// [`AuditLog::sync`], or the kernel's own writeback, instead of by an fsync of its own: one
+    /// fsync per audited operation, not two (a short-lived process such as `keyhaven sign` does
+    /// not pay a second one at exit either). The guarantee that matters is kept: no private-key operation happens without a
+    /// durable intent record (fail closed). A crash (of the machine: a killed process loses
+    /// nothing written) may lose the last outcomes; [`crate::verify`] then reports their
+    /// intents as unfinished ([`crate::VerifyReport::unfinished`]), never silently. With
+    /// [`AuditOptions::durable_outcomes`] it is [`AuditLog::append`].
+    ///
+    /// # Errors
+    /// As [`AuditLog::append`]: a record that cannot be written fails the operation.
+    pub fn append_outcome(&self, event: Event) -> Result<u64, AuditError> {
+        if self.options.durable_outcomes {
+            return self.append(event);
+        }
+        self.enqueue(event, false)
+    }
+
+    /// Makes every record written so far durable (an fsync, if any was written without one).
+    ///
+    /// # Errors
+    /// The log file cannot be synced.
+    pub fn sync(&self) -> Result<(), AuditError> {
+        if !self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return Ok(());
+        }
+        let w = lock(&self.writer);
+        if let Some(h) = w.as_ref() {
+            let path = self.dir.join(file_name(h.file_no));
+            let file = fsutil::open_append(&path, false)?;
+            if let Err(e) = file.sync_data() {
+                self.dirty.store(true, std::sync::atomic::Ordering::Release);
+                return Err(io_err("sync", &path)(e));
+            }
+        }
+        Ok(())
     }
 
     /// Appends several events with one write and one fsync (bulk callers, imports); returns
@@ -508,9 +575,19 @@ impl AuditLog {
         &self,
         events: impl Iterator<Item = &'e Event>,
     ) -> Result<Vec<u64>, AuditError> {
+        self.write_events(events, true)
+    }
+
+    /// Writes `events` in one write, fsynced or not (`sync`; a periodic checkpoint due among
+    /// them is always synced).
+    fn write_events<'e>(
+        &self,
+        events: impl Iterator<Item = &'e Event>,
+        sync: bool,
+    ) -> Result<Vec<u64>, AuditError> {
         let every = self.options.checkpoint_every;
         let events: Vec<&Event> = events.collect();
-        self.with_head(|b, _| {
+        self.with_head_sync(sync, |b, _| {
             let mut seqs = Vec::with_capacity(events.len());
             for e in &events {
                 // A periodic checkpoint that cannot be signed now (the audit key's store is
@@ -531,6 +608,15 @@ impl AuditLog {
         &self,
         f: impl FnOnce(&mut Builder, &Head) -> Result<T, AuditError>,
     ) -> Result<T, AuditError> {
+        self.with_head_sync(true, f)
+    }
+
+    /// [`AuditLog::with_head`], with the write fsynced or not (`sync`).
+    fn with_head_sync<T>(
+        &self,
+        sync: bool,
+        f: impl FnOnce(&mut Builder, &Head) -> Result<T, AuditError>,
+    ) -> Result<T, AuditError> {
         let mut w = lock(&self.writer);
         let _flock = fsutil::lock_exclusive(&self.dir.join("audit.lock"))?;
         let head = self.refresh(&mut w)?;
@@ -543,7 +629,9 @@ impl AuditLog {
             log_id: log_id.clone(),
             ..b
         };
-        self.commit(&mut w, &file, &path, head, b)?;
+        // A checkpoint is always synced (the witness is told how far the log reached).
+        let sync = sync || b.checkpointed;
+        self.commit_with(&mut w, &file, &path, head, b, sync)?;
         Ok(out)
     }
 
@@ -555,11 +643,38 @@ impl AuditLog {
         head: Head,
         b: Builder,
     ) -> Result<(), AuditError> {
+        self.commit_with(w, file, path, head, b, true)
+    }
+
+    fn commit_with(
+        &self,
+        w: &mut Option<Head>,
+        file: &File,
+        path: &Path,
+        head: Head,
+        b: Builder,
+        sync: bool,
+    ) -> Result<(), AuditError> {
         if b.buf.is_empty() {
             *w = Some(head);
             return Ok(());
         }
-        match self.write_sync(file, path, head.len, &b.buf) {
+        let written = if sync {
+            // The fsync makes everything written before it durable too (one file, in order).
+            let r = self.write_sync(file, path, head.len, &b.buf);
+            if r.is_ok() {
+                self.dirty
+                    .store(false, std::sync::atomic::Ordering::Release);
+            }
+            r
+        } else {
+            let r = self.write_only(file, path, head.len, &b.buf);
+            if r.is_ok() {
+                self.dirty.store(true, std::sync::atomic::Ordering::Release);
+            }
+            r
+        };
+        match written {
             Ok(()) => {
                 if b.checkpointed {
                     // Periodic: a witness that cannot be told now is told at the next one.
@@ -598,6 +713,23 @@ impl AuditLog {
         if r.is_err() {
             let _ = file.set_len(old_len);
             let _ = file.sync_data();
+        }
+        r
+    }
+
+    /// [`AuditLog::write_sync`] without the fsync (the next synced write, or [`AuditLog::sync`],
+    /// makes it durable).
+    fn write_only(
+        &self,
+        file: &File,
+        path: &Path,
+        old_len: u64,
+        buf: &[u8],
+    ) -> Result<(), AuditError> {
+        let mut f = file;
+        let r = f.write_all(buf).map_err(io_err("append to", path));
+        if r.is_err() {
+            let _ = file.set_len(old_len);
         }
         r
     }

@@ -96,6 +96,11 @@ pub struct VerifyReport {
     pub head: Option<String>,
     /// The first bad record, if any.
     pub problem: Option<Problem>,
+    /// Sequence numbers of intent records with no outcome record after them: an operation
+    /// that was still running, or a crash between the operation and its outcome (outcomes are
+    /// made durable with the next record's fsync, so a crash may lose the last ones; see
+    /// [`crate::AuditLog::append_outcome`]). Never silent: `keyhaven audit verify` lists them.
+    pub unfinished: Vec<u64>,
     /// Breaks a recovery recorded (signed by the audit key): damage found earlier, set aside
     /// as evidence. The log is whole around them, but what the damaged files held after the
     /// damage is not in the chain.
@@ -228,9 +233,15 @@ pub fn verify_dir_expecting(
     Ok(report)
 }
 
+/// Who started an operation: an outcome record closes the oldest open intent of the same
+/// process, operation, backend and principal.
+type Starter = (String, u32, String, String, String);
+
 struct State<'a> {
     pk: &'a PublicKey,
     report: VerifyReport,
+    /// Intents not yet followed by their outcome, oldest first.
+    open: std::collections::HashMap<Starter, std::collections::VecDeque<u64>>,
     expected_seq: Option<u64>,
     expected_prev: Option<String>,
     log_id: Option<String>,
@@ -280,6 +291,7 @@ pub fn verify(files: &[PathBuf], audit_public_key: &PublicKey) -> Result<VerifyR
     let mut st = State {
         pk: audit_public_key,
         report: VerifyReport::default(),
+        open: std::collections::HashMap::new(),
         expected_seq: None,
         expected_prev: None,
         log_id: None,
@@ -293,6 +305,9 @@ pub fn verify(files: &[PathBuf], audit_public_key: &PublicKey) -> Result<VerifyR
             break;
         }
     }
+    let mut unfinished: Vec<u64> = st.open.into_values().flatten().collect();
+    unfinished.sort_unstable();
+    st.report.unfinished = unfinished;
     Ok(st.report)
 }
 
@@ -457,8 +472,23 @@ fn verify_file(st: &mut State<'_>, path: &Path) -> Result<Option<Problem>, Audit
         } else {
             st.report.unsealed += 1;
         }
-        if matches!(rec.body, Body::Event(_)) {
+        if let Body::Event(e) = &rec.body {
             st.report.events += 1;
+            let starter = (
+                e.host.clone(),
+                e.pid,
+                e.operation.clone(),
+                e.backend.clone(),
+                e.principal.clone(),
+            );
+            if e.outcome == crate::Outcome::Intent {
+                st.open.entry(starter).or_default().push_back(rec.seq);
+            } else if let Some(q) = st.open.get_mut(&starter) {
+                q.pop_front();
+                if q.is_empty() {
+                    st.open.remove(&starter);
+                }
+            }
         }
         st.report.records += 1;
         let h = line_hash(&line);

@@ -294,6 +294,8 @@ pub(crate) struct AuditVerifyJson<'a> {
     pub(crate) problem: Option<AuditProblemJson<'a>>,
     /// Breaks recorded by `audit recover` (each a signed record of damage set aside).
     pub(crate) breaks: Vec<AuditBreakJson<'a>>,
+    /// Intent records with no outcome after them (still running, or a crash lost the outcome).
+    pub(crate) unfinished: &'a [u64],
 }
 
 /// The first problem `audit verify` found.
@@ -355,6 +357,7 @@ impl<'a> From<&'a keyhaven::audit::VerifyReport> for AuditVerifyJson<'a> {
                     damaged: &b.damaged,
                 })
                 .collect(),
+            unfinished: &r.unfinished,
         }
     }
 }

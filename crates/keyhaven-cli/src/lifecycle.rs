@@ -109,6 +109,27 @@ pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
                     );
                 }
             }
+            if !report.unfinished.is_empty() {
+                let shown: Vec<String> = report
+                    .unfinished
+                    .iter()
+                    .take(20)
+                    .map(u64::to_string)
+                    .collect();
+                errln!(
+                    "note: {} operation(s) have an intent record and no outcome: still running, \
+                     or a crash came between the operation and its outcome record (outcomes are \
+                     made durable with the next record; `keyhaven audit search` shows them): \
+                     record(s) {}{}",
+                    report.unfinished.len(),
+                    shown.join(", "),
+                    if report.unfinished.len() > 20 {
+                        ", ..."
+                    } else {
+                        ""
+                    }
+                );
+            }
             for b in &report.breaks {
                 let kept: Vec<&str> = b.damaged.iter().map(|d| d.kept_as.as_str()).collect();
                 errln!(

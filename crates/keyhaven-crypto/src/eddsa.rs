@@ -10,7 +10,36 @@ const PKCS8_V1_PREFIX: [u8; 16] = [
     0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
 ];
 
-fn no_prehash() -> Error {
+/// SPKI DER up to the 32-byte point: SEQUENCE { SEQUENCE { OID id-Ed25519 }, BIT STRING }.
+#[cfg_attr(not(feature = "aws-lc-rs"), allow(dead_code))]
+pub(crate) const SPKI_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
+
+/// The 32-byte point of Ed25519 SPKI DER, once checked as `check_public_key` checks it (a
+/// valid encoding, not of small order). The last point checked on this thread is
+/// remembered, so verifying many signatures of one key checks it once.
+#[cfg(feature = "aws-lc-rs")]
+pub(crate) fn checked_point(spki_der: &[u8]) -> Result<&[u8], Error> {
+    use std::cell::RefCell;
+    thread_local! {
+        static LAST_GOOD: RefCell<Option<[u8; 32]>> = const { RefCell::new(None) };
+    }
+    let point = spki_der
+        .strip_prefix(&SPKI_PREFIX[..])
+        .filter(|p| p.len() == 32)
+        .ok_or_else(|| Error::InvalidInput("not a valid Ed25519 public key".into()))?;
+    let known = LAST_GOOD.with(|l| l.borrow().as_ref().is_some_and(|k| k[..] == *point));
+    if !known {
+        Ed25519.check_public_key(spki_der)?;
+        let mut copy = [0u8; 32];
+        copy.copy_from_slice(point);
+        LAST_GOOD.with(|l| *l.borrow_mut() = Some(copy));
+    }
+    Ok(point)
+}
+
+pub(crate) fn no_prehash() -> Error {
     Error::Unsupported {
         operation: "sign or verify a prehashed digest",
         reason: "Ed25519 (PureEdDSA) signs whole messages; pass the message instead".into(),

@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 pub mod aead;
+#[cfg(feature = "aws-lc-rs")]
+mod awslc;
 mod ecdsa_impl;
 mod eddsa;
 pub mod encoding;
@@ -11,7 +13,11 @@ mod rng;
 pub mod signer;
 mod x25519;
 
-pub use provider::{CryptoProvider, KeyAlgorithm, PrivateKey, default_provider};
+#[cfg(feature = "aws-lc-rs")]
+pub use provider::aws_lc_provider;
+pub use provider::{
+    CryptoProvider, KeyAlgorithm, PrivateKey, default_provider, rustcrypto_provider,
+};
 pub use rng::fill_random;
 pub use signer::{KeySigner, SignWith, StoreKey};
 

@@ -7,7 +7,8 @@ use zeroize::Zeroizing;
 use crate::provider::{KeyAlgorithm, PrivateKey};
 
 /// `id-X25519` (RFC 8410).
-const ID_X25519: pkcs8::ObjectIdentifier = pkcs8::ObjectIdentifier::new_unwrap("1.3.101.110");
+pub(crate) const ID_X25519: pkcs8::ObjectIdentifier =
+    pkcs8::ObjectIdentifier::new_unwrap("1.3.101.110");
 /// SPKI DER up to the 32 key bytes: SEQUENCE { SEQUENCE { OID id-X25519 }, BIT STRING }.
 const SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00,
@@ -29,16 +30,63 @@ struct X25519Key {
 impl X25519Key {
     fn new(secret: x25519_dalek::StaticSecret) -> Self {
         let point = x25519_dalek::PublicKey::from(&secret);
-        let mut der = SPKI_PREFIX.to_vec();
-        der.extend_from_slice(point.as_bytes());
         X25519Key {
             secret,
-            public: PublicKey::new(Algorithm::X25519, der),
+            public: public_key(point.as_bytes()),
         }
     }
 }
 
-fn not_signing() -> Error {
+/// The public key with u-coordinate `point`, as SPKI DER.
+pub(crate) fn public_key(point: &[u8; 32]) -> PublicKey {
+    let mut der = SPKI_PREFIX.to_vec();
+    der.extend_from_slice(point);
+    PublicKey::new(Algorithm::X25519, der)
+}
+
+/// A private key as PKCS#8 v1 DER (RFC 8410), as OpenSSL writes it.
+pub(crate) fn pkcs8(secret: &[u8; 32]) -> SecretBytes {
+    let mut der = Vec::with_capacity(PKCS8_PREFIX.len() + 32);
+    der.extend_from_slice(&PKCS8_PREFIX);
+    der.extend_from_slice(secret);
+    SecretBytes::new(der)
+}
+
+/// An X25519 private key read from PKCS#8, and the public key it carries, if any.
+pub(crate) type Pkcs8Parts = (Zeroizing<[u8; 32]>, Option<Vec<u8>>);
+
+/// The private key of X25519 PKCS#8 DER, and the public key it carries, if any.
+pub(crate) fn parse_pkcs8(der: &[u8]) -> Result<Pkcs8Parts, Error> {
+    let bad = || Error::InvalidInput("not a valid X25519 PKCS#8 private key".into());
+    let info = pkcs8::PrivateKeyInfoRef::from_der(der).map_err(|_| bad())?;
+    if info.algorithm.oid != ID_X25519 || info.algorithm.parameters.is_some() {
+        return Err(bad());
+    }
+    // RFC 8410: the privateKey OCTET STRING holds a CurvePrivateKey, itself an OCTET STRING.
+    let inner =
+        <&der::asn1::OctetStringRef>::from_der(info.private_key.as_bytes()).map_err(|_| bad())?;
+    let bytes: Zeroizing<[u8; 32]> =
+        Zeroizing::new(<[u8; 32]>::try_from(inner.as_bytes()).map_err(|_| bad())?);
+    let public = info
+        .public_key
+        .map(|p| p.as_bytes().map(<[u8]>::to_vec).ok_or_else(bad))
+        .transpose()?;
+    Ok((bytes, public))
+}
+
+/// The error for a public key in PKCS#8 that is not the private key's.
+pub(crate) fn mismatched() -> Error {
+    Error::InvalidInput("the X25519 PKCS#8 public key does not match its private key".into())
+}
+
+/// The error for a non-contributory agreement.
+pub(crate) fn low_order() -> Error {
+    Error::InvalidInput(
+        "the peer's X25519 key is a low-order point (the shared secret would be zero)".into(),
+    )
+}
+
+pub(crate) fn not_signing() -> Error {
     Error::Unsupported {
         operation: "sign",
         reason: "X25519 keys do key agreement only; use an ECDSA or Ed25519 key to sign".into(),
@@ -46,7 +94,7 @@ fn not_signing() -> Error {
 }
 
 /// The 32-byte u-coordinate from X25519 SPKI DER.
-fn public_bytes(spki_der: &[u8]) -> Result<[u8; 32], Error> {
+pub(crate) fn public_bytes(spki_der: &[u8]) -> Result<[u8; 32], Error> {
     let bad = || Error::InvalidInput("not a valid X25519 public key".into());
     let info = spki::SubjectPublicKeyInfoRef::from_der(spki_der).map_err(|_| bad())?;
     if info.algorithm.oid != ID_X25519 || info.algorithm.parameters.is_some() {
@@ -85,20 +133,14 @@ impl PrivateKey for X25519Key {
         let peer = x25519_dalek::PublicKey::from(public_bytes(peer.spki_der())?);
         let shared = self.secret.diffie_hellman(&peer);
         if !shared.was_contributory() {
-            return Err(Error::InvalidInput(
-                "the peer's X25519 key is a low-order point (the shared secret would be zero)"
-                    .into(),
-            ));
+            return Err(low_order());
         }
         Ok(SecretBytes::copy_from(shared.as_bytes()))
     }
 
     fn to_pkcs8_der(&self) -> Result<SecretBytes, Error> {
         let secret = Zeroizing::new(self.secret.to_bytes());
-        let mut der = Vec::with_capacity(PKCS8_PREFIX.len() + 32);
-        der.extend_from_slice(&PKCS8_PREFIX);
-        der.extend_from_slice(secret.as_ref());
-        Ok(SecretBytes::new(der))
+        Ok(pkcs8(&secret))
     }
 }
 
@@ -119,23 +161,12 @@ impl KeyAlgorithm for X25519 {
     }
 
     fn load_pkcs8_der(&self, der: &[u8]) -> Result<Box<dyn PrivateKey>, Error> {
-        let bad = || Error::InvalidInput("not a valid X25519 PKCS#8 private key".into());
-        let info = pkcs8::PrivateKeyInfoRef::from_der(der).map_err(|_| bad())?;
-        if info.algorithm.oid != ID_X25519 || info.algorithm.parameters.is_some() {
-            return Err(bad());
-        }
-        // RFC 8410: the privateKey OCTET STRING holds a CurvePrivateKey, itself an OCTET STRING.
-        let inner = <&der::asn1::OctetStringRef>::from_der(info.private_key.as_bytes())
-            .map_err(|_| bad())?;
-        let bytes: Zeroizing<[u8; 32]> =
-            Zeroizing::new(<[u8; 32]>::try_from(inner.as_bytes()).map_err(|_| bad())?);
+        let (bytes, public) = parse_pkcs8(der)?;
         let key = X25519Key::new(x25519_dalek::StaticSecret::from(*bytes));
-        if let Some(public) = info.public_key
-            && public.as_bytes() != Some(&key.public.spki_der()[SPKI_PREFIX.len()..])
+        if let Some(public) = public
+            && public.as_slice() != &key.public.spki_der()[SPKI_PREFIX.len()..]
         {
-            return Err(Error::InvalidInput(
-                "the X25519 PKCS#8 public key does not match its private key".into(),
-            ));
+            return Err(mismatched());
         }
         Ok(Box::new(key))
     }

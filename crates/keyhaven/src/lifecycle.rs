@@ -134,6 +134,10 @@ pub struct AuditConfig {
     /// The authority key, as `BACKEND:ID|LABEL` (default: a key of its own in `HOME/authority`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authority: Option<String>,
+    /// Give each operation's outcome record its own fsync (default: no: it is durable with the
+    /// next record's, one fsync per operation; see `AuditLog::append_outcome`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durable_outcomes: Option<bool>,
 }
 
 impl AuditConfig {
@@ -289,7 +293,8 @@ impl KeyManager {
                 store: authority.store,
                 key: authority.key,
             },
-            AuditOptions::checkpoint_every(every),
+            AuditOptions::checkpoint_every(every)
+                .with_durable_outcomes(self.config().audit.durable_outcomes.unwrap_or(false)),
         )
         .map_err(CoreError::from)?
         .with_witness(witness);

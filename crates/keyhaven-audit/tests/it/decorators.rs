@@ -447,3 +447,68 @@ allow.sign = { principals = [] }
     let err = Policy::load(&path).unwrap_err().to_string();
     assert!(err.contains("policy.toml") && err.contains("sgin"), "{err}");
 }
+
+#[test]
+fn an_outcome_lost_in_a_crash_shows_as_an_unfinished_operation() {
+    let fx = Fixture::new();
+    let log = Arc::new(fx.open(0));
+    let inner = Arc::new(SimpleStore::new(Protection::SoftwarePlain));
+    let store = stack(&log, &inner, Policy::allow_all(), "alice");
+    let k = store.generate(Algorithm::EcdsaP256, "signer").unwrap();
+    store.sign(&k.id, b"one").unwrap();
+    store.sign(&k.id, b"two").unwrap();
+    drop(store);
+    drop(log);
+    // Every intent has its outcome.
+    let report = fx.verify();
+    assert!(report.is_ok(), "{report:?}");
+    assert!(report.unfinished.is_empty(), "{:?}", report.unfinished);
+
+    // A machine crash before the next fsync loses the last outcome (the last line): the chain
+    // still verifies, and the operation is named, not forgotten.
+    let path = fx.file(1);
+    let mut all = crate::lines(&path);
+    let outcome = all.pop().unwrap();
+    assert!(String::from_utf8_lossy(&outcome).contains("\"allowed\""));
+    crate::write_lines(&path, &all);
+    let report = fx.verify();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.unfinished, [report.records - 1], "{report:?}");
+
+    // With durable outcomes asked for, the same operations verify the same way.
+    let fx = Fixture::new();
+    let log = Arc::new(
+        AuditLog::open(
+            &fx.dir,
+            fx.signer(),
+            keyhaven_audit::AuditOptions::checkpoint_every(0).with_durable_outcomes(true),
+        )
+        .unwrap(),
+    );
+    let store = stack(&log, &inner, Policy::allow_all(), "alice");
+    store.sign(&k.id, b"three").unwrap();
+    drop(store);
+    drop(log);
+    let report = fx.verify();
+    assert!(report.is_ok() && report.unfinished.is_empty(), "{report:?}");
+}
+
+#[test]
+fn an_outcome_written_without_its_fsync_is_in_order_and_chained() {
+    let fx = Fixture::new();
+    let log = Arc::new(fx.open(2));
+    let intent = Event::new("bob", "sign", "file", Outcome::Intent).key("k", None);
+    let done = Event::new("bob", "sign", "file", Outcome::Allowed).key("k", None);
+    for _ in 0..5 {
+        let a = log.append(intent.clone()).unwrap();
+        let b = log.append_outcome(done.clone()).unwrap();
+        assert!(b > a);
+    }
+    log.sync().unwrap();
+    // Another process reads it all at once, checkpoints included (they are always synced).
+    let report = fx.verify();
+    assert!(report.is_ok(), "{report:?}");
+    assert!(report.checkpoints >= 4, "{report:?}");
+    assert!(report.unfinished.is_empty());
+    assert_eq!(events(&fx).len(), 10);
+}

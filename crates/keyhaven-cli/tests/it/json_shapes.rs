@@ -157,6 +157,7 @@ fn every_json_output_has_exactly_its_documented_fields() {
             "head",
             "problem",
             "breaks",
+            "unfinished",
         ])
     );
     let scan = h.json(&["compromise", "scan", "--json"]);

