@@ -127,6 +127,9 @@ pub(crate) enum Command {
     Serve(crate::serve::ServeArgs),
     /// Register a key of this home with a keyhaven server; status, rotate, revoke, admin.
     Client(crate::client::ClientArgs),
+    /// A signing agent: the home held open in memory for your processes (`keyhaven sign` uses
+    /// it when KEYHAVEN_AGENT_SOCK is set or this home's agent runs); start, status, lock.
+    Agent(crate::agent::AgentArgs),
 }
 
 /// The older spelling `backend add NAME --type TYPE [...]` as `backend add TYPE NAME [...]`:

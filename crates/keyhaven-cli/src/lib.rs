@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+mod agent;
 mod args;
 mod backend;
 mod backup;
@@ -77,6 +78,7 @@ pub fn main() -> ExitCode {
         Command::Integrity(cmd) => integrity::run(&ctx, cmd),
         Command::Serve(args) => serve::run(&ctx, args),
         Command::Client(args) => client::run(&ctx, args),
+        Command::Agent(args) => agent::run(&ctx, args),
     };
     // Output is flushed before a success is reported, so a write error is never lost; a
     // failure code (`verify`: invalid) stands whatever happens to the output.

@@ -99,10 +99,118 @@ impl Source {
     }
 }
 
+/// The signature, written where `out` says (a file, base64 on a terminal, else raw bytes).
+fn write_signature(out: Option<&std::path::Path>, bytes: &[u8]) -> Result<()> {
+    match out {
+        Some(path) => keyhaven::fs::atomic_write(path, bytes)?,
+        None if std::io::stdout().is_terminal() => {
+            use base64ct::{Base64, Encoding};
+            outln!("{}", Base64::encode_string(bytes))?;
+        }
+        None => write_stdout(bytes)?,
+    }
+    Ok(())
+}
+
+/// The largest Ed25519 message sent to the agent (larger ones are signed in-process).
+const AGENT_MESSAGE_MAX: u64 = 8 * 1024 * 1024;
+
+/// What the agent did with a signing request.
+enum ViaAgent {
+    /// Signed and written: the exit code.
+    Done(u8),
+    /// To sign in-process: the input, or what was read of it and the algorithm it was read
+    /// for.
+    InProcess(Source, Option<(keyhaven::Algorithm, Input)>),
+}
+
+/// Signs through the home's agent when one runs and the request is one it serves (no
+/// assertion, no key passphrase, no request id); otherwise hands the input back.
+fn sign_with_agent(
+    ctx: &Ctx,
+    args: &SignArgs,
+    source: Source,
+    format: SignatureFormat,
+) -> Result<ViaAgent> {
+    if args.assertion.is_some() || args.key_auth_file.is_some() || args.request_id.is_some() {
+        return Ok(ViaAgent::InProcess(source, None));
+    }
+    let Some(client) = crate::agent::agent_for(ctx)? else {
+        return Ok(ViaAgent::InProcess(source, None));
+    };
+    let key = match client.key(args.key.as_deref()) {
+        Ok(k) => k,
+        Err(e) if e.is_fallback() => {
+            errln!("note: {e}; signing without the agent");
+            return Ok(ViaAgent::InProcess(source, None));
+        }
+        Err(e) => return Err(crate::agent::agent_error(e)),
+    };
+    let algorithm: keyhaven::Algorithm = key
+        .algorithm
+        .as_deref()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|_| CoreError::InvalidInput("the agent named an unknown algorithm".into()))?;
+    if let Source::File(_, f) = &source
+        && algorithm == keyhaven::Algorithm::Ed25519
+        && f.metadata().map_or(true, |m| m.len() > AGENT_MESSAGE_MAX)
+    {
+        return Ok(ViaAgent::InProcess(source, None));
+    }
+    let input = source.load(algorithm)?;
+    use base64ct::{Base64, Encoding};
+    let request = match &input {
+        Input::Digest(d) => Some(hex::encode(d)).map(|d| (None, Some(d))),
+        // An assertion's signing input is refused in-process, with its own message.
+        Input::Hashed(h) if h.is_assertion_input() => None,
+        Input::Hashed(h) => Some((None, Some(hex::encode(&h.digest)))),
+        Input::Message(m) if m.len() as u64 <= AGENT_MESSAGE_MAX => {
+            Some((Some(Base64::encode_string(m)), None))
+        }
+        Input::Message(_) => None,
+    };
+    let Some((message, digest)) = request else {
+        return Ok(ViaAgent::InProcess(
+            Source::Digest(Vec::new()),
+            Some((algorithm, input)),
+        ));
+    };
+    let request = keyhaven_client::wire::AgentSign {
+        key: key.key.clone(),
+        message,
+        digest,
+    };
+    let signed = match client.sign(&request) {
+        Ok(s) => s,
+        Err(e) if e.is_fallback() => {
+            errln!("note: {e}; signing without the agent");
+            return Ok(ViaAgent::InProcess(
+                Source::Digest(Vec::new()),
+                Some((algorithm, input)),
+            ));
+        }
+        Err(e) => return Err(crate::agent::agent_error(e)),
+    };
+    let raw = Base64::decode_vec(&signed.signature)
+        .map_err(|_| CoreError::InvalidInput("the agent's signature is not base64".into()))?;
+    let sig = keyhaven::Signature::from_raw(algorithm, raw)?;
+    write_signature(
+        args.out.as_deref(),
+        &encoding::encode_signature(&sig, format)?,
+    )?;
+    Ok(ViaAgent::Done(OK))
+}
+
 pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
     // Open the input before anything else: a bad path fails fast, before any passphrase.
     let source = Source::open(args.digest.as_deref(), args.message_file.as_deref())?;
     let format: SignatureFormat = args.signature_format.into();
+    // A running agent signs without opening the stores (no passphrase, no key derivation).
+    let (source, loaded) = match sign_with_agent(ctx, &args, source, format)? {
+        ViaAgent::Done(code) => return Ok(code),
+        ViaAgent::InProcess(source, loaded) => (source, loaded),
+    };
     let mut m = ctx.manager()?;
     if let Some(id) = &args.request_id {
         let caller = m
@@ -118,7 +226,10 @@ pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
         };
         // A logical key signs with its primary version: name that one in the assertion.
         let key = m.rotation().signing_target(&key)?;
-        let input = source.load(key.algorithm())?;
+        let input = match loaded {
+            Some((alg, input)) if alg == key.algorithm() => input,
+            _ => source.load(key.algorithm())?,
+        };
         let needs_auth = give_key_auth(&m, &key, args.key_auth_file.as_deref())?;
         let sig = m
             .sign_input(&key, input.as_sign_input())
@@ -147,14 +258,7 @@ pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
             None => None,
         };
         // The signature first: an assertion never describes a signature that was not written.
-        match &args.out {
-            Some(path) => keyhaven::fs::atomic_write(path, &bytes)?,
-            None if std::io::stdout().is_terminal() => {
-                use base64ct::{Base64, Encoding};
-                outln!("{}", Base64::encode_string(&bytes))?;
-            }
-            None => write_stdout(&bytes)?,
-        }
+        write_signature(args.out.as_deref(), &bytes)?;
         if let (Some(path), Some(json)) = (&args.assertion, &assertion) {
             keyhaven::fs::atomic_write(path, json.as_bytes())?;
         }

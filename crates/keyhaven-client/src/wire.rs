@@ -235,3 +235,61 @@ pub struct Problem {
 pub fn problem_type(name: &str) -> String {
     format!("urn:keyhaven:problem:{name}")
 }
+
+/// `POST /v1/agent/sign` (the signing agent, on its Unix socket): what to sign, with which key.
+/// Exactly one of `message` and `digest` is given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSign {
+    /// The key, as `keyhaven sign --key` takes it (unset: the home's default key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The message, base64 (Ed25519 signs whole messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The digest of the message, hex (ECDSA: the curve's hash, SHA-384 for P-384).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+}
+
+/// `POST /v1/agent/key`: which key a reference names, and its algorithm (so a caller knows
+/// whether to send a digest or the message).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentKey {
+    /// The reference as `keyhaven sign --key` takes it (in a request; unset: the default key),
+    /// or the key that signs, `BACKEND:ID` (in the answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// The key's algorithm (answers only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm: Option<String>,
+}
+
+/// The agent's answer to [`AgentSign`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSignature {
+    /// The key that signed, `BACKEND:ID` (a logical key's primary version).
+    pub key: String,
+    /// Its algorithm (`p384`, `p256`, `ed25519`).
+    pub algorithm: String,
+    /// The signature, fixed-size (`r||s` for ECDSA), base64.
+    pub signature: String,
+}
+
+/// `GET /v1/agent`: the agent's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentStatus {
+    /// The agent's process id.
+    pub pid: u32,
+    /// The keyhaven home it holds open.
+    pub home: String,
+    /// Whether it still holds the home's backends (false once locked: it then exits).
+    pub unlocked: bool,
+    /// It forgets everything after this many seconds without a request.
+    pub idle_timeout: u64,
+    /// Seconds since the last request.
+    pub idle: u64,
+}

@@ -71,6 +71,9 @@ impl ApiError {
             "not-found" => "Not found",
             "unavailable" => "The server cannot answer now",
             "timeout" => "The request took too long",
+            "agent-locked" => "The agent has forgotten its keys",
+            "key-locked" => "The key needs its passphrase",
+            "key-revoked" => "The key is revoked",
             "internal" => "The server failed",
             _ => "The request is invalid",
         }

@@ -174,6 +174,13 @@ pub struct HashedMessage {
 }
 
 impl HashedMessage {
+    /// Whether the message looks like a keyhaven assertion's JWS signing input: signing it as
+    /// a plain message is refused (a caller that sends only [`HashedMessage::digest`] elsewhere
+    /// must refuse it too).
+    pub fn is_assertion_input(&self) -> bool {
+        self.assertion_input
+    }
+
     /// Reads `reader` to its end, 64 KiB at a time, hashing for `algorithm`. `None` for an
     /// algorithm that signs whole messages only (Ed25519 hashes the message twice, with its
     /// private key between the passes).
