@@ -35,6 +35,11 @@ pub(crate) const TEST_TOOLS: &[SystemTool] = &[
         package: "opensc",
         why: "PKCS#11 interop tests",
     },
+    SystemTool {
+        binary: "curl",
+        package: "curl",
+        why: "the agent's socket spoken to by a client nobody here wrote",
+    },
     // keyhaven-hsm-tpm: one swtpm per test, tpm2-tools for interop, pkg-config to build
     SWTPM,
     SystemTool {

@@ -39,7 +39,14 @@ fn bench(c: &mut Criterion) {
     ok(keyhaven(&home).args(["key", "generate", "--algorithm", "p384", "--label", "bench"]));
     let pem = tmp.path().join("openssl.pem");
     ok(Command::new("openssl")
-        .args(["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-384", "-out"])
+        .args([
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-out",
+        ])
         .arg(&pem));
     let run = tmp.path().join("run");
     std::fs::create_dir(&run).unwrap();

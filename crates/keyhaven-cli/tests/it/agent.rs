@@ -278,3 +278,58 @@ fn lock_idle_a_stale_or_unsafe_socket_and_a_killed_agent_fall_back_saying_so() {
     );
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
 }
+
+/// `curl --unix-socket` (a client nobody here wrote) asking the agent for its status, as
+/// `user` if given (through `setpriv`).
+fn curl(socket: &Path, user: Option<u32>) -> (String, String) {
+    let mut cmd = match user {
+        Some(uid) => {
+            let mut c = std::process::Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .arg("--clear-groups")
+                .arg("curl");
+            c
+        }
+        None => std::process::Command::new("curl"),
+    };
+    let out = cmd
+        .args(["-s", "-w", "\n%{http_code}", "--unix-socket"])
+        .arg(socket)
+        .arg("http://agent/v1/agent")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    (code.to_owned(), body.to_owned())
+}
+
+#[test]
+fn the_agent_speaks_http_to_curl_and_refuses_another_user_by_peer_credentials() {
+    let h = Home::with_encrypted();
+    h.generate("p256", "k", &[]);
+    let dir = socket_dir(&h);
+    let agent = start(&h, &dir.join("peer.sock"), "10m");
+    let (code, body) = curl(&agent.socket, None);
+    assert_eq!(code, "200", "{body}");
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(status["unlocked"], true);
+    if !crate::is_root() {
+        eprintln!("skipped: acting as another user needs root");
+        return;
+    }
+    // Open the directory and the socket to everyone: the kernel's peer credentials still
+    // keep another user out.
+    for p in [h.scratch(), h.path().parent().unwrap().to_owned()] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o711)).unwrap();
+    }
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::set_permissions(&agent.socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, body) = curl(&agent.socket, Some(65534));
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("urn:keyhaven:problem:forbidden"), "{body}");
+    assert!(
+        body.contains("uid 65534 is not this agent's user"),
+        "{body}"
+    );
+}
