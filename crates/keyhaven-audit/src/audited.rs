@@ -161,23 +161,30 @@ impl<S: KeyStore> AuditedStore<S> {
     ) -> Result<T> {
         let op = event.operation.clone();
         event.outcome = Outcome::Intent;
-        self.log
+        let intent = self
+            .log
             .append(event.clone())
             .map_err(|e| refused(&op, &e))?;
         let r = call();
         let (outcome, reason) = outcome_of(&r);
         event.outcome = outcome;
         event.reason = reason;
+        event.intent = Some(intent);
         if let Ok(v) = &r
             && event.key_id.is_none()
         {
             event.key_id = key_of(v);
         }
-        // On failure `r` is dropped here: no signature is released, secrets are zeroized. The
-        // outcome is durable with the next fsync (the intent had its own): one per operation.
-        self.log
-            .append_outcome(event)
-            .map_err(|e| refused(&op, &e))?;
+        // On failure `r` is dropped here: no signature is released, secrets are zeroized. A
+        // signature's or an agreement's outcome is durable with the next fsync (its intent had
+        // its own): one per operation. The others (a key made, deleted, exported, imported)
+        // are rarer, and their outcome says which key: each has its own fsync.
+        if matches!(op.as_str(), "sign" | "sign_digest" | "agree") {
+            self.log.append_outcome(event)
+        } else {
+            self.log.append(event)
+        }
+        .map_err(|e| refused(&op, &e))?;
         r
     }
 }

@@ -491,18 +491,22 @@ impl AuditLog {
     /// # Errors
     /// The log file cannot be synced.
     pub fn sync(&self) -> Result<(), AuditError> {
-        if !self.dirty.swap(false, std::sync::atomic::Ordering::AcqRel) {
+        if !self.dirty.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
         let w = lock(&self.writer);
-        if let Some(h) = w.as_ref() {
-            let path = self.dir.join(file_name(h.file_no));
-            let file = fsutil::open_append(&path, false)?;
-            if let Err(e) = file.sync_data() {
-                self.dirty.store(true, std::sync::atomic::Ordering::Release);
-                return Err(io_err("sync", &path)(e));
-            }
-        }
+        let path = match w.as_ref() {
+            Some(h) => self.dir.join(file_name(h.file_no)),
+            None => match log_files(&self.dir)?.last() {
+                Some(p) => p.clone(),
+                None => return Ok(()),
+            },
+        };
+        let file = fsutil::open_append(&path, false)?;
+        file.sync_data().map_err(io_err("sync", &path))?;
+        // Cleared only once synced, under the writer lock (no write in between).
+        self.dirty
+            .store(false, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 

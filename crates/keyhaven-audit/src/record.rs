@@ -54,6 +54,10 @@ pub struct Event {
     /// The caller's request or message id, for replay detection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// In an outcome record: the sequence number of the intent record it closes (so
+    /// [`crate::verify`] tells which operations have no outcome exactly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub intent: Option<u64>,
 }
 
 impl Event {
@@ -76,6 +80,7 @@ impl Event {
             reason: None,
             digest: None,
             request_id: None,
+            intent: None,
         }
     }
 

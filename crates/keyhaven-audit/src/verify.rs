@@ -242,6 +242,11 @@ struct State<'a> {
     report: VerifyReport,
     /// Intents not yet followed by their outcome, oldest first.
     open: std::collections::HashMap<Starter, std::collections::VecDeque<u64>>,
+    /// Who started each open intent.
+    open_by_seq: std::collections::HashMap<u64, Starter>,
+    /// An outcome naming its intent was seen: from then on only such outcomes close intents
+    /// (a denial or a note of the same process closes none).
+    exact: bool,
     expected_seq: Option<u64>,
     expected_prev: Option<String>,
     log_id: Option<String>,
@@ -292,6 +297,8 @@ pub fn verify(files: &[PathBuf], audit_public_key: &PublicKey) -> Result<VerifyR
         pk: audit_public_key,
         report: VerifyReport::default(),
         open: std::collections::HashMap::new(),
+        open_by_seq: std::collections::HashMap::new(),
+        exact: false,
         expected_seq: None,
         expected_prev: None,
         log_id: None,
@@ -482,11 +489,34 @@ fn verify_file(st: &mut State<'_>, path: &Path) -> Result<Option<Problem>, Audit
                 e.principal.clone(),
             );
             if e.outcome == crate::Outcome::Intent {
-                st.open.entry(starter).or_default().push_back(rec.seq);
-            } else if let Some(q) = st.open.get_mut(&starter) {
-                q.pop_front();
-                if q.is_empty() {
-                    st.open.remove(&starter);
+                st.open
+                    .entry(starter.clone())
+                    .or_default()
+                    .push_back(rec.seq);
+                st.open_by_seq.insert(rec.seq, starter);
+            } else {
+                // An outcome names its intent; one written before outcomes did closes the
+                // oldest open intent of the same process, operation, backend and principal.
+                if e.intent.is_some() {
+                    st.exact = true;
+                }
+                let closed = match e.intent {
+                    Some(seq) => st.open_by_seq.remove(&seq).map(|s| (s, seq)),
+                    None if st.exact => None,
+                    None => st
+                        .open
+                        .get(&starter)
+                        .and_then(|q| q.front().copied())
+                        .map(|seq| (starter, seq)),
+                };
+                if let Some((who, seq)) = closed {
+                    st.open_by_seq.remove(&seq);
+                    if let Some(q) = st.open.get_mut(&who) {
+                        q.retain(|s| *s != seq);
+                        if q.is_empty() {
+                            st.open.remove(&who);
+                        }
+                    }
                 }
             }
         }

@@ -89,6 +89,14 @@ pub(crate) fn run(ctx: &Ctx, args: AgentArgs) -> Result<u8> {
 /// An agent error as a CLI error with the right exit code.
 pub(crate) fn agent_error(e: AgentError) -> anyhow::Error {
     match e {
+        AgentError::Died { sent: true, .. } => CoreError::Unavailable {
+            backend: "agent".into(),
+            reason: format!(
+                "{e}; it had the whole request and may have signed (`keyhaven audit search` \
+                 shows it): not signed again here"
+            ),
+        }
+        .into(),
         AgentError::NotRunning { .. } | AgentError::Died { .. } => CoreError::Unavailable {
             backend: "agent".into(),
             reason: e.to_string(),
@@ -123,13 +131,91 @@ pub(crate) fn agent_error(e: AgentError) -> anyhow::Error {
     }
 }
 
+/// Passphrases and PINs while the agent starts (the terminal, the file, the environment, as
+/// every command); once it serves, none: a backend that needs one later answers "locked" (the
+/// CLI then signs in-process, asking itself) instead of a prompt that would stop the agent.
+struct StartupOnly {
+    inner: crate::ctx::CliPassphrases,
+    serving: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl keyhaven::PassphraseProvider for StartupOnly {
+    fn passphrase(
+        &self,
+        request: &keyhaven::PassphraseRequest,
+    ) -> std::result::Result<keyhaven::secrecy::SecretString, CoreError> {
+        if self.serving.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(CoreError::Locked(format!(
+                "{}: the agent asks no passphrase once it serves; sign without the agent",
+                request.backend
+            )));
+        }
+        self.inner.passphrase(request)
+    }
+}
+
+/// The agent holds keys in memory: no core dump of it, no other process of the user reading
+/// its memory (ptrace, /proc/PID/mem), as ssh-agent does.
+fn harden() -> Result<()> {
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        .map_err(|e| CoreError::io("make the agent undumpable", e.into()))?;
+    rustix::process::setrlimit(
+        rustix::process::Resource::Core,
+        rustix::process::Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    )
+    .map_err(|e| CoreError::io("turn core dumps off", e.into()))?;
+    Ok(())
+}
+
+/// A socket path the agent can listen on and a shell can be told: absolute, UTF-8, no shell
+/// metacharacters, short enough for `sun_path`.
+fn check_socket_path(path: &Path) -> Result<()> {
+    let text = path.to_str().ok_or_else(|| {
+        CoreError::InvalidInput(format!("--socket {}: not UTF-8", path.display()))
+    })?;
+    if !path.is_absolute() {
+        return Err(
+            CoreError::InvalidInput(format!("--socket {text}: give an absolute path")).into(),
+        );
+    }
+    if text.len() > 100 {
+        return Err(CoreError::InvalidInput(format!(
+            "--socket {text}: {} bytes, longer than a Unix socket path may be (100)",
+            text.len()
+        ))
+        .into());
+    }
+    if !text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+".contains(c))
+    {
+        return Err(CoreError::InvalidInput(format!(
+            "--socket {text}: only letters, digits and / . _ - + (it is printed for a shell)"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 fn start(ctx: &Ctx, path: &Path, idle: &str) -> Result<u8> {
     let idle = keyhaven::versions::parse_duration("--idle", idle).map_err(CoreError::from)?;
     if idle > Duration::from_secs(7 * 86_400) {
         return Err(CoreError::InvalidInput("--idle is at most 7 days".into()).into());
     }
+    check_socket_path(path)?;
+    harden()?;
     // Open the home and every backend now: the passphrase is asked once, here.
-    let m = ctx.manager()?;
+    let serving = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let m = keyhaven::KeyManager::open(
+        ctx.home()?,
+        StartupOnly {
+            inner: ctx.passphrases(),
+            serving: serving.clone(),
+        },
+    )?;
     let inventory = m.inventory()?;
     for (backend, problem) in &inventory.problems {
         errln!("warning: backend '{backend}': {problem} (its keys are not served)");
@@ -170,6 +256,8 @@ fn start(ctx: &Ctx, path: &Path, idle: &str) -> Result<u8> {
             .map_err(|e| CoreError::io(format!("restrict {}", path.display()), e))?;
         l
     };
+    serving.store(true, std::sync::atomic::Ordering::Release);
+    // Checked above: nothing in the path needs quoting.
     outln!(
         "{AGENT_SOCK_ENV}={}; export {AGENT_SOCK_ENV};",
         path.display()
@@ -184,15 +272,21 @@ fn start(ctx: &Ctx, path: &Path, idle: &str) -> Result<u8> {
         path.display(),
         humantime::format_duration(idle)
     );
-    let served = runtime.block_on(keyhaven_server::agent::serve_agent(
-        listener,
-        m,
-        idle,
-        async {
-            let _ = tokio::signal::ctrl_c().await;
-        },
-    ));
+    let served = runtime.block_on(async {
+        // SIGINT or SIGTERM: forget and stop, as on lock.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        keyhaven_server::agent::serve_agent(listener, m, idle, async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        })
+        .await
+    });
     let _ = std::fs::remove_file(path);
+    // A signature still running on a device that hangs is not waited for long: the process
+    // ends, and with it everything it held.
+    runtime.shutdown_timeout(Duration::from_secs(5));
     served.map_err(|e| CoreError::io(format!("serve on {}", path.display()), e))?;
     errln!("keyhaven agent: keys forgotten, stopped");
     Ok(OK)

@@ -138,7 +138,21 @@ fn sign_with_agent(
     let Some(client) = crate::agent::agent_for(ctx)? else {
         return Ok(ViaAgent::InProcess(source, None));
     };
-    let key = match client.key(args.key.as_deref()) {
+    // Which home and principal this command means: an agent of another refuses, and the
+    // command signs in-process.
+    let home = std::fs::canonicalize(ctx.home()?)
+        .ok()
+        .map(|h| h.display().to_string());
+    let principal = std::env::var(keyhaven::PRINCIPAL_ENV)
+        .ok()
+        .filter(|p| !p.is_empty());
+    let asked = keyhaven_client::wire::AgentKey {
+        home: home.clone(),
+        principal: principal.clone(),
+        key: args.key.clone(),
+        algorithm: None,
+    };
+    let key = match client.key(&asked) {
         Ok(k) => k,
         Err(e) if e.is_fallback() => {
             errln!("note: {e}; signing without the agent");
@@ -177,6 +191,8 @@ fn sign_with_agent(
         ));
     };
     let request = keyhaven_client::wire::AgentSign {
+        home,
+        principal,
         key: key.key.clone(),
         message,
         digest,
@@ -192,6 +208,16 @@ fn sign_with_agent(
         }
         Err(e) => return Err(crate::agent::agent_error(e)),
     };
+    // The key and algorithm asked for, or nothing is written.
+    if Some(&signed.key) != key.key.as_ref() || signed.algorithm != algorithm.short_name() {
+        return Err(CoreError::InvalidInput(format!(
+            "the agent signed with {} ({}), not with {} ({algorithm}): nothing written",
+            signed.key,
+            signed.algorithm,
+            key.key.as_deref().unwrap_or("?")
+        ))
+        .into());
+    }
     let raw = Base64::decode_vec(&signed.signature)
         .map_err(|_| CoreError::InvalidInput("the agent's signature is not base64".into()))?;
     let sig = keyhaven::Signature::from_raw(algorithm, raw)?;

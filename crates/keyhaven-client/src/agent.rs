@@ -44,6 +44,9 @@ pub enum AgentError {
         path: PathBuf,
         /// What happened.
         reason: String,
+        /// Whether the whole request had been sent: then the agent may have done it (a
+        /// signature made, audited and counted), and doing it again elsewhere is not safe.
+        sent: bool,
     },
     /// The agent answered with a problem (a refusal, a locked agent, a failed operation).
     #[error("the keyhaven agent refused: {}", .0.detail)]
@@ -54,14 +57,22 @@ pub enum AgentError {
 }
 
 impl AgentError {
-    /// Whether the caller may do the work itself instead (no agent, an unsafe socket, an agent
-    /// that died or is locked): never for a refusal of the operation itself.
+    /// Whether the caller may do the work itself instead: no agent, an unsafe socket, an agent
+    /// that died before it had the whole request, a locked agent, an agent of another home or
+    /// principal, a key that needs a passphrase the agent cannot ask for. Never for a refusal
+    /// of the operation itself, nor once the agent may have done it.
     pub fn is_fallback(&self) -> bool {
         match self {
-            AgentError::NotRunning { .. } | AgentError::Unsafe { .. } | AgentError::Died { .. } => {
-                true
-            }
-            AgentError::Problem(p) => p.kind == crate::wire::problem_type("agent-locked"),
+            AgentError::NotRunning { .. } | AgentError::Unsafe { .. } => true,
+            AgentError::Died { sent, .. } => !sent,
+            AgentError::Problem(p) => [
+                "agent-locked",
+                "agent-other-home",
+                "agent-other-principal",
+                "key-locked",
+            ]
+            .iter()
+            .any(|name| p.kind == crate::wire::problem_type(name)),
             AgentError::BadAnswer(_) => false,
         }
     }
@@ -75,11 +86,12 @@ pub struct AgentClient {
 }
 
 impl AgentClient {
-    /// The agent at `path` (nothing is connected yet), with a 30-second timeout per request.
+    /// The agent at `path` (nothing is connected yet), with a 40-second timeout per request
+    /// (longer than the agent gives one signature, so the agent answers first).
     pub fn new(path: impl Into<PathBuf>) -> Self {
         AgentClient {
             path: path.into(),
-            timeout: Duration::from_secs(30),
+            timeout: Duration::from_secs(40),
         }
     }
 
@@ -105,17 +117,12 @@ impl AgentClient {
         serde_json::from_slice(&answer).map_err(|e| AgentError::BadAnswer(e.to_string()))
     }
 
-    /// The key `reference` names (unset: the default key) and its algorithm.
+    /// The key `request.key` names (unset: the default key) and its algorithm.
     ///
     /// # Errors
     /// [`AgentError`].
-    pub fn key(&self, reference: Option<&str>) -> Result<AgentKey, AgentError> {
-        let request = AgentKey {
-            key: reference.map(str::to_owned),
-            algorithm: None,
-        };
-        let body =
-            serde_json::to_vec(&request).map_err(|e| AgentError::BadAnswer(e.to_string()))?;
+    pub fn key(&self, request: &AgentKey) -> Result<AgentKey, AgentError> {
+        let body = serde_json::to_vec(request).map_err(|e| AgentError::BadAnswer(e.to_string()))?;
         let answer = self.call("POST", "/v1/agent/key", Some(&body))?;
         serde_json::from_slice(&answer).map_err(|e| AgentError::BadAnswer(e.to_string()))
     }
@@ -144,9 +151,7 @@ impl AgentClient {
             path: self.path.clone(),
             reason,
         };
-        let uid = std::fs::metadata("/proc/self")
-            .map(|m| m.uid())
-            .map_err(|e| unsafe_(format!("cannot tell who this process runs as: {e}")))?;
+        let uid = rustix::process::geteuid().as_raw();
         let meta = match std::fs::symlink_metadata(&self.path) {
             Ok(m) => m,
             Err(e) => {
@@ -183,16 +188,43 @@ impl AgentClient {
         self.check()?;
         let mut stream = UnixStream::connect(&self.path).map_err(|e| AgentError::NotRunning {
             path: self.path.clone(),
-            reason: format!("{e} (a stale socket: the agent is gone)"),
+            reason: match e.kind() {
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::NotFound => {
+                    format!("{e} (a stale socket: the agent is gone)")
+                }
+                _ => e.to_string(),
+            },
         })?;
-        let died = |reason: String| AgentError::Died {
+        // Who answers, from the kernel: the path could have been swapped between the check
+        // and the connection, the peer cannot.
+        let uid = rustix::process::geteuid().as_raw();
+        match rustix::net::sockopt::socket_peercred(&stream) {
+            Ok(c) if c.uid.as_raw() == uid => {}
+            Ok(c) => {
+                return Err(AgentError::Unsafe {
+                    path: self.path.clone(),
+                    reason: format!(
+                        "the process listening there runs as uid {}, not as you (uid {uid})",
+                        c.uid.as_raw()
+                    ),
+                });
+            }
+            Err(e) => {
+                return Err(AgentError::Unsafe {
+                    path: self.path.clone(),
+                    reason: format!("its peer cannot be identified: {e}"),
+                });
+            }
+        }
+        let died = |reason: String, sent: bool| AgentError::Died {
             path: self.path.clone(),
             reason,
+            sent,
         };
         stream
             .set_read_timeout(Some(self.timeout))
             .and_then(|()| stream.set_write_timeout(Some(self.timeout)))
-            .map_err(|e| died(e.to_string()))?;
+            .map_err(|e| died(e.to_string(), false))?;
         let body = body.unwrap_or_default();
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: keyhaven-agent\r\nContent-Type: \
@@ -202,19 +234,22 @@ impl AgentClient {
         stream
             .write_all(head.as_bytes())
             .and_then(|()| stream.write_all(body))
-            .map_err(|e| died(format!("cannot send: {e}")))?;
+            .map_err(|e| died(format!("cannot send: {e}"), false))?;
         let mut answer = Vec::new();
         stream
             .take(MAX_ANSWER)
             .read_to_end(&mut answer)
-            .map_err(|e| died(format!("cannot read the answer: {e}")))?;
+            .map_err(|e| died(format!("cannot read the answer: {e}"), true))?;
         if answer.is_empty() {
-            return Err(died("it closed the connection without answering".into()));
+            return Err(died(
+                "it closed the connection without answering".into(),
+                true,
+            ));
         }
         let split = answer
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
-            .ok_or_else(|| died("half an answer".into()))?;
+            .ok_or_else(|| died("half an answer".into(), true))?;
         let head = String::from_utf8_lossy(&answer[..split]).into_owned();
         let body = answer[split + 4..].to_vec();
         let status: u16 = head
@@ -275,7 +310,7 @@ pub fn default_socket(home: &Path) -> PathBuf {
     let dir = match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
         Some(d) => PathBuf::from(d).join("keyhaven"),
         None => {
-            let uid = std::fs::metadata("/proc/self").map_or(0, |m| m.uid());
+            let uid = rustix::process::geteuid().as_raw();
             PathBuf::from(format!("/tmp/keyhaven-{uid}"))
         }
     };

@@ -241,6 +241,14 @@ pub fn problem_type(name: &str) -> String {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSign {
+    /// The home the caller means (its real path): an agent of another home refuses
+    /// (`agent-other-home`), so the caller signs in-process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
+    /// The principal the caller acts for, if it names one (`KEYHAVEN_PRINCIPAL`): an agent
+    /// acting for another refuses (`agent-other-principal`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
     /// The key, as `keyhaven sign --key` takes it (unset: the home's default key).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
@@ -257,6 +265,12 @@ pub struct AgentSign {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentKey {
+    /// As [`AgentSign::home`] (requests only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
+    /// As [`AgentSign::principal`] (requests only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
     /// The reference as `keyhaven sign --key` takes it (in a request; unset: the default key),
     /// or the key that signs, `BACKEND:ID` (in the answer).
     #[serde(default, skip_serializing_if = "Option::is_none")]

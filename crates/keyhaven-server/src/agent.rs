@@ -14,11 +14,14 @@
 //! ([`keyhaven_client::wire::AgentSign`] -> [`keyhaven_client::wire::AgentSignature`]),
 //! `POST /v1/agent/lock`.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64ct::{Base64, Encoding};
@@ -56,26 +59,72 @@ impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Unix
 struct AgentState {
     /// The open home; `None` once locked.
     manager: Mutex<Option<Arc<KeyManager>>>,
+    /// The home's real path, as callers name it.
     home: String,
+    /// The principal the home acts for.
+    principal: String,
     uid: u32,
     idle: Duration,
-    started: Instant,
-    /// Seconds since `started` of the last request.
+    /// Wall-clock seconds of the last request (a suspended machine's sleep counts as idle).
     last: AtomicU64,
+    /// The files whose content decides what the home allows (its configuration, its access
+    /// policy), with their SHA-256 at start: a change makes the agent forget and stop, so the
+    /// next command reads them afresh.
+    watched: Vec<(PathBuf, Option<[u8; 32]>)>,
     stop: Notify,
+}
+
+fn digest_of(path: &std::path::Path) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    std::fs::read(path)
+        .ok()
+        .map(|b| sha2::Sha256::digest(&b).into())
 }
 
 impl AgentState {
     fn touch(&self) {
-        self.last
-            .store(self.started.elapsed().as_secs(), Ordering::Relaxed);
+        self.last.store(keyhaven::unix_now(), Ordering::Relaxed);
     }
 
     fn idle_for(&self) -> u64 {
-        self.started
-            .elapsed()
-            .as_secs()
-            .saturating_sub(self.last.load(Ordering::Relaxed))
+        keyhaven::unix_now().saturating_sub(self.last.load(Ordering::Relaxed))
+    }
+
+    /// Refuses a caller of another home or principal, and stops when the home's configuration
+    /// or access policy changed since the start.
+    fn check_caller(&self, home: Option<&str>, principal: Option<&str>) -> Result<(), ApiError> {
+        if let Some(h) = home
+            && h != self.home
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "agent-other-home",
+                format!("this agent serves {}, not {h}", self.home),
+            ));
+        }
+        if let Some(p) = principal
+            && p != self.principal
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "agent-other-principal",
+                format!("this agent acts for {}, not {p}", self.principal),
+            ));
+        }
+        if self
+            .watched
+            .iter()
+            .any(|(path, at_start)| digest_of(path) != *at_start)
+        {
+            self.forget();
+            return Err(ApiError::new(
+                StatusCode::LOCKED,
+                "agent-locked",
+                "the home's configuration or access policy changed since the agent started: it \
+                 forgot its keys and stops; start it again to serve the new rules",
+            ));
+        }
+        Ok(())
     }
 
     /// Drops the home (and with it every unlocked backend) and asks the server to stop.
@@ -129,14 +178,30 @@ pub async fn serve_agent(
     idle: Duration,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m))?;
+    let uid = keyhaven::fs::effective_uid();
+    let home = std::fs::canonicalize(manager.home())?;
+    let mut watched = vec![home.join("keyhaven.toml")];
+    if let Some(policy) = &manager.config().access.policy {
+        watched.push(if policy.is_absolute() {
+            policy.clone()
+        } else {
+            home.join(policy)
+        });
+    }
     let state = Arc::new(AgentState {
-        home: manager.home().display().to_string(),
+        home: home.display().to_string(),
+        principal: manager.caller().principal,
         manager: Mutex::new(Some(Arc::new(manager))),
         uid,
         idle,
-        started: Instant::now(),
-        last: AtomicU64::new(0),
+        last: AtomicU64::new(keyhaven::unix_now()),
+        watched: watched
+            .into_iter()
+            .map(|p| {
+                let d = digest_of(&p);
+                (p, d)
+            })
+            .collect(),
         stop: Notify::new(),
     });
     let app = Router::new()
@@ -145,13 +210,15 @@ pub async fn serve_agent(
         .route("/v1/agent/sign", post(sign))
         .route("/v1/agent/lock", post(lock))
         .layer(DefaultBodyLimit::max(AGENT_MAX_BODY))
+        // Before any body is read: a peer of another user is refused at once.
+        .layer(middleware::from_fn_with_state(state.clone(), admit))
         .with_state(state.clone());
     // The idle watch: checked every second.
     let watch = state.clone();
     let watcher = tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            if watch.idle_for() >= watch.idle.as_secs() {
+            if watch.idle_for() >= watch.idle.as_secs().max(1) {
                 watch.forget();
                 return;
             }
@@ -171,11 +238,18 @@ pub async fn serve_agent(
     result
 }
 
-async fn status(
+/// The peer check, before anything else of the request is read.
+async fn admit(
     State(state): State<Arc<AgentState>>,
     ConnectInfo(peer): ConnectInfo<Peer>,
-) -> Result<Json<AgentStatus>, ApiError> {
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     state.admit(peer)?;
+    Ok(next.run(request).await)
+}
+
+async fn status(State(state): State<Arc<AgentState>>) -> Result<Json<AgentStatus>, ApiError> {
     let unlocked = state.manager().is_ok();
     Ok(Json(AgentStatus {
         pid: std::process::id(),
@@ -186,24 +260,19 @@ async fn status(
     }))
 }
 
-async fn lock(
-    State(state): State<Arc<AgentState>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    state.admit(peer)?;
+async fn lock(State(state): State<Arc<AgentState>>) -> Result<Json<serde_json::Value>, ApiError> {
     state.forget();
     Ok(Json(serde_json::json!({ "locked": true })))
 }
 
 async fn sign(
     State(state): State<Arc<AgentState>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
     body: axum::body::Bytes,
 ) -> Result<Json<AgentSignature>, ApiError> {
-    state.admit(peer)?;
     let request: AgentSign = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("invalid-request", format!("not a sign request: {e}"))
     })?;
+    state.check_caller(request.home.as_deref(), request.principal.as_deref())?;
     let input = match (&request.message, &request.digest) {
         (Some(m), None) => Input::Message(
             Base64::decode_vec(m)
@@ -240,17 +309,18 @@ async fn sign(
 
 async fn key(
     State(state): State<Arc<AgentState>>,
-    ConnectInfo(peer): ConnectInfo<Peer>,
     body: axum::body::Bytes,
 ) -> Result<Json<AgentKey>, ApiError> {
-    state.admit(peer)?;
     let request: AgentKey = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid-request", format!("not a key request: {e}")))?;
+    state.check_caller(request.home.as_deref(), request.principal.as_deref())?;
     let manager = state.manager()?;
     state.touch();
     let job = tokio::task::spawn_blocking(move || {
         let key = signing_key(&manager, request.key.as_deref())?;
         Ok::<_, ApiError>(AgentKey {
+            home: None,
+            principal: None,
             key: Some(format!("{}:{}", key.backend, key.id())),
             algorithm: Some(key.algorithm().short_name().to_owned()),
         })

@@ -512,3 +512,31 @@ fn an_outcome_written_without_its_fsync_is_in_order_and_chained() {
     assert!(report.unfinished.is_empty());
     assert_eq!(events(&fx).len(), 10);
 }
+
+#[test]
+fn an_outcome_names_its_intent_and_other_records_close_none() {
+    let fx = Fixture::new();
+    let log = Arc::new(fx.open(0));
+    let inner = Arc::new(SimpleStore::new(Protection::SoftwarePlain));
+    let store = stack(&log, &inner, Policy::allow_all(), "alice");
+    let k = store.generate(Algorithm::EcdsaP256, "signer").unwrap();
+    drop(store);
+    // A signature's intent, then a record of the same process and operation with no intent
+    // of its own (a denial the facade writes), then the signature's outcome naming its intent.
+    let sign = |outcome| Event::new("alice", "sign", "memory", outcome).key(k.id.as_str(), None);
+    let intent = log.append(sign(Outcome::Intent)).unwrap();
+    log.append(sign(Outcome::Denied)).unwrap();
+    let mut done = sign(Outcome::Allowed);
+    done.intent = Some(intent);
+    log.append_outcome(done).unwrap();
+    drop(log);
+    assert!(fx.verify().unfinished.is_empty());
+    // A crash loses the outcome (the last line): the denial does not stand in for it.
+    let path = fx.file(1);
+    let mut all = crate::lines(&path);
+    all.pop();
+    crate::write_lines(&path, &all);
+    let report = fx.verify();
+    assert!(report.is_ok(), "{report:?}");
+    assert_eq!(report.unfinished, [intent]);
+}

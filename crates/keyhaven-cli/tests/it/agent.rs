@@ -333,3 +333,50 @@ fn the_agent_speaks_http_to_curl_and_refuses_another_user_by_peer_credentials() 
         "{body}"
     );
 }
+
+#[test]
+fn an_agent_of_another_home_or_of_old_rules_is_not_used() {
+    let h = Home::with_encrypted();
+    h.generate("p256", "k", &[]);
+    let other = Home::with_encrypted();
+    other.generate("p256", "k", &[]);
+    let digest = "ef".repeat(32);
+    let mut agent = start(&h, &socket_dir(&h).join("home.sock"), "10m");
+    // Another home's command pointed at this agent: refused by the agent, signed in-process
+    // with the other home's own key.
+    let out = other
+        .cmd(["sign", "--key", "k", "--digest", &digest])
+        .env("KEYHAVEN_AGENT_SOCK", &agent.socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("this agent serves") && err.contains("signing without the agent"),
+        "{err}"
+    );
+    // The home's configuration changes (an access policy added): the agent forgets and stops,
+    // and the next command reads the new rules itself.
+    crate::write_private(
+        &h.path().join("access.toml"),
+        "[default]\nsign = { principals = [\"nobody-here\"] }\n",
+    );
+    let config = h.path().join("keyhaven.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("\n[access]\npolicy = \"access.toml\"\n");
+    std::fs::write(&config, text).unwrap();
+    h.ok(&["integrity", "accept", "keyhaven.toml"]);
+    h.ok(&["integrity", "accept", "access.toml"]);
+    let out = h
+        .cmd(["sign", "--key", "k", "--digest", &digest])
+        .env("KEYHAVEN_AGENT_SOCK", &agent.socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "the new policy denies: {out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("configuration or access policy changed"),
+        "{err}"
+    );
+    assert!(wait_gone(&mut agent.child, Duration::from_secs(10)));
+}
