@@ -36,6 +36,7 @@ subcommands:
                               (SoftHSM2's module) and SOFTHSM2_CONF (a scratch token directory
                               for this run, removed afterwards); without ARGS, then the crypto
                               and software-store suites again with the aws-lc-rs provider
+                              (KEYHAVEN_TEST_PROVIDER=aws-lc-rs: the whole suite on it)
   lint                        cargo fmt --check, cargo clippy -D warnings,
                               cargo deny check licenses bans sources
   check-layers                check that dependencies between workspace crates point down
@@ -179,8 +180,15 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
     }
     // Every feature but the second crypto provider: the suite runs on the default build
     // (RustCrypto); the provider pass below runs the crypto and store suites on aws-lc-rs.
+    // KEYHAVEN_TEST_PROVIDER=aws-lc-rs runs the whole suite on the second provider instead.
+    let aws_lc = std::env::var("KEYHAVEN_TEST_PROVIDER").is_ok_and(|p| p == "aws-lc-rs");
+    let features = if aws_lc {
+        format!("{ALL_BUT_PROVIDER},keyhaven-crypto/aws-lc-rs")
+    } else {
+        ALL_BUT_PROVIDER.to_owned()
+    };
     command
-        .args(["--features", ALL_BUT_PROVIDER, "--no-fail-fast"])
+        .args(["--features", &features, "--no-fail-fast"])
         .args(extra)
         .env("KEYHAVEN_INTEROP", "1")
         .env("KEYHAVEN_PYTHON", &python)
@@ -189,7 +197,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
 
     let (status, mut tally) = tally::run_tallied(&mut command, &mut std::io::stdout().lock())?;
     let mut status = status;
-    if !picks_packages && extra.is_empty() {
+    if !picks_packages && extra.is_empty() && !aws_lc {
         // The provider pass: Wycheproof, the provider conformance checks and the backend
         // conformance suite of the software stores, with aws-lc-rs as the default provider.
         println!("xtask: provider pass: the crypto and store suites with aws-lc-rs");
