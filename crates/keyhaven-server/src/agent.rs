@@ -272,7 +272,6 @@ async fn sign(
     let request: AgentSign = serde_json::from_slice(&body).map_err(|e| {
         ApiError::bad_request("invalid-request", format!("not a sign request: {e}"))
     })?;
-    state.check_caller(request.home.as_deref(), request.principal.as_deref())?;
     let input = match (&request.message, &request.digest) {
         (Some(m), None) => Input::Message(
             Base64::decode_vec(m)
@@ -292,7 +291,12 @@ async fn sign(
     };
     let manager = state.manager()?;
     state.touch();
-    let job = tokio::task::spawn_blocking(move || sign_blocking(&manager, &request, &input));
+    // The caller check reads the home's files: on the blocking pool, with the signature.
+    let st = state.clone();
+    let job = tokio::task::spawn_blocking(move || {
+        st.check_caller(request.home.as_deref(), request.principal.as_deref())?;
+        sign_blocking(&manager, &request, &input)
+    });
     let signed = tokio::time::timeout(SIGN_TIMEOUT, job)
         .await
         .map_err(|_| {
@@ -313,10 +317,11 @@ async fn key(
 ) -> Result<Json<AgentKey>, ApiError> {
     let request: AgentKey = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid-request", format!("not a key request: {e}")))?;
-    state.check_caller(request.home.as_deref(), request.principal.as_deref())?;
     let manager = state.manager()?;
     state.touch();
+    let st = state.clone();
     let job = tokio::task::spawn_blocking(move || {
+        st.check_caller(request.home.as_deref(), request.principal.as_deref())?;
         let key = signing_key(&manager, request.key.as_deref())?;
         Ok::<_, ApiError>(AgentKey {
             home: None,
