@@ -709,16 +709,7 @@ impl AuditLog {
         old_len: u64,
         buf: &[u8],
     ) -> Result<(), AuditError> {
-        let mut f = file;
-        let r = f
-            .write_all(buf)
-            .map_err(io_err("append to", path))
-            .and_then(|()| file.sync_data().map_err(io_err("sync", path)));
-        if r.is_err() {
-            let _ = file.set_len(old_len);
-            let _ = file.sync_data();
-        }
-        r
+        Self::write_lines(file, path, old_len, buf, true)
     }
 
     /// [`AuditLog::write_sync`] without the fsync (the next synced write, or [`AuditLog::sync`],
@@ -730,10 +721,33 @@ impl AuditLog {
         old_len: u64,
         buf: &[u8],
     ) -> Result<(), AuditError> {
+        Self::write_lines(file, path, old_len, buf, false)
+    }
+
+    /// The write both share: whole lines, fsynced if `sync`, cut back on failure.
+    fn write_lines(
+        file: &File,
+        path: &Path,
+        old_len: u64,
+        buf: &[u8],
+        sync: bool,
+    ) -> Result<(), AuditError> {
         let mut f = file;
-        let r = f.write_all(buf).map_err(io_err("append to", path));
+        let r = f
+            .write_all(buf)
+            .map_err(io_err("append to", path))
+            .and_then(|()| {
+                if sync {
+                    file.sync_data().map_err(io_err("sync", path))
+                } else {
+                    Ok(())
+                }
+            });
         if r.is_err() {
             let _ = file.set_len(old_len);
+            if sync {
+                let _ = file.sync_data();
+            }
         }
         r
     }

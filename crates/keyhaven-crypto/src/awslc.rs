@@ -66,13 +66,6 @@ impl EcdsaKey {
     }
 }
 
-fn no_agreement(alg: Algorithm) -> Error {
-    Error::Unsupported {
-        operation: "do key agreement",
-        reason: format!("{} keys only sign; use an X25519 key", alg.jose_name()),
-    }
-}
-
 impl PrivateKey for EcdsaKey {
     fn algorithm(&self) -> Algorithm {
         self.curve.algorithm
@@ -99,7 +92,9 @@ impl PrivateKey for EcdsaKey {
     }
 
     fn agree(&self, _peer: &PublicKey) -> Result<SecretBytes, Error> {
-        Err(no_agreement(self.curve.algorithm))
+        Err(crate::ecdsa_impl::no_agreement(
+            self.curve.algorithm.jose_name(),
+        ))
     }
 
     fn to_pkcs8_der(&self) -> Result<SecretBytes, Error> {
@@ -259,10 +254,7 @@ impl PrivateKey for Ed25519Key {
     }
 
     fn agree(&self, _peer: &PublicKey) -> Result<SecretBytes, Error> {
-        Err(Error::Unsupported {
-            operation: "do key agreement",
-            reason: "Ed25519 keys only sign; use an X25519 key".into(),
-        })
+        Err(crate::ecdsa_impl::no_agreement("Ed25519"))
     }
 
     /// PKCS#8 v1 (RFC 8410), as OpenSSL and the RustCrypto provider write it.

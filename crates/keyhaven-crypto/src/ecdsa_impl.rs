@@ -8,10 +8,11 @@ use crate::provider::{KeyAlgorithm, PrivateKey};
 const ID_EC_PUBLIC_KEY: pkcs8::ObjectIdentifier =
     pkcs8::ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
 
-fn no_agreement(alg: Algorithm) -> Error {
+/// The error for key agreement asked of a signing key.
+pub(crate) fn no_agreement(keys: &str) -> Error {
     Error::Unsupported {
         operation: "do key agreement",
-        reason: format!("{} keys only sign; use an X25519 key", alg.jose_name()),
+        reason: format!("{keys} keys only sign; use an X25519 key"),
     }
 }
 
@@ -69,7 +70,7 @@ macro_rules! ecdsa_curve {
             }
 
             fn agree(&self, _peer: &PublicKey) -> Result<SecretBytes, Error> {
-                Err(no_agreement($algorithm))
+                Err(no_agreement($algorithm.jose_name()))
             }
 
             fn to_pkcs8_der(&self) -> Result<SecretBytes, Error> {

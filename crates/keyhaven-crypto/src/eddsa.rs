@@ -89,10 +89,7 @@ impl PrivateKey for Ed25519Key {
     }
 
     fn agree(&self, _peer: &PublicKey) -> Result<SecretBytes, Error> {
-        Err(Error::Unsupported {
-            operation: "do key agreement",
-            reason: "Ed25519 keys only sign; use an X25519 key".into(),
-        })
+        Err(crate::ecdsa_impl::no_agreement("Ed25519"))
     }
 
     /// PKCS#8 v1 (RFC 8410), as OpenSSL writes it. `ed25519-dalek` writes v2 (with the public
