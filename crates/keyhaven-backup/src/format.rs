@@ -422,11 +422,8 @@ fn decode_record(bytes: &[u8]) -> std::result::Result<BackupEntry, String> {
     let created_at = r.u64("created_at")?;
     let spki = r.bytes("public key")?;
     let public_key = keyhaven_crypto::default_provider()
-        .parse_public_key_der(spki)
-        .map_err(|e| format!("public key: {e}"))?;
-    if public_key.algorithm() != algorithm {
-        return Err("the public key's algorithm does not match the record".into());
-    }
+        .parse_public_key_der_as(algorithm, spki)
+        .map_err(|e| format!("public key: {e} (the record says {algorithm})"))?;
     let flags = r.u8("flags")?;
     if flags & !0b111 != 0 {
         return Err(format!("unknown flags {flags:#04x}"));
@@ -917,7 +914,7 @@ pub fn verify(bytes: &[u8], secret: Option<&BackupSecret>) -> Result<VerifyRepor
         for (i, e) in entries.iter().enumerate() {
             if let Some(der) = &e.private {
                 let key = keyhaven_crypto::default_provider()
-                    .load_pkcs8(der.expose_secret())
+                    .load_pkcs8_as(e.public_key.algorithm(), der.expose_secret())
                     .map_err(|err| {
                         BackupError::damaged(record_part(i, &parsed.header), err.to_string())
                     })?;

@@ -226,12 +226,7 @@ impl Undo {
         for (old, der) in &self.deleted {
             let (id, label) = (&old.id, &old.label);
             // Back under its own id where the store allows it.
-            let back = match store.restore_pkcs8(old, label, der) {
-                Err(e) if matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::AlreadyExists) => {
-                    store.import_pkcs8(label, der)
-                }
-                other => other,
-            };
+            let back = put_back(store, old, label, der);
             match back {
                 Ok(info) if info.id == *id => {}
                 Ok(info) => problems.push(format!(
@@ -295,16 +290,48 @@ fn import_verified(
         .private
         .as_ref()
         .ok_or_else(|| ("import", Error::InvalidInput("no private key".into())))?;
-    let info = match store.restore_pkcs8(&original, label, der) {
-        Ok(info) => info,
-        Err(e) if matches!(e.kind(), ErrorKind::Unsupported | ErrorKind::AlreadyExists) => {
-            store.import_pkcs8(label, der).map_err(|e| ("import", e))?
-        }
-        Err(e) => return Err(("import", e)),
-    };
+    let info = put_back(store, &original, label, der).map_err(|e| ("import", e))?;
     undo.created.push(info.id.clone());
     recovery_verify(store, &info.id, entry).map_err(|e| ("recovery verification", e))?;
     Ok(info.id)
+}
+
+/// Puts a software key back: under its own id where the store allows it and the id is free;
+/// else under a new id, still as the recorded algorithm (the DER of an ECDH key is an ECDSA
+/// key's, so a plain import would change what the key is for).
+fn put_back(
+    store: &dyn KeyStore,
+    original: &KeyInfo,
+    label: &str,
+    der: &SecretBytes,
+) -> std::result::Result<KeyInfo, Error> {
+    match store.restore_pkcs8(original, label, der) {
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && label_is_free(store, label) => {
+            let mut fresh = original.clone();
+            fresh.id = KeyId::generate()?;
+            store.restore_pkcs8(&fresh, label, der)
+        }
+        Err(e) if e.kind() == ErrorKind::Unsupported => {
+            let info = store.import_pkcs8(label, der)?;
+            if info.algorithm != original.algorithm {
+                let _ = store.delete(&info.id);
+                return Err(Error::Unsupported {
+                    operation: "restore the key",
+                    reason: format!(
+                        "this store imports it as a {} key, but it is a {} key",
+                        info.algorithm, original.algorithm
+                    ),
+                });
+            }
+            Ok(info)
+        }
+        other => other,
+    }
+}
+
+/// Whether no key of `store` has the label `label`.
+fn label_is_free(store: &dyn KeyStore, label: &str) -> bool {
+    matches!(store.find_by_label(label), Err(e) if e.kind() == ErrorKind::NotFound)
 }
 
 /// Restores entries into a store, verifying each restored key (see [`recovery_verify`]) before

@@ -1,11 +1,10 @@
 //! Key derivation and sealing: Argon2id (one call per backup), HKDF from a Shamir master key,
 //! AES-256-GCM with random nonces.
 
-use keyhaven_core::{Error, SecretBytes};
+use keyhaven_core::SecretBytes;
 use keyhaven_crypto::aead::Sealer;
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::error::{BackupError, Result};
@@ -85,12 +84,9 @@ pub(crate) fn derive_master(master: &SecretBytes, backup_id: &[u8]) -> Result<Ze
     )
 }
 
-/// HKDF-SHA256 with a 32-byte output.
+/// HKDF-SHA256 with a 32-byte output (keyhaven-crypto's public HKDF).
 pub(crate) fn hkdf_32(ikm: &[u8], salt: &[u8], info: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
-    let hk = hkdf::Hkdf::<Sha256>::new(Some(salt), ikm);
-    let mut out = Zeroizing::new([0u8; 32]);
-    hk.expand(info, out.as_mut()).map_err(|_| Error::Crypto)?;
-    Ok(out)
+    Ok(keyhaven_crypto::kdf::derive_array::<32>(ikm, salt, info)?)
 }
 
 /// AES-256-GCM under a key, with a fresh random nonce: returns `nonce || ciphertext || tag`.

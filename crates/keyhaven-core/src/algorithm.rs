@@ -8,7 +8,8 @@ use crate::Error;
 /// A key algorithm keyhaven manages.
 ///
 /// ECDSA keys hash messages with the curve's own hash (P-256 with SHA-256, P-384 with SHA-384).
-/// X25519 keys do key agreement only and never sign.
+/// X25519 and the `Ecdh*` keys do key agreement only and never sign: a NIST-curve key is made for
+/// one use (ECDSA or ECDH), so a signing key is never an agreement oracle and the other way round.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[non_exhaustive]
@@ -22,45 +23,90 @@ pub enum Algorithm {
     Ed25519,
     /// X25519 Diffie-Hellman key agreement (RFC 7748). Cannot sign.
     X25519,
+    /// Elliptic-curve Diffie-Hellman over NIST P-384 (SP 800-56A, the shared secret is the
+    /// x-coordinate). Cannot sign. Hardware backends do it on the device (PKCS#11
+    /// `CKM_ECDH1_DERIVE`, TPM2 `ECDH_ZGen`).
+    EcdhP384,
+    /// Elliptic-curve Diffie-Hellman over NIST P-256, as [`Algorithm::EcdhP384`].
+    EcdhP256,
 }
 
 impl Algorithm {
     /// Every algorithm, in a stable order.
-    pub const ALL: [Algorithm; 4] = [
+    pub const ALL: [Algorithm; 6] = [
         Algorithm::EcdsaP384,
         Algorithm::EcdsaP256,
         Algorithm::Ed25519,
         Algorithm::X25519,
+        Algorithm::EcdhP384,
+        Algorithm::EcdhP256,
     ];
 
-    /// The short name used on the command line and in files (`p384`, `p256`, `ed25519`, `x25519`).
+    /// The short name used on the command line and in files (`p384`, `p256`, `ed25519`,
+    /// `x25519`, `ecdh-p384`, `ecdh-p256`).
     pub fn short_name(self) -> &'static str {
         match self {
             Algorithm::EcdsaP384 => "p384",
             Algorithm::EcdsaP256 => "p256",
             Algorithm::Ed25519 => "ed25519",
             Algorithm::X25519 => "x25519",
+            Algorithm::EcdhP384 => "ecdh-p384",
+            Algorithm::EcdhP256 => "ecdh-p256",
         }
     }
 
-    /// The JOSE / COSE algorithm name: `ES384`, `ES256`, `EdDSA`; `ECDH-ES` for X25519.
+    /// The JOSE / COSE algorithm name: `ES384`, `ES256`, `EdDSA`; `ECDH-ES` for the agreement
+    /// algorithms.
     pub fn jose_name(self) -> &'static str {
         match self {
             Algorithm::EcdsaP384 => "ES384",
             Algorithm::EcdsaP256 => "ES256",
             Algorithm::Ed25519 => "EdDSA",
-            Algorithm::X25519 => "ECDH-ES",
+            Algorithm::X25519 | Algorithm::EcdhP384 | Algorithm::EcdhP256 => "ECDH-ES",
+        }
+    }
+
+    /// A name that tells the algorithms apart in messages: the JOSE name for signing
+    /// algorithms, `X25519`, `ECDH P-384`, `ECDH P-256` for the agreement ones.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Algorithm::X25519 => "X25519",
+            Algorithm::EcdhP384 => "ECDH P-384",
+            Algorithm::EcdhP256 => "ECDH P-256",
+            other => other.jose_name(),
         }
     }
 
     /// Whether keys of this algorithm make signatures.
     pub fn can_sign(self) -> bool {
-        !matches!(self, Algorithm::X25519)
+        !self.can_agree()
     }
 
     /// Whether keys of this algorithm do key agreement.
     pub fn can_agree(self) -> bool {
-        matches!(self, Algorithm::X25519)
+        matches!(
+            self,
+            Algorithm::X25519 | Algorithm::EcdhP384 | Algorithm::EcdhP256
+        )
+    }
+
+    /// The length of the shared secret an agreement gives (the x-coordinate's or X25519's
+    /// 32 bytes), or `None` for signing algorithms.
+    pub fn shared_secret_len(self) -> Option<usize> {
+        match self {
+            Algorithm::X25519 | Algorithm::EcdhP256 => Some(32),
+            Algorithm::EcdhP384 => Some(48),
+            _ => None,
+        }
+    }
+
+    /// The NIST curve's name (`P-384`, `P-256`) for ECDSA and ECDH keys.
+    pub fn nist_curve(self) -> Option<&'static str> {
+        match self {
+            Algorithm::EcdsaP384 | Algorithm::EcdhP384 => Some("P-384"),
+            Algorithm::EcdsaP256 | Algorithm::EcdhP256 => Some("P-256"),
+            _ => None,
+        }
     }
 
     /// The length of the digest a prehashed signature takes (ECDSA only), in bytes.
@@ -68,7 +114,7 @@ impl Algorithm {
         match self {
             Algorithm::EcdsaP384 => Some(48),
             Algorithm::EcdsaP256 => Some(32),
-            Algorithm::Ed25519 | Algorithm::X25519 => None,
+            _ => None,
         }
     }
 
@@ -77,7 +123,7 @@ impl Algorithm {
         match self {
             Algorithm::EcdsaP384 => Some("sha384"),
             Algorithm::EcdsaP256 => Some("sha256"),
-            Algorithm::Ed25519 | Algorithm::X25519 => None,
+            _ => None,
         }
     }
 
@@ -87,7 +133,7 @@ impl Algorithm {
             Algorithm::EcdsaP384 => Some(96),
             Algorithm::EcdsaP256 => Some(64),
             Algorithm::Ed25519 => Some(64),
-            Algorithm::X25519 => None,
+            _ => None,
         }
     }
 
@@ -136,9 +182,12 @@ impl FromStr for Algorithm {
             }
             "ed25519" | "eddsa" => Algorithm::Ed25519,
             "x25519" => Algorithm::X25519,
+            "ecdh-p384" => Algorithm::EcdhP384,
+            "ecdh-p256" => Algorithm::EcdhP256,
             _ => {
                 return Err(Error::InvalidInput(format!(
-                    "unknown algorithm '{s}': use p384, p256, ed25519 or x25519"
+                    "unknown algorithm '{s}': use p384, p256, ed25519, x25519, ecdh-p384 or \
+                     ecdh-p256"
                 )));
             }
         })

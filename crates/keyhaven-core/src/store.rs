@@ -34,7 +34,7 @@ impl BackendInfo {
 /// - keys are generated inside the backend; ids are stable, unique and never reused after delete;
 ///   labels are unique within the backend;
 /// - ECDSA signs messages with the curve's hash and prehashed digests of exactly that hash's
-///   length; Ed25519 signs messages; X25519 only agrees;
+///   length; Ed25519 signs messages; X25519, ECDH P-384 and ECDH P-256 keys only agree;
 /// - signatures come back in fixed-size form ([`Signature`]) and verify with the public key alone;
 /// - an operation the backend cannot do is [`Error::Unsupported`], never a panic or a fallback.
 ///
@@ -149,7 +149,7 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Signs a message (ECDSA hashes it with the curve's hash first).
     ///
     /// # Errors
-    /// [`Error::NotFound`], [`Error::Unsupported`] for X25519 keys, or a backend error.
+    /// [`Error::NotFound`], [`Error::Unsupported`] for agreement keys, or a backend error.
     fn sign(&self, id: &KeyId, message: &[u8]) -> Result<Signature>;
 
     /// Signs a prehashed digest (ECDSA only; the length must be the curve hash's).
@@ -159,11 +159,15 @@ pub trait KeyStore: Send + Sync + 'static {
     /// cannot sign digests, [`Error::NotFound`], or a backend error.
     fn sign_digest(&self, id: &KeyId, digest: &[u8]) -> Result<Signature>;
 
-    /// X25519 key agreement with a peer's public key; the shared secret is zeroized on drop.
+    /// Key agreement (X25519, or ECDH on P-384 / P-256) with a peer's public key, done where the
+    /// private key lives: on a PKCS#11 token or a TPM the private key never leaves the device,
+    /// only the shared secret does. The shared secret (X25519's 32 bytes, or the x-coordinate)
+    /// is raw: feed it to a KDF (`keyhaven_crypto::kdf::derive_key`), never use it as a key.
+    /// It is zeroized on drop.
     ///
     /// # Errors
     /// [`Error::Unsupported`] for signing keys, [`Error::InvalidInput`] for a peer key of another
-    /// algorithm or a low-order point, [`Error::NotFound`].
+    /// algorithm or curve, a low-order or off-curve point, [`Error::NotFound`].
     fn agree(&self, id: &KeyId, peer: &PublicKey) -> Result<SecretBytes>;
 
     /// Deletes a key. Its id is never reused.

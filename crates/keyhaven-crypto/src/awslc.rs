@@ -23,7 +23,16 @@ use crate::x25519;
 /// The aws-lc-rs provider.
 pub(crate) static AWS_LC: CryptoProvider = CryptoProvider {
     name: "aws-lc-rs",
-    algorithms: &[&EcdsaP384, &EcdsaP256, &Ed25519, &X25519],
+    // ECDH on the NIST curves is RustCrypto's in both providers: an agreement is made once per
+    // key unwrap, not per request, so it is not where the time goes.
+    algorithms: &[
+        &EcdsaP384,
+        &EcdsaP256,
+        &Ed25519,
+        &X25519,
+        &crate::ecdh::EcdhP384,
+        &crate::ecdh::EcdhP256,
+    ],
 };
 
 /// One ECDSA curve: its algorithms in AWS-LC and its hash.

@@ -12,7 +12,7 @@ const ID_EC_PUBLIC_KEY: pkcs8::ObjectIdentifier =
 pub(crate) fn no_agreement(keys: &str) -> Error {
     Error::Unsupported {
         operation: "do key agreement",
-        reason: format!("{keys} keys only sign; use an X25519 key"),
+        reason: format!("{keys} keys only sign; use an X25519 or ECDH key"),
     }
 }
 

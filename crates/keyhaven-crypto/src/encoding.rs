@@ -139,10 +139,10 @@ pub fn public_key_jwk(public_key: &PublicKey) -> Result<serde_json::Value, Error
     let kid = public_key.fingerprint().to_hex();
     let alg = public_key.algorithm();
     let mut jwk = match alg {
-        Algorithm::EcdsaP384 | Algorithm::EcdsaP256 => {
+        Algorithm::EcdsaP384 | Algorithm::EcdsaP256 | Algorithm::EcdhP384 | Algorithm::EcdhP256 => {
             // Uncompressed SEC1 point: 0x04 || x || y.
             let (crv, point) = match alg {
-                Algorithm::EcdsaP384 => {
+                Algorithm::EcdsaP384 | Algorithm::EcdhP384 => {
                     use pkcs8::DecodePublicKey;
                     let pk = p384::PublicKey::from_public_key_der(public_key.spki_der())
                         .map_err(|_| bad())?;
@@ -178,4 +178,39 @@ pub fn public_key_jwk(public_key: &PublicKey) -> Result<serde_json::Value, Error
     jwk["alg"] = alg.jose_name().into();
     jwk["use"] = if alg.can_sign() { "sig" } else { "enc" }.into();
     Ok(jwk)
+}
+
+/// The uncompressed SEC1 point (`04 || x || y`) of a P-384 or P-256 public key (ECDSA or ECDH),
+/// checked to be on the curve: what PKCS#11's `CKM_ECDH1_DERIVE` and TPM2 `ECDH_ZGen` take.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a key on another curve, or one that is malformed or off the
+/// curve.
+pub fn ec_point_uncompressed(public_key: &PublicKey) -> Result<Vec<u8>, Error> {
+    use p384::elliptic_curve::sec1::ToSec1Point;
+    use pkcs8::DecodePublicKey;
+    let bad = || {
+        Error::InvalidInput(format!(
+            "not a valid {} public key",
+            public_key
+                .algorithm()
+                .nist_curve()
+                .unwrap_or("P-384 or P-256")
+        ))
+    };
+    let der = public_key.spki_der();
+    match public_key.algorithm().nist_curve() {
+        Some("P-384") => {
+            let pk = p384::PublicKey::from_public_key_der(der).map_err(|_| bad())?;
+            Ok(pk.to_sec1_point(false).as_bytes().to_vec())
+        }
+        Some("P-256") => {
+            let pk = p256::PublicKey::from_public_key_der(der).map_err(|_| bad())?;
+            Ok(pk.to_sec1_point(false).as_bytes().to_vec())
+        }
+        _ => Err(Error::InvalidInput(format!(
+            "a {} key is not on a NIST curve",
+            public_key.algorithm()
+        ))),
+    }
 }

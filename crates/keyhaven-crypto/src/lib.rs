@@ -4,10 +4,12 @@
 pub mod aead;
 #[cfg(feature = "aws-lc-rs")]
 mod awslc;
+mod ecdh;
 mod ecdsa_impl;
 mod eddsa;
 pub mod encoding;
 pub mod hazmat;
+pub mod kdf;
 mod provider;
 mod rng;
 pub mod signer;

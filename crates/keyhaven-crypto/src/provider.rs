@@ -6,7 +6,7 @@ use std::fmt;
 
 use keyhaven_core::{Algorithm, Error, PublicKey, SecretBytes, Signature};
 
-use crate::{ecdsa_impl, eddsa, encoding, x25519};
+use crate::{ecdh, ecdsa_impl, eddsa, encoding, x25519};
 
 /// A loaded private key. Its secret is zeroized when it is dropped.
 pub trait PrivateKey: Send + Sync {
@@ -29,7 +29,7 @@ pub trait PrivateKey: Send + Sync {
     /// [`Error::InvalidInput`] for a wrong length, [`Error::Unsupported`] for other algorithms.
     fn sign_digest(&self, digest: &[u8]) -> Result<Signature, Error>;
 
-    /// X25519 key agreement.
+    /// Key agreement (X25519, ECDH P-384, ECDH P-256): the raw shared secret.
     ///
     /// # Errors
     /// [`Error::Unsupported`] for signing keys, [`Error::InvalidInput`] for a peer key of another
@@ -107,6 +107,8 @@ static RUSTCRYPTO: CryptoProvider = CryptoProvider {
         &ecdsa_impl::EcdsaP256,
         &eddsa::Ed25519,
         &x25519::X25519,
+        &ecdh::EcdhP384,
+        &ecdh::EcdhP256,
     ],
 };
 
@@ -160,7 +162,8 @@ impl CryptoProvider {
         self.algorithm(algorithm)?.generate()
     }
 
-    /// Loads a PKCS#8 DER private key of any supported algorithm (detected from its OID).
+    /// Loads a PKCS#8 DER private key of any supported algorithm (detected from its OID; an
+    /// EC key is taken for ECDSA: load ECDH keys with [`CryptoProvider::load_pkcs8_as`]).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for malformed DER or an unsupported algorithm.
@@ -171,7 +174,47 @@ impl CryptoProvider {
         alg.load_pkcs8_der(der)
     }
 
-    /// Parses and validates SPKI DER into a [`PublicKey`] (algorithm detected from its OID).
+    /// Loads a PKCS#8 DER private key as a key of `algorithm`, which the caller knows from its
+    /// own records (the DER of an ECDH key is an ECDSA key's).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for malformed DER or a key of another algorithm or curve.
+    pub fn load_pkcs8_as(
+        &self,
+        algorithm: Algorithm,
+        der: &[u8],
+    ) -> Result<Box<dyn PrivateKey>, Error> {
+        self.algorithm(algorithm)?.load_pkcs8_der(der)
+    }
+
+    /// Parses and validates SPKI DER as a public key of `algorithm` (for ECDH keys, whose DER
+    /// is an ECDSA key's).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] if malformed, off the curve or of another algorithm.
+    pub fn parse_public_key_der_as(
+        &self,
+        algorithm: Algorithm,
+        spki_der: &[u8],
+    ) -> Result<PublicKey, Error> {
+        let found = self.parse_public_key_der(spki_der)?;
+        if found.algorithm() != algorithm
+            && found
+                .algorithm()
+                .nist_curve()
+                .is_none_or(|c| algorithm.nist_curve() != Some(c))
+        {
+            return Err(Error::InvalidInput(format!(
+                "the public key is a {} key, not {}",
+                found.algorithm(),
+                algorithm.display_name()
+            )));
+        }
+        Ok(PublicKey::new(algorithm, spki_der.to_vec()))
+    }
+
+    /// Parses and validates SPKI DER into a [`PublicKey`] (algorithm detected from its OID; an
+    /// EC key is taken for ECDSA).
     ///
     /// # Errors
     /// [`Error::InvalidInput`] if malformed, off the curve or of an unsupported algorithm.

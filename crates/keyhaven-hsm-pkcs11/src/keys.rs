@@ -13,10 +13,19 @@ const OID_EC_PUBLIC_KEY: &[u8] = &[0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x0
 /// The `CKA_EC_PARAMS` keyhaven writes for an algorithm.
 pub(crate) fn ec_params(algorithm: Algorithm) -> &'static [u8] {
     match algorithm {
-        Algorithm::EcdsaP384 => OID_P384,
-        Algorithm::EcdsaP256 => OID_P256,
+        Algorithm::EcdsaP384 | Algorithm::EcdhP384 => OID_P384,
+        Algorithm::EcdsaP256 | Algorithm::EcdhP256 => OID_P256,
         Algorithm::Ed25519 => OID_ED25519,
         _ => OID_X25519,
+    }
+}
+
+/// The ECDH algorithm on an ECDSA algorithm's curve.
+pub(crate) fn ecdh_of(algorithm: Algorithm) -> Algorithm {
+    match algorithm {
+        Algorithm::EcdsaP384 => Algorithm::EcdhP384,
+        Algorithm::EcdsaP256 => Algorithm::EcdhP256,
+        other => other,
     }
 }
 
@@ -49,8 +58,8 @@ pub(crate) fn algorithm_of_params(params: &[u8]) -> Option<Algorithm> {
 /// 25519 curves.
 fn raw_point_len(algorithm: Algorithm) -> usize {
     match algorithm {
-        Algorithm::EcdsaP384 => 97,
-        Algorithm::EcdsaP256 => 65,
+        Algorithm::EcdsaP384 | Algorithm::EcdhP384 => 97,
+        Algorithm::EcdsaP256 | Algorithm::EcdhP256 => 65,
         _ => 32,
     }
 }
@@ -102,8 +111,12 @@ fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
 /// SubjectPublicKeyInfo DER for a raw point.
 pub(crate) fn spki_der(algorithm: Algorithm, point: &[u8]) -> Vec<u8> {
     let alg_id = match algorithm {
-        Algorithm::EcdsaP384 => tlv(0x30, &[OID_EC_PUBLIC_KEY, OID_P384].concat()),
-        Algorithm::EcdsaP256 => tlv(0x30, &[OID_EC_PUBLIC_KEY, OID_P256].concat()),
+        Algorithm::EcdsaP384 | Algorithm::EcdhP384 => {
+            tlv(0x30, &[OID_EC_PUBLIC_KEY, OID_P384].concat())
+        }
+        Algorithm::EcdsaP256 | Algorithm::EcdhP256 => {
+            tlv(0x30, &[OID_EC_PUBLIC_KEY, OID_P256].concat())
+        }
         Algorithm::Ed25519 => tlv(0x30, OID_ED25519),
         _ => tlv(0x30, OID_X25519),
     };

@@ -5,6 +5,7 @@ use std::sync::{Mutex, PoisonError, RwLock};
 
 use cryptoki::error::Error as CkError;
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
+use cryptoki::mechanism::elliptic_curve::{EcKdf, Ecdh1DeriveParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
@@ -53,6 +54,10 @@ struct Object {
     start: Option<u64>,
     /// For private objects: how well the token guards the key.
     guard: Guard,
+    /// For private objects: `CKA_SIGN` and `CKA_DERIVE`, which tell an ECDH key from an ECDSA
+    /// key on the same curve.
+    sign: Option<bool>,
+    derive: Option<bool>,
 }
 
 /// The attributes that say whether a private key can leave the token (each `None` when the token
@@ -153,7 +158,10 @@ fn key_type_matches(key_type: Option<KeyType>, algorithm: Algorithm) -> bool {
     match key_type {
         None => true,
         Some(t) => match algorithm {
-            Algorithm::EcdsaP384 | Algorithm::EcdsaP256 => t == KeyType::EC,
+            Algorithm::EcdsaP384
+            | Algorithm::EcdsaP256
+            | Algorithm::EcdhP384
+            | Algorithm::EcdhP256 => t == KeyType::EC,
             Algorithm::Ed25519 => t == KeyType::EC_EDWARDS,
             _ => t == KeyType::EC_MONTGOMERY,
         },
@@ -249,6 +257,7 @@ impl Pkcs11Store {
         ];
         if !public {
             wanted.extend(GUARD_ATTRIBUTES);
+            wanted.extend([AttributeType::Sign, AttributeType::Derive]);
         }
         if public {
             // Only public objects: SoftHSM 2.6.1 fails C_GetAttributeValue with
@@ -265,6 +274,8 @@ impl Pkcs11Store {
             point: None,
             start: None,
             guard: Guard::default(),
+            sign: None,
+            derive: None,
         };
         for attr in session.get_attributes(handle, &wanted)? {
             match attr {
@@ -272,6 +283,8 @@ impl Pkcs11Store {
                 Attribute::Extractable(b) => obj.guard.extractable = Some(b),
                 Attribute::AlwaysSensitive(b) => obj.guard.always_sensitive = Some(b),
                 Attribute::NeverExtractable(b) => obj.guard.never_extractable = Some(b),
+                Attribute::Sign(b) => obj.sign = Some(b),
+                Attribute::Derive(b) => obj.derive = Some(b),
                 Attribute::Id(v) => obj.id = v,
                 Attribute::Label(v) => obj.label = String::from_utf8_lossy(&v).into_owned(),
                 Attribute::KeyType(t) => obj.key_type = Some(t),
@@ -316,6 +329,15 @@ impl Pkcs11Store {
         if Self::algorithm_of(private).is_some_and(|a| a != algorithm) {
             return Err("its private and public objects are on different curves".into());
         }
+        // A NIST-curve key made for derivation and not for signing is an ECDH key.
+        let algorithm = match algorithm {
+            Algorithm::EcdsaP384 | Algorithm::EcdsaP256
+                if private.derive == Some(true) && private.sign != Some(true) =>
+            {
+                keys::ecdh_of(algorithm)
+            }
+            other => other,
+        };
         let point = public
             .point
             .as_deref()
@@ -323,11 +345,8 @@ impl Pkcs11Store {
         let raw = keys::raw_point(algorithm, point)?;
         let der = keys::spki_der(algorithm, raw);
         let public_key = keyhaven_crypto::default_provider()
-            .parse_public_key_der(&der)
+            .parse_public_key_der_as(algorithm, &der)
             .map_err(|e| format!("its CKA_EC_POINT is not a valid public key: {e}"))?;
-        if public_key.algorithm() != algorithm {
-            return Err("its public key does not match its curve".into());
-        }
         let label = if private.label.is_empty() {
             public.label.clone()
         } else {
@@ -644,6 +663,15 @@ impl KeyStore for Pkcs11Store {
                     ],
                 )?;
             }
+            Algorithm::EcdhP384 | Algorithm::EcdhP256 => {
+                self.require(
+                    algorithm,
+                    &[
+                        (MechanismType::ECC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN"),
+                        (MechanismType::ECDH1_DERIVE, "CKM_ECDH1_DERIVE"),
+                    ],
+                )?;
+            }
             Algorithm::Ed25519 => {
                 self.require(
                     algorithm,
@@ -698,18 +726,20 @@ impl KeyStore for Pkcs11Store {
                 Attribute::Label(label.as_bytes().to_vec()),
             ]
         };
+        // One use per key: a signing key never derives, an agreement key never signs.
+        let agrees = algorithm.can_agree();
         let mut public_template = common(false);
         public_template.extend([
             Attribute::StartDate(date),
-            Attribute::Verify(true),
+            Attribute::Verify(!agrees),
             Attribute::EcParams(keys::ec_params(algorithm).to_vec()),
         ]);
         let mut private_template = common(true);
         private_template.extend([
             Attribute::Sensitive(true),
             Attribute::Extractable(false),
-            Attribute::Sign(true),
-            Attribute::Derive(false),
+            Attribute::Sign(!agrees),
+            Attribute::Derive(agrees),
         ]);
         let (public, private) = self.token.run(|s| {
             let mech = match algorithm {
@@ -805,7 +835,7 @@ impl KeyStore for Pkcs11Store {
             Algorithm::Ed25519 => self.sign_raw(id, signer, message),
             other => Err(Error::Unsupported {
                 operation: "sign",
-                reason: format!("{} keys do not sign", other.jose_name()),
+                reason: format!("{} keys do key agreement only", other.display_name()),
             }),
         }
     }
@@ -817,19 +847,80 @@ impl KeyStore for Pkcs11Store {
     }
 
     fn agree(&self, id: &KeyId, peer: &PublicKey) -> Result<SecretBytes> {
-        let _ = peer;
         let signer = self.signer(id)?;
-        Err(Error::Unsupported {
-            operation: "agree on a shared secret",
-            reason: if signer.algorithm.can_agree() {
-                "keyhaven does not do X25519 agreement through PKCS#11 yet".into()
-            } else {
-                format!(
-                    "{} keys sign; only X25519 keys agree",
+        let Some(len) = signer
+            .algorithm
+            .shared_secret_len()
+            .filter(|_| signer.algorithm != Algorithm::X25519)
+        else {
+            return Err(Error::Unsupported {
+                operation: "agree on a shared secret",
+                reason: format!(
+                    "{} keys sign; generate an ecdh-p384 or ecdh-p256 key to agree on the token",
                     signer.algorithm.jose_name()
+                ),
+            });
+        };
+        if peer.algorithm().nist_curve() != signer.algorithm.nist_curve() {
+            return Err(Error::InvalidInput(format!(
+                "{} agreement needs a peer key on {}, got a {} key",
+                signer.algorithm.display_name(),
+                signer.algorithm.nist_curve().unwrap_or("the same curve"),
+                peer.algorithm()
+            )));
+        }
+        // Checked on the curve here, not left to the token (an invalid-curve point is the
+        // classic attack on ECDH).
+        let point = keyhaven_crypto::encoding::ec_point_uncompressed(peer)?;
+        let derive = |s: Signer| {
+            self.token.run(|session| {
+                let params = Ecdh1DeriveParams::new(EcKdf::null(), &point);
+                let template = [
+                    Attribute::Class(ObjectClass::SECRET_KEY),
+                    Attribute::KeyType(KeyType::GENERIC_SECRET),
+                    Attribute::ValueLen((len as u64).into()),
+                    Attribute::Token(false),
+                    Attribute::Sensitive(false),
+                    Attribute::Extractable(true),
+                ];
+                let secret =
+                    session.derive_key(&Mechanism::Ecdh1Derive(params), s.handle, &template)?;
+                let value = session.get_attributes(secret, &[AttributeType::Value]);
+                // A session object: destroyed now, and by the token when the session closes.
+                let destroyed = session.destroy_object(secret);
+                let mut out = None;
+                for attr in value? {
+                    if let Attribute::Value(v) = attr {
+                        out = Some(SecretBytes::new(v));
+                    }
+                }
+                destroyed?;
+                Ok(out)
+            })
+        };
+        let shared = match derive(signer) {
+            Err(e) if e.stale_handle() => {
+                self.forget(id);
+                let fresh = self.signer(id)?;
+                if fresh.algorithm != signer.algorithm {
+                    return Err(self.not_found(id));
+                }
+                derive(fresh)?
+            }
+            other => other?,
+        };
+        match shared {
+            Some(s) if s.len() == len => Ok(s),
+            Some(s) => Err(self
+                .bad(
+                    "shared secret",
+                    format!("{} bytes from C_DeriveKey, not {len}", s.len()),
                 )
-            },
-        })
+                .into()),
+            None => Err(self
+                .bad("shared secret", "C_GetAttributeValue gave no CKA_VALUE")
+                .into()),
+        }
     }
 
     fn delete(&self, id: &KeyId) -> Result<()> {

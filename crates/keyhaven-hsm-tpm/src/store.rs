@@ -96,15 +96,8 @@ impl Key {
         validate_label(&r.label).map_err(|e| e.to_string())?;
         let der = hex::decode(&r.public_key).map_err(|e| format!("public_key: {e}"))?;
         let public_key = keyhaven_crypto::default_provider()
-            .parse_public_key_der(&der)
-            .map_err(|e| format!("public_key: {e}"))?;
-        if public_key.algorithm() != r.algorithm {
-            return Err(format!(
-                "the public key is {} but the record says {}",
-                public_key.algorithm(),
-                r.algorithm
-            ));
-        }
+            .parse_public_key_der_as(r.algorithm, &der)
+            .map_err(|e| format!("public_key: {e} (the record says {})", r.algorithm))?;
         let persistent = r
             .persistent_handle
             .as_deref()
@@ -175,21 +168,17 @@ fn spki_of(alg: Algorithm, public: &Public) -> Result<PublicKey, String> {
             parameters.ecc_curve()
         ));
     }
-    let mut der = match alg {
-        Algorithm::EcdsaP256 => SPKI_P256.to_vec(),
+    let mut der = match alg.nist_curve() {
+        Some("P-256") => SPKI_P256.to_vec(),
         _ => SPKI_P384.to_vec(),
     };
     der.push(0x04);
     for coordinate in [unique.x().value(), unique.y().value()] {
         der.extend_from_slice(&left_pad(coordinate, curve.size).map_err(|e| e.to_string())?);
     }
-    let key = keyhaven_crypto::default_provider()
-        .parse_public_key_der(&der)
-        .map_err(|e| format!("the public point is not valid: {e}"))?;
-    if key.algorithm() != alg {
-        return Err(format!("the public key is {}, not {alg}", key.algorithm()));
-    }
-    Ok(key)
+    keyhaven_crypto::default_provider()
+        .parse_public_key_der_as(alg, &der)
+        .map_err(|e| format!("the public point is not valid: {e}"))
 }
 
 /// `bytes` as a TPM2B (a big-endian 16-bit size, then the bytes): the form `tpm2_create -u/-r`
@@ -534,10 +523,19 @@ impl TpmStore {
             .and_then(|p| Public::unmarshall(p).map_err(|e| e.to_string()))
             .map_err(|e| corrupt(PUBLIC, format!("not a TPM2B_PUBLIC area: {e}")))?;
         let attrs = public.object_attributes();
-        if !attrs.fixed_tpm() || !attrs.sign_encrypt() || attrs.decrypt() || attrs.restricted() {
+        let agrees = key.info.algorithm.can_agree();
+        if !attrs.fixed_tpm()
+            || attrs.sign_encrypt() == agrees
+            || attrs.decrypt() != agrees
+            || attrs.restricted()
+        {
             return Err(corrupt(
                 PUBLIC,
-                "the public area is not a fixedTPM, unrestricted, sign-only key".into(),
+                if agrees {
+                    "the public area is not a fixedTPM, unrestricted, decrypt-only key".into()
+                } else {
+                    "the public area is not a fixedTPM, unrestricted, sign-only key".into()
+                },
             ));
         }
         match spki_of(key.info.algorithm, &public) {
@@ -551,6 +549,23 @@ impl TpmStore {
     }
 
     fn sign_prehashed(&self, key: &Key, digest: &[u8]) -> Result<Signature> {
+        let raw = self.with_key_auth(key, |device, request| {
+            device.sign(&SignRequest {
+                digest,
+                blob_file: request.blob_file.clone(),
+                ..*request
+            })
+        })?;
+        Signature::from_raw(key.info.algorithm, raw)
+    }
+
+    /// Runs one device operation with `key`: its held passphrase (`Locked` if it needs one and
+    /// none is held) and its blobs. A passphrase the TPM refuses is forgotten.
+    fn with_key_auth<T>(
+        &self,
+        key: &Key,
+        op: impl FnOnce(&mut Device, &SignRequest<'_>) -> std::result::Result<T, Fail>,
+    ) -> Result<T> {
         let id = &key.info.id;
         let auth = if key.auth {
             let held = self.auth.lock().map_err(poisoned)?.get(id).cloned();
@@ -564,32 +579,31 @@ impl TpmStore {
         let request = SignRequest {
             id,
             alg: key.info.algorithm,
-            digest,
+            digest: &[],
             persistent: key.persistent.map(PersistentHandle::value),
             auth: auth.as_deref().map(Vec::as_slice),
             policy: key.policy.as_ref(),
             blob_file: self.dir.key_file(id, PRIVATE),
             blobs: &blobs,
         };
-        let result = self.device()?.sign(&request);
-        let raw = match result {
-            Ok(raw) => raw,
+        let result = op(&mut *self.device()?, &request);
+        match result {
+            Ok(out) => Ok(out),
             Err(Fail::Tpm(e @ TpmError::AuthFail { .. })) => {
-                // A wrong passphrase stays wrong: forget it, so that the next signature asks
-                // for one (Locked) instead of sending it again and again, each time counting
-                // toward the TPM's dictionary-attack lockout. (Unless another thread has set a
-                // new one meanwhile.)
+                // A wrong passphrase stays wrong: forget it, so that the next use asks for one
+                // (Locked) instead of sending it again and again, each time counting toward the
+                // TPM's dictionary-attack lockout. (Unless another thread has set a new one
+                // meanwhile.)
                 let mut held = self.auth.lock().map_err(poisoned)?;
                 if let (Some(used), Some(now)) = (&auth, held.get(id))
                     && same_secret(used, now)
                 {
                     held.remove(id);
                 }
-                return Err(e.into());
+                Err(e.into())
             }
-            Err(e) => return Err(e.into()),
-        };
-        Signature::from_raw(key.info.algorithm, raw)
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -659,6 +673,15 @@ impl KeyStore for TpmStore {
 
     fn sign(&self, id: &KeyId, message: &[u8]) -> Result<Signature> {
         let key = self.key(id)?;
+        if !key.info.algorithm.can_sign() {
+            return Err(Error::Unsupported {
+                operation: "sign",
+                reason: format!(
+                    "{} keys do key agreement only",
+                    key.info.algorithm.display_name()
+                ),
+            });
+        }
         let digest = match key.info.algorithm {
             Algorithm::EcdsaP384 => Sha384::digest(message).to_vec(),
             _ => Sha256::digest(message).to_vec(),
@@ -672,16 +695,33 @@ impl KeyStore for TpmStore {
         self.sign_prehashed(&key, digest)
     }
 
-    fn agree(&self, id: &KeyId, _peer: &PublicKey) -> Result<SecretBytes> {
+    fn agree(&self, id: &KeyId, peer: &PublicKey) -> Result<SecretBytes> {
         let key = self.key(id)?;
-        Err(Error::Unsupported {
-            operation: "key agreement",
-            reason: format!(
-                "{} is a {} signing key; TPM keys here only sign (X25519 is not available on \
-                 TPM 2.0 devices or swtpm)",
-                key.info.id, key.info.algorithm
-            ),
-        })
+        let alg = key.info.algorithm;
+        if !alg.can_agree() {
+            return Err(Error::Unsupported {
+                operation: "key agreement",
+                reason: format!(
+                    "{} is a {} signing key; generate an ecdh-p384 or ecdh-p256 key to agree in \
+                     the TPM",
+                    key.info.id, alg
+                ),
+            });
+        }
+        if peer.algorithm().nist_curve() != alg.nist_curve() {
+            return Err(Error::InvalidInput(format!(
+                "{} agreement needs a peer key on {}, got a {} key",
+                alg.display_name(),
+                alg.nist_curve().unwrap_or("the same curve"),
+                peer.algorithm()
+            )));
+        }
+        // On the curve, checked here before the TPM sees it (invalid-curve points are the
+        // classic attack on ECDH; the TPM checks too).
+        let point = keyhaven_crypto::encoding::ec_point_uncompressed(peer)?;
+        let size = (point.len() - 1) / 2;
+        let (x, y) = point[1..].split_at(size);
+        self.with_key_auth(&key, |device, request| device.ecdh_zgen(request, x, y))
     }
 
     fn delete(&self, id: &KeyId) -> Result<()> {

@@ -167,11 +167,8 @@ impl Format for EncryptedFormat {
         drop(self.dek(&parsed)?);
         let public_key = self
             .provider
-            .parse_public_key_der(&parsed.public_key)
-            .map_err(|e| e.to_string())?;
-        if public_key.algorithm() != parsed.record.algorithm {
-            return Err("public key and algorithm disagree".into());
-        }
+            .parse_public_key_der_as(parsed.record.algorithm, &parsed.public_key)
+            .map_err(|e| format!("public key and algorithm disagree: {e}"))?;
         let r = parsed.record;
         Ok(KeyInfo::new(
             r.id,
@@ -345,13 +342,9 @@ impl EncryptedStore {
             return Err(Error::InvalidInput("an empty derivation purpose".into()));
         }
         let f = &self.engine.format;
-        let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(f.store_id.as_bytes()), f.kek.as_ref());
-        let mut out = Zeroizing::new([0u8; 32]);
         let mut info = b"keyhaven-store-derive v1\0".to_vec();
         info.extend_from_slice(purpose.as_bytes());
-        hk.expand(&info, out.as_mut())
-            .map_err(|_| Error::InvalidInput("derivation length".into()))?;
-        Ok(out)
+        keyhaven_crypto::kdf::derive_array::<32>(f.kek.as_ref(), f.store_id.as_bytes(), &info)
     }
 }
 

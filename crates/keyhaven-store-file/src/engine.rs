@@ -193,7 +193,7 @@ impl<F: Format> Engine<F> {
         let pkcs8 = self.format.load_private(&self.dir, &info, &bytes)?;
         let key = self
             .provider
-            .load_pkcs8(pkcs8.expose_secret())
+            .load_pkcs8_as(info.algorithm, pkcs8.expose_secret())
             .map_err(|_| self.corrupt_private(id, "the private key does not parse"))?;
         if key.public_key() != &info.public_key {
             return Err(
@@ -245,7 +245,9 @@ impl<F: Format> Engine<F> {
         protection: keyhaven_core::Protection,
     ) -> Result<KeyInfo> {
         validate_label(label)?;
-        let key = self.provider.load_pkcs8(pkcs8.expose_secret())?;
+        let key = self
+            .provider
+            .load_pkcs8_as(original.algorithm, pkcs8.expose_secret())?;
         if *key.public_key() != original.public_key {
             return Err(Error::InvalidInput(format!(
                 "the private key is not the one of key {}",

@@ -89,11 +89,8 @@ impl Format for PemFormat {
         let der = Base64::decode_vec(&meta.public_key).map_err(|_| "bad public key base64")?;
         let public_key = self
             .provider
-            .parse_public_key_der(&der)
-            .map_err(|e| e.to_string())?;
-        if public_key.algorithm() != meta.algorithm {
-            return Err("public key and algorithm disagree".into());
-        }
+            .parse_public_key_der_as(meta.algorithm, &der)
+            .map_err(|e| format!("public key and algorithm disagree: {e}"))?;
         Ok(KeyInfo::new(
             meta.id,
             meta.label,

@@ -78,8 +78,9 @@ impl MemoryStore {
             .cipher
             .open(&entry.nonce, &entry.sealed, id.as_str().as_bytes())
             .ok_or_else(|| Error::corrupt(format!("memory key {id}"), "seal does not open"))?;
+        let algorithm = entry.info.algorithm;
         drop(keys);
-        self.provider.load_pkcs8(&pkcs8)
+        self.provider.load_pkcs8_as(algorithm, &pkcs8)
     }
 
     fn insert(&self, label: &str, key: &dyn PrivateKey) -> Result<KeyInfo> {
@@ -177,7 +178,9 @@ impl KeyStore for MemoryStore {
         label: &str,
         pkcs8_der: &SecretBytes,
     ) -> Result<KeyInfo> {
-        let key = self.provider.load_pkcs8(pkcs8_der.expose_secret())?;
+        let key = self
+            .provider
+            .load_pkcs8_as(original.algorithm, pkcs8_der.expose_secret())?;
         if *key.public_key() != original.public_key {
             return Err(Error::InvalidInput(format!(
                 "the private key is not the one of key {}",

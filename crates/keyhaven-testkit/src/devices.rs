@@ -918,3 +918,62 @@ impl Drop for WebhookReceiver {
         let _ = self.child.wait();
     }
 }
+
+/// SoftHSM tokens for the tests of one process, made with `softhsm2-util` in the harness's
+/// token directory before the process first loads SoftHSM (which sees only the tokens that
+/// exist when it is initialized). Every test that loads the module takes a token first, with
+/// [`TokenPool::take`]; tests never share a token.
+pub struct TokenPool {
+    hsm: SoftHsm,
+    labels: Vec<String>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl TokenPool {
+    /// Makes `size` tokens labelled `PREFIX-PID-NN` with the user PIN [`USER_PIN`], once per
+    /// process: later calls return the same pool.
+    ///
+    /// # Panics
+    /// If the harness's SoftHSM configuration is missing or `softhsm2-util` fails.
+    pub fn get(prefix: &str, size: usize) -> &'static TokenPool {
+        static POOL: std::sync::OnceLock<TokenPool> = std::sync::OnceLock::new();
+        POOL.get_or_init(|| {
+            let hsm = SoftHsm::from_env();
+            let labels: Vec<String> = (0..size)
+                .map(|n| format!("{prefix}-{}-{n:02}", std::process::id()))
+                .collect();
+            for l in &labels {
+                hsm.init_token(l, USER_PIN);
+            }
+            TokenPool {
+                hsm,
+                labels,
+                next: std::sync::atomic::AtomicUsize::new(0),
+            }
+        })
+    }
+
+    /// A token of the caller's own: (module, label).
+    ///
+    /// # Panics
+    /// When every token is taken (raise the pool's size).
+    pub fn take(&self) -> (PathBuf, String) {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let label = self
+            .labels
+            .get(n)
+            .unwrap_or_else(|| {
+                panic!(
+                    "all {} tokens are taken: raise the pool's size",
+                    self.labels.len()
+                )
+            })
+            .clone();
+        (self.hsm.module().to_owned(), label)
+    }
+
+    /// The configuration the tokens live in.
+    pub fn hsm(&self) -> &SoftHsm {
+        &self.hsm
+    }
+}

@@ -74,6 +74,24 @@ impl<S: KeyStore> FaultyStore<S> {
         self.gone.store(gone, Ordering::SeqCst);
     }
 
+    /// Counts an import, failing it where [`FaultyStore::failing_import_at`] says.
+    fn import_gate(&self) -> Result<()> {
+        self.up()?;
+        self.refuse("import a private key")?;
+        let n = self.imports.fetch_add(1, Ordering::SeqCst);
+        let fail_at = *self
+            .fail_import_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if fail_at == Some(n) {
+            return Err(Error::Unavailable {
+                backend: "faulty".into(),
+                reason: "injected import failure".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// The wrapped store.
     pub fn inner(&self) -> &S {
         &self.inner
@@ -148,25 +166,35 @@ impl<S: KeyStore> KeyStore for FaultyStore<S> {
         self.inner.check()
     }
     fn import_pkcs8(&self, label: &str, pkcs8_der: &SecretBytes) -> Result<KeyInfo> {
-        self.up()?;
-        self.refuse("import a private key")?;
-        let n = self.imports.fetch_add(1, Ordering::SeqCst);
-        let fail_at = *self
-            .fail_import_at
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if fail_at == Some(n) {
-            return Err(Error::Unavailable {
-                backend: "faulty".into(),
-                reason: "injected import failure".into(),
-            });
-        }
+        self.import_gate()?;
         if self.lying_import.load(Ordering::SeqCst) {
             let real = self.inner.import_pkcs8(label, pkcs8_der)?;
             self.inner.delete(&real.id)?;
             return self.inner.generate(real.algorithm, label);
         }
         self.inner.import_pkcs8(label, pkcs8_der)
+    }
+    fn restore_pkcs8(
+        &self,
+        original: &KeyInfo,
+        label: &str,
+        pkcs8_der: &SecretBytes,
+    ) -> Result<KeyInfo> {
+        // Only keys an import cannot bring back as what they are (ECDH keys, whose PKCS#8 is an
+        // ECDSA key's) come back this way; the rest go through `import_pkcs8` as before.
+        if !(original.algorithm.can_agree() && original.algorithm.nist_curve().is_some()) {
+            return Err(Error::Unsupported {
+                operation: "restore a key under its id",
+                reason: "the faulty store imports instead".into(),
+            });
+        }
+        self.import_gate()?;
+        if self.lying_import.load(Ordering::SeqCst) {
+            return self.inner.generate(original.algorithm, label);
+        }
+        let mut fresh = original.clone();
+        fresh.id = KeyId::generate()?;
+        self.inner.restore_pkcs8(&fresh, label, pkcs8_der)
     }
     fn export_pkcs8(&self, id: &KeyId) -> Result<SecretBytes> {
         self.up()?;

@@ -97,7 +97,7 @@ macro_rules! conformance_suite {
                 openssl_verifies_signatures,
                 signs_prehashed_digests,
                 rejects_wrong_digest_lengths,
-                x25519_agrees_and_never_signs,
+                agreement_keys_agree_and_never_sign,
                 unknown_ids_are_not_found,
                 key_specs_and_details,
                 duplicate_labels_are_refused,

@@ -76,7 +76,7 @@ fn encrypted_store_backed_up_wiped_and_restored_signs_the_same() {
     let file = backup(&collect(&store, "file", None).unwrap(), Format::Binary);
     wipe(&store);
     let report = restore(&store, &open(&file, &secret()).unwrap(), OnConflict::Fail).unwrap();
-    assert_eq!(report.restored(), 4);
+    assert_eq!(report.restored(), Algorithm::ALL.len());
     // Reopen the store from disk: the restored keys persisted.
     drop(store);
     let store = EncryptedStore::open(&dir.path().join("s"), &pass).unwrap();
@@ -120,7 +120,7 @@ fn conflicts_need_an_explicit_choice() {
     assert_eq!(fingerprints(&target), before);
 
     let r = restore(&target, &entries, OnConflict::Rename).unwrap();
-    assert_eq!(r.restored(), 4);
+    assert_eq!(r.restored(), Algorithm::ALL.len());
     for (k, line) in keys.iter().zip(&r.keys) {
         let Outcome::Renamed { label, new_id } = &line.outcome else {
             panic!("{line:?}")
@@ -144,7 +144,7 @@ fn replace_swaps_the_key_under_its_label() {
         .map(|k| target.generate(k.algorithm, &k.label).unwrap())
         .collect();
     let r = restore(&target, &entries, OnConflict::Replace).unwrap();
-    assert_eq!(r.restored(), 4);
+    assert_eq!(r.restored(), Algorithm::ALL.len());
     for ((k, o), line) in keys.iter().zip(&old).zip(&r.keys) {
         assert!(
             matches!(&line.outcome, Outcome::Replaced { old_id, .. } if old_id == &o.id),
@@ -157,7 +157,7 @@ fn replace_swaps_the_key_under_its_label() {
     }
     assert_eq!(
         target.list().unwrap().len(),
-        4,
+        Algorithm::ALL.len(),
         "temporary copies left behind"
     );
     signs_like_before(&target, &keys);
@@ -195,9 +195,10 @@ fn a_failing_import_leaves_nothing_behind() {
 fn a_failing_replacement_puts_the_old_keys_back() {
     let (store, keys) = store_with_keys();
     let entries = entries_of(&store);
-    // 4 temporary imports succeed; the 2nd final import (index 5) fails after two old keys
-    // were deleted.
-    let target = FaultyStore::new(MemoryStore::new().unwrap()).failing_import_at(5);
+    // One temporary import per algorithm succeeds; the 2nd final import fails after two old
+    // keys were deleted.
+    let target =
+        FaultyStore::new(MemoryStore::new().unwrap()).failing_import_at(Algorithm::ALL.len() + 1);
     for k in &keys {
         target.generate(k.algorithm, &k.label).unwrap();
     }

@@ -105,7 +105,7 @@ fn openssl_reads_our_private_keys_of_every_algorithm() {
         let back = hazmat::private_key_pem_to_pkcs8(&reencoded, None).unwrap();
         assert_eq!(
             default_provider()
-                .load_pkcs8(back.expose_secret())
+                .load_pkcs8_as(alg, back.expose_secret())
                 .unwrap()
                 .public_key(),
             key.public_key()

@@ -15,7 +15,7 @@ fn what_one_provider_makes_the_other_verifies_and_reads() {
             for alg in Algorithm::ALL {
                 let key = a.generate(alg).unwrap();
                 let der = key.to_pkcs8_der().unwrap();
-                let back = b.load_pkcs8(der.expose_secret()).unwrap();
+                let back = b.load_pkcs8_as(alg, der.expose_secret()).unwrap();
                 assert_eq!(
                     back.public_key(),
                     key.public_key(),
@@ -24,7 +24,8 @@ fn what_one_provider_makes_the_other_verifies_and_reads() {
                     b.name
                 );
                 assert_eq!(
-                    b.parse_public_key_der(key.public_key().spki_der()).unwrap(),
+                    b.parse_public_key_der_as(alg, key.public_key().spki_der())
+                        .unwrap(),
                     *key.public_key()
                 );
                 if alg.can_sign() {
@@ -36,7 +37,7 @@ fn what_one_provider_makes_the_other_verifies_and_reads() {
                     let sig = back.sign(msg.as_bytes()).unwrap();
                     a.verify(key.public_key(), msg.as_bytes(), &sig).unwrap();
                 } else {
-                    let peer = b.generate(Algorithm::X25519).unwrap();
+                    let peer = b.generate(alg).unwrap();
                     let one = key.agree(peer.public_key()).unwrap();
                     let two = peer.agree(key.public_key()).unwrap();
                     assert_eq!(one.expose_secret(), two.expose_secret());

@@ -88,7 +88,9 @@ fn pkcs8_round_trips_keep_the_key() {
     for alg in Algorithm::ALL {
         let key = default_provider().generate(alg).unwrap();
         let der = key.to_pkcs8_der().unwrap();
-        let back = default_provider().load_pkcs8(der.expose_secret()).unwrap();
+        let back = default_provider()
+            .load_pkcs8_as(alg, der.expose_secret())
+            .unwrap();
         assert_eq!(back.public_key(), key.public_key(), "{alg}");
         let pem = hazmat::pkcs8_to_pem(&der).unwrap();
         assert_eq!(hazmat::private_key_pem_to_pkcs8(&pem, None).unwrap(), der);
@@ -113,6 +115,11 @@ fn public_keys_parse_back_with_their_algorithm() {
         let key = default_provider().generate(alg).unwrap();
         let pem = key.public_key().to_pem().unwrap();
         let parsed = default_provider().parse_public_key_pem(&pem).unwrap();
+        // an ECDH key's SPKI is an ECDSA key's: read as one unless the reader says otherwise
+        assert_eq!(parsed.spki_der(), key.public_key().spki_der());
+        let parsed = default_provider()
+            .parse_public_key_der_as(alg, parsed.spki_der())
+            .unwrap();
         assert_eq!(&parsed, key.public_key());
         let jwk = encoding::public_key_jwk(key.public_key()).unwrap();
         assert_eq!(jwk["kid"], key.public_key().fingerprint().to_hex());

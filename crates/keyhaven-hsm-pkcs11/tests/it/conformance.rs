@@ -28,6 +28,8 @@ conformance_suite!(
     Capabilities::hardware(&[
         Algorithm::EcdsaP384,
         Algorithm::EcdsaP256,
-        Algorithm::Ed25519
+        Algorithm::Ed25519,
+        Algorithm::EcdhP384,
+        Algorithm::EcdhP256,
     ])
 );

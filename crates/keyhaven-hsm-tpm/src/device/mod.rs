@@ -19,7 +19,7 @@ use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::{Hierarchy, Provision};
 use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    Auth, CapabilityData, Digest, EccPoint, EccScheme, HashScheme, HashcheckTicket,
+    Auth, CapabilityData, Digest, EccParameter, EccPoint, EccScheme, HashScheme, HashcheckTicket,
     KeyDerivationFunctionScheme, PcrSelectionList, PcrSelectionListBuilder, PcrSlot, Private,
     Public, PublicBuilder, PublicEccParametersBuilder, Signature as TpmSignature, SignatureScheme,
     SymmetricDefinition, SymmetricDefinitionObject,
@@ -80,11 +80,11 @@ mod report;
 mod slots;
 mod templates;
 
-use policy::sign_error;
+use policy::key_error;
 pub(crate) use report::read_report;
 use templates::create_primary;
 pub use templates::srk_template;
-pub(crate) use templates::{curve_of, left_pad, name_of, signing_template};
+pub(crate) use templates::{curve_of, key_template, left_pad, name_of};
 
 /// A key's PCR policy as the device needs it.
 #[derive(Debug)]
@@ -294,7 +294,7 @@ impl Device {
                 Some(p) => Some(conn.trial_policy_digest(p, auth.is_some())?),
                 None => None,
             };
-            let template = signing_template(alg, policy_digest)?;
+            let template = key_template(alg, policy_digest)?;
             let auth_value = auth
                 .map(Auth::try_from)
                 .transpose()
@@ -429,6 +429,41 @@ impl Device {
         }
     }
 
+    /// ECDH with an agreement key: `TPM2_ECDH_ZGen` on the peer's point (`x`, `y`, checked on the
+    /// curve by the caller and again by the TPM); returns the x-coordinate of the shared point,
+    /// left-padded to the curve size.
+    pub(crate) fn ecdh_zgen(
+        &mut self,
+        req: &SignRequest<'_>,
+        x: &[u8],
+        y: &[u8],
+    ) -> DevResult<keyhaven_core::SecretBytes> {
+        let c = curve_of(req.alg)?;
+        self.run(|conn| {
+            let key = conn.key_handle(req)?;
+            let wrap = wrap_call("TPM2_ECDH_ZGen", Some(req.id));
+            let point = EccPoint::new(
+                EccParameter::try_from(x).map_err(&wrap)?,
+                EccParameter::try_from(y).map_err(&wrap)?,
+            );
+            let auth = Auth::try_from(req.auth.unwrap_or_default()).map_err(&wrap)?;
+            conn.ctx.tr_set_auth(key.into(), auth).map_err(&wrap)?;
+            let shared = match req.policy {
+                None => conn
+                    .ctx
+                    .execute_with_session(Some(AuthSession::Password), |ctx| {
+                        ctx.ecdh_z_gen(key, point.clone())
+                    })
+                    .map_err(|e| key_error(req, "TPM2_ECDH_ZGen", e))?,
+                Some(policy) => conn.with_policy(req, policy, "TPM2_ECDH_ZGen", |ctx| {
+                    ctx.ecdh_z_gen(key, point.clone())
+                })?,
+            };
+            let x = zeroize::Zeroizing::new(left_pad(shared.x().value(), c.size)?);
+            Ok(keyhaven_core::SecretBytes::copy_from(&x))
+        })
+    }
+
     /// Signs a digest: TPM2_Sign with the curve's ECDSA scheme; returns r || s, each left-padded
     /// to the curve size.
     pub(crate) fn sign(&mut self, req: &SignRequest<'_>) -> DevResult<Vec<u8>> {
@@ -457,8 +492,10 @@ impl Device {
                     .execute_with_session(Some(AuthSession::Password), |ctx| {
                         ctx.sign(key, digest, scheme, ticket)
                     })
-                    .map_err(|e| sign_error(req, e))?,
-                Some(policy) => conn.sign_with_policy(req, policy, key, digest, scheme, ticket)?,
+                    .map_err(|e| key_error(req, "TPM2_Sign", e))?,
+                Some(policy) => conn.with_policy(req, policy, "TPM2_Sign", |c| {
+                    c.sign(key, digest.clone(), scheme, ticket.clone())
+                })?,
             };
             let TpmSignature::EcDsa(sig) = signature else {
                 return Err(TpmError::BadResponse {
@@ -540,13 +577,20 @@ mod tests {
     #[test]
     fn templates_build() {
         srk_template().unwrap();
-        for alg in [Algorithm::EcdsaP256, Algorithm::EcdsaP384] {
-            let t = signing_template(alg, None).unwrap();
+        for alg in [
+            Algorithm::EcdsaP256,
+            Algorithm::EcdsaP384,
+            Algorithm::EcdhP256,
+            Algorithm::EcdhP384,
+        ] {
+            let t = key_template(alg, None).unwrap();
+            let agrees = alg.can_agree();
             assert!(t.object_attributes().user_with_auth());
-            assert!(t.object_attributes().sign_encrypt());
-            assert!(!t.object_attributes().decrypt());
+            assert_eq!(t.object_attributes().sign_encrypt(), !agrees, "{alg}");
+            assert_eq!(t.object_attributes().decrypt(), agrees, "{alg}");
+            assert!(!t.object_attributes().restricted());
             let with_policy =
-                signing_template(alg, Some(Digest::try_from(vec![1; 32]).unwrap())).unwrap();
+                key_template(alg, Some(Digest::try_from(vec![1; 32]).unwrap())).unwrap();
             assert!(!with_policy.object_attributes().user_with_auth());
         }
     }

@@ -14,20 +14,23 @@ pub(super) fn selection(bank: PcrBank, pcrs: &[u8]) -> Result<PcrSelectionList, 
         .map_err(wrap_call("TPM2_PCR_Read", None))
 }
 
-pub(super) fn sign_error(req: &SignRequest<'_>, e: tss_esapi::Error) -> TpmError {
+pub(super) fn key_error(
+    req: &SignRequest<'_>,
+    command: &'static str,
+    e: tss_esapi::Error,
+) -> TpmError {
     match raw_rc(&e) {
         Some(code) if code.from_tpm() && matches!(code.base(), rc::AUTH_FAIL | rc::BAD_AUTH) => {
             TpmError::AuthFail {
                 key: req.id.to_string(),
-                command: "TPM2_Sign",
+                command,
                 rc: code,
             }
         }
-        Some(code) if code.from_tpm() && code.base() == rc::LOCKOUT => TpmError::Lockout {
-            command: "TPM2_Sign",
-            rc: code,
-        },
-        _ => TpmError::call("TPM2_Sign", Some(req.id.as_str()), e),
+        Some(code) if code.from_tpm() && code.base() == rc::LOCKOUT => {
+            TpmError::Lockout { command, rc: code }
+        }
+        _ => TpmError::call(command, Some(req.id.as_str()), e),
     }
 }
 
@@ -149,21 +152,21 @@ impl Conn {
         result
     }
 
-    pub(super) fn sign_with_policy(
+    /// Runs one command with the key (`command` names it in errors) in a policy session that
+    /// satisfies the key's PCR policy.
+    pub(super) fn with_policy<T>(
         &mut self,
         req: &SignRequest<'_>,
         policy: &PolicyInfo,
-        key: KeyHandle,
-        digest: Digest,
-        scheme: SignatureScheme,
-        ticket: HashcheckTicket,
-    ) -> DevResult<TpmSignature> {
+        command: &'static str,
+        op: impl FnOnce(&mut Context) -> tss_esapi::Result<T>,
+    ) -> DevResult<T> {
         let session = self.start_policy_session(false)?;
         let result = match self.apply_policy(session, policy, req.auth.is_some(), Some(req.id)) {
             Ok(()) => self
                 .ctx
-                .execute_with_session(Some(session), |c| c.sign(key, digest, scheme, ticket))
-                .map_err(|e| Fail::Tpm(sign_error(req, e))),
+                .execute_with_session(Some(session), op)
+                .map_err(|e| Fail::Tpm(key_error(req, command, e))),
             Err(e) => Err(e),
         };
         self.end_session(session);

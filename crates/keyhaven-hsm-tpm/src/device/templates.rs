@@ -13,12 +13,12 @@ pub(crate) struct Curve {
 /// The TPM parameters of a keyhaven algorithm, or why the TPM cannot have it.
 pub(crate) fn curve_of(alg: Algorithm) -> Result<Curve, Error> {
     match alg {
-        Algorithm::EcdsaP256 => Ok(Curve {
+        Algorithm::EcdsaP256 | Algorithm::EcdhP256 => Ok(Curve {
             curve: EccCurve::NistP256,
             hash: HashingAlgorithm::Sha256,
             size: 32,
         }),
-        Algorithm::EcdsaP384 => Ok(Curve {
+        Algorithm::EcdsaP384 | Algorithm::EcdhP384 => Ok(Curve {
             curve: EccCurve::NistP384,
             hash: HashingAlgorithm::Sha384,
             size: 48,
@@ -98,11 +98,13 @@ pub fn srk_template() -> tss_esapi::Result<Public> {
         .build()
 }
 
-/// A signing key's template: unrestricted, sign-only ECDSA with the curve's hash,
-/// `fixedTPM|fixedParent|sensitiveDataOrigin|sign` plus `userWithAuth` unless it has a policy
-/// (with `userWithAuth` a passphrase alone would bypass the PCR policy).
-pub(crate) fn signing_template(alg: Algorithm, policy: Option<Digest>) -> DevResult<Public> {
+/// A key's template: unrestricted and single-use, `fixedTPM|fixedParent|sensitiveDataOrigin`
+/// plus `userWithAuth` unless it has a policy (with `userWithAuth` a passphrase alone would
+/// bypass the PCR policy). ECDSA keys are `sign` only, with the curve's hash; ECDH keys are
+/// `decrypt` only, for `TPM2_ECDH_ZGen` (the scheme left open: `TPM_ALG_NULL`).
+pub(crate) fn key_template(alg: Algorithm, policy: Option<Digest>) -> DevResult<Public> {
     let c = curve_of(alg)?;
+    let agrees = alg.can_agree();
     let wrap = |e| TpmError::Wrapper {
         command: "building the key template",
         source: e,
@@ -112,16 +114,28 @@ pub(crate) fn signing_template(alg: Algorithm, policy: Option<Digest>) -> DevRes
         .with_fixed_parent(true)
         .with_sensitive_data_origin(true)
         .with_user_with_auth(policy.is_none())
-        .with_sign_encrypt(true)
-        .with_decrypt(false)
+        .with_sign_encrypt(!agrees)
+        .with_decrypt(agrees)
         .with_restricted(false)
         .build()
         .map_err(wrap)?;
-    let params = PublicEccParametersBuilder::new_unrestricted_signing_key(
-        EccScheme::EcDsa(HashScheme::new(c.hash)),
-        c.curve,
-    )
-    .build()
+    let params = if agrees {
+        PublicEccParametersBuilder::new()
+            .with_symmetric(SymmetricDefinitionObject::Null)
+            .with_ecc_scheme(EccScheme::Null)
+            .with_curve(c.curve)
+            .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+            .with_is_signing_key(false)
+            .with_is_decryption_key(true)
+            .with_restricted(false)
+            .build()
+    } else {
+        PublicEccParametersBuilder::new_unrestricted_signing_key(
+            EccScheme::EcDsa(HashScheme::new(c.hash)),
+            c.curve,
+        )
+        .build()
+    }
     .map_err(wrap)?;
     let mut builder = PublicBuilder::new()
         .with_public_algorithm(PublicAlgorithm::Ecc)

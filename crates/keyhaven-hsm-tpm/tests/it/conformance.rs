@@ -27,5 +27,10 @@ fn fixture() -> Fixture {
 
 conformance_suite!(
     fixture,
-    Capabilities::hardware(&[Algorithm::EcdsaP384, Algorithm::EcdsaP256])
+    Capabilities::hardware(&[
+        Algorithm::EcdsaP384,
+        Algorithm::EcdsaP256,
+        Algorithm::EcdhP384,
+        Algorithm::EcdhP256,
+    ])
 );

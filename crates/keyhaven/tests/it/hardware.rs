@@ -4,55 +4,18 @@
 #[cfg(feature = "pkcs11")]
 mod pkcs11 {
     use std::path::Path;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex, OnceLock};
+    use std::sync::{Arc, Mutex};
 
     use keyhaven::secrecy::SecretString;
     use keyhaven::{
         Algorithm, BackendConfig, BackendKind, Error, ErrorKind, FixedPassphrase, KeyManager,
         PassphrasePurpose, PassphraseRequest, Protection, TokenRef,
     };
-    use keyhaven_testkit::devices::{SoftHsm, USER_PIN};
-
-    /// Tokens for this process's tests, made with `softhsm2-util` in the harness's token
-    /// directory before this process first loads SoftHSM (which sees only the tokens that exist
-    /// when it is initialized). Every test that loads the module takes a token first.
-    struct Tokens {
-        hsm: SoftHsm,
-        labels: Vec<String>,
-        next: AtomicUsize,
-    }
-
-    const POOL: usize = 6;
-
-    fn tokens() -> &'static Tokens {
-        static TOKENS: OnceLock<Tokens> = OnceLock::new();
-        TOKENS.get_or_init(|| {
-            let hsm = SoftHsm::from_env();
-            let labels: Vec<String> = (0..POOL)
-                .map(|n| format!("khf-{}-{n:02}", std::process::id()))
-                .collect();
-            for l in &labels {
-                hsm.init_token(l, USER_PIN);
-            }
-            Tokens {
-                hsm,
-                labels,
-                next: AtomicUsize::new(0),
-            }
-        })
-    }
+    use keyhaven_testkit::devices::{TokenPool, USER_PIN};
 
     /// A token of this test's own: (module, label).
     fn token() -> (std::path::PathBuf, String) {
-        let t = tokens();
-        let n = t.next.fetch_add(1, Ordering::SeqCst);
-        let label = t
-            .labels
-            .get(n)
-            .unwrap_or_else(|| panic!("all {POOL} tokens are taken: raise POOL"))
-            .clone();
-        (t.hsm.module().to_owned(), label)
+        TokenPool::get("khf", 6).take()
     }
 
     /// The requests a provider was asked.
@@ -437,5 +400,59 @@ mod tpm {
         let m = KeyManager::open(home.path(), FixedPassphrase::new("pw")).unwrap();
         let key = m.resolve("tpm:k").unwrap();
         m.sign(&key, b"after the restart").unwrap();
+    }
+
+    /// A master key in the TPM (ECDH P-256 and P-384, `decrypt`-only keys used through
+    /// `TPM2_ECDH_ZGen`) wraps and unwraps KEKs through the manager's decorated store; a dead
+    /// TPM is `Unavailable`, releases nothing and loses nothing: after it is back the same
+    /// wrapped KEK unwraps.
+    #[test]
+    fn a_master_key_in_the_tpm_wraps_keks_and_survives_an_outage() {
+        use keyhaven_envelope::{Kek, KekScope, MasterKey, SecretContext, WrappedKek};
+        let mut tpm = Swtpm::start();
+        let home = crate::private_tempdir();
+        let m = KeyManager::open(home.path(), NoPassphrase).unwrap();
+        m.add_backend("tpm", BackendConfig::tpm(tpm.tcti(), None))
+            .unwrap();
+        let ctx = SecretContext::new("acme", "db/root", 1, 2).unwrap();
+        let mut stored = Vec::new();
+        for alg in [Algorithm::EcdhP256, Algorithm::EcdhP384] {
+            let key = m
+                .generate(Some("tpm"), alg, &format!("master-{alg}"))
+                .unwrap();
+            assert_eq!(key.protection(), Protection::Hardware);
+            let e = m.sign(&key, b"no").unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+            let store = std::sync::Arc::clone(m.backend("tpm").unwrap().store());
+            let master = MasterKey::new(store, &format!("master-{alg}")).unwrap();
+            let kek = Kek::generate(KekScope::new("acme", 2, 1).unwrap()).unwrap();
+            let env = kek.seal(&ctx, b"tpm-guarded").unwrap();
+            let wrapped = master.wrap(&kek).unwrap().to_bytes();
+            let back = master
+                .unwrap(&WrappedKek::from_bytes(&wrapped).unwrap())
+                .unwrap();
+            assert_eq!(
+                back.open(&ctx, &env).unwrap().expose_secret(),
+                b"tpm-guarded"
+            );
+            stored.push((alg, wrapped, env));
+        }
+        let store = std::sync::Arc::clone(m.backend("tpm").unwrap().store());
+        tpm.kill();
+        for (alg, wrapped, _) in &stored {
+            let master = MasterKey::new(std::sync::Arc::clone(&store), &format!("master-{alg}"));
+            let outcome = master.and_then(|m| m.unwrap(&WrappedKek::from_bytes(wrapped).unwrap()));
+            let e = keyhaven::CoreError::from(outcome.unwrap_err());
+            assert_eq!(e.kind(), ErrorKind::Unavailable, "{alg}: {e}");
+        }
+        tpm.start_again();
+        for (alg, wrapped, env) in &stored {
+            let master =
+                MasterKey::new(std::sync::Arc::clone(&store), &format!("master-{alg}")).unwrap();
+            let kek = master
+                .unwrap(&WrappedKek::from_bytes(wrapped).unwrap())
+                .unwrap();
+            assert_eq!(kek.open(&ctx, env).unwrap().expose_secret(), b"tpm-guarded");
+        }
     }
 }
