@@ -312,14 +312,34 @@ fn put_back(
             store.restore_pkcs8(&fresh, label, der)
         }
         Err(e) if e.kind() == ErrorKind::Unsupported => {
-            let info = store.import_pkcs8(label, der)?;
-            if info.algorithm != original.algorithm {
-                let _ = store.delete(&info.id);
+            // An import reads an EC key as ECDSA: an ECDH key cannot come back that way.
+            if original.algorithm.can_agree() && original.algorithm.nist_curve().is_some() {
                 return Err(Error::Unsupported {
                     operation: "restore the key",
                     reason: format!(
-                        "this store imports it as a {} key, but it is a {} key",
-                        info.algorithm, original.algorithm
+                        "this store cannot restore a {} key under its algorithm (an import \
+                         would make it an ECDSA key)",
+                        original.algorithm
+                    ),
+                });
+            }
+            let info = store.import_pkcs8(label, der)?;
+            if info.algorithm != original.algorithm {
+                // Not left behind as a key of the wrong kind: a failed delete is reported.
+                let gone = store.delete(&info.id);
+                return Err(Error::Unsupported {
+                    operation: "restore the key",
+                    reason: format!(
+                        "this store imports it as a {} key, but it is a {} key{}",
+                        info.algorithm,
+                        original.algorithm,
+                        match gone {
+                            Ok(()) => String::new(),
+                            Err(e) => format!(
+                                " (and the imported copy {} could not be deleted: {e})",
+                                info.id
+                            ),
+                        }
                     ),
                 });
             }

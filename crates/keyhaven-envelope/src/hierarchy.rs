@@ -29,6 +29,7 @@ const WRAPPED_KEY_LEN: usize = KEY_LEN + TAG_LEN;
 const KEK_WRAP_INFO: &[u8] = b"keyhaven-envelope/v1 kek-wrap\0";
 const DEK_AAD: &[u8] = b"keyhaven-envelope/v1 dek\0";
 const DATA_AAD: &[u8] = b"keyhaven-envelope/v1 data\0";
+const DERIVE_INFO: &[u8] = b"keyhaven-envelope/v1 derive\0";
 
 fn algorithm_code(algorithm: Algorithm) -> Option<u8> {
     match algorithm {
@@ -538,17 +539,25 @@ impl WrappedKek {
 }
 
 /// The root of the hierarchy: an agreement key (ECDH P-384/P-256 on a PKCS#11 token or a TPM,
-/// or X25519) in any [`KeyStore`]. Wrapping a KEK needs only its public key; unwrapping asks
-/// the backend for one agreement with the wrapped KEK's ephemeral key, so the master private
-/// key never leaves the backend.
+/// or X25519) in any [`KeyStore`], used for nothing else. Its private key never leaves the
+/// backend: wrapping and unwrapping ask the backend for agreements, nothing more.
 ///
-/// The wrap is ECIES-shaped: a fresh ephemeral key per wrap, `Z` = ECDH(ephemeral, master),
-/// the wrapping key = HKDF-SHA-256(`Z`, salt = the ephemeral SPKI, info = a domain label and
-/// the master SPKI), then AES-256-GCM over the KEK with the header (algorithm, master
-/// fingerprint, tenant, tier, version, ephemeral key) as associated data.
+/// The wrap is ECIES-shaped, *authenticated by the master key itself*: a fresh ephemeral key per
+/// wrap, `Z` = ECDH(ephemeral, master) and `S` = ECDH(master, master's own public key) (which
+/// only the holder of the private key can compute: it is the square-Diffie-Hellman value of the
+/// public key), the wrapping key = HKDF-SHA-256(`Z || S`, salt = the ephemeral SPKI, info = a
+/// domain label and the master SPKI), then AES-256-GCM over the KEK with the header (algorithm,
+/// master fingerprint, tenant, tier, version, ephemeral key) as associated data. Without `S`, a
+/// wrap could be made by anyone with the public key, and a KEK planted in the database would be
+/// taken for the master's.
+///
+/// `S` is computed in the backend once, when the master key is opened, together with a check
+/// that the backend's private key matches the recorded public key; it is kept in memory
+/// (zeroized on drop), never stored.
 pub struct MasterKey {
     store: Arc<dyn KeyStore>,
     info: KeyInfo,
+    own: SecretBytes,
 }
 
 impl fmt::Debug for MasterKey {
@@ -562,11 +571,14 @@ impl fmt::Debug for MasterKey {
 }
 
 impl MasterKey {
-    /// The master key `id_or_label` of `store`.
+    /// The master key `id_or_label` of `store`. Asks the backend for two agreements: one that
+    /// checks its private key is the one of the recorded public key (a swapped public key in a
+    /// record would otherwise have every wrap made to someone else's key), and `S`.
     ///
     /// # Errors
-    /// [`EnvelopeError::NotAgreementKey`] for a signing key; the store's error if there is no
-    /// such key or the store cannot be reached.
+    /// [`EnvelopeError::NotAgreementKey`] for a signing key; [`EnvelopeError::Unauthentic`] if
+    /// the private key does not match the recorded public key; the store's error if there is
+    /// no such key or the backend cannot be reached.
     pub fn new(store: Arc<dyn KeyStore>, id_or_label: &str) -> Result<Self> {
         let info = store.resolve(id_or_label)?;
         if algorithm_code(info.algorithm).is_none() {
@@ -575,7 +587,17 @@ impl MasterKey {
                 algorithm: info.algorithm,
             });
         }
-        Ok(MasterKey { store, info })
+        let probe = default_provider().generate(info.algorithm)?;
+        let theirs = probe.agree(&info.public_key)?;
+        let ours = store.agree(&info.id, probe.public_key())?;
+        if theirs != ours {
+            return Err(EnvelopeError::Unauthentic {
+                what: "the master key's recorded public key",
+                bound_to: "private key (the record and the backend disagree)",
+            });
+        }
+        let own = store.agree(&info.id, &info.public_key)?;
+        Ok(MasterKey { store, info, own })
     }
 
     /// The master key's info.
@@ -590,14 +612,17 @@ impl MasterKey {
     ) -> Result<Zeroizing<[u8; KEY_LEN]>> {
         let mut info = KEK_WRAP_INFO.to_vec();
         info.extend_from_slice(self.info.public_key.spki_der());
+        let mut ikm = Zeroizing::new(Vec::with_capacity(shared.len() + self.own.len()));
+        ikm.extend_from_slice(shared.expose_secret());
+        ikm.extend_from_slice(self.own.expose_secret());
         Ok(kdf::derive_array::<KEY_LEN>(
-            shared.expose_secret(),
+            &ikm,
             ephemeral.spki_der(),
             &info,
         )?)
     }
 
-    /// Wraps `kek` under this master key. Needs only the public key: the backend is not asked.
+    /// Wraps `kek` under this master key (no backend call: `S` was computed when it was opened).
     ///
     /// # Errors
     /// [`EnvelopeError::Backend`] if the RNG fails.
@@ -621,13 +646,24 @@ impl MasterKey {
         Ok(wrapped)
     }
 
-    /// Unwraps a KEK: one agreement in the backend, then HKDF and AES-256-GCM here.
+    /// Unwraps the KEK of scope `expected`: one agreement in the backend, then HKDF and
+    /// AES-256-GCM here. The scope is checked first: a wrapped KEK of another tenant, tier or
+    /// version (an old version's row copied over a newer one, say) is refused.
     ///
     /// # Errors
-    /// [`EnvelopeError::WrongMaster`] for a KEK wrapped by another master key,
-    /// [`EnvelopeError::Unauthentic`] for a changed one, the backend's error (kind kept: an
-    /// unplugged token is `Unavailable`) if the agreement fails.
-    pub fn unwrap(&self, wrapped: &WrappedKek) -> Result<Kek> {
+    /// [`EnvelopeError::WrongKek`] for another scope, [`EnvelopeError::WrongMaster`] for a KEK
+    /// wrapped by another master key, [`EnvelopeError::Unauthentic`] for a changed or forged
+    /// one, the backend's error (kind kept: an unplugged token is `Unavailable`) if the
+    /// agreement fails.
+    pub fn unwrap(&self, wrapped: &WrappedKek, expected: &KekScope) -> Result<Kek> {
+        if &wrapped.scope != expected {
+            return Err(EnvelopeError::WrongKek {
+                tenant: expected.tenant.clone(),
+                tier: expected.tier,
+                needed: expected.version,
+                have: wrapped.scope.to_string(),
+            });
+        }
         let mine = self.info.fingerprint();
         if wrapped.master != *mine.as_bytes() || wrapped.algorithm != self.info.algorithm {
             return Err(EnvelopeError::WrongMaster {
@@ -640,21 +676,24 @@ impl MasterKey {
         }
         let shared = self.store.agree(&self.info.id, &wrapped.ephemeral)?;
         let wrapping = self.wrapping_key(&shared, &wrapped.ephemeral)?;
-        let key = Sealer::new(wrapping.as_ref())?
+        let opened = Sealer::new(wrapping.as_ref())?
             .open(&wrapped.nonce, &wrapped.sealed, &wrapped.header().0)
             .ok_or(EnvelopeError::Unauthentic {
                 what: "the wrapped KEK",
-                bound_to: "master key, tenant, tier or version",
+                bound_to: "master key, tenant, tier or version (or it was not made with the master key)",
             })?;
-        let key: [u8; KEY_LEN] = key
-            .as_slice()
-            .try_into()
-            .map_err(|_| keyhaven_core::Error::Crypto)?;
-        Kek::from_key(wrapped.scope.clone(), Zeroizing::new(key))
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        if opened.len() != KEY_LEN {
+            return Err(keyhaven_core::Error::Crypto.into());
+        }
+        key.copy_from_slice(&opened);
+        Kek::from_key(wrapped.scope.clone(), key)
     }
 
-    /// HKDF-SHA-256 over an agreement of this master key with `peer`, done in the backend: the
-    /// "derive a key inside the HSM" operation. See [`derive_key`].
+    /// HKDF-SHA-256 over an agreement of this master key with `peer`, done in the backend, for
+    /// the caller's own purpose. The caller's `info` is prefixed with a label of its own
+    /// (`keyhaven-envelope/v1 derive`), so no value derived here can be a KEK's wrapping key,
+    /// whatever `peer`, `salt` and `info` are.
     ///
     /// # Errors
     /// As [`derive_key`].
@@ -665,7 +704,16 @@ impl MasterKey {
         info: &[u8],
         len: usize,
     ) -> Result<SecretBytes> {
-        derive_key(self.store.as_ref(), &self.info.id, peer, salt, info, len)
+        let mut labelled = DERIVE_INFO.to_vec();
+        labelled.extend_from_slice(info);
+        derive_key(
+            self.store.as_ref(),
+            &self.info.id,
+            peer,
+            salt,
+            &labelled,
+            len,
+        )
     }
 }
 
@@ -673,6 +721,9 @@ impl MasterKey {
 /// the agreement (on the token or TPM for hardware keys, so the private key never leaves it),
 /// then HKDF-SHA-256 (RFC 5869) turns the shared secret into key material for the purpose named
 /// by `info`. The shared secret itself is zeroized before this returns.
+///
+/// For a key that is also a [`MasterKey`], use [`MasterKey::derive_key`], which keeps what it
+/// derives apart from the hierarchy's own keys.
 ///
 /// # Errors
 /// The backend's error (`Unsupported` for a signing key, `InvalidInput` for a peer key on

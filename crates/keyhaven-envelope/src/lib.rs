@@ -4,6 +4,7 @@
 mod codec;
 mod error;
 mod hierarchy;
+pub mod transit;
 
 pub use error::{EnvelopeError, Result};
 pub use hierarchy::{

@@ -24,6 +24,11 @@ pub(crate) trait Format: Send + Sync + 'static {
     /// commit point).
     fn write_key(&self, dir: &StoreDir, info: &KeyInfo, key: &dyn PrivateKey) -> Result<Vec<u8>>;
 
+    /// Why this format cannot keep keys of `algorithm`, if it cannot.
+    fn refuses(&self, _algorithm: keyhaven_core::Algorithm) -> Option<&'static str> {
+        None
+    }
+
     /// Parses (and where possible authenticates) a record's public part.
     fn parse_info(&self, id: &KeyId, record: &[u8]) -> Result<KeyInfo, String>;
 
@@ -264,6 +269,12 @@ impl<F: Format> Engine<F> {
         key: &dyn PrivateKey,
         protection: keyhaven_core::Protection,
     ) -> Result<KeyInfo> {
+        if let Some(reason) = self.format.refuses(key.algorithm()) {
+            return Err(Error::Unsupported {
+                operation: "keep this key",
+                reason: reason.into(),
+            });
+        }
         let (id, created_at) = match original {
             Some(o) => (o.id.clone(), o.created_at),
             None => (KeyId::generate()?, unix_now()),

@@ -71,8 +71,21 @@ impl Format for PemFormat {
         serde_json::to_vec_pretty(&meta).map_err(|e| Error::InvalidInput(e.to_string()))
     }
 
+    fn refuses(&self, algorithm: keyhaven_core::Algorithm) -> Option<&'static str> {
+        // The files say only "EC key on P-384"; the use is in the unauthenticated metadata, so
+        // whoever can write the metadata could turn a signing key into an agreement key.
+        (algorithm.can_agree() && algorithm.nist_curve().is_some()).then_some(
+            "a PEM directory cannot keep ECDH P-384/P-256 keys: their files are ECDSA keys' files \
+             and the metadata that tells them apart is not authenticated; use the encrypted store \
+             or a token",
+        )
+    }
+
     fn parse_info(&self, id: &KeyId, record: &[u8]) -> Result<KeyInfo, String> {
         let meta: Meta = serde_json::from_slice(record).map_err(|e| format!("bad JSON: {e}"))?;
+        if let Some(reason) = self.refuses(meta.algorithm) {
+            return Err(format!("the record says {}: {reason}", meta.algorithm));
+        }
         if meta.format != KEY_FORMAT || meta.version != 1 {
             return Err(format!(
                 "unknown record format {} v{}",

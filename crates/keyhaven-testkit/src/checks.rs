@@ -436,8 +436,22 @@ pub fn import_and_export(factory: &Factory, caps: &Capabilities) {
     let fx = factory();
     for &alg in &caps.algorithms {
         if alg.can_agree() && alg.nist_curve().is_some() {
-            // An ECDH key's PKCS#8 is an ECDSA key's: import takes it for ECDSA (restoring a
-            // backup, which knows the algorithm, is the way such a key comes back).
+            // An ECDH key's PKCS#8 is an ECDSA key's: an import reads it as ECDSA, as it reads
+            // any EC key (restoring a backup, which records the algorithm, is the way an ECDH
+            // key comes back as one). Where import works, that is what it does.
+            let outside = default_provider().generate(alg).unwrap(); // ok: test assertion
+            let der = outside.to_pkcs8_der().unwrap(); // ok: test assertion
+            if caps.import
+                && let Ok(info) = fx.store.import_pkcs8(&label("ecdh-import"), &der)
+            {
+                assert!(
+                    info.algorithm.can_sign(),
+                    "{alg} imported as {}",
+                    info.algorithm
+                );
+                assert_eq!(info.algorithm.nist_curve(), alg.nist_curve());
+                assert_eq!(info.public_key.spki_der(), outside.public_key().spki_der());
+            }
             continue;
         }
         let outside = default_provider().generate(alg).unwrap(); // ok: test assertion

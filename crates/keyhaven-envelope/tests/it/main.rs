@@ -5,6 +5,7 @@
 mod pkcs11;
 mod software;
 mod tamper;
+mod transit;
 
 use std::sync::Arc;
 

@@ -38,7 +38,10 @@ fn a_master_key_on_the_token_wraps_and_unwraps_keks() {
         let stored = master.wrap(&kek).unwrap().to_bytes();
         drop(kek);
         let kek = master
-            .unwrap(&WrappedKek::from_bytes(&stored).unwrap())
+            .unwrap(
+                &WrappedKek::from_bytes(&stored).unwrap(),
+                &KekScope::new("acme", 2, 1).unwrap(),
+            )
             .unwrap();
         assert_eq!(
             kek.open(&ctx, &env).unwrap().expose_secret(),

@@ -31,7 +31,7 @@ fn kek_wraps_and_unwraps_through_the_store_and_secrets_open() {
         let ctx = SecretContext::new("acme", "db/password", 3, 1).unwrap();
         let env = kek.seal(&ctx, b"correct horse").unwrap();
         let env = Envelope::from_bytes(&env.to_bytes()).unwrap();
-        let unwrapped = master.unwrap(&again).unwrap();
+        let unwrapped = master.unwrap(&again, kek.scope()).unwrap();
         assert_eq!(
             unwrapped.open(&ctx, &env).unwrap().expose_secret(),
             b"correct horse",
@@ -93,10 +93,11 @@ fn a_secret_opens_only_in_its_own_context() {
         kek.seal(&other_tier, b"x"),
         Err(EnvelopeError::WrongKek { .. })
     ));
-    // another tenant's KEK with the same tier and version: the DEK does not unwrap
-    let other_tenant_kek = Kek::generate(KekScope::new("acme", 2, 1).unwrap()).unwrap();
+    // another KEK of the very same scope (a stand-in planted in its place): the DEK does not
+    // unwrap
+    let stand_in = Kek::generate(KekScope::new("acme", 2, 1).unwrap()).unwrap();
     assert!(matches!(
-        other_tenant_kek.open(&ctx, &env),
+        stand_in.open(&ctx, &env),
         Err(EnvelopeError::Unauthentic { .. })
     ));
 }
@@ -129,7 +130,7 @@ fn rotation_rewraps_deks_without_touching_the_data() {
     assert_eq!(v2.scope().version(), 2);
     let stored_v2 = master.wrap(&v2).unwrap().to_bytes();
     let v2 = master
-        .unwrap(&WrappedKek::from_bytes(&stored_v2).unwrap())
+        .unwrap(&WrappedKek::from_bytes(&stored_v2).unwrap(), v2.scope())
         .unwrap();
     for (ctx, env) in contexts.iter().zip(&envs) {
         let moved = v2.rewrap(&v1, ctx, env).unwrap();
@@ -164,7 +165,7 @@ fn a_kek_of_another_master_is_refused_by_name() {
     let (_b, master_b) = software_master(Algorithm::X25519);
     let kek = Kek::generate(KekScope::new("acme", 1, 4).unwrap()).unwrap();
     let wrapped = master_a.wrap(&kek).unwrap();
-    let e = master_b.unwrap(&wrapped).unwrap_err();
+    let e = master_b.unwrap(&wrapped, kek.scope()).unwrap_err();
     assert!(
         matches!(e, EnvelopeError::WrongMaster { version: 4, .. }),
         "{e}"
@@ -241,12 +242,181 @@ fn derive_key_matches_openssl_ecdh_and_hkdf() {
         .unwrap();
         let theirs = keyhaven_testkit::openssl::hkdf_sha256(&z, b"salt", b"keyhaven test", 42);
         assert_eq!(ours.expose_secret(), &theirs[..], "{alg}: HKDF");
+        // the master key's own derive_key labels its info (kept apart from the wrapping keys)
+        let labelled = keyhaven_testkit::openssl::hkdf_sha256(
+            &z,
+            b"salt",
+            b"keyhaven-envelope/v1 derive\0keyhaven test",
+            42,
+        );
         assert_eq!(
             master
                 .derive_key(&openssl_key, b"salt", b"keyhaven test", 42)
                 .unwrap()
                 .expose_secret(),
-            &theirs[..]
+            &labelled[..]
         );
+    }
+}
+
+/// An attacker who knows only the master's public key wraps a KEK of their own the way plain
+/// ECIES would (no backend involved) and plants it: it is refused, because a wrap needs the
+/// master's own agreement `S`, which only the backend can compute.
+#[test]
+fn a_kek_wrapped_with_the_public_key_alone_is_refused() {
+    use keyhaven_crypto::aead::Sealer;
+    for alg in AGREEMENT {
+        let (store, master) = software_master(alg);
+        let public = master.info().public_key.clone();
+        let scope = KekScope::new("acme", 1, 1).unwrap();
+        let eph = keyhaven_crypto::default_provider().generate(alg).unwrap();
+        let z = eph.agree(&public).unwrap();
+        // the layout documented on WrappedKek
+        let code = match alg {
+            Algorithm::X25519 => 1u8,
+            Algorithm::EcdhP384 => 2,
+            _ => 3,
+        };
+        let mut header = b"khk1".to_vec();
+        header.push(code);
+        header.extend_from_slice(public.fingerprint().as_bytes());
+        header.push(1);
+        header.extend_from_slice(&1u32.to_be_bytes());
+        header.extend_from_slice(&4u16.to_be_bytes());
+        header.extend_from_slice(b"acme");
+        let spki = eph.public_key().spki_der();
+        header.extend_from_slice(&u16::try_from(spki.len()).unwrap().to_be_bytes());
+        header.extend_from_slice(spki);
+        let mut info = b"keyhaven-envelope/v1 kek-wrap\0".to_vec();
+        info.extend_from_slice(public.spki_der());
+        let attacker_kek = [0x41u8; 32];
+        for ikm in [
+            z.expose_secret().to_vec(),
+            [z.expose_secret(), &[0u8; 48][..]].concat(),
+        ] {
+            let wk = keyhaven_crypto::kdf::derive_key(&ikm, spki, &info, 32).unwrap();
+            let (nonce, sealed) = Sealer::new(wk.expose_secret())
+                .unwrap()
+                .seal(&attacker_kek, &header)
+                .unwrap();
+            let forged = [header.clone(), nonce.to_vec(), sealed].concat();
+            let parsed = WrappedKek::from_bytes(&forged).unwrap();
+            assert_eq!(parsed.scope(), &scope, "the forgery is well-formed");
+            let e = master.unwrap(&parsed, &scope).unwrap_err();
+            assert!(matches!(e, EnvelopeError::Unauthentic { .. }), "{alg}: {e}");
+        }
+        // a genuine wrap made by a second opening of the same master key unwraps
+        let kek = Kek::generate(scope.clone()).unwrap();
+        let again = MasterKey::new(Arc::clone(&store), "master").unwrap();
+        assert!(again.unwrap(&master.wrap(&kek).unwrap(), &scope).is_ok());
+        // and the master's own derive_key never gives a wrapping key: its info is labelled
+        let d = master
+            .derive_key(eph.public_key(), spki, &info[..0], 32)
+            .unwrap();
+        let plain = derive_key(
+            store.as_ref(),
+            &master.info().id,
+            eph.public_key(),
+            spki,
+            b"",
+            32,
+        )
+        .unwrap();
+        assert_ne!(d, plain);
+    }
+}
+
+/// A row of an old KEK version copied over a newer one (a rollback) is refused by scope.
+#[test]
+fn an_old_version_in_a_newer_row_is_refused() {
+    let (_store, master) = software_master(Algorithm::X25519);
+    let v1 = Kek::generate(KekScope::new("acme", 1, 1).unwrap()).unwrap();
+    let old_row = master.wrap(&v1).unwrap().to_bytes();
+    let v2_scope = v1.scope().next().unwrap();
+    let e = master
+        .unwrap(&WrappedKek::from_bytes(&old_row).unwrap(), &v2_scope)
+        .unwrap_err();
+    assert!(
+        matches!(e, EnvelopeError::WrongKek { needed: 2, .. }),
+        "{e}"
+    );
+}
+
+/// A record whose public key was swapped for an attacker's: the master key refuses to open
+/// (every wrap would otherwise be made to the attacker's key).
+#[test]
+fn a_swapped_public_key_is_caught_when_the_master_key_opens() {
+    let (store, master) = software_master(Algorithm::EcdhP384);
+    let other = store.generate(Algorithm::EcdhP384, "other").unwrap();
+    let liar: Arc<dyn KeyStore> = Arc::new(SwappedPublicKey {
+        inner: Arc::clone(&store),
+        target: master.info().id.clone(),
+        fake: other.public_key.clone(),
+    });
+    let e = MasterKey::new(liar, "master").unwrap_err();
+    assert!(matches!(e, EnvelopeError::Unauthentic { .. }), "{e}");
+    assert!(e.to_string().contains("recorded public key"), "{e}");
+}
+
+/// A store whose record of one key carries another key's public key.
+struct SwappedPublicKey {
+    inner: Arc<dyn KeyStore>,
+    target: keyhaven_core::KeyId,
+    fake: keyhaven_core::PublicKey,
+}
+
+impl SwappedPublicKey {
+    fn lie(&self, mut info: keyhaven_core::KeyInfo) -> keyhaven_core::KeyInfo {
+        if info.id == self.target {
+            info.public_key = self.fake.clone();
+        }
+        info
+    }
+}
+
+impl KeyStore for SwappedPublicKey {
+    fn info(&self) -> keyhaven_core::BackendInfo {
+        self.inner.info()
+    }
+    fn generate(&self, a: Algorithm, l: &str) -> keyhaven_core::Result<keyhaven_core::KeyInfo> {
+        self.inner.generate(a, l)
+    }
+    fn list(&self) -> keyhaven_core::Result<Vec<keyhaven_core::KeyInfo>> {
+        Ok(self
+            .inner
+            .list()?
+            .into_iter()
+            .map(|i| self.lie(i))
+            .collect())
+    }
+    fn get(&self, id: &keyhaven_core::KeyId) -> keyhaven_core::Result<keyhaven_core::KeyInfo> {
+        Ok(self.lie(self.inner.get(id)?))
+    }
+    fn find_by_label(&self, l: &str) -> keyhaven_core::Result<keyhaven_core::KeyInfo> {
+        Ok(self.lie(self.inner.find_by_label(l)?))
+    }
+    fn sign(
+        &self,
+        id: &keyhaven_core::KeyId,
+        m: &[u8],
+    ) -> keyhaven_core::Result<keyhaven_core::Signature> {
+        self.inner.sign(id, m)
+    }
+    fn sign_digest(
+        &self,
+        id: &keyhaven_core::KeyId,
+        d: &[u8],
+    ) -> keyhaven_core::Result<keyhaven_core::Signature> {
+        self.inner.sign_digest(id, d)
+    }
+    fn agree(
+        &self,
+        id: &keyhaven_core::KeyId,
+        p: &keyhaven_core::PublicKey,
+    ) -> keyhaven_core::Result<keyhaven_core::SecretBytes> {
+        self.inner.agree(id, p)
+    }
+    fn delete(&self, id: &keyhaven_core::KeyId) -> keyhaven_core::Result<()> {
+        self.inner.delete(id)
     }
 }

@@ -448,17 +448,21 @@ impl Device {
             );
             let auth = Auth::try_from(req.auth.unwrap_or_default()).map_err(&wrap)?;
             conn.ctx.tr_set_auth(key.into(), auth).map_err(&wrap)?;
-            let shared = match req.policy {
+            // The shared point is a secret: it comes back encrypted under a salted session.
+            let shared = conn.with_encrypted_response(|conn, encrypt| match req.policy {
                 None => conn
                     .ctx
-                    .execute_with_session(Some(AuthSession::Password), |ctx| {
+                    .execute_with_sessions(
+                        (Some(AuthSession::Password), Some(encrypt), None),
+                        |ctx| ctx.ecdh_z_gen(key, point.clone()),
+                    )
+                    .map_err(|e| Fail::Tpm(key_error(req, "TPM2_ECDH_ZGen", e))),
+                Some(policy) => {
+                    conn.with_policy(req, policy, "TPM2_ECDH_ZGen", Some(encrypt), |ctx| {
                         ctx.ecdh_z_gen(key, point.clone())
                     })
-                    .map_err(|e| key_error(req, "TPM2_ECDH_ZGen", e))?,
-                Some(policy) => conn.with_policy(req, policy, "TPM2_ECDH_ZGen", |ctx| {
-                    ctx.ecdh_z_gen(key, point.clone())
-                })?,
-            };
+                }
+            })?;
             let x = zeroize::Zeroizing::new(left_pad(shared.x().value(), c.size)?);
             Ok(keyhaven_core::SecretBytes::copy_from(&x))
         })
@@ -493,7 +497,7 @@ impl Device {
                         ctx.sign(key, digest, scheme, ticket)
                     })
                     .map_err(|e| key_error(req, "TPM2_Sign", e))?,
-                Some(policy) => conn.with_policy(req, policy, "TPM2_Sign", |c| {
+                Some(policy) => conn.with_policy(req, policy, "TPM2_Sign", None, |c| {
                     c.sign(key, digest.clone(), scheme, ticket.clone())
                 })?,
             };

@@ -102,6 +102,53 @@ impl Conn {
         Ok(session)
     }
 
+    /// An HMAC session salted to the storage key, authorizing nothing, with response encryption
+    /// (AES-128-CFB) on: its session key comes from a secret only this TPM and this process
+    /// share, so what the TPM answers (an ECDH shared point) does not cross the bus in the
+    /// clear. It rides as the command's second session; the key's own authorization (password
+    /// or policy) stays in the first, so no key passphrase enters the encryption key.
+    fn start_encrypt_session(&mut self) -> DevResult<AuthSession> {
+        use tss_esapi::attributes::SessionAttributesBuilder;
+        self.ctx.clear_sessions();
+        let primary = self.primary;
+        let session = self
+            .ctx
+            .start_auth_session(
+                Some(primary),
+                None,
+                None,
+                SessionType::Hmac,
+                SymmetricDefinition::AES_128_CFB,
+                HashingAlgorithm::Sha256,
+            )
+            .map_err(wrap_call("TPM2_StartAuthSession (salted)", None))?
+            .ok_or_else(|| TpmError::BadResponse {
+                what: "session handle",
+                reason: "TPM2_StartAuthSession returned no session".into(),
+            })?;
+        let (attributes, mask) = SessionAttributesBuilder::new()
+            .with_continue_session(true)
+            .with_encrypt(true)
+            .build();
+        if let Err(e) = self.ctx.tr_sess_set_attributes(session, attributes, mask) {
+            self.end_session(session);
+            return Err(wrap_call("TPM2_StartAuthSession (salted)", None)(e).into());
+        }
+        Ok(session)
+    }
+
+    /// Runs `f` with a fresh response-encrypting session (see
+    /// [`Conn::start_encrypt_session`]), flushed afterwards.
+    pub(super) fn with_encrypted_response<T>(
+        &mut self,
+        f: impl FnOnce(&mut Self, AuthSession) -> DevResult<T>,
+    ) -> DevResult<T> {
+        let session = self.start_encrypt_session()?;
+        let result = f(self, session);
+        self.end_session(session);
+        result
+    }
+
     pub(super) fn end_session(&mut self, session: AuthSession) {
         let handle = ObjectHandle::from(SessionHandle::from(session));
         let _ = self.flush(handle);
@@ -154,18 +201,20 @@ impl Conn {
 
     /// Runs one command with the key (`command` names it in errors) in a policy session that
     /// satisfies the key's PCR policy.
+    /// `second` rides along as the command's second session (a response-encrypting one).
     pub(super) fn with_policy<T>(
         &mut self,
         req: &SignRequest<'_>,
         policy: &PolicyInfo,
         command: &'static str,
+        second: Option<AuthSession>,
         op: impl FnOnce(&mut Context) -> tss_esapi::Result<T>,
     ) -> DevResult<T> {
         let session = self.start_policy_session(false)?;
         let result = match self.apply_policy(session, policy, req.auth.is_some(), Some(req.id)) {
             Ok(()) => self
                 .ctx
-                .execute_with_session(Some(session), op)
+                .execute_with_sessions((Some(session), second, None), op)
                 .map_err(|e| Fail::Tpm(key_error(req, command, e))),
             Err(e) => Err(e),
         };

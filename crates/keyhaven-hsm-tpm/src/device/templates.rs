@@ -193,8 +193,8 @@ pub(crate) fn left_pad(value: &[u8], size: usize) -> Result<Vec<u8>, TpmError> {
     };
     if trimmed.len() > size {
         return Err(TpmError::BadResponse {
-            what: "ECDSA signature",
-            reason: format!("a {}-byte half for a {size}-byte curve", trimmed.len()),
+            what: "TPM response",
+            reason: format!("a {}-byte value for a {size}-byte curve", trimmed.len()),
         });
     }
     let mut out = vec![0u8; size - trimmed.len()];

@@ -378,3 +378,59 @@ fn tpm_out_of_object_slots_is_a_clear_error_and_recovers() {
     let sig = store.sign(&key.id, b"m").unwrap();
     keyhaven_crypto::verify(&key.public_key, b"m", &sig).unwrap();
 }
+
+/// ECDH keys with a passphrase, a PCR policy or both agree in their salted, response-encrypting
+/// sessions, refuse a wrong passphrase, and refuse once the PCR changes, like signing keys.
+#[test]
+fn ecdh_keys_with_a_passphrase_or_a_pcr_policy() {
+    let tpm = TestTpm::new();
+    let store = tpm.store();
+    let options = [
+        KeyOptions::new().auth(SecretString::from("pw")),
+        KeyOptions::new().pcr_policy("sha256:16".parse().unwrap()),
+        KeyOptions::new()
+            .pcr_policy("sha256:16".parse().unwrap())
+            .auth(SecretString::from("pw")),
+    ];
+    let keys: Vec<_> = options
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| {
+            store
+                .generate_with_options(Algorithm::EcdhP384, &format!("ecdh-{i}"), o)
+                .unwrap()
+        })
+        .collect();
+    let peer = keyhaven_crypto::default_provider()
+        .generate(Algorithm::EcdhP384)
+        .unwrap();
+    for k in &keys {
+        assert_eq!(
+            store.agree(&k.id, peer.public_key()).unwrap(),
+            peer.agree(&k.public_key).unwrap(),
+            "{}",
+            k.label
+        );
+    }
+    store
+        .set_key_auth(&keys[0].id, &SecretString::from("nope"))
+        .unwrap();
+    assert!(matches!(
+        store.agree(&keys[0].id, peer.public_key()),
+        Err(e) if e.is(ErrorKind::BadPassphrase)));
+    tpm.swtpm.run(
+        "tpm2_pcrextend",
+        &["16:sha256=0000000000000000000000000000000000000000000000000000000000000001"],
+    );
+    for k in &keys[1..] {
+        assert!(
+            matches!(
+            store.agree(&k.id, peer.public_key()),
+            Err(e) if e.is(ErrorKind::PermissionDenied)),
+            "{}",
+            k.label
+        );
+    }
+    tpm.swtpm.run("tpm2_pcrreset", &["16"]);
+    assert!(store.agree(&keys[1].id, peer.public_key()).is_ok());
+}

@@ -229,3 +229,85 @@ fn private_part_exists_only_as_the_tpm_wrapped_blob() {
     // ...and the private blob is sealed to this TPM: another swtpm refuses it (see
     // bad_input::blob_from_another_tpm_is_corrupt_naming_the_file)
 }
+
+/// TPM2B_ECC_POINT bytes: each coordinate after its 16-bit size, the whole after its size.
+fn ecc_point(x: &[u8], y: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for c in [x, y] {
+        body.extend_from_slice(&u16::try_from(c.len()).unwrap().to_be_bytes());
+        body.extend_from_slice(c);
+    }
+    let mut out = u16::try_from(body.len()).unwrap().to_be_bytes().to_vec();
+    out.extend_from_slice(&body);
+    out
+}
+
+/// `tpm2_ecdhzgen` (tpm2-tools) on our ECDH key's blob gives the shared point whose x is what
+/// our store's `agree` gives, and what a software party computes: our agreement is plain
+/// TPM2_ECDH_ZGen.
+#[test]
+fn tpm2_tools_ecdhzgen_with_our_blob_agrees_with_our_store() {
+    let tpm = TestTpm::new();
+    let store = tpm.store();
+    let key = store.generate(Algorithm::EcdhP256, "ecdh").unwrap();
+    let peer = keyhaven_crypto::default_provider()
+        .generate(Algorithm::EcdhP256)
+        .unwrap();
+    let ours = store.agree(&key.id, peer.public_key()).unwrap();
+    assert_eq!(ours, peer.agree(&key.public_key).unwrap());
+    let details = store.key_details(&key.id).unwrap();
+    drop(store);
+    let priv_file = details.blob_file.clone();
+    let pub_file = priv_file.with_extension("pub");
+    let (prim, ctx, point, out) = (
+        tpm.scratch("prim.ctx"),
+        tpm.scratch("key.ctx"),
+        tpm.scratch("point"),
+        tpm.scratch("z"),
+    );
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    tpm.swtpm.run(
+        "tpm2_createprimary",
+        &[
+            "-C",
+            "o",
+            "-g",
+            "sha256",
+            "-G",
+            "ecc256:null:aes128cfb",
+            "-a",
+            SRK_ATTRS,
+            "-c",
+            &s(&prim),
+        ],
+    );
+    tpm.swtpm.run("tpm2_flushcontext", &["-t"]);
+    tpm.swtpm.run(
+        "tpm2_load",
+        &[
+            "-C",
+            &s(&prim),
+            "-u",
+            &s(&pub_file),
+            "-r",
+            &s(&priv_file),
+            "-c",
+            &s(&ctx),
+        ],
+    );
+    tpm.swtpm.run("tpm2_flushcontext", &["-t"]);
+    let sec1 = keyhaven_crypto::encoding::ec_point_uncompressed(peer.public_key()).unwrap();
+    fs::write(&point, ecc_point(&sec1[1..33], &sec1[33..])).unwrap();
+    tpm.swtpm.run(
+        "tpm2_ecdhzgen",
+        &["-c", &s(&ctx), "-u", &s(&point), "-o", &s(&out)],
+    );
+    tpm.swtpm.run("tpm2_flushcontext", &["-t"]);
+    let z = fs::read(&out).unwrap();
+    // TPM2B_ECC_POINT: total size, then x's size and x
+    let x_len = usize::from(u16::from_be_bytes([z[2], z[3]]));
+    let x = &z[4..4 + x_len];
+    let mut padded = vec![0u8; 32 - x.len()];
+    padded.extend_from_slice(x);
+    assert_eq!(ours.expose_secret(), &padded[..]);
+}

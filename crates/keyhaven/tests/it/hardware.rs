@@ -415,6 +415,7 @@ mod tpm {
         m.add_backend("tpm", BackendConfig::tpm(tpm.tcti(), None))
             .unwrap();
         let ctx = SecretContext::new("acme", "db/root", 1, 2).unwrap();
+        let scope = KekScope::new("acme", 2, 1).unwrap();
         let mut stored = Vec::new();
         for alg in [Algorithm::EcdhP256, Algorithm::EcdhP384] {
             let key = m
@@ -429,7 +430,7 @@ mod tpm {
             let env = kek.seal(&ctx, b"tpm-guarded").unwrap();
             let wrapped = master.wrap(&kek).unwrap().to_bytes();
             let back = master
-                .unwrap(&WrappedKek::from_bytes(&wrapped).unwrap())
+                .unwrap(&WrappedKek::from_bytes(&wrapped).unwrap(), kek.scope())
                 .unwrap();
             assert_eq!(
                 back.open(&ctx, &env).unwrap().expose_secret(),
@@ -441,7 +442,8 @@ mod tpm {
         tpm.kill();
         for (alg, wrapped, _) in &stored {
             let master = MasterKey::new(std::sync::Arc::clone(&store), &format!("master-{alg}"));
-            let outcome = master.and_then(|m| m.unwrap(&WrappedKek::from_bytes(wrapped).unwrap()));
+            let outcome =
+                master.and_then(|m| m.unwrap(&WrappedKek::from_bytes(wrapped).unwrap(), &scope));
             let e = keyhaven::CoreError::from(outcome.unwrap_err());
             assert_eq!(e.kind(), ErrorKind::Unavailable, "{alg}: {e}");
         }
@@ -450,7 +452,7 @@ mod tpm {
             let master =
                 MasterKey::new(std::sync::Arc::clone(&store), &format!("master-{alg}")).unwrap();
             let kek = master
-                .unwrap(&WrappedKek::from_bytes(wrapped).unwrap())
+                .unwrap(&WrappedKek::from_bytes(wrapped).unwrap(), &scope)
                 .unwrap();
             assert_eq!(kek.open(&ctx, env).unwrap().expose_secret(), b"tpm-guarded");
         }

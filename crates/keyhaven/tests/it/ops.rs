@@ -34,6 +34,12 @@ fn digest(alg: Algorithm, msg: &[u8]) -> Vec<u8> {
 fn every_algorithm_on_every_backend() {
     for (kind, m, _home) in managers() {
         for alg in Algorithm::ALL {
+            if kind == BackendKind::Pem && alg.can_agree() && alg.nist_curve().is_some() {
+                // refused by design (their files are ECDSA keys' files; see the PEM store)
+                let e = m.generate(None, alg, &format!("k-{alg}")).unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+                continue;
+            }
             let key = m.generate(None, alg, &format!("k-{alg}")).unwrap();
             assert_eq!(key.backend, "b");
             assert_eq!(key.backend_kind, kind);
@@ -64,7 +70,11 @@ fn every_algorithm_on_every_backend() {
                 assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
             }
         }
-        assert_eq!(m.list_keys().unwrap().len(), Algorithm::ALL.len());
+        let kept = Algorithm::ALL
+            .iter()
+            .filter(|a| kind != BackendKind::Pem || !(a.can_agree() && a.nist_curve().is_some()))
+            .count();
+        assert_eq!(m.list_keys().unwrap().len(), kept);
     }
 }
 

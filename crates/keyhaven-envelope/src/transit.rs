@@ -1,0 +1,389 @@
+//! Vault-transit semantics over the hierarchy: named keys with versions, `vault:vN:`
+//! ciphertexts, `min_decryption_version`, rewrap and data keys. The HTTP face (paths, JSON,
+//! the token header) is the server's; this is what it calls.
+//!
+//! Each version of a transit key is a [`Kek`] whose scope names the tenant and the key
+//! (`TENANT/transit/NAME`), the tier and the version, stored only as a [`WrappedKek`] under the
+//! master key: a wrapped version moved to another key's row is refused. A ciphertext is
+//! `vault:vN:` and the standard base64 of an [`Envelope`] whose DEK is wrapped under version N in
+//! the same scope: a ciphertext of one key, tenant or tier does not decrypt under another.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use base64ct::{Base64, Encoding};
+use keyhaven_core::SecretBytes;
+use zeroize::Zeroizing;
+
+use crate::error::{EnvelopeError, Result};
+use crate::hierarchy::{Envelope, Kek, KekScope, MasterKey, SecretContext, WrappedKek};
+
+/// The prefix of every transit ciphertext, as Vault writes it.
+pub const CIPHERTEXT_PREFIX: &str = "vault:v";
+
+/// A transit key as stored: its versions (wrapped) and its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitKeyRecord {
+    /// Its name.
+    pub name: String,
+    /// When it was made (seconds since the epoch).
+    pub created_at: u64,
+    /// Versions below this do not decrypt (Vault's `min_decryption_version`).
+    pub min_decryption_version: u32,
+    /// Each version's wrapped KEK ([`WrappedKek::to_bytes`]) and when it was made.
+    pub versions: BTreeMap<u32, (Vec<u8>, u64)>,
+}
+
+impl TransitKeyRecord {
+    /// The newest version.
+    pub fn latest_version(&self) -> u32 {
+        self.versions.keys().next_back().copied().unwrap_or(0)
+    }
+}
+
+/// Where transit keys live (the server's database in production). Every method is one
+/// transaction; `add_version` must refuse a version that is not `latest + 1`, so two nodes
+/// rotating at once cannot both win.
+pub trait TransitStore: Send + Sync {
+    /// The key `name`, if any.
+    ///
+    /// # Errors
+    /// The store's failure.
+    fn load(&self, name: &str) -> Result<Option<TransitKeyRecord>>;
+
+    /// Creates a key with its first version; `false` if the name is taken.
+    ///
+    /// # Errors
+    /// The store's failure.
+    fn create(&self, record: &TransitKeyRecord) -> Result<bool>;
+
+    /// Adds `version` to `name`; `false` if `version` is not the latest plus one (another
+    /// rotation won) or the key does not exist.
+    ///
+    /// # Errors
+    /// The store's failure.
+    fn add_version(&self, name: &str, version: u32, wrapped: &[u8], at: u64) -> Result<bool>;
+
+    /// Sets `min_decryption_version`; `false` if the key does not exist.
+    ///
+    /// # Errors
+    /// The store's failure.
+    fn set_min_decryption_version(&self, name: &str, version: u32) -> Result<bool>;
+}
+
+/// Why a transit call was refused, apart from the hierarchy's own errors.
+fn invalid(message: impl Into<String>) -> EnvelopeError {
+    EnvelopeError::InvalidInput(message.into())
+}
+
+/// Checks a transit key name: 1 to 128 of `[A-Za-z0-9._-]`, as a URL path segment takes it.
+///
+/// # Errors
+/// [`EnvelopeError::InvalidInput`] naming what is wrong.
+pub fn check_key_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && name != "."
+        && name != "..";
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "'{name}' is not a transit key name: use 1 to 128 letters, digits, '.', '_' or '-'"
+        )))
+    }
+}
+
+/// Splits `vault:vN:BASE64` into N and the envelope.
+///
+/// # Errors
+/// [`EnvelopeError::Malformed`] saying what is wrong.
+pub fn parse_ciphertext(ciphertext: &str) -> Result<(u32, Envelope)> {
+    let bad = |reason: &str| EnvelopeError::Malformed {
+        what: "transit ciphertext",
+        reason: reason.into(),
+    };
+    let rest = ciphertext
+        .strip_prefix(CIPHERTEXT_PREFIX)
+        .ok_or_else(|| bad("it does not start with vault:v"))?;
+    let (version, body) = rest
+        .split_once(':')
+        .ok_or_else(|| bad("no ':' after the version"))?;
+    if version.is_empty()
+        || version.len() > 10
+        || version.starts_with('0')
+        || !version.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(bad(
+            "the version is not a number from 1 without leading zeros",
+        ));
+    }
+    let version: u32 = version
+        .parse()
+        .map_err(|_| bad("the version is out of range"))?;
+    let bytes = Base64::decode_vec(body).map_err(|_| bad("the body is not standard base64"))?;
+    let envelope = Envelope::from_bytes(&bytes)?;
+    if envelope.kek_version() != version {
+        return Err(bad("the version in the prefix is not the one inside"));
+    }
+    Ok((version, envelope))
+}
+
+fn format_ciphertext(envelope: &Envelope) -> String {
+    format!(
+        "{CIPHERTEXT_PREFIX}{}:{}",
+        envelope.kek_version(),
+        Base64::encode_string(&envelope.to_bytes())
+    )
+}
+
+/// The transit engine of one tenant and tier: its master key, its store, and a cache of
+/// unwrapped versions (each unwrap is one agreement in the master key's backend).
+pub struct Transit<S> {
+    master: MasterKey,
+    store: S,
+    tenant: String,
+    tier: u8,
+    cache: Mutex<HashMap<(String, u32), Arc<Kek>>>,
+}
+
+impl<S: TransitStore> Transit<S> {
+    /// The engine for `tenant` at `tier`.
+    ///
+    /// # Errors
+    /// [`EnvelopeError::InvalidInput`] for a bad tenant (over 100 bytes, empty, control
+    /// characters, or a '/') or tier.
+    pub fn new(master: MasterKey, store: S, tenant: &str, tier: u8) -> Result<Self> {
+        if tenant.len() > 100 || tenant.contains('/') {
+            return Err(invalid(format!(
+                "a transit tenant is 1 to 100 bytes without '/', not {tenant:?}"
+            )));
+        }
+        KekScope::new(tenant, tier, 1)?;
+        Ok(Transit {
+            master,
+            store,
+            tenant: tenant.to_owned(),
+            tier,
+            cache: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The scope owner of key `name`'s KEKs and ciphertexts.
+    fn owner(&self, name: &str) -> String {
+        format!("{}/transit/{name}", self.tenant)
+    }
+
+    fn scope(&self, name: &str, version: u32) -> Result<KekScope> {
+        KekScope::new(&self.owner(name), self.tier, version)
+    }
+
+    fn context(&self, name: &str) -> Result<SecretContext> {
+        SecretContext::new(&self.owner(name), "data", 0, self.tier)
+    }
+
+    fn record(&self, name: &str) -> Result<TransitKeyRecord> {
+        check_key_name(name)?;
+        self.store
+            .load(name)?
+            .ok_or_else(|| EnvelopeError::Backend(keyhaven_core::Error::key_not_found(name)))
+    }
+
+    /// The version `version` of `name` unwrapped, from the cache or the master key.
+    fn kek(&self, record: &TransitKeyRecord, version: u32) -> Result<Arc<Kek>> {
+        let key = (record.name.clone(), version);
+        if let Some(k) = self
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+        {
+            return Ok(Arc::clone(k));
+        }
+        let (wrapped, _) = record
+            .versions
+            .get(&version)
+            .ok_or_else(|| invalid(format!("key '{}' has no version {version}", record.name)))?;
+        let wrapped = WrappedKek::from_bytes(wrapped)?;
+        let expected = self.scope(&record.name, version)?;
+        if wrapped.scope() != &expected {
+            return Err(EnvelopeError::Malformed {
+                what: "wrapped KEK",
+                reason: format!(
+                    "key '{}' version {version} holds the KEK of {}, not of {expected}",
+                    record.name,
+                    wrapped.scope()
+                ),
+            });
+        }
+        let kek = Arc::new(self.master.unwrap(&wrapped, &expected)?);
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, Arc::clone(&kek));
+        Ok(kek)
+    }
+
+    /// Creates the key `name` with version 1; `false` if it exists already (nothing changes,
+    /// as Vault answers a second create).
+    ///
+    /// # Errors
+    /// A bad name, the RNG or the store.
+    pub fn create_key(&self, name: &str, now: u64) -> Result<bool> {
+        check_key_name(name)?;
+        let kek = Kek::generate(self.scope(name, 1)?)?;
+        let wrapped = self.master.wrap(&kek)?.to_bytes();
+        let record = TransitKeyRecord {
+            name: name.to_owned(),
+            created_at: now,
+            min_decryption_version: 1,
+            versions: BTreeMap::from([(1, (wrapped, now))]),
+        };
+        self.store.create(&record)
+    }
+
+    /// The key's record (versions and settings), for reading it.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown key.
+    pub fn read_key(&self, name: &str) -> Result<TransitKeyRecord> {
+        self.record(name)
+    }
+
+    /// Adds a version; returns it. New encryptions use it; older versions still decrypt.
+    ///
+    /// # Errors
+    /// `NotFound`; [`EnvelopeError::InvalidInput`] if another rotation won the race (retry).
+    pub fn rotate(&self, name: &str, now: u64) -> Result<u32> {
+        let record = self.record(name)?;
+        let next = record
+            .latest_version()
+            .checked_add(1)
+            .ok_or_else(|| invalid("the key is at its last version"))?;
+        let kek = Kek::generate(self.scope(name, next)?)?;
+        let wrapped = self.master.wrap(&kek)?.to_bytes();
+        if !self.store.add_version(name, next, &wrapped, now)? {
+            return Err(invalid(format!(
+                "key '{name}' was rotated meanwhile: read it and try again"
+            )));
+        }
+        Ok(next)
+    }
+
+    /// Sets `min_decryption_version` (1 to the latest version).
+    ///
+    /// # Errors
+    /// `NotFound`; [`EnvelopeError::InvalidInput`] for a version outside 1..=latest.
+    pub fn set_min_decryption_version(&self, name: &str, version: u32) -> Result<()> {
+        let record = self.record(name)?;
+        if version == 0 || version > record.latest_version() {
+            return Err(invalid(format!(
+                "min_decryption_version {version} is outside 1 to {} (key '{name}')",
+                record.latest_version()
+            )));
+        }
+        self.store.set_min_decryption_version(name, version)?;
+        Ok(())
+    }
+
+    /// Encrypts under the latest version (or `version`): `vault:vN:...`.
+    ///
+    /// # Errors
+    /// `NotFound`; [`EnvelopeError::InvalidInput`] for a version that does not exist or is
+    /// below `min_decryption_version` (Vault refuses to encrypt to a version it would not
+    /// decrypt); the backend's error if the master key cannot be used.
+    pub fn encrypt(&self, name: &str, plaintext: &[u8], version: Option<u32>) -> Result<String> {
+        let record = self.record(name)?;
+        let version = version.unwrap_or_else(|| record.latest_version());
+        if version < record.min_decryption_version {
+            return Err(invalid(format!(
+                "version {version} of key '{name}' is below its min_decryption_version {}",
+                record.min_decryption_version
+            )));
+        }
+        let kek = self.kek(&record, version)?;
+        Ok(format_ciphertext(
+            &kek.seal(&self.context(name)?, plaintext)?,
+        ))
+    }
+
+    /// Decrypts a `vault:vN:` ciphertext of this key.
+    ///
+    /// # Errors
+    /// [`EnvelopeError::Malformed`] for a ciphertext that is not one; [`EnvelopeError::InvalidInput`]
+    /// for a version below `min_decryption_version` or above the latest;
+    /// [`EnvelopeError::Unauthentic`] for a changed one or one of another key, tenant or tier.
+    pub fn decrypt(&self, name: &str, ciphertext: &str) -> Result<SecretBytes> {
+        let record = self.record(name)?;
+        let (version, envelope) = parse_ciphertext(ciphertext)?;
+        self.check_decryptable(&record, version)?;
+        let kek = self.kek(&record, version)?;
+        kek.open(&self.context(name)?, &envelope)
+    }
+
+    fn check_decryptable(&self, record: &TransitKeyRecord, version: u32) -> Result<()> {
+        if version < record.min_decryption_version {
+            return Err(invalid(format!(
+                "ciphertext version {version} is disallowed by policy (too old): key '{}' \
+                 decrypts from version {}",
+                record.name, record.min_decryption_version
+            )));
+        }
+        if version > record.latest_version() {
+            return Err(invalid(format!(
+                "key '{}' has no version {version} (its latest is {})",
+                record.name,
+                record.latest_version()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Moves a ciphertext to the latest version without its plaintext leaving the envelope
+    /// layer: only the DEK is unwrapped and wrapped again.
+    ///
+    /// # Errors
+    /// As [`Transit::decrypt`].
+    pub fn rewrap(&self, name: &str, ciphertext: &str) -> Result<String> {
+        let record = self.record(name)?;
+        let (version, envelope) = parse_ciphertext(ciphertext)?;
+        self.check_decryptable(&record, version)?;
+        let old = self.kek(&record, version)?;
+        let new = self.kek(&record, record.latest_version())?;
+        let moved = new.rewrap(&old, &self.context(name)?, &envelope)?;
+        Ok(format_ciphertext(&moved))
+    }
+
+    /// A fresh data key of `bits` (128, 256 or 512) for the caller's own envelope encryption:
+    /// the key and its encryption under this transit key.
+    ///
+    /// # Errors
+    /// [`EnvelopeError::InvalidInput`] for another size; as [`Transit::encrypt`].
+    pub fn data_key(&self, name: &str, bits: u32) -> Result<(SecretBytes, String)> {
+        if !matches!(bits, 128 | 256 | 512) {
+            return Err(invalid(format!(
+                "a data key is 128, 256 or 512 bits, not {bits}"
+            )));
+        }
+        let mut key = Zeroizing::new(vec![0u8; (bits / 8) as usize]);
+        keyhaven_crypto::fill_random(&mut key)?;
+        let ciphertext = self.encrypt(name, &key, None)?;
+        Ok((SecretBytes::new(std::mem::take(&mut *key)), ciphertext))
+    }
+
+    /// Forgets every unwrapped version (after a policy or key change elsewhere).
+    pub fn clear_cache(&self) {
+        self.cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
