@@ -100,6 +100,29 @@ impl Algorithm {
         }
     }
 
+    /// Checks that a peer's key of algorithm `peer` can agree with a key of this (agreement)
+    /// algorithm: X25519 with X25519, ECDH with a key on the same NIST curve (an ECDSA or ECDH
+    /// key: their public keys are the same).
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] naming both.
+    pub fn check_peer(self, peer: Algorithm) -> Result<(), Error> {
+        let fits = match self.nist_curve() {
+            Some(curve) => peer.nist_curve() == Some(curve),
+            None => peer == self,
+        };
+        if fits {
+            Ok(())
+        } else {
+            Err(Error::InvalidInput(format!(
+                "{} agreement needs a peer key {}, got a {peer} key",
+                self.display_name(),
+                self.nist_curve()
+                    .map_or_else(|| format!("of {self}"), |c| format!("on {c}"))
+            )))
+        }
+    }
+
     /// The NIST curve's name (`P-384`, `P-256`) for ECDSA and ECDH keys.
     pub fn nist_curve(self) -> Option<&'static str> {
         match self {

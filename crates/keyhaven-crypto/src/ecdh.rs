@@ -19,20 +19,6 @@ pub(crate) fn not_signing(algorithm: Algorithm) -> Error {
     }
 }
 
-/// Checks that `peer` is a key on the curve of `algorithm` (an ECDSA or ECDH key: the SPKI is
-/// the same) and returns its SPKI DER.
-pub(crate) fn peer_on_curve(algorithm: Algorithm, peer: &PublicKey) -> Result<&[u8], Error> {
-    if peer.algorithm().nist_curve() != algorithm.nist_curve() {
-        return Err(Error::InvalidInput(format!(
-            "{} agreement needs a peer key on {}, got a {} key",
-            algorithm.display_name(),
-            algorithm.nist_curve().unwrap_or("the same curve"),
-            peer.algorithm()
-        )));
-    }
-    Ok(peer.spki_der())
-}
-
 macro_rules! ecdh_curve {
     ($alg_ty:ident, $key_ty:ident, $krate:ident, $algorithm:expr) => {
         /// ECDH on this curve.
@@ -89,7 +75,8 @@ macro_rules! ecdh_curve {
             }
 
             fn agree(&self, peer: &PublicKey) -> Result<SecretBytes, Error> {
-                let peer = $alg_ty::peer_point(peer_on_curve($algorithm, peer)?)?;
+                $algorithm.check_peer(peer.algorithm())?;
+                let peer = $alg_ty::peer_point(peer.spki_der())?;
                 let shared =
                     $krate::ecdh::diffie_hellman(self.secret.to_nonzero_scalar(), peer.as_affine());
                 Ok(SecretBytes::copy_from(shared.raw_secret_bytes().as_slice()))

@@ -124,12 +124,7 @@ impl PrivateKey for X25519Key {
     }
 
     fn agree(&self, peer: &PublicKey) -> Result<SecretBytes, Error> {
-        if peer.algorithm() != Algorithm::X25519 {
-            return Err(Error::InvalidInput(format!(
-                "X25519 agreement needs an X25519 peer key, got {}",
-                peer.algorithm()
-            )));
-        }
+        Algorithm::X25519.check_peer(peer.algorithm())?;
         let peer = x25519_dalek::PublicKey::from(public_bytes(peer.spki_der())?);
         let shared = self.secret.diffie_hellman(&peer);
         if !shared.was_contributory() {

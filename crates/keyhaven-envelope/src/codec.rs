@@ -66,6 +66,18 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// Reads the 4-byte format tag, which must be `tag`.
+    pub(crate) fn tag(&mut self, tag: &[u8; 4]) -> Result<()> {
+        if self.take(4, "format tag")? == tag {
+            Ok(())
+        } else {
+            Err(self.malformed(format!(
+                "it does not start with the tag {}",
+                String::from_utf8_lossy(tag)
+            )))
+        }
+    }
+
     pub(crate) fn array<const N: usize>(&mut self, field: &str) -> Result<[u8; N]> {
         let b = self.take(N, field)?;
         let mut out = [0u8; N];

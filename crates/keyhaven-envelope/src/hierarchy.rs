@@ -270,9 +270,7 @@ impl Envelope {
     /// [`EnvelopeError::Malformed`] saying what is wrong.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::new("envelope", bytes);
-        if r.take(4, "format tag")? != ENVELOPE_MAGIC {
-            return Err(r.malformed("it does not start with the tag khd1"));
-        }
+        r.tag(ENVELOPE_MAGIC)?;
         let kek_version = r.u32("KEK version")?;
         let dek_nonce = r.array("DEK nonce")?;
         let wrapped_dek = r.array("wrapped DEK")?;
@@ -508,9 +506,7 @@ impl WrappedKek {
     /// [`EnvelopeError::Malformed`] saying what is wrong.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let mut r = Reader::new("wrapped KEK", bytes);
-        if r.take(4, "format tag")? != KEK_MAGIC {
-            return Err(r.malformed("it does not start with the tag khk1"));
-        }
+        r.tag(KEK_MAGIC)?;
         let code = r.u8("algorithm")?;
         let algorithm = algorithm_of_code(code)
             .ok_or_else(|| r.malformed(format!("unknown master key algorithm {code}")))?;

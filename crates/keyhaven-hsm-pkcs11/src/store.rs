@@ -654,21 +654,20 @@ impl KeyStore for Pkcs11Store {
     fn generate(&self, algorithm: Algorithm, label: &str) -> Result<KeyInfo> {
         validate_label(label)?;
         match algorithm {
-            Algorithm::EcdsaP384 | Algorithm::EcdsaP256 => {
+            Algorithm::EcdsaP384
+            | Algorithm::EcdsaP256
+            | Algorithm::EcdhP384
+            | Algorithm::EcdhP256 => {
+                let usage = if algorithm.can_agree() {
+                    (MechanismType::ECDH1_DERIVE, "CKM_ECDH1_DERIVE")
+                } else {
+                    (MechanismType::ECDSA, "CKM_ECDSA")
+                };
                 self.require(
                     algorithm,
                     &[
                         (MechanismType::ECC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN"),
-                        (MechanismType::ECDSA, "CKM_ECDSA"),
-                    ],
-                )?;
-            }
-            Algorithm::EcdhP384 | Algorithm::EcdhP256 => {
-                self.require(
-                    algorithm,
-                    &[
-                        (MechanismType::ECC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN"),
-                        (MechanismType::ECDH1_DERIVE, "CKM_ECDH1_DERIVE"),
+                        usage,
                     ],
                 )?;
             }
@@ -861,14 +860,7 @@ impl KeyStore for Pkcs11Store {
                 ),
             });
         };
-        if peer.algorithm().nist_curve() != signer.algorithm.nist_curve() {
-            return Err(Error::InvalidInput(format!(
-                "{} agreement needs a peer key on {}, got a {} key",
-                signer.algorithm.display_name(),
-                signer.algorithm.nist_curve().unwrap_or("the same curve"),
-                peer.algorithm()
-            )));
-        }
+        signer.algorithm.check_peer(peer.algorithm())?;
         // Checked on the curve here, not left to the token (an invalid-curve point is the
         // classic attack on ECDH).
         let point = keyhaven_crypto::encoding::ec_point_uncompressed(peer)?;

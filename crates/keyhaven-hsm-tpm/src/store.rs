@@ -708,14 +708,7 @@ impl KeyStore for TpmStore {
                 ),
             });
         }
-        if peer.algorithm().nist_curve() != alg.nist_curve() {
-            return Err(Error::InvalidInput(format!(
-                "{} agreement needs a peer key on {}, got a {} key",
-                alg.display_name(),
-                alg.nist_curve().unwrap_or("the same curve"),
-                peer.algorithm()
-            )));
-        }
+        alg.check_peer(peer.algorithm())?;
         // On the curve, checked here before the TPM sees it (invalid-curve points are the
         // classic attack on ECDH; the TPM checks too).
         let point = keyhaven_crypto::encoding::ec_point_uncompressed(peer)?;

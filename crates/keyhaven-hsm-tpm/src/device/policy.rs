@@ -79,19 +79,30 @@ impl Conn {
     /// Starts a policy (or trial) session. `StartAuthSession` fails while a password session is
     /// set on the context, so the context's sessions are cleared first.
     pub(super) fn start_policy_session(&mut self, trial: bool) -> DevResult<AuthSession> {
+        let kind = if trial {
+            SessionType::Trial
+        } else {
+            SessionType::Policy
+        };
+        self.start_session(None, kind, SymmetricDefinition::Null)
+    }
+
+    /// TPM2_StartAuthSession, SHA-256, salted to `salt_key` if given.
+    fn start_session(
+        &mut self,
+        salt_key: Option<KeyHandle>,
+        kind: SessionType,
+        symmetric: SymmetricDefinition,
+    ) -> DevResult<AuthSession> {
         self.ctx.clear_sessions();
         let session = self
             .ctx
             .start_auth_session(
+                salt_key,
                 None,
                 None,
-                None,
-                if trial {
-                    SessionType::Trial
-                } else {
-                    SessionType::Policy
-                },
-                SymmetricDefinition::Null,
+                kind,
+                symmetric,
                 HashingAlgorithm::Sha256,
             )
             .map_err(wrap_call("TPM2_StartAuthSession", None))?
@@ -109,23 +120,12 @@ impl Conn {
     /// or policy) stays in the first, so no key passphrase enters the encryption key.
     fn start_encrypt_session(&mut self) -> DevResult<AuthSession> {
         use tss_esapi::attributes::SessionAttributesBuilder;
-        self.ctx.clear_sessions();
         let primary = self.primary;
-        let session = self
-            .ctx
-            .start_auth_session(
-                Some(primary),
-                None,
-                None,
-                SessionType::Hmac,
-                SymmetricDefinition::AES_128_CFB,
-                HashingAlgorithm::Sha256,
-            )
-            .map_err(wrap_call("TPM2_StartAuthSession (salted)", None))?
-            .ok_or_else(|| TpmError::BadResponse {
-                what: "session handle",
-                reason: "TPM2_StartAuthSession returned no session".into(),
-            })?;
+        let session = self.start_session(
+            Some(primary),
+            SessionType::Hmac,
+            SymmetricDefinition::AES_128_CFB,
+        )?;
         let (attributes, mask) = SessionAttributesBuilder::new()
             .with_continue_session(true)
             .with_encrypt(true)

@@ -18,6 +18,55 @@ use crate::swtpm::TestTpm;
 pub const SRK_ATTRS: &str =
     "restricted|decrypt|fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda";
 
+/// Makes the TCG provisioning guidance's ECC SRK with tpm2-tools (whose default attributes lack
+/// the template's noDA: with them, it is another key and our blobs do not load), saved at
+/// `prim`.
+pub fn tools_srk(tpm: &TestTpm, prim: &std::path::Path) {
+    let prim = prim.to_str().unwrap();
+    tpm.swtpm.run(
+        "tpm2_createprimary",
+        &[
+            "-C",
+            "o",
+            "-g",
+            "sha256",
+            "-G",
+            "ecc256:null:aes128cfb",
+            "-a",
+            SRK_ATTRS,
+            "-c",
+            prim,
+        ],
+    );
+    tpm.swtpm.run("tpm2_flushcontext", &["-t"]);
+}
+
+/// Loads our key blob (`ID.priv`, with `ID.pub` beside it) with tpm2-tools under their own SRK
+/// (saved at `prim`); the key's context is saved at `ctx`.
+fn tools_load(
+    tpm: &TestTpm,
+    priv_file: &std::path::Path,
+    prim: &std::path::Path,
+    ctx: &std::path::Path,
+) {
+    tools_srk(tpm, prim);
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
+    tpm.swtpm.run(
+        "tpm2_load",
+        &[
+            "-C",
+            &s(prim),
+            "-u",
+            &s(&priv_file.with_extension("pub")),
+            "-r",
+            &s(priv_file),
+            "-c",
+            &s(ctx),
+        ],
+    );
+    tpm.swtpm.run("tpm2_flushcontext", &["-t"]);
+}
+
 fn openssl_verify(tpm: &TestTpm, pem: &str, hash: &str, msg: &[u8], der_sig: &[u8]) -> bool {
     require("openssl");
     let (p, m, s) = (
@@ -94,7 +143,6 @@ fn tpm2_tools_load_and_sign_with_our_blobs_under_their_own_srk() {
     // swtpm has no resource manager and 3 object slots: the tools need them all
     drop(store);
     let priv_file = details.blob_file.clone();
-    let pub_file = priv_file.with_extension("pub");
     let (prim, ctx, msg, sig) = (
         tpm.scratch("prim.ctx"),
         tpm.scratch("key.ctx"),
@@ -102,38 +150,7 @@ fn tpm2_tools_load_and_sign_with_our_blobs_under_their_own_srk() {
         tpm.scratch("sig"),
     );
     let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
-    // the TCG provisioning guidance's ECC SRK template, made by tpm2-tools (whose default
-    // attributes lack the template's noDA: with them, it is another key and the load fails)
-    tpm.swtpm.run(
-        "tpm2_createprimary",
-        &[
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:null:aes128cfb",
-            "-a",
-            SRK_ATTRS,
-            "-c",
-            &s(&prim),
-        ],
-    );
-    tpm.swtpm.run("tpm2_flushcontext", &["-t"]);
-    tpm.swtpm.run(
-        "tpm2_load",
-        &[
-            "-C",
-            &s(&prim),
-            "-u",
-            &s(&pub_file),
-            "-r",
-            &s(&priv_file),
-            "-c",
-            &s(&ctx),
-        ],
-    );
-    tpm.swtpm.run("tpm2_flushcontext", &["-t"]);
+    tools_load(&tpm, &priv_file, &prim, &ctx);
     fs::write(&msg, b"signed by tpm2_sign").unwrap();
     tpm.swtpm.run(
         "tpm2_sign",
@@ -258,7 +275,6 @@ fn tpm2_tools_ecdhzgen_with_our_blob_agrees_with_our_store() {
     let details = store.key_details(&key.id).unwrap();
     drop(store);
     let priv_file = details.blob_file.clone();
-    let pub_file = priv_file.with_extension("pub");
     let (prim, ctx, point, out) = (
         tpm.scratch("prim.ctx"),
         tpm.scratch("key.ctx"),
@@ -266,36 +282,7 @@ fn tpm2_tools_ecdhzgen_with_our_blob_agrees_with_our_store() {
         tpm.scratch("z"),
     );
     let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
-    tpm.swtpm.run(
-        "tpm2_createprimary",
-        &[
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:null:aes128cfb",
-            "-a",
-            SRK_ATTRS,
-            "-c",
-            &s(&prim),
-        ],
-    );
-    tpm.swtpm.run("tpm2_flushcontext", &["-t"]);
-    tpm.swtpm.run(
-        "tpm2_load",
-        &[
-            "-C",
-            &s(&prim),
-            "-u",
-            &s(&pub_file),
-            "-r",
-            &s(&priv_file),
-            "-c",
-            &s(&ctx),
-        ],
-    );
-    tpm.swtpm.run("tpm2_flushcontext", &["-t"]);
+    tools_load(&tpm, &priv_file, &prim, &ctx);
     let sec1 = keyhaven_crypto::encoding::ec_point_uncompressed(peer.public_key()).unwrap();
     fs::write(&point, ecc_point(&sec1[1..33], &sec1[33..])).unwrap();
     tpm.swtpm.run(

@@ -70,21 +70,7 @@ fn a_persistent_storage_key_can_be_configured() {
     let tpm = TestTpm::new();
     let s = |p: &std::path::Path| p.to_str().unwrap().to_owned();
     let prim = tpm.scratch("srk.ctx");
-    tpm.swtpm.run(
-        "tpm2_createprimary",
-        &[
-            "-C",
-            "o",
-            "-g",
-            "sha256",
-            "-G",
-            "ecc256:null:aes128cfb",
-            "-a",
-            crate::interop::SRK_ATTRS,
-            "-c",
-            &s(&prim),
-        ],
-    );
+    crate::interop::tools_srk(&tpm, &prim);
     tpm.swtpm.run(
         "tpm2_evictcontrol",
         &["-C", "o", "-c", &s(&prim), "0x81000001"],
