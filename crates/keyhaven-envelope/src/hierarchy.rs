@@ -345,16 +345,16 @@ impl Kek {
         Ok((nonce, wrapped))
     }
 
-    fn unwrap_dek(&self, ctx: &SecretContext, env: &Envelope) -> Result<Sealer> {
+    /// The envelope's DEK, unwrapped with this KEK (zeroized on drop).
+    fn unwrap_dek(&self, ctx: &SecretContext, env: &Envelope) -> Result<Zeroizing<Vec<u8>>> {
         self.check_context(ctx, env.kek_version)?;
-        let dek = self
-            .sealer
+        self.sealer
             .open(&env.dek_nonce, &env.wrapped_dek, &self.dek_aad(ctx))
+            .filter(|dek| dek.len() == KEY_LEN)
             .ok_or(EnvelopeError::Unauthentic {
                 what: "the wrapped DEK",
                 bound_to: "tenant, path, version or tier",
-            })?;
-        Ok(Sealer::new(&dek)?)
+            })
     }
 
     /// Seals one secret version: a fresh DEK encrypts `plaintext` (associated data: the whole
@@ -385,7 +385,7 @@ impl Kek {
     /// [`EnvelopeError::WrongKek`] for an envelope under another KEK version, tenant or tier;
     /// [`EnvelopeError::Unauthentic`] for a changed envelope or another path or version.
     pub fn open(&self, ctx: &SecretContext, env: &Envelope) -> Result<SecretBytes> {
-        let dek = self.unwrap_dek(ctx, env)?;
+        let dek = Sealer::new(&self.unwrap_dek(ctx, env)?)?;
         let plain = dek
             .open(&env.data_nonce, &env.ciphertext, &ctx.aad(DATA_AAD).0)
             .ok_or(EnvelopeError::Unauthentic {
@@ -419,14 +419,7 @@ impl Kek {
     /// tier.
     pub fn rewrap(&self, old: &Kek, ctx: &SecretContext, env: &Envelope) -> Result<Envelope> {
         self.check_context(ctx, self.scope.version)?;
-        old.check_context(ctx, env.kek_version)?;
-        let dek = old
-            .sealer
-            .open(&env.dek_nonce, &env.wrapped_dek, &old.dek_aad(ctx))
-            .ok_or(EnvelopeError::Unauthentic {
-                what: "the wrapped DEK",
-                bound_to: "tenant, path, version or tier",
-            })?;
+        let dek = old.unwrap_dek(ctx, env)?;
         let dek =
             <&[u8; KEY_LEN]>::try_from(dek.as_slice()).map_err(|_| keyhaven_core::Error::Crypto)?;
         let (dek_nonce, wrapped_dek) = self.wrap_dek(ctx, dek)?;

@@ -42,21 +42,12 @@ pub fn verify(public_key: &PublicKey, message: &[u8], signature: &Signature) -> 
         ],
         other => panic!("openssl cannot verify {other} signatures"),
     };
-    let out = Command::new("openssl")
-        .args(&args)
-        .current_dir(d)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run `openssl` ({e}). Install it (`apt-get install openssl`) or run the \
-                 whole suite with `cargo xtask test`, which installs what the tests need."
-            )
-        });
-    out.status.success()
+    openssl(d, &args).status.success()
 }
 
-fn run_openssl(dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl")
+/// Runs `openssl ARGS` in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new("openssl")
         .args(args)
         .current_dir(dir)
         .output()
@@ -65,7 +56,11 @@ fn run_openssl(dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
                 "cannot run `openssl` ({e}). Install it (`apt-get install openssl`) or run the \
                  whole suite with `cargo xtask test`, which installs what the tests need."
             )
-        });
+        })
+}
+
+fn run_openssl(dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
+    let out = openssl(dir, args);
     assert!(
         out.status.success(),
         "openssl {} failed: {}",
