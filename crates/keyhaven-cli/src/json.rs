@@ -18,7 +18,7 @@ pub(crate) struct KeyJson {
     pub(crate) id: String,
     /// The label.
     pub(crate) label: String,
-    /// `p384`, `p256`, `ed25519`, `x25519`.
+    /// `p384`, `p256`, `ed25519`, `x25519`, `ecdh-p384`, `ecdh-p256`.
     pub(crate) algorithm: &'static str,
     /// The JOSE name: `ES384`, `ES256`, `EdDSA`, `ECDH-ES`.
     pub(crate) jose_algorithm: &'static str,
