@@ -37,6 +37,11 @@ const NEEDED: &[(&str, MechanismType, &str)] = &[
         "P-384 and P-256 signatures",
     ),
     (
+        "CKM_ECDH1_DERIVE",
+        MechanismType::ECDH1_DERIVE,
+        "ECDH P-384 and P-256 agreement (optional: master keys of the key hierarchy)",
+    ),
+    (
         "CKM_EC_EDWARDS_KEY_PAIR_GEN",
         MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
         "generating Ed25519 keys",
@@ -165,11 +170,18 @@ impl TokenReport {
         })
     }
 
-    /// The required mechanisms the token lacks (X25519's is optional and not counted).
+    /// The required mechanisms the token lacks (X25519's and ECDH's are optional and not
+    /// counted: a token that only signs is healthy).
     pub fn missing(&self) -> Vec<&MechanismCheck> {
         self.mechanisms
             .iter()
-            .filter(|m| !m.present && m.name != "CKM_EC_MONTGOMERY_KEY_PAIR_GEN")
+            .filter(|m| {
+                !m.present
+                    && !matches!(
+                        m.name,
+                        "CKM_EC_MONTGOMERY_KEY_PAIR_GEN" | "CKM_ECDH1_DERIVE"
+                    )
+            })
             .collect()
     }
 }

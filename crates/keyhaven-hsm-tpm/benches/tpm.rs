@@ -6,7 +6,11 @@
 //!   sequential measurements the bench prints an interleaved A/B comparison, which is the fair
 //!   one on a shared machine;
 //! - `tpm2_sign_process`: one `tpm2_sign` process per signature with a persistent key, what a
-//!   shell user would do.
+//!   shell user would do;
+//! - `agree_vs_sign_p384`: one ECDH agreement through `TpmStore::agree` (`TPM2_ECDH_ZGen` with
+//!   its response encrypted under a salted second session: what unwrapping a KEK asks of the
+//!   TPM) against one P-384 signature through `TpmStore::sign_digest` (password session), both
+//!   keys loaded.
 //!
 //! It starts its own swtpm (the harness of `tests/it/swtpm.rs`); run it with
 //! `cargo bench -p keyhaven-hsm-tpm` after `cargo xtask test` installed swtpm and tpm2-tools.
@@ -200,5 +204,26 @@ fn sign_latency(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, sign_latency);
+fn agree_latency(c: &mut Criterion) {
+    let tpm = swtpm::TestTpm::new();
+    let store = TpmStore::open(tpm.config()).unwrap();
+    let signer = store.generate(Algorithm::EcdsaP384, "sign").unwrap();
+    let ecdh = store.generate(Algorithm::EcdhP384, "ecdh").unwrap();
+    let peer = keyhaven_crypto::default_provider()
+        .generate(Algorithm::EcdhP384)
+        .unwrap();
+    let digest = Sha384::digest(b"benchmark message").to_vec();
+    store.sign_digest(&signer.id, &digest).unwrap();
+    store.agree(&ecdh.id, peer.public_key()).unwrap();
+    let mut group = c.benchmark_group("agree_vs_sign_p384");
+    group.bench_function("sign_digest", |b| {
+        b.iter(|| black_box(store.sign_digest(&signer.id, &digest).unwrap()))
+    });
+    group.bench_function("agree", |b| {
+        b.iter(|| black_box(store.agree(&ecdh.id, peer.public_key()).unwrap()))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, sign_latency, agree_latency);
 criterion_main!(benches);

@@ -475,6 +475,7 @@ fn doctor_reports_the_token_and_its_mechanisms() {
     for name in [
         "CKM_EC_KEY_PAIR_GEN",
         "CKM_ECDSA",
+        "CKM_ECDH1_DERIVE",
         "CKM_EC_EDWARDS_KEY_PAIR_GEN",
         "CKM_EDDSA",
     ] {

@@ -367,6 +367,7 @@ fn token_report_names_the_token_and_its_mechanisms() {
         "SoftHSM",
         "[x] CKM_ECDSA",
         "[x] CKM_EDDSA",
+        "[x] CKM_ECDH1_DERIVE",
         "[ ] CKM_EC_MONTGOMERY",
     ] {
         assert!(text.contains(needle), "{needle} in\n{text}");
