@@ -313,7 +313,7 @@ fn put_back(
         }
         Err(e) if e.kind() == ErrorKind::Unsupported => {
             // An import reads an EC key as ECDSA: an ECDH key cannot come back that way.
-            if original.algorithm.can_agree() && original.algorithm.nist_curve().is_some() {
+            if original.algorithm.is_nist_ecdh() {
                 return Err(Error::Unsupported {
                     operation: "restore the key",
                     reason: format!(

@@ -107,11 +107,7 @@ impl Algorithm {
     /// # Errors
     /// [`Error::InvalidInput`] naming both.
     pub fn check_peer(self, peer: Algorithm) -> Result<(), Error> {
-        let fits = match self.nist_curve() {
-            Some(curve) => peer.nist_curve() == Some(curve),
-            None => peer == self,
-        };
-        if fits {
+        if self.shares_public_keys_with(peer) {
             Ok(())
         } else {
             Err(Error::InvalidInput(format!(
@@ -121,6 +117,19 @@ impl Algorithm {
                     .map_or_else(|| format!("of {self}"), |c| format!("on {c}"))
             )))
         }
+    }
+
+    /// Whether a public key of this algorithm is also one of `other`: the same algorithm, or
+    /// ECDSA and ECDH on the same NIST curve (their SPKI is the same).
+    pub fn shares_public_keys_with(self, other: Algorithm) -> bool {
+        self == other || (self.nist_curve().is_some() && self.nist_curve() == other.nist_curve())
+    }
+
+    /// Whether this is ECDH on a NIST curve: an agreement key whose PKCS#8 and SPKI are an
+    /// ECDSA key's, so that nothing in its encodings says it is for agreement (whoever keeps it
+    /// must record its algorithm, authenticated).
+    pub fn is_nist_ecdh(self) -> bool {
+        matches!(self, Algorithm::EcdhP384 | Algorithm::EcdhP256)
     }
 
     /// The NIST curve's name (`P-384`, `P-256`) for ECDSA and ECDH keys.

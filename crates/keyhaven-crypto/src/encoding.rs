@@ -141,20 +141,8 @@ pub fn public_key_jwk(public_key: &PublicKey) -> Result<serde_json::Value, Error
     let mut jwk = match alg {
         Algorithm::EcdsaP384 | Algorithm::EcdsaP256 | Algorithm::EcdhP384 | Algorithm::EcdhP256 => {
             // Uncompressed SEC1 point: 0x04 || x || y.
-            let (crv, point) = match alg {
-                Algorithm::EcdsaP384 | Algorithm::EcdhP384 => {
-                    use pkcs8::DecodePublicKey;
-                    let pk = p384::PublicKey::from_public_key_der(public_key.spki_der())
-                        .map_err(|_| bad())?;
-                    ("P-384", pk.to_sec1_bytes().to_vec())
-                }
-                _ => {
-                    use pkcs8::DecodePublicKey;
-                    let pk = p256::PublicKey::from_public_key_der(public_key.spki_der())
-                        .map_err(|_| bad())?;
-                    ("P-256", pk.to_sec1_bytes().to_vec())
-                }
-            };
+            let crv = alg.nist_curve().ok_or_else(bad)?;
+            let point = ec_point_uncompressed(public_key).map_err(|_| bad())?;
             let coords = point.get(1..).ok_or_else(bad)?;
             let (x, y) = coords.split_at(coords.len() / 2);
             serde_json::json!({ "kty": "EC", "crv": crv, "x": b64(x), "y": b64(y) })

@@ -198,12 +198,7 @@ impl CryptoProvider {
         spki_der: &[u8],
     ) -> Result<PublicKey, Error> {
         let found = self.parse_public_key_der(spki_der)?;
-        if found.algorithm() != algorithm
-            && found
-                .algorithm()
-                .nist_curve()
-                .is_none_or(|c| algorithm.nist_curve() != Some(c))
-        {
+        if !found.algorithm().shares_public_keys_with(algorithm) {
             return Err(Error::InvalidInput(format!(
                 "the public key is a {} key, not {}",
                 found.algorithm(),

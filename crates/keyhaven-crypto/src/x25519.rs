@@ -87,10 +87,7 @@ pub(crate) fn low_order() -> Error {
 }
 
 pub(crate) fn not_signing() -> Error {
-    Error::Unsupported {
-        operation: "sign",
-        reason: "X25519 keys do key agreement only; use an ECDSA or Ed25519 key to sign".into(),
-    }
+    crate::ecdh::not_signing(Algorithm::X25519)
 }
 
 /// The 32-byte u-coordinate from X25519 SPKI DER.

@@ -96,7 +96,7 @@ fn transit(c: &mut Criterion) {
     let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new().unwrap());
     store.generate(Algorithm::EcdhP384, "master").unwrap();
     let master = MasterKey::new(Arc::clone(&store), "master").unwrap();
-    let t = Transit::new(master, OneRow::default(), "acme", 1).unwrap();
+    let t = Transit::new(Arc::new(master), OneRow::default(), "acme", 1).unwrap();
     t.create_key("bench", 1).unwrap();
     let raw = Sealer::new(&[7u8; 32]).unwrap();
     for size in [64usize, 4096] {

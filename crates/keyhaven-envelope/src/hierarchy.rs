@@ -4,7 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use keyhaven_core::{Algorithm, KeyId, KeyInfo, KeyStore, PublicKey, SecretBytes};
+use keyhaven_core::{Algorithm, Fingerprint, KeyId, KeyInfo, KeyStore, PublicKey, SecretBytes};
 use keyhaven_crypto::aead::{NONCE_LEN, Sealer, TAG_LEN};
 use keyhaven_crypto::{default_provider, fill_random, kdf};
 use zeroize::Zeroizing;
@@ -547,6 +547,10 @@ pub struct MasterKey {
     store: Arc<dyn KeyStore>,
     info: KeyInfo,
     own: SecretBytes,
+    /// The public key's fingerprint, named in every wrap.
+    fingerprint: Fingerprint,
+    /// The HKDF info of every wrap: the domain label, then the master SPKI.
+    wrap_info: Vec<u8>,
 }
 
 impl fmt::Debug for MasterKey {
@@ -586,7 +590,15 @@ impl MasterKey {
             });
         }
         let own = store.agree(&info.id, &info.public_key)?;
-        Ok(MasterKey { store, info, own })
+        let fingerprint = info.fingerprint();
+        let wrap_info = [KEK_WRAP_INFO, info.public_key.spki_der()].concat();
+        Ok(MasterKey {
+            store,
+            info,
+            own,
+            fingerprint,
+            wrap_info,
+        })
     }
 
     /// The master key's info.
@@ -599,15 +611,13 @@ impl MasterKey {
         shared: &SecretBytes,
         ephemeral: &PublicKey,
     ) -> Result<Zeroizing<[u8; KEY_LEN]>> {
-        let mut info = KEK_WRAP_INFO.to_vec();
-        info.extend_from_slice(self.info.public_key.spki_der());
         let mut ikm = Zeroizing::new(Vec::with_capacity(shared.len() + self.own.len()));
         ikm.extend_from_slice(shared.expose_secret());
         ikm.extend_from_slice(self.own.expose_secret());
         Ok(kdf::derive_array::<KEY_LEN>(
             &ikm,
             ephemeral.spki_der(),
-            &info,
+            &self.wrap_info,
         )?)
     }
 
@@ -621,7 +631,7 @@ impl MasterKey {
         let wrapping = self.wrapping_key(&shared, ephemeral.public_key())?;
         let mut wrapped = WrappedKek {
             algorithm: self.info.algorithm,
-            master: *self.info.fingerprint().as_bytes(),
+            master: *self.fingerprint.as_bytes(),
             scope: kek.scope.clone(),
             ephemeral: ephemeral.public_key().clone(),
             nonce: [0; NONCE_LEN],
@@ -653,7 +663,7 @@ impl MasterKey {
                 have: wrapped.scope.to_string(),
             });
         }
-        let mine = self.info.fingerprint();
+        let mine = &self.fingerprint;
         if wrapped.master != *mine.as_bytes() || wrapped.algorithm != self.info.algorithm {
             return Err(EnvelopeError::WrongMaster {
                 tenant: wrapped.scope.tenant.clone(),

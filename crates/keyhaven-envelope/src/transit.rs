@@ -143,7 +143,7 @@ fn format_ciphertext(envelope: &Envelope) -> String {
 /// The transit engine of one tenant and tier: its master key, its store, and a cache of
 /// unwrapped versions (each unwrap is one agreement in the master key's backend).
 pub struct Transit<S> {
-    master: MasterKey,
+    master: Arc<MasterKey>,
     store: S,
     tenant: String,
     tier: u8,
@@ -151,12 +151,13 @@ pub struct Transit<S> {
 }
 
 impl<S: TransitStore> Transit<S> {
-    /// The engine for `tenant` at `tier`.
+    /// The engine for `tenant` at `tier`. One opened master key serves every engine (opening
+    /// one asks its backend for two agreements).
     ///
     /// # Errors
     /// [`EnvelopeError::InvalidInput`] for a bad tenant (over 100 bytes, empty, control
     /// characters, or a '/') or tier.
-    pub fn new(master: MasterKey, store: S, tenant: &str, tier: u8) -> Result<Self> {
+    pub fn new(master: Arc<MasterKey>, store: S, tenant: &str, tier: u8) -> Result<Self> {
         if tenant.len() > 100 || tenant.contains('/') {
             return Err(invalid(format!(
                 "a transit tenant is 1 to 100 bytes without '/', not {tenant:?}"
@@ -170,11 +171,6 @@ impl<S: TransitStore> Transit<S> {
             tier,
             cache: Mutex::new(HashMap::new()),
         })
-    }
-
-    /// The store.
-    pub fn store(&self) -> &S {
-        &self.store
     }
 
     /// The scope owner of key `name`'s KEKs and ciphertexts.
@@ -264,11 +260,9 @@ impl<S: TransitStore> Transit<S> {
     /// `NotFound`; [`EnvelopeError::InvalidInput`] if another rotation won the race (retry).
     pub fn rotate(&self, name: &str, now: u64) -> Result<u32> {
         let record = self.record(name)?;
-        let next = record
-            .latest_version()
-            .checked_add(1)
-            .ok_or_else(|| invalid("the key is at its last version"))?;
-        let kek = Kek::generate(self.scope(name, next)?)?;
+        let scope = self.scope(name, record.latest_version())?.next()?;
+        let next = scope.version();
+        let kek = Kek::generate(scope)?;
         let wrapped = self.master.wrap(&kek)?.to_bytes();
         if !self.store.add_version(name, next, &wrapped, now)? {
             return Err(invalid(format!(

@@ -850,7 +850,7 @@ impl KeyStore for Pkcs11Store {
         let Some(len) = signer
             .algorithm
             .shared_secret_len()
-            .filter(|_| signer.algorithm != Algorithm::X25519)
+            .filter(|_| signer.algorithm.is_nist_ecdh())
         else {
             return Err(Error::Unsupported {
                 operation: "agree on a shared secret",

@@ -74,7 +74,7 @@ impl Format for PemFormat {
     fn refuses(&self, algorithm: keyhaven_core::Algorithm) -> Option<&'static str> {
         // The files say only "EC key on P-384"; the use is in the unauthenticated metadata, so
         // whoever can write the metadata could turn a signing key into an agreement key.
-        (algorithm.can_agree() && algorithm.nist_curve().is_some()).then_some(
+        algorithm.is_nist_ecdh().then_some(
             "a PEM directory cannot keep ECDH P-384/P-256 keys: their files are ECDSA keys' files \
              and the metadata that tells them apart is not authenticated; use the encrypted store \
              or a token",

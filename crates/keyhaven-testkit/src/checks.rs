@@ -435,7 +435,7 @@ pub fn concurrent_generation(factory: &Factory, caps: &Capabilities) {
 pub fn import_and_export(factory: &Factory, caps: &Capabilities) {
     let fx = factory();
     for &alg in &caps.algorithms {
-        if alg.can_agree() && alg.nist_curve().is_some() {
+        if alg.is_nist_ecdh() {
             // An ECDH key's PKCS#8 is an ECDSA key's: an import reads it as ECDSA, as it reads
             // any EC key (restoring a backup, which records the algorithm, is the way an ECDH
             // key comes back as one). Where import works, that is what it does.

@@ -182,7 +182,7 @@ impl<S: KeyStore> KeyStore for FaultyStore<S> {
     ) -> Result<KeyInfo> {
         // Only keys an import cannot bring back as what they are (ECDH keys, whose PKCS#8 is an
         // ECDSA key's) come back this way; the rest go through `import_pkcs8` as before.
-        if !(original.algorithm.can_agree() && original.algorithm.nist_curve().is_some()) {
+        if !original.algorithm.is_nist_ecdh() {
             return Err(Error::Unsupported {
                 operation: "restore a key under its id",
                 reason: "the faulty store imports instead".into(),

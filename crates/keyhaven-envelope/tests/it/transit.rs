@@ -64,7 +64,7 @@ fn engine(tenant: &str, tier: u8) -> (Transit<Rows>, Rows) {
     let (_store, master) = software_master(Algorithm::EcdhP256);
     let rows = Rows::default();
     (
-        Transit::new(master, rows.clone(), tenant, tier).unwrap(),
+        Transit::new(Arc::new(master), rows.clone(), tenant, tier).unwrap(),
         rows,
     )
 }
@@ -142,7 +142,7 @@ fn ciphertexts_do_not_cross_keys_tenants_or_tiers() {
     // another tenant or tier over the same rows and master key: nothing of acme's opens
     for (tenant, tier) in [("other", 1), ("acme", 2)] {
         let (_s, master) = software_master(Algorithm::EcdhP256);
-        let t2 = Transit::new(master, rows.clone(), tenant, tier).unwrap();
+        let t2 = Transit::new(Arc::new(master), rows.clone(), tenant, tier).unwrap();
         assert!(t2.decrypt("a", &ca).is_err(), "{tenant} {tier}");
     }
 
@@ -210,7 +210,7 @@ fn bad_names_unknown_keys_and_malformed_ciphertexts_are_refused() {
     assert_eq!(parse_ciphertext(&good).unwrap().0, 1);
     assert!(
         Transit::new(
-            software_master(Algorithm::X25519).1,
+            Arc::new(software_master(Algorithm::X25519).1),
             Rows::default(),
             "a/b",
             1
