@@ -4,6 +4,7 @@
 pub mod agent;
 mod audit;
 mod auth;
+pub mod broker;
 mod handlers;
 mod metrics;
 mod problem;
@@ -16,11 +17,13 @@ mod trail;
 
 pub use audit::{AuditSink, Decision, LogSink, NoAudit};
 pub use auth::Caller;
+pub use broker::Broker;
 pub use metrics::Metrics;
 pub use problem::ApiError;
 pub use ratelimit::Rate;
 pub use serve::{
-    Home, SERVER_KEY_LABEL, ServeError, bootstrap_admin, bootstrap_admin_postgres, serve,
+    Home, MASTER_KEY_LABEL, SERVER_KEY_LABEL, ServeError, bootstrap_admin,
+    bootstrap_admin_postgres, serve, setup_broker, setup_broker_postgres,
 };
 pub use server::{ResponseSigner, Server, ServerConfig};
 pub use storage::{PostgresStorage, SqliteStorage, Storage, StorageError};

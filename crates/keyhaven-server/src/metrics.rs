@@ -60,6 +60,7 @@ struct Tables {
     latency: BTreeMap<&'static str, Histogram>,
     auth_failures: BTreeMap<&'static str, u64>,
     revocations: BTreeMap<&'static str, u64>,
+    transit: BTreeMap<(&'static str, &'static str), u64>,
     db_latency: Histogram,
 }
 
@@ -131,6 +132,15 @@ impl Metrics {
     /// A revocation, by `self` or `admin`.
     pub fn revoked(&self, by: &'static str, n: u64) {
         *self.tables().revocations.entry(by).or_default() += n;
+    }
+
+    /// A transit operation, by operation and outcome (`ok` or a problem name).
+    pub fn transit(&self, operation: &'static str, outcome: &'static str) {
+        *self
+            .tables()
+            .transit
+            .entry((operation, outcome))
+            .or_default() += 1;
     }
 
     /// A request refused by a rate limit.
@@ -212,6 +222,16 @@ impl Metrics {
         );
         for (by, n) in &t.revocations {
             let _ = writeln!(out, "keyhaven_revocations_total{{by=\"{by}\"}} {n}");
+        }
+        out.push_str(
+            "# HELP keyhaven_transit_operations_total Key broker transit operations, by operation and outcome.\n\
+             # TYPE keyhaven_transit_operations_total counter\n",
+        );
+        for ((operation, outcome), n) in &t.transit {
+            let _ = writeln!(
+                out,
+                "keyhaven_transit_operations_total{{operation=\"{operation}\",outcome=\"{outcome}\"}} {n}"
+            );
         }
         let _ = write!(
             out,

@@ -75,6 +75,9 @@ impl ApiError {
             "key-locked" => "The key needs its passphrase",
             "key-revoked" => "The key is revoked",
             "internal" => "The server failed",
+            "no-broker" => "This server has no key broker",
+            "undecryptable" => "The ciphertext does not decrypt under this key",
+            "unsupported" => "The feature is not supported",
             _ => "The request is invalid",
         }
     }
@@ -137,7 +140,14 @@ impl From<StorageError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
+        // The detail again as `errors`, an extension member where Vault clients read it.
+        let body = serde_json::to_value(self.problem())
+            .map(|mut v| {
+                v["errors"] = serde_json::json!([self.detail]);
+                v
+            })
+            .and_then(|v| serde_json::to_vec(&v))
+            .unwrap_or_default();
         let mut response = (self.status, body).into_response();
         response
             .headers_mut()

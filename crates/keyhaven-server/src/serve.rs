@@ -110,6 +110,11 @@ fn guard_database(
                 if recorded.pending.as_deref() == Some(digest.as_str()) {
                     // The last change committed; its record's update did not happen.
                     record.after_commit(&digest).map_err(ServeError::Setup)?;
+                } else if storage.migrated_from() == Some(recorded.current.as_str()) {
+                    // This open brought the schema up to date from the state the home
+                    // recorded: the new schema's digest is recorded (tables added, no row
+                    // changed).
+                    record.after_commit(&digest).map_err(ServeError::Setup)?;
                 } else {
                     return Err(tampered(
                         "the server database does not match the home's record of it",
@@ -150,6 +155,12 @@ const SERVER_KEY: &str = "server-key";
 
 /// The label of the key `keyhaven serve init` makes.
 pub const SERVER_KEY_LABEL: &str = "keyhaven-server";
+
+/// The setting naming the key broker's master key (`BACKEND:ID`).
+const MASTER_KEY: &str = "master-key";
+
+/// The label of the master key `keyhaven serve init --master-key` makes.
+pub const MASTER_KEY_LABEL: &str = "keyhaven-broker-master";
 
 /// Why the server cannot start or set up.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +235,92 @@ pub fn bootstrap_admin(
     let storage = home.storage()?;
     guard_database(manager, &home, &storage)?;
     bootstrap_in(&storage, manager, backend, algorithm, admin)
+}
+
+/// Sets up the key broker in the home: makes its master key (an agreement key in `backend`,
+/// or the default backend: ECDH P-384 on a PKCS#11 token or a TPM, X25519 in software, unless
+/// `algorithm` says) unless there is one, and names it in the server's database. The server
+/// then serves the transit routes. Run again, it keeps the master key.
+///
+/// # Errors
+/// [`ServeError::Keyhaven`] (the backend is locked, cannot make agreement keys, stores keys in
+/// plain text), [`ServeError::Storage`].
+pub fn setup_broker(
+    manager: &KeyManager,
+    backend: Option<&str>,
+    algorithm: Option<Algorithm>,
+) -> Result<ManagedKey, ServeError> {
+    let home = Home::of(manager);
+    let _lock = lock_server(manager, &home)?;
+    let storage = home.storage()?;
+    guard_database(manager, &home, &storage)?;
+    broker_in(&storage, manager, backend, algorithm)
+}
+
+/// [`setup_broker`] for servers sharing a PostgreSQL database: every node must reach the
+/// master key under the same reference (a PKCS#11 token they share).
+///
+/// # Errors
+/// As [`setup_broker`].
+pub fn setup_broker_postgres(
+    manager: &KeyManager,
+    url: &str,
+    backend: Option<&str>,
+    algorithm: Option<Algorithm>,
+) -> Result<ManagedKey, ServeError> {
+    let storage = PostgresStorage::connect(url, 1)?;
+    broker_in(&storage, manager, backend, algorithm)
+}
+
+fn broker_in(
+    storage: &dyn Storage,
+    manager: &KeyManager,
+    backend: Option<&str>,
+    algorithm: Option<Algorithm>,
+) -> Result<ManagedKey, ServeError> {
+    if let Some(reference) = storage.setting(MASTER_KEY)? {
+        return Ok(manager.resolve(&reference)?);
+    }
+    let name = match backend {
+        Some(b) => b.to_owned(),
+        None => manager.default_backend_name()?,
+    };
+    let kind = manager.backend(&name)?.kind();
+    if kind.protection() == keyhaven::Protection::SoftwarePlain {
+        return Err(ServeError::Setup(format!(
+            "backend '{name}' keeps keys in plain files: put the master key in an encrypted              store, a PKCS#11 token or a TPM"
+        )));
+    }
+    let algorithm = algorithm.unwrap_or(if kind.is_hardware() {
+        Algorithm::EcdhP384
+    } else {
+        Algorithm::X25519
+    });
+    if !algorithm.can_agree() {
+        return Err(ServeError::Setup(format!(
+            "a master key makes agreements: {algorithm} keys cannot (use x25519, ecdh-p256 or              ecdh-p384)"
+        )));
+    }
+    let key = manager.generate(Some(&name), algorithm, MASTER_KEY_LABEL)?;
+    // Opened once now: a key its backend cannot use for agreement is found at setup.
+    manager.master_key(&key, "set up the key broker")?;
+    storage.set_setting(MASTER_KEY, &key.reference())?;
+    Ok(key)
+}
+
+/// The key broker of a store that names a master key.
+fn broker_of(
+    manager: &KeyManager,
+    storage: &Arc<dyn Storage>,
+) -> Result<Option<Arc<crate::broker::Broker>>, ServeError> {
+    let Some(reference) = storage.setting(MASTER_KEY)? else {
+        return Ok(None);
+    };
+    let key = manager.resolve(&reference)?;
+    let master = manager.master_key(&key, "unwrap the key broker's KEKs")?;
+    let broker = crate::broker::Broker::new(master, storage.clone())
+        .map_err(|e| ServeError::Setup(e.detail))?;
+    Ok(Some(Arc::new(broker)))
 }
 
 /// What [`bootstrap_admin`] does, in any store.
@@ -367,6 +464,7 @@ impl Server {
         storage: Arc<dyn Storage>,
         reference: &str,
     ) -> Result<Self, ServeError> {
+        let broker = broker_of(manager, &storage)?;
         let key = manager.resolve(reference)?;
         let signer = manager.service_signer(&key, "sign server responses")?;
         let audit: Arc<dyn AuditSink> = match manager.audit().log()? {
@@ -376,7 +474,10 @@ impl Server {
         let reference = key.reference();
         Ok(Server::new(config, storage, Arc::new(signer))
             .with_audit(audit)
-            .with_inner(|i| i.key_reference = Some(reference)))
+            .with_inner(|i| {
+                i.key_reference = Some(reference);
+                i.broker = broker;
+            }))
     }
 }
 

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -23,6 +23,7 @@ use keyhaven_httpsig::{
 
 use crate::audit::{AuditSink, Decision, NoAudit};
 use crate::auth::{self, Caller};
+use crate::broker;
 use crate::handlers;
 use crate::metrics::{Metrics, method_label};
 use crate::problem::ApiError;
@@ -128,6 +129,8 @@ pub(crate) struct Inner {
     pub(crate) lock: Option<Arc<keyhaven::fs::FileLock>>,
     /// The server key's reference in the home (`BACKEND:ID`), when it came from one.
     pub(crate) key_reference: Option<String>,
+    /// The key broker, when a master key is set up.
+    pub(crate) broker: Option<Arc<crate::broker::Broker>>,
 }
 
 impl Inner {
@@ -203,6 +206,7 @@ impl Server {
                 started: unix_now(),
                 lock: None,
                 key_reference: None,
+                broker: None,
             }),
         }
     }
@@ -223,6 +227,7 @@ impl Server {
                 started: shared.started,
                 lock: shared.lock.clone(),
                 key_reference: shared.key_reference.clone(),
+                broker: shared.broker.clone(),
             },
         };
         change(&mut inner);
@@ -244,6 +249,17 @@ impl Server {
             i.started = clock();
             i.clock = clock;
         })
+    }
+
+    /// The same server with a key broker (the transit routes under `/v1/transit/`).
+    #[must_use]
+    pub fn with_broker(self, broker: Arc<crate::broker::Broker>) -> Self {
+        self.with_inner(|i| i.broker = Some(broker))
+    }
+
+    /// The key broker, if this server has one.
+    pub fn broker(&self) -> Option<&Arc<crate::broker::Broker>> {
+        self.inner.broker.as_ref()
     }
 
     /// The server key's reference in its home (`BACKEND:ID`), for a server made from one.
@@ -279,6 +295,35 @@ impl Server {
             .route("/v1/admin/export", get(handlers::admin_export))
             .route("/v1/admin/revoke", post(handlers::admin_revoke))
             .route("/v1/admin/stats", get(handlers::admin_stats))
+            .route(
+                "/v1/transit/keys/{name}",
+                post(broker::create).put(broker::create).get(broker::read),
+            )
+            .route("/v1/transit/keys", any(broker::list))
+            .route(
+                "/v1/transit/keys/{name}/rotate",
+                post(broker::rotate).put(broker::rotate),
+            )
+            .route(
+                "/v1/transit/keys/{name}/config",
+                post(broker::config).put(broker::config),
+            )
+            .route(
+                "/v1/transit/encrypt/{name}",
+                post(broker::encrypt).put(broker::encrypt),
+            )
+            .route(
+                "/v1/transit/decrypt/{name}",
+                post(broker::decrypt).put(broker::decrypt),
+            )
+            .route(
+                "/v1/transit/rewrap/{name}",
+                post(broker::rewrap).put(broker::rewrap),
+            )
+            .route(
+                "/v1/transit/datakey/{kind}/{name}",
+                post(broker::datakey).put(broker::datakey),
+            )
             .fallback(handlers::not_found)
             .method_not_allowed_fallback(handlers::method_not_allowed)
             .layer(axum::middleware::from_fn_with_state(
@@ -322,6 +367,7 @@ fn classify(path: &str) -> (&'static str, Access) {
         "/v1/admin/export" => ("admin_export", Access::Admin),
         "/v1/admin/revoke" => ("admin_revoke", Access::Admin),
         "/v1/admin/stats" => ("admin_stats", Access::Admin),
+        p if p.starts_with("/v1/transit/") => ("transit", Access::Client),
         _ => ("other", Access::Open),
     }
 }

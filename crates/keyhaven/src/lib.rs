@@ -29,6 +29,9 @@ pub use integrity::IntegrityStatus;
 pub use keyhaven_audit as audit;
 /// Compromise reports, detection, revocation and response (keyhaven-compromise).
 pub use keyhaven_compromise as compromise;
+/// The key hierarchy: a master key in any backend wraps KEKs, which wrap DEKs
+/// (keyhaven-envelope). [`KeyManager::master_key`] opens a master key of the home.
+pub use keyhaven_envelope as envelope;
 /// Key versions, rotation policies, continuity proofs and prekeys (keyhaven-rotation).
 pub use keyhaven_rotation as versions;
 pub use lifecycle::{

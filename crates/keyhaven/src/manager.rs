@@ -1097,6 +1097,46 @@ impl KeyManager {
         })
     }
 
+    /// Opens `key` (an agreement key: X25519, or ECDH P-256/P-384 on a token or a TPM) as the
+    /// master key of a key hierarchy ([`crate::envelope`]): KEKs are wrapped and unwrapped
+    /// through agreements inside its backend, and its private part never leaves it. Checked
+    /// like [`KeyManager::service_signer`]: access policy (`sign`, which covers agreement),
+    /// revocation, and one audit record naming `purpose`; the agreements it makes later are
+    /// not audited one by one (the service that holds it audits its own decisions).
+    ///
+    /// # Errors
+    /// [`CoreError::PermissionDenied`], [`CoreError::Revoked`]; the envelope's
+    /// `NotAgreementKey` (as [`CoreError::Unsupported`]) for a signing key; the backend's error
+    /// (a token unplugged is `Unavailable`).
+    pub fn master_key(
+        &self,
+        key: &ManagedKey,
+        purpose: &str,
+    ) -> Result<keyhaven_envelope::MasterKey> {
+        if !key.algorithm().can_agree() {
+            return Err(CoreError::Unsupported {
+                operation: "agree",
+                reason: format!(
+                    "{} keys never agree: a master key is x25519, ecdh-p256 or ecdh-p384",
+                    key.algorithm()
+                ),
+            }
+            .into());
+        }
+        self.authorize(keyhaven_audit::Operation::Sign, key)?;
+        self.refuse_revoked_material(key.public_key(), key.label())?;
+        let b = self.key_backend(key)?;
+        let master = keyhaven_envelope::MasterKey::new(b.store_raw().clone(), key.info.id.as_str())
+            .map_err(|e| Error::backend(b.name(), CoreError::from(e)))?;
+        self.audit_event(
+            "master-key",
+            Some(key),
+            keyhaven_audit::Outcome::Allowed,
+            purpose,
+        )?;
+        Ok(master)
+    }
+
     /// Signs a prehashed digest (ECDSA only).
     ///
     /// # Errors

@@ -34,6 +34,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     rotation_supersedes_and_revocation_sticks(fresh().as_ref());
     search_and_stats(fresh().as_ref());
     settings_round_trip(fresh().as_ref());
+    transit_keys_version_and_stay_with_their_tenant(fresh().as_ref());
 }
 
 /// A challenge is taken once, and not after it expired.
@@ -251,4 +252,99 @@ pub fn settings_round_trip(s: &dyn Storage) {
     s.set_setting("x", "2").unwrap(); // ok: a conformance check fails by panicking
     assert_eq!(s.setting("x").unwrap().as_deref(), Some("2")); // ok: a conformance check fails by panicking
     s.ping().unwrap(); // ok: a conformance check fails by panicking
+}
+
+/// A transit key keeps its versions in order, a version is added only as the latest plus
+/// one, and tenants never see each other's keys.
+pub fn transit_keys_version_and_stay_with_their_tenant(s: &dyn Storage) {
+    use std::collections::BTreeMap;
+
+    use super::TransitKeyRecord;
+
+    let record = TransitKeyRecord {
+        name: "orders".into(),
+        created_at: 100,
+        min_decryption_version: 1,
+        versions: BTreeMap::from([(1, (vec![1, 2, 3], 100))]),
+    };
+    assert!(s.transit_create("acme", &record).unwrap()); // ok: a conformance check fails by panicking
+    assert!(
+        !s.transit_create(
+            "acme",
+            &TransitKeyRecord {
+                created_at: 5,
+                ..record.clone()
+            }
+        )
+        .unwrap(), // ok: a conformance check fails by panicking
+        "a name is taken once per tenant"
+    );
+    assert_eq!(
+        s.transit_key("acme", "orders").unwrap(),
+        Some(record.clone())
+    ); // ok: a conformance check fails by panicking
+    assert_eq!(
+        s.transit_key("other", "orders").unwrap(),
+        None,
+        "tenants are apart"
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        s.transit_create("other", &record).unwrap(),
+        "another tenant may use the name"
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        !s.transit_add_version("acme", "orders", 3, &[9], 200)
+            .unwrap(),
+        "a gap"
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        !s.transit_add_version("acme", "orders", 1, &[9], 200)
+            .unwrap(),
+        "a repeat"
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        !s.transit_add_version("acme", "nothing", 2, &[9], 200)
+            .unwrap(),
+        "no key"
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        s.transit_add_version("acme", "orders", 2, &[4, 5], 200)
+            .unwrap()
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        !s.transit_add_version("acme", "orders", 2, &[6], 300)
+            .unwrap(),
+        "the race's loser"
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        s.transit_set_min_decryption_version("acme", "orders", 2)
+            .unwrap()
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        !s.transit_set_min_decryption_version("acme", "nothing", 2)
+            .unwrap()
+    ); // ok: a conformance check fails by panicking
+    let got = s.transit_key("acme", "orders").unwrap().unwrap(); // ok: a conformance check fails by panicking
+    assert_eq!(got.min_decryption_version, 2);
+    assert_eq!(got.latest_version(), 2);
+    assert_eq!(got.versions[&2], (vec![4, 5], 200));
+    assert_eq!(got.versions[&1], (vec![1, 2, 3], 100));
+    let other = s.transit_key("other", "orders").unwrap().unwrap(); // ok: a conformance check fails by panicking
+    assert_eq!(
+        (other.latest_version(), other.min_decryption_version),
+        (1, 1)
+    );
+    assert!(
+        s.transit_create(
+            "acme",
+            &TransitKeyRecord {
+                name: "a-first".into(),
+                ..record
+            }
+        )
+        .unwrap()
+    ); // ok: a conformance check fails by panicking
+    assert_eq!(s.transit_list("acme").unwrap(), ["a-first", "orders"]); // ok: a conformance check fails by panicking
+    assert_eq!(s.transit_list("other").unwrap(), ["orders"]); // ok: a conformance check fails by panicking
+    assert!(s.transit_list("nobody").unwrap().is_empty()); // ok: a conformance check fails by panicking
 }

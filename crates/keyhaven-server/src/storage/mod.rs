@@ -4,6 +4,7 @@
 //! The trait is synchronous: the server calls it on tokio's blocking pool, never on the async
 //! threads. Every method is one transaction.
 
+use keyhaven::envelope::transit::TransitKeyRecord;
 use keyhaven_client::wire::{ClientView, KeyStatus, KeyView, RevokedView, Role, Stats};
 
 pub mod conformance;
@@ -414,4 +415,111 @@ pub trait Storage: Send + Sync + 'static {
     /// # Errors
     /// [`StorageError::Database`].
     fn ping(&self) -> Result<()>;
+
+    /// The transit key `name` of `tenant`, with every version (wrapped).
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn transit_key(&self, tenant: &str, name: &str) -> Result<Option<TransitKeyRecord>>;
+
+    /// Creates a transit key with its versions; `false` (nothing written) if `tenant` has a
+    /// key of that name.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn transit_create(&self, tenant: &str, record: &TransitKeyRecord) -> Result<bool>;
+
+    /// Adds `version` to a transit key, checked in the transaction to be its latest plus one;
+    /// `false` if it is not (another rotation won) or the key does not exist.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn transit_add_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+        wrapped: &[u8],
+        at: u64,
+    ) -> Result<bool>;
+
+    /// Sets a transit key's `min_decryption_version`; `false` if the key does not exist.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn transit_set_min_decryption_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<bool>;
+
+    /// The names of `tenant`'s transit keys, sorted.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn transit_list(&self, tenant: &str) -> Result<Vec<String>>;
+}
+
+/// One tenant's transit keys in a [`Storage`]: what the transit engine reads and writes.
+pub struct TenantTransit {
+    /// The store.
+    pub storage: std::sync::Arc<dyn Storage>,
+    /// The tenant.
+    pub tenant: String,
+}
+
+/// A store failure as the transit engine reports it (kept whole, as the source).
+fn envelope_error(e: StorageError) -> keyhaven::envelope::EnvelopeError {
+    let kind = match e {
+        StorageError::Guard(_) => keyhaven::ErrorKind::Corrupt,
+        _ => keyhaven::ErrorKind::Unavailable,
+    };
+    keyhaven::envelope::EnvelopeError::Backend(keyhaven::CoreError::other(
+        kind,
+        "server-database",
+        e,
+    ))
+}
+
+impl keyhaven::envelope::transit::TransitStore for TenantTransit {
+    fn load(&self, name: &str) -> keyhaven::envelope::Result<Option<TransitKeyRecord>> {
+        self.storage
+            .transit_key(&self.tenant, name)
+            .map_err(envelope_error)
+    }
+
+    fn create(&self, record: &TransitKeyRecord) -> keyhaven::envelope::Result<bool> {
+        self.storage
+            .transit_create(&self.tenant, record)
+            .map_err(envelope_error)
+    }
+
+    fn add_version(
+        &self,
+        name: &str,
+        version: u32,
+        wrapped: &[u8],
+        at: u64,
+    ) -> keyhaven::envelope::Result<bool> {
+        self.storage
+            .transit_add_version(&self.tenant, name, version, wrapped, at)
+            .map_err(envelope_error)
+    }
+
+    fn set_min_decryption_version(
+        &self,
+        name: &str,
+        version: u32,
+    ) -> keyhaven::envelope::Result<bool> {
+        self.storage
+            .transit_set_min_decryption_version(&self.tenant, name, version)
+            .map_err(envelope_error)
+    }
+}
+
+/// A stored transit version number (a negative or oversized one, never written, reads as 0,
+/// which no key has).
+pub(crate) fn version_of(v: i64) -> u32 {
+    u32::try_from(v).unwrap_or(0)
 }

@@ -27,7 +27,7 @@ use postgres::{Client, Config, NoTls, Row, Transaction};
 
 use super::{
     ClientRecord, KEY_COLUMNS, KeyColumns, KeyRecord, NewClient, NewKey, Result, Revoked, Storage,
-    StorageError, Superseded, i64_of, like_pattern, role_of, u64_of,
+    StorageError, Superseded, TransitKeyRecord, i64_of, like_pattern, role_of, u64_of, version_of,
 };
 
 /// Width of a nonce partition, in seconds.
@@ -90,6 +90,23 @@ const MIGRATIONS: &[&str] = &[
          statement text NOT NULL,
          keyid text NOT NULL,
          signature bytea NOT NULL
+     );",
+    // 3: the key broker's transit keys, each version's KEK stored wrapped under the master key.
+    "CREATE TABLE transit_keys (
+         tenant text NOT NULL,
+         name text NOT NULL,
+         created_at bigint NOT NULL,
+         min_decryption_version bigint NOT NULL CHECK (min_decryption_version >= 1),
+         PRIMARY KEY (tenant, name)
+     );
+     CREATE TABLE transit_versions (
+         tenant text NOT NULL,
+         name text NOT NULL,
+         version bigint NOT NULL CHECK (version >= 1),
+         wrapped bytea NOT NULL,
+         created_at bigint NOT NULL,
+         PRIMARY KEY (tenant, name, version),
+         FOREIGN KEY (tenant, name) REFERENCES transit_keys (tenant, name)
      );",
 ];
 
@@ -873,6 +890,150 @@ impl Storage for PostgresStorage {
             tx.execute("SELECT 1", &[])
                 .map(|_| ())
                 .map_err(|e| self.err(&e))
+        })
+    }
+
+    fn transit_key(&self, tenant: &str, name: &str) -> Result<Option<TransitKeyRecord>> {
+        self.tx(|tx| {
+            let Some(head) = tx
+                .query_opt(
+                    "SELECT created_at, min_decryption_version FROM transit_keys
+                     WHERE tenant = $1 AND name = $2",
+                    &[&tenant, &name],
+                )
+                .map_err(|e| self.err(&e))?
+            else {
+                return Ok(None);
+            };
+            let versions = tx
+                .query(
+                    "SELECT version, wrapped, created_at FROM transit_versions
+                     WHERE tenant = $1 AND name = $2 ORDER BY version",
+                    &[&tenant, &name],
+                )
+                .map_err(|e| self.err(&e))?
+                .iter()
+                .map(|r| {
+                    (
+                        version_of(r.get(0)),
+                        (r.get::<_, Vec<u8>>(1), u64_of(r.get(2))),
+                    )
+                })
+                .collect();
+            Ok(Some(TransitKeyRecord {
+                name: name.to_owned(),
+                created_at: u64_of(head.get(0)),
+                min_decryption_version: version_of(head.get(1)),
+                versions,
+            }))
+        })
+    }
+
+    fn transit_create(&self, tenant: &str, record: &TransitKeyRecord) -> Result<bool> {
+        self.tx(|tx| {
+            let inserted = tx
+                .execute(
+                    "INSERT INTO transit_keys (tenant, name, created_at, min_decryption_version)
+                     VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &[
+                        &tenant,
+                        &record.name,
+                        &i64_of(record.created_at),
+                        &i64::from(record.min_decryption_version),
+                    ],
+                )
+                .map_err(|e| self.err(&e))?;
+            if inserted == 0 {
+                return Ok(false);
+            }
+            for (version, (wrapped, at)) in &record.versions {
+                tx.execute(
+                    "INSERT INTO transit_versions (tenant, name, version, wrapped, created_at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                    &[
+                        &tenant,
+                        &record.name,
+                        &i64::from(*version),
+                        wrapped,
+                        &i64_of(*at),
+                    ],
+                )
+                .map_err(|e| self.err(&e))?;
+            }
+            Ok(true)
+        })
+    }
+
+    fn transit_add_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+        wrapped: &[u8],
+        at: u64,
+    ) -> Result<bool> {
+        self.tx(|tx| {
+            // The key's row locked: rotations of one key take turns, and the second sees
+            // the first's version.
+            let exists = tx
+                .query_opt(
+                    "SELECT 1 FROM transit_keys WHERE tenant = $1 AND name = $2 FOR UPDATE",
+                    &[&tenant, &name],
+                )
+                .map_err(|e| self.err(&e))?
+                .is_some();
+            if !exists {
+                return Ok(false);
+            }
+            let latest: Option<i64> = tx
+                .query_one(
+                    "SELECT max(version) FROM transit_versions WHERE tenant = $1 AND name = $2",
+                    &[&tenant, &name],
+                )
+                .map_err(|e| self.err(&e))?
+                .get(0);
+            if latest.map(version_of).and_then(|v| v.checked_add(1)) != Some(version) {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO transit_versions (tenant, name, version, wrapped, created_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&tenant, &name, &i64::from(version), &wrapped, &i64_of(at)],
+            )
+            .map_err(|e| self.err(&e))?;
+            Ok(true)
+        })
+    }
+
+    fn transit_set_min_decryption_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<bool> {
+        self.tx(|tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE transit_keys SET min_decryption_version = $3
+                     WHERE tenant = $1 AND name = $2",
+                    &[&tenant, &name, &i64::from(version)],
+                )
+                .map_err(|e| self.err(&e))?;
+            Ok(changed > 0)
+        })
+    }
+
+    fn transit_list(&self, tenant: &str) -> Result<Vec<String>> {
+        self.tx(|tx| {
+            Ok(tx
+                .query(
+                    "SELECT name FROM transit_keys WHERE tenant = $1 ORDER BY name",
+                    &[&tenant],
+                )
+                .map_err(|e| self.err(&e))?
+                .iter()
+                .map(|r| r.get(0))
+                .collect())
         })
     }
 }

@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 use super::nonces::NonceWindow;
 use super::{
     ClientRecord, CommitGuard, KEY_COLUMNS, KeyColumns, KeyRecord, NewClient, NewKey, Result,
-    Revoked, Storage, StorageError, Superseded, i64_of, like_pattern, role_of, u64_of,
+    Revoked, Storage, StorageError, Superseded, TransitKeyRecord, i64_of, like_pattern, role_of,
+    u64_of, version_of,
 };
 
 /// The schema, one migration per version; `PRAGMA user_version` says how many ran. The schema
@@ -45,6 +46,23 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX keys_by_client ON keys(client_id, added_at);
      CREATE INDEX clients_by_time ON clients(registered_at);
      CREATE TABLE challenges (challenge TEXT PRIMARY KEY, expires_at INTEGER NOT NULL) WITHOUT ROWID;",
+    // 2: the key broker's transit keys, each version's KEK stored wrapped under the master key.
+    "CREATE TABLE transit_keys (
+         tenant TEXT NOT NULL,
+         name TEXT NOT NULL,
+         created_at INTEGER NOT NULL,
+         min_decryption_version INTEGER NOT NULL CHECK (min_decryption_version >= 1),
+         PRIMARY KEY (tenant, name)
+     ) WITHOUT ROWID;
+     CREATE TABLE transit_versions (
+         tenant TEXT NOT NULL,
+         name TEXT NOT NULL,
+         version INTEGER NOT NULL CHECK (version >= 1),
+         wrapped BLOB NOT NULL,
+         created_at INTEGER NOT NULL,
+         PRIMARY KEY (tenant, name, version),
+         FOREIGN KEY (tenant, name) REFERENCES transit_keys (tenant, name)
+     ) WITHOUT ROWID;",
 ];
 
 /// The embedded store: a SQLite database in write-ahead-log mode (`synchronous = FULL`: an
@@ -72,6 +90,9 @@ pub struct SqliteStorage {
     data_version: std::sync::atomic::AtomicI64,
     /// The last digest [`SqliteStorage::digest`] took, with the `data_version` it saw.
     digested: Mutex<Option<(i64, String)>>,
+    /// The digest the database had before this open brought its schema up to date, when it
+    /// did (see [`SqliteStorage::migrated_from`]).
+    migrated_from: Option<String>,
 }
 
 impl std::fmt::Debug for dyn CommitGuard {
@@ -177,9 +198,17 @@ impl SqliteStorage {
             guard: Mutex::new(None),
             data_version: std::sync::atomic::AtomicI64::new(0),
             digested: Mutex::new(None),
+            migrated_from: None,
         };
-        storage.migrate()?;
-        Ok(storage)
+        storage.migrate()
+    }
+
+    /// The digest of the state as it was before this open ran the schema's migrations, if
+    /// it ran any on a database that had state: the home's record names that digest until
+    /// the server records the migrated one (a migration changes the schema, which is part of
+    /// the digest).
+    pub fn migrated_from(&self) -> Option<&str> {
+        self.migrated_from.as_deref()
     }
 
     /// Where the database is.
@@ -276,6 +305,7 @@ impl SqliteStorage {
             }
         }
         drop(rows);
+        self.digest_transit(conn, &mut h)?;
         let mut settings = conn
             .prepare_cached("SELECT name, value FROM settings ORDER BY name")
             .map_err(self.err())?;
@@ -290,7 +320,106 @@ impl SqliteStorage {
         Ok(hex::encode(h.finalize()))
     }
 
-    /// Whether the security state is empty (no client, key or setting).
+    /// Adds every transit key and version to the digest (from schema version 2; the schema,
+    /// hashed too, says whether the tables exist).
+    fn digest_transit(&self, conn: &Connection, h: &mut Sha256) -> Result<()> {
+        let exists: bool = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'transit_keys'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(self.err())?;
+        if !exists {
+            return Ok(());
+        }
+        let mut keys = conn
+            .prepare_cached(
+                "SELECT tenant, name, created_at, min_decryption_version FROM transit_keys
+                 ORDER BY tenant, name",
+            )
+            .map_err(self.err())?;
+        let mut rows = keys.query([]).map_err(self.err())?;
+        while let Some(r) = rows.next().map_err(self.err())? {
+            h.update(b"T");
+            let tenant: String = r.get(0).map_err(self.err())?;
+            let name: String = r.get(1).map_err(self.err())?;
+            let created: i64 = r.get(2).map_err(self.err())?;
+            let min: i64 = r.get(3).map_err(self.err())?;
+            digest_field(h, Some(tenant.as_bytes()));
+            digest_field(h, Some(name.as_bytes()));
+            digest_field(h, Some(&created.to_be_bytes()));
+            digest_field(h, Some(&min.to_be_bytes()));
+        }
+        drop(rows);
+        let mut versions = conn
+            .prepare_cached(
+                "SELECT tenant, name, version, wrapped, created_at FROM transit_versions
+                 ORDER BY tenant, name, version",
+            )
+            .map_err(self.err())?;
+        let mut rows = versions.query([]).map_err(self.err())?;
+        while let Some(r) = rows.next().map_err(self.err())? {
+            h.update(b"V");
+            let tenant: String = r.get(0).map_err(self.err())?;
+            let name: String = r.get(1).map_err(self.err())?;
+            let version: i64 = r.get(2).map_err(self.err())?;
+            let wrapped: Vec<u8> = r.get(3).map_err(self.err())?;
+            let created: i64 = r.get(4).map_err(self.err())?;
+            digest_field(h, Some(tenant.as_bytes()));
+            digest_field(h, Some(name.as_bytes()));
+            digest_field(h, Some(&version.to_be_bytes()));
+            digest_field(h, Some(&wrapped));
+            digest_field(h, Some(&created.to_be_bytes()));
+        }
+        Ok(())
+    }
+
+    /// A transit key's versions, read in `conn`.
+    fn transit_in(
+        &self,
+        conn: &Connection,
+        tenant: &str,
+        name: &str,
+    ) -> Result<Option<TransitKeyRecord>> {
+        let head: Option<(i64, i64)> = conn
+            .prepare_cached(
+                "SELECT created_at, min_decryption_version FROM transit_keys
+                 WHERE tenant = ?1 AND name = ?2",
+            )
+            .map_err(self.err())?
+            .query_row(params![tenant, name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(self.err())?;
+        let Some((created_at, min)) = head else {
+            return Ok(None);
+        };
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT version, wrapped, created_at FROM transit_versions
+                 WHERE tenant = ?1 AND name = ?2 ORDER BY version",
+            )
+            .map_err(self.err())?;
+        let versions = stmt
+            .query_map(params![tenant, name], |r| {
+                Ok((
+                    version_of(r.get(0)?),
+                    (r.get::<_, Vec<u8>>(1)?, u64_of(r.get(2)?)),
+                ))
+            })
+            .map_err(self.err())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.err())?;
+        Ok(Some(TransitKeyRecord {
+            name: name.to_owned(),
+            created_at: u64_of(created_at),
+            min_decryption_version: version_of(min),
+            versions,
+        }))
+    }
+
+    /// Whether the security state is empty (no client, key, setting or transit key).
     ///
     /// # Errors
     /// [`StorageError::Database`].
@@ -298,7 +427,7 @@ impl SqliteStorage {
         self.conn()
             .query_row(
                 "SELECT (SELECT count(*) FROM clients) + (SELECT count(*) FROM keys)
-                      + (SELECT count(*) FROM settings)",
+                      + (SELECT count(*) FROM settings) + (SELECT count(*) FROM transit_keys)",
                 [],
                 |r| r.get::<_, i64>(0),
             )
@@ -437,7 +566,24 @@ impl SqliteStorage {
         db_err(&self.path)
     }
 
-    fn migrate(&self) -> Result<()> {
+    fn migrate(mut self) -> Result<Self> {
+        let before = {
+            let conn = self.conn();
+            let version: i64 = conn
+                .pragma_query_value(None, "user_version", |r| r.get(0))
+                .map_err(self.err())?;
+            if version > 0 && version < i64::from(Self::schema_version()) {
+                Some(self.digest_in(&conn)?)
+            } else {
+                None
+            }
+        };
+        self.migrate_schema()?;
+        self.migrated_from = before;
+        Ok(self)
+    }
+
+    fn migrate_schema(&self) -> Result<()> {
         let mut conn = self.conn();
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
@@ -832,6 +978,109 @@ impl Storage for SqliteStorage {
     fn ping(&self) -> Result<()> {
         self.conn()
             .query_row("SELECT 1", [], |_| Ok(()))
+            .map_err(self.err())
+    }
+
+    fn transit_key(&self, tenant: &str, name: &str) -> Result<Option<TransitKeyRecord>> {
+        let conn = self.conn();
+        self.transit_in(&conn, tenant, name)
+    }
+
+    fn transit_create(&self, tenant: &str, record: &TransitKeyRecord) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        let inserted = tx
+            .prepare_cached(
+                "INSERT INTO transit_keys (tenant, name, created_at, min_decryption_version)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
+            )
+            .map_err(self.err())?
+            .execute(params![
+                tenant,
+                record.name,
+                i64_of(record.created_at),
+                record.min_decryption_version
+            ])
+            .map_err(self.err())?;
+        if inserted == 0 {
+            return Ok(false);
+        }
+        for (version, (wrapped, at)) in &record.versions {
+            tx.prepare_cached(
+                "INSERT INTO transit_versions (tenant, name, version, wrapped, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .map_err(self.err())?
+            .execute(params![tenant, record.name, version, wrapped, i64_of(*at)])
+            .map_err(self.err())?;
+        }
+        self.commit_guarded(tx)?.map_or(Ok(true), Err)
+    }
+
+    fn transit_add_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+        wrapped: &[u8],
+        at: u64,
+    ) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        let latest: Option<i64> = tx
+            .prepare_cached(
+                "SELECT (SELECT max(version) FROM transit_versions v
+                         WHERE v.tenant = k.tenant AND v.name = k.name)
+                 FROM transit_keys k WHERE k.tenant = ?1 AND k.name = ?2",
+            )
+            .map_err(self.err())?
+            .query_row(params![tenant, name], |r| r.get::<_, Option<i64>>(0))
+            .optional()
+            .map_err(self.err())?
+            .flatten();
+        if latest.map(version_of).and_then(|v| v.checked_add(1)) != Some(version) {
+            return Ok(false);
+        }
+        tx.prepare_cached(
+            "INSERT INTO transit_versions (tenant, name, version, wrapped, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(self.err())?
+        .execute(params![tenant, name, version, wrapped, i64_of(at)])
+        .map_err(self.err())?;
+        self.commit_guarded(tx)?.map_or(Ok(true), Err)
+    }
+
+    fn transit_set_min_decryption_version(
+        &self,
+        tenant: &str,
+        name: &str,
+        version: u32,
+    ) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        let changed = tx
+            .prepare_cached(
+                "UPDATE transit_keys SET min_decryption_version = ?3
+                 WHERE tenant = ?1 AND name = ?2",
+            )
+            .map_err(self.err())?
+            .execute(params![tenant, name, version])
+            .map_err(self.err())?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        self.commit_guarded(tx)?.map_or(Ok(true), Err)
+    }
+
+    fn transit_list(&self, tenant: &str) -> Result<Vec<String>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("SELECT name FROM transit_keys WHERE tenant = ?1 ORDER BY name")
+            .map_err(self.err())?;
+        stmt.query_map(params![tenant], |r| r.get(0))
+            .map_err(self.err())?
+            .collect::<rusqlite::Result<_>>()
             .map_err(self.err())
     }
 }

@@ -71,7 +71,17 @@ pub(crate) async fn start_audited() -> TestServer {
     start_inner(ServerConfig::default(), true).await
 }
 
+/// An audited server with a key broker whose master key is an X25519 key of the home's
+/// memory backend (tier 1).
+pub(crate) async fn start_broker() -> TestServer {
+    start_full(ServerConfig::default(), true, true).await
+}
+
 async fn start_inner(config: ServerConfig, audited: bool) -> TestServer {
+    start_full(config, audited, false).await
+}
+
+async fn start_full(config: ServerConfig, audited: bool, broker: bool) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let (manager, key, signer) = server_key(dir.path(), Algorithm::Ed25519);
     let server_key = key.public_key().clone();
@@ -84,6 +94,14 @@ async fn start_inner(config: ServerConfig, audited: bool) -> TestServer {
     if audited {
         let log = manager.audit().log().unwrap().expect("the home audits");
         server = server.with_audit(Arc::new(keyhaven_server::LogSink(log)));
+    }
+    if broker {
+        let master = manager
+            .generate(None, Algorithm::X25519, "broker-master")
+            .unwrap();
+        let master = manager.master_key(&master, "test broker").unwrap();
+        let b = keyhaven_server::Broker::new(master, storage.clone()).unwrap();
+        server = server.with_broker(Arc::new(b));
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -103,7 +121,7 @@ async fn start_inner(config: ServerConfig, audited: bool) -> TestServer {
         server_key,
         offset,
         keys: Arc::new(MemoryStore::new().unwrap()),
-        manager: audited.then_some(manager),
+        manager: (audited || broker).then_some(manager),
         _dir: dir,
         stop: Some(stop),
         task: Some(task),

@@ -1,0 +1,827 @@
+//! The key broker's transit engine over HTTP, in HashiCorp Vault's transit shape: the same
+//! paths under `/v1/transit/`, the same request and response JSON, `vault:vN:` ciphertexts, so
+//! a Vault client works unchanged, once its requests carry an RFC 9421 signature by a
+//! registered key (keyhaven's authentication; the `X-Vault-Token` header is not a credential
+//! here and is ignored).
+//!
+//! Each registered client is a tenant: its transit keys are its own, and a KEK (one per key
+//! version) is scoped to the tenant, the key and the broker's tier, so a ciphertext of one
+//! tenant, key or tier never decrypts under another. KEKs are stored wrapped under the master
+//! key; unwrapping one is an agreement inside the master key's backend (a PKCS#11 token, a
+//! TPM, or the encrypted store), cached in memory for [`KEK_CACHE_TTL`].
+//!
+//! Covered: `keys/:name` (create, read), `keys` (list), `keys/:name/rotate`,
+//! `keys/:name/config` (`min_decryption_version`), `encrypt/:name`, `decrypt/:name`,
+//! `rewrap/:name` (each with `batch_input`), `datakey/plaintext|wrapped/:name`. Not covered:
+//! derived and convergent keys, key types other than `aes256-gcm96`, export, backup, delete,
+//! sign, verify, hmac, random, hash.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use axum::Extension;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use base64ct::{Base64, Encoding};
+use http::{Method, StatusCode, header};
+use keyhaven::envelope::transit::{Transit, check_key_name};
+use keyhaven::envelope::{EnvelopeError, MasterKey};
+use keyhaven::zeroize::Zeroizing;
+use keyhaven::{ErrorKind, Protection};
+use serde_json::{Map, Value, json};
+
+use crate::audit::Decision;
+use crate::auth::Caller;
+use crate::problem::ApiError;
+use crate::server::{Inner, RawBody};
+use crate::storage::{Storage, TenantTransit};
+
+/// How long an unwrapped KEK stays in memory after its unwrap.
+pub const KEK_CACHE_TTL: Duration = Duration::from_secs(300);
+/// The most items one `batch_input` may carry.
+const MAX_BATCH: usize = 1000;
+/// The most tenants whose engines are kept at once (beyond, all are dropped and rebuilt).
+const MAX_ENGINES: usize = 10_000;
+/// The only key type: AES-256-GCM with a 96-bit nonce, as Vault names it.
+const KEY_TYPE: &str = "aes256-gcm96";
+
+type Engine = Transit<TenantTransit>;
+
+/// The key broker: the master key and one transit engine per tenant.
+pub struct Broker {
+    master: Arc<MasterKey>,
+    tier: u8,
+    storage: Arc<dyn Storage>,
+    engines: Mutex<HashMap<String, (Arc<Engine>, Instant)>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("master", &self.master.info().id)
+            .field("tier", &self.tier)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// A broker whose KEKs are wrapped under `master`, kept in `storage`. Its tier is the
+    /// master key's protection: 2 (secure) for a key in hardware, 1 (encrypted) for a software
+    /// key encrypted at rest.
+    ///
+    /// # Errors
+    /// [`ApiError`] (`invalid-request`) for a master key stored in plain text.
+    pub fn new(master: MasterKey, storage: Arc<dyn Storage>) -> Result<Self, ApiError> {
+        let tier = match master.info().protection {
+            Protection::Hardware => 2,
+            Protection::SoftwareEncrypted => 1,
+            other => {
+                return Err(ApiError::bad_request(
+                    "invalid-request",
+                    format!(
+                        "the master key {} is {other}: keep it in hardware or an encrypted store",
+                        master.info().id
+                    ),
+                ));
+            }
+        };
+        Ok(Broker {
+            master: Arc::new(master),
+            tier,
+            storage,
+            engines: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The tier this broker's KEKs are scoped to.
+    pub fn tier(&self) -> u8 {
+        self.tier
+    }
+
+    /// The transit engine of `tenant`; its cache of unwrapped KEKs lasts [`KEK_CACHE_TTL`].
+    fn engine(&self, tenant: &str) -> Result<Arc<Engine>, ApiError> {
+        let mut engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((engine, since)) = engines.get(tenant) {
+            if since.elapsed() < KEK_CACHE_TTL {
+                return Ok(Arc::clone(engine));
+            }
+        }
+        if engines.len() >= MAX_ENGINES {
+            engines.clear();
+        }
+        let store = TenantTransit {
+            storage: self.storage.clone(),
+            tenant: tenant.to_owned(),
+        };
+        let engine = Arc::new(
+            Transit::new(Arc::clone(&self.master), store, tenant, self.tier)
+                .map_err(|e| transit_problem(&e))?,
+        );
+        engines.insert(tenant.to_owned(), (Arc::clone(&engine), Instant::now()));
+        Ok(engine)
+    }
+
+    /// Forgets every unwrapped KEK (after a change made by another node).
+    pub fn clear_cache(&self) {
+        self.engines
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+    }
+}
+
+/// A transit failure as a problem: what the caller can fix is a 4xx, a backend that is away a
+/// 503.
+fn transit_problem(e: &EnvelopeError) -> ApiError {
+    let detail = e.to_string();
+    match e {
+        EnvelopeError::InvalidInput(_) | EnvelopeError::Malformed { .. } => {
+            ApiError::bad_request("invalid-request", detail)
+        }
+        EnvelopeError::Unauthentic { .. } | EnvelopeError::WrongKek { .. } => {
+            ApiError::bad_request("undecryptable", detail)
+        }
+        EnvelopeError::Backend(inner) => match inner.kind() {
+            ErrorKind::NotFound => ApiError::new(StatusCode::NOT_FOUND, "not-found", detail),
+            ErrorKind::InvalidInput => ApiError::bad_request("invalid-request", detail),
+            ErrorKind::Unavailable | ErrorKind::Locked => {
+                tracing::error!(error = %detail, "the key broker's master key or database is unavailable");
+                ApiError::unavailable(
+                    "the key broker's master key or database is unavailable; nothing was \
+                     released or changed; try again later",
+                )
+            }
+            _ => {
+                tracing::error!(error = %detail, "the key broker failed");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the key broker failed; the operator's log says why",
+                )
+            }
+        },
+        _ => {
+            tracing::error!(error = %detail, "the key broker failed");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "the key broker's master key does not match its KEKs; the operator's log says why",
+            )
+        }
+    }
+}
+
+/// A request's JSON object (an empty body is an empty object), with the fields it names read
+/// out; the fields left are reported back as Vault does, in `warnings`.
+struct Params {
+    fields: Map<String, Value>,
+}
+
+impl Params {
+    fn parse(body: &[u8]) -> Result<Params, ApiError> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Params { fields: Map::new() });
+        }
+        match serde_json::from_slice::<Value>(body) {
+            Ok(Value::Object(fields)) => Ok(Params { fields }),
+            Ok(_) => Err(ApiError::bad_request(
+                "invalid-request",
+                "the body must be a JSON object",
+            )),
+            Err(e) => Err(ApiError::bad_request(
+                "invalid-request",
+                format!("the JSON body: {e}"),
+            )),
+        }
+    }
+
+    fn take(&mut self, name: &'static str) -> Option<Value> {
+        self.fields.remove(name).filter(|v| !v.is_null())
+    }
+
+    fn string(&mut self, name: &'static str) -> Result<Option<String>, ApiError> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(ApiError::bad_request(
+                "invalid-request",
+                format!("'{name}' must be a string"),
+            )),
+        }
+    }
+
+    /// A non-negative integer, as a number or a decimal string (Vault takes both).
+    fn uint(&mut self, name: &'static str) -> Result<Option<u32>, ApiError> {
+        let bad = || {
+            ApiError::bad_request(
+                "invalid-request",
+                format!("'{name}' must be a whole number from 0 to {}", u32::MAX),
+            )
+        };
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .and_then(|v| u32::try_from(v).ok())
+                .map(Some)
+                .ok_or_else(bad),
+            Some(Value::String(s)) => s.parse().map(Some).map_err(|_| bad()),
+            Some(_) => Err(bad()),
+        }
+    }
+
+    fn flag(&mut self, name: &'static str) -> Result<bool, ApiError> {
+        match self.take(name) {
+            None => Ok(false),
+            Some(Value::Bool(b)) => Ok(b),
+            Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
+            Some(_) => Err(ApiError::bad_request(
+                "invalid-request",
+                format!("'{name}' must be true or false"),
+            )),
+        }
+    }
+
+    /// Refuses a feature this engine does not have, when the request turns it on.
+    fn refuse_flag(&mut self, name: &'static str, why: &str) -> Result<(), ApiError> {
+        if self.flag(name)? {
+            return Err(ApiError::bad_request(
+                "unsupported",
+                format!("'{name}' is not supported: {why}"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `batch_input`, when given: a list of objects.
+    fn batch(&mut self) -> Result<Option<Vec<Map<String, Value>>>, ApiError> {
+        let Some(v) = self.take("batch_input") else {
+            return Ok(None);
+        };
+        let Value::Array(items) = v else {
+            return Err(ApiError::bad_request(
+                "invalid-request",
+                "'batch_input' must be a list of objects",
+            ));
+        };
+        if items.is_empty() || items.len() > MAX_BATCH {
+            return Err(ApiError::bad_request(
+                "invalid-request",
+                format!("'batch_input' holds 1 to {MAX_BATCH} items"),
+            ));
+        }
+        items
+            .into_iter()
+            .map(|i| match i {
+                Value::Object(m) => Ok(m),
+                _ => Err(ApiError::bad_request(
+                    "invalid-request",
+                    "each item of 'batch_input' must be an object",
+                )),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+
+    /// Vault's warning for the fields nobody read.
+    fn warnings(&self) -> Value {
+        if self.fields.is_empty() {
+            Value::Null
+        } else {
+            let names: Vec<&str> = self.fields.keys().map(String::as_str).collect();
+            json!([format!(
+                "Endpoint ignored these unrecognized parameters: [{}]",
+                names.join(" ")
+            )])
+        }
+    }
+}
+
+/// Standard base64 from the wire, decoded into memory that is wiped when dropped.
+fn base64_field(name: &str, value: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+    Base64::decode_vec(value)
+        .map(Zeroizing::new)
+        .map_err(|_| ApiError::bad_request("invalid-request", format!("'{name}' is not base64")))
+}
+
+/// A context or nonce: only for derived or convergent keys, which this engine does not make.
+fn refuse_derivation(p: &mut Params) -> Result<(), ApiError> {
+    for name in ["context", "nonce"] {
+        if p.string(name)?.is_some_and(|s| !s.is_empty()) {
+            return Err(ApiError::bad_request(
+                "unsupported",
+                format!("'{name}' is for derived or convergent keys, which keyhaven does not make"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A Vault response: `data` and the envelope fields Vault clients read.
+fn vault_response(data: Value, warnings: Value) -> Response {
+    let body = json!({
+        "request_id": "",
+        "lease_id": "",
+        "renewable": false,
+        "lease_duration": 0,
+        "data": data,
+        "wrap_info": null,
+        "warnings": warnings,
+        "auth": null,
+    });
+    // The body may carry plaintext (decrypt, data keys): its bytes are wiped after sending.
+    let bytes = Zeroizing::new(serde_json::to_vec(&body).unwrap_or_default());
+    ([(header::CONTENT_TYPE, "application/json")], bytes.to_vec()).into_response()
+}
+
+/// The operations, as metrics and audit name them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    Create,
+    Read,
+    List,
+    Rotate,
+    Config,
+    Encrypt,
+    Decrypt,
+    Rewrap,
+    DataKey,
+}
+
+impl Op {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Read => "read",
+            Op::List => "list",
+            Op::Rotate => "rotate",
+            Op::Config => "config",
+            Op::Encrypt => "encrypt",
+            Op::Decrypt => "decrypt",
+            Op::Rewrap => "rewrap",
+            Op::DataKey => "datakey",
+        }
+    }
+
+    /// Whether a success is audited: every change and every release of plaintext (encrypt,
+    /// rewrap, read and list return no secret and are counted only).
+    fn audited(self) -> bool {
+        matches!(
+            self,
+            Op::Create | Op::Rotate | Op::Config | Op::Decrypt | Op::DataKey
+        )
+    }
+}
+
+/// Runs `f` with the caller's engine on the blocking pool (agreements in the master key's
+/// backend and database calls block); audits and counts it.
+async fn run(
+    inner: Arc<Inner>,
+    caller: Caller,
+    op: Op,
+    name: String,
+    f: impl FnOnce(&Engine, &str, u64) -> Result<(Value, String), ApiError> + Send + 'static,
+) -> Result<Value, ApiError> {
+    let Some(broker) = inner.broker.clone() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no-broker",
+            "this server has no key broker: set one up with `keyhaven serve init --master-key`",
+        ));
+    };
+    let i = inner.clone();
+    tokio::task::spawn_blocking(move || {
+        let now = i.now();
+        let outcome = check_key_name(&name)
+            .map_err(|e| transit_problem(&e))
+            .and_then(|()| broker.engine(&caller.client_id))
+            .and_then(|engine| f(&engine, &name, now));
+        let shown: String = name.chars().take(128).collect();
+        match outcome {
+            Ok((data, what)) => {
+                i.metrics.transit(op.as_str(), "ok");
+                if op.audited() {
+                    i.decide(&Decision {
+                        operation: transit_operation(op),
+                        principal: format!("client:{}", caller.client_id),
+                        key: Some(caller.fingerprint.clone()),
+                        allowed: true,
+                        reason: format!("transit key '{shown}': {what}"),
+                    })?;
+                }
+                Ok(data)
+            }
+            Err(e) => {
+                i.metrics.transit(op.as_str(), e.name);
+                let detail: String = e.detail.chars().take(200).collect();
+                i.decide(&Decision {
+                    operation: transit_operation(op),
+                    principal: format!("client:{}", caller.client_id),
+                    key: Some(caller.fingerprint.clone()),
+                    allowed: false,
+                    reason: format!("transit key '{shown}': {}: {detail}", e.name),
+                })?;
+                Err(e)
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+}
+
+fn transit_operation(op: Op) -> &'static str {
+    match op {
+        Op::Create => "transit.create",
+        Op::Read => "transit.read",
+        Op::List => "transit.list",
+        Op::Rotate => "transit.rotate",
+        Op::Config => "transit.config",
+        Op::Encrypt => "transit.encrypt",
+        Op::Decrypt => "transit.decrypt",
+        Op::Rewrap => "transit.rewrap",
+        Op::DataKey => "transit.datakey",
+    }
+}
+
+/// Whether a read found no key.
+fn is_missing<T>(read: &Result<T, EnvelopeError>) -> bool {
+    matches!(read, Err(EnvelopeError::Backend(e)) if e.kind() == ErrorKind::NotFound)
+}
+
+fn key_view(engine: &Engine, name: &str) -> Result<Value, ApiError> {
+    let record = engine.read_key(name).map_err(|e| transit_problem(&e))?;
+    let keys: Map<String, Value> = record
+        .versions
+        .iter()
+        .map(|(v, (_, at))| (v.to_string(), json!(at)))
+        .collect();
+    Ok(json!({
+        "name": record.name,
+        "type": KEY_TYPE,
+        "keys": keys,
+        "latest_version": record.latest_version(),
+        "min_available_version": 0,
+        "min_decryption_version": record.min_decryption_version,
+        "min_encryption_version": 0,
+        "deletion_allowed": false,
+        "derived": false,
+        "exportable": false,
+        "allow_plaintext_backup": false,
+        "supports_encryption": true,
+        "supports_decryption": true,
+        "supports_derivation": false,
+        "supports_signing": false,
+        "auto_rotate_period": 0,
+        "imported_key": false,
+    }))
+}
+
+/// The key type a create or an encrypt's upsert asks for: only `aes256-gcm96`.
+fn check_type(p: &mut Params) -> Result<(), ApiError> {
+    match p.string("type")? {
+        None => Ok(()),
+        Some(t) if t == KEY_TYPE => Ok(()),
+        Some(t) => Err(ApiError::bad_request(
+            "unsupported",
+            format!("key type '{t}' is not supported: transit keys here are {KEY_TYPE}"),
+        )),
+    }
+}
+
+/// `POST /v1/transit/keys/:name`: creates a key (a second create changes nothing).
+pub(crate) async fn create(
+    State(inner): State<Arc<Inner>>,
+    Extension(caller): Extension<Caller>,
+    Extension(RawBody(body)): Extension<RawBody>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut p = Params::parse(&body)?;
+    check_type(&mut p)?;
+    p.refuse_flag("derived", "keyhaven's transit keys are not derived")?;
+    p.refuse_flag("convergent_encryption", "it needs derived keys")?;
+    p.refuse_flag("exportable", "a KEK never leaves the broker")?;
+    p.refuse_flag("allow_plaintext_backup", "a KEK never leaves the broker")?;
+    let warnings = p.warnings();
+    let data = run(inner, caller, Op::Create, name, |engine, name, now| {
+        let created = engine
+            .create_key(name, now)
+            .map_err(|e| transit_problem(&e))?;
+        let view = key_view(engine, name)?;
+        let what = if created { "created" } else { "exists" };
+        Ok((view, what.to_owned()))
+    })
+    .await?;
+    Ok(vault_response(data, warnings))
+}
+
+/// `GET /v1/transit/keys/:name`.
+pub(crate) async fn read(
+    State(inner): State<Arc<Inner>>,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let data = run(inner, caller, Op::Read, name, |engine, name, _| {
+        Ok((key_view(engine, name)?, String::new()))
+    })
+    .await?;
+    Ok(vault_response(data, Value::Null))
+}
+
+/// `LIST /v1/transit/keys` (or `GET` with `?list=true`): the caller's keys; 404 when none, as
+/// Vault answers.
+pub(crate) async fn list(
+    State(inner): State<Arc<Inner>>,
+    Extension(caller): Extension<Caller>,
+    request: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let listing = request.method().as_str() == "LIST"
+        || (request.method() == Method::GET
+            && request
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv == "list=true")));
+    if !listing {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "list the keys with LIST, or GET with ?list=true",
+        ));
+    }
+    let Some(broker) = inner.broker.clone() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no-broker",
+            "this server has no key broker",
+        ));
+    };
+    let tenant = caller.client_id.clone();
+    let names = inner
+        .db(move |_| broker.storage.transit_list(&tenant).map_err(ApiError::from))
+        .await?;
+    inner.metrics.transit(Op::List.as_str(), "ok");
+    if names.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "this client has no transit keys",
+        ));
+    }
+    Ok(vault_response(json!({ "keys": names }), Value::Null))
+}
+
+/// `POST /v1/transit/keys/:name/rotate`: a new version; older ones still decrypt.
+pub(crate) async fn rotate(
+    State(inner): State<Arc<Inner>>,
+    Extension(caller): Extension<Caller>,
+    Extension(RawBody(body)): Extension<RawBody>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let p = Params::parse(&body)?;
+    let warnings = p.warnings();
+    let data = run(inner, caller, Op::Rotate, name, |engine, name, now| {
+        let version = engine.rotate(name, now).map_err(|e| transit_problem(&e))?;
+        Ok((key_view(engine, name)?, format!("version {version}")))
+    })
+    .await?;
+    Ok(vault_response(data, warnings))
+}
+
+/// `POST /v1/transit/keys/:name/config`: `min_decryption_version` (the other settings are
+/// accepted only at the values this engine has).
+pub(crate) async fn config(
+    State(inner): State<Arc<Inner>>,
+    Extension(caller): Extension<Caller>,
+    Extension(RawBody(body)): Extension<RawBody>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut p = Params::parse(&body)?;
+    let min = p.uint("min_decryption_version")?;
+    if p.uint("min_encryption_version")?.is_some_and(|v| v != 0) {
+        return Err(ApiError::bad_request(
+            "unsupported",
+            "'min_encryption_version' is not supported: encryption uses the latest version or \
+             the one asked for",
+        ));
+    }
+    p.refuse_flag("deletion_allowed", "transit keys are not deleted here")?;
+    p.refuse_flag("exportable", "a KEK never leaves the broker")?;
+    p.refuse_flag("allow_plaintext_backup", "a KEK never leaves the broker")?;
+    let warnings = p.warnings();
+    let data = run(inner, caller, Op::Config, name, move |engine, name, _| {
+        if let Some(v) = min {
+            engine
+                .set_min_decryption_version(name, v)
+                .map_err(|e| transit_problem(&e))?;
+        }
+        let what = min.map_or_else(String::new, |v| format!("min_decryption_version {v}"));
+        Ok((key_view(engine, name)?, what))
+    })
+    .await?;
+    Ok(vault_response(data, warnings))
+}
+
+/// What one item of an encrypt, decrypt or rewrap carries.
+enum Item {
+    Plaintext(Zeroizing<Vec<u8>>),
+    Ciphertext(String),
+}
+
+fn item_of(fields: &mut Params, op: Op) -> Result<Item, ApiError> {
+    refuse_derivation(fields)?;
+    match op {
+        Op::Encrypt => {
+            let b64 = fields.string("plaintext")?.ok_or_else(|| {
+                ApiError::bad_request("invalid-request", "missing 'plaintext' (base64) to encrypt")
+            })?;
+            Ok(Item::Plaintext(base64_field("plaintext", &b64)?))
+        }
+        _ => fields
+            .string("ciphertext")?
+            .map(Item::Ciphertext)
+            .ok_or_else(|| ApiError::bad_request("invalid-request", "missing 'ciphertext'")),
+    }
+}
+
+/// One item's answer.
+fn answer(
+    engine: &Engine,
+    name: &str,
+    op: Op,
+    item: &Item,
+    version: Option<u32>,
+) -> Result<Value, ApiError> {
+    let problem = |e: EnvelopeError| transit_problem(&e);
+    let version_of = |ciphertext: &str| {
+        keyhaven::envelope::transit::parse_ciphertext(ciphertext)
+            .map(|(v, _)| v)
+            .unwrap_or(0)
+    };
+    match (op, item) {
+        (Op::Encrypt, Item::Plaintext(p)) => {
+            let c = engine.encrypt(name, p, version).map_err(problem)?;
+            Ok(json!({ "ciphertext": c, "key_version": version_of(&c) }))
+        }
+        (Op::Decrypt, Item::Ciphertext(c)) => {
+            let plain = engine.decrypt(name, c).map_err(problem)?;
+            let b64 = Zeroizing::new(Base64::encode_string(plain.expose_secret()));
+            Ok(json!({ "plaintext": b64.as_str() }))
+        }
+        (Op::Rewrap, Item::Ciphertext(c)) => {
+            if version.is_some() {
+                return Err(ApiError::bad_request(
+                    "unsupported",
+                    "'key_version' is not supported on rewrap: it moves to the latest version",
+                ));
+            }
+            let moved = engine.rewrap(name, c).map_err(problem)?;
+            Ok(json!({ "ciphertext": moved, "key_version": version_of(&moved) }))
+        }
+        _ => Err(ApiError::bad_request(
+            "invalid-request",
+            "no such operation",
+        )),
+    }
+}
+
+/// `POST /v1/transit/encrypt|decrypt|rewrap/:name`, one item or a `batch_input`.
+async fn crypt(
+    inner: Arc<Inner>,
+    caller: Caller,
+    op: Op,
+    name: String,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let mut p = Params::parse(body)?;
+    let version = p.uint("key_version")?.filter(|v| *v != 0);
+    if op == Op::Encrypt {
+        check_type(&mut p)?;
+    }
+    let batch = p.batch()?;
+    let single = if batch.is_none() {
+        Some(item_of(&mut p, op)?)
+    } else {
+        None
+    };
+    // Each item of a batch is checked on its own, and fails on its own, as in Vault.
+    let items: Option<Vec<Result<Item, ApiError>>> = batch.map(|items| {
+        items
+            .into_iter()
+            .map(|fields| {
+                let mut fields = Params { fields };
+                item_of(&mut fields, op)
+            })
+            .collect()
+    });
+    let warnings = p.warnings();
+    let data = run(inner, caller, op, name, move |engine, name, now| {
+        // Vault's encrypt makes a key that does not exist yet (an upsert).
+        if op == Op::Encrypt && is_missing(&engine.read_key(name)) {
+            engine
+                .create_key(name, now)
+                .map_err(|e| transit_problem(&e))?;
+        }
+        match (single, items) {
+            (Some(item), _) => {
+                let out = answer(engine, name, op, &item, version)?;
+                Ok((out, "1 item".to_owned()))
+            }
+            (None, Some(items)) => {
+                let n = items.len();
+                let mut failed = 0usize;
+                let results: Vec<Value> = items
+                    .into_iter()
+                    .map(|item| {
+                        item.and_then(|item| answer(engine, name, op, &item, version))
+                            .unwrap_or_else(|e| {
+                                failed += 1;
+                                json!({ "error": e.detail })
+                            })
+                    })
+                    .collect();
+                Ok((
+                    json!({ "batch_results": results }),
+                    format!("{n} items, {failed} refused"),
+                ))
+            }
+            (None, None) => Err(ApiError::bad_request("invalid-request", "nothing to do")),
+        }
+    })
+    .await?;
+    Ok(vault_response(data, warnings))
+}
+
+/// `POST /v1/transit/encrypt/:name`.
+pub(crate) async fn encrypt(
+    State(inner): State<Arc<Inner>>,
+    Extension(caller): Extension<Caller>,
+    Extension(RawBody(body)): Extension<RawBody>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    crypt(inner, caller, Op::Encrypt, name, &body).await
+}
+
+/// `POST /v1/transit/decrypt/:name`.
+pub(crate) async fn decrypt(
+    State(inner): State<Arc<Inner>>,
+    Extension(caller): Extension<Caller>,
+    Extension(RawBody(body)): Extension<RawBody>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    crypt(inner, caller, Op::Decrypt, name, &body).await
+}
+
+/// `POST /v1/transit/rewrap/:name`.
+pub(crate) async fn rewrap(
+    State(inner): State<Arc<Inner>>,
+    Extension(caller): Extension<Caller>,
+    Extension(RawBody(body)): Extension<RawBody>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    crypt(inner, caller, Op::Rewrap, name, &body).await
+}
+
+/// `POST /v1/transit/datakey/:plaintext|wrapped/:name`: a fresh key of `bits` (256 unless
+/// said) and its ciphertext; `wrapped` leaves the plaintext out.
+pub(crate) async fn datakey(
+    State(inner): State<Arc<Inner>>,
+    Extension(caller): Extension<Caller>,
+    Extension(RawBody(body)): Extension<RawBody>,
+    Path((kind, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let with_plaintext = match kind.as_str() {
+        "plaintext" => true,
+        "wrapped" => false,
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid-request",
+                "a data key is 'plaintext' or 'wrapped'",
+            ));
+        }
+    };
+    let mut p = Params::parse(&body)?;
+    refuse_derivation(&mut p)?;
+    let bits = p.uint("bits")?.unwrap_or(256);
+    let warnings = p.warnings();
+    let data = run(inner, caller, Op::DataKey, name, move |engine, name, _| {
+        let (key, ciphertext) = engine
+            .data_key(name, bits)
+            .map_err(|e| transit_problem(&e))?;
+        let version = keyhaven::envelope::transit::parse_ciphertext(&ciphertext)
+            .map(|(v, _)| v)
+            .unwrap_or(0);
+        let mut data = json!({ "ciphertext": ciphertext, "key_version": version });
+        if with_plaintext {
+            let b64 = Zeroizing::new(Base64::encode_string(key.expose_secret()));
+            data["plaintext"] = Value::String(b64.as_str().to_owned());
+        }
+        let what = if with_plaintext {
+            "plaintext data key"
+        } else {
+            "wrapped data key"
+        };
+        Ok((data, format!("{what} of {bits} bits")))
+    })
+    .await?;
+    Ok(vault_response(data, warnings))
+}
