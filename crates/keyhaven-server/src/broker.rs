@@ -99,8 +99,13 @@ impl Broker {
         self.tier
     }
 
-    /// The transit engine of `tenant`; its cache of unwrapped KEKs lasts [`KEK_CACHE_TTL`].
-    fn engine(&self, tenant: &str) -> Result<Arc<Engine>, ApiError> {
+    /// The transit engine of `tenant` (a client id, for the HTTP routes), for callers in the
+    /// same process; its cache of unwrapped KEKs lasts [`KEK_CACHE_TTL`]. Blocks (database and
+    /// backend calls): call it off the async threads.
+    ///
+    /// # Errors
+    /// [`ApiError`] (`invalid-request`) for a tenant that cannot be one.
+    pub fn transit(&self, tenant: &str) -> Result<Arc<Transit<TenantTransit>>, ApiError> {
         let mut engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((engine, since)) = engines.get(tenant) {
             if since.elapsed() < KEK_CACHE_TTL {
@@ -395,7 +400,7 @@ async fn run(
         let now = i.now();
         let outcome = check_key_name(&name)
             .map_err(|e| transit_problem(&e))
-            .and_then(|()| broker.engine(&caller.client_id))
+            .and_then(|()| broker.transit(&caller.client_id))
             .and_then(|engine| f(&engine, &name, now));
         let shown: String = name.chars().take(128).collect();
         match outcome {

@@ -1084,3 +1084,34 @@ impl Storage for SqliteStorage {
             .map_err(self.err())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A database of schema 1 (as an older keyhaven left it) is brought up to date, and the
+    /// digest it had before is kept for the home's record; an up-to-date one has none.
+    #[test]
+    fn a_migration_keeps_the_digest_it_started_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s").join("server.db");
+        let v1 = {
+            let s = SqliteStorage::open(&path).unwrap();
+            s.set_setting("server-key", "local:1").unwrap();
+            let conn = s.conn();
+            conn.execute_batch(
+                "DROP TABLE transit_versions; DROP TABLE transit_keys; PRAGMA user_version = 1;",
+            )
+            .unwrap();
+            s.digest_in(&conn).unwrap()
+        };
+        let s = SqliteStorage::open(&path).unwrap();
+        assert_eq!(s.migrated_from(), Some(v1.as_str()));
+        assert_ne!(s.digest().unwrap(), v1, "the schema is part of the digest");
+        assert_eq!(s.transit_list("t").unwrap(), Vec::<String>::new());
+        drop(s);
+        assert_eq!(SqliteStorage::open(&path).unwrap().migrated_from(), None);
+    }
+}

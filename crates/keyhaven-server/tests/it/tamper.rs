@@ -112,6 +112,70 @@ fn an_edited_removed_or_unrevoked_key_is_found() {
     }
 }
 
+/// A home with a key broker (an X25519 master key in the encrypted store) whose tenant
+/// `acme` has a transit key `orders` at version 2 with `min_decryption_version` 2.
+fn world_with_transit() -> (World, String) {
+    let w = World::new();
+    let master = keyhaven_server::setup_broker(&w.manager(), None, None).unwrap();
+    assert_eq!(master.algorithm(), Algorithm::X25519);
+    let server = w.start().unwrap();
+    let transit = server.broker().unwrap().transit("acme").unwrap();
+    assert!(transit.create_key("orders", 10).unwrap());
+    assert_eq!(transit.rotate("orders", 20).unwrap(), 2);
+    transit.set_min_decryption_version("orders", 2).unwrap();
+    let c = transit.encrypt("orders", b"kept", None).unwrap();
+    drop((transit, server));
+    (w, c)
+}
+
+#[test]
+fn transit_keys_edited_removed_or_rolled_back_behind_the_servers_back_are_found() {
+    for (what, sql) in [
+        (
+            "min_decryption_version lowered",
+            "UPDATE transit_keys SET min_decryption_version = 1",
+        ),
+        (
+            "the newest version removed",
+            "DELETE FROM transit_versions WHERE version = 2",
+        ),
+        (
+            "a wrapped KEK swapped",
+            "UPDATE transit_versions SET wrapped = (SELECT wrapped FROM transit_versions \
+             WHERE version = 1) WHERE version = 2",
+        ),
+        (
+            "a key planted for another tenant",
+            "INSERT INTO transit_keys VALUES ('mallory', 'orders', 1, 1); \
+             INSERT INTO transit_versions SELECT 'mallory', name, version, wrapped, created_at \
+             FROM transit_versions WHERE tenant = 'acme'",
+        ),
+    ] {
+        let (w, _) = world_with_transit();
+        w.sql(sql);
+        w.assert_refused(what);
+    }
+}
+
+#[test]
+fn a_restarted_broker_decrypts_what_it_encrypted() {
+    let (w, c) = world_with_transit();
+    let server = w.start().unwrap();
+    let transit = server.broker().unwrap().transit("acme").unwrap();
+    assert_eq!(
+        transit.decrypt("orders", &c).unwrap().expose_secret(),
+        b"kept"
+    );
+    assert_eq!(
+        server.broker().unwrap().tier(),
+        1,
+        "a software master key is tier 1"
+    );
+    // Another tenant's engine over the same rows opens nothing of acme's.
+    let other = server.broker().unwrap().transit("mallory").unwrap();
+    assert!(other.decrypt("orders", &c).is_err());
+}
+
 #[test]
 fn a_database_rolled_back_to_an_older_copy_is_found() {
     let w = World::new();
