@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::support::start;
 
-fn run_python(script: &str, input: &Value) -> Value {
+pub(crate) fn run_python(script: &str, input: &Value) -> Value {
     let mut child = Command::new(python())
         .args(["-c", script])
         .stdin(Stdio::piped())

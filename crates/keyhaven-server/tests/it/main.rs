@@ -11,3 +11,4 @@ mod storage;
 mod support;
 mod tamper;
 mod tls;
+mod vault;

@@ -1,0 +1,125 @@
+//! The transit routes driven by a Vault client nobody here wrote: Python's `hvac` (from PyPI,
+//! in the interop virtualenv), unchanged, its `requests` session given an auth hook that signs
+//! each request (RFC 9421, with `http-message-signatures`) with a key it registered.
+
+use serde_json::json;
+
+use crate::interop::run_python;
+use crate::support::start_broker;
+
+const PY_HVAC: &str = r#"
+import base64, datetime, hashlib, json, secrets, sys
+import hvac, requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from http_message_signatures import HTTPMessageSigner, HTTPSignatureKeyResolver, algorithms
+
+job = json.load(sys.stdin)
+base = job["base"]
+private = ed25519.Ed25519PrivateKey.generate()
+spki = private.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+fingerprint = hashlib.sha256(spki).hexdigest()
+
+class Keys(HTTPSignatureKeyResolver):
+    def resolve_private_key(self, key_id):
+        return private
+
+class Rfc9421(requests.auth.AuthBase):
+    """Signs every request: @method, @target-uri, and the body's digest when it has one."""
+    def __call__(self, r):
+        covered = ["@method", "@target-uri"]
+        body = r.body or b""
+        if isinstance(body, str):
+            body = body.encode()
+        if body:
+            digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+            r.headers["Content-Digest"] = f"sha-256=:{digest}:"
+            covered.append("content-digest")
+        HTTPMessageSigner(signature_algorithm=algorithms.ED25519, key_resolver=Keys()).sign(
+            r, key_id=fingerprint, label="py", nonce=secrets.token_urlsafe(16),
+            created=datetime.datetime.now(datetime.timezone.utc),
+            covered_component_ids=tuple(covered), use_existing_digest=bool(body))
+        return r
+
+# Registration (proof of possession of the key), then hvac as any Vault user would run it.
+plain = requests.Session()
+challenge = plain.post(base + "/v1/challenge").json()["challenge"]
+reg = {"challenge": challenge, "name": "hvac", "algorithm": "ed25519",
+       "public_key": base64.b64encode(spki).decode()}
+session = requests.Session()
+session.auth = Rfc9421()
+r = session.post(base + "/v1/clients", json=reg)
+assert r.status_code == 201, r.text
+
+client = hvac.Client(url=base, token="not-a-credential-here", session=session)
+t = client.secrets.transit
+out = {}
+t.create_key(name="payments")
+out["read"] = t.read_key(name="payments")["data"]
+b64 = lambda b: base64.b64encode(b).decode()
+c1 = t.encrypt_data(name="payments", plaintext=b64(b"4111 1111 1111 1111"))["data"]["ciphertext"]
+out["c1"] = c1
+out["p1"] = base64.b64decode(t.decrypt_data(name="payments", ciphertext=c1)["data"]["plaintext"]).decode()
+t.rotate_key(name="payments")
+c2 = t.rewrap_data(name="payments", ciphertext=c1)["data"]["ciphertext"]
+out["c2"] = c2
+out["p2"] = base64.b64decode(t.decrypt_data(name="payments", ciphertext=c2)["data"]["plaintext"]).decode()
+t.update_key_configuration(name="payments", min_decryption_version=2)
+try:
+    t.decrypt_data(name="payments", ciphertext=c1)
+    out["old"] = "decrypted"
+except hvac.exceptions.InvalidRequest as e:
+    # hvac reads `errors` only from application/json; a problem+json body is its message.
+    out["old"] = {"class": type(e).__name__, "message": str(e)}
+dk = t.generate_data_key(name="payments", key_type="plaintext", bits=256)["data"]
+back = t.decrypt_data(name="payments", ciphertext=dk["ciphertext"])["data"]["plaintext"]
+out["datakey_roundtrip"] = back == dk["plaintext"] and len(base64.b64decode(back)) == 32
+batch = t.encrypt_data(name="payments", batch_input=[{"plaintext": b64(b"a")}, {"plaintext": b64(b"b")}])
+out["batch"] = [x["ciphertext"][:9] for x in batch["data"]["batch_results"]]
+out["list"] = t.list_keys()["data"]["keys"]
+try:
+    t.decrypt_data(name="nothing", ciphertext=c2)
+    out["missing"] = "decrypted"
+except hvac.exceptions.InvalidPath as e:
+    out["missing"] = type(e).__name__
+# Unsigned, hvac's token alone is nothing.
+bare = hvac.Client(url=base, token="not-a-credential-here")
+try:
+    bare.secrets.transit.encrypt_data(name="payments", plaintext=b64(b"x"))
+    out["unsigned"] = "accepted"
+except hvac.exceptions.VaultError as e:
+    out["unsigned"] = type(e).__name__
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hvac_drives_the_transit_api_unchanged() {
+    let t = start_broker().await;
+    let base = t.base.clone();
+    let out = tokio::task::spawn_blocking(move || run_python(PY_HVAC, &json!({ "base": base })))
+        .await
+        .unwrap();
+    assert_eq!(out["read"]["type"], "aes256-gcm96", "{out}");
+    assert_eq!(out["read"]["latest_version"], 1, "{out}");
+    assert!(
+        out["c1"].as_str().unwrap().starts_with("vault:v1:"),
+        "{out}"
+    );
+    assert_eq!(out["p1"], "4111 1111 1111 1111");
+    assert!(
+        out["c2"].as_str().unwrap().starts_with("vault:v2:"),
+        "{out}"
+    );
+    assert_eq!(out["p2"], "4111 1111 1111 1111");
+    assert_eq!(out["old"]["class"], "InvalidRequest", "{out}");
+    assert!(
+        out["old"]["message"].as_str().unwrap().contains("too old"),
+        "{out}"
+    );
+    assert_eq!(out["datakey_roundtrip"], true, "{out}");
+    assert_eq!(out["batch"], json!(["vault:v2:", "vault:v2:"]), "{out}");
+    assert_eq!(out["list"], json!(["payments"]), "{out}");
+    assert_eq!(out["missing"], "InvalidPath", "{out}");
+    assert_eq!(out["unsigned"], "Unauthorized", "{out}");
+}
