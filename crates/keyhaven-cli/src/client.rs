@@ -82,6 +82,77 @@ pub(crate) enum ClientCommand {
     /// Admin: list, export, revoke, monitor (the key must be an admin's).
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// The key broker's transit keys (Vault's transit shape): encrypt and decrypt with keys
+    /// that never leave the server.
+    #[command(subcommand)]
+    Transit(TransitCommand),
+}
+
+/// Transit requests.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TransitCommand {
+    /// Create a transit key (nothing changes if it exists).
+    Create {
+        /// Its name (letters, digits, '.', '_', '-').
+        name: String,
+    },
+    /// A transit key's versions and settings.
+    Read {
+        /// Its name.
+        name: String,
+    },
+    /// This client's transit keys.
+    List,
+    /// Add a version: new encryptions use it, older versions still decrypt.
+    Rotate {
+        /// Its name.
+        name: String,
+    },
+    /// Refuse ciphertexts of versions below VERSION from now on.
+    MinDecryptionVersion {
+        /// Its name.
+        name: String,
+        /// The oldest version that still decrypts.
+        version: u32,
+    },
+    /// Encrypt a file (or standard input) and print the `vault:vN:` ciphertext.
+    Encrypt {
+        /// The transit key (made if it does not exist).
+        name: String,
+        /// The file to encrypt (`-` or nothing: standard input).
+        #[arg(long = "in", value_name = "FILE")]
+        input: Option<PathBuf>,
+    },
+    /// Decrypt a `vault:vN:` ciphertext and write the plaintext to standard output (or --out,
+    /// a new file made 0600).
+    Decrypt {
+        /// The transit key.
+        name: String,
+        /// The ciphertext.
+        ciphertext: String,
+        /// Write the plaintext here instead (refused if it exists).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Move a ciphertext to the key's latest version (the plaintext stays in the server).
+    Rewrap {
+        /// The transit key.
+        name: String,
+        /// The ciphertext.
+        ciphertext: String,
+    },
+    /// A fresh data key for your own envelope encryption: its ciphertext, and its plaintext
+    /// (base64) unless --wrapped.
+    Datakey {
+        /// The transit key.
+        name: String,
+        /// Its size in bits: 128, 256 or 512.
+        #[arg(long, default_value_t = 256)]
+        bits: u32,
+        /// Only the ciphertext.
+        #[arg(long)]
+        wrapped: bool,
+    },
 }
 
 /// Admin requests.
@@ -367,8 +438,113 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
             json,
         )?,
         ClientCommand::Admin(cmd) => admin(&runtime, &client, cmd, json)?,
+        ClientCommand::Transit(cmd) => transit(&runtime, &client, cmd, json)?,
     }
     Ok(OK)
+}
+
+fn print_transit_key(k: &keyhaven_client::wire::TransitKeyView, json: bool) -> Result<()> {
+    if json {
+        return print_json(k);
+    }
+    outln!(
+        "{} ({}): versions 1 to {}, decrypts from version {}",
+        k.name,
+        k.kind,
+        k.latest_version,
+        k.min_decryption_version
+    )
+}
+
+fn transit(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    cmd: TransitCommand,
+    json: bool,
+) -> Result<()> {
+    use std::io::{Read, Write};
+    match cmd {
+        TransitCommand::Create { name } => {
+            print_transit_key(&runtime.block_on(client.transit_create(&name))?, json)
+        }
+        TransitCommand::Read { name } => {
+            print_transit_key(&runtime.block_on(client.transit_read(&name))?, json)
+        }
+        TransitCommand::Rotate { name } => {
+            print_transit_key(&runtime.block_on(client.transit_rotate(&name))?, json)
+        }
+        TransitCommand::MinDecryptionVersion { name, version } => print_transit_key(
+            &runtime.block_on(client.transit_set_min_decryption_version(&name, version))?,
+            json,
+        ),
+        TransitCommand::List => {
+            let names = runtime.block_on(client.transit_list())?;
+            if json {
+                return print_json(&names);
+            }
+            for n in names {
+                outln!("{n}")?;
+            }
+            Ok(())
+        }
+        TransitCommand::Encrypt { name, input } => {
+            let mut data = keyhaven::zeroize::Zeroizing::new(Vec::new());
+            match input.as_deref().filter(|p| p.as_os_str() != "-") {
+                None => std::io::stdin()
+                    .lock()
+                    .read_to_end(&mut data)
+                    .context("read the plaintext from standard input"),
+                Some(p) => std::fs::File::open(p)
+                    .and_then(|mut f| f.read_to_end(&mut data))
+                    .with_context(|| format!("read {}", p.display())),
+            }?;
+            let out = runtime.block_on(client.transit_encrypt(&name, &data))?;
+            if json {
+                return print_json(&out);
+            }
+            outln!("{}", out.ciphertext)
+        }
+        TransitCommand::Decrypt {
+            name,
+            ciphertext,
+            out,
+        } => {
+            let plain = runtime.block_on(client.transit_decrypt(&name, &ciphertext))?;
+            match out {
+                Some(path) => keyhaven::fs::atomic_write_new(&path, plain.expose_secret())
+                    .map_err(anyhow::Error::from),
+                None => {
+                    let mut stdout = std::io::stdout().lock();
+                    stdout
+                        .write_all(plain.expose_secret())
+                        .and_then(|()| stdout.flush())
+                        .context("write the plaintext")
+                }
+            }
+        }
+        TransitCommand::Rewrap { name, ciphertext } => {
+            let out = runtime.block_on(client.transit_rewrap(&name, &ciphertext))?;
+            if json {
+                return print_json(&out);
+            }
+            outln!("{}", out.ciphertext)
+        }
+        TransitCommand::Datakey {
+            name,
+            bits,
+            wrapped,
+        } => {
+            let key = runtime.block_on(client.transit_data_key(&name, bits, !wrapped))?;
+            if json {
+                return print_json(&key);
+            }
+            outln!("ciphertext: {}", key.ciphertext)?;
+            if let Some(p) = &key.plaintext {
+                outln!("plaintext: {p}")?;
+            }
+            Ok(())
+        }
+    }
 }
 
 fn admin(

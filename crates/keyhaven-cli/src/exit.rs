@@ -247,6 +247,16 @@ fn hint_of_client(e: &keyhaven_client::ClientError) -> String {
                 "Use an admin's key (`keyhaven serve init --admin KEY` on the server's home)".into()
             }
             "rate-limited" => "Wait a moment and retry".into(),
+            "no-broker" => {
+                "The server has no key broker: run `keyhaven serve init-broker` on its home, \
+                 then restart it"
+                    .into()
+            }
+            "undecryptable" => {
+                "Nothing was decrypted: the ciphertext was changed, or it belongs to another \
+                 transit key or client"
+                    .into()
+            }
             "key-exists" => "The key is registered already: `keyhaven client status`".into(),
             "bad-continuity-proof" => {
                 "Rotate with `keyhaven key rotate`, then send the chain again; \

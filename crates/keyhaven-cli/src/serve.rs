@@ -78,6 +78,39 @@ pub(crate) enum ServeCommand {
         #[arg(long, value_name = "NAME")]
         backend: Option<String>,
     },
+    /// Set up the key broker: make its master key (unless there is one), an agreement key
+    /// whose private part never leaves its backend; KEKs are wrapped under it and the server
+    /// then serves the transit routes (`/v1/transit/`, Vault's shape).
+    InitBroker {
+        /// The backend for the master key (default: the default backend): a PKCS#11 token or
+        /// a TPM for tier 2, the encrypted store for tier 1.
+        #[arg(long, value_name = "NAME")]
+        backend: Option<String>,
+        /// The master key's algorithm (default: ecdh-p384 in hardware, x25519 in software).
+        #[arg(long, value_enum)]
+        algorithm: Option<MasterAlgorithmArg>,
+    },
+}
+
+/// Agreement algorithms for a master key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum MasterAlgorithmArg {
+    /// X25519 (software backends).
+    X25519,
+    /// ECDH on P-256 (tokens and TPMs).
+    EcdhP256,
+    /// ECDH on P-384 (tokens and TPMs).
+    EcdhP384,
+}
+
+impl From<MasterAlgorithmArg> for keyhaven::Algorithm {
+    fn from(a: MasterAlgorithmArg) -> Self {
+        match a {
+            MasterAlgorithmArg::X25519 => keyhaven::Algorithm::X25519,
+            MasterAlgorithmArg::EcdhP256 => keyhaven::Algorithm::EcdhP256,
+            MasterAlgorithmArg::EcdhP384 => keyhaven::Algorithm::EcdhP384,
+        }
+    }
 }
 
 /// Unwraps the server's error so the exit code and advice come from what failed.
@@ -107,8 +140,42 @@ pub(crate) fn run(ctx: &Ctx, args: ServeArgs) -> Result<u8> {
             algorithm,
             backend,
         ),
+        Some(ServeCommand::InitBroker { backend, algorithm }) => init_broker(
+            ctx,
+            args.database.as_deref(),
+            backend.as_deref(),
+            algorithm.map(Into::into),
+        ),
         None => serve(ctx, &args),
     }
+}
+
+fn init_broker(
+    ctx: &Ctx,
+    database: Option<&str>,
+    backend: Option<&str>,
+    algorithm: Option<keyhaven::Algorithm>,
+) -> Result<u8> {
+    let m = ctx.manager()?;
+    let key = match database {
+        Some(url) => keyhaven_server::setup_broker_postgres(&m, url, backend, algorithm),
+        None => keyhaven_server::setup_broker(&m, backend, algorithm),
+    }
+    .map_err(serve_error)?;
+    let tier = if key.protection() == keyhaven::Protection::Hardware {
+        2
+    } else {
+        1
+    };
+    outln!(
+        "master key: {} ({}, {}, {}): the broker serves tier {tier}",
+        key.public_key().fingerprint().to_hex(),
+        key.algorithm(),
+        key.protection(),
+        key.reference()
+    )?;
+    outln!("restart `keyhaven serve` to serve the transit routes")?;
+    Ok(OK)
 }
 
 fn audit_verify(ctx: &Ctx, database: Option<&str>) -> Result<u8> {

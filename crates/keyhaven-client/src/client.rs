@@ -411,13 +411,13 @@ impl Client {
         self.call("GET", "v1/admin/stats", None::<&()>).await
     }
 
-    fn url(&self, path: &str) -> Result<reqwest::Url> {
+    pub(crate) fn url(&self, path: &str) -> Result<reqwest::Url> {
         self.base
             .join(path)
             .map_err(|e| ClientError::InvalidInput(format!("path {path:?}: {e}")))
     }
 
-    async fn call<B: Serialize, T: DeserializeOwned>(
+    pub(crate) async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: &str,
         path: &str,

@@ -51,6 +51,7 @@ impl ClientError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             ClientError::Problem(p) if p.kind.ends_with(":key-not-accepted") => ErrorKind::Revoked,
+            ClientError::Problem(p) if p.kind.ends_with(":undecryptable") => ErrorKind::Corrupt,
             ClientError::Problem(p) => match p.status {
                 401 | 403 => ErrorKind::PermissionDenied,
                 404 => ErrorKind::NotFound,

@@ -5,6 +5,7 @@ pub mod agent;
 mod client;
 mod error;
 mod signer;
+mod transit;
 pub mod wire;
 
 pub use client::{

@@ -307,3 +307,69 @@ pub struct AgentStatus {
     /// Seconds since the last request.
     pub idle: u64,
 }
+
+/// A Vault-shaped answer of the transit routes: what matters is in `data`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VaultData<T> {
+    /// The answer.
+    pub data: T,
+    /// Vault's warnings (fields the server ignored), if any.
+    #[serde(default)]
+    pub warnings: Option<Vec<String>>,
+}
+
+/// A transit key (`GET /v1/transit/keys/:name`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitKeyView {
+    /// Its name.
+    pub name: String,
+    /// `aes256-gcm96`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Each version, with when it was made (seconds since the epoch).
+    pub keys: std::collections::BTreeMap<String, u64>,
+    /// The newest version (new encryptions use it).
+    pub latest_version: u32,
+    /// Ciphertexts of older versions do not decrypt.
+    pub min_decryption_version: u32,
+}
+
+/// A transit ciphertext, with the key version it was made under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitCiphertext {
+    /// `vault:vN:...`.
+    pub ciphertext: String,
+    /// N.
+    pub key_version: u32,
+}
+
+/// A transit data key: its ciphertext, and its plaintext (base64) unless it was asked for
+/// `wrapped`. The plaintext is secret: the client crate wipes what it decodes.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitDataKey {
+    /// The key under the transit key.
+    pub ciphertext: String,
+    /// The transit key's version.
+    pub key_version: u32,
+    /// The key (base64), for `plaintext` data keys.
+    #[serde(default)]
+    pub plaintext: Option<String>,
+}
+
+impl std::fmt::Debug for TransitDataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransitDataKey")
+            .field("ciphertext", &self.ciphertext)
+            .field("key_version", &self.key_version)
+            .field("plaintext", &self.plaintext.as_ref().map(|_| "<secret>"))
+            .finish()
+    }
+}
+
+impl Drop for TransitDataKey {
+    fn drop(&mut self) {
+        if let Some(p) = self.plaintext.as_mut() {
+            zeroize::Zeroize::zeroize(p);
+        }
+    }
+}

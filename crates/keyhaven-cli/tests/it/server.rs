@@ -478,3 +478,133 @@ fn a_pinned_server_key_swapped_in_the_file_is_refused() {
     let e = c.fails(&["client", "whoami", "--key", "svc"], 7);
     assert!(e.contains("servers.json"), "{e}");
 }
+
+/// The key broker with its master key on a SoftHSM2 token (ECDH P-384, tier 2): `serve
+/// init-broker`, then a client encrypts a file, decrypts it, rotates, rewraps and retires the
+/// old version through `keyhaven client transit`.
+#[test]
+fn the_broker_keeps_its_master_key_on_a_token_and_the_cli_drives_transit() {
+    use keyhaven_testkit::devices::SoftHsm;
+    let hsm = SoftHsm::new();
+    hsm.init_token("broker", "1234");
+    let s = Home::with_encrypted()
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .env("BROKER_PIN", "1234");
+    s.generate("p256", "admin", &[]);
+    s.ok(&["serve", "init", "--admin", "admin"]);
+    s.ok(&[
+        "backend",
+        "add",
+        "pkcs11",
+        "hsm",
+        "--module",
+        &hsm.module().display().to_string(),
+        "--token",
+        "broker",
+        "--pin-env",
+        "BROKER_PIN",
+    ]);
+    let out = s.ok(&["serve", "init-broker", "--backend", "hsm"]);
+    assert!(
+        out.contains("ecdh-p384") && out.contains("hardware") && out.contains("tier 2"),
+        "{out}"
+    );
+    // Run again: the same master key.
+    let again = s.ok(&["serve", "init-broker", "--backend", "hsm"]);
+    assert_eq!(out.lines().next().unwrap(), again.lines().next().unwrap());
+    let served = Served::start(&s);
+
+    let c = Home::with_encrypted();
+    c.generate("ed25519", "app", &[]);
+    c.ok(&[
+        "client",
+        "register",
+        "--server",
+        &served.url,
+        "--key",
+        "app",
+        "--server-fingerprint",
+        &served.fingerprint,
+    ]);
+    let created = c.json(&[
+        "client", "transit", "create", "db", "--key", "app", "--json",
+    ]);
+    assert_eq!(created["latest_version"], 1, "{created}");
+    let file = c.scratch().join("secret.txt");
+    crate::write_private(&file, b"postgres://app:hunter2@db/prod");
+    let v1 = c.ok(&[
+        "client",
+        "transit",
+        "encrypt",
+        "db",
+        "--key",
+        "app",
+        "--in",
+        &file.display().to_string(),
+    ]);
+    let v1 = v1.trim();
+    assert!(v1.starts_with("vault:v1:"), "{v1}");
+    let plain = c.ok(&["client", "transit", "decrypt", "db", v1, "--key", "app"]);
+    assert_eq!(plain, "postgres://app:hunter2@db/prod");
+
+    c.ok(&["client", "transit", "rotate", "db", "--key", "app"]);
+    let v2 = c.ok(&["client", "transit", "rewrap", "db", v1, "--key", "app"]);
+    let v2 = v2.trim();
+    assert!(v2.starts_with("vault:v2:"), "{v2}");
+    c.ok(&[
+        "client",
+        "transit",
+        "min-decryption-version",
+        "db",
+        "2",
+        "--key",
+        "app",
+    ]);
+    let e = c.fails(
+        &["client", "transit", "decrypt", "db", v1, "--key", "app"],
+        9,
+    );
+    assert!(e.contains("too old"), "{e}");
+    // A changed ciphertext: exit 7, and nothing is printed.
+    let mut bytes =
+        <base64ct::Base64 as base64ct::Encoding>::decode_vec(v2.strip_prefix("vault:v2:").unwrap())
+            .unwrap();
+    bytes[20] ^= 1;
+    let changed = format!(
+        "vault:v2:{}",
+        <base64ct::Base64 as base64ct::Encoding>::encode_string(&bytes)
+    );
+    let e = c.fails(
+        &[
+            "client", "transit", "decrypt", "db", &changed, "--key", "app",
+        ],
+        7,
+    );
+    assert!(e.contains("Nothing was decrypted"), "{e}");
+    let out = c.scratch().join("plain.out");
+    c.ok(&[
+        "client",
+        "transit",
+        "decrypt",
+        "db",
+        v2,
+        "--key",
+        "app",
+        "--out",
+        &out.display().to_string(),
+    ]);
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        b"postgres://app:hunter2@db/prod"
+    );
+    assert_eq!(crate::mode(&out), 0o600);
+    let dk = c.json(&[
+        "client", "transit", "datakey", "db", "--key", "app", "--json",
+    ]);
+    assert!(
+        dk["plaintext"].is_string() && dk["ciphertext"].is_string(),
+        "{dk}"
+    );
+    let listed = c.json(&["client", "transit", "list", "--key", "app", "--json"]);
+    assert_eq!(listed, serde_json::json!(["db"]));
+}
