@@ -21,8 +21,8 @@ fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
-        let manager = KeyManager::open(dir.path().join("home"), FixedPassphrase::new("fuzz"))
-            .expect("home");
+        let manager =
+            KeyManager::open(dir.path().join("home"), FixedPassphrase::new("fuzz")).expect("home");
         manager
             .add_backend("mem", BackendConfig::new(BackendKind::Memory, None))
             .expect("backend");
@@ -73,9 +73,15 @@ fuzz_target!(|data: &[u8]| {
         .expect("the router is infallible");
     let status = response.status().as_u16();
     assert_ne!(status, 500, "bad input must never be a 500");
-    assert!(response.headers().contains_key("signature"), "every answer is signed");
+    assert!(
+        response.headers().contains_key("signature"),
+        "every answer is signed"
+    );
     if status >= 400 {
-        let ct = response.headers().get("content-type").expect("a content type");
+        let ct = response
+            .headers()
+            .get("content-type")
+            .expect("a content type");
         assert_eq!(ct, "application/problem+json");
     }
 });

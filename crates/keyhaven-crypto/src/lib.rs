@@ -9,6 +9,7 @@ mod ecdsa_impl;
 mod eddsa;
 pub mod encoding;
 pub mod hazmat;
+pub mod jwe;
 pub mod kdf;
 mod provider;
 mod rng;

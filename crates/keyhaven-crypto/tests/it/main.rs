@@ -1,6 +1,7 @@
 //! keyhaven-crypto integration tests: round trips, Wycheproof vectors, OpenSSL interop.
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod jwe;
 mod openssl;
 mod providers;
 mod roundtrip;
