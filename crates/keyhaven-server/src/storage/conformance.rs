@@ -35,6 +35,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     search_and_stats(fresh().as_ref());
     settings_round_trip(fresh().as_ref());
     transit_keys_version_and_stay_with_their_tenant(fresh().as_ref());
+    secrets_version_list_and_delete_by_tenant(fresh().as_ref());
 }
 
 /// A challenge is taken once, and not after it expired.
@@ -347,4 +348,123 @@ pub fn transit_keys_version_and_stay_with_their_tenant(s: &dyn Storage) {
     assert_eq!(s.transit_list("acme").unwrap(), ["a-first", "orders"]); // ok: a conformance check fails by panicking
     assert_eq!(s.transit_list("other").unwrap(), ["orders"]); // ok: a conformance check fails by panicking
     assert!(s.transit_list("nobody").unwrap().is_empty()); // ok: a conformance check fails by panicking
+}
+
+/// A secret's versions are written in order at one tier, replaced only from what they were,
+/// listed by prefix and deleted whole; tenants stay apart; vouched tiers round-trip.
+pub fn secrets_version_list_and_delete_by_tenant(s: &dyn Storage) {
+    use super::{KeyTier, SecretMeta};
+
+    let t1 = SecretMeta {
+        tier: 1,
+        min_tier: 1,
+    };
+    assert!(s.secret("acme", "db/password").unwrap().is_none()); // ok: a conformance check fails by panicking
+    assert!(
+        !s.secret_add_version("acme", "db/password", t1, 2, b"e2", 10)
+            .unwrap(),
+        "a gap"
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        s.secret("acme", "db/password").unwrap().is_none(),
+        "a refused first write leaves nothing"
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        s.secret_add_version("acme", "db/password", t1, 1, b"e1", 10)
+            .unwrap()
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        !s.secret_add_version("acme", "db/password", t1, 1, b"x", 11)
+            .unwrap(),
+        "a repeat"
+    ); // ok: a conformance check fails by panicking
+    let t2 = SecretMeta {
+        tier: 2,
+        min_tier: 2,
+    };
+    assert!(
+        !s.secret_add_version("acme", "db/password", t2, 2, b"x", 11)
+            .unwrap(),
+        "another tier"
+    ); // ok: a conformance check fails by panicking
+    let narrower = SecretMeta {
+        tier: 1,
+        min_tier: 0,
+    };
+    assert!(
+        s.secret_add_version("acme", "db/password", narrower, 2, b"e2", 20)
+            .unwrap()
+    ); // ok: a conformance check fails by panicking
+    let r = s.secret("acme", "db/password").unwrap().unwrap(); // ok: a conformance check fails by panicking
+    assert_eq!(
+        (r.tier, r.min_tier, r.created_at, r.latest_version()),
+        (1, 0, 10, 2)
+    );
+    assert_eq!(r.versions[&1], (b"e1".to_vec(), 10));
+    assert!(
+        s.secret("other", "db/password").unwrap().is_none(),
+        "tenants are apart"
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        !s.secret_replace("acme", "db/password", 1, b"not it", b"n1")
+            .unwrap()
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        s.secret_replace("acme", "db/password", 1, b"e1", b"n1")
+            .unwrap()
+    ); // ok: a conformance check fails by panicking
+    assert_eq!(
+        s.secret("acme", "db/password").unwrap().unwrap().versions[&1].0,
+        b"n1"
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        s.secret_add_version("acme", "db/user", t2, 1, b"u", 30)
+            .unwrap()
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        s.secret_add_version("acme", "web/key", t1, 1, b"w", 30)
+            .unwrap()
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        s.secret_add_version("other", "db/x", t1, 1, b"o", 30)
+            .unwrap()
+    ); // ok: a conformance check fails by panicking
+    let listed = s.secret_list("acme", "db/", 10).unwrap(); // ok: a conformance check fails by panicking
+    let paths: Vec<_> = listed
+        .iter()
+        .map(|x| (x.path.as_str(), x.latest_version, x.tier))
+        .collect();
+    assert_eq!(paths, [("db/password", 2, 1), ("db/user", 1, 2)]);
+    assert_eq!(s.secret_list("acme", "", 1).unwrap().len(), 1, "the limit"); // ok: a conformance check fails by panicking
+    assert_eq!(
+        s.secret_list("acme", "%", 10).unwrap().len(),
+        0,
+        "a prefix is not a pattern"
+    ); // ok: a conformance check fails by panicking
+    assert!(s.secret_delete("acme", "db/password").unwrap()); // ok: a conformance check fails by panicking
+    assert!(!s.secret_delete("acme", "db/password").unwrap()); // ok: a conformance check fails by panicking
+    assert!(s.secret("acme", "db/password").unwrap().is_none()); // ok: a conformance check fails by panicking
+    assert!(
+        s.secret_add_version("acme", "db/password", t2, 1, b"again", 40)
+            .unwrap(),
+        "made anew"
+    ); // ok: a conformance check fails by panicking
+
+    assert!(s.key_tier("aa").unwrap().is_none()); // ok: a conformance check fails by panicking
+    let vouched = KeyTier {
+        fingerprint: "aa".into(),
+        tier: 2,
+        vouched_by: "admin-1".into(),
+        reason: "enrolled the token".into(),
+        at: 50,
+    };
+    s.set_key_tier(&vouched).unwrap(); // ok: a conformance check fails by panicking
+    assert_eq!(s.key_tier("aa").unwrap(), Some(vouched.clone())); // ok: a conformance check fails by panicking
+    let lowered = KeyTier {
+        tier: 1,
+        at: 60,
+        ..vouched
+    };
+    s.set_key_tier(&lowered).unwrap(); // ok: a conformance check fails by panicking
+    assert_eq!(s.key_tier("aa").unwrap(), Some(lowered)); // ok: a conformance check fails by panicking
 }

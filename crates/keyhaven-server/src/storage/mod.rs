@@ -459,6 +459,129 @@ pub trait Storage: Send + Sync + 'static {
     /// # Errors
     /// [`StorageError::Database`].
     fn transit_list(&self, tenant: &str) -> Result<Vec<String>>;
+
+    /// The secret at `path` of `tenant`, with every version.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn secret(&self, tenant: &str, path: &str) -> Result<Option<SecretRecord>>;
+
+    /// Writes `version` of a secret (made with `meta` when it does not exist yet; an existing
+    /// one takes `meta.min_tier`), checked in the transaction: `false` (nothing written) if
+    /// `version` is not the latest plus one, or the secret exists at another tier.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn secret_add_version(
+        &self,
+        tenant: &str,
+        path: &str,
+        meta: SecretMeta,
+        version: u64,
+        envelope: &[u8],
+        at: u64,
+    ) -> Result<bool>;
+
+    /// Replaces one version's envelope if it is still `old` (a rewrap under a new KEK);
+    /// `false` if it changed meanwhile or is gone.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn secret_replace(
+        &self,
+        tenant: &str,
+        path: &str,
+        version: u64,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool>;
+
+    /// `tenant`'s secrets whose path starts with `prefix`, by path, at most `limit`.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn secret_list(&self, tenant: &str, prefix: &str, limit: u32) -> Result<Vec<SecretSummary>>;
+
+    /// Deletes a secret and every version; `false` if there was none.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn secret_delete(&self, tenant: &str, path: &str) -> Result<bool>;
+
+    /// The tier an admin vouched for a registered key (what its protection earns it).
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn key_tier(&self, fingerprint: &str) -> Result<Option<KeyTier>>;
+
+    /// Records (or replaces) the tier vouched for a key.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn set_key_tier(&self, tier: &KeyTier) -> Result<()>;
+}
+
+/// A secret as stored: its tier, the lowest tier it is released at, and every version's
+/// envelope (`keyhaven::envelope::Envelope::to_bytes`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRecord {
+    /// Its path.
+    pub path: String,
+    /// The tier its KEK is scoped to.
+    pub tier: u8,
+    /// The lowest requester tier it is released to.
+    pub min_tier: u8,
+    /// When it was first written.
+    pub created_at: u64,
+    /// Each version's envelope and when it was written.
+    pub versions: std::collections::BTreeMap<u64, (Vec<u8>, u64)>,
+}
+
+impl SecretRecord {
+    /// The newest version (0 for none).
+    pub fn latest_version(&self) -> u64 {
+        self.versions.keys().next_back().copied().unwrap_or(0)
+    }
+}
+
+/// A secret's settings, given when a version is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecretMeta {
+    /// The tier its KEK is scoped to (fixed when it is made).
+    pub tier: u8,
+    /// The lowest requester tier it is released to.
+    pub min_tier: u8,
+}
+
+/// A secret in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretSummary {
+    /// Its path.
+    pub path: String,
+    /// Its tier.
+    pub tier: u8,
+    /// The lowest tier it is released to.
+    pub min_tier: u8,
+    /// Its newest version.
+    pub latest_version: u64,
+    /// When it was first written.
+    pub created_at: u64,
+}
+
+/// The tier an admin vouched for a registered key: that it lives in hardware (a PKCS#11
+/// token, a TPM) the admin enrolled, which the key's signature alone cannot show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyTier {
+    /// The key.
+    pub fingerprint: String,
+    /// The tier (0 to 2: higher tiers come from attestation evidence only).
+    pub tier: u8,
+    /// The admin client who vouched.
+    pub vouched_by: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: u64,
 }
 
 /// One tenant's transit keys in a [`Storage`]: what the transit engine reads and writes.
@@ -522,4 +645,9 @@ impl keyhaven::envelope::transit::TransitStore for TenantTransit {
 /// which no key has).
 pub(crate) fn version_of(v: i64) -> u32 {
     u32::try_from(v).unwrap_or(0)
+}
+
+/// A stored tier (one out of range, never written, reads as 0, the lowest).
+pub(crate) fn tier_of(v: i64) -> u8 {
+    u8::try_from(v).ok().filter(|t| *t <= 4).unwrap_or(0)
 }

@@ -29,6 +29,7 @@ use super::{
     ClientRecord, KEY_COLUMNS, KeyColumns, KeyRecord, NewClient, NewKey, Result, Revoked, Storage,
     StorageError, Superseded, TransitKeyRecord, i64_of, like_pattern, role_of, u64_of, version_of,
 };
+use super::{KeyTier, SecretMeta, SecretRecord, SecretSummary, tier_of};
 
 /// Width of a nonce partition, in seconds.
 const PARTITION: u64 = 60;
@@ -107,6 +108,30 @@ const MIGRATIONS: &[&str] = &[
          created_at bigint NOT NULL,
          PRIMARY KEY (tenant, name, version),
          FOREIGN KEY (tenant, name) REFERENCES transit_keys (tenant, name)
+     );
+     CREATE TABLE secrets (
+         tenant text NOT NULL,
+         path text NOT NULL,
+         tier smallint NOT NULL CHECK (tier BETWEEN 0 AND 4),
+         min_tier smallint NOT NULL CHECK (min_tier BETWEEN 0 AND 4),
+         created_at bigint NOT NULL,
+         PRIMARY KEY (tenant, path)
+     );
+     CREATE TABLE secret_versions (
+         tenant text NOT NULL,
+         path text NOT NULL,
+         version bigint NOT NULL CHECK (version >= 1),
+         envelope bytea NOT NULL,
+         created_at bigint NOT NULL,
+         PRIMARY KEY (tenant, path, version),
+         FOREIGN KEY (tenant, path) REFERENCES secrets (tenant, path)
+     );
+     CREATE TABLE key_tiers (
+         fingerprint text PRIMARY KEY,
+         tier smallint NOT NULL CHECK (tier BETWEEN 0 AND 4),
+         vouched_by text NOT NULL,
+         reason text NOT NULL,
+         at bigint NOT NULL
      );",
 ];
 
@@ -1020,6 +1045,202 @@ impl Storage for PostgresStorage {
                 )
                 .map_err(|e| self.err(&e))?;
             Ok(changed > 0)
+        })
+    }
+
+    fn secret(&self, tenant: &str, path: &str) -> Result<Option<SecretRecord>> {
+        self.tx(|tx| {
+            let Some(head) = tx
+                .query_opt(
+                    "SELECT tier, min_tier, created_at FROM secrets
+                     WHERE tenant = $1 AND path = $2",
+                    &[&tenant, &path],
+                )
+                .map_err(|e| self.err(&e))?
+            else {
+                return Ok(None);
+            };
+            let versions = tx
+                .query(
+                    "SELECT version, envelope, created_at FROM secret_versions
+                     WHERE tenant = $1 AND path = $2 ORDER BY version",
+                    &[&tenant, &path],
+                )
+                .map_err(|e| self.err(&e))?
+                .iter()
+                .map(|r| (u64_of(r.get(0)), (r.get::<_, Vec<u8>>(1), u64_of(r.get(2)))))
+                .collect();
+            Ok(Some(SecretRecord {
+                path: path.to_owned(),
+                tier: tier_of(i64::from(head.get::<_, i16>(0))),
+                min_tier: tier_of(i64::from(head.get::<_, i16>(1))),
+                created_at: u64_of(head.get(2)),
+                versions,
+            }))
+        })
+    }
+
+    fn secret_add_version(
+        &self,
+        tenant: &str,
+        path: &str,
+        meta: SecretMeta,
+        version: u64,
+        envelope: &[u8],
+        at: u64,
+    ) -> Result<bool> {
+        self.tx(|tx| {
+            // Made if missing, then locked: writers of one secret take turns.
+            tx.execute(
+                "INSERT INTO secrets (tenant, path, tier, min_tier, created_at)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                &[
+                    &tenant,
+                    &path,
+                    &i16::from(meta.tier),
+                    &i16::from(meta.min_tier),
+                    &i64_of(at),
+                ],
+            )
+            .map_err(|e| self.err(&e))?;
+            let tier: i16 = tx
+                .query_one(
+                    "SELECT tier FROM secrets WHERE tenant = $1 AND path = $2 FOR UPDATE",
+                    &[&tenant, &path],
+                )
+                .map_err(|e| self.err(&e))?
+                .get(0);
+            if tier_of(i64::from(tier)) != meta.tier {
+                return Ok(false);
+            }
+            tx.execute(
+                "UPDATE secrets SET min_tier = $3 WHERE tenant = $1 AND path = $2",
+                &[&tenant, &path, &i16::from(meta.min_tier)],
+            )
+            .map_err(|e| self.err(&e))?;
+            let latest: Option<i64> = tx
+                .query_one(
+                    "SELECT max(version) FROM secret_versions WHERE tenant = $1 AND path = $2",
+                    &[&tenant, &path],
+                )
+                .map_err(|e| self.err(&e))?
+                .get(0);
+            if latest.map_or(0, u64_of).checked_add(1) != Some(version) {
+                // Nothing of this attempt stays (a secret just made is rolled back too).
+                return Err(StorageError::NotActive("raced".into()));
+            }
+            tx.execute(
+                "INSERT INTO secret_versions (tenant, path, version, envelope, created_at)
+                 VALUES ($1, $2, $3, $4, $5)",
+                &[&tenant, &path, &i64_of(version), &envelope, &i64_of(at)],
+            )
+            .map_err(|e| self.err(&e))?;
+            Ok(true)
+        })
+        .or_else(|e| match e {
+            StorageError::NotActive(_) => Ok(false),
+            other => Err(other),
+        })
+    }
+
+    fn secret_replace(
+        &self,
+        tenant: &str,
+        path: &str,
+        version: u64,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool> {
+        self.tx(|tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE secret_versions SET envelope = $5
+                     WHERE tenant = $1 AND path = $2 AND version = $3 AND envelope = $4",
+                    &[&tenant, &path, &i64_of(version), &old, &new],
+                )
+                .map_err(|e| self.err(&e))?;
+            Ok(changed > 0)
+        })
+    }
+
+    fn secret_list(&self, tenant: &str, prefix: &str, limit: u32) -> Result<Vec<SecretSummary>> {
+        self.tx(|tx| {
+            Ok(tx
+                .query(
+                    "SELECT s.path, s.tier, s.min_tier, s.created_at,
+                            (SELECT max(version) FROM secret_versions v
+                             WHERE v.tenant = s.tenant AND v.path = s.path)
+                     FROM secrets s
+                     WHERE s.tenant = $1 AND left(s.path, length($2)) = $2
+                     ORDER BY s.path LIMIT $3",
+                    &[&tenant, &prefix, &i64::from(limit)],
+                )
+                .map_err(|e| self.err(&e))?
+                .iter()
+                .map(|r| SecretSummary {
+                    path: r.get(0),
+                    tier: tier_of(i64::from(r.get::<_, i16>(1))),
+                    min_tier: tier_of(i64::from(r.get::<_, i16>(2))),
+                    created_at: u64_of(r.get(3)),
+                    latest_version: r.get::<_, Option<i64>>(4).map_or(0, u64_of),
+                })
+                .collect())
+        })
+    }
+
+    fn secret_delete(&self, tenant: &str, path: &str) -> Result<bool> {
+        self.tx(|tx| {
+            tx.execute(
+                "DELETE FROM secret_versions WHERE tenant = $1 AND path = $2",
+                &[&tenant, &path],
+            )
+            .map_err(|e| self.err(&e))?;
+            let gone = tx
+                .execute(
+                    "DELETE FROM secrets WHERE tenant = $1 AND path = $2",
+                    &[&tenant, &path],
+                )
+                .map_err(|e| self.err(&e))?;
+            Ok(gone > 0)
+        })
+    }
+
+    fn key_tier(&self, fingerprint: &str) -> Result<Option<KeyTier>> {
+        self.tx(|tx| {
+            Ok(tx
+                .query_opt(
+                    "SELECT tier, vouched_by, reason, at FROM key_tiers WHERE fingerprint = $1",
+                    &[&fingerprint],
+                )
+                .map_err(|e| self.err(&e))?
+                .map(|r| KeyTier {
+                    fingerprint: fingerprint.to_owned(),
+                    tier: tier_of(i64::from(r.get::<_, i16>(0))),
+                    vouched_by: r.get(1),
+                    reason: r.get(2),
+                    at: u64_of(r.get(3)),
+                }))
+        })
+    }
+
+    fn set_key_tier(&self, t: &KeyTier) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO key_tiers (fingerprint, tier, vouched_by, reason, at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (fingerprint) DO UPDATE SET tier = excluded.tier,
+                     vouched_by = excluded.vouched_by, reason = excluded.reason,
+                     at = excluded.at",
+                &[
+                    &t.fingerprint,
+                    &i16::from(t.tier),
+                    &t.vouched_by,
+                    &t.reason,
+                    &i64_of(t.at),
+                ],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(&e))
         })
     }
 

@@ -13,9 +13,9 @@ use sha2::{Digest, Sha256};
 
 use super::nonces::NonceWindow;
 use super::{
-    ClientRecord, CommitGuard, KEY_COLUMNS, KeyColumns, KeyRecord, NewClient, NewKey, Result,
-    Revoked, Storage, StorageError, Superseded, TransitKeyRecord, i64_of, like_pattern, role_of,
-    u64_of, version_of,
+    ClientRecord, CommitGuard, KEY_COLUMNS, KeyColumns, KeyRecord, KeyTier, NewClient, NewKey,
+    Result, Revoked, SecretMeta, SecretRecord, SecretSummary, Storage, StorageError, Superseded,
+    TransitKeyRecord, i64_of, like_pattern, role_of, tier_of, u64_of, version_of,
 };
 
 /// The schema, one migration per version; `PRAGMA user_version` says how many ran. The schema
@@ -62,6 +62,30 @@ const MIGRATIONS: &[&str] = &[
          created_at INTEGER NOT NULL,
          PRIMARY KEY (tenant, name, version),
          FOREIGN KEY (tenant, name) REFERENCES transit_keys (tenant, name)
+     ) WITHOUT ROWID;
+     CREATE TABLE secrets (
+         tenant TEXT NOT NULL,
+         path TEXT NOT NULL,
+         tier INTEGER NOT NULL CHECK (tier BETWEEN 0 AND 4),
+         min_tier INTEGER NOT NULL CHECK (min_tier BETWEEN 0 AND 4),
+         created_at INTEGER NOT NULL,
+         PRIMARY KEY (tenant, path)
+     ) WITHOUT ROWID;
+     CREATE TABLE secret_versions (
+         tenant TEXT NOT NULL,
+         path TEXT NOT NULL,
+         version INTEGER NOT NULL CHECK (version >= 1),
+         envelope BLOB NOT NULL,
+         created_at INTEGER NOT NULL,
+         PRIMARY KEY (tenant, path, version),
+         FOREIGN KEY (tenant, path) REFERENCES secrets (tenant, path)
+     ) WITHOUT ROWID;
+     CREATE TABLE key_tiers (
+         fingerprint TEXT PRIMARY KEY,
+         tier INTEGER NOT NULL CHECK (tier BETWEEN 0 AND 4),
+         vouched_by TEXT NOT NULL,
+         reason TEXT NOT NULL,
+         at INTEGER NOT NULL
      ) WITHOUT ROWID;",
 ];
 
@@ -114,6 +138,18 @@ fn digest_field(h: &mut Sha256, field: Option<&[u8]>) {
 
 /// The most keys cached (the cache is emptied when full).
 const KEY_CACHE: usize = 100_000;
+
+/// Appends a column's value to a digest: numbers as decimal text, text and blobs as their
+/// bytes, NULL as the distinct marker.
+fn digest_value(h: &mut Sha256, v: rusqlite::types::ValueRef<'_>) {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => digest_field(h, None),
+        ValueRef::Integer(x) => digest_field(h, Some(x.to_string().as_bytes())),
+        ValueRef::Real(x) => digest_field(h, Some(x.to_string().as_bytes())),
+        ValueRef::Text(t) | ValueRef::Blob(t) => digest_field(h, Some(t)),
+    }
+}
 
 fn db_err(path: &Path) -> impl Fn(rusqlite::Error) -> StorageError + '_ {
     move |e| StorageError::Database {
@@ -259,23 +295,7 @@ impl SqliteStorage {
             n += 1;
             h.update(b"K");
             for i in 0..14 {
-                let v = r.get_ref(i).map_err(self.err())?;
-                let text;
-                let bytes: Option<&[u8]> = match v {
-                    rusqlite::types::ValueRef::Null => None,
-                    rusqlite::types::ValueRef::Integer(x) => {
-                        text = x.to_string();
-                        Some(text.as_bytes())
-                    }
-                    rusqlite::types::ValueRef::Real(x) => {
-                        text = x.to_string();
-                        Some(text.as_bytes())
-                    }
-                    rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                        Some(t)
-                    }
-                };
-                digest_field(&mut h, bytes);
+                digest_value(&mut h, r.get_ref(i).map_err(self.err())?);
             }
         }
         drop(rows);
@@ -320,8 +340,9 @@ impl SqliteStorage {
         Ok(hex::encode(h.finalize()))
     }
 
-    /// Adds every transit key and version to the digest (from schema version 2; the schema,
-    /// hashed too, says whether the tables exist).
+    /// Adds the key broker's state to the digest: transit keys and versions, secrets and
+    /// their versions, the tiers admins vouched for (from schema version 2; the schema, hashed
+    /// too, says whether the tables exist).
     fn digest_transit(&self, conn: &Connection, h: &mut Sha256) -> Result<()> {
         let exists: bool = conn
             .query_row(
@@ -334,45 +355,53 @@ impl SqliteStorage {
         if !exists {
             return Ok(());
         }
-        let mut keys = conn
-            .prepare_cached(
+        for (tag, sql) in [
+            (
+                b"T",
                 "SELECT tenant, name, created_at, min_decryption_version FROM transit_keys
                  ORDER BY tenant, name",
-            )
-            .map_err(self.err())?;
-        let mut rows = keys.query([]).map_err(self.err())?;
-        while let Some(r) = rows.next().map_err(self.err())? {
-            h.update(b"T");
-            let tenant: String = r.get(0).map_err(self.err())?;
-            let name: String = r.get(1).map_err(self.err())?;
-            let created: i64 = r.get(2).map_err(self.err())?;
-            let min: i64 = r.get(3).map_err(self.err())?;
-            digest_field(h, Some(tenant.as_bytes()));
-            digest_field(h, Some(name.as_bytes()));
-            digest_field(h, Some(&created.to_be_bytes()));
-            digest_field(h, Some(&min.to_be_bytes()));
-        }
-        drop(rows);
-        let mut versions = conn
-            .prepare_cached(
+            ),
+            (
+                b"V",
                 "SELECT tenant, name, version, wrapped, created_at FROM transit_versions
                  ORDER BY tenant, name, version",
-            )
-            .map_err(self.err())?;
-        let mut rows = versions.query([]).map_err(self.err())?;
-        while let Some(r) = rows.next().map_err(self.err())? {
-            h.update(b"V");
-            let tenant: String = r.get(0).map_err(self.err())?;
-            let name: String = r.get(1).map_err(self.err())?;
-            let version: i64 = r.get(2).map_err(self.err())?;
-            let wrapped: Vec<u8> = r.get(3).map_err(self.err())?;
-            let created: i64 = r.get(4).map_err(self.err())?;
-            digest_field(h, Some(tenant.as_bytes()));
-            digest_field(h, Some(name.as_bytes()));
-            digest_field(h, Some(&version.to_be_bytes()));
-            digest_field(h, Some(&wrapped));
-            digest_field(h, Some(&created.to_be_bytes()));
+            ),
+            (
+                b"R",
+                "SELECT tenant, path, tier, min_tier, created_at FROM secrets
+                 ORDER BY tenant, path",
+            ),
+            (
+                b"W",
+                "SELECT tenant, path, version, envelope, created_at FROM secret_versions
+                 ORDER BY tenant, path, version",
+            ),
+            (
+                b"G",
+                "SELECT fingerprint, tier, vouched_by, reason, at FROM key_tiers
+                 ORDER BY fingerprint",
+            ),
+        ] {
+            self.digest_rows(conn, h, tag, sql)?;
         }
+        Ok(())
+    }
+
+    /// Adds every row `sql` reads to the digest, each column length-prefixed, the count after.
+    fn digest_rows(&self, conn: &Connection, h: &mut Sha256, tag: &[u8], sql: &str) -> Result<()> {
+        let mut stmt = conn.prepare_cached(sql).map_err(self.err())?;
+        let columns = stmt.column_count();
+        let mut rows = stmt.query([]).map_err(self.err())?;
+        let mut n = 0u64;
+        while let Some(r) = rows.next().map_err(self.err())? {
+            n += 1;
+            h.update(tag);
+            for i in 0..columns {
+                digest_value(h, r.get_ref(i).map_err(self.err())?);
+            }
+        }
+        h.update(tag);
+        h.update(n.to_be_bytes());
         Ok(())
     }
 
@@ -1073,6 +1102,210 @@ impl Storage for SqliteStorage {
         self.commit_guarded(tx)?.map_or(Ok(true), Err)
     }
 
+    fn secret(&self, tenant: &str, path: &str) -> Result<Option<SecretRecord>> {
+        let conn = self.conn();
+        let head: Option<(i64, i64, i64)> = conn
+            .prepare_cached(
+                "SELECT tier, min_tier, created_at FROM secrets WHERE tenant = ?1 AND path = ?2",
+            )
+            .map_err(self.err())?
+            .query_row(params![tenant, path], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+            .map_err(self.err())?;
+        let Some((tier, min_tier, created_at)) = head else {
+            return Ok(None);
+        };
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT version, envelope, created_at FROM secret_versions
+                 WHERE tenant = ?1 AND path = ?2 ORDER BY version",
+            )
+            .map_err(self.err())?;
+        let versions = stmt
+            .query_map(params![tenant, path], |r| {
+                Ok((
+                    u64_of(r.get(0)?),
+                    (r.get::<_, Vec<u8>>(1)?, u64_of(r.get(2)?)),
+                ))
+            })
+            .map_err(self.err())?
+            .collect::<rusqlite::Result<_>>()
+            .map_err(self.err())?;
+        Ok(Some(SecretRecord {
+            path: path.to_owned(),
+            tier: tier_of(tier),
+            min_tier: tier_of(min_tier),
+            created_at: u64_of(created_at),
+            versions,
+        }))
+    }
+
+    fn secret_add_version(
+        &self,
+        tenant: &str,
+        path: &str,
+        meta: SecretMeta,
+        version: u64,
+        envelope: &[u8],
+        at: u64,
+    ) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        let stored: Option<(i64, Option<i64>)> = tx
+            .prepare_cached(
+                "SELECT s.tier, (SELECT max(version) FROM secret_versions v
+                                 WHERE v.tenant = s.tenant AND v.path = s.path)
+                 FROM secrets s WHERE s.tenant = ?1 AND s.path = ?2",
+            )
+            .map_err(self.err())?
+            .query_row(params![tenant, path], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(self.err())?;
+        let latest = match stored {
+            None => {
+                tx.prepare_cached(
+                    "INSERT INTO secrets (tenant, path, tier, min_tier, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(self.err())?
+                .execute(params![tenant, path, meta.tier, meta.min_tier, i64_of(at)])
+                .map_err(self.err())?;
+                0
+            }
+            Some((tier, _)) if tier_of(tier) != meta.tier => return Ok(false),
+            Some((_, latest)) => {
+                tx.prepare_cached(
+                    "UPDATE secrets SET min_tier = ?3 WHERE tenant = ?1 AND path = ?2",
+                )
+                .map_err(self.err())?
+                .execute(params![tenant, path, meta.min_tier])
+                .map_err(self.err())?;
+                latest.map_or(0, u64_of)
+            }
+        };
+        if latest.checked_add(1) != Some(version) {
+            return Ok(false);
+        }
+        tx.prepare_cached(
+            "INSERT INTO secret_versions (tenant, path, version, envelope, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .map_err(self.err())?
+        .execute(params![tenant, path, i64_of(version), envelope, i64_of(at)])
+        .map_err(self.err())?;
+        self.commit_guarded(tx)?.map_or(Ok(true), Err)
+    }
+
+    fn secret_replace(
+        &self,
+        tenant: &str,
+        path: &str,
+        version: u64,
+        old: &[u8],
+        new: &[u8],
+    ) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        let changed = tx
+            .prepare_cached(
+                "UPDATE secret_versions SET envelope = ?5
+                 WHERE tenant = ?1 AND path = ?2 AND version = ?3 AND envelope = ?4",
+            )
+            .map_err(self.err())?
+            .execute(params![tenant, path, i64_of(version), old, new])
+            .map_err(self.err())?;
+        if changed == 0 {
+            return Ok(false);
+        }
+        self.commit_guarded(tx)?.map_or(Ok(true), Err)
+    }
+
+    fn secret_list(&self, tenant: &str, prefix: &str, limit: u32) -> Result<Vec<SecretSummary>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT s.path, s.tier, s.min_tier, s.created_at,
+                        (SELECT max(version) FROM secret_versions v
+                         WHERE v.tenant = s.tenant AND v.path = s.path)
+                 FROM secrets s
+                 WHERE s.tenant = ?1 AND substr(s.path, 1, length(?2)) = ?2
+                 ORDER BY s.path LIMIT ?3",
+            )
+            .map_err(self.err())?;
+        stmt.query_map(params![tenant, prefix, limit], |r| {
+            Ok(SecretSummary {
+                path: r.get(0)?,
+                tier: tier_of(r.get(1)?),
+                min_tier: tier_of(r.get(2)?),
+                created_at: u64_of(r.get(3)?),
+                latest_version: r.get::<_, Option<i64>>(4)?.map_or(0, u64_of),
+            })
+        })
+        .map_err(self.err())?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(self.err())
+    }
+
+    fn secret_delete(&self, tenant: &str, path: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        tx.prepare_cached("DELETE FROM secret_versions WHERE tenant = ?1 AND path = ?2")
+            .map_err(self.err())?
+            .execute(params![tenant, path])
+            .map_err(self.err())?;
+        let gone = tx
+            .prepare_cached("DELETE FROM secrets WHERE tenant = ?1 AND path = ?2")
+            .map_err(self.err())?
+            .execute(params![tenant, path])
+            .map_err(self.err())?;
+        if gone == 0 {
+            return Ok(false);
+        }
+        self.commit_guarded(tx)?.map_or(Ok(true), Err)
+    }
+
+    fn key_tier(&self, fingerprint: &str) -> Result<Option<KeyTier>> {
+        self.conn()
+            .prepare_cached(
+                "SELECT tier, vouched_by, reason, at FROM key_tiers WHERE fingerprint = ?1",
+            )
+            .map_err(self.err())?
+            .query_row(params![fingerprint], |r| {
+                Ok(KeyTier {
+                    fingerprint: fingerprint.to_owned(),
+                    tier: tier_of(r.get(0)?),
+                    vouched_by: r.get(1)?,
+                    reason: r.get(2)?,
+                    at: u64_of(r.get(3)?),
+                })
+            })
+            .optional()
+            .map_err(self.err())
+    }
+
+    fn set_key_tier(&self, t: &KeyTier) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        tx.prepare_cached(
+            "INSERT INTO key_tiers (fingerprint, tier, vouched_by, reason, at)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT (fingerprint) DO UPDATE SET tier = excluded.tier,
+                 vouched_by = excluded.vouched_by, reason = excluded.reason, at = excluded.at",
+        )
+        .map_err(self.err())?
+        .execute(params![
+            t.fingerprint,
+            t.tier,
+            t.vouched_by,
+            t.reason,
+            i64_of(t.at)
+        ])
+        .map_err(self.err())?;
+        self.commit_guarded(tx)?.map_or(Ok(()), Err)
+    }
+
     fn transit_list(&self, tenant: &str) -> Result<Vec<String>> {
         let conn = self.conn();
         let mut stmt = conn
@@ -1102,7 +1335,8 @@ mod tests {
             s.set_setting("server-key", "local:1").unwrap();
             let conn = s.conn();
             conn.execute_batch(
-                "DROP TABLE transit_versions; DROP TABLE transit_keys; PRAGMA user_version = 1;",
+                "DROP TABLE transit_versions; DROP TABLE transit_keys; DROP TABLE secret_versions;
+                 DROP TABLE secrets; DROP TABLE key_tiers; PRAGMA user_version = 1;",
             )
             .unwrap();
             s.digest_in(&conn).unwrap()
