@@ -10,6 +10,7 @@ mod eddsa;
 pub mod encoding;
 pub mod hazmat;
 pub mod jwe;
+pub mod jws;
 pub mod kdf;
 mod provider;
 mod rng;

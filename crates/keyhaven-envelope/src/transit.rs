@@ -373,6 +373,83 @@ impl<S: TransitStore> Transit<S> {
         Ok((SecretBytes::new(std::mem::take(&mut *key)), ciphertext))
     }
 
+    /// Makes the key `name` if it does not exist (a race with another maker is no error).
+    ///
+    /// # Errors
+    /// As [`Transit::create_key`].
+    pub fn ensure_key(&self, name: &str, now: u64) -> Result<TransitKeyRecord> {
+        if let Some(r) = self.store.load(name)? {
+            return Ok(r);
+        }
+        self.create_key(name, now)?;
+        self.record(name)
+    }
+
+    /// The context a secret's version is sealed in: this engine's tenant, the key and its
+    /// tier, and the secret's own path and version.
+    fn secret_context(&self, name: &str, path: &str, version: u64) -> Result<SecretContext> {
+        SecretContext::new(&self.owner(name), path, version, self.tier)
+    }
+
+    /// Seals version `version` of the secret at `path` under the latest version of the key
+    /// `name` (its KEK): the associated data binds tenant, key, tier, path and version, so
+    /// the envelope opens nowhere else.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown key; the master key's backend failing.
+    pub fn seal_secret(
+        &self,
+        name: &str,
+        path: &str,
+        version: u64,
+        plaintext: &[u8],
+    ) -> Result<Envelope> {
+        let record = self.record(name)?;
+        let kek = self.kek(&record, record.latest_version())?;
+        kek.seal(&self.secret_context(name, path, version)?, plaintext)
+    }
+
+    /// Opens what [`Transit::seal_secret`] sealed for `path` and `version`.
+    ///
+    /// # Errors
+    /// [`EnvelopeError::Unauthentic`] for an envelope of another secret, version, tenant or
+    /// tier, or a changed one; [`EnvelopeError::InvalidInput`] for a KEK version the key does
+    /// not have.
+    pub fn open_secret(
+        &self,
+        name: &str,
+        path: &str,
+        version: u64,
+        envelope: &Envelope,
+    ) -> Result<SecretBytes> {
+        let record = self.record(name)?;
+        let kek = self.kek(&record, envelope.kek_version())?;
+        kek.open(&self.secret_context(name, path, version)?, envelope)
+    }
+
+    /// Moves a secret's envelope to the key's latest version (only its DEK is unwrapped and
+    /// wrapped again); `None` if it is there already.
+    ///
+    /// # Errors
+    /// As [`Transit::open_secret`].
+    pub fn rewrap_secret(
+        &self,
+        name: &str,
+        path: &str,
+        version: u64,
+        envelope: &Envelope,
+    ) -> Result<Option<Envelope>> {
+        let record = self.record(name)?;
+        let latest = record.latest_version();
+        if envelope.kek_version() == latest {
+            return Ok(None);
+        }
+        let old = self.kek(&record, envelope.kek_version())?;
+        let new = self.kek(&record, latest)?;
+        new.rewrap(&old, &self.secret_context(name, path, version)?, envelope)
+            .map(Some)
+    }
+
     /// Forgets every unwrapped version (after a policy or key change elsewhere).
     pub fn clear_cache(&self) {
         self.cache

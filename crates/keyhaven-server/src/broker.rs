@@ -53,7 +53,7 @@ pub struct Broker {
     master: Arc<MasterKey>,
     tier: u8,
     storage: Arc<dyn Storage>,
-    engines: Mutex<HashMap<String, (Arc<Engine>, Instant)>>,
+    engines: Mutex<HashMap<(String, u8), (Arc<Engine>, Instant)>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -106,8 +106,37 @@ impl Broker {
     /// # Errors
     /// [`ApiError`] (`invalid-request`) for a tenant that cannot be one.
     pub fn transit(&self, tenant: &str) -> Result<Arc<Transit<TenantTransit>>, ApiError> {
+        self.engine(tenant, self.tier)
+    }
+
+    /// The engine whose key `kek` holds `tenant`'s secret KEKs at `tier` (one KEK per tenant
+    /// and tier, versioned; its rows are the tenant's `~secrets` partition, which no client
+    /// id can name). Blocks, like [`Broker::transit`].
+    ///
+    /// # Errors
+    /// [`ApiError`] (`tier-unavailable`) for a tier above the broker's own.
+    pub fn secret_keks(
+        &self,
+        tenant: &str,
+        tier: u8,
+    ) -> Result<Arc<Transit<TenantTransit>>, ApiError> {
+        if tier > self.tier {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "tier-unavailable",
+                format!(
+                    "this broker's master key reaches tier {}, not {tier}",
+                    self.tier
+                ),
+            ));
+        }
+        self.engine(&format!("{tenant}~secrets"), tier)
+    }
+
+    fn engine(&self, tenant: &str, tier: u8) -> Result<Arc<Engine>, ApiError> {
+        let key = (tenant.to_owned(), tier);
         let mut engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((engine, since)) = engines.get(tenant) {
+        if let Some((engine, since)) = engines.get(&key) {
             if since.elapsed() < KEK_CACHE_TTL {
                 return Ok(Arc::clone(engine));
             }
@@ -120,11 +149,16 @@ impl Broker {
             tenant: tenant.to_owned(),
         };
         let engine = Arc::new(
-            Transit::new(Arc::clone(&self.master), store, tenant, self.tier)
+            Transit::new(Arc::clone(&self.master), store, tenant, tier)
                 .map_err(|e| transit_problem(&e))?,
         );
-        engines.insert(tenant.to_owned(), (Arc::clone(&engine), Instant::now()));
+        engines.insert(key, (Arc::clone(&engine), Instant::now()));
         Ok(engine)
+    }
+
+    /// The store the broker keeps its state in.
+    pub(crate) fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
     }
 
     /// Forgets every unwrapped KEK (after a change made by another node).
@@ -138,7 +172,7 @@ impl Broker {
 
 /// A transit failure as a problem: what the caller can fix is a 4xx, a backend that is away a
 /// 503.
-fn transit_problem(e: &EnvelopeError) -> ApiError {
+pub(crate) fn transit_problem(e: &EnvelopeError) -> ApiError {
     let detail = e.to_string();
     match e {
         EnvelopeError::InvalidInput(_) | EnvelopeError::Malformed { .. } => {
@@ -179,12 +213,12 @@ fn transit_problem(e: &EnvelopeError) -> ApiError {
 
 /// A request's JSON object (an empty body is an empty object), with the fields it names read
 /// out; the fields left are reported back as Vault does, in `warnings`.
-struct Params {
+pub(crate) struct Params {
     fields: Map<String, Value>,
 }
 
 impl Params {
-    fn parse(body: &[u8]) -> Result<Params, ApiError> {
+    pub(crate) fn parse(body: &[u8]) -> Result<Params, ApiError> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Params { fields: Map::new() });
         }
@@ -201,11 +235,11 @@ impl Params {
         }
     }
 
-    fn take(&mut self, name: &'static str) -> Option<Value> {
+    pub(crate) fn take(&mut self, name: &'static str) -> Option<Value> {
         self.fields.remove(name).filter(|v| !v.is_null())
     }
 
-    fn string(&mut self, name: &'static str) -> Result<Option<String>, ApiError> {
+    pub(crate) fn string(&mut self, name: &'static str) -> Result<Option<String>, ApiError> {
         match self.take(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
@@ -217,7 +251,7 @@ impl Params {
     }
 
     /// A non-negative integer, as a number or a decimal string (Vault takes both).
-    fn uint(&mut self, name: &'static str) -> Result<Option<u32>, ApiError> {
+    pub(crate) fn uint(&mut self, name: &'static str) -> Result<Option<u32>, ApiError> {
         let bad = || {
             ApiError::bad_request(
                 "invalid-request",
@@ -290,7 +324,7 @@ impl Params {
     }
 
     /// Vault's warning for the fields nobody read.
-    fn warnings(&self) -> Value {
+    pub(crate) fn warnings(&self) -> Value {
         if self.fields.is_empty() {
             Value::Null
         } else {
@@ -304,7 +338,7 @@ impl Params {
 }
 
 /// Standard base64 from the wire, decoded into memory that is wiped when dropped.
-fn base64_field(name: &str, value: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+pub(crate) fn base64_field(name: &str, value: &str) -> Result<Zeroizing<Vec<u8>>, ApiError> {
     Base64::decode_vec(value)
         .map(Zeroizing::new)
         .map_err(|_| ApiError::bad_request("invalid-request", format!("'{name}' is not base64")))
@@ -324,7 +358,7 @@ fn refuse_derivation(p: &mut Params) -> Result<(), ApiError> {
 }
 
 /// A Vault response: `data` and the envelope fields Vault clients read.
-fn vault_response(data: Value, warnings: Value) -> Response {
+pub(crate) fn vault_response(data: Value, warnings: Value) -> Response {
     let body = json!({
         "request_id": "",
         "lease_id": "",
@@ -355,20 +389,6 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Op::Create => "create",
-            Op::Read => "read",
-            Op::List => "list",
-            Op::Rotate => "rotate",
-            Op::Config => "config",
-            Op::Encrypt => "encrypt",
-            Op::Decrypt => "decrypt",
-            Op::Rewrap => "rewrap",
-            Op::DataKey => "datakey",
-        }
-    }
-
     /// Whether a success is audited: every change and every release of plaintext (encrypt,
     /// rewrap, read and list return no secret and are counted only).
     fn audited(self) -> bool {
@@ -379,8 +399,68 @@ impl Op {
     }
 }
 
-/// Runs `f` with the caller's engine on the blocking pool (agreements in the master key's
-/// backend and database calls block); audits and counts it.
+/// What a broker call is, for its audit record and its count.
+pub(crate) struct Call {
+    /// The audit operation, also the metrics label (`transit.encrypt`, `secret.release`).
+    pub(crate) operation: &'static str,
+    /// What it is about (`transit key 'orders'`), bounded, for the audit record.
+    pub(crate) subject: String,
+    /// Whether a success is audited (a refusal always is).
+    pub(crate) audit_success: bool,
+}
+
+/// The broker, or the problem of a server without one.
+pub(crate) fn broker_of(inner: &Inner) -> Result<Arc<Broker>, ApiError> {
+    inner.broker.clone().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no-broker",
+            "this server has no key broker: set one up with `keyhaven serve init-broker`",
+        )
+    })
+}
+
+/// Runs `f` with the broker on the blocking pool (agreements in the master key's backend and
+/// database calls block); counts it, and audits every refusal and the successes `call` says.
+pub(crate) async fn decided<T: Send + 'static>(
+    inner: Arc<Inner>,
+    caller: Caller,
+    call: Call,
+    f: impl FnOnce(&Broker, u64) -> Result<(T, String), ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let broker = broker_of(&inner)?;
+    let i = inner.clone();
+    tokio::task::spawn_blocking(move || {
+        let outcome = f(&broker, i.now());
+        let subject: String = call.subject.chars().take(160).collect();
+        let (allowed, reason, outcome) = match outcome {
+            Ok((data, what)) => {
+                i.metrics.broker(call.operation, "ok");
+                if !call.audit_success {
+                    return Ok(data);
+                }
+                (true, format!("{subject}: {what}"), Ok(data))
+            }
+            Err(e) => {
+                i.metrics.broker(call.operation, e.name);
+                let detail: String = e.detail.chars().take(200).collect();
+                (false, format!("{subject}: {}: {detail}", e.name), Err(e))
+            }
+        };
+        i.decide(&Decision {
+            operation: call.operation,
+            principal: format!("client:{}", caller.client_id),
+            key: Some(caller.fingerprint.clone()),
+            allowed,
+            reason,
+        })?;
+        outcome
+    })
+    .await
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+}
+
+/// Runs `f` with the caller's transit engine (see [`decided`]).
 async fn run(
     inner: Arc<Inner>,
     caller: Caller,
@@ -388,51 +468,18 @@ async fn run(
     name: String,
     f: impl FnOnce(&Engine, &str, u64) -> Result<(Value, String), ApiError> + Send + 'static,
 ) -> Result<Value, ApiError> {
-    let Some(broker) = inner.broker.clone() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no-broker",
-            "this server has no key broker: set one up with `keyhaven serve init --master-key`",
-        ));
+    let call = Call {
+        operation: transit_operation(op),
+        subject: format!("transit key '{name}'"),
+        audit_success: op.audited(),
     };
-    let i = inner.clone();
-    tokio::task::spawn_blocking(move || {
-        let now = i.now();
-        let outcome = check_key_name(&name)
-            .map_err(|e| transit_problem(&e))
-            .and_then(|()| broker.transit(&caller.client_id))
-            .and_then(|engine| f(&engine, &name, now));
-        let shown: String = name.chars().take(128).collect();
-        match outcome {
-            Ok((data, what)) => {
-                i.metrics.transit(op.as_str(), "ok");
-                if op.audited() {
-                    i.decide(&Decision {
-                        operation: transit_operation(op),
-                        principal: format!("client:{}", caller.client_id),
-                        key: Some(caller.fingerprint.clone()),
-                        allowed: true,
-                        reason: format!("transit key '{shown}': {what}"),
-                    })?;
-                }
-                Ok(data)
-            }
-            Err(e) => {
-                i.metrics.transit(op.as_str(), e.name);
-                let detail: String = e.detail.chars().take(200).collect();
-                i.decide(&Decision {
-                    operation: transit_operation(op),
-                    principal: format!("client:{}", caller.client_id),
-                    key: Some(caller.fingerprint.clone()),
-                    allowed: false,
-                    reason: format!("transit key '{shown}': {}: {detail}", e.name),
-                })?;
-                Err(e)
-            }
-        }
+    let tenant = caller.client_id.clone();
+    decided(inner, caller, call, move |broker, now| {
+        check_key_name(&name).map_err(|e| transit_problem(&e))?;
+        let engine = broker.transit(&tenant)?;
+        f(&engine, &name, now)
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
 }
 
 fn transit_operation(op: Op) -> &'static str {
@@ -553,18 +600,12 @@ pub(crate) async fn list(
             "list the keys with LIST, or GET with ?list=true",
         ));
     }
-    let Some(broker) = inner.broker.clone() else {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "no-broker",
-            "this server has no key broker",
-        ));
-    };
+    let broker = broker_of(&inner)?;
     let tenant = caller.client_id.clone();
     let names = inner
         .db(move |_| broker.storage.transit_list(&tenant).map_err(ApiError::from))
         .await?;
-    inner.metrics.transit(Op::List.as_str(), "ok");
+    inner.metrics.broker(transit_operation(Op::List), "ok");
     if names.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,

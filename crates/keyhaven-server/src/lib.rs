@@ -9,6 +9,7 @@ mod handlers;
 mod metrics;
 mod problem;
 mod ratelimit;
+pub mod secrets;
 mod serve;
 mod server;
 pub mod storage;

@@ -60,7 +60,9 @@ struct Tables {
     latency: BTreeMap<&'static str, Histogram>,
     auth_failures: BTreeMap<&'static str, u64>,
     revocations: BTreeMap<&'static str, u64>,
-    transit: BTreeMap<(&'static str, &'static str), u64>,
+    broker: BTreeMap<(&'static str, &'static str), u64>,
+    downgrades: BTreeMap<(u8, u8), u64>,
+    releases: BTreeMap<(u8, &'static str), u64>,
     db_latency: Histogram,
 }
 
@@ -134,13 +136,24 @@ impl Metrics {
         *self.tables().revocations.entry(by).or_default() += n;
     }
 
-    /// A transit operation, by operation and outcome (`ok` or a problem name).
-    pub fn transit(&self, operation: &'static str, outcome: &'static str) {
+    /// A key broker operation (`transit.encrypt`, `secret.release`), by outcome (`ok` or a
+    /// problem name).
+    pub fn broker(&self, operation: &'static str, outcome: &'static str) {
         *self
             .tables()
-            .transit
+            .broker
             .entry((operation, outcome))
             .or_default() += 1;
+    }
+
+    /// A secret stored at a lower tier than asked (`from` asked, `to` reached).
+    pub fn downgrade(&self, from: u8, to: u8) {
+        *self.tables().downgrades.entry((from, to)).or_default() += 1;
+    }
+
+    /// A release decision for a secret of `tier`: `released` or `denied`.
+    pub fn release(&self, tier: u8, outcome: &'static str) {
+        *self.tables().releases.entry((tier, outcome)).or_default() += 1;
     }
 
     /// A request refused by a rate limit.
@@ -224,13 +237,33 @@ impl Metrics {
             let _ = writeln!(out, "keyhaven_revocations_total{{by=\"{by}\"}} {n}");
         }
         out.push_str(
-            "# HELP keyhaven_transit_operations_total Key broker transit operations, by operation and outcome.\n\
-             # TYPE keyhaven_transit_operations_total counter\n",
+            "# HELP keyhaven_broker_operations_total Key broker operations, by operation and outcome.\n\
+             # TYPE keyhaven_broker_operations_total counter\n",
         );
-        for ((operation, outcome), n) in &t.transit {
+        for ((operation, outcome), n) in &t.broker {
             let _ = writeln!(
                 out,
-                "keyhaven_transit_operations_total{{operation=\"{operation}\",outcome=\"{outcome}\"}} {n}"
+                "keyhaven_broker_operations_total{{operation=\"{operation}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        out.push_str(
+            "# HELP keyhaven_broker_releases_total Release decisions, by the secret's tier and outcome.\n\
+             # TYPE keyhaven_broker_releases_total counter\n",
+        );
+        for ((tier, outcome), n) in &t.releases {
+            let _ = writeln!(
+                out,
+                "keyhaven_broker_releases_total{{tier=\"{tier}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        out.push_str(
+            "# HELP keyhaven_broker_downgrades_total Secrets stored below the tier asked for, by tiers.\n\
+             # TYPE keyhaven_broker_downgrades_total counter\n",
+        );
+        for ((from, to), n) in &t.downgrades {
+            let _ = writeln!(
+                out,
+                "keyhaven_broker_downgrades_total{{from=\"{from}\",to=\"{to}\"}} {n}"
             );
         }
         let _ = write!(

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, get, post};
+use axum::routing::{any, get, post, put};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -28,6 +28,7 @@ use crate::handlers;
 use crate::metrics::{Metrics, method_label};
 use crate::problem::ApiError;
 use crate::ratelimit::{Limiter, Rate};
+use crate::secrets;
 use crate::storage::Storage;
 
 /// How the server behaves. [`ServerConfig::default`] is what `keyhaven serve` runs with.
@@ -324,6 +325,17 @@ impl Server {
                 "/v1/transit/datakey/{kind}/{name}",
                 post(broker::datakey).put(broker::datakey),
             )
+            .route("/v1/secrets", get(secrets::list))
+            .route(
+                "/v1/secrets/{*path}",
+                put(secrets::put)
+                    .post(secrets::put)
+                    .get(secrets::read)
+                    .delete(secrets::delete),
+            )
+            .route("/v1/release/{*path}", post(secrets::release))
+            .route("/v1/secrets-kek/rotate", post(secrets::rotate_kek))
+            .route("/v1/admin/keys/{fingerprint}/tier", post(secrets::vouch))
             .fallback(handlers::not_found)
             .method_not_allowed_fallback(handlers::method_not_allowed)
             .layer(axum::middleware::from_fn_with_state(
@@ -368,6 +380,10 @@ fn classify(path: &str) -> (&'static str, Access) {
         "/v1/admin/revoke" => ("admin_revoke", Access::Admin),
         "/v1/admin/stats" => ("admin_stats", Access::Admin),
         p if p.starts_with("/v1/transit/") => ("transit", Access::Client),
+        p if p == "/v1/secrets" || p.starts_with("/v1/secrets/") => ("secrets", Access::Client),
+        p if p.starts_with("/v1/release/") => ("release", Access::Client),
+        "/v1/secrets-kek/rotate" => ("secrets_kek", Access::Client),
+        p if p.starts_with("/v1/admin/keys/") => ("admin_keys", Access::Admin),
         _ => ("other", Access::Open),
     }
 }

@@ -53,8 +53,8 @@ pub use keyhaven_core::{
     is_invisible_format, unix_now, validate_label,
 };
 pub use keyhaven_crypto::{
-    CryptoProvider, KeySigner, SignWith, StoreKey, default_provider, encoding, fill_random, verify,
-    verify_digest,
+    CryptoProvider, KeySigner, SignWith, StoreKey, default_provider, encoding, fill_random, jwe,
+    jws, verify, verify_digest,
 };
 /// Private, durable files (atomic writes, 0600/0700 checks, locks): see [`keyhaven_fs`].
 pub use keyhaven_fs as fs;

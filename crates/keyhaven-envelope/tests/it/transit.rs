@@ -245,3 +245,54 @@ fn concurrent_rotations_one_wins() {
     sorted.dedup();
     assert_eq!(sorted.len(), won.len(), "no version was made twice");
 }
+
+#[test]
+fn a_secret_envelope_is_bound_to_its_path_and_version_and_rewraps_after_rotation() {
+    let (t, _) = engine("acme", 2);
+    let r = t.ensure_key("secrets", 1).unwrap();
+    assert_eq!(r.latest_version(), 1);
+    assert_eq!(
+        t.ensure_key("secrets", 2).unwrap(),
+        r,
+        "ensure keeps what is there"
+    );
+    let env = t
+        .seal_secret("secrets", "db/password", 3, b"hunter2")
+        .unwrap();
+    assert_eq!(
+        t.open_secret("secrets", "db/password", 3, &env)
+            .unwrap()
+            .expose_secret(),
+        b"hunter2"
+    );
+    // Moved to another path or version, it does not open.
+    for (path, version) in [("db/user", 3), ("db/password", 2), ("db/password", 4)] {
+        let e = t.open_secret("secrets", path, version, &env).unwrap_err();
+        assert!(
+            matches!(e, EnvelopeError::Unauthentic { .. }),
+            "{path} {version}: {e}"
+        );
+    }
+    assert!(
+        t.rewrap_secret("secrets", "db/password", 3, &env)
+            .unwrap()
+            .is_none()
+    );
+    t.rotate("secrets", 5).unwrap();
+    let moved = t
+        .rewrap_secret("secrets", "db/password", 3, &env)
+        .unwrap()
+        .unwrap();
+    assert_eq!(moved.kek_version(), 2);
+    assert_eq!(
+        t.open_secret("secrets", "db/password", 3, &moved)
+            .unwrap()
+            .expose_secret(),
+        b"hunter2"
+    );
+    assert!(
+        t.rewrap_secret("secrets", "db/password", 3, &moved)
+            .unwrap()
+            .is_none()
+    );
+}

@@ -429,15 +429,25 @@ pub fn secrets_version_list_and_delete_by_tenant(s: &dyn Storage) {
         s.secret_add_version("other", "db/x", t1, 1, b"o", 30)
             .unwrap()
     ); // ok: a conformance check fails by panicking
-    let listed = s.secret_list("acme", "db/", 10).unwrap(); // ok: a conformance check fails by panicking
+    let listed = s.secret_list("acme", "db/", "", 10).unwrap(); // ok: a conformance check fails by panicking
     let paths: Vec<_> = listed
         .iter()
         .map(|x| (x.path.as_str(), x.latest_version, x.tier))
         .collect();
     assert_eq!(paths, [("db/password", 2, 1), ("db/user", 1, 2)]);
-    assert_eq!(s.secret_list("acme", "", 1).unwrap().len(), 1, "the limit"); // ok: a conformance check fails by panicking
     assert_eq!(
-        s.secret_list("acme", "%", 10).unwrap().len(),
+        s.secret_list("acme", "", "", 1).unwrap().len(),
+        1,
+        "the limit"
+    );
+    let next = s.secret_list("acme", "", "db/user", 10).unwrap(); // ok: a conformance check fails by panicking
+    assert_eq!(
+        next.iter().map(|x| x.path.as_str()).collect::<Vec<_>>(),
+        ["web/key"],
+        "after a cursor"
+    ); // ok: a conformance check fails by panicking
+    assert_eq!(
+        s.secret_list("acme", "%", "", 10).unwrap().len(),
         0,
         "a prefix is not a pattern"
     ); // ok: a conformance check fails by panicking

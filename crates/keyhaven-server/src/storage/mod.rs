@@ -496,11 +496,18 @@ pub trait Storage: Send + Sync + 'static {
         new: &[u8],
     ) -> Result<bool>;
 
-    /// `tenant`'s secrets whose path starts with `prefix`, by path, at most `limit`.
+    /// `tenant`'s secrets whose path starts with `prefix` and sorts after `after`, by path,
+    /// at most `limit` (page on with the last path as `after`).
     ///
     /// # Errors
     /// [`StorageError::Database`].
-    fn secret_list(&self, tenant: &str, prefix: &str, limit: u32) -> Result<Vec<SecretSummary>>;
+    fn secret_list(
+        &self,
+        tenant: &str,
+        prefix: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<SecretSummary>>;
 
     /// Deletes a secret and every version; `false` if there was none.
     ///

@@ -1163,7 +1163,13 @@ impl Storage for PostgresStorage {
         })
     }
 
-    fn secret_list(&self, tenant: &str, prefix: &str, limit: u32) -> Result<Vec<SecretSummary>> {
+    fn secret_list(
+        &self,
+        tenant: &str,
+        prefix: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<SecretSummary>> {
         self.tx(|tx| {
             Ok(tx
                 .query(
@@ -1171,9 +1177,9 @@ impl Storage for PostgresStorage {
                             (SELECT max(version) FROM secret_versions v
                              WHERE v.tenant = s.tenant AND v.path = s.path)
                      FROM secrets s
-                     WHERE s.tenant = $1 AND left(s.path, length($2)) = $2
-                     ORDER BY s.path LIMIT $3",
-                    &[&tenant, &prefix, &i64::from(limit)],
+                     WHERE s.tenant = $1 AND left(s.path, length($2)) = $2 AND s.path COLLATE \"C\" > $3
+                     ORDER BY s.path COLLATE \"C\" LIMIT $4",
+                    &[&tenant, &prefix, &after, &i64::from(limit)],
                 )
                 .map_err(|e| self.err(&e))?
                 .iter()

@@ -1222,7 +1222,13 @@ impl Storage for SqliteStorage {
         self.commit_guarded(tx)?.map_or(Ok(true), Err)
     }
 
-    fn secret_list(&self, tenant: &str, prefix: &str, limit: u32) -> Result<Vec<SecretSummary>> {
+    fn secret_list(
+        &self,
+        tenant: &str,
+        prefix: &str,
+        after: &str,
+        limit: u32,
+    ) -> Result<Vec<SecretSummary>> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare_cached(
@@ -1230,11 +1236,11 @@ impl Storage for SqliteStorage {
                         (SELECT max(version) FROM secret_versions v
                          WHERE v.tenant = s.tenant AND v.path = s.path)
                  FROM secrets s
-                 WHERE s.tenant = ?1 AND substr(s.path, 1, length(?2)) = ?2
-                 ORDER BY s.path LIMIT ?3",
+                 WHERE s.tenant = ?1 AND substr(s.path, 1, length(?2)) = ?2 AND s.path > ?3
+                 ORDER BY s.path LIMIT ?4",
             )
             .map_err(self.err())?;
-        stmt.query_map(params![tenant, prefix, limit], |r| {
+        stmt.query_map(params![tenant, prefix, after, limit], |r| {
             Ok(SecretSummary {
                 path: r.get(0)?,
                 tier: tier_of(r.get(1)?),

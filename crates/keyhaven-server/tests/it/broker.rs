@@ -504,11 +504,12 @@ async fn bad_transit_input_is_a_clear_problem_and_audited() {
     assert_eq!(denied, 1, "{events:?}");
     assert!(events.iter().any(|e| e.operation == "transit.create"));
     assert!(
-        t.metric("keyhaven_transit_operations_total{operation=\"encrypt\",outcome=\"ok\"}") >= 1
+        t.metric("keyhaven_broker_operations_total{operation=\"transit.encrypt\",outcome=\"ok\"}")
+            >= 1
     );
     assert!(
         t.metric(
-            "keyhaven_transit_operations_total{operation=\"decrypt\",outcome=\"undecryptable\"}"
+            "keyhaven_broker_operations_total{operation=\"transit.decrypt\",outcome=\"undecryptable\"}"
         ) >= 1
     );
 }

@@ -7,6 +7,7 @@ mod broker;
 mod flow;
 mod interop;
 mod pg;
+mod secrets;
 mod storage;
 mod support;
 mod tamper;

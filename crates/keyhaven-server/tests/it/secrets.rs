@@ -1,0 +1,476 @@
+//! The key broker's secrets through a real server: written with a tier and a floor, released
+//! as a JWE to the requester's ephemeral key with a receipt the server key signs, refused to a
+//! requester of too low a tier, rewrapped under a new KEK without loss, and kept apart per
+//! client. The broker here has a software master key: it reaches tier 1.
+
+use base64ct::{Base64, Encoding};
+use keyhaven::{Algorithm, default_provider, jwe, jws};
+use keyhaven_client::{Client, ClientError};
+use keyhaven_server::secrets::RECEIPT_TYPE;
+use serde_json::{Value, json};
+use sha2::Digest;
+
+use crate::support::{TestServer, start_broker};
+
+async fn client(t: &TestServer, name: &str) -> (Client, String) {
+    let key = t.key(Algorithm::Ed25519, name);
+    let c = t.client(&key);
+    c.register(name).await.unwrap();
+    (c, key.fingerprint().to_hex())
+}
+
+async fn call(
+    t: &TestServer,
+    c: &Client,
+    method: &str,
+    path: &str,
+    body: Value,
+) -> Result<Value, (u16, String, String)> {
+    let body = (method != "GET" && method != "DELETE").then(|| body.to_string().into_bytes());
+    match c.send(method, &t.url(path), body).await {
+        Ok(r) => Ok(r.json::<Value>().unwrap()["data"].clone()),
+        Err(ClientError::Problem(p)) => Err((
+            p.status,
+            p.kind
+                .trim_start_matches("urn:keyhaven:problem:")
+                .to_owned(),
+            p.detail,
+        )),
+        Err(e) => panic!("{method} {path}: {e}"),
+    }
+}
+
+fn b64(bytes: &[u8]) -> String {
+    Base64::encode_string(bytes)
+}
+
+/// Asks for `path` with a fresh ephemeral key of `alg`; the plaintext and the receipt's claims.
+async fn release(
+    t: &TestServer,
+    c: &Client,
+    path: &str,
+    version: Option<u64>,
+    alg: Algorithm,
+) -> Result<(Vec<u8>, Value, Value), (u16, String, String)> {
+    let eph = default_provider().generate(alg).unwrap();
+    let mut body = json!({ "epk": jwe::public_jwk(eph.public_key()).unwrap() });
+    if let Some(v) = version {
+        body["version"] = v.into();
+    }
+    let out = call(t, c, "POST", &format!("/v1/release/{path}"), body).await?;
+    let token = out["jwe"].as_str().unwrap();
+    let (_, plain) = jwe::decrypt(token, eph.as_ref()).unwrap();
+    let claims = jws::verify(
+        out["receipt"].as_str().unwrap(),
+        &t.server_key,
+        RECEIPT_TYPE,
+    )
+    .unwrap();
+    assert_eq!(
+        claims["jwe_sha256"],
+        hex::encode(sha2::Sha256::digest(token.as_bytes())),
+        "the receipt names this JWE"
+    );
+    Ok((plain.expose_secret().to_vec(), claims, out))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_versioned_and_released_as_a_jwe_with_a_signed_receipt() {
+    let t = start_broker().await;
+    let (c, fp) = client(&t, "app").await;
+    let w = call(
+        &t,
+        &c,
+        "PUT",
+        "/v1/secrets/db/password",
+        json!({ "value": b64(b"hunter2") }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            w["version"].as_u64(),
+            w["tier"].as_u64(),
+            w["downgraded"].as_bool()
+        ),
+        (Some(1), Some(1), Some(false))
+    );
+    call(
+        &t,
+        &c,
+        "PUT",
+        "/v1/secrets/db/password",
+        json!({ "value": b64(b"hunter3") }),
+    )
+    .await
+    .unwrap();
+    for alg in [Algorithm::X25519, Algorithm::EcdhP256, Algorithm::EcdhP384] {
+        let (plain, claims, out) = release(&t, &c, "db/password", None, alg).await.unwrap();
+        assert_eq!(plain, b"hunter3", "{alg}");
+        assert_eq!(out["version"], 2);
+        assert_eq!(claims["path"], "db/password");
+        assert_eq!(claims["version"], 2);
+        assert_eq!(claims["secret_tier"], 1);
+        assert_eq!(claims["requester_tier"], 1);
+        assert_eq!(claims["evidence"]["kind"], "registered-key");
+        assert_eq!(claims["evidence"]["key"], fp.as_str());
+        assert_eq!(claims["policy"]["rule"], "min-tier");
+        assert_eq!(claims["iss"], t.server_key.fingerprint().to_hex());
+    }
+    let (plain, claims, _) = release(&t, &c, "db/password", Some(1), Algorithm::X25519)
+        .await
+        .unwrap();
+    assert_eq!(
+        (plain.as_slice(), claims["version"].as_u64()),
+        (&b"hunter2"[..], Some(1))
+    );
+    let meta = call(&t, &c, "GET", "/v1/secrets/db/password", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(meta["latest_version"], 2);
+    assert!(
+        meta.get("value").is_none() && !meta.to_string().contains("hunter"),
+        "{meta}"
+    );
+    call(
+        &t,
+        &c,
+        "PUT",
+        "/v1/secrets/web/tls-key",
+        json!({ "value": b64(b"k") }),
+    )
+    .await
+    .unwrap();
+    let listed = call(&t, &c, "GET", "/v1/secrets?prefix=db/", json!({}))
+        .await
+        .unwrap();
+    let paths: Vec<&str> = listed["secrets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["db/password"]);
+    // Another client sees none of it.
+    let (bob, _) = client(&t, "bob").await;
+    let e = release(&t, &bob, "db/password", None, Algorithm::X25519)
+        .await
+        .unwrap_err();
+    assert_eq!((e.0, e.1.as_str()), (404, "not-found"));
+    // Deleted, it is gone.
+    call(&t, &c, "DELETE", "/v1/secrets/db/password", json!({}))
+        .await
+        .unwrap();
+    let e = release(&t, &c, "db/password", None, Algorithm::X25519)
+        .await
+        .unwrap_err();
+    assert_eq!(e.0, 404);
+    assert!(t.metric("keyhaven_broker_releases_total{tier=\"1\",outcome=\"released\"}") >= 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiers_degrade_to_a_floor_and_releases_need_the_requesters_tier() {
+    let t = start_broker().await;
+    let (c, fp) = client(&t, "app").await;
+    // Tier 2 asked, this broker reaches 1: refused without a floor, downgraded with one.
+    let e = call(
+        &t,
+        &c,
+        "PUT",
+        "/v1/secrets/hsm-only",
+        json!({ "value": b64(b"x"), "tier": 2 }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!((e.0, e.1.as_str()), (503, "tier-unavailable"), "{}", e.2);
+    let w = call(
+        &t,
+        &c,
+        "PUT",
+        "/v1/secrets/with-fallback",
+        json!({ "value": b64(b"fallback"), "tier": 4, "floor": 1 }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (
+            w["tier"].as_u64(),
+            w["requested_tier"].as_u64(),
+            w["downgraded"].as_bool()
+        ),
+        (Some(1), Some(4), Some(true))
+    );
+    assert_eq!(
+        t.metric("keyhaven_broker_downgrades_total{from=\"4\",to=\"1\"}"),
+        1
+    );
+    // Stored at tier 1, released only to tier 2 requesters.
+    call(
+        &t,
+        &c,
+        "PUT",
+        "/v1/secrets/guarded",
+        json!({ "value": b64(b"guarded"), "min_tier": 2 }),
+    )
+    .await
+    .unwrap();
+    let e = release(&t, &c, "guarded", None, Algorithm::EcdhP256)
+        .await
+        .unwrap_err();
+    assert_eq!((e.0, e.1.as_str()), (403, "tier-too-low"), "{}", e.2);
+    assert!(e.2.contains("tier 1"), "{}", e.2);
+    assert_eq!(
+        t.metric("keyhaven_broker_releases_total{tier=\"1\",outcome=\"denied\"}"),
+        1
+    );
+    // An admin vouches the key is in hardware: tier 2, released, and the receipt says so.
+    let admin_key = t.key(Algorithm::Ed25519, "admin");
+    t.make_admin(&admin_key);
+    let admin = t.client(&admin_key);
+    let e = call(
+        &t,
+        &c,
+        "POST",
+        &format!("/v1/admin/keys/{fp}/tier"),
+        json!({ "tier": 2, "reason": "x" }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.0, 403, "a client cannot vouch for itself");
+    let e = call(
+        &t,
+        &admin,
+        "POST",
+        &format!("/v1/admin/keys/{fp}/tier"),
+        json!({ "tier": 3, "reason": "x" }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.0, 400, "tier 3 needs attestation: {}", e.2);
+    call(
+        &t,
+        &admin,
+        "POST",
+        &format!("/v1/admin/keys/{fp}/tier"),
+        json!({ "tier": 2, "reason": "enrolled the YubiHSM in person" }),
+    )
+    .await
+    .unwrap();
+    let (plain, claims, _) = release(&t, &c, "guarded", None, Algorithm::EcdhP256)
+        .await
+        .unwrap();
+    assert_eq!(plain, b"guarded");
+    assert_eq!(claims["requester_tier"], 2);
+    assert_eq!(claims["evidence"]["kind"], "vouched-key");
+    assert_eq!(claims["policy"]["min_tier"], 2);
+    // A secret's tier is fixed once made.
+    let e = call(
+        &t,
+        &c,
+        "PUT",
+        "/v1/secrets/guarded",
+        json!({ "value": b64(b"y"), "tier": 0 }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!((e.0, e.1.as_str()), (409, "tier-conflict"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kek_rotation_rewraps_every_envelope_and_loses_nothing() {
+    let t = start_broker().await;
+    let (c, _) = client(&t, "app").await;
+    for i in 0..5 {
+        for v in 0..2 {
+            call(
+                &t,
+                &c,
+                "PUT",
+                &format!("/v1/secrets/s{i}"),
+                json!({ "value": b64(format!("{i}.{v}").as_bytes()) }),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let r = call(&t, &c, "POST", "/v1/secrets-kek/rotate", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        (r["kek_version"].as_u64(), r["rewrapped"].as_u64()),
+        (Some(2), Some(10))
+    );
+    // Every envelope in the database is now under KEK version 2.
+    for i in 0..5 {
+        let record = tokio::task::block_in_place(|| {
+            use keyhaven_server::Storage;
+            t.storage
+                .secret(&c_id(&t, &c), &format!("s{i}"))
+                .unwrap()
+                .unwrap()
+        });
+        for (bytes, _) in record.versions.values() {
+            assert_eq!(
+                keyhaven::envelope::Envelope::from_bytes(bytes)
+                    .unwrap()
+                    .kek_version(),
+                2
+            );
+        }
+        for v in 1..=2u64 {
+            let (plain, _, _) = release(&t, &c, &format!("s{i}"), Some(v), Algorithm::X25519)
+                .await
+                .unwrap();
+            assert_eq!(plain, format!("{i}.{}", v - 1).as_bytes());
+        }
+    }
+    let again = call(&t, &c, "POST", "/v1/secrets-kek/rotate", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(again["kek_version"], 3);
+}
+
+/// The client id of `c`.
+fn c_id(_t: &TestServer, c: &Client) -> String {
+    tokio::task::block_in_place(|| {
+        tokio::runtime::Handle::current().block_on(async { c.whoami().await.unwrap().client })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_secret_requests_are_clear_problems() {
+    let t = start_broker().await;
+    let (c, _) = client(&t, "app").await;
+    call(
+        &t,
+        &c,
+        "PUT",
+        "/v1/secrets/ok",
+        json!({ "value": b64(b"v") }),
+    )
+    .await
+    .unwrap();
+    let signing = default_provider().generate(Algorithm::Ed25519).unwrap();
+    let with_d = {
+        let k = default_provider().generate(Algorithm::EcdhP256).unwrap();
+        let mut j = jwe::public_jwk(k.public_key()).unwrap();
+        j["d"] = "AAAA".into();
+        j
+    };
+    let cases: Vec<(&str, &str, Value, u16, &str, &str)> = vec![
+        (
+            "PUT",
+            "/v1/secrets/a//b",
+            json!({ "value": "AA==" }),
+            400,
+            "invalid-request",
+            "not a secret path",
+        ),
+        (
+            "PUT",
+            "/v1/secrets/bad%20name",
+            json!({ "value": "AA==" }),
+            400,
+            "invalid-request",
+            "not a secret path",
+        ),
+        (
+            "PUT",
+            "/v1/secrets/x",
+            json!({}),
+            400,
+            "invalid-request",
+            "missing 'value'",
+        ),
+        (
+            "PUT",
+            "/v1/secrets/x",
+            json!({ "value": "%%" }),
+            400,
+            "invalid-request",
+            "base64",
+        ),
+        (
+            "PUT",
+            "/v1/secrets/x",
+            json!({ "value": "AA==", "tier": 9 }),
+            400,
+            "invalid-request",
+            "tier from 0 to 4",
+        ),
+        (
+            "PUT",
+            "/v1/secrets/x",
+            json!({ "value": "AA==", "tier": 1, "floor": 2 }),
+            400,
+            "invalid-request",
+            "floor",
+        ),
+        (
+            "POST",
+            "/v1/release/ok",
+            json!({}),
+            400,
+            "invalid-request",
+            "missing 'epk'",
+        ),
+        (
+            "POST",
+            "/v1/release/ok",
+            json!({ "epk": with_d }),
+            400,
+            "invalid-request",
+            "private",
+        ),
+        (
+            "POST",
+            "/v1/release/ok",
+            json!({ "epk": keyhaven::encoding::public_key_jwk(signing.public_key()).unwrap() }),
+            400,
+            "invalid-request",
+            "epk",
+        ),
+        (
+            "POST",
+            "/v1/release/ok",
+            json!({ "epk": { "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA" } }),
+            400,
+            "invalid-request",
+            "epk",
+        ),
+        (
+            "POST",
+            "/v1/release/nothing",
+            json!({ "epk": jwe::public_jwk(default_provider().generate(Algorithm::X25519).unwrap().public_key()).unwrap() }),
+            404,
+            "not-found",
+            "no secret",
+        ),
+        (
+            "POST",
+            "/v1/release/ok",
+            json!({ "version": 7, "epk": jwe::public_jwk(default_provider().generate(Algorithm::X25519).unwrap().public_key()).unwrap() }),
+            404,
+            "not-found",
+            "no version 7",
+        ),
+        (
+            "DELETE",
+            "/v1/secrets/nothing",
+            json!({}),
+            404,
+            "not-found",
+            "no secret",
+        ),
+    ];
+    for (method, path, body, status, name, says) in cases {
+        let e = call(&t, &c, method, path, body.clone()).await.unwrap_err();
+        assert_eq!(
+            (e.0, e.1.as_str()),
+            (status, name),
+            "{method} {path} {body}: {}",
+            e.2
+        );
+        assert!(e.2.contains(says), "{method} {path}: {}", e.2);
+    }
+}
