@@ -123,3 +123,103 @@ async fn hvac_drives_the_transit_api_unchanged() {
     assert_eq!(out["missing"], "InvalidPath", "{out}");
     assert_eq!(out["unsigned"], "Unauthorized", "{out}");
 }
+
+const PY_RELEASE: &str = r#"
+import base64, datetime, hashlib, json, secrets, sys
+import requests
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from http_message_signatures import HTTPMessageSigner, HTTPSignatureKeyResolver, algorithms
+from jwcrypto import jwe, jwk, jws
+
+job = json.load(sys.stdin)
+base = job["base"]
+private = ed25519.Ed25519PrivateKey.generate()
+spki = private.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+fingerprint = hashlib.sha256(spki).hexdigest()
+
+class Keys(HTTPSignatureKeyResolver):
+    def resolve_private_key(self, key_id):
+        return private
+
+class Rfc9421(requests.auth.AuthBase):
+    def __call__(self, r):
+        covered = ["@method", "@target-uri"]
+        body = r.body or b""
+        if isinstance(body, str):
+            body = body.encode()
+        if body:
+            digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+            r.headers["Content-Digest"] = f"sha-256=:{digest}:"
+            covered.append("content-digest")
+        HTTPMessageSigner(signature_algorithm=algorithms.ED25519, key_resolver=Keys()).sign(
+            r, key_id=fingerprint, label="py", nonce=secrets.token_urlsafe(16),
+            created=datetime.datetime.now(datetime.timezone.utc),
+            covered_component_ids=tuple(covered), use_existing_digest=bool(body))
+        return r
+
+s = requests.Session()
+challenge = s.post(base + "/v1/challenge").json()["challenge"]
+s.auth = Rfc9421()
+r = s.post(base + "/v1/clients", json={"challenge": challenge, "name": "py", "algorithm": "ed25519",
+                                        "public_key": base64.b64encode(spki).decode()})
+assert r.status_code == 201, r.text
+w = s.put(base + "/v1/secrets/app/api-token",
+          json={"value": base64.b64encode(b"tok-123").decode(), "tier": 2, "floor": 1})
+assert w.status_code == 200, w.text
+out = {"write": w.json()["data"]}
+# The requester's ephemeral key, made by jwcrypto; only its public half is sent.
+results = []
+for kty, crv in [("EC", "P-384"), ("EC", "P-256"), ("OKP", "X25519")]:
+    eph = jwk.JWK.generate(kty=kty, crv=crv)
+    rel = s.post(base + "/v1/release/app/api-token", json={"epk": json.loads(eph.export_public())})
+    assert rel.status_code == 200, rel.text
+    data = rel.json()["data"]
+    token = jwe.JWE()
+    token.deserialize(data["jwe"], key=eph)
+    # The receipt, checked with the server's public key alone.
+    info = requests.get(base + "/v1/server").json()
+    server = jwk.JWK.from_pem(
+        b"-----BEGIN PUBLIC KEY-----\n" + info["public_key"].encode() + b"\n-----END PUBLIC KEY-----\n")
+    receipt = jws.JWS()
+    receipt.deserialize(data["receipt"])
+    receipt.verify(server)
+    claims = json.loads(receipt.payload)
+    results.append({
+        "crv": crv,
+        "plaintext": token.payload.decode(),
+        "header": token.jose_header,
+        "receipt_header": receipt.jose_header,
+        "claims": claims,
+        "jwe_sha256_ok": claims["jwe_sha256"] == hashlib.sha256(data["jwe"].encode()).hexdigest(),
+        "thumbprint_ok": claims["epk_thumbprint"] == eph.thumbprint(),
+    })
+out["releases"] = results
+print(json.dumps(out))
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwcrypto_decrypts_a_release_and_verifies_its_receipt() {
+    let t = start_broker().await;
+    let base = t.base.clone();
+    let out = tokio::task::spawn_blocking(move || run_python(PY_RELEASE, &json!({ "base": base })))
+        .await
+        .unwrap();
+    assert_eq!(out["write"]["tier"], 1, "{out}");
+    assert_eq!(out["write"]["downgraded"], true, "{out}");
+    let releases = out["releases"].as_array().unwrap();
+    assert_eq!(releases.len(), 3);
+    for r in releases {
+        assert_eq!(r["plaintext"], "tok-123", "{r}");
+        assert_eq!(r["header"]["alg"], "ECDH-ES+A256KW", "{r}");
+        assert_eq!(r["header"]["enc"], "A256GCM", "{r}");
+        assert_eq!(
+            r["receipt_header"]["typ"], "keyhaven-release-receipt+jwt",
+            "{r}"
+        );
+        assert_eq!(r["claims"]["path"], "app/api-token", "{r}");
+        assert_eq!(r["jwe_sha256_ok"], true, "{r}");
+        assert_eq!(r["thumbprint_ok"], true, "{r}");
+    }
+}
