@@ -86,6 +86,73 @@ pub(crate) enum ClientCommand {
     /// that never leave the server.
     #[command(subcommand)]
     Transit(TransitCommand),
+    /// The key broker's secrets: stored by path at a tier, released encrypted to a key made
+    /// for each request, with a receipt the server signs.
+    #[command(subcommand)]
+    Secret(SecretCommand),
+}
+
+/// Secret requests.
+#[derive(Debug, Subcommand)]
+pub(crate) enum SecretCommand {
+    /// Write a new version from a file (or standard input).
+    Put {
+        /// The path (segments of letters, digits, '.', '_', '-' separated by '/').
+        path: String,
+        /// The file (`-` or nothing: standard input).
+        #[arg(long = "in", value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// The tier to keep it at (0 to 4; default: the broker's).
+        #[arg(long)]
+        tier: Option<u8>,
+        /// Accept a lower tier down to this one if the broker cannot reach --tier.
+        #[arg(long)]
+        floor: Option<u8>,
+        /// The lowest tier of requester it is released to (default: the tier reached).
+        #[arg(long)]
+        min_tier: Option<u8>,
+    },
+    /// Release it: the value to standard output (or --out, a new 0600 file).
+    Get {
+        /// The path.
+        path: String,
+        /// A version other than the latest.
+        #[arg(long)]
+        version: Option<u64>,
+        /// Write the value here instead (refused if it exists).
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Keep the release receipt (a JWS the server key signed) in this new file.
+        #[arg(long, value_name = "FILE")]
+        receipt: Option<PathBuf>,
+    },
+    /// Its tiers and versions (never its value).
+    Info {
+        /// The path.
+        path: String,
+    },
+    /// This client's secrets under PREFIX.
+    List {
+        /// The prefix (all without one).
+        prefix: Option<String>,
+    },
+    /// Delete it and every version.
+    Delete {
+        /// The path.
+        path: String,
+    },
+    /// Check a release receipt against the pinned server key and print what it says (what
+    /// was released, to whom, at which tier, on which evidence, under which rule).
+    Receipt {
+        /// The receipt file (`secret get --receipt FILE` wrote it).
+        file: PathBuf,
+    },
+    /// A new KEK for this client's secrets at a tier, every envelope rewrapped to it.
+    RotateKek {
+        /// The tier (default: the broker's).
+        #[arg(long)]
+        tier: Option<u8>,
+    },
 }
 
 /// Transit requests.
@@ -168,6 +235,18 @@ pub(crate) enum AdminCommand {
     },
     /// Every client and key, as JSON.
     Export,
+    /// Vouch that a registered key lives in hardware you enrolled: it reaches TIER (0 to 2)
+    /// for secret releases.
+    Vouch {
+        /// The key's fingerprint.
+        fingerprint: String,
+        /// The tier.
+        #[arg(long)]
+        tier: u8,
+        /// How it was enrolled (kept in the audit trail).
+        #[arg(long)]
+        reason: String,
+    },
     /// Revoke keys, whoever holds them.
     Revoke {
         /// The keys' fingerprints.
@@ -439,6 +518,7 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
         )?,
         ClientCommand::Admin(cmd) => admin(&runtime, &client, cmd, json)?,
         ClientCommand::Transit(cmd) => transit(&runtime, &client, cmd, json)?,
+        ClientCommand::Secret(cmd) => secret(&runtime, &client, cmd, json)?,
     }
     Ok(OK)
 }
@@ -456,13 +536,153 @@ fn print_transit_key(k: &keyhaven_client::wire::TransitKeyView, json: bool) -> R
     )
 }
 
+/// Reads a value from a file, or standard input for none or `-`, into memory wiped after.
+fn read_value(input: Option<&std::path::Path>) -> Result<keyhaven::zeroize::Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    let mut data = keyhaven::zeroize::Zeroizing::new(Vec::new());
+    match input.filter(|p| p.as_os_str() != "-") {
+        None => std::io::stdin()
+            .lock()
+            .read_to_end(&mut data)
+            .context("read standard input"),
+        Some(p) => std::fs::File::open(p)
+            .and_then(|mut f| f.read_to_end(&mut data))
+            .with_context(|| format!("read {}", p.display())),
+    }?;
+    Ok(data)
+}
+
+/// Writes a secret value to a new private file, or standard output.
+fn write_value(out: Option<&std::path::Path>, value: &[u8]) -> Result<()> {
+    use std::io::Write;
+    match out {
+        Some(path) => keyhaven::fs::atomic_write_new(path, value).map_err(anyhow::Error::from),
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            stdout
+                .write_all(value)
+                .and_then(|()| stdout.flush())
+                .context("write the value")
+        }
+    }
+}
+
+fn secret(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    cmd: SecretCommand,
+    json: bool,
+) -> Result<()> {
+    match cmd {
+        SecretCommand::Put {
+            path,
+            input,
+            tier,
+            floor,
+            min_tier,
+        } => {
+            let value = read_value(input.as_deref())?;
+            let options = keyhaven_client::wire::SecretOptions {
+                tier,
+                floor,
+                min_tier,
+            };
+            let w = runtime.block_on(client.put_secret(&path, &value, options))?;
+            if json {
+                return print_json(&w);
+            }
+            outln!(
+                "{} version {} at tier {} (released to tier {} and above)",
+                w.path,
+                w.version,
+                w.tier,
+                w.min_tier
+            )?;
+            if w.downgraded {
+                errln!(
+                    "note: tier {} was asked for; this broker keeps it at tier {}",
+                    w.requested_tier,
+                    w.tier
+                );
+            }
+            Ok(())
+        }
+        SecretCommand::Get {
+            path,
+            version,
+            out,
+            receipt,
+        } => {
+            let r = runtime.block_on(client.release_secret(&path, version))?;
+            if let Some(file) = &receipt {
+                keyhaven::fs::atomic_write_new(file, r.receipt.as_bytes())?;
+            }
+            write_value(out.as_deref(), r.secret.expose_secret())
+        }
+        SecretCommand::Info { path } => {
+            let v = runtime.block_on(client.secret_info(&path))?;
+            if json {
+                return print_json(&v);
+            }
+            outln!(
+                "{}: versions 1 to {}, kept at tier {}, released to tier {} and above",
+                v.path,
+                v.latest_version,
+                v.tier,
+                v.min_tier
+            )
+        }
+        SecretCommand::List { prefix } => {
+            let all = runtime.block_on(client.list_secrets(prefix.as_deref().unwrap_or("")))?;
+            if json {
+                return print_json(&all);
+            }
+            let rows: Vec<Vec<String>> = all
+                .iter()
+                .map(|s| {
+                    vec![
+                        s.path.clone(),
+                        s.latest_version.to_string(),
+                        s.tier.to_string(),
+                        s.min_tier.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(&["PATH", "VERSION", "TIER", "MIN TIER"], &rows)
+        }
+        SecretCommand::Delete { path } => {
+            runtime.block_on(client.delete_secret(&path))?;
+            outln!("deleted {path}")
+        }
+        SecretCommand::Receipt { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("read {}", file.display()))?;
+            let claims = keyhaven::jws::verify(
+                text.trim(),
+                client.server_key(),
+                keyhaven_client::secrets::RECEIPT_TYPE,
+            )
+            .map_err(|e| {
+                keyhaven::CoreError::corrupt(
+                    file.display().to_string(),
+                    format!("not a release receipt of the pinned server key: {e}"),
+                )
+            })?;
+            print_json(&claims)
+        }
+        SecretCommand::RotateKek { tier } => {
+            let (version, moved) = runtime.block_on(client.rotate_secret_kek(tier))?;
+            outln!("KEK version {version}; {moved} envelopes rewrapped")
+        }
+    }
+}
+
 fn transit(
     runtime: &tokio::runtime::Runtime,
     client: &Client,
     cmd: TransitCommand,
     json: bool,
 ) -> Result<()> {
-    use std::io::{Read, Write};
     match cmd {
         TransitCommand::Create { name } => {
             print_transit_key(&runtime.block_on(client.transit_create(&name))?, json)
@@ -488,16 +708,7 @@ fn transit(
             Ok(())
         }
         TransitCommand::Encrypt { name, input } => {
-            let mut data = keyhaven::zeroize::Zeroizing::new(Vec::new());
-            match input.as_deref().filter(|p| p.as_os_str() != "-") {
-                None => std::io::stdin()
-                    .lock()
-                    .read_to_end(&mut data)
-                    .context("read the plaintext from standard input"),
-                Some(p) => std::fs::File::open(p)
-                    .and_then(|mut f| f.read_to_end(&mut data))
-                    .with_context(|| format!("read {}", p.display())),
-            }?;
+            let data = read_value(input.as_deref())?;
             let out = runtime.block_on(client.transit_encrypt(&name, &data))?;
             if json {
                 return print_json(&out);
@@ -510,17 +721,7 @@ fn transit(
             out,
         } => {
             let plain = runtime.block_on(client.transit_decrypt(&name, &ciphertext))?;
-            match out {
-                Some(path) => keyhaven::fs::atomic_write_new(&path, plain.expose_secret())
-                    .map_err(anyhow::Error::from),
-                None => {
-                    let mut stdout = std::io::stdout().lock();
-                    stdout
-                        .write_all(plain.expose_secret())
-                        .and_then(|()| stdout.flush())
-                        .context("write the plaintext")
-                }
-            }
+            write_value(out.as_deref(), plain.expose_secret())
         }
         TransitCommand::Rewrap { name, ciphertext } => {
             let out = runtime.block_on(client.transit_rewrap(&name, &ciphertext))?;
@@ -585,6 +786,14 @@ fn admin(
             print_table(&["ID", "NAME", "ROLE", "REGISTERED", "KEYS"], &rows)
         }
         AdminCommand::Export => print_json(&runtime.block_on(client.admin_export())?),
+        AdminCommand::Vouch {
+            fingerprint,
+            tier,
+            reason,
+        } => {
+            runtime.block_on(client.admin_vouch(&fingerprint, tier, &reason))?;
+            outln!("key {fingerprint} reaches tier {tier}")
+        }
         AdminCommand::Revoke {
             fingerprints,
             reason,

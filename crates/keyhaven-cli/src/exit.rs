@@ -273,6 +273,11 @@ fn hint_of_client(e: &keyhaven_client::ClientError) -> String {
              pinned (HOME/client/servers.json) for this request; check which server answers"
                 .into()
         }
+        ClientError::Receipt(_) => {
+            "Nothing from that release was used: its receipt is not the pinned server key's \
+             for this release; check which server answers"
+                .into()
+        }
         ClientError::BadResponse(_) => {
             "The server answered something this keyhaven does not understand: check that \
              client and server are of the same version"

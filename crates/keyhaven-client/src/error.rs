@@ -38,6 +38,10 @@ pub enum ClientError {
     /// The answer is signed but not what the API promises (bad JSON, too large).
     #[error("unexpected response: {0}")]
     BadResponse(String),
+    /// A release receipt that is not the server's, or not for this release: the secret it
+    /// came with was not used.
+    #[error("the release receipt does not check: {0}")]
+    Receipt(String),
     /// The request could not be signed (a locked token, a revoked key, an X25519 key).
     #[error("cannot sign the request: {0}")]
     Sign(#[source] keyhaven_httpsig::HttpSigError),
@@ -62,7 +66,9 @@ impl ClientError {
             ClientError::Transport { .. } | ClientError::OutcomeUnknown(_) => {
                 ErrorKind::Unavailable
             }
-            ClientError::Unauthentic(_) | ClientError::BadResponse(_) => ErrorKind::Corrupt,
+            ClientError::Unauthentic(_) | ClientError::BadResponse(_) | ClientError::Receipt(_) => {
+                ErrorKind::Corrupt
+            }
             ClientError::Sign(e) => e.kind(),
             ClientError::InvalidInput(_) => ErrorKind::InvalidInput,
         }

@@ -4,6 +4,7 @@
 pub mod agent;
 mod client;
 mod error;
+pub mod secrets;
 mod signer;
 mod transit;
 pub mod wire;

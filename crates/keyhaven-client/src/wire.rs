@@ -373,3 +373,80 @@ impl Drop for TransitDataKey {
         }
     }
 }
+
+/// What a secret write asks for (`PUT /v1/secrets/*path`): the tier to keep it at, the lowest
+/// tier accepted instead, and the lowest requester tier it is released to (each defaulting to
+/// the server's choice).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretOptions {
+    /// The tier asked for (default: the broker's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tier: Option<u8>,
+    /// The lowest tier accepted instead (default: the tier asked for: no fallback).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub floor: Option<u8>,
+    /// The lowest tier of requester it is released to (default: the tier reached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tier: Option<u8>,
+}
+
+/// What a secret write reached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretWritten {
+    /// The secret's path.
+    pub path: String,
+    /// The version written.
+    pub version: u64,
+    /// The tier it is kept at.
+    pub tier: u8,
+    /// The tier asked for.
+    pub requested_tier: u8,
+    /// The lowest requester tier it is released to.
+    pub min_tier: u8,
+    /// Whether it is kept below the tier asked for.
+    pub downgraded: bool,
+}
+
+/// A version of a secret, in its metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretVersionView {
+    /// The version.
+    pub version: u64,
+    /// When it was written.
+    pub created_at: u64,
+}
+
+/// A secret's metadata (`GET /v1/secrets/*path`): never its value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SecretView {
+    /// Its path.
+    pub path: String,
+    /// The tier it is kept at.
+    pub tier: u8,
+    /// The lowest requester tier it is released to.
+    pub min_tier: u8,
+    /// When it was first written.
+    pub created_at: u64,
+    /// Its newest version.
+    pub latest_version: u64,
+    /// Its versions.
+    #[serde(default)]
+    pub versions: Vec<SecretVersionView>,
+}
+
+/// A release (`POST /v1/release/*path`) as it comes back: the JWE and the signed receipt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The secret's path.
+    pub path: String,
+    /// The version released.
+    pub version: u64,
+    /// The tier the secret is kept at.
+    pub tier: u8,
+    /// The requester's tier, as the server assessed it.
+    pub requester_tier: u8,
+    /// The secret, encrypted to the request's ephemeral key (compact JWE).
+    pub jwe: String,
+    /// The receipt (compact JWS by the server key).
+    pub receipt: String,
+}

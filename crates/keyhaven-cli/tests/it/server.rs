@@ -608,3 +608,198 @@ fn the_broker_keeps_its_master_key_on_a_token_and_the_cli_drives_transit() {
     let listed = c.json(&["client", "transit", "list", "--key", "app", "--json"]);
     assert_eq!(listed, serde_json::json!(["db"]));
 }
+
+/// Secrets at tier 2 behind a master key on a SoftHSM2 token: a write asking for tier 4
+/// accepts 2 and says so; a client whose key is on another SoftHSM2 token is refused a tier-2
+/// release until the admin vouches for the key, then gets it with a receipt that checks; a
+/// software-key client stays at tier 1.
+#[test]
+fn secrets_are_released_by_tier_to_a_software_and_a_token_client() {
+    use keyhaven_testkit::devices::SoftHsm;
+    let hsm = SoftHsm::new();
+    hsm.init_token("broker", "1234");
+    hsm.init_token("device", "5678");
+    let s = Home::with_encrypted()
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .env("BROKER_PIN", "1234");
+    s.generate("p256", "admin", &[]);
+    s.ok(&["serve", "init", "--admin", "admin"]);
+    let module = hsm.module().display().to_string();
+    s.ok(&[
+        "backend",
+        "add",
+        "pkcs11",
+        "hsm",
+        "--module",
+        &module,
+        "--token",
+        "broker",
+        "--pin-env",
+        "BROKER_PIN",
+    ]);
+    s.ok(&["serve", "init-broker", "--backend", "hsm"]);
+    let served = Served::start(&s);
+    let register = |h: &Home, key: &str| {
+        h.ok(&[
+            "client",
+            "register",
+            "--server",
+            &served.url,
+            "--key",
+            key,
+            "--server-fingerprint",
+            &served.fingerprint,
+        ]);
+    };
+
+    // A software key: tier 1.
+    let soft = Home::with_encrypted();
+    soft.generate("ed25519", "app", &[]);
+    register(&soft, "app");
+    let file = soft.scratch().join("v");
+    crate::write_private(&file, b"root-password");
+    let w = soft.json(&[
+        "client",
+        "secret",
+        "put",
+        "db/root",
+        "--in",
+        &file.display().to_string(),
+        "--tier",
+        "4",
+        "--floor",
+        "2",
+        "--key",
+        "app",
+        "--json",
+    ]);
+    assert_eq!(
+        (w["tier"].as_u64(), w["downgraded"].as_bool()),
+        (Some(2), Some(true)),
+        "{w}"
+    );
+    let e = soft.fails(&["client", "secret", "get", "db/root", "--key", "app"], 6);
+    assert!(e.contains("tier 2") && e.contains("tier 1"), "{e}");
+    // It may lower the bar for its own secret.
+    soft.ok(&[
+        "client",
+        "secret",
+        "put",
+        "db/root",
+        "--in",
+        &file.display().to_string(),
+        "--min-tier",
+        "1",
+        "--key",
+        "app",
+    ]);
+    assert_eq!(
+        soft.ok(&["client", "secret", "get", "db/root", "--key", "app"]),
+        "root-password"
+    );
+
+    // A key on a token: tier 1 until the admin vouches, then 2.
+    let device = Home::new()
+        .env("SOFTHSM2_CONF", hsm.conf())
+        .env("DEVICE_PIN", "5678")
+        .env("KEYHAVEN_TOKEN_PIN", "5678");
+    device.ok(&[
+        "backend",
+        "add",
+        "pkcs11",
+        "dev",
+        "--module",
+        &module,
+        "--token",
+        "device",
+        "--pin-env",
+        "DEVICE_PIN",
+    ]);
+    device.generate("p384", "device", &[]);
+    register(&device, "device");
+    let input = device.scratch().join("in");
+    crate::write_private(&input, b"model-weights-key");
+    device.ok(&[
+        "client",
+        "secret",
+        "put",
+        "ml/weights",
+        "--in",
+        &input.display().to_string(),
+        "--key",
+        "device",
+    ]);
+    let e = device.fails(
+        &["client", "secret", "get", "ml/weights", "--key", "device"],
+        6,
+    );
+    assert!(e.contains("tier 2"), "{e}");
+    s.ok(&[
+        "client",
+        "trust",
+        "--server",
+        &served.url,
+        "--server-fingerprint",
+        &served.fingerprint,
+    ]);
+    let who = device.json(&["client", "whoami", "--key", "device", "--json"]);
+    let key = who["key"].as_str().unwrap().to_owned();
+    s.ok(&[
+        "client",
+        "admin",
+        "vouch",
+        &key,
+        "--tier",
+        "2",
+        "--reason",
+        "token enrolled by ops",
+        "--key",
+        "admin",
+    ]);
+    let receipt = device.scratch().join("receipt.jws");
+    let out = device.ok(&[
+        "client",
+        "secret",
+        "get",
+        "ml/weights",
+        "--key",
+        "device",
+        "--receipt",
+        &receipt.display().to_string(),
+    ]);
+    assert_eq!(out, "model-weights-key");
+    let claims = device.json(&[
+        "client",
+        "secret",
+        "receipt",
+        &receipt.display().to_string(),
+        "--key",
+        "device",
+    ]);
+    assert_eq!(claims["requester_tier"], 2, "{claims}");
+    assert_eq!(claims["secret_tier"], 2, "{claims}");
+    assert_eq!(claims["evidence"]["kind"], "vouched-key", "{claims}");
+    // An edited receipt is refused.
+    let text = std::fs::read_to_string(&receipt).unwrap();
+    let edited = receipt.with_extension("edited");
+    crate::write_private(&edited, text.replacen('.', ".e", 1));
+    device.fails(
+        &[
+            "client",
+            "secret",
+            "receipt",
+            &edited.display().to_string(),
+            "--key",
+            "device",
+        ],
+        7,
+    );
+    let listed = device.json(&["client", "secret", "list", "--key", "device", "--json"]);
+    assert_eq!(listed[0]["path"], "ml/weights", "{listed}");
+    let rotated = device.ok(&["client", "secret", "rotate-kek", "--key", "device"]);
+    assert!(rotated.contains("1 envelopes rewrapped"), "{rotated}");
+    assert_eq!(
+        device.ok(&["client", "secret", "get", "ml/weights", "--key", "device"]),
+        "model-weights-key"
+    );
+}

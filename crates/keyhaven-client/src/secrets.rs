@@ -1,0 +1,249 @@
+//! The key broker's secrets, as typed calls: a release is decrypted with a key made for that
+//! one request and dropped after, and its receipt is checked against the pinned server key
+//! before anything is returned.
+
+use keyhaven_core::{Algorithm, SecretBytes};
+use keyhaven_crypto::{default_provider, jwe, jws};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::client::Client;
+use crate::error::{ClientError, Result};
+use crate::wire::{Release, SecretOptions, SecretView, SecretWritten, VaultData};
+
+/// The JWS `typ` of a release receipt.
+pub const RECEIPT_TYPE: &str = "keyhaven-release-receipt+jwt";
+
+/// A secret released to this client, with the receipt to keep.
+pub struct Released {
+    /// The secret.
+    pub secret: SecretBytes,
+    /// The version.
+    pub version: u64,
+    /// The tier it is kept at.
+    pub tier: u8,
+    /// This client's tier, as the server assessed it.
+    pub requester_tier: u8,
+    /// The receipt as the server signed it (compact JWS): store it; `keyhaven` or any JOSE
+    /// library checks it later with the server's public key.
+    pub receipt: String,
+    /// The receipt's claims, checked.
+    pub claims: Value,
+}
+
+impl std::fmt::Debug for Released {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Released")
+            .field("version", &self.version)
+            .field("tier", &self.tier)
+            .field("requester_tier", &self.requester_tier)
+            .field("claims", &self.claims)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A secret path as URL path segments: the server checks it too; this keeps a path with `?`,
+/// `#`, `%` or `..` from becoming another route.
+fn checked(path: &str) -> Result<&str> {
+    let ok = !path.is_empty()
+        && path.len() <= 512
+        && path.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        });
+    if ok {
+        Ok(path)
+    } else {
+        Err(ClientError::InvalidInput(format!(
+            "'{path}' is not a secret path: segments of letters, digits, '.', '_' or '-' \
+             separated by '/'"
+        )))
+    }
+}
+
+/// Checks a receipt: signed by `server` as a release receipt, for this JWE, this ephemeral
+/// key, this path and client.
+///
+/// # Errors
+/// [`ClientError::Receipt`] naming what does not match.
+pub fn verify_receipt(
+    receipt: &str,
+    server: &keyhaven_core::PublicKey,
+    jwe: &str,
+    path: &str,
+) -> Result<Value> {
+    let claims = jws::verify(receipt, server, RECEIPT_TYPE)
+        .map_err(|e| ClientError::Receipt(e.to_string()))?;
+    let digest = hex::encode(Sha256::digest(jwe.as_bytes()));
+    if claims["jwe_sha256"] != digest.as_str() || claims["path"] != path {
+        return Err(ClientError::Receipt("it is for another release".into()));
+    }
+    Ok(claims)
+}
+
+impl Client {
+    /// Writes a new version of the secret at `path`; `options` ask for a tier and may accept
+    /// less down to a floor (`create_with_fallback`): the answer says the tier reached.
+    ///
+    /// # Errors
+    /// [`ClientError::Problem`]: 503 `tier-unavailable` when the broker cannot reach the
+    /// floor, 409 `tier-conflict` for a secret kept at another tier, and as
+    /// [`Client::send`].
+    pub async fn put_secret(
+        &self,
+        path: &str,
+        value: &[u8],
+        options: SecretOptions,
+    ) -> Result<SecretWritten> {
+        use base64ct::{Base64, Encoding};
+        let url = self
+            .url(&format!("v1/secrets/{}", checked(path)?))?
+            .as_str()
+            .to_owned();
+        let b64 = zeroize::Zeroizing::new(Base64::encode_string(value));
+        let mut body =
+            serde_json::to_value(options).map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        body["value"] = Value::String(b64.as_str().to_owned());
+        let bytes = zeroize::Zeroizing::new(body.to_string().into_bytes());
+        if let Some(Value::String(s)) = body.get_mut("value") {
+            zeroize::Zeroize::zeroize(s);
+        }
+        let out: VaultData<SecretWritten> =
+            self.send("PUT", &url, Some(bytes.to_vec())).await?.json()?;
+        Ok(out.data)
+    }
+
+    /// The secret's metadata (never its value).
+    ///
+    /// # Errors
+    /// 404 for no such secret; as [`Client::send`].
+    pub async fn secret_info(&self, path: &str) -> Result<SecretView> {
+        let out: VaultData<SecretView> = self
+            .call(
+                "GET",
+                &format!("v1/secrets/{}", checked(path)?),
+                None::<&()>,
+            )
+            .await?;
+        Ok(out.data)
+    }
+
+    /// This client's secrets under `prefix`.
+    ///
+    /// # Errors
+    /// As [`Client::send`].
+    pub async fn list_secrets(&self, prefix: &str) -> Result<Vec<SecretView>> {
+        #[derive(serde::Deserialize)]
+        struct Listing {
+            secrets: Vec<SecretView>,
+        }
+        let mut url = self.url("v1/secrets")?;
+        url.query_pairs_mut().append_pair("prefix", prefix);
+        let out: VaultData<Listing> = self.send("GET", url.as_str(), None).await?.json()?;
+        Ok(out.data.secrets)
+    }
+
+    /// Deletes the secret and every version.
+    ///
+    /// # Errors
+    /// 404 for no such secret; as [`Client::send`].
+    pub async fn delete_secret(&self, path: &str) -> Result<()> {
+        let _: Value = self
+            .call(
+                "DELETE",
+                &format!("v1/secrets/{}", checked(path)?),
+                None::<&()>,
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Releases the secret (its latest version, or `version`): encrypted by the server to a
+    /// P-384 key made for this request, decrypted here, its receipt checked.
+    ///
+    /// # Errors
+    /// 403 `tier-too-low` when this key's tier is below the secret's; 404; a receipt that
+    /// does not check ([`ClientError::Receipt`]); as [`Client::send`].
+    pub async fn release_secret(&self, path: &str, version: Option<u64>) -> Result<Released> {
+        let ephemeral = default_provider()
+            .generate(Algorithm::EcdhP384)
+            .map_err(|e| ClientError::InvalidInput(format!("an ephemeral key: {e}")))?;
+        let epk = jwe::public_jwk(ephemeral.public_key())
+            .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        let mut body = json!({ "epk": epk });
+        if let Some(v) = version {
+            body["version"] = v.into();
+        }
+        let out: VaultData<Release> = self
+            .call(
+                "POST",
+                &format!("v1/release/{}", checked(path)?),
+                Some(&body),
+            )
+            .await?;
+        let r = out.data;
+        let claims = verify_receipt(&r.receipt, self.server_key(), &r.jwe, path)?;
+        if claims["epk_thumbprint"].as_str().is_none() || claims["version"] != r.version {
+            return Err(ClientError::Receipt(
+                "it does not describe this release".into(),
+            ));
+        }
+        let (_, secret) = jwe::decrypt(&r.jwe, ephemeral.as_ref())
+            .map_err(|e| ClientError::BadResponse(format!("the released JWE: {e}")))?;
+        Ok(Released {
+            secret,
+            version: r.version,
+            tier: r.tier,
+            requester_tier: r.requester_tier,
+            receipt: r.receipt,
+            claims,
+        })
+    }
+
+    /// Rotates this client's secret KEK at `tier` (default: the broker's) and rewraps every
+    /// envelope under it; returns the new KEK version and how many envelopes moved.
+    ///
+    /// # Errors
+    /// As [`Client::send`].
+    pub async fn rotate_secret_kek(&self, tier: Option<u8>) -> Result<(u32, u64)> {
+        #[derive(serde::Deserialize)]
+        struct Rotated {
+            kek_version: u32,
+            rewrapped: u64,
+        }
+        let body = match tier {
+            Some(t) => json!({ "tier": t }),
+            None => json!({}),
+        };
+        let out: VaultData<Rotated> = self
+            .call("POST", "v1/secrets-kek/rotate", Some(&body))
+            .await?;
+        Ok((out.data.kek_version, out.data.rewrapped))
+    }
+
+    /// Admins: vouches that the registered key `fingerprint` lives in hardware the admin
+    /// enrolled, giving it `tier` (0 to 2) for releases.
+    ///
+    /// # Errors
+    /// 403 for a key that is not an admin's; 404 for an unknown key; as [`Client::send`].
+    pub async fn admin_vouch(&self, fingerprint: &str, tier: u8, reason: &str) -> Result<()> {
+        if fingerprint.len() != 64 || !fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ClientError::InvalidInput(format!(
+                "{fingerprint:?} is not a key fingerprint (64 hex digits)"
+            )));
+        }
+        let body = json!({ "tier": tier, "reason": reason });
+        let _: Value = self
+            .call(
+                "POST",
+                &format!("v1/admin/keys/{}/tier", fingerprint.to_ascii_lowercase()),
+                Some(&body),
+            )
+            .await?;
+        Ok(())
+    }
+}
