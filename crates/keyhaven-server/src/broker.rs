@@ -48,12 +48,15 @@ const KEY_TYPE: &str = "aes256-gcm96";
 
 type Engine = Transit<TenantTransit>;
 
+/// Engines by partition and tier, with when each was made.
+type Engines = HashMap<(String, u8), (Arc<Engine>, Instant)>;
+
 /// The key broker: the master key and one transit engine per tenant.
 pub struct Broker {
     master: Arc<MasterKey>,
     tier: u8,
     storage: Arc<dyn Storage>,
-    engines: Mutex<HashMap<(String, u8), (Arc<Engine>, Instant)>>,
+    engines: Mutex<Engines>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -136,10 +139,10 @@ impl Broker {
     fn engine(&self, tenant: &str, tier: u8) -> Result<Arc<Engine>, ApiError> {
         let key = (tenant.to_owned(), tier);
         let mut engines = self.engines.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((engine, since)) = engines.get(&key) {
-            if since.elapsed() < KEK_CACHE_TTL {
-                return Ok(Arc::clone(engine));
-            }
+        if let Some((engine, since)) = engines.get(&key)
+            && since.elapsed() < KEK_CACHE_TTL
+        {
+            return Ok(Arc::clone(engine));
         }
         if engines.len() >= MAX_ENGINES {
             engines.clear();
