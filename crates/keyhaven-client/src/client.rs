@@ -68,6 +68,8 @@ pub struct Client {
     clock: Arc<dyn Fn() -> u64 + Send + Sync>,
     timeout: Duration,
     roots: Vec<reqwest::Certificate>,
+    /// A capability token sent (and signed) with every request.
+    token: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -247,7 +249,21 @@ impl Client {
             signer,
             server_key,
             clock: Arc::new(unix_now),
+            token: None,
         })
+    }
+
+    /// The same client presenting a capability token (`kht_...`, see [`crate::tokens`]) with
+    /// every request, in `Authorization: Bearer`, covered by the request's signature: the
+    /// broker then acts in the token's tenant, within its rights. The token must be held by
+    /// this client's key.
+    ///
+    /// # Errors
+    /// [`ClientError::InvalidInput`] for text that is not a keyhaven token.
+    pub fn with_token(mut self, token: &str) -> Result<Self> {
+        crate::tokens::parse(token)?;
+        self.token = Some(Arc::from(token.trim()));
+        Ok(self)
     }
 
     /// The same client reading time from `clock` (seconds since the epoch) for its
@@ -527,6 +543,16 @@ impl Client {
         let mut signed =
             Request::new(request.method().as_str(), &url).map_err(ClientError::Sign)?;
         let mut covered = vec!["@method", "@target-uri"];
+        if let Some(token) = &self.token {
+            let value = format!("Bearer {token}");
+            signed.push_header("Authorization", &value);
+            request.headers_mut().insert(
+                http::header::AUTHORIZATION,
+                http::HeaderValue::from_str(&value)
+                    .map_err(|e| ClientError::InvalidInput(e.to_string()))?,
+            );
+            covered.push("authorization");
+        }
         if !body.is_empty() {
             let digest = content_digest(&body, DigestAlgorithm::Sha256);
             signed.push_header("Content-Digest", &digest);

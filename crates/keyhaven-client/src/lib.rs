@@ -6,6 +6,7 @@ mod client;
 mod error;
 pub mod secrets;
 mod signer;
+pub mod tokens;
 mod transit;
 pub mod wire;
 

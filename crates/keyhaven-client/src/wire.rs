@@ -21,6 +21,10 @@ pub struct ServerInfo {
     pub public_key: String,
     /// The API version.
     pub api: u32,
+    /// The key broker's capability token root key (Ed25519, hex), when the server has a
+    /// broker: what checks a token offline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_key: Option<String>,
 }
 
 /// `POST /v1/challenge`: a single-use value a registration must carry.

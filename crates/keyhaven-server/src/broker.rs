@@ -24,7 +24,7 @@ use axum::Extension;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use base64ct::{Base64, Encoding};
-use http::{Method, StatusCode, header};
+use http::{HeaderMap, Method, StatusCode, header};
 use keyhaven::envelope::transit::{Transit, check_key_name};
 use keyhaven::envelope::{EnvelopeError, MasterKey};
 use keyhaven::zeroize::Zeroizing;
@@ -36,6 +36,7 @@ use crate::auth::Caller;
 use crate::problem::ApiError;
 use crate::server::{Inner, RawBody};
 use crate::storage::{Storage, TenantTransit};
+use crate::tokens::{TokenRoot, token_of};
 
 /// How long an unwrapped KEK stays in memory after its unwrap.
 pub const KEK_CACHE_TTL: Duration = Duration::from_secs(300);
@@ -57,6 +58,7 @@ pub struct Broker {
     tier: u8,
     storage: Arc<dyn Storage>,
     engines: Mutex<Engines>,
+    tokens: TokenRoot,
 }
 
 impl std::fmt::Debug for Broker {
@@ -73,8 +75,11 @@ impl Broker {
     /// master key's protection: 2 (secure) for a key in hardware, 1 (encrypted) for a software
     /// key encrypted at rest.
     ///
+    /// Blocks: one agreement in the master key's backend derives the token root key.
+    ///
     /// # Errors
-    /// [`ApiError`] (`invalid-request`) for a master key stored in plain text.
+    /// [`ApiError`] (`invalid-request`) for a master key stored in plain text;
+    /// (`unavailable`) when its backend cannot make the agreement.
     pub fn new(master: MasterKey, storage: Arc<dyn Storage>) -> Result<Self, ApiError> {
         let tier = match master.info().protection {
             Protection::Hardware => 2,
@@ -89,11 +94,16 @@ impl Broker {
                 ));
             }
         };
+        let tokens = TokenRoot::derive(&master).map_err(|e| {
+            tracing::error!(error = %e, "the master key cannot derive the token root key");
+            ApiError::unavailable("the master key cannot derive the capability token key")
+        })?;
         Ok(Broker {
             master: Arc::new(master),
             tier,
             storage,
             engines: Mutex::new(HashMap::new()),
+            tokens,
         })
     }
 
@@ -157,6 +167,11 @@ impl Broker {
         );
         engines.insert(key, (Arc::clone(&engine), Instant::now()));
         Ok(engine)
+    }
+
+    /// The capability token root key.
+    pub fn tokens(&self) -> &TokenRoot {
+        &self.tokens
     }
 
     /// The store the broker keeps its state in.
@@ -402,12 +417,15 @@ impl Op {
     }
 }
 
-/// What a broker call is, for its audit record and its count.
+/// What a broker call is, for its audit record, its count and a token's scope.
 pub(crate) struct Call {
-    /// The audit operation, also the metrics label (`transit.encrypt`, `secret.release`).
+    /// The audit operation, also the metrics label and a token right's operation
+    /// (`transit.encrypt`, `secret.release`).
     pub(crate) operation: &'static str,
     /// What it is about (`transit key 'orders'`), bounded, for the audit record.
     pub(crate) subject: String,
+    /// The path (a secret path, a transit key name, a listing's prefix) a token must cover.
+    pub(crate) path: String,
     /// Whether a success is audited (a refusal always is).
     pub(crate) audit_success: bool,
 }
@@ -423,18 +441,43 @@ pub(crate) fn broker_of(inner: &Inner) -> Result<Arc<Broker>, ApiError> {
     })
 }
 
-/// Runs `f` with the broker on the blocking pool (agreements in the master key's backend and
-/// database calls block); counts it, and audits every refusal and the successes `call` says.
+/// Runs `f` with the broker and the tenant the request acts in, on the blocking pool
+/// (agreements in the master key's backend and database calls block); counts it, and audits
+/// every refusal and the successes `call` says. The tenant is the caller's own, or, with a
+/// capability `token`, the token's (after checking it covers `call`).
 pub(crate) async fn decided<T: Send + 'static>(
     inner: Arc<Inner>,
     caller: Caller,
+    token: Option<String>,
     call: Call,
-    f: impl FnOnce(&Broker, u64) -> Result<(T, String), ApiError> + Send + 'static,
+    f: impl FnOnce(&Broker, &str, u64) -> Result<(T, String), ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let broker = broker_of(&inner)?;
     let i = inner.clone();
     tokio::task::spawn_blocking(move || {
-        let outcome = f(&broker, i.now());
+        let now = i.now();
+        let granted = match &token {
+            None => Ok(None),
+            Some(t) => broker
+                .tokens()
+                .authorize(
+                    t,
+                    &caller.fingerprint,
+                    call.operation,
+                    &call.path,
+                    now,
+                    broker.storage().as_ref(),
+                )
+                .map(Some),
+        };
+        let principal = match &granted {
+            Ok(Some(g)) => format!("client:{} token:{}", caller.client_id, g.token_id),
+            _ => format!("client:{}", caller.client_id),
+        };
+        let outcome = granted.and_then(|g| {
+            let tenant = g.map_or_else(|| caller.client_id.clone(), |g| g.tenant);
+            f(&broker, &tenant, now)
+        });
         let subject: String = call.subject.chars().take(160).collect();
         let (allowed, reason, outcome) = match outcome {
             Ok((data, what)) => {
@@ -452,7 +495,7 @@ pub(crate) async fn decided<T: Send + 'static>(
         };
         i.decide(&Decision {
             operation: call.operation,
-            principal: format!("client:{}", caller.client_id),
+            principal,
             key: Some(caller.fingerprint.clone()),
             allowed,
             reason,
@@ -463,10 +506,11 @@ pub(crate) async fn decided<T: Send + 'static>(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
 }
 
-/// Runs `f` with the caller's transit engine (see [`decided`]).
+/// Runs `f` with the transit engine of the tenant the request acts in (see [`decided`]).
 async fn run(
     inner: Arc<Inner>,
     caller: Caller,
+    headers: &HeaderMap,
     op: Op,
     name: String,
     f: impl FnOnce(&Engine, &str, u64) -> Result<(Value, String), ApiError> + Send + 'static,
@@ -474,12 +518,13 @@ async fn run(
     let call = Call {
         operation: transit_operation(op),
         subject: format!("transit key '{name}'"),
+        path: name.clone(),
         audit_success: op.audited(),
     };
-    let tenant = caller.client_id.clone();
-    decided(inner, caller, call, move |broker, now| {
+    let token = token_of(headers)?;
+    decided(inner, caller, token, call, move |broker, tenant, now| {
         check_key_name(&name).map_err(|e| transit_problem(&e))?;
-        let engine = broker.transit(&tenant)?;
+        let engine = broker.transit(tenant)?;
         f(&engine, &name, now)
     })
     .await
@@ -548,6 +593,7 @@ fn check_type(p: &mut Params) -> Result<(), ApiError> {
 pub(crate) async fn create(
     State(inner): State<Arc<Inner>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Extension(RawBody(body)): Extension<RawBody>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -558,14 +604,21 @@ pub(crate) async fn create(
     p.refuse_flag("exportable", "a KEK never leaves the broker")?;
     p.refuse_flag("allow_plaintext_backup", "a KEK never leaves the broker")?;
     let warnings = p.warnings();
-    let data = run(inner, caller, Op::Create, name, |engine, name, now| {
-        let created = engine
-            .create_key(name, now)
-            .map_err(|e| transit_problem(&e))?;
-        let view = key_view(engine, name)?;
-        let what = if created { "created" } else { "exists" };
-        Ok((view, what.to_owned()))
-    })
+    let data = run(
+        inner,
+        caller,
+        &headers,
+        Op::Create,
+        name,
+        |engine, name, now| {
+            let created = engine
+                .create_key(name, now)
+                .map_err(|e| transit_problem(&e))?;
+            let view = key_view(engine, name)?;
+            let what = if created { "created" } else { "exists" };
+            Ok((view, what.to_owned()))
+        },
+    )
     .await?;
     Ok(vault_response(data, warnings))
 }
@@ -574,11 +627,17 @@ pub(crate) async fn create(
 pub(crate) async fn read(
     State(inner): State<Arc<Inner>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let data = run(inner, caller, Op::Read, name, |engine, name, _| {
-        Ok((key_view(engine, name)?, String::new()))
-    })
+    let data = run(
+        inner,
+        caller,
+        &headers,
+        Op::Read,
+        name,
+        |engine, name, _| Ok((key_view(engine, name)?, String::new())),
+    )
     .await?;
     Ok(vault_response(data, Value::Null))
 }
@@ -603,19 +662,25 @@ pub(crate) async fn list(
             "list the keys with LIST, or GET with ?list=true",
         ));
     }
-    let broker = broker_of(&inner)?;
-    let tenant = caller.client_id.clone();
-    let names = inner
-        .db(move |_| broker.storage.transit_list(&tenant).map_err(ApiError::from))
-        .await?;
-    inner.metrics.broker(transit_operation(Op::List), "ok");
-    if names.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            "this client has no transit keys",
-        ));
-    }
+    let call = Call {
+        operation: transit_operation(Op::List),
+        subject: "transit keys".to_owned(),
+        path: String::new(),
+        audit_success: false,
+    };
+    let token = token_of(request.headers())?;
+    let names = decided(inner, caller, token, call, |broker, tenant, _| {
+        let names = broker.storage.transit_list(tenant)?;
+        if names.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "this client has no transit keys",
+            ));
+        }
+        Ok((names, String::new()))
+    })
+    .await?;
     Ok(vault_response(json!({ "keys": names }), Value::Null))
 }
 
@@ -623,15 +688,23 @@ pub(crate) async fn list(
 pub(crate) async fn rotate(
     State(inner): State<Arc<Inner>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Extension(RawBody(body)): Extension<RawBody>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let p = Params::parse(&body)?;
     let warnings = p.warnings();
-    let data = run(inner, caller, Op::Rotate, name, |engine, name, now| {
-        let version = engine.rotate(name, now).map_err(|e| transit_problem(&e))?;
-        Ok((key_view(engine, name)?, format!("version {version}")))
-    })
+    let data = run(
+        inner,
+        caller,
+        &headers,
+        Op::Rotate,
+        name,
+        |engine, name, now| {
+            let version = engine.rotate(name, now).map_err(|e| transit_problem(&e))?;
+            Ok((key_view(engine, name)?, format!("version {version}")))
+        },
+    )
     .await?;
     Ok(vault_response(data, warnings))
 }
@@ -641,6 +714,7 @@ pub(crate) async fn rotate(
 pub(crate) async fn config(
     State(inner): State<Arc<Inner>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Extension(RawBody(body)): Extension<RawBody>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -657,15 +731,22 @@ pub(crate) async fn config(
     p.refuse_flag("exportable", "a KEK never leaves the broker")?;
     p.refuse_flag("allow_plaintext_backup", "a KEK never leaves the broker")?;
     let warnings = p.warnings();
-    let data = run(inner, caller, Op::Config, name, move |engine, name, _| {
-        if let Some(v) = min {
-            engine
-                .set_min_decryption_version(name, v)
-                .map_err(|e| transit_problem(&e))?;
-        }
-        let what = min.map_or_else(String::new, |v| format!("min_decryption_version {v}"));
-        Ok((key_view(engine, name)?, what))
-    })
+    let data = run(
+        inner,
+        caller,
+        &headers,
+        Op::Config,
+        name,
+        move |engine, name, _| {
+            if let Some(v) = min {
+                engine
+                    .set_min_decryption_version(name, v)
+                    .map_err(|e| transit_problem(&e))?;
+            }
+            let what = min.map_or_else(String::new, |v| format!("min_decryption_version {v}"));
+            Ok((key_view(engine, name)?, what))
+        },
+    )
     .await?;
     Ok(vault_response(data, warnings))
 }
@@ -737,6 +818,7 @@ fn answer(
 async fn crypt(
     inner: Arc<Inner>,
     caller: Caller,
+    headers: &HeaderMap,
     op: Op,
     name: String,
     body: &[u8],
@@ -763,39 +845,46 @@ async fn crypt(
             .collect()
     });
     let warnings = p.warnings();
-    let data = run(inner, caller, op, name, move |engine, name, now| {
-        // Vault's encrypt makes a key that does not exist yet (an upsert).
-        if op == Op::Encrypt && is_missing(&engine.read_key(name)) {
-            engine
-                .create_key(name, now)
-                .map_err(|e| transit_problem(&e))?;
-        }
-        match (single, items) {
-            (Some(item), _) => {
-                let out = answer(engine, name, op, &item, version)?;
-                Ok((out, "1 item".to_owned()))
+    let data = run(
+        inner,
+        caller,
+        headers,
+        op,
+        name,
+        move |engine, name, now| {
+            // Vault's encrypt makes a key that does not exist yet (an upsert).
+            if op == Op::Encrypt && is_missing(&engine.read_key(name)) {
+                engine
+                    .create_key(name, now)
+                    .map_err(|e| transit_problem(&e))?;
             }
-            (None, Some(items)) => {
-                let n = items.len();
-                let mut failed = 0usize;
-                let results: Vec<Value> = items
-                    .into_iter()
-                    .map(|item| {
-                        item.and_then(|item| answer(engine, name, op, &item, version))
-                            .unwrap_or_else(|e| {
-                                failed += 1;
-                                json!({ "error": e.detail })
-                            })
-                    })
-                    .collect();
-                Ok((
-                    json!({ "batch_results": results }),
-                    format!("{n} items, {failed} refused"),
-                ))
+            match (single, items) {
+                (Some(item), _) => {
+                    let out = answer(engine, name, op, &item, version)?;
+                    Ok((out, "1 item".to_owned()))
+                }
+                (None, Some(items)) => {
+                    let n = items.len();
+                    let mut failed = 0usize;
+                    let results: Vec<Value> = items
+                        .into_iter()
+                        .map(|item| {
+                            item.and_then(|item| answer(engine, name, op, &item, version))
+                                .unwrap_or_else(|e| {
+                                    failed += 1;
+                                    json!({ "error": e.detail })
+                                })
+                        })
+                        .collect();
+                    Ok((
+                        json!({ "batch_results": results }),
+                        format!("{n} items, {failed} refused"),
+                    ))
+                }
+                (None, None) => Err(ApiError::bad_request("invalid-request", "nothing to do")),
             }
-            (None, None) => Err(ApiError::bad_request("invalid-request", "nothing to do")),
-        }
-    })
+        },
+    )
     .await?;
     Ok(vault_response(data, warnings))
 }
@@ -804,30 +893,33 @@ async fn crypt(
 pub(crate) async fn encrypt(
     State(inner): State<Arc<Inner>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Extension(RawBody(body)): Extension<RawBody>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    crypt(inner, caller, Op::Encrypt, name, &body).await
+    crypt(inner, caller, &headers, Op::Encrypt, name, &body).await
 }
 
 /// `POST /v1/transit/decrypt/:name`.
 pub(crate) async fn decrypt(
     State(inner): State<Arc<Inner>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Extension(RawBody(body)): Extension<RawBody>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    crypt(inner, caller, Op::Decrypt, name, &body).await
+    crypt(inner, caller, &headers, Op::Decrypt, name, &body).await
 }
 
 /// `POST /v1/transit/rewrap/:name`.
 pub(crate) async fn rewrap(
     State(inner): State<Arc<Inner>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Extension(RawBody(body)): Extension<RawBody>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    crypt(inner, caller, Op::Rewrap, name, &body).await
+    crypt(inner, caller, &headers, Op::Rewrap, name, &body).await
 }
 
 /// `POST /v1/transit/datakey/:plaintext|wrapped/:name`: a fresh key of `bits` (256 unless
@@ -835,6 +927,7 @@ pub(crate) async fn rewrap(
 pub(crate) async fn datakey(
     State(inner): State<Arc<Inner>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Extension(RawBody(body)): Extension<RawBody>,
     Path((kind, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
@@ -852,25 +945,32 @@ pub(crate) async fn datakey(
     refuse_derivation(&mut p)?;
     let bits = p.uint("bits")?.unwrap_or(256);
     let warnings = p.warnings();
-    let data = run(inner, caller, Op::DataKey, name, move |engine, name, _| {
-        let (key, ciphertext) = engine
-            .data_key(name, bits)
-            .map_err(|e| transit_problem(&e))?;
-        let version = keyhaven::envelope::transit::parse_ciphertext(&ciphertext)
-            .map(|(v, _)| v)
-            .unwrap_or(0);
-        let mut data = json!({ "ciphertext": ciphertext, "key_version": version });
-        if with_plaintext {
-            let b64 = Zeroizing::new(Base64::encode_string(key.expose_secret()));
-            data["plaintext"] = Value::String(b64.as_str().to_owned());
-        }
-        let what = if with_plaintext {
-            "plaintext data key"
-        } else {
-            "wrapped data key"
-        };
-        Ok((data, format!("{what} of {bits} bits")))
-    })
+    let data = run(
+        inner,
+        caller,
+        &headers,
+        Op::DataKey,
+        name,
+        move |engine, name, _| {
+            let (key, ciphertext) = engine
+                .data_key(name, bits)
+                .map_err(|e| transit_problem(&e))?;
+            let version = keyhaven::envelope::transit::parse_ciphertext(&ciphertext)
+                .map(|(v, _)| v)
+                .unwrap_or(0);
+            let mut data = json!({ "ciphertext": ciphertext, "key_version": version });
+            if with_plaintext {
+                let b64 = Zeroizing::new(Base64::encode_string(key.expose_secret()));
+                data["plaintext"] = Value::String(b64.as_str().to_owned());
+            }
+            let what = if with_plaintext {
+                "plaintext data key"
+            } else {
+                "wrapped data key"
+            };
+            Ok((data, format!("{what} of {bits} bits")))
+        },
+    )
     .await?;
     Ok(vault_response(data, warnings))
 }

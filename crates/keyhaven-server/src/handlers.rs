@@ -155,6 +155,7 @@ pub(crate) async fn server_info(State(inner): State<Arc<Inner>>) -> Json<ServerI
         fingerprint: key.fingerprint().to_hex(),
         public_key: Base64::encode_string(key.spki_der()),
         api: 1,
+        token_key: inner.broker.as_ref().map(|b| b.tokens().public_hex()),
     })
 }
 

@@ -14,6 +14,7 @@ mod serve;
 mod server;
 pub mod storage;
 mod tls;
+pub mod tokens;
 mod trail;
 
 pub use audit::{AuditSink, Decision, LogSink, NoAudit};

@@ -21,7 +21,7 @@ use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use base64ct::{Base64UrlUnpadded, Encoding};
-use http::StatusCode;
+use http::{HeaderMap, StatusCode};
 use keyhaven::envelope::Envelope;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -32,6 +32,7 @@ use crate::broker::{Broker, Call, Params, base64_field, decided, transit_problem
 use crate::problem::ApiError;
 use crate::server::{Inner, RawBody};
 use crate::storage::{KeyTier, SecretMeta, SecretRecord, Storage};
+use crate::tokens::token_of;
 
 /// The name of the key that holds a tenant's secret KEKs (in its `~secrets` partition).
 const KEK_NAME: &str = "kek";
@@ -143,6 +144,7 @@ fn secret_view(r: &SecretRecord) -> Value {
 pub(crate) async fn put(
     State(inner): State<Arc<Inner>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Extension(RawBody(body)): Extension<RawBody>,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -158,14 +160,15 @@ pub(crate) async fn put(
     let call = Call {
         operation: "secret.write",
         subject: format!("secret '{path}'"),
+        path: path.clone(),
         audit_success: true,
     };
-    let tenant = caller.client_id.clone();
     let metrics_inner = inner.clone();
-    let data = decided(inner, caller, call, move |broker, now| {
+    let token = token_of(&headers)?;
+    let data = decided(inner, caller, token, call, move |broker, tenant, now| {
         check_path(&path)?;
         let storage = broker.storage();
-        let mut existing = storage.secret(&tenant, &path)?;
+        let mut existing = storage.secret(tenant, &path)?;
         let requested = tier.unwrap_or_else(|| existing.as_ref().map_or(broker.tier(), |r| r.tier));
         let floor = floor.unwrap_or(requested);
         if floor > requested {
@@ -204,7 +207,7 @@ pub(crate) async fn put(
             tier: reached,
             min_tier: min_tier.unwrap_or_else(|| existing.as_ref().map_or(reached, |r| r.min_tier)),
         };
-        let keks = broker.secret_keks(&tenant, reached)?;
+        let keks = broker.secret_keks(tenant, reached)?;
         keks.ensure_key(KEK_NAME, now)
             .map_err(|e| transit_problem(&e))?;
         let mut written = None;
@@ -224,7 +227,7 @@ pub(crate) async fn put(
                 written = Some(version);
                 break;
             }
-            existing = storage.secret(&tenant, &path)?;
+            existing = storage.secret(tenant, &path)?;
             if existing.as_ref().is_some_and(|r| r.tier != reached) {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
@@ -266,19 +269,21 @@ pub(crate) async fn put(
 pub(crate) async fn read(
     State(inner): State<Arc<Inner>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
     let call = Call {
         operation: "secret.read",
         subject: format!("secret '{path}'"),
+        path: path.clone(),
         audit_success: false,
     };
-    let tenant = caller.client_id.clone();
-    let data = decided(inner, caller, call, move |broker, _| {
+    let token = token_of(&headers)?;
+    let data = decided(inner, caller, token, call, move |broker, tenant, _| {
         check_path(&path)?;
         let r = broker
             .storage()
-            .secret(&tenant, &path)?
+            .secret(tenant, &path)?
             .ok_or_else(|| not_found(&path))?;
         Ok((secret_view(&r), String::new()))
     })
@@ -298,15 +303,17 @@ pub(crate) struct ListQuery {
 pub(crate) async fn list(
     State(inner): State<Arc<Inner>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiError> {
     let call = Call {
         operation: "secret.list",
         subject: format!("secrets under '{}'", q.prefix),
+        path: q.prefix.clone(),
         audit_success: false,
     };
-    let tenant = caller.client_id.clone();
-    let data = decided(inner, caller, call, move |broker, _| {
+    let token = token_of(&headers)?;
+    let data = decided(inner, caller, token, call, move |broker, tenant, _| {
         if q.prefix.len() > MAX_PATH {
             return Err(ApiError::bad_request(
                 "invalid-request",
@@ -339,17 +346,19 @@ pub(crate) async fn list(
 pub(crate) async fn delete(
     State(inner): State<Arc<Inner>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
     let call = Call {
         operation: "secret.delete",
         subject: format!("secret '{path}'"),
+        path: path.clone(),
         audit_success: true,
     };
-    let tenant = caller.client_id.clone();
-    let data = decided(inner, caller, call, move |broker, _| {
+    let token = token_of(&headers)?;
+    let data = decided(inner, caller, token, call, move |broker, tenant, _| {
         check_path(&path)?;
-        if !broker.storage().secret_delete(&tenant, &path)? {
+        if !broker.storage().secret_delete(tenant, &path)? {
             return Err(not_found(&path));
         }
         Ok((
@@ -380,6 +389,7 @@ fn thumbprint(jwk: &Value) -> String {
 pub(crate) async fn release(
     State(inner): State<Arc<Inner>>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     Extension(RawBody(body)): Extension<RawBody>,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -398,16 +408,18 @@ pub(crate) async fn release(
     let call = Call {
         operation: "secret.release",
         subject: format!("secret '{path}'"),
+        path: path.clone(),
         audit_success: true,
     };
     let signer = inner.signer.clone();
     let metrics_inner = inner.clone();
     let client = caller.clone();
-    let data = decided(inner, caller, call, move |broker, now| {
+    let token = token_of(&headers)?;
+    let data = decided(inner, caller, token, call, move |broker, tenant, now| {
         check_path(&path)?;
         let storage = broker.storage();
         let record = storage
-            .secret(&client.client_id, &path)?
+            .secret(tenant, &path)?
             .ok_or_else(|| not_found(&path))?;
         let assessment = assess(storage.as_ref(), &client)?;
         if assessment.tier < record.min_tier {
@@ -441,7 +453,7 @@ pub(crate) async fn release(
             )
         })?;
         let plaintext = broker
-            .secret_keks(&client.client_id, record.tier)?
+            .secret_keks(tenant, record.tier)?
             .open_secret(KEK_NAME, &path, version, &envelope)
             .map_err(|e| transit_problem(&e))?;
         let mut receipt_id = [0u8; 16];
@@ -460,6 +472,7 @@ pub(crate) async fn release(
             "jti": receipt_id,
             "iss": signer.public_key().fingerprint().to_hex(),
             "sub": client.client_id,
+            "tenant": tenant,
             "iat": now,
             "path": path,
             "version": version,
@@ -512,12 +525,12 @@ pub(crate) async fn rotate_kek(
     let call = Call {
         operation: "secret.rotate-kek",
         subject: "secret KEK".to_owned(),
+        path: String::new(),
         audit_success: true,
     };
-    let tenant = caller.client_id.clone();
-    let data = decided(inner, caller, call, move |broker, now| {
+    let data = decided(inner, caller, None, call, move |broker, tenant, now| {
         let tier = tier.unwrap_or(broker.tier());
-        let (kek_version, rewrapped) = rotate_and_rewrap(broker, &tenant, tier, now)?;
+        let (kek_version, rewrapped) = rotate_and_rewrap(broker, tenant, tier, now)?;
         Ok((
             json!({ "tier": tier, "kek_version": kek_version, "rewrapped": rewrapped }),
             format!("tier {tier} KEK version {kek_version}, {rewrapped} envelopes rewrapped"),
@@ -611,10 +624,11 @@ pub(crate) async fn vouch(
     let call = Call {
         operation: "server.vouch-key",
         subject: format!("key {fingerprint}"),
+        path: String::new(),
         audit_success: true,
     };
     let admin = caller.client_id.clone();
-    let data = decided(inner, caller, call, move |broker, now| {
+    let data = decided(inner, caller, None, call, move |broker, _, now| {
         let storage = broker.storage();
         if storage.key(&fingerprint)?.is_none() {
             return Err(ApiError::new(

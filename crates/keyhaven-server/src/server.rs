@@ -336,6 +336,8 @@ impl Server {
             .route("/v1/release/{*path}", post(secrets::release))
             .route("/v1/secrets-kek/rotate", post(secrets::rotate_kek))
             .route("/v1/admin/keys/{fingerprint}/tier", post(secrets::vouch))
+            .route("/v1/tokens", post(crate::tokens::mint))
+            .route("/v1/tokens/revoke", post(crate::tokens::revoke))
             .fallback(handlers::not_found)
             .method_not_allowed_fallback(handlers::method_not_allowed)
             .layer(axum::middleware::from_fn_with_state(
@@ -383,6 +385,8 @@ fn classify(path: &str) -> (&'static str, Access) {
         p if p == "/v1/secrets" || p.starts_with("/v1/secrets/") => ("secrets", Access::Client),
         p if p.starts_with("/v1/release/") => ("release", Access::Client),
         "/v1/secrets-kek/rotate" => ("secrets_kek", Access::Client),
+        "/v1/tokens" => ("tokens", Access::Client),
+        "/v1/tokens/revoke" => ("tokens_revoke", Access::Client),
         p if p.starts_with("/v1/admin/keys/") => ("admin_keys", Access::Admin),
         _ => ("other", Access::Open),
     }

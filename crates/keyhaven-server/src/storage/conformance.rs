@@ -36,6 +36,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     settings_round_trip(fresh().as_ref());
     transit_keys_version_and_stay_with_their_tenant(fresh().as_ref());
     secrets_version_list_and_delete_by_tenant(fresh().as_ref());
+    token_revocations_stick(fresh().as_ref());
 }
 
 /// A challenge is taken once, and not after it expired.
@@ -477,4 +478,29 @@ pub fn secrets_version_list_and_delete_by_tenant(s: &dyn Storage) {
     };
     s.set_key_tier(&lowered).unwrap(); // ok: a conformance check fails by panicking
     assert_eq!(s.key_tier("aa").unwrap(), Some(lowered)); // ok: a conformance check fails by panicking
+}
+
+/// A revoked token id is found among others, and its first revocation stands.
+pub fn token_revocations_stick(s: &dyn Storage) {
+    use super::RevokedToken;
+
+    let ids = ["aa".to_owned(), "bb".to_owned(), "cc".to_owned()];
+    assert_eq!(s.revoked_token(&ids).unwrap(), None); // ok: a conformance check fails by panicking
+    let first = RevokedToken {
+        id: "bb".into(),
+        tenant: "t".into(),
+        revoked_by: "c1".into(),
+        reason: "leaked".into(),
+        at: 5,
+    };
+    assert!(s.revoke_token(&first).unwrap()); // ok: a conformance check fails by panicking
+    let again = RevokedToken {
+        reason: "again".into(),
+        at: 9,
+        ..first.clone()
+    };
+    assert!(!s.revoke_token(&again).unwrap(), "revoked once"); // ok: a conformance check fails by panicking
+    assert_eq!(s.revoked_token(&ids).unwrap(), Some(first)); // ok: a conformance check fails by panicking
+    assert_eq!(s.revoked_token(&["zz".to_owned()]).unwrap(), None); // ok: a conformance check fails by panicking
+    assert_eq!(s.revoked_token(&[]).unwrap(), None); // ok: a conformance check fails by panicking
 }

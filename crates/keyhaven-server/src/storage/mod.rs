@@ -526,6 +526,34 @@ pub trait Storage: Send + Sync + 'static {
     /// # Errors
     /// [`StorageError::Database`].
     fn set_key_tier(&self, tier: &KeyTier) -> Result<()>;
+
+    /// Revokes a capability token's revocation id (every node sharing the store refuses it
+    /// from then on); `false` if it was revoked before (its first revocation stands).
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn revoke_token(&self, revoked: &RevokedToken) -> Result<bool>;
+
+    /// The first of `ids` that is revoked, if any.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn revoked_token(&self, ids: &[String]) -> Result<Option<RevokedToken>>;
+}
+
+/// A revoked capability token id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RevokedToken {
+    /// The revocation id (hex).
+    pub id: String,
+    /// The tenant whose token it was.
+    pub tenant: String,
+    /// Who revoked it (a client id).
+    pub revoked_by: String,
+    /// Why.
+    pub reason: String,
+    /// When.
+    pub at: u64,
 }
 
 /// A secret as stored: its tier, the lowest tier it is released at, and every version's

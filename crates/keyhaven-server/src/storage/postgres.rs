@@ -29,7 +29,7 @@ use super::{
     ClientRecord, KEY_COLUMNS, KeyColumns, KeyRecord, NewClient, NewKey, Result, Revoked, Storage,
     StorageError, Superseded, TransitKeyRecord, i64_of, like_pattern, role_of, u64_of, version_of,
 };
-use super::{KeyTier, SecretMeta, SecretRecord, SecretSummary, tier_of};
+use super::{KeyTier, RevokedToken, SecretMeta, SecretRecord, SecretSummary, tier_of};
 
 /// Width of a nonce partition, in seconds.
 const PARTITION: u64 = 60;
@@ -130,6 +130,13 @@ const MIGRATIONS: &[&str] = &[
          fingerprint text PRIMARY KEY,
          tier smallint NOT NULL CHECK (tier BETWEEN 0 AND 4),
          vouched_by text NOT NULL,
+         reason text NOT NULL,
+         at bigint NOT NULL
+     );
+     CREATE TABLE revoked_tokens (
+         id text PRIMARY KEY,
+         tenant text NOT NULL,
+         revoked_by text NOT NULL,
          reason text NOT NULL,
          at bigint NOT NULL
      );",
@@ -1247,6 +1254,38 @@ impl Storage for PostgresStorage {
             )
             .map(|_| ())
             .map_err(|e| self.err(&e))
+        })
+    }
+
+    fn revoke_token(&self, r: &RevokedToken) -> Result<bool> {
+        self.tx(|tx| {
+            let added = tx
+                .execute(
+                    "INSERT INTO revoked_tokens (id, tenant, revoked_by, reason, at)
+                     VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                    &[&r.id, &r.tenant, &r.revoked_by, &r.reason, &i64_of(r.at)],
+                )
+                .map_err(|e| self.err(&e))?;
+            Ok(added > 0)
+        })
+    }
+
+    fn revoked_token(&self, ids: &[String]) -> Result<Option<RevokedToken>> {
+        self.tx(|tx| {
+            let row = tx
+                .query_opt(
+                    "SELECT id, tenant, revoked_by, reason, at FROM revoked_tokens
+                     WHERE id = ANY($1) ORDER BY array_position($1, id) LIMIT 1",
+                    &[&ids],
+                )
+                .map_err(|e| self.err(&e))?;
+            Ok(row.map(|r| RevokedToken {
+                id: r.get(0),
+                tenant: r.get(1),
+                revoked_by: r.get(2),
+                reason: r.get(3),
+                at: u64_of(r.get(4)),
+            }))
         })
     }
 

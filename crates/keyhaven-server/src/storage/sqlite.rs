@@ -14,8 +14,8 @@ use sha2::{Digest, Sha256};
 use super::nonces::NonceWindow;
 use super::{
     ClientRecord, CommitGuard, KEY_COLUMNS, KeyColumns, KeyRecord, KeyTier, NewClient, NewKey,
-    Result, Revoked, SecretMeta, SecretRecord, SecretSummary, Storage, StorageError, Superseded,
-    TransitKeyRecord, i64_of, like_pattern, role_of, tier_of, u64_of, version_of,
+    Result, Revoked, RevokedToken, SecretMeta, SecretRecord, SecretSummary, Storage, StorageError,
+    Superseded, TransitKeyRecord, i64_of, like_pattern, role_of, tier_of, u64_of, version_of,
 };
 
 /// The schema, one migration per version; `PRAGMA user_version` says how many ran. The schema
@@ -84,6 +84,13 @@ const MIGRATIONS: &[&str] = &[
          fingerprint TEXT PRIMARY KEY,
          tier INTEGER NOT NULL CHECK (tier BETWEEN 0 AND 4),
          vouched_by TEXT NOT NULL,
+         reason TEXT NOT NULL,
+         at INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE revoked_tokens (
+         id TEXT PRIMARY KEY,
+         tenant TEXT NOT NULL,
+         revoked_by TEXT NOT NULL,
          reason TEXT NOT NULL,
          at INTEGER NOT NULL
      ) WITHOUT ROWID;",
@@ -380,6 +387,10 @@ impl SqliteStorage {
                 b"G",
                 "SELECT fingerprint, tier, vouched_by, reason, at FROM key_tiers
                  ORDER BY fingerprint",
+            ),
+            (
+                b"X",
+                "SELECT id, tenant, revoked_by, reason, at FROM revoked_tokens ORDER BY id",
             ),
         ] {
             self.digest_rows(conn, h, tag, sql)?;
@@ -1312,6 +1323,56 @@ impl Storage for SqliteStorage {
         self.commit_guarded(tx)?.map_or(Ok(()), Err)
     }
 
+    fn revoke_token(&self, r: &RevokedToken) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        let added = tx
+            .prepare_cached(
+                "INSERT INTO revoked_tokens (id, tenant, revoked_by, reason, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+            )
+            .map_err(self.err())?
+            .execute(params![
+                r.id,
+                r.tenant,
+                r.revoked_by,
+                r.reason,
+                i64_of(r.at)
+            ])
+            .map_err(self.err())?;
+        if added == 0 {
+            return Ok(false);
+        }
+        self.commit_guarded(tx)?.map_or(Ok(true), Err)
+    }
+
+    fn revoked_token(&self, ids: &[String]) -> Result<Option<RevokedToken>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT tenant, revoked_by, reason, at FROM revoked_tokens WHERE id = ?1",
+            )
+            .map_err(self.err())?;
+        for id in ids {
+            let found = stmt
+                .query_row(params![id], |r| {
+                    Ok(RevokedToken {
+                        id: id.clone(),
+                        tenant: r.get(0)?,
+                        revoked_by: r.get(1)?,
+                        reason: r.get(2)?,
+                        at: u64_of(r.get(3)?),
+                    })
+                })
+                .optional()
+                .map_err(self.err())?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
     fn transit_list(&self, tenant: &str) -> Result<Vec<String>> {
         let conn = self.conn();
         let mut stmt = conn
@@ -1342,7 +1403,8 @@ mod tests {
             let conn = s.conn();
             conn.execute_batch(
                 "DROP TABLE transit_versions; DROP TABLE transit_keys; DROP TABLE secret_versions;
-                 DROP TABLE secrets; DROP TABLE key_tiers; PRAGMA user_version = 1;",
+                 DROP TABLE secrets; DROP TABLE key_tiers; DROP TABLE revoked_tokens;
+                 PRAGMA user_version = 1;",
             )
             .unwrap();
             s.digest_in(&conn).unwrap()

@@ -12,4 +12,5 @@ mod storage;
 mod support;
 mod tamper;
 mod tls;
+mod tokens;
 mod vault;
