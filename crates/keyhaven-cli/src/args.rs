@@ -127,6 +127,8 @@ pub(crate) enum Command {
     Serve(crate::serve::ServeArgs),
     /// Register a key of this home with a keyhaven server; status, rotate, revoke, admin.
     Client(crate::client::ClientArgs),
+    /// Capability tokens of the key broker: mint, attenuate (offline), inspect, revoke.
+    Token(crate::token::TokenArgs),
     /// A signing agent: the home held open in memory for your processes (`keyhaven sign` uses
     /// it when KEYHAVEN_AGENT_SOCK is set or this home's agent runs); start, status, lock.
     Agent(crate::agent::AgentArgs),

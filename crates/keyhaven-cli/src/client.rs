@@ -39,6 +39,16 @@ pub(crate) struct ClientArgs {
     /// one (`keyhaven serve --tls` writes it to its HOME/server/tls-cert.pem).
     #[arg(long, global = true, value_name = "FILE")]
     pub(crate) tls_ca: Option<PathBuf>,
+    /// A capability token (`kht_...`) held by the signing key: secret and transit requests
+    /// then act on the resources of the tenant that minted it, within its rights.
+    #[arg(
+        long,
+        global = true,
+        env = "KEYHAVEN_TOKEN",
+        value_name = "TOKEN",
+        hide_env_values = true
+    )]
+    pub(crate) token: Option<String>,
     #[command(subcommand)]
     pub(crate) command: ClientCommand,
 }
@@ -90,6 +100,9 @@ pub(crate) enum ClientCommand {
     /// for each request, with a receipt the server signs.
     #[command(subcommand)]
     Secret(SecretCommand),
+    /// (`keyhaven token mint|revoke` come through here.)
+    #[command(skip)]
+    Token(crate::token::TokenCall),
 }
 
 /// Secret requests.
@@ -475,6 +488,9 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
     for node in &fallbacks {
         client = client.with_fallback(node)?;
     }
+    if let Some(token) = &args.token {
+        client = client.with_token(token)?;
+    }
     let json = args.json;
     match args.command {
         // Answered above, before a pin is needed.
@@ -519,6 +535,7 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
         ClientCommand::Admin(cmd) => admin(&runtime, &client, cmd, json)?,
         ClientCommand::Transit(cmd) => transit(&runtime, &client, cmd, json)?,
         ClientCommand::Secret(cmd) => secret(&runtime, &client, cmd, json)?,
+        ClientCommand::Token(call) => token(&runtime, &client, call, json)?,
     }
     Ok(OK)
 }
@@ -534,6 +551,40 @@ fn print_transit_key(k: &keyhaven_client::wire::TransitKeyView, json: bool) -> R
         k.latest_version,
         k.min_decryption_version
     )
+}
+
+fn token(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    call: crate::token::TokenCall,
+    json: bool,
+) -> Result<()> {
+    match call {
+        crate::token::TokenCall::Mint {
+            holder,
+            rights,
+            ttl,
+        } => {
+            let minted = runtime.block_on(client.mint_token(&holder, &rights, ttl))?;
+            if json {
+                return print_json(&minted);
+            }
+            errln!(
+                "token {} for key {holder}, until {}",
+                minted.id,
+                keyhaven::rfc3339(minted.expires_at)
+            );
+            outln!("{}", minted.token)
+        }
+        crate::token::TokenCall::Revoke {
+            token,
+            family,
+            reason,
+        } => {
+            let id = runtime.block_on(client.revoke_token(&token, family, &reason))?;
+            outln!("revoked {id}")
+        }
+    }
 }
 
 /// Reads a value from a file, or standard input for none or `-`, into memory wiped after.

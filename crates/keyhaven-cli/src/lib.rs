@@ -17,6 +17,7 @@ mod quickstart;
 mod rotation;
 mod serve;
 mod sign;
+mod token;
 
 use std::process::ExitCode;
 
@@ -79,6 +80,7 @@ pub fn main() -> ExitCode {
         Command::Serve(args) => serve::run(&ctx, args),
         Command::Client(args) => client::run(&ctx, args),
         Command::Agent(args) => agent::run(&ctx, args),
+        Command::Token(args) => token::run(&ctx, args),
     };
     // Output is flushed before a success is reported, so a write error is never lost; a
     // failure code (`verify`: invalid) stands whatever happens to the output.

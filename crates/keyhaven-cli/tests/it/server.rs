@@ -803,3 +803,133 @@ fn secrets_are_released_by_tier_to_a_software_and_a_token_client() {
         "model-weights-key"
     );
 }
+
+/// `keyhaven token`: alice mints a token for bob's key, bob narrows it offline and uses it
+/// on alice's secret, carol cannot use bob's copy, and alice's revocation ends it.
+#[test]
+fn token_mint_attenuate_inspect_use_and_revoke() {
+    let s = server_home();
+    s.ok(&["serve", "init-broker"]);
+    let served = Served::start(&s);
+    let person = |label: &str| {
+        let h = Home::with_encrypted();
+        h.generate("ed25519", label, &[]);
+        h.ok(&[
+            "client",
+            "register",
+            "--server",
+            &served.url,
+            "--key",
+            label,
+            "--server-fingerprint",
+            &served.fingerprint,
+        ]);
+        let who = h.json(&["client", "whoami", "--key", label, "--json"]);
+        (h, who["key"].as_str().unwrap().to_owned())
+    };
+    let (alice, _) = person("alice");
+    let (bob, bob_key) = person("bob");
+    let (carol, _) = person("carol");
+    let file = alice.scratch().join("v");
+    crate::write_private(&file, b"shared-value");
+    alice.ok(&[
+        "client",
+        "secret",
+        "put",
+        "shared/db",
+        "--in",
+        &file.display().to_string(),
+        "--key",
+        "alice",
+    ]);
+    let token = alice.ok(&[
+        "token",
+        "mint",
+        "--holder",
+        &bob_key,
+        "--right",
+        "secret.release:shared/",
+        "--ttl",
+        "10m",
+        "--key",
+        "alice",
+    ]);
+    let token = token.trim();
+    assert!(token.starts_with("kht_"), "{token}");
+    let e = alice.fails(
+        &[
+            "token", "mint", "--holder", &bob_key, "--right", "steal", "--key", "alice",
+        ],
+        2,
+    );
+    assert!(e.contains("OPERATION:PREFIX"), "{e}");
+
+    let narrow = bob.ok(&[
+        "token",
+        "attenuate",
+        token,
+        "--prefix",
+        "shared/db",
+        "--ttl",
+        "1m",
+    ]);
+    let narrow = narrow.trim();
+    let view = bob.json(&["token", "inspect", narrow, "--json"]);
+    assert_eq!(view["blocks"].as_array().unwrap().len(), 2, "{view}");
+    assert!(
+        view["blocks"][0]
+            .as_str()
+            .unwrap()
+            .contains("secret.release"),
+        "{view}"
+    );
+    assert!(
+        view["blocks"][1].as_str().unwrap().contains("shared/db"),
+        "{view}"
+    );
+    let got = bob.ok(&[
+        "client",
+        "secret",
+        "get",
+        "shared/db",
+        "--key",
+        "bob",
+        "--token",
+        narrow,
+    ]);
+    assert_eq!(got, "shared-value");
+    let e = carol.fails(
+        &[
+            "client",
+            "secret",
+            "get",
+            "shared/db",
+            "--key",
+            "carol",
+            "--token",
+            narrow,
+        ],
+        6,
+    );
+    assert!(e.contains("held by key"), "{e}");
+    let revoked = alice.ok(&[
+        "token", "revoke", token, "--reason", "done", "--key", "alice",
+    ]);
+    assert!(revoked.starts_with("revoked "), "{revoked}");
+    let e = bob.fails(
+        &[
+            "client",
+            "secret",
+            "get",
+            "shared/db",
+            "--key",
+            "bob",
+            "--token",
+            narrow,
+        ],
+        6,
+    );
+    assert!(e.contains("revoked"), "{e}");
+    let e = bob.fails(&["token", "inspect", "kht_garbage"], 9);
+    assert!(e.contains("not a capability token"), "{e}");
+}
