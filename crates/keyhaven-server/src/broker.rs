@@ -59,6 +59,7 @@ pub struct Broker {
     storage: Arc<dyn Storage>,
     engines: Mutex<Engines>,
     tokens: TokenRoot,
+    policies: crate::policy::PolicyCache,
 }
 
 impl std::fmt::Debug for Broker {
@@ -104,6 +105,7 @@ impl Broker {
             storage,
             engines: Mutex::new(HashMap::new()),
             tokens,
+            policies: crate::policy::PolicyCache::default(),
         })
     }
 
@@ -167,6 +169,11 @@ impl Broker {
         );
         engines.insert(key, (Arc::clone(&engine), Instant::now()));
         Ok(engine)
+    }
+
+    /// The compiled release policies.
+    pub(crate) fn policies(&self) -> &crate::policy::PolicyCache {
+        &self.policies
     }
 
     /// The capability token root key.

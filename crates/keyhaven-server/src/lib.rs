@@ -7,6 +7,7 @@ mod auth;
 pub mod broker;
 mod handlers;
 mod metrics;
+pub mod policy;
 mod problem;
 mod ratelimit;
 pub mod secrets;

@@ -29,6 +29,7 @@ use sha2::{Digest, Sha256};
 
 use crate::auth::Caller;
 use crate::broker::{Broker, Call, Params, base64_field, decided, transit_problem, vault_response};
+use crate::policy::Explanation;
 use crate::problem::ApiError;
 use crate::server::{Inner, RawBody};
 use crate::storage::{KeyTier, SecretMeta, SecretRecord, Storage};
@@ -421,22 +422,13 @@ pub(crate) async fn release(
         let record = storage
             .secret(tenant, &path)?
             .ok_or_else(|| not_found(&path))?;
-        let assessment = assess(storage.as_ref(), &client)?;
-        if assessment.tier < record.min_tier {
-            metrics_inner.metrics.release(record.tier, "denied");
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "tier-too-low",
-                format!(
-                    "secret '{path}' is released at tier {} or above; this key is tier {} ({}). \
-                     A key in hardware an admin vouched for reaches tier 2",
-                    record.min_tier,
-                    assessment.tier,
-                    assessment.evidence["kind"].as_str().unwrap_or("")
-                ),
-            ));
-        }
         let version = version.unwrap_or_else(|| record.latest_version());
+        let (assessment, explanation) =
+            decide_release(broker, tenant, &client, &record, version, now)?;
+        if !explanation.allow {
+            metrics_inner.metrics.release(record.tier, "denied");
+            return Err(refusal(&path, &assessment, &explanation));
+        }
         let (bytes, _) = record.versions.get(&version).ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -479,7 +471,13 @@ pub(crate) async fn release(
             "secret_tier": record.tier,
             "requester_tier": assessment.tier,
             "evidence": assessment.evidence,
-            "policy": { "rule": "min-tier", "min_tier": record.min_tier },
+            "policy": {
+                "rule": "min-tier",
+                "min_tier": record.min_tier,
+                "rego": explanation.policy,
+                "rego_sha256": explanation.policy_sha256,
+                "because": explanation.verdict.as_ref().map(|v| v.because.clone()),
+            },
             "jwe_sha256": hex::encode(Sha256::digest(jwe.as_bytes())),
             "epk_thumbprint": thumbprint(&epk),
         });
@@ -505,6 +503,118 @@ pub(crate) async fn release(
                 record.tier, assessment.tier
             ),
         ))
+    })
+    .await?;
+    Ok(vault_response(data, warnings))
+}
+
+/// Decides a release of `version` of `record` to `client` acting in `tenant`: the tier rule,
+/// then the release policy covering the path (see [`crate::policy`]).
+fn decide_release(
+    broker: &Broker,
+    tenant: &str,
+    client: &Caller,
+    record: &SecretRecord,
+    version: u64,
+    now: u64,
+) -> Result<(Assessment, Explanation), ApiError> {
+    let storage = broker.storage();
+    let assessment = assess(storage.as_ref(), client)?;
+    let input = json!({
+        "operation": "secret.release",
+        "tenant": tenant,
+        "path": record.path,
+        "time": now,
+        "requester": {
+            "client": client.client_id,
+            "key": client.fingerprint,
+            "tier": assessment.tier,
+            "evidence": assessment.evidence,
+            "via_token": tenant != client.client_id,
+        },
+        "secret": {
+            "path": record.path,
+            "version": version,
+            "tier": record.tier,
+            "min_tier": record.min_tier,
+        },
+    });
+    let policies = storage.policies()?;
+    let explanation = broker
+        .policies()
+        .explain(
+            &policies,
+            &record.path,
+            assessment.tier,
+            record.min_tier,
+            &input,
+        )
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "policy-denied",
+                format!("nothing was released: {e}"),
+            )
+        })?;
+    Ok((assessment, explanation))
+}
+
+/// The refusal of a release the tier rule or a policy denied, saying which.
+fn refusal(path: &str, assessment: &Assessment, explanation: &Explanation) -> ApiError {
+    let met = explanation.tier_rule["met"].as_bool().unwrap_or(false);
+    if met {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "policy-denied",
+            format!("secret '{path}': {}", explanation.summary()),
+        )
+    } else {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "tier-too-low",
+            format!(
+                "secret '{path}' is released at tier {} or above; this key is tier {} ({}). \
+                 A key in hardware an admin vouched for reaches tier 2",
+                explanation.tier_rule["min_tier"],
+                assessment.tier,
+                assessment.evidence["kind"].as_str().unwrap_or("")
+            ),
+        )
+    }
+}
+
+/// `POST /v1/policy/explain-release/*path`: what a release of the secret to this caller
+/// would decide, and why (the tier rule, the policy that applies, its `because` and `deny`),
+/// without releasing anything.
+pub(crate) async fn explain(
+    State(inner): State<Arc<Inner>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Extension(RawBody(body)): Extension<RawBody>,
+    Path(path): Path<String>,
+) -> Result<Response, ApiError> {
+    let mut p = Params::parse(&body)?;
+    let version = p.uint("version")?.map(u64::from);
+    let warnings = p.warnings();
+    let call = Call {
+        operation: "secret.release",
+        subject: format!("secret '{path}' (explain)"),
+        path: path.clone(),
+        audit_success: false,
+    };
+    let client = caller.clone();
+    let token = token_of(&headers)?;
+    let data = decided(inner, caller, token, call, move |broker, tenant, now| {
+        check_path(&path)?;
+        let record = broker
+            .storage()
+            .secret(tenant, &path)?
+            .ok_or_else(|| not_found(&path))?;
+        let version = version.unwrap_or_else(|| record.latest_version());
+        let (_, explanation) = decide_release(broker, tenant, &client, &record, version, now)?;
+        let mut out = serde_json::to_value(&explanation).unwrap_or(Value::Null);
+        out["summary"] = Value::String(explanation.summary());
+        Ok((out, String::new()))
     })
     .await?;
     Ok(vault_response(data, warnings))

@@ -336,6 +336,13 @@ impl Server {
             .route("/v1/release/{*path}", post(secrets::release))
             .route("/v1/secrets-kek/rotate", post(secrets::rotate_kek))
             .route("/v1/admin/keys/{fingerprint}/tier", post(secrets::vouch))
+            .route(
+                "/v1/admin/policies",
+                put(crate::policy::put)
+                    .get(crate::policy::list)
+                    .delete(crate::policy::delete),
+            )
+            .route("/v1/policy/explain-release/{*path}", post(secrets::explain))
             .route("/v1/tokens", post(crate::tokens::mint))
             .route("/v1/tokens/revoke", post(crate::tokens::revoke))
             .fallback(handlers::not_found)
@@ -388,6 +395,8 @@ fn classify(path: &str) -> (&'static str, Access) {
         "/v1/tokens" => ("tokens", Access::Client),
         "/v1/tokens/revoke" => ("tokens_revoke", Access::Client),
         p if p.starts_with("/v1/admin/keys/") => ("admin_keys", Access::Admin),
+        "/v1/admin/policies" => ("admin_policies", Access::Admin),
+        p if p.starts_with("/v1/policy/explain-release/") => ("explain", Access::Client),
         _ => ("other", Access::Open),
     }
 }

@@ -37,6 +37,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     transit_keys_version_and_stay_with_their_tenant(fresh().as_ref());
     secrets_version_list_and_delete_by_tenant(fresh().as_ref());
     token_revocations_stick(fresh().as_ref());
+    policies_round_trip(fresh().as_ref());
 }
 
 /// A challenge is taken once, and not after it expired.
@@ -503,4 +504,33 @@ pub fn token_revocations_stick(s: &dyn Storage) {
     assert_eq!(s.revoked_token(&ids).unwrap(), Some(first)); // ok: a conformance check fails by panicking
     assert_eq!(s.revoked_token(&["zz".to_owned()]).unwrap(), None); // ok: a conformance check fails by panicking
     assert_eq!(s.revoked_token(&[]).unwrap(), None); // ok: a conformance check fails by panicking
+}
+
+/// Policies are kept by prefix, replaced, listed by prefix and deleted.
+pub fn policies_round_trip(s: &dyn Storage) {
+    use super::PolicyRecord;
+
+    assert!(s.policies().unwrap().is_empty()); // ok: a conformance check fails by panicking
+    let root = PolicyRecord {
+        prefix: String::new(),
+        source: "package keyhaven.release".into(),
+        updated_at: 1,
+        updated_by: "a".into(),
+    };
+    let db = PolicyRecord {
+        prefix: "db/".into(),
+        ..root.clone()
+    };
+    s.put_policy(&db).unwrap(); // ok: a conformance check fails by panicking
+    s.put_policy(&root).unwrap(); // ok: a conformance check fails by panicking
+    let newer = PolicyRecord {
+        source: "package keyhaven.release # 2".into(),
+        updated_at: 2,
+        ..db
+    };
+    s.put_policy(&newer).unwrap(); // ok: a conformance check fails by panicking
+    assert_eq!(s.policies().unwrap(), [root, newer]); // ok: a conformance check fails by panicking
+    assert!(s.delete_policy("db/").unwrap()); // ok: a conformance check fails by panicking
+    assert!(!s.delete_policy("db/").unwrap()); // ok: a conformance check fails by panicking
+    assert_eq!(s.policies().unwrap().len(), 1); // ok: a conformance check fails by panicking
 }

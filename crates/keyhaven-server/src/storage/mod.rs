@@ -539,6 +539,37 @@ pub trait Storage: Send + Sync + 'static {
     /// # Errors
     /// [`StorageError::Database`].
     fn revoked_token(&self, ids: &[String]) -> Result<Option<RevokedToken>>;
+
+    /// Loads (or replaces) the release policy of a path prefix.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn put_policy(&self, policy: &PolicyRecord) -> Result<()>;
+
+    /// Removes the policy of `prefix`; `false` if there was none.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn delete_policy(&self, prefix: &str) -> Result<bool>;
+
+    /// Every release policy, by prefix.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn policies(&self) -> Result<Vec<PolicyRecord>>;
+}
+
+/// A release policy as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRecord {
+    /// The path prefix it covers (empty: every path).
+    pub prefix: String,
+    /// Its Rego source.
+    pub source: String,
+    /// When it was loaded.
+    pub updated_at: u64,
+    /// The admin client who loaded it.
+    pub updated_by: String,
 }
 
 /// A revoked capability token id.

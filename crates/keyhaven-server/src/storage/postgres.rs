@@ -29,7 +29,9 @@ use super::{
     ClientRecord, KEY_COLUMNS, KeyColumns, KeyRecord, NewClient, NewKey, Result, Revoked, Storage,
     StorageError, Superseded, TransitKeyRecord, i64_of, like_pattern, role_of, u64_of, version_of,
 };
-use super::{KeyTier, RevokedToken, SecretMeta, SecretRecord, SecretSummary, tier_of};
+use super::{
+    KeyTier, PolicyRecord, RevokedToken, SecretMeta, SecretRecord, SecretSummary, tier_of,
+};
 
 /// Width of a nonce partition, in seconds.
 const PARTITION: u64 = 60;
@@ -139,6 +141,12 @@ const MIGRATIONS: &[&str] = &[
          revoked_by text NOT NULL,
          reason text NOT NULL,
          at bigint NOT NULL
+     );
+     CREATE TABLE policies (
+         prefix text PRIMARY KEY,
+         source text NOT NULL,
+         updated_at bigint NOT NULL,
+         updated_by text NOT NULL
      );",
 ];
 
@@ -1286,6 +1294,49 @@ impl Storage for PostgresStorage {
                 reason: r.get(3),
                 at: u64_of(r.get(4)),
             }))
+        })
+    }
+
+    fn put_policy(&self, p: &PolicyRecord) -> Result<()> {
+        self.tx(|tx| {
+            tx.execute(
+                "INSERT INTO policies (prefix, source, updated_at, updated_by)
+                 VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (prefix) DO UPDATE SET source = excluded.source,
+                     updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+                &[&p.prefix, &p.source, &i64_of(p.updated_at), &p.updated_by],
+            )
+            .map(|_| ())
+            .map_err(|e| self.err(&e))
+        })
+    }
+
+    fn delete_policy(&self, prefix: &str) -> Result<bool> {
+        self.tx(|tx| {
+            let gone = tx
+                .execute("DELETE FROM policies WHERE prefix = $1", &[&prefix])
+                .map_err(|e| self.err(&e))?;
+            Ok(gone > 0)
+        })
+    }
+
+    fn policies(&self) -> Result<Vec<PolicyRecord>> {
+        self.tx(|tx| {
+            Ok(tx
+                .query(
+                    "SELECT prefix, source, updated_at, updated_by FROM policies
+                     ORDER BY prefix COLLATE \"C\"",
+                    &[],
+                )
+                .map_err(|e| self.err(&e))?
+                .iter()
+                .map(|r| PolicyRecord {
+                    prefix: r.get(0),
+                    source: r.get(1),
+                    updated_at: u64_of(r.get(2)),
+                    updated_by: r.get(3),
+                })
+                .collect())
         })
     }
 

@@ -14,8 +14,9 @@ use sha2::{Digest, Sha256};
 use super::nonces::NonceWindow;
 use super::{
     ClientRecord, CommitGuard, KEY_COLUMNS, KeyColumns, KeyRecord, KeyTier, NewClient, NewKey,
-    Result, Revoked, RevokedToken, SecretMeta, SecretRecord, SecretSummary, Storage, StorageError,
-    Superseded, TransitKeyRecord, i64_of, like_pattern, role_of, tier_of, u64_of, version_of,
+    PolicyRecord, Result, Revoked, RevokedToken, SecretMeta, SecretRecord, SecretSummary, Storage,
+    StorageError, Superseded, TransitKeyRecord, i64_of, like_pattern, role_of, tier_of, u64_of,
+    version_of,
 };
 
 /// The schema, one migration per version; `PRAGMA user_version` says how many ran. The schema
@@ -93,6 +94,12 @@ const MIGRATIONS: &[&str] = &[
          revoked_by TEXT NOT NULL,
          reason TEXT NOT NULL,
          at INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE policies (
+         prefix TEXT PRIMARY KEY,
+         source TEXT NOT NULL,
+         updated_at INTEGER NOT NULL,
+         updated_by TEXT NOT NULL
      ) WITHOUT ROWID;",
 ];
 
@@ -391,6 +398,10 @@ impl SqliteStorage {
             (
                 b"X",
                 "SELECT id, tenant, revoked_by, reason, at FROM revoked_tokens ORDER BY id",
+            ),
+            (
+                b"P",
+                "SELECT prefix, source, updated_at, updated_by FROM policies ORDER BY prefix",
             ),
         ] {
             self.digest_rows(conn, h, tag, sql)?;
@@ -1373,6 +1384,59 @@ impl Storage for SqliteStorage {
         Ok(None)
     }
 
+    fn put_policy(&self, p: &PolicyRecord) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        tx.prepare_cached(
+            "INSERT INTO policies (prefix, source, updated_at, updated_by) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (prefix) DO UPDATE SET source = excluded.source,
+                 updated_at = excluded.updated_at, updated_by = excluded.updated_by",
+        )
+        .map_err(self.err())?
+        .execute(params![
+            p.prefix,
+            p.source,
+            i64_of(p.updated_at),
+            p.updated_by
+        ])
+        .map_err(self.err())?;
+        self.commit_guarded(tx)?.map_or(Ok(()), Err)
+    }
+
+    fn delete_policy(&self, prefix: &str) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        let gone = tx
+            .prepare_cached("DELETE FROM policies WHERE prefix = ?1")
+            .map_err(self.err())?
+            .execute(params![prefix])
+            .map_err(self.err())?;
+        if gone == 0 {
+            return Ok(false);
+        }
+        self.commit_guarded(tx)?.map_or(Ok(true), Err)
+    }
+
+    fn policies(&self) -> Result<Vec<PolicyRecord>> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT prefix, source, updated_at, updated_by FROM policies ORDER BY prefix",
+            )
+            .map_err(self.err())?;
+        stmt.query_map([], |r| {
+            Ok(PolicyRecord {
+                prefix: r.get(0)?,
+                source: r.get(1)?,
+                updated_at: u64_of(r.get(2)?),
+                updated_by: r.get(3)?,
+            })
+        })
+        .map_err(self.err())?
+        .collect::<rusqlite::Result<_>>()
+        .map_err(self.err())
+    }
+
     fn transit_list(&self, tenant: &str) -> Result<Vec<String>> {
         let conn = self.conn();
         let mut stmt = conn
@@ -1404,7 +1468,7 @@ mod tests {
             conn.execute_batch(
                 "DROP TABLE transit_versions; DROP TABLE transit_keys; DROP TABLE secret_versions;
                  DROP TABLE secrets; DROP TABLE key_tiers; DROP TABLE revoked_tokens;
-                 PRAGMA user_version = 1;",
+                 DROP TABLE policies; PRAGMA user_version = 1;",
             )
             .unwrap();
             s.digest_in(&conn).unwrap()

@@ -26,7 +26,8 @@ async fn call(
     path: &str,
     body: Value,
 ) -> Result<Value, (u16, String, String)> {
-    let body = (method != "GET" && method != "DELETE").then(|| body.to_string().into_bytes());
+    let body = (method != "GET" && !(method == "DELETE" && body == json!({})))
+        .then(|| body.to_string().into_bytes());
     match c.send(method, &t.url(path), body).await {
         Ok(r) => Ok(r.json::<Value>().unwrap()["data"].clone()),
         Err(ClientError::Problem(p)) => Err((
@@ -473,4 +474,155 @@ async fn bad_secret_requests_are_clear_problems() {
         );
         assert!(e.2.contains(says), "{method} {path}: {}", e.2);
     }
+}
+
+const PROD_POLICY: &str = r#"
+package keyhaven.release
+import rego.v1
+
+default allow := false
+
+allow if input.requester.evidence.kind == "vouched-key"
+
+because contains "vouched hardware key" if input.requester.evidence.kind == "vouched-key"
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn release_policies_decide_by_prefix_explain_themselves_and_refuse_bad_rego() {
+    let t = start_broker().await;
+    let (c, fp) = client(&t, "app").await;
+    let admin_key = t.key(Algorithm::Ed25519, "admin");
+    t.make_admin(&admin_key);
+    let admin = t.client(&admin_key);
+    for path in ["prod/db", "dev/db"] {
+        call(
+            &t,
+            &c,
+            "PUT",
+            &format!("/v1/secrets/{path}"),
+            json!({ "value": b64(path.as_bytes()) }),
+        )
+        .await
+        .unwrap();
+    }
+    let e = call(
+        &t,
+        &c,
+        "PUT",
+        "/v1/admin/policies",
+        json!({ "prefix": "prod/", "rego": PROD_POLICY }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.0, 403, "only admins load policies");
+    let loaded = call(
+        &t,
+        &admin,
+        "PUT",
+        "/v1/admin/policies",
+        json!({ "prefix": "prod/", "rego": PROD_POLICY }),
+    )
+    .await
+    .unwrap();
+    let sha = loaded["sha256"].as_str().unwrap().to_owned();
+    // A policy that does not compile is refused; the one loaded stays.
+    let e = call(
+        &t,
+        &admin,
+        "PUT",
+        "/v1/admin/policies",
+        json!({ "prefix": "prod/", "rego": "package keyhaven.release\nallow if {" }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!((e.0, e.1.as_str()), (400, "policy-invalid"), "{}", e.2);
+    let listed = call(&t, &admin, "GET", "/v1/admin/policies", json!({}))
+        .await
+        .unwrap();
+    assert_eq!(listed["policies"][0]["sha256"], sha.as_str());
+
+    // dev/ is not covered; prod/ wants a vouched key.
+    assert_eq!(
+        release(&t, &c, "dev/db", None, Algorithm::X25519)
+            .await
+            .unwrap()
+            .0,
+        b"dev/db"
+    );
+    let e = release(&t, &c, "prod/db", None, Algorithm::X25519)
+        .await
+        .unwrap_err();
+    assert_eq!((e.0, e.1.as_str()), (403, "policy-denied"), "{}", e.2);
+    assert!(e.2.contains("denied by policy 'prod/'"), "{}", e.2);
+    let why = call(
+        &t,
+        &c,
+        "POST",
+        "/v1/policy/explain-release/prod/db",
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(why["allow"], false, "{why}");
+    assert_eq!(why["policy"], "prod/", "{why}");
+    assert_eq!(why["policy_sha256"], sha.as_str(), "{why}");
+    assert_eq!(why["tier_rule"]["met"], true, "{why}");
+    assert!(
+        why["summary"]
+            .as_str()
+            .unwrap()
+            .contains("no allow rule matched"),
+        "{why}"
+    );
+    call(
+        &t,
+        &admin,
+        "POST",
+        &format!("/v1/admin/keys/{fp}/tier"),
+        json!({ "tier": 2, "reason": "enrolled" }),
+    )
+    .await
+    .unwrap();
+    let why = call(
+        &t,
+        &c,
+        "POST",
+        "/v1/policy/explain-release/prod/db",
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(why["allow"], true, "{why}");
+    assert_eq!(
+        why["verdict"]["because"],
+        json!(["vouched hardware key"]),
+        "{why}"
+    );
+    let (plain, claims, _) = release(&t, &c, "prod/db", None, Algorithm::X25519)
+        .await
+        .unwrap();
+    assert_eq!(plain, b"prod/db");
+    assert_eq!(claims["policy"]["rego"], "prod/");
+    assert_eq!(claims["policy"]["rego_sha256"], sha.as_str());
+    assert_eq!(claims["policy"]["because"], json!(["vouched hardware key"]));
+    // Deleted, the path falls back to the tier rule alone.
+    call(
+        &t,
+        &admin,
+        "DELETE",
+        "/v1/admin/policies",
+        json!({ "prefix": "prod/" }),
+    )
+    .await
+    .unwrap();
+    let why = call(
+        &t,
+        &c,
+        "POST",
+        "/v1/policy/explain-release/prod/db",
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert!(why["policy"].is_null(), "{why}");
 }
