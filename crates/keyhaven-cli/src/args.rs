@@ -88,7 +88,8 @@ pub(crate) enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Rotation policies: check the file, explain which applies to a key.
+    /// Rotation policies (check, explain) and the key broker's release policies (load, list,
+    /// delete, check-release, explain-release).
     #[command(subcommand)]
     Policy(crate::rotation::PolicyCommand),
     /// Verify an identity's continuity proofs (old key signs the new, new countersigns); exit 0

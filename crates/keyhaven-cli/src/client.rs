@@ -103,6 +103,9 @@ pub(crate) enum ClientCommand {
     /// (`keyhaven token mint|revoke` come through here.)
     #[command(skip)]
     Token(crate::token::TokenCall),
+    /// (`keyhaven policy load|list|delete|explain-release PATH` come through here.)
+    #[command(skip)]
+    Policy(crate::policy::PolicyCall),
 }
 
 /// Secret requests.
@@ -536,6 +539,7 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
         ClientCommand::Transit(cmd) => transit(&runtime, &client, cmd, json)?,
         ClientCommand::Secret(cmd) => secret(&runtime, &client, cmd, json)?,
         ClientCommand::Token(call) => token(&runtime, &client, call, json)?,
+        ClientCommand::Policy(call) => return policy(&runtime, &client, call, json),
     }
     Ok(OK)
 }
@@ -551,6 +555,61 @@ fn print_transit_key(k: &keyhaven_client::wire::TransitKeyView, json: bool) -> R
         k.latest_version,
         k.min_decryption_version
     )
+}
+
+fn policy(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    call: crate::policy::PolicyCall,
+    json: bool,
+) -> Result<u8> {
+    use crate::policy::PolicyCall;
+    match call {
+        PolicyCall::Load { prefix, rego } => {
+            let sha = runtime.block_on(client.admin_put_policy(&prefix, &rego))?;
+            outln!("loaded the policy of '{prefix}' (sha256 {sha})")?;
+        }
+        PolicyCall::List => {
+            let all = runtime.block_on(client.admin_policies())?;
+            if json {
+                print_json(&all)?;
+            } else {
+                let rows: Vec<Vec<String>> = all
+                    .iter()
+                    .map(|p| {
+                        vec![
+                            format!("'{}'", p["prefix"].as_str().unwrap_or("")),
+                            p["sha256"]
+                                .as_str()
+                                .unwrap_or("")
+                                .chars()
+                                .take(16)
+                                .collect(),
+                            keyhaven::rfc3339(p["updated_at"].as_u64().unwrap_or(0)),
+                            p["updated_by"].as_str().unwrap_or("").to_owned(),
+                        ]
+                    })
+                    .collect();
+                print_table(&["PREFIX", "SHA256", "LOADED", "BY"], &rows)?;
+            }
+        }
+        PolicyCall::Delete { prefix } => {
+            runtime.block_on(client.admin_delete_policy(&prefix))?;
+            outln!("deleted the policy of '{prefix}'")?;
+        }
+        PolicyCall::Explain { path } => {
+            let why = runtime.block_on(client.explain_release(&path))?;
+            if json {
+                print_json(&why)?;
+            } else {
+                outln!("{}", why["summary"].as_str().unwrap_or(""))?;
+            }
+            if why["allow"] != serde_json::Value::Bool(true) {
+                return Ok(crate::exit::VERIFY_FAILED);
+            }
+        }
+    }
+    Ok(OK)
 }
 
 fn token(

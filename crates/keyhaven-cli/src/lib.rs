@@ -13,6 +13,7 @@ mod json;
 mod key;
 mod lifecycle;
 mod output;
+mod policy;
 mod quickstart;
 mod rotation;
 mod serve;

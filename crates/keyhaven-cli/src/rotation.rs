@@ -16,17 +16,20 @@ use crate::json::{
 };
 use crate::output::{errln, outln, print_json, print_table, read_file};
 
-/// `keyhaven policy ...`.
+/// `keyhaven policy ...`: rotation policies of this home, and the key broker's release
+/// policies.
 #[derive(Debug, Subcommand)]
 pub(crate) enum PolicyCommand {
     /// Load and validate the rotation policies (HOME/rotation.toml); exit 9 naming the field.
     Check,
-    /// Which policy applies to a key, and why.
+    /// Which rotation policy applies to a key, and why.
     Explain {
         /// ID, LABEL or BACKEND:ID|LABEL.
         #[arg(value_name = "ID|LABEL")]
         key: String,
     },
+    #[command(flatten)]
+    Release(crate::policy::PolicyCommand),
 }
 
 /// `keyhaven prekeys ...`.
@@ -286,8 +289,13 @@ pub(crate) fn rotate_due(ctx: &Ctx, dry_run: bool, json: bool) -> Result<u8> {
 }
 
 pub(crate) fn policy(ctx: &Ctx, cmd: PolicyCommand) -> Result<u8> {
+    if let PolicyCommand::Release(cmd) = cmd {
+        return crate::policy::run(ctx, cmd);
+    }
     let m = ctx.manager()?;
     match cmd {
+        // Answered above.
+        PolicyCommand::Release(_) => {}
         PolicyCommand::Check => {
             let path = m.rotation().policy_path();
             // The file as written (so a new one can be checked before it is accepted) ...

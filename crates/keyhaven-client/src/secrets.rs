@@ -247,3 +247,53 @@ impl Client {
         Ok(())
     }
 }
+
+impl Client {
+    /// Admins: loads the release policy (Rego) of a path prefix; returns its SHA-256.
+    ///
+    /// # Errors
+    /// 400 `policy-invalid` with the compiler's message (the old policy stays); 403 for a
+    /// key that is not an admin's; as [`Client::send`].
+    pub async fn admin_put_policy(&self, prefix: &str, rego: &str) -> Result<String> {
+        let body = json!({ "prefix": prefix, "rego": rego });
+        let out: VaultData<Value> = self.call("PUT", "v1/admin/policies", Some(&body)).await?;
+        Ok(out.data["sha256"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Admins: every release policy (prefix, sha256, rego, updated_at, updated_by).
+    ///
+    /// # Errors
+    /// As [`Client::admin_put_policy`].
+    pub async fn admin_policies(&self) -> Result<Vec<Value>> {
+        let out: VaultData<Value> = self.call("GET", "v1/admin/policies", None::<&()>).await?;
+        Ok(out.data["policies"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Admins: removes the policy of `prefix`.
+    ///
+    /// # Errors
+    /// 404 for none; as [`Client::admin_put_policy`].
+    pub async fn admin_delete_policy(&self, prefix: &str) -> Result<()> {
+        let body = json!({ "prefix": prefix });
+        let _: Value = self
+            .call("DELETE", "v1/admin/policies", Some(&body))
+            .await?;
+        Ok(())
+    }
+
+    /// What a release of the secret at `path` to this client would decide, and why (the
+    /// tier rule, the policy that applies, its reasons), without releasing it.
+    ///
+    /// # Errors
+    /// 404 for no such secret; as [`Client::send`].
+    pub async fn explain_release(&self, path: &str) -> Result<Value> {
+        let out: VaultData<Value> = self
+            .call(
+                "POST",
+                &format!("v1/policy/explain-release/{}", checked(path)?),
+                Some(&json!({})),
+            )
+            .await?;
+        Ok(out.data)
+    }
+}

@@ -933,3 +933,127 @@ fn token_mint_attenuate_inspect_use_and_revoke() {
     let e = bob.fails(&["token", "inspect", "kht_garbage"], 9);
     assert!(e.contains("not a capability token"), "{e}");
 }
+
+/// `keyhaven policy load|list|check-release|explain-release`: an admin loads a release policy
+/// for `prod/`, a policy that does not compile is refused and the loaded one stays, a client
+/// asks why it is refused, and the same policy decides offline.
+#[test]
+fn release_policies_from_the_cli() {
+    let s = server_home();
+    s.ok(&["serve", "init-broker"]);
+    let served = Served::start(&s);
+    s.ok(&[
+        "client",
+        "trust",
+        "--server",
+        &served.url,
+        "--server-fingerprint",
+        &served.fingerprint,
+    ]);
+    let c = Home::with_encrypted();
+    c.generate("ed25519", "app", &[]);
+    c.ok(&[
+        "client",
+        "register",
+        "--server",
+        &served.url,
+        "--key",
+        "app",
+        "--server-fingerprint",
+        &served.fingerprint,
+    ]);
+    let value = c.scratch().join("v");
+    crate::write_private(&value, b"v");
+    c.ok(&[
+        "client",
+        "secret",
+        "put",
+        "prod/db",
+        "--in",
+        &value.display().to_string(),
+        "--key",
+        "app",
+    ]);
+
+    let policy = s.scratch().join("prod.rego");
+    std::fs::write(
+        &policy,
+        "package keyhaven.release\nimport rego.v1\ndefault allow := false\n\
+         allow if input.requester.tier >= 2\n\
+         because contains \"tier 2 requester\" if input.requester.tier >= 2\n\
+         deny contains \"prod needs a hardware key\" if input.requester.tier < 2\n",
+    )
+    .unwrap();
+    let bad = s.scratch().join("bad.rego");
+    std::fs::write(&bad, "package keyhaven.release\nallow if {\n").unwrap();
+    assert!(
+        s.ok(&["policy", "check-release", &policy.display().to_string()])
+            .contains("compiles")
+    );
+    let e = s.fails(&["policy", "check-release", &bad.display().to_string()], 9);
+    assert!(e.contains("does not compile"), "{e}");
+    let loaded = s.ok(&[
+        "policy",
+        "load",
+        &policy.display().to_string(),
+        "--prefix",
+        "prod/",
+        "--key",
+        "admin",
+    ]);
+    assert!(loaded.contains("sha256"), "{loaded}");
+    let e = s.fails(
+        &[
+            "policy",
+            "load",
+            &bad.display().to_string(),
+            "--prefix",
+            "prod/",
+            "--key",
+            "admin",
+        ],
+        9,
+    );
+    assert!(e.contains("does not compile"), "{e}");
+    let listed = s.json(&["policy", "list", "--key", "admin", "--json"]);
+    assert_eq!(listed[0]["prefix"], "prod/", "{listed}");
+    assert!(
+        listed[0]["rego"]
+            .as_str()
+            .unwrap()
+            .contains("tier 2 requester"),
+        "the old one stays"
+    );
+    let e = c.fails(&["policy", "list", "--key", "app"], 6);
+    assert!(e.contains("admin"), "{e}");
+
+    let why = c.run(&["policy", "explain-release", "prod/db", "--key", "app"]);
+    assert_eq!(why.status.code(), Some(1));
+    let why = String::from_utf8_lossy(&why.stdout);
+    assert!(
+        why.contains("denied by policy 'prod/': prod needs a hardware key"),
+        "{why}"
+    );
+    let e = c.fails(&["client", "secret", "get", "prod/db", "--key", "app"], 6);
+    assert!(e.contains("prod needs a hardware key"), "{e}");
+
+    // The same policy, decided here on an input document.
+    let input = c.scratch().join("input.json");
+    std::fs::write(
+        &input,
+        r#"{"path": "prod/db", "requester": {"tier": 2}, "secret": {"min_tier": 1}}"#,
+    )
+    .unwrap();
+    let here = c.ok(&[
+        "policy",
+        "explain-release",
+        "--policy",
+        &policy.display().to_string(),
+        "--input",
+        &input.display().to_string(),
+    ]);
+    assert!(
+        here.contains("allowed by the tier rule and policy '' (tier 2 requester)"),
+        "{here}"
+    );
+}
