@@ -352,3 +352,91 @@ impl crate::Client {
         Ok(out.data.id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn minted(root: &KeyPair) -> String {
+        mint(
+            root,
+            "tenant-a",
+            &"ab".repeat(32),
+            &[Right::new("secret.release", "db/").unwrap(), Right::new("*", "tmp/").unwrap()],
+            2_000_000_000,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_token_reads_back_and_attenuations_only_add_blocks() {
+        let root = KeyPair::new();
+        let t = minted(&root);
+        let view = inspect(&t).unwrap();
+        assert_eq!(view.blocks.len(), 1);
+        assert!(view.blocks[0].contains("tenant(\"tenant-a\")"), "{:?}", view.blocks);
+        assert!(view.blocks[0].contains("right(\"secret.release\", \"db/\")"), "{:?}", view.blocks);
+        let narrow = attenuate(
+            &t,
+            &Attenuation {
+                operations: Some(vec!["secret.release".into()]),
+                prefix: Some("db/x".into()),
+                expires_at: Some(1_900_000_000),
+            },
+        )
+        .unwrap();
+        let nv = inspect(&narrow).unwrap();
+        assert_eq!(nv.blocks.len(), 2);
+        assert_eq!(nv.id, view.id, "the family id is the first block's");
+        assert_eq!(nv.revocation_ids.len(), 2);
+        assert!(nv.blocks[1].starts_with("check if"), "{:?}", nv.blocks);
+        // A quote in a prefix stays data, never code.
+        let tricky = attenuate(
+            &t,
+            &Attenuation {
+                prefix: Some("a\"); right(\"*\", \"".into()),
+                ..Attenuation::default()
+            },
+        )
+        .unwrap();
+        let tv = inspect(&tricky).unwrap();
+        assert!(!tv.blocks[1].contains("\nright"), "{:?}", tv.blocks);
+        // It still verifies with the root (so an attenuation is a real extension).
+        parse(&narrow).unwrap().verify(root.public()).unwrap();
+    }
+
+    #[test]
+    fn malformed_tokens_and_rights_are_refused_saying_why() {
+        for (text, says) in [
+            ("abc", "starts with kht_"),
+            ("kht_!!!", "not a capability token"),
+            ("kht_", "not a capability token"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(says), "{text}: {e}");
+        }
+        assert!(parse(&format!("kht_{}", "A".repeat(MAX_TOKEN))).is_err());
+        assert!(Right::new("steal", "").is_err());
+        assert!(Right::new("*", "a\nb").is_err());
+        let root = KeyPair::new();
+        assert!(mint(&root, "t", "h", &[], 1).is_err());
+        let t = minted(&root);
+        assert!(attenuate(&t, &Attenuation::default()).is_err(), "an empty attenuation");
+        assert!(attenuate(&t, &Attenuation { operations: Some(vec![]), ..Attenuation::default() }).is_err());
+    }
+
+    /// Writes fuzz seeds (`KEYHAVEN_WRITE_SEEDS=DIR`): a minted token and an attenuated one.
+    #[test]
+    fn write_fuzz_seeds_when_asked() {
+        let Some(dir) = std::env::var_os("KEYHAVEN_WRITE_SEEDS") else {
+            return;
+        };
+        let dir = std::path::PathBuf::from(dir);
+        let t = minted(&KeyPair::new());
+        std::fs::write(dir.join("minted"), &t).unwrap();
+        let n = attenuate(&t, &Attenuation { prefix: Some("db/".into()), ..Attenuation::default() }).unwrap();
+        std::fs::write(dir.join("attenuated"), n).unwrap();
+    }
+}

@@ -762,3 +762,38 @@ pub(crate) async fn vouch(
     .await?;
     Ok(vault_response(data, warnings))
 }
+
+impl Broker {
+    /// Runs `f` with version `version` (default: the latest) of `tenant`'s secret at `path`,
+    /// decrypted in this process, and wipes the plaintext when `f` returns: for Rust code
+    /// beside the broker that must not keep the material. No tier or policy decision is made
+    /// here (the caller is the broker's own process); the read is not audited by the server.
+    /// Blocks (database, master key backend).
+    ///
+    /// # Errors
+    /// 404 for no such secret or version; the envelope's and the store's errors as
+    /// [`ApiError`].
+    pub fn use_secret<T>(
+        &self,
+        tenant: &str,
+        path: &str,
+        version: Option<u64>,
+        f: impl FnOnce(&[u8]) -> T,
+    ) -> Result<T, ApiError> {
+        check_path(path)?;
+        let record = self
+            .storage()
+            .secret(tenant, path)?
+            .ok_or_else(|| not_found(path))?;
+        let version = version.unwrap_or_else(|| record.latest_version());
+        let (bytes, _) = record.versions.get(&version).ok_or_else(|| not_found(path))?;
+        let envelope =
+            Envelope::from_bytes(bytes).map_err(|e| transit_problem(&e))?;
+        let plaintext = self
+            .secret_keks(tenant, record.tier)?
+            .open_secret(KEK_NAME, path, version, &envelope)
+            .map_err(|e| transit_problem(&e))?;
+        // `plaintext` is wiped when it drops, right after `f`.
+        Ok(f(plaintext.expose_secret()))
+    }
+}

@@ -1,0 +1,293 @@
+//! The key broker under a bounded load generator on loopback: transit encrypt and decrypt
+//! operations per second for 64-byte and 4 KiB payloads, and secret releases per second (a
+//! JWE to the requester's X25519 key and a signed receipt), all with the KEK cached, at 1 and
+//! 8 concurrent clients, beside raw AES-256-GCM in this process (the floor of any envelope)
+//! and the unauthenticated `/healthz` of the same server (the floor of any request), in the
+//! same run. Releases run twice: without an audit trail, and audited to the home's log as
+//! embedded mode does (one durable append per release).
+//!
+//! (The cost of a KEK unwrap on a master key in SoftHSM2 and in swtpm, against the cached one,
+//! is measured in `keyhaven-envelope`'s, `keyhaven-hsm-pkcs11`'s and `keyhaven-hsm-tpm`'s
+//! benches.) Requests are signed before the clock starts. Bounded: at most
+//! `REQUESTS` requests or `SECONDS` seconds per run. `cargo bench -p keyhaven-server --bench
+//! broker`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64ct::{Base64, Encoding};
+use keyhaven::stores::MemoryStore;
+use keyhaven::{Algorithm, BackendConfig, BackendKind, FixedPassphrase, KeyManager, KeyStore};
+use keyhaven_client::wire::Role;
+use keyhaven_httpsig::{DigestAlgorithm, Request, SignatureSpec, content_digest, sign_request};
+use keyhaven_server::storage::{NewClient, NewKey};
+use keyhaven_server::{Broker, Rate, Server, ServerConfig, SqliteStorage, Storage};
+
+const REQUESTS: usize = 8_000;
+const SECONDS: u64 = 3;
+
+/// One request: method, URL, header fields, body.
+type Call = (&'static str, String, Vec<(String, String)>, Vec<u8>);
+
+struct Figures {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl std::fmt::Display for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:>7.0} op/s p50 {:>5.2} ms p99 {:>5.2} ms",
+            self.per_second,
+            self.p50.as_secs_f64() * 1e3,
+            self.p99.as_secs_f64() * 1e3
+        )
+    }
+}
+
+async fn fire(http: &reqwest::Client, jobs: Vec<Vec<Call>>) -> Figures {
+    let deadline = Instant::now() + Duration::from_secs(SECONDS);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for job in jobs {
+        let http = http.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(job.len());
+            for (method, url, headers, body) in job {
+                if Instant::now() > deadline {
+                    break;
+                }
+                let mut r = http.request(method.parse().unwrap(), &url);
+                for (n, v) in &headers {
+                    r = r.header(n.as_str(), v.as_str());
+                }
+                if !body.is_empty() {
+                    r = r.header("content-type", "application/json").body(body);
+                }
+                let t = Instant::now();
+                let response = r.send().await.unwrap();
+                let status = response.status();
+                let text = response.bytes().await.unwrap();
+                assert!(status.is_success(), "{status} {}", String::from_utf8_lossy(&text));
+                latencies.push(t.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    all.sort();
+    let pick = |q: f64| all[((all.len() as f64 * q) as usize).min(all.len() - 1)];
+    Figures {
+        per_second: all.len() as f64 / elapsed.as_secs_f64(),
+        p50: pick(0.50),
+        p99: pick(0.99),
+    }
+}
+
+/// Raw AES-256-GCM seals of `size` bytes per second on this thread (`aes-gcm`, fresh nonce
+/// per message).
+fn raw_aes(size: usize) -> f64 {
+    use aes_gcm::aead::{Aead, KeyInit};
+    let cipher = aes_gcm::Aes256Gcm::new_from_slice(&[7u8; 32]).unwrap();
+    let data = vec![1u8; size];
+    let started = Instant::now();
+    let mut n = 0u64;
+    let mut nonce = [0u8; 12];
+    while started.elapsed() < Duration::from_millis(500) {
+        for _ in 0..100 {
+            keyhaven::fill_random(&mut nonce).unwrap();
+            let sealed = cipher
+                .encrypt(&aes_gcm::Nonce::from(nonce), data.as_slice())
+                .unwrap();
+            std::hint::black_box(sealed);
+        }
+        n += 100;
+    }
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+struct Bench {
+    base: String,
+    keys: MemoryStore,
+    clients: Vec<keyhaven::KeyInfo>,
+    nonce: u64,
+}
+
+impl Bench {
+    fn signed(&mut self, client: usize, method: &'static str, path: &str, body: &[u8]) -> Call {
+        self.nonce += 1;
+        let k = &self.clients[client];
+        let url = format!("{}{path}", self.base);
+        let mut r = Request::new(method, &url).unwrap();
+        let mut covered = vec!["@method", "@target-uri"];
+        if !body.is_empty() {
+            r.push_header("Content-Digest", &content_digest(body, DigestAlgorithm::Sha256));
+            covered.push("content-digest");
+        }
+        let spec = SignatureSpec::new("keyhaven", &k.fingerprint().to_hex())
+            .covering(&covered)
+            .unwrap()
+            .created(keyhaven::unix_now())
+            .nonce(&format!("bench-{}", self.nonce));
+        sign_request(&mut r, &spec, &self.keys, &k.id).unwrap();
+        (method, url, r.fields().to_vec(), body.to_vec())
+    }
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(http_figures());
+}
+
+async fn http_figures() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(SqliteStorage::open(&dir.path().join("s").join("server.db")).unwrap());
+    let manager = KeyManager::open(dir.path().join("home"), FixedPassphrase::new("bench")).unwrap();
+    manager
+        .add_backend("mem", BackendConfig::new(BackendKind::Memory, None))
+        .unwrap();
+    let server_key = manager.generate(None, Algorithm::Ed25519, "server").unwrap();
+    let signer = manager.service_signer(&server_key, "bench").unwrap();
+    let master = manager.generate(None, Algorithm::X25519, "master").unwrap();
+    let broker = Arc::new(
+        Broker::new(manager.master_key(&master, "bench").unwrap(), storage.clone()).unwrap(),
+    );
+    let unlimited = Rate {
+        per_second: 0.0,
+        burst: 0.0,
+    };
+    let config = ServerConfig {
+        per_key: unlimited,
+        per_address: unlimited,
+        ..ServerConfig::default()
+    };
+    let plain = Server::new(config, storage.clone(), Arc::new(signer)).with_broker(broker);
+    let log = manager.audit().log().unwrap().expect("the home audits");
+    let audited = plain
+        .clone()
+        .with_audit(Arc::new(keyhaven_server::LogSink(log)));
+    let mut bases = Vec::new();
+    for server in [plain, audited] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        bases.push(format!("http://{}", listener.local_addr().unwrap()));
+        tokio::spawn(async move {
+            keyhaven_server::serve(listener, server, std::future::pending())
+                .await
+                .unwrap()
+        });
+    }
+    let keys = MemoryStore::new().unwrap();
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        let k = keys.generate(Algorithm::Ed25519, &format!("c{i}")).unwrap();
+        let s = storage.clone();
+        let client = NewClient {
+            id: format!("{i:032x}"),
+            name: format!("c{i}"),
+            role: Role::Client,
+            at: keyhaven::unix_now(),
+            key: NewKey {
+                fingerprint: k.fingerprint().to_hex(),
+                algorithm: "ed25519".into(),
+                spki: k.public_key.spki_der().to_vec(),
+            },
+        };
+        tokio::task::spawn_blocking(move || s.register(&client))
+            .await
+            .unwrap()
+            .unwrap();
+        clients.push(k);
+    }
+    let mut b = Bench {
+        base: bases[0].clone(),
+        keys,
+        clients,
+        nonce: 0,
+    };
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    // Each client's transit key and secret, made (and their KEKs cached) before timing.
+    let epk = {
+        let eph = keyhaven::default_provider().generate(Algorithm::X25519).unwrap();
+        keyhaven::jwe::public_jwk(eph.public_key()).unwrap()
+    };
+    let release_body = serde_json::json!({ "epk": epk }).to_string().into_bytes();
+    let mut setup = Vec::new();
+    for c in 0..8 {
+        setup.push(vec![
+            b.signed(c, "POST", "/v1/transit/keys/k", b"{}"),
+            b.signed(
+                c,
+                "PUT",
+                "/v1/secrets/app/token",
+                format!(r#"{{"value":"{}"}}"#, Base64::encode_string(&[9u8; 64])).as_bytes(),
+            ),
+            b.signed(c, "POST", "/v1/release/app/token", &release_body),
+        ]);
+    }
+    fire(&http, setup).await;
+    println!("keyhaven key broker, loopback, SQLite, software master key (tier 1), KEK cached");
+    for size in [64usize, 4096] {
+        let raw = raw_aes(size);
+        let plaintext = Base64::encode_string(&vec![5u8; size]);
+        let enc_body = format!(r#"{{"plaintext":"{plaintext}"}}"#).into_bytes();
+        // A ciphertext per client to decrypt.
+        let mut ciphertexts = Vec::new();
+        for c in 0..8 {
+            let call = b.signed(c, "POST", "/v1/transit/encrypt/k", &enc_body);
+            let mut r = http.post(&call.1).body(call.3.clone());
+            for (n, v) in &call.2 {
+                r = r.header(n.as_str(), v.as_str());
+            }
+            let v: serde_json::Value = r.send().await.unwrap().json().await.unwrap();
+            ciphertexts.push(v["data"]["ciphertext"].as_str().unwrap().to_owned());
+        }
+        for concurrency in [1usize, 8] {
+            let per = REQUESTS / concurrency;
+            let health: Vec<Vec<Call>> = (0..concurrency)
+                .map(|_| vec![("GET", format!("{}/healthz", b.base), Vec::new(), Vec::new()); per])
+                .collect();
+            let enc: Vec<Vec<Call>> = (0..concurrency)
+                .map(|c| (0..per).map(|_| b.signed(c, "POST", "/v1/transit/encrypt/k", &enc_body)).collect())
+                .collect();
+            let dec: Vec<Vec<Call>> = (0..concurrency)
+                .map(|c| {
+                    let body = format!(r#"{{"ciphertext":"{}"}}"#, ciphertexts[c]).into_bytes();
+                    (0..per).map(|_| b.signed(c, "POST", "/v1/transit/decrypt/k", &body)).collect()
+                })
+                .collect();
+            let h = fire(&http, health).await;
+            let e = fire(&http, enc).await;
+            let d = fire(&http, dec).await;
+            println!(
+                "{size:>4} B, {concurrency} clients: raw AES-256-GCM {raw:>9.0} op/s (one core) | \
+                 /healthz {h} | encrypt {e} | decrypt {d} | healthz/encrypt {:.2}x",
+                h.per_second / e.per_second
+            );
+        }
+    }
+    for (what, base) in [("no audit trail", bases[0].clone()), ("audited", bases[1].clone())] {
+        b.base = base;
+        for concurrency in [1usize, 8] {
+            let per = (REQUESTS / 4) / concurrency;
+            let rel: Vec<Vec<Call>> = (0..concurrency)
+                .map(|c| (0..per).map(|_| b.signed(c, "POST", "/v1/release/app/token", &release_body)).collect())
+                .collect();
+            let r = fire(&http, rel).await;
+            println!("releases ({what}), {concurrency} clients: {r}");
+        }
+    }
+}
