@@ -364,7 +364,10 @@ mod tests {
             root,
             "tenant-a",
             &"ab".repeat(32),
-            &[Right::new("secret.release", "db/").unwrap(), Right::new("*", "tmp/").unwrap()],
+            &[
+                Right::new("secret.release", "db/").unwrap(),
+                Right::new("*", "tmp/").unwrap(),
+            ],
             2_000_000_000,
         )
         .unwrap()
@@ -376,8 +379,16 @@ mod tests {
         let t = minted(&root);
         let view = inspect(&t).unwrap();
         assert_eq!(view.blocks.len(), 1);
-        assert!(view.blocks[0].contains("tenant(\"tenant-a\")"), "{:?}", view.blocks);
-        assert!(view.blocks[0].contains("right(\"secret.release\", \"db/\")"), "{:?}", view.blocks);
+        assert!(
+            view.blocks[0].contains("tenant(\"tenant-a\")"),
+            "{:?}",
+            view.blocks
+        );
+        assert!(
+            view.blocks[0].contains("right(\"secret.release\", \"db/\")"),
+            "{:?}",
+            view.blocks
+        );
         let narrow = attenuate(
             &t,
             &Attenuation {
@@ -423,8 +434,20 @@ mod tests {
         let root = KeyPair::new();
         assert!(mint(&root, "t", "h", &[], 1).is_err());
         let t = minted(&root);
-        assert!(attenuate(&t, &Attenuation::default()).is_err(), "an empty attenuation");
-        assert!(attenuate(&t, &Attenuation { operations: Some(vec![]), ..Attenuation::default() }).is_err());
+        assert!(
+            attenuate(&t, &Attenuation::default()).is_err(),
+            "an empty attenuation"
+        );
+        assert!(
+            attenuate(
+                &t,
+                &Attenuation {
+                    operations: Some(vec![]),
+                    ..Attenuation::default()
+                }
+            )
+            .is_err()
+        );
     }
 
     /// Writes fuzz seeds (`KEYHAVEN_WRITE_SEEDS=DIR`): a minted token and an attenuated one.
@@ -436,7 +459,14 @@ mod tests {
         let dir = std::path::PathBuf::from(dir);
         let t = minted(&KeyPair::new());
         std::fs::write(dir.join("minted"), &t).unwrap();
-        let n = attenuate(&t, &Attenuation { prefix: Some("db/".into()), ..Attenuation::default() }).unwrap();
+        let n = attenuate(
+            &t,
+            &Attenuation {
+                prefix: Some("db/".into()),
+                ..Attenuation::default()
+            },
+        )
+        .unwrap();
         std::fs::write(dir.join("attenuated"), n).unwrap();
     }
 }

@@ -72,7 +72,11 @@ async fn fire(http: &reqwest::Client, jobs: Vec<Vec<Call>>) -> Figures {
                 let response = r.send().await.unwrap();
                 let status = response.status();
                 let text = response.bytes().await.unwrap();
-                assert!(status.is_success(), "{status} {}", String::from_utf8_lossy(&text));
+                assert!(
+                    status.is_success(),
+                    "{status} {}",
+                    String::from_utf8_lossy(&text)
+                );
                 latencies.push(t.elapsed());
             }
             latencies
@@ -129,7 +133,10 @@ impl Bench {
         let mut r = Request::new(method, &url).unwrap();
         let mut covered = vec!["@method", "@target-uri"];
         if !body.is_empty() {
-            r.push_header("Content-Digest", &content_digest(body, DigestAlgorithm::Sha256));
+            r.push_header(
+                "Content-Digest",
+                &content_digest(body, DigestAlgorithm::Sha256),
+            );
             covered.push("content-digest");
         }
         let spec = SignatureSpec::new("keyhaven", &k.fingerprint().to_hex())
@@ -157,11 +164,17 @@ async fn http_figures() {
     manager
         .add_backend("mem", BackendConfig::new(BackendKind::Memory, None))
         .unwrap();
-    let server_key = manager.generate(None, Algorithm::Ed25519, "server").unwrap();
+    let server_key = manager
+        .generate(None, Algorithm::Ed25519, "server")
+        .unwrap();
     let signer = manager.service_signer(&server_key, "bench").unwrap();
     let master = manager.generate(None, Algorithm::X25519, "master").unwrap();
     let broker = Arc::new(
-        Broker::new(manager.master_key(&master, "bench").unwrap(), storage.clone()).unwrap(),
+        Broker::new(
+            manager.master_key(&master, "bench").unwrap(),
+            storage.clone(),
+        )
+        .unwrap(),
     );
     let unlimited = Rate {
         per_second: 0.0,
@@ -221,7 +234,9 @@ async fn http_figures() {
         .unwrap();
     // Each client's transit key and secret, made (and their KEKs cached) before timing.
     let epk = {
-        let eph = keyhaven::default_provider().generate(Algorithm::X25519).unwrap();
+        let eph = keyhaven::default_provider()
+            .generate(Algorithm::X25519)
+            .unwrap();
         keyhaven::jwe::public_jwk(eph.public_key()).unwrap()
     };
     let release_body = serde_json::json!({ "epk": epk }).to_string().into_bytes();
@@ -252,7 +267,8 @@ async fn http_figures() {
             for (n, v) in &call.2 {
                 r = r.header(n.as_str(), v.as_str());
             }
-            let v: serde_json::Value = r.send().await.unwrap().json().await.unwrap();
+            let v: serde_json::Value =
+                serde_json::from_slice(&r.send().await.unwrap().bytes().await.unwrap()).unwrap();
             ciphertexts.push(v["data"]["ciphertext"].as_str().unwrap().to_owned());
         }
         for concurrency in [1usize, 8] {
@@ -261,12 +277,18 @@ async fn http_figures() {
                 .map(|_| vec![("GET", format!("{}/healthz", b.base), Vec::new(), Vec::new()); per])
                 .collect();
             let enc: Vec<Vec<Call>> = (0..concurrency)
-                .map(|c| (0..per).map(|_| b.signed(c, "POST", "/v1/transit/encrypt/k", &enc_body)).collect())
+                .map(|c| {
+                    (0..per)
+                        .map(|_| b.signed(c, "POST", "/v1/transit/encrypt/k", &enc_body))
+                        .collect()
+                })
                 .collect();
             let dec: Vec<Vec<Call>> = (0..concurrency)
                 .map(|c| {
                     let body = format!(r#"{{"ciphertext":"{}"}}"#, ciphertexts[c]).into_bytes();
-                    (0..per).map(|_| b.signed(c, "POST", "/v1/transit/decrypt/k", &body)).collect()
+                    (0..per)
+                        .map(|_| b.signed(c, "POST", "/v1/transit/decrypt/k", &body))
+                        .collect()
                 })
                 .collect();
             let h = fire(&http, health).await;
@@ -279,12 +301,19 @@ async fn http_figures() {
             );
         }
     }
-    for (what, base) in [("no audit trail", bases[0].clone()), ("audited", bases[1].clone())] {
+    for (what, base) in [
+        ("no audit trail", bases[0].clone()),
+        ("audited", bases[1].clone()),
+    ] {
         b.base = base;
         for concurrency in [1usize, 8] {
             let per = (REQUESTS / 4) / concurrency;
             let rel: Vec<Vec<Call>> = (0..concurrency)
-                .map(|c| (0..per).map(|_| b.signed(c, "POST", "/v1/release/app/token", &release_body)).collect())
+                .map(|c| {
+                    (0..per)
+                        .map(|_| b.signed(c, "POST", "/v1/release/app/token", &release_body))
+                        .collect()
+                })
                 .collect();
             let r = fire(&http, rel).await;
             println!("releases ({what}), {concurrency} clients: {r}");

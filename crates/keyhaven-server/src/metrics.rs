@@ -75,6 +75,8 @@ pub struct Metrics {
     registrations: AtomicU64,
     rotations: AtomicU64,
     rate_limited: AtomicU64,
+    /// The key broker's tier plus one (0: no broker).
+    broker_tier: AtomicI64,
 }
 
 /// The method as a bounded label.
@@ -154,6 +156,12 @@ impl Metrics {
     /// A release decision for a secret of `tier`: `released` or `denied`.
     pub fn release(&self, tier: u8, outcome: &'static str) {
         *self.tables().releases.entry((tier, outcome)).or_default() += 1;
+    }
+
+    /// The key broker's tier (what it can keep and release at), or `None` without one.
+    pub fn set_broker_tier(&self, tier: Option<u8>) {
+        self.broker_tier
+            .store(tier.map_or(0, |t| i64::from(t) + 1), Ordering::Relaxed);
     }
 
     /// A request refused by a rate limit.
@@ -245,6 +253,20 @@ impl Metrics {
                 out,
                 "keyhaven_broker_operations_total{{operation=\"{operation}\",outcome=\"{outcome}\"}} {n}"
             );
+        }
+        let tier = self.broker_tier.load(Ordering::Relaxed) - 1;
+        if tier >= 0 {
+            out.push_str(
+                "# HELP keyhaven_broker_tier_available Whether the broker keeps and releases secrets at each tier (its master key's protection bounds it).\n\
+                 # TYPE keyhaven_broker_tier_available gauge\n",
+            );
+            for t in 0..=4i64 {
+                let _ = writeln!(
+                    out,
+                    "keyhaven_broker_tier_available{{tier=\"{t}\"}} {}",
+                    i64::from(t <= tier)
+                );
+            }
         }
         out.push_str(
             "# HELP keyhaven_broker_releases_total Release decisions, by the secret's tier and outcome.\n\

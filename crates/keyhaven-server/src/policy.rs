@@ -156,7 +156,7 @@ impl Policy {
                 .map_err(|e| PolicyError::Eval(e.to_string()))
         };
         let allow = rule(&mut engine, "allow")?;
-        let allow = allow.as_bool().map(|b| *b).unwrap_or(false);
+        let allow = allow.as_bool().copied().unwrap_or(false);
         let because = match engine.has_declared_rule_rooted_at("release.rego", "because") {
             Ok(true) => strings(&rule(&mut engine, "because")?),
             _ => Vec::new(),

@@ -218,7 +218,7 @@ pub(crate) async fn put(
                 .seal_secret(KEK_NAME, &path, version, &value)
                 .map_err(|e| transit_problem(&e))?;
             if storage.secret_add_version(
-                &tenant,
+                tenant,
                 &path,
                 meta,
                 version,
@@ -322,9 +322,7 @@ pub(crate) async fn list(
             ));
         }
         let limit = q.limit.unwrap_or(MAX_LIST).min(MAX_LIST);
-        let found = broker
-            .storage()
-            .secret_list(&tenant, &q.prefix, "", limit)?;
+        let found = broker.storage().secret_list(tenant, &q.prefix, "", limit)?;
         let secrets: Vec<Value> = found
             .iter()
             .map(|s| {
@@ -786,9 +784,11 @@ impl Broker {
             .secret(tenant, path)?
             .ok_or_else(|| not_found(path))?;
         let version = version.unwrap_or_else(|| record.latest_version());
-        let (bytes, _) = record.versions.get(&version).ok_or_else(|| not_found(path))?;
-        let envelope =
-            Envelope::from_bytes(bytes).map_err(|e| transit_problem(&e))?;
+        let (bytes, _) = record
+            .versions
+            .get(&version)
+            .ok_or_else(|| not_found(path))?;
+        let envelope = Envelope::from_bytes(bytes).map_err(|e| transit_problem(&e))?;
         let plaintext = self
             .secret_keks(tenant, record.tier)?
             .open_secret(KEK_NAME, path, version, &envelope)

@@ -476,6 +476,7 @@ impl Server {
             .with_audit(audit)
             .with_inner(|i| {
                 i.key_reference = Some(reference);
+                i.metrics.set_broker_tier(broker.as_ref().map(|b| b.tier()));
                 i.broker = broker;
             }))
     }

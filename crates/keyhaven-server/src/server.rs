@@ -231,6 +231,9 @@ impl Server {
                 broker: shared.broker.clone(),
             },
         };
+        inner
+            .metrics
+            .set_broker_tier(inner.broker.as_ref().map(|b| b.tier()));
         change(&mut inner);
         Server {
             inner: Arc::new(inner),
@@ -255,7 +258,10 @@ impl Server {
     /// The same server with a key broker (the transit routes under `/v1/transit/`).
     #[must_use]
     pub fn with_broker(self, broker: Arc<crate::broker::Broker>) -> Self {
-        self.with_inner(|i| i.broker = Some(broker))
+        self.with_inner(|i| {
+            i.metrics.set_broker_tier(Some(broker.tier()));
+            i.broker = Some(broker);
+        })
     }
 
     /// The key broker, if this server has one.

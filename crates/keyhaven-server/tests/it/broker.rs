@@ -515,6 +515,20 @@ async fn bad_transit_input_is_a_clear_problem_and_audited() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_say_which_tiers_the_broker_serves() {
+    let t = start_broker().await;
+    assert_eq!(t.metric("keyhaven_broker_tier_available{tier=\"1\"}"), 1);
+    assert_eq!(t.metric("keyhaven_broker_tier_available{tier=\"2\"}"), 0);
+    let plain = start().await;
+    assert!(
+        !plain
+            .server
+            .metrics()
+            .contains("keyhaven_broker_tier_available")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_a_broker_says_so() {
     let t = start().await;
     let c = client(&t, "app").await;

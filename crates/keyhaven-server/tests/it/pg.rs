@@ -229,3 +229,136 @@ fn the_shared_audit_trail_verifies_and_shows_every_edit_and_removal() {
         report.problems
     );
 }
+
+/// A node with a key broker over the shared database, its master key `master`.
+async fn broker_node(
+    url: &str,
+    signer: keyhaven::ServiceSigner,
+    master: keyhaven::envelope::MasterKey,
+) -> Node {
+    let u = url.to_owned();
+    let storage: Arc<dyn keyhaven_server::Storage> = Arc::new(
+        tokio::task::spawn_blocking(move || PostgresStorage::connect(&u, 4))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    let broker = Arc::new(keyhaven_server::Broker::new(master, storage.clone()).unwrap());
+    let server =
+        Server::new(ServerConfig::default(), storage, Arc::new(signer)).with_broker(broker);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(async move {
+        keyhaven_server::serve(listener, server, async {
+            let _ = stopped.await;
+        })
+        .await
+        .unwrap();
+    });
+    Node {
+        base,
+        stop: Some(stop),
+    }
+}
+
+/// Two broker nodes on one PostgreSQL database with one master key: a transit key rotated on
+/// one encrypts at the new version on the other, a secret written on one is released by the
+/// other, and a token revoked on one is refused by the other at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_broker_nodes_share_keys_secrets_and_token_revocations() {
+    use keyhaven_client::tokens::Right;
+
+    let pg = tokio::task::spawn_blocking(Postgres::start).await.unwrap();
+    let url = pg.url();
+    let dir = tempfile::tempdir().unwrap();
+    let (manager, key, _) = crate::support::server_key(dir.path(), Algorithm::Ed25519);
+    let master = manager
+        .generate(None, Algorithm::X25519, "broker-master")
+        .unwrap();
+    let server_key = key.public_key().clone();
+    let a = broker_node(
+        &url,
+        manager.service_signer(&key, "a").unwrap(),
+        manager.master_key(&master, "a").unwrap(),
+    )
+    .await;
+    let b = broker_node(
+        &url,
+        manager.service_signer(&key, "b").unwrap(),
+        manager.master_key(&master, "b").unwrap(),
+    )
+    .await;
+    let keys: Arc<dyn KeyStore> = Arc::new(MemoryStore::new().unwrap());
+    let clients = |label: &str| {
+        let k = keys.generate(Algorithm::Ed25519, label).unwrap();
+        let signer = Arc::new(StoreSigner::new(keys.clone(), &k.id).unwrap());
+        (
+            Client::new(&a.base, signer.clone(), server_key.clone()).unwrap(),
+            Client::new(&b.base, signer, server_key.clone()).unwrap(),
+            k.fingerprint().to_hex(),
+        )
+    };
+    let (alice_a, alice_b, _) = clients("alice");
+    let (bob_a, bob_b, bob_fp) = clients("bob");
+    alice_a.register("alice").await.unwrap();
+    bob_a.register("bob").await.unwrap();
+
+    let v1 = alice_a.transit_encrypt("orders", b"one").await.unwrap();
+    alice_a.transit_rotate("orders").await.unwrap();
+    let v2 = alice_b.transit_encrypt("orders", b"two").await.unwrap();
+    assert_eq!((v1.key_version, v2.key_version), (1, 2));
+    assert_eq!(
+        alice_b
+            .transit_decrypt("orders", &v1.ciphertext)
+            .await
+            .unwrap()
+            .expose_secret(),
+        b"one"
+    );
+    alice_a
+        .put_secret("shared/db", b"pg-secret", Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        alice_b
+            .release_secret("shared/db", None)
+            .await
+            .unwrap()
+            .secret
+            .expose_secret(),
+        b"pg-secret"
+    );
+    let minted = alice_a
+        .mint_token(
+            &bob_fp,
+            &[Right::new("secret.release", "shared/").unwrap()],
+            600,
+        )
+        .await
+        .unwrap();
+    let bob_b = bob_b.with_token(&minted.token).unwrap();
+    let bob_a = bob_a.with_token(&minted.token).unwrap();
+    assert_eq!(
+        bob_b
+            .release_secret("shared/db", None)
+            .await
+            .unwrap()
+            .secret
+            .expose_secret(),
+        b"pg-secret",
+        "a token minted on a is honoured by b"
+    );
+    alice_a
+        .revoke_token(&minted.token, true, "left the team")
+        .await
+        .unwrap();
+    for node in [&bob_b, &bob_a] {
+        let e = node.release_secret("shared/db", None).await.unwrap_err();
+        assert!(
+            matches!(&e, keyhaven_client::ClientError::Problem(p) if p.kind.ends_with(":token-revoked")),
+            "{e}"
+        );
+    }
+    drop(pg);
+}
