@@ -206,6 +206,8 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
             .arg("test")
             .args(PROVIDER_PASS)
             .args(["--features", "keyhaven-crypto/aws-lc-rs", "--no-fail-fast"])
+            .env("KEYHAVEN_INTEROP", "1")
+            .env("KEYHAVEN_PYTHON", &python)
             .env("RUST_BACKTRACE", "1");
         let (s2, t2) = tally::run_tallied(&mut second, &mut std::io::stdout().lock())?;
         if status.success() {

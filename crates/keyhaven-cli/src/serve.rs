@@ -50,6 +50,10 @@ pub(crate) struct ServeArgs {
     /// proxy in front: signatures protect integrity, not confidentiality.
     #[arg(long)]
     pub(crate) allow_plain_http: bool,
+    /// Accept `sample` evidence in release requests: development only (it proves nothing,
+    /// and never reaches tier 2).
+    #[arg(long)]
+    pub(crate) allow_sample_evidence: bool,
 }
 
 /// `keyhaven serve init`, `keyhaven serve audit-verify`.
@@ -268,7 +272,10 @@ fn start_logging() {
 fn serve(ctx: &Ctx, args: &ServeArgs) -> Result<u8> {
     start_logging();
     let listen = args.listen;
-    let mut config = ServerConfig::default();
+    let mut config = ServerConfig {
+        allow_sample_evidence: args.allow_sample_evidence,
+        ..ServerConfig::default()
+    };
     if let Some(url) = &args.public_url {
         // An origin only: scheme, host and port, nothing after.
         let origin = keyhaven_client::origin_of(url)

@@ -319,6 +319,11 @@ impl Client {
         &self.server_key
     }
 
+    /// The fingerprint (hex) of the key that signs this client's requests.
+    pub fn signer_fingerprint(&self) -> String {
+        self.signer.public_key().fingerprint().to_hex()
+    }
+
     /// Registers this client's key under `name`: asks for a challenge, then sends it with the
     /// public key in a request the key signs (its proof of possession).
     ///

@@ -42,6 +42,24 @@ impl std::fmt::Debug for Released {
     }
 }
 
+/// The report data evidence for a release must bind: SHA-256 over a label, the requester's
+/// key fingerprint, the secret's path and the RFC 7638 thumbprint of the ephemeral key the
+/// secret is encrypted to, each length-prefixed. A TEE puts it in its report (SEV-SNP
+/// `REPORT_DATA`, TDX `REPORTDATA`, a TPM quote's nonce).
+pub fn report_data(key_fingerprint: &str, path: &str, epk_thumbprint: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [
+        "keyhaven release evidence v1",
+        key_fingerprint,
+        path,
+        epk_thumbprint,
+    ] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().into()
+}
+
 /// A secret path as URL path segments: the server checks it too; this keeps a path with `?`,
 /// `#`, `%` or `..` from becoming another route.
 fn checked(path: &str) -> Result<&str> {
@@ -169,14 +187,37 @@ impl Client {
     /// 403 `tier-too-low` when this key's tier is below the secret's; 404; a receipt that
     /// does not check ([`ClientError::Receipt`]); as [`Client::send`].
     pub async fn release_secret(&self, path: &str, version: Option<u64>) -> Result<Released> {
+        self.release_secret_with(path, version, |_| None).await
+    }
+
+    /// [`Client::release_secret`] with evidence: `evidence` gets the report data the evidence
+    /// must bind ([`report_data`] of this client's key, the path and the ephemeral key made
+    /// for this request) and returns the evidence document (`{"type": ...}`), or `None`.
+    ///
+    /// # Errors
+    /// As [`Client::release_secret`]; 400 `evidence-not-accepted`, 403 `evidence-refused`.
+    pub async fn release_secret_with(
+        &self,
+        path: &str,
+        version: Option<u64>,
+        evidence: impl FnOnce(&[u8; 32]) -> Option<Value>,
+    ) -> Result<Released> {
         let ephemeral = default_provider()
             .generate(Algorithm::EcdhP384)
             .map_err(|e| ClientError::InvalidInput(format!("an ephemeral key: {e}")))?;
         let epk = jwe::public_jwk(ephemeral.public_key())
             .map_err(|e| ClientError::InvalidInput(e.to_string()))?;
+        let rd = report_data(
+            &self.signer_fingerprint(),
+            checked(path)?,
+            &jwe::thumbprint(&epk),
+        );
         let mut body = json!({ "epk": epk });
         if let Some(v) = version {
             body["version"] = v.into();
+        }
+        if let Some(e) = evidence(&rd) {
+            body["evidence"] = e;
         }
         let out: VaultData<Release> = self
             .call(

@@ -84,6 +84,19 @@ fn b64_member(jwk: &Value, name: &str, len: usize) -> Result<Vec<u8>, Error> {
     Ok(bytes)
 }
 
+/// The RFC 7638 thumbprint of a public JWK (SHA-256 over its required members in
+/// lexicographic order, base64url): what names an ephemeral key in a release receipt.
+pub fn thumbprint(jwk: &Value) -> String {
+    let mut members = Map::new();
+    for m in ["crv", "e", "k", "kty", "n", "x", "y"] {
+        if let Some(v) = jwk.get(m) {
+            members.insert(m.into(), v.clone());
+        }
+    }
+    let canonical = serde_json::to_vec(&Value::Object(members)).unwrap_or_default();
+    Base64UrlUnpadded::encode_string(&Sha256::digest(canonical))
+}
+
 /// An agreement public key from a JWK (`EC` on P-256 or P-384, checked on the curve; `OKP`
 /// X25519). Private members (`d`) are refused: a JWK sent to a server must not carry one.
 ///

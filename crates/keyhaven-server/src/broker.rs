@@ -60,6 +60,7 @@ pub struct Broker {
     engines: Mutex<Engines>,
     tokens: TokenRoot,
     policies: crate::policy::PolicyCache,
+    attestation: crate::attest::Attestation,
 }
 
 impl std::fmt::Debug for Broker {
@@ -106,6 +107,7 @@ impl Broker {
             engines: Mutex::new(HashMap::new()),
             tokens,
             policies: crate::policy::PolicyCache::default(),
+            attestation: crate::attest::Attestation::default(),
         })
     }
 
@@ -169,6 +171,18 @@ impl Broker {
         );
         engines.insert(key, (Arc::clone(&engine), Instant::now()));
         Ok(engine)
+    }
+
+    /// The same broker accepting evidence of `verifier`'s type in release requests.
+    #[must_use]
+    pub fn accepting(mut self, verifier: Arc<dyn crate::attest::EvidenceVerifier>) -> Self {
+        self.attestation.add(verifier);
+        self
+    }
+
+    /// The evidence verifiers, and their recent results.
+    pub(crate) fn attestation(&self) -> &crate::attest::Attestation {
+        &self.attestation
     }
 
     /// The compiled release policies.

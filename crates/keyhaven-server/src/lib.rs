@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod attest;
 mod audit;
 mod auth;
 pub mod broker;

@@ -63,6 +63,7 @@ struct Tables {
     broker: BTreeMap<(&'static str, &'static str), u64>,
     downgrades: BTreeMap<(u8, u8), u64>,
     releases: BTreeMap<(u8, &'static str), u64>,
+    attestations: BTreeMap<(&'static str, &'static str), u64>,
     db_latency: Histogram,
 }
 
@@ -151,6 +152,16 @@ impl Metrics {
     /// A secret stored at a lower tier than asked (`from` asked, `to` reached).
     pub fn downgrade(&self, from: u8, to: u8) {
         *self.tables().downgrades.entry((from, to)).or_default() += 1;
+    }
+
+    /// An evidence verification: its type (a verifier's, or `other`) and outcome
+    /// (`verified`, `refused`, `not-accepted`).
+    pub fn attestation(&self, kind: &'static str, outcome: &'static str) {
+        *self
+            .tables()
+            .attestations
+            .entry((kind, outcome))
+            .or_default() += 1;
     }
 
     /// A release decision for a secret of `tier`: `released` or `denied`.
@@ -276,6 +287,16 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "keyhaven_broker_releases_total{{tier=\"{tier}\",outcome=\"{outcome}\"}} {n}"
+            );
+        }
+        out.push_str(
+            "# HELP keyhaven_broker_attestations_total Evidence verified for releases, by type and outcome.\n\
+             # TYPE keyhaven_broker_attestations_total counter\n",
+        );
+        for ((kind, outcome), n) in &t.attestations {
+            let _ = writeln!(
+                out,
+                "keyhaven_broker_attestations_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {n}"
             );
         }
         out.push_str(

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use axum::Extension;
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use base64ct::{Base64UrlUnpadded, Encoding};
 use http::{HeaderMap, StatusCode};
 use keyhaven::envelope::Envelope;
+use keyhaven::jwe::thumbprint;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
@@ -32,7 +32,7 @@ use crate::broker::{Broker, Call, Params, base64_field, decided, transit_problem
 use crate::policy::Explanation;
 use crate::problem::ApiError;
 use crate::server::{Inner, RawBody};
-use crate::storage::{KeyTier, SecretMeta, SecretRecord, Storage};
+use crate::storage::{KeyTier, SecretMeta, SecretRecord};
 use crate::tokens::token_of;
 
 /// The name of the key that holds a tenant's secret KEKs (in its `~secrets` partition).
@@ -94,10 +94,17 @@ pub(crate) struct Assessment {
     evidence: Value,
 }
 
-/// What the signing key earns: tier 1 for a registered key, up to tier 2 for one an admin
-/// vouched for.
-fn assess(storage: &dyn Storage, caller: &Caller) -> Result<Assessment, ApiError> {
-    Ok(match storage.key_tier(&caller.fingerprint)? {
+/// What the signing key earns (tier 1 for a registered key, up to tier 2 for one an admin
+/// vouched for), and what `evidence` bound to `report_data` adds: the higher of the two.
+fn assess(
+    broker: &Broker,
+    metrics: &crate::metrics::Metrics,
+    caller: &Caller,
+    evidence: Option<&Value>,
+    report_data: &[u8; 32],
+    now: u64,
+) -> Result<Assessment, ApiError> {
+    let key = match broker.storage().key_tier(&caller.fingerprint)? {
         Some(t) => Assessment {
             tier: t.tier.min(MAX_VOUCHED_TIER),
             evidence: json!({
@@ -112,7 +119,45 @@ fn assess(storage: &dyn Storage, caller: &Caller) -> Result<Assessment, ApiError
             tier: 1,
             evidence: json!({ "kind": "registered-key", "key": caller.fingerprint, "tier": 1 }),
         },
-    })
+    };
+    let Some(evidence) = evidence else {
+        return Ok(key);
+    };
+    let kinds = broker.attestation().kinds();
+    let label = kinds
+        .iter()
+        .copied()
+        .find(|k| evidence["type"].as_str() == Some(*k))
+        .unwrap_or("other");
+    match broker.attestation().verify(evidence, report_data, now) {
+        Ok(a) => {
+            metrics.attestation(label, "verified");
+            let attested = json!({ "kind": a.kind, "tier": a.tier, "claims": a.claims });
+            Ok(if a.tier > key.tier {
+                Assessment {
+                    tier: a.tier,
+                    evidence: json!({ "kind": "attested", "attestation": attested, "key": key.evidence }),
+                }
+            } else {
+                Assessment {
+                    tier: key.tier,
+                    evidence: json!({ "kind": key.evidence["kind"], "key": key.evidence, "attestation": attested }),
+                }
+            })
+        }
+        Err(crate::attest::EvidenceError::NotAccepted(m)) => {
+            metrics.attestation(label, "not-accepted");
+            Err(ApiError::bad_request("evidence-not-accepted", m))
+        }
+        Err(crate::attest::EvidenceError::Refused(m)) => {
+            metrics.attestation(label, "refused");
+            Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "evidence-refused",
+                format!("the evidence does not verify: {m}"),
+            ))
+        }
+    }
 }
 
 fn not_found(path: &str) -> ApiError {
@@ -369,19 +414,6 @@ pub(crate) async fn delete(
     Ok(vault_response(data, Value::Null))
 }
 
-/// The RFC 7638 thumbprint (SHA-256, base64url) of a public JWK.
-fn thumbprint(jwk: &Value) -> String {
-    // The required members in lexicographic order, no whitespace.
-    let mut members = Map::new();
-    for m in ["crv", "kty", "x", "y"] {
-        if let Some(v) = jwk.get(m) {
-            members.insert(m.into(), v.clone());
-        }
-    }
-    let canonical = serde_json::to_vec(&Value::Object(members)).unwrap_or_default();
-    Base64UrlUnpadded::encode_string(&Sha256::digest(canonical))
-}
-
 /// `POST /v1/release/*path`: the secret (latest version, or `version`) encrypted to the
 /// ephemeral public key `epk` (a JWK: EC P-256, P-384 or OKP X25519), with a signed receipt.
 /// Refused (403 `tier-too-low`) when the requester's tier is below the secret's `min_tier`.
@@ -403,6 +435,7 @@ pub(crate) async fn release(
     let recipient = keyhaven::jwe::public_key_from_jwk(&epk)
         .map_err(|e| ApiError::bad_request("invalid-request", format!("'epk': {e}")))?;
     let version = p.uint("version")?.map(u64::from);
+    let evidence = p.take("evidence");
     let warnings = p.warnings();
     let call = Call {
         operation: "secret.release",
@@ -421,8 +454,15 @@ pub(crate) async fn release(
             .secret(tenant, &path)?
             .ok_or_else(|| not_found(&path))?;
         let version = version.unwrap_or_else(|| record.latest_version());
+        let thumb = thumbprint(&epk);
+        let ask = Ask {
+            client: &client,
+            evidence: evidence.as_ref(),
+            epk_thumbprint: &thumb,
+            metrics: &metrics_inner.metrics,
+        };
         let (assessment, explanation) =
-            decide_release(broker, tenant, &client, &record, version, now)?;
+            decide_release(broker, tenant, &ask, &record, version, now)?;
         if !explanation.allow {
             metrics_inner.metrics.release(record.tier, "denied");
             return Err(refusal(&path, &assessment, &explanation));
@@ -508,16 +548,25 @@ pub(crate) async fn release(
 
 /// Decides a release of `version` of `record` to `client` acting in `tenant`: the tier rule,
 /// then the release policy covering the path (see [`crate::policy`]).
+struct Ask<'a> {
+    client: &'a Caller,
+    evidence: Option<&'a Value>,
+    epk_thumbprint: &'a str,
+    metrics: &'a crate::metrics::Metrics,
+}
+
 fn decide_release(
     broker: &Broker,
     tenant: &str,
-    client: &Caller,
+    ask: &Ask<'_>,
     record: &SecretRecord,
     version: u64,
     now: u64,
 ) -> Result<(Assessment, Explanation), ApiError> {
     let storage = broker.storage();
-    let assessment = assess(storage.as_ref(), client)?;
+    let client = ask.client;
+    let rd = crate::attest::report_data(&client.fingerprint, &record.path, ask.epk_thumbprint);
+    let assessment = assess(broker, ask.metrics, client, ask.evidence, &rd, now)?;
     let input = json!({
         "operation": "secret.release",
         "tenant": tenant,
@@ -593,7 +642,10 @@ pub(crate) async fn explain(
 ) -> Result<Response, ApiError> {
     let mut p = Params::parse(&body)?;
     let version = p.uint("version")?.map(u64::from);
+    let evidence = p.take("evidence");
+    let thumb = p.take("epk").as_ref().map(thumbprint).unwrap_or_default();
     let warnings = p.warnings();
+    let metrics_inner = inner.clone();
     let call = Call {
         operation: "secret.release",
         subject: format!("secret '{path}' (explain)"),
@@ -609,7 +661,13 @@ pub(crate) async fn explain(
             .secret(tenant, &path)?
             .ok_or_else(|| not_found(&path))?;
         let version = version.unwrap_or_else(|| record.latest_version());
-        let (_, explanation) = decide_release(broker, tenant, &client, &record, version, now)?;
+        let ask = Ask {
+            client: &client,
+            evidence: evidence.as_ref(),
+            epk_thumbprint: &thumb,
+            metrics: &metrics_inner.metrics,
+        };
+        let (_, explanation) = decide_release(broker, tenant, &ask, &record, version, now)?;
         let mut out = serde_json::to_value(&explanation).unwrap_or(Value::Null);
         out["summary"] = Value::String(explanation.summary());
         Ok((out, String::new()))

@@ -312,14 +312,22 @@ fn broker_in(
 fn broker_of(
     manager: &KeyManager,
     storage: &Arc<dyn Storage>,
+    config: &ServerConfig,
 ) -> Result<Option<Arc<crate::broker::Broker>>, ServeError> {
     let Some(reference) = storage.setting(MASTER_KEY)? else {
         return Ok(None);
     };
     let key = manager.resolve(&reference)?;
     let master = manager.master_key(&key, "unwrap the key broker's KEKs")?;
-    let broker = crate::broker::Broker::new(master, storage.clone())
+    let mut broker = crate::broker::Broker::new(master, storage.clone())
         .map_err(|e| ServeError::Setup(e.detail))?;
+    if config.allow_sample_evidence {
+        tracing::warn!(
+            "sample evidence is accepted: it proves nothing (development only), and never \
+             reaches tier 2"
+        );
+        broker = broker.accepting(Arc::new(crate::attest::SampleVerifier));
+    }
     Ok(Some(Arc::new(broker)))
 }
 
@@ -464,7 +472,7 @@ impl Server {
         storage: Arc<dyn Storage>,
         reference: &str,
     ) -> Result<Self, ServeError> {
-        let broker = broker_of(manager, &storage)?;
+        let broker = broker_of(manager, &storage, &config)?;
         let key = manager.resolve(reference)?;
         let signer = manager.service_signer(&key, "sign server responses")?;
         let audit: Arc<dyn AuditSink> = match manager.audit().log()? {

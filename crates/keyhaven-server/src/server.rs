@@ -62,6 +62,9 @@ pub struct ServerConfig {
     /// Requests per client address to the routes anyone may call that write or verify
     /// much (challenges, registrations, rotations).
     pub per_address_open: Rate,
+    /// Accept `sample` evidence in release requests (development only: it proves nothing and
+    /// never reaches tier 2).
+    pub allow_sample_evidence: bool,
 }
 
 impl Default for ServerConfig {
@@ -88,6 +91,7 @@ impl Default for ServerConfig {
                 per_second: 20.0,
                 burst: 100.0,
             },
+            allow_sample_evidence: false,
         }
     }
 }

@@ -626,3 +626,81 @@ async fn release_policies_decide_by_prefix_explain_themselves_and_refuse_bad_reg
     .unwrap();
     assert!(why["policy"].is_null(), "{why}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_evidence_is_refused_unless_enabled_and_never_lifts_a_key_above_tier_1() {
+    let t = start_broker().await;
+    let (c, _) = client(&t, "app").await;
+    call(
+        &t,
+        &c,
+        "PUT",
+        "/v1/secrets/s",
+        json!({ "value": b64(b"v"), "min_tier": 1 }),
+    )
+    .await
+    .unwrap();
+    let sample = |rd: &[u8; 32]| {
+        Some(json!({ "type": "sample", "tier": 4, "report_data": hex::encode(rd) }))
+    };
+    // Off by default: a clear 400 naming the switch.
+    let e = c.release_secret_with("s", None, sample).await.unwrap_err();
+    match &e {
+        ClientError::Problem(p) => {
+            assert_eq!(p.status, 400, "{e}");
+            assert!(p.detail.contains("--allow-sample-evidence"), "{e}");
+        }
+        other => panic!("{other}"),
+    }
+    assert_eq!(
+        t.metric("keyhaven_broker_attestations_total{kind=\"other\",outcome=\"not-accepted\"}"),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabled_sample_evidence_is_bound_to_the_release_and_capped_at_tier_1() {
+    let t = crate::support::start_broker_sample().await;
+    let (c, _) = client(&t, "app").await;
+    for (path, min) in [("s", 1), ("hw", 2)] {
+        call(
+            &t,
+            &c,
+            "PUT",
+            &format!("/v1/secrets/{path}"),
+            json!({ "value": b64(b"v"), "min_tier": min }),
+        )
+        .await
+        .unwrap();
+    }
+    let sample = |rd: &[u8; 32]| {
+        Some(json!({ "type": "sample", "tier": 4, "report_data": hex::encode(rd) }))
+    };
+    let r = c.release_secret_with("s", None, sample).await.unwrap();
+    assert_eq!(
+        r.requester_tier, 1,
+        "sample evidence claiming tier 4 counts as 1"
+    );
+    assert_eq!(
+        r.claims["evidence"]["attestation"]["kind"], "sample",
+        "{}",
+        r.claims
+    );
+    let e = c.release_secret_with("hw", None, sample).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Problem(p) if p.kind.ends_with(":tier-too-low")),
+        "{e}"
+    );
+    // Evidence made for another release does not count.
+    let other =
+        |_: &[u8; 32]| Some(json!({ "type": "sample", "tier": 1, "report_data": "00".repeat(32) }));
+    let e = c.release_secret_with("s", None, other).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Problem(p) if p.kind.ends_with(":evidence-refused")),
+        "{e}"
+    );
+    assert_eq!(
+        t.metric("keyhaven_broker_attestations_total{kind=\"sample\",outcome=\"refused\"}"),
+        1
+    );
+}

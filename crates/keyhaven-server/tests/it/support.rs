@@ -77,11 +77,21 @@ pub(crate) async fn start_broker() -> TestServer {
     start_full(ServerConfig::default(), true, true).await
 }
 
+/// [`start_broker`] accepting `sample` evidence (development only).
+pub(crate) async fn start_broker_sample() -> TestServer {
+    let config = ServerConfig {
+        allow_sample_evidence: true,
+        ..ServerConfig::default()
+    };
+    start_full(config, true, true).await
+}
+
 async fn start_inner(config: ServerConfig, audited: bool) -> TestServer {
     start_full(config, audited, false).await
 }
 
 async fn start_full(config: ServerConfig, audited: bool, broker: bool) -> TestServer {
+    let sample = config.allow_sample_evidence;
     let dir = tempfile::tempdir().unwrap();
     let (manager, key, signer) = server_key(dir.path(), Algorithm::Ed25519);
     let server_key = key.public_key().clone();
@@ -100,7 +110,10 @@ async fn start_full(config: ServerConfig, audited: bool, broker: bool) -> TestSe
             .generate(None, Algorithm::X25519, "broker-master")
             .unwrap();
         let master = manager.master_key(&master, "test broker").unwrap();
-        let b = keyhaven_server::Broker::new(master, storage.clone()).unwrap();
+        let mut b = keyhaven_server::Broker::new(master, storage.clone()).unwrap();
+        if sample {
+            b = b.accepting(Arc::new(keyhaven_server::attest::SampleVerifier));
+        }
         server = server.with_broker(Arc::new(b));
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
