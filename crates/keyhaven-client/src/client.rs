@@ -319,6 +319,11 @@ impl Client {
         &self.server_key
     }
 
+    /// Whether this client presents a capability token.
+    pub fn has_token(&self) -> bool {
+        self.token.is_some()
+    }
+
     /// The fingerprint (hex) of the key that signs this client's requests.
     pub fn signer_fingerprint(&self) -> String {
         self.signer.public_key().fingerprint().to_hex()

@@ -228,9 +228,20 @@ impl Client {
             .await?;
         let r = out.data;
         let claims = verify_receipt(&r.receipt, self.server_key(), &r.jwe, path)?;
-        if claims["epk_thumbprint"].as_str().is_none() || claims["version"] != r.version {
+        let thumb = jwe::thumbprint(&epk);
+        if claims["epk_thumbprint"] != thumb.as_str()
+            || claims["version"] != r.version
+            || version.is_some_and(|v| claims["version"] != v)
+        {
             return Err(ClientError::Receipt(
-                "it does not describe this release".into(),
+                "it does not describe this release (another key, or another version)".into(),
+            ));
+        }
+        // Without a token, the secret must be this client's own: a release from another
+        // tenant would be someone else's value.
+        if !self.has_token() && claims["tenant"] != claims["sub"] {
+            return Err(ClientError::Receipt(
+                "it releases another tenant's secret, and this client sent no token".into(),
             ));
         }
         let (_, secret) = jwe::decrypt(&r.jwe, ephemeral.as_ref())

@@ -20,8 +20,9 @@
 //!
 //! // (A token the broker minted; here one made with a throwaway root key.)
 //! # let root = biscuit_auth::KeyPair::new();
-//! # let minted = tokens::mint(&root, "tenant-1", &"ab".repeat(32),
-//! #     &[tokens::Right::new("secret.release", "db/")?], 2_000_000_000)?;
+//! # let grant = tokens::Grant { tenant: "tenant-1", minter: &"cd".repeat(32), holder: &"ab".repeat(32) };
+//! # let minted = tokens::mint(&root, grant, &[tokens::Right::new("secret.release", "db/")?],
+//! #     2_000_000_000)?;
 //! let narrower = tokens::attenuate(&minted, &Attenuation {
 //!     operations: Some(vec!["secret.release".into()]),
 //!     prefix: Some("db/replica/".into()),
@@ -146,29 +147,41 @@ fn format(b: &UnverifiedBiscuit) -> Result<String> {
     Ok(format!("{PREFIX}{body}"))
 }
 
-/// Mints a token (the broker's part; exposed for tests and offline tooling): the tenant, the
-/// holder's key fingerprint, the rights and the expiry (seconds since the epoch) in the first
-/// block, signed with `root`.
+/// What a token's first block says: whose resources, minted by which of its keys, for which
+/// holder key.
+#[derive(Debug, Clone, Copy)]
+pub struct Grant<'a> {
+    /// The tenant whose resources it lends.
+    pub tenant: &'a str,
+    /// The tenant's key that minted it (the token dies with that key's standing).
+    pub minter: &'a str,
+    /// The holder's key fingerprint.
+    pub holder: &'a str,
+}
+
+/// Mints a token (the broker's part; exposed for tests and offline tooling): the grant, the
+/// rights and the expiry (seconds since the epoch) in the first block, signed with `root`.
 ///
 /// # Errors
 /// [`ClientError::InvalidInput`] for no rights, or a token that cannot be built.
-pub fn mint(
-    root: &KeyPair,
-    tenant: &str,
-    holder: &str,
-    rights: &[Right],
-    expires_at: u64,
-) -> Result<String> {
+pub fn mint(root: &KeyPair, grant: Grant<'_>, rights: &[Right], expires_at: u64) -> Result<String> {
+    let Grant {
+        tenant,
+        minter,
+        holder,
+    } = grant;
     if rights.is_empty() {
         return Err(invalid("a token carries at least one right"));
     }
     let mut params = HashMap::new();
     params.insert("tenant".to_owned(), Term::Str(tenant.to_owned()));
     params.insert("holder".to_owned(), Term::Str(holder.to_owned()));
+    params.insert("minter".to_owned(), Term::Str(minter.to_owned()));
     params.insert("expires".to_owned(), Term::Date(expires_at));
     let mut builder = biscuit_auth::Biscuit::builder()
         .code_with_params(
-            "tenant({tenant}); holder({holder}); check if time($t), $t <= {expires};",
+            "tenant({tenant}); minter({minter}); holder({holder});
+             check if time($t), $t <= {expires};",
             params,
             HashMap::new(),
         )
@@ -360,10 +373,16 @@ mod tests {
     use super::*;
 
     fn minted(root: &KeyPair) -> String {
+        let minter = "cd".repeat(32);
+        let holder = "ab".repeat(32);
+        let grant = Grant {
+            tenant: "tenant-a",
+            minter: &minter,
+            holder: &holder,
+        };
         mint(
             root,
-            "tenant-a",
-            &"ab".repeat(32),
+            grant,
             &[
                 Right::new("secret.release", "db/").unwrap(),
                 Right::new("*", "tmp/").unwrap(),
@@ -432,7 +451,12 @@ mod tests {
         assert!(Right::new("steal", "").is_err());
         assert!(Right::new("*", "a\nb").is_err());
         let root = KeyPair::new();
-        assert!(mint(&root, "t", "h", &[], 1).is_err());
+        let grant = Grant {
+            tenant: "t",
+            minter: "m",
+            holder: "h",
+        };
+        assert!(mint(&root, grant, &[], 1).is_err());
         let t = minted(&root);
         assert!(
             attenuate(&t, &Attenuation::default()).is_err(),

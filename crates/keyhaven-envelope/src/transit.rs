@@ -18,6 +18,9 @@ use zeroize::Zeroizing;
 use crate::error::{EnvelopeError, Result};
 use crate::hierarchy::{Envelope, Kek, KekScope, MasterKey, SecretContext, WrappedKek};
 
+/// The most versions a transit key has (a key is read whole for each operation).
+pub const MAX_VERSIONS: u32 = 1000;
+
 /// The prefix of every transit ciphertext, as Vault writes it.
 pub const CIPHERTEXT_PREFIX: &str = "vault:v";
 
@@ -257,9 +260,15 @@ impl<S: TransitStore> Transit<S> {
     /// Adds a version; returns it. New encryptions use it; older versions still decrypt.
     ///
     /// # Errors
-    /// `NotFound`; [`EnvelopeError::InvalidInput`] if another rotation won the race (retry).
+    /// `NotFound`; [`EnvelopeError::InvalidInput`] if another rotation won the race (retry),
+    /// or the key has [`MAX_VERSIONS`] already.
     pub fn rotate(&self, name: &str, now: u64) -> Result<u32> {
         let record = self.record(name)?;
+        if record.latest_version() >= MAX_VERSIONS {
+            return Err(invalid(format!(
+                "key '{name}' has {MAX_VERSIONS} versions, the most a key has: make a new key"
+            )));
+        }
         let scope = self.scope(name, record.latest_version())?.next()?;
         let next = scope.version();
         let kek = Kek::generate(scope)?;

@@ -31,6 +31,8 @@ pub struct Caller {
     pub status: KeyStatus,
     /// The client's role.
     pub role: Role,
+    /// The components the request's signature covers (`"@method"`, `"authorization"`, ...).
+    pub covered: Vec<String>,
 }
 
 /// The problem an RFC 9421 refusal is.
@@ -248,6 +250,7 @@ pub(crate) fn check(
                 fingerprint: r.fingerprint.clone(),
                 status,
                 role: r.role,
+                covered: v.covered.clone(),
             })
         })
         .map_err(|e| Refusal::Refused(e, signer))

@@ -127,7 +127,7 @@ impl Broker {
     }
 
     /// The engine whose key `kek` holds `tenant`'s secret KEKs at `tier` (one KEK per tenant
-    /// and tier, versioned; its rows are the tenant's `~secrets` partition, which no client
+    /// and tier, versioned; its rows are the tenant's `~secrets~tN` partition, which no client
     /// id can name). Blocks, like [`Broker::transit`].
     ///
     /// # Errors
@@ -147,7 +147,7 @@ impl Broker {
                 ),
             ));
         }
-        self.engine(&format!("{tenant}~secrets"), tier)
+        self.engine(&format!("{tenant}~secrets~t{tier}"), tier)
     }
 
     fn engine(&self, tenant: &str, tier: u8) -> Result<Arc<Engine>, ApiError> {
@@ -542,10 +542,19 @@ async fn run(
         path: name.clone(),
         audit_success: op.audited(),
     };
-    let token = token_of(headers)?;
+    let token = token_of(headers, &caller)?;
+    let own = caller.client_id.clone();
     decided(inner, caller, token, call, move |broker, tenant, now| {
         check_key_name(&name).map_err(|e| transit_problem(&e))?;
         let engine = broker.transit(tenant)?;
+        // Vault's encrypt makes a missing key; a token lends keys, it never makes them.
+        if op == Op::Encrypt && tenant != own && is_missing(&engine.read_key(&name)) {
+            return Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no transit key '{name}' of the token's tenant (a token makes none)"),
+            ));
+        }
         f(&engine, &name, now)
     })
     .await
@@ -689,7 +698,7 @@ pub(crate) async fn list(
         path: String::new(),
         audit_success: false,
     };
-    let token = token_of(request.headers())?;
+    let token = token_of(request.headers(), &caller)?;
     let names = decided(inner, caller, token, call, |broker, tenant, _| {
         let names = broker.storage.transit_list(tenant)?;
         if names.is_empty() {

@@ -12,7 +12,7 @@
 //! ```json
 //! { "operation": "secret.release", "tenant": "…", "path": "db/root", "time": 1767000000,
 //!   "requester": { "client": "…", "key": "…", "tier": 2, "evidence": { "kind": "vouched-key", … },
-//!                  "token": "…id or null" },
+//!                  "via_token": false },
 //!   "secret": { "path": "db/root", "version": 3, "tier": 2, "min_tier": 1 } }
 //! ```
 //!
@@ -98,6 +98,20 @@ fn strings(v: &regorus::Value) -> Vec<String> {
     }
 }
 
+/// What a `deny` value refuses with: a set of reasons, or any other defined value that is not
+/// `false` (a `deny if ...` boolean) as one reason. Undefined, `false` and empty deny nothing.
+fn denials(v: &regorus::Value) -> Vec<String> {
+    let Ok(json) = v.to_json_str() else {
+        return Vec::new();
+    };
+    match serde_json::from_str::<Value>(&json) {
+        Ok(Value::Array(_)) => strings(v),
+        Ok(Value::Bool(false) | Value::Null) | Err(_) => Vec::new(),
+        Ok(Value::String(s)) if s == "<undefined>" => Vec::new(),
+        Ok(other) => vec![format!("deny is {other}")],
+    }
+}
+
 impl Policy {
     /// Compiles `source`, checking it is a release policy: package `keyhaven.release`,
     /// defining `allow`.
@@ -162,7 +176,7 @@ impl Policy {
             _ => Vec::new(),
         };
         let deny = match engine.has_declared_rule_rooted_at("release.rego", "deny") {
-            Ok(true) => strings(&rule(&mut engine, "deny")?),
+            Ok(true) => denials(&rule(&mut engine, "deny")?),
             _ => Vec::new(),
         };
         Ok(Verdict {
@@ -431,6 +445,20 @@ because contains "the requester's key is vouched hardware" if {
 
 deny contains "prod secrets are not released through tokens" if input.requester.via_token
 "#;
+
+    #[test]
+    fn a_boolean_deny_denies() {
+        let p = Policy::compile(
+            "package keyhaven.release\nimport rego.v1\nallow := true\ndeny if input.x\n",
+        )
+        .unwrap();
+        assert!(!p.decide(&json!({ "x": true })).unwrap().allow);
+        assert!(p.decide(&json!({ "x": false })).unwrap().allow);
+        assert!(
+            p.decide(&json!({})).unwrap().allow,
+            "undefined denies nothing"
+        );
+    }
 
     fn input(kind: &str, via_token: bool) -> Value {
         json!({ "requester": { "tier": 2, "evidence": { "kind": kind }, "via_token": via_token } })

@@ -41,6 +41,8 @@ const KEK_NAME: &str = "kek";
 const MAX_PATH: usize = 512;
 /// The most secrets one listing returns.
 const MAX_LIST: u32 = 1000;
+/// The most versions a secret keeps (each read loads them all): delete and write anew.
+pub const MAX_SECRET_VERSIONS: u64 = 100;
 /// How many times a write retries when another writer took its version number.
 const WRITE_ATTEMPTS: usize = 8;
 /// The JWS `typ` of a release receipt.
@@ -210,11 +212,24 @@ pub(crate) async fn put(
         audit_success: true,
     };
     let metrics_inner = inner.clone();
-    let token = token_of(&headers)?;
+    let token = token_of(&headers, &caller)?;
+    let own = caller.client_id.clone();
     let data = decided(inner, caller, token, call, move |broker, tenant, now| {
         check_path(&path)?;
         let storage = broker.storage();
         let mut existing = storage.secret(tenant, &path)?;
+        // A secret's min_tier covers every version: only its owner lowers it (a token that
+        // may write could otherwise open the old versions to lower tiers).
+        if let (Some(r), Some(m)) = (&existing, min_tier)
+            && m < r.min_tier
+            && tenant != own
+        {
+            return Err(ApiError::forbidden(format!(
+                "only the owner of secret '{path}' lowers its min_tier (tier {}): a token may \
+                 keep or raise it",
+                r.min_tier
+            )));
+        }
         let requested = tier.unwrap_or_else(|| existing.as_ref().map_or(broker.tier(), |r| r.tier));
         let floor = floor.unwrap_or(requested);
         if floor > requested {
@@ -259,6 +274,16 @@ pub(crate) async fn put(
         let mut written = None;
         for _ in 0..WRITE_ATTEMPTS {
             let version = existing.as_ref().map_or(0, SecretRecord::latest_version) + 1;
+            if version > MAX_SECRET_VERSIONS {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "too-many-versions",
+                    format!(
+                        "secret '{path}' has {MAX_SECRET_VERSIONS} versions, the most one keeps: \
+                         delete it and write it anew"
+                    ),
+                ));
+            }
             let envelope = keks
                 .seal_secret(KEK_NAME, &path, version, &value)
                 .map_err(|e| transit_problem(&e))?;
@@ -324,7 +349,7 @@ pub(crate) async fn read(
         path: path.clone(),
         audit_success: false,
     };
-    let token = token_of(&headers)?;
+    let token = token_of(&headers, &caller)?;
     let data = decided(inner, caller, token, call, move |broker, tenant, _| {
         check_path(&path)?;
         let r = broker
@@ -358,7 +383,7 @@ pub(crate) async fn list(
         path: q.prefix.clone(),
         audit_success: false,
     };
-    let token = token_of(&headers)?;
+    let token = token_of(&headers, &caller)?;
     let data = decided(inner, caller, token, call, move |broker, tenant, _| {
         if q.prefix.len() > MAX_PATH {
             return Err(ApiError::bad_request(
@@ -399,7 +424,7 @@ pub(crate) async fn delete(
         path: path.clone(),
         audit_success: true,
     };
-    let token = token_of(&headers)?;
+    let token = token_of(&headers, &caller)?;
     let data = decided(inner, caller, token, call, move |broker, tenant, _| {
         check_path(&path)?;
         if !broker.storage().secret_delete(tenant, &path)? {
@@ -434,6 +459,10 @@ pub(crate) async fn release(
     })?;
     let recipient = keyhaven::jwe::public_key_from_jwk(&epk)
         .map_err(|e| ApiError::bad_request("invalid-request", format!("'epk': {e}")))?;
+    // A key nothing can be encrypted to (an X25519 point of small order) is refused before
+    // anything is decrypted.
+    keyhaven::jwe::encrypt(&recipient, b"", &Map::new())
+        .map_err(|e| ApiError::bad_request("invalid-request", format!("'epk': {e}")))?;
     let version = p.uint("version")?.map(u64::from);
     let evidence = p.take("evidence");
     let warnings = p.warnings();
@@ -446,7 +475,7 @@ pub(crate) async fn release(
     let signer = inner.signer.clone();
     let metrics_inner = inner.clone();
     let client = caller.clone();
-    let token = token_of(&headers)?;
+    let token = token_of(&headers, &caller)?;
     let data = decided(inner, caller, token, call, move |broker, tenant, now| {
         check_path(&path)?;
         let storage = broker.storage();
@@ -653,7 +682,7 @@ pub(crate) async fn explain(
         audit_success: false,
     };
     let client = caller.clone();
-    let token = token_of(&headers)?;
+    let token = token_of(&headers, &caller)?;
     let data = decided(inner, caller, token, call, move |broker, tenant, now| {
         check_path(&path)?;
         let record = broker

@@ -93,12 +93,11 @@ impl TokenRoot {
     /// [`ApiError`] (`invalid-request`) for rights that cannot be.
     pub fn mint(
         &self,
-        tenant: &str,
-        holder: &str,
+        grant: tokens::Grant<'_>,
         rights: &[Right],
         expires_at: u64,
     ) -> Result<String, ApiError> {
-        tokens::mint(&self.keys, tenant, holder, rights, expires_at)
+        tokens::mint(&self.keys, grant, rights, expires_at)
             .map_err(|e| ApiError::bad_request("invalid-request", e.to_string()))
     }
 
@@ -186,6 +185,27 @@ impl TokenRoot {
         let [(tenant,)] = tenants.as_slice() else {
             return Err(bad_token("the token must name exactly one tenant"));
         };
+        // The token lives as long as the standing of the tenant's key that minted it: revoked
+        // or retired, its tokens die with it.
+        let minters: Vec<(String,)> = authorizer
+            .query("data($m) <- minter($m)")
+            .map_err(|e| bad_token(format!("the token names no minter: {e}")))?;
+        let [(minter,)] = minters.as_slice() else {
+            return Err(bad_token("the token must name exactly one minter"));
+        };
+        let standing = storage
+            .key(minter)?
+            .filter(|k| &k.client_id == tenant)
+            .map(|k| k.status_at(now));
+        if !standing.is_some_and(|s| s.accepted()) {
+            return Err(ApiError::unauthenticated(
+                "token-revoked",
+                format!(
+                    "the key that minted the token ({minter}) is {}: its tokens no longer count",
+                    standing.map_or("unknown", |s| s.as_str())
+                ),
+            ));
+        }
         match authorizer.authorize() {
             Ok(_) => Ok(Granted {
                 tenant: tenant.clone(),
@@ -218,11 +238,21 @@ impl TokenRoot {
 
 /// The capability token a request carries: `Authorization: Bearer kht_...`, or Vault's
 /// `X-Vault-Token: kht_...` (any other `X-Vault-Token` value is not a credential here and is
-/// ignored, so Vault clients that must send one still work).
+/// ignored, so Vault clients that must send one still work). The header must be covered by
+/// the request's signature: a token slipped into someone else's signed request (to move their
+/// writes into another tenant) is refused.
 ///
 /// # Errors
-/// 401 `bad-token` for an `Authorization` header that is not a keyhaven token.
-pub(crate) fn token_of(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+/// 401 `bad-token` for an `Authorization` header that is not a keyhaven token, or a token
+/// header the signature does not cover.
+pub(crate) fn token_of(headers: &HeaderMap, caller: &Caller) -> Result<Option<String>, ApiError> {
+    let covers = |name: &str| caller.covered.iter().any(|c| c == &format!("\"{name}\""));
+    let uncovered = |name: &str| {
+        bad_token(format!(
+            "the request carries a capability token in {name} that its signature does not \
+             cover: sign the {name} header with the request"
+        ))
+    };
     if let Some(v) = headers.get(http::header::AUTHORIZATION) {
         let text = v
             .to_str()
@@ -236,13 +266,19 @@ pub(crate) fn token_of(headers: &HeaderMap) -> Result<Option<String>, ApiError> 
                     tokens::PREFIX
                 ))
             })?;
+        if !covers("authorization") {
+            return Err(uncovered("Authorization"));
+        }
         return Ok(Some(token.to_owned()));
     }
-    Ok(headers
+    let vault = headers
         .get("x-vault-token")
         .and_then(|v| v.to_str().ok())
-        .filter(|t| t.starts_with(tokens::PREFIX))
-        .map(str::to_owned))
+        .filter(|t| t.starts_with(tokens::PREFIX));
+    match vault {
+        Some(_) if !covers("x-vault-token") => Err(uncovered("X-Vault-Token")),
+        other => Ok(other.map(str::to_owned)),
+    }
 }
 
 fn rights_of(value: Option<Value>) -> Result<Vec<Right>, ApiError> {
@@ -296,6 +332,12 @@ pub(crate) async fn mint(
         path: String::new(),
         audit_success: true,
     };
+    if caller.status != keyhaven_client::wire::KeyStatus::Active {
+        return Err(ApiError::forbidden(
+            "tokens are minted with an active key; this one is superseded",
+        ));
+    }
+    let minter = caller.fingerprint.clone();
     let data = decided(inner, caller, None, call, move |broker, tenant, now| {
         if broker.storage().key(&holder)?.is_none() {
             return Err(ApiError::new(
@@ -305,7 +347,12 @@ pub(crate) async fn mint(
             ));
         }
         let expires_at = now + ttl;
-        let token = broker.tokens().mint(tenant, &holder, &rights, expires_at)?;
+        let grant = tokens::Grant {
+            tenant,
+            minter: &minter,
+            holder: &holder,
+        };
+        let token = broker.tokens().mint(grant, &rights, expires_at)?;
         let view = tokens::inspect(&token)
             .map_err(|e| ApiError::bad_request("invalid-request", e.to_string()))?;
         let listed: Vec<String> = rights

@@ -572,6 +572,21 @@ impl SqliteStorage {
         Ok(g.after_commit(&next).err().map(StorageError::Guard))
     }
 
+    /// Before a read that decides something (a release, a token, a tier): refuses when
+    /// another program changed the database since the server checked it, so a row edited
+    /// behind its back is never acted on (once a guard is set, as a serving process has).
+    fn check_reads(&self, conn: &Connection) -> Result<()> {
+        if self
+            .guard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some()
+        {
+            self.check_untouched(conn)?;
+        }
+        Ok(())
+    }
+
     /// Refuses when another connection changed the database since it was checked.
     fn check_untouched(&self, conn: &Connection) -> Result<()> {
         let now: i64 = conn
@@ -1034,6 +1049,7 @@ impl Storage for SqliteStorage {
 
     fn transit_key(&self, tenant: &str, name: &str) -> Result<Option<TransitKeyRecord>> {
         let conn = self.conn();
+        self.check_reads(&conn)?;
         self.transit_in(&conn, tenant, name)
     }
 
@@ -1126,6 +1142,7 @@ impl Storage for SqliteStorage {
 
     fn secret(&self, tenant: &str, path: &str) -> Result<Option<SecretRecord>> {
         let conn = self.conn();
+        self.check_reads(&conn)?;
         let head: Option<(i64, i64, i64)> = conn
             .prepare_cached(
                 "SELECT tier, min_tier, created_at FROM secrets WHERE tenant = ?1 AND path = ?2",
@@ -1252,6 +1269,7 @@ impl Storage for SqliteStorage {
         limit: u32,
     ) -> Result<Vec<SecretSummary>> {
         let conn = self.conn();
+        self.check_reads(&conn)?;
         let mut stmt = conn
             .prepare_cached(
                 "SELECT s.path, s.tier, s.min_tier, s.created_at,
@@ -1295,22 +1313,23 @@ impl Storage for SqliteStorage {
     }
 
     fn key_tier(&self, fingerprint: &str) -> Result<Option<KeyTier>> {
-        self.conn()
-            .prepare_cached(
-                "SELECT tier, vouched_by, reason, at FROM key_tiers WHERE fingerprint = ?1",
-            )
-            .map_err(self.err())?
-            .query_row(params![fingerprint], |r| {
-                Ok(KeyTier {
-                    fingerprint: fingerprint.to_owned(),
-                    tier: tier_of(r.get(0)?),
-                    vouched_by: r.get(1)?,
-                    reason: r.get(2)?,
-                    at: u64_of(r.get(3)?),
-                })
+        let conn = self.conn();
+        self.check_reads(&conn)?;
+        conn.prepare_cached(
+            "SELECT tier, vouched_by, reason, at FROM key_tiers WHERE fingerprint = ?1",
+        )
+        .map_err(self.err())?
+        .query_row(params![fingerprint], |r| {
+            Ok(KeyTier {
+                fingerprint: fingerprint.to_owned(),
+                tier: tier_of(r.get(0)?),
+                vouched_by: r.get(1)?,
+                reason: r.get(2)?,
+                at: u64_of(r.get(3)?),
             })
-            .optional()
-            .map_err(self.err())
+        })
+        .optional()
+        .map_err(self.err())
     }
 
     fn set_key_tier(&self, t: &KeyTier) -> Result<()> {
@@ -1359,6 +1378,7 @@ impl Storage for SqliteStorage {
 
     fn revoked_token(&self, ids: &[String]) -> Result<Option<RevokedToken>> {
         let conn = self.conn();
+        self.check_reads(&conn)?;
         let mut stmt = conn
             .prepare_cached(
                 "SELECT tenant, revoked_by, reason, at FROM revoked_tokens WHERE id = ?1",
@@ -1419,6 +1439,7 @@ impl Storage for SqliteStorage {
 
     fn policies(&self) -> Result<Vec<PolicyRecord>> {
         let conn = self.conn();
+        self.check_reads(&conn)?;
         let mut stmt = conn
             .prepare_cached(
                 "SELECT prefix, source, updated_at, updated_by FROM policies ORDER BY prefix",
@@ -1439,6 +1460,7 @@ impl Storage for SqliteStorage {
 
     fn transit_list(&self, tenant: &str) -> Result<Vec<String>> {
         let conn = self.conn();
+        self.check_reads(&conn)?;
         let mut stmt = conn
             .prepare_cached("SELECT name FROM transit_keys WHERE tenant = ?1 ORDER BY name")
             .map_err(self.err())?;

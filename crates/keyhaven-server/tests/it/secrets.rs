@@ -704,3 +704,81 @@ async fn enabled_sample_evidence_is_bound_to_the_release_and_capped_at_tier_1() 
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tiers_have_their_own_keks_versions_are_bounded_and_small_order_keys_refused() {
+    let t = start_broker().await;
+    let (c, _) = client(&t, "app").await;
+    // Tier 0 and tier 1 secrets of one tenant, each under its own KEK.
+    for (path, tier) in [("open/a", 0), ("kept/b", 1), ("open/c", 0)] {
+        let w = call(
+            &t,
+            &c,
+            "PUT",
+            &format!("/v1/secrets/{path}"),
+            json!({ "value": b64(path.as_bytes()), "tier": tier }),
+        )
+        .await
+        .unwrap();
+        assert_eq!(w["tier"], tier);
+    }
+    for path in ["open/a", "kept/b", "open/c"] {
+        let (plain, _, _) = release(&t, &c, path, None, Algorithm::X25519)
+            .await
+            .unwrap();
+        assert_eq!(plain, path.as_bytes());
+    }
+    let r = call(
+        &t,
+        &c,
+        "POST",
+        "/v1/secrets-kek/rotate",
+        json!({ "tier": 0 }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        (r["kek_version"].as_u64(), r["rewrapped"].as_u64()),
+        (Some(2), Some(2))
+    );
+    call(
+        &t,
+        &c,
+        "PUT",
+        "/v1/secrets/kept/b",
+        json!({ "value": b64(b"b2") }),
+    )
+    .await
+    .unwrap();
+    // An X25519 point of small order (here: zero) is refused before anything is decrypted.
+    let zero = json!({ "kty": "OKP", "crv": "X25519", "x": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA" });
+    let e = call(&t, &c, "POST", "/v1/release/kept/b", json!({ "epk": zero }))
+        .await
+        .unwrap_err();
+    assert_eq!((e.0, e.1.as_str()), (400, "invalid-request"), "{}", e.2);
+    // At most MAX_SECRET_VERSIONS versions.
+    for _ in 0..keyhaven_server::secrets::MAX_SECRET_VERSIONS {
+        if call(
+            &t,
+            &c,
+            "PUT",
+            "/v1/secrets/many",
+            json!({ "value": "AA==" }),
+        )
+        .await
+        .is_err()
+        {
+            break;
+        }
+    }
+    let e = call(
+        &t,
+        &c,
+        "PUT",
+        "/v1/secrets/many",
+        json!({ "value": "AA==" }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!((e.0, e.1.as_str()), (409, "too-many-versions"), "{}", e.2);
+}

@@ -213,3 +213,28 @@ fn a_server_key_revoked_while_serving_stops_signing_at_once() {
     // And no new signer is made for it.
     assert!(m.service_signer(&key, "test").is_err());
 }
+
+/// A row changed behind a running server's back (a vouched tier planted, a revocation
+/// removed, an envelope swapped) is never acted on: the next read that decides refuses.
+#[test]
+fn a_database_changed_while_serving_is_refused_at_the_next_decision() {
+    let (w, _) = world_with_transit();
+    let server = w.start().unwrap();
+    let broker = server.broker().unwrap();
+    broker
+        .transit("acme")
+        .unwrap()
+        .encrypt("orders", b"x", None)
+        .unwrap();
+    w.sql("INSERT INTO key_tiers VALUES ('ff', 2, 'mallory', 'planted', 1)");
+    let e = broker
+        .transit("acme")
+        .unwrap()
+        .encrypt("orders", b"x", None)
+        .unwrap_err();
+    assert!(e.to_string().contains("changed by another program"), "{e}");
+    let e = broker
+        .use_secret("acme", "any/path", None, |_| ())
+        .unwrap_err();
+    assert_eq!(e.status.as_u16(), 503, "{e}");
+}

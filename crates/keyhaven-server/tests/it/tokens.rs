@@ -176,7 +176,7 @@ async fn a_token_lends_a_tenants_secrets_to_its_holder_only_within_its_rights() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoked_forged_and_malformed_tokens_are_refused() {
     let t = start_broker().await;
-    let (alice, _) = client(&t, "alice").await;
+    let (alice, alice_fp) = client(&t, "alice").await;
     let (bob_plain, bob) = client(&t, "bob").await;
     call(
         &t,
@@ -240,10 +240,15 @@ async fn revoked_forged_and_malformed_tokens_are_refused() {
     );
 
     // A token signed by another root key, with the same claims.
+    let alice_id = c_id(&alice).await;
+    let grant = tokens::Grant {
+        tenant: &alice_id,
+        minter: &alice_fp,
+        holder: &bob,
+    };
     let forged = tokens::mint(
         &biscuit_auth::KeyPair::new(),
-        &c_id(&alice).await,
-        &bob,
+        grant,
         &[Right::new("*", "").unwrap()],
         t.now() + 600,
     )
@@ -364,4 +369,93 @@ async fn a_token_lends_one_transit_operation_on_one_key() {
 /// The client id of `c`.
 async fn c_id(c: &Client) -> String {
     c.whoami().await.unwrap().client
+}
+
+/// What a second reader found: a token slipped into someone else's signed request, a token
+/// outliving the key that minted it, a token lowering a secret's min_tier, a token making
+/// transit keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_cannot_be_injected_outlive_their_minter_or_lower_the_bar() {
+    let t = start_broker().await;
+    let (alice, alice_fp) = client(&t, "alice").await;
+    let (mallory, _) = client(&t, "mallory").await;
+    let (victim, victim_fp) = client(&t, "victim").await;
+    // Mallory mints a token for the victim's key into mallory's tenant, and a party on the
+    // path adds it to the victim's signed request: refused, as the signature does not cover it.
+    let trap = mallory
+        .mint_token(&victim_fp, &[Right::new("*", "").unwrap()], 600)
+        .await
+        .unwrap();
+    let url = t.url("/v1/secrets/db/pw");
+    let mut req = reqwest::Request::new(reqwest::Method::PUT, reqwest::Url::parse(&url).unwrap());
+    *req.body_mut() = Some(br#"{"value":"c2VjcmV0"}"#.to_vec().into());
+    req.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", trap.token).parse().unwrap(),
+    );
+    let e = victim.execute(req).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Problem(p) if p.kind.ends_with(":bad-token") && p.detail.contains("does not cover")),
+        "{e}"
+    );
+    let mut req = reqwest::Request::new(reqwest::Method::PUT, reqwest::Url::parse(&url).unwrap());
+    *req.body_mut() = Some(br#"{"value":"c2VjcmV0"}"#.to_vec().into());
+    req.headers_mut()
+        .insert("x-vault-token", trap.token.parse().unwrap());
+    assert!(victim.execute(req).await.is_err(), "X-Vault-Token too");
+
+    // A token dies with the standing of the key that minted it.
+    let (bob_plain, bob) = client(&t, "bob").await;
+    call(
+        &t,
+        &alice,
+        "PUT",
+        "/v1/secrets/shared/x",
+        json!({ "value": "AQ==", "min_tier": 1 }),
+    )
+    .await
+    .unwrap();
+    let minted = alice
+        .mint_token(&bob, &[Right::new("*", "shared/").unwrap()], 600)
+        .await
+        .unwrap();
+    let bob_t = bob_plain.clone().with_token(&minted.token).unwrap();
+    assert_eq!(release(&t, &bob_t, "shared/x").await.unwrap(), [1]);
+    // Bob may write (his token says "*"), but not lower the bar for every version.
+    assert_refused(
+        call(
+            &t,
+            &bob_t,
+            "PUT",
+            "/v1/secrets/shared/x",
+            json!({ "value": "Ag==", "min_tier": 0 }),
+        )
+        .await,
+        403,
+        "forbidden",
+        "only the owner",
+    );
+    // Nor make transit keys in alice's tenant through encrypt's upsert.
+    let any_key = alice
+        .mint_token(&bob, &[Right::new("transit.encrypt", "").unwrap()], 600)
+        .await
+        .unwrap();
+    let bob_k = bob_plain.clone().with_token(&any_key.token).unwrap();
+    let e = bob_k
+        .transit_encrypt("made-by-bob", b"x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Problem(p) if p.status == 404),
+        "{e}"
+    );
+    alice.revoke(None, "key retired").await.unwrap();
+    assert_refused(
+        release(&t, &bob_t, "shared/x").await,
+        401,
+        "token-revoked",
+        &alice_fp,
+    );
 }
