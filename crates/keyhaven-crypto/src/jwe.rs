@@ -206,6 +206,30 @@ pub fn encrypt(
     plaintext: &[u8],
     extra: &Map<String, Value>,
 ) -> Result<String, Error> {
+    prepare(recipient, extra)?.seal(plaintext)
+}
+
+/// A JWE made ready for one recipient before its plaintext exists: the key agreement is done,
+/// the content key drawn and wrapped. A recipient key nothing can be encrypted to (a signing
+/// key, an X25519 point of small order) fails here, so a caller can refuse it before it
+/// fetches or decrypts what it would send.
+pub struct Prepared {
+    header: String,
+    wrapped: [u8; 40],
+    cek: Zeroizing<[u8; 32]>,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared").finish_non_exhaustive()
+    }
+}
+
+/// [`encrypt`]'s first half: see [`Prepared`].
+///
+/// # Errors
+/// As [`encrypt`].
+pub fn prepare(recipient: &PublicKey, extra: &Map<String, Value>) -> Result<Prepared, Error> {
     let algorithm = recipient.algorithm();
     if !algorithm.can_agree() {
         return Err(Error::InvalidInput(format!(
@@ -231,16 +255,32 @@ pub fn encrypt(
     KwAes256::new(&(*kek).into())
         .wrap_key(cek.as_slice(), &mut wrapped)
         .map_err(|_| Error::Crypto)?;
-    let (iv, sealed) = Sealer::new(cek.as_slice())?.seal(plaintext, header.as_bytes())?;
-    let (ciphertext, tag) = sealed.split_at(sealed.len() - TAG_LEN);
-    let b64 = Base64UrlUnpadded::encode_string;
-    Ok(format!(
-        "{header}.{}.{}.{}.{}",
-        b64(&wrapped),
-        b64(&iv),
-        b64(ciphertext),
-        b64(tag)
-    ))
+    Ok(Prepared {
+        header,
+        wrapped,
+        cek,
+    })
+}
+
+impl Prepared {
+    /// Encrypts `plaintext`: the compact JWE.
+    ///
+    /// # Errors
+    /// [`Error::Crypto`] if the RNG or the cipher fails.
+    pub fn seal(self, plaintext: &[u8]) -> Result<String, Error> {
+        let (iv, sealed) =
+            Sealer::new(self.cek.as_slice())?.seal(plaintext, self.header.as_bytes())?;
+        let (ciphertext, tag) = sealed.split_at(sealed.len() - TAG_LEN);
+        let b64 = Base64UrlUnpadded::encode_string;
+        Ok(format!(
+            "{}.{}.{}.{}.{}",
+            self.header,
+            b64(&self.wrapped),
+            b64(&iv),
+            b64(ciphertext),
+            b64(tag)
+        ))
+    }
 }
 
 /// Decrypts a compact JWE made for `recipient`'s public key: its protected header and the

@@ -527,14 +527,15 @@ pub(crate) async fn decided<T: Send + 'static>(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
 }
 
-/// Runs `f` with the transit engine of the tenant the request acts in (see [`decided`]).
+/// Runs `f` with the transit engine of the tenant the request acts in (see [`decided`]), and
+/// whether the caller owns it (acts without a token).
 async fn run(
     inner: Arc<Inner>,
     caller: Caller,
     headers: &HeaderMap,
     op: Op,
     name: String,
-    f: impl FnOnce(&Engine, &str, u64) -> Result<(Value, String), ApiError> + Send + 'static,
+    f: impl FnOnce(&Engine, &str, u64, bool) -> Result<(Value, String), ApiError> + Send + 'static,
 ) -> Result<Value, ApiError> {
     let call = Call {
         operation: transit_operation(op),
@@ -547,15 +548,7 @@ async fn run(
     decided(inner, caller, token, call, move |broker, tenant, now| {
         check_key_name(&name).map_err(|e| transit_problem(&e))?;
         let engine = broker.transit(tenant)?;
-        // Vault's encrypt makes a missing key; a token lends keys, it never makes them.
-        if op == Op::Encrypt && tenant != own && is_missing(&engine.read_key(&name)) {
-            return Err(ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                format!("no transit key '{name}' of the token's tenant (a token makes none)"),
-            ));
-        }
-        f(&engine, &name, now)
+        f(&engine, &name, now, tenant == own)
     })
     .await
 }
@@ -640,7 +633,7 @@ pub(crate) async fn create(
         &headers,
         Op::Create,
         name,
-        |engine, name, now| {
+        |engine, name, now, _| {
             let created = engine
                 .create_key(name, now)
                 .map_err(|e| transit_problem(&e))?;
@@ -666,7 +659,7 @@ pub(crate) async fn read(
         &headers,
         Op::Read,
         name,
-        |engine, name, _| Ok((key_view(engine, name)?, String::new())),
+        |engine, name, _, _| Ok((key_view(engine, name)?, String::new())),
     )
     .await?;
     Ok(vault_response(data, Value::Null))
@@ -730,7 +723,7 @@ pub(crate) async fn rotate(
         &headers,
         Op::Rotate,
         name,
-        |engine, name, now| {
+        |engine, name, now, _| {
             let version = engine.rotate(name, now).map_err(|e| transit_problem(&e))?;
             Ok((key_view(engine, name)?, format!("version {version}")))
         },
@@ -767,7 +760,7 @@ pub(crate) async fn config(
         &headers,
         Op::Config,
         name,
-        move |engine, name, _| {
+        move |engine, name, _, _| {
             if let Some(v) = min {
                 engine
                     .set_min_decryption_version(name, v)
@@ -881,9 +874,19 @@ async fn crypt(
         headers,
         op,
         name,
-        move |engine, name, now| {
-            // Vault's encrypt makes a key that does not exist yet (an upsert).
+        move |engine, name, now, owner| {
+            // Vault's encrypt makes a key that does not exist yet (an upsert); a token lends
+            // keys, it never makes them.
             if op == Op::Encrypt && is_missing(&engine.read_key(name)) {
+                if !owner {
+                    return Err(ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "not-found",
+                        format!(
+                            "no transit key '{name}' of the token's tenant (a token makes none)"
+                        ),
+                    ));
+                }
                 engine
                     .create_key(name, now)
                     .map_err(|e| transit_problem(&e))?;
@@ -981,7 +984,7 @@ pub(crate) async fn datakey(
         &headers,
         Op::DataKey,
         name,
-        move |engine, name, _| {
+        move |engine, name, _, _| {
             let (key, ciphertext) = engine
                 .data_key(name, bits)
                 .map_err(|e| transit_problem(&e))?;

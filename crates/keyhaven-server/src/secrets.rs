@@ -459,10 +459,6 @@ pub(crate) async fn release(
     })?;
     let recipient = keyhaven::jwe::public_key_from_jwk(&epk)
         .map_err(|e| ApiError::bad_request("invalid-request", format!("'epk': {e}")))?;
-    // A key nothing can be encrypted to (an X25519 point of small order) is refused before
-    // anything is decrypted.
-    keyhaven::jwe::encrypt(&recipient, b"", &Map::new())
-        .map_err(|e| ApiError::bad_request("invalid-request", format!("'epk': {e}")))?;
     let version = p.uint("version")?.map(u64::from);
     let evidence = p.take("evidence");
     let warnings = p.warnings();
@@ -482,6 +478,18 @@ pub(crate) async fn release(
         let record = storage
             .secret(tenant, &path)?
             .ok_or_else(|| not_found(&path))?;
+        // The JWE's key agreement first: a key nothing can be encrypted to (an X25519 point
+        // of small order) is refused before anything is decrypted.
+        let mut receipt_id = [0u8; 16];
+        keyhaven::fill_random(&mut receipt_id).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })?;
+        let receipt_id = hex::encode(receipt_id);
+        let mut header = Map::new();
+        header.insert("kid".into(), receipt_id.clone().into());
+        header.insert("cty".into(), "keyhaven-secret".into());
+        let sealing = keyhaven::jwe::prepare(&recipient, &header)
+            .map_err(|e| ApiError::bad_request("invalid-request", format!("'epk': {e}")))?;
         let version = version.unwrap_or_else(|| record.latest_version());
         let thumb = thumbprint(&epk);
         let ask = Ask {
@@ -515,17 +523,9 @@ pub(crate) async fn release(
             .secret_keks(tenant, record.tier)?
             .open_secret(KEK_NAME, &path, version, &envelope)
             .map_err(|e| transit_problem(&e))?;
-        let mut receipt_id = [0u8; 16];
-        keyhaven::fill_random(&mut receipt_id).map_err(|e| {
+        let jwe = sealing.seal(plaintext.expose_secret()).map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         })?;
-        let receipt_id = hex::encode(receipt_id);
-        let mut header = Map::new();
-        header.insert("kid".into(), receipt_id.clone().into());
-        header.insert("cty".into(), "keyhaven-secret".into());
-        let jwe = keyhaven::jwe::encrypt(&recipient, plaintext.expose_secret(), &header).map_err(
-            |e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
-        )?;
         drop(plaintext);
         let claims = json!({
             "jti": receipt_id,
