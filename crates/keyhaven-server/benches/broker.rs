@@ -14,15 +14,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64ct::{Base64, Encoding};
 use keyhaven::stores::MemoryStore;
-use keyhaven::{Algorithm, BackendConfig, BackendKind, FixedPassphrase, KeyManager, KeyStore};
-use keyhaven_client::wire::Role;
+use keyhaven::{Algorithm, BackendConfig, BackendKind, FixedPassphrase, KeyManager};
 use keyhaven_httpsig::{DigestAlgorithm, Request, SignatureSpec, content_digest, sign_request};
-use keyhaven_server::storage::{NewClient, NewKey};
 use keyhaven_server::{Broker, Rate, Server, ServerConfig, SqliteStorage, Storage};
 
 const REQUESTS: usize = 8_000;
@@ -190,38 +190,9 @@ async fn http_figures() {
     let audited = plain
         .clone()
         .with_audit(Arc::new(keyhaven_server::LogSink(log)));
-    let mut bases = Vec::new();
-    for server in [plain, audited] {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        bases.push(format!("http://{}", listener.local_addr().unwrap()));
-        tokio::spawn(async move {
-            keyhaven_server::serve(listener, server, std::future::pending())
-                .await
-                .unwrap()
-        });
-    }
-    let keys = MemoryStore::new().unwrap();
-    let mut clients = Vec::new();
-    for i in 0..8 {
-        let k = keys.generate(Algorithm::Ed25519, &format!("c{i}")).unwrap();
-        let s = storage.clone();
-        let client = NewClient {
-            id: format!("{i:032x}"),
-            name: format!("c{i}"),
-            role: Role::Client,
-            at: keyhaven::unix_now(),
-            key: NewKey {
-                fingerprint: k.fingerprint().to_hex(),
-                algorithm: "ed25519".into(),
-                spki: k.public_key.spki_der().to_vec(),
-            },
-        };
-        tokio::task::spawn_blocking(move || s.register(&client))
-            .await
-            .unwrap()
-            .unwrap();
-        clients.push(k);
-    }
+    let bases = [common::serve(plain).await, common::serve(audited).await];
+    let storage_dyn: Arc<dyn Storage> = storage.clone();
+    let (keys, clients) = common::register_clients(&storage_dyn, 8).await;
     let mut b = Bench {
         base: bases[0].clone(),
         keys,

@@ -10,14 +10,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keyhaven::stores::MemoryStore;
-use keyhaven::{Algorithm, BackendConfig, BackendKind, FixedPassphrase, KeyManager, KeyStore};
-use keyhaven_client::wire::Role;
+use keyhaven::{Algorithm, BackendConfig, BackendKind, FixedPassphrase, KeyManager};
 use keyhaven_httpsig::{Request, SignatureSpec, sign_request};
-use keyhaven_server::storage::{NewClient, NewKey};
 use keyhaven_server::{PostgresStorage, Rate, Server, ServerConfig, SqliteStorage, Storage};
 
 const REQUESTS: usize = 20_000;
@@ -113,38 +112,9 @@ async fn run(what: &str, storage: Arc<dyn Storage>, dir: &std::path::Path) {
             ..ServerConfig::default()
         };
         let server = Server::new(config, storage.clone(), Arc::new(signer));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let s = server.clone();
-        tokio::spawn(async move {
-            keyhaven_server::serve(listener, s, std::future::pending())
-                .await
-                .unwrap()
-        });
-
+        let base = common::serve(server.clone()).await;
         // One registered Ed25519 key per client.
-        let keys = MemoryStore::new().unwrap();
-        let mut clients = Vec::new();
-        for i in 0..64 {
-            let k = keys.generate(Algorithm::Ed25519, &format!("c{i}")).unwrap();
-            let s = storage.clone();
-            let client = NewClient {
-                id: format!("{i:032x}"),
-                name: format!("c{i}"),
-                role: Role::Client,
-                at: keyhaven::unix_now(),
-                key: NewKey {
-                    fingerprint: k.fingerprint().to_hex(),
-                    algorithm: "ed25519".into(),
-                    spki: k.public_key.spki_der().to_vec(),
-                },
-            };
-            tokio::task::spawn_blocking(move || s.register(&client))
-                .await
-                .unwrap()
-                .unwrap();
-            clients.push(k);
-        }
+        let (keys, clients) = common::register_clients(&storage, 64).await;
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(128)
             .build()
