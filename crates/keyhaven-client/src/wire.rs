@@ -327,15 +327,44 @@ pub struct VaultData<T> {
 pub struct TransitKeyView {
     /// Its name.
     pub name: String,
-    /// `aes256-gcm96`.
+    /// `aes256-gcm96`, `ed25519`, `ecdsa-p256` or `ecdsa-p384`.
     #[serde(rename = "type")]
     pub kind: String,
-    /// Each version, with when it was made (seconds since the epoch).
-    pub keys: std::collections::BTreeMap<String, u64>,
+    /// Each version: when it was made, or a signing key's public key.
+    pub keys: std::collections::BTreeMap<String, TransitVersion>,
+    /// Whether it signs (a signing key does not encrypt).
+    #[serde(default)]
+    pub supports_signing: bool,
     /// The newest version (new encryptions use it).
     pub latest_version: u32,
     /// Ciphertexts of older versions do not decrypt.
     pub min_decryption_version: u32,
+}
+
+/// One version of a transit key, as Vault shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TransitVersion {
+    /// An encryption key's version: when it was made (seconds since the epoch).
+    Created(u64),
+    /// A signing key's version: its public key.
+    Signing {
+        /// The curve: `P-256`, `P-384` or `ed25519`.
+        name: String,
+        /// PEM for ECDSA; Ed25519's 32 bytes in standard base64.
+        public_key: String,
+        /// When it was made (RFC 3339).
+        creation_time: String,
+    },
+}
+
+/// A transit signature, with the key version that made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransitSignature {
+    /// `vault:vN:...` (standard base64 of DER for ECDSA, of the 64 bytes for Ed25519).
+    pub signature: String,
+    /// N.
+    pub key_version: u32,
 }
 
 /// A transit ciphertext, with the key version it was made under.

@@ -10,6 +10,8 @@ use zeroize::Zeroizing;
 
 use crate::encoding::pem_decode;
 
+pub use crate::seeded::{SeededKey, verify_prehash};
+
 const PKCS8: &str = "PRIVATE KEY";
 const PKCS8_ENCRYPTED: &str = "ENCRYPTED PRIVATE KEY";
 const SEC1: &str = "EC PRIVATE KEY";

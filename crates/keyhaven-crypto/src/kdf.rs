@@ -48,6 +48,16 @@ impl Hash {
     pub fn max_output_len(self) -> usize {
         255 * self.output_len()
     }
+
+    /// The hash of `data` (what a signature over a prehashed digest signs).
+    pub fn digest(self, data: &[u8]) -> Vec<u8> {
+        use sha2::Digest;
+        match self {
+            Hash::Sha256 => Sha256::digest(data).to_vec(),
+            Hash::Sha384 => Sha384::digest(data).to_vec(),
+            Hash::Sha512 => Sha512::digest(data).to_vec(),
+        }
+    }
 }
 
 /// HKDF-SHA-256 (RFC 5869): `len` bytes of key for the purpose `info`, from input keying

@@ -14,6 +14,7 @@ pub mod jws;
 pub mod kdf;
 mod provider;
 mod rng;
+mod seeded;
 pub mod signer;
 mod x25519;
 

@@ -313,6 +313,28 @@ impl Kek {
         &self.scope
     }
 
+    /// The `algorithm` signing key this KEK stands for: derived from it (HKDF-SHA-256 with
+    /// the scope and `purpose` in the label), never stored, so a transit key's versions sign
+    /// without a second wrapped secret, and the KEK of another scope gives another key.
+    ///
+    /// # Errors
+    /// [`EnvelopeError::Backend`] for an algorithm that does not sign.
+    pub fn signing_key(
+        &self,
+        algorithm: keyhaven_core::Algorithm,
+        purpose: &str,
+    ) -> Result<keyhaven_crypto::hazmat::SeededKey> {
+        let mut label = Vec::with_capacity(purpose.len() + 64);
+        label.extend_from_slice(purpose.as_bytes());
+        label.push(0);
+        label.extend_from_slice(self.scope.to_string().as_bytes());
+        Ok(keyhaven_crypto::hazmat::SeededKey::derive(
+            algorithm,
+            self.key.as_ref(),
+            &label,
+        )?)
+    }
+
     fn check_context(&self, ctx: &SecretContext, needed: u32) -> Result<()> {
         if ctx.tenant != self.scope.tenant
             || ctx.tier != self.scope.tier

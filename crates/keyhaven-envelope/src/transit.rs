@@ -24,6 +24,98 @@ pub const MAX_VERSIONS: u32 = 1000;
 /// The prefix of every transit ciphertext, as Vault writes it.
 pub const CIPHERTEXT_PREFIX: &str = "vault:v";
 
+/// What a transit key is for, named as Vault names its key types. A key's type is part of its
+/// KEKs' scope (the owner `TENANT/transit/NAME` for `aes256-gcm96`, with `/ed25519`,
+/// `/ecdsa-p256` or `/ecdsa-p384` after it for signing keys), so it is sealed into every wrapped
+/// version by the master key: a row's type cannot be changed without the master key noticing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TransitKeyType {
+    /// AES-256-GCM envelopes: encrypt, decrypt, rewrap, data keys.
+    #[default]
+    Aes256Gcm96,
+    /// Ed25519 signatures (RFC 8032), derived from each version's KEK.
+    Ed25519,
+    /// ECDSA P-256 signatures, derived from each version's KEK.
+    EcdsaP256,
+    /// ECDSA P-384 signatures, derived from each version's KEK.
+    EcdsaP384,
+}
+
+impl TransitKeyType {
+    /// Every type, in the order Vault lists them.
+    pub const ALL: [TransitKeyType; 4] = [
+        TransitKeyType::Aes256Gcm96,
+        TransitKeyType::Ed25519,
+        TransitKeyType::EcdsaP256,
+        TransitKeyType::EcdsaP384,
+    ];
+
+    /// The type Vault calls `name`.
+    ///
+    /// # Errors
+    /// [`EnvelopeError::InvalidInput`] naming the types there are.
+    pub fn parse(name: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|t| t.as_str() == name)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "key type '{name}' is not supported: use aes256-gcm96, ed25519, ecdsa-p256 \
+                     or ecdsa-p384"
+                ))
+            })
+    }
+
+    /// Vault's name of the type.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransitKeyType::Aes256Gcm96 => "aes256-gcm96",
+            TransitKeyType::Ed25519 => "ed25519",
+            TransitKeyType::EcdsaP256 => "ecdsa-p256",
+            TransitKeyType::EcdsaP384 => "ecdsa-p384",
+        }
+    }
+
+    /// The signature algorithm, for a signing type.
+    pub fn signing_algorithm(self) -> Option<keyhaven_core::Algorithm> {
+        match self {
+            TransitKeyType::Aes256Gcm96 => None,
+            TransitKeyType::Ed25519 => Some(keyhaven_core::Algorithm::Ed25519),
+            TransitKeyType::EcdsaP256 => Some(keyhaven_core::Algorithm::EcdsaP256),
+            TransitKeyType::EcdsaP384 => Some(keyhaven_core::Algorithm::EcdsaP384),
+        }
+    }
+
+    /// What follows `TENANT/transit/NAME` in the KEK scope's owner.
+    fn suffix(self) -> &'static str {
+        match self {
+            TransitKeyType::Aes256Gcm96 => "",
+            TransitKeyType::Ed25519 => "/ed25519",
+            TransitKeyType::EcdsaP256 => "/ecdsa-p256",
+            TransitKeyType::EcdsaP384 => "/ecdsa-p384",
+        }
+    }
+}
+
+impl std::fmt::Display for TransitKeyType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a signature is made over: the message, hashed by the engine (Ed25519 signs it whole),
+/// or a digest the caller made (Vault's `prehashed`, ECDSA only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInput<'a> {
+    /// The message, and the hash ECDSA signs it with (Ed25519 ignores it, as Vault does).
+    Message(&'a [u8], keyhaven_crypto::kdf::Hash),
+    /// A digest the caller computed.
+    Digest(&'a [u8]),
+}
+
+/// The label a transit signing key is derived under (with the version's scope).
+const SIGNING_PURPOSE: &str = "keyhaven transit signing key";
+
 /// A transit key as stored: its versions (wrapped) and its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransitKeyRecord {
@@ -181,8 +273,51 @@ impl<S: TransitStore> Transit<S> {
         format!("{}/transit/{name}", self.tenant)
     }
 
-    fn scope(&self, name: &str, version: u32) -> Result<KekScope> {
-        KekScope::new(&self.owner(name), self.tier, version)
+    fn scope_of(&self, name: &str, key_type: TransitKeyType, version: u32) -> Result<KekScope> {
+        KekScope::new(
+            &format!("{}{}", self.owner(name), key_type.suffix()),
+            self.tier,
+            version,
+        )
+    }
+
+    /// The type of a stored key, read from the scope sealed into its first version (the
+    /// unwrap of every version checks the whole scope again).
+    ///
+    /// # Errors
+    /// [`EnvelopeError::Malformed`] for a version that is not a wrapped KEK of this key.
+    pub fn key_type(&self, record: &TransitKeyRecord) -> Result<TransitKeyType> {
+        let malformed = |reason: String| EnvelopeError::Malformed {
+            what: "transit key",
+            reason,
+        };
+        let (_, (first, _)) = record
+            .versions
+            .first_key_value()
+            .ok_or_else(|| malformed(format!("key '{}' has no version", record.name)))?;
+        let wrapped = WrappedKek::from_bytes(first)?;
+        let owner = wrapped.scope().tenant();
+        TransitKeyType::ALL
+            .into_iter()
+            .find(|t| owner == format!("{}{}", self.owner(&record.name), t.suffix()))
+            .ok_or_else(|| {
+                malformed(format!(
+                    "key '{}' holds the KEK of {}, not one of its own",
+                    record.name,
+                    wrapped.scope()
+                ))
+            })
+    }
+
+    /// The record of `name`, refused unless it is an `aes256-gcm96` key.
+    fn aes_record(&self, name: &str) -> Result<TransitKeyRecord> {
+        let record = self.record(name)?;
+        match self.key_type(&record)? {
+            TransitKeyType::Aes256Gcm96 => Ok(record),
+            other => Err(invalid(format!(
+                "key '{name}' is an {other} key: it signs and verifies, it does not encrypt"
+            ))),
+        }
     }
 
     fn context(&self, name: &str) -> Result<SecretContext> {
@@ -212,7 +347,7 @@ impl<S: TransitStore> Transit<S> {
             .get(&version)
             .ok_or_else(|| invalid(format!("key '{}' has no version {version}", record.name)))?;
         let wrapped = WrappedKek::from_bytes(wrapped)?;
-        let expected = self.scope(&record.name, version)?;
+        let expected = self.scope_of(&record.name, self.key_type(record)?, version)?;
         if wrapped.scope() != &expected {
             return Err(EnvelopeError::Malformed {
                 what: "wrapped KEK",
@@ -237,8 +372,17 @@ impl<S: TransitStore> Transit<S> {
     /// # Errors
     /// A bad name, the RNG or the store.
     pub fn create_key(&self, name: &str, now: u64) -> Result<bool> {
+        self.create_key_of(name, TransitKeyType::Aes256Gcm96, now)
+    }
+
+    /// Creates the key `name` of type `key_type` with version 1; `false` if a key of that name
+    /// exists already, whatever its type (nothing changes).
+    ///
+    /// # Errors
+    /// As [`Transit::create_key`].
+    pub fn create_key_of(&self, name: &str, key_type: TransitKeyType, now: u64) -> Result<bool> {
         check_key_name(name)?;
-        let kek = Kek::generate(self.scope(name, 1)?)?;
+        let kek = Kek::generate(self.scope_of(name, key_type, 1)?)?;
         let wrapped = self.master.wrap(&kek)?.to_bytes();
         let record = TransitKeyRecord {
             name: name.to_owned(),
@@ -269,7 +413,9 @@ impl<S: TransitStore> Transit<S> {
                 "key '{name}' has {MAX_VERSIONS} versions, the most a key has: make a new key"
             )));
         }
-        let scope = self.scope(name, record.latest_version())?.next()?;
+        let scope = self
+            .scope_of(name, self.key_type(&record)?, record.latest_version())?
+            .next()?;
         let next = scope.version();
         let kek = Kek::generate(scope)?;
         let wrapped = self.master.wrap(&kek)?.to_bytes();
@@ -304,7 +450,7 @@ impl<S: TransitStore> Transit<S> {
     /// below `min_decryption_version` (Vault refuses to encrypt to a version it would not
     /// decrypt); the backend's error if the master key cannot be used.
     pub fn encrypt(&self, name: &str, plaintext: &[u8], version: Option<u32>) -> Result<String> {
-        let record = self.record(name)?;
+        let record = self.aes_record(name)?;
         let version = version.unwrap_or_else(|| record.latest_version());
         if version < record.min_decryption_version {
             return Err(invalid(format!(
@@ -325,7 +471,7 @@ impl<S: TransitStore> Transit<S> {
     /// for a version below `min_decryption_version` or above the latest;
     /// [`EnvelopeError::Unauthentic`] for a changed one or one of another key, tenant or tier.
     pub fn decrypt(&self, name: &str, ciphertext: &str) -> Result<SecretBytes> {
-        let record = self.record(name)?;
+        let record = self.aes_record(name)?;
         let (version, envelope) = parse_ciphertext(ciphertext)?;
         self.check_decryptable(&record, version)?;
         let kek = self.kek(&record, version)?;
@@ -356,7 +502,7 @@ impl<S: TransitStore> Transit<S> {
     /// # Errors
     /// As [`Transit::decrypt`].
     pub fn rewrap(&self, name: &str, ciphertext: &str) -> Result<String> {
-        let record = self.record(name)?;
+        let record = self.aes_record(name)?;
         let (version, envelope) = parse_ciphertext(ciphertext)?;
         self.check_decryptable(&record, version)?;
         let old = self.kek(&record, version)?;
@@ -380,6 +526,123 @@ impl<S: TransitStore> Transit<S> {
         keyhaven_crypto::fill_random(&mut key)?;
         let ciphertext = self.encrypt(name, &key, None)?;
         Ok((SecretBytes::new(std::mem::take(&mut *key)), ciphertext))
+    }
+
+    /// The record of `name` and its signature algorithm, refused unless it signs.
+    fn signing_record(&self, name: &str) -> Result<(TransitKeyRecord, keyhaven_core::Algorithm)> {
+        let record = self.record(name)?;
+        let key_type = self.key_type(&record)?;
+        let algorithm = key_type.signing_algorithm().ok_or_else(|| {
+            invalid(format!(
+                "key '{name}' is an {key_type} key: it encrypts, it does not sign"
+            ))
+        })?;
+        Ok((record, algorithm))
+    }
+
+    fn signing_key(
+        &self,
+        record: &TransitKeyRecord,
+        algorithm: keyhaven_core::Algorithm,
+        version: u32,
+    ) -> Result<keyhaven_crypto::hazmat::SeededKey> {
+        self.kek(record, version)?
+            .signing_key(algorithm, SIGNING_PURPOSE)
+    }
+
+    /// Signs with the latest version of the signing key `name` (or `version`); returns the
+    /// signature and the version that made it. Ed25519 signs the message itself; ECDSA signs
+    /// its hash (deterministic nonces, RFC 6979).
+    ///
+    /// # Errors
+    /// `NotFound`; [`EnvelopeError::InvalidInput`] for a key that does not sign, a version
+    /// outside `min_decryption_version` to the latest, or a digest given to Ed25519.
+    pub fn sign(
+        &self,
+        name: &str,
+        input: SignInput<'_>,
+        version: Option<u32>,
+    ) -> Result<(keyhaven_core::Signature, u32)> {
+        let (record, algorithm) = self.signing_record(name)?;
+        let version = version.unwrap_or_else(|| record.latest_version());
+        self.check_decryptable(&record, version)?;
+        let key = self.signing_key(&record, algorithm, version)?;
+        let signature = match (algorithm, input) {
+            (keyhaven_core::Algorithm::Ed25519, SignInput::Digest(_)) => {
+                return Err(invalid(format!(
+                    "key '{name}' is an ed25519 key: it signs messages, not digests \
+                     (leave 'prehashed' out)"
+                )));
+            }
+            (keyhaven_core::Algorithm::Ed25519, SignInput::Message(m, _)) => key.sign(m)?,
+            (_, SignInput::Message(m, hash)) => key.sign_prehash(&hash.digest(m))?,
+            (_, SignInput::Digest(d)) => key.sign_prehash(d)?,
+        };
+        Ok((signature, version))
+    }
+
+    /// Whether `signature`, made by version `version` of `name`, signs `input`.
+    ///
+    /// # Errors
+    /// As [`Transit::sign`]; a signature of another algorithm or a malformed digest. A
+    /// signature that does not verify is `Ok(false)`.
+    pub fn verify(
+        &self,
+        name: &str,
+        input: SignInput<'_>,
+        version: u32,
+        signature: &keyhaven_core::Signature,
+    ) -> Result<bool> {
+        let (record, algorithm) = self.signing_record(name)?;
+        self.check_decryptable(&record, version)?;
+        if signature.algorithm() != algorithm {
+            return Err(invalid(format!(
+                "key '{name}' makes {} signatures, not {}",
+                algorithm.jose_name(),
+                signature.algorithm().jose_name()
+            )));
+        }
+        let key = self.signing_key(&record, algorithm, version)?;
+        let checked = match (algorithm, input) {
+            (keyhaven_core::Algorithm::Ed25519, SignInput::Digest(_)) => {
+                return Err(invalid(format!(
+                    "key '{name}' is an ed25519 key: it verifies messages, not digests"
+                )));
+            }
+            (keyhaven_core::Algorithm::Ed25519, SignInput::Message(m, _)) => {
+                keyhaven_crypto::verify(key.public_key(), m, signature)
+            }
+            (_, SignInput::Message(m, hash)) => keyhaven_crypto::hazmat::verify_prehash(
+                key.public_key(),
+                &hash.digest(m),
+                signature,
+            ),
+            (_, SignInput::Digest(d)) => {
+                keyhaven_crypto::hazmat::verify_prehash(key.public_key(), d, signature)
+            }
+        };
+        match checked {
+            Ok(()) => Ok(true),
+            Err(keyhaven_core::Error::BadSignature) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The public key of every version of the signing key `name`, oldest first.
+    ///
+    /// # Errors
+    /// `NotFound`; [`EnvelopeError::InvalidInput`] for a key that does not sign; the master
+    /// key's backend (each version not cached yet is one unwrap).
+    pub fn public_keys(&self, name: &str) -> Result<Vec<(u32, keyhaven_core::PublicKey)>> {
+        let (record, algorithm) = self.signing_record(name)?;
+        record
+            .versions
+            .keys()
+            .map(|&v| {
+                let key = self.signing_key(&record, algorithm, v)?;
+                Ok((v, key.public_key().clone()))
+            })
+            .collect()
     }
 
     /// Makes the key `name` if it does not exist (a race with another maker is no error).
@@ -413,7 +676,7 @@ impl<S: TransitStore> Transit<S> {
         version: u64,
         plaintext: &[u8],
     ) -> Result<Envelope> {
-        let record = self.record(name)?;
+        let record = self.aes_record(name)?;
         let kek = self.kek(&record, record.latest_version())?;
         kek.seal(&self.secret_context(name, path, version)?, plaintext)
     }
@@ -431,7 +694,7 @@ impl<S: TransitStore> Transit<S> {
         version: u64,
         envelope: &Envelope,
     ) -> Result<SecretBytes> {
-        let record = self.record(name)?;
+        let record = self.aes_record(name)?;
         let kek = self.kek(&record, envelope.kek_version())?;
         kek.open(&self.secret_context(name, path, version)?, envelope)
     }
@@ -448,7 +711,7 @@ impl<S: TransitStore> Transit<S> {
         version: u64,
         envelope: &Envelope,
     ) -> Result<Option<Envelope>> {
-        let record = self.record(name)?;
+        let record = self.aes_record(name)?;
         let latest = record.latest_version();
         if envelope.kek_version() == latest {
             return Ok(None);

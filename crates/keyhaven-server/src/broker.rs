@@ -12,9 +12,12 @@
 //!
 //! Covered: `keys/:name` (create, read), `keys` (list), `keys/:name/rotate`,
 //! `keys/:name/config` (`min_decryption_version`), `encrypt/:name`, `decrypt/:name`,
-//! `rewrap/:name` (each with `batch_input`), `datakey/plaintext|wrapped/:name`. Not covered:
-//! derived and convergent keys, key types other than `aes256-gcm96`, export, backup, delete,
-//! sign, verify, hmac, random, hash.
+//! `rewrap/:name` (each with `batch_input`), `datakey/plaintext|wrapped/:name`, and
+//! `sign/:name[/:hash]`, `verify/:name[/:hash]` (with `batch_input`) for key types `ed25519`,
+//! `ecdsa-p256` and `ecdsa-p384` (a signing key is derived from each version's KEK, so it is as
+//! wrapped as the KEK is; hashes `sha2-256`, `sha2-384`, `sha2-512`; `asn1` or `jws`
+//! marshaling; `prehashed`). Not covered: derived and convergent keys, RSA, HMAC and
+//! ChaCha20 keys, export, backup, delete, hmac, random, hash.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,7 +28,7 @@ use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use base64ct::{Base64, Encoding};
 use http::{HeaderMap, Method, StatusCode, header};
-use keyhaven::envelope::transit::{Transit, check_key_name};
+use keyhaven::envelope::transit::{SignInput, Transit, TransitKeyType, check_key_name};
 use keyhaven::envelope::{EnvelopeError, MasterKey};
 use keyhaven::zeroize::Zeroizing;
 use keyhaven::{ErrorKind, Protection};
@@ -44,8 +47,6 @@ pub const KEK_CACHE_TTL: Duration = Duration::from_secs(300);
 const MAX_BATCH: usize = 1000;
 /// The most tenants whose engines are kept at once (beyond, all are dropped and rebuilt).
 const MAX_ENGINES: usize = 10_000;
-/// The only key type: AES-256-GCM with a 96-bit nonce, as Vault names it.
-const KEY_TYPE: &str = "aes256-gcm96";
 
 type Engine = Transit<TenantTransit>;
 
@@ -425,6 +426,8 @@ pub(crate) enum Op {
     Decrypt,
     Rewrap,
     DataKey,
+    Sign,
+    Verify,
 }
 
 impl Op {
@@ -433,7 +436,7 @@ impl Op {
     fn audited(self) -> bool {
         matches!(
             self,
-            Op::Create | Op::Rotate | Op::Config | Op::Decrypt | Op::DataKey
+            Op::Create | Op::Rotate | Op::Config | Op::Decrypt | Op::DataKey | Op::Sign
         )
     }
 }
@@ -564,6 +567,8 @@ fn transit_operation(op: Op) -> &'static str {
         Op::Decrypt => "transit.decrypt",
         Op::Rewrap => "transit.rewrap",
         Op::DataKey => "transit.datakey",
+        Op::Sign => "transit.sign",
+        Op::Verify => "transit.verify",
     }
 }
 
@@ -573,15 +578,49 @@ fn is_missing<T>(read: &Result<T, EnvelopeError>) -> bool {
 }
 
 fn key_view(engine: &Engine, name: &str) -> Result<Value, ApiError> {
-    let record = engine.read_key(name).map_err(|e| transit_problem(&e))?;
-    let keys: Map<String, Value> = record
-        .versions
-        .iter()
-        .map(|(v, (_, at))| (v.to_string(), json!(at)))
-        .collect();
+    let problem = |e: EnvelopeError| transit_problem(&e);
+    let record = engine.read_key(name).map_err(problem)?;
+    let key_type = engine.key_type(&record).map_err(problem)?;
+    let keys: Map<String, Value> = match key_type.signing_algorithm() {
+        // Vault gives an encryption key's versions as their creation times.
+        None => record
+            .versions
+            .iter()
+            .map(|(v, (_, at))| (v.to_string(), json!(at)))
+            .collect(),
+        // And a signing key's as their public keys: PEM for ECDSA, Ed25519's 32 bytes in
+        // base64.
+        Some(algorithm) => {
+            let publics = engine.public_keys(name).map_err(problem)?;
+            publics
+                .into_iter()
+                .map(|(v, public)| {
+                    let at = record.versions.get(&v).map_or(0, |(_, at)| *at);
+                    let (curve, text) = match algorithm {
+                        keyhaven::Algorithm::Ed25519 => {
+                            let der = public.spki_der();
+                            let raw = der.get(der.len().saturating_sub(32)..).unwrap_or(der);
+                            ("ed25519", Base64::encode_string(raw))
+                        }
+                        keyhaven::Algorithm::EcdsaP256 => {
+                            ("P-256", public.to_pem().unwrap_or_default())
+                        }
+                        _ => ("P-384", public.to_pem().unwrap_or_default()),
+                    };
+                    let entry = json!({
+                        "name": curve,
+                        "public_key": text,
+                        "creation_time": keyhaven::rfc3339(at),
+                    });
+                    (v.to_string(), entry)
+                })
+                .collect()
+        }
+    };
+    let signs = key_type.signing_algorithm().is_some();
     Ok(json!({
         "name": record.name,
-        "type": KEY_TYPE,
+        "type": key_type.as_str(),
         "keys": keys,
         "latest_version": record.latest_version(),
         "min_available_version": 0,
@@ -591,23 +630,31 @@ fn key_view(engine: &Engine, name: &str) -> Result<Value, ApiError> {
         "derived": false,
         "exportable": false,
         "allow_plaintext_backup": false,
-        "supports_encryption": true,
-        "supports_decryption": true,
+        "supports_encryption": !signs,
+        "supports_decryption": !signs,
         "supports_derivation": false,
-        "supports_signing": false,
+        "supports_signing": signs,
         "auto_rotate_period": 0,
         "imported_key": false,
     }))
 }
 
-/// The key type a create or an encrypt's upsert asks for: only `aes256-gcm96`.
-fn check_type(p: &mut Params) -> Result<(), ApiError> {
+/// The key type a create asks for (`aes256-gcm96` unless said).
+fn key_type_of(p: &mut Params) -> Result<TransitKeyType, ApiError> {
     match p.string("type")? {
-        None => Ok(()),
-        Some(t) if t == KEY_TYPE => Ok(()),
-        Some(t) => Err(ApiError::bad_request(
+        None => Ok(TransitKeyType::Aes256Gcm96),
+        Some(t) => TransitKeyType::parse(&t)
+            .map_err(|e| ApiError::bad_request("unsupported", e.to_string())),
+    }
+}
+
+/// The key type an encrypt's upsert asks for: only `aes256-gcm96` encrypts.
+fn check_type(p: &mut Params) -> Result<(), ApiError> {
+    match key_type_of(p)? {
+        TransitKeyType::Aes256Gcm96 => Ok(()),
+        t => Err(ApiError::bad_request(
             "unsupported",
-            format!("key type '{t}' is not supported: transit keys here are {KEY_TYPE}"),
+            format!("an {t} key does not encrypt: make it with the key's create call"),
         )),
     }
 }
@@ -621,7 +668,7 @@ pub(crate) async fn create(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let mut p = Params::parse(&body)?;
-    check_type(&mut p)?;
+    let key_type = key_type_of(&mut p)?;
     p.refuse_flag("derived", "keyhaven's transit keys are not derived")?;
     p.refuse_flag("convergent_encryption", "it needs derived keys")?;
     p.refuse_flag("exportable", "a KEK never leaves the broker")?;
@@ -633,13 +680,17 @@ pub(crate) async fn create(
         &headers,
         Op::Create,
         name,
-        |engine, name, now, _| {
+        move |engine, name, now, _| {
             let created = engine
-                .create_key(name, now)
+                .create_key_of(name, key_type, now)
                 .map_err(|e| transit_problem(&e))?;
             let view = key_view(engine, name)?;
-            let what = if created { "created" } else { "exists" };
-            Ok((view, what.to_owned()))
+            let what = if created {
+                format!("created ({key_type})")
+            } else {
+                "exists".to_owned()
+            };
+            Ok((view, what))
         },
     )
     .await?;
@@ -1006,4 +1057,294 @@ pub(crate) async fn datakey(
     )
     .await?;
     Ok(vault_response(data, warnings))
+}
+
+/// A signature's hash as Vault names it (`sha2-256` unless said): from the path, else the body.
+fn sign_hash(path: Option<&str>, p: &mut Params) -> Result<keyhaven::kdf::Hash, ApiError> {
+    use keyhaven::kdf::Hash;
+    let named = match path {
+        Some(h) => Some(h.to_owned()),
+        None => p.string("hash_algorithm")?,
+    };
+    match named.as_deref().unwrap_or("sha2-256") {
+        "sha2-256" => Ok(Hash::Sha256),
+        "sha2-384" => Ok(Hash::Sha384),
+        "sha2-512" => Ok(Hash::Sha512),
+        other => Err(ApiError::bad_request(
+            "unsupported",
+            format!(
+                "hash_algorithm '{other}' is not supported: use sha2-256, sha2-384 or sha2-512"
+            ),
+        )),
+    }
+}
+
+/// How a signature is written after `vault:vN:`: `asn1` (standard base64 of DER for ECDSA,
+/// Vault's default) or `jws` (base64url of the fixed-size form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marshaling {
+    Asn1,
+    Jws,
+}
+
+fn marshaling_of(p: &mut Params) -> Result<Marshaling, ApiError> {
+    match p.string("marshaling_algorithm")?.as_deref() {
+        None | Some("asn1") => Ok(Marshaling::Asn1),
+        Some("jws") => Ok(Marshaling::Jws),
+        Some(other) => Err(ApiError::bad_request(
+            "invalid-request",
+            format!("marshaling_algorithm '{other}' is not asn1 or jws"),
+        )),
+    }
+}
+
+fn format_signature(
+    signature: &keyhaven::Signature,
+    version: u32,
+    marshaling: Marshaling,
+) -> Result<String, ApiError> {
+    use keyhaven::encoding::encode_signature;
+    let body = match marshaling {
+        Marshaling::Asn1 => Base64::encode_string(
+            &encode_signature(signature, keyhaven::SignatureFormat::Der)
+                .map_err(|e| ApiError::bad_request("invalid-request", e.to_string()))?,
+        ),
+        Marshaling::Jws => base64ct::Base64UrlUnpadded::encode_string(signature.as_raw()),
+    };
+    Ok(format!("vault:v{version}:{body}"))
+}
+
+/// Reads `vault:vN:...` as a signature of `algorithm`: its version and the signature.
+fn parse_signature(
+    text: &str,
+    algorithm: keyhaven::Algorithm,
+    marshaling: Marshaling,
+) -> Result<(u32, keyhaven::Signature), ApiError> {
+    use keyhaven::encoding::decode_signature;
+    let bad = |why: &str| {
+        ApiError::bad_request(
+            "invalid-request",
+            format!("the signature is malformed: {why}"),
+        )
+    };
+    let rest = text
+        .strip_prefix("vault:v")
+        .ok_or_else(|| bad("it does not start with vault:v"))?;
+    let (version, body) = rest
+        .split_once(':')
+        .ok_or_else(|| bad("no ':' after the version"))?;
+    if version.is_empty() || version.len() > 10 || version.starts_with('0') {
+        return Err(bad("the version is not a number from 1"));
+    }
+    let version: u32 = version
+        .parse()
+        .map_err(|_| bad("the version is not a number from 1"))?;
+    let (bytes, format) = match marshaling {
+        Marshaling::Asn1 => (
+            Base64::decode_vec(body).map_err(|_| bad("the body is not standard base64"))?,
+            keyhaven::SignatureFormat::Der,
+        ),
+        Marshaling::Jws => (
+            base64ct::Base64UrlUnpadded::decode_vec(body)
+                .map_err(|_| bad("the body is not base64url"))?,
+            keyhaven::SignatureFormat::Raw,
+        ),
+    };
+    let signature = decode_signature(algorithm, &bytes, format).map_err(|e| bad(&e.to_string()))?;
+    Ok((version, signature))
+}
+
+/// One item of a sign or verify: the input, and for a verify the signature.
+struct SignItem {
+    input: Zeroizing<Vec<u8>>,
+    signature: Option<String>,
+}
+
+fn sign_item(fields: &mut Params, verify: bool) -> Result<SignItem, ApiError> {
+    refuse_derivation(fields)?;
+    let b64 = fields.string("input")?.ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid-request",
+            "missing 'input' (base64) to sign or verify",
+        )
+    })?;
+    let input = base64_field("input", &b64)?;
+    let signature = if verify {
+        if fields.string("hmac")?.is_some() {
+            return Err(ApiError::bad_request(
+                "unsupported",
+                "'hmac' is not supported: transit keys here make signatures, not HMACs",
+            ));
+        }
+        Some(fields.string("signature")?.ok_or_else(|| {
+            ApiError::bad_request("invalid-request", "missing 'signature' to verify")
+        })?)
+    } else {
+        None
+    };
+    Ok(SignItem { input, signature })
+}
+
+/// The settings a sign or verify request shares across its items.
+#[derive(Clone, Copy)]
+struct SignSettings {
+    hash: keyhaven::kdf::Hash,
+    prehashed: bool,
+    marshaling: Marshaling,
+    version: Option<u32>,
+}
+
+fn sign_answer(
+    engine: &Engine,
+    name: &str,
+    item: &SignItem,
+    s: SignSettings,
+) -> Result<Value, ApiError> {
+    let problem = |e: EnvelopeError| transit_problem(&e);
+    let input = if s.prehashed {
+        SignInput::Digest(&item.input)
+    } else {
+        SignInput::Message(&item.input, s.hash)
+    };
+    match &item.signature {
+        None => {
+            let (signature, version) = engine.sign(name, input, s.version).map_err(problem)?;
+            Ok(json!({
+                "signature": format_signature(&signature, version, s.marshaling)?,
+                "key_version": version,
+            }))
+        }
+        Some(text) => {
+            let record = engine.read_key(name).map_err(problem)?;
+            let key_type = engine.key_type(&record).map_err(problem)?;
+            let algorithm = key_type.signing_algorithm().ok_or_else(|| {
+                ApiError::bad_request(
+                    "invalid-request",
+                    format!("key '{name}' is an {key_type} key: it does not verify signatures"),
+                )
+            })?;
+            let (version, signature) = parse_signature(text, algorithm, s.marshaling)?;
+            let valid = engine
+                .verify(name, input, version, &signature)
+                .map_err(problem)?;
+            Ok(json!({ "valid": valid }))
+        }
+    }
+}
+
+/// `POST /v1/transit/sign|verify/:name[/:hash]`, one item or a `batch_input`.
+async fn sign_or_verify(
+    inner: Arc<Inner>,
+    caller: Caller,
+    headers: &HeaderMap,
+    op: Op,
+    name: String,
+    hash: Option<String>,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let verify = op == Op::Verify;
+    let mut p = Params::parse(body)?;
+    let settings = SignSettings {
+        hash: sign_hash(hash.as_deref(), &mut p)?,
+        prehashed: p.flag("prehashed")?,
+        marshaling: marshaling_of(&mut p)?,
+        version: p.uint("key_version")?.filter(|v| *v != 0),
+    };
+    if verify && settings.version.is_some() {
+        return Err(ApiError::bad_request(
+            "invalid-request",
+            "'key_version' is for sign: a signature names its version",
+        ));
+    }
+    let batch = p.batch()?;
+    let single = batch.is_none();
+    let items: Vec<Result<SignItem, ApiError>> = match batch {
+        None => vec![Ok(sign_item(&mut p, verify)?)],
+        Some(batch) => batch
+            .into_iter()
+            .map(|fields| sign_item(&mut Params { fields }, verify))
+            .collect(),
+    };
+    let warnings = p.warnings();
+    let data = run(
+        inner,
+        caller,
+        headers,
+        op,
+        name,
+        move |engine, name, _, _| {
+            if single {
+                let item = items
+                    .into_iter()
+                    .next()
+                    .ok_or_else(|| ApiError::bad_request("invalid-request", "nothing to do"))??;
+                return Ok((
+                    sign_answer(engine, name, &item, settings)?,
+                    "1 item".to_owned(),
+                ));
+            }
+            let n = items.len();
+            let mut failed = 0usize;
+            let results: Vec<Value> = items
+                .into_iter()
+                .map(|item| {
+                    item.and_then(|item| sign_answer(engine, name, &item, settings))
+                        .unwrap_or_else(|e| {
+                            failed += 1;
+                            json!({ "error": e.detail })
+                        })
+                })
+                .collect();
+            Ok((
+                json!({ "batch_results": results }),
+                format!("{n} items, {failed} refused"),
+            ))
+        },
+    )
+    .await?;
+    Ok(vault_response(data, warnings))
+}
+
+/// `POST /v1/transit/sign/:name`.
+pub(crate) async fn sign(
+    State(inner): State<Arc<Inner>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Extension(RawBody(body)): Extension<RawBody>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    sign_or_verify(inner, caller, &headers, Op::Sign, name, None, &body).await
+}
+
+/// `POST /v1/transit/sign/:name/:hash_algorithm`.
+pub(crate) async fn sign_hashed(
+    State(inner): State<Arc<Inner>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Extension(RawBody(body)): Extension<RawBody>,
+    Path((name, hash)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    sign_or_verify(inner, caller, &headers, Op::Sign, name, Some(hash), &body).await
+}
+
+/// `POST /v1/transit/verify/:name`.
+pub(crate) async fn verify(
+    State(inner): State<Arc<Inner>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Extension(RawBody(body)): Extension<RawBody>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    sign_or_verify(inner, caller, &headers, Op::Verify, name, None, &body).await
+}
+
+/// `POST /v1/transit/verify/:name/:hash_algorithm`.
+pub(crate) async fn verify_hashed(
+    State(inner): State<Arc<Inner>>,
+    Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
+    Extension(RawBody(body)): Extension<RawBody>,
+    Path((name, hash)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    sign_or_verify(inner, caller, &headers, Op::Verify, name, Some(hash), &body).await
 }

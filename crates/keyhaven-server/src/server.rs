@@ -335,6 +335,22 @@ impl Server {
                 "/v1/transit/datakey/{kind}/{name}",
                 post(broker::datakey).put(broker::datakey),
             )
+            .route(
+                "/v1/transit/sign/{name}",
+                post(broker::sign).put(broker::sign),
+            )
+            .route(
+                "/v1/transit/sign/{name}/{hash}",
+                post(broker::sign_hashed).put(broker::sign_hashed),
+            )
+            .route(
+                "/v1/transit/verify/{name}",
+                post(broker::verify).put(broker::verify),
+            )
+            .route(
+                "/v1/transit/verify/{name}/{hash}",
+                post(broker::verify_hashed).put(broker::verify_hashed),
+            )
             .route("/v1/secrets", get(secrets::list))
             .route(
                 "/v1/secrets/{*path}",

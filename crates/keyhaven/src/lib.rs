@@ -54,7 +54,7 @@ pub use keyhaven_core::{
 };
 pub use keyhaven_crypto::{
     CryptoProvider, KeySigner, SignWith, StoreKey, default_provider, encoding, fill_random, jwe,
-    jws, verify, verify_digest,
+    jws, kdf, verify, verify_digest,
 };
 /// Private, durable files (atomic writes, 0600/0700 checks, locks): see [`keyhaven_fs`].
 pub use keyhaven_fs as fs;

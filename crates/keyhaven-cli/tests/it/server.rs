@@ -607,6 +607,108 @@ fn the_broker_keeps_its_master_key_on_a_token_and_the_cli_drives_transit() {
     );
     let listed = c.json(&["client", "transit", "list", "--key", "app", "--json"]);
     assert_eq!(listed, serde_json::json!(["db"]));
+
+    // A signing key: the CLI signs the file, OpenSSL verifies the signature against the public
+    // key the key's read shows, and a changed file does not verify (exit 1).
+    let key = c.json(&[
+        "client",
+        "transit",
+        "create",
+        "release-signer",
+        "--type",
+        "ecdsa-p384",
+        "--key",
+        "app",
+        "--json",
+    ]);
+    assert_eq!(key["type"], "ecdsa-p384", "{key}");
+    let pem = key["keys"]["1"]["public_key"].as_str().unwrap();
+    std::fs::write(c.scratch().join("signer.pem"), pem).unwrap();
+    let file_arg = file.display().to_string();
+    let sig = c.ok(&[
+        "client",
+        "transit",
+        "sign",
+        "release-signer",
+        "--in",
+        &file_arg,
+        "--hash",
+        "sha2-384",
+        "--key",
+        "app",
+    ]);
+    let sig = sig.trim();
+    assert!(sig.starts_with("vault:v1:"), "{sig}");
+    let der = <base64ct::Base64 as base64ct::Encoding>::decode_vec(
+        sig.strip_prefix("vault:v1:").unwrap(),
+    )
+    .unwrap();
+    std::fs::write(c.scratch().join("sig.der"), der).unwrap();
+    let verified = crate::openssl_ok(
+        &c.scratch(),
+        &[
+            "dgst",
+            "-sha384",
+            "-verify",
+            "signer.pem",
+            "-signature",
+            "sig.der",
+            &file_arg,
+        ],
+    );
+    assert!(String::from_utf8_lossy(&verified).contains("Verified OK"));
+    let valid = c.ok(&[
+        "client",
+        "transit",
+        "verify",
+        "release-signer",
+        sig,
+        "--in",
+        &file_arg,
+        "--hash",
+        "sha2-384",
+        "--key",
+        "app",
+    ]);
+    assert_eq!(valid.trim(), "valid");
+    let other = c.scratch().join("other.txt");
+    crate::write_private(&other, b"postgres://app:hunter3@db/prod");
+    c.fails(
+        &[
+            "client",
+            "transit",
+            "verify",
+            "release-signer",
+            sig,
+            "--in",
+            &other.display().to_string(),
+            "--hash",
+            "sha2-384",
+            "--key",
+            "app",
+        ],
+        1,
+    );
+    // An encryption key does not sign, a signing key does not encrypt: exit 9.
+    c.fails(
+        &[
+            "client", "transit", "sign", "db", "--in", &file_arg, "--key", "app",
+        ],
+        9,
+    );
+    c.fails(
+        &[
+            "client",
+            "transit",
+            "encrypt",
+            "release-signer",
+            "--in",
+            &file_arg,
+            "--key",
+            "app",
+        ],
+        9,
+    );
 }
 
 /// Secrets at tier 2 behind a master key on a SoftHSM2 token: a write asking for tier 4

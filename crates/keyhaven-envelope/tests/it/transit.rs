@@ -8,9 +8,11 @@ use std::sync::{Arc, Mutex};
 
 use base64ct::{Base64, Encoding};
 use keyhaven_core::{Algorithm, ErrorKind};
+use keyhaven_crypto::kdf::Hash;
 use keyhaven_envelope::EnvelopeError;
 use keyhaven_envelope::transit::{
-    Transit, TransitKeyRecord, TransitStore, check_key_name, parse_ciphertext,
+    SignInput, Transit, TransitKeyRecord, TransitKeyType, TransitStore, check_key_name,
+    parse_ciphertext,
 };
 
 use crate::software_master;
@@ -295,4 +297,114 @@ fn a_secret_envelope_is_bound_to_its_path_and_version_and_rewraps_after_rotation
             .unwrap()
             .is_none()
     );
+}
+
+#[test]
+fn signing_keys_sign_with_each_version_and_never_encrypt() {
+    let (t, rows) = engine("acme", 2);
+    for ty in [
+        TransitKeyType::Ed25519,
+        TransitKeyType::EcdsaP256,
+        TransitKeyType::EcdsaP384,
+    ] {
+        let name = ty.as_str();
+        assert!(t.create_key_of(name, ty, 1).unwrap());
+        // a second create of any type changes nothing
+        assert!(
+            !t.create_key_of(name, TransitKeyType::Aes256Gcm96, 2)
+                .unwrap()
+        );
+        let record = t.read_key(name).unwrap();
+        assert_eq!(t.key_type(&record).unwrap(), ty);
+
+        let msg = SignInput::Message(b"pay 10 to bob", Hash::Sha256);
+        let (sig1, v1) = t.sign(name, msg, None).unwrap();
+        assert_eq!(v1, 1);
+        assert!(t.verify(name, msg, 1, &sig1).unwrap());
+        let other = SignInput::Message(b"pay 99 to bob", Hash::Sha256);
+        assert!(!t.verify(name, other, 1, &sig1).unwrap());
+
+        // the public key is the version's, and an independent verifier agrees
+        let keys = t.public_keys(name).unwrap();
+        assert_eq!(keys.len(), 1);
+        if ty == TransitKeyType::Ed25519 {
+            keyhaven_crypto::verify(&keys[0].1, b"pay 10 to bob", &sig1).unwrap();
+        } else {
+            keyhaven_crypto::hazmat::verify_prehash(
+                &keys[0].1,
+                &Hash::Sha256.digest(b"pay 10 to bob"),
+                &sig1,
+            )
+            .unwrap();
+        }
+
+        // rotation: a new key; the old version still verifies until min_decryption_version
+        assert_eq!(t.rotate(name, 3).unwrap(), 2);
+        let (sig2, v2) = t.sign(name, msg, None).unwrap();
+        assert_eq!(v2, 2);
+        let keys = t.public_keys(name).unwrap();
+        assert_ne!(keys[0].1, keys[1].1);
+        assert!(!t.verify(name, msg, 1, &sig2).unwrap());
+        assert!(t.verify(name, msg, 1, &sig1).unwrap());
+        t.set_min_decryption_version(name, 2).unwrap();
+        let e = t.verify(name, msg, 1, &sig1).unwrap_err();
+        assert!(
+            e.to_string().contains("min_decryption_version") || e.to_string().contains("too old"),
+            "{e}"
+        );
+        assert!(t.sign(name, msg, Some(1)).is_err());
+
+        // a signing key does not encrypt; an encryption key does not sign
+        let e = t.encrypt(name, b"x", None).unwrap_err();
+        assert!(e.to_string().contains("does not encrypt"), "{e}");
+        assert!(t.data_key(name, 256).is_err());
+
+        // the keys are the same after the cache is dropped (derived, not random per unwrap)
+        t.clear_cache();
+        assert!(t.verify(name, msg, 2, &sig2).unwrap());
+    }
+    t.create_key("aes", 1).unwrap();
+    let e = t
+        .sign("aes", SignInput::Message(b"m", Hash::Sha256), None)
+        .unwrap_err();
+    assert!(e.to_string().contains("does not sign"), "{e}");
+
+    // ECDSA: any SHA-2 and a caller's digest; Ed25519 refuses a digest
+    let digest = Hash::Sha512.digest(b"m");
+    let (sig, _) = t
+        .sign("ecdsa-p384", SignInput::Digest(&digest), None)
+        .unwrap();
+    assert!(
+        t.verify(
+            "ecdsa-p384",
+            SignInput::Message(b"m", Hash::Sha512),
+            2,
+            &sig
+        )
+        .unwrap()
+    );
+    assert!(
+        !t.verify(
+            "ecdsa-p384",
+            SignInput::Message(b"m", Hash::Sha256),
+            2,
+            &sig
+        )
+        .unwrap()
+    );
+    assert!(t.sign("ed25519", SignInput::Digest(&digest), None).is_err());
+
+    // the type is sealed into each version: a row moved from another type's key is refused
+    {
+        let mut r = rows.0.lock().unwrap();
+        let p256 = r["ecdsa-p256"].clone();
+        let mut forged = p256.clone();
+        forged.name = "ed25519".into();
+        r.insert("ed25519".into(), forged);
+    }
+    t.clear_cache();
+    let e = t
+        .sign("ed25519", SignInput::Message(b"m", Hash::Sha256), None)
+        .unwrap_err();
+    assert!(matches!(e, EnvelopeError::Malformed { .. }), "{e}");
 }

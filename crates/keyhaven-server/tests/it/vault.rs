@@ -83,6 +83,61 @@ try:
     out["missing"] = "decrypted"
 except hvac.exceptions.InvalidPath as e:
     out["missing"] = type(e).__name__
+# Signing keys: hvac signs and verifies; `cryptography` (nobody here wrote it) checks each
+# signature against the public key the key's read gives.
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+msg = b"ship order 42"
+signing = {}
+for kt in ["ecdsa-p256", "ecdsa-p384", "ed25519"]:
+    name = "sign-" + kt
+    t.create_key(name=name, key_type=kt)
+    info = t.read_key(name=name)["data"]
+    public = info["keys"]["1"]["public_key"]
+    sig = t.sign_data(name=name, hash_input=b64(msg))["data"]["signature"]
+    raw = base64.b64decode(sig.split(":")[2])
+    if kt == "ed25519":
+        ed25519.Ed25519PublicKey.from_public_bytes(base64.b64decode(public)).verify(raw, msg)
+    else:
+        # Vault's default hash is sha2-256 for every curve.
+        serialization.load_pem_public_key(public.encode()).verify(raw, msg, ec.ECDSA(hashes.SHA256()))
+    t.rotate_key(name=name)
+    sig2 = t.sign_data(name=name, hash_input=b64(msg))["data"]["signature"]
+    signing[kt] = {
+        "type": info["type"], "signs": info["supports_signing"],
+        "encrypts": info["supports_encryption"], "prefix": sig[:9], "prefix2": sig2[:9],
+        "valid": t.verify_signed_data(name=name, hash_input=b64(msg), signature=sig)["data"]["valid"],
+        "valid2": t.verify_signed_data(name=name, hash_input=b64(msg), signature=sig2)["data"]["valid"],
+        "tampered": t.verify_signed_data(name=name, hash_input=b64(b"ship order 43"), signature=sig)["data"]["valid"],
+    }
+    try:
+        t.encrypt_data(name=name, plaintext=b64(b"x"))
+        signing[kt]["encrypt"] = "encrypted"
+    except hvac.exceptions.InvalidRequest as e:
+        signing[kt]["encrypt"] = type(e).__name__
+# ECDSA P-384 over SHA-384 in the path, JWS marshaling (r || s in base64url), checked outside.
+p384 = serialization.load_pem_public_key(t.read_key(name="sign-ecdsa-p384")["data"]["keys"]["2"]["public_key"].encode())
+jws_sig = t.sign_data(name="sign-ecdsa-p384", hash_input=b64(msg), hash_algorithm="sha2-384",
+                      marshaling_algorithm="jws")["data"]["signature"]
+raw = base64.urlsafe_b64decode(jws_sig.split(":")[2] + "==")
+p384.verify(utils.encode_dss_signature(int.from_bytes(raw[:48], "big"), int.from_bytes(raw[48:], "big")),
+            msg, ec.ECDSA(hashes.SHA384()))
+signing["jws"] = t.verify_signed_data(name="sign-ecdsa-p384", hash_input=b64(msg), signature=jws_sig,
+                                      hash_algorithm="sha2-384", marshaling_algorithm="jws")["data"]["valid"]
+signing["jws_wrong_hash"] = t.verify_signed_data(name="sign-ecdsa-p384", hash_input=b64(msg), signature=jws_sig,
+                                                 hash_algorithm="sha2-512", marshaling_algorithm="jws")["data"]["valid"]
+# A digest the caller made (prehashed), checked outside as a prehashed ECDSA signature.
+p256 = serialization.load_pem_public_key(t.read_key(name="sign-ecdsa-p256")["data"]["keys"]["2"]["public_key"].encode())
+digest = hashlib.sha256(msg).digest()
+pre = t.sign_data(name="sign-ecdsa-p256", hash_input=b64(digest), prehashed=True)["data"]["signature"]
+p256.verify(base64.b64decode(pre.split(":")[2]), digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+signing["prehashed"] = True
+try:
+    t.sign_data(name="payments", hash_input=b64(msg))
+    signing["aes_signs"] = "signed"
+except hvac.exceptions.InvalidRequest as e:
+    signing["aes_signs"] = type(e).__name__
+out["signing"] = signing
 # Unsigned, hvac's token alone is nothing.
 bare = hvac.Client(url=base, token="not-a-credential-here")
 try:
@@ -122,6 +177,23 @@ async fn hvac_drives_the_transit_api_unchanged() {
     assert_eq!(out["list"], json!(["payments"]), "{out}");
     assert_eq!(out["missing"], "InvalidPath", "{out}");
     assert_eq!(out["unsigned"], "Unauthorized", "{out}");
+    let signing = &out["signing"];
+    for kt in ["ecdsa-p256", "ecdsa-p384", "ed25519"] {
+        let k = &signing[kt];
+        assert_eq!(k["type"], kt, "{out}");
+        assert_eq!(k["signs"], true, "{out}");
+        assert_eq!(k["encrypts"], false, "{out}");
+        assert_eq!(k["prefix"], "vault:v1:", "{out}");
+        assert_eq!(k["prefix2"], "vault:v2:", "{out}");
+        assert_eq!(k["valid"], true, "{out}");
+        assert_eq!(k["valid2"], true, "{out}");
+        assert_eq!(k["tampered"], false, "{out}");
+        assert_eq!(k["encrypt"], "InvalidRequest", "{out}");
+    }
+    assert_eq!(signing["jws"], true, "{out}");
+    assert_eq!(signing["jws_wrong_hash"], false, "{out}");
+    assert_eq!(signing["prehashed"], true, "{out}");
+    assert_eq!(signing["aes_signs"], "InvalidRequest", "{out}");
 }
 
 const PY_RELEASE: &str = r#"
