@@ -247,6 +247,11 @@ fn hint_of_client(e: &keyhaven_client::ClientError) -> String {
                 "Use an admin's key (`keyhaven serve init --admin KEY` on the server's home)".into()
             }
             "rate-limited" => "Wait a moment and retry".into(),
+            "unavailable" => {
+                "Retry when the server's master key device or database is back; nothing was \
+                 released or changed"
+                    .into()
+            }
             "no-broker" => {
                 "The server has no key broker: run `keyhaven serve init-broker` on its home, \
                  then restart it"

@@ -572,3 +572,105 @@ fn a_tpm_key_is_backed_up_wrapped_and_comes_back_into_the_same_tpm_only() {
     assert_eq!(after["fingerprint"], before["fingerprint"]);
     sign_and_verify_p384(&h, "sealed", &[]);
 }
+
+/// The key broker with its master key in a TPM (swtpm; the KEK unwrap is `ECDH_ZGen` inside
+/// it, tier 2). A client encrypts and signs through the transit API; then the TPM goes away: a
+/// request whose KEK is not in memory is answered 503 (exit 10) and changes nothing, one whose
+/// KEK is (the 5-minute cache) is still served; when the TPM is back the refused request
+/// succeeds and everything made before reads back.
+#[test]
+fn the_broker_master_key_in_a_tpm_away_is_unavailable_and_back_loses_nothing() {
+    let mut tpm = Swtpm::start();
+    let s = Home::with_encrypted().env("TSS2_LOG", "all+NONE");
+    s.generate("p256", "admin", &[]);
+    s.ok(&["serve", "init", "--admin", "admin"]);
+    s.ok(&["backend", "add", "tpm", "tpm", "--tcti", &tpm.tcti()]);
+    let out = s.ok(&["serve", "init-broker", "--backend", "tpm"]);
+    assert!(
+        out.contains("ecdh-p") && out.contains("hardware") && out.contains("tier 2"),
+        "{out}"
+    );
+    let served = crate::server::Served::start(&s);
+
+    let c = Home::with_encrypted();
+    c.generate("ed25519", "app", &[]);
+    c.ok(&[
+        "client",
+        "register",
+        "--server",
+        &served.url,
+        "--key",
+        "app",
+        "--server-fingerprint",
+        &served.fingerprint,
+    ]);
+    let file = c.scratch().join("card.txt");
+    write_private(&file, b"4111 1111 1111 1111");
+    let file = file.display().to_string();
+    let warm = c.ok(&[
+        "client", "transit", "encrypt", "warm", "--in", &file, "--key", "app",
+    ]);
+    let warm = warm.trim().to_owned();
+    // Made while the TPM is there, never used: its KEK is wrapped (no TPM call), not in memory.
+    c.ok(&["client", "transit", "create", "cold", "--key", "app"]);
+    let signer = c.json(&[
+        "client",
+        "transit",
+        "create",
+        "signer",
+        "--type",
+        "ecdsa-p256",
+        "--key",
+        "app",
+        "--json",
+    ]);
+    assert_eq!(signer["latest_version"], 1, "{signer}");
+
+    tpm.kill();
+    let e = c.fails(
+        &[
+            "client", "transit", "encrypt", "cold", "--in", &file, "--key", "app",
+        ],
+        10,
+    );
+    assert!(
+        e.contains("unavailable") && e.contains("nothing was"),
+        "{e}"
+    );
+    // The refusal changed nothing: the key is still at version 1.
+    let cold = c.json(&[
+        "client", "transit", "read", "cold", "--key", "app", "--json",
+    ]);
+    assert_eq!(cold["latest_version"], 1, "{cold}");
+    // A KEK unwrapped before is served from memory for its cache lifetime.
+    let plain = c.ok(&[
+        "client", "transit", "decrypt", "warm", &warm, "--key", "app",
+    ]);
+    assert_eq!(plain, "4111 1111 1111 1111");
+
+    tpm.start_again();
+    let cold_c = c.ok(&[
+        "client", "transit", "encrypt", "cold", "--in", &file, "--key", "app",
+    ]);
+    let cold_c = cold_c.trim();
+    assert!(cold_c.starts_with("vault:v1:"), "{cold_c}");
+    let plain = c.ok(&[
+        "client", "transit", "decrypt", "cold", cold_c, "--key", "app",
+    ]);
+    assert_eq!(plain, "4111 1111 1111 1111");
+    let sig = c.ok(&[
+        "client", "transit", "sign", "signer", "--in", &file, "--key", "app",
+    ]);
+    let valid = c.ok(&[
+        "client",
+        "transit",
+        "verify",
+        "signer",
+        sig.trim(),
+        "--in",
+        &file,
+        "--key",
+        "app",
+    ]);
+    assert_eq!(valid.trim(), "valid");
+}
