@@ -38,11 +38,14 @@ use crate::audit::Decision;
 use crate::auth::Caller;
 use crate::problem::ApiError;
 use crate::server::{Inner, RawBody};
-use crate::storage::{Storage, TenantTransit};
+use crate::storage::{Change, PolicyRecord, Storage, TenantTransit, Watcher};
 use crate::tokens::{TokenRoot, token_of};
 
 /// How long an unwrapped KEK stays in memory after its unwrap.
 pub const KEK_CACHE_TTL: Duration = Duration::from_secs(300);
+/// How long release policies read from the store are used without reading them again (a
+/// change on any node drops them sooner, through the store's watch).
+pub const POLICY_TTL: Duration = Duration::from_secs(30);
 /// The most items one `batch_input` may carry.
 const MAX_BATCH: usize = 1000;
 /// The most tenants whose engines are kept at once (beyond, all are dropped and rebuilt).
@@ -61,6 +64,9 @@ pub struct Broker {
     engines: Mutex<Engines>,
     tokens: TokenRoot,
     policies: crate::policy::PolicyCache,
+    /// The release policies as last read, and when: dropped when a node changes them (the
+    /// store's watch), and read again after [`POLICY_TTL`] whatever happens.
+    loaded_policies: Mutex<Option<(Arc<Vec<PolicyRecord>>, Instant)>>,
     attestation: crate::attest::Attestation,
 }
 
@@ -108,8 +114,50 @@ impl Broker {
             engines: Mutex::new(HashMap::new()),
             tokens,
             policies: crate::policy::PolicyCache::default(),
+            loaded_policies: Mutex::new(None),
             attestation: crate::attest::Attestation::default(),
         })
+    }
+
+    /// Has the store tell this broker when another node changes what it caches (PostgreSQL
+    /// `LISTEN`/`NOTIFY`; nothing to do for the embedded store). Watches until the broker is
+    /// dropped. [`crate::Server::with_broker`] calls it.
+    ///
+    /// # Errors
+    /// The store's, when its listener cannot start.
+    pub fn watch_store(self: &Arc<Self>) -> Result<(), ApiError> {
+        let this: Arc<dyn Watcher> = Arc::clone(self) as Arc<dyn Watcher>;
+        self.storage.watch(Arc::downgrade(&this))?;
+        Ok(())
+    }
+
+    /// The release policies, from memory when read within [`POLICY_TTL`] and unchanged since.
+    ///
+    /// # Errors
+    /// The store's.
+    pub(crate) fn current_policies(&self) -> Result<Arc<Vec<PolicyRecord>>, ApiError> {
+        if let Some((p, at)) = &*self
+            .loaded_policies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            && at.elapsed() < POLICY_TTL
+        {
+            return Ok(Arc::clone(p));
+        }
+        let read = Arc::new(self.storage.policies()?);
+        *self
+            .loaded_policies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((Arc::clone(&read), Instant::now()));
+        Ok(read)
+    }
+
+    /// Forgets the release policies read (after this node changed them).
+    pub(crate) fn forget_policies(&self) {
+        *self
+            .loaded_policies
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
     /// The tier this broker's KEKs are scoped to.
@@ -201,12 +249,31 @@ impl Broker {
         &self.storage
     }
 
-    /// Forgets every unwrapped KEK (after a change made by another node).
+    /// Forgets every unwrapped KEK and the policies read (after a change made by another
+    /// node).
     pub fn clear_cache(&self) {
         self.engines
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clear();
+        self.forget_policies();
+    }
+}
+
+impl Watcher for Broker {
+    fn changed(&self, change: Change) {
+        tracing::debug!(
+            change = change.as_str(),
+            "another node changed the broker's state"
+        );
+        match change {
+            Change::Policies => self.forget_policies(),
+            // Unwrapped KEKs stay valid while their version exists; a rotation elsewhere is
+            // read from the store. Dropping them makes every node unwrap afresh.
+            Change::Keys | Change::All => self.clear_cache(),
+            // Revoked tokens and vouched tiers are read from the store on every request.
+            Change::Tokens | Change::Tiers => {}
+        }
     }
 }
 

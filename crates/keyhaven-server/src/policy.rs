@@ -353,6 +353,7 @@ pub(crate) async fn put(
             updated_at: now,
             updated_by: by,
         })?;
+        broker.forget_policies();
         Ok((
             json!({ "prefix": prefix, "sha256": digest }),
             format!("sha256 {digest}"),
@@ -409,7 +410,9 @@ pub(crate) async fn delete(
         audit_success: true,
     };
     let data = decided(inner, caller, None, call, move |broker, _, _| {
-        if !broker.storage().delete_policy(&prefix)? {
+        let deleted = broker.storage().delete_policy(&prefix)?;
+        broker.forget_policies();
+        if !deleted {
             return Err(ApiError::new(
                 StatusCode::NOT_FOUND,
                 "not-found",

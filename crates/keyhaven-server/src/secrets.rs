@@ -592,7 +592,6 @@ fn decide_release(
     version: u64,
     now: u64,
 ) -> Result<(Assessment, Explanation), ApiError> {
-    let storage = broker.storage();
     let client = ask.client;
     let rd = crate::attest::report_data(&client.fingerprint, &record.path, ask.epk_thumbprint);
     let assessment = assess(broker, ask.metrics, client, ask.evidence, &rd, now)?;
@@ -615,7 +614,7 @@ fn decide_release(
             "min_tier": record.min_tier,
         },
     });
-    let policies = storage.policies()?;
+    let policies = broker.current_policies()?;
     let explanation = broker
         .policies()
         .explain(
@@ -744,6 +743,11 @@ fn rotate_and_rewrap(
     now: u64,
 ) -> Result<(u32, u64), ApiError> {
     let keks = broker.secret_keks(tenant, tier)?;
+    // One rotation of this KEK at a time, across every node sharing the store: a second
+    // waits, then rotates again (a compare-and-swap alone would refuse it).
+    let _held = broker
+        .storage()
+        .exclusive(&format!("secret KEK rotation {tenant} tier {tier}"))?;
     keks.ensure_key(KEK_NAME, now)
         .map_err(|e| transit_problem(&e))?;
     let version = keks

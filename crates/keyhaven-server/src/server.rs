@@ -262,6 +262,12 @@ impl Server {
     /// The same server with a key broker (the transit routes under `/v1/transit/`).
     #[must_use]
     pub fn with_broker(self, broker: Arc<crate::broker::Broker>) -> Self {
+        // On PostgreSQL, another node's change to policies or keys drops this node's cached
+        // copies; if the listener cannot start, they still expire on their own
+        // (`broker::POLICY_TTL`, `broker::KEK_CACHE_TTL`).
+        if let Err(e) = broker.watch_store() {
+            tracing::error!(error = %e.detail, "cannot watch the store for other nodes' changes");
+        }
         self.with_inner(|i| {
             i.metrics.set_broker_tier(Some(broker.tier()));
             i.broker = Some(broker);

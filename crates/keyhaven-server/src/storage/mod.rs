@@ -557,7 +557,79 @@ pub trait Storage: Send + Sync + 'static {
     /// # Errors
     /// [`StorageError::Database`].
     fn policies(&self) -> Result<Vec<PolicyRecord>>;
+
+    /// Tells `watcher` whenever a node sharing this store changes what nodes cache (release
+    /// policies, revoked tokens, vouched tiers, transit keys and KEKs), and
+    /// [`Change::All`] after it may have missed something (its listener reconnected). It
+    /// watches until `watcher` is dropped. The embedded store serves one process, which
+    /// knows its own changes: nothing to watch there (the default).
+    ///
+    /// # Errors
+    /// [`StorageError::Database`] if the watch cannot start.
+    fn watch(&self, watcher: std::sync::Weak<dyn Watcher>) -> Result<()> {
+        let _ = watcher;
+        Ok(())
+    }
+
+    /// Holds the lock `name` across every node sharing this store until the guard is
+    /// dropped (a KEK rotation runs on one node at a time). Waits for a node holding it, up
+    /// to a minute.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`] if the store is away or the wait times out.
+    fn exclusive(&self, name: &str) -> Result<Box<dyn Held + '_>>;
 }
+
+/// What changed in the shared store, as a node tells the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A release policy was loaded or removed.
+    Policies,
+    /// A capability token was revoked.
+    Tokens,
+    /// An admin vouched a key's tier.
+    Tiers,
+    /// A transit key or KEK was rotated or its settings changed.
+    Keys,
+    /// Anything may have changed (a listener reconnected and may have missed some).
+    All,
+}
+
+impl Change {
+    /// The name a notification carries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Policies => "policies",
+            Change::Tokens => "tokens",
+            Change::Tiers => "tiers",
+            Change::Keys => "keys",
+            Change::All => "all",
+        }
+    }
+
+    /// The change a notification names (an unknown name is [`Change::All`]).
+    pub fn parse(name: &str) -> Change {
+        [
+            Change::Policies,
+            Change::Tokens,
+            Change::Tiers,
+            Change::Keys,
+        ]
+        .into_iter()
+        .find(|c| c.as_str() == name)
+        .unwrap_or(Change::All)
+    }
+}
+
+/// What [`Storage::watch`] tells.
+pub trait Watcher: Send + Sync {
+    /// `change` happened on some node (this one's own changes may be told too).
+    fn changed(&self, change: Change);
+}
+
+/// A held lock (see [`Storage::exclusive`]): released when dropped.
+pub trait Held {}
+impl<T> Held for T {}
 
 /// A release policy as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]

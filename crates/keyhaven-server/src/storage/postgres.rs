@@ -26,11 +26,12 @@ use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Row, Transaction};
 
 use super::{
-    ClientRecord, KEY_COLUMNS, KeyColumns, KeyRecord, NewClient, NewKey, Result, Revoked, Storage,
-    StorageError, Superseded, TransitKeyRecord, i64_of, like_pattern, role_of, u64_of, version_of,
+    Change, Held, KeyTier, PolicyRecord, RevokedToken, SecretMeta, SecretRecord, SecretSummary,
+    Watcher, tier_of,
 };
 use super::{
-    KeyTier, PolicyRecord, RevokedToken, SecretMeta, SecretRecord, SecretSummary, tier_of,
+    ClientRecord, KEY_COLUMNS, KeyColumns, KeyRecord, NewClient, NewKey, Result, Revoked, Storage,
+    StorageError, Superseded, TransitKeyRecord, i64_of, like_pattern, role_of, u64_of, version_of,
 };
 
 /// Width of a nonce partition, in seconds.
@@ -38,6 +39,14 @@ const PARTITION: u64 = 60;
 
 /// How many times a transaction that failed to serialize is tried.
 const ATTEMPTS: u32 = 6;
+
+/// The channel nodes notify each other's caches on (`LISTEN keyhaven_broker`).
+const CHANNEL: &str = "keyhaven_broker";
+/// How long a listener waits for a notification before it checks whether anyone still
+/// watches.
+const LISTEN_TICK: Duration = Duration::from_secs(5);
+/// How long [`Storage::exclusive`] waits for another node's hold.
+const LOCK_WAIT: &str = "60s";
 
 /// The schema, one migration per version.
 const MIGRATIONS: &[&str] = &[
@@ -256,6 +265,14 @@ impl PostgresStorage {
                 .as_db_error()
                 .map_or_else(|| e.to_string(), |d| d.message().to_owned()),
         }
+    }
+
+    /// Tells every node watching (see [`Storage::watch`]) that `change` happened, when `tx`
+    /// commits (PostgreSQL delivers a notification only then, and not for a rollback).
+    fn notify(&self, tx: &mut Transaction<'_>, change: Change) -> Result<()> {
+        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &change.as_str()])
+            .map(|_| ())
+            .map_err(|e| self.err(&e))
     }
 
     /// A connection of the pool (made, or made again, as needed).
@@ -607,6 +624,81 @@ impl PostgresStorage {
                 .collect();
             Ok((rows, checkpoints))
         })
+    }
+}
+
+/// A session-level advisory lock on a connection of its own, released when dropped.
+struct AdvisoryLock {
+    client: Client,
+    key: i64,
+}
+
+impl Drop for AdvisoryLock {
+    fn drop(&mut self) {
+        // Closing the connection releases it too; unlocking first hands it on at once.
+        let _ = self
+            .client
+            .execute("SELECT pg_advisory_unlock($1)", &[&self.key]);
+    }
+}
+
+/// The lock key of a name: the first 8 bytes of its SHA-256.
+fn lock_key(name: &str) -> i64 {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("keyhaven lock {name}").as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// Listens on [`CHANNEL`] and tells `watcher`, until it is dropped. Connects on its own
+/// thread (the caller may be on an async runtime, where the synchronous client cannot start
+/// one); connects again (with a growing pause, up to 30 s) when the connection breaks, and
+/// after each connection tells [`Change::All`]: a notification sent while it was away is lost.
+fn listen(config: &Config, what: &str, watcher: &std::sync::Weak<dyn Watcher>) {
+    use postgres::fallible_iterator::FallibleIterator;
+    let mut pause = Duration::from_millis(250);
+    let mut client: Option<Client> = None;
+    loop {
+        if watcher.strong_count() == 0 {
+            return;
+        }
+        if client.as_ref().is_none_or(Client::is_closed) {
+            match config
+                .connect(NoTls)
+                .and_then(|mut c| c.batch_execute(&format!("LISTEN {CHANNEL}")).map(|()| c))
+            {
+                Ok(c) => {
+                    client = Some(c);
+                    pause = Duration::from_millis(250);
+                    if let Some(w) = watcher.upgrade() {
+                        w.changed(Change::All);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(database = %what, error = %e, "the cache listener cannot connect yet");
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_secs(30));
+                }
+            }
+            continue;
+        }
+        let Some(c) = client.as_mut() else {
+            continue;
+        };
+        let next = c.notifications().timeout_iter(LISTEN_TICK).next();
+        match next {
+            Ok(Some(n)) => {
+                if let Some(w) = watcher.upgrade() {
+                    w.changed(Change::parse(n.payload()));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(database = %what, error = %e, "the cache listener lost its connection");
+                client = None;
+            }
+        }
     }
 }
 
@@ -1041,6 +1133,7 @@ impl Storage for PostgresStorage {
                 &[&tenant, &name, &i64::from(version), &wrapped, &i64_of(at)],
             )
             .map_err(|e| self.err(&e))?;
+            self.notify(tx, Change::Keys)?;
             Ok(true)
         })
     }
@@ -1059,6 +1152,7 @@ impl Storage for PostgresStorage {
                     &[&tenant, &name, &i64::from(version)],
                 )
                 .map_err(|e| self.err(&e))?;
+            self.notify(tx, Change::Keys)?;
             Ok(changed > 0)
         })
     }
@@ -1260,8 +1354,8 @@ impl Storage for PostgresStorage {
                     &i64_of(t.at),
                 ],
             )
-            .map(|_| ())
-            .map_err(|e| self.err(&e))
+            .map_err(|e| self.err(&e))?;
+            self.notify(tx, Change::Tiers)
         })
     }
 
@@ -1274,6 +1368,7 @@ impl Storage for PostgresStorage {
                     &[&r.id, &r.tenant, &r.revoked_by, &r.reason, &i64_of(r.at)],
                 )
                 .map_err(|e| self.err(&e))?;
+            self.notify(tx, Change::Tokens)?;
             Ok(added > 0)
         })
     }
@@ -1306,8 +1401,8 @@ impl Storage for PostgresStorage {
                      updated_at = excluded.updated_at, updated_by = excluded.updated_by",
                 &[&p.prefix, &p.source, &i64_of(p.updated_at), &p.updated_by],
             )
-            .map(|_| ())
-            .map_err(|e| self.err(&e))
+            .map_err(|e| self.err(&e))?;
+            self.notify(tx, Change::Policies)
         })
     }
 
@@ -1316,6 +1411,7 @@ impl Storage for PostgresStorage {
             let gone = tx
                 .execute("DELETE FROM policies WHERE prefix = $1", &[&prefix])
                 .map_err(|e| self.err(&e))?;
+            self.notify(tx, Change::Policies)?;
             Ok(gone > 0)
         })
     }
@@ -1352,5 +1448,38 @@ impl Storage for PostgresStorage {
                 .map(|r| r.get(0))
                 .collect())
         })
+    }
+
+    fn watch(&self, watcher: std::sync::Weak<dyn Watcher>) -> Result<()> {
+        let config = self.config.clone();
+        let what = self.what.clone();
+        std::thread::Builder::new()
+            .name("keyhaven-listen".into())
+            .spawn(move || listen(&config, &what, &watcher))
+            .map_err(|e| StorageError::Database {
+                path: self.what.clone(),
+                reason: format!("cannot start the cache listener: {e}"),
+            })?;
+        Ok(())
+    }
+
+    fn exclusive(&self, name: &str) -> Result<Box<dyn Held + '_>> {
+        let key = lock_key(name);
+        let mut client = self.config.connect(NoTls).map_err(|e| self.err(&e))?;
+        client
+            .batch_execute(&format!("SET lock_timeout = '{LOCK_WAIT}'"))
+            .map_err(|e| self.err(&e))?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&key])
+            .map_err(|e| match e.code() {
+                Some(c) if *c == SqlState::LOCK_NOT_AVAILABLE => StorageError::Database {
+                    path: self.what.clone(),
+                    reason: format!(
+                        "another node has held '{name}' for {LOCK_WAIT}: try again when it is done"
+                    ),
+                },
+                _ => self.err(&e),
+            })?;
+        Ok(Box::new(AdvisoryLock { client, key }))
     }
 }

@@ -128,6 +128,8 @@ pub struct SqliteStorage {
     data_version: std::sync::atomic::AtomicI64,
     /// The last digest [`SqliteStorage::digest`] took, with the `data_version` it saw.
     digested: Mutex<Option<(i64, String)>>,
+    /// [`Storage::exclusive`]: one process serves the file, so a mutex is the lock.
+    exclusive: Mutex<()>,
     /// The digest the database had before this open brought its schema up to date, when it
     /// did (see [`SqliteStorage::migrated_from`]).
     migrated_from: Option<String>,
@@ -248,6 +250,7 @@ impl SqliteStorage {
             guard: Mutex::new(None),
             data_version: std::sync::atomic::AtomicI64::new(0),
             digested: Mutex::new(None),
+            exclusive: Mutex::new(()),
             migrated_from: None,
         };
         storage.migrate()
@@ -1468,6 +1471,14 @@ impl Storage for SqliteStorage {
             .map_err(self.err())?
             .collect::<rusqlite::Result<_>>()
             .map_err(self.err())
+    }
+
+    fn exclusive(&self, _name: &str) -> Result<Box<dyn super::Held + '_>> {
+        Ok(Box::new(
+            self.exclusive
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        ))
     }
 }
 

@@ -360,5 +360,95 @@ async fn two_broker_nodes_share_keys_secrets_and_token_revocations() {
             "{e}"
         );
     }
+
+    // Policies are cached on each node (30 s) and dropped when another node changes them
+    // (NOTIFY): b has read them for a release; a loads a denying one; b refuses within
+    // moments, long before its copy would expire.
+    let admin_key = keys.generate(Algorithm::Ed25519, "admin").unwrap();
+    let u = url.clone();
+    let admin_fp = admin_key.fingerprint().to_hex();
+    let admin_spki = admin_key.public_key.spki_der().to_vec();
+    tokio::task::spawn_blocking(move || {
+        use keyhaven_server::Storage;
+        use keyhaven_server::storage::{NewClient, NewKey};
+        PostgresStorage::connect(&u, 1)
+            .unwrap()
+            .register(&NewClient {
+                id: "0123456789abcdef0123456789abcdef".into(),
+                name: "root".into(),
+                role: keyhaven_client::wire::Role::Admin,
+                at: keyhaven::unix_now(),
+                key: NewKey {
+                    fingerprint: admin_fp,
+                    algorithm: "ed25519".into(),
+                    spki: admin_spki,
+                },
+            })
+            .unwrap();
+    })
+    .await
+    .unwrap();
+    let admin_a = Client::new(
+        &a.base,
+        Arc::new(StoreSigner::new(keys.clone(), &admin_key.id).unwrap()),
+        server_key.clone(),
+    )
+    .unwrap();
+    alice_b.release_secret("shared/db", None).await.unwrap();
+    admin_a
+        .admin_put_policy(
+            "shared/",
+            "package keyhaven.release\nimport rego.v1\nallow := false\nbecause := \"frozen\"\n",
+        )
+        .await
+        .unwrap();
+    let asked = std::time::Instant::now();
+    loop {
+        match alice_b.release_secret("shared/db", None).await {
+            Err(keyhaven_client::ClientError::Problem(p)) if p.kind.ends_with(":policy-denied") => {
+                break;
+            }
+            Ok(_) if asked.elapsed() < std::time::Duration::from_secs(10) => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            other => panic!(
+                "b still releases {:?} after {:?}",
+                other.map(|_| ()),
+                asked.elapsed()
+            ),
+        }
+    }
+    assert!(
+        asked.elapsed() < keyhaven_server::broker::POLICY_TTL,
+        "the notification, not the cache's expiry, dropped b's copy"
+    );
+    admin_a.admin_delete_policy("shared/").await.unwrap();
+
+    // KEK rotations on both nodes at once take turns (an advisory lock): both succeed, one
+    // after the other, and the secret still opens on both.
+    let (ra, rb) = tokio::join!(
+        alice_a.rotate_secret_kek(None),
+        alice_b.rotate_secret_kek(None)
+    );
+    let mut versions = [ra.unwrap().0, rb.unwrap().0];
+    versions.sort_unstable();
+    assert_eq!(versions, [2, 3], "each rotation made its own version");
+    for node in [&alice_a, &alice_b] {
+        let mut released = None;
+        // b's copy of the policies may be a moment behind the delete.
+        for _ in 0..200 {
+            match node.release_secret("shared/db", None).await {
+                Ok(r) => {
+                    released = Some(r);
+                    break;
+                }
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+        assert_eq!(
+            released.expect("released").secret.expose_secret(),
+            b"pg-secret"
+        );
+    }
     drop(pg);
 }
