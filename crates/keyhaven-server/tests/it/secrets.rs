@@ -331,6 +331,98 @@ async fn a_kek_rotation_rewraps_every_envelope_and_loses_nothing() {
     assert_eq!(again["kek_version"], 3);
 }
 
+/// KEK rotations while writers add versions and readers release: every write acknowledged
+/// is released with its own value afterwards, every release during the run returned a value
+/// that was written, and a last rotation finds each envelope (the ones written meanwhile too)
+/// and moves it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kek_rotations_under_load_lose_nothing() {
+    const PATHS: usize = 6;
+    const VERSIONS: u64 = 8;
+    const ROTATIONS: u32 = 5;
+    let t = start_broker().await;
+    let (c, _) = client(&t, "app").await;
+    for i in 0..PATHS {
+        c.put_secret(&format!("load/s{i}"), b"v1", Default::default())
+            .await
+            .unwrap();
+    }
+    let c = std::sync::Arc::new(c);
+    let mut writers = Vec::new();
+    for i in 0..PATHS {
+        let c = c.clone();
+        writers.push(tokio::spawn(async move {
+            for v in 2..=VERSIONS {
+                let w = c
+                    .put_secret(
+                        &format!("load/s{i}"),
+                        format!("v{v}").as_bytes(),
+                        Default::default(),
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(w.version, v);
+            }
+        }));
+    }
+    let reader = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let mut released = 0;
+            for round in 0..(PATHS * 6) {
+                let r = c
+                    .release_secret(&format!("load/s{}", round % PATHS), None)
+                    .await
+                    .unwrap();
+                let value = String::from_utf8(r.secret.expose_secret().to_vec()).unwrap();
+                assert_eq!(
+                    value,
+                    format!("v{}", r.version),
+                    "a release during the rotations"
+                );
+                released += 1;
+            }
+            released
+        })
+    };
+    let rotator = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            let mut versions = Vec::new();
+            for _ in 0..ROTATIONS {
+                versions.push(c.rotate_secret_kek(None).await.unwrap().0);
+            }
+            versions
+        })
+    };
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert_eq!(reader.await.unwrap(), PATHS * 6);
+    assert_eq!(
+        rotator.await.unwrap(),
+        (2..2 + ROTATIONS).collect::<Vec<_>>()
+    );
+
+    for i in 0..PATHS {
+        for v in 1..=VERSIONS {
+            let r = c
+                .release_secret(&format!("load/s{i}"), Some(v))
+                .await
+                .unwrap();
+            assert_eq!(
+                r.secret.expose_secret(),
+                format!("v{v}").as_bytes(),
+                "s{i} v{v}"
+            );
+        }
+    }
+    // The last rotation moves every envelope, whatever KEK version each was left under.
+    let (version, moved) = c.rotate_secret_kek(None).await.unwrap();
+    assert_eq!(version, 2 + ROTATIONS);
+    assert_eq!(moved, PATHS as u64 * VERSIONS);
+}
+
 /// The client id of `c`.
 fn c_id(_t: &TestServer, c: &Client) -> String {
     tokio::task::block_in_place(|| {
