@@ -141,6 +141,31 @@ pub(crate) enum SecretCommand {
         /// Keep the release receipt (a JWS the server key signed) in this new file.
         #[arg(long, value_name = "FILE")]
         receipt: Option<PathBuf>,
+        /// Below the secret's min_tier, take the owner's fallback instead of a refusal: a
+        /// capability token (printed, or written to --out) held by this key.
+        #[arg(long)]
+        accept_capability: bool,
+    },
+    /// What a requester below the secret's min_tier gets instead of a refusal: a
+    /// short-lived capability of these rights on your resources (operations that disclose
+    /// no secret: secret.read, secret.list, transit.read, transit.list, transit.encrypt,
+    /// transit.verify), or nothing again with --clear.
+    Fallback {
+        /// The path.
+        path: String,
+        /// A right, OPERATION:PREFIX (repeat for more).
+        #[arg(
+            long = "right",
+            value_name = "OPERATION:PREFIX",
+            required_unless_present = "clear"
+        )]
+        rights: Vec<String>,
+        /// How long a capability lasts, in seconds (default 300, at most 3600).
+        #[arg(long)]
+        ttl: Option<u32>,
+        /// Remove the fallback.
+        #[arg(long, conflicts_with_all = ["rights", "ttl"])]
+        clear: bool,
     },
     /// Its tiers and versions (never its value).
     Info {
@@ -750,6 +775,60 @@ fn secret(
             version,
             out,
             receipt,
+            accept_capability: true,
+        } => {
+            use keyhaven_client::secrets::ReleaseOutcome;
+            match runtime.block_on(client.release_or_capability(&path, version))? {
+                ReleaseOutcome::Secret(r) => {
+                    if let Some(file) = &receipt {
+                        keyhaven::fs::atomic_write_new(file, r.receipt.as_bytes())?;
+                    }
+                    write_value(out.as_deref(), r.secret.expose_secret())
+                }
+                ReleaseOutcome::Capability(c) => {
+                    let rights: Vec<String> = c
+                        .rights
+                        .iter()
+                        .map(|r| format!("{}:{}", r.operation, r.prefix))
+                        .collect();
+                    errln!(
+                        "this key is tier {}, below the secret's min_tier {}: the owner's \
+                         fallback is a capability ({}) until {} (use it with --token)",
+                        c.requester_tier,
+                        c.min_tier,
+                        rights.join(", "),
+                        keyhaven::rfc3339(c.expires_at)
+                    );
+                    let line = format!("{}\n", c.token);
+                    write_value(out.as_deref(), line.as_bytes())
+                }
+            }
+        }
+        SecretCommand::Fallback {
+            path,
+            rights,
+            ttl,
+            clear,
+        } => {
+            if clear {
+                runtime.block_on(client.clear_secret_fallback(&path))?;
+                return outln!("'{path}': a requester below its min_tier gets nothing");
+            }
+            let rights = crate::token::parse_rights(&rights)?;
+            runtime.block_on(client.set_secret_fallback(&path, &rights, ttl))?;
+            outln!(
+                "'{path}': a requester below its min_tier gets a capability of {} right(s) for \
+                 {} s",
+                rights.len(),
+                ttl.unwrap_or(300)
+            )
+        }
+        SecretCommand::Get {
+            path,
+            version,
+            out,
+            receipt,
+            accept_capability: false,
         } => {
             let r = runtime.block_on(client.release_secret(&path, version))?;
             if let Some(file) = &receipt {

@@ -152,6 +152,19 @@ fn client_args(server: ServerOptions, call: TokenCall) -> ClientArgs {
     }
 }
 
+/// `--right OPERATION:PREFIX` values as rights.
+pub(crate) fn parse_rights(rights: &[String]) -> Result<Vec<Right>> {
+    rights
+        .iter()
+        .map(|r| {
+            let (op, prefix) = r
+                .split_once(':')
+                .ok_or_else(|| UsageError(format!("--right {r:?} is OPERATION:PREFIX")))?;
+            Right::new(op, prefix).map_err(anyhow::Error::from)
+        })
+        .collect()
+}
+
 pub(crate) fn run(ctx: &Ctx, args: TokenArgs) -> Result<u8> {
     match args.command {
         TokenCommand::Mint {
@@ -160,15 +173,7 @@ pub(crate) fn run(ctx: &Ctx, args: TokenArgs) -> Result<u8> {
             ttl,
             server,
         } => {
-            let rights = rights
-                .iter()
-                .map(|r| {
-                    let (op, prefix) = r
-                        .split_once(':')
-                        .ok_or_else(|| UsageError(format!("--right {r:?} is OPERATION:PREFIX")))?;
-                    Right::new(op, prefix).map_err(anyhow::Error::from)
-                })
-                .collect::<Result<Vec<_>>>()?;
+            let rights = parse_rights(&rights)?;
             let call = TokenCall::Mint {
                 holder: holder.to_ascii_lowercase(),
                 rights,

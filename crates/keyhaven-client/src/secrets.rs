@@ -14,6 +14,46 @@ use crate::wire::{Release, SecretOptions, SecretView, SecretWritten, VaultData};
 /// The JWS `typ` of a release receipt.
 pub const RECEIPT_TYPE: &str = "keyhaven-release-receipt+jwt";
 
+/// What a release asked with [`Client::release_or_capability`] gives.
+#[derive(Debug)]
+pub enum ReleaseOutcome {
+    /// The secret.
+    Secret(Released),
+    /// A narrower capability instead: this client's tier is below the secret's `min_tier`,
+    /// and its owner declared a fallback.
+    Capability(Capability),
+}
+
+/// A capability token given instead of a secret (see [`ReleaseOutcome::Capability`]): use it
+/// with [`Client::with_token`] on this client, whose key holds it.
+#[derive(Clone, serde::Deserialize)]
+pub struct Capability {
+    /// The token (`kht_...`).
+    pub token: String,
+    /// Its revocation id.
+    pub id: String,
+    /// When it expires (seconds since the epoch).
+    pub expires_at: u64,
+    /// What it allows.
+    pub rights: Vec<crate::tokens::Right>,
+    /// This client's tier, as the server assessed it.
+    #[serde(default)]
+    pub requester_tier: u8,
+    /// The secret's `min_tier`.
+    #[serde(default)]
+    pub min_tier: u8,
+}
+
+impl std::fmt::Debug for Capability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capability")
+            .field("id", &self.id)
+            .field("expires_at", &self.expires_at)
+            .field("rights", &self.rights)
+            .finish_non_exhaustive()
+    }
+}
+
 /// A secret released to this client, with the receipt to keep.
 pub struct Released {
     /// The secret.
@@ -202,6 +242,78 @@ impl Client {
         version: Option<u64>,
         evidence: impl FnOnce(&[u8; 32]) -> Option<Value>,
     ) -> Result<Released> {
+        match self.release_inner(path, version, evidence, false).await? {
+            ReleaseOutcome::Secret(r) => Ok(r),
+            ReleaseOutcome::Capability(_) => Err(ClientError::BadResponse(
+                "a capability came back to a release that did not ask for one".into(),
+            )),
+        }
+    }
+
+    /// [`Client::release_secret`], taking what the secret's owner gives a requester below its
+    /// `min_tier` instead (see [`Client::set_secret_fallback`]): the secret, or a narrower,
+    /// short-lived capability token held by this client's key.
+    ///
+    /// # Errors
+    /// As [`Client::release_secret`] (403 `tier-too-low` when the secret has no fallback).
+    pub async fn release_or_capability(
+        &self,
+        path: &str,
+        version: Option<u64>,
+    ) -> Result<ReleaseOutcome> {
+        self.release_inner(path, version, |_| None, true).await
+    }
+
+    /// Declares what a requester below the secret's `min_tier` gets instead of a refusal: a
+    /// capability token of `rights` (operations that disclose no secret: `secret.read`,
+    /// `secret.list`, `transit.read`, `transit.list`, `transit.encrypt`, `transit.verify`) on
+    /// this client's resources, lasting `ttl` seconds (default 300, at most 3600). Only the
+    /// owner declares one (a token cannot).
+    ///
+    /// # Errors
+    /// 400 for another operation or lifetime; 404 for an unknown secret; as [`Client::send`].
+    pub async fn set_secret_fallback(
+        &self,
+        path: &str,
+        rights: &[crate::tokens::Right],
+        ttl: Option<u32>,
+    ) -> Result<()> {
+        let mut body = json!({ "rights": rights });
+        if let Some(t) = ttl {
+            body["ttl"] = t.into();
+        }
+        let _: VaultData<Value> = self
+            .call(
+                "PUT",
+                &format!("v1/secret-fallbacks/{}", checked(path)?),
+                Some(&body),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes the secret's fallback: a requester below `min_tier` gets nothing again.
+    ///
+    /// # Errors
+    /// 404 for an unknown secret; as [`Client::send`].
+    pub async fn clear_secret_fallback(&self, path: &str) -> Result<()> {
+        let _: VaultData<Value> = self
+            .call(
+                "DELETE",
+                &format!("v1/secret-fallbacks/{}", checked(path)?),
+                None::<&()>,
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn release_inner(
+        &self,
+        path: &str,
+        version: Option<u64>,
+        evidence: impl FnOnce(&[u8; 32]) -> Option<Value>,
+        accept_capability: bool,
+    ) -> Result<ReleaseOutcome> {
         let ephemeral = default_provider()
             .generate(Algorithm::EcdhP384)
             .map_err(|e| ClientError::InvalidInput(format!("an ephemeral key: {e}")))?;
@@ -219,14 +331,29 @@ impl Client {
         if let Some(e) = evidence(&rd) {
             body["evidence"] = e;
         }
-        let out: VaultData<Release> = self
+        if accept_capability {
+            body["accept_capability"] = true.into();
+        }
+        let out: VaultData<Value> = self
             .call(
                 "POST",
                 &format!("v1/release/{}", checked(path)?),
                 Some(&body),
             )
             .await?;
-        let r = out.data;
+        if accept_capability && let Some(c) = out.data.get("capability") {
+            let bad = |e: serde_json::Error| {
+                ClientError::BadResponse(format!("the capability given instead: {e}"))
+            };
+            let mut capability: Capability = serde_json::from_value(c.clone()).map_err(bad)?;
+            capability.requester_tier =
+                serde_json::from_value(out.data["requester_tier"].clone()).map_err(bad)?;
+            capability.min_tier =
+                serde_json::from_value(out.data["min_tier"].clone()).map_err(bad)?;
+            return Ok(ReleaseOutcome::Capability(capability));
+        }
+        let r: Release = serde_json::from_value(out.data)
+            .map_err(|e| ClientError::BadResponse(format!("the release: {e}")))?;
         let claims = verify_receipt(&r.receipt, self.server_key(), &r.jwe, path)?;
         let thumb = jwe::thumbprint(&epk);
         if claims["epk_thumbprint"] != thumb.as_str()
@@ -246,14 +373,14 @@ impl Client {
         }
         let (_, secret) = jwe::decrypt(&r.jwe, ephemeral.as_ref())
             .map_err(|e| ClientError::BadResponse(format!("the released JWE: {e}")))?;
-        Ok(Released {
+        Ok(ReleaseOutcome::Secret(Released {
             secret,
             version: r.version,
             tier: r.tier,
             requester_tier: r.requester_tier,
             receipt: r.receipt,
             claims,
-        })
+        }))
     }
 
     /// Rotates this client's secret KEK at `tier` (default: the broker's) and rewraps every

@@ -65,6 +65,8 @@ pub const OPERATIONS: &[&str] = &[
     "transit.decrypt",
     "transit.rewrap",
     "transit.datakey",
+    "transit.sign",
+    "transit.verify",
 ];
 
 fn invalid(message: impl Into<String>) -> ClientError {

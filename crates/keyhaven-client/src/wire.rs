@@ -465,6 +465,22 @@ pub struct SecretView {
     /// Its versions.
     #[serde(default)]
     pub versions: Vec<SecretVersionView>,
+    /// What a requester below `min_tier` gets instead, if the owner declared it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackView>,
+}
+
+/// A secret's fallback: the capability a requester below its `min_tier` gets instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FallbackView {
+    /// The rights of the capability.
+    pub rights: Vec<crate::tokens::Right>,
+    /// How long a capability lasts (seconds).
+    pub ttl: u64,
+    /// The owner's key that declared it.
+    pub declared_by: String,
+    /// When.
+    pub at: u64,
 }
 
 /// A release (`POST /v1/release/*path`) as it comes back: the JWE and the signed receipt.

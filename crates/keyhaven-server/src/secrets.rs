@@ -54,7 +54,7 @@ const MAX_TIER: u8 = 4;
 
 /// Checks a secret path: 1 to 512 bytes of segments of `[A-Za-z0-9._-]` separated by single
 /// `/`, no segment `.` or `..`.
-fn check_path(path: &str) -> Result<(), ApiError> {
+pub(crate) fn check_path(path: &str) -> Result<(), ApiError> {
     let ok = !path.is_empty()
         && path.len() <= MAX_PATH
         && path.split('/').all(|seg| {
@@ -162,7 +162,7 @@ fn assess(
     }
 }
 
-fn not_found(path: &str) -> ApiError {
+pub(crate) fn not_found(path: &str) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not-found",
@@ -356,7 +356,11 @@ pub(crate) async fn read(
             .storage()
             .secret(tenant, &path)?
             .ok_or_else(|| not_found(&path))?;
-        Ok((secret_view(&r), String::new()))
+        let mut view = secret_view(&r);
+        if let Some(f) = broker.storage().secret_fallback(tenant, &path)? {
+            view["fallback"] = crate::fallback::view(&f);
+        }
+        Ok((view, String::new()))
     })
     .await?;
     Ok(vault_response(data, Value::Null))
@@ -461,6 +465,7 @@ pub(crate) async fn release(
         .map_err(|e| ApiError::bad_request("invalid-request", format!("'epk': {e}")))?;
     let version = p.uint("version")?.map(u64::from);
     let evidence = p.take("evidence");
+    let accept_capability = matches!(p.take("accept_capability"), Some(Value::Bool(true)));
     let warnings = p.warnings();
     let call = Call {
         operation: "secret.release",
@@ -501,6 +506,36 @@ pub(crate) async fn release(
         let (assessment, explanation) =
             decide_release(broker, tenant, &ask, &record, version, now)?;
         if !explanation.allow {
+            // Too low a tier, and no policy refuses outright: the owner's fallback, if the
+            // requester takes one.
+            let tier_met = explanation.tier_rule["met"].as_bool().unwrap_or(false);
+            let policy_refuses = explanation.verdict.as_ref().is_some_and(|v| !v.allow);
+            if accept_capability
+                && !tier_met
+                && !policy_refuses
+                && let Some(capability) =
+                    crate::fallback::capability(broker, tenant, &record, &client.fingerprint, now)?
+            {
+                metrics_inner.metrics.release(record.tier, "capability");
+                let what = format!(
+                    "a capability (token {}) instead of version {version}: requester tier {} \
+                     is below min_tier {}",
+                    capability["id"].as_str().unwrap_or(""),
+                    assessment.tier,
+                    record.min_tier
+                );
+                return Ok((
+                    json!({
+                        "path": path,
+                        "version": version,
+                        "tier": record.tier,
+                        "min_tier": record.min_tier,
+                        "requester_tier": assessment.tier,
+                        "capability": capability,
+                    }),
+                    what,
+                ));
+            }
             metrics_inner.metrics.release(record.tier, "denied");
             return Err(refusal(&path, &assessment, &explanation));
         }

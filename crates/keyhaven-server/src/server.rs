@@ -367,6 +367,12 @@ impl Server {
             )
             .route("/v1/release/{*path}", post(secrets::release))
             .route("/v1/secrets-kek/rotate", post(secrets::rotate_kek))
+            .route(
+                "/v1/secret-fallbacks/{*path}",
+                put(crate::fallback::put)
+                    .post(crate::fallback::put)
+                    .delete(crate::fallback::delete),
+            )
             .route("/v1/admin/keys/{fingerprint}/tier", post(secrets::vouch))
             .route(
                 "/v1/admin/policies",
@@ -424,6 +430,7 @@ fn classify(path: &str) -> (&'static str, Access) {
         p if p == "/v1/secrets" || p.starts_with("/v1/secrets/") => ("secrets", Access::Client),
         p if p.starts_with("/v1/release/") => ("release", Access::Client),
         "/v1/secrets-kek/rotate" => ("secrets_kek", Access::Client),
+        p if p.starts_with("/v1/secret-fallbacks/") => ("secret_fallbacks", Access::Client),
         "/v1/tokens" => ("tokens", Access::Client),
         "/v1/tokens/revoke" => ("tokens_revoke", Access::Client),
         p if p.starts_with("/v1/admin/keys/") => ("admin_keys", Access::Admin),

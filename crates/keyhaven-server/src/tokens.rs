@@ -281,7 +281,7 @@ pub(crate) fn token_of(headers: &HeaderMap, caller: &Caller) -> Result<Option<St
     }
 }
 
-fn rights_of(value: Option<Value>) -> Result<Vec<Right>, ApiError> {
+pub(crate) fn rights_of(value: Option<Value>) -> Result<Vec<Right>, ApiError> {
     let Some(Value::Array(items)) = value else {
         return Err(ApiError::bad_request(
             "invalid-request",

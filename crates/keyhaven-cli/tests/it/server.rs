@@ -782,6 +782,102 @@ fn secrets_are_released_by_tier_to_a_software_and_a_token_client() {
     );
     let e = soft.fails(&["client", "secret", "get", "db/root", "--key", "app"], 6);
     assert!(e.contains("tier 2") && e.contains("tier 1"), "{e}");
+    // The owner's fallback: below min_tier, a short-lived capability to encrypt to its audit
+    // key instead; used with --token, it encrypts and does nothing else.
+    let audit = soft.ok(&[
+        "client",
+        "transit",
+        "encrypt",
+        "audit",
+        "--in",
+        &file.display().to_string(),
+        "--key",
+        "app",
+    ]);
+    assert!(audit.starts_with("vault:v1:"), "{audit}");
+    let e = soft.fails(
+        &[
+            "client",
+            "secret",
+            "fallback",
+            "db/root",
+            "--right",
+            "transit.decrypt:audit",
+            "--key",
+            "app",
+        ],
+        9,
+    );
+    assert!(e.contains("discloses no secret"), "{e}");
+    soft.ok(&[
+        "client",
+        "secret",
+        "fallback",
+        "db/root",
+        "--right",
+        "transit.encrypt:audit",
+        "--ttl",
+        "120",
+        "--key",
+        "app",
+    ]);
+    let info = soft.json(&[
+        "client", "secret", "info", "db/root", "--key", "app", "--json",
+    ]);
+    assert_eq!(info["fallback"]["ttl"], 120, "{info}");
+    let token = soft.ok(&[
+        "client",
+        "secret",
+        "get",
+        "db/root",
+        "--accept-capability",
+        "--key",
+        "app",
+    ]);
+    let token = token.trim();
+    assert!(token.starts_with("kht_"), "{token}");
+    let via = soft.ok(&[
+        "client",
+        "--token",
+        token,
+        "transit",
+        "encrypt",
+        "audit",
+        "--in",
+        &file.display().to_string(),
+        "--key",
+        "app",
+    ]);
+    assert!(via.starts_with("vault:v1:"), "{via}");
+    soft.fails(
+        &[
+            "client",
+            "--token",
+            token,
+            "transit",
+            "decrypt",
+            "audit",
+            via.trim(),
+            "--key",
+            "app",
+        ],
+        6,
+    );
+    soft.ok(&[
+        "client", "secret", "fallback", "db/root", "--clear", "--key", "app",
+    ]);
+    soft.fails(
+        &[
+            "client",
+            "secret",
+            "get",
+            "db/root",
+            "--accept-capability",
+            "--key",
+            "app",
+        ],
+        6,
+    );
     // It may lower the bar for its own secret.
     soft.ok(&[
         "client",

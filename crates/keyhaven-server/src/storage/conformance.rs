@@ -38,6 +38,7 @@ pub fn run_all(fresh: &dyn Fn() -> Box<dyn Storage>) {
     secrets_version_list_and_delete_by_tenant(fresh().as_ref());
     token_revocations_stick(fresh().as_ref());
     policies_round_trip(fresh().as_ref());
+    secret_fallbacks_follow_their_secret(fresh().as_ref());
 }
 
 /// A challenge is taken once, and not after it expired.
@@ -533,4 +534,59 @@ pub fn policies_round_trip(s: &dyn Storage) {
     assert!(s.delete_policy("db/").unwrap()); // ok: a conformance check fails by panicking
     assert!(!s.delete_policy("db/").unwrap()); // ok: a conformance check fails by panicking
     assert_eq!(s.policies().unwrap().len(), 1); // ok: a conformance check fails by panicking
+}
+
+/// A fallback is set only on a secret that exists, read back as set, replaced, removed, and
+/// gone with its secret; another tenant's secret of the same path has none.
+pub fn secret_fallbacks_follow_their_secret(s: &dyn Storage) {
+    use super::{SecretFallback, SecretMeta};
+    let meta = SecretMeta {
+        tier: 1,
+        min_tier: 2,
+    };
+    let f = SecretFallback {
+        rights: r#"[{"operation":"transit.encrypt","prefix":"log"}]"#.into(),
+        ttl: 300,
+        declared_by: "aa".into(),
+        at: 7,
+    };
+    assert!(
+        !s.set_secret_fallback("acme", "db/root", Some(&f)).unwrap(),
+        "no such secret"
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        s.secret_add_version("acme", "db/root", meta, 1, b"e1", 5)
+            .unwrap()
+    ); // ok: a conformance check fails by panicking
+    assert!(
+        s.secret_add_version("other", "db/root", meta, 1, b"e1", 5)
+            .unwrap()
+    ); // ok: a conformance check fails by panicking
+    assert_eq!(s.secret_fallback("acme", "db/root").unwrap(), None); // ok: a conformance check fails by panicking
+    assert!(s.set_secret_fallback("acme", "db/root", Some(&f)).unwrap()); // ok: a conformance check fails by panicking
+    assert_eq!(
+        s.secret_fallback("acme", "db/root").unwrap(),
+        Some(f.clone())
+    ); // ok: a conformance check fails by panicking
+    assert_eq!(s.secret_fallback("other", "db/root").unwrap(), None); // ok: a conformance check fails by panicking
+    let g = SecretFallback {
+        ttl: 60,
+        ..f.clone()
+    };
+    assert!(s.set_secret_fallback("acme", "db/root", Some(&g)).unwrap()); // ok: a conformance check fails by panicking
+    assert_eq!(s.secret_fallback("acme", "db/root").unwrap(), Some(g)); // ok: a conformance check fails by panicking
+    assert!(s.set_secret_fallback("acme", "db/root", None).unwrap()); // ok: a conformance check fails by panicking
+    assert_eq!(s.secret_fallback("acme", "db/root").unwrap(), None); // ok: a conformance check fails by panicking
+    assert!(s.set_secret_fallback("acme", "db/root", Some(&f)).unwrap()); // ok: a conformance check fails by panicking
+    assert!(s.secret_delete("acme", "db/root").unwrap()); // ok: a conformance check fails by panicking
+    assert_eq!(s.secret_fallback("acme", "db/root").unwrap(), None); // ok: a conformance check fails by panicking
+    assert!(
+        s.secret_add_version("acme", "db/root", meta, 1, b"e1", 9)
+            .unwrap()
+    ); // ok: a conformance check fails by panicking
+    assert_eq!(
+        s.secret_fallback("acme", "db/root").unwrap(),
+        None,
+        "a new secret of the path starts without"
+    ); // ok: a conformance check fails by panicking
 }

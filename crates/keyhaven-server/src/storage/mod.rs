@@ -509,11 +509,29 @@ pub trait Storage: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<SecretSummary>>;
 
-    /// Deletes a secret and every version; `false` if there was none.
+    /// Deletes a secret, every version and its fallback; `false` if there was none.
     ///
     /// # Errors
     /// [`StorageError::Database`].
     fn secret_delete(&self, tenant: &str, path: &str) -> Result<bool>;
+
+    /// What a requester below the secret's `min_tier` gets instead, if its owner said.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn secret_fallback(&self, tenant: &str, path: &str) -> Result<Option<SecretFallback>>;
+
+    /// Sets (or, with `None`, removes) a secret's fallback; `false` if there is no such
+    /// secret.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`].
+    fn set_secret_fallback(
+        &self,
+        tenant: &str,
+        path: &str,
+        fallback: Option<&SecretFallback>,
+    ) -> Result<bool>;
 
     /// The tier an admin vouched for a registered key (what its protection earns it).
     ///
@@ -689,6 +707,22 @@ pub struct SecretMeta {
     pub tier: u8,
     /// The lowest requester tier it is released to.
     pub min_tier: u8,
+}
+
+/// What a requester below a secret's `min_tier` gets instead of the secret: a capability
+/// token of these rights on the owner's resources, held by the requester's key, for `ttl`
+/// seconds, minted in the name of the owner's key that declared it (revoked, its fallbacks
+/// stop working).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretFallback {
+    /// The rights, as JSON: `[{"operation": ..., "prefix": ...}]`.
+    pub rights: String,
+    /// How long a capability lasts, in seconds.
+    pub ttl: u64,
+    /// The owner's key that declared it.
+    pub declared_by: String,
+    /// When.
+    pub at: u64,
 }
 
 /// A secret in a listing.

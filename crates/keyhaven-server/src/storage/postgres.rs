@@ -26,8 +26,8 @@ use postgres::error::SqlState;
 use postgres::{Client, Config, NoTls, Row, Transaction};
 
 use super::{
-    Change, Held, KeyTier, PolicyRecord, RevokedToken, SecretMeta, SecretRecord, SecretSummary,
-    Watcher, tier_of,
+    Change, Held, KeyTier, PolicyRecord, RevokedToken, SecretFallback, SecretMeta, SecretRecord,
+    SecretSummary, Watcher, tier_of,
 };
 use super::{
     ClientRecord, KEY_COLUMNS, KeyColumns, KeyRecord, NewClient, NewKey, Result, Revoked, Storage,
@@ -156,6 +156,17 @@ const MIGRATIONS: &[&str] = &[
          source text NOT NULL,
          updated_at bigint NOT NULL,
          updated_by text NOT NULL
+     );",
+    // 4: what a requester below a secret's min_tier gets instead (a narrower capability).
+    "CREATE TABLE secret_fallbacks (
+         tenant text NOT NULL,
+         path text NOT NULL,
+         rights text NOT NULL,
+         ttl bigint NOT NULL CHECK (ttl BETWEEN 1 AND 3600),
+         declared_by text NOT NULL,
+         at bigint NOT NULL,
+         PRIMARY KEY (tenant, path),
+         FOREIGN KEY (tenant, path) REFERENCES secrets (tenant, path)
      );",
 ];
 
@@ -1306,6 +1317,11 @@ impl Storage for PostgresStorage {
     fn secret_delete(&self, tenant: &str, path: &str) -> Result<bool> {
         self.tx(|tx| {
             tx.execute(
+                "DELETE FROM secret_fallbacks WHERE tenant = $1 AND path = $2",
+                &[&tenant, &path],
+            )
+            .map_err(|e| self.err(&e))?;
+            tx.execute(
                 "DELETE FROM secret_versions WHERE tenant = $1 AND path = $2",
                 &[&tenant, &path],
             )
@@ -1317,6 +1333,65 @@ impl Storage for PostgresStorage {
                 )
                 .map_err(|e| self.err(&e))?;
             Ok(gone > 0)
+        })
+    }
+
+    fn secret_fallback(&self, tenant: &str, path: &str) -> Result<Option<SecretFallback>> {
+        self.tx(|tx| {
+            Ok(tx
+                .query_opt(
+                    "SELECT rights, ttl, declared_by, at FROM secret_fallbacks
+                     WHERE tenant = $1 AND path = $2",
+                    &[&tenant, &path],
+                )
+                .map_err(|e| self.err(&e))?
+                .map(|r| SecretFallback {
+                    rights: r.get(0),
+                    ttl: u64_of(r.get(1)),
+                    declared_by: r.get(2),
+                    at: u64_of(r.get(3)),
+                }))
+        })
+    }
+
+    fn set_secret_fallback(
+        &self,
+        tenant: &str,
+        path: &str,
+        fallback: Option<&SecretFallback>,
+    ) -> Result<bool> {
+        self.tx(|tx| {
+            let exists = tx
+                .query_opt(
+                    "SELECT 1 FROM secrets WHERE tenant = $1 AND path = $2 FOR UPDATE",
+                    &[&tenant, &path],
+                )
+                .map_err(|e| self.err(&e))?
+                .is_some();
+            if !exists {
+                return Ok(false);
+            }
+            tx.execute(
+                "DELETE FROM secret_fallbacks WHERE tenant = $1 AND path = $2",
+                &[&tenant, &path],
+            )
+            .map_err(|e| self.err(&e))?;
+            if let Some(f) = fallback {
+                tx.execute(
+                    "INSERT INTO secret_fallbacks (tenant, path, rights, ttl, declared_by, at)
+                     VALUES ($1, $2, $3, $4, $5, $6)",
+                    &[
+                        &tenant,
+                        &path,
+                        &f.rights,
+                        &i64_of(f.ttl),
+                        &f.declared_by,
+                        &i64_of(f.at),
+                    ],
+                )
+                .map_err(|e| self.err(&e))?;
+            }
+            Ok(true)
         })
     }
 

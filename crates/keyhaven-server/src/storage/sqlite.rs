@@ -14,9 +14,9 @@ use sha2::{Digest, Sha256};
 use super::nonces::NonceWindow;
 use super::{
     ClientRecord, CommitGuard, KEY_COLUMNS, KeyColumns, KeyRecord, KeyTier, NewClient, NewKey,
-    PolicyRecord, Result, Revoked, RevokedToken, SecretMeta, SecretRecord, SecretSummary, Storage,
-    StorageError, Superseded, TransitKeyRecord, i64_of, like_pattern, role_of, tier_of, u64_of,
-    version_of,
+    PolicyRecord, Result, Revoked, RevokedToken, SecretFallback, SecretMeta, SecretRecord,
+    SecretSummary, Storage, StorageError, Superseded, TransitKeyRecord, i64_of, like_pattern,
+    role_of, tier_of, u64_of, version_of,
 };
 
 /// The schema, one migration per version; `PRAGMA user_version` says how many ran. The schema
@@ -100,6 +100,17 @@ const MIGRATIONS: &[&str] = &[
          source TEXT NOT NULL,
          updated_at INTEGER NOT NULL,
          updated_by TEXT NOT NULL
+     ) WITHOUT ROWID;",
+    // 3: what a requester below a secret's min_tier gets instead (a narrower capability).
+    "CREATE TABLE secret_fallbacks (
+         tenant TEXT NOT NULL,
+         path TEXT NOT NULL,
+         rights TEXT NOT NULL,
+         ttl INTEGER NOT NULL CHECK (ttl BETWEEN 1 AND 3600),
+         declared_by TEXT NOT NULL,
+         at INTEGER NOT NULL,
+         PRIMARY KEY (tenant, path),
+         FOREIGN KEY (tenant, path) REFERENCES secrets (tenant, path)
      ) WITHOUT ROWID;",
 ];
 
@@ -408,6 +419,24 @@ impl SqliteStorage {
             ),
         ] {
             self.digest_rows(conn, h, tag, sql)?;
+        }
+        let fallbacks: bool = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table'
+                 AND name = 'secret_fallbacks'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n > 0)
+            .map_err(self.err())?;
+        if fallbacks {
+            self.digest_rows(
+                conn,
+                h,
+                b"F",
+                "SELECT tenant, path, rights, ttl, declared_by, at FROM secret_fallbacks
+                 ORDER BY tenant, path",
+            )?;
         }
         Ok(())
     }
@@ -1300,6 +1329,10 @@ impl Storage for SqliteStorage {
     fn secret_delete(&self, tenant: &str, path: &str) -> Result<bool> {
         let mut conn = self.conn();
         let tx = conn.transaction().map_err(self.err())?;
+        tx.prepare_cached("DELETE FROM secret_fallbacks WHERE tenant = ?1 AND path = ?2")
+            .map_err(self.err())?
+            .execute(params![tenant, path])
+            .map_err(self.err())?;
         tx.prepare_cached("DELETE FROM secret_versions WHERE tenant = ?1 AND path = ?2")
             .map_err(self.err())?
             .execute(params![tenant, path])
@@ -1311,6 +1344,65 @@ impl Storage for SqliteStorage {
             .map_err(self.err())?;
         if gone == 0 {
             return Ok(false);
+        }
+        self.commit_guarded(tx)?.map_or(Ok(true), Err)
+    }
+
+    fn secret_fallback(&self, tenant: &str, path: &str) -> Result<Option<SecretFallback>> {
+        let conn = self.conn();
+        self.check_reads(&conn)?;
+        conn.prepare_cached(
+            "SELECT rights, ttl, declared_by, at FROM secret_fallbacks
+             WHERE tenant = ?1 AND path = ?2",
+        )
+        .map_err(self.err())?
+        .query_row(params![tenant, path], |r| {
+            Ok(SecretFallback {
+                rights: r.get(0)?,
+                ttl: u64_of(r.get(1)?),
+                declared_by: r.get(2)?,
+                at: u64_of(r.get(3)?),
+            })
+        })
+        .optional()
+        .map_err(self.err())
+    }
+
+    fn set_secret_fallback(
+        &self,
+        tenant: &str,
+        path: &str,
+        fallback: Option<&SecretFallback>,
+    ) -> Result<bool> {
+        let mut conn = self.conn();
+        let tx = conn.transaction().map_err(self.err())?;
+        let exists = tx
+            .prepare_cached("SELECT 1 FROM secrets WHERE tenant = ?1 AND path = ?2")
+            .map_err(self.err())?
+            .exists(params![tenant, path])
+            .map_err(self.err())?;
+        if !exists {
+            return Ok(false);
+        }
+        tx.prepare_cached("DELETE FROM secret_fallbacks WHERE tenant = ?1 AND path = ?2")
+            .map_err(self.err())?
+            .execute(params![tenant, path])
+            .map_err(self.err())?;
+        if let Some(f) = fallback {
+            tx.prepare_cached(
+                "INSERT INTO secret_fallbacks (tenant, path, rights, ttl, declared_by, at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(self.err())?
+            .execute(params![
+                tenant,
+                path,
+                f.rights,
+                i64_of(f.ttl),
+                f.declared_by,
+                i64_of(f.at)
+            ])
+            .map_err(self.err())?;
         }
         self.commit_guarded(tx)?.map_or(Ok(true), Err)
     }
@@ -1492,25 +1584,37 @@ mod tests {
     /// digest it had before is kept for the home's record; an up-to-date one has none.
     #[test]
     fn a_migration_keeps_the_digest_it_started_from() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("s").join("server.db");
-        let v1 = {
+        // From schema 1 (no broker tables) and from schema 2 (no fallbacks).
+        for (undo, version) in [
+            (
+                "DROP TABLE secret_fallbacks; DROP TABLE transit_versions;
+                 DROP TABLE transit_keys; DROP TABLE secret_versions; DROP TABLE secrets;
+                 DROP TABLE key_tiers; DROP TABLE revoked_tokens; DROP TABLE policies;",
+                1,
+            ),
+            ("DROP TABLE secret_fallbacks;", 2),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("s").join("server.db");
+            let before = {
+                let s = SqliteStorage::open(&path).unwrap();
+                s.set_setting("server-key", "local:1").unwrap();
+                let conn = s.conn();
+                conn.execute_batch(&format!("{undo} PRAGMA user_version = {version};"))
+                    .unwrap();
+                s.digest_in(&conn).unwrap()
+            };
             let s = SqliteStorage::open(&path).unwrap();
-            s.set_setting("server-key", "local:1").unwrap();
-            let conn = s.conn();
-            conn.execute_batch(
-                "DROP TABLE transit_versions; DROP TABLE transit_keys; DROP TABLE secret_versions;
-                 DROP TABLE secrets; DROP TABLE key_tiers; DROP TABLE revoked_tokens;
-                 DROP TABLE policies; PRAGMA user_version = 1;",
-            )
-            .unwrap();
-            s.digest_in(&conn).unwrap()
-        };
-        let s = SqliteStorage::open(&path).unwrap();
-        assert_eq!(s.migrated_from(), Some(v1.as_str()));
-        assert_ne!(s.digest().unwrap(), v1, "the schema is part of the digest");
-        assert_eq!(s.transit_list("t").unwrap(), Vec::<String>::new());
-        drop(s);
-        assert_eq!(SqliteStorage::open(&path).unwrap().migrated_from(), None);
+            assert_eq!(s.migrated_from(), Some(before.as_str()));
+            assert_ne!(
+                s.digest().unwrap(),
+                before,
+                "the schema is part of the digest"
+            );
+            assert_eq!(s.transit_list("t").unwrap(), Vec::<String>::new());
+            assert_eq!(s.secret_fallback("t", "p").unwrap(), None);
+            drop(s);
+            assert_eq!(SqliteStorage::open(&path).unwrap().migrated_from(), None);
+        }
     }
 }

@@ -874,3 +874,174 @@ async fn tiers_have_their_own_keks_versions_are_bounded_and_small_order_keys_ref
     .unwrap_err();
     assert_eq!((e.0, e.1.as_str()), (409, "too-many-versions"), "{}", e.2);
 }
+
+/// A secret whose owner declared a fallback: a requester below its `min_tier` who asks for
+/// one gets a capability token of exactly the declared rights (encrypt to the owner's audit
+/// key), held by its own key and short-lived, instead of the secret; without asking, or
+/// without a fallback, it is refused as before. A fallback grants only operations that
+/// disclose nothing, and only the owner declares one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requester_below_min_tier_gets_the_owners_narrower_capability_instead() {
+    use keyhaven_client::secrets::ReleaseOutcome;
+    use keyhaven_client::tokens::Right;
+    use keyhaven_client::wire::SecretOptions;
+
+    let t = start_broker().await;
+    let (alice, _) = client(&t, "alice").await;
+    let (bob, bob_fp) = client(&t, "bob").await;
+    let (carol, _) = client(&t, "carol").await;
+    let guarded = SecretOptions {
+        min_tier: Some(2),
+        ..SecretOptions::default()
+    };
+    alice
+        .put_secret("db/root", b"hunter2", guarded)
+        .await
+        .unwrap();
+    alice.transit_encrypt("audit", b"first").await.unwrap();
+    let encrypt_audit = [Right::new("transit.encrypt", "audit").unwrap()];
+
+    // What a fallback may grant, and for how long; only the owner declares one.
+    for (rights, ttl, why) in [
+        (
+            vec![Right::new("secret.release", "db/").unwrap()],
+            None,
+            "discloses no secret",
+        ),
+        (
+            vec![Right::new("transit.decrypt", "audit").unwrap()],
+            None,
+            "discloses no secret",
+        ),
+        (
+            vec![Right::new("*", "").unwrap()],
+            None,
+            "discloses no secret",
+        ),
+        (encrypt_audit.to_vec(), Some(7200), "short-lived"),
+    ] {
+        let e = alice
+            .set_secret_fallback("db/root", &rights, ttl)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains(why), "{e}");
+    }
+    let e = alice
+        .set_secret_fallback("nothing", &encrypt_audit, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Problem(p) if p.status == 404),
+        "{e}"
+    );
+
+    let lend = alice
+        .mint_token(
+            &bob_fp,
+            &[Right::new("secret.release", "db/").unwrap()],
+            600,
+        )
+        .await
+        .unwrap();
+    let bob_t = bob.clone().with_token(&lend.token).unwrap();
+    // No fallback yet: a capability is asked for, and the refusal stands.
+    let e = bob_t
+        .release_or_capability("db/root", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Problem(p) if p.kind.ends_with(":tier-too-low")),
+        "{e}"
+    );
+
+    alice
+        .set_secret_fallback("db/root", &encrypt_audit, Some(120))
+        .await
+        .unwrap();
+    let fallback = alice
+        .secret_info("db/root")
+        .await
+        .unwrap()
+        .fallback
+        .unwrap();
+    assert_eq!(
+        (fallback.rights, fallback.ttl),
+        (encrypt_audit.to_vec(), 120)
+    );
+    // Not asked for: refused as before.
+    let e = bob_t.release_secret("db/root", None).await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Problem(p) if p.kind.ends_with(":tier-too-low")),
+        "{e}"
+    );
+    // Asked for: the capability, not the secret.
+    let cap = match bob_t.release_or_capability("db/root", None).await.unwrap() {
+        ReleaseOutcome::Capability(c) => c,
+        ReleaseOutcome::Secret(_) => panic!("a tier-1 key got a min_tier-2 secret"),
+    };
+    assert_eq!(cap.rights, encrypt_audit.to_vec());
+    assert_eq!((cap.requester_tier, cap.min_tier), (1, 2));
+    assert_eq!(cap.expires_at, t.now() + 120);
+    assert_eq!(
+        t.metric("keyhaven_broker_releases_total{tier=\"1\",outcome=\"capability\"}"),
+        1
+    );
+    // It does what it says, on alice's key, and nothing else.
+    let bob_cap = bob.clone().with_token(&cap.token).unwrap();
+    let c = bob_cap.transit_encrypt("audit", b"from bob").await.unwrap();
+    assert_eq!(
+        alice
+            .transit_decrypt("audit", &c.ciphertext)
+            .await
+            .unwrap()
+            .expose_secret(),
+        b"from bob"
+    );
+    for e in [
+        bob_cap
+            .transit_decrypt("audit", &c.ciphertext)
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+        bob_cap
+            .release_secret("db/root", None)
+            .await
+            .map(|_| ())
+            .unwrap_err(),
+    ] {
+        assert!(
+            matches!(&e, ClientError::Problem(p) if p.kind.ends_with(":token-scope")),
+            "{e}"
+        );
+    }
+    // Held by bob's key: carol cannot use it.
+    let e = carol
+        .clone()
+        .with_token(&cap.token)
+        .unwrap()
+        .transit_encrypt("audit", b"x")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Problem(p) if p.kind.ends_with(":token-holder")),
+        "{e}"
+    );
+    // Short-lived: two minutes on, it is refused.
+    t.advance(121);
+    let e = bob_cap.transit_encrypt("audit", b"late").await.unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Problem(p) if p.kind.ends_with(":token-scope")),
+        "{e}"
+    );
+
+    // The owner removes it: nothing again.
+    alice.clear_secret_fallback("db/root").await.unwrap();
+    let e = bob_t
+        .release_or_capability("db/root", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Problem(p) if p.kind.ends_with(":tier-too-low")),
+        "{e}"
+    );
+}

@@ -150,6 +150,12 @@ fn transit_keys_edited_removed_or_rolled_back_behind_the_servers_back_are_found(
              INSERT INTO transit_versions SELECT 'mallory', name, version, wrapped, created_at \
              FROM transit_versions WHERE tenant = 'acme'",
         ),
+        (
+            "a secret and a fallback planted (a capability for a low tier)",
+            "INSERT INTO secrets VALUES ('acme', 'db/root', 1, 2, 1); \
+             INSERT INTO secret_fallbacks VALUES ('acme', 'db/root', \
+             '[{\"operation\":\"transit.encrypt\",\"prefix\":\"\"}]', 3600, 'x', 1)",
+        ),
     ] {
         let (w, _) = world_with_transit();
         w.sql(sql);
