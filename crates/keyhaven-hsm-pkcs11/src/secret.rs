@@ -156,18 +156,30 @@ impl Pkcs11Store {
                 ));
             }
         };
-        let guard = self.token().run(|s| {
-            s.get_attributes(
-                handle,
-                &[
-                    AttributeType::Private,
-                    AttributeType::Sensitive,
-                    AttributeType::NeverExtractable,
-                    AttributeType::Local,
-                    AttributeType::Token,
-                ],
-            )
-        })?;
+        // The object may be destroyed between the lookup and its use (another program, or the
+        // token's storage going away): that is the key missing, not a bug.
+        let gone = |e: Pkcs11Error| {
+            if e.stale_handle() {
+                not_found()
+            } else {
+                Error::from(e)
+            }
+        };
+        let guard = self
+            .token()
+            .run(|s| {
+                s.get_attributes(
+                    handle,
+                    &[
+                        AttributeType::Private,
+                        AttributeType::Sensitive,
+                        AttributeType::NeverExtractable,
+                        AttributeType::Local,
+                        AttributeType::Token,
+                    ],
+                )
+            })
+            .map_err(gone)?;
         let guarded = guard.len() == 5
             && guard.iter().all(|a| {
                 matches!(
@@ -188,7 +200,8 @@ impl Pkcs11Store {
         }
         let mac = self
             .token()
-            .run(|s| s.sign(&Mechanism::Sha256Hmac, handle, message))?;
+            .run(|s| s.sign(&Mechanism::Sha256Hmac, handle, message))
+            .map_err(gone)?;
         let mac = Zeroizing::new(mac);
         let out: [u8; 32] = mac.as_slice().try_into().map_err(|_| {
             Error::from(Pkcs11Error::BadObject {
