@@ -20,6 +20,7 @@ Exit codes:
   10  backend unavailable (token or TPM not reachable, drive not mounted)
   11  I/O error
   12  key revoked
+  13  client secret get --accept-capability: a capability token came instead of the secret
   70  internal error
 
 Environment:

@@ -590,7 +590,7 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
         )?,
         ClientCommand::Admin(cmd) => admin(&runtime, &client, cmd, json)?,
         ClientCommand::Transit(cmd) => return transit(&runtime, &client, cmd, json),
-        ClientCommand::Secret(cmd) => secret(&runtime, &client, cmd, json)?,
+        ClientCommand::Secret(cmd) => return secret(&runtime, &client, cmd, json),
         ClientCommand::Token(call) => token(&runtime, &client, call, json)?,
         ClientCommand::Policy(call) => return policy(&runtime, &client, call, json),
     }
@@ -735,6 +735,54 @@ fn secret(
     client: &Client,
     cmd: SecretCommand,
     json: bool,
+) -> Result<u8> {
+    // A release that may give a capability instead says which it gave by its exit code.
+    if let SecretCommand::Get {
+        path,
+        version,
+        out,
+        receipt,
+        accept_capability: true,
+    } = cmd
+    {
+        use keyhaven_client::secrets::ReleaseOutcome;
+        return match runtime.block_on(client.release_or_capability(&path, version))? {
+            ReleaseOutcome::Secret(r) => {
+                if let Some(file) = &receipt {
+                    keyhaven::fs::atomic_write_new(file, r.receipt.as_bytes())?;
+                }
+                write_value(out.as_deref(), r.secret.expose_secret())?;
+                Ok(OK)
+            }
+            ReleaseOutcome::Capability(c) => {
+                let rights: Vec<String> = c
+                    .rights
+                    .iter()
+                    .map(|r| format!("{}:{}", r.operation, r.prefix))
+                    .collect();
+                errln!(
+                    "this key is tier {}, below the secret's min_tier {}: the owner's fallback \
+                     is a capability ({}) until {} (use it with --token); exit 13",
+                    c.requester_tier,
+                    c.min_tier,
+                    rights.join(", "),
+                    keyhaven::rfc3339(c.expires_at)
+                );
+                let line = format!("{}\n", c.token);
+                write_value(out.as_deref(), line.as_bytes())?;
+                Ok(crate::exit::CAPABILITY_INSTEAD)
+            }
+        };
+    }
+    secret_call(runtime, client, cmd, json)?;
+    Ok(OK)
+}
+
+fn secret_call(
+    runtime: &tokio::runtime::Runtime,
+    client: &Client,
+    cmd: SecretCommand,
+    json: bool,
 ) -> Result<()> {
     match cmd {
         SecretCommand::Put {
@@ -770,40 +818,11 @@ fn secret(
             }
             Ok(())
         }
+        // Answered by `secret` before it calls here.
         SecretCommand::Get {
-            path,
-            version,
-            out,
-            receipt,
             accept_capability: true,
-        } => {
-            use keyhaven_client::secrets::ReleaseOutcome;
-            match runtime.block_on(client.release_or_capability(&path, version))? {
-                ReleaseOutcome::Secret(r) => {
-                    if let Some(file) = &receipt {
-                        keyhaven::fs::atomic_write_new(file, r.receipt.as_bytes())?;
-                    }
-                    write_value(out.as_deref(), r.secret.expose_secret())
-                }
-                ReleaseOutcome::Capability(c) => {
-                    let rights: Vec<String> = c
-                        .rights
-                        .iter()
-                        .map(|r| format!("{}:{}", r.operation, r.prefix))
-                        .collect();
-                    errln!(
-                        "this key is tier {}, below the secret's min_tier {}: the owner's \
-                         fallback is a capability ({}) until {} (use it with --token)",
-                        c.requester_tier,
-                        c.min_tier,
-                        rights.join(", "),
-                        keyhaven::rfc3339(c.expires_at)
-                    );
-                    let line = format!("{}\n", c.token);
-                    write_value(out.as_deref(), line.as_bytes())
-                }
-            }
-        }
+            ..
+        } => Ok(()),
         SecretCommand::Fallback {
             path,
             rights,

@@ -31,6 +31,9 @@ pub const UNAVAILABLE: u8 = 10;
 pub const IO: u8 = 11;
 /// The key is revoked.
 pub const REVOKED: u8 = 12;
+/// `client secret get --accept-capability`: the secret's owner gave a capability token instead
+/// of the secret (this key's tier is below the secret's), and it was written out.
+pub const CAPABILITY_INSTEAD: u8 = 13;
 /// An internal error (a bug).
 pub const INTERNAL: u8 = 70;
 

@@ -264,6 +264,21 @@ impl Client {
         self.release_inner(path, version, |_| None, true).await
     }
 
+    /// [`Client::release_or_capability`] with evidence (see
+    /// [`Client::release_secret_with`]): evidence that lifts this client to the secret's
+    /// `min_tier` gets the secret, not the capability.
+    ///
+    /// # Errors
+    /// As [`Client::release_secret_with`].
+    pub async fn release_or_capability_with(
+        &self,
+        path: &str,
+        version: Option<u64>,
+        evidence: impl FnOnce(&[u8; 32]) -> Option<Value>,
+    ) -> Result<ReleaseOutcome> {
+        self.release_inner(path, version, evidence, true).await
+    }
+
     /// Declares what a requester below the secret's `min_tier` gets instead of a refusal: a
     /// capability token of `rights` (operations that disclose no secret: `secret.read`,
     /// `secret.list`, `transit.read`, `transit.list`, `transit.encrypt`, `transit.verify`) on

@@ -167,6 +167,22 @@ pub struct Grant<'a> {
 /// # Errors
 /// [`ClientError::InvalidInput`] for no rights, or a token that cannot be built.
 pub fn mint(root: &KeyPair, grant: Grant<'_>, rights: &[Right], expires_at: u64) -> Result<String> {
+    mint_derived(root, grant, rights, expires_at, &[])
+}
+
+/// [`mint`] a token given through another (a capability a release gave instead of a secret,
+/// say): `parents` are the other token's revocation ids, and revoking any of them revokes
+/// this one too (the broker looks them up with its own).
+///
+/// # Errors
+/// As [`mint`].
+pub fn mint_derived(
+    root: &KeyPair,
+    grant: Grant<'_>,
+    rights: &[Right],
+    expires_at: u64,
+    parents: &[String],
+) -> Result<String> {
     let Grant {
         tenant,
         minter,
@@ -182,12 +198,19 @@ pub fn mint(root: &KeyPair, grant: Grant<'_>, rights: &[Right], expires_at: u64)
     params.insert("expires".to_owned(), Term::Date(expires_at));
     let mut builder = biscuit_auth::Biscuit::builder()
         .code_with_params(
-            "tenant({tenant}); minter({minter}); holder({holder});
+            "tenant({tenant}); minter({minter}); holder({holder}); expires({expires});
              check if time($t), $t <= {expires};",
             params,
             HashMap::new(),
         )
         .map_err(|e| invalid(format!("the token: {e}")))?;
+    for id in parents {
+        let mut p = HashMap::new();
+        p.insert("id".to_owned(), Term::Str(id.clone()));
+        builder = builder
+            .code_with_params("parent({id});", p, HashMap::new())
+            .map_err(|e| invalid(format!("the token: {e}")))?;
+    }
     for r in rights {
         check_operation(&r.operation)?;
         check_prefix(&r.prefix)?;

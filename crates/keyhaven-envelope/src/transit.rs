@@ -334,11 +334,15 @@ impl<S: TransitStore> Transit<S> {
     /// The version `version` of `name` unwrapped, from the cache or the master key.
     fn kek(&self, record: &TransitKeyRecord, version: u32) -> Result<Arc<Kek>> {
         let key = (record.name.clone(), version);
+        let expected = self.scope_of(&record.name, self.key_type(record)?, version)?;
+        // A cached KEK serves only the scope the record calls for now: a record whose type
+        // was changed in the store does not get the old type's KEK from memory.
         if let Some(k) = self
             .cache
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(&key)
+            && k.scope() == &expected
         {
             return Ok(Arc::clone(k));
         }
@@ -347,7 +351,6 @@ impl<S: TransitStore> Transit<S> {
             .get(&version)
             .ok_or_else(|| invalid(format!("key '{}' has no version {version}", record.name)))?;
         let wrapped = WrappedKek::from_bytes(wrapped)?;
-        let expected = self.scope_of(&record.name, self.key_type(record)?, version)?;
         if wrapped.scope() != &expected {
             return Err(EnvelopeError::Malformed {
                 what: "wrapped KEK",

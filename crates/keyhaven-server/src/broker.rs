@@ -67,6 +67,8 @@ pub struct Broker {
     /// The release policies as last read, and when: dropped when a node changes them (the
     /// store's watch), and read again after [`POLICY_TTL`] whatever happens.
     loaded_policies: Mutex<Option<(Arc<Vec<PolicyRecord>>, Instant)>>,
+    /// Counts the times the policies were dropped: a read that a drop overtook is not kept.
+    policy_generation: std::sync::atomic::AtomicU64,
     attestation: crate::attest::Attestation,
 }
 
@@ -115,6 +117,7 @@ impl Broker {
             tokens,
             policies: crate::policy::PolicyCache::default(),
             loaded_policies: Mutex::new(None),
+            policy_generation: std::sync::atomic::AtomicU64::new(0),
             attestation: crate::attest::Attestation::default(),
         })
     }
@@ -144,20 +147,29 @@ impl Broker {
         {
             return Ok(Arc::clone(p));
         }
+        use std::sync::atomic::Ordering;
+        let generation = self.policy_generation.load(Ordering::SeqCst);
         let read = Arc::new(self.storage.policies()?);
-        *self
+        let mut loaded = self
             .loaded_policies
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some((Arc::clone(&read), Instant::now()));
+            .unwrap_or_else(PoisonError::into_inner);
+        // A change told while this read ran may not be in it: use it once, keep nothing.
+        if self.policy_generation.load(Ordering::SeqCst) == generation {
+            *loaded = Some((Arc::clone(&read), Instant::now()));
+        }
         Ok(read)
     }
 
-    /// Forgets the release policies read (after this node changed them).
+    /// Forgets the release policies read (after this node or another changed them).
     pub(crate) fn forget_policies(&self) {
-        *self
+        let mut loaded = self
             .loaded_policies
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
+            .unwrap_or_else(PoisonError::into_inner);
+        self.policy_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *loaded = None;
     }
 
     /// The tier this broker's KEKs are scoped to.
@@ -267,12 +279,13 @@ impl Watcher for Broker {
             "another node changed the broker's state"
         );
         match change {
-            Change::Policies => self.forget_policies(),
-            // Unwrapped KEKs stay valid while their version exists; a rotation elsewhere is
-            // read from the store. Dropping them makes every node unwrap afresh.
-            Change::Keys | Change::All => self.clear_cache(),
+            Change::Policies | Change::All => self.forget_policies(),
+            // Unwrapped KEKs stay valid while their version exists (a version is never
+            // removed or changed; a rotation or min_decryption_version elsewhere is read from
+            // the store on every call), so a key change drops nothing: dropping every
+            // tenant's KEKs would let any client make every node unwrap afresh.
             // Revoked tokens and vouched tiers are read from the store on every request.
-            Change::Tokens | Change::Tiers => {}
+            Change::Keys | Change::Tokens | Change::Tiers => {}
         }
     }
 }
@@ -543,6 +556,22 @@ pub(crate) async fn decided<T: Send + 'static>(
     call: Call,
     f: impl FnOnce(&Broker, &str, u64) -> Result<(T, String), ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    decided_granted(inner, caller, token, call, move |broker, tenant, now, _| {
+        f(broker, tenant, now)
+    })
+    .await
+}
+
+/// [`decided`], telling `f` what the token granted, when the request carried one.
+pub(crate) async fn decided_granted<T: Send + 'static>(
+    inner: Arc<Inner>,
+    caller: Caller,
+    token: Option<String>,
+    call: Call,
+    f: impl FnOnce(&Broker, &str, u64, Option<&crate::tokens::Granted>) -> Result<(T, String), ApiError>
+    + Send
+    + 'static,
+) -> Result<T, ApiError> {
     let broker = broker_of(&inner)?;
     let i = inner.clone();
     tokio::task::spawn_blocking(move || {
@@ -566,8 +595,10 @@ pub(crate) async fn decided<T: Send + 'static>(
             _ => format!("client:{}", caller.client_id),
         };
         let outcome = granted.and_then(|g| {
-            let tenant = g.map_or_else(|| caller.client_id.clone(), |g| g.tenant);
-            f(&broker, &tenant, now)
+            let tenant = g
+                .as_ref()
+                .map_or_else(|| caller.client_id.clone(), |g| g.tenant.clone());
+            f(&broker, &tenant, now, g.as_ref())
         });
         let subject: String = call.subject.chars().take(160).collect();
         let (allowed, reason, outcome) = match outcome {
@@ -735,6 +766,7 @@ pub(crate) async fn create(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let mut p = Params::parse(&body)?;
+    let asked = p.fields.contains_key("type");
     let key_type = key_type_of(&mut p)?;
     p.refuse_flag("derived", "keyhaven's transit keys are not derived")?;
     p.refuse_flag("convergent_encryption", "it needs derived keys")?;
@@ -751,6 +783,20 @@ pub(crate) async fn create(
             let created = engine
                 .create_key_of(name, key_type, now)
                 .map_err(|e| transit_problem(&e))?;
+            if !created && asked {
+                let record = engine.read_key(name).map_err(|e| transit_problem(&e))?;
+                let have = engine.key_type(&record).map_err(|e| transit_problem(&e))?;
+                if have != key_type {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "key-exists",
+                        format!(
+                            "transit key '{name}' exists as an {have} key, not {key_type}: \
+                             choose another name"
+                        ),
+                    ));
+                }
+            }
             let view = key_view(engine, name)?;
             let what = if created {
                 format!("created ({key_type})")
@@ -1261,11 +1307,26 @@ struct SignSettings {
     version: Option<u32>,
 }
 
+/// The signature algorithm of the key `name`, refused unless it signs (read once for a
+/// whole verify batch).
+fn verify_algorithm(engine: &Engine, name: &str) -> Result<keyhaven::Algorithm, ApiError> {
+    let problem = |e: EnvelopeError| transit_problem(&e);
+    let record = engine.read_key(name).map_err(problem)?;
+    let key_type = engine.key_type(&record).map_err(problem)?;
+    key_type.signing_algorithm().ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid-request",
+            format!("key '{name}' is an {key_type} key: it does not verify signatures"),
+        )
+    })
+}
+
 fn sign_answer(
     engine: &Engine,
     name: &str,
     item: &SignItem,
     s: SignSettings,
+    algorithm: Option<keyhaven::Algorithm>,
 ) -> Result<Value, ApiError> {
     let problem = |e: EnvelopeError| transit_problem(&e);
     let input = if s.prehashed {
@@ -1282,14 +1343,10 @@ fn sign_answer(
             }))
         }
         Some(text) => {
-            let record = engine.read_key(name).map_err(problem)?;
-            let key_type = engine.key_type(&record).map_err(problem)?;
-            let algorithm = key_type.signing_algorithm().ok_or_else(|| {
-                ApiError::bad_request(
-                    "invalid-request",
-                    format!("key '{name}' is an {key_type} key: it does not verify signatures"),
-                )
-            })?;
+            let algorithm = match algorithm {
+                Some(a) => a,
+                None => verify_algorithm(engine, name)?,
+            };
             let (version, signature) = parse_signature(text, algorithm, s.marshaling)?;
             let valid = engine
                 .verify(name, input, version, &signature)
@@ -1340,13 +1397,18 @@ async fn sign_or_verify(
         op,
         name,
         move |engine, name, _, _| {
+            let algorithm = if verify {
+                Some(verify_algorithm(engine, name)?)
+            } else {
+                None
+            };
             if single {
                 let item = items
                     .into_iter()
                     .next()
                     .ok_or_else(|| ApiError::bad_request("invalid-request", "nothing to do"))??;
                 return Ok((
-                    sign_answer(engine, name, &item, settings)?,
+                    sign_answer(engine, name, &item, settings, algorithm)?,
                     "1 item".to_owned(),
                 ));
             }
@@ -1355,7 +1417,7 @@ async fn sign_or_verify(
             let results: Vec<Value> = items
                 .into_iter()
                 .map(|item| {
-                    item.and_then(|item| sign_answer(engine, name, &item, settings))
+                    item.and_then(|item| sign_answer(engine, name, &item, settings, algorithm))
                         .unwrap_or_else(|e| {
                             failed += 1;
                             json!({ "error": e.detail })

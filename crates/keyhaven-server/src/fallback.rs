@@ -7,7 +7,9 @@
 //! instead of a refusal. It is audited and counted (`outcome="capability"`).
 //!
 //! The token is minted in the name of the owner's key that declared the fallback, so it
-//! stops working when that key is revoked or retired, as any token does.
+//! stops working when that key is revoked or retired, as any token does (and none is given
+//! once it is). A release asked through a token (another tenant's requester) gets a
+//! capability that ends when that token does and is revoked with it.
 
 use std::sync::Arc;
 
@@ -40,6 +42,10 @@ pub const MAX_FALLBACK_TTL: u64 = 3600;
 /// How long it lasts unless the owner said (seconds).
 pub const DEFAULT_FALLBACK_TTL: u64 = 300;
 
+fn internal(detail: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
+}
+
 fn parse_rights(stored: &str) -> Result<Vec<Right>, ApiError> {
     serde_json::from_str::<Vec<Right>>(stored).map_err(|e| {
         tracing::error!(error = %e, "a stored secret fallback does not parse");
@@ -62,32 +68,66 @@ pub(crate) fn view(f: &SecretFallback) -> Value {
     })
 }
 
-/// A capability instead of `record`, for the requester key `holder` acting in `tenant`, if
-/// the secret has a fallback: the token, its id, expiry and rights.
+/// A capability instead of `record`, for the requester key `holder` acting in `tenant`
+/// (through the token `via` grants, if any), if the secret has a fallback whose declaring key
+/// still stands: the token, its id, expiry and rights.
 ///
 /// # Errors
-/// The store's; the token root's.
+/// The store's; `internal` for a stored fallback that is not one this module writes.
 pub(crate) fn capability(
     broker: &Broker,
     tenant: &str,
     record: &SecretRecord,
     holder: &str,
     now: u64,
+    via: Option<&crate::tokens::Granted>,
 ) -> Result<Option<Value>, ApiError> {
-    let Some(fallback) = broker.storage().secret_fallback(tenant, &record.path)? else {
+    let storage = broker.storage();
+    let Some(fallback) = storage.secret_fallback(tenant, &record.path)? else {
         return Ok(None);
     };
+    // Read back as written: a row that grants more than a fallback may (planted in the
+    // database) is refused, not minted.
     let rights = parse_rights(&fallback.rights)?;
-    let expires_at = now + fallback.ttl.min(MAX_FALLBACK_TTL);
+    if rights
+        .iter()
+        .any(|r| !FALLBACK_OPERATIONS.contains(&r.operation.as_str()))
+        || fallback.ttl == 0
+        || fallback.ttl > MAX_FALLBACK_TTL
+    {
+        tracing::error!(path = %record.path, "a stored secret fallback grants more than a fallback may");
+        return Err(internal(
+            "the secret's fallback is damaged; the operator's log says why",
+        ));
+    }
+    // The declaring key must still stand for the tenant: its tokens would not count.
+    let standing = storage
+        .key(&fallback.declared_by)?
+        .filter(|k| k.client_id == tenant)
+        .is_some_and(|k| k.status_at(now).accepted());
+    if !standing {
+        return Ok(None);
+    }
+    let mut expires_at = now + fallback.ttl;
+    let mut parents = Vec::new();
+    if let Some(g) = via {
+        expires_at = expires_at.min(g.expires_at.unwrap_or(now));
+        parents.clone_from(&g.revocation_ids);
+    }
+    if expires_at <= now {
+        return Ok(None);
+    }
     let grant = tokens::Grant {
         tenant,
         minter: &fallback.declared_by,
         holder,
     };
-    let token = broker.tokens().mint(grant, &rights, expires_at)?;
+    let token = broker
+        .tokens()
+        .mint_derived(grant, &rights, expires_at, &parents)?;
     let id = tokens::inspect(&token)
         .map(|v| v.id)
-        .map_err(|e| ApiError::bad_request("invalid-request", e.to_string()))?;
+        .map_err(|e| internal(e.to_string()))?;
     Ok(Some(json!({
         "token": token,
         "id": id,
@@ -129,11 +169,7 @@ pub(crate) async fn put(
         ));
     }
     let warnings = p.warnings();
-    if caller.status != keyhaven_client::wire::KeyStatus::Active {
-        return Err(ApiError::forbidden(
-            "a fallback is declared with an active key; this one is superseded",
-        ));
-    }
+    let active = caller.status == keyhaven_client::wire::KeyStatus::Active;
     let call = Call {
         operation: "secret.fallback",
         subject: format!("secret '{path}'"),
@@ -147,6 +183,11 @@ pub(crate) async fn put(
     // declares one.
     let data = decided(inner, caller, None, call, move |broker, tenant, now| {
         crate::secrets::check_path(&path)?;
+        if !active {
+            return Err(ApiError::forbidden(
+                "a fallback is declared with an active key; this one is superseded",
+            ));
+        }
         let fallback = SecretFallback {
             rights: stored,
             ttl,

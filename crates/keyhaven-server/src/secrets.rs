@@ -28,7 +28,9 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::auth::Caller;
-use crate::broker::{Broker, Call, Params, base64_field, decided, transit_problem, vault_response};
+use crate::broker::{
+    Broker, Call, Params, base64_field, decided, decided_granted, transit_problem, vault_response,
+};
 use crate::policy::Explanation;
 use crate::problem::ApiError;
 use crate::server::{Inner, RawBody};
@@ -477,135 +479,150 @@ pub(crate) async fn release(
     let metrics_inner = inner.clone();
     let client = caller.clone();
     let token = token_of(&headers, &caller)?;
-    let data = decided(inner, caller, token, call, move |broker, tenant, now| {
-        check_path(&path)?;
-        let storage = broker.storage();
-        let record = storage
-            .secret(tenant, &path)?
-            .ok_or_else(|| not_found(&path))?;
-        // The JWE's key agreement first: a key nothing can be encrypted to (an X25519 point
-        // of small order) is refused before anything is decrypted.
-        let mut receipt_id = [0u8; 16];
-        keyhaven::fill_random(&mut receipt_id).map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })?;
-        let receipt_id = hex::encode(receipt_id);
-        let mut header = Map::new();
-        header.insert("kid".into(), receipt_id.clone().into());
-        header.insert("cty".into(), "keyhaven-secret".into());
-        let sealing = keyhaven::jwe::prepare(&recipient, &header)
-            .map_err(|e| ApiError::bad_request("invalid-request", format!("'epk': {e}")))?;
-        let version = version.unwrap_or_else(|| record.latest_version());
-        let thumb = thumbprint(&epk);
-        let ask = Ask {
-            client: &client,
-            evidence: evidence.as_ref(),
-            epk_thumbprint: &thumb,
-            metrics: &metrics_inner.metrics,
-        };
-        let (assessment, explanation) =
-            decide_release(broker, tenant, &ask, &record, version, now)?;
-        if !explanation.allow {
-            // Too low a tier, and no policy refuses outright: the owner's fallback, if the
-            // requester takes one.
-            let tier_met = explanation.tier_rule["met"].as_bool().unwrap_or(false);
-            let policy_refuses = explanation.verdict.as_ref().is_some_and(|v| !v.allow);
-            if accept_capability
-                && !tier_met
-                && !policy_refuses
-                && let Some(capability) =
-                    crate::fallback::capability(broker, tenant, &record, &client.fingerprint, now)?
-            {
-                metrics_inner.metrics.release(record.tier, "capability");
-                let what = format!(
-                    "a capability (token {}) instead of version {version}: requester tier {} \
+    let data = decided_granted(
+        inner,
+        caller,
+        token,
+        call,
+        move |broker, tenant, now, via| {
+            check_path(&path)?;
+            let storage = broker.storage();
+            let record = storage
+                .secret(tenant, &path)?
+                .ok_or_else(|| not_found(&path))?;
+            // The JWE's key agreement first: a key nothing can be encrypted to (an X25519 point
+            // of small order) is refused before anything is decrypted.
+            let mut receipt_id = [0u8; 16];
+            keyhaven::fill_random(&mut receipt_id).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+            let receipt_id = hex::encode(receipt_id);
+            let mut header = Map::new();
+            header.insert("kid".into(), receipt_id.clone().into());
+            header.insert("cty".into(), "keyhaven-secret".into());
+            let sealing = keyhaven::jwe::prepare(&recipient, &header)
+                .map_err(|e| ApiError::bad_request("invalid-request", format!("'epk': {e}")))?;
+            let version = version.unwrap_or_else(|| record.latest_version());
+            let thumb = thumbprint(&epk);
+            let ask = Ask {
+                client: &client,
+                evidence: evidence.as_ref(),
+                epk_thumbprint: &thumb,
+                metrics: &metrics_inner.metrics,
+            };
+            let (assessment, explanation) =
+                decide_release(broker, tenant, &ask, &record, version, now)?;
+            if !explanation.allow {
+                // Too low a tier, and no policy refuses outright: the owner's fallback, if the
+                // requester takes one.
+                let tier_met = explanation.tier_rule["met"].as_bool().unwrap_or(false);
+                let policy_refuses = explanation.verdict.as_ref().is_some_and(|v| !v.allow);
+                if accept_capability
+                    && !tier_met
+                    && !policy_refuses
+                    && let Some(capability) = crate::fallback::capability(
+                        broker,
+                        tenant,
+                        &record,
+                        &client.fingerprint,
+                        now,
+                        via,
+                    )?
+                {
+                    metrics_inner.metrics.release(record.tier, "capability");
+                    let what = format!(
+                        "a capability (token {}) instead of version {version}: requester tier {} \
                      is below min_tier {}",
-                    capability["id"].as_str().unwrap_or(""),
-                    assessment.tier,
-                    record.min_tier
-                );
-                return Ok((
-                    json!({
-                        "path": path,
-                        "version": version,
-                        "tier": record.tier,
-                        "min_tier": record.min_tier,
-                        "requester_tier": assessment.tier,
-                        "capability": capability,
-                    }),
-                    what,
-                ));
+                        capability["id"].as_str().unwrap_or(""),
+                        assessment.tier,
+                        record.min_tier
+                    );
+                    return Ok((
+                        json!({
+                            "path": path,
+                            "version": version,
+                            "tier": record.tier,
+                            "min_tier": record.min_tier,
+                            "requester_tier": assessment.tier,
+                            "capability": capability,
+                        }),
+                        what,
+                    ));
+                }
+                metrics_inner.metrics.release(record.tier, "denied");
+                return Err(refusal(&path, &assessment, &explanation));
             }
-            metrics_inner.metrics.release(record.tier, "denied");
-            return Err(refusal(&path, &assessment, &explanation));
-        }
-        let (bytes, _) = record.versions.get(&version).ok_or_else(|| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                format!("secret '{path}' has no version {version}"),
-            )
-        })?;
-        let envelope = Envelope::from_bytes(bytes).map_err(|e| {
-            tracing::error!(error = %e, "a stored secret envelope is damaged");
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the stored secret is damaged; the operator's log says why",
-            )
-        })?;
-        let plaintext = broker
-            .secret_keks(tenant, record.tier)?
-            .open_secret(KEK_NAME, &path, version, &envelope)
-            .map_err(|e| transit_problem(&e))?;
-        let jwe = sealing.seal(plaintext.expose_secret()).map_err(|e| {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-        })?;
-        drop(plaintext);
-        let claims = json!({
-            "jti": receipt_id,
-            "iss": signer.public_key().fingerprint().to_hex(),
-            "sub": client.client_id,
-            "tenant": tenant,
-            "iat": now,
-            "path": path,
-            "version": version,
-            "secret_tier": record.tier,
-            "requester_tier": assessment.tier,
-            "evidence": assessment.evidence,
-            "policy": {
-                "rule": "min-tier",
-                "min_tier": record.min_tier,
-                "rego": explanation.policy,
-                "rego_sha256": explanation.policy_sha256,
-                "because": explanation.verdict.as_ref().map(|v| v.because.clone()),
-            },
-            "jwe_sha256": hex::encode(Sha256::digest(jwe.as_bytes())),
-            "epk_thumbprint": thumbprint(&epk),
-        });
-        let receipt = keyhaven::jws::sign(signer.public_key(), RECEIPT_TYPE, &claims, &mut |m| {
-            signer.sign(m)
-        })
-        .map_err(|e| {
-            tracing::error!(error = %e, "the server key cannot sign a release receipt");
-            ApiError::unavailable("the server key cannot sign the receipt; nothing was released")
-        })?;
-        metrics_inner.metrics.release(record.tier, "released");
-        Ok((
-            json!({
+            let (bytes, _) = record.versions.get(&version).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "not-found",
+                    format!("secret '{path}' has no version {version}"),
+                )
+            })?;
+            let envelope = Envelope::from_bytes(bytes).map_err(|e| {
+                tracing::error!(error = %e, "a stored secret envelope is damaged");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "the stored secret is damaged; the operator's log says why",
+                )
+            })?;
+            let plaintext = broker
+                .secret_keks(tenant, record.tier)?
+                .open_secret(KEK_NAME, &path, version, &envelope)
+                .map_err(|e| transit_problem(&e))?;
+            let jwe = sealing.seal(plaintext.expose_secret()).map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            })?;
+            drop(plaintext);
+            let claims = json!({
+                "jti": receipt_id,
+                "iss": signer.public_key().fingerprint().to_hex(),
+                "sub": client.client_id,
+                "tenant": tenant,
+                "iat": now,
                 "path": path,
                 "version": version,
-                "tier": record.tier,
+                "secret_tier": record.tier,
                 "requester_tier": assessment.tier,
-                "jwe": jwe,
-                "receipt": receipt,
-            }),
-            format!(
-                "version {version} at tier {} to a tier {} requester (receipt {receipt_id})",
-                record.tier, assessment.tier
-            ),
-        ))
-    })
+                "evidence": assessment.evidence,
+                "policy": {
+                    "rule": "min-tier",
+                    "min_tier": record.min_tier,
+                    "rego": explanation.policy,
+                    "rego_sha256": explanation.policy_sha256,
+                    "because": explanation.verdict.as_ref().map(|v| v.because.clone()),
+                },
+                "jwe_sha256": hex::encode(Sha256::digest(jwe.as_bytes())),
+                "epk_thumbprint": thumbprint(&epk),
+            });
+            let receipt =
+                keyhaven::jws::sign(signer.public_key(), RECEIPT_TYPE, &claims, &mut |m| {
+                    signer.sign(m)
+                })
+                .map_err(|e| {
+                    tracing::error!(error = %e, "the server key cannot sign a release receipt");
+                    ApiError::unavailable(
+                        "the server key cannot sign the receipt; nothing was released",
+                    )
+                })?;
+            metrics_inner.metrics.release(record.tier, "released");
+            Ok((
+                json!({
+                    "path": path,
+                    "version": version,
+                    "tier": record.tier,
+                    "requester_tier": assessment.tier,
+                    "jwe": jwe,
+                    "receipt": receipt,
+                }),
+                format!(
+                    "version {version} at tier {} to a tier {} requester (receipt {receipt_id})",
+                    record.tier, assessment.tier
+                ),
+            ))
+        },
+    )
     .await?;
     Ok(vault_response(data, warnings))
 }

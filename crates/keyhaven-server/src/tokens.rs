@@ -56,6 +56,10 @@ pub struct Granted {
     pub tenant: String,
     /// The token's id (its first block's revocation id).
     pub token_id: String,
+    /// Every block's revocation id.
+    pub revocation_ids: Vec<String>,
+    /// When its first block expires (seconds since the epoch).
+    pub expires_at: Option<u64>,
 }
 
 fn bad_token(detail: impl Into<String>) -> ApiError {
@@ -99,6 +103,23 @@ impl TokenRoot {
     ) -> Result<String, ApiError> {
         tokens::mint(&self.keys, grant, rights, expires_at)
             .map_err(|e| ApiError::bad_request("invalid-request", e.to_string()))
+    }
+
+    /// A token given through the token whose revocation ids are `parents`: revoking any of
+    /// them revokes it too.
+    ///
+    /// # Errors
+    /// [`ApiError`] (`internal`) when it cannot be built from rights the broker checked.
+    pub fn mint_derived(
+        &self,
+        grant: tokens::Grant<'_>,
+        rights: &[Right],
+        expires_at: u64,
+        parents: &[String],
+    ) -> Result<String, ApiError> {
+        tokens::mint_derived(&self.keys, grant, rights, expires_at, parents).map_err(|e| {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+        })
     }
 
     /// Verifies `token` (signed by this root), then authorizes `operation` on `path` for a
@@ -193,6 +214,34 @@ impl TokenRoot {
         let [(minter,)] = minters.as_slice() else {
             return Err(bad_token("the token must name exactly one minter"));
         };
+        // A token given through another (a release's fallback capability) dies with it.
+        let parents: Vec<(String,)> = authorizer
+            .query("data($p) <- parent($p)")
+            .map_err(|e| bad_token(format!("the token's parents cannot be read: {e}")))?;
+        if !parents.is_empty() {
+            let parents: Vec<String> = parents.into_iter().map(|(p,)| p).collect();
+            if let Some(r) = storage.revoked_token(&parents)? {
+                return Err(ApiError::unauthenticated(
+                    "token-revoked",
+                    format!(
+                        "the token was given through token {}, which was revoked: {}",
+                        r.id,
+                        r.reason.chars().take(100).collect::<String>()
+                    ),
+                ));
+            }
+        }
+        let expiries: Vec<(std::time::SystemTime,)> =
+            authorizer
+                .query("data($e) <- expires($e)")
+                .map_err(|e| bad_token(format!("the token's expiry cannot be read: {e}")))?;
+        let expires_at = match expiries.as_slice() {
+            [(t,)] => t
+                .duration_since(std::time::UNIX_EPOCH)
+                .ok()
+                .map(|d| d.as_secs()),
+            _ => None,
+        };
         let standing = storage
             .key(minter)?
             .filter(|k| &k.client_id == tenant)
@@ -210,6 +259,8 @@ impl TokenRoot {
             Ok(_) => Ok(Granted {
                 tenant: tenant.clone(),
                 token_id,
+                revocation_ids: ids,
+                expires_at,
             }),
             Err(biscuit_auth::error::Token::FailedLogic(logic)) => {
                 let why = match &logic {

@@ -825,7 +825,7 @@ fn secrets_are_released_by_tier_to_a_software_and_a_token_client() {
         "client", "secret", "info", "db/root", "--key", "app", "--json",
     ]);
     assert_eq!(info["fallback"]["ttl"], 120, "{info}");
-    let token = soft.ok(&[
+    let out = soft.run(&[
         "client",
         "secret",
         "get",
@@ -834,6 +834,8 @@ fn secrets_are_released_by_tier_to_a_software_and_a_token_client() {
         "--key",
         "app",
     ]);
+    assert_eq!(out.status.code(), Some(13), "a capability instead: exit 13");
+    let token = String::from_utf8(out.stdout).unwrap();
     let token = token.trim();
     assert!(token.starts_with("kht_"), "{token}");
     let via = soft.ok(&[

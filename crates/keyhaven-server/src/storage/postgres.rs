@@ -47,6 +47,9 @@ const CHANNEL: &str = "keyhaven_broker";
 const LISTEN_TICK: Duration = Duration::from_secs(5);
 /// How long [`Storage::exclusive`] waits for another node's hold.
 const LOCK_WAIT: &str = "60s";
+/// The most connections of one node holding or waiting for an exclusive lock (each is a
+/// connection of its own, outside the pool): beyond, a caller is told to come back.
+const MAX_LOCKERS: usize = 4;
 
 /// The schema, one migration per version.
 const MIGRATIONS: &[&str] = &[
@@ -176,6 +179,8 @@ pub struct PostgresStorage {
     what: String,
     pool: Vec<Mutex<Option<Client>>>,
     next: AtomicUsize,
+    /// Connections [`Storage::exclusive`] holds or waits on (at most [`MAX_LOCKERS`]).
+    lockers: std::sync::Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for PostgresStorage {
@@ -258,6 +263,7 @@ impl PostgresStorage {
             what,
             pool: (0..pool.max(1)).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
+            lockers: std::sync::Arc::new(AtomicUsize::new(0)),
         };
         storage.migrate()?;
         Ok(storage)
@@ -642,6 +648,7 @@ impl PostgresStorage {
 struct AdvisoryLock {
     client: Client,
     key: i64,
+    _slot: LockerSlot,
 }
 
 impl Drop for AdvisoryLock {
@@ -650,6 +657,15 @@ impl Drop for AdvisoryLock {
         let _ = self
             .client
             .execute("SELECT pg_advisory_unlock($1)", &[&self.key]);
+    }
+}
+
+/// One of the [`MAX_LOCKERS`] places, given back when dropped.
+struct LockerSlot(std::sync::Arc<AtomicUsize>);
+
+impl Drop for LockerSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -1163,7 +1179,9 @@ impl Storage for PostgresStorage {
                     &[&tenant, &name, &i64::from(version)],
                 )
                 .map_err(|e| self.err(&e))?;
-            self.notify(tx, Change::Keys)?;
+            if changed > 0 {
+                self.notify(tx, Change::Keys)?;
+            }
             Ok(changed > 0)
         })
     }
@@ -1443,7 +1461,9 @@ impl Storage for PostgresStorage {
                     &[&r.id, &r.tenant, &r.revoked_by, &r.reason, &i64_of(r.at)],
                 )
                 .map_err(|e| self.err(&e))?;
-            self.notify(tx, Change::Tokens)?;
+            if added > 0 {
+                self.notify(tx, Change::Tokens)?;
+            }
             Ok(added > 0)
         })
     }
@@ -1486,7 +1506,9 @@ impl Storage for PostgresStorage {
             let gone = tx
                 .execute("DELETE FROM policies WHERE prefix = $1", &[&prefix])
                 .map_err(|e| self.err(&e))?;
-            self.notify(tx, Change::Policies)?;
+            if gone > 0 {
+                self.notify(tx, Change::Policies)?;
+            }
             Ok(gone > 0)
         })
     }
@@ -1526,7 +1548,14 @@ impl Storage for PostgresStorage {
     }
 
     fn watch(&self, watcher: std::sync::Weak<dyn Watcher>) -> Result<()> {
-        let config = self.config.clone();
+        let mut config = self.config.clone();
+        // A connection that died without a word (a cut cable, a failover) is found within a
+        // minute, and the listener reconnects and drops every cache.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30))
+            .keepalives_interval(Duration::from_secs(10))
+            .keepalives_retries(3);
         let what = self.what.clone();
         std::thread::Builder::new()
             .name("keyhaven-listen".into())
@@ -1539,6 +1568,17 @@ impl Storage for PostgresStorage {
     }
 
     fn exclusive(&self, name: &str) -> Result<Box<dyn Held + '_>> {
+        if self.lockers.fetch_add(1, Ordering::SeqCst) >= MAX_LOCKERS {
+            self.lockers.fetch_sub(1, Ordering::SeqCst);
+            return Err(StorageError::Database {
+                path: self.what.clone(),
+                reason: format!(
+                    "{MAX_LOCKERS} exclusive operations are running or waiting on this node: \
+                     try again when they are done"
+                ),
+            });
+        }
+        let slot = LockerSlot(std::sync::Arc::clone(&self.lockers));
         let key = lock_key(name);
         let mut client = self.config.connect(NoTls).map_err(|e| self.err(&e))?;
         client
@@ -1555,6 +1595,10 @@ impl Storage for PostgresStorage {
                 },
                 _ => self.err(&e),
             })?;
-        Ok(Box::new(AdvisoryLock { client, key }))
+        Ok(Box::new(AdvisoryLock {
+            client,
+            key,
+            _slot: slot,
+        }))
     }
 }

@@ -114,6 +114,26 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;",
 ];
 
+/// How long [`Storage::exclusive`] waits for another holder.
+const LOCK_WAIT: Duration = Duration::from_secs(60);
+
+/// A name [`Storage::exclusive`] holds, freed when dropped.
+struct HeldName {
+    held: std::sync::Arc<(Mutex<std::collections::HashSet<String>>, std::sync::Condvar)>,
+    name: String,
+}
+
+impl Drop for HeldName {
+    fn drop(&mut self) {
+        let (names, freed) = &*self.held;
+        names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.name);
+        freed.notify_all();
+    }
+}
+
 /// The embedded store: a SQLite database in write-ahead-log mode (`synchronous = FULL`: an
 /// acknowledged registration, rotation or revocation survives a power cut), for **one server
 /// process** (`Server::from_home` holds the home's server lock):
@@ -139,8 +159,9 @@ pub struct SqliteStorage {
     data_version: std::sync::atomic::AtomicI64,
     /// The last digest [`SqliteStorage::digest`] took, with the `data_version` it saw.
     digested: Mutex<Option<(i64, String)>>,
-    /// [`Storage::exclusive`]: one process serves the file, so a mutex is the lock.
-    exclusive: Mutex<()>,
+    /// [`Storage::exclusive`]: one process serves the file, so the names held in memory are
+    /// the locks.
+    held: std::sync::Arc<(Mutex<std::collections::HashSet<String>>, std::sync::Condvar)>,
     /// The digest the database had before this open brought its schema up to date, when it
     /// did (see [`SqliteStorage::migrated_from`]).
     migrated_from: Option<String>,
@@ -261,7 +282,7 @@ impl SqliteStorage {
             guard: Mutex::new(None),
             data_version: std::sync::atomic::AtomicI64::new(0),
             digested: Mutex::new(None),
-            exclusive: Mutex::new(()),
+            held: std::sync::Arc::default(),
             migrated_from: None,
         };
         storage.migrate()
@@ -1565,12 +1586,26 @@ impl Storage for SqliteStorage {
             .map_err(self.err())
     }
 
-    fn exclusive(&self, _name: &str) -> Result<Box<dyn super::Held + '_>> {
-        Ok(Box::new(
-            self.exclusive
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner),
-        ))
+    fn exclusive(&self, name: &str) -> Result<Box<dyn super::Held + '_>> {
+        let (names, freed) = &*self.held;
+        let taken = names.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut taken, waited) = freed
+            .wait_timeout_while(taken, LOCK_WAIT, |t| t.contains(name))
+            .unwrap_or_else(PoisonError::into_inner);
+        if waited.timed_out() && taken.contains(name) {
+            return Err(StorageError::Database {
+                path: self.path.display().to_string(),
+                reason: format!(
+                    "'{name}' has been held for {} s: try again when it is done",
+                    LOCK_WAIT.as_secs()
+                ),
+            });
+        }
+        taken.insert(name.to_owned());
+        Ok(Box::new(HeldName {
+            held: std::sync::Arc::clone(&self.held),
+            name: name.to_owned(),
+        }))
     }
 }
 
@@ -1582,6 +1617,31 @@ mod tests {
 
     /// A database of schema 1 (as an older keyhaven left it) is brought up to date, and the
     /// digest it had before is kept for the home's record; an up-to-date one has none.
+    #[test]
+    fn exclusive_names_are_held_one_at_a_time_and_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = std::sync::Arc::new(
+            SqliteStorage::open(&dir.path().join("s").join("server.db")).unwrap(),
+        );
+        let a = s.exclusive("a").unwrap();
+        // Another name is not held up by it.
+        drop(s.exclusive("b").unwrap());
+        // The same name waits for the holder.
+        let order = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let waiter = {
+            let (s, order) = (s.clone(), order.clone());
+            std::thread::spawn(move || {
+                let _held = s.exclusive("a").unwrap();
+                order.lock().unwrap().push("second");
+            })
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        order.lock().unwrap().push("first");
+        drop(a);
+        waiter.join().unwrap();
+        assert_eq!(*order.lock().unwrap(), ["first", "second"]);
+    }
+
     #[test]
     fn a_migration_keeps_the_digest_it_started_from() {
         // From schema 1 (no broker tables) and from schema 2 (no fallbacks).

@@ -137,6 +137,11 @@ try:
     signing["aes_signs"] = "signed"
 except hvac.exceptions.InvalidRequest as e:
     signing["aes_signs"] = type(e).__name__
+try:
+    t.create_key(name="sign-ed25519", key_type="ecdsa-p256")
+    signing["retyped"] = "created"
+except hvac.exceptions.VaultError as e:
+    signing["retyped"] = str(e)
 out["signing"] = signing
 # Unsigned, hvac's token alone is nothing.
 bare = hvac.Client(url=base, token="not-a-credential-here")
@@ -194,6 +199,13 @@ async fn hvac_drives_the_transit_api_unchanged() {
     assert_eq!(signing["jws_wrong_hash"], false, "{out}");
     assert_eq!(signing["prehashed"], true, "{out}");
     assert_eq!(signing["aes_signs"], "InvalidRequest", "{out}");
+    assert!(
+        signing["retyped"]
+            .as_str()
+            .unwrap()
+            .contains("exists as an ed25519 key"),
+        "{out}"
+    );
 }
 
 const PY_RELEASE: &str = r#"
