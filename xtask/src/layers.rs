@@ -40,6 +40,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("keyhaven-compromise", 3),
     ("keyhaven-httpsig", 3),
     ("keyhaven-envelope", 3),
+    ("keyhaven-attest", 3),
     ("keyhaven", 4),
     ("keyhaven-client", 4),
     ("keyhaven-server", 5),

@@ -83,6 +83,70 @@ impl EvidenceVerifier for SampleVerifier {
     }
 }
 
+/// AMD SEV-SNP evidence (`keyhaven_attest::snp`): `{"type": "sev-snp", "report": base64 of
+/// the 1184-byte report, "vcek": base64 of the VCEK (or VLEK) certificate's DER, "chain": AMD's
+/// certificate chain, PEM}`. The report's 64 bytes of report data must be this release's 32
+/// (see [`report_data`]) followed by 32 zero bytes. A confidential VM on an AMD chip reaches
+/// tier 2: its memory is the guest's alone, but no GPU is attested (tiers 3 and 4 need one).
+#[derive(Debug, Default)]
+pub struct SnpVerifier {
+    policy: keyhaven_attest::snp::Policy,
+}
+
+/// The tier SEV-SNP evidence alone supports.
+pub const SNP_TIER: u8 = 2;
+
+impl SnpVerifier {
+    /// A verifier holding evidence to `policy` (debug, migration agent, minimum TCB,
+    /// reference measurements, roots).
+    pub fn new(policy: keyhaven_attest::snp::Policy) -> Self {
+        SnpVerifier { policy }
+    }
+}
+
+impl EvidenceVerifier for SnpVerifier {
+    fn kind(&self) -> &'static str {
+        "sev-snp"
+    }
+
+    fn verify(
+        &self,
+        evidence: &Value,
+        report_data: &[u8; 32],
+        now: u64,
+    ) -> Result<Attested, String> {
+        use base64ct::{Base64, Encoding};
+        let field = |name: &str| {
+            evidence[name]
+                .as_str()
+                .ok_or_else(|| format!("sev-snp evidence needs '{name}'"))
+        };
+        let report = Base64::decode_vec(field("report")?)
+            .map_err(|_| "'report' is not standard base64".to_owned())?;
+        let vcek = Base64::decode_vec(field("vcek")?)
+            .map_err(|_| "'vcek' is not standard base64 (of the certificate's DER)".to_owned())?;
+        let chain = field("chain")?;
+        let mut expected = [0u8; 64];
+        expected[..32].copy_from_slice(report_data);
+        let claims = keyhaven_attest::snp::verify(
+            &keyhaven_attest::snp::Evidence {
+                report: &report,
+                vcek: &vcek,
+                chain,
+            },
+            &self.policy,
+            Some(&expected),
+            now,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Attested {
+            kind: "sev-snp".into(),
+            tier: SNP_TIER,
+            claims: serde_json::to_value(&claims).unwrap_or(Value::Null),
+        })
+    }
+}
+
 /// The verifiers a broker accepts, and what they recently verified.
 #[derive(Default)]
 pub struct Attestation {

@@ -319,8 +319,10 @@ fn broker_of(
     };
     let key = manager.resolve(&reference)?;
     let master = manager.master_key(&key, "unwrap the key broker's KEKs")?;
+    // Real evidence verifiers are on: they check signatures up to the vendor's root.
     let mut broker = crate::broker::Broker::new(master, storage.clone())
-        .map_err(|e| ServeError::Setup(e.detail))?;
+        .map_err(|e| ServeError::Setup(e.detail))?
+        .accepting(Arc::new(crate::attest::SnpVerifier::default()));
     if config.allow_sample_evidence {
         tracing::warn!(
             "sample evidence is accepted: it proves nothing (development only), and never \

@@ -1034,6 +1034,40 @@ async fn a_requester_below_min_tier_gets_the_owners_narrower_capability_instead(
         "{e}"
     );
 
+    // Given through a token, a capability ends with that token and is revoked with it.
+    let short = alice
+        .mint_token(&bob_fp, &[Right::new("secret.release", "db/").unwrap()], 60)
+        .await
+        .unwrap();
+    let bob_short = bob.clone().with_token(&short.token).unwrap();
+    let cap = match bob_short
+        .release_or_capability("db/root", None)
+        .await
+        .unwrap()
+    {
+        ReleaseOutcome::Capability(c) => c,
+        ReleaseOutcome::Secret(_) => panic!("a tier-1 key got a min_tier-2 secret"),
+    };
+    assert_eq!(
+        cap.expires_at,
+        t.now() + 60,
+        "capped at the token it came through"
+    );
+    let bob_cap = bob.clone().with_token(&cap.token).unwrap();
+    bob_cap.transit_encrypt("audit", b"ok").await.unwrap();
+    alice
+        .revoke_token(&short.token, true, "bob moved on")
+        .await
+        .unwrap();
+    let e = bob_cap
+        .transit_encrypt("audit", b"after")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Problem(p) if p.kind.ends_with(":token-revoked")),
+        "{e}"
+    );
+
     // The owner removes it: nothing again.
     alice.clear_secret_fallback("db/root").await.unwrap();
     let e = bob_t
@@ -1043,5 +1077,59 @@ async fn a_requester_below_min_tier_gets_the_owners_narrower_capability_instead(
     assert!(
         matches!(&e, ClientError::Problem(p) if p.kind.ends_with(":tier-too-low")),
         "{e}"
+    );
+}
+
+/// Recorded AMD SEV-SNP evidence (a real report, VCEK and AMD chain) through a release: the
+/// verifier checks it up to AMD's root, and refuses it because the report binds another
+/// request's data (a replay); a report with a byte changed is refused for its signature. Both
+/// refusals are counted. Skipped when the shared evidence folder is absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_snp_evidence_is_checked_to_amds_root_and_a_replayed_report_refused() {
+    let dir = std::env::var_os("KEYHAVEN_EVIDENCE_DIR").map_or_else(
+        || {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../shared/attestation-evidence")
+        },
+        std::path::PathBuf::from,
+    );
+    let snp = dir.join("trustee/snp");
+    let (Ok(report), Ok(vcek), Ok(chain)) = (
+        std::fs::read(snp.join("test-report.bin")),
+        std::fs::read(snp.join("test-vcek.der")),
+        std::fs::read_to_string(snp.join("milan_ask_ark_asvk.pem")),
+    ) else {
+        eprintln!("note: no recorded evidence at {}: skipped", dir.display());
+        return;
+    };
+    let t = start_broker().await;
+    let (c, _) = client(&t, "cvm").await;
+    c.put_secret("model/key", b"weights-key", Default::default())
+        .await
+        .unwrap();
+    for (changed, why) in [(None, "report data"), (Some(0x90), "does not verify")] {
+        let mut report = report.clone();
+        if let Some(i) = changed {
+            report[i] ^= 1;
+        }
+        let evidence = json!({
+            "type": "sev-snp",
+            "report": Base64::encode_string(&report),
+            "vcek": Base64::encode_string(&vcek),
+            "chain": chain,
+        });
+        let e = c
+            .release_secret_with("model/key", None, |_| Some(evidence))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Problem(p) if p.kind.ends_with(":evidence-refused")),
+            "{e}"
+        );
+        assert!(e.to_string().contains(why), "{e}");
+    }
+    assert_eq!(
+        t.metric("keyhaven_broker_attestations_total{kind=\"sev-snp\",outcome=\"refused\"}"),
+        2
     );
 }

@@ -110,7 +110,9 @@ async fn start_full(config: ServerConfig, audited: bool, broker: bool) -> TestSe
             .generate(None, Algorithm::X25519, "broker-master")
             .unwrap();
         let master = manager.master_key(&master, "test broker").unwrap();
-        let mut b = keyhaven_server::Broker::new(master, storage.clone()).unwrap();
+        let mut b = keyhaven_server::Broker::new(master, storage.clone())
+            .unwrap()
+            .accepting(Arc::new(keyhaven_server::attest::SnpVerifier::default()));
         if sample {
             b = b.accepting(Arc::new(keyhaven_server::attest::SampleVerifier));
         }

@@ -1,0 +1,10 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+mod claims;
+mod error;
+mod rsa_pss;
+pub mod snp;
+
+pub use claims::{Claims, Trust, TrustVector};
+pub use error::{AttestError, Result};
