@@ -1,6 +1,6 @@
 //! Verification time per evidence type, on the recorded evidence (skipped with a note when
-//! the shared folder is absent): SEV-SNP (report signature and the RSA chain), against the
-//! report signature alone.
+//! the shared folder is absent): SEV-SNP (report signature and the RSA chain) against parsing
+//! alone, and NVIDIA Hopper (SPDM signature and an ECDSA chain of five).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -31,7 +31,7 @@ fn bench(c: &mut Criterion) {
         vcek: &vcek,
         chain: &chain,
     };
-    let now = 1_780_000_000;
+    let now = 1_750_000_000;
     let mut g = c.benchmark_group("attest");
     g.bench_function("sev-snp report parse", |b| {
         b.iter(|| Report::parse(&report).is_ok())
@@ -39,6 +39,22 @@ fn bench(c: &mut Criterion) {
     g.bench_function("sev-snp full verify (report + VCEK/ASK/ARK chain)", |b| {
         b.iter(|| snp::verify(&e, &Policy::default(), None, now).is_ok())
     });
+    let nv = dir.join("trustee/nvidia");
+    if let (Ok(report), Ok(chain)) = (
+        std::fs::read_to_string(nv.join("hopperAttestationReport.txt")),
+        std::fs::read_to_string(nv.join("hopper_cert_chain_case1.txt")),
+    ) && let Ok(report) = hex::decode(report.trim())
+    {
+        let e = keyhaven_attest::nvidia::Evidence {
+            report: &report,
+            chain: &chain,
+        };
+        let policy = keyhaven_attest::nvidia::Policy::default();
+        g.bench_function(
+            "nvidia-gpu full verify (SPDM report + 5-certificate chain)",
+            |b| b.iter(|| keyhaven_attest::nvidia::verify(&e, &policy, None, now).is_ok()),
+        );
+    }
     g.finish();
 }
 

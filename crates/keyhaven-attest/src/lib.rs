@@ -3,6 +3,7 @@
 
 mod claims;
 mod error;
+pub mod nvidia;
 mod rsa_pss;
 pub mod snp;
 

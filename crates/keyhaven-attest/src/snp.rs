@@ -312,6 +312,9 @@ pub struct Policy {
     pub allow_migration_agent: bool,
     /// The lowest reported TCB accepted.
     pub min_tcb: Option<TcbVersion>,
+    /// The highest VMPL a report may be requested at (0: only the most privileged level,
+    /// not a paravisor's or an SVSM's guest, which could ask for any report data).
+    pub max_vmpl: u32,
     /// The launch measurements accepted (empty: any, and `executables` is not affirmed).
     pub measurements: Vec<[u8; 48]>,
     /// Trust AMD's roots ([`AMD_ARKS`]); off, only [`Policy::extra_arks`] are trusted.
@@ -326,6 +329,7 @@ impl Default for Policy {
             allow_debug: false,
             allow_migration_agent: false,
             min_tcb: None,
+            max_vmpl: 0,
             measurements: Vec::new(),
             amd_roots: true,
             extra_arks: Vec::new(),
@@ -448,10 +452,12 @@ fn hwid(cert: &X509Certificate<'_>) -> Option<Vec<u8>> {
     let ext = cert
         .iter_extensions()
         .find(|e| e.oid.to_id_string() == OID_HWID)?;
-    // An OCTET STRING of 64 bytes, or (in older certificates) the 64 bytes themselves.
+    // An OCTET STRING of 64 bytes (8 on Turin), or the bytes themselves.
     match ext.value {
-        [0x04, 0x40, rest @ ..] if rest.len() == 64 => Some(rest.to_vec()),
-        v if v.len() == 64 => Some(v.to_vec()),
+        [0x04, n, rest @ ..] if usize::from(*n) == rest.len() && matches!(*n, 8 | 64) => {
+            Some(rest.to_vec())
+        }
+        v if v.len() == 64 || v.len() == 8 => Some(v.to_vec()),
         _ => None,
     }
 }
@@ -509,7 +515,6 @@ pub fn verify(
                 vcek.issuer()
             ))
         })?;
-    check_signed_by(&vcek, issuer)?;
     let ark = chain
         .iter()
         .find(|c| c.subject().as_raw() == issuer.issuer().as_raw())
@@ -520,8 +525,7 @@ pub fn verify(
                 common_name(issuer)
             ))
         })?;
-    check_signed_by(issuer, ark)?;
-    check_signed_by(ark, ark)?;
+    // The root is pinned before any signature is checked with a key the requester sent.
     let ark_digest: [u8; 32] = Sha256::digest(ark.public_key().raw).into();
     let product = AMD_ARKS
         .iter()
@@ -541,6 +545,28 @@ pub fn verify(
                 hex::encode(ark_digest)
             ))
         })?;
+    // VCEK <- ASK (`SEV-<product>`), VLEK <- ASVK (`SEV-VLEK-<product>`), each <- ARK: an
+    // intermediate of the other role, or none at all, is refused.
+    let role = match signer {
+        Signer::Vcek => format!("SEV-{product}"),
+        Signer::Vlek => format!("SEV-VLEK-{product}"),
+    };
+    if issuer.public_key().raw == ark.public_key().raw || common_name(issuer) != role {
+        return Err(AttestError::BadSignature {
+            what: "the certificate chain",
+            reason: format!(
+                "the {} must be issued by AMD's '{role}', not by '{}'",
+                match signer {
+                    Signer::Vcek => "VCEK",
+                    Signer::Vlek => "VLEK",
+                },
+                common_name(issuer)
+            ),
+        });
+    }
+    check_signed_by(ark, ark)?;
+    check_signed_by(issuer, ark)?;
+    check_signed_by(&vcek, issuer)?;
     for c in [&vcek, issuer, ark] {
         check_validity(c, now)?;
     }
@@ -548,39 +574,45 @@ pub fn verify(
     // The VCEK certifies one chip at one TCB: the report must be of both.
     let turin = product == "Turin";
     let tcb = TcbVersion::parse(report.reported_tcb_raw(), turin);
-    if signer == Signer::Vcek {
-        let certified = [
-            (OID_BL_SPL, tcb.bootloader, "bootloader"),
-            (OID_TEE_SPL, tcb.tee, "tee"),
-            (OID_SNP_SPL, tcb.snp, "snp"),
-            (OID_UCODE_SPL, tcb.microcode, "microcode"),
-        ];
-        for (oid, reported, name) in certified {
-            if let Some(v) = spl(&vcek, oid)?
-                && v != reported
-            {
-                return Err(AttestError::BadSignature {
-                    what: "the VCEK's TCB",
-                    reason: format!(
-                        "the report's {name} SVN is {reported}, the VCEK certifies {v}: the \
-                         VCEK is of another TCB"
-                    ),
-                });
-            }
-        }
-        if let (Some(fmc), Some(v)) = (tcb.fmc, spl(&vcek, OID_FMC_SPL)?)
-            && fmc != v
-        {
+    // Both the VCEK and the VLEK certify a TCB: each component must be there and equal.
+    let mut certified = vec![
+        (OID_BL_SPL, Some(tcb.bootloader), "bootloader"),
+        (OID_TEE_SPL, Some(tcb.tee), "tee"),
+        (OID_SNP_SPL, Some(tcb.snp), "snp"),
+        (OID_UCODE_SPL, Some(tcb.microcode), "microcode"),
+    ];
+    if turin {
+        certified.push((OID_FMC_SPL, tcb.fmc, "fmc"));
+    }
+    for (oid, reported, name) in certified {
+        let v = spl(&vcek, oid)?.ok_or_else(|| {
+            malformed(
+                "VCEK certificate",
+                format!("it certifies no {name} SVN (extension {oid})"),
+            )
+        })?;
+        if Some(v) != reported {
             return Err(AttestError::BadSignature {
-                what: "the VCEK's TCB",
-                reason: format!("the report's FMC SVN is {fmc}, the VCEK certifies {v}"),
+                what: "the signing key's TCB",
+                reason: format!(
+                    "the report's {name} SVN is {}, the certificate certifies {v}: the key is \
+                     of another TCB",
+                    reported.unwrap_or(0)
+                ),
             });
         }
+    }
+    // A VCEK is one chip's: its hwID must be the report's chip id (Turin's is 8 bytes).
+    if signer == Signer::Vcek {
+        let id = hwid(&vcek)
+            .ok_or_else(|| malformed("VCEK certificate", "it names no chip (hwID extension)"))?;
         let chip = report.chip_id();
-        if chip.iter().any(|&b| b != 0)
-            && let Some(id) = hwid(&vcek)
-            && id != chip
-        {
+        let same = match id.len() {
+            64 => id == chip,
+            8 => id[..] == chip[..8],
+            _ => false,
+        };
+        if !same {
             return Err(AttestError::BadSignature {
                 what: "the VCEK's chip id",
                 reason: "the report is of another chip than the VCEK certifies".into(),
@@ -602,6 +634,14 @@ pub fn verify(
         return Err(AttestError::Policy(
             "the guest's policy allows debugging: the host can read its memory".into(),
         ));
+    }
+    if report.vmpl() > policy.max_vmpl {
+        return Err(AttestError::Policy(format!(
+            "the report was requested at VMPL {}, above {} (a less privileged level, such as a \
+             paravisor's guest, may ask for any report data)",
+            report.vmpl(),
+            policy.max_vmpl
+        )));
     }
     if report.migration_agent_allowed() && !policy.allow_migration_agent {
         return Err(AttestError::Policy(

@@ -54,6 +54,10 @@ pub(crate) struct ServeArgs {
     /// and never reaches tier 2).
     #[arg(long)]
     pub(crate) allow_sample_evidence: bool,
+    /// A SEV-SNP launch measurement (96 hex digits) whose guests reach tier 2 with their
+    /// evidence (repeat for more); any other genuine SNP guest is tier 1.
+    #[arg(long = "snp-measurement", value_name = "HEX")]
+    pub(crate) snp_measurements: Vec<String>,
 }
 
 /// `keyhaven serve init`, `keyhaven serve audit-verify`.
@@ -272,8 +276,23 @@ fn start_logging() {
 fn serve(ctx: &Ctx, args: &ServeArgs) -> Result<u8> {
     start_logging();
     let listen = args.listen;
+    let snp_measurements = args
+        .snp_measurements
+        .iter()
+        .map(|h| {
+            hex::decode(h)
+                .ok()
+                .and_then(|b| <[u8; 48]>::try_from(b).ok())
+                .ok_or_else(|| {
+                    crate::exit::UsageError(format!(
+                        "--snp-measurement {h:?} is not 96 hex digits (a SHA-384 launch digest)"
+                    ))
+                })
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let mut config = ServerConfig {
         allow_sample_evidence: args.allow_sample_evidence,
+        snp_measurements,
         ..ServerConfig::default()
     };
     if let Some(url) = &args.public_url {

@@ -167,12 +167,20 @@ pub struct Grant<'a> {
 /// # Errors
 /// [`ClientError::InvalidInput`] for no rights, or a token that cannot be built.
 pub fn mint(root: &KeyPair, grant: Grant<'_>, rights: &[Right], expires_at: u64) -> Result<String> {
-    mint_derived(root, grant, rights, expires_at, &[])
+    mint_derived(root, grant, rights, expires_at, Parent::default())
+}
+
+/// The token a derived token was given through (see [`mint_derived`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Parent<'a> {
+    /// Its revocation ids: revoking any of them revokes the derived token too.
+    pub ids: &'a [String],
+    /// The key that minted it: revoked or retired, the derived token dies with it too.
+    pub minter: Option<&'a str>,
 }
 
 /// [`mint`] a token given through another (a capability a release gave instead of a secret,
-/// say): `parents` are the other token's revocation ids, and revoking any of them revokes
-/// this one too (the broker looks them up with its own).
+/// say): the broker refuses it once `parent` is revoked or its minting key no longer stands.
 ///
 /// # Errors
 /// As [`mint`].
@@ -181,7 +189,7 @@ pub fn mint_derived(
     grant: Grant<'_>,
     rights: &[Right],
     expires_at: u64,
-    parents: &[String],
+    parent: Parent<'_>,
 ) -> Result<String> {
     let Grant {
         tenant,
@@ -204,11 +212,18 @@ pub fn mint_derived(
             HashMap::new(),
         )
         .map_err(|e| invalid(format!("the token: {e}")))?;
-    for id in parents {
+    for id in parent.ids {
         let mut p = HashMap::new();
         p.insert("id".to_owned(), Term::Str(id.clone()));
         builder = builder
             .code_with_params("parent({id});", p, HashMap::new())
+            .map_err(|e| invalid(format!("the token: {e}")))?;
+    }
+    if let Some(m) = parent.minter {
+        let mut p = HashMap::new();
+        p.insert("m".to_owned(), Term::Str(m.to_owned()));
+        builder = builder
+            .code_with_params("parent_minter({m});", p, HashMap::new())
             .map_err(|e| invalid(format!("the token: {e}")))?;
     }
     for r in rights {

@@ -86,15 +86,19 @@ impl EvidenceVerifier for SampleVerifier {
 /// AMD SEV-SNP evidence (`keyhaven_attest::snp`): `{"type": "sev-snp", "report": base64 of
 /// the 1184-byte report, "vcek": base64 of the VCEK (or VLEK) certificate's DER, "chain": AMD's
 /// certificate chain, PEM}`. The report's 64 bytes of report data must be this release's 32
-/// (see [`report_data`]) followed by 32 zero bytes. A confidential VM on an AMD chip reaches
-/// tier 2: its memory is the guest's alone, but no GPU is attested (tiers 3 and 4 need one).
+/// (see [`report_data`]) followed by 32 zero bytes. A confidential VM whose launch measurement
+/// is one the operator named reaches tier 2 (its memory is the guest's alone, and its code is
+/// known); any other genuine SNP guest is tier 1, since anyone can rent one and run their own
+/// code in it. No GPU is attested here (tiers 3 and 4 need one).
 #[derive(Debug, Default)]
 pub struct SnpVerifier {
     policy: keyhaven_attest::snp::Policy,
 }
 
-/// The tier SEV-SNP evidence alone supports.
+/// The tier SEV-SNP evidence of a known launch measurement supports.
 pub const SNP_TIER: u8 = 2;
+/// The tier of a genuine SEV-SNP guest whose code nobody named.
+pub const SNP_UNKNOWN_CODE_TIER: u8 = 1;
 
 impl SnpVerifier {
     /// A verifier holding evidence to `policy` (debug, migration agent, minimum TCB,
@@ -139,10 +143,144 @@ impl EvidenceVerifier for SnpVerifier {
             now,
         )
         .map_err(|e| e.to_string())?;
+        let known = claims.trust.executables == keyhaven_attest::Trust::Affirming;
         Ok(Attested {
             kind: "sev-snp".into(),
-            tier: SNP_TIER,
+            tier: if known {
+                SNP_TIER
+            } else {
+                SNP_UNKNOWN_CODE_TIER
+            },
             claims: serde_json::to_value(&claims).unwrap_or(Value::Null),
+        })
+    }
+}
+
+/// NVIDIA Hopper GPU evidence (`keyhaven_attest::nvidia`): `{"type": "nvidia-gpu", "report":
+/// hex of the SPDM GET_MEASUREMENTS request and MEASUREMENTS response, "chain": the attestation
+/// key's certificates, PEM, leaf first}`. The request's nonce must be this release's report
+/// data. A GPU alone attests the GPU, not the CPU that feeds it: on its own it supports tier
+/// 1; with CPU TEE evidence bound to the same nonce ([`CompositeVerifier`]) it makes tier 3.
+#[derive(Debug, Default)]
+pub struct NvidiaVerifier {
+    policy: keyhaven_attest::nvidia::Policy,
+}
+
+/// The tier GPU evidence alone supports.
+pub const GPU_ALONE_TIER: u8 = 1;
+/// The tier a CPU TEE and a GPU attested together (same nonce) reach.
+pub const CPU_AND_GPU_TIER: u8 = 3;
+
+impl NvidiaVerifier {
+    /// A verifier holding GPU evidence to `policy` (reference measurements, roots).
+    pub fn new(policy: keyhaven_attest::nvidia::Policy) -> Self {
+        NvidiaVerifier { policy }
+    }
+}
+
+impl EvidenceVerifier for NvidiaVerifier {
+    fn kind(&self) -> &'static str {
+        "nvidia-gpu"
+    }
+
+    fn verify(
+        &self,
+        evidence: &Value,
+        report_data: &[u8; 32],
+        now: u64,
+    ) -> Result<Attested, String> {
+        let report = evidence["report"]
+            .as_str()
+            .ok_or("nvidia-gpu evidence needs 'report' (hex)")?;
+        let report = hex::decode(report.trim()).map_err(|_| "'report' is not hex".to_owned())?;
+        let chain = evidence["chain"]
+            .as_str()
+            .ok_or("nvidia-gpu evidence needs 'chain' (PEM, leaf first)")?;
+        let claims = keyhaven_attest::nvidia::verify(
+            &keyhaven_attest::nvidia::Evidence {
+                report: &report,
+                chain,
+            },
+            &self.policy,
+            Some(report_data),
+            now,
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(Attested {
+            kind: "nvidia-gpu".into(),
+            tier: GPU_ALONE_TIER,
+            claims: serde_json::to_value(&claims).unwrap_or(Value::Null),
+        })
+    }
+}
+
+/// A CPU TEE and a GPU attested together: `{"type": "composite", "cpu": <sev-snp evidence>,
+/// "gpu": <nvidia-gpu evidence>}`, each bound to this release's report data (so to each
+/// other): tier 3 (GPU confidential computing). Tier 4 (TEE-I/O) is known to policy, but no
+/// evidence reaches it yet.
+pub struct CompositeVerifier {
+    cpu: Arc<dyn EvidenceVerifier>,
+    gpu: Arc<dyn EvidenceVerifier>,
+}
+
+impl std::fmt::Debug for CompositeVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompositeVerifier")
+            .field("cpu", &self.cpu.kind())
+            .field("gpu", &self.gpu.kind())
+            .finish()
+    }
+}
+
+impl CompositeVerifier {
+    /// Composite evidence of `cpu`'s and `gpu`'s kinds.
+    pub fn new(cpu: Arc<dyn EvidenceVerifier>, gpu: Arc<dyn EvidenceVerifier>) -> Self {
+        CompositeVerifier { cpu, gpu }
+    }
+}
+
+impl EvidenceVerifier for CompositeVerifier {
+    fn kind(&self) -> &'static str {
+        "composite"
+    }
+
+    fn verify(
+        &self,
+        evidence: &Value,
+        report_data: &[u8; 32],
+        now: u64,
+    ) -> Result<Attested, String> {
+        let part = |name: &str, want: &str| {
+            let p = &evidence[name];
+            if p["type"].as_str() == Some(want) {
+                Ok(p)
+            } else {
+                Err(format!(
+                    "composite evidence needs '{name}' of type '{want}'"
+                ))
+            }
+        };
+        let cpu = self
+            .cpu
+            .verify(part("cpu", self.cpu.kind())?, report_data, now)
+            .map_err(|e| format!("the CPU evidence: {e}"))?;
+        let gpu = self
+            .gpu
+            .verify(part("gpu", self.gpu.kind())?, report_data, now)
+            .map_err(|e| format!("the GPU evidence: {e}"))?;
+        // Both bound to the same report data: the GPU answers the CPU TEE's request. Tier 3
+        // needs both of known code: the CPU TEE at tier 2 (a named measurement), the GPU's
+        // measurements affirmed by reference values.
+        let gpu_known = gpu.claims["trust"]["executables"] == "affirming";
+        let tier = if cpu.tier >= SNP_TIER && gpu_known {
+            CPU_AND_GPU_TIER
+        } else {
+            cpu.tier.min(gpu.tier)
+        };
+        Ok(Attested {
+            kind: "composite".into(),
+            tier,
+            claims: json!({ "cpu": cpu.claims, "gpu": gpu.claims }),
         })
     }
 }
@@ -240,6 +378,65 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    /// A verifier that accepts any evidence of its kind bound to the report data, at a fixed
+    /// tier: it stands beside the real ones to test the composite rule alone.
+    struct Fixed(&'static str, u8);
+
+    impl EvidenceVerifier for Fixed {
+        fn kind(&self) -> &'static str {
+            self.0
+        }
+        fn verify(&self, e: &Value, rd: &[u8; 32], _: u64) -> Result<Attested, String> {
+            if e["rd"].as_str() == Some(hex::encode(rd).as_str()) {
+                Ok(Attested {
+                    kind: self.0.into(),
+                    tier: self.1,
+                    claims: json!({ "trust": { "executables": e["executables"] } }),
+                })
+            } else {
+                Err(format!("{} evidence bound to other data", self.0))
+            }
+        }
+    }
+
+    #[test]
+    fn a_cpu_tee_and_a_gpu_bound_together_make_tier_3_and_nothing_less_does() {
+        let rd = report_data("k", "model/w", "thumb");
+        let other = report_data("k", "model/w", "other");
+        let composite = |cpu_tier| {
+            CompositeVerifier::new(
+                Arc::new(Fixed("sev-snp", cpu_tier)),
+                Arc::new(Fixed("nvidia-gpu", GPU_ALONE_TIER)),
+            )
+        };
+        let both = |cpu: &[u8; 32], gpu: &[u8; 32]| {
+            json!({
+                "type": "composite",
+                "cpu": { "type": "sev-snp", "rd": hex::encode(cpu) },
+                "gpu": { "type": "nvidia-gpu", "rd": hex::encode(gpu), "executables": "affirming" },
+            })
+        };
+        assert_eq!(
+            composite(2).verify(&both(&rd, &rd), &rd, 0).unwrap().tier,
+            3
+        );
+        // A GPU whose measurements no reference value affirms: no tier 3.
+        let mut unknown_gpu = both(&rd, &rd);
+        unknown_gpu["gpu"]["executables"] = json!("none");
+        assert_eq!(composite(2).verify(&unknown_gpu, &rd, 0).unwrap().tier, 1);
+        // A GPU report made for another request (not the CPU TEE's) is refused.
+        let e = composite(2).verify(&both(&rd, &other), &rd, 0).unwrap_err();
+        assert!(e.contains("GPU evidence"), "{e}");
+        // A CPU part that is not a TEE's (tier 1) lifts nothing.
+        assert_eq!(
+            composite(1).verify(&both(&rd, &rd), &rd, 0).unwrap().tier,
+            1
+        );
+        // Parts of the wrong kind, or missing.
+        let swapped = json!({ "type": "composite", "cpu": { "type": "nvidia-gpu" }, "gpu": {} });
+        assert!(composite(2).verify(&swapped, &rd, 0).is_err());
+    }
 
     #[test]
     fn sample_evidence_is_off_by_default_bound_and_capped_at_tier_1() {

@@ -109,10 +109,18 @@ pub(crate) fn capability(
         return Ok(None);
     }
     let mut expires_at = now + fallback.ttl;
-    let mut parents = Vec::new();
+    let mut parent = tokens::Parent::default();
     if let Some(g) = via {
+        // A token its holder narrowed (more than one block): its narrowing (a shorter expiry,
+        // fewer paths) cannot be carried into another token, so it gets no capability.
+        if g.revocation_ids.len() > 1 {
+            return Ok(None);
+        }
         expires_at = expires_at.min(g.expires_at.unwrap_or(now));
-        parents.clone_from(&g.revocation_ids);
+        parent = tokens::Parent {
+            ids: &g.revocation_ids,
+            minter: Some(&g.minter),
+        };
     }
     if expires_at <= now {
         return Ok(None);
@@ -124,7 +132,7 @@ pub(crate) fn capability(
     };
     let token = broker
         .tokens()
-        .mint_derived(grant, &rights, expires_at, &parents)?;
+        .mint_derived(grant, &rights, expires_at, parent)?;
     let id = tokens::inspect(&token)
         .map(|v| v.id)
         .map_err(|e| internal(e.to_string()))?;

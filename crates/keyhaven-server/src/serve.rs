@@ -319,10 +319,21 @@ fn broker_of(
     };
     let key = manager.resolve(&reference)?;
     let master = manager.master_key(&key, "unwrap the key broker's KEKs")?;
-    // Real evidence verifiers are on: they check signatures up to the vendor's root.
+    // Real evidence verifiers are on: they check signatures up to the vendor's root; a guest
+    // reaches tier 2 only with a launch measurement the operator named.
+    let snp: Arc<dyn crate::attest::EvidenceVerifier> = Arc::new(crate::attest::SnpVerifier::new(
+        keyhaven_attest::snp::Policy {
+            measurements: config.snp_measurements.clone(),
+            ..keyhaven_attest::snp::Policy::default()
+        },
+    ));
+    let gpu: Arc<dyn crate::attest::EvidenceVerifier> =
+        Arc::new(crate::attest::NvidiaVerifier::default());
     let mut broker = crate::broker::Broker::new(master, storage.clone())
         .map_err(|e| ServeError::Setup(e.detail))?
-        .accepting(Arc::new(crate::attest::SnpVerifier::default()));
+        .accepting(snp.clone())
+        .accepting(gpu.clone())
+        .accepting(Arc::new(crate::attest::CompositeVerifier::new(snp, gpu)));
     if config.allow_sample_evidence {
         tracing::warn!(
             "sample evidence is accepted: it proves nothing (development only), and never \

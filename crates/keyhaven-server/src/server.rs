@@ -65,6 +65,9 @@ pub struct ServerConfig {
     /// Accept `sample` evidence in release requests (development only: it proves nothing and
     /// never reaches tier 2).
     pub allow_sample_evidence: bool,
+    /// The SEV-SNP launch measurements whose guests reach tier 2 (any other genuine SNP guest
+    /// is tier 1: anyone can rent a confidential VM and run their own code in it).
+    pub snp_measurements: Vec<[u8; 48]>,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +95,7 @@ impl Default for ServerConfig {
                 burst: 100.0,
             },
             allow_sample_evidence: false,
+            snp_measurements: Vec::new(),
         }
     }
 }

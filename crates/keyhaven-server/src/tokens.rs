@@ -58,6 +58,8 @@ pub struct Granted {
     pub token_id: String,
     /// Every block's revocation id.
     pub revocation_ids: Vec<String>,
+    /// The key that minted it.
+    pub minter: String,
     /// When its first block expires (seconds since the epoch).
     pub expires_at: Option<u64>,
 }
@@ -115,9 +117,9 @@ impl TokenRoot {
         grant: tokens::Grant<'_>,
         rights: &[Right],
         expires_at: u64,
-        parents: &[String],
+        parent: tokens::Parent<'_>,
     ) -> Result<String, ApiError> {
-        tokens::mint_derived(&self.keys, grant, rights, expires_at, parents).map_err(|e| {
+        tokens::mint_derived(&self.keys, grant, rights, expires_at, parent).map_err(|e| {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
         })
     }
@@ -231,6 +233,21 @@ impl TokenRoot {
                 ));
             }
         }
+        let parent_minters: Vec<(String,)> = authorizer
+            .query("data($m) <- parent_minter($m)")
+            .map_err(|e| bad_token(format!("the token's parents cannot be read: {e}")))?;
+        for (m,) in &parent_minters {
+            let stands = storage.key(m)?.is_some_and(|k| k.status_at(now).accepted());
+            if !stands {
+                return Err(ApiError::unauthenticated(
+                    "token-revoked",
+                    format!(
+                        "the token was given through a token minted by key {m}, which no longer \
+                         stands"
+                    ),
+                ));
+            }
+        }
         let expiries: Vec<(std::time::SystemTime,)> =
             authorizer
                 .query("data($e) <- expires($e)")
@@ -260,6 +277,7 @@ impl TokenRoot {
                 tenant: tenant.clone(),
                 token_id,
                 revocation_ids: ids,
+                minter: minter.clone(),
                 expires_at,
             }),
             Err(biscuit_auth::error::Token::FailedLogic(logic)) => {

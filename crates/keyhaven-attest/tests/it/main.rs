@@ -2,6 +2,7 @@
 //! note when it is absent).
 #![allow(clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+mod nvidia;
 mod snp;
 
 use std::path::PathBuf;

@@ -82,9 +82,20 @@ fn recorded_vcek_and_vlek_reports_verify_through_amds_chain() {
         vcek: &r.vlek,
         chain: &r.milan,
     };
-    let claims = snp::verify(&v, &Policy::default(), None, NOW).unwrap();
+    // The recorded VLEK report was requested at VMPL 1: refused unless the policy allows it.
+    let err = snp::verify(&v, &Policy::default(), None, NOW).unwrap_err();
+    assert!(err.to_string().contains("VMPL 1"), "{err}");
+    let claims = snp::verify(&v, &vmpl1(), None, NOW).unwrap();
     assert_eq!(claims.signed_by, "VLEK");
     assert_eq!(claims.tcb["microcode"], 0xd9);
+}
+
+/// The policy the recorded VLEK report (requested at VMPL 1) passes.
+fn vmpl1() -> Policy {
+    Policy {
+        max_vmpl: 1,
+        ..Policy::default()
+    }
 }
 
 #[test]
@@ -100,7 +111,7 @@ fn every_single_flipped_byte_of_a_report_is_refused() {
                     vcek: key,
                     chain: &r.milan,
                 };
-                let refused = snp::verify(&e, &Policy::default(), None, NOW);
+                let refused = snp::verify(&e, &vmpl1(), None, NOW);
                 assert!(refused.is_err(), "byte {i:#x} ^ {bit:#x} was accepted");
             }
         }
@@ -157,8 +168,18 @@ fn a_swapped_chain_an_unpinned_root_or_another_certificate_is_refused() {
     assert!(matches!(e, AttestError::UntrustedRoot(_)), "{e}");
     assert!(e.to_string().contains("ARK-Milan"), "{e}");
     // The VLEK report with the VCEK, and the other way round.
-    assert!(verify(&r.vlek_report, &r.vcek, &r.milan, &Policy::default()).is_err());
-    assert!(verify(&r.report, &r.vlek, &r.milan, &Policy::default()).is_err());
+    assert!(verify(&r.vlek_report, &r.vcek, &r.milan, &vmpl1()).is_err());
+    assert!(verify(&r.report, &r.vlek, &r.milan, &vmpl1()).is_err());
+    // The VLEK with its ASVK removed from the chain: the ASK is no VLEK's issuer.
+    let ask_and_ark: String = {
+        let mut certs: Vec<&str> = r
+            .milan
+            .split_inclusive("-----END CERTIFICATE-----")
+            .collect();
+        certs.retain(|c| c.contains("BEGIN"));
+        certs[..2].concat()
+    };
+    assert!(verify(&r.vlek_report, &r.vlek, &ask_and_ark, &vmpl1()).is_err());
     // The recorded invalid VCEKs.
     for bad in &r.invalid_vceks {
         assert!(verify(&r.report, bad, &r.milan, &Policy::default()).is_err());

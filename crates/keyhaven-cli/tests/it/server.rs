@@ -1257,3 +1257,13 @@ fn release_policies_from_the_cli() {
         "{here}"
     );
 }
+
+/// A reference measurement that is not a SHA-384 digest is refused before anything starts.
+#[test]
+fn a_malformed_snp_measurement_is_a_usage_error() {
+    let h = Home::new();
+    for bad in ["abc", &"ab".repeat(47), &"zz".repeat(48)] {
+        let e = h.fails(&["serve", "--snp-measurement", bad], 2);
+        assert!(e.contains("96 hex digits"), "{e}");
+    }
+}

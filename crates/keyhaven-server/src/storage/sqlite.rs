@@ -117,9 +117,12 @@ const MIGRATIONS: &[&str] = &[
 /// How long [`Storage::exclusive`] waits for another holder.
 const LOCK_WAIT: Duration = Duration::from_secs(60);
 
+/// The names held, each with how many wait for it.
+type HeldNames = std::sync::Arc<(Mutex<HashMap<String, u32>>, std::sync::Condvar)>;
+
 /// A name [`Storage::exclusive`] holds, freed when dropped.
 struct HeldName {
-    held: std::sync::Arc<(Mutex<std::collections::HashSet<String>>, std::sync::Condvar)>,
+    held: HeldNames,
     name: String,
 }
 
@@ -161,7 +164,7 @@ pub struct SqliteStorage {
     digested: Mutex<Option<(i64, String)>>,
     /// [`Storage::exclusive`]: one process serves the file, so the names held in memory are
     /// the locks.
-    held: std::sync::Arc<(Mutex<std::collections::HashSet<String>>, std::sync::Condvar)>,
+    held: HeldNames,
     /// The digest the database had before this open brought its schema up to date, when it
     /// did (see [`SqliteStorage::migrated_from`]).
     migrated_from: Option<String>,
@@ -1587,21 +1590,36 @@ impl Storage for SqliteStorage {
     }
 
     fn exclusive(&self, name: &str) -> Result<Box<dyn super::Held + '_>> {
+        let busy = |why: String| StorageError::Database {
+            path: self.path.display().to_string(),
+            reason: why,
+        };
         let (names, freed) = &*self.held;
-        let taken = names.lock().unwrap_or_else(PoisonError::into_inner);
-        let (mut taken, waited) = freed
-            .wait_timeout_while(taken, LOCK_WAIT, |t| t.contains(name))
-            .unwrap_or_else(PoisonError::into_inner);
-        if waited.timed_out() && taken.contains(name) {
-            return Err(StorageError::Database {
-                path: self.path.display().to_string(),
-                reason: format!(
-                    "'{name}' has been held for {} s: try again when it is done",
-                    LOCK_WAIT.as_secs()
-                ),
-            });
+        let mut taken = names.lock().unwrap_or_else(PoisonError::into_inner);
+        // One holder and one waiter a name: more would only park threads of the blocking
+        // pool for the same outcome.
+        match taken.get_mut(name) {
+            Some(waiting) if *waiting > 0 => {
+                return Err(busy(format!(
+                    "'{name}' is held and another is waiting for it: try again when it is done"
+                )));
+            }
+            Some(waiting) => *waiting += 1,
+            None => {}
         }
-        taken.insert(name.to_owned());
+        let (mut taken, waited) = freed
+            .wait_timeout_while(taken, LOCK_WAIT, |t| t.contains_key(name))
+            .unwrap_or_else(PoisonError::into_inner);
+        if waited.timed_out()
+            && let Some(waiting) = taken.get_mut(name)
+        {
+            *waiting = waiting.saturating_sub(1);
+            return Err(busy(format!(
+                "'{name}' has been held for {} s: try again when it is done",
+                LOCK_WAIT.as_secs()
+            )));
+        }
+        taken.insert(name.to_owned(), 0);
         Ok(Box::new(HeldName {
             held: std::sync::Arc::clone(&self.held),
             name: name.to_owned(),
@@ -1636,6 +1654,9 @@ mod tests {
             })
         };
         std::thread::sleep(Duration::from_millis(200));
+        // A third, while one holds and one waits: told at once to come back.
+        let busy = s.exclusive("a").map(|_| ()).unwrap_err();
+        assert!(busy.to_string().contains("another is waiting"), "{busy}");
         order.lock().unwrap().push("first");
         drop(a);
         waiter.join().unwrap();

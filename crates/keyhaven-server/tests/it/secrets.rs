@@ -1068,6 +1068,25 @@ async fn a_requester_below_min_tier_gets_the_owners_narrower_capability_instead(
         "{e}"
     );
 
+    // A token its holder narrowed gets no capability: the narrowing cannot be carried over.
+    let narrowed = keyhaven_client::tokens::attenuate(
+        &lend.token,
+        &keyhaven_client::tokens::Attenuation {
+            expires_at: Some(t.now() + 30),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let bob_narrow = bob.clone().with_token(&narrowed).unwrap();
+    let e = bob_narrow
+        .release_or_capability("db/root", None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Problem(p) if p.kind.ends_with(":tier-too-low")),
+        "{e}"
+    );
+
     // The owner removes it: nothing again.
     alice.clear_secret_fallback("db/root").await.unwrap();
     let e = bob_t
@@ -1132,4 +1151,46 @@ async fn recorded_snp_evidence_is_checked_to_amds_root_and_a_replayed_report_ref
         t.metric("keyhaven_broker_attestations_total{kind=\"sev-snp\",outcome=\"refused\"}"),
         2
     );
+}
+
+/// Recorded NVIDIA Hopper evidence through a release: checked up to NVIDIA's root, refused
+/// because it answers another nonce (a replay), and refused for its signature with a byte
+/// changed. Skipped when the shared evidence folder is absent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_gpu_evidence_is_checked_to_nvidias_root_and_a_replayed_report_refused() {
+    let dir = std::env::var_os("KEYHAVEN_EVIDENCE_DIR").map_or_else(
+        || {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../shared/attestation-evidence")
+        },
+        std::path::PathBuf::from,
+    );
+    let nv = dir.join("trustee/nvidia");
+    let (Ok(report), Ok(chain)) = (
+        std::fs::read_to_string(nv.join("hopperAttestationReport.txt")),
+        std::fs::read_to_string(nv.join("hopper_cert_chain_case1.txt")),
+    ) else {
+        eprintln!("note: no recorded evidence at {}: skipped", dir.display());
+        return;
+    };
+    let t = start_broker().await;
+    let (c, _) = client(&t, "gpu").await;
+    c.put_secret("model/key", b"weights-key", Default::default())
+        .await
+        .unwrap();
+    let report = report.trim().to_owned();
+    let mut flipped = hex::decode(&report).unwrap();
+    flipped[60] ^= 1; // inside the first measurement value
+    for (report, why) in [(report, "nonce"), (hex::encode(flipped), "not signed")] {
+        let evidence = json!({ "type": "nvidia-gpu", "report": report, "chain": chain });
+        let e = c
+            .release_secret_with("model/key", None, |_| Some(evidence))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Problem(p) if p.kind.ends_with(":evidence-refused")),
+            "{e}"
+        );
+        assert!(e.to_string().contains(why), "{e}");
+    }
 }

@@ -112,7 +112,8 @@ async fn start_full(config: ServerConfig, audited: bool, broker: bool) -> TestSe
         let master = manager.master_key(&master, "test broker").unwrap();
         let mut b = keyhaven_server::Broker::new(master, storage.clone())
             .unwrap()
-            .accepting(Arc::new(keyhaven_server::attest::SnpVerifier::default()));
+            .accepting(Arc::new(keyhaven_server::attest::SnpVerifier::default()))
+            .accepting(Arc::new(keyhaven_server::attest::NvidiaVerifier::default()));
         if sample {
             b = b.accepting(Arc::new(keyhaven_server::attest::SampleVerifier));
         }

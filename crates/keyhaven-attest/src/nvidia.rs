@@ -1,0 +1,464 @@
+//! NVIDIA Hopper GPU attestation: an SPDM 1.1 `GET_MEASUREMENTS` request and its
+//! `MEASUREMENTS` response (DMTF DSP0274), signed by the GPU's attestation key, whose
+//! certificate chains up to NVIDIA's device identity root (pinned by the SHA-256 of its public
+//! key). Written from the SPDM specification: the signature covers the request and the
+//! response up to the signature (SHA-384, ECDSA P-384, `r || s`); the request's nonce is the
+//! verifier's challenge (the broker binds the release to it); the measurement record is a list
+//! of DMTF measurement blocks; NVIDIA's opaque data is a list of (type, length, value) fields
+//! (the driver and VBIOS versions among them).
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::claims::{Claims, Trust, TrustVector};
+use crate::error::{AttestError, Result, malformed};
+
+/// The SHA-256 of the public key (SubjectPublicKeyInfo, DER) of NVIDIA's device identity root
+/// (`CN = NVIDIA Device Identity CA, O = NVIDIA`).
+pub const NVIDIA_DEVICE_ROOT: &str =
+    "a90c4eb5acfd3e3d03a25db6a26b84f720ad0503196c627c21ddd48dd85b06a4";
+
+/// SPDM 1.1, the version Hopper speaks.
+const SPDM_11: u8 = 0x11;
+const GET_MEASUREMENTS: u8 = 0xE0;
+const MEASUREMENTS: u8 = 0x60;
+/// A P-384 signature, `r || s`.
+const SIG_LEN: usize = 96;
+/// The request: version, code, param1, param2, nonce (32), slot id.
+const REQUEST_LEN: usize = 4 + 32 + 1;
+/// The most certificates a chain may carry.
+const MAX_CHAIN: usize = 8;
+/// `ecdsa-with-SHA384` (RFC 5758), how NVIDIA signs its certificates.
+const ECDSA_WITH_SHA384: &str = "1.2.840.10045.4.3.3";
+/// The most measurement blocks read.
+const MAX_BLOCKS: usize = 255;
+
+/// What a requester sends.
+#[derive(Debug, Clone, Copy)]
+pub struct Evidence<'a> {
+    /// The SPDM `GET_MEASUREMENTS` request followed by the `MEASUREMENTS` response.
+    pub report: &'a [u8],
+    /// The attestation key's certificate chain, PEM, leaf first, NVIDIA's root last.
+    pub chain: &'a str,
+}
+
+/// What GPU evidence must show.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// Reference values by measurement index (hex compared exactly); indices not named are
+    /// not checked (and `executables` is affirmed only when some are named and all match).
+    pub measurements: BTreeMap<u8, Vec<u8>>,
+    /// Extra root key digests trusted beside [`NVIDIA_DEVICE_ROOT`].
+    pub extra_roots: Vec<[u8; 32]>,
+}
+
+/// A parsed report.
+#[derive(Debug, Clone)]
+pub struct Report<'a> {
+    /// The request's nonce: the verifier's challenge.
+    pub nonce: [u8; 32],
+    /// The response's own nonce.
+    pub responder_nonce: [u8; 32],
+    /// Each measurement block's value, by index.
+    pub measurements: BTreeMap<u8, &'a [u8]>,
+    /// NVIDIA's opaque fields, by type.
+    pub opaque: BTreeMap<u16, &'a [u8]>,
+    /// The signed part: the request and the response up to the signature.
+    signed: &'a [u8],
+    signature: &'a [u8],
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| {
+                malformed(
+                    "SPDM measurements",
+                    format!(
+                        "{what} needs {n} bytes at offset {}, {} are left",
+                        self.at,
+                        self.bytes.len().saturating_sub(self.at)
+                    ),
+                )
+            })?;
+        let out = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(out)
+    }
+
+    fn u8(&mut self, what: &str) -> Result<u8> {
+        Ok(self.take(1, what)?[0])
+    }
+
+    fn u16(&mut self, what: &str) -> Result<u16> {
+        let b = self.take(2, what)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+
+    fn u24(&mut self, what: &str) -> Result<usize> {
+        let b = self.take(3, what)?;
+        Ok(usize::from(b[0]) | usize::from(b[1]) << 8 | usize::from(b[2]) << 16)
+    }
+}
+
+fn array32(b: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(b);
+    out
+}
+
+impl<'a> Report<'a> {
+    /// Reads a request and response.
+    ///
+    /// # Errors
+    /// [`AttestError::Malformed`] naming the field and offset: another SPDM version or code,
+    /// a request that asks for no signature, lengths that do not add up, bytes left over.
+    pub fn parse(bytes: &'a [u8]) -> Result<Report<'a>> {
+        let mut r = Reader { bytes, at: 0 };
+        let bad = |reason: String| malformed("SPDM measurements", reason);
+        let (version, code, param1) = (r.u8("version")?, r.u8("code")?, r.u8("param1")?);
+        if version != SPDM_11 || code != GET_MEASUREMENTS {
+            return Err(bad(format!(
+                "the request is version {version:#x} code {code:#x}, not SPDM 1.1 GET_MEASUREMENTS"
+            )));
+        }
+        if param1 & 1 == 0 {
+            return Err(bad("the request asks for no signature".into()));
+        }
+        r.u8("param2")?;
+        let nonce = array32(r.take(32, "the request nonce")?);
+        r.u8("slot id")?;
+        debug_assert_eq!(r.at, REQUEST_LEN);
+        let (version, code) = (r.u8("response version")?, r.u8("response code")?);
+        if version != SPDM_11 || code != MEASUREMENTS {
+            return Err(bad(format!(
+                "the response is version {version:#x} code {code:#x}, not SPDM 1.1 MEASUREMENTS"
+            )));
+        }
+        r.take(2, "param1 and param2")?;
+        let blocks = usize::from(r.u8("the number of blocks")?);
+        let record_len = r.u24("the measurement record length")?;
+        let record = r.take(record_len, "the measurement record")?;
+        let responder_nonce = array32(r.take(32, "the response nonce")?);
+        let opaque_len = usize::from(r.u16("the opaque data length")?);
+        let opaque_bytes = r.take(opaque_len, "the opaque data")?;
+        let signed_len = r.at;
+        let signature = r.take(SIG_LEN, "the signature")?;
+        if r.at != bytes.len() {
+            return Err(bad(format!(
+                "{} bytes follow the signature",
+                bytes.len() - r.at
+            )));
+        }
+
+        let mut measurements = BTreeMap::new();
+        let mut m = Reader {
+            bytes: record,
+            at: 0,
+        };
+        for _ in 0..blocks.min(MAX_BLOCKS) {
+            let index = m.u8("a block index")?;
+            let spec = m.u8("a block's measurement specification")?;
+            let size = usize::from(m.u16("a block size")?);
+            let block = m.take(size, "a measurement block")?;
+            if spec != 1 {
+                return Err(bad(format!(
+                    "block {index} is not a DMTF measurement (specification {spec})"
+                )));
+            }
+            let mut b = Reader {
+                bytes: block,
+                at: 0,
+            };
+            b.u8("a value type")?;
+            let len = usize::from(b.u16("a value size")?);
+            let value = b.take(len, "a measurement value")?;
+            if b.at != block.len() || measurements.insert(index, value).is_some() {
+                return Err(bad(format!("block {index} is malformed or given twice")));
+            }
+        }
+        if m.at != record.len() {
+            return Err(bad(format!(
+                "the record holds more than its {blocks} blocks"
+            )));
+        }
+
+        let mut opaque = BTreeMap::new();
+        let mut o = Reader {
+            bytes: opaque_bytes,
+            at: 0,
+        };
+        while o.at < opaque_bytes.len() {
+            let kind = o.u16("an opaque field type")?;
+            let len = usize::from(o.u16("an opaque field size")?);
+            opaque.insert(kind, o.take(len, "an opaque field")?);
+        }
+        Ok(Report {
+            nonce,
+            responder_nonce,
+            measurements,
+            opaque,
+            signed: &bytes[..signed_len],
+            signature,
+        })
+    }
+
+    /// An opaque field as text (NUL-padded ASCII), if it is some.
+    fn text(&self, kind: u16) -> Option<String> {
+        let v = self.opaque.get(&kind)?;
+        let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+        std::str::from_utf8(&v[..end]).ok().map(str::to_owned)
+    }
+}
+
+fn pem_chain(text: &str) -> Result<Vec<Vec<u8>>> {
+    use base64ct::Encoding;
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let body = &rest[start + "-----BEGIN CERTIFICATE-----".len()..];
+        let end = body
+            .find("-----END CERTIFICATE-----")
+            .ok_or_else(|| malformed("GPU certificate chain", "a certificate has no END line"))?;
+        let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
+        out.push(
+            base64ct::Base64::decode_vec(&b64)
+                .map_err(|_| malformed("GPU certificate chain", "a certificate is not base64"))?,
+        );
+        if out.len() > MAX_CHAIN {
+            return Err(malformed(
+                "GPU certificate chain",
+                format!("more than {MAX_CHAIN} certificates"),
+            ));
+        }
+        rest = &body[end..];
+    }
+    if out.len() < 2 {
+        return Err(malformed(
+            "GPU certificate chain",
+            "it needs the attestation key's certificate and those above it, up to NVIDIA's root",
+        ));
+    }
+    Ok(out)
+}
+
+fn common_name(cert: &X509Certificate<'_>) -> String {
+    cert.subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn p384_key(cert: &X509Certificate<'_>) -> Result<p384::ecdsa::VerifyingKey> {
+    p384::ecdsa::VerifyingKey::from_sec1_bytes(&cert.public_key().subject_public_key.data).map_err(
+        |_| {
+            malformed(
+                "GPU certificate chain",
+                format!("the key of '{}' is not a P-384 point", common_name(cert)),
+            )
+        },
+    )
+}
+
+/// Verifies GPU evidence at `now` under `policy`; with `expected_nonce`, the request must
+/// carry exactly it.
+///
+/// # Errors
+/// [`AttestError`] naming what fails first: the report's shape, the chain (a certificate not
+/// signed by the next, a root not pinned, one outside its validity), the report's signature,
+/// the nonce, or a measurement the policy does not accept.
+pub fn verify(
+    evidence: &Evidence<'_>,
+    policy: &Policy,
+    expected_nonce: Option<&[u8; 32]>,
+    now: u64,
+) -> Result<Claims> {
+    use signature::Verifier;
+    let report = Report::parse(evidence.report)?;
+    let ders = pem_chain(evidence.chain)?;
+    let chain = ders
+        .iter()
+        .map(|d| {
+            let (rest, c) = X509Certificate::from_der(d).map_err(|e| {
+                malformed(
+                    "GPU certificate chain",
+                    format!("not an X.509 certificate: {e}"),
+                )
+            })?;
+            if rest.is_empty() {
+                Ok(c)
+            } else {
+                Err(malformed(
+                    "GPU certificate chain",
+                    "bytes follow a certificate",
+                ))
+            }
+        })
+        .collect::<Result<Vec<_>>>()?;
+
+    // The root is pinned before any signature is checked with a key the requester sent.
+    let root = chain
+        .last()
+        .ok_or_else(|| malformed("GPU certificate chain", "it is empty"))?;
+    let root_digest: [u8; 32] = Sha256::digest(root.public_key().raw).into();
+    if hex::encode(root_digest) != NVIDIA_DEVICE_ROOT && !policy.extra_roots.contains(&root_digest)
+    {
+        return Err(AttestError::UntrustedRoot(format!(
+            "'{}' (public key SHA-256 {}) is not NVIDIA's device identity root",
+            common_name(root),
+            hex::encode(root_digest)
+        )));
+    }
+
+    // The report next (one verification; a forged report costs no more), by the leaf's
+    // key: r || s big-endian over SHA-384 of what precedes it.
+    let leaf = chain
+        .first()
+        .ok_or_else(|| malformed("GPU certificate chain", "it is empty"))?;
+    let sig = p384::ecdsa::Signature::from_slice(report.signature).map_err(|_| {
+        AttestError::BadSignature {
+            what: "the GPU's measurements",
+            reason: "r or s is zero or not below the group order".into(),
+        }
+    })?;
+    p384_key(leaf)?
+        .verify(report.signed, &sig)
+        .map_err(|_| AttestError::BadSignature {
+            what: "the GPU's measurements",
+            reason: format!(
+                "they are not signed by '{}' (changed, or another GPU's)",
+                common_name(leaf)
+            ),
+        })?;
+
+    // Each certificate is signed by the next; the last signs itself and is pinned.
+    let at = i64::try_from(now).unwrap_or(i64::MAX);
+    for (i, cert) in chain.iter().enumerate() {
+        let issuer = chain.get(i + 1).unwrap_or(cert);
+        if cert.issuer().as_raw() != issuer.subject().as_raw() {
+            return Err(AttestError::BadSignature {
+                what: "the GPU certificate chain",
+                reason: format!(
+                    "'{}' is issued by '{}', but the next certificate is '{}'",
+                    common_name(cert),
+                    cert.issuer(),
+                    common_name(issuer)
+                ),
+            });
+        }
+        if cert.signature_algorithm.algorithm.to_id_string() != ECDSA_WITH_SHA384 {
+            return Err(AttestError::BadSignature {
+                what: "the GPU certificate chain",
+                reason: format!(
+                    "'{}' is signed with {}, not ECDSA with SHA-384",
+                    common_name(cert),
+                    cert.signature_algorithm.algorithm.to_id_string()
+                ),
+            });
+        }
+        let sig = p384::ecdsa::Signature::from_der(&cert.signature_value.data).map_err(|_| {
+            AttestError::BadSignature {
+                what: "the GPU certificate chain",
+                reason: format!(
+                    "the signature on '{}' is not ECDSA P-384",
+                    common_name(cert)
+                ),
+            }
+        })?;
+        p384_key(issuer)?
+            .verify(cert.tbs_certificate.as_ref(), &sig)
+            .map_err(|_| AttestError::BadSignature {
+                what: "the GPU certificate chain",
+                reason: format!(
+                    "'{}' is not signed by '{}'",
+                    common_name(cert),
+                    common_name(issuer)
+                ),
+            })?;
+        let v = cert.validity();
+        let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
+        if at < from || at > to {
+            return Err(AttestError::Expired {
+                what: format!("certificate '{}'", common_name(cert)),
+                at: now,
+                not_before: from,
+                not_after: to,
+            });
+        }
+    }
+    if let Some(n) = expected_nonce
+        && report.nonce != *n
+    {
+        return Err(AttestError::Policy(
+            "the measurements answer another request's nonce (a replayed report)".into(),
+        ));
+    }
+    for (index, want) in &policy.measurements {
+        match report.measurements.get(index) {
+            Some(got) if got == &want.as_slice() => {}
+            got => {
+                return Err(AttestError::Policy(format!(
+                    "measurement {index} is {}, not the reference value",
+                    got.map_or_else(|| "absent".to_owned(), hex::encode)
+                )));
+            }
+        }
+    }
+    let executables = if policy.measurements.is_empty() {
+        Trust::None
+    } else {
+        Trust::Affirming
+    };
+    let mut measurements: BTreeMap<String, String> = report
+        .measurements
+        .iter()
+        .map(|(i, v)| (format!("{i}"), hex::encode(v)))
+        .collect();
+    for (kind, name) in [(3u16, "driver_version"), (15, "chip_sku"), (17, "project")] {
+        if let Some(t) = report.text(kind) {
+            measurements.insert(name.to_owned(), t);
+        }
+    }
+    if let Some(v) = report.opaque.get(&6) {
+        // The VBIOS version, as NVIDIA prints it: bytes 3, 2, 1, 0, 4 in hex.
+        if v.len() >= 5 {
+            measurements.insert(
+                "vbios_version".to_owned(),
+                format!(
+                    "{:02x}.{:02x}.{:02x}.{:02x}.{:02x}",
+                    v[3], v[2], v[1], v[0], v[4]
+                ),
+            );
+        }
+    }
+    if let Some(fwid) = report.opaque.get(&20) {
+        measurements.insert("fwid".to_owned(), hex::encode(fwid));
+    }
+    Ok(Claims {
+        platform: "nvidia-gpu",
+        product: "Hopper".into(),
+        signed_by: common_name(leaf),
+        report_data: hex::encode(report.nonce),
+        measurements,
+        debug: false,
+        tcb: BTreeMap::new(),
+        trust: TrustVector {
+            instance_identity: Trust::Affirming,
+            hardware: Trust::Affirming,
+            executables,
+            configuration: Trust::None,
+        },
+    })
+}
