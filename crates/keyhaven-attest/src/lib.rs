@@ -6,6 +6,7 @@ mod error;
 pub mod nvidia;
 mod rsa_pss;
 pub mod snp;
+mod x509;
 
 pub use claims::{Claims, Trust, TrustVector};
 pub use error::{AttestError, Result};

@@ -10,10 +10,11 @@
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
-use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::prelude::X509Certificate;
 
 use crate::claims::{Claims, Trust, TrustVector};
 use crate::error::{AttestError, Result, malformed};
+use crate::x509::{check_validity, common_name, parse as parse_cert, pem_certificates};
 
 /// The SHA-256 of the public key (SubjectPublicKeyInfo, DER) of NVIDIA's device identity root
 /// (`CN = NVIDIA Device Identity CA, O = NVIDIA`).
@@ -28,8 +29,6 @@ const MEASUREMENTS: u8 = 0x60;
 const SIG_LEN: usize = 96;
 /// The request: version, code, param1, param2, nonce (32), slot id.
 const REQUEST_LEN: usize = 4 + 32 + 1;
-/// The most certificates a chain may carry.
-const MAX_CHAIN: usize = 8;
 /// `ecdsa-with-SHA384` (RFC 5758), how NVIDIA signs its certificates.
 const ECDSA_WITH_SHA384: &str = "1.2.840.10045.4.3.3";
 /// The most measurement blocks read.
@@ -221,46 +220,6 @@ impl<'a> Report<'a> {
     }
 }
 
-fn pem_chain(text: &str) -> Result<Vec<Vec<u8>>> {
-    use base64ct::Encoding;
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
-        let body = &rest[start + "-----BEGIN CERTIFICATE-----".len()..];
-        let end = body
-            .find("-----END CERTIFICATE-----")
-            .ok_or_else(|| malformed("GPU certificate chain", "a certificate has no END line"))?;
-        let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
-        out.push(
-            base64ct::Base64::decode_vec(&b64)
-                .map_err(|_| malformed("GPU certificate chain", "a certificate is not base64"))?,
-        );
-        if out.len() > MAX_CHAIN {
-            return Err(malformed(
-                "GPU certificate chain",
-                format!("more than {MAX_CHAIN} certificates"),
-            ));
-        }
-        rest = &body[end..];
-    }
-    if out.len() < 2 {
-        return Err(malformed(
-            "GPU certificate chain",
-            "it needs the attestation key's certificate and those above it, up to NVIDIA's root",
-        ));
-    }
-    Ok(out)
-}
-
-fn common_name(cert: &X509Certificate<'_>) -> String {
-    cert.subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .unwrap_or("")
-        .to_owned()
-}
-
 fn p384_key(cert: &X509Certificate<'_>) -> Result<p384::ecdsa::VerifyingKey> {
     p384::ecdsa::VerifyingKey::from_sec1_bytes(&cert.public_key().subject_public_key.data).map_err(
         |_| {
@@ -287,25 +246,15 @@ pub fn verify(
 ) -> Result<Claims> {
     use signature::Verifier;
     let report = Report::parse(evidence.report)?;
-    let ders = pem_chain(evidence.chain)?;
+    let ders = pem_certificates(
+        evidence.chain,
+        "GPU certificate chain",
+        2,
+        "it needs the attestation key's certificate and those above it, up to NVIDIA's root",
+    )?;
     let chain = ders
         .iter()
-        .map(|d| {
-            let (rest, c) = X509Certificate::from_der(d).map_err(|e| {
-                malformed(
-                    "GPU certificate chain",
-                    format!("not an X.509 certificate: {e}"),
-                )
-            })?;
-            if rest.is_empty() {
-                Ok(c)
-            } else {
-                Err(malformed(
-                    "GPU certificate chain",
-                    "bytes follow a certificate",
-                ))
-            }
-        })
+        .map(|d| parse_cert("GPU certificate chain", d))
         .collect::<Result<Vec<_>>>()?;
 
     // The root is pinned before any signature is checked with a key the requester sent.
@@ -344,7 +293,6 @@ pub fn verify(
         })?;
 
     // Each certificate is signed by the next; the last signs itself and is pinned.
-    let at = i64::try_from(now).unwrap_or(i64::MAX);
     for (i, cert) in chain.iter().enumerate() {
         let issuer = chain.get(i + 1).unwrap_or(cert);
         if cert.issuer().as_raw() != issuer.subject().as_raw() {
@@ -387,16 +335,7 @@ pub fn verify(
                     common_name(issuer)
                 ),
             })?;
-        let v = cert.validity();
-        let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
-        if at < from || at > to {
-            return Err(AttestError::Expired {
-                what: format!("certificate '{}'", common_name(cert)),
-                at: now,
-                not_before: from,
-                not_after: to,
-            });
-        }
+        check_validity(cert, now)?;
     }
     if let Some(n) = expected_nonce
         && report.nonce != *n

@@ -9,10 +9,11 @@
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
-use x509_parser::prelude::{FromDer, X509Certificate};
+use x509_parser::prelude::X509Certificate;
 
 use crate::claims::{Claims, Trust, TrustVector};
 use crate::error::{AttestError, Result, malformed};
+use crate::x509::{check_validity, common_name, parse as parse_cert, pem_certificates};
 
 /// The length of a report.
 pub const REPORT_LEN: usize = 0x4A0;
@@ -20,8 +21,6 @@ pub const REPORT_LEN: usize = 0x4A0;
 const SIGNED_LEN: usize = 0x2A0;
 /// ECDSA P-384 with SHA-384, the only signature algorithm reports use.
 const SIG_ALGO_ECDSA_P384_SHA384: u32 = 1;
-/// The most certificates a chain may carry (ASK, ARK, ASVK, and room to spare).
-const MAX_CHAIN: usize = 8;
 
 /// The SHA-256 of the ARK public keys (SubjectPublicKeyInfo, DER) AMD publishes, by product:
 /// a chain must end in one of these (or in one the policy adds).
@@ -337,73 +336,6 @@ impl Default for Policy {
     }
 }
 
-fn parse_cert<'a>(what: &'static str, der: &'a [u8]) -> Result<X509Certificate<'a>> {
-    let (rest, cert) = X509Certificate::from_der(der)
-        .map_err(|e| malformed(what, format!("not an X.509 certificate: {e}")))?;
-    if !rest.is_empty() {
-        return Err(malformed(
-            what,
-            format!("{} bytes follow the certificate", rest.len()),
-        ));
-    }
-    Ok(cert)
-}
-
-fn pem_certificates(text: &str) -> Result<Vec<Vec<u8>>> {
-    let mut out = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
-        let body = &rest[start + "-----BEGIN CERTIFICATE-----".len()..];
-        let end = body
-            .find("-----END CERTIFICATE-----")
-            .ok_or_else(|| malformed("certificate chain", "a certificate has no END line"))?;
-        let b64: String = body[..end].chars().filter(|c| !c.is_whitespace()).collect();
-        let der = base64ct::Base64::decode_vec(&b64)
-            .map_err(|_| malformed("certificate chain", "a certificate is not base64"))?;
-        out.push(der);
-        if out.len() > MAX_CHAIN {
-            return Err(malformed(
-                "certificate chain",
-                format!("more than {MAX_CHAIN} certificates"),
-            ));
-        }
-        rest = &body[end..];
-    }
-    if out.is_empty() {
-        return Err(malformed(
-            "certificate chain",
-            "no PEM certificate in it (AMD's cert_chain: ASK or ASVK, then ARK)",
-        ));
-    }
-    Ok(out)
-}
-
-use base64ct::Encoding as _;
-
-fn common_name(cert: &X509Certificate<'_>) -> String {
-    cert.subject()
-        .iter_common_name()
-        .next()
-        .and_then(|cn| cn.as_str().ok())
-        .unwrap_or("")
-        .to_owned()
-}
-
-fn check_validity(cert: &X509Certificate<'_>, now: u64) -> Result<()> {
-    let v = cert.validity();
-    let (from, to) = (v.not_before.timestamp(), v.not_after.timestamp());
-    let at = i64::try_from(now).unwrap_or(i64::MAX);
-    if at < from || at > to {
-        return Err(AttestError::Expired {
-            what: format!("certificate '{}'", common_name(cert)),
-            at: now,
-            not_before: from,
-            not_after: to,
-        });
-    }
-    Ok(())
-}
-
 /// Checks that `issuer` signed `cert` (RSASSA-PSS with SHA-384, as AMD signs its
 /// certificates).
 fn check_signed_by(cert: &X509Certificate<'_>, issuer: &X509Certificate<'_>) -> Result<()> {
@@ -478,7 +410,12 @@ pub fn verify(
     let report = Report::parse(evidence.report)?;
     let signer = report.signer()?;
     let vcek = parse_cert("VCEK certificate", evidence.vcek)?;
-    let chain_der = pem_certificates(evidence.chain)?;
+    let chain_der = pem_certificates(
+        evidence.chain,
+        "certificate chain",
+        1,
+        "no PEM certificate in it (AMD's cert_chain: ASK or ASVK, then ARK)",
+    )?;
     let chain = chain_der
         .iter()
         .map(|d| parse_cert("certificate chain", d))

@@ -1105,22 +1105,12 @@ async fn a_requester_below_min_tier_gets_the_owners_narrower_capability_instead(
 /// refusals are counted. Skipped when the shared evidence folder is absent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_snp_evidence_is_checked_to_amds_root_and_a_replayed_report_refused() {
-    let dir = std::env::var_os("KEYHAVEN_EVIDENCE_DIR").map_or_else(
-        || {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/attestation-evidence")
-        },
-        std::path::PathBuf::from,
-    );
-    let snp = dir.join("trustee/snp");
-    let (Ok(report), Ok(vcek), Ok(chain)) = (
-        std::fs::read(snp.join("test-report.bin")),
-        std::fs::read(snp.join("test-vcek.der")),
-        std::fs::read_to_string(snp.join("milan_ask_ark_asvk.pem")),
-    ) else {
-        eprintln!("note: no recorded evidence at {}: skipped", dir.display());
+    let Some(snp) = crate::support::recorded_evidence("trustee/snp") else {
         return;
     };
+    let report = std::fs::read(snp.join("test-report.bin")).unwrap();
+    let vcek = std::fs::read(snp.join("test-vcek.der")).unwrap();
+    let chain = std::fs::read_to_string(snp.join("milan_ask_ark_asvk.pem")).unwrap();
     let t = start_broker().await;
     let (c, _) = client(&t, "cvm").await;
     c.put_secret("model/key", b"weights-key", Default::default())
@@ -1158,21 +1148,11 @@ async fn recorded_snp_evidence_is_checked_to_amds_root_and_a_replayed_report_ref
 /// changed. Skipped when the shared evidence folder is absent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recorded_gpu_evidence_is_checked_to_nvidias_root_and_a_replayed_report_refused() {
-    let dir = std::env::var_os("KEYHAVEN_EVIDENCE_DIR").map_or_else(
-        || {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../../shared/attestation-evidence")
-        },
-        std::path::PathBuf::from,
-    );
-    let nv = dir.join("trustee/nvidia");
-    let (Ok(report), Ok(chain)) = (
-        std::fs::read_to_string(nv.join("hopperAttestationReport.txt")),
-        std::fs::read_to_string(nv.join("hopper_cert_chain_case1.txt")),
-    ) else {
-        eprintln!("note: no recorded evidence at {}: skipped", dir.display());
+    let Some(nv) = crate::support::recorded_evidence("trustee/nvidia") else {
         return;
     };
+    let report = std::fs::read_to_string(nv.join("hopperAttestationReport.txt")).unwrap();
+    let chain = std::fs::read_to_string(nv.join("hopper_cert_chain_case1.txt")).unwrap();
     let t = start_broker().await;
     let (c, _) = client(&t, "gpu").await;
     c.put_secret("model/key", b"weights-key", Default::default())

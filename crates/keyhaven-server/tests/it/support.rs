@@ -203,3 +203,22 @@ impl TestServer {
             .unwrap_or(0)
     }
 }
+
+/// A folder of the recorded attestation evidence (`KEYHAVEN_EVIDENCE_DIR`, else
+/// `../shared/attestation-evidence` beside the project), or `None` with a note when absent.
+pub(crate) fn recorded_evidence(sub: &str) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("KEYHAVEN_EVIDENCE_DIR").map_or_else(
+        || {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../../shared/attestation-evidence")
+        },
+        std::path::PathBuf::from,
+    );
+    let dir = dir.join(sub);
+    if dir.is_dir() {
+        Some(dir)
+    } else {
+        eprintln!("note: no recorded evidence at {}: skipped", dir.display());
+        None
+    }
+}
