@@ -514,13 +514,18 @@ impl WrappedKek {
         w.0
     }
 
-    /// Reads what [`WrappedKek::to_bytes`] wrote, checking the ephemeral key is a valid point
-    /// of the named algorithm. Nothing is authenticated here: unwrapping is.
+    /// The scope a wrapped KEK claims, read from its header alone (no key is parsed: cheap
+    /// enough for every call). It is authenticated only when the KEK is unwrapped.
     ///
     /// # Errors
-    /// [`EnvelopeError::Malformed`] saying what is wrong.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+    /// [`EnvelopeError::Malformed`] for bytes that are not a wrapped KEK's header.
+    pub fn peek_scope(bytes: &[u8]) -> Result<KekScope> {
         let mut r = Reader::new("wrapped KEK", bytes);
+        Ok(Self::read_head(&mut r)?.2)
+    }
+
+    /// The header: magic, algorithm, master fingerprint and scope.
+    fn read_head(r: &mut Reader<'_>) -> Result<(Algorithm, [u8; 32], KekScope)> {
         r.tag(KEK_MAGIC)?;
         let code = r.u8("algorithm")?;
         let algorithm = algorithm_of_code(code)
@@ -531,6 +536,17 @@ impl WrappedKek {
         let tenant = std::str::from_utf8(r.field("tenant")?)
             .map_err(|_| r.malformed("its tenant is not UTF-8"))?;
         let scope = KekScope::new(tenant, tier, version).map_err(|e| r.malformed(e.to_string()))?;
+        Ok((algorithm, master, scope))
+    }
+
+    /// Reads what [`WrappedKek::to_bytes`] wrote, checking the ephemeral key is a valid point
+    /// of the named algorithm. Nothing is authenticated here: unwrapping is.
+    ///
+    /// # Errors
+    /// [`EnvelopeError::Malformed`] saying what is wrong.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut r = Reader::new("wrapped KEK", bytes);
+        let (algorithm, master, scope) = Self::read_head(&mut r)?;
         let spki = r.field("ephemeral public key")?;
         let ephemeral = default_provider()
             .parse_public_key_der_as(algorithm, spki)

@@ -295,16 +295,14 @@ impl<S: TransitStore> Transit<S> {
             .versions
             .first_key_value()
             .ok_or_else(|| malformed(format!("key '{}' has no version", record.name)))?;
-        let wrapped = WrappedKek::from_bytes(first)?;
-        let owner = wrapped.scope().tenant();
+        let scope = WrappedKek::peek_scope(first)?;
         TransitKeyType::ALL
             .into_iter()
-            .find(|t| owner == format!("{}{}", self.owner(&record.name), t.suffix()))
+            .find(|t| scope.tenant() == format!("{}{}", self.owner(&record.name), t.suffix()))
             .ok_or_else(|| {
                 malformed(format!(
-                    "key '{}' holds the KEK of {}, not one of its own",
-                    record.name,
-                    wrapped.scope()
+                    "key '{}' holds the KEK of {scope}, not one of its own",
+                    record.name
                 ))
             })
     }

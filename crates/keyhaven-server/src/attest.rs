@@ -83,6 +83,22 @@ impl EvidenceVerifier for SampleVerifier {
     }
 }
 
+/// The text field `name` of `kind` evidence, or what is missing.
+fn text<'a>(evidence: &'a Value, kind: &str, name: &str, what: &str) -> Result<&'a str, String> {
+    evidence[name]
+        .as_str()
+        .ok_or_else(|| format!("{kind} evidence needs '{name}' ({what})"))
+}
+
+/// What a verifier of `kind` attests, from its claims.
+fn attested(kind: &str, tier: u8, claims: &keyhaven_attest::Claims) -> Attested {
+    Attested {
+        kind: kind.into(),
+        tier,
+        claims: serde_json::to_value(claims).unwrap_or(Value::Null),
+    }
+}
+
 /// AMD SEV-SNP evidence (`keyhaven_attest::snp`): `{"type": "sev-snp", "report": base64 of
 /// the 1184-byte report, "vcek": base64 of the VCEK (or VLEK) certificate's DER, "chain": AMD's
 /// certificate chain, PEM}`. The report's 64 bytes of report data must be this release's 32
@@ -120,16 +136,11 @@ impl EvidenceVerifier for SnpVerifier {
         now: u64,
     ) -> Result<Attested, String> {
         use base64ct::{Base64, Encoding};
-        let field = |name: &str| {
-            evidence[name]
-                .as_str()
-                .ok_or_else(|| format!("sev-snp evidence needs '{name}'"))
-        };
-        let report = Base64::decode_vec(field("report")?)
+        let report = Base64::decode_vec(text(evidence, "sev-snp", "report", "base64")?)
             .map_err(|_| "'report' is not standard base64".to_owned())?;
-        let vcek = Base64::decode_vec(field("vcek")?)
+        let vcek = Base64::decode_vec(text(evidence, "sev-snp", "vcek", "base64 of its DER")?)
             .map_err(|_| "'vcek' is not standard base64 (of the certificate's DER)".to_owned())?;
-        let chain = field("chain")?;
+        let chain = text(evidence, "sev-snp", "chain", "PEM")?;
         let mut expected = [0u8; 64];
         expected[..32].copy_from_slice(report_data);
         let claims = keyhaven_attest::snp::verify(
@@ -144,15 +155,12 @@ impl EvidenceVerifier for SnpVerifier {
         )
         .map_err(|e| e.to_string())?;
         let known = claims.trust.executables == keyhaven_attest::Trust::Affirming;
-        Ok(Attested {
-            kind: "sev-snp".into(),
-            tier: if known {
-                SNP_TIER
-            } else {
-                SNP_UNKNOWN_CODE_TIER
-            },
-            claims: serde_json::to_value(&claims).unwrap_or(Value::Null),
-        })
+        let tier = if known {
+            SNP_TIER
+        } else {
+            SNP_UNKNOWN_CODE_TIER
+        };
+        Ok(attested("sev-snp", tier, &claims))
     }
 }
 
@@ -189,13 +197,9 @@ impl EvidenceVerifier for NvidiaVerifier {
         report_data: &[u8; 32],
         now: u64,
     ) -> Result<Attested, String> {
-        let report = evidence["report"]
-            .as_str()
-            .ok_or("nvidia-gpu evidence needs 'report' (hex)")?;
+        let report = text(evidence, "nvidia-gpu", "report", "hex")?;
         let report = hex::decode(report.trim()).map_err(|_| "'report' is not hex".to_owned())?;
-        let chain = evidence["chain"]
-            .as_str()
-            .ok_or("nvidia-gpu evidence needs 'chain' (PEM, leaf first)")?;
+        let chain = text(evidence, "nvidia-gpu", "chain", "PEM, leaf first")?;
         let claims = keyhaven_attest::nvidia::verify(
             &keyhaven_attest::nvidia::Evidence {
                 report: &report,
@@ -206,11 +210,7 @@ impl EvidenceVerifier for NvidiaVerifier {
             now,
         )
         .map_err(|e| e.to_string())?;
-        Ok(Attested {
-            kind: "nvidia-gpu".into(),
-            tier: GPU_ALONE_TIER,
-            claims: serde_json::to_value(&claims).unwrap_or(Value::Null),
-        })
+        Ok(attested("nvidia-gpu", GPU_ALONE_TIER, &claims))
     }
 }
 

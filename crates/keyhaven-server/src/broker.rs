@@ -1434,46 +1434,31 @@ async fn sign_or_verify(
     Ok(vault_response(data, warnings))
 }
 
-/// `POST /v1/transit/sign/:name`.
+/// The path of a sign or verify: the key's name, and the hash when the path names one.
+#[derive(serde::Deserialize)]
+pub(crate) struct SignPath {
+    name: String,
+    hash: Option<String>,
+}
+
+/// `POST /v1/transit/sign/:name[/:hash_algorithm]`.
 pub(crate) async fn sign(
     State(inner): State<Arc<Inner>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Extension(RawBody(body)): Extension<RawBody>,
-    Path(name): Path<String>,
+    Path(p): Path<SignPath>,
 ) -> Result<Response, ApiError> {
-    sign_or_verify(inner, caller, &headers, Op::Sign, name, None, &body).await
+    sign_or_verify(inner, caller, &headers, Op::Sign, p.name, p.hash, &body).await
 }
 
-/// `POST /v1/transit/sign/:name/:hash_algorithm`.
-pub(crate) async fn sign_hashed(
-    State(inner): State<Arc<Inner>>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    Extension(RawBody(body)): Extension<RawBody>,
-    Path((name, hash)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    sign_or_verify(inner, caller, &headers, Op::Sign, name, Some(hash), &body).await
-}
-
-/// `POST /v1/transit/verify/:name`.
+/// `POST /v1/transit/verify/:name[/:hash_algorithm]`.
 pub(crate) async fn verify(
     State(inner): State<Arc<Inner>>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     Extension(RawBody(body)): Extension<RawBody>,
-    Path(name): Path<String>,
+    Path(p): Path<SignPath>,
 ) -> Result<Response, ApiError> {
-    sign_or_verify(inner, caller, &headers, Op::Verify, name, None, &body).await
-}
-
-/// `POST /v1/transit/verify/:name/:hash_algorithm`.
-pub(crate) async fn verify_hashed(
-    State(inner): State<Arc<Inner>>,
-    Extension(caller): Extension<Caller>,
-    headers: HeaderMap,
-    Extension(RawBody(body)): Extension<RawBody>,
-    Path((name, hash)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
-    sign_or_verify(inner, caller, &headers, Op::Verify, name, Some(hash), &body).await
+    sign_or_verify(inner, caller, &headers, Op::Verify, p.name, p.hash, &body).await
 }

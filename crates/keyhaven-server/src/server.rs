@@ -351,7 +351,7 @@ impl Server {
             )
             .route(
                 "/v1/transit/sign/{name}/{hash}",
-                post(broker::sign_hashed).put(broker::sign_hashed),
+                post(broker::sign).put(broker::sign),
             )
             .route(
                 "/v1/transit/verify/{name}",
@@ -359,7 +359,7 @@ impl Server {
             )
             .route(
                 "/v1/transit/verify/{name}/{hash}",
-                post(broker::verify_hashed).put(broker::verify_hashed),
+                post(broker::verify).put(broker::verify),
             )
             .route("/v1/secrets", get(secrets::list))
             .route(

@@ -21,6 +21,20 @@ impl Drop for Served {
 }
 
 impl Served {
+    /// `keyhaven client register` of `home`'s key `key` with this server, its key pinned.
+    pub(crate) fn register(&self, home: &Home, key: &str) {
+        home.ok(&[
+            "client",
+            "register",
+            "--server",
+            &self.url,
+            "--key",
+            key,
+            "--server-fingerprint",
+            &self.fingerprint,
+        ]);
+    }
+
     pub(crate) fn start(home: &Home) -> Served {
         Served::start_args(home, &["serve", "--listen", "127.0.0.1:0"], 2).0
     }
@@ -462,16 +476,7 @@ fn a_pinned_server_key_swapped_in_the_file_is_refused() {
     let served = Served::start(&s);
     let c = Home::with_encrypted();
     c.generate("ed25519", "svc", &[]);
-    c.ok(&[
-        "client",
-        "register",
-        "--server",
-        &served.url,
-        "--key",
-        "svc",
-        "--server-fingerprint",
-        &served.fingerprint,
-    ]);
+    served.register(&c, "svc");
     let pins = c.path().join("client").join("servers.json");
     let text = std::fs::read_to_string(&pins).unwrap();
     std::fs::write(&pins, text.replace(&served.fingerprint, &"0".repeat(64))).unwrap();
@@ -516,16 +521,7 @@ fn the_broker_keeps_its_master_key_on_a_token_and_the_cli_drives_transit() {
 
     let c = Home::with_encrypted();
     c.generate("ed25519", "app", &[]);
-    c.ok(&[
-        "client",
-        "register",
-        "--server",
-        &served.url,
-        "--key",
-        "app",
-        "--server-fingerprint",
-        &served.fingerprint,
-    ]);
+    served.register(&c, "app");
     let created = c.json(&[
         "client", "transit", "create", "db", "--key", "app", "--json",
     ]);
@@ -741,23 +737,10 @@ fn secrets_are_released_by_tier_to_a_software_and_a_token_client() {
     ]);
     s.ok(&["serve", "init-broker", "--backend", "hsm"]);
     let served = Served::start(&s);
-    let register = |h: &Home, key: &str| {
-        h.ok(&[
-            "client",
-            "register",
-            "--server",
-            &served.url,
-            "--key",
-            key,
-            "--server-fingerprint",
-            &served.fingerprint,
-        ]);
-    };
-
     // A software key: tier 1.
     let soft = Home::with_encrypted();
     soft.generate("ed25519", "app", &[]);
-    register(&soft, "app");
+    served.register(&soft, "app");
     let file = soft.scratch().join("v");
     crate::write_private(&file, b"root-password");
     let w = soft.json(&[
@@ -916,7 +899,7 @@ fn secrets_are_released_by_tier_to_a_software_and_a_token_client() {
         "DEVICE_PIN",
     ]);
     device.generate("p384", "device", &[]);
-    register(&device, "device");
+    served.register(&device, "device");
     let input = device.scratch().join("in");
     crate::write_private(&input, b"model-weights-key");
     device.ok(&[
@@ -1014,16 +997,7 @@ fn token_mint_attenuate_inspect_use_and_revoke() {
     let person = |label: &str| {
         let h = Home::with_encrypted();
         h.generate("ed25519", label, &[]);
-        h.ok(&[
-            "client",
-            "register",
-            "--server",
-            &served.url,
-            "--key",
-            label,
-            "--server-fingerprint",
-            &served.fingerprint,
-        ]);
+        served.register(&h, label);
         let who = h.json(&["client", "whoami", "--key", label, "--json"]);
         (h, who["key"].as_str().unwrap().to_owned())
     };
@@ -1152,16 +1126,7 @@ fn release_policies_from_the_cli() {
     ]);
     let c = Home::with_encrypted();
     c.generate("ed25519", "app", &[]);
-    c.ok(&[
-        "client",
-        "register",
-        "--server",
-        &served.url,
-        "--key",
-        "app",
-        "--server-fingerprint",
-        &served.fingerprint,
-    ]);
+    served.register(&c, "app");
     let value = c.scratch().join("v");
     crate::write_private(&value, b"v");
     c.ok(&[

@@ -594,16 +594,7 @@ fn the_broker_master_key_in_a_tpm_away_is_unavailable_and_back_loses_nothing() {
 
     let c = Home::with_encrypted();
     c.generate("ed25519", "app", &[]);
-    c.ok(&[
-        "client",
-        "register",
-        "--server",
-        &served.url,
-        "--key",
-        "app",
-        "--server-fingerprint",
-        &served.fingerprint,
-    ]);
+    served.register(&c, "app");
     let file = c.scratch().join("card.txt");
     write_private(&file, b"4111 1111 1111 1111");
     let file = file.display().to_string();

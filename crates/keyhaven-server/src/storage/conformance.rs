@@ -551,23 +551,23 @@ pub fn secret_fallbacks_follow_their_secret(s: &dyn Storage) {
         at: 7,
     };
     assert!(
-        !s.set_secret_fallback("acme", "db/root", Some(&f)).unwrap(),
+        !s.set_secret_fallback("acme", "db/root", Some(&f)).unwrap(), // ok: a conformance check fails by panicking
         "no such secret"
-    ); // ok: a conformance check fails by panicking
+    );
     assert!(
         s.secret_add_version("acme", "db/root", meta, 1, b"e1", 5)
-            .unwrap()
-    ); // ok: a conformance check fails by panicking
+            .unwrap() // ok: a conformance check fails by panicking
+    );
     assert!(
         s.secret_add_version("other", "db/root", meta, 1, b"e1", 5)
-            .unwrap()
-    ); // ok: a conformance check fails by panicking
+            .unwrap() // ok: a conformance check fails by panicking
+    );
     assert_eq!(s.secret_fallback("acme", "db/root").unwrap(), None); // ok: a conformance check fails by panicking
     assert!(s.set_secret_fallback("acme", "db/root", Some(&f)).unwrap()); // ok: a conformance check fails by panicking
     assert_eq!(
-        s.secret_fallback("acme", "db/root").unwrap(),
+        s.secret_fallback("acme", "db/root").unwrap(), // ok: a conformance check fails by panicking
         Some(f.clone())
-    ); // ok: a conformance check fails by panicking
+    );
     assert_eq!(s.secret_fallback("other", "db/root").unwrap(), None); // ok: a conformance check fails by panicking
     let g = SecretFallback {
         ttl: 60,
@@ -582,11 +582,11 @@ pub fn secret_fallbacks_follow_their_secret(s: &dyn Storage) {
     assert_eq!(s.secret_fallback("acme", "db/root").unwrap(), None); // ok: a conformance check fails by panicking
     assert!(
         s.secret_add_version("acme", "db/root", meta, 1, b"e1", 9)
-            .unwrap()
-    ); // ok: a conformance check fails by panicking
+            .unwrap() // ok: a conformance check fails by panicking
+    );
     assert_eq!(
-        s.secret_fallback("acme", "db/root").unwrap(),
+        s.secret_fallback("acme", "db/root").unwrap(), // ok: a conformance check fails by panicking
         None,
         "a new secret of the path starts without"
-    ); // ok: a conformance check fails by panicking
+    );
 }

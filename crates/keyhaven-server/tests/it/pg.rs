@@ -68,14 +68,28 @@ impl Drop for Node {
 }
 
 async fn node(url: &str, signer: keyhaven::ServiceSigner) -> Node {
+    node_with(url, signer, None).await
+}
+
+/// A node over the shared database, with a key broker when given its master key.
+async fn node_with(
+    url: &str,
+    signer: keyhaven::ServiceSigner,
+    master: Option<keyhaven::envelope::MasterKey>,
+) -> Node {
     // A blocking client: made off the async threads, like every call the server makes on it.
     let u = url.to_owned();
-    let storage = tokio::task::spawn_blocking(move || PostgresStorage::connect(&u, 4))
-        .await
-        .unwrap()
-        .unwrap();
-    let storage = Arc::new(storage);
-    let server = Server::new(ServerConfig::default(), storage, Arc::new(signer));
+    let storage: Arc<dyn keyhaven_server::Storage> = Arc::new(
+        tokio::task::spawn_blocking(move || PostgresStorage::connect(&u, 4))
+            .await
+            .unwrap()
+            .unwrap(),
+    );
+    let mut server = Server::new(ServerConfig::default(), storage.clone(), Arc::new(signer));
+    if let Some(master) = master {
+        let broker = keyhaven_server::Broker::new(master, storage).unwrap();
+        server = server.with_broker(Arc::new(broker));
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
@@ -236,30 +250,7 @@ async fn broker_node(
     signer: keyhaven::ServiceSigner,
     master: keyhaven::envelope::MasterKey,
 ) -> Node {
-    let u = url.to_owned();
-    let storage: Arc<dyn keyhaven_server::Storage> = Arc::new(
-        tokio::task::spawn_blocking(move || PostgresStorage::connect(&u, 4))
-            .await
-            .unwrap()
-            .unwrap(),
-    );
-    let broker = Arc::new(keyhaven_server::Broker::new(master, storage.clone()).unwrap());
-    let server =
-        Server::new(ServerConfig::default(), storage, Arc::new(signer)).with_broker(broker);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(async move {
-        keyhaven_server::serve(listener, server, async {
-            let _ = stopped.await;
-        })
-        .await
-        .unwrap();
-    });
-    Node {
-        base,
-        stop: Some(stop),
-    }
+    node_with(url, signer, Some(master)).await
 }
 
 /// Two broker nodes on one PostgreSQL database with one master key: a transit key rotated on
