@@ -66,6 +66,11 @@ pub struct Claims {
     /// The TCB the evidence reports, by component (`bootloader`, `tee`, `snp`, `microcode`,
     /// and `fmc` on Turin).
     pub tcb: BTreeMap<String, u8>,
+    /// The vendor's verdict on that TCB, where the vendor publishes one (Intel's TCB status for
+    /// TDX: `UpToDate`, `SWHardeningNeeded`, `OutOfDate`, ...).
+    pub tcb_status: Option<String>,
+    /// The vendor's security advisories that apply to that TCB (Intel's `INTEL-SA-…` ids).
+    pub advisory_ids: Vec<String>,
     /// The verifier's assessment.
     pub trust: TrustVector,
 }

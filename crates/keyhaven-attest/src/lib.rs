@@ -6,6 +6,7 @@ mod error;
 pub mod nvidia;
 mod rsa_pss;
 pub mod snp;
+pub mod tdx;
 mod x509;
 
 pub use claims::{Claims, Trust, TrustVector};

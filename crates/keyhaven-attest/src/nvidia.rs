@@ -9,12 +9,13 @@
 
 use std::collections::BTreeMap;
 
-use sha2::{Digest, Sha256};
 use x509_parser::prelude::X509Certificate;
 
 use crate::claims::{Claims, Trust, TrustVector};
 use crate::error::{AttestError, Result, malformed};
-use crate::x509::{check_validity, common_name, parse as parse_cert, pem_certificates};
+use crate::x509::{
+    Ecdsa, check_ec_chain, common_name, key_digest, parse as parse_cert, pem_certificates,
+};
 
 /// The SHA-256 of the public key (SubjectPublicKeyInfo, DER) of NVIDIA's device identity root
 /// (`CN = NVIDIA Device Identity CA, O = NVIDIA`).
@@ -29,8 +30,6 @@ const MEASUREMENTS: u8 = 0x60;
 const SIG_LEN: usize = 96;
 /// The request: version, code, param1, param2, nonce (32), slot id.
 const REQUEST_LEN: usize = 4 + 32 + 1;
-/// `ecdsa-with-SHA384` (RFC 5758), how NVIDIA signs its certificates.
-const ECDSA_WITH_SHA384: &str = "1.2.840.10045.4.3.3";
 /// The most measurement blocks read.
 const MAX_BLOCKS: usize = 255;
 
@@ -261,7 +260,7 @@ pub fn verify(
     let root = chain
         .last()
         .ok_or_else(|| malformed("GPU certificate chain", "it is empty"))?;
-    let root_digest: [u8; 32] = Sha256::digest(root.public_key().raw).into();
+    let root_digest = key_digest(root);
     if hex::encode(root_digest) != NVIDIA_DEVICE_ROOT && !policy.extra_roots.contains(&root_digest)
     {
         return Err(AttestError::UntrustedRoot(format!(
@@ -293,50 +292,7 @@ pub fn verify(
         })?;
 
     // Each certificate is signed by the next; the last signs itself and is pinned.
-    for (i, cert) in chain.iter().enumerate() {
-        let issuer = chain.get(i + 1).unwrap_or(cert);
-        if cert.issuer().as_raw() != issuer.subject().as_raw() {
-            return Err(AttestError::BadSignature {
-                what: "the GPU certificate chain",
-                reason: format!(
-                    "'{}' is issued by '{}', but the next certificate is '{}'",
-                    common_name(cert),
-                    cert.issuer(),
-                    common_name(issuer)
-                ),
-            });
-        }
-        if cert.signature_algorithm.algorithm.to_id_string() != ECDSA_WITH_SHA384 {
-            return Err(AttestError::BadSignature {
-                what: "the GPU certificate chain",
-                reason: format!(
-                    "'{}' is signed with {}, not ECDSA with SHA-384",
-                    common_name(cert),
-                    cert.signature_algorithm.algorithm.to_id_string()
-                ),
-            });
-        }
-        let sig = p384::ecdsa::Signature::from_der(&cert.signature_value.data).map_err(|_| {
-            AttestError::BadSignature {
-                what: "the GPU certificate chain",
-                reason: format!(
-                    "the signature on '{}' is not ECDSA P-384",
-                    common_name(cert)
-                ),
-            }
-        })?;
-        p384_key(issuer)?
-            .verify(cert.tbs_certificate.as_ref(), &sig)
-            .map_err(|_| AttestError::BadSignature {
-                what: "the GPU certificate chain",
-                reason: format!(
-                    "'{}' is not signed by '{}'",
-                    common_name(cert),
-                    common_name(issuer)
-                ),
-            })?;
-        check_validity(cert, now)?;
-    }
+    check_ec_chain(&chain, Ecdsa::P384Sha384, "the GPU certificate chain", now)?;
     if let Some(n) = expected_nonce
         && report.nonce != *n
     {
@@ -393,6 +349,8 @@ pub fn verify(
         measurements,
         debug: false,
         tcb: BTreeMap::new(),
+        tcb_status: None,
+        advisory_ids: Vec::new(),
         trust: TrustVector {
             instance_identity: Trust::Affirming,
             hardware: Trust::Affirming,

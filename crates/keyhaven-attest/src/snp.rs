@@ -8,12 +8,11 @@
 
 use std::collections::BTreeMap;
 
-use sha2::{Digest, Sha256};
 use x509_parser::prelude::X509Certificate;
 
 use crate::claims::{Claims, Trust, TrustVector};
 use crate::error::{AttestError, Result, malformed};
-use crate::x509::{check_validity, common_name, parse as parse_cert, pem_certificates};
+use crate::x509::{check_validity, common_name, key_digest, parse as parse_cert, pem_certificates};
 
 /// The length of a report.
 pub const REPORT_LEN: usize = 0x4A0;
@@ -463,7 +462,7 @@ pub fn verify(
             ))
         })?;
     // The root is pinned before any signature is checked with a key the requester sent.
-    let ark_digest: [u8; 32] = Sha256::digest(ark.public_key().raw).into();
+    let ark_digest = key_digest(ark);
     let product = AMD_ARKS
         .iter()
         .filter(|_| policy.amd_roots)
@@ -629,6 +628,8 @@ pub fn verify(
         ]),
         debug: report.debug_allowed(),
         tcb: tcb.as_map(),
+        tcb_status: None,
+        advisory_ids: Vec::new(),
         trust: TrustVector {
             instance_identity: Trust::Affirming,
             hardware: Trust::Affirming,

@@ -4,6 +4,7 @@
 
 mod nvidia;
 mod snp;
+mod tdx;
 
 use std::path::PathBuf;
 
