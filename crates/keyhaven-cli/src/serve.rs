@@ -58,6 +58,10 @@ pub(crate) struct ServeArgs {
     /// evidence (repeat for more); any other genuine SNP guest is tier 1.
     #[arg(long = "snp-measurement", value_name = "HEX")]
     pub(crate) snp_measurements: Vec<String>,
+    /// A TDX MRTD (96 hex digits) whose trust domains reach tier 2 with their evidence
+    /// (repeat for more); any other genuine TD is tier 1.
+    #[arg(long = "tdx-mr-td", value_name = "HEX")]
+    pub(crate) tdx_mr_tds: Vec<String>,
 }
 
 /// `keyhaven serve init`, `keyhaven serve audit-verify`.
@@ -273,26 +277,32 @@ fn start_logging() {
         .try_init();
 }
 
-fn serve(ctx: &Ctx, args: &ServeArgs) -> Result<u8> {
-    start_logging();
-    let listen = args.listen;
-    let snp_measurements = args
-        .snp_measurements
+/// SHA-384 measurements given as hex on the command line.
+fn measurements(hexes: &[String], flag: &str, what: &str) -> Result<Vec<[u8; 48]>> {
+    hexes
         .iter()
         .map(|h| {
             hex::decode(h)
                 .ok()
                 .and_then(|b| <[u8; 48]>::try_from(b).ok())
                 .ok_or_else(|| {
-                    crate::exit::UsageError(format!(
-                        "--snp-measurement {h:?} is not 96 hex digits (a SHA-384 launch digest)"
-                    ))
+                    anyhow::Error::new(crate::exit::UsageError(format!(
+                        "{flag} {h:?} is not 96 hex digits (a SHA-384 {what} digest)"
+                    )))
                 })
         })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+        .collect()
+}
+
+fn serve(ctx: &Ctx, args: &ServeArgs) -> Result<u8> {
+    start_logging();
+    let listen = args.listen;
+    let snp_measurements = measurements(&args.snp_measurements, "--snp-measurement", "launch")?;
+    let tdx_mr_tds = measurements(&args.tdx_mr_tds, "--tdx-mr-td", "MRTD")?;
     let mut config = ServerConfig {
         allow_sample_evidence: args.allow_sample_evidence,
         snp_measurements,
+        tdx_mr_tds,
         ..ServerConfig::default()
     };
     if let Some(url) = &args.public_url {

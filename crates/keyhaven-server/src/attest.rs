@@ -113,7 +113,7 @@ pub struct SnpVerifier {
 
 /// The tier SEV-SNP evidence of a known launch measurement supports.
 pub const SNP_TIER: u8 = 2;
-/// The tier of a genuine SEV-SNP guest whose code nobody named.
+/// The tier of a genuine confidential VM (SEV-SNP or TDX) whose code nobody named.
 pub const SNP_UNKNOWN_CODE_TIER: u8 = 1;
 
 impl SnpVerifier {
@@ -161,6 +161,62 @@ impl EvidenceVerifier for SnpVerifier {
             SNP_UNKNOWN_CODE_TIER
         };
         Ok(attested("sev-snp", tier, &claims))
+    }
+}
+
+/// Intel TDX evidence (`keyhaven_attest::tdx`): `{"type": "tdx", "quote": base64 of the
+/// quote (version 4 or 5, with its PCK chain), "collateral": Intel's DCAP collateral for the
+/// platform, in the JSON form a PCCS serves}`. The collateral is the requester's to fetch:
+/// everything in it is signed by Intel and checked up to Intel's pinned root, and it must be
+/// current (its TCB Info and QE Identity within their dates, its CRLs not past their next
+/// update). The quote's report data must be this release's 32 bytes followed by 32 zeros. A
+/// TD whose MRTD the operator named reaches tier 2; any other genuine TD is tier 1.
+#[derive(Debug, Default)]
+pub struct TdxVerifier {
+    policy: keyhaven_attest::tdx::Policy,
+}
+
+/// The tier TDX evidence of a known MRTD supports.
+pub const TDX_TIER: u8 = 2;
+
+impl TdxVerifier {
+    /// A verifier holding quotes to `policy` (TCB statuses, refused advisories, debug,
+    /// reference MRTDs).
+    pub fn new(policy: keyhaven_attest::tdx::Policy) -> Self {
+        TdxVerifier { policy }
+    }
+}
+
+impl EvidenceVerifier for TdxVerifier {
+    fn kind(&self) -> &'static str {
+        "tdx"
+    }
+
+    fn verify(
+        &self,
+        evidence: &Value,
+        report_data: &[u8; 32],
+        now: u64,
+    ) -> Result<Attested, String> {
+        use base64ct::{Base64, Encoding};
+        let quote = Base64::decode_vec(text(evidence, "tdx", "quote", "base64")?)
+            .map_err(|_| "'quote' is not standard base64".to_owned())?;
+        let collateral: keyhaven_attest::tdx::Collateral =
+            serde_json::from_value(evidence["collateral"].clone()).map_err(|e| {
+                format!("tdx evidence needs 'collateral' (Intel's DCAP collateral, as a PCCS serves it): {e}")
+            })?;
+        let mut expected = [0u8; 64];
+        expected[..32].copy_from_slice(report_data);
+        let claims =
+            keyhaven_attest::tdx::verify(&quote, &collateral, &self.policy, Some(&expected), now)
+                .map_err(|e| e.to_string())?;
+        let known = claims.trust.executables == keyhaven_attest::Trust::Affirming;
+        let tier = if known {
+            TDX_TIER
+        } else {
+            SNP_UNKNOWN_CODE_TIER
+        };
+        Ok(attested("tdx", tier, &claims))
     }
 }
 
@@ -214,28 +270,31 @@ impl EvidenceVerifier for NvidiaVerifier {
     }
 }
 
-/// A CPU TEE and a GPU attested together: `{"type": "composite", "cpu": <sev-snp evidence>,
-/// "gpu": <nvidia-gpu evidence>}`, each bound to this release's report data (so to each
-/// other): tier 3 (GPU confidential computing). Tier 4 (TEE-I/O) is known to policy, but no
-/// evidence reaches it yet.
+/// A CPU TEE and a GPU attested together: `{"type": "composite", "cpu": <sev-snp or tdx
+/// evidence>, "gpu": <nvidia-gpu evidence>}`, each bound to this release's report data (so to
+/// each other): tier 3 (GPU confidential computing). Tier 4 (TEE-I/O) is known to policy, but
+/// no evidence reaches it yet.
 pub struct CompositeVerifier {
-    cpu: Arc<dyn EvidenceVerifier>,
+    cpus: Vec<Arc<dyn EvidenceVerifier>>,
     gpu: Arc<dyn EvidenceVerifier>,
 }
 
 impl std::fmt::Debug for CompositeVerifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CompositeVerifier")
-            .field("cpu", &self.cpu.kind())
+            .field(
+                "cpus",
+                &self.cpus.iter().map(|c| c.kind()).collect::<Vec<_>>(),
+            )
             .field("gpu", &self.gpu.kind())
             .finish()
     }
 }
 
 impl CompositeVerifier {
-    /// Composite evidence of `cpu`'s and `gpu`'s kinds.
-    pub fn new(cpu: Arc<dyn EvidenceVerifier>, gpu: Arc<dyn EvidenceVerifier>) -> Self {
-        CompositeVerifier { cpu, gpu }
+    /// Composite evidence of one of `cpus`' kinds and `gpu`'s.
+    pub fn new(cpus: Vec<Arc<dyn EvidenceVerifier>>, gpu: Arc<dyn EvidenceVerifier>) -> Self {
+        CompositeVerifier { cpus, gpu }
     }
 }
 
@@ -250,29 +309,37 @@ impl EvidenceVerifier for CompositeVerifier {
         report_data: &[u8; 32],
         now: u64,
     ) -> Result<Attested, String> {
-        let part = |name: &str, want: &str| {
-            let p = &evidence[name];
-            if p["type"].as_str() == Some(want) {
-                Ok(p)
-            } else {
-                Err(format!(
-                    "composite evidence needs '{name}' of type '{want}'"
-                ))
-            }
-        };
-        let cpu = self
-            .cpu
-            .verify(part("cpu", self.cpu.kind())?, report_data, now)
+        let kinds: Vec<&str> = self.cpus.iter().map(|c| c.kind()).collect();
+        let cpu_evidence = &evidence["cpu"];
+        let cpu_verifier = self
+            .cpus
+            .iter()
+            .find(|c| cpu_evidence["type"].as_str() == Some(c.kind()))
+            .ok_or_else(|| {
+                format!(
+                    "composite evidence needs 'cpu' of type {}",
+                    kinds.join(" or ")
+                )
+            })?;
+        let gpu_evidence = &evidence["gpu"];
+        if gpu_evidence["type"].as_str() != Some(self.gpu.kind()) {
+            return Err(format!(
+                "composite evidence needs 'gpu' of type '{}'",
+                self.gpu.kind()
+            ));
+        }
+        let cpu = cpu_verifier
+            .verify(cpu_evidence, report_data, now)
             .map_err(|e| format!("the CPU evidence: {e}"))?;
         let gpu = self
             .gpu
-            .verify(part("gpu", self.gpu.kind())?, report_data, now)
+            .verify(gpu_evidence, report_data, now)
             .map_err(|e| format!("the GPU evidence: {e}"))?;
         // Both bound to the same report data: the GPU answers the CPU TEE's request. Tier 3
         // needs both of known code: the CPU TEE at tier 2 (a named measurement), the GPU's
         // measurements affirmed by reference values.
         let gpu_known = gpu.claims["trust"]["executables"] == "affirming";
-        let tier = if cpu.tier >= SNP_TIER && gpu_known {
+        let tier = if cpu.tier >= SNP_TIER.min(TDX_TIER) && gpu_known {
             CPU_AND_GPU_TIER
         } else {
             cpu.tier.min(gpu.tier)
@@ -406,7 +473,10 @@ mod tests {
         let other = report_data("k", "model/w", "other");
         let composite = |cpu_tier| {
             CompositeVerifier::new(
-                Arc::new(Fixed("sev-snp", cpu_tier)),
+                vec![
+                    Arc::new(Fixed("sev-snp", cpu_tier)),
+                    Arc::new(Fixed("tdx", 2)),
+                ],
                 Arc::new(Fixed("nvidia-gpu", GPU_ALONE_TIER)),
             )
         };

@@ -327,13 +327,23 @@ fn broker_of(
             ..keyhaven_attest::snp::Policy::default()
         },
     ));
+    let tdx: Arc<dyn crate::attest::EvidenceVerifier> = Arc::new(crate::attest::TdxVerifier::new(
+        keyhaven_attest::tdx::Policy {
+            mr_td: config.tdx_mr_tds.clone(),
+            ..keyhaven_attest::tdx::Policy::default()
+        },
+    ));
     let gpu: Arc<dyn crate::attest::EvidenceVerifier> =
         Arc::new(crate::attest::NvidiaVerifier::default());
     let mut broker = crate::broker::Broker::new(master, storage.clone())
         .map_err(|e| ServeError::Setup(e.detail))?
         .accepting(snp.clone())
+        .accepting(tdx.clone())
         .accepting(gpu.clone())
-        .accepting(Arc::new(crate::attest::CompositeVerifier::new(snp, gpu)));
+        .accepting(Arc::new(crate::attest::CompositeVerifier::new(
+            vec![snp, tdx],
+            gpu,
+        )));
     if config.allow_sample_evidence {
         tracing::warn!(
             "sample evidence is accepted: it proves nothing (development only), and never \

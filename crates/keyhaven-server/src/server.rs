@@ -68,6 +68,8 @@ pub struct ServerConfig {
     /// The SEV-SNP launch measurements whose guests reach tier 2 (any other genuine SNP guest
     /// is tier 1: anyone can rent a confidential VM and run their own code in it).
     pub snp_measurements: Vec<[u8; 48]>,
+    /// The TDX MRTDs whose trust domains reach tier 2 (any other genuine TD is tier 1).
+    pub tdx_mr_tds: Vec<[u8; 48]>,
 }
 
 impl Default for ServerConfig {
@@ -96,6 +98,7 @@ impl Default for ServerConfig {
             },
             allow_sample_evidence: false,
             snp_measurements: Vec::new(),
+            tdx_mr_tds: Vec::new(),
         }
     }
 }

@@ -57,7 +57,8 @@ struct Case {
 fn unix(rfc3339: &str) -> u64 {
     // Only for the test's own arithmetic: the library's parser is tested in its unit tests.
     let days_before = |y: u64, m: u64| {
-        let leap = |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
+        let leap =
+            |y: u64| (y.is_multiple_of(4) && !y.is_multiple_of(100)) || y.is_multiple_of(400);
         let mut d = (1970..y)
             .map(|y| if leap(y) { 366 } else { 365 })
             .sum::<u64>();

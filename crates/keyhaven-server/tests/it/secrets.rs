@@ -1144,6 +1144,54 @@ async fn recorded_snp_evidence_is_checked_to_amds_root_and_a_replayed_report_ref
     );
 }
 
+/// A recorded Intel TDX quote with its DCAP collateral through a release, at a time inside the
+/// collateral's validity: checked up to Intel's root and refused because the quote binds
+/// another request's data (a replay); with a byte of its TD report changed, refused for its
+/// signature; at today's date, refused because the collateral is stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_tdx_evidence_is_checked_to_intels_root_and_a_replayed_quote_refused() {
+    let (quote, collateral) = crate::support::dcap_sample("tdx_quote_td15ex");
+    // 2026-10-08T01:09:46Z: an hour after the collateral's TCB Info was issued.
+    let t = crate::support::start_broker_at(1_791_421_786).await;
+    let (c, _) = client(&t, "td").await;
+    c.put_secret("model/key", b"weights-key", Default::default())
+        .await
+        .unwrap();
+    let release = |quote: Vec<u8>| {
+        let evidence = json!({
+            "type": "tdx",
+            "quote": Base64::encode_string(&quote),
+            "collateral": collateral.clone(),
+        });
+        let c = c.clone();
+        async move {
+            c.release_secret_with("model/key", None, |_| Some(evidence))
+                .await
+                .unwrap_err()
+        }
+    };
+    let mut changed = quote.clone();
+    changed[48 + 6 + 136] ^= 1; // MRTD
+    for (quote, why) in [
+        (quote.clone(), "other report data"),
+        (changed, "not signed by its attestation key"),
+    ] {
+        let e = release(quote).await;
+        assert!(
+            matches!(&e, ClientError::Problem(p) if p.kind.ends_with(":evidence-refused")),
+            "{e}"
+        );
+        assert!(e.to_string().contains(why), "{e}");
+    }
+    t.set_time(keyhaven::unix_now());
+    let e = release(quote).await;
+    assert!(e.to_string().contains("not valid at"), "{e}");
+    assert_eq!(
+        t.metric("keyhaven_broker_attestations_total{kind=\"tdx\",outcome=\"refused\"}"),
+        3
+    );
+}
+
 /// Recorded NVIDIA Hopper evidence through a release: checked up to NVIDIA's root, refused
 /// because it answers another nonce (a replay), and refused for its signature with a byte
 /// changed. Skipped when the shared evidence folder is absent.

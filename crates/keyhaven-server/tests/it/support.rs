@@ -74,7 +74,14 @@ pub(crate) async fn start_audited() -> TestServer {
 /// An audited server with a key broker whose master key is an X25519 key of the home's
 /// memory backend (tier 1).
 pub(crate) async fn start_broker() -> TestServer {
-    start_full(ServerConfig::default(), true, true).await
+    start_full(ServerConfig::default(), true, true, None).await
+}
+
+/// [`start_broker`] with its clock (and its clients') at `at`: recorded evidence is checked at
+/// a time inside its collateral's validity. (A server's clock is not set back once it runs:
+/// requests signed before it started are refused as replays.)
+pub(crate) async fn start_broker_at(at: u64) -> TestServer {
+    start_full(ServerConfig::default(), true, true, Some(at)).await
 }
 
 /// [`start_broker`] accepting `sample` evidence (development only).
@@ -83,24 +90,33 @@ pub(crate) async fn start_broker_sample() -> TestServer {
         allow_sample_evidence: true,
         ..ServerConfig::default()
     };
-    start_full(config, true, true).await
+    start_full(config, true, true, None).await
 }
 
 async fn start_inner(config: ServerConfig, audited: bool) -> TestServer {
-    start_full(config, audited, false).await
+    start_full(config, audited, false, None).await
 }
 
-async fn start_full(config: ServerConfig, audited: bool, broker: bool) -> TestServer {
+async fn start_full(
+    config: ServerConfig,
+    audited: bool,
+    broker: bool,
+    start: Option<u64>,
+) -> TestServer {
     let sample = config.allow_sample_evidence;
     let dir = tempfile::tempdir().unwrap();
     let (manager, key, signer) = server_key(dir.path(), Algorithm::Ed25519);
     let server_key = key.public_key().clone();
     let storage =
         Arc::new(SqliteStorage::open(&dir.path().join("server").join("server.db")).unwrap());
-    let offset = Arc::new(AtomicU64::new(0));
+    let offset = Arc::new(AtomicU64::new(
+        start.map_or(0, |at| at.wrapping_sub(unix_now())),
+    ));
     let o = offset.clone();
-    let mut server = Server::new(config, storage.clone(), Arc::new(signer))
-        .with_clock(Arc::new(move || unix_now() + o.load(Ordering::Relaxed)));
+    let mut server =
+        Server::new(config, storage.clone(), Arc::new(signer)).with_clock(Arc::new(move || {
+            unix_now().wrapping_add(o.load(Ordering::Relaxed))
+        }));
     if audited {
         let log = manager.audit().log().unwrap().expect("the home audits");
         server = server.with_audit(Arc::new(keyhaven_server::LogSink(log)));
@@ -113,6 +129,7 @@ async fn start_full(config: ServerConfig, audited: bool, broker: bool) -> TestSe
         let mut b = keyhaven_server::Broker::new(master, storage.clone())
             .unwrap()
             .accepting(Arc::new(keyhaven_server::attest::SnpVerifier::default()))
+            .accepting(Arc::new(keyhaven_server::attest::TdxVerifier::default()))
             .accepting(Arc::new(keyhaven_server::attest::NvidiaVerifier::default()));
         if sample {
             b = b.accepting(Arc::new(keyhaven_server::attest::SampleVerifier));
@@ -158,7 +175,7 @@ impl TestServer {
         Client::new(&self.base, signer, self.server_key.clone())
             .unwrap()
             .with_clock(Arc::new(move || {
-                unix_now() + offset.load(Ordering::Relaxed)
+                unix_now().wrapping_add(offset.load(Ordering::Relaxed))
             }))
     }
 
@@ -184,9 +201,15 @@ impl TestServer {
         self.offset.fetch_add(seconds, Ordering::Relaxed);
     }
 
+    /// Sets the server's (and its clients') clock to `at`, later than its start.
+    pub(crate) fn set_time(&self, at: u64) {
+        self.offset
+            .store(at.wrapping_sub(unix_now()), Ordering::Relaxed);
+    }
+
     /// The server's time.
     pub(crate) fn now(&self) -> u64 {
-        unix_now() + self.offset.load(Ordering::Relaxed)
+        unix_now().wrapping_add(self.offset.load(Ordering::Relaxed))
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
@@ -221,4 +244,25 @@ pub(crate) fn recorded_evidence(sub: &str) -> Option<std::path::PathBuf> {
         eprintln!("note: no recorded evidence at {}: skipped", dir.display());
         None
     }
+}
+
+/// The recorded TDX quotes and DCAP collateral in the `dcap-qvl` package's `sample/` folder
+/// (a dev-dependency of keyhaven-attest), found through `cargo metadata`.
+pub(crate) fn dcap_sample(name: &str) -> (Vec<u8>, serde_json::Value) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let packages = meta["packages"].as_array().unwrap();
+    let dcap = packages.iter().find(|p| p["name"] == "dcap-qvl").unwrap();
+    let dir = std::path::Path::new(dcap["manifest_path"].as_str().unwrap())
+        .parent()
+        .unwrap()
+        .join("sample");
+    let quote = std::fs::read(dir.join(name)).unwrap();
+    let collateral = std::fs::read(dir.join(format!("{name}_collateral.json"))).unwrap();
+    (quote, serde_json::from_slice(&collateral).unwrap())
 }
