@@ -327,6 +327,76 @@ pub(crate) enum AdminCommand {
     },
     /// Registration monitoring: clients and keys by status, recent registrations.
     Stats,
+    /// Revoke attestation evidence carrying a measurement, a TCB or an advisory: later
+    /// releases on such evidence are refused; prints the releases already made on it (from
+    /// the audit trail).
+    RevokeEvidence {
+        #[command(flatten)]
+        carried: CarriedArg,
+        /// Why (kept in the audit trail and shown to refused requesters).
+        #[arg(long)]
+        reason: String,
+        /// Also rotate the KEK of each tenant and tier those releases drew from, and rewrap
+        /// every envelope under it.
+        #[arg(long)]
+        rewrap: bool,
+    },
+    /// The releases made on evidence carrying a measurement, a TCB or an advisory (from the
+    /// audit trail), without revoking anything.
+    Affected {
+        #[command(flatten)]
+        carried: CarriedArg,
+    },
+    /// The evidence revocations in force.
+    EvidenceRevocations,
+}
+
+/// What evidence carried: exactly one of these.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct CarriedArg {
+    /// A measurement (hex): an SNP launch digest, a TDX MRTD or RTMR, a GPU measurement.
+    #[arg(long, value_name = "HEX")]
+    measurement: Option<String>,
+    /// A TCB: PLATFORM:COMPONENT<N (every value below N) or PLATFORM:COMPONENT=N, such as
+    /// sev-snp:microcode<213.
+    #[arg(long, value_name = "TCB")]
+    tcb: Option<String>,
+    /// A vendor advisory id, such as INTEL-SA-00837.
+    #[arg(long, value_name = "ID")]
+    advisory: Option<String>,
+}
+
+impl CarriedArg {
+    fn kind_value(&self) -> (&'static str, &str) {
+        match (&self.measurement, &self.tcb, &self.advisory) {
+            (Some(m), _, _) => ("measurement", m),
+            (_, Some(t), _) => ("tcb", t),
+            (_, _, Some(a)) => ("advisory", a),
+            // clap's group makes one of them present.
+            _ => ("measurement", ""),
+        }
+    }
+}
+
+/// The releases of an `affected` list, one line each.
+fn print_affected(affected: &serde_json::Value) -> Result<()> {
+    let rows: Vec<Vec<String>> = affected
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            vec![
+                keyhaven::rfc3339(r["at"].as_u64().unwrap_or(0)),
+                r["tenant"].as_str().unwrap_or("").to_owned(),
+                r["path"].as_str().unwrap_or("").to_owned(),
+                r["version"].to_string(),
+                r["receipt"].as_str().unwrap_or("").to_owned(),
+            ]
+        })
+        .collect();
+    print_table(&["AT", "TENANT", "PATH", "VERSION", "RECEIPT"], &rows)
 }
 
 /// One pinned server.
@@ -1091,6 +1161,74 @@ fn admin(
                 errln!("warning: no client has key {fp}");
             }
             Ok(())
+        }
+        AdminCommand::RevokeEvidence {
+            carried,
+            reason,
+            rewrap,
+        } => {
+            let (kind, value) = carried.kind_value();
+            let out =
+                runtime.block_on(client.admin_revoke_evidence(kind, value, &reason, rewrap))?;
+            if json {
+                return print_json(&out);
+            }
+            let affected = out["affected"].as_array().map_or(0, Vec::len);
+            outln!(
+                "{} {kind} {}: {affected} release(s) were made on evidence carrying it",
+                if out["added"] == true {
+                    "revoked"
+                } else {
+                    "already revoked"
+                },
+                out["revocation"]["value"].as_str().unwrap_or(value)
+            )?;
+            if affected > 0 {
+                print_affected(&out["affected"])?;
+            }
+            for r in out["rewrapped"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                outln!(
+                    "rotated tenant {} tier {} KEK to version {}: {} envelope(s) rewrapped",
+                    r["tenant"].as_str().unwrap_or(""),
+                    r["tier"],
+                    r["kek_version"],
+                    r["rewrapped"]
+                )?;
+            }
+            Ok(())
+        }
+        AdminCommand::Affected { carried } => {
+            let (kind, value) = carried.kind_value();
+            let out = runtime.block_on(client.admin_evidence_affected(kind, value))?;
+            if json {
+                return print_json(&out);
+            }
+            print_affected(&out)
+        }
+        AdminCommand::EvidenceRevocations => {
+            let out = runtime.block_on(client.admin_evidence_revocations())?;
+            if json {
+                return print_json(&out);
+            }
+            let rows: Vec<Vec<String>> = out
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|r| {
+                    vec![
+                        r["kind"].as_str().unwrap_or("").to_owned(),
+                        r["value"].as_str().unwrap_or("").to_owned(),
+                        keyhaven::rfc3339(r["at"].as_u64().unwrap_or(0)),
+                        r["reason"].as_str().unwrap_or("").to_owned(),
+                    ]
+                })
+                .collect();
+            print_table(&["KIND", "VALUE", "AT", "REASON"], &rows)
         }
         AdminCommand::Stats => {
             let s = runtime.block_on(client.admin_stats())?;

@@ -440,6 +440,53 @@ impl Client {
             .await?;
         Ok(())
     }
+
+    /// Admins: revokes evidence carrying `value` of `kind` (`measurement`: hex; `tcb`:
+    /// `PLATFORM:COMPONENT<N` or `=N`; `advisory`: an id such as `INTEL-SA-00837`): later
+    /// releases on evidence carrying it are refused. Answers with the revocation, the releases
+    /// the audit trail shows were made on evidence carrying it (`affected`), and, with
+    /// `rewrap`, the KEKs rotated and rewrapped for them (`rewrapped`).
+    ///
+    /// # Errors
+    /// 400 for a bad kind, value or reason; 403 for a key that is not an admin's; as
+    /// [`Client::send`].
+    pub async fn admin_revoke_evidence(
+        &self,
+        kind: &str,
+        value: &str,
+        reason: &str,
+        rewrap: bool,
+    ) -> Result<Value> {
+        let body = json!({ "kind": kind, "value": value, "reason": reason, "rewrap": rewrap });
+        let out: VaultData<Value> = self
+            .call("POST", "v1/admin/attestation/revocations", Some(&body))
+            .await?;
+        Ok(out.data)
+    }
+
+    /// Admins: the evidence revocations in force.
+    ///
+    /// # Errors
+    /// As [`Client::admin_revoke_evidence`].
+    pub async fn admin_evidence_revocations(&self) -> Result<Value> {
+        let out: VaultData<Value> = self
+            .call("GET", "v1/admin/attestation/revocations", None::<&()>)
+            .await?;
+        Ok(out.data["revocations"].clone())
+    }
+
+    /// Admins: the releases the audit trail shows were made on evidence carrying `value` of
+    /// `kind`, without revoking anything.
+    ///
+    /// # Errors
+    /// As [`Client::admin_revoke_evidence`].
+    pub async fn admin_evidence_affected(&self, kind: &str, value: &str) -> Result<Value> {
+        let body = json!({ "kind": kind, "value": value });
+        let out: VaultData<Value> = self
+            .call("POST", "v1/admin/attestation/affected", Some(&body))
+            .await?;
+        Ok(out.data["affected"].clone())
+    }
 }
 
 impl Client {

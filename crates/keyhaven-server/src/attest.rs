@@ -75,10 +75,29 @@ impl EvidenceVerifier for SampleVerifier {
         }
         let claimed = evidence["tier"].as_u64().unwrap_or(0);
         let tier = u8::try_from(claimed.min(u64::from(SAMPLE_MAX_TIER))).unwrap_or(0);
+        // What the requester says it measured (hex strings, at most 16): claimed, not proved,
+        // like everything sample evidence says; it lets development exercise measurement
+        // policies and revocation.
+        let mut measurements = serde_json::Map::new();
+        if let Some(m) = evidence["measurements"].as_object() {
+            for (name, v) in m.iter().take(16) {
+                if let Some(h) = v
+                    .as_str()
+                    .filter(|h| h.len() <= 128 && hex::decode(h).is_ok())
+                {
+                    measurements.insert(name.chars().take(40).collect(), json!(h));
+                }
+            }
+        }
         Ok(Attested {
             kind: "sample".into(),
             tier,
-            claims: json!({ "platform": "sample", "claimed_tier": claimed, "debug": true }),
+            claims: json!({
+                "platform": "sample",
+                "claimed_tier": claimed,
+                "debug": true,
+                "measurements": measurements,
+            }),
         })
     }
 }

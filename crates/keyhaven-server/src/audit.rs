@@ -38,6 +38,16 @@ pub trait AuditSink: Send + Sync + 'static {
     fn checkpoint(&self, _signer: &dyn crate::server::ResponseSigner) -> Result<(), String> {
         Ok(())
     }
+
+    /// Every allowed decision of `operation` in the trail, oldest first: (when, in seconds
+    /// since the epoch; who; why).
+    ///
+    /// # Errors
+    /// The trail cannot be read, or this one cannot be searched.
+    fn search(&self, operation: &str) -> Result<Vec<(u64, String, String)>, String> {
+        let _ = operation;
+        Err("this server keeps no searchable audit trail".into())
+    }
 }
 
 /// A keyhaven audit log as the trail.
@@ -59,6 +69,26 @@ impl AuditSink for LogSink {
             e = e.reason(d.reason.clone());
         }
         self.0.append(e).map(|_| ()).map_err(|e| e.to_string())
+    }
+
+    fn search(&self, operation: &str) -> Result<Vec<(u64, String, String)>, String> {
+        let filter = keyhaven::audit::Filter {
+            operation: Some(operation.to_owned()),
+            outcome: Some(Outcome::Allowed),
+            ..keyhaven::audit::Filter::default()
+        };
+        let records = self.0.search(&filter).map_err(|e| e.to_string())?;
+        Ok(records
+            .into_iter()
+            .filter_map(|r| match r.body {
+                keyhaven::audit::Body::Event(e) => Some((
+                    r.unix_nanos / 1_000_000_000,
+                    e.principal,
+                    e.reason.unwrap_or_default(),
+                )),
+                _ => None,
+            })
+            .collect())
     }
 }
 

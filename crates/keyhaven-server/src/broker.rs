@@ -390,7 +390,7 @@ impl Params {
         }
     }
 
-    fn flag(&mut self, name: &'static str) -> Result<bool, ApiError> {
+    pub(crate) fn flag(&mut self, name: &'static str) -> Result<bool, ApiError> {
         match self.take(name) {
             None => Ok(false),
             Some(Value::Bool(b)) => Ok(b),

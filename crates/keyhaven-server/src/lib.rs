@@ -6,6 +6,7 @@ pub mod attest;
 mod audit;
 mod auth;
 pub mod broker;
+pub mod compromise;
 pub mod fallback;
 mod handlers;
 mod metrics;

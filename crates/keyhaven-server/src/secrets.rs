@@ -96,6 +96,8 @@ fn tier_param(p: &mut Params, name: &'static str) -> Result<Option<u8>, ApiError
 pub(crate) struct Assessment {
     tier: u8,
     evidence: Value,
+    /// What verified evidence carried (none without evidence).
+    carried: Option<crate::compromise::Carried>,
 }
 
 /// What the signing key earns (tier 1 for a registered key, up to tier 2 for one an admin
@@ -118,10 +120,12 @@ fn assess(
                 "vouched_by": t.vouched_by,
                 "vouched_at": t.at,
             }),
+            carried: None,
         },
         None => Assessment {
             tier: 1,
             evidence: json!({ "kind": "registered-key", "key": caller.fingerprint, "tier": 1 }),
+            carried: None,
         },
     };
     let Some(evidence) = evidence else {
@@ -135,17 +139,26 @@ fn assess(
         .unwrap_or("other");
     match broker.attestation().verify(evidence, report_data, now) {
         Ok(a) => {
+            // Verified; then nothing it carried may be revoked (a measurement, a TCB, an
+            // advisory: see crate::compromise).
+            let carried = crate::compromise::Carried::of(&a.kind, &a.claims);
+            if let Err(e) = crate::compromise::check(broker, &carried) {
+                metrics.attestation(label, "revoked");
+                return Err(e);
+            }
             metrics.attestation(label, "verified");
             let attested = json!({ "kind": a.kind, "tier": a.tier, "claims": a.claims });
             Ok(if a.tier > key.tier {
                 Assessment {
                     tier: a.tier,
                     evidence: json!({ "kind": "attested", "attestation": attested, "key": key.evidence }),
+                    carried: Some(carried),
                 }
             } else {
                 Assessment {
                     tier: key.tier,
                     evidence: json!({ "kind": key.evidence["kind"], "key": key.evidence, "attestation": attested }),
+                    carried: Some(carried),
                 }
             })
         }
@@ -616,9 +629,21 @@ pub(crate) async fn release(
                     "jwe": jwe,
                     "receipt": receipt,
                 }),
+                // The tenant and what the evidence carried, for the audit trail: a later
+                // compromise of a measurement finds this release (crate::compromise).
                 format!(
-                    "version {version} at tier {} to a tier {} requester (receipt {receipt_id})",
-                    record.tier, assessment.tier
+                    "version {version} at tier {} to a tier {} requester (receipt {receipt_id}) \
+                     in tenant {tenant}{}",
+                    record.tier,
+                    assessment.tier,
+                    assessment
+                        .carried
+                        .as_ref()
+                        .map_or_else(String::new, |c| format!(
+                            "{}{}",
+                            crate::compromise::EVIDENCE_MARK,
+                            serde_json::to_string(c).unwrap_or_default()
+                        ))
                 ),
             ))
         },
@@ -788,7 +813,7 @@ pub(crate) async fn rotate_kek(
 
 /// Rotates `tenant`'s KEK at `tier` and rewraps every envelope of that tier to it; returns
 /// the new KEK version and how many envelopes moved.
-fn rotate_and_rewrap(
+pub(crate) fn rotate_and_rewrap(
     broker: &Broker,
     tenant: &str,
     tier: u8,

@@ -382,6 +382,14 @@ impl Server {
             )
             .route("/v1/admin/keys/{fingerprint}/tier", post(secrets::vouch))
             .route(
+                "/v1/admin/attestation/revocations",
+                get(crate::compromise::list).post(crate::compromise::revoke),
+            )
+            .route(
+                "/v1/admin/attestation/affected",
+                post(crate::compromise::query),
+            )
+            .route(
                 "/v1/admin/policies",
                 put(crate::policy::put)
                     .get(crate::policy::list)
@@ -441,6 +449,9 @@ fn classify(path: &str) -> (&'static str, Access) {
         "/v1/tokens" => ("tokens", Access::Client),
         "/v1/tokens/revoke" => ("tokens_revoke", Access::Client),
         p if p.starts_with("/v1/admin/keys/") => ("admin_keys", Access::Admin),
+        "/v1/admin/attestation/revocations" | "/v1/admin/attestation/affected" => {
+            ("admin_attestation", Access::Admin)
+        }
         "/v1/admin/policies" => ("admin_policies", Access::Admin),
         p if p.starts_with("/v1/policy/explain-release/") => ("explain", Access::Client),
         _ => ("other", Access::Open),

@@ -77,6 +77,17 @@ impl AuditSink for PgTrail {
         Ok(())
     }
 
+    fn search(&self, operation: &str) -> Result<Vec<(u64, String, String)>, String> {
+        let (rows, _) = self.storage.audit_trail().map_err(|e| e.to_string())?;
+        let mut found: Vec<(u64, String, String)> = rows
+            .into_iter()
+            .filter(|r| r.allowed && r.operation == operation)
+            .map(|r| (r.at, r.principal, r.reason))
+            .collect();
+        found.sort_by_key(|f| f.0);
+        Ok(found)
+    }
+
     fn checkpoint(&self, signer: &dyn ResponseSigner) -> Result<(), String> {
         let heads = self.storage.audit_heads().map_err(|e| e.to_string())?;
         let at = (self.clock)();

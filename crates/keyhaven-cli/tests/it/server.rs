@@ -1230,5 +1230,140 @@ fn a_malformed_snp_measurement_is_a_usage_error() {
     for bad in ["abc", &"ab".repeat(47), &"zz".repeat(48)] {
         let e = h.fails(&["serve", "--snp-measurement", bad], 2);
         assert!(e.contains("96 hex digits"), "{e}");
+        let e = h.fails(&["serve", "--tdx-mr-td", bad], 2);
+        assert!(e.contains("--tdx-mr-td") && e.contains("MRTD"), "{e}");
     }
+}
+
+/// An admin revokes attestation evidence by measurement, TCB and advisory from the CLI, lists
+/// what is revoked and asks the audit trail what was released on it; a client cannot, and a
+/// value that is not one is refused with the server's reason.
+#[test]
+fn evidence_revocations_from_the_cli() {
+    let s = server_home();
+    s.ok(&["serve", "init-broker"]);
+    let served = Served::start(&s);
+    s.ok(&[
+        "client",
+        "trust",
+        "--server",
+        &served.url,
+        "--server-fingerprint",
+        &served.fingerprint,
+    ]);
+    let m = "c0ffee".repeat(16);
+    let out = s.ok(&[
+        "client",
+        "admin",
+        "revoke-evidence",
+        "--measurement",
+        &m,
+        "--reason",
+        "leaked image key",
+        "--key",
+        "admin",
+    ]);
+    assert!(
+        out.contains(&format!("revoked measurement {m}: 0 release(s)")),
+        "{out}"
+    );
+    s.ok(&[
+        "client",
+        "admin",
+        "revoke-evidence",
+        "--tcb",
+        "sev-snp:microcode<213",
+        "--reason",
+        "CVE",
+        "--key",
+        "admin",
+    ]);
+    let again = s.ok(&[
+        "client",
+        "admin",
+        "revoke-evidence",
+        "--advisory",
+        "intel-sa-00837",
+        "--reason",
+        "SA",
+        "--key",
+        "admin",
+        "--rewrap",
+    ]);
+    assert!(again.contains("revoked advisory INTEL-SA-00837"), "{again}");
+    let listed = s.json(&[
+        "client",
+        "admin",
+        "evidence-revocations",
+        "--key",
+        "admin",
+        "--json",
+    ]);
+    let values: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        values,
+        [m.as_str(), "sev-snp:microcode<213", "INTEL-SA-00837"]
+    );
+    let none = s.json(&[
+        "client",
+        "admin",
+        "affected",
+        "--measurement",
+        &m,
+        "--key",
+        "admin",
+        "--json",
+    ]);
+    assert_eq!(none, serde_json::json!([]));
+    // Not a measurement; two at once; a client's key.
+    let bad = s.run(&[
+        "client",
+        "admin",
+        "revoke-evidence",
+        "--measurement",
+        "xyz",
+        "--reason",
+        "r",
+        "--key",
+        "admin",
+    ]);
+    assert_ne!(bad.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not hex"));
+    s.fails(
+        &[
+            "client",
+            "admin",
+            "affected",
+            "--measurement",
+            &m,
+            "--advisory",
+            "X",
+            "--key",
+            "admin",
+        ],
+        2,
+    );
+    let c = Home::with_encrypted();
+    c.generate("ed25519", "app", &[]);
+    served.register(&c, "app");
+    let e = c.fails(
+        &[
+            "client",
+            "admin",
+            "revoke-evidence",
+            "--measurement",
+            &m,
+            "--reason",
+            "r",
+            "--key",
+            "app",
+        ],
+        6,
+    );
+    assert!(e.contains("admin"), "{e}");
 }

@@ -183,6 +183,12 @@ fn the_shared_audit_trail_verifies_and_shows_every_edit_and_removal() {
             .unwrap();
         }
     }
+    // Either node searches every chain: the allowed decisions of an operation (what the
+    // compromise query reads).
+    let found = b.search("server.register").unwrap();
+    assert_eq!(found.len(), 4, "{found:?}");
+    assert!(found.iter().all(|(_, p, r)| p != "client:1" && r == "test"));
+    assert!(a.search("secret.release").unwrap().is_empty());
     a.checkpoint(&signer).unwrap();
     let report = verify_trail(&storage, key.public_key()).unwrap();
     assert_eq!(

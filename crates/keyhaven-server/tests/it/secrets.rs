@@ -1223,3 +1223,162 @@ async fn recorded_gpu_evidence_is_checked_to_nvidias_root_and_a_replayed_report_
         assert!(e.to_string().contains(why), "{e}");
     }
 }
+
+/// Compromise by measurement: releases made on evidence that carried a measurement are found
+/// in the audit trail; revoking it refuses later evidence carrying it (whatever else the
+/// evidence says), names what it exposed, and rotates and rewraps the KEK those releases drew
+/// from; other evidence, and requests without evidence, are unaffected. Only admins revoke.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_measurement_refuses_new_evidence_and_lists_the_releases_it_affected() {
+    let t = crate::support::start_broker_sample().await;
+    let (c, _) = client(&t, "cvm").await;
+    let admin_key = t.key(Algorithm::Ed25519, "admin");
+    t.make_admin(&admin_key);
+    let admin = t.client(&admin_key);
+    call(
+        &t,
+        &c,
+        "PUT",
+        "/v1/secrets/model/key",
+        json!({ "value": b64(b"weights-key") }),
+    )
+    .await
+    .unwrap();
+    let measured = |m: &str| {
+        let m = m.to_owned();
+        move |rd: &[u8; 32]| {
+            Some(json!({
+                "type": "sample", "tier": 1, "report_data": hex::encode(rd),
+                "measurements": { "launch": m },
+            }))
+        }
+    };
+    let bad = "aa11".repeat(24);
+    let good = "bb22".repeat(24);
+    c.release_secret_with("model/key", None, measured(&bad))
+        .await
+        .unwrap();
+    c.release_secret_with("model/key", None, measured(&good))
+        .await
+        .unwrap();
+
+    // The trail knows which release carried it, before anything is revoked.
+    let found = call(
+        &t,
+        &admin,
+        "POST",
+        "/v1/admin/attestation/affected",
+        json!({ "kind": "measurement", "value": bad }),
+    )
+    .await
+    .unwrap();
+    let affected = found["affected"].as_array().unwrap();
+    assert_eq!(affected.len(), 1, "{found}");
+    assert_eq!(affected[0]["path"], "model/key");
+    assert_eq!(affected[0]["version"], 1);
+
+    // A client cannot revoke.
+    let e = call(
+        &t,
+        &c,
+        "POST",
+        "/v1/admin/attestation/revocations",
+        json!({ "kind": "measurement", "value": bad, "reason": "x" }),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.0, 403, "{}", e.2);
+    // Bad input is named.
+    for body in [
+        json!({ "kind": "measurement", "value": "xyz", "reason": "r" }),
+        json!({ "kind": "colour", "value": "aa", "reason": "r" }),
+        json!({ "kind": "tcb", "value": "microcode<3", "reason": "r" }),
+        json!({ "kind": "measurement", "value": "aa" }),
+    ] {
+        let e = call(
+            &t,
+            &admin,
+            "POST",
+            "/v1/admin/attestation/revocations",
+            body,
+        )
+        .await
+        .unwrap_err();
+        assert_eq!((e.0, e.1.as_str()), (400, "invalid-request"), "{}", e.2);
+    }
+
+    // Revoked (upper-case hex is the same measurement), with the KEK rotated and rewrapped.
+    let revoked = call(
+        &t,
+        &admin,
+        "POST",
+        "/v1/admin/attestation/revocations",
+        json!({
+            "kind": "measurement", "value": bad.to_uppercase(),
+            "reason": "image with a leaked signing key", "rewrap": true,
+        }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(revoked["added"], true);
+    assert_eq!(
+        revoked["affected"].as_array().unwrap().len(),
+        1,
+        "{revoked}"
+    );
+    let rewrapped = revoked["rewrapped"].as_array().unwrap();
+    assert_eq!(rewrapped.len(), 1, "{revoked}");
+    assert_eq!(rewrapped[0]["tenant"], affected[0]["tenant"]);
+    assert_eq!(
+        affected[0]["principal"],
+        format!("client:{}", affected[0]["tenant"].as_str().unwrap())
+    );
+    assert_eq!(rewrapped[0]["rewrapped"], 1);
+
+    // New evidence carrying it is refused, saying why; other evidence and none still work,
+    // and the secret (rewrapped) still opens.
+    let e = c
+        .release_secret_with("model/key", None, measured(&bad))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, ClientError::Problem(p) if p.kind.ends_with(":evidence-revoked")),
+        "{e}"
+    );
+    assert!(e.to_string().contains("leaked signing key"), "{e}");
+    let r = c
+        .release_secret_with("model/key", None, measured(&good))
+        .await
+        .unwrap();
+    assert_eq!(r.secret.expose_secret(), b"weights-key");
+    c.release_secret_with("model/key", None, |_| None)
+        .await
+        .unwrap();
+    assert_eq!(
+        t.metric("keyhaven_broker_attestations_total{kind=\"sample\",outcome=\"revoked\"}"),
+        1
+    );
+    let list = call(
+        &t,
+        &admin,
+        "GET",
+        "/v1/admin/attestation/revocations",
+        json!({}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(list["revocations"][0]["value"], bad);
+    assert_eq!(list["revocations"][0]["kind"], "measurement");
+    assert_eq!(list["revocations"].as_array().unwrap().len(), 1);
+    // Revoking again adds nothing.
+    let again = call(
+        &t,
+        &admin,
+        "POST",
+        "/v1/admin/attestation/revocations",
+        json!({ "kind": "measurement", "value": bad, "reason": "again" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again["added"], false);
+}
