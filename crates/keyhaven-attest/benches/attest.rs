@@ -2,7 +2,8 @@
 //! DCAP collateral from the `dcap-qvl` package: three chains, two CRLs, the signed TCB Info and
 //! QE Identity, the QE report and the quote) against parsing alone; and, when the shared folder
 //! is present (else skipped with a note), SEV-SNP (report signature and the RSA chain) against
-//! parsing alone, and NVIDIA Hopper (SPDM signature and an ECDSA chain of five).
+//! parsing alone, a TPM 2.0 quote (RSA attestation key, 24 PCRs), and NVIDIA Hopper (SPDM
+//! signature and an ECDSA chain of five).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -87,6 +88,35 @@ fn bench(c: &mut Criterion) {
     g.bench_function("sev-snp full verify (report + VCEK/ASK/ARK chain)", |b| {
         b.iter(|| snp::verify(&e, &Policy::default(), None, now).is_ok())
     });
+    let tpm_dir = dir.join("trustee/tpm");
+    if let Ok(text) = std::fs::read(tpm_dir.join("tpm_evidence.json"))
+        && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&text)
+    {
+        use base64ct::{Base64, Encoding};
+        let b64 = |s: &serde_json::Value| Base64::decode_vec(s.as_str().unwrap_or("")).unwrap();
+        let (attest, signature, ak) = (
+            b64(&v["tpm_quote"]["message"]),
+            b64(&v["tpm_quote"]["signature"]),
+            b64(&v["ak_public"]),
+        );
+        let pcrs: std::collections::BTreeMap<u8, Vec<u8>> = v["tpm_quote"]["pcrs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(0u8..)
+            .map(|(h, i)| (i, hex::decode(h.as_str().unwrap()).unwrap()))
+            .collect();
+        let e = keyhaven_attest::tpm::Evidence {
+            attest: &attest,
+            signature: &signature,
+            ak_public: &ak,
+            pcrs: &pcrs,
+        };
+        let policy = keyhaven_attest::tpm::Policy::default();
+        g.bench_function("tpm quote verify (RSA-2048 AK, 24 PCRs)", |b| {
+            b.iter(|| keyhaven_attest::tpm::verify(&e, &policy, None).is_ok())
+        });
+    }
     let nv = dir.join("trustee/nvidia");
     if let (Ok(report), Ok(chain)) = (
         std::fs::read_to_string(nv.join("hopperAttestationReport.txt")),

@@ -7,6 +7,7 @@ pub mod nvidia;
 mod rsa_pss;
 pub mod snp;
 pub mod tdx;
+pub mod tpm;
 mod x509;
 
 pub use claims::{Claims, Trust, TrustVector};

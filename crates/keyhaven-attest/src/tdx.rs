@@ -426,6 +426,8 @@ struct TcbInfo {
     next_update: String,
     fmspc: String,
     pce_id: String,
+    tcb_type: u32,
+    tcb_evaluation_data_number: u32,
     tdx_module: Option<ModuleIdentity>,
     #[serde(default)]
     tdx_module_identities: Vec<ModuleIdentity>,
@@ -492,6 +494,7 @@ struct QeIdentity {
     attributes_mask: String,
     mrsigner: String,
     isvprodid: u16,
+    tcb_evaluation_data_number: u32,
     tcb_levels: Vec<IsvLevel>,
 }
 
@@ -570,10 +573,11 @@ impl TcbStatus {
         use TcbStatus::*;
         match (component, self) {
             (Revoked, _) => Revoked,
-            (OutOfDate, UpToDate | SwHardeningNeeded) => OutOfDate,
-            (OutOfDate, ConfigurationNeeded | ConfigurationAndSwHardeningNeeded) => {
-                OutOfDateConfigurationNeeded
-            }
+            (OutOfDate | OutOfDateConfigurationNeeded, UpToDate | SwHardeningNeeded) => OutOfDate,
+            (
+                OutOfDate | OutOfDateConfigurationNeeded,
+                ConfigurationNeeded | ConfigurationAndSwHardeningNeeded,
+            ) => OutOfDateConfigurationNeeded,
             _ => self,
         }
     }
@@ -622,10 +626,20 @@ pub struct Policy {
     pub refused_advisories: Vec<String>,
     /// Accept a TD under debug.
     pub allow_debug: bool,
-    /// The `MRTD`s accepted (empty: any, and `executables` is not affirmed).
+    /// The `MRTD`s accepted (empty: any, and `executables` is not affirmed). MRTD measures
+    /// the TD's virtual firmware only: name the kernel's and the configuration's registers in
+    /// [`Policy::reference`] too.
     pub mr_td: Vec<[u8; 48]>,
+    /// Reference values of other registers, by their claim name (`rtmr0` to `rtmr3`,
+    /// `mr_config_id`, `mr_owner`, `mr_owner_config`, `mr_seam`, `mr_service_td`): each must be
+    /// present and equal.
+    pub reference: BTreeMap<String, [u8; 48]>,
     /// Extra root key digests trusted beside [`INTEL_SGX_ROOT`] (a test PCS).
     pub extra_roots: Vec<[u8; 32]>,
+    /// The lowest TCB evaluation data number accepted in the TCB Info and the QE Identity
+    /// (0: any current collateral). Collateral comes from the requester, so without it an
+    /// older issue still within its dates (before a TCB recovery) is accepted.
+    pub min_tcb_evaluation: u32,
 }
 
 impl Default for Policy {
@@ -640,7 +654,9 @@ impl Default for Policy {
             refused_advisories: Vec::new(),
             allow_debug: false,
             mr_td: Vec::new(),
+            reference: BTreeMap::new(),
             extra_roots: Vec::new(),
+            min_tcb_evaluation: 0,
         }
     }
 }
@@ -675,7 +691,21 @@ fn parse_time(what: &'static str, s: &str) -> Result<u64> {
     let (Some(y), Some(m), Some(d), Some(hh), Some(mm), Some(ss)) = parts else {
         return Err(malformed(what, format!("'{s}' is not a UTC time")));
     };
-    if !shape || !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+    let leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    let month_days = match m {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if !shape
+        || y < 1970
+        || !(1..=12).contains(&m)
+        || !(1..=month_days).contains(&d)
+        || hh > 23
+        || mm > 59
+        || ss > 59
+    {
         return Err(malformed(what, format!("'{s}' is not a UTC time")));
     }
     // Days from the civil date (Howard Hinnant's algorithm), from 1970-01-01.
@@ -686,7 +716,7 @@ fn parse_time(what: &'static str, s: &str) -> Result<u64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = (era * 146_097 + doe)
         .checked_sub(719_468)
-        .ok_or_else(|| malformed(what, format!("'{s}' is before 1970")))?;
+        .ok_or_else(|| malformed(what, format!("'{s}' is not a UTC time")))?;
     Ok(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
@@ -711,9 +741,19 @@ fn check_current(what: &'static str, issue: &str, next: &str, now: u64) -> Resul
 }
 
 /// The PEM chain in `text`, parsed, its root pinned, each certificate signed by the next.
+/// The certificates a PCK chain is made of, leaf first: Intel's names for each place.
+const PCK_CHAIN: &[&[&str]] = &[
+    &["Intel SGX PCK Certificate"],
+    &["Intel SGX PCK Platform CA", "Intel SGX PCK Processor CA"],
+    &["Intel SGX Root CA"],
+];
+/// The chain that signs the TCB Info and the QE Identity.
+const SIGNING_CHAIN: &[&[&str]] = &[&["Intel SGX TCB Signing"], &["Intel SGX Root CA"]];
+
 fn intel_chain<'a>(
     ders: &'a [Vec<u8>],
     what: &'static str,
+    shape: &[&[&str]],
     policy: &Policy,
     now: u64,
 ) -> Result<Vec<X509Certificate<'a>>> {
@@ -721,6 +761,39 @@ fn intel_chain<'a>(
         .iter()
         .map(|d| parse_cert(what, d))
         .collect::<Result<Vec<_>>>()?;
+    // Exactly Intel's shape: a certificate Intel issued for one purpose (a PCK, whose key a
+    // platform holds) cannot stand in for another (a CA, a collateral signer).
+    if chain.len() != shape.len() {
+        return Err(malformed(
+            what,
+            format!(
+                "{} certificates, not {} ({})",
+                chain.len(),
+                shape.len(),
+                shape
+                    .iter()
+                    .map(|names| names.join(" or "))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
+    for (i, (cert, names)) in chain.iter().zip(shape).enumerate() {
+        let name = common_name(cert);
+        if !names.contains(&name.as_str()) {
+            return Err(AttestError::UntrustedRoot(format!(
+                "{what}: certificate {} is '{name}', not {}",
+                i + 1,
+                names.join(" or ")
+            )));
+        }
+        if cert.is_ca() != (i > 0) {
+            return Err(AttestError::UntrustedRoot(format!(
+                "{what}: '{name}' {} a CA",
+                if i > 0 { "is not" } else { "is" }
+            )));
+        }
+    }
     let root = chain.last().ok_or_else(|| malformed(what, "it is empty"))?;
     let digest = key_digest(root);
     if hex::encode(digest) != INTEL_SGX_ROOT && !policy.extra_roots.contains(&digest) {
@@ -878,6 +951,9 @@ fn pck_tcb(cert: &X509Certificate<'_>) -> Result<PckTcb> {
 struct Verdict {
     status: TcbStatus,
     advisories: Vec<String>,
+    /// Whether the levels met are Intel's latest (the first of the TCB Info's and of the TDX
+    /// module identity's).
+    latest: bool,
 }
 
 impl Verdict {
@@ -897,7 +973,7 @@ fn platform_verdict(info: &TcbInfo, pck: &PckTcb, tee_tcb_svn: &[u8; 16]) -> Res
     // components (the module's SVN and version) are not compared with the platform's levels.
     let skip = if tee_tcb_svn[1] > 0 { 2 } else { 0 };
     let mut found = None;
-    for level in &info.tcb_levels {
+    for (index, level) in info.tcb_levels.iter().enumerate() {
         let (sgx, tdx) = (&level.tcb.sgxtcbcomponents, &level.tcb.tdxtcbcomponents);
         if sgx.len() != 16 || tdx.len() != 16 {
             return Err(malformed(
@@ -916,11 +992,11 @@ fn platform_verdict(info: &TcbInfo, pck: &PckTcb, tee_tcb_svn: &[u8; 16]) -> Res
                 .skip(skip)
                 .all(|(need, have)| *have >= need.svn);
         if meets {
-            found = Some(level);
+            found = Some((index, level));
             break;
         }
     }
-    let level = found.ok_or_else(|| {
+    let (index, level) = found.ok_or_else(|| {
         AttestError::Policy(
             "the platform's TCB is below every level in Intel's TCB Info (unsupported)".into(),
         )
@@ -928,6 +1004,7 @@ fn platform_verdict(info: &TcbInfo, pck: &PckTcb, tee_tcb_svn: &[u8; 16]) -> Res
     let mut verdict = Verdict {
         status: TcbStatus::parse(&level.tcb_status, PLATFORM_STATUSES)?,
         advisories: level.advisory_ids.clone(),
+        latest: index == 0,
     };
     if tee_tcb_svn[1] > 0 {
         let want = format!("TDX_{:02X}", tee_tcb_svn[1]);
@@ -941,10 +1018,11 @@ fn platform_verdict(info: &TcbInfo, pck: &PckTcb, tee_tcb_svn: &[u8; 16]) -> Res
                     tee_tcb_svn[1]
                 ))
             })?;
-        let level = module
+        let (index, level) = module
             .tcb_levels
             .iter()
-            .find(|l| u16::from(tee_tcb_svn[0]) >= l.tcb.isvsvn)
+            .enumerate()
+            .find(|(_, l)| u16::from(tee_tcb_svn[0]) >= l.tcb.isvsvn)
             .ok_or_else(|| {
                 AttestError::Policy(format!(
                     "TDX module SVN {} is below every level of {want}",
@@ -955,6 +1033,7 @@ fn platform_verdict(info: &TcbInfo, pck: &PckTcb, tee_tcb_svn: &[u8; 16]) -> Res
             TcbStatus::parse(&level.tcb_status, MODULE_STATUSES)?,
             &level.advisory_ids,
         );
+        verdict.latest &= index == 0;
     }
     Ok(verdict)
 }
@@ -1043,24 +1122,25 @@ fn qe_verdict(identity: &QeIdentity, qe_report: &[u8]) -> Result<Verdict> {
     Ok(Verdict {
         status: TcbStatus::parse(&level.tcb_status, QE_STATUSES)?,
         advisories: level.advisory_ids.clone(),
+        latest: false,
     })
 }
 
-/// A TDX 1.5 TD's launch and current verdicts, as one.
-fn relaunch(launch: TcbStatus, current: TcbStatus) -> TcbStatus {
+/// A TDX 1.5 TD's verdict when a TD-preserving update has happened since its launch (Intel's
+/// "relaunch advised"): the launch TCB (with the QE's status converged in) is out of date, the
+/// quoting enclave is not, and the current TCB (`TEE_TCB_SVN2`) meets Intel's latest levels.
+/// Otherwise the launch verdict stands.
+fn relaunch(launch: TcbStatus, qe: TcbStatus, current: &Verdict) -> TcbStatus {
     let launch_out = matches!(
         launch,
         TcbStatus::OutOfDate | TcbStatus::OutOfDateConfigurationNeeded
     );
-    let current_fine = matches!(
-        current,
-        TcbStatus::UpToDate
-            | TcbStatus::SwHardeningNeeded
-            | TcbStatus::ConfigurationNeeded
-            | TcbStatus::ConfigurationAndSwHardeningNeeded
+    let qe_fine = !matches!(
+        qe,
+        TcbStatus::OutOfDate | TcbStatus::OutOfDateConfigurationNeeded | TcbStatus::Revoked
     );
-    if launch_out && current_fine {
-        if launch.needs_configuration() || current.needs_configuration() {
+    if launch_out && qe_fine && current.latest {
+        if launch.needs_configuration() || current.status.needs_configuration() {
             TcbStatus::TdRelaunchAdvisedConfigurationNeeded
         } else {
             TcbStatus::TdRelaunchAdvised
@@ -1150,7 +1230,8 @@ pub fn verify(
         "it needs the PCK certificate, its CA and Intel's root",
     )?;
     // The chain's text is not signed: it must be exactly the canonical PEM of what it holds
-    // (64-column lines), padded with zeros at most, so no byte of a quote is free to change.
+    // (64-column lines), padded with zeros at most, so no byte of a quote is free to change
+    // (but for ECDSA's (r, n - s), which verifies as well as (r, s)).
     let mut canonical = String::new();
     for der in &pck_ders {
         canonical.push_str("-----BEGIN CERTIFICATE-----\n");
@@ -1167,21 +1248,33 @@ pub fn verify(
             "its PCK chain is not canonical PEM (changed, or text around the certificates)",
         ));
     }
-    let pck_chain = intel_chain(&pck_ders, "PCK certificate chain", policy, now)?;
+    let pck_chain = intel_chain(&pck_ders, "PCK certificate chain", PCK_CHAIN, policy, now)?;
     let tcb_ders = pem_certificates(
         &collateral.tcb_info_issuer_chain,
         "TCB Info signing chain",
         2,
         "it needs the TCB signing certificate and Intel's root",
     )?;
-    let tcb_chain = intel_chain(&tcb_ders, "TCB Info signing chain", policy, now)?;
+    let tcb_chain = intel_chain(
+        &tcb_ders,
+        "TCB Info signing chain",
+        SIGNING_CHAIN,
+        policy,
+        now,
+    )?;
     let qe_ders = pem_certificates(
         &collateral.qe_identity_issuer_chain,
         "QE Identity signing chain",
         2,
         "it needs the TCB signing certificate and Intel's root",
     )?;
-    let qe_chain = intel_chain(&qe_ders, "QE Identity signing chain", policy, now)?;
+    let qe_chain = intel_chain(
+        &qe_ders,
+        "QE Identity signing chain",
+        SIGNING_CHAIN,
+        policy,
+        now,
+    )?;
     let (Some(pck), Some(pck_ca), Some(root)) =
         (pck_chain.first(), pck_chain.get(1), pck_chain.last())
     else {
@@ -1250,6 +1343,22 @@ pub fn verify(
             ),
         ));
     }
+    if info.tcb_type != 0 {
+        return Err(malformed(
+            "TCB Info",
+            format!("TCB type {}, not 0", info.tcb_type),
+        ));
+    }
+    let evaluation = info
+        .tcb_evaluation_data_number
+        .min(identity.tcb_evaluation_data_number);
+    if evaluation < policy.min_tcb_evaluation {
+        return Err(AttestError::Policy(format!(
+            "the collateral is of TCB evaluation {evaluation}, older than {} the policy \
+             requires: fetch current collateral",
+            policy.min_tcb_evaluation
+        )));
+    }
     check_current("TCB Info", &info.issue_date, &info.next_update, now)?;
     check_current(
         "QE Identity",
@@ -1307,12 +1416,18 @@ pub fn verify(
     check_module(&info, &quote)?;
     let tee = quote.tee_tcb_svn();
     let mut verdict = platform_verdict(&info, &pck_tcb, &tee)?;
-    if let Some(current) = quote.tee_tcb_svn2() {
-        let now_verdict = platform_verdict(&info, &pck_tcb, &current)?;
-        verdict.status = relaunch(verdict.status, now_verdict.status);
-    }
     let qe = qe_verdict(&identity, quote.qe_report)?;
     verdict.add(qe.status, &qe.advisories);
+    if let Some(current) = quote.tee_tcb_svn2() {
+        let now_verdict = platform_verdict(&info, &pck_tcb, &current)?;
+        verdict.status = relaunch(verdict.status, qe.status, &now_verdict);
+        // The current TCB's advisories count too: a refused one refuses the quote.
+        for a in &now_verdict.advisories {
+            if !verdict.advisories.contains(a) {
+                verdict.advisories.push(a.clone());
+            }
+        }
+    }
 
     // The policy.
     judge(&verdict, policy)?;
@@ -1334,6 +1449,19 @@ pub fn verify(
             "the quote carries other report data (a replayed quote, or another request's)".into(),
         ));
     }
+    let measurements = quote.measurements();
+    for (name, want) in &policy.reference {
+        let want = hex::encode(want);
+        match measurements.get(name) {
+            Some(got) if *got == want => {}
+            got => {
+                return Err(AttestError::Policy(format!(
+                    "{name} is {}, not the reference value {want}",
+                    got.map_or("absent", String::as_str)
+                )));
+            }
+        }
+    }
     let executables = if policy.mr_td.is_empty() {
         Trust::None
     } else if policy.mr_td.contains(&quote.mr_td()) {
@@ -1346,6 +1474,14 @@ pub fn verify(
     };
     let mut tcb = BTreeMap::new();
     tcb.insert("tdx_module_svn".to_owned(), tee[0]);
+    tcb.insert(
+        "tcb_evaluation".to_owned(),
+        u8::try_from(evaluation).unwrap_or(u8::MAX),
+    );
+    tcb.insert(
+        "qe_svn".to_owned(),
+        u8::try_from(le_u16(quote.qe_report, 258)).unwrap_or(u8::MAX),
+    );
     tcb.insert("tdx_module_version".to_owned(), tee[1]);
     tcb.insert(
         "pce_svn".to_owned(),
@@ -1365,7 +1501,7 @@ pub fn verify(
         },
         signed_by: format!("PCK '{}'", common_name(pck)),
         report_data: hex::encode(quote.report_data()),
-        measurements: quote.measurements(),
+        measurements,
         debug: quote.debug(),
         tcb,
         tcb_status: Some(verdict.status.name().to_owned()),
@@ -1408,6 +1544,9 @@ mod tests {
             "2025-06-19T10:16:03",
             "+025-06-19T10:16:03Z",
             "1969-12-31T23:59:59Z",
+            "0000-01-01T00:00:00Z",
+            "2025-02-29T00:00:00Z",
+            "2025-04-31T00:00:00Z",
             "",
         ] {
             assert!(parse_time("t", bad).is_err(), "{bad}");
@@ -1427,12 +1566,36 @@ mod tests {
             SwHardeningNeeded
         );
         assert_eq!(UpToDate.with_component(Revoked), Revoked);
-        assert_eq!(relaunch(OutOfDate, UpToDate), TdRelaunchAdvised);
         assert_eq!(
-            relaunch(OutOfDate, ConfigurationNeeded),
+            UpToDate.with_component(OutOfDateConfigurationNeeded),
+            OutOfDate
+        );
+        let current = |status, latest| Verdict {
+            status,
+            advisories: Vec::new(),
+            latest,
+        };
+        assert_eq!(
+            relaunch(OutOfDate, UpToDate, &current(UpToDate, true)),
+            TdRelaunchAdvised
+        );
+        assert_eq!(
+            relaunch(OutOfDate, UpToDate, &current(ConfigurationNeeded, true)),
             TdRelaunchAdvisedConfigurationNeeded
         );
-        assert_eq!(relaunch(OutOfDate, OutOfDate), OutOfDate);
+        // Not the latest level now, or the QE out of date, or nothing to relaunch for.
+        assert_eq!(
+            relaunch(OutOfDate, UpToDate, &current(UpToDate, false)),
+            OutOfDate
+        );
+        assert_eq!(
+            relaunch(OutOfDate, OutOfDate, &current(UpToDate, true)),
+            OutOfDate
+        );
+        assert_eq!(
+            relaunch(UpToDate, UpToDate, &current(UpToDate, true)),
+            UpToDate
+        );
     }
 
     fn level(sgx: u8, pce: u16, tdx: u8, status: &str, advisories: &[&str]) -> String {
@@ -1454,6 +1617,7 @@ mod tests {
         let json = format!(
             "{{\"id\":\"TDX\",\"version\":3,\"issueDate\":\"2025-01-01T00:00:00Z\",\
              \"nextUpdate\":\"2025-02-01T00:00:00Z\",\"fmspc\":\"00A06D080000\",\"pceId\":\"0000\",\
+             \"tcbType\":0,\"tcbEvaluationDataNumber\":17,\
              \"tdxModuleIdentities\":[{{\"id\":\"TDX_01\",\"mrsigner\":\"00\",\"attributes\":\"00\",\
              \"attributesMask\":\"00\",\"tcbLevels\":[{module_levels}]}}],\"tcbLevels\":[{}]}}",
             levels.join(",")
@@ -1513,6 +1677,7 @@ mod tests {
         let out = Verdict {
             status: TcbStatus::OutOfDate,
             advisories: vec!["INTEL-SA-00837".into()],
+            latest: false,
         };
         let e = judge(&out, &Policy::default()).unwrap_err();
         assert!(
@@ -1534,6 +1699,7 @@ mod tests {
         let revoked = Verdict {
             status: TcbStatus::Revoked,
             advisories: Vec::new(),
+            latest: false,
         };
         let all = Policy {
             accepted: vec![TcbStatus::Revoked],

@@ -194,6 +194,16 @@ pub(crate) fn check_ec_chain(
                 ),
             });
         }
+        if !issuer.is_ca() {
+            return Err(AttestError::BadSignature {
+                what,
+                reason: format!(
+                    "'{}' is signed by '{}', which is not a CA (basicConstraints)",
+                    common_name(cert),
+                    common_name(issuer)
+                ),
+            });
+        }
         let oid = cert.signature_algorithm.algorithm.to_id_string();
         if oid != alg.oid() {
             return Err(AttestError::BadSignature {

@@ -1186,6 +1186,13 @@ fn admin(
             if affected > 0 {
                 print_affected(&out["affected"])?;
             }
+            for p in out["problems"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+            {
+                errln!("warning: {}", p.as_str().unwrap_or(""));
+            }
             for r in out["rewrapped"]
                 .as_array()
                 .map(Vec::as_slice)

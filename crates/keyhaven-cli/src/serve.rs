@@ -62,6 +62,11 @@ pub(crate) struct ServeArgs {
     /// (repeat for more); any other genuine TD is tier 1.
     #[arg(long = "tdx-mr-td", value_name = "HEX")]
     pub(crate) tdx_mr_tds: Vec<String>,
+    /// A TDX register a TD must also show (repeat for more): NAME=HEX, NAME one of rtmr0 to
+    /// rtmr3, mr_config_id, mr_owner, mr_owner_config, mr_seam, mr_service_td. MRTD measures
+    /// only the firmware; the kernel and its command line are in the RTMRs.
+    #[arg(long = "tdx-register", value_name = "NAME=HEX")]
+    pub(crate) tdx_registers: Vec<String>,
 }
 
 /// `keyhaven serve init`, `keyhaven serve audit-verify`.
@@ -299,10 +304,38 @@ fn serve(ctx: &Ctx, args: &ServeArgs) -> Result<u8> {
     let listen = args.listen;
     let snp_measurements = measurements(&args.snp_measurements, "--snp-measurement", "launch")?;
     let tdx_mr_tds = measurements(&args.tdx_mr_tds, "--tdx-mr-td", "MRTD")?;
+    let mut tdx_registers = std::collections::BTreeMap::new();
+    for given in &args.tdx_registers {
+        const NAMES: [&str; 9] = [
+            "rtmr0",
+            "rtmr1",
+            "rtmr2",
+            "rtmr3",
+            "mr_config_id",
+            "mr_owner",
+            "mr_owner_config",
+            "mr_seam",
+            "mr_service_td",
+        ];
+        let (name, value) = given
+            .split_once('=')
+            .filter(|(n, _)| NAMES.contains(n))
+            .ok_or_else(|| {
+                crate::exit::UsageError(format!(
+                    "--tdx-register {given:?} is NAME=HEX, NAME one of {}",
+                    NAMES.join(", ")
+                ))
+            })?;
+        let [value] = measurements(&[value.to_owned()], "--tdx-register", "register")?[..] else {
+            continue;
+        };
+        tdx_registers.insert(name.to_owned(), value);
+    }
     let mut config = ServerConfig {
         allow_sample_evidence: args.allow_sample_evidence,
         snp_measurements,
         tdx_mr_tds,
+        tdx_registers,
         ..ServerConfig::default()
     };
     if let Some(url) = &args.public_url {

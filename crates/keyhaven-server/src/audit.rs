@@ -50,6 +50,9 @@ pub trait AuditSink: Send + Sync + 'static {
     }
 }
 
+/// The most decisions a search returns.
+pub(crate) const MAX_SEARCHED: u32 = 100_000;
+
 /// A keyhaven audit log as the trail.
 #[derive(Debug)]
 pub struct LogSink(pub Arc<AuditLog>);
@@ -80,6 +83,7 @@ impl AuditSink for LogSink {
         let records = self.0.search(&filter).map_err(|e| e.to_string())?;
         Ok(records
             .into_iter()
+            .take(usize::try_from(MAX_SEARCHED).unwrap_or(usize::MAX))
             .filter_map(|r| match r.body {
                 keyhaven::audit::Body::Event(e) => Some((
                     r.unix_nanos / 1_000_000_000,

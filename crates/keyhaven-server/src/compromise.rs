@@ -11,6 +11,16 @@
 //! - `GET /v1/admin/attestation/revocations`: what is revoked.
 //! - `POST /v1/admin/attestation/affected` `{kind, value}`: the releases on evidence carrying
 //!   it, from the audit trail, without revoking anything.
+//!
+//! What it does not do: the list is as good as the trail, so check the trail first (`keyhaven
+//! audit verify`, `keyhaven serve audit-verify`); a release whose evidence was checked just
+//! before the revocation was stored, and recorded just after the trail was read, is neither
+//! refused nor listed (the window is one request's processing); a measurement is matched by
+//! value whatever register held it (revoking a value many evidence kinds share, such as
+//! zeros, refuses them all); values that are not hex (a driver's version string) cannot be
+//! revoked; and TDX collateral is the requester's, so an advisory published after an older
+//! but still current TCB Info can be avoided unless the TDX policy sets a minimum TCB
+//! evaluation.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -30,9 +40,10 @@ use crate::server::{Inner, RawBody};
 /// The setting holding the revocations (a JSON list).
 const SETTING: &str = "attestation.revocations";
 /// The most revocations kept.
-const MAX_REVOCATIONS: usize = 10_000;
-/// The marker before an attested release's evidence in its audit record.
-pub(crate) const EVIDENCE_MARK: &str = " on evidence ";
+const MAX_REVOCATIONS: usize = 1_000;
+/// The marker before a release's record (JSON) at the end of its audit reason. Nothing before
+/// it can contain it: a secret path has no spaces or ';'.
+const RECORD_MARK: &str = "; record ";
 
 /// What a revocation names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -152,9 +163,13 @@ fn parse_tcb(value: &str) -> Result<(&str, bool, u64), String> {
     let n = n
         .parse()
         .map_err(|_| format!("TCB '{value}': '{n}' is not a whole number"))?;
-    if !component.contains(':') {
+    let platform = component.split(':').next().unwrap_or_default();
+    if !["sev-snp", "tdx", "tpm", "nvidia-gpu", "sample"].contains(&platform)
+        || component.split(':').nth(1).is_none_or(str::is_empty)
+    {
         return Err(format!(
-            "TCB '{value}' names no platform (sev-snp:COMPONENT, tdx:COMPONENT)"
+            "TCB '{value}' names no platform and component (sev-snp:COMPONENT, tdx:COMPONENT, \
+             tpm:COMPONENT, nvidia-gpu:COMPONENT)"
         ));
     }
     Ok((component, below, n))
@@ -175,7 +190,11 @@ fn normalise(kind: RevokedKind, value: &str) -> Result<String, String> {
             Ok(value.to_ascii_lowercase())
         }
         RevokedKind::Advisory => Ok(value.to_ascii_uppercase()),
-        RevokedKind::Tcb => parse_tcb(value).map(|_| value.to_owned()),
+        RevokedKind::Tcb => {
+            let value = value.to_ascii_lowercase();
+            let (component, below, n) = parse_tcb(&value)?;
+            Ok(format!("{component}{}{n}", if below { '<' } else { '=' }))
+        }
     }
 }
 
@@ -202,20 +221,44 @@ pub(crate) fn check(broker: &Broker, carried: &Carried) -> Result<(), ApiError> 
             StatusCode::FORBIDDEN,
             "evidence-revoked",
             format!(
-                "the evidence carries {} {}, revoked by {} at {}: {}",
+                "the evidence carries {} {}, which an admin revoked: {}",
                 match r.kind {
                     RevokedKind::Measurement => "measurement",
                     RevokedKind::Tcb => "TCB",
                     RevokedKind::Advisory => "advisory",
                 },
                 r.value,
-                r.by,
-                r.at,
                 r.reason
             ),
         ));
     }
     Ok(())
+}
+
+/// What a release's audit record keeps, whole: where it drew from and what its evidence
+/// carried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ReleaseRecord {
+    /// The tenant it drew from.
+    pub(crate) tenant: String,
+    /// The secret.
+    pub(crate) path: String,
+    /// Its version.
+    pub(crate) version: u64,
+    /// The secret's tier.
+    pub(crate) tier: u8,
+    /// The receipt id.
+    pub(crate) receipt: String,
+    /// What the requester's evidence carried (none without evidence).
+    pub(crate) carried: Option<Carried>,
+}
+
+/// The end of a release's audit reason: [`RECORD_MARK`] and the record, JSON.
+pub(crate) fn release_record(r: &ReleaseRecord) -> String {
+    format!(
+        "{RECORD_MARK}{}",
+        serde_json::to_string(r).unwrap_or_default()
+    )
 }
 
 /// A release the audit trail recorded.
@@ -237,29 +280,10 @@ pub(crate) struct Release {
     pub(crate) receipt: String,
 }
 
-/// Reads a release's audit reason: `secret 'P': version V at tier T to a tier R requester
-/// (receipt ID) in tenant N on evidence {…}`.
-fn parse_release(reason: &str) -> Option<(Release, Carried)> {
-    let rest = reason.strip_prefix("secret '")?;
-    let (path, rest) = rest.split_once("': version ")?;
-    let (version, rest) = rest.split_once(" at tier ")?;
-    let (tier, rest) = rest.split_once(" to a tier ")?;
-    let (_, rest) = rest.split_once("(receipt ")?;
-    let (receipt, rest) = rest.split_once(") in tenant ")?;
-    let (tenant, evidence) = rest.split_once(EVIDENCE_MARK)?;
-    let carried: Carried = serde_json::from_str(evidence).ok()?;
-    Some((
-        Release {
-            at: 0,
-            principal: String::new(),
-            tenant: tenant.to_owned(),
-            path: path.to_owned(),
-            version: version.parse().ok()?,
-            tier: tier.parse().ok()?,
-            receipt: receipt.to_owned(),
-        },
-        carried,
-    ))
+/// Reads a release's audit reason back: the record after [`RECORD_MARK`].
+fn parse_release(reason: &str) -> Option<ReleaseRecord> {
+    let (_, record) = reason.split_once(RECORD_MARK)?;
+    serde_json::from_str(record).ok()
 }
 
 /// The releases in the audit trail made on evidence carrying what `r` names.
@@ -271,11 +295,15 @@ fn affected(inner: &Inner, r: &EvidenceRevocation) -> Result<Vec<Release>, ApiEr
     Ok(found
         .into_iter()
         .filter_map(|(at, principal, reason)| {
-            let (mut release, carried) = parse_release(&reason)?;
-            carried.carries(r).then(|| {
-                release.at = at;
-                release.principal = principal;
-                release
+            let record = parse_release(&reason)?;
+            record.carried.as_ref()?.carries(r).then_some(Release {
+                at,
+                principal,
+                tenant: record.tenant,
+                path: record.path,
+                version: record.version,
+                tier: record.tier,
+                receipt: record.receipt,
             })
         })
         .collect())
@@ -365,31 +393,64 @@ pub(crate) async fn revoke(
             }
             !known
         };
-        let releases = affected(&i, &revocation)?;
+        // The revocation stands from here on; what follows is reported, not undone: a trail
+        // that cannot be searched, or a KEK that cannot be rotated, is a problem in the answer.
+        let mut problems = Vec::new();
+        let releases = match affected(&i, &revocation) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                problems.push(format!(
+                    "the affected releases are not listed: {}",
+                    e.detail
+                ));
+                None
+            }
+        };
         let mut rewrapped = Vec::new();
         if rewrap {
+            // Each tenant and tier once, and only where the released secret still is (a
+            // record cannot make the broker rotate a tenant's keys for nothing).
             let pairs: BTreeSet<(String, u8)> = releases
                 .iter()
+                .flatten()
+                .filter(|r| r.tier <= crate::secrets::MAX_TIER)
+                .filter(|r| {
+                    broker
+                        .storage()
+                        .secret(&r.tenant, &r.path)
+                        .is_ok_and(|s| s.is_some_and(|s| s.tier == r.tier))
+                })
                 .map(|r| (r.tenant.clone(), r.tier))
                 .collect();
             for (tenant, tier) in pairs {
-                let (kek_version, envelopes) =
-                    crate::secrets::rotate_and_rewrap(broker, &tenant, tier, now)?;
-                rewrapped.push(json!({
-                    "tenant": tenant, "tier": tier,
-                    "kek_version": kek_version, "rewrapped": envelopes,
-                }));
+                match crate::secrets::rotate_and_rewrap(broker, &tenant, tier, now) {
+                    Ok((kek_version, envelopes)) => rewrapped.push(json!({
+                        "tenant": tenant, "tier": tier,
+                        "kek_version": kek_version, "rewrapped": envelopes,
+                    })),
+                    Err(e) => problems.push(format!(
+                        "tenant {tenant} tier {tier}: the KEK was not rotated: {}",
+                        e.detail
+                    )),
+                }
             }
         }
         let what = format!(
-            "{} ({}); {} release(s) on evidence carrying it{}",
+            "{} ({}); {} release(s) on evidence carrying it{}{}",
             if added { "revoked" } else { "already revoked" },
             revocation.reason,
-            releases.len(),
+            releases
+                .as_ref()
+                .map_or_else(|| "unknown".to_owned(), |r| r.len().to_string()),
             if rewrap {
                 format!(", {} KEK(s) rotated and rewrapped", rewrapped.len())
             } else {
                 String::new()
+            },
+            if problems.is_empty() {
+                String::new()
+            } else {
+                format!("; problems: {}", problems.join("; "))
             }
         );
         Ok((
@@ -398,6 +459,7 @@ pub(crate) async fn revoke(
                 "added": added,
                 "affected": releases,
                 "rewrapped": rewrapped,
+                "problems": problems,
             }),
             what,
         ))
@@ -485,6 +547,11 @@ mod tests {
         assert!(!c.carries(&r(RevokedKind::Measurement, "ab02")));
         assert!(c.carries(&r(RevokedKind::Advisory, "INTEL-SA-00837")));
         assert!(c.carries(&r(RevokedKind::Tcb, "tdx:tdx_module_svn<4")));
+        assert!(c.carries(&r(RevokedKind::Tcb, "TDX:TDX_Module_SVN<4")));
+        assert_eq!(
+            normalise(RevokedKind::Tcb, " SEV-SNP:Microcode<0213 ").unwrap(),
+            "sev-snp:microcode<213"
+        );
         assert!(c.carries(&r(RevokedKind::Tcb, "tdx:tdx_module_svn=3")));
         assert!(!c.carries(&r(RevokedKind::Tcb, "tdx:tdx_module_svn<3")));
         assert!(!c.carries(&r(RevokedKind::Tcb, "sev-snp:tdx_module_svn<9")));
@@ -492,6 +559,8 @@ mod tests {
             (RevokedKind::Measurement, "xyz"),
             (RevokedKind::Measurement, "abc"),
             (RevokedKind::Tcb, "microcode<5"),
+            (RevokedKind::Tcb, "snp:microcode<5"),
+            (RevokedKind::Tcb, "sev-snp:<5"),
             (RevokedKind::Tcb, "sev-snp:microcode>5"),
             (RevokedKind::Tcb, "sev-snp:microcode<x"),
             (RevokedKind::Advisory, ""),
@@ -501,26 +570,28 @@ mod tests {
     }
 
     #[test]
-    fn a_release_record_reads_back() {
+    fn a_release_record_reads_back_whatever_the_path() {
         let carried = Carried::of(
             "tdx",
             &json!({ "platform": "tdx", "measurements": { "mr_td": "ab" } }),
         );
-        let reason = format!(
-            "secret 'model/w': version 3 at tier 2 to a tier 2 requester (receipt 0a1b) in \
-             tenant acme{EVIDENCE_MARK}{}",
-            serde_json::to_string(&carried).unwrap()
-        );
-        let (release, back) = parse_release(&reason).unwrap();
-        assert_eq!(back, carried);
-        assert_eq!(
-            (release.path.as_str(), release.version, release.tier),
-            ("model/w", 3, 2)
-        );
-        assert_eq!(
-            (release.tenant.as_str(), release.receipt.as_str()),
-            ("acme", "0a1b")
-        );
+        for path in ["model/w".to_owned(), "a/".repeat(250) + "b"] {
+            let record = ReleaseRecord {
+                tenant: "acme".into(),
+                path: path.clone(),
+                version: 3,
+                tier: 2,
+                receipt: "0a1b".into(),
+                carried: Some(carried.clone()),
+            };
+            // The subject is cut short before the record, as the broker cuts long ones.
+            let subject: String = format!("secret '{path}'").chars().take(160).collect();
+            let reason = format!(
+                "{subject}: version 3 at tier 2 to a tier 2 requester (receipt 0a1b){}",
+                release_record(&record)
+            );
+            assert_eq!(parse_release(&reason), Some(record));
+        }
         assert!(parse_release("secret 'x': version 1 at tier 1 to a tier 1 requester").is_none());
     }
 }

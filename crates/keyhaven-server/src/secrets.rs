@@ -52,7 +52,7 @@ pub const RECEIPT_TYPE: &str = "keyhaven-release-receipt+jwt";
 /// The highest tier an admin's word can give a key (higher tiers need attestation).
 pub const MAX_VOUCHED_TIER: u8 = 2;
 /// The highest tier there is.
-const MAX_TIER: u8 = 4;
+pub(crate) const MAX_TIER: u8 = 4;
 
 /// Checks a secret path: 1 to 512 bytes of segments of `[A-Za-z0-9._-]` separated by single
 /// `/`, no segment `.` or `..`.
@@ -629,21 +629,21 @@ pub(crate) async fn release(
                     "jwe": jwe,
                     "receipt": receipt,
                 }),
-                // The tenant and what the evidence carried, for the audit trail: a later
-                // compromise of a measurement finds this release (crate::compromise).
+                // What was released, whole (the subject before it is cut short for long
+                // paths), and what the evidence carried: a later compromise of a measurement
+                // finds this release in the audit trail (crate::compromise).
                 format!(
-                    "version {version} at tier {} to a tier {} requester (receipt {receipt_id}) \
-                     in tenant {tenant}{}",
+                    "version {version} at tier {} to a tier {} requester (receipt {receipt_id}){}",
                     record.tier,
                     assessment.tier,
-                    assessment
-                        .carried
-                        .as_ref()
-                        .map_or_else(String::new, |c| format!(
-                            "{}{}",
-                            crate::compromise::EVIDENCE_MARK,
-                            serde_json::to_string(c).unwrap_or_default()
-                        ))
+                    crate::compromise::release_record(&crate::compromise::ReleaseRecord {
+                        tenant: tenant.to_owned(),
+                        path: path.clone(),
+                        version,
+                        tier: record.tier,
+                        receipt: receipt_id.clone(),
+                        carried: assessment.carried.clone(),
+                    })
                 ),
             ))
         },

@@ -330,6 +330,7 @@ fn broker_of(
     let tdx: Arc<dyn crate::attest::EvidenceVerifier> = Arc::new(crate::attest::TdxVerifier::new(
         keyhaven_attest::tdx::Policy {
             mr_td: config.tdx_mr_tds.clone(),
+            reference: config.tdx_registers.clone(),
             ..keyhaven_attest::tdx::Policy::default()
         },
     ));

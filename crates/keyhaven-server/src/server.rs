@@ -70,6 +70,10 @@ pub struct ServerConfig {
     pub snp_measurements: Vec<[u8; 48]>,
     /// The TDX MRTDs whose trust domains reach tier 2 (any other genuine TD is tier 1).
     pub tdx_mr_tds: Vec<[u8; 48]>,
+    /// Reference values of other TDX registers (`rtmr0`..`rtmr3`, `mr_config_id`, ...) a TD
+    /// must also show to reach tier 2: MRTD measures only the virtual firmware, the kernel and
+    /// its command line are in the RTMRs.
+    pub tdx_registers: std::collections::BTreeMap<String, [u8; 48]>,
 }
 
 impl Default for ServerConfig {
@@ -99,6 +103,7 @@ impl Default for ServerConfig {
             allow_sample_evidence: false,
             snp_measurements: Vec::new(),
             tdx_mr_tds: Vec::new(),
+            tdx_registers: std::collections::BTreeMap::new(),
         }
     }
 }

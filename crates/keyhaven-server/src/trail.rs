@@ -78,14 +78,9 @@ impl AuditSink for PgTrail {
     }
 
     fn search(&self, operation: &str) -> Result<Vec<(u64, String, String)>, String> {
-        let (rows, _) = self.storage.audit_trail().map_err(|e| e.to_string())?;
-        let mut found: Vec<(u64, String, String)> = rows
-            .into_iter()
-            .filter(|r| r.allowed && r.operation == operation)
-            .map(|r| (r.at, r.principal, r.reason))
-            .collect();
-        found.sort_by_key(|f| f.0);
-        Ok(found)
+        self.storage
+            .audit_allowed(operation, crate::audit::MAX_SEARCHED)
+            .map_err(|e| e.to_string())
     }
 
     fn checkpoint(&self, signer: &dyn ResponseSigner) -> Result<(), String> {

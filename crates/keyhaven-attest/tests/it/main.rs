@@ -5,6 +5,7 @@
 mod nvidia;
 mod snp;
 mod tdx;
+mod tpm;
 
 use std::path::PathBuf;
 

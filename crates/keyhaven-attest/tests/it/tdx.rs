@@ -286,16 +286,33 @@ fn changed_swapped_or_stale_collateral_is_refused() {
     let e = ok(&changed, c.now).unwrap_err();
     assert!(e.to_string().contains("issued by"), "{e}");
 
-    // A signing chain with a swapped intermediate, and one that ends in another root.
+    // A signing chain with an intermediate slipped in, one that ends in another root, and the
+    // quote's own PCK chain (a platform's key, which must not sign collateral): refused.
     let pck_ca = pem_blocks(&c.collateral.pck_crl_issuer_chain_for_tests())[0].clone();
     let tcb = pem_blocks(&c.collateral.tcb_info_issuer_chain);
     let mut changed = c.collateral.clone();
     changed.tcb_info_issuer_chain = format!("{}{pck_ca}{}", tcb[0], tcb[1]);
     let e = ok(&changed, c.now).unwrap_err();
-    assert!(matches!(e, AttestError::BadSignature { .. }), "{e}");
+    assert!(e.to_string().contains("3 certificates, not 2"), "{e}");
     changed.tcb_info_issuer_chain = format!("{}{pck_ca}", tcb[0]);
     let e = ok(&changed, c.now).unwrap_err();
     assert!(matches!(e, AttestError::UntrustedRoot(_)), "{e}");
+    let quote_text = String::from_utf8_lossy(&c.quote);
+    let pck = pem_blocks(&quote_text[quote_text.find("-----BEGIN").unwrap()..]);
+    changed.tcb_info_issuer_chain = format!("{}{}", pck[0], tcb[1]);
+    let e = ok(&changed, c.now).unwrap_err();
+    assert!(e.to_string().contains("not Intel SGX TCB Signing"), "{e}");
+    changed.tcb_info_issuer_chain = format!("{}{}", pck[1], tcb[1]);
+    let e = ok(&changed, c.now).unwrap_err();
+    assert!(e.to_string().contains("not Intel SGX TCB Signing"), "{e}");
+
+    // Collateral older than the policy's TCB evaluation is refused.
+    let policy = Policy {
+        min_tcb_evaluation: 18,
+        ..any_status()
+    };
+    let e = tdx::verify(&c.quote, &c.collateral, &policy, None, c.now).unwrap_err();
+    assert!(e.to_string().contains("TCB evaluation 17"), "{e}");
 }
 
 trait IssuerChain {
@@ -345,6 +362,13 @@ fn the_report_data_and_the_measurements_are_the_policys_to_require() {
     assert_eq!(claims.trust.executables, keyhaven_attest::Trust::Affirming);
     let e = tdx::verify(&c.quote, &c.collateral, &with(vec![[7; 48]]), None, c.now).unwrap_err();
     assert!(e.to_string().contains("MRTD"), "{e}");
+    // The kernel's register too: its value passes, another is refused naming it.
+    let mut policy = with(vec![quote.mr_td()]);
+    policy.reference.insert("rtmr1".into(), quote.rtmr(1));
+    tdx::verify(&c.quote, &c.collateral, &policy, None, c.now).unwrap();
+    policy.reference.insert("rtmr2".into(), [9; 48]);
+    let e = tdx::verify(&c.quote, &c.collateral, &policy, None, c.now).unwrap_err();
+    assert!(e.to_string().contains("rtmr2 is"), "{e}");
 }
 
 #[test]

@@ -1227,11 +1227,22 @@ fn release_policies_from_the_cli() {
 #[test]
 fn a_malformed_snp_measurement_is_a_usage_error() {
     let h = Home::new();
+    let e = h.fails(
+        &[
+            "serve",
+            "--tdx-register",
+            &format!("rtmr9={}", "ab".repeat(48)),
+        ],
+        2,
+    );
+    assert!(e.contains("NAME one of rtmr0"), "{e}");
     for bad in ["abc", &"ab".repeat(47), &"zz".repeat(48)] {
         let e = h.fails(&["serve", "--snp-measurement", bad], 2);
         assert!(e.contains("96 hex digits"), "{e}");
         let e = h.fails(&["serve", "--tdx-mr-td", bad], 2);
         assert!(e.contains("--tdx-mr-td") && e.contains("MRTD"), "{e}");
+        let e = h.fails(&["serve", "--tdx-register", &format!("rtmr1={bad}")], 2);
+        assert!(e.contains("96 hex digits"), "{e}");
     }
 }
 

@@ -600,6 +600,29 @@ impl PostgresStorage {
     ///
     /// # Errors
     /// [`StorageError::Database`].
+    /// The allowed decisions of `operation`, oldest first: (when, who, why), at most `limit`.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`] if the trail cannot be read.
+    pub fn audit_allowed(&self, operation: &str, limit: u32) -> Result<Vec<(u64, String, String)>> {
+        self.tx(|tx| {
+            Ok(tx
+                .query(
+                    "SELECT at, principal, reason FROM audit
+                     WHERE operation = $1 AND allowed ORDER BY at, chain, seq LIMIT $2",
+                    &[&operation, &i64::from(limit)],
+                )
+                .map_err(|e| self.err(&e))?
+                .iter()
+                .map(|r| (u64_of(r.get(0)), r.get(1), r.get(2)))
+                .collect())
+        })
+    }
+
+    /// The whole trail: every record (by chain, in order) and every checkpoint.
+    ///
+    /// # Errors
+    /// [`StorageError::Database`] if the trail cannot be read.
     pub fn audit_trail(&self) -> Result<(Vec<AuditRow>, Vec<AuditCheckpoint>)> {
         self.tx(|tx| {
             let rows = tx

@@ -1253,8 +1253,22 @@ async fn a_revoked_measurement_refuses_new_evidence_and_lists_the_releases_it_af
             }))
         }
     };
+    // A path long enough that the audit record's subject is cut short before it.
+    let long = format!("{}/key", "deep".repeat(80));
+    call(
+        &t,
+        &c,
+        "PUT",
+        &format!("/v1/secrets/{long}"),
+        json!({ "value": b64(b"long") }),
+    )
+    .await
+    .unwrap();
     let bad = "aa11".repeat(24);
     let good = "bb22".repeat(24);
+    c.release_secret_with(&long, None, measured(&bad))
+        .await
+        .unwrap();
     c.release_secret_with("model/key", None, measured(&bad))
         .await
         .unwrap();
@@ -1273,9 +1287,10 @@ async fn a_revoked_measurement_refuses_new_evidence_and_lists_the_releases_it_af
     .await
     .unwrap();
     let affected = found["affected"].as_array().unwrap();
-    assert_eq!(affected.len(), 1, "{found}");
-    assert_eq!(affected[0]["path"], "model/key");
-    assert_eq!(affected[0]["version"], 1);
+    assert_eq!(affected.len(), 2, "{found}");
+    assert_eq!(affected[0]["path"], long.as_str());
+    assert_eq!(affected[1]["path"], "model/key");
+    assert_eq!(affected[1]["version"], 1);
 
     // A client cannot revoke.
     let e = call(
@@ -1323,17 +1338,18 @@ async fn a_revoked_measurement_refuses_new_evidence_and_lists_the_releases_it_af
     assert_eq!(revoked["added"], true);
     assert_eq!(
         revoked["affected"].as_array().unwrap().len(),
-        1,
+        2,
         "{revoked}"
     );
+    assert_eq!(revoked["problems"], json!([]), "{revoked}");
     let rewrapped = revoked["rewrapped"].as_array().unwrap();
-    assert_eq!(rewrapped.len(), 1, "{revoked}");
+    assert_eq!(rewrapped.len(), 1, "one tenant and tier: {revoked}");
     assert_eq!(rewrapped[0]["tenant"], affected[0]["tenant"]);
     assert_eq!(
         affected[0]["principal"],
         format!("client:{}", affected[0]["tenant"].as_str().unwrap())
     );
-    assert_eq!(rewrapped[0]["rewrapped"], 1);
+    assert_eq!(rewrapped[0]["rewrapped"], 2);
 
     // New evidence carrying it is refused, saying why; other evidence and none still work,
     // and the secret (rewrapped) still opens.
