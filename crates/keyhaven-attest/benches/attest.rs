@@ -106,11 +106,13 @@ fn bench(c: &mut Criterion) {
             .zip(0u8..)
             .map(|(h, i)| (i, hex::decode(h.as_str().unwrap()).unwrap()))
             .collect();
+        let ak = keyhaven_attest::tpm::AkPublic::from_spki(&ak).unwrap();
         let e = keyhaven_attest::tpm::Evidence {
             attest: &attest,
             signature: &signature,
-            ak_public: &ak,
+            ak: &ak,
             pcrs: &pcrs,
+            activated: None,
         };
         let policy = keyhaven_attest::tpm::Policy::default();
         g.bench_function("tpm quote verify (RSA-2048 AK, 24 PCRs)", |b| {

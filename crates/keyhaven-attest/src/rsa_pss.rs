@@ -51,7 +51,25 @@ pub(crate) fn verify_sha256(
     signature: &[u8],
     pss: bool,
 ) -> Result<(), String> {
-    let key = public_key(rsa_public_key)?;
+    verify_sha256_key(&public_key(rsa_public_key)?, message, signature, pss)
+}
+
+/// [`verify_sha256`] with the key already read (at least [`MIN_BITS`] bits).
+///
+/// # Errors
+/// What is wrong, in words.
+pub(crate) fn verify_sha256_key(
+    key: &rsa::RsaPublicKey,
+    message: &[u8],
+    signature: &[u8],
+    pss: bool,
+) -> Result<(), String> {
+    let bits = rsa::traits::PublicKeyParts::size(key) * 8;
+    if bits < MIN_BITS {
+        return Err(format!(
+            "the RSA key has {bits} bits, fewer than {MIN_BITS}"
+        ));
+    }
     let digest = Sha256::digest(message);
     let ok = if pss {
         key.verify(rsa::Pss::new::<Sha256>(), &digest, signature)

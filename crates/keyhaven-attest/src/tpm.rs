@@ -213,8 +213,13 @@ pub struct Evidence<'a> {
     pub attest: &'a [u8],
     /// Its `TPMT_SIGNATURE` bytes.
     pub signature: &'a [u8],
-    /// The attestation key's public key, SubjectPublicKeyInfo DER (RSA, or EC P-256).
-    pub ak_public: &'a [u8],
+    /// The attestation key.
+    pub ak: &'a AkPublic,
+    /// The endorsement key the attestation key was proven to share a TPM with, by a
+    /// credential activation the caller ran ([`make_credential`], then the TPM's
+    /// `ActivateCredential` returning the secret): only then are the instance and the
+    /// hardware affirmed.
+    pub activated: Option<&'a EndorsementKey>,
     /// The PCR values of the SHA-256 bank, by index (at least those the quote selects).
     pub pcrs: &'a BTreeMap<u8, Vec<u8>>,
 }
@@ -227,33 +232,221 @@ pub struct Policy {
     pub pcrs: BTreeMap<u8, Vec<u8>>,
 }
 
-/// Checks the `TPMT_SIGNATURE` over `message` with the SPKI `ak`.
-fn check_signature(ak: &[u8], message: &[u8], signature: &[u8]) -> Result<()> {
+/// An attestation key's public part.
+#[derive(Clone)]
+pub enum AkKey {
+    /// RSA.
+    Rsa(rsa::RsaPublicKey),
+    /// ECC NIST P-256, as an uncompressed SEC1 point.
+    P256(Vec<u8>),
+}
+
+impl std::fmt::Debug for AkKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AkKey::Rsa(k) => write!(f, "Rsa({} bits)", rsa::traits::PublicKeyParts::size(k) * 8),
+            AkKey::P256(p) => write!(f, "P256({})", hex::encode(p)),
+        }
+    }
+}
+
+/// An attestation key: its key, and its TPM name when it came as a `TPM2B_PUBLIC` (the name
+/// credential activation binds).
+#[derive(Debug, Clone)]
+pub struct AkPublic {
+    /// The key.
+    pub key: AkKey,
+    /// `nameAlg || H(TPMT_PUBLIC)` (SHA-256), when known.
+    pub name: Option<Vec<u8>>,
+    /// SHA-256 of what it was read from, for claims.
+    pub digest: [u8; 32],
+}
+
+/// `TPM_ALG_RSA`, `TPM_ALG_ECC`, `TPM_ALG_NULL`, `TPM_ECC_NIST_P256`.
+const ALG_RSA: u16 = 0x0001;
+const ALG_ECC: u16 = 0x0023;
+const ALG_NULL: u16 = 0x0010;
+const ECC_NIST_P256: u16 = 0x0003;
+/// Object attributes an attestation key must have: fixedTPM, fixedParent,
+/// sensitiveDataOrigin, restricted, sign (TPM 2.0 Part 2, 8.3); and must not: decrypt.
+const ATTR_FIXED_TPM: u32 = 1 << 1;
+const ATTR_FIXED_PARENT: u32 = 1 << 4;
+const ATTR_SENSITIVE_DATA_ORIGIN: u32 = 1 << 5;
+const ATTR_RESTRICTED: u32 = 1 << 16;
+const ATTR_DECRYPT: u32 = 1 << 17;
+const ATTR_SIGN: u32 = 1 << 18;
+
+impl AkPublic {
+    /// A key from its SubjectPublicKeyInfo (DER): RSA, or EC P-256. It has no TPM name, so it
+    /// cannot be bound to an endorsement key.
+    ///
+    /// # Errors
+    /// [`AttestError::Malformed`] for another key or bad DER.
+    pub fn from_spki(der: &[u8]) -> Result<AkPublic> {
+        let (rest, spki) = SubjectPublicKeyInfo::from_der(der)
+            .map_err(|_| malformed("attestation key", "not a SubjectPublicKeyInfo (DER)"))?;
+        if !rest.is_empty() {
+            return Err(malformed("attestation key", "bytes follow its DER"));
+        }
+        let bits = &spki.subject_public_key.data;
+        let key = match spki.algorithm.algorithm.to_id_string().as_str() {
+            "1.2.840.113549.1.1.1" => {
+                use rsa::pkcs1::DecodeRsaPublicKey;
+                AkKey::Rsa(
+                    rsa::RsaPublicKey::from_pkcs1_der(bits)
+                        .map_err(|e| malformed("attestation key", format!("RSA: {e}")))?,
+                )
+            }
+            "1.2.840.10045.2.1" if bits.len() == 65 && bits[0] == 4 => AkKey::P256(bits.to_vec()),
+            other => {
+                return Err(malformed(
+                    "attestation key",
+                    format!("algorithm {other}: RSA or EC P-256 keys sign quotes here"),
+                ));
+            }
+        };
+        Ok(AkPublic {
+            key,
+            name: None,
+            digest: Sha256::digest(der).into(),
+        })
+    }
+
+    /// A key from the `TPM2B_PUBLIC` the TPM made it with; its name is computed, and its
+    /// attributes must be an attestation key's (a restricted signing key born in the TPM that
+    /// cannot leave it).
+    ///
+    /// # Errors
+    /// [`AttestError::Malformed`] for another structure or key; [`AttestError::Policy`] for
+    /// attributes that are not an attestation key's.
+    pub fn parse(tpm2b_public: &[u8]) -> Result<AkPublic> {
+        let mut outer = Reader { rest: tpm2b_public };
+        let public = outer.sized("the public area")?;
+        if !outer.rest.is_empty() {
+            return Err(malformed(
+                "attestation key",
+                "bytes follow its TPM2B_PUBLIC",
+            ));
+        }
+        let mut r = Reader { rest: public };
+        let kind = r.u16("the key type")?;
+        let name_alg = r.u16("the name algorithm")?;
+        if name_alg != ALG_SHA256 {
+            return Err(malformed(
+                "attestation key",
+                format!("name algorithm {name_alg:#06x}, not SHA-256"),
+            ));
+        }
+        let attributes = r.u32("the attributes")?;
+        let required = ATTR_FIXED_TPM
+            | ATTR_FIXED_PARENT
+            | ATTR_SENSITIVE_DATA_ORIGIN
+            | ATTR_RESTRICTED
+            | ATTR_SIGN;
+        if attributes & required != required || attributes & ATTR_DECRYPT != 0 {
+            return Err(AttestError::Policy(format!(
+                "attributes {attributes:#010x} are not an attestation key's (fixedTPM, \
+                 fixedParent, sensitiveDataOrigin, restricted, sign; not decrypt)"
+            )));
+        }
+        let _auth_policy = r.sized("the auth policy")?;
+        // TPMT_SYM_DEF_OBJECT: a signing key has none.
+        if r.u16("the symmetric algorithm")? != ALG_NULL {
+            return Err(malformed(
+                "attestation key",
+                "a signing key with a symmetric algorithm",
+            ));
+        }
+        let scheme = r.u16("the signing scheme")?;
+        if scheme != ALG_NULL && r.u16("the scheme's hash")? != ALG_SHA256 {
+            return Err(malformed(
+                "attestation key",
+                "a signing scheme not with SHA-256",
+            ));
+        }
+        let key = match kind {
+            ALG_RSA => {
+                let bits = r.u16("the RSA key size")?;
+                let exponent = match r.u32("the RSA exponent")? {
+                    0 => 65_537,
+                    e => e,
+                };
+                let modulus = r.sized("the RSA modulus")?;
+                if usize::from(bits) != modulus.len() * 8 {
+                    return Err(malformed(
+                        "attestation key",
+                        format!("a {bits}-bit key with a {}-byte modulus", modulus.len()),
+                    ));
+                }
+                AkKey::Rsa(
+                    rsa::RsaPublicKey::new(
+                        rsa::BigUint::from_bytes_be(modulus),
+                        rsa::BigUint::from(exponent),
+                    )
+                    .map_err(|e| malformed("attestation key", format!("RSA: {e}")))?,
+                )
+            }
+            ALG_ECC => {
+                let curve = r.u16("the curve")?;
+                if curve != ECC_NIST_P256 {
+                    return Err(malformed(
+                        "attestation key",
+                        format!("curve {curve:#06x}, not NIST P-256"),
+                    ));
+                }
+                if r.u16("the KDF")? != ALG_NULL {
+                    return Err(malformed("attestation key", "a signing key with a KDF"));
+                }
+                let (x, y) = (r.sized("x")?, r.sized("y")?);
+                if x.len() != 32 || y.len() != 32 {
+                    return Err(malformed("attestation key", "x or y is not 32 bytes"));
+                }
+                let mut point = vec![4u8];
+                point.extend_from_slice(x);
+                point.extend_from_slice(y);
+                if p256::ecdsa::VerifyingKey::from_sec1_bytes(&point).is_err() {
+                    return Err(malformed("attestation key", "not a point on P-256"));
+                }
+                AkKey::P256(point)
+            }
+            other => {
+                return Err(malformed(
+                    "attestation key",
+                    format!("key type {other:#06x}: RSA or ECC keys sign quotes here"),
+                ));
+            }
+        };
+        if !r.rest.is_empty() {
+            return Err(malformed("attestation key", "bytes follow its public area"));
+        }
+        let mut name = ALG_SHA256.to_be_bytes().to_vec();
+        name.extend_from_slice(&Sha256::digest(public));
+        Ok(AkPublic {
+            key,
+            name: Some(name),
+            digest: Sha256::digest(tpm2b_public).into(),
+        })
+    }
+}
+
+/// Checks the `TPMT_SIGNATURE` over `message` with `ak`.
+fn check_signature(ak: &AkPublic, message: &[u8], signature: &[u8]) -> Result<()> {
     let bad = |reason: String| AttestError::BadSignature {
         what: "the TPM quote",
         reason,
     };
-    let (rest, spki) = SubjectPublicKeyInfo::from_der(ak)
-        .map_err(|_| malformed("attestation key", "not a SubjectPublicKeyInfo (DER)"))?;
-    if !rest.is_empty() {
-        return Err(malformed("attestation key", "bytes follow its DER"));
-    }
-    let key = &spki.subject_public_key.data;
-    let algorithm = spki.algorithm.algorithm.to_id_string();
     let mut r = Reader { rest: signature };
     let sig_alg = r.u16("the signature's algorithm")?;
     let hash = r.u16("the signature's hash")?;
     if hash != ALG_SHA256 {
         return Err(bad(format!("it uses hash {hash:#06x}, not SHA-256")));
     }
-    let verified = match (sig_alg, algorithm.as_str()) {
-        (ALG_RSASSA | ALG_RSAPSS, "1.2.840.113549.1.1.1") => {
+    let verified = match (sig_alg, &ak.key) {
+        (ALG_RSASSA | ALG_RSAPSS, AkKey::Rsa(key)) => {
             let sig = r.sized("the RSA signature")?;
-            crate::rsa_pss::verify_sha256(key, message, sig, sig_alg == ALG_RSAPSS)
-                .map_err(bad)
-                .map(|()| true)?
+            crate::rsa_pss::verify_sha256_key(key, message, sig, sig_alg == ALG_RSAPSS).is_ok()
         }
-        (ALG_ECDSA, "1.2.840.10045.2.1") => {
+        (ALG_ECDSA, AkKey::P256(key)) => {
             let (rr, ss) = (r.sized("the signature's r")?, r.sized("the signature's s")?);
             if rr.len() > 32 || ss.len() > 32 {
                 return Err(bad("r or s is longer than a P-256 scalar".into()));
@@ -263,9 +456,9 @@ fn check_signature(ak: &[u8], message: &[u8], signature: &[u8]) -> Result<()> {
             raw[64 - ss.len()..].copy_from_slice(ss);
             Ecdsa::P256Sha256.verifies(key, message, &raw, false)
         }
-        (alg, key_alg) => {
+        (alg, key) => {
             return Err(bad(format!(
-                "signature algorithm {alg:#06x} does not fit the attestation key ({key_alg})"
+                "signature algorithm {alg:#06x} does not fit the attestation key ({key:?})"
             )));
         }
     };
@@ -292,7 +485,7 @@ pub fn verify(
     expected_nonce: Option<&[u8]>,
 ) -> Result<Claims> {
     let quote = Quote::parse(evidence.attest)?;
-    check_signature(evidence.ak_public, evidence.attest, evidence.signature)?;
+    check_signature(evidence.ak, evidence.attest, evidence.signature)?;
     if let Some(n) = expected_nonce
         && quote.extra_data != n
     {
@@ -357,13 +550,18 @@ pub fn verify(
         "reset_count".to_owned(),
         u8::try_from(quote.clock.1).unwrap_or(u8::MAX),
     );
+    let affirmed = if evidence.activated.is_some() {
+        Trust::Affirming
+    } else {
+        Trust::None
+    };
     Ok(Claims {
         platform: "tpm",
-        product: "TPM 2.0".into(),
-        signed_by: format!(
-            "attestation key {}",
-            hex::encode(Sha256::digest(evidence.ak_public))
+        product: evidence.activated.map_or_else(
+            || "TPM 2.0".into(),
+            |ek| format!("TPM 2.0, {}", ek.certified_by),
         ),
+        signed_by: format!("attestation key {}", hex::encode(evidence.ak.digest)),
         report_data: hex::encode(quote.extra_data),
         measurements,
         debug: false,
@@ -371,9 +569,9 @@ pub fn verify(
         tcb_status: None,
         advisory_ids: Vec::new(),
         trust: TrustVector {
-            // That the AK is a genuine TPM's is proved by credential activation, not here.
-            instance_identity: Trust::None,
-            hardware: Trust::None,
+            // That the AK is a genuine TPM's is proved by credential activation.
+            instance_identity: affirmed,
+            hardware: affirmed,
             executables: if policy.pcrs.is_empty() {
                 Trust::None
             } else {
@@ -381,5 +579,262 @@ pub fn verify(
             },
             configuration: Trust::None,
         },
+    })
+}
+
+/// An endorsement key, read from its certificate after the certificate was checked up to a
+/// trusted CA: the key credential activation encrypts to.
+#[derive(Debug, Clone)]
+pub struct EndorsementKey {
+    key: rsa::RsaPublicKey,
+    /// The certificate's subject and issuer, for claims.
+    pub certified_by: String,
+}
+
+/// `sha256WithRSAEncryption`, how TPM manufacturers' CAs (and swtpm's local CA) sign.
+const RSA_WITH_SHA256: &str = "1.2.840.113549.1.1.11";
+
+/// Checks that `issuer` signed `cert` (RSA PKCS#1 v1.5 or ECDSA, SHA-256/384).
+fn signed_by(
+    cert: &x509_parser::prelude::X509Certificate<'_>,
+    issuer: &x509_parser::prelude::X509Certificate<'_>,
+) -> Result<()> {
+    use crate::x509::common_name;
+    let alg = cert.signature_algorithm.algorithm.to_id_string();
+    let key = &issuer.public_key().subject_public_key.data;
+    let tbs = cert.tbs_certificate.as_ref();
+    let sig = &cert.signature_value.data;
+    let ok = cert.issuer().as_raw() == issuer.subject().as_raw()
+        && issuer.is_ca()
+        && match alg.as_str() {
+            RSA_WITH_SHA256 => crate::rsa_pss::verify_sha256(key, tbs, sig, false).is_ok(),
+            "1.2.840.10045.4.3.2" => Ecdsa::P256Sha256.verifies(key, tbs, sig, true),
+            "1.2.840.10045.4.3.3" => Ecdsa::P384Sha384.verifies(key, tbs, sig, true),
+            _ => false,
+        };
+    if !ok {
+        return Err(AttestError::BadSignature {
+            what: "the endorsement key certificate chain",
+            reason: format!(
+                "'{}' is not signed by the CA '{}' ({alg})",
+                common_name(cert),
+                common_name(issuer)
+            ),
+        });
+    }
+    Ok(())
+}
+
+impl EndorsementKey {
+    /// Reads the RSA endorsement key of the certificate `ek_cert` (DER) after checking it up
+    /// to one of the trusted CAs in `cas` (PEM: the manufacturer's intermediate and root
+    /// certificates; a certificate is trusted when it chains to one of them that is
+    /// self-signed), each certificate within its validity at `now`.
+    ///
+    /// # Errors
+    /// [`AttestError::UntrustedRoot`] when the chain does not reach a trusted root; others for
+    /// malformed certificates, bad signatures, expiry, or a key that is not RSA 2048 or more.
+    pub fn from_certificate(ek_cert: &[u8], cas: &str, now: u64) -> Result<EndorsementKey> {
+        use crate::x509::{check_validity, common_name, parse, pem_certificates};
+        let cert = parse("endorsement key certificate", ek_cert)?;
+        let ders = pem_certificates(
+            cas,
+            "trusted EK CAs",
+            1,
+            "name the TPM manufacturer's CA certificates (PEM)",
+        )?;
+        let trusted = ders
+            .iter()
+            .map(|d| parse("trusted EK CAs", d))
+            .collect::<Result<Vec<_>>>()?;
+        check_validity(&cert, now)?;
+        let mut current = &cert;
+        for _ in 0..=trusted.len() {
+            let Some(issuer) = trusted
+                .iter()
+                .find(|c| c.subject().as_raw() == current.issuer().as_raw())
+            else {
+                break;
+            };
+            signed_by(current, issuer)?;
+            check_validity(issuer, now)?;
+            if issuer.subject().as_raw() == issuer.issuer().as_raw() {
+                signed_by(issuer, issuer)?;
+                let spki = cert.public_key();
+                if spki.algorithm.algorithm.to_id_string() != "1.2.840.113549.1.1.1" {
+                    return Err(malformed(
+                        "endorsement key certificate",
+                        "its key is not RSA: activate credentials with the RSA EK",
+                    ));
+                }
+                use rsa::pkcs1::DecodeRsaPublicKey;
+                let key = rsa::RsaPublicKey::from_pkcs1_der(&spki.subject_public_key.data)
+                    .map_err(|e| malformed("endorsement key certificate", format!("RSA: {e}")))?;
+                if rsa::traits::PublicKeyParts::size(&key) < 256 {
+                    return Err(malformed(
+                        "endorsement key certificate",
+                        "its RSA key is shorter than 2048 bits",
+                    ));
+                }
+                return Ok(EndorsementKey {
+                    key,
+                    certified_by: format!(
+                        "EK '{}' by '{}'",
+                        common_name(&cert),
+                        common_name(issuer)
+                    ),
+                });
+            }
+            current = issuer;
+        }
+        Err(AttestError::UntrustedRoot(format!(
+            "the endorsement key certificate (issued by '{}') does not chain to a trusted CA",
+            cert.issuer()
+        )))
+    }
+}
+
+/// A credential for `TPM2_ActivateCredential`: what only the TPM holding the endorsement key,
+/// and an object of the given name in it, can open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credential {
+    /// `TPM2B_ID_OBJECT`: the integrity HMAC and the encrypted credential.
+    pub id_object: Vec<u8>,
+    /// `TPM2B_ENCRYPTED_SECRET`: the seed, RSA-OAEP-encrypted to the endorsement key.
+    pub encrypted_secret: Vec<u8>,
+}
+
+/// The TPM's KDFa (SP 800-108 counter mode with HMAC-SHA-256, TPM 2.0 Part 1, 11.4.10.2).
+fn kdfa(key: &[u8], label: &str, context_u: &[u8], context_v: &[u8], bits: u32) -> Vec<u8> {
+    use hmac::{KeyInit, Mac};
+    let bytes = usize::try_from(bits.div_ceil(8)).unwrap_or(0);
+    let mut out = Vec::with_capacity(bytes + 32);
+    let mut counter: u32 = 1;
+    while out.len() < bytes {
+        let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(key) else {
+            break;
+        };
+        mac.update(&counter.to_be_bytes());
+        mac.update(label.as_bytes());
+        mac.update(&[0]);
+        mac.update(context_u);
+        mac.update(context_v);
+        mac.update(&bits.to_be_bytes());
+        out.extend_from_slice(&mac.finalize().into_bytes());
+        counter += 1;
+    }
+    out.truncate(bytes);
+    out
+}
+
+/// The OS's randomness, for the rsa crate (whose RNG trait is rand_core 0.6's).
+struct OsRandom;
+
+impl rand_core_06::RngCore for OsRandom {
+    fn next_u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.fill_bytes(&mut b);
+        u32::from_le_bytes(b)
+    }
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.fill_bytes(&mut b);
+        u64::from_le_bytes(b)
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        // The OS refusing randomness is not something to go on from.
+        getrandom::fill(dest).unwrap_or_else(|e| panic!("no randomness from the OS: {e}")); // ok: no input reaches this
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> std::result::Result<(), rand_core_06::Error> {
+        getrandom::fill(dest).map_err(|e| {
+            rand_core_06::Error::from(
+                std::num::NonZeroU32::new(
+                    e.raw_os_error()
+                        .and_then(|c| u32::try_from(c).ok())
+                        .unwrap_or(1),
+                )
+                .unwrap_or(std::num::NonZeroU32::MIN),
+            )
+        })
+    }
+}
+
+impl rand_core_06::CryptoRng for OsRandom {}
+
+/// `TPM2_MakeCredential`, done by the verifier (TPM 2.0 Part 1, 24): `secret` (at most 32
+/// bytes) for the object named `name` in the TPM holding `ek`. A fresh seed is
+/// RSA-OAEP-encrypted (SHA-256, label `IDENTITY`) to the endorsement key; the credential is
+/// AES-128-CFB-encrypted under `KDFa(seed, "STORAGE", name)` and protected by an HMAC under
+/// `KDFa(seed, "INTEGRITY")` over it and the name. The TPM opens it only if it holds the
+/// endorsement key and an object of that name.
+///
+/// # Errors
+/// [`AttestError::Malformed`] for a secret that is empty or longer than 32 bytes, or a name
+/// that is not a SHA-256 name.
+pub fn make_credential(ek: &EndorsementKey, name: &[u8], secret: &[u8]) -> Result<Credential> {
+    use aes::cipher::{BlockCipherEncrypt, KeyInit};
+    use hmac::Mac;
+    use zeroize::Zeroizing;
+    if secret.is_empty() || secret.len() > 32 {
+        return Err(malformed("credential", "the secret is 1 to 32 bytes"));
+    }
+    if name.len() != 34 || name[..2] != ALG_SHA256.to_be_bytes() {
+        return Err(malformed(
+            "credential",
+            "the name is not a SHA-256 TPM name",
+        ));
+    }
+    let mut seed = Zeroizing::new([0u8; 32]);
+    getrandom::fill(seed.as_mut_slice())
+        .map_err(|e| malformed("credential", format!("no randomness from the OS: {e}")))?;
+    let encrypted = ek
+        .key
+        .encrypt(
+            &mut OsRandom,
+            rsa::Oaep::new_with_label::<sha2_010::Sha256, _>("IDENTITY\0"),
+            seed.as_slice(),
+        )
+        .map_err(|e| malformed("credential", format!("RSA-OAEP: {e}")))?;
+    let sym_key = Zeroizing::new(kdfa(seed.as_slice(), "STORAGE", name, &[], 128));
+    let hmac_key = Zeroizing::new(kdfa(seed.as_slice(), "INTEGRITY", &[], &[], 256));
+    // The credential as a TPM2B_DIGEST, AES-128-CFB with a zero IV.
+    let mut plain = Zeroizing::new(
+        u16::try_from(secret.len())
+            .unwrap_or(0)
+            .to_be_bytes()
+            .to_vec(),
+    );
+    plain.extend_from_slice(secret);
+    let cipher = aes::Aes128::new_from_slice(&sym_key)
+        .map_err(|_| malformed("credential", "the derived key is not 16 bytes"))?;
+    let mut feedback = [0u8; 16];
+    let mut enc_identity = Vec::with_capacity(plain.len());
+    for chunk in plain.chunks(16) {
+        let mut block = aes::Block::from(feedback);
+        cipher.encrypt_block(&mut block);
+        let start = enc_identity.len();
+        enc_identity.extend(chunk.iter().zip(block.iter()).map(|(p, k)| p ^ k));
+        feedback = [0u8; 16];
+        feedback[..chunk.len()].copy_from_slice(&enc_identity[start..]);
+    }
+    let mut mac = <hmac::Hmac<Sha256> as hmac::KeyInit>::new_from_slice(&hmac_key)
+        .map_err(|_| malformed("credential", "the derived HMAC key"))?;
+    mac.update(&enc_identity);
+    mac.update(name);
+    let outer = mac.finalize().into_bytes();
+    let mut id_object = Vec::with_capacity(4 + outer.len() + enc_identity.len());
+    let inner_len = 2 + outer.len() + enc_identity.len();
+    id_object.extend_from_slice(&u16::try_from(inner_len).unwrap_or(0).to_be_bytes());
+    id_object.extend_from_slice(&u16::try_from(outer.len()).unwrap_or(0).to_be_bytes());
+    id_object.extend_from_slice(&outer);
+    id_object.extend_from_slice(&enc_identity);
+    let mut encrypted_secret = u16::try_from(encrypted.len())
+        .unwrap_or(0)
+        .to_be_bytes()
+        .to_vec();
+    encrypted_secret.extend_from_slice(&encrypted);
+    Ok(Credential {
+        id_object,
+        encrypted_secret,
     })
 }

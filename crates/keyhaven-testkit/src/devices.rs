@@ -344,6 +344,9 @@ fn answers(port: u16) -> bool {
 /// A running swtpm, killed by its pid on drop (see the [module documentation](self)).
 pub struct Swtpm {
     state: tempfile::TempDir,
+    /// The TPM state's own directory when it is not `state` (a manufactured TPM keeps its CA
+    /// beside it).
+    state_subdir: Option<std::path::PathBuf>,
     port: u16,
     child: Option<Child>,
 }
@@ -368,6 +371,7 @@ impl Swtpm {
         require("swtpm");
         let mut tpm = Swtpm {
             state: tempfile::tempdir().expect("temporary directory"), // ok: test assertion
+            state_subdir: None,
             port: 0,
             child: None,
         };
@@ -384,9 +388,111 @@ impl Swtpm {
         panic!("could not start swtpm on any free port pair in 50 tries");
     }
 
+    /// Starts a swtpm manufactured like a real TPM: `swtpm_setup` makes its endorsement keys
+    /// (RSA 2048 and ECC P-384) and certificates issued by a local CA (`swtpm_localca`, a CA
+    /// made in its own directory), stored in the TPM's NV memory as a manufacturer does. The
+    /// CA's certificates are [`Swtpm::ek_ca`].
+    ///
+    /// # Panics
+    /// If swtpm, swtpm_setup or swtpm_localca is not installed, or the setup fails.
+    pub fn start_with_ek_certificate() -> Swtpm {
+        require("swtpm_setup");
+        require("swtpm_localca");
+        let mut tpm = Swtpm {
+            state: tempfile::tempdir().expect("temporary directory"), // ok: test assertion
+            state_subdir: None,
+            port: 0,
+            child: None,
+        };
+        let dir = tpm.state.path().to_path_buf();
+        let ca = dir.join("ca");
+        std::fs::create_dir_all(&ca).expect("CA directory"); // ok: test assertion
+        let write = |name: &str, text: String| {
+            std::fs::write(dir.join(name), text).expect("swtpm_setup configuration"); // ok: test assertion
+        };
+        write(
+            "localca.conf",
+            format!(
+                "statedir = {ca}\nsigningkey = {ca}/signkey.pem\nissuercert = {ca}/issuercert.pem\n\
+                 certserial = {ca}/certserial\n",
+                ca = ca.display()
+            ),
+        );
+        write(
+            "localca.options",
+            "--platform-manufacturer keyhaven\n--platform-version 2.1\n--platform-model swtpm\n"
+                .to_owned(),
+        );
+        write(
+            "setup.conf",
+            format!(
+                "create_certs_tool = swtpm_localca\ncreate_certs_tool_config = {d}/localca.conf\n\
+                 create_certs_tool_options = {d}/localca.options\nactive_pcr_banks = sha256\n",
+                d = dir.display()
+            ),
+        );
+        let state = dir.join("tpm");
+        std::fs::create_dir_all(&state).expect("state directory"); // ok: test assertion
+        run_ok(
+            Command::new("swtpm_setup")
+                .args([
+                    "--tpm2",
+                    "--create-ek-cert",
+                    "--pcr-banks",
+                    "sha256",
+                    "--tpmstate",
+                ])
+                .arg(&state)
+                .arg("--config")
+                .arg(dir.join("setup.conf"))
+                .arg("--write-ek-cert-files")
+                .arg(&dir),
+            "swtpm_setup --create-ek-cert",
+        );
+        tpm.state_subdir = Some(state);
+        for _ in 0..50 {
+            let port = next_port();
+            if !port_free(port) || !port_free(port + 1) {
+                continue;
+            }
+            tpm.port = port;
+            if tpm.launch() {
+                return tpm;
+            }
+        }
+        panic!("could not start swtpm on any free port pair in 50 tries");
+    }
+
+    /// The local CA of a TPM from [`Swtpm::start_with_ek_certificate`]: its issuing
+    /// certificate and its root, PEM (issuer first).
+    ///
+    /// # Panics
+    /// If this TPM was not made with an EK certificate.
+    pub fn ek_ca(&self) -> String {
+        let ca = self.state.path().join("ca");
+        let read = |name: &str| {
+            std::fs::read_to_string(ca.join(name))
+                .unwrap_or_else(|e| panic!("{name}: {e} (a swtpm without an EK certificate?)"))
+        };
+        read("issuercert.pem") + &read("swtpm-localca-rootca-cert.pem")
+    }
+
+    /// The RSA 2048 endorsement key's certificate, DER, as `swtpm_setup` wrote it.
+    ///
+    /// # Panics
+    /// If this TPM was not made with an EK certificate.
+    pub fn ek_certificate(&self) -> Vec<u8> {
+        std::fs::read(self.state.path().join("ek-rsa2048.crt"))
+            .unwrap_or_else(|e| panic!("ek-rsa2048.crt: {e} (a swtpm without an EK certificate?)"))
+    }
+
     /// Starts swtpm on `self.port`; false if it exited at once (its port was taken meanwhile).
     fn launch(&mut self) -> bool {
-        let dir = self.state.path();
+        let dir = self
+            .state_subdir
+            .clone()
+            .unwrap_or_else(|| self.state.path().to_path_buf());
+        let dir = dir.as_path();
         let log = dir.join("swtpm.log");
         let mut child = Command::new("swtpm")
             .args(["socket", "--tpm2", "--tpmstate"])
@@ -428,7 +534,7 @@ impl Swtpm {
 
     /// Its state directory.
     pub fn state_dir(&self) -> &Path {
-        self.state.path()
+        self.state_subdir.as_deref().unwrap_or(self.state.path())
     }
 
     /// Its pid, while it runs.

@@ -7,13 +7,14 @@ use std::collections::BTreeMap;
 
 use base64ct::{Base64, Encoding};
 use keyhaven_attest::AttestError;
-use keyhaven_attest::tpm::{self, Evidence, Policy, Quote};
+use keyhaven_attest::tpm::{self, AkPublic, Evidence, Policy, Quote};
 use proptest::prelude::*;
 
 struct Recorded {
     attest: Vec<u8>,
     signature: Vec<u8>,
-    ak: Vec<u8>,
+    ak: AkPublic,
+    ak_der: Vec<u8>,
     pcrs: BTreeMap<u8, Vec<u8>>,
 }
 
@@ -29,10 +30,12 @@ fn recorded() -> Option<Recorded> {
         .enumerate()
         .map(|(i, h)| (i as u8, hex::decode(h.as_str().unwrap()).unwrap()))
         .collect();
+    let ak_der = b64(&v["ak_public"]);
     Some(Recorded {
         attest: b64(&v["tpm_quote"]["message"]),
         signature: b64(&v["tpm_quote"]["signature"]),
-        ak: b64(&v["ak_public"]),
+        ak: AkPublic::from_spki(&ak_der).unwrap(),
+        ak_der,
         pcrs,
     })
 }
@@ -42,8 +45,9 @@ impl Recorded {
         Evidence {
             attest: &self.attest,
             signature: &self.signature,
-            ak_public: &self.ak,
+            ak: &self.ak,
             pcrs: &self.pcrs,
+            activated: None,
         }
     }
 }
@@ -102,7 +106,7 @@ fn a_quote_from_another_key_is_refused() {
         .collect();
     let der = Base64::decode_vec(&b64).unwrap();
     let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
-    r.ak = cert.public_key().raw.to_vec();
+    r.ak = AkPublic::from_spki(cert.public_key().raw).unwrap();
     let e = tpm::verify(&r.evidence(), &Policy::default(), None).unwrap_err();
     assert!(matches!(e, AttestError::BadSignature { .. }), "{e}");
 }
@@ -127,8 +131,7 @@ fn every_single_flipped_byte_of_the_quote_or_its_signature_is_refused() {
                 let e = Evidence {
                     attest: &attest,
                     signature: &signature,
-                    ak_public: &r.ak,
-                    pcrs: &r.pcrs,
+                    ..r.evidence()
                 };
                 assert!(
                     tpm::verify(&e, &Policy::default(), None).is_err(),
@@ -149,7 +152,8 @@ proptest! {
         let _ = Quote::parse(&noise);
         if let Some(r) = recorded() {
             prop_assert!(Quote::parse(&r.attest[..cut]).is_err());
-            let e = Evidence { attest: &noise, signature: &noise, ak_public: &r.ak, pcrs: &r.pcrs };
+            let e = Evidence { attest: &noise, signature: &noise, ..r.evidence() };
+            let _ = AkPublic::parse(&noise);
             prop_assert!(tpm::verify(&e, &Policy::default(), None).is_err());
         }
     }
@@ -162,7 +166,7 @@ proptest! {
 fn tpm2_checkquote_agrees_on_the_recorded_quote() {
     let Some(r) = recorded() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let b64: String = Base64::encode_string(&r.ak);
+    let b64: String = Base64::encode_string(&r.ak_der);
     let pem = format!("-----BEGIN PUBLIC KEY-----\n{b64}\n-----END PUBLIC KEY-----\n");
     std::fs::write(dir.path().join("ak.pem"), pem).unwrap();
     std::fs::write(dir.path().join("sig.bin"), &r.signature).unwrap();
@@ -203,4 +207,219 @@ fn tpm2_checkquote_agrees_on_the_recorded_quote() {
     assert!(!theirs(&changed, &nonce) && !ours(&changed, &nonce));
     let other = "00".repeat(64);
     assert!(!theirs(&r.attest, &other) && !ours(&r.attest, &other));
+}
+
+/// A live TPM (swtpm, manufactured with an endorsement key certificate from a local CA) driven
+/// by tpm2-tools, code nobody here wrote: the verifier checks the EK certificate up to the CA,
+/// makes a credential for the attestation key's name that the TPM's `ActivateCredential`
+/// opens (and one for another name that it refuses), then verifies a quote of PCRs 0-7 over
+/// a fresh nonce against a reference value for PCR 7, affirming the instance and hardware.
+/// A quote by another AK, an old nonce or a PCR unlike its reference are refused.
+#[test]
+fn a_live_tpm_binds_its_attestation_key_by_credential_activation_and_quotes() {
+    use keyhaven_attest::tpm::{EndorsementKey, make_credential};
+    use keyhaven_testkit::devices::Swtpm;
+    use std::process::Command;
+
+    let tpm = Swtpm::start_with_ek_certificate();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(dir.path())
+            .env("TPM2TOOLS_TCTI", tpm.tcti())
+            .output()
+            .unwrap_or_else(|e| panic!("{} ({e}): install tpm2-tools", args[0]))
+    };
+    // No resource manager sits between the tools and the TPM: each tool's transient objects
+    // and sessions are flushed after it, as one would.
+    let tool = |args: &[&str]| {
+        let out = run(args);
+        for kind in ["-t", "-s"] {
+            run(&["tpm2_flushcontext", kind]);
+        }
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let must = |args: &[&str]| {
+        let (ok, err) = tool(args);
+        assert!(ok, "{args:?}: {err}");
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+
+    // The endorsement key, from its certificate checked up to the local CA.
+    let ek = EndorsementKey::from_certificate(&tpm.ek_certificate(), &tpm.ek_ca(), now).unwrap();
+    assert!(
+        ek.certified_by.contains("swtpm-localca"),
+        "{}",
+        ek.certified_by
+    );
+    // Only the root is not enough to skip the issuer; an unrelated CA is not trusted.
+    let root_only = tpm
+        .ek_ca()
+        .split_inclusive("-----END CERTIFICATE-----\n")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    assert!(EndorsementKey::from_certificate(&tpm.ek_certificate(), &root_only, now).is_err());
+    let other = Swtpm::start_with_ek_certificate();
+    let e =
+        EndorsementKey::from_certificate(&tpm.ek_certificate(), &other.ek_ca(), now).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            AttestError::BadSignature { .. } | AttestError::UntrustedRoot(_)
+        ),
+        "{e}"
+    );
+    drop(other);
+
+    // The TPM makes its EK (the certified one) and an AK under it.
+    must(&["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
+    for ak in ["ak", "ak2"] {
+        must(&[
+            "tpm2_createak",
+            "-C",
+            "ek.ctx",
+            "-c",
+            &format!("{ak}.ctx"),
+            "-G",
+            "ecc",
+            "-g",
+            "sha256",
+            "-s",
+            "ecdsa",
+            "-u",
+            &format!("{ak}.pub"),
+            "-n",
+            &format!("{ak}.name"),
+        ]);
+    }
+    let ak = AkPublic::parse(&std::fs::read(dir.path().join("ak.pub")).unwrap()).unwrap();
+    let ak2 = AkPublic::parse(&std::fs::read(dir.path().join("ak2.pub")).unwrap()).unwrap();
+    assert_eq!(
+        ak.name.as_deref(),
+        Some(
+            std::fs::read(dir.path().join("ak.name"))
+                .unwrap()
+                .as_slice()
+        ),
+        "the AK's name as the TPM computes it"
+    );
+
+    // Credential activation: the TPM opens a credential made for this AK's name.
+    let activate = |name: &[u8], secret: &[u8]| {
+        let cred = make_credential(&ek, name, secret).unwrap();
+        // tpm2-tools' credential file: magic, version, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
+        let mut file = 0xBADC_C0DEu32.to_be_bytes().to_vec();
+        file.extend_from_slice(&1u32.to_be_bytes());
+        file.extend_from_slice(&cred.id_object);
+        file.extend_from_slice(&cred.encrypted_secret);
+        std::fs::write(dir.path().join("cred.bin"), file).unwrap();
+        let _ = std::fs::remove_file(dir.path().join("secret.out"));
+        // The EK's key is used under its policy (PolicySecret of the endorsement
+        // hierarchy), in a policy session kept across these three commands.
+        let mut outs = vec![
+            run(&[
+                "tpm2_startauthsession",
+                "--policy-session",
+                "-S",
+                "session.ctx",
+            ]),
+            run(&["tpm2_policysecret", "-S", "session.ctx", "-c", "e"]),
+        ];
+        outs.push(run(&[
+            "tpm2_activatecredential",
+            "-c",
+            "ak.ctx",
+            "-C",
+            "ek.ctx",
+            "-i",
+            "cred.bin",
+            "-o",
+            "secret.out",
+            "-P",
+            "session:session.ctx",
+        ]));
+        for kind in ["-t", "-s"] {
+            run(&["tpm2_flushcontext", kind]);
+        }
+        let ok = outs.iter().all(|o| o.status.success());
+        let err: String = outs
+            .iter()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .collect();
+        ok.then(|| std::fs::read(dir.path().join("secret.out")).unwrap())
+            .ok_or(err)
+    };
+    let secret = b"keyhaven credential 0123456789ab";
+    assert_eq!(activate(ak.name.as_ref().unwrap(), secret).unwrap(), secret);
+    // A credential for another object's name is refused by the TPM (its HMAC fails).
+    assert!(activate(ak2.name.as_ref().unwrap(), secret).is_err());
+
+    // A quote of PCRs 0-7 over a fresh nonce, PCR 7 extended first.
+    must(&["tpm2_pcrextend", &format!("7:sha256={}", "ab".repeat(32))]);
+    let nonce: [u8; 32] = std::array::from_fn(|i| u8::try_from(i).unwrap() ^ 0x5a);
+    let quote = |ak: &str| {
+        must(&[
+            "tpm2_quote",
+            "-c",
+            &format!("{ak}.ctx"),
+            "-l",
+            "sha256:0,1,2,3,4,5,6,7",
+            "-q",
+            &hex::encode(nonce),
+            "-m",
+            "quote.msg",
+            "-s",
+            "quote.sig",
+            "-g",
+            "sha256",
+        ]);
+        (
+            std::fs::read(dir.path().join("quote.msg")).unwrap(),
+            std::fs::read(dir.path().join("quote.sig")).unwrap(),
+        )
+    };
+    must(&["tpm2_pcrread", "sha256:0,1,2,3,4,5,6,7", "-o", "pcrs.bin"]);
+    let values = std::fs::read(dir.path().join("pcrs.bin")).unwrap();
+    let pcrs: BTreeMap<u8, Vec<u8>> = values
+        .chunks(32)
+        .zip(0u8..)
+        .map(|(v, i)| (i, v.to_vec()))
+        .collect();
+    assert_eq!(pcrs.len(), 8);
+    let mut policy = Policy::default();
+    policy.pcrs.insert(7, pcrs[&7].clone());
+    let (attest, signature) = quote("ak");
+    let e = Evidence {
+        attest: &attest,
+        signature: &signature,
+        ak: &ak,
+        pcrs: &pcrs,
+        activated: Some(&ek),
+    };
+    let claims = tpm::verify(&e, &policy, Some(&nonce)).unwrap();
+    assert_eq!(
+        claims.trust.instance_identity,
+        keyhaven_attest::Trust::Affirming
+    );
+    assert_eq!(claims.trust.hardware, keyhaven_attest::Trust::Affirming);
+    assert_eq!(claims.trust.executables, keyhaven_attest::Trust::Affirming);
+    assert_eq!(claims.measurements["pcr07"], hex::encode(&pcrs[&7]));
+    // An old nonce; a PCR 7 unlike the reference; the quote checked against the other AK.
+    assert!(tpm::verify(&e, &policy, Some(&[0u8; 32])).is_err());
+    let mut stale = policy.clone();
+    stale.pcrs.insert(7, vec![0; 32]);
+    assert!(tpm::verify(&e, &stale, Some(&nonce)).is_err());
+    let by_other = Evidence { ak: &ak2, ..e };
+    assert!(matches!(
+        tpm::verify(&by_other, &policy, Some(&nonce)),
+        Err(AttestError::BadSignature { .. })
+    ));
 }
