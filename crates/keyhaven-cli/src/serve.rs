@@ -67,6 +67,14 @@ pub(crate) struct ServeArgs {
     /// only the firmware; the kernel and its command line are in the RTMRs.
     #[arg(long = "tdx-register", value_name = "NAME=HEX")]
     pub(crate) tdx_registers: Vec<String>,
+    /// Accept TPM evidence: the TPM manufacturers' CA certificates (a PEM file) whose
+    /// endorsement keys are trusted. Attestation keys enroll by credential activation
+    /// (/v1/attestation/tpm/); their quotes reach tier 2.
+    #[arg(long = "tpm-ek-ca", value_name = "FILE")]
+    pub(crate) tpm_ek_ca: Option<std::path::PathBuf>,
+    /// A PCR reference value (SHA-256 bank) TPM quotes must show: INDEX=HEX (repeat for more).
+    #[arg(long = "tpm-pcr", value_name = "INDEX=HEX", requires = "tpm_ek_ca")]
+    pub(crate) tpm_pcrs: Vec<String>,
 }
 
 /// `keyhaven serve init`, `keyhaven serve audit-verify`.
@@ -331,11 +339,46 @@ fn serve(ctx: &Ctx, args: &ServeArgs) -> Result<u8> {
         };
         tdx_registers.insert(name.to_owned(), value);
     }
+    let mut tpm_pcrs = std::collections::BTreeMap::new();
+    for given in &args.tpm_pcrs {
+        let parsed = given.split_once('=').and_then(|(i, h)| {
+            let index = i.parse::<u8>().ok().filter(|i| *i < 24)?;
+            let value = hex::decode(h).ok().filter(|v| v.len() == 32)?;
+            Some((index, value))
+        });
+        let (index, value) = parsed.ok_or_else(|| {
+            crate::exit::UsageError(format!(
+                "--tpm-pcr {given:?} is INDEX=HEX: a PCR from 0 to 23 and 64 hex digits"
+            ))
+        })?;
+        tpm_pcrs.insert(index, value);
+    }
+    let tpm_ek_cas = match &args.tpm_ek_ca {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                crate::exit::UsageError(format!(
+                    "--tpm-ek-ca {}: {e} (a PEM file of CA certificates)",
+                    path.display()
+                ))
+            })?;
+            if !text.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(crate::exit::UsageError(format!(
+                    "--tpm-ek-ca {}: no PEM certificate in it",
+                    path.display()
+                ))
+                .into());
+            }
+            Some(text)
+        }
+    };
     let mut config = ServerConfig {
         allow_sample_evidence: args.allow_sample_evidence,
         snp_measurements,
         tdx_mr_tds,
         tdx_registers,
+        tpm_ek_cas,
+        tpm_pcrs,
         ..ServerConfig::default()
     };
     if let Some(url) = &args.public_url {

@@ -239,6 +239,240 @@ impl EvidenceVerifier for TdxVerifier {
     }
 }
 
+/// TPM 2.0 evidence (`keyhaven_attest::tpm`): `{"type": "tpm", "ak": base64 of the
+/// attestation key's TPM2B_PUBLIC, "quote": base64 of the TPMS_ATTEST, "signature": base64 of
+/// the TPMT_SIGNATURE, "pcrs": {"0": hex, ...}}`, the quote's extra data this release's 32
+/// bytes. The AK must have been enrolled first, by credential activation against an
+/// endorsement key certificate from a CA the operator trusts (`/v1/attestation/tpm/challenge`,
+/// then `/activate`). A TPM proves a hardware-bound key and a measured boot, not confidential
+/// execution: tier 2 at most, with the operator's PCR reference values when given.
+pub struct TpmVerifier {
+    storage: Arc<dyn crate::storage::Storage>,
+    ek_cas: String,
+    policy: keyhaven_attest::tpm::Policy,
+    pending: Mutex<HashMap<String, PendingCredential>>,
+}
+
+/// The tier an enrolled TPM's quote supports.
+pub const TPM_TIER: u8 = 2;
+/// How long a credential challenge may be answered.
+pub const TPM_CHALLENGE_TTL: u64 = 300;
+/// The most challenges awaiting an answer.
+const MAX_PENDING: usize = 1_000;
+/// The setting prefix of an enrolled attestation key (its TPM2B_PUBLIC's SHA-256 follows).
+const ENROLLED: &str = "tpm.ak.";
+
+/// A credential made for an AK, awaiting the TPM's answer.
+struct PendingCredential {
+    client: String,
+    ak_public: Vec<u8>,
+    ek_certificate: Vec<u8>,
+    certified_by: String,
+    secret: zeroize::Zeroizing<[u8; 32]>,
+    expires: u64,
+}
+
+impl std::fmt::Debug for TpmVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TpmVerifier")
+            .field("pcrs", &self.policy.pcrs.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a credential challenge returns: the blobs for `TPM2_ActivateCredential`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmChallenge {
+    /// The challenge's id, to answer with.
+    pub id: String,
+    /// The attestation key's TPM name (hex).
+    pub ak_name: String,
+    /// `TPM2B_ID_OBJECT`.
+    pub id_object: Vec<u8>,
+    /// `TPM2B_ENCRYPTED_SECRET`.
+    pub encrypted_secret: Vec<u8>,
+}
+
+impl TpmVerifier {
+    /// A verifier trusting endorsement key certificates from `ek_cas` (PEM: the TPM
+    /// manufacturers' CA certificates), enrolled AKs kept in `storage`, quotes held to
+    /// `policy` (PCR reference values).
+    pub fn new(
+        storage: Arc<dyn crate::storage::Storage>,
+        ek_cas: String,
+        policy: keyhaven_attest::tpm::Policy,
+    ) -> Self {
+        TpmVerifier {
+            storage,
+            ek_cas,
+            policy,
+            pending: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Checks the EK certificate and the AK, and makes a credential for the AK's name that
+    /// only the TPM holding both can open.
+    ///
+    /// # Errors
+    /// Why, for the requester.
+    pub fn challenge(
+        &self,
+        client: &str,
+        ek_certificate: &[u8],
+        ak_public: &[u8],
+        now: u64,
+    ) -> Result<TpmChallenge, String> {
+        use keyhaven_attest::tpm::{AkPublic, EndorsementKey, make_credential};
+        let ek = EndorsementKey::from_certificate(ek_certificate, &self.ek_cas, now)
+            .map_err(|e| e.to_string())?;
+        let ak = AkPublic::parse(ak_public).map_err(|e| e.to_string())?;
+        let name = ak.name.clone().unwrap_or_default();
+        let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+        let mut id = [0u8; 16];
+        for buf in [secret.as_mut_slice(), &mut id] {
+            keyhaven::fill_random(buf).map_err(|e| e.to_string())?;
+        }
+        let credential =
+            make_credential(&ek, &name, secret.as_slice()).map_err(|e| e.to_string())?;
+        let id = hex::encode(id);
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.retain(|_, p| p.expires > now);
+        if pending.len() >= MAX_PENDING {
+            return Err("too many credential challenges await an answer; try again later".into());
+        }
+        pending.insert(
+            id.clone(),
+            PendingCredential {
+                client: client.to_owned(),
+                ak_public: ak_public.to_vec(),
+                ek_certificate: ek_certificate.to_vec(),
+                certified_by: ek.certified_by.clone(),
+                secret,
+                expires: now + TPM_CHALLENGE_TTL,
+            },
+        );
+        Ok(TpmChallenge {
+            id,
+            ak_name: hex::encode(name),
+            id_object: credential.id_object,
+            encrypted_secret: credential.encrypted_secret,
+        })
+    }
+
+    /// Takes the TPM's answer to challenge `id`: when `secret` is the credential's, the AK is
+    /// enrolled (kept in the store). Returns the AK's id (its TPM2B_PUBLIC's SHA-256) and who
+    /// certified its TPM. A challenge is answered once.
+    ///
+    /// # Errors
+    /// Why, for the requester; the store's failures as text.
+    pub fn activate(
+        &self,
+        client: &str,
+        id: &str,
+        secret: &[u8],
+        now: u64,
+    ) -> Result<(String, String), String> {
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id)
+            .filter(|p| p.client == client && p.expires > now)
+            .ok_or_else(|| {
+                "no such credential challenge for this client (answered, expired, or another \
+                 node's): ask for a new one"
+                    .to_owned()
+            })?;
+        use subtle::ConstantTimeEq;
+        if secret.len() != 32 || !bool::from(secret.ct_eq(pending.secret.as_slice())) {
+            return Err(
+                "the secret is not the credential's: the AK does not live in the TPM whose \
+                 endorsement key was certified"
+                    .into(),
+            );
+        }
+        let digest = hex::encode(Sha256::digest(&pending.ak_public));
+        let record = json!({
+            "ak_public": hex::encode(&pending.ak_public),
+            "ek_certificate": hex::encode(&pending.ek_certificate),
+            "certified_by": pending.certified_by,
+            "client": client,
+            "at": now,
+        });
+        self.storage
+            .set_setting(&format!("{ENROLLED}{digest}"), &record.to_string())
+            .map_err(|e| e.to_string())?;
+        Ok((digest, pending.certified_by))
+    }
+}
+
+impl EvidenceVerifier for TpmVerifier {
+    fn kind(&self) -> &'static str {
+        "tpm"
+    }
+
+    fn verify(
+        &self,
+        evidence: &Value,
+        report_data: &[u8; 32],
+        now: u64,
+    ) -> Result<Attested, String> {
+        use base64ct::{Base64, Encoding};
+        use keyhaven_attest::tpm::{AkPublic, EndorsementKey, Evidence};
+        let field = |name: &str, what: &str| {
+            Base64::decode_vec(text(evidence, "tpm", name, what)?)
+                .map_err(|_| format!("'{name}' is not standard base64"))
+        };
+        let ak_public = field("ak", "base64 of the AK's TPM2B_PUBLIC")?;
+        let quote = field("quote", "base64 of the TPMS_ATTEST")?;
+        let signature = field("signature", "base64 of the TPMT_SIGNATURE")?;
+        let mut pcrs = std::collections::BTreeMap::new();
+        for (k, v) in evidence["pcrs"].as_object().into_iter().flatten().take(24) {
+            let index: u8 = k
+                .parse()
+                .map_err(|_| format!("PCR '{k}' is not an index"))?;
+            let value = v
+                .as_str()
+                .and_then(|h| hex::decode(h).ok())
+                .ok_or_else(|| format!("PCR {index} is not hex"))?;
+            pcrs.insert(index, value);
+        }
+        let digest = hex::encode(Sha256::digest(&ak_public));
+        let enrolled: Value = self
+            .storage
+            .setting(&format!("{ENROLLED}{digest}"))
+            .map_err(|e| e.to_string())?
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .ok_or_else(|| {
+                "this attestation key is not enrolled: prove it lives in a certified TPM \
+                 first (POST /v1/attestation/tpm/challenge, then /activate)"
+                    .to_owned()
+            })?;
+        // The EK certificate is checked again: a CA the operator stopped trusting, or a
+        // certificate now expired, no longer vouches for the AK.
+        let ek_der = enrolled["ek_certificate"]
+            .as_str()
+            .and_then(|h| hex::decode(h).ok())
+            .unwrap_or_default();
+        let ek = EndorsementKey::from_certificate(&ek_der, &self.ek_cas, now)
+            .map_err(|e| format!("the AK's endorsement key no longer verifies: {e}"))?;
+        let ak = AkPublic::parse(&ak_public).map_err(|e| e.to_string())?;
+        let claims = keyhaven_attest::tpm::verify(
+            &Evidence {
+                attest: &quote,
+                signature: &signature,
+                ak: &ak,
+                pcrs: &pcrs,
+                activated: Some(&ek),
+            },
+            &self.policy,
+            Some(report_data),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(attested("tpm", TPM_TIER, &claims))
+    }
+}
+
 /// NVIDIA Hopper GPU evidence (`keyhaven_attest::nvidia`): `{"type": "nvidia-gpu", "report":
 /// hex of the SPDM GET_MEASUREMENTS request and MEASUREMENTS response, "chain": the attestation
 /// key's certificates, PEM, leaf first}`. The request's nonce must be this release's report

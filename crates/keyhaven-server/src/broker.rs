@@ -70,6 +70,7 @@ pub struct Broker {
     /// Counts the times the policies were dropped: a read that a drop overtook is not kept.
     policy_generation: std::sync::atomic::AtomicU64,
     attestation: crate::attest::Attestation,
+    tpm: Option<Arc<crate::attest::TpmVerifier>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -119,6 +120,7 @@ impl Broker {
             loaded_policies: Mutex::new(None),
             policy_generation: std::sync::atomic::AtomicU64::new(0),
             attestation: crate::attest::Attestation::default(),
+            tpm: None,
         })
     }
 
@@ -239,6 +241,19 @@ impl Broker {
     pub fn accepting(mut self, verifier: Arc<dyn crate::attest::EvidenceVerifier>) -> Self {
         self.attestation.add(verifier);
         self
+    }
+
+    /// The same broker enrolling TPM attestation keys (credential activation,
+    /// `/v1/attestation/tpm/`) and accepting `tpm` evidence from enrolled ones.
+    pub fn accepting_tpm(mut self, verifier: Arc<crate::attest::TpmVerifier>) -> Self {
+        self.attestation.add(verifier.clone());
+        self.tpm = Some(verifier);
+        self
+    }
+
+    /// The TPM verifier, when TPM evidence is accepted.
+    pub(crate) fn tpm(&self) -> Option<&Arc<crate::attest::TpmVerifier>> {
+        self.tpm.as_ref()
     }
 
     /// The evidence verifiers, and their recent results.

@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 pub mod broker;
 pub mod compromise;
+mod enroll;
 pub mod fallback;
 mod handlers;
 mod metrics;

@@ -345,6 +345,15 @@ fn broker_of(
             vec![snp, tdx],
             gpu,
         )));
+    if let Some(cas) = &config.tpm_ek_cas {
+        broker = broker.accepting_tpm(Arc::new(crate::attest::TpmVerifier::new(
+            storage.clone(),
+            cas.clone(),
+            keyhaven_attest::tpm::Policy {
+                pcrs: config.tpm_pcrs.clone(),
+            },
+        )));
+    }
     if config.allow_sample_evidence {
         tracing::warn!(
             "sample evidence is accepted: it proves nothing (development only), and never \

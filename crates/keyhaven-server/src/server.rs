@@ -74,6 +74,12 @@ pub struct ServerConfig {
     /// must also show to reach tier 2: MRTD measures only the virtual firmware, the kernel and
     /// its command line are in the RTMRs.
     pub tdx_registers: std::collections::BTreeMap<String, [u8; 48]>,
+    /// The TPM manufacturers' CA certificates (PEM) whose endorsement keys are trusted: TPM
+    /// attestation keys enroll by credential activation against them, and their quotes reach
+    /// tier 2. None: TPM evidence is not accepted.
+    pub tpm_ek_cas: Option<String>,
+    /// PCR reference values (SHA-256 bank) a TPM quote must show.
+    pub tpm_pcrs: std::collections::BTreeMap<u8, Vec<u8>>,
 }
 
 impl Default for ServerConfig {
@@ -104,6 +110,8 @@ impl Default for ServerConfig {
             snp_measurements: Vec::new(),
             tdx_mr_tds: Vec::new(),
             tdx_registers: std::collections::BTreeMap::new(),
+            tpm_ek_cas: None,
+            tpm_pcrs: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -395,6 +403,14 @@ impl Server {
                 post(crate::compromise::query),
             )
             .route(
+                "/v1/attestation/tpm/challenge",
+                post(crate::enroll::challenge),
+            )
+            .route(
+                "/v1/attestation/tpm/activate",
+                post(crate::enroll::activate),
+            )
+            .route(
                 "/v1/admin/policies",
                 put(crate::policy::put)
                     .get(crate::policy::list)
@@ -454,6 +470,9 @@ fn classify(path: &str) -> (&'static str, Access) {
         "/v1/tokens" => ("tokens", Access::Client),
         "/v1/tokens/revoke" => ("tokens_revoke", Access::Client),
         p if p.starts_with("/v1/admin/keys/") => ("admin_keys", Access::Admin),
+        "/v1/attestation/tpm/challenge" | "/v1/attestation/tpm/activate" => {
+            ("tpm_enroll", Access::Client)
+        }
         "/v1/admin/attestation/revocations" | "/v1/admin/attestation/affected" => {
             ("admin_attestation", Access::Admin)
         }

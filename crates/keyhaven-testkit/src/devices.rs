@@ -1083,3 +1083,214 @@ impl TokenPool {
         &self.hsm
     }
 }
+
+/// tpm2-tools driving one swtpm, as a TPM's owner would (code nobody here wrote): the prover
+/// side of attestation. Files go to a directory of its own; each command's transient objects
+/// and sessions are flushed after it (no resource manager sits in between).
+pub struct Tpm2Tools {
+    tcti: String,
+    dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for Tpm2Tools {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tpm2Tools")
+            .field("tcti", &self.tcti)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tpm2Tools {
+    /// The tools for `tpm`.
+    ///
+    /// # Panics
+    /// If tpm2-tools is not installed.
+    pub fn new(tpm: &Swtpm) -> Tpm2Tools {
+        require("tpm2_createek");
+        Tpm2Tools {
+            tcti: tpm.tcti(),
+            dir: tempfile::tempdir().expect("temporary directory"), // ok: test assertion
+        }
+    }
+
+    /// Its working directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Runs one tool with `args`, without flushing anything.
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(args[0])
+            .args(&args[1..])
+            .current_dir(self.dir.path())
+            .env("TPM2TOOLS_TCTI", &self.tcti)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {} ({e}): {HOW_TO_RUN}", args[0]))
+    }
+
+    fn flush(&self) {
+        for kind in ["-t", "-s"] {
+            self.run(&["tpm2_flushcontext", kind]);
+        }
+    }
+
+    /// Runs one tool and flushes; its stderr when it fails.
+    ///
+    /// # Errors
+    /// What the tool printed.
+    pub fn try_run(&self, args: &[&str]) -> Result<Output, String> {
+        let out = self.run(args);
+        self.flush();
+        if out.status.success() {
+            Ok(out)
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Runs one tool and flushes.
+    ///
+    /// # Panics
+    /// If it fails.
+    pub fn must(&self, args: &[&str]) -> Output {
+        self.try_run(args)
+            .unwrap_or_else(|e| panic!("{args:?} failed: {e}"))
+    }
+
+    /// A file of its directory.
+    ///
+    /// # Panics
+    /// If it cannot be read.
+    pub fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.dir.path().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"))
+    }
+
+    /// Makes the RSA endorsement key (the certified one) as `ek.ctx`.
+    pub fn create_ek(&self) {
+        self.must(&["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
+    }
+
+    /// Makes an ECC P-256 attestation key under the EK as `NAME.ctx`; its `TPM2B_PUBLIC` and
+    /// its name.
+    pub fn create_ak(&self, name: &str) -> (Vec<u8>, Vec<u8>) {
+        self.must(&[
+            "tpm2_createak",
+            "-C",
+            "ek.ctx",
+            "-c",
+            &format!("{name}.ctx"),
+            "-G",
+            "ecc",
+            "-g",
+            "sha256",
+            "-s",
+            "ecdsa",
+            "-u",
+            &format!("{name}.pub"),
+            "-n",
+            &format!("{name}.name"),
+        ]);
+        (
+            self.read(&format!("{name}.pub")),
+            self.read(&format!("{name}.name")),
+        )
+    }
+
+    /// `TPM2_ActivateCredential` of a credential (`TPM2B_ID_OBJECT`, `TPM2B_ENCRYPTED_SECRET`)
+    /// with attestation key `ak` and the EK, under the EK's policy (PolicySecret of the
+    /// endorsement hierarchy): the secret, or what the TPM said.
+    ///
+    /// # Errors
+    /// The tools' output when the TPM refuses.
+    pub fn activate_credential(
+        &self,
+        ak: &str,
+        id_object: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        // tpm2-tools' credential file: magic, version, then the two TPM2Bs.
+        let mut file = 0xBADC_C0DEu32.to_be_bytes().to_vec();
+        file.extend_from_slice(&1u32.to_be_bytes());
+        file.extend_from_slice(id_object);
+        file.extend_from_slice(encrypted_secret);
+        std::fs::write(self.dir.path().join("cred.bin"), file).expect("credential file"); // ok: test assertion
+        let _ = std::fs::remove_file(self.dir.path().join("secret.out"));
+        let outs = [
+            self.run(&[
+                "tpm2_startauthsession",
+                "--policy-session",
+                "-S",
+                "session.ctx",
+            ]),
+            self.run(&["tpm2_policysecret", "-S", "session.ctx", "-c", "e"]),
+            self.run(&[
+                "tpm2_activatecredential",
+                "-c",
+                &format!("{ak}.ctx"),
+                "-C",
+                "ek.ctx",
+                "-i",
+                "cred.bin",
+                "-o",
+                "secret.out",
+                "-P",
+                "session:session.ctx",
+            ]),
+        ];
+        self.flush();
+        if outs.iter().all(|o| o.status.success()) {
+            Ok(self.read("secret.out"))
+        } else {
+            Err(outs
+                .iter()
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .collect())
+        }
+    }
+
+    /// Extends SHA-256 PCR `index` with `digest`.
+    pub fn extend_pcr(&self, index: u8, digest: &[u8; 32]) {
+        self.must(&[
+            "tpm2_pcrextend",
+            &format!("{index}:sha256={}", hex::encode(digest)),
+        ]);
+    }
+
+    /// The SHA-256 bank's PCRs `indices`.
+    pub fn read_pcrs(&self, indices: &[u8]) -> std::collections::BTreeMap<u8, Vec<u8>> {
+        let list: Vec<String> = indices.iter().map(u8::to_string).collect();
+        self.must(&[
+            "tpm2_pcrread",
+            &format!("sha256:{}", list.join(",")),
+            "-o",
+            "pcrs.bin",
+        ]);
+        self.read("pcrs.bin")
+            .chunks(32)
+            .zip(indices)
+            .map(|(v, i)| (*i, v.to_vec()))
+            .collect()
+    }
+
+    /// A quote by attestation key `ak` of PCRs `indices` over `nonce`: its `TPMS_ATTEST` and
+    /// `TPMT_SIGNATURE`.
+    pub fn quote(&self, ak: &str, indices: &[u8], nonce: &[u8]) -> (Vec<u8>, Vec<u8>) {
+        let list: Vec<String> = indices.iter().map(u8::to_string).collect();
+        self.must(&[
+            "tpm2_quote",
+            "-c",
+            &format!("{ak}.ctx"),
+            "-l",
+            &format!("sha256:{}", list.join(",")),
+            "-q",
+            &hex::encode(nonce),
+            "-m",
+            "quote.msg",
+            "-s",
+            "quote.sig",
+            "-g",
+            "sha256",
+        ]);
+        (self.read("quote.msg"), self.read("quote.sig"))
+    }
+}

@@ -218,35 +218,10 @@ fn tpm2_checkquote_agrees_on_the_recorded_quote() {
 #[test]
 fn a_live_tpm_binds_its_attestation_key_by_credential_activation_and_quotes() {
     use keyhaven_attest::tpm::{EndorsementKey, make_credential};
-    use keyhaven_testkit::devices::Swtpm;
-    use std::process::Command;
+    use keyhaven_testkit::devices::{Swtpm, Tpm2Tools};
 
     let tpm = Swtpm::start_with_ek_certificate();
-    let dir = tempfile::tempdir().unwrap();
-    let run = |args: &[&str]| {
-        Command::new(args[0])
-            .args(&args[1..])
-            .current_dir(dir.path())
-            .env("TPM2TOOLS_TCTI", tpm.tcti())
-            .output()
-            .unwrap_or_else(|e| panic!("{} ({e}): install tpm2-tools", args[0]))
-    };
-    // No resource manager sits between the tools and the TPM: each tool's transient objects
-    // and sessions are flushed after it, as one would.
-    let tool = |args: &[&str]| {
-        let out = run(args);
-        for kind in ["-t", "-s"] {
-            run(&["tpm2_flushcontext", kind]);
-        }
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let must = |args: &[&str]| {
-        let (ok, err) = tool(args);
-        assert!(ok, "{args:?}: {err}");
-    };
+    let tools = Tpm2Tools::new(&tpm);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -259,7 +234,7 @@ fn a_live_tpm_binds_its_attestation_key_by_credential_activation_and_quotes() {
         "{}",
         ek.certified_by
     );
-    // Only the root is not enough to skip the issuer; an unrelated CA is not trusted.
+    // The root alone does not vouch for what its issuer signed; another CA vouches for nothing.
     let root_only = tpm
         .ek_ca()
         .split_inclusive("-----END CERTIFICATE-----\n")
@@ -279,124 +254,36 @@ fn a_live_tpm_binds_its_attestation_key_by_credential_activation_and_quotes() {
     );
     drop(other);
 
-    // The TPM makes its EK (the certified one) and an AK under it.
-    must(&["tpm2_createek", "-c", "ek.ctx", "-G", "rsa", "-u", "ek.pub"]);
-    for ak in ["ak", "ak2"] {
-        must(&[
-            "tpm2_createak",
-            "-C",
-            "ek.ctx",
-            "-c",
-            &format!("{ak}.ctx"),
-            "-G",
-            "ecc",
-            "-g",
-            "sha256",
-            "-s",
-            "ecdsa",
-            "-u",
-            &format!("{ak}.pub"),
-            "-n",
-            &format!("{ak}.name"),
-        ]);
-    }
-    let ak = AkPublic::parse(&std::fs::read(dir.path().join("ak.pub")).unwrap()).unwrap();
-    let ak2 = AkPublic::parse(&std::fs::read(dir.path().join("ak2.pub")).unwrap()).unwrap();
+    // The TPM makes its EK (the certified one) and two AKs under it.
+    tools.create_ek();
+    let (ak_public, ak_name) = tools.create_ak("ak");
+    let (ak2_public, _) = tools.create_ak("ak2");
+    let ak = AkPublic::parse(&ak_public).unwrap();
+    let ak2 = AkPublic::parse(&ak2_public).unwrap();
     assert_eq!(
         ak.name.as_deref(),
-        Some(
-            std::fs::read(dir.path().join("ak.name"))
-                .unwrap()
-                .as_slice()
-        ),
-        "the AK's name as the TPM computes it"
+        Some(ak_name.as_slice()),
+        "the name the TPM computes"
     );
 
-    // Credential activation: the TPM opens a credential made for this AK's name.
-    let activate = |name: &[u8], secret: &[u8]| {
-        let cred = make_credential(&ek, name, secret).unwrap();
-        // tpm2-tools' credential file: magic, version, TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET.
-        let mut file = 0xBADC_C0DEu32.to_be_bytes().to_vec();
-        file.extend_from_slice(&1u32.to_be_bytes());
-        file.extend_from_slice(&cred.id_object);
-        file.extend_from_slice(&cred.encrypted_secret);
-        std::fs::write(dir.path().join("cred.bin"), file).unwrap();
-        let _ = std::fs::remove_file(dir.path().join("secret.out"));
-        // The EK's key is used under its policy (PolicySecret of the endorsement
-        // hierarchy), in a policy session kept across these three commands.
-        let mut outs = vec![
-            run(&[
-                "tpm2_startauthsession",
-                "--policy-session",
-                "-S",
-                "session.ctx",
-            ]),
-            run(&["tpm2_policysecret", "-S", "session.ctx", "-c", "e"]),
-        ];
-        outs.push(run(&[
-            "tpm2_activatecredential",
-            "-c",
-            "ak.ctx",
-            "-C",
-            "ek.ctx",
-            "-i",
-            "cred.bin",
-            "-o",
-            "secret.out",
-            "-P",
-            "session:session.ctx",
-        ]));
-        for kind in ["-t", "-s"] {
-            run(&["tpm2_flushcontext", kind]);
-        }
-        let ok = outs.iter().all(|o| o.status.success());
-        let err: String = outs
-            .iter()
-            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
-            .collect();
-        ok.then(|| std::fs::read(dir.path().join("secret.out")).unwrap())
-            .ok_or(err)
-    };
+    // Credential activation: the TPM opens a credential made for this AK's name, and refuses
+    // one made for another object's (its HMAC over the name fails).
     let secret = b"keyhaven credential 0123456789ab";
-    assert_eq!(activate(ak.name.as_ref().unwrap(), secret).unwrap(), secret);
-    // A credential for another object's name is refused by the TPM (its HMAC fails).
-    assert!(activate(ak2.name.as_ref().unwrap(), secret).is_err());
+    let activate = |name: &[u8]| {
+        let cred = make_credential(&ek, name, secret).unwrap();
+        tools.activate_credential("ak", &cred.id_object, &cred.encrypted_secret)
+    };
+    assert_eq!(activate(ak.name.as_ref().unwrap()).unwrap(), secret);
+    assert!(activate(ak2.name.as_ref().unwrap()).is_err());
 
     // A quote of PCRs 0-7 over a fresh nonce, PCR 7 extended first.
-    must(&["tpm2_pcrextend", &format!("7:sha256={}", "ab".repeat(32))]);
+    tools.extend_pcr(7, &[0xab; 32]);
+    let indices: Vec<u8> = (0..8).collect();
+    let pcrs = tools.read_pcrs(&indices);
     let nonce: [u8; 32] = std::array::from_fn(|i| u8::try_from(i).unwrap() ^ 0x5a);
-    let quote = |ak: &str| {
-        must(&[
-            "tpm2_quote",
-            "-c",
-            &format!("{ak}.ctx"),
-            "-l",
-            "sha256:0,1,2,3,4,5,6,7",
-            "-q",
-            &hex::encode(nonce),
-            "-m",
-            "quote.msg",
-            "-s",
-            "quote.sig",
-            "-g",
-            "sha256",
-        ]);
-        (
-            std::fs::read(dir.path().join("quote.msg")).unwrap(),
-            std::fs::read(dir.path().join("quote.sig")).unwrap(),
-        )
-    };
-    must(&["tpm2_pcrread", "sha256:0,1,2,3,4,5,6,7", "-o", "pcrs.bin"]);
-    let values = std::fs::read(dir.path().join("pcrs.bin")).unwrap();
-    let pcrs: BTreeMap<u8, Vec<u8>> = values
-        .chunks(32)
-        .zip(0u8..)
-        .map(|(v, i)| (i, v.to_vec()))
-        .collect();
-    assert_eq!(pcrs.len(), 8);
     let mut policy = Policy::default();
     policy.pcrs.insert(7, pcrs[&7].clone());
-    let (attest, signature) = quote("ak");
+    let (attest, signature) = tools.quote("ak", &indices, &nonce);
     let e = Evidence {
         attest: &attest,
         signature: &signature,

@@ -1227,6 +1227,17 @@ fn release_policies_from_the_cli() {
 #[test]
 fn a_malformed_snp_measurement_is_a_usage_error() {
     let h = Home::new();
+    let e = h.fails(&["serve", "--tpm-ek-ca", "/nonexistent/ca.pem"], 2);
+    assert!(e.contains("--tpm-ek-ca"), "{e}");
+    let ca = h.scratch().join("ca.pem");
+    std::fs::write(&ca, "not a certificate").unwrap();
+    let ca = ca.display().to_string();
+    let e = h.fails(&["serve", "--tpm-ek-ca", &ca], 2);
+    assert!(e.contains("no PEM certificate"), "{e}");
+    for bad in ["24=00", "7=abc", "x=00"] {
+        let e = h.fails(&["serve", "--tpm-ek-ca", &ca, "--tpm-pcr", bad], 2);
+        assert!(e.contains("--tpm-pcr") && e.contains("INDEX=HEX"), "{e}");
+    }
     let e = h.fails(
         &[
             "serve",

@@ -13,4 +13,5 @@ mod support;
 mod tamper;
 mod tls;
 mod tokens;
+mod tpm;
 mod vault;

@@ -77,6 +77,11 @@ pub(crate) async fn start_broker() -> TestServer {
     start_full(ServerConfig::default(), true, true, None).await
 }
 
+/// [`start_broker`] with `config` (the evidence it accepts).
+pub(crate) async fn start_broker_with(config: ServerConfig) -> TestServer {
+    start_full(config, true, true, None).await
+}
+
 /// [`start_broker`] with its clock (and its clients') at `at`: recorded evidence is checked at
 /// a time inside its collateral's validity. (A server's clock is not set back once it runs:
 /// requests signed before it started are refused as replays.)
@@ -104,6 +109,10 @@ async fn start_full(
     start: Option<u64>,
 ) -> TestServer {
     let sample = config.allow_sample_evidence;
+    let tpm = config
+        .tpm_ek_cas
+        .clone()
+        .map(|cas| (cas, config.tpm_pcrs.clone()));
     let dir = tempfile::tempdir().unwrap();
     let (manager, key, signer) = server_key(dir.path(), Algorithm::Ed25519);
     let server_key = key.public_key().clone();
@@ -133,6 +142,13 @@ async fn start_full(
             .accepting(Arc::new(keyhaven_server::attest::NvidiaVerifier::default()));
         if sample {
             b = b.accepting(Arc::new(keyhaven_server::attest::SampleVerifier));
+        }
+        if let Some((cas, pcrs)) = tpm {
+            b = b.accepting_tpm(Arc::new(keyhaven_server::attest::TpmVerifier::new(
+                storage.clone(),
+                cas,
+                keyhaven_attest::tpm::Policy { pcrs },
+            )));
         }
         server = server.with_broker(Arc::new(b));
     }
