@@ -372,6 +372,12 @@ impl AkPublic {
                     e => e,
                 };
                 let modulus = r.sized("the RSA modulus")?;
+                if bits < 2048 {
+                    return Err(malformed(
+                        "attestation key",
+                        format!("a {bits}-bit RSA key: 2048 bits at least"),
+                    ));
+                }
                 if usize::from(bits) != modulus.len() * 8 {
                     return Err(malformed(
                         "attestation key",
@@ -604,8 +610,14 @@ fn signed_by(
     let key = &issuer.public_key().subject_public_key.data;
     let tbs = cert.tbs_certificate.as_ref();
     let sig = &cert.signature_value.data;
+    let cert_sign = issuer
+        .key_usage()
+        .ok()
+        .flatten()
+        .is_none_or(|k| k.value.key_cert_sign());
     let ok = cert.issuer().as_raw() == issuer.subject().as_raw()
         && issuer.is_ca()
+        && cert_sign
         && match alg.as_str() {
             RSA_WITH_SHA256 => crate::rsa_pss::verify_sha256(key, tbs, sig, false).is_ok(),
             "1.2.840.10045.4.3.2" => Ecdsa::P256Sha256.verifies(key, tbs, sig, true),
@@ -648,6 +660,26 @@ impl EndorsementKey {
             .map(|d| parse("trusted EK CAs", d))
             .collect::<Result<Vec<_>>>()?;
         check_validity(&cert, now)?;
+        // What the certificate is for: an endorsement key (TCG's EKU, 2.23.133.8.1), used to
+        // encrypt (keyEncipherment), not a CA.
+        let eku_ok = cert.extended_key_usage().ok().flatten().is_some_and(|e| {
+            e.value
+                .other
+                .iter()
+                .any(|oid| oid.to_id_string() == "2.23.133.8.1")
+        });
+        let ku_ok = cert
+            .key_usage()
+            .ok()
+            .flatten()
+            .is_some_and(|k| k.value.key_encipherment());
+        if cert.is_ca() || !eku_ok || !ku_ok {
+            return Err(AttestError::Policy(format!(
+                "certificate '{}' is not an endorsement key certificate (it needs TCG's \
+                 EK extended key usage 2.23.133.8.1 and keyEncipherment, and must not be a CA)",
+                common_name(&cert)
+            )));
+        }
         let mut current = &cert;
         for _ in 0..=trusted.len() {
             let Some(issuer) = trusted

@@ -351,7 +351,12 @@ fn serve(ctx: &Ctx, args: &ServeArgs) -> Result<u8> {
                 "--tpm-pcr {given:?} is INDEX=HEX: a PCR from 0 to 23 and 64 hex digits"
             ))
         })?;
-        tpm_pcrs.insert(index, value);
+        if tpm_pcrs.insert(index, value).is_some() {
+            return Err(crate::exit::UsageError(format!(
+                "--tpm-pcr names PCR {index} twice: one reference value each"
+            ))
+            .into());
+        }
     }
     let tpm_ek_cas = match &args.tpm_ek_ca {
         None => None,

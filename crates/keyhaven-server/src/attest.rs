@@ -245,7 +245,17 @@ impl EvidenceVerifier for TdxVerifier {
 /// bytes. The AK must have been enrolled first, by credential activation against an
 /// endorsement key certificate from a CA the operator trusts (`/v1/attestation/tpm/challenge`,
 /// then `/activate`). A TPM proves a hardware-bound key and a measured boot, not confidential
-/// execution: tier 2 at most, with the operator's PCR reference values when given.
+/// execution: tier 2 when its PCRs match the operator's reference values (its boot is the
+/// one the operator named), tier 1 without reference values (any genuine TPM running any
+/// code). Never more than 2.
+///
+/// What it does not defend against: the quote's nonce is the release's report data, which the
+/// requester chooses through its ephemeral key, so a host that quoted while clean could keep
+/// quotes for ephemeral keys it made in advance and replay them after booting other code (a
+/// server-issued nonce, as in a challenge round, would close this); an enrollment is kept in
+/// the store unauthenticated (as the store's other rows: see SECURITY.md), and any registered
+/// client may present quotes of an enrolled AK (the report data binds each release to the
+/// requester's own key, not the AK to the requester).
 pub struct TpmVerifier {
     storage: Arc<dyn crate::storage::Storage>,
     ek_cas: String,
@@ -253,8 +263,12 @@ pub struct TpmVerifier {
     pending: Mutex<HashMap<String, PendingCredential>>,
 }
 
-/// The tier an enrolled TPM's quote supports.
+/// The tier an enrolled TPM's quote supports when its PCRs match reference values.
 pub const TPM_TIER: u8 = 2;
+/// The tier an enrolled TPM's quote supports without reference values.
+pub const TPM_UNKNOWN_BOOT_TIER: u8 = 1;
+/// The most credential challenges one client may have awaiting an answer.
+const MAX_PENDING_PER_CLIENT: usize = 4;
 /// How long a credential challenge may be answered.
 pub const TPM_CHALLENGE_TTL: u64 = 300;
 /// The most challenges awaiting an answer.
@@ -337,7 +351,9 @@ impl TpmVerifier {
         let id = hex::encode(id);
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
         pending.retain(|_, p| p.expires > now);
-        if pending.len() >= MAX_PENDING {
+        if pending.len() >= MAX_PENDING
+            || pending.values().filter(|p| p.client == client).count() >= MAX_PENDING_PER_CLIENT
+        {
             return Err("too many credential challenges await an answer; try again later".into());
         }
         pending.insert(
@@ -469,7 +485,12 @@ impl EvidenceVerifier for TpmVerifier {
             Some(report_data),
         )
         .map_err(|e| e.to_string())?;
-        Ok(attested("tpm", TPM_TIER, &claims))
+        let tier = if claims.trust.executables == keyhaven_attest::Trust::Affirming {
+            TPM_TIER
+        } else {
+            TPM_UNKNOWN_BOOT_TIER
+        };
+        Ok(attested("tpm", tier, &claims))
     }
 }
 

@@ -253,6 +253,24 @@ fn a_live_tpm_binds_its_attestation_key_by_credential_activation_and_quotes() {
         "{e}"
     );
     drop(other);
+    // A certificate of the CA itself (a CA, no EK usage) is not an endorsement key's.
+    let issuer_pem = tpm.ek_ca();
+    let b64: String = issuer_pem
+        .split("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .unwrap()
+        .split("-----END")
+        .next()
+        .unwrap()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    let issuer_der = Base64::decode_vec(&b64).unwrap();
+    let e = EndorsementKey::from_certificate(&issuer_der, &tpm.ek_ca(), now).unwrap_err();
+    assert!(
+        e.to_string().contains("not an endorsement key certificate"),
+        "{e}"
+    );
 
     // The TPM makes its EK (the certified one) and two AKs under it.
     tools.create_ek();

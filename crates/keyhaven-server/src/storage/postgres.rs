@@ -596,10 +596,6 @@ impl PostgresStorage {
         })
     }
 
-    /// The whole trail: every record by chain and place, and every checkpoint in order.
-    ///
-    /// # Errors
-    /// [`StorageError::Database`].
     /// The allowed decisions of `operation`, oldest first: (when, who, why), at most `limit`.
     ///
     /// # Errors
@@ -619,10 +615,10 @@ impl PostgresStorage {
         })
     }
 
-    /// The whole trail: every record (by chain, in order) and every checkpoint.
+    /// The whole trail: every record by chain and place, and every checkpoint in order.
     ///
     /// # Errors
-    /// [`StorageError::Database`] if the trail cannot be read.
+    /// [`StorageError::Database`].
     pub fn audit_trail(&self) -> Result<(Vec<AuditRow>, Vec<AuditCheckpoint>)> {
         self.tx(|tx| {
             let rows = tx
