@@ -109,13 +109,33 @@ fn text<'a>(evidence: &'a Value, kind: &str, name: &str, what: &str) -> Result<&
         .ok_or_else(|| format!("{kind} evidence needs '{name}' ({what})"))
 }
 
-/// What a verifier of `kind` attests, from its claims.
-fn attested(kind: &str, tier: u8, claims: &keyhaven_attest::Claims) -> Attested {
+/// What a verifier of `kind` attests, from its claims: `known` when the policy affirmed its
+/// code (reference values matched), else `unknown`.
+fn attested(kind: &str, known: u8, unknown: u8, claims: &keyhaven_attest::Claims) -> Attested {
+    let tier = if claims.trust.executables == keyhaven_attest::Trust::Affirming {
+        known
+    } else {
+        unknown
+    };
     Attested {
         kind: kind.into(),
         tier,
         claims: serde_json::to_value(claims).unwrap_or(Value::Null),
     }
+}
+
+/// The base64 field `name` of `kind` evidence, decoded.
+fn base64_field(evidence: &Value, kind: &str, name: &str, what: &str) -> Result<Vec<u8>, String> {
+    use base64ct::{Base64, Encoding};
+    Base64::decode_vec(text(evidence, kind, name, what)?)
+        .map_err(|_| format!("'{name}' is not standard base64 ({what})"))
+}
+
+/// A CPU TEE report's 64 bytes of report data: this release's 32, then 32 zeros.
+fn report_data_64(report_data: &[u8; 32]) -> [u8; 64] {
+    let mut expected = [0u8; 64];
+    expected[..32].copy_from_slice(report_data);
+    expected
 }
 
 /// AMD SEV-SNP evidence (`keyhaven_attest::snp`): `{"type": "sev-snp", "report": base64 of
@@ -154,14 +174,10 @@ impl EvidenceVerifier for SnpVerifier {
         report_data: &[u8; 32],
         now: u64,
     ) -> Result<Attested, String> {
-        use base64ct::{Base64, Encoding};
-        let report = Base64::decode_vec(text(evidence, "sev-snp", "report", "base64")?)
-            .map_err(|_| "'report' is not standard base64".to_owned())?;
-        let vcek = Base64::decode_vec(text(evidence, "sev-snp", "vcek", "base64 of its DER")?)
-            .map_err(|_| "'vcek' is not standard base64 (of the certificate's DER)".to_owned())?;
+        let report = base64_field(evidence, "sev-snp", "report", "the report")?;
+        let vcek = base64_field(evidence, "sev-snp", "vcek", "the certificate's DER")?;
         let chain = text(evidence, "sev-snp", "chain", "PEM")?;
-        let mut expected = [0u8; 64];
-        expected[..32].copy_from_slice(report_data);
+        let expected = report_data_64(report_data);
         let claims = keyhaven_attest::snp::verify(
             &keyhaven_attest::snp::Evidence {
                 report: &report,
@@ -173,13 +189,12 @@ impl EvidenceVerifier for SnpVerifier {
             now,
         )
         .map_err(|e| e.to_string())?;
-        let known = claims.trust.executables == keyhaven_attest::Trust::Affirming;
-        let tier = if known {
-            SNP_TIER
-        } else {
-            SNP_UNKNOWN_CODE_TIER
-        };
-        Ok(attested("sev-snp", tier, &claims))
+        Ok(attested(
+            "sev-snp",
+            SNP_TIER,
+            SNP_UNKNOWN_CODE_TIER,
+            &claims,
+        ))
     }
 }
 
@@ -217,25 +232,16 @@ impl EvidenceVerifier for TdxVerifier {
         report_data: &[u8; 32],
         now: u64,
     ) -> Result<Attested, String> {
-        use base64ct::{Base64, Encoding};
-        let quote = Base64::decode_vec(text(evidence, "tdx", "quote", "base64")?)
-            .map_err(|_| "'quote' is not standard base64".to_owned())?;
+        let quote = base64_field(evidence, "tdx", "quote", "the quote")?;
         let collateral: keyhaven_attest::tdx::Collateral =
             serde_json::from_value(evidence["collateral"].clone()).map_err(|e| {
                 format!("tdx evidence needs 'collateral' (Intel's DCAP collateral, as a PCCS serves it): {e}")
             })?;
-        let mut expected = [0u8; 64];
-        expected[..32].copy_from_slice(report_data);
+        let expected = report_data_64(report_data);
         let claims =
             keyhaven_attest::tdx::verify(&quote, &collateral, &self.policy, Some(&expected), now)
                 .map_err(|e| e.to_string())?;
-        let known = claims.trust.executables == keyhaven_attest::Trust::Affirming;
-        let tier = if known {
-            TDX_TIER
-        } else {
-            SNP_UNKNOWN_CODE_TIER
-        };
-        Ok(attested("tdx", tier, &claims))
+        Ok(attested("tdx", TDX_TIER, SNP_UNKNOWN_CODE_TIER, &claims))
     }
 }
 
@@ -433,15 +439,10 @@ impl EvidenceVerifier for TpmVerifier {
         report_data: &[u8; 32],
         now: u64,
     ) -> Result<Attested, String> {
-        use base64ct::{Base64, Encoding};
         use keyhaven_attest::tpm::{AkPublic, EndorsementKey, Evidence};
-        let field = |name: &str, what: &str| {
-            Base64::decode_vec(text(evidence, "tpm", name, what)?)
-                .map_err(|_| format!("'{name}' is not standard base64"))
-        };
-        let ak_public = field("ak", "base64 of the AK's TPM2B_PUBLIC")?;
-        let quote = field("quote", "base64 of the TPMS_ATTEST")?;
-        let signature = field("signature", "base64 of the TPMT_SIGNATURE")?;
+        let ak_public = base64_field(evidence, "tpm", "ak", "the AK's TPM2B_PUBLIC")?;
+        let quote = base64_field(evidence, "tpm", "quote", "the TPMS_ATTEST")?;
+        let signature = base64_field(evidence, "tpm", "signature", "the TPMT_SIGNATURE")?;
         let mut pcrs = std::collections::BTreeMap::new();
         for (k, v) in evidence["pcrs"].as_object().into_iter().flatten().take(24) {
             let index: u8 = k
@@ -485,12 +486,7 @@ impl EvidenceVerifier for TpmVerifier {
             Some(report_data),
         )
         .map_err(|e| e.to_string())?;
-        let tier = if claims.trust.executables == keyhaven_attest::Trust::Affirming {
-            TPM_TIER
-        } else {
-            TPM_UNKNOWN_BOOT_TIER
-        };
-        Ok(attested("tpm", tier, &claims))
+        Ok(attested("tpm", TPM_TIER, TPM_UNKNOWN_BOOT_TIER, &claims))
     }
 }
 
@@ -540,7 +536,12 @@ impl EvidenceVerifier for NvidiaVerifier {
             now,
         )
         .map_err(|e| e.to_string())?;
-        Ok(attested("nvidia-gpu", GPU_ALONE_TIER, &claims))
+        Ok(attested(
+            "nvidia-gpu",
+            GPU_ALONE_TIER,
+            GPU_ALONE_TIER,
+            &claims,
+        ))
     }
 }
 

@@ -375,17 +375,8 @@ impl Swtpm {
             port: 0,
             child: None,
         };
-        for _ in 0..50 {
-            let port = next_port();
-            if !port_free(port) || !port_free(port + 1) {
-                continue;
-            }
-            tpm.port = port;
-            if tpm.launch() {
-                return tpm;
-            }
-        }
-        panic!("could not start swtpm on any free port pair in 50 tries");
+        tpm.launch_on_free_ports();
+        tpm
     }
 
     /// Starts a swtpm manufactured like a real TPM: `swtpm_setup` makes its endorsement keys
@@ -450,17 +441,8 @@ impl Swtpm {
             "swtpm_setup --create-ek-cert",
         );
         tpm.state_subdir = Some(state);
-        for _ in 0..50 {
-            let port = next_port();
-            if !port_free(port) || !port_free(port + 1) {
-                continue;
-            }
-            tpm.port = port;
-            if tpm.launch() {
-                return tpm;
-            }
-        }
-        panic!("could not start swtpm on any free port pair in 50 tries");
+        tpm.launch_on_free_ports();
+        tpm
     }
 
     /// The local CA of a TPM from [`Swtpm::start_with_ek_certificate`]: its issuing
@@ -484,6 +466,21 @@ impl Swtpm {
     pub fn ek_certificate(&self) -> Vec<u8> {
         std::fs::read(self.state.path().join("ek-rsa2048.crt"))
             .unwrap_or_else(|e| panic!("ek-rsa2048.crt: {e} (a swtpm without an EK certificate?)"))
+    }
+
+    /// Starts it on a free pair of loopback ports.
+    fn launch_on_free_ports(&mut self) {
+        for _ in 0..50 {
+            let port = next_port();
+            if !port_free(port) || !port_free(port + 1) {
+                continue;
+            }
+            self.port = port;
+            if self.launch() {
+                return;
+            }
+        }
+        panic!("could not start swtpm on any free port pair in 50 tries");
     }
 
     /// Starts swtpm on `self.port`; false if it exited at once (its port was taken meanwhile).

@@ -74,27 +74,31 @@ async fn a_live_tpm_enrolls_its_attestation_key_and_receives_a_tier_2_secret() {
                 .map(|r| r.json::<Value>().unwrap()["data"].clone())
         }
     };
-    let challenge = post(
-        "/v1/attestation/tpm/challenge",
-        json!({
-            "ek_certificate": Base64::encode_string(&tpm.ek_certificate()),
-            "ak_public": Base64::encode_string(&ak_public),
-        }),
-    )
-    .await
-    .unwrap();
     let b64 = |v: &Value| Base64::decode_vec(v.as_str().unwrap()).unwrap();
-    let secret = tools
-        .activate_credential(
-            "ak",
-            &b64(&challenge["id_object"]),
-            &b64(&challenge["encrypted_secret"]),
+    // A challenge for the AK, and what the TPM makes of it: its id and the secret.
+    let challenged = || async {
+        let challenge = post(
+            "/v1/attestation/tpm/challenge",
+            json!({
+                "ek_certificate": Base64::encode_string(&tpm.ek_certificate()),
+                "ak_public": Base64::encode_string(&ak_public),
+            }),
         )
+        .await
         .unwrap();
+        let secret = tools
+            .activate_credential(
+                "ak",
+                &b64(&challenge["id_object"]),
+                &b64(&challenge["encrypted_secret"]),
+            )
+            .unwrap();
+        (challenge["id"].clone(), secret)
+    };
+    let (id, secret) = challenged().await;
     // A wrong answer is refused and uses the challenge up.
     let mut wrong = secret.clone();
     wrong[0] ^= 1;
-    let id = challenge["id"].clone();
     let e = post(
         "/v1/attestation/tpm/activate",
         json!({ "id": id, "secret": Base64::encode_string(&wrong) }),
@@ -113,25 +117,10 @@ async fn a_live_tpm_enrolls_its_attestation_key_and_receives_a_tier_2_secret() {
         "{e}"
     );
     // A new challenge, answered right: enrolled.
-    let challenge = post(
-        "/v1/attestation/tpm/challenge",
-        json!({
-            "ek_certificate": Base64::encode_string(&tpm.ek_certificate()),
-            "ak_public": Base64::encode_string(&ak_public),
-        }),
-    )
-    .await
-    .unwrap();
-    let secret = tools
-        .activate_credential(
-            "ak",
-            &b64(&challenge["id_object"]),
-            &b64(&challenge["encrypted_secret"]),
-        )
-        .unwrap();
+    let (id, secret) = challenged().await;
     let enrolled = post(
         "/v1/attestation/tpm/activate",
-        json!({ "id": challenge["id"], "secret": Base64::encode_string(&secret) }),
+        json!({ "id": id, "secret": Base64::encode_string(&secret) }),
     )
     .await
     .unwrap();
