@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 
+mod bytes;
 mod claims;
 mod error;
 pub mod nvidia;

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 
 use x509_parser::prelude::X509Certificate;
 
+use crate::bytes::Reader;
 use crate::claims::{Claims, Trust, TrustVector};
 use crate::error::{AttestError, Result, malformed};
 use crate::x509::{
@@ -68,53 +69,6 @@ pub struct Report<'a> {
     signature: &'a [u8],
 }
 
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        let end = self
-            .at
-            .checked_add(n)
-            .filter(|&e| e <= self.bytes.len())
-            .ok_or_else(|| {
-                malformed(
-                    "SPDM measurements",
-                    format!(
-                        "{what} needs {n} bytes at offset {}, {} are left",
-                        self.at,
-                        self.bytes.len().saturating_sub(self.at)
-                    ),
-                )
-            })?;
-        let out = &self.bytes[self.at..end];
-        self.at = end;
-        Ok(out)
-    }
-
-    fn u8(&mut self, what: &str) -> Result<u8> {
-        Ok(self.take(1, what)?[0])
-    }
-
-    fn u16(&mut self, what: &str) -> Result<u16> {
-        let b = self.take(2, what)?;
-        Ok(u16::from_le_bytes([b[0], b[1]]))
-    }
-
-    fn u24(&mut self, what: &str) -> Result<usize> {
-        let b = self.take(3, what)?;
-        Ok(usize::from(b[0]) | usize::from(b[1]) << 8 | usize::from(b[2]) << 16)
-    }
-}
-
-fn array32(b: &[u8]) -> [u8; 32] {
-    let mut out = [0u8; 32];
-    out.copy_from_slice(b);
-    out
-}
-
 impl<'a> Report<'a> {
     /// Reads a request and response.
     ///
@@ -122,7 +76,7 @@ impl<'a> Report<'a> {
     /// [`AttestError::Malformed`] naming the field and offset: another SPDM version or code,
     /// a request that asks for no signature, lengths that do not add up, bytes left over.
     pub fn parse(bytes: &'a [u8]) -> Result<Report<'a>> {
-        let mut r = Reader { bytes, at: 0 };
+        let mut r = Reader::new("SPDM measurements", bytes);
         let bad = |reason: String| malformed("SPDM measurements", reason);
         let (version, code, param1) = (r.u8("version")?, r.u8("code")?, r.u8("param1")?);
         if version != SPDM_11 || code != GET_MEASUREMENTS {
@@ -134,9 +88,9 @@ impl<'a> Report<'a> {
             return Err(bad("the request asks for no signature".into()));
         }
         r.u8("param2")?;
-        let nonce = array32(r.take(32, "the request nonce")?);
+        let nonce = r.array("the request nonce")?;
         r.u8("slot id")?;
-        debug_assert_eq!(r.at, REQUEST_LEN);
+        debug_assert_eq!(r.pos(), REQUEST_LEN);
         let (version, code) = (r.u8("response version")?, r.u8("response code")?);
         if version != SPDM_11 || code != MEASUREMENTS {
             return Err(bad(format!(
@@ -145,60 +99,51 @@ impl<'a> Report<'a> {
         }
         r.take(2, "param1 and param2")?;
         let blocks = usize::from(r.u8("the number of blocks")?);
-        let record_len = r.u24("the measurement record length")?;
+        let record_len = r.u24_le("the measurement record length")?;
         let record = r.take(record_len, "the measurement record")?;
-        let responder_nonce = array32(r.take(32, "the response nonce")?);
-        let opaque_len = usize::from(r.u16("the opaque data length")?);
+        let responder_nonce = r.array("the response nonce")?;
+        let opaque_len = usize::from(r.u16_le("the opaque data length")?);
         let opaque_bytes = r.take(opaque_len, "the opaque data")?;
-        let signed_len = r.at;
+        let signed_len = r.pos();
         let signature = r.take(SIG_LEN, "the signature")?;
-        if r.at != bytes.len() {
+        if r.pos() != bytes.len() {
             return Err(bad(format!(
                 "{} bytes follow the signature",
-                bytes.len() - r.at
+                bytes.len() - r.pos()
             )));
         }
 
         let mut measurements = BTreeMap::new();
-        let mut m = Reader {
-            bytes: record,
-            at: 0,
-        };
+        let mut m = Reader::new("SPDM measurements", record);
         for _ in 0..blocks.min(MAX_BLOCKS) {
             let index = m.u8("a block index")?;
             let spec = m.u8("a block's measurement specification")?;
-            let size = usize::from(m.u16("a block size")?);
+            let size = usize::from(m.u16_le("a block size")?);
             let block = m.take(size, "a measurement block")?;
             if spec != 1 {
                 return Err(bad(format!(
                     "block {index} is not a DMTF measurement (specification {spec})"
                 )));
             }
-            let mut b = Reader {
-                bytes: block,
-                at: 0,
-            };
+            let mut b = Reader::new("SPDM measurements", block);
             b.u8("a value type")?;
-            let len = usize::from(b.u16("a value size")?);
+            let len = usize::from(b.u16_le("a value size")?);
             let value = b.take(len, "a measurement value")?;
-            if b.at != block.len() || measurements.insert(index, value).is_some() {
+            if b.pos() != block.len() || measurements.insert(index, value).is_some() {
                 return Err(bad(format!("block {index} is malformed or given twice")));
             }
         }
-        if m.at != record.len() {
+        if m.pos() != record.len() {
             return Err(bad(format!(
                 "the record holds more than its {blocks} blocks"
             )));
         }
 
         let mut opaque = BTreeMap::new();
-        let mut o = Reader {
-            bytes: opaque_bytes,
-            at: 0,
-        };
-        while o.at < opaque_bytes.len() {
-            let kind = o.u16("an opaque field type")?;
-            let len = usize::from(o.u16("an opaque field size")?);
+        let mut o = Reader::new("SPDM measurements", opaque_bytes);
+        while o.pos() < opaque_bytes.len() {
+            let kind = o.u16_le("an opaque field type")?;
+            let len = usize::from(o.u16_le("an opaque field size")?);
             opaque.insert(kind, o.take(len, "an opaque field")?);
         }
         Ok(Report {

@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use x509_parser::prelude::X509Certificate;
 
+use crate::bytes::{array, le_u32, le_u64};
 use crate::claims::{Claims, Trust, TrustVector};
 use crate::error::{AttestError, Result, malformed};
 use crate::x509::{check_validity, common_name, key_digest, parse as parse_cert, pem_certificates};
@@ -128,24 +129,6 @@ impl std::fmt::Debug for Report {
             .field("measurement", &hex::encode(self.measurement()))
             .finish_non_exhaustive()
     }
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    let mut w = [0u8; 4];
-    w.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(w)
-}
-
-fn le_u64(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
-}
-
-fn array<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
-    let mut w = [0u8; N];
-    w.copy_from_slice(&b[at..at + N]);
-    w
 }
 
 impl Report {

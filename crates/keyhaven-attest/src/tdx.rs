@@ -31,6 +31,7 @@ use x509_parser::der_parser::der::parse_der;
 use x509_parser::prelude::{FromDer, X509Certificate};
 use x509_parser::revocation_list::CertificateRevocationList;
 
+use crate::bytes::{Reader, array, le_u16, le_u32};
 use crate::claims::{Claims, Trust, TrustVector};
 use crate::error::{AttestError, Result, malformed};
 use crate::x509::{
@@ -73,40 +74,6 @@ const OID_SGX: &str = "1.2.840.113741.1.13.1";
 const OID_TCB: &str = "1.2.840.113741.1.13.1.2";
 const OID_PCEID: &str = "1.2.840.113741.1.13.1.3";
 const OID_FMSPC: &str = "1.2.840.113741.1.13.1.4";
-
-fn le_u16(b: &[u8], at: usize) -> u16 {
-    let mut v = [0u8; 2];
-    v.copy_from_slice(&b[at..at + 2]);
-    u16::from_le_bytes(v)
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    let mut v = [0u8; 4];
-    v.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(v)
-}
-
-fn array<const N: usize>(b: &[u8], at: usize) -> [u8; N] {
-    let mut v = [0u8; N];
-    v.copy_from_slice(&b[at..at + N]);
-    v
-}
-
-/// Takes `n` bytes off the front of `rest`, or says what was cut short.
-fn take<'a>(rest: &mut &'a [u8], n: usize, what: &str) -> Result<&'a [u8]> {
-    if rest.len() < n {
-        return Err(malformed(
-            "TDX quote",
-            format!(
-                "it ends inside {what} ({n} bytes wanted, {} left)",
-                rest.len()
-            ),
-        ));
-    }
-    let (head, tail) = rest.split_at(n);
-    *rest = tail;
-    Ok(head)
-}
 
 /// Which TD report a quote carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,8 +133,8 @@ impl<'a> Quote<'a> {
                 format!("{} bytes, more than {MAX_QUOTE_LEN}", bytes.len()),
             ));
         }
-        let mut rest = bytes;
-        let header = take(&mut rest, HEADER_LEN, "the header")?;
+        let mut r = Reader::new("TDX quote", bytes);
+        let header = r.take(HEADER_LEN, "the header")?;
         let version = le_u16(header, 0);
         let key_type = le_u16(header, 2);
         let tee = le_u32(header, 4);
@@ -198,7 +165,7 @@ impl<'a> Quote<'a> {
         let (kind, len) = if version == 4 {
             (TdReportKind::Td10, TD10_LEN)
         } else {
-            let body = take(&mut rest, 6, "the body's type and size")?;
+            let body = r.take(6, "the body's type and size")?;
             let (kind, len) = match le_u16(body, 0) {
                 2 => (TdReportKind::Td10, TD10_LEN),
                 3 => (TdReportKind::Td15, TD15_LEN),
@@ -219,14 +186,17 @@ impl<'a> Quote<'a> {
             }
             (kind, len)
         };
-        let report = take(&mut rest, len, "the TD report")?;
-        let signed = &bytes[..bytes.len() - rest.len()];
-        let sig_len = le_u32(take(&mut rest, 4, "the signature data's size")?, 0);
+        let report = r.take(len, "the TD report")?;
+        let signed = &bytes[..r.pos()];
+        let sig_len = r.u32_le("the signature data's size")?;
         let sig_len = usize::try_from(sig_len).unwrap_or(usize::MAX);
         // Quoting services may hand the quote over in a larger zeroed buffer: what follows the
         // signature data must be zeros, so that no byte is free to change.
-        let mut rest = match (rest.get(..sig_len), rest.get(sig_len..)) {
-            (Some(data), Some(padding)) if padding.iter().all(|b| *b == 0) => data,
+        let rest = r.rest();
+        let mut r = match (rest.get(..sig_len), rest.get(sig_len..)) {
+            (Some(data), Some(padding)) if padding.iter().all(|b| *b == 0) => {
+                Reader::new("TDX quote", data)
+            }
             (Some(_), Some(_)) => {
                 return Err(malformed(
                     "TDX quote",
@@ -238,14 +208,14 @@ impl<'a> Quote<'a> {
                     "TDX quote",
                     format!(
                         "its signature data says {sig_len} bytes, but {} follow",
-                        rest.len()
+                        r.rest().len()
                     ),
                 ));
             }
         };
-        let signature = take(&mut rest, 64, "the quote's signature")?;
-        let attestation_key = take(&mut rest, 64, "the attestation key")?;
-        let cert = take(&mut rest, 6, "the certification data's type and size")?;
+        let signature = r.take(64, "the quote's signature")?;
+        let attestation_key = r.take(64, "the attestation key")?;
+        let cert = r.take(6, "the certification data's type and size")?;
         let (cert_type, cert_len) = (le_u16(cert, 0), le_u32(cert, 2));
         if cert_type != CERT_QE_REPORT {
             return Err(malformed(
@@ -253,24 +223,20 @@ impl<'a> Quote<'a> {
                 format!("certification data type {cert_type}, not the QE report (6)"),
             ));
         }
-        if usize::try_from(cert_len).ok() != Some(rest.len()) {
+        if usize::try_from(cert_len).ok() != Some(r.rest().len()) {
             return Err(malformed(
                 "TDX quote",
                 format!(
                     "its certification data says {cert_len} bytes, but {} follow",
-                    rest.len()
+                    r.rest().len()
                 ),
             ));
         }
-        let qe_report = take(&mut rest, QE_REPORT_LEN, "the QE report")?;
-        let qe_report_signature = take(&mut rest, 64, "the QE report's signature")?;
-        let auth_len = le_u16(take(&mut rest, 2, "the QE authentication data's size")?, 0);
-        let qe_auth_data = take(
-            &mut rest,
-            usize::from(auth_len),
-            "the QE authentication data",
-        )?;
-        let inner = take(&mut rest, 6, "the PCK certification data's type and size")?;
+        let qe_report = r.take(QE_REPORT_LEN, "the QE report")?;
+        let qe_report_signature = r.take(64, "the QE report's signature")?;
+        let auth_len = r.u16_le("the QE authentication data's size")?;
+        let qe_auth_data = r.take(usize::from(auth_len), "the QE authentication data")?;
+        let inner = r.take(6, "the PCK certification data's type and size")?;
         let (inner_type, inner_len) = (le_u16(inner, 0), le_u32(inner, 2));
         if inner_type != CERT_PCK_CHAIN {
             return Err(malformed(
@@ -281,12 +247,12 @@ impl<'a> Quote<'a> {
                 ),
             ));
         }
-        if usize::try_from(inner_len).ok() != Some(rest.len()) {
+        if usize::try_from(inner_len).ok() != Some(r.rest().len()) {
             return Err(malformed(
                 "TDX quote",
                 format!(
                     "its PCK chain says {inner_len} bytes, but {} follow",
-                    rest.len()
+                    r.rest().len()
                 ),
             ));
         }
@@ -300,7 +266,7 @@ impl<'a> Quote<'a> {
             qe_report,
             qe_report_signature,
             qe_auth_data,
-            pck_chain: rest,
+            pck_chain: r.rest(),
         })
     }
 

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use x509_parser::prelude::FromDer;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
+use crate::bytes::Reader;
 use crate::claims::{Claims, Trust, TrustVector};
 use crate::error::{AttestError, Result, malformed};
 use crate::x509::Ecdsa;
@@ -36,48 +37,6 @@ const ALG_ECDSA: u16 = 0x0018;
 pub const PCR_COUNT: u8 = 24;
 /// The most bytes a quote may have (real ones are under 200).
 const MAX_ATTEST_LEN: usize = 2048;
-
-/// A big-endian reader that says what was cut short.
-struct Reader<'a> {
-    rest: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
-        if self.rest.len() < n {
-            return Err(malformed(
-                "TPM quote",
-                format!(
-                    "it ends inside {what} ({n} bytes wanted, {} left)",
-                    self.rest.len()
-                ),
-            ));
-        }
-        let (head, tail) = self.rest.split_at(n);
-        self.rest = tail;
-        Ok(head)
-    }
-
-    fn u8(&mut self, what: &str) -> Result<u8> {
-        Ok(self.take(1, what)?[0])
-    }
-
-    fn u16(&mut self, what: &str) -> Result<u16> {
-        let b = self.take(2, what)?;
-        Ok(u16::from_be_bytes([b[0], b[1]]))
-    }
-
-    fn u32(&mut self, what: &str) -> Result<u32> {
-        let b = self.take(4, what)?;
-        Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-    }
-
-    /// A `TPM2B`: a 16-bit size, then that many bytes.
-    fn sized(&mut self, what: &str) -> Result<&'a [u8]> {
-        let n = self.u16(what)?;
-        self.take(usize::from(n), what)
-    }
-}
 
 /// A parsed `TPMS_ATTEST` of a quote (nothing verified yet).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,25 +68,25 @@ impl<'a> Quote<'a> {
                 format!("{} bytes, more than {MAX_ATTEST_LEN}", bytes.len()),
             ));
         }
-        let mut r = Reader { rest: bytes };
-        if r.u32("the magic")? != TPM_GENERATED {
+        let mut r = Reader::new("TPM quote", bytes);
+        if r.u32_be("the magic")? != TPM_GENERATED {
             return Err(malformed(
                 "TPM quote",
                 "it does not start with TPM_GENERATED_VALUE: a TPM did not make it",
             ));
         }
-        let kind = r.u16("the type")?;
+        let kind = r.u16_be("the type")?;
         if kind != ST_ATTEST_QUOTE {
             return Err(malformed(
                 "TPM quote",
                 format!("its type is {kind:#06x}, not a quote (0x8018)"),
             ));
         }
-        let signer = r.sized("the signer's name")?;
-        let extra_data = r.sized("the extra data")?;
-        let clock = u64::from_be_bytes(array8(r.take(8, "the clock")?));
-        let resets = r.u32("the reset count")?;
-        let restarts = r.u32("the restart count")?;
+        let signer = r.sized_be("the signer's name")?;
+        let extra_data = r.sized_be("the extra data")?;
+        let clock = r.u64_be("the clock")?;
+        let resets = r.u32_be("the reset count")?;
+        let restarts = r.u32_be("the restart count")?;
         let safe = match r.u8("the clock's safe flag")? {
             0 => false,
             1 => true,
@@ -138,15 +97,15 @@ impl<'a> Quote<'a> {
                 ));
             }
         };
-        let firmware = u64::from_be_bytes(array8(r.take(8, "the firmware version")?));
-        let banks = r.u32("the PCR selection's count")?;
+        let firmware = r.u64_be("the firmware version")?;
+        let banks = r.u32_be("the PCR selection's count")?;
         if banks != 1 {
             return Err(malformed(
                 "TPM quote",
                 format!("it selects {banks} PCR banks; quote the SHA-256 bank alone"),
             ));
         }
-        let hash = r.u16("the PCR bank")?;
+        let hash = r.u16_be("the PCR bank")?;
         if hash != ALG_SHA256 {
             return Err(malformed(
                 "TPM quote",
@@ -176,17 +135,17 @@ impl<'a> Quote<'a> {
                 format!("it selects a PCR above {}", PCR_COUNT - 1),
             ));
         }
-        let pcr_digest = r.sized("the PCR digest")?;
+        let pcr_digest = r.sized_be("the PCR digest")?;
         if pcr_digest.len() != 32 {
             return Err(malformed(
                 "TPM quote",
                 format!("its PCR digest is {} bytes, not 32", pcr_digest.len()),
             ));
         }
-        if !r.rest.is_empty() {
+        if !r.rest().is_empty() {
             return Err(malformed(
                 "TPM quote",
-                format!("{} bytes follow it", r.rest.len()),
+                format!("{} bytes follow it", r.rest().len()),
             ));
         }
         Ok(Quote {
@@ -198,12 +157,6 @@ impl<'a> Quote<'a> {
             pcr_digest,
         })
     }
-}
-
-fn array8(b: &[u8]) -> [u8; 8] {
-    let mut v = [0u8; 8];
-    v.copy_from_slice(&b[..8]);
-    v
 }
 
 /// What TPM evidence a verifier is given.
@@ -320,24 +273,24 @@ impl AkPublic {
     /// [`AttestError::Malformed`] for another structure or key; [`AttestError::Policy`] for
     /// attributes that are not an attestation key's.
     pub fn parse(tpm2b_public: &[u8]) -> Result<AkPublic> {
-        let mut outer = Reader { rest: tpm2b_public };
-        let public = outer.sized("the public area")?;
-        if !outer.rest.is_empty() {
+        let mut outer = Reader::new("attestation key", tpm2b_public);
+        let public = outer.sized_be("the public area")?;
+        if !outer.rest().is_empty() {
             return Err(malformed(
                 "attestation key",
                 "bytes follow its TPM2B_PUBLIC",
             ));
         }
-        let mut r = Reader { rest: public };
-        let kind = r.u16("the key type")?;
-        let name_alg = r.u16("the name algorithm")?;
+        let mut r = Reader::new("attestation key", public);
+        let kind = r.u16_be("the key type")?;
+        let name_alg = r.u16_be("the name algorithm")?;
         if name_alg != ALG_SHA256 {
             return Err(malformed(
                 "attestation key",
                 format!("name algorithm {name_alg:#06x}, not SHA-256"),
             ));
         }
-        let attributes = r.u32("the attributes")?;
+        let attributes = r.u32_be("the attributes")?;
         let required = ATTR_FIXED_TPM
             | ATTR_FIXED_PARENT
             | ATTR_SENSITIVE_DATA_ORIGIN
@@ -349,16 +302,16 @@ impl AkPublic {
                  fixedParent, sensitiveDataOrigin, restricted, sign; not decrypt)"
             )));
         }
-        let _auth_policy = r.sized("the auth policy")?;
+        let _auth_policy = r.sized_be("the auth policy")?;
         // TPMT_SYM_DEF_OBJECT: a signing key has none.
-        if r.u16("the symmetric algorithm")? != ALG_NULL {
+        if r.u16_be("the symmetric algorithm")? != ALG_NULL {
             return Err(malformed(
                 "attestation key",
                 "a signing key with a symmetric algorithm",
             ));
         }
-        let scheme = r.u16("the signing scheme")?;
-        if scheme != ALG_NULL && r.u16("the scheme's hash")? != ALG_SHA256 {
+        let scheme = r.u16_be("the signing scheme")?;
+        if scheme != ALG_NULL && r.u16_be("the scheme's hash")? != ALG_SHA256 {
             return Err(malformed(
                 "attestation key",
                 "a signing scheme not with SHA-256",
@@ -366,12 +319,12 @@ impl AkPublic {
         }
         let key = match kind {
             ALG_RSA => {
-                let bits = r.u16("the RSA key size")?;
-                let exponent = match r.u32("the RSA exponent")? {
+                let bits = r.u16_be("the RSA key size")?;
+                let exponent = match r.u32_be("the RSA exponent")? {
                     0 => 65_537,
                     e => e,
                 };
-                let modulus = r.sized("the RSA modulus")?;
+                let modulus = r.sized_be("the RSA modulus")?;
                 if bits < 2048 {
                     return Err(malformed(
                         "attestation key",
@@ -393,17 +346,17 @@ impl AkPublic {
                 )
             }
             ALG_ECC => {
-                let curve = r.u16("the curve")?;
+                let curve = r.u16_be("the curve")?;
                 if curve != ECC_NIST_P256 {
                     return Err(malformed(
                         "attestation key",
                         format!("curve {curve:#06x}, not NIST P-256"),
                     ));
                 }
-                if r.u16("the KDF")? != ALG_NULL {
+                if r.u16_be("the KDF")? != ALG_NULL {
                     return Err(malformed("attestation key", "a signing key with a KDF"));
                 }
-                let (x, y) = (r.sized("x")?, r.sized("y")?);
+                let (x, y) = (r.sized_be("x")?, r.sized_be("y")?);
                 if x.len() != 32 || y.len() != 32 {
                     return Err(malformed("attestation key", "x or y is not 32 bytes"));
                 }
@@ -422,7 +375,7 @@ impl AkPublic {
                 ));
             }
         };
-        if !r.rest.is_empty() {
+        if !r.rest().is_empty() {
             return Err(malformed("attestation key", "bytes follow its public area"));
         }
         let mut name = ALG_SHA256.to_be_bytes().to_vec();
@@ -441,19 +394,22 @@ fn check_signature(ak: &AkPublic, message: &[u8], signature: &[u8]) -> Result<()
         what: "the TPM quote",
         reason,
     };
-    let mut r = Reader { rest: signature };
-    let sig_alg = r.u16("the signature's algorithm")?;
-    let hash = r.u16("the signature's hash")?;
+    let mut r = Reader::new("TPM signature", signature);
+    let sig_alg = r.u16_be("the signature's algorithm")?;
+    let hash = r.u16_be("the signature's hash")?;
     if hash != ALG_SHA256 {
         return Err(bad(format!("it uses hash {hash:#06x}, not SHA-256")));
     }
     let verified = match (sig_alg, &ak.key) {
         (ALG_RSASSA | ALG_RSAPSS, AkKey::Rsa(key)) => {
-            let sig = r.sized("the RSA signature")?;
+            let sig = r.sized_be("the RSA signature")?;
             crate::rsa_pss::verify_sha256_key(key, message, sig, sig_alg == ALG_RSAPSS).is_ok()
         }
         (ALG_ECDSA, AkKey::P256(key)) => {
-            let (rr, ss) = (r.sized("the signature's r")?, r.sized("the signature's s")?);
+            let (rr, ss) = (
+                r.sized_be("the signature's r")?,
+                r.sized_be("the signature's s")?,
+            );
             if rr.len() > 32 || ss.len() > 32 {
                 return Err(bad("r or s is longer than a P-256 scalar".into()));
             }
@@ -468,7 +424,7 @@ fn check_signature(ak: &AkPublic, message: &[u8], signature: &[u8]) -> Result<()
             )));
         }
     };
-    if !r.rest.is_empty() {
+    if !r.rest().is_empty() {
         return Err(malformed("TPM signature", "bytes follow it"));
     }
     if !verified {
