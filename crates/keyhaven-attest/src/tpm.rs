@@ -230,6 +230,29 @@ const ATTR_DECRYPT: u32 = 1 << 17;
 const ATTR_SIGN: u32 = 1 << 18;
 
 impl AkPublic {
+    /// An id of the key alone, whatever it was read from (a `TPM2B_PUBLIC` or a
+    /// SubjectPublicKeyInfo): SHA-256 over a label and the RSA modulus (big-endian, no leading
+    /// zeros) and exponent, or the P-256 point (uncompressed). Two readings of one key share it.
+    pub fn key_id(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        match &self.key {
+            AkKey::Rsa(k) => {
+                use rsa::traits::PublicKeyParts;
+                let n = k.n().to_bytes_be();
+                let e = k.e().to_bytes_be();
+                h.update(b"keyhaven tpm ak rsa\0");
+                h.update(u32::try_from(n.len()).unwrap_or(u32::MAX).to_be_bytes());
+                h.update(&n);
+                h.update(&e);
+            }
+            AkKey::P256(point) => {
+                h.update(b"keyhaven tpm ak p256\0");
+                h.update(point);
+            }
+        }
+        h.finalize().into()
+    }
+
     /// A key from its SubjectPublicKeyInfo (DER): RSA, or EC P-256. It has no TPM name, so it
     /// cannot be bound to an endorsement key.
     ///

@@ -75,6 +75,11 @@ pub(crate) struct ServeArgs {
     /// A PCR reference value (SHA-256 bank) TPM quotes must show: INDEX=HEX (repeat for more).
     #[arg(long = "tpm-pcr", value_name = "INDEX=HEX", requires = "tpm_ek_ca")]
     pub(crate) tpm_pcrs: Vec<String>,
+    /// Speak Trustee's KBS protocol (/kbs/v0/): attested workloads fetch this client's
+    /// secrets under kbs/ (resource REPO/TYPE/TAG is secret kbs/REPO/TYPE/TAG) when their
+    /// evidence's tier meets the secret's min_tier.
+    #[arg(long = "kbs-tenant", value_name = "CLIENT")]
+    pub(crate) kbs_tenant: Option<String>,
 }
 
 /// `keyhaven serve init`, `keyhaven serve audit-verify`.
@@ -384,6 +389,7 @@ fn serve(ctx: &Ctx, args: &ServeArgs) -> Result<u8> {
         tdx_registers,
         tpm_ek_cas,
         tpm_pcrs,
+        kbs_tenant: args.kbs_tenant.clone(),
         ..ServerConfig::default()
     };
     if let Some(url) = &args.public_url {

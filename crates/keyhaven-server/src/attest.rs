@@ -40,12 +40,7 @@ pub trait EvidenceVerifier: Send + Sync + 'static {
     ///
     /// # Errors
     /// Why it does not verify, for the requester (it is audited).
-    fn verify(
-        &self,
-        evidence: &Value,
-        report_data: &[u8; 32],
-        now: u64,
-    ) -> Result<Attested, String>;
+    fn verify(&self, evidence: &Value, report_data: &[u8], now: u64) -> Result<Attested, String>;
 }
 
 pub use keyhaven_client::secrets::report_data;
@@ -63,12 +58,7 @@ impl EvidenceVerifier for SampleVerifier {
         "sample"
     }
 
-    fn verify(
-        &self,
-        evidence: &Value,
-        report_data: &[u8; 32],
-        _now: u64,
-    ) -> Result<Attested, String> {
+    fn verify(&self, evidence: &Value, report_data: &[u8], _now: u64) -> Result<Attested, String> {
         let bound = evidence["report_data"].as_str().unwrap_or("");
         if !bound.eq_ignore_ascii_case(&hex::encode(report_data)) {
             return Err("the sample evidence is not bound to this release's report data".into());
@@ -131,11 +121,20 @@ fn base64_field(evidence: &Value, kind: &str, name: &str, what: &str) -> Result<
         .map_err(|_| format!("'{name}' is not standard base64 ({what})"))
 }
 
-/// A CPU TEE report's 64 bytes of report data: this release's 32, then 32 zeros.
-fn report_data_64(report_data: &[u8; 32]) -> [u8; 64] {
+/// A CPU TEE report's 64 bytes of report data: the binding (this release's 32 bytes, or a
+/// KBS session's 48), then zeros.
+fn report_data_64(report_data: &[u8]) -> Result<[u8; 64], String> {
     let mut expected = [0u8; 64];
-    expected[..32].copy_from_slice(report_data);
     expected
+        .get_mut(..report_data.len())
+        .ok_or_else(|| {
+            format!(
+                "{} bytes of report data do not fit in 64",
+                report_data.len()
+            )
+        })?
+        .copy_from_slice(report_data);
+    Ok(expected)
 }
 
 /// AMD SEV-SNP evidence (`keyhaven_attest::snp`): `{"type": "sev-snp", "report": base64 of
@@ -168,16 +167,11 @@ impl EvidenceVerifier for SnpVerifier {
         "sev-snp"
     }
 
-    fn verify(
-        &self,
-        evidence: &Value,
-        report_data: &[u8; 32],
-        now: u64,
-    ) -> Result<Attested, String> {
+    fn verify(&self, evidence: &Value, report_data: &[u8], now: u64) -> Result<Attested, String> {
         let report = base64_field(evidence, "sev-snp", "report", "the report")?;
         let vcek = base64_field(evidence, "sev-snp", "vcek", "the certificate's DER")?;
         let chain = text(evidence, "sev-snp", "chain", "PEM")?;
-        let expected = report_data_64(report_data);
+        let expected = report_data_64(report_data)?;
         let claims = keyhaven_attest::snp::verify(
             &keyhaven_attest::snp::Evidence {
                 report: &report,
@@ -226,18 +220,13 @@ impl EvidenceVerifier for TdxVerifier {
         "tdx"
     }
 
-    fn verify(
-        &self,
-        evidence: &Value,
-        report_data: &[u8; 32],
-        now: u64,
-    ) -> Result<Attested, String> {
+    fn verify(&self, evidence: &Value, report_data: &[u8], now: u64) -> Result<Attested, String> {
         let quote = base64_field(evidence, "tdx", "quote", "the quote")?;
         let collateral: keyhaven_attest::tdx::Collateral =
             serde_json::from_value(evidence["collateral"].clone()).map_err(|e| {
                 format!("tdx evidence needs 'collateral' (Intel's DCAP collateral, as a PCCS serves it): {e}")
             })?;
-        let expected = report_data_64(report_data);
+        let expected = report_data_64(report_data)?;
         let claims =
             keyhaven_attest::tdx::verify(&quote, &collateral, &self.policy, Some(&expected), now)
                 .map_err(|e| e.to_string())?;
@@ -248,7 +237,9 @@ impl EvidenceVerifier for TdxVerifier {
 /// TPM 2.0 evidence (`keyhaven_attest::tpm`): `{"type": "tpm", "ak": base64 of the
 /// attestation key's TPM2B_PUBLIC, "quote": base64 of the TPMS_ATTEST, "signature": base64 of
 /// the TPMT_SIGNATURE, "pcrs": {"0": hex, ...}}`, the quote's extra data this release's 32
-/// bytes. The AK must have been enrolled first, by credential activation against an
+/// bytes; or the shape Trustee's TPM attester sends over KBS (`{"tpm_quote": {"message",
+/// "signature", "pcrs": [hex, ...]}, "ak_public": base64 SubjectPublicKeyInfo}`, see
+/// [`crate::kbs`]), its AK found among the enrolled ones by its key. The AK must have been enrolled first, by credential activation against an
 /// endorsement key certificate from a CA the operator trusts (`/v1/attestation/tpm/challenge`,
 /// then `/activate`). A TPM proves a hardware-bound key and a measured boot, not confidential
 /// execution: tier 2 when its PCRs match the operator's reference values (its boot is the
@@ -281,6 +272,9 @@ pub const TPM_CHALLENGE_TTL: u64 = 300;
 const MAX_PENDING: usize = 1_000;
 /// The setting prefix of an enrolled attestation key (its TPM2B_PUBLIC's SHA-256 follows).
 const ENROLLED: &str = "tpm.ak.";
+/// The setting prefix naming an enrolled AK by its key alone (`AkPublic::key_id`, hex); the
+/// value is the [`ENROLLED`] digest.
+const ENROLLED_KEY: &str = "tpm.ak-key.";
 
 /// A credential made for an AK, awaiting the TPM's answer.
 struct PendingCredential {
@@ -421,8 +415,15 @@ impl TpmVerifier {
             "client": client,
             "at": now,
         });
+        let key_id = keyhaven_attest::tpm::AkPublic::parse(&pending.ak_public)
+            .map_err(|e| e.to_string())?
+            .key_id();
         self.storage
             .set_setting(&format!("{ENROLLED}{digest}"), &record.to_string())
+            .map_err(|e| e.to_string())?;
+        // Trustee's attesters send the AK as a SubjectPublicKeyInfo: found by its key.
+        self.storage
+            .set_setting(&format!("{ENROLLED_KEY}{}", hex::encode(key_id)), &digest)
             .map_err(|e| e.to_string())?;
         Ok((digest, pending.certified_by))
     }
@@ -433,38 +434,109 @@ impl EvidenceVerifier for TpmVerifier {
         "tpm"
     }
 
-    fn verify(
-        &self,
-        evidence: &Value,
-        report_data: &[u8; 32],
-        now: u64,
-    ) -> Result<Attested, String> {
-        use keyhaven_attest::tpm::{AkPublic, EndorsementKey, Evidence};
-        let ak_public = base64_field(evidence, "tpm", "ak", "the AK's TPM2B_PUBLIC")?;
-        let quote = base64_field(evidence, "tpm", "quote", "the TPMS_ATTEST")?;
-        let signature = base64_field(evidence, "tpm", "signature", "the TPMT_SIGNATURE")?;
+    fn verify(&self, evidence: &Value, report_data: &[u8], now: u64) -> Result<Attested, String> {
+        let (ak_public, quote, signature, pcrs) = if evidence.get("tpm_quote").is_some() {
+            self.trustee_shape(evidence)?
+        } else {
+            keyhaven_shape(evidence)?
+        };
+        self.verify_quote(&ak_public, &quote, &signature, &pcrs, report_data, now)
+    }
+}
+
+/// The parts of a quote: the AK's `TPM2B_PUBLIC`, the `TPMS_ATTEST`, the `TPMT_SIGNATURE` and
+/// the PCR values sent.
+type QuoteParts = (
+    Vec<u8>,
+    Vec<u8>,
+    Vec<u8>,
+    std::collections::BTreeMap<u8, Vec<u8>>,
+);
+
+/// keyhaven's shape of TPM evidence (see [`TpmVerifier`]).
+fn keyhaven_shape(evidence: &Value) -> Result<QuoteParts, String> {
+    let ak_public = base64_field(evidence, "tpm", "ak", "the AK's TPM2B_PUBLIC")?;
+    let quote = base64_field(evidence, "tpm", "quote", "the TPMS_ATTEST")?;
+    let signature = base64_field(evidence, "tpm", "signature", "the TPMT_SIGNATURE")?;
+    let mut pcrs = std::collections::BTreeMap::new();
+    for (k, v) in evidence["pcrs"].as_object().into_iter().flatten().take(24) {
+        let index: u8 = k
+            .parse()
+            .map_err(|_| format!("PCR '{k}' is not an index"))?;
+        let value = v
+            .as_str()
+            .and_then(|h| hex::decode(h).ok())
+            .ok_or_else(|| format!("PCR {index} is not hex"))?;
+        pcrs.insert(index, value);
+    }
+    Ok((ak_public, quote, signature, pcrs))
+}
+
+impl TpmVerifier {
+    /// The shape Trustee's TPM attester sends: `{"tpm_quote": {"message": base64 of the
+    /// TPMS_ATTEST, "signature": base64 of the TPMT_SIGNATURE, "pcrs": [24 hex SHA-256
+    /// values, PCR 0 first]}, "ak_public": base64 of the AK's SubjectPublicKeyInfo (DER)}`.
+    /// The AK is found among the enrolled ones by its key, and its enrolled `TPM2B_PUBLIC` is
+    /// what the quote is checked with.
+    fn trustee_shape(&self, evidence: &Value) -> Result<QuoteParts, String> {
+        let tq = &evidence["tpm_quote"];
+        let quote = base64_field(tq, "tpm", "message", "the TPMS_ATTEST")?;
+        let signature = base64_field(tq, "tpm", "signature", "the TPMT_SIGNATURE")?;
+        let spki = base64_field(
+            evidence,
+            "tpm",
+            "ak_public",
+            "the AK's SubjectPublicKeyInfo",
+        )?;
+        let list = tq["pcrs"]
+            .as_array()
+            .ok_or_else(|| "tpm evidence needs 'tpm_quote.pcrs' (hex PCR values)".to_owned())?;
+        if list.len() > 24 {
+            return Err(format!("{} PCR values sent; a TPM has 24", list.len()));
+        }
         let mut pcrs = std::collections::BTreeMap::new();
-        for (k, v) in evidence["pcrs"].as_object().into_iter().flatten().take(24) {
-            let index: u8 = k
-                .parse()
-                .map_err(|_| format!("PCR '{k}' is not an index"))?;
+        for (index, v) in (0u8..).zip(list) {
             let value = v
                 .as_str()
                 .and_then(|h| hex::decode(h).ok())
                 .ok_or_else(|| format!("PCR {index} is not hex"))?;
             pcrs.insert(index, value);
         }
-        let digest = hex::encode(Sha256::digest(&ak_public));
-        let enrolled: Value = self
+        let key = keyhaven_attest::tpm::AkPublic::from_spki(&spki).map_err(|e| e.to_string())?;
+        let digest = self
             .storage
+            .setting(&format!("{ENROLLED_KEY}{}", hex::encode(key.key_id())))
+            .map_err(|e| e.to_string())?
+            .ok_or_else(not_enrolled)?;
+        let enrolled = self.enrollment(&digest)?;
+        let ak_public = enrolled["ak_public"]
+            .as_str()
+            .and_then(|h| hex::decode(h).ok())
+            .unwrap_or_default();
+        Ok((ak_public, quote, signature, pcrs))
+    }
+
+    /// The enrollment of the AK whose `TPM2B_PUBLIC` has SHA-256 `digest` (hex).
+    fn enrollment(&self, digest: &str) -> Result<Value, String> {
+        self.storage
             .setting(&format!("{ENROLLED}{digest}"))
             .map_err(|e| e.to_string())?
             .and_then(|t| serde_json::from_str(&t).ok())
-            .ok_or_else(|| {
-                "this attestation key is not enrolled: prove it lives in a certified TPM \
-                 first (POST /v1/attestation/tpm/challenge, then /activate)"
-                    .to_owned()
-            })?;
+            .ok_or_else(not_enrolled)
+    }
+
+    /// Checks a quote by the enrolled AK `ak_public` over `report_data`.
+    fn verify_quote(
+        &self,
+        ak_public: &[u8],
+        quote: &[u8],
+        signature: &[u8],
+        pcrs: &std::collections::BTreeMap<u8, Vec<u8>>,
+        report_data: &[u8],
+        now: u64,
+    ) -> Result<Attested, String> {
+        use keyhaven_attest::tpm::{AkPublic, EndorsementKey, Evidence};
+        let enrolled = self.enrollment(&hex::encode(Sha256::digest(ak_public)))?;
         // The EK certificate is checked again: a CA the operator stopped trusting, or a
         // certificate now expired, no longer vouches for the AK.
         let ek_der = enrolled["ek_certificate"]
@@ -473,13 +545,13 @@ impl EvidenceVerifier for TpmVerifier {
             .unwrap_or_default();
         let ek = EndorsementKey::from_certificate(&ek_der, &self.ek_cas, now)
             .map_err(|e| format!("the AK's endorsement key no longer verifies: {e}"))?;
-        let ak = AkPublic::parse(&ak_public).map_err(|e| e.to_string())?;
+        let ak = AkPublic::parse(ak_public).map_err(|e| e.to_string())?;
         let claims = keyhaven_attest::tpm::verify(
             &Evidence {
-                attest: &quote,
-                signature: &signature,
+                attest: quote,
+                signature,
                 ak: &ak,
-                pcrs: &pcrs,
+                pcrs,
                 activated: Some(&ek),
             },
             &self.policy,
@@ -488,6 +560,12 @@ impl EvidenceVerifier for TpmVerifier {
         .map_err(|e| e.to_string())?;
         Ok(attested("tpm", TPM_TIER, TPM_UNKNOWN_BOOT_TIER, &claims))
     }
+}
+
+fn not_enrolled() -> String {
+    "this attestation key is not enrolled: prove it lives in a certified TPM first (POST \
+     /v1/attestation/tpm/challenge, then /activate)"
+        .to_owned()
 }
 
 /// NVIDIA Hopper GPU evidence (`keyhaven_attest::nvidia`): `{"type": "nvidia-gpu", "report":
@@ -517,22 +595,23 @@ impl EvidenceVerifier for NvidiaVerifier {
         "nvidia-gpu"
     }
 
-    fn verify(
-        &self,
-        evidence: &Value,
-        report_data: &[u8; 32],
-        now: u64,
-    ) -> Result<Attested, String> {
+    fn verify(&self, evidence: &Value, report_data: &[u8], now: u64) -> Result<Attested, String> {
         let report = text(evidence, "nvidia-gpu", "report", "hex")?;
         let report = hex::decode(report.trim()).map_err(|_| "'report' is not hex".to_owned())?;
         let chain = text(evidence, "nvidia-gpu", "chain", "PEM, leaf first")?;
+        let nonce: &[u8; 32] = report_data.try_into().map_err(|_| {
+            format!(
+                "an SPDM nonce is 32 bytes; this binding is {}",
+                report_data.len()
+            )
+        })?;
         let claims = keyhaven_attest::nvidia::verify(
             &keyhaven_attest::nvidia::Evidence {
                 report: &report,
                 chain,
             },
             &self.policy,
-            Some(report_data),
+            Some(nonce),
             now,
         )
         .map_err(|e| e.to_string())?;
@@ -578,12 +657,7 @@ impl EvidenceVerifier for CompositeVerifier {
         "composite"
     }
 
-    fn verify(
-        &self,
-        evidence: &Value,
-        report_data: &[u8; 32],
-        now: u64,
-    ) -> Result<Attested, String> {
+    fn verify(&self, evidence: &Value, report_data: &[u8], now: u64) -> Result<Attested, String> {
         let kinds: Vec<&str> = self.cpus.iter().map(|c| c.kind()).collect();
         let cpu_evidence = &evidence["cpu"];
         let cpu_verifier = self
@@ -673,7 +747,7 @@ impl Attestation {
     pub fn verify(
         &self,
         evidence: &Value,
-        report_data: &[u8; 32],
+        report_data: &[u8],
         now: u64,
     ) -> Result<Attested, EvidenceError> {
         let kind = evidence["type"].as_str().unwrap_or("");
@@ -729,7 +803,7 @@ mod tests {
         fn kind(&self) -> &'static str {
             self.0
         }
-        fn verify(&self, e: &Value, rd: &[u8; 32], _: u64) -> Result<Attested, String> {
+        fn verify(&self, e: &Value, rd: &[u8], _: u64) -> Result<Attested, String> {
             if e["rd"].as_str() == Some(hex::encode(rd).as_str()) {
                 Ok(Attested {
                     kind: self.0.into(),

@@ -71,6 +71,7 @@ pub struct Broker {
     policy_generation: std::sync::atomic::AtomicU64,
     attestation: crate::attest::Attestation,
     tpm: Option<Arc<crate::attest::TpmVerifier>>,
+    kbs: Option<crate::kbs::Kbs>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -121,6 +122,7 @@ impl Broker {
             policy_generation: std::sync::atomic::AtomicU64::new(0),
             attestation: crate::attest::Attestation::default(),
             tpm: None,
+            kbs: None,
         })
     }
 
@@ -249,6 +251,19 @@ impl Broker {
         self.attestation.add(verifier.clone());
         self.tpm = Some(verifier);
         self
+    }
+
+    /// The same broker speaking Trustee's KBS protocol (`/kbs/v0/`, see [`crate::kbs`]),
+    /// serving `tenant`'s secrets under `kbs/` as resources to attested workloads.
+    #[must_use]
+    pub fn serving_kbs(mut self, tenant: String) -> Self {
+        self.kbs = Some(crate::kbs::Kbs::new(tenant));
+        self
+    }
+
+    /// The KBS face, when on.
+    pub(crate) fn kbs(&self) -> Option<&crate::kbs::Kbs> {
+        self.kbs.as_ref()
     }
 
     /// The TPM verifier, when TPM evidence is accepted.

@@ -10,6 +10,7 @@ pub mod compromise;
 mod enroll;
 pub mod fallback;
 mod handlers;
+pub mod kbs;
 mod metrics;
 pub mod policy;
 mod problem;

@@ -107,7 +107,7 @@ fn assess(
     metrics: &crate::metrics::Metrics,
     caller: &Caller,
     evidence: Option<&Value>,
-    report_data: &[u8; 32],
+    report_data: &[u8],
     now: u64,
 ) -> Result<Assessment, ApiError> {
     let key = match broker.storage().key_tier(&caller.fingerprint)? {
@@ -565,29 +565,7 @@ pub(crate) async fn release(
                 metrics_inner.metrics.release(record.tier, "denied");
                 return Err(refusal(&path, &assessment, &explanation));
             }
-            let (bytes, _) = record.versions.get(&version).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::NOT_FOUND,
-                    "not-found",
-                    format!("secret '{path}' has no version {version}"),
-                )
-            })?;
-            let envelope = Envelope::from_bytes(bytes).map_err(|e| {
-                tracing::error!(error = %e, "a stored secret envelope is damaged");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "the stored secret is damaged; the operator's log says why",
-                )
-            })?;
-            let plaintext = broker
-                .secret_keks(tenant, record.tier)?
-                .open_secret(KEK_NAME, &path, version, &envelope)
-                .map_err(|e| transit_problem(&e))?;
-            let jwe = sealing.seal(plaintext.expose_secret()).map_err(|e| {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
-            })?;
-            drop(plaintext);
+            let jwe = seal_version(broker, tenant, &record, version, sealing)?;
             let claims = json!({
                 "jti": receipt_id,
                 "iss": signer.public_key().fingerprint().to_hex(),
@@ -672,18 +650,37 @@ fn decide_release(
     let client = ask.client;
     let rd = crate::attest::report_data(&client.fingerprint, &record.path, ask.epk_thumbprint);
     let assessment = assess(broker, ask.metrics, client, ask.evidence, &rd, now)?;
+    let requester = json!({
+        "client": client.client_id,
+        "key": client.fingerprint,
+        "tier": assessment.tier,
+        "evidence": assessment.evidence,
+        "via_token": tenant != client.client_id,
+    });
+    let explanation = explain_release(broker, tenant, record, version, &requester, now)?;
+    Ok((assessment, explanation))
+}
+
+/// The tier rule and the release policy covering `record`'s path, for `requester` (what the
+/// policy sees of it: its `tier` at least) asking for `version` in `tenant`.
+pub(crate) fn explain_release(
+    broker: &Broker,
+    tenant: &str,
+    record: &SecretRecord,
+    version: u64,
+    requester: &Value,
+    now: u64,
+) -> Result<Explanation, ApiError> {
+    let tier = requester["tier"]
+        .as_u64()
+        .and_then(|t| u8::try_from(t).ok())
+        .unwrap_or(0);
     let input = json!({
         "operation": "secret.release",
         "tenant": tenant,
         "path": record.path,
         "time": now,
-        "requester": {
-            "client": client.client_id,
-            "key": client.fingerprint,
-            "tier": assessment.tier,
-            "evidence": assessment.evidence,
-            "via_token": tenant != client.client_id,
-        },
+        "requester": requester,
         "secret": {
             "path": record.path,
             "version": version,
@@ -692,23 +689,50 @@ fn decide_release(
         },
     });
     let policies = broker.current_policies()?;
-    let explanation = broker
+    broker
         .policies()
-        .explain(
-            &policies,
-            &record.path,
-            assessment.tier,
-            record.min_tier,
-            &input,
-        )
+        .explain(&policies, &record.path, tier, record.min_tier, &input)
         .map_err(|e| {
             ApiError::new(
                 StatusCode::FORBIDDEN,
                 "policy-denied",
                 format!("nothing was released: {e}"),
             )
-        })?;
-    Ok((assessment, explanation))
+        })
+}
+
+/// Opens `version` of `record` (in `tenant`) and seals it with `sealing`: the release's JWE.
+/// The plaintext lives only in between, and is wiped.
+pub(crate) fn seal_version(
+    broker: &Broker,
+    tenant: &str,
+    record: &SecretRecord,
+    version: u64,
+    sealing: keyhaven::jwe::Prepared,
+) -> Result<String, ApiError> {
+    let path = &record.path;
+    let (bytes, _) = record.versions.get(&version).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("secret '{path}' has no version {version}"),
+        )
+    })?;
+    let envelope = Envelope::from_bytes(bytes).map_err(|e| {
+        tracing::error!(error = %e, "a stored secret envelope is damaged");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "the stored secret is damaged; the operator's log says why",
+        )
+    })?;
+    let plaintext = broker
+        .secret_keks(tenant, record.tier)?
+        .open_secret(KEK_NAME, path, version, &envelope)
+        .map_err(|e| transit_problem(&e))?;
+    sealing
+        .seal(plaintext.expose_secret())
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))
 }
 
 /// The refusal of a release the tier rule or a policy denied, saying which.

@@ -361,6 +361,9 @@ fn broker_of(
         );
         broker = broker.accepting(Arc::new(crate::attest::SampleVerifier));
     }
+    if let Some(tenant) = &config.kbs_tenant {
+        broker = broker.serving_kbs(tenant.clone());
+    }
     Ok(Some(Arc::new(broker)))
 }
 

@@ -80,6 +80,9 @@ pub struct ServerConfig {
     pub tpm_ek_cas: Option<String>,
     /// PCR reference values (SHA-256 bank) a TPM quote must show.
     pub tpm_pcrs: std::collections::BTreeMap<u8, Vec<u8>>,
+    /// The client whose secrets under `kbs/` are served to attested workloads over Trustee's
+    /// KBS protocol (`/kbs/v0/`). None: the KBS routes answer 404.
+    pub kbs_tenant: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -112,6 +115,7 @@ impl Default for ServerConfig {
             tdx_registers: std::collections::BTreeMap::new(),
             tpm_ek_cas: None,
             tpm_pcrs: std::collections::BTreeMap::new(),
+            kbs_tenant: None,
         }
     }
 }
@@ -417,6 +421,12 @@ impl Server {
                     .delete(crate::policy::delete),
             )
             .route("/v1/policy/explain-release/{*path}", post(secrets::explain))
+            .route("/kbs/v0/auth", post(crate::kbs::auth))
+            .route("/kbs/v0/attest", post(crate::kbs::attest))
+            .route(
+                "/kbs/v0/resource/{repository}/{kind}/{tag}",
+                get(crate::kbs::resource),
+            )
             .route("/v1/tokens", post(crate::tokens::mint))
             .route("/v1/tokens/revoke", post(crate::tokens::revoke))
             .fallback(handlers::not_found)
@@ -477,6 +487,9 @@ fn classify(path: &str) -> (&'static str, Access) {
             ("admin_attestation", Access::Admin)
         }
         "/v1/admin/policies" => ("admin_policies", Access::Admin),
+        "/kbs/v0/auth" => ("kbs_auth", Access::Costly),
+        "/kbs/v0/attest" => ("kbs_attest", Access::Costly),
+        p if p.starts_with("/kbs/v0/resource/") => ("kbs_resource", Access::Open),
         p if p.starts_with("/v1/policy/explain-release/") => ("explain", Access::Client),
         _ => ("other", Access::Open),
     }

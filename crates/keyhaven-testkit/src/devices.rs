@@ -1170,6 +1170,30 @@ impl Tpm2Tools {
     /// Makes an ECC P-256 attestation key under the EK as `NAME.ctx`; its `TPM2B_PUBLIC` and
     /// its name.
     pub fn create_ak(&self, name: &str) -> (Vec<u8>, Vec<u8>) {
+        self.create_ak_of(name, "ecc", "ecdsa")
+    }
+
+    /// Makes an RSA 2048 attestation key signing RSASSA (what Trustee's TPM attester uses)
+    /// under the EK as `NAME.ctx`; its `TPM2B_PUBLIC` and its name.
+    pub fn create_rsa_ak(&self, name: &str) -> (Vec<u8>, Vec<u8>) {
+        self.create_ak_of(name, "rsa", "rsassa")
+    }
+
+    /// The SubjectPublicKeyInfo (DER) of key `NAME.ctx`, as `tpm2_readpublic` writes it.
+    pub fn spki(&self, name: &str) -> Vec<u8> {
+        self.must(&[
+            "tpm2_readpublic",
+            "-c",
+            &format!("{name}.ctx"),
+            "-f",
+            "der",
+            "-o",
+            &format!("{name}.spki"),
+        ]);
+        self.read(&format!("{name}.spki"))
+    }
+
+    fn create_ak_of(&self, name: &str, key: &str, scheme: &str) -> (Vec<u8>, Vec<u8>) {
         self.must(&[
             "tpm2_createak",
             "-C",
@@ -1177,11 +1201,11 @@ impl Tpm2Tools {
             "-c",
             &format!("{name}.ctx"),
             "-G",
-            "ecc",
+            key,
             "-g",
             "sha256",
             "-s",
-            "ecdsa",
+            scheme,
             "-u",
             &format!("{name}.pub"),
             "-n",

@@ -109,6 +109,7 @@ async fn start_full(
     start: Option<u64>,
 ) -> TestServer {
     let sample = config.allow_sample_evidence;
+    let kbs = config.kbs_tenant.clone();
     let tpm = config
         .tpm_ek_cas
         .clone()
@@ -149,6 +150,9 @@ async fn start_full(
                 cas,
                 keyhaven_attest::tpm::Policy { pcrs },
             )));
+        }
+        if let Some(tenant) = kbs {
+            b = b.serving_kbs(tenant);
         }
         server = server.with_broker(Arc::new(b));
     }
@@ -197,11 +201,16 @@ impl TestServer {
 
     /// Registers `key` directly in the store as an admin's.
     pub(crate) fn make_admin(&self, key: &KeyInfo) {
+        self.register_as(key, &format!("{:032x}", unix_now()), Role::Admin);
+    }
+
+    /// Registers `key` directly in the store as client `id`'s, of `role`.
+    pub(crate) fn register_as(&self, key: &KeyInfo, id: &str, role: Role) {
         self.storage
             .register(&NewClient {
-                id: format!("{:032x}", unix_now()),
+                id: id.to_owned(),
                 name: "root".into(),
-                role: Role::Admin,
+                role,
                 at: unix_now(),
                 key: NewKey {
                     fingerprint: key.fingerprint().to_hex(),
