@@ -11,6 +11,10 @@
 //! benches.) Requests are signed before the clock starts. Bounded: at most
 //! `REQUESTS` requests or `SECONDS` seconds per run. `cargo bench -p keyhaven-server --bench
 //! broker`.
+//!
+//! Then a full attested release end to end (needs swtpm and tpm2-tools): a live swtpm's quote,
+//! its AK enrolled by credential activation, with the broker's attestation cache on and off,
+//! beside the same release with no evidence.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -155,6 +159,172 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(http_figures());
+    runtime.block_on(attested_figures());
+}
+
+/// Sends one signed call; the answer's JSON.
+async fn send(http: &reqwest::Client, call: Call) -> serde_json::Value {
+    let mut r = http.request(call.0.parse().unwrap(), &call.1).body(call.3);
+    for (n, v) in &call.2 {
+        r = r.header(n.as_str(), v.as_str());
+    }
+    serde_json::from_slice(&r.send().await.unwrap().bytes().await.unwrap()).unwrap()
+}
+
+/// A full attested release end to end: a secret of `min_tier` 2 released on a live swtpm's
+/// quote (an AK enrolled by credential activation, its EK certificate checked at each
+/// verification), with the broker's attestation cache on (the quote verified once, then
+/// remembered) and off (verified at every release), beside the same release with no evidence.
+async fn attested_figures() {
+    use keyhaven_testkit::devices::{Swtpm, Tpm2Tools};
+    let tpm = tokio::task::spawn_blocking(Swtpm::start_with_ek_certificate)
+        .await
+        .unwrap();
+    let tools = Tpm2Tools::new(&tpm);
+    tools.create_ek();
+    let (ak_public, _) = tools.create_ak("ak");
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(SqliteStorage::open(&dir.path().join("s").join("server.db")).unwrap());
+    let manager = KeyManager::open(dir.path().join("home"), FixedPassphrase::new("bench")).unwrap();
+    manager
+        .add_backend("mem", BackendConfig::new(BackendKind::Memory, None))
+        .unwrap();
+    let server_key = manager
+        .generate(None, Algorithm::Ed25519, "server")
+        .unwrap();
+    let master = manager.generate(None, Algorithm::X25519, "master").unwrap();
+    let unlimited = Rate {
+        per_second: 0.0,
+        burst: 0.0,
+    };
+    let config = ServerConfig {
+        per_key: unlimited,
+        per_address: unlimited,
+        ..ServerConfig::default()
+    };
+    let mut bases = Vec::new();
+    for ttl in [keyhaven_server::attest::ATTESTATION_TTL, Duration::ZERO] {
+        let verifier = Arc::new(keyhaven_server::attest::TpmVerifier::new(
+            storage.clone(),
+            tpm.ek_ca(),
+            keyhaven_attest::tpm::Policy::default(),
+        ));
+        let broker = Broker::new(
+            manager.master_key(&master, "bench").unwrap(),
+            storage.clone(),
+        )
+        .unwrap()
+        .accepting_tpm(verifier)
+        .with_attestation_cache(ttl);
+        let signer = manager.service_signer(&server_key, "bench").unwrap();
+        let server = Server::new(config.clone(), storage.clone(), Arc::new(signer))
+            .with_broker(Arc::new(broker));
+        bases.push(common::serve(server).await);
+    }
+    let storage_dyn: Arc<dyn Storage> = storage.clone();
+    let (keys, clients) = common::register_clients(&storage_dyn, 1).await;
+    let mut b = Bench {
+        base: bases[0].clone(),
+        keys,
+        clients,
+        nonce: 0,
+    };
+    let http = reqwest::Client::new();
+    // The AK enrolls (on the first server; the enrollment is in the shared store).
+    let body = serde_json::json!({
+        "ek_certificate": Base64::encode_string(&tpm.ek_certificate()),
+        "ak_public": Base64::encode_string(&ak_public),
+    });
+    let challenge = send(
+        &http,
+        b.signed(
+            0,
+            "POST",
+            "/v1/attestation/tpm/challenge",
+            body.to_string().as_bytes(),
+        ),
+    )
+    .await["data"]
+        .clone();
+    let blob = |k: &str| Base64::decode_vec(challenge[k].as_str().unwrap()).unwrap();
+    let secret = tools
+        .activate_credential("ak", &blob("id_object"), &blob("encrypted_secret"))
+        .unwrap();
+    let body =
+        serde_json::json!({ "id": challenge["id"], "secret": Base64::encode_string(&secret) });
+    let enrolled = send(
+        &http,
+        b.signed(
+            0,
+            "POST",
+            "/v1/attestation/tpm/activate",
+            body.to_string().as_bytes(),
+        ),
+    )
+    .await;
+    assert!(enrolled["data"]["ak"].is_string(), "{enrolled}");
+    // A tier-1 secret (releasable without evidence, for the baseline) and the quote bound to
+    // its release to this client's ephemeral key.
+    let put = format!(r#"{{"value":"{}"}}"#, Base64::encode_string(&[9u8; 64]));
+    send(
+        &http,
+        b.signed(0, "PUT", "/v1/secrets/hw/token", put.as_bytes()),
+    )
+    .await;
+    let epk = {
+        let eph = keyhaven::default_provider()
+            .generate(Algorithm::X25519)
+            .unwrap();
+        keyhaven::jwe::public_jwk(eph.public_key()).unwrap()
+    };
+    let rd = keyhaven_client::secrets::report_data(
+        &b.clients[0].fingerprint().to_hex(),
+        "hw/token",
+        &keyhaven::jwe::thumbprint(&epk),
+    );
+    let (quote, signature) = tools.quote("ak", &[0, 1, 2, 3, 4, 5, 6, 7], &rd);
+    let pcrs: serde_json::Map<String, serde_json::Value> = tools
+        .read_pcrs(&[0, 1, 2, 3, 4, 5, 6, 7])
+        .into_iter()
+        .map(|(i, v)| (i.to_string(), serde_json::json!(hex::encode(v))))
+        .collect();
+    let evidence = serde_json::json!({
+        "type": "tpm",
+        "ak": Base64::encode_string(&ak_public),
+        "quote": Base64::encode_string(&quote),
+        "signature": Base64::encode_string(&signature),
+        "pcrs": pcrs,
+    });
+    let attested = serde_json::json!({ "epk": epk, "evidence": evidence })
+        .to_string()
+        .into_bytes();
+    let plain = serde_json::json!({ "epk": epk }).to_string().into_bytes();
+    let check = send(
+        &http,
+        b.signed(0, "POST", "/v1/release/hw/token", &attested),
+    )
+    .await;
+    assert_eq!(check["data"]["requester_tier"], 1, "{check}");
+    println!("attested releases, loopback, SQLite, TPM quote of a live swtpm (1 client):");
+    let mut figures = Vec::new();
+    for (what, base, body) in [
+        ("no evidence", bases[0].clone(), &plain),
+        ("TPM quote, cache on", bases[0].clone(), &attested),
+        ("TPM quote, cache off", bases[1].clone(), &attested),
+    ] {
+        b.base = base;
+        let calls: Vec<Call> = (0..REQUESTS / 8)
+            .map(|_| b.signed(0, "POST", "/v1/release/hw/token", body))
+            .collect();
+        let f = fire(&http, vec![calls]).await;
+        println!("  {what:<22} {f}");
+        figures.push(f.per_second);
+    }
+    println!(
+        "  cache on / cache off {:.2}x; no evidence / cache on {:.2}x",
+        figures[1] / figures[2],
+        figures[0] / figures[1]
+    );
 }
 
 async fn http_figures() {

@@ -245,6 +245,14 @@ impl Broker {
         self
     }
 
+    /// The same broker remembering verified evidence for `ttl` (zero: verifying every piece
+    /// again; [`crate::attest::ATTESTATION_TTL`] by default).
+    #[must_use]
+    pub fn with_attestation_cache(mut self, ttl: std::time::Duration) -> Self {
+        self.attestation.set_cache_ttl(ttl);
+        self
+    }
+
     /// The same broker enrolling TPM attestation keys (credential activation,
     /// `/v1/attestation/tpm/`) and accepting `tpm` evidence from enrolled ones.
     pub fn accepting_tpm(mut self, verifier: Arc<crate::attest::TpmVerifier>) -> Self {

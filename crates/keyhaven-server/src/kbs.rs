@@ -57,8 +57,11 @@ pub const TOKEN_TYPE: &str = "JWT";
 /// Where KBS resources live in the tenant's secrets.
 pub const RESOURCE_PREFIX: &str = "kbs/";
 
-/// The TEEs a session may name, and the evidence type each is verified as.
-const TEES: [(&str, &str); 2] = [("tpm", "tpm"), ("sample", "sample")];
+/// The TEEs a session may name, and the evidence type each is verified as. (Sample
+/// evidence is not offered: over KBS it would make anyone at all a tier-1 requester.)
+const TEES: [(&str, &str); 1] = [("tpm", "tpm")];
+/// How long a session may take to attest (seconds).
+pub const CHALLENGE_TTL: u64 = 60;
 
 /// A KBS session: its challenge, then its token.
 struct Session {
@@ -114,19 +117,30 @@ fn random_hex(n: usize) -> Result<String, ApiError> {
     Ok(hex::encode(b))
 }
 
-fn session_cookie(id: &str) -> HeaderValue {
+fn session_cookie(id: &str, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{COOKIE}={id}; Max-Age={SESSION_TTL}; Path=/kbs/v0; HttpOnly; SameSite=Strict"
+        "{COOKIE}={id}; Max-Age={SESSION_TTL}; Path=/kbs/v0; HttpOnly; SameSite=Strict{secure}"
     ))
     .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn json_with_cookie(body: &Value, id: &str) -> Response {
+fn json_with_cookie(body: &Value, id: &str, secure: bool) -> Response {
     let mut response = axum::Json(body).into_response();
     response
         .headers_mut()
-        .insert(http::header::SET_COOKIE, session_cookie(id));
+        .insert(http::header::SET_COOKIE, session_cookie(id, secure));
     response
+}
+
+/// Whether clients reach the server over TLS (the cookie is then `Secure`).
+fn secure(inner: &Inner) -> bool {
+    inner.config.scheme == "https"
+        || inner
+            .config
+            .public_origin
+            .as_deref()
+            .is_some_and(|o| o.starts_with("https://"))
 }
 
 /// The session id the request's cookie names.
@@ -201,6 +215,19 @@ pub(crate) async fn auth(
             sessions.retain(|_, s| s.expires > now);
         }
         if sessions.len() >= MAX_SESSIONS {
+            // Full of live sessions: those still waiting to attest give way (a flood of
+            // challenges displaces only challenges, never an attested session).
+            let waiting: Vec<String> = sessions
+                .iter()
+                .filter(|(_, s)| s.token.is_none())
+                .map(|(k, _)| k.clone())
+                .take(MAX_SESSIONS / 10)
+                .collect();
+            for k in waiting {
+                sessions.remove(&k);
+            }
+        }
+        if sessions.len() >= MAX_SESSIONS {
             return Err(ApiError::unavailable(
                 "too many KBS sessions are open; try again in a few minutes",
             ));
@@ -210,7 +237,7 @@ pub(crate) async fn auth(
             Session {
                 tee,
                 nonce: nonce.clone(),
-                expires: now + SESSION_TTL,
+                expires: now + CHALLENGE_TTL,
                 token: None,
             },
         );
@@ -218,6 +245,7 @@ pub(crate) async fn auth(
     Ok(json_with_cookie(
         &json!({ "nonce": nonce, "extra-params": "" }),
         &id,
+        secure(inner),
     ))
 }
 
@@ -337,17 +365,6 @@ fn evidence_for(
             obj.insert("type".into(), "tpm".into());
             Ok((e, binding[..32].to_vec()))
         }
-        // Trustee's sample attester: `{"svn", "report_data": base64 of the binding}`.
-        "sample" => {
-            let rd = primary["report_data"]
-                .as_str()
-                .and_then(|b| Base64::decode_vec(b).ok())
-                .unwrap_or_default();
-            Ok((
-                json!({ "type": "sample", "tier": 1, "report_data": hex::encode(rd) }),
-                binding.to_vec(),
-            ))
-        }
         other => Err(ApiError::bad_request(
             "tee-not-accepted",
             format!("TEE '{other}' is not accepted over KBS here"),
@@ -370,6 +387,8 @@ fn appraisal(claims: &Value) -> (Value, &'static str) {
         vector.insert(aspect.clone(), json!(n));
     }
     let status = match worst {
+        // Genuine, but running code nobody named: not "affirming" to a relying party.
+        1 if vector.get("executables") != Some(&json!(2)) => "warning",
         1 => "affirming",
         2 => "warning",
         3 => "contraindicated",
@@ -395,7 +414,11 @@ pub(crate) async fn attest(
     let (tee, nonce, token) = session(&broker, &id, now)?;
     if let Some(token) = token {
         // Attested already: the same token, for its lifetime.
-        return Ok(json_with_cookie(&json!({ "token": token }), &id));
+        return Ok(json_with_cookie(
+            &json!({ "token": token }),
+            &id,
+            secure(&inner),
+        ));
     }
     let attestation = body_json(&body)?;
     let runtime = &attestation["runtime-data"];
@@ -430,6 +453,11 @@ pub(crate) async fn attest(
     let i = inner.clone();
     let b = broker.clone();
     let runtime = json!({ "nonce": nonce, "tee-pubkey": bound_key });
+    let tenant = broker
+        .kbs()
+        .map(|k| k.tenant().to_owned())
+        .unwrap_or_default();
+    let jti = random_hex(16)?;
     tokio::task::spawn_blocking(move || {
         let verified = b
             .attestation()
@@ -442,17 +470,26 @@ pub(crate) async fn attest(
                 ),
             })
             .and_then(|a| {
+                // Over KBS the TPM is the requester's only identity: its AK must have been
+                // enrolled by the tenant whose resources are served, not by any client.
+                if a.claims["enrolled_by"].as_str() != Some(tenant.as_str()) {
+                    return Err(unauthorized(
+                        "attestation-failed",
+                        "this attestation key was not enrolled by the client whose resources                          this KBS serves: that client enrolls the TPMs it trusts",
+                    ));
+                }
                 let carried = crate::compromise::Carried::of(&a.kind, &a.claims);
                 crate::compromise::check(&b, &carried)?;
                 Ok(a)
             });
-        let principal = format!("kbs:{id}");
+        // The session id is a bearer secret until it expires: the trail names the token's id.
+        let principal = format!("kbs:{jti}");
         let (allowed, reason) = match &verified {
             Ok(a) => (
                 true,
-                format!("KBS session {id}: {} evidence, tier {}", a.kind, a.tier),
+                format!("KBS token {jti}: {} evidence, tier {}", a.kind, a.tier),
             ),
-            Err(e) => (false, format!("KBS session {id}: {}: {}", e.name, e.detail)),
+            Err(e) => (false, format!("KBS token {jti}: {}: {}", e.name, e.detail)),
         };
         i.decide(&Decision {
             operation: "kbs.attest",
@@ -473,7 +510,8 @@ pub(crate) async fn attest(
             "iat": now,
             "exp": now + SESSION_TTL,
             "iss": i.signer.public_key().fingerprint().to_hex(),
-            "jti": id,
+            "jti": jti,
+            "aud": format!("kbs:{tenant}"),
             "ear.verifier-id": {
                 "developer": "https://github.com/keyhaven",
                 "build": concat!("keyhaven-server ", env!("CARGO_PKG_VERSION")),
@@ -500,9 +538,10 @@ pub(crate) async fn attest(
             let mut sessions = kbs.sessions.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(s) = sessions.get_mut(&id) {
                 s.token = Some(token.clone());
+                s.expires = now + SESSION_TTL;
             }
         }
-        Ok(json_with_cookie(&json!({ "token": token }), &id))
+        Ok(json_with_cookie(&json!({ "token": token }), &id, secure(&i)))
     })
     .await
     .map_err(|e| internal(&e.to_string()))?
@@ -553,6 +592,17 @@ fn check_token(inner: &Inner, token: &str, now: u64) -> Result<Value, ApiError> 
         return Err(unauthorized(
             "bad-token",
             "the attestation token is not a KBS token of this broker",
+        ));
+    }
+    let tenant = inner
+        .broker
+        .as_ref()
+        .and_then(|b| b.kbs())
+        .map(|k| format!("kbs:{}", k.tenant()));
+    if claims["aud"].as_str() != tenant.as_deref() {
+        return Err(unauthorized(
+            "bad-token",
+            "the attestation token was made for another tenant's KBS",
         ));
     }
     if claims["exp"].as_u64().is_none_or(|exp| exp <= now) {
@@ -744,5 +794,10 @@ mod tests {
         assert_eq!(vector["hardware"], 2);
         assert_eq!(vector["executables"], 32);
         assert_eq!(appraisal(&json!({})).1, "none");
+        // A genuine TPM whose boot nobody named is not "affirming".
+        let unknown = json!({ "trust": { "hardware": "affirming", "executables": "none" } });
+        assert_eq!(appraisal(&unknown).1, "warning");
+        let known = json!({ "trust": { "hardware": "affirming", "executables": "affirming" } });
+        assert_eq!(appraisal(&known).1, "affirming");
     }
 }

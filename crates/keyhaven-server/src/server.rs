@@ -489,7 +489,7 @@ fn classify(path: &str) -> (&'static str, Access) {
         "/v1/admin/policies" => ("admin_policies", Access::Admin),
         "/kbs/v0/auth" => ("kbs_auth", Access::Costly),
         "/kbs/v0/attest" => ("kbs_attest", Access::Costly),
-        p if p.starts_with("/kbs/v0/resource/") => ("kbs_resource", Access::Open),
+        p if p.starts_with("/kbs/v0/resource/") => ("kbs_resource", Access::Costly),
         p if p.starts_with("/v1/policy/explain-release/") => ("explain", Access::Client),
         _ => ("other", Access::Open),
     }

@@ -329,9 +329,13 @@ async fn a_live_tpm_attests_through_the_trustee_kbs_handshake_and_receives_a_tie
     tools.create_ek();
     let (ak_public, _) = tools.create_rsa_ak("ak");
     let spki = tools.spki("ak");
-    let (_, _) = tools.create_rsa_ak("stranger");
+    let (stranger_public, _) = tools.create_rsa_ak("stranger");
     let stranger_spki = tools.spki("stranger");
     enroll(&t, &c, &tpm, &tools, "ak", &ak_public).await;
+    // Another client enrolls the other AK: a genuine TPM, but not one the tenant trusts.
+    let other = t.client(&t.key(Algorithm::Ed25519, "other"));
+    other.register("other").await.unwrap();
+    enroll(&t, &other, &tpm, &tools, "stranger", &stranger_public).await;
 
     // The handshake, every body in kbs-types' encoding.
     let http = reqwest::Client::new();
@@ -412,11 +416,14 @@ async fn a_live_tpm_attests_through_the_trustee_kbs_handshake_and_receives_a_tie
         }
     };
 
-    // An AK of the same TPM that never enrolled; a quote for another session's nonce.
+    // An AK another client enrolled; a quote for another session's nonce.
     let (status, body, _) = session("stranger", stranger_spki, None).await;
     assert_eq!(status, 401, "{body}");
     assert!(
-        body["detail"].as_str().unwrap().contains("not enrolled"),
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not enrolled by the client"),
         "{body}"
     );
     let (status, body, _) = session("ak", spki.clone(), Some("b3RoZXI=".into())).await;
@@ -476,6 +483,7 @@ async fn a_live_tpm_attests_through_the_trustee_kbs_handshake_and_receives_a_tie
     let claims = &checked["claims"];
     assert_eq!(claims["eat_profile"], "tag:github.com,2023:veraison/ear");
     let cpu = &claims["submods"]["cpu0"];
+    // PCR 7 was named: the boot is known, so the EAR affirms.
     assert_eq!(cpu["ear.status"], "affirming", "{claims}");
     assert_eq!(cpu["ear.trustworthiness-vector"]["hardware"], 2, "{claims}");
     assert_eq!(
