@@ -29,6 +29,8 @@ use crate::x509::Ecdsa;
 const TPM_GENERATED: u32 = 0xff54_4347;
 /// `TPM_ST_ATTEST_QUOTE`.
 const ST_ATTEST_QUOTE: u16 = 0x8018;
+/// `TPM_ST_ATTEST_CERTIFY`.
+const ST_ATTEST_CERTIFY: u16 = 0x8017;
 const ALG_SHA256: u16 = 0x000b;
 const ALG_RSASSA: u16 = 0x0014;
 const ALG_RSAPSS: u16 = 0x0016;
@@ -69,35 +71,8 @@ impl<'a> Quote<'a> {
             ));
         }
         let mut r = Reader::new("TPM quote", bytes);
-        if r.u32_be("the magic")? != TPM_GENERATED {
-            return Err(malformed(
-                "TPM quote",
-                "it does not start with TPM_GENERATED_VALUE: a TPM did not make it",
-            ));
-        }
-        let kind = r.u16_be("the type")?;
-        if kind != ST_ATTEST_QUOTE {
-            return Err(malformed(
-                "TPM quote",
-                format!("its type is {kind:#06x}, not a quote (0x8018)"),
-            ));
-        }
-        let signer = r.sized_be("the signer's name")?;
-        let extra_data = r.sized_be("the extra data")?;
-        let clock = r.u64_be("the clock")?;
-        let resets = r.u32_be("the reset count")?;
-        let restarts = r.u32_be("the restart count")?;
-        let safe = match r.u8("the clock's safe flag")? {
-            0 => false,
-            1 => true,
-            v => {
-                return Err(malformed(
-                    "TPM quote",
-                    format!("the safe flag is {v}, not 0 or 1"),
-                ));
-            }
-        };
-        let firmware = r.u64_be("the firmware version")?;
+        let (signer, extra_data, clock, firmware) =
+            attest_header(&mut r, "TPM quote", ST_ATTEST_QUOTE, "a quote (0x8018)")?;
         let banks = r.u32_be("the PCR selection's count")?;
         if banks != 1 {
             return Err(malformed(
@@ -151,12 +126,56 @@ impl<'a> Quote<'a> {
         Ok(Quote {
             signer,
             extra_data,
-            clock: (clock, resets, restarts, safe),
+            clock,
             firmware,
             pcrs,
             pcr_digest,
         })
     }
+}
+
+/// The header every `TPMS_ATTEST` starts with, up to its type-specific part: the signer's
+/// qualified name, the extra data, the clock (milliseconds, resets, restarts, safe) and the
+/// firmware version. The type must be `kind`.
+#[allow(clippy::type_complexity)]
+fn attest_header<'a>(
+    r: &mut Reader<'a>,
+    what: &'static str,
+    kind: u16,
+    named: &str,
+) -> Result<(&'a [u8], &'a [u8], (u64, u32, u32, bool), u64)> {
+    if r.u32_be("the magic")? != TPM_GENERATED {
+        return Err(malformed(
+            what,
+            "it does not start with TPM_GENERATED_VALUE: a TPM did not make it",
+        ));
+    }
+    let got = r.u16_be("the type")?;
+    if got != kind {
+        return Err(malformed(
+            what,
+            format!("its type is {got:#06x}, not {named}"),
+        ));
+    }
+    let signer = r.sized_be("the signer's name")?;
+    let extra_data = r.sized_be("the extra data")?;
+    let clock = r.u64_be("the clock")?;
+    let resets = r.u32_be("the reset count")?;
+    let restarts = r.u32_be("the restart count")?;
+    let safe = match r.u8("the clock's safe flag")? {
+        0 => false,
+        1 => true,
+        v => {
+            return Err(malformed(what, format!("the safe flag is {v}, not 0 or 1")));
+        }
+    };
+    let firmware = r.u64_be("the firmware version")?;
+    Ok((
+        signer,
+        extra_data,
+        (clock, resets, restarts, safe),
+        firmware,
+    ))
 }
 
 /// What TPM evidence a verifier is given.
@@ -220,6 +239,7 @@ const ALG_RSA: u16 = 0x0001;
 const ALG_ECC: u16 = 0x0023;
 const ALG_NULL: u16 = 0x0010;
 const ECC_NIST_P256: u16 = 0x0003;
+const ECC_NIST_P384: u16 = 0x0004;
 /// Object attributes an attestation key must have: fixedTPM, fixedParent,
 /// sensitiveDataOrigin, restricted, sign (TPM 2.0 Part 2, 8.3); and must not: decrypt.
 const ATTR_FIXED_TPM: u32 = 1 << 1;
@@ -411,12 +431,155 @@ impl AkPublic {
     }
 }
 
-/// Checks the `TPMT_SIGNATURE` over `message` with `ak`.
-fn check_signature(ak: &AkPublic, message: &[u8], signature: &[u8]) -> Result<()> {
-    let bad = |reason: String| AttestError::BadSignature {
-        what: "the TPM quote",
-        reason,
+/// A key `TPM2_Certify` vouched for: what its public area says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertifiedKey {
+    /// Its TPM name (`nameAlg || SHA-256(TPMT_PUBLIC)`), what the certification names.
+    pub name: Vec<u8>,
+    /// The curve: `P-256` or `P-384`.
+    pub curve: &'static str,
+    /// The public key, an uncompressed SEC1 point.
+    pub point: Vec<u8>,
+    /// Whether it signs (else it agrees keys: `decrypt`).
+    pub signs: bool,
+    /// The attestation key that certified it (SHA-256 of its `TPM2B_PUBLIC`, hex).
+    pub certified_by: String,
+}
+
+/// What `keyhaven key attest` brings for a TPM key: `TPM2_Certify` of the key by an
+/// attestation key.
+#[derive(Debug, Clone, Copy)]
+pub struct Certification<'a> {
+    /// The `TPMS_ATTEST` (of type certify).
+    pub certify_info: &'a [u8],
+    /// Its `TPMT_SIGNATURE` by the attestation key.
+    pub signature: &'a [u8],
+    /// The attestation key.
+    pub ak: &'a AkPublic,
+    /// The certified key's `TPM2B_PUBLIC`.
+    pub key_public: &'a [u8],
+}
+
+/// Verifies a certification: signed by `ak`, over `expected_challenge` when given, naming
+/// exactly the public area sent, which must be a key born in a TPM that cannot leave it
+/// (`fixedTPM`, `fixedParent`, `sensitiveDataOrigin`), an ECC P-256 or P-384 key.
+///
+/// What it proves: the TPM holding `ak` holds that key, and made it. That `ak` is a genuine
+/// TPM's is for the caller to know (an AK it pinned, or one enrolled by credential
+/// activation against a certified endorsement key).
+///
+/// # Errors
+/// [`AttestError`] naming what fails first.
+pub fn verify_certification(
+    c: &Certification<'_>,
+    expected_challenge: Option<&[u8]>,
+) -> Result<CertifiedKey> {
+    const WHAT: &str = "TPM key certification";
+    if c.certify_info.len() > MAX_ATTEST_LEN {
+        return Err(malformed(WHAT, "longer than a TPMS_ATTEST can be"));
+    }
+    let mut r = Reader::new(WHAT, c.certify_info);
+    let (_, extra_data, _, _) =
+        attest_header(&mut r, WHAT, ST_ATTEST_CERTIFY, "a certification (0x8017)")?;
+    let name = r.sized_be("the certified name")?;
+    let _qualified = r.sized_be("the certified qualified name")?;
+    if !r.rest().is_empty() {
+        return Err(malformed(
+            WHAT,
+            format!("{} bytes follow it", r.rest().len()),
+        ));
+    }
+    // Everything parsed first (so a fuzzer reaches every parser), then the signature.
+    let key = parse_certified_public(c.key_public)?;
+    check_signature(
+        "the TPM key certification",
+        c.ak,
+        c.certify_info,
+        c.signature,
+    )?;
+    if let Some(challenge) = expected_challenge
+        && extra_data != challenge
+    {
+        return Err(AttestError::Policy(
+            "the certification answers another challenge (a replayed one)".into(),
+        ));
+    }
+    if key.0 != name {
+        return Err(AttestError::Policy(
+            "the certification names another object than the public area sent".into(),
+        ));
+    }
+    Ok(CertifiedKey {
+        name: key.0,
+        curve: key.1,
+        point: key.2,
+        signs: key.3,
+        certified_by: hex::encode(c.ak.digest),
+    })
+}
+
+/// A certified key's `TPM2B_PUBLIC`: its name, curve, point and whether it signs.
+fn parse_certified_public(tpm2b: &[u8]) -> Result<(Vec<u8>, &'static str, Vec<u8>, bool)> {
+    const WHAT: &str = "certified key";
+    let mut outer = Reader::new(WHAT, tpm2b);
+    let public = outer.sized_be("the public area")?;
+    if !outer.rest().is_empty() {
+        return Err(malformed(WHAT, "bytes follow its TPM2B_PUBLIC"));
+    }
+    let mut r = Reader::new(WHAT, public);
+    let kind = r.u16_be("the key type")?;
+    if kind != ALG_ECC {
+        return Err(malformed(WHAT, format!("key type {kind:#06x}, not ECC")));
+    }
+    if r.u16_be("the name algorithm")? != ALG_SHA256 {
+        return Err(malformed(WHAT, "its name algorithm is not SHA-256"));
+    }
+    let attributes = r.u32_be("the attributes")?;
+    let born_inside = ATTR_FIXED_TPM | ATTR_FIXED_PARENT | ATTR_SENSITIVE_DATA_ORIGIN;
+    if attributes & born_inside != born_inside {
+        return Err(AttestError::Policy(format!(
+            "attributes {attributes:#010x}: the key was not made in the TPM or may leave it              (fixedTPM, fixedParent and sensitiveDataOrigin are required)"
+        )));
+    }
+    let signs = attributes & ATTR_SIGN != 0;
+    let _auth_policy = r.sized_be("the auth policy")?;
+    if r.u16_be("the symmetric algorithm")? != ALG_NULL {
+        return Err(malformed(WHAT, "a key with a symmetric algorithm"));
+    }
+    if r.u16_be("the scheme")? != ALG_NULL {
+        let _hash = r.u16_be("the scheme's hash")?;
+    }
+    let (curve, size) = match r.u16_be("the curve")? {
+        ECC_NIST_P256 => ("P-256", 32),
+        ECC_NIST_P384 => ("P-384", 48),
+        other => return Err(malformed(WHAT, format!("curve {other:#06x}"))),
     };
+    if r.u16_be("the KDF")? != ALG_NULL {
+        let _hash = r.u16_be("the KDF's hash")?;
+    }
+    let (x, y) = (r.sized_be("x")?, r.sized_be("y")?);
+    if x.len() != size || y.len() != size {
+        return Err(malformed(WHAT, "x or y is not the curve's size"));
+    }
+    if !r.rest().is_empty() {
+        return Err(malformed(WHAT, "bytes follow its public area"));
+    }
+    let mut point = vec![4u8];
+    point.extend_from_slice(x);
+    point.extend_from_slice(y);
+    let mut name = ALG_SHA256.to_be_bytes().to_vec();
+    name.extend_from_slice(&Sha256::digest(public));
+    Ok((name, curve, point, signs))
+}
+
+/// Checks the `TPMT_SIGNATURE` over `message` with `ak`.
+fn check_signature(
+    what: &'static str,
+    ak: &AkPublic,
+    message: &[u8],
+    signature: &[u8],
+) -> Result<()> {
+    let bad = |reason: String| AttestError::BadSignature { what, reason };
     let mut r = Reader::new("TPM signature", signature);
     let sig_alg = r.u16_be("the signature's algorithm")?;
     let hash = r.u16_be("the signature's hash")?;
@@ -470,7 +633,12 @@ pub fn verify(
     expected_nonce: Option<&[u8]>,
 ) -> Result<Claims> {
     let quote = Quote::parse(evidence.attest)?;
-    check_signature(evidence.ak, evidence.attest, evidence.signature)?;
+    check_signature(
+        "the TPM quote",
+        evidence.ak,
+        evidence.attest,
+        evidence.signature,
+    )?;
     if let Some(n) = expected_nonce
         && quote.extra_data != n
     {

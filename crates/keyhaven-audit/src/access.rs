@@ -114,7 +114,7 @@ impl<S: KeyStore> AccessControlledStore<S> {
 impl<S: KeyStore> KeyStore for AccessControlledStore<S> {
     // Reading keys and their public parts needs no permission (verification is public).
     keyhaven_core::forward_key_store!(inner; info, list, get, find_by_label, resolve, public_key,
-        check, details);
+        check, details, attest_key);
 
     fn generate_with(&self, spec: &KeySpec) -> Result<KeyInfo> {
         self.check_new(&spec.label)?;

@@ -297,6 +297,12 @@ impl<S: KeyStore> KeyStore for AuditedStore<S> {
         let event = self.event("export", Some(id.as_str()));
         self.guarded(event, || self.inner.export_pkcs8(id), no_key)
     }
+    fn attest_key(&self, id: &KeyId, challenge: &[u8]) -> Result<keyhaven_core::KeyAttestation> {
+        let event = self
+            .event("attest", Some(id.as_str()))
+            .reason(format!("key attestation, challenge {}", hex_of(challenge)));
+        self.guarded(event, || self.inner.attest_key(id, challenge), no_key)
+    }
     fn export_wrapped(&self, id: &KeyId) -> Result<Vec<u8>> {
         let event = self
             .event("export", Some(id.as_str()))
@@ -313,4 +319,9 @@ impl<S: KeyStore> KeyStore for AuditedStore<S> {
             info_key,
         )
     }
+}
+
+/// Lowercase hex, for audit reasons.
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -93,6 +93,11 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
         } => crate::lifecycle::revoke(m, &key, &reason, compromised),
         KeyCommand::Delete { key, yes } => delete(m, key, yes),
         KeyCommand::Public { key, format, out } => public(m, key, format, out),
+        KeyCommand::Attest {
+            key,
+            challenge,
+            out,
+        } => attest(m, &key, challenge.as_deref(), out),
         KeyCommand::Import {
             backend,
             label,
@@ -194,6 +199,42 @@ fn public(m: &KeyManager, key: String, format: PublicFormat, out: Option<PathBuf
     match out {
         Some(path) => keyhaven::fs::atomic_write(&path, &bytes)?,
         None => write_stdout(&bytes)?,
+    }
+    Ok(OK)
+}
+
+/// `attest`.
+fn attest(m: &KeyManager, key: &str, challenge: Option<&str>, out: Option<PathBuf>) -> Result<u8> {
+    let key = m.resolve(key)?;
+    let challenge = match challenge {
+        Some(h) => hex::decode(h).map_err(|_| {
+            keyhaven::CoreError::InvalidInput(format!("--challenge {h:?} is not hex"))
+        })?,
+        None => Vec::new(),
+    };
+    let attestation = m.attest_key(&key, &challenge)?;
+    let attestation_key = match &attestation {
+        keyhaven::KeyAttestation::Tpm2Certify { ak_public, .. } => {
+            use base64ct::{Base64, Encoding};
+            use sha2::Digest;
+            Base64::decode_vec(ak_public)
+                .ok()
+                .map(|ak| hex::encode(sha2::Sha256::digest(ak)))
+        }
+        _ => None,
+    };
+    let mut text = serde_json::to_string_pretty(&serde_json::json!({
+        "key": key.reference(),
+        "fingerprint": key.info.fingerprint().to_hex(),
+        "challenge": hex::encode(&challenge),
+        "proof": attestation.is_proof(),
+        "attestation_key": attestation_key,
+        "attestation": attestation,
+    }))?;
+    text.push('\n');
+    match out {
+        Some(path) => keyhaven::fs::atomic_write(&path, text.as_bytes())?,
+        None => write_stdout(text.as_bytes())?,
     }
     Ok(OK)
 }
@@ -647,6 +688,21 @@ pub(crate) enum KeyCommand {
         /// Do not ask. Required when standard input is not a terminal.
         #[arg(long, short = 'y')]
         yes: bool,
+    },
+    /// Show where a key lives, as its backend attests it: a TPM key's TPM2_Certify by the TPM's
+    /// attestation key (a proof, checkable offline by whoever trusts that key; its id is
+    /// printed as attestation_key), or a PKCS#11 key's token attributes (the token's word, not
+    /// a proof). Software keys have none.
+    Attest {
+        /// ID, LABEL or BACKEND:ID|LABEL.
+        #[arg(value_name = "ID|LABEL")]
+        key: String,
+        /// A challenge the certification answers (hex, at most 32 bytes): a verifier's nonce.
+        #[arg(long, value_name = "HEX")]
+        challenge: Option<String>,
+        /// Write to this file instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
     /// Print or write a key's public key.
     Public {

@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use keyhaven::compromise::RevocationList;
 use keyhaven::{
-    Assertion, CoreError, HashedMessage, PublicKey, SignInput, SignatureFormat, default_provider,
-    encoding, rfc3339,
+    Assertion, CoreError, HashedMessage, ProtectionCheck, PublicKey, SignInput, SignatureFormat,
+    default_provider, encoding, rfc3339,
 };
 
 use clap::Args;
@@ -275,9 +275,12 @@ pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
         let bytes = encoding::encode_signature(&sig, format)?;
         let assertion = match &args.assertion {
             Some(_) => {
-                let mut json = m
-                    .make_assertion(&key, input.as_sign_input(), &sig, format)?
-                    .to_json()?;
+                let assertion = if args.attest {
+                    m.make_attested_assertion(&key, input.as_sign_input(), &sig, format)?
+                } else {
+                    m.make_assertion(&key, input.as_sign_input(), &sig, format)?
+                };
+                let mut json = assertion.to_json()?;
                 json.push('\n');
                 Some(json)
             }
@@ -630,7 +633,57 @@ fn verify_assertion_alone(ctx: &Ctx, args: &VerifyArgs, source: Source) -> Resul
             .into());
         }
     }
+    // What the assertion shows of its protection claim.
+    let protection = match a.check_protection(&args.trusted_ak) {
+        Ok(p) => p,
+        Err(e) if e.kind() == keyhaven::ErrorKind::BadSignature => {
+            verdict("invalid");
+            errln!(
+                "the assertion's key attestation does not check: not this key's, not for this \
+                 signature, or not signed by its attestation key"
+            );
+            return Ok(VERIFY_FAILED);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (shown, proved) = match &protection {
+        ProtectionCheck::Proved {
+            attestation_key,
+            trusted: true,
+        } => (
+            format!("proved by a TPM certification by trusted attestation key {attestation_key}"),
+            true,
+        ),
+        ProtectionCheck::Proved {
+            attestation_key, ..
+        } => (
+            format!(
+                "certified by TPM attestation key {attestation_key}, which no --trusted-ak \
+                 names: trust it to count it as proof"
+            ),
+            false,
+        ),
+        ProtectionCheck::Stated { token, bound } => (
+            format!(
+                "stated by token '{token}' (its attributes, not a proof): {}",
+                if *bound {
+                    "never extractable, always sensitive, made on the token"
+                } else {
+                    "the key may have been extractable or made outside the token"
+                }
+            ),
+            false,
+        ),
+        ProtectionCheck::Claimed => ("claimed, with no key attestation".into(), false),
+        _ => ("a software key".into(), false),
+    };
+    if args.require_hardware && !proved {
+        verdict("unproved");
+        errln!("the assertion's signature verifies, but its hardware protection is {shown}");
+        return Ok(VERIFY_FAILED);
+    }
     verdict("valid");
+    errln!("protection: {shown}");
     if args.public_key.is_none() && args.key.is_none() {
         errln!(
             "note: no --key or --public-key was given, so this only shows that the assertion's \
@@ -681,6 +734,10 @@ pub(crate) struct SignArgs {
     /// the signature.
     #[arg(long, value_name = "FILE")]
     pub(crate) assertion: Option<PathBuf>,
+    /// Put the key's attestation in the assertion (`key attest`): a TPM certifies the key over
+    /// this signature; a PKCS#11 token states its attributes. Software keys have none.
+    #[arg(long, requires = "assertion")]
+    pub(crate) attest: bool,
     /// The passphrase of a TPM key made with `key generate --key-auth-file`: the first line of
     /// this file (mode 0600). Without it, such a key's passphrase is asked on the terminal.
     #[arg(long, value_name = "FILE")]
@@ -724,6 +781,21 @@ pub(crate) struct VerifyArgs {
     /// it is checked on its own (with --key or --public-key: it must be that key's).
     #[arg(long, value_name = "FILE")]
     pub(crate) assertion: Option<PathBuf>,
+    /// A TPM attestation key the verifier trusts (SHA-256 of its TPM2B_PUBLIC, hex, as `key
+    /// attest` prints it as attestation_key); repeat for more. An assertion's TPM
+    /// certification by it proves its hardware protection.
+    #[arg(
+        long,
+        value_name = "HEX",
+        requires = "assertion",
+        conflicts_with = "signature"
+    )]
+    pub(crate) trusted_ak: Vec<String>,
+    /// Fail unless the assertion proves its key lives in hardware: a TPM certification by an
+    /// attestation key named with --trusted-ak (a token's statement or a bare claim is not
+    /// proof).
+    #[arg(long, requires = "assertion", conflicts_with = "signature")]
+    pub(crate) require_hardware: bool,
     /// A revocation list (`keyhaven revocations export`) to check the key against; needs
     /// --authority. With --key, the home's own revocations are always checked.
     #[arg(long, value_name = "FILE", requires = "authority")]

@@ -586,7 +586,7 @@ impl<S: KeyStore> KeyStore for RevocationCheckedStore<S> {
     // Giving a revoked key its passphrase uses nothing: the private operations refuse it.
     keyhaven_core::forward_key_store!(inner; info, generate, generate_with, details, unlock, list,
         get, find_by_label, resolve, public_key, delete, check, import_pkcs8, restore_pkcs8,
-        restore_wrapped);
+        restore_wrapped, attest_key);
 
     fn sign(&self, id: &KeyId, message: &[u8]) -> keyhaven_core::Result<Signature> {
         self.ensure_usable(id)?;

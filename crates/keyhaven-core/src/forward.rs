@@ -97,6 +97,10 @@ macro_rules! forward_key_store {
             self.$f.restore_pkcs8(original, label, pkcs8_der)
         }
     };
+    (@one $f:ident attest_key) => {
+        fn attest_key(&self, id: &$crate::KeyId, challenge: &[u8])
+            -> $crate::Result<$crate::KeyAttestation> { self.$f.attest_key(id, challenge) }
+    };
     (@one $f:ident export_wrapped) => {
         fn export_wrapped(&self, id: &$crate::KeyId) -> $crate::Result<::std::vec::Vec<u8>> {
             self.$f.export_wrapped(id)

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod algorithm;
+mod attestation;
 mod error;
 mod forward;
 mod id;
@@ -12,6 +13,7 @@ mod spec;
 mod store;
 
 pub use algorithm::Algorithm;
+pub use attestation::KeyAttestation;
 pub use error::{Error, ErrorKind, OtherError, Result};
 pub use id::{KeyId, is_invisible_format, normalize_label, validate_label};
 pub use key::{Fingerprint, KeyInfo, LAST_RFC3339_TIME, Protection, PublicKey, rfc3339, unix_now};

@@ -257,6 +257,24 @@ pub trait KeyStore: Send + Sync + 'static {
         })
     }
 
+    /// Evidence of where key `id` lives, bound to `challenge` where the backend can bind one
+    /// (a TPM certification's extra data, at most 32 bytes).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] by default (software backends: nothing attests their keys);
+    /// [`Error::InvalidInput`] for a challenge the backend cannot carry; the device's errors.
+    fn attest_key(&self, id: &KeyId, challenge: &[u8]) -> Result<crate::KeyAttestation> {
+        let _ = challenge;
+        self.get(id)?;
+        Err(Error::Unsupported {
+            operation: "attest a key",
+            reason: format!(
+                "the {} backend keeps keys in software: nothing but the software attests them",
+                self.info().kind
+            ),
+        })
+    }
+
     /// Exports a private key as PKCS#8 DER. Hazardous: the caller must protect the result.
     ///
     /// # Errors
@@ -277,6 +295,9 @@ pub trait KeyStore: Send + Sync + 'static {
 impl<T: KeyStore + ?Sized> KeyStore for std::sync::Arc<T> {
     fn info(&self) -> BackendInfo {
         (**self).info()
+    }
+    fn attest_key(&self, id: &KeyId, challenge: &[u8]) -> Result<crate::KeyAttestation> {
+        (**self).attest_key(id, challenge)
     }
     fn generate(&self, algorithm: Algorithm, label: &str) -> Result<KeyInfo> {
         (**self).generate(algorithm, label)

@@ -959,6 +959,50 @@ impl KeyStore for Pkcs11Store {
         })
     }
 
+    fn attest_key(&self, id: &KeyId, challenge: &[u8]) -> Result<keyhaven_core::KeyAttestation> {
+        // A token's attributes answer no challenge: they are its word, not a proof.
+        let _ = challenge;
+        let signer = self.signer(id)?;
+        let info = self.token.check_present()?;
+        let attributes = self.token.run(|session| {
+            session.get_attributes(
+                signer.handle,
+                &[
+                    AttributeType::NeverExtractable,
+                    AttributeType::AlwaysSensitive,
+                    AttributeType::Extractable,
+                    AttributeType::Sensitive,
+                    AttributeType::Local,
+                ],
+            )
+        })?;
+        let (mut never_extractable, mut always_sensitive, mut extractable) = (false, false, true);
+        let (mut sensitive, mut local) = (false, false);
+        for a in attributes {
+            match a {
+                Attribute::NeverExtractable(v) => never_extractable = v,
+                Attribute::AlwaysSensitive(v) => always_sensitive = v,
+                Attribute::Extractable(v) => extractable = v,
+                Attribute::Sensitive(v) => sensitive = v,
+                Attribute::Local(v) => local = v,
+                _ => {}
+            }
+        }
+        Ok(keyhaven_core::KeyAttestation::Pkcs11Attributes {
+            token: format!(
+                "{} {} {}",
+                info.manufacturer_id().trim(),
+                info.model().trim(),
+                info.serial_number().trim()
+            ),
+            never_extractable,
+            always_sensitive,
+            extractable,
+            sensitive,
+            local,
+        })
+    }
+
     fn export_pkcs8(&self, id: &KeyId) -> Result<SecretBytes> {
         let guard = self.guard(id)?;
         let token = &self.token.name;

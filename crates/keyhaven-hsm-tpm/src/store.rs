@@ -771,6 +771,32 @@ impl KeyStore for TpmStore {
 
     /// The key's record, TPM-wrapped private part and public area, in one container: only this
     /// TPM (under the same storage key) can load the private part.
+    fn attest_key(&self, id: &KeyId, challenge: &[u8]) -> Result<keyhaven_core::KeyAttestation> {
+        use base64ct::{Base64, Encoding};
+        if challenge.len() > 32 {
+            return Err(Error::InvalidInput(format!(
+                "a TPM certification carries a challenge of at most 32 bytes, not {}",
+                challenge.len()
+            )));
+        }
+        let key = self.key(id)?;
+        let (certify_info, signature, ak_public) =
+            self.with_key_auth(&key, |device, request| device.certify(request, challenge))?;
+        let (_, public) = self.blobs(&key)?;
+        let key_public = public.marshall().map_err(|e| {
+            Error::from(TpmError::Wrapper {
+                command: "TPM2_Certify",
+                source: e,
+            })
+        })?;
+        Ok(keyhaven_core::KeyAttestation::Tpm2Certify {
+            certify_info: Base64::encode_string(&certify_info),
+            signature: Base64::encode_string(&signature),
+            ak_public: Base64::encode_string(&tpm2b(&ak_public)?),
+            key_public: Base64::encode_string(&tpm2b(&key_public)?),
+        })
+    }
+
     fn export_wrapped(&self, id: &KeyId) -> Result<Vec<u8>> {
         let key = self.key(id)?;
         let file = |suffix: &str| -> Result<Vec<u8>> {

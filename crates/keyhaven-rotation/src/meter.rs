@@ -279,7 +279,7 @@ impl<S: KeyStore> MeteredStore<S> {
 impl<S: KeyStore> KeyStore for MeteredStore<S> {
     keyhaven_core::forward_key_store!(inner; info, generate, generate_with, details, unlock, list,
         get, find_by_label, resolve, public_key, agree, delete, check, import_pkcs8, restore_pkcs8, export_pkcs8,
-        export_wrapped, restore_wrapped);
+        export_wrapped, restore_wrapped, attest_key);
 
     fn sign(&self, id: &KeyId, message: &[u8]) -> keyhaven_core::Result<Signature> {
         self.counted(id, || self.inner.sign(id, message))

@@ -1179,6 +1179,54 @@ impl Tpm2Tools {
         self.create_ak_of(name, "rsa", "rsassa")
     }
 
+    /// Makes an ECDSA P-256 signing key under a primary of the owner hierarchy, loaded as
+    /// `NAME.ctx` (`tpm2_createprimary`, `tpm2_create`, `tpm2_load`); its `TPM2B_PUBLIC`.
+    pub fn create_key(&self, name: &str) -> Vec<u8> {
+        self.must(&["tpm2_createprimary", "-C", "o", "-c", "primary.ctx"]);
+        self.must(&[
+            "tpm2_create",
+            "-C",
+            "primary.ctx",
+            "-G",
+            "ecc256:ecdsa",
+            "-u",
+            &format!("{name}.pub"),
+            "-r",
+            &format!("{name}.priv"),
+        ]);
+        self.must(&[
+            "tpm2_load",
+            "-C",
+            "primary.ctx",
+            "-u",
+            &format!("{name}.pub"),
+            "-r",
+            &format!("{name}.priv"),
+            "-c",
+            &format!("{name}.ctx"),
+        ]);
+        self.read(&format!("{name}.pub"))
+    }
+
+    /// `TPM2_Certify` of key `KEY.ctx` by attestation key `AK.ctx` (`tpm2_certify`, whose
+    /// qualifying data is always `00ff55aa`): its `TPMS_ATTEST` and `TPMT_SIGNATURE`.
+    pub fn certify(&self, key: &str, ak: &str) -> (Vec<u8>, Vec<u8>) {
+        self.must(&[
+            "tpm2_certify",
+            "-c",
+            &format!("{key}.ctx"),
+            "-C",
+            &format!("{ak}.ctx"),
+            "-g",
+            "sha256",
+            "-o",
+            "certify.attest",
+            "-s",
+            "certify.sig",
+        ]);
+        (self.read("certify.attest"), self.read("certify.sig"))
+    }
+
     /// The SubjectPublicKeyInfo (DER) of key `NAME.ctx`, as `tpm2_readpublic` writes it.
     pub fn spki(&self, name: &str) -> Vec<u8> {
         self.must(&[

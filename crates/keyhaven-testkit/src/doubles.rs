@@ -205,6 +205,10 @@ impl<S: KeyStore> KeyStore for FaultyStore<S> {
         self.up()?;
         self.inner.export_wrapped(id)
     }
+    fn attest_key(&self, id: &KeyId, challenge: &[u8]) -> Result<keyhaven_core::KeyAttestation> {
+        self.up()?;
+        self.inner.attest_key(id, challenge)
+    }
     fn restore_wrapped(&self, original: &KeyInfo, label: &str, wrapped: &[u8]) -> Result<KeyInfo> {
         self.up()?;
         self.inner.restore_wrapped(original, label, wrapped)

@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 
 use crate::manager::{KeyManager, ManagedKey, SignInput};
 use crate::{
-    CoreError, Error, PublicKey, Result, Signature, SignatureFormat, default_provider, encoding,
+    CoreError, Error, KeyAttestation, PublicKey, Result, Signature, SignatureFormat,
+    default_provider, encoding,
 };
 
 /// The assertion format version this crate writes (2: the metadata is signed, as a JWS).
@@ -59,10 +60,40 @@ pub struct Assertion {
     pub signature_format: String,
     /// When the assertion was made, RFC 3339 UTC.
     pub created_at: String,
+    /// Evidence, from the key's backend, of where the key lives (see
+    /// [`Assertion::check_protection`]): a TPM's certification bound to this signature, or a
+    /// token's statement. Signed with the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_attestation: Option<KeyAttestation>,
     /// A JWS (compact serialization) by the same key over every field above but the public
     /// key: what makes the metadata trustworthy.
     #[serde(default)]
     pub jws: String,
+}
+
+/// What an assertion shows of its `protection` claim ([`Assertion::check_protection`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtectionCheck {
+    /// A TPM certified the key: born in the TPM, unable to leave it. Proved relative to the
+    /// attestation key, which the verifier trusts (`trusted`) or not yet.
+    Proved {
+        /// The attestation key: SHA-256 of its `TPM2B_PUBLIC`, hex.
+        attestation_key: String,
+        /// Whether the verifier named it as trusted.
+        trusted: bool,
+    },
+    /// A PKCS#11 token's statement: its attributes as it reports them (not a proof).
+    Stated {
+        /// The token.
+        token: String,
+        /// Whether it says the key never left it in the clear.
+        bound: bool,
+    },
+    /// `hardware` is claimed, and nothing shows it.
+    Claimed,
+    /// A software key: nothing to show.
+    Software,
 }
 
 /// The signed payload of an assertion's JWS: every field of the assertion but the public key
@@ -85,6 +116,8 @@ struct Claims {
     signature: String,
     signature_format: String,
     created_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_attestation: Option<KeyAttestation>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -111,7 +144,45 @@ impl KeyManager {
         signature: &Signature,
         format: SignatureFormat,
     ) -> Result<Assertion> {
+        let a = Assertion::unsigned(key, input, signature, format)?;
+        self.sign_assertion(key, a)
+    }
+
+    /// [`KeyManager::make_assertion`] carrying the key's attestation from its backend
+    /// ([`KeyManager::attest_key`]), bound to this signature: a TPM certifies the key over the
+    /// SHA-256 of the signature's raw bytes, so the certification was made for this
+    /// assertion and no other.
+    ///
+    /// # Errors
+    /// [`CoreError::Unsupported`] for a backend that cannot attest its keys (software ones);
+    /// as [`KeyManager::make_assertion`].
+    pub fn make_attested_assertion(
+        &self,
+        key: &ManagedKey,
+        input: SignInput<'_>,
+        signature: &Signature,
+        format: SignatureFormat,
+    ) -> Result<Assertion> {
         let mut a = Assertion::unsigned(key, input, signature, format)?;
+        let challenge = Sha256::digest(signature.as_raw());
+        a.key_attestation = Some(self.attest_key(key, &challenge)?);
+        self.sign_assertion(key, a)
+    }
+
+    /// Evidence of where `key` lives, from its backend, bound to `challenge` where the backend
+    /// can bind one (a TPM: at most 32 bytes). Audited as an `attest` operation.
+    ///
+    /// # Errors
+    /// [`CoreError::Unsupported`] for a software backend; the device's errors.
+    pub fn attest_key(&self, key: &ManagedKey, challenge: &[u8]) -> Result<KeyAttestation> {
+        let b = self.key_backend(key)?;
+        b.store()
+            .attest_key(&key.info.id, challenge)
+            .map_err(|e| Error::backend(b.name(), e))
+    }
+
+    /// Signs the JWS of `a` with `key`.
+    fn sign_assertion(&self, key: &ManagedKey, mut a: Assertion) -> Result<Assertion> {
         let header = JwsHeader {
             alg: a.algorithm.clone(),
             typ: Some(ASSERTION_JWS_TYPE.to_owned()),
@@ -169,6 +240,7 @@ impl Assertion {
             signature: Base64::encode_string(&sig),
             signature_format: format.to_string(),
             created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            key_attestation: None,
             jws: String::new(),
         })
     }
@@ -188,6 +260,7 @@ impl Assertion {
             signature: self.signature.clone(),
             signature_format: self.signature_format.clone(),
             created_at: self.created_at.clone(),
+            key_attestation: self.key_attestation.clone(),
         }
     }
 
@@ -253,6 +326,94 @@ impl Assertion {
             return Err(CoreError::BadSignature.into());
         }
         Ok(pk)
+    }
+
+    /// What the assertion shows of its `protection` claim, after [`Assertion::verify`]:
+    /// a TPM certification is checked here (signed by its attestation key, over the SHA-256
+    /// of this assertion's signature, naming a key born in the TPM that cannot leave it, and
+    /// that key being this assertion's key); the attestation key counts as trusted when its
+    /// `TPM2B_PUBLIC`'s SHA-256 (hex) is in `trusted_aks`.
+    ///
+    /// # Errors
+    /// [`CoreError::BadSignature`] for a certification that does not check, or is of another
+    /// key or signature; [`CoreError::InvalidInput`] for a malformed one, or one carried by an
+    /// assertion that does not claim `hardware`.
+    pub fn check_protection(&self, trusted_aks: &[String]) -> Result<ProtectionCheck> {
+        let hardware = self.protection == "hardware";
+        let invalid = |m: String| Error::from(CoreError::InvalidInput(m));
+        match &self.key_attestation {
+            None if hardware => Ok(ProtectionCheck::Claimed),
+            None => Ok(ProtectionCheck::Software),
+            Some(_) if !hardware => Err(invalid(format!(
+                "the assertion carries a key attestation but claims '{}' protection",
+                self.protection
+            ))),
+            Some(KeyAttestation::Pkcs11Attributes { token, .. }) => {
+                let bound = self
+                    .key_attestation
+                    .as_ref()
+                    .and_then(KeyAttestation::token_says_bound)
+                    .unwrap_or(false);
+                Ok(ProtectionCheck::Stated {
+                    token: token.clone(),
+                    bound,
+                })
+            }
+            Some(KeyAttestation::Tpm2Certify {
+                certify_info,
+                signature,
+                ak_public,
+                key_public,
+            }) => {
+                use keyhaven_attest::tpm;
+                let b64 = |name: &str, v: &str| {
+                    Base64::decode_vec(v)
+                        .map_err(|_| invalid(format!("the key attestation's {name} is not base64")))
+                };
+                let (info, sig, ak, key) = (
+                    b64("certify_info", certify_info)?,
+                    b64("signature", signature)?,
+                    b64("ak_public", ak_public)?,
+                    b64("key_public", key_public)?,
+                );
+                let ak = tpm::AkPublic::parse(&ak)
+                    .map_err(|e| invalid(format!("the attestation key: {e}")))?;
+                let challenge = Sha256::digest(self.signature()?.as_raw());
+                let certified = tpm::verify_certification(
+                    &tpm::Certification {
+                        certify_info: &info,
+                        signature: &sig,
+                        ak: &ak,
+                        key_public: &key,
+                    },
+                    Some(challenge.as_slice()),
+                )
+                .map_err(|e| match e {
+                    keyhaven_attest::AttestError::Malformed { .. } => invalid(e.to_string()),
+                    _ => Error::from(CoreError::BadSignature),
+                })?;
+                // The certified key must be this assertion's key.
+                // (An EC SubjectPublicKeyInfo of a given curve is a fixed prefix, then the
+                // uncompressed point.)
+                let pk = self.public_key()?;
+                let curve = match pk.algorithm() {
+                    crate::Algorithm::EcdsaP256 | crate::Algorithm::EcdhP256 => "P-256",
+                    crate::Algorithm::EcdsaP384 | crate::Algorithm::EcdhP384 => "P-384",
+                    _ => "",
+                };
+                if curve != certified.curve || !pk.spki_der().ends_with(&certified.point) {
+                    return Err(CoreError::BadSignature.into());
+                }
+                let trusted = trusted_aks
+                    .iter()
+                    .any(|t| t.eq_ignore_ascii_case(&certified.certified_by));
+                Ok(ProtectionCheck::Proved {
+                    attestation_key: certified.certified_by,
+                    trusted,
+                })
+            }
+            Some(_) => Err(invalid("a key attestation of an unknown format".into())),
+        }
     }
 
     /// The signature the assertion describes.

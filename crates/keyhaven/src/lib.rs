@@ -19,7 +19,7 @@ pub mod rotation;
 mod tombstones;
 mod views;
 
-pub use assertion::{ASSERTION_JWS_TYPE, ASSERTION_VERSION, Assertion, rfc3339};
+pub use assertion::{ASSERTION_JWS_TYPE, ASSERTION_VERSION, Assertion, ProtectionCheck, rfc3339};
 pub use backend::{Backend, BackendKind};
 pub use config::{BackendConfig, CONFIG_FILE, Config, DefaultKey, FallbackConfig, TokenRef};
 pub use doctor::{BackendReport, DoctorReport, MechanismDiagnosis, TokenDiagnosis, TpmDiagnosis};
@@ -48,9 +48,9 @@ pub use rotation::VersionInfo;
 pub use views::{AuditView, BackupsView, CompromiseView, RevocationsView, RotationView};
 
 pub use keyhaven_core::{
-    Algorithm, BackendInfo, Error as CoreError, Fingerprint, KeyDetails, KeyId, KeyInfo,
-    KeyOptions, KeySpec, KeyStore, Protection, PublicKey, SecretBytes, Signature, SignatureFormat,
-    is_invisible_format, unix_now, validate_label,
+    Algorithm, BackendInfo, Error as CoreError, Fingerprint, KeyAttestation, KeyDetails, KeyId,
+    KeyInfo, KeyOptions, KeySpec, KeyStore, Protection, PublicKey, SecretBytes, Signature,
+    SignatureFormat, is_invisible_format, unix_now, validate_label,
 };
 pub use keyhaven_crypto::{
     CryptoProvider, KeySigner, SignWith, StoreKey, default_provider, encoding, fill_random, jwe,

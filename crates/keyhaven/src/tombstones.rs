@@ -111,7 +111,7 @@ impl<S> TombstoneStore<S> {
 
 impl<S: KeyStore> KeyStore for TombstoneStore<S> {
     keyhaven_core::forward_key_store!(inner; info, generate, generate_with, list, get,
-        find_by_label, resolve, public_key, check, import_pkcs8);
+        find_by_label, resolve, public_key, check, import_pkcs8, attest_key);
 
     fn details(&self, id: &KeyId) -> CoreResult<keyhaven_core::KeyDetails> {
         self.ensure_live(id)?;

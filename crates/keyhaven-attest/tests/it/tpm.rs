@@ -328,3 +328,98 @@ fn a_live_tpm_binds_its_attestation_key_by_credential_activation_and_quotes() {
         Err(AttestError::BadSignature { .. })
     ));
 }
+
+/// `TPM2_Certify` made by tpm2-tools (code nobody here wrote) on a live swtpm: a key made in
+/// the TPM, certified by an attestation key, verifies, and names that key's point;
+/// another nonce, another key's public area, a key made outside the TPM and every flipped byte
+/// of the certification are refused.
+#[test]
+fn a_tpm_certification_by_tpm2_tools_verifies_and_every_change_is_refused() {
+    use keyhaven_attest::tpm::{AkPublic, Certification, verify_certification};
+    use keyhaven_testkit::devices::{Swtpm, Tpm2Tools};
+
+    let tpm = Swtpm::start();
+    let tools = Tpm2Tools::new(&tpm);
+    tools.create_ek();
+    let (ak_public, _) = tools.create_ak("ak");
+    let ak = AkPublic::parse(&ak_public).unwrap();
+    let key_public = tools.create_key("k");
+    let other_public = tools.create_key("other");
+    // tpm2_certify's qualifying data is fixed: 00ff55aa (keyhaven's backend binds a challenge
+    // there).
+    let nonce = [0x00u8, 0xff, 0x55, 0xaa];
+    let (info, sig) = tools.certify("k", "ak");
+    let check = |info: &[u8], sig: &[u8], key: &[u8], nonce: &[u8]| {
+        verify_certification(
+            &Certification {
+                certify_info: info,
+                signature: sig,
+                ak: &ak,
+                key_public: key,
+            },
+            Some(nonce),
+        )
+    };
+    let certified = check(&info, &sig, &key_public, &nonce).unwrap();
+    assert_eq!(certified.curve, "P-256");
+    assert!(certified.signs);
+    assert_eq!(certified.certified_by, hex::encode(ak.digest));
+    // The point is the key's, as tpm2-tools reads it back.
+    let spki = tools.spki("k");
+    assert!(
+        spki.ends_with(&certified.point),
+        "the certified point is the key's"
+    );
+
+    let e = check(&info, &sig, &key_public, &[0u8; 32]).unwrap_err();
+    assert!(e.to_string().contains("another challenge"), "{e}");
+    let e = check(&info, &sig, &other_public, &nonce).unwrap_err();
+    assert!(e.to_string().contains("names another object"), "{e}");
+    for i in 0..info.len() {
+        let mut changed = info.clone();
+        changed[i] ^= 0x11;
+        assert!(
+            check(&changed, &sig, &key_public, &nonce).is_err(),
+            "byte {i} of the certification"
+        );
+    }
+    for i in 0..sig.len() {
+        let mut changed = sig.clone();
+        changed[i] ^= 0x11;
+        assert!(
+            check(&info, &changed, &key_public, &nonce).is_err(),
+            "byte {i} of the signature"
+        );
+    }
+    // A key made outside the TPM and loaded into it (sensitiveDataOrigin clear) is not one
+    // the TPM can vouch was born inside it.
+    let outside = std::process::Command::new("openssl")
+        .args([
+            "ecparam",
+            "-name",
+            "prime256v1",
+            "-genkey",
+            "-noout",
+            "-out",
+        ])
+        .arg(tools.dir().join("outside.pem"))
+        .status()
+        .unwrap();
+    assert!(outside.success());
+    tools.must(&[
+        "tpm2_loadexternal",
+        "-C",
+        "n",
+        "-G",
+        "ecc",
+        "-r",
+        "outside.pem",
+        "-c",
+        "outside.ctx",
+    ]);
+    tools.must(&["tpm2_readpublic", "-c", "outside.ctx", "-o", "outside.pub"]);
+    let outside_public = tools.read("outside.pub");
+    let (info, sig) = tools.certify("outside", "ak");
+    let e = check(&info, &sig, &outside_public, &nonce).unwrap_err();
+    assert!(e.to_string().contains("not made in the TPM"), "{e}");
+}

@@ -795,3 +795,83 @@ fn a_token_home_steered_to_look_unsealed_never_uses_the_token() {
         "{err}"
     );
 }
+
+/// A token key's attestation is the token's word: its attributes (never extractable, always
+/// sensitive, made on the token), the same `pkcs11-tool` lists; an assertion carries it as a
+/// statement, never as proof, so `verify --require-hardware` does not take it.
+#[test]
+fn a_token_keys_attestation_is_the_tokens_statement_not_a_proof() {
+    let (hsm, h) = hsm_backend();
+    h.ok(&[
+        "key",
+        "generate",
+        "--backend",
+        "hsm",
+        "--algorithm",
+        "p384",
+        "--label",
+        "stated",
+    ]);
+    let attested = h.json(&["key", "attest", "hsm:stated"]);
+    let a = &attested["attestation"];
+    assert_eq!(a["format"], "pkcs11-attributes", "{attested}");
+    assert_eq!(attested["proof"], false);
+    for (name, want) in [
+        ("never_extractable", true),
+        ("always_sensitive", true),
+        ("sensitive", true),
+        ("local", true),
+        ("extractable", false),
+    ] {
+        assert_eq!(a[name], want, "{name}: {attested}");
+    }
+    assert!(
+        a["token"].as_str().unwrap().contains("SoftHSM"),
+        "{attested}"
+    );
+    // pkcs11-tool reads the same attributes off the token.
+    let listed = hsm.pkcs11_tool(TOKEN, USER_PIN, &["--list-objects", "--type", "privkey"]);
+    assert!(
+        listed.contains("never extractable") && listed.contains("always sensitive"),
+        "{listed}"
+    );
+
+    let s = h.scratch();
+    std::fs::write(s.join("msg"), b"on the token\n").unwrap();
+    let p = |f: &str| s.join(f).to_str().unwrap().to_owned();
+    h.ok(&[
+        "sign",
+        "--key",
+        "hsm:stated",
+        "--message-file",
+        &p("msg"),
+        "--out",
+        &p("sig"),
+        "--assertion",
+        &p("a.json"),
+        "--attest",
+    ]);
+    let out = h.run(&[
+        "verify",
+        "--assertion",
+        &p("a.json"),
+        "--message-file",
+        &p("msg"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("stated by token") && stderr.contains("never extractable"),
+        "{stderr}"
+    );
+    let out = h.run(&[
+        "verify",
+        "--assertion",
+        &p("a.json"),
+        "--message-file",
+        &p("msg"),
+        "--require-hardware",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "unproved");
+}

@@ -665,3 +665,128 @@ fn the_broker_master_key_in_a_tpm_away_is_unavailable_and_back_loses_nothing() {
     ]);
     assert_eq!(valid.trim(), "valid");
 }
+
+/// `key attest` and `sign --attest`: a TPM key's assertion proves its `hardware` claim (a
+/// TPM2_Certify by the TPM's attestation key over the assertion's own signature), and
+/// `verify --require-hardware` takes it once that attestation key is trusted. An edited
+/// certification and a software key claiming hardware are refused.
+#[test]
+fn a_tpm_keys_assertion_proves_its_hardware_claim_and_a_software_keys_cannot() {
+    // An encrypted store (the default backend) and a TPM.
+    let _tpm = Swtpm::start();
+    let h = Home::with_encrypted().env("TSS2_LOG", "all+NONE");
+    h.ok(&["backend", "add", "tpm", "tpm", "--tcti", &_tpm.tcti()]);
+    h.ok(&[
+        "key",
+        "generate",
+        "--backend",
+        "tpm",
+        "--algorithm",
+        "p384",
+        "--label",
+        "hw",
+    ]);
+    let attested = h.json(&["key", "attest", "tpm:hw", "--challenge", "00112233"]);
+    assert_eq!(attested["proof"], true, "{attested}");
+    assert_eq!(attested["challenge"], "00112233");
+    assert_eq!(
+        attested["attestation"]["format"], "tpm2-certify",
+        "{attested}"
+    );
+    let ak = attested["attestation_key"].as_str().unwrap().to_owned();
+    assert_eq!(ak.len(), 64);
+    // The same TPM, the same attestation key (a primary of its endorsement hierarchy).
+    let again = h.json(&["key", "attest", "tpm:hw"]);
+    assert_eq!(again["attestation_key"], ak.as_str());
+
+    std::fs::write(h.scratch().join("msg"), b"made in a tpm\n").unwrap();
+    let sign = |label: &str, assertion: &str| {
+        h.ok(&[
+            "sign",
+            "--key",
+            label,
+            "--message-file",
+            &p(&h, "msg"),
+            "--out",
+            &p(&h, &format!("{assertion}.sig")),
+            "--assertion",
+            &p(&h, assertion),
+            "--attest",
+        ]);
+    };
+    sign("tpm:hw", "a.json");
+    let verify = |assertion: &str, extra: &[&str]| {
+        let mut args = vec![
+            "verify".to_owned(),
+            "--assertion".to_owned(),
+            p(&h, assertion),
+            "--message-file".to_owned(),
+            p(&h, "msg"),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        h.run(&args)
+    };
+    // Not yet trusted: valid, certified, not proof; --require-hardware refuses.
+    let out = verify("a.json", &[]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("no --trusted-ak names"), "{stderr}");
+    let out = verify("a.json", &["--require-hardware"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "unproved");
+    // Trusted: proved.
+    let out = verify("a.json", &["--require-hardware", "--trusted-ak", &ak]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("proved by a TPM certification"), "{stderr}");
+
+    // Edited: a byte of the certification changed, which the assertion's JWS no longer covers.
+    let text = std::fs::read_to_string(h.scratch().join("a.json")).unwrap();
+    let a: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let info = a["key_attestation"]["certify_info"].as_str().unwrap();
+    let mut edited = a.clone();
+    edited["key_attestation"]["certify_info"] = format!("A{}", &info[1..]).into();
+    std::fs::write(h.scratch().join("edited.json"), edited.to_string()).unwrap();
+    let out = verify("edited.json", &["--trusted-ak", &ak]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "invalid");
+
+    // A key of the encrypted store: nothing attests it, and its bare claim is not proof.
+    h.generate("p384", "soft", &[]);
+    let err = h.fails(
+        &[
+            "sign",
+            "--key",
+            "soft",
+            "--message-file",
+            &p(&h, "msg"),
+            "--out",
+            &p(&h, "s.sig"),
+            "--assertion",
+            &p(&h, "s.json"),
+            "--attest",
+        ],
+        5,
+    );
+    assert!(err.contains("nothing but the software attests"), "{err}");
+    let err = h.fails(&["key", "attest", "soft"], 5);
+    assert!(err.contains("attest"), "{err}");
+    h.ok(&[
+        "sign",
+        "--key",
+        "soft",
+        "--message-file",
+        &p(&h, "msg"),
+        "--out",
+        &p(&h, "s.sig"),
+        "--assertion",
+        &p(&h, "s.json"),
+    ]);
+    let out = verify("s.json", &["--require-hardware", "--trusted-ak", &ak]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a software key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -84,7 +84,7 @@ use policy::key_error;
 pub(crate) use report::read_report;
 use templates::create_primary;
 pub use templates::srk_template;
-pub(crate) use templates::{curve_of, key_template, left_pad, name_of};
+pub(crate) use templates::{ak_template, curve_of, key_template, left_pad, name_of};
 
 /// A key's PCR policy as the device needs it.
 #[derive(Debug)]
@@ -513,6 +513,60 @@ impl Device {
                 raw.extend_from_slice(&left_pad(half, c.size)?);
             }
             Ok(raw)
+        })
+    }
+
+    /// `TPM2_Certify` of the key by the TPM's attestation key ([`ak_template`], made for the
+    /// occasion and flushed after) over `challenge`: the `TPMS_ATTEST`, the `TPMT_SIGNATURE`
+    /// and the attestation key's `TPMT_PUBLIC`, marshalled.
+    pub(crate) fn certify(
+        &mut self,
+        req: &SignRequest<'_>,
+        challenge: &[u8],
+    ) -> DevResult<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+        self.run(|conn| {
+            let key = conn.key_handle(req)?;
+            conn.make_room(1)?;
+            let marshal = |e| TpmError::Wrapper {
+                command: "TPM2_Certify",
+                source: e,
+            };
+            let template = ak_template()?;
+            let ak = conn
+                .ctx
+                .execute_with_session(Some(AuthSession::Password), |c| {
+                    c.create_primary(Hierarchy::Endorsement, template, None, None, None, None)
+                })
+                .map_err(wrap_call("TPM2_CreatePrimary (attestation key)", None))?;
+            let data = tss_esapi::structures::Data::try_from(challenge.to_vec())
+                .map_err(wrap_call("TPM2_Certify", Some(req.id)));
+            let auth = Auth::try_from(req.auth.unwrap_or_default())
+                .map_err(wrap_call("TPM2_Certify", Some(req.id)));
+            let certified = data.and_then(|data| {
+                let auth = auth?;
+                conn.ctx
+                    .tr_set_auth(key.into(), auth)
+                    .map_err(wrap_call("TPM2_Certify", Some(req.id)))?;
+                conn.ctx
+                    .execute_with_sessions(
+                        (
+                            Some(AuthSession::Password),
+                            Some(AuthSession::Password),
+                            None,
+                        ),
+                        |c| c.certify(key.into(), ak.key_handle, data, SignatureScheme::Null),
+                    )
+                    .map_err(wrap_call("TPM2_Certify", Some(req.id)))
+            });
+            // The AK goes whatever happened; a failed flush only leaves a transient object
+            // that the next reconnect drops.
+            let _ = conn.ctx.flush_context(ak.key_handle.into());
+            let (attest, signature) = certified?;
+            Ok((
+                attest.marshall().map_err(marshal)?,
+                signature.marshall().map_err(marshal)?,
+                ak.out_public.marshall().map_err(marshal)?,
+            ))
         })
     }
 

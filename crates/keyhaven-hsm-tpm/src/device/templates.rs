@@ -149,6 +149,45 @@ pub(crate) fn key_template(alg: Algorithm, policy: Option<Digest>) -> DevResult<
     Ok(builder.build().map_err(wrap)?)
 }
 
+/// The attestation key's template: ECDSA P-256 with SHA-256, restricted, sign only, born in the
+/// TPM and bound to it (`fixedTPM|fixedParent|sensitiveDataOrigin|userWithAuth`). Made as a
+/// primary of the endorsement hierarchy, it is the same key every time on one TPM (its
+/// endorsement seed), and it signs only what the TPM itself makes (certifications, quotes).
+pub(crate) fn ak_template() -> DevResult<Public> {
+    let wrap = |e| TpmError::Wrapper {
+        command: "building the attestation key template",
+        source: e,
+    };
+    let attributes = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_sensitive_data_origin(true)
+        .with_user_with_auth(true)
+        .with_sign_encrypt(true)
+        .with_decrypt(false)
+        .with_restricted(true)
+        .build()
+        .map_err(wrap)?;
+    let params = PublicEccParametersBuilder::new()
+        .with_symmetric(SymmetricDefinitionObject::Null)
+        .with_ecc_scheme(EccScheme::EcDsa(HashScheme::new(HashingAlgorithm::Sha256)))
+        .with_curve(EccCurve::NistP256)
+        .with_key_derivation_function_scheme(KeyDerivationFunctionScheme::Null)
+        .with_is_signing_key(true)
+        .with_is_decryption_key(false)
+        .with_restricted(true)
+        .build()
+        .map_err(wrap)?;
+    Ok(PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::Ecc)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attributes)
+        .with_ecc_parameters(params)
+        .with_ecc_unique_identifier(EccPoint::default())
+        .build()
+        .map_err(wrap)?)
+}
+
 /// Creates the storage primary key, starting the TPM up first if it was never started.
 pub(super) fn create_primary(ctx: &mut Context) -> Result<KeyHandle, TpmError> {
     let template = srk_template().map_err(|e| TpmError::Wrapper {
