@@ -538,16 +538,39 @@ fn parse_certified_public(tpm2b: &[u8]) -> Result<(Vec<u8>, &'static str, Vec<u8
     let born_inside = ATTR_FIXED_TPM | ATTR_FIXED_PARENT | ATTR_SENSITIVE_DATA_ORIGIN;
     if attributes & born_inside != born_inside {
         return Err(AttestError::Policy(format!(
-            "attributes {attributes:#010x}: the key was not made in the TPM or may leave it              (fixedTPM, fixedParent and sensitiveDataOrigin are required)"
+            "attributes {attributes:#010x}: the key was not made in the TPM or may leave it \
+             (fixedTPM, fixedParent and sensitiveDataOrigin are required)"
         )));
     }
+    if attributes & ATTR_RESTRICTED != 0 {
+        return Err(AttestError::Policy(
+            "a restricted key (an attestation or storage key), not a key that signs or agrees \
+             for its holder"
+                .into(),
+        ));
+    }
     let signs = attributes & ATTR_SIGN != 0;
+    if signs == (attributes & ATTR_DECRYPT != 0) {
+        return Err(AttestError::Policy(format!(
+            "attributes {attributes:#010x}: a key signs or agrees keys, one of the two"
+        )));
+    }
     let _auth_policy = r.sized_be("the auth policy")?;
     if r.u16_be("the symmetric algorithm")? != ALG_NULL {
         return Err(malformed(WHAT, "a key with a symmetric algorithm"));
     }
-    if r.u16_be("the scheme")? != ALG_NULL {
-        let _hash = r.u16_be("the scheme's hash")?;
+    // ECDSA (with its hash) or none: other schemes' parameters differ.
+    match r.u16_be("the scheme")? {
+        ALG_NULL => {}
+        ALG_ECDSA => {
+            let _hash = r.u16_be("the scheme's hash")?;
+        }
+        other => {
+            return Err(malformed(
+                WHAT,
+                format!("scheme {other:#06x}: ECDSA or none"),
+            ));
+        }
     }
     let (curve, size) = match r.u16_be("the curve")? {
         ECC_NIST_P256 => ("P-256", 32),

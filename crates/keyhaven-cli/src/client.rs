@@ -77,6 +77,10 @@ pub(crate) enum ClientCommand {
     Status,
     /// What the server makes of this key's signature.
     Whoami,
+    /// Prove the signing key lives in a TPM: send its key attestation (`keyhaven key attest`).
+    /// A certification by an attestation key the server trusts (`serve --trusted-ak`, or one
+    /// enrolled by credential activation) makes the key tier 2.
+    AttestKey,
     /// Tell the server the key was rotated (`keyhaven key rotate`): sends the key's continuity
     /// proofs, signed by its current version.
     Rotate,
@@ -622,6 +626,21 @@ pub(crate) fn run(ctx: &Ctx, args: ClientArgs) -> Result<u8> {
         // Answered above, before a pin is needed.
         ClientCommand::Register { .. } | ClientCommand::Trust { .. } => {}
         ClientCommand::Status => print_client(&runtime.block_on(client.status())?, json)?,
+        ClientCommand::AttestKey => {
+            let attestation = serde_json::to_value(m.attest_key(&key, &[])?)?;
+            let answer = runtime.block_on(client.submit_key_attestation(&attestation))?;
+            if json {
+                print_json(&answer)?;
+            } else {
+                outln!(
+                    "key {} is tier {}: born in a TPM, certified by attestation key {} ({})",
+                    answer["key"].as_str().unwrap_or(""),
+                    answer["tier"],
+                    answer["attestation_key"].as_str().unwrap_or(""),
+                    answer["certified_by"].as_str().unwrap_or("")
+                )?;
+            }
+        }
         ClientCommand::Whoami => {
             let who = runtime.block_on(client.whoami())?;
             if json {

@@ -80,6 +80,15 @@ pub(crate) struct ServeArgs {
     /// evidence's tier meets the secret's min_tier.
     #[arg(long = "kbs-tenant", value_name = "CLIENT")]
     pub(crate) kbs_tenant: Option<String>,
+    /// A TPM attestation key whose certifications prove a client's key lives in a TPM (SHA-256
+    /// of its TPM2B_PUBLIC, hex: `keyhaven key attest` prints it as attestation_key); repeat
+    /// for more. Such keys reach tier 2 (`keyhaven client attest-key`).
+    #[arg(long = "trusted-ak", value_name = "HEX")]
+    pub(crate) trusted_aks: Vec<String>,
+    /// An admin's word alone (`client admin vouch`) no longer makes a key tier 2: it needs a
+    /// key attestation by a trusted attestation key.
+    #[arg(long)]
+    pub(crate) require_key_attestation: bool,
 }
 
 /// `keyhaven serve init`, `keyhaven serve audit-verify`.
@@ -363,6 +372,17 @@ fn serve(ctx: &Ctx, args: &ServeArgs) -> Result<u8> {
             .into());
         }
     }
+    if let Some(bad) = args
+        .trusted_aks
+        .iter()
+        .find(|a| a.len() != 64 || !a.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(crate::exit::UsageError(format!(
+            "--trusted-ak {bad:?} is 64 hex digits: the attestation_key `keyhaven key attest` \
+             prints"
+        ))
+        .into());
+    }
     let tpm_ek_cas = match &args.tpm_ek_ca {
         None => None,
         Some(path) => {
@@ -390,6 +410,8 @@ fn serve(ctx: &Ctx, args: &ServeArgs) -> Result<u8> {
         tpm_ek_cas,
         tpm_pcrs,
         kbs_tenant: args.kbs_tenant.clone(),
+        trusted_aks: args.trusted_aks.clone(),
+        require_key_attestation: args.require_key_attestation,
         ..ServerConfig::default()
     };
     if let Some(url) = &args.public_url {

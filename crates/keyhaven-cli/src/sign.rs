@@ -634,6 +634,16 @@ fn verify_assertion_alone(ctx: &Ctx, args: &VerifyArgs, source: Source) -> Resul
         }
     }
     // What the assertion shows of its protection claim.
+    if let Some(bad) = args
+        .trusted_ak
+        .iter()
+        .find(|a| a.len() != 64 || !a.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        return Err(CoreError::InvalidInput(format!(
+            "--trusted-ak {bad:?} is 64 hex digits: the attestation_key `keyhaven key attest` prints"
+        ))
+        .into());
+    }
     let protection = match a.check_protection(&args.trusted_ak) {
         Ok(p) => p,
         Err(e) if e.kind() == keyhaven::ErrorKind::BadSignature => {

@@ -464,6 +464,21 @@ impl Client {
         Ok(out.data)
     }
 
+    /// Proves this client's signing key lives in a TPM: sends its key attestation (a
+    /// `keyhaven::KeyAttestation`, as JSON). A TPM certification by an attestation key the
+    /// server trusts makes the key tier 2. Answers `{key, attestation_key, certified_by, tier}`.
+    ///
+    /// # Errors
+    /// 400 for a token's statement (not proof) or a malformed attestation; 403 for an
+    /// untrusted attestation key or a certification of another key; as [`Client::send`].
+    pub async fn submit_key_attestation(&self, attestation: &Value) -> Result<Value> {
+        let body = json!({ "attestation": attestation });
+        let out: VaultData<Value> = self
+            .call("POST", "v1/clients/me/key-attestation", Some(&body))
+            .await?;
+        Ok(out.data)
+    }
+
     /// Admins: the evidence revocations in force.
     ///
     /// # Errors

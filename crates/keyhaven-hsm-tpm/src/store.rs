@@ -769,8 +769,8 @@ impl KeyStore for TpmStore {
         })
     }
 
-    /// The key's record, TPM-wrapped private part and public area, in one container: only this
-    /// TPM (under the same storage key) can load the private part.
+    /// `TPM2_Certify` of the key by the TPM's attestation key over `challenge` (at most 32
+    /// bytes), with both public areas.
     fn attest_key(&self, id: &KeyId, challenge: &[u8]) -> Result<keyhaven_core::KeyAttestation> {
         use base64ct::{Base64, Encoding};
         if challenge.len() > 32 {
@@ -797,6 +797,8 @@ impl KeyStore for TpmStore {
         })
     }
 
+    /// The key's record, TPM-wrapped private part and public area, in one container: only this
+    /// TPM (under the same storage key) can load the private part.
     fn export_wrapped(&self, id: &KeyId) -> Result<Vec<u8>> {
         let key = self.key(id)?;
         let file = |suffix: &str| -> Result<Vec<u8>> {

@@ -568,6 +568,156 @@ impl TpmVerifier {
     }
 }
 
+/// The setting prefix of a key proved to live in a TPM (its fingerprint follows).
+const KEY_ATTESTED: &str = "key.attested.";
+/// The tier a registered key proved to be born in a TPM reaches.
+pub const ATTESTED_KEY_TIER: u8 = 2;
+
+impl TpmVerifier {
+    /// Who certified the TPM of enrolled AK `digest` (its EK certificate checked again now).
+    pub(crate) fn enrolled_by(&self, digest: &str, now: u64) -> Result<String, String> {
+        let enrolled = self.enrollment(digest)?;
+        let ek_der = enrolled["ek_certificate"]
+            .as_str()
+            .and_then(|h| hex::decode(h).ok())
+            .unwrap_or_default();
+        keyhaven_attest::tpm::EndorsementKey::from_certificate(&ek_der, &self.ek_cas, now)
+            .map(|ek| ek.certified_by)
+            .map_err(|e| format!("the AK's endorsement key no longer verifies: {e}"))
+    }
+}
+
+/// Who vouches for TPM attestation key `digest`: the operator (pinned), or the CA of the EK
+/// it was enrolled against; None when nobody does (any more).
+fn ak_trusted_by(broker: &crate::broker::Broker, digest: &str, now: u64) -> Option<String> {
+    if broker.trusted_aks().iter().any(|a| a == digest) {
+        return Some("pinned by the operator".into());
+    }
+    broker.tpm()?.enrolled_by(digest, now).ok()
+}
+
+/// Checks a key attestation of the registered key whose SubjectPublicKeyInfo is `spki`: a
+/// TPM certification by a trusted attestation key of a key born in the TPM, that key being
+/// this one. Returns the AK's digest and who vouches for it.
+///
+/// # Errors
+/// 400 for a statement (a token's attributes are not proof) or a malformed attestation; 403
+/// for an untrusted AK, a certification that does not verify, or another key's.
+pub(crate) fn check_key_attestation(
+    broker: &crate::broker::Broker,
+    attestation: &keyhaven::KeyAttestation,
+    spki: &[u8],
+    now: u64,
+) -> Result<(String, String), crate::problem::ApiError> {
+    use crate::problem::ApiError;
+    use base64ct::{Base64, Encoding};
+    use http::StatusCode;
+    let keyhaven::KeyAttestation::Tpm2Certify {
+        certify_info,
+        signature,
+        ak_public,
+        key_public,
+    } = attestation
+    else {
+        return Err(ApiError::bad_request(
+            "not-proof",
+            "a PKCS#11 token's attributes are its statement, not a proof: only a TPM \
+             certification proves a key lives in hardware",
+        ));
+    };
+    let b64 = |name: &str, v: &str| {
+        Base64::decode_vec(v).map_err(|_| {
+            ApiError::bad_request(
+                "invalid-request",
+                format!("'{name}' is not standard base64"),
+            )
+        })
+    };
+    let (info, sig, ak, key) = (
+        b64("certify_info", certify_info)?,
+        b64("signature", signature)?,
+        b64("ak_public", ak_public)?,
+        b64("key_public", key_public)?,
+    );
+    let refused = |m: String| ApiError::new(StatusCode::FORBIDDEN, "evidence-refused", m);
+    let ak = keyhaven_attest::tpm::AkPublic::parse(&ak)
+        .map_err(|e| ApiError::bad_request("invalid-request", format!("the AK: {e}")))?;
+    let digest = hex::encode(ak.digest);
+    let by = ak_trusted_by(broker, &digest, now).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "untrusted-attestation-key",
+            format!(
+                "attestation key {digest} is neither pinned (keyhaven serve --trusted-ak) nor \
+                 enrolled by credential activation (/v1/attestation/tpm/)"
+            ),
+        )
+    })?;
+    let certified = keyhaven_attest::tpm::verify_certification(
+        &keyhaven_attest::tpm::Certification {
+            certify_info: &info,
+            signature: &sig,
+            ak: &ak,
+            key_public: &key,
+        },
+        None,
+    )
+    .map_err(|e| refused(e.to_string()))?;
+    // An EC SubjectPublicKeyInfo is a fixed prefix of its curve, then the point: P-256 ones
+    // are 91 bytes, P-384 ones 120.
+    let expected_len = match certified.curve {
+        "P-256" => 91,
+        _ => 120,
+    };
+    if !certified.signs || spki.len() != expected_len || !spki.ends_with(&certified.point) {
+        return Err(refused(
+            "the certified key is not this registered key".into(),
+        ));
+    }
+    Ok((digest, by))
+}
+
+/// What proves the registered key `fingerprint` lives in a TPM, if anything does still (its
+/// attestation key trusted now): `{ak, certified_by, at}`.
+///
+/// # Errors
+/// The store's.
+pub(crate) fn proved_key(
+    broker: &crate::broker::Broker,
+    fingerprint: &str,
+    now: u64,
+) -> Result<Option<Value>, crate::problem::ApiError> {
+    let Some(text) = broker
+        .storage()
+        .setting(&format!("{KEY_ATTESTED}{fingerprint}"))?
+    else {
+        return Ok(None);
+    };
+    let Ok(record) = serde_json::from_str::<Value>(&text) else {
+        return Ok(None);
+    };
+    let ak = record["ak"].as_str().unwrap_or("");
+    Ok(ak_trusted_by(broker, ak, now)
+        .map(|by| json!({ "ak": ak, "certified_by": by, "at": record["at"] })))
+}
+
+/// Records that the registered key `fingerprint` was proved to live in a TPM.
+///
+/// # Errors
+/// The store's.
+pub(crate) fn record_proved_key(
+    broker: &crate::broker::Broker,
+    fingerprint: &str,
+    ak: &str,
+    now: u64,
+) -> Result<(), crate::problem::ApiError> {
+    broker.storage().set_setting(
+        &format!("{KEY_ATTESTED}{fingerprint}"),
+        &json!({ "ak": ak, "at": now }).to_string(),
+    )?;
+    Ok(())
+}
+
 fn not_enrolled() -> String {
     "this attestation key is not enrolled: prove it lives in a certified TPM first (POST \
      /v1/attestation/tpm/challenge, then /activate)"

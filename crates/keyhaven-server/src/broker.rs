@@ -72,6 +72,10 @@ pub struct Broker {
     attestation: crate::attest::Attestation,
     tpm: Option<Arc<crate::attest::TpmVerifier>>,
     kbs: Option<crate::kbs::Kbs>,
+    /// TPM attestation keys the operator pinned (SHA-256 of their `TPM2B_PUBLIC`, hex).
+    trusted_aks: Vec<String>,
+    /// Whether an admin's word alone no longer makes a key tier 2 (it needs key attestation).
+    require_key_attestation: bool,
 }
 
 impl std::fmt::Debug for Broker {
@@ -123,6 +127,8 @@ impl Broker {
             attestation: crate::attest::Attestation::default(),
             tpm: None,
             kbs: None,
+            trusted_aks: Vec::new(),
+            require_key_attestation: false,
         })
     }
 
@@ -267,6 +273,30 @@ impl Broker {
     pub fn serving_kbs(mut self, tenant: String) -> Self {
         self.kbs = Some(crate::kbs::Kbs::new(tenant));
         self
+    }
+
+    /// The same broker taking key attestations (`POST /v1/clients/me/key-attestation`) by
+    /// the TPM attestation keys `trusted_aks` (SHA-256 of their `TPM2B_PUBLIC`, hex) or by
+    /// AKs enrolled by credential activation; with `required`, a key counts as tier 2 only
+    /// when attested, whatever an admin vouched.
+    #[must_use]
+    pub fn with_key_attestation(mut self, trusted_aks: Vec<String>, required: bool) -> Self {
+        self.trusted_aks = trusted_aks
+            .into_iter()
+            .map(|a| a.to_ascii_lowercase())
+            .collect();
+        self.require_key_attestation = required;
+        self
+    }
+
+    /// The pinned attestation keys.
+    pub(crate) fn trusted_aks(&self) -> &[String] {
+        &self.trusted_aks
+    }
+
+    /// Whether tier 2 needs key attestation.
+    pub(crate) fn requires_key_attestation(&self) -> bool {
+        self.require_key_attestation
     }
 
     /// The KBS face, when on.

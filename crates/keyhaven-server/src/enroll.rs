@@ -9,6 +9,11 @@
 //!   `{id, ak_name, id_object, encrypted_secret}` (base64 `TPM2B`s), valid for five minutes,
 //!   answered on the same node.
 //! - `POST /v1/attestation/tpm/activate` `{id, secret}`: `{ak, certified_by}`.
+//!
+//! And a registered key's own proof of where it lives: `POST /v1/clients/me/key-attestation`
+//! `{attestation}` (what `keyhaven key attest` prints as `attestation`): a TPM certification of
+//! the signing key by an attestation key the operator pinned or that enrolled above makes the
+//! key tier 2 (see [`crate::attest::check_key_attestation`]).
 
 use std::sync::Arc;
 
@@ -126,6 +131,54 @@ pub(crate) async fn activate(
         Ok((
             json!({ "ak": ak, "certified_by": certified_by }),
             format!("attestation key {ak} enrolled ({certified_by})"),
+        ))
+    })
+    .await?;
+    Ok(vault_response(data, warnings))
+}
+
+/// `POST /v1/clients/me/key-attestation`.
+pub(crate) async fn key_attestation(
+    State(inner): State<Arc<Inner>>,
+    Extension(caller): Extension<Caller>,
+    Extension(RawBody(body)): Extension<RawBody>,
+) -> Result<Response, ApiError> {
+    let mut p = Params::parse(&body)?;
+    let attestation = p.take("attestation").ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid-request",
+            "missing 'attestation' (what `keyhaven key attest` prints as attestation)",
+        )
+    })?;
+    let attestation: keyhaven::KeyAttestation = serde_json::from_value(attestation)
+        .map_err(|e| ApiError::bad_request("invalid-request", format!("'attestation': {e}")))?;
+    let warnings = p.warnings();
+    let fingerprint = caller.fingerprint.clone();
+    let call = Call {
+        operation: "attestation.key",
+        subject: format!("key {fingerprint}"),
+        path: String::new(),
+        audit_success: true,
+    };
+    let data = decided(inner, caller, None, call, move |broker, _, now| {
+        let record = broker.storage().key(&fingerprint)?.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no registered key {fingerprint}"),
+            )
+        })?;
+        let (ak, by) =
+            crate::attest::check_key_attestation(broker, &attestation, &record.spki, now)?;
+        crate::attest::record_proved_key(broker, &fingerprint, &ak, now)?;
+        Ok((
+            json!({
+                "key": fingerprint,
+                "attestation_key": ak,
+                "certified_by": by,
+                "tier": crate::attest::ATTESTED_KEY_TIER,
+            }),
+            format!("born in a TPM: certified by attestation key {ak} ({by})"),
         ))
     })
     .await?;

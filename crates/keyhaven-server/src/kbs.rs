@@ -475,7 +475,8 @@ pub(crate) async fn attest(
                 if a.claims["enrolled_by"].as_str() != Some(tenant.as_str()) {
                     return Err(unauthorized(
                         "attestation-failed",
-                        "this attestation key was not enrolled by the client whose resources                          this KBS serves: that client enrolls the TPMs it trusts",
+                        "this attestation key was not enrolled by the client whose resources \
+                         this KBS serves: that client enrolls the TPMs it trusts",
                     ));
                 }
                 let carried = crate::compromise::Carried::of(&a.kind, &a.claims);
@@ -541,7 +542,11 @@ pub(crate) async fn attest(
                 s.expires = now + SESSION_TTL;
             }
         }
-        Ok(json_with_cookie(&json!({ "token": token }), &id, secure(&i)))
+        Ok(json_with_cookie(
+            &json!({ "token": token }),
+            &id,
+            secure(&i),
+        ))
     })
     .await
     .map_err(|e| internal(&e.to_string()))?

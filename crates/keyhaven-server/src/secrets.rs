@@ -110,18 +110,36 @@ fn assess(
     report_data: &[u8],
     now: u64,
 ) -> Result<Assessment, ApiError> {
+    let proved = crate::attest::proved_key(broker, &caller.fingerprint, now)?;
     let key = match broker.storage().key_tier(&caller.fingerprint)? {
-        Some(t) => Assessment {
-            tier: t.tier.min(MAX_VOUCHED_TIER),
+        // Proved to live in a TPM: tier 2 (with or without an admin's word).
+        _ if proved.is_some() => Assessment {
+            tier: crate::attest::ATTESTED_KEY_TIER,
             evidence: json!({
-                "kind": "vouched-key",
+                "kind": "attested-key",
                 "key": caller.fingerprint,
-                "tier": t.tier,
-                "vouched_by": t.vouched_by,
-                "vouched_at": t.at,
+                "tier": crate::attest::ATTESTED_KEY_TIER,
+                "key_attestation": proved,
             }),
             carried: None,
         },
+        Some(t) => {
+            // Where key attestation is required, an admin's word alone stops at tier 1.
+            let required = broker.requires_key_attestation();
+            let cap = if required { 1 } else { MAX_VOUCHED_TIER };
+            Assessment {
+                tier: t.tier.min(cap),
+                evidence: json!({
+                    "kind": "vouched-key",
+                    "key": caller.fingerprint,
+                    "tier": t.tier,
+                    "vouched_by": t.vouched_by,
+                    "vouched_at": t.at,
+                    "key_attestation_required": required,
+                }),
+                carried: None,
+            }
+        }
         None => Assessment {
             tier: 1,
             evidence: json!({ "kind": "registered-key", "key": caller.fingerprint, "tier": 1 }),
@@ -750,7 +768,8 @@ fn refusal(path: &str, assessment: &Assessment, explanation: &Explanation) -> Ap
             "tier-too-low",
             format!(
                 "secret '{path}' is released at tier {} or above; this key is tier {} ({}). \
-                 A key in hardware an admin vouched for reaches tier 2",
+                 A key a trusted TPM certified (keyhaven client attest-key), or one in \
+                 hardware an admin vouched for, reaches tier 2",
                 explanation.tier_rule["min_tier"],
                 assessment.tier,
                 assessment.evidence["kind"].as_str().unwrap_or("")

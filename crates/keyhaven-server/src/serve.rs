@@ -288,7 +288,8 @@ fn broker_in(
     let kind = manager.backend(&name)?.kind();
     if kind.protection() == keyhaven::Protection::SoftwarePlain {
         return Err(ServeError::Setup(format!(
-            "backend '{name}' keeps keys in plain files: put the master key in an encrypted              store, a PKCS#11 token or a TPM"
+            "backend '{name}' keeps keys in plain files: put the master key in an encrypted \
+             store, a PKCS#11 token or a TPM"
         )));
     }
     let algorithm = algorithm.unwrap_or(if kind.is_hardware() {
@@ -298,7 +299,8 @@ fn broker_in(
     });
     if !algorithm.can_agree() {
         return Err(ServeError::Setup(format!(
-            "a master key makes agreements: {algorithm} keys cannot (use x25519, ecdh-p256 or              ecdh-p384)"
+            "a master key makes agreements: {algorithm} keys cannot (use x25519, ecdh-p256 or \
+             ecdh-p384)"
         )));
     }
     let key = manager.generate(Some(&name), algorithm, MASTER_KEY_LABEL)?;
@@ -364,6 +366,8 @@ fn broker_of(
     if let Some(tenant) = &config.kbs_tenant {
         broker = broker.serving_kbs(tenant.clone());
     }
+    broker =
+        broker.with_key_attestation(config.trusted_aks.clone(), config.require_key_attestation);
     Ok(Some(Arc::new(broker)))
 }
 

@@ -80,6 +80,12 @@ pub struct ServerConfig {
     pub tpm_ek_cas: Option<String>,
     /// PCR reference values (SHA-256 bank) a TPM quote must show.
     pub tpm_pcrs: std::collections::BTreeMap<u8, Vec<u8>>,
+    /// TPM attestation keys whose certifications prove a registered key lives in a TPM
+    /// (SHA-256 of their `TPM2B_PUBLIC`, hex: what `keyhaven key attest` prints as
+    /// `attestation_key`). AKs enrolled by credential activation count as well.
+    pub trusted_aks: Vec<String>,
+    /// An admin's word alone no longer makes a key tier 2: it needs a key attestation.
+    pub require_key_attestation: bool,
     /// The client whose secrets under `kbs/` are served to attested workloads over Trustee's
     /// KBS protocol (`/kbs/v0/`). None: the KBS routes answer 404.
     pub kbs_tenant: Option<String>,
@@ -116,6 +122,8 @@ impl Default for ServerConfig {
             tpm_ek_cas: None,
             tpm_pcrs: std::collections::BTreeMap::new(),
             kbs_tenant: None,
+            trusted_aks: Vec::new(),
+            require_key_attestation: false,
         }
     }
 }
@@ -332,6 +340,10 @@ impl Server {
             .route("/v1/clients/me", get(handlers::me))
             .route("/v1/clients/me/rotate", post(handlers::rotate))
             .route("/v1/clients/me/revoke", post(handlers::revoke))
+            .route(
+                "/v1/clients/me/key-attestation",
+                post(crate::enroll::key_attestation),
+            )
             .route("/v1/admin/clients", get(handlers::admin_clients))
             .route("/v1/admin/export", get(handlers::admin_export))
             .route("/v1/admin/revoke", post(handlers::admin_revoke))
@@ -468,6 +480,7 @@ fn classify(path: &str) -> (&'static str, Access) {
         "/v1/clients/me" => ("me", Access::Client),
         "/v1/clients/me/rotate" => ("rotate", Access::SelfProving),
         "/v1/clients/me/revoke" => ("revoke", Access::Client),
+        "/v1/clients/me/key-attestation" => ("key_attestation", Access::Client),
         "/v1/admin/clients" => ("admin_clients", Access::Admin),
         "/v1/admin/export" => ("admin_export", Access::Admin),
         "/v1/admin/revoke" => ("admin_revoke", Access::Admin),

@@ -401,7 +401,10 @@ impl Assertion {
                     crate::Algorithm::EcdsaP384 | crate::Algorithm::EcdhP384 => "P-384",
                     _ => "",
                 };
-                if curve != certified.curve || !pk.spki_der().ends_with(&certified.point) {
+                if !certified.signs
+                    || curve != certified.curve
+                    || !pk.spki_der().ends_with(&certified.point)
+                {
                     return Err(CoreError::BadSignature.into());
                 }
                 let trusted = trusted_aks

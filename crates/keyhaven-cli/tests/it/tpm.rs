@@ -790,3 +790,108 @@ fn a_tpm_keys_assertion_proves_its_hardware_claim_and_a_software_keys_cannot() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `keyhaven client attest-key`: a client whose key lives in a TPM sends the key's TPM
+/// certification; with the TPM's attestation key trusted (`serve --trusted-ak`) the key is
+/// tier 2 and receives a tier-2 secret. With `--require-key-attestation`, an admin's word alone
+/// (`client admin vouch`) stops at tier 1, and a software key's attestation cannot be made.
+#[test]
+fn a_client_key_a_trusted_tpm_certified_reaches_tier_2_and_an_admins_word_alone_does_not() {
+    let tpm = Swtpm::start();
+    let c = Home::with_encrypted().env("TSS2_LOG", "all+NONE");
+    c.ok(&["backend", "add", "tpm", "tpm", "--tcti", &tpm.tcti()]);
+    c.ok(&[
+        "key",
+        "generate",
+        "--backend",
+        "tpm",
+        "--algorithm",
+        "p384",
+        "--label",
+        "dev",
+    ]);
+    c.generate("p384", "soft", &[]);
+    let ak = c.json(&["key", "attest", "tpm:dev"])["attestation_key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let s = crate::server::server_home();
+    s.ok(&["serve", "init-broker"]);
+    let e = s.fails(&["serve", "--trusted-ak", "abc"], 2);
+    assert!(e.contains("64 hex digits"), "{e}");
+    let (served, _) = crate::server::Served::start_args(
+        &s,
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--trusted-ak",
+            &ak,
+            "--require-key-attestation",
+        ],
+        2,
+    );
+    served.register(&c, "tpm:dev");
+    let input = c.scratch().join("in");
+    crate::write_private(&input, b"sealed-for-hardware");
+    let put = |key: &str, path: &str| {
+        c.ok(&[
+            "client",
+            "secret",
+            "put",
+            path,
+            "--in",
+            &input.display().to_string(),
+            "--min-tier",
+            "2",
+            "--key",
+            key,
+        ]);
+    };
+    put("tpm:dev", "hw/secret");
+    let e = c.fails(
+        &["client", "secret", "get", "hw/secret", "--key", "tpm:dev"],
+        6,
+    );
+    assert!(e.contains("tier 2") && e.contains("attest-key"), "{e}");
+
+    // The admin's word alone: tier 1 still, since key attestation is required.
+    s.ok(&[
+        "client",
+        "trust",
+        "--server",
+        &served.url,
+        "--server-fingerprint",
+        &served.fingerprint,
+    ]);
+    let who = c.json(&["client", "whoami", "--key", "tpm:dev", "--json"]);
+    let fingerprint = who["key"].as_str().unwrap().to_owned();
+    s.ok(&[
+        "client",
+        "admin",
+        "vouch",
+        &fingerprint,
+        "--tier",
+        "2",
+        "--reason",
+        "said so",
+        "--key",
+        "admin",
+    ]);
+    c.fails(
+        &["client", "secret", "get", "hw/secret", "--key", "tpm:dev"],
+        6,
+    );
+
+    // The TPM's certification of the key: tier 2, and the secret.
+    let out = c.ok(&["client", "attest-key", "--key", "tpm:dev"]);
+    assert!(out.contains("is tier 2") && out.contains(&ak), "{out}");
+    let got = c.ok(&["client", "secret", "get", "hw/secret", "--key", "tpm:dev"]);
+    assert_eq!(got, "sealed-for-hardware");
+
+    // A key of the encrypted store has no attestation to send.
+    served.register(&c, "soft");
+    let e = c.fails(&["client", "attest-key", "--key", "soft"], 5);
+    assert!(e.contains("attest"), "{e}");
+}

@@ -291,6 +291,74 @@ mod tpm {
         assert!(t.missing_curves.is_empty());
     }
 
+    /// A TPM key's attested assertion proves its protection (once its attestation key is
+    /// trusted). The holder of a software key, with the same TPM at hand, certifies the TPM
+    /// key over the software key's own signature and signs an assertion claiming `hardware`
+    /// with it: its JWS and signature verify, its protection does not.
+    #[test]
+    fn a_software_key_cannot_borrow_a_tpm_keys_certification() {
+        use keyhaven::{ProtectionCheck, SignInput, SignatureFormat};
+        use sha2::Digest;
+        let tpm = Swtpm::start();
+        let home = crate::private_tempdir();
+        let m = KeyManager::open(home.path(), NoPassphrase).unwrap();
+        m.add_backend("tpm", BackendConfig::tpm(tpm.tcti(), None))
+            .unwrap();
+        m.add_backend("mem", BackendConfig::new(BackendKind::Memory, None))
+            .unwrap();
+        let hw = m.generate(Some("tpm"), Algorithm::EcdsaP256, "hw").unwrap();
+        let soft = m
+            .generate(Some("mem"), Algorithm::EcdsaP256, "soft")
+            .unwrap();
+        let msg = b"who made this";
+        let sig = m.sign(&hw, msg).unwrap();
+        let a = m
+            .make_attested_assertion(&hw, SignInput::Message(msg), &sig, SignatureFormat::Der)
+            .unwrap();
+        a.verify(Some(msg)).unwrap();
+        let ak = match a.check_protection(&[]).unwrap() {
+            ProtectionCheck::Proved {
+                attestation_key,
+                trusted: false,
+            } => attestation_key,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(
+            a.check_protection(std::slice::from_ref(&ak)).unwrap(),
+            ProtectionCheck::Proved { trusted: true, .. }
+        ));
+
+        let ssig = m.sign(&soft, msg).unwrap();
+        let borrowed = m
+            .attest_key(&hw, &sha2::Sha256::digest(ssig.as_raw()))
+            .unwrap();
+        let mut forged = m
+            .make_assertion(&soft, SignInput::Message(msg), &ssig, SignatureFormat::Der)
+            .unwrap();
+        forged.protection = "hardware".into();
+        forged.key_attestation = Some(borrowed);
+        let mut claims = serde_json::to_value(&forged).unwrap();
+        let o = claims.as_object_mut().unwrap();
+        o.remove("public_key_pem");
+        o.remove("jws");
+        // (keyhaven itself refuses to sign an assertion's signing input; the key's holder
+        // signs it with the key outside keyhaven.)
+        let der = m.export_pkcs8(&soft).unwrap();
+        let private = keyhaven::default_provider()
+            .load_pkcs8(der.expose_secret())
+            .unwrap();
+        forged.jws = keyhaven::jws::sign(
+            soft.public_key(),
+            keyhaven::ASSERTION_JWS_TYPE,
+            &claims,
+            &mut |d| private.sign(d),
+        )
+        .unwrap();
+        forged.verify(Some(msg)).unwrap();
+        let e = forged.check_protection(&[ak]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::BadSignature, "{e}");
+    }
+
     #[test]
     fn key_options_and_key_passphrases() {
         let tpm = Swtpm::start();
