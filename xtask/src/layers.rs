@@ -32,6 +32,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("keyhaven-testkit", 1),
     ("keyhaven-store-file", 2),
     ("keyhaven-store-memory", 2),
+    ("keyhaven-store-keyring", 2),
     ("keyhaven-hsm-pkcs11", 2),
     ("keyhaven-hsm-tpm", 2),
     ("keyhaven-audit", 2),
@@ -51,6 +52,7 @@ const LAYERS: &[(&str, u8)] = &[
 const BACKENDS: &[&str] = &[
     "keyhaven-store-file",
     "keyhaven-store-memory",
+    "keyhaven-store-keyring",
     "keyhaven-hsm-pkcs11",
     "keyhaven-hsm-tpm",
 ];

@@ -29,7 +29,8 @@ usage: cargo xtask <SUBCOMMAND> [ARGS]
 
 subcommands:
   test [ARGS]                 install missing system tools (openssl, softhsm2, opensc, swtpm,
-                              swtpm-tools, tpm2-tools, pkg-config, libtss2-dev) when root,
+                              swtpm-tools, tpm2-tools, pkg-config, libtss2-dev, dbus-daemon,
+                              gnome-keyring, libsecret-tools, keyutils) when root,
                               then `cargo test --workspace --features keyhaven/full,
                               keyhaven-cli/full --no-fail-fast [ARGS]` with
                               KEYHAVEN_INTEROP=1, RUST_BACKTRACE=1, KEYHAVEN_PKCS11_MODULE

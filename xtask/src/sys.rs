@@ -50,6 +50,33 @@ pub(crate) const TEST_TOOLS: &[SystemTool] = &[
     TPM2_TOOLS,
     PKG_CONFIG,
     POSTGRES,
+    // keyhaven-store-keyring: a private D-Bus session with GNOME Keyring per test, secret-tool
+    // and keyctl to see what keyhaven wrote
+    SystemTool {
+        binary: "dbus-daemon",
+        package: "dbus-daemon",
+        why: "the keyring tests' private D-Bus sessions",
+    },
+    SystemTool {
+        binary: "gnome-keyring-daemon",
+        package: "gnome-keyring",
+        why: "the keyring tests' Secret Service",
+    },
+    SystemTool {
+        binary: "secret-tool",
+        package: "libsecret-tools",
+        why: "keyring interop tests",
+    },
+    SystemTool {
+        binary: "dbus-send",
+        package: "dbus-bin",
+        why: "the keyring tests lock a collection",
+    },
+    SystemTool {
+        binary: "keyctl",
+        package: "keyutils",
+        why: "kernel keyring interop tests",
+    },
     // Device backends add their tools here as they land.
 ];
 

@@ -187,6 +187,22 @@ fn declaration(add: AddCommand) -> Result<BackendConfig> {
             }
         }
         AddCommand::Tpm(a) => BackendConfig::tpm(a.tcti, dir(a.path)?),
+        AddCommand::Keyring(a) => {
+            // A store name of its own, so two homes sharing the user's keyring stay apart.
+            let store = match a.store {
+                Some(s) => s,
+                None => {
+                    let mut tag = [0u8; 4];
+                    keyhaven::fill_random(&mut tag)?;
+                    format!("{}-{}", a.new.name, hex::encode(tag))
+                }
+            };
+            let config = BackendConfig::keyring(a.keyring, Some(store));
+            match a.collection {
+                Some(c) => config.with_collection(c),
+                None => config,
+            }
+        }
     })
 }
 
@@ -269,6 +285,12 @@ pub(crate) fn doctor(ctx: &Ctx, json: bool) -> Result<u8> {
         outln!("integrity:   {}", report.integrity)?;
         for p in &report.integrity_problems {
             outln!("  damaged:   {p}")?;
+        }
+        for k in &report.keyrings {
+            match &k.detail {
+                Some(d) => outln!("keyring:     {}: {} ({d})", k.keyring, k.state)?,
+                None => outln!("keyring:     {}: {}", k.keyring, k.state)?,
+            }
         }
         outln!(
             "result:      {}",
@@ -398,6 +420,9 @@ pub(crate) enum AddCommand {
     Pkcs11(Pkcs11Add),
     /// A TPM 2.0.
     Tpm(TpmAdd),
+    /// The operating system's keyring (Secret Service, kernel keyring): keys sealed under your
+    /// passphrase, kept in the keyring.
+    Keyring(KeyringAdd),
 }
 
 impl AddCommand {
@@ -409,6 +434,7 @@ impl AddCommand {
             AddCommand::Memory(_) => BackendKind::Memory,
             AddCommand::Pkcs11(_) => BackendKind::Pkcs11,
             AddCommand::Tpm(_) => BackendKind::Tpm,
+            AddCommand::Keyring(_) => BackendKind::Keyring,
         }
     }
 
@@ -419,6 +445,7 @@ impl AddCommand {
             AddCommand::Memory(n) => n,
             AddCommand::Pkcs11(a) => &a.new,
             AddCommand::Tpm(a) => &a.new,
+            AddCommand::Keyring(a) => &a.new,
         }
     }
 }
@@ -466,6 +493,23 @@ pub(crate) struct TpmAdd {
     /// path is taken from the current directory.
     #[arg(long, value_name = "DIR")]
     pub(crate) path: Option<PathBuf>,
+}
+
+/// `backend add keyring NAME [--keyring K] [--collection C] [--store S]`.
+#[derive(Debug, Args)]
+pub(crate) struct KeyringAdd {
+    #[command(flatten)]
+    pub(crate) new: NewBackend,
+    /// Which keyring: secret-service (GNOME Keyring, KWallet, KeePassXC), kernel-user or
+    /// kernel-session (the Linux kernel's: forgotten at reboot or logout), keychain (macOS).
+    #[arg(long, value_name = "KEYRING", default_value = "secret-service")]
+    pub(crate) keyring: String,
+    /// The Secret Service collection, by alias (default: default, the login keyring).
+    #[arg(long, value_name = "ALIAS")]
+    pub(crate) collection: Option<String>,
+    /// The store's name in the keyring (default: NAME and a random suffix).
+    #[arg(long, value_name = "STORE")]
+    pub(crate) store: Option<String>,
 }
 
 /// Options of `backend add pkcs11`: clap requires the module and exactly one way of naming

@@ -174,6 +174,17 @@ fn hint_of_core(e: &CoreError) -> Option<String> {
         );
     }
     if let CoreError::Other(o) = e
+        && o.kind() == ErrorKind::Locked
+        && o.origin() == "keyring"
+    {
+        // The OS keyring is locked, not keyhaven's store: a passphrase would not help.
+        return Some(
+            "Unlock the keyring as the message says; `keyhaven doctor` shows which keyrings are \
+             reachable and locked"
+                .into(),
+        );
+    }
+    if let CoreError::Other(o) = e
         && o.kind() == ErrorKind::NotFound
         && o.origin() == "compromise"
     {

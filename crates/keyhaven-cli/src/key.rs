@@ -46,7 +46,7 @@ fn dispatch(m: &KeyManager, cmd: KeyCommand) -> Result<u8> {
             json,
             tpm,
         } => generate(m, backend, algorithm, label, lifecycle, json, tpm),
-        KeyCommand::List { json } => list(m, json),
+        KeyCommand::List { json, all } => list(m, json, all),
         KeyCommand::Show { key, json } => show(m, &key, json),
         KeyCommand::SetDefault { key } => {
             let key = m.resolve(&key)?;
@@ -402,8 +402,19 @@ fn key_spec(algorithm: keyhaven::Algorithm, label: &str, args: TpmKeyArgs) -> Re
     Ok(options)
 }
 
-fn list(m: &KeyManager, json: bool) -> Result<u8> {
-    let keyhaven::Inventory { keys, problems, .. } = m.inventory()?;
+fn list(m: &KeyManager, json: bool, all: bool) -> Result<u8> {
+    let keyhaven::Inventory {
+        mut keys, problems, ..
+    } = m.inventory()?;
+    let before = keys.len();
+    if !all {
+        keys.retain(|k| {
+            !keyhaven::versions::PREKEY_LABEL_PREFIXES
+                .iter()
+                .any(|p| k.label().starts_with(p))
+        });
+    }
+    let hidden = before - keys.len();
     let default = m.config().default_key.clone();
     let is_def = |k: &ManagedKey| {
         default
@@ -482,6 +493,12 @@ fn list(m: &KeyManager, json: bool) -> Result<u8> {
             ],
             &rows,
         )?;
+    }
+    if hidden > 0 && !json {
+        errln!(
+            "{hidden} prekey(s) not listed (`key list --all` lists them; `keyhaven prekeys \
+             status` counts them)"
+        );
     }
     for (backend, problem) in &problems {
         errln!("warning: backend '{backend}': {problem} (not listed; the other keys are usable)");
@@ -609,6 +626,10 @@ pub(crate) enum KeyCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Also list the keys of prekey pools (one-time and signed prekeys, identity agreement
+        /// keys), hidden by default: `keyhaven prekeys status` counts them.
+        #[arg(long)]
+        all: bool,
     },
     /// Show one key.
     Show {

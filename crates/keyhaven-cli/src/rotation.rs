@@ -60,6 +60,33 @@ pub(crate) enum PrekeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Use a taken one-time prekey once: agree with the peer's public key (the ephemeral key of
+    /// its handshake) and destroy the prekey's private part. The shared secret is written to
+    /// --out (a new 0600 file) or standard output, raw. A second use is refused (exit 12).
+    Consume {
+        /// The one-time prekey's id (as `prekeys take` gave it).
+        #[arg(value_name = "PREKEY_ID")]
+        prekey: String,
+        /// The peer's public key (PEM).
+        #[arg(long, value_name = "PEM_FILE")]
+        peer: PathBuf,
+        /// Write the shared secret here (a new file, 0600) instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// The identity key (default: the default key).
+        #[arg(long, value_name = "ID|LABEL")]
+        identity: Option<String>,
+    },
+    /// Destroy a one-time prekey without using it (handed out to a peer that will never
+    /// answer, or exposed).
+    Discard {
+        /// The one-time prekey's id.
+        #[arg(value_name = "PREKEY_ID")]
+        prekey: String,
+        /// The identity key (default: the default key).
+        #[arg(long, value_name = "ID|LABEL")]
+        identity: Option<String>,
+    },
 }
 
 pub(crate) fn rotate_key(
@@ -549,6 +576,46 @@ fn prekeys_in(m: &KeyManager, cmd: PrekeysCommand) -> Result<u8> {
                 outln!("{}", otpk.id)?;
                 outln!("{}", otpk.public.to_pem()?.trim_end())?;
             }
+        }
+        PrekeysCommand::Consume {
+            prekey,
+            peer,
+            out,
+            identity: id,
+        } => {
+            let key = identity(m, id.as_deref())?;
+            let pool = m.rotation().prekey_pool(&key)?;
+            let text = String::from_utf8(read_file(&peer, "peer public key")?).map_err(|_| {
+                CoreError::InvalidInput(format!("{} is not a PEM file", peer.display()))
+            })?;
+            let peer_key = default_provider().parse_public_key_pem(&text)?;
+            let prekey: keyhaven::KeyId = prekey.parse()?;
+            let secret = pool.consume(&prekey, &peer_key).map_err(map)?;
+            match out {
+                Some(path) => {
+                    keyhaven::fs::atomic_write_new(&path, secret.expose_secret())?;
+                    errln!(
+                        "prekey {prekey} used and destroyed; shared secret in {}",
+                        path.display()
+                    );
+                }
+                None => {
+                    use std::io::Write;
+                    let mut stdout = std::io::stdout().lock();
+                    stdout.write_all(secret.expose_secret())?;
+                    stdout.flush()?;
+                }
+            }
+        }
+        PrekeysCommand::Discard {
+            prekey,
+            identity: id,
+        } => {
+            let key = identity(m, id.as_deref())?;
+            let pool = m.rotation().prekey_pool(&key)?;
+            let prekey: keyhaven::KeyId = prekey.parse()?;
+            pool.discard(&prekey).map_err(map)?;
+            outln!("one-time prekey {prekey} destroyed")?;
         }
     }
     Ok(OK)

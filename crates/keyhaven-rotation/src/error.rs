@@ -114,6 +114,19 @@ pub enum RotationError {
         /// What happened to it.
         reason: String,
     },
+    /// A message key that cannot be given: already used (forward secrecy: it cannot be derived
+    /// again), beyond the skip bound, or dropped from the skipped keys kept.
+    #[error("message key {number}: {reason}")]
+    MessageKey {
+        /// The message number asked for.
+        number: u32,
+        /// Why it cannot be given.
+        reason: String,
+    },
+    /// A session handshake that cannot be completed: a bundle or an initiation whose
+    /// signature does not verify, keys on different curves, an unknown signed prekey.
+    #[error("session agreement: {0}")]
+    Handshake(String),
     /// An error from a key store, the file system or the crypto layer.
     #[error(transparent)]
     Core(#[from] CoreError),
@@ -160,6 +173,7 @@ impl From<RotationError> for CoreError {
             RotationError::PreActionFailed { .. } => K::Unavailable,
             RotationError::ContinuitySignature { .. } => K::BadSignature,
             RotationError::PrekeyUsed { .. } => K::Revoked,
+            RotationError::MessageKey { .. } | RotationError::Handshake(_) => K::InvalidInput,
         };
         match e {
             RotationError::Core(inner) => inner,

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod actions;
+pub mod chain;
 mod clock;
 mod continuity;
 mod engine;
@@ -11,6 +12,7 @@ mod policy;
 mod prekeys;
 mod registry;
 mod state;
+mod x3dh;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use continuity::{ContinuityProof, verify_chain, verify_continuity};
@@ -22,9 +24,13 @@ pub use policy::{
     Policy, PolicySet, PrekeySettings, RuleSource, Rules, builtin_rules, default_policy_path,
     parse_duration,
 };
-pub use prekeys::{OneTimePrekey, PoolStatus, PrekeyPool, SignedPrekey};
+pub use prekeys::{
+    CONSUMED_MARKERS_KEPT, OneTimePrekey, PREKEY_LABEL_PREFIXES, PoolStatus, PrekeyPool,
+    SignedPrekey,
+};
 pub use registry::Registry;
 pub use state::{
     EventKind, HistoryEntry, KeyVersion, LogicalKey, PendingRotation, Role, SecurityLevel,
     VersionState,
 };
+pub use x3dh::{Initiation, PrekeyBundle, SessionSecret};

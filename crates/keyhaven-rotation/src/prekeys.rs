@@ -18,13 +18,35 @@ const STATE: &str = "pool.json";
 const LOCK: &str = "pool.lock";
 const SIGNED_PREFIX: &str = "spk-";
 const ONE_TIME_PREFIX: &str = "otpk-";
+const IDENTITY_KEY_PREFIX: &str = "idk-";
 const DOMAIN: &[u8] = b"keyhaven-signed-prekey/v1\n";
+const IDENTITY_DOMAIN: &[u8] = b"keyhaven-identity-agreement-key/v1\n";
+/// Consumed one-time prekeys remembered (so a second use is named as such); older markers are
+/// dropped, and a prekey consumed that long ago is then reported as unknown.
+pub const CONSUMED_MARKERS_KEPT: usize = 1024;
 
-/// A signed prekey: an X25519 public key signed by the identity key.
+/// The labels of the keys a pool keeps in its identity's backend: one-time prekeys, signed
+/// prekeys and the identity agreement key. Listings may hide them (they are not keys a person
+/// uses by name).
+pub const PREKEY_LABEL_PREFIXES: [&str; 3] = [ONE_TIME_PREFIX, SIGNED_PREFIX, IDENTITY_KEY_PREFIX];
+
+/// Whether `alg` can be a pool's agreement curve: X25519 (the default), or ECDH over P-256 or
+/// P-384 for devices without X25519 (SoftHSM 2.6, most TPMs).
+fn agreement_curve(alg: Algorithm) -> bool {
+    matches!(
+        alg,
+        Algorithm::X25519 | Algorithm::EcdhP256 | Algorithm::EcdhP384
+    )
+}
+
+/// A signed prekey: an agreement public key (X25519 unless the pool was made for a P-256 or
+/// P-384 device) signed by the identity key. The identity agreement key
+/// ([`PrekeyPool::identity_agreement_key`]) has the same shape under another domain.
 ///
 /// The identity key signs `"keyhaven-signed-prekey/v1\n" || created_at (decimal) || "\n" ||
-/// SPKI DER`, so the signature binds the key and its creation time and cannot be confused
-/// with any other statement the identity key signs.
+/// SPKI DER` (`"keyhaven-identity-agreement-key/v1\n"` for the identity agreement key), so the
+/// signature binds the key and its creation time and cannot be confused with any other
+/// statement the identity key signs, nor a signed prekey with the identity agreement key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct SignedPrekey {
@@ -41,25 +63,49 @@ pub struct SignedPrekey {
 impl SignedPrekey {
     /// The bytes the identity key signs for a prekey with SPKI `spki_der` made at `created_at`.
     pub fn signed_message(spki_der: &[u8], created_at: u64) -> Vec<u8> {
-        let mut m = DOMAIN.to_vec();
-        m.extend_from_slice(format!("{created_at}\n").as_bytes());
-        m.extend_from_slice(spki_der);
-        m
+        message(DOMAIN, spki_der, created_at)
     }
 
-    /// Checks the signature with the identity public key alone.
+    /// The bytes the identity key signs for an identity agreement key.
+    pub fn identity_key_message(spki_der: &[u8], created_at: u64) -> Vec<u8> {
+        message(IDENTITY_DOMAIN, spki_der, created_at)
+    }
+
+    /// Checks the signature of a signed prekey with the identity public key alone.
     ///
     /// # Errors
-    /// [`keyhaven_core::Error::BadSignature`] if it does not verify.
+    /// [`keyhaven_core::Error::BadSignature`] if it does not verify;
+    /// [`keyhaven_core::Error::InvalidInput`] if the key is not an agreement key.
     pub fn verify(&self, identity: &PublicKey) -> Result<()> {
-        if self.key.algorithm() != Algorithm::X25519 {
-            return Err(
-                CoreError::InvalidInput("a signed prekey must be an X25519 key".into()).into(),
-            );
+        self.verify_under(identity, DOMAIN)
+    }
+
+    /// Checks the signature of an identity agreement key with the identity public key alone.
+    ///
+    /// # Errors
+    /// As [`SignedPrekey::verify`].
+    pub fn verify_as_identity_key(&self, identity: &PublicKey) -> Result<()> {
+        self.verify_under(identity, IDENTITY_DOMAIN)
+    }
+
+    fn verify_under(&self, identity: &PublicKey, domain: &[u8]) -> Result<()> {
+        if !agreement_curve(self.key.algorithm()) {
+            return Err(CoreError::InvalidInput(format!(
+                "a signed prekey must be an X25519, ECDH P-256 or ECDH P-384 key, not {}",
+                self.key.algorithm()
+            ))
+            .into());
         }
-        let m = Self::signed_message(self.key.spki_der(), self.created_at);
+        let m = message(domain, self.key.spki_der(), self.created_at);
         Ok(keyhaven_crypto::verify(identity, &m, &self.signature)?)
     }
+}
+
+fn message(domain: &[u8], spki_der: &[u8], created_at: u64) -> Vec<u8> {
+    let mut m = domain.to_vec();
+    m.extend_from_slice(format!("{created_at}\n").as_bytes());
+    m.extend_from_slice(spki_der);
+    m
 }
 
 /// A one-time prekey handed out by [`PrekeyPool::take`].
@@ -69,7 +115,7 @@ pub struct OneTimePrekey {
     /// Its id (the key's id in the store): what the peer sends back so the owner can
     /// [`PrekeyPool::consume`] it.
     pub id: KeyId,
-    /// The X25519 public key.
+    /// The public key (on the pool's curve).
     pub public: PublicKey,
 }
 
@@ -118,10 +164,42 @@ struct SignedRecord {
 #[serde(deny_unknown_fields)]
 struct PoolState {
     format: u32,
+    /// The identity key (version) that signed the signed records.
     identity: KeyId,
+    /// The label tag, fixed when the pool is made (absent in pools made before it was kept:
+    /// then derived from `identity`, which had not changed yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tag: Option<String>,
+    /// The agreement algorithm's short name (absent: X25519).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    curve: Option<String>,
+    /// The identity agreement key (X3DH's IK), signed by the identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    identity_key: Option<SignedRecord>,
     /// Oldest first; the last is current, the one before is kept for handshakes in flight.
     signed: Vec<SignedRecord>,
     one_time: Vec<OtkRecord>,
+}
+
+impl PoolState {
+    fn curve(&self) -> Result<Algorithm> {
+        match &self.curve {
+            None => Ok(Algorithm::X25519),
+            Some(name) => name
+                .parse::<Algorithm>()
+                .ok()
+                .filter(|a| agreement_curve(*a))
+                .ok_or_else(|| {
+                    RotationError::corrupt("the prekey pool", format!("unknown curve '{name}'"))
+                }),
+        }
+    }
+
+    fn knows(&self, id: &KeyId) -> bool {
+        self.one_time.iter().any(|o| &o.id == id)
+            || self.signed.iter().any(|s| &s.key_id == id)
+            || self.identity_key.as_ref().is_some_and(|k| &k.key_id == id)
+    }
 }
 
 /// A pool of one-time prekeys and the signed prekey, for one identity key in one store.
@@ -139,6 +217,8 @@ pub struct PrekeyPool {
     store: Arc<dyn KeyStore>,
     identity: KeyId,
     clock: Arc<dyn Clock>,
+    /// The curve a new pool's keys are made on.
+    new_curve: Algorithm,
 }
 
 impl std::fmt::Debug for PrekeyPool {
@@ -176,6 +256,24 @@ impl PrekeyPool {
         identity: KeyId,
         state: Arc<dyn StateFiles>,
     ) -> Result<Self> {
+        Self::open_succeeding(dir, store, identity, state, &[])
+    }
+
+    /// [`PrekeyPool::open_with_state`] for an identity that succeeds the keys `predecessors`
+    /// (the earlier versions of a rotated identity): a pool that belongs to one of them passes
+    /// to `identity`, which re-signs its signed prekeys and its identity agreement key (their
+    /// creation times unchanged; handshakes in flight keep working) and keeps the one-time
+    /// prekeys. A pool of any other identity is refused.
+    ///
+    /// # Errors
+    /// As [`PrekeyPool::open`]; the new identity's signing errors.
+    pub fn open_succeeding(
+        dir: &Path,
+        store: Arc<dyn KeyStore>,
+        identity: KeyId,
+        state: Arc<dyn StateFiles>,
+        predecessors: &[KeyId],
+    ) -> Result<Self> {
         let info = store.get(&identity)?;
         if !info.algorithm.can_sign() {
             return Err(CoreError::InvalidInput(format!(
@@ -191,19 +289,86 @@ impl PrekeyPool {
             store,
             identity,
             clock: Arc::new(SystemClock),
+            new_curve: Algorithm::X25519,
         };
         let _lock = pool.lock()?;
-        let state = pool.read()?;
+        let mut state = pool.read()?;
         if state.identity != pool.identity {
+            if !predecessors.contains(&state.identity) {
+                return Err(CoreError::InvalidInput(format!(
+                    "the prekey pool in {} belongs to identity {}, not {}",
+                    dir.display(),
+                    state.identity,
+                    pool.identity
+                ))
+                .into());
+            }
+            pool.pass_to_successor(&mut state)?;
+        }
+        Ok(pool)
+    }
+
+    /// Re-signs every signed record under the pool's (new) identity and records it.
+    fn pass_to_successor(&self, state: &mut PoolState) -> Result<()> {
+        if state.tag.is_none() {
+            state.tag = Some(tag_of(&state.identity));
+        }
+        for rec in state.signed.iter_mut() {
+            let der = self.decode_der(&rec.public_key)?;
+            let m = message(DOMAIN, &der, rec.created_at);
+            rec.signature = Base64::encode_string(self.store.sign(&self.identity, &m)?.as_raw());
+        }
+        if let Some(rec) = state.identity_key.as_mut() {
+            let der = self.decode_der(&rec.public_key)?;
+            let m = message(IDENTITY_DOMAIN, &der, rec.created_at);
+            rec.signature = Base64::encode_string(self.store.sign(&self.identity, &m)?.as_raw());
+        }
+        state.identity = self.identity.clone();
+        self.write(state)
+    }
+
+    /// Makes a new pool's keys on `curve` (X25519 by default; ECDH P-256 or P-384 for a device
+    /// without X25519). A pool that already has keys keeps the curve it has.
+    ///
+    /// # Errors
+    /// [`keyhaven_core::Error::InvalidInput`] if `curve` is not an agreement algorithm.
+    pub fn with_curve(mut self, curve: Algorithm) -> Result<Self> {
+        if !agreement_curve(curve) {
             return Err(CoreError::InvalidInput(format!(
-                "the prekey pool in {} belongs to identity {}, not {}",
-                dir.display(),
-                state.identity,
-                pool.identity
+                "a prekey pool's curve must be x25519, ecdh-p256 or ecdh-p384, not {curve}"
             ))
             .into());
         }
-        Ok(pool)
+        self.new_curve = curve;
+        Ok(self)
+    }
+
+    /// The curve of the pool's keys.
+    ///
+    /// # Errors
+    /// [`RotationError::Corrupt`] for a damaged state file.
+    pub fn curve(&self) -> Result<Algorithm> {
+        let state = self.read()?;
+        if state.signed.is_empty() && state.one_time.is_empty() && state.identity_key.is_none() {
+            return Ok(self.new_curve);
+        }
+        state.curve()
+    }
+
+    /// The identity key (version) the pool's signed keys are signed by.
+    pub fn identity(&self) -> &KeyId {
+        &self.identity
+    }
+
+    /// The store the pool's keys live in.
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.store
+    }
+
+    fn decode_der(&self, b64: &str) -> Result<Vec<u8>> {
+        Base64::decode_vec(b64).map_err(|_| {
+            RotationError::corrupt(self.dir.join(STATE).display().to_string(), "bad public key")
+        })
     }
 
     /// Uses `clock` for creation times and ages.
@@ -222,6 +387,10 @@ impl PrekeyPool {
             return Ok(PoolState {
                 format: 1,
                 identity: self.identity.clone(),
+                tag: Some(tag_of(&self.identity)),
+                curve: (self.new_curve != Algorithm::X25519)
+                    .then(|| self.new_curve.short_name().to_owned()),
+                identity_key: None,
                 signed: Vec::new(),
                 one_time: Vec::new(),
             });
@@ -248,24 +417,33 @@ impl PrekeyPool {
         Ok(())
     }
 
-    /// A short tag of the identity id, so labels stay short whatever the id's length.
-    fn tag(&self) -> String {
-        use sha2::{Digest, Sha256};
-        hex::encode(&Sha256::digest(self.identity.as_str().as_bytes())[..8])
+    fn tag(state: &PoolState) -> String {
+        state.tag.clone().unwrap_or_else(|| tag_of(&state.identity))
     }
 
-    fn label(&self, prefix: &str) -> Result<String> {
-        Ok(format!("{prefix}{}-{}", self.tag(), KeyId::generate()?))
+    fn label(state: &PoolState, prefix: &str) -> Result<String> {
+        Ok(format!(
+            "{prefix}{}-{}",
+            Self::tag(state),
+            KeyId::generate()?
+        ))
+    }
+
+    /// Generates a key of the pool on its curve.
+    fn generate(&self, state: &mut PoolState, prefix: &str) -> Result<keyhaven_core::KeyInfo> {
+        if state.signed.is_empty() && state.one_time.is_empty() && state.identity_key.is_none() {
+            state.curve = (self.new_curve != Algorithm::X25519)
+                .then(|| self.new_curve.short_name().to_owned());
+        }
+        let curve = state.curve()?;
+        Ok(self.store.generate(curve, &Self::label(state, prefix)?)?)
     }
 
     /// Deletes keys of this pool (by label prefix) that the state does not know.
     fn sweep(&self, state: &PoolState, prefix: &str) -> Result<()> {
-        let mine = format!("{prefix}{}-", self.tag());
+        let mine = format!("{prefix}{}-", Self::tag(state));
         for k in self.store.list()? {
-            if k.label.starts_with(&mine)
-                && !state.one_time.iter().any(|o| o.id == k.id)
-                && !state.signed.iter().any(|s| s.key_id == k.id)
-            {
+            if k.label.starts_with(&mine) && !state.knows(&k.id) {
                 match self.store.delete(&k.id) {
                     Ok(()) => {}
                     Err(e) if e.is(ErrorKind::NotFound) => {}
@@ -315,10 +493,7 @@ impl PrekeyPool {
         let mut made = 0;
         let mut result = Ok(());
         for _ in 0..want {
-            match self
-                .label(ONE_TIME_PREFIX)
-                .and_then(|l| Ok(self.store.generate(Algorithm::X25519, &l)?))
-            {
+            match self.generate(&mut state, ONE_TIME_PREFIX) {
                 Ok(info) => {
                     state.one_time.push(OtkRecord {
                         id: info.id.clone(),
@@ -360,19 +535,18 @@ impl PrekeyPool {
         };
         rec.state = OtkState::Taken;
         rec.taken_at = Some(now);
-        let der = Base64::decode_vec(&rec.public_key).map_err(|_| {
-            RotationError::corrupt(self.dir.join(STATE).display().to_string(), "bad public key")
-        })?;
+        let (id, b64) = (rec.id.clone(), rec.public_key.clone());
         let out = OneTimePrekey {
-            id: rec.id.clone(),
-            public: PublicKey::new(Algorithm::X25519, der),
+            id,
+            public: PublicKey::new(state.curve()?, self.decode_der(&b64)?),
         };
         self.write(&state)?;
         Ok(out)
     }
 
-    /// Does the X25519 agreement between one-time prekey `id` and `peer`, then deletes the
-    /// prekey's private part from the store. Works once per prekey.
+    /// Does the agreement between one-time prekey `id` and `peer`, then deletes the prekey's
+    /// private part from the store. Works once per prekey. The consumed marker stays (a second
+    /// use is refused as such) among the last [`CONSUMED_MARKERS_KEPT`]; older ones are dropped.
     ///
     /// # Errors
     /// [`RotationError::PrekeyUsed`] if it was already consumed (or never handed out);
@@ -405,8 +579,41 @@ impl PrekeyPool {
             Err(e) => return Err(e.into()),
         }
         state.one_time[i].state = OtkState::Consumed;
+        state.one_time[i].public_key.clear();
+        state.one_time[i].taken_at = Some(self.clock.now());
+        compact(&mut state);
         self.write(&state)?;
         Ok(secret)
+    }
+
+    /// Destroys one-time prekey `id` without agreeing: a prekey handed out whose handshake
+    /// will never come, or one the owner wants gone. Taken and available ones alike.
+    ///
+    /// # Errors
+    /// [`RotationError::PrekeyUsed`] if it was already consumed; [`RotationError::NotFound`]
+    /// for an unknown id; backend errors.
+    pub fn discard(&self, id: &KeyId) -> Result<()> {
+        let _lock = self.lock()?;
+        let mut state = self.read()?;
+        let Some(i) = state.one_time.iter().position(|o| &o.id == id) else {
+            return Err(RotationError::NotFound(format!("one-time prekey {id}")));
+        };
+        if state.one_time[i].state == OtkState::Consumed {
+            return Err(RotationError::PrekeyUsed {
+                id: id.to_string(),
+                reason: "already consumed: its private part was destroyed".into(),
+            });
+        }
+        match self.store.delete(id) {
+            Ok(()) => {}
+            Err(e) if e.is(ErrorKind::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        state.one_time[i].state = OtkState::Consumed;
+        state.one_time[i].public_key.clear();
+        state.one_time[i].taken_at = Some(self.clock.now());
+        compact(&mut state);
+        self.write(&state)
     }
 
     /// The current signed prekey, if one was made.
@@ -418,11 +625,11 @@ impl PrekeyPool {
         state
             .signed
             .last()
-            .map(|s| self.decode_signed(s))
+            .map(|s| self.decode_signed(s, state.curve()?))
             .transpose()
     }
 
-    fn decode_signed(&self, s: &SignedRecord) -> Result<SignedPrekey> {
+    fn decode_signed(&self, s: &SignedRecord, curve: Algorithm) -> Result<SignedPrekey> {
         let bad = || {
             RotationError::corrupt(
                 self.dir.join(STATE).display().to_string(),
@@ -434,14 +641,66 @@ impl PrekeyPool {
         let alg = self.store.get(&self.identity)?.algorithm;
         Ok(SignedPrekey {
             key_id: s.key_id.clone(),
-            key: PublicKey::new(Algorithm::X25519, der),
+            key: PublicKey::new(curve, der),
             signature: Signature::from_raw(alg, sig).map_err(|_| bad())?,
             created_at: s.created_at,
         })
     }
 
-    /// Makes a new signed prekey: an X25519 key in the store whose SPKI the identity key signs.
-    /// The previous one is kept (for handshakes in flight); older ones are deleted.
+    /// The identity agreement key (X3DH's identity key IK: the identity signs, this key
+    /// agrees), made on first use and signed by the identity; it lives as long as the pool and
+    /// is re-signed when the identity is rotated.
+    ///
+    /// # Errors
+    /// Backend errors; storage errors.
+    pub fn identity_agreement_key(&self) -> Result<SignedPrekey> {
+        let _lock = self.lock()?;
+        let mut state = self.read()?;
+        if let Some(rec) = &state.identity_key {
+            return self.decode_signed(rec, state.curve()?);
+        }
+        self.sweep(&state, IDENTITY_KEY_PREFIX)?;
+        let now = self.clock.now();
+        let info = self.generate(&mut state, IDENTITY_KEY_PREFIX)?;
+        let m = message(IDENTITY_DOMAIN, info.public_key.spki_der(), now);
+        let signature = match self.store.sign(&self.identity, &m) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self.store.delete(&info.id);
+                return Err(e.into());
+            }
+        };
+        state.identity_key = Some(SignedRecord {
+            key_id: info.id.clone(),
+            public_key: b64_key(&info.public_key),
+            signature: Base64::encode_string(signature.as_raw()),
+            created_at: now,
+        });
+        self.write(&state)?;
+        Ok(SignedPrekey {
+            key_id: info.id,
+            key: info.public_key,
+            signature,
+            created_at: now,
+        })
+    }
+
+    /// Agreement between the identity agreement key and `peer`.
+    ///
+    /// # Errors
+    /// [`RotationError::NotFound`] if the pool has no identity agreement key yet.
+    pub fn agree_identity(&self, peer: &PublicKey) -> Result<SecretBytes> {
+        let state = self.read()?;
+        let Some(rec) = &state.identity_key else {
+            return Err(RotationError::NotFound(
+                "the pool's identity agreement key (none was made yet)".into(),
+            ));
+        };
+        Ok(self.store.agree(&rec.key_id, peer)?)
+    }
+
+    /// Makes a new signed prekey: an agreement key in the store whose SPKI the identity key
+    /// signs. The previous one is kept (for handshakes in flight); older ones are deleted.
     ///
     /// # Errors
     /// Backend errors (the identity key cannot sign, the backend is gone); storage errors.
@@ -450,9 +709,7 @@ impl PrekeyPool {
         let mut state = self.read()?;
         self.sweep(&state, SIGNED_PREFIX)?;
         let now = self.clock.now();
-        let info = self
-            .store
-            .generate(Algorithm::X25519, &self.label(SIGNED_PREFIX)?)?;
+        let info = self.generate(&mut state, SIGNED_PREFIX)?;
         let message = SignedPrekey::signed_message(info.public_key.spki_der(), now);
         let signature = match self.store.sign(&self.identity, &message) {
             Ok(s) => s,
@@ -500,7 +757,7 @@ impl PrekeyPool {
         }
     }
 
-    /// X25519 agreement with the current (or the previous) signed prekey `key_id`.
+    /// Agreement with the current (or the previous) signed prekey `key_id`.
     ///
     /// # Errors
     /// [`RotationError::NotFound`] if `key_id` is not one of the pool's signed prekeys.
@@ -511,4 +768,28 @@ impl PrekeyPool {
         }
         Ok(self.store.agree(key_id, peer)?)
     }
+}
+
+/// A short tag of an identity id, so labels stay short whatever the id's length.
+fn tag_of(identity: &KeyId) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(identity.as_str().as_bytes())[..8])
+}
+
+/// Drops the oldest consumed markers beyond [`CONSUMED_MARKERS_KEPT`].
+fn compact(state: &mut PoolState) {
+    let consumed = state
+        .one_time
+        .iter()
+        .filter(|o| o.state == OtkState::Consumed)
+        .count();
+    let mut excess = consumed.saturating_sub(CONSUMED_MARKERS_KEPT);
+    state.one_time.retain(|o| {
+        if excess > 0 && o.state == OtkState::Consumed {
+            excess -= 1;
+            false
+        } else {
+            true
+        }
+    });
 }

@@ -1363,3 +1363,179 @@ impl Tpm2Tools {
         (self.read("quote.msg"), self.read("quote.sig"))
     }
 }
+
+/// A private D-Bus session bus with a real GNOME Keyring Secret Service on it, its login
+/// collection created and unlocked with [`SecretServiceSession::PASSWORD`]: both processes are
+/// killed by their pid on drop. Nothing of the user's own session is touched (its own `HOME`,
+/// `XDG_DATA_HOME` and `XDG_RUNTIME_DIR` in a temporary directory).
+pub struct SecretServiceSession {
+    dir: tempfile::TempDir,
+    address: String,
+    bus: Option<Child>,
+    keyring: Option<Child>,
+}
+
+impl std::fmt::Debug for SecretServiceSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecretServiceSession")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecretServiceSession {
+    /// The login collection's password.
+    pub const PASSWORD: &'static str = "keyhaven test keyring";
+
+    /// Starts `dbus-daemon --session` and `gnome-keyring-daemon --unlock --components=secrets`
+    /// on it, and waits until `secret-tool` can store an item.
+    ///
+    /// # Panics
+    /// If dbus-daemon, gnome-keyring-daemon or secret-tool is missing or does not start.
+    pub fn start() -> SecretServiceSession {
+        use std::io::{BufRead, Write};
+        require("dbus-daemon");
+        require("gnome-keyring-daemon");
+        require("secret-tool");
+        let dir = tempfile::tempdir().expect("temporary directory"); // ok: test assertion
+        for sub in ["home", "data", "run"] {
+            let p = dir.path().join(sub);
+            std::fs::create_dir(&p).expect("session directory"); // ok: test assertion
+            set_mode(&p, 0o700);
+        }
+        let mut bus = Command::new("dbus-daemon")
+            .args(["--session", "--nofork", "--nopidfile", "--print-address=1"])
+            .arg(format!(
+                "--address=unix:dir={}",
+                dir.path().join("run").display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start dbus-daemon ({e}): {HOW_TO_RUN}"));
+        let mut address = String::new();
+        let stdout = bus.stdout.take().expect("piped stdout"); // ok: test assertion
+        std::io::BufReader::new(stdout)
+            .read_line(&mut address)
+            .expect("dbus-daemon prints its address"); // ok: test assertion
+        let address = address.trim().to_owned();
+        assert!(!address.is_empty(), "dbus-daemon printed no address");
+        let mut session = SecretServiceSession {
+            dir,
+            address,
+            bus: Some(bus),
+            keyring: None,
+        };
+        let mut keyring = session
+            .command("gnome-keyring-daemon")
+            .args(["--foreground", "--unlock", "--components=secrets"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start gnome-keyring-daemon ({e}): {HOW_TO_RUN}"));
+        {
+            let mut stdin = keyring.stdin.take().expect("piped stdin"); // ok: test assertion
+            stdin
+                .write_all(Self::PASSWORD.as_bytes())
+                .expect("the keyring password"); // ok: test assertion
+        }
+        session.keyring = Some(keyring);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut probe = session
+                .command("secret-tool")
+                .args(["store", "--label=probe", "keyhaven-probe", "1"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("secret-tool"); // ok: test assertion
+            if let Some(mut stdin) = probe.stdin.take() {
+                let _ = stdin.write_all(b"probe");
+            }
+            if probe.wait().is_ok_and(|s| s.success()) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Secret Service did not come up on {}",
+                session.address
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = session
+            .command("secret-tool")
+            .args(["clear", "keyhaven-probe", "1"])
+            .output();
+        session
+    }
+
+    /// The bus's D-Bus address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// A command with this session's bus and home in its environment.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new(program);
+        c.env("DBUS_SESSION_BUS_ADDRESS", &self.address)
+            .env("HOME", self.dir.path().join("home"))
+            .env("XDG_DATA_HOME", self.dir.path().join("data"))
+            .env("XDG_RUNTIME_DIR", self.dir.path().join("run"));
+        c
+    }
+
+    /// Locks the login collection (`org.freedesktop.Secret.Service.Lock` through `dbus-send`;
+    /// `secret-tool lock` hangs on Debian 12's libsecret). Unlocking would need a prompt.
+    ///
+    /// # Panics
+    /// If the call fails.
+    pub fn lock(&self) {
+        require("dbus-send");
+        run_ok(
+            self.command("dbus-send").args([
+                "--session",
+                "--print-reply",
+                "--dest=org.freedesktop.secrets",
+                "/org/freedesktop/secrets",
+                "org.freedesktop.Secret.Service.Lock",
+                "array:objpath:/org/freedesktop/secrets/collection/login",
+            ]),
+            "dbus-send ... Secret.Service.Lock",
+        );
+    }
+
+    /// Runs `secret-tool ARGS` (with `stdin` as its input when given) and returns its output.
+    pub fn secret_tool(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+        use std::io::Write;
+        let mut child = self
+            .command("secret-tool")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("secret-tool"); // ok: test assertion
+        if let (Some(mut input), Some(bytes)) = (child.stdin.take(), stdin) {
+            input.write_all(bytes).expect("secret-tool stdin"); // ok: test assertion
+        }
+        child.wait_with_output().expect("secret-tool output") // ok: test assertion
+    }
+}
+
+impl Drop for SecretServiceSession {
+    fn drop(&mut self) {
+        for child in [self.keyring.take(), self.bus.take()].into_iter().flatten() {
+            let mut child = child;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("set permissions"); // ok: test assertion
+}

@@ -31,6 +31,9 @@ pub enum BackendKind {
     /// A TPM 2.0 (or swtpm): keys are created inside the TPM and never leave it; keyhaven keeps
     /// their TPM-wrapped blobs in a directory.
     Tpm,
+    /// The operating system's keyring (Secret Service, kernel keyring, macOS Keychain): software
+    /// keys sealed by keyhaven under the passphrase, kept in the keyring.
+    Keyring,
 }
 
 impl BackendKind {
@@ -41,6 +44,7 @@ impl BackendKind {
         BackendKind::Memory,
         BackendKind::Pkcs11,
         BackendKind::Tpm,
+        BackendKind::Keyring,
     ];
 
     /// The name used in `keyhaven.toml` and on the command line.
@@ -51,6 +55,7 @@ impl BackendKind {
             BackendKind::Memory => "memory",
             BackendKind::Pkcs11 => "pkcs11",
             BackendKind::Tpm => "tpm",
+            BackendKind::Keyring => "keyring",
         }
     }
 
@@ -61,6 +66,7 @@ impl BackendKind {
             BackendKind::Memory => "memory",
             BackendKind::Pkcs11 => "pkcs11",
             BackendKind::Tpm => "tpm",
+            BackendKind::Keyring => "keyring",
         }
     }
 
@@ -71,13 +77,16 @@ impl BackendKind {
             BackendKind::Memory => cfg!(feature = "memory"),
             BackendKind::Pkcs11 => cfg!(feature = "pkcs11"),
             BackendKind::Tpm => cfg!(feature = "tpm"),
+            BackendKind::Keyring => cfg!(feature = "keyring"),
         }
     }
 
     /// The protection of keys this backend generates.
     pub fn protection(self) -> Protection {
         match self {
-            BackendKind::Encrypted | BackendKind::Memory => Protection::SoftwareEncrypted,
+            BackendKind::Encrypted | BackendKind::Memory | BackendKind::Keyring => {
+                Protection::SoftwareEncrypted
+            }
             BackendKind::Pem => Protection::SoftwarePlain,
             BackendKind::Pkcs11 | BackendKind::Tpm => Protection::Hardware,
         }
@@ -304,7 +313,8 @@ pub(crate) struct OpenRequest<'a> {
     feature = "file",
     feature = "memory",
     feature = "pkcs11",
-    feature = "tpm"
+    feature = "tpm",
+    feature = "keyring"
 )))]
 fn not_compiled(req: &OpenRequest<'_>) -> Error {
     Error::backend(
@@ -329,6 +339,7 @@ pub(crate) fn open_existing(req: &OpenRequest<'_>) -> Result<Option<Backend>> {
         BackendKind::Encrypted => open_file(req, FileKind::Encrypted),
         BackendKind::Pkcs11 => open_pkcs11(req).map(Some),
         BackendKind::Tpm => open_tpm(req, false),
+        BackendKind::Keyring => open_keyring(req, false),
     }
 }
 
@@ -347,7 +358,93 @@ pub(crate) fn open_or_create(req: &OpenRequest<'_>) -> Result<Backend> {
                 CoreError::NotFound(format!("the metadata directory of backend '{}'", req.name)),
             )
         }),
+        BackendKind::Keyring => open_keyring(req, true)?.ok_or_else(|| {
+            Error::backend(
+                req.name,
+                CoreError::NotFound(format!("the keyring store of backend '{}'", req.name)),
+            )
+        }),
     }
+}
+
+#[cfg(feature = "keyring")]
+pub(crate) use keyring::{keyring_of, open_keyring};
+
+#[cfg(feature = "keyring")]
+mod keyring {
+    use std::sync::Arc;
+
+    use keyhaven_store_keyring::{Keyring, KeyringConfig, KeyringStore};
+
+    use super::{Backend, BackendKind, OpenRequest};
+    use crate::passphrase::{PassphrasePurpose, PassphraseRequest};
+    use crate::{BackendConfig, CoreError, Error, Result};
+
+    /// The keyring a `keyring` backend's declaration names.
+    pub(crate) fn keyring_of(config: &BackendConfig) -> std::result::Result<Keyring, CoreError> {
+        match config.keyring.as_deref().unwrap_or("secret-service") {
+            "secret-service" => Ok(Keyring::SecretService {
+                collection: config
+                    .collection
+                    .clone()
+                    .unwrap_or_else(|| "default".into()),
+                bus: None,
+            }),
+            #[cfg(target_os = "linux")]
+            "kernel-user" => Ok(Keyring::Kernel(keyhaven_store_keyring::KernelKeyring::User)),
+            #[cfg(target_os = "linux")]
+            "kernel-session" => Ok(Keyring::Kernel(
+                keyhaven_store_keyring::KernelKeyring::Session,
+            )),
+            #[cfg(target_os = "macos")]
+            "keychain" => Ok(Keyring::Keychain),
+            other => Err(CoreError::Unavailable {
+                backend: "keyring".into(),
+                reason: format!("the {other} keyring does not exist on this platform"),
+            }),
+        }
+    }
+
+    /// Opens the backend's store in its keyring; `None` when the keyring holds none yet and
+    /// `create` is false. The lock file `backends/NAME.keyring.lock` in the home serialises
+    /// changes between processes.
+    pub(crate) fn open_keyring(req: &OpenRequest<'_>, create: bool) -> Result<Option<Backend>> {
+        let name = req.name;
+        let err = |e| Error::backend(name, e);
+        let keyring = keyring_of(req.config).map_err(err)?;
+        let store = req.config.store.clone().unwrap_or_else(|| name.to_owned());
+        let dir = req.home.join(crate::config::BACKENDS_DIR);
+        crate::fs::create_private_dir(req.home)?;
+        crate::fs::create_private_dir(&dir)?;
+        let config = KeyringConfig::new(keyring, store)
+            .with_lock_file(dir.join(format!("{name}.keyring.lock")));
+        let exists = KeyringStore::exists(&config).map_err(err)?;
+        if !exists && !create {
+            return Ok(None);
+        }
+        let purpose = if exists {
+            PassphrasePurpose::Unlock
+        } else {
+            PassphrasePurpose::Create
+        };
+        let request = PassphraseRequest::new(name, &dir, purpose);
+        let pass = req.passphrases.passphrase(&request).map_err(err)?;
+        let store = KeyringStore::open(&config, &pass).map_err(err)?;
+        let location = store.info().location;
+        Ok(Some(Backend::new(
+            name,
+            BackendKind::Keyring,
+            location,
+            Arc::new(store),
+        )))
+    }
+
+    use keyhaven_core::KeyStore as _;
+}
+
+#[cfg(not(feature = "keyring"))]
+fn open_keyring(req: &OpenRequest<'_>, _create: bool) -> Result<Option<Backend>> {
+    Err(not_compiled(req))
 }
 
 /// The directory of a backend that needs one.

@@ -127,6 +127,14 @@ pub struct BackendConfig {
     /// `tpm`: how to reach the TPM: `device:/dev/tpmrm0`, `swtpm:host=H,port=P`,
     /// `mssim:host=H,port=P` or `tabrmd`.
     pub tcti: Option<String>,
+    /// `keyring`: which keyring: `secret-service` (the default), `kernel-user` or
+    /// `kernel-session` (Linux), `keychain` (macOS).
+    pub keyring: Option<String>,
+    /// `keyring` on the Secret Service: the collection's alias (default `default`).
+    pub collection: Option<String>,
+    /// `keyring`: the store's name in the keyring (default: the backend's name), so two homes
+    /// using one keyring stay apart.
+    pub store: Option<String>,
 }
 
 /// Which token of a PKCS#11 module a `pkcs11` backend uses.
@@ -168,6 +176,24 @@ pub enum BackendFile {
     Pkcs11(Pkcs11Backend),
     /// `type = "tpm"`.
     Tpm(TpmBackend),
+    /// `type = "keyring"`.
+    Keyring(KeyringBackend),
+}
+
+/// The fields of a `keyring` backend.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct KeyringBackend {
+    /// `secret-service` (default), `kernel-user`, `kernel-session` or `keychain`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyring: Option<String>,
+    /// The Secret Service collection's alias (default `default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
+    /// The store's name in the keyring (default: the backend's name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store: Option<String>,
 }
 
 /// The fields of a file backend (`encrypted`, `pem`).
@@ -239,6 +265,13 @@ impl From<BackendFile> for BackendConfig {
                 c
             }
             BackendFile::Tpm(b) => BackendConfig::tpm(b.tcti, b.path),
+            BackendFile::Keyring(b) => {
+                let mut c = BackendConfig::new(BackendKind::Keyring, None);
+                c.keyring = b.keyring;
+                c.collection = b.collection;
+                c.store = b.store;
+                c
+            }
         }
     }
 }
@@ -263,6 +296,11 @@ impl From<BackendConfig> for BackendFile {
                 tcti: c.tcti.unwrap_or_default(),
                 path: c.path,
             }),
+            BackendKind::Keyring => BackendFile::Keyring(KeyringBackend {
+                keyring: c.keyring,
+                collection: c.collection,
+                store: c.store,
+            }),
         }
     }
 }
@@ -281,7 +319,25 @@ impl BackendConfig {
             pin_env: None,
             pin_file: None,
             tcti: None,
+            keyring: None,
+            collection: None,
+            store: None,
         }
+    }
+
+    /// A `keyring` backend: `keyring` is `secret-service`, `kernel-user`, `kernel-session` or
+    /// `keychain`; `store` its name there (default: the backend's name).
+    pub fn keyring(keyring: impl Into<String>, store: Option<String>) -> Self {
+        let mut c = BackendConfig::new(BackendKind::Keyring, None);
+        c.keyring = Some(keyring.into());
+        c.store = store;
+        c
+    }
+
+    /// The Secret Service collection (its alias) a `keyring` backend uses.
+    pub fn with_collection(mut self, collection: impl Into<String>) -> Self {
+        self.collection = Some(collection.into());
+        self
     }
 
     /// A `pkcs11` backend: the token `token` of the PKCS#11 module `module`. Without
@@ -350,6 +406,9 @@ impl BackendConfig {
             ("pin_env", self.pin_env != kept.pin_env),
             ("pin_file", self.pin_file != kept.pin_file),
             ("tcti", self.tcti.is_some() && self.tcti != kept.tcti),
+            ("keyring", self.keyring != kept.keyring),
+            ("collection", self.collection != kept.collection),
+            ("store", self.store != kept.store),
         ];
         if let Some((f, _)) = fields.iter().find(|(_, lost)| *lost) {
             return Err(format!(
@@ -363,8 +422,48 @@ impl BackendConfig {
         match kind {
             BackendKind::Pkcs11 => self.check_pkcs11(&field),
             BackendKind::Tpm => self.check_tpm(&field),
+            BackendKind::Keyring => self.check_keyring(&field),
             _ => Ok(()),
         }
+    }
+
+    fn check_keyring(&self, field: &dyn Fn(&str) -> String) -> std::result::Result<(), String> {
+        const KINDS: [&str; 4] = [
+            "secret-service",
+            "kernel-user",
+            "kernel-session",
+            "keychain",
+        ];
+        let kind = self.keyring.as_deref().unwrap_or("secret-service");
+        if !KINDS.contains(&kind) {
+            return Err(format!(
+                "{}: '{}' is not a keyring: use secret-service, kernel-user, kernel-session or \
+                 keychain",
+                field("keyring"),
+                kind.escape_debug()
+            ));
+        }
+        if self.collection.is_some() && kind != "secret-service" {
+            return Err(format!(
+                "{}: only a secret-service keyring has collections; remove it",
+                field("collection")
+            ));
+        }
+        for (f, v) in [("collection", &self.collection), ("store", &self.store)] {
+            if let Some(v) = v
+                && (v.is_empty()
+                    || !v
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+            {
+                return Err(format!(
+                    "{}: '{}' is not a name (letters, digits, - _ .)",
+                    field(f),
+                    v.escape_debug()
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn check_pkcs11(&self, field: &dyn Fn(&str) -> String) -> std::result::Result<(), String> {
@@ -830,6 +929,19 @@ impl Config {
                 dir.map(|d| d.display().to_string()).unwrap_or_default(),
                 backend.tcti.as_deref().unwrap_or("?")
             ),
+            BackendKind::Keyring => {
+                let kind = backend.keyring.as_deref().unwrap_or("secret-service");
+                let store = backend.store.as_deref().unwrap_or(name);
+                match kind {
+                    "secret-service" => format!(
+                        "Secret Service collection '{}' (store '{store}')",
+                        backend.collection.as_deref().unwrap_or("default")
+                    ),
+                    "kernel-user" => format!("kernel user keyring (store '{store}')"),
+                    "kernel-session" => format!("kernel session keyring (store '{store}')"),
+                    other => format!("{other} (store '{store}')"),
+                }
+            }
             _ => dir.map(|d| d.display().to_string()).unwrap_or_default(),
         })
     }

@@ -217,6 +217,73 @@ pub struct DoctorReport {
     /// vouch for the home.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub integrity_problems: Vec<String>,
+    /// The operating system's keyrings this keyhaven can use (built with the `keyring`
+    /// feature): the Secret Service's default collection, the kernel user keyring and every
+    /// configured keyring backend's: ready, locked or unreachable, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keyrings: Vec<KeyringReport>,
+}
+
+/// One OS keyring's state.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct KeyringReport {
+    /// Which keyring, in words.
+    pub keyring: String,
+    /// `ready`, `locked` or `unreachable`.
+    pub state: String,
+    /// How to unlock it, or why it cannot be reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl KeyManager {
+    /// The state of the OS keyrings (see [`DoctorReport::keyrings`]).
+    #[cfg(feature = "keyring")]
+    fn keyrings(&self, config: &crate::Config) -> Vec<KeyringReport> {
+        use keyhaven_store_keyring::{Keyring, KeyringStatus, probe};
+        let mut wanted = vec![Keyring::secret_service()];
+        #[cfg(target_os = "linux")]
+        wanted.push(Keyring::Kernel(keyhaven_store_keyring::KernelKeyring::User));
+        for bc in config.backends.values() {
+            if bc.kind == crate::BackendKind::Keyring
+                && let Ok(k) = crate::backend::keyring_of(bc)
+                && !wanted.contains(&k)
+            {
+                wanted.push(k);
+            }
+        }
+        wanted
+            .iter()
+            .map(|k| match probe(k) {
+                KeyringStatus::Ready { keyring } => KeyringReport {
+                    keyring,
+                    state: "ready".into(),
+                    detail: None,
+                },
+                KeyringStatus::Locked { keyring, hint } => KeyringReport {
+                    keyring,
+                    state: "locked".into(),
+                    detail: Some(hint),
+                },
+                KeyringStatus::Unreachable { keyring, reason } => KeyringReport {
+                    keyring,
+                    state: "unreachable".into(),
+                    detail: Some(reason),
+                },
+                _ => KeyringReport {
+                    keyring: format!("{k:?}"),
+                    state: "unknown".into(),
+                    detail: None,
+                },
+            })
+            .collect()
+    }
+
+    #[cfg(not(feature = "keyring"))]
+    fn keyrings(&self, _config: &crate::Config) -> Vec<KeyringReport> {
+        Vec::new()
+    }
 }
 
 impl DoctorReport {
@@ -258,6 +325,7 @@ impl KeyManager {
         };
         let (integrity, integrity_problems) = self.diagnose_integrity();
         DoctorReport {
+            keyrings: self.keyrings(&config),
             integrity,
             integrity_problems,
             home: self.home().to_owned(),

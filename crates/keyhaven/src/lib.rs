@@ -22,7 +22,9 @@ mod views;
 pub use assertion::{ASSERTION_JWS_TYPE, ASSERTION_VERSION, Assertion, ProtectionCheck, rfc3339};
 pub use backend::{Backend, BackendKind};
 pub use config::{BackendConfig, CONFIG_FILE, Config, DefaultKey, FallbackConfig, TokenRef};
-pub use doctor::{BackendReport, DoctorReport, MechanismDiagnosis, TokenDiagnosis, TpmDiagnosis};
+pub use doctor::{
+    BackendReport, DoctorReport, KeyringReport, MechanismDiagnosis, TokenDiagnosis, TpmDiagnosis,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use integrity::IntegrityStatus;
 /// The audit log and the access-control and audit decorators (keyhaven-audit).

@@ -479,11 +479,15 @@ impl KeyManager {
         } else {
             open_existing(&req)?
         };
-        // Opened once per manager: an encrypted store runs Argon2id, a token asks for its PIN.
+        // Opened once per manager: an encrypted or keyring store runs Argon2id, a token asks
+        // for its PIN.
         if let Some(b) = &backend
             && matches!(
                 b.kind(),
-                BackendKind::Encrypted | BackendKind::Pkcs11 | BackendKind::Tpm
+                BackendKind::Encrypted
+                    | BackendKind::Pkcs11
+                    | BackendKind::Tpm
+                    | BackendKind::Keyring
             )
         {
             lock(&self.lifecycle().raw).insert(name.to_owned(), b.clone());

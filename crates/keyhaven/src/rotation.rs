@@ -27,8 +27,7 @@ use crate::{CoreError, Error, Result, Signature};
 /// The rotation directory inside the home.
 pub const ROTATION_DIR: &str = "rotation";
 
-/// Labels of the keys a prekey pool keeps in its identity's backend (never logical keys).
-const PREKEY_LABEL_PREFIXES: &[&str] = &["otpk-", "spk-"];
+use keyhaven_rotation::PREKEY_LABEL_PREFIXES;
 
 fn core(e: RotationError) -> Error {
     Error::Core(e.into())
@@ -458,23 +457,36 @@ impl KeyManager {
             .into());
         }
         // The pool belongs to the logical identity (it survives identity rotations); its signed
-        // prekeys are signed by the identity's primary version.
-        let pool_name = match self.logical_key(identity)? {
-            Some(l) => l.id().to_owned(),
-            None => identity.id().to_string(),
+        // keys are signed by the identity's primary version, re-signed when a rotation made a
+        // new one (the pool passes from an earlier version to its successor).
+        let logical = self.logical_key(identity)?;
+        let (pool_name, predecessors): (String, Vec<keyhaven_core::KeyId>) = match &logical {
+            Some(l) => (
+                l.id().to_owned(),
+                l.versions().iter().map(|v| v.key_id().clone()).collect(),
+            ),
+            None => (identity.id().to_string(), Vec::new()),
         };
         let identity = self.signing_target(identity)?;
         let b = self.key_backend(&identity)?;
         keyhaven_fs::create_private_dir(self.home())?;
         keyhaven_fs::create_private_dir(&self.rotation_dir())?;
         keyhaven_fs::create_private_dir(&self.rotation_dir().join("prekeys"))?;
-        PrekeyPool::open_with_state(
+        let pool = PrekeyPool::open_succeeding(
             &self.rotation_dir().join("prekeys").join(pool_name),
             b.store().clone(),
             identity.id().clone(),
             self.state()?,
+            &predecessors,
         )
-        .map_err(core)
+        .map_err(core)?;
+        // Devices do ECDH on the NIST curves, not X25519 (SoftHSM 2.6, TPMs): a new pool of a
+        // hardware-held identity is made on P-256 so every prekey stays in the device.
+        if b.store().info().protection == crate::Protection::Hardware {
+            pool.with_curve(crate::Algorithm::EcdhP256).map_err(core)
+        } else {
+            Ok(pool)
+        }
     }
 
     /// [`crate::RotationView::current_version`].

@@ -14,6 +14,8 @@ mod commands;
 mod every_file;
 mod integrity;
 mod json_shapes;
+#[cfg(feature = "keyring")]
+mod keyring;
 mod lifecycle;
 mod openssl;
 #[cfg(feature = "pkcs11")]

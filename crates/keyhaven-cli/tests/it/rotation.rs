@@ -508,3 +508,151 @@ fn policy_modes_notify_and_disabled_through_the_cli() {
         "{err}"
     );
 }
+
+/// Python's `cryptography` (code nobody here wrote) checks a signed prekey from `prekeys take
+/// --json` with the identity public key it names: `keyhaven-signed-prekey/v1\n` || unix time
+/// || `\n` || the prekey's SPKI DER.
+fn python_verifies_signed_prekey(bundle: &serde_json::Value) {
+    let script = r#"
+import json, sys, datetime
+from cryptography.hazmat.primitives import serialization
+b = json.loads(sys.stdin.read())
+identity = serialization.load_pem_public_key(b["identity_public_key_pem"].encode())
+spk = b["signed_prekey"]
+der = serialization.load_pem_public_key(spk["public_key_pem"].encode()).public_bytes(
+    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+t = int(datetime.datetime.fromisoformat(spk["created_at"].replace("Z", "+00:00")).timestamp())
+msg = b"keyhaven-signed-prekey/v1\n" + str(t).encode() + b"\n" + der
+identity.verify(bytes.fromhex(spk["signature"]), msg)
+print("verified")
+"#;
+    use std::io::Write;
+    let mut child = std::process::Command::new(keyhaven_testkit::devices::python())
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(bundle.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("verified"),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        bundle
+    );
+}
+
+#[test]
+fn an_identity_rotated_twice_keeps_serving_prekeys_and_one_time_prekeys_serve_once() {
+    let h = Home::with_encrypted();
+    h.generate("ed25519", "me", &["--role", "identity"]);
+    crate::write_private(
+        &h.path().join("rotation.toml"),
+        "[prekeys]\nlow_water = 2\nrefill_to = 6\n",
+    );
+    h.ok(&["integrity", "accept", "rotation.toml"]);
+    h.ok(&["prekeys", "replenish", "--identity", "me"]);
+    let mut taken = Vec::new();
+    for round in 0..3 {
+        if round > 0 {
+            h.ok(&["key", "rotate", "me"]);
+        }
+        let status = h.json(&["prekeys", "status", "--identity", "me", "--json"]);
+        assert_eq!(status["taken"], round, "the pool carried over: {status}");
+        h.ok(&["prekeys", "replenish", "--identity", "me"]);
+        let bundle = h.json(&["prekeys", "take", "--identity", "me", "--json"]);
+        let label = if round == 0 {
+            "me".to_owned()
+        } else {
+            format!("me.v{}", round + 1)
+        };
+        let current = h.json(&["key", "show", &label, "--json"]);
+        assert_eq!(
+            bundle["identity_public_key_pem"], current["public_key_pem"],
+            "round {round}: signed by the current version: {current}"
+        );
+        python_verifies_signed_prekey(&bundle);
+        taken.push(bundle["one_time_prekey"].clone());
+    }
+
+    // A peer's agreement, made by openssl, against a one-time prekey: once.
+    let dir = h.scratch();
+    let otpk = &taken[0];
+    std::fs::write(
+        dir.join("otpk.pem"),
+        otpk["public_key_pem"].as_str().unwrap(),
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    openssl(&["genpkey", "-algorithm", "X25519", "-out", "peer.key"]);
+    openssl(&["pkey", "-in", "peer.key", "-pubout", "-out", "peer.pem"]);
+    let theirs = openssl(&[
+        "pkeyutl", "-derive", "-inkey", "peer.key", "-peerkey", "otpk.pem",
+    ]);
+    let id = otpk["id"].as_str().unwrap();
+    let peer = dir.join("peer.pem");
+    let out = dir.join("secret.bin");
+    let peer_arg = peer.to_str().unwrap();
+    let out_arg = out.to_str().unwrap();
+    h.ok(&[
+        "prekeys",
+        "consume",
+        id,
+        "--peer",
+        peer_arg,
+        "--out",
+        out_arg,
+        "--identity",
+        "me",
+    ]);
+    assert_eq!(std::fs::read(&out).unwrap(), theirs);
+    let err = h.fails(
+        &[
+            "prekeys",
+            "consume",
+            id,
+            "--peer",
+            peer_arg,
+            "--identity",
+            "me",
+        ],
+        12,
+    );
+    assert!(err.contains("already consumed"), "{err}");
+    // another taken prekey whose peer never answers: discarded
+    let other = taken[1]["id"].as_str().unwrap();
+    h.ok(&["prekeys", "discard", other, "--identity", "me"]);
+    let status = h.json(&["prekeys", "status", "--identity", "me", "--json"]);
+    assert_eq!(status["consumed"], 2, "{status}");
+
+    // prekeys stay out of `key list` unless asked for
+    let listed = h.run(&["key", "list"]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        !text.contains("otpk-") && !text.contains("spk-") && !text.contains("idk-"),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&listed.stderr).contains("prekey(s) not listed"));
+    assert!(text.contains("me"));
+    let all = h.ok(&["key", "list", "--all"]);
+    assert!(all.contains("otpk-") && all.contains("spk-"), "{all}");
+}

@@ -13,6 +13,7 @@ mod meter;
 mod policy;
 mod prekeys;
 mod processes;
+mod sessions;
 mod state;
 
 use std::path::Path;

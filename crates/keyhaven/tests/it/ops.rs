@@ -11,8 +11,9 @@ use sha2::{Digest, Sha256, Sha384};
 fn managers() -> Vec<(BackendKind, KeyManager, tempfile::TempDir)> {
     let mut out = Vec::new();
     for &kind in BackendKind::ALL {
-        // Hardware backends need a device: tests/it/hardware.rs.
-        if !kind.is_compiled() || kind.is_hardware() {
+        // Hardware backends need a device: tests/it/hardware.rs. The keyring needs a Secret
+        // Service on the session bus: keyhaven-store-keyring's tests and the CLI's start one.
+        if !kind.is_compiled() || kind.is_hardware() || kind == BackendKind::Keyring {
             continue;
         }
         let home = crate::private_tempdir();
