@@ -203,6 +203,98 @@ mod pkcs11 {
         );
     }
 
+    /// Seed 002's messaging keys with one side on the token: Bob's identity, identity
+    /// agreement key, signed and one-time prekeys are all SoftHSM keys (ECDH P-256: SoftHSM has
+    /// no X25519), every Diffie-Hellman of his done by the token; Alice's keys are software.
+    /// Bob's identity is rotated twice and keeps serving valid bundles; the two exchange a
+    /// hundred chained message keys out of order.
+    #[test]
+    #[cfg(feature = "file")]
+    fn a_session_with_one_side_on_the_token_survives_identity_rotations() {
+        use keyhaven::versions::chain::{ReceivingChain, RootKey, SendingChain};
+        const INFO: &[u8] = b"keyhaven hardware session test";
+        let (module, label) = token();
+        let home = crate::private_tempdir();
+        let (provider, _) = pin_provider(USER_PIN);
+        let bob = KeyManager::open(home.path(), provider).unwrap();
+        bob.add_backend(
+            "hsm",
+            BackendConfig::pkcs11(&module, TokenRef::Label(label)),
+        )
+        .unwrap();
+        let first = bob.generate(None, Algorithm::EcdsaP256, "bob").unwrap();
+        let pool = bob.rotation().prekey_pool(&first).unwrap();
+        assert_eq!(pool.curve().unwrap(), Algorithm::EcdhP256);
+        pool.replenish(2, 4).unwrap();
+
+        let ahome = crate::private_tempdir();
+        let alice =
+            KeyManager::open(ahome.path(), keyhaven::FixedPassphrase::new("alice pw")).unwrap();
+        alice
+            .add_backend(
+                "soft",
+                BackendConfig::new(keyhaven::BackendKind::Encrypted, None),
+            )
+            .unwrap();
+        let alice_id = alice.generate(None, Algorithm::Ed25519, "alice").unwrap();
+        let alice_pool = alice
+            .rotation()
+            .prekey_pool(&alice_id)
+            .unwrap()
+            .with_curve(Algorithm::EcdhP256)
+            .unwrap();
+
+        for round in 0..3u8 {
+            if round > 0 {
+                bob.rotation().rotate_key(&first, "scheduled").unwrap();
+            }
+            let bob_id = bob.resolve("bob").unwrap();
+            let primary = bob.rotation().signing_target(&bob_id).unwrap();
+            let pool = bob.rotation().prekey_pool(&bob_id).unwrap();
+            let bundle = pool.bundle().unwrap();
+            assert_eq!(&bundle.identity, primary.public_key(), "round {round}");
+            bundle.verify().unwrap();
+            assert!(bundle.one_time_prekey.is_some(), "round {round}");
+            let (init, a) = alice_pool.initiate(&bundle, INFO).unwrap();
+            let b = pool.respond(&init, INFO).unwrap();
+            assert_eq!(a.shared, b.shared, "round {round}");
+            let e = pool.respond(&init, INFO).unwrap_err();
+            assert!(e.to_string().contains("already consumed"), "{e}");
+            // every key of Bob's is on the token
+            for k in bob.list_keys().unwrap() {
+                assert_eq!(k.protection(), Protection::Hardware, "{}", k.label());
+            }
+
+            // a hundred message keys, delivered in a scrambled order within the skip bound
+            let dh = keyhaven::SecretBytes::copy_from(&[round + 1; 32]);
+            let chain = |s: &keyhaven::SecretBytes| {
+                RootKey::from_secret(s).unwrap().advance(&dh, INFO).unwrap()
+            };
+            let mut send = SendingChain::new(chain(&a.shared));
+            let mut recv = ReceivingChain::new(chain(&b.shared), 100);
+            let sealed: Vec<Vec<u8>> = (0..100)
+                .map(|i| {
+                    send.next_key()
+                        .unwrap()
+                        .seal(format!("message {i}").as_bytes(), &a.associated_data)
+                        .unwrap()
+                })
+                .collect();
+            for n in (0..100u32).map(|i| (i * 37 + 11) % 100) {
+                let plain = recv
+                    .key(n)
+                    .unwrap()
+                    .open(&sealed[n as usize], &b.associated_data)
+                    .unwrap();
+                assert_eq!(plain.expose_secret(), format!("message {n}").as_bytes());
+                assert!(recv.key(n).is_err(), "message key {n} given twice");
+            }
+        }
+        let last = bob.resolve("bob").unwrap();
+        let primary = bob.rotation().signing_target(&last).unwrap();
+        assert_eq!(bob.rotation().version_info(&primary).unwrap().version, 3);
+    }
+
     #[test]
     #[cfg(feature = "file")]
     fn an_unreachable_token_is_unavailable_and_new_keys_may_fall_back() {
