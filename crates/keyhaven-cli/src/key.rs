@@ -408,11 +408,7 @@ fn list(m: &KeyManager, json: bool, all: bool) -> Result<u8> {
     } = m.inventory()?;
     let before = keys.len();
     if !all {
-        keys.retain(|k| {
-            !keyhaven::versions::PREKEY_LABEL_PREFIXES
-                .iter()
-                .any(|p| k.label().starts_with(p))
-        });
+        keys.retain(|k| !keyhaven::versions::is_prekey_label(k.label()));
     }
     let hidden = before - keys.len();
     let default = m.config().default_key.clone();

@@ -259,7 +259,9 @@ impl ReceivingChain {
     }
 
     /// The key of message `number`: once. A key given before is gone (forward secrecy);
-    /// a number more than the skip bound ahead is refused and changes nothing.
+    /// a number more than the skip bound ahead is refused and changes nothing. The chain moves
+    /// on whether or not the message then opens: for a number that is not yet authenticated
+    /// (a message header), use [`ReceivingChain::open`].
     ///
     /// # Errors
     /// [`RotationError::MessageKey`] saying which of those it is.
@@ -267,20 +269,61 @@ impl ReceivingChain {
         if number < self.next {
             return match self.skipped.remove(&number) {
                 Some(key) => Ok(MessageKey { number, key }),
-                None if number < self.dropped_below => Err(RotationError::MessageKey {
-                    number,
-                    reason: format!(
-                        "its key was dropped: more than {} skipped keys were waiting",
-                        self.max_skip
-                    ),
-                }),
-                None => Err(RotationError::MessageKey {
-                    number,
-                    reason: "already used: its key was destroyed and cannot be derived again"
-                        .into(),
-                }),
+                None => Err(self.gone(number)),
             };
         }
+        let step = self.walk(number)?;
+        let key = step.key.clone();
+        self.commit(step);
+        Ok(MessageKey { number, key })
+    }
+
+    /// Opens message `number` (sealed with [`MessageKey::seal`]) and only then moves the
+    /// chain: a forged or damaged message, whatever number it claims, changes nothing (the
+    /// Double Ratchet's rule for state changes on a decryption failure).
+    ///
+    /// # Errors
+    /// As [`ReceivingChain::key`]; [`keyhaven_core::Error::Crypto`] if it does not open.
+    pub fn open(&mut self, number: u32, sealed: &[u8], ad: &[u8]) -> Result<SecretBytes> {
+        if number < self.next {
+            let key = self.skipped.get(&number).ok_or_else(|| self.gone(number))?;
+            let plain = MessageKey {
+                number,
+                key: key.clone(),
+            }
+            .open(sealed, ad)?;
+            self.skipped.remove(&number);
+            return Ok(plain);
+        }
+        let step = self.walk(number)?;
+        let plain = MessageKey {
+            number,
+            key: step.key.clone(),
+        }
+        .open(sealed, ad)?;
+        self.commit(step);
+        Ok(plain)
+    }
+
+    fn gone(&self, number: u32) -> RotationError {
+        if number < self.dropped_below && !self.skipped.contains_key(&number) {
+            RotationError::MessageKey {
+                number,
+                reason: format!(
+                    "its key was dropped: more than {} skipped keys were waiting",
+                    self.max_skip
+                ),
+            }
+        } else {
+            RotationError::MessageKey {
+                number,
+                reason: "already used: its key was destroyed and cannot be derived again".into(),
+            }
+        }
+    }
+
+    /// The chain walked forward to `number` on a copy: nothing changes until [`Self::commit`].
+    fn walk(&self, number: u32) -> Result<Step> {
         if number == u32::MAX {
             return Err(RotationError::MessageKey {
                 number,
@@ -298,18 +341,34 @@ impl ReceivingChain {
                 ),
             });
         }
-        while self.next < number {
-            let n = self.next;
-            self.skipped.insert(n, self.chain.step());
-            self.next += 1;
-        }
-        let key = self.chain.step();
-        self.next = number + 1;
+        let mut chain = ChainKey(self.chain.0.clone());
+        let skipped = (self.next..number).map(|n| (n, chain.step())).collect();
+        let key = chain.step();
+        Ok(Step {
+            number,
+            chain,
+            skipped,
+            key,
+        })
+    }
+
+    fn commit(&mut self, step: Step) {
+        self.chain = step.chain;
+        self.skipped.extend(step.skipped);
+        self.next = step.number + 1;
         while self.skipped.len() > self.max_skip as usize {
-            if let Some((n, _)) = self.skipped.pop_first() {
-                self.dropped_below = self.dropped_below.max(n + 1);
+            match self.skipped.pop_first() {
+                Some((n, _)) => self.dropped_below = self.dropped_below.max(n + 1),
+                None => break,
             }
         }
-        Ok(MessageKey { number, key })
     }
+}
+
+/// A receiving chain walked forward, not yet committed.
+struct Step {
+    number: u32,
+    chain: ChainKey,
+    skipped: Vec<(u32, Key)>,
+    key: Key,
 }

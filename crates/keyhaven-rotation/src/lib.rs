@@ -26,7 +26,7 @@ pub use policy::{
 };
 pub use prekeys::{
     CONSUMED_MARKERS_KEPT, OneTimePrekey, PREKEY_LABEL_PREFIXES, PoolStatus, PrekeyPool,
-    SignedPrekey,
+    SignedPrekey, Succession, is_prekey_label,
 };
 pub use registry::Registry;
 pub use state::{

@@ -30,6 +30,36 @@ pub const CONSUMED_MARKERS_KEPT: usize = 1024;
 /// uses by name).
 pub const PREKEY_LABEL_PREFIXES: [&str; 3] = [ONE_TIME_PREFIX, SIGNED_PREFIX, IDENTITY_KEY_PREFIX];
 
+/// Who may take over a pool: see [`PrekeyPool::open_succeeding`].
+#[derive(Debug, Clone, Copy, Default)]
+#[non_exhaustive]
+pub struct Succession<'a> {
+    /// Earlier versions whose pool passes on (re-signed).
+    pub trusted: &'a [KeyId],
+    /// Earlier versions whose pool is emptied (compromised or revoked).
+    pub abandoned: &'a [KeyId],
+}
+
+impl<'a> Succession<'a> {
+    /// A succession from `trusted` versions, with `abandoned` ones whose pools are emptied.
+    pub fn new(trusted: &'a [KeyId], abandoned: &'a [KeyId]) -> Self {
+        Succession { trusted, abandoned }
+    }
+}
+
+/// Whether `label` is one a prekey pool gives its keys: a prefix of
+/// [`PREKEY_LABEL_PREFIXES`], 16 hex digits of the pool's tag, `-` and a key id. A user's key
+/// that merely starts with `otpk-` is not one.
+pub fn is_prekey_label(label: &str) -> bool {
+    PREKEY_LABEL_PREFIXES.iter().any(|p| {
+        label.strip_prefix(p).is_some_and(|rest| {
+            rest.len() > 17
+                && rest.as_bytes()[16] == b'-'
+                && rest[..16].bytes().all(|b| b.is_ascii_hexdigit())
+        })
+    })
+}
+
 /// Whether `alg` can be a pool's agreement curve: X25519 (the default), or ECDH over P-256 or
 /// P-384 for devices without X25519 (SoftHSM 2.6, most TPMs).
 fn agreement_curve(alg: Algorithm) -> bool {
@@ -256,23 +286,31 @@ impl PrekeyPool {
         identity: KeyId,
         state: Arc<dyn StateFiles>,
     ) -> Result<Self> {
-        Self::open_succeeding(dir, store, identity, state, &[])
+        Self::open_succeeding(dir, store, identity, state, &Succession::default())
     }
 
-    /// [`PrekeyPool::open_with_state`] for an identity that succeeds the keys `predecessors`
-    /// (the earlier versions of a rotated identity): a pool that belongs to one of them passes
-    /// to `identity`, which re-signs its signed prekeys and its identity agreement key (their
-    /// creation times unchanged; handshakes in flight keep working) and keeps the one-time
-    /// prekeys. A pool of any other identity is refused.
+    /// [`PrekeyPool::open_with_state`] for an identity that succeeds other keys (the earlier
+    /// versions of a rotated identity):
+    /// - a pool that belongs to one of `succession.trusted` passes to `identity`: each signed
+    ///   record (signed prekeys, the identity agreement key) whose key is in the store with the
+    ///   recorded public key and whose signature by the previous identity verifies is re-signed
+    ///   by `identity` (creation times unchanged: handshakes in flight keep working); one-time
+    ///   prekeys are kept. A record that fails either check is an error naming the pool: the
+    ///   new identity never vouches for a key its predecessor did not;
+    /// - a pool that belongs to one of `succession.abandoned` (a compromised or revoked
+    ///   version), or to a trusted one no longer in the store (its signatures cannot be checked),
+    ///   is emptied: every key of it deleted, a new pool started for `identity`;
+    /// - a pool of any other identity is refused.
     ///
     /// # Errors
-    /// As [`PrekeyPool::open`]; the new identity's signing errors.
+    /// As [`PrekeyPool::open`]; [`RotationError::Corrupt`] for a record that cannot be vouched
+    /// for; the new identity's signing errors.
     pub fn open_succeeding(
         dir: &Path,
         store: Arc<dyn KeyStore>,
         identity: KeyId,
         state: Arc<dyn StateFiles>,
-        predecessors: &[KeyId],
+        succession: &Succession<'_>,
     ) -> Result<Self> {
         let info = store.get(&identity)?;
         if !info.algorithm.can_sign() {
@@ -294,37 +332,105 @@ impl PrekeyPool {
         let _lock = pool.lock()?;
         let mut state = pool.read()?;
         if state.identity != pool.identity {
-            if !predecessors.contains(&state.identity) {
+            let previous = state.identity.clone();
+            if succession.abandoned.contains(&previous) {
+                pool.abandon(&state)?;
+            } else if !succession.trusted.contains(&previous) {
                 return Err(CoreError::InvalidInput(format!(
-                    "the prekey pool in {} belongs to identity {}, not {}",
+                    "the prekey pool in {} belongs to identity {previous}, not {}",
                     dir.display(),
-                    state.identity,
                     pool.identity
                 ))
                 .into());
+            } else {
+                match pool.store.get(&previous) {
+                    Ok(old) => pool.pass_to_successor(&mut state, &old.public_key)?,
+                    Err(e) if e.is(ErrorKind::NotFound) => pool.abandon(&state)?,
+                    Err(e) => return Err(e.into()),
+                }
             }
-            pool.pass_to_successor(&mut state)?;
         }
         Ok(pool)
     }
 
-    /// Re-signs every signed record under the pool's (new) identity and records it.
-    fn pass_to_successor(&self, state: &mut PoolState) -> Result<()> {
+    /// Deletes every key of the pool and starts an empty one for the pool's identity.
+    fn abandon(&self, state: &PoolState) -> Result<()> {
+        let ids = state
+            .one_time
+            .iter()
+            .filter(|o| o.state != OtkState::Consumed)
+            .map(|o| &o.id)
+            .chain(state.signed.iter().map(|s| &s.key_id))
+            .chain(state.identity_key.iter().map(|k| &k.key_id));
+        for id in ids {
+            match self.store.delete(id) {
+                Ok(()) => {}
+                Err(e) if e.is(ErrorKind::NotFound) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let fresh = PoolState {
+            format: 1,
+            identity: self.identity.clone(),
+            tag: Some(tag_of(&self.identity)),
+            curve: state.curve.clone(),
+            identity_key: None,
+            signed: Vec::new(),
+            one_time: Vec::new(),
+        };
+        self.write(&fresh)
+    }
+
+    /// Re-signs every signed record under the pool's (new) identity and records it, each only
+    /// if its key is in the store as recorded and `previous` signed it.
+    fn pass_to_successor(&self, state: &mut PoolState, previous: &PublicKey) -> Result<()> {
         if state.tag.is_none() {
             state.tag = Some(tag_of(&state.identity));
         }
-        for rec in state.signed.iter_mut() {
-            let der = self.decode_der(&rec.public_key)?;
-            let m = message(DOMAIN, &der, rec.created_at);
-            rec.signature = Base64::encode_string(self.store.sign(&self.identity, &m)?.as_raw());
-        }
-        if let Some(rec) = state.identity_key.as_mut() {
-            let der = self.decode_der(&rec.public_key)?;
-            let m = message(IDENTITY_DOMAIN, &der, rec.created_at);
+        let mut records: Vec<(&mut SignedRecord, &[u8])> = state
+            .signed
+            .iter_mut()
+            .map(|r| (r, DOMAIN))
+            .chain(state.identity_key.iter_mut().map(|r| (r, IDENTITY_DOMAIN)))
+            .collect();
+        for (rec, domain) in records.iter_mut() {
+            let der = self.vouched_der(rec)?;
+            let bad = || {
+                RotationError::corrupt(
+                    self.dir.join(STATE).display().to_string(),
+                    format!(
+                        "key {} is not signed by the previous identity: the pool was changed \
+                         outside keyhaven, and the new identity will not vouch for it",
+                        rec.key_id
+                    ),
+                )
+            };
+            let sig = Base64::decode_vec(&rec.signature).map_err(|_| bad())?;
+            let sig = Signature::from_raw(previous.algorithm(), sig).map_err(|_| bad())?;
+            keyhaven_crypto::verify(previous, &message(domain, &der, rec.created_at), &sig)
+                .map_err(|_| bad())?;
+            let m = message(domain, &der, rec.created_at);
             rec.signature = Base64::encode_string(self.store.sign(&self.identity, &m)?.as_raw());
         }
         state.identity = self.identity.clone();
         self.write(state)
+    }
+
+    /// The recorded public key of a pool key, if the store holds that key with that public key.
+    fn vouched_der(&self, rec: &SignedRecord) -> Result<Vec<u8>> {
+        let recorded = self.decode_der(&rec.public_key)?;
+        let stored = self.store.get(&rec.key_id)?.public_key;
+        if stored.spki_der() != recorded.as_slice() {
+            return Err(RotationError::corrupt(
+                self.dir.join(STATE).display().to_string(),
+                format!(
+                    "the public key recorded for key {} is not the store's: the pool was changed \
+                     outside keyhaven",
+                    rec.key_id
+                ),
+            ));
+        }
+        Ok(recorded)
     }
 
     /// Makes a new pool's keys on `curve` (X25519 by default; ECDH P-256 or P-384 for a device
@@ -536,9 +642,18 @@ impl PrekeyPool {
         rec.state = OtkState::Taken;
         rec.taken_at = Some(now);
         let (id, b64) = (rec.id.clone(), rec.public_key.clone());
+        // The store's public key, which must be the one recorded (never a key swapped into the
+        // state file).
+        let public = self.store.get(&id)?.public_key;
+        if public.spki_der() != self.decode_der(&b64)?.as_slice() {
+            return Err(RotationError::corrupt(
+                self.dir.join(STATE).display().to_string(),
+                format!("the public key recorded for one-time prekey {id} is not the store's"),
+            ));
+        }
         let out = OneTimePrekey {
             id,
-            public: PublicKey::new(state.curve()?, self.decode_der(&b64)?),
+            public: PublicKey::new(state.curve()?, public.spki_der().to_vec()),
         };
         self.write(&state)?;
         Ok(out)
@@ -636,7 +751,7 @@ impl PrekeyPool {
                 "bad signed prekey",
             )
         };
-        let der = Base64::decode_vec(&s.public_key).map_err(|_| bad())?;
+        let der = self.vouched_der(s)?;
         let sig = Base64::decode_vec(&s.signature).map_err(|_| bad())?;
         let alg = self.store.get(&self.identity)?.algorithm;
         Ok(SignedPrekey {

@@ -7,10 +7,16 @@
 //!
 //! ```text
 //! DH1 = DH(IK_A, SPK_B)   DH2 = DH(EK_A, IK_B)   DH3 = DH(EK_A, SPK_B)   DH4 = DH(EK_A, OPK_B)
-//! SK  = HKDF-SHA-256(salt = 0^32, ikm = F || DH1 || DH2 || DH3 [|| DH4], info)
+//! AD  = SPKI(ID_A) || SPKI(IK_A) || SPKI(ID_B) || SPKI(IK_B)
+//! SK  = HKDF-SHA-256(salt = 0^32, ikm = F || DH1 || DH2 || DH3 [|| DH4],
+//!                    info = info || 0x00 || SHA-256(AD))
 //! ```
 //!
-//! with `F` = 32 bytes of 0xFF (48 on P-384), as the X3DH specification defines it. Every
+//! with `F` = 32 bytes of 0xFF (48 on P-384), as the X3DH specification defines it. `ID` are the
+//! signing identity keys, `IK` the identity agreement keys they signed: both are in the
+//! associated data and, through its hash, in the secret itself, so someone who re-signs
+//! another party's identity agreement key with their own identity (an unknown key-share) ends
+//! up with a different secret and associated data on each side. Every
 //! Diffie-Hellman with a long-term or prekey private key happens inside the backend that holds
 //! it ([`keyhaven_core::KeyStore::agree`]), so a token- or TPM-held key works where the device
 //! can agree on that curve (X25519, or ECDH P-256/P-384 for devices without X25519); only the
@@ -105,8 +111,9 @@ pub struct SessionSecret {
     /// SK: 32 bytes, the root of the session's KDF chains
     /// ([`crate::chain::RootKey::from_secret`]).
     pub shared: SecretBytes,
-    /// AD = SPKI(IK_initiator) || SPKI(IK_responder): bind it into every message's associated
-    /// data so a message cannot be replayed into another pair's session.
+    /// AD = SPKI(ID_initiator) || SPKI(IK_initiator) || SPKI(ID_responder) ||
+    /// SPKI(IK_responder): bind it into every message's associated data so a message cannot be
+    /// replayed into another pair's session.
     pub associated_data: Vec<u8>,
     /// The initiator's identity (signing) key, for the application to decide whether to trust.
     pub peer_identity: PublicKey,
@@ -151,14 +158,33 @@ fn filler_len(curve: Algorithm) -> usize {
     }
 }
 
-fn derive(curve: Algorithm, dhs: &[&SecretBytes], info: &[u8]) -> Result<SecretBytes> {
-    let mut ikm = Zeroizing::new(vec![0xFF; filler_len(curve)]);
+fn derive(
+    curve: Algorithm,
+    dhs: &[&SecretBytes],
+    info: &[u8],
+    associated_data: &[u8],
+) -> Result<SecretBytes> {
+    use sha2::{Digest, Sha256};
+    // Sized up front: growing would leave copies of the DH outputs in freed memory.
+    let len = filler_len(curve) + dhs.iter().map(|d| d.len()).sum::<usize>();
+    let mut ikm = Zeroizing::new(Vec::with_capacity(len));
+    ikm.resize(filler_len(curve), 0xFF);
     for dh in dhs {
         ikm.extend_from_slice(dh.expose_secret());
     }
+    let mut full_info = info.to_vec();
+    full_info.push(0);
+    full_info.extend_from_slice(&Sha256::digest(associated_data));
     Ok(keyhaven_crypto::kdf::derive_key(
-        &ikm, &[0u8; 32], info, 32,
+        &ikm, &[0u8; 32], &full_info, 32,
     )?)
+}
+
+/// AD = SPKI(ID_A) || SPKI(IK_A) || SPKI(ID_B) || SPKI(IK_B).
+fn associated_data(keys: [&PublicKey; 4]) -> Vec<u8> {
+    keys.iter()
+        .flat_map(|k| k.spki_der().iter().copied())
+        .collect()
 }
 
 impl PrekeyPool {
@@ -217,12 +243,16 @@ impl PrekeyPool {
             .as_ref()
             .map(|o| ephemeral.agree(&o.public))
             .transpose()?;
+        let identity = self.store().get(self.identity())?.public_key;
+        let associated_data = associated_data([
+            &identity,
+            &own.key,
+            &bundle.identity,
+            &bundle.identity_key.key,
+        ]);
         let mut dhs = vec![&dh1, &dh2, &dh3];
         dhs.extend(dh4.as_ref());
-        let shared = derive(curve, &dhs, info)?;
-        let mut associated_data = own.key.spki_der().to_vec();
-        associated_data.extend_from_slice(bundle.identity_key.key.spki_der());
-        let identity = self.store().get(self.identity())?.public_key;
+        let shared = derive(curve, &dhs, info, &associated_data)?;
         let initiation = Initiation {
             identity: b64(identity.spki_der()),
             identity_key: b64(own.key.spki_der()),
@@ -246,7 +276,9 @@ impl PrekeyPool {
     /// identity key, computes the same secret with this pool's keys inside the backend, and
     /// consumes the one-time prekey named (last: a failure before it keeps the prekey).
     /// Whether to trust the initiator's identity is the application's decision
-    /// ([`SessionSecret::peer_identity`]).
+    /// ([`SessionSecret::peer_identity`]). The one-time prekey is consumed before any message
+    /// confirms the initiator (Signal waits for the first message): a forged initiation naming
+    /// an observed prekey id uses it up, which costs the pool one prekey and nothing else.
     ///
     /// # Errors
     /// [`RotationError::Handshake`] for an initiation that does not verify or names a signed
@@ -301,11 +333,11 @@ impl PrekeyPool {
             .as_ref()
             .map(|id| self.consume(id, &ek))
             .transpose()?;
+        let own_identity = self.store().get(self.identity())?.public_key;
+        let associated_data = associated_data([&identity, &signed_ik.key, &own_identity, &own.key]);
         let mut dhs = vec![&dh1, &dh2, &dh3];
         dhs.extend(dh4.as_ref());
-        let shared = derive(curve, &dhs, info)?;
-        let mut associated_data = signed_ik.key.spki_der().to_vec();
-        associated_data.extend_from_slice(own.key.spki_der());
+        let shared = derive(curve, &dhs, info, &associated_data)?;
         Ok(SessionSecret {
             shared,
             associated_data,

@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use keyhaven_fs::StateFiles;
 
 use base64ct::{Base64, Encoding};
 use secrecy::{ExposeSecret, SecretString};
@@ -21,6 +23,11 @@ use crate::vault::{KeyringStatus, Vault};
 const INDEX: &str = "index";
 const KEY_PREFIX: &str = "key-";
 const FORMAT: u32 = 1;
+// The bounds of the encrypted file store: an index item claiming more is refused before
+// Argon2id runs (a forged cost must not exhaust memory or time).
+const MAX_M_COST_KIB: u32 = 4 * 1024 * 1024;
+const MAX_T_COST: u32 = 64;
+const MAX_P_COST: u32 = 64;
 
 /// Which keyring holds the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +125,7 @@ impl KdfCost {
 }
 
 /// Where a keyring store lives and how it is protected.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct KeyringConfig {
     /// The keyring.
@@ -130,6 +137,24 @@ pub struct KeyringConfig {
     pub lock_file: Option<PathBuf>,
     /// Argon2id costs for a new store (an existing one keeps its own).
     pub kdf: KdfCost,
+    /// Where the highest index generation seen is kept outside the keyring (in a sealed
+    /// keyhaven home: authenticated), so an older index put back is noticed by every process.
+    pub generation_file: Option<(PathBuf, Arc<dyn StateFiles>)>,
+}
+
+impl std::fmt::Debug for KeyringConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyringConfig")
+            .field("keyring", &self.keyring)
+            .field("store", &self.store)
+            .field("lock_file", &self.lock_file)
+            .field("kdf", &self.kdf)
+            .field(
+                "generation_file",
+                &self.generation_file.as_ref().map(|(p, _)| p),
+            )
+            .finish()
+    }
 }
 
 impl KeyringConfig {
@@ -140,7 +165,20 @@ impl KeyringConfig {
             store: store.into(),
             lock_file: None,
             kdf: KdfCost::default(),
+            generation_file: None,
         }
+    }
+
+    /// Keeps the highest index generation seen in `path`, read and written through `state`
+    /// (the home's state: authenticated when the home is sealed), so a rolled-back index is
+    /// refused by every process, not only one that saw the newer index.
+    pub fn with_generation_file(
+        mut self,
+        path: impl Into<PathBuf>,
+        state: Arc<dyn StateFiles>,
+    ) -> Self {
+        self.generation_file = Some((path.into(), state));
+        self
     }
 
     /// Serialises changes across processes with the lock file `path`.
@@ -220,7 +258,10 @@ pub struct KeyringStore {
     store: String,
     sealer: Sealer,
     lock_file: Option<PathBuf>,
-    writing: Mutex<()>,
+    generation_file: Option<(PathBuf, Arc<dyn StateFiles>)>,
+    /// Readers share it, a change holds it alone: a reader never sees a generation older than
+    /// one a writer of this process already recorded.
+    access: RwLock<()>,
     /// The highest index generation this process has seen: an older one is a rollback.
     seen: AtomicU64,
 }
@@ -283,13 +324,23 @@ impl KeyringStore {
                         format!("changed by another program: {e}"),
                     )
                 })?;
-                let salt = Base64::decode_vec(&item.salt).map_err(|_| {
+                let bad = |what: &str| {
                     Error::corrupt(
                         format!("the index item of keyring store '{}'", config.store),
-                        "changed by another program: bad salt",
+                        format!("changed by another program: {what}"),
                     )
-                })?;
-                (salt, item.kdf, true)
+                };
+                let salt = Base64::decode_vec(&item.salt).map_err(|_| bad("bad salt"))?;
+                let k = item.kdf;
+                if !(16..=64).contains(&salt.len())
+                    || !(1..=MAX_P_COST).contains(&k.p_cost)
+                    || !(1..=MAX_T_COST).contains(&k.t_cost)
+                    || k.m_cost_kib < 8 * k.p_cost
+                    || k.m_cost_kib > MAX_M_COST_KIB
+                {
+                    return Err(bad("Argon2id parameters or salt out of range"));
+                }
+                (salt, k, true)
             }
             None => {
                 let orphans = vault
@@ -324,19 +375,22 @@ impl KeyringStore {
             store: config.store.clone(),
             sealer: Sealer::new(key.as_ref())?,
             lock_file: config.lock_file.clone(),
-            writing: Mutex::new(()),
+            generation_file: config.generation_file.clone(),
+            access: RwLock::new(()),
             seen: AtomicU64::new(0),
         };
         if existing {
-            store.read_index().map_err(|e| match e {
-                Error::Corrupt { .. } => Error::BadPassphrase(format!(
+            // A wrong passphrase and an edited index look the same: both are said.
+            if store.unseal(&store.read_item()?).is_none() {
+                return Err(Error::BadPassphrase(format!(
                     "the passphrase does not open keyring store '{}' in {} (or another \
                      program changed its index item)",
                     store.store,
                     store.vault.describe()
-                )),
-                other => other,
-            })?;
+                )));
+            }
+            // Then the generation: an index older than one recorded is refused.
+            store.read_index()?;
         } else {
             let item = IndexItem {
                 format: FORMAT,
@@ -379,7 +433,24 @@ impl KeyringStore {
     }
 
     fn read_index(&self) -> Result<Index> {
+        let _shared = self.access.read().unwrap_or_else(PoisonError::into_inner);
         Ok(self.load()?.1)
+    }
+
+    /// The generation recorded outside the keyring, if one is kept.
+    fn floor(&self) -> Result<u64> {
+        let Some((path, state)) = &self.generation_file else {
+            return Ok(0);
+        };
+        match state.read(path)? {
+            None => Ok(0),
+            Some(bytes) => std::str::from_utf8(&bytes)
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+                .ok_or_else(|| {
+                    Error::corrupt(path.display().to_string(), "not an index generation")
+                }),
+        }
     }
 
     /// The index item and what it seals.
@@ -391,19 +462,16 @@ impl KeyringStore {
                 format!("unsupported format {}", item.format),
             ));
         }
-        let changed = || {
+        let index = self.unseal(&item).ok_or_else(|| {
             Error::corrupt(
                 self.what(INDEX),
                 "changed by another program: it does not open under the store's key",
             )
-        };
-        let sealed = Base64::decode_vec(&item.sealed).map_err(|_| changed())?;
-        let plain = self
-            .sealer
-            .open_joined(&sealed, &index_ad(&self.store))
-            .ok_or_else(changed)?;
-        let index: Index = serde_json::from_slice(&plain).map_err(|_| changed())?;
-        let seen = self.seen.fetch_max(index.generation, Ordering::SeqCst);
+        })?;
+        let seen = self
+            .seen
+            .fetch_max(index.generation, Ordering::SeqCst)
+            .max(self.floor()?);
         if index.generation < seen {
             return Err(Error::corrupt(
                 self.what(INDEX),
@@ -415,6 +483,13 @@ impl KeyringStore {
             ));
         }
         Ok((item, index))
+    }
+
+    /// What the index item seals, if it opens under the store's key.
+    fn unseal(&self, item: &IndexItem) -> Option<Index> {
+        let sealed = Base64::decode_vec(&item.sealed).ok()?;
+        let plain = self.sealer.open_joined(&sealed, &index_ad(&self.store))?;
+        serde_json::from_slice(&plain).ok()
     }
 
     fn write_index_item(&self, mut item: IndexItem, index: &Index) -> Result<()> {
@@ -429,12 +504,15 @@ impl KeyringStore {
         self.vault
             .write(INDEX, &format!("keyhaven {}: index", self.store), &json)?;
         self.seen.fetch_max(index.generation, Ordering::SeqCst);
+        if let Some((path, state)) = &self.generation_file {
+            state.write(path, index.generation.to_string().as_bytes())?;
+        }
         Ok(())
     }
 
     /// Runs `f` on the index under the store's locks, then writes it with the next generation.
     fn change<T>(&self, f: impl FnOnce(&mut Index) -> Result<T>) -> Result<T> {
-        let _guard = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let _alone = self.access.write().unwrap_or_else(PoisonError::into_inner);
         let _lock = match &self.lock_file {
             Some(p) => Some(keyhaven_fs::FileLock::acquire(p)?),
             None => None,
@@ -515,9 +593,10 @@ impl KeyringStore {
             let sealed = self
                 .sealer
                 .seal_joined(pkcs8.expose_secret(), &key_ad(&self.store, &entry))?;
+            // The item's label says whose it is, not the key's label (sealed in the index).
             self.vault.write(
                 &name,
-                &format!("keyhaven {}: {label} ({id})", self.store),
+                &format!("keyhaven {}: key", self.store),
                 Base64::encode_string(&sealed).as_bytes(),
             )?;
             wrote.set(true);
@@ -526,8 +605,15 @@ impl KeyringStore {
         });
         if result.is_err() && wrote.get() {
             // The item without an index entry would be an orphan: take it back (best effort;
-            // `check` reports any left).
-            let _ = self.vault.remove(&name);
+            // `check` reports any left), unless the index did take it (a write reported as
+            // failed that the keyring carried out).
+            let listed = self
+                .read_index()
+                .map(|index| index.keys.iter().any(|k| k.id == id))
+                .unwrap_or(true);
+            if !listed {
+                let _ = self.vault.remove(&name);
+            }
         }
         result?;
         entry.info(&self.store)

@@ -366,18 +366,39 @@ pub(crate) mod kernel {
 
         fn write(&self, name: &str, _label: &str, data: &[u8]) -> Result<()> {
             let ring = self.ring()?;
-            // add_key replaces the payload of a key with the same description atomically.
-            let key = ring
-                .add_key(&format!("{}{name}", self.prefix()), data)
-                .map_err(|e| self.call(format!("write key {name}"), e))?;
-            // The possessor (this user's processes holding the keyring) may do anything; the
-            // user may see and read it; nobody else anything.
-            let perms = KeyPermissionsBuilder::builder()
-                .posessor(Permission::ALL)
-                .user(Permission::VIEW | Permission::READ | Permission::SEARCH | Permission::WRITE)
-                .build();
-            key.set_perms(perms)
-                .map_err(|e| self.call(format!("set the permissions of key {name}"), e))
+            let description = format!("{}{name}", self.prefix());
+            match ring.search(&description) {
+                // An existing key's payload is replaced atomically, its permissions kept:
+                // add_key updates a key of the same type and description in place (and takes
+                // payloads up to 1 MiB, where KEYCTL_UPDATE stops at one page).
+                Ok(_) => ring
+                    .add_key(&description, data)
+                    .map(|_| ())
+                    .map_err(|e| self.call(format!("write key {name}"), e)),
+                Err(KeyError::KeyDoesNotExist) => {
+                    let key = ring
+                        .add_key(&description, data)
+                        .map_err(|e| self.call(format!("write key {name}"), e))?;
+                    // The possessor (this user's processes holding the keyring) may do
+                    // anything; the user may see, read and write it; nobody else anything.
+                    let perms = KeyPermissionsBuilder::builder()
+                        .posessor(Permission::ALL)
+                        .user(
+                            Permission::VIEW
+                                | Permission::READ
+                                | Permission::SEARCH
+                                | Permission::WRITE,
+                        )
+                        .build();
+                    if let Err(e) = key.set_perms(perms) {
+                        // A new key nothing depends on yet: take it back.
+                        let _ = key.invalidate();
+                        return Err(self.call(format!("set the permissions of key {name}"), e));
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(self.call(format!("search for key {name}"), e)),
+            }
         }
 
         fn remove(&self, name: &str) -> Result<bool> {

@@ -300,6 +300,9 @@ pub(crate) struct OpenRequest<'a> {
     /// The directory, for file and TPM backends.
     pub(crate) path: Option<&'a Path>,
     pub(crate) home: &'a Path,
+    /// The home's state files (authenticated once the home is sealed).
+    #[cfg_attr(not(feature = "keyring"), allow(dead_code))]
+    pub(crate) state: Arc<dyn keyhaven_fs::StateFiles>,
     pub(crate) passphrases: &'a dyn PassphraseProvider,
     /// Opened before the configuration is authenticated (the home's anchor): nothing the
     /// configuration says about where a secret comes from is used (a PIN file or variable the
@@ -416,8 +419,15 @@ mod keyring {
         let dir = req.home.join(crate::config::BACKENDS_DIR);
         crate::fs::create_private_dir(req.home)?;
         crate::fs::create_private_dir(&dir)?;
+        // The lock serialises changes between processes; the generation file (a state file of
+        // the home, authenticated when it is sealed) lets every process notice an index put
+        // back from an older copy.
         let config = KeyringConfig::new(keyring, store)
-            .with_lock_file(dir.join(format!("{name}.keyring.lock")));
+            .with_lock_file(dir.join(format!("{name}.keyring.lock")))
+            .with_generation_file(
+                dir.join(format!("{name}.keyring-generation")),
+                req.state.clone(),
+            );
         let exists = KeyringStore::exists(&config).map_err(err)?;
         if !exists && !create {
             return Ok(None);

@@ -541,6 +541,7 @@ impl KeyManager {
             config,
             path,
             home: &self.home,
+            state: self.lifecycle().state.clone(),
             passphrases: self.passphrases.as_ref(),
             unauthenticated: config.kind == BackendKind::Pkcs11
                 && !keyhaven_fs::StateFiles::is_authenticated(self.lifecycle().state.as_ref())

@@ -27,8 +27,6 @@ use crate::{CoreError, Error, Result, Signature};
 /// The rotation directory inside the home.
 pub const ROTATION_DIR: &str = "rotation";
 
-use keyhaven_rotation::PREKEY_LABEL_PREFIXES;
-
 fn core(e: RotationError) -> Error {
     Error::Core(e.into())
 }
@@ -256,11 +254,7 @@ impl KeyManager {
         Ok(self
             .list_keys()?
             .into_iter()
-            .filter(|k| {
-                !PREKEY_LABEL_PREFIXES
-                    .iter()
-                    .any(|p| k.label().starts_with(p))
-            })
+            .filter(|k| !keyhaven_rotation::is_prekey_label(k.label()))
             .collect())
     }
 
@@ -460,13 +454,22 @@ impl KeyManager {
         // keys are signed by the identity's primary version, re-signed when a rotation made a
         // new one (the pool passes from an earlier version to its successor).
         let logical = self.logical_key(identity)?;
-        let (pool_name, predecessors): (String, Vec<keyhaven_core::KeyId>) = match &logical {
-            Some(l) => (
-                l.id().to_owned(),
-                l.versions().iter().map(|v| v.key_id().clone()).collect(),
-            ),
-            None => (identity.id().to_string(), Vec::new()),
-        };
+        // Earlier versions pass the pool on; a compromised or revoked one's pool is emptied
+        // (its keys may be known to whoever compromised it), never vouched for again.
+        let (pool_name, trusted, abandoned): (String, Vec<crate::KeyId>, Vec<crate::KeyId>) =
+            match &logical {
+                Some(l) => {
+                    let (bad, good): (Vec<_>, Vec<_>) = l.versions().iter().partition(|v| {
+                        matches!(v.state(), VersionState::Compromised | VersionState::Revoked)
+                    });
+                    (
+                        l.id().to_owned(),
+                        good.iter().map(|v| v.key_id().clone()).collect(),
+                        bad.iter().map(|v| v.key_id().clone()).collect(),
+                    )
+                }
+                None => (identity.id().to_string(), Vec::new(), Vec::new()),
+            };
         let identity = self.signing_target(identity)?;
         let b = self.key_backend(&identity)?;
         keyhaven_fs::create_private_dir(self.home())?;
@@ -477,7 +480,7 @@ impl KeyManager {
             b.store().clone(),
             identity.id().clone(),
             self.state()?,
-            &predecessors,
+            &keyhaven_rotation::Succession::new(&trusted, &abandoned),
         )
         .map_err(core)?;
         // Devices do ECDH on the NIST curves, not X25519 (SoftHSM 2.6, TPMs): a new pool of a

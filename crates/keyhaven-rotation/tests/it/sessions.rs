@@ -7,7 +7,7 @@ use std::sync::Arc;
 use keyhaven_core::{Algorithm, KeyStore, SecretBytes};
 use keyhaven_fs::PlainState;
 use keyhaven_rotation::chain::{ChainKey, ReceivingChain, RootKey, SendingChain};
-use keyhaven_rotation::{PrekeyPool, RotationError};
+use keyhaven_rotation::{PrekeyPool, RotationError, Succession, is_prekey_label};
 use keyhaven_store_memory::MemoryStore;
 use proptest::prelude::*;
 
@@ -227,9 +227,14 @@ fn a_pool_passes_to_the_next_identity_version_and_keeps_serving() {
         // a pool of the old version is refused unless the new one is named its successor
         let e = PrekeyPool::open(&dir, store.clone(), v.id.clone()).unwrap_err();
         assert!(e.to_string().contains("belongs to identity"), "{e}");
-        let pool =
-            PrekeyPool::open_succeeding(&dir, store.clone(), v.id.clone(), state.clone(), &ids)
-                .unwrap();
+        let pool = PrekeyPool::open_succeeding(
+            &dir,
+            store.clone(),
+            v.id.clone(),
+            state.clone(),
+            &Succession::new(&ids, &[]),
+        )
+        .unwrap();
         let b = pool.bundle().unwrap();
         assert_eq!(b.identity, v.public_key);
         b.verify().unwrap();
@@ -249,7 +254,164 @@ fn a_pool_passes_to_the_next_identity_version_and_keeps_serving() {
     }
     // another identity is not a successor
     let other = store.generate(Algorithm::Ed25519, "other").unwrap();
-    assert!(PrekeyPool::open_succeeding(&dir, store, other.id, state, &[v1.id]).is_err());
+    let e = PrekeyPool::open_succeeding(
+        &dir,
+        store,
+        other.id,
+        state,
+        &Succession::new(&[v1.id], &[]),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("belongs to identity"), "{e}");
+}
+
+/// Someone who can write `pool.json` (a home not sealed) points the signed prekey's record at
+/// another key of the store, or at a public key of their own: the new identity version will
+/// not vouch for it.
+#[test]
+fn a_successor_never_signs_a_key_its_predecessor_did_not() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new().unwrap());
+    let v1 = store.generate(Algorithm::Ed25519, "id").unwrap();
+    let dir = tmp.path().join("bob");
+    let pool = PrekeyPool::open(&dir, store.clone(), v1.id.clone()).unwrap();
+    pool.replenish(1, 2).unwrap();
+    pool.bundle().unwrap();
+    let file = dir.join("pool.json");
+    let original = std::fs::read_to_string(&file).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&original).unwrap();
+    // the signed prekey's record now names a one-time prekey (a key the store holds)
+    let otk = json["one_time"][1].clone();
+    json["signed"][0]["key_id"] = otk["id"].clone();
+    json["signed"][0]["public_key"] = otk["public_key"].clone();
+    std::fs::write(&file, json.to_string()).unwrap();
+    let v2 = store.generate(Algorithm::Ed25519, "id.v2").unwrap();
+    let e = PrekeyPool::open_succeeding(
+        &dir,
+        store.clone(),
+        v2.id.clone(),
+        Arc::new(PlainState),
+        &Succession::new(std::slice::from_ref(&v1.id), &[]),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("not signed by the previous identity"),
+        "{e}"
+    );
+    // a public key of the attacker's own under the real key id
+    let mut json: serde_json::Value = serde_json::from_str(&original).unwrap();
+    let theirs = MemoryStore::new()
+        .unwrap()
+        .generate(Algorithm::X25519, "theirs")
+        .unwrap();
+    json["signed"][0]["public_key"] = serde_json::Value::String({
+        use base64ct::{Base64, Encoding};
+        Base64::encode_string(theirs.public_key.spki_der())
+    });
+    std::fs::write(&file, json.to_string()).unwrap();
+    let e = PrekeyPool::open_succeeding(
+        &dir,
+        store.clone(),
+        v2.id.clone(),
+        Arc::new(PlainState),
+        &Succession::new(std::slice::from_ref(&v1.id), &[]),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("is not the store's"), "{e}");
+    // and the old identity itself does not hand it out either
+    let e = PrekeyPool::open(&dir, store, v1.id)
+        .unwrap()
+        .bundle()
+        .unwrap_err();
+    assert!(e.to_string().contains("is not the store's"), "{e}");
+}
+
+/// The pool of a compromised identity version is not passed on: its keys are deleted and the
+/// next version starts a new one.
+#[test]
+fn a_compromised_identitys_pool_is_emptied_not_passed_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new().unwrap());
+    let v1 = store.generate(Algorithm::Ed25519, "id").unwrap();
+    let dir = tmp.path().join("bob");
+    let pool = PrekeyPool::open(&dir, store.clone(), v1.id.clone()).unwrap();
+    pool.replenish(1, 3).unwrap();
+    let old = pool.bundle().unwrap();
+    let v2 = store.generate(Algorithm::Ed25519, "id.v2").unwrap();
+    let pool = PrekeyPool::open_succeeding(
+        &dir,
+        store.clone(),
+        v2.id.clone(),
+        Arc::new(PlainState),
+        &Succession::new(&[], std::slice::from_ref(&v1.id)),
+    )
+    .unwrap();
+    assert!(store.get(&old.signed_prekey.key_id).is_err(), "deleted");
+    assert!(store.get(&old.identity_key.key_id).is_err(), "deleted");
+    assert_eq!(pool.status().unwrap().available, 0);
+    let new = pool.bundle().unwrap();
+    assert_ne!(new.identity_key.key, old.identity_key.key);
+    assert_eq!(new.identity, v2.public_key);
+    new.verify().unwrap();
+}
+
+#[test]
+fn only_labels_a_pool_gives_are_prekey_labels() {
+    assert!(is_prekey_label("otpk-0123456789abcdef-k1"));
+    assert!(is_prekey_label("idk-0123456789abcdef-k1"));
+    assert!(!is_prekey_label("otpk-mine"));
+    assert!(!is_prekey_label("spk-0123456789abcdeg-k1"));
+    assert!(!is_prekey_label("spk-0123456789abcdef-"));
+}
+
+/// Mallory re-signs Alice's identity agreement key with her own identity and passes Alice's
+/// initiation off as hers: Bob ends up with another secret and other associated data than
+/// Alice, so nothing Alice sends opens as Mallory's (no unknown key-share).
+#[test]
+fn an_initiation_relabelled_by_another_identity_gives_another_secret() {
+    use base64ct::{Base64, Encoding};
+    let tmp = tempfile::tempdir().unwrap();
+    let (alice, bob) = (party(tmp.path(), "alice"), party(tmp.path(), "bob"));
+    let mallory = party(tmp.path(), "mallory");
+    let (mut init, a) = alice.initiate(&bob.bundle().unwrap(), INFO).unwrap();
+    let ik = Base64::decode_vec(&init.identity_key).unwrap();
+    let message =
+        keyhaven_rotation::SignedPrekey::identity_key_message(&ik, init.identity_key_created_at);
+    let sig = mallory.store().sign(mallory.identity(), &message).unwrap();
+    let mallory_pub = mallory.store().get(mallory.identity()).unwrap().public_key;
+    init.identity = Base64::encode_string(mallory_pub.spki_der());
+    init.identity_key_signature = Base64::encode_string(sig.as_raw());
+    let b = bob.respond(&init, INFO).unwrap();
+    assert_eq!(b.peer_identity, mallory_pub);
+    assert_ne!(a.shared, b.shared);
+    assert_ne!(a.associated_data, b.associated_data);
+}
+
+#[test]
+fn a_forged_message_far_ahead_changes_nothing() {
+    let (mut send, mut recv) = chains(10);
+    let sealed: Vec<Vec<u8>> = (0..12)
+        .map(|i| send.next_key().unwrap().seal(&[i], b"ad").unwrap())
+        .collect();
+    assert_eq!(
+        recv.open(1, &sealed[1], b"ad").unwrap().expose_secret(),
+        &[1]
+    );
+    assert_eq!(recv.skipped(), 1);
+    // a forged message claiming number 11 (the bound): refused, nothing skipped or dropped
+    assert!(
+        recv.open(11, b"forged forged forged forged", b"ad")
+            .is_err()
+    );
+    assert_eq!(recv.skipped(), 1);
+    // a real one under a wrong number fails too and leaves the skipped key in place
+    assert!(recv.open(0, &sealed[2], b"ad").is_err());
+    for n in [0u32, 2, 11, 5] {
+        let plain = recv.open(n, &sealed[n as usize], b"ad").unwrap();
+        assert_eq!(plain.expose_secret(), &[n as u8]);
+    }
+    assert!(recv.open(5, &sealed[5], b"ad").is_err(), "once");
 }
 
 #[test]

@@ -107,10 +107,9 @@ fn secret_tool_sees_the_items_and_no_key_material() {
     let store = KeyringStore::open(&config(&session, "shown"), &pass()).unwrap();
     let k = store.generate(Algorithm::EcdsaP256, "deploy").unwrap();
     let listed = items(&session, "shown");
-    assert!(
-        listed.contains(&format!("keyhaven shown: deploy ({})", k.id)),
-        "{listed}"
-    );
+    assert!(listed.contains("label = keyhaven shown: key"), "{listed}");
+    // the key's own label is sealed in the index, not shown in the keyring
+    assert!(!listed.contains("deploy"), "{listed}");
     assert!(
         listed.contains(&format!("attribute.keyhaven-item = key-{}", k.id)),
         "{listed}"
@@ -249,6 +248,45 @@ fn every_change_another_program_makes_is_detected_and_named() {
     assert!(e.to_string().contains("index item was removed"), "{e}");
 }
 
+/// An index item whose Argon2id costs were raised (to exhaust memory or time of whoever opens
+/// it) is refused before Argon2id runs.
+#[test]
+fn forged_argon2_costs_are_refused_before_hashing() {
+    let session = SecretServiceSession::start();
+    let cfg = config(&session, "costly");
+    KeyringStore::open(&cfg, &pass()).unwrap();
+    let index = lookup(&session, "costly", "index");
+    let mut json: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    json["kdf"]["m_cost_kib"] = serde_json::Value::from(4_000_000_000u64);
+    overwrite(&session, "costly", "index", json.to_string().as_bytes());
+    let e = KeyringStore::open(&cfg, &pass()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.to_string().contains("out of range"), "{e}");
+}
+
+/// With a generation file (the facade keeps one in the home), an index put back from an older
+/// copy is refused by a new process too, and a deleted key does not come back.
+#[test]
+fn a_rolled_back_index_is_refused_by_every_process_with_a_generation_file() {
+    let session = SecretServiceSession::start();
+    let home = tempfile::tempdir().unwrap();
+    let state: std::sync::Arc<dyn keyhaven_fs::StateFiles> =
+        std::sync::Arc::new(keyhaven_fs::PlainState);
+    let cfg =
+        config(&session, "floor").with_generation_file(home.path().join("floor.generation"), state);
+    let store = KeyringStore::open(&cfg, &pass()).unwrap();
+    let k = store.generate(Algorithm::Ed25519, "gone").unwrap();
+    let old_index = lookup(&session, "floor", "index");
+    let old_item = lookup(&session, "floor", &format!("key-{}", k.id));
+    store.delete(&k.id).unwrap();
+    drop(store);
+    // the deleted key's item and the index that listed it, put back
+    overwrite(&session, "floor", "index", &old_index);
+    overwrite(&session, "floor", &format!("key-{}", k.id), &old_item);
+    let e = KeyringStore::open(&cfg, &pass()).unwrap_err();
+    assert!(e.to_string().contains("rolled back"), "{e}");
+}
+
 #[test]
 fn a_locked_or_absent_keyring_says_what_to_do() {
     let session = SecretServiceSession::start();
@@ -334,6 +372,12 @@ impl Drop for KernelCleanup {
     fn drop(&mut self) {
         for k in self.0.list().unwrap_or_default() {
             let _ = self.0.delete(&k.id);
+        }
+        // and the store's index (kernel keys outlive the test process)
+        if let Some(store) = self.0.info().location.split('\'').nth(1) {
+            let _ = std::process::Command::new("keyctl")
+                .args(["purge", "-p", "user", &format!("keyhaven:{store}:")])
+                .output();
         }
     }
 }
