@@ -77,10 +77,18 @@ fn keys_in_the_secret_service_sign_what_openssl_verifies_and_secret_tool_sees_th
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         listed.contains(&format!(
-            "keyhaven cli-test: deploy ({})",
+            "attribute.keyhaven-item = key-{}",
             shown["id"].as_str().unwrap()
         )),
         "{listed}"
+    );
+    assert!(
+        listed.contains("label = keyhaven cli-test: key"),
+        "{listed}"
+    );
+    assert!(
+        !listed.contains("deploy"),
+        "the key's label stays sealed: {listed}"
     );
     let doctor = h.ok(&["doctor"]);
     assert!(
