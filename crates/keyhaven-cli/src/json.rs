@@ -507,6 +507,9 @@ pub(crate) struct PrekeyBundleJson {
     pub(crate) one_time_prekey: PrekeyJson,
     /// The current signed prekey (null if there is none).
     pub(crate) signed_prekey: Option<SignedPrekeyJson>,
+    /// The identity agreement key (X3DH's IK), signed by the identity key under the domain
+    /// `keyhaven-identity-agreement-key/v1`.
+    pub(crate) identity_agreement_key: SignedPrekeyJson,
     /// The identity key's public key.
     pub(crate) identity_public_key_pem: String,
 }

@@ -548,8 +548,8 @@ fn prekeys_in(m: &KeyManager, cmd: PrekeysCommand) -> Result<u8> {
             if json {
                 // A public key or signature that cannot be encoded is an error, never an
                 // empty string in the bundle.
-                let signed_prekey = match &spk {
-                    Some(s) => Some(SignedPrekeyJson {
+                let json_of = |s: &keyhaven::versions::SignedPrekey| -> Result<SignedPrekeyJson> {
+                    Ok(SignedPrekeyJson {
                         id: s.key_id.as_str().to_owned(),
                         public_key_pem: s.key.to_pem()?,
                         created_at: rfc3339(s.created_at),
@@ -557,15 +557,17 @@ fn prekeys_in(m: &KeyManager, cmd: PrekeysCommand) -> Result<u8> {
                             &s.signature,
                             keyhaven::SignatureFormat::Raw,
                         )?),
-                    }),
-                    None => None,
+                    })
                 };
+                let signed_prekey = spk.as_ref().map(json_of).transpose()?;
+                let identity_agreement_key = json_of(&pool.identity_agreement_key().map_err(map)?)?;
                 print_json(&PrekeyBundleJson {
                     one_time_prekey: PrekeyJson {
                         id: otpk.id.as_str().to_owned(),
                         public_key_pem: otpk.public.to_pem()?,
                     },
                     signed_prekey,
+                    identity_agreement_key,
                     identity_public_key_pem: m
                         .rotation()
                         .signing_target(&key)?

@@ -363,11 +363,7 @@ impl PrekeyPool {
             .chain(state.signed.iter().map(|s| &s.key_id))
             .chain(state.identity_key.iter().map(|k| &k.key_id));
         for id in ids {
-            match self.store.delete(id) {
-                Ok(()) => {}
-                Err(e) if e.is(ErrorKind::NotFound) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.delete_key(id)?;
         }
         let fresh = PoolState {
             format: 1,
@@ -550,11 +546,7 @@ impl PrekeyPool {
         let mine = format!("{prefix}{}-", Self::tag(state));
         for k in self.store.list()? {
             if k.label.starts_with(&mine) && !state.knows(&k.id) {
-                match self.store.delete(&k.id) {
-                    Ok(()) => {}
-                    Err(e) if e.is(ErrorKind::NotFound) => {}
-                    Err(e) => return Err(e.into()),
-                }
+                self.delete_key(&k.id)?;
             }
         }
         Ok(())
@@ -688,17 +680,29 @@ impl PrekeyPool {
             }
         }
         let secret = self.store.agree(id, peer)?;
-        match self.store.delete(id) {
-            Ok(()) => {}
-            Err(e) if e.is(ErrorKind::NotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
-        state.one_time[i].state = OtkState::Consumed;
-        state.one_time[i].public_key.clear();
-        state.one_time[i].taken_at = Some(self.clock.now());
-        compact(&mut state);
+        self.delete_key(id)?;
+        self.mark_consumed(&mut state, i);
         self.write(&state)?;
         Ok(secret)
+    }
+
+    /// Deletes key `id` of the pool from the store; one already gone is fine.
+    fn delete_key(&self, id: &KeyId) -> Result<()> {
+        match self.store.delete(id) {
+            Ok(()) => Ok(()),
+            Err(e) if e.is(ErrorKind::NotFound) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Marks one-time prekey `i` consumed (its public key forgotten) and drops the oldest
+    /// markers beyond [`CONSUMED_MARKERS_KEPT`].
+    fn mark_consumed(&self, state: &mut PoolState, i: usize) {
+        let rec = &mut state.one_time[i];
+        rec.state = OtkState::Consumed;
+        rec.public_key.clear();
+        rec.taken_at = Some(self.clock.now());
+        compact(state);
     }
 
     /// Destroys one-time prekey `id` without agreeing: a prekey handed out whose handshake
@@ -719,15 +723,8 @@ impl PrekeyPool {
                 reason: "already consumed: its private part was destroyed".into(),
             });
         }
-        match self.store.delete(id) {
-            Ok(()) => {}
-            Err(e) if e.is(ErrorKind::NotFound) => {}
-            Err(e) => return Err(e.into()),
-        }
-        state.one_time[i].state = OtkState::Consumed;
-        state.one_time[i].public_key.clear();
-        state.one_time[i].taken_at = Some(self.clock.now());
-        compact(&mut state);
+        self.delete_key(id)?;
+        self.mark_consumed(&mut state, i);
         self.write(&state)
     }
 
@@ -775,9 +772,23 @@ impl PrekeyPool {
             return self.decode_signed(rec, state.curve()?);
         }
         self.sweep(&state, IDENTITY_KEY_PREFIX)?;
+        let (record, key) = self.make_signed(&mut state, IDENTITY_KEY_PREFIX, IDENTITY_DOMAIN)?;
+        state.identity_key = Some(record);
+        self.write(&state)?;
+        Ok(key)
+    }
+
+    /// A new key of the pool, signed by the identity under `domain` (deleted again if the
+    /// identity cannot sign): its record and what it is.
+    fn make_signed(
+        &self,
+        state: &mut PoolState,
+        prefix: &str,
+        domain: &[u8],
+    ) -> Result<(SignedRecord, SignedPrekey)> {
         let now = self.clock.now();
-        let info = self.generate(&mut state, IDENTITY_KEY_PREFIX)?;
-        let m = message(IDENTITY_DOMAIN, info.public_key.spki_der(), now);
+        let info = self.generate(state, prefix)?;
+        let m = message(domain, info.public_key.spki_der(), now);
         let signature = match self.store.sign(&self.identity, &m) {
             Ok(s) => s,
             Err(e) => {
@@ -785,19 +796,21 @@ impl PrekeyPool {
                 return Err(e.into());
             }
         };
-        state.identity_key = Some(SignedRecord {
+        let record = SignedRecord {
             key_id: info.id.clone(),
             public_key: b64_key(&info.public_key),
             signature: Base64::encode_string(signature.as_raw()),
             created_at: now,
-        });
-        self.write(&state)?;
-        Ok(SignedPrekey {
-            key_id: info.id,
-            key: info.public_key,
-            signature,
-            created_at: now,
-        })
+        };
+        Ok((
+            record,
+            SignedPrekey {
+                key_id: info.id,
+                key: info.public_key,
+                signature,
+                created_at: now,
+            },
+        ))
     }
 
     /// Agreement between the identity agreement key and `peer`.
@@ -823,22 +836,8 @@ impl PrekeyPool {
         let _lock = self.lock()?;
         let mut state = self.read()?;
         self.sweep(&state, SIGNED_PREFIX)?;
-        let now = self.clock.now();
-        let info = self.generate(&mut state, SIGNED_PREFIX)?;
-        let message = SignedPrekey::signed_message(info.public_key.spki_der(), now);
-        let signature = match self.store.sign(&self.identity, &message) {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = self.store.delete(&info.id);
-                return Err(e.into());
-            }
-        };
-        state.signed.push(SignedRecord {
-            key_id: info.id.clone(),
-            public_key: b64_key(&info.public_key),
-            signature: Base64::encode_string(signature.as_raw()),
-            created_at: now,
-        });
+        let (record, key) = self.make_signed(&mut state, SIGNED_PREFIX, DOMAIN)?;
+        state.signed.push(record);
         let old: Vec<SignedRecord> = if state.signed.len() > 2 {
             state.signed.drain(..state.signed.len() - 2).collect()
         } else {
@@ -846,18 +845,9 @@ impl PrekeyPool {
         };
         self.write(&state)?;
         for o in old {
-            match self.store.delete(&o.key_id) {
-                Ok(()) => {}
-                Err(e) if e.is(ErrorKind::NotFound) => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.delete_key(&o.key_id)?;
         }
-        Ok(SignedPrekey {
-            key_id: info.id,
-            key: info.public_key,
-            signature,
-            created_at: now,
-        })
+        Ok(key)
     }
 
     /// [`PrekeyPool::rotate_signed_prekey`] if there is none or it is at least `max_age`

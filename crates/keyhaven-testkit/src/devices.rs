@@ -603,6 +603,26 @@ impl Drop for Swtpm {
     }
 }
 
+/// Runs `script` with the interop virtualenv's interpreter ([`python`]), `stdin` as its
+/// input, and returns its output (not asserting success: the caller says what it expects).
+///
+/// # Panics
+/// When the interpreter cannot be started.
+pub fn run_python(script: &str, stdin: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(python())
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the interop python"); // ok: test assertion
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin).expect("python's stdin"); // ok: test assertion
+    }
+    child.wait_with_output().expect("python's output") // ok: test assertion
+}
+
 /// The interpreter of the interop virtualenv, with the pinned PyPI packages of
 /// `xtask/interop-requirements.txt` (`cargo xtask test` makes it and sets `KEYHAVEN_PYTHON`).
 ///

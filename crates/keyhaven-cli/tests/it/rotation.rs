@@ -509,38 +509,26 @@ fn policy_modes_notify_and_disabled_through_the_cli() {
     );
 }
 
-/// Python's `cryptography` (code nobody here wrote) checks a signed prekey from `prekeys take
-/// --json` with the identity public key it names: `keyhaven-signed-prekey/v1\n` || unix time
-/// || `\n` || the prekey's SPKI DER.
+/// Python's `cryptography` (code nobody here wrote) checks the signed prekey and the identity
+/// agreement key of `prekeys take --json` with the identity public key it names: the domain
+/// (`keyhaven-signed-prekey/v1\n`, `keyhaven-identity-agreement-key/v1\n`) || unix time ||
+/// `\n` || the key's SPKI DER.
 fn python_verifies_signed_prekey(bundle: &serde_json::Value) {
     let script = r#"
 import json, sys, datetime
 from cryptography.hazmat.primitives import serialization
 b = json.loads(sys.stdin.read())
 identity = serialization.load_pem_public_key(b["identity_public_key_pem"].encode())
-spk = b["signed_prekey"]
-der = serialization.load_pem_public_key(spk["public_key_pem"].encode()).public_bytes(
-    serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-t = int(datetime.datetime.fromisoformat(spk["created_at"].replace("Z", "+00:00")).timestamp())
-msg = b"keyhaven-signed-prekey/v1\n" + str(t).encode() + b"\n" + der
-identity.verify(bytes.fromhex(spk["signature"]), msg)
+for field, domain in [("signed_prekey", b"keyhaven-signed-prekey/v1\n"),
+                      ("identity_agreement_key", b"keyhaven-identity-agreement-key/v1\n")]:
+    k = b[field]
+    der = serialization.load_pem_public_key(k["public_key_pem"].encode()).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    t = int(datetime.datetime.fromisoformat(k["created_at"].replace("Z", "+00:00")).timestamp())
+    identity.verify(bytes.fromhex(k["signature"]), domain + str(t).encode() + b"\n" + der)
 print("verified")
 "#;
-    use std::io::Write;
-    let mut child = std::process::Command::new(keyhaven_testkit::devices::python())
-        .args(["-c", script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(bundle.to_string().as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = keyhaven_testkit::devices::run_python(script, bundle.to_string().as_bytes());
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("verified"),
         "{}\n{}",
