@@ -187,6 +187,26 @@ impl CryptoProvider {
         self.algorithm(algorithm)?.load_pkcs8_der(der)
     }
 
+    /// Loads the private key of a backed-up key `original` (a restore): of its algorithm, and
+    /// only if its public key is `original`'s.
+    ///
+    /// # Errors
+    /// As [`CryptoProvider::load_pkcs8_as`]; [`Error::InvalidInput`] if it is another key.
+    pub fn load_restored(
+        &self,
+        original: &keyhaven_core::KeyInfo,
+        der: &[u8],
+    ) -> Result<Box<dyn PrivateKey>, Error> {
+        let key = self.load_pkcs8_as(original.algorithm, der)?;
+        if *key.public_key() != original.public_key {
+            return Err(Error::InvalidInput(format!(
+                "the private key is not the one of key {}",
+                original.id
+            )));
+        }
+        Ok(key)
+    }
+
     /// Parses and validates SPKI DER as a public key of `algorithm` (for ECDH keys, whose DER
     /// is an ECDSA key's).
     ///

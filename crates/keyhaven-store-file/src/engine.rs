@@ -252,13 +252,7 @@ impl<F: Format> Engine<F> {
         validate_label(label)?;
         let key = self
             .provider
-            .load_pkcs8_as(original.algorithm, pkcs8.expose_secret())?;
-        if *key.public_key() != original.public_key {
-            return Err(Error::InvalidInput(format!(
-                "the private key is not the one of key {}",
-                original.id
-            )));
-        }
+            .load_restored(original, pkcs8.expose_secret())?;
         self.insert(Some(original), label, key.as_ref(), protection)
     }
 

@@ -656,9 +656,10 @@ impl KeyStore for KeyringStore {
     }
 
     fn sign_digest(&self, id: &KeyId, digest: &[u8]) -> Result<Signature> {
-        let algorithm = self.get(id)?.algorithm;
-        algorithm.check_digest(digest)?;
-        self.open_key(id)?.sign_digest(digest)
+        // One index read and one item read: the key knows its algorithm.
+        let key = self.open_key(id)?;
+        key.algorithm().check_digest(digest)?;
+        key.sign_digest(digest)
     }
 
     fn agree(&self, id: &KeyId, peer: &PublicKey) -> Result<SecretBytes> {
@@ -717,14 +718,7 @@ impl KeyStore for KeyringStore {
         label: &str,
         pkcs8_der: &SecretBytes,
     ) -> Result<KeyInfo> {
-        let key =
-            default_provider().load_pkcs8_as(original.algorithm, pkcs8_der.expose_secret())?;
-        if *key.public_key() != original.public_key {
-            return Err(Error::InvalidInput(format!(
-                "the private key is not the one of key {}",
-                original.id
-            )));
-        }
+        let key = default_provider().load_restored(original, pkcs8_der.expose_secret())?;
         self.insert(
             original.id.clone(),
             label,

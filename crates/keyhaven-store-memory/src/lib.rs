@@ -180,13 +180,7 @@ impl KeyStore for MemoryStore {
     ) -> Result<KeyInfo> {
         let key = self
             .provider
-            .load_pkcs8_as(original.algorithm, pkcs8_der.expose_secret())?;
-        if *key.public_key() != original.public_key {
-            return Err(Error::InvalidInput(format!(
-                "the private key is not the one of key {}",
-                original.id
-            )));
-        }
+            .load_restored(original, pkcs8_der.expose_secret())?;
         self.insert_as(
             original.id.clone(),
             label,
