@@ -7,11 +7,48 @@ use std::sync::Arc;
 use keyhaven_core::{Algorithm, KeyStore, SecretBytes};
 use keyhaven_fs::PlainState;
 use keyhaven_rotation::chain::{ChainKey, ReceivingChain, RootKey, SendingChain};
-use keyhaven_rotation::{PrekeyPool, RotationError, Succession, is_prekey_label};
+use keyhaven_rotation::{PrekeyBundle, PrekeyPool, RotationError, Succession, is_prekey_label};
 use keyhaven_store_memory::MemoryStore;
 use proptest::prelude::*;
 
 const INFO: &[u8] = b"keyhaven test app";
+
+/// [`PrekeyPool::open_succeeding`] with plain state files.
+fn succeed(
+    dir: &std::path::Path,
+    store: Arc<dyn KeyStore>,
+    identity: keyhaven_core::KeyId,
+    trusted: &[keyhaven_core::KeyId],
+    abandoned: &[keyhaven_core::KeyId],
+) -> keyhaven_rotation::Result<PrekeyPool> {
+    PrekeyPool::open_succeeding(
+        dir,
+        store,
+        identity,
+        Arc::new(PlainState),
+        &Succession::new(trusted, abandoned),
+    )
+}
+
+/// Bob's pool in `tmp` with `n` one-time prekeys and a bundle taken: the store, his identity's
+/// first version and the pool's directory.
+fn bob(
+    tmp: &std::path::Path,
+    n: u32,
+) -> (
+    Arc<dyn KeyStore>,
+    keyhaven_core::KeyInfo,
+    std::path::PathBuf,
+    PrekeyBundle,
+) {
+    let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new().unwrap());
+    let v1 = store.generate(Algorithm::Ed25519, "id").unwrap();
+    let dir = tmp.join("bob");
+    let pool = PrekeyPool::open(&dir, store.clone(), v1.id.clone()).unwrap();
+    pool.replenish(1, n).unwrap();
+    let bundle = pool.bundle().unwrap();
+    (store, v1, dir, bundle)
+}
 
 fn party(dir: &std::path::Path, name: &str) -> PrekeyPool {
     let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new().unwrap());
@@ -215,7 +252,6 @@ fn a_pool_passes_to_the_next_identity_version_and_keeps_serving() {
     let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new().unwrap());
     let v1 = store.generate(Algorithm::Ed25519, "id").unwrap();
     let dir = tmp.path().join("bob");
-    let state = Arc::new(PlainState);
     let pool = PrekeyPool::open(&dir, store.clone(), v1.id.clone()).unwrap();
     pool.replenish(1, 5).unwrap();
     let old = pool.bundle().unwrap();
@@ -227,14 +263,7 @@ fn a_pool_passes_to_the_next_identity_version_and_keeps_serving() {
         // a pool of the old version is refused unless the new one is named its successor
         let e = PrekeyPool::open(&dir, store.clone(), v.id.clone()).unwrap_err();
         assert!(e.to_string().contains("belongs to identity"), "{e}");
-        let pool = PrekeyPool::open_succeeding(
-            &dir,
-            store.clone(),
-            v.id.clone(),
-            state.clone(),
-            &Succession::new(&ids, &[]),
-        )
-        .unwrap();
+        let pool = succeed(&dir, store.clone(), v.id.clone(), &ids, &[]).unwrap();
         let b = pool.bundle().unwrap();
         assert_eq!(b.identity, v.public_key);
         b.verify().unwrap();
@@ -254,14 +283,7 @@ fn a_pool_passes_to_the_next_identity_version_and_keeps_serving() {
     }
     // another identity is not a successor
     let other = store.generate(Algorithm::Ed25519, "other").unwrap();
-    let e = PrekeyPool::open_succeeding(
-        &dir,
-        store,
-        other.id,
-        state,
-        &Succession::new(&[v1.id], &[]),
-    )
-    .unwrap_err();
+    let e = succeed(&dir, store, other.id, &[v1.id], &[]).unwrap_err();
     assert!(e.to_string().contains("belongs to identity"), "{e}");
 }
 
@@ -271,12 +293,7 @@ fn a_pool_passes_to_the_next_identity_version_and_keeps_serving() {
 #[test]
 fn a_successor_never_signs_a_key_its_predecessor_did_not() {
     let tmp = tempfile::tempdir().unwrap();
-    let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new().unwrap());
-    let v1 = store.generate(Algorithm::Ed25519, "id").unwrap();
-    let dir = tmp.path().join("bob");
-    let pool = PrekeyPool::open(&dir, store.clone(), v1.id.clone()).unwrap();
-    pool.replenish(1, 2).unwrap();
-    pool.bundle().unwrap();
+    let (store, v1, dir, _) = bob(tmp.path(), 2);
     let file = dir.join("pool.json");
     let original = std::fs::read_to_string(&file).unwrap();
     let mut json: serde_json::Value = serde_json::from_str(&original).unwrap();
@@ -286,12 +303,12 @@ fn a_successor_never_signs_a_key_its_predecessor_did_not() {
     json["signed"][0]["public_key"] = otk["public_key"].clone();
     std::fs::write(&file, json.to_string()).unwrap();
     let v2 = store.generate(Algorithm::Ed25519, "id.v2").unwrap();
-    let e = PrekeyPool::open_succeeding(
+    let e = succeed(
         &dir,
         store.clone(),
         v2.id.clone(),
-        Arc::new(PlainState),
-        &Succession::new(std::slice::from_ref(&v1.id), &[]),
+        std::slice::from_ref(&v1.id),
+        &[],
     )
     .unwrap_err();
     assert!(
@@ -310,12 +327,12 @@ fn a_successor_never_signs_a_key_its_predecessor_did_not() {
         Base64::encode_string(theirs.public_key.spki_der())
     });
     std::fs::write(&file, json.to_string()).unwrap();
-    let e = PrekeyPool::open_succeeding(
+    let e = succeed(
         &dir,
         store.clone(),
         v2.id.clone(),
-        Arc::new(PlainState),
-        &Succession::new(std::slice::from_ref(&v1.id), &[]),
+        std::slice::from_ref(&v1.id),
+        &[],
     )
     .unwrap_err();
     assert!(e.to_string().contains("is not the store's"), "{e}");
@@ -332,19 +349,14 @@ fn a_successor_never_signs_a_key_its_predecessor_did_not() {
 #[test]
 fn a_compromised_identitys_pool_is_emptied_not_passed_on() {
     let tmp = tempfile::tempdir().unwrap();
-    let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new().unwrap());
-    let v1 = store.generate(Algorithm::Ed25519, "id").unwrap();
-    let dir = tmp.path().join("bob");
-    let pool = PrekeyPool::open(&dir, store.clone(), v1.id.clone()).unwrap();
-    pool.replenish(1, 3).unwrap();
-    let old = pool.bundle().unwrap();
+    let (store, v1, dir, old) = bob(tmp.path(), 3);
     let v2 = store.generate(Algorithm::Ed25519, "id.v2").unwrap();
-    let pool = PrekeyPool::open_succeeding(
+    let pool = succeed(
         &dir,
         store.clone(),
         v2.id.clone(),
-        Arc::new(PlainState),
-        &Succession::new(&[], std::slice::from_ref(&v1.id)),
+        &[],
+        std::slice::from_ref(&v1.id),
     )
     .unwrap();
     assert!(store.get(&old.signed_prekey.key_id).is_err(), "deleted");
