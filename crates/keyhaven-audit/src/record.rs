@@ -54,6 +54,10 @@ pub struct Event {
     /// The caller's request or message id, for replay detection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// The network address the caller came from, when a server acted for a remote client
+    /// (`host` is then the server's host): where the client's key was used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     /// In an outcome record: the sequence number of the intent record it closes (so
     /// [`crate::verify`] tells which operations have no outcome exactly).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,6 +84,7 @@ impl Event {
             reason: None,
             digest: None,
             request_id: None,
+            address: None,
             intent: None,
         }
     }
@@ -111,6 +116,22 @@ impl Event {
     pub fn request_id(mut self, id: impl Into<String>) -> Self {
         self.request_id = Some(id.into());
         self
+    }
+
+    /// Sets the remote client's network address.
+    #[must_use]
+    pub fn address(mut self, address: impl Into<String>) -> Self {
+        self.address = Some(address.into());
+        self
+    }
+
+    /// Where the key was used: the remote client's address when a server acted for one
+    /// (`address 192.0.2.7`), otherwise the host the operation ran on.
+    pub fn location(&self) -> std::borrow::Cow<'_, str> {
+        match &self.address {
+            Some(a) => std::borrow::Cow::Owned(format!("address {a}")),
+            None => std::borrow::Cow::Borrowed(&self.host),
+        }
     }
 }
 

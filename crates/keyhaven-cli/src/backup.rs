@@ -786,7 +786,12 @@ fn open_entries(
 fn restore_test_run(file: &Path, args: &SecretArgs, json: bool) -> Result<()> {
     use keyhaven::{Algorithm, BackendConfig, BackendKind, Config, FixedPassphrase};
     // A restore test restores nothing real: an expired backup may still be tested.
-    let entries = open_entries(file, args, true)?;
+    let (wrapped, entries): (Vec<_>, Vec<_>) = open_entries(file, args, true)?
+        .into_iter()
+        .partition(|e| e.tpm_blob.is_some());
+    // A TPM-wrapped key loads only into the TPM that made it: restoring it there would touch
+    // the real home, so it is counted and named, not tested.
+    let wrapped = wrapped.len();
     let mut random = [0u8; 8];
     keyhaven::fill_random(&mut random)?;
     let scratch =
@@ -840,13 +845,23 @@ fn restore_test_run(file: &Path, args: &SecretArgs, json: bool) -> Result<()> {
     let (used, total) = outcome.context("restore test")?;
     if json {
         print_json(&RestoreTestJson {
-            restore_test: RestoreTestCounts { keys: total, used },
+            restore_test: RestoreTestCounts {
+                keys: total,
+                used,
+                tpm_wrapped: wrapped,
+            },
         })?;
     } else {
         outln!(
             "restore test: {used} of {total} key(s) restored into a scratch home and used \
              (signed and verified, or agreed); the real home was not touched"
         )?;
+        if wrapped > 0 {
+            outln!(
+                "{wrapped} TPM-wrapped key(s) not tested: each loads only into the TPM that \
+                 made it (`keyhaven backup restore --into` that TPM's backend checks it)"
+            )?;
+        }
     }
     Ok(())
 }

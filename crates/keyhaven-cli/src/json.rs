@@ -447,6 +447,8 @@ pub(crate) struct RestoreTestCounts {
     pub(crate) keys: usize,
     /// Keys used there (signed and verified, or agreed).
     pub(crate) used: usize,
+    /// TPM-wrapped keys, not tested: they load only into the TPM that made them.
+    pub(crate) tpm_wrapped: usize,
 }
 
 /// `backup restore --json`.

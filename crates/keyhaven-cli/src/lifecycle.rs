@@ -18,16 +18,24 @@ use clap::Subcommand;
 fn record_line(r: &Record) -> String {
     match &r.body {
         Body::Event(e) => format!(
-            "{} #{} {}@{} {} {} {}{}",
+            "{} #{} {}@{}{} {} {} {}{}{}",
             r.time,
             r.seq,
             e.principal,
             e.host,
+            e.address
+                .as_deref()
+                .map(|a| format!(" from {a}"))
+                .unwrap_or_default(),
             e.operation,
             e.key_id.as_deref().unwrap_or("-"),
             serde_json::to_value(e.outcome)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default(),
+            e.request_id
+                .as_deref()
+                .map(|id| format!(" request {id:?}"))
                 .unwrap_or_default(),
             e.reason
                 .as_deref()

@@ -1,5 +1,6 @@
 //! Detection of suspicious key use over audit records (`keyhaven compromise scan`).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use keyhaven_audit::{Body, Event, Outcome, Record};
@@ -12,6 +13,13 @@ use crate::report::{DetectionMethod, Severity};
 const PRIVATE_OPS: &[&str] = &["sign", "sign_digest", "agree", "export_pkcs8"];
 /// Operations whose failures count towards a failure burst: uses of a key, private or public.
 const USE_OPS: &[&str] = &["sign", "sign_digest", "agree", "export_pkcs8", "verify"];
+/// Whether an event is a use of its key's private half: a private operation in this home, or
+/// a server's decision for a remote client whose key signed the request (the record names
+/// the client's key and the address it came from).
+fn is_key_use(e: &Event) -> bool {
+    PRIVATE_OPS.contains(&e.operation.as_str()) || (e.address.is_some() && e.key_id.is_some())
+}
+
 /// At most this many audit sequence numbers are kept as evidence of one finding.
 const MAX_EVIDENCE: usize = 50;
 
@@ -448,30 +456,33 @@ fn bursts(events: &[Ev<'_>], t: &Thresholds, out: &mut Vec<Finding>) {
 /// pair of hosts. A single switch of host (the key moved to another machine) is not flagged.
 fn concurrent_hosts(events: &[Ev<'_>], t: &Thresholds, out: &mut Vec<Finding>) {
     let window = t.location_window.saturating_mul(1_000_000_000);
-    // Per key: the last use from each host, and the host of the last use.
-    let mut last: HashMap<&str, (HashMap<&str, &Ev<'_>>, &str)> = HashMap::new();
-    let mut flagged: BTreeSet<(&str, &str, &str)> = BTreeSet::new();
+    // Per key: the last use from each location, and the location of the last use.
+    type Uses<'a, 'e> = (HashMap<Cow<'a, str>, &'e Ev<'a>>, Cow<'a, str>);
+    let mut last: HashMap<&str, Uses<'_, '_>> = HashMap::new();
+    let mut flagged: BTreeSet<(&str, String, String)> = BTreeSet::new();
     for ev in events {
-        if ev.e.outcome != Outcome::Allowed || !PRIVATE_OPS.contains(&ev.e.operation.as_str()) {
+        if ev.e.outcome != Outcome::Allowed || !is_key_use(ev.e) {
             continue;
         }
         let Some(key) = ev.e.key_id.as_deref() else {
             continue;
         };
-        let host = ev.e.host.as_str();
-        let (seen, previous) = last.entry(key).or_insert_with(|| (HashMap::new(), host));
-        let other = *previous;
+        let host = ev.e.location();
+        let (seen, previous) = last
+            .entry(key)
+            .or_insert_with(|| (HashMap::new(), host.clone()));
+        let other = previous.clone();
         if other != host
-            && let (Some(mine), Some(theirs)) = (seen.get(host), seen.get(other))
+            && let (Some(mine), Some(theirs)) = (seen.get(&host), seen.get(&other))
             && mine.nanos <= theirs.nanos
             && ev.nanos.saturating_sub(mine.nanos) <= window
         {
             let (a, b) = if other < host {
-                (other, host)
+                (other.to_string(), host.to_string())
             } else {
-                (host, other)
+                (host.to_string(), other.to_string())
             };
-            if flagged.insert((key, a, b)) {
+            if flagged.insert((key, a.clone(), b.clone())) {
                 out.push(finding(
                     DetectionMethod::ConcurrentHosts,
                     Severity::High,
@@ -491,7 +502,7 @@ fn concurrent_hosts(events: &[Ev<'_>], t: &Thresholds, out: &mut Vec<Finding>) {
                 ));
             }
         }
-        seen.insert(host, ev);
+        seen.insert(host.clone(), ev);
         *previous = host;
     }
 }
@@ -524,7 +535,7 @@ fn replay(events: &[Ev<'_>], out: &mut Vec<Finding>) {
             ));
             continue;
         }
-        if ev.e.outcome != Outcome::Allowed || !PRIVATE_OPS.contains(&ev.e.operation.as_str()) {
+        if ev.e.outcome != Outcome::Allowed || !is_key_use(ev.e) {
             continue;
         }
         let (Some(rid), Some(key)) = (ev.e.request_id.as_deref(), ev.e.key_id.as_deref()) else {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use keyhaven::audit::{AuditLog, Event, Outcome};
 
 /// One decision.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Decision {
     /// `server.register`, `server.authenticate`, `server.rotate`, `server.revoke`.
     pub operation: &'static str,
@@ -20,6 +20,11 @@ pub struct Decision {
     pub allowed: bool,
     /// Why (the problem name and detail for a refusal).
     pub reason: String,
+    /// The network address the request came from, when the decision is about one request.
+    pub address: Option<String>,
+    /// The request's id (its RFC 9421 nonce) when it was accepted: the same nonce accepted
+    /// twice with one key is a replay `keyhaven compromise scan` reports.
+    pub request_id: Option<String>,
 }
 
 /// Where decisions go. Called on the blocking pool.
@@ -70,6 +75,12 @@ impl AuditSink for LogSink {
         }
         if !d.reason.is_empty() {
             e = e.reason(d.reason.clone());
+        }
+        if let Some(a) = &d.address {
+            e = e.address(a.clone());
+        }
+        if let Some(id) = &d.request_id {
+            e = e.request_id(id.clone());
         }
         self.0.append(e).map(|_| ()).map_err(|e| e.to_string())
     }

@@ -33,6 +33,24 @@ pub struct Caller {
     pub role: Role,
     /// The components the request's signature covers (`"@method"`, `"authorization"`, ...).
     pub covered: Vec<String>,
+    /// The signature's nonce (unique per request with this key).
+    pub nonce: Option<String>,
+    /// The network address the request came from.
+    pub address: Option<String>,
+}
+
+impl Caller {
+    /// A decision about this caller's request: its key, address and nonce filled in.
+    pub(crate) fn decision(&self, operation: &'static str, principal: String) -> Decision {
+        Decision {
+            operation,
+            principal,
+            key: Some(self.fingerprint.clone()),
+            address: self.address.clone(),
+            request_id: self.nonce.clone(),
+            ..Decision::default()
+        }
+    }
 }
 
 /// The problem an RFC 9421 refusal is.
@@ -251,6 +269,8 @@ pub(crate) fn check(
                 status,
                 role: r.role,
                 covered: v.covered.clone(),
+                nonce: v.nonce.clone(),
+                address: None,
             })
         })
         .map_err(|e| Refusal::Refused(e, signer))
@@ -265,7 +285,10 @@ pub(crate) fn authenticate(
     address: Option<&str>,
 ) -> Result<Caller, ApiError> {
     match check(inner, request, body, false) {
-        Ok(caller) => Ok(caller),
+        Ok(caller) => Ok(Caller {
+            address: address.map(str::to_owned),
+            ..caller
+        }),
         Err(Refusal::Refused(e, key)) => {
             refused(inner, "server.authenticate", key, address, &e)?;
             Err(e)
@@ -300,5 +323,7 @@ pub(crate) fn refused(
         key,
         allowed: false,
         reason: format!("{}: {detail}", e.name),
+        address: address.map(str::to_owned),
+        request_id: None,
     })
 }

@@ -684,11 +684,9 @@ pub(crate) async fn decided_granted<T: Send + 'static>(
             }
         };
         i.decide(&Decision {
-            operation: call.operation,
-            principal,
-            key: Some(caller.fingerprint.clone()),
             allowed,
             reason,
+            ..caller.decision(call.operation, principal)
         })?;
         outcome
     })

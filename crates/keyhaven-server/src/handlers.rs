@@ -228,6 +228,7 @@ pub(crate) async fn register(
                     key: Some(fingerprint),
                     allowed: true,
                     reason: format!("registered {:?}", record.name),
+                    ..Decision::default()
                 })?;
                 Ok(record)
             }
@@ -299,6 +300,7 @@ pub(crate) async fn rotate(
                     key: Some(new_fp),
                     allowed: true,
                     reason: format!("succeeds {}", superseded.join(", ")),
+                    ..Decision::default()
                 })?;
                 Ok(record)
             }
@@ -477,6 +479,7 @@ pub(crate) async fn revoke(
                 key: Some(fingerprint),
                 allowed: true,
                 reason: revocation.reason,
+                ..Decision::default()
             })
         })
         .await?;
@@ -551,6 +554,7 @@ pub(crate) async fn admin_revoke(
                             key: Some(fp.clone()),
                             allowed: true,
                             reason: bulk.reason.clone(),
+                            ..Decision::default()
                         })?;
                         out.revoked.push(fp);
                     }

@@ -498,6 +498,7 @@ pub(crate) async fn attest(
             key: None,
             allowed,
             reason: reason.chars().take(400).collect(),
+            ..Decision::default()
         })?;
         let a = verified?;
         i.metrics.attestation(tee, "verified");
@@ -753,6 +754,7 @@ fn release(
         key: None,
         allowed,
         reason,
+        ..Decision::default()
     })?;
     outcome.map(|(jwe, _)| jwe)
 }

@@ -569,7 +569,7 @@ async fn pipeline(State(inner): State<Arc<Inner>>, request: Request, next: Next)
     let address = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .map(|c| c.0.ip().to_canonical());
     let timeout = inner.config.request_timeout;
     let (signed, response) =
         match tokio::time::timeout(timeout, handle(&inner, request, access, address, next)).await {
@@ -730,7 +730,7 @@ async fn authenticate_request(
     let address = address.map(|a| a.to_string());
     if inner.storage.nonces_in_memory() {
         match auth::check(inner, signed, body, true) {
-            Ok(caller) => return Ok(caller),
+            Ok(caller) => return Ok(auth::Caller { address, ..caller }),
             Err(auth::Refusal::Refused(e, key)) => {
                 let i = inner.clone();
                 return tokio::task::spawn_blocking(move || {

@@ -533,6 +533,20 @@ fn a_tpm_key_is_backed_up_wrapped_and_comes_back_into_the_same_tpm_only() {
         "--backup-passphrase-file",
         pass.to_str().unwrap(),
     ]);
+    // the restore test checks what it can in a scratch home and names what it cannot
+    let tested = h.ok(&[
+        "backup",
+        "verify",
+        &backup,
+        "--backup-passphrase-file",
+        pass.to_str().unwrap(),
+        "--restore-test",
+    ]);
+    assert!(
+        tested.contains("restore test: 0 of 0")
+            && tested.contains("1 TPM-wrapped key(s) not tested"),
+        "{tested}"
+    );
     // another TPM cannot load the blob: refused, and nothing is left behind there
     let other = Swtpm::start();
     h.ok(&[

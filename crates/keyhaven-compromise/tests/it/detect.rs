@@ -271,6 +271,56 @@ fn one_key_used_from_two_hosts_at_once_is_flagged_but_not_a_move() {
     );
 }
 
+/// A server's decisions for a remote client name the client's key, the address the request
+/// came from and its nonce: two addresses interleaved are two copies of the key in use, and a
+/// nonce accepted twice (two servers that share no nonce store) is a replay. A decision with
+/// no address (a server's own bookkeeping, a revocation naming another key) is no use.
+#[test]
+fn server_clients_at_two_addresses_and_a_nonce_accepted_twice_are_findings() {
+    let mut log = Log::default();
+    let fpr = "cd".repeat(32);
+    let server = |log: &mut Log, at: u64, address: Option<&str>, nonce: &str| {
+        let e = log.ev(at, "client:c1", "transit.encrypt", &fpr, Outcome::Allowed);
+        e.host = "server-1".into();
+        e.address = address.map(str::to_owned);
+        e.request_id = Some(nonce.into());
+    };
+    server(&mut log, 1, Some("192.0.2.7"), "n-1");
+    server(&mut log, 20, Some("198.51.100.9"), "n-2");
+    server(&mut log, 40, Some("192.0.2.7"), "n-3");
+    server(&mut log, 60, Some("192.0.2.7"), "n-3");
+    // No address: the server's own host, never a client's use.
+    server(&mut log, 61, None, "n-1");
+    let f = scan(&log.records, &KeyStates::default(), &Thresholds::default());
+    let concurrent: Vec<_> = f
+        .iter()
+        .filter(|f| f.method == DetectionMethod::ConcurrentHosts)
+        .collect();
+    assert_eq!(concurrent.len(), 1, "{f:?}");
+    assert_eq!(concurrent[0].audit_seqs, [0, 1, 2]);
+    assert!(
+        concurrent[0].summary.contains("address 198.51.100.9"),
+        "{}",
+        concurrent[0].summary
+    );
+    let replays: Vec<_> = f
+        .iter()
+        .filter(|f| f.method == DetectionMethod::Replay)
+        .collect();
+    assert_eq!(replays.len(), 1, "{f:?}");
+    assert_eq!(replays[0].audit_seqs, [2, 3]);
+
+    // One address all along: nothing.
+    let mut calm = Log::default();
+    for (i, at) in [1u64, 20, 40].into_iter().enumerate() {
+        let e = calm.ev(at, "client:c1", "transit.encrypt", &fpr, Outcome::Allowed);
+        e.address = Some("192.0.2.7".into());
+        e.request_id = Some(format!("n-{i}"));
+    }
+    let f = scan(&calm.records, &KeyStates::default(), &Thresholds::default());
+    assert!(f.is_empty(), "{f:?}");
+}
+
 #[test]
 fn a_request_id_with_two_keys_or_around_a_lookup_is_no_replay() {
     let mut log = Log::default();

@@ -536,3 +536,87 @@ async fn a_server_without_a_broker_says_so() {
     assert_eq!((status, name.as_str()), (404, "no-broker"));
     assert!(detail.contains("serve init"), "{detail}");
 }
+
+/// Seed 002's "concurrent use from several locations" for server clients: each audited broker
+/// decision names the client's key, the address the request came from and its nonce, so one
+/// client key used from `127.0.0.1`, then `::1`, then `127.0.0.1` again is a finding of
+/// `compromise scan` (a copy of the key in use elsewhere); the same key from one address is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_key_used_from_two_addresses_is_a_finding_with_its_addresses() {
+    let Some(t) = crate::support::start_broker_dual_stack().await else {
+        return;
+    };
+    let key = t.key(Algorithm::Ed25519, "roaming");
+    let v4 = t.client(&key);
+    v4.register("roaming").await.unwrap();
+    let v6 = t.client_at(&key, &format!("http://[::1]:{}", t.port()));
+    let steady = client(&t, "steady").await;
+    let v4_base = t.base.clone();
+    let v6_base = format!("http://[::1]:{}", t.port());
+    for (c, base) in [
+        (&v4, &v4_base),
+        (&v6, &v6_base),
+        (&v4, &v4_base),
+        (&steady, &v4_base),
+        (&steady, &v4_base),
+    ] {
+        let r = c
+            .send(
+                "POST",
+                &format!("{base}/v1/transit/keys/k"),
+                Some(b"{}".to_vec()),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200);
+    }
+    let manager = t.manager.as_ref().unwrap();
+    let log = manager.audit().log().unwrap().unwrap();
+    let records = tokio::task::block_in_place(|| log.search(&Default::default())).unwrap();
+    let fpr = key.fingerprint().to_hex();
+    let mine: Vec<_> = records
+        .iter()
+        .filter_map(|r| match &r.body {
+            Body::Event(e)
+                if e.operation == "transit.create" && e.key_id.as_deref() == Some(&fpr) =>
+            {
+                Some(e)
+            }
+            _ => None,
+        })
+        .collect();
+    let addresses: Vec<_> = mine.iter().map(|e| e.address.as_deref()).collect();
+    assert_eq!(
+        addresses,
+        [Some("127.0.0.1"), Some("::1"), Some("127.0.0.1")],
+        "IPv4-mapped addresses are written as IPv4"
+    );
+    let nonces: std::collections::BTreeSet<_> = mine
+        .iter()
+        .filter_map(|e| e.request_id.as_deref())
+        .collect();
+    assert_eq!(nonces.len(), 3, "each decision carries its request's nonce");
+
+    let scan = tokio::task::block_in_place(|| manager.compromise().scan(&[])).unwrap();
+    let concurrent: Vec<_> = scan
+        .findings
+        .iter()
+        .filter(|f| f.method == keyhaven::compromise::DetectionMethod::ConcurrentHosts)
+        .collect();
+    assert_eq!(concurrent.len(), 1, "{:?}", scan.findings);
+    assert_eq!(concurrent[0].key_id.as_deref(), Some(fpr.as_str()));
+    assert!(
+        concurrent[0].summary.contains("address ::1")
+            && concurrent[0].summary.contains("address 127.0.0.1"),
+        "{}",
+        concurrent[0].summary
+    );
+    assert!(
+        !scan
+            .findings
+            .iter()
+            .any(|f| f.method == keyhaven::compromise::DetectionMethod::Replay),
+        "fresh nonces are no replay: {:?}",
+        scan.findings
+    );
+}

@@ -179,6 +179,7 @@ fn the_shared_audit_trail_verifies_and_shows_every_edit_and_removal() {
                 key: Some(format!("{i:064x}")),
                 allowed: i != 1,
                 reason: "test".into(),
+                ..Decision::default()
             })
             .unwrap();
         }

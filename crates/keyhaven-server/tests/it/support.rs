@@ -74,19 +74,19 @@ pub(crate) async fn start_audited() -> TestServer {
 /// An audited server with a key broker whose master key is an X25519 key of the home's
 /// memory backend (tier 1).
 pub(crate) async fn start_broker() -> TestServer {
-    start_full(ServerConfig::default(), true, true, None).await
+    start_full(ServerConfig::default(), true, true, None, "127.0.0.1:0").await
 }
 
 /// [`start_broker`] with `config` (the evidence it accepts).
 pub(crate) async fn start_broker_with(config: ServerConfig) -> TestServer {
-    start_full(config, true, true, None).await
+    start_full(config, true, true, None, "127.0.0.1:0").await
 }
 
 /// [`start_broker`] with its clock (and its clients') at `at`: recorded evidence is checked at
 /// a time inside its collateral's validity. (A server's clock is not set back once it runs:
 /// requests signed before it started are refused as replays.)
 pub(crate) async fn start_broker_at(at: u64) -> TestServer {
-    start_full(ServerConfig::default(), true, true, Some(at)).await
+    start_full(ServerConfig::default(), true, true, Some(at), "127.0.0.1:0").await
 }
 
 /// [`start_broker`] accepting `sample` evidence (development only).
@@ -95,11 +95,22 @@ pub(crate) async fn start_broker_sample() -> TestServer {
         allow_sample_evidence: true,
         ..ServerConfig::default()
     };
-    start_full(config, true, true, None).await
+    start_full(config, true, true, None, "127.0.0.1:0").await
+}
+
+/// [`start_broker`] listening on every address, IPv4 and IPv6 (`[::]`, dual stack), so one
+/// client can come from two addresses (`127.0.0.1` and `::1`, see [`TestServer::client_at`]);
+/// `None` where this machine has no IPv6.
+pub(crate) async fn start_broker_dual_stack() -> Option<TestServer> {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: this machine has no IPv6 loopback");
+        return None;
+    }
+    Some(start_full(ServerConfig::default(), true, true, None, "[::]:0").await)
 }
 
 async fn start_inner(config: ServerConfig, audited: bool) -> TestServer {
-    start_full(config, audited, false, None).await
+    start_full(config, audited, false, None, "127.0.0.1:0").await
 }
 
 async fn start_full(
@@ -107,6 +118,7 @@ async fn start_full(
     audited: bool,
     broker: bool,
     start: Option<u64>,
+    listen: &str,
 ) -> TestServer {
     let sample = config.allow_sample_evidence;
     let kbs = config.kbs_tenant.clone();
@@ -156,8 +168,8 @@ async fn start_full(
         }
         server = server.with_broker(Arc::new(b));
     }
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let (stop, stopped) = oneshot::channel::<()>();
     let s = server.clone();
     let task = tokio::spawn(async move {
@@ -190,9 +202,15 @@ impl TestServer {
 
     /// A client signing with `key`.
     pub(crate) fn client(&self, key: &KeyInfo) -> Client {
+        self.client_at(key, &self.base)
+    }
+
+    /// A client signing with `key` that reaches the server at `base` (`http://[::1]:PORT` for
+    /// a [`start_broker_dual_stack`] server).
+    pub(crate) fn client_at(&self, key: &KeyInfo, base: &str) -> Client {
         let signer = Arc::new(StoreSigner::new(self.keys.clone(), &key.id).unwrap());
         let offset = self.offset.clone();
-        Client::new(&self.base, signer, self.server_key.clone())
+        Client::new(base, signer, self.server_key.clone())
             .unwrap()
             .with_clock(Arc::new(move || {
                 unix_now().wrapping_add(offset.load(Ordering::Relaxed))
@@ -239,6 +257,14 @@ impl TestServer {
 
     pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The server's port.
+    pub(crate) fn port(&self) -> u16 {
+        self.base
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap()
     }
 
     pub(crate) fn metric(&self, line_prefix: &str) -> u64 {
