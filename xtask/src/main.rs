@@ -32,7 +32,9 @@ subcommands:
                               swtpm-tools, tpm2-tools, pkg-config, libtss2-dev, dbus-daemon,
                               gnome-keyring, libsecret-tools, keyutils) when root,
                               then `cargo test --workspace --features keyhaven/full,
-                              keyhaven-cli/full --no-fail-fast [ARGS]` with
+                              keyhaven-cli/full,keyhaven/test-clock --no-fail-fast
+                              [ARGS]` (test-clock: the CLI's tests move homes through time
+                              with KEYHAVEN_TEST_CLOCK_OFFSET) with
                               KEYHAVEN_INTEROP=1, RUST_BACKTRACE=1, KEYHAVEN_PKCS11_MODULE
                               (SoftHSM2's module) and SOFTHSM2_CONF (a scratch token directory
                               for this run, removed afterwards); without ARGS, then the crypto
@@ -142,7 +144,7 @@ fn workspace_root() -> Result<PathBuf> {
 
 /// Every feature of the workspace but `aws-lc-rs` (which would make AWS-LC the default
 /// provider of the whole run).
-const ALL_BUT_PROVIDER: &str = "keyhaven/full,keyhaven-cli/full";
+const ALL_BUT_PROVIDER: &str = "keyhaven/full,keyhaven-cli/full,keyhaven/test-clock";
 
 /// The packages whose suites run a second time with the aws-lc-rs provider as the default.
 const PROVIDER_PASS: &[&str] = &[

@@ -276,7 +276,7 @@ pub(crate) fn break_message(
 
 /// Now, as (RFC 3339, unix nanos).
 pub(crate) fn now() -> (String, u64) {
-    let t = std::time::SystemTime::now();
+    let t = keyhaven_core::now();
     let nanos = t
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))

@@ -95,7 +95,7 @@ pub fn recover(
     // The good lines of the first damaged file, verbatim.
     let kept_lines = read_lines(target, good_lines)?;
     // The chain head before them: the previous file's last line (or the log's genesis).
-    let stamp = std::time::SystemTime::now()
+    let stamp = keyhaven_core::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     let mut kept = Vec::new();

@@ -201,7 +201,7 @@ pub(crate) fn audit(ctx: &Ctx, cmd: AuditCommand) -> Result<u8> {
                 None => None,
                 Some(s) => {
                     let d: Duration = humantime_parse(&s)?;
-                    let now = std::time::SystemTime::now()
+                    let now = keyhaven::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .unwrap_or_default();
                     Some(u64::try_from(now.saturating_sub(d).as_nanos()).unwrap_or(u64::MAX))

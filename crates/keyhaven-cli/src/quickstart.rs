@@ -137,7 +137,7 @@ fn steps(m: &KeyManager, home: &Path, created_home: bool) -> Result<u8> {
 }
 
 fn now() -> u64 {
-    std::time::SystemTime::now()
+    keyhaven::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)

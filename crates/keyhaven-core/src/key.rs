@@ -170,9 +170,30 @@ impl KeyInfo {
     }
 }
 
-/// Seconds since the Unix epoch now (0 if the clock is before 1970).
+/// The time now: the system clock; in a build with the `test-clock` feature (tests only),
+/// moved by `KEYHAVEN_TEST_CLOCK_OFFSET` seconds (a signed integer) when that is set. Every
+/// keyhaven crate reads the time through this (or [`unix_now`]).
+pub fn now() -> SystemTime {
+    let t = SystemTime::now();
+    #[cfg(feature = "test-clock")]
+    if let Some(offset) = std::env::var("KEYHAVEN_TEST_CLOCK_OFFSET")
+        .ok()
+        .and_then(|v| v.trim().parse::<i64>().ok())
+    {
+        let by = std::time::Duration::from_secs(offset.unsigned_abs());
+        let moved = if offset >= 0 {
+            t.checked_add(by)
+        } else {
+            t.checked_sub(by)
+        };
+        return moved.unwrap_or(t);
+    }
+    t
+}
+
+/// Seconds since the Unix epoch now (0 if the clock is before 1970); see [`now`].
 pub fn unix_now() -> u64 {
-    SystemTime::now()
+    now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)

@@ -8,7 +8,7 @@
 //! public key alone. An assertion whose readable fields differ from its signed payload (an
 //! edited `protection`, say) does not verify.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use base64ct::{Base64, Base64UrlUnpadded, Encoding};
 use serde::{Deserialize, Serialize};
@@ -239,7 +239,7 @@ impl Assertion {
             signed_digest,
             signature: Base64::encode_string(&sig),
             signature_format: format.to_string(),
-            created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            created_at: humantime::format_rfc3339_seconds(keyhaven_core::now()).to_string(),
             key_attestation: None,
             jws: String::new(),
         })

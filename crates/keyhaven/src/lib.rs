@@ -52,7 +52,7 @@ pub use views::{AuditView, BackupsView, CompromiseView, RevocationsView, Rotatio
 pub use keyhaven_core::{
     Algorithm, BackendInfo, Error as CoreError, Fingerprint, KeyAttestation, KeyDetails, KeyId,
     KeyInfo, KeyOptions, KeySpec, KeyStore, Protection, PublicKey, SecretBytes, Signature,
-    SignatureFormat, is_invisible_format, unix_now, validate_label,
+    SignatureFormat, is_invisible_format, now, unix_now, validate_label,
 };
 pub use keyhaven_crypto::{
     CryptoProvider, KeySigner, SignWith, StoreKey, default_provider, encoding, fill_random, jwe,

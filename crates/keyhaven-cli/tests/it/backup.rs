@@ -689,7 +689,7 @@ fn a_backup_records_its_creator_description_and_expiry_and_an_expired_one_needs_
         "--description",
         "before the migration",
         "--expires-in",
-        "1s",
+        "30d",
     ]);
     let header = h.json(&["backup", "inspect", s(&backup), "--json"]);
     assert_eq!(header["format"], 2);
@@ -705,11 +705,17 @@ fn a_backup_records_its_creator_description_and_expiry_and_an_expired_one_needs_
         shown.contains("description:  before the migration"),
         "{shown}"
     );
-    // once expired (the expiry is a wall-clock second away), restore refuses and says how
-    while keyhaven::unix_now() < expires {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    // within its 30 days a restore is fine; once expired, restore refuses and says how
     let fresh = Home::with_encrypted();
+    fresh.advance(29 * 86_400);
+    fresh.ok(&[
+        "backup",
+        "verify",
+        s(&backup),
+        "--backup-passphrase-file",
+        s(&pass),
+    ]);
+    fresh.advance(2 * 86_400);
     let before = listing(&fresh);
     let e = fresh.fails(
         &[

@@ -212,7 +212,7 @@ fn revoked_keys_are_refused_by_verify_after_the_revocation_time_only() {
     };
     assert_eq!(h.ok(&verify(&[], &["--key", "doc"])).trim(), "valid");
 
-    std::thread::sleep(std::time::Duration::from_millis(1100));
+    h.advance(3600);
     h.ok(&["key", "revoke", "doc", "--reason", "laptop stolen"]);
     // Without a signing time, a revoked key's signature is refused (exit 12).
     let err = h.fails(&verify(&[], &["--key", "doc"]), 12);
@@ -643,6 +643,86 @@ fn failed_verifications_against_a_key_are_audited_and_a_burst_is_a_finding() {
     assert!(text.contains("\"failure-burst\""), "{text}");
 }
 
+/// Runs `keyhaven ARGS` against `h` as if on another machine: in a UTS namespace of its own
+/// whose host name is `host` (`unshare`; the same user). `None` where namespaces are refused.
+fn on_host(h: &Home, host: &str, args: &[String]) -> Option<std::process::Output> {
+    let inner = h.cmd(args);
+    let mut c = std::process::Command::new("unshare");
+    c.args(["--uts", "--user", "--map-current-user", "sh", "-c"])
+        .arg(format!("hostname {host} && exec \"$0\" \"$@\""))
+        .arg(inner.get_program())
+        .args(inner.get_args())
+        .env_clear()
+        .envs(
+            inner
+                .get_envs()
+                .filter_map(|(k, v)| v.map(|v| (k.to_owned(), v.to_owned()))),
+        )
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .stdin(std::process::Stdio::null());
+    let probe = std::process::Command::new("unshare")
+        .args(["--uts", "--user", "--map-current-user", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: this machine refuses unshare --uts --user");
+        return None;
+    }
+    Some(c.output().unwrap())
+}
+
+/// Seed 002's "concurrent use from several locations": a key signing on this host, then on
+/// another (a UTS namespace named `elsewhere`), then here again within the window is a
+/// finding naming both hosts; a key that moved to the other host once is not.
+#[test]
+fn one_key_used_from_two_hosts_at_once_is_a_finding_and_a_move_is_not() {
+    let h = Home::with_encrypted();
+    h.generate("ed25519", "shared", &[]);
+    h.generate("ed25519", "moved", &[]);
+    let msg = h.scratch().join("m");
+    fs::write(&msg, b"release 1.0").unwrap();
+    let sig = h.scratch().join("sig");
+    let sign = |key: &str| {
+        vec![
+            "sign".to_owned(),
+            "--key".into(),
+            key.into(),
+            "--message-file".into(),
+            msg.to_str().unwrap().into(),
+            "--out".into(),
+            sig.to_str().unwrap().into(),
+        ]
+    };
+    h.ok(&sign("shared"));
+    h.ok(&sign("moved"));
+    h.advance(60);
+    let Some(out) = on_host(&h, "elsewhere", &sign("shared")) else {
+        return;
+    };
+    assert!(out.status.success(), "{out:?}");
+    let out = on_host(&h, "elsewhere", &sign("moved")).unwrap();
+    assert!(out.status.success(), "{out:?}");
+    h.advance(60);
+    h.ok(&sign("shared"));
+    let out = on_host(&h, "elsewhere", &sign("moved")).unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    let audit = h.ok(&["audit", "search", "--key", "shared"]);
+    assert!(audit.contains("@elsewhere"), "{audit}");
+    let scan = h.json(&["compromise", "scan", "--json"]);
+    let text = scan.to_string();
+    let concurrent: Vec<_> = scan["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["method"] == "concurrent-hosts")
+        .collect();
+    assert_eq!(concurrent.len(), 1, "{text}");
+    let summary = concurrent[0]["summary"].as_str().unwrap();
+    assert!(summary.contains("\"elsewhere\""), "{summary}");
+    let shared = h.json(&["key", "show", "shared", "--json"]);
+    assert_eq!(concurrent[0]["key_id"], shared["id"], "{text}");
+}
+
 #[test]
 fn the_same_request_signed_twice_with_a_key_is_a_replay_finding() {
     let h = Home::with_encrypted();
@@ -665,10 +745,23 @@ fn the_same_request_signed_twice_with_a_key_is_a_replay_finding() {
     };
     sign("req-1");
     sign("req-2");
+    // The same id with another key is another request (ids are the caller's, per key).
+    h.generate("ed25519", "other", &[]);
+    h.ok(&[
+        "sign",
+        "--key",
+        "other",
+        "--message-file",
+        msg.to_str().unwrap(),
+        "--out",
+        sig.to_str().unwrap(),
+        "--request-id",
+        "req-1",
+    ]);
     let scan = h.run(&["compromise", "scan", "--json"]);
     assert!(
         !String::from_utf8_lossy(&scan.stdout).contains("replay"),
-        "distinct ids"
+        "distinct ids, or one id with two keys"
     );
     sign("req-1");
     let scan = h.run(&["compromise", "scan", "--json"]);
@@ -958,6 +1051,67 @@ fn compromise_webhooks_go_over_https_are_retried_and_signed_by_the_authority() {
     job["headers"] = serde_json::json!(got[1].headers);
     job["url"] = receiver.url("/elsewhere").into();
     assert_eq!(verify(&job)["ok"], false);
+}
+
+/// A receiver that accepts the connection and never answers: each attempt ends at the
+/// configured timeout, the failure is recorded with the attempts made, the revocation stands.
+#[test]
+fn a_webhook_that_hangs_times_out_and_is_recorded() {
+    let h = Home::with_encrypted();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts (the TLS handshake then waits for an answer that never comes) and holds on.
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        listener.set_nonblocking(true).unwrap();
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::time::Instant::now() < until && open.len() < 2 {
+            match listener.accept() {
+                Ok((c, _)) => open.push(c),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            }
+        }
+        open.len()
+    });
+    append_config(
+        &h,
+        &format!(
+            "\n[compromise.notify]\nwebhook = \"https://127.0.0.1:{port}/x\"\nretries = 1\n\
+             backoff = \"10ms\"\ntimeout = \"1s\"\n"
+        ),
+    );
+    h.generate("p256", "api", &[]);
+    let report = h.json(&["compromise", "report", "api", "--json"]);
+    let id = report["id"].as_str().unwrap().to_owned();
+    let started = std::time::Instant::now();
+    let err = h.fails(&["compromise", "respond", &id], 10);
+    assert!(err.contains("notify-webhook"), "{err}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "bounded by the timeout"
+    );
+    assert_eq!(
+        held.join().unwrap(),
+        2,
+        "both attempts reached the receiver"
+    );
+    let shown = h.json(&["compromise", "show", &id, "--json"]);
+    let actions = shown["actions"].as_array().unwrap();
+    let hook = actions
+        .iter()
+        .find(|a| a["action"] == "notify-webhook")
+        .unwrap();
+    assert_eq!(hook["ok"], false);
+    let detail = hook["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("(2 attempts)") && detail.contains("timed out"),
+        "{hook}"
+    );
+    assert!(
+        actions
+            .iter()
+            .any(|a| a["action"] == "revoke" && a["ok"] == true)
+    );
 }
 
 #[test]

@@ -40,6 +40,9 @@ pub(crate) struct Home {
     dir: tempfile::TempDir,
     /// Extra environment of every command (a device's configuration, a PIN variable).
     env: Vec<(OsString, OsString)>,
+    /// Seconds the home's clock is ahead of the wall clock (`KEYHAVEN_TEST_CLOCK_OFFSET`: the
+    /// binary under test is built with keyhaven-core's `test-clock`).
+    clock: std::sync::atomic::AtomicI64,
 }
 
 impl Home {
@@ -47,6 +50,7 @@ impl Home {
         Home {
             dir: tempfile::tempdir().unwrap(),
             env: Vec::new(),
+            clock: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -56,6 +60,12 @@ impl Home {
         self.env
             .push((key.as_ref().to_owned(), value.as_ref().to_owned()));
         self
+    }
+
+    /// Moves this home's clock `secs` seconds ahead for every later command (no sleeping).
+    pub(crate) fn advance(&self, secs: i64) {
+        self.clock
+            .fetch_add(secs, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A fresh home with an encrypted backend `default` (via quickstart's little brother).
@@ -87,6 +97,12 @@ impl Home {
             .args(args)
             .env("KEYHAVEN_PASSPHRASE", PASSPHRASE)
             .env_remove("KEYHAVEN_HOME")
+            .env(
+                "KEYHAVEN_TEST_CLOCK_OFFSET",
+                self.clock
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    .to_string(),
+            )
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null());
         c

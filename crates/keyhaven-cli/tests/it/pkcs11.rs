@@ -875,3 +875,45 @@ fn a_token_keys_attestation_is_the_tokens_statement_not_a_proof() {
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "unproved");
 }
+
+/// Seed 002's post-compromise "rotate all keys" reaches keys in a token too: `compromise
+/// respond --scope home` rotates the token's key (its new version made inside the token) as
+/// well as the software ones, each step recorded in the report.
+#[test]
+fn a_compromise_of_the_home_rotates_token_keys_too() {
+    let (_hsm, h) = token_home_with_store();
+    h.ok(&add_args(&_hsm, &["--pin-env", PIN_VAR]));
+    h.generate("p256", "laptop", &["--backend", "local"]);
+    let token_key = h.generate("p256", "in-token", &["--backend", "hsm"]);
+    let report = h.json(&["compromise", "report", "laptop", "--json"]);
+    let id = report["id"].as_str().unwrap().to_owned();
+    h.ok(&["compromise", "respond", &id, "--scope", "home"]);
+    let history = h.json(&["key", "history", "in-token", "--json"]);
+    let versions = history["versions"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{history}");
+    assert_eq!(versions[0]["key_id"], token_key.as_str(), "{history}");
+    assert_ne!(versions[1]["key_id"], token_key.as_str(), "{history}");
+    // The new version lives in the token, and signs there.
+    let shown = h.json(&["key", "show", "in-token", "--json"]);
+    assert_eq!(shown["protection"], "hardware", "{shown}");
+    assert_eq!(shown["backend"], "hsm", "{shown}");
+    let sig = h.scratch().join("sig");
+    h.ok(&[
+        "sign",
+        "--key",
+        "in-token",
+        "--message-file",
+        "/dev/null",
+        "--out",
+        sig.to_str().unwrap(),
+    ]);
+    let report = h.json(&["compromise", "show", &id, "--json"]);
+    let rotated: Vec<_> = report["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "rotate-home" && a["ok"] == true)
+        .map(|a| a["detail"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(rotated.iter().any(|d| d.contains("in-token")), "{report}");
+}

@@ -352,8 +352,12 @@ fn a_policy_can_revoke_an_old_identity_version_when_its_window_ends() {
         "[defaults.identity]\nrevoke_after_migration = true\n",
     );
     h.ok(&["integrity", "accept", "rotation.toml"]);
-    h.ok(&["key", "rotate", "me", "--migration-window", "1s"]);
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    h.ok(&["key", "rotate", "me", "--migration-window", "7d"]);
+    // Within the window the old version still verifies and is not revoked.
+    h.ok(&["rotate", "--due"]);
+    let during = h.json(&["key", "history", "me", "--json"]);
+    assert_ne!(during["versions"][0]["state"], "revoked", "{during}");
+    h.advance(8 * 86_400);
     h.ok(&["rotate", "--due"]);
     let history = h.json(&["key", "history", "me", "--json"]);
     assert_eq!(history["versions"][0]["key_id"], v1.as_str(), "{history}");
@@ -436,12 +440,84 @@ fn policies_match_security_levels_set_at_generation_and_changed_later() {
     );
 }
 
+/// Seed 003's `applicable_key_types`: policies match lists of algorithms and protections; an
+/// empty list, an unknown level or algorithm, or a name listed twice is refused naming the
+/// field, before the owner can even vouch for the file.
+#[test]
+fn policies_match_algorithm_and_protection_lists_and_refuse_bad_matchers() {
+    let h = Home::with_encrypted();
+    h.generate("ed25519", "ed", &[]);
+    h.generate("p256", "nist", &[]);
+    h.generate("p384", "big", &[]);
+    crate::write_private(
+        &h.path().join("rotation.toml"),
+        "[[policy]]\nname = \"small-curves\"\nalgorithms = [\"ed25519\", \"p256\"]\n\
+         protections = [\"software-encrypted\", \"hardware\"]\nmax_usage = 1\n",
+    );
+    h.ok(&["integrity", "accept", "rotation.toml"]);
+    for key in ["ed", "nist", "big"] {
+        let sig = h.scratch().join("sig");
+        h.ok(&[
+            "sign",
+            "--key",
+            key,
+            "--message-file",
+            "/dev/null",
+            "--out",
+            sig.to_str().unwrap(),
+        ]);
+    }
+    let dry = h.ok(&["rotate", "--due", "--dry-run"]);
+    assert!(
+        dry.contains("ed") && dry.contains("nist") && !dry.contains("big"),
+        "{dry}"
+    );
+    let explain = h.ok(&["policy", "explain", "big"]);
+    assert!(
+        explain.contains("algorithm is p384, the policy wants ed25519 or p256"),
+        "{explain}"
+    );
+
+    let refused = [
+        (
+            "roles = []",
+            "policy 'x'.roles: an empty list matches no key",
+        ),
+        (
+            "levels = []",
+            "policy 'x'.levels: an empty list matches no key",
+        ),
+        (
+            "levels = [\"high\", \"top-secret\"]",
+            "policy 'x'.level: unknown security level 'top-secret'",
+        ),
+        ("algorithms = [\"rsa\"]", "policy 'x'.algorithm"),
+        (
+            "protections = [\"hardware\", \"hardware\"]",
+            "policy 'x'.protections: 'hardware' is listed twice",
+        ),
+        (
+            "level = \"high\"\nlevels = [\"high\"]",
+            "give `level` or `levels`, not both",
+        ),
+    ];
+    for (matcher, says) in refused {
+        crate::write_private(
+            &h.path().join("rotation.toml"),
+            format!("[[policy]]\nname = \"x\"\n{matcher}\nmax_usage = 1\n"),
+        );
+        let err = h.fails(&["integrity", "accept", "rotation.toml"], 9);
+        assert!(err.contains(says), "{matcher}: {err}");
+    }
+}
+
 #[test]
 fn a_version_retired_before_its_policy_said_revoke_is_revoked_by_the_next_run() {
     let h = Home::with_encrypted();
     let v1 = h.generate("ed25519", "late", &["--role", "identity"]);
-    h.ok(&["key", "rotate", "late", "--migration-window", "1s"]);
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    h.ok(&["key", "rotate", "late", "--migration-window", "7d"]);
+    h.ok(&["rotate", "--due"]);
+    h.advance(8 * 86_400);
     h.ok(&["rotate", "--due"]);
     let history = h.json(&["key", "history", "late", "--json"]);
     assert_eq!(history["versions"][0]["state"], "retired", "{history}");
