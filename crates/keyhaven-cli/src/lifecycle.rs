@@ -500,12 +500,17 @@ fn compromise_in(m: &KeyManager, cmd: CompromiseCommand) -> Result<u8> {
                 .map(|a| a.action.as_str())
                 .collect();
             if !failed.is_empty() {
+                let again = if scope == "home" {
+                    format!("keyhaven compromise respond {id} --scope home")
+                } else {
+                    format!("keyhaven compromise respond {id}")
+                };
                 return Err(CoreError::Unavailable {
                     backend: "compromise response".into(),
                     reason: format!(
                         "step(s) {} of report {id} failed (see the actions above; the others \
-                         were done); fix the cause and run `keyhaven compromise respond {id}` \
-                         again: revocation and rotation are not repeated",
+                         were done); fix the cause and run `{again}` again: revocation and \
+                         rotation are not repeated",
                         failed.join(", ")
                     ),
                 }

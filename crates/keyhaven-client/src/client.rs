@@ -225,6 +225,96 @@ async fn read_limited(
     Ok((response, body))
 }
 
+/// The headers that sign one request as keyhaven-server checks it (RFC 9421, label
+/// `keyhaven`): what [`sign_request`] returns, to add to the request as they are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestSignature {
+    /// `Content-Digest` (RFC 9530, SHA-256) when the request has a body.
+    pub content_digest: Option<String>,
+    /// `Signature-Input`.
+    pub signature_input: String,
+    /// `Signature`.
+    pub signature: String,
+}
+
+impl RequestSignature {
+    /// The headers as (name, value) pairs, in the order to send them.
+    pub fn headers(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::with_capacity(3);
+        if let Some(d) = &self.content_digest {
+            out.push(("Content-Digest", d.clone()));
+        }
+        out.push(("Signature-Input", self.signature_input.clone()));
+        out.push(("Signature", self.signature.clone()));
+        out
+    }
+}
+
+/// Signs a request to a keyhaven server with `signer`, as [`Client`] does: covers `@method`,
+/// `@target-uri`, `authorization` (when given) and `content-digest` (when `body` is not
+/// empty), with `created` = `now`, `expires` 60 s later, a fresh 128-bit nonce and the key's
+/// fingerprint as `keyid`. Blocks while the key signs (a token or TPM key): call it off async
+/// threads. This is what HTTP libraries' auth hooks (the Python binding's) call.
+///
+/// # Errors
+/// [`ClientError::InvalidInput`] for a method or URL that cannot be signed,
+/// [`ClientError::Sign`] if the key cannot sign.
+pub fn sign_request(
+    signer: &dyn RequestSigner,
+    method: &str,
+    url: &str,
+    authorization: Option<&str>,
+    body: &[u8],
+    now: u64,
+) -> Result<RequestSignature> {
+    let (_, signature) = sign_parts(signer, method, url, authorization, body, now)?;
+    Ok(signature)
+}
+
+/// [`sign_request`], also returning the signed message (to check the response against).
+fn sign_parts(
+    signer: &dyn RequestSigner,
+    method: &str,
+    url: &str,
+    authorization: Option<&str>,
+    body: &[u8],
+    now: u64,
+) -> Result<(Request, RequestSignature)> {
+    let mut signed = Request::new(method, url).map_err(ClientError::Sign)?;
+    let mut covered = vec!["@method", "@target-uri"];
+    if let Some(value) = authorization {
+        signed.push_header("Authorization", value);
+        covered.push("authorization");
+    }
+    let content_digest = (!body.is_empty()).then(|| {
+        let digest = content_digest(body, DigestAlgorithm::Sha256);
+        signed.push_header("Content-Digest", &digest);
+        covered.push("content-digest");
+        digest
+    });
+    let spec = SignatureSpec::new(SIGNATURE_LABEL, &signer.public_key().fingerprint().to_hex())
+        .covering(&covered)
+        .map_err(ClientError::Sign)?
+        .created(now)
+        .expires(now + SIGNATURE_LIFETIME)
+        .nonce(&fresh_nonce()?);
+    let algorithm = signer.public_key().algorithm();
+    let headers = sign_with(Message::Request(&signed), &spec, algorithm, &mut |base| {
+        signer.sign(base)
+    })
+    .map_err(ClientError::Sign)?;
+    signed.push_header("Signature-Input", &headers.signature_input);
+    signed.push_header("Signature", &headers.signature);
+    Ok((
+        signed,
+        RequestSignature {
+            content_digest,
+            signature_input: headers.signature_input,
+            signature: headers.signature,
+        },
+    ))
+}
+
 fn fresh_nonce() -> Result<String> {
     let mut bytes = [0u8; 16];
     keyhaven_crypto::fill_random(&mut bytes)
@@ -550,61 +640,35 @@ impl Client {
                 })?
                 .to_vec(),
         };
-        let mut signed =
-            Request::new(request.method().as_str(), &url).map_err(ClientError::Sign)?;
-        let mut covered = vec!["@method", "@target-uri"];
-        if let Some(token) = &self.token {
-            let value = format!("Bearer {token}");
-            signed.push_header("Authorization", &value);
+        let authorization = self.token.as_ref().map(|t| format!("Bearer {t}"));
+        if let Some(value) = &authorization {
             request.headers_mut().insert(
                 http::header::AUTHORIZATION,
-                http::HeaderValue::from_str(&value)
+                http::HeaderValue::from_str(value)
                     .map_err(|e| ClientError::InvalidInput(e.to_string()))?,
             );
-            covered.push("authorization");
-        }
-        if !body.is_empty() {
-            let digest = content_digest(&body, DigestAlgorithm::Sha256);
-            signed.push_header("Content-Digest", &digest);
-            request.headers_mut().insert(
-                "content-digest",
-                http::HeaderValue::from_str(&digest)
-                    .map_err(|e| ClientError::InvalidInput(e.to_string()))?,
-            );
-            covered.push("content-digest");
         }
         let now = (self.clock)();
-        let spec = SignatureSpec::new(
-            SIGNATURE_LABEL,
-            &self.signer.public_key().fingerprint().to_hex(),
-        )
-        .covering(&covered)
-        .map_err(ClientError::Sign)?
-        .created(now)
-        .expires(now + SIGNATURE_LIFETIME)
-        .nonce(&fresh_nonce()?);
         // The key may be in a token or a TPM: sign off the async threads.
         let signer = self.signer.clone();
-        let (signed, headers) = tokio::task::spawn_blocking(move || {
-            let algorithm = signer.public_key().algorithm();
-            let headers = sign_with(Message::Request(&signed), &spec, algorithm, &mut |base| {
-                signer.sign(base)
-            });
-            (signed, headers)
+        let method = request.method().as_str().to_owned();
+        let target = url.clone();
+        let (signed, signature) = tokio::task::spawn_blocking(move || {
+            sign_parts(
+                signer.as_ref(),
+                &method,
+                &target,
+                authorization.as_deref(),
+                &body,
+                now,
+            )
         })
         .await
-        .map_err(|e| ClientError::InvalidInput(format!("the signing task failed: {e}")))?;
-        let headers = headers.map_err(ClientError::Sign)?;
-        let mut signed = signed;
-        signed.push_header("Signature-Input", &headers.signature_input);
-        signed.push_header("Signature", &headers.signature);
-        for (name, value) in [
-            ("signature-input", &headers.signature_input),
-            ("signature", &headers.signature),
-        ] {
+        .map_err(|e| ClientError::InvalidInput(format!("the signing task failed: {e}")))??;
+        for (name, value) in signature.headers() {
             request.headers_mut().insert(
                 name,
-                http::HeaderValue::from_str(value)
+                http::HeaderValue::from_str(&value)
                     .map_err(|e| ClientError::InvalidInput(e.to_string()))?,
             );
         }

@@ -11,7 +11,8 @@ mod transit;
 pub mod wire;
 
 pub use client::{
-    Client, MAX_RESPONSE_BYTES, SignedResponse, discover, discover_trusting, origin_of,
+    Client, MAX_RESPONSE_BYTES, RequestSignature, SignedResponse, discover, discover_trusting,
+    origin_of, sign_request,
 };
 pub use error::{ClientError, Result};
 pub use signer::{RequestSigner, StoreSigner};

@@ -122,6 +122,9 @@ pub struct KeyStates {
     pub revoked: HashMap<String, u64>,
     /// Retired (verify-only expired) key versions: id -> retirement time.
     pub retired: HashMap<String, u64>,
+    /// Versions of rotated keys: version id -> logical key id. A request id is the same key's
+    /// whichever of its versions signed it.
+    pub logical: HashMap<String, String>,
 }
 
 /// One suspicious pattern found in the log.
@@ -208,7 +211,7 @@ pub fn scan<'a>(
         concurrent_hosts(&events, t, &mut out);
     }
     if t.replay {
-        replay(&events, &mut out);
+        replay(&events, states, &mut out);
     }
     out
 }
@@ -509,7 +512,7 @@ fn concurrent_hosts(events: &[Ev<'_>], t: &Thresholds, out: &mut Vec<Finding>) {
 
 /// The same request id used twice for a private operation with the same key (the same id
 /// with two keys is two requests, and lookups around an operation share its id).
-fn replay(events: &[Ev<'_>], out: &mut Vec<Finding>) {
+fn replay(events: &[Ev<'_>], states: &KeyStates, out: &mut Vec<Finding>) {
     let mut first: HashMap<(&str, &str), &Ev<'_>> = HashMap::new();
     let mut flagged: BTreeSet<(&str, &str)> = BTreeSet::new();
     for ev in events {
@@ -541,6 +544,7 @@ fn replay(events: &[Ev<'_>], out: &mut Vec<Finding>) {
         let (Some(rid), Some(key)) = (ev.e.request_id.as_deref(), ev.e.key_id.as_deref()) else {
             continue;
         };
+        let key = states.logical.get(key).map_or(key, String::as_str);
         match first.get(&(key, rid)) {
             None => {
                 first.insert((key, rid), ev);

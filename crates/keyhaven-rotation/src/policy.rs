@@ -326,6 +326,16 @@ impl fmt::Display for Explanation {
             humantime::format_duration(r.migration_window()),
             show(r.retire_after)
         )?;
+        writeln!(
+            f,
+            "mode: {}; after the migration window the old version is {}",
+            r.mode.as_str(),
+            if r.revoke_after_migration {
+                "revoked (revoke_after_migration)"
+            } else {
+                "retired"
+            }
+        )?;
         for c in &self.candidates {
             writeln!(
                 f,
@@ -617,7 +627,7 @@ impl PolicySet {
                 RotationError::policy(format!("[defaults.{name}]"), message(e))
             })?;
             let at = format!("[defaults.{name}]");
-            let r = rules(
+            let mut r = rules(
                 &at,
                 r.mode,
                 r.max_age,
@@ -629,6 +639,17 @@ impl PolicySet {
                 r.action_timeout,
                 r.revoke_after_migration,
             )?;
+            // A role default that says nothing about when keys are due (only, say,
+            // `revoke_after_migration`) keeps the built-in schedule's age limit: writing one
+            // field does not silently switch the yearly rotation off (`builtin_defaults =
+            // false` does).
+            if file.builtin_defaults.unwrap_or(true)
+                && r.max_age.is_none()
+                && r.max_usage.is_none()
+                && let Some(b) = builtin_rules(role)
+            {
+                r.max_age = b.max_age;
+            }
             defaults.insert(role, r);
         }
         let mut prekeys = PrekeySettings::default();

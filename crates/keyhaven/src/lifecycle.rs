@@ -668,6 +668,7 @@ impl KeyManager {
         }
         states.retired.extend(retired.iter().cloned());
         states.retired.extend(self.retired_versions()?);
+        states.logical.extend(self.logical_ids()?);
         let findings =
             keyhaven_compromise::scan(&records, &states, &self.config().compromise.thresholds);
         let filed = self
@@ -760,13 +761,37 @@ impl KeyManager {
                 }
             }
             let reason = format!("compromise {report_id}: every key of the home is rotated");
-            steps.push(match self.rotate_key(&key, &reason) {
-                Ok(o) => (
-                    true,
-                    format!("{id} ({}) now at version {}", key.label(), o.new_version),
-                ),
-                Err(e) => (false, format!("{id} ({}): {e}", key.label())),
-            });
+            match self.rotate_key(&key, &reason) {
+                Ok(o) => {
+                    steps.push((
+                        true,
+                        format!("{id} ({}) now at version {}", key.label(), o.new_version),
+                    ));
+                    // The replaced version was in the compromised home too: revoked (as
+                    // compromised), not left to verify through a migration window; an
+                    // identity's prekey pool goes with it (a revoked version's pool is not
+                    // passed on).
+                    let why = format!("compromise {report_id}: the home was compromised");
+                    steps.push(match self.revoke_exactly(&key, &why, true, Some(report_id)) {
+                        Ok(_) => (
+                            true,
+                            format!("{id} ({}) replaced version {} revoked", key.label(), key.id()),
+                        ),
+                        Err(e) => (
+                            false,
+                            format!(
+                                "{id} ({}) replaced version {} not revoked: {e} (revoke it with \
+                                 `keyhaven key revoke {}:{}`)",
+                                key.label(),
+                                key.id(),
+                                key.backend,
+                                key.id()
+                            ),
+                        ),
+                    });
+                }
+                Err(e) => steps.push((false, format!("{id} ({}): {e}", key.label()))),
+            }
         }
         let mut all_ok = true;
         for (ok, detail) in steps {

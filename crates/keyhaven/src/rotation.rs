@@ -589,6 +589,25 @@ impl KeyManager {
     }
 
     /// Retired key versions with since when, for compromise detection.
+    /// Every version's key id with the id of its logical key (for the scanner: a request id
+    /// signed again after a rotation is still the same key's).
+    pub(crate) fn logical_ids(&self) -> Result<Vec<(String, String)>> {
+        let Some(registry) = self.registry_if_exists()? else {
+            return Ok(Vec::new());
+        };
+        Ok(registry
+            .list()
+            .map_err(core)?
+            .iter()
+            .flat_map(|l| {
+                l.versions()
+                    .iter()
+                    .map(|v| (v.key_id().to_string(), l.id().to_owned()))
+                    .collect::<Vec<_>>()
+            })
+            .collect())
+    }
+
     pub(crate) fn retired_versions(&self) -> Result<Vec<(String, u64)>> {
         let Some(registry) = self.registry_if_exists()? else {
             return Ok(Vec::new());

@@ -879,11 +879,32 @@ fn a_compromise_of_the_home_rotates_every_key_in_it() {
     let id = report["id"].as_str().unwrap().to_owned();
     let shown = h.ok(&["compromise", "respond", &id, "--scope", "home"]);
     assert!(shown.matches("rotate-home").count() >= 2, "{shown}");
-    // Every key of the home is at version 2 now; the reported one is also revoked.
+    // Every key of the home is at version 2 now, and every replaced version is revoked as
+    // compromised (the whole home was): none verifies through a migration window.
     for (label, v1) in [("release", &release), ("ci", &ci), ("laptop", &laptop)] {
         let history = h.ok(&["key", "history", label]);
         assert!(history.contains("v2"), "{label}: {history}");
         assert!(history.contains(v1.as_str()), "{label}: {history}");
+        let versions = h.json(&["key", "history", label, "--json"]);
+        assert_eq!(
+            versions["versions"][0]["state"], "compromised",
+            "{label}: {versions}"
+        );
+        assert_eq!(
+            versions["versions"][1]["state"], "primary",
+            "{label}: {versions}"
+        );
+    }
+    let revoked = h.json(&["revocations", "list", "--json"]);
+    for v1 in [&release, &ci, &laptop] {
+        assert!(
+            revoked
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["key_id"] == v1.as_str() && r["compromised"] == true),
+            "{v1}: {revoked}"
+        );
     }
     // Run again: nothing is rotated twice.
     let again = h.ok(&["compromise", "respond", &id, "--scope", "home"]);

@@ -893,6 +893,7 @@ fn a_compromise_of_the_home_rotates_token_keys_too() {
     assert_eq!(versions.len(), 2, "{history}");
     assert_eq!(versions[0]["key_id"], token_key.as_str(), "{history}");
     assert_ne!(versions[1]["key_id"], token_key.as_str(), "{history}");
+    assert_eq!(versions[0]["state"], "compromised", "{history}");
     // The new version lives in the token, and signs there.
     let shown = h.json(&["key", "show", "in-token", "--json"]);
     assert_eq!(shown["protection"], "hardware", "{shown}");

@@ -352,6 +352,13 @@ fn a_policy_can_revoke_an_old_identity_version_when_its_window_ends() {
         "[defaults.identity]\nrevoke_after_migration = true\n",
     );
     h.ok(&["integrity", "accept", "rotation.toml"]);
+    // The role default says only what happens after the window: the yearly schedule stays.
+    let explain = h.ok(&["policy", "explain", "me"]);
+    assert!(
+        explain.contains("old version is revoked (revoke_after_migration)")
+            && explain.contains("max_age 1year"),
+        "{explain}"
+    );
     h.ok(&["key", "rotate", "me", "--migration-window", "7d"]);
     // Within the window the old version still verifies and is not revoked.
     h.ok(&["rotate", "--due"]);
@@ -573,6 +580,7 @@ fn policy_modes_notify_and_disabled_through_the_cli() {
     );
     let explain = h.ok(&["policy", "explain", "frozen"]);
     assert!(explain.contains("policy 'frozen'"), "{explain}");
+    assert!(explain.contains("mode: disabled"), "{explain}");
     // An unknown mode is refused naming the field: the owner cannot even vouch for it.
     crate::write_private(
         &h.path().join("rotation.toml"),

@@ -321,6 +321,26 @@ fn server_clients_at_two_addresses_and_a_nonce_accepted_twice_are_findings() {
     assert!(f.is_empty(), "{f:?}");
 }
 
+/// A rotation does not make an old request id new: the versions of one logical key share
+/// their request ids.
+#[test]
+fn a_request_id_signed_again_after_a_rotation_is_a_replay() {
+    let mut log = Log::default();
+    log.ev(1, "alice", "sign", "v1", Outcome::Allowed)
+        .request_id = Some("msg-1".into());
+    log.ev(2, "alice", "sign", "v2", Outcome::Allowed)
+        .request_id = Some("msg-1".into());
+    let unrelated = scan(&log.records, &KeyStates::default(), &Thresholds::default());
+    assert!(!methods(&unrelated).contains(&DetectionMethod::Replay));
+    let mut states = KeyStates::default();
+    for v in ["v1", "v2"] {
+        states.logical.insert(v.into(), "v1".into());
+    }
+    let f = scan(&log.records, &states, &Thresholds::default());
+    assert_eq!(methods(&f), [DetectionMethod::Replay], "{f:?}");
+    assert_eq!(f[0].audit_seqs, [0, 1]);
+}
+
 #[test]
 fn a_request_id_with_two_keys_or_around_a_lookup_is_no_replay() {
     let mut log = Log::default();

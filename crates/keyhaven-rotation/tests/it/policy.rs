@@ -207,6 +207,24 @@ fn seed_002s_schedule_is_built_in_overridable_and_switchable_off() {
     let (rules, source) = overridden.rules_for(&KeyTraits::new(Role::Identity, alg, sw));
     assert_eq!(source, RuleSource::RoleDefault(Role::Identity));
     assert!(rules.unwrap().max_age > Some(Duration::from_secs(31_557_600)));
+    // A role default that sets only other fields keeps the built-in age limit.
+    let partial =
+        PolicySet::from_toml_str("[defaults.identity]\nrevoke_after_migration = true\n").unwrap();
+    let (rules, source) = partial.rules_for(&KeyTraits::new(Role::Identity, alg, sw));
+    assert_eq!(source, RuleSource::RoleDefault(Role::Identity));
+    let rules = rules.unwrap();
+    assert!(rules.revoke_after_migration);
+    assert_eq!(rules.max_age, Some(Duration::from_secs(31_557_600)));
+    let usage = PolicySet::from_toml_str("[defaults.identity]\nmax_usage = 5\n").unwrap();
+    assert_eq!(
+        usage
+            .rules_for(&KeyTraits::new(Role::Identity, alg, sw))
+            .0
+            .unwrap()
+            .max_age,
+        None,
+        "a schedule of its own replaces the built-in one"
+    );
     // Switched off: nothing is due by itself.
     let off = PolicySet::from_toml_str("builtin_defaults = false\n").unwrap();
     assert_eq!(
