@@ -39,7 +39,14 @@ subcommands:
                               (SoftHSM2's module) and SOFTHSM2_CONF (a scratch token directory
                               for this run, removed afterwards); without ARGS, then the crypto
                               and software-store suites again with the aws-lc-rs provider
-                              (KEYHAVEN_TEST_PROVIDER=aws-lc-rs: the whole suite on it)
+                              (KEYHAVEN_TEST_PROVIDER=aws-lc-rs: the whole suite on it),
+                              then the Python binding's pass (test-python)
+  test-python [PYTEST ARGS]   build the Python binding's wheel (maturin, dev profile), install
+                              it into target/interop-venv and run pytest over
+                              bindings/python/tests against the workspace's `keyhaven` binary
+  bench-python                the binding's benchmark: a release wheel, then
+                              bindings/python/bench/bench_sign.py (per-call overhead of
+                              Home.sign over the Rust facade's own loop, same run)
   lint                        cargo fmt --check, cargo clippy -D warnings,
                               cargo deny check licenses bans sources
   check-layers                check that dependencies between workspace crates point down
@@ -106,6 +113,8 @@ fn real_main() -> Result<()> {
         "lint" => no_args("lint", rest).and_then(|()| lint(&root)),
         "check-layers" => no_args("check-layers", rest).and_then(|()| layers::check(&root)),
         "bench" => bench(&root, rest),
+        "test-python" => test_python(&root, rest),
+        "bench-python" => no_args("bench-python", rest).and_then(|()| bench_python(&root)),
         "fuzz" => fuzz(&root, rest),
         "ci" => no_args("ci", rest).and_then(|()| ci(&root)),
         "help" | "-h" | "--help" => {
@@ -218,6 +227,15 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         }
         tally.add(&t2);
     }
+    if !picks_packages && extra.is_empty() && !aws_lc {
+        // The Python binding: its wheel built and installed, pytest over it (with this run's
+        // SoftHSM2 scratch directory for the HSM example).
+        let (s3, t3) = python_pass(root, &python, &[], Some((&scratch, &pkcs11_module)))?;
+        if status.success() {
+            status = s3;
+        }
+        tally.add(&t3);
+    }
     drop(scratch);
     // The plain closing line: "tests: N passed, N failed, N skipped".
     println!("{tally}");
@@ -234,6 +252,75 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The features the `keyhaven` binary is built with for the Python pass: the test run's, so
+/// the test run's build is reused.
+fn build_cli(root: &Path) -> Result<PathBuf> {
+    run(cargo(root).args([
+        "build",
+        "-p",
+        "keyhaven-cli",
+        "--features",
+        ALL_BUT_PROVIDER,
+    ]))?;
+    Ok(root.join("target").join("debug").join("keyhaven"))
+}
+
+/// Builds and installs the binding, then runs pytest over `bindings/python/tests` (with
+/// `extra` pytest arguments), tallying its closing line.
+fn python_pass(
+    root: &Path,
+    python: &Path,
+    extra: &[String],
+    softhsm: Option<(&softhsm::Scratch, &Path)>,
+) -> Result<(std::process::ExitStatus, tally::Tally)> {
+    println!("xtask: python pass: the binding's wheel, then pytest");
+    let keyhaven = build_cli(root)?;
+    python::install_binding(root, python, false)?;
+    let mut pytest = std::process::Command::new(python);
+    pytest
+        .args(["-m", "pytest", "-p", "no:cacheprovider", "-ra"])
+        .arg(root.join("bindings/python/tests"))
+        .args(extra)
+        .current_dir(root)
+        .env("KEYHAVEN_BIN", &keyhaven)
+        .env("KEYHAVEN_PYTHON", python)
+        .env("KEYHAVEN_INTEROP", "1");
+    if let Some((scratch, module)) = softhsm {
+        scratch.apply(&mut pytest, module);
+    }
+    tally::run_tallied(&mut pytest, &mut std::io::stdout().lock())
+}
+
+/// `cargo xtask test-python`: the Python pass alone.
+///
+/// # Errors
+/// The wheel cannot be built or installed, or a test fails.
+fn test_python(root: &Path, extra: &[String]) -> Result<()> {
+    sys::ensure_tools(sys::TEST_TOOLS)?;
+    let pkcs11_module = softhsm::module()?;
+    let python = python::interop_python(root)?;
+    let scratch = softhsm::Scratch::create()?;
+    let (status, tally) = python_pass(root, &python, extra, Some((&scratch, &pkcs11_module)))?;
+    drop(scratch);
+    println!("{tally}");
+    if !status.success() {
+        bail!("pytest failed ({status}): {} test(s) failed", tally.failed);
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench-python`: a release wheel, then the binding's benchmark script.
+///
+/// # Errors
+/// The wheel cannot be built, or the benchmark fails.
+fn bench_python(root: &Path) -> Result<()> {
+    let python = python::interop_python(root)?;
+    python::install_binding(root, &python, true)?;
+    run(std::process::Command::new(&python)
+        .arg(root.join("bindings/python/bench/bench_sign.py"))
+        .current_dir(root))
 }
 
 /// `cargo xtask lint`: rustfmt, clippy, cargo-deny and a compile check of the fuzz targets,

@@ -50,3 +50,53 @@ pub(crate) fn interop_python(root: &Path) -> Result<PathBuf> {
     std::fs::write(&stamp, &wanted).with_context(|| format!("write {}", stamp.display()))?;
     Ok(python)
 }
+
+/// Builds the Python binding's wheel with maturin (from the virtualenv; the dev profile, or
+/// `release` for benchmarks) into `target/wheels` and installs it into the virtualenv in place
+/// of any earlier one.
+///
+/// # Errors
+/// maturin fails to build, or pip to install the wheel.
+pub(crate) fn install_binding(root: &Path, python: &Path, release: bool) -> Result<()> {
+    let bin = python
+        .parent()
+        .context("the virtualenv's interpreter has no directory")?;
+    let out = root.join("target").join("wheels");
+    if out.exists() {
+        for entry in std::fs::read_dir(&out).with_context(|| format!("read {}", out.display()))? {
+            let path = entry?.path();
+            if path.extension().is_some_and(|e| e == "whl") {
+                std::fs::remove_file(&path)
+                    .with_context(|| format!("remove {}", path.display()))?;
+            }
+        }
+    }
+    let mut build = Command::new(bin.join("maturin"));
+    build
+        .args(["build", "--manifest-path"])
+        .arg(root.join("bindings/python/Cargo.toml"))
+        .arg("--interpreter")
+        .arg(python)
+        .arg("--out")
+        .arg(&out);
+    if release {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    let wheel = std::fs::read_dir(&out)
+        .with_context(|| format!("read {}", out.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .with_context(|| format!("maturin left no wheel in {}", out.display()))?;
+    run(Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "--force-reinstall",
+        ])
+        .arg(&wheel))
+}

@@ -35,6 +35,9 @@ impl Tally {
     /// `test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s`.
     /// Lines that are not such a summary are ignored.
     pub(crate) fn add_line(&mut self, line: &str) {
+        if self.add_pytest_line(line) {
+            return;
+        }
         let Some(rest) = line.trim().strip_prefix("test result: ") else {
             return;
         };
@@ -57,6 +60,43 @@ impl Tally {
                 _ => {}
             }
         }
+    }
+}
+
+impl Tally {
+    /// Adds pytest's closing line, e.g. `===== 3 failed, 20 passed, 1 skipped in 4.20s =====`
+    /// (errors count as failures, skips as skipped); `false` if `line` is not one.
+    fn add_pytest_line(&mut self, line: &str) -> bool {
+        let line = line.trim();
+        let Some(inner) = line
+            .strip_prefix('=')
+            .and_then(|l| l.strip_suffix('='))
+            .map(|l| l.trim_matches('=').trim())
+        else {
+            return false;
+        };
+        let Some((counts, _time)) = inner.rsplit_once(" in ") else {
+            return false;
+        };
+        let mut tally = Tally::default();
+        for part in counts.split(',') {
+            let mut words = part.split_whitespace();
+            let (Some(number), Some(what)) = (words.next(), words.next()) else {
+                return false;
+            };
+            let Ok(number) = number.parse::<u64>() else {
+                return false;
+            };
+            match what {
+                "passed" | "xfailed" => tally.passed += number,
+                "failed" | "error" | "errors" | "xpassed" => tally.failed += number,
+                "skipped" | "deselected" => tally.ignored += number,
+                _ => {}
+            }
+        }
+        tally.binaries = 1;
+        self.add(&tally);
+        true
     }
 }
 
@@ -126,19 +166,21 @@ mod tests {
             "test result: FAILED. 10 passed; 2 failed; 0 ignored; 0 measured; 0 filtered out; finished in 1.50s\n",
             "test result: ok. 0 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out; finished in 0.00s",
             "test result: garbage",
+            "============ 1 failed, 20 passed, 2 skipped, 1 error in 4.20s =============",
+            "=== short test summary info ===",
         ] {
             tally.add_line(line);
         }
         assert_eq!(
             tally,
             Tally {
-                passed: 13,
-                failed: 2,
-                ignored: 1,
-                binaries: 3
+                passed: 33,
+                failed: 4,
+                ignored: 3,
+                binaries: 4
             }
         );
-        assert_eq!(tally.to_string(), "tests: 13 passed, 2 failed, 1 skipped");
+        assert_eq!(tally.to_string(), "tests: 33 passed, 4 failed, 3 skipped");
     }
 
     #[test]

@@ -185,7 +185,9 @@ fn delete(m: &KeyManager, key: String, yes: bool) -> Result<u8> {
 
 /// `public`.
 fn public(m: &KeyManager, key: String, format: PublicFormat, out: Option<PathBuf>) -> Result<u8> {
-    let key = m.resolve(&key)?;
+    // A rotated key's label or first id names the key in use: its primary version (the one
+    // `sign --key` signs with), so what is exported verifies what is signed.
+    let key = m.rotation().current_version(&m.resolve(&key)?)?;
     let pk = m.public_key(&key)?;
     let bytes = match format {
         PublicFormat::Pem => pk.to_pem()?.into_bytes(),
@@ -514,7 +516,17 @@ fn list(m: &KeyManager, json: bool, all: bool) -> Result<u8> {
 }
 
 fn show(m: &KeyManager, reference: &str, json: bool) -> Result<u8> {
-    let key = m.resolve(reference)?;
+    let named = m.resolve(reference)?;
+    // As `key public` and `sign --key`: a rotated key is shown as its version in use.
+    let key = m.rotation().current_version(&named)?;
+    if key.id() != named.id() && !json {
+        errln!(
+            "note: {reference} is at a later version: showing {} ({}); `keyhaven key history \
+             {reference}` lists every version",
+            key.label(),
+            key.id()
+        );
+    }
     let backend = m.backend(&key.backend)?;
     let default = is_default(m, &key);
     let details = m.details(&key)?;

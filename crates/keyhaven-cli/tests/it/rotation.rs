@@ -83,10 +83,7 @@ fn rotation_keeps_old_signatures_verifying_and_signs_with_the_new_version() {
     assert!(err.contains("only the primary version (v3, "), "{err}");
     // Nor does version 1, named by its id (which is also the logical key's id): only the
     // label means "the logical key, whichever version is primary".
-    let v1 = h.json(&["key", "show", "api", "--json"])["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let v1 = key_by_label(&h, "api")["id"].as_str().unwrap().to_owned();
     let err = h.fails(&["sign", "--key", &v1, "--digest", &"00".repeat(32)], 5);
     assert!(err.contains("only the primary version (v3, "), "{err}");
     let out = h.run(&["sign", "--key", "api", "--digest", &"00".repeat(32)]);
@@ -270,6 +267,56 @@ fn prekeys_are_replenished_and_each_handed_out_once() {
     assert!(
         h.ok(&["prekeys", "replenish", "--identity", "me"])
             .contains("4 one-time")
+    );
+}
+
+/// After a rotation the key's label names the key in use: `key public` and `key show` give
+/// the primary version, the one `sign --key` signs with, so `openssl` verifies what keyhaven
+/// signs with what keyhaven exports.
+#[test]
+fn a_rotated_keys_label_exports_and_shows_the_version_that_signs() {
+    let h = Home::with_encrypted();
+    h.generate("p256", "web", &[]);
+    let v1 = h.json(&["key", "show", "web", "--json"]);
+    h.ok(&["key", "rotate", "web"]);
+    let v2 = h.json(&["key", "show", "web.v2", "--json"]);
+    let shown = h.json(&["key", "show", "web", "--json"]);
+    assert_eq!(shown["fingerprint"], v2["fingerprint"], "{shown}");
+    assert_ne!(shown["fingerprint"], v1["fingerprint"]);
+    let out = h.run(&["key", "show", "web"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("web.v2"),
+        "{out:?}"
+    );
+    let s = h.scratch();
+    std::fs::write(s.join("msg"), b"after the rotation\n").unwrap();
+    h.ok(&[
+        "key",
+        "public",
+        "web",
+        "--out",
+        s.join("pub.pem").to_str().unwrap(),
+    ]);
+    h.ok(&[
+        "sign",
+        "--key",
+        "web",
+        "--message-file",
+        s.join("msg").to_str().unwrap(),
+        "--out",
+        s.join("msg.sig").to_str().unwrap(),
+    ]);
+    crate::openssl_ok(
+        &s,
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            "pub.pem",
+            "-signature",
+            "msg.sig",
+            "msg",
+        ],
     );
 }
 
