@@ -24,6 +24,7 @@ use keyhaven_client::{Client as ServerClient, RequestSigner};
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
+use subtle::ConstantTimeEq;
 
 pyo3::create_exception!(
     _keyhaven,
@@ -303,6 +304,8 @@ fn signature_format(format: &str) -> PyResult<SignatureFormat> {
 #[pyclass(module = "keyhaven", frozen)]
 struct Home {
     manager: Arc<KeyManager>,
+    /// The stores' passphrase, when one was given: a backup may not use it.
+    passphrase: Option<SecretString>,
 }
 
 impl Home {
@@ -347,12 +350,16 @@ impl Home {
                 .ok()
                 .map(Zeroizing::new),
         };
+        let kept = passphrase
+            .as_ref()
+            .map(|p| SecretString::from(p.as_str().to_owned()));
         let manager = py.detach(move || match passphrase {
             Some(p) => KeyManager::open(&path, FixedPassphrase::new(p.as_str())),
             None => KeyManager::open(&path, keyhaven::NoPassphrase),
         });
         Ok(Home {
             manager: Arc::new(manager.map_err(err)?),
+            passphrase: kept,
         })
     }
 
@@ -598,6 +605,19 @@ impl Home {
         expires_in: Option<&str>,
     ) -> PyResult<Py<PyAny>> {
         let passphrase = secret_arg(passphrase, "backup passphrase")?;
+        if let Some(store) = &self.passphrase
+            && bool::from(
+                store
+                    .expose_secret()
+                    .as_bytes()
+                    .ct_eq(passphrase.as_bytes()),
+            )
+        {
+            return Err(invalid(
+                "the backup's passphrase is the stores' passphrase: whoever learns one would \
+                 have both. Choose another for the backup",
+            ));
+        }
         let valid_for = expires_in
             .map(|d| {
                 humantime::parse_duration(d)

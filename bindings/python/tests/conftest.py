@@ -68,6 +68,12 @@ class Served:
             self.proc.kill()
             raise AssertionError(f"keyhaven serve said {line!r}: {self.proc.stderr.read()!r}")
         self.url = m.group(1).rstrip("/")
+        second = self.proc.stdout.readline().decode()
+        f = re.match(r"server key: ([0-9a-f]{64})", second)
+        if not f:
+            self.proc.kill()
+            raise AssertionError(f"keyhaven serve said {second!r}")
+        self.fingerprint = f.group(1)
 
     def stop(self):
         self.proc.terminate()
