@@ -46,6 +46,11 @@ pub(crate) struct ServeArgs {
     /// each handshake where it lives (a token, a TPM): it never leaves its backend.
     #[arg(long, value_name = "ID|LABEL", requires = "tls")]
     pub(crate) tls_key: Option<String>,
+    /// A web origin (`https://app.example.com`) whose pages may call this server from a
+    /// browser (CORS; repeat for more): the browser SDK's signed requests and the signature
+    /// headers of the answers. No wildcard: name each origin.
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    pub(crate) cors_origins: Vec<String>,
     /// Serve plain HTTP on an address other than loopback. Without TLS, put a TLS-terminating
     /// proxy in front: signatures protect integrity, not confidentiality.
     #[arg(long)]
@@ -425,6 +430,18 @@ fn serve(ctx: &Ctx, args: &ServeArgs) -> Result<u8> {
                 ))
             })?;
         config.public_origin = Some(origin);
+    }
+    for o in &args.cors_origins {
+        let origin = keyhaven_client::origin_of(o)
+            .ok()
+            .filter(|origin| origin.as_str() == o.as_str())
+            .ok_or_else(|| {
+                UsageError(format!(
+                    "--cors-origin {o:?} must be an origin as browsers send it: \
+                     http(s)://host[:port], no path, no trailing slash, no wildcard"
+                ))
+            })?;
+        config.cors_origins.push(origin);
     }
     if !listen.ip().is_loopback() && !args.allow_plain_http && !args.tls {
         return Err(UsageError(format!(

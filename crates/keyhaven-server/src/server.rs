@@ -89,6 +89,10 @@ pub struct ServerConfig {
     /// The client whose secrets under `kbs/` are served to attested workloads over Trustee's
     /// KBS protocol (`/kbs/v0/`). None: the KBS routes answer 404.
     pub kbs_tenant: Option<String>,
+    /// Web origins (`https://app.example.com`) whose pages may call this server from a
+    /// browser (CORS): their preflights are answered and their responses expose the
+    /// signature headers the browser SDK checks. Empty: no CORS headers at all.
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -124,6 +128,7 @@ impl Default for ServerConfig {
             kbs_tenant: None,
             trusted_aks: Vec::new(),
             require_key_attestation: false,
+            cors_origins: Vec::new(),
         }
     }
 }
@@ -447,6 +452,12 @@ impl Server {
                 self.inner.clone(),
                 pipeline,
             ))
+            // Outside the pipeline: a preflight carries no signature and is answered here;
+            // the CORS headers of an answer are not part of what the server signs.
+            .layer(axum::middleware::from_fn_with_state(
+                self.inner.clone(),
+                cors,
+            ))
             .with_state(self.inner.clone())
     }
 }
@@ -559,6 +570,64 @@ fn signed_view(
         }
     }
     Ok(request)
+}
+
+/// The request headers a browser may send cross-origin: the RFC 9421 and RFC 9530 fields, a
+/// capability token, JSON.
+const CORS_REQUEST_HEADERS: &str =
+    "content-type, content-digest, signature, signature-input, authorization";
+/// The response headers a page may read: what checks the server's signature.
+const CORS_EXPOSED_HEADERS: &str = "signature, signature-input, content-digest";
+
+/// CORS for the configured origins only: a preflight from one is answered (204) without
+/// reaching the pipeline; another request from one gets `Access-Control-Allow-Origin` and the
+/// signature headers exposed. Requests from any other origin pass untouched (the browser then
+/// withholds the answer from the page).
+async fn cors(State(inner): State<Arc<Inner>>, request: Request, next: Next) -> Response {
+    let origin = request
+        .headers()
+        .get(http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| inner.config.cors_origins.iter().any(|c| c == o))
+        .map(str::to_owned);
+    let Some(origin) = origin else {
+        return next.run(request).await;
+    };
+    let Ok(allow) = HeaderValue::from_str(&origin) else {
+        return next.run(request).await;
+    };
+    let preflight = request.method() == http::Method::OPTIONS
+        && request
+            .headers()
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD);
+    let mut response = if preflight {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            http::header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, PUT, DELETE"),
+        );
+        h.insert(
+            http::header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(CORS_REQUEST_HEADERS),
+        );
+        h.insert(
+            http::header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("600"),
+        );
+        r
+    } else {
+        let mut r = next.run(request).await;
+        r.headers_mut().insert(
+            http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(CORS_EXPOSED_HEADERS),
+        );
+        r
+    };
+    let h = response.headers_mut();
+    h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+    h.append(http::header::VARY, HeaderValue::from_static("origin"));
+    response
 }
 
 async fn pipeline(State(inner): State<Arc<Inner>>, request: Request, next: Next) -> Response {

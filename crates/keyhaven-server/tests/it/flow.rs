@@ -299,3 +299,61 @@ async fn a_request_in_flight_finishes_after_shutdown_is_asked() {
         .unwrap();
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }
+
+/// CORS for the configured origins only: a preflight from one is answered without a signature
+/// (204, the RFC 9421 request headers allowed); its signed requests' answers expose the
+/// signature headers; another origin gets no CORS header at all (the browser withholds the
+/// answer from its page), and a preflight from it reaches the pipeline like any request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cors_serves_configured_origins_only() {
+    let t = crate::support::start_with(keyhaven_server::ServerConfig {
+        cors_origins: vec!["http://app.example".into()],
+        ..keyhaven_server::ServerConfig::default()
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, t.url("/v1/whoami"))
+            .header("origin", origin)
+            .header("access-control-request-method", "GET")
+            .header(
+                "access-control-request-headers",
+                "signature, signature-input",
+            )
+            .send()
+    };
+    let ok = preflight("http://app.example").await.unwrap();
+    assert_eq!(ok.status(), 204);
+    let h = ok.headers();
+    assert_eq!(h["access-control-allow-origin"], "http://app.example");
+    let allowed = h["access-control-allow-headers"].to_str().unwrap();
+    for name in [
+        "signature",
+        "signature-input",
+        "content-digest",
+        "authorization",
+    ] {
+        assert!(allowed.contains(name), "{allowed}");
+    }
+    let other = preflight("http://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+    assert_ne!(other.status(), 204);
+
+    // A signed request from the page's origin: its answer is readable and checkable.
+    let key = t.key(Algorithm::Ed25519, "web");
+    t.client(&key).register("web").await.unwrap();
+    let answer = http
+        .get(t.url("/v1/server"))
+        .header("origin", "http://app.example")
+        .send()
+        .await
+        .unwrap();
+    let h = answer.headers();
+    assert_eq!(h["access-control-allow-origin"], "http://app.example");
+    let exposed = h["access-control-expose-headers"].to_str().unwrap();
+    assert!(
+        exposed.contains("signature-input") && exposed.contains("content-digest"),
+        "{exposed}"
+    );
+    assert!(h.contains_key("signature"));
+}
