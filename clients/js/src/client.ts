@@ -56,11 +56,15 @@ export class KeyhavenClient {
     const r = await doFetch(url, { method: "GET" });
     const body = new Uint8Array(await r.arrayBuffer());
     if (!r.ok) throw new UnauthenticResponseError(`GET ${url} answered ${r.status}`);
-    const info = JSON.parse(new TextDecoder().decode(body)) as {
-      algorithm: string;
-      fingerprint: string;
-      public_key: string;
-    };
+    let info: { algorithm: string; fingerprint: string; public_key: string };
+    try {
+      info = JSON.parse(new TextDecoder().decode(body));
+    } catch (e) {
+      throw new UnauthenticResponseError(`GET ${url}: the answer is not the server's JSON`, { cause: e });
+    }
+    if (typeof info?.public_key !== "string" || typeof info?.algorithm !== "string") {
+      throw new UnauthenticResponseError(`GET ${url}: the answer names no server key`);
+    }
     const server = await importServerKey(fromBase64(info.public_key), info.algorithm);
     if (options.serverFingerprint && options.serverFingerprint.toLowerCase() !== server.fingerprint) {
       throw new UnauthenticResponseError(
