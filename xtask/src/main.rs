@@ -40,10 +40,15 @@ subcommands:
                               for this run, removed afterwards); without ARGS, then the crypto
                               and software-store suites again with the aws-lc-rs provider
                               (KEYHAVEN_TEST_PROVIDER=aws-lc-rs: the whole suite on it),
-                              then the Python binding's pass (test-python)
+                              then the Python binding's pass (test-python) and the browser
+                              SDK's (test-js)
   test-python [PYTEST ARGS]   build the Python binding's wheel (maturin, dev profile), install
                               it into target/interop-venv and run pytest over
                               bindings/python/tests against the workspace's `keyhaven` binary
+  test-js                     the browser SDK: npm ci (its lockfile), tsc, node --test over
+                              clients/js/test (Node-only tests and headless Chromium ones
+                              against a live keyhaven serve)
+  bench-js                    key generation and signed fetch latency in headless Chromium
   bench-python                the binding's benchmark: a release wheel, then
                               bindings/python/bench/bench_sign.py (per-call overhead of
                               Home.sign over the Rust facade's own loop, same run)
@@ -114,6 +119,8 @@ fn real_main() -> Result<()> {
         "check-layers" => no_args("check-layers", rest).and_then(|()| layers::check(&root)),
         "bench" => bench(&root, rest),
         "test-python" => test_python(&root, rest),
+        "test-js" => no_args("test-js", rest).and_then(|()| test_js(&root)),
+        "bench-js" => no_args("bench-js", rest).and_then(|()| bench_js(&root)),
         "bench-python" => no_args("bench-python", rest).and_then(|()| bench_python(&root)),
         "fuzz" => fuzz(&root, rest),
         "ci" => no_args("ci", rest).and_then(|()| ci(&root)),
@@ -235,6 +242,13 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
             status = s3;
         }
         tally.add(&t3);
+        // The browser SDK, in headless Chromium (the Python pass installed the binding its
+        // crossing test uses).
+        let (s4, t4) = js_pass(root, &python)?;
+        if status.success() {
+            status = s4;
+        }
+        tally.add(&t4);
     }
     drop(scratch);
     // The plain closing line: "tests: N passed, N failed, N skipped".
@@ -291,6 +305,76 @@ fn python_pass(
         scratch.apply(&mut pytest, module);
     }
     tally::run_tallied(&mut pytest, &mut std::io::stdout().lock())
+}
+
+/// Builds the browser SDK (`npm ci` from its lockfile, `tsc`) and runs its tests with Node's
+/// test runner: the Node-only ones and the headless Chromium ones, against the workspace's
+/// `keyhaven` binary.
+fn js_pass(root: &Path, python: &Path) -> Result<(std::process::ExitStatus, tally::Tally)> {
+    println!("xtask: browser pass: the SDK built, then node --test (headless Chromium)");
+    sys::ensure_tools(sys::JS_TOOLS)?;
+    let dir = root.join("clients/js");
+    run(std::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir))?;
+    run(std::process::Command::new("npm")
+        .args(["run", "--silent", "build"])
+        .current_dir(&dir))?;
+    let keyhaven = build_cli(root)?;
+    let chromium = sys::which("chromium").context("chromium is not on PATH")?;
+    let mut node = std::process::Command::new("node");
+    node.args([
+        "--test",
+        "--test-reporter=tap",
+        "test/unit.test.mjs",
+        "test/browser.test.mjs",
+    ])
+    .current_dir(&dir)
+    .env("KEYHAVEN_BIN", &keyhaven)
+    .env("KEYHAVEN_PYTHON", python)
+    .env("KEYHAVEN_CHROMIUM", chromium);
+    tally::run_tallied(&mut node, &mut std::io::stdout().lock())
+}
+
+/// `cargo xtask test-js`: the browser pass alone (the binding built first, for the crossing
+/// test).
+///
+/// # Errors
+/// The SDK cannot be built, or a test fails.
+fn test_js(root: &Path) -> Result<()> {
+    let python = python::interop_python(root)?;
+    python::install_binding(root, &python, false)?;
+    let (status, tally) = js_pass(root, &python)?;
+    println!("{tally}");
+    if !status.success() {
+        bail!(
+            "node --test failed ({status}): {} test(s) failed",
+            tally.failed
+        );
+    }
+    Ok(())
+}
+
+/// `cargo xtask bench-js`: key generation and signed `fetch` latency in headless Chromium.
+///
+/// # Errors
+/// The SDK cannot be built, or the benchmark fails.
+fn bench_js(root: &Path) -> Result<()> {
+    sys::ensure_tools(sys::JS_TOOLS)?;
+    let dir = root.join("clients/js");
+    run(std::process::Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
+        .current_dir(&dir))?;
+    run(std::process::Command::new("npm")
+        .args(["run", "--silent", "build"])
+        .current_dir(&dir))?;
+    let keyhaven = build_cli(root)?;
+    let chromium = sys::which("chromium").context("chromium is not on PATH")?;
+    run(std::process::Command::new("node")
+        .arg("bench/browser.mjs")
+        .current_dir(&dir)
+        .env("KEYHAVEN_BIN", &keyhaven)
+        .env("KEYHAVEN_CHROMIUM", chromium))
 }
 
 /// `cargo xtask test-python`: the Python pass alone.

@@ -80,6 +80,27 @@ pub(crate) const TEST_TOOLS: &[SystemTool] = &[
     // Device backends add their tools here as they land.
 ];
 
+/// What the browser SDK's tests need: Node and npm (the SDK's build and test runner), and
+/// Debian's Chromium, driven headless over the DevTools protocol (nothing downloads a browser
+/// of its own).
+pub(crate) const JS_TOOLS: &[SystemTool] = &[
+    SystemTool {
+        binary: "node",
+        package: "nodejs",
+        why: "the browser SDK's build and tests",
+    },
+    SystemTool {
+        binary: "npm",
+        package: "npm",
+        why: "the browser SDK's packages (from its lockfile)",
+    },
+    SystemTool {
+        binary: "chromium",
+        package: "chromium",
+        why: "the browser SDK's tests in a real browser",
+    },
+];
+
 /// PostgreSQL's server: the server's storage tests start a throwaway cluster (`initdb`,
 /// `postgres`), which Debian keeps in `/usr/lib/postgresql/VERSION/bin`, off `PATH`.
 pub(crate) const POSTGRES: SystemTool = SystemTool {
@@ -302,9 +323,15 @@ fn packages_of(tools: &[SystemTool]) -> Vec<&'static str> {
 
 /// Whether an executable file called `binary` is in one of `PATH`'s directories.
 fn on_path(binary: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| {
-        std::env::split_paths(&path).any(|dir| is_executable(&dir.join(binary)))
-    })
+    which(binary).is_some()
+}
+
+/// The first executable file called `binary` in `PATH`'s directories.
+pub(crate) fn which(binary: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(binary))
+        .find(|p| is_executable(p))
 }
 
 /// Whether `path` is a regular file with an execute bit set (any file, off Unix).

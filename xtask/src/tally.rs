@@ -35,7 +35,7 @@ impl Tally {
     /// `test result: ok. 3 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; finished in 0.01s`.
     /// Lines that are not such a summary are ignored.
     pub(crate) fn add_line(&mut self, line: &str) {
-        if self.add_pytest_line(line) {
+        if self.add_pytest_line(line) || self.add_node_line(line) {
             return;
         }
         let Some(rest) = line.trim().strip_prefix("test result: ") else {
@@ -64,6 +64,28 @@ impl Tally {
 }
 
 impl Tally {
+    /// Adds one of the closing lines of Node's test runner (TAP): `# tests N` (one run),
+    /// `# pass N`, `# fail N`, `# skipped N`; `false` for any other line.
+    fn add_node_line(&mut self, line: &str) -> bool {
+        let Some(rest) = line.trim_end().strip_prefix("# ") else {
+            return false;
+        };
+        let Some((what, number)) = rest.split_once(' ') else {
+            return false;
+        };
+        let Ok(number) = number.parse::<u64>() else {
+            return false;
+        };
+        match what {
+            "tests" => self.binaries += 1,
+            "pass" => self.passed += number,
+            "fail" => self.failed += number,
+            "skipped" => self.ignored += number,
+            _ => return false,
+        }
+        true
+    }
+
     /// Adds pytest's closing line, e.g. `===== 3 failed, 20 passed, 1 skipped in 4.20s =====`
     /// (errors count as failures, skips as skipped); `false` if `line` is not one.
     fn add_pytest_line(&mut self, line: &str) -> bool {
@@ -168,19 +190,25 @@ mod tests {
             "test result: garbage",
             "============ 1 failed, 20 passed, 2 skipped, 1 error in 4.20s =============",
             "=== short test summary info ===",
+            "# tests 7",
+            "# pass 6",
+            "# fail 1",
+            "# skipped 0",
+            "# todo 0",
+            "# Subtest: a name",
         ] {
             tally.add_line(line);
         }
         assert_eq!(
             tally,
             Tally {
-                passed: 33,
-                failed: 4,
+                passed: 39,
+                failed: 5,
                 ignored: 3,
-                binaries: 4
+                binaries: 5
             }
         );
-        assert_eq!(tally.to_string(), "tests: 33 passed, 4 failed, 3 skipped");
+        assert_eq!(tally.to_string(), "tests: 39 passed, 5 failed, 3 skipped");
     }
 
     #[test]

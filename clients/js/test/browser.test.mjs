@@ -271,3 +271,27 @@ test("bad input: no IndexedDB, a stranger's key, a forged answer, a wrong pin, a
   assert.equal(r.revoked.status, 401);
   assert.match(r.revoked.detail, /revoked/);
 });
+
+test("the example page registers this browser and asks who it is", async () => {
+  const example = await browser.newPage();
+  await example.goto(`${site.origin}/examples/register.html`);
+  await example.$eval("#server", (e, v) => (e.value = v), server.url);
+  await example.$eval("#fingerprint", (e, v) => (e.value = v), server.fingerprint);
+  await example.$eval("#name", (e) => (e.value = "example page"));
+  await example.click("#register");
+  await example.waitForFunction(() => document.getElementById("out").textContent.length > 0);
+  const registered = await example.$eval("#out", (e) => e.textContent);
+  assert.match(registered, /example page/);
+  await example.$eval("#out", (e) => (e.textContent = ""));
+  await example.click("#whoami");
+  await example.waitForFunction(() => document.getElementById("out").textContent.length > 0);
+  const who = await example.$eval("#out", (e) => e.textContent);
+  assert.doesNotMatch(who, /Error/);
+  // A wrong fingerprint: the page shows the SDK's error, nothing is sent signed.
+  await example.$eval("#fingerprint", (e) => (e.value = "ab".repeat(32)));
+  await example.$eval("#out", (e) => (e.textContent = ""));
+  await example.click("#whoami");
+  await example.waitForFunction(() => document.getElementById("out").textContent.length > 0);
+  assert.match(await example.$eval("#out", (e) => e.textContent), /UnauthenticResponseError/);
+  await example.close();
+});

@@ -90,7 +90,7 @@ export async function staticServer() {
   const server = createServer((req, res) => {
     const path = normalize(decodeURIComponent(new URL(req.url, "http://x").pathname));
     const file = path === "/" ? "/test/page.html" : path;
-    if (!file.startsWith("/dist/") && file !== "/test/page.html") {
+    if (!file.startsWith("/dist/") && !file.startsWith("/examples/") && file !== "/test/page.html") {
       res.writeHead(404).end();
       return;
     }
