@@ -45,6 +45,8 @@ const LAYERS: &[(&str, u8)] = &[
     ("keyhaven", 4),
     ("keyhaven-client", 4),
     ("keyhaven-server", 5),
+    // The Python binding (bindings/python): a face over the facade and the client.
+    ("keyhaven-python", 5),
     ("keyhaven-cli", 6),
 ];
 
