@@ -307,11 +307,9 @@ fn python_pass(
     tally::run_tallied(&mut pytest, &mut std::io::stdout().lock())
 }
 
-/// Builds the browser SDK (`npm ci` from its lockfile, `tsc`) and runs its tests with Node's
-/// test runner: the Node-only ones and the headless Chromium ones, against the workspace's
-/// `keyhaven` binary.
-fn js_pass(root: &Path, python: &Path) -> Result<(std::process::ExitStatus, tally::Tally)> {
-    println!("xtask: browser pass: the SDK built, then node --test (headless Chromium)");
+/// The browser SDK built (`npm ci` from its lockfile, `tsc`), the `keyhaven` binary its tests
+/// start, and Chromium: (the SDK's directory, the binary, the browser).
+fn build_sdk(root: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     sys::ensure_tools(sys::JS_TOOLS)?;
     let dir = root.join("clients/js");
     run(std::process::Command::new("npm")
@@ -322,6 +320,15 @@ fn js_pass(root: &Path, python: &Path) -> Result<(std::process::ExitStatus, tall
         .current_dir(&dir))?;
     let keyhaven = build_cli(root)?;
     let chromium = sys::which("chromium").context("chromium is not on PATH")?;
+    Ok((dir, keyhaven, chromium))
+}
+
+/// Builds the browser SDK (`npm ci` from its lockfile, `tsc`) and runs its tests with Node's
+/// test runner: the Node-only ones and the headless Chromium ones, against the workspace's
+/// `keyhaven` binary.
+fn js_pass(root: &Path, python: &Path) -> Result<(std::process::ExitStatus, tally::Tally)> {
+    println!("xtask: browser pass: the SDK built, then node --test (headless Chromium)");
+    let (dir, keyhaven, chromium) = build_sdk(root)?;
     let mut node = std::process::Command::new("node");
     node.args([
         "--test",
@@ -360,16 +367,7 @@ fn test_js(root: &Path) -> Result<()> {
 /// # Errors
 /// The SDK cannot be built, or the benchmark fails.
 fn bench_js(root: &Path) -> Result<()> {
-    sys::ensure_tools(sys::JS_TOOLS)?;
-    let dir = root.join("clients/js");
-    run(std::process::Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(&dir))?;
-    run(std::process::Command::new("npm")
-        .args(["run", "--silent", "build"])
-        .current_dir(&dir))?;
-    let keyhaven = build_cli(root)?;
-    let chromium = sys::which("chromium").context("chromium is not on PATH")?;
+    let (dir, keyhaven, chromium) = build_sdk(root)?;
     run(std::process::Command::new("node")
         .arg("bench/browser.mjs")
         .current_dir(&dir)

@@ -128,6 +128,26 @@ export class KeyStore {
     }
   }
 
+  /** Stores a new key (refusing a taken label) and returns it. */
+  private async keep(
+    label: string,
+    privateKey: CryptoKey,
+    spki: Uint8Array,
+    backup: string | undefined,
+  ): Promise<StoredKey> {
+    const record: KeyRecord = {
+      label,
+      algorithm: "ed25519",
+      privateKey,
+      spki,
+      fingerprint: await fingerprintOf(spki),
+      createdAt: Math.floor(Date.now() / 1000),
+      backup,
+    };
+    await this.put(record);
+    return new StoredKey(record);
+  }
+
   private async put(record: KeyRecord): Promise<void> {
     const tx = this.db.transaction(STORE, "readwrite");
     const store = tx.objectStore(STORE);
@@ -171,17 +191,7 @@ export class KeyStore {
         pkcs8.fill(0);
       }
     }
-    const record: KeyRecord = {
-      label,
-      algorithm: "ed25519",
-      privateKey,
-      spki,
-      fingerprint: await fingerprintOf(spki),
-      createdAt: Math.floor(Date.now() / 1000),
-      backup,
-    };
-    await this.put(record);
-    return new StoredKey(record);
+    return this.keep(label, privateKey, spki, backup);
   }
 
   /**
@@ -209,23 +219,14 @@ export class KeyStore {
       }
       // The public half, from the private key's JWK (`x`): PKCS#8 need not carry it.
       const jwk = await subtle.exportKey("jwk", extractable);
-      spki = ed25519Spki(fromBase64(jwk.x!.replace(/-/g, "+").replace(/_/g, "/") + "=".repeat((4 - (jwk.x!.length % 4)) % 4)));
+      const x = jwk.x!.replace(/-/g, "+").replace(/_/g, "/");
+      spki = ed25519Spki(fromBase64(x + "=".repeat((4 - (x.length % 4)) % 4)));
       jwk.d = "";
       privateKey = await subtle.importKey("pkcs8", bs(pkcs8), { name: "Ed25519" }, false, ["sign"]);
     } finally {
       pkcs8.fill(0);
     }
-    const record: KeyRecord = {
-      label,
-      algorithm: "ed25519",
-      privateKey,
-      spki,
-      fingerprint: await fingerprintOf(spki),
-      createdAt: Math.floor(Date.now() / 1000),
-      backup: pem,
-    };
-    await this.put(record);
-    return new StoredKey(record);
+    return this.keep(label, privateKey, spki, pem);
   }
 
   private async find(label: string): Promise<KeyRecord | undefined> {

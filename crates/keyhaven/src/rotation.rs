@@ -588,10 +588,11 @@ impl KeyManager {
         }
     }
 
-    /// Retired key versions with since when, for compromise detection.
-    /// Every version's key id with the id of its logical key (for the scanner: a request id
-    /// signed again after a rotation is still the same key's).
-    pub(crate) fn logical_ids(&self) -> Result<Vec<(String, String)>> {
+    /// `pick` over every version of every logical key (none without a registry).
+    fn versions_where<T>(
+        &self,
+        pick: impl Fn(&LogicalKey, &keyhaven_rotation::KeyVersion) -> Option<T>,
+    ) -> Result<Vec<T>> {
         let Some(registry) = self.registry_if_exists()? else {
             return Ok(Vec::new());
         };
@@ -602,28 +603,23 @@ impl KeyManager {
             .flat_map(|l| {
                 l.versions()
                     .iter()
-                    .map(|v| (v.key_id().to_string(), l.id().to_owned()))
+                    .filter_map(|v| pick(l, v))
                     .collect::<Vec<_>>()
             })
             .collect())
     }
 
+    /// Every version's key id with the id of its logical key (for the scanner: a request id
+    /// signed again after a rotation is still the same key's).
+    pub(crate) fn logical_ids(&self) -> Result<Vec<(String, String)>> {
+        self.versions_where(|l, v| Some((v.key_id().to_string(), l.id().to_owned())))
+    }
+
+    /// Retired key versions with since when, for compromise detection.
     pub(crate) fn retired_versions(&self) -> Result<Vec<(String, u64)>> {
-        let Some(registry) = self.registry_if_exists()? else {
-            return Ok(Vec::new());
-        };
-        Ok(registry
-            .list()
-            .map_err(core)?
-            .iter()
-            .flat_map(|l| {
-                l.versions()
-                    .iter()
-                    .filter(|v| v.state() == VersionState::Retired)
-                    .map(|v| (v.key_id().to_string(), v.state_since()))
-                    .collect::<Vec<_>>()
-            })
-            .collect())
+        self.versions_where(|_, v| {
+            (v.state() == VersionState::Retired).then(|| (v.key_id().to_string(), v.state_since()))
+        })
     }
 }
 
