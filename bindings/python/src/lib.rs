@@ -166,8 +166,21 @@ fn backup_err(e: kb::BackupError) -> PyErr {
 
 fn client_err(py: Python<'_>, e: keyhaven_client::ClientError) -> PyErr {
     if let Some(p) = e.problem() {
-        let error = ServerError::new_err(format!("{} {}: {}", p.status, p.title, p.detail));
+        let unknown = matches!(e, keyhaven_client::ClientError::OutcomeUnknown(_));
+        let message = if unknown {
+            format!(
+                "{} {}: {} (the request may have been carried out: check before sending it \
+                 again)",
+                p.status, p.title, p.detail
+            )
+        } else {
+            format!("{} {}: {}", p.status, p.title, p.detail)
+        };
+        let error = ServerError::new_err(message);
         let value = error.value(py);
+        // The command line's exit code for this refusal's kind (401 is 6, 404 is 3, ...).
+        let _ = value.setattr("exit_code", exit_code(e.kind()));
+        let _ = value.setattr("outcome_unknown", unknown);
         // The problem's fields, for code that tells refusals apart.
         let _ = value.setattr("status", p.status);
         let _ = value.setattr("problem_type", p.kind.clone());
@@ -177,6 +190,24 @@ fn client_err(py: Python<'_>, e: keyhaven_client::ClientError) -> PyErr {
     }
     let kind = e.kind();
     kind_error(kind, chain(&e))
+}
+
+/// The `keyhaven` command's exit code for an error kind (crates/keyhaven-cli/src/exit.rs).
+fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::BadSignature => 1,
+        ErrorKind::NotFound => 3,
+        ErrorKind::BadPassphrase | ErrorKind::Locked => 4,
+        ErrorKind::Unsupported => 5,
+        ErrorKind::PermissionDenied => 6,
+        ErrorKind::Corrupt => 7,
+        ErrorKind::AlreadyExists => 8,
+        ErrorKind::InvalidInput => 9,
+        ErrorKind::Unavailable => 10,
+        ErrorKind::Io => 11,
+        ErrorKind::Revoked => 12,
+        _ => 70,
+    }
 }
 
 fn invalid(message: impl Into<String>) -> PyErr {
@@ -727,7 +758,8 @@ impl Home {
         authorization: Option<String>,
     ) -> PyResult<Vec<(String, String)>> {
         let key = self.resolve(py, key)?;
-        let signer = HomeSigner::new(self.manager.clone(), key)?;
+        let m = self.manager.clone();
+        let signer = py.detach(move || HomeSigner::new(m, key))?;
         let signature = py
             .detach(move || {
                 keyhaven_client::sign_request(
@@ -748,18 +780,28 @@ impl Home {
     }
 
     /// A client of the keyhaven-server at `base_url` signing with `key`, trusting answers
-    /// signed by `server_key` (a PEM; default: the key the server presents now, trusted on
-    /// first use: pin it for anything that matters).
-    #[pyo3(signature = (base_url, key, server_key=None))]
+    /// signed by the server key: `server_key` (its PEM), or the key the server presents if its
+    /// fingerprint is `server_fingerprint` (as `keyhaven serve` printed it), or, only with
+    /// `trust_on_first_use=True`, whatever key it presents now (keep `client.server_key`).
+    #[pyo3(signature = (base_url, key, server_key=None, server_fingerprint=None, trust_on_first_use=false))]
     fn client(
         &self,
         py: Python<'_>,
         base_url: String,
         key: &Bound<'_, PyAny>,
         server_key: Option<String>,
+        server_fingerprint: Option<String>,
+        trust_on_first_use: bool,
     ) -> PyResult<Client> {
+        if server_key.is_none() && server_fingerprint.is_none() && !trust_on_first_use {
+            return Err(invalid(
+                "pin the server key: pass server_fingerprint= (as `keyhaven serve` printed it) \
+                 or server_key=, or trust_on_first_use=True and keep client.server_key",
+            ));
+        }
         let key = self.resolve(py, key)?;
-        let signer = Arc::new(HomeSigner::new(self.manager.clone(), key)?);
+        let m = self.manager.clone();
+        let signer = Arc::new(py.detach(move || HomeSigner::new(m, key))?);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -774,7 +816,19 @@ impl Home {
         let inner = py.detach(|| -> Result<ServerClient, keyhaven_client::ClientError> {
             let server_key = match pinned {
                 Some(k) => k,
-                None => runtime.block_on(keyhaven_client::discover(&base_url))?.1,
+                None => {
+                    let presented = runtime.block_on(keyhaven_client::discover(&base_url))?.1;
+                    let fingerprint = presented.fingerprint().to_hex();
+                    if let Some(want) = &server_fingerprint
+                        && !want.eq_ignore_ascii_case(&fingerprint)
+                    {
+                        return Err(keyhaven_client::ClientError::InvalidInput(format!(
+                            "the server presents key {fingerprint}, not the pinned {want}: \
+                             nothing was sent"
+                        )));
+                    }
+                    presented
+                }
             };
             ServerClient::new(&base_url, signer, server_key)
         });
@@ -811,17 +865,14 @@ impl Home {
     }
 }
 
-/// The platform data directory's `keyhaven` (as the command line's default home).
+/// The platform data directory's `keyhaven`: the command line's default home, found the same
+/// way (`dirs::data_dir`), so both open the same keys.
 fn default_home() -> PyResult<PathBuf> {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .filter(|p| p.is_absolute())
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .ok_or_else(|| {
-            NotFoundError::new_err(
-                "no home directory (HOME is unset): pass path= or set KEYHAVEN_HOME",
-            )
-        })?;
+    let base = dirs::data_dir().ok_or_else(|| {
+        NotFoundError::new_err(
+            "the platform data directory (no HOME?): pass path= or set KEYHAVEN_HOME",
+        )
+    })?;
     Ok(base.join("keyhaven"))
 }
 

@@ -18,7 +18,11 @@ from keyhaven.auth import HttpxAuth, RequestsAuth
 
 def registered(home, server, label="app", algorithm="ed25519"):
     key = home.generate(label, algorithm=algorithm)
-    client = home.client(server.url, key)
+    with pytest.raises(keyhaven.InvalidInputError):
+        home.client(server.url, key)  # no pin, no trust on first use: refused
+    with pytest.raises(keyhaven.InvalidInputError):
+        home.client(server.url, key, server_fingerprint="00" * 32)
+    client = home.client(server.url, key, trust_on_first_use=True)
     # Trust on first use, checked against what the server printed when it started.
     server_pub = serialization.load_pem_public_key(client.server_key.encode())
     der = server_pub.public_bytes(
@@ -41,6 +45,8 @@ def test_a_key_registers_and_its_requests_are_accepted(home, server, algorithm):
     # Pinned by PEM, the same.
     pinned = home.client(server.url, key, server_key=client.server_key)
     assert pinned.whoami() == who
+    by_fingerprint = home.client(server.url, key, server_fingerprint=server.fingerprint)
+    assert by_fingerprint.whoami() == who
 
 
 def test_requests_and_httpx_hooks_sign_what_the_server_accepts(home, server):
@@ -65,11 +71,13 @@ def test_requests_and_httpx_hooks_sign_what_the_server_accepts(home, server):
 
 def test_a_refusal_surfaces_the_servers_problem(home, server):
     stranger = home.generate("stranger", algorithm="ed25519")
-    client = home.client(server.url, stranger)
+    client = home.client(server.url, stranger, server_fingerprint=server.fingerprint)
     with pytest.raises(keyhaven.ServerError) as raised:
         client.whoami()
     e = raised.value
     assert e.status == 401
+    assert e.exit_code == 6, "the CLI's code for a 401"
+    assert e.outcome_unknown is False
     assert e.problem_type.endswith("unknown-key"), e.problem_type
     assert e.detail
     assert isinstance(e, keyhaven.KeyhavenError)

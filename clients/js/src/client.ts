@@ -5,7 +5,7 @@
  */
 
 import { InvalidInputError, ProblemError, UnauthenticResponseError, type Problem } from "./errors.js";
-import { type ServerKey, importServerKey, signRequest, verifyResponse } from "./httpsig.js";
+import { type ServerKey, importServerKey, signRequest, targetUri, verifyResponse } from "./httpsig.js";
 import { fromBase64, toBase64 } from "./pkcs8.js";
 import type { StoredKey } from "./store.js";
 
@@ -24,13 +24,21 @@ export interface VerifiedResponse {
 export interface ConnectOptions {
   /**
    * The server key's fingerprint (lowercase hex SHA-256 of its SPKI), as `keyhaven serve`
-   * prints it. Strongly advised: without it the key the server presents now is trusted
-   * (trust on first use).
+   * prints it. Required unless `trustOnFirstUse`.
    */
   serverFingerprint?: string;
+  /**
+   * Trust the key the server presents now (its fingerprint is then `client.serverFingerprint`:
+   * store it and pass it as `serverFingerprint` from then on). Anyone between the page and
+   * the server at that moment can present their own key.
+   */
+  trustOnFirstUse?: boolean;
   /** The `fetch` to use (default: the global one). */
   fetch?: typeof fetch;
 }
+
+/** The largest answer read (as keyhaven's Rust client). */
+export const MAX_RESPONSE_BYTES = 16 * 1024 * 1024;
 
 export class KeyhavenClient {
   private constructor(
@@ -51,9 +59,15 @@ export class KeyhavenClient {
    */
   static async connect(baseUrl: string, key: StoredKey, options: ConnectOptions = {}): Promise<KeyhavenClient> {
     const base = baseUrl.replace(/\/+$/, "");
+    if (!options.serverFingerprint && !options.trustOnFirstUse) {
+      throw new InvalidInputError(
+        "pin the server key: pass serverFingerprint (as `keyhaven serve` printed it), or " +
+          "trustOnFirstUse: true and keep client.serverFingerprint",
+      );
+    }
     const doFetch = options.fetch ?? globalThis.fetch.bind(globalThis);
     const url = `${base}/v1/server`;
-    const r = await doFetch(url, { method: "GET" });
+    const r = await doFetch(url, { method: "GET", redirect: "error" });
     const body = new Uint8Array(await r.arrayBuffer());
     if (!r.ok) throw new UnauthenticResponseError(`GET ${url} answered ${r.status}`);
     let info: { algorithm: string; fingerprint: string; public_key: string };
@@ -74,9 +88,30 @@ export class KeyhavenClient {
     await verifyResponse(server, r.status, r.headers, body, {
       headers: {},
       method: "GET",
-      target: new URL(url).href,
+      target: targetUri(url),
     });
     return new KeyhavenClient(base, key, server, doFetch);
+  }
+
+  /** `pathOrUrl` as a URL on this server: same origin, under its base path; anything else
+   * (another host, port or scheme, a path that is not absolute) is refused before signing. */
+  private resolve(pathOrUrl: string): string {
+    const base = new URL(`${this.baseUrl}/`);
+    let target: URL;
+    try {
+      target = /^[a-z][a-z0-9+.-]*:/i.test(pathOrUrl) ? new URL(pathOrUrl) : new URL(pathOrUrl, base);
+    } catch (e) {
+      throw new InvalidInputError(`${pathOrUrl} is not a URL`, { cause: e });
+    }
+    if (!/^[a-z][a-z0-9+.-]*:/i.test(pathOrUrl) && !pathOrUrl.startsWith("/")) {
+      throw new InvalidInputError(`${pathOrUrl}: a path on the server starts with /`);
+    }
+    const basePath = base.pathname.replace(/\/$/, "");
+    if (target.origin !== base.origin || !`${target.pathname}/`.startsWith(`${basePath}/`)) {
+      throw new InvalidInputError(`${target.href} is not on ${this.baseUrl}: nothing was sent`);
+    }
+    if (!pathOrUrl.startsWith("/") || basePath === "") return target.href;
+    return new URL(`${basePath}${pathOrUrl}`, base).href;
   }
 
   /**
@@ -88,8 +123,7 @@ export class KeyhavenClient {
     pathOrUrl: string,
     init: { method?: string; body?: Uint8Array | string | object; authorization?: string } = {},
   ): Promise<VerifiedResponse> {
-    const url = pathOrUrl.startsWith("http") ? pathOrUrl : `${this.baseUrl}${pathOrUrl}`;
-    if (!url.startsWith(this.baseUrl)) throw new InvalidInputError(`${url} is not on ${this.baseUrl}`);
+    const url = this.resolve(pathOrUrl);
     const method = (init.method ?? (init.body === undefined ? "GET" : "POST")).toUpperCase();
     let body: Uint8Array | undefined;
     if (typeof init.body === "string") body = new TextEncoder().encode(init.body);
@@ -97,10 +131,22 @@ export class KeyhavenClient {
     else if (init.body !== undefined) body = new TextEncoder().encode(JSON.stringify(init.body));
     const signed = await signRequest(this.key, method, url, body, { authorization: init.authorization });
     const headers: Record<string, string> = { ...signed.headers };
-    if (body) headers["Content-Type"] = "application/json";
+    if (body) {
+      headers["Content-Type"] =
+        init.body instanceof Uint8Array ? "application/octet-stream" : "application/json";
+    }
     if (init.authorization) headers["Authorization"] = init.authorization;
-    const r = await this.doFetch(url, { method, headers, body: body as BodyInit | undefined });
+    // Never followed: a redirect would carry the signature (and a token) to another place.
+    const r = await this.doFetch(url, {
+      method,
+      headers,
+      body: body as BodyInit | undefined,
+      redirect: "error",
+    });
     const answer = new Uint8Array(await r.arrayBuffer());
+    if (answer.length > MAX_RESPONSE_BYTES) {
+      throw new UnauthenticResponseError(`the answer is larger than ${MAX_RESPONSE_BYTES} bytes`);
+    }
     await verifyResponse(this.server, r.status, r.headers, answer, signed);
     const decoded = () => new TextDecoder().decode(answer);
     if (!r.ok) {

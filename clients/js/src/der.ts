@@ -129,6 +129,9 @@ export function readInteger(t: Tlv): number {
     throw new InvalidInputError("malformed DER: expected a small INTEGER");
   }
   if (t.content[0]! & 0x80) throw new InvalidInputError("malformed DER: negative INTEGER");
+  if (t.content.length > 1 && t.content[0] === 0 && !(t.content[1]! & 0x80)) {
+    throw new InvalidInputError("malformed DER: non-minimal INTEGER");
+  }
   let n = 0;
   for (const b of t.content) n = n * 256 + b;
   return n;

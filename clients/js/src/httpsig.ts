@@ -141,12 +141,14 @@ export function dictionaryMember(field: string, label: string): string | undefin
     }
   }
   members.push(field.slice(start));
+  // RFC 8941: a key given twice takes its last value.
+  let found: string | undefined;
   for (const m of members) {
     const t = m.trim();
     const eq = t.indexOf("=");
-    if (eq > 0 && t.slice(0, eq) === label) return t.slice(eq + 1);
+    if (eq > 0 && t.slice(0, eq) === label) found = t.slice(eq + 1);
   }
-  return undefined;
+  return found;
 }
 
 /** The component identifiers of an inner list `("a" "b";req ...)`, as written. */
@@ -209,7 +211,12 @@ export async function verifyResponse(
   if (!Number.isFinite(created) || Math.abs(created - now) > RESPONSE_SKEW) {
     throw fail("was signed at another time (check this machine's clock)");
   }
-  for (const required of ['"@status"', '"content-digest"', '"@method";req', '"@target-uri";req']) {
+  if (!list.includes('"@method";req')) {
+    // The server answers some refusals (rate limited, too large, timed out) before it has a
+    // request to bind them to: genuine, but replayable, so not believed.
+    throw fail(`(status ${status}) is not bound to this request: the server refused it before reading it (rate limit, size, time), or it is a replay`);
+  }
+  for (const required of ['"@status"', '"content-digest"', '"@target-uri";req']) {
     if (!list.includes(required)) throw fail(`does not cover ${required}`);
   }
   if (request.headers["Signature"] && !list.includes('"signature";req')) {
@@ -232,7 +239,8 @@ export async function verifyResponse(
       case '"signature";req':
         return request.headers["Signature"] ?? "";
       case '"content-digest";req':
-        return request.headers["Content-Digest"] ?? "";
+        if (request.headers["Content-Digest"] === undefined) throw fail("covers a request digest the request did not have");
+        return request.headers["Content-Digest"];
       default:
         throw fail(`covers ${c}, which this SDK does not check`);
     }

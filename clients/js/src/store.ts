@@ -14,6 +14,7 @@
  */
 
 import {
+  BadPasswordError,
   InvalidInputError,
   KeyExistsError,
   KeyNotFoundError,
@@ -156,7 +157,15 @@ export class KeyStore {
       throw new KeyExistsError(`a key labelled ${record.label} exists already`);
     }
     store.add(record);
-    await done(tx);
+    try {
+      await done(tx);
+    } catch (e) {
+      // Another tab took the label between the check and the write.
+      if (e instanceof DOMException && e.name === "ConstraintError") {
+        throw new KeyExistsError(`a key labelled ${record.label} exists already`, { cause: e });
+      }
+      throw e;
+    }
   }
 
   private static checkLabel(label: string): void {
@@ -199,7 +208,12 @@ export class KeyStore {
    * `keyhaven key export --pbkdf2`, `openssl pkcs8 -topk8 -v2 aes-256-cbc -v2prf hmacWithSHA256`)
    * as a non-extractable key labelled `label`. The PEM is kept as the key's backup.
    */
-  async importBackup(label: string, pem: string, password: string): Promise<StoredKey> {
+  async importBackup(
+    label: string,
+    pem: string,
+    password: string,
+    options: { expectedFingerprint?: string } = {},
+  ): Promise<StoredKey> {
     KeyStore.checkLabel(label);
     if ((await this.find(label)) !== undefined) {
       throw new KeyExistsError(`a key labelled ${label} exists already`);
@@ -221,7 +235,14 @@ export class KeyStore {
       const jwk = await subtle.exportKey("jwk", extractable);
       const x = jwk.x!.replace(/-/g, "+").replace(/_/g, "/");
       spki = ed25519Spki(fromBase64(x + "=".repeat((4 - (x.length % 4)) % 4)));
-      jwk.d = "";
+      // AES-CBC has no integrity: a changed backup can decrypt to another valid key. With the
+      // fingerprint the key had (what registration and the CLI show), that is caught here.
+      const fingerprint = await fingerprintOf(spki);
+      if (options.expectedFingerprint && options.expectedFingerprint.toLowerCase() !== fingerprint) {
+        throw new BadPasswordError(
+          `the backup holds key ${fingerprint}, not ${options.expectedFingerprint}: it was changed`,
+        );
+      }
       privateKey = await subtle.importKey("pkcs8", bs(pkcs8), { name: "Ed25519" }, false, ["sign"]);
     } finally {
       pkcs8.fill(0);

@@ -247,6 +247,40 @@ test("bad input: no IndexedDB, a stranger's key, a forged answer, a wrong pin, a
     } catch (e) {
       out.garbled = e.name;
     }
+    // Requests only ever go to the pinned server: another host, port or a relative trick is
+    // refused before anything is signed or sent.
+    out.offServer = [];
+    const port = new URL(url).port;
+    for (const target of [
+      `http://127.0.0.1.evil.example:${port}/v1/whoami`,
+      `http://127.0.0.1:${Number(port) + 1}/v1/whoami`,
+      ".evil.example/v1/whoami",
+      "https://example.com/v1/whoami",
+    ]) {
+      try {
+        await client.fetch(target);
+        out.offServer.push(`sent: ${target}`);
+      } catch (e) {
+        out.offServer.push(e.name);
+      }
+    }
+    try {
+      await kh.KeyhavenClient.connect(url, stranger);
+    } catch (e) {
+      out.unpinned = e.name;
+    }
+    const tofu = await kh.KeyhavenClient.connect(url, stranger, { trustOnFirstUse: true });
+    out.tofu = tofu.serverFingerprint === fp;
+    // A changed backup that still decrypts to some key is caught by the fingerprint it had.
+    const backup = await store.exportBackup("me");
+    const other = await store.generate("spare", { backupPassword: "another password" });
+    try {
+      await store.importBackup("me-again", backup, "a backup password", {
+        expectedFingerprint: other.fingerprint,
+      });
+    } catch (e) {
+      out.swapped = e.name;
+    }
     // A key revoked by itself is refused from then on, with the server's reason.
     const me = await kh.KeyhavenClient.connect(url, await store.get("me"), { serverFingerprint: fp });
     await me.fetch("/v1/clients/me/revoke", { method: "POST", body: { reason: "laptop lost" } });
@@ -267,6 +301,10 @@ test("bad input: no IndexedDB, a stranger's key, a forged answer, a wrong pin, a
   assert.equal(r.forged.name, "UnauthenticResponseError");
   assert.match(r.forged.message, /digest|signature/);
   assert.equal(r.garbled, "UnauthenticResponseError");
+  assert.deepEqual(r.offServer, ["InvalidInputError", "InvalidInputError", "InvalidInputError", "InvalidInputError"]);
+  assert.equal(r.unpinned, "InvalidInputError");
+  assert.equal(r.tofu, true);
+  assert.equal(r.swapped, "BadPasswordError");
   assert.equal(r.revoked.name, "ProblemError");
   assert.equal(r.revoked.status, 401);
   assert.match(r.revoked.detail, /revoked/);

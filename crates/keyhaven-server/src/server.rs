@@ -584,17 +584,23 @@ const CORS_EXPOSED_HEADERS: &str = "signature, signature-input, content-digest";
 /// signature headers exposed. Requests from any other origin pass untouched (the browser then
 /// withholds the answer from the page).
 async fn cors(State(inner): State<Arc<Inner>>, request: Request, next: Next) -> Response {
+    if inner.config.cors_origins.is_empty() {
+        return next.run(request).await;
+    }
     let origin = request
         .headers()
         .get(http::header::ORIGIN)
         .and_then(|v| v.to_str().ok())
         .filter(|o| inner.config.cors_origins.iter().any(|c| c == o))
         .map(str::to_owned);
-    let Some(origin) = origin else {
-        return next.run(request).await;
+    // Answers differ by Origin whenever CORS is on: caches must keep them apart.
+    let vary = |mut r: Response| {
+        r.headers_mut()
+            .append(http::header::VARY, HeaderValue::from_static("origin"));
+        r
     };
-    let Ok(allow) = HeaderValue::from_str(&origin) else {
-        return next.run(request).await;
+    let Some(allow) = origin.and_then(|o| HeaderValue::from_str(&o).ok()) else {
+        return vary(next.run(request).await);
     };
     let preflight = request.method() == http::Method::OPTIONS
         && request
@@ -624,10 +630,10 @@ async fn cors(State(inner): State<Arc<Inner>>, request: Request, next: Next) -> 
         );
         r
     };
-    let h = response.headers_mut();
-    h.insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
-    h.append(http::header::VARY, HeaderValue::from_static("origin"));
     response
+        .headers_mut()
+        .insert(http::header::ACCESS_CONTROL_ALLOW_ORIGIN, allow);
+    vary(response)
 }
 
 async fn pipeline(State(inner): State<Arc<Inner>>, request: Request, next: Next) -> Response {

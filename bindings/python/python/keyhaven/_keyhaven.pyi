@@ -33,6 +33,7 @@ class ServerError(KeyhavenError):
     problem_type: str
     title: str
     detail: str
+    outcome_unknown: bool
 
 class Key:
     """A key of a home (never its private key)."""
@@ -122,6 +123,13 @@ class Home:
         body: Optional[bytes] = None,
         authorization: Optional[str] = None,
     ) -> List[Tuple[str, str]]: ...
-    def client(self, base_url: str, key: _KeyRef, server_key: Optional[str] = None) -> Client: ...
+    def client(
+        self,
+        base_url: str,
+        key: _KeyRef,
+        server_key: Optional[str] = None,
+        server_fingerprint: Optional[str] = None,
+        trust_on_first_use: bool = False,
+    ) -> Client: ...
 
 def verify(public_key: str, data: bytes, signature: bytes, format: str = "der") -> bool: ...

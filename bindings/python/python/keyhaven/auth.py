@@ -15,7 +15,9 @@ The signature covers the exact URL and body sent: set them before the hook runs 
 libraries call it last). A streaming body cannot be signed and is refused.
 
 These hooks only sign; they do not check the server's signed answer. Use
-:meth:`keyhaven.Home.client` for requests whose answers must be verified too.
+:meth:`keyhaven.Home.client` for requests whose answers must be verified too. Do not let the
+library follow redirects (``allow_redirects=False`` / ``follow_redirects=False``, httpx's
+default): a redirect is not signed again, and its target would receive the signed headers.
 """
 
 from typing import Any, List, Optional, Tuple, Union
@@ -55,6 +57,9 @@ try:  # requests is optional
 
         def __call__(self, request: Any) -> Any:
             body = _body_bytes(request.body)
+            # What is sent is exactly what is signed: a str body goes out as its UTF-8 bytes.
+            if body is not None:
+                request.body = body
             for name, value in _headers(
                 self.home,
                 self.key,

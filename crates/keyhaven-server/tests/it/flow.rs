@@ -337,6 +337,11 @@ async fn cors_serves_configured_origins_only() {
     }
     let other = preflight("http://evil.example").await.unwrap();
     assert!(other.headers().get("access-control-allow-origin").is_none());
+    assert_eq!(
+        other.headers()["vary"],
+        "origin",
+        "caches keep answers apart by origin"
+    );
     assert_ne!(other.status(), 204);
 
     // A signed request from the page's origin: its answer is readable and checkable.
