@@ -52,6 +52,12 @@ pub(crate) struct Cli {
     #[arg(long, global = true, env = "KEYHAVEN_ALLOW_WEAK_PASSPHRASE")]
     pub(crate) allow_weak_passphrase: bool,
 
+    /// Your id for this request (a message or job id), recorded with every audited operation
+    /// of this command (signatures, agreements, exports, rotations, ...): the same id used
+    /// twice with one key shows up in `keyhaven compromise scan` as a replay.
+    #[arg(long, global = true, env = "KEYHAVEN_REQUEST_ID", value_name = "ID")]
+    pub(crate) request_id: Option<String>,
+
     #[command(subcommand)]
     pub(crate) command: Command,
 }

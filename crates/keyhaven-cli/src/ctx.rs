@@ -64,6 +64,8 @@ pub(crate) const PASSPHRASE_ENV: &str = "KEYHAVEN_PASSPHRASE";
 pub(crate) struct Ctx {
     home: Option<PathBuf>,
     passphrase_file: Option<PathBuf>,
+    /// `--request-id`: recorded with every audited operation of this command.
+    request_id: Option<String>,
     /// The store passphrases handed out so far (to tell a backup's passphrase apart).
     handed: Handed,
 }
@@ -126,6 +128,7 @@ impl Ctx {
         Ctx {
             home,
             passphrase_file,
+            request_id: None,
             handed: Handed::default(),
         }
     }
@@ -168,9 +171,30 @@ impl Ctx {
         }
     }
 
+    /// With `--request-id`.
+    pub(crate) fn with_request_id(mut self, id: Option<String>) -> Self {
+        self.request_id = id;
+        self
+    }
+
+    /// `--request-id`, if given.
+    pub(crate) fn request_id(&self) -> Option<&str> {
+        self.request_id.as_deref()
+    }
+
     pub(crate) fn manager(&self) -> Result<KeyManager> {
         let home = self.home()?;
-        Ok(KeyManager::open(home, self.passphrases())?)
+        let m = KeyManager::open(home, self.passphrases())?;
+        Ok(match &self.request_id {
+            Some(id) => {
+                let caller = m
+                    .caller()
+                    .with_request_id(id.clone())
+                    .map_err(|e| CoreError::InvalidInput(format!("--request-id: {e}")))?;
+                m.with_caller(caller)
+            }
+            None => m,
+        })
     }
 }
 

@@ -53,7 +53,7 @@ pub fn main() -> ExitCode {
         },
     };
     ctx::allow_weak_passphrases(cli.allow_weak_passphrase);
-    let ctx = Ctx::new(cli.home, cli.passphrase_file);
+    let ctx = Ctx::new(cli.home, cli.passphrase_file).with_request_id(cli.request_id);
     let outcome = match cli.command {
         Command::Key(cmd) => key::run(&ctx, cmd),
         Command::Sign(args) => sign::sign(&ctx, args),

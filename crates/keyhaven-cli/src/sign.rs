@@ -132,7 +132,8 @@ fn sign_with_agent(
     source: Source,
     format: SignatureFormat,
 ) -> Result<ViaAgent> {
-    if args.assertion.is_some() || args.key_auth_file.is_some() || args.request_id.is_some() {
+    // A request id is recorded by the home's own audit log: signed in this process.
+    if args.assertion.is_some() || args.key_auth_file.is_some() || ctx.request_id().is_some() {
         return Ok(ViaAgent::InProcess(source, None));
     }
     let Some(client) = crate::agent::agent_for(ctx)? else {
@@ -237,14 +238,7 @@ pub(crate) fn sign(ctx: &Ctx, args: SignArgs) -> Result<u8> {
         ViaAgent::Done(code) => return Ok(code),
         ViaAgent::InProcess(source, loaded) => (source, loaded),
     };
-    let mut m = ctx.manager()?;
-    if let Some(id) = &args.request_id {
-        let caller = m
-            .caller()
-            .with_request_id(id.clone())
-            .map_err(|e| CoreError::InvalidInput(format!("--request-id: {e}")))?;
-        m = m.with_caller(caller);
-    }
+    let m = ctx.manager()?;
     let result = (|| {
         let key = match &args.key {
             Some(r) => m.resolve(r)?,
@@ -752,10 +746,6 @@ pub(crate) struct SignArgs {
     /// this file (mode 0600). Without it, such a key's passphrase is asked on the terminal.
     #[arg(long, value_name = "FILE")]
     pub(crate) key_auth_file: Option<PathBuf>,
-    /// Your id for this request (a message or job id): recorded in the audit log, so the same
-    /// request signed twice with a key shows up in `keyhaven compromise scan` as a replay.
-    #[arg(long, value_name = "ID")]
-    pub(crate) request_id: Option<String>,
 }
 
 #[derive(Debug, Args)]

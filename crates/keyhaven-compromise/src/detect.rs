@@ -10,9 +10,11 @@ use sha2::{Digest, Sha256};
 use crate::report::{DetectionMethod, Severity};
 
 /// Operations that use a private key.
-const PRIVATE_OPS: &[&str] = &["sign", "sign_digest", "agree", "export_pkcs8"];
+/// (`export` is what the audit decorator records for a private-key export: it was listed here
+/// as `export_pkcs8`, a name no record carries, so exports went unseen.)
+const PRIVATE_OPS: &[&str] = &["sign", "sign_digest", "agree", "export"];
 /// Operations whose failures count towards a failure burst: uses of a key, private or public.
-const USE_OPS: &[&str] = &["sign", "sign_digest", "agree", "export_pkcs8", "verify"];
+const USE_OPS: &[&str] = &["sign", "sign_digest", "agree", "export", "verify"];
 /// Whether an event is a use of its key's private half: a private operation in this home, or
 /// a server's decision for a remote client whose key signed the request (the record names
 /// the client's key and the address it came from).

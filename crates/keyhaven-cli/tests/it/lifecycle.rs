@@ -768,6 +768,29 @@ fn the_same_request_signed_twice_with_a_key_is_a_replay_finding() {
     let text = String::from_utf8_lossy(&scan.stdout);
     assert!(text.contains("replay"), "{text}");
     assert!(text.contains("req-1"), "{text}");
+    // Every audited operation takes the id (a global option, or KEYHAVEN_REQUEST_ID): the
+    // same export made twice under one id is a replay too.
+    let pass = h.scratch().join("export-pass");
+    crate::write_private(&pass, "an export password\n");
+    for n in 0..2 {
+        let out = h.scratch().join(format!("export-{n}.pem"));
+        h.ok(&[
+            "--request-id",
+            "export-job-9",
+            "key",
+            "export",
+            "api",
+            "--out",
+            out.to_str().unwrap(),
+            "--export-passphrase-file",
+            pass.to_str().unwrap(),
+        ]);
+    }
+    let audit = h.ok(&["audit", "search", "--key", "api"]);
+    assert!(audit.contains("request \"export-job-9\""), "{audit}");
+    let scan = h.run(&["compromise", "scan", "--json"]);
+    let text = String::from_utf8_lossy(&scan.stdout);
+    assert!(text.contains("export-job-9"), "{text}");
     // An id that could change how a line reads (a bidi override) or is empty is refused
     // before anything is signed.
     h.fails(

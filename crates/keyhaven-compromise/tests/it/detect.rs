@@ -158,7 +158,7 @@ fn bursts_of_failures_and_denials_are_flagged() {
         log.ev(i * 10, "alice", "sign", "k1", Outcome::Failed);
     }
     for i in 0..5 {
-        log.ev(200 + i, "eve", "export_pkcs8", "k2", Outcome::Denied);
+        log.ev(200 + i, "eve", "export", "k2", Outcome::Denied);
     }
     let f = scan(&log.records, &KeyStates::default(), &Thresholds::default());
     assert_eq!(
