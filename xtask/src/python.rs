@@ -37,16 +37,7 @@ pub(crate) fn interop_python(root: &Path) -> Result<PathBuf> {
         std::fs::remove_dir_all(&venv).with_context(|| format!("remove {}", venv.display()))?;
     }
     run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-    run(Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .arg("-r")
-        .arg(&requirements))?;
+    run(pip_install(&python).arg("-r").arg(&requirements))?;
     std::fs::write(&stamp, &wanted).with_context(|| format!("write {}", stamp.display()))?;
     Ok(python)
 }
@@ -88,15 +79,20 @@ pub(crate) fn install_binding(root: &Path, python: &Path, release: bool) -> Resu
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|e| e == "whl"))
         .with_context(|| format!("maturin left no wheel in {}", out.display()))?;
-    run(Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-            "--no-deps",
-            "--force-reinstall",
-        ])
+    run(pip_install(python)
+        .args(["--no-deps", "--force-reinstall"])
         .arg(&wheel))
+}
+
+/// `python -m pip install --quiet --disable-pip-version-check`, to add what to install to.
+fn pip_install(python: &Path) -> Command {
+    let mut c = Command::new(python);
+    c.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--disable-pip-version-check",
+    ]);
+    c
 }

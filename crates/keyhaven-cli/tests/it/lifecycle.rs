@@ -6,6 +6,12 @@ use std::fs;
 
 use crate::Home;
 
+/// The actions recorded in compromise report `id`.
+fn report_actions(h: &Home, id: &str) -> Vec<serde_json::Value> {
+    let shown = h.json(&["compromise", "show", id, "--json"]);
+    shown["actions"].as_array().unwrap().clone()
+}
+
 fn append_config(h: &Home, text: &str) {
     let path = h.path().join("keyhaven.toml");
     let mut config = fs::read_to_string(&path).unwrap();
@@ -1139,8 +1145,7 @@ fn a_webhook_that_hangs_times_out_and_is_recorded() {
         2,
         "both attempts reached the receiver"
     );
-    let shown = h.json(&["compromise", "show", &id, "--json"]);
-    let actions = shown["actions"].as_array().unwrap();
+    let actions = report_actions(&h, &id);
     let hook = actions
         .iter()
         .find(|a| a["action"] == "notify-webhook")
@@ -1180,8 +1185,7 @@ fn an_unreachable_webhook_is_recorded_as_failed_and_the_revocation_stands() {
     assert!(err.contains("notify-webhook"), "{err}");
     assert!(err.contains("compromise show"), "{err}");
     assert!(!err.contains("doctor"), "{err}");
-    let shown = h.json(&["compromise", "show", &id, "--json"]);
-    let actions = shown["actions"].as_array().unwrap();
+    let actions = report_actions(&h, &id);
     let hook = actions
         .iter()
         .find(|a| a["action"] == "notify-webhook")

@@ -303,14 +303,18 @@ fn a_successor_never_signs_a_key_its_predecessor_did_not() {
     json["signed"][0]["public_key"] = otk["public_key"].clone();
     std::fs::write(&file, json.to_string()).unwrap();
     let v2 = store.generate(Algorithm::Ed25519, "id.v2").unwrap();
-    let e = succeed(
-        &dir,
-        store.clone(),
-        v2.id.clone(),
-        std::slice::from_ref(&v1.id),
-        &[],
-    )
-    .unwrap_err();
+    // v2 succeeding v1 over the pool as the file now says: refused
+    let refused = || {
+        succeed(
+            &dir,
+            store.clone(),
+            v2.id.clone(),
+            std::slice::from_ref(&v1.id),
+            &[],
+        )
+        .unwrap_err()
+    };
+    let e = refused();
     assert!(
         e.to_string()
             .contains("not signed by the previous identity"),
@@ -327,14 +331,7 @@ fn a_successor_never_signs_a_key_its_predecessor_did_not() {
         Base64::encode_string(theirs.public_key.spki_der())
     });
     std::fs::write(&file, json.to_string()).unwrap();
-    let e = succeed(
-        &dir,
-        store.clone(),
-        v2.id.clone(),
-        std::slice::from_ref(&v1.id),
-        &[],
-    )
-    .unwrap_err();
+    let e = refused();
     assert!(e.to_string().contains("is not the store's"), "{e}");
     // and the old identity itself does not hand it out either
     let e = PrekeyPool::open(&dir, store, v1.id)
